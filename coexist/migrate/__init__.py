@@ -1,0 +1,1 @@
+"""migrate (see DESIGN.md)."""

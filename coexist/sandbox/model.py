@@ -1,0 +1,416 @@
+"""Sandbox tenant state as plain dataclasses, shared by every protocol face.
+
+One `World` holds the two tenants (`source`, `target`). Graph, the Exchange
+admin face, the routing model and the seed generator all read and write these
+objects; nothing here knows about HTTP. State is saved to `state.json` in the
+state directory so a stopped sandbox can be served again and `sandbox deliver`
+can route against it.
+
+Mutations must go through `Tenant.touch()` (directly or via the helpers here)
+so the address index is rebuilt and the state is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+STATE_FILE = "state.json"
+
+# Exchange RecipientTypeDetails values the sandbox models, and their RecipientType.
+MAILBOX_KINDS = ("UserMailbox", "SharedMailbox", "RoomMailbox", "EquipmentMailbox")
+RECIPIENT_TYPE = {
+    "UserMailbox": "UserMailbox",
+    "SharedMailbox": "UserMailbox",
+    "RoomMailbox": "UserMailbox",
+    "EquipmentMailbox": "UserMailbox",
+    "MailUser": "MailUser",
+    "MailContact": "MailContact",
+    "MailUniversalDistributionGroup": "MailUniversalDistributionGroup",
+    "MailUniversalSecurityGroup": "MailUniversalSecurityGroup",
+    "DynamicDistributionGroup": "DynamicDistributionGroup",
+    "GroupMailbox": "MailUniversalDistributionGroup",
+}
+
+GroupKind = Literal["Security", "MailSecurity", "Distribution", "Dynamic", "Unified"]
+GROUP_RECIPIENT_TYPE: dict[str, str | None] = {
+    "Security": None,  # not mail-enabled: invisible to Exchange
+    "MailSecurity": "MailUniversalSecurityGroup",
+    "Distribution": "MailUniversalDistributionGroup",
+    "Dynamic": "DynamicDistributionGroup",
+    "Unified": "GroupMailbox",
+}
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def primary_smtp(addresses: list[str]) -> str | None:
+    """The address behind the `SMTP:` (upper-case) prefix, Exchange's primary."""
+    for a in addresses:
+        if a.startswith("SMTP:"):
+            return a[5:]
+    return None
+
+
+def smtp_addresses(addresses: list[str]) -> list[str]:
+    return [a[5:] for a in addresses if a.lower().startswith("smtp:")]
+
+
+def x500_addresses(addresses: list[str]) -> list[str]:
+    return [a[5:] for a in addresses if a.lower().startswith("x500:")]
+
+
+def domain_of(address: str) -> str:
+    return address.rsplit("@", 1)[-1].lower()
+
+
+@dataclass
+class MailObject:
+    """Fields every mail-enabled object has in Exchange."""
+
+    id: str  # Entra object id == Exchange ExternalDirectoryObjectId
+    display_name: str
+    name: str = ""  # Exchange Name (CN), at most 64 characters
+    alias: str = ""  # mailNickname
+    email_addresses: list[str] = field(default_factory=list)  # 'SMTP:' primary, 'smtp:', 'X500:'
+    legacy_exchange_dn: str | None = None
+    exchange_object_id: str = field(default_factory=new_guid)  # Exchange 'Guid'
+    hidden_from_address_lists: bool = False
+    created: str = field(default_factory=now_iso)
+    changed: str = field(default_factory=now_iso)
+    # Epoch seconds before which Graph answers 404 (replication lag, chaos profile).
+    visible_at: float = 0.0
+
+    @property
+    def primary_smtp(self) -> str | None:
+        return primary_smtp(self.email_addresses)
+
+
+@dataclass
+class User(MailObject):
+    """An Entra user; with Exchange attributes when it is a mailbox or MailUser."""
+
+    user_principal_name: str = ""
+    given_name: str | None = None
+    surname: str | None = None
+    usage_location: str | None = None
+    account_enabled: bool = True
+    department: str | None = None
+    job_title: str | None = None
+    city: str | None = None
+    country: str | None = None
+    company_name: str | None = None
+    assigned_licenses: list[str] = field(default_factory=list)  # skuIds
+    # Exchange side. None: the user has no Exchange recipient.
+    recipient_type_details: str | None = None
+    external_email_address: str | None = None  # MailUser targetAddress, e.g. 'SMTP:a@b'
+    exchange_guid: str | None = None
+    archive_guid: str | None = None
+    forwarding_address: str | None = None  # object id of an internal recipient
+    forwarding_smtp_address: str | None = None  # 'smtp:addr', external, unvalidated
+    deliver_to_mailbox_and_forward: bool = False
+    # A licensed MailUser without ExchangeGuid becomes a mailbox at this epoch time.
+    mailbox_pending_at: float | None = None
+    item_count: int = 0
+    total_item_size: int = 0  # bytes
+
+    @property
+    def is_mailbox(self) -> bool:
+        return self.recipient_type_details in MAILBOX_KINDS
+
+
+@dataclass
+class Contact(MailObject):
+    """A mail contact (Entra orgContact) pointing outside the tenant."""
+
+    external_email_address: str = ""  # 'SMTP:addr'
+    first_name: str | None = None
+    last_name: str | None = None
+
+
+@dataclass
+class Group(MailObject):
+    """Security group, mail-enabled security group, DL, dynamic DL or M365 group."""
+
+    kind: GroupKind = "Security"
+    description: str | None = None
+    members: list[str] = field(default_factory=list)  # object ids (users, groups, contacts)
+    owners: list[str] = field(default_factory=list)
+    managed_by: list[str] = field(default_factory=list)
+    recipient_filter: str | None = None  # dynamic DL
+    included_recipients: str | None = None  # dynamic DL precanned filter
+    require_sender_authentication: bool = True
+
+    @property
+    def mail_enabled(self) -> bool:
+        return self.kind != "Security"
+
+    @property
+    def security_enabled(self) -> bool:
+        return self.kind in ("Security", "MailSecurity")
+
+
+@dataclass
+class Domain:
+    name: str
+    is_verified: bool = True
+    is_default: bool = False
+    is_initial: bool = False
+    domain_type: str = "Authoritative"  # Exchange accepted-domain type
+
+
+@dataclass
+class Sku:
+    sku_id: str
+    sku_part_number: str
+    enabled: int  # prepaidUnits.enabled
+    service_plans: list[dict[str, str]] = field(default_factory=list)
+    applies_to: str = "User"
+    capability_status: str = "Enabled"
+
+
+@dataclass
+class App:
+    """An app registration with its service principal's grants in this tenant."""
+
+    client_id: str
+    display_name: str
+    client_secret: str | None = None
+    certificate_pem: str | None = None  # public certificate for client_assertion
+    graph_roles: list[str] = field(default_factory=list)  # application permissions
+    exchange_manage_as_app: bool = False  # Office 365 Exchange Online app role
+    exchange_roles: list[str] = field(default_factory=list)  # Entra roles, e.g. Exchange Administrator
+
+
+@dataclass
+class RemoteDomain:
+    name: str
+    domain_name: str  # '*' for Default
+    auto_forward_enabled: bool = True
+
+
+@dataclass
+class Tenant:
+    tenant_id: str
+    display_name: str
+    initial_domain: str  # <name>.onmicrosoft.com
+    users: dict[str, User] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
+    contacts: dict[str, Contact] = field(default_factory=dict)
+    domains: list[Domain] = field(default_factory=list)
+    skus: list[Sku] = field(default_factory=list)
+    apps: list[App] = field(default_factory=list)
+    # Outbound spam filter policy 'Default': AutoForwardingMode Automatic|On|Off.
+    # Automatic means Off since 2020 (learn.microsoft.com, outbound-spam-policies-external-email-forwarding).
+    auto_forwarding_mode: str = "Automatic"
+    remote_domains: list[RemoteDomain] = field(default_factory=list)
+    organization_guid: str = field(default_factory=new_guid)
+    legacy_dn_prefix: str = ""  # /o=ExchangeLabs/ou=Exchange Administrative Group (...)/cn=Recipients
+    _version: int = field(default=0, repr=False, compare=False)
+    _index_version: int = field(default=-1, repr=False, compare=False)
+    _address_index: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def touch(self, obj: MailObject | None = None) -> None:
+        """Record a change: bumps the version (index rebuild, save)."""
+        if obj is not None:
+            obj.changed = now_iso()
+        self._version += 1
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    # -- lookups -------------------------------------------------------------
+    def objects(self) -> Iterator[MailObject]:
+        yield from self.users.values()
+        yield from self.groups.values()
+        yield from self.contacts.values()
+
+    def get(self, object_id: str) -> MailObject | None:
+        return self.users.get(object_id) or self.groups.get(object_id) or self.contacts.get(object_id)
+
+    def _rebuild_index(self) -> None:
+        index: dict[str, str] = {}
+        for obj in self.objects():
+            if isinstance(obj, User) and obj.recipient_type_details is None:
+                continue
+            if isinstance(obj, Group) and not obj.mail_enabled:
+                continue
+            for a in obj.email_addresses:
+                kind, _, value = a.partition(":")
+                if kind.lower() in ("smtp", "x500") and value:
+                    index[f"{kind.lower()}:{value.lower()}"] = obj.id
+            if obj.legacy_exchange_dn:
+                index[f"x500:{obj.legacy_exchange_dn.lower()}"] = obj.id
+        self._address_index = index
+        self._index_version = self._version
+
+    def address_owner(self, address: str) -> MailObject | None:
+        """The recipient owning an address: 'a@b' / 'smtp:a@b' (SMTP) or 'x500:/o=...' / '/o=...'."""
+        if self._index_version != self._version:
+            self._rebuild_index()
+        a = address.strip()
+        low = a.lower()
+        if low.startswith(("smtp:", "x500:")):
+            key = low[:5] + low[5:]
+        elif low.startswith("/o="):
+            key = "x500:" + low
+        else:
+            key = "smtp:" + low
+        oid = self._address_index.get(key)
+        return self.get(oid) if oid else None
+
+    def accepted_domain(self, name: str) -> Domain | None:
+        n = name.lower()
+        return next((d for d in self.domains if d.name.lower() == n), None)
+
+    def sku(self, sku_id: str) -> Sku | None:
+        return next((s for s in self.skus if s.sku_id == sku_id), None)
+
+    def consumed_units(self, sku_id: str) -> int:
+        return sum(1 for u in self.users.values() if sku_id in u.assigned_licenses)
+
+    def app(self, client_id: str) -> App | None:
+        return next((a for a in self.apps if a.client_id == client_id), None)
+
+    def new_legacy_dn(self, alias: str) -> str:
+        # Exchange Online's form: .../cn=Recipients/cn=<32 hex>-<alias>
+        return f"{self.legacy_dn_prefix}/cn={uuid.uuid4().hex}-{alias[:20]}"
+
+    def settle(self, now: float | None = None) -> None:
+        """Advance time-driven state: licensed MailUsers whose mailbox is due become mailboxes."""
+        t = time.time() if now is None else now
+        for u in self.users.values():
+            if u.mailbox_pending_at is not None and u.mailbox_pending_at <= t:
+                u.mailbox_pending_at = None
+                u.recipient_type_details = "UserMailbox"
+                u.exchange_guid = u.exchange_guid or new_guid()
+                u.external_email_address = None
+                self.touch(u)
+
+
+@dataclass
+class Settings:
+    """World-wide behaviour knobs (not tenant data)."""
+
+    seed: int = 1
+    profile: str = "fast"  # published | fast | chaos
+    time_scale: float = 1.0  # published limits run this many times faster
+    provisioning_delay_s: float = 2.0  # licensed MailUser -> mailbox
+    replication_delay_s: float = 0.0  # chaos: new objects 404 this long
+    chaos_rate: float = 0.0  # chaos: fraction of requests failing transiently
+
+
+@dataclass
+class World:
+    """The source and target tenants plus settings; saved to a state directory."""
+
+    tenants: dict[str, Tenant]
+    settings: Settings = field(default_factory=Settings)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @property
+    def source(self) -> Tenant:
+        return self.tenants["source"]
+
+    @property
+    def target(self) -> Tenant:
+        return self.tenants["target"]
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        t = tenant_id.lower()
+        for tenant in self.tenants.values():
+            if tenant.tenant_id == t or tenant.initial_domain.lower() == t:
+                return tenant
+            if any(d.name.lower() == t for d in tenant.domains):
+                return tenant
+        return None
+
+    def tenant_for_domain(self, domain: str) -> Tenant | None:
+        d = domain.lower()
+        for tenant in self.tenants.values():
+            if tenant.accepted_domain(d) is not None:
+                return tenant
+        return None
+
+    @property
+    def version(self) -> int:
+        return sum(t.version for t in self.tenants.values())
+
+    # -- persistence -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "settings": dataclasses.asdict(self.settings),
+            "tenants": {k: _tenant_to_dict(t) for k, t in self.tenants.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> World:
+        return cls(
+            tenants={k: _tenant_from_dict(v) for k, v in data["tenants"].items()},
+            settings=Settings(**data.get("settings", {})),
+        )
+
+    def save(self, state_dir: Path) -> Path:
+        """Write state atomically (write + rename) so a reader never sees half a file."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / STATE_FILE
+        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+        with self.lock:
+            text = json.dumps(self.to_dict(), separators=(",", ":"))
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> World:
+        path = state_dir / STATE_FILE
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _tenant_to_dict(t: Tenant) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for f in dataclasses.fields(t):
+        if f.name.startswith("_"):
+            continue
+        v = getattr(t, f.name)
+        if isinstance(v, dict):
+            d[f.name] = [dataclasses.asdict(o) for o in v.values()]
+        elif isinstance(v, list):
+            d[f.name] = [dataclasses.asdict(o) for o in v]
+        else:
+            d[f.name] = v
+    return d
+
+
+def _tenant_from_dict(d: dict[str, Any]) -> Tenant:
+    return Tenant(
+        tenant_id=d["tenant_id"],
+        display_name=d["display_name"],
+        initial_domain=d["initial_domain"],
+        users={u["id"]: User(**u) for u in d.get("users", [])},
+        groups={g["id"]: Group(**g) for g in d.get("groups", [])},
+        contacts={c["id"]: Contact(**c) for c in d.get("contacts", [])},
+        domains=[Domain(**x) for x in d.get("domains", [])],
+        skus=[Sku(**x) for x in d.get("skus", [])],
+        apps=[App(**x) for x in d.get("apps", [])],
+        auto_forwarding_mode=d.get("auto_forwarding_mode", "Automatic"),
+        remote_domains=[RemoteDomain(**x) for x in d.get("remote_domains", [])],
+        organization_guid=d.get("organization_guid", new_guid()),
+        legacy_dn_prefix=d.get("legacy_dn_prefix", ""),
+    )

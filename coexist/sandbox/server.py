@@ -1,0 +1,375 @@
+"""Sandbox server: app assembly, TLS (trustme CA), background thread, persistence.
+
+`Sandbox` is the Python API (context manager) used by tests, `coexist demo`
+and `coexist sandbox serve`. It serves both tenants on one HTTPS port:
+
+- identity: `/{tenant}/v2.0/.well-known/openid-configuration`, `/{tenant}/oauth2/v2.0/token`
+- Graph:    `/v1.0/...` (tenant taken from the token, as graph.microsoft.com does)
+- Exchange: `/adminapi/beta/{tenantId}/InvokeCommand`
+
+State lives in `state_dir/state.json` (saved shortly after every change and
+on stop); `connection.json` there tells a coexist project how to connect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import trustme
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from . import exo, graph, seed
+from .identity import Issuer
+from .limits import Limiter
+from .model import STATE_FILE, Settings, World
+from .web import HTTPFailure, SandboxContext, exo_error_body, graph_error_body
+
+log = logging.getLogger(__name__)
+
+CONNECTION_FILE = "connection.json"
+CA_FILE = "ca.pem"
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+def profile_settings(profile: str, seed_value: int, time_scale: float = 1.0) -> Settings:
+    """Settings for a limit profile; chaos turns on faults and replication lag."""
+    s = Settings(seed=seed_value, profile=profile, time_scale=time_scale)
+    if profile == "chaos":
+        s.chaos_rate = 0.05
+        s.replication_delay_s = 0.5
+        s.provisioning_delay_s = 2.0
+    elif profile == "fast":
+        s.provisioning_delay_s = 0.5
+    return s
+
+
+class ChaosMiddleware:
+    """Under the chaos profile, fails a seeded share of Graph / Exchange calls.
+
+    `$batch` is left to its handler, which throttles each inner request on its
+    own as Graph does. A "reset" sends headers and part of the body, then drops
+    the connection, which clients see as a broken connection.
+    """
+
+    def __init__(self, app: ASGIApp, ctx: SandboxContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        is_graph = path.startswith("/v1.0/") and not path.startswith("/v1.0/$batch")
+        is_exo = path.startswith("/adminapi/")
+        fault = self.ctx.limiter.chaos() if (is_graph or is_exo) else None
+        if fault is None:
+            await self.app(scope, receive, send)
+            return
+        if fault == "reset":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b'{"value": [', "more_body": True})
+            raise ConnectionResetError("sandbox chaos: connection reset")
+        retry_after = self.ctx.limiter.chaos_retry_after()
+        if fault == "throttle":
+            status, code, msg = 429, "TooManyRequests", "Too many requests."
+        else:
+            status, code, msg = 503, "ServiceUnavailable", "Service Unavailable."
+        body = graph_error_body(code, msg) if is_graph else exo_error_body(code, msg)
+        data = json.dumps(body).encode()
+        ra = str(int(retry_after)) if float(retry_after).is_integer() else f"{retry_after:.3f}"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"retry-after", ra.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+
+async def _http_failure(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPFailure)
+    return exc.response
+
+
+def build_app(ctx: SandboxContext) -> Starlette:
+    routes: list[BaseRoute] = [*graph.routes(), *exo.routes(), *ctx.issuer.routes()]
+    app = Starlette(routes=routes, exception_handlers={HTTPFailure: _http_failure})
+    app.state.ctx = ctx
+    app.add_middleware(ChaosMiddleware, ctx=ctx)  # type: ignore[arg-type]
+    return app
+
+
+def make_app_certificate(common_name: str) -> tuple[str, str]:
+    """A self-signed RSA certificate for an app registration: (key+cert PEM, cert PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return key_pem + cert_pem, cert_pem
+
+
+class Sandbox:
+    """A running source + target tenant pair on 127.0.0.1 over HTTPS.
+
+    >>> with Sandbox(tmp_path, seed=1, users=20) as sb:
+    ...     sb.connection["tenants"]["source"]["graph_url"]
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        seed: int = 1,
+        users: int = 50,
+        profile: str = "fast",
+        port: int = 0,
+        host: str = "127.0.0.1",
+        time_scale: float = 1.0,
+        token_lifetime_s: int = 3599,
+        world: World | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self._requested_port = port
+        self.seed = seed
+        self.users = users
+        self.profile = profile
+        self.time_scale = time_scale
+        self.token_lifetime_s = token_lifetime_s
+        self.world = world or self._load_or_seed()
+        self.world.settings.profile = profile
+        self.world.settings.time_scale = time_scale
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._saver: threading.Thread | None = None
+        self._stop_saver = threading.Event()
+        self._saved_version = -1
+        self.port = 0
+        self.ctx: SandboxContext | None = None
+
+    # -- state -------------------------------------------------------------------
+    def _load_or_seed(self) -> World:
+        if (self.state_dir / STATE_FILE).exists():
+            return World.load(self.state_dir)
+        return seed.generate(
+            self.seed, self.users, profile_settings(self.profile, self.seed, self.time_scale)
+        )
+
+    def reset(self, world: World | None = None) -> World:
+        """Replace the tenants (tests re-seed per test without restarting HTTPS)."""
+        new = world or seed.generate(
+            self.seed, self.users, profile_settings(self.profile, self.seed, self.time_scale)
+        )
+        self._attach_app_certificates(new)
+        assert self.ctx is not None
+        with self.world.lock:
+            self.world.tenants = new.tenants
+            self.world.settings = new.settings
+            self.ctx.limiter = Limiter(new.settings)
+            for t in self.world.tenants.values():
+                t.touch()
+        self.save()
+        return self.world
+
+    def save(self) -> None:
+        with self.world.lock:
+            version = self.world.version
+            self.world.save(self.state_dir)
+            self._saved_version = version
+
+    def _saver_loop(self) -> None:
+        while not self._stop_saver.wait(0.25):
+            try:
+                if self.world.version != self._saved_version:
+                    self.save()
+            except Exception:  # never let persistence kill the server
+                log.exception("sandbox state save failed")
+
+    def _attach_app_certificates(self, world: World) -> None:
+        """Each tenant's app gets a certificate credential (file in the state dir)."""
+        for key, tenant in world.tenants.items():
+            path = self.state_dir / f"{key}-app.pem"
+            for app in tenant.apps:
+                if path.exists():
+                    text = path.read_text()
+                    marker = "-----BEGIN CERTIFICATE-----"
+                    on_disk = text[text.index(marker) :] if marker in text else None
+                    if app.certificate_pem in (None, on_disk):
+                        # Re-seeded tenants keep the credential file already handed out.
+                        app.certificate_pem = on_disk
+                        continue
+                combined, cert_pem = make_app_certificate(app.display_name)
+                path.write_text(combined)
+                path.chmod(0o600)
+                app.certificate_pem = cert_pem
+
+    # -- TLS ---------------------------------------------------------------------
+    def _tls(self) -> tuple[Path, Path]:
+        ca_path = self.state_dir / CA_FILE
+        server_path = self.state_dir / "server.pem"
+        if not (ca_path.exists() and server_path.exists()):
+            ca = trustme.CA(organization_name="coexist sandbox")
+            cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+            ca.cert_pem.write_to_path(str(ca_path))
+            cert.private_key_and_cert_chain_pem.write_to_path(str(server_path))
+        return ca_path, server_path
+
+    # -- lifecycle ---------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def start(self) -> Sandbox:
+        ca_path, server_path = self._tls()
+        self._attach_app_certificates(self.world)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._requested_port))
+        self.port = sock.getsockname()[1]
+        issuer = Issuer(self.world, self.base_url, lifetime_s=self.token_lifetime_s)
+        self.ctx = SandboxContext(
+            world=self.world,
+            issuer=issuer,
+            limiter=Limiter(self.world.settings),
+            base_url=self.base_url,
+            state_dir=self.state_dir,
+        )
+        config = uvicorn.Config(
+            build_app(self.ctx),
+            ssl_certfile=str(server_path),
+            ssl_keyfile=str(server_path),
+            ssl_version=ssl.PROTOCOL_TLS_SERVER,
+            log_level="critical",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="sandbox", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("sandbox server failed to start")
+            time.sleep(0.01)
+        self.save()
+        self.write_connection()
+        self._stop_saver.clear()
+        self._saver = threading.Thread(target=self._saver_loop, name="sandbox-saver", daemon=True)
+        self._saver.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._stop_saver.set()
+        if self._saver is not None:
+            self._saver.join(timeout=5)
+        self.save()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait(self) -> None:
+        """Block until the server thread ends (KeyboardInterrupt stops it)."""
+        assert self._thread is not None
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    # -- connection --------------------------------------------------------------
+    @property
+    def connection(self) -> dict[str, Any]:
+        tenants: dict[str, Any] = {}
+        for key, tenant in self.world.tenants.items():
+            app = tenant.apps[0]
+            tenants[key] = {
+                "tenant_id": tenant.tenant_id,
+                "display_name": tenant.display_name,
+                "authority": self.base_url,
+                "graph_url": f"{self.base_url}/v1.0",
+                "exo_url": f"{self.base_url}/adminapi/beta/{tenant.tenant_id}/InvokeCommand",
+                "client_id": app.client_id,
+                "client_secret": app.client_secret,
+                "certificate_file": str((self.state_dir / f"{key}-app.pem").resolve()),
+                "initial_domain": tenant.initial_domain,
+                "domains": [d.name for d in tenant.domains],
+            }
+        return {
+            "ca_file": str((self.state_dir / CA_FILE).resolve()),
+            "profile": self.world.settings.profile,
+            "base_url": self.base_url,
+            "tenants": tenants,
+        }
+
+    def write_connection(self) -> Path:
+        path = self.state_dir / CONNECTION_FILE
+        path.write_text(json.dumps(self.connection, indent=2) + "\n")
+        path.chmod(0o600)
+        return path
+
+
+def run_forever(sandbox: Sandbox, ready: Callable[[Sandbox], None]) -> None:
+    """Start, announce, and serve until interrupted (used by `coexist sandbox serve`)."""
+    sandbox.start()
+    ready(sandbox)
+    sandbox.wait()
+
+
+__all__ = ["CONNECTION_FILE", "Sandbox", "profile_settings", "run_forever"]

@@ -1,0 +1,1 @@
+"""tenants (see DESIGN.md)."""

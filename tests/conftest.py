@@ -1,0 +1,37 @@
+"""Fixtures: one HTTPS sandbox per test session, tenants re-seeded per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coexist.sandbox import Sandbox
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """The running sandbox (source + target) for the whole session."""
+    state = tmp_path_factory.mktemp("sandbox")
+    with Sandbox(state, seed=7, users=40, profile="fast") as sb:
+        yield sb
+
+
+@pytest.fixture
+def sandbox(sandbox_server: Sandbox) -> Sandbox:
+    """The session sandbox with freshly seeded tenants (seed 7, 40 users, fast profile)."""
+    sandbox_server.reset()
+    return sandbox_server
+
+
+@pytest.fixture
+def conn(sandbox: Sandbox) -> dict[str, Any]:
+    """connection.json content for the freshly seeded sandbox."""
+    return sandbox.connection
+
+
+@pytest.fixture
+def state_dir(sandbox: Sandbox) -> Path:
+    return sandbox.state_dir
