@@ -6,6 +6,7 @@ azure-identity, msgraph-sdk (kiota) and httpx really send.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,6 +22,11 @@ from msgraph_core import GraphClientFactory
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 EXO_SCOPE = "https://outlook.office365.com/.default"
+
+
+def tls(conn: dict[str, Any]) -> ssl.SSLContext:
+    """Verification against the sandbox CA (verification is never switched off)."""
+    return ssl.create_default_context(cafile=conn["ca_file"])
 
 
 def tenant(conn: dict[str, Any], key: str) -> dict[str, Any]:
@@ -56,9 +62,7 @@ def async_credential(conn: dict[str, Any], key: str, kind: str = "secret") -> An
         return AsyncCertificateCredential(
             t["tenant_id"], t["client_id"], certificate_path=t["certificate_file"], **common
         )
-    return AsyncClientSecretCredential(
-        t["tenant_id"], t["client_id"], t["client_secret"], **common
-    )
+    return AsyncClientSecretCredential(t["tenant_id"], t["client_id"], t["client_secret"], **common)
 
 
 def graph_client(conn: dict[str, Any], key: str, kind: str = "secret") -> GraphServiceClient:
@@ -72,7 +76,7 @@ def graph_client(conn: dict[str, Any], key: str, kind: str = "secret") -> GraphS
         async_credential(conn, key, kind), scopes=[GRAPH_SCOPE], allowed_hosts=[host]
     )
     http = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(verify=conn["ca_file"], timeout=30)
+        client=httpx.AsyncClient(verify=tls(conn), timeout=30)
     )
     adapter = GraphRequestAdapter(auth, http)
     adapter.base_url = t["graph_url"]
@@ -89,7 +93,7 @@ def graph_http(conn: dict[str, Any], key: str, token: str | None = None) -> http
     tok = token or bearer(conn, key)
     return httpx.Client(
         base_url=t["graph_url"].rstrip("/") + "/",
-        verify=conn["ca_file"],
+        verify=tls(conn),
         headers={"Authorization": f"Bearer {tok}"},
         timeout=30,
     )
@@ -100,7 +104,7 @@ def exo_http(conn: dict[str, Any], key: str, token: str | None = None) -> httpx.
     t = tenant(conn, key)
     tok = token or bearer(conn, key, EXO_SCOPE)
     return httpx.Client(
-        verify=conn["ca_file"],
+        verify=tls(conn),
         headers={
             "Authorization": f"Bearer {tok}",
             "X-ResponseFormat": "json",

@@ -95,7 +95,9 @@ class Issuer:
             "sub": app.client_id,
             "tid": tenant.tenant_id,
             "roles": roles,
-            "wids": sorted(ROLE_TEMPLATE_IDS[r] for r in app.exchange_roles if r in ROLE_TEMPLATE_IDS),
+            "wids": sorted(
+                ROLE_TEMPLATE_IDS[r] for r in app.exchange_roles if r in ROLE_TEMPLATE_IDS
+            ),
             "ver": "1.0",
             "uti": uuid.uuid4().hex,
         }
@@ -117,7 +119,9 @@ class Issuer:
         except jwt.InvalidAudienceError as exc:
             raise TokenError("InvalidAuthenticationToken", "Invalid audience.") from exc
         except jwt.PyJWTError as exc:
-            raise TokenError("InvalidAuthenticationToken", "Access token validation failure.") from exc
+            raise TokenError(
+                "InvalidAuthenticationToken", "Access token validation failure."
+            ) from exc
         with self.world.lock:
             tenant = self.world.tenant_by_id(claims["tid"])
             app = tenant.app(claims["appid"]) if tenant else None
@@ -290,7 +294,12 @@ class Issuer:
                 options={"require": ["exp", "aud", "iss", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            return aad_error(401, "invalid_client", 700024, "Client assertion is not within its valid time range.")
+            return aad_error(
+                401,
+                "invalid_client",
+                700024,
+                "Client assertion is not within its valid time range.",
+            )
         except jwt.InvalidAudienceError:
             return aad_error(
                 401,

@@ -64,7 +64,9 @@ class Limiter:
 
     def __init__(self, settings: Settings) -> None:
         if settings.profile not in PROFILES:
-            raise ValueError(f"unknown limit profile {settings.profile!r}; choose one of {PROFILES}")
+            raise ValueError(
+                f"unknown limit profile {settings.profile!r}; choose one of {PROFILES}"
+            )
         self.settings = settings
         self._buckets: dict[tuple[str, tuple[str, ...]], _Bucket] = {}
         self._inflight: dict[tuple[str, ...], int] = {}
@@ -129,7 +131,9 @@ class Limiter:
             return self._rng.choice(("throttle", "throttle", "unavailable", "reset"))
 
     def chaos_retry_after(self) -> float:
-        return 1.0 if self.settings.time_scale == 1.0 else max(0.001, 1.0 / self.settings.time_scale)
+        return (
+            1.0 if self.settings.time_scale == 1.0 else max(0.001, 1.0 / self.settings.time_scale)
+        )
 
     def visible_at(self) -> float:
         """When a just-created object becomes readable through Graph (replication lag)."""

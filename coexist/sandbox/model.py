@@ -193,7 +193,9 @@ class App:
     certificate_pem: str | None = None  # public certificate for client_assertion
     graph_roles: list[str] = field(default_factory=list)  # application permissions
     exchange_manage_as_app: bool = False  # Office 365 Exchange Online app role
-    exchange_roles: list[str] = field(default_factory=list)  # Entra roles, e.g. Exchange Administrator
+    exchange_roles: list[str] = field(
+        default_factory=list
+    )  # Entra roles, e.g. Exchange Administrator
 
 
 @dataclass
@@ -219,7 +221,9 @@ class Tenant:
     auto_forwarding_mode: str = "Automatic"
     remote_domains: list[RemoteDomain] = field(default_factory=list)
     organization_guid: str = field(default_factory=new_guid)
-    legacy_dn_prefix: str = ""  # /o=ExchangeLabs/ou=Exchange Administrative Group (...)/cn=Recipients
+    legacy_dn_prefix: str = (
+        ""  # /o=ExchangeLabs/ou=Exchange Administrative Group (...)/cn=Recipients
+    )
     _version: int = field(default=0, repr=False, compare=False)
     _index_version: int = field(default=-1, repr=False, compare=False)
     _address_index: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -241,7 +245,9 @@ class Tenant:
         yield from self.contacts.values()
 
     def get(self, object_id: str) -> MailObject | None:
-        return self.users.get(object_id) or self.groups.get(object_id) or self.contacts.get(object_id)
+        return (
+            self.users.get(object_id) or self.groups.get(object_id) or self.contacts.get(object_id)
+        )
 
     def _rebuild_index(self) -> None:
         index: dict[str, str] = {}

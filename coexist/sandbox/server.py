@@ -47,7 +47,9 @@ CONNECTION_FILE = "connection.json"
 CA_FILE = "ca.pem"
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
 
 
 def profile_settings(profile: str, seed_value: int, time_scale: float = 1.0) -> Settings:
@@ -87,7 +89,10 @@ class ChaosMiddleware:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"4096"),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": b'{"value": [', "more_body": True})
@@ -123,7 +128,7 @@ def build_app(ctx: SandboxContext) -> Starlette:
     routes: list[BaseRoute] = [*graph.routes(), *exo.routes(), *ctx.issuer.routes()]
     app = Starlette(routes=routes, exception_handlers={HTTPFailure: _http_failure})
     app.state.ctx = ctx
-    app.add_middleware(ChaosMiddleware, ctx=ctx)  # type: ignore[arg-type]
+    app.add_middleware(ChaosMiddleware, ctx=ctx)
     return app
 
 
@@ -264,7 +269,7 @@ class Sandbox:
         return f"https://{self.host}:{self.port}"
 
     def start(self) -> Sandbox:
-        ca_path, server_path = self._tls()
+        _ca, server_path = self._tls()
         self._attach_app_certificates(self.world)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

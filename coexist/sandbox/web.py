@@ -54,9 +54,7 @@ def request_ids(request: Request | None) -> tuple[str, str]:
     return str(uuid.uuid4()), client or str(uuid.uuid4())
 
 
-def graph_error_body(
-    code: str, message: str, request: Request | None = None
-) -> dict[str, Any]:
+def graph_error_body(code: str, message: str, request: Request | None = None) -> dict[str, Any]:
     req_id, client_id = request_ids(request)
     return {
         "error": {
@@ -106,9 +104,7 @@ def graph_principal(request: Request, any_of: Iterable[str]) -> Principal:
     try:
         principal = ctx.issuer.validate(request.headers.get("authorization"), GRAPH_RESOURCE)
     except TokenError as exc:
-        raise HTTPFailure(
-            graph_error(401, exc.code, exc.message, request)
-        ) from exc
+        raise HTTPFailure(graph_error(401, exc.code, exc.message, request)) from exc
     wanted = set(any_of)
     if wanted and not (principal.roles & wanted):
         raise HTTPFailure(

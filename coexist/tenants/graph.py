@@ -1,0 +1,146 @@
+"""Microsoft Graph adapter: the only module that talks to Graph.
+
+Bulk reads use raw JSON over httpx (msgraph-sdk parses each User object in
+~8-12 ms of CPU: msgraph-sdk-python issue 584, FACTS.md); typed calls can use
+`sdk()`, a GraphServiceClient on the same endpoint and credential. Errors are
+mapped to `coexist.errors` here (`parse_error`), nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from azure.core.exceptions import ClientAuthenticationError
+
+from coexist.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RemoteError,
+    TransientError,
+)
+
+from .auth import GRAPH_SCOPE, TenantEndpoint, credential
+
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (Graph sends whole seconds; the sandbox may send fractions)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def parse_error(
+    status: int, body: Any, headers: httpx.Headers | dict[str, str], *, what: str
+) -> RemoteError:
+    """Map a Graph error response to the coexist error tree."""
+    err = body.get("error", {}) if isinstance(body, dict) else {}
+    code = err.get("code") if isinstance(err, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    text = f"Graph {what}: {status} {code or ''} {message or ''}".strip()
+    kw: dict[str, Any] = {"service": "graph", "code": code, "status": status}
+    if status in TRANSIENT_STATUS:
+        return TransientError(text, retry_after=parse_retry_after(headers.get("Retry-After")), **kw)
+    if status == 401:
+        return AuthenticationError(text, **kw)
+    if status == 403:
+        return PermissionDenied(
+            text, next_step="coexist permissions  (shows the application permissions needed)", **kw
+        )
+    if status == 404:
+        return NotFound(text, **kw)
+    if status == 409:
+        return Conflict(text, **kw)
+    return InvalidRequest(text, **kw)
+
+
+class GraphAdapter:
+    """Raw-JSON Graph access for one tenant (async)."""
+
+    def __init__(self, ep: TenantEndpoint, *, timeout: float = 60.0) -> None:
+        self.ep = ep
+        self._cred = credential(ep)
+        self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
+        self.base = ep.graph_url.rstrip("/")
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        await self._cred.close()
+
+    async def __aenter__(self) -> GraphAdapter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _token(self) -> str:
+        try:
+            tok = await self._cred.get_token(GRAPH_SCOPE)
+        except ClientAuthenticationError as exc:
+            raise AuthenticationError(
+                f"could not get a Graph token for tenant {self.ep.tenant_id}: {exc.message}",
+                service="identity",
+                next_step="check the client id, secret or certificate, then `coexist preflight`",
+            ) from exc
+        return str(tok.token)
+
+    def url(self, path: str) -> str:
+        return path if path.startswith("https://") else f"{self.base}/{path.lstrip('/')}"
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """One request; returns parsed JSON (or None for 204)."""
+        h = {"Authorization": f"Bearer {await self._token()}", **(headers or {})}
+        try:
+            resp = await self._http.request(
+                method, self.url(path), params=params, json=json, headers=h
+            )
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"Graph {method} {path}: connection failed ({type(exc).__name__})", service="graph"
+            ) from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+            raise parse_error(resp.status_code, body, resp.headers, what=f"{method} {path}")
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    async def pages(
+        self, path: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield each page's `value`, following `@odata.nextLink`."""
+        data = await self.send("GET", path, params=params, headers=headers)
+        while True:
+            yield list(data.get("value", []))
+            link = data.get("@odata.nextLink")
+            if not link:
+                return
+            data = await self.send("GET", link, headers=headers)
+
+    async def list_all(
+        self, path: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async for page in self.pages(path, params, headers):
+            out.extend(page)
+        return out
