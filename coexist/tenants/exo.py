@@ -10,6 +10,7 @@ FACTS.md), so every detail of it lives in this module alone.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from coexist.errors import (
 
 from .auth import EXO_SCOPE, TenantEndpoint, credential
 from .graph import TRANSIENT_STATUS, parse_retry_after
+from .plan import WriteRecorder, is_write_cmdlet
 
 # Anchor header the V3 module sends for app-only sessions (FACTS.md).
 ANCHOR = "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@"
@@ -75,13 +77,24 @@ class ExoRunner:
     """Runs Exchange Online cmdlets over REST: `await run(name, **params) -> list[dict]`."""
 
     def __init__(
-        self, ep: TenantEndpoint, *, page_size: int = MAX_PAGE, timeout: float = 900
+        self,
+        ep: TenantEndpoint,
+        *,
+        label: str = "",
+        page_size: int = MAX_PAGE,
+        timeout: float = 900,
+        concurrency: int = 8,
+        plan: WriteRecorder | None = None,
     ) -> None:
         # 900 s: a cmdlet call times out after 15 minutes server-side (FACTS.md).
         self.ep = ep
+        self.label = label or ep.tenant_id
         self.page_size = max(1, min(MAX_PAGE, page_size))
+        self.plan = plan
+        self.calls = 0
         self._cred = credential(ep)
         self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -111,10 +124,19 @@ class ExoRunner:
         }
 
     async def run(self, cmdlet: str, **params: Any) -> list[dict[str, Any]]:
+        """Run one cmdlet, following pages; in plan mode a write is recorded, not sent."""
+        if self.plan is not None and is_write_cmdlet(cmdlet):
+            self.plan.record("exchange", self.label, cmdlet, params)
+            return []
+        async with self._slots:
+            return await self._send(cmdlet, params)
+
+    async def _send(self, cmdlet: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         body = build_body(cmdlet, params)
         url: str | None = self.ep.invoke_url
         out: list[dict[str, Any]] = []
         while url:
+            self.calls += 1
             try:
                 resp = await self._http.post(url, json=body, headers=await self._headers(cmdlet))
             except httpx.TransportError as exc:

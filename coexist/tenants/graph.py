@@ -8,6 +8,7 @@ mapped to `coexist.errors` here (`parse_error`), nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from coexist.errors import (
 )
 
 from .auth import GRAPH_SCOPE, TenantEndpoint, credential
+from .plan import WriteRecorder
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -63,13 +65,34 @@ def parse_error(
     return InvalidRequest(text, **kw)
 
 
+def _is_write(method: str, path: str, body: Any) -> bool:
+    """GET is a read; a $batch of GETs is a read too; everything else writes."""
+    if method.upper() == "GET":
+        return False
+    if path.rstrip("/").endswith("$batch") and isinstance(body, dict):
+        return any(r.get("method", "GET").upper() != "GET" for r in body.get("requests", []))
+    return True
+
+
 class GraphAdapter:
     """Raw-JSON Graph access for one tenant (async)."""
 
-    def __init__(self, ep: TenantEndpoint, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        ep: TenantEndpoint,
+        *,
+        label: str = "",
+        timeout: float = 60.0,
+        concurrency: int = 8,
+        plan: WriteRecorder | None = None,
+    ) -> None:
         self.ep = ep
+        self.label = label or ep.tenant_id
+        self.plan = plan
+        self.calls = 0
         self._cred = credential(ep)
         self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
+        self._slots = asyncio.Semaphore(concurrency)
         self.base = ep.graph_url.rstrip("/")
 
     async def close(self) -> None:

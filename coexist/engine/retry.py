@@ -1,0 +1,60 @@
+"""Retry policies: injected objects, so tests can fail fast and production can wait.
+
+Only `TransientError` is retried (throttling, 5xx, dropped connections). When
+the service said how long to wait (Retry-After), that wins over backoff —
+Microsoft's throttling guidance: learn.microsoft.com/graph/throttling
+("wait the number of seconds specified in the Retry-After header").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+)
+
+from coexist.errors import TransientError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry transient errors up to `max_attempts`, honouring Retry-After."""
+
+    max_attempts: int = 5
+    max_wait_s: float = 300.0  # give up on one step after this much total waiting
+    base_s: float = 1.0  # exponential backoff base when no Retry-After was given
+    cap_s: float = 60.0
+
+    def wait_for(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_wait_s)
+        backoff = min(self.cap_s, self.base_s * 2 ** (state.attempt_number - 1))
+        return random.uniform(0, backoff)  # full jitter (AWS architecture blog)
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_wait_s),
+            wait=self.wait_for,
+            sleep=asyncio.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+FAIL_FAST = RetryPolicy(max_attempts=1, max_wait_s=0)

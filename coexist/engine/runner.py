@@ -1,0 +1,190 @@
+"""The runner: journal → observe → compare → apply → journal, per step.
+
+It records `started` (with the step's intent) before a step runs and `ok` /
+`waiting` / `failed` after. A crash between the two leaves `started`: the next
+run re-observes and never re-applies blindly. Items (users, groups) run
+concurrently up to a limit; one item's steps run in order and stop at the first
+step that fails or waits, so nothing runs on top of a half-done predecessor.
+
+Plan mode: the same executors run with adapters that record writes instead of
+sending them (`coexist.tenants.plan`), and the journal is left untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coexist.errors import CoexistError, redact
+from coexist.tenants.plan import WriteRecorder, current_step
+
+from .retry import RetryPolicy
+from .step import Registry, Step, StepResult, registry
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one step ended in this run."""
+
+    step: str
+    subject: str
+    name: str
+    status: str  # ok | waiting | failed | planned
+    changed: bool
+    detail: str = ""
+    error: str | None = None
+    error_class: str | None = None
+    next_step: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """The ordered steps for one item, and the phase it reaches when all are ok."""
+
+    kind: str  # user | group
+    key: str
+    steps: Sequence[Step]
+    phase: str | None = None  # phase recorded when every step ends ok
+    label: str = ""  # how operators know the item (address / name)
+
+
+@dataclass
+class Runner:
+    """Runs item plans for one command invocation."""
+
+    ctx: Any  # the executors' context (tenant adapters, project, journal, caches)
+    journal: Any  # coexist.journal.Journal
+    run_id: int
+    retry: RetryPolicy
+    next_step: str  # the command an operator runs to continue, e.g. `coexist retry --project X`
+    plan: WriteRecorder | None = None
+    steps: Registry[Step] = field(default_factory=lambda: registry)
+    on_outcome: Callable[[Outcome], None] = lambda _o: None
+
+    @property
+    def planning(self) -> bool:
+        return self.plan is not None
+
+    async def run_step(self, step: Step, label: str = "") -> Outcome:
+        executor = self.steps.executor_for(step)
+        token = current_step.set(step.key)
+        try:
+            if not self.planning:
+                prev = self.journal.step_started(
+                    self.run_id,
+                    step.key,
+                    item_kind=step.item_kind,
+                    item_key=step.subject,
+                    name=step.name,
+                    intent=step.intent(),
+                )
+                if prev is not None and prev.get("status") == "started":
+                    self.journal.event(
+                        self.run_id,
+                        "warning",
+                        "previous attempt was interrupted; re-observing before any write",
+                        item_key=step.subject,
+                        step_key=step.key,
+                    )
+
+            async def attempt() -> StepResult:
+                observed = await executor.observe(self.ctx, step)
+                return await executor.apply(self.ctx, step, observed)
+
+            try:
+                result = await self.retry.call(attempt)
+            except CoexistError as exc:
+                return self._failed(step, label, exc, type(exc).__name__, exc.message)
+            except Exception as exc:  # a bug: record it for the operator, keep other items going
+                msg = f"internal error: {type(exc).__name__}: {exc}"
+                self._debug(step, traceback.format_exc())
+                return self._failed(step, label, exc, type(exc).__name__, msg)
+            return self._finished(step, result)
+        finally:
+            current_step.reset(token)
+
+    def _finished(self, step: Step, result: StepResult) -> Outcome:
+        status: str = result.status
+        if self.planning:
+            status = "planned" if result.changed else status
+        else:
+            self.journal.step_finished(
+                step.key,
+                status=status,
+                before=result.before,
+                after=result.after,
+                changed=result.changed,
+                detail={"text": result.detail, **result.data}
+                if result.data
+                else {"text": result.detail},
+            )
+        outcome = Outcome(step.key, step.subject, step.name, status, result.changed, result.detail)
+        self.on_outcome(outcome)
+        return outcome
+
+    def _failed(
+        self, step: Step, label: str, exc: BaseException, cls: str, message: str
+    ) -> Outcome:
+        who = label or step.subject
+        text = redact(f"{who}: step {step.name} failed: {message}")
+        retry_after = getattr(exc, "retry_after", None)
+        nxt = getattr(exc, "next_step", None) or self.next_step
+        if not self.planning:
+            self.journal.step_finished(
+                step.key,
+                status="failed",
+                error_class=cls,
+                error_message=text,
+                retry_after=retry_after,
+                next_step=nxt,
+            )
+        outcome = Outcome(step.key, step.subject, step.name, "failed", False, "", text, cls, nxt)
+        self.on_outcome(outcome)
+        return outcome
+
+    def _debug(self, step: Step, text: str) -> None:
+        if not self.planning:
+            self.journal.event(
+                self.run_id, "error", redact(text)[-4000:], item_key=step.subject, step_key=step.key
+            )
+
+    async def run_item(self, item: ItemPlan) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for step in item.steps:
+            outcome = await self.run_step(step, item.label)
+            outcomes.append(outcome)
+            if outcome.status in ("failed", "waiting"):
+                break
+        if not self.planning:
+            self._record_item(item, outcomes)
+        return outcomes
+
+    def _record_item(self, item: ItemPlan, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        last = outcomes[-1]
+        fields: dict[str, Any] = {"last_step": last.name}
+        if last.status == "failed":
+            fields.update(state="failed", error=last.error)
+        elif last.status == "waiting":
+            fields.update(state="waiting", error=None, waiting_for=last.detail)
+        else:
+            fields.update(state="ok", error=None)
+            if item.phase:
+                fields["phase"] = item.phase
+        self.journal.update_item(item.kind, item.key, **fields)
+
+    async def run(self, items: Sequence[ItemPlan], concurrency: int = 8) -> list[Outcome]:
+        """Run every item's steps; at most `concurrency` items at once."""
+        slots = asyncio.Semaphore(max(1, concurrency))
+        results: list[list[Outcome]] = [[] for _ in items]
+
+        async def one(i: int, item: ItemPlan) -> None:
+            async with slots:
+                results[i] = await self.run_item(item)
+
+        await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
+        return [o for r in results for o in r]

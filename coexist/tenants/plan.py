@@ -1,0 +1,64 @@
+"""Plan mode at the adapter boundary, like alembic's offline SQL mode.
+
+The same apply code runs; an adapter with a `WriteRecorder` describes each
+write (cmdlet with parameters, Graph request) instead of sending it. Reads are
+still sent, so the plan reflects the live state. The engine sets
+`current_step` so every planned write names the step that wanted it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "coexist_current_step", default=None
+)
+
+# Cmdlet verbs that only read. Everything else (New-, Set-, Add-, Remove-,
+# Enable-, ...) is a write and is captured in plan mode.
+READ_VERBS = ("Get-", "Test-")
+
+
+def is_write_cmdlet(cmdlet: str) -> bool:
+    return not cmdlet.startswith(READ_VERBS)
+
+
+@dataclass(frozen=True)
+class PlannedWrite:
+    system: str  # "exchange" | "graph"
+    tenant: str  # "source" | "target" (or a tenant id)
+    operation: str  # cmdlet name, or "PATCH /users/{id}"
+    params: dict[str, Any]
+    step: str | None
+
+    def describe(self) -> str:
+        if self.system == "exchange":
+            args = " ".join(f"-{k} {_ps(v)}" for k, v in self.params.items())
+            return f"[{self.tenant}] {self.operation} {args}".rstrip()
+        return f"[{self.tenant}] {self.operation} {self.params}"
+
+
+def _ps(value: Any) -> str:
+    if isinstance(value, bool):
+        return "$true" if value else "$false"
+    if isinstance(value, dict) and value.get("@odata.type") == "#Exchange.GenericHashTable":
+        parts = [f"{k}={_ps(v)}" for k, v in value.items() if not k.startswith("@")]
+        return "@{" + "; ".join(parts) + "}"
+    if isinstance(value, list):
+        return ",".join(_ps(v) for v in value)
+    text = str(value)
+    return f"'{text}'" if any(c in text for c in " ,;'@{}") else text
+
+
+@dataclass
+class WriteRecorder:
+    """Collects the writes a plan-mode run would have sent."""
+
+    writes: list[PlannedWrite] = field(default_factory=list)
+
+    def record(self, system: str, tenant: str, operation: str, params: dict[str, Any]) -> None:
+        self.writes.append(
+            PlannedWrite(system, tenant, operation, dict(params), current_step.get())
+        )
