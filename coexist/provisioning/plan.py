@@ -1,0 +1,132 @@
+"""Planning target recipients: names and addresses decided once, then recorded.
+
+A plan is computed before any write and stored on the item in the journal, so
+a crash after `New-MailUser` cannot lead to a second object with a suffixed
+address: the next run looks for the object the plan named.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from coexist.model import (
+    SourceMailbox,
+    ascii_alias,
+    exchange_name,
+    forwarding_address,
+    free_address,
+    split_address,
+)
+
+from .index import TargetIndex
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """What the target object for one source mailbox is to look like."""
+
+    mode: str  # create | match
+    name: str
+    alias: str
+    display_name: str
+    primary_smtp: str  # also the MicrosoftOnlineServicesID (UPN) when created
+    external_address: str  # where the target forwards: the source mailbox
+    x500: tuple[str, ...]
+    matched_id: str | None = None  # match mode: the existing target recipient
+    candidates: tuple[str, ...] = ()  # match mode: ambiguous candidates (needs confirmation)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["x500"] = list(self.x500)
+        d["candidates"] = list(self.candidates)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TargetPlan:
+        return cls(
+            **{**d, "x500": tuple(d.get("x500", ())), "candidates": tuple(d.get("candidates", ()))}
+        )
+
+
+def plan_create(
+    src: SourceMailbox, index: TargetIndex, destination_domain: str, forwarding_domain: str | None
+) -> TargetPlan:
+    """A new MailUser: the source local part at the destination domain, suffixed if taken."""
+    local = ascii_alias(src.local_part)
+    primary = free_address(local, destination_domain, lambda a: index.address_taken(a, src.id))
+    name = exchange_name(src.display_name, lambda n: index.name_taken(n, src.id))
+    plan = TargetPlan(
+        mode="create",
+        name=name,
+        alias=split_address(primary)[0],
+        display_name=src.display_name,
+        primary_smtp=primary,
+        external_address=forwarding_address(src, forwarding_domain),
+        x500=tuple(src.x500_proxies()),
+    )
+    index.reserve(src.id, address=primary, name=name)
+    return plan
+
+
+def plan_match(
+    src: SourceMailbox,
+    index: TargetIndex,
+    destination_domain: str,
+    forwarding_domain: str | None,
+    claimed: dict[str, str],
+) -> TargetPlan:
+    """Match an existing target recipient on the SMTP local part.
+
+    Exactly one candidate not claimed by another source user → matched. None →
+    planned like `create`. Several, or one already claimed → candidates recorded
+    and the user waits for the operator (`coexist confirm`).
+    """
+    found = index.by_local_part(src.local_part)
+    ids = sorted(str(r.get("ExternalDirectoryObjectId") or r.get("Guid")) for r in found)
+    if not ids:
+        return plan_create(src, index, destination_domain, forwarding_domain)
+    base = dict(
+        mode="match",
+        display_name=src.display_name,
+        external_address=forwarding_address(src, forwarding_domain),
+        x500=tuple(src.x500_proxies()),
+    )
+    if len(ids) == 1 and claimed.get(ids[0], src.id) == src.id:
+        r = found[0]
+        claimed[ids[0]] = src.id
+        return TargetPlan(
+            name=str(r.get("Name")),
+            alias=str(r.get("Alias")),
+            primary_smtp=str(r.get("PrimarySmtpAddress")),
+            matched_id=ids[0],
+            **base,  # type: ignore[arg-type]
+        )
+    return TargetPlan(
+        name=src.name,
+        alias=src.alias,
+        primary_smtp="",
+        candidates=tuple(ids),
+        **base,  # type: ignore[arg-type]
+    )
+
+
+def new_password(length: int = 24) -> str:
+    """A random initial password for a licensable MailUser; never stored or logged.
+
+    New-MailUser's MicrosoftOnlineServicesID parameter set requires -Password
+    (FACTS.md); operators reset it (or use SSO) when the user cuts over.
+    """
+    alphabet = string.ascii_letters + string.digits + "!#%+-=?@_"
+    while True:
+        pw = "".join(secrets.choice(alphabet) for _ in range(length))
+        classes = [
+            any(c.islower() for c in pw),
+            any(c.isupper() for c in pw),
+            any(c.isdigit() for c in pw),
+            any(not c.isalnum() for c in pw),
+        ]
+        if all(classes):
+            return pw

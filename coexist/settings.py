@@ -1,0 +1,1278 @@
+"""Project settings: the `project.toml` schema, every setting declared once.
+
+Each setting is one `Setting` row in `SETTINGS` (key, type, default, env var,
+help, choices, required). Everything else is derived from that table:
+
+- `render_template()` / `write_project()`: the documented `project.toml` that
+  `coexist init` writes: every option present, its help as a comment, defaults filled in;
+- `load_project()`: parse, validate and convert into a typed, frozen `Project`;
+  every error is a `ConfigError` naming the file and the key;
+- environment-variable overrides (environment > file > default);
+- `describe()`: the table as plain data, for docs.
+
+Secrets never live in the file. A tenant's client secret is read at load time
+from the environment variable named by `client_secret_env`; a literal
+`client_secret`/`password`/`secret` key anywhere is refused, and so is any key
+that looks like it turns TLS verification off (a CA bundle is the only knob).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import textwrap
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import jinja2
+
+from coexist.errors import ConfigError
+from coexist.tenants.auth import PUBLIC_AUTHORITY, TenantEndpoint
+
+PROJECT_FILE = "project.toml"
+JOURNAL_FILE = "journal.db"
+TENANT_SIDES = ("source", "target")
+
+SettingType = Literal["str", "int", "bool", "list", "duration", "path"]
+
+
+# -- the declaration ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One option of `project.toml`; the single source of its default, env var and help."""
+
+    key: str  # "section.name"
+    type: SettingType
+    default: Any
+    help: str
+    env: str | None = None
+    choices: tuple[str, ...] | None = None
+    required: bool = False
+    format: str | None = None  # extra check for strings, see _FORMATS
+    minimum: int | None = None
+    echo: bool = True  # False: never repeat the value in an error (it may be a pasted secret)
+
+    @property
+    def section(self) -> str:
+        return self.key.partition(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.partition(".")[2]
+
+
+SECTIONS: dict[str, str] = {
+    "project": "The project: one migration from one source tenant to one target tenant.",
+    "source": (
+        "The source tenant: where the mailboxes are today. coexist signs in as an app "
+        "registration with Microsoft Graph application permissions and Exchange.ManageAsApp "
+        "plus the Exchange Administrator role (see the README). Secrets never go in this "
+        "file: use certificate_file, or the environment variable named by client_secret_env."
+    ),
+    "target": (
+        "The target tenant: where the mailboxes move to. Same app registration requirements "
+        "and secret rules as [source]."
+    ),
+    "domains": "Addresses used for forwarding and for the users' new primary addresses.",
+    "scope": "Which source mailboxes are migrated.",
+    "groups": "Which source groups are recreated in the target.",
+    "mail_users": "How each source mailbox gets its target object (a MailUser) at provision.",
+    "prestage": "Pre-stage: turning target MailUsers into mailboxes and copying older mail.",
+    "cutover": "Cutover: what happens to mail routing once a user's mailbox has moved.",
+    "migration": "How mail data is copied between mailboxes.",
+    "engine": "How coexist runs steps: concurrency and retries.",
+    "verify": "`coexist verify-mailflow`: probe messages that show where mail lands.",
+}
+
+
+def _tenant_settings(side: str) -> list[Setting]:
+    """The [source] and [target] tables share one declaration; only names differ."""
+    up = side.upper()
+
+    def env(name: str) -> str:
+        return f"COEXIST_{up}_{name.upper()}"
+
+    return [
+        Setting(
+            f"{side}.tenant_id",
+            "str",
+            "",
+            f"Directory (tenant) id of the {side} tenant: a GUID, or its initial domain "
+            "(contoso.onmicrosoft.com). Required unless sandbox_connection is set.",
+            env=env("tenant_id"),
+            format="tenant",
+        ),
+        Setting(
+            f"{side}.client_id",
+            "str",
+            "",
+            f"Application (client) id of the app registration coexist signs in as in the {side} "
+            "tenant (a GUID). Required unless sandbox_connection is set.",
+            env=env("client_id"),
+            format="guid",
+        ),
+        Setting(
+            f"{side}.client_secret_env",
+            "str",
+            env("client_secret"),
+            "NAME of the environment variable holding the app's client secret; the secret "
+            "itself never goes in this file and is read when the project loads. Not needed "
+            "when certificate_file is set (the certificate wins when both are present).",
+            format="env-name",
+            echo=False,
+        ),
+        Setting(
+            f"{side}.certificate_file",
+            "path",
+            "",
+            "PEM file with the app's certificate and its unencrypted private key; relative to "
+            "the project directory or absolute. Preferred over a client secret.",
+            env=env("certificate_file"),
+        ),
+        Setting(
+            f"{side}.authority",
+            "str",
+            PUBLIC_AUTHORITY,
+            "Microsoft Entra sign-in endpoint. Change it only for a national cloud: "
+            "https://login.microsoftonline.us (US Government), https://login.chinacloudapi.cn "
+            "(21Vianet). Source: learn.microsoft.com/graph/deployments.",
+            env=env("authority"),
+            format="https-url",
+        ),
+        Setting(
+            f"{side}.graph_url",
+            "str",
+            "https://graph.microsoft.com/v1.0",
+            "Microsoft Graph root, including the version. National clouds: "
+            "https://graph.microsoft.us/v1.0 (GCC High), https://dod-graph.microsoft.us/v1.0 "
+            "(DoD), https://microsoftgraph.chinacloudapi.cn/v1.0 (21Vianet).",
+            env=env("graph_url"),
+            format="https-url",
+        ),
+        Setting(
+            f"{side}.exo_url",
+            "str",
+            "",
+            "Exchange Online admin API (InvokeCommand) URL. Blank = "
+            "https://outlook.office365.com/adminapi/beta/{tenant_id}/InvokeCommand. National "
+            "clouds use their own Exchange host (outlook.office365.us for GCC High, "
+            "webmail.apps.mil for DoD); the admin API path there is unverified.",
+            env=env("exo_url"),
+            format="https-url",
+        ),
+        Setting(
+            f"{side}.ca_file",
+            "path",
+            "",
+            "Extra CA bundle (PEM) to trust, e.g. a TLS-inspecting proxy's; blank = the system "
+            "store. Certificate verification is always on and cannot be turned off.",
+            env=env("ca_file"),
+        ),
+        Setting(
+            f"{side}.sandbox_connection",
+            "path",
+            "",
+            "A sandbox connection.json (written by `coexist sandbox serve` and `coexist demo`). "
+            "When set, tenant_id, client_id, certificate_file, ca_file and the endpoints come "
+            "from it: leave those at their defaults.",
+            env=env("sandbox_connection"),
+        ),
+    ]
+
+
+# Environment variables are given to what differs between machines or runs (identity,
+# endpoints, files, journal, concurrency); migration decisions (domains, scope, modes)
+# belong in the file so that every run of a project behaves the same.
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "project.name",
+        "str",
+        "",
+        "A name for this migration, shown in status output. Blank = the project directory's name.",
+    ),
+    Setting(
+        "project.journal",
+        "str",
+        "",
+        "Where coexist records every step. Blank = the SQLite file journal.db in the project "
+        "directory. For a team or several workers: a PostgreSQL URL, postgresql://user@host/db. "
+        "A password never goes here: put the whole URL in COEXIST_JOURNAL_URL, or use "
+        "PGPASSWORD / ~/.pgpass.",
+        env="COEXIST_JOURNAL_URL",
+        format="journal-url",
+    ),
+    Setting(
+        "project.batch_size",
+        "int",
+        50,
+        "Usual number of users per batch; preflight checks that free license seats cover it.",
+        minimum=1,
+    ),
+    *_tenant_settings("source"),
+    *_tenant_settings("target"),
+    Setting(
+        "domains.source_forwarding_domain",
+        "str",
+        "",
+        "Source domain that target forwarders point to (e.g. a vanity domain that stays routed "
+        "to the source). Blank = every accepted domain of the source, i.e. each user's own "
+        "primary source address.",
+        format="domain",
+    ),
+    Setting(
+        "domains.destination_domain",
+        "str",
+        "",
+        "Accepted domain of the target tenant that becomes each user's primary address there, "
+        "e.g. fabrikam.com.",
+        required=True,
+        format="domain",
+    ),
+    Setting(
+        "scope.group",
+        "str",
+        "",
+        "Display name of the mail-enabled security group whose members are migrated; matched "
+        "exactly (spaces allowed, no wildcards). Nested groups are expanded. Blank = every user "
+        "mailbox of the source. In a real tenant a membership change can take up to an hour to "
+        "show: if the group looks empty right after you filled it, wait and run discover again.",
+    ),
+    Setting(
+        "groups.copy",
+        "list",
+        ["distribution", "mail-security", "security", "dynamic"],
+        "Kinds of source groups recreated in the target with their members mapped to target "
+        "objects: distribution (distribution lists), mail-security (mail-enabled security "
+        "groups), security (security groups), dynamic (dynamic distribution groups). Copied "
+        "independently of the scope and never removed by rediscover. [] = copy none.",
+        choices=("distribution", "mail-security", "security", "dynamic"),
+    ),
+    Setting(
+        "mail_users.mode",
+        "str",
+        "create",
+        "create: a new MailUser per source mailbox; an SMTP address already in use in the "
+        "target gets a numeric suffix (alice2@...). match: pair each source mailbox with the "
+        "existing target recipient that has the same SMTP local part; ambiguous or duplicate "
+        "matches wait for the operator's confirmation.",
+        choices=("create", "match"),
+    ),
+    Setting(
+        "mail_users.forward_matched_to_source",
+        "bool",
+        False,
+        "match mode only: also forward each matched target object back to the source mailbox "
+        "until cutover, so mail sent to the target address reaches the mailbox in use.",
+    ),
+    Setting(
+        "prestage.convert",
+        "bool",
+        True,
+        "Turn each target MailUser into a mailbox at pre-stage by licensing it. false = leave "
+        "the MailUsers as they are.",
+    ),
+    Setting(
+        "prestage.license_sku",
+        "str",
+        "",
+        "License assigned at pre-stage: a skuPartNumber (e.g. ENTERPRISEPACK) or skuId from the "
+        "target tenant's subscribed SKUs (preflight lists them with free seats). Needed when "
+        "convert = true. Locked once the project has run: the journal records the SKU in use "
+        "and refuses a different one.",
+        format="sku",
+    ),
+    Setting(
+        "prestage.usage_location",
+        "str",
+        "",
+        'Two-letter country code (ISO 3166-1, e.g. "US") set on target users that have none, '
+        "because Microsoft cannot license a user without a usage location. Blank = leave such "
+        "users unlicensed and report them.",
+        format="country",
+    ),
+    Setting(
+        "prestage.older_than",
+        "duration",
+        "90d",
+        "Default data window for pre-stage passes: mail older than this is copied before "
+        "cutover (prestage --older-than overrides it). A number and a unit (w, d, h, m, s), "
+        "e.g. 90d, 12h, 30m.",
+    ),
+    Setting(
+        "cutover.mode",
+        "str",
+        "forward-on-source",
+        "forward-on-source: forward the source mailbox to the target and remove the target's "
+        "forward. leave-forward-on-target: keep the forward on the target object and change "
+        "nothing at the source. rename-source: prefix the source mailbox with rename_prefix and "
+        "create a mail contact at the source carrying the original address, so coexistence "
+        "holds and the mailbox can be recovered.",
+        choices=("forward-on-source", "leave-forward-on-target", "rename-source"),
+    ),
+    Setting(
+        "cutover.rename_prefix",
+        "str",
+        "MIGWIZ-",
+        "Prefix given to the renamed source mailbox in rename-source mode (letters, digits, "
+        "'-', '_', '.').",
+        format="prefix",
+    ),
+    Setting(
+        "migration.mover",
+        "str",
+        "none",
+        "none: no mail is copied; each data pass shows `no data mover configured` for the "
+        "user, never success. graph: Microsoft Graph import/export.",
+        choices=("none", "graph"),
+    ),
+    Setting(
+        "engine.concurrency_per_tenant",
+        "int",
+        8,
+        "Most requests in flight per tenant. Microsoft throttles per app and tenant, so more "
+        "is not always faster; Retry-After is honoured either way.",
+        env="COEXIST_CONCURRENCY_PER_TENANT",
+        minimum=1,
+    ),
+    Setting(
+        "engine.max_attempts",
+        "int",
+        5,
+        "Attempts per step before it is recorded as failed (`coexist retry` runs it again).",
+        minimum=1,
+    ),
+    Setting(
+        "engine.retry_max_wait_s",
+        "int",
+        300,
+        "Upper bound, in seconds, on a single wait between attempts.",
+        minimum=1,
+    ),
+    Setting(
+        "verify.service_mailbox",
+        "str",
+        "",
+        "Real tenants: the mailbox the probes are sent from through Graph sendMail. Use a "
+        "licensed mailbox in the target tenant (X500 addresses resolve only inside the tenant "
+        "that holds them). The target app needs the Graph application permission Mail.Send, "
+        "and both apps Mail.Read (application) to find where each probe landed; limit both to "
+        "the service mailbox and migrated users with RBAC for Applications or an application "
+        "access policy. Blank for the sandbox, whose routing model is used instead.",
+        format="email",
+    ),
+)
+
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+def section_settings(section: str) -> list[Setting]:
+    return [s for s in SETTINGS if s.section == section]
+
+
+def describe() -> list[dict[str, Any]]:
+    """The settings table as plain data (for docs and `--json`)."""
+    return [
+        {
+            "key": s.key,
+            "type": s.type,
+            "default": s.default,
+            "env": s.env,
+            "choices": list(s.choices) if s.choices else None,
+            "required": s.required,
+            "help": s.help,
+        }
+        for s in SETTINGS
+    ]
+
+
+# -- durations ------------------------------------------------------------------------
+_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_DURATION = re.compile(r"(\d+)([wdhms])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '12h', '30m', '1d12h' -> timedelta; ValueError with a usable message."""
+    compact = text.strip().lower()
+    parts = _DURATION.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(
+            f"not a duration: {text!r} (use a number and a unit: 90d, 12h, 30m; "
+            "units w, d, h, m, s)"
+        )
+    return sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest of 'Nw', 'Nd', 'Nh', 'Nm', 'Ns' parts that adds up to `value`."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0d"
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            out += f"{count}{unit}"
+    return out
+
+
+# -- string formats -------------------------------------------------------------------
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_https_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"must be an https:// URL, got {value!r} (TLS is always required)")
+    return value.rstrip("/")
+
+
+def _check_journal_url(value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme != "sqlite" and not scheme.startswith("postgresql"):
+        raise ValueError(
+            f"must be blank (SQLite in the project directory), sqlite:///PATH or "
+            f"postgresql://..., got scheme {scheme or 'none'!r}"
+        )
+    return value
+
+
+def _check_guid(value: str) -> str:
+    if not _GUID.match(value):
+        raise ValueError(f"must be a GUID like 00000000-0000-0000-0000-000000000000, got {value!r}")
+    return value.lower()
+
+
+def _check_domain(value: str) -> str:
+    lowered = value.lower()
+    if not _DOMAIN.match(lowered):
+        raise ValueError(f"must be a domain name like fabrikam.com, got {value!r}")
+    return lowered
+
+
+def _check_tenant(value: str) -> str:
+    if _GUID.match(value):
+        return value.lower()
+    if _DOMAIN.match(value.lower()):
+        return value.lower()
+    raise ValueError(
+        f"must be a tenant id (GUID) or the tenant's initial domain "
+        f"(contoso.onmicrosoft.com), got {value!r}"
+    )
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        # The value is never echoed: someone may have pasted the secret itself here.
+        raise ValueError(
+            "must be the NAME of an environment variable (letters, digits, '_'), not the "
+            "secret itself; put the secret in that environment variable"
+        )
+    return value
+
+
+def _check_email(value: str) -> str:
+    local, at, domain = value.partition("@")
+    if not at or not local or not _DOMAIN.match(domain.lower()):
+        raise ValueError(f"must be an email address like probe@fabrikam.com, got {value!r}")
+    return value
+
+
+def _check_country(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z]{2}", value):
+        raise ValueError(f'must be a two-letter country code like "US", got {value!r}')
+    return value.upper()
+
+
+def _check_sku(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError(f"must be a skuPartNumber (ENTERPRISEPACK) or a skuId GUID, got {value!r}")
+    return value
+
+
+def _check_prefix(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError(f"may contain only letters, digits, '-', '_' and '.', got {value!r}")
+    return value
+
+
+_FORMATS = {
+    "https-url": _check_https_url,
+    "journal-url": _check_journal_url,
+    "guid": _check_guid,
+    "domain": _check_domain,
+    "tenant": _check_tenant,
+    "env-name": _check_env_name,
+    "email": _check_email,
+    "country": _check_country,
+    "sku": _check_sku,
+    "prefix": _check_prefix,
+}
+
+
+# -- conversion of one value ----------------------------------------------------------
+class _Invalid(ValueError):
+    """A value failed its setting's checks; the loader adds file and key."""
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "true/false", int: "a number", str: "a string", list: "a list"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_type(s: Setting, raw: Any) -> None:
+    expected: dict[str, tuple[type, str]] = {
+        "str": (str, 'a string in quotes ("...")'),
+        "path": (str, 'a path in quotes ("...")'),
+        "duration": (str, 'a duration in quotes ("90d")'),
+        "int": (int, "a whole number (no quotes)"),
+        "bool": (bool, "true or false (no quotes)"),
+        "list": (list, 'a list like ["a", "b"]'),
+    }
+    kind, wording = expected[s.type]
+    # bool is a subclass of int in Python; TOML keeps them apart and so do we.
+    if not isinstance(raw, kind) or (s.type == "int" and isinstance(raw, bool)):
+        shown = f" ({raw!r})" if s.echo else ""
+        raise _Invalid(f"must be {wording}, got {_type_name(raw)}{shown}")
+    if isinstance(raw, list) and not all(isinstance(item, str) for item in raw):
+        raise _Invalid(f"must be {wording} of strings")
+
+
+def _check_choices(s: Setting, raw: Any) -> None:
+    if not s.choices:
+        return
+    values = raw if isinstance(raw, list) else [raw]
+    for value in values:
+        if value not in s.choices:
+            near = difflib.get_close_matches(value, s.choices, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise _Invalid(f"{value!r} is not one of: {', '.join(s.choices)}{hint}")
+    if isinstance(raw, list) and len(set(raw)) != len(raw):
+        raise _Invalid("lists a value twice")
+
+
+def convert(s: Setting, raw: Any, directory: Path) -> Any:
+    """Check one raw TOML value against its setting and return the typed value.
+
+    Blank strings mean "not set": None for optional strings and paths. A setting with a
+    non-blank default may not be blank (no silent fallback).
+    """
+    _check_type(s, raw)
+    _check_choices(s, raw)
+    if s.type == "int":
+        if s.minimum is not None and raw < s.minimum:
+            raise _Invalid(f"must be at least {s.minimum}, got {raw}")
+        return raw
+    if s.type == "bool":
+        return raw
+    if s.type == "list":
+        return tuple(raw)
+    if s.type == "duration":
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+    if raw == "":
+        if s.default != "":
+            raise _Invalid(f"must not be blank (default: {s.default!r})")
+        return None
+    if s.type == "path":
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else (directory / path)
+    if s.format:
+        try:
+            return _FORMATS[s.format](raw)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+    return raw
+
+
+def _from_env(s: Setting, text: str) -> Any:
+    """An environment variable's text as the TOML value it stands for."""
+    if s.type == "int":
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise _Invalid(f"must be a whole number, got {text!r}") from None
+    if s.type == "bool":
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise _Invalid(f"must be true or false, got {text!r}")
+    if s.type == "list":
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+# -- the typed result -----------------------------------------------------------------
+def _mask_url(url: str | None) -> str | None:
+    """A URL with its password replaced, for display."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+class _Section:
+    """Shared behaviour of the section dataclasses: secret-free `to_dict` and repr."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.metadata.get("hidden"):
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                out[f"{f.name}_found"] = value is not None
+                continue
+            if f.metadata.get("url"):
+                value = _mask_url(value)
+            out[f.name] = _plain(value)
+        return out
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({body})"
+
+
+@dataclass(frozen=True, repr=False)
+class ProjectSection(_Section):
+    name: str
+    journal: str | None = field(metadata={"url": True})
+    batch_size: int
+
+
+@dataclass(frozen=True, repr=False)
+class TenantSettings(_Section):
+    """One tenant's connection settings; `endpoint()` turns them into a TenantEndpoint."""
+
+    side: str
+    tenant_id: str | None
+    client_id: str | None
+    client_secret_env: str
+    certificate_file: Path | None
+    authority: str
+    graph_url: str
+    exo_url: str | None
+    ca_file: Path | None
+    sandbox_connection: Path | None
+    # Resolved from the environment at load time; never shown, never written.
+    client_secret: str | None = field(default=None, metadata={"secret": True})
+    file: Path = field(default=Path(PROJECT_FILE), metadata={"hidden": True})
+
+    def endpoint(self) -> TenantEndpoint:
+        """How to reach this tenant, with files checked and the credential present."""
+        if self.sandbox_connection is not None:
+            return self._sandbox_endpoint(self.sandbox_connection)
+        if self.certificate_file is None and not self.client_secret:
+            raise ConfigError(
+                f"no credential for the {self.side} tenant: neither certificate_file nor the "
+                f"environment variable {self.client_secret_env} is set",
+                file=str(self.file),
+                key=f"{self.side}.certificate_file",
+                next_step=f"export {self.client_secret_env}=<the app's client secret>, "
+                f"or set certificate_file in [{self.side}]",
+            )
+        if not (self.tenant_id and self.client_id):  # load_project requires both; guard anyway
+            raise ConfigError(
+                "tenant_id and client_id are required unless sandbox_connection is set",
+                file=str(self.file),
+                key=f"{self.side}.{'client_id' if self.tenant_id else 'tenant_id'}",
+            )
+        return TenantEndpoint(
+            tenant_id=self.tenant_id,
+            client_id=self.client_id,
+            graph_url=self.graph_url,
+            exo_url=self.exo_url,
+            authority=self.authority,
+            ca_file=self._existing("ca_file", self.ca_file),
+            certificate_file=self._existing("certificate_file", self.certificate_file),
+            client_secret=None if self.certificate_file else self.client_secret,
+        )
+
+    def _existing(self, name: str, path: Path | None) -> str | None:
+        if path is None:
+            return None
+        if not path.is_file():
+            raise ConfigError(
+                f"file not found: {path}", file=str(self.file), key=f"{self.side}.{name}"
+            )
+        return str(path)
+
+    def _sandbox_endpoint(self, path: Path) -> TenantEndpoint:
+        key = f"{self.side}.sandbox_connection"
+        try:
+            connection = json.loads(path.read_text())
+            ep = TenantEndpoint.from_sandbox(connection, self.side)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"sandbox connection file not found: {path}",
+                file=str(self.file),
+                key=key,
+                next_step=f"coexist sandbox serve --state {path.parent}",
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{path} is not a sandbox connection.json ({type(exc).__name__}: {exc})",
+                file=str(self.file),
+                key=key,
+            ) from None
+        # Paths inside connection.json are relative to that file when not absolute.
+        base = path.parent
+        ca = base / ep.ca_file if ep.ca_file else None
+        cert = base / ep.certificate_file if ep.certificate_file else None
+        return dataclasses.replace(
+            ep,
+            ca_file=str(ca) if ca else None,
+            certificate_file=str(cert) if cert else None,
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class Domains(_Section):
+    source_forwarding_domain: str | None
+    destination_domain: str
+
+
+@dataclass(frozen=True, repr=False)
+class Scope(_Section):
+    group: str | None
+
+
+@dataclass(frozen=True, repr=False)
+class Groups(_Section):
+    copy: tuple[str, ...]
+
+
+@dataclass(frozen=True, repr=False)
+class MailUsers(_Section):
+    mode: str
+    forward_matched_to_source: bool
+
+
+@dataclass(frozen=True, repr=False)
+class Prestage(_Section):
+    convert: bool
+    license_sku: str | None
+    usage_location: str | None
+    older_than: timedelta
+
+
+@dataclass(frozen=True, repr=False)
+class Cutover(_Section):
+    mode: str
+    rename_prefix: str
+
+
+@dataclass(frozen=True, repr=False)
+class Migration(_Section):
+    mover: str
+
+
+@dataclass(frozen=True, repr=False)
+class Engine(_Section):
+    concurrency_per_tenant: int
+    max_attempts: int
+    retry_max_wait_s: int
+
+
+@dataclass(frozen=True, repr=False)
+class Verify(_Section):
+    service_mailbox: str | None
+
+
+SECTION_TYPES: dict[str, type[_Section]] = {
+    "project": ProjectSection,
+    "source": TenantSettings,
+    "target": TenantSettings,
+    "domains": Domains,
+    "scope": Scope,
+    "groups": Groups,
+    "mail_users": MailUsers,
+    "prestage": Prestage,
+    "cutover": Cutover,
+    "migration": Migration,
+    "engine": Engine,
+    "verify": Verify,
+}
+
+
+@dataclass(frozen=True, repr=False)
+class Project:
+    """A loaded, validated project. Secrets are held but never shown."""
+
+    directory: Path
+    file: Path
+    project: ProjectSection
+    source: TenantSettings
+    target: TenantSettings
+    domains: Domains
+    scope: Scope
+    groups: Groups
+    mail_users: MailUsers
+    prestage: Prestage
+    cutover: Cutover
+    migration: Migration
+    engine: Engine
+    verify: Verify
+
+    @property
+    def journal_url(self) -> str:
+        """SQLAlchemy URL of the journal; SQLite paths are relative to the project directory."""
+        url = self.project.journal
+        if not url:
+            return f"sqlite:///{(self.directory / JOURNAL_FILE).resolve()}"
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            if not path.is_absolute() and str(path) != ":memory:":
+                return f"sqlite:///{(self.directory / path).resolve()}"
+        return url
+
+    def tenant(self, side: str) -> TenantSettings:
+        if side not in TENANT_SIDES:
+            raise ValueError(f"tenant side must be 'source' or 'target', got {side!r}")
+        tenant: TenantSettings = getattr(self, side)
+        return tenant
+
+    def endpoint(self, side: str) -> TenantEndpoint:
+        return self.tenant(side).endpoint()
+
+    def value(self, key: str) -> Any:
+        """The typed value of a dotted key, e.g. `project.value("engine.max_attempts")`."""
+        if key not in BY_KEY:
+            raise KeyError(key)
+        s = BY_KEY[key]
+        return getattr(getattr(self, s.section), s.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "directory": str(self.directory),
+            "file": str(self.file),
+            "journal_url": _mask_url(self.journal_url),
+        }
+        for name in SECTIONS:
+            out[name] = getattr(self, name).to_dict()
+        return out
+
+    def __repr__(self) -> str:
+        return f"Project(file={str(self.file)!r}, settings={self.to_dict()!r})"
+
+
+# -- writing --------------------------------------------------------------------------
+def _toml_string(text: str) -> str:
+    """A TOML basic string; escapes what TOML requires (quote, backslash, controls, DEL)."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(value: Any) -> str:
+    """One value as TOML source text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, timedelta):
+        return _toml_string(format_duration(value))
+    if isinstance(value, Path):
+        return _toml_string(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _toml_string(value)
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _help_lines(s: Setting) -> list[str]:
+    notes = []
+    if s.required:
+        notes.append("required")
+    if s.choices:
+        notes.append("one of: " + " | ".join(s.choices))
+    if s.env:
+        notes.append(f"env: {s.env}")
+    lines = _wrap(s.help)
+    if notes:
+        lines += _wrap("(" + "; ".join(notes) + ")")
+    return lines
+
+
+def _wrap(text: str) -> list[str]:
+    """Comment lines of at most ~88 columns; URLs and option names are never split."""
+    return textwrap.wrap(text, width=86, break_long_words=False, break_on_hyphens=False)
+
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("coexist", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,  # TOML, not HTML; values are escaped by toml_value
+)
+
+
+def _unknown_key_error(key: str, file: Path) -> ConfigError:
+    near = difflib.get_close_matches(key, list(BY_KEY), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return ConfigError(f"unknown setting {key!r}{hint}", file=str(file), key=key)
+
+
+def render_template(values: Mapping[str, Any] | None = None) -> str:
+    """The documented project.toml: every setting, with `values` (dotted keys) over defaults."""
+    values = dict(values or {})
+    for key in values:
+        if key not in BY_KEY:
+            raise _unknown_key_error(key, Path(PROJECT_FILE))
+    sections = [
+        {
+            "name": name,
+            "help": _wrap(SECTIONS[name]),
+            "settings": [
+                {
+                    "name": s.name,
+                    "help": _help_lines(s),
+                    "value": toml_value(values.get(s.key, s.default)),
+                }
+                for s in section_settings(name)
+            ],
+        }
+        for name in SECTIONS
+    ]
+    return _TEMPLATES.get_template("project.toml.j2").render(sections=sections)
+
+
+def write_project(
+    directory: Path, *, overrides: Mapping[str, Any] | None = None, force: bool = False
+) -> Path:
+    """`coexist init`: write DIR/project.toml with every setting documented; return its path.
+
+    `overrides` (dotted keys) are checked for type and choices, not for completeness:
+    a fresh project may leave required values for the operator to fill in.
+    """
+    directory = Path(directory)
+    path = directory / PROJECT_FILE
+    if path.exists() and not force:
+        raise ConfigError(
+            "already exists; init does not overwrite a project",
+            file=str(path),
+            next_step="edit it, or run init again with --force to replace it",
+        )
+    values: dict[str, Any] = {"project.name": directory.resolve().name}
+    for key, value in (overrides or {}).items():
+        if key not in BY_KEY:
+            raise _unknown_key_error(key, path)
+        raw = _plain(value)
+        try:
+            convert(BY_KEY[key], raw, directory)
+        except _Invalid as exc:
+            raise ConfigError(str(exc), file=str(path), key=key) from None
+        values[key] = raw
+    text = render_template(values)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{PROJECT_FILE}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # a crash never leaves a half-written project file
+    return path
+
+
+# -- loading --------------------------------------------------------------------------
+# Keys that would put a secret in the file. Matched on the key name anywhere in the file.
+_SECRET_KEY = re.compile(
+    r"(?i)^(client_?secret|secret|.*password|passwd|pwd|.*token|api_?key|client_assertion"
+    r"|private_key|secret_value)$"
+)
+# Keys that look like they switch TLS verification off (verify = false, insecure = true, ...).
+_TLS_OFF_KEY = re.compile(r"(?i)(verify|insecure|ssl|tls|check_?cert|cert_?reqs)")
+
+
+def _project_path(directory_or_file: Path) -> Path:
+    path = Path(directory_or_file)
+    if path.is_dir():
+        path = path / PROJECT_FILE
+    if not path.is_file():
+        raise ConfigError(
+            "project file not found",
+            file=str(path),
+            next_step=f"coexist init {path.parent}",
+        )
+    return path
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc}", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's TOMLDecodeError has no lineno attribute; the message ends with
+        # "(at line L, column C)" (CPython Lib/tomllib/_parser.py, suffixed_err).
+        found = re.search(r"at line (\d+), column (\d+)", str(exc))
+        line, column = (int(found[1]), int(found[2])) if found else (None, None)
+        raise ConfigError(
+            f"not valid TOML: {exc}", file=str(path), line=line, column=column
+        ) from None
+
+
+def _secret_message(section: str, key: str) -> str:
+    if section in TENANT_SIDES:
+        env = BY_KEY[f"{section}.client_secret_env"].default
+        return (
+            f"a secret may not be written in the project file: remove {key!r} and put the "
+            f"value in the environment variable {env} (or the one named by [{section}] "
+            "client_secret_env), or use certificate_file"
+        )
+    if section == "project":
+        return (
+            f"a secret may not be written in the project file: remove {key!r}; give the "
+            "journal URL with its password in COEXIST_JOURNAL_URL, or use PGPASSWORD / ~/.pgpass"
+        )
+    return (
+        f"a secret may not be written in the project file: remove {key!r}; secrets are "
+        "read only from environment variables or certificate files"
+    )
+
+
+def _refuse_forbidden(doc: Mapping[str, Any], path: Path, trail: tuple[str, ...] = ()) -> None:
+    """Secrets and TLS-off switches are refused wherever they appear, before anything else."""
+    for name, value in doc.items():
+        here = (*trail, name)
+        dotted = ".".join(here)
+        if isinstance(value, dict):
+            _refuse_forbidden(value, path, here)
+            continue
+        if dotted in BY_KEY:
+            continue
+        if _SECRET_KEY.match(name):
+            raise ConfigError(_secret_message(here[0], name), file=str(path), key=dotted)
+        if _TLS_OFF_KEY.search(name):
+            side = here[0] if here[0] in TENANT_SIDES else "source"
+            raise ConfigError(
+                f"TLS certificate verification cannot be turned off ({name!r}); to trust a "
+                f'private or proxy CA, set ca_file = "path/to/ca.pem" in [{side}]',
+                file=str(path),
+                key=dotted,
+            )
+
+
+def _refuse_unknown(doc: Mapping[str, Any], path: Path) -> None:
+    """Every table and key must be declared; suggest the nearest one."""
+    for name, value in doc.items():
+        if name not in SECTIONS:
+            owners = [s.section for s in SETTINGS if s.name == name]
+            if owners:
+                hint = f"; it belongs in [{owners[0]}]"
+            else:
+                near = difflib.get_close_matches(name, list(SECTIONS), n=1)
+                hint = f"; did you mean [{near[0]}]?" if near else ""
+            raise ConfigError(f"unknown section or key {name!r}{hint}", file=str(path), key=name)
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"[{name}] must be a table (a [{name}] header), not a value",
+                file=str(path),
+                key=name,
+            )
+        names = [s.name for s in section_settings(name)]
+        for key in value:
+            if key in names:
+                continue
+            near = difflib.get_close_matches(key, names, n=1)
+            elsewhere = [s.section for s in SETTINGS if s.name == key]
+            if near:
+                hint = f"; did you mean {near[0]!r}?"
+            elif elsewhere:
+                hint = f"; it belongs in [{elsewhere[0]}]"
+            else:
+                hint = f"; known keys: {', '.join(names)}"
+            raise ConfigError(
+                f"unknown key {key!r} in [{name}]{hint}", file=str(path), key=f"{name}.{key}"
+            )
+
+
+def _raw_values(
+    doc: Mapping[str, Any], env: Mapping[str, str], path: Path
+) -> dict[str, tuple[Any, str | None]]:
+    """key -> (raw value, env var it came from or None); environment > file > default."""
+    out: dict[str, tuple[Any, str | None]] = {}
+    for s in SETTINGS:
+        raw = doc.get(s.section, {}).get(s.name, s.default)
+        origin = None
+        # An empty variable counts as unset, as shells make "unset" hard to tell from "".
+        if s.env and env.get(s.env, "") != "":
+            origin = s.env
+            try:
+                raw = _from_env(s, env[s.env])
+            except _Invalid as exc:
+                raise _config_error(s, exc, path, origin) from None
+        out[s.key] = (raw, origin)
+    return out
+
+
+def _config_error(s: Setting, exc: Exception, path: Path, origin: str | None) -> ConfigError:
+    where = f" (from environment variable {origin})" if origin else ""
+    return ConfigError(f"{exc}{where}", file=str(path), key=s.key, env=origin)
+
+
+def _convert_all(
+    raws: Mapping[str, tuple[Any, str | None]], directory: Path, path: Path
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw, origin = raws[s.key]
+        try:
+            values[s.key] = convert(s, raw, directory)
+        except _Invalid as exc:
+            raise _config_error(s, exc, path, origin) from None
+    return values
+
+
+def _missing(key: str, path: Path, why: str = "") -> ConfigError:
+    s = BY_KEY[key]
+    return ConfigError(
+        f"missing required value {s.name!r}{why}",
+        file=str(path),
+        key=key,
+        next_step=f"set {s.name} in [{s.section}] of {path}",
+    )
+
+
+def _check_required(values: Mapping[str, Any], path: Path) -> None:
+    for s in SETTINGS:
+        if s.required and values[s.key] in (None, ""):
+            raise _missing(s.key, path)
+    for side in TENANT_SIDES:
+        if values[f"{side}.sandbox_connection"] is not None:
+            continue
+        for name in ("tenant_id", "client_id"):
+            if values[f"{side}.{name}"] is None:
+                raise _missing(f"{side}.{name}", path, " (or set sandbox_connection)")
+
+
+# Settings that sandbox_connection supplies; setting them too would leave it unclear which wins.
+_FROM_SANDBOX = (
+    "tenant_id",
+    "client_id",
+    "certificate_file",
+    "ca_file",
+    "authority",
+    "graph_url",
+    "exo_url",
+)
+
+
+def _contradiction(key: str, message: str, path: Path) -> ConfigError:
+    return ConfigError(f"contradictory settings: {message}", file=str(path), key=key)
+
+
+def _check_consistent(values: Mapping[str, Any], directory: Path, path: Path) -> None:
+    for side in TENANT_SIDES:
+        if values[f"{side}.sandbox_connection"] is None:
+            continue
+        for name in _FROM_SANDBOX:
+            s = BY_KEY[f"{side}.{name}"]
+            if values[s.key] != convert(s, s.default, directory):
+                raise _contradiction(
+                    s.key,
+                    f"{name} is set while sandbox_connection supplies it; leave {name} at its "
+                    "default or remove sandbox_connection",
+                    path,
+                )
+    src, tgt = values["source.tenant_id"], values["target.tenant_id"]
+    if src is not None and src == tgt:
+        raise _contradiction("target.tenant_id", "source and target are the same tenant", path)
+    forwarding = values["domains.source_forwarding_domain"]
+    if forwarding is not None and forwarding == values["domains.destination_domain"]:
+        raise _contradiction(
+            "domains.source_forwarding_domain",
+            "source_forwarding_domain equals destination_domain; forwarders to the source "
+            "would loop back into the target",
+            path,
+        )
+    if values["mail_users.forward_matched_to_source"] and values["mail_users.mode"] != "match":
+        raise _contradiction(
+            "mail_users.forward_matched_to_source",
+            'forward_matched_to_source = true applies only when mode = "match"',
+            path,
+        )
+
+
+def _build(
+    values: Mapping[str, Any], directory: Path, path: Path, env: Mapping[str, str]
+) -> Project:
+    sections: dict[str, Any] = {}
+    for name, cls in SECTION_TYPES.items():
+        kwargs = {s.name: values[s.key] for s in section_settings(name)}
+        if cls is TenantSettings:
+            secret = env.get(kwargs["client_secret_env"]) or None
+            kwargs.update(side=name, client_secret=secret, file=path)
+        if cls is ProjectSection and not kwargs["name"]:
+            kwargs["name"] = directory.name
+        sections[name] = cls(**kwargs)
+    return Project(directory=directory, file=path, **sections)
+
+
+def load_project(directory_or_file: Path, env: Mapping[str, str] | None = None) -> Project:
+    """Read, validate and convert a project.toml (a directory or the file itself).
+
+    `env` defaults to `os.environ`; it supplies overrides and the client secrets.
+    """
+    env = os.environ if env is None else env
+    path = _project_path(directory_or_file).resolve()
+    directory = path.parent
+    doc = _parse_toml(path)
+    _refuse_forbidden(doc, path)
+    _refuse_unknown(doc, path)
+    raws = _raw_values(doc, env, path)
+    values = _convert_all(raws, directory, path)
+    _check_required(values, path)
+    _check_consistent(values, directory, path)
+    _check_journal_secret(values, raws, path)
+    return _build(values, directory, path, env)
+
+
+def _check_journal_secret(
+    values: Mapping[str, Any], raws: Mapping[str, tuple[Any, str | None]], path: Path
+) -> None:
+    """A journal password is fine from COEXIST_JOURNAL_URL, never from the file."""
+    journal = values["project.journal"]
+    if journal and urlsplit(journal).password and raws["project.journal"][1] is None:
+        raise ConfigError(
+            "the journal URL contains a password, which may not be written in the project "
+            "file; give the URL in COEXIST_JOURNAL_URL instead, or use PGPASSWORD / ~/.pgpass",
+            file=str(path),
+            key="project.journal",
+        )
