@@ -273,6 +273,9 @@ class Sandbox:
         self._attach_app_certificates(self.world)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit this: without it uvicorn's separate header/body TLS writes
+        # meet Nagle + delayed ACK and every small response waits ~40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self.host, self._requested_port))
         self.port = sock.getsockname()[1]
         issuer = Issuer(self.world, self.base_url, lifetime_s=self.token_lifetime_s)

@@ -1,7 +1,29 @@
-"""Graph v1.0 face: one module per resource family, each a few Starlette routes."""
+"""Graph v1.0 face: one module per resource family, each a few Starlette routes.
+
+Every response keeps Microsoft's shapes (`@odata.context`, absolute
+`@odata.nextLink`, `@odata.count`, `{"error": {"code", "message", "innerError"}}`)
+so msgraph-sdk's models parse it. Modules:
+
+- `odata`      pure query-option helpers ($top, $select, $filter, $orderby, skip tokens)
+- `common`     admission (token, roles, throttling), responses, keyset paging
+- `users`      /users, /users/$count, /users/{id}, PATCH, /users/{id}/settings/exchange
+- `groups`     /groups, members, transitiveMembers, member writes (security groups only)
+- `licensing`  /subscribedSkus, /users/{id}/assignLicense, Exchange-side license effects
+- `directory`  /domains, /organization
+- `batch`      /$batch, dispatching inner requests in-process to the routes above
+"""
 
 from starlette.routing import BaseRoute
 
+from . import batch, directory, groups, licensing, users
+
 
 def routes() -> list[BaseRoute]:
-    return []
+    face: list[BaseRoute] = [
+        *users.routes(),
+        *licensing.routes(),
+        *groups.routes(),
+        *directory.routes(),
+    ]
+    batch.bind(face)
+    return [*batch.routes(), *face]

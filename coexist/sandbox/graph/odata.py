@@ -1,0 +1,461 @@
+"""Pure OData helpers for the Graph face: `$top`, `$select`, `$filter`, `$orderby`, skip tokens.
+
+Nothing here knows about HTTP or the tenant model: filters compile to predicates
+over the Graph JSON of an object (the dict the face would serialize), so the
+same code serves users, groups and members.
+
+Supported `$filter` grammar (the directory subset Graph documents in
+learn.microsoft.com/graph/filter-query-parameter and /graph/aad-advanced-queries):
+`eq`, `ne`, `ge`, `le`, `in (...)`, `startswith(p,'x')`, `endswith(p,'x')`,
+`and`, `or`, `not`, parentheses, lambdas `p/any(x:x eq 'v')` and
+`p/any(x:x/skuId eq <guid>)`, and `p/$count eq n`. String comparison is
+case-insensitive, as directory queries are. Operators Graph only serves as
+*advanced queries* (`ne`, `not`, `endswith`, `/$count`) are flagged so the
+caller can demand `ConsistencyLevel: eventual` + `$count=true`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_PAGE = 999  # users/groups: "The default and maximum page sizes are 100 and 999" (user-list)
+DEFAULT_PAGE = 100
+
+Record = Mapping[str, Any]  # an object's Graph JSON (may compute lazily)
+Env = dict[str, Any]
+Getter = Callable[[Record, Env], Any]
+Predicate = Callable[[Record], bool]
+
+
+class ODataQueryError(Exception):
+    """A query option Graph rejects with 400; `code`/`message` are Graph's."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+# -- messages (kept in one place; *unverified* ones say so) ---------------------------------------
+
+
+def unknown_property(name: str, type_name: str) -> ODataQueryError:
+    # OData library message Graph returns for an unknown $select/$filter property.
+    return ODataQueryError(
+        "BadRequest",
+        f"Could not find a property named '{name}' on type 'microsoft.graph.{type_name}'.",
+    )
+
+
+def bad_page_size(raw: str) -> ODataQueryError:
+    # *unverified* wording (code Request_UnsupportedQuery as for other directory query errors).
+    return ODataQueryError(
+        "Request_UnsupportedQuery",
+        f"Invalid page size specified: '{raw}'. Must be between 1 and {MAX_PAGE} inclusive.",
+    )
+
+
+def syntax_error(text: str, pos: int) -> ODataQueryError:
+    # *unverified* wording; the OData parser's "Syntax error at position n in '...'".
+    return ODataQueryError(
+        "BadRequest", f"Invalid filter clause: Syntax error at position {pos} in '{text}'."
+    )
+
+
+def advanced_query_required(operator: str) -> ODataQueryError:
+    # Graph names the missing header in this form since 2024 (seen for `Raw count (/$count)`,
+    # github.com/azurekid/ScEntra/issues/17); the operator variant is *unverified*.
+    return ODataQueryError(
+        "Request_UnsupportedQuery",
+        f"Operator '{operator}' is not supported because the 'ConsistencyLevel:eventual' header "
+        "is missing. Refer to https://aka.ms/graph-docs/advanced-queries for more information",
+    )
+
+
+def count_requires_eventual() -> ODataQueryError:
+    # Seen for `$count` without the header (microsoft-graph-docs issues 13226, 15067).
+    return ODataQueryError("Request_BadRequest", "$count is not currently supported.")
+
+
+def raw_count_requires_eventual() -> ODataQueryError:
+    # Verbatim from a 2025 Graph response (github.com/azurekid/ScEntra/issues/17).
+    return ODataQueryError(
+        "Request_UnsupportedQuery",
+        "Raw count (/$count) is not supported because the 'ConsistencyLevel:eventual' header is "
+        "missing. Refer to https://aka.ms/graph-docs/advanced-queries for more information",
+    )
+
+
+def unsupported_query() -> ODataQueryError:
+    return ODataQueryError("Request_UnsupportedQuery", "Unsupported Query.")
+
+
+# -- simple options -------------------------------------------------------------------------------
+
+
+def normalize_query(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Query options by lower-case name without `$` (v1.0 accepts `top` as well as `$top`)."""
+    return {k.lower().lstrip("$"): v for k, v in items}
+
+
+def parse_top(raw: str | None, default: int = DEFAULT_PAGE, maximum: int = MAX_PAGE) -> int:
+    if raw is None:
+        return default
+    try:
+        top = int(raw)
+    except ValueError as exc:
+        raise bad_page_size(raw) from exc
+    if not 1 <= top <= maximum:
+        raise bad_page_size(raw)
+    return top
+
+
+def parse_select(raw: str | None, known: Iterable[str], type_name: str) -> list[str] | None:
+    """The `$select` properties in Graph's spelling; None when absent."""
+    if raw is None or not raw.strip():
+        return None
+    by_lower = {k.lower(): k for k in known}
+    out: list[str] = []
+    for part in raw.split(","):
+        name = part.strip()
+        if not name:
+            continue
+        real = by_lower.get(name.lower())
+        if real is None:
+            raise unknown_property(name, type_name)
+        if real not in out:
+            out.append(real)
+    return out
+
+
+def parse_bool(raw: str | None) -> bool:
+    return raw is not None and raw.strip().lower() == "true"
+
+
+@dataclass(frozen=True)
+class OrderBy:
+    prop: str | None  # None: the default order (object id)
+    descending: bool = False
+
+
+def parse_orderby(raw: str | None, allowed: Sequence[str]) -> OrderBy:
+    if raw is None or not raw.strip():
+        return OrderBy(None)
+    parts = raw.split()
+    by_lower = {a.lower(): a for a in allowed}
+    prop = by_lower.get(parts[0].lower())
+    direction = parts[1].lower() if len(parts) > 1 else "asc"
+    if prop is None or len(parts) > 2 or direction not in ("asc", "desc"):
+        raise unsupported_query()
+    return OrderBy(prop, direction == "desc")
+
+
+# -- skip tokens ----------------------------------------------------------------------------------
+
+
+def encode_skiptoken(last_key: Sequence[str]) -> str:
+    """An opaque token holding the sort key of the last object served (keyset paging)."""
+    data = json.dumps(list(last_key), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def decode_skiptoken(token: str) -> tuple[str, ...]:
+    try:
+        pad = "=" * (-len(token) % 4)
+        value = json.loads(base64.urlsafe_b64decode(token + pad))
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    except (ValueError, TypeError):
+        pass
+    # *unverified* wording for a tampered token.
+    raise ODataQueryError("Request_BadRequest", "Invalid skip token.")
+
+
+# -- $filter --------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<punct>[(),:])|(?P<word>[A-Za-z0-9_$./@+-]+))"
+)
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_COMPARE = ("eq", "ne", "ge", "le", "gt", "lt")
+_ADVANCED_OPS = {"ne": "NotEqualsMatch", "not": "Not", "endswith": "endsWith"}
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # str | punct | word | end
+    text: str
+    pos: int
+
+
+@dataclass
+class CompiledFilter:
+    """A compiled `$filter`: `matches(record)`, plus what Graph needs to decide admission."""
+
+    matches: Predicate
+    advanced: list[str] = field(default_factory=list)  # advanced-query operators used
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            raise syntax_error(text, pos)
+        kind = m.lastgroup or "word"
+        toks.append(_Tok(kind, m.group(kind), m.start(kind)))
+        pos = m.end()
+    toks.append(_Tok("end", "", len(text)))
+    return toks
+
+
+def _fold(v: Any) -> Any:
+    return v.lower() if isinstance(v, str) else v
+
+
+def _eq(a: Any, b: Any) -> bool:
+    return bool(_fold(a) == _fold(b))
+
+
+def _order(op: str, a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return False
+    a, b = _fold(a), _fold(b)
+    try:
+        if op == "ge":
+            return bool(a >= b)
+        if op == "le":
+            return bool(a <= b)
+        if op == "gt":
+            return bool(a > b)
+        return bool(a < b)
+    except TypeError:
+        return False
+
+
+class _Parser:
+    """Recursive descent over the token list; builds closures (no eval)."""
+
+    def __init__(self, text: str, known: Iterable[str], type_name: str) -> None:
+        self.text = text
+        self.toks = _tokenize(text)
+        self.i = 0
+        self.known = {k.lower(): k for k in known}
+        self.type_name = type_name
+        self.lambda_vars: list[str] = []
+        self.advanced: list[str] = []
+
+    # token helpers
+    def peek(self, offset: int = 0) -> _Tok:
+        return self.toks[min(self.i + offset, len(self.toks) - 1)]
+
+    def take(self) -> _Tok:
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def expect(self, text: str) -> None:
+        tok = self.take()
+        if tok.text.lower() != text:
+            raise syntax_error(self.text, tok.pos)
+
+    def is_word(self, *words: str) -> bool:
+        tok = self.peek()
+        return tok.kind == "word" and tok.text.lower() in words
+
+    # grammar
+    def parse(self) -> CompiledFilter:
+        expr = self.or_expr()
+        if self.peek().kind != "end":
+            raise syntax_error(self.text, self.peek().pos)
+        return CompiledFilter(lambda rec: bool(expr(rec, {})), self.advanced)
+
+    def or_expr(self) -> Getter:
+        left = self.and_expr()
+        while self.is_word("or"):
+            self.take()
+            right = self.and_expr()
+            left = (lambda a, b: lambda r, e: bool(a(r, e)) or bool(b(r, e)))(left, right)
+        return left
+
+    def and_expr(self) -> Getter:
+        left = self.unary()
+        while self.is_word("and"):
+            self.take()
+            right = self.unary()
+            left = (lambda a, b: lambda r, e: bool(a(r, e)) and bool(b(r, e)))(left, right)
+        return left
+
+    def unary(self) -> Getter:
+        if self.is_word("not"):
+            self.take()
+            self.advanced.append(_ADVANCED_OPS["not"])
+            inner = self.unary()
+            return lambda r, e: not inner(r, e)
+        return self.comparison()
+
+    def comparison(self) -> Getter:
+        left = self.operand()
+        if self.is_word(*_COMPARE):
+            op = self.take().text.lower()
+            if op == "ne":
+                self.advanced.append(_ADVANCED_OPS["ne"])
+            right = self.operand()
+            if op == "eq":
+                return lambda r, e: _eq(left(r, e), right(r, e))
+            if op == "ne":
+                return lambda r, e: not _eq(left(r, e), right(r, e))
+            return lambda r, e: _order(op, left(r, e), right(r, e))
+        if self.is_word("in"):
+            self.take()
+            values = self.literal_list()
+            return lambda r, e: any(_eq(left(r, e), v) for v in values)
+        return left
+
+    def literal_list(self) -> list[Any]:
+        self.expect("(")
+        values: list[Any] = []
+        while True:
+            tok = self.take()
+            values.append(self.literal_value(tok))
+            sep = self.take()
+            if sep.text == ")":
+                return values
+            if sep.text != ",":
+                raise syntax_error(self.text, sep.pos)
+
+    def literal_value(self, tok: _Tok) -> Any:
+        if tok.kind == "str":
+            return tok.text[1:-1].replace("''", "'")  # OData escapes ' as ''
+        if tok.kind != "word":
+            raise syntax_error(self.text, tok.pos)
+        low = tok.text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low == "null":
+            return None
+        if _GUID.match(tok.text):
+            return tok.text.lower()
+        try:
+            return int(tok.text)
+        except ValueError:
+            try:
+                return float(tok.text)
+            except ValueError:
+                raise syntax_error(self.text, tok.pos) from None
+
+    def operand(self) -> Getter:
+        tok = self.peek()
+        if tok.kind == "punct" and tok.text == "(":
+            self.take()
+            inner = self.or_expr()
+            self.expect(")")
+            return inner
+        if tok.kind == "str":
+            value = self.literal_value(self.take())
+            return lambda r, e: value
+        if tok.kind != "word":
+            raise syntax_error(self.text, tok.pos)
+        nxt = self.peek(1)
+        low = tok.text.lower()
+        if low in ("startswith", "endswith") and nxt.text == "(":
+            return self.string_function()
+        if nxt.text == "(" and (low.endswith("/any") or low.endswith("/all")):
+            return self.lambda_expr()
+        if low in ("true", "false", "null") or _GUID.match(tok.text) or _is_number(tok.text):
+            value = self.literal_value(self.take())
+            return lambda r, e: value
+        return self.path(self.take())
+
+    def string_function(self) -> Getter:
+        name = self.take().text.lower()
+        if name == "endswith":
+            self.advanced.append(_ADVANCED_OPS["endswith"])
+        self.expect("(")
+        subject = self.operand()
+        self.expect(",")
+        prefix = self.operand()
+        self.expect(")")
+
+        def check(r: Record, e: Env) -> bool:
+            s, p = subject(r, e), prefix(r, e)
+            if not isinstance(s, str) or not isinstance(p, str):
+                return False
+            return (
+                s.lower().startswith(p.lower())
+                if name == "startswith"
+                else s.lower().endswith(p.lower())
+            )
+
+        return check
+
+    def lambda_expr(self) -> Getter:
+        tok = self.take()
+        collection_path, _, kind = tok.text.rpartition("/")
+        collection = self.path(_Tok("word", collection_path, tok.pos))
+        self.expect("(")
+        var = self.take()
+        if var.kind != "word":
+            raise syntax_error(self.text, var.pos)
+        self.expect(":")
+        self.lambda_vars.append(var.text)
+        body = self.or_expr()
+        self.lambda_vars.pop()
+        self.expect(")")
+        name, quantifier = var.text, (any if kind.lower() == "any" else all)
+
+        def check(r: Record, e: Env) -> bool:
+            items = collection(r, e) or []
+            return quantifier(bool(body(r, {**e, name: item})) for item in items)
+
+        return check
+
+    def path(self, tok: _Tok) -> Getter:
+        segments = tok.text.split("/")
+        head = segments[0]
+        rest = segments[1:]
+        count = bool(rest) and rest[-1] == "$count"
+        if count:
+            rest = rest[:-1]
+            self.advanced.append("$count")
+        if head in self.lambda_vars:
+            base: Getter = (lambda h: lambda r, e: e.get(h))(head)
+        else:
+            real = self.known.get(head.lower())
+            if real is None:
+                raise unknown_property(head, self.type_name)
+            base = (lambda k: lambda r, e: r.get(k))(real)
+        getter = base
+        for seg in rest:
+            getter = (lambda g, s: lambda r, e: _member(g(r, e), s))(getter, seg)
+        if count:
+            inner = getter
+            return lambda r, e: len(inner(r, e) or [])
+        return getter
+
+
+def _member(value: Any, name: str) -> Any:
+    if isinstance(value, dict):
+        v = value.get(name)
+        return v.lower() if isinstance(v, str) and _GUID.match(v) else v
+    return None
+
+
+def _is_number(text: str) -> bool:
+    return bool(re.fullmatch(r"-?\d+(\.\d+)?", text))
+
+
+def compile_filter(text: str | None, known: Iterable[str], type_name: str) -> CompiledFilter | None:
+    """Compile a `$filter` against a type's property names; None when absent."""
+    if text is None or not text.strip():
+        return None
+    return _Parser(text, known, type_name).parse()
