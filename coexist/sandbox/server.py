@@ -238,7 +238,9 @@ class Sandbox:
         """Each tenant's app gets a certificate credential (file in the state dir)."""
         for key, tenant in world.tenants.items():
             path = self.state_dir / f"{key}-app.pem"
-            for app in tenant.apps:
+            # Only the project's app (apps[0]) gets a certificate credential; other
+            # seeded apps (e.g. the read-only one) authenticate with their secret.
+            for app in tenant.apps[:1]:
                 if path.exists():
                     text = path.read_text()
                     marker = "-----BEGIN CERTIFICATE-----"
