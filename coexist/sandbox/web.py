@@ -118,23 +118,51 @@ def graph_principal(request: Request, any_of: Iterable[str]) -> Principal:
     return principal
 
 
+ODATA_SERVICE_EXCEPTION = "Microsoft.Exchange.Admin.OData.Core.ODataServiceException"
+
+
 def exo_error_body(
-    code: str, message: str, request: Request | None = None, details: list[str] | None = None
+    code: str,
+    message: str,
+    request: Request | None = None,
+    details: list[str] | None = None,
+    *,
+    outer_message: str | None = None,
+    exception_type: str | None = None,
+    error_id: str = "",
+    internal_message: str | None = None,
+    internal_type: str | None = None,
 ) -> dict[str, Any]:
-    """Exchange Online admin REST error body (FACTS.md: code, message, details, innererror)."""
-    req_id, _ = request_ids(request)
+    """Exchange Online admin REST error body, in the shape captured from the live service.
+
+    Live bodies (graph2otel exoclient fixtures; a 2023 Remove-Mailbox capture on
+    Microsoft Q&A): `error.message` is a generic text ("Invalid Operation" for
+    binding errors, "Error executing cmdlet" for cmdlet errors); the useful text is
+    `details[].message` as "<ErrorId>|<exception type>|<message>" and/or
+    `innererror.internalexception`. `code` is the HTTP status name (BadRequest,
+    NotFound). No request id field appears in the body.
+    """
+    outer = outer_message or message
+    tagged = [
+        f"{error_id}|{exception_type}|{d}" if exception_type else d for d in (details or [message])
+    ]
     return {
         "error": {
             "code": code,
-            "message": message,
-            "details": [{"message": d} for d in (details or [message])],
+            "message": outer,
+            "details": [{"code": "Client", "target": "", "message": d} for d in tagged],
             "innererror": {
-                "message": message,
-                "type": "Microsoft.Exchange.Admin.OData.Core.ODataServiceException",
+                "message": outer,
+                "type": ODATA_SERVICE_EXCEPTION,
                 "stacktrace": "",
-                "internalexception": {"message": message, "type": "", "stacktrace": ""},
+                "internalexception": {
+                    "message": internal_message or message,
+                    "type": internal_type or exception_type or "",
+                    "stacktrace": "",
+                },
             },
-            "adminapi.request-id": req_id,
+            "adminapi.warnings@odata.type": "#Collection(String)",
+            "@adminapi.warnings": [],
         }
     }
 
@@ -146,10 +174,13 @@ def exo_error(
     request: Request | None = None,
     details: list[str] | None = None,
     retry_after: float | None = None,
+    **shape: Any,
 ) -> JSONResponse:
-    headers = {}
+    headers = {"request-id": request_ids(request)[0]}
     if retry_after is not None:
         headers["Retry-After"] = format_retry_after(retry_after)
     return JSONResponse(
-        exo_error_body(code, message, request, details), status_code=status, headers=headers
+        exo_error_body(code, message, request, details, **shape),
+        status_code=status,
+        headers=headers,
     )
