@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,20 @@ lint: venv
 	$(VENV)/bin/ruff format --check coexist tests bench
 	$(VENV)/bin/mypy
 
-test: venv lint
+# Server binaries the tests start themselves (tests/pg.py runs a throwaway PostgreSQL).
+system-deps:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo -n apt-get update && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	else \
+		echo "system-deps: PostgreSQL is missing and this user cannot install it;"; \
+		echo "  run: sudo apt-get install postgresql   (the PostgreSQL tests skip, or fail when CI=true)"; \
+	fi
+
+test: venv lint system-deps
 	$(VENV)/bin/pytest -q
 
 bench: venv

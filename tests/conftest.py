@@ -35,3 +35,25 @@ def conn(sandbox: Sandbox) -> dict[str, Any]:
 @pytest.fixture
 def state_dir(sandbox: Sandbox) -> Path:
     return sandbox.state_dir
+
+
+# --- journal: a PostgreSQL server for the session; journal URLs over both backends ---------
+
+from tests import pg  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """SQLAlchemy URL of the session's PostgreSQL database (skips, or fails when CI=true, if absent)."""
+    with pg.session_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty journal database: a SQLite file, or the session PostgreSQL database wiped clean."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'journal.sqlite'}"
+    url: str = request.getfixturevalue("pg_url")
+    pg.reset_database(url)
+    return url

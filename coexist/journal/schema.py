@@ -1,0 +1,257 @@
+"""The journal's tables (SQLAlchemy Core, one `MetaData`).
+
+The journal is what lets any command stop at any moment and run again. Tables:
+
+``runs``          one row per command invocation: command, args, started/finished, status
+                  ('running' until finished; a crash leaves 'running' forever, which is honest).
+``items``         the things being migrated: ``kind`` 'user' | 'group', ``key`` the stable source
+                  object id (unique per kind), names/addresses on both sides, ``batch``,
+                  ``phase`` (discover/provision/prestage/cutover/done), ``state``, ``detail`` JSON.
+``steps``         the latest state of each step, by its stable ``key``
+                  (e.g. ``provision.mailuser:<source id>``): ``name`` (the step type), the item it
+                  belongs to, ``intent``, ``before`` / ``after`` (rollback uses ``before``),
+                  ``changed``, ``status`` ('started' | 'ok' | 'failed' | 'planned' | 'waiting'),
+                  ``attempts`` (every start counts), the error, ``retry_after`` (seconds, as the
+                  service said) and ``next_step`` (the command the operator can run next).
+``step_history``  append-only copy of every step transition, written in the same transaction as
+                  the ``steps`` change, so a re-run never loses what happened before.
+``passes``        one row per data pass of one mailbox: ``kind`` 'prestage' | 'cutover', the date
+                  ``window``, status and ``counts``.
+``folder_state``  per (item, folder, kind) checkpoint: delta ``token`` (Graph deltaLink) or
+                  ``watermark`` (IMAP UID / date). Saved only *after* the items it covers are
+                  journaled, so a checkpoint is never ahead of the data.
+``events``        the run log: level, message, item/step it concerns, ``data`` JSON.
+``settings``      project-wide locks decided on the first run (e.g. the license SKU).
+
+Conventions: ids are integer surrogates used only inside the journal; everything the product
+reasons about is addressed by natural keys (``kind``/``key``, step ``key``). Timestamps are
+timezone-aware UTC (`UTCDateTime`). JSON columns store SQL NULL for ``None``. Allowed values of
+the enumerated text columns are checked in Python (the constants below), not by CHECK
+constraints, so adding a status never needs a table rebuild on SQLite.
+
+Changing a table means a new Alembic revision under ``migrations/versions`` (the test suite
+compares this module with the migrated database).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+ITEM_KINDS = frozenset({"user", "group"})
+STEP_STATUSES = frozenset({"started", "ok", "failed", "planned", "waiting"})
+FINISHED_STEP_STATUSES = STEP_STATUSES - {"started"}
+PASS_KINDS = frozenset({"prestage", "cutover"})
+
+# Deterministic constraint names: Alembic needs names to alter constraints later (and SQLite
+# batch migrations need them to rebuild tables).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out timezone-aware UTC.
+
+    SQLite has no time zone type (it stores the text without offset), PostgreSQL returns
+    ``timestamptz`` in the session time zone: both are normalised to UTC here.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the journal stores aware UTC times")
+        utc = value.astimezone(UTC)
+        # SQLite: store naive UTC text so values sort and compare as text.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _json() -> sa.JSON:
+    # none_as_null: Python None is SQL NULL, not the JSON literal 'null'.
+    return sa.JSON(none_as_null=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("command", sa.String(200), nullable=False),
+    sa.Column("args", _json()),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("status", sa.String(20), nullable=False),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("name", sa.String(400)),
+    sa.Column("source_address", sa.String(400)),
+    sa.Column("target_id", sa.String(200)),
+    sa.Column("target_address", sa.String(400)),
+    sa.Column("batch", sa.String(200), index=True),
+    sa.Column("phase", sa.String(40)),
+    sa.Column("state", sa.String(40)),
+    sa.Column("detail", _json()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("kind", "key"),
+)
+
+# Columns of `items` a caller may set (everything but the identity and timestamps).
+ITEM_FIELDS = frozenset(
+    {
+        "name",
+        "source_address",
+        "target_id",
+        "target_address",
+        "batch",
+        "phase",
+        "state",
+        "detail",
+    }
+)
+
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(400), nullable=False, unique=True),
+    sa.Column("item_kind", sa.String(10)),
+    sa.Column("item_key", sa.String(200), index=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("intent", _json()),
+    sa.Column("before", _json()),
+    sa.Column("after", _json()),
+    sa.Column("detail", _json()),
+    sa.Column("changed", sa.Boolean, nullable=False, default=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error_class", sa.String(200)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("retry_after", sa.Float),
+    sa.Column("next_step", sa.Text),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+)
+
+step_history = sa.Table(
+    "step_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("step_id", sa.Integer, sa.ForeignKey("steps.id"), nullable=False, index=True),
+    sa.Column("step_key", sa.String(400), nullable=False),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("intent", _json()),
+    sa.Column("before", _json()),
+    sa.Column("after", _json()),
+    sa.Column("detail", _json()),
+    sa.Column("changed", sa.Boolean, nullable=False, default=False),
+    sa.Column("error_class", sa.String(200)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("retry_after", sa.Float),
+    sa.Column("next_step", sa.Text),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+passes = sa.Table(
+    "passes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
+    sa.Column("item_key", sa.String(200), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("window", _json()),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("counts", _json()),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+)
+
+folder_state = sa.Table(
+    "folder_state",
+    metadata,
+    sa.Column("item_key", sa.String(200), primary_key=True),
+    sa.Column("folder_id", sa.String(400), primary_key=True),
+    sa.Column("kind", sa.String(40), primary_key=True),
+    sa.Column("token", sa.Text),
+    sa.Column("watermark", sa.Text),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ts", UTCDateTime, nullable=False),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), index=True),
+    sa.Column("level", sa.String(10), nullable=False),
+    sa.Column("item_key", sa.String(200), index=True),
+    sa.Column("step_key", sa.String(400)),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", _json()),
+)
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("value", _json()),
+)
+
+# The tables that hold the *state* a re-run must leave unchanged, and the append-only logs
+# every run adds to (see `Journal.snapshot`).
+STATE_TABLES: tuple[sa.Table, ...] = (items, steps, folder_state, settings)
+LOG_TABLES: tuple[sa.Table, ...] = (runs, passes, step_history, events)
+
+# Columns that differ between two identical runs: surrogate ids, run ids, clocks, counters.
+VOLATILE_COLUMNS = frozenset(
+    {
+        "id",
+        "run_id",
+        "step_id",
+        "attempts",
+        "attempt",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "ts",
+        "at",
+    }
+)
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    """A result row as a plain dict."""
+    return dict(row._mapping)

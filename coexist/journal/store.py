@@ -1,0 +1,571 @@
+"""`Journal`: the run journal's API.
+
+Every public call is its own short transaction. A process killed between two calls leaves the
+journal exactly as the last call left it; killed inside one, the transaction never happened.
+That is what lets the engine record ``started`` before a step and ``ok`` / ``failed`` after it,
+and lets a re-run see a crash as a step still ``started``.
+
+Writes that first read (upserts, step transitions) take the write lock up front (SQLite
+``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE`` plus ``ON CONFLICT`` on the unique
+key), so two workers recording the same key never lose an update.
+
+Secrets never go in the journal: JSON arguments are checked by `guard.check_json` (raises
+``ValueError`` on credential-looking keys or values; callers must redact first), and error
+messages and event texts pass through `coexist.errors.redact`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from coexist.errors import redact
+from coexist.journal import db, schema
+from coexist.journal.guard import check_json
+from coexist.journal.schema import (
+    FINISHED_STEP_STATUSES,
+    ITEM_FIELDS,
+    ITEM_KINDS,
+    LOG_TABLES,
+    PASS_KINDS,
+    STATE_TABLES,
+    VOLATILE_COLUMNS,
+    row_dict,
+    utcnow,
+)
+
+EVENT_LEVELS = frozenset({"debug", "info", "warning", "error"})
+# Columns copied from `steps` into each `step_history` row.
+_HISTORY_COPY = (
+    "intent",
+    "before",
+    "after",
+    "detail",
+    "changed",
+    "error_class",
+    "error_message",
+    "retry_after",
+    "next_step",
+)
+
+
+class UnknownStep(LookupError):
+    """`step_finished` for a key that was never started."""
+
+
+class UnknownItem(LookupError):
+    """`update_item` for an item that was never recorded."""
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """INSERT with the dialect's ON CONFLICT support (SQLite >= 3.24 and PostgreSQL share it)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+# Snapshot row order: state tables by their natural key, logs (not listed) in insertion order.
+_SNAPSHOT_ORDER = {
+    "items": ("kind", "key"),
+    "steps": ("key",),
+    "folder_state": ("item_key", "folder_id", "kind"),
+    "settings": ("key",),
+}
+
+
+class Journal:
+    """The run journal on one database (see the module docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str) -> Journal:
+        """Open (creating if needed) the journal at `url` and migrate it to the newest schema."""
+        engine = db.make_engine(url)
+        try:
+            db.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def revision(self) -> str | None:
+        """The Alembic revision the database is at (`db.head_revision()` after `open`)."""
+        return db.current_revision(self.engine)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with db.transaction(self.engine, write=True) as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with db.transaction(self.engine, write=False) as conn:
+            yield conn
+
+    def _all(self, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [row_dict(r) for r in conn.execute(stmt)]
+
+    def _one(self, stmt: sa.Select[Any]) -> dict[str, Any] | None:
+        with self._read() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else row_dict(row)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def start_run(self, command: str, args: Mapping[str, Any] | None = None) -> int:
+        """Record the start of a command; returns the run id for the calls that follow."""
+        check_json(args, "args")
+        with self._write() as conn:
+            stmt = schema.runs.insert().values(
+                command=command, args=args, started_at=utcnow(), status="running"
+            )
+            return int(conn.execute(stmt.returning(schema.runs.c.id)).scalar_one())
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                schema.runs.update()
+                .where(schema.runs.c.id == run_id)
+                .values(status=status, finished_at=utcnow())
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self._all(sa.select(schema.runs).order_by(schema.runs.c.id))
+
+    # -- items -----------------------------------------------------------------------------
+
+    def upsert_item(self, kind: str, key: str, **fields: Any) -> dict[str, Any]:
+        """Create the item or set the given fields on it; other fields are left as they are.
+
+        ``updated_at`` moves only when a value actually changed.
+        """
+        _check_item(kind, fields)
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(
+                _insert(conn, schema.items)
+                .values(kind=kind, key=key, created_at=now, updated_at=now, **fields)
+                .on_conflict_do_nothing(index_elements=["kind", "key"])
+            )
+            return self._set_item_fields(conn, kind, key, fields, now)
+
+    def update_item(self, kind: str, key: str, **fields: Any) -> dict[str, Any]:
+        """Set fields on an existing item; raises `UnknownItem` when it was never recorded."""
+        _check_item(kind, fields)
+        with self._write() as conn:
+            if _item_row(conn, kind, key) is None:
+                raise UnknownItem(f"no {kind} item {key!r} in the journal")
+            return self._set_item_fields(conn, kind, key, fields, utcnow())
+
+    @staticmethod
+    def _set_item_fields(
+        conn: Connection, kind: str, key: str, fields: Mapping[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        row = _item_row(conn, kind, key, lock=True)
+        assert row is not None  # inserted or checked by the caller, inside this transaction
+        changes = {name: value for name, value in fields.items() if row[name] != value}
+        if not changes:
+            return row
+        conn.execute(
+            schema.items.update()
+            .where(schema.items.c.id == row["id"])
+            .values(updated_at=now, **changes)
+        )
+        return {**row, **changes, "updated_at": now}
+
+    def get_item(self, kind: str, key: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return _item_row(conn, kind, key)
+
+    def items(
+        self,
+        kind: str | None = None,
+        batch: str | None = None,
+        state: str | None = None,
+        phase: str | None = None,
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(schema.items).order_by(schema.items.c.kind, schema.items.c.key)
+        for column, value in (("kind", kind), ("batch", batch), ("state", state), ("phase", phase)):
+            if value is not None:
+                stmt = stmt.where(schema.items.c[column] == value)
+        return self._all(stmt)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def step_started(
+        self,
+        run_id: int | None,
+        step_key: str,
+        *,
+        item_kind: str | None,
+        item_key: str | None,
+        name: str,
+        intent: Mapping[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        """Record that a step is about to run; returns its previous record, if any.
+
+        A previous record whose status is still ``started`` means an earlier run died inside
+        the step: the runner must re-observe before applying anything. ``attempts`` counts
+        every start. The result fields of the previous attempt are cleared on the step row
+        (they stay in `history`).
+        """
+        check_json(intent, "intent")
+        now = utcnow()
+        fresh = {
+            "run_id": run_id,
+            "item_kind": item_kind,
+            "item_key": item_key,
+            "name": name,
+            "intent": intent,
+            "before": None,
+            "after": None,
+            "detail": None,
+            "changed": False,
+            "status": "started",
+            "error_class": None,
+            "error_message": None,
+            "retry_after": None,
+            "next_step": None,
+            "started_at": now,
+            "finished_at": None,
+        }
+        with self._write() as conn:
+            previous = _step_row(conn, step_key, lock=True)
+            stmt = _insert(conn, schema.steps).values(key=step_key, attempts=1, **fresh)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["key"], set_={**fresh, "attempts": schema.steps.c.attempts + 1}
+            ).returning(*schema.steps.c)
+            row = row_dict(conn.execute(stmt).one())
+            _append_history(conn, row, now)
+        return previous
+
+    def step_finished(
+        self,
+        step_key: str,
+        *,
+        status: str,
+        before: Any = None,
+        after: Any = None,
+        changed: bool = False,
+        detail: Any = None,
+        error_class: str | None = None,
+        error_message: str | None = None,
+        retry_after: float | None = None,
+        next_step: str | None = None,
+    ) -> dict[str, Any]:
+        """Record a step's outcome; returns the step record as now stored.
+
+        `retry_after` is in seconds, as the service said; `next_step` is the command the
+        operator can run next. `error_message` is redacted.
+        """
+        if status not in FINISHED_STEP_STATUSES:
+            raise ValueError(
+                f"step status {status!r}: expected one of {sorted(FINISHED_STEP_STATUSES)}"
+            )
+        for label, value in (("before", before), ("after", after), ("detail", detail)):
+            check_json(value, label)
+        now = utcnow()
+        values = {
+            "status": status,
+            "before": before,
+            "after": after,
+            "changed": changed,
+            "detail": detail,
+            "error_class": error_class,
+            "error_message": None if error_message is None else redact(error_message),
+            "retry_after": retry_after,
+            "next_step": next_step,
+            "finished_at": now,
+        }
+        with self._write() as conn:
+            current = _step_row(conn, step_key, lock=True)
+            if current is None:
+                raise UnknownStep(f"step {step_key!r} was never started")
+            conn.execute(
+                schema.steps.update().where(schema.steps.c.id == current["id"]).values(**values)
+            )
+            row = {**current, **values}
+            _append_history(conn, row, now)
+        return row
+
+    def get_step(self, key: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return _step_row(conn, key)
+
+    def steps(
+        self, item_key: str | None = None, status: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(schema.steps).order_by(schema.steps.c.key)
+        for column, value in (("item_key", item_key), ("status", status), ("name", name)):
+            if value is not None:
+                stmt = stmt.where(schema.steps.c[column] == value)
+        return self._all(stmt)
+
+    def history(self, step_key: str) -> list[dict[str, Any]]:
+        """Every recorded transition of one step, oldest first."""
+        stmt = (
+            sa.select(schema.step_history)
+            .where(schema.step_history.c.step_key == step_key)
+            .order_by(schema.step_history.c.id)
+        )
+        return self._all(stmt)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def event(
+        self,
+        run_id: int | None,
+        level: str,
+        message: str,
+        *,
+        item_key: str | None = None,
+        step_key: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append one line to the run log (message redacted, data checked for secrets)."""
+        if level not in EVENT_LEVELS:
+            raise ValueError(f"event level {level!r}: expected one of {sorted(EVENT_LEVELS)}")
+        check_json(data, "data")
+        with self._write() as conn:
+            stmt = schema.events.insert().values(
+                ts=utcnow(),
+                run_id=run_id,
+                level=level,
+                item_key=item_key,
+                step_key=step_key,
+                message=redact(message),
+                data=data,
+            )
+            return int(conn.execute(stmt.returning(schema.events.c.id)).scalar_one())
+
+    def events(
+        self,
+        run_id: int | None = None,
+        *,
+        item_key: str | None = None,
+        step_key: str | None = None,
+        level: str | None = None,
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(schema.events).order_by(schema.events.c.id)
+        filters = (("run_id", run_id), ("item_key", item_key), ("step_key", step_key))
+        for column, value in (*filters, ("level", level)):
+            if value is not None:
+                stmt = stmt.where(schema.events.c[column] == value)
+        return self._all(stmt)
+
+    # -- data passes -----------------------------------------------------------------------
+
+    def pass_started(
+        self,
+        run_id: int | None,
+        item_key: str,
+        kind: str,
+        window: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record the start of a data pass ('prestage' | 'cutover') over one mailbox."""
+        if kind not in PASS_KINDS:
+            raise ValueError(f"pass kind {kind!r}: expected one of {sorted(PASS_KINDS)}")
+        check_json(window, "window")
+        with self._write() as conn:
+            stmt = schema.passes.insert().values(
+                run_id=run_id,
+                item_key=item_key,
+                kind=kind,
+                window=window,
+                status="running",
+                started_at=utcnow(),
+            )
+            return int(conn.execute(stmt.returning(schema.passes.c.id)).scalar_one())
+
+    def pass_finished(
+        self, pass_id: int, status: str, counts: Mapping[str, Any] | None = None
+    ) -> None:
+        check_json(counts, "counts")
+        with self._write() as conn:
+            conn.execute(
+                schema.passes.update()
+                .where(schema.passes.c.id == pass_id)
+                .values(status=status, counts=counts, finished_at=utcnow())
+            )
+
+    def passes(self, item_key: str | None = None) -> list[dict[str, Any]]:
+        stmt = sa.select(schema.passes).order_by(schema.passes.c.id)
+        if item_key is not None:
+            stmt = stmt.where(schema.passes.c.item_key == item_key)
+        return self._all(stmt)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def get_checkpoint(self, item_key: str, folder_id: str, kind: str) -> dict[str, Any] | None:
+        return self._one(
+            sa.select(schema.folder_state).where(
+                schema.folder_state.c.item_key == item_key,
+                schema.folder_state.c.folder_id == folder_id,
+                schema.folder_state.c.kind == kind,
+            )
+        )
+
+    def save_checkpoint(
+        self,
+        item_key: str,
+        folder_id: str,
+        kind: str,
+        token: str | None = None,
+        watermark: str | None = None,
+    ) -> None:
+        """Save a folder's delta token / watermark.
+
+        Call it only *after* the items it covers are journaled (its own transaction, on
+        purpose): a crash in between re-reads a little, it never skips.
+        """
+        values = {"token": token, "watermark": watermark, "updated_at": utcnow()}
+        with self._write() as conn:
+            conn.execute(
+                _insert(conn, schema.folder_state)
+                .values(item_key=item_key, folder_id=folder_id, kind=kind, **values)
+                .on_conflict_do_update(
+                    index_elements=["item_key", "folder_id", "kind"], set_=values
+                )
+            )
+
+    def delete_checkpoint(self, item_key: str, folder_id: str, kind: str) -> None:
+        """Forget a checkpoint (e.g. the service expired the delta token: start over)."""
+        with self._write() as conn:
+            conn.execute(
+                schema.folder_state.delete().where(
+                    schema.folder_state.c.item_key == item_key,
+                    schema.folder_state.c.folder_id == folder_id,
+                    schema.folder_state.c.kind == kind,
+                )
+            )
+
+    def checkpoints(self, item_key: str | None = None) -> list[dict[str, Any]]:
+        stmt = sa.select(schema.folder_state).order_by(
+            schema.folder_state.c.item_key,
+            schema.folder_state.c.folder_id,
+            schema.folder_state.c.kind,
+        )
+        if item_key is not None:
+            stmt = stmt.where(schema.folder_state.c.item_key == item_key)
+        return self._all(stmt)
+
+    # -- settings --------------------------------------------------------------------------
+
+    def get_setting(self, key: str) -> Any:
+        """The stored value, or None when the setting was never set."""
+        row = self._one(sa.select(schema.settings.c.value).where(schema.settings.c.key == key))
+        return None if row is None else row["value"]
+
+    def set_setting(self, key: str, value: Any) -> None:
+        check_json(value, key)
+        with self._write() as conn:
+            conn.execute(
+                _insert(conn, schema.settings)
+                .values(key=key, value=value)
+                .on_conflict_do_update(index_elements=["key"], set_={"value": value})
+            )
+
+    def lock_setting(self, key: str, value: Any) -> Any:
+        """Store `value` unless the setting already has one; return the stored value.
+
+        For choices the first run makes for the life of the project (the license SKU).
+        """
+        check_json(value, key)
+        with self._write() as conn:
+            conn.execute(
+                _insert(conn, schema.settings)
+                .values(key=key, value=value)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            return conn.execute(
+                sa.select(schema.settings.c.value).where(schema.settings.c.key == key)
+            ).scalar()
+
+    # -- whole-journal views ---------------------------------------------------------------
+
+    def snapshot(self, *, include_logs: bool = False) -> dict[str, list[dict[str, Any]]]:
+        """Every state table as plain data in natural-key order, without volatile columns.
+
+        Volatile means different between two identical runs: surrogate ids, run ids,
+        timestamps, attempt counters (`schema.VOLATILE_COLUMNS`). The append-only logs (runs,
+        passes, step_history, events) grow on every run by design, so they are left out unless
+        `include_logs`; with them, a snapshot compares the *content* of what was logged, in the
+        order it was logged. Equal snapshots before and after a re-run mean it changed nothing.
+        """
+        tables = STATE_TABLES + (LOG_TABLES if include_logs else ())
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self._read() as conn:
+            for table in tables:
+                cols = [c for c in table.c if c.name not in VOLATILE_COLUMNS]
+                order = [table.c[name] for name in _SNAPSHOT_ORDER.get(table.name, ("id",))]
+                stmt = sa.select(*cols).order_by(*order)
+                out[table.name] = [row_dict(r) for r in conn.execute(stmt)]
+        return out
+
+
+def _check_item(kind: str, fields: Mapping[str, Any]) -> None:
+    if kind not in ITEM_KINDS:
+        raise ValueError(f"item kind {kind!r}: expected one of {sorted(ITEM_KINDS)}")
+    unknown = set(fields) - ITEM_FIELDS
+    if unknown:
+        raise TypeError(f"unknown item fields {sorted(unknown)}; allowed: {sorted(ITEM_FIELDS)}")
+    check_json(fields.get("detail"), "detail")
+
+
+def _item_row(
+    conn: Connection, kind: str, key: str, *, lock: bool = False
+) -> dict[str, Any] | None:
+    stmt = sa.select(schema.items).where(schema.items.c.kind == kind, schema.items.c.key == key)
+    if lock:
+        stmt = stmt.with_for_update()  # PostgreSQL row lock; SQLite already holds the write lock
+    row = conn.execute(stmt).first()
+    return None if row is None else row_dict(row)
+
+
+def _step_row(conn: Connection, key: str, *, lock: bool = False) -> dict[str, Any] | None:
+    stmt = sa.select(schema.steps).where(schema.steps.c.key == key)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
+    return None if row is None else row_dict(row)
+
+
+def _append_history(conn: Connection, step: Mapping[str, Any], at: datetime) -> None:
+    """Copy one transition of `step` into the append-only history (same transaction)."""
+    conn.execute(
+        schema.step_history.insert().values(
+            step_id=step["id"],
+            step_key=step["key"],
+            run_id=step["run_id"],
+            status=step["status"],
+            attempt=step["attempts"],
+            at=at,
+            **{name: step[name] for name in _HISTORY_COPY},
+        )
+    )
