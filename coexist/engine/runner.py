@@ -19,10 +19,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coexist.errors import CoexistError, redact
-from coexist.tenants.plan import WriteRecorder, current_step
+from coexist.tenants.plan import WriteRecorder, current_step, write_hook
 
 from .retry import RetryPolicy
 from .step import Registry, Step, StepResult, registry
+
+ITEM_COLUMNS = frozenset(
+    {"name", "source_address", "target_id", "target_address", "batch", "phase", "state"}
+)
+
+
+def _same_outcome(prev: dict[str, Any], result: StepResult) -> bool:
+    """An unchanged step whose journal record already says the same thing."""
+    if result.changed or prev.get("status") != result.status:
+        return False
+    return result.status == "ok" or (prev.get("detail") or {}).get("text") == result.detail
+
+
+def set_item(journal: Any, kind: str, key: str, **fields: Any) -> None:
+    """Set item columns; any other field is merged into the item's `detail` JSON."""
+    columns = {k: v for k, v in fields.items() if k in ITEM_COLUMNS}
+    extra = {k: v for k, v in fields.items() if k not in ITEM_COLUMNS}
+    if extra:
+        current = (journal.get_item(kind, key) or {}).get("detail") or {}
+        merged = {**current, **extra}
+        if merged != current:
+            columns["detail"] = merged
+    if columns:
+        journal.update_item(kind, key, **columns)
 
 
 @dataclass(frozen=True)
@@ -69,11 +93,28 @@ class Runner:
         return self.plan is not None
 
     async def run_step(self, step: Step, label: str = "") -> Outcome:
+        """observe → compare → apply, journaling `started` right before the first write.
+
+        A step that finds the world already right writes nothing and leaves its
+        journal record alone: the before-state recorded by the run that made the
+        change is what `rollback` restores, so a re-run must not overwrite it.
+        """
         executor = self.steps.executor_for(step)
-        token = current_step.set(step.key)
-        try:
-            if not self.planning:
-                prev = self.journal.step_started(
+        prev = None if self.planning else self.journal.get_step(step.key)
+        if prev is not None and prev.get("status") == "started":
+            self.journal.event(
+                self.run_id,
+                "warning",
+                "previous attempt was interrupted; re-observing before any write",
+                item_key=step.subject,
+                step_key=step.key,
+            )
+        started = False
+
+        def journal_started() -> None:
+            nonlocal started
+            if not started and not self.planning:
+                self.journal.step_started(
                     self.run_id,
                     step.key,
                     item_kind=step.item_kind,
@@ -81,14 +122,11 @@ class Runner:
                     name=step.name,
                     intent=step.intent(),
                 )
-                if prev is not None and prev.get("status") == "started":
-                    self.journal.event(
-                        self.run_id,
-                        "warning",
-                        "previous attempt was interrupted; re-observing before any write",
-                        item_key=step.subject,
-                        step_key=step.key,
-                    )
+                started = True
+
+        step_token = current_step.set(step.key)
+        hook_token = write_hook.set(journal_started)
+        try:
 
             async def attempt() -> StepResult:
                 observed = await executor.observe(self.ctx, step)
@@ -97,30 +135,38 @@ class Runner:
             try:
                 result = await self.retry.call(attempt)
             except CoexistError as exc:
+                journal_started()
                 return self._failed(step, label, exc, type(exc).__name__, exc.message)
             except Exception as exc:  # a bug: record it for the operator, keep other items going
+                journal_started()
                 msg = f"internal error: {type(exc).__name__}: {exc}"
                 self._debug(step, traceback.format_exc())
                 return self._failed(step, label, exc, type(exc).__name__, msg)
-            return self._finished(step, result)
+            settled = not started and prev is not None and _same_outcome(prev, result)
+            if not settled:
+                journal_started()
+            return self._finished(step, result, record=not settled)
         finally:
-            current_step.reset(token)
+            write_hook.reset(hook_token)
+            current_step.reset(step_token)
 
-    def _finished(self, step: Step, result: StepResult) -> Outcome:
+    def _finished(self, step: Step, result: StepResult, *, record: bool = True) -> Outcome:
         status: str = result.status
         if self.planning:
             status = "planned" if result.changed else status
         else:
-            self.journal.step_finished(
-                step.key,
-                status=status,
-                before=result.before,
-                after=result.after,
-                changed=result.changed,
-                detail={"text": result.detail, **result.data}
-                if result.data
-                else {"text": result.detail},
-            )
+            if record:
+                self.journal.step_finished(
+                    step.key,
+                    status=status,
+                    before=result.before,
+                    after=result.after,
+                    changed=result.changed,
+                    detail={"text": result.detail},
+                )
+            if result.data:
+                # Facts the next steps need (e.g. the target object id) go on the item.
+                set_item(self.journal, step.item_kind, step.subject, **result.data)
         outcome = Outcome(step.key, step.subject, step.name, status, result.changed, result.detail)
         self.on_outcome(outcome)
         return outcome
@@ -175,7 +221,7 @@ class Runner:
             fields.update(state="ok", error=None)
             if item.phase:
                 fields["phase"] = item.phase
-        self.journal.update_item(item.kind, item.key, **fields)
+        set_item(self.journal, item.kind, item.key, **fields)
 
     async def run(self, items: Sequence[ItemPlan], concurrency: int = 8) -> list[Outcome]:
         """Run every item's steps; at most `concurrency` items at once."""

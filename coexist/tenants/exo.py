@@ -28,7 +28,7 @@ from coexist.errors import (
 
 from .auth import EXO_SCOPE, TenantEndpoint, credential
 from .graph import TRANSIENT_STATUS, parse_retry_after
-from .plan import WriteRecorder, is_write_cmdlet
+from .plan import WriteRecorder, before_write, is_write_cmdlet
 
 # Anchor header the V3 module sends for app-only sessions (FACTS.md).
 ANCHOR = "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@"
@@ -49,26 +49,60 @@ def hashtable(add: list[str] | None = None, remove: list[str] | None = None) -> 
     return table
 
 
+def error_text(body: Any) -> tuple[str | None, str | None, str]:
+    """(code, exception type, message) from an InvokeCommand error body.
+
+    The outer `message` is generic ("Error executing cmdlet", "Invalid Operation");
+    the real text is in `details[].message` as "<ErrorId>|<exception type>|<text>"
+    (live captures: graph2otel exoclient fixtures; Microsoft Q&A 2023 Remove-Mailbox).
+    """
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, None, ""
+    code = err.get("code")
+    for d in err.get("details") or []:
+        msg = str(d.get("message") or "") if isinstance(d, dict) else ""
+        parts = msg.split("|", 2)
+        if len(parts) == 3:
+            return code, parts[1] or None, parts[2]
+        if msg:
+            return code, None, msg
+    inner = (err.get("innererror") or {}).get("internalexception") or {}
+    return code, inner.get("type"), str(inner.get("message") or err.get("message") or "")
+
+
 def parse_error(status: int, body: Any, headers: httpx.Headers, *, cmdlet: str) -> RemoteError:
-    err = body.get("error", {}) if isinstance(body, dict) else {}
-    code = err.get("code") if isinstance(err, dict) else None
-    message = (err.get("message") if isinstance(err, dict) else None) or f"HTTP {status}"
+    code, etype, message = error_text(body)
+    message = message or f"HTTP {status}"
     text = f"{cmdlet}: {message}"
-    kw: dict[str, Any] = {"service": "exchange", "code": code, "status": status, "cmdlet": cmdlet}
+    kw: dict[str, Any] = {
+        "service": "exchange",
+        "code": code,
+        "status": status,
+        "cmdlet": cmdlet,
+        "exception_type": etype,
+    }
     if status in TRANSIENT_STATUS:
         return TransientError(text, retry_after=parse_retry_after(headers.get("Retry-After")), **kw)
     if status == 401:
-        return AuthenticationError(text, **kw)
+        return AuthenticationError(
+            text, next_step="grant the app the Exchange.ManageAsApp application permission", **kw
+        )
     if status == 403:
+        # Exchange answers 403 with a body of NUL bytes both for a missing admin role and
+        # for a cmdlet the role does not grant (graph2otel exoclient live captures).
         return PermissionDenied(
-            text,
-            next_step="grant Exchange.ManageAsApp and the Exchange Administrator role to the app",
+            f"{cmdlet}: access denied (the app needs the Exchange Administrator role, "
+            "or the cmdlet is not available to it)",
+            next_step="assign the Exchange Administrator role to the app's service principal",
             **kw,
         )
     low = message.lower()
-    if "couldn't be found" in low or "could not be found" in low:
+    if status == 404 or (etype or "").endswith("ManagementObjectNotFoundException"):
         return NotFound(text, **kw)
-    if "already being used" in low or "already exists" in low:
+    if "already being used" in low or (etype or "").endswith(
+        ("ProxyAddressExistsException", "ADObjectAlreadyExistsException")
+    ):
         return Conflict(text, **kw)
     return InvalidRequest(text, **kw)
 
@@ -125,9 +159,11 @@ class ExoRunner:
 
     async def run(self, cmdlet: str, **params: Any) -> list[dict[str, Any]]:
         """Run one cmdlet, following pages; in plan mode a write is recorded, not sent."""
-        if self.plan is not None and is_write_cmdlet(cmdlet):
-            self.plan.record("exchange", self.label, cmdlet, params)
-            return []
+        if is_write_cmdlet(cmdlet):
+            if self.plan is not None:
+                self.plan.record("exchange", self.label, cmdlet, params)
+                return []
+            before_write()
         async with self._slots:
             return await self._send(cmdlet, params)
 
@@ -145,7 +181,7 @@ class ExoRunner:
                 ) from exc
             try:
                 data = resp.json()
-            except ValueError:
+            except ValueError:  # e.g. the NUL-byte body of a 403
                 data = None
             if resp.status_code >= 400:
                 raise parse_error(resp.status_code, data, resp.headers, cmdlet=cmdlet)

@@ -26,7 +26,7 @@ from coexist.errors import (
 )
 
 from .auth import GRAPH_SCOPE, TenantEndpoint, credential
-from .plan import WriteRecorder
+from .plan import WriteRecorder, before_write
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -128,8 +128,25 @@ class GraphAdapter:
         json: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
-        """One request; returns parsed JSON (or None for 204)."""
+        """One request; returns parsed JSON (or None for 204). Plan mode records writes."""
+        if _is_write(method, path, json):
+            if self.plan is not None:
+                self.plan.record("graph", self.label, f"{method} /{path.lstrip('/')}", json or {})
+                return None
+            before_write()
+        async with self._slots:
+            return await self._send(method, path, params, json, headers)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json: Any,
+        headers: dict[str, str] | None,
+    ) -> Any:
         h = {"Authorization": f"Bearer {await self._token()}", **(headers or {})}
+        self.calls += 1
         try:
             resp = await self._http.request(
                 method, self.url(path), params=params, json=json, headers=h

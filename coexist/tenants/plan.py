@@ -9,12 +9,26 @@ still sent, so the plan reflects the live state. The engine sets
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "coexist_current_step", default=None
 )
+# Called by an adapter right before it sends a write. The engine uses it to journal a
+# step as `started` (with its intent) just before the step's first write, so a step
+# that finds nothing to change leaves the journal, and its recorded before-state, alone.
+write_hook: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "coexist_write_hook", default=None
+)
+
+
+def before_write() -> None:
+    hook = write_hook.get()
+    if hook is not None:
+        hook()
+
 
 # Cmdlet verbs that only read. Everything else (New-, Set-, Add-, Remove-,
 # Enable-, ...) is a write and is captured in plan mode.

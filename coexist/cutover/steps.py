@@ -1,0 +1,309 @@
+"""Cutover: make the target mailbox live and route the source to it.
+
+Modes (project.toml [cutover] mode):
+- forward-on-source: the source mailbox forwards to the target; the target's
+  forward back to the source is removed.
+- leave-forward-on-target: the source tenant is not touched (for projects whose
+  source domain moves to the target later, or whose source forwarding is done by
+  someone else); the target's forward back to the source is removed.
+- rename-source: the source mailbox is renamed with a prefix (MIGWIZ-), hidden,
+  and its SMTP/X500 addresses move to a new mail contact at the source that
+  points at the target, so coexistence holds and the mailbox can be recovered.
+  The renamed mailbox forwards to that contact so mail addressed to its
+  LegacyExchangeDN (replies to old mail) still reaches the target.
+
+Every step records the before-state that `rollback` restores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from coexist.engine.context import Context
+from coexist.engine.step import Step, StepResult, registry
+from coexist.model import EXCHANGE_NAME_MAX
+from coexist.provisioning.convert import target_id
+from coexist.provisioning.exchange import bare, find_one, forwarding_state, object_id
+from coexist.tenants.exo import hashtable
+
+
+async def source_mailbox(ctx: Context, subject: str) -> dict[str, Any] | None:
+    return await find_one(ctx.source.exo, "Get-Mailbox", subject)
+
+
+@dataclass(frozen=True)
+class SourceForwardStep(Step):
+    """The source mailbox forwards to the target address, keeping no copy."""
+
+    name = "cutover.source-forward"
+
+    forward_to: str
+
+
+@registry.register(SourceForwardStep)
+class SourceForwardExecutor:
+    async def observe(self, ctx: Context, step: SourceForwardStep) -> dict[str, Any] | None:
+        return await source_mailbox(ctx, step.subject)
+
+    async def apply(
+        self, ctx: Context, step: SourceForwardStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        before = forwarding_state(observed)
+        if (
+            bare(before["ForwardingSmtpAddress"]) == step.forward_to.lower()
+            and not before["DeliverToMailboxAndForward"]
+            and not before["ForwardingAddress"]
+        ):
+            return StepResult(False, before, before, "source already forwards to the target")
+        await ctx.source.exo.run(
+            "Set-Mailbox",
+            Identity=step.subject,
+            ForwardingSmtpAddress=step.forward_to,
+            ForwardingAddress=None,
+            DeliverToMailboxAndForward=False,
+        )
+        after = {
+            "ForwardingSmtpAddress": f"smtp:{step.forward_to}",
+            "ForwardingAddress": None,
+            "DeliverToMailboxAndForward": False,
+        }
+        return StepResult(True, before, after, f"source forwards to {step.forward_to}")
+
+
+@dataclass(frozen=True)
+class ClearTargetForwardStep(Step):
+    """The target mailbox keeps its mail: no forward back to the source."""
+
+    name = "cutover.target-live"
+
+
+@registry.register(ClearTargetForwardStep)
+class ClearTargetForwardExecutor:
+    async def observe(self, ctx: Context, step: ClearTargetForwardStep) -> dict[str, Any] | None:
+        return await find_one(ctx.target.exo, "Get-Mailbox", target_id(ctx, step.subject))
+
+    async def apply(
+        self, ctx: Context, step: ClearTargetForwardStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        before = forwarding_state(observed)
+        if not before["ForwardingSmtpAddress"] and not before["ForwardingAddress"]:
+            return StepResult(False, before, before, "target mailbox has no forward")
+        await ctx.target.exo.run(
+            "Set-Mailbox",
+            Identity=object_id(observed) if observed else target_id(ctx, step.subject),
+            ForwardingSmtpAddress=None,
+            ForwardingAddress=None,
+            DeliverToMailboxAndForward=False,
+        )
+        after = {
+            "ForwardingSmtpAddress": None,
+            "ForwardingAddress": None,
+            "DeliverToMailboxAndForward": False,
+        }
+        return StepResult(True, before, after, "target forward removed")
+
+
+def renamed(prefix: str, text: str) -> str:
+    return text if text.startswith(prefix) else (prefix + text)[:EXCHANGE_NAME_MAX]
+
+
+def mailbox_identity_state(obj: dict[str, Any] | None) -> dict[str, Any]:
+    obj = obj or {}
+    return {
+        "Name": obj.get("Name"),
+        "DisplayName": obj.get("DisplayName"),
+        "EmailAddresses": list(obj.get("EmailAddresses") or []),
+        "HiddenFromAddressListsEnabled": bool(obj.get("HiddenFromAddressListsEnabled")),
+        **forwarding_state(obj),
+    }
+
+
+@dataclass(frozen=True)
+class RenameSourceStep(Step):
+    """The source mailbox is renamed, hidden, and keeps only a prefixed routing address.
+
+    One Set-Mailbox call changes name and addresses together, so a crash never
+    leaves a half-renamed source.
+    """
+
+    name = "cutover.rename-source"
+
+    prefix: str
+    routing_domain: str  # the source's initial (onmicrosoft) domain
+
+
+@registry.register(RenameSourceStep)
+class RenameSourceExecutor:
+    async def observe(self, ctx: Context, step: RenameSourceStep) -> dict[str, Any] | None:
+        return await source_mailbox(ctx, step.subject)
+
+    async def apply(
+        self, ctx: Context, step: RenameSourceStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        before = mailbox_identity_state(observed)
+        if observed is None:
+            return StepResult(False, None, None, "source mailbox not found", status="waiting")
+        if str(observed.get("Name", "")).startswith(step.prefix):
+            return StepResult(False, before, before, "source already renamed")
+        alias = str(observed.get("Alias"))
+        new_primary = f"SMTP:{step.prefix}{alias}@{step.routing_domain}"
+        await ctx.source.exo.run(
+            "Set-Mailbox",
+            Identity=step.subject,
+            Name=renamed(step.prefix, str(observed.get("Name"))),
+            DisplayName=renamed(step.prefix, str(observed.get("DisplayName"))),
+            EmailAddresses=[new_primary],
+            HiddenFromAddressListsEnabled=True,
+        )
+        after = {
+            **before,
+            "Name": renamed(step.prefix, str(observed.get("Name"))),
+            "DisplayName": renamed(step.prefix, str(observed.get("DisplayName"))),
+            "EmailAddresses": [new_primary],
+            "HiddenFromAddressListsEnabled": True,
+        }
+        return StepResult(
+            True, before, after, "source mailbox renamed", data={"source_renamed": True}
+        )
+
+
+@dataclass(frozen=True)
+class SourceContactStep(Step):
+    """A mail contact at the source carries the user's original addresses to the target."""
+
+    name = "cutover.source-contact"
+
+    contact_name: str
+    display_name: str
+    alias: str
+    external_address: str  # the target primary address
+    addresses: tuple[str, ...]  # the source mailbox's original SMTP and X500 proxies
+
+
+@registry.register(SourceContactStep)
+class SourceContactExecutor:
+    async def observe(self, ctx: Context, step: SourceContactStep) -> dict[str, Any] | None:
+        item = ctx.journal.get_item("user", step.subject) or {}
+        detail = item.get("detail") or {}
+        ident = detail.get("source_contact_id") or step.alias
+        return await find_one(ctx.source.exo, "Get-MailContact", ident)
+
+    async def apply(
+        self, ctx: Context, step: SourceContactStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        exo = ctx.source.exo
+        if observed is None:
+            created = await exo.run(
+                "New-MailContact",
+                Name=step.contact_name,
+                DisplayName=step.display_name,
+                Alias=step.alias,
+                ExternalEmailAddress=step.external_address,
+            )
+            ident = object_id(created[0]) if created else step.alias
+            await exo.run(
+                "Set-MailContact",
+                Identity=ident,
+                EmailAddresses=hashtable(add=list(step.addresses)),
+            )
+            if ctx.planning:
+                return StepResult(
+                    True, None, {"planned": step.alias}, "would create source contact"
+                )
+            after = await find_one(exo, "Get-MailContact", ident)
+            return StepResult(
+                True,
+                None,
+                _contact_state(after),
+                "source contact created",
+                data={"source_contact_id": ident},
+            )
+        missing = [
+            a
+            for a in step.addresses
+            if a.lower() not in {x.lower() for x in observed.get("EmailAddresses") or []}
+        ]
+        ext_ok = bare(observed.get("ExternalEmailAddress")) == step.external_address.lower()
+        if not missing and ext_ok:
+            return StepResult(
+                False,
+                _contact_state(observed),
+                _contact_state(observed),
+                "source contact in place",
+                data={"source_contact_id": object_id(observed)},
+            )
+        params: dict[str, Any] = {}
+        if missing:
+            params["EmailAddresses"] = hashtable(add=missing)
+        if not ext_ok:
+            params["ExternalEmailAddress"] = step.external_address
+        await exo.run("Set-MailContact", Identity=object_id(observed), **params)
+        after = (
+            await find_one(exo, "Get-MailContact", object_id(observed))
+            if not ctx.planning
+            else observed
+        )
+        return StepResult(
+            True,
+            _contact_state(observed),
+            _contact_state(after),
+            "source contact updated",
+            data={"source_contact_id": object_id(observed)},
+        )
+
+
+def _contact_state(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not obj:
+        return None
+    return {
+        "Identity": object_id(obj),
+        "Name": obj.get("Name"),
+        "ExternalEmailAddress": obj.get("ExternalEmailAddress"),
+        "EmailAddresses": sorted(obj.get("EmailAddresses") or []),
+    }
+
+
+@dataclass(frozen=True)
+class RenamedForwardStep(Step):
+    """The renamed source mailbox forwards to the contact (LegacyExchangeDN replies flow on)."""
+
+    name = "cutover.renamed-forward"
+
+
+@registry.register(RenamedForwardStep)
+class RenamedForwardExecutor:
+    async def observe(self, ctx: Context, step: RenamedForwardStep) -> dict[str, Any] | None:
+        return await source_mailbox(ctx, step.subject)
+
+    async def apply(
+        self, ctx: Context, step: RenamedForwardStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        item = ctx.journal.get_item("user", step.subject) or {}
+        contact = (item.get("detail") or {}).get("source_contact_id")
+        before = forwarding_state(observed)
+        if ctx.planning and not contact:
+            contact = "<the new source contact>"
+        if (
+            before["ForwardingAddress"]
+            and contact
+            and _same_id(before["ForwardingAddress"], contact)
+        ):
+            return StepResult(False, before, before, "renamed source forwards to the contact")
+        await ctx.source.exo.run(
+            "Set-Mailbox",
+            Identity=step.subject,
+            ForwardingAddress=contact,
+            ForwardingSmtpAddress=None,
+            DeliverToMailboxAndForward=False,
+        )
+        after = {
+            "ForwardingAddress": contact,
+            "ForwardingSmtpAddress": None,
+            "DeliverToMailboxAndForward": False,
+        }
+        return StepResult(True, before, after, "renamed source forwards to the contact")
+
+
+def _same_id(a: Any, b: str) -> bool:
+    return str(a).lower() == b.lower() or str(a).lower().endswith(b.lower())

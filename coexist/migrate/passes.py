@@ -1,0 +1,120 @@
+"""Data passes: one interface, whichever mover moves the data.
+
+`run_pass(ctx, subject, kind, window)` is what pre-stage and cutover call. The
+mover is chosen by the project (`[migration] mover`). Until a mover is
+configured a pass ends as `no data mover configured` — a visible per-user
+state, never a success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from coexist.engine.context import Context
+from coexist.engine.step import Step, StepResult, registry
+
+NO_MOVER = "no data mover configured"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which items a pass moves: older than a cut-off (pre-stage) or everything not yet moved."""
+
+    older_than: timedelta | None = None  # pre-stage: items received before now - older_than
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "older_than_s": self.older_than.total_seconds() if self.older_than else None,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+        }
+
+    def cutoff(self, now: datetime | None = None) -> datetime | None:
+        if self.older_than is None:
+            return self.until
+        return (now or datetime.now(UTC)) - self.older_than
+
+
+@dataclass(frozen=True)
+class PassResult:
+    status: str  # ok | no-mover | failed
+    detail: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Mover(Protocol):
+    async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult: ...
+
+
+class NoMover:
+    """The placeholder until a mover is configured: moves nothing and says so."""
+
+    async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
+        return PassResult("no-mover", NO_MOVER)
+
+
+MOVERS: dict[str, Mover] = {"none": NoMover()}
+
+
+def mover_for(ctx: Context) -> Mover:
+    name = getattr(getattr(ctx.project, "migration", None), "mover", "none") or "none"
+    try:
+        return MOVERS[name]
+    except KeyError:
+        from coexist.errors import ConfigError
+
+        raise ConfigError(
+            f"data mover {name!r} is not available in this version",
+            file=str(getattr(ctx.project, "file", "project.toml")),
+            key="migration.mover",
+        ) from None
+
+
+async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
+    """Run one data pass for one user and journal it."""
+    mover = mover_for(ctx)
+    if ctx.planning:
+        return PassResult("planned", f"would run a {kind} pass ({type(mover).__name__})")
+    pass_id = ctx.journal.pass_started(ctx.run_id, subject, kind, window.to_dict())
+    result = await mover.run(ctx, subject, kind, window)
+    ctx.journal.pass_finished(pass_id, result.status, result.counts)
+    return result
+
+
+@dataclass(frozen=True)
+class DataPassStep(Step):
+    """One data pass for one user (pre-stage or cutover)."""
+
+    name = "migrate.pass"
+
+    kind: str  # prestage | cutover
+    older_than_s: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}.{self.kind}:{self.subject}"
+
+
+@registry.register(DataPassStep)
+class DataPassExecutor:
+    async def observe(self, ctx: Context, step: DataPassStep) -> None:
+        return None
+
+    async def apply(self, ctx: Context, step: DataPassStep, observed: None) -> StepResult:
+        window = Window(
+            older_than=timedelta(seconds=step.older_than_s) if step.older_than_s else None
+        )
+        result = await run_pass(ctx, step.subject, step.kind, window)
+        data = {"data_state": result.detail, f"{step.kind}_pass": result.status}
+        if result.status == "ok":
+            return StepResult(
+                bool(result.counts.get("copied")), None, result.counts, result.detail, data=data
+            )
+        if result.status == "planned":
+            return StepResult(True, None, None, result.detail)
+        # Not a success: the per-user state shows it and the item waits.
+        return StepResult(False, None, None, result.detail, status="waiting", data=data)

@@ -1,0 +1,167 @@
+"""provision.mailuser: the target MailUser that forwards to the source mailbox.
+
+The target object gets ExternalEmailAddress → the source mailbox, a primary
+address in the destination domain, and the source LegacyExchangeDN plus X500
+proxies, so replies to old mail resolve (FACTS.md). In `match` mode the
+existing target recipient is used instead and, if asked, pointed back at the
+source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from coexist.engine.context import Context
+from coexist.engine.step import Step, StepResult, registry
+from coexist.errors import Conflict
+from coexist.tenants.exo import hashtable
+
+from .exchange import bare, find_one, has_proxy, is_mailbox, object_id
+from .plan import new_password
+
+
+@dataclass(frozen=True)
+class MailUserStep(Step):
+    """A target recipient for one source mailbox exists and routes to the source."""
+
+    name = "provision.mailuser"
+
+    mode: str  # create | match
+    target_name: str
+    alias: str
+    display_name: str
+    primary_smtp: str
+    external_address: str
+    x500: tuple[str, ...]
+    first_name: str | None = None
+    last_name: str | None = None
+    matched_id: str | None = None
+    forward_matched: bool = False
+
+
+async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
+    """Our object: by the recorded target id, else by the planned address (crash recovery).
+
+    The plan was journaled before any write, so an object at the planned
+    primary address that routes to our source mailbox is the one a killed run
+    created, not a stranger.
+    """
+    exo = ctx.target.exo
+    item = ctx.journal.get_item("user", step.subject) or {}
+    ident = item.get("target_id") or step.matched_id
+    if ident:
+        found = await find_one(exo, "Get-Recipient", ident)
+        if found is not None:
+            return found
+    if step.mode == "match" or not step.primary_smtp:
+        return None
+    found = await find_one(exo, "Get-Recipient", step.primary_smtp)
+    if found is None:
+        return None
+    ours = bare(found.get("ExternalEmailAddress")) == bare(step.external_address) or any(
+        has_proxy(found, x) for x in step.x500
+    )
+    if not ours:
+        raise Conflict(
+            f"the planned target address {step.primary_smtp} is now used by "
+            f"{found.get('Name')!r} ({found.get('RecipientTypeDetails')})",
+            service="exchange",
+            next_step="coexist provision --replan  (plans a free address for this user)",
+        )
+    return found
+
+
+@registry.register(MailUserStep)
+class MailUserExecutor:
+    async def observe(self, ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
+        return await _find_own(ctx, step)
+
+    async def apply(
+        self, ctx: Context, step: MailUserStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        exo = ctx.target.exo
+        if observed is None:
+            return await self._create(ctx, step)
+        updates = self._differences(step, observed)
+        if not updates:
+            return StepResult(
+                False, _state(observed), _state(observed), "up to date", data=_data(observed)
+            )
+        cmdlet = "Set-Mailbox" if is_mailbox(observed) else "Set-MailUser"
+        await exo.run(cmdlet, Identity=object_id(observed), **updates)
+        after = (
+            observed if ctx.planning else await find_one(exo, "Get-Recipient", object_id(observed))
+        )
+        return StepResult(
+            True,
+            _state(observed),
+            _state(after),
+            "updated " + ", ".join(sorted(updates)),
+            data=_data(after or observed),
+        )
+
+    def _differences(self, step: MailUserStep, obj: dict[str, Any]) -> dict[str, Any]:
+        updates: dict[str, Any] = {}
+        missing = [x for x in step.x500 if not has_proxy(obj, x)]
+        if missing:
+            updates["EmailAddresses"] = hashtable(add=missing)
+        routes = step.mode == "create" or step.forward_matched
+        if not routes:
+            return updates
+        if not is_mailbox(obj):
+            if bare(obj.get("ExternalEmailAddress")) != bare(step.external_address):
+                updates["ExternalEmailAddress"] = step.external_address
+        elif step.mode == "match" and bare(obj.get("ForwardingSmtpAddress")) != bare(
+            step.external_address
+        ):
+            # A matched target *mailbox* forwards back to the source until cutover.
+            updates["ForwardingSmtpAddress"] = step.external_address
+            updates["DeliverToMailboxAndForward"] = False
+        return updates
+
+    async def _create(self, ctx: Context, step: MailUserStep) -> StepResult:
+        exo = ctx.target.exo
+        params: dict[str, Any] = {
+            "Name": step.target_name,
+            "Alias": step.alias,
+            "DisplayName": step.display_name,
+            "MicrosoftOnlineServicesID": step.primary_smtp,
+            # A licensable MailUser needs the MicrosoftOnlineServicesID set, which requires
+            # -Password (New-MailUser reference). Random, never stored or logged.
+            "Password": new_password(),
+            "ExternalEmailAddress": step.external_address,
+        }
+        if step.first_name:
+            params["FirstName"] = step.first_name
+        if step.last_name:
+            params["LastName"] = step.last_name
+        created = await exo.run("New-MailUser", **params)
+        ident = object_id(created[0]) if created else step.primary_smtp
+        if step.x500:
+            await exo.run(
+                "Set-MailUser", Identity=ident, EmailAddresses=hashtable(add=list(step.x500))
+            )
+        if ctx.planning:
+            return StepResult(True, None, {"planned": step.primary_smtp}, "would create MailUser")
+        after = await find_one(exo, "Get-Recipient", ident)
+        return StepResult(True, None, _state(after), "created MailUser", data=_data(after))
+
+
+def _state(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not obj:
+        return None
+    return {
+        "Identity": object_id(obj),
+        "Name": obj.get("Name"),
+        "RecipientTypeDetails": obj.get("RecipientTypeDetails"),
+        "PrimarySmtpAddress": obj.get("PrimarySmtpAddress"),
+        "ExternalEmailAddress": obj.get("ExternalEmailAddress"),
+        "EmailAddresses": sorted(obj.get("EmailAddresses") or []),
+    }
+
+
+def _data(obj: dict[str, Any] | None) -> dict[str, Any]:
+    if not obj:
+        return {}
+    return {"target_id": object_id(obj), "target_address": obj.get("PrimarySmtpAddress")}

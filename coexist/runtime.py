@@ -1,0 +1,127 @@
+"""Wiring one command invocation: project → journal → adapters → runner.
+
+Commands in `coexist.commands` describe *what* to run; this module owns the
+setup and teardown around it, so every command journals its run the same way,
+honours plan mode the same way, and closes its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from coexist.engine.context import Context, open_sides
+from coexist.engine.retry import RetryPolicy
+from coexist.engine.runner import Outcome, Runner
+from coexist.journal import Journal
+from coexist.settings import Project, load_project
+from coexist.tenants.plan import WriteRecorder
+
+T = TypeVar("T")
+
+
+def project_dir(path: Path | str | None) -> Path:
+    return Path(path or ".").resolve()
+
+
+def retry_policy(project: Project) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=project.engine.max_attempts, max_wait_s=float(project.engine.retry_max_wait_s)
+    )
+
+
+@dataclass
+class Session:
+    """One command's run: its context, runner and what it planned or did."""
+
+    project: Project
+    journal: Journal
+    ctx: Context
+    runner: Runner
+    recorder: WriteRecorder | None
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def planning(self) -> bool:
+        return self.recorder is not None
+
+    def planned_writes(self) -> list[dict[str, Any]]:
+        if self.recorder is None:
+            return []
+        return [
+            {
+                "system": w.system,
+                "tenant": w.tenant,
+                "operation": w.operation,
+                "params": _safe_params(w.params),
+                "step": w.step,
+                "text": w.describe(),
+            }
+            for w in self.recorder.writes
+        ]
+
+
+def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Never print a password, even a generated one, in a plan."""
+    return {k: ("[redacted]" if k.lower() == "password" else v) for k, v in params.items()}
+
+
+def open_journal(project: Project) -> Journal:
+    return Journal.open(project.journal_url)
+
+
+@asynccontextmanager
+async def session(
+    directory: Path | str | None,
+    command: str,
+    args: dict[str, Any],
+    *,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Session]:
+    project = load_project(project_dir(directory), env=env)
+    journal = open_journal(project)
+    recorder = WriteRecorder() if plan else None
+    run_id = 0 if plan else journal.start_run(command, args)
+    status = "failed"
+    try:
+        async with open_sides(
+            project.endpoint("source"),
+            project.endpoint("target"),
+            concurrency=project.engine.concurrency_per_tenant,
+            plan=recorder,
+        ) as (source, target):
+            ctx = Context(project, journal, source, target, plan=recorder, run_id=run_id or None)
+            outcomes: list[Outcome] = []
+
+            def record(o: Outcome) -> None:
+                outcomes.append(o)
+                if on_outcome is not None:
+                    on_outcome(o)
+
+            runner = Runner(
+                ctx=ctx,
+                journal=journal,
+                run_id=run_id,
+                retry=retry or retry_policy(project),
+                next_step=f"coexist retry --project {project.directory}",
+                plan=recorder,
+                on_outcome=record,
+            )
+            sess = Session(project, journal, ctx, runner, recorder, outcomes)
+            yield sess
+        status = "ok"
+    finally:
+        if not plan:
+            journal.finish_run(run_id, status)
+        journal.close()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
