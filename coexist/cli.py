@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -13,18 +14,106 @@ from rich.console import Console
 from rich.table import Table
 
 from coexist import commands
+from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError
 
-console = Console(stderr=True)
+err = Console(stderr=True)
 out = Console()
+
+DirPath = click.Path(file_okay=False, path_type=Path)
+STATUS_STYLE = {"ok": "green", "failed": "red", "waiting": "yellow", "planned": "cyan"}
 
 
 def _fail(exc: CoexistError, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(exc.to_dict()))
     else:
-        console.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}")
     sys.exit(2)
+
+
+def _progress(as_json: bool) -> Callable[[Outcome], None]:
+    def show(o: Outcome) -> None:
+        if as_json or (o.status == "ok" and not o.changed):
+            return
+        style = STATUS_STYLE.get(o.status, "white")
+        text = o.error or o.detail
+        err.print(f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.subject}  {text}")
+
+    return show
+
+
+def handles_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """Turn a CoexistError into a clear message (or JSON) and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except CoexistError as exc:
+            _fail(exc, bool(kwargs.get("as_json")))
+
+    return wrapper
+
+
+def project_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--project",
+        "project",
+        type=DirPath,
+        default=Path("."),
+        show_default=True,
+        help="Project directory (holds project.toml and the journal).",
+    )(fn)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+
+
+def plan_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--plan",
+        is_flag=True,
+        help="List every write this would make (cmdlets, Graph requests); send none.",
+    )(fn)
+
+
+def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--users", default=None, help="Comma-separated source addresses.")(fn)
+    return click.option(
+        "--batch",
+        default=None,
+        help="A batch CSV file, or a batch name recorded by `batch import`.",
+    )(fn)
+
+
+def _users(users: str | None) -> list[str] | None:
+    return [u.strip() for u in users.split(",") if u.strip()] if users else None
+
+
+def _render_run(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+        return
+    if result.get("plan"):
+        for w in result.get("writes", []):
+            out.print(f"[cyan]would[/cyan] {w['text']}")
+        out.print(f"{len(result.get('writes', []))} writes planned; nothing was sent.")
+    steps = ", ".join(f"{k} {v}" for k, v in sorted(result.get("steps", {}).items()))
+    out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
+    for f in result.get("failed", []):
+        out.print(f"[red]failed[/red] {f['error']}\n  next: {f['next']}")
+    for w in result.get("waiting", []):
+        out.print(f"[yellow]waiting[/yellow] {w['item']} {w['step']}: {w['detail']}")
+    for sk in result.get("skipped", []):
+        out.print(f"[yellow]skipped[/yellow] {sk['user']}: {sk['reason']}\n  next: {sk['next']}")
+    for w in result.get("awaiting_confirmation", []):
+        out.print(
+            f"[yellow]confirm[/yellow] {w['user']}: candidates {', '.join(w['candidates'])}\n  next: {w['next_step']}"
+        )
+    if result.get("failed"):
+        sys.exit(1)
 
 
 @click.group()
@@ -33,6 +122,335 @@ def main() -> None:
     """coexist: move mailboxes between Microsoft 365 tenants while both stay in use."""
 
 
+# -- project -------------------------------------------------------------------------
+@main.command("init")
+@click.argument("directory", type=DirPath)
+@click.option("--force", is_flag=True, help="Overwrite an existing project.toml.")
+@handles_errors
+def init_cmd(directory: Path, force: bool) -> None:
+    """Write a documented project.toml into DIRECTORY."""
+    path = commands.init(directory, force=force)
+    out.print(f"wrote {path}; fill in the tenants and domains, then run `coexist preflight`")
+
+
+@main.command("permissions")
+@click.option("--command", "command", default=None, help="Only what this command needs.")
+@json_option
+def permissions_cmd(command: str | None, as_json: bool) -> None:
+    """Print exactly which permissions coexist needs, per tenant (least privilege)."""
+    rows = commands.permissions(command)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    table = Table(title=f"permissions for {command or 'every command'}")
+    for col in ("tenant", "api", "permission", "alternatives", "why"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(r[c] for c in ("tenant", "api", "permission", "alternatives", "why")))
+    out.print(table)
+
+
+@main.command("preflight")
+@project_option
+@selection_options
+@json_option
+@handles_errors
+def preflight_cmd(project: Path, batch: str | None, users: str | None, as_json: bool) -> None:
+    """Check permissions, scope, domains, forwarding policy, seats and conflicts."""
+    result = commands.preflight_checks(project, batch=batch, users=_users(users))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        table = Table(title="preflight")
+        for col in ("check", "status", "detail", "fix"):
+            table.add_column(col)
+        for c in result["checks"]:
+            style = {"ok": "green", "warn": "yellow", "fail": "red"}[c["status"]]
+            table.add_row(c["check"], f"[{style}]{c['status']}[/{style}]", c["detail"], c["fix"])
+        out.print(table)
+    if not result["ok"]:
+        sys.exit(1)
+
+
+@main.command("discover")
+@project_option
+@plan_option
+@json_option
+@handles_errors
+def discover_cmd(project: Path, plan: bool, as_json: bool) -> None:
+    """Record the mailboxes in scope."""
+    _discovered(commands.discover(project, plan=plan), as_json)
+
+
+@main.command("rediscover")
+@project_option
+@plan_option
+@json_option
+@handles_errors
+def rediscover_cmd(project: Path, plan: bool, as_json: bool) -> None:
+    """Add new scope members and align changed addresses; never removes."""
+    _discovered(commands.discover(project, plan=plan, rediscover=True), as_json)
+
+
+def _discovered(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(
+        f"added {len(result['added'])}, aligned {len(result['aligned'])}, unchanged {result['unchanged']}, "
+        f"left scope {len(result['left_scope'])}, skipped {len(result['skipped'])}"
+    )
+    for s in result["skipped"]:
+        out.print(f"[yellow]skipped[/yellow] {s.get('address') or s['id']}: {s['reason']}")
+    for w in result["warnings"]:
+        out.print(f"[yellow]warning[/yellow] {w}")
+
+
+@main.command("groups")
+@project_option
+@plan_option
+@json_option
+@handles_errors
+def groups_cmd(project: Path, plan: bool, as_json: bool) -> None:
+    """Copy the selected group kinds with their members."""
+    _render_run(commands.groups(project, plan=plan, progress=_progress(as_json)), as_json)
+
+
+@main.command("provision")
+@project_option
+@selection_options
+@plan_option
+@json_option
+@handles_errors
+def provision_cmd(
+    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+) -> None:
+    """Create target MailUsers that forward to the source (or match existing ones)."""
+    result = commands.provision(
+        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+    )
+    _render_run(result, as_json)
+
+
+@main.command("confirm")
+@project_option
+@click.option("--user", required=True, help="Source address of the user waiting for a match.")
+@click.option("--target", required=True, help="Object id of the target recipient to use.")
+@json_option
+@handles_errors
+def confirm_cmd(project: Path, user: str, target: str, as_json: bool) -> None:
+    """match mode: choose the target recipient for an ambiguous user."""
+    result = commands.confirm(project, user, target)
+    click.echo(
+        json.dumps(result) if as_json else f"{user} → {target}; run `coexist provision` again"
+    )
+
+
+@main.command("prestage")
+@project_option
+@selection_options
+@click.option(
+    "--older-than", default=None, help="Data pass window, e.g. 90d (default from project.toml)."
+)
+@click.option("--at", default=None, help="Start the data pass at this ISO time.")
+@plan_option
+@json_option
+@handles_errors
+def prestage_cmd(
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    older_than: str | None,
+    at: str | None,
+    plan: bool,
+    as_json: bool,
+) -> None:
+    """Convert and license now, then the pre-stage data pass."""
+    result = commands.prestage(
+        project,
+        batch=batch,
+        users=_users(users),
+        older_than=older_than,
+        at=at,
+        plan=plan,
+        progress=_progress(as_json),
+    )
+    _render_run(result, as_json)
+
+
+@main.command("cutover")
+@project_option
+@selection_options
+@plan_option
+@json_option
+@handles_errors
+def cutover_cmd(
+    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+) -> None:
+    """The final data pass, then swap forwarders (or rename the source)."""
+    result = commands.cutover(
+        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+    )
+    _render_run(result, as_json)
+
+
+@main.command("rollback")
+@project_option
+@selection_options
+@plan_option
+@json_option
+@handles_errors
+def rollback_cmd(
+    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+) -> None:
+    """Undo a cutover from its recorded before-state."""
+    result = commands.rollback(
+        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+    )
+    _render_run(result, as_json)
+
+
+@main.command("retry")
+@project_option
+@plan_option
+@json_option
+@handles_errors
+def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
+    """Re-run the failed and waiting users' last command."""
+    result = commands.retry(project, plan=plan, progress=_progress(as_json))
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+        return
+    out.print(f"retried: {result['retried'] or 'nothing to retry'}")
+    for name, r in result["results"].items():
+        out.print(f"[bold]{name}[/bold]")
+        _render_run(r, False)
+
+
+@main.command("status")
+@project_option
+@click.option("--batch", default=None)
+@click.option("--state", default=None, help="ok | failed | waiting")
+@click.option(
+    "--phase", default=None, help="discovered | provisioned | prestaged | cutover | rolled-back"
+)
+@click.option("--user", default=None, help="One user (any of its addresses).")
+@json_option
+@handles_errors
+def status_cmd(
+    project: Path,
+    batch: str | None,
+    state: str | None,
+    phase: str | None,
+    user: str | None,
+    as_json: bool,
+) -> None:
+    """Where every user stands: phase, state, last step, data, errors."""
+    result = commands.status(project, batch=batch, state=state, phase=phase, user=user)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+        return
+    out.print(status_table(result))
+
+
+def status_table(result: dict[str, Any]) -> Table:
+    table = Table(title="users")
+    for col in (
+        "user",
+        "target",
+        "batch",
+        "phase",
+        "state",
+        "last step",
+        "data",
+        "error / waiting",
+    ):
+        table.add_column(col)
+    for r in result["users"]:
+        style = STATUS_STYLE.get(str(r["state"]), "white")
+        table.add_row(
+            str(r["user"]),
+            str(r["target"] or ""),
+            str(r["batch"] or ""),
+            str(r["phase"]),
+            f"[{style}]{r['state']}[/{style}]",
+            str(r["last_step"] or ""),
+            str(r["data"] or ""),
+            str(r["error"] or r["waiting_for"] or ""),
+        )
+    return table
+
+
+@main.group("batch")
+def batch_group() -> None:
+    """Batch CSV files, as operators keep them."""
+
+
+@batch_group.command("import")
+@project_option
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Batch name for rows without a Batch column.")
+@json_option
+@handles_errors
+def batch_import_cmd(project: Path, file: Path, name: str | None, as_json: bool) -> None:
+    """Record batch names from FILE (Source Email[, Batch] columns)."""
+    result = commands.batch_import(project, file, name=name)
+    click.echo(json.dumps(result) if as_json else f"assigned: {result['assigned']}")
+
+
+@batch_group.command("export")
+@project_option
+@click.option("--batch", default=None)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@handles_errors
+def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> None:
+    """Write users (with batch, phase, state) as CSV."""
+    text = commands.batch_export(project, batch=batch)
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("verify-mailflow")
+@project_option
+@selection_options
+@click.option(
+    "--wait", "wait_s", default=60.0, show_default=True, help="Seconds to wait for probes."
+)
+@json_option
+@handles_errors
+def verify_cmd(
+    project: Path, batch: str | None, users: str | None, wait_s: float, as_json: bool
+) -> None:
+    """Send probes to each user's source, target and X500 addresses; show where they landed."""
+    result = commands.verify_mailflow(project, batch=batch, users=_users(users), wait_s=wait_s)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        out.print(mailflow_table(result))
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def mailflow_table(result: dict[str, Any]) -> Table:
+    table = Table(title="mail flow")
+    for col in ("user", "probe", "expected", "source", "target", "ok"):
+        table.add_column(col)
+    for p in result["probes"]:
+        mark = "[green]yes[/green]" if p["ok"] else "[red]NO[/red]"
+        table.add_row(
+            p["user"],
+            p["probe"],
+            p["expected"],
+            str(p["found"].get("source", 0)),
+            str(p["found"].get("target", 0)),
+            mark,
+        )
+    return table
+
+
+# -- sandbox ---------------------------------------------------------------------------
 @main.group()
 def sandbox() -> None:
     """The local Microsoft 365 tenant pair (source and target) for rehearsal and tests."""
@@ -52,7 +470,7 @@ def sandbox() -> None:
 @click.option(
     "--state",
     "state",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DirPath,
     default=Path("sandbox-state"),
     show_default=True,
     help="State directory (tenants, CA, connection.json); reused if it exists.",
@@ -66,7 +484,7 @@ def sandbox_serve(
     def ready(conn: dict[str, Any]) -> None:
         click.echo(f"connection: {state / 'connection.json'}")
         click.echo(f"base_url: {conn['base_url']}")
-        click.echo("ready", nl=True)
+        click.echo("ready")
         sys.stdout.flush()
 
     commands.sandbox_serve(
@@ -81,13 +499,7 @@ def sandbox_serve(
 
 
 @sandbox.command("deliver")
-@click.option(
-    "--state",
-    "state",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="The sandbox state directory.",
-)
+@click.option("--state", "state", type=DirPath, required=True, help="The sandbox state directory.")
 @click.option("--to", "to", required=True, help="Recipient address (SMTP, X500 or IMCEAEX).")
 @click.option("--from", "sender", default=None, help="Sender address.")
 @click.option(
@@ -96,16 +508,13 @@ def sandbox_serve(
     default=None,
     help="Tenant in which a bare X500 address is resolved (default: the sender's).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the routing result as JSON.")
+@json_option
+@handles_errors
 def sandbox_deliver(
     state: Path, to: str, sender: str | None, tenant: str | None, as_json: bool
 ) -> None:
     """Route a message through the sandbox and say where it ended."""
-    try:
-        result = commands.sandbox_deliver(state, to, sender, tenant)
-    except CoexistError as exc:
-        _fail(exc, as_json)
-        return
+    result = commands.sandbox_deliver(state, to, sender, tenant)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -115,7 +524,7 @@ def sandbox_deliver(
     elif result["outcome"] == "ndr":
         out.print(f"[red]NDR {result['ndr_code']}[/red] {result.get('ndr_text') or ''}")
     else:
-        out.print(f"left the organization for {result.get('mailbox') or to}")
+        out.print(f"{result['outcome']}: {result.get('mailbox') or to}")
     for hop in result.get("hops", []):
         out.print(f"  hop: {hop}")
 
@@ -124,9 +533,9 @@ def sandbox_deliver(
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DirPath,
     default=None,
-    help="Keep the demo project and sandbox state here (default: a temporary directory).",
+    help="Keep the project and sandbox state here (default: a temporary directory).",
 )
 @click.option("--seed", default=1, show_default=True)
 @click.option("--users", default=50, show_default=True)
@@ -136,49 +545,45 @@ def sandbox_deliver(
     default="fast",
     show_default=True,
 )
-@click.option("--json", "as_json", is_flag=True)
-def demo(directory: Path | None, seed: int, users: int, profile: str, as_json: bool) -> None:
-    """Start a seeded sandbox pair and show both tenants as coexist sees them."""
-    try:
-        result = commands.demo(
-            directory,
-            seed=seed,
-            users=users,
-            profile=profile,
-            progress=lambda m: console.print(f"[cyan]…[/cyan] {m}"),
-        )
-    except CoexistError as exc:
-        _fail(exc, as_json)
-        return
+@click.option(
+    "--mode",
+    type=click.Choice(["forward-on-source", "leave-forward-on-target", "rename-source"]),
+    default="forward-on-source",
+    show_default=True,
+    help="Post-migration mode.",
+)
+@json_option
+@handles_errors
+def demo(
+    directory: Path | None, seed: int, users: int, profile: str, mode: str, as_json: bool
+) -> None:
+    """Seed a sandbox pair and run preflight → discover → groups → provision → prestage → cutover."""
+    result = commands.demo(
+        directory,
+        seed=seed,
+        users=users,
+        profile=profile,
+        mode=mode,
+        say=lambda m: err.print(f"[cyan]…[/cyan] {m}"),
+        progress=_progress(as_json),
+    )
     if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    table = Table(title="coexist sandbox tenants")
-    table.add_column("")
-    for key in ("source", "target"):
-        table.add_column(key)
-    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-        ("organization", lambda t: t["organization"]),
-        ("tenant id", lambda t: t["tenant_id"]),
-        ("users (Graph)", lambda t: str(t["users"])),
-        ("groups (Graph)", lambda t: str(t["groups"])),
-        (
-            "recipients (Exchange)",
-            lambda t: ", ".join(f"{k} {v}" for k, v in t["recipients"].items()),
-        ),
-        ("accepted domains", lambda t: ", ".join(t["accepted_domains"])),
-        ("AutoForwardingMode", lambda t: str(t["auto_forwarding_mode"])),
-        (
-            "licenses",
-            lambda t: ", ".join(
-                f"{s['sku']} {s['consumed']}/{s['enabled']}" for s in t["licenses"]
-            ),
-        ),
-    ]
-    for label, get in rows:
-        table.add_row(label, *(get(result["tenants"][k]) for k in ("source", "target")))
-    out.print(table)
-    out.print(f"state kept in {result['state']}")
+        click.echo(json.dumps(result, default=str))
+    else:
+        if "status" in result:
+            out.print(status_table(result["status"]))
+            out.print(mailflow_table(result["verify"]))
+        else:
+            for c in result["preflight"]["checks"]:
+                out.print(f"{c['status']:5} {c['check']}: {c['detail']} {c['fix']}")
+        out.print(f"project kept in {result['directory']}")
+        out.print(
+            "[green]demo ok[/green]"
+            if result["ok"]
+            else "[red]demo: some users are not where they should be[/red]"
+        )
+    if not result["ok"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ tests call these directly.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import tempfile
 from collections import Counter
@@ -12,10 +13,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coexist.errors import InputError
+from coexist import batches
+from coexist import preflight as pf
+from coexist.cutover.flow import cutover_plan, rollback_plan
+from coexist.discovery.discover import discover as discover_users
+from coexist.engine.retry import RetryPolicy
+from coexist.engine.runner import ItemPlan, Outcome, set_item
+from coexist.errors import ConfigError, InputError
+from coexist.migrate.passes import DataPassStep
+from coexist.model import Phase, phase_at_least
+from coexist.permissions import needs
+from coexist.provisioning.groups import group_steps, plan_group, source_groups
+from coexist.provisioning.provision import (
+    plan_targets,
+    prestage_plan,
+    provision_plans,
+    target_index,
+)
+from coexist.runtime import Session, open_journal, project_dir, session
+from coexist.settings import load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
+from coexist.verify import verify
 
 
 # -- sandbox -------------------------------------------------------------------------
@@ -53,39 +73,638 @@ def sandbox_deliver(
     return result
 
 
-# -- demo ----------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------
+Progress = Callable[[Outcome], None]
+
+
+def _result(sess: Session, **extra: Any) -> dict[str, Any]:
+    counts = Counter(o.status for o in sess.outcomes)
+    failed = [
+        {"user": o.subject, "step": o.name, "error": o.error, "next": o.next_step}
+        for o in sess.outcomes
+        if o.status == "failed"
+    ]
+    waiting = [
+        {"item": o.subject, "step": o.name, "detail": o.detail}
+        for o in sess.outcomes
+        if o.status == "waiting"
+    ]
+    out: dict[str, Any] = {
+        "plan": sess.planning,
+        "steps": dict(counts),
+        "changed": sum(1 for o in sess.outcomes if o.changed),
+        "failed": failed,
+        "waiting": waiting,
+        "skipped": sess.skipped,
+        **extra,
+    }
+    if sess.planning:
+        out["writes"] = sess.planned_writes()
+    return out
+
+
+def _selected(
+    sess: Session,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    phase_at_least_: Phase | None = None,
+    what: str,
+) -> list[dict[str, Any]]:
+    """The users a command works on: a batch (CSV file or recorded name), a list, or all."""
+    items = sess.journal.items(kind="user")
+    if not items:
+        raise InputError(
+            "no users in the journal yet",
+            next_step=f"coexist discover --project {sess.project.directory}",
+        )
+    if batch is not None and Path(str(batch)).is_file():
+        rows = batches.read_rows(Path(str(batch)))
+        chosen = batches.select(items, [r["source"] for r in rows], what=f"{batch}")
+    elif batch is not None:
+        chosen = [i for i in items if i.get("batch") == str(batch)]
+        if not chosen:
+            raise InputError(
+                f"no users in batch {batch!r}",
+                next_step="coexist batch import FILE  (records batch names), or pass --batch FILE.csv",
+            )
+    elif users:
+        chosen = batches.select(items, users, what="--users")
+    else:
+        chosen = items
+    if phase_at_least_ is not None:
+        behind = [i for i in chosen if not phase_at_least(i.get("phase"), phase_at_least_)]
+        if behind:
+            nxt = _previous_command(phase_at_least_, sess.project.directory)
+            for i in behind:
+                sess.skipped.append(
+                    {
+                        "user": i.get("source_address"),
+                        "reason": f"not {phase_at_least_.value} yet (phase {i.get('phase')})",
+                        "next": nxt,
+                    }
+                )
+            chosen = [i for i in chosen if i not in behind]
+            if not chosen:
+                names = ", ".join(str(i.get("source_address")) for i in behind[:5])
+                raise InputError(
+                    f"{what}: no selected user has reached {phase_at_least_.value}: {names}",
+                    next_step=nxt,
+                )
+    return chosen
+
+
+def _previous_command(phase: Phase, directory: Path) -> str:
+    cmd = {
+        Phase.PROVISIONED: "provision",
+        Phase.PRESTAGED: "prestage",
+        Phase.CUTOVER: "cutover",
+    }.get(phase, "discover")
+    return f"coexist {cmd} --project {directory} ..."
+
+
+def _mark(sess: Session, items: list[dict[str, Any]], command: str) -> None:
+    if not sess.planning:
+        for i in items:
+            set_item(sess.journal, "user", i["key"], last_command=command)
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- init / permissions ------------------------------------------------------------------
+def init(directory: Path, *, overrides: dict[str, Any] | None = None, force: bool = False) -> Path:
+    """Write a documented project.toml."""
+    return write_project(directory, overrides=overrides, force=force)
+
+
+def permissions(command: str | None = None) -> list[dict[str, str]]:
+    """Exactly which permissions a command (or every command) needs, per tenant."""
+    return [
+        {
+            "tenant": n.tenant,
+            "api": n.api,
+            "permission": n.label,
+            "alternatives": ", ".join(n.any_of[1:]),
+            "why": n.why,
+        }
+        for n in needs(command)
+    ]
+
+
+# -- discover --------------------------------------------------------------------------
+def discover(
+    directory: Path | None = None, *, plan: bool = False, rediscover: bool = False
+) -> dict[str, Any]:
+    """Record the mailboxes in scope (rediscover: add new, align changed, never remove)."""
+
+    async def go() -> dict[str, Any]:
+        async with session(
+            directory, "rediscover" if rediscover else "discover", {}, plan=plan
+        ) as sess:
+            report = await discover_users(sess.ctx)
+            return {"plan": plan, **report.to_dict()}
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+# -- groups ------------------------------------------------------------------------------
+def groups(
+    directory: Path | None = None,
+    *,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Copy the selected group kinds to the target, members mapped."""
+
+    async def go() -> dict[str, Any]:
+        async with session(
+            directory, "groups", {}, plan=plan, retry=retry, on_outcome=progress
+        ) as sess:
+            ctx = sess.ctx
+            found = await source_groups(ctx.source, tuple(ctx.project.groups.copy))
+            index = await target_index(ctx)
+            plans = []
+            for g in found:
+                if not plan:
+                    sess.journal.upsert_item(
+                        "group", g.id, name=g.display_name, source_address=g.primary_smtp
+                    )
+                    set_item(
+                        sess.journal, "group", g.id, group_kind=g.kind, source_group=g.to_dict()
+                    )
+                step = plan_group(g, index, ctx.project.domains.destination_domain)
+                plans.append(
+                    ItemPlan(
+                        "group", g.id, group_steps(g, step), "provisioned", label=g.display_name
+                    )
+                )
+            await sess.runner.run(plans, ctx.project.engine.concurrency_per_tenant)
+            return _result(sess, groups=len(found))
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+# -- provision ---------------------------------------------------------------------------
+def provision(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Target MailUsers forwarding to the source, with X500 proxies (match or create)."""
+
+    async def go() -> dict[str, Any]:
+        args = {"batch": str(batch) if batch else None, "users": users}
+        async with session(
+            directory, "provision", args, plan=plan, retry=retry, on_outcome=progress
+        ) as sess:
+            items = _selected(sess, batch=batch, users=users, what="provision")
+            _mark(sess, items, "provision")
+            targets = await plan_targets(sess.ctx, items)
+            plans, waiting = provision_plans(sess.ctx, items, targets)
+            await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+            return _result(sess, users=len(items), awaiting_confirmation=waiting)
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
+    """match mode: the operator picks the target recipient for an ambiguous user."""
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        item = batches.select(journal.items(kind="user"), [user], what="confirm")[0]
+        plan = dict((item.get("detail") or {}).get("target_plan") or {})
+        if not plan:
+            raise InputError(f"{user} has no target plan yet", next_step="coexist provision first")
+        if plan.get("candidates") and target not in plan["candidates"]:
+            raise InputError(
+                f"{target} is not one of the candidates for {user}: {', '.join(plan['candidates'])}",
+            )
+        plan.update(matched_id=target, candidates=[])
+        set_item(journal, "user", item["key"], target_plan=plan, state="ok", waiting_for=None)
+        return {"user": user, "target": target}
+    finally:
+        journal.close()
+
+
+# -- prestage ----------------------------------------------------------------------------
+def _license_sku(sess: Session, skus: list[dict[str, Any]]) -> str | None:
+    name = sess.project.prestage.license_sku
+    if not sess.project.prestage.convert:
+        return None
+    if not name:
+        raise ConfigError(
+            "a license SKU is needed to convert MailUsers",
+            file=str(sess.project.file),
+            key="prestage.license_sku",
+        )
+    sku = next(
+        (s for s in skus if name.lower() in (s["skuPartNumber"].lower(), s["skuId"].lower())), None
+    )
+    if sku is None:
+        raise ConfigError(
+            f"SKU {name!r} is not subscribed in the target ({', '.join(s['skuPartNumber'] for s in skus)})",
+            file=str(sess.project.file),
+            key="prestage.license_sku",
+        )
+    locked = (
+        sku["skuId"] if sess.planning else sess.journal.lock_setting("license_sku", sku["skuId"])
+    )
+    if locked != sku["skuId"]:
+        raise ConfigError(
+            f"the license SKU is locked to {locked} since this project first ran; it cannot change",
+            file=str(sess.project.file),
+            key="prestage.license_sku",
+        )
+    return str(sku["skuId"])
+
+
+def _free_seats(skus: list[dict[str, Any]], sku_id: str) -> int:
+    sku = next(s for s in skus if s["skuId"] == sku_id)
+    return int(sku["prepaidUnits"]["enabled"]) - int(sku["consumedUnits"])
+
+
+def prestage(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    older_than: str | None = None,
+    at: str | None = None,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+    mailbox_timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Convert and license now, wait for the mailboxes, forward them back, then the data pass."""
+
+    async def go() -> dict[str, Any]:
+        args = {
+            "batch": str(batch) if batch else None,
+            "users": users,
+            "older_than": older_than,
+            "at": at,
+        }
+        async with session(
+            directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress
+        ) as sess:
+            items = _selected(
+                sess, batch=batch, users=users, phase_at_least_=Phase.PROVISIONED, what="prestage"
+            )
+            _mark(sess, items, "prestage")
+            skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
+            sku_id = _license_sku(sess, skus)
+            if sku_id:
+                need = sum(1 for i in items if not phase_at_least(i.get("phase"), Phase.PRESTAGED))
+                free = _free_seats(skus, sku_id)
+                if need > free:
+                    raise InputError(
+                        f"not enough free licenses: {need} users to convert, {free} free seats",
+                        next_step="free or buy seats, or run prestage for a smaller batch",
+                        needed=need,
+                        free=free,
+                    )
+            convert = [prestage_plan(sess.ctx, i, sku_id, mailbox_timeout_s) for i in items]
+            await sess.runner.run(convert, sess.project.engine.concurrency_per_tenant)
+            ready = {
+                o.subject for o in sess.outcomes if o.status == "failed" or o.status == "waiting"
+            }
+            window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
+            if at:
+                await _wait_until(at)
+            passes = [
+                ItemPlan(
+                    "user",
+                    i["key"],
+                    [
+                        DataPassStep(
+                            subject=i["key"], kind="prestage", older_than_s=window.total_seconds()
+                        )
+                    ],
+                    None,
+                    label=str(i.get("source_address")),
+                )
+                for i in items
+                if i["key"] not in ready
+            ]
+            await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
+            return _result(sess, users=len(items))
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+async def _wait_until(at: str) -> None:
+    try:
+        when = dt.datetime.fromisoformat(at)
+    except ValueError:
+        raise InputError(f"--at {at!r} is not an ISO time (e.g. 2026-11-23T02:00)") from None
+    if when.tzinfo is None:
+        when = when.astimezone()
+    delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+# -- cutover / rollback ------------------------------------------------------------------
+def cutover(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The final delta pass, then the post-migration mode (forward / leave / rename)."""
+
+    async def go() -> dict[str, Any]:
+        args = {"batch": str(batch) if batch else None, "users": users}
+        async with session(
+            directory, "cutover", args, plan=plan, retry=retry, on_outcome=progress
+        ) as sess:
+            items = _selected(
+                sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
+            )
+            _mark(sess, items, "cutover")
+            passes = [
+                ItemPlan(
+                    "user",
+                    i["key"],
+                    [DataPassStep(subject=i["key"], kind="cutover")],
+                    None,
+                    label=str(i.get("source_address")),
+                )
+                for i in items
+            ]
+            await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
+            # With a mover configured, a user whose final pass did not succeed is not cut
+            # over. With mover "none" the pass state stays visible and cutover proceeds:
+            # the operator chose to move data by other means.
+            blocked = set()
+            if sess.project.migration.mover != "none":
+                blocked = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
+            routing_domain = await _initial_domain(sess)
+            plans = [
+                cutover_plan(sess.ctx, i, routing_domain) for i in items if i["key"] not in blocked
+            ]
+            await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+            return _result(sess, users=len(items), mode=sess.project.cutover.mode)
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+async def _initial_domain(sess: Session) -> str:
+    domains = await sess.ctx.source.exo.run("Get-AcceptedDomain")
+    initial = next((d for d in domains if d.get("InitialDomain")), None)
+    if initial is None:
+        initial = next(d for d in domains if str(d.get("DomainName")).endswith(".onmicrosoft.com"))
+    return str(initial["DomainName"])
+
+
+def rollback(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Undo a cutover from the before-state it recorded."""
+
+    async def go() -> dict[str, Any]:
+        args = {"batch": str(batch) if batch else None, "users": users}
+        async with session(
+            directory, "rollback", args, plan=plan, retry=retry, on_outcome=progress
+        ) as sess:
+            items = _selected(sess, batch=batch, users=users, what="rollback")
+            items = [
+                i for i in items if i.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
+            ]
+            _mark(sess, items, "rollback")
+            plans = [rollback_plan(sess.ctx, i) for i in items]
+            await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+            return _result(sess, users=len(items))
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+# -- retry -------------------------------------------------------------------------------
+RETRYABLE = {"provision": provision, "prestage": prestage, "cutover": cutover, "rollback": rollback}
+
+
+def retry(
+    directory: Path | None = None,
+    *,
+    plan: bool = False,
+    retry_policy: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Re-run the failed (and waiting) users' last command for just those users."""
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        todo: dict[str, list[str]] = {}
+        for item in journal.items(kind="user"):
+            if item.get("state") in ("failed", "waiting"):
+                cmd = (item.get("detail") or {}).get("last_command")
+                if cmd in RETRYABLE:
+                    todo.setdefault(cmd, []).append(item["key"])
+        retry_groups = any(
+            i.get("state") in ("failed", "waiting") for i in journal.items(kind="group")
+        )
+    finally:
+        journal.close()
+    results: dict[str, Any] = {}
+    for cmd in ("rollback", "provision", "prestage", "cutover"):
+        if cmd in todo:
+            results[cmd] = RETRYABLE[cmd](
+                directory, users=todo[cmd], plan=plan, retry=retry_policy, progress=progress
+            )
+    if retry_groups:
+        results["groups"] = groups(directory, plan=plan, retry=retry_policy, progress=progress)
+    return {"retried": {k: len(v) for k, v in todo.items()}, "results": results}
+
+
+# -- status / batches --------------------------------------------------------------------
+def status(
+    directory: Path | None = None,
+    *,
+    batch: str | None = None,
+    state: str | None = None,
+    phase: str | None = None,
+    user: str | None = None,
+) -> dict[str, Any]:
+    """Where every user (and group) stands: phase, state, last step, data, errors."""
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        items = journal.items(kind="user", batch=batch, state=state, phase=phase)
+        if user:
+            items = batches.select(items, [user], what="status --user")
+        failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
+        rows = []
+        for i in items:
+            detail = i.get("detail") or {}
+            err = failed_steps.get(i["key"])
+            rows.append(
+                {
+                    "user": i.get("source_address"),
+                    "name": i.get("name"),
+                    "target": i.get("target_address"),
+                    "batch": i.get("batch"),
+                    "phase": i.get("phase"),
+                    "state": i.get("state"),
+                    "last_step": detail.get("last_step"),
+                    "data": detail.get("data_state"),
+                    "waiting_for": detail.get("waiting_for"),
+                    "error": err.get("error_message") if err else None,
+                    "next": err.get("next_step") if err else None,
+                    "in_scope": detail.get("in_scope", True),
+                }
+            )
+        group_rows = [
+            {
+                "group": g.get("name"),
+                "kind": (g.get("detail") or {}).get("group_kind"),
+                "target": g.get("target_address"),
+                "state": g.get("state"),
+                "unmapped_members": len((g.get("detail") or {}).get("unmapped_members") or []),
+            }
+            for g in journal.items(kind="group")
+        ]
+        summary = Counter(f"{r['phase']}/{r['state']}" for r in rows)
+        return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
+    finally:
+        journal.close()
+
+
+def batch_import(directory: Path | None, file: Path, *, name: str | None = None) -> dict[str, Any]:
+    """Record batch names from an operator's CSV (every row must be a known user, once)."""
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        rows = batches.read_rows(file)
+        items = batches.select(
+            journal.items(kind="user"), [r["source"] for r in rows], what=str(file)
+        )
+        assigned: Counter[str] = Counter()
+        missing_name = [r["line"] for r in rows if not (r["batch"] or name)]
+        if missing_name:
+            raise InputError(
+                f"{file}: rows {', '.join(missing_name[:10])} have no batch name",
+                next_step="add a Batch column, or pass --name",
+            )
+        for row, item in zip(rows, items, strict=True):
+            batch_name = row["batch"] or str(name)
+            journal.update_item("user", item["key"], batch=batch_name)
+            assigned[batch_name] += 1
+        return {"assigned": dict(assigned)}
+    finally:
+        journal.close()
+
+
+def batch_export(directory: Path | None, *, batch: str | None = None) -> str:
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        return batches.export_rows(journal.items(kind="user", batch=batch))
+    finally:
+        journal.close()
+
+
+# -- preflight / verify ------------------------------------------------------------------
+def preflight_checks(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+) -> dict[str, Any]:
+    """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts."""
+
+    async def go() -> dict[str, Any]:
+        async with session(directory, "preflight", {}, plan=True) as sess:
+            ctx = sess.ctx
+            checks = await pf.check_permissions(
+                ctx, ["discover", "provision", "groups", "prestage", "cutover"]
+            )
+            checks += await pf.check_scope(ctx)
+            checks += await pf.check_domains(ctx)
+            checks += await pf.check_forwarding(ctx)
+            items = sess.journal.items(kind="user")
+            chosen = _selected(sess, batch=batch, users=users, what="preflight") if items else []
+            checks += await pf.check_licenses(ctx, chosen)
+            checks += pf.check_usage_location(ctx, chosen)
+            checks += pf.check_conflicts(await target_index(ctx), ctx, chosen)
+            return {
+                "ok": all(c.status != "fail" for c in checks),
+                "checks": [c.to_dict() for c in checks],
+                "users": len(chosen),
+            }
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+def verify_mailflow(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    wait_s: float = 60.0,
+) -> dict[str, Any]:
+    """Send probes to each user's addresses and report where each one landed."""
+
+    async def go() -> dict[str, Any]:
+        async with session(directory, "verify-mailflow", {}, plan=False) as sess:
+            items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
+            sender = sess.project.verify.service_mailbox or ""
+            probes = await verify(sess.ctx, items, sender, wait_s=wait_s)
+            return {"ok": all(p.ok for p in probes), "probes": [p.to_dict() for p in probes]}
+
+    result: dict[str, Any] = _run(go())
+    return result
+
+
+# -- demo --------------------------------------------------------------------------------
 async def tenant_summary(ep: TenantEndpoint) -> dict[str, Any]:
     """What an operator sees first about a tenant, read through Graph and Exchange."""
     async with GraphAdapter(ep) as graph, ExoRunner(ep) as exo:
-        users = await graph.list_all(
-            "users", {"$select": "id,userPrincipalName,usageLocation", "$top": "999"}
-        )
-        groups = await graph.list_all(
-            "groups", {"$select": "id,displayName,mailEnabled,securityEnabled", "$top": "999"}
-        )
-        skus = (await graph.send("GET", "subscribedSkus"))["value"]
-        org = (await graph.send("GET", "organization"))["value"][0]
+        users = await graph.list_all("users", {"$select": "id", "$top": "999"})
         recipients = await exo.run("Get-Recipient", ResultSize="Unlimited")
-        domains = await exo.run("Get-AcceptedDomain")
-        policy = await exo.run("Get-HostedOutboundSpamFilterPolicy", Identity="Default")
+        skus = (await graph.send("GET", "subscribedSkus"))["value"]
     kinds = Counter(str(r.get("RecipientTypeDetails")) for r in recipients)
     return {
-        "organization": org.get("displayName"),
-        "tenant_id": ep.tenant_id,
         "users": len(users),
-        "groups": len(groups),
         "recipients": dict(sorted(kinds.items())),
-        "accepted_domains": [d.get("DomainName") for d in domains],
-        "auto_forwarding_mode": policy[0].get("AutoForwardingMode") if policy else None,
-        "licenses": [
-            {
-                "sku": s["skuPartNumber"],
-                "enabled": s["prepaidUnits"]["enabled"],
-                "consumed": s["consumedUnits"],
-            }
-            for s in skus
-        ],
+        "licenses": {
+            s["skuPartNumber"]: f"{s['consumedUnits']}/{s['prepaidUnits']['enabled']}" for s in skus
+        },
     }
+
+
+DEMO_STEPS = (
+    "preflight",
+    "discover",
+    "groups",
+    "provision",
+    "prestage",
+    "cutover",
+    "verify-mailflow",
+)
 
 
 def demo(
@@ -94,24 +713,90 @@ def demo(
     seed: int = 1,
     users: int = 50,
     profile: str = "fast",
-    progress: Callable[[str], None] = lambda _m: None,
+    mode: str = "forward-on-source",
+    say: Callable[[str], None] = lambda _m: None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Seed a sandbox pair, serve it, and summarise both tenants through the real APIs."""
+    """Seed a sandbox pair and run the coexistence flow end to end for one batch.
+
+    The only command that imports the sandbox (DESIGN.md): everything after the
+    sandbox starts goes through the same HTTPS endpoints a real tenant offers.
+    """
+    from coexist.sandbox import seed as sandbox_seed
     from coexist.sandbox.server import Sandbox
 
-    base = directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))
+    base = (directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve()
     state = base / "sandbox"
-    progress(f"starting sandbox tenants in {state}")
+    project = base / "project"
+    say(f"starting the sandbox tenants ({users} users, profile {profile}) in {state}")
     with Sandbox(state, seed=seed, users=users, profile=profile) as sb:
-        conn = sb.connection
-
-        async def both() -> dict[str, Any]:
-            out = {}
-            for key in ("source", "target"):
-                progress(f"reading the {key} tenant through Graph and Exchange")
-                out[key] = await tenant_summary(TenantEndpoint.from_sandbox(conn, key))
-            return out
-
-        summary = asyncio.run(both())
-    (base / "demo-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"directory": str(base), "state": str(state), "tenants": summary}
+        with sb.world.lock:
+            # What the tenant admins do before a coexistence project (README runbook):
+            # allow external forwarding for the migrating mailboxes in both tenants.
+            for tenant in sb.world.tenants.values():
+                tenant.auto_forwarding_mode = "On"
+                tenant.touch()
+            service = sorted(
+                (
+                    u
+                    for u in sb.world.target.users.values()
+                    if u.recipient_type_details == "UserMailbox"
+                ),
+                key=lambda u: u.user_principal_name,
+            )[0].user_principal_name
+        say("tenant preparation: outbound spam policy AutoForwardingMode On in both tenants")
+        conn = str(state / "connection.json")
+        if not (project / "project.toml").exists():
+            init(
+                project,
+                overrides={
+                    "project.name": "demo",
+                    "source.sandbox_connection": conn,
+                    "target.sandbox_connection": conn,
+                    "domains.destination_domain": sandbox_seed.TARGET_DOMAIN,
+                    "scope.group": sandbox_seed.SCOPE_GROUP,
+                    "prestage.license_sku": "ENTERPRISEPACK",
+                    "prestage.usage_location": "US",
+                    "cutover.mode": mode,
+                    "verify.service_mailbox": service,
+                },
+            )
+        say(f"project written: {project / 'project.toml'}")
+        results: dict[str, Any] = {"before": {}, "after": {}}
+        results["before"] = {
+            k: _run(tenant_summary(TenantEndpoint.from_sandbox(sb.connection, k)))
+            for k in ("source", "target")
+        }
+        say("preflight")
+        results["preflight"] = preflight_checks(project)
+        if not results["preflight"]["ok"]:
+            return {**results, "ok": False, "directory": str(base)}
+        say("discover")
+        results["discover"] = discover(project)
+        say("groups")
+        results["groups"] = groups(project, progress=progress)
+        say("provision")
+        results["provision"] = provision(project, progress=progress)
+        say("groups again: members provisioned since the first run are added")
+        results["groups_again"] = groups(project, progress=progress)
+        say("mail flow after provision")
+        results["verify_provisioned"] = verify_mailflow(project, wait_s=5)
+        say("prestage (convert, license, forward back, data pass)")
+        results["prestage"] = prestage(project, progress=progress, mailbox_timeout_s=60)
+        results["verify_prestaged"] = verify_mailflow(project, wait_s=5)
+        say(f"cutover ({mode})")
+        results["cutover"] = cutover(project, progress=progress)
+        say("mail flow after cutover")
+        results["verify"] = verify_mailflow(project, wait_s=5)
+        results["status"] = status(project)
+        results["after"] = {
+            k: _run(tenant_summary(TenantEndpoint.from_sandbox(sb.connection, k)))
+            for k in ("source", "target")
+        }
+    in_place = all(u["phase"] == Phase.CUTOVER.value for u in results["status"]["users"])
+    flows = all(results[k]["ok"] for k in ("verify_provisioned", "verify_prestaged", "verify"))
+    results.update(
+        ok=in_place and flows, directory=str(base), project=str(project), state=str(state)
+    )
+    (base / "demo-summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results

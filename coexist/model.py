@@ -208,3 +208,42 @@ def forwarding_address(src: SourceMailbox, forwarding_domain: str | None) -> str
         if split_address(addr)[1] == dom:
             return addr
     return f"{src.local_part}@{dom}"
+
+
+# -- X500 encapsulation ------------------------------------------------------------------
+_IMCEA_LITERAL = re.compile(r"[A-Za-z0-9=.\-]")
+
+
+def decode_imceaex(local: str) -> str:
+    """IMCEAEX local part -> X500 DN.
+
+    Exchange encapsulates a DN as `IMCEAEX-<encoded>@domain`: '/' is written '_',
+    and any other character outside the SMTP-safe set as '+' and two hex digits
+    ('+20' space, '+28' '(', '+29' ')', '+5F' '_', '+2B' '+').
+    (learn.microsoft.com/exchange/troubleshoot/email-delivery/imceaex-ndr)
+    """
+    body = local[len("IMCEAEX-") :] if local.upper().startswith("IMCEAEX-") else local
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "+" and re.fullmatch(r"[0-9A-Fa-f]{2}", body[i + 1 : i + 3]):
+            out.append(int(body[i + 1 : i + 3], 16))
+            i += 3
+            continue
+        out.extend(b"/" if ch == "_" else ch.encode("utf-8"))
+        i += 1
+    return out.decode("utf-8", errors="replace")
+
+
+def encode_imceaex(dn: str, domain: str) -> str:
+    """X500 DN -> `IMCEAEX-...@domain`, the form NDRs show (inverse of decode_imceaex)."""
+    parts: list[str] = []
+    for ch in dn:
+        if ch == "/":
+            parts.append("_")
+        elif _IMCEA_LITERAL.fullmatch(ch):
+            parts.append(ch)
+        else:
+            parts.extend(f"+{b:02X}" for b in ch.encode("utf-8"))
+    return f"IMCEAEX-{''.join(parts)}@{domain}"

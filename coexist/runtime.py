@@ -44,6 +44,7 @@ class Session:
     runner: Runner
     recorder: WriteRecorder | None
     outcomes: list[Outcome] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # users left out, and why
 
     @property
     def planning(self) -> bool:

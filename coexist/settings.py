@@ -273,6 +273,15 @@ SETTINGS: tuple[Setting, ...] = (
         "until cutover, so mail sent to the target address reaches the mailbox in use.",
     ),
     Setting(
+        "mail_users.replace_contacts",
+        "bool",
+        True,
+        "A mail contact in the target that already carries a user's source address (a GAL "
+        "sync contact) is removed when that user's MailUser is created, and its addresses "
+        "and LegacyExchangeDN (as X500) move to the MailUser so replies to it still resolve. "
+        "Its state is journaled. false = such a user fails with a conflict to resolve by hand.",
+    ),
+    Setting(
         "prestage.convert",
         "bool",
         True,
@@ -772,6 +781,7 @@ class Groups(_Section):
 class MailUsers(_Section):
     mode: str
     forward_matched_to_source: bool
+    replace_contacts: bool
 
 
 @dataclass(frozen=True, repr=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
-from coexist.errors import InputError
+from coexist.errors import InputError, NotFound, TransientError
 
 from .exchange import bare, find_one, forwarding_state, is_mailbox, object_id
 
@@ -46,9 +46,18 @@ class LicenseStep(Step):
 class LicenseExecutor:
     async def observe(self, ctx: Context, step: LicenseStep) -> dict[str, Any]:
         ident = target_id(ctx, step.subject)
-        user: dict[str, Any] = await ctx.target.graph.send(
-            "GET", f"users/{ident}", params={"$select": "id,usageLocation,assignedLicenses"}
-        )
+        try:
+            user: dict[str, Any] = await ctx.target.graph.send(
+                "GET", f"users/{ident}", params={"$select": "id,usageLocation,assignedLicenses"}
+            )
+        except NotFound as exc:
+            # A MailUser created through Exchange reaches Graph after directory
+            # replication; new objects may 404 for seconds (FACTS.md): retry later.
+            raise TransientError(
+                f"target user {ident} is not visible in Graph yet (replication)",
+                service="graph",
+                retry_after=2.0,
+            ) from exc
         return user
 
     async def apply(self, ctx: Context, step: LicenseStep, observed: dict[str, Any]) -> StepResult:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coexist.engine.context import Context
+from coexist.engine.runner import set_item
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import Conflict
 from coexist.tenants.exo import hashtable
@@ -38,6 +39,7 @@ class MailUserStep(Step):
     last_name: str | None = None
     matched_id: str | None = None
     forward_matched: bool = False
+    replace_contacts: bool = False
 
 
 async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
@@ -120,8 +122,35 @@ class MailUserExecutor:
             updates["DeliverToMailboxAndForward"] = False
         return updates
 
+    async def _replace_contact(self, ctx: Context, step: MailUserStep) -> list[str]:
+        """Remove a GAL-sync contact that owns the source address; return what to carry over.
+
+        Its state is journaled on the item before it is removed, so a crash between the
+        removal and the MailUser's creation still carries its LegacyExchangeDN over.
+        """
+        item = ctx.journal.get_item("user", step.subject) or {}
+        saved = (item.get("detail") or {}).get("replaced_contact")
+        owner = await find_one(ctx.target.exo, "Get-Recipient", step.external_address)
+        if owner is not None and owner.get("RecipientTypeDetails") == "MailContact":
+            saved = {
+                "Identity": object_id(owner),
+                "Name": owner.get("Name"),
+                "ExternalEmailAddress": owner.get("ExternalEmailAddress"),
+                "EmailAddresses": list(owner.get("EmailAddresses") or []),
+                "LegacyExchangeDN": owner.get("LegacyExchangeDN"),
+            }
+            if not ctx.planning:
+                set_item(ctx.journal, "user", step.subject, replaced_contact=saved)
+            await ctx.target.exo.run("Remove-MailContact", Identity=object_id(owner), Confirm=False)
+        if not saved:
+            return []
+        carry = [f"X500:{saved['LegacyExchangeDN']}"] if saved.get("LegacyExchangeDN") else []
+        carry += [a for a in saved.get("EmailAddresses") or [] if a.lower().startswith("x500:")]
+        return carry
+
     async def _create(self, ctx: Context, step: MailUserStep) -> StepResult:
         exo = ctx.target.exo
+        carried = await self._replace_contact(ctx, step) if step.replace_contacts else []
         params: dict[str, Any] = {
             "Name": step.target_name,
             "Alias": step.alias,
@@ -138,10 +167,9 @@ class MailUserExecutor:
             params["LastName"] = step.last_name
         created = await exo.run("New-MailUser", **params)
         ident = object_id(created[0]) if created else step.primary_smtp
-        if step.x500:
-            await exo.run(
-                "Set-MailUser", Identity=ident, EmailAddresses=hashtable(add=list(step.x500))
-            )
+        x500 = list(dict.fromkeys([*step.x500, *carried]))
+        if x500:
+            await exo.run("Set-MailUser", Identity=ident, EmailAddresses=hashtable(add=x500))
         if ctx.planning:
             return StepResult(True, None, {"planned": step.primary_smtp}, "would create MailUser")
         after = await find_one(exo, "Get-Recipient", ident)

@@ -92,3 +92,22 @@ def credential(ep: TenantEndpoint, *, retry_total: int | None = None) -> Any:
         file="project.toml",
         key="tenant.credential",
     )
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of an access token, read without verifying it (for preflight only).
+
+    Entra app-only access tokens are JWTs carrying `roles` (application permissions)
+    and `wids` (directory role template ids). Only the service validates them; we
+    just read what was granted.
+    """
+    import base64
+    import json
+
+    try:
+        payload = token.split(".")[1]
+        payload += "=" * (-len(payload) % 4)
+        claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload))
+    except (IndexError, ValueError):
+        return {}
+    return claims

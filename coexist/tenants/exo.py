@@ -26,7 +26,7 @@ from coexist.errors import (
     TransientError,
 )
 
-from .auth import EXO_SCOPE, TenantEndpoint, credential
+from .auth import EXO_SCOPE, TenantEndpoint, credential, token_claims
 from .graph import TRANSIENT_STATUS, parse_retry_after
 from .plan import WriteRecorder, before_write, is_write_cmdlet
 
@@ -156,6 +156,11 @@ class ExoRunner:
             "Prefer": f"odata.maxpagesize={self.page_size}",
             "Accept": "application/json",
         }
+
+    async def granted(self) -> dict[str, Any]:
+        """The roles and role ids in this app's Exchange token (see `token_claims`)."""
+        headers = await self._headers("Get-OrganizationConfig")
+        return token_claims(headers["Authorization"].removeprefix("Bearer "))
 
     async def run(self, cmdlet: str, **params: Any) -> list[dict[str, Any]]:
         """Run one cmdlet, following pages; in plan mode a write is recorded, not sent."""

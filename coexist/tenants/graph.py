@@ -25,7 +25,7 @@ from coexist.errors import (
     TransientError,
 )
 
-from .auth import GRAPH_SCOPE, TenantEndpoint, credential
+from .auth import GRAPH_SCOPE, TenantEndpoint, credential, token_claims
 from .plan import WriteRecorder, before_write
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
@@ -115,6 +115,10 @@ class GraphAdapter:
                 next_step="check the client id, secret or certificate, then `coexist preflight`",
             ) from exc
         return str(tok.token)
+
+    async def granted(self) -> dict[str, Any]:
+        """The roles and role ids in this app's Graph token (see `token_claims`)."""
+        return token_claims(await self._token())
 
     def url(self, path: str) -> str:
         return path if path.startswith("https://") else f"{self.base}/{path.lstrip('/')}"

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from coexist.model import decode_imceaex, encode_imceaex
 from coexist.sandbox import seed
 from coexist.sandbox.model import Group, RemoteDomain, Tenant, User, World
 from coexist.sandbox.routing import (
@@ -16,8 +17,6 @@ from coexist.sandbox.routing import (
     NDR_RECIPIENT_NOT_FOUND,
     NDR_X500_NOT_FOUND,
     Rules,
-    decode_imceaex,
-    encode_imceaex,
     parse_address,
     route,
 )

@@ -1,0 +1,85 @@
+"""Cutover and rollback plans per post-migration mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coexist.engine.context import Context
+from coexist.engine.runner import ItemPlan
+from coexist.engine.step import Step
+from coexist.model import Phase, SourceMailbox, proxies_of
+
+from .rollback import RemoveSourceContactStep, RestoreSourceMailboxStep, RestoreTargetForwardStep
+from .steps import (
+    ClearTargetForwardStep,
+    RenamedForwardStep,
+    RenameSourceStep,
+    SourceContactStep,
+    SourceForwardStep,
+)
+
+MODES = ("forward-on-source", "leave-forward-on-target", "rename-source")
+
+
+def source_of(item: dict[str, Any]) -> SourceMailbox:
+    return SourceMailbox.from_dict((item.get("detail") or {})["source"])
+
+
+def cutover_steps(ctx: Context, item: dict[str, Any], routing_domain: str) -> list[Step]:
+    mode = ctx.project.cutover.mode
+    key = item["key"]
+    target_address = str(item.get("target_address"))
+    steps: list[Step] = [ClearTargetForwardStep(subject=key)]
+    if mode == "forward-on-source":
+        steps.append(SourceForwardStep(subject=key, forward_to=target_address))
+    elif mode == "rename-source":
+        src = source_of(item)
+        prefix = ctx.project.cutover.rename_prefix
+        smtp = [f"smtp:{a}" for a in proxies_of(src.email_addresses, "smtp")]
+        primary = f"SMTP:{src.primary_smtp}"
+        addresses = [primary] + [a for a in smtp if a.lower() != primary.lower()]
+        addresses += [f"X500:{x}" for x in proxies_of(src.email_addresses, "x500")]
+        steps += [
+            RenameSourceStep(subject=key, prefix=prefix, routing_domain=routing_domain),
+            SourceContactStep(
+                subject=key,
+                contact_name=src.name,
+                display_name=src.display_name,
+                alias=src.alias,
+                external_address=target_address,
+                addresses=tuple(addresses),
+            ),
+            RenamedForwardStep(subject=key),
+        ]
+    return steps
+
+
+def cutover_plan(ctx: Context, item: dict[str, Any], routing_domain: str) -> ItemPlan:
+    return ItemPlan(
+        "user",
+        item["key"],
+        cutover_steps(ctx, item, routing_domain),
+        Phase.CUTOVER.value,
+        label=str(item.get("source_address")),
+    )
+
+
+def rollback_plan(ctx: Context, item: dict[str, Any]) -> ItemPlan:
+    """Undo the recorded cutover steps, newest first, from their before-states."""
+    key = item["key"]
+    steps: list[Step] = []
+    journal = ctx.journal
+    if journal.get_step(f"{RenamedForwardStep.name}:{key}") or journal.get_step(
+        f"{RenameSourceStep.name}:{key}"
+    ):
+        steps.append(RemoveSourceContactStep(subject=key))
+    for name in (RenamedForwardStep.name, RenameSourceStep.name, SourceForwardStep.name):
+        rec = journal.get_step(f"{name}:{key}")
+        if rec and rec.get("status") == "ok" and rec.get("changed") and rec.get("before"):
+            steps.append(RestoreSourceMailboxStep(subject=key, from_step=name))
+    rec = journal.get_step(f"{ClearTargetForwardStep.name}:{key}")
+    if rec and rec.get("status") == "ok" and rec.get("changed") and rec.get("before"):
+        steps.append(RestoreTargetForwardStep(subject=key))
+    return ItemPlan(
+        "user", key, steps, Phase.ROLLED_BACK.value, label=str(item.get("source_address"))
+    )

@@ -1,0 +1,140 @@
+"""Plans for `provision` and `prestage`: which steps each user gets, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coexist.engine.context import Context
+from coexist.engine.runner import ItemPlan, set_item
+from coexist.model import Phase, SourceMailbox, forwarding_address
+
+from .convert import LicenseStep, MailboxReadyStep, TargetForwardStep
+from .index import TargetIndex
+from .mailusers import MailUserStep
+from .plan import TargetPlan, plan_create, plan_match
+
+
+async def target_index(ctx: Context) -> TargetIndex:
+    """All target recipients, read once per run (FACTS.md: bulk reads)."""
+    if "target_index" not in ctx.cache:
+        recipients = await ctx.target.exo.run("Get-Recipient", ResultSize="Unlimited")
+        ctx.cache["target_index"] = TargetIndex.build(recipients)
+    index: TargetIndex = ctx.cache["target_index"]
+    return index
+
+
+def source_of(item: dict[str, Any]) -> SourceMailbox:
+    return SourceMailbox.from_dict((item.get("detail") or {})["source"])
+
+
+async def plan_targets(ctx: Context, items: list[dict[str, Any]]) -> dict[str, TargetPlan]:
+    """Each user's target plan: the recorded one, or a new one reserved now.
+
+    Plans are made one user at a time, in a stable order, against one index that
+    also holds every earlier reservation, so two source users never get the
+    same address. New plans are journaled before any write.
+    """
+    index = await target_index(ctx)
+    project = ctx.project
+    plans: dict[str, TargetPlan] = {}
+    for item in items:  # recorded plans first: they hold their addresses
+        recorded = (item.get("detail") or {}).get("target_plan")
+        if recorded:
+            plan = TargetPlan.from_dict(recorded)
+            if plan.primary_smtp:
+                index.reserve(item["key"], address=plan.primary_smtp, name=plan.name)
+            plans[item["key"]] = plan
+    claimed = {p.matched_id: k for k, p in plans.items() if p.matched_id}
+    for item in sorted(items, key=lambda i: str(i.get("source_address") or i["key"]).lower()):
+        if item["key"] in plans:
+            continue
+        src = source_of(item)
+        dest = project.domains.destination_domain
+        fwd = project.domains.source_forwarding_domain
+        if project.mail_users.mode == "match":
+            plan = plan_match(src, index, dest, fwd, claimed)
+        else:
+            plan = plan_create(src, index, dest, fwd)
+        plans[item["key"]] = plan
+        if not ctx.planning:
+            set_item(ctx.journal, "user", item["key"], target_plan=plan.to_dict())
+    return plans
+
+
+def mailuser_step(ctx: Context, item: dict[str, Any], plan: TargetPlan) -> MailUserStep:
+    """The step from the reserved plan plus what the source looks like now (rediscovery)."""
+    src = source_of(item)
+    return MailUserStep(
+        subject=item["key"],
+        mode=plan.mode,
+        target_name=plan.name,
+        alias=plan.alias,
+        display_name=src.display_name,
+        primary_smtp=plan.primary_smtp,
+        external_address=forwarding_address(src, ctx.project.domains.source_forwarding_domain),
+        x500=tuple(src.x500_proxies()),
+        first_name=src.first_name,
+        last_name=src.last_name,
+        matched_id=plan.matched_id,
+        forward_matched=ctx.project.mail_users.forward_matched_to_source,
+        replace_contacts=ctx.project.mail_users.replace_contacts,
+    )
+
+
+def provision_plans(
+    ctx: Context, items: list[dict[str, Any]], plans: dict[str, TargetPlan]
+) -> tuple[list[ItemPlan], list[dict[str, Any]]]:
+    """Item plans for users ready to provision, and the users waiting for a decision."""
+    out: list[ItemPlan] = []
+    waiting: list[dict[str, Any]] = []
+    for item in items:
+        plan = plans[item["key"]]
+        if plan.candidates and not plan.matched_id:
+            waiting.append(
+                {
+                    "user": item.get("source_address"),
+                    "candidates": list(plan.candidates),
+                    "next_step": f"coexist confirm --user {item.get('source_address')} --target <id>",
+                }
+            )
+            if not ctx.planning:
+                set_item(
+                    ctx.journal,
+                    "user",
+                    item["key"],
+                    state="waiting",
+                    waiting_for="match confirmation: several target candidates",
+                )
+            continue
+        phase = Phase.PROVISIONED.value if item.get("phase") == Phase.DISCOVERED.value else None
+        out.append(
+            ItemPlan(
+                "user",
+                item["key"],
+                [mailuser_step(ctx, item, plan)],
+                phase,
+                label=str(item.get("source_address")),
+            )
+        )
+    return out, waiting
+
+
+def prestage_plan(
+    ctx: Context, item: dict[str, Any], sku_id: str | None, timeout_s: float
+) -> ItemPlan:
+    """Convert (license) → wait for the mailbox → forward back to the source."""
+    src = source_of(item)
+    steps: list[Any] = []
+    if ctx.project.prestage.convert and sku_id:
+        usage = src.usage_location or ctx.project.prestage.usage_location
+        steps.append(LicenseStep(subject=item["key"], sku_id=sku_id, usage_location=usage))
+        steps.append(MailboxReadyStep(subject=item["key"], timeout_s=timeout_s))
+        steps.append(
+            TargetForwardStep(
+                subject=item["key"],
+                forward_to=forwarding_address(src, ctx.project.domains.source_forwarding_domain),
+            )
+        )
+    return ItemPlan(
+        "user", item["key"], steps, Phase.PRESTAGED.value, label=str(item.get("source_address"))
+    )
