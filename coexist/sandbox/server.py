@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import exo, graph, seed
+from . import exo, graph, seed, transport
+from .graph.mail import MAIL_STORE_KEY
 from .identity import Issuer
 from .limits import Limiter
+from .mailstore import MAIL_DB, MailStore, Recipient
 from .model import STATE_FILE, Settings, World
 from .web import HTTPFailure, SandboxContext, exo_error_body, graph_error_body
 
@@ -195,6 +197,7 @@ class Sandbox:
         self._saved_version = -1
         self.port = 0
         self.ctx: SandboxContext | None = None
+        self._mail: MailStore | None = None
 
     # -- state -------------------------------------------------------------------
     def _load_or_seed(self) -> World:
@@ -217,6 +220,7 @@ class Sandbox:
             self.ctx.limiter = Limiter(new.settings)
             for t in self.world.tenants.values():
                 t.touch()
+        self.mail.reset()
         self.save()
         return self.world
 
@@ -254,6 +258,31 @@ class Sandbox:
                 path.chmod(0o600)
                 app.certificate_pem = cert_pem
 
+    # -- mail --------------------------------------------------------------------
+    @property
+    def mail(self) -> MailStore:
+        """The mailstore (`state_dir/mail.db`); opened by `start()`, or here on first use."""
+        if self._mail is None:
+            self._mail = MailStore(self.state_dir / MAIL_DB)
+        return self._mail
+
+    def deliver(
+        self,
+        to: str | Sequence[str],
+        sender: str | None = None,
+        subject: str = "",
+        body: str = "",
+    ) -> transport.SubmitReport:
+        """Submit a message as if `sender` (a sandbox mailbox or any address) sent it.
+
+        Routes every recipient and stores the copies synchronously; returns where they went.
+        """
+        recipients = [to] if isinstance(to, str) else list(to)
+        out = transport.Outgoing(
+            subject=subject, body=body, to=[Recipient(a, a) for a in recipients]
+        )
+        return transport.submit(self.world, self.mail, sender, out)
+
     # -- TLS ---------------------------------------------------------------------
     def _tls(self) -> tuple[Path, Path]:
         ca_path = self.state_dir / CA_FILE
@@ -288,6 +317,7 @@ class Sandbox:
             base_url=self.base_url,
             state_dir=self.state_dir,
         )
+        self.ctx.extra[MAIL_STORE_KEY] = self.mail
         config = uvicorn.Config(
             build_app(self.ctx),
             ssl_certfile=str(server_path),
@@ -325,6 +355,9 @@ class Sandbox:
         if self._saver is not None:
             self._saver.join(timeout=5)
         self.save()
+        if self._mail is not None:
+            self._mail.close()
+            self._mail = None
 
     def __enter__(self) -> Sandbox:
         return self.start()

@@ -11,11 +11,12 @@ so msgraph-sdk's models parse it. Modules:
 - `licensing`  /subscribedSkus, /users/{id}/assignLicense, Exchange-side license effects
 - `directory`  /domains, /organization
 - `batch`      /$batch, dispatching inner requests in-process to the routes above
+- `mail`       /users/{id}/sendMail, messages, mailFolders (Outlook resources; the mailstore)
 """
 
 from starlette.routing import BaseRoute
 
-from . import batch, directory, groups, licensing, users
+from . import batch, directory, groups, licensing, mail, users
 
 
 def routes() -> list[BaseRoute]:
@@ -24,6 +25,7 @@ def routes() -> list[BaseRoute]:
         *licensing.routes(),
         *groups.routes(),
         *directory.routes(),
+        *mail.routes(),
     ]
     batch.bind(face)
     return [*batch.routes(), *face]

@@ -1,0 +1,88 @@
+"""The SQLite mailstore: lazy well-known folders, MIME-derived properties, ordered chunked reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from email.message import EmailMessage
+from pathlib import Path
+
+from coexist.sandbox.mailstore import (
+    MAIL_DB,
+    WELL_KNOWN,
+    MailStore,
+    Recipient,
+    looks_like_id,
+)
+
+MBX = "2f7c1a8e-0000-4000-8000-000000000001"
+
+
+def mime(subject: str, body: str = "hello", html: bool = False) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Ann Example <ann@fabrikam.example>"
+    msg["To"] = "Bob <bob@fabrikam.example>, carol@fabrikam.example"
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '-')}@test>"
+    msg["Date"] = "Mon, 06 May 2024 10:00:00 +0000"
+    msg.set_content(body, subtype="html" if html else "plain")
+    return msg.as_bytes()
+
+
+def test_well_known_folders_created_lazily(tmp_path: Path) -> None:
+    """A mailbox touched for the first time gets Graph's well-known folders with Exchange's names."""
+    store = MailStore(tmp_path / MAIL_DB)
+    folders = store.child_folders("source", MBX)
+    assert {f.well_known: f.display_name for f in folders} == WELL_KNOWN
+    inbox = store.folder("source", MBX, "Inbox")
+    assert inbox is not None and inbox.display_name == "Inbox"
+    assert store.folder("source", MBX, inbox.id) == inbox
+    assert looks_like_id(inbox.id) and not looks_like_id("inbox")
+
+
+def test_deliver_takes_properties_from_mime(tmp_path: Path) -> None:
+    """Subject, sender, recipients, Message-ID, sent date, preview and size come from the MIME."""
+    store = MailStore(tmp_path / MAIL_DB)
+    raw = mime("Quarterly report", "<p>Numbers   inside</p>", html=True)
+    item = store.deliver("source", MBX, raw, bcc=[Recipient("Dan", "dan@x.example")])
+    assert item.subject == "Quarterly report"
+    assert item.from_ == Recipient("Ann Example", "ann@fabrikam.example")
+    assert [r.address for r in item.to] == ["bob@fabrikam.example", "carol@fabrikam.example"]
+    assert item.internet_message_id == "<Quarterly-report@test>"
+    assert item.sent == "2024-05-06T10:00:00Z"
+    assert item.body_type == "html" and item.body_preview == "Numbers inside"
+    assert item.size == len(raw) and not item.is_read
+    assert [r.address for r in item.bcc] == ["dan@x.example"]
+    assert b"".join(store.open_mime(item.id, chunk=7)) == raw
+    inbox = store.folder("source", MBX, "inbox")
+    assert inbox is not None and (inbox.total, inbox.unread, inbox.size) == (1, 1, len(raw))
+
+
+def test_iter_messages_orders_and_chunks(tmp_path: Path) -> None:
+    """Listing reads in keyset chunks, newest first by default, ties broken by arrival order."""
+    store = MailStore(tmp_path / MAIL_DB)
+    base = dt.datetime(2024, 5, 6, 10, tzinfo=dt.UTC)
+    for i in range(7):
+        when = base + dt.timedelta(seconds=i // 2)  # pairs share a receivedDateTime
+        store.deliver("source", MBX, mime(f"m{i}"), received=when)
+    store.deliver("source", MBX, mime("sent one"), "sentitems", is_read=True)
+    inbox = store.folder("source", MBX, "inbox")
+    assert inbox is not None
+    newest = [i.subject for i in store.iter_messages("source", MBX, inbox.id, chunk=2)]
+    assert newest == ["m6", "m5", "m4", "m3", "m2", "m1", "m0"]
+    oldest = [
+        i.subject for i in store.iter_messages("source", MBX, inbox.id, descending=False, chunk=3)
+    ]
+    assert oldest == ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]
+    assert store.count("source", MBX) == 8 and store.count("source", MBX, inbox.id) == 7
+    assert store.count("target", MBX) == 0  # mailboxes are per (tenant key, object id)
+
+
+def test_reset_forgets_everything_and_survives_reopen(tmp_path: Path) -> None:
+    """Rows persist in mail.db across reopen; reset() empties the store."""
+    store = MailStore(tmp_path / MAIL_DB)
+    item = store.deliver("source", MBX, mime("keep"))
+    store.close()
+    again = MailStore(tmp_path / MAIL_DB)
+    assert again.get("source", MBX, item.id) is not None
+    again.reset()
+    assert again.count("source", MBX) == 0
