@@ -42,7 +42,11 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     except FileNotFoundError:
         raise InputError(f"batch file not found: {path}", file=str(path)) from None
     reader = csv.reader(io.StringIO(text))
-    rows = [r for r in reader if any(c.strip() for c in r)]
+    # Keep each row's line in the file (blank lines skipped, not renumbered) so an error
+    # about a row points at the line the operator sees in an editor.
+    numbered = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+    lines = [n for n, _ in numbered]
+    rows = [r for _, r in numbered]
     if not rows:
         raise InputError(f"{path}: the batch file is empty", file=str(path))
     header = [_norm(h) for h in rows[0]]
@@ -50,8 +54,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     if src is None:
         if len(header) == 1 and "@" in rows[0][0]:  # a bare list of addresses, no header
             return [
-                {"source": r[0].strip(), "batch": "", "target": "", "line": str(i + 1)}
-                for i, r in enumerate(rows)
+                {"source": r[0].strip(), "batch": "", "target": "", "line": str(n)}
+                for n, r in zip(lines, rows, strict=True)
             ]
         raise InputError(
             f"{path}: no source address column; expected one of "
@@ -67,7 +71,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
             "target": _cell(r, tgt),
             "line": str(n),
         }
-        for n, r in enumerate(rows[1:], start=2)
+        for n, r in zip(lines[1:], rows[1:], strict=True)
     ]
 
 

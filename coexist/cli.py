@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from coexist import commands
@@ -28,7 +29,8 @@ def _fail(exc: CoexistError, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(exc.to_dict()))
     else:
-        err.print(f"[red]error:[/red] {exc}")
+        # Messages name settings as `[scope] group`; escape so rich does not eat them as markup.
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
     sys.exit(2)
 
 
@@ -38,7 +40,7 @@ def _progress(as_json: bool) -> Callable[[Outcome], None]:
             return
         style = STATUS_STYLE.get(o.status, "white")
         text = o.error or o.detail
-        err.print(f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.subject}  {text}")
+        err.print(f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.subject}  {escape(text)}")
 
     return show
 
@@ -103,11 +105,13 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
     steps = ", ".join(f"{k} {v}" for k, v in sorted(result.get("steps", {}).items()))
     out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
     for f in result.get("failed", []):
-        out.print(f"[red]failed[/red] {f['error']}\n  next: {f['next']}")
+        out.print(f"[red]failed[/red] {escape(str(f['error']))}\n  next: {escape(str(f['next']))}")
     for w in result.get("waiting", []):
-        out.print(f"[yellow]waiting[/yellow] {w['item']} {w['step']}: {w['detail']}")
+        out.print(f"[yellow]waiting[/yellow] {w['item']} {w['step']}: {escape(w['detail'])}")
     for sk in result.get("skipped", []):
-        out.print(f"[yellow]skipped[/yellow] {sk['user']}: {sk['reason']}\n  next: {sk['next']}")
+        out.print(
+            f"[yellow]skipped[/yellow] {sk['user']}: {escape(sk['reason'])}\n  next: {escape(sk['next'])}"
+        )
     for w in result.get("awaiting_confirmation", []):
         out.print(
             f"[yellow]confirm[/yellow] {w['user']}: candidates {', '.join(w['candidates'])}\n  next: {w['next_step']}"
@@ -166,7 +170,12 @@ def preflight_cmd(project: Path, batch: str | None, users: str | None, as_json: 
             table.add_column(col)
         for c in result["checks"]:
             style = {"ok": "green", "warn": "yellow", "fail": "red"}[c["status"]]
-            table.add_row(c["check"], f"[{style}]{c['status']}[/{style}]", c["detail"], c["fix"])
+            table.add_row(
+                c["check"],
+                f"[{style}]{c['status']}[/{style}]",
+                escape(c["detail"]),
+                escape(c["fix"]),
+            )
         out.print(table)
     if not result["ok"]:
         sys.exit(1)
@@ -201,9 +210,9 @@ def _discovered(result: dict[str, Any], as_json: bool) -> None:
         f"left scope {len(result['left_scope'])}, skipped {len(result['skipped'])}"
     )
     for s in result["skipped"]:
-        out.print(f"[yellow]skipped[/yellow] {s.get('address') or s['id']}: {s['reason']}")
+        out.print(f"[yellow]skipped[/yellow] {s.get('address') or s['id']}: {escape(s['reason'])}")
     for w in result["warnings"]:
-        out.print(f"[yellow]warning[/yellow] {w}")
+        out.print(f"[yellow]warning[/yellow] {escape(w)}")
 
 
 @main.command("groups")
@@ -575,7 +584,7 @@ def demo(
             out.print(mailflow_table(result["verify"]))
         else:
             for c in result["preflight"]["checks"]:
-                out.print(f"{c['status']:5} {c['check']}: {c['detail']} {c['fix']}")
+                out.print(escape(f"{c['status']:5} {c['check']}: {c['detail']} {c['fix']}"))
         out.print(f"project kept in {result['directory']}")
         out.print(
             "[green]demo ok[/green]"

@@ -23,7 +23,7 @@ from coexist.errors import ConfigError, InputError
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
-from coexist.provisioning.groups import group_steps, plan_group, source_groups
+from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.provision import (
     plan_targets,
     prestage_plan,
@@ -96,6 +96,8 @@ def _result(sess: Session, **extra: Any) -> dict[str, Any]:
         "failed": failed,
         "waiting": waiting,
         "skipped": sess.skipped,
+        "calls": {"source": sess.ctx.source.calls, "target": sess.ctx.target.calls},
+        "writes": {"source": sess.ctx.source.writes, "target": sess.ctx.target.writes},
         **extra,
     }
     if sess.planning:
@@ -226,6 +228,7 @@ def groups(
         ) as sess:
             ctx = sess.ctx
             found = await source_groups(ctx.source, tuple(ctx.project.groups.copy))
+            ctx.cache[COPIED_GROUPS] = {g.id for g in found}
             index = await target_index(ctx)
             plans = []
             for g in found:
@@ -243,6 +246,16 @@ def groups(
                     )
                 )
             await sess.runner.run(plans, ctx.project.engine.concurrency_per_tenant)
+            if not plan:
+                # Groups run concurrently, so a group's members step may have run before a
+                # nested group it contains was created in this same run. Every copy exists
+                # now: one more pass over the waiting groups lets one run converge, so a
+                # second `groups` has nothing left to do. Still-waiting groups (members not
+                # provisioned yet) come out unchanged and leave the journal alone.
+                waiting = {o.subject for o in sess.outcomes if o.status == "waiting"}
+                again = [p for p in plans if p.key in waiting]
+                sess.outcomes[:] = [o for o in sess.outcomes if o.subject not in waiting]
+                await sess.runner.run(again, ctx.project.engine.concurrency_per_tenant)
             return _result(sess, groups=len(found))
 
     result: dict[str, Any] = _run(go())
@@ -317,9 +330,9 @@ def _license_sku(sess: Session, skus: list[dict[str, Any]]) -> str | None:
             file=str(sess.project.file),
             key="prestage.license_sku",
         )
-    locked = (
-        sku["skuId"] if sess.planning else sess.journal.lock_setting("license_sku", sku["skuId"])
-    )
+    # Only read the lock here: it is taken once the batch passes the seat check, so a
+    # refused prestage leaves the journal as it was (issue 3: bad input changes nothing).
+    locked = sess.journal.get_setting("license_sku") or sku["skuId"]
     if locked != sku["skuId"]:
         raise ConfigError(
             f"the license SKU is locked to {locked} since this project first ran; it cannot change",
@@ -361,19 +374,22 @@ def prestage(
             items = _selected(
                 sess, batch=batch, users=users, phase_at_least_=Phase.PROVISIONED, what="prestage"
             )
-            _mark(sess, items, "prestage")
             skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
             sku_id = _license_sku(sess, skus)
             if sku_id:
                 need = sum(1 for i in items if not phase_at_least(i.get("phase"), Phase.PRESTAGED))
                 free = _free_seats(skus, sku_id)
                 if need > free:
+                    part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
                     raise InputError(
-                        f"not enough free licenses: {need} users to convert, {free} free seats",
+                        f"not enough free {part} licenses: {need} users to convert, {free} free seats",
                         next_step="free or buy seats, or run prestage for a smaller batch",
                         needed=need,
                         free=free,
                     )
+                if not sess.planning:
+                    sess.journal.lock_setting("license_sku", sku_id)
+            _mark(sess, items, "prestage")
             convert = [prestage_plan(sess.ctx, i, sku_id, mailbox_timeout_s) for i in items]
             await sess.runner.run(convert, sess.project.engine.concurrency_per_tenant)
             ready = {
@@ -641,6 +657,10 @@ def preflight_checks(
             checks = await pf.check_permissions(
                 ctx, ["discover", "provision", "groups", "prestage", "cutover"]
             )
+            if any(c.name.endswith("sign-in") and c.status == "fail" for c in checks):
+                # Every later check reads a tenant: without a token it would only stop the
+                # command with the same sign-in error instead of this table.
+                return {"ok": False, "checks": [c.to_dict() for c in checks], "users": 0}
             checks += await pf.check_scope(ctx)
             checks += await pf.check_domains(ctx)
             checks += await pf.check_forwarding(ctx)
@@ -672,7 +692,7 @@ def verify_mailflow(
         async with session(directory, "verify-mailflow", {}, plan=False) as sess:
             items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
             sender = sess.project.verify.service_mailbox or ""
-            probes = await verify(sess.ctx, items, sender, wait_s=wait_s)
+            probes = await verify(sess.ctx, items, sender, wait_s=wait_s, retry=sess.runner.retry)
             return {"ok": all(p.ok for p in probes), "probes": [p.to_dict() for p in probes]}
 
     result: dict[str, Any] = _run(go())

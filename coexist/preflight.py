@@ -32,6 +32,7 @@ class Check:
 async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
     out: list[Check] = []
     granted: dict[tuple[str, str], dict[str, Any]] = {}
+    no_token: set[tuple[str, str]] = set()
     for side in (ctx.source, ctx.target):
         for api, adapter in (("graph", side.graph), ("exchange", side.exo)):
             try:
@@ -41,6 +42,7 @@ async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
                     Check(f"{side.label} {api} sign-in", "fail", exc.message, exc.next_step or "")
                 )
                 granted[(side.label, api)] = {}
+                no_token.add((side.label, api))
     missing: dict[tuple[str, str], list[str]] = {}
     for command in commands:
         for need in needs(command):
@@ -50,6 +52,8 @@ async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
     for label in ("source", "target"):
         for api in ("graph", "exchange"):
             gaps = sorted(set(missing.get((label, api), [])))
+            if (label, api) in no_token:
+                continue  # without a token nothing is known about grants; sign-in says why
             if gaps:
                 out.append(
                     Check(

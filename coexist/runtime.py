@@ -89,6 +89,7 @@ async def session(
     project = load_project(project_dir(directory), env=env)
     journal = open_journal(project)
     recorder = WriteRecorder() if plan else None
+    policy = retry or retry_policy(project)
     run_id = 0 if plan else journal.start_run(command, args)
     status = "failed"
     try:
@@ -97,6 +98,7 @@ async def session(
             project.endpoint("target"),
             concurrency=project.engine.concurrency_per_tenant,
             plan=recorder,
+            read_retry=policy,
         ) as (source, target):
             ctx = Context(project, journal, source, target, plan=recorder, run_id=run_id or None)
             outcomes: list[Outcome] = []
@@ -110,7 +112,7 @@ async def session(
                 ctx=ctx,
                 journal=journal,
                 run_id=run_id,
-                retry=retry or retry_policy(project),
+                retry=policy,
                 next_step=f"coexist retry --project {project.directory}",
                 plan=recorder,
                 on_outcome=record,

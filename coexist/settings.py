@@ -1053,9 +1053,41 @@ def _parse_toml(path: Path) -> dict[str, Any]:
         # "(at line L, column C)" (CPython Lib/tomllib/_parser.py, suffixed_err).
         found = re.search(r"at line (\d+), column (\d+)", str(exc))
         line, column = (int(found[1]), int(found[2])) if found else (None, None)
+        key = _key_at_line(path.read_text(encoding="utf-8"), line) if line else None
         raise ConfigError(
-            f"not valid TOML: {exc}", file=str(path), line=line, column=column
+            f"not valid TOML: {exc}",
+            file=str(path),
+            key=key,
+            line=line,
+            column=column,
+            next_step=f"fix line {line} of {path.name}: a setting is written "
+            'key = "text", key = 5, key = true or key = ["a", "b"]'
+            if line
+            else None,
         ) from None
+
+
+_TOML_KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+_TOML_TABLE_LINE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+
+
+def _key_at_line(text: str, line: int) -> str | None:
+    """The dotted key (`section.name`) written on `line`, so a syntax error names it.
+
+    tomllib reports only line and column; the key is recovered from the text: the
+    `name =` on that line under the nearest `[section]` header above it.
+    """
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return None
+    key = _TOML_KEY_LINE.match(lines[line - 1])
+    section = next(
+        (m[1] for m in map(_TOML_TABLE_LINE.match, reversed(lines[: line - 1])) if m), None
+    )
+    if key is None:  # a broken table header names its table; anything else its section
+        table = re.match(r"^\s*\[+\s*([A-Za-z0-9_.-]+)", lines[line - 1])
+        return table[1] if table else section
+    return f"{section}.{key[1]}" if section else key[1]
 
 
 def _secret_message(section: str, key: str) -> str:

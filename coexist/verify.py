@@ -16,6 +16,7 @@ access policy may scope them to the migrating mailboxes).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 from coexist.discovery.scope import odata_quote
 from coexist.engine.context import Context
+from coexist.engine.retry import RetryPolicy
 from coexist.errors import CoexistError, InputError
 from coexist.model import Phase, encode_imceaex
 from coexist.provisioning.provision import source_of
@@ -118,7 +120,11 @@ async def _count(ctx: Context, side: str, mailbox: str | None, subject: str) -> 
 
 
 async def verify(
-    ctx: Context, items: list[dict[str, Any]], sender: str, wait_s: float = 60.0
+    ctx: Context,
+    items: list[dict[str, Any]],
+    sender: str,
+    wait_s: float = 60.0,
+    retry: RetryPolicy | None = None,
 ) -> list[Probe]:
     if not sender:
         raise InputError(
@@ -127,22 +133,36 @@ async def verify(
         )
     token = uuid.uuid4().hex[:10]
     probes = [p for item in items for p in probes_for(ctx, item, token)]
-    for p in probes:
-        await _send(ctx, sender, p)
+    policy = retry or RetryPolicy()
+    # Every probe leaves from the one service mailbox: Outlook allows 4 concurrent
+    # requests per app per mailbox (Microsoft Graph throttling limits, Outlook service).
+    sending = asyncio.Semaphore(4)
+
+    async def send(p: Probe) -> None:
+        async with sending:
+            # A throttled or dropped sendMail is sent again: a probe sent twice shows up as
+            # found twice (a visible failure), a probe never sent as a false "not delivered".
+            await policy.call(functools.partial(_send, ctx, sender, p))
+
+    await asyncio.gather(*(send(p) for p in probes))
     boxes = {
         i["key"]: (i["key"], i.get("target_id") if i.get("phase") in _HAS_TARGET_MAILBOX else None)
         for i in items
     }
     deadline = time.monotonic() + wait_s
     delay = 0.2
+
+    async def look(p: Probe) -> None:
+        source_box, target_box = boxes[p.subject.rsplit(" ", 1)[1]]
+        source, target = await asyncio.gather(
+            _count(ctx, "source", source_box, p.subject),
+            _count(ctx, "target", target_box, p.subject),
+        )
+        p.found = {"source": source, "target": target}
+
     while True:
-        for p in probes:
-            key = p.subject.rsplit(" ", 1)[1]
-            source_box, target_box = boxes[key]
-            p.found = {
-                "source": await _count(ctx, "source", source_box, p.subject),
-                "target": await _count(ctx, "target", target_box, p.subject),
-            }
+        # Concurrent reads, bounded by the adapters' per-tenant concurrency.
+        await asyncio.gather(*(look(p) for p in probes))
         # Stop once every probe has landed somewhere: waiting longer cannot move a
         # misrouted copy, only bring in late ones.
         if all(sum(p.found.values()) >= 1 for p in probes) or time.monotonic() > deadline:

@@ -69,16 +69,22 @@ def rollback_plan(ctx: Context, item: dict[str, Any]) -> ItemPlan:
     key = item["key"]
     steps: list[Step] = []
     journal = ctx.journal
-    if journal.get_step(f"{RenamedForwardStep.name}:{key}") or journal.get_step(
+    renamed = journal.get_step(f"{RenamedForwardStep.name}:{key}") or journal.get_step(
         f"{RenameSourceStep.name}:{key}"
-    ):
-        steps.append(RemoveSourceContactStep(subject=key))
+    )
     for name in (RenamedForwardStep.name, RenameSourceStep.name, SourceForwardStep.name):
+        if name == RenameSourceStep.name and renamed:
+            # After the renamed mailbox stops forwarding to the contact (reverse order of
+            # cutover) and before its addresses go back to the mailbox, which the contact
+            # holds until it is gone.
+            steps.append(RemoveSourceContactStep(subject=key))
         rec = journal.get_step(f"{name}:{key}")
-        if rec and rec.get("status") == "ok" and rec.get("changed") and rec.get("before"):
+        # Restoring is idempotent (it compares), so any recorded before-state is used,
+        # even one a later unchanged re-run carried forward.
+        if rec and rec.get("status") == "ok" and rec.get("before"):
             steps.append(RestoreSourceMailboxStep(subject=key, from_step=name))
     rec = journal.get_step(f"{ClearTargetForwardStep.name}:{key}")
-    if rec and rec.get("status") == "ok" and rec.get("changed") and rec.get("before"):
+    if rec and rec.get("status") == "ok" and rec.get("before"):
         steps.append(RestoreTargetForwardStep(subject=key))
     return ItemPlan(
         "user", key, steps, Phase.ROLLED_BACK.value, label=str(item.get("source_address"))

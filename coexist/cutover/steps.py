@@ -273,21 +273,33 @@ class RenamedForwardStep(Step):
 
 @registry.register(RenamedForwardStep)
 class RenamedForwardExecutor:
-    async def observe(self, ctx: Context, step: RenamedForwardStep) -> dict[str, Any] | None:
-        return await source_mailbox(ctx, step.subject)
+    async def observe(
+        self, ctx: Context, step: RenamedForwardStep
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The source mailbox, and the contact it should forward to (when recorded)."""
+        item = ctx.journal.get_item("user", step.subject) or {}
+        ident = (item.get("detail") or {}).get("source_contact_id")
+        contact = await find_one(ctx.source.exo, "Get-MailContact", ident) if ident else None
+        return await source_mailbox(ctx, step.subject), contact
 
     async def apply(
-        self, ctx: Context, step: RenamedForwardStep, observed: dict[str, Any] | None
+        self,
+        ctx: Context,
+        step: RenamedForwardStep,
+        observed: tuple[dict[str, Any] | None, dict[str, Any] | None],
     ) -> StepResult:
+        mailbox, found = observed
         item = ctx.journal.get_item("user", step.subject) or {}
         contact = (item.get("detail") or {}).get("source_contact_id")
-        before = forwarding_state(observed)
+        before = forwarding_state(mailbox)
         if ctx.planning and not contact:
             contact = "<the new source contact>"
         if (
             before["ForwardingAddress"]
             and contact
-            and _same_id(before["ForwardingAddress"], contact)
+            and _same_recipient(before["ForwardingAddress"], contact, found)
+            and not before["ForwardingSmtpAddress"]
+            and not before["DeliverToMailboxAndForward"]
         ):
             return StepResult(False, before, before, "renamed source forwards to the contact")
         await ctx.source.exo.run(
@@ -305,5 +317,24 @@ class RenamedForwardExecutor:
         return StepResult(True, before, after, "renamed source forwards to the contact")
 
 
-def _same_id(a: Any, b: str) -> bool:
-    return str(a).lower() == b.lower() or str(a).lower().endswith(b.lower())
+def _same_recipient(value: Any, ident: str, contact: dict[str, Any] | None) -> bool:
+    """Whether a mailbox's ForwardingAddress names the contact.
+
+    Get-Mailbox shows ForwardingAddress as the recipient's identity (its Name), not the
+    object id it was set with (Set-Mailbox reference, -ForwardingAddress accepts any
+    identity), so compare with every identity of the contact.
+    """
+    text = str(value).lower()
+    names = {ident.lower()}
+    if contact:
+        for key in (
+            "Name",
+            "Identity",
+            "Alias",
+            "Guid",
+            "ExternalDirectoryObjectId",
+            "DistinguishedName",
+        ):
+            if contact.get(key):
+                names.add(str(contact[key]).lower())
+    return text in names or any(text.endswith("/" + n) for n in names)

@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from coexist.engine.retry import RetryPolicy
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
-from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.graph import READ_RETRY, GraphAdapter
 from coexist.tenants.plan import WriteRecorder
 
 
@@ -25,6 +26,10 @@ class Side:
     @property
     def calls(self) -> int:
         return self.graph.calls + self.exo.calls
+
+    @property
+    def writes(self) -> int:
+        return self.graph.writes + self.exo.writes
 
 
 @dataclass
@@ -52,16 +57,21 @@ async def open_sides(
     *,
     concurrency: int = 8,
     plan: WriteRecorder | None = None,
+    read_retry: RetryPolicy = READ_RETRY,
 ) -> AsyncIterator[tuple[Side, Side]]:
-    """Adapters for both tenants, closed on exit."""
+    """Adapters for both tenants, closed on exit; reads retried with `read_retry`."""
     sides = []
     for label, ep in (("source", source), ("target", target)):
         sides.append(
             Side(
                 label,
                 ep,
-                GraphAdapter(ep, label=label, concurrency=concurrency, plan=plan),
-                ExoRunner(ep, label=label, concurrency=concurrency, plan=plan),
+                GraphAdapter(
+                    ep, label=label, concurrency=concurrency, plan=plan, read_retry=read_retry
+                ),
+                ExoRunner(
+                    ep, label=label, concurrency=concurrency, plan=plan, read_retry=read_retry
+                ),
             )
         )
     try:

@@ -36,6 +36,25 @@ def _same_outcome(prev: dict[str, Any], result: StepResult) -> bool:
     return result.status == "ok" or (prev.get("detail") or {}).get("text") == result.detail
 
 
+def _kept_before(prev: dict[str, Any] | None, fallback: Any) -> Any:
+    """The before-state a previous record holds, when this run wrote nothing."""
+    if prev is not None and prev.get("before") is not None:
+        return prev["before"]
+    return fallback
+
+
+def _interrupted_observation(prev: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a step killed mid-write saw before its first write (journaled with `started`).
+
+    After such a crash the next run observes the already-changed world, so this is
+    the only true before-state left for rollback.
+    """
+    if prev is None or prev.get("status") != "started":
+        return None
+    observed = (prev.get("intent") or {}).get("observed")
+    return observed if isinstance(observed, dict) else None
+
+
 def set_item(journal: Any, kind: str, key: str, **fields: Any) -> None:
     """Set item columns; any other field is merged into the item's `detail` JSON."""
     columns = {k: v for k, v in fields.items() if k in ITEM_COLUMNS}
@@ -110,17 +129,22 @@ class Runner:
                 step_key=step.key,
             )
         started = False
+        interrupted = _interrupted_observation(prev)
+        observed_now: dict[str, Any] | None = None
 
         def journal_started() -> None:
             nonlocal started
             if not started and not self.planning:
+                # The live state seen just before the first write goes with the intent,
+                # so a crash between write and record still leaves the true before-state.
+                first = interrupted if interrupted is not None else observed_now
                 self.journal.step_started(
                     self.run_id,
                     step.key,
                     item_kind=step.item_kind,
                     item_key=step.subject,
                     name=step.name,
-                    intent=step.intent(),
+                    intent={**step.intent(), "observed": first},
                 )
                 started = True
 
@@ -129,28 +153,44 @@ class Runner:
         try:
 
             async def attempt() -> StepResult:
+                nonlocal observed_now
                 observed = await executor.observe(self.ctx, step)
+                observed_now = observed if isinstance(observed, dict) else None
                 return await executor.apply(self.ctx, step, observed)
 
             try:
                 result = await self.retry.call(attempt)
             except CoexistError as exc:
+                kept = None if started else prev
                 journal_started()
-                return self._failed(step, label, exc, type(exc).__name__, exc.message)
+                return self._failed(step, label, exc, type(exc).__name__, exc.message, kept)
             except Exception as exc:  # a bug: record it for the operator, keep other items going
+                kept = None if started else prev
                 journal_started()
                 msg = f"internal error: {type(exc).__name__}: {exc}"
                 self._debug(step, traceback.format_exc())
-                return self._failed(step, label, exc, type(exc).__name__, msg)
+                return self._failed(step, label, exc, type(exc).__name__, msg, kept)
             settled = not started and prev is not None and _same_outcome(prev, result)
+            # Nothing written in this run: the before-state of the run that made the change
+            # stays the one rollback restores, even when the record itself is rewritten.
+            kept = None if started or result.changed else prev
+            if interrupted is not None:
+                kept = {"before": interrupted}
             if not settled:
                 journal_started()
-            return self._finished(step, result, record=not settled)
+            return self._finished(step, result, record=not settled, kept=kept)
         finally:
             write_hook.reset(hook_token)
             current_step.reset(step_token)
 
-    def _finished(self, step: Step, result: StepResult, *, record: bool = True) -> Outcome:
+    def _finished(
+        self,
+        step: Step,
+        result: StepResult,
+        *,
+        record: bool = True,
+        kept: dict[str, Any] | None = None,
+    ) -> Outcome:
         status: str = result.status
         if self.planning:
             status = "planned" if result.changed else status
@@ -159,7 +199,7 @@ class Runner:
                 self.journal.step_finished(
                     step.key,
                     status=status,
-                    before=result.before,
+                    before=_kept_before(kept, result.before),
                     after=result.after,
                     changed=result.changed,
                     detail={"text": result.detail},
@@ -172,7 +212,13 @@ class Runner:
         return outcome
 
     def _failed(
-        self, step: Step, label: str, exc: BaseException, cls: str, message: str
+        self,
+        step: Step,
+        label: str,
+        exc: BaseException,
+        cls: str,
+        message: str,
+        kept: dict[str, Any] | None = None,
     ) -> Outcome:
         who = label or step.subject
         text = redact(f"{who}: step {step.name} failed: {message}")
@@ -182,6 +228,8 @@ class Runner:
             self.journal.step_finished(
                 step.key,
                 status="failed",
+                before=_kept_before(kept, None),
+                after=(kept or {}).get("after"),
                 error_class=cls,
                 error_message=text,
                 retry_after=retry_after,

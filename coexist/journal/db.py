@@ -25,6 +25,8 @@ SQLite settings, and why:
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +50,24 @@ WRITE_OPTION = "coexist_journal_write"
 _PG_MIGRATION_LOCK = 0x636F6578  # "coex"
 # Seconds a SQLite writer waits for another process's write lock before giving up.
 _SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def _set_wal(cursor: Any) -> None:
+    """Switch to WAL, retrying while another process holds the file.
+
+    Changing the journal mode needs an exclusive lock, and SQLite can answer
+    SQLITE_BUSY for it without consulting the busy timeout when several processes
+    open a new journal at once (seen in test_concurrent_first_opens_of_a_sqlite_file).
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def default_url(project_dir: str | Path) -> str:
@@ -98,7 +118,7 @@ def _sqlite_engine(url: URL) -> Engine:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
         cursor = dbapi_conn.cursor()
         if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 from coexist.engine.context import Context, Side
 from coexist.engine.step import Step, StepResult, registry
-from coexist.errors import NotFound
+from coexist.errors import NotFound, TransientError
 from coexist.model import GroupCopy, ascii_alias, exchange_name, free_address, proxies_of
 from coexist.tenants.exo import hashtable
 
@@ -294,11 +294,18 @@ class GroupMembersStep(Step):
     members: tuple[str, ...]  # source object ids
 
 
+# ctx.cache key: source ids of the groups this run copies (set by the `groups` command).
+COPIED_GROUPS = "groups_copied"
+
+
 def map_member(ctx: Context, source_id: str) -> str | None:
     for kind in ("user", "group"):
         item = ctx.journal.get_item(kind, source_id)
         if item and item.get("target_id"):
             return str(item["target_id"])
+    if ctx.planning and source_id in ctx.cache.get(COPIED_GROUPS, ()):
+        # A nested group this run would create: the real run adds it once it exists.
+        return f"<the new copy of group {source_id}>"
     return None
 
 
@@ -310,7 +317,19 @@ class GroupMembersExecutor:
         if not target:
             return set()
         if step.kind == "security":
-            members = await ctx.target.graph.list_all(f"groups/{target}/members", {"$select": "id"})
+            try:
+                members = await ctx.target.graph.list_all(
+                    f"groups/{target}/members", {"$select": "id"}
+                )
+            except NotFound as exc:
+                # The group was created through Graph moments ago (its id is journaled):
+                # new objects may 404 for seconds during directory replication
+                # (FACTS.md), so this is retried like throttling, not a failure.
+                raise TransientError(
+                    f"target group {target} is not visible in Graph yet (replication)",
+                    service="graph",
+                    retry_after=2.0,
+                ) from exc
             return {m["id"].lower() for m in members}
         members = await ctx.target.exo.run(
             "Get-DistributionGroupMember", Identity=target, ResultSize="Unlimited"
@@ -325,9 +344,9 @@ class GroupMembersExecutor:
         wanted = sorted({t.lower() for t in mapped.values() if t})
         missing = [t for t in wanted if t not in observed]
         if target is None and ctx.planning:
-            return StepResult(
-                bool(wanted), None, {"members": wanted}, f"would add {len(wanted)} members"
-            )
+            # The copy is only planned: list each member write against it all the same, so
+            # the plan shows every write the real run makes (as the source contact does).
+            target = "<the new target group>"
         for member in missing:
             if step.kind == "security":
                 await ctx.target.graph.send(
@@ -346,12 +365,14 @@ class GroupMembersExecutor:
         after = {"members": sorted(set(observed) | set(missing))}
         detail = f"added {len(missing)} members" if missing else "members up to date"
         if unmapped:
-            detail += f"; {len(unmapped)} members not in the target yet"
+            # A waiting text names only what is awaited, not what this run added: an
+            # unchanged re-run must report the same outcome, so the runner leaves the
+            # journal alone (before/after already show what was added).
             return StepResult(
                 bool(missing),
                 before,
                 after,
-                detail,
+                f"{len(unmapped)} members not in the target yet",
                 status="waiting",
                 data={"unmapped_members": unmapped},
             )

@@ -19,6 +19,7 @@ from coexist.errors import Conflict
 from coexist.tenants.exo import hashtable
 
 from .exchange import bare, find_one, has_proxy, is_mailbox, object_id
+from .index import TargetIndex
 from .plan import new_password
 
 
@@ -42,6 +43,33 @@ class MailUserStep(Step):
     replace_contacts: bool = False
 
 
+def _index(ctx: Context) -> TargetIndex | None:
+    """The run's snapshot of target recipients, when the command built one."""
+    index = ctx.cache.get("target_index")
+    return index if isinstance(index, TargetIndex) else None
+
+
+def _free_x500(ctx: Context, proxies: list[str], own_id: str | None) -> tuple[list[str], list[str]]:
+    """Split X500 proxies into those we may add and those another target object owns.
+
+    Proxy addresses are unique per tenant: adding one another object holds fails the
+    whole Set-MailUser (ProxyAddressExistsException). A target that shares an old
+    on-premises org with the source can hold the same X500; such proxies are left
+    out and reported instead of failing the user.
+    """
+    index = _index(ctx)
+    if index is None:
+        return proxies, []
+    free, taken = [], []
+    for proxy in proxies:
+        owner = index.owner(proxy)
+        if owner is not None and object_id(owner).lower() != (own_id or "").lower():
+            taken.append(f"{proxy} (owned by {owner.get('Name')})")
+        else:
+            free.append(proxy)
+    return free, taken
+
+
 async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
     """Our object: by the recorded target id, else by the planned address (crash recovery).
 
@@ -58,6 +86,9 @@ async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
             return found
     if step.mode == "match" or not step.primary_smtp:
         return None
+    index = _index(ctx)
+    if index is not None and index.owner(step.primary_smtp) is None:
+        return None  # the run-start snapshot has nobody at the planned address: skip a call
     found = await find_one(exo, "Get-Recipient", step.primary_smtp)
     if found is None:
         return None
@@ -85,7 +116,7 @@ class MailUserExecutor:
         exo = ctx.target.exo
         if observed is None:
             return await self._create(ctx, step)
-        updates = self._differences(step, observed)
+        updates = self._differences(ctx, step, observed)
         if not updates:
             return StepResult(
                 False, _state(observed), _state(observed), "up to date", data=_data(observed)
@@ -103,9 +134,10 @@ class MailUserExecutor:
             data=_data(after or observed),
         )
 
-    def _differences(self, step: MailUserStep, obj: dict[str, Any]) -> dict[str, Any]:
+    def _differences(self, ctx: Context, step: MailUserStep, obj: dict[str, Any]) -> dict[str, Any]:
         updates: dict[str, Any] = {}
-        missing = [x for x in step.x500 if not has_proxy(obj, x)]
+        wanted, _taken = _free_x500(ctx, list(step.x500), object_id(obj))
+        missing = [x for x in wanted if not has_proxy(obj, x)]
         if missing:
             updates["EmailAddresses"] = hashtable(add=missing)
         routes = step.mode == "create" or step.forward_matched
@@ -130,7 +162,14 @@ class MailUserExecutor:
         """
         item = ctx.journal.get_item("user", step.subject) or {}
         saved = (item.get("detail") or {}).get("replaced_contact")
-        owner = await find_one(ctx.target.exo, "Get-Recipient", step.external_address)
+        index = _index(ctx)
+        owner = None
+        # Ask Exchange only when the run-start snapshot is missing or shows a contact there.
+        known = index.owner(step.external_address) if index is not None else None
+        if index is None or (
+            known is not None and known.get("RecipientTypeDetails") == "MailContact"
+        ):
+            owner = await find_one(ctx.target.exo, "Get-Recipient", step.external_address)
         if owner is not None and owner.get("RecipientTypeDetails") == "MailContact":
             saved = {
                 "Identity": object_id(owner),
@@ -167,13 +206,29 @@ class MailUserExecutor:
             params["LastName"] = step.last_name
         created = await exo.run("New-MailUser", **params)
         ident = object_id(created[0]) if created else step.primary_smtp
-        x500 = list(dict.fromkeys([*step.x500, *carried]))
+        index = _index(ctx)
+        if created and index is not None:
+            # At once, not after the X500 update: if that update fails transiently the
+            # runner retries the step, and `_find_own` must then see the object created
+            # here rather than trust the run-start snapshot and create it again.
+            index.add(created[0])
+        x500, taken = _free_x500(ctx, list(dict.fromkeys([*step.x500, *carried])), ident)
         if x500:
             await exo.run("Set-MailUser", Identity=ident, EmailAddresses=hashtable(add=x500))
         if ctx.planning:
             return StepResult(True, None, {"planned": step.primary_smtp}, "would create MailUser")
-        after = await find_one(exo, "Get-Recipient", ident)
-        return StepResult(True, None, _state(after), "created MailUser", data=_data(after))
+        # New-MailUser returns the new object; the only change since is the X500 proxies
+        # added above, so the after-state is known without another read.
+        after = dict(created[0])
+        after["EmailAddresses"] = [*(after.get("EmailAddresses") or []), *x500]
+        if index is not None:
+            index.add(after)
+        detail = "created MailUser"
+        if taken:
+            detail += f"; X500 proxies held by other target objects left out: {', '.join(taken)}"
+        return StepResult(
+            True, None, _state(after), detail, data={**_data(after), "x500_conflicts": taken}
+        )
 
 
 def _state(obj: dict[str, Any] | None) -> dict[str, Any] | None:

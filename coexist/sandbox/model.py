@@ -227,12 +227,24 @@ class Tenant:
     _version: int = field(default=0, repr=False, compare=False)
     _index_version: int = field(default=-1, repr=False, compare=False)
     _address_index: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _object_keys: dict[str, list[str]] = field(default_factory=dict, repr=False, compare=False)
+    _pending: set[str] = field(default_factory=set, repr=False, compare=False)  # mailbox due
 
     def touch(self, obj: MailObject | None = None) -> None:
-        """Record a change: bumps the version (index rebuild, save)."""
-        if obj is not None:
-            obj.changed = now_iso()
+        """Record a change: bumps the version (save) and keeps the address index current.
+
+        With the changed (or removed) object given, only its index entries are
+        redone; without it the whole index is rebuilt on the next lookup. Full
+        rebuilds per write made a 2,000-user tenant spend most of its time here.
+        """
+        index_valid = self._index_version == self._version
         self._version += 1
+        if obj is None:
+            return
+        obj.changed = now_iso()
+        if index_valid:
+            self._reindex(obj)
+            self._index_version = self._version
 
     @property
     def version(self) -> int:
@@ -249,20 +261,41 @@ class Tenant:
             self.users.get(object_id) or self.groups.get(object_id) or self.contacts.get(object_id)
         )
 
+    @staticmethod
+    def _index_keys(obj: MailObject) -> list[str]:
+        if isinstance(obj, User) and obj.recipient_type_details is None:
+            return []
+        if isinstance(obj, Group) and not obj.mail_enabled:
+            return []
+        keys = []
+        for a in obj.email_addresses:
+            kind, _, value = a.partition(":")
+            if kind.lower() in ("smtp", "x500") and value:
+                keys.append(f"{kind.lower()}:{value.lower()}")
+        if obj.legacy_exchange_dn:
+            keys.append(f"x500:{obj.legacy_exchange_dn.lower()}")
+        return keys
+
+    def _reindex(self, obj: MailObject) -> None:
+        for key in self._object_keys.pop(obj.id, []):
+            if self._address_index.get(key) == obj.id:
+                del self._address_index[key]
+        if self.get(obj.id) is obj:  # still in the tenant (not removed)
+            keys = self._index_keys(obj)
+            for key in keys:
+                self._address_index[key] = obj.id
+            self._object_keys[obj.id] = keys
+        if isinstance(obj, User) and obj.mailbox_pending_at is not None and self.get(obj.id) is obj:
+            self._pending.add(obj.id)
+        else:
+            self._pending.discard(obj.id)
+
     def _rebuild_index(self) -> None:
-        index: dict[str, str] = {}
+        self._address_index = {}
+        self._object_keys = {}
+        self._pending = set()
         for obj in self.objects():
-            if isinstance(obj, User) and obj.recipient_type_details is None:
-                continue
-            if isinstance(obj, Group) and not obj.mail_enabled:
-                continue
-            for a in obj.email_addresses:
-                kind, _, value = a.partition(":")
-                if kind.lower() in ("smtp", "x500") and value:
-                    index[f"{kind.lower()}:{value.lower()}"] = obj.id
-            if obj.legacy_exchange_dn:
-                index[f"x500:{obj.legacy_exchange_dn.lower()}"] = obj.id
-        self._address_index = index
+            self._reindex(obj)
         self._index_version = self._version
 
     def address_owner(self, address: str) -> MailObject | None:
@@ -300,8 +333,13 @@ class Tenant:
     def settle(self, now: float | None = None) -> None:
         """Advance time-driven state: licensed MailUsers whose mailbox is due become mailboxes."""
         t = time.time() if now is None else now
-        for u in self.users.values():
-            if u.mailbox_pending_at is not None and u.mailbox_pending_at <= t:
+        if self._index_version != self._version:
+            self._rebuild_index()
+        # Only users with a pending mailbox (tracked by the index) need a look; scanning
+        # every user on every request was O(N) per call.
+        for uid in list(self._pending):
+            u = self.users.get(uid)
+            if u is not None and u.mailbox_pending_at is not None and u.mailbox_pending_at <= t:
                 u.mailbox_pending_at = None
                 u.recipient_type_details = "UserMailbox"
                 u.exchange_guid = u.exchange_guid or new_guid()
@@ -378,7 +416,8 @@ class World:
         path = state_dir / STATE_FILE
         tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
         with self.lock:
-            text = json.dumps(self.to_dict(), separators=(",", ":"))
+            data = self.to_dict()  # a consistent snapshot; serialised outside the lock
+        text = json.dumps(data, separators=(",", ":"))
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
         return path
@@ -389,6 +428,15 @@ class World:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+def _flat(obj: Any) -> dict[str, Any]:
+    """A dataclass of scalars and lists as a dict, lists copied.
+
+    Much cheaper than `dataclasses.asdict` (which deep-copies recursively): the
+    saver snapshots the whole world under its lock, so this is on the hot path.
+    """
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in vars(obj).items()}
+
+
 def _tenant_to_dict(t: Tenant) -> dict[str, Any]:
     d: dict[str, Any] = {}
     for f in dataclasses.fields(t):
@@ -396,9 +444,9 @@ def _tenant_to_dict(t: Tenant) -> dict[str, Any]:
             continue
         v = getattr(t, f.name)
         if isinstance(v, dict):
-            d[f.name] = [dataclasses.asdict(o) for o in v.values()]
+            d[f.name] = [_flat(o) for o in v.values()]
         elif isinstance(v, list):
-            d[f.name] = [dataclasses.asdict(o) for o in v]
+            d[f.name] = [_flat(o) for o in v]
         else:
             d[f.name] = v
     return d

@@ -231,7 +231,8 @@ class Sandbox:
             self._saved_version = version
 
     def _saver_loop(self) -> None:
-        while not self._stop_saver.wait(0.25):
+        # At most once a second: each save snapshots the world under its lock.
+        while not self._stop_saver.wait(1.0):
             try:
                 if self.world.version != self._saved_version:
                     self.save()

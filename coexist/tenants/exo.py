@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from azure.core.exceptions import ClientAuthenticationError
 
+from coexist.engine.retry import RetryPolicy
 from coexist.errors import (
     AuthenticationError,
     Conflict,
@@ -27,7 +28,7 @@ from coexist.errors import (
 )
 
 from .auth import EXO_SCOPE, TenantEndpoint, credential, token_claims
-from .graph import TRANSIENT_STATUS, parse_retry_after
+from .graph import READ_RETRY, TRANSIENT_STATUS, parse_retry_after
 from .plan import WriteRecorder, before_write, is_write_cmdlet
 
 # Anchor header the V3 module sends for app-only sessions (FACTS.md).
@@ -119,13 +120,16 @@ class ExoRunner:
         timeout: float = 900,
         concurrency: int = 8,
         plan: WriteRecorder | None = None,
+        read_retry: RetryPolicy = READ_RETRY,
     ) -> None:
         # 900 s: a cmdlet call times out after 15 minutes server-side (FACTS.md).
         self.ep = ep
         self.label = label or ep.tenant_id
         self.page_size = max(1, min(MAX_PAGE, page_size))
         self.plan = plan
+        self.read_retry = read_retry
         self.calls = 0
+        self.writes = 0
         self._cred = credential(ep)
         self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
         self._slots = asyncio.Semaphore(concurrency)
@@ -147,6 +151,7 @@ class ExoRunner:
             raise AuthenticationError(
                 f"could not get an Exchange token for tenant {self.ep.tenant_id}: {exc.message}",
                 service="identity",
+                next_step="check the client id, secret or certificate, then `coexist preflight`",
             ) from exc
         return {
             "Authorization": f"Bearer {tok.token}",
@@ -169,8 +174,16 @@ class ExoRunner:
                 self.plan.record("exchange", self.label, cmdlet, params)
                 return []
             before_write()
-        async with self._slots:
-            return await self._send(cmdlet, params)
+            self.writes += 1
+            async with self._slots:
+                return await self._send(cmdlet, params)
+
+        async def read() -> list[dict[str, Any]]:
+            # A read (Get-*) is retried here on a transient failure: see graph.READ_RETRY.
+            async with self._slots:
+                return await self._send(cmdlet, params)
+
+        return await self.read_retry.call(read)
 
     async def _send(self, cmdlet: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         body = build_body(cmdlet, params)

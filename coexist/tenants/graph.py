@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from azure.core.exceptions import ClientAuthenticationError
 
+from coexist.engine.retry import RetryPolicy
 from coexist.errors import (
     AuthenticationError,
     Conflict,
@@ -29,6 +30,13 @@ from .auth import GRAPH_SCOPE, TenantEndpoint, credential, token_claims
 from .plan import WriteRecorder, before_write
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+# Reads change nothing, so the adapters retry a transient failure (429/503, a dropped
+# connection) of a read themselves, honouring Retry-After: bulk reads outside any step
+# (discovery, the target index, preflight, verify) would otherwise fail the whole
+# command on one throttled page. Writes are retried by the runner, which re-observes
+# first (DESIGN.md), never blindly here.
+READ_RETRY = RetryPolicy()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -85,11 +93,14 @@ class GraphAdapter:
         timeout: float = 60.0,
         concurrency: int = 8,
         plan: WriteRecorder | None = None,
+        read_retry: RetryPolicy = READ_RETRY,
     ) -> None:
         self.ep = ep
         self.label = label or ep.tenant_id
         self.plan = plan
+        self.read_retry = read_retry
         self.calls = 0
+        self.writes = 0
         self._cred = credential(ep)
         self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
         self._slots = asyncio.Semaphore(concurrency)
@@ -138,8 +149,15 @@ class GraphAdapter:
                 self.plan.record("graph", self.label, f"{method} /{path.lstrip('/')}", json or {})
                 return None
             before_write()
-        async with self._slots:
-            return await self._send(method, path, params, json, headers)
+            self.writes += 1
+            async with self._slots:
+                return await self._send(method, path, params, json, headers)
+
+        async def read() -> Any:
+            async with self._slots:
+                return await self._send(method, path, params, json, headers)
+
+        return await self.read_retry.call(read)
 
     async def _send(
         self,

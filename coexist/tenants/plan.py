@@ -73,6 +73,27 @@ class WriteRecorder:
     writes: list[PlannedWrite] = field(default_factory=list)
 
     def record(self, system: str, tenant: str, operation: str, params: dict[str, Any]) -> None:
+        # Redacted here, not when printed: a planned write's text (`describe`) and any
+        # other rendering of it must never carry a password, even a generated one.
         self.writes.append(
-            PlannedWrite(system, tenant, operation, dict(params), current_step.get())
+            PlannedWrite(system, tenant, operation, redact_secrets(params), current_step.get())
         )
+
+
+REDACTED = "[redacted]"
+
+
+def redact_secrets(params: dict[str, Any]) -> dict[str, Any]:
+    """A copy with every `password` value (at any depth, e.g. Graph passwordProfile) redacted."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if str(k).lower() == "password" else clean(v) for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    cleaned: dict[str, Any] = clean(params)
+    return cleaned

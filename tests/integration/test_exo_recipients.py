@@ -435,7 +435,9 @@ def test_licensed_mailuser_becomes_mailbox_after_settle(
         invoke(exo, conn, KEY, "New-MailUser", Name="Lic", ExternalEmailAddress="lic@src.example")
     )[0]
     with sandbox.world.lock:
-        world_target.users[row["ExternalDirectoryObjectId"]].mailbox_pending_at = time.time() - 1
+        user = world_target.users[row["ExternalDirectoryObjectId"]]
+        user.mailbox_pending_at = time.time() - 1
+        world_target.touch(user)  # the model's contract: every mutation is touched
     got = ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity="Lic"))[0]
     assert (
         got["RecipientTypeDetails"] == "UserMailbox"

@@ -1,0 +1,485 @@
+"""The runner against a real SQLite journal, with tiny in-test steps on a fresh Registry.
+
+A fake tenant adapter calls `coexist.tenants.plan.before_write()` before each write, as the
+real Graph and Exchange adapters do, so the runner's lazy `started` journaling is exercised
+exactly as in production. Every step runs twice (changed, then unchanged) as DESIGN.md asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from tenacity import RetryCallState
+
+from coexist.engine.retry import FAIL_FAST, RetryPolicy
+from coexist.engine.runner import ItemPlan, Outcome, Runner
+from coexist.engine.step import Registry, Step, StepResult
+from coexist.engine.step import registry as global_registry
+from coexist.errors import InvalidRequest, PermissionDenied, TransientError
+from coexist.journal import Journal
+from coexist.tenants.plan import WriteRecorder, before_write, current_step
+
+NEXT = "coexist retry --project /p"
+QUICK = RetryPolicy(max_attempts=4, max_wait_s=5, base_s=0.001, cap_s=0.001)
+
+
+# -- a tiny tenant and its adapter ------------------------------------------------------------
+@dataclass
+class FakeTenant:
+    """Objects with a colour; `paint` is the only write, sent like a real adapter sends one."""
+
+    journal: Journal
+    colours: dict[str, str] = field(default_factory=dict)
+    ready: set[str] = field(default_factory=set)  # subjects whose "mailbox" exists
+    plan: WriteRecorder | None = None
+    writes: list[tuple[str, str]] = field(default_factory=list)
+    status_at_write: list[str | None] = field(default_factory=list)
+    status_at_observe: list[str | None] = field(default_factory=list)
+    observed: list[str] = field(default_factory=list)  # step keys, one per observe
+    faults: dict[str, list[BaseException]] = field(default_factory=dict)  # step key -> raises
+
+    def journal_status(self) -> str | None:
+        key = current_step.get()
+        assert key is not None, "the runner sets current_step around a step"
+        return (self.journal.get_step(key) or {}).get("status")
+
+    def paint(self, subject: str, colour: str) -> None:
+        if self.plan is not None:
+            self.plan.record("graph", "target", f"PATCH /things/{subject}", {"colour": colour})
+            return
+        before_write()
+        self.status_at_write.append(self.journal_status())
+        self.colours[subject] = colour
+        self.writes.append((subject, colour))
+
+    def fault(self, key: str) -> None:
+        queue = self.faults.get(key)
+        if queue:
+            raise queue.pop(0)
+
+
+# -- tiny steps on a fresh registry (the global one is left alone) ------------------------------
+REGISTRY: Registry[Step] = Registry()
+
+
+@dataclass(frozen=True)
+class PaintStep(Step):
+    """The object has `colour`; `coats` writes are sent to get there."""
+
+    name: ClassVar[str] = "test.paint"
+    colour: str = "blue"
+    coats: int = 1
+
+
+@dataclass(frozen=True)
+class VarnishStep(Step):
+    """A second step of the same item, run only after PaintStep is ok."""
+
+    name: ClassVar[str] = "test.varnish"
+
+
+@dataclass(frozen=True)
+class AwaitMailboxStep(Step):
+    """Waits until the subject is `ready` (like a licensed mailbox still provisioning)."""
+
+    name: ClassVar[str] = "test.await"
+
+
+@REGISTRY.register(PaintStep)
+class PaintExecutor:
+    async def observe(self, ctx: FakeTenant, step: PaintStep) -> str | None:
+        ctx.observed.append(step.key)
+        ctx.status_at_observe.append(ctx.journal_status())
+        ctx.fault(step.key)
+        return ctx.colours.get(step.subject)
+
+    async def apply(self, ctx: FakeTenant, step: PaintStep, observed: str | None) -> StepResult:
+        before = {"colour": observed}
+        if observed == step.colour:
+            return StepResult(False, before, before, f"already {step.colour}")
+        for _ in range(step.coats):
+            ctx.paint(step.subject, step.colour)
+        return StepResult(True, before, {"colour": step.colour}, f"painted {step.colour}")
+
+
+@REGISTRY.register(VarnishStep)
+class VarnishExecutor:
+    async def observe(self, ctx: FakeTenant, step: VarnishStep) -> str | None:
+        ctx.observed.append(step.key)
+        ctx.fault(step.key)
+        return ctx.colours.get(f"{step.subject}/varnish")
+
+    async def apply(self, ctx: FakeTenant, step: VarnishStep, observed: str | None) -> StepResult:
+        if observed == "gloss":
+            return StepResult(False, {"varnish": observed}, {"varnish": observed}, "varnished")
+        ctx.paint(f"{step.subject}/varnish", "gloss")
+        return StepResult(True, {"varnish": observed}, {"varnish": "gloss"}, "varnished")
+
+
+@REGISTRY.register(AwaitMailboxStep)
+class AwaitExecutor:
+    async def observe(self, ctx: FakeTenant, step: AwaitMailboxStep) -> bool:
+        ctx.observed.append(step.key)
+        return step.subject in ctx.ready
+
+    async def apply(self, ctx: FakeTenant, step: AwaitMailboxStep, observed: bool) -> StepResult:
+        if observed:
+            return StepResult(False, detail="mailbox exists")
+        return StepResult(False, detail="mailbox not provisioned yet", status="waiting")
+
+
+# -- fixtures and helpers -----------------------------------------------------------------------
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    """A fresh SQLite journal with two user items, alice and bob."""
+    with Journal.open(f"sqlite:///{tmp_path / 'journal.db'}") as j:
+        for key in ("alice", "bob", "carol"):
+            j.upsert_item("user", key, name=key, source_address=f"{key}@fabrikam.example")
+        yield j
+
+
+@pytest.fixture
+def tenant(journal: Journal) -> FakeTenant:
+    return FakeTenant(journal, colours={"alice": "red", "bob": "red", "carol": "red"})
+
+
+def run(
+    journal: Journal,
+    tenant: FakeTenant,
+    items: Sequence[ItemPlan],
+    *,
+    retry: RetryPolicy = FAIL_FAST,
+    plan: WriteRecorder | None = None,
+) -> list[Outcome]:
+    """One command invocation: a run record (unless planning), the runner, every item."""
+    tenant.plan = plan
+    run_id = 0 if plan is not None else journal.start_run("test", {})
+    runner = Runner(
+        ctx=tenant,
+        journal=journal,
+        run_id=run_id,
+        retry=retry,
+        next_step=NEXT,
+        plan=plan,
+        steps=REGISTRY,
+    )
+    return asyncio.run(runner.run(items, concurrency=2))
+
+
+def paint(subject: str, *steps: Step, phase: str | None = "painted") -> ItemPlan:
+    return ItemPlan(
+        "user", subject, list(steps) or [PaintStep(subject)], phase, f"{subject}@fabrikam.example"
+    )
+
+
+def by_step(outcomes: list[Outcome]) -> dict[str, Outcome]:
+    return {o.step: o for o in outcomes}
+
+
+# -- started, ok, and the unchanged re-run ------------------------------------------------------
+def test_started_is_journaled_lazily_right_before_the_first_write(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """No record while observing; `started` with the intent at the first write; ok after."""
+    step = PaintStep("alice", colour="blue", coats=2)
+    [outcome] = run(journal, tenant, [paint("alice", step)])
+    assert outcome.status == "ok" and outcome.changed and outcome.detail == "painted blue"
+    assert tenant.status_at_observe == [None]  # nothing journaled before the first write
+    assert tenant.status_at_write == ["started", "started"]  # journaled once, before write 1
+    record = journal.get_step(step.key)
+    assert record is not None
+    assert record["status"] == "ok" and record["attempts"] == 1 and record["changed"]
+    # The intent, plus what was observed just before the first write (None here: the
+    # fake executor observes a non-dict), kept for rollback should the run die mid-write.
+    assert record["intent"] == {"subject": "alice", "colour": "blue", "coats": 2, "observed": None}
+    assert record["before"] == {"colour": "red"} and record["after"] == {"colour": "blue"}
+    assert [h["status"] for h in journal.history(step.key)] == ["started", "ok"]
+    item = journal.get_item("user", "alice")
+    assert item is not None and item["phase"] == "painted" and item["state"] == "ok"
+
+
+def test_unchanged_rerun_leaves_the_record_and_its_before_state_alone(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """A second run finds the world right: no write, the journal's step record is untouched."""
+    step = PaintStep("alice")
+    run(journal, tenant, [paint("alice", step)])
+    first = journal.get_step(step.key)
+    history = journal.history(step.key)
+    [again] = run(journal, tenant, [paint("alice", step)])
+    assert again.status == "ok" and not again.changed
+    assert tenant.writes == [("alice", "blue")]
+    assert journal.get_step(step.key) == first
+    assert journal.history(step.key) == history
+    assert first is not None and first["before"] == {"colour": "red"}
+
+
+def test_unchanged_first_run_records_ok_without_a_write(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """A step already right on its first run is recorded ok/unchanged, then left alone."""
+    tenant.colours["alice"] = "blue"
+    step = PaintStep("alice")
+    [first] = run(journal, tenant, [paint("alice", step)])
+    assert first.status == "ok" and not first.changed and tenant.writes == []
+    record = journal.get_step(step.key)
+    assert record is not None and record["status"] == "ok" and not record["changed"]
+    run(journal, tenant, [paint("alice", step)])
+    assert journal.get_step(step.key) == record
+
+
+def test_before_state_survives_a_failed_and_an_unchanged_rerun(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """After a change, a re-run that fails before writing, then one that finds the world
+    right, both keep the before-state the changing run recorded (what rollback restores)."""
+    step = PaintStep("alice")
+    run(journal, tenant, [paint("alice", step)])
+    tenant.faults[step.key] = [InvalidRequest("Get failed", service="graph", status=400)]
+    [failed] = run(journal, tenant, [paint("alice", step)])
+    assert failed.status == "failed"
+    record = journal.get_step(step.key)
+    assert record is not None and record["status"] == "failed"
+    assert record["before"] == {"colour": "red"}
+    [ok] = run(journal, tenant, [paint("alice", step)])
+    assert ok.status == "ok" and not ok.changed
+    record = journal.get_step(step.key)
+    assert record is not None and record["status"] == "ok"
+    assert record["before"] == {"colour": "red"}
+    assert tenant.writes == [("alice", "blue")]
+
+
+# -- failures and waiting ---------------------------------------------------------------------
+def test_failure_is_recorded_and_stops_only_that_items_later_steps(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """alice's first step fails (class, message, next step); her second never runs; bob and
+    carol continue. Fixed and re-run: alice completes, bob is unchanged."""
+    items = [
+        paint(s, PaintStep(s), VarnishStep(s), phase="varnished") for s in ("alice", "bob", "carol")
+    ]
+    tenant.faults["test.paint:alice"] = [
+        PermissionDenied(
+            "Set-Thing: access denied",
+            service="exchange",
+            status=403,
+            next_step="assign the Exchange Administrator role to the app",
+        )
+    ]
+    tenant.faults["test.paint:carol"] = [ValueError("a bug in an executor")]
+    outcomes = by_step(run(journal, tenant, items))
+    assert outcomes["test.paint:alice"].status == "failed"
+    assert "test.varnish:alice" not in outcomes and "test.varnish:alice" not in tenant.observed
+    assert journal.get_step("test.varnish:alice") is None
+    assert outcomes["test.varnish:bob"].status == "ok" and outcomes["test.varnish:bob"].changed
+
+    record = journal.get_step("test.paint:alice")
+    assert record is not None and record["status"] == "failed"
+    assert record["error_class"] == "PermissionDenied"
+    assert record["error_message"] == (
+        "alice@fabrikam.example: step test.paint failed: Set-Thing: access denied"
+    )
+    assert record["next_step"] == "assign the Exchange Administrator role to the app"
+    alice = journal.get_item("user", "alice")
+    assert alice is not None and alice["state"] == "failed" and alice["phase"] is None
+    assert "access denied" in alice["detail"]["error"]
+
+    carol = journal.get_step("test.paint:carol")
+    assert carol is not None and carol["error_class"] == "ValueError"
+    assert carol["error_message"].endswith("internal error: ValueError: a bug in an executor")
+    assert carol["next_step"] == NEXT  # the runner's default when the error names none
+    traces = journal.events(step_key="test.paint:carol", level="error")
+    assert traces and "Traceback" in traces[0]["message"]
+
+    again = by_step(run(journal, tenant, items))
+    assert again["test.paint:alice"].changed and again["test.varnish:alice"].changed
+    assert not again["test.paint:bob"].changed and not again["test.varnish:bob"].changed
+    assert all(o.status == "ok" for o in again.values())
+    alice = journal.get_item("user", "alice")
+    assert alice is not None and alice["state"] == "ok" and alice["phase"] == "varnished"
+
+
+def test_waiting_stops_the_items_sequence_until_the_world_catches_up(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """A waiting step is not a failure, but nothing after it runs until it is ok."""
+    item = paint("alice", AwaitMailboxStep("alice"), PaintStep("alice"))
+    [waiting] = run(journal, tenant, [item])
+    assert waiting.status == "waiting" and waiting.detail == "mailbox not provisioned yet"
+    assert "test.paint:alice" not in tenant.observed
+    record = journal.get_item("user", "alice")
+    assert record is not None and record["state"] == "waiting" and record["phase"] is None
+    assert record["detail"]["waiting_for"] == "mailbox not provisioned yet"
+    assert journal.get_step("test.await:alice") is not None
+
+    tenant.ready.add("alice")
+    done = by_step(run(journal, tenant, [item]))
+    assert done["test.await:alice"].status == "ok" and done["test.paint:alice"].changed
+    snapshot = journal.snapshot()
+    unchanged = run(journal, tenant, [item])
+    assert [o.changed for o in unchanged] == [False, False]
+    assert journal.snapshot() == snapshot
+
+
+# -- plan mode -------------------------------------------------------------------------------
+def test_plan_mode_records_writes_and_leaves_the_journal_alone(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """--plan: each would-be write is recorded with its step; nothing is sent or journaled."""
+    snapshot = journal.snapshot(include_logs=True)
+    recorder = WriteRecorder()
+    outcomes = run(journal, tenant, [paint("alice"), paint("bob")], plan=recorder)
+    assert {o.status for o in outcomes} == {"planned"}
+    planned = sorted((w.step or "", w.operation, str(w.params)) for w in recorder.writes)
+    assert planned == [
+        ("test.paint:alice", "PATCH /things/alice", "{'colour': 'blue'}"),
+        ("test.paint:bob", "PATCH /things/bob", "{'colour': 'blue'}"),
+    ]
+    assert tenant.colours["alice"] == "red" and tenant.writes == []
+    assert journal.snapshot(include_logs=True) == snapshot
+
+    run(journal, tenant, [paint("alice")])  # really paint alice
+    snapshot = journal.snapshot(include_logs=True)
+    recorder = WriteRecorder()
+    [unchanged] = run(journal, tenant, [paint("alice")], plan=recorder)
+    assert unchanged.status == "ok" and not unchanged.changed and recorder.writes == []
+    assert journal.snapshot(include_logs=True) == snapshot
+
+
+# -- crash recovery ---------------------------------------------------------------------------
+@pytest.mark.parametrize("written_before_crash", [True, False])
+def test_crash_left_started_record_is_reobserved(
+    journal: Journal, tenant: FakeTenant, written_before_crash: bool
+) -> None:
+    """A `started` left by a killed run is noted as an event; the step re-observes and writes
+    only if the world still differs; a further run is unchanged."""
+    step = PaintStep("alice")
+    crashed = journal.start_run("test", {})
+    journal.step_started(
+        crashed, step.key, item_kind="user", item_key="alice", name=step.name, intent=step.intent()
+    )
+    if written_before_crash:
+        tenant.colours["alice"] = "blue"
+    [outcome] = run(journal, tenant, [paint("alice", step)])
+    assert outcome.status == "ok" and outcome.changed is not written_before_crash
+    assert tenant.writes == ([] if written_before_crash else [("alice", "blue")])
+    events = journal.events(step_key=step.key, level="warning")
+    assert [e["message"] for e in events] == [
+        "previous attempt was interrupted; re-observing before any write"
+    ]
+    record = journal.get_step(step.key)
+    assert record is not None and record["status"] == "ok"
+    [again] = run(journal, tenant, [paint("alice", step)])
+    assert not again.changed and journal.get_step(step.key) == record
+    assert len(journal.events(step_key=step.key, level="warning")) == 1
+
+
+# -- retries ------------------------------------------------------------------------------------
+def throttled(retry_after: float | None = 0.001) -> TransientError:
+    return TransientError("throttled", service="graph", status=429, retry_after=retry_after)
+
+
+def test_transient_errors_are_retried_then_the_step_succeeds(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """Two throttled observes, then success: one outcome, one journal attempt; then unchanged."""
+    step = PaintStep("alice")
+    tenant.faults[step.key] = [throttled(), throttled(None)]
+    [outcome] = run(journal, tenant, [paint("alice", step)], retry=QUICK)
+    assert outcome.status == "ok" and outcome.changed
+    assert tenant.observed == [step.key] * 3
+    record = journal.get_step(step.key)
+    assert record is not None and record["attempts"] == 1 and record["status"] == "ok"
+    [again] = run(journal, tenant, [paint("alice", step)], retry=QUICK)
+    assert not again.changed and journal.get_step(step.key) == record
+
+
+def test_retries_stop_at_max_attempts(journal: Journal, tenant: FakeTenant) -> None:
+    """A step throttled on every attempt fails after `max_attempts` tries, retry_after kept."""
+    step = PaintStep("alice")
+    tenant.faults[step.key] = [throttled(0.002) for _ in range(QUICK.max_attempts)]
+    [outcome] = run(journal, tenant, [paint("alice", step)], retry=QUICK)
+    assert outcome.status == "failed" and outcome.error_class == "TransientError"
+    assert tenant.observed == [step.key] * QUICK.max_attempts
+    record = journal.get_step(step.key)
+    assert record is not None and record["retry_after"] == pytest.approx(0.002)
+
+
+def test_fail_fast_does_not_retry(journal: Journal, tenant: FakeTenant) -> None:
+    """FAIL_FAST gives up on the first transient error, recording Retry-After for the operator."""
+    step = PaintStep("alice")
+    tenant.faults[step.key] = [throttled(7)]
+    [outcome] = run(journal, tenant, [paint("alice", step)], retry=FAIL_FAST)
+    assert outcome.status == "failed" and tenant.observed == [step.key]
+    record = journal.get_step(step.key)
+    assert record is not None
+    assert record["error_class"] == "TransientError" and record["retry_after"] == 7
+    assert record["next_step"] == NEXT
+    [again] = run(journal, tenant, [paint("alice", step)], retry=FAIL_FAST)
+    assert again.status == "ok" and again.changed
+
+
+def test_non_transient_errors_are_not_retried(journal: Journal, tenant: FakeTenant) -> None:
+    """A retrying policy still runs a step that fails with a non-transient error once."""
+    step = PaintStep("alice")
+    tenant.faults[step.key] = [InvalidRequest("bad", service="graph", status=400)]
+    [outcome] = run(journal, tenant, [paint("alice", step)], retry=QUICK)
+    assert outcome.status == "failed" and outcome.error_class == "InvalidRequest"
+    assert tenant.observed == [step.key]
+
+
+def retry_state(exc: BaseException, attempt: int) -> RetryCallState:
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    state.set_exception((type(exc), exc, None))
+    return state
+
+
+def test_wait_honours_retry_after_capped_by_max_wait() -> None:
+    """The wait is the service's Retry-After when given (capped by max_wait_s), else jittered
+    exponential backoff within [0, min(cap, base * 2**(n-1))]."""
+    policy = RetryPolicy(max_attempts=5, max_wait_s=10, base_s=0.5, cap_s=1.5)
+    assert policy.wait_for(retry_state(throttled(3), 1)) == 3
+    assert policy.wait_for(retry_state(throttled(120), 1)) == 10
+    for attempt, ceiling in ((1, 0.5), (2, 1.0), (3, 1.5), (4, 1.5)):
+        wait = policy.wait_for(retry_state(throttled(None), attempt))
+        assert 0 <= wait <= ceiling
+
+
+def test_policy_call_retries_only_transient_errors() -> None:
+    """RetryPolicy.call: TransientError is retried to success; other errors propagate at once."""
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise throttled(0.001)
+        return "done"
+
+    assert asyncio.run(QUICK.call(flaky)) == "done" and len(calls) == 3
+
+    async def broken() -> str:
+        calls.append(1)
+        raise InvalidRequest("no", service="graph")
+
+    calls.clear()
+    with pytest.raises(InvalidRequest):
+        asyncio.run(QUICK.call(broken))
+    assert len(calls) == 1
+
+
+# -- the registry -------------------------------------------------------------------------------
+def test_registry_is_per_instance_and_refuses_duplicates() -> None:
+    """The test registry does not leak into the global one; double registration is refused."""
+    with pytest.raises(LookupError, match="PaintStep"):
+        global_registry.executor_for(PaintStep("alice"))
+    with pytest.raises(ValueError, match="registered twice"):
+        REGISTRY.register(PaintStep)(PaintExecutor)
+    fresh: Registry[Step] = Registry()
+    with pytest.raises(LookupError, match="no executor registered for VarnishStep"):
+        fresh.executor_for(VarnishStep("alice"))

@@ -1,0 +1,122 @@
+"""Least privilege: the permissions table, its checks, and `coexist permissions --json`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from coexist.cli import main
+from coexist.permissions import (
+    EXCHANGE_ROLES,
+    MANAGE_AS_APP,
+    NEEDS,
+    Need,
+    needs,
+    satisfied,
+)
+
+EXCHANGE_ADMIN = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+RECIPIENT_ADMIN = "31392ffb-586c-42d1-9346-e59415a2cc4e"
+WRITING_COMMANDS = ("provision", "groups", "prestage", "cutover", "rollback")
+
+
+def permissions_json(*args: str) -> list[dict[str, str]]:
+    result = CliRunner().invoke(main, ["permissions", "--json", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows: list[dict[str, str]] = json.loads(result.output)
+    return rows
+
+
+def test_every_need_is_well_formed() -> None:
+    """Each need names a tenant, an API, at least one permission, and why it is needed."""
+    for command, items in NEEDS.items():
+        assert items, command
+        for n in items:
+            assert n.tenant in ("source", "target") and n.api in ("graph", "exchange")
+            assert n.any_of and n.why and n.label == n.any_of[0]
+
+
+def test_writes_are_asked_only_where_coexist_writes() -> None:
+    """No command needs a Graph *write* permission in the source tenant; discover reads only."""
+    for n in needs():
+        if n.tenant == "source" and n.api == "graph":
+            assert not any("ReadWrite" in p for p in n.any_of[:1]), n
+    for n in needs("discover"):
+        assert "ReadWrite" not in n.label, n
+
+
+@pytest.mark.parametrize("command", ["discover", *WRITING_COMMANDS, "preflight"])
+def test_cli_lists_each_commands_needs(command: str) -> None:
+    """`coexist permissions --command C --json` lists exactly C's needs, per tenant and API."""
+    rows = permissions_json("--command", command)
+    expected = [
+        {
+            "tenant": n.tenant,
+            "api": n.api,
+            "permission": n.label,
+            "alternatives": ", ".join(n.any_of[1:]),
+            "why": n.why,
+        }
+        for n in needs(command)
+    ]
+    assert rows == expected and rows
+
+
+def test_rediscover_and_rollback_share_their_counterparts_needs() -> None:
+    """rediscover needs what discover needs; rollback what cutover needs."""
+    assert permissions_json("--command", "rediscover") == permissions_json("--command", "discover")
+    assert permissions_json("--command", "rollback") == permissions_json("--command", "cutover")
+
+
+def test_cli_lists_everything_deduplicated_without_a_command() -> None:
+    """Without --command: every need of every command, each (tenant, api, set) once."""
+    rows = permissions_json()
+    keys = [(r["tenant"], r["api"], r["permission"], r["alternatives"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(needs())
+    commands_needs = {(n.tenant, n.api, n.any_of) for c in NEEDS for n in needs(c)}
+    assert {(n.tenant, n.api, n.any_of) for n in needs()} == commands_needs
+    assert ("target", "graph", "Mail.Send") in {
+        (r["tenant"], r["api"], r["permission"]) for r in rows
+    }
+
+
+def test_unknown_command_needs_nothing() -> None:
+    """A command coexist does not know lists nothing (rather than everything)."""
+    assert needs("no-such-command") == []
+    assert permissions_json("--command", "no-such-command") == []
+
+
+def test_human_listing_is_a_table_for_the_command() -> None:
+    """Without --json a table titled for the command is printed (cells wrap to the width)."""
+    result = CliRunner().invoke(main, ["permissions", "--command", "prestage"])
+    assert result.exit_code == 0
+    assert "permissions for prestage" in result.output
+    assert result.output.count("target") >= len(needs("prestage"))
+
+
+# -- satisfied ------------------------------------------------------------------------------
+GRAPH_READ = Need("source", "graph", ("User.Read.All", "Directory.Read.All"), "read users")
+EXO_ROLE = Need("target", "exchange", tuple(EXCHANGE_ROLES.values()), "run cmdlets")
+EXO_APP = Need("target", "exchange", MANAGE_AS_APP, "use the admin API")
+
+
+@pytest.mark.parametrize(
+    ("need", "roles", "wids", "ok"),
+    [
+        (GRAPH_READ, {"User.Read.All"}, set(), True),
+        (GRAPH_READ, {"Directory.Read.All"}, set(), True),  # any alternative will do
+        (GRAPH_READ, {"Mail.Send"}, {EXCHANGE_ADMIN}, False),  # a role id is not a Graph grant
+        (EXO_ROLE, set(), {RECIPIENT_ADMIN}, True),
+        (EXO_ROLE, {"Exchange Administrator"}, set(), False),  # roles come from wids only
+        (EXO_ROLE, set(), {"00000000-0000-0000-0000-000000000000"}, False),
+        (EXO_APP, {"Exchange.ManageAsApp"}, set(), True),
+        (EXO_APP, set(), {EXCHANGE_ADMIN}, False),  # the role alone is not the app permission
+    ],
+)
+def test_satisfied_reads_roles_for_permissions_and_wids_for_directory_roles(
+    need: Need, roles: set[str], wids: set[str], ok: bool
+) -> None:
+    """Graph and Exchange.ManageAsApp come from the token's `roles`; Entra roles from `wids`."""
+    assert satisfied(need, roles, wids) is ok
