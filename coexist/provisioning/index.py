@@ -46,6 +46,15 @@ class TargetIndex:
         if r.get("LegacyExchangeDN"):
             self.by_address[f"x500:{_key(r['LegacyExchangeDN'])}"] = r
 
+    def remove(self, ident: str) -> None:
+        """Forget a recipient this run deleted (by ExternalDirectoryObjectId or Guid)."""
+        gone = self.by_id.get(ident.lower())
+        if gone is None:
+            return
+        for table in (self.by_id, self.by_name, self.by_address):
+            for key in [k for k, v in table.items() if v is gone]:
+                del table[key]
+
     def owner(self, address: str) -> dict[str, Any] | None:
         if address.lower().startswith(("smtp:", "x500:")):
             return self.by_address.get(address[:5].lower() + _key(address[5:]))

@@ -136,7 +136,11 @@ class MailUserExecutor:
 
     def _differences(self, ctx: Context, step: MailUserStep, obj: dict[str, Any]) -> dict[str, Any]:
         updates: dict[str, Any] = {}
-        wanted, _taken = _free_x500(ctx, list(step.x500), object_id(obj))
+        # A replaced GAL-sync contact's X500s too: a run killed between New-MailUser and
+        # the X500 update finds the object here, with the contact already gone.
+        carried = _carried(ctx, step) if step.replace_contacts else []
+        proxies = list(dict.fromkeys([*step.x500, *carried]))
+        wanted, _taken = _free_x500(ctx, proxies, object_id(obj))
         missing = [x for x in wanted if not has_proxy(obj, x)]
         if missing:
             updates["EmailAddresses"] = hashtable(add=missing)
@@ -181,11 +185,10 @@ class MailUserExecutor:
             if not ctx.planning:
                 set_item(ctx.journal, "user", step.subject, replaced_contact=saved)
             await ctx.target.exo.run("Remove-MailContact", Identity=object_id(owner), Confirm=False)
-        if not saved:
-            return []
-        carry = [f"X500:{saved['LegacyExchangeDN']}"] if saved.get("LegacyExchangeDN") else []
-        carry += [a for a in saved.get("EmailAddresses") or [] if a.lower().startswith("x500:")]
-        return carry
+            if index is not None:
+                # Its X500s are ours to carry now, not "held by another object".
+                index.remove(object_id(owner))
+        return _x500_of(saved)
 
     async def _create(self, ctx: Context, step: MailUserStep) -> StepResult:
         exo = ctx.target.exo
@@ -229,6 +232,20 @@ class MailUserExecutor:
         return StepResult(
             True, None, _state(after), detail, data={**_data(after), "x500_conflicts": taken}
         )
+
+
+def _x500_of(saved: dict[str, Any] | None) -> list[str]:
+    """The X500 proxies a replaced contact hands over: its LegacyExchangeDN and X500s."""
+    if not saved:
+        return []
+    carry = [f"X500:{saved['LegacyExchangeDN']}"] if saved.get("LegacyExchangeDN") else []
+    carry += [a for a in saved.get("EmailAddresses") or [] if a.lower().startswith("x500:")]
+    return carry
+
+
+def _carried(ctx: Context, step: MailUserStep) -> list[str]:
+    item = ctx.journal.get_item("user", step.subject) or {}
+    return _x500_of((item.get("detail") or {}).get("replaced_contact"))
 
 
 def _state(obj: dict[str, Any] | None) -> dict[str, Any] | None:
