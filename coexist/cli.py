@@ -485,8 +485,13 @@ def sandbox() -> None:
     help="State directory (tenants, CA, connection.json); reused if it exists.",
 )
 @click.option("--port", default=0, show_default=True, help="Port on 127.0.0.1 (0: any free).")
+@click.option(
+    "--drained",
+    is_flag=True,
+    help="Start rate buckets empty (benchmarks measure the sustained limit, not the burst).",
+)
 def sandbox_serve(
-    seed: int, users: int, profile: str, time_scale: float, state: Path, port: int
+    seed: int, users: int, profile: str, time_scale: float, state: Path, port: int, drained: bool
 ) -> None:
     """Serve a source and a target tenant over HTTPS until interrupted."""
 
@@ -503,6 +508,7 @@ def sandbox_serve(
         profile=profile,
         port=port,
         time_scale=time_scale,
+        drained=drained,
         ready=ready,
     )
 

@@ -47,12 +47,21 @@ def sandbox_serve(
     profile: str = "fast",
     port: int = 0,
     time_scale: float = 1.0,
+    drained: bool = False,
     ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Serve the sandbox pair until interrupted; `ready` gets the connection info."""
     from coexist.sandbox.server import Sandbox, run_forever
 
-    sb = Sandbox(state, seed=seed, users=users, profile=profile, port=port, time_scale=time_scale)
+    sb = Sandbox(
+        state,
+        seed=seed,
+        users=users,
+        profile=profile,
+        port=port,
+        time_scale=time_scale,
+        drained=drained,
+    )
     run_forever(sb, lambda s: ready(s.connection) if ready else None)
 
 

@@ -43,10 +43,24 @@ class RetryPolicy:
         backoff = min(self.cap_s, self.base_s * 2 ** (state.attempt_number - 1))
         return random.uniform(0, backoff)  # full jitter (AWS architecture blog)
 
+    def should_stop(self, state: RetryCallState) -> bool:
+        """Give up after `max_wait_s` in all; after `max_attempts` unless the service said when.
+
+        A throttled request that carries Retry-After is the service scheduling us, not
+        failing: Microsoft asks clients to keep waiting the stated time
+        (learn.microsoft.com/graph/throttling), so those retries are bounded by time only.
+        """
+        if stop_after_delay(self.max_wait_s)(state):
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return False
+        return bool(stop_after_attempt(self.max_attempts)(state))
+
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_wait_s),
+            stop=self.should_stop,
             wait=self.wait_for,
             sleep=asyncio.sleep,
             reraise=True,

@@ -59,13 +59,7 @@ def set_item(journal: Any, kind: str, key: str, **fields: Any) -> None:
     """Set item columns; any other field is merged into the item's `detail` JSON."""
     columns = {k: v for k, v in fields.items() if k in ITEM_COLUMNS}
     extra = {k: v for k, v in fields.items() if k not in ITEM_COLUMNS}
-    if extra:
-        current = (journal.get_item(kind, key) or {}).get("detail") or {}
-        merged = {**current, **extra}
-        if merged != current:
-            columns["detail"] = merged
-    if columns:
-        journal.update_item(kind, key, **columns)
+    journal.merge_item(kind, key, extra or None, **columns)
 
 
 @dataclass(frozen=True)
@@ -81,6 +75,7 @@ class Outcome:
     error: str | None = None
     error_class: str | None = None
     next_step: str | None = None
+    data: dict[str, Any] = field(default_factory=dict, compare=False)  # not yet on the item
 
 
 @dataclass(frozen=True)
@@ -111,7 +106,7 @@ class Runner:
     def planning(self) -> bool:
         return self.plan is not None
 
-    async def run_step(self, step: Step, label: str = "") -> Outcome:
+    async def run_step(self, step: Step, label: str = "", *, defer_data: bool = False) -> Outcome:
         """observe → compare → apply, journaling `started` right before the first write.
 
         A step that finds the world already right writes nothing and leaves its
@@ -178,7 +173,9 @@ class Runner:
                 kept = {"before": interrupted}
             if not settled:
                 journal_started()
-            return self._finished(step, result, record=not settled, kept=kept)
+            return self._finished(
+                step, result, record=not settled, kept=kept, defer_data=defer_data
+            )
         finally:
             write_hook.reset(hook_token)
             current_step.reset(step_token)
@@ -190,6 +187,7 @@ class Runner:
         *,
         record: bool = True,
         kept: dict[str, Any] | None = None,
+        defer_data: bool = False,
     ) -> Outcome:
         status: str = result.status
         if self.planning:
@@ -204,10 +202,18 @@ class Runner:
                     changed=result.changed,
                     detail={"text": result.detail},
                 )
-            if result.data:
+            if result.data and not defer_data:
                 # Facts the next steps need (e.g. the target object id) go on the item.
                 set_item(self.journal, step.item_kind, step.subject, **result.data)
-        outcome = Outcome(step.key, step.subject, step.name, status, result.changed, result.detail)
+        outcome = Outcome(
+            step.key,
+            step.subject,
+            step.name,
+            status,
+            result.changed,
+            result.detail,
+            data=dict(result.data) if defer_data and not self.planning else {},
+        )
         self.on_outcome(outcome)
         return outcome
 
@@ -247,8 +253,10 @@ class Runner:
 
     async def run_item(self, item: ItemPlan) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        for step in item.steps:
-            outcome = await self.run_step(step, item.label)
+        last = len(item.steps) - 1
+        for i, step in enumerate(item.steps):
+            # The last step's facts are written with the item's state: one write, not two.
+            outcome = await self.run_step(step, item.label, defer_data=i == last)
             outcomes.append(outcome)
             if outcome.status in ("failed", "waiting"):
                 break
@@ -260,7 +268,7 @@ class Runner:
         if not outcomes:
             return
         last = outcomes[-1]
-        fields: dict[str, Any] = {"last_step": last.name}
+        fields: dict[str, Any] = {**last.data, "last_step": last.name}
         if last.status == "failed":
             fields.update(state="failed", error=last.error)
         elif last.status == "waiting":

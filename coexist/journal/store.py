@@ -183,6 +183,28 @@ class Journal:
                 raise UnknownItem(f"no {kind} item {key!r} in the journal")
             return self._set_item_fields(conn, kind, key, fields, utcnow())
 
+    def merge_item(
+        self, kind: str, key: str, detail: Mapping[str, Any] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Set columns and merge keys into the `detail` JSON, in one transaction.
+
+        The read-modify-write of `detail` happens under the write lock, so two
+        writers never lose each other's keys, and a no-op writes nothing.
+        """
+        _check_item(kind, fields)
+        check_json(detail, "detail")
+        with self._write() as conn:
+            row = _item_row(conn, kind, key, lock=True)
+            if row is None:
+                raise UnknownItem(f"no {kind} item {key!r} in the journal")
+            changes = dict(fields)
+            if detail:
+                current = row.get("detail") or {}
+                merged = {**current, **detail}
+                if merged != current:
+                    changes["detail"] = merged
+            return self._set_item_fields(conn, kind, key, changes, utcnow())
+
     @staticmethod
     def _set_item_fields(
         conn: Connection, kind: str, key: str, fields: Mapping[str, Any], now: datetime

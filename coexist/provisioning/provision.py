@@ -124,17 +124,22 @@ def prestage_plan(
 ) -> ItemPlan:
     """Convert (license) → wait for the mailbox → forward back to the source."""
     src = source_of(item)
+    # A user already cut over keeps a live target: forwarding it back to the source again
+    # would undo the cutover (and loop mail under forward-on-source), and its phase stays.
+    cut_over = item.get("phase") == Phase.CUTOVER.value
     steps: list[Any] = []
     if ctx.project.prestage.convert and sku_id:
         usage = src.usage_location or ctx.project.prestage.usage_location
         steps.append(LicenseStep(subject=item["key"], sku_id=sku_id, usage_location=usage))
         steps.append(MailboxReadyStep(subject=item["key"], timeout_s=timeout_s))
-        steps.append(
-            TargetForwardStep(
-                subject=item["key"],
-                forward_to=forwarding_address(src, ctx.project.domains.source_forwarding_domain),
+        if not cut_over:
+            steps.append(
+                TargetForwardStep(
+                    subject=item["key"],
+                    forward_to=forwarding_address(
+                        src, ctx.project.domains.source_forwarding_domain
+                    ),
+                )
             )
-        )
-    return ItemPlan(
-        "user", item["key"], steps, Phase.PRESTAGED.value, label=str(item.get("source_address"))
-    )
+    phase = None if cut_over else Phase.PRESTAGED.value
+    return ItemPlan("user", item["key"], steps, phase, label=str(item.get("source_address")))

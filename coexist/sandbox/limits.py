@@ -92,7 +92,8 @@ class Limiter:
             now = time.monotonic()
             b = self._buckets.get((bucket, key))
             if b is None:
-                b = self._buckets[(bucket, key)] = _Bucket(limit.capacity, now)
+                start = 0.0 if self.settings.buckets_start_empty else limit.capacity
+                b = self._buckets[(bucket, key)] = _Bucket(start, now)
             rate = limit.rate(self.settings.time_scale)
             b.tokens = min(limit.capacity, b.tokens + (now - b.stamp) * rate)
             b.stamp = now

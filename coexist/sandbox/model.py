@@ -357,6 +357,9 @@ class Settings:
     provisioning_delay_s: float = 2.0  # licensed MailUser -> mailbox
     replication_delay_s: float = 0.0  # chaos: new objects 404 this long
     chaos_rate: float = 0.0  # chaos: fraction of requests failing transiently
+    # Benchmarks start with drained buckets so they measure the sustained rate, not
+    # the burst a fresh app+tenant window allows.
+    buckets_start_empty: bool = False
 
 
 @dataclass

@@ -175,6 +175,7 @@ class Sandbox:
         port: int = 0,
         host: str = "127.0.0.1",
         time_scale: float = 1.0,
+        drained: bool = False,
         token_lifetime_s: int = 3599,
         world: World | None = None,
     ) -> None:
@@ -190,6 +191,7 @@ class Sandbox:
         self.world = world or self._load_or_seed()
         self.world.settings.profile = profile
         self.world.settings.time_scale = time_scale
+        self.world.settings.buckets_start_empty = drained
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._saver: threading.Thread | None = None

@@ -10,7 +10,6 @@ FACTS.md), so every detail of it lives in this module alone.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -30,6 +29,7 @@ from coexist.errors import (
 from .auth import EXO_SCOPE, TenantEndpoint, credential, token_claims
 from .graph import READ_RETRY, TRANSIENT_STATUS, parse_retry_after
 from .plan import WriteRecorder, before_write, is_write_cmdlet
+from .throttle import Gate
 
 # Anchor header the V3 module sends for app-only sessions (FACTS.md).
 ANCHOR = "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@"
@@ -132,7 +132,7 @@ class ExoRunner:
         self.writes = 0
         self._cred = credential(ep)
         self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
-        self._slots = asyncio.Semaphore(concurrency)
+        self._gate = Gate(concurrency)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -174,13 +174,12 @@ class ExoRunner:
                 self.plan.record("exchange", self.label, cmdlet, params)
                 return []
             before_write()
-            self.writes += 1
-            async with self._slots:
+            async with self._gate.slot():
                 return await self._send(cmdlet, params)
 
         async def read() -> list[dict[str, Any]]:
             # A read (Get-*) is retried here on a transient failure: see graph.READ_RETRY.
-            async with self._slots:
+            async with self._gate.slot():
                 return await self._send(cmdlet, params)
 
         return await self.read_retry.call(read)
@@ -202,7 +201,13 @@ class ExoRunner:
             except ValueError:  # e.g. the NUL-byte body of a 403
                 data = None
             if resp.status_code >= 400:
-                raise parse_error(resp.status_code, data, resp.headers, cmdlet=cmdlet)
+                error = parse_error(resp.status_code, data, resp.headers, cmdlet=cmdlet)
+                if isinstance(error, TransientError):
+                    self._gate.throttle(error.retry_after)
+                raise error
+            self._gate.success()
+            if is_write_cmdlet(cmdlet):
+                self.writes += 1  # accepted writes only: a throttled attempt is not one
             out.extend((data or {}).get("value", []))
             url = (data or {}).get("@odata.nextLink")
         return out

@@ -8,7 +8,6 @@ mapped to `coexist.errors` here (`parse_error`), nowhere else.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from coexist.errors import (
 
 from .auth import GRAPH_SCOPE, TenantEndpoint, credential, token_claims
 from .plan import WriteRecorder, before_write
+from .throttle import Gate
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -103,7 +103,7 @@ class GraphAdapter:
         self.writes = 0
         self._cred = credential(ep)
         self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
-        self._slots = asyncio.Semaphore(concurrency)
+        self._gate = Gate(concurrency)
         self.base = ep.graph_url.rstrip("/")
 
     async def close(self) -> None:
@@ -149,12 +149,11 @@ class GraphAdapter:
                 self.plan.record("graph", self.label, f"{method} /{path.lstrip('/')}", json or {})
                 return None
             before_write()
-            self.writes += 1
-            async with self._slots:
+            async with self._gate.slot():
                 return await self._send(method, path, params, json, headers)
 
         async def read() -> Any:
-            async with self._slots:
+            async with self._gate.slot():
                 return await self._send(method, path, params, json, headers)
 
         return await self.read_retry.call(read)
@@ -182,7 +181,13 @@ class GraphAdapter:
                 body = resp.json()
             except ValueError:
                 body = None
-            raise parse_error(resp.status_code, body, resp.headers, what=f"{method} {path}")
+            error = parse_error(resp.status_code, body, resp.headers, what=f"{method} {path}")
+            if isinstance(error, TransientError):
+                self._gate.throttle(error.retry_after)
+            raise error
+        self._gate.success()
+        if _is_write(method, path, json):
+            self.writes += 1  # accepted writes only: a throttled attempt is not one
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()

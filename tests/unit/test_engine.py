@@ -400,14 +400,36 @@ def test_transient_errors_are_retried_then_the_step_succeeds(
 
 
 def test_retries_stop_at_max_attempts(journal: Journal, tenant: FakeTenant) -> None:
-    """A step throttled on every attempt fails after `max_attempts` tries, retry_after kept."""
+    """A step failing transiently without Retry-After fails after `max_attempts` tries."""
     step = PaintStep("alice")
-    tenant.faults[step.key] = [throttled(0.002) for _ in range(QUICK.max_attempts)]
+    tenant.faults[step.key] = [throttled(None) for _ in range(QUICK.max_attempts)]
     [outcome] = run(journal, tenant, [paint("alice", step)], retry=QUICK)
     assert outcome.status == "failed" and outcome.error_class == "TransientError"
     assert tenant.observed == [step.key] * QUICK.max_attempts
+
+
+def test_retry_after_throttles_are_bounded_by_time_not_attempts(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """Throttles that say when to come back are waited out past max_attempts (then succeed)."""
+    step = PaintStep("alice")
+    tenant.faults[step.key] = [throttled(0.002) for _ in range(QUICK.max_attempts + 2)]
+    [outcome] = run(journal, tenant, [paint("alice", step)], retry=QUICK)
+    assert outcome.status == "ok" and outcome.changed
+    assert tenant.observed == [step.key] * (QUICK.max_attempts + 3)
+
+
+def test_retry_after_throttles_give_up_after_max_wait(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """A step throttled for longer than max_wait_s fails, with the last Retry-After recorded."""
+    step = PaintStep("alice")
+    short = RetryPolicy(max_attempts=2, max_wait_s=0.05, base_s=0.001, cap_s=0.001)
+    tenant.faults[step.key] = [throttled(0.02) for _ in range(50)]
+    [outcome] = run(journal, tenant, [paint("alice", step)], retry=short)
+    assert outcome.status == "failed" and outcome.error_class == "TransientError"
     record = journal.get_step(step.key)
-    assert record is not None and record["retry_after"] == pytest.approx(0.002)
+    assert record is not None and record["retry_after"] == pytest.approx(0.02)
 
 
 def test_fail_fast_does_not_retry(journal: Journal, tenant: FakeTenant) -> None:
