@@ -8,7 +8,13 @@ PIP    := $(VENV)/bin/pip
 .PHONY: demo test lint bench venv clean system-deps
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "coexist needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) -V 2>&1))"; exit 1; }
+	@# Debian/Ubuntu ship venv without ensurepip unless python3-venv is installed.
+	@$(PYTHON) -m venv $(VENV) || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y python3-venv && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
+		else echo "install python3-venv (sudo apt-get install python3-venv)"; exit 1; fi; }
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
 	touch $@
@@ -41,6 +47,7 @@ test: venv lint system-deps
 
 bench: venv
 	$(PY) bench/sandbox_bench.py
+	$(PY) bench/provision_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
