@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
@@ -58,7 +58,7 @@ _COLUMNS = (
     "seq, id, tenant, mailbox, folder_id, internet_message_id, conversation_id, subject, "
     "from_json, sender_json, to_json, cc_json, bcc_json, reply_to_json, received, sent, created, "
     "modified, is_read, is_draft, importance, has_attachments, size, body_preview, body_type, "
-    "change_key, categories_json"
+    "change_key, categories_json, flag_json, sensitivity, props_json, mseq"
 )
 # Sort keys a listing may use (column names; never user text in SQL).
 ORDER_COLUMNS = {"received", "sent", "created", "modified", "subject"}
@@ -109,7 +109,45 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_folder ON messages (tenant, mailbox, folder_id, received);
 CREATE INDEX IF NOT EXISTS messages_mailbox ON messages (tenant, mailbox, received);
 CREATE INDEX IF NOT EXISTS messages_imid ON messages (tenant, mailbox, internet_message_id);
+-- Deletions and moves out of a folder, for delta: a removed id stays reportable here.
+CREATE TABLE IF NOT EXISTS tombstones (
+    cseq INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    mailbox TEXT NOT NULL,
+    folder_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT 'deleted'
+);
+CREATE INDEX IF NOT EXISTS tombstones_folder ON tombstones (tenant, mailbox, folder_id, cseq);
+-- Large-attachment upload sessions; received bytes are spooled to a file, not held in memory.
+CREATE TABLE IF NOT EXISTS upload_sessions (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    mailbox TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    token TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    is_inline INTEGER NOT NULL DEFAULT 0,
+    content_id TEXT,
+    received INTEGER NOT NULL DEFAULT 0,
+    expires TEXT NOT NULL
+);
 """
+# Columns added after the first schema (issue 4); `_migrate` adds them to an older mail.db.
+_ADDED_COLUMNS = {
+    "flag_json": "TEXT NOT NULL DEFAULT '{\"flagStatus\": \"notFlagged\"}'",
+    "sensitivity": "TEXT NOT NULL DEFAULT 'normal'",
+    "props_json": "TEXT NOT NULL DEFAULT '{}'",
+    "mseq": "INTEGER NOT NULL DEFAULT 0",
+}
+_INDEXES_AFTER_MIGRATION = (
+    "CREATE INDEX IF NOT EXISTS messages_delta ON messages (tenant, mailbox, folder_id, mseq)"
+)
+NOT_FLAGGED: dict[str, Any] = {"flagStatus": "notFlagged"}
+SENSITIVITIES = ("normal", "personal", "private", "confidential")
 
 # Graph's bodyPreview: "The first 255 characters of the message body" (resources/message).
 PREVIEW_CHARS = 255
@@ -198,6 +236,58 @@ class Item:
     body_type: str
     change_key: str
     categories: list[str]
+    # Added for issue 4 (defaults keep older constructors working).
+    flag: dict[str, Any] = field(default_factory=lambda: dict(NOT_FLAGGED))
+    sensitivity: str = "normal"
+    properties: dict[str, str] = field(default_factory=dict)  # extended props, "Type 0xNNNN"
+    mseq: int = 0  # change sequence: bumped by every write, the delta cursor
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """An item that left a folder (deleted, or moved away under its old id)."""
+
+    cseq: int
+    folder_id: str
+    item_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A MIME part Graph reports as a fileAttachment."""
+
+    index: int
+    name: str
+    content_type: str
+    is_inline: bool
+    content_id: str | None
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    id: str
+    tenant: str
+    mailbox: str
+    item_id: str
+    owner: str  # client id of the app that created it (its upload budget pays)
+    token: str
+    name: str
+    content_type: str
+    size: int
+    is_inline: bool
+    content_id: str | None
+    received: int
+    expires: str
+
+
+class FolderExists(ValueError):
+    """A sibling folder already has this display name (Exchange compares case-insensitively)."""
 
 
 def _recipients(value: str | None) -> list[Recipient]:
@@ -238,6 +328,10 @@ def _item(row: sqlite3.Row) -> Item:
         body_type=row["body_type"],
         change_key=row["change_key"],
         categories=json.loads(row["categories_json"]),
+        flag=json.loads(row["flag_json"]),
+        sensitivity=row["sensitivity"],
+        properties=json.loads(row["props_json"]),
+        mseq=row["mseq"],
     )
 
 
@@ -286,6 +380,20 @@ def _importance(msg: EmailMessage) -> str:
     return value if value in ("low", "normal", "high") else "normal"
 
 
+# RFC 2156 / RFC 4021 `Sensitivity:` header values -> Exchange's sensitivity
+# (what Exchange writes into MIME for PidTagSensitivity, per MS-OXCMAIL 2.2.3.2.6).
+_SENSITIVITY_HEADER = {
+    "personal": "personal",
+    "private": "private",
+    "company-confidential": "confidential",
+}
+
+
+def sensitivity_of(msg: EmailMessage) -> str:
+    value = str(msg.get("Sensitivity") or "").strip().lower()
+    return _SENSITIVITY_HEADER.get(value, "normal")
+
+
 def _date(msg: EmailMessage) -> str | None:
     raw = msg.get("Date")
     if raw is None:
@@ -298,6 +406,69 @@ def _date(msg: EmailMessage) -> str | None:
 
 def _json(recipients: Sequence[Recipient]) -> str:
     return json.dumps([{"name": r.name, "address": r.address} for r in recipients])
+
+
+def _change_key() -> str:
+    return base64.b64encode(uuid.uuid4().bytes).decode()
+
+
+def change_number(entry: Item | Tombstone) -> int:
+    """An entry's place in the change order (items: mseq, tombstones: cseq)."""
+    return entry.mseq if isinstance(entry, Item) else entry.cseq
+
+
+def attachments_of(msg: EmailMessage) -> list[Attachment]:
+    """Every attachment part (inline ones included), in MIME order."""
+    if not msg.is_multipart():
+        return []
+    out = []
+    for n, part in enumerate(msg.iter_attachments()):
+        assert isinstance(part, EmailMessage)
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        cid = part.get("Content-ID")
+        out.append(
+            Attachment(
+                index=n,
+                name=part.get_filename() or "",
+                content_type=part.get_content_type(),
+                is_inline=part.get_content_disposition() == "inline",
+                content_id=str(cid).strip("<>") if cid else None,
+                data=data,
+            )
+        )
+    return out
+
+
+def _attach(
+    msg: EmailMessage,
+    name: str,
+    content_type: str,
+    data: bytes,
+    is_inline: bool,
+    content_id: str | None,
+) -> None:
+    maintype, _, subtype = (content_type or "application/octet-stream").partition("/")
+    msg.add_attachment(
+        data,
+        maintype=maintype or "application",
+        subtype=subtype or "octet-stream",
+        filename=name,
+        disposition="inline" if is_inline else "attachment",
+        cid=f"<{content_id}>" if content_id else None,
+    )
+
+
+def attach(
+    msg: EmailMessage,
+    name: str,
+    content_type: str,
+    data: bytes,
+    is_inline: bool = False,
+    content_id: str | None = None,
+) -> None:
+    """Add an attachment part to a message being built (made multipart/mixed if needed)."""
+    _attach(msg, name, content_type, data, is_inline, content_id)
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -315,6 +486,32 @@ class MailStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+        self.spool_dir = self.path.parent / "uploads"
+        # One change clock for messages (`mseq`) and tombstones (`cseq`): delta merges both.
+        self._clock = int(
+            self._db.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(mseq) FROM messages), 0),"
+                " COALESCE((SELECT MAX(cseq) FROM tombstones), 0))"
+            ).fetchone()[0]
+        )
+
+    def _migrate(self) -> None:
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(messages)")}
+        for name, decl in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE messages ADD COLUMN {name} {decl}")
+        self._db.execute(_INDEXES_AFTER_MIGRATION)
+
+    def _tick(self) -> int:
+        """The next change number (caller holds the lock)."""
+        self._clock += 1
+        return self._clock
+
+    @property
+    def clock(self) -> int:
+        with self._lock:
+            return self._clock
 
     def close(self) -> None:
         with self._lock:
@@ -325,6 +522,11 @@ class MailStore:
         with self._lock:
             self._db.execute("DELETE FROM messages")
             self._db.execute("DELETE FROM folders")
+            self._db.execute("DELETE FROM tombstones")
+            self._db.execute("DELETE FROM upload_sessions")
+        if self.spool_dir.exists():
+            for part in self.spool_dir.glob("*.part"):
+                part.unlink(missing_ok=True)
 
     # -- folders -----------------------------------------------------------------------------------
     def ensure_mailbox(self, tenant: str, mailbox: str) -> None:
@@ -420,6 +622,38 @@ class MailStore:
         Properties Graph lists are taken from the MIME headers; `bcc` is kept only
         where Exchange keeps it (the sender's own copy), never in the MIME.
         """
+        return self.insert_message(
+            tenant, mailbox, folder, mime, received=received, is_read=is_read,
+            is_draft=is_draft, bcc=bcc,
+        )  # fmt: skip
+
+    def insert_message(
+        self,
+        tenant: str,
+        mailbox: str,
+        folder: str,
+        mime: bytes,
+        *,
+        received: dt.datetime | None = None,
+        sent: dt.datetime | None = None,
+        created: dt.datetime | None = None,
+        is_read: bool = False,
+        is_draft: bool = False,
+        bcc: Sequence[Recipient] = (),
+        flag: dict[str, Any] | None = None,
+        categories: Sequence[str] = (),
+        importance: str | None = None,
+        sensitivity: str | None = None,
+        properties: dict[str, str] | None = None,
+    ) -> Item:
+        """Store one message with explicit item properties (the raw insert importers use).
+
+        `folder` is a folder id or well-known name. Properties not given come from the
+        MIME headers (Date -> sent, Importance, Sensitivity); `received` defaults to now.
+        `properties` are extended properties as Graph names them ("Integer 0xE07" -> value
+        string), kept verbatim for `singleValueExtendedProperties`. Raises KeyError for
+        an unknown folder. Public so the import/export face can write items directly.
+        """
         target = self.folder(tenant, mailbox, folder)
         if target is None:
             raise KeyError(f"no folder {folder!r} in mailbox {tenant}/{mailbox}")
@@ -432,7 +666,7 @@ class MailStore:
         from_ = _addresses(msg, "From")
         sender = _addresses(msg, "Sender") or from_
         item_id = _entry_id(b"\x46", mailbox)
-        values = {
+        values: dict[str, Any] = {
             "id": item_id,
             "tenant": tenant,
             "mailbox": mailbox,
@@ -447,23 +681,27 @@ class MailStore:
             "bcc_json": _json(bcc),
             "reply_to_json": _json(_addresses(msg, "Reply-To")),
             "received": received_at,
-            "sent": _date(msg),
-            "created": received_at,
+            "sent": iso(sent) if sent is not None else _date(msg),
+            "created": iso(created) if created is not None else received_at,
             "modified": now,
             "is_read": int(is_read),
             "is_draft": int(is_draft),
-            "importance": _importance(msg),
+            "importance": importance or _importance(msg),
             "has_attachments": int(_has_attachments(msg)),
             "size": len(mime),
             "body_preview": preview(body_type, content),
             "body_type": body_type,
-            "change_key": base64.b64encode(uuid.uuid4().bytes).decode(),
-            "categories_json": "[]",
+            "change_key": _change_key(),
+            "categories_json": json.dumps(list(categories)),
+            "flag_json": json.dumps(flag or NOT_FLAGGED),
+            "sensitivity": sensitivity or sensitivity_of(msg),
+            "props_json": json.dumps(properties or {}),
             "mime": sqlite3.Binary(mime),
         }
-        names = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
         with self._lock:
+            values["mseq"] = self._tick()
+            names = ", ".join(values)
+            marks = ", ".join("?" for _ in values)
             self._db.execute(
                 f"INSERT INTO messages ({names}) VALUES ({marks})", tuple(values.values())
             )
@@ -471,6 +709,266 @@ class MailStore:
                 f"SELECT {_COLUMNS} FROM messages WHERE id=?", (item_id,)
             ).fetchone()
         return _item(row)
+
+    def update_message(
+        self,
+        tenant: str,
+        mailbox: str,
+        item_id: str,
+        *,
+        is_read: bool | None = None,
+        flag: dict[str, Any] | None = None,
+        categories: Sequence[str] | None = None,
+        importance: str | None = None,
+        sensitivity: str | None = None,
+        properties: dict[str, str] | None = None,
+    ) -> Item | None:
+        """Change item properties (None = unchanged); a new change key and change number."""
+        sets: dict[str, Any] = {}
+        if is_read is not None:
+            sets["is_read"] = int(is_read)
+        if flag is not None:
+            sets["flag_json"] = json.dumps(flag)
+        if categories is not None:
+            sets["categories_json"] = json.dumps(list(categories))
+        if importance is not None:
+            sets["importance"] = importance
+        if sensitivity is not None:
+            sets["sensitivity"] = sensitivity
+        with self._lock:
+            current = self.get(tenant, mailbox, item_id)
+            if current is None:
+                return None
+            if properties:
+                sets["props_json"] = json.dumps({**current.properties, **properties})
+            return self._touch(current, sets)
+
+    def _touch(self, current: Item, sets: dict[str, Any]) -> Item:
+        """Apply `sets` plus the bookkeeping every change carries (caller holds the lock)."""
+        sets = {
+            **sets,
+            "modified": iso(utcnow()),
+            "change_key": _change_key(),
+            "mseq": self._tick(),
+        }
+        assign = ", ".join(f"{k}=?" for k in sets)
+        self._db.execute(
+            f"UPDATE messages SET {assign} WHERE id=?", (*sets.values(), current.id)
+        )
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE id=?", (sets.get("id", current.id),)
+        ).fetchone()
+        return _item(row)
+
+    def _tombstone(self, item: Item, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO tombstones (cseq, tenant, mailbox, folder_id, item_id, reason)"
+            " VALUES (?,?,?,?,?,?)",
+            (self._tick(), item.tenant, item.mailbox, item.folder_id, item.id, reason),
+        )
+
+    def move_message(
+        self, tenant: str, mailbox: str, item_id: str, folder_id: str
+    ) -> Item | None:
+        """Move an item; like Exchange it gets a NEW id (the old one is a tombstone)."""
+        with self._lock:
+            current = self.get(tenant, mailbox, item_id)
+            if current is None:
+                return None
+            self._tombstone(current, "deleted")
+            new_id = _entry_id(b"\x46", mailbox)
+            return self._touch(current, {"id": new_id, "folder_id": folder_id})
+
+    def delete_message(self, tenant: str, mailbox: str, item_id: str) -> bool:
+        with self._lock:
+            current = self.get(tenant, mailbox, item_id)
+            if current is None:
+                return False
+            self._tombstone(current, "deleted")
+            self._db.execute("DELETE FROM messages WHERE id=?", (item_id,))
+            return True
+
+    def replace_mime(self, tenant: str, mailbox: str, item_id: str, mime: bytes) -> Item | None:
+        """Swap an item's MIME (attachments added); size and hasAttachments follow it."""
+        msg = email.message_from_bytes(mime, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        with self._lock:
+            current = self.get(tenant, mailbox, item_id)
+            if current is None:
+                return None
+            return self._touch(
+                current,
+                {
+                    "mime": sqlite3.Binary(mime),
+                    "size": len(mime),
+                    "has_attachments": int(_has_attachments(msg)),
+                },
+            )
+
+    def find(self, item_id: str) -> Item | None:
+        """An item by id in any mailbox (ids are unique store-wide)."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE id=?", (item_id,)
+            ).fetchone()
+        return _item(row) if row is not None else None
+
+    # -- folders (writes) --------------------------------------------------------------------------
+    def create_folder(
+        self, tenant: str, mailbox: str, parent_id: str, display_name: str, is_hidden: bool = False
+    ) -> Folder:
+        """A new folder under `parent_id`; FolderExists if a sibling has the name (any case)."""
+        self.ensure_mailbox(tenant, mailbox)
+        with self._lock:
+            siblings = self._db.execute(
+                "SELECT display_name FROM folders WHERE tenant=? AND mailbox=? AND parent_id=?",
+                (tenant, mailbox, parent_id),
+            ).fetchall()
+            if any(r[0].casefold() == display_name.casefold() for r in siblings):
+                raise FolderExists(display_name)
+            folder_id = _entry_id(b"\x01", mailbox)
+            self._db.execute(
+                "INSERT INTO folders (id, tenant, mailbox, well_known, display_name, parent_id,"
+                " is_hidden, created) VALUES (?,?,?,?,?,?,?,?)",
+                (folder_id, tenant, mailbox, None, display_name, parent_id, int(is_hidden),
+                 iso(utcnow())),
+            )  # fmt: skip
+        found = self.folder(tenant, mailbox, folder_id)
+        assert found is not None
+        return found
+
+    # -- delta -------------------------------------------------------------------------------------
+    def changes(
+        self,
+        tenant: str,
+        mailbox: str,
+        folder_id: str,
+        after: int,
+        removed_after: int,
+        limit: int,
+    ) -> tuple[list[Item | Tombstone], int, bool]:
+        """Changes in a folder after change number `after`, oldest first, at most `limit`.
+
+        Returns (entries, clock, more): items changed (mseq > after) merged with
+        tombstones (cseq > max(after, removed_after)) in change order, the store's
+        change clock read in the same critical section (a safe next cursor when
+        nothing is left), and whether more entries follow.
+        """
+        floor = max(after, removed_after)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE tenant=? AND mailbox=? AND folder_id=?"
+                " AND mseq>? ORDER BY mseq LIMIT ?",
+                (tenant, mailbox, folder_id, after, limit + 1),
+            ).fetchall()
+            tombs = self._db.execute(
+                "SELECT cseq, folder_id, item_id, reason FROM tombstones WHERE tenant=?"
+                " AND mailbox=? AND folder_id=? AND cseq>? ORDER BY cseq LIMIT ?",
+                (tenant, mailbox, folder_id, floor, limit + 1),
+            ).fetchall()
+            clock = self._clock
+        merged: list[Item | Tombstone] = [_item(r) for r in rows]
+        merged += [Tombstone(t[0], t[1], t[2], t[3]) for t in tombs]
+        merged.sort(key=change_number)
+        return merged[:limit], clock, len(merged) > limit
+
+    # -- attachments -------------------------------------------------------------------------------
+    def attachments(self, item_id: str) -> list[Attachment]:
+        """The item's attachments, parsed from its MIME (whole-item read)."""
+        return attachments_of(self.message(item_id))
+
+    def add_attachment(
+        self,
+        tenant: str,
+        mailbox: str,
+        item_id: str,
+        name: str,
+        content_type: str,
+        data: bytes,
+        is_inline: bool = False,
+        content_id: str | None = None,
+    ) -> tuple[Item, Attachment] | None:
+        """Append an attachment part to the item's MIME; (item, the new attachment)."""
+        if self.get(tenant, mailbox, item_id) is None:
+            return None
+        msg = self.message(item_id)
+        _attach(msg, name, content_type, data, is_inline, content_id)
+        item = self.replace_mime(tenant, mailbox, item_id, msg.as_bytes())
+        if item is None:
+            return None
+        return item, attachments_of(msg)[-1]
+
+    # -- upload sessions ---------------------------------------------------------------------------
+    def create_upload_session(
+        self,
+        tenant: str,
+        mailbox: str,
+        item_id: str,
+        owner: str,
+        name: str,
+        content_type: str,
+        size: int,
+        expires: dt.datetime,
+        is_inline: bool = False,
+        content_id: str | None = None,
+    ) -> UploadSession:
+        session_id = _entry_id(b"\x12", mailbox)
+        token = base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes).decode()
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO upload_sessions (id, tenant, mailbox, item_id, owner, token, name,"
+                " content_type, size, is_inline, content_id, received, expires)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?)",
+                (session_id, tenant, mailbox, item_id, owner, token, name, content_type, size,
+                 int(is_inline), content_id, iso(expires)),
+            )  # fmt: skip
+        self._spool(session_id).write_bytes(b"")
+        found = self.upload_session(session_id)
+        assert found is not None
+        return found
+
+    def upload_session(self, session_id: str) -> UploadSession | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM upload_sessions WHERE id=?", (session_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return UploadSession(
+            id=row["id"], tenant=row["tenant"], mailbox=row["mailbox"], item_id=row["item_id"],
+            owner=row["owner"], token=row["token"], name=row["name"],
+            content_type=row["content_type"], size=row["size"], is_inline=bool(row["is_inline"]),
+            content_id=row["content_id"], received=row["received"], expires=row["expires"],
+        )  # fmt: skip
+
+    def _spool(self, session_id: str) -> Path:
+        return self.spool_dir / f"{hashlib.sha256(session_id.encode()).hexdigest()}.part"
+
+    def append_upload(self, session_id: str, data: bytes) -> int:
+        """Append the next range to the session's spool file; bytes received so far."""
+        with self._lock, self._spool(session_id).open("ab") as spool:
+            spool.write(data)
+            self._db.execute(
+                "UPDATE upload_sessions SET received=received+? WHERE id=?",
+                (len(data), session_id),
+            )
+            row = self._db.execute(
+                "SELECT received FROM upload_sessions WHERE id=?", (session_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def take_upload(self, session_id: str) -> bytes:
+        """The finished upload's bytes; the session and its spool file are gone afterwards."""
+        path = self._spool(session_id)
+        data = path.read_bytes()
+        self.delete_upload_session(session_id)
+        return data
+
+    def delete_upload_session(self, session_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM upload_sessions WHERE id=?", (session_id,))
+        self._spool(session_id).unlink(missing_ok=True)
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, tenant: str, mailbox: str, item_id: str) -> Item | None:

@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute
 
 from . import exo, graph, seed, transport
 from .graph.mail import MAIL_STORE_KEY
+from .graph.outlook_items import PIM_STORE_KEY
 from .identity import Issuer
 from .limits import Limiter
 from .mailstore import MAIL_DB, MailStore, Recipient
@@ -223,6 +224,9 @@ class Sandbox:
             for t in self.world.tenants.values():
                 t.touch()
         self.mail.reset()
+        pim = self.ctx.extra.get(PIM_STORE_KEY)  # contacts/calendar/To Do (graph/outlook_items)
+        if pim is not None:
+            pim.reset()
         self.save()
         return self.world
 
@@ -361,6 +365,8 @@ class Sandbox:
         if self._mail is not None:
             self._mail.close()
             self._mail = None
+        if self.ctx is not None and (pim := self.ctx.extra.pop(PIM_STORE_KEY, None)) is not None:
+            pim.close()
 
     def __enter__(self) -> Sandbox:
         return self.start()

@@ -179,15 +179,35 @@ def outlook(request: Request, roles: tuple[str, ...]) -> Iterator[tuple[Principa
     """Admit one Outlook request: token, role, mailbox, per-mailbox rate and concurrency."""
     principal = _authorize(request, roles)
     key, user = _mailbox_user(request, principal)
+    with outlook_slot(request, principal.app.client_id, user.id):
+        yield principal, key, user
+
+
+@contextmanager
+def outlook_slot(request: Request, client_id: str, mailbox: str) -> Iterator[None]:
+    """One request against the per-app-per-mailbox request budget and concurrency limit."""
     limiter = ctx_of(request).limiter
-    bucket_key = (principal.app.client_id, user.id)
+    bucket_key = (client_id, mailbox)
     wait = limiter.admit("outlook_requests", bucket_key)
     if wait is not None:
         raise HTTPFailure(graph_throttled(request, wait))
     with limiter.concurrency(bucket_key) as admitted:
         if not admitted:
             raise mailbox_concurrency(request)
-        yield principal, key, user
+        yield
+
+
+def charge_upload(request: Request, client_id: str, mailbox: str, nbytes: int) -> None:
+    """Take `nbytes` from the upload budget (150 MB / 5 min per app per mailbox) or 429.
+
+    *unverified*: which error body Graph sends for the upload limit; the sandbox sends the
+    same 429 TooManyRequests + Retry-After as for the request budget.
+    """
+    wait = ctx_of(request).limiter.admit(
+        "outlook_upload_bytes", (client_id, mailbox), cost=float(nbytes)
+    )
+    if wait is not None:
+        raise HTTPFailure(graph_throttled(request, wait))
 
 
 # -- sendMail -----------------------------------------------------------------------------------
@@ -359,7 +379,7 @@ PROPERTIES: dict[str, Callable[[Item, _Lazy], Any]] = {
     "ccRecipients": lambda i, _: [r.to_graph() for r in i.cc],
     "bccRecipients": lambda i, _: [r.to_graph() for r in i.bcc],
     "replyTo": lambda i, _: [r.to_graph() for r in i.reply_to],
-    "flag": lambda i, _: {"flagStatus": "notFlagged"},
+    "flag": lambda i, _: dict(i.flag),
     # Only with $select (not in the default set), as Graph does.
     "internetMessageHeaders": lambda _, lazy: lazy.headers(),
     "uniqueBody": lambda _, lazy: lazy.body(),
@@ -634,6 +654,14 @@ def _folder(request: Request, store: MailStore, key: str, user: User, folder_key
 
 
 async def list_folders(request: Request) -> Response:
+    return _list_folders(request, None)
+
+
+async def list_child_folders(request: Request) -> Response:
+    return _list_folders(request, request.path_params["folder_id"])
+
+
+def _list_folders(request: Request, parent_key: str | None) -> Response:
     with outlook(request, FOLDER_READ) as (_principal, key, user):
         q = common.query(request)
         try:
@@ -642,10 +670,16 @@ async def list_folders(request: Request) -> Response:
             select = odata.parse_select(q.get("select"), FOLDER_KNOWN, "mailFolder")
         except odata.ODataQueryError as exc:
             raise common.query_failure(exc, request) from exc
-        folders = store_of(request).child_folders(key, user.id)
+        store = store_of(request)
+        parent = None
+        if parent_key is not None:
+            parent = _folder(request, store, key, user, parent_key).id
+        folders = store.child_folders(key, user.id, parent)
         page = folders[skip : skip + top]
         values = [_select_folder(folder_json(f), select) for f in page]
         fragment = f"users('{request.path_params['user_id']}')/mailFolders"
+        if parent_key is not None:
+            fragment += f"('{parent_key}')/childFolders"
         body: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
         body["value"] = values
         if skip + top < len(folders):
@@ -676,17 +710,32 @@ async def get_folder(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
+    # Writes, attachments and delta live in their own modules; they import this one, hence
+    # the import here. Delta goes first: `messages/delta` would otherwise match
+    # `messages/{message_id}`.
+    from . import mail_delta, mail_write
+
     base = "/v1.0/users/{user_id}"
     return [
+        *mail_delta.routes(),
         Route(f"{base}/sendMail", send_mail, methods=["POST"]),
         Route(f"{base}/messages", list_messages, methods=["GET"]),
         Route(f"{base}/messages/{{message_id}}", get_message, methods=["GET"]),
         Route(f"{base}/mailFolders", list_folders, methods=["GET"]),
         Route(f"{base}/mailFolders/{{folder_id}}", get_folder, methods=["GET"]),
+        Route(
+            f"{base}/mailFolders/{{folder_id}}/childFolders", list_child_folders, methods=["GET"]
+        ),
+        Route(
+            f"{base}/mailFolders/{{parent_id}}/childFolders/{{folder_id}}",
+            get_folder,
+            methods=["GET"],
+        ),
         Route(f"{base}/mailFolders/{{folder_id}}/messages", list_folder_messages, methods=["GET"]),
         Route(
             f"{base}/mailFolders/{{folder_id}}/messages/{{message_id}}",
             get_message,
             methods=["GET"],
         ),
+        *mail_write.routes(),
     ]

@@ -1,0 +1,67 @@
+"""Plumbing the contacts, calendar and To Do modules share: the PIM store, bodies, errors.
+
+Admission is the mail face's (`mail.outlook`): token, Exchange's 403
+ErrorAccessDenied, the mailbox named in the path, the per-app-per-mailbox
+request budget and the 4-concurrent limit (learn.microsoft.com/graph/throttling-limits,
+"Outlook service limits" covers mail, calendar, contacts and To Do alike).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from starlette.requests import Request
+
+from ..pim import PIM_DB, PimStore
+from ..web import HTTPFailure, ctx_of
+from .common import fail
+
+PIM_STORE_KEY = "pim"  # SandboxContext.extra key holding the PimStore
+_OPEN = threading.Lock()
+
+
+def pim_of(request: Request) -> PimStore:
+    """The sandbox's PIM store (`state_dir/pim.db`), opened on first use."""
+    ctx = ctx_of(request)
+    with _OPEN:
+        store = ctx.extra.get(PIM_STORE_KEY)
+        if store is None:
+            store = ctx.extra[PIM_STORE_KEY] = PimStore(ctx.state_dir / PIM_DB)
+    assert isinstance(store, PimStore)
+    return store
+
+
+def unknown_property(request: Request, name: str, type_name: str) -> HTTPFailure:
+    # OData's deserialization error for a property the type does not declare (verbatim as
+    # Graph returns it for non-open types, e.g. microsoftgraph/msgraph-sdk-dotnet#1195).
+    return fail(
+        400,
+        "RequestBodyRead",
+        f"The property '{name}' does not exist on type 'microsoft.graph.{type_name}'. Make sure "
+        "to only use property names that are defined by the type or mark the type as open type.",
+        request,
+    )
+
+
+def invalid_value(request: Request, name: str) -> HTTPFailure:
+    # *unverified*: code and wording for a declared property with a value Exchange rejects.
+    return fail(400, "ErrorInvalidRequest", f"Invalid value for property '{name}'.", request)
+
+
+def writable(
+    request: Request, body: dict[str, Any], fields: frozenset[str], type_name: str
+) -> dict[str, Any]:
+    """The body's declared writable properties; an undeclared one is Graph's 400."""
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if key.startswith("@odata."):
+            continue
+        if key not in fields:
+            raise unknown_property(request, key, type_name)
+        out[key] = value
+    return out
+
+
+def etag(change_key: str) -> str:
+    return f'W/"{change_key}"'
