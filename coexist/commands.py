@@ -17,7 +17,6 @@ from coexist import batches
 from coexist import preflight as pf
 from coexist.cutover.flow import cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
-from coexist.engine.retry import RetryPolicy
 from coexist.engine.runner import ItemPlan, Outcome, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.migrate.passes import DataPassStep
@@ -26,10 +25,11 @@ from coexist.permissions import needs
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.provision import (
     plan_targets,
-    prestage_plan,
+    prestage_plans,
     provision_plans,
     target_index,
 )
+from coexist.retry import RetryPolicy
 from coexist.runtime import Session, open_journal, project_dir, session
 from coexist.settings import load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
@@ -399,8 +399,11 @@ def prestage(
                 if not sess.planning:
                     sess.journal.lock_setting("license_sku", sku_id)
             _mark(sess, items, "prestage")
-            convert = [prestage_plan(sess.ctx, i, sku_id, mailbox_timeout_s) for i in items]
-            await sess.runner.run(convert, sess.project.engine.concurrency_per_tenant)
+            rounds = [prestage_plans(sess.ctx, i, sku_id, mailbox_timeout_s) for i in items]
+            limit = sess.project.engine.concurrency_per_tenant
+            await sess.runner.run([licensing for licensing, _ in rounds], limit)
+            stuck = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
+            await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
             ready = {
                 o.subject for o in sess.outcomes if o.status == "failed" or o.status == "waiting"
             }

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from coexist.engine.context import Context, open_sides
-from coexist.engine.retry import RetryPolicy
 from coexist.engine.runner import Outcome, Runner
 from coexist.journal import Journal
+from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
 from coexist.tenants.plan import WriteRecorder
 

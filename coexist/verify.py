@@ -24,10 +24,10 @@ from typing import Any
 
 from coexist.discovery.scope import odata_quote
 from coexist.engine.context import Context
-from coexist.engine.retry import RetryPolicy
 from coexist.errors import CoexistError, InputError
 from coexist.model import Phase, encode_imceaex
 from coexist.provisioning.provision import source_of
+from coexist.retry import RetryPolicy
 
 
 @dataclass

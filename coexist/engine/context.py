@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from coexist.engine.retry import RetryPolicy
+from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantEndpoint
+from coexist.tenants.base import READ_RETRY
 from coexist.tenants.exo import ExoRunner
-from coexist.tenants.graph import READ_RETRY, GraphAdapter
+from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.plan import WriteRecorder
 
 

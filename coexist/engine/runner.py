@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coexist.errors import CoexistError, redact
+from coexist.retry import RetryPolicy
 from coexist.tenants.plan import WriteRecorder, current_step, write_hook
 
-from .retry import RetryPolicy
 from .step import Registry, Step, StepResult, registry
 
 ITEM_COLUMNS = frozenset(

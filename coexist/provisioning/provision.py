@@ -119,21 +119,26 @@ def provision_plans(
     return out, waiting
 
 
-def prestage_plan(
+def prestage_plans(
     ctx: Context, item: dict[str, Any], sku_id: str | None, timeout_s: float
-) -> ItemPlan:
-    """Convert (license) → wait for the mailbox → forward back to the source."""
+) -> tuple[ItemPlan, ItemPlan]:
+    """Two rounds: license; then wait for the mailbox and forward it back to the source.
+
+    The command licenses every user before it waits for any mailbox, so Exchange
+    provisions them all at once instead of one concurrency slot per waiting user.
+    """
     src = source_of(item)
     # A user already cut over keeps a live target: forwarding it back to the source again
     # would undo the cutover (and loop mail under forward-on-source), and its phase stays.
     cut_over = item.get("phase") == Phase.CUTOVER.value
-    steps: list[Any] = []
+    license_steps: list[Any] = []
+    ready_steps: list[Any] = []
     if ctx.project.prestage.convert and sku_id:
         usage = src.usage_location or ctx.project.prestage.usage_location
-        steps.append(LicenseStep(subject=item["key"], sku_id=sku_id, usage_location=usage))
-        steps.append(MailboxReadyStep(subject=item["key"], timeout_s=timeout_s))
+        license_steps.append(LicenseStep(subject=item["key"], sku_id=sku_id, usage_location=usage))
+        ready_steps.append(MailboxReadyStep(subject=item["key"], timeout_s=timeout_s))
         if not cut_over:
-            steps.append(
+            ready_steps.append(
                 TargetForwardStep(
                     subject=item["key"],
                     forward_to=forwarding_address(
@@ -142,4 +147,8 @@ def prestage_plan(
                 )
             )
     phase = None if cut_over else Phase.PRESTAGED.value
-    return ItemPlan("user", item["key"], steps, phase, label=str(item.get("source_address")))
+    label = str(item.get("source_address"))
+    return (
+        ItemPlan("user", item["key"], license_steps, None, label=label),
+        ItemPlan("user", item["key"], ready_steps, phase, label=label),
+    )

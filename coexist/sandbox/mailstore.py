@@ -138,7 +138,7 @@ CREATE TABLE IF NOT EXISTS upload_sessions (
 """
 # Columns added after the first schema (issue 4); `_migrate` adds them to an older mail.db.
 _ADDED_COLUMNS = {
-    "flag_json": "TEXT NOT NULL DEFAULT '{\"flagStatus\": \"notFlagged\"}'",
+    "flag_json": 'TEXT NOT NULL DEFAULT \'{"flagStatus": "notFlagged"}\'',
     "sensitivity": "TEXT NOT NULL DEFAULT 'normal'",
     "props_json": "TEXT NOT NULL DEFAULT '{}'",
     "mseq": "INTEGER NOT NULL DEFAULT 0",
@@ -492,7 +492,8 @@ class MailStore:
         self._clock = int(
             self._db.execute(
                 "SELECT MAX(COALESCE((SELECT MAX(mseq) FROM messages), 0),"
-                " COALESCE((SELECT MAX(cseq) FROM tombstones), 0))"
+                " COALESCE((SELECT MAX(cseq) FROM tombstones), 0),"
+                " COALESCE((SELECT MAX(fseq) FROM folders), 0))"
             ).fetchone()[0]
         )
 
@@ -502,6 +503,10 @@ class MailStore:
             if name not in have:
                 self._db.execute(f"ALTER TABLE messages ADD COLUMN {name} {decl}")
         self._db.execute(_INDEXES_AFTER_MIGRATION)
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(folders)")}
+        if "fseq" not in have:
+            # Folder change number (same clock as messages), for mailFolders delta.
+            self._db.execute("ALTER TABLE folders ADD COLUMN fseq INTEGER NOT NULL DEFAULT 0")
 
     def _tick(self) -> int:
         """The next change number (caller holds the lock)."""
@@ -541,16 +546,17 @@ class MailStore:
             now = iso(utcnow())
             root_id = _entry_id(b"\x01", mailbox)
             rows: list[tuple[Any, ...]] = [
-                (root_id, tenant, mailbox, ROOT, ROOT_DISPLAY, None, 1, now)
+                (root_id, tenant, mailbox, ROOT, ROOT_DISPLAY, None, 1, now, self._tick())
             ]
             rows += [
-                (_entry_id(b"\x01", mailbox), tenant, mailbox, wk, name, root_id, 0, now)
+                (_entry_id(b"\x01", mailbox), tenant, mailbox, wk, name, root_id, 0, now,
+                 self._tick())
                 for wk, name in WELL_KNOWN.items()
-            ]
+            ]  # fmt: skip
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO folders (id, tenant, mailbox, well_known, display_name, parent_id,"
-                " is_hidden, created) VALUES (?,?,?,?,?,?,?,?)",
+                " is_hidden, created, fseq) VALUES (?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             self._db.execute("COMMIT")
@@ -752,9 +758,7 @@ class MailStore:
             "mseq": self._tick(),
         }
         assign = ", ".join(f"{k}=?" for k in sets)
-        self._db.execute(
-            f"UPDATE messages SET {assign} WHERE id=?", (*sets.values(), current.id)
-        )
+        self._db.execute(f"UPDATE messages SET {assign} WHERE id=?", (*sets.values(), current.id))
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM messages WHERE id=?", (sets.get("id", current.id),)
         ).fetchone()
@@ -767,9 +771,7 @@ class MailStore:
             (self._tick(), item.tenant, item.mailbox, item.folder_id, item.id, reason),
         )
 
-    def move_message(
-        self, tenant: str, mailbox: str, item_id: str, folder_id: str
-    ) -> Item | None:
+    def move_message(self, tenant: str, mailbox: str, item_id: str, folder_id: str) -> Item | None:
         """Move an item; like Exchange it gets a NEW id (the old one is a tombstone)."""
         with self._lock:
             current = self.get(tenant, mailbox, item_id)
@@ -829,9 +831,9 @@ class MailStore:
             folder_id = _entry_id(b"\x01", mailbox)
             self._db.execute(
                 "INSERT INTO folders (id, tenant, mailbox, well_known, display_name, parent_id,"
-                " is_hidden, created) VALUES (?,?,?,?,?,?,?,?)",
+                " is_hidden, created, fseq) VALUES (?,?,?,?,?,?,?,?,?)",
                 (folder_id, tenant, mailbox, None, display_name, parent_id, int(is_hidden),
-                 iso(utcnow())),
+                 iso(utcnow()), self._tick()),
             )  # fmt: skip
         found = self.folder(tenant, mailbox, folder_id)
         assert found is not None
@@ -871,6 +873,21 @@ class MailStore:
         merged += [Tombstone(t[0], t[1], t[2], t[3]) for t in tombs]
         merged.sort(key=change_number)
         return merged[:limit], clock, len(merged) > limit
+
+    def folder_changes(
+        self, tenant: str, mailbox: str, parent_id: str, after: int, limit: int
+    ) -> tuple[list[tuple[int, Folder]], int, bool]:
+        """Folders under `parent_id` created after change number `after`: ((fseq, folder)...),
+        clock, more. Folders are never renamed or deleted by the sandbox, so no tombstones."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM folders WHERE tenant=? AND mailbox=? AND parent_id=? AND fseq>?"
+                " ORDER BY fseq LIMIT ?",
+                (tenant, mailbox, parent_id, after, limit + 1),
+            ).fetchall()
+            clock = self._clock
+            found = [(int(r["fseq"]), self._with_counts(r)) for r in rows]
+        return found[:limit], clock, len(found) > limit
 
     # -- attachments -------------------------------------------------------------------------------
     def attachments(self, item_id: str) -> list[Attachment]:

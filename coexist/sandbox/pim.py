@@ -40,7 +40,11 @@ CONTACTS, CALENDAR, TODO = "contacts", "calendar", "todo"
 ITEM_KIND = {CONTACTS: "contact", CALENDAR: "event", TODO: "task"}
 # Default folders: (well-known name, display name). Exchange's English names
 # (resources/contactfolder, resources/calendar, resources/todotasklist "defaultList").
-DEFAULTS = {CONTACTS: ("contacts", "Contacts"), CALENDAR: ("calendar", "Calendar"), TODO: ("defaultList", "Tasks")}
+DEFAULTS = {
+    CONTACTS: ("contacts", "Contacts"),
+    CALENDAR: ("calendar", "Calendar"),
+    TODO: ("defaultList", "Tasks"),
+}
 # Exchange folder classes and item message classes (mailboxFolder.type / mailboxItem.type).
 FOLDER_CLASS = {CONTACTS: "IPF.Contact", CALENDAR: "IPF.Appointment", TODO: "IPF.Task"}
 ITEM_CLASS = {"contact": "IPM.Contact", "event": "IPM.Appointment", "task": "IPM.Task"}
@@ -195,8 +199,17 @@ class PimStore:
                 self._db.execute(
                     "INSERT INTO pim_folders (id, tenant, mailbox, kind, well_known, parent_id,"
                     " display_name, created, change_key) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (new_id(mailbox, b"\x02"), tenant, mailbox, kind, wk, None, name, now,
-                     new_change_key()),
+                    (
+                        new_id(mailbox, b"\x02"),
+                        tenant,
+                        mailbox,
+                        kind,
+                        wk,
+                        None,
+                        name,
+                        now,
+                        new_change_key(),
+                    ),
                 )
 
     def _folder(self, row: sqlite3.Row) -> PimFolder:
@@ -231,7 +244,9 @@ class PimStore:
             ).fetchone()
             return self._folder(row)
 
-    def folder(self, tenant: str, mailbox: str, key: str, kind: str | None = None) -> PimFolder | None:
+    def folder(
+        self, tenant: str, mailbox: str, key: str, kind: str | None = None
+    ) -> PimFolder | None:
         """A folder by id or well-known name (optionally of one kind)."""
         self.ensure(tenant, mailbox)
         with self._lock:
@@ -245,7 +260,7 @@ class PimStore:
             return self._folder(row)
 
     def folders(
-        self, tenant: str, mailbox: str, kind: str | None = None, parent: str | None | bool = False
+        self, tenant: str, mailbox: str, kind: str | None = None, parent: str | bool | None = False
     ) -> list[PimFolder]:
         """Folders of a mailbox (of one kind; under `parent` unless `parent` is False)."""
         self.ensure(tenant, mailbox)
@@ -278,8 +293,18 @@ class PimStore:
             self._db.execute(
                 "INSERT INTO pim_folders (id, tenant, mailbox, kind, well_known, parent_id,"
                 " display_name, props_json, created, change_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (folder_id, tenant, mailbox, kind, None, parent_id, display_name,
-                 json.dumps(props or {}), iso(utcnow()), new_change_key()),
+                (
+                    folder_id,
+                    tenant,
+                    mailbox,
+                    kind,
+                    None,
+                    parent_id,
+                    display_name,
+                    json.dumps(props or {}),
+                    iso(utcnow()),
+                    new_change_key(),
+                ),
             )
         found = self.folder(tenant, mailbox, folder_id)
         assert found is not None
@@ -297,8 +322,12 @@ class PimStore:
             merged = {**json.loads(row["props_json"]), **(props or {})}
             self._db.execute(
                 "UPDATE pim_folders SET display_name=?, props_json=?, change_key=? WHERE id=?",
-                (display_name or row["display_name"], json.dumps(merged), new_change_key(),
-                 folder_id),
+                (
+                    display_name or row["display_name"],
+                    json.dumps(merged),
+                    new_change_key(),
+                    folder_id,
+                ),
             )
 
     def delete_folder(self, folder_id: str) -> None:
@@ -337,8 +366,17 @@ class PimStore:
             self._db.execute(
                 "INSERT INTO pim_items (id, tenant, mailbox, kind, folder_id, props_json, created,"
                 " modified, change_key) VALUES (?,?,?,?,?,?,?,?,?)",
-                (item_id, tenant, mailbox, kind, folder_id, json.dumps(props), created or now,
-                 modified or now, new_change_key()),
+                (
+                    item_id,
+                    tenant,
+                    mailbox,
+                    kind,
+                    folder_id,
+                    json.dumps(props),
+                    created or now,
+                    modified or now,
+                    new_change_key(),
+                ),
             )
         found = self.item(tenant, mailbox, item_id)
         assert found is not None
@@ -387,10 +425,17 @@ class PimStore:
             self._db.execute(
                 "UPDATE pim_items SET props_json=?, modified=?, change_key=?, folder_id=?"
                 " WHERE id=?",
-                (json.dumps(props), iso(utcnow()), new_change_key(),
-                 folder_id or row["folder_id"], item_id),
+                (
+                    json.dumps(props),
+                    iso(utcnow()),
+                    new_change_key(),
+                    folder_id or row["folder_id"],
+                    item_id,
+                ),
             )
-            return _item(self._db.execute("SELECT * FROM pim_items WHERE id=?", (item_id,)).fetchone())
+            return _item(
+                self._db.execute("SELECT * FROM pim_items WHERE id=?", (item_id,)).fetchone()
+            )
 
     def delete_item(self, item_id: str) -> None:
         with self._lock:
@@ -420,7 +465,9 @@ class PimStore:
     def create_session(
         self, tenant: str, mailbox: str, mailbox_id: str, client_id: str, expires: float
     ) -> str:
-        token = base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes).decode().rstrip("=")
+        token = (
+            base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes).decode().rstrip("=")
+        )
         with self._lock:
             self._db.execute(
                 "INSERT INTO import_sessions (token, tenant, mailbox, mailbox_id, client_id,"
@@ -494,7 +541,14 @@ def to_utc(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
 
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 INDEXES = ["first", "second", "third", "fourth", "last"]
-PATTERNS = ("daily", "weekly", "absoluteMonthly", "relativeMonthly", "absoluteYearly", "relativeYearly")
+PATTERNS = (
+    "daily",
+    "weekly",
+    "absoluteMonthly",
+    "relativeMonthly",
+    "absoluteYearly",
+    "relativeYearly",
+)
 RANGES = ("endDate", "noEnd", "numbered")
 MAX_OCCURRENCES = 10_000  # a guard, not an Exchange limit
 
@@ -530,8 +584,11 @@ def _add_months(d: dt.date, months: int) -> tuple[int, int]:
 def _relative_day(year: int, month: int, days: list[str], index: str) -> dt.date | None:
     wanted = {DAYS.index(x.lower()) for x in days}
     last = _cal.monthrange(year, month)[1]
-    matches = [dt.date(year, month, d) for d in range(1, last + 1)
-               if dt.date(year, month, d).weekday() in wanted]
+    matches = [
+        dt.date(year, month, d)
+        for d in range(1, last + 1)
+        if dt.date(year, month, d).weekday() in wanted
+    ]
     if not matches:
         return None
     if index == "last":

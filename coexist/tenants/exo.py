@@ -13,9 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from azure.core.exceptions import ClientAuthenticationError
 
-from coexist.engine.retry import RetryPolicy
 from coexist.errors import (
     AuthenticationError,
     Conflict,
@@ -26,10 +24,9 @@ from coexist.errors import (
     TransientError,
 )
 
-from .auth import EXO_SCOPE, TenantEndpoint, credential, token_claims
-from .graph import READ_RETRY, TRANSIENT_STATUS, parse_retry_after
-from .plan import WriteRecorder, before_write, is_write_cmdlet
-from .throttle import Gate
+from .auth import EXO_SCOPE, TenantEndpoint
+from .base import TRANSIENT_STATUS, Adapter, parse_retry_after
+from .plan import before_write, is_write_cmdlet
 
 # Anchor header the V3 module sends for app-only sessions (FACTS.md).
 ANCHOR = "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@"
@@ -108,64 +105,27 @@ def parse_error(status: int, body: Any, headers: httpx.Headers, *, cmdlet: str) 
     return InvalidRequest(text, **kw)
 
 
-class ExoRunner:
+class ExoRunner(Adapter):
     """Runs Exchange Online cmdlets over REST: `await run(name, **params) -> list[dict]`."""
 
-    def __init__(
-        self,
-        ep: TenantEndpoint,
-        *,
-        label: str = "",
-        page_size: int = MAX_PAGE,
-        timeout: float = 900,
-        concurrency: int = 8,
-        plan: WriteRecorder | None = None,
-        read_retry: RetryPolicy = READ_RETRY,
-    ) -> None:
+    scope = EXO_SCOPE
+    service = "Exchange"
+
+    def __init__(self, ep: TenantEndpoint, *, page_size: int = MAX_PAGE, **kwargs: Any) -> None:
         # 900 s: a cmdlet call times out after 15 minutes server-side (FACTS.md).
-        self.ep = ep
-        self.label = label or ep.tenant_id
+        kwargs.setdefault("timeout", 900.0)
+        super().__init__(ep, **kwargs)
         self.page_size = max(1, min(MAX_PAGE, page_size))
-        self.plan = plan
-        self.read_retry = read_retry
-        self.calls = 0
-        self.writes = 0
-        self._cred = credential(ep)
-        self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
-        self._gate = Gate(concurrency)
-
-    async def close(self) -> None:
-        await self._http.aclose()
-        await self._cred.close()
-
-    async def __aenter__(self) -> ExoRunner:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def _headers(self, cmdlet: str) -> dict[str, str]:
-        try:
-            tok = await self._cred.get_token(EXO_SCOPE)
-        except ClientAuthenticationError as exc:
-            raise AuthenticationError(
-                f"could not get an Exchange token for tenant {self.ep.tenant_id}: {exc.message}",
-                service="identity",
-                next_step="check the client id, secret or certificate, then `coexist preflight`",
-            ) from exc
         return {
-            "Authorization": f"Bearer {tok.token}",
+            "Authorization": f"Bearer {await self.token()}",
             "X-CmdletName": cmdlet,
             "X-ResponseFormat": "json",
             "X-AnchorMailbox": ANCHOR + self.ep.tenant_id,
             "Prefer": f"odata.maxpagesize={self.page_size}",
             "Accept": "application/json",
         }
-
-    async def granted(self) -> dict[str, Any]:
-        """The roles and role ids in this app's Exchange token (see `token_claims`)."""
-        headers = await self._headers("Get-OrganizationConfig")
-        return token_claims(headers["Authorization"].removeprefix("Bearer "))
 
     async def run(self, cmdlet: str, **params: Any) -> list[dict[str, Any]]:
         """Run one cmdlet, following pages; in plan mode a write is recorded, not sent."""
@@ -178,7 +138,7 @@ class ExoRunner:
                 return await self._send(cmdlet, params)
 
         async def read() -> list[dict[str, Any]]:
-            # A read (Get-*) is retried here on a transient failure: see graph.READ_RETRY.
+            # A read (Get-*) is retried here on a transient failure: see base.READ_RETRY.
             async with self._gate.slot():
                 return await self._send(cmdlet, params)
 

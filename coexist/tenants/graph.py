@@ -12,9 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from azure.core.exceptions import ClientAuthenticationError
 
-from coexist.engine.retry import RetryPolicy
 from coexist.errors import (
     AuthenticationError,
     Conflict,
@@ -25,28 +23,9 @@ from coexist.errors import (
     TransientError,
 )
 
-from .auth import GRAPH_SCOPE, TenantEndpoint, credential, token_claims
-from .plan import WriteRecorder, before_write
-from .throttle import Gate
-
-TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-
-# Reads change nothing, so the adapters retry a transient failure (429/503, a dropped
-# connection) of a read themselves, honouring Retry-After: bulk reads outside any step
-# (discovery, the target index, preflight, verify) would otherwise fail the whole
-# command on one throttled page. Writes are retried by the runner, which re-observes
-# first (DESIGN.md), never blindly here.
-READ_RETRY = RetryPolicy()
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (Graph sends whole seconds; the sandbox may send fractions)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+from .auth import GRAPH_SCOPE, TenantEndpoint
+from .base import TRANSIENT_STATUS, Adapter, parse_retry_after
+from .plan import before_write
 
 
 def parse_error(
@@ -82,54 +61,15 @@ def _is_write(method: str, path: str, body: Any) -> bool:
     return True
 
 
-class GraphAdapter:
+class GraphAdapter(Adapter):
     """Raw-JSON Graph access for one tenant (async)."""
 
-    def __init__(
-        self,
-        ep: TenantEndpoint,
-        *,
-        label: str = "",
-        timeout: float = 60.0,
-        concurrency: int = 8,
-        plan: WriteRecorder | None = None,
-        read_retry: RetryPolicy = READ_RETRY,
-    ) -> None:
-        self.ep = ep
-        self.label = label or ep.tenant_id
-        self.plan = plan
-        self.read_retry = read_retry
-        self.calls = 0
-        self.writes = 0
-        self._cred = credential(ep)
-        self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
-        self._gate = Gate(concurrency)
+    scope = GRAPH_SCOPE
+    service = "Graph"
+
+    def __init__(self, ep: TenantEndpoint, **kwargs: Any) -> None:
+        super().__init__(ep, **kwargs)
         self.base = ep.graph_url.rstrip("/")
-
-    async def close(self) -> None:
-        await self._http.aclose()
-        await self._cred.close()
-
-    async def __aenter__(self) -> GraphAdapter:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _token(self) -> str:
-        try:
-            tok = await self._cred.get_token(GRAPH_SCOPE)
-        except ClientAuthenticationError as exc:
-            raise AuthenticationError(
-                f"could not get a Graph token for tenant {self.ep.tenant_id}: {exc.message}",
-                service="identity",
-                next_step="check the client id, secret or certificate, then `coexist preflight`",
-            ) from exc
-        return str(tok.token)
-
-    async def granted(self) -> dict[str, Any]:
-        """The roles and role ids in this app's Graph token (see `token_claims`)."""
-        return token_claims(await self._token())
 
     def url(self, path: str) -> str:
         return path if path.startswith("https://") else f"{self.base}/{path.lstrip('/')}"
@@ -166,7 +106,7 @@ class GraphAdapter:
         json: Any,
         headers: dict[str, str] | None,
     ) -> Any:
-        h = {"Authorization": f"Bearer {await self._token()}", **(headers or {})}
+        h = {"Authorization": f"Bearer {await self.token()}", **(headers or {})}
         self.calls += 1
         try:
             resp = await self._http.request(

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from coexist import commands
 from coexist.cli import main
-from coexist.engine.retry import RetryPolicy
+from coexist.retry import RetryPolicy
 from coexist.sandbox import Sandbox, seed
 from coexist.sandbox.server import profile_settings
 

@@ -16,12 +16,12 @@ from typing import ClassVar
 import pytest
 from tenacity import RetryCallState
 
-from coexist.engine.retry import FAIL_FAST, RetryPolicy
 from coexist.engine.runner import ItemPlan, Outcome, Runner
 from coexist.engine.step import Registry, Step, StepResult
 from coexist.engine.step import registry as global_registry
 from coexist.errors import InvalidRequest, PermissionDenied, TransientError
 from coexist.journal import Journal
+from coexist.retry import FAIL_FAST, RetryPolicy
 from coexist.tenants.plan import WriteRecorder, before_write, current_step
 
 NEXT = "coexist retry --project /p"
@@ -419,9 +419,7 @@ def test_retry_after_throttles_are_bounded_by_time_not_attempts(
     assert tenant.observed == [step.key] * (QUICK.max_attempts + 3)
 
 
-def test_retry_after_throttles_give_up_after_max_wait(
-    journal: Journal, tenant: FakeTenant
-) -> None:
+def test_retry_after_throttles_give_up_after_max_wait(journal: Journal, tenant: FakeTenant) -> None:
     """A step throttled for longer than max_wait_s fails, with the last Retry-After recorded."""
     step = PaintStep("alice")
     short = RetryPolicy(max_attempts=2, max_wait_s=0.05, base_s=0.001, cap_s=0.001)

@@ -12,11 +12,24 @@ so msgraph-sdk's models parse it. Modules:
 - `directory`  /domains, /organization
 - `batch`      /$batch, dispatching inner requests in-process to the routes above
 - `mail`       /users/{id}/sendMail, messages, mailFolders (Outlook resources; the mailstore)
+- `exchange_io` /admin/exchange/mailboxes/{id}: folders, items, delta, exportItems, import
+- `contacts`, `calendar`, `todo`  contacts, calendars/events/instances, To Do (the PIM store)
 """
 
 from starlette.routing import BaseRoute
 
-from . import batch, directory, groups, licensing, mail, users
+from . import (
+    batch,
+    calendar,
+    contacts,
+    directory,
+    exchange_io,
+    groups,
+    licensing,
+    mail,
+    todo,
+    users,
+)
 
 
 def routes() -> list[BaseRoute]:
@@ -26,6 +39,10 @@ def routes() -> list[BaseRoute]:
         *groups.routes(),
         *directory.routes(),
         *mail.routes(),
+        *exchange_io.routes(),
+        *contacts.routes(),
+        *calendar.routes(),
+        *todo.routes(),
     ]
     batch.bind(face)
     return [*batch.routes(), *face]

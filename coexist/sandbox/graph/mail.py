@@ -713,11 +713,12 @@ def routes() -> list[BaseRoute]:
     # Writes, attachments and delta live in their own modules; they import this one, hence
     # the import here. Delta goes first: `messages/delta` would otherwise match
     # `messages/{message_id}`.
-    from . import mail_delta, mail_write
+    from .mail_delta import routes as delta_routes
+    from .mail_write import routes as write_routes
 
     base = "/v1.0/users/{user_id}"
     return [
-        *mail_delta.routes(),
+        *delta_routes(),
         Route(f"{base}/sendMail", send_mail, methods=["POST"]),
         Route(f"{base}/messages", list_messages, methods=["GET"]),
         Route(f"{base}/messages/{{message_id}}", get_message, methods=["GET"]),
@@ -737,5 +738,5 @@ def routes() -> list[BaseRoute]:
             get_message,
             methods=["GET"],
         ),
-        *mail_write.routes(),
+        *write_routes(),
     ]

@@ -1,0 +1,282 @@
+"""Graph To Do: `/users/{id}/todo/lists` and their tasks (learn.microsoft.com/graph/api/
+resources/todotasklist, .../todotask, todo-list-lists, todotasklist-list-tasks,
+todotasklist-post-tasks, todotask-update, todotask-delete).
+
+Every mailbox has the default list ("Tasks", `wellknownListName: defaultList`).
+Dates are dateTimeTimeZone values kept as given. Setting `status` to
+`completed` stamps `completedDateTime` (UTC) when the client does not send one.
+Not modelled: the next occurrence To Do creates when a recurring task is
+completed, linked resources, attachments.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..mailstore import looks_like_id
+from ..model import User
+from ..pim import TODO, PimFolder, PimItem, PimStore, format_local, iso, utcnow
+from . import common, mail
+from .common import GraphJSON, fail
+from .outlook_items import etag, invalid_value, pim_of, writable
+
+# Application permissions (todo-list-lists / todotasklist-post-tasks "Permissions").
+READ = ("Tasks.Read.All", "Tasks.ReadWrite.All")
+WRITE = ("Tasks.ReadWrite.All",)
+
+TASK_FIELDS = frozenset(
+    {
+        "title", "body", "importance", "status", "dueDateTime", "startDateTime",
+        "reminderDateTime", "completedDateTime", "isReminderOn", "recurrence", "categories",
+        "checklistItems",
+    }
+)  # fmt: skip
+LIST_FIELDS = frozenset({"displayName"})
+STATUSES = ("notStarted", "inProgress", "completed", "waitingOnOthers", "deferred")
+IMPORTANCE = ("low", "normal", "high")
+PAGE_DEFAULT = 10
+
+
+def list_json(f: PimFolder) -> dict[str, Any]:
+    """resources/todotasklist."""
+    return {
+        "@odata.etag": etag(f.change_key),
+        "displayName": f.display_name,
+        "isOwner": True,
+        "isShared": False,
+        "wellknownListName": "defaultList" if f.well_known else "none",
+        "id": f.id,
+    }
+
+
+def task_json(item: PimItem) -> dict[str, Any]:
+    """resources/todotask."""
+    p = item.props
+    return {
+        "@odata.etag": etag(item.change_key),
+        "importance": p.get("importance") or "normal",
+        "isReminderOn": bool(p.get("isReminderOn")),
+        "status": p.get("status") or "notStarted",
+        "title": p.get("title") or "",
+        "createdDateTime": item.created,
+        "lastModifiedDateTime": item.modified,
+        "hasAttachments": False,
+        "categories": list(p.get("categories") or []),
+        "id": item.id,
+        "body": p.get("body") or {"content": "", "contentType": "text"},
+        "bodyLastModifiedDateTime": p.get("bodyLastModifiedDateTime") or item.created,
+        "completedDateTime": p.get("completedDateTime"),
+        "dueDateTime": p.get("dueDateTime"),
+        "startDateTime": p.get("startDateTime"),
+        "reminderDateTime": p.get("reminderDateTime"),
+        "recurrence": p.get("recurrence"),
+        "checklistItems": list(p.get("checklistItems") or []),
+    }
+
+
+def _validate(request: Request, props: dict[str, Any]) -> None:
+    if "status" in props and props["status"] not in STATUSES:
+        raise invalid_value(request, "status")
+    if "importance" in props and props["importance"] not in IMPORTANCE:
+        raise invalid_value(request, "importance")
+    for name in ("dueDateTime", "startDateTime", "reminderDateTime", "completedDateTime"):
+        value = props.get(name)
+        if value is not None and not (isinstance(value, dict) and value.get("dateTime")):
+            raise invalid_value(request, name)
+    items = props.get("checklistItems")
+    if items is not None and not isinstance(items, list):
+        raise invalid_value(request, "checklistItems")
+
+
+def _stamp(props: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """Derived fields: completion time, checklist item ids, body modification time."""
+    now = utcnow()
+    if props.get("status") == "completed" and not props.get("completedDateTime"):
+        props["completedDateTime"] = {
+            "dateTime": format_local(now.replace(tzinfo=None)),
+            "timeZone": "UTC",
+        }
+    if props.get("status") != "completed" and (before or {}).get("status") == "completed":
+        props["completedDateTime"] = None
+    if "checklistItems" in props:
+        props["checklistItems"] = [
+            {
+                "displayName": c.get("displayName") or "",
+                "isChecked": bool(c.get("isChecked")),
+                "createdDateTime": c.get("createdDateTime") or iso(now),
+                "checkedDateTime": c.get("checkedDateTime"),
+                "id": c.get("id") or str(uuid.uuid4()),
+            }
+            for c in props["checklistItems"]
+            if isinstance(c, dict)
+        ]
+    if before is None or props.get("body") != before.get("body"):
+        props["bodyLastModifiedDateTime"] = now.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+    return props
+
+
+def _list(request: Request, pim: PimStore, key: str, user: User) -> PimFolder:
+    list_id = request.path_params["list_id"]
+    found = pim.folder(key, user.id, list_id, TODO)
+    if found is None:
+        raise mail.item_not_found(request) if looks_like_id(list_id) else mail.malformed_id(request)
+    return found
+
+
+def _task(request: Request, pim: PimStore, key: str, user: User) -> PimItem:
+    folder = _list(request, pim, key, user)
+    task_id = request.path_params["task_id"]
+    item = pim.item(key, user.id, task_id) if looks_like_id(task_id) else None
+    if item is None or item.kind != "task" or item.folder_id != folder.id:
+        raise mail.item_not_found(request)
+    return item
+
+
+def _page(request: Request, fragment: str, values: list[dict[str, Any]]) -> Response:
+    q = common.query(request)
+    try:
+        top, skip = int(q.get("top", PAGE_DEFAULT)), int(q.get("skip", 0))
+    except ValueError:
+        top = skip = -1
+    if not 1 <= top <= 1000 or skip < 0:
+        raise fail(400, "ErrorInvalidUrlQuery", "Invalid value for '$top' or '$skip'.", request)
+    body: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
+    body["value"] = values[skip : skip + top]
+    if skip + top < len(values):
+        params = [
+            (k, v) for k, v in request.query_params.multi_items() if k.lower().lstrip("$") != "skip"
+        ]
+        params.append(("$skip", str(skip + top)))
+        base = common.base(request).removesuffix("/v1.0")
+        body["@odata.nextLink"] = f"{base}{request.url.path}?{urlencode(params, safe='$')}"
+    return GraphJSON(body)
+
+
+def _entity(request: Request, fragment: str, obj: dict[str, Any], status: int = 200) -> Response:
+    body = {"@odata.context": common.context_url(request, fragment)}
+    body.update(obj)
+    return GraphJSON(body, status_code=status)
+
+
+def _ctx(request: Request) -> str:
+    return f"users('{request.path_params['user_id']}')/todo"
+
+
+async def list_lists(request: Request) -> Response:
+    with mail.outlook(request, READ) as (_p, key, user):
+        values = [list_json(f) for f in pim_of(request).folders(key, user.id, TODO)]
+        return _page(request, f"{_ctx(request)}/lists", values)
+
+
+async def create_list(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        props = writable(request, payload, LIST_FIELDS, "todoTaskList")
+        name = props.get("displayName")
+        if not isinstance(name, str) or not name.strip():
+            raise invalid_value(request, "displayName")
+        created = pim_of(request).create_folder(key, user.id, TODO, name)
+        return _entity(request, f"{_ctx(request)}/lists/$entity", list_json(created), 201)
+
+
+async def get_list(request: Request) -> Response:
+    with mail.outlook(request, READ) as (_p, key, user):
+        found = _list(request, pim_of(request), key, user)
+        return _entity(request, f"{_ctx(request)}/lists/$entity", list_json(found))
+
+
+async def update_list(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        props = writable(request, payload, LIST_FIELDS, "todoTaskList")
+        pim = pim_of(request)
+        found = _list(request, pim, key, user)
+        pim.update_folder(found.id, props.get("displayName"))
+        updated = pim.folder(key, user.id, found.id)
+        assert updated is not None
+        return _entity(request, f"{_ctx(request)}/lists/$entity", list_json(updated))
+
+
+async def delete_list(request: Request) -> Response:
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        pim = pim_of(request)
+        found = _list(request, pim, key, user)
+        if found.well_known is not None:
+            # *unverified*: To Do refuses to delete the default list (code and wording).
+            raise fail(400, "invalidRequest", "The default list cannot be deleted.", request)
+        pim.delete_folder(found.id)
+        return Response(status_code=204)
+
+
+async def list_tasks(request: Request) -> Response:
+    with mail.outlook(request, READ) as (_p, key, user):
+        pim = pim_of(request)
+        folder = _list(request, pim, key, user)
+        values = [task_json(i) for i in pim.items(key, user.id, "task", folder.id)]
+        return _page(request, f"{_ctx(request)}/lists('{folder.id}')/tasks", values)
+
+
+async def create_task(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        props = writable(request, payload, TASK_FIELDS, "todoTask")
+        _validate(request, props)
+        pim = pim_of(request)
+        folder = _list(request, pim, key, user)
+        item = pim.create_item(key, user.id, folder.id, "task", _stamp(props, None))
+        return _entity(
+            request, f"{_ctx(request)}/lists('{folder.id}')/tasks/$entity", task_json(item), 201
+        )
+
+
+async def get_task(request: Request) -> Response:
+    with mail.outlook(request, READ) as (_p, key, user):
+        item = _task(request, pim_of(request), key, user)
+        return _entity(
+            request, f"{_ctx(request)}/lists('{item.folder_id}')/tasks/$entity", task_json(item)
+        )
+
+
+async def update_task(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        patch = writable(request, payload, TASK_FIELDS, "todoTask")
+        _validate(request, patch)
+        pim = pim_of(request)
+        item = _task(request, pim, key, user)
+        props = _stamp({**item.props, **patch}, item.props)
+        updated = pim.update_item(item.id, props)
+        return _entity(
+            request, f"{_ctx(request)}/lists('{item.folder_id}')/tasks/$entity", task_json(updated)
+        )
+
+
+async def delete_task(request: Request) -> Response:
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        pim = pim_of(request)
+        pim.delete_item(_task(request, pim, key, user).id)
+        return Response(status_code=204)
+
+
+def routes() -> list[BaseRoute]:
+    base = "/v1.0/users/{user_id}/todo/lists"
+    one = f"{base}/{{list_id}}"
+    task = f"{one}/tasks/{{task_id}}"
+    return [
+        Route(base, list_lists, methods=["GET"]),
+        Route(base, create_list, methods=["POST"]),
+        Route(one, get_list, methods=["GET"]),
+        Route(one, update_list, methods=["PATCH"]),
+        Route(one, delete_list, methods=["DELETE"]),
+        Route(f"{one}/tasks", list_tasks, methods=["GET"]),
+        Route(f"{one}/tasks", create_task, methods=["POST"]),
+        Route(task, get_task, methods=["GET"]),
+        Route(task, update_task, methods=["PATCH"]),
+        Route(task, delete_task, methods=["DELETE"]),
+    ]
