@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,28 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def _in_session(
+    directory: Path | None,
+    command: str,
+    args: dict[str, Any],
+    *,
+    body: Callable[[Session], Awaitable[dict[str, Any]]],
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    on_outcome: Progress | None = None,
+) -> dict[str, Any]:
+    """Run `body` in one journaled command session (see `coexist.runtime.session`)."""
+
+    async def go() -> dict[str, Any]:
+        async with session(
+            directory, command, args, plan=plan, retry=retry, on_outcome=on_outcome
+        ) as sess:
+            return await body(sess)
+
+    result: dict[str, Any] = asyncio.run(go())
+    return result
+
+
 # -- init / permissions ------------------------------------------------------------------
 def init(directory: Path, *, overrides: dict[str, Any] | None = None, force: bool = False) -> Path:
     """Write a documented project.toml."""
@@ -210,15 +232,13 @@ def discover(
 ) -> dict[str, Any]:
     """Record the mailboxes in scope (rediscover: add new, align changed, never remove)."""
 
-    async def go() -> dict[str, Any]:
-        async with session(
-            directory, "rediscover" if rediscover else "discover", {}, plan=plan
-        ) as sess:
-            report = await discover_users(sess.ctx)
-            return {"plan": plan, **report.to_dict()}
+    async def body(sess: Session) -> dict[str, Any]:
+        report = await discover_users(sess.ctx)
+        return {"plan": plan, **report.to_dict()}
 
-    result: dict[str, Any] = _run(go())
-    return result
+    return _in_session(
+        directory, "rediscover" if rediscover else "discover", {}, plan=plan, body=body
+    )
 
 
 # -- groups ------------------------------------------------------------------------------
@@ -231,44 +251,38 @@ def groups(
 ) -> dict[str, Any]:
     """Copy the selected group kinds to the target, members mapped."""
 
-    async def go() -> dict[str, Any]:
-        async with session(
-            directory, "groups", {}, plan=plan, retry=retry, on_outcome=progress
-        ) as sess:
-            ctx = sess.ctx
-            found = await source_groups(ctx.source, tuple(ctx.project.groups.copy))
-            ctx.cache[COPIED_GROUPS] = {g.id for g in found}
-            index = await target_index(ctx)
-            plans = []
-            for g in found:
-                if not plan:
-                    sess.journal.upsert_item(
-                        "group", g.id, name=g.display_name, source_address=g.primary_smtp
-                    )
-                    set_item(
-                        sess.journal, "group", g.id, group_kind=g.kind, source_group=g.to_dict()
-                    )
-                step = plan_group(g, index, ctx.project.domains.destination_domain)
-                plans.append(
-                    ItemPlan(
-                        "group", g.id, group_steps(g, step), "provisioned", label=g.display_name
-                    )
-                )
-            await sess.runner.run(plans, ctx.project.engine.concurrency_per_tenant)
+    async def body(sess: Session) -> dict[str, Any]:
+        ctx = sess.ctx
+        found = await source_groups(ctx.source, tuple(ctx.project.groups.copy))
+        ctx.cache[COPIED_GROUPS] = {g.id for g in found}
+        index = await target_index(ctx)
+        plans = []
+        for g in found:
             if not plan:
-                # Groups run concurrently, so a group's members step may have run before a
-                # nested group it contains was created in this same run. Every copy exists
-                # now: one more pass over the waiting groups lets one run converge, so a
-                # second `groups` has nothing left to do. Still-waiting groups (members not
-                # provisioned yet) come out unchanged and leave the journal alone.
-                waiting = {o.subject for o in sess.outcomes if o.status == "waiting"}
-                again = [p for p in plans if p.key in waiting]
-                sess.outcomes[:] = [o for o in sess.outcomes if o.subject not in waiting]
-                await sess.runner.run(again, ctx.project.engine.concurrency_per_tenant)
-            return _result(sess, groups=len(found))
+                sess.journal.upsert_item(
+                    "group", g.id, name=g.display_name, source_address=g.primary_smtp
+                )
+                set_item(sess.journal, "group", g.id, group_kind=g.kind, source_group=g.to_dict())
+            step = plan_group(g, index, ctx.project.domains.destination_domain)
+            plans.append(
+                ItemPlan("group", g.id, group_steps(g, step), "provisioned", label=g.display_name)
+            )
+        await sess.runner.run(plans, ctx.project.engine.concurrency_per_tenant)
+        if not plan:
+            # Groups run concurrently, so a group's members step may have run before a
+            # nested group it contains was created in this same run. Every copy exists
+            # now: one more pass over the waiting groups lets one run converge, so a
+            # second `groups` has nothing left to do. Still-waiting groups (members not
+            # provisioned yet) come out unchanged and leave the journal alone.
+            waiting = {o.subject for o in sess.outcomes if o.status == "waiting"}
+            again = [p for p in plans if p.key in waiting]
+            sess.outcomes[:] = [o for o in sess.outcomes if o.subject not in waiting]
+            await sess.runner.run(again, ctx.project.engine.concurrency_per_tenant)
+        return _result(sess, groups=len(found))
 
-    result: dict[str, Any] = _run(go())
-    return result
+    return _in_session(
+        directory, "groups", {}, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
 
 
 # -- provision ---------------------------------------------------------------------------
@@ -283,20 +297,19 @@ def provision(
 ) -> dict[str, Any]:
     """Target MailUsers forwarding to the source, with X500 proxies (match or create)."""
 
-    async def go() -> dict[str, Any]:
-        args = {"batch": str(batch) if batch else None, "users": users}
-        async with session(
-            directory, "provision", args, plan=plan, retry=retry, on_outcome=progress
-        ) as sess:
-            items = _selected(sess, batch=batch, users=users, what="provision")
-            _mark(sess, items, "provision")
-            targets = await plan_targets(sess.ctx, items)
-            plans, waiting = provision_plans(sess.ctx, items, targets)
-            await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
-            return _result(sess, users=len(items), awaiting_confirmation=waiting)
+    args = {"batch": str(batch) if batch else None, "users": users}
 
-    result: dict[str, Any] = _run(go())
-    return result
+    async def body(sess: Session) -> dict[str, Any]:
+        items = _selected(sess, batch=batch, users=users, what="provision")
+        _mark(sess, items, "provision")
+        targets = await plan_targets(sess.ctx, items)
+        plans, waiting = provision_plans(sess.ctx, items, targets)
+        await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+        return _result(sess, users=len(items), awaiting_confirmation=waiting)
+
+    return _in_session(
+        directory, "provision", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
 
 
 def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
@@ -370,66 +383,63 @@ def prestage(
 ) -> dict[str, Any]:
     """Convert and license now, wait for the mailboxes, forward them back, then the data pass."""
 
-    async def go() -> dict[str, Any]:
-        args = {
-            "batch": str(batch) if batch else None,
-            "users": users,
-            "older_than": older_than,
-            "at": at,
-        }
-        async with session(
-            directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress
-        ) as sess:
-            items = _selected(
-                sess, batch=batch, users=users, phase_at_least_=Phase.PROVISIONED, what="prestage"
-            )
-            skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
-            sku_id = _license_sku(sess, skus)
-            if sku_id:
-                need = sum(1 for i in items if not phase_at_least(i.get("phase"), Phase.PRESTAGED))
-                free = _free_seats(skus, sku_id)
-                if need > free:
-                    part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
-                    raise InputError(
-                        f"not enough free {part} licenses: {need} users to convert, {free} free seats",
-                        next_step="free or buy seats, or run prestage for a smaller batch",
-                        needed=need,
-                        free=free,
-                    )
-                if not sess.planning:
-                    sess.journal.lock_setting("license_sku", sku_id)
-            _mark(sess, items, "prestage")
-            rounds = [prestage_plans(sess.ctx, i, sku_id, mailbox_timeout_s) for i in items]
-            limit = sess.project.engine.concurrency_per_tenant
-            await sess.runner.run([licensing for licensing, _ in rounds], limit)
-            stuck = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
-            await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
-            ready = {
-                o.subject for o in sess.outcomes if o.status == "failed" or o.status == "waiting"
-            }
-            window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
-            if at:
-                await _wait_until(at)
-            passes = [
-                ItemPlan(
-                    "user",
-                    i["key"],
-                    [
-                        DataPassStep(
-                            subject=i["key"], kind="prestage", older_than_s=window.total_seconds()
-                        )
-                    ],
-                    None,
-                    label=str(i.get("source_address")),
-                )
-                for i in items
-                if i["key"] not in ready
-            ]
-            await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
-            return _result(sess, users=len(items))
+    args = {
+        "batch": str(batch) if batch else None,
+        "users": users,
+        "older_than": older_than,
+        "at": at,
+    }
 
-    result: dict[str, Any] = _run(go())
-    return result
+    async def body(sess: Session) -> dict[str, Any]:
+        items = _selected(
+            sess, batch=batch, users=users, phase_at_least_=Phase.PROVISIONED, what="prestage"
+        )
+        skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
+        sku_id = _license_sku(sess, skus)
+        if sku_id:
+            need = sum(1 for i in items if not phase_at_least(i.get("phase"), Phase.PRESTAGED))
+            free = _free_seats(skus, sku_id)
+            if need > free:
+                part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
+                raise InputError(
+                    f"not enough free {part} licenses: {need} users to convert, {free} free seats",
+                    next_step="free or buy seats, or run prestage for a smaller batch",
+                    needed=need,
+                    free=free,
+                )
+            if not sess.planning:
+                sess.journal.lock_setting("license_sku", sku_id)
+        _mark(sess, items, "prestage")
+        rounds = [prestage_plans(sess.ctx, i, sku_id, mailbox_timeout_s) for i in items]
+        limit = sess.project.engine.concurrency_per_tenant
+        await sess.runner.run([licensing for licensing, _ in rounds], limit)
+        stuck = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
+        await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
+        ready = {o.subject for o in sess.outcomes if o.status == "failed" or o.status == "waiting"}
+        window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
+        if at:
+            await _wait_until(at)
+        passes = [
+            ItemPlan(
+                "user",
+                i["key"],
+                [
+                    DataPassStep(
+                        subject=i["key"], kind="prestage", older_than_s=window.total_seconds()
+                    )
+                ],
+                None,
+                label=str(i.get("source_address")),
+            )
+            for i in items
+            if i["key"] not in ready
+        ]
+        await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
+        return _result(sess, users=len(items))
+
+    return _in_session(
+        directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
 
 
 async def _wait_until(at: str) -> None:
@@ -456,41 +466,40 @@ def cutover(
 ) -> dict[str, Any]:
     """The final delta pass, then the post-migration mode (forward / leave / rename)."""
 
-    async def go() -> dict[str, Any]:
-        args = {"batch": str(batch) if batch else None, "users": users}
-        async with session(
-            directory, "cutover", args, plan=plan, retry=retry, on_outcome=progress
-        ) as sess:
-            items = _selected(
-                sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
-            )
-            _mark(sess, items, "cutover")
-            passes = [
-                ItemPlan(
-                    "user",
-                    i["key"],
-                    [DataPassStep(subject=i["key"], kind="cutover")],
-                    None,
-                    label=str(i.get("source_address")),
-                )
-                for i in items
-            ]
-            await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
-            # With a mover configured, a user whose final pass did not succeed is not cut
-            # over. With mover "none" the pass state stays visible and cutover proceeds:
-            # the operator chose to move data by other means.
-            blocked = set()
-            if sess.project.migration.mover != "none":
-                blocked = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
-            routing_domain = await _initial_domain(sess)
-            plans = [
-                cutover_plan(sess.ctx, i, routing_domain) for i in items if i["key"] not in blocked
-            ]
-            await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
-            return _result(sess, users=len(items), mode=sess.project.cutover.mode)
+    args = {"batch": str(batch) if batch else None, "users": users}
 
-    result: dict[str, Any] = _run(go())
-    return result
+    async def body(sess: Session) -> dict[str, Any]:
+        items = _selected(
+            sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
+        )
+        _mark(sess, items, "cutover")
+        passes = [
+            ItemPlan(
+                "user",
+                i["key"],
+                [DataPassStep(subject=i["key"], kind="cutover")],
+                None,
+                label=str(i.get("source_address")),
+            )
+            for i in items
+        ]
+        await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
+        # With a mover configured, a user whose final pass did not succeed is not cut
+        # over. With mover "none" the pass state stays visible and cutover proceeds:
+        # the operator chose to move data by other means.
+        blocked = set()
+        if sess.project.migration.mover != "none":
+            blocked = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
+        routing_domain = await _initial_domain(sess)
+        plans = [
+            cutover_plan(sess.ctx, i, routing_domain) for i in items if i["key"] not in blocked
+        ]
+        await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+        return _result(sess, users=len(items), mode=sess.project.cutover.mode)
+
+    return _in_session(
+        directory, "cutover", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
 
 
 async def _initial_domain(sess: Session) -> str:
@@ -512,22 +521,21 @@ def rollback(
 ) -> dict[str, Any]:
     """Undo a cutover from the before-state it recorded."""
 
-    async def go() -> dict[str, Any]:
-        args = {"batch": str(batch) if batch else None, "users": users}
-        async with session(
-            directory, "rollback", args, plan=plan, retry=retry, on_outcome=progress
-        ) as sess:
-            items = _selected(sess, batch=batch, users=users, what="rollback")
-            items = [
-                i for i in items if i.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
-            ]
-            _mark(sess, items, "rollback")
-            plans = [rollback_plan(sess.ctx, i) for i in items]
-            await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
-            return _result(sess, users=len(items))
+    args = {"batch": str(batch) if batch else None, "users": users}
 
-    result: dict[str, Any] = _run(go())
-    return result
+    async def body(sess: Session) -> dict[str, Any]:
+        items = _selected(sess, batch=batch, users=users, what="rollback")
+        items = [
+            i for i in items if i.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
+        ]
+        _mark(sess, items, "rollback")
+        plans = [rollback_plan(sess.ctx, i) for i in items]
+        await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+        return _result(sess, users=len(items))
+
+    return _in_session(
+        directory, "rollback", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
 
 
 # -- retry -------------------------------------------------------------------------------
@@ -663,32 +671,30 @@ def preflight_checks(
 ) -> dict[str, Any]:
     """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts."""
 
-    async def go() -> dict[str, Any]:
-        async with session(directory, "preflight", {}, plan=True) as sess:
-            ctx = sess.ctx
-            checks = await pf.check_permissions(
-                ctx, ["discover", "provision", "groups", "prestage", "cutover"]
-            )
-            if any(c.name.endswith("sign-in") and c.status == "fail" for c in checks):
-                # Every later check reads a tenant: without a token it would only stop the
-                # command with the same sign-in error instead of this table.
-                return {"ok": False, "checks": [c.to_dict() for c in checks], "users": 0}
-            checks += await pf.check_scope(ctx)
-            checks += await pf.check_domains(ctx)
-            checks += await pf.check_forwarding(ctx)
-            items = sess.journal.items(kind="user")
-            chosen = _selected(sess, batch=batch, users=users, what="preflight") if items else []
-            checks += await pf.check_licenses(ctx, chosen)
-            checks += pf.check_usage_location(ctx, chosen)
-            checks += pf.check_conflicts(await target_index(ctx), ctx, chosen)
-            return {
-                "ok": all(c.status != "fail" for c in checks),
-                "checks": [c.to_dict() for c in checks],
-                "users": len(chosen),
-            }
+    async def body(sess: Session) -> dict[str, Any]:
+        ctx = sess.ctx
+        checks = await pf.check_permissions(
+            ctx, ["discover", "provision", "groups", "prestage", "cutover"]
+        )
+        if any(c.name.endswith("sign-in") and c.status == "fail" for c in checks):
+            # Every later check reads a tenant: without a token it would only stop the
+            # command with the same sign-in error instead of this table.
+            return {"ok": False, "checks": [c.to_dict() for c in checks], "users": 0}
+        checks += await pf.check_scope(ctx)
+        checks += await pf.check_domains(ctx)
+        checks += await pf.check_forwarding(ctx)
+        items = sess.journal.items(kind="user")
+        chosen = _selected(sess, batch=batch, users=users, what="preflight") if items else []
+        checks += await pf.check_licenses(ctx, chosen)
+        checks += pf.check_usage_location(ctx, chosen)
+        checks += pf.check_conflicts(await target_index(ctx), ctx, chosen)
+        return {
+            "ok": all(c.status != "fail" for c in checks),
+            "checks": [c.to_dict() for c in checks],
+            "users": len(chosen),
+        }
 
-    result: dict[str, Any] = _run(go())
-    return result
+    return _in_session(directory, "preflight", {}, plan=True, body=body)
 
 
 def verify_mailflow(
@@ -700,15 +706,13 @@ def verify_mailflow(
 ) -> dict[str, Any]:
     """Send probes to each user's addresses and report where each one landed."""
 
-    async def go() -> dict[str, Any]:
-        async with session(directory, "verify-mailflow", {}, plan=False) as sess:
-            items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
-            sender = sess.project.verify.service_mailbox or ""
-            probes = await verify(sess.ctx, items, sender, wait_s=wait_s, retry=sess.runner.retry)
-            return {"ok": all(p.ok for p in probes), "probes": [p.to_dict() for p in probes]}
+    async def body(sess: Session) -> dict[str, Any]:
+        items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
+        sender = sess.project.verify.service_mailbox or ""
+        probes = await verify(sess.ctx, items, sender, wait_s=wait_s, retry=sess.runner.retry)
+        return {"ok": all(p.ok for p in probes), "probes": [p.to_dict() for p in probes]}
 
-    result: dict[str, Any] = _run(go())
-    return result
+    return _in_session(directory, "verify-mailflow", {}, plan=False, body=body)
 
 
 # -- demo --------------------------------------------------------------------------------
