@@ -763,7 +763,10 @@ def demo(
 
     base = (directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve()
     state = base / "sandbox"
-    project = base / "project"
+    # The project lives in DIR itself and the sandbox state in DIR/sandbox, so
+    # `coexist status --project DIR` and `coexist sandbox deliver --state DIR/sandbox`
+    # work after the demo.
+    project = base
     say(f"starting the sandbox tenants ({users} users, profile {profile}) in {state}")
     with Sandbox(state, seed=seed, users=users, profile=profile) as sb:
         with sb.world.lock:
