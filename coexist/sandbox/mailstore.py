@@ -162,13 +162,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+ID_PREFIX = b"\x00\x03\x24\x00"
+
+
 def _entry_id(kind: bytes, mailbox: str) -> str:
     """An Exchange-looking id: `AAMkA` + mailbox guid + kind marker + random bytes, base64url."""
     try:
         mbx = uuid.UUID(mailbox).bytes
     except ValueError:
         mbx = hashlib.md5(mailbox.encode()).digest()  # an id, not security
-    raw = b"\x00\x03\x24\x00" + mbx + kind + uuid.uuid4().bytes
+    raw = ID_PREFIX + mbx + kind + uuid.uuid4().bytes
     return base64.urlsafe_b64encode(raw).decode()
 
 

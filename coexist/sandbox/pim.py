@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import calendar as _cal
 import datetime as dt
-import hashlib
 import json
 import sqlite3
 import threading
@@ -32,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .mailstore import _entry_id, iso, utcnow
 
 PIM_DB = "pim.db"
 
@@ -91,26 +92,12 @@ CREATE TABLE IF NOT EXISTS import_sessions (
 );
 """
 
-ID_PREFIX = b"\x00\x03\x24\x00"
 OCCURRENCE_MARK = b"\x07"
-
-
-def iso(t: dt.datetime) -> str:
-    """Graph's UTC DateTimeOffset form (whole seconds, 'Z')."""
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def new_id(mailbox: str, kind: bytes) -> str:
     """An Exchange-looking opaque id (same family as the mailstore's, so `looks_like_id` holds)."""
-    try:
-        mbx = uuid.UUID(mailbox).bytes
-    except ValueError:
-        mbx = hashlib.md5(mailbox.encode()).digest()  # an id, not security
-    return base64.urlsafe_b64encode(ID_PREFIX + mbx + kind + uuid.uuid4().bytes).decode()
+    return _entry_id(kind, mailbox)
 
 
 def new_change_key() -> str:

@@ -31,18 +31,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..mailstore import looks_like_id
+from ..mailstore import ID_PREFIX, iso, looks_like_id
 from ..model import User
 from ..pim import (
     CALENDAR,
-    ID_PREFIX,
     OCCURRENCE_MARK,
     PimFolder,
     PimItem,
     PimStore,
     RecurrenceError,
     format_local,
-    iso,
     occurrence_dates,
     parse_local,
     to_utc,

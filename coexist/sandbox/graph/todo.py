@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..mailstore import looks_like_id
+from ..mailstore import iso, looks_like_id, utcnow
 from ..model import User
-from ..pim import TODO, PimFolder, PimItem, PimStore, format_local, iso, utcnow
+from ..pim import TODO, PimFolder, PimItem, PimStore, format_local
 from . import common, mail
 from .common import GraphJSON, fail
 from .outlook_items import etag, invalid_value, pim_of, writable
