@@ -12,6 +12,14 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from coexist import commands
@@ -34,15 +42,45 @@ def _fail(exc: CoexistError, as_json: bool) -> None:
     sys.exit(2)
 
 
-def _progress(as_json: bool) -> Callable[[Outcome], None]:
-    def show(o: Outcome) -> None:
-        if as_json or (o.status == "ok" and not o.changed):
+class LiveProgress:
+    """Live progress on stderr: a line per changed/failed/waiting step, and a bar of items."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __call__(self, o: Outcome) -> None:
+        if self.quiet or (o.status == "ok" and not o.changed):
             return
         style = STATUS_STYLE.get(o.status, "white")
-        text = o.error or o.detail
-        err.print(f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.subject}  {escape(text)}")
+        text = escape(o.error or o.detail)
+        line = f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.subject}  {text}"
+        (self._bar.console if self._bar else err).print(line)
 
-    return show
+    def advance(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self._bar is None:
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("items", total=total)
+        assert self._task is not None
+        self._bar.update(self._task, completed=done, total=total)
+        if done >= total:
+            self._bar.stop()
+            self._bar = None
+
+
+def _progress(as_json: bool) -> LiveProgress:
+    return LiveProgress(quiet=as_json)
 
 
 def handles_errors(fn: Callable[..., None]) -> Callable[..., None]:

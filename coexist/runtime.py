@@ -116,6 +116,8 @@ async def session(
                 next_step=f"coexist retry --project {project.directory}",
                 plan=recorder,
                 on_outcome=record,
+                # A progress sink may also count finished items (the CLI's live bar does).
+                on_advance=getattr(on_outcome, "advance", None),
             )
             sess = Session(project, journal, ctx, runner, recorder, outcomes)
             yield sess

@@ -101,6 +101,7 @@ class Runner:
     plan: WriteRecorder | None = None
     steps: Registry[Step] = field(default_factory=lambda: registry)
     on_outcome: Callable[[Outcome], None] = lambda _o: None
+    on_advance: Callable[[int, int], None] | None = None  # (items done, items in this run)
 
     @property
     def planning(self) -> bool:
@@ -283,10 +284,15 @@ class Runner:
         """Run every item's steps; at most `concurrency` items at once."""
         slots = asyncio.Semaphore(max(1, concurrency))
         results: list[list[Outcome]] = [[] for _ in items]
+        done = 0
 
         async def one(i: int, item: ItemPlan) -> None:
+            nonlocal done
             async with slots:
                 results[i] = await self.run_item(item)
+            done += 1
+            if self.on_advance is not None:
+                self.on_advance(done, len(items))
 
         await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
         return [o for r in results for o in r]
