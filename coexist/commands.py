@@ -612,6 +612,8 @@ def status(
                     "in_scope": detail.get("in_scope", True),
                 }
             )
+            if user:  # one user: the last reconciliation of source and target folders too
+                rows[-1]["reconciliation"] = detail.get("reconciliation")
         group_rows = [
             {
                 "group": g.get("name"),

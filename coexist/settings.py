@@ -339,8 +339,62 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "none",
         "none: no mail is copied; each data pass shows `no data mover configured` for the "
-        "user, never success. graph: Microsoft Graph import/export.",
-        choices=("none", "graph"),
+        "user, never success. graph-import-export: full fidelity over Microsoft Graph's "
+        "mailbox import/export API (needs MailboxItem.ImportExport.All and "
+        "MailboxFolder.ReadWrite.All in both tenants).",
+        choices=("none", "graph-import-export"),
+    ),
+    Setting(
+        "migration.folder_rules",
+        "list",
+        [],
+        'Folder renames, applied in order to each source folder path ("Inbox/Projects"): '
+        'entries "regex->replacement", e.g. "^INBOX/->" moves Inbox subfolders to the top. '
+        "Python regex syntax; the first rule that matches wins.",
+    ),
+    Setting(
+        "migration.include_folders",
+        "list",
+        [],
+        "Regexes over source folder paths; when given, only matching folders are moved.",
+    ),
+    Setting(
+        "migration.exclude_folders",
+        "list",
+        [],
+        "Regexes over source folder paths; matching folders (and their items) are not moved.",
+    ),
+    Setting(
+        "migration.max_item_mb",
+        "int",
+        150,
+        "Items larger than this are skipped and reported (Exchange Online's largest message "
+        "is 150 MB).",
+        minimum=1,
+    ),
+    Setting(
+        "migration.encrypted",
+        "str",
+        "skip",
+        "skip: S/MIME and IRM-protected items are skipped and reported (they cannot be read "
+        "in the target without the keys). copy: moved like any other item.",
+        choices=("skip", "copy"),
+    ),
+    Setting(
+        "migration.deletions",
+        "str",
+        "keep",
+        "keep: items deleted at the source after they were copied stay in the target and are "
+        "reported. mirror: they are deleted in the target too.",
+        choices=("keep", "mirror"),
+    ),
+    Setting(
+        "migration.reconcile_tolerance",
+        "int",
+        0,
+        "Items per mailbox by which target and source may differ (beyond reported skips) "
+        "before cutover waits for the operator.",
+        minimum=0,
     ),
     Setting(
         "engine.concurrency_per_tenant",
@@ -801,6 +855,13 @@ class Cutover(_Section):
 @dataclass(frozen=True, repr=False)
 class Migration(_Section):
     mover: str
+    folder_rules: list[str]
+    include_folders: list[str]
+    exclude_folders: list[str]
+    max_item_mb: int
+    encrypted: str
+    deletions: str
+    reconcile_tolerance: int
 
 
 @dataclass(frozen=True, repr=False)

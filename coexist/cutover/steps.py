@@ -24,7 +24,13 @@ from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
 from coexist.model import EXCHANGE_NAME_MAX
 from coexist.provisioning.convert import target_id
-from coexist.provisioning.exchange import bare, find_one, forwarding_state, object_id
+from coexist.provisioning.exchange import (
+    bare,
+    find_one,
+    forwarding_state,
+    object_id,
+    smtp_forward,
+)
 from coexist.tenants.exo import hashtable
 
 
@@ -49,26 +55,14 @@ class SourceForwardExecutor:
     async def apply(
         self, ctx: Context, step: SourceForwardStep, observed: dict[str, Any] | None
     ) -> StepResult:
-        before = forwarding_state(observed)
-        if (
-            bare(before["ForwardingSmtpAddress"]) == step.forward_to.lower()
-            and not before["DeliverToMailboxAndForward"]
-            and not before["ForwardingAddress"]
-        ):
-            return StepResult(False, before, before, "source already forwards to the target")
-        await ctx.source.exo.run(
-            "Set-Mailbox",
-            Identity=step.subject,
-            ForwardingSmtpAddress=step.forward_to,
-            ForwardingAddress=None,
-            DeliverToMailboxAndForward=False,
+        return await smtp_forward(
+            ctx.source.exo,
+            step.subject,
+            observed,
+            step.forward_to,
+            unchanged="source already forwards to the target",
+            changed=f"source forwards to {step.forward_to}",
         )
-        after = {
-            "ForwardingSmtpAddress": f"smtp:{step.forward_to}",
-            "ForwardingAddress": None,
-            "DeliverToMailboxAndForward": False,
-        }
-        return StepResult(True, before, after, f"source forwards to {step.forward_to}")
 
 
 @dataclass(frozen=True)
@@ -86,22 +80,14 @@ class ClearTargetForwardExecutor:
     async def apply(
         self, ctx: Context, step: ClearTargetForwardStep, observed: dict[str, Any] | None
     ) -> StepResult:
-        before = forwarding_state(observed)
-        if not before["ForwardingSmtpAddress"] and not before["ForwardingAddress"]:
-            return StepResult(False, before, before, "target mailbox has no forward")
-        await ctx.target.exo.run(
-            "Set-Mailbox",
-            Identity=object_id(observed) if observed else target_id(ctx, step.subject),
-            ForwardingSmtpAddress=None,
-            ForwardingAddress=None,
-            DeliverToMailboxAndForward=False,
+        return await smtp_forward(
+            ctx.target.exo,
+            object_id(observed) if observed else target_id(ctx, step.subject),
+            observed,
+            None,
+            unchanged="target mailbox has no forward",
+            changed="target forward removed",
         )
-        after = {
-            "ForwardingSmtpAddress": None,
-            "ForwardingAddress": None,
-            "DeliverToMailboxAndForward": False,
-        }
-        return StepResult(True, before, after, "target forward removed")
 
 
 def renamed(prefix: str, text: str) -> str:

@@ -209,6 +209,34 @@ folder_state = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# One row per source item of a mailbox the movers have seen (`migrate.fidelity`). Status:
+# pending (seen, not copied yet: outside the pass window or not reached), importing (an import
+# was sent; a crash here is resolved from the target folder), copied, changed (copied; the
+# source changed since), gone (copied; no longer at the source), skipped (never copied: reason).
+ITEM_MAP_STATUSES = frozenset({"pending", "importing", "copied", "changed", "gone", "skipped"})
+
+item_map = sa.Table(
+    "item_map",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item_key", sa.String(200), nullable=False),
+    sa.Column("source_folder_id", sa.String(400), nullable=False),
+    sa.Column("source_item_id", sa.String(400), nullable=False),
+    sa.Column("source_change_key", sa.String(200)),
+    sa.Column("source_created", sa.String(40)),
+    sa.Column("target_folder_id", sa.String(400)),
+    sa.Column("target_item_id", sa.String(400)),
+    sa.Column("target_change_key", sa.String(200)),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("kind", sa.String(40)),
+    sa.Column("subject", sa.Text),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("item_key", "source_item_id"),
+    sa.Index("ix_item_map_item_key_source_folder_id", "item_key", "source_folder_id"),
+)
+
 events = sa.Table(
     "events",
     metadata,
@@ -231,7 +259,7 @@ settings = sa.Table(
 
 # The tables that hold the *state* a re-run must leave unchanged, and the append-only logs
 # every run adds to (see `Journal.snapshot`).
-STATE_TABLES: tuple[sa.Table, ...] = (items, steps, folder_state, settings)
+STATE_TABLES: tuple[sa.Table, ...] = (items, steps, folder_state, item_map, settings)
 LOG_TABLES: tuple[sa.Table, ...] = (runs, passes, step_history, events)
 
 # Columns that differ between two identical runs: surrogate ids, run ids, clocks, counters.

@@ -76,6 +76,7 @@ _SNAPSHOT_ORDER = {
     "items": ("kind", "key"),
     "steps": ("key",),
     "folder_state": ("item_key", "folder_id", "kind"),
+    "item_map": ("item_key", "source_item_id"),
     "settings": ("key",),
 }
 
@@ -497,6 +498,108 @@ class Journal:
             stmt = stmt.where(schema.folder_state.c.item_key == item_key)
         return self._all(stmt)
 
+    # -- item map (source item -> target item) ---------------------------------------------
+
+    def map_item(self, item_key: str, source_item_id: str, **fields: Any) -> None:
+        """Create or update one source item's row (see `schema.item_map`)."""
+        self.map_items(item_key, [{"source_item_id": source_item_id, **fields}])
+
+    def map_items(self, item_key: str, rows: list[Mapping[str, Any]]) -> None:
+        """Upsert many rows in one transaction (a delta page is recorded all or nothing).
+
+        Each row names `source_item_id` and the columns to set; columns not named are left
+        as they are on an existing row.
+        """
+        if not rows:
+            return
+        now = utcnow()
+        with self._write() as conn:
+            for row in rows:
+                fields = {k: v for k, v in row.items() if k != "source_item_id"}
+                _check_map_fields(fields)
+                values = {**fields, "updated_at": now}
+                if "source_folder_id" not in fields:  # an update of a known row
+                    conn.execute(
+                        schema.item_map.update()
+                        .where(
+                            schema.item_map.c.item_key == item_key,
+                            schema.item_map.c.source_item_id == row["source_item_id"],
+                        )
+                        .values(**values)
+                    )
+                    continue
+                stmt = _insert(conn, schema.item_map).values(
+                    item_key=item_key, source_item_id=row["source_item_id"], **values
+                )
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["item_key", "source_item_id"], set_=values
+                    )
+                )
+
+    def unmap_item(self, item_key: str, source_item_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                schema.item_map.delete().where(
+                    schema.item_map.c.item_key == item_key,
+                    schema.item_map.c.source_item_id == source_item_id,
+                )
+            )
+
+    def mapped(self, item_key: str, source_item_id: str) -> dict[str, Any] | None:
+        return self._one(
+            sa.select(schema.item_map).where(
+                schema.item_map.c.item_key == item_key,
+                schema.item_map.c.source_item_id == source_item_id,
+            )
+        )
+
+    def mapped_items(
+        self,
+        item_key: str,
+        *,
+        folder_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows of one mailbox, optionally of one source folder / status, in insertion order."""
+        stmt = (
+            sa.select(schema.item_map)
+            .where(schema.item_map.c.item_key == item_key)
+            .order_by(schema.item_map.c.id)
+        )
+        if folder_id is not None:
+            stmt = stmt.where(schema.item_map.c.source_folder_id == folder_id)
+        if status is not None:
+            stmt = stmt.where(schema.item_map.c.status == status)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return self._all(stmt)
+
+    def skipped_items(self, item_key: str) -> list[dict[str, Any]]:
+        return self.mapped_items(item_key, status="skipped")
+
+    def item_map_counts(self, item_key: str) -> dict[str, dict[str, int]]:
+        """Per source folder: rows per status and `bytes` copied (target-side bytes)."""
+        t = schema.item_map
+        stmt = (
+            sa.select(
+                t.c.source_folder_id,
+                t.c.status,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(t.c.size), 0),
+            )
+            .where(t.c.item_key == item_key)
+            .group_by(t.c.source_folder_id, t.c.status)
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for folder, status, count, size in conn.execute(stmt):
+                per = out.setdefault(folder, {})
+                per[status] = int(count)
+                per[f"{status}_bytes"] = int(size)
+        return out
+
     # -- settings --------------------------------------------------------------------------
 
     def get_setting(self, key: str) -> Any:
@@ -549,6 +652,22 @@ class Journal:
                 stmt = sa.select(*cols).order_by(*order)
                 out[table.name] = [row_dict(r) for r in conn.execute(stmt)]
         return out
+
+
+_MAP_FIELDS = frozenset(
+    c.name for c in schema.item_map.c if c.name not in {"id", "item_key", "updated_at"}
+)
+
+
+def _check_map_fields(fields: Mapping[str, Any]) -> None:
+    unknown = set(fields) - _MAP_FIELDS
+    if unknown:
+        raise TypeError(f"unknown item_map fields {sorted(unknown)}")
+    status = fields.get("status")
+    if status is not None and status not in schema.ITEM_MAP_STATUSES:
+        raise ValueError(
+            f"item_map status {status!r}: expected one of {sorted(schema.ITEM_MAP_STATUSES)}"
+        )
 
 
 def _check_item(kind: str, fields: Mapping[str, Any]) -> None:

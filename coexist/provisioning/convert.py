@@ -18,7 +18,7 @@ from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import InputError, NotFound, TransientError
 
-from .exchange import bare, find_one, forwarding_state, is_mailbox, object_id
+from .exchange import find_one, is_mailbox, object_id, smtp_forward
 
 
 def target_id(ctx: Context, subject: str) -> str:
@@ -168,25 +168,11 @@ class TargetForwardExecutor:
     async def apply(
         self, ctx: Context, step: TargetForwardStep, observed: dict[str, Any] | None
     ) -> StepResult:
-        before = forwarding_state(observed)
-        want = {
-            "ForwardingSmtpAddress": f"smtp:{step.forward_to}",
-            "DeliverToMailboxAndForward": False,
-        }
-        ok = (
-            bare(before["ForwardingSmtpAddress"]) == step.forward_to.lower()
-            and not before["DeliverToMailboxAndForward"]
-            and not before["ForwardingAddress"]
+        return await smtp_forward(
+            ctx.target.exo,
+            object_id(observed) if observed else target_id(ctx, step.subject),
+            observed,
+            step.forward_to,
+            unchanged="already forwarding to the source",
+            changed=f"forwarding to {step.forward_to}",
         )
-        if ok:
-            return StepResult(False, before, before, "already forwarding to the source")
-        ident = object_id(observed) if observed else target_id(ctx, step.subject)
-        await ctx.target.exo.run(
-            "Set-Mailbox",
-            Identity=ident,
-            ForwardingSmtpAddress=step.forward_to,
-            ForwardingAddress=None,
-            DeliverToMailboxAndForward=False,
-        )
-        after = {**want, "ForwardingAddress": None}
-        return StepResult(True, before, after, f"forwarding to {step.forward_to}")

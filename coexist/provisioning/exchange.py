@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from coexist.engine.step import StepResult
 from coexist.errors import NotFound
 
 MAILBOX_KINDS = ("UserMailbox", "SharedMailbox", "RoomMailbox", "EquipmentMailbox")
@@ -53,3 +54,40 @@ def forwarding_state(obj: dict[str, Any] | None) -> dict[str, Any]:
         "ForwardingAddress": obj.get("ForwardingAddress"),
         "DeliverToMailboxAndForward": bool(obj.get("DeliverToMailboxAndForward")),
     }
+
+
+async def smtp_forward(
+    exo: CmdletRunner,
+    identity: str,
+    observed: dict[str, Any] | None,
+    forward_to: str | None,
+    *,
+    unchanged: str,
+    changed: str,
+) -> StepResult:
+    """Make a mailbox forward to `forward_to` (None: forward nowhere), keeping no copy.
+
+    DeliverToMailboxAndForward stays false: a kept copy would be moved again by the
+    next delta pass (FACTS.md). Returns the StepResult for the calling step.
+    """
+    before = forwarding_state(observed)
+    want = bare(forward_to)
+    if (
+        bare(before["ForwardingSmtpAddress"]) == want
+        and not before["ForwardingAddress"]
+        and not before["DeliverToMailboxAndForward"]
+    ):
+        return StepResult(False, before, before, unchanged)
+    await exo.run(
+        "Set-Mailbox",
+        Identity=identity,
+        ForwardingSmtpAddress=forward_to,
+        ForwardingAddress=None,
+        DeliverToMailboxAndForward=False,
+    )
+    after = {
+        "ForwardingSmtpAddress": f"smtp:{forward_to}" if forward_to else None,
+        "ForwardingAddress": None,
+        "DeliverToMailboxAndForward": False,
+    }
+    return StepResult(True, before, after, changed)

@@ -27,6 +27,9 @@ from .auth import GRAPH_SCOPE, TenantEndpoint
 from .base import TRANSIENT_STATUS, Adapter, parse_retry_after
 from .plan import before_write
 
+# 429 and 503 mean the request was refused before processing (graph/throttling).
+_IMPORT_NOT_PROCESSED = frozenset({429, 503})
+
 
 def parse_error(
     status: int, body: Any, headers: httpx.Headers | dict[str, str], *, what: str
@@ -151,3 +154,68 @@ class GraphAdapter(Adapter):
         async for page in self.pages(path, params, headers):
             out.extend(page)
         return out
+
+    async def post_import(self, import_url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one item to a mailbox import session's `importUrl`.
+
+        The importUrl is pre-authenticated: graph/import-exchange-mailbox-item says "don't
+        specify an Authorization request header" - the URL is the credential, so it is never
+        logged or journaled. TLS is still verified (same client). A write: plan mode records
+        it and sends nothing. A refusal the service says was not processed (429/503 with or
+        without Retry-After) is retried here after the governor's wait: a refused import
+        created nothing, so retrying it cannot duplicate the item.
+        """
+        if self.plan is not None:
+            what = {"FolderId": body.get("FolderId"), "Mode": body.get("Mode")}
+            self.plan.record("graph", self.label, "POST {importUrl}", what)
+            return {}
+        before_write()
+
+        async def attempt() -> dict[str, Any]:
+            async with self._gate.slot():
+                return await self._post_import(import_url, body)
+
+        return await self.read_retry.call(attempt)
+
+    async def _post_import(self, import_url: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        try:
+            resp = await self._http.post(import_url, json=body)
+        except httpx.ConnectError as exc:  # nothing reached the service: safe to retry
+            raise TransientError(
+                f"Graph import: connection failed ({type(exc).__name__})", service="graph"
+            ) from exc
+        if resp.status_code >= 400:
+            try:
+                payload = resp.json()
+            except ValueError:
+                payload = None
+            error = parse_error(resp.status_code, payload, resp.headers, what="POST importItem")
+            if isinstance(error, TransientError):
+                self._gate.throttle(error.retry_after)
+                if resp.status_code not in _IMPORT_NOT_PROCESSED:
+                    # A 500/502/504 may have created the item: not retried blindly; the mover
+                    # resolves it from the target folder on the next pass.
+                    raise RemoteError(error.message, service="graph", status=resp.status_code)
+            raise error
+        self._gate.success()
+        self.writes += 1
+        data: dict[str, Any] = resp.json()
+        return data
+
+    async def delta_pages(
+        self, link: str, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str | None]]:
+        """Follow a delta query: yield (page values, deltaLink or None until the last page).
+
+        graph/delta-query-overview: pages carry `@odata.nextLink` until the round ends with
+        `@odata.deltaLink`, which starts the next round.
+        """
+        data = await self.send("GET", link, headers=headers)
+        while True:
+            delta = data.get("@odata.deltaLink")
+            yield list(data.get("value", [])), delta
+            nxt = data.get("@odata.nextLink")
+            if not nxt or delta:
+                return
+            data = await self.send("GET", nxt, headers=headers)

@@ -410,7 +410,7 @@ def test_snapshot_shape(journal: Journal) -> None:
     """Snapshots hold plain rows in key order without volatile columns; logs only when asked."""
     _record_everything(journal)
     snap = journal.snapshot()
-    assert set(snap) == {"items", "steps", "folder_state", "settings"}
+    assert set(snap) == {"items", "steps", "folder_state", "item_map", "settings"}
     assert [i["key"] for i in snap["items"]] == ["g1", "u1"]
     for rows in snap.values():
         for row in rows:

@@ -1,0 +1,77 @@
+"""Reconciliation: per folder, what the source holds against what the target holds.
+
+After every pass, per target folder: the source items that map to it (the import/export
+API's `totalItemCount` of each source folder), the target's `totalItemCount`, and what the
+journal explains (items skipped and reported, items still pending outside the pass window,
+copies kept after a source deletion). Whatever is left is an unexplained difference; the
+cutover pass waits on one beyond `[migration] reconcile_tolerance`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from coexist.engine.context import Context
+
+if TYPE_CHECKING:
+    from coexist.migrate.fidelity import Box, Plan
+
+
+async def reconcile(ctx: Context, key: str, src: Box, tgt: Box, plan: Plan) -> dict[str, Any]:
+    """Compare both sides, store the result on the user's item detail and return it."""
+    from coexist.migrate.fidelity import folder_tree
+
+    target_totals = {f.id: f.total for f in await folder_tree(tgt)}
+    journal = ctx.journal.item_map_counts(key)
+    groups: dict[str, dict[str, Any]] = {}
+    for f in plan.source:
+        dest = plan.target_of.get(f.id)
+        if dest is None:
+            continue
+        per = journal.get(f.id, {})
+        g = groups.setdefault(
+            dest,
+            {"folders": [], "source": 0, "skipped": 0, "pending": 0, "gone": 0, "bytes": 0},
+        )
+        g["folders"].append("/".join(f.path))
+        g["source"] += f.total
+        g["skipped"] += per.get("skipped", 0)
+        g["pending"] += per.get("pending", 0) + per.get("importing", 0)
+        g["gone"] += per.get("gone", 0)
+        g["bytes"] += per.get("copied_bytes", 0) + per.get("changed_bytes", 0)
+    rows = []
+    for dest, g in groups.items():
+        target = target_totals.get(dest, 0)
+        expected = g["source"] - g["skipped"] - g["pending"] + g["gone"]
+        rows.append(
+            {
+                "source_folders": g["folders"],
+                "source_items": g["source"],
+                "target_items": target,
+                "skipped": g["skipped"],
+                "pending": g["pending"],
+                "deleted_at_source": g["gone"],
+                "copied_bytes": g["bytes"],
+                "difference": target - expected,
+            }
+        )
+    report = {
+        "folders": rows,
+        "unexplained": sum(abs(r["difference"]) for r in rows),
+        "skipped_items": [
+            {
+                "folder": _folder_name(plan, s["source_folder_id"]),
+                "subject": s["subject"],
+                "reason": s["reason"],
+            }
+            for s in ctx.journal.skipped_items(key)
+        ],
+    }
+    if not ctx.planning:
+        ctx.journal.merge_item("user", key, detail={"reconciliation": report})
+    return report
+
+
+def _folder_name(plan: Plan, folder_id: str) -> str:
+    found = next((f for f in plan.source if f.id == folder_id), None)
+    return "/".join(found.path) if found else folder_id
