@@ -398,6 +398,41 @@ def status_cmd(
         click.echo(json.dumps(result, default=str))
         return
     out.print(status_table(result))
+    for row in result["users"] if user else []:
+        if row.get("reconciliation"):
+            out.print(reconciliation_table(row))
+
+
+def reconciliation_table(row: dict[str, Any]) -> Table:
+    """One user's last reconciliation: per target folder, source against target items."""
+    recon = row["reconciliation"]
+    verdict = (
+        "no unexplained difference"
+        if not recon.get("unexplained")
+        else f"{recon['unexplained']} items unexplained"
+    )
+    table = Table(title=f"reconciliation of {row['user']}: {verdict}")
+    for col in ("source folders", "source", "target", "skipped", "pending", "deleted", "MB"):
+        table.add_column(col, justify="left" if col == "source folders" else "right")
+    table.add_column("difference", justify="right")
+    for f in recon.get("folders") or []:
+        diff = int(f.get("difference") or 0)
+        table.add_row(
+            escape(", ".join(f.get("source_folders") or [])),
+            str(f.get("source_items", 0)),
+            str(f.get("target_items", 0)),
+            str(f.get("skipped", 0)),
+            str(f.get("pending", 0)),
+            str(f.get("deleted_at_source", 0)),
+            f"{int(f.get('copied_bytes') or 0) / 1e6:.1f}",
+            f"[red]{diff}[/red]" if diff else "0",
+        )
+    skipped = [
+        f"{s['folder']}: {s['subject']!r} ({s['reason']})" for s in recon.get("skipped_items") or []
+    ]
+    if skipped:  # skipped and reported, never dropped silently: each one by folder and subject
+        table.caption = escape("skipped: " + "; ".join(skipped))
+    return table
 
 
 def status_table(result: dict[str, Any]) -> Table:

@@ -745,6 +745,77 @@ DEMO_STEPS = (
 )
 
 
+# Seeded messages per demo mailbox. The sandbox and the mover share one Python process, so
+# each item costs ~20 ms of CPU (MIME parsed on insert and on import, HTTPS both ways); 50
+# keeps the default demo (22 mailboxes in scope of 50 users) within a minute on 2 cores.
+DEMO_ITEMS = 50
+
+
+def _scoped_users(project: Path) -> list[str]:
+    """Source user ids of the discovered, in-scope users (the demo's batch)."""
+    journal = open_journal(load_project(project))
+    try:
+        users = journal.items(kind="user")
+    finally:
+        journal.close()
+    return [str(u["key"]) for u in users if (u.get("detail") or {}).get("in_scope", True)]
+
+
+def data_report(directory: Path) -> list[dict[str, Any]]:
+    """Per user: items and bytes moved over all passes, GB/h, and the last reconciliation.
+
+    GB/h per mailbox is bytes copied over the summed duration of the passes that copied
+    them (journal pass records), the figure operators compare movers by.
+    """
+    journal = open_journal(load_project(directory))
+    try:
+        rows = []
+        for user in journal.items(kind="user"):
+            detail = user.get("detail") or {}
+            if not detail.get("in_scope", True):
+                continue
+            passes = journal.passes(str(user["key"]))
+            moved = sum(int((p["counts"] or {}).get("copied", 0)) for p in passes)
+            size = sum(int((p["counts"] or {}).get("bytes", 0)) for p in passes)
+            seconds = sum(
+                (p["finished_at"] - p["started_at"]).total_seconds()
+                for p in passes
+                if p["finished_at"] and (p["counts"] or {}).get("bytes")
+            )
+            recon = detail.get("reconciliation") or {}
+            folders = recon.get("folders") or []
+            rows.append(
+                {
+                    "user": user.get("source_address"),
+                    "items": moved,
+                    "bytes": size,
+                    "seconds": round(seconds, 3),
+                    "gb_per_hour": round(size / 1e9 / (seconds / 3600), 3) if seconds else 0.0,
+                    "source_items": sum(int(f["source_items"]) for f in folders),
+                    "target_items": sum(int(f["target_items"]) for f in folders),
+                    "skipped": sum(int(f["skipped"]) for f in folders),
+                    "unexplained": recon.get("unexplained"),
+                    "reconciled": bool(recon) and recon.get("unexplained") == 0,
+                }
+            )
+        return rows
+    finally:
+        journal.close()
+
+
+def data_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The demo's per-user data summary, one line each."""
+    lines = ["data moved (items, MB, GB/h per mailbox; source = target items per folder):"]
+    for r in rows:
+        verdict = "reconciled" if r["reconciled"] else f"{r['unexplained']} unexplained"
+        lines.append(
+            f"  {r['user']}: {r['items']} items, {r['bytes'] / 1e6:.1f} MB, "
+            f"{r['gb_per_hour']:.2f} GB/h; source {r['source_items']} = "
+            f"target {r['target_items']} ({r['skipped']} skipped) {verdict}"
+        )
+    return lines
+
+
 def demo(
     directory: Path | None = None,
     *,
@@ -752,14 +823,18 @@ def demo(
     users: int = 50,
     profile: str = "fast",
     mode: str = "forward-on-source",
+    items: int = DEMO_ITEMS,
     say: Callable[[str], None] = lambda _m: None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Seed a sandbox pair and run the coexistence flow end to end for one batch.
 
     The only command that imports the sandbox (DESIGN.md): everything after the
-    sandbox starts goes through the same HTTPS endpoints a real tenant offers.
+    sandbox starts goes through the same HTTPS endpoints a real tenant offers. The
+    batch's source mailboxes get `items` seeded messages each, moved by the
+    full-fidelity mover (old mail at pre-stage, the rest at cutover).
     """
+    from coexist.sandbox import mailseed
     from coexist.sandbox import seed as sandbox_seed
     from coexist.sandbox.server import Sandbox
 
@@ -800,6 +875,7 @@ def demo(
                     "prestage.usage_location": "US",
                     "cutover.mode": mode,
                     "verify.service_mailbox": service,
+                    "migration.mover": "graph-import-export",
                 },
             )
         say(f"project written: {project / 'project.toml'}")
@@ -814,6 +890,10 @@ def demo(
             return {**results, "ok": False, "directory": str(base)}
         say("discover")
         results["discover"] = discover(project)
+        scoped = _scoped_users(project)
+        say(f"seeding {items} messages in each of {len(scoped)} source mailboxes")
+        seeded = mailseed.seed_mailboxes(sb.mail, "source", scoped, seed=seed, items=items)
+        results["seeded"] = {k: {"items": v.items, "bytes": v.bytes} for k, v in seeded.items()}
         say("groups")
         results["groups"] = groups(project, progress=progress)
         say("provision")
@@ -830,14 +910,21 @@ def demo(
         say("mail flow after cutover")
         results["verify"] = verify_mailflow(project, wait_s=5)
         results["status"] = status(project)
+        results["data"] = data_report(project)
+        for line in data_lines(results["data"]):
+            say(line)
         results["after"] = {
             k: _run(tenant_summary(TenantEndpoint.from_sandbox(sb.connection, k)))
             for k in ("source", "target")
         }
     in_place = all(u["phase"] == Phase.CUTOVER.value for u in results["status"]["users"])
     flows = all(results[k]["ok"] for k in ("verify_provisioned", "verify_prestaged", "verify"))
+    reconciled = all(r["reconciled"] for r in results["data"])
     results.update(
-        ok=in_place and flows, directory=str(base), project=str(project), state=str(state)
+        ok=in_place and flows and reconciled,
+        directory=str(base),
+        project=str(project),
+        state=str(state),
     )
     (base / "demo-summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results

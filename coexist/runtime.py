@@ -19,6 +19,7 @@ from coexist.engine.runner import Outcome, Runner
 from coexist.journal import Journal
 from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
+from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
 
 T = TypeVar("T")
@@ -99,6 +100,7 @@ async def session(
             concurrency=project.engine.concurrency_per_tenant,
             plan=recorder,
             read_retry=policy,
+            mailbox_limits=MailboxLimits(time_scale=project.engine.outlook_time_scale),
         ) as (source, target):
             ctx = Context(project, journal, source, target, plan=recorder, run_id=run_id or None)
             outcomes: list[Outcome] = []

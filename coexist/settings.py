@@ -341,8 +341,11 @@ SETTINGS: tuple[Setting, ...] = (
         "none: no mail is copied; each data pass shows `no data mover configured` for the "
         "user, never success. graph-import-export: full fidelity over Microsoft Graph's "
         "mailbox import/export API (needs MailboxItem.ImportExport.All and "
-        "MailboxFolder.ReadWrite.All in both tenants).",
-        choices=("none", "graph-import-export"),
+        "MailboxFolder.ReadWrite.All in both tenants). graph-items: the fallback over the "
+        "mail, contacts, calendar and To Do APIs (messages rebuilt from their MIME as "
+        "non-draft items with their dates; needs Mail.ReadWrite, Contacts.ReadWrite, "
+        "Calendars.ReadWrite and Tasks.ReadWrite.All in both tenants).",
+        choices=("none", "graph-import-export", "graph-items"),
     ),
     Setting(
         "migration.folder_rules",
@@ -417,6 +420,15 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         300,
         "Upper bound, in seconds, on a single wait between attempts.",
+        minimum=1,
+    ),
+    Setting(
+        "engine.outlook_time_scale",
+        "int",
+        1,
+        "Keep 1 against Microsoft. The per-mailbox Outlook budgets coexist paces itself to "
+        "(10,000 requests per 10 minutes, 150 MB upload per 5 minutes, per app per mailbox) "
+        "run this many times faster; set it to a sandbox's `--time-scale` for benchmarks.",
         minimum=1,
     ),
     Setting(
@@ -869,6 +881,7 @@ class Engine(_Section):
     concurrency_per_tenant: int
     max_attempts: int
     retry_max_wait_s: int
+    outlook_time_scale: int
 
 
 @dataclass(frozen=True, repr=False)

@@ -12,6 +12,7 @@ from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.base import READ_RETRY
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
 
 
@@ -59,6 +60,7 @@ async def open_sides(
     concurrency: int = 8,
     plan: WriteRecorder | None = None,
     read_retry: RetryPolicy = READ_RETRY,
+    mailbox_limits: MailboxLimits | None = None,
 ) -> AsyncIterator[tuple[Side, Side]]:
     """Adapters for both tenants, closed on exit; reads retried with `read_retry`."""
     sides = []
@@ -68,7 +70,12 @@ async def open_sides(
                 label,
                 ep,
                 GraphAdapter(
-                    ep, label=label, concurrency=concurrency, plan=plan, read_retry=read_retry
+                    ep,
+                    label=label,
+                    concurrency=concurrency,
+                    plan=plan,
+                    read_retry=read_retry,
+                    mailbox_limits=mailbox_limits,
                 ),
                 ExoRunner(
                     ep, label=label, concurrency=concurrency, plan=plan, read_retry=read_retry

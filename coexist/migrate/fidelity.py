@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -172,8 +172,11 @@ async def _create_folder(
 
 
 async def plan_folders(ctx: Context, src: Box, tgt: Box) -> Plan:
-    source = await folder_tree(src)
-    target = await folder_tree(tgt)
+    return await map_folders(ctx, tgt, await folder_tree(src), await folder_tree(tgt))
+
+
+async def map_folders(ctx: Context, tgt: Box, source: list[Folder], target: list[Folder]) -> Plan:
+    """Map each source folder to a target folder (created when missing) by the rules."""
     rules = _rules(ctx)
     top = {f.path[0].casefold(): f.well_known for f in source if f.well_known and len(f.path) == 1}
     plan = Plan(source)
@@ -266,39 +269,102 @@ def _page_rows(
 # -- moves -----------------------------------------------------------------------------------------
 
 
-async def resolve_moves(ctx: Context, key: str, tgt: Box, plan: Plan, counts: Counter[str]) -> None:
-    """Pair pending items with gone copies (a move at the source) and move the copy."""
+def _created_and_size(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["source_created"], row["size"])
+
+
+async def resolve_moves(
+    ctx: Context,
+    key: str,
+    tgt: Box,
+    plan: Plan,
+    counts: Counter[str],
+    signature: Callable[[dict[str, Any]], tuple[Any, ...]] = _created_and_size,
+) -> None:
+    """Pair pending items with gone copies (a move at the source) and move the copy.
+
+    Crash safety: the pending row is marked `importing` with `reason` naming the gone row
+    before the move is sent, the gone row is dropped after it, and the pending row is
+    recorded last. A pass that died anywhere in between is finished by
+    `_finish_interrupted_moves` on the next pass instead of copying the item again.
+    """
+    await _finish_interrupted_moves(ctx, key, tgt, counts)
     gone = ctx.journal.mapped_items(key, status="gone")
     if not gone:
         return
-    by_sig: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    by_sig: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for g in gone:
-        by_sig.setdefault((g["source_created"], g["size"]), []).append(g)
+        by_sig.setdefault(signature(g), []).append(g)
     for p in ctx.journal.mapped_items(key, status="pending"):
-        match = by_sig.get((p["source_created"], p["size"])) or []
+        match = by_sig.get(signature(p)) or []
         dest = plan.target_of.get(p["source_folder_id"])
         # *unverified*: Exchange keeps an item's creation time across a move (PR_CREATION_TIME
         # is not reset); only a unique match is treated as a move.
         if len(match) != 1 or dest is None or p["kind"] != MAIL_CLASS:
             continue
         old = match.pop()
-        moved = await tgt.graph.send(
-            "POST",
-            f"users/{tgt.user_id}/messages/{old['target_item_id']}/move",
-            json={"destinationId": dest},
-        )
-        if moved is None:  # plan mode
+        if not ctx.planning:
+            ctx.journal.map_item(
+                key,
+                p["source_item_id"],
+                status="importing",
+                target_folder_id=dest,
+                reason=MOVE_MARK + str(old["source_item_id"]),
+            )
+        await _move_copy(ctx, key, tgt, p, old, dest, counts)
+
+
+MOVE_MARK = "moving the copy of "  # reason of a row whose move may have been interrupted
+
+
+async def _move_copy(
+    ctx: Context,
+    key: str,
+    tgt: Box,
+    p: dict[str, Any],
+    old: dict[str, Any],
+    dest: str,
+    counts: Counter[str],
+) -> None:
+    moved = await tgt.graph.send(
+        "POST",
+        f"users/{tgt.user_id}/messages/{old['target_item_id']}/move",
+        json={"destinationId": dest},
+    )
+    if moved is None:  # plan mode
+        return
+    ctx.journal.unmap_item(key, old["source_item_id"])
+    ctx.journal.map_item(
+        key,
+        p["source_item_id"],
+        status="changed",  # re-sync state (read/flag) with Mode: update below
+        target_folder_id=dest,
+        target_item_id=moved["id"],
+        target_change_key=moved.get("changeKey"),
+        reason=None,
+    )
+    counts["moved"] += 1
+
+
+async def _finish_interrupted_moves(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:
+    """Rows a dead pass left mid-move: redo the move, or adopt the copy it already moved."""
+    for p in ctx.journal.mapped_items(key, status="importing"):
+        reason = str(p["reason"] or "")
+        if not reason.startswith(MOVE_MARK):
             continue
-        ctx.journal.map_item(
-            key,
-            p["source_item_id"],
-            status="changed",  # re-sync state (read/flag) with Mode: update below
-            target_folder_id=dest,
-            target_item_id=moved["id"],
-            target_change_key=moved.get("changeKey"),
-        )
-        ctx.journal.unmap_item(key, old["source_item_id"])
-        counts["moved"] += 1
+        old = ctx.journal.mapped(key, reason[len(MOVE_MARK) :])
+        if old is not None and old["status"] == "gone" and old["target_item_id"]:
+            try:
+                await _move_copy(ctx, key, tgt, p, old, str(p["target_folder_id"]), counts)
+                continue
+            except NotFound:
+                # Moved by the pass that died (Exchange gave it a new id), or deleted in the
+                # target since: either way the old row no longer names a target item.
+                ctx.journal.unmap_item(key, old["source_item_id"])
+        # A plain interrupted import now: `_adopt_interrupted` adopts the moved copy from the
+        # destination folder (same createdDateTime and size), or the item is copied again
+        # when the target no longer holds it.
+        ctx.journal.map_item(key, p["source_item_id"], reason=None)
 
 
 # -- copy and update -------------------------------------------------------------------------------

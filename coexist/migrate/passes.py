@@ -64,6 +64,8 @@ def mover_for(ctx: Context) -> Mover:
     name = getattr(getattr(ctx.project, "migration", None), "mover", "none") or "none"
     if name == "graph-import-export":
         from coexist.migrate import fidelity  # noqa: F401  (registers itself in MOVERS)
+    elif name == "graph-items":
+        from coexist.migrate import items  # noqa: F401  (registers itself in MOVERS)
     try:
         return MOVERS[name]
     except KeyError:

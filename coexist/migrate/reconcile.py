@@ -17,11 +17,23 @@ if TYPE_CHECKING:
     from coexist.migrate.fidelity import Box, Plan
 
 
-async def reconcile(ctx: Context, key: str, src: Box, tgt: Box, plan: Plan) -> dict[str, Any]:
-    """Compare both sides, store the result on the user's item detail and return it."""
+async def reconcile(
+    ctx: Context,
+    key: str,
+    src: Box,
+    tgt: Box,
+    plan: Plan,
+    target_totals: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Compare both sides, store the result on the user's item detail and return it.
+
+    `target_totals` (folder id -> item count) is given by a mover that reads the target
+    through another API (`migrate.items`: the mail API); otherwise the import/export API's.
+    """
     from coexist.migrate.fidelity import folder_tree
 
-    target_totals = {f.id: f.total for f in await folder_tree(tgt)}
+    if target_totals is None:
+        target_totals = {f.id: f.total for f in await folder_tree(tgt)}
     journal = ctx.journal.item_map_counts(key)
     groups: dict[str, dict[str, Any]] = {}
     for f in plan.source:

@@ -593,11 +593,14 @@ class MailStore:
     def _with_counts(self, row: sqlite3.Row) -> Folder:
         counts = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(1 - is_read), 0), COALESCE(SUM(size), 0)"
-            " FROM messages WHERE folder_id=?",
-            (row["id"],),
+            # tenant and mailbox lead the messages_folder index: without them this is a
+            # scan of every message in the store on each folder read (insert_message reads one).
+            " FROM messages WHERE tenant=? AND mailbox=? AND folder_id=?",
+            (row["tenant"], row["mailbox"], row["id"]),
         ).fetchone()
         children = self._db.execute(
-            "SELECT COUNT(*) FROM folders WHERE parent_id=?", (row["id"],)
+            "SELECT COUNT(*) FROM folders WHERE tenant=? AND mailbox=? AND parent_id=?",
+            (row["tenant"], row["mailbox"], row["id"]),
         ).fetchone()[0]
         return Folder(
             id=row["id"],

@@ -8,7 +8,10 @@ mapped to `coexist.errors` here (`parse_error`), nowhere else.
 
 from __future__ import annotations
 
+import json as jsonlib
+import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -25,10 +28,20 @@ from coexist.errors import (
 
 from .auth import GRAPH_SCOPE, TenantEndpoint
 from .base import TRANSIENT_STATUS, Adapter, parse_retry_after
+from .mailbox_governor import (
+    MailboxGovernor,
+    MailboxLimits,
+    batch_mailboxes,
+    import_bytes,
+    mailbox_of,
+)
 from .plan import before_write
 
 # 429 and 503 mean the request was refused before processing (graph/throttling).
 _IMPORT_NOT_PROCESSED = frozenset({429, 503})
+KEEPALIVE = 256  # idle connections kept per adapter
+# GET users/{id}/settings/exchange answers the import/export API's mailbox id for a user.
+_EXCHANGE_SETTINGS = re.compile(r"(?:^|/)users/([^/?]+)/settings/exchange/?$", re.IGNORECASE)
 
 
 def parse_error(
@@ -64,15 +77,38 @@ def _is_write(method: str, path: str, body: Any) -> bool:
     return True
 
 
+def _mailboxes(path: str, body: Any) -> dict[str, int]:
+    """Mailbox -> requests charged to it; empty for a directory request."""
+    if path.split("?", 1)[0].rstrip("/").endswith("$batch"):
+        return batch_mailboxes(body)
+    box = mailbox_of(path)
+    return {box: 1} if box is not None else {}
+
+
+def _one(box: str | None) -> dict[str, int]:
+    return {box: 1} if box is not None else {}
+
+
 class GraphAdapter(Adapter):
     """Raw-JSON Graph access for one tenant (async)."""
 
     scope = GRAPH_SCOPE
     service = "Graph"
 
-    def __init__(self, ep: TenantEndpoint, **kwargs: Any) -> None:
+    def __init__(
+        self, ep: TenantEndpoint, *, mailbox_limits: MailboxLimits | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(ep, **kwargs)
         self.base = ep.graph_url.rstrip("/")
+        # Outlook requests are governed per mailbox; directory requests by the tenant Gate.
+        self.mailboxes = MailboxGovernor(mailbox_limits or MailboxLimits())
+        # Many mailboxes x 4 requests are in flight at once: keep that many connections alive
+        # (httpx keeps 20 by default, so every request beyond would pay a new TLS handshake).
+        self._http = httpx.AsyncClient(
+            verify=ep.verify,
+            timeout=kwargs.get("timeout", 60.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE),
+        )
 
     def url(self, path: str) -> str:
         return path if path.startswith("https://") else f"{self.base}/{path.lstrip('/')}"
@@ -92,16 +128,14 @@ class GraphAdapter(Adapter):
                 self.plan.record("graph", self.label, f"{method} /{path.lstrip('/')}", json or {})
                 return None
             before_write()
-            async with self._gate.slot():
-                return await self._send(method, path, params, json, headers)
+            return await self._governed(method, path, params, json, headers)
 
         async def read() -> Any:
-            async with self._gate.slot():
-                return await self._send(method, path, params, json, headers)
+            return await self._governed(method, path, params, json, headers)
 
         return await self.read_retry.call(read)
 
-    async def _send(
+    async def _governed(
         self,
         method: str,
         path: str,
@@ -109,11 +143,69 @@ class GraphAdapter(Adapter):
         json: Any,
         headers: dict[str, str] | None,
     ) -> Any:
+        """Send under the governor that owns the request: the mailbox's, else the tenant's."""
+        content = None if json is None else jsonlib.dumps(json, ensure_ascii=False).encode()
+        boxes = _mailboxes(path, json)
+        if not boxes:
+            async with self._gate.slot():
+                data = await self._send(method, path, params, json, content, headers, {})
+        else:
+            # Microsoft counts PATCH/POST/PUT bodies against the upload budget (throttling-limits).
+            upload = len(content) if content is not None and method.upper() != "GET" else 0
+            async with self._mailbox_slots(boxes, upload):
+                data = await self._send(method, path, params, json, content, headers, boxes)
+        self._learn_mailbox(method, path, data)
+        return data
+
+    def _slot(self, box: str | None, upload: int = 0) -> AbstractAsyncContextManager[None]:
+        """The mailbox's governor for an Outlook request, else the tenant's Gate."""
+        return self.mailboxes.slot(box, 1, upload) if box is not None else self._gate.slot()
+
+    @asynccontextmanager
+    async def _mailbox_slots(self, boxes: dict[str, int], upload: int) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for n, (box, requests) in enumerate(sorted(boxes.items())):  # sorted: no deadlock
+                await stack.enter_async_context(
+                    self.mailboxes.slot(box, requests, upload if n == 0 else 0)
+                )
+            yield
+
+    def _learn_mailbox(self, method: str, path: str, data: Any) -> None:
+        m = _EXCHANGE_SETTINGS.search(path.split("?", 1)[0])
+        if method.upper() == "GET" and m and isinstance(data, dict):
+            mbx = data.get("primaryMailboxId")
+            if mbx:
+                self.mailboxes.alias(str(mbx), m.group(1))
+
+    def _throttled(self, boxes: dict[str, int], retry_after: float | None, upload: bool) -> None:
+        if not boxes:
+            self._gate.throttle(retry_after)
+        for box in boxes:
+            self.mailboxes.throttled(box, retry_after, upload=upload)
+
+    def _succeeded(self, boxes: dict[str, int]) -> None:
+        if not boxes:
+            self._gate.success()
+        for box in boxes:
+            self.mailboxes.success(box)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json: Any,
+        content: bytes | None,
+        headers: dict[str, str] | None,
+        boxes: dict[str, int],
+    ) -> Any:
         h = {"Authorization": f"Bearer {await self.token()}", **(headers or {})}
+        if content is not None:
+            h.setdefault("Content-Type", "application/json")
         self.calls += 1
         try:
             resp = await self._http.request(
-                method, self.url(path), params=params, json=json, headers=h
+                method, self.url(path), params=params, content=content, headers=h
             )
         except httpx.TransportError as exc:
             raise TransientError(
@@ -126,14 +218,31 @@ class GraphAdapter(Adapter):
                 body = None
             error = parse_error(resp.status_code, body, resp.headers, what=f"{method} {path}")
             if isinstance(error, TransientError):
-                self._gate.throttle(error.retry_after)
+                self._throttled(boxes, error.retry_after, upload=method.upper() != "GET")
             raise error
-        self._gate.success()
+        self._succeeded(boxes)
         if _is_write(method, path, json):
             self.writes += 1  # accepted writes only: a throttled attempt is not one
         if resp.status_code == 204 or not resp.content:
             return None
-        return resp.json()
+        data = resp.json()
+        if boxes and path.rstrip("/").endswith("$batch"):
+            self._inner_throttles(json, data)
+        return data
+
+    def _inner_throttles(self, sent: Any, data: Any) -> None:
+        """A $batch answers 200 with throttled inner requests (json-batching): pause their
+        mailboxes too, so the caller's retry of them is paced."""
+        if not isinstance(data, dict) or not isinstance(sent, dict):
+            return
+        urls = {str(r.get("id")): str(r.get("url") or "") for r in sent.get("requests") or []}
+        for r in data.get("responses") or []:
+            if not isinstance(r, dict) or int(r.get("status") or 0) not in (429, 503):
+                continue
+            box = mailbox_of(urls.get(str(r.get("id")), ""))
+            if box is not None:
+                inner = {str(k).lower(): str(v) for k, v in (r.get("headers") or {}).items()}
+                self.mailboxes.throttled(box, parse_retry_after(inner.get("retry-after")))
 
     async def pages(
         self, path: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
@@ -171,13 +280,18 @@ class GraphAdapter(Adapter):
             return {}
         before_write()
 
+        box = mailbox_of(import_url)
+        upload = import_bytes(body)
+
         async def attempt() -> dict[str, Any]:
-            async with self._gate.slot():
-                return await self._post_import(import_url, body)
+            async with self._slot(box, upload):
+                return await self._post_import(import_url, body, box, upload)
 
         return await self.read_retry.call(attempt)
 
-    async def _post_import(self, import_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_import(
+        self, import_url: str, body: dict[str, Any], box: str | None, upload: int
+    ) -> dict[str, Any]:
         self.calls += 1
         try:
             resp = await self._http.post(import_url, json=body)
@@ -192,13 +306,13 @@ class GraphAdapter(Adapter):
                 payload = None
             error = parse_error(resp.status_code, payload, resp.headers, what="POST importItem")
             if isinstance(error, TransientError):
-                self._gate.throttle(error.retry_after)
+                self._throttled(_one(box), error.retry_after, upload=upload > 0)
                 if resp.status_code not in _IMPORT_NOT_PROCESSED:
                     # A 500/502/504 may have created the item: not retried blindly; the mover
                     # resolves it from the target folder on the next pass.
                     raise RemoteError(error.message, service="graph", status=resp.status_code)
             raise error
-        self._gate.success()
+        self._succeeded(_one(box))
         self.writes += 1
         data: dict[str, Any] = resp.json()
         return data
@@ -219,3 +333,76 @@ class GraphAdapter(Adapter):
             if not nxt or delta:
                 return
             data = await self.send("GET", nxt, headers=headers)
+
+    async def get_bytes(self, path: str) -> bytes:
+        """GET a raw body (a message's `$value`: its MIME, outlook-get-mime-message)."""
+
+        box = mailbox_of(path)
+
+        async def read() -> bytes:
+            async with self._slot(box):
+                h = {"Authorization": f"Bearer {await self.token()}"}
+                self.calls += 1
+                try:
+                    resp = await self._http.get(self.url(path), headers=h)
+                except httpx.TransportError as exc:
+                    raise TransientError(
+                        f"Graph GET {path}: connection failed ({type(exc).__name__})",
+                        service="graph",
+                    ) from exc
+                if resp.status_code >= 400:
+                    raise self._failure(resp, f"GET {path}", box)
+                self._succeeded(_one(box))
+                return resp.content
+
+        return await self.read_retry.call(read)
+
+    async def put_range(self, upload_url: str, chunk: bytes, start: int, total: int) -> None:
+        """PUT one byte range to an attachment upload session's pre-authenticated `uploadUrl`.
+
+        outlook-large-attachments: "Don't specify an Authorization request header" for the
+        PUTs; each carries `Content-Range: bytes {start}-{end}/{total}`. A refusal the service
+        says was not processed (429/503) is retried after the governor's wait: the range was
+        not stored, so sending it again cannot duplicate bytes. A write: plan mode records it.
+        """
+        if self.plan is not None:
+            self.plan.record("graph", self.label, "PUT {uploadUrl}", {"bytes": len(chunk)})
+            return
+        before_write()
+        headers = {"Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{total}"}
+
+        box = mailbox_of(upload_url)
+
+        async def attempt() -> None:
+            async with self._slot(box, len(chunk)):
+                self.calls += 1
+                try:
+                    resp = await self._http.put(upload_url, content=chunk, headers=headers)
+                except httpx.ConnectError as exc:  # nothing reached the service
+                    raise TransientError(
+                        f"Graph upload: connection failed ({type(exc).__name__})", service="graph"
+                    ) from exc
+                if resp.status_code >= 400:
+                    error = self._failure(resp, "PUT uploadUrl", box, upload=True)
+                    if (
+                        isinstance(error, TransientError)
+                        and resp.status_code not in _IMPORT_NOT_PROCESSED
+                    ):
+                        raise RemoteError(error.message, service="graph", status=resp.status_code)
+                    raise error
+                self._succeeded(_one(box))
+                self.writes += 1
+
+        await self.read_retry.call(attempt)
+
+    def _failure(
+        self, resp: httpx.Response, what: str, box: str | None = None, upload: bool = False
+    ) -> RemoteError:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        error = parse_error(resp.status_code, body, resp.headers, what=what)
+        if isinstance(error, TransientError):
+            self._throttled(_one(box), error.retry_after, upload=upload)
+        return error

@@ -1,5 +1,9 @@
 """Throttle governor: one per endpoint, shared by every request in flight.
 
+Directory and Exchange admin requests go through this Gate. Outlook resources (mail,
+contacts, calendar, To Do, mailbox import/export) are limited per app per mailbox instead and
+are governed by `mailbox_governor.MailboxGovernor` (Graph adapter).
+
 Two mechanisms, both because Microsoft's limits are per app and tenant (or
 mailbox), not per connection:
 

@@ -1,0 +1,913 @@
+"""The fallback mover: Microsoft Graph's mail, contacts, calendar and To Do APIs.
+
+For tenants where the mailbox import/export API (`migrate.fidelity`) is not available. Its
+building blocks are reused (folder mapping and creation, item_map rows, the checkpoint rule,
+moves, skip-and-report, the window, reconciliation); only the way an item travels differs.
+
+Mail, per mapped source folder:
+
+1. Scan: `mailFolders/{id}/messages/delta` from the saved deltaLink; every reported message
+   is recorded in `item_map` (new -> pending, changed -> changed, removed -> gone) before the
+   deltaLink is saved (a checkpoint never runs ahead of the data it covers).
+2. Moves: a pending message that matches a gone copy (same receivedDateTime and subject, a
+   unique match) is a move at the source: its copy is moved in the target.
+3. Copy: each pending message in the window is read as MIME (`$value`) plus the state MIME
+   does not carry (isRead, isDraft, flag, categories, importance, dates), and re-created in
+   the mapped target folder with ONE JSON create that carries the MIME-derived content and
+   `singleValueExtendedProperties`:
+   - `Integer 0x0E07` PR_MESSAGE_FLAGS without MSGFLAG_UNSENT: not a draft, read bit kept.
+     A MIME create always makes a draft (user-post-messages: "Create a draft of a new
+     message in either JSON or MIME format"), and the flag cannot be cleared later
+     (MS-OXCMSG 2.2.1.6: "After the first successful call to RopSaveChangesMessage ... these
+     flags are read-only for the client"), so MIME create + PATCH cannot be faithful.
+     Extended properties may be given in the create request itself
+     (singlevaluelegacyextendedproperty-post-singlevalueextendedproperties: "use the same
+     REST request as creating the instance, and include ... extended property").
+   - `SystemTime 0x0E06` PR_MESSAGE_DELIVERY_TIME and `SystemTime 0x0039`
+     PR_CLIENT_SUBMIT_TIME: receivedDateTime / sentDateTime are read-only in Graph.
+   - `Integer 0x0036` PR_SENSITIVITY from the MIME `Sensitivity` header (RFC 2156).
+   Attachments ride in the create while the request stays under Graph's 4 MB; the rest are
+   POSTed one by one (< 3 MB) or sent through an upload session (3..150 MB,
+   outlook-large-attachments). An `importing` mark is written before the create: a pass
+   killed after it finds the (possibly partial) copy by its delivery time, deletes it and
+   copies the message again, so nothing is duplicated and nothing is left half-copied.
+4. Update: changed messages get isRead/flag/categories/importance PATCHed onto the copy.
+5. Deletions: reported (`deletions = keep`) or mirrored.
+
+Contacts, calendar events and To Do tasks: every folder/calendar/list is listed in full each
+pass (these APIs have no per-folder delta in the sandbox's faces); new items are created in
+the matching target folder (default -> default, others by name, created when missing) and
+recorded in item_map with kind contact / event / task; changed ones are PATCHed; vanished
+ones are reported as deletions. A recurring series is created from its master (with its
+recurrence), then each exception is PATCHed onto the matching occurrence and each cancelled
+occurrence (one the source's `instances` no longer lists) is deleted (event-list-instances,
+event-update, event-delete). The pass window applies to mail only: PIM items move in full
+with the pre-stage pass, so the calendar is complete before cutover.
+
+Not reproduced (documented gaps of this API surface, which the full-fidelity mover keeps):
+MIME byte identity (Exchange renders its own MIME from the properties), internet headers
+other than `x-` ones (resources/internetmessageheader), attendees of events (creating an
+event with attendees sends them invitations, user-post-events), To Do checklist items.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import email
+import email.policy
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage, Message
+from email.utils import getaddresses
+from typing import Any
+
+from coexist.engine.context import Context
+from coexist.errors import Conflict, InvalidRequest, NotFound
+from coexist.migrate import fidelity
+from coexist.migrate.fidelity import MAIL_CLASS, MAIL_FOLDER, Box, Folder, Plan
+from coexist.migrate.passes import MOVERS, PassResult, Window
+from coexist.provisioning.convert import target_id
+from coexist.tenants.graph import GraphAdapter
+
+CHECKPOINT_KIND = "mail-messages"  # folder_state kind of the mail API's message delta
+DELTA_PAGE = 100  # Prefer: odata.maxpagesize (graph/delta-query-messages)
+# What the scan asks of each message (message-delta supports $select).
+DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey"
+STATE_SELECT = "isRead,isDraft,flag,categories,importance,receivedDateTime,sentDateTime,changeKey"
+# Graph's mail well-known folder names (resources/mailfolder, "Well-known folder names").
+WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", "archive", "outbox")
+
+# Requests carry at most 4 MB ("The maximum request length supported is 4MB.",
+# microsoft-graph-docs#11806); base64 grows 4/3, and the JSON around it needs room.
+MAX_REQUEST = 4 * 1024 * 1024
+REQUEST_MARGIN = 64 * 1024
+# outlook-large-attachments: "If the file size is under 3 MB, do a single POST on the
+# attachments navigation property ... between 3 MB and 150 MB, create an upload session".
+UPLOAD_SESSION_MIN = 3 * 1024 * 1024
+# Upload-session ranges: each PUT under 4 MB; a multiple of 320 KiB as the upload-session
+# docs recommend for range sizes.
+UPLOAD_CHUNK = 12 * 320 * 1024
+
+# PR_MESSAGE_FLAGS bits (MS-OXCMSG 2.2.1.6).
+MSGFLAG_READ = 0x1
+MSGFLAG_UNSENT = 0x8
+# PidTagSensitivity (MS-OXCMSG 2.2.1.13) from the MIME Sensitivity header (RFC 2156).
+SENSITIVITY = {"personal": 1, "private": 2, "company-confidential": 3}
+
+# Writable properties per resource (learn.microsoft.com/graph/api/resources/<type>).
+CONTACT_FIELDS = (
+    "categories", "birthday", "fileAs", "displayName", "givenName", "initials", "middleName",
+    "nickName", "surname", "title", "yomiGivenName", "yomiSurname", "yomiCompanyName",
+    "generation", "imAddresses", "jobTitle", "companyName", "department", "officeLocation",
+    "profession", "businessHomePage", "assistantName", "manager", "homePhones", "mobilePhone",
+    "businessPhones", "spouseName", "personalNotes", "children", "emailAddresses", "homeAddress",
+    "businessAddress", "otherAddress",
+)  # fmt: skip
+EVENT_FIELDS = (
+    "subject", "body", "start", "end", "location", "locations", "isAllDay", "showAs",
+    "sensitivity", "importance", "categories", "recurrence", "reminderMinutesBeforeStart",
+    "isReminderOn", "responseRequested", "allowNewTimeProposals", "hideAttendees",
+)  # fmt: skip
+# What an exception may change relative to its series (event-update on an occurrence).
+EXCEPTION_FIELDS = tuple(f for f in EVENT_FIELDS if f != "recurrence")
+# Fields of a series master a PATCH may carry without dropping the series' exceptions.
+SERIES_SAFE_FIELDS = tuple(f for f in EVENT_FIELDS if f not in ("recurrence", "start", "end"))
+TASK_FIELDS = (
+    "title", "body", "importance", "status", "dueDateTime", "startDateTime",
+    "reminderDateTime", "completedDateTime", "isReminderOn", "recurrence", "categories",
+)  # fmt: skip
+# How far ahead a series without an end is expanded to find its exceptions and cancellations.
+NO_END_HORIZON = dt.timedelta(days=2 * 365)
+DEFAULT_CONTACTS = "contacts"  # item_map folder id of the default Contacts folder
+
+
+# -- mail folders over the mail API ---------------------------------------------------------------
+
+
+async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
+    """Every mail folder, parents before children; top-level well-known ones named.
+
+    resources/mailfolder has no well-known name property in v1.0: a folder is well known when
+    `mailFolders/{name}` answers with its id.
+    """
+    known: dict[str, str] = {}
+    for name in WELL_KNOWN:
+        with contextlib.suppress(NotFound):
+            data = await graph.send("GET", f"users/{user_id}/mailFolders/{name}")
+            known[str(data["id"])] = name
+    out: list[Folder] = []
+    queue: list[tuple[dict[str, Any], tuple[str, ...]]] = [
+        (f, ()) for f in await graph.list_all(f"users/{user_id}/mailFolders", {"$top": 100})
+    ]
+    while queue:
+        raw, parent = queue.pop(0)
+        path = (*parent, str(raw["displayName"]))
+        fid = str(raw["id"])
+        out.append(
+            Folder(fid, path, known.get(fid) if not parent else None, MAIL_FOLDER, _total(raw))
+        )
+        if raw.get("childFolderCount"):
+            children = await graph.list_all(
+                f"users/{user_id}/mailFolders/{fid}/childFolders", {"$top": 100}
+            )
+            queue += [(c, path) for c in children]
+    return out
+
+
+def _total(raw: dict[str, Any]) -> int:
+    return int(raw.get("totalItemCount") or 0)
+
+
+# -- scan (message delta -> item_map) --------------------------------------------------------------
+
+
+async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
+    """Record the folder's changes since the saved deltaLink, then save the new deltaLink."""
+    saved = ctx.journal.get_checkpoint(key, folder_id, CHECKPOINT_KIND)
+    first = f"users/{src.user_id}/mailFolders/{folder_id}/messages/delta?$select={DELTA_SELECT}"
+    try:
+        await _follow(ctx, key, src, folder_id, (saved or {}).get("token") or first)
+    except InvalidRequest as exc:
+        # message-delta: an expired sync state is 410 SyncStateNotFound (microsoft-graph-docs
+        # #2350): start the folder over; item_map keeps copies from being made twice.
+        if saved is None or exc.fields.get("code") not in (
+            "SyncStateNotFound",
+            "syncStateNotFound",
+        ):
+            raise
+        ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
+        await _follow(ctx, key, src, folder_id, first)
+
+
+async def _follow(ctx: Context, key: str, src: Box, folder_id: str, link: str) -> None:
+    headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
+    async for values, delta in src.graph.delta_pages(link, headers):
+        # The window and move matching go by delivery time (createdDateTime of a copied or
+        # moved message is when it was made, not when it arrived).
+        seen = [
+            {**v, "createdDateTime": v.get("receivedDateTime") or v.get("createdDateTime")}
+            for v in values
+        ]
+        rows, forget = fidelity._page_rows(ctx, key, folder_id, seen)
+        subjects = {str(v["id"]): v.get("subject") for v in values}
+        for row in rows:
+            if row.get("status") == "pending" and "source_created" in row:
+                row["subject"] = subjects.get(row["source_item_id"])
+        for source_id in forget:
+            ctx.journal.unmap_item(key, source_id)
+        ctx.journal.map_items(key, rows)
+        if delta:
+            ctx.journal.save_checkpoint(key, folder_id, CHECKPOINT_KIND, token=delta)
+
+
+def _move_signature(row: dict[str, Any]) -> tuple[Any, ...]:
+    # *unverified*: a moved message keeps receivedDateTime and subject (they are properties of
+    # the item, not of its folder); only a unique match is treated as a move.
+    return (row["kind"], row["source_created"], row["subject"])
+
+
+# -- MIME -> JSON create -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One attachment of a message, as Graph's fileAttachment needs it."""
+
+    name: str
+    content_type: str
+    data: bytes
+    is_inline: bool
+    content_id: str | None
+
+    def json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "@odata.type": "#microsoft.graph.fileAttachment",
+            "name": self.name,
+            "contentType": self.content_type,
+            "isInline": self.is_inline,
+            "contentBytes": base64.b64encode(self.data).decode(),
+        }
+        if self.content_id:
+            out["contentId"] = self.content_id
+        return out
+
+
+def parse_mime(mime: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(mime, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def top_content_type(mime: bytes) -> str:
+    return str(parse_mime(mime).get("Content-Type", "")).lower()
+
+
+def _people(msg: Message, header: str) -> list[dict[str, Any]]:
+    values = [str(v) for v in msg.get_all(header) or []]
+    return [
+        {"emailAddress": {"name": name or addr, "address": addr}}
+        for name, addr in getaddresses(values)
+        if addr
+    ]
+
+
+def _body(msg: EmailMessage) -> dict[str, str]:
+    part = msg.get_body(preferencelist=("html", "plain"))
+    if part is None:
+        return {"contentType": "text", "content": ""}
+    assert isinstance(part, EmailMessage)
+    try:
+        content = part.get_content()
+    except (LookupError, KeyError):  # unknown charset: keep the bytes as Latin-1 text
+        content = _payload(part).decode("latin-1")
+    kind = "html" if part.get_content_subtype() == "html" else "text"
+    return {"contentType": kind, "content": str(content)}
+
+
+def _payload(part: Message) -> bytes:
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def attachments_of(msg: EmailMessage) -> list[Part]:
+    out: list[Part] = []
+    for part in msg.iter_attachments():
+        assert isinstance(part, EmailMessage)
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            # An attached message travels as an .eml file (item attachments are not created
+            # here; a documented gap of this mover).
+            inner = part.get_payload(0)
+            if not isinstance(inner, Message):
+                continue
+            data = inner.as_bytes()
+            name = part.get_filename() or f"{inner.get('Subject', 'message')}.eml"
+        else:
+            data = _payload(part)
+            name = part.get_filename() or "attachment"
+        cid = str(part.get("Content-ID") or "").strip().strip("<>") or None
+        inline = part.get_content_disposition() == "inline"
+        out.append(Part(name, ctype, data, inline, cid))
+    return out
+
+
+def _iso(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def message_payload(msg: EmailMessage, state: dict[str, Any]) -> dict[str, Any]:
+    """The JSON create of a message: its MIME-derived content plus the state MIME lacks."""
+    flags = (MSGFLAG_READ if state.get("isRead") else 0) | (
+        MSGFLAG_UNSENT if state.get("isDraft") else 0
+    )
+    props = [{"id": "Integer 0x0E07", "value": str(flags)}]
+    if received := _iso(state.get("receivedDateTime")):
+        props.append({"id": "SystemTime 0x0E06", "value": received})
+    if sent := _iso(state.get("sentDateTime")):
+        props.append({"id": "SystemTime 0x0039", "value": sent})
+    sensitivity = SENSITIVITY.get(str(msg.get("Sensitivity", "")).strip().lower())
+    if sensitivity:
+        props.append({"id": "Integer 0x0036", "value": str(sensitivity)})
+    body: dict[str, Any] = {
+        "subject": str(msg.get("Subject", "")),
+        "body": _body(msg),
+        "toRecipients": _people(msg, "To"),
+        "ccRecipients": _people(msg, "Cc"),
+        "bccRecipients": _people(msg, "Bcc"),
+        "replyTo": _people(msg, "Reply-To"),
+        "importance": state.get("importance") or "normal",
+        "categories": list(state.get("categories") or []),
+        "singleValueExtendedProperties": props,
+    }
+    sender = _people(msg, "From")
+    if sender:
+        body["from"] = sender[0]
+    if msg.get("Message-ID"):
+        body["internetMessageId"] = str(msg["Message-ID"]).strip()
+    flag = state.get("flag")
+    if isinstance(flag, dict) and flag.get("flagStatus"):
+        body["flag"] = {k: v for k, v in flag.items() if not k.startswith("@")}
+    return body
+
+
+def split_attachments(payload_size: int, parts: list[Part]) -> tuple[list[Part], list[Part]]:
+    """(attachments that fit into the create request, the ones sent after it)."""
+    room = MAX_REQUEST - REQUEST_MARGIN - payload_size
+    inline, later = [], []
+    for p in sorted(parts, key=lambda p: len(p.data)):
+        cost = (len(p.data) + 2) // 3 * 4 + 1024
+        if cost <= room:
+            inline.append(p)
+            room -= cost
+        else:
+            later.append(p)
+    return inline, later
+
+
+# -- mail copy ------------------------------------------------------------------------------------
+
+
+class MailCopier:
+    """Copies one mailbox's pending messages into the target over the mail API."""
+
+    def __init__(self, ctx: Context, key: str, src: Box, tgt: Box, counts: Counter[str]) -> None:
+        self.ctx, self.key, self.src, self.tgt, self.counts = ctx, key, src, tgt, counts
+
+    async def copy_pending(self, plan: Plan, window: Window) -> None:
+        now = dt.datetime.now().astimezone()
+        for folder_id, dest in plan.target_of.items():
+            await self._recover_interrupted(folder_id, dest)
+            rows = self.ctx.journal.mapped_items(self.key, folder_id=folder_id, status="pending")
+            for r in rows:
+                if r["kind"] == MAIL_CLASS and fidelity._in_window(r, window, now):
+                    await self.copy(r, dest)
+
+    async def copy(self, row: dict[str, Any], dest: str) -> None:
+        sid = row["source_item_id"]
+        try:
+            mime = await self.src.graph.get_bytes(f"users/{self.src.user_id}/messages/{sid}/$value")
+            state = await self.src.graph.send(
+                "GET", f"users/{self.src.user_id}/messages/{sid}", params={"$select": STATE_SELECT}
+            )
+        except NotFound:
+            return  # gone since the scan: the next delta reports it
+        info = {"content_type": top_content_type(mime)}
+        reason = fidelity._skip_reason(self.ctx, {**row, "size": len(mime)}, info)
+        if reason is not None:
+            self._skip(sid, reason, row.get("subject"), len(mime))
+            return
+        msg = parse_mime(mime)
+        payload = message_payload(msg, state)
+        inline, later = split_attachments(len(json.dumps(payload)), attachments_of(msg))
+        if inline:
+            payload["attachments"] = [p.json() for p in inline]
+        self.ctx.journal.map_item(self.key, sid, status="importing", target_folder_id=dest)
+        made: dict[str, Any] | None = None
+        try:
+            made = await self.tgt.graph.send(
+                "POST", f"users/{self.tgt.user_id}/mailFolders/{dest}/messages", json=payload
+            )
+            if made is None:  # plan mode
+                return
+            for part in later:
+                await self._attach(str(made["id"]), part)
+        except InvalidRequest as exc:
+            # e.g. a message over the target's size limit: skipped and reported, never dropped.
+            if made is not None:
+                with contextlib.suppress(NotFound):
+                    await self._delete(str(made["id"]))
+            self._skip(sid, exc.message, row.get("subject"), len(mime))
+            return
+        self.ctx.journal.map_item(
+            self.key,
+            sid,
+            status="copied",
+            source_change_key=state.get("changeKey"),
+            target_folder_id=dest,
+            target_item_id=made["id"],
+            target_change_key=made.get("changeKey"),
+            size=len(mime),
+            reason=None,
+        )
+        self.counts["copied"] += 1
+        self.counts["bytes"] += len(mime)
+
+    def _skip(self, sid: str, reason: str, subject: str | None, size: int) -> None:
+        self.ctx.journal.map_item(
+            self.key, sid, status="skipped", reason=reason, subject=subject, size=size
+        )
+        self.counts["skipped"] += 1
+
+    async def _attach(self, message_id: str, part: Part) -> None:
+        base = f"users/{self.tgt.user_id}/messages/{message_id}/attachments"
+        if len(part.data) < UPLOAD_SESSION_MIN:
+            await self.tgt.graph.send("POST", base, json=part.json())
+            return
+        spec: dict[str, Any] = {
+            "attachmentType": "file",
+            "name": part.name,
+            "size": len(part.data),
+            "contentType": part.content_type,
+            "isInline": part.is_inline,
+        }
+        if part.content_id:
+            spec["contentId"] = part.content_id
+        session = await self.tgt.graph.send(
+            "POST", f"{base}/createUploadSession", json={"AttachmentItem": spec}
+        )
+        url, total = str(session["uploadUrl"]), len(part.data)
+        for start in range(0, total, UPLOAD_CHUNK):
+            await self.tgt.graph.put_range(
+                url, part.data[start : start + UPLOAD_CHUNK], start, total
+            )
+
+    async def _delete(self, message_id: str) -> None:
+        await self.tgt.graph.send("DELETE", f"users/{self.tgt.user_id}/messages/{message_id}")
+
+    async def _recover_interrupted(self, folder_id: str, dest: str) -> None:
+        """Messages marked `importing` by a pass that died: remove a partial copy, copy again.
+
+        The copy carries the source's delivery time (0x0E06), so an unmapped target message in
+        the destination folder with that receivedDateTime and subject is the interrupted copy.
+        It may lack attachments added after the create, so it is deleted and the message goes
+        back to pending rather than being adopted.
+        """
+        stuck = self.ctx.journal.mapped_items(self.key, folder_id=folder_id, status="importing")
+        if not stuck:
+            return
+        taken = {
+            r["target_item_id"]
+            for r in self.ctx.journal.mapped_items(self.key)
+            if r["target_item_id"]
+        }
+        present = [
+            m
+            for m in await self.tgt.graph.list_all(
+                f"users/{self.tgt.user_id}/mailFolders/{dest}/messages",
+                {"$select": "subject,receivedDateTime", "$top": 1000},
+            )
+            if m["id"] not in taken
+        ]
+        for r in stuck:
+            for m in [m for m in present if _same_message(m, r)]:
+                with contextlib.suppress(NotFound):
+                    await self._delete(str(m["id"]))
+                present.remove(m)
+            self.ctx.journal.map_item(self.key, r["source_item_id"], status="pending")
+
+    async def update_changed(self) -> None:
+        """Bring copies in line with their changed source: read/flag state, categories."""
+        for r in self.ctx.journal.mapped_items(self.key, status="changed"):
+            if r["kind"] != MAIL_CLASS or not r["target_item_id"]:
+                continue
+            sid = r["source_item_id"]
+            try:
+                state = await self.src.graph.send(
+                    "GET",
+                    f"users/{self.src.user_id}/messages/{sid}",
+                    params={"$select": STATE_SELECT},
+                )
+            except NotFound:
+                continue  # gone since the scan: the next delta reports it
+            patch: dict[str, Any] = {
+                "isRead": bool(state.get("isRead")),
+                "categories": list(state.get("categories") or []),
+                "importance": state.get("importance") or "normal",
+            }
+            if isinstance(state.get("flag"), dict):
+                patch["flag"] = {k: v for k, v in state["flag"].items() if not k.startswith("@")}
+            try:
+                made = await self.tgt.graph.send(
+                    "PATCH", f"users/{self.tgt.user_id}/messages/{r['target_item_id']}", json=patch
+                )
+            except NotFound as exc:
+                # Gone in the target: reported, the target wins.
+                self.ctx.journal.map_item(
+                    self.key, sid, status="copied", reason=f"not updated: {exc.message}"
+                )
+                self.counts["update_conflicts"] += 1
+                continue
+            self.ctx.journal.map_item(
+                self.key,
+                sid,
+                status="copied",
+                source_change_key=state.get("changeKey"),
+                target_change_key=(made or {}).get("changeKey"),
+            )
+            self.counts["updated"] += 1
+
+
+def _same_message(target: dict[str, Any], row: dict[str, Any]) -> bool:
+    return _instant(target.get("receivedDateTime")) == _instant(row["source_created"]) and (
+        (target.get("subject") or "") == (row["subject"] or "")
+    )
+
+
+def _instant(value: Any) -> dt.datetime | None:
+    """A Graph timestamp as an aware datetime (UTC when it names no zone); Outlook writes up
+    to 7 fractional digits ("2024-01-15T09:00:00.0000000"), Python reads 6."""
+    if not value:
+        return None
+    text = str(value).replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = "".join(c for c in rest if c.isdigit())
+        text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+    t = dt.datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+# -- contacts, events, tasks --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PimKind:
+    """How one kind of PIM item is listed, created and patched."""
+
+    kind: str  # item_map kind
+    fields: tuple[str, ...]
+    folders: Callable[[str], str]  # user id -> folder collection path
+    items: Callable[[str, str], str]  # user id, folder id -> item collection path
+    item: Callable[[str, str, str], str]  # user id, folder id, item id -> item path
+    name_of: str  # the folder's display-name property
+    signature: Callable[[dict[str, Any]], tuple[Any, ...]]
+
+
+CONTACTS = PimKind(
+    "contact",
+    CONTACT_FIELDS,
+    lambda u: f"users/{u}/contactFolders",
+    lambda u, f: f"users/{u}/contactFolders/{f}/contacts",
+    lambda u, f, i: f"users/{u}/contacts/{i}",
+    "displayName",
+    lambda c: (
+        c.get("displayName"),
+        tuple(sorted(str(e.get("address")) for e in c.get("emailAddresses") or [])),
+    ),
+)
+EVENTS = PimKind(
+    "event",
+    EVENT_FIELDS,
+    lambda u: f"users/{u}/calendars",
+    lambda u, f: f"users/{u}/calendars/{f}/events",
+    lambda u, f, i: f"users/{u}/events/{i}",
+    "name",
+    lambda e: (e.get("subject"), (e.get("start") or {}).get("dateTime")),
+)
+TASKS = PimKind(
+    "task",
+    TASK_FIELDS,
+    lambda u: f"users/{u}/todo/lists",
+    lambda u, f: f"users/{u}/todo/lists/{f}/tasks",
+    lambda u, f, i: f"users/{u}/todo/lists/{f}/tasks/{i}",
+    "displayName",
+    lambda t: (t.get("title"), (t.get("dueDateTime") or {}).get("dateTime")),
+)
+
+
+def _copyable(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The writable properties that hold a value (Graph answers unset ones as null, empty
+    strings, lists or objects; sending those back is noise)."""
+    return {f: item[f] for f in fields if item.get(f) not in (None, "", [], {})}
+
+
+class PimCopier:
+    """Copies one mailbox's contacts, calendars and To Do lists into the target."""
+
+    def __init__(
+        self, ctx: Context, key: str, src: GraphAdapter, tgt: GraphAdapter, ids: tuple[str, str]
+    ) -> None:
+        self.ctx, self.key, self.src, self.tgt = ctx, key, src, tgt
+        self.src_user, self.tgt_user = ids
+        self.counts: Counter[str] = Counter()
+
+    async def run(self) -> None:
+        for kind in (CONTACTS, EVENTS, TASKS):
+            for source_folder, target_folder in await self._folders(kind):
+                await self._sync_folder(kind, source_folder, target_folder)
+
+    # -- folders
+
+    async def _folders(self, kind: PimKind) -> list[tuple[str, str]]:
+        """(source folder id, target folder id) pairs: default to default, others by name."""
+        src = await self._folder_list(kind, self.src, self.src_user)
+        tgt = await self._folder_list(kind, self.tgt, self.tgt_user)
+        pairs = []
+        for fid, name, default in src:
+            match = next(
+                (t for t in tgt if (t[2] and default) or (not t[2] and not default and
+                                                          t[1].casefold() == name.casefold())),
+                None,
+            )  # fmt: skip
+            if match is None:
+                made = await self.tgt.send(
+                    "POST", kind.folders(self.tgt_user), json={kind.name_of: name}
+                )
+                if made is None:  # plan mode
+                    continue
+                match = (str(made["id"]), name, False)
+                tgt.append(match)
+            pairs.append((fid, match[0]))
+        return pairs
+
+    async def _folder_list(
+        self, kind: PimKind, graph: GraphAdapter, user: str
+    ) -> list[tuple[str, str, bool]]:
+        """(id, name, is default) of every folder of the kind."""
+        if kind is CONTACTS:
+            # user-list-contactfolders lists the folders under the default Contacts folder;
+            # `/contacts` is that folder itself (recorded as DEFAULT_CONTACTS on both sides).
+            found = [(str(f["id"]), str(f["displayName"]), False) for f in
+                     await graph.list_all(kind.folders(user), {"$top": 100})]  # fmt: skip
+            return [(DEFAULT_CONTACTS, "Contacts", True), *found]
+        rows = await graph.list_all(kind.folders(user), {"$top": 100})
+        if kind is EVENTS:
+            return [(str(c["id"]), str(c["name"]), bool(c.get("isDefaultCalendar"))) for c in rows]
+        return [
+            (str(t["id"]), str(t["displayName"]), t.get("wellknownListName") == "defaultList")
+            for t in rows
+        ]
+
+    def _items_path(self, kind: PimKind, user: str, folder: str) -> str:
+        if kind is CONTACTS and folder == DEFAULT_CONTACTS:
+            return f"users/{user}/contacts"
+        return kind.items(user, folder)
+
+    # -- items
+
+    async def _sync_folder(self, kind: PimKind, source: str, target: str) -> None:
+        await self._recover_interrupted(kind, source, target)
+        present = await self.src.list_all(
+            self._items_path(kind, self.src_user, source), {"$top": 100}
+        )
+        seen = set()
+        for item in present:
+            sid = str(item["id"])
+            seen.add(sid)
+            known = self.ctx.journal.mapped(self.key, sid)
+            if known is None or known["status"] == "pending":
+                await self._create(kind, source, target, item)
+            elif known["status"] in ("copied", "changed") and (
+                known["source_change_key"] != item.get("changeKey")
+            ):
+                await self._update(kind, target, known, item)
+        for row in self.ctx.journal.mapped_items(self.key, folder_id=source, status="copied"):
+            if row["kind"] == kind.kind and row["source_item_id"] not in seen:
+                self.ctx.journal.map_item(self.key, row["source_item_id"], status="gone")
+
+    async def _in_own_zone(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The event with start/end in the zone it was created in.
+
+        Responses give times in UTC unless `Prefer: outlook.timezone` names a zone (event-get,
+        "Request headers"); a series created from UTC times would drift by an hour across a
+        daylight-saving change, so a series keeps its own zone (`originalStartTimeZone`).
+        """
+        tz = event.get("originalStartTimeZone")
+        if not tz or tz == "UTC":
+            return event
+        data = await self.src.send(
+            "GET",
+            f"users/{self.src_user}/events/{event['id']}",
+            headers={"Prefer": f'outlook.timezone="{tz}"'},
+        )
+        return dict(data)
+
+    async def _create(self, kind: PimKind, source: str, target: str, item: dict[str, Any]) -> None:
+        sid = str(item["id"])
+        if kind is EVENTS:
+            item = await self._in_own_zone(item)
+        self.ctx.journal.map_item(
+            self.key,
+            sid,
+            source_folder_id=source,
+            kind=kind.kind,
+            status="importing",
+            target_folder_id=target,
+            subject=item.get("subject") or item.get("displayName") or item.get("title"),
+            source_created=item.get("createdDateTime"),
+        )
+        body = _copyable(item, kind.fields)
+        made = await self.tgt.send("POST", self._items_path(kind, self.tgt_user, target), json=body)
+        if made is None:  # plan mode
+            return
+        if kind is EVENTS and item.get("type") == "seriesMaster":
+            await self._reproduce_exceptions(item, str(made["id"]))
+        self.ctx.journal.map_item(
+            self.key,
+            sid,
+            status="copied",
+            source_change_key=item.get("changeKey"),
+            target_item_id=made["id"],
+            target_change_key=made.get("changeKey"),
+        )
+        self.counts[f"{kind.kind}s_copied"] += 1
+        self.counts["copied"] += 1
+
+    async def _update(
+        self, kind: PimKind, target: str, known: dict[str, Any], item: dict[str, Any]
+    ) -> None:
+        fields = kind.fields
+        if kind is EVENTS and item.get("type") == "seriesMaster":
+            # Changing a series' pattern or times drops its exceptions (Outlook's rule), so a
+            # series is updated in its other properties only; *unverified* completeness.
+            fields = SERIES_SAFE_FIELDS
+        try:
+            made = await self.tgt.send(
+                "PATCH",
+                kind.item(self.tgt_user, target, str(known["target_item_id"])),
+                json=_copyable(item, fields),
+            )
+        except (NotFound, Conflict, InvalidRequest) as exc:
+            self.ctx.journal.map_item(
+                self.key, known["source_item_id"], reason=f"not updated: {exc.message}"
+            )
+            self.counts["update_conflicts"] += 1
+            return
+        self.ctx.journal.map_item(
+            self.key,
+            known["source_item_id"],
+            status="copied",
+            source_change_key=item.get("changeKey"),
+            target_change_key=(made or {}).get("changeKey"),
+        )
+        self.counts["updated"] += 1
+
+    async def _reproduce_exceptions(self, master: dict[str, Any], target_id_: str) -> None:
+        """Exceptions PATCHed onto the target's occurrences; cancelled ones deleted."""
+        start, end = _series_window(master)
+        params = {"startDateTime": start, "endDateTime": end, "$top": 1000}
+        source = await self.src.list_all(
+            f"users/{self.src_user}/events/{master['id']}/instances", params
+        )
+        target = await self.tgt.list_all(
+            f"users/{self.tgt_user}/events/{target_id_}/instances", params
+        )
+        by_start = {_instant(i.get("originalStart")): i for i in source}
+        for occ in target:
+            original = by_start.get(_instant(occ.get("originalStart")))
+            path = f"users/{self.tgt_user}/events/{occ['id']}"
+            if original is None:
+                await self.tgt.send("DELETE", path)  # cancelled at the source
+                self.counts["occurrences_cancelled"] += 1
+            elif original.get("type") == "exception":
+                await self.tgt.send("PATCH", path, json=_copyable(original, EXCEPTION_FIELDS))
+                self.counts["exceptions_copied"] += 1
+
+    async def _recover_interrupted(self, kind: PimKind, source: str, target: str) -> None:
+        """Items marked `importing` by a pass that died: adopt an unmapped target item with
+        the same signature (name and address / subject and start / title and due date)."""
+        stuck = [
+            r
+            for r in self.ctx.journal.mapped_items(self.key, folder_id=source, status="importing")
+            if r["kind"] == kind.kind
+        ]
+        if not stuck:
+            return
+        taken = {r["target_item_id"] for r in self.ctx.journal.mapped_items(self.key)}
+        present = [
+            t
+            for t in await self.tgt.list_all(
+                self._items_path(kind, self.tgt_user, target), {"$top": 100}
+            )
+            if t["id"] not in taken
+        ]
+        originals = {
+            str(i["id"]): i
+            for i in await self.src.list_all(
+                self._items_path(kind, self.src_user, source), {"$top": 100}
+            )
+        }
+        for r in stuck:
+            original = originals.get(r["source_item_id"])
+            found = next(
+                (t for t in present if original and kind.signature(t) == kind.signature(original)),
+                None,
+            )
+            if found is None:
+                self.ctx.journal.map_item(self.key, r["source_item_id"], status="pending")
+                continue
+            present.remove(found)
+            if kind is EVENTS and original and original.get("type") == "seriesMaster":
+                await self._reproduce_exceptions(original, str(found["id"]))
+            self.ctx.journal.map_item(
+                self.key,
+                r["source_item_id"],
+                status="copied",
+                target_item_id=found["id"],
+                target_change_key=found.get("changeKey"),
+            )
+
+
+def _series_window(master: dict[str, Any]) -> tuple[str, str]:
+    """The span to expand a series over: its start to its range's end (or a horizon)."""
+    start = _instant((master.get("start") or {}).get("dateTime"))
+    assert start is not None
+    rng = (master.get("recurrence") or {}).get("range") or {}
+    if rng.get("type") == "endDate" and rng.get("endDate"):
+        end = dt.datetime.fromisoformat(str(rng["endDate"])).replace(tzinfo=dt.UTC)
+        end += dt.timedelta(days=2)
+    else:
+        end = max(start, dt.datetime.now(dt.UTC)) + NO_END_HORIZON
+    begin = start - dt.timedelta(days=1)
+    return begin.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- deletions -------------------------------------------------------------------------------------
+
+
+def _delete_path(row: dict[str, Any], user: str) -> str | None:
+    target = row["target_item_id"]
+    return {
+        MAIL_CLASS: f"users/{user}/messages/{target}",
+        "contact": f"users/{user}/contacts/{target}",
+        "event": f"users/{user}/events/{target}",
+        "task": f"users/{user}/todo/lists/{row['target_folder_id']}/tasks/{target}",
+    }.get(row["kind"])
+
+
+async def handle_deletions(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:
+    """Source deletions: reported (keep) or mirrored into the target (mirror)."""
+    gone = ctx.journal.mapped_items(key, status="gone")
+    counts["deleted_at_source"] = len(gone)
+    if ctx.project.migration.deletions != "mirror":
+        return
+    for r in gone:
+        path = _delete_path(r, tgt.user_id)
+        if path is None:
+            continue
+        with contextlib.suppress(NotFound):  # already gone in the target
+            await tgt.graph.send("DELETE", path)
+        ctx.journal.unmap_item(key, r["source_item_id"])
+        counts["deleted_in_target"] += 1
+
+
+# -- the mover -------------------------------------------------------------------------------------
+
+
+class ItemsMover:
+    """`[migration] mover = "graph-items"`."""
+
+    async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
+        from coexist.migrate import reconcile
+
+        if kind == "cutover":
+            window = Window()  # the cutover pass moves everything not yet moved
+        src = Box(ctx.source.graph, subject, "")
+        tgt = Box(ctx.target.graph, target_id(ctx, subject), "")
+        target_tree = await mail_tree(tgt.graph, tgt.user_id)
+        plan = await fidelity.map_folders(
+            ctx, tgt, await mail_tree(src.graph, src.user_id), target_tree
+        )
+        counts: Counter[str] = Counter()
+        for folder_id in plan.target_of:
+            await scan_folder(ctx, subject, src, folder_id)
+        await fidelity.resolve_moves(ctx, subject, tgt, plan, counts, _move_signature)
+        mail = MailCopier(ctx, subject, src, tgt, counts)
+        await mail.copy_pending(plan, window)
+        await mail.update_changed()
+        pim = PimCopier(ctx, subject, src.graph, tgt.graph, (src.user_id, tgt.user_id))
+        await pim.run()
+        counts.update(pim.counts)
+        await handle_deletions(ctx, subject, tgt, counts)
+        totals = {f.id: f.total for f in await mail_tree(tgt.graph, tgt.user_id)}
+        report = await reconcile.reconcile(ctx, subject, src, tgt, plan, target_totals=totals)
+        counts["pending"] = sum(f["pending"] for f in report["folders"])
+        counts["difference"] = report["unexplained"]
+        detail = (
+            f"{kind} pass: {counts['copied']} copied, {counts['updated']} updated, "
+            f"{counts['skipped']} skipped, {counts['moved']} moved"
+        )
+        if plan.skipped_folders:
+            detail += f"; folders not moved: {', '.join(plan.skipped_folders)}"
+        if kind == "cutover" and report["unexplained"] > ctx.project.migration.reconcile_tolerance:
+            # Cutover gate: an unexplained difference keeps the user on the source.
+            detail += f"; reconciliation: {report['unexplained']} items unexplained"
+            return PassResult("waiting", detail, counts=dict(counts))
+        return PassResult("ok", detail, counts=dict(counts))
+
+
+MOVERS["graph-items"] = ItemsMover()
