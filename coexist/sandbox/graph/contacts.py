@@ -10,7 +10,6 @@ user-list-contactfolders, contactfolder-list-childfolders).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +20,7 @@ from ..model import User
 from ..pim import CONTACTS, PimFolder, PimItem, PimStore
 from . import common, mail
 from .common import GraphJSON, fail
-from .outlook_items import etag, invalid_value, pim_of, writable
+from .outlook_items import etag, invalid_value, page, pim_of, writable
 
 # Application permissions (user-list-contacts / user-post-contacts "Permissions").
 READ = ("Contacts.Read", "Contacts.ReadWrite")
@@ -40,7 +39,6 @@ _COLLECTIONS = frozenset(
     {"categories", "imAddresses", "homePhones", "businessPhones", "children", "emailAddresses"}
 )
 _ADDRESSES = frozenset({"homeAddress", "businessAddress", "otherAddress"})
-PAGE_DEFAULT = 10
 
 
 def contact_json(item: PimItem) -> dict[str, Any]:
@@ -98,26 +96,6 @@ def _folder(request: Request, pim: PimStore, key: str, user: User) -> PimFolder:
     return found
 
 
-def _page(request: Request, fragment: str, values: list[dict[str, Any]]) -> Response:
-    q = common.query(request)
-    try:
-        top, skip = int(q.get("top", PAGE_DEFAULT)), int(q.get("skip", 0))
-    except ValueError:
-        top = skip = -1
-    if not 1 <= top <= 1000 or skip < 0:
-        raise fail(400, "ErrorInvalidUrlQuery", "Invalid value for '$top' or '$skip'.", request)
-    body: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
-    body["value"] = values[skip : skip + top]
-    if skip + top < len(values):
-        params = [
-            (k, v) for k, v in request.query_params.multi_items() if k.lower().lstrip("$") != "skip"
-        ]
-        params.append(("$skip", str(skip + top)))
-        base = common.base(request).removesuffix("/v1.0")
-        body["@odata.nextLink"] = f"{base}{request.url.path}?{urlencode(params, safe='$')}"
-    return GraphJSON(body)
-
-
 def _contact(request: Request, pim: PimStore, key: str, user: User) -> PimItem:
     contact_id = request.path_params["contact_id"]
     if not looks_like_id(contact_id):
@@ -145,7 +123,7 @@ async def list_contacts(request: Request) -> Response:
         pim = pim_of(request)
         folder = _folder(request, pim, key, user)
         values = [contact_json(i) for i in pim.items(key, user.id, "contact", folder.id)]
-        return _page(request, f"users('{request.path_params['user_id']}')/contacts", values)
+        return page(request, f"users('{request.path_params['user_id']}')/contacts", values)
 
 
 async def create_contact(request: Request) -> Response:
@@ -192,7 +170,7 @@ async def list_folders(request: Request) -> Response:
         parent = _folder(request, pim, key, user)
         children = pim.folders(key, user.id, CONTACTS, parent=parent.id)
         values = [folder_json(f, parent.id) for f in children]
-        return _page(request, f"users('{request.path_params['user_id']}')/contactFolders", values)
+        return page(request, f"users('{request.path_params['user_id']}')/contactFolders", values)
 
 
 async def create_folder(request: Request) -> Response:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ..pim import PIM_DB, PimStore
 from ..web import HTTPFailure, ctx_of
-from .common import fail
+from . import common
+from .common import GraphJSON, fail
 
 PIM_STORE_KEY = "pim"  # SandboxContext.extra key holding the PimStore
 _OPEN = threading.Lock()
@@ -65,3 +68,27 @@ def writable(
 
 def etag(change_key: str) -> str:
     return f'W/"{change_key}"'
+
+
+PAGE_DEFAULT = 10  # Outlook collections page by 10 without $top
+
+
+def page(request: Request, fragment: str, values: list[dict[str, Any]]) -> Response:
+    """One $top/$skip page of a PIM collection, with Graph's absolute @odata.nextLink."""
+    q = common.query(request)
+    try:
+        top, skip = int(q.get("top", PAGE_DEFAULT)), int(q.get("skip", 0))
+    except ValueError:
+        top = skip = -1
+    if not 1 <= top <= 1000 or skip < 0:
+        raise fail(400, "ErrorInvalidUrlQuery", "Invalid value for '$top' or '$skip'.", request)
+    body: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
+    body["value"] = values[skip : skip + top]
+    if skip + top < len(values):
+        params = [
+            (k, v) for k, v in request.query_params.multi_items() if k.lower().lstrip("$") != "skip"
+        ]
+        params.append(("$skip", str(skip + top)))
+        base = common.base(request).removesuffix("/v1.0")
+        body["@odata.nextLink"] = f"{base}{request.url.path}?{urlencode(params, safe='$')}"
+    return GraphJSON(body)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +23,7 @@ from ..model import User
 from ..pim import TODO, PimFolder, PimItem, PimStore, format_local
 from . import common, mail
 from .common import GraphJSON, fail
-from .outlook_items import etag, invalid_value, pim_of, writable
+from .outlook_items import etag, invalid_value, page, pim_of, writable
 
 # Application permissions (todo-list-lists / todotasklist-post-tasks "Permissions").
 READ = ("Tasks.Read.All", "Tasks.ReadWrite.All")
@@ -40,7 +39,6 @@ TASK_FIELDS = frozenset(
 LIST_FIELDS = frozenset({"displayName"})
 STATUSES = ("notStarted", "inProgress", "completed", "waitingOnOthers", "deferred")
 IMPORTANCE = ("low", "normal", "high")
-PAGE_DEFAULT = 10
 
 
 def list_json(f: PimFolder) -> dict[str, Any]:
@@ -138,26 +136,6 @@ def _task(request: Request, pim: PimStore, key: str, user: User) -> PimItem:
     return item
 
 
-def _page(request: Request, fragment: str, values: list[dict[str, Any]]) -> Response:
-    q = common.query(request)
-    try:
-        top, skip = int(q.get("top", PAGE_DEFAULT)), int(q.get("skip", 0))
-    except ValueError:
-        top = skip = -1
-    if not 1 <= top <= 1000 or skip < 0:
-        raise fail(400, "ErrorInvalidUrlQuery", "Invalid value for '$top' or '$skip'.", request)
-    body: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
-    body["value"] = values[skip : skip + top]
-    if skip + top < len(values):
-        params = [
-            (k, v) for k, v in request.query_params.multi_items() if k.lower().lstrip("$") != "skip"
-        ]
-        params.append(("$skip", str(skip + top)))
-        base = common.base(request).removesuffix("/v1.0")
-        body["@odata.nextLink"] = f"{base}{request.url.path}?{urlencode(params, safe='$')}"
-    return GraphJSON(body)
-
-
 def _entity(request: Request, fragment: str, obj: dict[str, Any], status: int = 200) -> Response:
     body = {"@odata.context": common.context_url(request, fragment)}
     body.update(obj)
@@ -171,7 +149,7 @@ def _ctx(request: Request) -> str:
 async def list_lists(request: Request) -> Response:
     with mail.outlook(request, READ) as (_p, key, user):
         values = [list_json(f) for f in pim_of(request).folders(key, user.id, TODO)]
-        return _page(request, f"{_ctx(request)}/lists", values)
+        return page(request, f"{_ctx(request)}/lists", values)
 
 
 async def create_list(request: Request) -> Response:
@@ -219,7 +197,7 @@ async def list_tasks(request: Request) -> Response:
         pim = pim_of(request)
         folder = _list(request, pim, key, user)
         values = [task_json(i) for i in pim.items(key, user.id, "task", folder.id)]
-        return _page(request, f"{_ctx(request)}/lists('{folder.id}')/tasks", values)
+        return page(request, f"{_ctx(request)}/lists('{folder.id}')/tasks", values)
 
 
 async def create_task(request: Request) -> Response:
