@@ -25,6 +25,7 @@ A pass over one mailbox, and why in this order:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,6 +41,11 @@ from coexist.provisioning.convert import target_id
 from coexist.tenants.graph import GraphAdapter
 
 EXPORT_BATCH = 20  # mailbox-exportitems: "The maximum size of this collection is 20 strings."
+# Bytes of items per exportItems call: the answer is held whole (base64 in JSON), so large
+# items are exported a few at a time and memory stays flat whatever the mailbox holds.
+EXPORT_BYTES = 6 * 1024 * 1024
+PREFETCH_BATCHES = 1  # exported batches waiting for import (the next one is being exported)
+IMPORTS_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
 DELTA_PAGE = 200  # Prefer: odata.maxpagesize (graph/delta-query-messages)
 CHECKPOINT_KIND = "io-items"
 MAIL_CLASS = "IPM.Note"  # item class of mail (resources/mailboxitem `type`)
@@ -124,8 +130,11 @@ def _rules(ctx: Context) -> FolderRules:
     return FolderRules.parse(m.folder_rules, m.include_folders, m.exclude_folders)
 
 
-async def _ensure_path(box: Box, tree: list[Folder], dest: Destination) -> str | None:
-    """The target folder id for `dest`, creating missing mail folders on the way."""
+async def _ensure_path(
+    box: Box, tree: list[Folder], dest: Destination, folder_class: str = MAIL_FOLDER
+) -> str | None:
+    """The target folder id for `dest`, creating missing folders of `folder_class` on the
+    way; None when the target cannot hold it (e.g. a calendar under a mail folder)."""
     by_path = {f.path: f for f in tree}
     anchor: Folder | None = None
     if dest.anchor is not None:
@@ -133,16 +142,19 @@ async def _ensure_path(box: Box, tree: list[Folder], dest: Destination) -> str |
         if anchor is None:
             return None
     prefix = anchor.path if anchor else ()
-    parent_id = anchor.id if anchor else None
+    parent = anchor
     for name in dest.path:
         prefix = (*prefix, name)
         found = next((f for p, f in by_path.items() if _same_path(p, prefix)), None)
         if found is None:
-            found = await _create_folder(box, parent_id, name, prefix)
+            made = await _create_folder(box, parent, name, prefix, folder_class)
+            if made is None:
+                return None
+            found = made
             tree.append(found)
             by_path[found.path] = found
-        parent_id = found.id
-    return parent_id
+        parent = found
+    return parent.id if parent else None
 
 
 def _same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -150,25 +162,64 @@ def _same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return len(a) == len(b) and all(x.casefold() == y.casefold() for x, y in zip(a, b, strict=True))
 
 
-async def _create_folder(
-    box: Box, parent_id: str | None, name: str, path: tuple[str, ...]
-) -> Folder:
-    """Create a mail folder with the mail API (the import/export API cannot create folders).
+# The import/export API cannot create folders (mailbox-import-export-concept-overview); each
+# folder class is created through the Graph API of its kind. Graph creates secondary
+# calendars and To Do lists only beside the default one (user-post-calendars,
+# todo-post-lists); contact folders nest (contactfolder-post-childfolders).
+_DEFAULT_OF_CLASS = {
+    "IPF.Contact": "contacts",
+    "IPF.Appointment": "calendar",
+    "IPF.Task": "tasks",
+}
 
-    *unverified*: that mailFolder ids and the import/export API's mailboxFolder ids are the
-    same strings in Exchange Online (both are the folder's EWS id form in Microsoft's samples);
-    the sandbox serves one id space.
+
+def _create_request(
+    user: str, parent: Folder | None, name: str, folder_class: str
+) -> tuple[str, dict[str, str]] | None:
+    """(URL, body) that creates a folder of this class under `parent`, or None if Graph
+    cannot put one there."""
+    base = f"users/{user}"
+    if folder_class == MAIL_FOLDER:
+        if parent is not None and parent.folder_class != MAIL_FOLDER:
+            return None  # a mail folder inside a calendar/contacts/tasks folder
+        where = f"{base}/mailFolders" + (f"/{parent.id}/childFolders" if parent else "")
+        return where, {"displayName": name}
+    default = _DEFAULT_OF_CLASS.get(folder_class)
+    if parent is None or default is None:
+        return None
+    at_default = parent.well_known == default and len(parent.path) == 1
+    if folder_class == "IPF.Contact" and parent.folder_class == folder_class:
+        where = f"{base}/contactFolders" + ("" if at_default else f"/{parent.id}/childFolders")
+        return where, {"displayName": name}
+    if not at_default:
+        return None
+    if folder_class == "IPF.Appointment":
+        return f"{base}/calendars", {"name": name}
+    return f"{base}/todo/lists", {"displayName": name}
+
+
+async def _create_folder(
+    box: Box, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
+) -> Folder | None:
+    """Create a folder through the Graph API of its class; None if it cannot exist there.
+
+    *unverified*: that mailFolder / contactFolder / calendar ids and the import/export API's
+    mailboxFolder ids are the same strings in Exchange Online (both are the folder's EWS id
+    form in Microsoft's samples; To Do list ids are known to differ in form); the sandbox
+    serves one id space.
     """
-    where = f"users/{box.user_id}/mailFolders" + (f"/{parent_id}/childFolders" if parent_id else "")
+    request = _create_request(box.user_id, parent, name, folder_class)
+    if request is None:
+        return None
     try:
-        made = await box.graph.send("POST", where, json={"displayName": name})
+        made = await box.graph.send("POST", request[0], json=request[1])
     except Conflict:  # made by an earlier, interrupted pass: look it up
-        parent = f"folders/{parent_id}/childFolders" if parent_id else "folders"
-        siblings = await box.graph.list_all(box.path(parent))
+        where = f"folders/{parent.id}/childFolders" if parent else "folders"
+        siblings = await box.graph.list_all(box.path(where))
         made = next(s for s in siblings if str(s["displayName"]).casefold() == name.casefold())
     if made is None:  # plan mode
-        return Folder(f"planned:{'/'.join(path)}", path, None, MAIL_FOLDER, 0)
-    return Folder(str(made["id"]), path, None, MAIL_FOLDER, 0)
+        return Folder(f"planned:{'/'.join(path)}", path, None, folder_class, 0)
+    return Folder(str(made["id"]), path, None, folder_class, 0)
 
 
 async def plan_folders(ctx: Context, src: Box, tgt: Box) -> Plan:
@@ -184,12 +235,7 @@ async def map_folders(ctx: Context, tgt: Box, source: list[Folder], target: list
         dest = map_folder(SourceFolder(f.path, f.well_known), top, rules)
         if dest is None:
             continue
-        if f.folder_class != MAIL_FOLDER and not (f.well_known and not dest.path):
-            # Only well-known calendar/contacts/tasks folders exist in both mailboxes; the
-            # mail API creates mail folders only.
-            plan.skipped_folders.append("/".join(f.path))
-            continue
-        target_id_ = await _ensure_path(tgt, target, dest)
+        target_id_ = await _ensure_path(tgt, target, dest, f.folder_class)
         if target_id_ is None:
             plan.skipped_folders.append("/".join(f.path))
             continue
@@ -410,9 +456,34 @@ class Importer:
         return await self.box.graph.post_import(await self.url(), body)
 
 
-def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    for i in range(0, len(rows), EXPORT_BATCH):
-        yield rows[i : i + EXPORT_BATCH]
+@dataclass(frozen=True)
+class Job:
+    """One item to import: its item_map row, the target folder, and for an update the
+    copy's (ItemId, ChangeKey)."""
+
+    row: dict[str, Any]
+    dest: str
+    update: tuple[str, str] | None = None
+
+    @property
+    def source_id(self) -> str:
+        return str(self.row["source_item_id"])
+
+
+def _batches(jobs: list[Job]) -> Iterator[list[Job]]:
+    """Export batches: <= 20 ids and <= EXPORT_BYTES of items (one larger item goes alone),
+    so what a batch holds in memory does not depend on the mailbox."""
+    batch: list[Job] = []
+    size = 0
+    for job in jobs:
+        item = int(job.row.get("size") or 0)
+        if batch and (len(batch) == EXPORT_BATCH or size + item > EXPORT_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(job)
+        size += item
+    if batch:
+        yield batch
 
 
 def _in_window(row: dict[str, Any], window: Window, now: datetime) -> bool:
@@ -427,27 +498,21 @@ def _in_window(row: dict[str, Any], window: Window, now: datetime) -> bool:
 
 async def _headers(src: Box, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Subject and top-level Content-Type per item, one JSON $batch (<= 20 requests,
-    graph/json-batching). *unverified*: that the mail API takes the import/export item ids."""
-    requests = [
-        {
-            "id": str(n),
-            "method": "GET",
-            "url": f"/users/{src.user_id}/messages/{i}?$select=subject,internetMessageHeaders",
-        }
-        for n, i in enumerate(ids)
+    graph/json-batching); an item whose headers could not be read is left out.
+    *unverified*: that the mail API takes the import/export item ids."""
+    urls = [
+        f"/users/{src.user_id}/messages/{i}?$select=subject,internetMessageHeaders" for i in ids
     ]
-    data = await src.graph.send("POST", "$batch", json={"requests": requests})
     out: dict[str, dict[str, Any]] = {}
-    for r in (data or {}).get("responses", []):
-        if int(r.get("status", 0)) == 200:
-            body = r.get("body") or {}
-            headers = {
-                h["name"].lower(): h["value"] for h in body.get("internetMessageHeaders") or []
-            }
-            out[ids[int(r["id"])]] = {
-                "subject": body.get("subject"),
-                "content_type": str(headers.get("content-type", "")).lower(),
-            }
+    for item_id, body in zip(ids, await src.graph.batch_get(urls), strict=True):
+        if not isinstance(body, dict):
+            continue
+        headers = {h["name"].lower(): h["value"] for h in body.get("internetMessageHeaders") or []}
+        out[item_id] = {
+            "subject": body.get("subject"),
+            "content_type": str(headers.get("content-type", "")).lower(),
+            "content_class": str(headers.get("content-class", "")).lower(),
+        }
     return out
 
 
@@ -455,10 +520,20 @@ def _skip_reason(ctx: Context, row: dict[str, Any], info: dict[str, Any] | None)
     m = ctx.project.migration
     if int(row.get("size") or 0) > m.max_item_mb * 1024 * 1024:
         return f"larger than {m.max_item_mb} MB"
-    ctype = (info or {}).get("content_type", "")
-    if m.encrypted == "skip" and any(t in ctype for t in ENCRYPTED_TYPES):
+    if m.encrypted == "skip" and _encrypted(str(row.get("kind") or ""), info or {}):
         return "encrypted (S/MIME or IRM)"
     return None
+
+
+def _encrypted(item_class: str, info: dict[str, Any]) -> bool:
+    # MS-OXOSMIME: encrypted and opaque-signed mail is "IPM.Note.SMIME" (clear-signed mail,
+    # "IPM.Note.SMIME.MultipartSigned", is readable and moves). IRM mail is "IPM.Note" with
+    # PidNameContentClass "rpmsg.message" (MS-OXBBODY 2.1.3.4), the rights-managed body in an
+    # application/x-microsoft-rpmsg-message attachment (MS-OXORMMS): only headers show it.
+    if item_class.lower() == "ipm.note.smime":
+        return True
+    ctype = str(info.get("content_type", ""))
+    return any(t in ctype for t in ENCRYPTED_TYPES) or "rpmsg" in str(info.get("content_class"))
 
 
 async def copy_pending(
@@ -471,71 +546,199 @@ async def copy_pending(
     counts: Counter[str],
 ) -> None:
     now = datetime.now().astimezone()
+    jobs: list[Job] = []
     for folder_id, dest in plan.target_of.items():
         await _adopt_interrupted(ctx, key, importer.box, folder_id, dest)
-        pending = [
-            r
+        jobs += [
+            Job(r, dest)
             for r in ctx.journal.mapped_items(key, folder_id=folder_id, status="pending")
             if _in_window(r, window, now)
         ]
-        for batch in _batches(pending):
-            await _copy_batch(ctx, key, src, importer, dest, batch, counts)
+    await _pipeline(ctx, key, src, importer, jobs, counts)
 
 
-async def _copy_batch(
+async def update_changed(
+    ctx: Context, key: str, src: Box, importer: Importer, counts: Counter[str]
+) -> None:
+    """Bring copies in line with their changed source (read/flag state, categories...)."""
+    jobs = [
+        Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), str(r["target_change_key"])))
+        for r in ctx.journal.mapped_items(key, status="changed")
+        if r["target_item_id"]
+    ]
+    await _pipeline(ctx, key, src, importer, jobs, counts)
+
+
+Exported = list[tuple[Job, tuple[str, str]]]  # (job, (changeKey, base64 stream))
+
+
+async def _pipeline(
     ctx: Context,
     key: str,
     src: Box,
     importer: Importer,
-    dest: str,
-    batch: list[dict[str, Any]],
+    jobs: list[Job],
     counts: Counter[str],
 ) -> None:
-    mail_ids = [r["source_item_id"] for r in batch if r["kind"] == MAIL_CLASS]
-    info = await _headers(src, mail_ids) if mail_ids else {}
-    wanted = []
-    for r in batch:
-        reason = _skip_reason(ctx, r, info.get(r["source_item_id"]))
-        if reason is None:
-            wanted.append(r)
+    """Export batch n+1 from the source while batch n is imported into the target, with up to
+    IMPORTS_IN_FLIGHT imports at once (Outlook admits 4 concurrent requests per mailbox).
+
+    Source and target are different mailboxes with their own budgets, so overlapping them is
+    what lets the target's upload budget be spent without gaps. Memory is bounded: one batch
+    queued, one being exported, one being imported (each <= EXPORT_BYTES); every stream is
+    dropped as soon as its import answers.
+    """
+    if not jobs:
+        return
+    queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
+
+    async def produce() -> None:
+        for batch in _batches(jobs):
+            ready = await _export_batch(ctx, key, src, batch, counts)
+            if ready:
+                await queue.put(ready)
+        await queue.put(None)
+
+    slots = asyncio.Semaphore(IMPORTS_IN_FLIGHT)
+
+    async def consume(tg: asyncio.TaskGroup) -> None:
+        while (ready := await queue.get()) is not None:
+            while ready:
+                job, data = ready.pop(0)
+                await slots.acquire()
+                tg.create_task(_import_one(ctx, key, importer, job, data, counts, slots))
+            del ready
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce())
+            tg.create_task(consume(tg))
+    except BaseExceptionGroup as group:
+        # One error tree for callers: the first failure, not asyncio's group of them.
+        raise group.exceptions[0] from None
+
+
+async def _export_batch(
+    ctx: Context, key: str, src: Box, batch: list[Job], counts: Counter[str]
+) -> Exported:
+    """Skip what must not be imported (reported with its subject), export the rest."""
+    creates = [j for j in batch if j.update is None]
+    mail_ids = [j.source_id for j in creates if str(j.row["kind"]).startswith(MAIL_CLASS)]
+    check = ctx.project.migration.encrypted == "skip"
+    info = await _headers(src, mail_ids) if mail_ids and check else {}
+    wanted: list[Job] = []
+    for job in batch:
+        if job.update is None and check and job.source_id in mail_ids and job.source_id not in info:
+            # Its headers could not be read: importing it blind could import an encrypted
+            # item; it stays pending (the reconciliation shows it) for the next pass.
+            counts["deferred"] += 1
             continue
-        subject = (info.get(r["source_item_id"]) or {}).get("subject")
-        ctx.journal.map_item(
-            key, r["source_item_id"], status="skipped", reason=reason, subject=subject
-        )
+        reason = None if job.update else _skip_reason(ctx, job.row, info.get(job.source_id))
+        if reason is None:
+            wanted.append(job)
+            continue
+        subject = (info.get(job.source_id) or {}).get("subject")
+        if subject is None:
+            subject = await _subject(src, job.source_id)
+        ctx.journal.map_item(key, job.source_id, status="skipped", reason=reason, subject=subject)
         counts["skipped"] += 1
     if not wanted:
+        return []
+    exported = await _export(src, [j.source_id for j in wanted])
+    # An id missing from the answer is gone since the scan: the next delta reports it.
+    return [(j, exported.pop(j.source_id)) for j in wanted if j.source_id in exported]
+
+
+async def _subject(src: Box, item_id: str) -> str | None:
+    """A skipped item's subject for the report (one GET; only skipped items pay it)."""
+    (body,) = await src.graph.batch_get(
+        [f"/users/{src.user_id}/messages/{item_id}?$select=subject"]
+    )
+    return str(body["subject"]) if isinstance(body, dict) and body.get("subject") else None
+
+
+async def _import_one(
+    ctx: Context,
+    key: str,
+    importer: Importer,
+    job: Job,
+    data: tuple[str, str],
+    counts: Counter[str],
+    slots: asyncio.Semaphore,
+) -> None:
+    try:
+        if job.update is None:
+            await _create(ctx, key, importer, job, data, counts)
+        else:
+            await _update(ctx, key, importer, job, data, counts)
+    finally:
+        slots.release()
+
+
+async def _create(
+    ctx: Context,
+    key: str,
+    importer: Importer,
+    job: Job,
+    data: tuple[str, str],
+    counts: Counter[str],
+) -> None:
+    ctx.journal.map_item(key, job.source_id, status="importing", target_folder_id=job.dest)
+    try:
+        made = await importer.put(job.dest, data[1])
+    except InvalidRequest as exc:
+        # e.g. "The item does not fit the destination folder": skipped, never dropped.
+        ctx.journal.map_item(key, job.source_id, status="skipped", reason=exc.message)
+        counts["skipped"] += 1
         return
-    exported = await _export(src, [r["source_item_id"] for r in wanted])
-    for r in wanted:
-        data = exported.get(r["source_item_id"])
-        if data is None:
-            continue  # gone since the scan: the next delta reports it
-        ctx.journal.map_item(key, r["source_item_id"], status="importing", target_folder_id=dest)
-        try:
-            made = await importer.put(dest, data[1])
-        except InvalidRequest as exc:
-            # e.g. "The item does not fit the destination folder": skipped, never dropped.
-            ctx.journal.map_item(key, r["source_item_id"], status="skipped", reason=exc.message)
-            counts["skipped"] += 1
-            continue
+    ctx.journal.map_item(
+        key,
+        job.source_id,
+        status="copied",
+        source_change_key=data[0],
+        target_folder_id=job.dest,
+        target_item_id=made.get("itemId"),
+        target_change_key=made.get("changeKey"),
+        reason=None,
+    )
+    counts["copied"] += 1
+    counts["bytes"] += int(job.row.get("size") or 0)
+
+
+async def _update(
+    ctx: Context,
+    key: str,
+    importer: Importer,
+    job: Job,
+    data: tuple[str, str],
+    counts: Counter[str],
+) -> None:
+    assert job.update is not None
+    try:
+        made = await importer.put(job.dest, data[1], job.update)
+    except (Conflict, NotFound) as exc:
+        # Changed in the target too, or gone there: reported, the target wins.
         ctx.journal.map_item(
-            key,
-            r["source_item_id"],
-            status="copied",
-            source_change_key=data[0],
-            target_folder_id=dest,
-            target_item_id=made.get("itemId"),
-            target_change_key=made.get("changeKey"),
-            reason=None,
+            key, job.source_id, status="copied", reason=f"not updated: {exc.message}"
         )
-        counts["copied"] += 1
-        counts["bytes"] += int(r.get("size") or 0)
+        counts["update_conflicts"] += 1
+        return
+    ctx.journal.map_item(
+        key,
+        job.source_id,
+        status="copied",
+        source_change_key=data[0],
+        target_item_id=made.get("itemId") or job.update[0],
+        target_change_key=made.get("changeKey"),
+    )
+    counts["updated"] += 1
 
 
 async def _export(src: Box, ids: list[str]) -> dict[str, tuple[str, str]]:
-    """id -> (changeKey, base64 data) for up to 20 items; failures are left out."""
-    data = await src.graph.send("POST", src.path("exportItems"), json={"itemIds": ids})
+    """id -> (changeKey, base64 data) for up to 20 items; failures are left out.
+
+    exportItems changes nothing, so it is sent as a safe POST: retried like a read."""
+    data = await src.graph.send("POST", src.path("exportItems"), json={"itemIds": ids}, safe=True)
     out: dict[str, tuple[str, str]] = {}
     for v in (data or {}).get("value", []):
         if "data" in v and "error" not in v:
@@ -584,39 +787,6 @@ async def _adopt_interrupted(ctx: Context, key: str, tgt: Box, folder_id: str, d
             target_change_key=found.get("changeKey"),
             target_folder_id=dest,
         )
-
-
-async def update_changed(
-    ctx: Context, key: str, src: Box, importer: Importer, counts: Counter[str]
-) -> None:
-    """Bring copies in line with their changed source (read/flag state, categories...)."""
-    changed = ctx.journal.mapped_items(key, status="changed")
-    for batch in _batches(changed):
-        exported = await _export(src, [r["source_item_id"] for r in batch])
-        for r in batch:
-            data = exported.get(r["source_item_id"])
-            if data is None or not r["target_item_id"]:
-                continue
-            try:
-                made = await importer.put(
-                    r["target_folder_id"], data[1], (r["target_item_id"], r["target_change_key"])
-                )
-            except (Conflict, NotFound) as exc:
-                # Changed in the target too, or gone there: reported, the target wins.
-                ctx.journal.map_item(
-                    key, r["source_item_id"], status="copied", reason=f"not updated: {exc.message}"
-                )
-                counts["update_conflicts"] += 1
-                continue
-            ctx.journal.map_item(
-                key,
-                r["source_item_id"],
-                status="copied",
-                source_change_key=data[0],
-                target_item_id=made.get("itemId") or r["target_item_id"],
-                target_change_key=made.get("changeKey"),
-            )
-            counts["updated"] += 1
 
 
 async def handle_deletions(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:

@@ -84,7 +84,13 @@ async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> Pas
     if ctx.planning:
         return PassResult("planned", f"would run a {kind} pass ({type(mover).__name__})")
     pass_id = ctx.journal.pass_started(ctx.run_id, subject, kind, window.to_dict())
-    result = await mover.run(ctx, subject, kind, window)
+    try:
+        result = await mover.run(ctx, subject, kind, window)
+    except BaseException:
+        # The pass ended (an error, a cancel): it must not stay `running` in `status`. The
+        # item map and checkpoints already hold what it did; a re-run continues from them.
+        ctx.journal.pass_finished(pass_id, "failed", {})
+        raise
     ctx.journal.pass_finished(pass_id, result.status, result.counts)
     return result
 

@@ -121,9 +121,14 @@ class GraphAdapter(Adapter):
         params: dict[str, Any] | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        safe: bool = False,
     ) -> Any:
-        """One request; returns parsed JSON (or None for 204). Plan mode records writes."""
-        if _is_write(method, path, json):
+        """One request; returns parsed JSON (or None for 204). Plan mode records writes.
+
+        `safe`: a POST that changes nothing (mailbox `exportItems`), so it is retried like a
+        read and sent in plan mode too.
+        """
+        if _is_write(method, path, json) and not safe:
             if self.plan is not None:
                 self.plan.record("graph", self.label, f"{method} /{path.lstrip('/')}", json or {})
                 return None
@@ -243,6 +248,44 @@ class GraphAdapter(Adapter):
             if box is not None:
                 inner = {str(k).lower(): str(v) for k, v in (r.get("headers") or {}).items()}
                 self.mailboxes.throttled(box, parse_retry_after(inner.get("retry-after")))
+
+    async def batch_get(self, urls: list[str]) -> list[Any]:
+        """GET up to 20 relative URLs in one JSON $batch; each answer's body, or None when
+        that request failed (404...).
+
+        json-batching: the batch answers 200 even when inner requests were throttled; those
+        (429/503) are sent again, alone, after the governor's pause, until the retry policy
+        gives up - a throttled inner GET is never mistaken for an answer.
+        """
+        out: list[Any] = [None] * len(urls)
+        todo = list(range(len(urls)))
+
+        async def attempt() -> None:
+            nonlocal todo
+            requests = [{"id": str(n), "method": "GET", "url": urls[n]} for n in todo]
+            data = await self._governed("POST", "$batch", None, {"requests": requests}, None)
+            again: list[int] = []
+            wait: float | None = None
+            for r in (data or {}).get("responses", []):
+                n, status = int(r.get("id")), int(r.get("status") or 0)
+                if status == 200:
+                    out[n] = r.get("body")
+                elif status in TRANSIENT_STATUS:
+                    again.append(n)
+                    inner = {str(k).lower(): str(v) for k, v in (r.get("headers") or {}).items()}
+                    wait = parse_retry_after(inner.get("retry-after")) or wait
+            todo = sorted(again)
+            if todo:
+                raise TransientError(
+                    f"Graph $batch: {len(todo)} inner requests throttled",
+                    service="graph",
+                    status=429,
+                    retry_after=wait,
+                )
+
+        if urls:
+            await self.read_retry.call(attempt)
+        return out
 
     async def pages(
         self, path: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None

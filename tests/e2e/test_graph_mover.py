@@ -19,6 +19,7 @@ from coexist.sandbox import Sandbox
 from coexist.sandbox.mailstore import Item
 from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
+from tests.e2e.pim_seed import pim_in_target, seed_pim
 
 OLD = dt.datetime(2024, 1, 15, 9, 30, tzinfo=dt.UTC)
 RECENT = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
@@ -41,6 +42,17 @@ def mime(subject: str, attachment: bytes | None = None, ctype: str | None = None
     if ctype is not None:  # a protected message: the whole body is one opaque part
         raw = raw.replace(b"Content-Type: text/plain", f"Content-Type: {ctype}".encode(), 1)
     return raw
+
+
+# A clear-signed message (RFC 8551 multipart/signed): readable, so it moves.
+SIGNED = (
+    b"From: Alice <alice@example.org>\nTo: bob@example.org\nSubject: signed\n"
+    b"Message-ID: <signed@example.org>\nDate: Mon, 15 Jan 2024 09:00:00 +0000\n"
+    b'MIME-Version: 1.0\nContent-Type: multipart/signed; micalg=sha-256; boundary="b1";\n'
+    b' protocol="application/pkcs7-signature"\n\n--b1\nContent-Type: text/plain\n\n'
+    b"signed body\n--b1\nContent-Type: application/pkcs7-signature; name=smime.p7s\n"
+    b"Content-Transfer-Encoding: base64\n\nAAAA\n--b1--\n"
+)
 
 
 class World:
@@ -207,17 +219,24 @@ def test_changes_since_the_last_pass_are_brought_into_line(
 def test_oversize_and_encrypted_items_are_skipped_and_reported(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
-    """An item over max_item_mb and an S/MIME item are skipped, reported with folder and subject."""
+    """Over max_item_mb, S/MIME-encrypted and IRM items are skipped and reported with folder
+    and subject; a clear-signed item is readable and moves."""
     w = provisioned(make_project, sandbox, **{"migration.max_item_mb": 1})
     w.put(["Inbox"], "big", attachment=b"x" * (1024 * 1024 + 10))
     w.put(["Inbox", "Secure"], "smime", ctype="application/pkcs7-mime; smime-type=enveloped-data")
+    w.put(["Inbox"], "signed", body=SIGNED)
+    irm = mime("irm", b"rpmsg").replace(
+        b"MIME-Version", b"Content-Class: rpmsg.message\nMIME-Version"
+    )
+    w.put(["Inbox"], "irm", body=irm)
     w.put(["Inbox"], "plain")
     prestage(w)
     counts = last_counts(w)
-    assert counts["copied"] == 1 and counts["skipped"] == 2, counts
+    assert counts["copied"] == 2 and counts["skipped"] == 3, counts
     report = commands.status(w.project, user=str(w.user["source_address"]))["users"][0]
     skipped = {(s["folder"], s["subject"]) for s in report["reconciliation"]["skipped_items"]}
-    assert skipped == {("Inbox", "big"), ("Inbox/Secure", "smime")}
+    assert skipped == {("Inbox", "big"), ("Inbox/Secure", "smime"), ("Inbox", "irm")}
+    assert sorted(by_subject(w.items("target"))) == ["plain", "signed"]
     assert report["reconciliation"]["unexplained"] == 0
 
 
@@ -241,3 +260,27 @@ def test_awkward_folder_names_deep_trees_and_rules_map_right(
     ]
     assert recon["unexplained"] == 0
     assert all(r["difference"] == 0 for r in recon["folders"])
+
+
+def test_contacts_recurring_events_and_tasks_arrive_through_import_export(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Contacts (and a custom contact folder), a series with a changed and a cancelled
+    occurrence, and tasks (and a custom list) arrive once at cutover; a re-run copies 0."""
+    w = provisioned(make_project, sandbox)
+    seeded = seed_pim(sandbox, w.source)
+    prestage(w)  # created just now: nothing is older than 90 days
+    assert last_counts(w).get("copied", 0) == 0
+    cutover(w)
+    counts = last_counts(w)
+    assert counts["copied"] == 6 and counts.get("skipped", 0) == 0, counts
+    got = pim_in_target(sandbox, w.target, seeded)
+    assert got["contacts"] == {"Ada Lovelace"}
+    assert got["contact_folders"] == {"Suppliers": ["Acme Ltd"]}
+    assert got["events"] == ["Dentist", "Weekly sync"]
+    starts = seeded["original_starts"]
+    assert got["occurrences"] == starts[:5] + starts[6:]
+    assert got["exceptions"] == [("Weekly sync (moved)", starts[2])]
+    assert got["tasks"]["Groceries"] == ["Milk"] and ["File taxes"] in got["tasks"].values()
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0

@@ -113,3 +113,24 @@ def test_an_ungoverned_burst_is_refused(sandbox: Sandbox, conn: dict[str, Any]) 
 
     codes = asyncio.run(run())
     assert 429 in codes
+
+
+def test_batch_get_sends_throttled_inner_requests_again(
+    sandbox: Sandbox, conn: dict[str, Any]
+) -> None:
+    """A $batch answers 200 with inner 429s once the budget is spent; batch_get sends those
+    again after Retry-After until every GET has its answer - none is taken for a failure."""
+    # Unscaled: the spent budget refills ~17 requests/s, fewer than the batch asks for.
+    [user, _] = published(sandbox, time_scale=1.0)
+    spend_budgets(sandbox, conn, [user])
+    urls = [f"/users/{user.id}/mailFolders/inbox?$select=displayName"] * 20
+
+    async def run() -> tuple[list[Any], GraphAdapter]:
+        # The client believes the budget is full, so the service has to refuse.
+        ep = TenantEndpoint.from_sandbox(conn, "source")
+        async with GraphAdapter(ep, mailbox_limits=MailboxLimits()) as graph:
+            return await graph.batch_get(urls), graph
+
+    bodies, graph = asyncio.run(run())
+    assert [b["displayName"] for b in bodies] == ["Inbox"] * 20
+    assert graph.mailboxes.stats(user.id).throttled > 0

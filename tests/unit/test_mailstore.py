@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 from email.message import EmailMessage
 from pathlib import Path
+
+import pytest
 
 from coexist.sandbox.mailstore import (
     MAIL_DB,
     WELL_KNOWN,
     MailStore,
     Recipient,
+    item_class_of,
     looks_like_id,
 )
 
@@ -86,3 +91,30 @@ def test_reset_forgets_everything_and_survives_reopen(tmp_path: Path) -> None:
     assert again.get("source", MBX, item.id) is not None
     again.reset()
     assert again.count("source", MBX) == 0
+
+
+@pytest.mark.parametrize(
+    ("ctype", "headers", "expected"),
+    [
+        ("text/plain", "", "IPM.Note"),
+        ("application/pkcs7-mime; smime-type=enveloped-data", "", "IPM.Note.SMIME"),
+        ('multipart/signed; boundary="b"', "", "IPM.Note.SMIME.MultipartSigned"),
+        ("text/plain", "Content-Class: rpmsg.message\n", "IPM.Note"),
+    ],
+)
+def test_item_class_follows_the_mime_structure(ctype: str, headers: str, expected: str) -> None:
+    """S/MIME encrypted and clear-signed mail get their MS-OXOSMIME classes; IRM stays IPM.Note."""
+    raw = f"Subject: x\n{headers}Content-Type: {ctype}\n\nbody\n".encode()
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert item_class_of(msg) == expected
+
+
+def test_insert_copies_gives_each_copy_its_own_identity(tmp_path: Path) -> None:
+    """Bulk fill: one parse, n messages with distinct ids and change keys, in change order."""
+    store = MailStore(tmp_path / "mail.db")
+    store.ensure_mailbox("source", "u1")
+    store.insert_copies("source", "u1", "inbox", b"Subject: same\n\nbody\n", 5)
+    items = list(store.iter_messages("source", "u1"))
+    assert len(items) == 5 and {i.subject for i in items} == {"same"}
+    assert len({i.id for i in items}) == 5 and len({i.change_key for i in items}) == 5

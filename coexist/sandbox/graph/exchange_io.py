@@ -49,7 +49,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..identity import Principal
-from ..mailstore import ROOT, Folder, MailStore, looks_like_id
+from ..mailstore import ROOT, STORE_OWNED, Folder, MailStore, looks_like_id
 from ..model import User
 from ..pim import FOLDER_CLASS, ITEM_CLASS, ITEM_KIND, PimFolder, PimItem, PimStore
 from ..web import HTTPFailure, ctx_of, graph_principal, graph_throttled
@@ -74,9 +74,6 @@ SESSION_LIFETIME_S = 3600.0  # *unverified*: the docs show only that the importU
 BLOB_MAGIC = b"CXFTS\x01"  # this sandbox's stand-in for an FTS stream, version 1
 
 # Message-table columns that identify a row rather than describe the item (never exported).
-_IDENTITY_COLUMNS = frozenset(
-    {"seq", "id", "tenant", "mailbox", "folder_id", "conversation_id", "change_key", "mime", "mseq"}
-)
 
 
 # -- errors (one place) -------------------------------------------------------------------------
@@ -194,6 +191,12 @@ class TreeFolder:
     pim_kind: str | None  # None: a mail folder
 
 
+# The PIM store names its default folders as their own APIs do (To Do's default list is
+# `wellknownListName: defaultList`); mailboxFolder.wellKnownName uses Exchange's well-known
+# folder names (graph/api/resources/mailfolder "Use well-known folder names": tasks).
+EXCHANGE_WELL_KNOWN = {"contacts": "contacts", "calendar": "calendar", "defaultList": "tasks"}
+
+
 class Tree:
     """One mailbox's folder hierarchy as the import/export API shows it."""
 
@@ -248,7 +251,7 @@ class Tree:
             f.id,
             f.display_name,
             self._pim_parent(f),
-            f.well_known.lower() if f.well_known else None,
+            EXCHANGE_WELL_KNOWN.get(f.well_known) if f.well_known else None,
             FOLDER_CLASS[f.kind],
             total,
             len(self._pim_children(f)),
@@ -361,7 +364,8 @@ class MailRows:
         while True:
             with self.store._lock:
                 rows = self.store._db.execute(
-                    "SELECT seq, id, change_key, created, modified, categories_json, size"
+                    "SELECT seq, id, change_key, created, modified, categories_json, size,"
+                    " item_class"
                     " FROM messages WHERE tenant=? AND mailbox=? AND folder_id=? AND seq>?"
                     " ORDER BY seq LIMIT 500",
                     (tenant, mailbox, folder_id, last),
@@ -378,7 +382,7 @@ class MailRows:
     def write(self, item_id: str, columns: dict[str, Any], mime: bytes | None) -> str:
         """Set a message's stored columns (and MIME); a new change key. Returns it."""
         have = self.columns()
-        values = {k: v for k, v in columns.items() if k in have and k not in _IDENTITY_COLUMNS}
+        values = {k: v for k, v in columns.items() if k in have and k not in STORE_OWNED}
         change_key = base64.b64encode(uuid.uuid4().bytes).decode()
         values["change_key"] = change_key
         if mime is not None:
@@ -406,7 +410,7 @@ def list_items(
                 r["modified"],
                 json.loads(r["categories_json"]),
                 r["size"],
-                "IPM.Note",
+                r["item_class"],
             )
         return
     for item in pim.iter_folder(folder.id):
@@ -451,7 +455,7 @@ def export_one(
     """(changeKey, blob) of one item of the mailbox, or None if it has no such item."""
     row = mail_rows.row(mbx.key, mbx.user.id, item_id)
     if row is not None:
-        columns = {k: row[k] for k in row.keys() if k not in _IDENTITY_COLUMNS}  # noqa: SIM118
+        columns = {k: row[k] for k in row.keys() if k not in STORE_OWNED}  # noqa: SIM118
         mail_header: dict[str, Any] = {"class": "IPM.Note", "columns": columns}
         return row["change_key"], _Blob.pack(mail_header, bytes(row["mime"]))
     item = pim.item(mbx.key, mbx.user.id, item_id)
@@ -852,17 +856,7 @@ def _import_mail(
         if row["change_key"] != change_key:
             raise change_key_conflict(request)
         return item_id, rows.write(item_id, columns, mime)
-    received = columns.get("received")
-    item = store.deliver(
-        mbx.key,
-        mbx.user.id,
-        mime,
-        folder=folder.id,
-        received=dt.datetime.fromisoformat(received.replace("Z", "+00:00")) if received else None,
-        is_read=bool(columns.get("is_read")),
-        is_draft=bool(columns.get("is_draft")),
-    )
-    return item.id, rows.write(item.id, columns, None)
+    return store.insert_row(mbx.key, mbx.user.id, folder.id, columns, mime)
 
 
 def _import_pim(

@@ -1,0 +1,49 @@
+"""Data passes: how a pass is journaled whatever its mover does."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from coexist.engine.context import Context
+from coexist.errors import TransientError
+from coexist.journal import Journal
+from coexist.migrate.fidelity import EXPORT_BATCH, EXPORT_BYTES, Job, _batches
+from coexist.migrate.passes import MOVERS, PassResult, Window, run_pass
+
+
+class Exploding:
+    async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
+        raise TransientError("Graph: connection failed", service="graph")
+
+
+def test_a_pass_whose_mover_raises_is_journaled_failed(tmp_path: Path) -> None:
+    """A mover that raises leaves its pass `failed`, never `running` in `coexist status`."""
+    MOVERS["exploding"] = Exploding()
+    project: Any = SimpleNamespace(migration=SimpleNamespace(mover="exploding"))
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        ctx = Context(project, journal, None, None, run_id=journal.start_run("test"))  # type: ignore[arg-type]
+        with pytest.raises(TransientError):
+            asyncio.run(run_pass(ctx, "u1", "prestage", Window()))
+        [row] = journal.passes("u1")
+    del MOVERS["exploding"]
+    assert row["status"] == "failed" and row["finished_at"] is not None
+
+
+def job(size: int) -> Job:
+    return Job({"source_item_id": str(size), "size": size}, "dest")
+
+
+def test_export_batches_are_capped_by_count_and_bytes() -> None:
+    """Small items go 20 to an export; large ones a few at a time; an oversize one alone."""
+    small = [len(b) for b in _batches([job(1000)] * 45)]
+    assert small == [EXPORT_BATCH, EXPORT_BATCH, 5]
+    quarter = EXPORT_BYTES // 4
+    large = [len(b) for b in _batches([job(quarter)] * 10)]
+    assert large == [4, 4, 2]
+    huge = [len(b) for b in _batches([job(1), job(EXPORT_BYTES * 3), job(1)])]
+    assert huge == [1, 1, 1]
