@@ -8,6 +8,11 @@ mover (`migration.mover = "graph-import-export"`, `MOVERS[...].run` in a runtime
 measured, not a fresh window's burst); the client paces itself with
 `engine.outlook_time_scale` set to the same scale.
 
+Rates are sustained rates: per mailbox, from its first journaled copy to its last (the
+journal's `item_map.updated_at`), so the fixed requests of a pass (folder tree, delta,
+reconciliation), which a real pass of hours amortizes, do not dilute them; the whole-pass
+figures are printed beside them.
+
 1. Upload: one mailbox of large messages. `upload_ceiling_fraction` = item bytes moved per
    second (GB/h per mailbox) over 150 MB / 5 min x time_scale.
 2. Requests and scaling: mailboxes of small messages, 1, 5 and 20 moved in parallel.
@@ -15,12 +20,13 @@ measured, not a fresh window's burst); the client paces itself with
    (each item costs at least one import request on the target mailbox).
 3. Memory: one mailbox of ~2 GB (large messages); `peak_rss_mb` is the peak resident set of a
    fresh client process doing that move (VmHWM), reported with its resident set before the
-   move. It runs at its own, larger time scale so 2 GB fit the time budget (reported).
+   move. It runs at its own, larger time scale (reported); at that scale it is bound by the
+   sandbox's CPU (one event loop), not by the limits.
 
-Source mailboxes are filled straight into the sandbox mailstore (`MailStore.insert_message`,
-in a child process while the sandbox is stopped: `mail.db` in its state directory). Target
-mailboxes are made by the real `discover` / `provision` / `prestage` against a `fast` sandbox
-first. Prints one JSON object.
+Source mailboxes are filled straight into the sandbox mailstore (`MailStore.insert_copies`,
+in a child process while the sandbox is stopped: `mail.db` in its state directory, on tmpfs
+when there is room). Target mailboxes are made by the real `discover` / `provision` /
+`prestage` against a `fast` sandbox first. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -50,12 +56,12 @@ from coexist.settings import load_project
 from coexist.tenants.mailbox_governor import MB, MailboxLimits
 
 USERS = 40  # the sandbox seed's source side has 37 user mailboxes at 40 users
-UPLOAD_SCALE = float(os.environ.get("BENCH_UPLOAD_SCALE", "25"))
+UPLOAD_SCALE = float(os.environ.get("BENCH_UPLOAD_SCALE", "40"))
 UPLOAD_ITEMS = int(os.environ.get("BENCH_UPLOAD_ITEMS", "40"))
 LARGE_MB = float(os.environ.get("BENCH_LARGE_MB", "4"))
 REQUEST_SCALE = float(os.environ.get("BENCH_REQUEST_SCALE", "2"))
-SMALL_ITEMS = int(os.environ.get("BENCH_SMALL_ITEMS", "60"))  # per mailbox, 5 and 20 in parallel
-REQUEST_ITEMS = int(os.environ.get("BENCH_REQUEST_ITEMS", "300"))  # the single mailbox
+SMALL_ITEMS = int(os.environ.get("BENCH_SMALL_ITEMS", "40"))  # per mailbox, 5 and 20 in parallel
+REQUEST_ITEMS = int(os.environ.get("BENCH_REQUEST_ITEMS", "200"))  # the single mailbox
 SCALING = (1, 5, 20)
 MAILBOXES = 2 + sum(SCALING)
 RSS_MAILBOX_MB = float(os.environ.get("BENCH_RSS_MAILBOX_MB", "2048"))
@@ -78,12 +84,11 @@ PORT = free_port()
 
 @contextmanager
 def served(state: Path, profile: str, time_scale: float = 1.0) -> Iterator[None]:
-    prof = os.environ.get("BENCH_PROFILE_SANDBOX")  # a file: the sandbox's cProfile output
+    # A wrapper script to run the sandbox under (e.g. a profiler); default: the CLI itself.
+    entry = os.environ.get("BENCH_SANDBOX_ENTRY")
     args = [
         sys.executable,
-        *(["-m", "cProfile", "-o", prof] if prof and profile == "published" else []),
-        "-m",
-        "coexist.cli",
+        *([entry] if entry else ["-m", "coexist.cli"]),
         "sandbox",
         "serve",
         "--state",
@@ -312,9 +317,23 @@ def move_in_child(project: Path, user: str) -> None:
     print(json.dumps(out))
 
 
+def state_parent() -> str | None:
+    """Where the sandbox keeps its state: tmpfs when it has room, so the sandbox's own disk
+    writes (its mailstore holds every moved byte twice, WAL then database) do not bound a
+    figure that is about the mover; None (the default temp dir) otherwise."""
+    shm = Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    need = 3 * (RSS_MAILBOX_MB + UPLOAD_ITEMS * LARGE_MB) * MB  # source + target + WAL
+    return str(shm) if st.f_bavail * st.f_frsize > need else None
+
+
 def main() -> None:
     bench_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    parent = state_parent()
+    with tempfile.TemporaryDirectory(dir=parent) as tmp:
         base = Path(tmp)
         state = base / "sandbox"
         with served(state, "fast"):
@@ -424,6 +443,7 @@ def main() -> None:
                 },
                 "setup_s": round(setup_s, 1),
                 "seed_s": round(seed_s, 1),
+                "sandbox_state_on_tmpfs": parent is not None,
                 "bench_s": round(time.perf_counter() - bench_start, 1),
             }
         )

@@ -729,37 +729,32 @@ async def export_items(request: Request) -> Response:
             raise too_many_ids(request)
         rows = MailRows(mail.store_of(request))
         pim = pim_of(request)
-        values: list[dict[str, Any]] = []
+        values: list[bytes] = []
         for item_id in ids:
             found = export_one(rows, pim, mbx, item_id)
             if found is None:
-                values.append(
-                    {
-                        "itemId": item_id,
-                        # mailTipsError shape {message, code} (resources/exportitemresponse).
-                        "error": {
-                            "message": "The specified object was not found in the store.",
-                            "code": "ErrorItemNotFound",
-                        },
-                    }
-                )
+                # mailTipsError shape {message, code} (resources/exportitemresponse).
+                error = {
+                    "message": "The specified object was not found in the store.",
+                    "code": "ErrorItemNotFound",
+                }
+                values.append(_json({"itemId": item_id, "error": error}))
                 continue
             change_key, blob = found
-            values.append(
-                {
-                    "itemId": item_id,
-                    "changeKey": change_key,
-                    "data": base64.b64encode(blob).decode(),
-                }
-            )
-        return GraphJSON(
-            {
-                "@odata.context": common.context_url(
-                    request, "Collection(microsoft.graph.exportItemResponse)"
-                ),
-                "value": values,
-            }
-        )
+            values.append(_with_data({"itemId": item_id, "changeKey": change_key}, blob))
+        context = common.context_url(request, "Collection(microsoft.graph.exportItemResponse)")
+        body = b'{"@odata.context":' + _json(context) + b',"value":[' + b",".join(values) + b"]}"
+        return Response(body, media_type=common.GRAPH_JSON)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _with_data(fields: dict[str, Any], blob: bytes) -> bytes:
+    """`fields` plus `"data": base64(blob)` as JSON bytes: base64 needs no escaping, so the
+    stream is spliced in rather than scanned again by the JSON encoder (items are large)."""
+    return _json(fields)[:-1] + b',"data":"' + base64.b64encode(blob) + b'"}'
 
 
 # -- handlers: import ------------------------------------------------------------------------------
@@ -831,7 +826,8 @@ def _import_body(
     if mode == "update" and not (isinstance(item_id, str) and isinstance(change_key, str)):
         raise invalid_import(request, "ItemId and ChangeKey are required in update mode.")
     try:
-        raw = base64.b64decode(data, validate=True)
+        # strict_mode: C-speed validation (b64decode(validate=True) runs a regex over it all).
+        raw = binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise invalid_import(request, "Data is not valid base64.") from None
     return folder_id, str(mode), raw, item_id, change_key

@@ -344,7 +344,7 @@ class _Lazy:
 
     def headers(self) -> list[dict[str, str]]:
         if self._headers is None:
-            msg = self.store.message(self.item.id)
+            msg = self.store.headers(self.item.id)
             self._headers = [{"name": k, "value": str(v)} for k, v in msg.items()]
         return self._headers
 
