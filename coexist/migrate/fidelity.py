@@ -26,7 +26,6 @@ A pass over one mailbox, and why in this order:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 from coexist.engine.context import Context
 from coexist.errors import Conflict, InvalidRequest, NotFound
+from coexist.migrate.deletions import handle_deletions
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
 from coexist.migrate.passes import MOVERS, PassResult, Window
 from coexist.provisioning.convert import target_id
@@ -789,20 +789,6 @@ async def _adopt_interrupted(ctx: Context, key: str, tgt: Box, folder_id: str, d
         )
 
 
-async def handle_deletions(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:
-    """Source deletions: reported (keep) or mirrored into the target (mirror)."""
-    gone = ctx.journal.mapped_items(key, status="gone")
-    counts["deleted_at_source"] = len(gone)
-    if ctx.project.migration.deletions != "mirror":
-        return
-    for r in gone:
-        with contextlib.suppress(NotFound):  # already gone in the target
-            await tgt.graph.send("DELETE", f"users/{tgt.user_id}/messages/{r['target_item_id']}")
-        if not ctx.planning:
-            ctx.journal.unmap_item(key, r["source_item_id"])
-            counts["deleted_in_target"] += 1
-
-
 # -- the mover -------------------------------------------------------------------------------------
 
 
@@ -826,7 +812,7 @@ class ImportExportMover:
         importer = Importer(tgt)
         await copy_pending(ctx, subject, src, importer, plan, window, counts)
         await update_changed(ctx, subject, src, importer, counts)
-        await handle_deletions(ctx, subject, tgt, counts)
+        await handle_deletions(ctx, subject, tgt.graph, tgt.user_id, counts)
         report = await reconcile.reconcile(ctx, subject, src, tgt, plan)
         counts["pending"] = sum(f["pending"] for f in report["folders"])
         counts["difference"] = report["unexplained"]

@@ -68,6 +68,7 @@ from typing import Any
 from coexist.engine.context import Context
 from coexist.errors import Conflict, InvalidRequest, NotFound
 from coexist.migrate import fidelity
+from coexist.migrate.deletions import handle_deletions
 from coexist.migrate.fidelity import MAIL_CLASS, MAIL_FOLDER, Box, Folder, Plan
 from coexist.migrate.passes import MOVERS, PassResult, Window
 from coexist.provisioning.convert import target_id
@@ -839,32 +840,6 @@ def _series_window(master: dict[str, Any]) -> tuple[str, str]:
 # -- deletions -------------------------------------------------------------------------------------
 
 
-def _delete_path(row: dict[str, Any], user: str) -> str | None:
-    target = row["target_item_id"]
-    return {
-        MAIL_CLASS: f"users/{user}/messages/{target}",
-        "contact": f"users/{user}/contacts/{target}",
-        "event": f"users/{user}/events/{target}",
-        "task": f"users/{user}/todo/lists/{row['target_folder_id']}/tasks/{target}",
-    }.get(row["kind"])
-
-
-async def handle_deletions(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:
-    """Source deletions: reported (keep) or mirrored into the target (mirror)."""
-    gone = ctx.journal.mapped_items(key, status="gone")
-    counts["deleted_at_source"] = len(gone)
-    if ctx.project.migration.deletions != "mirror":
-        return
-    for r in gone:
-        path = _delete_path(r, tgt.user_id)
-        if path is None:
-            continue
-        with contextlib.suppress(NotFound):  # already gone in the target
-            await tgt.graph.send("DELETE", path)
-        ctx.journal.unmap_item(key, r["source_item_id"])
-        counts["deleted_in_target"] += 1
-
-
 # -- the mover -------------------------------------------------------------------------------------
 
 
@@ -892,7 +867,7 @@ class ItemsMover:
         pim = PimCopier(ctx, subject, src.graph, tgt.graph, (src.user_id, tgt.user_id))
         await pim.run()
         counts.update(pim.counts)
-        await handle_deletions(ctx, subject, tgt, counts)
+        await handle_deletions(ctx, subject, tgt.graph, tgt.user_id, counts)
         totals = {f.id: f.total for f in await mail_tree(tgt.graph, tgt.user_id)}
         report = await reconcile.reconcile(ctx, subject, src, tgt, plan, target_totals=totals)
         counts["pending"] = sum(f["pending"] for f in report["folders"])

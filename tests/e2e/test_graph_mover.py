@@ -19,7 +19,7 @@ from coexist.sandbox import Sandbox
 from coexist.sandbox.mailstore import Item
 from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
-from tests.e2e.pim_seed import pim_in_target, seed_pim
+from tests.e2e.pim_seed import graph, pim_in_target, req, seed_pim
 
 OLD = dt.datetime(2024, 1, 15, 9, 30, tzinfo=dt.UTC)
 RECENT = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
@@ -284,3 +284,28 @@ def test_contacts_recurring_events_and_tasks_arrive_through_import_export(
     assert got["tasks"]["Groceries"] == ["Milk"] and ["File taxes"] in got["tasks"].values()
     cutover(w)
     assert last_counts(w).get("copied", 0) == 0
+
+
+def test_mirror_deletes_the_copies_of_mail_contacts_and_tasks_deleted_at_the_source(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """deletions = mirror: a message, a contact and a task deleted at the source after the
+    first pass are deleted in the target by the next one, each through its own API."""
+    w = provisioned(make_project, sandbox, **{"migration.deletions": "mirror"})
+    seeded = seed_pim(sandbox, w.source)
+    doomed = w.put(["Inbox"], "doomed")
+    w.put(["Inbox"], "kept")
+    prestage(w)
+    cutover(w)
+    with graph(sandbox, "source") as g:
+        req(g, "DELETE", f"users/{w.source}/contacts/{seeded['ada']}")
+        req(g, "DELETE", seeded["milk"])
+    assert sandbox.mail.delete_message("source", w.source, doomed.id)
+    cutover(w)
+    counts = last_counts(w)
+    assert counts["deleted_at_source"] == 3 and counts["deleted_in_target"] == 3, counts
+    assert counts.get("not_mirrored", 0) == 0
+    assert sorted(by_subject(w.items("target"))) == ["kept"]
+    got = pim_in_target(sandbox, w.target, seeded)
+    assert got["contacts"] == set() and got["tasks"]["Groceries"] == []
+    assert got["contact_folders"] == {"Suppliers": ["Acme Ltd"]}
