@@ -19,10 +19,12 @@ from coexist.cutover.flow import cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, set_item
 from coexist.errors import ConfigError, InputError
+from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
+from coexist.provisioning.plan import MATCHABLE_KINDS
 from coexist.provisioning.provision import (
     plan_targets,
     prestage_plans,
@@ -321,15 +323,44 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
         plan = dict((item.get("detail") or {}).get("target_plan") or {})
         if not plan:
             raise InputError(f"{user} has no target plan yet", next_step="coexist provision first")
-        if plan.get("candidates") and target not in plan["candidates"]:
-            raise InputError(
-                f"{target} is not one of the candidates for {user}: {', '.join(plan['candidates'])}",
-            )
-        plan.update(matched_id=target, candidates=[])
+        _check_confirmable(journal, item, plan, user, target)
+        plan.update(matched_id=target, candidates=[], candidate_kinds=[])
         set_item(journal, "user", item["key"], target_plan=plan, state="ok", waiting_for=None)
         return {"user": user, "target": target}
     finally:
         journal.close()
+
+
+def _check_confirmable(
+    journal: Journal, item: dict[str, Any], plan: dict[str, Any], user: str, target: str
+) -> None:
+    """A confirmed target must be a candidate, able to hold a mailbox, and nobody else's."""
+    candidates = list(plan.get("candidates") or [])
+    if candidates and target not in candidates:
+        raise InputError(
+            f"{target} is not one of the candidates for {user}: {', '.join(candidates)}",
+        )
+    kinds = dict(zip(candidates, plan.get("candidate_kinds") or [], strict=False))
+    kind = kinds.get(target)
+    if kind and kind not in MATCHABLE_KINDS:
+        usable = [c for c in candidates if kinds.get(c) in MATCHABLE_KINDS]
+        raise InputError(
+            f"{target} is a {kind}: only a MailUser or a mailbox can take over {user}",
+            next_step=(
+                f"coexist confirm --user {user} --target {usable[0]}"
+                if usable
+                else "no candidate can: remove the conflicting recipient or use create mode"
+            ),
+        )
+    for other in journal.items(kind="user"):
+        if other["key"] == item["key"]:
+            continue
+        other_plan = (other.get("detail") or {}).get("target_plan") or {}
+        if target in (other.get("target_id"), other_plan.get("matched_id")):
+            raise InputError(
+                f"{target} is already the target of {other.get('source_address')}",
+                next_step=f"coexist status --user {other.get('source_address')}",
+            )
 
 
 # -- prestage ----------------------------------------------------------------------------

@@ -37,18 +37,32 @@ class TargetPlan:
     x500: tuple[str, ...]
     matched_id: str | None = None  # match mode: the existing target recipient
     candidates: tuple[str, ...] = ()  # match mode: ambiguous candidates (needs confirmation)
+    # Each candidate's RecipientTypeDetails, in the order of `candidates` ("" if unknown).
+    candidate_kinds: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["x500"] = list(self.x500)
         d["candidates"] = list(self.candidates)
+        d["candidate_kinds"] = list(self.candidate_kinds)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TargetPlan:
         return cls(
-            **{**d, "x500": tuple(d.get("x500", ())), "candidates": tuple(d.get("candidates", ()))}
+            **{
+                **d,
+                "x500": tuple(d.get("x500", ())),
+                "candidates": tuple(d.get("candidates", ())),
+                "candidate_kinds": tuple(d.get("candidate_kinds", ())),
+            }
         )
+
+
+# Recipients that can take over a source user's mailbox in match mode: a MailUser (converted
+# at pre-stage) or a mailbox. A contact or group sharing the local part is listed so the
+# operator sees why the match is ambiguous, but cannot be confirmed.
+MATCHABLE_KINDS = frozenset({"MailUser", "UserMailbox", "SharedMailbox"})
 
 
 def plan_create(
@@ -84,8 +98,11 @@ def plan_match(
     planned like `create`. Several, or one already claimed → candidates recorded
     and the user waits for the operator (`coexist confirm`).
     """
-    found = index.by_local_part(src.local_part)
-    ids = sorted(str(r.get("ExternalDirectoryObjectId") or r.get("Guid")) for r in found)
+    found = sorted(
+        index.by_local_part(src.local_part),
+        key=lambda r: str(r.get("ExternalDirectoryObjectId") or r.get("Guid")),
+    )
+    ids = [str(r.get("ExternalDirectoryObjectId") or r.get("Guid")) for r in found]
     if not ids:
         return plan_create(src, index, destination_domain, forwarding_domain)
     base = dict(
@@ -109,6 +126,7 @@ def plan_match(
         alias=src.alias,
         primary_smtp="",
         candidates=tuple(ids),
+        candidate_kinds=tuple(str(r.get("RecipientTypeDetails") or "") for r in found),
         **base,  # type: ignore[arg-type]
     )
 

@@ -94,6 +94,9 @@ def provision_plans(
                 {
                     "user": item.get("source_address"),
                     "candidates": list(plan.candidates),
+                    "candidate_kinds": dict(
+                        zip(plan.candidates, plan.candidate_kinds, strict=False)
+                    ),
                     "next_step": f"coexist confirm --user {item.get('source_address')} --target <id>",
                 }
             )

@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from coexist.engine.runner import set_item
+from coexist.journal import Journal
 from coexist.sandbox import Sandbox, seed
 from coexist.sandbox.mailstore import MAIL_DB
 from coexist.sandbox.model import User
+from coexist.settings import load_project
 
 # 10 seeded source users → 4 user mailboxes in scope (one whose alias a Contoso person
 # already owns at the destination domain): enough for every path, and fast.
@@ -260,8 +263,24 @@ def provision_with_confirmation(
     assert [w["user"] for w in again["awaiting_confirmation"]] == [user]
     assert check_no_new_objects_for(sb, user)
 
+    # The contact is listed (it is why the match is ambiguous) but cannot take the mailbox.
+    refused = cli("confirm", "--project", p, "--user", user, "--target", contacts[0])
+    assert refused.exit_code == 2 and "MailContact" in refused.output, refused.output
+    assert mailboxes[0] in refused.output  # the next step names the candidate that can
     confirmed = run_json(cli, "confirm", "--project", p, "--user", user, "--target", mailboxes[0])
     assert confirmed["target"] == mailboxes[0]
+    # A second user cannot be confirmed onto the same target.
+    key = next(k for k, i in items.items() if i["source_address"] == others[1])
+    with Journal.open(load_project(project).journal_url) as j:
+        row = j.get_item("user", key)
+        assert row is not None
+        kept = (row.get("detail") or {}).get("target_plan")
+        set_item(j, "user", key, target_plan={**(kept or {}), "candidates": [mailboxes[0]]})
+    taken = cli("confirm", "--project", p, "--user", others[1], "--target", mailboxes[0])
+    said = " ".join(taken.output.split())  # the error is wrapped to the terminal width
+    assert taken.exit_code == 2 and f"already the target of {user}" in said, said
+    with Journal.open(load_project(project).journal_url) as j:
+        set_item(j, "user", key, target_plan=kept)
     result = run_json(cli, "provision", "--project", p)
     assert not result["failed"] and not result["awaiting_confirmation"], result
     assert journal_items(project)[ambiguous[0]["key"]]["target_id"] == mailboxes[0]
