@@ -145,7 +145,7 @@ async def _ensure_path(
     parent = anchor
     for name in dest.path:
         prefix = (*prefix, name)
-        found = next((f for p, f in by_path.items() if _same_path(p, prefix)), None)
+        found = next((f for p, f in by_path.items() if same_path(p, prefix)), None)
         if found is None:
             made = await _create_folder(box, parent, name, prefix, folder_class)
             if made is None:
@@ -157,7 +157,7 @@ async def _ensure_path(
     return parent.id if parent else None
 
 
-def _same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     # Exchange folder names are unique per parent regardless of case (ErrorFolderExists).
     return len(a) == len(b) and all(x.casefold() == y.casefold() for x, y in zip(a, b, strict=True))
 

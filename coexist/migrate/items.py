@@ -614,42 +614,65 @@ class PimCopier:
     # -- folders
 
     async def _folders(self, kind: PimKind) -> list[tuple[str, str]]:
-        """(source folder id, target folder id) pairs: default to default, others by name."""
+        """(source folder id, target folder id) pairs: default to default, others by path
+        (contact folders nest; calendars and To Do lists do not), created when missing."""
         src = await self._folder_list(kind, self.src, self.src_user)
         tgt = await self._folder_list(kind, self.tgt, self.tgt_user)
+        target_of: dict[tuple[str, ...], str] = {}
         pairs = []
-        for fid, name, default in src:
+        for fid, path, default in src:  # parents come before their children
             match = next(
                 (t for t in tgt if (t[2] and default) or (not t[2] and not default and
-                                                          t[1].casefold() == name.casefold())),
+                                                          fidelity.same_path(t[1], path))),
                 None,
             )  # fmt: skip
             if match is None:
-                made = await self.tgt.send(
-                    "POST", kind.folders(self.tgt_user), json={kind.name_of: name}
-                )
-                if made is None:  # plan mode
+                made = await self._create_folder(kind, path, target_of.get(path[:-1]))
+                if made is None:  # plan mode, or its parent could not be made
                     continue
-                match = (str(made["id"]), name, False)
+                match = (made, path, False)
                 tgt.append(match)
+            target_of[path] = match[0]
             pairs.append((fid, match[0]))
         return pairs
 
+    async def _create_folder(
+        self, kind: PimKind, path: tuple[str, ...], parent: str | None
+    ) -> str | None:
+        if len(path) == 1:
+            where = kind.folders(self.tgt_user)
+        elif parent is None or parent.startswith("planned:"):
+            return None
+        else:  # contactfolder-post-childfolders
+            where = f"users/{self.tgt_user}/contactFolders/{parent}/childFolders"
+        made = await self.tgt.send("POST", where, json={kind.name_of: path[-1]})
+        return str(made["id"]) if made is not None else None
+
     async def _folder_list(
         self, kind: PimKind, graph: GraphAdapter, user: str
-    ) -> list[tuple[str, str, bool]]:
-        """(id, name, is default) of every folder of the kind."""
+    ) -> list[tuple[str, tuple[str, ...], bool]]:
+        """(id, path of names, is default) of every folder of the kind, parents first."""
         if kind is CONTACTS:
             # user-list-contactfolders lists the folders under the default Contacts folder;
             # `/contacts` is that folder itself (recorded as DEFAULT_CONTACTS on both sides).
-            found = [(str(f["id"]), str(f["displayName"]), False) for f in
-                     await graph.list_all(kind.folders(user), {"$top": 100})]  # fmt: skip
-            return [(DEFAULT_CONTACTS, "Contacts", True), *found]
+            # Folders inside them are listed per parent (contactfolder-list-childfolders).
+            out: list[tuple[str, tuple[str, ...], bool]] = [(DEFAULT_CONTACTS, ("Contacts",), True)]
+            top = await graph.list_all(kind.folders(user), {"$top": 100})
+            queue: list[tuple[dict[str, Any], tuple[str, ...]]] = [(f, ()) for f in top]
+            while queue:
+                raw, parent = queue.pop(0)
+                path = (*parent, str(raw["displayName"]))
+                out.append((str(raw["id"]), path, False))
+                children = f"users/{user}/contactFolders/{raw['id']}/childFolders"
+                queue += [(c, path) for c in await graph.list_all(children, {"$top": 100})]
+            return out
         rows = await graph.list_all(kind.folders(user), {"$top": 100})
         if kind is EVENTS:
-            return [(str(c["id"]), str(c["name"]), bool(c.get("isDefaultCalendar"))) for c in rows]
+            return [
+                (str(c["id"]), (str(c["name"]),), bool(c.get("isDefaultCalendar"))) for c in rows
+            ]
         return [
-            (str(t["id"]), str(t["displayName"]), t.get("wellknownListName") == "defaultList")
+            (str(t["id"]), (str(t["displayName"]),), t.get("wellknownListName") == "defaultList")
             for t in rows
         ]
 

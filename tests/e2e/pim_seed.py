@@ -14,6 +14,8 @@ from coexist.sandbox import Sandbox
 from tests.clients import graph_http
 
 SERIES_START = dt.datetime(2024, 1, 1, 9, 0)  # a Monday
+# The seed's contact folders as the target should show them (path -> contacts).
+EXPECTED_CONTACT_FOLDERS = {"Suppliers": ["Acme Ltd"], "Suppliers/Overseas": ["Globex"]}
 
 
 @contextmanager
@@ -57,6 +59,18 @@ def seed_pim(sandbox: Sandbox, user: str) -> dict[str, Any]:
             "POST",
             f"users/{user}/contactFolders/{folder['id']}/contacts",
             json={"displayName": "Acme Ltd", "companyName": "Acme"},
+        )
+        nested = req(
+            g,
+            "POST",
+            f"users/{user}/contactFolders/{folder['id']}/childFolders",
+            json={"displayName": "Overseas"},
+        )
+        req(
+            g,
+            "POST",
+            f"users/{user}/contactFolders/{nested['id']}/contacts",
+            json={"displayName": "Globex", "companyName": "Globex"},
         )
         series = req(
             g,
@@ -118,18 +132,24 @@ def seed_pim(sandbox: Sandbox, user: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def contact_folders(g: httpx.Client, user: str) -> dict[str, list[str]]:
+    """Contact folder path -> display names of its contacts, nested folders included."""
+    out: dict[str, list[str]] = {}
+    queue = [(f, "") for f in req(g, "GET", f"users/{user}/contactFolders")["value"]]
+    while queue:
+        f, parent = queue.pop(0)
+        path = f"{parent}{f['displayName']}"
+        base = f"users/{user}/contactFolders/{f['id']}"
+        out[path] = [c["displayName"] for c in req(g, "GET", f"{base}/contacts")["value"]]
+        queue += [(c, f"{path}/") for c in req(g, "GET", f"{base}/childFolders")["value"]]
+    return out
+
+
 def pim_in_target(sandbox: Sandbox, user: str, seeded: dict[str, Any]) -> dict[str, Any]:
     """What the target mailbox shows of the seeded items, through its Graph faces."""
     with graph(sandbox, "target") as g:
         contacts = {c["displayName"] for c in req(g, "GET", f"users/{user}/contacts")["value"]}
-        folders = req(g, "GET", f"users/{user}/contactFolders")["value"]
-        in_folders = {
-            f["displayName"]: [
-                c["displayName"]
-                for c in req(g, "GET", f"users/{user}/contactFolders/{f['id']}/contacts")["value"]
-            ]
-            for f in folders
-        }
+        in_folders = contact_folders(g, user)
         events = req(g, "GET", f"users/{user}/events")["value"]
         series = next(e for e in events if e["type"] == "seriesMaster")
         path = f"users/{user}/events/{series['id']}/instances"

@@ -21,7 +21,7 @@ from typing import Any
 from coexist import commands
 from coexist.sandbox import Sandbox
 from tests.e2e.conftest import TEST_RETRY
-from tests.e2e.pim_seed import graph, req, seed_pim
+from tests.e2e.pim_seed import EXPECTED_CONTACT_FOLDERS, contact_folders, graph, req, seed_pim
 from tests.e2e.test_graph_mover import (
     OLD,
     RECENT,
@@ -95,7 +95,7 @@ def test_contacts_recurring_events_with_exceptions_and_tasks_arrive_once(
     seeded = seed_pim(sandbox, w.source)
     prestage(w)
     counts = last_counts(w)
-    assert (counts["contacts_copied"], counts["events_copied"], counts["tasks_copied"]) == (2, 2, 2)
+    assert (counts["contacts_copied"], counts["events_copied"], counts["tasks_copied"]) == (3, 2, 2)
     prestage(w)
     assert last_counts(w).get("copied", 0) == 0
     with graph(sandbox, "source") as g:  # changed and deleted at the source since
@@ -116,6 +116,7 @@ def test_contacts_recurring_events_with_exceptions_and_tasks_arrive_once(
         assert suppliers["displayName"] == "Suppliers"
         inside = req(g, "GET", f"users/{user}/contactFolders/{suppliers['id']}/contacts")
         assert [c["companyName"] for c in inside["value"]] == ["Acme"]
+        assert contact_folders(g, user) == EXPECTED_CONTACT_FOLDERS
         events = req(g, "GET", f"users/{user}/events")["value"]
         assert sorted(e["subject"] for e in events) == ["Dentist", "Weekly sync"]
         series = next(e for e in events if e["type"] == "seriesMaster")
