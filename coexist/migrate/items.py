@@ -121,6 +121,7 @@ TASK_FIELDS = (
     "title", "body", "importance", "status", "dueDateTime", "startDateTime",
     "reminderDateTime", "completedDateTime", "isReminderOn", "recurrence", "categories",
 )  # fmt: skip
+CHECKLIST_FIELDS = ("displayName", "isChecked", "checkedDateTime", "createdDateTime")
 # How far ahead a series without an end is expanded to find its exceptions and cancellations.
 NO_END_HORIZON = dt.timedelta(days=2 * 365)
 DEFAULT_CONTACTS = "contacts"  # item_map folder id of the default Contacts folder
@@ -590,6 +591,19 @@ TASKS = PimKind(
 )
 
 
+def _version(item: dict[str, Any]) -> str | None:
+    """What changes when a PIM item changes: its changeKey (contacts, events); a todoTask has
+    none (resources/todotask), so its @odata.etag, else lastModifiedDateTime."""
+    value = item.get("changeKey") or item.get("@odata.etag") or item.get("lastModifiedDateTime")
+    return str(value) if value else None
+
+
+def _list_params(kind: PimKind) -> dict[str, Any]:
+    # A task's checklist is a navigation property (todotask "Relationships"): expanded so
+    # one listing brings it; *unverified*: $expand=checklistItems on a task collection.
+    return {"$top": 100, "$expand": "checklistItems"} if kind is TASKS else {"$top": 100}
+
+
 def _copyable(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """The writable properties that hold a value (Graph answers unset ones as null, empty
     strings, lists or objects; sending those back is noise)."""
@@ -686,7 +700,7 @@ class PimCopier:
     async def _sync_folder(self, kind: PimKind, source: str, target: str) -> None:
         await self._recover_interrupted(kind, source, target)
         present = await self.src.list_all(
-            self._items_path(kind, self.src_user, source), {"$top": 100}
+            self._items_path(kind, self.src_user, source), _list_params(kind)
         )
         seen = set()
         for item in present:
@@ -696,7 +710,7 @@ class PimCopier:
             if known is None or known["status"] == "pending":
                 await self._create(kind, source, target, item)
             elif known["status"] in ("copied", "changed") and (
-                known["source_change_key"] != item.get("changeKey")
+                known["source_change_key"] != _version(item)
             ):
                 await self._update(kind, target, known, item)
         for row in self.ctx.journal.mapped_items(self.key, folder_id=source, status="copied"):
@@ -740,13 +754,15 @@ class PimCopier:
             return
         if kind is EVENTS and item.get("type") == "seriesMaster":
             await self._reproduce_exceptions(item, str(made["id"]))
+        if kind is TASKS:
+            await self._sync_checklist(target, str(made["id"]), item, replace=False)
         self.ctx.journal.map_item(
             self.key,
             sid,
             status="copied",
-            source_change_key=item.get("changeKey"),
+            source_change_key=_version(item),
             target_item_id=made["id"],
-            target_change_key=made.get("changeKey"),
+            target_change_key=_version(made),
         )
         self.counts[f"{kind.kind}s_copied"] += 1
         self.counts["copied"] += 1
@@ -771,14 +787,30 @@ class PimCopier:
             )
             self.counts["update_conflicts"] += 1
             return
+        if kind is TASKS:
+            await self._sync_checklist(target, str(known["target_item_id"]), item, replace=True)
         self.ctx.journal.map_item(
             self.key,
             known["source_item_id"],
             status="copied",
-            source_change_key=item.get("changeKey"),
-            target_change_key=(made or {}).get("changeKey"),
+            source_change_key=_version(item),
+            target_change_key=_version(made or {}),
         )
         self.counts["updated"] += 1
+
+    async def _sync_checklist(
+        self, target_list: str, task_id: str, source_task: dict[str, Any], *, replace: bool
+    ) -> None:
+        """The task's checklist in the target: its entries are created one by one
+        (todotask-post-checklistitems); `replace` first deletes what the copy has, so a
+        changed or half-copied checklist ends up exactly like the source's."""
+        base = f"{TASKS.item(self.tgt_user, target_list, task_id)}/checklistItems"
+        if replace:
+            for entry in await self.tgt.list_all(base, {"$top": 100}):
+                with contextlib.suppress(NotFound):
+                    await self.tgt.send("DELETE", f"{base}/{entry['id']}")
+        for entry in source_task.get("checklistItems") or []:
+            await self.tgt.send("POST", base, json=_copyable(entry, CHECKLIST_FIELDS))
 
     async def _reproduce_exceptions(self, master: dict[str, Any], target_id_: str) -> None:
         """Exceptions PATCHed onto the target's occurrences; cancelled ones deleted."""
@@ -822,7 +854,7 @@ class PimCopier:
         originals = {
             str(i["id"]): i
             for i in await self.src.list_all(
-                self._items_path(kind, self.src_user, source), {"$top": 100}
+                self._items_path(kind, self.src_user, source), _list_params(kind)
             )
         }
         for r in stuck:
@@ -837,12 +869,14 @@ class PimCopier:
             present.remove(found)
             if kind is EVENTS and original and original.get("type") == "seriesMaster":
                 await self._reproduce_exceptions(original, str(found["id"]))
+            if kind is TASKS and original:  # the dead pass may have stopped mid-checklist
+                await self._sync_checklist(target, str(found["id"]), original, replace=True)
             self.ctx.journal.map_item(
                 self.key,
                 r["source_item_id"],
                 status="copied",
                 target_item_id=found["id"],
-                target_change_key=found.get("changeKey"),
+                target_change_key=_version(found),
             )
 
 

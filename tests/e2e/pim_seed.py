@@ -16,6 +16,7 @@ from tests.clients import graph_http
 SERIES_START = dt.datetime(2024, 1, 1, 9, 0)  # a Monday
 # The seed's contact folders as the target should show them (path -> contacts).
 EXPECTED_CONTACT_FOLDERS = {"Suppliers": ["Acme Ltd"], "Suppliers/Overseas": ["Globex"]}
+EXPECTED_CHECKLIST = [("Find receipts", True), ("Fill in form", False)]  # of "File taxes"
 
 
 @contextmanager
@@ -114,12 +115,15 @@ def seed_pim(sandbox: Sandbox, user: str) -> dict[str, Any]:
         )
         lists = req(g, "GET", f"users/{user}/todo/lists")["value"]
         default = next(x for x in lists if x["wellknownListName"] == "defaultList")
-        req(
+        taxes = req(
             g,
             "POST",
             f"users/{user}/todo/lists/{default['id']}/tasks",
             json={"title": "File taxes", "importance": "high"},
         )
+        steps = f"users/{user}/todo/lists/{default['id']}/tasks/{taxes['id']}/checklistItems"
+        req(g, "POST", steps, json={"displayName": "Find receipts", "isChecked": True})
+        req(g, "POST", steps, json={"displayName": "Fill in form"})
         groceries = req(g, "POST", f"users/{user}/todo/lists", json={"displayName": "Groceries"})
         milk = req(
             g, "POST", f"users/{user}/todo/lists/{groceries['id']}/tasks", json={"title": "Milk"}
@@ -129,6 +133,7 @@ def seed_pim(sandbox: Sandbox, user: str) -> dict[str, Any]:
         "original_starts": [o["originalStart"] for o in occ],
         "ada": ada["id"],
         "milk": f"users/{user}/todo/lists/{groceries['id']}/tasks/{milk['id']}",
+        "taxes_steps": steps,
     }  # fmt: skip
 
 
@@ -155,13 +160,15 @@ def pim_in_target(sandbox: Sandbox, user: str, seeded: dict[str, Any]) -> dict[s
         path = f"users/{user}/events/{series['id']}/instances"
         occ = req(g, "GET", path, params={**seeded["window"], "$top": 50})["value"]
         lists = req(g, "GET", f"users/{user}/todo/lists")["value"]
-        tasks = {
-            x["displayName"]: [
-                t["title"]
-                for t in req(g, "GET", f"users/{user}/todo/lists/{x['id']}/tasks")["value"]
-            ]
-            for x in lists
-        }
+        tasks: dict[str, list[str]] = {}
+        checklists: dict[str, list[tuple[str, bool]]] = {}
+        for x in lists:
+            path = f"users/{user}/todo/lists/{x['id']}/tasks"
+            found = req(g, "GET", path, params={"$expand": "checklistItems"})["value"]
+            tasks[x["displayName"]] = [t["title"] for t in found]
+            for t in found:
+                entries = t.get("checklistItems") or []
+                checklists[t["title"]] = [(c["displayName"], c["isChecked"]) for c in entries]
     return {
         "contacts": contacts,
         "contact_folders": in_folders,
@@ -169,4 +176,5 @@ def pim_in_target(sandbox: Sandbox, user: str, seeded: dict[str, Any]) -> dict[s
         "occurrences": [o["originalStart"] for o in occ],
         "exceptions": [(o["subject"], o["originalStart"]) for o in occ if o["type"] == "exception"],
         "tasks": tasks,
+        "checklists": checklists,
     }

@@ -19,7 +19,14 @@ from coexist.sandbox import Sandbox
 from coexist.sandbox.mailstore import Item
 from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
-from tests.e2e.pim_seed import EXPECTED_CONTACT_FOLDERS, graph, pim_in_target, req, seed_pim
+from tests.e2e.pim_seed import (
+    EXPECTED_CHECKLIST,
+    EXPECTED_CONTACT_FOLDERS,
+    graph,
+    pim_in_target,
+    req,
+    seed_pim,
+)
 
 OLD = dt.datetime(2024, 1, 15, 9, 30, tzinfo=dt.UTC)
 RECENT = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
@@ -282,6 +289,7 @@ def test_contacts_recurring_events_and_tasks_arrive_through_import_export(
     assert got["occurrences"] == starts[:5] + starts[6:]
     assert got["exceptions"] == [("Weekly sync (moved)", starts[2])]
     assert got["tasks"]["Groceries"] == ["Milk"] and ["File taxes"] in got["tasks"].values()
+    assert got["checklists"]["File taxes"] == EXPECTED_CHECKLIST
     cutover(w)
     assert last_counts(w).get("copied", 0) == 0
 

@@ -21,7 +21,15 @@ from typing import Any
 from coexist import commands
 from coexist.sandbox import Sandbox
 from tests.e2e.conftest import TEST_RETRY
-from tests.e2e.pim_seed import EXPECTED_CONTACT_FOLDERS, contact_folders, graph, req, seed_pim
+from tests.e2e.pim_seed import (
+    EXPECTED_CHECKLIST,
+    EXPECTED_CONTACT_FOLDERS,
+    contact_folders,
+    graph,
+    pim_in_target,
+    req,
+    seed_pim,
+)
 from tests.e2e.test_graph_mover import (
     OLD,
     RECENT,
@@ -96,14 +104,20 @@ def test_contacts_recurring_events_with_exceptions_and_tasks_arrive_once(
     prestage(w)
     counts = last_counts(w)
     assert (counts["contacts_copied"], counts["events_copied"], counts["tasks_copied"]) == (3, 2, 2)
+    assert (
+        pim_in_target(sandbox, w.target, seeded)["checklists"]["File taxes"] == EXPECTED_CHECKLIST
+    )
     prestage(w)
     assert last_counts(w).get("copied", 0) == 0
     with graph(sandbox, "source") as g:  # changed and deleted at the source since
         req(g, "PATCH", f"users/{w.source}/contacts/{seeded['ada']}", json={"jobTitle": "Countess"})
         req(g, "DELETE", seeded["milk"])
+        req(g, "POST", seeded["taxes_steps"], json={"displayName": "Post it"})
     prestage(w)
     counts = last_counts(w)
-    assert counts.get("copied", 0) == 0 and counts["updated"] == 1, counts
+    assert counts.get("copied", 0) == 0 and counts["updated"] == 2, counts
+    checklist = pim_in_target(sandbox, w.target, seeded)["checklists"]["File taxes"]
+    assert checklist == [*EXPECTED_CHECKLIST, ("Post it", False)]
     assert counts["deleted_at_source"] == 1  # deletions = keep: reported, the copy stays
     user = w.target
     with graph(sandbox, "target") as g:

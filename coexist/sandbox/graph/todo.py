@@ -53,10 +53,11 @@ def list_json(f: PimFolder) -> dict[str, Any]:
     }
 
 
-def task_json(item: PimItem) -> dict[str, Any]:
-    """resources/todotask."""
+def task_json(item: PimItem, expand: bool = False) -> dict[str, Any]:
+    """resources/todotask. `checklistItems` is a navigation property: present only when
+    asked for with `$expand=checklistItems` (todotask "Relationships")."""
     p = item.props
-    return {
+    out = {
         "@odata.etag": etag(item.change_key),
         "importance": p.get("importance") or "normal",
         "isReminderOn": bool(p.get("isReminderOn")),
@@ -74,8 +75,15 @@ def task_json(item: PimItem) -> dict[str, Any]:
         "startDateTime": p.get("startDateTime"),
         "reminderDateTime": p.get("reminderDateTime"),
         "recurrence": p.get("recurrence"),
-        "checklistItems": list(p.get("checklistItems") or []),
     }
+    if expand:
+        out["checklistItems"] = list(p.get("checklistItems") or [])
+    return out
+
+
+def _expanded(request: Request) -> bool:
+    wanted = request.query_params.get("$expand") or ""
+    return "checklistitems" in {w.strip().lower() for w in wanted.split(",")}
 
 
 def _validate(request: Request, props: dict[str, Any]) -> None:
@@ -196,7 +204,8 @@ async def list_tasks(request: Request) -> Response:
     with mail.outlook(request, READ) as (_p, key, user):
         pim = pim_of(request)
         folder = _list(request, pim, key, user)
-        values = [task_json(i) for i in pim.items(key, user.id, "task", folder.id)]
+        expand = _expanded(request)
+        values = [task_json(i, expand) for i in pim.items(key, user.id, "task", folder.id)]
         return page(request, f"{_ctx(request)}/lists('{folder.id}')/tasks", values)
 
 
@@ -217,7 +226,9 @@ async def get_task(request: Request) -> Response:
     with mail.outlook(request, READ) as (_p, key, user):
         item = _task(request, pim_of(request), key, user)
         return _entity(
-            request, f"{_ctx(request)}/lists('{item.folder_id}')/tasks/$entity", task_json(item)
+            request,
+            f"{_ctx(request)}/lists('{item.folder_id}')/tasks/$entity",
+            task_json(item, _expanded(request)),
         )
 
 
@@ -242,6 +253,85 @@ async def delete_task(request: Request) -> Response:
         return Response(status_code=204)
 
 
+# -- checklistItems (todotask-list-checklistitems, todotask-post-checklistitems, ...) ----------
+
+CHECKLIST_FIELDS = frozenset({"displayName", "isChecked", "checkedDateTime", "createdDateTime"})
+
+
+def _checklist_ctx(request: Request, item: PimItem) -> str:
+    return f"{_ctx(request)}/lists('{item.folder_id}')/tasks('{item.id}')/checklistItems"
+
+
+def _entry(request: Request, item: PimItem) -> tuple[int, dict[str, Any]]:
+    entry_id = request.path_params["entry_id"]
+    for n, c in enumerate(item.props.get("checklistItems") or []):
+        if c.get("id") == entry_id:
+            return n, c
+    raise mail.item_not_found(request)
+
+
+def _save_checklist(pim: PimStore, item: PimItem, entries: list[dict[str, Any]]) -> PimItem:
+    # The checklist is stored on the task item, so changing it gives the task a new change
+    # key (*unverified*: that Graph's todoTask changeKey moves with its checklist).
+    return pim.update_item(item.id, _stamp({**item.props, "checklistItems": entries}, item.props))
+
+
+async def list_checklist(request: Request) -> Response:
+    with mail.outlook(request, READ) as (_p, key, user):
+        item = _task(request, pim_of(request), key, user)
+        return page(
+            request, _checklist_ctx(request, item), list(item.props.get("checklistItems") or [])
+        )
+
+
+async def create_checklist(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        entry = writable(request, payload, CHECKLIST_FIELDS, "checklistItem")
+        if not isinstance(entry.get("displayName"), str) or not entry["displayName"]:
+            raise invalid_value(request, "displayName")
+        entry["id"] = str(uuid.uuid4())
+        pim = pim_of(request)
+        item = _task(request, pim, key, user)
+        updated = _save_checklist(pim, item, [*(item.props.get("checklistItems") or []), entry])
+        made = next(c for c in updated.props["checklistItems"] if c["id"] == entry["id"])
+        return _entity(request, f"{_checklist_ctx(request, item)}/$entity", made, 201)
+
+
+async def get_checklist_entry(request: Request) -> Response:
+    with mail.outlook(request, READ) as (_p, key, user):
+        item = _task(request, pim_of(request), key, user)
+        return _entity(
+            request, f"{_checklist_ctx(request, item)}/$entity", _entry(request, item)[1]
+        )
+
+
+async def update_checklist_entry(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        patch = writable(request, payload, CHECKLIST_FIELDS, "checklistItem")
+        pim = pim_of(request)
+        item = _task(request, pim, key, user)
+        n, entry = _entry(request, item)
+        entries = list(item.props.get("checklistItems") or [])
+        entries[n] = {**entry, **patch}
+        updated = _save_checklist(pim, item, entries)
+        return _entity(
+            request, f"{_checklist_ctx(request, item)}/$entity", updated.props["checklistItems"][n]
+        )
+
+
+async def delete_checklist_entry(request: Request) -> Response:
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        pim = pim_of(request)
+        item = _task(request, pim, key, user)
+        n = _entry(request, item)[0]
+        entries = list(item.props.get("checklistItems") or [])
+        del entries[n]
+        _save_checklist(pim, item, entries)
+        return Response(status_code=204)
+
+
 def routes() -> list[BaseRoute]:
     base = "/v1.0/users/{user_id}/todo/lists"
     one = f"{base}/{{list_id}}"
@@ -257,4 +347,9 @@ def routes() -> list[BaseRoute]:
         Route(task, get_task, methods=["GET"]),
         Route(task, update_task, methods=["PATCH"]),
         Route(task, delete_task, methods=["DELETE"]),
+        Route(f"{task}/checklistItems", list_checklist, methods=["GET"]),
+        Route(f"{task}/checklistItems", create_checklist, methods=["POST"]),
+        Route(f"{task}/checklistItems/{{entry_id}}", get_checklist_entry, methods=["GET"]),
+        Route(f"{task}/checklistItems/{{entry_id}}", update_checklist_entry, methods=["PATCH"]),
+        Route(f"{task}/checklistItems/{{entry_id}}", delete_checklist_entry, methods=["DELETE"]),
     ]
