@@ -47,7 +47,9 @@ with the pre-stage pass, so the calendar is complete before cutover.
 Not reproduced (documented gaps of this API surface, which the full-fidelity mover keeps):
 MIME byte identity (Exchange renders its own MIME from the properties), internet headers
 other than `x-` ones (resources/internetmessageheader), attendees of events (creating an
-event with attendees sends them invitations, user-post-events), To Do checklist items.
+event with attendees sends them invitations, user-post-events). Events copied without their
+attendees are counted (`events_without_attendees`) and named in the pass detail, never
+dropped silently. To Do checklists are copied entry by entry.
 """
 
 from __future__ import annotations
@@ -749,6 +751,8 @@ class PimCopier:
             source_created=item.get("createdDateTime"),
         )
         body = _copyable(item, kind.fields)
+        if kind is EVENTS and item.get("attendees"):
+            self.counts["events_without_attendees"] += 1
         made = await self.tgt.send("POST", self._items_path(kind, self.tgt_user, target), json=body)
         if made is None:  # plan mode
             return
@@ -935,6 +939,11 @@ class ItemsMover:
         )
         if plan.skipped_folders:
             detail += f"; folders not moved: {', '.join(plan.skipped_folders)}"
+        if counts["events_without_attendees"]:
+            detail += (
+                f"; {counts['events_without_attendees']} events copied without their attendees"
+                " (Graph would invite them; graph-import-export keeps them)"
+            )
         if kind == "cutover" and report["unexplained"] > ctx.project.migration.reconcile_tolerance:
             # Cutover gate: an unexplained difference keeps the user on the source.
             detail += f"; reconciliation: {report['unexplained']} items unexplained"

@@ -79,6 +79,7 @@ def seed_pim(sandbox: Sandbox, user: str) -> dict[str, Any]:
             f"users/{user}/events",
             json={
                 "subject": "Weekly sync",
+                "attendees": [{"emailAddress": {"address": "ada@example.org"}, "type": "required"}],
                 "start": {"dateTime": SERIES_START.isoformat(), "timeZone": zone},
                 "end": {
                     "dateTime": (SERIES_START + dt.timedelta(hours=1)).isoformat(),
@@ -173,6 +174,7 @@ def pim_in_target(sandbox: Sandbox, user: str, seeded: dict[str, Any]) -> dict[s
         "contacts": contacts,
         "contact_folders": in_folders,
         "events": sorted(e["subject"] for e in events),
+        "attendees": [a["emailAddress"]["address"] for a in series.get("attendees") or []],
         "occurrences": [o["originalStart"] for o in occ],
         "exceptions": [(o["subject"], o["originalStart"]) for o in occ if o["type"] == "exception"],
         "tasks": tasks,

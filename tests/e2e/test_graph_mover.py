@@ -285,6 +285,7 @@ def test_contacts_recurring_events_and_tasks_arrive_through_import_export(
     assert got["contacts"] == {"Ada Lovelace"}
     assert got["contact_folders"] == EXPECTED_CONTACT_FOLDERS
     assert got["events"] == ["Dentist", "Weekly sync"]
+    assert got["attendees"] == ["ada@example.org"]  # the full-fidelity stream keeps them
     starts = seeded["original_starts"]
     assert got["occurrences"] == starts[:5] + starts[6:]
     assert got["exceptions"] == [("Weekly sync (moved)", starts[2])]
