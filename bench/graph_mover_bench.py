@@ -281,7 +281,7 @@ def part(project: Path, state: Path, scale: float, users: list[str]) -> dict[str
 
         with cProfile.Profile() as prof:
             out = asyncio.run(move(project, users))
-        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats(os.environ.get("BENCH_PROFILE_SORT", "cumulative")).print_stats(25)
         return out
 
 
@@ -355,13 +355,21 @@ def main() -> None:
         seed_s = time.perf_counter() - seed_start
 
         only_rss = os.environ.get("BENCH_ONLY") == "rss"  # profiling the memory part alone
-        upload = {} if only_rss else part(project, state, UPLOAD_SCALE, [upload_user])
+        skip_upload = only_rss or os.environ.get("BENCH_ONLY", "").isdigit()
+        upload = {} if skip_upload else part(project, state, UPLOAD_SCALE, [upload_user])
         scaling: dict[str, Any] = {}
         groups, at = {}, 0
         for n in SCALING:
             groups[n], at = rest[at : at + n], at + n
+        # BENCH_ONLY=20 (a mailbox count): that scaling part alone, e.g. to profile it.
+        only_n = int(os.environ["BENCH_ONLY"]) if os.environ.get("BENCH_ONLY", "").isdigit() else 0
         for n in () if only_rss else SCALING:
+            if only_n and n != only_n:
+                continue
             r = part(project, state, REQUEST_SCALE, groups[n])
+            if only_n:
+                print(json.dumps(r))
+                return
             scaling[str(n)] = {
                 "mailboxes": n,
                 "items": r["items"],

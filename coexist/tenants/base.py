@@ -58,8 +58,14 @@ class Adapter:
         self.calls = 0  # requests sent, refused attempts included
         self.writes = 0  # writes the service accepted
         self._cred = credential(ep)
-        self._http = httpx.AsyncClient(verify=ep.verify, timeout=timeout)
+        self.timeout = timeout
+        self._http = self._new_client()
         self._gate = Gate(concurrency)
+
+    def _new_client(self) -> httpx.AsyncClient:
+        """An HTTP client for this system (TLS verification always on: `ep.verify` is True or
+        a CA bundle, never False)."""
+        return httpx.AsyncClient(verify=self.ep.verify, timeout=self.timeout)
 
     async def close(self) -> None:
         await self._http.aclose()
