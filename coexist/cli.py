@@ -299,6 +299,8 @@ def confirm_cmd(project: Path, user: str, target: str, as_json: bool) -> None:
 @click.option(
     "--older-than", default=None, help="Data pass window, e.g. 90d (default from project.toml)."
 )
+@click.option("--since", default=None, help="Only items received on/after this ISO date or time.")
+@click.option("--until", default=None, help="Only items received before this ISO date or time.")
 @click.option("--at", default=None, help="Start the data pass at this ISO time.")
 @plan_option
 @json_option
@@ -308,6 +310,8 @@ def prestage_cmd(
     batch: str | None,
     users: str | None,
     older_than: str | None,
+    since: str | None,
+    until: str | None,
     at: str | None,
     plan: bool,
     as_json: bool,
@@ -318,6 +322,8 @@ def prestage_cmd(
         batch=batch,
         users=_users(users),
         older_than=older_than,
+        since=since,
+        until=until,
         at=at,
         plan=plan,
         progress=_progress(as_json),

@@ -364,6 +364,19 @@ def _check_confirmable(
 
 
 # -- prestage ----------------------------------------------------------------------------
+def _instant_arg(option: str, value: str | None) -> dt.datetime | None:
+    """An ISO 8601 date or time from the command line; naive means UTC."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"{option} {value!r} is not an ISO 8601 date or time (e.g. 2024-01-31)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
 def _license_sku(sess: Session, skus: list[dict[str, Any]]) -> str | None:
     name = sess.project.prestage.license_sku
     if not sess.project.prestage.convert:
@@ -406,18 +419,28 @@ def prestage(
     batch: str | Path | None = None,
     users: list[str] | None = None,
     older_than: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
     at: str | None = None,
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
     mailbox_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Convert and license now, wait for the mailboxes, forward them back, then the data pass."""
+    """Convert and license now, wait for the mailboxes, forward them back, then the data pass.
 
+    The pass moves items received before now - `older_than` (default from project.toml) and,
+    when given, within [`since`, `until`) (ISO dates or times, UTC unless an offset is given).
+    """
+    start, end = _instant_arg("--since", since), _instant_arg("--until", until)
+    if start and end and start >= end:
+        raise InputError(f"--since {since} is not before --until {until}: the window is empty")
     args = {
         "batch": str(batch) if batch else None,
         "users": users,
         "older_than": older_than,
+        "since": since,
+        "until": until,
         "at": at,
     }
 
@@ -456,7 +479,11 @@ def prestage(
                 i["key"],
                 [
                     DataPassStep(
-                        subject=i["key"], kind="prestage", older_than_s=window.total_seconds()
+                        subject=i["key"],
+                        kind="prestage",
+                        older_than_s=window.total_seconds(),
+                        since=start.isoformat() if start else None,
+                        until=end.isoformat() if end else None,
                     )
                 ],
                 None,

@@ -489,11 +489,9 @@ def _batches(jobs: list[Job]) -> Iterator[list[Job]]:
 def _in_window(row: dict[str, Any], window: Window, now: datetime) -> bool:
     """mailboxItem has no receivedDateTime (resources/mailboxitem): createdDateTime is used,
     which for delivered mail is the delivery time."""
-    cutoff = window.cutoff(now)
-    if cutoff is None or not row.get("source_created"):
-        return True
-    created = datetime.fromisoformat(str(row["source_created"]).replace("Z", "+00:00"))
-    return created < cutoff
+    raw = row.get("source_created")
+    created = datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else None
+    return window.contains(created, now)
 
 
 async def _headers(src: Box, ids: list[str]) -> dict[str, dict[str, Any]]:

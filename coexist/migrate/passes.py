@@ -34,9 +34,23 @@ class Window:
         }
 
     def cutoff(self, now: datetime | None = None) -> datetime | None:
+        """Items received at or after this are outside the window (None: no upper bound)."""
+        bounds = [b for b in (self.until, self._older(now)) if b is not None]
+        return min(bounds) if bounds else None
+
+    def _older(self, now: datetime | None) -> datetime | None:
         if self.older_than is None:
-            return self.until
+            return None
         return (now or datetime.now(UTC)) - self.older_than
+
+    def contains(self, received: datetime | None, now: datetime | None = None) -> bool:
+        """Whether an item received at `received` belongs to this pass (unknown: yes)."""
+        if received is None:
+            return True
+        cutoff = self.cutoff(now)
+        if cutoff is not None and received >= cutoff:
+            return False
+        return self.since is None or received >= self.since
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,8 @@ class DataPassStep(Step):
 
     kind: str  # prestage | cutover
     older_than_s: float | None = None
+    since: str | None = None  # ISO 8601: only items received at or after
+    until: str | None = None  # ISO 8601: only items received before
 
     @property
     def key(self) -> str:
@@ -116,7 +132,9 @@ class DataPassExecutor:
 
     async def apply(self, ctx: Context, step: DataPassStep, observed: None) -> StepResult:
         window = Window(
-            older_than=timedelta(seconds=step.older_than_s) if step.older_than_s else None
+            older_than=timedelta(seconds=step.older_than_s) if step.older_than_s else None,
+            since=datetime.fromisoformat(step.since) if step.since else None,
+            until=datetime.fromisoformat(step.until) if step.until else None,
         )
         result = await run_pass(ctx, step.subject, step.kind, window)
         data = {"data_state": result.detail, f"{step.kind}_pass": result.status}

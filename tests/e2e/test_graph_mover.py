@@ -13,7 +13,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from coexist import commands
+from coexist.errors import InputError
 from coexist.journal import Journal
 from coexist.sandbox import Sandbox
 from coexist.sandbox.mailstore import Item
@@ -318,3 +321,25 @@ def test_mirror_deletes_the_copies_of_mail_contacts_and_tasks_deleted_at_the_sou
     got = pim_in_target(sandbox, w.target, seeded)
     assert got["contacts"] == set() and got["tasks"]["Groceries"] == []
     assert got["contact_folders"] == EXPECTED_CONTACT_FOLDERS
+
+
+def test_prestage_window_range_moves_only_items_received_within_it(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """--since/--until limit pre-stage to that range; cutover brings the rest; a bad range
+    is refused before anything runs."""
+    w = provisioned(make_project, sandbox)
+    w.put(["Inbox"], "before", received=dt.datetime(2023, 6, 1, tzinfo=dt.UTC))
+    w.put(["Inbox"], "inside", received=dt.datetime(2024, 1, 15, tzinfo=dt.UTC))
+    w.put(["Inbox"], "after", received=dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
+    who = [str(w.user["source_address"])]
+    for since, until in (("2024-03-01", "2024-01-01"), ("last tuesday", None)):
+        with pytest.raises(InputError):
+            commands.prestage(w.project, users=who, since=since, until=until, retry=TEST_RETRY)
+    assert w.items("target") == []
+    commands.prestage(
+        w.project, users=who, since="2024-01-01", until="2024-03-01", retry=TEST_RETRY
+    )
+    assert sorted(by_subject(w.items("target"))) == ["inside"]
+    cutover(w)
+    assert sorted(by_subject(w.items("target"))) == ["after", "before", "inside"]

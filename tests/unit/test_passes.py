@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -47,3 +48,19 @@ def test_export_batches_are_capped_by_count_and_bytes() -> None:
     assert large == [4, 4, 2]
     huge = [len(b) for b in _batches([job(1), job(EXPORT_BYTES * 3), job(1)])]
     assert huge == [1, 1, 1]
+
+
+def test_window_bounds_combine() -> None:
+    """older-than and until both cap the window (the earlier wins); since is inclusive."""
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    w = Window(
+        older_than=timedelta(days=90),
+        since=datetime(2024, 1, 1, tzinfo=UTC),
+        until=datetime(2024, 5, 1, tzinfo=UTC),
+    )
+    assert w.cutoff(now) == now - timedelta(days=90)
+    assert w.contains(datetime(2024, 1, 1, tzinfo=UTC), now)
+    assert not w.contains(datetime(2023, 12, 31, tzinfo=UTC), now)
+    assert not w.contains(now - timedelta(days=90), now)
+    assert w.contains(None, now)  # an item without a date is never left out
+    assert Window().contains(now, now)
