@@ -598,13 +598,14 @@ async def _pipeline(
         await queue.put(None)
 
     slots = asyncio.Semaphore(IMPORTS_IN_FLIGHT)
+    sink = Sink(ctx, key, importer, counts)
 
     async def consume(tg: asyncio.TaskGroup) -> None:
         while (ready := await queue.get()) is not None:
             while ready:
                 job, data = ready.pop(0)
                 await slots.acquire()
-                tg.create_task(_import_one(ctx, key, importer, job, data, counts, slots))
+                tg.create_task(_import_one(sink, job, data, slots))
             del ready
 
     try:
@@ -655,81 +656,70 @@ async def _subject(src: Box, item_id: str) -> str | None:
     return str(body["subject"]) if isinstance(body, dict) and body.get("subject") else None
 
 
+@dataclass(frozen=True)
+class Sink:
+    """Where one mailbox's imports go and are recorded."""
+
+    ctx: Context
+    key: str
+    importer: Importer
+    counts: Counter[str]
+
+    def record(self, job: Job, **fields: Any) -> None:
+        self.ctx.journal.map_item(self.key, job.source_id, **fields)
+
+
 async def _import_one(
-    ctx: Context,
-    key: str,
-    importer: Importer,
-    job: Job,
-    data: tuple[str, str],
-    counts: Counter[str],
-    slots: asyncio.Semaphore,
+    sink: Sink, job: Job, data: tuple[str, str], slots: asyncio.Semaphore
 ) -> None:
     try:
         if job.update is None:
-            await _create(ctx, key, importer, job, data, counts)
+            await _create(sink, job, data)
         else:
-            await _update(ctx, key, importer, job, data, counts)
+            await _update(sink, job, data)
     finally:
         slots.release()
 
 
-async def _create(
-    ctx: Context,
-    key: str,
-    importer: Importer,
-    job: Job,
-    data: tuple[str, str],
-    counts: Counter[str],
-) -> None:
-    ctx.journal.map_item(key, job.source_id, status="importing", target_folder_id=job.dest)
+async def _create(sink: Sink, job: Job, data: tuple[str, str]) -> None:
+    sink.record(job, status="importing", target_folder_id=job.dest)
     try:
-        made = await importer.put(job.dest, data[1])
+        made = await sink.importer.put(job.dest, data[1])
     except InvalidRequest as exc:
         # e.g. "The item does not fit the destination folder": skipped, never dropped.
-        ctx.journal.map_item(key, job.source_id, status="skipped", reason=exc.message)
-        counts["skipped"] += 1
+        sink.record(job, status="skipped", reason=exc.message)
+        sink.counts["skipped"] += 1
         return
-    ctx.journal.map_item(
-        key,
-        job.source_id,
-        status="copied",
-        source_change_key=data[0],
-        target_folder_id=job.dest,
-        target_item_id=made.get("itemId"),
-        target_change_key=made.get("changeKey"),
-        reason=None,
-    )
-    counts["copied"] += 1
-    counts["bytes"] += int(job.row.get("size") or 0)
+    _copied(sink, job, data, made, target_folder_id=job.dest, reason=None)
+    sink.counts["copied"] += 1
+    sink.counts["bytes"] += int(job.row.get("size") or 0)
 
 
-async def _update(
-    ctx: Context,
-    key: str,
-    importer: Importer,
-    job: Job,
-    data: tuple[str, str],
-    counts: Counter[str],
-) -> None:
+async def _update(sink: Sink, job: Job, data: tuple[str, str]) -> None:
     assert job.update is not None
     try:
-        made = await importer.put(job.dest, data[1], job.update)
+        made = await sink.importer.put(job.dest, data[1], job.update)
     except (Conflict, NotFound) as exc:
         # Changed in the target too, or gone there: reported, the target wins.
-        ctx.journal.map_item(
-            key, job.source_id, status="copied", reason=f"not updated: {exc.message}"
-        )
-        counts["update_conflicts"] += 1
+        sink.record(job, status="copied", reason=f"not updated: {exc.message}")
+        sink.counts["update_conflicts"] += 1
         return
-    ctx.journal.map_item(
-        key,
-        job.source_id,
+    _copied(sink, job, data, {**made, "itemId": made.get("itemId") or job.update[0]})
+    sink.counts["updated"] += 1
+
+
+def _copied(
+    sink: Sink, job: Job, data: tuple[str, str], made: dict[str, Any], **extra: Any
+) -> None:
+    """Record the copy the import answered with (its id and change key, the source's)."""
+    sink.record(
+        job,
         status="copied",
         source_change_key=data[0],
-        target_item_id=made.get("itemId") or job.update[0],
+        target_item_id=made.get("itemId"),
         target_change_key=made.get("changeKey"),
+        **extra,
     )
-    counts["updated"] += 1
 
 
 async def _export(src: Box, ids: list[str]) -> dict[str, tuple[str, str]]:
