@@ -431,16 +431,20 @@ class Importer:
     def __init__(self, box: Box) -> None:
         self.box = box
         self.session: ImportSession | None = None
+        self._renewing = asyncio.Lock()  # concurrent imports share one new session
 
     async def url(self) -> str:
-        now = datetime.now().astimezone()
-        if self.session is None or not self.session.fresh(now):
-            data = await self.box.graph.send("POST", self.box.path("createImportSession"), json={})
-            if data is None:  # plan mode
-                return "planned:importUrl"
-            expires = datetime.fromisoformat(str(data["expirationDateTime"]).replace("Z", "+00:00"))
-            self.session = ImportSession(str(data["importUrl"]), expires)
-        return self.session.url
+        async with self._renewing:
+            now = datetime.now().astimezone()
+            if self.session is None or not self.session.fresh(now):
+                data = await self.box.graph.send(
+                    "POST", self.box.path("createImportSession"), json={}
+                )
+                if data is None:  # plan mode
+                    return "planned:importUrl"
+                stamp = str(data["expirationDateTime"]).replace("Z", "+00:00")
+                self.session = ImportSession(str(data["importUrl"]), datetime.fromisoformat(stamp))
+            return self.session.url
 
     async def put(
         self, folder_id: str, data: str, update: tuple[str, str] | None = None

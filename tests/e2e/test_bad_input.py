@@ -394,3 +394,20 @@ def test_wrong_secret_never_appears_in_output_or_journal(
         if f.is_file():
             assert WRONG_SECRET.encode() not in f.read_bytes(), f
     assert world_state(sandbox) == before
+
+
+def test_prestage_with_a_bad_date_range_changes_nothing(
+    project: Path, sandbox: Sandbox, cli: Cli
+) -> None:
+    """--since/--until that do not parse, or make an empty range, exit 2 naming the option;
+    nothing is licensed or journaled."""
+    p = str(project)
+    for command in ("discover", "provision"):
+        assert cli(command, "--project", p, "--json").exit_code == 0, command
+    before_world, before_journal = world_state(sandbox), journal_state(project)
+    r = cli("prestage", "--project", p, "--since", "last tuesday")
+    assert r.exit_code == 2 and "--since 'last tuesday' is not an ISO 8601 date" in text(r)
+    r = cli("prestage", "--project", p, "--since", "2024-03-01", "--until", "2024-01-01")
+    assert r.exit_code == 2 and "the window is empty" in text(r)
+    assert world_state(sandbox) == before_world
+    assert journal_state(project) == before_journal
