@@ -418,7 +418,8 @@ def reconciliation_table(row: dict[str, Any]) -> Table:
         else f"{recon['unexplained']} items unexplained"
     )
     table = Table(title=f"reconciliation of {row['user']}: {verdict}")
-    for col in ("source folders", "source", "target", "skipped", "pending", "deleted", "MB"):
+    cols = ("source folders", "source", "target", "skipped", "pending", "deleted", "new", "MB")
+    for col in cols:
         table.add_column(col, justify="left" if col == "source folders" else "right")
     table.add_column("difference", justify="right")
     for f in recon.get("folders") or []:
@@ -430,6 +431,7 @@ def reconciliation_table(row: dict[str, Any]) -> Table:
             str(f.get("skipped", 0)),
             str(f.get("pending", 0)),
             str(f.get("deleted_at_source", 0)),
+            str(f.get("arrived_in_target", 0)),  # delivered to the live target mailbox
             f"{int(f.get('copied_bytes') or 0) / 1e6:.1f}",
             f"[red]{diff}[/red]" if diff else "0",
         )

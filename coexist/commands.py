@@ -852,6 +852,7 @@ def data_report(directory: Path) -> list[dict[str, Any]]:
                     "source_items": sum(int(f["source_items"]) for f in folders),
                     "target_items": sum(int(f["target_items"]) for f in folders),
                     "skipped": sum(int(f["skipped"]) for f in folders),
+                    "arrived": sum(int(f.get("arrived_in_target") or 0) for f in folders),
                     "unexplained": recon.get("unexplained"),
                     "reconciled": bool(recon) and recon.get("unexplained") == 0,
                 }
@@ -869,7 +870,9 @@ def data_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"  {r['user']}: {r['items']} items, {r['bytes'] / 1e6:.1f} MB, "
             f"{r['gb_per_hour']:.2f} GB/h; source {r['source_items']} = "
-            f"target {r['target_items']} ({r['skipped']} skipped) {verdict}"
+            f"target {r['target_items']} ({r['skipped']} skipped"
+            + (f", {r['arrived']} new since cutover" if r.get("arrived") else "")
+            + f") {verdict}"
         )
     return lines
 

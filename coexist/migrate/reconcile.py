@@ -5,6 +5,12 @@ API's `totalItemCount` of each source folder), the target's `totalItemCount`, an
 journal explains (items skipped and reported, items still pending outside the pass window,
 copies kept after a source deletion). Whatever is left is an unexplained difference; the
 cutover pass waits on one beyond `[migration] reconcile_tolerance`.
+
+Once a user has cut over, the target mailbox is the live one: mail delivered there is new,
+not a difference, so a surplus in the target is then reported as `arrived_in_target` and
+left out of the unexplained count (a shortfall still counts). Before cutover the target
+keeps nothing of its own (it forwards back to the source), so a surplus there would mean a
+copy made twice and counts in full.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from coexist.engine.context import Context
+from coexist.model import Phase
 
 if TYPE_CHECKING:
     from coexist.migrate.fidelity import Box, Plan
@@ -35,6 +42,8 @@ async def reconcile(
     if target_totals is None:
         target_totals = {f.id: f.total for f in await folder_tree(tgt)}
     journal = ctx.journal.item_map_counts(key)
+    user = ctx.journal.get_item("user", key) or {}
+    live = user.get("phase") == Phase.CUTOVER.value
     groups: dict[str, dict[str, Any]] = {}
     for f in plan.source:
         dest = plan.target_of.get(f.id)
@@ -55,6 +64,7 @@ async def reconcile(
     for dest, g in groups.items():
         target = target_totals.get(dest, 0)
         expected = g["source"] - g["skipped"] - g["pending"] + g["gone"]
+        arrived = max(0, target - expected) if live else 0
         rows.append(
             {
                 "source_folders": g["folders"],
@@ -64,7 +74,8 @@ async def reconcile(
                 "pending": g["pending"],
                 "deleted_at_source": g["gone"],
                 "copied_bytes": g["bytes"],
-                "difference": target - expected,
+                "arrived_in_target": arrived,
+                "difference": target - expected - arrived,
             }
         )
     report = {

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -149,7 +150,17 @@ class GraphAdapter(Adapter):
         await super().close()
 
     def url(self, path: str) -> str:
-        return path if path.startswith("https://") else f"{self.base}/{path.lstrip('/')}"
+        """The request URL. An absolute Graph link (a nextLink, or a deltaLink saved in the
+        journal) is sent to the configured endpoint: its origin is replaced by this tenant's
+        Graph origin when the path is a Graph path, so a bearer token only ever goes where
+        the project says, and a saved deltaLink survives an endpoint that moved (a proxy, a
+        sandbox served again on another port)."""
+        if not path.startswith("https://"):
+            return f"{self.base}/{path.lstrip('/')}"
+        link, base = urlsplit(path), urlsplit(self.base)
+        if link.netloc != base.netloc and link.path.startswith(base.path.rstrip("/") + "/"):
+            return urlunsplit((base.scheme, base.netloc, link.path, link.query, link.fragment))
+        return path
 
     async def send(
         self,

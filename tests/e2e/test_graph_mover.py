@@ -343,3 +343,31 @@ def test_prestage_window_range_moves_only_items_received_within_it(
     assert sorted(by_subject(w.items("target"))) == ["inside"]
     cutover(w)
     assert sorted(by_subject(w.items("target"))) == ["after", "before", "inside"]
+
+
+def test_mail_that_arrives_in_the_live_target_is_new_not_a_difference(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """After cutover the target is live: a message delivered there shows as new, and a later
+    pass still reconciles; before cutover the same surplus would count as unexplained."""
+    w = provisioned(make_project, sandbox)
+    w.put(["Inbox"], "old")
+    prestage(w)
+    stray = mime("stray before cutover")
+    sandbox.mail.insert_message("target", w.target, "inbox", stray, received=RECENT)
+    prestage(w)
+    assert status_recon(w)["unexplained"] == 1  # a copy nobody made: flagged
+    sandbox.mail.delete_message(
+        "target", w.target, by_subject(w.items("target"))["stray before cutover"][0].id
+    )
+    cutover(w)
+    sandbox.mail.insert_message("target", w.target, "inbox", mime("new mail"), received=RECENT)
+    cutover(w)
+    recon = status_recon(w)
+    assert recon["unexplained"] == 0 and last_counts(w)["difference"] == 0
+    assert sum(f["arrived_in_target"] for f in recon["folders"]) == 1
+
+
+def status_recon(w: World) -> dict[str, Any]:
+    user = commands.status(w.project, user=str(w.user["source_address"]))["users"][0]
+    return dict(user["reconciliation"])
