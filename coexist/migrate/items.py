@@ -54,6 +54,7 @@ dropped silently. To Do checklists are copied entry by entry.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -61,7 +62,7 @@ import email
 import email.policy
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
@@ -354,6 +355,29 @@ def split_attachments(payload_size: int, parts: list[Part]) -> tuple[list[Part],
 
 # -- mail copy ------------------------------------------------------------------------------------
 
+COPIES_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
+
+
+async def bounded(limit: int, jobs: Iterator[Coroutine[Any, Any, None]]) -> None:
+    """Run `jobs` with at most `limit` at once, started as slots free up (so memory holds
+    `limit` items, not the folder). The first failure cancels the rest and is raised as
+    itself, not as an ExceptionGroup, for the one error tree."""
+    slots = asyncio.Semaphore(limit)
+
+    async def run(job: Coroutine[Any, Any, None]) -> None:
+        try:
+            await job
+        finally:
+            slots.release()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for job in jobs:
+                await slots.acquire()
+                tg.create_task(run(job))
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+
 
 class MailCopier:
     """Copies one mailbox's pending messages into the target over the mail API."""
@@ -362,13 +386,21 @@ class MailCopier:
         self.ctx, self.key, self.src, self.tgt, self.counts = ctx, key, src, tgt, counts
 
     async def copy_pending(self, plan: Plan, window: Window) -> None:
+        """Every pending message in the window, up to COPIES_IN_FLIGHT at once (each copy is
+        a few requests in a row, so one at a time would leave the mailbox's 4 concurrent
+        requests mostly idle); each is journaled `importing` before its create, so a kill
+        anywhere leaves at most that many partial copies for `_recover_interrupted`."""
         now = dt.datetime.now().astimezone()
+        work: list[tuple[dict[str, Any], str]] = []
         for folder_id, dest in plan.target_of.items():
             await self._recover_interrupted(folder_id, dest)
             rows = self.ctx.journal.mapped_items(self.key, folder_id=folder_id, status="pending")
-            for r in rows:
-                if r["kind"] == MAIL_CLASS and fidelity._in_window(r, window, now):
-                    await self.copy(r, dest)
+            work += [
+                (r, dest)
+                for r in rows
+                if r["kind"] == MAIL_CLASS and fidelity._in_window(r, window, now)
+            ]
+        await bounded(COPIES_IN_FLIGHT, (self.copy(r, dest) for r, dest in work))
 
     async def copy(self, row: dict[str, Any], dest: str) -> None:
         sid = row["source_item_id"]
