@@ -632,10 +632,12 @@ async def _export_batch(
     wanted: list[Job] = []
     for job in batch:
         if job.update is None and check and job.source_id in mail_ids and job.source_id not in info:
-            # Its headers could not be read: importing it blind could import an encrypted
-            # item; it stays pending (the reconciliation shows it) for the next pass.
-            counts["deferred"] += 1
-            continue
+            # The mail API answered this id with an error that is not a throttle (those are
+            # retried in batch_get, and a pass whose retries run out fails): its class alone
+            # decides (S/MIME is a class; IRM shows only in headers). Counted, so a tenant
+            # where the two APIs do not share ids (*unverified* that they do) is visible
+            # rather than holding every message back.
+            counts["irm_unchecked"] += 1
         reason = None if job.update else _skip_reason(ctx, job.row, info.get(job.source_id))
         if reason is None:
             wanted.append(job)
@@ -814,6 +816,11 @@ class ImportExportMover:
         )
         if plan.skipped_folders:
             detail += f"; folders not moved: {', '.join(plan.skipped_folders)}"
+        if counts["irm_unchecked"]:
+            detail += (
+                f"; {counts['irm_unchecked']} messages checked by item class only "
+                "(their headers could not be read: IRM not detectable)"
+            )
         tolerance = ctx.project.migration.reconcile_tolerance
         if kind == "cutover" and report["unexplained"] > tolerance:
             # Cutover gate: an unexplained difference keeps the user on the source.
