@@ -808,25 +808,13 @@ class ImportExportMover:
         await update_changed(ctx, subject, src, importer, counts)
         await handle_deletions(ctx, subject, tgt.graph, tgt.user_id, counts)
         report = await reconcile.reconcile(ctx, subject, src, tgt, plan)
-        counts["pending"] = sum(f["pending"] for f in report["folders"])
-        counts["difference"] = report["unexplained"]
-        detail = (
-            f"{kind} pass: {counts['copied']} copied, {counts['updated']} updated, "
-            f"{counts['skipped']} skipped, {counts['moved']} moved"
-        )
-        if plan.skipped_folders:
-            detail += f"; folders not moved: {', '.join(plan.skipped_folders)}"
+        notes = []
         if counts["irm_unchecked"]:
-            detail += (
-                f"; {counts['irm_unchecked']} messages checked by item class only "
+            notes.append(
+                f"{counts['irm_unchecked']} messages checked by item class only "
                 "(their headers could not be read: IRM not detectable)"
             )
-        tolerance = ctx.project.migration.reconcile_tolerance
-        if kind == "cutover" and report["unexplained"] > tolerance:
-            # Cutover gate: an unexplained difference keeps the user on the source.
-            detail += f"; reconciliation: {report['unexplained']} items unexplained"
-            return PassResult("waiting", detail, counts=dict(counts))
-        return PassResult("ok", detail, counts=dict(counts))
+        return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
 
 
 MOVERS["graph-import-export"] = ImportExportMover()

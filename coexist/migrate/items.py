@@ -963,24 +963,13 @@ class ItemsMover:
         await handle_deletions(ctx, subject, tgt.graph, tgt.user_id, counts)
         totals = {f.id: f.total for f in await mail_tree(tgt.graph, tgt.user_id)}
         report = await reconcile.reconcile(ctx, subject, src, tgt, plan, target_totals=totals)
-        counts["pending"] = sum(f["pending"] for f in report["folders"])
-        counts["difference"] = report["unexplained"]
-        detail = (
-            f"{kind} pass: {counts['copied']} copied, {counts['updated']} updated, "
-            f"{counts['skipped']} skipped, {counts['moved']} moved"
-        )
-        if plan.skipped_folders:
-            detail += f"; folders not moved: {', '.join(plan.skipped_folders)}"
+        notes = []
         if counts["events_without_attendees"]:
-            detail += (
-                f"; {counts['events_without_attendees']} events copied without their attendees"
+            notes.append(
+                f"{counts['events_without_attendees']} events copied without their attendees"
                 " (Graph would invite them; graph-import-export keeps them)"
             )
-        if kind == "cutover" and report["unexplained"] > ctx.project.migration.reconcile_tolerance:
-            # Cutover gate: an unexplained difference keeps the user on the source.
-            detail += f"; reconciliation: {report['unexplained']} items unexplained"
-            return PassResult("waiting", detail, counts=dict(counts))
-        return PassResult("ok", detail, counts=dict(counts))
+        return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
 
 
 MOVERS["graph-items"] = ItemsMover()

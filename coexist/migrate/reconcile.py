@@ -21,7 +21,10 @@ from coexist.engine.context import Context
 from coexist.model import Phase
 
 if TYPE_CHECKING:
+    from collections import Counter
+
     from coexist.migrate.fidelity import Box, Plan
+    from coexist.migrate.passes import PassResult
 
 
 async def reconcile(
@@ -93,6 +96,34 @@ async def reconcile(
     if not ctx.planning:
         ctx.journal.merge_item("user", key, detail={"reconciliation": report})
     return report
+
+
+def pass_result(
+    ctx: Context,
+    kind: str,
+    plan: Plan,
+    report: dict[str, Any],
+    counts: Counter[str],
+    notes: list[str],
+) -> PassResult:
+    """A mover's pass outcome from its counts and reconciliation: the detail line (with the
+    mover's own `notes`) and the cutover gate, the same for every mover."""
+    from coexist.migrate.passes import PassResult
+
+    counts["pending"] = sum(f["pending"] for f in report["folders"])
+    counts["difference"] = report["unexplained"]
+    detail = (
+        f"{kind} pass: {counts['copied']} copied, {counts['updated']} updated, "
+        f"{counts['skipped']} skipped, {counts['moved']} moved"
+    )
+    if plan.skipped_folders:
+        detail += f"; folders not moved: {', '.join(plan.skipped_folders)}"
+    detail += "".join(f"; {n}" for n in notes)
+    if kind == "cutover" and report["unexplained"] > ctx.project.migration.reconcile_tolerance:
+        # Cutover gate: an unexplained difference keeps the user on the source.
+        detail += f"; reconciliation: {report['unexplained']} items unexplained"
+        return PassResult("waiting", detail, counts=dict(counts))
+    return PassResult("ok", detail, counts=dict(counts))
 
 
 def _folder_name(plan: Plan, folder_id: str) -> str:
