@@ -48,6 +48,7 @@ test: venv lint system-deps
 bench: venv
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/provision_bench.py
+	$(PY) bench/graph_mover_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
