@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from coexist.engine.context import Context
@@ -29,18 +30,24 @@ def kind_of(kind: str) -> str:
     return _KIND_OF_CLASS.get(low, low)
 
 
-def delete_path(row: dict[str, Any], user: str) -> str | None:
-    """The Graph URL that deletes the target copy of `row`, or None for an unknown kind.
+# Each item family's item URL (user id, folder id, item id): the one place it is spelled;
+# the fallback mover's kinds (items.CONTACTS/EVENTS/TASKS) use these too.
+# *unverified* for To Do: that a task's list id is the id of the mailbox folder it sits in
+# (the sandbox serves one id space).
+ITEM_PATHS: dict[str, Callable[[str, str, str], str]] = {
+    "mail": lambda u, f, i: f"users/{u}/messages/{i}",
+    "contact": lambda u, f, i: f"users/{u}/contacts/{i}",
+    "event": lambda u, f, i: f"users/{u}/events/{i}",
+    "task": lambda u, f, i: f"users/{u}/todo/lists/{f}/tasks/{i}",
+}
 
-    *unverified* for To Do: that a task's list id is the id of the mailbox folder it sits in
-    (the sandbox serves one id space)."""
-    target = row["target_item_id"]
-    return {
-        "mail": f"users/{user}/messages/{target}",
-        "contact": f"users/{user}/contacts/{target}",
-        "event": f"users/{user}/events/{target}",
-        "task": f"users/{user}/todo/lists/{row['target_folder_id']}/tasks/{target}",
-    }.get(kind_of(str(row["kind"] or "mail")))
+
+def delete_path(row: dict[str, Any], user: str) -> str | None:
+    """The Graph URL that deletes the target copy of `row`, or None for an unknown kind."""
+    path = ITEM_PATHS.get(kind_of(str(row["kind"] or "mail")))
+    if path is None:
+        return None
+    return path(user, str(row["target_folder_id"]), str(row["target_item_id"]))
 
 
 async def handle_deletions(

@@ -71,7 +71,7 @@ from typing import Any
 from coexist.engine.context import Context
 from coexist.errors import Conflict, InvalidRequest, NotFound
 from coexist.migrate import fidelity
-from coexist.migrate.deletions import handle_deletions
+from coexist.migrate.deletions import ITEM_PATHS, handle_deletions
 from coexist.migrate.fidelity import MAIL_CLASS, MAIL_FOLDER, Box, Folder, Plan
 from coexist.migrate.passes import MOVERS, PassResult, Window
 from coexist.provisioning.convert import target_id
@@ -598,7 +598,7 @@ CONTACTS = PimKind(
     CONTACT_FIELDS,
     lambda u: f"users/{u}/contactFolders",
     lambda u, f: f"users/{u}/contactFolders/{f}/contacts",
-    lambda u, f, i: f"users/{u}/contacts/{i}",
+    ITEM_PATHS["contact"],
     "displayName",
     lambda c: (
         c.get("displayName"),
@@ -610,7 +610,7 @@ EVENTS = PimKind(
     EVENT_FIELDS,
     lambda u: f"users/{u}/calendars",
     lambda u, f: f"users/{u}/calendars/{f}/events",
-    lambda u, f, i: f"users/{u}/events/{i}",
+    ITEM_PATHS["event"],
     "name",
     lambda e: (e.get("subject"), (e.get("start") or {}).get("dateTime")),
 )
@@ -619,7 +619,7 @@ TASKS = PimKind(
     TASK_FIELDS,
     lambda u: f"users/{u}/todo/lists",
     lambda u, f: f"users/{u}/todo/lists/{f}/tasks",
-    lambda u, f, i: f"users/{u}/todo/lists/{f}/tasks/{i}",
+    ITEM_PATHS["task"],
     "displayName",
     lambda t: (t.get("title"), (t.get("dueDateTime") or {}).get("dateTime")),
 )

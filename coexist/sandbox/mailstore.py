@@ -568,8 +568,8 @@ class MailStore:
     def bulk_load(self) -> Iterator[None]:
         """One unjournaled transaction for filling a store nobody else has open (benchmark
         seeding while the sandbox is stopped): each byte is written once, not to the WAL and
-        then again at checkpoint (measured 4x faster for 1 GB). A crash inside leaves a
-        damaged file, so it is never used on a store the sandbox serves."""
+        then again at checkpoint (1 GB of 4 MB items: 0.7 s instead of 2.7 s, one run). A
+        crash inside leaves a damaged file, so it is never used on a store the sandbox serves."""
         with self._lock:
             self._db.execute("PRAGMA journal_mode=OFF")
             self._db.execute("PRAGMA synchronous=OFF")

@@ -82,7 +82,8 @@ def import_content(body: dict[str, Any]) -> bytes:
         return jsonlib.dumps(body).encode()
     rest = jsonlib.dumps({k: v for k, v in body.items() if k != "Data"}).encode()
     sep = b"" if rest == b"{}" else b", "
-    return rest[:-1] + sep + b'"Data": "' + data.encode("ascii") + b'"}'
+    # One join: chained `+` would copy the megabytes once per operand.
+    return b"".join((rest[:-1], sep, b'"Data": "', data.encode("ascii"), b'"}'))
 
 
 def _is_write(method: str, path: str, body: Any) -> bool:
