@@ -121,7 +121,7 @@ def test_insert_copies_gives_each_copy_its_own_identity(tmp_path: Path) -> None:
 
 
 def test_bulk_load_commits_once_and_leaves_the_store_journaled(tmp_path: Path) -> None:
-    """bulk_load fills in one unjournaled transaction, keeps what it wrote across a reopen,
+    """bulk_load fills in one transaction, keeps what it wrote across a reopen,
     rolls back on error, and leaves the store in WAL mode for the sandbox."""
     store = MailStore(tmp_path / MAIL_DB)
     store.ensure_mailbox("source", "u1")
