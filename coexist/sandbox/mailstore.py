@@ -623,6 +623,22 @@ class MailStore:
             )
             self._db.execute("COMMIT")
 
+    def localize(self, tenant: str, mailbox: str, language: str) -> None:
+        """Rename the well-known folders as Exchange names them in `language` (locales.py)."""
+        from .locales import names_for
+
+        names = names_for(language)
+        self.ensure_mailbox(tenant, mailbox)
+        with self._lock:
+            self._db.execute("BEGIN")
+            for wk in WELL_KNOWN:
+                self._db.execute(
+                    "UPDATE folders SET display_name=?, fseq=? WHERE tenant=? AND mailbox=?"
+                    " AND well_known=?",
+                    (names[wk], self._tick(), tenant, mailbox, wk),
+                )
+            self._db.execute("COMMIT")
+
     def folder(self, tenant: str, mailbox: str, key: str) -> Folder | None:
         """A folder by id or well-known name (case-insensitive), with its counts."""
         self.ensure_mailbox(tenant, mailbox)

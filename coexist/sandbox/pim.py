@@ -199,6 +199,20 @@ class PimStore:
                     ),
                 )
 
+    def localize(self, tenant: str, mailbox: str, language: str) -> None:
+        """Rename the default folders as Exchange names them in `language` (locales.py)."""
+        from .locales import names_for
+
+        names = names_for(language)
+        self.ensure(tenant, mailbox)
+        with self._lock:
+            for wk, _name in DEFAULTS.values():
+                self._db.execute(
+                    "UPDATE pim_folders SET display_name=?, change_key=? WHERE tenant=? AND"
+                    " mailbox=? AND well_known=?",
+                    (names[wk], new_change_key(), tenant, mailbox, wk),
+                )
+
     def _folder(self, row: sqlite3.Row) -> PimFolder:
         children = self._db.execute(
             "SELECT COUNT(*) FROM pim_folders WHERE parent_id=?", (row["id"],)

@@ -141,3 +141,18 @@ def test_mime_is_the_last_column_of_a_new_store(tmp_path: Path) -> None:
     store = MailStore(tmp_path / MAIL_DB)
     names = [r["name"] for r in store._db.execute("PRAGMA table_info(messages)")]
     assert names[-1] == "mime" and {"item_class", "mseq", "flag_json"} <= set(names)
+
+
+def test_localize_renames_well_known_folders_only(tmp_path: Path) -> None:
+    """A German mailbox's Inbox is 'Posteingang' and stays the well-known inbox; other folders keep their names."""
+    store = MailStore(tmp_path / MAIL_DB)
+    root = store.folder("source", MBX, "msgfolderroot")
+    assert root is not None
+    store.create_folder("source", MBX, root.id, "Projects")
+    store.localize("source", MBX, "de")
+    names = {f.display_name: f.well_known for f in store.child_folders("source", MBX)}
+    assert names["Posteingang"] == "inbox"
+    assert names["Projects"] is None
+    assert "Inbox" not in names
+    with pytest.raises(ValueError, match="known: de, en, ja"):
+        store.localize("source", MBX, "xx")

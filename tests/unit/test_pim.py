@@ -98,3 +98,10 @@ def test_store_defaults_items_and_reset(tmp_path: Path) -> None:
     store.reset()
     assert store.item("source", "u1", item.id) is None
     store.close()
+
+
+def test_localize_renames_default_folders(tmp_path: Path) -> None:
+    """A Japanese mailbox's default calendar is '予定表' and is still the default calendar."""
+    store = PimStore(tmp_path / "pim.db")
+    store.localize("source", "u1", "ja")
+    assert store.default_folder("source", "u1", CALENDAR).display_name == "予定表"
