@@ -360,6 +360,20 @@ class Settings:
     # Benchmarks start with drained buckets so they measure the sustained rate, not
     # the burst a fresh app+tenant window allows.
     buckets_start_empty: bool = False
+    # Delta sync state (mail delta tokens, import/export delta states) expires: Exchange
+    # forgets sync state it has not seen for a while (410 SyncStateNotFound, FACTS.md); how
+    # long is not published (*unverified*), so it is a knob, in unscaled seconds (divided by
+    # time_scale). States issued before `sync_states_expired_before` (epoch seconds) are
+    # expired too: `World.expire_sync_states()` forgets every state on demand.
+    sync_state_max_age_s: float = 7 * 86400.0
+    sync_states_expired_before: float = 0.0
+
+    def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
+        """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""
+        now = time.time() if now is None else now
+        if issued_at < self.sync_states_expired_before:
+            return True
+        return now - issued_at > self.sync_state_max_age_s / max(self.time_scale, 1e-9)
 
 
 @dataclass
@@ -369,6 +383,12 @@ class World:
     tenants: dict[str, Tenant]
     settings: Settings = field(default_factory=Settings)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def expire_sync_states(self) -> None:
+        """Forget every delta sync state issued so far (clients get Exchange's expiry answer)."""
+        with self.lock:
+            # Strictly after anything issued until now, even within one clock tick.
+            self.settings.sync_states_expired_before = time.time() + 1e-6
 
     @property
     def source(self) -> Tenant:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from coexist.sandbox.limits import PUBLISHED, Limiter
 from coexist.sandbox.model import Settings
 
@@ -66,3 +68,17 @@ def test_chaos_is_deterministic_for_a_seed() -> None:
     assert faults(3) == faults(3)
     assert faults(3) != faults(4)
     assert {"throttle", "unavailable", "reset"} <= set(faults(3))
+
+
+def test_sync_state_expiry_by_age_and_on_demand() -> None:
+    """A sync state expires once older than the (time-scaled) maximum age, or when expired on demand."""
+    from coexist.sandbox.model import Settings, World
+
+    s = Settings(time_scale=10.0, sync_state_max_age_s=100.0)
+    assert not s.sync_state_expired(1000.0, now=1009.0)
+    assert s.sync_state_expired(1000.0, now=1011.0)
+    world = World(tenants={}, settings=s)
+    issued = time.time()
+    assert not s.sync_state_expired(issued)
+    world.expire_sync_states()
+    assert s.sync_state_expired(issued)
