@@ -383,14 +383,17 @@ def _policy_cause(v: af.Verdict) -> str:
     )
 
 
-def _policy_fix(v: af.Verdict, users: list[str], ctx: Context) -> str:
+def _policy_fix(v: af.Verdict, users: list[str], ctx: Context, side: Side) -> str:
     if v.rule is not None:
         return (
             f'Set-HostedOutboundSpamFilterPolicy -Identity "{v.policy.name}" -AutoForwardingMode '
             f"On, or add the users to the rule's exceptions (Set-HostedOutboundSpamFilterRule "
             f'-Identity "{v.rule.name}" -ExceptIfFrom <current list + {", ".join(users[:3])}>)'
         )
-    group = ctx.project.scope.group or "<migrating users' group>"
+    # The scope group lives in the source; in the target the operator picks a group of the
+    # new mailboxes (or lists them with -From).
+    scope = ctx.project.scope.group if side is ctx.source else None
+    group = scope or "<a group of the migrating users' mailboxes in this tenant>"
     return (
         f"set AutoForwardingMode to On: Set-HostedOutboundSpamFilterPolicy -Identity "
         f"{v.policy.name} -AutoForwardingMode On, or a custom policy scoped to the migrating "
@@ -443,7 +446,7 @@ def forwarding_check(
     details, fixes = [], []
     for cause, (users, v) in causes.items():
         details.append(f"{_listed(users)}: {cause}")
-        fixes.append(_policy_fix(v, users, ctx) if not v.policy_allows else _remote_fix(v))
+        fixes.append(_policy_fix(v, users, ctx, side) if not v.policy_allows else _remote_fix(v))
     return Check(
         name,
         "fail",
@@ -482,15 +485,22 @@ async def check_forwarding(ctx: Context, batch: list[dict[str, Any]] | None = No
         try:
             gates = await read_gates(side)
         except PermissionDenied as exc:
+            # Unknown is not blocked: a warning, with what lets the app read them.
+            fix = (
+                "let the app read them (View-Only Organization Management role group, or "
+                "the Global Reader or Security Reader role), or check by hand: "
+                "Get-HostedOutboundSpamFilterRule; Get-HostedOutboundSpamFilterPolicy; "
+                "Get-RemoteDomain"
+                if exc.service == "exchange"
+                else f"{exc.next_step or 'grant GroupMember.Read.All'} (to expand the groups "
+                "that scope outbound spam policies)"
+            )
             out.append(
                 Check(
                     f"{side.label} auto-forwarding",
                     "warn",
                     f"cannot read the {side.label} tenant's forwarding settings: {exc.message}",
-                    "let the app read them (View-Only Organization Management role group, or "
-                    "the Global Reader or Security Reader role), or check by hand: "
-                    "Get-HostedOutboundSpamFilterRule; Get-HostedOutboundSpamFilterPolicy; "
-                    f"Get-RemoteDomain (needed because {why})",
+                    f"{fix} (needed because {why})",
                 )
             )
             continue
