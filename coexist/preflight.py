@@ -39,7 +39,7 @@ class Check:
     status: str  # ok | warn | fail
     detail: str
     fix: str = ""
-    blocked: tuple[dict[str, str], ...] = ()  # per user, for --json (auto-forwarding)
+    blocked: tuple[dict[str, Any], ...] = ()  # per user, for --json (auto-forwarding)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -257,8 +257,9 @@ def parse_remote_domain(row: dict[str, Any]) -> af.RemoteDomain:
 
 
 class Recipients:
-    """Resolves the recipients a rule shows (Name, address, DN or GUID: how Exchange prints
-    them is *unverified*) to object ids with Get-Recipient, each identity once."""
+    """Resolves the recipients a rule shows to object ids with Get-Recipient, each identity
+    once: Exchange accepts any of Name, alias, address, DN or GUID, so whichever form the
+    rule prints them in, they resolve."""
 
     def __init__(self, side: Side) -> None:
         self.side = side
@@ -461,8 +462,9 @@ def forwarding_check(
                 "policy": v.policy.name,
                 "rule": v.rule.name if v.rule else "",
                 "auto_forwarding_mode": v.policy.auto_forwarding_mode,
+                "policy_allows": v.policy_allows,
                 "remote_domain": v.remote_domain.name if v.remote_domain else "",
-                "remote_domain_allows": str(v.remote_domain_allows).lower(),
+                "remote_domain_allows": v.remote_domain_allows,
             }
             for f, v in blocked
         ),
