@@ -736,15 +736,17 @@ def preflight_checks(
         checks = await pf.check_permissions(
             ctx, ["discover", "provision", "groups", "prestage", "cutover"]
         )
-        if any(c.name.endswith("sign-in") and c.status == "fail" for c in checks):
-            # Every later check reads a tenant: without a token it would only stop the
-            # command with the same sign-in error instead of this table.
+        if any(
+            c.name.endswith(("sign-in", "exchange role")) and c.status == "fail" for c in checks
+        ):
+            # Every later check reads a tenant: without a token (or an Exchange role) it would
+            # only stop the command with the same error instead of this table.
             return {"ok": False, "checks": [c.to_dict() for c in checks], "users": 0}
-        checks += await pf.check_scope(ctx)
-        checks += await pf.check_domains(ctx)
-        checks += await pf.check_forwarding(ctx)
         items = sess.journal.items(kind="user")
         chosen = _selected(sess, batch=batch, users=users, what="preflight") if items else []
+        checks += await pf.check_scope(ctx)
+        checks += await pf.check_domains(ctx)
+        checks += await pf.check_forwarding(ctx, chosen)
         checks += await pf.check_licenses(ctx, chosen)
         checks += pf.check_usage_location(ctx, chosen)
         checks += pf.check_conflicts(await target_index(ctx), ctx, chosen)

@@ -1,11 +1,15 @@
 """Least privilege: exactly which permissions each command needs, in each tenant.
 
 One table, used by `coexist permissions` (to print what to grant) and by
-`coexist preflight` (to check the tokens the apps really get). Application
+`coexist preflight` (to check what the apps really get). Application
 permissions come from the Microsoft Graph permissions reference; Exchange
 needs the `Exchange.ManageAsApp` application permission of "Office 365
-Exchange Online" plus an Entra role on the app's service principal
-(FACTS.md; learn.microsoft.com/powershell/exchange/app-only-auth-powershell-v2).
+Exchange Online" plus an Exchange role: an Entra role on the app's service
+principal (it shows in the token's `wids`), or an Exchange role group / role
+assignment of the service principal made inside Exchange (New-ServicePrincipal,
+then Add-RoleGroupMember or New-ManagementRoleAssignment -App), which no token
+shows (FACTS.md; learn.microsoft.com/powershell/exchange/app-only-auth-powershell-v2,
+Step 5). So preflight asks Exchange itself: it runs `EXCHANGE_ROLE_PROBE`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ READ_GROUPS = (
 )
 MANAGE_AS_APP = ("Exchange.ManageAsApp",)
 EXCHANGE_ROLE = tuple(EXCHANGE_ROLES.values())
+# Reading outbound spam policies and rules takes Organization Management (Exchange
+# Administrator), Global Reader, Security Reader or View-Only Organization Management;
+# recipient management alone is not enough (Defender docs, outbound-spam-policies-configure).
+POLICY_READER = ("Exchange Administrator", "Global Reader", "Security Reader")
+# The Exchange role check: a read-only cmdlet every role that manages recipients may run
+# (Get-Recipient is in the Mail Recipients and View-Only Recipients roles). Success means
+# Exchange grants the app a role, however it was granted; 403 means it grants none.
+EXCHANGE_ROLE_PROBE: tuple[str, dict[str, object]] = ("Get-Recipient", {"ResultSize": 1})
 
 NEEDS: dict[str, list[Need]] = {
     "discover": [
@@ -117,8 +129,21 @@ NEEDS: dict[str, list[Need]] = {
             ("Organization.Read.All", "Directory.Read.All"),
             "count free license seats",
         ),
-        Need("source", "exchange", EXCHANGE_ROLE, "read auto-forwarding policies"),
+        Need("source", "exchange", EXCHANGE_ROLE, "read accepted domains"),
+        Need(
+            "source",
+            "exchange",
+            POLICY_READER,
+            "read outbound spam policies and rules, remote domains (forward-on-source)",
+        ),
         Need("target", "exchange", EXCHANGE_ROLE, "read accepted domains"),
+        Need(
+            "target",
+            "exchange",
+            POLICY_READER,
+            "read outbound spam policies and rules, remote domains (pre-stage forwards back)",
+        ),
+        Need("target", "graph", READ_GROUPS, "expand groups that scope outbound spam policies"),
     ],
 }
 NEEDS["rediscover"] = NEEDS["discover"]
@@ -137,6 +162,18 @@ def needs(command: str | None = None) -> list[Need]:
 
 
 def satisfied(need: Need, roles: set[str], wids: set[str]) -> bool:
+    """Whether a token's claims show the need met (for an Exchange role: an Entra role only;
+    preflight asks Exchange itself, since a role group shows in no token)."""
     if need.api == "graph" or need.any_of == MANAGE_AS_APP:
         return bool(roles & set(need.any_of))
     return any(EXCHANGE_ROLES.get(w) in need.any_of for w in wids)
+
+
+def is_exchange_role(need: Need) -> bool:
+    """An Exchange RBAC role need (not the ManageAsApp application permission)."""
+    return need.api == "exchange" and need.any_of != MANAGE_AS_APP
+
+
+def exchange_role_in_token(wids: set[str]) -> str | None:
+    """The Exchange admin Entra role a token's `wids` name, if any."""
+    return next((EXCHANGE_ROLES[w] for w in sorted(wids) if w in EXCHANGE_ROLES), None)

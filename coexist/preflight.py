@@ -9,11 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from coexist import autoforward as af
 from coexist.discovery.scope import find_scope_group, transitive_user_ids
 from coexist.engine.context import Context, Side
-from coexist.errors import CoexistError
-from coexist.model import split_address
-from coexist.permissions import needs, satisfied
+from coexist.errors import (
+    AuthenticationError,
+    CoexistError,
+    InputError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
+from coexist.model import forwarding_address, split_address
+from coexist.permissions import (
+    EXCHANGE_ROLE_PROBE,
+    exchange_role_in_token,
+    is_exchange_role,
+    needs,
+    satisfied,
+)
+from coexist.provisioning.exchange import object_id
 from coexist.provisioning.index import TargetIndex
 from coexist.provisioning.provision import source_of
 
@@ -24,12 +39,24 @@ class Check:
     status: str  # ok | warn | fail
     detail: str
     fix: str = ""
+    blocked: tuple[dict[str, Any], ...] = ()  # per user, for --json (auto-forwarding)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "check": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
+        if self.blocked:
+            out["blocked"] = list(self.blocked)
+        return out
 
 
 async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
+    """Graph permissions and Exchange.ManageAsApp from the tokens; the Exchange role from
+    Exchange itself (a read-only cmdlet), since a role granted inside Exchange shows in
+    no token. A token without an Exchange admin role in `wids` is then only a warning."""
     out: list[Check] = []
     granted: dict[tuple[str, str], dict[str, Any]] = {}
     no_token: set[tuple[str, str]] = set()
@@ -43,11 +70,20 @@ async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
                 )
                 granted[(side.label, api)] = {}
                 no_token.add((side.label, api))
+    role: dict[str, bool] = {}
+    for side in (ctx.source, ctx.target):
+        if (side.label, "exchange") not in no_token:
+            role[side.label], row = await exchange_role(side, granted[(side.label, "exchange")])
+            out.append(row)
     missing: dict[tuple[str, str], list[str]] = {}
     for command in commands:
         for need in needs(command):
             claims = granted[(need.tenant, need.api)]
-            if not satisfied(need, set(claims.get("roles") or []), set(claims.get("wids") or [])):
+            if is_exchange_role(need):
+                ok = role.get(need.tenant, False)
+            else:
+                ok = satisfied(need, set(claims.get("roles") or []), set(claims.get("wids") or []))
+            if not ok:
                 missing.setdefault((need.tenant, need.api), []).append(f"{need.label} ({need.why})")
     for label in ("source", "target"):
         for api in ("graph", "exchange"):
@@ -60,12 +96,50 @@ async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
                         f"{label} {api} permissions",
                         "fail",
                         "missing: " + "; ".join(gaps),
-                        "grant them to the app (coexist permissions lists them), then re-run",
+                        "grant them to the app (coexist permissions lists them): an Exchange "
+                        "role as an Entra role or an Exchange role group of the app's service "
+                        "principal; then re-run",
                     )
                 )
             elif granted[(label, api)]:
                 out.append(Check(f"{label} {api} permissions", "ok", "granted"))
     return out
+
+
+async def exchange_role(side: Side, claims: dict[str, Any]) -> tuple[bool, Check]:
+    """Whether Exchange grants the app a role: it runs a read-only cmdlet (403: none).
+
+    The row is a warning when the token disagrees (no Exchange admin role in `wids`
+    although Exchange said yes): the app is granted inside Exchange (a role group, RBAC
+    for applications), and coexist cannot see which cmdlets that allows.
+    """
+    name = f"{side.label} exchange role"
+    cmdlet, params = EXCHANGE_ROLE_PROBE
+    try:
+        await side.exo.run(cmdlet, **params)
+    except (PermissionDenied, AuthenticationError) as exc:
+        # 401 means no Exchange.ManageAsApp (the permissions row names it); 403 no role.
+        return False, Check(
+            name,
+            "fail",
+            f"Exchange refused {cmdlet} for the app: {exc.message}",
+            "assign the Exchange Administrator (or Exchange Recipient Administrator) role to "
+            "the app's service principal, or add the service principal to an Exchange role "
+            "group (New-ServicePrincipal, Add-RoleGroupMember)",
+        )
+    in_token = exchange_role_in_token(set(claims.get("wids") or []))
+    if in_token is not None:
+        return True, Check(name, "ok", f"Exchange runs {cmdlet} for the app ({in_token})")
+    return True, Check(
+        name,
+        "warn",
+        f"Exchange runs {cmdlet} for the app, but its token names no Exchange admin role "
+        "(wids): it is granted inside Exchange (role group or RBAC for applications), and "
+        "coexist cannot see which cmdlets that covers",
+        "make sure the role group covers the cmdlets `coexist permissions` lists (Get-/Set-"
+        "Mailbox, New-/Set-MailUser, New-MailContact, distribution groups), or assign the "
+        "Exchange Administrator role",
+    )
 
 
 async def check_scope(ctx: Context) -> list[Check]:
@@ -89,12 +163,21 @@ async def check_scope(ctx: Context) -> list[Check]:
     return [Check("scope group", "ok", f"{name!r}: {len(members)} users (nested groups included)")]
 
 
+async def accepted_domains(side: Side) -> set[str]:
+    return {str(d.get("DomainName")).lower() for d in await side.exo.run("Get-AcceptedDomain")}
+
+
 async def check_domains(ctx: Context) -> list[Check]:
+    try:
+        return await _check_domains(ctx)
+    except PermissionDenied as exc:  # no Exchange role: the permissions rows say which side
+        return [Check("domains", "fail", f"cannot read accepted domains: {exc.message}")]
+
+
+async def _check_domains(ctx: Context) -> list[Check]:
     out = []
     dest = ctx.project.domains.destination_domain.lower()
-    target_domains = {
-        str(d.get("DomainName")).lower() for d in await ctx.target.exo.run("Get-AcceptedDomain")
-    }
+    target_domains = await accepted_domains(ctx.target)
     if dest in target_domains:
         out.append(Check("destination domain", "ok", f"{dest} is accepted in the target"))
     else:
@@ -108,9 +191,7 @@ async def check_domains(ctx: Context) -> list[Check]:
         )
     fwd = ctx.project.domains.source_forwarding_domain
     if fwd:
-        source_domains = {
-            str(d.get("DomainName")).lower() for d in await ctx.source.exo.run("Get-AcceptedDomain")
-        }
+        source_domains = await accepted_domains(ctx.source)
         status = "ok" if fwd.lower() in source_domains else "fail"
         out.append(
             Check(
@@ -123,30 +204,277 @@ async def check_domains(ctx: Context) -> list[Check]:
     return out
 
 
-async def auto_forwarding(side: Side) -> tuple[bool, str]:
-    """Whether mailbox forwarding to another organization leaves this tenant.
+# -- automatic forwarding ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Forwarder:
+    """One migrating user's forwarding mailbox on one side, and where it forwards."""
 
-    The outbound spam policy's AutoForwardingMode `Automatic` means Off, and
-    `Off` blocks it with NDR 550 5.7.520; the remote domain's AutoForwardEnabled
-    also gates it (learn.microsoft.com, outbound-spam-policies-external-email-forwarding).
+    user: str  # what people read: the user's source address
+    sender: af.Sender
+    destination: str  # the forwarding address; its domain picks the remote domain
+
+
+@dataclass(frozen=True)
+class Gates:
+    """A tenant's automatic-forwarding settings, rule recipients resolved to object ids."""
+
+    policies: list[af.OutboundPolicy]
+    rules: list[af.OutboundRule]
+    remote_domains: list[af.RemoteDomain]
+    members: dict[str, frozenset[str]]  # scoping group id -> member ids
+
+    def verdict(self, who: Forwarder) -> af.Verdict:
+        groups = frozenset(g for g, ids in self.members.items() if who.sender.key in ids)
+        sender = af.Sender(who.sender.key, who.sender.primary_smtp, groups)
+        domain = split_address(who.destination)[1]
+        return af.forwarding_verdict(self.policies, self.rules, self.remote_domains, sender, domain)
+
+
+def _values(row: dict[str, Any], prop: str) -> list[str]:
+    """A multi-valued property of a cmdlet's output (null, a string or a list)."""
+    raw = row.get(prop)
+    if raw is None:
+        return []
+    return [str(v) for v in (raw if isinstance(raw, list) else [raw]) if str(v).strip()]
+
+
+def parse_policy(row: dict[str, Any]) -> af.OutboundPolicy:
+    """Get-HostedOutboundSpamFilterPolicy output → policy (AutoForwardingMode, IsDefault)."""
+    name = str(row.get("Name") or row.get("Identity") or "")
+    default = bool(row.get("IsDefault")) or name.lower() == af.DEFAULT_POLICY.lower()
+    mode = str(row.get("AutoForwardingMode") or "Automatic")  # Automatic is its default
+    return af.OutboundPolicy(name, mode, default)
+
+
+def parse_remote_domain(row: dict[str, Any]) -> af.RemoteDomain:
+    """Get-RemoteDomain output → remote domain (DomainName, AutoForwardEnabled)."""
+    enabled = row.get("AutoForwardEnabled")
+    return af.RemoteDomain(
+        str(row.get("Name") or row.get("Identity") or ""),
+        str(row.get("DomainName") or ""),
+        True if enabled is None else bool(enabled),  # $true is Exchange Online's default
+    )
+
+
+class Recipients:
+    """Resolves the recipients a rule shows to object ids with Get-Recipient, each identity
+    once: Exchange accepts any of Name, alias, address, DN or GUID, so whichever form the
+    rule prints them in, they resolve."""
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+        self.ids: dict[str, str] = {}
+
+    async def resolve(self, identity: str) -> str:
+        key = identity.lower()
+        if key not in self.ids:
+            try:
+                found = await self.side.exo.run("Get-Recipient", Identity=identity)
+            except (NotFound, InvalidRequest):
+                found = []
+            # An identity that resolves to nothing (a deleted recipient) keeps its
+            # condition, which then matches nobody.
+            self.ids[key] = object_id(found[0]) if found else f"unresolved:{key}"
+        return self.ids[key]
+
+    async def resolve_all(self, identities: list[str]) -> frozenset[str]:
+        return frozenset([await self.resolve(i) for i in identities])
+
+
+async def parse_rule(row: dict[str, Any], recipients: Recipients) -> af.OutboundRule:
+    """Get-HostedOutboundSpamFilterRule output → rule, recipients as object ids."""
+    return af.OutboundRule(
+        name=str(row.get("Name") or row.get("Identity") or ""),
+        policy=str(row.get("HostedOutboundSpamFilterPolicy") or ""),
+        priority=int(row.get("Priority") or 0),
+        enabled=str(row.get("State") or "Enabled").lower() == "enabled",
+        senders=await recipients.resolve_all(_values(row, "From")),
+        member_of=await recipients.resolve_all(_values(row, "FromMemberOf")),
+        domains=tuple(_values(row, "SenderDomainIs")),
+        except_senders=await recipients.resolve_all(_values(row, "ExceptIfFrom")),
+        except_member_of=await recipients.resolve_all(_values(row, "ExceptIfFromMemberOf")),
+        except_domains=tuple(_values(row, "ExceptIfSenderDomainIs")),
+    )
+
+
+async def group_members(side: Side, group_id: str) -> frozenset[str]:
+    """Object ids in a scoping group (nested ones too, per autoforward's flag), via Graph:
+    one listing covers distribution, mail-enabled security and Microsoft 365 groups."""
+    if group_id.startswith("unresolved:"):
+        return frozenset()
+    relation = "transitiveMembers" if af.NESTED_GROUPS_IN_SCOPE else "members"
+    try:
+        rows = await side.graph.list_all(f"groups/{group_id}/{relation}", {"$select": "id"})
+    except NotFound:
+        return frozenset()  # the rule names a recipient that is not a group
+    return frozenset(str(r["id"]) for r in rows)
+
+
+async def read_gates(side: Side) -> Gates:
+    """Every outbound spam policy and rule and every remote domain of a tenant."""
+    policies = [parse_policy(r) for r in await side.exo.run("Get-HostedOutboundSpamFilterPolicy")]
+    recipients = Recipients(side)
+    rules = [
+        await parse_rule(r, recipients)
+        for r in await side.exo.run("Get-HostedOutboundSpamFilterRule")
+    ]
+    remote = [parse_remote_domain(r) for r in await side.exo.run("Get-RemoteDomain")]
+    scoping = sorted({g for r in rules for g in r.member_of | r.except_member_of})
+    members = {g: await group_members(side, g) for g in scoping}
+    return Gates(policies, rules, remote, members)
+
+
+async def scope_people(ctx: Context) -> list[dict[str, Any]]:
+    """Before discover: the scope group's users (or every user) with id and mail, from Graph."""
+    graph = ctx.source.graph
+    select = {"$select": "id,mail,userPrincipalName", "$top": "999"}
+    name = ctx.project.scope.group
+    if name:
+        group = await find_scope_group(graph, name)
+        rows = await graph.list_all(f"groups/{group['id']}/transitiveMembers", select)
+        rows = [r for r in rows if str(r.get("@odata.type", "")).endswith(".user")]
+    else:
+        rows = await graph.list_all("users", select)
+    return [r for r in rows if r.get("mail")]
+
+
+async def forwarders(ctx: Context, side: Side, batch: list[dict[str, Any]]) -> list[Forwarder]:
+    """Who forwards out of `side`: each batch user's mailbox there, and its destination.
+
+    forward-on-source: the source mailbox forwards to the target address. Pre-stage: the
+    target mailbox (its planned address until provisioned) forwards back to the source.
+    Before discover, the scope's users stand in for the batch.
     """
-    policies = await side.exo.run("Get-HostedOutboundSpamFilterPolicy")
-    default = next((p for p in policies if p.get("IsDefault") or p.get("Name") == "Default"), None)
-    mode = str((default or {}).get("AutoForwardingMode", "Automatic"))
-    remote = await side.exo.run("Get-RemoteDomain")
-    star = next((r for r in remote if str(r.get("DomainName")) == "*"), None)
-    remote_ok = bool((star or {}).get("AutoForwardEnabled", True))
-    if mode != "On":
+    dest = ctx.project.domains.destination_domain.lower()
+    fwd = ctx.project.domains.source_forwarding_domain
+    out = []
+    if batch:
+        for item in batch:
+            src = source_of(item)
+            target = str(item.get("target_address") or f"{src.local_part}@{dest}")
+            if side is ctx.source:
+                out.append(Forwarder(src.primary_smtp, af.Sender(src.id, src.primary_smtp), target))
+            else:
+                key = item.get("target_id") or None
+                back = forwarding_address(src, fwd)
+                out.append(Forwarder(src.primary_smtp, af.Sender(key, target), back))
+        return out
+    for person in await scope_people(ctx):
+        mail = str(person["mail"])
+        local, domain = split_address(mail)
+        target = f"{local}@{dest}"
+        if side is ctx.source:
+            out.append(Forwarder(mail, af.Sender(str(person["id"]), mail), target))
+        else:
+            out.append(Forwarder(mail, af.Sender(None, target), f"{local}@{fwd or domain}"))
+    return out
+
+
+def _policy_cause(v: af.Verdict) -> str:
+    p = v.policy
+    which = (
+        f"custom outbound spam policy '{p.name}' (rule '{v.rule.name}', priority {v.rule.priority})"
+        if v.rule is not None
+        else f"outbound spam policy '{p.name}'"
+    )
+    meaning = " (= Off)" if p.auto_forwarding_mode.lower() == "automatic" else ""
+    return (
+        f"{which}: AutoForwardingMode is {p.auto_forwarding_mode}{meaning}, external "
+        "forwarding blocked (NDR 550 5.7.520)"
+    )
+
+
+def _policy_fix(v: af.Verdict, users: list[str], ctx: Context, side: Side) -> str:
+    if v.rule is not None:
         return (
-            False,
-            f"outbound spam policy AutoForwardingMode is {mode} (external forwarding blocked, NDR 550 5.7.520)",
+            f'Set-HostedOutboundSpamFilterPolicy -Identity "{v.policy.name}" -AutoForwardingMode '
+            f"On, or add the users to the rule's exceptions (Set-HostedOutboundSpamFilterRule "
+            f'-Identity "{v.rule.name}" -ExceptIfFrom <current list + {", ".join(users[:3])}>)'
         )
-    if not remote_ok:
-        return False, "remote domain Default (*) has AutoForwardEnabled false"
-    return True, "AutoForwardingMode On and the Default remote domain allows auto-forwarding"
+    # The scope group lives in the source; in the target the operator picks a group of the
+    # new mailboxes (or lists them with -From).
+    scope = ctx.project.scope.group if side is ctx.source else None
+    group = scope or "<a group of the migrating users' mailboxes in this tenant>"
+    return (
+        f"set AutoForwardingMode to On: Set-HostedOutboundSpamFilterPolicy -Identity "
+        f"{v.policy.name} -AutoForwardingMode On, or a custom policy scoped to the migrating "
+        f'users: New-HostedOutboundSpamFilterPolicy -Name "coexist migration" '
+        f'-AutoForwardingMode On; New-HostedOutboundSpamFilterRule -Name "coexist migration" '
+        f'-HostedOutboundSpamFilterPolicy "coexist migration" -FromMemberOf "{group}" -Priority 0'
+    )
 
 
-async def check_forwarding(ctx: Context) -> list[Check]:
+def _remote_cause(v: af.Verdict) -> str:
+    rd = v.remote_domain
+    assert rd is not None
+    return (
+        f"remote domain '{rd.name}' ({rd.domain_name}, matching {v.destination}): "
+        "AutoForwardEnabled is false, forwarded copies are dropped"
+    )
+
+
+def _remote_fix(v: af.Verdict) -> str:
+    assert v.remote_domain is not None
+    return f'Set-RemoteDomain -Identity "{v.remote_domain.name}" -AutoForwardEnabled $true'
+
+
+def _listed(users: list[str]) -> str:
+    more = f" and {len(users) - 5} more" if len(users) > 5 else ""
+    return ", ".join(users[:5]) + more
+
+
+def forwarding_check(
+    ctx: Context, side: Side, why: str, gates: Gates, who: list[Forwarder]
+) -> Check:
+    """One row per side: ok, or every blocked user named with the setting that blocks them."""
+    name = f"{side.label} auto-forwarding"
+    verdicts = [(f, gates.verdict(f)) for f in who]
+    blocked = [(f, v) for f, v in verdicts if not v.allowed]
+    if not blocked:
+        seen = sorted({f"{v.policy.name} ({v.policy.auto_forwarding_mode})" for _, v in verdicts})
+        return Check(
+            name,
+            "ok",
+            f"{len(who)} migrating users may forward out: outbound spam policy "
+            f"{', '.join(seen) or 'Default'}; no remote domain blocks their destinations",
+        )
+    # Users blocked for the same reason are listed together; the policy gate is checked
+    # first, as Exchange does (an NDR before any remote domain is looked at).
+    causes: dict[str, tuple[list[str], af.Verdict]] = {}
+    for f, v in blocked:
+        cause = _policy_cause(v) if not v.policy_allows else _remote_cause(v)
+        causes.setdefault(cause, ([], v))[0].append(f.user)
+    details, fixes = [], []
+    for cause, (users, v) in causes.items():
+        details.append(f"{_listed(users)}: {cause}")
+        fixes.append(_policy_fix(v, users, ctx, side) if not v.policy_allows else _remote_fix(v))
+    return Check(
+        name,
+        "fail",
+        f"{len(blocked)} of {len(who)} migrating users cannot forward out of the {side.label} "
+        "tenant: " + "; ".join(details),
+        f"in the {side.label} tenant: "
+        + "; ".join(dict.fromkeys(fixes))
+        + f" (needed because {why})",
+        blocked=tuple(
+            {
+                "user": f.user,
+                "policy": v.policy.name,
+                "rule": v.rule.name if v.rule else "",
+                "auto_forwarding_mode": v.policy.auto_forwarding_mode,
+                "policy_allows": v.policy_allows,
+                "remote_domain": v.remote_domain.name if v.remote_domain else "",
+                "remote_domain_allows": v.remote_domain_allows,
+            }
+            for f, v in blocked
+        ),
+    )
+
+
+async def check_forwarding(ctx: Context, batch: list[dict[str, Any]] | None = None) -> list[Check]:
+    """Per migrating user: the outbound spam policy applying to the forwarding mailbox and
+    the remote domain matching its destination (learn.microsoft.com, outbound-spam-policies-
+    configure and outbound-spam-policies-external-email-forwarding)."""
     out = []
     wants = []
     if ctx.project.cutover.mode == "forward-on-source":
@@ -156,21 +484,41 @@ async def check_forwarding(ctx: Context) -> list[Check]:
     if ctx.project.prestage.convert:
         wants.append((ctx.target, "pre-stage forwards each new target mailbox back to the source"))
     for side, why in wants:
-        ok, detail = await auto_forwarding(side)
-        out.append(
-            Check(
-                f"{side.label} auto-forwarding",
-                "ok" if ok else "fail",
-                detail,
-                ""
-                if ok
-                else (
-                    f"in the {side.label} tenant set the outbound spam policy AutoForwardingMode to On "
-                    f"(a custom policy scoped to the migrating users is enough) and allow "
-                    f"auto-forwarding on the remote domain; needed because {why}"
-                ),
+        try:
+            gates = await read_gates(side)
+        except PermissionDenied as exc:
+            # Unknown is not blocked: a warning, with what lets the app read them.
+            fix = (
+                "let the app read them (View-Only Organization Management role group, or "
+                "the Global Reader or Security Reader role), or check by hand: "
+                "Get-HostedOutboundSpamFilterRule; Get-HostedOutboundSpamFilterPolicy; "
+                "Get-RemoteDomain"
+                if exc.service == "exchange"
+                else f"{exc.next_step or 'grant GroupMember.Read.All'} (to expand the groups "
+                "that scope outbound spam policies)"
             )
-        )
+            out.append(
+                Check(
+                    f"{side.label} auto-forwarding",
+                    "warn",
+                    f"cannot read the {side.label} tenant's forwarding settings: {exc.message}",
+                    f"{fix} (needed because {why})",
+                )
+            )
+            continue
+        try:
+            who = await forwarders(ctx, side, batch or [])
+        except InputError as exc:  # e.g. an unknown scope group: the scope check says so
+            out.append(
+                Check(
+                    f"{side.label} auto-forwarding",
+                    "warn",
+                    f"cannot tell who migrates: {exc.message}",
+                    "fix the scope (see the scope check), then re-run preflight",
+                )
+            )
+            continue
+        out.append(forwarding_check(ctx, side, why, gates, who))
     return out
 
 

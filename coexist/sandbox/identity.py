@@ -39,6 +39,14 @@ ROLE_TEMPLATE_IDS = {
     "Global Reader": "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
     "Global Administrator": "62e90394-69f5-4237-9190-012177145e10",
 }
+ROLE_NAMES = {v: k for k, v in ROLE_TEMPLATE_IDS.items()}
+# Exchange Online built-in role groups an app's service principal can be made a member of
+# (permissions-exo/role-groups): Exchange authorises it by membership, not by the token.
+EXCHANGE_ROLE_GROUPS = (
+    "Organization Management",
+    "Recipient Management",
+    "View-Only Organization Management",
+)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLOCK_SKEW_S = 300
 
@@ -52,6 +60,20 @@ class Principal:
     audience: str
     roles: frozenset[str]
     wids: frozenset[str]
+
+
+def grant_through_exchange_rbac(app: App, role_group: str = "Organization Management") -> None:
+    """Sandbox setting: grant `app` inside Exchange instead of by an Entra role.
+
+    As app-only-auth-powershell-v2 ("Option 2: Assign custom role groups to the
+    application using service principals") describes: New-ServicePrincipal, then
+    Add-RoleGroupMember (or New-ManagementRoleAssignment -App). Exchange then authorises
+    the app's cmdlets by its service principal, and the token carries no `wids` at all.
+    """
+    if role_group not in EXCHANGE_ROLE_GROUPS:
+        raise ValueError(f"unknown role group {role_group!r}; one of {EXCHANGE_ROLE_GROUPS}")
+    app.exchange_roles = []
+    app.exchange_role_groups = [role_group]
 
 
 class TokenError(Exception):

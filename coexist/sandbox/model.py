@@ -196,6 +196,18 @@ class App:
     exchange_roles: list[str] = field(
         default_factory=list
     )  # Entra roles, e.g. Exchange Administrator
+    # Exchange RBAC role groups the app's service principal is a member of (New-
+    # ServicePrincipal + Add-RoleGroupMember, app-only-auth-powershell-v2 "Option 2"):
+    # granted inside Exchange, so the token carries no `wids` for them.
+    exchange_role_groups: list[str] = field(default_factory=list)
+
+
+# -- automatic-forwarding gates: outbound spam policies + rules, remote domains ----------
+# Exchange Online's defaults: the Default outbound spam policy (AutoForwardingMode
+# Automatic, = Off since 2020; Defender docs, outbound-spam-policies-external-email-
+# forwarding) and the remote domain "Default" for "*" with AutoForwardEnabled $true
+# (Set-RemoteDomain reference). Neither can be removed, so every tenant has both.
+DEFAULT_POLICY = "Default"
 
 
 @dataclass
@@ -203,6 +215,38 @@ class RemoteDomain:
     name: str
     domain_name: str  # '*' for Default
     auto_forward_enabled: bool = True
+
+
+@dataclass
+class OutboundSpamPolicy:
+    """An outbound spam filter policy; custom ones apply only through a rule."""
+
+    name: str
+    auto_forwarding_mode: str = "Automatic"  # Automatic | On | Off
+    is_default: bool = False
+    guid: str = field(default_factory=new_guid)
+
+
+@dataclass
+class OutboundSpamRule:
+    """Who a custom outbound spam policy applies to (New-HostedOutboundSpamFilterRule).
+
+    Users and groups are held as object ids (Exchange stores references, not the
+    text typed); domains as given. Priority 0 is the highest.
+    """
+
+    name: str
+    policy: str  # the policy's name
+    priority: int = 0
+    enabled: bool = True  # State Enabled / Disabled
+    senders: list[str] = field(default_factory=list)  # From
+    member_of: list[str] = field(default_factory=list)  # FromMemberOf
+    sender_domains: list[str] = field(default_factory=list)  # SenderDomainIs
+    except_senders: list[str] = field(default_factory=list)  # ExceptIfFrom
+    except_member_of: list[str] = field(default_factory=list)  # ExceptIfFromMemberOf
+    except_sender_domains: list[str] = field(default_factory=list)  # ExceptIfSenderDomainIs
+    comments: str | None = None
+    guid: str = field(default_factory=new_guid)
 
 
 @dataclass
@@ -216,9 +260,9 @@ class Tenant:
     domains: list[Domain] = field(default_factory=list)
     skus: list[Sku] = field(default_factory=list)
     apps: list[App] = field(default_factory=list)
-    # Outbound spam filter policy 'Default': AutoForwardingMode Automatic|On|Off.
-    # Automatic means Off since 2020 (learn.microsoft.com, outbound-spam-policies-external-email-forwarding).
-    auto_forwarding_mode: str = "Automatic"
+    # Automatic-forwarding gates; __post_init__ adds the Default policy and '*' if absent.
+    outbound_spam_policies: list[OutboundSpamPolicy] = field(default_factory=list)
+    outbound_spam_rules: list[OutboundSpamRule] = field(default_factory=list)
     remote_domains: list[RemoteDomain] = field(default_factory=list)
     organization_guid: str = field(default_factory=new_guid)
     legacy_dn_prefix: str = (
@@ -229,6 +273,27 @@ class Tenant:
     _address_index: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     _object_keys: dict[str, list[str]] = field(default_factory=dict, repr=False, compare=False)
     _pending: set[str] = field(default_factory=set, repr=False, compare=False)  # mailbox due
+
+    def __post_init__(self) -> None:
+        if not any(p.is_default for p in self.outbound_spam_policies):
+            self.outbound_spam_policies.insert(
+                0, OutboundSpamPolicy(DEFAULT_POLICY, is_default=True)
+            )
+        if not any(r.domain_name == "*" for r in self.remote_domains):
+            self.remote_domains.insert(0, RemoteDomain("Default", "*", auto_forward_enabled=True))
+
+    @property
+    def default_outbound_policy(self) -> OutboundSpamPolicy:
+        return next(p for p in self.outbound_spam_policies if p.is_default)
+
+    @property
+    def auto_forwarding_mode(self) -> str:
+        """The Default outbound spam policy's AutoForwardingMode (Automatic | On | Off)."""
+        return self.default_outbound_policy.auto_forwarding_mode
+
+    @auto_forwarding_mode.setter
+    def auto_forwarding_mode(self, mode: str) -> None:
+        self.default_outbound_policy.auto_forwarding_mode = mode
 
     def touch(self, obj: MailObject | None = None) -> None:
         """Record a change: bumps the version (save) and keeps the address index current.
@@ -367,6 +432,11 @@ class Settings:
     # expired too: `World.expire_sync_states()` forgets every state on demand.
     sync_state_max_age_s: float = 7 * 86400.0
     sync_states_expired_before: float = 0.0
+    # Outbound spam filter rules: how Get-HostedOutboundSpamFilterRule shows the
+    # recipients of From / FromMemberOf / ExceptIfFrom* (*unverified*: Exchange stores
+    # references and the reference does not say how they print). "Name" (Exchange Name)
+    # or "PrimarySmtpAddress"; the product must resolve either.
+    rule_recipients_shown_as: str = "Name"
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
         """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""
@@ -486,8 +556,17 @@ def _tenant_from_dict(d: dict[str, Any]) -> Tenant:
         domains=[Domain(**x) for x in d.get("domains", [])],
         skus=[Sku(**x) for x in d.get("skus", [])],
         apps=[App(**x) for x in d.get("apps", [])],
-        auto_forwarding_mode=d.get("auto_forwarding_mode", "Automatic"),
+        outbound_spam_policies=_outbound_policies(d),
+        outbound_spam_rules=[OutboundSpamRule(**x) for x in d.get("outbound_spam_rules", [])],
         remote_domains=[RemoteDomain(**x) for x in d.get("remote_domains", [])],
         organization_guid=d.get("organization_guid", new_guid()),
         legacy_dn_prefix=d.get("legacy_dn_prefix", ""),
     )
+
+
+def _outbound_policies(d: dict[str, Any]) -> list[OutboundSpamPolicy]:
+    """Saved policies; a state saved before they were modelled kept only the Default's mode."""
+    if "outbound_spam_policies" in d:
+        return [OutboundSpamPolicy(**x) for x in d["outbound_spam_policies"]]
+    mode = d.get("auto_forwarding_mode", "Automatic")
+    return [OutboundSpamPolicy(DEFAULT_POLICY, mode, is_default=True)]

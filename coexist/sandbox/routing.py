@@ -21,8 +21,10 @@ What is modelled (sources in the comments where it happens):
   message); dynamic DLs by evaluating a simple RecipientFilter; Microsoft 365
   groups deliver to the group mailbox.
 - Automatic forwarding out of the forwarding tenant's organization: the
-  outbound spam policy (Automatic/Off → NDR 5.7.520) and the remote domain
-  (AutoForwardEnabled false → silently dropped).
+  outbound spam policy that applies to the forwarding mailbox (custom policies by
+  their rule's scope and priority, else Default; Automatic/Off → NDR 5.7.520) and
+  the remote domain matching the destination (AutoForwardEnabled false → silently
+  dropped), decided by `coexist.autoforward`, as preflight decides it.
 - Loops: revisiting an object on the same forwarding/targetAddress chain, or a
   chain longer than the hop limit → NDR 5.4.14.
 
@@ -39,13 +41,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from ..model import decode_imceaex  # shared pure helpers
+from .. import autoforward as af  # shared pure helpers
+from ..model import decode_imceaex
 from .model import (
     GROUP_RECIPIENT_TYPE,
     Contact,
     Group,
     MailObject,
-    RemoteDomain,
     Tenant,
     User,
     World,
@@ -237,23 +239,51 @@ def kind_of(obj: MailObject) -> str:
     return type(obj).__name__
 
 
-def remote_domain_for(tenant: Tenant, domain: str) -> RemoteDomain | None:
-    """The remote domain Exchange applies: exact name, else longest '*.suffix', else '*'."""
-    d = domain.lower()
-    best: tuple[int, RemoteDomain] | None = None
-    for rd in tenant.remote_domains:
-        pattern = rd.domain_name.lower()
-        if pattern == d:
-            rank = 10_000
-        elif pattern == "*":
-            rank = 0
-        elif pattern.startswith("*.") and d.endswith(pattern[1:]):
-            rank = len(pattern)
-        else:
-            continue
-        if best is None or rank > best[0]:
-            best = (rank, rd)
-    return best[1] if best else None
+def scope_groups(tenant: Tenant, obj: MailObject) -> frozenset[str]:
+    """Ids of the groups an outbound spam rule can scope by that contain `obj`: distribution
+    groups, mail-enabled security groups and Microsoft 365 groups (dynamic groups are not
+    supported; Defender docs, outbound-spam-policies-configure), nested per the flag."""
+    members_of = {
+        g.id: g.members for g in tenant.groups.values() if g.mail_enabled and g.kind != "Dynamic"
+    }
+    return af.groups_containing(obj.id, members_of)
+
+
+def forwarding_verdict(tenant: Tenant, sender: MailObject | None, domain: str) -> af.Verdict:
+    """The outbound spam policy and remote domain that apply when `sender` automatically
+    forwards to `domain` out of `tenant`: the decision preflight makes, from the same data.
+
+    `sender` None (a forward whose mailbox is not known here) matches no scoped rule.
+    """
+    policies = [
+        af.OutboundPolicy(p.name, p.auto_forwarding_mode, p.is_default)
+        for p in tenant.outbound_spam_policies
+    ]
+    rules = [
+        af.OutboundRule(
+            r.name,
+            r.policy,
+            r.priority,
+            r.enabled,
+            senders=frozenset(r.senders),
+            member_of=frozenset(r.member_of),
+            domains=tuple(r.sender_domains),
+            except_senders=frozenset(r.except_senders),
+            except_member_of=frozenset(r.except_member_of),
+            except_domains=tuple(r.except_sender_domains),
+        )
+        for r in tenant.outbound_spam_rules
+    ]
+    remote = [
+        af.RemoteDomain(rd.name, rd.domain_name, rd.auto_forward_enabled)
+        for rd in tenant.remote_domains
+    ]
+    who = (
+        af.Sender(sender.id, sender.primary_smtp or "", scope_groups(tenant, sender))
+        if sender is not None
+        else af.Sender(None, "")
+    )
+    return af.forwarding_verdict(policies, rules, remote, who, domain)
 
 
 # -- dynamic distribution groups ----------------------------------------------------
@@ -448,16 +478,22 @@ class _Router:
 
     # -- addresses
     def route_address(
-        self, addr: Address, context: str | None, path: Path, forwarded_by: str | None
+        self,
+        addr: Address,
+        context: str | None,
+        path: Path,
+        forwarded_by: str | None,
+        forwarder: MailObject | None = None,
     ) -> None:
-        """Route to an address. `forwarded_by`: key of the tenant auto-forwarding it."""
+        """Route to an address. `forwarded_by`: key of the tenant auto-forwarding it;
+        `forwarder`: the mailbox doing so (its outbound spam policy applies)."""
         key = context if addr.domain is None else self.authoritative(addr.domain)
         if addr.domain is None and key is None:
             raise ValueError("a raw X500 address needs the sender's tenant or tenant_hint")
         if (
             forwarded_by is not None
             and key != forwarded_by
-            and not self.may_forward(forwarded_by, addr)
+            and not self.may_forward(forwarded_by, addr, forwarder)
         ):
             return
         if key is None:
@@ -476,23 +512,22 @@ class _Router:
         self.hop(key, owner, "resolve", addr.text)
         self.route_object(key, owner, path, via_forwarding_address=None)
 
-    def may_forward(self, key: str, addr: Address) -> bool:
-        """Outbound checks on automatic forwarding out of tenant `key`'s organization.
+    def may_forward(self, key: str, addr: Address, forwarder: MailObject | None) -> bool:
+        """Outbound checks on `forwarder`'s automatic forwarding out of tenant `key`.
 
-        Outbound spam policy: Automatic (= Off since 2020) and Off block with NDR
-        5.7.520; On allows (learn.microsoft.com/defender-office-365/
-        outbound-spam-policies-external-email-forwarding). When the policy allows,
-        the remote domain can still block: with AutoForwardEnabled $false the
-        forwarded copy is dropped and nobody is notified (Microsoft Exchange Team
-        blog "The many ways to block automatic email forwarding in Exchange Online":
-        "The user is not notified their forwarded message is dropped").
+        The outbound spam policy applying to the forwarder: Automatic (= Off since
+        2020) and Off block with NDR 5.7.520; On allows (learn.microsoft.com/
+        defender-office-365/outbound-spam-policies-external-email-forwarding). When
+        the policy allows, the remote domain can still block: with AutoForwardEnabled
+        $false the forwarded copy is dropped and nobody is notified (Microsoft
+        Exchange Team blog "The many ways to block automatic email forwarding in
+        Exchange Online": "The user is not notified their forwarded message is dropped").
         """
-        tenant = self.world.tenants[key]
-        if tenant.auto_forwarding_mode.lower() != "on":
+        verdict = forwarding_verdict(self.world.tenants[key], forwarder, addr.domain or "")
+        if not verdict.policy_allows:
             self.ndr(key, None, addr.value, NDR_EXTERNAL_FORWARDING)
             return False
-        rd = remote_domain_for(tenant, addr.domain or "")
-        if rd is not None and not rd.auto_forward_enabled:
+        if not verdict.remote_domain_allows:
             self.hop(key, None, "drop", addr.value)
             self.legs.append(Leg("dropped", key, address=addr.value))
             return False
@@ -542,7 +577,7 @@ class _Router:
             self.route_object(key, internal, path, via_forwarding_address=key)
         elif smtp is not None:
             self.hop(key, user, "forward", smtp)
-            self.route_address(parse_address(smtp), key, path, forwarded_by=key)
+            self.route_address(parse_address(smtp), key, path, forwarded_by=key, forwarder=user)
 
     def deliver(self, key: str, obj: MailObject) -> None:
         if (key, obj.id) in self.delivered:  # one copy per recipient per message

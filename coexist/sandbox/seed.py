@@ -48,6 +48,7 @@ from .model import (
     Domain,
     Group,
     GroupKind,
+    OutboundSpamPolicy,
     RemoteDomain,
     Settings,
     Sku,
@@ -278,7 +279,15 @@ def new_tenant(rng: random.Random, key: str, org: str, vanity: str) -> Tenant:
         # (= Off since 2020, learn.microsoft.com/defender-office-365/
         # outbound-spam-policies-external-email-forwarding) and one remote domain
         # "Default" for "*" with AutoForwardEnabled $true (Get-RemoteDomain).
-        auto_forwarding_mode="Automatic",
+        outbound_spam_policies=[
+            OutboundSpamPolicy(
+                "Default",
+                "Automatic",
+                is_default=True,
+                # From the tenant id, not the rng: adding it left every seeded name as it was.
+                guid=str(uuid.uuid5(uuid.UUID(tid), "HostedOutboundSpamFilterPolicy/Default")),
+            )
+        ],
         remote_domains=[RemoteDomain("Default", "*", auto_forward_enabled=True)],
     )
     tenant.apps.append(

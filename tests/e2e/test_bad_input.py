@@ -323,7 +323,11 @@ def test_preflight_fails_when_source_blocks_auto_forwarding(
     row = next(c for c in result["checks"] if c["check"] == "source auto-forwarding")
     assert row["status"] == "fail"
     assert "AutoForwardingMode is Automatic" in row["detail"]
-    assert "AutoForwardingMode to On" in row["fix"] and "remote domain" in row["fix"]
+    assert "AutoForwardingMode to On" in row["fix"]
+    assert (
+        "Set-HostedOutboundSpamFilterPolicy -Identity Default -AutoForwardingMode On" in row["fix"]
+    )
+    assert {b["policy"] for b in row["blocked"]} == {"Default"} and row["blocked"]
     target_row = next(c for c in result["checks"] if c["check"] == "target auto-forwarding")
     assert target_row["status"] == "ok"
     assert world_state(sandbox) == before_world

@@ -117,6 +117,7 @@ VALID: dict[str, Callable[[], dict[str, Any]]] = {
     "Get-AcceptedDomain": lambda: {},
     "Get-RemoteDomain": lambda: {"Identity": "Default"},
     "Get-HostedOutboundSpamFilterPolicy": lambda: {"Identity": "Default"},
+    "Get-HostedOutboundSpamFilterRule": lambda: {"State": "Enabled"},
     "Get-OrganizationConfig": lambda: {},
 }
 

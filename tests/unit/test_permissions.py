@@ -9,10 +9,14 @@ from click.testing import CliRunner
 
 from coexist.cli import main
 from coexist.permissions import (
+    EXCHANGE_ROLE_PROBE,
     EXCHANGE_ROLES,
     MANAGE_AS_APP,
     NEEDS,
+    POLICY_READER,
     Need,
+    exchange_role_in_token,
+    is_exchange_role,
     needs,
     satisfied,
 )
@@ -120,3 +124,23 @@ def test_satisfied_reads_roles_for_permissions_and_wids_for_directory_roles(
 ) -> None:
     """Graph and Exchange.ManageAsApp come from the token's `roles`; Entra roles from `wids`."""
     assert satisfied(need, roles, wids) is ok
+
+
+def test_exchange_role_needs_are_told_apart_from_manage_as_app() -> None:
+    """An Exchange role need is answered by Exchange (the probe); ManageAsApp by the token."""
+    assert is_exchange_role(EXO_ROLE) and not is_exchange_role(EXO_APP)
+    assert not is_exchange_role(GRAPH_READ)
+    assert EXCHANGE_ROLE_PROBE[0].startswith("Get-")  # read-only by construction
+
+
+def test_exchange_role_in_token_names_the_entra_role() -> None:
+    """wids → the Exchange admin role they name; none for an app granted inside Exchange."""
+    assert exchange_role_in_token({RECIPIENT_ADMIN}) == "Exchange Recipient Administrator"
+    assert exchange_role_in_token(set()) is None
+    assert exchange_role_in_token({"f2ef992c-3afb-46b9-b7cf-a126ee74c451"}) is None  # Global Reader
+
+
+def test_preflight_lists_what_reads_the_forwarding_policies() -> None:
+    """`coexist permissions --command preflight` names the policy readers in both tenants."""
+    rows = [n for n in needs("preflight") if n.any_of == POLICY_READER]
+    assert {n.tenant for n in rows} == {"source", "target"}

@@ -9,7 +9,15 @@ import pytest
 
 from coexist.model import decode_imceaex, encode_imceaex
 from coexist.sandbox import seed
-from coexist.sandbox.model import Group, RemoteDomain, Tenant, User, World
+from coexist.sandbox.model import (
+    Group,
+    OutboundSpamPolicy,
+    OutboundSpamRule,
+    RemoteDomain,
+    Tenant,
+    User,
+    World,
+)
 from coexist.sandbox.routing import (
     MAX_HOPS,
     NDR_EXTERNAL_FORWARDING,
@@ -213,6 +221,54 @@ def test_remote_domain_block_drops_the_forward_silently(world: World) -> None:
         RemoteDomain("Contoso", seed.TARGET_DOMAIN, True),
     ]
     assert route(world, src.primary_smtp or "").outcome == "delivered"
+
+
+def test_custom_policy_scoped_by_nested_group_blocks_only_its_members(world: World) -> None:
+    """Default On, a custom Off policy for members of a DL (nested): members NDR 5.7.520,
+    others are delivered; disabling the rule lifts the block."""
+    a, b, c = mailboxes(world.source)[:3]
+    dst = mailboxes(world.target)[0]
+    for u in (a, b, c):
+        u.forwarding_smtp_address = f"smtp:{dst.primary_smtp}"
+    allow_external_forwarding(world.source)
+    inner = distribution_list(world.source, "inner", [b.id])
+    outer = distribution_list(world.source, "outer", [a.id, inner.id])
+    world.source.outbound_spam_policies.append(OutboundSpamPolicy("No forwarding", "Off"))
+    rule = OutboundSpamRule("No forwarding", "No forwarding", 0, member_of=[outer.id])
+    world.source.outbound_spam_rules.append(rule)
+    assert route(world, a.primary_smtp or "").ndr_code == "5.7.520"
+    assert route(world, b.primary_smtp or "").ndr_code == "5.7.520"  # through `inner`
+    assert route(world, c.primary_smtp or "").delivered() == [("target", dst.primary_smtp)]
+    rule.enabled = False
+    assert route(world, a.primary_smtp or "").outcome == "delivered"
+
+
+def test_custom_allowing_policy_lets_its_users_out_past_a_blocking_default(world: World) -> None:
+    """Default Automatic, a custom On policy for one user (priority 0) beats a domain-wide
+    Off policy (priority 1): only that user's forward leaves."""
+    a, b = mailboxes(world.source)[:2]
+    dst = mailboxes(world.target)[0]
+    for u in (a, b):
+        u.forwarding_smtp_address = f"smtp:{dst.primary_smtp}"
+    world.source.outbound_spam_policies += [
+        OutboundSpamPolicy("Migration", "On"),
+        OutboundSpamPolicy("Domain off", "Off"),
+    ]
+    world.source.outbound_spam_rules += [
+        OutboundSpamRule("Domain off", "Domain off", 1, sender_domains=[seed.SOURCE_DOMAIN]),
+        OutboundSpamRule("Migration", "Migration", 0, senders=[a.id]),
+    ]
+    assert route(world, a.primary_smtp or "").outcome == "delivered"
+    assert route(world, b.primary_smtp or "").ndr_code == "5.7.520"
+
+
+def test_remote_domain_wildcard_covers_the_domain_itself(world: World) -> None:
+    """A '*.contoso' remote domain with AutoForwardEnabled false drops a forward to contoso."""
+    src, dst = mailboxes(world.source)[0], mailboxes(world.target)[0]
+    src.forwarding_smtp_address = f"smtp:{dst.primary_smtp}"
+    allow_external_forwarding(world.source)
+    world.source.remote_domains.append(RemoteDomain("Contoso", f"*.{seed.TARGET_DOMAIN}", False))
+    assert route(world, src.primary_smtp or "").outcome == "dropped"
 
 
 def test_smtp_forward_inside_the_tenant_is_not_external(world: World) -> None:

@@ -16,14 +16,14 @@ import hashlib
 import json
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ...exospec import SpecViolation, canonicalize, resolve_parameter_set
-from ..identity import EXO_MANAGE_AS_APP, EXO_RESOURCE, ROLE_TEMPLATE_IDS, Principal, TokenError
+from ..identity import EXO_MANAGE_AS_APP, EXO_RESOURCE, ROLE_NAMES, Principal, TokenError
 from ..web import HTTPFailure, SandboxContext, ctx_of, exo_error
 from . import contact, directory, domain, errors, group, mailbox, mailuser, policy, recipient
 from .directory import Call, Command
@@ -33,13 +33,30 @@ PATH = "/adminapi/beta/{tenant}/InvokeCommand"
 FAMILIES = (recipient, mailbox, mailuser, contact, group, domain, policy)
 DISPATCH: dict[str, Command] = {k: v for f in FAMILIES for k, v in f.COMMANDS.items()}
 
-# Entra roles that carry Exchange RBAC for an app (permissions-reference). Global Reader
-# gets the read-only cmdlets only.
-ADMIN_WIDS = frozenset(
-    ROLE_TEMPLATE_IDS[r]
-    for r in ("Exchange Administrator", "Global Administrator", "Exchange Recipient Administrator")
+# What an app may run. RBAC combines every source (app-only-auth-powershell-v2, Step 5):
+# Entra roles, seen in the token's `wids` (permissions-reference), and Exchange role groups
+# its service principal is a member of, looked up inside Exchange (not in the token).
+# "all": every cmdlet; "recipients": recipient management, reads and writes; "read": Get-*.
+Access = Literal["all", "recipients", "read"]
+ENTRA_ROLE_ACCESS: dict[str, Access] = {
+    "Exchange Administrator": "all",
+    "Global Administrator": "all",
+    "Exchange Recipient Administrator": "recipients",
+    "Global Reader": "read",
+}
+ROLE_GROUP_ACCESS: dict[str, Access] = {
+    "Organization Management": "all",
+    "Recipient Management": "recipients",
+    "View-Only Organization Management": "read",
+}
+# Outbound spam policies are read by Organization Management, Security Administrator, Global
+# Reader, Security Reader or View-Only Organization Management (Defender docs, outbound-
+# spam-policies-configure, "permissions"): not by a recipient-management grant.
+# *unverified*: which other configuration reads (Get-AcceptedDomain, Get-RemoteDomain,
+# Get-OrganizationConfig) recipient management includes; the sandbox grants them.
+NOT_FOR_RECIPIENT_ACCESS = frozenset(
+    {"get-hostedoutboundspamfilterpolicy", "get-hostedoutboundspamfilterrule"}
 )
-READER_WIDS = frozenset({ROLE_TEMPLATE_IDS["Global Reader"]})
 # Exchange's 401 challenge (as EWS / Outlook REST send it); body empty. *unverified* for
 # /adminapi specifically.
 CHALLENGE = (
@@ -92,12 +109,28 @@ def authenticate(request: Request, ctx: SandboxContext) -> Principal:
         path_tenant = ctx.world.tenant_by_id(request.path_params["tenant"])
     if path_tenant is not principal.tenant:
         raise unauthorized("The tenant in the URL is not the tenant the token was issued for.")
-    # graph2otel (live): 401 without Exchange.ManageAsApp, 403 with it but no Entra role.
+    # graph2otel (live): 401 without Exchange.ManageAsApp, 403 with it but no Exchange role.
     if EXO_MANAGE_AS_APP not in principal.roles:
         raise unauthorized("The token has no Exchange.ManageAsApp application role.")
-    if not principal.wids & (ADMIN_WIDS | READER_WIDS):
-        raise forbidden("The app holds no Exchange administrator role (wids).")
+    if not access_of(principal):
+        raise forbidden("The app holds no Exchange role (no Entra role, no role group).")
     return principal
+
+
+def access_of(principal: Principal) -> set[Access]:
+    """The grants of the app: Entra roles from `wids`, role groups of its service principal."""
+    roles = {ROLE_NAMES.get(w, "") for w in principal.wids}
+    grants = {ENTRA_ROLE_ACCESS[r] for r in roles if r in ENTRA_ROLE_ACCESS}
+    groups = principal.app.exchange_role_groups
+    return grants | {ROLE_GROUP_ACCESS[g] for g in groups if g in ROLE_GROUP_ACCESS}
+
+
+def granted(access: set[Access], command: Command) -> bool:
+    if "all" in access:
+        return True
+    if "recipients" in access and command.name.lower() not in NOT_FOR_RECIPIENT_ACCESS:
+        return True
+    return "read" in access and not command.write
 
 
 def parse_body(raw: bytes) -> tuple[str, dict[str, Any]]:
@@ -154,7 +187,7 @@ def authorize_cmdlet(principal: Principal, name: str) -> Command:
     if command is None:
         # In the spec but not served: answer as EXO does for a cmdlet the roles do not grant.
         raise forbidden(f"The cmdlet '{name}' is not served by the sandbox.")
-    if command.write and not principal.wids & ADMIN_WIDS:
+    if not granted(access_of(principal), command):
         raise forbidden(f"The app's roles do not grant the cmdlet '{command.name}'.")
     return command
 
