@@ -136,6 +136,7 @@ class Model:
     container: dict[str, TypeRef]  # entity set (collection) / singleton name -> type
     _props: dict[str, dict[str, Property]] = field(default_factory=dict, repr=False)
     _navs: dict[str, dict[str, NavigationProperty]] = field(default_factory=dict, repr=False)
+    _bound: dict[str, list[Operation]] = field(default_factory=dict, repr=False)
 
     def structured(self, name: str) -> StructuredType:
         """The entity or complex type (KeyError if v1.0 has none of that name)."""
@@ -183,7 +184,11 @@ class Model:
         nearest first), as OData resolves an overloaded bound operation."""
         if binding.name not in self.types:
             return None
-        candidates = [o for o in self.operations if o.name == name and o.binding is not None]
+        if not self._bound:
+            for o in self.operations:
+                if o.binding is not None:
+                    self._bound.setdefault(o.name, []).append(o)
+        candidates = self._bound.get(name, [])
         for t in self.chain(binding.name):
             for op in candidates:
                 assert op.binding is not None
@@ -196,6 +201,9 @@ class Model:
         names = {o.name for o in self.operations if o.binding is not None}
         found = [self.bound(n, binding) for n in sorted(names)]
         return [o for o in found if o is not None]
+
+    def resolve_path(self, path: str) -> TypeRef | None:
+        return _resolve(self, path)
 
     def violations(self, value: Any, type_name: str | TypeRef) -> list[str]:
         ref = type_name if isinstance(type_name, TypeRef) else TypeRef.parse(type_name)
@@ -498,3 +506,53 @@ class _Checker:
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+# -- URL paths --------------------------------------------------------------------------------------
+
+
+def _operation_name(segment: str) -> str:
+    name = segment[:-2] if segment.endswith("()") else segment
+    return name.removeprefix(f"{NAMESPACE}.")
+
+
+def resolve_path(path: str) -> TypeRef | None:
+    """The type a Graph v1.0 URL path addresses, per the CSDL (None: an operation that
+    returns nothing). `users/{id}/mailFolders/{id}/messages` -> Collection(message);
+    `.../messages/delta()` -> delta's return type; a cast segment
+    (`.../members/{id}/microsoft.graph.user`) narrows. ValueError for a path the model
+    does not have (a media `$value`, `$count`, `$ref`, an unknown segment)."""
+    return model().resolve_path(path)
+
+
+def _resolve(m: Model, path: str) -> TypeRef | None:
+    segments = [s for s in path.split("?", 1)[0].strip("/").split("/") if s]
+    if segments and segments[0] == "v1.0":
+        segments = segments[1:]
+    if not segments or segments[0] not in m.container:
+        raise ValueError(f"{path!r}: no entity set or singleton {segments[:1]}")
+    current: TypeRef | None = m.container[segments[0]]
+    for seg in segments[1:]:
+        if current is None:
+            raise ValueError(f"{path!r}: {seg!r} follows an operation without a result")
+        current = _step(m, current, seg, path)
+    return current
+
+
+def _step(m: Model, current: TypeRef, seg: str, path: str) -> TypeRef | None:
+    if seg.startswith("$"):
+        raise ValueError(f"{path!r}: {seg} is not a JSON resource")
+    cast = qualify(seg) if seg.startswith(f"{NAMESPACE}.") else None
+    if cast in m.types and m.derives_from(cast, current.name):
+        return TypeRef(cast, current.collection)
+    op = m.bound(_operation_name(seg), current)
+    if op is not None:
+        return op.returns
+    if current.collection:
+        return TypeRef(current.name)  # a key
+    nav = m.navigation(current.name).get(seg)
+    if nav is None:
+        raise ValueError(
+            f"{path!r}: {current.name} has no navigation property or operation {seg!r}"
+        )
+    return nav.type

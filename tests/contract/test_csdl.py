@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from coexist import csdl
 from coexist.csdl import TypeRef, model, violations
 
@@ -157,3 +159,20 @@ def test_collection_responses() -> None:
     assert violations([{"id": "a"}, {"id": 1}], "Collection(graph.contact)") == [
         "$[1].id: expected Edm.String (a string), got 1"
     ]
+
+
+def test_url_paths_resolve_to_their_csdl_types() -> None:
+    """Paths resolve through entity sets, keys, navigation properties, casts and operations."""
+    r = csdl.resolve_path
+    assert r("users/x/mailFolders/inbox/messages") == TypeRef.parse("Collection(graph.message)")
+    assert r("/v1.0/users/x/mailFolders/i/messages/delta()") == TypeRef.parse(
+        "Collection(graph.message)"
+    )
+    assert r("groups/g/members/u/microsoft.graph.user") == TypeRef("microsoft.graph.user")
+    assert r("admin/exchange/mailboxes/m/createImportSession") == TypeRef(
+        "microsoft.graph.mailboxItemImportSession"
+    )
+    assert r("users/x/sendMail") is None
+    for bad in ("nothing", "users/x/sizeInBytes", "users/x/messages/m/$value"):
+        with pytest.raises(ValueError):
+            r(bad)

@@ -22,6 +22,9 @@ def test_unserved_segment_is_a_400_naming_it(sandbox: Sandbox, conn: dict[str, A
             (f"users/{user.id}/manager", "manager"),
             (f"users/{user.id}/todo", "todo"),
             (f"users/{user.id}/mailFolders/inbox/nothingHere/x", "nothingHere"),
+            # A function call is never an id: not a 404 for a group named "delta()".
+            ("groups/delta()", "delta()"),
+            (f"users/{user.id}/contacts/delta()", "delta()"),
         ):
             resp = http.get(path)
             assert resp.status_code == 400, (path, resp.text)
@@ -40,6 +43,8 @@ def test_missing_object_and_wrong_method_stay_distinct(
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "Request_ResourceNotFound"
         assert http.delete("subscribedSkus").status_code == 405
+        mailbox = next(u for u in sandbox.world.source.users.values() if u.is_mailbox)
+        assert http.get(f"users/{mailbox.id}/mailFolders/delta()").status_code == 200
 
 
 def test_batch_inner_unserved_segment(sandbox: Sandbox, conn: dict[str, Any]) -> None:

@@ -46,6 +46,6 @@ def routes() -> list[BaseRoute]:
         *calendar.routes(),
         *todo.routes(),
     ]
-    face.append(unserved.route(face))  # last: only what no route above serves
+    face = unserved.wrap(face)  # Graph's answer for what no route serves
     batch.bind(face)
     return [*batch.routes(), *face]

@@ -6,6 +6,10 @@ Graph's OData layer answers an unknown path segment with `400 BadRequest`
 naming the first segment no served route has at that place, so a client (and
 the contract test's walker) tells "not served" apart from a Graph 404 for a
 missing object. A path a route serves with other methods answers 405.
+
+A segment in function-call form (`delta()`) is never an id, so a route's `{id}`
+parameter does not serve it: `groups/delta()` is not served (rather than a 404
+for a group named "delta()") unless a route names that call literally.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from ..web import HTTPFailure, graph_error
 from .common import fail
@@ -56,16 +61,51 @@ def method_not_allowed() -> HTTPFailure:
     )
 
 
-def route(face: Sequence[BaseRoute]) -> Route:
-    """A catch-all for `/v1.0/...`, to be placed after every route of the face."""
+def unserved_call(segs: list[str], templates: Sequence[list[str]]) -> str | None:
+    """The first `name()` segment no template names literally at its place (None if served)."""
+    for i, seg in enumerate(segs):
+        if not seg.endswith("()"):
+            continue
+        if not any(
+            len(t) == len(segs)
+            and t[i] == seg
+            and all(_fits(a, b) for a, b in zip(t, segs, strict=True))
+            for t in templates
+        ):
+            return seg
+    return None
+
+
+class _CallGuard(Route):
+    """Matches (before every other route) a path whose `name()` segment no route names."""
+
+    def __init__(self, templates: list[list[str]], endpoint: Callable[..., Awaitable[Response]]):
+        super().__init__(PREFIX + "{rest:path}", endpoint)
+        self.templates = templates
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if (
+            match is Match.NONE
+            or unserved_call(_segments(str(scope["path"])), self.templates) is None
+        ):
+            return Match.NONE, {}
+        return Match.FULL, child
+
+
+def wrap(face: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """The face between a guard for unserved `name()` calls and a catch-all for `/v1.0/...`."""
     served = [r for r in face if isinstance(r, Route) and r.path.startswith(PREFIX)]
     templates = [_segments(r.path) for r in served]
 
     async def endpoint(request: Request) -> Response:
         path = request.url.path
+        call = unserved_call(_segments(path), templates)
+        if call is not None:
+            raise not_served(request, call)
         if any(r.path_regex.match(path) for r in served):
             raise method_not_allowed()
         raise not_served(request, unknown_segment(path, templates))
 
     handler: Callable[[Request], Awaitable[Response]] = endpoint
-    return Route(PREFIX + "{rest:path}", handler)
+    return [_CallGuard(templates, handler), *face, Route(PREFIX + "{rest:path}", handler)]
