@@ -15,6 +15,11 @@ lists the sandbox's URLs: what the sandbox serves is found by asking.
   path (its members cannot be named).
 - Members of collections the CSDL marks `IndexableByKey=false` (event
   `instances`) are not addressed by id.
+- The first listed collection of each type is asked once more with `$select` of
+  every property the CSDL gives the type, dropping each property the sandbox
+  refuses with Graph's "Could not find a property named 'x'" until it answers:
+  properties served only on request (`internetMessageHeaders`, a user's
+  `proxyAddresses` ...) are checked too.
 - Each URL template (ids replaced by `{}`) is asked until it has answered with
   data `DATA_TARGET` times or `ATTEMPTS` times in all, so the walk is bounded
   while still finding the one mailbox that holds each kind of item.
@@ -26,6 +31,7 @@ whose route served it.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +44,8 @@ from starlette.routing import Route
 from coexist.csdl import Model, Operation, TypeRef, qualify
 
 NOT_SERVED = "Resource not found for the segment"
+# Graph's (OData's) answer to a $select of a property it does not serve.
+_REFUSED_PROPERTY = re.compile(r"Could not find a property named '([^']+)'")
 # Values for the custom query options the CSDL marks Required (event `instances`,
 # `calendarView`): a window wide enough for every seeded item.
 QUERY_VALUES = {
@@ -141,6 +149,7 @@ class Walker:
         self.seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
         self.templates: dict[str, _Template] = {}
         self.ops: dict[TypeRef, list[Operation]] = {}
+        self.selected: set[str] = set()
 
     # -- checking -----------------------------------------------------------------------------
 
@@ -272,6 +281,7 @@ class Walker:
         if first and node.kind == "collection":
             self.functions(node.url, node.template, node.type)
             self.expand_probes(node)
+            self.select_probe(node)
 
     def link(self, node: Node, url: str) -> None:
         """A deltaLink starts the next round: ask it once, as a client would."""
@@ -352,6 +362,22 @@ class Walker:
                 if resp.status_code < 300 and resp.content:
                     url = f"{node.url}?$expand={nav.name}"
                     self.check("GET", url, resp.json(), node.type, resp.status_code)
+
+    def select_probe(self, node: Node) -> None:
+        """Ask for every CSDL property of the type (once per type); drop what is refused."""
+        if node.type.name in self.selected:
+            return
+        self.selected.add(node.type.name)
+        wanted = list(self.model.properties(node.type.name))
+        for _ in range(len(wanted) + 1):
+            resp = self.get(node.url, [*node.params, ("$select", ",".join(wanted))])
+            refused = _REFUSED_PROPERTY.search(resp.text) if resp.status_code == 400 else None
+            if refused is None:
+                break
+            wanted = [p for p in wanted if p.lower() != refused.group(1).lower()]
+        if resp.status_code < 300 and resp.content:
+            url = f"{node.url}?$select=({len(wanted)} properties)"
+            self.check("GET", url, resp.json(), node.type, resp.status_code)
 
 
 def walk(http: httpx.Client, model: Model, routes: RouteIndex) -> Report:
