@@ -215,23 +215,26 @@ def directory_actions(w: Writes, sb: Sandbox, user: User) -> None:
 
 
 def delta_rounds(w: Writes, user: User, folder: str) -> None:
-    """Message and mailbox-item delta: a round, a deletion, the next round (with @removed)."""
+    """Message and mailbox-item delta over the "Contract" folder: a round, a deletion, the
+    next round (with `@removed`); exportItems (one id unknown) and createImportSession."""
     base = f"users/{user.id}"
     link = drain(w, f"{base}/mailFolders/{folder}/messages/delta()")
     listed = w.get(f"{base}/mailFolders/{folder}/messages") or {}
     victim = (listed.get("value") or [{}])[0].get("id")
     settings = w.get(f"{base}/settings/exchange") or {}
-    mailbox = quote(str(settings.get("primaryMailboxId")), safe="")
-    folders = (w.get(f"admin/exchange/mailboxes/{mailbox}/folders") or {}).get("value") or []
-    io_folder = next((f for f in folders if f.get("totalItemCount")), None)
+    mailbox = f"admin/exchange/mailboxes/{quote(str(settings.get('primaryMailboxId')), safe='')}"
+    folders = (w.get(f"{mailbox}/folders") or {}).get("value") or []
+    io_folder = next((f for f in folders if f.get("displayName") == "Contract"), None)
     io_link = None
     if io_folder is not None:
-        items = f"admin/exchange/mailboxes/{mailbox}/folders/{io_folder['id']}/items"
+        items = f"{mailbox}/folders/{io_folder['id']}/items"
         io_link = drain(w, f"{items}/delta()")
         ids = [i["id"] for i in (w.get(items) or {}).get("value", [])[:2]]
-        w.action(f"admin/exchange/mailboxes/{mailbox}/exportItems", {"ItemIds": [*ids, "AAMk"]})
-    w.action(f"admin/exchange/mailboxes/{mailbox}/createImportSession")
-    drain(w, f"admin/exchange/mailboxes/{mailbox}/folders/delta()")
+        w.action(f"{mailbox}/exportItems", {"ItemIds": [*ids, "AAMkAGUnknown"]})
+    else:
+        w.walker.finding("exchange_io", "GET", f"{mailbox}/folders", "no folder 'Contract'")
+    w.action(f"{mailbox}/createImportSession")
+    drain(w, f"{mailbox}/folders/delta()")
     if victim:
         w.send("DELETE", f"{base}/messages/{victim}", None)
     for delta in (link, io_link):
