@@ -22,7 +22,10 @@ lists the sandbox's URLs: what the sandbox serves is found by asking.
   `proxyAddresses` ...) are checked too.
 - Each URL template (ids replaced by `{}`) is asked until it has answered with
   data `DATA_TARGET` times or `ATTEMPTS` times in all, so the walk is bounded
-  while still finding the one mailbox that holds each kind of item.
+  while still finding the one mailbox that holds each kind of item. A template
+  whose type has derived types (members: directoryObject; attachment; message;
+  mailFolder) is asked up to `ATTEMPTS` times whatever it answered: any of its
+  answers may hold a kind of object the others did not.
 
 Every 2xx JSON body is checked with `coexist.csdl` against the type its path
 has in the CSDL; each finding names the method, the URL and the sandbox module
@@ -62,7 +65,7 @@ MAX_PAGES = 3
 MAX_BLIND = 2
 MAX_SEGMENTS = 16
 
-Kind = Literal["collection", "single", "entity", "function", "link"]
+Kind = Literal["collection", "single", "entity", "function"]
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,14 @@ class Finding:
 
 @dataclass
 class _Template:
+    polymorphic: bool
     attempts: int = 0
     hits: int = 0
     dead: bool = False
 
     def saturated(self) -> bool:
-        return self.hits >= DATA_TARGET or self.attempts >= ATTEMPTS
+        enough = self.hits >= DATA_TARGET and not self.polymorphic
+        return enough or self.attempts >= ATTEMPTS
 
 
 @dataclass
@@ -150,6 +155,7 @@ class Walker:
         self.templates: dict[str, _Template] = {}
         self.ops: dict[TypeRef, list[Operation]] = {}
         self.selected: set[str] = set()
+        self.kinds: dict[str, bool] = {}
 
     # -- checking -----------------------------------------------------------------------------
 
@@ -227,7 +233,9 @@ class Walker:
         self.queue.append(node)
 
     def visit(self, node: Node) -> None:
-        state = self.templates.setdefault(node.template, _Template())
+        state = self.templates.get(node.template)
+        if state is None:
+            state = self.templates[node.template] = _Template(self.polymorphic(node.type.name))
         if state.dead or state.saturated():
             if state.dead and node.kind == "single":
                 self.through(node)
@@ -253,13 +261,20 @@ class Walker:
         if node.type.collection:
             self.collection(node, body, first=state.hits == 1 and data)
         elif node.kind == "single":
-            self.navigate(node.url, node.template, self.concrete(body, node.type.name), node.type)
+            self.navigate(node.url, node.template, self.concrete(body, node.type.name))
             self.keyed(body, node.type.name)
+
+    def polymorphic(self, type_name: str) -> bool:
+        """Whether the type has derived types (a collection of it may mix kinds)."""
+        if type_name not in self.kinds:
+            derived = self.model.derived(type_name) if type_name in self.model.types else []
+            self.kinds[type_name] = len(derived) > 1
+        return self.kinds[type_name]
 
     def through(self, node: Node) -> None:
         """Walk on below an unserved single-valued navigation property."""
         if node.blind < MAX_BLIND:
-            self.navigate(node.url, node.template, node.type.name, node.type, node.blind + 1)
+            self.navigate(node.url, node.template, node.type.name, node.blind + 1)
 
     def collection(self, node: Node, body: dict[str, Any], first: bool) -> None:
         pages = 1
@@ -301,7 +316,7 @@ class Walker:
         self.push(Node(url, template, TypeRef(concrete), "entity"))
         if concrete != element:
             url, template = f"{url}/{concrete}", f"{template}/{concrete}"
-        self.navigate(url, template, concrete, TypeRef(element))
+        self.navigate(url, template, concrete)
         self.keyed(obj, concrete)
 
     def keyed(self, obj: Any, type_name: str) -> None:
@@ -313,11 +328,9 @@ class Walker:
                 assert ref is not None
                 url = f"{collection}/{quote(key, safe='')}"
                 self.push(Node(url, f"{collection}/{{}}", ref, "entity"))
-                self.navigate(url, f"{collection}/{{}}", ref.name, ref)
+                self.navigate(url, f"{collection}/{{}}", ref.name)
 
-    def navigate(
-        self, url: str, template: str, type_name: str, declared: TypeRef, blind: int = 0
-    ) -> None:
+    def navigate(self, url: str, template: str, type_name: str, blind: int = 0) -> None:
         """Queue every navigable navigation property and parameterless function of the type."""
         if type_name not in self.model.types:
             return  # another namespace's type (externalConnectors...): not this schema

@@ -343,6 +343,11 @@ def test_walk_reaches_every_kind_of_resource(run: Run) -> None:
     with data), so a walker that visits little cannot pass."""
     walked = sorted(run.report.walked)
     served = sorted(run.report.served)
-    detail = "types:\n  " + "\n  ".join(walked) + "\ntemplates:\n  " + "\n  ".join(served)
+    refused = [f"{t} {sorted(s)}" for t, s in sorted(run.report.refused.items())]
+    detail = (
+        ("types:\n  " + "\n  ".join(walked) + "\ntemplates with data:\n  " + "\n  ".join(served))
+        + "\ntemplates answering errors:\n  "
+        + "\n  ".join(refused)
+    )
     assert len(walked) >= MIN_TYPES_WALKED, f"only {len(walked)} types walked; {detail}"
     assert len(served) >= MIN_TEMPLATES_SERVED, f"only {len(served)} templates; {detail}"
