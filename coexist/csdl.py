@@ -203,6 +203,7 @@ class Model:
         return [o for o in found if o is not None]
 
     def resolve_path(self, path: str) -> TypeRef | None:
+        """The type a URL path addresses (see the module function `resolve_path`)."""
         return _resolve(self, path)
 
     def violations(self, value: Any, type_name: str | TypeRef) -> list[str]:
@@ -327,7 +328,7 @@ def parse(xml: bytes) -> Model:
 
 @cache
 def model() -> Model:
-    """The shipped v1.0 model (parsed once per process, ~1 s)."""
+    """The shipped v1.0 model (parsed once per process, a fraction of a second)."""
     raw = resources.files("coexist").joinpath("data", DATA_FILE).read_bytes()
     return parse(gzip.decompress(raw))
 
