@@ -14,6 +14,7 @@ so msgraph-sdk's models parse it. Modules:
 - `mail`       /users/{id}/sendMail, messages, mailFolders (Outlook resources; the mailstore)
 - `exchange_io` /admin/exchange/mailboxes/{id}: folders, items, delta, exportItems, import
 - `contacts`, `calendar`, `todo`  contacts, calendars/events/instances, To Do (the PIM store)
+- `unserved`   every other `/v1.0/...` path: Graph's 400 "Resource not found for the segment"
 """
 
 from starlette.routing import BaseRoute
@@ -28,6 +29,7 @@ from . import (
     licensing,
     mail,
     todo,
+    unserved,
     users,
 )
 
@@ -44,5 +46,6 @@ def routes() -> list[BaseRoute]:
         *calendar.routes(),
         *todo.routes(),
     ]
+    face = unserved.wrap(face)  # Graph's answer for what no route serves
     batch.bind(face)
     return [*batch.routes(), *face]

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
 from ..web import HTTPFailure, ctx_of, graph_error, graph_principal
-from . import common
+from . import common, unserved
 from .common import GraphJSON, fail
 
 log = logging.getLogger(__name__)
@@ -185,24 +185,14 @@ def _payload(body: Any) -> bytes:
 
 
 def _match(scope: dict[str, Any]) -> Any:
-    partial = None
+    # The face ends with the catch-all of `unserved`, so every /v1.0 path matches fully.
     for route in _ROUTES:
         match, child = route.matches(scope)
         if match == Match.FULL:
             scope.update(child)
             return child["endpoint"]
-        if match == Match.PARTIAL and partial is None:
-            partial = route
-    if partial is not None:
-        # *unverified* wording (OData library message for a method the resource lacks).
-        raise HTTPFailure(
-            graph_error(405, "Request_BadRequest", "The requested method is not supported.")
-        )
     segment = scope["path"].removeprefix("/v1.0/").split("/")[0]
-    # OData library message Graph returns for an unknown path segment.
-    raise HTTPFailure(
-        graph_error(400, "BadRequest", f"Resource not found for the segment '{segment}'.")
-    )
+    raise unserved.not_served(None, segment)
 
 
 def _inner(rid: str, response: Response) -> dict[str, Any]:

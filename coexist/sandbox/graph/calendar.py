@@ -215,7 +215,6 @@ def event_json(
         "originalStartTimeZone": props.get("start", {}).get("timeZone", "UTC"),
         "originalEndTimeZone": props.get("end", {}).get("timeZone", "UTC"),
         "iCalUId": props.get("iCalUId"),
-        "uid": props.get("iCalUId"),
         "reminderMinutesBeforeStart": props.get("reminderMinutesBeforeStart", 15),
         "isReminderOn": props.get("isReminderOn", True),
         "hasAttachments": False,

@@ -627,7 +627,7 @@ async def get_message(request: Request) -> Response:
 
 
 def folder_json(f: Folder) -> dict[str, Any]:
-    """resources/mailfolder (v1.0 properties)."""
+    """resources/mailfolder (v1.0 properties; no `sizeInBytes`: that is beta only)."""
     return {
         "id": f.id,
         "displayName": f.display_name,
@@ -635,7 +635,6 @@ def folder_json(f: Folder) -> dict[str, Any]:
         "childFolderCount": f.children,
         "unreadItemCount": f.unread,
         "totalItemCount": f.total,
-        "sizeInBytes": f.size,
         "isHidden": f.is_hidden,
     }
 

@@ -1,0 +1,105 @@
+"""Every Graph property the product reads, by the v1.0 CSDL type it reads it from.
+
+The product may rely on nothing Microsoft does not publish (issue 9): this is the
+declaration `tests/contract/test_graph_reads.py` holds the code to. Each entry must
+exist on its type in `data/graph-v1.0-csdl.xml.gz` (base types included), and every
+camelCase key the product reads (`x.get("k")`, `x["k"]`) and every property named in a
+`$select`, `$filter` or `$orderby` it sends must be declared here for some type. Adding
+a read means adding it here, where the contract test checks it against the CSDL.
+
+Pure data: nothing imports it at run time.
+"""
+
+from __future__ import annotations
+
+READS: dict[str, frozenset[str]] = {
+    # -- directory: discovery/scope.py, provisioning/convert.py, provisioning/groups.py,
+    #    commands.py (users, scope group and its transitive members, licenses)
+    "user": frozenset(
+        {"id", "userPrincipalName", "usageLocation", "givenName", "surname", "assignedLicenses"}
+    ),
+    "assignedLicense": frozenset({"skuId"}),
+    "group": frozenset(
+        {
+            "id",
+            "displayName",
+            "description",
+            "mail",
+            "mailEnabled",
+            "mailNickname",
+            "securityEnabled",
+            "groupTypes",
+        }
+    ),
+    "directoryObject": frozenset({"id"}),  # members / transitiveMembers (with @odata.type)
+    # -- licensing: commands.py, preflight.py (seats = prepaidUnits.enabled - consumedUnits)
+    "subscribedSku": frozenset({"skuId", "skuPartNumber", "consumedUnits", "prepaidUnits"}),
+    "licenseUnitsDetail": frozenset({"enabled"}),
+    # -- the import/export API's mailbox id: tenants/graph.py, migrate/fidelity.py
+    "exchangeSettings": frozenset({"primaryMailboxId"}),
+    # -- mail: verify.py, migrate/items.py, migrate/fidelity.py (subject and headers of
+    #    skipped items)
+    "message": frozenset(
+        {
+            "id",
+            "subject",
+            "changeKey",
+            "createdDateTime",
+            "receivedDateTime",
+            "sentDateTime",
+            "isRead",
+            "isDraft",
+            "flag",
+            "categories",
+            "importance",
+            "internetMessageHeaders",
+        }
+    ),
+    "followupFlag": frozenset({"flagStatus"}),
+    "internetMessageHeader": frozenset({"name", "value"}),
+    "mailFolder": frozenset({"id", "displayName", "childFolderCount", "totalItemCount"}),
+    "uploadSession": frozenset({"uploadUrl"}),
+    # -- contacts, calendars, To Do: migrate/items.py
+    "contactFolder": frozenset({"id", "displayName"}),
+    "contact": frozenset(
+        {
+            "id",
+            "displayName",
+            "emailAddresses",
+            "changeKey",
+            "createdDateTime",
+            "lastModifiedDateTime",
+        }
+    ),
+    "emailAddress": frozenset({"address"}),
+    "calendar": frozenset({"id", "name", "isDefaultCalendar"}),
+    "event": frozenset(
+        {
+            "id",
+            "subject",
+            "type",
+            "start",
+            "recurrence",
+            "attendees",
+            "originalStart",
+            "originalStartTimeZone",
+            "changeKey",
+            "createdDateTime",
+            "lastModifiedDateTime",
+        }
+    ),
+    "dateTimeTimeZone": frozenset({"dateTime"}),
+    "patternedRecurrence": frozenset({"range"}),
+    "recurrenceRange": frozenset({"type", "endDate"}),
+    "todoTaskList": frozenset({"id", "displayName", "wellknownListName"}),
+    "todoTask": frozenset(
+        {"id", "title", "dueDateTime", "checklistItems", "createdDateTime", "lastModifiedDateTime"}
+    ),
+    # -- mailbox import/export API: migrate/fidelity.py. The importItem answer
+    #    ({itemId, changeKey}, from the importUrl on outlook.office365.com) has no CSDL type;
+    #    its names are exportItemResponse's.
+    "mailboxFolder": frozenset({"id", "displayName", "type", "childFolderCount", "totalItemCount"}),
+    "mailboxItem": frozenset({"id", "changeKey", "createdDateTime", "size", "type"}),
+    "exportItemResponse": frozenset({"itemId", "changeKey", "data"}),
+    "mailboxItemImportSession": frozenset({"importUrl", "expirationDateTime"}),
+}

@@ -1,0 +1,1 @@
+"""Contract tests: the sandbox and the product against Microsoft's published contracts."""

@@ -1,0 +1,102 @@
+"""The contracts shipped in `coexist/data/` are Microsoft's published ones, unchanged.
+
+CI runs on a clean clone, which has no `shared/spec/`, so the repository carries
+copies. Where `shared/spec/` exists (next to the repository, or the team's
+`/work/shared/spec`), the copies must match it: the CSDL byte for byte, the
+cmdlet reference cmdlet by cmdlet. Another engineer may add a cmdlet to our
+copy, extracted from the same source commit: that is allowed; a cmdlet of the
+shared file that differs in ours is not. Without `shared/spec/` the tests still
+check what the copies themselves say about their source.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parents[2] / "coexist" / "data"
+CSDL = "graph-v1.0-csdl.xml.gz"
+CMDLETS = "exo-cmdlets.json"
+# Where the shared contracts live: ../shared/spec next to the repository, or the team's copy.
+SHARED_CANDIDATES = (DATA.parents[2] / "shared" / "spec", Path("/work/shared/spec"))
+# shared/spec/README.md: the sources of the two files.
+CMDLET_SOURCE_COMMIT = "93336da2"
+CSDL_NAMESPACE = b'<Schema Namespace="microsoft.graph" Alias="graph"'
+
+
+def shared_spec() -> Path | None:
+    """The shared spec directory when one exists on this machine."""
+    return next((p for p in SHARED_CANDIDATES if (p / CSDL).is_file()), None)
+
+
+def cmdlet_differences(shared: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """Why `ours` is not the shared reference or a superset of it extracted from the same
+    source (empty when it is)."""
+    problems = [
+        f"top-level {key!r} differs"
+        for key in sorted(set(shared) | set(ours))
+        if key not in ("cmdlets", "file_last_commits") and shared.get(key) != ours.get(key)
+    ]
+    for name, spec in shared["cmdlets"].items():
+        if ours["cmdlets"].get(name) != spec:
+            problems.append(f"{name}: differs from the shared reference (or is missing)")
+        if ours["file_last_commits"].get(name) != shared["file_last_commits"].get(name):
+            problems.append(f"{name}: file_last_commits differs")
+    sample = next(iter(shared["cmdlets"].values()))
+    for name in sorted(set(ours["cmdlets"]) - set(shared["cmdlets"])):
+        # An added cmdlet comes from the same extraction: same record shape, and the commit
+        # of its source page recorded like the others'.
+        if set(ours["cmdlets"][name]) != set(sample):
+            problems.append(f"{name}: added, but not shaped like an extracted cmdlet")
+        if name not in ours["file_last_commits"]:
+            problems.append(f"{name}: added without its source page's commit")
+    return problems
+
+
+def test_shipped_csdl_is_the_graph_v1_metadata() -> None:
+    """The shipped CSDL is a readable gzip of Graph v1.0's clean metadata (microsoft.graph)."""
+    head = gzip.decompress((DATA / CSDL).read_bytes())[:400]
+    assert CSDL_NAMESPACE in head
+
+
+def test_shipped_cmdlets_name_their_source_commit() -> None:
+    """The shipped cmdlet reference says it was extracted at the documented commit."""
+    ours = json.loads((DATA / CMDLETS).read_text())
+    assert CMDLET_SOURCE_COMMIT in ours["source"]
+    assert set(ours["cmdlets"]) <= set(ours["file_last_commits"])
+
+
+def test_csdl_copy_is_byte_identical_to_shared_spec() -> None:
+    """Where shared/spec exists, the shipped CSDL is byte for byte the published one."""
+    spec = shared_spec()
+    if spec is not None:
+        assert (DATA / CSDL).read_bytes() == (spec / CSDL).read_bytes()
+
+
+def test_cmdlet_copy_keeps_every_shared_cmdlet_unchanged() -> None:
+    """Where shared/spec exists, every cmdlet of the shared reference is identical in ours;
+    cmdlets added from the same source are allowed."""
+    spec = shared_spec()
+    if spec is not None:
+        shared = json.loads((spec / CMDLETS).read_text())
+        ours = json.loads((DATA / CMDLETS).read_text())
+        assert cmdlet_differences(shared, ours) == []
+
+
+def test_cmdlet_check_refuses_a_changed_cmdlet_and_allows_an_added_one() -> None:
+    """The superset rule itself: a changed shared cmdlet fails, an extracted addition passes."""
+    shared = json.loads((DATA / CMDLETS).read_text())
+    added = json.loads(json.dumps(shared))
+    added["cmdlets"]["Get-Example"] = dict(added["cmdlets"]["Get-Mailbox"])
+    added["file_last_commits"]["Get-Example"] = "0" * 40 + " 2026-01-01"
+    assert cmdlet_differences(shared, added) == []
+    changed = json.loads(json.dumps(shared))
+    changed["cmdlets"]["Get-Mailbox"]["exchange_online_cmdlet"] = False
+    assert cmdlet_differences(shared, changed) == [
+        "Get-Mailbox: differs from the shared reference (or is missing)"
+    ]
+    bare = json.loads(json.dumps(shared))
+    bare["cmdlets"]["Get-Example"] = {"parameters": {}}
+    assert len(cmdlet_differences(shared, bare)) == 2
