@@ -102,6 +102,18 @@ EXCHANGE_PROPERTIES: dict[str, str] = {
     "RecipientLimitInternalPerHour": "Set-HostedOutboundSpamFilterPolicy.md, "
     "-RecipientLimitInternalPerHour",
     "RecipientLimitPerDay": "Set-HostedOutboundSpamFilterPolicy.md, -RecipientLimitPerDay",
+    # -- outbound spam filter rules (New-/Set-HostedOutboundSpamFilterRule are not in the
+    # extracted reference; their pages name the rule's settable properties) ---------------------
+    "Comments": "New-HostedOutboundSpamFilterRule.md, -Comments",
+    "ExceptIfFrom": "New-HostedOutboundSpamFilterRule.md, -ExceptIfFrom",
+    "ExceptIfFromMemberOf": "New-HostedOutboundSpamFilterRule.md, -ExceptIfFromMemberOf",
+    "ExceptIfSenderDomainIs": "New-HostedOutboundSpamFilterRule.md, -ExceptIfSenderDomainIs",
+    "From": "New-HostedOutboundSpamFilterRule.md, -From",
+    "FromMemberOf": "New-HostedOutboundSpamFilterRule.md, -FromMemberOf",
+    "HostedOutboundSpamFilterPolicy": "New-HostedOutboundSpamFilterRule.md, "
+    "-HostedOutboundSpamFilterPolicy",
+    "Priority": "New-HostedOutboundSpamFilterRule.md, -Priority",
+    "SenderDomainIs": "New-HostedOutboundSpamFilterRule.md, -SenderDomainIs",
     # -- organization ---------------------------------------------------------------------------
     "IsDehydrated": "Enable-OrganizationCustomization.md (the IsDehydrated property of "
     "Get-OrganizationConfig)",

@@ -31,14 +31,22 @@ def shared_spec() -> Path | None:
     return next((p for p in SHARED_CANDIDATES if (p / CSDL).is_file()), None)
 
 
+# Our copy's key naming the cmdlets it adds to the shared reference, each with its reason.
+ADDED = "added_to_copy"
+
+
 def cmdlet_differences(shared: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     """Why `ours` is not the shared reference or a superset of it extracted from the same
     source (empty when it is)."""
     problems = [
         f"top-level {key!r} differs"
         for key in sorted(set(shared) | set(ours))
-        if key not in ("cmdlets", "file_last_commits") and shared.get(key) != ours.get(key)
+        if key not in ("cmdlets", "file_last_commits", ADDED) and shared.get(key) != ours.get(key)
     ]
+    added = sorted(set(ours["cmdlets"]) - set(shared["cmdlets"]))
+    if sorted(ours.get(ADDED) or {}) != added:
+        # Every addition says why and where from, and nothing else is listed as added.
+        problems.append(f"{ADDED!r} must name exactly the added cmdlets {added}")
     for name, spec in shared["cmdlets"].items():
         if ours["cmdlets"].get(name) != spec:
             problems.append(f"{name}: differs from the shared reference (or is missing)")
@@ -86,17 +94,27 @@ def test_cmdlet_copy_keeps_every_shared_cmdlet_unchanged() -> None:
 
 
 def test_cmdlet_check_refuses_a_changed_cmdlet_and_allows_an_added_one() -> None:
-    """The superset rule itself: a changed shared cmdlet fails, an extracted addition passes."""
+    """The superset rule itself: a changed shared cmdlet fails, an extracted and listed addition
+    passes, an unlisted or unshaped addition fails."""
     shared = json.loads((DATA / CMDLETS).read_text())
+    for name in shared.pop(ADDED, {}):  # the shared reference as it was before our additions
+        del shared["cmdlets"][name], shared["file_last_commits"][name]
     added = json.loads(json.dumps(shared))
     added["cmdlets"]["Get-Example"] = dict(added["cmdlets"]["Get-Mailbox"])
     added["file_last_commits"]["Get-Example"] = "0" * 40 + " 2026-01-01"
+    added[ADDED] = {"Get-Example": "why it was added, and from where"}
     assert cmdlet_differences(shared, added) == []
+    unlisted = json.loads(json.dumps(added))
+    del unlisted[ADDED]
+    assert cmdlet_differences(shared, unlisted) == [
+        f"{ADDED!r} must name exactly the added cmdlets ['Get-Example']"
+    ]
     changed = json.loads(json.dumps(shared))
     changed["cmdlets"]["Get-Mailbox"]["exchange_online_cmdlet"] = False
     assert cmdlet_differences(shared, changed) == [
         "Get-Mailbox: differs from the shared reference (or is missing)"
     ]
-    bare = json.loads(json.dumps(shared))
+    bare = json.loads(json.dumps(added))
     bare["cmdlets"]["Get-Example"] = {"parameters": {}}
+    del bare["file_last_commits"]["Get-Example"]
     assert len(cmdlet_differences(shared, bare)) == 2

@@ -17,14 +17,15 @@ import pytest
 from coexist.exospec import cmdlet_spec, resolve_parameter_set
 from coexist.sandbox import Sandbox
 from coexist.sandbox.exo.invoke import served_cmdlets
-from coexist.sandbox.model import Contact, Group, User
+from coexist.sandbox.model import Contact, Group, OutboundSpamPolicy, OutboundSpamRule, User
 from tests.clients import exo_http, invoke
 
 KEY = "target"
 
 
 def arrange(sb: Sandbox) -> None:
-    """A mailbox, a mail user, a contact, a distribution group and a dynamic group."""
+    """A mailbox, a mail user, a contact, a distribution group, a dynamic group and a
+    custom outbound spam policy with its rule."""
     t = sb.world.target
     dom = next(d.name for d in t.domains if d.is_default)
     with sb.world.lock:
@@ -80,6 +81,11 @@ def arrange(sb: Sandbox) -> None:
         t.contacts[carol.id] = carol
         t.groups[team.id] = team
         t.groups[dyn.id] = dyn
+        # A custom outbound spam policy scoped by a rule, so rule output is served too.
+        t.outbound_spam_policies.append(OutboundSpamPolicy("Conf Forwarding", "On"))
+        t.outbound_spam_rules.append(
+            OutboundSpamRule("Conf Forwarding", "Conf Forwarding", 0, member_of=[team.id])
+        )
         for o in (alice, bob, carol, team, dyn):
             t.touch(o)
 
