@@ -242,10 +242,12 @@ async def _settle(
     todo = items
     while True:
         first = len(sess.outcomes)
+        due = []
         for item in todo:
             if resting(item):
                 sess.runner.still_waiting(item)
-        due = [i for i in todo if not resting(i)]
+            else:
+                due.append(item)
         if due:
             await run_round(due)
         if sess.planning:
@@ -534,19 +536,19 @@ def prestage(
         _mark(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
         window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
-        started_at = False
+        at_reached = False  # --at: the passes start at that time, once
 
         async def one_round(batch: list[dict[str, Any]]) -> None:
-            nonlocal started_at
+            nonlocal at_reached
             first = len(sess.outcomes)
             rounds = [prestage_plans(sess.ctx, i, sku_id) for i in batch]
             await sess.runner.run([licensing for licensing, _ in rounds], limit)
             stuck = _round_outcomes(sess, first, "failed", "waiting")
             await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
             stuck = _round_outcomes(sess, first, "failed", "waiting")
-            if at and not started_at:
+            if at and not at_reached:
                 await _wait_until(at)
-                started_at = True
+                at_reached = True
             passes = [
                 ItemPlan(
                     "user",
