@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ out = Console()
 
 DirPath = click.Path(file_okay=False, path_type=Path)
 STATUS_STYLE = {"ok": "green", "failed": "red", "waiting": "yellow", "planned": "cyan"}
+# The sandbox's limit profiles (coexist.sandbox.limits.PROFILES; not imported: the CLI
+# imports the sandbox only when a sandbox command runs).
+PROFILES = ["published", "fast", "chaos", "realistic"]
 
 
 def _fail(exc: CoexistError, as_json: bool) -> None:
@@ -51,11 +55,13 @@ class LiveProgress:
         self._task: TaskID | None = None
 
     def __call__(self, o: Outcome) -> None:
-        if self.quiet or (o.status == "ok" and not o.changed):
+        if self.quiet or (o.status == "ok" and not o.changed) or o.resting:
             return
         style = STATUS_STYLE.get(o.status, "white")
         text = escape(o.error or o.detail)
-        line = f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.subject}  {text}"
+        if o.status == "waiting" and o.look_again_at:
+            text += f"; looking again at {_clock(o.look_again_at)}"
+        line = f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.label or o.subject}  {text}"
         (self._bar.console if self._bar else err).print(line)
 
     def advance(self, done: int, total: int) -> None:
@@ -77,6 +83,16 @@ class LiveProgress:
         if done >= total:
             self._bar.stop()
             self._bar = None
+
+
+def _clock(iso_time: str) -> str:
+    """A journaled look-again time for people: the UTC time of day (the date when not today)."""
+    try:
+        when = datetime.fromisoformat(iso_time).astimezone(UTC)
+    except ValueError:
+        return iso_time
+    today = datetime.now(UTC).date()
+    return when.strftime("%H:%M:%S UTC" if when.date() == today else "%Y-%m-%d %H:%M:%S UTC")
 
 
 def _progress(as_json: bool) -> LiveProgress:
@@ -145,7 +161,11 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
     for f in result.get("failed", []):
         out.print(f"[red]failed[/red] {escape(str(f['error']))}\n  next: {escape(str(f['next']))}")
     for w in result.get("waiting", []):
-        out.print(f"[yellow]waiting[/yellow] {w['item']} {w['step']}: {escape(w['detail'])}")
+        again = f"; looking again at {_clock(w['look_again_at'])}" if w.get("look_again_at") else ""
+        out.print(
+            f"[yellow]waiting[/yellow] {w.get('user') or w['item']} {w['step']}: "
+            f"{escape(w['detail'])}{again}"
+        )
     for sk in result.get("skipped", []):
         out.print(
             f"[yellow]skipped[/yellow] {sk['user']}: {escape(sk['reason'])}\n  next: {escape(sk['next'])}"
@@ -466,9 +486,19 @@ def status_table(result: dict[str, Any]) -> Table:
             f"[{style}]{r['state']}[/{style}]",
             str(r["last_step"] or ""),
             str(r["data"] or ""),
-            str(r["error"] or r["waiting_for"] or ""),
+            escape(_why(r)),
         )
     return table
+
+
+def _why(row: dict[str, Any]) -> str:
+    """A status row's error, or what it waits for and when coexist looks again."""
+    if row.get("error"):
+        return str(row["error"])
+    if row.get("state") != "waiting" or not row.get("waiting_for"):
+        return ""
+    again = row.get("look_again_at")
+    return str(row["waiting_for"]) + (f"; looking again at {_clock(again)}" if again else "")
 
 
 @main.group("batch")
@@ -551,12 +581,18 @@ def sandbox() -> None:
 @click.option("--users", default=50, show_default=True, help="Source users to generate.")
 @click.option(
     "--profile",
-    type=click.Choice(["published", "fast", "chaos"]),
+    type=click.Choice(PROFILES),
     default="fast",
     show_default=True,
-    help="Limit profile: Microsoft's published limits, none, or seeded chaos.",
+    help="Limit profile: Microsoft's published limits, none, seeded chaos, or realistic "
+    "(published limits plus Microsoft 365's minutes-long provisioning and replication).",
 )
-@click.option("--time-scale", default=1.0, show_default=True, help="Speed-up of published limits.")
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    help="Speed-up of published limits and realistic timings (60: minutes become seconds).",
+)
 @click.option(
     "--state",
     "state",
@@ -637,9 +673,16 @@ def sandbox_deliver(
 @click.option("--users", default=50, show_default=True)
 @click.option(
     "--profile",
-    type=click.Choice(["published", "fast", "chaos"]),
+    type=click.Choice(PROFILES),
     default="fast",
     show_default=True,
+    help="Sandbox profile; realistic: mailboxes take minutes, users wait and continue.",
+)
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    help="Speed-up of the sandbox's limits and timings (realistic at 60: minutes → seconds).",
 )
 @click.option(
     "--mode",
@@ -651,14 +694,23 @@ def sandbox_deliver(
 @json_option
 @handles_errors
 def demo(
-    directory: Path | None, seed: int, users: int, profile: str, mode: str, as_json: bool
+    directory: Path | None,
+    seed: int,
+    users: int,
+    profile: str,
+    time_scale: float,
+    mode: str,
+    as_json: bool,
 ) -> None:
     """Seed a sandbox pair and run preflight → discover → groups → provision → prestage → cutover."""
+    if time_scale <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--time-scale")
     result = commands.demo(
         directory,
         seed=seed,
         users=users,
         profile=profile,
+        time_scale=time_scale,
         mode=mode,
         say=lambda m: err.print(f"[cyan]…[/cyan] {m}"),
         progress=_progress(as_json),

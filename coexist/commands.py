@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,12 +18,13 @@ from coexist import batches
 from coexist import preflight as pf
 from coexist.cutover.flow import cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
-from coexist.engine.runner import ItemPlan, Outcome, set_item
+from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
+from coexist.provisioning.convert import LicenseStep
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.plan import MATCHABLE_KINDS
 from coexist.provisioning.provision import (
@@ -91,12 +93,24 @@ Progress = Callable[[Outcome], None]
 def _result(sess: Session, **extra: Any) -> dict[str, Any]:
     counts = Counter(o.status for o in sess.outcomes)
     failed = [
-        {"user": o.subject, "step": o.name, "error": o.error, "next": o.next_step}
+        {
+            "user": o.label or o.subject,
+            "item": o.subject,
+            "step": o.name,
+            "error": o.error,
+            "next": o.next_step,
+        }
         for o in sess.outcomes
         if o.status == "failed"
     ]
     waiting = [
-        {"item": o.subject, "step": o.name, "detail": o.detail}
+        {
+            "user": o.label or o.subject,  # people read addresses; `item` keeps the id
+            "item": o.subject,
+            "step": o.name,
+            "detail": o.detail,
+            "look_again_at": o.look_again_at,
+        }
         for o in sess.outcomes
         if o.status == "waiting"
     ]
@@ -206,6 +220,53 @@ def _in_session(
 
     result: dict[str, Any] = asyncio.run(go())
     return result
+
+
+MAX_SLEEP_S = 60.0  # no command sleeps longer than this at a time
+
+
+async def _settle(
+    sess: Session,
+    items: list[dict[str, Any]],
+    run_round: Callable[[list[dict[str, Any]]], Awaitable[None]],
+) -> None:
+    """Run a command's round over `items`, then keep looking at those that wait on Microsoft 365.
+
+    A user whose look-again time has not come is reported as still waiting and not run.
+    After a round, users waiting with a look-again time within `[engine] wait_in_command_s`
+    of the command's start are run again once it comes (sleeping at most MAX_SLEEP_S at a
+    time); the others are left waiting for `coexist retry`. Each user's outcomes in the
+    result are those of its last round.
+    """
+    deadline = time.time() + sess.project.engine.wait_in_command_s
+    todo = items
+    while True:
+        first = len(sess.outcomes)
+        due = []
+        for item in todo:
+            if resting(item):
+                sess.runner.still_waiting(item)
+            else:
+                due.append(item)
+        if due:
+            await run_round(due)
+        if sess.planning:
+            return
+        looks = {
+            o.subject: epoch(o.look_again_at) or 0.0
+            for o in sess.outcomes[first:]
+            if o.status == "waiting" and o.look_again_at
+        }
+        if not looks or min(looks.values()) > deadline:
+            return
+        sess.outcomes[first:] = [o for o in sess.outcomes[first:] if o.subject not in looks]
+        await asyncio.sleep(min(MAX_SLEEP_S, max(0.0, min(looks.values()) - time.time())))
+        todo = [i for k in looks if (i := sess.journal.get_item("user", k)) is not None]
+
+
+def _round_outcomes(sess: Session, first: int, *statuses: str) -> set[str]:
+    """Subjects with an outcome of one of `statuses` since outcome number `first`."""
+    return {o.subject for o in sess.outcomes[first:] if o.status in statuses}
 
 
 # -- init / permissions ------------------------------------------------------------------
@@ -408,6 +469,14 @@ def _license_sku(sess: Session, skus: list[dict[str, Any]]) -> str | None:
     return str(sku["skuId"])
 
 
+def _needs_seat(sess: Session, item: dict[str, Any]) -> bool:
+    """Whether prestage still has to license this user (one waiting for its mailbox has a seat)."""
+    if phase_at_least(item.get("phase"), Phase.PRESTAGED):
+        return False
+    licensed = sess.journal.get_step(f"{LicenseStep.name}:{item['key']}")
+    return not (licensed and licensed.get("status") == "ok")
+
+
 def _free_seats(skus: list[dict[str, Any]], sku_id: str) -> int:
     sku = next(s for s in skus if s["skuId"] == sku_id)
     return int(sku["prepaidUnits"]["enabled"]) - int(sku["consumedUnits"])
@@ -425,12 +494,13 @@ def prestage(
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
-    mailbox_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Convert and license now, wait for the mailboxes, forward them back, then the data pass.
 
     The pass moves items received before now - `older_than` (default from project.toml) and,
     when given, within [`since`, `until`) (ISO dates or times, UTC unless an offset is given).
+    Mailboxes Exchange is still provisioning leave their users `waiting` with a time to
+    look again (`_settle`); `coexist retry` or this command continues them.
     """
     start, end = _instant_arg("--since", since), _instant_arg("--until", until)
     if start and end and start >= end:
@@ -451,7 +521,7 @@ def prestage(
         skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
         sku_id = _license_sku(sess, skus)
         if sku_id:
-            need = sum(1 for i in items if not phase_at_least(i.get("phase"), Phase.PRESTAGED))
+            need = sum(1 for i in items if _needs_seat(sess, i))
             free = _free_seats(skus, sku_id)
             if need > free:
                 part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
@@ -464,35 +534,43 @@ def prestage(
             if not sess.planning:
                 sess.journal.lock_setting("license_sku", sku_id)
         _mark(sess, items, "prestage")
-        rounds = [prestage_plans(sess.ctx, i, sku_id, mailbox_timeout_s) for i in items]
         limit = sess.project.engine.concurrency_per_tenant
-        await sess.runner.run([licensing for licensing, _ in rounds], limit)
-        stuck = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
-        await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
-        ready = {o.subject for o in sess.outcomes if o.status == "failed" or o.status == "waiting"}
         window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
-        if at:
-            await _wait_until(at)
-        passes = [
-            ItemPlan(
-                "user",
-                i["key"],
-                [
-                    DataPassStep(
-                        subject=i["key"],
-                        kind="prestage",
-                        older_than_s=window.total_seconds(),
-                        since=start.isoformat() if start else None,
-                        until=end.isoformat() if end else None,
-                    )
-                ],
-                None,
-                label=str(i.get("source_address")),
-            )
-            for i in items
-            if i["key"] not in ready
-        ]
-        await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
+        at_reached = False  # --at: the passes start at that time, once
+
+        async def one_round(batch: list[dict[str, Any]]) -> None:
+            nonlocal at_reached
+            first = len(sess.outcomes)
+            rounds = [prestage_plans(sess.ctx, i, sku_id) for i in batch]
+            await sess.runner.run([licensing for licensing, _ in rounds], limit)
+            stuck = _round_outcomes(sess, first, "failed", "waiting")
+            await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
+            stuck = _round_outcomes(sess, first, "failed", "waiting")
+            if at and not at_reached:
+                await _wait_until(at)
+                at_reached = True
+            passes = [
+                ItemPlan(
+                    "user",
+                    i["key"],
+                    [
+                        DataPassStep(
+                            subject=i["key"],
+                            kind="prestage",
+                            older_than_s=window.total_seconds(),
+                            since=start.isoformat() if start else None,
+                            until=end.isoformat() if end else None,
+                        )
+                    ],
+                    None,
+                    label=str(i.get("source_address")),
+                )
+                for i in batch
+                if i["key"] not in stuck
+            ]
+            await sess.runner.run(passes, limit)
+
+        await _settle(sess, items, one_round)
         return _result(sess, users=len(items))
 
     return _in_session(
@@ -531,28 +609,34 @@ def cutover(
             sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
         )
         _mark(sess, items, "cutover")
-        passes = [
-            ItemPlan(
-                "user",
-                i["key"],
-                [DataPassStep(subject=i["key"], kind="cutover")],
-                None,
-                label=str(i.get("source_address")),
-            )
-            for i in items
-        ]
-        await sess.runner.run(passes, sess.project.engine.concurrency_per_tenant)
-        # With a mover configured, a user whose final pass did not succeed is not cut
-        # over. With mover "none" the pass state stays visible and cutover proceeds:
-        # the operator chose to move data by other means.
-        blocked = set()
-        if sess.project.migration.mover != "none":
-            blocked = {o.subject for o in sess.outcomes if o.status in ("failed", "waiting")}
+        limit = sess.project.engine.concurrency_per_tenant
         routing_domain = await _initial_domain(sess)
-        plans = [
-            cutover_plan(sess.ctx, i, routing_domain) for i in items if i["key"] not in blocked
-        ]
-        await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+
+        async def one_round(batch: list[dict[str, Any]]) -> None:
+            first = len(sess.outcomes)
+            passes = [
+                ItemPlan(
+                    "user",
+                    i["key"],
+                    [DataPassStep(subject=i["key"], kind="cutover")],
+                    None,
+                    label=str(i.get("source_address")),
+                )
+                for i in batch
+            ]
+            await sess.runner.run(passes, limit)
+            # With a mover configured, a user whose final pass did not succeed is not cut
+            # over. With mover "none" the pass state stays visible and cutover proceeds:
+            # the operator chose to move data by other means.
+            blocked: set[str] = set()
+            if sess.project.migration.mover != "none":
+                blocked = _round_outcomes(sess, first, "failed", "waiting")
+            plans = [
+                cutover_plan(sess.ctx, i, routing_domain) for i in batch if i["key"] not in blocked
+            ]
+            await sess.runner.run(plans, limit)
+
+        await _settle(sess, items, one_round)
         return _result(sess, users=len(items), mode=sess.project.cutover.mode)
 
     return _in_session(
@@ -607,7 +691,11 @@ def retry(
     retry_policy: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Re-run the failed (and waiting) users' last command for just those users."""
+    """Re-run the failed (and waiting) users' last command for just those users.
+
+    Users waiting on Microsoft 365 whose look-again time has not come are reported as
+    still waiting by that command, not looked at.
+    """
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
@@ -665,6 +753,8 @@ def status(
                     "last_step": detail.get("last_step"),
                     "data": detail.get("data_state"),
                     "waiting_for": detail.get("waiting_for"),
+                    "waiting_since": detail.get("waiting_since"),
+                    "look_again_at": detail.get("look_again_at"),
                     "error": err.get("error_message") if err else None,
                     "next": err.get("next_step") if err else None,
                     "in_scope": detail.get("in_scope", True),
@@ -679,6 +769,8 @@ def status(
                 "target": g.get("target_address"),
                 "state": g.get("state"),
                 "unmapped_members": len((g.get("detail") or {}).get("unmapped_members") or []),
+                "waiting_for": (g.get("detail") or {}).get("waiting_for"),
+                "look_again_at": (g.get("detail") or {}).get("look_again_at"),
             }
             for g in journal.items(kind="group")
         ]
@@ -879,12 +971,62 @@ def data_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def waiting_rows(directory: Path) -> list[dict[str, Any]]:
+    """Users and groups waiting on Microsoft 365 (with a look-again time), as status shows them."""
+    report = status(directory)
+    rows = [{**r, "kind": "user", "who": r["user"]} for r in report["users"]]
+    rows += [{**g, "kind": "group", "who": g["group"]} for g in report["groups"]]
+    return [r for r in rows if r["state"] == "waiting" and r.get("look_again_at")]
+
+
+def wait_out(
+    directory: Path,
+    *,
+    bound_s: float,
+    say: Callable[[str], None] = lambda _m: None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Run `coexist retry` until nothing waits on Microsoft 365, or `bound_s` has passed.
+
+    Sleeps until the earliest look-again time before each retry, at most MAX_SLEEP_S at a
+    time, and says who waits for what and who continued. Returns each retry's result.
+    """
+    deadline = time.monotonic() + bound_s
+    results: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}  # who -> what it waited for at the last look
+    while waiting := waiting_rows(directory):
+        now = {str(r["who"]): str(r["waiting_for"]) for r in waiting}
+        for who, was in seen.items():
+            if who not in now:
+                say(f"continued on its own: {who} (no longer waiting for: {was})")
+            elif now[who] != was:
+                say(f"continued on its own: {who} ({was}: done); now waiting for: {now[who]}")
+        pause = max(0.0, min(epoch(r["look_again_at"]) or 0.0 for r in waiting) - time.time())
+        if now != seen:
+            reasons = Counter(now.values())
+            say(
+                f"{len(now)} waiting for Microsoft 365: "
+                + "; ".join(f"{n} × {reason}" for reason, n in reasons.most_common())
+                + f"; coexist looks again in {pause:.0f} s"
+            )
+        seen = now
+        if time.monotonic() + pause > deadline:
+            say(f"still waiting after {bound_s:.0f} s: leaving them for `coexist retry`")
+            return results
+        time.sleep(min(MAX_SLEEP_S, pause))
+        results.append(retry(directory, progress=progress))
+    for who, was in seen.items():
+        say(f"continued on its own: {who} (no longer waiting for: {was})")
+    return results
+
+
 def demo(
     directory: Path | None = None,
     *,
     seed: int = 1,
     users: int = 50,
     profile: str = "fast",
+    time_scale: float = 1.0,
     mode: str = "forward-on-source",
     items: int = DEMO_ITEMS,
     say: Callable[[str], None] = lambda _m: None,
@@ -895,7 +1037,10 @@ def demo(
     The only command that imports the sandbox (DESIGN.md): everything after the
     sandbox starts goes through the same HTTPS endpoints a real tenant offers. The
     batch's source mailboxes get `items` seeded messages each, moved by the
-    full-fidelity mover (old mail at pre-stage, the rest at cutover).
+    full-fidelity mover (old mail at pre-stage, the rest at cutover). Under the
+    `realistic` profile Microsoft 365 takes minutes (divided by `time_scale`): users
+    wait for their mailboxes, and the demo runs `coexist retry` until none waits
+    (`wait_out`), as an operator would.
     """
     from coexist.sandbox import mailseed
     from coexist.sandbox import seed as sandbox_seed
@@ -907,8 +1052,14 @@ def demo(
     # `coexist status --project DIR` and `coexist sandbox deliver --state DIR/sandbox`
     # work after the demo.
     project = base
-    say(f"starting the sandbox tenants ({users} users, profile {profile}) in {state}")
-    with Sandbox(state, seed=seed, users=users, profile=profile) as sb:
+    say(
+        f"starting the sandbox tenants ({users} users, profile {profile}, "
+        f"time scale {time_scale:g}) in {state}"
+    )
+    # Microsoft 365's minutes in sandbox time, and how long the demo keeps retrying.
+    look_again_s = max(1, round(300 / time_scale))
+    bound_s = max(300.0, 7200.0 / time_scale)
+    with Sandbox(state, seed=seed, users=users, profile=profile, time_scale=time_scale) as sb:
         with sb.world.lock:
             # What the tenant admins do before a coexistence project (README runbook):
             # allow external forwarding for the migrating mailboxes in both tenants.
@@ -939,6 +1090,12 @@ def demo(
                     "cutover.mode": mode,
                     "verify.service_mailbox": service,
                     "migration.mover": "graph-import-export",
+                    # The sandbox's clock runs `time_scale` times faster: so does coexist's.
+                    "engine.look_again_s": look_again_s,
+                    "engine.outlook_time_scale": max(1, int(time_scale)),
+                    # Commands leave waiting users at once: the demo shows them waiting
+                    # and continues them with `coexist retry` (wait_out).
+                    "engine.wait_in_command_s": 0,
                 },
             )
         say(f"project written: {project / 'project.toml'}")
@@ -966,10 +1123,12 @@ def demo(
         say("mail flow after provision")
         results["verify_provisioned"] = verify_mailflow(project, wait_s=5)
         say("prestage (convert, license, forward back, data pass)")
-        results["prestage"] = prestage(project, progress=progress, mailbox_timeout_s=60)
+        results["prestage"] = prestage(project, progress=progress)
+        results["waited"] = wait_out(project, bound_s=bound_s, say=say, progress=progress)
         results["verify_prestaged"] = verify_mailflow(project, wait_s=5)
         say(f"cutover ({mode})")
         results["cutover"] = cutover(project, progress=progress)
+        results["waited"] += wait_out(project, bound_s=bound_s, say=say, progress=progress)
         say("mail flow after cutover")
         results["verify"] = verify_mailflow(project, wait_s=5)
         results["status"] = status(project)
@@ -980,7 +1139,9 @@ def demo(
             k: _run(tenant_summary(TenantEndpoint.from_sandbox(sb.connection, k)))
             for k in ("source", "target")
         }
-    in_place = all(u["phase"] == Phase.CUTOVER.value for u in results["status"]["users"])
+    in_place = all(
+        (u["phase"], u["state"]) == (Phase.CUTOVER.value, "ok") for u in results["status"]["users"]
+    )
     flows = all(results[k]["ok"] for k in ("verify_provisioned", "verify_prestaged", "verify"))
     reconciled = all(r["reconciled"] for r in results["data"])
     results.update(

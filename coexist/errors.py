@@ -9,6 +9,9 @@
         ├── NotFound               the object does not exist (yet: replication lag)
         ├── Conflict               an address or name is already taken
         ├── InvalidRequest         the service rejected the request as malformed (400)
+        ├── NotReady               Microsoft 365 has not caught up yet (a mailbox still
+        │                          provisioning, an object still replicating): the step
+        │                          waits and is looked at again later, minutes not seconds
         └── TransientError         throttling, 5xx, connection reset: retry later
                                    (`retry_after` seconds when the service said so)
 
@@ -118,6 +121,18 @@ class Conflict(RemoteError):
 
 class InvalidRequest(RemoteError):
     """The service rejected the request as invalid (a bug or bad input)."""
+
+
+class NotReady(RemoteError):
+    """The object is there but not ready yet; `reason` says what is awaited, without ids.
+
+    Not retried in place: the runner records the step as `waiting` with a time to look
+    again, and `coexist retry` (or the next run) continues it then.
+    """
+
+    def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
+        super().__init__(message, reason=reason, **kw)
+        self.reason = reason
 
 
 class TransientError(RemoteError):

@@ -120,6 +120,8 @@ async def session(
                 on_outcome=record,
                 # A progress sink may also count finished items (the CLI's live bar does).
                 on_advance=getattr(on_outcome, "advance", None),
+                look_again_s=float(project.engine.look_again_s),
+                waiting_max_s=float(project.engine.waiting_max_s),
             )
             sess = Session(project, journal, ctx, runner, recorder, outcomes)
             yield sess

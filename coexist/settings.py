@@ -423,6 +423,33 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "engine.look_again_s",
+        "int",
+        300,
+        "Microsoft 365 takes minutes to provision a licensed mailbox and to show objects "
+        "made through Exchange in Graph. Users waiting for it are marked `waiting` with the "
+        "reason and the time coexist looks again: soon at first, then at most this many "
+        "seconds apart. `coexist retry` (or the command run again) continues them; before "
+        "their time it reports them as still waiting and leaves the tenants alone.",
+        minimum=1,
+    ),
+    Setting(
+        "engine.wait_in_command_s",
+        "int",
+        60,
+        "How many seconds a command keeps looking at its waiting users itself (in short "
+        "sleeps) before it leaves them waiting for `coexist retry`. 0: never wait in a command.",
+        minimum=0,
+    ),
+    Setting(
+        "engine.waiting_max_s",
+        "int",
+        172800,
+        "A user still waiting for Microsoft 365 after this many seconds (default two days) "
+        "is marked failed: a provisioning that long is a fault to look at, not a delay.",
+        minimum=1,
+    ),
+    Setting(
         "engine.outlook_time_scale",
         "int",
         1,
@@ -881,6 +908,9 @@ class Engine(_Section):
     concurrency_per_tenant: int
     max_attempts: int
     retry_max_wait_s: int
+    look_again_s: int
+    wait_in_command_s: int
+    waiting_max_s: int
     outlook_time_scale: int
 
 

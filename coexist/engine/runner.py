@@ -8,17 +8,27 @@ step that fails or waits, so nothing runs on top of a half-done predecessor.
 
 Plan mode: the same executors run with adapters that record writes instead of
 sending them (`coexist.tenants.plan`), and the journal is left untouched.
+
+Waiting on Microsoft 365: a step that finds the world not caught up yet (a
+`NotReady` error: a mailbox still provisioning, an object still replicating, or a
+`StepResult` with `recheck`) is recorded `waiting` with the reason, when the wait
+began and when to look again. Looks come quickly at first and then at most every
+`look_again_s` (the wait so far, doubling, capped); a run before that time reports
+the step as still waiting and touches nothing, and a wait longer than
+`waiting_max_s` is recorded as failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from coexist.errors import CoexistError, redact
+from coexist.errors import CoexistError, NotReady, redact
 from coexist.retry import RetryPolicy
 from coexist.tenants.plan import WriteRecorder, current_step, write_hook
 
@@ -29,9 +39,42 @@ ITEM_COLUMNS = frozenset(
 )
 
 
+FIRST_LOOK_S = 1.0  # the first look again after a wait on Microsoft 365 begins
+
+
+def iso(epoch: float) -> str:
+    """An epoch time as the journal keeps times people read: ISO 8601 UTC, milliseconds."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def epoch(text: Any) -> float | None:
+    """An ISO 8601 time from the journal as epoch seconds (None when absent or unreadable)."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def look_again_at(record: Mapping[str, Any] | None) -> float | None:
+    """When a waiting step record, or item record, is due to be looked at again."""
+    if record is None or (record.get("status") or record.get("state")) != "waiting":
+        return None
+    detail = record.get("detail") or {}
+    return epoch(detail.get("look_again_at")) if isinstance(detail, dict) else None
+
+
+def _waiting_since(prev: Mapping[str, Any] | None) -> float | None:
+    if look_again_at(prev) is None:
+        return None
+    assert prev is not None
+    return epoch((prev.get("detail") or {}).get("waiting_since"))
+
+
 def _same_outcome(prev: dict[str, Any], result: StepResult) -> bool:
     """An unchanged step whose journal record already says the same thing."""
-    if result.changed or prev.get("status") != result.status:
+    if result.changed or result.recheck or prev.get("status") != result.status:
         return False
     return result.status == "ok" or (prev.get("detail") or {}).get("text") == result.detail
 
@@ -76,6 +119,16 @@ class Outcome:
     error_class: str | None = None
     next_step: str | None = None
     data: dict[str, Any] = field(default_factory=dict, compare=False)  # not yet on the item
+    label: str = ""  # how operators know the item (address / name), never only its id
+    look_again_at: str | None = None  # waiting on Microsoft 365: when it is looked at again
+    waiting_since: str | None = None
+    resting: bool = False  # reported as still waiting, not looked at (its time has not come)
+
+
+def resting(item: Mapping[str, Any], now: float | None = None) -> bool:
+    """Whether an item waits on Microsoft 365 and its look-again time has not come."""
+    due = look_again_at(item)
+    return due is not None and due > (time.time() if now is None else now)
 
 
 @dataclass(frozen=True)
@@ -102,6 +155,9 @@ class Runner:
     steps: Registry[Step] = field(default_factory=lambda: registry)
     on_outcome: Callable[[Outcome], None] = lambda _o: None
     on_advance: Callable[[int, int], None] | None = None  # (items done, items in this run)
+    look_again_s: float = 300.0  # longest pause between two looks at a waiting step
+    waiting_max_s: float = 2 * 86400.0  # a wait on Microsoft 365 this long is a failure
+    clock: Callable[[], float] = time.time
 
     @property
     def planning(self) -> bool:
@@ -116,6 +172,11 @@ class Runner:
         """
         executor = self.steps.executor_for(step)
         prev = None if self.planning else self.journal.get_step(step.key)
+        due = look_again_at(prev)
+        if due is not None and due > self.clock():
+            # Not hammered: until its time comes a waiting step is reported, not looked at.
+            assert prev is not None
+            return self._report_waiting(step.key, step.subject, step.name, label, prev)
         if prev is not None and prev.get("status") == "started":
             self.journal.event(
                 self.run_id,
@@ -156,6 +217,17 @@ class Runner:
 
             try:
                 result = await self.retry.call(attempt)
+            except NotReady as exc:
+                # Microsoft 365 has not caught up: a wait with a time to look again, not a
+                # failure. What this attempt already wrote stays recorded as its before-state.
+                result = StepResult(
+                    started,
+                    observed_now if started else None,
+                    None,
+                    exc.reason,
+                    status="waiting",
+                    recheck=True,
+                )
             except CoexistError as exc:
                 kept = None if started else prev
                 journal_started()
@@ -174,12 +246,77 @@ class Runner:
                 kept = {"before": interrupted}
             if not settled:
                 journal_started()
+            if result.recheck and result.status == "waiting":
+                return self._waited(step, label, result, prev, kept, defer_data)
             return self._finished(
-                step, result, record=not settled, kept=kept, defer_data=defer_data
+                step, result, record=not settled, kept=kept, defer_data=defer_data, label=label
             )
         finally:
             write_hook.reset(hook_token)
             current_step.reset(step_token)
+
+    def _waited(
+        self,
+        step: Step,
+        label: str,
+        result: StepResult,
+        prev: dict[str, Any] | None,
+        kept: dict[str, Any] | None,
+        defer_data: bool,
+    ) -> Outcome:
+        """Record a wait on Microsoft 365 with when it began and when to look again."""
+        now = self.clock()
+        since = _waiting_since(prev) or now
+        if now - since > self.waiting_max_s:
+            hours = (now - since) / 3600
+            exc = NotReady(
+                f"still waiting after {hours:.1f} h: {result.detail}; Microsoft 365 has not "
+                "caught up, which is no longer a delay but a fault",
+                reason=result.detail,
+                service="coexist",
+                next_step=(
+                    "look at the user in the Microsoft 365 admin center (a provisioning "
+                    f"error?), then {self.next_step}"
+                ),
+            )
+            return self._failed(step, label, exc, "NotReady", exc.message, kept)
+        pause = min(self.look_again_s, max(FIRST_LOOK_S, now - since))
+        timing = {"waiting_since": iso(since), "look_again_at": iso(now + pause)}
+        return self._finished(
+            step, result, kept=kept, defer_data=defer_data, label=label, timing=timing
+        )
+
+    def _report_waiting(
+        self, key: str, subject: str, name: str, label: str, record: Mapping[str, Any]
+    ) -> Outcome:
+        """A wait whose look-again time has not come, reported as it stands in the journal."""
+        detail = record.get("detail") or {}
+        outcome = Outcome(
+            key,
+            subject,
+            name,
+            "waiting",
+            False,
+            str(detail.get("text") or detail.get("waiting_for") or ""),
+            label=label,
+            look_again_at=detail.get("look_again_at"),
+            waiting_since=detail.get("waiting_since"),
+            resting=True,
+        )
+        self.on_outcome(outcome)
+        return outcome
+
+    def still_waiting(self, item: Mapping[str, Any]) -> Outcome:
+        """Report an item whose look-again time has not come, without running its steps."""
+        detail = item.get("detail") or {}
+        name = str(detail.get("last_step") or "")
+        return self._report_waiting(
+            f"{name}:{item['key']}",
+            str(item["key"]),
+            name,
+            str(item.get("source_address") or item.get("name") or item["key"]),
+            item,
+        )
 
     def _finished(
         self,
@@ -189,6 +326,8 @@ class Runner:
         record: bool = True,
         kept: dict[str, Any] | None = None,
         defer_data: bool = False,
+        label: str = "",
+        timing: dict[str, str] | None = None,
     ) -> Outcome:
         status: str = result.status
         if self.planning:
@@ -201,7 +340,7 @@ class Runner:
                     before=_kept_before(kept, result.before),
                     after=result.after,
                     changed=result.changed,
-                    detail={"text": result.detail},
+                    detail={"text": result.detail, **(timing or {})},
                 )
             if result.data and not defer_data:
                 # Facts the next steps need (e.g. the target object id) go on the item.
@@ -214,6 +353,9 @@ class Runner:
             result.changed,
             result.detail,
             data=dict(result.data) if defer_data and not self.planning else {},
+            label=label,
+            look_again_at=(timing or {}).get("look_again_at"),
+            waiting_since=(timing or {}).get("waiting_since"),
         )
         self.on_outcome(outcome)
         return outcome
@@ -242,7 +384,9 @@ class Runner:
                 retry_after=retry_after,
                 next_step=nxt,
             )
-        outcome = Outcome(step.key, step.subject, step.name, "failed", False, "", text, cls, nxt)
+        outcome = Outcome(
+            step.key, step.subject, step.name, "failed", False, "", text, cls, nxt, label=label
+        )
         self.on_outcome(outcome)
         return outcome
 
@@ -270,12 +414,21 @@ class Runner:
             return
         last = outcomes[-1]
         fields: dict[str, Any] = {**last.data, "last_step": last.name}
+        # What a waiting item waits for, since when and when it is looked at again; cleared
+        # once it is no longer waiting.
+        wait = {"waiting_for": None, "waiting_since": None, "look_again_at": None}
         if last.status == "failed":
-            fields.update(state="failed", error=last.error)
+            fields.update(wait, state="failed", error=last.error)
         elif last.status == "waiting":
-            fields.update(state="waiting", error=None, waiting_for=last.detail)
+            fields.update(
+                state="waiting",
+                error=None,
+                waiting_for=last.detail,
+                waiting_since=last.waiting_since,
+                look_again_at=last.look_again_at,
+            )
         else:
-            fields.update(state="ok", error=None)
+            fields.update(wait, state="ok", error=None)
             if item.phase:
                 fields["phase"] = item.phase
         set_item(self.journal, item.kind, item.key, **fields)

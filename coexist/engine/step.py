@@ -41,7 +41,11 @@ class StepResult:
 
     `status` "waiting" means the step did what it could and the world must catch
     up (a licensed mailbox still provisioning, an operator confirmation): it is
-    not a failure and re-running continues it.
+    not a failure and re-running continues it. With `recheck` the world catches up
+    by itself (Microsoft 365 provisioning, replication): the runner records when to
+    look again, and runs before then report the step as still waiting without
+    touching the tenants. Without it the wait is for an operator (a match to
+    confirm, a mover to configure) and every run looks again.
     """
 
     changed: bool
@@ -50,6 +54,7 @@ class StepResult:
     detail: str = ""
     status: ResultStatus = "ok"
     data: dict[str, Any] = field(default_factory=dict)  # facts for the item record
+    recheck: bool = False
 
 
 S = TypeVar("S", bound=Step)

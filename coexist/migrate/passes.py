@@ -3,7 +3,8 @@
 `run_pass(ctx, subject, kind, window)` is what pre-stage and cutover call. The
 mover is chosen by the project (`[migration] mover`). Until a mover is
 configured a pass ends as `no data mover configured` — a visible per-user
-state, never a success.
+state, never a success. A mailbox Microsoft 365 has not made ready yet (the
+movers' first Graph call answers `NotReady`) leaves the pass `waiting`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
+from coexist.errors import NotReady
 
 NO_MOVER = "no data mover configured"
 
@@ -100,6 +102,12 @@ async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> Pas
     pass_id = ctx.journal.pass_started(ctx.run_id, subject, kind, window.to_dict())
     try:
         result = await mover.run(ctx, subject, kind, window)
+    except NotReady:
+        # A mailbox Graph does not serve yet (404 MailboxNotEnabledForRESTAPI for minutes
+        # after licensing): the pass waits, and the step with it (the runner records when to
+        # look again). The item map and checkpoints keep whatever the pass did before.
+        ctx.journal.pass_finished(pass_id, "waiting", {})
+        raise
     except BaseException:
         # The pass ended (an error, a cancel): it must not stay `running` in `status`. The
         # item map and checkpoints already hold what it did; a re-run continues from them.

@@ -5,18 +5,22 @@ after a delay (with an ExchangeGuid it would wait for a move instead), and
 `assignLicense` needs `usageLocation` first (FACTS.md). The new target mailbox
 forwards to the source mailbox until cutover, without keeping a copy
 (DeliverToMailboxAndForward false, or delta passes would duplicate: FACTS.md).
+
+Microsoft 365 takes minutes here: the MailUser made through Exchange reaches
+Graph after directory replication, and the mailbox after licensing. Neither is
+waited for in a sleep: the step raises `NotReady` (or returns a `recheck` wait)
+and the runner records the user `waiting` with a time to look again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
-from coexist.errors import InputError, NotFound, TransientError
+from coexist.errors import InputError, InvalidRequest, NotFound, NotReady
 
 from .exchange import find_one, is_mailbox, object_id, smtp_forward
 
@@ -51,12 +55,12 @@ class LicenseExecutor:
                 "GET", f"users/{ident}", params={"$select": "id,usageLocation,assignedLicenses"}
             )
         except NotFound as exc:
-            # A MailUser created through Exchange reaches Graph after directory
-            # replication; new objects may 404 for seconds (FACTS.md): retry later.
-            raise TransientError(
-                f"target user {ident} is not visible in Graph yet (replication)",
+            # The MailUser was created through Exchange (its id is journaled): it reaches
+            # Graph after directory replication, minutes not seconds (FACTS.md).
+            raise NotReady(
+                f"target user {ident} is not in Graph yet: {exc.message}",
+                reason=REPLICATING,
                 service="graph",
-                retry_after=2.0,
             ) from exc
         return user
 
@@ -71,9 +75,7 @@ class LicenseExecutor:
                     f"target user {observed['id']} has no usageLocation and the project sets none",
                     next_step="set [prestage] usage_location in project.toml, then coexist retry",
                 )
-            await graph.send(
-                "PATCH", f"users/{observed['id']}", json={"usageLocation": step.usage_location}
-            )
+            await _set_usage_location(ctx, step, str(observed["id"]))
             changed.append("usageLocation")
         if step.sku_id not in skus:
             await graph.send(
@@ -99,13 +101,40 @@ class LicenseExecutor:
         )
 
 
+# Why a user waits here, as `coexist status` shows it (no ids: the user is named beside it).
+REPLICATING = "target MailUser not in Graph yet (directory replication from Exchange)"
+PROVISIONING = "target mailbox provisioning after licensing"
+
+
+async def _set_usage_location(ctx: Context, step: LicenseStep, ident: str) -> None:
+    """PATCH usageLocation: the only way to set it (no Exchange cmdlet has it, spec/exo-cmdlets)."""
+    try:
+        await ctx.target.graph.send(
+            "PATCH", f"users/{ident}", json={"usageLocation": step.usage_location}
+        )
+    except InvalidRequest as exc:
+        # Graph may refuse to change a user Exchange created ("originated within an
+        # external service", *unverified* for usageLocation; sandbox setting
+        # graph_patch_refusal). The transient "undergoing migration" refusal is NotReady.
+        raise InvalidRequest(
+            f"Graph refused to set usageLocation {step.usage_location} on the target user: "
+            f"{exc.message}",
+            service="graph",
+            code=exc.code,
+            status=exc.status,
+            next_step=(
+                f"set the usage location ({step.usage_location}) of the target user in the "
+                "Microsoft 365 admin center (Users > Active users > the user > Account), "
+                "then coexist retry"
+            ),
+        ) from exc
+
+
 @dataclass(frozen=True)
 class MailboxReadyStep(Step):
     """The licensed target MailUser has become a mailbox (Exchange provisions it after a delay)."""
 
     name = "prestage.mailbox"
-
-    timeout_s: float = 600.0
 
 
 @registry.register(MailboxReadyStep)
@@ -116,39 +145,13 @@ class MailboxReadyExecutor:
     async def apply(
         self, ctx: Context, step: MailboxReadyStep, observed: dict[str, Any] | None
     ) -> StepResult:
+        kind = observed.get("RecipientTypeDetails") if observed else None
+        state = {"RecipientTypeDetails": kind}
         if is_mailbox(observed) or ctx.planning:
-            kind = observed.get("RecipientTypeDetails") if observed else None
-            return StepResult(
-                False,
-                {"RecipientTypeDetails": kind},
-                {"RecipientTypeDetails": kind},
-                "mailbox exists",
-            )
-        before = {
-            "RecipientTypeDetails": observed.get("RecipientTypeDetails") if observed else None
-        }
-        deadline = time.monotonic() + step.timeout_s
-        delay = 0.25
-        ident = target_id(ctx, step.subject)
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 15.0)
-            found = await find_one(ctx.target.exo, "Get-Recipient", ident)
-            if is_mailbox(found):
-                assert found is not None
-                return StepResult(
-                    True,
-                    before,
-                    {"RecipientTypeDetails": found["RecipientTypeDetails"]},
-                    "mailbox provisioned",
-                )
-        return StepResult(
-            False,
-            before,
-            before,
-            "target mailbox still provisioning after licensing; run `coexist prestage` again later",
-            status="waiting",
-        )
+            return StepResult(False, state, state, "mailbox exists")
+        # One look per run: Exchange provisions the mailbox in minutes (FACTS.md); the
+        # runner records when to look again and `coexist retry` continues from there.
+        return StepResult(False, state, state, PROVISIONING, status="waiting", recheck=True)
 
 
 @dataclass(frozen=True)

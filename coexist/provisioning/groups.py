@@ -17,7 +17,7 @@ from typing import Any
 
 from coexist.engine.context import Context, Side
 from coexist.engine.step import Step, StepResult, registry
-from coexist.errors import NotFound, TransientError
+from coexist.errors import NotFound, NotReady, TransientError
 from coexist.model import GroupCopy, ascii_alias, exchange_name, free_address, proxies_of
 from coexist.tenants.exo import hashtable
 
@@ -309,6 +309,29 @@ def map_member(ctx: Context, source_id: str) -> str | None:
     return None
 
 
+# Why a security group copy waits, as `coexist status` shows it.
+MEMBER_REPLICATING = "a new member is not in Graph yet (directory replication from Exchange)"
+
+
+async def _add_graph_member(ctx: Context, group: str, member: str) -> None:
+    """Add one member through Graph; a member Exchange created minutes ago is not there yet."""
+    try:
+        await ctx.target.graph.send(
+            "POST",
+            f"groups/{group}/members/$ref",
+            json={"@odata.id": f"{ctx.target.graph.base}/directoryObjects/{member}"},
+        )
+    except NotFound as exc:
+        # Members are journaled target objects, many made through Exchange (MailUsers,
+        # mail-enabled groups): Graph knows them only after directory replication, which
+        # takes minutes (FACTS.md). The group waits and is looked at again.
+        raise NotReady(
+            f"member {member} of target group {group} is not in Graph yet: {exc.message}",
+            reason=MEMBER_REPLICATING,
+            service="graph",
+        ) from exc
+
+
 @registry.register(GroupMembersStep)
 class GroupMembersExecutor:
     async def observe(self, ctx: Context, step: GroupMembersStep) -> set[str]:
@@ -349,11 +372,7 @@ class GroupMembersExecutor:
             target = "<the new target group>"
         for member in missing:
             if step.kind == "security":
-                await ctx.target.graph.send(
-                    "POST",
-                    f"groups/{target}/members/$ref",
-                    json={"@odata.id": f"{ctx.target.graph.base}/directoryObjects/{member}"},
-                )
+                await _add_graph_member(ctx, str(target), member)
             else:
                 await ctx.target.exo.run(
                     "Add-DistributionGroupMember",

@@ -123,7 +123,7 @@ def provision_plans(
 
 
 def prestage_plans(
-    ctx: Context, item: dict[str, Any], sku_id: str | None, timeout_s: float
+    ctx: Context, item: dict[str, Any], sku_id: str | None
 ) -> tuple[ItemPlan, ItemPlan]:
     """Two rounds: license; then wait for the mailbox and forward it back to the source.
 
@@ -139,7 +139,7 @@ def prestage_plans(
     if ctx.project.prestage.convert and sku_id:
         usage = src.usage_location or ctx.project.prestage.usage_location
         license_steps.append(LicenseStep(subject=item["key"], sku_id=sku_id, usage_location=usage))
-        ready_steps.append(MailboxReadyStep(subject=item["key"], timeout_s=timeout_s))
+        ready_steps.append(MailboxReadyStep(subject=item["key"]))
         if not cut_over:
             ready_steps.append(
                 TargetForwardStep(

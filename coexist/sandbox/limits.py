@@ -1,4 +1,17 @@
-"""Limit profiles: Microsoft's published throttling, none (fast), or chaos.
+"""Limit profiles: Microsoft's published throttling, none (fast), chaos, or realistic.
+
+- `published`: the published limits below, enforced.
+- `fast`: nothing enforced, mailboxes provisioned in half a second (tests).
+- `chaos`: nothing enforced, a seeded share of calls fails transiently, and new
+  objects 404 in Graph for half a second.
+- `realistic`: the published limits enforced too (a real tenant has both), and
+  Microsoft 365's timings: a licensed MailUser's mailbox takes minutes, objects
+  created through Exchange reach Graph after minutes, a new mailbox answers 404
+  `MailboxNotEnabledForRESTAPI` a while longer, and Graph may refuse to PATCH an
+  Exchange-created user (`server.profile_settings` has the figures).
+
+Every window and delay is divided by `time_scale` (`realistic` at 60: minutes become
+seconds).
 
 Buckets are token buckets keyed by what Microsoft keys them on (app + tenant
 for directory operations, app + mailbox for Outlook resources). Under
@@ -31,6 +44,7 @@ from typing import Literal
 from .model import Settings
 
 ChaosFault = Literal["throttle", "unavailable", "reset"]
+Origin = Literal["exchange", "graph"]  # which service created an object
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,9 @@ PUBLISHED: dict[str, Limit] = {
 }
 OUTLOOK_CONCURRENCY = 4
 
-PROFILES = ("published", "fast", "chaos")
+PROFILES = ("published", "fast", "chaos", "realistic")
+# Profiles that enforce the published limits.
+ENFORCING = ("published", "realistic")
 
 
 @dataclass
@@ -76,7 +92,7 @@ class Limiter:
 
     @property
     def enforcing(self) -> bool:
-        return self.settings.profile == "published"
+        return self.settings.profile in ENFORCING
 
     def ceiling_per_s(self, bucket: str) -> float:
         """The profile's sustained rate for a bucket, in (scaled) units per second."""
@@ -136,8 +152,22 @@ class Limiter:
             1.0 if self.settings.time_scale == 1.0 else max(0.001, 1.0 / self.settings.time_scale)
         )
 
-    def visible_at(self) -> float:
-        """When a just-created object becomes readable through Graph (replication lag)."""
-        if self.settings.profile != "chaos" or self.settings.replication_delay_s <= 0:
+    def visible_at(self, key: str = "", *, origin: Origin = "exchange") -> float:
+        """When an object created now becomes readable through Graph (replication lag).
+
+        `key` (the alias) draws the object's own lag (`Settings.delay`). Objects Exchange
+        creates reach Graph through directory replication: minutes under `realistic`
+        (FACTS.md). Objects Graph creates itself are read back at once there (a modelling
+        choice); `chaos` delays both.
+        """
+        profile = self.settings.profile
+        if profile == "chaos" or (profile == "realistic" and origin == "exchange"):
+            lag = self.settings.delay("replication", key)
+            return time.time() + lag if lag > 0 else 0.0
+        return 0.0
+
+    def graph_writable_at(self, visible_at: float, key: str = "") -> float:
+        """From when Graph accepts a PATCH of a user Exchange created now (`graph_patch_refusal`)."""
+        if self.settings.graph_patch_refusal != "migrating":
             return 0.0
-        return time.time() + self.settings.replication_delay_s
+        return max(visible_at, time.time()) + self.settings.delay("graph_patch", key)

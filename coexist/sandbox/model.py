@@ -13,6 +13,7 @@ so the address index is rebuilt and the state is saved.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -39,6 +40,9 @@ RECIPIENT_TYPE = {
     "DynamicDistributionGroup": "DynamicDistributionGroup",
     "GroupMailbox": "MailUniversalDistributionGroup",
 }
+
+# What a realistic delay is for (Settings.delay).
+DelayKind = Literal["provisioning", "replication", "rest", "graph_patch"]
 
 GroupKind = Literal["Security", "MailSecurity", "Distribution", "Dynamic", "Unified"]
 GROUP_RECIPIENT_TYPE: dict[str, str | None] = {
@@ -92,7 +96,8 @@ class MailObject:
     hidden_from_address_lists: bool = False
     created: str = field(default_factory=now_iso)
     changed: str = field(default_factory=now_iso)
-    # Epoch seconds before which Graph answers 404 (replication lag, chaos profile).
+    # Epoch seconds before which Graph answers 404 (replication lag: chaos and realistic
+    # profiles, `Settings.delay("replication", ...)`).
     visible_at: float = 0.0
 
     @property
@@ -125,6 +130,14 @@ class User(MailObject):
     deliver_to_mailbox_and_forward: bool = False
     # A licensed MailUser without ExchangeGuid becomes a mailbox at this epoch time.
     mailbox_pending_at: float | None = None
+    # -- realistic timing (Settings.delay): epoch seconds --
+    # Graph's Outlook faces (mail, contacts, calendar, To Do, settings/exchange) answer 404
+    # MailboxNotEnabledForRESTAPI for a mailbox before this, although Exchange already has it.
+    rest_ready_at: float = 0.0
+    # Created through Exchange (New-MailUser): Graph may refuse to PATCH it
+    # (`Settings.graph_patch_refusal`), while replicating until `graph_writable_at`.
+    exchange_created: bool = False
+    graph_writable_at: float = 0.0
     item_count: int = 0
     total_item_size: int = 0  # bytes
 
@@ -417,10 +430,10 @@ class Settings:
     """World-wide behaviour knobs (not tenant data)."""
 
     seed: int = 1
-    profile: str = "fast"  # published | fast | chaos
-    time_scale: float = 1.0  # published limits run this many times faster
+    profile: str = "fast"  # published | fast | chaos | realistic
+    time_scale: float = 1.0  # published limits and realistic timings run this many times faster
     provisioning_delay_s: float = 2.0  # licensed MailUser -> mailbox
-    replication_delay_s: float = 0.0  # chaos: new objects 404 this long
+    replication_delay_s: float = 0.0  # chaos, realistic: new objects 404 in Graph this long
     chaos_rate: float = 0.0  # chaos: fraction of requests failing transiently
     # Benchmarks start with drained buckets so they measure the sustained rate, not
     # the burst a fresh app+tenant window allows.
@@ -437,6 +450,32 @@ class Settings:
     # references and the reference does not say how they print). "Name" (Exchange Name)
     # or "PrimarySmtpAddress"; the product must resolve either.
     rule_recipients_shown_as: str = "Name"
+    # -- realistic timing: Microsoft 365 takes minutes, not seconds ------------------------
+    # Each delay is a range in unscaled seconds (divided by time_scale): `<name>_s` is the
+    # low end, `<name>_max_s` the high end (not above the low end: always the low end). The
+    # point in the range is drawn per object from `seed` and the object's alias, so the same
+    # seed and project give the same timings (`delay`). provisioning_delay_s (above) is the
+    # low end for "provisioning", replication_delay_s for "replication".
+    provisioning_delay_max_s: float = 0.0
+    replication_delay_max_s: float = 0.0
+    # A provisioned mailbox is served by Graph's Outlook APIs this long after Exchange has it
+    # (404 MailboxNotEnabledForRESTAPI meanwhile). Microsoft documents "might take 15 minutes"
+    # after licensing (Graph known issues, "No instant access after creation"); how the wait
+    # splits between Exchange and Graph is *unverified*.
+    rest_delay_s: float = 0.0
+    rest_delay_max_s: float = 0.0
+    # Graph PATCH of a user created through Exchange (New-MailUser). *unverified* whether and
+    # for how long Graph refuses it, so each documented answer is a choice:
+    #   "none"      accepted once the user is visible in Graph;
+    #   "migrating" 400 Request_BadRequest "...on-premises mastered Directory Sync objects or
+    #               objects currently undergoing migration." (the DualWrite refusal) for a
+    #               `graph_patch_window` after it became visible, then accepted;
+    #   "external"  400 Request_BadRequest "...objects that have originated within an external
+    #               service." always (microsoft-graph-docs-contrib issues 3564 and 8048: users
+    #               created as Mail Users through Exchange Online).
+    graph_patch_refusal: str = "none"
+    graph_patch_window_s: float = 0.0
+    graph_patch_window_max_s: float = 0.0
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
         """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""
@@ -444,6 +483,23 @@ class Settings:
         if issued_at < self.sync_states_expired_before:
             return True
         return now - issued_at > self.sync_state_max_age_s / max(self.time_scale, 1e-9)
+
+    def delay(self, kind: DelayKind, key: str) -> float:
+        """Seconds (time-scaled) one object waits for `kind`; fixed for a seed and a key."""
+        low, high = {
+            "provisioning": (self.provisioning_delay_s, self.provisioning_delay_max_s),
+            "replication": (self.replication_delay_s, self.replication_delay_max_s),
+            "rest": (self.rest_delay_s, self.rest_delay_max_s),
+            "graph_patch": (self.graph_patch_window_s, self.graph_patch_window_max_s),
+        }[kind]
+        seconds = low + (high - low) * _fraction(self.seed, kind, key) if high > low else low
+        return seconds / (self.time_scale if self.time_scale > 0 else 1.0)
+
+
+def _fraction(seed: int, kind: str, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, kind, key): not by call order, which concurrency varies."""
+    digest = hashlib.sha256(f"{seed}|{kind}|{key.lower()}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 @dataclass

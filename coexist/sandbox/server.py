@@ -57,7 +57,8 @@ ASGIApp = Callable[
 
 
 def profile_settings(profile: str, seed_value: int, time_scale: float = 1.0) -> Settings:
-    """Settings for a limit profile; chaos turns on faults and replication lag."""
+    """Settings for a limit profile; chaos turns on faults and replication lag, realistic
+    Microsoft 365's minutes (every figure in unscaled seconds, divided by `time_scale`)."""
     s = Settings(seed=seed_value, profile=profile, time_scale=time_scale)
     if profile == "chaos":
         s.chaos_rate = 0.05
@@ -65,6 +66,21 @@ def profile_settings(profile: str, seed_value: int, time_scale: float = 1.0) -> 
         s.provisioning_delay_s = 2.0
     elif profile == "fast":
         s.provisioning_delay_s = 0.5
+    elif profile == "realistic":
+        # A licensed MailUser's mailbox: 5 to 30 minutes, drawn per user (FACTS.md,
+        # "Licensing a cloud MailUser": "after a delay"; the range is *unverified*).
+        s.provisioning_delay_s, s.provisioning_delay_max_s = 300.0, 1800.0
+        # Exchange-created objects reach Graph after 1 to 10 minutes (FACTS.md: "minutes,
+        # not seconds"; the range is *unverified*).
+        s.replication_delay_s, s.replication_delay_max_s = 60.0, 600.0
+        # Graph's Outlook APIs serve a new mailbox up to 10 minutes after Exchange has it
+        # (Graph known issues, "No instant access after creation": up to 15 minutes after
+        # licensing, 404 meanwhile; the split is *unverified*).
+        s.rest_delay_s, s.rest_delay_max_s = 0.0, 600.0
+        # Graph refuses to PATCH a new Exchange-created user for up to 5 minutes after it
+        # appears (the DualWrite "currently undergoing migration" answer; *unverified*).
+        s.graph_patch_refusal = "migrating"
+        s.graph_patch_window_s, s.graph_patch_window_max_s = 0.0, 300.0
     return s
 
 

@@ -23,6 +23,7 @@ from coexist.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
+    NotReady,
     PermissionDenied,
     RemoteError,
     TransientError,
@@ -47,6 +48,20 @@ POOL_SHARDS = 16  # HTTP clients per adapter for Outlook requests, chosen by mai
 _EXCHANGE_SETTINGS = re.compile(r"(?:^|/)users/([^/?]+)/settings/exchange/?$", re.IGNORECASE)
 
 
+# A new mailbox answers 404 MailboxNotEnabledForRESTAPI on Graph's Outlook APIs (mail,
+# calendar, contacts, To Do, settings/exchange) until Exchange Online has provisioned it and
+# Graph serves it, minutes after licensing (Graph known issues, "No instant access after
+# creation"; FACTS.md). The same code also answers for a mailbox that is inactive or
+# on-premises: the runner gives up on a wait that lasts too long ([engine] waiting_max_s).
+MAILBOX_NOT_ENABLED = "MailboxNotEnabledForRESTAPI"
+MAILBOX_NOT_SERVED = "mailbox not served by Graph yet (new mailboxes take minutes)"
+# Entra's refusal to write an object another service is still writing ("on-premises
+# mastered Directory Sync objects or objects currently undergoing migration", Microsoft 365
+# Dev blog on the 2020 Users API change); for a MailUser Exchange has just created it passes.
+UNDERGOING_MIGRATION = "currently undergoing migration"
+OBJECT_MIGRATING = "Graph refuses changes while Exchange is still writing the new object"
+
+
 def parse_error(
     status: int, body: Any, headers: httpx.Headers | dict[str, str], *, what: str
 ) -> RemoteError:
@@ -64,8 +79,12 @@ def parse_error(
         return PermissionDenied(
             text, next_step="coexist permissions  (shows the application permissions needed)", **kw
         )
+    if status == 404 and code == MAILBOX_NOT_ENABLED:
+        return NotReady(text, reason=MAILBOX_NOT_SERVED, **kw)
     if status == 404:
         return NotFound(text, **kw)
+    if status == 400 and UNDERGOING_MIGRATION in str(message or ""):
+        return NotReady(text, reason=OBJECT_MIGRATING, **kw)
     if status == 409:
         return Conflict(text, **kw)
     return InvalidRequest(text, **kw)

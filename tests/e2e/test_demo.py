@@ -33,3 +33,33 @@ def test_demo_dir_keeps_project_and_sandbox_state(
     result = json.loads(routed.stdout)
     assert result["outcome"] == "delivered" and result["tenant"] == "target"
     assert result["mailbox"].lower() == users[0]["target"].lower()
+
+
+def test_demo_realistic_profile_waits_for_microsoft_365_and_completes(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    """`demo --profile realistic --time-scale 60`: users wait for their mailboxes, continue on
+    their own through `coexist retry`, and every one ends cut over with mail flowing."""
+    demo = cli(
+        "demo",
+        "--dir",
+        str(tmp_path),
+        "--users",
+        "20",
+        "--profile",
+        "realistic",
+        "--time-scale",
+        "60",
+        "--json",
+    )
+    assert demo.exit_code == 0, demo.output[-3000:]
+    result = json.loads(demo.stdout)
+    assert result["ok"] is True
+    users = result["status"]["users"]
+    assert users and {(u["phase"], u["state"]) for u in users} == {("cutover", "ok")}
+    assert result["waited"]  # the demo ran `coexist retry` for users that were waiting
+    assert all(not r["results"].get("prestage", {}).get("failed") for r in result["waited"])
+    said = " ".join(demo.stderr.split())
+    assert "waiting for Microsoft 365" in said
+    assert "target mailbox provisioning after licensing" in said
+    assert "continued on its own" in said

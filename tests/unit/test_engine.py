@@ -8,7 +8,8 @@ exactly as in production. Every step runs twice (changed, then unchanged) as DES
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -16,15 +17,18 @@ from typing import ClassVar
 import pytest
 from tenacity import RetryCallState
 
-from coexist.engine.runner import ItemPlan, Outcome, Runner
+from coexist.engine.runner import ItemPlan, Outcome, Runner, epoch, iso, resting
 from coexist.engine.step import Registry, Step, StepResult
 from coexist.engine.step import registry as global_registry
-from coexist.errors import InvalidRequest, PermissionDenied, TransientError
+from coexist.errors import InvalidRequest, NotReady, PermissionDenied, TransientError
 from coexist.journal import Journal
 from coexist.retry import FAIL_FAST, RetryPolicy
 from coexist.tenants.plan import WriteRecorder, before_write, current_step
 
 NEXT = "coexist retry --project /p"
+LOOK_AGAIN_S = 300.0
+WAITING_MAX_S = 86400.0
+T0 = 1_800_000_000.0  # a fixed "now" (2027-01-15): the runner's clock in waiting tests
 QUICK = RetryPolicy(max_attempts=4, max_wait_s=5, base_s=0.001, cap_s=0.001)
 
 
@@ -121,6 +125,25 @@ class VarnishExecutor:
         return StepResult(True, {"varnish": observed}, {"varnish": "gloss"}, "varnished")
 
 
+@dataclass(frozen=True)
+class AwaitRecheckStep(Step):
+    """Waits for Microsoft 365 (a `recheck` wait) until the subject is `ready`."""
+
+    name: ClassVar[str] = "test.await-recheck"
+
+
+@REGISTRY.register(AwaitRecheckStep)
+class AwaitRecheckExecutor:
+    async def observe(self, ctx: FakeTenant, step: AwaitRecheckStep) -> bool:
+        ctx.observed.append(step.key)
+        return step.subject in ctx.ready
+
+    async def apply(self, ctx: FakeTenant, step: AwaitRecheckStep, observed: bool) -> StepResult:
+        if observed:
+            return StepResult(False, detail="mailbox exists")
+        return StepResult(False, detail="mailbox provisioning", status="waiting", recheck=True)
+
+
 @REGISTRY.register(AwaitMailboxStep)
 class AwaitExecutor:
     async def observe(self, ctx: FakeTenant, step: AwaitMailboxStep) -> bool:
@@ -155,6 +178,7 @@ def run(
     *,
     retry: RetryPolicy = FAIL_FAST,
     plan: WriteRecorder | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> list[Outcome]:
     """One command invocation: a run record (unless planning), the runner, every item."""
     tenant.plan = plan
@@ -167,6 +191,9 @@ def run(
         next_step=NEXT,
         plan=plan,
         steps=REGISTRY,
+        look_again_s=LOOK_AGAIN_S,
+        waiting_max_s=WAITING_MAX_S,
+        clock=clock,
     )
     return asyncio.run(runner.run(items, concurrency=2))
 
@@ -324,6 +351,114 @@ def test_waiting_stops_the_items_sequence_until_the_world_catches_up(
     unchanged = run(journal, tenant, [item])
     assert [o.changed for o in unchanged] == [False, False]
     assert journal.snapshot() == snapshot
+
+
+# -- waiting on Microsoft 365: look again later, never hammer -------------------------------------
+def not_ready() -> NotReady:
+    return NotReady(
+        "Graph GET users/0b5e...: 404 MailboxNotEnabledForRESTAPI",
+        reason="mailbox not served by Graph yet",
+        service="graph",
+    )
+
+
+def at(t: float) -> Callable[[], float]:
+    return lambda: t
+
+
+def test_not_ready_waits_with_reason_and_a_time_to_look_again(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """A NotReady step is `waiting`, not failed: reason (no ids), start and look-again time are
+    journaled on the step and the item; nothing after it runs."""
+    item = paint("alice", PaintStep("alice"), VarnishStep("alice"))
+    tenant.faults["test.paint:alice"] = [not_ready()]
+    [outcome] = run(journal, tenant, [item], clock=at(T0))
+    assert (outcome.status, outcome.detail) == ("waiting", "mailbox not served by Graph yet")
+    assert outcome.label == "alice@fabrikam.example"
+    assert outcome.look_again_at == iso(T0 + 1) and outcome.waiting_since == iso(T0)
+    step = journal.get_step("test.paint:alice")
+    assert step is not None and step["status"] == "waiting"
+    assert step["detail"] == {
+        "text": "mailbox not served by Graph yet",
+        "waiting_since": iso(T0),
+        "look_again_at": iso(T0 + 1),
+    }
+    alice = journal.get_item("user", "alice")
+    assert alice is not None and alice["state"] == "waiting"
+    assert alice["detail"]["waiting_for"] == "mailbox not served by Graph yet"
+    assert alice["detail"]["look_again_at"] == iso(T0 + 1)
+    assert resting(alice, now=T0) and not resting(alice, now=T0 + 1)
+    assert "test.varnish:alice" not in tenant.observed
+
+
+def test_a_waiting_step_is_not_looked_at_before_its_time(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """Before the look-again time a run reports the step as still waiting and reads nothing."""
+    item = paint("alice", PaintStep("alice"))
+    tenant.faults["test.paint:alice"] = [not_ready()]
+    run(journal, tenant, [item], clock=at(T0))
+    snapshot = journal.snapshot()
+    observed = list(tenant.observed)
+    [early] = run(journal, tenant, [item], clock=at(T0 + 0.5))
+    assert early.status == "waiting" and early.resting
+    assert early.look_again_at == iso(T0 + 1)
+    assert tenant.observed == observed  # not hammered
+    assert journal.snapshot()["steps"] == snapshot["steps"]
+    [due] = run(journal, tenant, [item], clock=at(T0 + 1))
+    assert due.status == "ok" and due.changed and not due.resting
+    alice = journal.get_item("user", "alice")
+    assert alice is not None and alice["state"] == "ok"
+    assert alice["detail"]["look_again_at"] is None and alice["detail"]["waiting_for"] is None
+
+
+def test_looks_come_quickly_then_at_most_look_again_s_apart(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """Each look waits as long as the wait so far (1 s at first), capped at `look_again_s`."""
+    item = paint("alice", AwaitRecheckStep("alice"))
+    now, looks = T0, []
+    for _ in range(12):
+        [o] = run(journal, tenant, [item], clock=at(now))
+        assert o.status == "waiting" and o.waiting_since == iso(T0)
+        due = epoch(o.look_again_at)
+        assert due is not None
+        looks.append(round(due - now, 3))
+        now = due
+    assert looks[:4] == [1.0, 1.0, 2.0, 4.0]
+    assert max(looks) == LOOK_AGAIN_S and looks[-1] == LOOK_AGAIN_S
+    tenant.ready.add("alice")
+    [done] = run(journal, tenant, [item], clock=at(now))
+    assert done.status == "ok"
+
+
+def test_a_wait_longer_than_waiting_max_s_fails_with_what_to_do(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """Two days of MailboxNotEnabledForRESTAPI is a fault, not a delay: the step fails."""
+    item = paint("alice", PaintStep("alice"))
+    tenant.faults["test.paint:alice"] = [not_ready(), not_ready()]
+    run(journal, tenant, [item], clock=at(T0))
+    [late] = run(journal, tenant, [item], clock=at(T0 + WAITING_MAX_S + 1))
+    assert late.status == "failed" and late.error_class == "NotReady"
+    assert late.error is not None and "still waiting after 24.0 h" in late.error
+    assert "mailbox not served by Graph yet" in late.error
+    assert late.next_step is not None and "admin center" in late.next_step
+    alice = journal.get_item("user", "alice")
+    assert alice is not None and alice["state"] == "failed"
+    assert alice["detail"]["look_again_at"] is None
+
+
+def test_operator_waits_have_no_look_again_time(journal: Journal, tenant: FakeTenant) -> None:
+    """A wait for an operator (no `recheck`) is looked at on every run, as before."""
+    item = paint("alice", AwaitMailboxStep("alice"))
+    [o] = run(journal, tenant, [item], clock=at(T0))
+    assert o.status == "waiting" and o.look_again_at is None
+    alice = journal.get_item("user", "alice")
+    assert alice is not None and not resting(alice, now=T0)
+    run(journal, tenant, [item], clock=at(T0))
+    assert tenant.observed.count("test.await:alice") == 2
 
 
 # -- plan mode -------------------------------------------------------------------------------

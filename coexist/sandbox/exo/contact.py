@@ -41,7 +41,7 @@ def new_mailcontact(call: Call) -> list[dict[str, Any]]:
         external_email_address="SMTP:" + external,
         first_name=call.text("FirstName"),
         last_name=call.text("LastName"),
-        visible_at=call.ctx.limiter.visible_at(),
+        visible_at=call.ctx.limiter.visible_at(alias),
     )
     contact.legacy_exchange_dn = t.new_legacy_dn(alias)
     t.contacts[contact.id] = contact

@@ -52,7 +52,7 @@ def _new_group(call: Call, kind: str) -> Group:
         alias=alias,
         email_addresses=addresses,
         kind=kind,  # type: ignore[arg-type]
-        visible_at=call.ctx.limiter.visible_at(),
+        visible_at=call.ctx.limiter.visible_at(alias),
     )
     group.legacy_exchange_dn = t.new_legacy_dn(alias)
     return group

@@ -83,6 +83,8 @@ def new_mailuser(call: Call) -> list[dict[str, Any]]:
         # it may be in any domain.
         addresses = d.dedupe([*addresses, "smtp:" + external])
         d.check_addresses(t, None, addresses, accepted_only=True, exempt=[external])
+    # Made by Exchange: Graph serves it after directory replication (limits.visible_at).
+    visible = call.ctx.limiter.visible_at(alias)
     user = User(
         id=d.new_object_guid(),
         display_name=call.text("DisplayName") or name,
@@ -94,7 +96,9 @@ def new_mailuser(call: Call) -> list[dict[str, Any]]:
         surname=call.text("LastName"),
         recipient_type_details="MailUser",
         external_email_address=None if external is None else "SMTP:" + external,
-        visible_at=call.ctx.limiter.visible_at(),
+        visible_at=visible,
+        exchange_created=True,
+        graph_writable_at=call.ctx.limiter.graph_writable_at(visible, alias),
     )
     user.legacy_exchange_dn = t.new_legacy_dn(alias)
     t.users[user.id] = user

@@ -258,7 +258,8 @@ async def add_member(request: Request) -> Response:
         ref = str(body.get("@odata.id") or "")
         member_id = ref.rstrip("/").rsplit("/", 1)[-1]
         member = tenant.get(member_id)
-        if not ref or member is None:
+        # An object still replicating (an Exchange-created MailUser) is unknown to Graph.
+        if not ref or member is None or not common.visible(member, common.now()):
             raise common.not_found(request, member_id or ref)
         if member_id in g.members:
             raise fail(400, "Request_BadRequest", MEMBER_EXISTS, request)
@@ -397,7 +398,7 @@ async def create_group(request: Request) -> Response:
             owners=owners,
             created=created,
             changed=created,
-            visible_at=ctx.limiter.visible_at(),
+            visible_at=ctx.limiter.visible_at(body["mailNickname"], origin="graph"),
         )
         tenant.groups[g.id] = g
         tenant.touch(g)

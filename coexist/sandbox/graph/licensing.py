@@ -84,9 +84,11 @@ def apply_exchange_licensing(
 
     - A MailUser that gains an Exchange service plan and has **no** ExchangeGuid
       gets a new mailbox after a delay: `mailbox_pending_at` is set to
-      `now + provisioning_delay_s / time_scale`; `Tenant.settle()` later makes it
-      a UserMailbox. With an ExchangeGuid it stays a MailUser: Exchange waits
-      for a mailbox move to bring the mailbox.
+      `now + Settings.delay("provisioning", alias)` (minutes under `realistic`,
+      drawn per user); `Tenant.settle()` later makes it a UserMailbox. Graph's
+      Outlook APIs serve it from `rest_ready_at`, a further `Settings.delay("rest")`
+      later. With an ExchangeGuid it stays a MailUser: Exchange waits for a mailbox
+      move to bring the mailbox.
     - Licensing scrubs SMTP proxies whose domain is not a verified accepted
       domain of the tenant (X500 and other prefixes stay). If the primary goes,
       the first remaining SMTP proxy becomes primary, else alias@initial domain
@@ -101,8 +103,9 @@ def apply_exchange_licensing(
     _scrub_unverified_proxies(tenant, user)
     mail_user = user.recipient_type_details == "MailUser"
     if mail_user and not user.exchange_guid and user.mailbox_pending_at is None:
-        scale = settings.time_scale if settings.time_scale > 0 else 1.0
-        user.mailbox_pending_at = now + settings.provisioning_delay_s / scale
+        key = user.alias or user.user_principal_name
+        user.mailbox_pending_at = now + settings.delay("provisioning", key)
+        user.rest_ready_at = user.mailbox_pending_at + settings.delay("rest", key)
 
 
 def _scrub_unverified_proxies(tenant: Tenant, user: User) -> None:

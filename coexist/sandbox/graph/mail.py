@@ -15,7 +15,8 @@ modules on purpose, as Graph does:
 - Paging is `$top` (default 10, 1-1000) + `$skip` in `@odata.nextLink`
   (user-list-messages: "The default page size is 10 messages. You can use
   $top to customize the page size, within the range of 1 and 1000").
-- A user without an Exchange Online mailbox: 404 MailboxNotEnabledForRESTAPI.
+- A user without an Exchange Online mailbox, or whose new mailbox Graph does not
+  serve yet (`users.mailbox_served`): 404 MailboxNotEnabledForRESTAPI.
   An unknown user: 404 ErrorInvalidUser "The requested user '<id>' is invalid."
   (microsoft-graph-docs issues 4097 / 7909).
 
@@ -169,7 +170,7 @@ def _mailbox_user(request: Request, principal: Principal) -> tuple[str, User]:
         user = users.find_user(tenant, key)
         if user is None or not common.visible(user, common.now()):
             raise invalid_user(request, key)
-        if not user.is_mailbox or not user.exchange_guid:
+        if not users.mailbox_served(user, common.now()):
             raise fail(404, *users.NO_MAILBOX, request)
         return tenant_key(world, tenant), user
 

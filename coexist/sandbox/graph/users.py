@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..model import Tenant, User
+from ..model import Settings, Tenant, User
 from ..web import ctx_of
 from . import common, odata
 from .common import GraphJSON, fail
@@ -301,6 +301,34 @@ def _check_upn(request: Request, tenant: Tenant, user: User, value: Any) -> None
         )
 
 
+# Graph's refusals of a PATCH to an object another service masters, verbatim. The first
+# is the DualWrite answer for "on-premises mastered Directory Sync objects or objects
+# currently undergoing migration" (Microsoft 365 Dev blog, "Breaking change to Microsoft
+# Graph Users API: Updates to on-premises sync-enabled user contact numbers are no longer
+# allowed", 2020); the second is answered for users created as Mail Users through Exchange
+# Online (microsoft-graph-docs-contrib issues 3564 and 8048). Which one a new MailUser gets,
+# and for how long, is *unverified*: `Settings.graph_patch_refusal` chooses.
+UNDERGOING_MIGRATION = (
+    "Unable to update the specified properties for on-premises mastered Directory Sync "
+    "objects or objects currently undergoing migration."
+)
+EXTERNAL_SERVICE = (
+    "Unable to update the specified properties for objects that have originated within an "
+    "external service."
+)
+
+
+def patch_refusal(settings: Settings, user: User, now: float) -> str | None:
+    """Graph's 400 message refusing a PATCH of `user` now, or None when it is accepted."""
+    if not user.exchange_created:
+        return None
+    if settings.graph_patch_refusal == "external":
+        return EXTERNAL_SERVICE
+    if settings.graph_patch_refusal == "migrating" and now < user.graph_writable_at:
+        return UNDERGOING_MIGRATION
+    return None
+
+
 async def patch_user(request: Request) -> Response:
     world = ctx_of(request).world
     body = await common.json_body(request)
@@ -308,6 +336,9 @@ async def patch_user(request: Request) -> Response:
         principal = common.write(request, common.USER_WRITE)
         tenant = principal.tenant
         user = visible_user(request, tenant, request.path_params["user_id"])
+        refusal = patch_refusal(world.settings, user, common.now())
+        if refusal is not None:
+            raise fail(400, "Request_BadRequest", refusal, request)
         _check_patch(request, tenant, user, body)
         for key, value in body.items():
             attr = WRITABLE.get(key)
@@ -337,6 +368,16 @@ NO_MAILBOX = (
 )
 
 
+def mailbox_served(user: User, now: float) -> bool:
+    """Whether Graph's Outlook faces serve this user's mailbox now (else 404 NO_MAILBOX).
+
+    A mailbox Exchange has just provisioned is not served before `rest_ready_at`: Graph
+    answers 404 for a while after licensing (Graph known issues, "No instant access after
+    creation").
+    """
+    return user.is_mailbox and bool(user.exchange_guid) and user.rest_ready_at <= now
+
+
 async def exchange_settings(request: Request) -> Response:
     world = ctx_of(request).world
     with world.lock:
@@ -345,7 +386,7 @@ async def exchange_settings(request: Request) -> Response:
         tenant.settle()
         key = request.path_params["user_id"]
         user = visible_user(request, tenant, key)
-        if not user.is_mailbox or not user.exchange_guid:
+        if not mailbox_served(user, common.now()):
             raise fail(404, *NO_MAILBOX, request)
         return GraphJSON(
             {
