@@ -367,6 +367,13 @@ class Settings:
     # expired too: `World.expire_sync_states()` forgets every state on demand.
     sync_state_max_age_s: float = 7 * 86400.0
     sync_states_expired_before: float = 0.0
+    # The import/export API's answers its pages do not document (*unverified*; a client must
+    # cope with each, and the mover is tested against each):
+    # - an expired or unknown items/folders delta token: 410 with this code (delta-query
+    #   pages name SyncStateNotFound, SyncStateInvalid and resyncRequired);
+    io_sync_state_code: str = "SyncStateNotFound"
+    # - importItem `Mode: update` with a ChangeKey the item no longer has: "status code".
+    io_update_conflict: str = "409 ErrorIrresolvableConflict"
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
         """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""
