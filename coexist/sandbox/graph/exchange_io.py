@@ -537,7 +537,9 @@ class Tree:
             )
         if any(c.display_name.casefold() == name.casefold() for c in self.children(parent.id)):
             raise folder_exists(request)
-        under = None if parent.well_known is not None else parent.id
+        # Where each face keeps them: secondary calendars and To Do lists have no parent
+        # (they hang off the default one); contact folders nest, from the default folder on.
+        under = None if parent.well_known is not None and kind != "contacts" else parent.id
         return self._from_pim(self.pim.create_folder(self.key, self.owner, kind, name, under))
 
     def rename(self, request: Request, folder: TreeFolder, name: str) -> TreeFolder:
