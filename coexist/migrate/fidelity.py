@@ -79,9 +79,6 @@ IMPORTS_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app 
 DELTA_PAGE = 200  # Prefer: odata.maxpagesize (graph/delta-query-messages)
 LIST_PAGE = 1000  # $top for item and folder listings (the API's largest page here)
 BATCH = 20  # requests per JSON $batch (graph/json-batching)
-# New items of one folder beyond which their identities are read by listing the folder (one
-# request per 1,000 items) rather than item by item (20 per $batch).
-LIST_IDENTITIES_OVER = 100
 CHECKPOINT_KIND = "io-items"
 MAIL_CLASS = "IPM.Note"  # item class of mail (resources/mailboxitem `type`)
 MAIL_FOLDER = "IPF.Note"  # folder class of mail folders (resources/mailboxfolder `type`)
@@ -461,7 +458,7 @@ async def map_folders(
 # -- scan (delta -> item_map) -------------------------------------------------------------------------
 
 
-async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
+async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str, total: int = 0) -> None:
     """Record the folder's changes since the saved deltaLink, then save the new deltaLink.
 
     An expired sync state restarts the folder's round from scratch: the item map keeps what
@@ -470,20 +467,22 @@ async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
     saved = ctx.journal.get_checkpoint(key, folder_id, CHECKPOINT_KIND)
     first = src.path(f"folders/{folder_id}/items/delta")
     try:
-        await _follow(ctx, key, src, folder_id, (saved or {}).get("token") or first)
+        await _follow(ctx, key, src, folder_id, (saved or {}).get("token") or first, total)
     except RemoteError as exc:
         if saved is None or not sync_state_lost(exc):
             raise
         ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
-        seen = await _follow(ctx, key, src, folder_id, first)
+        seen = await _follow(ctx, key, src, folder_id, first, total)
         _forget_unseen(ctx, key, folder_id, seen)
 
 
-async def _follow(ctx: Context, key: str, src: Box, folder_id: str, link: str) -> set[str]:
+async def _follow(
+    ctx: Context, key: str, src: Box, folder_id: str, link: str, total: int
+) -> set[str]:
     """Follow one delta round, journaling each page before the next; the ids it reported."""
     headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
     seen: set[str] = set()
-    known = Identities(src, folder_id)
+    known = Identities(src, folder_id, total)
     async for values, delta in src.graph.delta_pages(link, headers):
         rows, forget = _page_rows(ctx, key, folder_id, values)
         await known.fill([r for r in rows if "source_folder_id" in r])
@@ -511,17 +510,19 @@ def _forget_unseen(ctx: Context, key: str, folder_id: str, seen: set[str]) -> No
 
 class Identities:
     """Identity and subject of a source folder's new items, read through the API's extended
-    properties: item by item in $batch for a few, by listing the folder for many."""
+    properties: by listing the folder (one request per 1,000 items of `total`) when that
+    costs fewer requests than reading them one by one (each inner request of a $batch counts
+    against the mailbox's budget), else item by item."""
 
-    def __init__(self, src: Box, folder_id: str) -> None:
-        self.src, self.folder_id = src, folder_id
+    def __init__(self, src: Box, folder_id: str, total: int) -> None:
+        self.src, self.folder_id, self.total = src, folder_id, total
         self.listed: dict[str, dict[str, str]] | None = None
 
     async def fill(self, rows: list[dict[str, Any]]) -> None:
         ids = [str(r["source_item_id"]) for r in rows]
         if not ids:
             return
-        if self.listed is None and len(ids) > LIST_IDENTITIES_OVER:
+        if self.listed is None and -(-self.total // LIST_PAGE) < len(ids):
             self.listed = await self._list()
         found = {i: self.listed[i] for i in ids if i in self.listed} if self.listed else {}
         missing = [i for i in ids if i not in found]
@@ -1145,8 +1146,9 @@ class ImportExportMover:
         tgt = Box(tgt_graph, tgt_user, await mailbox_id(tgt_graph, tgt_user))
         plan = await plan_folders(ctx, src, tgt)
         counts: Counter[str] = Counter()
+        totals = {f.id: f.total for f in plan.source}
         for folder_id in plan.target_of:
-            await scan_folder(ctx, subject, src, folder_id)
+            await scan_folder(ctx, subject, src, folder_id, totals.get(folder_id, 0))
         plan_moves(ctx, subject, plan, counts)
         importer = Importer(tgt)
         await copy_pending(ctx, subject, src, importer, plan, window, counts)
