@@ -36,6 +36,7 @@ from tests.e2e.pim_seed import (
 OLD = dt.datetime(2024, 1, 15, 9, 30, tzinfo=dt.UTC)
 RECENT = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
 MOVER = {"migration.mover": "graph-import-export"}
+MAIL = "IPM.Note"
 
 
 def mime(subject: str, attachment: bytes | None = None, ctype: str | None = None) -> bytes:
@@ -485,3 +486,39 @@ def test_any_4xx_on_an_update_import_is_that_items_conflict(
     after = by_subject(w.items("target"))
     assert after[b.subject][0].is_read and not after[a.subject][0].is_read
     assert after[a.subject][0].categories == ["Red"]  # the target wins
+
+
+def test_an_interrupted_import_is_recognised_by_identity(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Imports that landed but were never journaled (a kill between the two) are adopted on
+    the next run by Message-ID, or by search key where there is none (a draft, a contact, an
+    event, a task), though the copies' createdDateTime and size differ from the source's."""
+    w = provisioned(make_project, sandbox)
+    seed_pim(sandbox, w.source)
+    w.put(["Inbox"], "plain mail")
+    draft = mime("a draft").replace(b"Message-ID:", b"X-Old-Message-ID:")
+    w.put(["Drafts"], "a draft", body=draft, is_draft=True)
+    prestage(w)
+    cutover(w)
+    project = load_project(w.project)
+    with Journal.open(project.journal_url) as j:
+        rows = [r for r in j.mapped_items(w.source) if r["status"] == "copied"]
+        assert len(rows) == 9 and all(r["source_identity"] for r in rows)
+        assert any(str(r["source_identity"]).startswith("sk:") for r in rows if r["kind"] == MAIL)
+        before = {r["source_item_id"]: r["target_item_id"] for r in rows}
+        for r in rows:  # as a pass killed after each import and before its record leaves them
+            j.map_item(w.source, r["source_item_id"], status="importing", target_item_id=None,
+                       target_change_key=None)  # fmt: skip
+    mails = len(w.items("target"))
+    sandbox.mail.update_message("source", w.source, w.items("source")[0].id, is_read=True)
+    cutover(w)
+    counts = last_counts(w)
+    assert counts.get("copied", 0) == 0 and counts.get("skipped", 0) == 0, counts
+    assert len(w.items("target")) == mails
+    with Journal.open(project.journal_url) as j:
+        after = {r["source_item_id"]: r["target_item_id"] for r in j.mapped_items(w.source)}
+        assert {r["status"] for r in j.mapped_items(w.source)} == {"copied"}
+    assert after == before
+    report = commands.status(w.project, user=str(w.user["source_address"]))["users"][0]
+    assert report["reconciliation"]["unexplained"] == 0, report["reconciliation"]
