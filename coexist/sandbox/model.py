@@ -372,7 +372,9 @@ class Settings:
     # - an expired or unknown items/folders delta token: 410 with this code (delta-query
     #   pages name SyncStateNotFound, SyncStateInvalid and resyncRequired);
     io_sync_state_code: str = "SyncStateNotFound"
-    # - importItem `Mode: update` with a ChangeKey the item no longer has: "status code".
+    # - importItem `Mode: update` with a ChangeKey the item no longer has: "status code" (the
+    #   default's code is Exchange's own for it, an EWS ResponseCode in spec/ews/messages.xsd;
+    #   its HTTP status through this API is not published).
     io_update_conflict: str = "409 ErrorIrresolvableConflict"
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:

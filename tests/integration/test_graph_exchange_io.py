@@ -389,6 +389,13 @@ def test_folder_and_item_delta(sandbox: Sandbox, conn: dict[str, Any]) -> None:
     assert {"Inbox", "Sent Items", "Contacts", "Calendar", "Finder", "Deletions"} <= names
     again = http.get(link).json()
     assert again["value"] == [] and "@odata.deltaLink" in again
+    below, _ = delta_round(http, f"admin/exchange/mailboxes/{mbx}/folders/inbox/childFolders/delta")
+    assert below == []
+    http.post(f"admin/exchange/mailboxes/{mbx}/folders/inbox/childFolders",
+              json={"displayName": "Sub", "type": "IPF.Note"})  # fmt: skip
+    below, _ = delta_round(http, f"admin/exchange/mailboxes/{mbx}/folders/inbox/childFolders/delta")
+    assert [f["displayName"] for f in below] == ["Sub"]
+    assert "Sub" in {f["displayName"] for f in http.get(link).json()["value"]}
 
     inbox = http.get(f"admin/exchange/mailboxes/{mbx}/folders/inbox").json()["id"]
     url: str | None = f"admin/exchange/mailboxes/{mbx}/folders/{inbox}/items/delta()"

@@ -491,11 +491,12 @@ class Tree:
         out += [self._from_mail(f) for f, _q in self.searches.values()]
         return out
 
-    def walk(self) -> list[TreeFolder]:
-        """Every folder of the mailbox (IPM, system and search), parents before children."""
+    def walk(self, under: str | None = None) -> list[TreeFolder]:
+        """Every folder of the mailbox (IPM, system and search), or every folder below
+        `under`, parents before children."""
         out: list[TreeFolder] = []
         seen: set[str] = set()
-        queue = self.top()
+        queue = self.top() if under is None else self.children(under)
         while queue:
             f = queue.pop(0)
             if f.id in seen:
@@ -1145,15 +1146,18 @@ def _delta_response(
 
 
 async def folders_delta(request: Request) -> Response:
+    """mailboxfolder-delta: `folders/delta` (the mailbox) or `folders/{id}/childFolders/delta`
+    (below one folder)."""
     with mailbox_request(request, FOLDER_READ_ANY) as mbx:
         tree = _tree(request, mbx)
-        folders = {f.id: f for f in tree.walk()}
+        under = _folder_or_404(request, tree).id if "folder_id" in request.path_params else None
+        folders = {f.id: f for f in tree.walk(under)}
 
         def resolve(folder_id: str) -> dict[str, Any] | None:
             f = folders.get(folder_id)
             return folder_json(f) if f is not None else None
 
-        scope = f"folders:{mbx.key}:{mbx.user.id}"
+        scope = f"folders:{mbx.key}:{mbx.user.id}:{under or ''}"
         return _delta_response(
             request,
             tree.pim,
@@ -1421,6 +1425,8 @@ def routes() -> list[BaseRoute]:
         Route(folder, update_folder, methods=["PATCH"]),
         Route(f"{folder}/$ref", delete_folder, methods=["DELETE"]),
         Route(f"{folder}/childFolders", list_child_folders, methods=["GET"]),
+        Route(f"{folder}/childFolders/delta", folders_delta, methods=["GET"]),
+        Route(f"{folder}/childFolders/delta()", folders_delta, methods=["GET"]),
         Route(f"{folder}/childFolders", create_folder, methods=["POST"]),
         Route(child, get_folder, methods=["GET"]),
         Route(child, update_folder, methods=["PATCH"]),
