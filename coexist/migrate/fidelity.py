@@ -657,10 +657,14 @@ async def finish_moves(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -
         counts["moved"] += 1
 
 
+def copy_path(box: Box, row: dict[str, Any]) -> str:
+    """A row's target copy (mailboxitem-get)."""
+    return box.path(f"folders/{row['target_folder_id']}/items/{row['target_item_id']}")
+
+
 def io_item_path(box: Box, row: dict[str, Any]) -> str:
     """The URL that deletes a row's target copy (mailboxfolder-delete-items)."""
-    item = f"folders/{row['target_folder_id']}/items/{row['target_item_id']}"
-    return box.path(f"{item}?disposalType={DISPOSAL}")
+    return f"{copy_path(box, row)}?disposalType={DISPOSAL}"
 
 
 # -- moves of the graph-items mover (mail API ids) --------------------------------------------------
@@ -910,13 +914,47 @@ async def copy_pending(
 async def update_changed(
     ctx: Context, key: str, src: Box, importer: Importer, counts: Counter[str]
 ) -> None:
-    """Bring copies in line with their changed source (read/flag state, categories...)."""
-    jobs = [
-        Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), str(r["target_change_key"])))
-        for r in ctx.journal.mapped_items(key, status="changed")
-        if r["target_item_id"]
-    ]
+    """Bring copies in line with their changed source (read/flag state, categories...).
+
+    Crash safety: a copy's change key is forgotten in the journal before its update is sent
+    and recorded after it; a row without one (the pass died in between, and the update may
+    have landed) is updated over the copy's current change key, read from the target."""
+    rows = [r for r in ctx.journal.mapped_items(key, status="changed") if r["target_item_id"]]
+    unknown = [r for r in rows if not r["target_change_key"]]
+    current = await change_keys(importer.box, unknown) if unknown and not ctx.planning else {}
+    jobs = []
+    for r in rows:
+        change_key = r["target_change_key"] or current.get(str(r["target_item_id"]))
+        if change_key is None:
+            # The copy could not be read: gone in the target since (deleted there).
+            ctx.journal.map_item(
+                key,
+                r["source_item_id"],
+                status="copied",
+                reason=_kept_reason(r, "not updated: the copy is no longer in the target"),
+            )
+            counts["update_conflicts"] += 1
+            continue
+        jobs.append(Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), change_key)))
     await _pipeline(ctx, key, src, importer, jobs, counts)
+
+
+async def change_keys(box: Box, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Current change key of each row's target copy (mailboxitem-get, 20 per $batch)."""
+    out: dict[str, str] = {}
+    for n in range(0, len(rows), BATCH):
+        chunk = rows[n : n + BATCH]
+        urls = [f"/{copy_path(box, r)}?$select=changeKey" for r in chunk]
+        for r, body in zip(chunk, await box.graph.batch_get(urls), strict=True):
+            if isinstance(body, dict) and body.get("changeKey"):
+                out[str(r["target_item_id"])] = str(body["changeKey"])
+    return out
+
+
+def _kept_reason(row: dict[str, Any], reason: str) -> str:
+    """A row's new reason, unless it is mid-move: that mark must survive until the old copy
+    is removed (`finish_moves`)."""
+    return str(row["reason"]) if _moving(row) else reason
 
 
 Exported = list[tuple[Job, tuple[str, str]]]  # (job, (changeKey, base64 stream))
@@ -1043,14 +1081,17 @@ async def _create(sink: Sink, job: Job, data: tuple[str, str]) -> None:
 
 async def _update(sink: Sink, job: Job, data: tuple[str, str]) -> None:
     assert job.update is not None
+    sink.record(job, target_change_key=None)  # the copy is about to change (crash safety)
     try:
         made = await sink.importer.put(job.dest, data[1], job.update)
     except RemoteError as exc:
         if not update_refused(exc):
+            sink.record(job, target_change_key=job.update[1])  # nothing was changed
             raise
         # Changed in the target too, gone there, or refused: that item's conflict, reported
         # (the target wins); the pass goes on.
-        sink.record(job, status="copied", reason=f"not updated: {exc.message}")
+        reason = _kept_reason(job.row, f"not updated: {exc.message}")
+        sink.record(job, status="copied", target_change_key=job.update[1], reason=reason)
         sink.counts["update_conflicts"] += 1
         return
     _copied(sink, job, data, {**made, "itemId": made.get("itemId") or job.update[0]})
