@@ -26,6 +26,7 @@ from rich.table import Table
 from coexist import commands
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError
+from coexist.permissions import MOVER_NEEDS
 
 err = Console(stderr=True)
 out = Console()
@@ -197,10 +198,16 @@ def init_cmd(directory: Path, force: bool) -> None:
 
 @main.command("permissions")
 @click.option("--command", "command", default=None, help="Only what this command needs.")
+@click.option(
+    "--mover",
+    type=click.Choice(sorted(MOVER_NEEDS)),
+    default=None,
+    help="Add what this data mover ([migration] mover) needs in prestage and cutover.",
+)
 @json_option
-def permissions_cmd(command: str | None, as_json: bool) -> None:
+def permissions_cmd(command: str | None, mover: str | None, as_json: bool) -> None:
     """Print exactly which permissions coexist needs, per tenant (least privilege)."""
-    rows = commands.permissions(command)
+    rows = commands.permissions(command, mover)
     if as_json:
         click.echo(json.dumps(rows))
         return

@@ -275,8 +275,9 @@ def init(directory: Path, *, overrides: dict[str, Any] | None = None, force: boo
     return write_project(directory, overrides=overrides, force=force)
 
 
-def permissions(command: str | None = None) -> list[dict[str, str]]:
-    """Exactly which permissions a command (or every command) needs, per tenant."""
+def permissions(command: str | None = None, mover: str | None = None) -> list[dict[str, str]]:
+    """Exactly which permissions a command (or every command) needs, per tenant; with
+    `mover`, what that data mover adds to the data passes."""
     return [
         {
             "tenant": n.tenant,
@@ -285,7 +286,7 @@ def permissions(command: str | None = None) -> list[dict[str, str]]:
             "alternatives": ", ".join(n.any_of[1:]),
             "why": n.why,
         }
-        for n in needs(command)
+        for n in needs(command, mover)
     ]
 
 

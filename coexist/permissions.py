@@ -149,13 +149,68 @@ NEEDS: dict[str, list[Need]] = {
 NEEDS["rediscover"] = NEEDS["discover"]
 NEEDS["rollback"] = NEEDS["cutover"]
 
+# What each data mover needs on top, in the commands that run data passes (`[migration]
+# mover`). Least privileged first, from each API page's "Permissions" table (application).
+DATA_COMMANDS = ("prestage", "cutover")
+MAILBOX_ID = ("User.Read.All", "User.ReadWrite.All")  # usersettings-list-exchange
+MAIL_FOLDER_NAMES = ("Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite")  # mailfolder-get
+CALENDAR_NAME = ("Calendars.ReadBasic", "Calendars.Read", "Calendars.ReadWrite")  # calendar-get
+CONTACT_FOLDER_NAME = ("Contacts.Read", "Contacts.ReadWrite")  # contactfolder-get
+TODO_LIST_NAME = ("Tasks.Read.All", "Tasks.ReadWrite.All")  # todo-list-lists
 
-def needs(command: str | None = None) -> list[Need]:
-    """The needs of one command, or of all of them (deduplicated)."""
+
+def _default_names(tenant: str) -> list[Need]:
+    """The import/export mover recognises default folders by each API's own name for them
+    (mailboxFolder has no well-known name in v1.0): a read of each default's name."""
+    return [
+        Need(tenant, "graph", MAILBOX_ID, "read each mailbox's import/export id (settings/exchange)"),
+        Need(tenant, "graph", MAIL_FOLDER_NAMES, "name the default mail folders (mailFolders/inbox...)"),
+        Need(tenant, "graph", CALENDAR_NAME, "name the primary calendar"),
+        Need(tenant, "graph", CONTACT_FOLDER_NAME, "name the default contact folder"),
+        Need(tenant, "graph", TODO_LIST_NAME, "name the default To Do list"),
+    ]  # fmt: skip
+
+
+MOVER_NEEDS: dict[str, list[Need]] = {
+    "none": [],
+    "graph-import-export": [
+        # mailbox-exportitems, mailbox-list-folders / mailboxfolder-delta, mailboxitem-get /
+        # mailboxitem-delta (identities and the IRM/S-MIME check through extended properties)
+        Need("source", "graph", ("MailboxItem.Export.All", "MailboxItem.ImportExport.All"),
+             "export items (import/export API)"),
+        Need("source", "graph", ("MailboxFolder.Read.All", "MailboxFolder.ReadWrite.All"),
+             "list folders (import/export API)"),
+        Need("source", "graph", ("MailboxItem.Read.All", "MailboxItem.ReadWrite.All"),
+             "follow item deltas, read item identities (import/export API)"),
+        *_default_names("source"),
+        # mailbox-createimportsession, mailbox-post-folders, mailboxfolder-delete-items
+        Need("target", "graph", ("MailboxItem.ImportExport.All",), "import items"),
+        Need("target", "graph", ("MailboxFolder.ReadWrite.All",), "create folders"),
+        Need("target", "graph", ("MailboxItem.ReadWrite.All",),
+             "delete copies (moves at the source, mirrored deletions), find interrupted imports"),
+        *_default_names("target"),
+    ],
+    "graph-items": [
+        Need("source", "graph", ("Mail.Read", "Mail.ReadWrite"), "read messages (MIME, state)"),
+        Need("source", "graph", ("Contacts.Read", "Contacts.ReadWrite"), "read contacts"),
+        Need("source", "graph", ("Calendars.Read", "Calendars.ReadWrite"), "read events"),
+        Need("source", "graph", ("Tasks.Read.All", "Tasks.ReadWrite.All"), "read To Do tasks"),
+        Need("target", "graph", ("Mail.ReadWrite",), "create folders and messages"),
+        Need("target", "graph", ("Contacts.ReadWrite",), "create contact folders and contacts"),
+        Need("target", "graph", ("Calendars.ReadWrite",), "create calendars and events"),
+        Need("target", "graph", ("Tasks.ReadWrite.All",), "create To Do lists and tasks"),
+    ],
+}  # fmt: skip
+
+
+def needs(command: str | None = None, mover: str | None = None) -> list[Need]:
+    """The needs of one command, or of all of them (deduplicated); with `mover`, what that
+    data mover needs too in the commands that run data passes."""
     if command is not None:
-        return list(NEEDS.get(command, []))
+        extra = MOVER_NEEDS.get(mover or "none", []) if command in DATA_COMMANDS else []
+        return list(NEEDS.get(command, [])) + extra
     seen: dict[tuple[str, str, tuple[str, ...]], Need] = {}
-    for items in NEEDS.values():
+    for items in [*NEEDS.values(), MOVER_NEEDS.get(mover or "none", [])]:
         for n in items:
             seen.setdefault((n.tenant, n.api, n.any_of), n)
     return list(seen.values())

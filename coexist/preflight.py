@@ -77,7 +77,7 @@ async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
             out.append(row)
     missing: dict[tuple[str, str], list[str]] = {}
     for command in commands:
-        for need in needs(command):
+        for need in needs(command, ctx.project.migration.mover):
             claims = granted[(need.tenant, need.api)]
             if is_exchange_role(need):
                 ok = role.get(need.tenant, False)

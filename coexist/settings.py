@@ -340,11 +340,10 @@ SETTINGS: tuple[Setting, ...] = (
         "none",
         "none: no mail is copied; each data pass shows `no data mover configured` for the "
         "user, never success. graph-import-export: full fidelity over Microsoft Graph's "
-        "mailbox import/export API (needs MailboxItem.ImportExport.All and "
-        "MailboxFolder.ReadWrite.All in both tenants). graph-items: the fallback over the "
-        "mail, contacts, calendar and To Do APIs (messages rebuilt from their MIME as "
-        "non-draft items with their dates; needs Mail.ReadWrite, Contacts.ReadWrite, "
-        "Calendars.ReadWrite and Tasks.ReadWrite.All in both tenants).",
+        "mailbox import/export API. graph-items: the fallback over the mail, contacts, "
+        "calendar and To Do APIs (messages rebuilt from their MIME as non-draft items with "
+        "their dates). `coexist permissions --command cutover --mover NAME` lists exactly "
+        "what each needs in each tenant.",
         choices=("none", "graph-import-export", "graph-items"),
     ),
     Setting(

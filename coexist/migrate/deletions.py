@@ -1,7 +1,8 @@
 """Items deleted at the source since they were copied: reported, or mirrored into the target.
 
 `[migration] deletions = "keep"` (default) only counts them; `"mirror"` deletes each copy
-through the Graph API of its kind. Both movers record a copied item's kind: the fallback
+through the API its mover copied it with (the Graph API of its kind for graph-items, the
+import/export API's item delete for graph-import-export). Both movers record a copied item's kind: the fallback
 mover as mail/contact/event/task, the import/export mover as the item class.
 """
 
@@ -51,15 +52,26 @@ def delete_path(row: dict[str, Any], user: str) -> str | None:
 
 
 async def handle_deletions(
-    ctx: Context, key: str, graph: GraphAdapter, user: str, counts: Counter[str]
+    ctx: Context,
+    key: str,
+    graph: GraphAdapter,
+    user: str,
+    counts: Counter[str],
+    path_of: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> None:
-    """Source deletions: reported (keep) or mirrored into the target (mirror)."""
+    """Source deletions: reported (keep) or mirrored into the target (mirror).
+
+    `path_of` gives the URL that deletes a row's copy; by default the Graph API of its kind
+    (the graph-items mover's ids). The import/export mover passes its own: its copies have
+    that API's ids, which the mail/contacts/calendar/To Do APIs do not know."""
     gone = ctx.journal.mapped_items(key, status="gone")
     counts["deleted_at_source"] = len(gone)
     if ctx.project.migration.deletions != "mirror":
         return
     for r in gone:
-        path = delete_path(r, user) if r["target_item_id"] else None
+        path = None
+        if r["target_item_id"]:
+            path = path_of(r) if path_of is not None else delete_path(r, user)
         if path is None:
             counts["not_mirrored"] += 1  # stays `gone` in the item map: visible, not lost
             continue

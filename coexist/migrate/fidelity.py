@@ -1,39 +1,69 @@
 """The full-fidelity mover: Microsoft Graph's mailbox import/export API (M365 -> M365).
 
-learn.microsoft.com/graph/mailbox-import-export-concept-overview: items are exported as an
-opaque full-fidelity stream (`exportItems`, at most 20 ids per call) and imported through an
-import session whose `importUrl` is pre-authenticated (`createImportSession`). The stream is
-never opened here: what it holds reaches the target unchanged (MIME byte-identical, every
-property kept).
+resources/mailbox-import-export-api-overview (v1.0): items are exported as an opaque
+full-fidelity stream (`exportItems`, at most 20 ids per call) and imported through an import
+session whose `importUrl` is pre-authenticated (`createImportSession`); folders are listed,
+created and deleted, items listed and deleted, through the same API. The stream is never
+opened here: what it holds reaches the target unchanged (MIME byte-identical, every property
+kept). This mover speaks only that API for folders and items; its folder and item ids are
+its own (never handed to the mail/calendar/contacts/To Do APIs, which would not know them).
+
+What v1.0 does not expose, and what is used instead:
+
+- Well-known folders (mailboxFolder has no wellKnownName in v1.0): each API's own way to name
+  its default folder is read once per pass and matched by display name to the import/export
+  folders directly under the IPM root (`well_known_names`): the mail API's well-known names
+  (`users/{id}/mailFolders/inbox` ... resources/mailfolder), the primary calendar
+  (`users/{id}/calendar`, user-get-calendar), the To Do list whose `wellknownListName` is
+  `defaultList` (todotasklist) and the default contact folder (`contactFolders/contacts`,
+  *unverified*: not on a Graph page, used by public clients). So a German "Posteingang" is
+  the Inbox on either side.
+- Search folders and non-IPM system folders (mailbox-list-folders lists them: "including any
+  search folders") are never copied: only folders under the IPM root (the parent of the
+  folders the well-known names found) are, and of those none whose PidTagFolderType
+  (`Integer 0x3601`, MS-OXCFOLD) is FOLDER_SEARCH (`$expand=singleValueExtendedProperties`).
+- Identity (`identity_of`): the message's Internet Message-ID (PR_INTERNET_MESSAGE_ID,
+  `String 0x1035`) or, for items without one (contacts, events, tasks, drafts),
+  PR_SEARCH_KEY (`Binary 0x300B`), read through the same API's extended properties at scan
+  time and kept in the item map. Crash recovery and move detection match by it; never by
+  createdDateTime or size, which an import re-stamps.
 
 A pass over one mailbox, and why in this order:
 
 1. Scan: per source folder, follow the items delta (from the saved deltaLink) and record
-   every reported item in the journal's `item_map` (new -> pending, changed -> changed,
-   removed -> gone); only then save the deltaLink (FACTS/DESIGN rule 7: a checkpoint never
-   runs ahead of the data it covers). Items outside the pass window stay `pending`, so the
-   delta can advance without losing them.
+   every reported item in the journal's `item_map` (new -> pending with its identity,
+   changed -> changed, removed -> gone); only then save the deltaLink (a checkpoint never
+   runs ahead of the data it covers). An expired sync state (410, `SyncStateNotFound`,
+   `SyncStateInvalid`, `resyncRequired`) restarts that folder's round; what the fresh round
+   no longer reports is gone. Items outside the pass window stay `pending`.
 2. Moves: an item moved at the source gets a new id (Exchange ids are per folder); a pending
-   item that matches a gone, already-copied item (same createdDateTime and size, a unique
-   match) is moved in the target instead of copied again.
+   item whose identity matches exactly one gone, copied item is that item moved. The API has
+   no move: the item is imported into its new folder like any other, and the old copy is
+   deleted through the API once the new one is journaled (`finish_moves`); a pass killed in
+   between finishes it on the next run.
 3. Copy: pending items in the window, in export batches of <= 20, each imported into the
    mapped target folder and recorded right after; an `importing` mark written before the
-   import lets a pass that was killed in between adopt the copy instead of duplicating it.
-4. Update: changed items are re-exported and imported with `Mode: update` over their copy.
-5. Deletions: gone items are reported (`deletions = keep`) or deleted in the target (mirror).
+   import lets a pass that was killed in between adopt the copy (same identity in the target
+   folder) instead of duplicating it.
+4. Update: changed items are re-exported and imported with `Mode: update` over their copy;
+   any 4xx is that item's conflict (reported; the pass goes on).
+5. Deletions: gone items are reported (`deletions = keep`) or deleted in the target through
+   the API (mirror).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from coexist.engine.context import Context
-from coexist.errors import Conflict, InvalidRequest, NotFound
+from coexist.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.deletions import handle_deletions
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
 from coexist.migrate.passes import MOVERS, PassResult, Window
@@ -47,6 +77,8 @@ EXPORT_BYTES = 6 * 1024 * 1024
 PREFETCH_BATCHES = 1  # exported batches waiting for import (the next one is being exported)
 IMPORTS_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
 DELTA_PAGE = 200  # Prefer: odata.maxpagesize (graph/delta-query-messages)
+LIST_PAGE = 1000  # $top for item and folder listings (the API's largest page here)
+BATCH = 20  # requests per JSON $batch (graph/json-batching)
 CHECKPOINT_KIND = "io-items"
 MAIL_CLASS = "IPM.Note"  # item class of mail (resources/mailboxitem `type`)
 MAIL_FOLDER = "IPF.Note"  # folder class of mail folders (resources/mailboxfolder `type`)
@@ -59,6 +91,63 @@ ENCRYPTED_TYPES = (
 )
 # Sessions are renewed a little before Microsoft's expirationDateTime.
 SESSION_MARGIN_S = 60.0
+DISPOSAL = "softDelete"  # mailboxfolder-delete-items: Exchange's soft delete (recoverable)
+
+# Extended properties read through the API (MS-OXPROPS ids, as Graph spells them).
+PS_INTERNET_HEADERS = "{00020386-0000-0000-C000-000000000046}"
+PR_SUBJECT = "String 0x0037"
+PR_INTERNET_MESSAGE_ID = "String 0x1035"
+PR_SEARCH_KEY = "Binary 0x300B"
+PID_TAG_FOLDER_TYPE = "Integer 0x3601"
+CONTENT_CLASS = f"String {PS_INTERNET_HEADERS} Name content-class"
+CONTENT_TYPE = f"String {PS_INTERNET_HEADERS} Name content-type"
+FOLDER_SEARCH = "2"  # PidTagFolderType of a search folder (MS-OXCFOLD 2.2.2.2.1.2)
+# Codes of an expired delta sync state (graph/delta-query-overview, FACTS.md).
+SYNC_STATE_LOST = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
+# Each API's own name for the default folders, as the folder mapping calls them (the mail
+# API's well-known names, resources/mailfolder; plus the PIM defaults).
+MAIL_WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", "archive",
+                   "outbox")  # fmt: skip
+
+
+def identity_of(props: dict[str, str]) -> str | None:
+    """What identifies an item across export/import, from its extended properties.
+
+    *unverified* (the one place): that Exchange keeps an item's PR_INTERNET_MESSAGE_ID and
+    PR_SEARCH_KEY on a full-fidelity import (both are properties of the item that the stream
+    carries; the search key is Exchange's own "same item" key, MS-OXCMSG 2.2.1.9, which a copy
+    keeps). The Message-ID is preferred; PR_SEARCH_KEY covers contacts, events, tasks and
+    drafts (no Message-ID).
+    """
+    mid = props.get(PR_INTERNET_MESSAGE_ID.lower())
+    if mid:
+        return f"mid:{mid}"
+    key = props.get(PR_SEARCH_KEY.lower())
+    return f"sk:{key}" if key else None
+
+
+def expand(*prop_ids: str) -> str:
+    """`$expand` of the given single-value extended properties (singlevaluelegacyextended-
+    property-get: `$filter=id eq '...'`; *unverified*: several joined with `or`)."""
+    return (
+        "singleValueExtendedProperties($filter="
+        + " or ".join(f"id eq '{p}'" for p in prop_ids)
+        + ")"
+    )
+
+
+def props_of(obj: dict[str, Any]) -> dict[str, str]:
+    """An answer's single-value extended properties, keyed by lower-case id."""
+    out: dict[str, str] = {}
+    for p in obj.get("singleValueExtendedProperties") or []:
+        if isinstance(p, dict) and p.get("id") is not None and p.get("value") is not None:
+            out[" ".join(str(p["id"]).split()).lower()] = str(p["value"])
+    return out
+
+
+def sync_state_lost(exc: RemoteError) -> bool:
+    """A delta answer saying the saved state is gone: start the round over."""
+    return exc.status == 410 or str(exc.code or "").lower() in SYNC_STATE_LOST
 
 
 @dataclass(frozen=True)
@@ -89,36 +178,115 @@ class Plan:
     source: list[Folder]
     target_of: dict[str, str] = field(default_factory=dict)
     skipped_folders: list[str] = field(default_factory=list)
+    not_ipm: int = 0  # search and system folders seen and left alone
 
 
 async def mailbox_id(graph: GraphAdapter, user_id: str) -> str:
-    # mailbox-import-export-concept-overview: the API takes `primaryMailboxId` from
+    # mailbox-import-export-api-overview: the API takes `primaryMailboxId` from
     # GET /users/{id}/settings/exchange, not the user id.
     data = await graph.send("GET", f"users/{user_id}/settings/exchange")
     return str(data["primaryMailboxId"])
 
 
-async def folder_tree(box: Box) -> list[Folder]:
-    """Every folder of the mailbox, parents before children, with its path of names."""
-    out: list[Folder] = []
-    queue: list[tuple[dict[str, Any], tuple[str, ...]]] = [
-        (f, ()) async for page in box.graph.pages(box.path("folders")) for f in page
+# -- the folder tree -------------------------------------------------------------------------------
+
+
+async def well_known_names(box: Box) -> dict[str, tuple[str, str]]:
+    """Each default folder's display name as its own API names it: well-known name ->
+    (folder class, display name). One $batch; a default its API does not answer is left out
+    (an archive folder that does not exist, a missing permission...)."""
+    u = box.user_id
+    asks: list[tuple[str, str, str]] = [
+        (wk, MAIL_FOLDER, f"/users/{u}/mailFolders/{wk}?$select=displayName")
+        for wk in MAIL_WELL_KNOWN
     ]
-    while queue:
-        raw, parent = queue.pop(0)
-        path = (*parent, str(raw["displayName"]))
-        out.append(
-            Folder(
-                str(raw["id"]),
-                path,
-                raw.get("wellKnownName"),
-                str(raw.get("type") or MAIL_FOLDER),
-                int(raw.get("totalItemCount") or 0),
+    asks += [
+        ("calendar", "IPF.Appointment", f"/users/{u}/calendar?$select=name"),
+        ("contacts", "IPF.Contact", f"/users/{u}/contactFolders/contacts?$select=displayName"),
+        ("tasks", "IPF.Task", f"/users/{u}/todo/lists"),
+    ]
+    answers = await box.graph.batch_get([url for _, _, url in asks])
+    out: dict[str, tuple[str, str]] = {}
+    for (wk, folder_class, _), body in zip(asks, answers, strict=True):
+        if not isinstance(body, dict):
+            continue
+        if wk == "tasks":
+            # todotasklist: the default list is `wellknownListName: defaultList`; it is the
+            # mailbox's Tasks folder (*unverified*: not stated on a Graph page).
+            body = next(
+                (x for x in body.get("value") or [] if x.get("wellknownListName") == "defaultList"),
+                {},
             )
-        )
-        if raw.get("childFolderCount"):
-            async for page in box.graph.pages(box.path(f"folders/{raw['id']}/childFolders")):
-                queue += [(c, path) for c in page]
+        name = body.get("displayName") or body.get("name")
+        if name:
+            out[wk] = (folder_class, str(name))
+    return out
+
+
+def _ipm_root(listed: list[dict[str, Any]], names: dict[str, tuple[str, str]]) -> str | None:
+    """The IPM root's id: the parent shared by most folders that a default folder's own API
+    names (the import/export API does not name the root itself)."""
+    votes: Counter[str] = Counter()
+    for folder_class, name in names.values():
+        for f in listed:
+            if (
+                str(f.get("displayName", "")).casefold() == name.casefold()
+                and (f.get("type") or "") == folder_class
+                and f.get("parentFolderId")
+            ):
+                votes[str(f["parentFolderId"])] += 1
+    if not votes:  # no default folder answered: the most common parent is the top
+        votes.update(str(f["parentFolderId"]) for f in listed if f.get("parentFolderId"))
+    return votes.most_common(1)[0][0] if votes else None
+
+
+async def _all_folders(box: Box) -> dict[str, dict[str, Any]]:
+    """Every folder the API lists, at any depth (the top list and each childFolders)."""
+    params = {"$top": LIST_PAGE, "$expand": expand(PID_TAG_FOLDER_TYPE)}
+    found: dict[str, dict[str, Any]] = {}
+    queue = await box.graph.list_all(box.path("folders"), params)
+    while queue:
+        f = queue.pop(0)
+        if str(f["id"]) in found:
+            continue
+        found[str(f["id"])] = f
+        if f.get("childFolderCount"):
+            queue += await box.graph.list_all(box.path(f"folders/{f['id']}/childFolders"), params)
+    return found
+
+
+async def folder_tree(box: Box, plan: Plan | None = None) -> list[Folder]:
+    """Every IPM folder of the mailbox, parents before children, with its path of names from
+    the IPM root; top-level defaults carry their well-known name. Search folders and folders
+    outside the IPM subtree are left out (counted on `plan`)."""
+    found = await _all_folders(box)
+    names = await well_known_names(box)
+    root = _ipm_root(list(found.values()), names)
+    out: list[Folder] = []
+    queue: list[tuple[str, tuple[str, ...]]] = [(root or "", ())]
+    kept: set[str] = set()
+    while queue:
+        parent, path = queue.pop(0)
+        for f in found.values():
+            if str(f.get("parentFolderId") or "") != parent or str(f["id"]) in kept:
+                continue
+            if props_of(f).get(PID_TAG_FOLDER_TYPE.lower()) == FOLDER_SEARCH:
+                continue
+            kept.add(str(f["id"]))
+            here = (*path, str(f["displayName"]))
+            folder_class = str(f.get("type") or MAIL_FOLDER)
+            well_known = None
+            if not path:
+                well_known = next(
+                    (wk for wk, (c, n) in names.items()
+                     if c == folder_class and n.casefold() == here[0].casefold()),
+                    None,
+                )  # fmt: skip
+            out.append(Folder(str(f["id"]), here, well_known, folder_class,
+                              int(f.get("totalItemCount") or 0)))  # fmt: skip
+            queue.append((str(f["id"]), here))
+    if plan is not None:
+        plan.not_ipm += len(found) - len(kept)
     return out
 
 
@@ -130,11 +298,23 @@ def _rules(ctx: Context) -> FolderRules:
     return FolderRules.parse(m.folder_rules, m.include_folders, m.exclude_folders)
 
 
+# (box, parent or None for the top, name, path, folder class) -> the made folder, or None when
+# the target cannot hold a folder of that class there.
+FolderCreator = Callable[
+    [Box, "Folder | None", str, tuple[str, ...], str], Awaitable["Folder | None"]
+]
+
+
 async def _ensure_path(
-    box: Box, tree: list[Folder], dest: Destination, folder_class: str = MAIL_FOLDER
+    box: Box,
+    tree: list[Folder],
+    dest: Destination,
+    folder_class: str = MAIL_FOLDER,
+    create: FolderCreator | None = None,
 ) -> str | None:
     """The target folder id for `dest`, creating missing folders of `folder_class` on the
     way; None when the target cannot hold it (e.g. a calendar under a mail folder)."""
+    make = create or _create_folder
     by_path = {f.path: f for f in tree}
     anchor: Folder | None = None
     if dest.anchor is not None:
@@ -147,7 +327,7 @@ async def _ensure_path(
         prefix = (*prefix, name)
         found = next((f for p, f in by_path.items() if same_path(p, prefix)), None)
         if found is None:
-            made = await _create_folder(box, parent, name, prefix, folder_class)
+            made = await make(box, parent, name, prefix, folder_class)
             if made is None:
                 return None
             found = made
@@ -162,10 +342,33 @@ def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return len(a) == len(b) and all(x.casefold() == y.casefold() for x, y in zip(a, b, strict=True))
 
 
-# The import/export API cannot create folders (mailbox-import-export-concept-overview); each
-# folder class is created through the Graph API of its kind. Graph creates secondary
-# calendars and To Do lists only beside the default one (user-post-calendars,
-# todo-post-lists); contact folders nest (contactfolder-post-childfolders).
+async def create_io_folder(
+    box: Box, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
+) -> Folder | None:
+    """Create a folder of any class through the import/export API (mailbox-post-folders:
+    `displayName` and `type`, under the IPM root or as a child folder); None where the
+    target refuses a folder of that class (400)."""
+    where = box.path(f"folders/{parent.id}/childFolders" if parent else "folders")
+    try:
+        made = await box.graph.send("POST", where, json={"displayName": name, "type": folder_class})
+    except (Conflict, InvalidRequest) as exc:
+        # Made by an earlier, interrupted pass (or refused): look for it by name.
+        siblings = await box.graph.list_all(where, {"$top": LIST_PAGE})
+        made = next(
+            (s for s in siblings if str(s["displayName"]).casefold() == name.casefold()), None
+        )
+        if made is None:
+            if isinstance(exc, Conflict):
+                raise
+            return None
+    if made is None:  # plan mode
+        return Folder(f"planned:{'/'.join(path)}", path, None, folder_class, 0)
+    return Folder(str(made["id"]), path, None, folder_class, 0)
+
+
+# The graph-items mover creates folders through the Graph API of each class (its ids are those
+# APIs' ids). Graph creates secondary calendars and To Do lists only beside the default one
+# (user-post-calendars, todo-post-lists); contact folders nest (contactfolder-post-childfolders).
 _DEFAULT_OF_CLASS = {
     "IPF.Contact": "contacts",
     "IPF.Appointment": "calendar",
@@ -176,8 +379,8 @@ _DEFAULT_OF_CLASS = {
 def _create_request(
     user: str, parent: Folder | None, name: str, folder_class: str
 ) -> tuple[str, dict[str, str]] | None:
-    """(URL, body) that creates a folder of this class under `parent`, or None if Graph
-    cannot put one there."""
+    """(URL, body) that creates a folder of this class under `parent` through the class's own
+    API, or None if Graph cannot put one there."""
     base = f"users/{user}"
     if folder_class == MAIL_FOLDER:
         if parent is not None and parent.folder_class != MAIL_FOLDER:
@@ -201,33 +404,42 @@ def _create_request(
 async def _create_folder(
     box: Box, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
 ) -> Folder | None:
-    """Create a folder through the Graph API of its class; None if it cannot exist there.
-
-    *unverified*: that mailFolder / contactFolder / calendar ids and the import/export API's
-    mailboxFolder ids are the same strings in Exchange Online (both are the folder's EWS id
-    form in Microsoft's samples; To Do list ids are known to differ in form); the sandbox
-    serves one id space.
-    """
+    """Create a folder through the Graph API of its class (the graph-items mover's folders);
+    None if it cannot exist there."""
     request = _create_request(box.user_id, parent, name, folder_class)
     if request is None:
         return None
     try:
         made = await box.graph.send("POST", request[0], json=request[1])
     except Conflict:  # made by an earlier, interrupted pass: look it up
-        where = f"folders/{parent.id}/childFolders" if parent else "folders"
-        siblings = await box.graph.list_all(box.path(where))
-        made = next(s for s in siblings if str(s["displayName"]).casefold() == name.casefold())
+        siblings = await box.graph.list_all(request[0])
+        made = next(
+            s
+            for s in siblings
+            if str(s.get("displayName") or s.get("name")).casefold() == name.casefold()
+        )
     if made is None:  # plan mode
         return Folder(f"planned:{'/'.join(path)}", path, None, folder_class, 0)
     return Folder(str(made["id"]), path, None, folder_class, 0)
 
 
 async def plan_folders(ctx: Context, src: Box, tgt: Box) -> Plan:
-    return await map_folders(ctx, tgt, await folder_tree(src), await folder_tree(tgt))
+    plan = Plan([])
+    source = await folder_tree(src, plan)
+    mapped = await map_folders(ctx, tgt, source, await folder_tree(tgt), create=create_io_folder)
+    mapped.not_ipm = plan.not_ipm
+    return mapped
 
 
-async def map_folders(ctx: Context, tgt: Box, source: list[Folder], target: list[Folder]) -> Plan:
-    """Map each source folder to a target folder (created when missing) by the rules."""
+async def map_folders(
+    ctx: Context,
+    tgt: Box,
+    source: list[Folder],
+    target: list[Folder],
+    create: FolderCreator | None = None,
+) -> Plan:
+    """Map each source folder to a target folder (created when missing, by `create`: the
+    class's own Graph API unless given) by the rules."""
     rules = _rules(ctx)
     top = {f.path[0].casefold(): f.well_known for f in source if f.well_known and len(f.path) == 1}
     plan = Plan(source)
@@ -235,7 +447,7 @@ async def map_folders(ctx: Context, tgt: Box, source: list[Folder], target: list
         dest = map_folder(SourceFolder(f.path, f.well_known), top, rules)
         if dest is None:
             continue
-        target_id_ = await _ensure_path(tgt, target, dest, f.folder_class)
+        target_id_ = await _ensure_path(tgt, target, dest, f.folder_class, create)
         if target_id_ is None:
             plan.skipped_folders.append("/".join(f.path))
             continue
@@ -246,33 +458,103 @@ async def map_folders(ctx: Context, tgt: Box, source: list[Folder], target: list
 # -- scan (delta -> item_map) -------------------------------------------------------------------------
 
 
-async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
-    """Record the folder's changes since the saved deltaLink, then save the new deltaLink."""
+async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str, total: int = 0) -> None:
+    """Record the folder's changes since the saved deltaLink, then save the new deltaLink.
+
+    An expired sync state restarts the folder's round from scratch: the item map keeps what
+    was copied from being copied again, and whatever the fresh round no longer reports has
+    left the folder since (a fresh round reports no removals)."""
     saved = ctx.journal.get_checkpoint(key, folder_id, CHECKPOINT_KIND)
-    start = (saved or {}).get("token") or src.path(f"folders/{folder_id}/items/delta")
-    headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
+    first = src.path(f"folders/{folder_id}/items/delta")
     try:
-        await _follow(ctx, key, src, folder_id, start, headers)
-    except InvalidRequest as exc:
-        if saved is None or exc.fields.get("code") != "ErrorInvalidSyncStateData":
+        await _follow(ctx, key, src, folder_id, (saved or {}).get("token") or first, total)
+    except RemoteError as exc:
+        if saved is None or not sync_state_lost(exc):
             raise
-        # The service forgot the sync state: start the folder over; item_map prevents copies.
         ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
-        await _follow(
-            ctx, key, src, folder_id, src.path(f"folders/{folder_id}/items/delta"), headers
-        )
+        seen = await _follow(ctx, key, src, folder_id, first, total)
+        _forget_unseen(ctx, key, folder_id, seen)
 
 
 async def _follow(
-    ctx: Context, key: str, src: Box, folder_id: str, link: str, headers: dict[str, str]
-) -> None:
+    ctx: Context, key: str, src: Box, folder_id: str, link: str, total: int
+) -> set[str]:
+    """Follow one delta round, journaling each page before the next; the ids it reported."""
+    headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
+    seen: set[str] = set()
+    known = Identities(src, folder_id, total)
     async for values, delta in src.graph.delta_pages(link, headers):
         rows, forget = _page_rows(ctx, key, folder_id, values)
+        await known.fill([r for r in rows if "source_folder_id" in r])
         for source_id in forget:
             ctx.journal.unmap_item(key, source_id)
         ctx.journal.map_items(key, rows)
+        seen.update(str(v["id"]) for v in values if "@removed" not in v)
         if delta:
             ctx.journal.save_checkpoint(key, folder_id, CHECKPOINT_KIND, token=delta)
+    return seen
+
+
+def _forget_unseen(ctx: Context, key: str, folder_id: str, seen: set[str]) -> None:
+    """After a restarted round: rows of the folder it did not report left the folder."""
+    rows: list[dict[str, Any]] = []
+    for r in ctx.journal.mapped_items(key, folder_id=folder_id):
+        if r["source_item_id"] in seen:
+            continue
+        if r["status"] in ("copied", "changed"):
+            rows.append({"source_item_id": r["source_item_id"], "status": "gone"})
+        elif r["status"] in ("pending", "skipped"):
+            ctx.journal.unmap_item(key, r["source_item_id"])
+    ctx.journal.map_items(key, rows)
+
+
+class Identities:
+    """Identity and subject of a source folder's new items, read through the API's extended
+    properties: by listing the folder (one request per 1,000 items of `total`) when that
+    costs fewer requests than reading them one by one (each inner request of a $batch counts
+    against the mailbox's budget), else item by item."""
+
+    def __init__(self, src: Box, folder_id: str, total: int) -> None:
+        self.src, self.folder_id, self.total = src, folder_id, total
+        self.listed: dict[str, dict[str, str]] | None = None
+
+    async def fill(self, rows: list[dict[str, Any]]) -> None:
+        ids = [str(r["source_item_id"]) for r in rows]
+        if not ids:
+            return
+        if self.listed is None and -(-self.total // LIST_PAGE) < len(ids):
+            self.listed = await self._list()
+        found = {i: self.listed[i] for i in ids if i in self.listed} if self.listed else {}
+        missing = [i for i in ids if i not in found]
+        found.update(await item_props(self.src, self.folder_id, missing, IDENTITY_PROPS))
+        for r in rows:
+            props = found.get(str(r["source_item_id"]), {})
+            r["source_identity"] = identity_of(props)
+            r["subject"] = props.get(PR_SUBJECT.lower())
+
+    async def _list(self) -> dict[str, dict[str, str]]:
+        params = {"$top": LIST_PAGE, "$expand": expand(*IDENTITY_PROPS)}
+        path = self.src.path(f"folders/{self.folder_id}/items")
+        return {str(i["id"]): props_of(i) for i in await self.src.graph.list_all(path, params)}
+
+
+IDENTITY_PROPS = (PR_INTERNET_MESSAGE_ID, PR_SEARCH_KEY, PR_SUBJECT)
+
+
+async def item_props(
+    box: Box, folder_id: str, ids: list[str], prop_ids: tuple[str, ...]
+) -> dict[str, dict[str, str]]:
+    """Extended properties of items of one folder (mailboxitem-get with $expand), 20 per
+    JSON $batch; an item that could not be read (gone since) is left out."""
+    query = "$expand=" + quote(expand(*prop_ids), safe="")
+    out: dict[str, dict[str, str]] = {}
+    for n in range(0, len(ids), BATCH):
+        chunk = ids[n : n + BATCH]
+        urls = [f"/{box.path(f'folders/{folder_id}/items/{i}')}?{query}" for i in chunk]
+        for item_id, body in zip(chunk, await box.graph.batch_get(urls), strict=True):
+            if isinstance(body, dict):
+                out[item_id] = props_of(body)
+    return out
 
 
 def _page_rows(
@@ -314,9 +596,78 @@ def _page_rows(
 
 # -- moves -----------------------------------------------------------------------------------------
 
+MOVE_MARK = "moving the copy of "  # reason of a row whose old copy is still to be removed
 
-def _created_and_size(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["source_created"], row["size"])
+
+def plan_moves(ctx: Context, key: str, plan: Plan, counts: Counter[str]) -> None:
+    """Pair pending items with the gone copy of the same item (a move at the source).
+
+    A copy already in the item's new target folder is adopted as it is; otherwise the item
+    is marked (`reason` names the gone row) and copied by the pipeline like any pending item,
+    whatever the window, and `finish_moves` deletes the old copy once the new one is journaled.
+    A pass killed anywhere in between resumes from these marks.
+    """
+    gone: dict[str, list[dict[str, Any]]] = {}
+    for g in ctx.journal.mapped_items(key, status="gone"):
+        if g["target_item_id"] and g["source_identity"]:
+            gone.setdefault(str(g["source_identity"]), []).append(g)
+    if not gone or ctx.planning:
+        return
+    for p in ctx.journal.mapped_items(key, status="pending"):
+        match = gone.get(str(p["source_identity"])) if p["source_identity"] else None
+        dest = plan.target_of.get(p["source_folder_id"])
+        if not match or len(match) != 1 or dest is None or str(p["reason"] or ""):
+            continue
+        old = match.pop()
+        if old["kind"] != p["kind"]:
+            continue
+        if old["target_folder_id"] == dest:  # e.g. two source folders mapped to one
+            ctx.journal.unmap_item(key, old["source_item_id"])
+            ctx.journal.map_item(
+                key,
+                p["source_item_id"],
+                status="changed",  # re-sync its state with Mode: update
+                target_folder_id=dest,
+                target_item_id=old["target_item_id"],
+                target_change_key=old["target_change_key"],
+            )
+            counts["moved"] += 1
+            continue
+        ctx.journal.map_item(key, p["source_item_id"], reason=MOVE_MARK + old["source_item_id"])
+
+
+def _moving(row: dict[str, Any]) -> bool:
+    return str(row.get("reason") or "").startswith(MOVE_MARK)
+
+
+async def finish_moves(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:
+    """Moved items whose new copy is journaled: delete the old copy, forget its row."""
+    for p in ctx.journal.mapped_items(key):
+        if p["status"] not in ("copied", "changed") or not _moving(p):
+            continue
+        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
+        if old is not None and old["status"] == "gone" and old["target_item_id"]:
+            with contextlib.suppress(NotFound):  # deleted by a pass that died after it
+                await tgt.graph.send("DELETE", io_item_path(tgt, old))
+        if ctx.planning:
+            continue
+        if old is not None and old["status"] == "gone":
+            ctx.journal.unmap_item(key, old["source_item_id"])
+        ctx.journal.map_item(key, p["source_item_id"], reason=None)
+        counts["moved"] += 1
+
+
+def copy_path(box: Box, row: dict[str, Any]) -> str:
+    """A row's target copy (mailboxitem-get)."""
+    return box.path(f"folders/{row['target_folder_id']}/items/{row['target_item_id']}")
+
+
+def io_item_path(box: Box, row: dict[str, Any]) -> str:
+    """The URL that deletes a row's target copy (mailboxfolder-delete-items)."""
+    return f"{copy_path(box, row)}?disposalType={DISPOSAL}"
+
+
+# -- moves of the graph-items mover (mail API ids) --------------------------------------------------
 
 
 async def resolve_moves(
@@ -325,9 +676,10 @@ async def resolve_moves(
     tgt: Box,
     plan: Plan,
     counts: Counter[str],
-    signature: Callable[[dict[str, Any]], tuple[Any, ...]] = _created_and_size,
+    signature: Callable[[dict[str, Any]], tuple[Any, ...]],
 ) -> None:
-    """Pair pending items with gone copies (a move at the source) and move the copy.
+    """The graph-items mover's moves: pair pending items with gone copies by `signature`
+    (the mover's own notion of the same item) and move the copy with the mail API.
 
     Crash safety: the pending row is marked `importing` with `reason` naming the gone row
     before the move is sent, the gone row is dropped after it, and the pending row is
@@ -344,8 +696,6 @@ async def resolve_moves(
     for p in ctx.journal.mapped_items(key, status="pending"):
         match = by_sig.get(signature(p)) or []
         dest = plan.target_of.get(p["source_folder_id"])
-        # *unverified*: Exchange keeps an item's creation time across a move (PR_CREATION_TIME
-        # is not reset); only a unique match is treated as a move.
         if len(match) != 1 or dest is None or p["kind"] != MAIL_CLASS:
             continue
         old = match.pop()
@@ -358,9 +708,6 @@ async def resolve_moves(
                 reason=MOVE_MARK + str(old["source_item_id"]),
             )
         await _move_copy(ctx, key, tgt, p, old, dest, counts)
-
-
-MOVE_MARK = "moving the copy of "  # reason of a row whose move may have been interrupted
 
 
 async def _move_copy(
@@ -383,7 +730,7 @@ async def _move_copy(
     ctx.journal.map_item(
         key,
         p["source_item_id"],
-        status="changed",  # re-sync state (read/flag) with Mode: update below
+        status="changed",  # re-sync state (read/flag) with an update below
         target_folder_id=dest,
         target_item_id=moved["id"],
         target_change_key=moved.get("changeKey"),
@@ -393,12 +740,12 @@ async def _move_copy(
 
 
 async def _finish_interrupted_moves(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:
-    """Rows a dead pass left mid-move: redo the move, or adopt the copy it already moved."""
+    """Rows a dead pass left mid-move: redo the move, or leave the row to the mover's own
+    recovery of interrupted copies."""
     for p in ctx.journal.mapped_items(key, status="importing"):
-        reason = str(p["reason"] or "")
-        if not reason.startswith(MOVE_MARK):
+        if not _moving(p):
             continue
-        old = ctx.journal.mapped(key, reason[len(MOVE_MARK) :])
+        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
         if old is not None and old["status"] == "gone" and old["target_item_id"]:
             try:
                 await _move_copy(ctx, key, tgt, p, old, str(p["target_folder_id"]), counts)
@@ -407,9 +754,6 @@ async def _finish_interrupted_moves(ctx: Context, key: str, tgt: Box, counts: Co
                 # Moved by the pass that died (Exchange gave it a new id), or deleted in the
                 # target since: either way the old row no longer names a target item.
                 ctx.journal.unmap_item(key, old["source_item_id"])
-        # A plain interrupted import now: `_adopt_interrupted` adopts the moved copy from the
-        # destination folder (same createdDateTime and size), or the item is copied again
-        # when the target no longer holds it.
         ctx.journal.map_item(key, p["source_item_id"], reason=None)
 
 
@@ -457,7 +801,16 @@ class Importer:
         }
         if update is not None:
             body["ItemId"], body["ChangeKey"] = update
-        return await self.box.graph.post_import(await self.url(), body)
+        url = await self.url()
+        try:
+            return await self.box.graph.post_import(url, body)
+        except AuthenticationError:
+            # The URL is the credential: one the service no longer honours (expired early,
+            # *unverified* when) is replaced once; a refused import created nothing.
+            async with self._renewing:
+                if self.session is not None and self.session.url == url:
+                    self.session = None
+            return await self.box.graph.post_import(await self.url(), body)
 
 
 @dataclass(frozen=True)
@@ -498,23 +851,22 @@ def _in_window(row: dict[str, Any], window: Window, now: datetime) -> bool:
     return window.contains(created, now)
 
 
-async def _headers(src: Box, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Subject and top-level Content-Type per item, one JSON $batch (<= 20 requests,
-    graph/json-batching); an item whose headers could not be read is left out.
-    *unverified*: that the mail API takes the import/export item ids."""
-    urls = [
-        f"/users/{src.user_id}/messages/{i}?$select=subject,internetMessageHeaders" for i in ids
-    ]
+async def _content_info(src: Box, jobs: list[Job]) -> dict[str, dict[str, Any]]:
+    """Subject and top-level content type/class of mail items, through the import/export
+    API's extended properties (PR_SUBJECT and the PS_INTERNET_HEADERS named properties
+    content-type and content-class, MS-OXPROPS); an item that could not be read is left out."""
+    by_folder: dict[str, list[str]] = {}
+    for j in jobs:
+        by_folder.setdefault(str(j.row["source_folder_id"]), []).append(j.source_id)
     out: dict[str, dict[str, Any]] = {}
-    for item_id, body in zip(ids, await src.graph.batch_get(urls), strict=True):
-        if not isinstance(body, dict):
-            continue
-        headers = {h["name"].lower(): h["value"] for h in body.get("internetMessageHeaders") or []}
-        out[item_id] = {
-            "subject": body.get("subject"),
-            "content_type": str(headers.get("content-type", "")).lower(),
-            "content_class": str(headers.get("content-class", "")).lower(),
-        }
+    for folder_id, ids in by_folder.items():
+        found = await item_props(src, folder_id, ids, (PR_SUBJECT, CONTENT_CLASS, CONTENT_TYPE))
+        for item_id, props in found.items():
+            out[item_id] = {
+                "subject": props.get(PR_SUBJECT.lower()),
+                "content_type": props.get(CONTENT_TYPE.lower(), "").lower(),
+                "content_class": props.get(CONTENT_CLASS.lower(), "").lower(),
+            }
     return out
 
 
@@ -550,11 +902,11 @@ async def copy_pending(
     now = datetime.now().astimezone()
     jobs: list[Job] = []
     for folder_id, dest in plan.target_of.items():
-        await _adopt_interrupted(ctx, key, importer.box, folder_id, dest)
+        await _adopt_interrupted(ctx, key, importer.box, folder_id)
         jobs += [
             Job(r, dest)
             for r in ctx.journal.mapped_items(key, folder_id=folder_id, status="pending")
-            if _in_window(r, window, now)
+            if _moving(r) or _in_window(r, window, now)  # a moved item's copy exists already
         ]
     await _pipeline(ctx, key, src, importer, jobs, counts)
 
@@ -562,13 +914,47 @@ async def copy_pending(
 async def update_changed(
     ctx: Context, key: str, src: Box, importer: Importer, counts: Counter[str]
 ) -> None:
-    """Bring copies in line with their changed source (read/flag state, categories...)."""
-    jobs = [
-        Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), str(r["target_change_key"])))
-        for r in ctx.journal.mapped_items(key, status="changed")
-        if r["target_item_id"]
-    ]
+    """Bring copies in line with their changed source (read/flag state, categories...).
+
+    Crash safety: a copy's change key is forgotten in the journal before its update is sent
+    and recorded after it; a row without one (the pass died in between, and the update may
+    have landed) is updated over the copy's current change key, read from the target."""
+    rows = [r for r in ctx.journal.mapped_items(key, status="changed") if r["target_item_id"]]
+    unknown = [r for r in rows if not r["target_change_key"]]
+    current = await change_keys(importer.box, unknown) if unknown and not ctx.planning else {}
+    jobs = []
+    for r in rows:
+        change_key = r["target_change_key"] or current.get(str(r["target_item_id"]))
+        if change_key is None:
+            # The copy could not be read: gone in the target since (deleted there).
+            ctx.journal.map_item(
+                key,
+                r["source_item_id"],
+                status="copied",
+                reason=_kept_reason(r, "not updated: the copy is no longer in the target"),
+            )
+            counts["update_conflicts"] += 1
+            continue
+        jobs.append(Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), change_key)))
     await _pipeline(ctx, key, src, importer, jobs, counts)
+
+
+async def change_keys(box: Box, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Current change key of each row's target copy (mailboxitem-get, 20 per $batch)."""
+    out: dict[str, str] = {}
+    for n in range(0, len(rows), BATCH):
+        chunk = rows[n : n + BATCH]
+        urls = [f"/{copy_path(box, r)}?$select=changeKey" for r in chunk]
+        for r, body in zip(chunk, await box.graph.batch_get(urls), strict=True):
+            if isinstance(body, dict) and body.get("changeKey"):
+                out[str(r["target_item_id"])] = str(body["changeKey"])
+    return out
+
+
+def _kept_reason(row: dict[str, Any], reason: str) -> str:
+    """A row's new reason, unless it is mid-move: that mark must survive until the old copy
+    is removed (`finish_moves`)."""
+    return str(row["reason"]) if _moving(row) else reason
 
 
 Exported = list[tuple[Job, tuple[str, str]]]  # (job, (changeKey, base64 stream))
@@ -626,25 +1012,22 @@ async def _export_batch(
 ) -> Exported:
     """Skip what must not be imported (reported with its subject), export the rest."""
     creates = [j for j in batch if j.update is None]
-    mail_ids = [j.source_id for j in creates if str(j.row["kind"]).startswith(MAIL_CLASS)]
+    mail = [j for j in creates if str(j.row["kind"]).startswith(MAIL_CLASS)]
     check = ctx.project.migration.encrypted == "skip"
-    info = await _headers(src, mail_ids) if mail_ids and check else {}
+    info = await _content_info(src, mail) if mail and check else {}
+    mail_ids = {j.source_id for j in mail}
     wanted: list[Job] = []
     for job in batch:
         if job.update is None and check and job.source_id in mail_ids and job.source_id not in info:
-            # The mail API answered this id with an error that is not a throttle (those are
-            # retried in batch_get, and a pass whose retries run out fails): its class alone
-            # decides (S/MIME is a class; IRM shows only in headers). Counted, so a tenant
-            # where the two APIs do not share ids (*unverified* that they do) is visible
-            # rather than holding every message back.
+            # Its properties could not be read (gone since the scan, or an answer that is not
+            # a throttle: those are retried in batch_get): its class alone decides (S/MIME
+            # is a class; IRM shows only in headers). Counted, so it is visible.
             counts["irm_unchecked"] += 1
         reason = None if job.update else _skip_reason(ctx, job.row, info.get(job.source_id))
         if reason is None:
             wanted.append(job)
             continue
-        subject = (info.get(job.source_id) or {}).get("subject")
-        if subject is None:
-            subject = await _subject(src, job.source_id)
+        subject = (info.get(job.source_id) or {}).get("subject") or job.row.get("subject")
         ctx.journal.map_item(key, job.source_id, status="skipped", reason=reason, subject=subject)
         counts["skipped"] += 1
     if not wanted:
@@ -652,14 +1035,6 @@ async def _export_batch(
     exported = await _export(src, [j.source_id for j in wanted])
     # An id missing from the answer is gone since the scan: the next delta reports it.
     return [(j, exported.pop(j.source_id)) for j in wanted if j.source_id in exported]
-
-
-async def _subject(src: Box, item_id: str) -> str | None:
-    """A skipped item's subject for the report (one GET; only skipped items pay it)."""
-    (body,) = await src.graph.batch_get(
-        [f"/users/{src.user_id}/messages/{item_id}?$select=subject"]
-    )
-    return str(body["subject"]) if isinstance(body, dict) and body.get("subject") else None
 
 
 @dataclass(frozen=True)
@@ -696,22 +1071,38 @@ async def _create(sink: Sink, job: Job, data: tuple[str, str]) -> None:
         sink.record(job, status="skipped", reason=exc.message)
         sink.counts["skipped"] += 1
         return
-    _copied(sink, job, data, made, target_folder_id=job.dest, reason=None)
-    sink.counts["copied"] += 1
+    # A moved item keeps its mark until `finish_moves` has removed the old copy.
+    reason = job.row["reason"] if _moving(job.row) else None
+    _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason)
+    if reason is None:  # a moved item is counted once, as moved, by `finish_moves`
+        sink.counts["copied"] += 1
     sink.counts["bytes"] += int(job.row.get("size") or 0)
 
 
 async def _update(sink: Sink, job: Job, data: tuple[str, str]) -> None:
     assert job.update is not None
+    sink.record(job, target_change_key=None)  # the copy is about to change (crash safety)
     try:
         made = await sink.importer.put(job.dest, data[1], job.update)
-    except (Conflict, NotFound) as exc:
-        # Changed in the target too, or gone there: reported, the target wins.
-        sink.record(job, status="copied", reason=f"not updated: {exc.message}")
+    except RemoteError as exc:
+        if not update_refused(exc):
+            sink.record(job, target_change_key=job.update[1])  # nothing was changed
+            raise
+        # Changed in the target too, gone there, or refused: that item's conflict, reported
+        # (the target wins); the pass goes on.
+        reason = _kept_reason(job.row, f"not updated: {exc.message}")
+        sink.record(job, status="copied", target_change_key=job.update[1], reason=reason)
         sink.counts["update_conflicts"] += 1
         return
     _copied(sink, job, data, {**made, "itemId": made.get("itemId") or job.update[0]})
     sink.counts["updated"] += 1
+
+
+def update_refused(exc: RemoteError) -> bool:
+    """Any 4xx answer to an update import is that item's conflict: the service documents no
+    code for a stale ChangeKey (the sandbox's is a setting), so none is relied on. A 401
+    (the import URL) was already retried with a new session; a 429 by the governor."""
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 429)
 
 
 def _copied(
@@ -740,46 +1131,42 @@ async def _export(src: Box, ids: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
-async def _adopt_interrupted(ctx: Context, key: str, tgt: Box, folder_id: str, dest: str) -> None:
+async def _adopt_interrupted(ctx: Context, key: str, tgt: Box, folder_id: str) -> None:
     """Items marked `importing` by a pass that died: adopt the copy if the import landed.
 
-    The target copy keeps the source's createdDateTime and size (the stream carries them), so
-    an unmapped target item with both equal is that copy; otherwise the item goes back to
-    pending and is imported again.
+    The copy is recognised by its identity (`identity_of`: Message-ID or search key, which
+    the stream carries), among the target folder's items no row maps yet: one copy per stuck
+    row, so nothing is adopted twice and nothing imported twice. A row without an identity
+    (the source item had neither) goes back to pending.
     """
     stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
-    if not stuck:
+    if not stuck or ctx.planning:
         return
     taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
-    target_items = [
-        t
-        for page in [
-            p async for p in tgt.graph.pages(tgt.path(f"folders/{dest}/items"), {"$top": 1000})
-        ]
-        for t in page
-        if t["id"] not in taken
-    ]
+    params = {"$top": LIST_PAGE, "$expand": expand(PR_INTERNET_MESSAGE_ID, PR_SEARCH_KEY)}
+    copies: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in stuck:
-        found = next(
-            (
-                t
-                for t in target_items
-                if t.get("createdDateTime") == r["source_created"]
-                and int(t.get("size") or 0) == int(r["size"] or 0)
-            ),
-            None,
-        )
-        if found is None:
+        dest = str(r["target_folder_id"])
+        if dest in copies or dest.startswith("planned:"):
+            continue
+        copies[dest] = {}
+        for t in await tgt.graph.list_all(tgt.path(f"folders/{dest}/items"), params):
+            ident = identity_of(props_of(t))
+            if ident is not None and t["id"] not in taken:
+                copies[dest].setdefault(ident, []).append(t)
+    for r in stuck:
+        found_in = copies.get(str(r["target_folder_id"])) or {}
+        candidates = found_in.get(str(r["source_identity"])) if r["source_identity"] else None
+        if not candidates:  # the import never landed (or cannot be told): import it again
             ctx.journal.map_item(key, r["source_item_id"], status="pending")
             continue
-        target_items.remove(found)
+        found = candidates.pop(0)
         ctx.journal.map_item(
             key,
             r["source_item_id"],
             status="changed",  # re-sync its state with Mode: update, to be sure
             target_item_id=found["id"],
             target_change_key=found.get("changeKey"),
-            target_folder_id=dest,
         )
 
 
@@ -800,13 +1187,17 @@ class ImportExportMover:
         tgt = Box(tgt_graph, tgt_user, await mailbox_id(tgt_graph, tgt_user))
         plan = await plan_folders(ctx, src, tgt)
         counts: Counter[str] = Counter()
+        totals = {f.id: f.total for f in plan.source}
         for folder_id in plan.target_of:
-            await scan_folder(ctx, subject, src, folder_id)
-        await resolve_moves(ctx, subject, tgt, plan, counts)
+            await scan_folder(ctx, subject, src, folder_id, totals.get(folder_id, 0))
+        plan_moves(ctx, subject, plan, counts)
         importer = Importer(tgt)
         await copy_pending(ctx, subject, src, importer, plan, window, counts)
         await update_changed(ctx, subject, src, importer, counts)
-        await handle_deletions(ctx, subject, tgt.graph, tgt.user_id, counts)
+        await finish_moves(ctx, subject, tgt, counts)
+        await handle_deletions(
+            ctx, subject, tgt.graph, tgt.user_id, counts, path_of=lambda r: io_item_path(tgt, r)
+        )
         report = await reconcile.reconcile(ctx, subject, src, tgt, plan)
         notes = []
         if counts["irm_unchecked"]:
@@ -814,6 +1205,8 @@ class ImportExportMover:
                 f"{counts['irm_unchecked']} messages checked by item class only "
                 "(their headers could not be read: IRM not detectable)"
             )
+        if plan.not_ipm:
+            notes.append(f"{plan.not_ipm} search and system folders left out")
         return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
 
 

@@ -133,6 +133,11 @@ CREATE TABLE IF NOT EXISTS tombstones (
     reason TEXT NOT NULL DEFAULT 'deleted'
 );
 CREATE INDEX IF NOT EXISTS tombstones_folder ON tombstones (tenant, mailbox, folder_id, cseq);
+-- Search folders (under the non-IPM "Finder"): what each one shows (a subject substring).
+CREATE TABLE IF NOT EXISTS search_folders (
+    id TEXT PRIMARY KEY,
+    query TEXT NOT NULL DEFAULT ''
+);
 -- Large-attachment upload sessions; received bytes are spooled to a file, not held in memory.
 CREATE TABLE IF NOT EXISTS upload_sessions (
     id TEXT PRIMARY KEY,
@@ -187,6 +192,16 @@ def _entry_id(kind: bytes, mailbox: str) -> str:
         mbx = hashlib.md5(mailbox.encode()).digest()  # an id, not security
     raw = ID_PREFIX + mbx + kind + uuid.uuid4().bytes
     return base64.urlsafe_b64encode(raw).decode()
+
+
+def system_folder_id(mailbox: str, name: str) -> str:
+    """The fixed id of one of a mailbox's non-IPM system folders ("Finder", "Recoverable
+    Items"...): the same family as every other id, derived rather than stored."""
+    raw = ID_PREFIX + hashlib.md5(f"{mailbox}\x00{name}".encode()).digest() + b"\x09"
+    return base64.urlsafe_b64encode(raw + hashlib.md5(name.encode()).digest()).decode()
+
+
+FINDER = "Finder"  # the non-IPM parent of search folders (mailFolder well-known `searchfolders`)
 
 
 def looks_like_id(value: str) -> bool:
@@ -591,6 +606,7 @@ class MailStore:
             self._db.execute("DELETE FROM folders")
             self._db.execute("DELETE FROM tombstones")
             self._db.execute("DELETE FROM upload_sessions")
+            self._db.execute("DELETE FROM search_folders")
         if self.spool_dir.exists():
             for part in self.spool_dir.glob("*.part"):
                 part.unlink(missing_ok=True)
@@ -961,6 +977,81 @@ class MailStore:
         found = self.folder(tenant, mailbox, folder_id)
         assert found is not None
         return found
+
+    def rename_folder(self, tenant: str, mailbox: str, folder_id: str, display_name: str) -> None:
+        """Rename a folder (FolderExists if a sibling has the name); a new folder change number."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT parent_id FROM folders WHERE tenant=? AND mailbox=? AND id=?",
+                (tenant, mailbox, folder_id),
+            ).fetchone()
+            if row is None:
+                raise KeyError(folder_id)
+            siblings = self._db.execute(
+                "SELECT display_name FROM folders WHERE tenant=? AND mailbox=? AND parent_id=?"
+                " AND id<>?",
+                (tenant, mailbox, row["parent_id"], folder_id),
+            ).fetchall()
+            if any(r[0].casefold() == display_name.casefold() for r in siblings):
+                raise FolderExists(display_name)
+            self._db.execute(
+                "UPDATE folders SET display_name=?, fseq=? WHERE id=?",
+                (display_name, self._tick(), folder_id),
+            )
+
+    def delete_folder(self, tenant: str, mailbox: str, folder_id: str) -> None:
+        """Delete a folder, its subfolders and their messages (each message a tombstone)."""
+        with self._lock:
+            ids = [folder_id]
+            pos = 0
+            while pos < len(ids):
+                rows = self._db.execute(
+                    "SELECT id FROM folders WHERE tenant=? AND mailbox=? AND parent_id=?",
+                    (tenant, mailbox, ids[pos]),
+                ).fetchall()
+                ids += [r[0] for r in rows]
+                pos += 1
+            self._db.execute("BEGIN")
+            for fid in ids:
+                for (item_id,) in self._db.execute(
+                    "SELECT id FROM messages WHERE tenant=? AND mailbox=? AND folder_id=?",
+                    (tenant, mailbox, fid),
+                ).fetchall():
+                    self._db.execute(
+                        "INSERT INTO tombstones (cseq, tenant, mailbox, folder_id, item_id,"
+                        " reason) VALUES (?,?,?,?,?,?)",
+                        (self._tick(), tenant, mailbox, fid, item_id, "deleted"),
+                    )
+                self._db.execute("DELETE FROM messages WHERE folder_id=?", (fid,))
+                self._db.execute("DELETE FROM search_folders WHERE id=?", (fid,))
+                self._db.execute("DELETE FROM folders WHERE id=?", (fid,))
+            self._db.execute("COMMIT")
+
+    # -- search folders ----------------------------------------------------------------------------
+    def create_search_folder(
+        self, tenant: str, mailbox: str, display_name: str, query: str = ""
+    ) -> Folder:
+        """A search folder under the mailbox's non-IPM "Finder" (where Outlook keeps them):
+        it shows, without holding them, the mailbox's messages whose subject contains
+        `query` (all mail when empty). The mail API's folder listings do not reach it."""
+        folder = self.create_folder(
+            tenant, mailbox, system_folder_id(mailbox, FINDER), display_name
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO search_folders (id, query) VALUES (?,?)", (folder.id, query)
+            )
+        return folder
+
+    def search_folders(self, tenant: str, mailbox: str) -> list[tuple[Folder, str]]:
+        """(folder, query) of each search folder of a mailbox."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.*, s.query FROM folders f JOIN search_folders s ON s.id = f.id"
+                " WHERE f.tenant=? AND f.mailbox=? ORDER BY f.display_name COLLATE NOCASE",
+                (tenant, mailbox),
+            ).fetchall()
+            return [(self._with_counts(r), str(r["query"])) for r in rows]
 
     # -- delta -------------------------------------------------------------------------------------
     def changes(

@@ -476,6 +476,15 @@ class Settings:
     graph_patch_refusal: str = "none"
     graph_patch_window_s: float = 0.0
     graph_patch_window_max_s: float = 0.0
+    # The import/export API's answers its pages do not document (*unverified*; a client must
+    # cope with each, and the mover is tested against each):
+    # - an expired or unknown items/folders delta token: 410 with this code (delta-query
+    #   pages name SyncStateNotFound, SyncStateInvalid and resyncRequired);
+    io_sync_state_code: str = "SyncStateNotFound"
+    # - importItem `Mode: update` with a ChangeKey the item no longer has: "status code" (the
+    #   default's code is Exchange's own for it, an EWS ResponseCode in spec/ews/messages.xsd;
+    #   its HTTP status through this API is not published).
+    io_update_conflict: str = "409 ErrorIrresolvableConflict"
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
         """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""

@@ -454,14 +454,20 @@ class PimStore:
         return state_id
 
     def load_state(self, state_id: str) -> dict[str, Any] | None:
+        found = self.state(state_id)
+        return found[0] if found is not None else None
+
+    def state(self, state_id: str) -> tuple[dict[str, Any], float] | None:
+        """A saved delta state and when it was issued (epoch seconds), for expiry
+        (`Settings.sync_state_expired`)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT payload FROM delta_states WHERE id=?", (state_id,)
+                "SELECT payload, created FROM delta_states WHERE id=?", (state_id,)
             ).fetchone()
         if row is None:
             return None
         payload: dict[str, Any] = json.loads(bytes(row[0]))
-        return payload
+        return payload, float(row[1])
 
     def create_session(
         self, tenant: str, mailbox: str, mailbox_id: str, client_id: str, expires: float

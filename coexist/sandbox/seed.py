@@ -99,6 +99,8 @@ GRAPH_APP_ROLES = [
     "Contacts.ReadWrite",
     "Tasks.ReadWrite.All",
     "MailboxItem.ImportExport.All",
+    "MailboxItem.ReadWrite.All",
+    "MailboxFolder.ReadWrite.All",
     "Mail.Send",
 ]
 

@@ -55,11 +55,13 @@ OUTLOOK_SEGMENTS = frozenset(
         "outlook",
     }
 )
-# graph/import-exchange-mailbox-item: importUrl is ".../api/gbeta/Mailboxes('MBX:...')/importItem".
+# importUrl: ".../api/gv1.0/Mailboxes('MBX:...')/importItem" (mailbox-createimportsession; the
+# beta form was ".../api/gbeta/..."). Found wherever it is in the path, so a changed prefix
+# still charges the import to its mailbox.
 _IMPORT_MAILBOX = re.compile(r"^mailboxes\('([^']+)'\)$", re.IGNORECASE)
 # outlook-large-attachments: uploadUrl is ".../api/v2.0/Users('{user id}@{tenant id}')/...".
 _OUTLOOK_USER = re.compile(r"^users\('([^'@]+)(?:@[^']*)?'\)$", re.IGNORECASE)
-_PREFIXES = ("v1.0", "beta", "api", "gbeta", "v2.0")
+_PREFIXES = ("v1.0", "beta", "api", "gbeta", "gv1.0", "v2.0")
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ class MailboxGovernor:
 def _segments(url: str) -> list[str]:
     path = urlsplit(url).path if "://" in url else url.split("?", 1)[0]
     segs = [unquote(s) for s in path.split("/") if s]
-    # Graph URLs carry the version; importUrl carries api/gbeta.
+    # Graph URLs carry the version; importUrl carries api/gv1.0 (api/gbeta before v1.0).
     while segs and segs[0].lower() in _PREFIXES:
         segs = segs[1:]
     return segs
@@ -251,8 +253,12 @@ def mailbox_of(url: str) -> str | None:
     importUrl's `Mailboxes('{id}')` and an uploadUrl's `Users('{id}@{tenant}')`.
     """
     segs = _segments(url)
+    for seg in segs:
+        m = _IMPORT_MAILBOX.match(seg)
+        if m:
+            return m.group(1)
     if segs:
-        m = _IMPORT_MAILBOX.match(segs[0]) or _OUTLOOK_USER.match(segs[0])
+        m = _OUTLOOK_USER.match(segs[0])
         if m:
             return m.group(1)
     low = [s.lower() for s in segs]

@@ -19,7 +19,9 @@ from coexist import commands
 from coexist.errors import InputError
 from coexist.journal import Journal
 from coexist.sandbox import Sandbox
+from coexist.sandbox.graph.outlook_items import PIM_STORE_KEY
 from coexist.sandbox.mailstore import Item
+from coexist.sandbox.pim import PimStore
 from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
 from tests.e2e.pim_seed import (
@@ -34,6 +36,7 @@ from tests.e2e.pim_seed import (
 OLD = dt.datetime(2024, 1, 15, 9, 30, tzinfo=dt.UTC)
 RECENT = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
 MOVER = {"migration.mover": "graph-import-export"}
+MAIL = "IPM.Note"
 
 
 def mime(subject: str, attachment: bytes | None = None, ctype: str | None = None) -> bytes:
@@ -371,3 +374,151 @@ def test_mail_that_arrives_in_the_live_target_is_new_not_a_difference(
 def status_recon(w: World) -> dict[str, Any]:
     user = commands.status(w.project, user=str(w.user["source_address"]))["users"][0]
     return dict(user["reconciliation"])
+
+
+def _pim_store(sandbox: Sandbox) -> PimStore:
+    """The sandbox's PIM store (opened by the Graph faces the seed went through)."""
+    store = sandbox.ctx.extra[PIM_STORE_KEY] if sandbox.ctx is not None else None
+    assert isinstance(store, PimStore)
+    return store
+
+
+def _put(w: World, well_known: str, subject: str, sub: str | None = None, **kw: Any) -> Item:
+    """A source message in a well-known folder (whatever its localized name), or a child."""
+    folder = sandbox_folder(w.sb, w.source, well_known)
+    if sub is not None:
+        found = next((f for f in w.sb.mail.child_folders("source", w.source, folder)
+                      if f.display_name == sub), None)  # fmt: skip
+        folder = found.id if found else w.sb.mail.create_folder("source", w.source, folder, sub).id
+    return w.sb.mail.insert_message(
+        "source", w.source, folder, mime(subject), received=kw.pop("received", OLD), **kw
+    )
+
+
+def sandbox_folder(sb: Sandbox, uid: str, well_known: str, side: str = "source") -> str:
+    found = sb.mail.folder(side, uid, well_known)
+    assert found is not None
+    return found.id
+
+
+@pytest.mark.parametrize("code", ["SyncStateNotFound", "SyncStateInvalid", "resyncRequired"])
+def test_localized_mailboxes_search_folders_and_an_expired_sync_state(
+    make_project: Callable[..., Path], sandbox: Sandbox, code: str
+) -> None:
+    """A German source and a Japanese target: defaults meet by what each API says they are,
+    search folders are never copied, and a sync state that expires mid-project (answered with
+    `code`) restarts the scan: every item arrives exactly once, a deletion seen only through
+    the restart is reported."""
+    sandbox.world.settings.io_sync_state_code = code
+    w = provisioned(make_project, sandbox)
+    seeded = seed_pim(sandbox, w.source)
+    pim = _pim_store(sandbox)
+    for side, uid, language in (("source", w.source, "de"), ("target", w.target, "ja")):
+        sandbox.mail.localize(side, uid, language)
+        pim.localize(side, uid, language)
+    _put(w, "inbox", "old in Posteingang")
+    doomed = _put(w, "inbox", "old, deleted while the state is expired")
+    _put(w, "inbox", "old in Projekte", sub="Projekte")
+    _put(w, "sentitems", "old sent")
+    _put(w, "inbox", "recent", received=RECENT)
+    sandbox.mail.create_search_folder("source", w.source, "Alles", "")
+    sandbox.mail.create_search_folder("source", w.source, "Nur alte", "old")
+    prestage(w)
+    assert last_counts(w)["copied"] == 4
+
+    sandbox.world.expire_sync_states()
+    sandbox.mail.delete_message("source", w.source, doomed.id)
+    _put(w, "inbox", "old, after the expiry")
+    prestage(w)
+    counts = last_counts(w)
+    assert counts["copied"] == 1 and counts["deleted_at_source"] == 1, counts
+    cutover(w)
+    assert last_counts(w)["copied"] == 8  # the recent message and the 7 PIM items
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+
+    inbox = sandbox_folder(sandbox, w.target, "inbox", "target")
+    target = by_subject(w.items("target"))
+    source = by_subject(w.items("source"))
+    assert {s: len(t) for s, t in target.items()} == {
+        **{s: 1 for s in source},
+        "old, deleted while the state is expired": 1,  # deletions = keep
+    }
+    assert target["old in Posteingang"][0].folder_id == inbox
+    assert w.path_of("target", target["old in Projekte"][0].folder_id) == ["受信トレイ", "Projekte"]
+    assert w.path_of("target", target["old sent"][0].folder_id) == ["送信済みアイテム"]
+    names = {f.display_name for f in sandbox.mail.child_folders("target", w.target)}
+    assert not names & {"Posteingang", "Gesendete Elemente", "Alles", "Nur alte", "Finder"}
+    got = pim_in_target(sandbox, w.target, seeded)
+    assert got["contacts"] == {"Ada Lovelace"} and got["events"] == ["Dentist", "Weekly sync"]
+    assert got["contact_folders"] == EXPECTED_CONTACT_FOLDERS
+    assert got["tasks"] == {"タスク": ["File taxes"], "Groceries": ["Milk"]}
+    calendars = {c.display_name for c in pim.folders("target", w.target, "calendar")}
+    assert "Kalender" not in calendars and "予定表" in calendars
+    report = commands.status(w.project, user=str(w.user["source_address"]))["users"][0]
+    assert report["reconciliation"]["unexplained"] == 0, report["reconciliation"]
+
+
+@pytest.mark.parametrize(
+    "conflict",
+    ["400 ErrorInvalidRequest", "409 ErrorIrresolvableConflict", "412 PreconditionFailed"],
+)
+def test_any_4xx_on_an_update_import_is_that_items_conflict(
+    make_project: Callable[..., Path], sandbox: Sandbox, conflict: str
+) -> None:
+    """A copy changed in the target meanwhile: its update import is refused (each plausible
+    answer), reported as that item's conflict, and the pass goes on with the others."""
+    sandbox.world.settings.io_update_conflict = conflict
+    w = provisioned(make_project, sandbox)
+    a = w.put(["Inbox"], "changed on both sides")
+    b = w.put(["Inbox"], "changed at the source only")
+    prestage(w)
+    copies = by_subject(w.items("target"))
+    sandbox.mail.update_message("target", w.target, copies[a.subject][0].id, categories=["Red"])
+    for item in (a, b):
+        sandbox.mail.update_message("source", w.source, item.id, is_read=True)
+    w.put(["Inbox"], "new")
+    result = cutover(w)
+    assert not result["failed"], result
+    counts = last_counts(w)
+    assert counts["update_conflicts"] == 1 and counts["updated"] == 1, counts
+    assert counts["copied"] == 1
+    after = by_subject(w.items("target"))
+    assert after[b.subject][0].is_read and not after[a.subject][0].is_read
+    assert after[a.subject][0].categories == ["Red"]  # the target wins
+
+
+def test_an_interrupted_import_is_recognised_by_identity(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Imports that landed but were never journaled (a kill between the two) are adopted on
+    the next run by Message-ID, or by search key where there is none (a draft, a contact, an
+    event, a task), though the copies' createdDateTime and size differ from the source's."""
+    w = provisioned(make_project, sandbox)
+    seed_pim(sandbox, w.source)
+    w.put(["Inbox"], "plain mail")
+    draft = mime("a draft").replace(b"Message-ID:", b"X-Old-Message-ID:")
+    w.put(["Drafts"], "a draft", body=draft, is_draft=True)
+    prestage(w)
+    cutover(w)
+    project = load_project(w.project)
+    with Journal.open(project.journal_url) as j:
+        rows = [r for r in j.mapped_items(w.source) if r["status"] == "copied"]
+        assert len(rows) == 9 and all(r["source_identity"] for r in rows)
+        assert any(str(r["source_identity"]).startswith("sk:") for r in rows if r["kind"] == MAIL)
+        before = {r["source_item_id"]: r["target_item_id"] for r in rows}
+        for r in rows:  # as a pass killed after each import and before its record leaves them
+            j.map_item(w.source, r["source_item_id"], status="importing", target_item_id=None,
+                       target_change_key=None)  # fmt: skip
+    mails = len(w.items("target"))
+    sandbox.mail.update_message("source", w.source, w.items("source")[0].id, is_read=True)
+    cutover(w)
+    counts = last_counts(w)
+    assert counts.get("copied", 0) == 0 and counts.get("skipped", 0) == 0, counts
+    assert len(w.items("target")) == mails
+    with Journal.open(project.journal_url) as j:
+        after = {r["source_item_id"]: r["target_item_id"] for r in j.mapped_items(w.source)}
+        assert {r["status"] for r in j.mapped_items(w.source)} == {"copied"}
+    assert after == before
+    report = commands.status(w.project, user=str(w.user["source_address"]))["users"][0]
+    assert report["reconciliation"]["unexplained"] == 0, report["reconciliation"]

@@ -9,6 +9,8 @@ its journal record, inside delta scans, moves and updates. Between the passes so
 items are moved and re-flagged, so the cutover pass kills also hit moves and updates. After
 each pass is run to completion, every source item must be in the target exactly once (by
 internetMessageId and MIME hash) in the same folder, and the journal's item map must agree.
+The sandbox re-stamps each import's createdDateTime and size, as Exchange does, so only
+recovery by identity (Message-ID) can pass: a copy is never found by its date and size.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from coexist import commands
 from coexist.journal import Journal
 from coexist.sandbox import Sandbox
+from coexist.sandbox.graph.exchange_io import store_id
 from coexist.sandbox.mailseed import seed_mailboxes
 from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
@@ -140,7 +143,8 @@ def assert_exactly_once(scene: Scene) -> None:
 
 
 def assert_item_map_consistent(scene: Scene) -> None:
-    """One `copied` row per source item, each pointing at a distinct live target copy."""
+    """One `copied` row per source item, each pointing at a distinct live target copy, whose
+    creation time is its own (so no date/size heuristic could have found it)."""
     targets = scene.targets()
     with Journal.open(load_project(scene.project).journal_url) as j:
         for key in scene.keys:
@@ -148,10 +152,15 @@ def assert_item_map_consistent(scene: Scene) -> None:
             source_ids = {i.id for i in scene.sb.mail.iter_messages("source", key)}
             target_ids = {i.id for i in scene.sb.mail.iter_messages("target", targets[key])}
             assert {r["status"] for r in rows} == {"copied"}, Counter(r["status"] for r in rows)
-            assert {r["source_item_id"] for r in rows} == source_ids
-            mapped = [r["target_item_id"] for r in rows]
+            assert {store_id(r["source_item_id"]) for r in rows} == source_ids
+            assert all(r["source_identity"] for r in rows)
+            mapped = [store_id(r["target_item_id"]) for r in rows]
             assert len(set(mapped)) == len(mapped) == len(target_ids)
             assert set(mapped) == target_ids
+            for r in rows:
+                src = scene.sb.mail.get("source", key, str(store_id(r["source_item_id"])))
+                dst = scene.sb.mail.get("target", targets[key], str(store_id(r["target_item_id"])))
+                assert src is not None and dst is not None and src.created != dst.created
             recon = (j.get_item("user", key) or {})["detail"]["reconciliation"]
             assert recon["unexplained"] == 0, recon
             assert all(f["difference"] == 0 for f in recon["folders"]), recon
@@ -195,8 +204,9 @@ def test_passes_killed_at_random_points_end_with_every_item_exactly_once(
     assert_no_duplicates(scene)
 
     move_and_flag_at_source(scene, rng)
-    # Cutover: the moves come first (2 changes each: tombstone and new id), then the copies
-    # of the rest and the updates (1 each). One kill among the moves, the others anywhere.
+    # Cutover: the moves at the source are imports into the new folder plus a delete of the
+    # old copy, among the copies of the rest and the updates (about one change each). One
+    # kill early, the others anywhere.
     moves = MOVED_AT_SOURCE // 2 * 2 * MAILBOXES
     writes = moves + total - scene.copied() + MOVED_AT_SOURCE // 2 * MAILBOXES
     points = [rng.randrange(1, moves), *rng.sample(range(moves, writes * 9 // 10), 2)]

@@ -12,6 +12,7 @@ from coexist.permissions import (
     EXCHANGE_ROLE_PROBE,
     EXCHANGE_ROLES,
     MANAGE_AS_APP,
+    MOVER_NEEDS,
     NEEDS,
     POLICY_READER,
     Need,
@@ -20,6 +21,7 @@ from coexist.permissions import (
     needs,
     satisfied,
 )
+from coexist.sandbox.graph import exchange_io
 
 EXCHANGE_ADMIN = "29232cdf-9323-42fd-ade2-1d097af3e4de"
 RECIPIENT_ADMIN = "31392ffb-586c-42d1-9346-e59415a2cc4e"
@@ -98,6 +100,53 @@ def test_human_listing_is_a_table_for_the_command() -> None:
     assert result.exit_code == 0
     assert "permissions for prestage" in result.output
     assert result.output.count("target") >= len(needs("prestage"))
+
+
+def labels(tenant: str, command: str, mover: str) -> set[str]:
+    return {n.label for n in needs(command, mover) if n.tenant == tenant and n.api == "graph"}
+
+
+@pytest.mark.parametrize("command", ["prestage", "cutover"])
+def test_each_data_path_lists_exactly_what_it_needs(command: str) -> None:
+    """The import/export mover: export, folder and item reads at the source; import, folder
+    writes and item deletes at the target; plus the reads that name default folders. The
+    graph-items mover: the item APIs, read at the source and written at the target."""
+    base = {n.label for n in NEEDS[command] if n.api == "graph"}
+    names = {"User.Read.All", "Mail.ReadBasic.All", "Calendars.ReadBasic", "Contacts.Read",
+             "Tasks.Read.All"}  # fmt: skip
+    io_source = labels("source", command, "graph-import-export") - base
+    io_target = labels("target", command, "graph-import-export") - base
+    assert io_source == {"MailboxItem.Export.All", "MailboxFolder.Read.All",
+                         "MailboxItem.Read.All", *names}  # fmt: skip
+    assert io_target == {"MailboxItem.ImportExport.All", "MailboxFolder.ReadWrite.All",
+                         "MailboxItem.ReadWrite.All", *names}  # fmt: skip
+    assert labels("source", command, "graph-items") - base == {
+        "Mail.Read", "Contacts.Read", "Calendars.Read", "Tasks.Read.All"}  # fmt: skip
+    assert labels("target", command, "graph-items") - base == {
+        "Mail.ReadWrite",
+        "Contacts.ReadWrite",
+        "Calendars.ReadWrite",
+        "Tasks.ReadWrite.All",
+    }
+    assert needs(command, "none") == needs(command) == NEEDS[command]
+    assert needs("discover", "graph-import-export") == NEEDS["discover"]
+
+
+def test_the_mover_needs_match_what_the_sandbox_demands() -> None:
+    """Each import/export permission the mover asks for is one the sandbox's face accepts for
+    that operation (the API pages' tables)."""
+    io = {n.any_of for n in MOVER_NEEDS["graph-import-export"]}
+    for demanded in (exchange_io.EXPORT, exchange_io.FOLDER_READ, exchange_io.ITEM_READ,
+                     exchange_io.IMPORT, exchange_io.FOLDER_WRITE, exchange_io.ITEM_DELETE):  # fmt: skip
+        assert any(set(a) & set(demanded) for a in io), demanded
+
+
+def test_cli_adds_the_mover_needs() -> None:
+    """`coexist permissions --command cutover --mover graph-import-export` lists the mover's too."""
+    rows = permissions_json("--command", "cutover", "--mover", "graph-import-export")
+    assert len(rows) == len(needs("cutover", "graph-import-export")) > len(needs("cutover"))
+    assert {"tenant": "target", "api": "graph", "permission": "MailboxItem.ImportExport.All",
+            "alternatives": "", "why": "import items"} in rows  # fmt: skip
 
 
 # -- satisfied ------------------------------------------------------------------------------

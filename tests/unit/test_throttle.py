@@ -198,6 +198,11 @@ def test_no_more_than_four_requests_in_flight_per_mailbox() -> None:
             "MBX:1@t",
         ),
         (
+            "https://outlook.example/api/gv1.0/Mailboxes('MBX:1@t')/importItem?authtoken=s",
+            "MBX:1@t",
+        ),
+        ("https://outlook.example/owa/x/Mailboxes('MBX:2@t')/importItem?authtoken=s", "MBX:2@t"),
+        (
             "https://outlook.example/api/v2.0/Users('u1@t')/Messages('m')/AttachmentSessions('s')",
             "u1",
         ),

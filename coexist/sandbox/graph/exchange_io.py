@@ -1,32 +1,47 @@
 """Graph's mailbox import/export API: `/admin/exchange/mailboxes/{mailboxId}/...`.
 
-Shapes follow learn.microsoft.com/graph/mailbox-import-export-concept-overview
-and the API pages it links (mailbox-list-folders, mailboxfolder-list-childfolders,
-mailboxfolder-list-items, mailboxfolder-delta, mailboxitem-delta, mailbox-exportitems,
-mailbox-createimportsession, graph/import-exchange-mailbox-item):
+Shapes follow api-reference/v1.0 (resources/mailbox-import-export-api-overview and the pages
+it links: mailbox-list-folders, mailbox-post-folders, mailboxfolder-get, mailboxfolder-update,
+mailbox-delete-folders, mailboxfolder-list-childfolders, mailboxfolder-list-items,
+mailboxitem-get, mailboxfolder-delete-items, mailboxfolder-delta, mailboxitem-delta,
+mailbox-exportitems, mailbox-createimportsession, graph/import-exchange-mailbox-item) and
+the v1.0 CSDL (mailboxFolder: childFolderCount, displayName, parentFolderId, totalItemCount,
+type; mailboxItem: size, type and outlookItem's; both with extended properties):
 
 - The mailbox id is `settings/exchange.primaryMailboxId` (`users.primary_mailbox_id`).
-- `exportItems` takes at most 20 ids (same mailbox) and answers one
-  exportItemResponse per id: {itemId, changeKey, data (base64 opaque stream)} or
-  {itemId, error: mailTipsError}.
-- `createImportSession` answers {importUrl, expirationDateTime}; the importUrl is
-  pre-authenticated ("don't specify an Authorization request header") and takes
-  POST {FolderId, Mode: create|update, Data, ItemId?, ChangeKey?} →
-  {itemId, changeKey}.
+- Its own id space: folder and item ids served here are NOT the mail/calendar/contacts/To
+  Do APIs' ids (FACTS.md). They are translated at this boundary (`io_id` / `store_id`);
+  each API answers the other's ids as unknown ids (404 ErrorItemNotFound), as Exchange
+  answers any id it does not know.
+- Folders: listed (the top of the information store's folders, plus the non-IPM system
+  folders and every search folder: "including any search folders", mailbox-list-folders),
+  created (`displayName` + `type`, both required), renamed (`displayName`; `type` cannot
+  change), deleted (`DELETE .../folders/{id}/$ref`); well-known folder names are taken in
+  the path (`folders/inbox/childFolders`, `folders/inbox/items/{id}`, as the pages' examples).
+- Items: listed, read, deleted (`?disposalType=softDelete|hardDelete`), exported (at most
+  20 ids) and imported through a pre-authenticated importUrl of the v1.0 form
+  `.../api/gv1.0/Mailboxes('MBX:...')/importItem?authtoken=...` (served on this host).
+- Extended properties: `$expand=singleValueExtendedProperties($filter=id eq '...' or ...)`
+  on folders and items (resources/mailboxfolder, resources/mailboxitem), for the MAPI
+  properties `EXTENDED` lists.
+- Import re-stamps what Exchange assigns to a new item: the copy's createdDateTime is the
+  time of the import and its size (PR_MESSAGE_SIZE) is the target store's, so neither
+  identifies a copy (everything else the stream carries is kept).
 
-The "FastTransfer stream" Exchange exports is replaced by this sandbox's own
-versioned serialisation (`_Blob`): a header line of JSON (message class, every
-stored property) followed by the item's MIME for mail. It is opaque to clients,
-as Microsoft's is, and import reproduces the item exactly (MIME byte-identical,
-every stored property equal) in any mailbox.
+The "FastTransfer stream" Exchange exports is replaced by this sandbox's own versioned
+serialisation (`_Blob`): a header line of JSON (message class, every stored property)
+followed by the item's MIME for mail. It is opaque to clients, as Microsoft's is.
 
-Covered item kinds: mail (the mailstore), contacts, events (a series master
-travels with its exceptions) and To Do tasks (the PIM store). The folder tree
-served here is the mailstore's IPM subtree plus the PIM folders under it.
+Covered item kinds: mail (the mailstore), contacts, events (a series master travels with its
+exceptions) and To Do tasks (the PIM store). Search folders live in the mailstore (under the
+non-IPM "Finder"); the other non-IPM system folders (Recoverable Items, Deletions) are fixed
+and empty: a soft delete here removes the item as a hard delete does (the sandbox keeps no
+Recoverable Items contents).
 
-Delta (folders and items) keeps its snapshots server-side (`PimStore.save_state`):
-a deltaToken names the snapshot a round ended with; the next round reports
-what was added or changed (by change key) and what disappeared (`@removed`).
+Delta (folders and items) keeps its snapshots server-side (`PimStore.save_state`): a
+deltaToken names the snapshot a round ended with. States expire with the world's one knob
+(`Settings.sync_state_expired`, `World.expire_sync_states()`); an expired or unknown token
+is answered 410 with `Settings.io_sync_state_code`.
 """
 
 from __future__ import annotations
@@ -34,10 +49,13 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import json
+import re
 import sqlite3
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +67,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..identity import Principal
-from ..mailstore import ROOT, STORE_OWNED, Folder, MailStore, looks_like_id
+from ..mailstore import (
+    FINDER,
+    ID_PREFIX,
+    ROOT,
+    STORE_OWNED,
+    Folder,
+    FolderExists,
+    MailStore,
+    iso,
+    looks_like_id,
+    system_folder_id,
+    utcnow,
+)
 from ..model import User
 from ..pim import FOLDER_CLASS, ITEM_CLASS, ITEM_KIND, PimFolder, PimItem, PimStore
 from ..web import HTTPFailure, ctx_of, graph_principal, graph_throttled
@@ -59,21 +89,108 @@ from .outlook_items import pim_of
 
 # -- permissions (the API pages' "Permissions" tables, application) --------------------------------
 FOLDER_READ = ("MailboxFolder.Read.All", "MailboxFolder.ReadWrite.All")  # mailboxfolder-delta
-# *unverified*: mailboxfolder-list-items / mailboxitem-delta list MailboxItem.Read.All; the
-# import/export role is accepted too because a mover holding it must be able to enumerate.
-ITEM_READ = ("MailboxItem.Read.All", "MailboxItem.ImportExport.All")
+FOLDER_WRITE = ("MailboxFolder.ReadWrite.All",)  # mailbox-post-folders, -update, -delete
+ITEM_READ = ("MailboxItem.Read.All", "MailboxItem.ReadWrite.All")  # mailboxitem-get
+ITEM_DELETE = ("MailboxItem.ReadWrite.All",)  # mailboxfolder-delete-items
 EXPORT = ("MailboxItem.Export.All", "MailboxItem.ImportExport.All")  # mailbox-exportitems
 IMPORT = ("MailboxItem.ImportExport.All",)  # mailbox-createimportsession
-# *unverified*: the import/export role also lets an app enumerate folders here.
+# *unverified*: that the import/export role also lets an app enumerate folders and items (a
+# mover holding only it could not find what to export otherwise); accepted here.
 FOLDER_READ_ANY = (*FOLDER_READ, "MailboxItem.ImportExport.All")
+ITEM_READ_ANY = (*ITEM_READ, "MailboxItem.ImportExport.All")
 
 EXPORT_MAX_IDS = 20  # mailbox-exportitems: "The maximum size of this collection is 20 strings."
 PAGE_DEFAULT = 10  # *unverified*: Outlook's default page size (as for messages)
 PAGE_MAX = 1000
 SESSION_LIFETIME_S = 3600.0  # *unverified*: the docs show only that the importUrl expires
 BLOB_MAGIC = b"CXFTS\x01"  # this sandbox's stand-in for an FTS stream, version 1
+IMPORT_PATH = "/api/gv1.0/Mailboxes('{mailbox_id}')/importItem"  # mailbox-createimportsession
+DISPOSAL_TYPES = ("softDelete", "hardDelete")  # mailboxfolder-delete-items
 
-# Message-table columns that identify a row rather than describe the item (never exported).
+# -- ids: this API's own id space ------------------------------------------------------------------
+
+# An io id wraps the store's id behind a marker, in the same `AAMk...` family (so the mail API
+# finds it well-formed and answers it as unknown, 404, rather than malformed).
+IO_MARK = b"IOX\x00"
+
+
+def io_id(store_key: str) -> str:
+    """The import/export API's id of a store folder or item."""
+    return base64.urlsafe_b64encode(ID_PREFIX + IO_MARK + store_key.encode()).decode()
+
+
+def store_id(value: str) -> str | None:
+    """The store id an io id names, or None when `value` is not one of this API's ids."""
+    try:
+        raw = base64.urlsafe_b64decode(value.encode())
+    except (ValueError, TypeError):
+        return None
+    head = ID_PREFIX + IO_MARK
+    if not raw.startswith(head):
+        return None
+    try:
+        return raw[len(head) :].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+# -- extended properties (MS-OXPROPS names; Graph's id spelling) --------------------------------------
+
+PS_INTERNET_HEADERS = "{00020386-0000-0000-C000-000000000046}"  # MS-OXPROPS 1.3.2
+PR_SUBJECT = "String 0x0037"
+PR_INTERNET_MESSAGE_ID = "String 0x1035"
+PR_SEARCH_KEY = "Binary 0x300B"
+PID_TAG_FOLDER_TYPE = "Integer 0x3601"  # MS-OXCFOLD: 1 generic, 2 search (FOLDER_SEARCH)
+CONTENT_CLASS = f"String {PS_INTERNET_HEADERS} Name content-class"
+CONTENT_TYPE = f"String {PS_INTERNET_HEADERS} Name content-type"
+FOLDER_GENERIC, FOLDER_SEARCH = 1, 2
+
+
+def _prop_key(prop_id: str) -> str:
+    return " ".join(prop_id.split()).casefold()
+
+
+ITEM_PROPS = {_prop_key(p): p for p in (PR_SUBJECT, PR_INTERNET_MESSAGE_ID, PR_SEARCH_KEY,
+                                         CONTENT_CLASS, CONTENT_TYPE)}  # fmt: skip
+FOLDER_PROPS = {_prop_key(PID_TAG_FOLDER_TYPE): PID_TAG_FOLDER_TYPE}
+_EXPAND = re.compile(
+    r"^\s*singleValueExtendedProperties\s*\(\s*\$filter\s*=\s*(.+?)\s*\)\s*$", re.IGNORECASE
+)
+_ID_EQ = re.compile(r"^\s*id\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
+
+
+def expanded_props(request: Request, known: dict[str, str]) -> list[str] | None:
+    """The extended property ids `$expand=singleValueExtendedProperties($filter=id eq ...)`
+    asks for (None without $expand). Ids this sandbox does not model are simply absent from
+    the answer, as Graph leaves out a property an item does not have."""
+    raw = common.query(request).get("expand")
+    if raw is None:
+        return None
+    m = _EXPAND.match(raw)
+    if m is None:
+        # *unverified* wording (as the mail face's query errors).
+        raise fail(400, "ErrorInvalidUrlQuery", f"Unsupported $expand '{raw}'.", request)
+    wanted = []
+    for part in re.split(r"\s+or\s+", m.group(1), flags=re.IGNORECASE):
+        one = _ID_EQ.match(part)
+        if one is None:
+            raise fail(400, "ErrorInvalidUrlQuery", f"Unsupported $filter '{part}'.", request)
+        found = known.get(_prop_key(one.group(1).replace("''", "'")))
+        if found is not None:
+            wanted.append(found)
+    return wanted
+
+
+def search_key_of(store_key: str) -> str:
+    """PR_SEARCH_KEY of an item that has none stored: 16 bytes fixed at its creation (derived
+    from the store id, so stable), base64 as Graph renders Binary extended properties."""
+    return base64.b64encode(hashlib.md5(b"searchkey:" + store_key.encode()).digest()).decode()
+
+
+def _size_of(store_key: str, stored: int) -> int:
+    """PR_MESSAGE_SIZE as the target store computes it: the content plus per-item overhead
+    that differs from store to store (so a copy's size is not its source's)."""
+    return stored + 256 + zlib.crc32(store_key.encode()) % 1024
 
 
 # -- errors (one place) -------------------------------------------------------------------------
@@ -94,8 +211,8 @@ def too_many_ids(request: Request) -> HTTPFailure:
     )
 
 
-def invalid_import(request: Request, message: str) -> HTTPFailure:
-    # *unverified*: code for a malformed importItem body.
+def invalid_request(request: Request, message: str) -> HTTPFailure:
+    # *unverified*: code for a malformed body (importItem, folder create/update, item delete).
     return fail(400, "ErrorInvalidRequest", message, request)
 
 
@@ -105,12 +222,41 @@ def bad_import_token(request: Request) -> HTTPFailure:
 
 
 def change_key_conflict(request: Request) -> HTTPFailure:
-    # Exchange's ErrorIrresolvableConflict (EWS ResponseCode text); Graph answers it with 409.
+    """importItem update with a stale ChangeKey: the status and code are not documented, so
+    they are a setting (`Settings.io_update_conflict`, "status code"); a client treats any
+    4xx of an update as that item's conflict."""
+    status, _, code = ctx_of(request).world.settings.io_update_conflict.partition(" ")
     return fail(
-        409,
-        "ErrorIrresolvableConflict",
-        "The send or update operation could not be performed because the change key passed in "
-        "the request does not match the current change key for the item.",
+        int(status),
+        code or "ErrorInvalidRequest",
+        "The change key passed in the request does not match the current change key for the item.",
+        request,
+    )
+
+
+def sync_state_expired(request: Request) -> HTTPFailure:
+    """An expired (or never issued) delta token: 410 Gone with the configured code
+    (`Settings.io_sync_state_code`; FACTS.md: 410 / SyncStateNotFound / resyncRequired)."""
+    code = ctx_of(request).world.settings.io_sync_state_code
+    return fail(
+        410, code, "The sync state is no longer available. Start a new synchronization.", request
+    )
+
+
+def folder_exists(request: Request) -> HTTPFailure:
+    # Exchange's code for a sibling of the same name (as the mail and contacts faces answer);
+    # *unverified* for this API.
+    return fail(
+        409, "ErrorFolderExists", "A folder with the specified name already exists.", request
+    )
+
+
+def distinguished_folder(request: Request) -> HTTPFailure:
+    # *unverified*: Exchange refuses to rename or delete a default or system folder.
+    return fail(
+        400,
+        "ErrorDeleteDistinguishedFolder",
+        "Distinguished folders cannot be deleted or renamed.",
         request,
     )
 
@@ -175,26 +321,38 @@ def mailbox_request(request: Request, roles: tuple[str, ...]) -> Iterator[Mailbo
         yield mbx
 
 
-# -- the folder tree (mail folders + PIM folders) --------------------------------------------------
+# -- the folder tree ------------------------------------------------------------------------------
+
+# The non-IPM system folders this sandbox lists (fixed, empty): name -> (parent name, Graph's
+# mailFolder well-known name). *unverified*: which non-IPM folders Exchange's listing shows;
+# these are the ones every mailbox has (MS-OXOSFLD 2.2.2: Finder, Recoverable Items/Deletions).
+NON_IPM_ROOT = "Root"
+SYSTEM_FOLDERS: dict[str, tuple[str | None, str | None]] = {
+    NON_IPM_ROOT: (None, None),
+    "Recoverable Items": (NON_IPM_ROOT, "recoverableitemsroot"),
+    "Deletions": ("Recoverable Items", "recoverableitemsdeletions"),
+    FINDER: (NON_IPM_ROOT, "searchfolders"),
+}
+SYSTEM_TOP = ("Recoverable Items", FINDER)  # listed by `GET folders` beside the IPM folders
+# Path names for the PIM defaults: Exchange's well-known folder names (resources/mailfolder,
+# "Well-known folder names" in the EWS sense: contacts, calendar, tasks).
+PIM_WELL_KNOWN = {"contacts": "contacts", "calendar": "calendar", "tasks": "defaultList"}
+IPM, SEARCH, SYSTEM = "ipm", "search", "system"
 
 
 @dataclass(frozen=True)
 class TreeFolder:
-    id: str
+    id: str  # the store's id (io_id() at the boundary)
     display_name: str
     parent_id: str | None
-    well_known: str | None
-    folder_class: str
+    well_known: str | None  # the store's name for a default folder (never served)
+    folder_class: str | None
     total: int
     children: int
     signature: str  # what a delta compares
-    pim_kind: str | None  # None: a mail folder
-
-
-# The PIM store names its default folders as their own APIs do (To Do's default list is
-# `wellknownListName: defaultList`); mailboxFolder.wellKnownName uses Exchange's well-known
-# folder names (graph/api/resources/mailfolder "Use well-known folder names": tasks).
-EXCHANGE_WELL_KNOWN = {"contacts": "contacts", "calendar": "calendar", "defaultList": "tasks"}
+    pim_kind: str | None  # None: a mail (or search, or system) folder
+    area: str = IPM  # IPM | SEARCH | SYSTEM
+    query: str | None = None  # a search folder's subject substring
 
 
 class Tree:
@@ -206,8 +364,18 @@ class Tree:
         root = mail_store.folder(self.key, self.owner, ROOT)
         assert root is not None
         self.root_id = root.id
+        self.searches = {f.id: (f, q) for f, q in mail_store.search_folders(self.key, self.owner)}
+        self.system = {system_folder_id(self.owner, n): n for n in SYSTEM_FOLDERS}
+
+    # -- building TreeFolders
 
     def _from_mail(self, f: Folder) -> TreeFolder:
+        if f.id in self.searches:
+            query = self.searches[f.id][1]
+            total = sum(1 for _ in self.search_rows(query))
+            sig = f"{f.display_name}\x00{f.parent_id}\x00{total}"
+            return TreeFolder(f.id, f.display_name, f.parent_id, None, "IPF.Note", total, 0,
+                              sig, None, SEARCH, query)  # fmt: skip
         extra = len(self._pim_defaults()) if f.id == self.root_id else 0
         return TreeFolder(
             f.id,
@@ -220,6 +388,15 @@ class Tree:
             f"{f.display_name}\x00{f.parent_id}",
             None,
         )
+
+    def _from_system(self, folder_id: str) -> TreeFolder:
+        name = self.system[folder_id]
+        parent, well_known = SYSTEM_FOLDERS[name]
+        children = [n for n, (p, _w) in SYSTEM_FOLDERS.items() if p == name]
+        count = len(children) + (len(self.searches) if name == FINDER else 0)
+        parent_id = system_folder_id(self.owner, parent) if parent else None
+        return TreeFolder(folder_id, name, parent_id, well_known, None, 0, count,
+                          f"{name}\x00{count}", None, SYSTEM)  # fmt: skip
 
     def _pim_defaults(self) -> list[PimFolder]:
         return [f for f in self.pim.folders(self.key, self.owner) if f.well_known is not None]
@@ -251,7 +428,7 @@ class Tree:
             f.id,
             f.display_name,
             self._pim_parent(f),
-            EXCHANGE_WELL_KNOWN.get(f.well_known) if f.well_known else None,
+            f.well_known,
             FOLDER_CLASS[f.kind],
             total,
             len(self._pim_children(f)),
@@ -259,16 +436,44 @@ class Tree:
             f.kind,
         )
 
+    # -- lookups
+
     def get(self, folder_id: str) -> TreeFolder | None:
+        if folder_id in self.system:
+            return self._from_system(folder_id)
         found = self.mail.folder(self.key, self.owner, folder_id)
-        if found is not None:
+        if found is not None and found.id == folder_id:
             return self._from_mail(found)
         pim = self.pim.folder(self.key, self.owner, folder_id)
-        return self._from_pim(pim) if pim is not None else None
+        if pim is not None and pim.id == folder_id:
+            return self._from_pim(pim)
+        return None
+
+    def by_well_known(self, name: str) -> TreeFolder | None:
+        """A folder named in a URL by its well-known name (`folders/inbox/...`)."""
+        low = name.lower()
+        for folder_id, system in self.system.items():
+            if SYSTEM_FOLDERS[system][1] == low:
+                return self._from_system(folder_id)
+        if low in PIM_WELL_KNOWN:
+            pim = self.pim.folder(self.key, self.owner, PIM_WELL_KNOWN[low])
+            return self._from_pim(pim) if pim is not None else None
+        found = self.mail.folder(self.key, self.owner, low)
+        return self._from_mail(found) if found is not None and found.well_known else None
 
     def children(self, folder_id: str) -> list[TreeFolder]:
+        if folder_id in self.system:
+            name = self.system[folder_id]
+            out = [
+                self._from_system(system_folder_id(self.owner, n))
+                for n, (p, _w) in SYSTEM_FOLDERS.items()
+                if p == name
+            ]
+            if name == FINDER:
+                out += [self._from_mail(f) for f, _q in self.searches.values()]
+            return out
         found = self.mail.folder(self.key, self.owner, folder_id)
-        if found is not None:
+        if found is not None and found.id == folder_id:
             out = [
                 self._from_mail(f) for f in self.mail.child_folders(self.key, self.owner, found.id)
             ]
@@ -278,29 +483,115 @@ class Tree:
         pim = self.pim.folder(self.key, self.owner, folder_id)
         return [self._from_pim(f) for f in self._pim_children(pim)] if pim is not None else []
 
-    def walk(self) -> list[TreeFolder]:
-        """Every folder under the root, parents before children."""
+    def top(self) -> list[TreeFolder]:
+        """What `GET folders` lists: the IPM top level, the non-IPM system folders beside
+        it, and every search folder ("including any search folders", mailbox-list-folders)."""
+        out = self.children(self.root_id)
+        out += [self._from_system(system_folder_id(self.owner, n)) for n in SYSTEM_TOP]
+        out += [self._from_mail(f) for f, _q in self.searches.values()]
+        return out
+
+    def walk(self, under: str | None = None) -> list[TreeFolder]:
+        """Every folder of the mailbox (IPM, system and search), or every folder below
+        `under`, parents before children."""
         out: list[TreeFolder] = []
-        queue = self.children(self.root_id)
+        seen: set[str] = set()
+        queue = self.top() if under is None else self.children(under)
         while queue:
             f = queue.pop(0)
+            if f.id in seen:
+                continue
+            seen.add(f.id)
             out.append(f)
             queue += self.children(f.id)
         return out
 
+    def search_rows(self, query: str) -> Iterator[sqlite3.Row]:
+        """The mailbox's messages a search folder shows (subject contains `query`)."""
+        needle = query.casefold()
+        for r in MailRows(self.mail).mailbox_rows(self.key, self.owner):
+            if needle in str(r["subject"]).casefold():
+                yield r
 
-def folder_json(f: TreeFolder) -> dict[str, Any]:
-    """resources/mailboxfolder."""
-    return {
+    # -- writes
+
+    def create(
+        self, request: Request, parent: TreeFolder, name: str, folder_class: str
+    ) -> TreeFolder:
+        """A new folder of `folder_class` under `parent` (mailbox-post-folders)."""
+        if parent.area != IPM:
+            raise invalid_request(request, "Folders can be created only in the IPM subtree.")
+        if folder_class == "IPF.Note":
+            if parent.pim_kind is not None:
+                # *sandbox*: the stores keep mail folders under mail folders only.
+                raise invalid_request(request, "A mail folder cannot be created here.")
+            try:
+                made = self.mail.create_folder(self.key, self.owner, parent.id, name)
+            except FolderExists:
+                raise folder_exists(request) from None
+            return self._from_mail(made)
+        kind = next((k for k, c in FOLDER_CLASS.items() if c == folder_class), None)
+        if kind is None or parent.pim_kind != kind:
+            # *sandbox*: only these classes, each under a folder of its own class.
+            raise invalid_request(
+                request, f"A folder of type '{folder_class}' cannot be created here."
+            )
+        if any(c.display_name.casefold() == name.casefold() for c in self.children(parent.id)):
+            raise folder_exists(request)
+        # Where each face keeps them: secondary calendars and To Do lists have no parent
+        # (they hang off the default one); contact folders nest, from the default folder on.
+        under = None if parent.well_known is not None and kind != "contacts" else parent.id
+        return self._from_pim(self.pim.create_folder(self.key, self.owner, kind, name, under))
+
+    def rename(self, request: Request, folder: TreeFolder, name: str) -> TreeFolder:
+        _refuse_distinguished(request, self, folder)
+        if folder.pim_kind is None:
+            try:
+                self.mail.rename_folder(self.key, self.owner, folder.id, name)
+            except FolderExists:
+                raise folder_exists(request) from None
+        else:
+            siblings = self.children(folder.parent_id or self.root_id)
+            if any(
+                c.id != folder.id and c.display_name.casefold() == name.casefold() for c in siblings
+            ):
+                raise folder_exists(request)
+            self.pim.update_folder(folder.id, name)
+        found = self.get(folder.id)
+        assert found is not None
+        return found
+
+    def delete(self, request: Request, folder: TreeFolder) -> None:
+        _refuse_distinguished(request, self, folder)
+        if folder.pim_kind is None:
+            self.mail.delete_folder(self.key, self.owner, folder.id)
+        else:
+            self.pim.delete_folder(folder.id)
+
+
+def _refuse_distinguished(request: Request, tree: Tree, folder: TreeFolder) -> None:
+    if folder.area == SYSTEM or folder.well_known is not None or folder.id == tree.root_id:
+        raise distinguished_folder(request)
+
+
+def folder_json(f: TreeFolder, props: list[str] | None = None) -> dict[str, Any]:
+    """resources/mailboxfolder (v1.0 CSDL: no wellKnownName), ids in this API's space."""
+    out: dict[str, Any] = {
         "@odata.type": "#microsoft.graph.mailboxFolder",
-        "id": f.id,
+        "id": io_id(f.id),
         "displayName": f.display_name,
-        "parentFolderId": f.parent_id,
+        "parentFolderId": io_id(f.parent_id) if f.parent_id else None,
         "childFolderCount": f.children,
         "totalItemCount": f.total,
-        "wellKnownName": f.well_known,
         "type": f.folder_class,
     }
+    if props is not None:
+        folder_type = FOLDER_SEARCH if f.area == SEARCH else FOLDER_GENERIC
+        values = {PID_TAG_FOLDER_TYPE: str(folder_type)}
+        out["singleValueExtendedProperties"] = [
+            {"id": p, "value": values[p]} for p in props if p in values
+        ]
+    return out
 
 
 # -- items -----------------------------------------------------------------------------------------
@@ -312,7 +603,7 @@ def _is_exception(item: PimItem) -> bool:
 
 @dataclass(frozen=True)
 class TreeItem:
-    id: str
+    id: str  # the store's id
     change_key: str
     created: str
     modified: str
@@ -324,19 +615,47 @@ class TreeItem:
         return f"{self.change_key}\x00{self.modified}"
 
 
-def item_json(i: TreeItem) -> dict[str, Any]:
-    """resources/mailboxitem."""
-    return {
+def item_json(i: TreeItem, props: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """resources/mailboxitem, its id in this API's space."""
+    out: dict[str, Any] = {
         "@odata.type": "#microsoft.graph.mailboxItem",
         "@odata.etag": f'W/"{i.change_key}"',
-        "id": i.id,
+        "id": io_id(i.id),
         "createdDateTime": i.created,
         "lastModifiedDateTime": i.modified,
         "changeKey": i.change_key,
         "categories": i.categories,
         "type": i.item_class,
-        "size": i.size,
+        "size": _size_of(i.id, i.size),
     }
+    if props is not None:
+        out["singleValueExtendedProperties"] = props
+    return out
+
+
+def item_props(tree: Tree, item_id: str, wanted: list[str]) -> list[dict[str, str]]:
+    """The asked-for extended properties the item has (absent ones are left out)."""
+    if not wanted:
+        return []
+    values: dict[str, str | None] = {}
+    row = MailRows(tree.mail).row(tree.key, tree.owner, item_id)
+    if row is not None:
+        stored = json.loads(row["props_json"] or "{}")
+        values[PR_SUBJECT] = row["subject"]
+        values[PR_INTERNET_MESSAGE_ID] = row["internet_message_id"]
+        values[PR_SEARCH_KEY] = stored.get(PR_SEARCH_KEY) or search_key_of(item_id)
+        if CONTENT_CLASS in wanted or CONTENT_TYPE in wanted:
+            head = tree.mail.headers(item_id)
+            values[CONTENT_CLASS] = head.get("Content-Class")
+            values[CONTENT_TYPE] = head.get("Content-Type")
+    else:
+        pim = tree.pim.item(tree.key, tree.owner, item_id)
+        if pim is None:
+            return []
+        p = pim.props
+        values[PR_SUBJECT] = p.get("subject") or p.get("title") or p.get("displayName")
+        values[PR_SEARCH_KEY] = p.get(PR_SEARCH_KEY) or search_key_of(item_id)
+    return [{"id": k, "value": str(values[k])} for k in wanted if values.get(k)]
 
 
 class MailRows:
@@ -397,23 +716,39 @@ class MailRows:
             )
         return change_key
 
+    def mailbox_rows(self, tenant: str, mailbox: str) -> Iterator[sqlite3.Row]:
+        """Every message row of a mailbox (without MIME), in insertion order, in chunks."""
+        last = 0
+        while True:
+            with self.store._lock:
+                rows = self.store._db.execute(
+                    "SELECT seq, id, change_key, created, modified, categories_json, size,"
+                    " item_class, subject FROM messages WHERE tenant=? AND mailbox=? AND seq>?"
+                    " ORDER BY seq LIMIT 500",
+                    (tenant, mailbox, last),
+                ).fetchall()
+            yield from rows
+            if len(rows) < 500:
+                return
+            last = rows[-1]["seq"]
 
-def list_items(
-    mail_rows: MailRows, pim: PimStore, mbx: Mailbox, folder: TreeFolder
-) -> Iterator[TreeItem]:
-    if folder.pim_kind is None:
-        for r in mail_rows.folder_rows(mbx.key, mbx.user.id, folder.id):
-            yield TreeItem(
-                r["id"],
-                r["change_key"],
-                r["created"],
-                r["modified"],
-                json.loads(r["categories_json"]),
-                r["size"],
-                r["item_class"],
-            )
+
+def _tree_item(r: sqlite3.Row) -> TreeItem:
+    return TreeItem(r["id"], r["change_key"], r["created"], r["modified"],
+                    json.loads(r["categories_json"]), r["size"], r["item_class"])  # fmt: skip
+
+
+def list_items(mail_rows: MailRows, tree: Tree, folder: TreeFolder) -> Iterator[TreeItem]:
+    mbx = tree.mbx
+    if folder.area == SEARCH:
+        yield from (_tree_item(r) for r in tree.search_rows(folder.query or ""))
         return
-    for item in pim.iter_folder(folder.id):
+    if folder.area == SYSTEM:
+        return  # the sandbox keeps no Recoverable Items contents
+    if folder.pim_kind is None:
+        yield from (_tree_item(r) for r in mail_rows.folder_rows(mbx.key, mbx.user.id, folder.id))
+        return
+    for item in tree.pim.iter_folder(folder.id):
         if _is_exception(item):
             continue  # Exchange keeps exceptions inside the series master
         size = len(json.dumps(item.props))
@@ -452,19 +787,27 @@ class _Blob:
 def export_one(
     mail_rows: MailRows, pim: PimStore, mbx: Mailbox, item_id: str
 ) -> tuple[str, bytes] | None:
-    """(changeKey, blob) of one item of the mailbox, or None if it has no such item."""
+    """(changeKey, blob) of one item of the mailbox (store id), or None if it has none such.
+
+    The item's identity travels with it: PR_SEARCH_KEY (kept by the copy, as Exchange keeps
+    it on a full-fidelity import) and, for mail, every stored column (Message-ID included)."""
     row = mail_rows.row(mbx.key, mbx.user.id, item_id)
     if row is not None:
         columns = {k: row[k] for k in row.keys() if k not in STORE_OWNED}  # noqa: SIM118
+        stored = json.loads(columns.get("props_json") or "{}")
+        stored.setdefault(PR_SEARCH_KEY, search_key_of(item_id))
+        columns["props_json"] = json.dumps(stored)
         mail_header: dict[str, Any] = {"class": "IPM.Note", "columns": columns}
         return row["change_key"], _Blob.pack(mail_header, bytes(row["mime"]))
     item = pim.item(mbx.key, mbx.user.id, item_id)
     if item is None or _is_exception(item):
         return None
+    props = {**item.props}
+    props.setdefault(PR_SEARCH_KEY, search_key_of(item_id))
     header: dict[str, Any] = {
         "class": ITEM_CLASS[item.kind],
         "kind": item.kind,
-        "props": item.props,
+        "props": props,
         "created": item.created,
         "modified": item.modified,
     }
@@ -484,14 +827,34 @@ def _tree(request: Request, mbx: Mailbox) -> Tree:
     return Tree(mail.store_of(request), pim_of(request), mbx)
 
 
-def _folder_or_404(request: Request, tree: Tree) -> TreeFolder:
-    folder_id = request.path_params["folder_id"]
-    found = tree.get(folder_id)
+def _folder_or_404(request: Request, tree: Tree, param: str = "folder_id") -> TreeFolder:
+    """The folder a path names: an io id, or a well-known name (the pages' examples use
+    `folders/inbox/...`); a mail/calendar/contacts/To Do id is unknown here (404)."""
+    key = request.path_params[param]
+    sid = store_id(key)
+    found = tree.get(sid) if sid is not None else tree.by_well_known(key)
     if found is None:
-        if not looks_like_id(folder_id):
+        if sid is None and not looks_like_id(key) and not key.isalpha():
             raise mail.malformed_id(request)
         raise mail.item_not_found(request)
     return found
+
+
+def _child_or_404(request: Request, tree: Tree) -> TreeFolder:
+    """`folders/{parent}/childFolders/{child}`: the child, if it is the parent's."""
+    parent = _folder_or_404(request, tree)
+    child = _folder_or_404(request, tree, "child_id")
+    if child.parent_id != parent.id:
+        raise mail.item_not_found(request)
+    return child
+
+
+def _target(request: Request, tree: Tree) -> TreeFolder:
+    return (
+        _child_or_404(request, tree)
+        if "child_id" in request.path_params
+        else (_folder_or_404(request, tree))
+    )
 
 
 def _page_args(request: Request) -> tuple[int, int]:
@@ -535,52 +898,175 @@ def _context(request: Request, suffix: str) -> str:
     return f"admin/exchange/mailboxes('{request.path_params['mailbox_id']}')/{suffix}"
 
 
+def _entity(request: Request, suffix: str, obj: dict[str, Any], status: int = 200) -> Response:
+    body = {"@odata.context": common.context_url(request, _context(request, suffix))}
+    body.update(obj)
+    return GraphJSON(body, status_code=status)
+
+
 async def list_folders(request: Request) -> Response:
     with mailbox_request(request, FOLDER_READ_ANY) as mbx:
         tree = _tree(request, mbx)
-        values = [folder_json(f) for f in tree.children(tree.root_id)]
+        props = expanded_props(request, FOLDER_PROPS)
+        values = [folder_json(f, props) for f in tree.top()]
         return _paged(request, _context(request, "folders"), values)
 
 
 async def get_folder(request: Request) -> Response:
     with mailbox_request(request, FOLDER_READ_ANY) as mbx:
-        found = _folder_or_404(request, _tree(request, mbx))
-        body = {"@odata.context": common.context_url(request, _context(request, "folders/$entity"))}
-        body.update(folder_json(found))
-        return GraphJSON(body)
+        found = _target(request, _tree(request, mbx))
+        props = expanded_props(request, FOLDER_PROPS)
+        return _entity(request, "folders/$entity", folder_json(found, props))
 
 
 async def list_child_folders(request: Request) -> Response:
     with mailbox_request(request, FOLDER_READ_ANY) as mbx:
         tree = _tree(request, mbx)
         parent = _folder_or_404(request, tree)
-        values = [folder_json(f) for f in tree.children(parent.id)]
-        return _paged(request, _context(request, f"folders('{parent.id}')/childFolders"), values)
+        props = expanded_props(request, FOLDER_PROPS)
+        values = [folder_json(f, props) for f in tree.children(parent.id)]
+        context = _context(request, f"folders('{io_id(parent.id)}')/childFolders")
+        return _paged(request, context, values)
+
+
+def _folder_body(request: Request, payload: dict[str, Any], create: bool) -> tuple[str, str]:
+    """(displayName, type) of a create (both required) or an update (displayName only: "The
+    folder type can't be updated", mailboxfolder-update)."""
+    body = {k.lower(): v for k, v in payload.items()}
+    allowed = {"displayname", "type", "singlevalueextendedproperties",
+               "multivalueextendedproperties"}  # fmt: skip
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid_request(request, f"The property '{unknown[0]}' cannot be set.")
+    name, folder_class = body.get("displayname"), body.get("type")
+    if not isinstance(name, str) or not name.strip():
+        raise invalid_request(request, "displayName is required.")
+    if create and (not isinstance(folder_class, str) or not folder_class):
+        raise invalid_request(request, "type is required.")
+    if not create and folder_class is not None:
+        raise invalid_request(request, "The folder type can't be updated.")
+    return name.strip(), str(folder_class or "")
+
+
+async def create_folder(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mailbox_request(request, FOLDER_WRITE) as mbx:
+        tree = _tree(request, mbx)
+        if "folder_id" in request.path_params:
+            parent = _folder_or_404(request, tree)
+        else:
+            found = tree.get(tree.root_id)
+            assert found is not None
+            parent = found
+        name, folder_class = _folder_body(request, payload, create=True)
+        made = tree.create(request, parent, name, folder_class)
+        return _entity(request, "folders/$entity", folder_json(made), status=201)
+
+
+async def update_folder(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mailbox_request(request, FOLDER_WRITE) as mbx:
+        tree = _tree(request, mbx)
+        folder = _target(request, tree)
+        name, _ = _folder_body(request, payload, create=False)
+        return _entity(request, "folders/$entity", folder_json(tree.rename(request, folder, name)))
+
+
+async def delete_folder(request: Request) -> Response:
+    with mailbox_request(request, FOLDER_WRITE) as mbx:
+        tree = _tree(request, mbx)
+        tree.delete(request, _target(request, tree))
+        return Response(status_code=204)
+
+
+# -- handlers: items -------------------------------------------------------------------------------
 
 
 async def list_folder_items(request: Request) -> Response:
-    with mailbox_request(request, ITEM_READ) as mbx:
+    with mailbox_request(request, ITEM_READ_ANY) as mbx:
         tree = _tree(request, mbx)
         folder = _folder_or_404(request, tree)
+        props = expanded_props(request, ITEM_PROPS)
         top, skip = _page_args(request)
         page: list[dict[str, Any]] = []
         more = False
-        for n, item in enumerate(list_items(MailRows(tree.mail), tree.pim, mbx, folder)):
+        for n, item in enumerate(list_items(MailRows(tree.mail), tree, folder)):
             if n < skip:
                 continue
             if len(page) == top:
                 more = True
                 break
-            page.append(item_json(item))
+            extra = item_props(tree, item.id, props) if props is not None else None
+            page.append(item_json(item, extra))
         body: dict[str, Any] = {
             "@odata.context": common.context_url(
-                request, _context(request, f"folders('{folder.id}')/items")
+                request, _context(request, f"folders('{io_id(folder.id)}')/items")
             ),
             "value": page,
         }
         if more:
             body["@odata.nextLink"] = _skip_link(request, skip + top)
         return GraphJSON(body)
+
+
+def _item_or_404(request: Request, tree: Tree, folder: TreeFolder) -> TreeItem:
+    """The item the path names, if it is in that folder (an id of another API: 404)."""
+    raw = request.path_params["item_id"]
+    sid = store_id(raw)
+    if sid is None and not looks_like_id(raw):
+        raise mail.malformed_id(request)
+    if sid is not None:
+        for item in _one_item(tree, folder, sid):
+            return item
+    raise mail.item_not_found(request)
+
+
+def _one_item(tree: Tree, folder: TreeFolder, sid: str) -> Iterator[TreeItem]:
+    if folder.area == SEARCH:
+        yield from (i for i in list_items(MailRows(tree.mail), tree, folder) if i.id == sid)
+        return
+    row = MailRows(tree.mail).row(tree.key, tree.owner, sid)
+    if row is not None and row["folder_id"] == folder.id:
+        yield _tree_item(row)
+        return
+    pim = tree.pim.item(tree.key, tree.owner, sid)
+    if pim is not None and pim.folder_id == folder.id and not _is_exception(pim):
+        yield TreeItem(pim.id, pim.change_key, pim.created, pim.modified,
+                       list(pim.props.get("categories") or []), len(json.dumps(pim.props)),
+                       ITEM_CLASS[pim.kind])  # fmt: skip
+
+
+async def get_item(request: Request) -> Response:
+    with mailbox_request(request, ITEM_READ_ANY) as mbx:
+        tree = _tree(request, mbx)
+        folder = _folder_or_404(request, tree)
+        item = _item_or_404(request, tree, folder)
+        props = expanded_props(request, ITEM_PROPS)
+        extra = item_props(tree, item.id, props) if props is not None else None
+        suffix = f"folders('{io_id(folder.id)}')/items/$entity"
+        return _entity(request, suffix, item_json(item, extra))
+
+
+async def delete_item(request: Request) -> Response:
+    """mailboxfolder-delete-items: `disposalType` (softDelete | hardDelete) is required."""
+    with mailbox_request(request, ITEM_DELETE) as mbx:
+        disposal = common.query(request).get("disposaltype") or request.query_params.get(
+            "disposalType"
+        )
+        if disposal not in DISPOSAL_TYPES:
+            raise invalid_request(request, "disposalType must be softDelete or hardDelete.")
+        tree = _tree(request, mbx)
+        folder = _folder_or_404(request, tree)
+        item = _item_or_404(request, tree, folder)
+        if tree.mail.delete_message(tree.key, tree.owner, item.id):
+            return Response(status_code=204)
+        pim = tree.pim.item(tree.key, tree.owner, item.id)
+        if pim is not None and pim.kind == "event":
+            for x in tree.pim.items(tree.key, tree.owner, "event", pim.folder_id):
+                if _is_exception(x) and x.props.get("seriesMasterId") == pim.id:
+                    tree.pim.delete_item(x.id)
+        tree.pim.delete_item(item.id)
+        return Response(status_code=204)
 
 
 # -- handlers: delta -------------------------------------------------------------------------------
@@ -598,38 +1084,21 @@ def _max_page(request: Request) -> int:
     return PAGE_DEFAULT
 
 
-def _invalid_token(request: Request) -> HTTPFailure:
-    # *unverified*: Outlook's answer to an unknown or foreign delta/skip token.
-    return fail(
-        400, "ErrorInvalidSyncStateData", "The sync state data is corrupt or invalid.", request
-    )
-
-
-def _delta_round(
-    request: Request,
-    pim: PimStore,
-    scope: str,
-    current: dict[str, str],
-) -> tuple[list[str], list[str], dict[str, str]]:
-    """(changed ids, removed ids, snapshot to remember) for a delta request starting a round."""
-    q = common.query(request)
-    token = q.get("deltatoken")
-    previous: dict[str, str] = {}
-    if token is not None:
-        state = pim.load_state(token)
-        if state is None or state.get("scope") != scope:
-            raise _invalid_token(request)
-        previous = state["snapshot"]
-    changed = [i for i, sig in current.items() if previous.get(i) != sig]
-    removed = [i for i in previous if i not in current]
-    return changed, removed, current
+def _load(request: Request, pim: PimStore, state_id: str, scope: str) -> dict[str, Any]:
+    """A delta state of this scope that has not expired, or Exchange's expiry answer (an
+    unknown token is one the service no longer knows: the same answer)."""
+    found = pim.state(state_id)
+    settings = ctx_of(request).world.settings
+    if found is None or found[0].get("scope") != scope or settings.sync_state_expired(found[1]):
+        raise sync_state_expired(request)
+    return found[0]
 
 
 def _delta_response(
     request: Request,
     pim: PimStore,
     scope: str,
-    current: dict[str, str],
+    current: Callable[[], dict[str, str]],
     resolve: Callable[[str], dict[str, Any] | None],
     context: str,
     odata_type: str,
@@ -637,20 +1106,23 @@ def _delta_response(
     q = common.query(request)
     skiptoken = q.get("skiptoken")
     if skiptoken is not None:
-        state = pim.load_state(skiptoken.partition(".")[0])
-        if state is None or state.get("scope") != scope:
-            raise _invalid_token(request)
+        round_id, _, raw_offset = skiptoken.partition(".")
+        state = _load(request, pim, round_id, scope)
         try:
-            offset = int(skiptoken.partition(".")[2])
+            offset = int(raw_offset)
         except ValueError:
-            raise _invalid_token(request) from None
+            raise sync_state_expired(request) from None
         changes: list[list[str]] = state["changes"]
-        round_id = skiptoken.partition(".")[0]
         snapshot_id: str = state["next"]
     else:
-        changed, removed, snapshot = _delta_round(request, pim, scope, current)
-        changes = [["c", i] for i in changed] + [["r", i] for i in removed]
-        snapshot_id = pim.save_state({"scope": scope, "snapshot": snapshot})
+        token = q.get("deltatoken")
+        previous: dict[str, str] = {}
+        if token is not None:
+            previous = _load(request, pim, token, scope)["snapshot"]
+        now = current()
+        changes = [["c", i] for i, sig in now.items() if previous.get(i) != sig]
+        changes += [["r", i] for i in previous if i not in now]
+        snapshot_id = pim.save_state({"scope": scope, "snapshot": now})
         round_id = pim.save_state({"scope": scope, "changes": changes, "next": snapshot_id})
         offset = 0
     size = _max_page(request)
@@ -658,7 +1130,11 @@ def _delta_response(
     for op, item_id in changes[offset : offset + size]:
         obj = resolve(item_id) if op == "c" else None
         if obj is None:
-            obj = {"@odata.type": odata_type, "id": item_id, "@removed": {"reason": "deleted"}}
+            obj = {
+                "@odata.type": odata_type,
+                "id": io_id(item_id),
+                "@removed": {"reason": "deleted"},
+            }
         values.append(obj)
     body: dict[str, Any] = {"@odata.context": common.context_url(request, context)}
     if offset + size < len(changes):
@@ -670,21 +1146,23 @@ def _delta_response(
 
 
 async def folders_delta(request: Request) -> Response:
+    """mailboxfolder-delta: `folders/delta` (the mailbox) or `folders/{id}/childFolders/delta`
+    (below one folder)."""
     with mailbox_request(request, FOLDER_READ_ANY) as mbx:
         tree = _tree(request, mbx)
-        folders = {f.id: f for f in tree.walk()}
-        current = {i: f.signature for i, f in folders.items()}
+        under = _folder_or_404(request, tree).id if "folder_id" in request.path_params else None
+        folders = {f.id: f for f in tree.walk(under)}
 
         def resolve(folder_id: str) -> dict[str, Any] | None:
             f = folders.get(folder_id)
             return folder_json(f) if f is not None else None
 
-        scope = f"folders:{mbx.key}:{mbx.user.id}"
+        scope = f"folders:{mbx.key}:{mbx.user.id}:{under or ''}"
         return _delta_response(
             request,
             tree.pim,
             scope,
-            current,
+            lambda: {i: f.signature for i, f in folders.items()},
             resolve,
             "Collection(mailboxFolder)",
             "#microsoft.graph.mailboxFolder",
@@ -692,14 +1170,19 @@ async def folders_delta(request: Request) -> Response:
 
 
 async def items_delta(request: Request) -> Response:
-    with mailbox_request(request, ITEM_READ) as mbx:
+    with mailbox_request(request, ITEM_READ_ANY) as mbx:
         tree = _tree(request, mbx)
         folder = _folder_or_404(request, tree)
-        items = {i.id: i for i in list_items(MailRows(tree.mail), tree.pim, mbx, folder)}
-        current = {i: it.signature() for i, it in items.items()}
+        items: dict[str, TreeItem] = {}
+
+        def current() -> dict[str, str]:
+            items.update((i.id, i) for i in list_items(MailRows(tree.mail), tree, folder))
+            return {i: it.signature() for i, it in items.items()}
 
         def resolve(item_id: str) -> dict[str, Any] | None:
             it = items.get(item_id)
+            if it is None:  # a later page of a round: read the item again
+                it = next(_one_item(tree, folder, item_id), None)
             return item_json(it) if it is not None else None
 
         scope = f"items:{mbx.key}:{mbx.user.id}:{folder.id}"
@@ -731,7 +1214,8 @@ async def export_items(request: Request) -> Response:
         pim = pim_of(request)
         values: list[bytes] = []
         for item_id in ids:
-            found = export_one(rows, pim, mbx, item_id)
+            sid = store_id(item_id)
+            found = export_one(rows, pim, mbx, sid) if sid is not None else None
             if found is None:
                 # mailTipsError shape {message, code} (resources/exportitemresponse).
                 error = {
@@ -768,14 +1252,13 @@ async def create_import_session(request: Request) -> Response:
         token = pim_of(request).create_session(
             mbx.key, mbx.user.id, mbx.mailbox_id, principal.app.client_id, expires
         )
-        # The importUrl points at Outlook ("https://outlook.office365.com/api/gbeta/
-        # Mailboxes('MBX:...')/importItem?authtoken=..." in graph/import-exchange-mailbox-item);
-        # the sandbox serves that path on its own host.
+        # mailbox-createimportsession: "https://outlook.office365.com/api/gv1.0/Mailboxes(
+        # 'MBX:...')/importItem?authtoken=..."; the sandbox serves that path on its own host.
         base = ctx_of(request).base_url.rstrip("/")
-        url = f"{base}/api/gbeta/Mailboxes('{mbx.mailbox_id}')/importItem?authtoken={token}"
+        path = IMPORT_PATH.format(mailbox_id=mbx.mailbox_id)
+        url = f"{base}{path}?authtoken={token}"
         stamp = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        # mailbox-createimportsession's example answers 200 with the session (the concept page
-        # says 201); 200 is what is served here.
+        # mailbox-createimportsession answers 200 with the session.
         return GraphJSON(
             {
                 "@odata.context": common.context_url(
@@ -814,22 +1297,22 @@ def _import_body(
     folder_id, mode, data = body.get("folderid"), body.get("mode"), body.get("data")
     item_id, change_key = body.get("itemid"), body.get("changekey")
     if not isinstance(folder_id, str) or not folder_id:
-        raise invalid_import(request, "FolderId is required.")
+        raise invalid_request(request, "FolderId is required.")
     if mode not in ("create", "update"):
-        raise invalid_import(request, "Mode must be 'create' or 'update'.")
+        raise invalid_request(request, "Mode must be 'create' or 'update'.")
     if not isinstance(data, str) or not data:
-        raise invalid_import(request, "Data is required.")
+        raise invalid_request(request, "Data is required.")
     # graph/import-exchange-mailbox-item: ItemId/ChangeKey are an error in create mode and
     # required in update mode.
     if mode == "create" and (item_id is not None or change_key is not None):
-        raise invalid_import(request, "ItemId and ChangeKey must not be set in create mode.")
+        raise invalid_request(request, "ItemId and ChangeKey must not be set in create mode.")
     if mode == "update" and not (isinstance(item_id, str) and isinstance(change_key, str)):
-        raise invalid_import(request, "ItemId and ChangeKey are required in update mode.")
+        raise invalid_request(request, "ItemId and ChangeKey are required in update mode.")
     try:
         # strict_mode: C-speed validation (b64decode(validate=True) runs a regex over it all).
         raw = binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
-        raise invalid_import(request, "Data is not valid base64.") from None
+        raise invalid_request(request, "Data is not valid base64.") from None
     return folder_id, str(mode), raw, item_id, change_key
 
 
@@ -851,7 +1334,9 @@ def _import_mail(
             raise mail.item_not_found(request)
         if row["change_key"] != change_key:
             raise change_key_conflict(request)
+        columns.pop("created", None)  # the item keeps its own creation time
         return item_id, rows.write(item_id, columns, mime)
+    columns["created"] = iso(utcnow())  # a new item: Exchange stamps its creation
     return store.insert_row(mbx.key, mbx.user.id, folder.id, columns, mime)
 
 
@@ -865,7 +1350,7 @@ def _import_pim(
 ) -> tuple[str, str]:
     kind = header.get("kind")
     if folder.pim_kind is None or ITEM_KIND[folder.pim_kind] != kind:
-        raise invalid_import(request, "The item does not fit the destination folder.")
+        raise invalid_request(request, "The item does not fit the destination folder.")
     props: dict[str, Any] = dict(header.get("props") or {})
     if target is not None:
         existing = pim.item(mbx.key, mbx.user.id, target[0])
@@ -875,14 +1360,9 @@ def _import_pim(
             raise change_key_conflict(request)
         updated = pim.update_item(existing.id, props)
         return updated.id, updated.change_key
+    # A new item: Exchange stamps its creation time (the stream's is not kept).
     item = pim.create_item(
-        mbx.key,
-        mbx.user.id,
-        folder.id,
-        str(kind),
-        props,
-        created=header.get("created"),
-        modified=header.get("modified"),
+        mbx.key, mbx.user.id, folder.id, str(kind), props, modified=header.get("modified")
     )
     if kind == "event":
         from .calendar import import_exceptions  # the calendar face owns occurrence ids
@@ -898,25 +1378,34 @@ async def import_item(request: Request) -> Response:
     folder_id, mode, raw, item_id, change_key = _import_body(request, payload)
     with _admitted(request, client_id, mbx, upload_bytes=len(raw)):
         tree = _tree(request, mbx)
-        folder = tree.get(folder_id)
+        sid = store_id(folder_id)
+        folder = tree.get(sid) if sid is not None else None
         if folder is None:
             raise mail.item_not_found(request)
+        if folder.area != IPM or folder.id == tree.root_id:
+            # *unverified*: Exchange's answer for an import into a search or system folder.
+            raise invalid_request(request, "Items cannot be imported into this folder.")
         try:
             header, mime = _Blob.unpack(raw)
         except ValueError:
-            raise invalid_import(request, "Data is not an exported item.") from None
-        target = (item_id, change_key) if mode == "update" and item_id and change_key else None
+            raise invalid_request(request, "Data is not an exported item.") from None
+        target: tuple[str, str] | None = None
+        if mode == "update" and item_id and change_key:
+            target_id = store_id(item_id)
+            if target_id is None:
+                raise mail.item_not_found(request)
+            target = (target_id, change_key)
         if header["class"] == "IPM.Note":
             if folder.pim_kind is not None:
-                raise invalid_import(request, "The item does not fit the destination folder.")
+                raise invalid_request(request, "The item does not fit the destination folder.")
             new_id, new_key = _import_mail(request, tree.mail, mbx, folder, header, mime, target)
         else:
             new_id, new_key = _import_pim(request, tree.pim, mbx, folder, header, target)
         base = ctx_of(request).base_url.rstrip("/")
         return GraphJSON(
             {
-                "@odata.context": f"{base}/api/gbeta/$metadata#microsoft.graph.importMailboxItemResponse",
-                "itemId": new_id,
+                "@odata.context": f"{base}/api/gv1.0/$metadata#microsoft.graph.importMailboxItemResponse",
+                "itemId": io_id(new_id),
                 "changeKey": new_key,
             }
         )
@@ -924,16 +1413,30 @@ async def import_item(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     base = "/v1.0/admin/exchange/mailboxes/{mailbox_id}"
+    folder = f"{base}/folders/{{folder_id}}"
+    child = f"{folder}/childFolders/{{child_id}}"
+    item = f"{folder}/items/{{item_id}}"
     return [
         Route(f"{base}/folders", list_folders, methods=["GET"]),
+        Route(f"{base}/folders", create_folder, methods=["POST"]),
         Route(f"{base}/folders/delta", folders_delta, methods=["GET"]),
         Route(f"{base}/folders/delta()", folders_delta, methods=["GET"]),
-        Route(f"{base}/folders/{{folder_id}}", get_folder, methods=["GET"]),
-        Route(f"{base}/folders/{{folder_id}}/childFolders", list_child_folders, methods=["GET"]),
-        Route(f"{base}/folders/{{folder_id}}/items", list_folder_items, methods=["GET"]),
-        Route(f"{base}/folders/{{folder_id}}/items/delta", items_delta, methods=["GET"]),
-        Route(f"{base}/folders/{{folder_id}}/items/delta()", items_delta, methods=["GET"]),
+        Route(folder, get_folder, methods=["GET"]),
+        Route(folder, update_folder, methods=["PATCH"]),
+        Route(f"{folder}/$ref", delete_folder, methods=["DELETE"]),
+        Route(f"{folder}/childFolders", list_child_folders, methods=["GET"]),
+        Route(f"{folder}/childFolders/delta", folders_delta, methods=["GET"]),
+        Route(f"{folder}/childFolders/delta()", folders_delta, methods=["GET"]),
+        Route(f"{folder}/childFolders", create_folder, methods=["POST"]),
+        Route(child, get_folder, methods=["GET"]),
+        Route(child, update_folder, methods=["PATCH"]),
+        Route(f"{child}/$ref", delete_folder, methods=["DELETE"]),
+        Route(f"{folder}/items", list_folder_items, methods=["GET"]),
+        Route(f"{folder}/items/delta", items_delta, methods=["GET"]),
+        Route(f"{folder}/items/delta()", items_delta, methods=["GET"]),
+        Route(item, get_item, methods=["GET"]),
+        Route(item, delete_item, methods=["DELETE"]),
         Route(f"{base}/exportItems", export_items, methods=["POST"]),
         Route(f"{base}/createImportSession", create_import_session, methods=["POST"]),
-        Route("/api/gbeta/Mailboxes('{mailbox_id}')/importItem", import_item, methods=["POST"]),
+        Route(IMPORT_PATH, import_item, methods=["POST"]),
     ]
