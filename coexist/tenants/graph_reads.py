@@ -98,8 +98,21 @@ READS: dict[str, frozenset[str]] = {
     # -- mailbox import/export API: migrate/fidelity.py. The importItem answer
     #    ({itemId, changeKey}, from the importUrl on outlook.office365.com) has no CSDL type;
     #    its names are exportItemResponse's.
-    "mailboxFolder": frozenset({"id", "displayName", "type", "childFolderCount", "totalItemCount"}),
-    "mailboxItem": frozenset({"id", "changeKey", "createdDateTime", "size", "type"}),
+    "mailboxFolder": frozenset(
+        {
+            "id",
+            "displayName",
+            "parentFolderId",
+            "type",
+            "childFolderCount",
+            "totalItemCount",
+            "singleValueExtendedProperties",
+        }
+    ),
+    "mailboxItem": frozenset(
+        {"id", "changeKey", "createdDateTime", "size", "type", "singleValueExtendedProperties"}
+    ),
+    "singleValueLegacyExtendedProperty": frozenset({"id", "value"}),
     "exportItemResponse": frozenset({"itemId", "changeKey", "data"}),
     "mailboxItemImportSession": frozenset({"importUrl", "expirationDateTime"}),
 }

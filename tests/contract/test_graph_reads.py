@@ -134,11 +134,25 @@ def _in_url(text: str) -> Iterator[tuple[str, str]]:
             yield option, m.group(1)
 
 
+def _docstrings(tree: ast.Module) -> set[int]:
+    """ids of the docstring nodes: prose that may quote a query option, not a request."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
 def reads(source: str, file: str) -> list[Read]:
     tree = ast.parse(source)
     constants = _constants(tree)
+    prose = _docstrings(tree)
     out: list[Read] = []
     for node in ast.walk(tree):
+        if id(node) in prose:
+            continue
         key = None
         if (
             isinstance(node, ast.Call)
