@@ -336,3 +336,56 @@ def test_sandbox_deliver_and_reset(sandbox: Sandbox, conn: dict[str, Any]) -> No
         assert len(inbox(http, bob, "subject eq 'From outside'")) == 1
         sandbox.reset()
         assert inbox(http, bob, "subject eq 'From outside'") == []
+
+
+STAMP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
+
+
+def test_identity_filters_and_expand_on_a_folder(sandbox: Sandbox, conn: dict[str, Any]) -> None:
+    """A named extended property set on a JSON create is found with `singleValueExtendedProperties
+    /Any(...)` and shown by `$expand=...($filter=id eq ...)`; `internetMessageId eq` finds the
+    copy; the copy's createdDateTime is its own, not the delivery time it carries."""
+    alice = mailboxes(sandbox)[0]
+    received = "2024-02-03T04:05:06Z"
+    body = {
+        "subject": "stamped",
+        "body": {"contentType": "text", "content": "x"},
+        "internetMessageId": "<it's.stamped@example.org>",
+        "singleValueExtendedProperties": [
+            {"id": "Integer 0x0E07", "value": "1"},
+            {"id": "SystemTime 0x0E06", "value": received},
+            {"id": STAMP, "value": "source-id-1"},
+        ],
+    }
+    base = f"users/{alice.id}/mailFolders/inbox/messages"
+    expand = f"singleValueExtendedProperties($filter=id eq '{STAMP}')"
+    with graph_http(conn, "source") as http:
+        made = http.post(base, json=body)
+        assert made.status_code == 201, made.text
+        plain = http.post(base, json={**body, "singleValueExtendedProperties": []}).json()
+        copy_ = made.json()
+        assert copy_["receivedDateTime"] == received and copy_["createdDateTime"] != received
+        assert "singleValueExtendedProperties" not in copy_  # never listed unasked
+        stamped = (
+            f"singleValueExtendedProperties/Any(ep: ep/id eq '{STAMP}' and ep/value eq "
+            "'source-id-1')"
+        )
+        found = inbox(http, alice, stamped, **{"$select": "id", "$expand": expand})
+        assert [(m["id"], m["singleValueExtendedProperties"]) for m in found] == [
+            (copy_["id"], [{"id": STAMP, "value": "source-id-1"}])
+        ]
+        other = stamped.replace("source-id-1", "source-id-2")
+        assert inbox(http, alice, other) == []
+        by_id = inbox(http, alice, "internetMessageId eq '<it''s.stamped@example.org>'")
+        assert sorted(m["id"] for m in by_id) == sorted([copy_["id"], plain["id"]])
+        one = http.get(f"users/{alice.id}/messages/{copy_['id']}", params={"$expand": expand})
+        assert one.json()["singleValueExtendedProperties"] == [
+            {"id": STAMP, "value": "source-id-1"}
+        ]
+        bare = http.get(f"users/{alice.id}/messages/{plain['id']}", params={"$expand": expand})
+        assert "singleValueExtendedProperties" not in bare.json()
+        named_case = http.get(
+            f"users/{alice.id}/messages/{copy_['id']}",
+            params={"$expand": expand.replace("coexistSourceId", "COEXISTSOURCEID")},
+        )
+        assert "singleValueExtendedProperties" not in named_case.json()  # Name is case-sensitive

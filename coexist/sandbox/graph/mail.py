@@ -386,8 +386,14 @@ PROPERTIES: dict[str, Callable[[Item, _Lazy], Any]] = {
 }
 DEFAULT_SELECT = [p for p in PROPERTIES if p not in ("internetMessageHeaders", "uniqueBody")]
 KNOWN = list(PROPERTIES)
-# What $filter may reference: row properties only (no MIME parse per row).
-FILTERABLE = [p for p in KNOWN if p not in ("body", "uniqueBody", "internetMessageHeaders")]
+# What $filter may reference: row properties only (no MIME parse per row), and the extended
+# properties (`singleValueExtendedProperties/Any(ep: ep/id eq '..' and ep/value eq '..')`,
+# singlevaluelegacyextendedproperty-get), which Graph filters on but never lists unasked.
+EXTENDED = "singleValueExtendedProperties"
+FILTERABLE = [
+    *(p for p in KNOWN if p not in ("body", "uniqueBody", "internetMessageHeaders")),
+    EXTENDED,
+]
 ORDERABLE = {
     "receivedDateTime": "received",
     "sentDateTime": "sent",
@@ -406,6 +412,8 @@ class MessageRecord(Mapping[str, Any]):
         self.item, self.lazy = item, lazy
 
     def __getitem__(self, key: str) -> Any:
+        if key == EXTENDED:
+            return odata.extended_values(self.item.properties)
         return PROPERTIES[key](self.item, self.lazy)
 
     def __iter__(self) -> Iterator[str]:
@@ -416,8 +424,15 @@ class MessageRecord(Mapping[str, Any]):
 
 
 def message_json(
-    store: MailStore, item: Item, select: list[str] | None, basic_only: bool
+    store: MailStore,
+    item: Item,
+    select: list[str] | None,
+    basic_only: bool,
+    extended: str | None = None,
 ) -> dict[str, Any]:
+    """resources/message; `extended` names the extended property an
+    `$expand=singleValueExtendedProperties($filter=id eq '...')` asked for (present only when
+    the item has it; Mail.ReadBasic.All reads no extended properties)."""
     lazy = _Lazy(store, item)
     # Outlook always returns the etag and id, even when $select omits them.
     props = ["id", *[p for p in select if p != "id"]] if select else DEFAULT_SELECT
@@ -425,6 +440,9 @@ def message_json(
         props = [p for p in props if p not in BASIC_ONLY_HIDDEN]
     out: dict[str, Any] = {"@odata.etag": f'W/"{item.change_key}"'}
     out.update({p: PROPERTIES[p](item, lazy) for p in props})
+    found = odata.expanded_properties(item.properties, extended) if extended else []
+    if found and not basic_only:
+        out[EXTENDED] = found
     return out
 
 
@@ -517,6 +535,7 @@ class MessageQuery:
             self.top = _top(q.get("top"))
             self.skip = _skip(q.get("skip"))
             self.select = odata.parse_select(q.get("select"), KNOWN, "message")
+            self.extended = odata.extended_expand(q.get("expand"))
             self.count = odata.parse_bool(q.get("count"))
             order = odata.parse_orderby(q.get("orderby"), list(ORDERABLE))
             raw_filter = q.get("filter")
@@ -574,7 +593,7 @@ def _list(request: Request, folder_key: str | None) -> Response:
             if not query.count:
                 break
         basic = not principal.roles & {"Mail.Read", "Mail.ReadWrite"}
-        values = [message_json(store, i, query.select, basic) for i in page]
+        values = [message_json(store, i, query.select, basic, query.extended) for i in page]
         path_key = request.path_params["user_id"]
         fragment = f"users('{path_key}')/" + (
             f"mailFolders('{folder_key}')/messages" if folder_key is not None else "messages"
@@ -612,14 +631,17 @@ async def get_message(request: Request) -> Response:
             item = None
         if item is None:
             raise item_not_found(request)
+        q = common.query(request)
         try:
-            select = odata.parse_select(common.query(request).get("select"), KNOWN, "message")
+            select = odata.parse_select(q.get("select"), KNOWN, "message")
         except odata.ODataQueryError as exc:
             raise common.query_failure(exc, request) from exc
         basic = not principal.roles & {"Mail.Read", "Mail.ReadWrite"}
         fragment = f"users('{request.path_params['user_id']}')/messages/$entity"
         body: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
-        body.update(message_json(store, item, select, basic))
+        body.update(
+            message_json(store, item, select, basic, odata.extended_expand(q.get("expand")))
+        )
         return GraphJSON(body)
 
 

@@ -432,9 +432,12 @@ def _create_from_json(
     is_read = bool(flags & MSGFLAG_READ) if flags is not None else True
     if body.get("isRead") is not None:
         is_read = bool(body.get("isRead"))
+    # createdDateTime is when the store made the item, whatever delivery time it carries
+    # (resources/message: "The date and time the message was created"); with the MIME
+    # Exchange renders anew (so its size differs too), a copy never looks like its source.
     return store.insert_message(
-        key, user.id, folder.id, mime, received=received, sent=sent, is_read=is_read,
-        is_draft=is_draft, bcc=bcc, flag=_flag(request, body.get("flag")),
+        key, user.id, folder.id, mime, received=received, sent=sent, created=utcnow(),
+        is_read=is_read, is_draft=is_draft, bcc=bcc, flag=_flag(request, body.get("flag")),
         categories=_categories(request, body.get("categories")) or (),
         importance=_importance(request, body.get("importance")), sensitivity=sensitivity,
         properties=props,

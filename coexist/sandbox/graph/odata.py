@@ -459,3 +459,67 @@ def compile_filter(text: str | None, known: Iterable[str], type_name: str) -> Co
     if text is None or not text.strip():
         return None
     return _Parser(text, known, type_name).parse()
+
+
+# -- Outlook extended properties (singlevaluelegacyextendedproperty-get) -------------------------
+
+_EXPAND_EXTENDED = re.compile(
+    r"^\s*singleValueExtendedProperties\s*\(\s*\$filter\s*=\s*id\s+eq\s+'((?:[^']|'')*)'\s*\)\s*$",
+    re.IGNORECASE,
+)
+_PROPERTY_ID = re.compile(
+    r"^\s*(\w+)\s+(?:\{([0-9A-Fa-f-]{36})\}\s+(Name|Id)\s+(.+?)|0x([0-9A-Fa-f]{1,4}))\s*$"
+)
+
+
+def extended_expand(raw: str | None) -> str | None:
+    """The property id `$expand=singleValueExtendedProperties($filter=id eq '<id>')` asks for
+    (the one form Graph documents); None when the expand does not ask for one."""
+    for part in _top_level_parts(raw or ""):
+        m = _EXPAND_EXTENDED.match(part)
+        if m is not None:
+            return m.group(1).replace("''", "'")
+    return None
+
+
+def _top_level_parts(text: str) -> list[str]:
+    """`text` split at commas outside parentheses and quotes ($expand lists)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for n, ch in enumerate(text):
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif not quoted and ch == "," and depth == 0:
+            parts.append(text[start:n])
+            start = n + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
+def same_property_id(a: str, b: str) -> bool:
+    """Whether two extended property ids name one property: the type, property set GUID and
+    tag compare without case, a property's Name with it ("Filtering the string name (Name) in
+    the id of an extended property is case-sensitive", singlevaluelegacyextendedproperty-get)."""
+    ma, mb = _PROPERTY_ID.match(a), _PROPERTY_ID.match(b)
+    if ma is None or mb is None:
+        return a.strip() == b.strip()
+    if ma.group(1).lower() != mb.group(1).lower():
+        return False
+    if ma.group(5) or mb.group(5):
+        return bool(ma.group(5) and mb.group(5)) and int(ma.group(5), 16) == int(mb.group(5), 16)
+    return (
+        ma.group(2).lower() == mb.group(2).lower()
+        and ma.group(3).lower() == mb.group(3).lower()
+        and ma.group(4) == mb.group(4)
+    )
+
+
+def extended_values(props: Mapping[str, Any]) -> list[dict[str, str]]:
+    """An item's extended properties as Graph's singleValueLegacyExtendedProperty objects."""
+    return [{"id": k, "value": str(v)} for k, v in props.items()]
+
+
+def expanded_properties(props: Mapping[str, Any], wanted: str) -> list[dict[str, str]]:
+    """The objects `$expand=singleValueExtendedProperties($filter=id eq wanted)` returns."""
+    return [p for p in extended_values(props) if same_property_id(p["id"], wanted)]
