@@ -233,6 +233,9 @@ item_map = sa.Table(
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The source message's Internet Message-ID (RFC 5322 Message-ID): its identity in every
+    # folder, so a move at the source and an interrupted copy are recognised by it (0003).
+    sa.Column("internet_message_id", sa.Text),
     sa.UniqueConstraint("item_key", "source_item_id"),
     sa.Index("ix_item_map_item_key_source_folder_id", "item_key", "source_folder_id"),
 )
