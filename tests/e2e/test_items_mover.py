@@ -14,12 +14,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from coexist import commands
+from coexist.journal import Journal
+from coexist.migrate.items import DELTA_PAGE
 from coexist.sandbox import Sandbox
+from coexist.sandbox.graph.mail_delta import EXPIRED_ANSWERS, expire_after_pages
+from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
 from tests.e2e.pim_seed import (
     EXPECTED_CHECKLIST,
@@ -274,3 +281,119 @@ def test_sigkill_mid_pass_then_rerun_leaves_no_duplicates_and_no_gaps(
         events = req(g, "GET", f"users/{w.target}/events")["value"]
         assert sorted(e["subject"] for e in events) == ["Dentist", "Weekly sync"]
         assert len(req(g, "GET", f"users/{w.target}/contacts")["value"]) == 1
+
+
+# -- identity, expiry, localized mailboxes -------------------------------------------------------
+
+
+def journal_rows(w: World) -> list[dict[str, Any]]:
+    with Journal.open(load_project(w.project).journal_url) as j:
+        return j.mapped_items(w.source)
+
+
+def interrupt(w: World, row: dict[str, Any]) -> None:
+    """The journal as a kill between a create and its record leaves it: the row `importing`,
+    no target item named, the copy in the target."""
+    with Journal.open(load_project(w.project).journal_url) as j:
+        j.map_item(
+            w.source, row["source_item_id"], status="importing", target_item_id=None,
+            target_change_key=None,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("unverified_filters", [True, False])
+def test_interrupted_copies_are_found_by_identity_never_by_lookalikes(
+    make_project: Callable[..., Path], sandbox: Sandbox, unverified_filters: bool
+) -> None:
+    """A copy whose record a kill lost is recognised by its stamp and Message-ID, while the
+    target's own items that look the same (subject, delivery time, Message-ID; name and
+    address; subject and start; title) are never deleted nor adopted; one copy each."""
+    w = provisioned(make_project, sandbox)
+    sandbox.world.settings.unverified_identity_filters = unverified_filters
+    w.put(["Inbox"], "twin")
+    w.put(["Inbox"], "other")
+    seed_pim(sandbox, w.source)
+    prestage(w)
+    rows = journal_rows(w)
+    named = {
+        "twin": next(r for r in rows if r["subject"] == "twin"),
+        "Ada Lovelace": next(r for r in rows if r["subject"] == "Ada Lovelace"),
+        "Dentist": next(r for r in rows if r["subject"] == "Dentist"),
+        "File taxes": next(r for r in rows if r["subject"] == "File taxes"),
+    }
+    for row in named.values():
+        interrupt(w, row)
+    inbox = w.folder("target", ["Inbox"])
+    native_mail = sandbox.mail.insert_message("target", w.target, inbox, mime("twin"), received=OLD)
+    user = w.target
+    with graph(sandbox, "target") as g:
+        native_ada = req(g, "POST", f"users/{user}/contacts", json={
+            "givenName": "Ada", "surname": "Lovelace",
+            "emailAddresses": [{"address": "ada@example.org"}]})["id"]  # fmt: skip
+        native_dentist = req(g, "POST", f"users/{user}/events", json={
+            "subject": "Dentist", "start": {"dateTime": "2024-02-02T10:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2024-02-02T11:00:00", "timeZone": "UTC"}})["id"]  # fmt: skip
+        default = next(
+            x
+            for x in req(g, "GET", f"users/{user}/todo/lists")["value"]
+            if x["wellknownListName"] == "defaultList"
+        )
+        tasks = f"users/{user}/todo/lists/{default['id']}/tasks"
+        native_taxes = req(g, "POST", tasks, json={"title": "File taxes", "importance": "high"})[
+            "id"
+        ]
+    prestage(w)
+    counts = last_counts(w)
+    assert counts["copied"] == 1 and counts.get("contacts_copied", 0) == 0, counts
+    twins = by_subject(w.items("target"))["twin"]
+    assert len(twins) == 2 and native_mail.id in {t.id for t in twins}
+    after = {r["source_item_id"]: r for r in journal_rows(w)}
+    natives = {native_mail.id, native_ada, native_dentist, native_taxes}
+    for subject, row in named.items():
+        again = after[row["source_item_id"]]
+        assert again["status"] == "copied" and again["target_item_id"] not in natives, subject
+    with graph(sandbox, "target") as g:
+        contacts = req(g, "GET", f"users/{user}/contacts")["value"]
+        assert sorted(c["displayName"] for c in contacts) == ["Ada Lovelace", "Ada Lovelace"]
+        events = req(g, "GET", f"users/{user}/events")["value"]
+        assert sorted(e["subject"] for e in events) == ["Dentist", "Dentist", "Weekly sync"]
+        titles = [t["title"] for t in req(g, "GET", tasks)["value"]]
+        assert sorted(titles) == ["File taxes", "File taxes"]
+    prestage(w)
+    assert last_counts(w).get("copied", 0) == 0
+
+
+@pytest.mark.parametrize("answer", EXPIRED_ANSWERS)
+def test_sync_state_expired_between_and_mid_pass_restarts_without_duplicates(
+    make_project: Callable[..., Path], sandbox: Sandbox, answer: str
+) -> None:
+    """With every delta sync state forgotten between passes and again in the middle of a
+    folder's round (each expiry answer), the restarted rounds copy only what is new, still
+    see the move and the deletions, and every message ends up in the target once."""
+    w = provisioned(make_project, sandbox)
+    sandbox.world.settings.mail_delta_expired_answer = answer
+    made = [w.put(["Inbox"], f"bulk {n}") for n in range(DELTA_PAGE + 30)]
+    projects = [w.put(["Inbox", "Projects"], f"project {n}") for n in range(3)]
+    prestage(w)
+    assert last_counts(w)["copied"] == DELTA_PAGE + 33
+    store = sandbox.mail
+    store.delete_message("source", w.source, made[0].id)
+    store.delete_message("source", w.source, projects[0].id)
+    moved_to = w.folder("source", ["Archive", "Moved"], create=True)
+    store.move_message("source", w.source, made[1].id, moved_to)
+    w.put(["Inbox"], "new one")
+    w.put(["Inbox", "Projects"], "new two")
+    sandbox.world.expire_sync_states()  # between passes
+    assert sandbox.ctx is not None
+    expire_after_pages(sandbox.ctx.extra, 1, w.folder("source", ["Inbox"]))  # mid-round
+    prestage(w)
+    counts = last_counts(w)
+    assert (counts["copied"], counts["moved"], counts["deleted_at_source"]) == (2, 1, 2), counts
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    target = Counter(i.internet_message_id for i in w.items("target"))
+    source = Counter(i.internet_message_id for i in w.items("source"))
+    kept = {made[0].internet_message_id, projects[0].internet_message_id}  # deletions = keep
+    assert target == source + Counter(kept)
+    [moved] = [i for i in w.items("target") if i.subject == "bulk 1"]
+    assert w.path_of("target", moved.folder_id) == ["Archive", "Moved"]
