@@ -211,6 +211,9 @@ class Folder:
     unread: int = 0
     size: int = 0
     children: int = 0
+    # A search folder's definition (resources/mailsearchfolder: sourceFolderIds,
+    # includeNestedFolders, filterQuery); None for a folder that holds its own items.
+    search: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -547,6 +550,8 @@ class MailStore:
         if "fseq" not in have:
             # Folder change number (same clock as messages), for mailFolders delta.
             self._db.execute("ALTER TABLE folders ADD COLUMN fseq INTEGER NOT NULL DEFAULT 0")
+        if "search_json" not in have:  # a search folder's definition (Folder.search)
+            self._db.execute("ALTER TABLE folders ADD COLUMN search_json TEXT")
 
     def _tick(self) -> int:
         """The next change number (caller holds the lock)."""
@@ -685,6 +690,7 @@ class MailStore:
             display_name=row["display_name"],
             parent_id=row["parent_id"],
             is_hidden=bool(row["is_hidden"]),
+            search=json.loads(row["search_json"]) if row["search_json"] else None,
             total=counts[0],
             unread=counts[1],
             size=counts[2],
@@ -940,9 +946,16 @@ class MailStore:
 
     # -- folders (writes) --------------------------------------------------------------------------
     def create_folder(
-        self, tenant: str, mailbox: str, parent_id: str, display_name: str, is_hidden: bool = False
+        self,
+        tenant: str,
+        mailbox: str,
+        parent_id: str,
+        display_name: str,
+        is_hidden: bool = False,
+        search: dict[str, Any] | None = None,
     ) -> Folder:
-        """A new folder under `parent_id`; FolderExists if a sibling has the name (any case)."""
+        """A new folder under `parent_id` (a search folder when `search` defines one, see
+        Folder.search); FolderExists if a sibling has the name (any case)."""
         self.ensure_mailbox(tenant, mailbox)
         with self._lock:
             siblings = self._db.execute(
@@ -954,9 +967,9 @@ class MailStore:
             folder_id = _entry_id(b"\x01", mailbox)
             self._db.execute(
                 "INSERT INTO folders (id, tenant, mailbox, well_known, display_name, parent_id,"
-                " is_hidden, created, fseq) VALUES (?,?,?,?,?,?,?,?,?)",
+                " is_hidden, created, fseq, search_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (folder_id, tenant, mailbox, None, display_name, parent_id, int(is_hidden),
-                 iso(utcnow()), self._tick()),
+                 iso(utcnow()), self._tick(), json.dumps(search) if search is not None else None),
             )  # fmt: skip
         found = self.folder(tenant, mailbox, folder_id)
         assert found is not None

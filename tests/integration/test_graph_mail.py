@@ -389,3 +389,45 @@ def test_identity_filters_and_expand_on_a_folder(sandbox: Sandbox, conn: dict[st
             params={"$expand": expand.replace("coexistSourceId", "COEXISTSOURCEID")},
         )
         assert "singleValueExtendedProperties" not in named_case.json()  # Name is case-sensitive
+
+
+def test_search_folder_is_a_typed_view_of_other_folders(
+    sandbox: Sandbox, conn: dict[str, Any]
+) -> None:
+    """A mailSearchFolder created under Inbox is listed with its derived @odata.type and
+    definition, holds nothing of its own, and shows the matching messages of its sources."""
+    alice = mailboxes(sandbox)[0]
+    me = f"users/{alice.id}"
+    with graph_http(conn, "source") as http:
+        child = http.post(f"{me}/mailFolders/inbox/childFolders", json={"displayName": "Deep"})
+        for folder, subject in (("inbox", "digest one"), (child.json()["id"], "digest two")):
+            made = http.post(f"{me}/mailFolders/{folder}/messages", json={"subject": subject})
+            assert made.status_code == 201, made.text
+        http.post(f"{me}/mailFolders/inbox/messages", json={"subject": "other"})
+        search = http.post(
+            f"{me}/mailFolders/inbox/childFolders",
+            json={
+                "@odata.type": "microsoft.graph.mailSearchFolder",
+                "displayName": "Digests",
+                "includeNestedFolders": True,
+                "sourceFolderIds": ["inbox"],
+                "filterQuery": "startswith(subject, 'digest')",
+            },
+        )
+        assert search.status_code == 201, search.text
+        body = search.json()
+        assert body["@odata.type"] == "#microsoft.graph.mailSearchFolder"
+        assert body["isSupported"] is True and body["includeNestedFolders"] is True
+        inbox_id = http.get(f"{me}/mailFolders/inbox").json()["id"]
+        assert body["sourceFolderIds"] == [inbox_id]
+        children = http.get(f"{me}/mailFolders/inbox/childFolders").json()["value"]
+        typed = {c["displayName"]: c.get("@odata.type") for c in children}
+        assert typed == {"Deep": None, "Digests": "#microsoft.graph.mailSearchFolder"}
+        shown = http.get(f"{me}/mailFolders/{body['id']}/messages").json()["value"]
+        assert sorted(m["subject"] for m in shown) == ["digest one", "digest two"]
+        assert {m["parentFolderId"] for m in shown} == {inbox_id, child.json()["id"]}
+        bad = http.post(
+            f"{me}/mailFolders/inbox/childFolders",
+            json={"@odata.type": "microsoft.graph.mailSearchFolder", "displayName": "No source"},
+        )
+        assert bad.status_code == 400

@@ -576,11 +576,17 @@ def _list(request: Request, folder_key: str | None) -> Response:
         folder_id = None
         if folder_key is not None:
             folder_id = _folder(request, store, key, user, folder_key).id
+        within = search_view(request, store, key, user, folder_id)
         flt = query.filter
         matched = 0
         page: list[Item] = []
         more = False
-        for item in store.iter_messages(key, user.id, folder_id, query.order, query.descending):
+        listing = store.iter_messages(
+            key, user.id, folder_id if within is None else None, query.order, query.descending
+        )
+        for item in listing:
+            if within is not None and not within(item):
+                continue
             if flt is not None and not flt.matches(MessageRecord(item, _Lazy(store, item))):
                 continue
             matched += 1
@@ -607,6 +613,37 @@ def _list(request: Request, folder_key: str | None) -> Response:
         if more:
             body["@odata.nextLink"] = _skip_link(request, query.skip + query.top)
         return GraphJSON(body)
+
+
+def search_view(
+    request: Request, store: MailStore, key: str, user: User, folder_id: str | None
+) -> Callable[[Item], bool] | None:
+    """For a search folder: which messages it shows (its filterQuery over its sourceFolderIds,
+    their subfolders too with includeNestedFolders; resources/mailsearchfolder). None for a
+    folder that holds its own items."""
+    folder = store.folder(key, user.id, folder_id) if folder_id else None
+    if folder is None or folder.search is None:
+        return None
+    sources = set(folder.search.get("sourceFolderIds") or [])
+    if folder.search.get("includeNestedFolders"):
+        queue = list(sources)
+        while queue:
+            for child in store.child_folders(key, user.id, queue.pop()):
+                if child.id not in sources:
+                    sources.add(child.id)
+                    queue.append(child.id)
+    text = str(folder.search.get("filterQuery") or "")
+    try:
+        flt = odata.compile_filter(normalize_filter(text), FILTERABLE, "message") if text else None
+    except (odata.ODataQueryError, ValueError) as exc:
+        raise common.query_failure(odata.syntax_error(text, 0), request) from exc
+
+    def shows(item: Item) -> bool:
+        if item.folder_id not in sources:
+            return False
+        return flt is None or flt.matches(MessageRecord(item, _Lazy(store, item)))
+
+    return shows
 
 
 async def list_messages(request: Request) -> Response:
@@ -649,8 +686,10 @@ async def get_message(request: Request) -> Response:
 
 
 def folder_json(f: Folder) -> dict[str, Any]:
-    """resources/mailfolder (v1.0 properties)."""
-    return {
+    """resources/mailfolder (v1.0 properties); a search folder is its derived type
+    resources/mailsearchfolder, named by `@odata.type` as Graph names derived types.
+    *unverified*: a search folder's item counts (the sandbox counts none of its own)."""
+    out: dict[str, Any] = {
         "id": f.id,
         "displayName": f.display_name,
         "parentFolderId": f.parent_id,
@@ -660,6 +699,12 @@ def folder_json(f: Folder) -> dict[str, Any]:
         "sizeInBytes": f.size,
         "isHidden": f.is_hidden,
     }
+    if f.search is not None:
+        out = {"@odata.type": SEARCH_FOLDER_TYPE, **out, "isSupported": True, **f.search}
+    return out
+
+
+SEARCH_FOLDER_TYPE = "#microsoft.graph.mailSearchFolder"
 
 
 FOLDER_KNOWN = list(folder_json(Folder("", "", "", None, "", None, False)).keys())
