@@ -191,6 +191,8 @@ async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
     ]
     while queue:
         raw, parent = queue.pop(0)
+        if is_search_folder(raw):
+            continue  # a view of messages other folders hold: never copied, nor copied into
         path = (*parent, str(raw["displayName"]))
         fid = str(raw["id"])
         out.append(
@@ -202,6 +204,12 @@ async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
             )
             queue += [(c, path) for c in children]
     return out
+
+
+def is_search_folder(raw: dict[str, Any]) -> bool:
+    """A mailSearchFolder (resources/mailsearchfolder: a derived type of mailFolder, which a
+    folder listing names in `@odata.type`); it may sit under any folder (mailsearchfolder-post)."""
+    return str(raw.get("@odata.type") or "").lower().endswith("mailsearchfolder")
 
 
 def _total(raw: dict[str, Any]) -> int:

@@ -26,6 +26,7 @@ from coexist.journal import Journal
 from coexist.migrate.items import DELTA_PAGE
 from coexist.sandbox import Sandbox
 from coexist.sandbox.graph.mail_delta import EXPIRED_ANSWERS, expire_after_pages
+from coexist.sandbox.graph.outlook_items import PIM_STORE_KEY
 from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
 from tests.e2e.pim_seed import (
@@ -49,6 +50,7 @@ from tests.e2e.test_graph_mover import (
 )
 
 MOVER = {"migration.mover": "graph-items"}
+SEED_WINDOW = {"startDateTime": "2023-12-01T00:00:00Z", "endDateTime": "2024-06-01T00:00:00Z"}
 BIG = b"\x07" * (3 * 1024 * 1024 + 512 * 1024)  # over 3 MB: needs an upload session
 REPO = Path(__file__).resolve().parents[2]
 
@@ -248,26 +250,41 @@ def kill_at(
     return False
 
 
+KILLS = 4  # kill points per run (COEXIST_CRASH_SEED picks them)
+
+
 def test_sigkill_mid_pass_then_rerun_leaves_no_duplicates_and_no_gaps(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
-    """SIGKILL of the CLI at seeded points of a pass, then a full re-run: every item exactly once."""
+    """Property over kill points: the CLI SIGKILLed at seeded points among the target writes
+    of a pass (message creates, attachment uploads, contacts, events, exceptions, tasks),
+    then re-run: every item exactly once, every copy mapped, nothing left mid-copy. The
+    sandbox gives a copy its own createdDateTime and size, as Exchange does."""
     w = provisioned(make_project, sandbox)
     for n in range(16):
         w.put(["Inbox", f"K{n % 2}"], f"kill {n}", attachment=BIG if n in (5, 11) else None)
     seed_pim(sandbox, w.source)
     user = str(w.user["source_address"])
     args = ["prestage", "--users", user, "--older-than", "90d"]
+    assert sandbox.ctx is not None
+    pim = sandbox.ctx.extra[PIM_STORE_KEY]
+    base = sandbox.mail.clock
 
-    def copied() -> int:
-        return len(w.items("target"))
+    def writes() -> int:
+        """Target writes so far: mailstore changes (all in the target during the pass) and
+        PIM items the target holds."""
+        made = sum(
+            len(pim.items("target", w.target, kind)) for kind in ("contact", "event", "task")
+        )
+        return sandbox.mail.clock - base + made
 
+    total = (
+        16 + 2 + 3 + 3 + 2
+    )  # messages, large attachments, contacts, events (+1 exception), tasks
     rng = random.Random(int(os.environ.get("COEXIST_CRASH_SEED", "4")))  # explore others
-    kills = sum(
-        kill_at(w.project, args, copied, at, rng.uniform(0.0, 0.03))
-        for at in sorted(rng.sample(range(1, 16), 3))
-    )
-    assert kills >= 1, kills
+    points = sorted(rng.sample(range(1, total), KILLS))
+    kills = sum(kill_at(w.project, args, writes, at, rng.uniform(0.0, 0.03)) for at in points)
+    assert kills >= 1, (kills, points)
     prestage(w)
     prestage(w)
     assert last_counts(w).get("copied", 0) == 0
@@ -275,12 +292,29 @@ def test_sigkill_mid_pass_then_rerun_leaves_no_duplicates_and_no_gaps(
     assert set(target) == set(source)
     for subject, [s] in source.items():
         [t] = target[subject]
+        assert (t.created, t.size) != (s.created, s.size), subject
         got = [(a.name, a.data) for a in sandbox.mail.attachments(t.id)]
         assert got == [(a.name, a.data) for a in sandbox.mail.attachments(s.id)], subject
+    rows = journal_rows(w)
+    assert {r["status"] for r in rows} == {"copied"}, Counter(r["status"] for r in rows)
+    mapped = {r["target_item_id"] for r in rows}
+    assert {t.id for t in w.items("target")} <= mapped
     with graph(sandbox, "target") as g:
         events = req(g, "GET", f"users/{w.target}/events")["value"]
         assert sorted(e["subject"] for e in events) == ["Dentist", "Weekly sync"]
         assert len(req(g, "GET", f"users/{w.target}/contacts")["value"]) == 1
+    seeded_view = pim_in_target(sandbox, w.target, {"window": SEED_WINDOW})
+    assert seeded_view["contact_folders"] == EXPECTED_CONTACT_FOLDERS
+    assert sorted(seeded_view["tasks"].items()) == [
+        ("Groceries", ["Milk"]),
+        ("Tasks", ["File taxes"]),
+    ]
+    assert seeded_view["checklists"]["File taxes"] == EXPECTED_CHECKLIST
+    for kind in ("contact", "event", "task"):
+        held = {
+            i.id for i in pim.items("target", w.target, kind) if i.props.get("type") != "exception"
+        }
+        assert held <= mapped, kind
 
 
 # -- identity, expiry, localized mailboxes -------------------------------------------------------
@@ -397,3 +431,99 @@ def test_sync_state_expired_between_and_mid_pass_restarts_without_duplicates(
     assert target == source + Counter(kept)
     [moved] = [i for i in w.items("target") if i.subject == "bulk 1"]
     assert w.path_of("target", moved.folder_id) == ["Archive", "Moved"]
+
+
+def test_an_update_refused_in_the_target_is_that_items_conflict(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """A copy gone from the target (404 on its PATCH) is reported as that item's conflict in
+    the pass detail and on its row; the pass goes on and updates the rest."""
+    w = provisioned(make_project, sandbox)
+    gone = w.put(["Inbox"], "gone in target")
+    kept = w.put(["Inbox"], "still there")
+    seeded = seed_pim(sandbox, w.source)
+    prestage(w)
+    rows = {r["subject"]: r for r in journal_rows(w)}
+    sandbox.mail.delete_message("target", w.target, rows["gone in target"]["target_item_id"])
+    for item in (gone, kept):
+        sandbox.mail.update_message("source", w.source, item.id, is_read=True)
+    with graph(sandbox, "source") as g:
+        req(g, "PATCH", f"users/{w.source}/contacts/{seeded['ada']}", json={"jobTitle": "Countess"})
+    with graph(sandbox, "target") as g:
+        req(g, "DELETE", f"users/{w.target}/contacts/{rows['Ada Lovelace']['target_item_id']}")
+    prestage(w)
+    counts = last_counts(w)
+    assert (counts["update_conflicts"], counts["updated"]) == (2, 1), counts
+    with Journal.open(load_project(w.project).journal_url) as j:
+        detail = str((j.get_item("user", w.source) or {}).get("detail"))
+        after = {r["subject"]: r for r in j.mapped_items(w.source)}
+    assert "2 changes not applied" in detail and "'gone in target'" in detail, detail
+    assert "'Ada Lovelace'" in detail
+    assert str(after["gone in target"]["reason"]).startswith("not updated")
+    [copy_] = by_subject(w.items("target"))["still there"]
+    assert copy_.is_read
+
+
+def search_folder(g: Any, user: str, parent: str | None, name: str, source: str) -> None:
+    """A mailSearchFolder (mailsearchfolder-post) over `source`, under `parent` (None: top)."""
+    where = f"users/{user}/mailFolders" + (f"/{parent}/childFolders" if parent else "")
+    req(g, "POST", where, json={
+        "@odata.type": "microsoft.graph.mailSearchFolder", "displayName": name,
+        "includeNestedFolders": True, "sourceFolderIds": [source],
+        "filterQuery": "isRead eq false"})  # fmt: skip
+
+
+def test_localized_mailboxes_with_search_folders_and_expired_sync_state(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """A German source into a Japanese target: mail lands in the target's own well-known
+    folders and PIM items in its defaults (no "Posteingang" or "Kontakte" made), search
+    folders are never copied, and with the sync state expired between the passes and in the
+    middle of one, every item is in the target exactly once."""
+    w = provisioned(make_project, sandbox)
+    store = sandbox.mail
+    store.localize("source", w.source, "de")
+    store.localize("target", w.target, "ja")
+    seeded = seed_pim(sandbox, w.source)
+    assert sandbox.ctx is not None
+    pim = sandbox.ctx.extra[PIM_STORE_KEY]
+    pim.localize("source", w.source, "de")
+    pim.localize("target", w.target, "ja")
+    w.put(["Posteingang"], "hallo")
+    w.put(["Posteingang", "Projekte"], "projekt")
+    w.put(["Gesendete Elemente"], "gesendet", is_read=True)
+    w.put(["Kunden"], "kunde")
+    w.put(["Posteingang"], "neu", received=RECENT)
+    with graph(sandbox, "source") as g:
+        search_folder(g, w.source, "inbox", "Ungelesen", "inbox")
+        search_folder(g, w.source, None, "Alle Projekte", "msgfolderroot")
+    prestage(w)
+    assert last_counts(w)["copied"] == 4 + 3 + 2 + 2, last_counts(
+        w
+    )  # mail, contacts, events, tasks
+    sandbox.world.expire_sync_states()  # between the passes
+    expire_after_pages(sandbox.ctx.extra, 1)  # and again once the next pass has read a page
+    cutover(w)
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    local = {"Posteingang": "受信トレイ", "Gesendete Elemente": "送信済みアイテム"}
+    source, target = by_subject(w.items("source")), by_subject(w.items("target"))
+    assert set(target) == set(source)
+    for subject, [s] in source.items():
+        [t] = target[subject]
+        path = w.path_of("source", s.folder_id)
+        assert w.path_of("target", t.folder_id) == [local.get(path[0], path[0]), *path[1:]]
+    root = store.folder("target", w.target, "msgfolderroot")
+    assert root is not None
+    top = {f.display_name for f in store.child_folders("target", w.target, root.id)}
+    assert not top & {"Posteingang", "Gesendete Elemente", "Alle Projekte"}, top
+    inbox = store.folder("target", w.target, "inbox")
+    assert inbox is not None
+    assert [f.display_name for f in store.child_folders("target", w.target, inbox.id)] == [
+        "Projekte"
+    ]
+    view = pim_in_target(sandbox, w.target, seeded)
+    assert view["contacts"] == {"Ada Lovelace"}
+    assert view["contact_folders"] == EXPECTED_CONTACT_FOLDERS
+    assert view["events"] == ["Dentist", "Weekly sync"]
+    assert view["tasks"] == {"タスク": ["File taxes"], "Groceries": ["Milk"]}
