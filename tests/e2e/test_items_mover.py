@@ -250,71 +250,87 @@ def kill_at(
     return False
 
 
-KILLS = 4  # kill points per run (COEXIST_CRASH_SEED picks them)
+KILLS = 4  # kill points per pass (COEXIST_CRASH_SEED picks them)
+MOVED = 4  # messages moved at the source between the passes
+
+
+def assert_exactly_once(w: World, pim: Any) -> None:
+    """Every source message once in the target, in the same folder, attachments equal and a
+    copy of its own (createdDateTime and size differ, as Exchange makes them); every row
+    `copied` and every target item mapped; the seeded PIM items once each."""
+    source, target = by_subject(w.items("source")), by_subject(w.items("target"))
+    assert set(target) == set(source)
+    for subject, [s] in source.items():
+        [t] = target[subject]
+        assert w.path_of("target", t.folder_id) == w.path_of("source", s.folder_id), subject
+        assert (t.created, t.size) != (s.created, s.size), subject
+        got = [(a.name, a.data) for a in w.sb.mail.attachments(t.id)]
+        assert got == [(a.name, a.data) for a in w.sb.mail.attachments(s.id)], subject
+    rows = journal_rows(w)
+    assert {r["status"] for r in rows} == {"copied"}, Counter(r["status"] for r in rows)
+    mapped = {r["target_item_id"] for r in rows}
+    assert {t.id for t in w.items("target")} <= mapped
+    view = pim_in_target(w.sb, w.target, {"window": SEED_WINDOW})
+    assert view["contacts"] == {"Ada Lovelace"} and view["events"] == ["Dentist", "Weekly sync"]
+    assert view["contact_folders"] == EXPECTED_CONTACT_FOLDERS
+    assert view["tasks"] == {"Groceries": ["Milk"], "Tasks": ["File taxes"]}
+    assert view["checklists"]["File taxes"] == EXPECTED_CHECKLIST
+    for kind in ("contact", "event", "task"):
+        held = pim.items("target", w.target, kind)
+        assert {i.id for i in held if i.props.get("type") != "exception"} <= mapped, kind
 
 
 def test_sigkill_mid_pass_then_rerun_leaves_no_duplicates_and_no_gaps(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
     """Property over kill points: the CLI SIGKILLed at seeded points among the target writes
-    of a pass (message creates, attachment uploads, contacts, events, exceptions, tasks),
-    then re-run: every item exactly once, every copy mapped, nothing left mid-copy. The
-    sandbox gives a copy its own createdDateTime and size, as Exchange does."""
+    of a pre-stage pass (message creates, attachment uploads, contacts, events, exceptions,
+    tasks) and of a cutover pass (moves of copies, updates, new messages), each re-run to
+    its end: every item exactly once, every copy mapped, nothing left mid-copy."""
     w = provisioned(make_project, sandbox)
     for n in range(16):
         w.put(["Inbox", f"K{n % 2}"], f"kill {n}", attachment=BIG if n in (5, 11) else None)
     seed_pim(sandbox, w.source)
     user = str(w.user["source_address"])
-    args = ["prestage", "--users", user, "--older-than", "90d"]
     assert sandbox.ctx is not None
     pim = sandbox.ctx.extra[PIM_STORE_KEY]
-    base = sandbox.mail.clock
-
-    def writes() -> int:
-        """Target writes so far: mailstore changes (all in the target during the pass) and
-        PIM items the target holds."""
-        made = sum(
-            len(pim.items("target", w.target, kind)) for kind in ("contact", "event", "task")
-        )
-        return sandbox.mail.clock - base + made
-
-    total = (
-        16 + 2 + 3 + 3 + 2
-    )  # messages, large attachments, contacts, events (+1 exception), tasks
     rng = random.Random(int(os.environ.get("COEXIST_CRASH_SEED", "4")))  # explore others
-    points = sorted(rng.sample(range(1, total), KILLS))
-    kills = sum(kill_at(w.project, args, writes, at, rng.uniform(0.0, 0.03)) for at in points)
-    assert kills >= 1, (kills, points)
+
+    def crash(args: list[str], total: int) -> int:
+        """Kill `coexist ARGS` at KILLS seeded points among its first `total` target writes
+        (mailstore changes, PIM items made); how many kills landed."""
+        base = sandbox.mail.clock
+        kinds = ("contact", "event", "task")
+        made = sum(len(pim.items("target", w.target, k)) for k in kinds)
+
+        def writes() -> int:
+            now = sum(len(pim.items("target", w.target, k)) for k in kinds)
+            return sandbox.mail.clock - base + now - made
+
+        points = sorted(rng.sample(range(1, total), KILLS))
+        return sum(kill_at(w.project, args, writes, at, rng.uniform(0.0, 0.03)) for at in points)
+
+    # messages, their large attachments, contacts, events and one exception, tasks
+    assert crash(["prestage", "--users", user, "--older-than", "90d"], 16 + 2 + 3 + 3 + 2) >= 1
     prestage(w)
     prestage(w)
     assert last_counts(w).get("copied", 0) == 0
-    source, target = by_subject(w.items("source")), by_subject(w.items("target"))
-    assert set(target) == set(source)
-    for subject, [s] in source.items():
-        [t] = target[subject]
-        assert (t.created, t.size) != (s.created, s.size), subject
-        got = [(a.name, a.data) for a in sandbox.mail.attachments(t.id)]
-        assert got == [(a.name, a.data) for a in sandbox.mail.attachments(s.id)], subject
-    rows = journal_rows(w)
-    assert {r["status"] for r in rows} == {"copied"}, Counter(r["status"] for r in rows)
-    mapped = {r["target_item_id"] for r in rows}
-    assert {t.id for t in w.items("target")} <= mapped
-    with graph(sandbox, "target") as g:
-        events = req(g, "GET", f"users/{w.target}/events")["value"]
-        assert sorted(e["subject"] for e in events) == ["Dentist", "Weekly sync"]
-        assert len(req(g, "GET", f"users/{w.target}/contacts")["value"]) == 1
-    seeded_view = pim_in_target(sandbox, w.target, {"window": SEED_WINDOW})
-    assert seeded_view["contact_folders"] == EXPECTED_CONTACT_FOLDERS
-    assert sorted(seeded_view["tasks"].items()) == [
-        ("Groceries", ["Milk"]),
-        ("Tasks", ["File taxes"]),
-    ]
-    assert seeded_view["checklists"]["File taxes"] == EXPECTED_CHECKLIST
-    for kind in ("contact", "event", "task"):
-        held = {
-            i.id for i in pim.items("target", w.target, kind) if i.props.get("type") != "exception"
-        }
-        assert held <= mapped, kind
+    assert_exactly_once(w, pim)
+
+    archive = w.folder("source", ["Archive", "Moved"], create=True)
+    picked = rng.sample([i for i in w.items("source") if i.folder_id != archive], MOVED + 3)
+    for item in picked[:MOVED]:
+        sandbox.mail.move_message("source", w.source, item.id, archive)
+    for item in picked[MOVED:]:
+        sandbox.mail.update_message("source", w.source, item.id, flag={"flagStatus": "flagged"})
+    for n in range(3):
+        w.put(["Inbox"], f"late {n}", received=RECENT)
+    # a move is two mailstore changes in the target, an update or a new message one
+    assert crash(["cutover", "--users", user], MOVED * 2 + 3 + 3) >= 1
+    cutover(w)
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    assert_exactly_once(w, pim)
 
 
 # -- identity, expiry, localized mailboxes -------------------------------------------------------
