@@ -230,8 +230,9 @@ item_map = sa.Table(
     sa.Column("size", sa.BigInteger),
     sa.Column("kind", sa.String(40)),
     sa.Column("subject", sa.Text),
-    # What identifies the item across export/import (migration 0003): "mid:<Message-ID>" or
-    # "sk:<PR_SEARCH_KEY>" (`migrate.fidelity.identity_of`).
+    # What identifies the item across folders, export/import and copies (migration 0003):
+    # "mid:<Message-ID>" (both movers: a message keeps it when it moves, and the copy carries
+    # it) or "sk:<PR_SEARCH_KEY>" (`migrate.fidelity.identity_of`).
     sa.Column("source_identity", sa.Text),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("reason", sa.Text),

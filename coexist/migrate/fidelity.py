@@ -102,12 +102,30 @@ PID_TAG_FOLDER_TYPE = "Integer 0x3601"
 CONTENT_CLASS = f"String {PS_INTERNET_HEADERS} Name content-class"
 CONTENT_TYPE = f"String {PS_INTERNET_HEADERS} Name content-type"
 FOLDER_SEARCH = "2"  # PidTagFolderType of a search folder (MS-OXCFOLD 2.2.2.2.1.2)
-# Codes of an expired delta sync state (graph/delta-query-overview, FACTS.md).
+# Codes by which Graph says it forgot a delta sync state, for both movers (graph/errors "Code
+# property": resyncRequired, syncStateNotFound; SyncStateNotFound / SyncStateInvalid as
+# Outlook sends them, microsoft-graph-docs#2350; delta-query-overview), compared without
+# case; any 410 Gone too.
 SYNC_STATE_LOST = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
 # Each API's own name for the default folders, as the folder mapping calls them (the mail
 # API's well-known names, resources/mailfolder; plus the PIM defaults).
 MAIL_WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", "archive",
                    "outbox")  # fmt: skip
+
+
+MESSAGE_IDENTITY = "mid:"  # item_map.source_identity of a message: "mid:<Message-ID>"
+
+
+def message_identity(message_id: str | None) -> str | None:
+    """The item_map identity of a message with this Internet Message-ID (both movers)."""
+    return f"{MESSAGE_IDENTITY}{message_id}" if message_id else None
+
+
+def message_id_of(identity: str | None) -> str | None:
+    """The Internet Message-ID an item_map identity names, if it names one."""
+    if identity and identity.startswith(MESSAGE_IDENTITY):
+        return identity[len(MESSAGE_IDENTITY) :]
+    return None
 
 
 def identity_of(props: dict[str, str]) -> str | None:
@@ -121,7 +139,7 @@ def identity_of(props: dict[str, str]) -> str | None:
     """
     mid = props.get(PR_INTERNET_MESSAGE_ID.lower())
     if mid:
-        return f"mid:{mid}"
+        return message_identity(mid)
     key = props.get(PR_SEARCH_KEY.lower())
     return f"sk:{key}" if key else None
 

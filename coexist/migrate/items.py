@@ -7,10 +7,20 @@ moves, skip-and-report, the window, reconciliation); only the way an item travel
 Mail, per mapped source folder:
 
 1. Scan: `mailFolders/{id}/messages/delta` from the saved deltaLink; every reported message
-   is recorded in `item_map` (new -> pending, changed -> changed, removed -> gone) before the
-   deltaLink is saved (a checkpoint never runs ahead of the data it covers).
-2. Moves: a pending message that matches a gone copy (same receivedDateTime and subject, a
-   unique match) is a move at the source: its copy is moved in the target.
+   is recorded in `item_map` (new -> pending, changed -> changed, removed -> gone), with its
+   Internet Message-ID, before the deltaLink is saved (a checkpoint never runs ahead of the
+   data it covers). When the service has forgotten the sync state (410, `SyncStateNotFound`,
+   `SyncStateInvalid`, `resyncRequired`: delta-query-overview, "Synchronization reset" and
+   "Token duration"; graph/errors) the folder's round starts over from the first page,
+   mid-round too. A full round (the first, or such a restart) re-reports every message in
+   the folder: the item map keeps the ones already copied from being copied again, and rows
+   it did not report are removals the lost sync state would have reported (gone / forgotten).
+   The scan uses no `$filter`: a filtered message delta returns at most 5,000 messages and
+   then never reports the rest (delta-query-messages), so the window is applied to the
+   journal's rows instead (rows outside it wait as `pending`).
+2. Moves: a pending message whose Internet Message-ID is that of exactly one gone copy is a
+   move at the source (the Message-ID is the message's own and travels with it; its Graph
+   id does not): its copy is moved in the target. A message without one is never paired.
 3. Copy: each pending message in the window is read as MIME (`$value`) plus the state MIME
    does not carry (isRead, isDraft, flag, categories, importance, dates), and re-created in
    the mapped target folder with ONE JSON create that carries the MIME-derived content and
@@ -29,9 +39,11 @@ Mail, per mapped source folder:
    Attachments ride in the create while the request stays under Graph's 4 MB; the rest are
    POSTed one by one (< 3 MB) or sent through an upload session (3..150 MB,
    outlook-large-attachments). An `importing` mark is written before the create: a pass
-   killed after it finds the (possibly partial) copy by its delivery time, deletes it and
-   copies the message again, so nothing is duplicated and nothing is left half-copied.
-4. Update: changed messages get isRead/flag/categories/importance PATCHed onto the copy.
+   killed after it finds the (possibly partial) copy by identity, deletes it and copies the
+   message again, so nothing is duplicated and nothing is left half-copied (see Identity).
+4. Update: changed messages get isRead/flag/categories/importance PATCHed onto the copy. A
+   4xx on that PATCH (the copy was changed or removed in the target) is the item's conflict:
+   recorded on its row, named in the pass detail, and the pass goes on.
 5. Deletions: reported (`deletions = keep`) or mirrored.
 
 Contacts, calendar events and To Do tasks: every folder/calendar/list is listed in full each
@@ -43,6 +55,18 @@ recurrence), then each exception is PATCHed onto the matching occurrence and eac
 occurrence (one the source's `instances` no longer lists) is deleted (event-list-instances,
 event-update, event-delete). The pass window applies to mail only: PIM items move in full
 with the pre-stage pass, so the calendar is complete before cutover.
+
+Identity (what recognises a copy a killed pass left behind; never delivery time, subject or
+size, which Microsoft does not promise to keep): every copy carries its source item's id,
+stamped in its create request, as the named extended property IDENTITY_PROP on messages,
+contacts and events, and as a linkedResource (applicationName TASK_APP, externalId) on To Do
+tasks, which have no extended properties (resources/todotask). A message copy also carries
+the source's Internet Message-ID (`internetMessageId`, set on create). An interrupted copy
+is found with `$filter` on the target folder (by Message-ID and by stamp), and an item is
+taken as ours only if its own stamp says so when read back; items other rows map are never
+touched. Filters Graph does not document (contacts, a calendar's events, task links:
+sandbox/graph/outlook_items.UNVERIFIED_FILTERS) fall back, when refused, to reading the
+stamp of every unmapped item in the folder.
 
 Not reproduced (documented gaps of this API surface, which the full-fidelity mover keeps):
 MIME byte identity (Exchange renders its own MIME from the properties), internet headers
@@ -69,7 +93,13 @@ from email.utils import getaddresses
 from typing import Any
 
 from coexist.engine.context import Context
-from coexist.errors import Conflict, InvalidRequest, NotFound
+from coexist.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    RemoteError,
+    TransientError,
+)
 from coexist.migrate import fidelity
 from coexist.migrate.deletions import ITEM_PATHS, handle_deletions
 from coexist.migrate.fidelity import MAIL_CLASS, MAIL_FOLDER, Box, Folder, Plan
@@ -80,7 +110,15 @@ from coexist.tenants.graph import GraphAdapter
 CHECKPOINT_KIND = "mail-messages"  # folder_state kind of the mail API's message delta
 DELTA_PAGE = 100  # Prefer: odata.maxpagesize (graph/delta-query-messages)
 # What the scan asks of each message (message-delta supports $select).
-DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey"
+DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey,internetMessageId"
+# A forgotten sync state (fidelity.sync_state_lost) starts a folder's round over this often.
+RESTARTS = 2  # rounds started over per folder and pass before the error is raised
+
+# The copy's identity (see the module docstring). A named property in coexist's own property
+# set (extended-properties-overview: "String {guid} Name name" for custom properties).
+IDENTITY_PROP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
+TASK_APP = "coexist"  # linkedResource.applicationName stamped on a task copy
+TASK_LINK_NAME = "Migrated by coexist"
 STATE_SELECT = "isRead,isDraft,flag,categories,importance,receivedDateTime,sentDateTime,changeKey"
 # Graph's mail well-known folder names (resources/mailfolder, "Well-known folder names").
 WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", "archive", "outbox")
@@ -150,6 +188,8 @@ async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
     ]
     while queue:
         raw, parent = queue.pop(0)
+        if is_search_folder(raw):
+            continue  # a view of messages other folders hold: never copied, nor copied into
         path = (*parent, str(raw["displayName"]))
         fid = str(raw["id"])
         out.append(
@@ -163,6 +203,12 @@ async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
     return out
 
 
+def is_search_folder(raw: dict[str, Any]) -> bool:
+    """A mailSearchFolder (resources/mailsearchfolder: a derived type of mailFolder, which a
+    folder listing names in `@odata.type`); it may sit under any folder (mailsearchfolder-post)."""
+    return str(raw.get("@odata.type") or "").lower().endswith("mailsearchfolder")
+
+
 def _total(raw: dict[str, Any]) -> int:
     return int(raw.get("totalItemCount") or 0)
 
@@ -171,48 +217,75 @@ def _total(raw: dict[str, Any]) -> int:
 
 
 async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
-    """Record the folder's changes since the saved deltaLink, then save the new deltaLink."""
+    """Record the folder's changes since the saved deltaLink, then save the new deltaLink;
+    a forgotten sync state starts the folder's round over (at most RESTARTS times)."""
     saved = ctx.journal.get_checkpoint(key, folder_id, CHECKPOINT_KIND)
     first = f"users/{src.user_id}/mailFolders/{folder_id}/messages/delta?$select={DELTA_SELECT}"
-    try:
-        await _follow(ctx, key, src, folder_id, (saved or {}).get("token") or first)
-    except InvalidRequest as exc:
-        # message-delta: an expired sync state is 410 SyncStateNotFound (microsoft-graph-docs
-        # #2350): start the folder over; item_map keeps copies from being made twice.
-        if saved is None or exc.fields.get("code") not in (
-            "SyncStateNotFound",
-            "syncStateNotFound",
-        ):
-            raise
-        ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
-        await _follow(ctx, key, src, folder_id, first)
+    link = (saved or {}).get("token") or first
+    for attempt in range(RESTARTS + 1):
+        try:
+            await _follow(ctx, key, src, folder_id, link, full=link == first)
+            return
+        except (InvalidRequest, NotFound) as exc:
+            if not fidelity.sync_state_lost(exc) or attempt == RESTARTS:
+                raise
+            ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
+            link = first
 
 
-async def _follow(ctx: Context, key: str, src: Box, folder_id: str, link: str) -> None:
+async def _follow(
+    ctx: Context, key: str, src: Box, folder_id: str, link: str, *, full: bool
+) -> None:
     headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
+    present: set[str] = set()
     async for values, delta in src.graph.delta_pages(link, headers):
-        # The window and move matching go by delivery time (createdDateTime of a copied or
-        # moved message is when it was made, not when it arrived).
+        # The window goes by delivery time (createdDateTime of a copied or moved message is
+        # when it was made, not when it arrived).
         seen = [
             {**v, "createdDateTime": v.get("receivedDateTime") or v.get("createdDateTime")}
             for v in values
         ]
+        present.update(str(v["id"]) for v in values if "@removed" not in v)
         rows, forget = fidelity._page_rows(ctx, key, folder_id, seen)
-        subjects = {str(v["id"]): v.get("subject") for v in values}
+        by_id = {str(v["id"]): v for v in values}
         for row in rows:
             if row.get("status") == "pending" and "source_created" in row:
-                row["subject"] = subjects.get(row["source_item_id"])
+                reported = by_id.get(row["source_item_id"]) or {}
+                row["subject"] = reported.get("subject")
+                row["source_identity"] = fidelity.message_identity(
+                    reported.get("internetMessageId")
+                )
         for source_id in forget:
             ctx.journal.unmap_item(key, source_id)
         ctx.journal.map_items(key, rows)
         if delta:
+            if full:
+                _left_unreported(ctx, key, folder_id, present)
             ctx.journal.save_checkpoint(key, folder_id, CHECKPOINT_KIND, token=delta)
 
 
+def _left_unreported(ctx: Context, key: str, folder_id: str, present: set[str]) -> None:
+    """After a full round: a row of the folder whose message it did not report left the
+    folder while no sync state covered it (a round that starts over reports what is there,
+    not what was removed): gone if it was copied, forgotten if it never was. A row mid-copy
+    (`importing`) is left to the crash recovery."""
+    gone = []
+    for r in ctx.journal.mapped_items(key, folder_id=folder_id):
+        if r["kind"] != MAIL_CLASS or r["source_item_id"] in present:
+            continue
+        if r["status"] in ("copied", "changed"):
+            gone.append({"source_item_id": r["source_item_id"], "status": "gone"})
+        elif r["status"] in ("pending", "skipped"):
+            ctx.journal.unmap_item(key, r["source_item_id"])
+    ctx.journal.map_items(key, gone)
+
+
 def _move_signature(row: dict[str, Any]) -> tuple[Any, ...]:
-    # *unverified*: a moved message keeps receivedDateTime and subject (they are properties of
-    # the item, not of its folder); only a unique match is treated as a move.
-    return (row["kind"], row["source_created"], row["subject"])
+    """A message is recognised across folders by its Internet Message-ID (RFC 5322: the
+    message's own identifier; Graph ids change with the folder). One without it pairs with
+    nothing: it is copied again and its old copy counts as deleted at the source."""
+    message_id = fidelity.message_id_of(row.get("source_identity"))
+    return (row["kind"], message_id) if message_id else ("unpaired", row["source_item_id"])
 
 
 # -- MIME -> JSON create -----------------------------------------------------------------------------
@@ -304,12 +377,16 @@ def _iso(value: Any) -> str | None:
     return str(value) if value else None
 
 
-def message_payload(msg: EmailMessage, state: dict[str, Any]) -> dict[str, Any]:
-    """The JSON create of a message: its MIME-derived content plus the state MIME lacks."""
+def message_payload(msg: EmailMessage, state: dict[str, Any], source_id: str) -> dict[str, Any]:
+    """The JSON create of a message: its MIME-derived content plus the state MIME lacks, and
+    the copy's identity (IDENTITY_PROP = the source message's id)."""
     flags = (MSGFLAG_READ if state.get("isRead") else 0) | (
         MSGFLAG_UNSENT if state.get("isDraft") else 0
     )
-    props = [{"id": "Integer 0x0E07", "value": str(flags)}]
+    props = [
+        {"id": "Integer 0x0E07", "value": str(flags)},
+        {"id": IDENTITY_PROP, "value": source_id},
+    ]
     if received := _iso(state.get("receivedDateTime")):
         props.append({"id": "SystemTime 0x0E06", "value": received})
     if sent := _iso(state.get("sentDateTime")):
@@ -355,6 +432,7 @@ def split_attachments(payload_size: int, parts: list[Part]) -> tuple[list[Part],
 
 # -- mail copy ------------------------------------------------------------------------------------
 
+CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
 COPIES_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
 
 
@@ -384,6 +462,7 @@ class MailCopier:
 
     def __init__(self, ctx: Context, key: str, src: Box, tgt: Box, counts: Counter[str]) -> None:
         self.ctx, self.key, self.src, self.tgt, self.counts = ctx, key, src, tgt, counts
+        self.conflicts: list[str] = []  # subjects of messages whose update was refused
 
     async def copy_pending(self, plan: Plan, window: Window) -> None:
         """Every pending message in the window, up to COPIES_IN_FLIGHT at once (each copy is
@@ -417,7 +496,7 @@ class MailCopier:
             self._skip(sid, reason, row.get("subject"), len(mime))
             return
         msg = parse_mime(mime)
-        payload = message_payload(msg, state)
+        payload = message_payload(msg, state, sid)
         inline, later = split_attachments(len(json.dumps(payload)), attachments_of(msg))
         if inline:
             payload["attachments"] = [p.json() for p in inline]
@@ -487,33 +566,21 @@ class MailCopier:
     async def _recover_interrupted(self, folder_id: str, dest: str) -> None:
         """Messages marked `importing` by a pass that died: remove a partial copy, copy again.
 
-        The copy carries the source's delivery time (0x0E06), so an unmapped target message in
-        the destination folder with that receivedDateTime and subject is the interrupted copy.
-        It may lack attachments added after the create, so it is deleted and the message goes
-        back to pending rather than being adopted.
+        The copy is found by identity (`our_copies`); it may lack attachments added after the
+        create, so it is deleted and the message goes back to pending rather than adopted.
         """
         stuck = self.ctx.journal.mapped_items(self.key, folder_id=folder_id, status="importing")
         if not stuck:
             return
-        taken = {
-            r["target_item_id"]
-            for r in self.ctx.journal.mapped_items(self.key)
-            if r["target_item_id"]
-        }
-        present = [
-            m
-            for m in await self.tgt.graph.list_all(
-                f"users/{self.tgt.user_id}/mailFolders/{dest}/messages",
-                {"$select": "subject,receivedDateTime", "$top": 1000},
-            )
-            if m["id"] not in taken
-        ]
+        taken = mapped_targets(self.ctx, self.key)
+        box = f"users/{self.tgt.user_id}"
         for r in stuck:
-            for m in [m for m in present if _same_message(m, r)]:
+            for copy_id in await our_copies(
+                self.tgt.graph, f"{box}/mailFolders/{dest}/messages", r, taken
+            ):
                 with contextlib.suppress(NotFound):
-                    await self._delete(str(m["id"]))
-                present.remove(m)
-            self.ctx.journal.map_item(self.key, r["source_item_id"], status="pending")
+                    await self._delete(copy_id)
+            self.ctx.journal.map_item(self.key, r["source_item_id"], status="pending", reason=None)
 
     async def update_changed(self) -> None:
         """Bring copies in line with their changed source: read/flag state, categories."""
@@ -540,11 +607,14 @@ class MailCopier:
                 made = await self.tgt.graph.send(
                     "PATCH", f"users/{self.tgt.user_id}/messages/{r['target_item_id']}", json=patch
                 )
-            except NotFound as exc:
-                # Gone in the target: reported, the target wins.
+            except RemoteError as exc:
+                if not update_conflict(exc):
+                    raise
+                # Changed or gone in the target: reported, the target wins.
                 self.ctx.journal.map_item(
                     self.key, sid, status="copied", reason=f"not updated: {exc.message}"
                 )
+                self.conflicts.append(str(r["subject"] or sid))
                 self.counts["update_conflicts"] += 1
                 continue
             self.ctx.journal.map_item(
@@ -557,10 +627,82 @@ class MailCopier:
             self.counts["updated"] += 1
 
 
-def _same_message(target: dict[str, Any], row: dict[str, Any]) -> bool:
-    return _instant(target.get("receivedDateTime")) == _instant(row["source_created"]) and (
-        (target.get("subject") or "") == (row["subject"] or "")
+def update_conflict(exc: RemoteError) -> bool:
+    """Whether an update of a copy failed for that item alone: any 4xx but the token's 401
+    (the copy was changed, moved or deleted in the target, or refuses the change); 429 and
+    5xx are TransientErrors, retried before they get here."""
+    status = exc.fields.get("status")
+    return (
+        isinstance(status, int)
+        and 400 <= status < 500
+        and not isinstance(exc, (AuthenticationError, TransientError))
     )
+
+
+# -- identity of copies ---------------------------------------------------------------------------
+
+
+def odata_string(value: str) -> str:
+    """An OData string literal (a quote inside is doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def stamp_filter(source_id: str) -> str:
+    """`$filter` for the items stamped with `source_id` (singlevaluelegacyextendedproperty-get,
+    "GET resource instances with string-typed extended properties matching a filter")."""
+    return (
+        f"singleValueExtendedProperties/Any(ep: ep/id eq {odata_string(IDENTITY_PROP)}"
+        f" and ep/value eq {odata_string(source_id)})"
+    )
+
+
+def stamp_expand() -> str:
+    """`$expand` that returns an item's stamp with it (singlevaluelegacyextendedproperty-get)."""
+    return f"singleValueExtendedProperties($filter=id eq {odata_string(IDENTITY_PROP)})"
+
+
+def stamp_of(item: dict[str, Any]) -> str | None:
+    """The source id an item read with `stamp_expand()` is stamped with (None: not ours).
+    Graph leaves the collection out when the item lacks the property."""
+    for p in item.get("singleValueExtendedProperties") or []:
+        if str(p.get("id", "")).casefold() == IDENTITY_PROP.casefold():
+            return str(p.get("value"))
+    return None
+
+
+def mapped_targets(ctx: Context, key: str) -> set[str]:
+    """Target items the journal maps to a source item: never a leftover to clean up."""
+    return {str(r["target_item_id"]) for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
+
+
+async def our_copies(
+    graph: GraphAdapter, folder_messages: str, row: dict[str, Any], taken: set[str]
+) -> list[str]:
+    """Ids of the unmapped copies of `row`'s message that coexist made in the folder: found by
+    the source's Internet Message-ID (set on the copy) and by the stamp, and kept only if
+    the item, read back, carries coexist's stamp (so a message of the target's own that
+    happens to share the Message-ID is never touched)."""
+    filters = [stamp_filter(str(row["source_item_id"]))]
+    message_id = fidelity.message_id_of(row.get("source_identity"))
+    if message_id:
+        filters.append(f"internetMessageId eq {odata_string(message_id)}")
+    found: list[str] = []
+    for flt in filters:
+        for m in await graph.list_all(folder_messages, {"$filter": flt, "$select": "id"}):
+            if str(m["id"]) not in taken and str(m["id"]) not in found:
+                found.append(str(m["id"]))
+    box = folder_messages.split("/mailFolders/", 1)[0]
+    out = []
+    for item_id in found:
+        with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to clean up
+            item = await graph.send(
+                "GET",
+                f"{box}/messages/{item_id}",
+                params={"$select": "id", "$expand": stamp_expand()},
+            )
+            if stamp_of(item) is not None:
+                out.append(item_id)
+    return out
 
 
 def _instant(value: Any) -> dt.datetime | None:
@@ -590,7 +732,25 @@ class PimKind:
     items: Callable[[str, str], str]  # user id, folder id -> item collection path
     item: Callable[[str, str, str], str]  # user id, folder id, item id -> item path
     name_of: str  # the folder's display-name property
-    signature: Callable[[dict[str, Any]], tuple[Any, ...]]
+    stamp: Callable[[str], dict[str, Any]]  # source id -> what the create body adds
+    find: Callable[[str], str]  # source id -> `$filter` for the items stamped with it
+
+
+def _extended_stamp(source_id: str) -> dict[str, Any]:
+    return {"singleValueExtendedProperties": [{"id": IDENTITY_PROP, "value": source_id}]}
+
+
+def _task_stamp(source_id: str) -> dict[str, Any]:
+    # todotasklist-post-tasks: a task's linkedResources may be given in its create request.
+    link = {"applicationName": TASK_APP, "externalId": source_id, "displayName": TASK_LINK_NAME}
+    return {"linkedResources": [link]}
+
+
+def _task_filter(source_id: str) -> str:
+    return (
+        f"linkedResources/any(r: r/applicationName eq {odata_string(TASK_APP)}"
+        f" and r/externalId eq {odata_string(source_id)})"
+    )
 
 
 CONTACTS = PimKind(
@@ -600,10 +760,8 @@ CONTACTS = PimKind(
     lambda u, f: f"users/{u}/contactFolders/{f}/contacts",
     ITEM_PATHS["contact"],
     "displayName",
-    lambda c: (
-        c.get("displayName"),
-        tuple(sorted(str(e.get("address")) for e in c.get("emailAddresses") or [])),
-    ),
+    _extended_stamp,
+    stamp_filter,
 )
 EVENTS = PimKind(
     "event",
@@ -612,7 +770,8 @@ EVENTS = PimKind(
     lambda u, f: f"users/{u}/calendars/{f}/events",
     ITEM_PATHS["event"],
     "name",
-    lambda e: (e.get("subject"), (e.get("start") or {}).get("dateTime")),
+    _extended_stamp,
+    stamp_filter,
 )
 TASKS = PimKind(
     "task",
@@ -621,7 +780,8 @@ TASKS = PimKind(
     lambda u, f: f"users/{u}/todo/lists/{f}/tasks",
     ITEM_PATHS["task"],
     "displayName",
-    lambda t: (t.get("title"), (t.get("dueDateTime") or {}).get("dateTime")),
+    _task_stamp,
+    _task_filter,
 )
 
 
@@ -653,6 +813,7 @@ class PimCopier:
         self.ctx, self.key, self.src, self.tgt = ctx, key, src, tgt
         self.src_user, self.tgt_user = ids
         self.counts: Counter[str] = Counter()
+        self.conflicts: list[str] = []  # names of items whose update was refused
 
     async def run(self) -> None:
         for kind in (CONTACTS, EVENTS, TASKS):
@@ -782,7 +943,7 @@ class PimCopier:
             subject=item.get("subject") or item.get("displayName") or item.get("title"),
             source_created=item.get("createdDateTime"),
         )
-        body = _copyable(item, kind.fields)
+        body = {**_copyable(item, kind.fields), **kind.stamp(sid)}
         if kind is EVENTS and item.get("attendees"):
             self.counts["events_without_attendees"] += 1
         made = await self.tgt.send("POST", self._items_path(kind, self.tgt_user, target), json=body)
@@ -817,11 +978,14 @@ class PimCopier:
                 kind.item(self.tgt_user, target, str(known["target_item_id"])),
                 json=_copyable(item, fields),
             )
-        except (NotFound, Conflict, InvalidRequest) as exc:
+        except RemoteError as exc:
+            if not update_conflict(exc):
+                raise
             self.ctx.journal.map_item(
                 self.key, known["source_item_id"], reason=f"not updated: {exc.message}"
             )
             self.counts["update_conflicts"] += 1
+            self.conflicts.append(str(known["subject"] or known["source_item_id"]))
             return
         if kind is TASKS:
             await self._sync_checklist(target, str(known["target_item_id"]), item, replace=True)
@@ -870,8 +1034,9 @@ class PimCopier:
                 self.counts["exceptions_copied"] += 1
 
     async def _recover_interrupted(self, kind: PimKind, source: str, target: str) -> None:
-        """Items marked `importing` by a pass that died: adopt an unmapped target item with
-        the same signature (name and address / subject and start / title and due date)."""
+        """Items marked `importing` by a pass that died: adopt the copy it made (found by
+        identity, `_copies`), finishing what the create left undone (a series' exceptions,
+        a task's checklist); copies made twice over are deleted; none found: pending."""
         stuck = [
             r
             for r in self.ctx.journal.mapped_items(self.key, folder_id=source, status="importing")
@@ -879,14 +1044,7 @@ class PimCopier:
         ]
         if not stuck:
             return
-        taken = {r["target_item_id"] for r in self.ctx.journal.mapped_items(self.key)}
-        present = [
-            t
-            for t in await self.tgt.list_all(
-                self._items_path(kind, self.tgt_user, target), {"$top": 100}
-            )
-            if t["id"] not in taken
-        ]
+        taken = mapped_targets(self.ctx, self.key)
         originals = {
             str(i["id"]): i
             for i in await self.src.list_all(
@@ -894,26 +1052,66 @@ class PimCopier:
             )
         }
         for r in stuck:
+            copies = await self._copies(kind, target, str(r["source_item_id"]), taken)
             original = originals.get(r["source_item_id"])
-            found = next(
-                (t for t in present if original and kind.signature(t) == kind.signature(original)),
-                None,
-            )
-            if found is None:
+            if not copies:
                 self.ctx.journal.map_item(self.key, r["source_item_id"], status="pending")
                 continue
-            present.remove(found)
+            found, *extra = copies
+            for item_id in extra:
+                with contextlib.suppress(NotFound):
+                    await self.tgt.send("DELETE", kind.item(self.tgt_user, target, item_id))
             if kind is EVENTS and original and original.get("type") == "seriesMaster":
-                await self._reproduce_exceptions(original, str(found["id"]))
+                await self._reproduce_exceptions(original, found)
             if kind is TASKS and original:  # the dead pass may have stopped mid-checklist
-                await self._sync_checklist(target, str(found["id"]), original, replace=True)
+                await self._sync_checklist(target, found, original, replace=True)
+            made = await self.tgt.send("GET", kind.item(self.tgt_user, target, found))
+            taken.add(found)
             self.ctx.journal.map_item(
                 self.key,
                 r["source_item_id"],
                 status="copied",
-                target_item_id=found["id"],
-                target_change_key=_version(found),
+                target_item_id=found,
+                target_change_key=_version(made or {}),
             )
+
+    async def _copies(
+        self, kind: PimKind, folder: str, source_id: str, taken: set[str]
+    ) -> list[str]:
+        """Unmapped items of the target folder stamped with `source_id`, by `$filter`; where
+        the service refuses the filter (one Graph does not document, UNVERIFIED_FILTERS in
+        sandbox/graph/outlook_items) every unmapped item's stamp is read instead. Either way
+        an item counts only if its stamp, read back, names `source_id`."""
+        path = self._items_path(kind, self.tgt_user, folder)
+        try:
+            listed = await self.tgt.list_all(
+                path, {"$filter": kind.find(source_id), "$select": "id", "$top": 100}
+            )
+        except InvalidRequest:
+            listed = await self.tgt.list_all(path, {"$select": "id", "$top": 100})
+        out = []
+        for item in listed:
+            item_id = str(item["id"])
+            if item_id not in taken and await self._stamp(kind, folder, item_id) == source_id:
+                out.append(item_id)
+        return out
+
+    async def _stamp(self, kind: PimKind, folder: str, item_id: str) -> str | None:
+        """The source id a target item is stamped with (None: not coexist's copy)."""
+        path = kind.item(self.tgt_user, folder, item_id)
+        try:
+            if kind is TASKS:  # todotask-list-linkedresources
+                links = await self.tgt.list_all(f"{path}/linkedResources", {"$top": 100})
+                return next(
+                    (str(x["externalId"]) for x in links if x.get("applicationName") == TASK_APP),
+                    None,
+                )
+            item = await self.tgt.send(
+                "GET", path, params={"$select": "id", "$expand": stamp_expand()}
+            )
+        except NotFound:
+            return None
+        return stamp_of(item)
 
 
 def _series_window(master: dict[str, Any]) -> tuple[str, str]:
@@ -968,6 +1166,17 @@ class ItemsMover:
             notes.append(
                 f"{counts['events_without_attendees']} events copied without their attendees"
                 " (Graph would invite them; graph-import-export keeps them)"
+            )
+        if refused := mail.conflicts + pim.conflicts:
+            named = ", ".join(repr(n) for n in refused[:CONFLICTS_NAMED])
+            more = (
+                f" and {len(refused) - CONFLICTS_NAMED} more"
+                if len(refused) > CONFLICTS_NAMED
+                else ""
+            )
+            notes.append(
+                f"{len(refused)} changes not applied (the copy was changed or removed in the"
+                f" target, which wins): {named}{more}"
             )
         return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
 

@@ -133,11 +133,6 @@ CREATE TABLE IF NOT EXISTS tombstones (
     reason TEXT NOT NULL DEFAULT 'deleted'
 );
 CREATE INDEX IF NOT EXISTS tombstones_folder ON tombstones (tenant, mailbox, folder_id, cseq);
--- Search folders (under the non-IPM "Finder"): what each one shows (a subject substring).
-CREATE TABLE IF NOT EXISTS search_folders (
-    id TEXT PRIMARY KEY,
-    query TEXT NOT NULL DEFAULT ''
-);
 -- Large-attachment upload sessions; received bytes are spooled to a file, not held in memory.
 CREATE TABLE IF NOT EXISTS upload_sessions (
     id TEXT PRIMARY KEY,
@@ -226,6 +221,9 @@ class Folder:
     unread: int = 0
     size: int = 0
     children: int = 0
+    # A search folder's definition (resources/mailsearchfolder: sourceFolderIds,
+    # includeNestedFolders, filterQuery); None for a folder that holds its own items.
+    search: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -562,6 +560,8 @@ class MailStore:
         if "fseq" not in have:
             # Folder change number (same clock as messages), for mailFolders delta.
             self._db.execute("ALTER TABLE folders ADD COLUMN fseq INTEGER NOT NULL DEFAULT 0")
+        if "search_json" not in have:  # a search folder's definition (Folder.search)
+            self._db.execute("ALTER TABLE folders ADD COLUMN search_json TEXT")
 
     def _tick(self) -> int:
         """The next change number (caller holds the lock)."""
@@ -606,7 +606,6 @@ class MailStore:
             self._db.execute("DELETE FROM folders")
             self._db.execute("DELETE FROM tombstones")
             self._db.execute("DELETE FROM upload_sessions")
-            self._db.execute("DELETE FROM search_folders")
         if self.spool_dir.exists():
             for part in self.spool_dir.glob("*.part"):
                 part.unlink(missing_ok=True)
@@ -701,6 +700,7 @@ class MailStore:
             display_name=row["display_name"],
             parent_id=row["parent_id"],
             is_hidden=bool(row["is_hidden"]),
+            search=json.loads(row["search_json"]) if row["search_json"] else None,
             total=counts[0],
             unread=counts[1],
             size=counts[2],
@@ -956,9 +956,16 @@ class MailStore:
 
     # -- folders (writes) --------------------------------------------------------------------------
     def create_folder(
-        self, tenant: str, mailbox: str, parent_id: str, display_name: str, is_hidden: bool = False
+        self,
+        tenant: str,
+        mailbox: str,
+        parent_id: str,
+        display_name: str,
+        is_hidden: bool = False,
+        search: dict[str, Any] | None = None,
     ) -> Folder:
-        """A new folder under `parent_id`; FolderExists if a sibling has the name (any case)."""
+        """A new folder under `parent_id` (a search folder when `search` defines one, see
+        Folder.search); FolderExists if a sibling has the name (any case)."""
         self.ensure_mailbox(tenant, mailbox)
         with self._lock:
             siblings = self._db.execute(
@@ -970,9 +977,9 @@ class MailStore:
             folder_id = _entry_id(b"\x01", mailbox)
             self._db.execute(
                 "INSERT INTO folders (id, tenant, mailbox, well_known, display_name, parent_id,"
-                " is_hidden, created, fseq) VALUES (?,?,?,?,?,?,?,?,?)",
+                " is_hidden, created, fseq, search_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (folder_id, tenant, mailbox, None, display_name, parent_id, int(is_hidden),
-                 iso(utcnow()), self._tick()),
+                 iso(utcnow()), self._tick(), json.dumps(search) if search is not None else None),
             )  # fmt: skip
         found = self.folder(tenant, mailbox, folder_id)
         assert found is not None
@@ -1023,7 +1030,6 @@ class MailStore:
                         (self._tick(), tenant, mailbox, fid, item_id, "deleted"),
                     )
                 self._db.execute("DELETE FROM messages WHERE folder_id=?", (fid,))
-                self._db.execute("DELETE FROM search_folders WHERE id=?", (fid,))
                 self._db.execute("DELETE FROM folders WHERE id=?", (fid,))
             self._db.execute("COMMIT")
 
@@ -1031,27 +1037,35 @@ class MailStore:
     def create_search_folder(
         self, tenant: str, mailbox: str, display_name: str, query: str = ""
     ) -> Folder:
-        """A search folder under the mailbox's non-IPM "Finder" (where Outlook keeps them):
-        it shows, without holding them, the mailbox's messages whose subject contains
-        `query` (all mail when empty). The mail API's folder listings do not reach it."""
-        folder = self.create_folder(
-            tenant, mailbox, system_folder_id(mailbox, FINDER), display_name
+        """A search folder under the mailbox's non-IPM "Finder" (where Outlook keeps them),
+        defined as the mail API defines one (Folder.search): every message of the mailbox
+        whose subject contains `query` (all mail when empty). The mail API's folder listings
+        do not reach it."""
+        root = self.folder(tenant, mailbox, ROOT)
+        assert root is not None
+        quoted = query.replace("'", "''")
+        return self.create_folder(
+            tenant,
+            mailbox,
+            system_folder_id(mailbox, FINDER),
+            display_name,
+            search={
+                "sourceFolderIds": [root.id],
+                "includeNestedFolders": True,
+                "filterQuery": f"contains(subject, '{quoted}')" if query else None,
+            },
         )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO search_folders (id, query) VALUES (?,?)", (folder.id, query)
-            )
-        return folder
 
-    def search_folders(self, tenant: str, mailbox: str) -> list[tuple[Folder, str]]:
-        """(folder, query) of each search folder of a mailbox."""
+    def search_folders(self, tenant: str, mailbox: str) -> list[Folder]:
+        """Every search folder of a mailbox, wherever it was made (Finder or the IPM tree)."""
+        self.ensure_mailbox(tenant, mailbox)
         with self._lock:
             rows = self._db.execute(
-                "SELECT f.*, s.query FROM folders f JOIN search_folders s ON s.id = f.id"
-                " WHERE f.tenant=? AND f.mailbox=? ORDER BY f.display_name COLLATE NOCASE",
+                "SELECT * FROM folders WHERE tenant=? AND mailbox=? AND search_json IS NOT NULL"
+                " ORDER BY display_name COLLATE NOCASE, id",
                 (tenant, mailbox),
             ).fetchall()
-            return [(self._with_counts(r), str(r["query"])) for r in rows]
+            return [self._with_counts(r) for r in rows]
 
     # -- delta -------------------------------------------------------------------------------------
     def changes(

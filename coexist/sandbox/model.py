@@ -485,6 +485,14 @@ class Settings:
     #   default's code is Exchange's own for it, an EWS ResponseCode in spec/ews/messages.xsd;
     #   its HTTP status through this API is not published).
     io_update_conflict: str = "409 ErrorIrresolvableConflict"
+    # How the mail delta answers a forgotten sync state (graph/mail_delta.EXPIRED_ANSWERS):
+    # Microsoft documents only "a 40X-series error with error codes such as syncStateNotFound"
+    # (delta-query-overview, "Token duration"), so each plausible answer is a value here and
+    # the mover is tested against every one (*unverified* which Exchange sends today).
+    mail_delta_expired_answer: str = "SyncStateNotFound"
+    # Identity filters Graph does not document (graph/outlook_items.UNVERIFIED_FILTERS): True
+    # serves them, False answers them as an unsupported query, so the product's fallback runs.
+    unverified_identity_filters: bool = True
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
         """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""

@@ -53,6 +53,7 @@ READS: dict[str, frozenset[str]] = {
             "categories",
             "importance",
             "internetMessageHeaders",
+            "internetMessageId",
         }
     ),
     "followupFlag": frozenset({"flagStatus"}),
@@ -92,6 +93,8 @@ READS: dict[str, frozenset[str]] = {
     "patternedRecurrence": frozenset({"range"}),
     "recurrenceRange": frozenset({"type", "endDate"}),
     "todoTaskList": frozenset({"id", "displayName", "wellknownListName"}),
+    # To Do copies carry their source task's id as a linked resource (migrate/items.py stamp).
+    "linkedResource": frozenset({"applicationName", "externalId"}),
     "todoTask": frozenset(
         {"id", "title", "dueDateTime", "checklistItems", "createdDateTime", "lastModifiedDateTime"}
     ),

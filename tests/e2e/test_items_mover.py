@@ -14,12 +14,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from coexist import commands
+from coexist.journal import Journal
+from coexist.migrate.items import DELTA_PAGE
 from coexist.sandbox import Sandbox
+from coexist.sandbox.graph.mail_delta import EXPIRED_ANSWERS, expire_after_pages
+from coexist.sandbox.graph.outlook_items import PIM_STORE_KEY
+from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
 from tests.e2e.pim_seed import (
     EXPECTED_CHECKLIST,
@@ -42,6 +50,7 @@ from tests.e2e.test_graph_mover import (
 )
 
 MOVER = {"migration.mover": "graph-items"}
+SEED_WINDOW = {"startDateTime": "2023-12-01T00:00:00Z", "endDateTime": "2024-06-01T00:00:00Z"}
 BIG = b"\x07" * (3 * 1024 * 1024 + 512 * 1024)  # over 3 MB: needs an upload session
 REPO = Path(__file__).resolve().parents[2]
 
@@ -241,36 +250,296 @@ def kill_at(
     return False
 
 
+KILLS = 4  # kill points per pass (COEXIST_CRASH_SEED picks them)
+MOVED = 4  # messages moved at the source between the passes
+
+
+def assert_exactly_once(w: World, pim: Any) -> None:
+    """Every source message once in the target, in the same folder, attachments equal and a
+    copy of its own (createdDateTime and size differ, as Exchange makes them); every row
+    `copied` and every target item mapped; the seeded PIM items once each."""
+    source, target = by_subject(w.items("source")), by_subject(w.items("target"))
+    assert set(target) == set(source)
+    for subject, [s] in source.items():
+        [t] = target[subject]
+        assert w.path_of("target", t.folder_id) == w.path_of("source", s.folder_id), subject
+        assert (t.created, t.size) != (s.created, s.size), subject
+        got = [(a.name, a.data) for a in w.sb.mail.attachments(t.id)]
+        assert got == [(a.name, a.data) for a in w.sb.mail.attachments(s.id)], subject
+    rows = journal_rows(w)
+    assert {r["status"] for r in rows} == {"copied"}, Counter(r["status"] for r in rows)
+    mapped = {r["target_item_id"] for r in rows}
+    assert {t.id for t in w.items("target")} <= mapped
+    view = pim_in_target(w.sb, w.target, {"window": SEED_WINDOW})
+    assert view["contacts"] == {"Ada Lovelace"} and view["events"] == ["Dentist", "Weekly sync"]
+    assert view["contact_folders"] == EXPECTED_CONTACT_FOLDERS
+    assert view["tasks"] == {"Groceries": ["Milk"], "Tasks": ["File taxes"]}
+    assert view["checklists"]["File taxes"] == EXPECTED_CHECKLIST
+    for kind in ("contact", "event", "task"):
+        held = pim.items("target", w.target, kind)
+        assert {i.id for i in held if i.props.get("type") != "exception"} <= mapped, kind
+
+
 def test_sigkill_mid_pass_then_rerun_leaves_no_duplicates_and_no_gaps(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
-    """SIGKILL of the CLI at seeded points of a pass, then a full re-run: every item exactly once."""
+    """Property over kill points: the CLI SIGKILLed at seeded points among the target writes
+    of a pre-stage pass (message creates, attachment uploads, contacts, events, exceptions,
+    tasks) and of a cutover pass (moves of copies, updates, new messages), each re-run to
+    its end: every item exactly once, every copy mapped, nothing left mid-copy."""
     w = provisioned(make_project, sandbox)
     for n in range(16):
         w.put(["Inbox", f"K{n % 2}"], f"kill {n}", attachment=BIG if n in (5, 11) else None)
     seed_pim(sandbox, w.source)
     user = str(w.user["source_address"])
-    args = ["prestage", "--users", user, "--older-than", "90d"]
-
-    def copied() -> int:
-        return len(w.items("target"))
-
+    assert sandbox.ctx is not None
+    pim = sandbox.ctx.extra[PIM_STORE_KEY]
     rng = random.Random(int(os.environ.get("COEXIST_CRASH_SEED", "4")))  # explore others
-    kills = sum(
-        kill_at(w.project, args, copied, at, rng.uniform(0.0, 0.03))
-        for at in sorted(rng.sample(range(1, 16), 3))
-    )
-    assert kills >= 1, kills
+
+    def crash(args: list[str], total: int) -> int:
+        """Kill `coexist ARGS` at KILLS seeded points among its first `total` target writes
+        (mailstore changes, PIM items made); how many kills landed."""
+        base = sandbox.mail.clock
+        kinds = ("contact", "event", "task")
+        made = sum(len(pim.items("target", w.target, k)) for k in kinds)
+
+        def writes() -> int:
+            now = sum(len(pim.items("target", w.target, k)) for k in kinds)
+            return sandbox.mail.clock - base + now - made
+
+        points = sorted(rng.sample(range(1, total), KILLS))
+        return sum(kill_at(w.project, args, writes, at, rng.uniform(0.0, 0.03)) for at in points)
+
+    # messages, their large attachments, contacts, events and one exception, tasks
+    assert crash(["prestage", "--users", user, "--older-than", "90d"], 16 + 2 + 3 + 3 + 2) >= 1
     prestage(w)
     prestage(w)
     assert last_counts(w).get("copied", 0) == 0
+    assert_exactly_once(w, pim)
+
+    archive = w.folder("source", ["Archive", "Moved"], create=True)
+    picked = rng.sample([i for i in w.items("source") if i.folder_id != archive], MOVED + 3)
+    for item in picked[:MOVED]:
+        sandbox.mail.move_message("source", w.source, item.id, archive)
+    for item in picked[MOVED:]:
+        sandbox.mail.update_message("source", w.source, item.id, flag={"flagStatus": "flagged"})
+    for n in range(3):
+        w.put(["Inbox"], f"late {n}", received=RECENT)
+    # a move is two mailstore changes in the target, an update or a new message one
+    assert crash(["cutover", "--users", user], MOVED * 2 + 3 + 3) >= 1
+    cutover(w)
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    assert_exactly_once(w, pim)
+
+
+# -- identity, expiry, localized mailboxes -------------------------------------------------------
+
+
+def journal_rows(w: World) -> list[dict[str, Any]]:
+    with Journal.open(load_project(w.project).journal_url) as j:
+        return j.mapped_items(w.source)
+
+
+def interrupt(w: World, row: dict[str, Any]) -> None:
+    """The journal as a kill between a create and its record leaves it: the row `importing`,
+    no target item named, the copy in the target."""
+    with Journal.open(load_project(w.project).journal_url) as j:
+        j.map_item(
+            w.source, row["source_item_id"], status="importing", target_item_id=None,
+            target_change_key=None,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("unverified_filters", [True, False])
+def test_interrupted_copies_are_found_by_identity_never_by_lookalikes(
+    make_project: Callable[..., Path], sandbox: Sandbox, unverified_filters: bool
+) -> None:
+    """A copy whose record a kill lost is recognised by its stamp and Message-ID, while the
+    target's own items that look the same (subject, delivery time, Message-ID; name and
+    address; subject and start; title) are never deleted nor adopted; one copy each."""
+    w = provisioned(make_project, sandbox)
+    sandbox.world.settings.unverified_identity_filters = unverified_filters
+    w.put(["Inbox"], "twin")
+    w.put(["Inbox"], "other")
+    seed_pim(sandbox, w.source)
+    prestage(w)
+    rows = journal_rows(w)
+    named = {
+        "twin": next(r for r in rows if r["subject"] == "twin"),
+        "Ada Lovelace": next(r for r in rows if r["subject"] == "Ada Lovelace"),
+        "Dentist": next(r for r in rows if r["subject"] == "Dentist"),
+        "File taxes": next(r for r in rows if r["subject"] == "File taxes"),
+    }
+    for row in named.values():
+        interrupt(w, row)
+    inbox = w.folder("target", ["Inbox"])
+    native_mail = sandbox.mail.insert_message("target", w.target, inbox, mime("twin"), received=OLD)
+    user = w.target
+    with graph(sandbox, "target") as g:
+        native_ada = req(g, "POST", f"users/{user}/contacts", json={
+            "givenName": "Ada", "surname": "Lovelace",
+            "emailAddresses": [{"address": "ada@example.org"}]})["id"]  # fmt: skip
+        native_dentist = req(g, "POST", f"users/{user}/events", json={
+            "subject": "Dentist", "start": {"dateTime": "2024-02-02T10:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2024-02-02T11:00:00", "timeZone": "UTC"}})["id"]  # fmt: skip
+        default = next(
+            x
+            for x in req(g, "GET", f"users/{user}/todo/lists")["value"]
+            if x["wellknownListName"] == "defaultList"
+        )
+        tasks = f"users/{user}/todo/lists/{default['id']}/tasks"
+        native_taxes = req(g, "POST", tasks, json={"title": "File taxes", "importance": "high"})[
+            "id"
+        ]
+    prestage(w)
+    counts = last_counts(w)
+    assert counts["copied"] == 1 and counts.get("contacts_copied", 0) == 0, counts
+    twins = by_subject(w.items("target"))["twin"]
+    assert len(twins) == 2 and native_mail.id in {t.id for t in twins}
+    after = {r["source_item_id"]: r for r in journal_rows(w)}
+    natives = {native_mail.id, native_ada, native_dentist, native_taxes}
+    for subject, row in named.items():
+        again = after[row["source_item_id"]]
+        assert again["status"] == "copied" and again["target_item_id"] not in natives, subject
+    with graph(sandbox, "target") as g:
+        contacts = req(g, "GET", f"users/{user}/contacts")["value"]
+        assert sorted(c["displayName"] for c in contacts) == ["Ada Lovelace", "Ada Lovelace"]
+        events = req(g, "GET", f"users/{user}/events")["value"]
+        assert sorted(e["subject"] for e in events) == ["Dentist", "Dentist", "Weekly sync"]
+        titles = [t["title"] for t in req(g, "GET", tasks)["value"]]
+        assert sorted(titles) == ["File taxes", "File taxes"]
+    prestage(w)
+    assert last_counts(w).get("copied", 0) == 0
+
+
+@pytest.mark.parametrize("answer", EXPIRED_ANSWERS)
+def test_sync_state_expired_between_and_mid_pass_restarts_without_duplicates(
+    make_project: Callable[..., Path], sandbox: Sandbox, answer: str
+) -> None:
+    """With every delta sync state forgotten between passes and again in the middle of a
+    folder's round (each expiry answer), the restarted rounds copy only what is new, still
+    see the move and the deletions, and every message ends up in the target once."""
+    w = provisioned(make_project, sandbox)
+    sandbox.world.settings.mail_delta_expired_answer = answer
+    made = [w.put(["Inbox"], f"bulk {n}") for n in range(DELTA_PAGE + 30)]
+    projects = [w.put(["Inbox", "Projects"], f"project {n}") for n in range(3)]
+    prestage(w)
+    assert last_counts(w)["copied"] == DELTA_PAGE + 33
+    store = sandbox.mail
+    store.delete_message("source", w.source, made[0].id)
+    store.delete_message("source", w.source, projects[0].id)
+    moved_to = w.folder("source", ["Archive", "Moved"], create=True)
+    store.move_message("source", w.source, made[1].id, moved_to)
+    w.put(["Inbox"], "new one")
+    w.put(["Inbox", "Projects"], "new two")
+    sandbox.world.expire_sync_states()  # between passes
+    assert sandbox.ctx is not None
+    expire_after_pages(sandbox.ctx.extra, 1, w.folder("source", ["Inbox"]))  # mid-round
+    prestage(w)
+    counts = last_counts(w)
+    assert (counts["copied"], counts["moved"], counts["deleted_at_source"]) == (2, 1, 2), counts
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    target = Counter(i.internet_message_id for i in w.items("target"))
+    source = Counter(i.internet_message_id for i in w.items("source"))
+    kept = {made[0].internet_message_id, projects[0].internet_message_id}  # deletions = keep
+    assert target == source + Counter(kept)
+    [moved] = [i for i in w.items("target") if i.subject == "bulk 1"]
+    assert w.path_of("target", moved.folder_id) == ["Archive", "Moved"]
+
+
+def test_an_update_refused_in_the_target_is_that_items_conflict(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """A copy gone from the target (404 on its PATCH) is reported as that item's conflict in
+    the pass detail and on its row; the pass goes on and updates the rest."""
+    w = provisioned(make_project, sandbox)
+    gone = w.put(["Inbox"], "gone in target")
+    kept = w.put(["Inbox"], "still there")
+    seeded = seed_pim(sandbox, w.source)
+    prestage(w)
+    rows = {r["subject"]: r for r in journal_rows(w)}
+    sandbox.mail.delete_message("target", w.target, rows["gone in target"]["target_item_id"])
+    for item in (gone, kept):
+        sandbox.mail.update_message("source", w.source, item.id, is_read=True)
+    with graph(sandbox, "source") as g:
+        req(g, "PATCH", f"users/{w.source}/contacts/{seeded['ada']}", json={"jobTitle": "Countess"})
+    with graph(sandbox, "target") as g:
+        req(g, "DELETE", f"users/{w.target}/contacts/{rows['Ada Lovelace']['target_item_id']}")
+    prestage(w)
+    counts = last_counts(w)
+    assert (counts["update_conflicts"], counts["updated"]) == (2, 1), counts
+    with Journal.open(load_project(w.project).journal_url) as j:
+        detail = str((j.get_item("user", w.source) or {}).get("detail"))
+        after = {r["subject"]: r for r in j.mapped_items(w.source)}
+    assert "2 changes not applied" in detail and "'gone in target'" in detail, detail
+    assert "'Ada Lovelace'" in detail
+    assert str(after["gone in target"]["reason"]).startswith("not updated")
+    [copy_] = by_subject(w.items("target"))["still there"]
+    assert copy_.is_read
+
+
+def search_folder(g: Any, user: str, parent: str | None, name: str, source: str) -> None:
+    """A mailSearchFolder (mailsearchfolder-post) over `source`, under `parent` (None: top)."""
+    where = f"users/{user}/mailFolders" + (f"/{parent}/childFolders" if parent else "")
+    req(g, "POST", where, json={
+        "@odata.type": "microsoft.graph.mailSearchFolder", "displayName": name,
+        "includeNestedFolders": True, "sourceFolderIds": [source],
+        "filterQuery": "isRead eq false"})  # fmt: skip
+
+
+def test_localized_mailboxes_with_search_folders_and_expired_sync_state(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """A German source into a Japanese target: mail lands in the target's own well-known
+    folders and PIM items in its defaults (no "Posteingang" or "Kontakte" made), search
+    folders are never copied, and with the sync state expired between the passes and in the
+    middle of one, every item is in the target exactly once."""
+    w = provisioned(make_project, sandbox)
+    store = sandbox.mail
+    store.localize("source", w.source, "de")
+    store.localize("target", w.target, "ja")
+    seeded = seed_pim(sandbox, w.source)
+    assert sandbox.ctx is not None
+    pim = sandbox.ctx.extra[PIM_STORE_KEY]
+    pim.localize("source", w.source, "de")
+    pim.localize("target", w.target, "ja")
+    w.put(["Posteingang"], "hallo")
+    w.put(["Posteingang", "Projekte"], "projekt")
+    w.put(["Gesendete Elemente"], "gesendet", is_read=True)
+    w.put(["Kunden"], "kunde")
+    w.put(["Posteingang"], "neu", received=RECENT)
+    with graph(sandbox, "source") as g:
+        search_folder(g, w.source, "inbox", "Ungelesen", "inbox")
+        search_folder(g, w.source, None, "Alle Projekte", "msgfolderroot")
+    prestage(w)
+    assert last_counts(w)["copied"] == 4 + 3 + 2 + 2, last_counts(
+        w
+    )  # mail, contacts, events, tasks
+    sandbox.world.expire_sync_states()  # between the passes
+    expire_after_pages(sandbox.ctx.extra, 1)  # and again once the next pass has read a page
+    cutover(w)
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    local = {"Posteingang": "受信トレイ", "Gesendete Elemente": "送信済みアイテム"}
     source, target = by_subject(w.items("source")), by_subject(w.items("target"))
     assert set(target) == set(source)
     for subject, [s] in source.items():
         [t] = target[subject]
-        got = [(a.name, a.data) for a in sandbox.mail.attachments(t.id)]
-        assert got == [(a.name, a.data) for a in sandbox.mail.attachments(s.id)], subject
-    with graph(sandbox, "target") as g:
-        events = req(g, "GET", f"users/{w.target}/events")["value"]
-        assert sorted(e["subject"] for e in events) == ["Dentist", "Weekly sync"]
-        assert len(req(g, "GET", f"users/{w.target}/contacts")["value"]) == 1
+        path = w.path_of("source", s.folder_id)
+        assert w.path_of("target", t.folder_id) == [local.get(path[0], path[0]), *path[1:]]
+    root = store.folder("target", w.target, "msgfolderroot")
+    assert root is not None
+    top = {f.display_name for f in store.child_folders("target", w.target, root.id)}
+    assert not top & {"Posteingang", "Gesendete Elemente", "Alle Projekte"}, top
+    inbox = store.folder("target", w.target, "inbox")
+    assert inbox is not None
+    assert [f.display_name for f in store.child_folders("target", w.target, inbox.id)] == [
+        "Projekte"
+    ]
+    view = pim_in_target(sandbox, w.target, seeded)
+    assert view["contacts"] == {"Ada Lovelace"}
+    assert view["contact_folders"] == EXPECTED_CONTACT_FOLDERS
+    assert view["events"] == ["Dentist", "Weekly sync"]
+    assert view["tasks"] == {"タスク": ["File taxes"], "Groceries": ["Milk"]}

@@ -336,3 +336,98 @@ def test_sandbox_deliver_and_reset(sandbox: Sandbox, conn: dict[str, Any]) -> No
         assert len(inbox(http, bob, "subject eq 'From outside'")) == 1
         sandbox.reset()
         assert inbox(http, bob, "subject eq 'From outside'") == []
+
+
+STAMP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
+
+
+def test_identity_filters_and_expand_on_a_folder(sandbox: Sandbox, conn: dict[str, Any]) -> None:
+    """A named extended property set on a JSON create is found with `singleValueExtendedProperties
+    /Any(...)` and shown by `$expand=...($filter=id eq ...)`; `internetMessageId eq` finds the
+    copy; the copy's createdDateTime is its own, not the delivery time it carries."""
+    alice = mailboxes(sandbox)[0]
+    received = "2024-02-03T04:05:06Z"
+    body = {
+        "subject": "stamped",
+        "body": {"contentType": "text", "content": "x"},
+        "internetMessageId": "<it's.stamped@example.org>",
+        "singleValueExtendedProperties": [
+            {"id": "Integer 0x0E07", "value": "1"},
+            {"id": "SystemTime 0x0E06", "value": received},
+            {"id": STAMP, "value": "source-id-1"},
+        ],
+    }
+    base = f"users/{alice.id}/mailFolders/inbox/messages"
+    expand = f"singleValueExtendedProperties($filter=id eq '{STAMP}')"
+    with graph_http(conn, "source") as http:
+        made = http.post(base, json=body)
+        assert made.status_code == 201, made.text
+        plain = http.post(base, json={**body, "singleValueExtendedProperties": []}).json()
+        copy_ = made.json()
+        assert copy_["receivedDateTime"] == received and copy_["createdDateTime"] != received
+        assert "singleValueExtendedProperties" not in copy_  # never listed unasked
+        stamped = (
+            f"singleValueExtendedProperties/Any(ep: ep/id eq '{STAMP}' and ep/value eq "
+            "'source-id-1')"
+        )
+        found = inbox(http, alice, stamped, **{"$select": "id", "$expand": expand})
+        assert [(m["id"], m["singleValueExtendedProperties"]) for m in found] == [
+            (copy_["id"], [{"id": STAMP, "value": "source-id-1"}])
+        ]
+        other = stamped.replace("source-id-1", "source-id-2")
+        assert inbox(http, alice, other) == []
+        by_id = inbox(http, alice, "internetMessageId eq '<it''s.stamped@example.org>'")
+        assert sorted(m["id"] for m in by_id) == sorted([copy_["id"], plain["id"]])
+        one = http.get(f"users/{alice.id}/messages/{copy_['id']}", params={"$expand": expand})
+        assert one.json()["singleValueExtendedProperties"] == [
+            {"id": STAMP, "value": "source-id-1"}
+        ]
+        bare = http.get(f"users/{alice.id}/messages/{plain['id']}", params={"$expand": expand})
+        assert "singleValueExtendedProperties" not in bare.json()
+        named_case = http.get(
+            f"users/{alice.id}/messages/{copy_['id']}",
+            params={"$expand": expand.replace("coexistSourceId", "COEXISTSOURCEID")},
+        )
+        assert "singleValueExtendedProperties" not in named_case.json()  # Name is case-sensitive
+
+
+def test_search_folder_is_a_typed_view_of_other_folders(
+    sandbox: Sandbox, conn: dict[str, Any]
+) -> None:
+    """A mailSearchFolder created under Inbox is listed with its derived @odata.type and
+    definition, holds nothing of its own, and shows the matching messages of its sources."""
+    alice = mailboxes(sandbox)[0]
+    me = f"users/{alice.id}"
+    with graph_http(conn, "source") as http:
+        child = http.post(f"{me}/mailFolders/inbox/childFolders", json={"displayName": "Deep"})
+        for folder, subject in (("inbox", "digest one"), (child.json()["id"], "digest two")):
+            made = http.post(f"{me}/mailFolders/{folder}/messages", json={"subject": subject})
+            assert made.status_code == 201, made.text
+        http.post(f"{me}/mailFolders/inbox/messages", json={"subject": "other"})
+        search = http.post(
+            f"{me}/mailFolders/inbox/childFolders",
+            json={
+                "@odata.type": "microsoft.graph.mailSearchFolder",
+                "displayName": "Digests",
+                "includeNestedFolders": True,
+                "sourceFolderIds": ["inbox"],
+                "filterQuery": "startswith(subject, 'digest')",
+            },
+        )
+        assert search.status_code == 201, search.text
+        body = search.json()
+        assert body["@odata.type"] == "#microsoft.graph.mailSearchFolder"
+        assert body["isSupported"] is True and body["includeNestedFolders"] is True
+        inbox_id = http.get(f"{me}/mailFolders/inbox").json()["id"]
+        assert body["sourceFolderIds"] == [inbox_id]
+        children = http.get(f"{me}/mailFolders/inbox/childFolders").json()["value"]
+        typed = {c["displayName"]: c.get("@odata.type") for c in children}
+        assert typed == {"Deep": None, "Digests": "#microsoft.graph.mailSearchFolder"}
+        shown = http.get(f"{me}/mailFolders/{body['id']}/messages").json()["value"]
+        assert sorted(m["subject"] for m in shown) == ["digest one", "digest two"]
+        assert {m["parentFolderId"] for m in shown} == {inbox_id, child.json()["id"]}
+        bad = http.post(
+            f"{me}/mailFolders/inbox/childFolders",
+            json={"@odata.type": "microsoft.graph.mailSearchFolder", "displayName": "No source"},
+        )
+        assert bad.status_code == 400

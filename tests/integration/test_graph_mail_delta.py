@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from typing import Any
 
+import httpx
+import pytest
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.models.mail_folder import MailFolder
 from msgraph.generated.models.message import Message
@@ -19,6 +23,8 @@ from msgraph.generated.users.item.messages.item.move.move_post_request_body impo
 )
 
 from coexist.sandbox import Sandbox
+from coexist.sandbox.graph.mail_delta import EXPIRED_ANSWERS, expire_after_pages
+from coexist.sandbox.mailstore import iso
 from coexist.sandbox.model import User
 from tests.clients import graph_client, graph_http
 from tests.integration.test_graph_mail_write import mailbox, sample_mime
@@ -145,3 +151,161 @@ def test_folder_delta_reports_new_folders(sandbox: Sandbox, conn: dict[str, Any]
         assert kids is not None and [f.display_name for f in kids.value or []] == ["Ä"]
 
     asyncio.run(run())
+
+
+# -- $filter, the 5,000 cap, $top, expiry ---------------------------------------------------------
+
+T0 = dt.datetime(2024, 3, 1, 8, 0, tzinfo=dt.UTC)
+
+
+def follow(
+    http: httpx.Client, url: str, params: dict[str, str] | None = None, page: int | None = None
+) -> tuple[list[dict[str, Any]], str, int]:
+    """One delta round over raw HTTPS: (values, deltaLink, pages)."""
+    headers = {"Prefer": f"odata.maxpagesize={page}"} if page else {}
+    r = http.get(url, params=params, headers=headers)
+    values: list[dict[str, Any]] = []
+    pages = 0
+    while True:
+        assert r.status_code == 200, r.text
+        body = r.json()
+        values += body["value"]
+        pages += 1
+        if "@odata.deltaLink" in body:
+            return values, body["@odata.deltaLink"], pages
+        r = http.get(body["@odata.nextLink"], headers=headers)
+
+
+def test_delta_filter_is_received_ge_or_gt_only(sandbox: Sandbox, conn: dict[str, Any]) -> None:
+    """Only `receivedDateTime ge|gt <time>` is a delta filter (others: 400 ErrorInvalidUrlQuery);
+    it keeps what arrived from then on, in the first round and the later ones."""
+    user = mailbox(sandbox)
+    times = [T0 + dt.timedelta(hours=n) for n in range(4)]
+    made = [
+        sandbox.mail.insert_message("source", user.id, "inbox", sample_mime(f"f{n}"), received=t)
+        for n, t in enumerate(times)
+    ]
+    url = f"users/{user.id}/mailFolders/inbox/messages/delta"
+    with graph_http(conn, "source") as http:
+        for bad in (
+            "isRead eq false",
+            "receivedDateTime lt 2024-03-01T10:00:00Z",
+            "receivedDateTime ge 2024-03-01T10:00:00Z and isRead eq false",
+            "subject eq 'f1'",
+        ):
+            r = http.get(url, params={"$filter": bad})
+            assert r.status_code == 400, (bad, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "ErrorInvalidUrlQuery"
+            assert "only a value of 'receivedDateTime ge value' is supported" in error["message"]
+        ge, _, _ = follow(http, url, {"$filter": "receivedDateTime ge 2024-03-01T10:00:00Z"})
+        assert {m["id"] for m in ge} == {made[2].id, made[3].id}
+        gt, link, _ = follow(http, url, {"$filter": "receivedDateTime gt 2024-03-01T10:00:00Z"})
+        assert {m["id"] for m in gt} == {made[3].id}
+        late = sandbox.mail.insert_message(
+            "source", user.id, "inbox", sample_mime("late"), received=T0 + dt.timedelta(days=1)
+        )
+        early = sandbox.mail.insert_message(
+            "source", user.id, "inbox", sample_mime("early"), received=T0
+        )
+        sandbox.mail.delete_message("source", user.id, made[3].id)
+        changes, _, _ = follow(http, link)
+        assert {(m["id"], "@removed" in m) for m in changes} == {
+            (late.id, False),
+            (made[3].id, True),
+        }, early.id
+
+
+def test_filtered_round_stops_at_5000_and_never_reports_the_rest(
+    sandbox: Sandbox, conn: dict[str, Any]
+) -> None:
+    """A filtered first round returns 5,000 messages (the newest) and a deltaLink; the
+    matching ones it left out are not reported later. Unfiltered, every message comes."""
+    user = mailbox(sandbox)
+    newer, older = T0 + dt.timedelta(days=2), T0 + dt.timedelta(days=1)
+    store = sandbox.mail
+    store.insert_copies("source", user.id, "inbox", sample_mime("older"), 3000, received=older)
+    store.insert_copies("source", user.id, "inbox", sample_mime("newer"), 3000, received=newer)
+    store.insert_copies("source", user.id, "inbox", sample_mime("before"), 20, received=T0)
+    url = f"users/{user.id}/mailFolders/inbox/messages/delta"
+    select = {"$select": "receivedDateTime"}
+    flt = {**select, "$filter": "receivedDateTime ge 2024-03-01T12:00:00Z"}
+    with graph_http(conn, "source") as http:
+        capped, link, pages = follow(http, url, flt, page=1000)
+        assert len(capped) == 5000 and pages == 5
+        by_time: dict[str, int] = {}
+        for m in capped:
+            by_time[m["receivedDateTime"]] = by_time.get(m["receivedDateTime"], 0) + 1
+        assert by_time == {iso(newer): 3000, iso(older): 2000}
+        fresh = store.insert_message(
+            "source", user.id, "inbox", sample_mime("fresh"), received=newer
+        )
+        later, _, _ = follow(http, link, page=1000)
+        assert [m["id"] for m in later] == [fresh.id]
+        everything, _, _ = follow(http, url, select, page=1000)
+        assert len(everything) == 6021
+
+
+def test_top_does_not_size_delta_pages(sandbox: Sandbox, conn: dict[str, Any]) -> None:
+    """`$top` is accepted and ignored: pages are the default size unless Prefer sets one."""
+    user = mailbox(sandbox)
+    for n in range(12):
+        sandbox.mail.deliver("source", user.id, sample_mime(f"t{n}"))
+    url = f"users/{user.id}/mailFolders/inbox/messages/delta"
+    with graph_http(conn, "source") as http:
+        first = http.get(url, params={"$top": "2"})
+        assert first.status_code == 200, first.text
+        assert len(first.json()["value"]) == 10 and "@odata.nextLink" in first.json()
+        sized = http.get(url, params={"$top": "2"}, headers={"Prefer": "odata.maxpagesize=5"})
+        assert len(sized.json()["value"]) == 5
+        assert sized.headers["Preference-Applied"] == "odata.maxpagesize=5"
+
+
+def expired_answer(r: httpx.Response, answer: str, initial: str) -> None:
+    """`r` is the sandbox's expiry answer `answer` (Settings.mail_delta_expired_answer)."""
+    assert r.status_code == 410, r.text
+    assert r.json()["error"]["code"] == answer
+    if answer == "resyncRequired":
+        # delta-query-overview, "Synchronization reset": the initial query, empty $deltatoken.
+        location = r.headers["Location"]
+        assert location.startswith(initial) and location.endswith("$deltatoken=")
+    if answer == "SyncStateNotFound":
+        assert r.json()["error"]["message"].startswith("The sync state generation is not found")
+
+
+@pytest.mark.parametrize("answer", EXPIRED_ANSWERS)
+def test_sync_state_expires_on_demand_by_age_and_mid_round(
+    sandbox: Sandbox, conn: dict[str, Any], answer: str
+) -> None:
+    """Delta and folder-delta links expire on demand, by age, and mid-round, each answered as
+    the setting says; a fresh round (or the resync Location) starts over with everything."""
+    sandbox.world.settings.mail_delta_expired_answer = answer
+    user = mailbox(sandbox)
+    items = [sandbox.mail.deliver("source", user.id, sample_mime(f"e{n}")) for n in range(5)]
+    url = f"users/{user.id}/mailFolders/inbox/messages/delta"
+    initial = f"{conn['tenants']['source']['graph_url'].rstrip('/')}/{url}"
+    with graph_http(conn, "source") as http:
+        _, link, _ = follow(http, url, {"$select": "subject"})
+        folders = http.get(f"users/{user.id}/mailFolders/delta").json()["@odata.deltaLink"]
+        sandbox.world.expire_sync_states()
+        expired_answer(http.get(link), answer, initial)
+        expired_answer(http.get(folders), answer, initial.replace("/inbox/messages", ""))
+        if answer == "resyncRequired":
+            restart = http.get(link).headers["Location"]
+            again, _, _ = follow(http, restart)
+            assert sorted(m["id"] for m in again) == sorted(i.id for i in items)
+            assert all(set(m) - {"@odata.type", "@odata.etag"} == {"id", "subject"} for m in again)
+
+        _, link, _ = follow(http, url)
+        sandbox.world.settings.sync_state_max_age_s = 0.2
+        time.sleep(0.3)
+        expired_answer(http.get(link), answer, initial)
+        sandbox.world.settings.sync_state_max_age_s = 7 * 86400.0
+
+        assert sandbox.ctx is not None
+        expire_after_pages(sandbox.ctx.extra, 1)
+        first = http.get(url, headers={"Prefer": "odata.maxpagesize=2"})
+        assert first.status_code == 200 and len(first.json()["value"]) == 2
+        expired_answer(http.get(first.json()["@odata.nextLink"]), answer, initial)
+        whole, _, _ = follow(http, url, page=2)
+        assert sorted(m["id"] for m in whole) == sorted(i.id for i in items)

@@ -212,3 +212,91 @@ def test_pim_without_permission_is_403(sandbox: Sandbox, conn: dict[str, Any]) -
         r = http.get(f"users/{user.id}/{path}")
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "ErrorAccessDenied"
+
+
+STAMP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
+EXPAND = f"singleValueExtendedProperties($filter=id eq '{STAMP}')"
+
+
+def stamped(value: str) -> str:
+    return f"singleValueExtendedProperties/Any(ep: ep/id eq '{STAMP}' and ep/value eq '{value}')"
+
+
+def listed(http: Any, url: str, **params: str) -> Any:
+    r = http.get(url, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()["value"]
+
+
+@pytest.mark.parametrize("unverified", [True, False])
+def test_identity_on_contacts_events_and_tasks(
+    sandbox: Sandbox, conn: dict[str, Any], unverified: bool
+) -> None:
+    """Contacts and events keep extended properties from their create (and PATCH), filter and
+    expand on them; tasks keep linkedResources from their create. Filters Graph does not
+    document are refused (400) when Settings.unverified_identity_filters is False."""
+    sandbox.world.settings.unverified_identity_filters = unverified
+    user = owner(sandbox)
+    me = f"users/{user.id}"
+    with graph_http(conn, "source") as http:
+        svep = [{"id": STAMP, "value": "src-contact"}]
+        contact = http.post(
+            f"{me}/contacts", json={"displayName": "Kim", "singleValueExtendedProperties": svep}
+        )
+        assert contact.status_code == 201 and "singleValueExtendedProperties" not in contact.json()
+        http.post(f"{me}/contacts", json={"displayName": "Kim"})
+        cid = contact.json()["id"]
+        patched = http.patch(f"{me}/contacts/{cid}", json={
+            "jobTitle": "CFO",
+            "singleValueExtendedProperties": [{"id": "Integer 0x3A45", "value": "3"}]})  # fmt: skip
+        assert patched.status_code == 200, patched.text
+        got = http.get(f"{me}/contacts/{cid}", params={"$expand": EXPAND}).json()
+        assert got["singleValueExtendedProperties"] == svep and got["jobTitle"] == "CFO"
+        contacts = http.get(f"{me}/contacts", params={"$filter": stamped("src-contact")})
+        if unverified:
+            assert [c["id"] for c in contacts.json()["value"]] == [cid]
+        else:
+            assert contacts.status_code == 400
+            assert contacts.json()["error"]["code"] == "ErrorInvalidUrlQueryFilter"
+
+        when = {"dateTime": "2024-02-02T10:00:00", "timeZone": "UTC"}
+        event = http.post(f"{me}/events", json={
+            "subject": "Kick-off", "start": when, "end": when,
+            "singleValueExtendedProperties": [{"id": STAMP, "value": "src-event"}]})  # fmt: skip
+        assert event.status_code == 201, event.text
+        eid = event.json()["id"]
+        everywhere = listed(
+            http, f"{me}/events", **{"$filter": stamped("src-event"), "$expand": EXPAND}
+        )
+        assert [(e["id"], e["singleValueExtendedProperties"][0]["value"]) for e in everywhere] == [
+            (eid, "src-event")
+        ]
+        calendar = http.get(f"{me}/calendar").json()["id"]
+        one_calendar = http.get(
+            f"{me}/calendars/{calendar}/events", params={"$filter": stamped("src-event")}
+        )
+        assert one_calendar.status_code == (200 if unverified else 400), one_calendar.text
+
+        default = next(
+            x for x in listed(http, f"{me}/todo/lists") if x["wellknownListName"] == "defaultList"
+        )
+        tasks = f"{me}/todo/lists/{default['id']}/tasks"
+        link = {"applicationName": "coexist", "externalId": "src-task", "displayName": "Migrated"}
+        task = http.post(tasks, json={"title": "Pay", "linkedResources": [link]})
+        assert task.status_code == 201, task.text
+        [made] = task.json()["linkedResources"]
+        assert made["id"] and {k: made[k] for k in link} == link
+        tid = task.json()["id"]
+        assert "linkedResources" not in http.get(f"{tasks}/{tid}").json()
+        expanded = http.get(f"{tasks}/{tid}", params={"$expand": "linkedResources"}).json()
+        assert expanded["linkedResources"] == [made]
+        assert listed(http, f"{tasks}/{tid}/linkedResources") == [made]
+        http.post(tasks, json={"title": "Pay"})
+        flt = (
+            "linkedResources/any(r: r/applicationName eq 'coexist' and r/externalId eq 'src-task')"
+        )
+        found = http.get(tasks, params={"$filter": flt})
+        if unverified:
+            assert [t["id"] for t in found.json()["value"]] == [tid]
+        else:
+            assert found.status_code == 400

@@ -132,3 +132,39 @@ def test_keyset_paging_survives_inserts() -> None:
     assert rest == ids[4:]
     desc = keyset_page([(i,) for i in ids], ids, objects.get, ("005",), 3, descending=True)
     assert desc.items == ["004", "003", "002"]
+
+
+NAMED = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
+
+
+def test_extended_expand_reads_the_documented_form_only() -> None:
+    """`$expand=singleValueExtendedProperties($filter=id eq '...')` names one property id."""
+    assert odata.extended_expand(f"singleValueExtendedProperties($filter=id eq '{NAMED}')") == NAMED
+    assert (
+        odata.extended_expand(f"attachments,singleValueExtendedProperties($filter=id eq '{NAMED}')")
+        == NAMED
+    )
+    assert odata.extended_expand("singleValueExtendedProperties") is None
+    assert odata.extended_expand(None) is None
+
+
+def test_property_ids_compare_like_exchange() -> None:
+    """Type, GUID and tag compare without case; a named property's Name with case."""
+    assert odata.same_property_id(NAMED, NAMED.replace("String {5b1c", "string {5B1C"))
+    assert not odata.same_property_id(NAMED, NAMED.replace("coexistSourceId", "CoexistSourceId"))
+    assert odata.same_property_id("Integer 0x0E07", "integer 0xe07")
+    assert not odata.same_property_id("Integer 0x0E07", "Integer 0x0E06")
+    assert not odata.same_property_id("Integer 0x0E07", NAMED)
+
+
+def test_extended_property_filter_matches_an_items_properties() -> None:
+    """`singleValueExtendedProperties/Any(ep: ...)` compiles over an item's property list."""
+    props = odata.extended_values({NAMED: "src-1", "Integer 0x0E07": "1"})
+    flt = odata.compile_filter(
+        f"singleValueExtendedProperties/Any(ep: ep/id eq '{NAMED}' and ep/value eq 'src-1')",
+        ["singleValueExtendedProperties"],
+        "message",
+    )
+    assert flt is not None and flt.matches({"singleValueExtendedProperties": props})
+    assert not flt.matches({"singleValueExtendedProperties": []})
+    assert odata.expanded_properties({NAMED: "src-1"}, NAMED) == [{"id": NAMED, "value": "src-1"}]

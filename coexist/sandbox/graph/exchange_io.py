@@ -352,7 +352,6 @@ class TreeFolder:
     signature: str  # what a delta compares
     pim_kind: str | None  # None: a mail (or search, or system) folder
     area: str = IPM  # IPM | SEARCH | SYSTEM
-    query: str | None = None  # a search folder's subject substring
 
 
 class Tree:
@@ -364,18 +363,17 @@ class Tree:
         root = mail_store.folder(self.key, self.owner, ROOT)
         assert root is not None
         self.root_id = root.id
-        self.searches = {f.id: (f, q) for f, q in mail_store.search_folders(self.key, self.owner)}
+        self.searches = {f.id: f for f in mail_store.search_folders(self.key, self.owner)}
         self.system = {system_folder_id(self.owner, n): n for n in SYSTEM_FOLDERS}
 
     # -- building TreeFolders
 
     def _from_mail(self, f: Folder) -> TreeFolder:
-        if f.id in self.searches:
-            query = self.searches[f.id][1]
-            total = sum(1 for _ in self.search_rows(query))
+        if f.search is not None:
+            total = sum(1 for _ in self.search_rows(f))
             sig = f"{f.display_name}\x00{f.parent_id}\x00{total}"
             return TreeFolder(f.id, f.display_name, f.parent_id, None, "IPF.Note", total, 0,
-                              sig, None, SEARCH, query)  # fmt: skip
+                              sig, None, SEARCH)  # fmt: skip
         extra = len(self._pim_defaults()) if f.id == self.root_id else 0
         return TreeFolder(
             f.id,
@@ -393,7 +391,8 @@ class Tree:
         name = self.system[folder_id]
         parent, well_known = SYSTEM_FOLDERS[name]
         children = [n for n, (p, _w) in SYSTEM_FOLDERS.items() if p == name]
-        count = len(children) + (len(self.searches) if name == FINDER else 0)
+        # Folders made under a system folder (search folders under Finder) count too.
+        count = len(children) + len(self.mail.child_folders(self.key, self.owner, folder_id))
         parent_id = system_folder_id(self.owner, parent) if parent else None
         return TreeFolder(folder_id, name, parent_id, well_known, None, 0, count,
                           f"{name}\x00{count}", None, SYSTEM)  # fmt: skip
@@ -469,8 +468,10 @@ class Tree:
                 for n, (p, _w) in SYSTEM_FOLDERS.items()
                 if p == name
             ]
-            if name == FINDER:
-                out += [self._from_mail(f) for f, _q in self.searches.values()]
+            # Search folders made under Finder (mailstore.create_search_folder).
+            out += [
+                self._from_mail(f) for f in self.mail.child_folders(self.key, self.owner, folder_id)
+            ]
             return out
         found = self.mail.folder(self.key, self.owner, folder_id)
         if found is not None and found.id == folder_id:
@@ -488,7 +489,7 @@ class Tree:
         it, and every search folder ("including any search folders", mailbox-list-folders)."""
         out = self.children(self.root_id)
         out += [self._from_system(system_folder_id(self.owner, n)) for n in SYSTEM_TOP]
-        out += [self._from_mail(f) for f, _q in self.searches.values()]
+        out += [self._from_mail(f) for f in self.searches.values()]
         return out
 
     def walk(self, under: str | None = None) -> list[TreeFolder]:
@@ -506,11 +507,12 @@ class Tree:
             queue += self.children(f.id)
         return out
 
-    def search_rows(self, query: str) -> Iterator[sqlite3.Row]:
-        """The mailbox's messages a search folder shows (subject contains `query`)."""
-        needle = query.casefold()
+    def search_rows(self, folder: Folder) -> Iterator[sqlite3.Row]:
+        """The mailbox's messages a search folder shows (mail.search_predicate)."""
+        shows = mail.search_predicate(self.mail, self.key, self.owner, folder)
+        shown = {i.id for i in self.mail.iter_messages(self.key, self.owner) if shows(i)}
         for r in MailRows(self.mail).mailbox_rows(self.key, self.owner):
-            if needle in str(r["subject"]).casefold():
+            if r["id"] in shown:
                 yield r
 
     # -- writes
@@ -741,7 +743,7 @@ def _tree_item(r: sqlite3.Row) -> TreeItem:
 def list_items(mail_rows: MailRows, tree: Tree, folder: TreeFolder) -> Iterator[TreeItem]:
     mbx = tree.mbx
     if folder.area == SEARCH:
-        yield from (_tree_item(r) for r in tree.search_rows(folder.query or ""))
+        yield from (_tree_item(r) for r in tree.search_rows(tree.searches[folder.id]))
         return
     if folder.area == SYSTEM:
         return  # the sandbox keeps no Recoverable Items contents

@@ -387,8 +387,14 @@ PROPERTIES: dict[str, Callable[[Item, _Lazy], Any]] = {
 }
 DEFAULT_SELECT = [p for p in PROPERTIES if p not in ("internetMessageHeaders", "uniqueBody")]
 KNOWN = list(PROPERTIES)
-# What $filter may reference: row properties only (no MIME parse per row).
-FILTERABLE = [p for p in KNOWN if p not in ("body", "uniqueBody", "internetMessageHeaders")]
+# What $filter may reference: row properties only (no MIME parse per row), and the extended
+# properties (`singleValueExtendedProperties/Any(ep: ep/id eq '..' and ep/value eq '..')`,
+# singlevaluelegacyextendedproperty-get), which Graph filters on but never lists unasked.
+EXTENDED = "singleValueExtendedProperties"
+FILTERABLE = [
+    *(p for p in KNOWN if p not in ("body", "uniqueBody", "internetMessageHeaders")),
+    EXTENDED,
+]
 ORDERABLE = {
     "receivedDateTime": "received",
     "sentDateTime": "sent",
@@ -407,6 +413,8 @@ class MessageRecord(Mapping[str, Any]):
         self.item, self.lazy = item, lazy
 
     def __getitem__(self, key: str) -> Any:
+        if key == EXTENDED:
+            return odata.extended_values(self.item.properties)
         return PROPERTIES[key](self.item, self.lazy)
 
     def __iter__(self) -> Iterator[str]:
@@ -417,8 +425,15 @@ class MessageRecord(Mapping[str, Any]):
 
 
 def message_json(
-    store: MailStore, item: Item, select: list[str] | None, basic_only: bool
+    store: MailStore,
+    item: Item,
+    select: list[str] | None,
+    basic_only: bool,
+    extended: str | None = None,
 ) -> dict[str, Any]:
+    """resources/message; `extended` names the extended property an
+    `$expand=singleValueExtendedProperties($filter=id eq '...')` asked for (present only when
+    the item has it; Mail.ReadBasic.All reads no extended properties)."""
     lazy = _Lazy(store, item)
     # Outlook always returns the etag and id, even when $select omits them.
     props = ["id", *[p for p in select if p != "id"]] if select else DEFAULT_SELECT
@@ -426,6 +441,9 @@ def message_json(
         props = [p for p in props if p not in BASIC_ONLY_HIDDEN]
     out: dict[str, Any] = {"@odata.etag": f'W/"{item.change_key}"'}
     out.update({p: PROPERTIES[p](item, lazy) for p in props})
+    found = odata.expanded_properties(item.properties, extended) if extended else []
+    if found and not basic_only:
+        out[EXTENDED] = found
     return out
 
 
@@ -518,6 +536,7 @@ class MessageQuery:
             self.top = _top(q.get("top"))
             self.skip = _skip(q.get("skip"))
             self.select = odata.parse_select(q.get("select"), KNOWN, "message")
+            self.extended = odata.extended_expand(q.get("expand"))
             self.count = odata.parse_bool(q.get("count"))
             order = odata.parse_orderby(q.get("orderby"), list(ORDERABLE))
             raw_filter = q.get("filter")
@@ -558,11 +577,17 @@ def _list(request: Request, folder_key: str | None) -> Response:
         folder_id = None
         if folder_key is not None:
             folder_id = _folder(request, store, key, user, folder_key).id
+        within = search_view(request, store, key, user, folder_id)
         flt = query.filter
         matched = 0
         page: list[Item] = []
         more = False
-        for item in store.iter_messages(key, user.id, folder_id, query.order, query.descending):
+        listing = store.iter_messages(
+            key, user.id, folder_id if within is None else None, query.order, query.descending
+        )
+        for item in listing:
+            if within is not None and not within(item):
+                continue
             if flt is not None and not flt.matches(MessageRecord(item, _Lazy(store, item))):
                 continue
             matched += 1
@@ -575,7 +600,7 @@ def _list(request: Request, folder_key: str | None) -> Response:
             if not query.count:
                 break
         basic = not principal.roles & {"Mail.Read", "Mail.ReadWrite"}
-        values = [message_json(store, i, query.select, basic) for i in page]
+        values = [message_json(store, i, query.select, basic, query.extended) for i in page]
         path_key = request.path_params["user_id"]
         fragment = f"users('{path_key}')/" + (
             f"mailFolders('{folder_key}')/messages" if folder_key is not None else "messages"
@@ -589,6 +614,54 @@ def _list(request: Request, folder_key: str | None) -> Response:
         if more:
             body["@odata.nextLink"] = _skip_link(request, query.skip + query.top)
         return GraphJSON(body)
+
+
+def search_predicate(
+    store: MailStore, key: str, owner: str, folder: Folder
+) -> Callable[[Item], bool]:
+    """Which messages a search folder shows: its filterQuery over its sourceFolderIds, their
+    subfolders too with includeNestedFolders (resources/mailsearchfolder). Raises the OData
+    parser's errors for a bad filterQuery. The one evaluation of search folders (the mail and
+    import/export faces both use it)."""
+    assert folder.search is not None
+    sources = set(folder.search.get("sourceFolderIds") or [])
+    if folder.search.get("includeNestedFolders"):
+        queue = list(sources)
+        while queue:
+            for child in store.child_folders(key, owner, queue.pop()):
+                if child.id not in sources:
+                    sources.add(child.id)
+                    queue.append(child.id)
+    text = str(folder.search.get("filterQuery") or "")
+    flt = (
+        odata.compile_filter(
+            normalize_filter(text), FILTERABLE, "message", odata.SEARCH_FOLDER_FUNCTIONS
+        )
+        if text
+        else None
+    )
+
+    def shows(item: Item) -> bool:
+        if item.folder_id not in sources:
+            return False
+        return flt is None or flt.matches(MessageRecord(item, _Lazy(store, item)))
+
+    return shows
+
+
+def search_view(
+    request: Request, store: MailStore, key: str, user: User, folder_id: str | None
+) -> Callable[[Item], bool] | None:
+    """For a search folder: which messages it shows (`search_predicate`). None for a folder
+    that holds its own items."""
+    folder = store.folder(key, user.id, folder_id) if folder_id else None
+    if folder is None or folder.search is None:
+        return None
+    try:
+        return search_predicate(store, key, user.id, folder)
+    except (odata.ODataQueryError, ValueError) as exc:
+        text = str(folder.search.get("filterQuery") or "")
+        raise common.query_failure(odata.syntax_error(text, 0), request) from exc
 
 
 async def list_messages(request: Request) -> Response:
@@ -613,14 +686,17 @@ async def get_message(request: Request) -> Response:
             item = None
         if item is None:
             raise item_not_found(request)
+        q = common.query(request)
         try:
-            select = odata.parse_select(common.query(request).get("select"), KNOWN, "message")
+            select = odata.parse_select(q.get("select"), KNOWN, "message")
         except odata.ODataQueryError as exc:
             raise common.query_failure(exc, request) from exc
         basic = not principal.roles & {"Mail.Read", "Mail.ReadWrite"}
         fragment = f"users('{request.path_params['user_id']}')/messages/$entity"
         body: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
-        body.update(message_json(store, item, select, basic))
+        body.update(
+            message_json(store, item, select, basic, odata.extended_expand(q.get("expand")))
+        )
         return GraphJSON(body)
 
 
@@ -628,8 +704,10 @@ async def get_message(request: Request) -> Response:
 
 
 def folder_json(f: Folder) -> dict[str, Any]:
-    """resources/mailfolder (v1.0 properties; no `sizeInBytes`: that is beta only)."""
-    return {
+    """resources/mailfolder (v1.0 properties); a search folder is its derived type
+    resources/mailsearchfolder, named by `@odata.type` as Graph names derived types.
+    *unverified*: a search folder's item counts (the sandbox counts none of its own)."""
+    out: dict[str, Any] = {
         "id": f.id,
         "displayName": f.display_name,
         "parentFolderId": f.parent_id,
@@ -638,6 +716,12 @@ def folder_json(f: Folder) -> dict[str, Any]:
         "totalItemCount": f.total,
         "isHidden": f.is_hidden,
     }
+    if f.search is not None:
+        out = {"@odata.type": SEARCH_FOLDER_TYPE, **out, "isSupported": True, **f.search}
+    return out
+
+
+SEARCH_FOLDER_TYPE = "#microsoft.graph.mailSearchFolder"
 
 
 FOLDER_KNOWN = list(folder_json(Folder("", "", "", None, "", None, False)).keys())

@@ -57,7 +57,7 @@ from ..mailstore import (
 )
 from ..model import User
 from ..web import HTTPFailure, ctx_of
-from . import common, mail
+from . import common, mail, odata
 from .common import GraphJSON, fail
 from .mail import outlook, store_of
 
@@ -203,9 +203,10 @@ async def create_folder(request: Request) -> Response:
         store = store_of(request)
         parent_key = request.path_params.get("folder_id", "msgfolderroot")
         parent = mail._folder(request, store, key, user, parent_key)
+        search = _search_definition(request, store, key, user, body)
         try:
             made = store.create_folder(
-                key, user.id, parent.id, name, is_hidden=bool(body.get("ishidden"))
+                key, user.id, parent.id, name, is_hidden=bool(body.get("ishidden")), search=search
             )
         except FolderExists as exc:
             raise folder_exists(request) from exc
@@ -213,6 +214,37 @@ async def create_folder(request: Request) -> Response:
         out: dict[str, Any] = {"@odata.context": common.context_url(request, fragment)}
         out.update(mail.folder_json(made))
         return GraphJSON(out, status_code=201)
+
+
+def _search_definition(
+    request: Request, store: MailStore, key: str, user: User, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A mailSearchFolder's definition when the create asks for one (mailsearchfolder-post:
+    `@odata.type` "microsoft.graph.mailSearchFolder", sourceFolderIds, includeNestedFolders,
+    filterQuery), source folders named by id or well-known name; None for a plain folder."""
+    kind = str(body.get("@odata.type") or "").lstrip("#").lower()
+    if kind != "microsoft.graph.mailsearchfolder":
+        return None
+    sources = body.get("sourcefolderids")
+    if not isinstance(sources, list) or not sources:
+        raise invalid_request(request, "The sourceFolderIds parameter is required.")
+    ids = [mail._folder(request, store, key, user, str(f)).id for f in sources]
+    text = body.get("filterquery")
+    if text is not None:
+        try:
+            odata.compile_filter(
+                mail.normalize_filter(str(text)),
+                mail.FILTERABLE,
+                "message",
+                odata.SEARCH_FOLDER_FUNCTIONS,
+            )
+        except (odata.ODataQueryError, ValueError) as exc:
+            raise common.query_failure(odata.syntax_error(str(text), 0), request) from exc
+    return {
+        "includeNestedFolders": bool(body.get("includenestedfolders")),
+        "sourceFolderIds": ids,
+        "filterQuery": str(text) if text is not None else None,
+    }
 
 
 # -- extended properties ------------------------------------------------------------------------
@@ -432,9 +464,12 @@ def _create_from_json(
     is_read = bool(flags & MSGFLAG_READ) if flags is not None else True
     if body.get("isRead") is not None:
         is_read = bool(body.get("isRead"))
+    # createdDateTime is when the store made the item, whatever delivery time it carries
+    # (resources/message: "The date and time the message was created"); with the MIME
+    # Exchange renders anew (so its size differs too), a copy never looks like its source.
     return store.insert_message(
-        key, user.id, folder.id, mime, received=received, sent=sent, is_read=is_read,
-        is_draft=is_draft, bcc=bcc, flag=_flag(request, body.get("flag")),
+        key, user.id, folder.id, mime, received=received, sent=sent, created=utcnow(),
+        is_read=is_read, is_draft=is_draft, bcc=bcc, flag=_flag(request, body.get("flag")),
         categories=_categories(request, body.get("categories")) or (),
         importance=_importance(request, body.get("importance")), sensitivity=sensitivity,
         properties=props,

@@ -245,12 +245,15 @@ def _order(op: str, a: Any, b: Any) -> bool:
 class _Parser:
     """Recursive descent over the token list; builds closures (no eval)."""
 
-    def __init__(self, text: str, known: Iterable[str], type_name: str) -> None:
+    def __init__(
+        self, text: str, known: Iterable[str], type_name: str, functions: frozenset[str]
+    ) -> None:
         self.text = text
         self.toks = _tokenize(text)
         self.i = 0
         self.known = {k.lower(): k for k in known}
         self.type_name = type_name
+        self.functions = functions
         self.lambda_vars: list[str] = []
         self.advanced: list[str] = []
 
@@ -367,7 +370,7 @@ class _Parser:
             raise syntax_error(self.text, tok.pos)
         nxt = self.peek(1)
         low = tok.text.lower()
-        if low in ("startswith", "endswith") and nxt.text == "(":
+        if low in self.functions and nxt.text == "(":
             return self.string_function()
         if nxt.text == "(" and (low.endswith("/any") or low.endswith("/all")):
             return self.lambda_expr()
@@ -390,11 +393,10 @@ class _Parser:
             s, p = subject(r, e), prefix(r, e)
             if not isinstance(s, str) or not isinstance(p, str):
                 return False
-            return (
-                s.lower().startswith(p.lower())
-                if name == "startswith"
-                else s.lower().endswith(p.lower())
-            )
+            s, p = s.lower(), p.lower()
+            if name == "contains":
+                return p in s
+            return s.startswith(p) if name == "startswith" else s.endswith(p)
 
         return check
 
@@ -454,8 +456,83 @@ def _is_number(text: str) -> bool:
     return bool(re.fullmatch(r"-?\d+(\.\d+)?", text))
 
 
-def compile_filter(text: str | None, known: Iterable[str], type_name: str) -> CompiledFilter | None:
+# String functions a `$filter` may call. A mailSearchFolder's filterQuery also takes
+# `contains` (resources/mailsearchfolder's example: "contains(subject, 'weekly digest')").
+FILTER_FUNCTIONS = frozenset({"startswith", "endswith"})
+SEARCH_FOLDER_FUNCTIONS = FILTER_FUNCTIONS | {"contains"}
+
+
+def compile_filter(
+    text: str | None,
+    known: Iterable[str],
+    type_name: str,
+    functions: frozenset[str] = FILTER_FUNCTIONS,
+) -> CompiledFilter | None:
     """Compile a `$filter` against a type's property names; None when absent."""
     if text is None or not text.strip():
         return None
-    return _Parser(text, known, type_name).parse()
+    return _Parser(text, known, type_name, functions).parse()
+
+
+# -- Outlook extended properties (singlevaluelegacyextendedproperty-get) -------------------------
+
+_EXPAND_EXTENDED = re.compile(
+    r"^\s*singleValueExtendedProperties\s*\(\s*\$filter\s*=\s*id\s+eq\s+'((?:[^']|'')*)'\s*\)\s*$",
+    re.IGNORECASE,
+)
+_PROPERTY_ID = re.compile(
+    r"^\s*(\w+)\s+(?:\{([0-9A-Fa-f-]{36})\}\s+(Name|Id)\s+(.+?)|0x([0-9A-Fa-f]{1,4}))\s*$"
+)
+
+
+def extended_expand(raw: str | None) -> str | None:
+    """The property id `$expand=singleValueExtendedProperties($filter=id eq '<id>')` asks for
+    (the one form Graph documents); None when the expand does not ask for one."""
+    for part in _top_level_parts(raw or ""):
+        m = _EXPAND_EXTENDED.match(part)
+        if m is not None:
+            return m.group(1).replace("''", "'")
+    return None
+
+
+def _top_level_parts(text: str) -> list[str]:
+    """`text` split at commas outside parentheses and quotes ($expand lists)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for n, ch in enumerate(text):
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif not quoted and ch == "," and depth == 0:
+            parts.append(text[start:n])
+            start = n + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
+def same_property_id(a: str, b: str) -> bool:
+    """Whether two extended property ids name one property: the type, property set GUID and
+    tag compare without case, a property's Name with it ("Filtering the string name (Name) in
+    the id of an extended property is case-sensitive", singlevaluelegacyextendedproperty-get)."""
+    ma, mb = _PROPERTY_ID.match(a), _PROPERTY_ID.match(b)
+    if ma is None or mb is None:
+        return a.strip() == b.strip()
+    if ma.group(1).lower() != mb.group(1).lower():
+        return False
+    if ma.group(5) or mb.group(5):
+        return bool(ma.group(5) and mb.group(5)) and int(ma.group(5), 16) == int(mb.group(5), 16)
+    return (
+        ma.group(2).lower() == mb.group(2).lower()
+        and ma.group(3).lower() == mb.group(3).lower()
+        and ma.group(4) == mb.group(4)
+    )
+
+
+def extended_values(props: Mapping[str, Any]) -> list[dict[str, str]]:
+    """An item's extended properties as Graph's singleValueLegacyExtendedProperty objects."""
+    return [{"id": k, "value": str(v)} for k, v in props.items()]
+
+
+def expanded_properties(props: Mapping[str, Any], wanted: str) -> list[dict[str, str]]:
+    """The objects `$expand=singleValueExtendedProperties($filter=id eq wanted)` returns."""
+    return [p for p in extended_values(props) if same_property_id(p["id"], wanted)]

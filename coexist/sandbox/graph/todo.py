@@ -5,8 +5,11 @@ todotasklist-post-tasks, todotask-update, todotask-delete).
 Every mailbox has the default list ("Tasks", `wellknownListName: defaultList`).
 Dates are dateTimeTimeZone values kept as given. Setting `status` to
 `completed` stamps `completedDateTime` (UTC) when the client does not send one.
-Not modelled: the next occurrence To Do creates when a recurring task is
-completed, linked resources, attachments.
+A task's `linkedResources` (resources/linkedresource) may be given in its create request
+(todotasklist-post-tasks, "creates a todoTask ... and includes a linkedResource") or posted
+later (todotask-post-linkedresources); they show only with `$expand=linkedResources` or at
+`.../tasks/{id}/linkedResources`. Not modelled: the next occurrence To Do creates when a
+recurring task is completed, attachments.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..model import User
 from ..pim import TODO, PimFolder, PimItem, PimStore, format_local
 from . import common, mail
 from .common import GraphJSON, fail
-from .outlook_items import etag, invalid_value, page, pim_of, writable
+from .outlook_items import etag, filtered, invalid_value, page, pim_of, writable
 
 # Application permissions (todo-list-lists / todotasklist-post-tasks "Permissions").
 READ = ("Tasks.Read.All", "Tasks.ReadWrite.All")
@@ -37,6 +40,8 @@ TASK_FIELDS = frozenset(
     }
 )  # fmt: skip
 LIST_FIELDS = frozenset({"displayName"})
+LINK_FIELDS = frozenset({"webUrl", "applicationName", "displayName", "externalId"})
+LINKS = "linkedResources"
 STATUSES = ("notStarted", "inProgress", "completed", "waitingOnOthers", "deferred")
 IMPORTANCE = ("low", "normal", "high")
 
@@ -53,9 +58,9 @@ def list_json(f: PimFolder) -> dict[str, Any]:
     }
 
 
-def task_json(item: PimItem, expand: bool = False) -> dict[str, Any]:
-    """resources/todotask. `checklistItems` is a navigation property: present only when
-    asked for with `$expand=checklistItems` (todotask "Relationships")."""
+def task_json(item: PimItem, expand: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """resources/todotask. `checklistItems` and `linkedResources` are navigation properties:
+    present only when `$expand` names them (todotask "Relationships")."""
     p = item.props
     out = {
         "@odata.etag": etag(item.change_key),
@@ -76,14 +81,31 @@ def task_json(item: PimItem, expand: bool = False) -> dict[str, Any]:
         "reminderDateTime": p.get("reminderDateTime"),
         "recurrence": p.get("recurrence"),
     }
-    if expand:
+    if "checklistitems" in expand:
         out["checklistItems"] = list(p.get("checklistItems") or [])
+    if "linkedresources" in expand:
+        out[LINKS] = list(p.get(LINKS) or [])
     return out
 
 
-def _expanded(request: Request) -> bool:
+# A task with nothing set: its JSON names every property a $filter may reference.
+_EMPTY_TASK = PimItem(0, "", "", "", "task", "", {}, "", "", "")
+
+
+def _expanded(request: Request) -> frozenset[str]:
     wanted = request.query_params.get("$expand") or ""
-    return "checklistitems" in {w.strip().lower() for w in wanted.split(",")}
+    return frozenset(w.strip().lower() for w in wanted.split(",") if w.strip())
+
+
+def _links(request: Request, value: Any) -> list[dict[str, Any]]:
+    """linkedResource objects from a request body, each with its id."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise invalid_value(request, LINKS)
+    out = []
+    for v in value:
+        link = writable(request, v, LINK_FIELDS, "linkedResource")
+        out.append({"id": str(uuid.uuid4()), **{k: link.get(k) for k in sorted(LINK_FIELDS)}})
+    return out
 
 
 def _validate(request: Request, props: dict[str, Any]) -> None:
@@ -205,20 +227,34 @@ async def list_tasks(request: Request) -> Response:
         pim = pim_of(request)
         folder = _list(request, pim, key, user)
         expand = _expanded(request)
-        values = [task_json(i, expand) for i in pim.items(key, user.id, "task", folder.id)]
+        rows = [
+            (task_json(i, expand), {LINKS: list(i.props.get(LINKS) or [])})
+            for i in pim.items(key, user.id, "task", folder.id)
+        ]
+        # No filter on linkedResources is documented: outlook_items.UNVERIFIED_FILTERS.
+        known = frozenset({*task_json(_EMPTY_TASK), LINKS, "checklistItems"})
+        values = filtered(request, rows, known, "todoTask", unverified=(LINKS,))
         return page(request, f"{_ctx(request)}/lists('{folder.id}')/tasks", values)
 
 
 async def create_task(request: Request) -> Response:
     payload = await common.json_body(request)
     with mail.outlook(request, WRITE) as (_p, key, user):
+        links = _links(request, payload.pop(LINKS)) if LINKS in payload else None
         props = writable(request, payload, TASK_FIELDS, "todoTask")
         _validate(request, props)
+        if links:
+            props[LINKS] = links
         pim = pim_of(request)
         folder = _list(request, pim, key, user)
         item = pim.create_item(key, user.id, folder.id, "task", _stamp(props, None))
+        # The create answer shows the links it made (todotasklist-post-tasks, "Response").
+        shown = frozenset({"linkedresources"}) if links else frozenset()
         return _entity(
-            request, f"{_ctx(request)}/lists('{folder.id}')/tasks/$entity", task_json(item), 201
+            request,
+            f"{_ctx(request)}/lists('{folder.id}')/tasks/$entity",
+            task_json(item, shown),
+            201,
         )
 
 
@@ -332,6 +368,29 @@ async def delete_checklist_entry(request: Request) -> Response:
         return Response(status_code=204)
 
 
+# -- linkedResources (todotask-list-linkedresources, todotask-post-linkedresources) ---------------
+
+
+def _links_ctx(request: Request, item: PimItem) -> str:
+    return f"{_ctx(request)}/lists('{item.folder_id}')/tasks('{item.id}')/linkedResources"
+
+
+async def list_links(request: Request) -> Response:
+    with mail.outlook(request, READ) as (_p, key, user):
+        item = _task(request, pim_of(request), key, user)
+        return page(request, _links_ctx(request, item), list(item.props.get(LINKS) or []))
+
+
+async def create_link(request: Request) -> Response:
+    payload = await common.json_body(request)
+    with mail.outlook(request, WRITE) as (_p, key, user):
+        pim = pim_of(request)
+        item = _task(request, pim, key, user)
+        (made,) = _links(request, [payload])
+        pim.update_item(item.id, {**item.props, LINKS: [*(item.props.get(LINKS) or []), made]})
+        return _entity(request, f"{_links_ctx(request, item)}/$entity", made, 201)
+
+
 def routes() -> list[BaseRoute]:
     base = "/v1.0/users/{user_id}/todo/lists"
     one = f"{base}/{{list_id}}"
@@ -347,6 +406,8 @@ def routes() -> list[BaseRoute]:
         Route(task, get_task, methods=["GET"]),
         Route(task, update_task, methods=["PATCH"]),
         Route(task, delete_task, methods=["DELETE"]),
+        Route(f"{task}/linkedResources", list_links, methods=["GET"]),
+        Route(f"{task}/linkedResources", create_link, methods=["POST"]),
         Route(f"{task}/checklistItems", list_checklist, methods=["GET"]),
         Route(f"{task}/checklistItems", create_checklist, methods=["POST"]),
         Route(f"{task}/checklistItems/{{entry_id}}", get_checklist_entry, methods=["GET"]),
