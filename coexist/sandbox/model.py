@@ -367,6 +367,11 @@ class Settings:
     # expired too: `World.expire_sync_states()` forgets every state on demand.
     sync_state_max_age_s: float = 7 * 86400.0
     sync_states_expired_before: float = 0.0
+    # *unverified*: whether Exchange Online keeps a MailUser's ExternalEmailAddress among its
+    # proxy addresses once another address is primary (and puts it back when a
+    # Set-MailUser -EmailAddresses list leaves it out). The product must work either way;
+    # see `exo.directory.external_proxy`.
+    mailuser_external_proxy: bool = True
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
         """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""
