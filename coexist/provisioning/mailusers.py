@@ -166,17 +166,23 @@ def _planned_object(step: MailUserStep) -> dict[str, Any]:
     }
 
 
-def _wanted_primary(step: MailUserStep, obj: dict[str, Any]) -> str | None:
+def _wanted_primary(step: MailUserStep, obj: dict[str, Any], initial: str) -> str | None:
     """The primary the object must get, or None when its primary is right.
 
-    `create`: the planned address. `match`: the recipient keeps its own primary unless it
-    is one of the source's addresses (e.g. an admin's New-MailUser left the source address
-    primary); then the plan's address in the destination domain replaces it.
+    Wrong is: none, one of the source's own addresses (what New-MailUser leaves: the
+    ExternalEmailAddress is the primary by default, New-MailUser.md), or — for an object
+    coexist created — an address in the initial domain other than the planned one (what
+    licensing leaves after scrubbing a source-domain primary: the MOERA, FACTS.md). Any
+    other primary was put there by an admin and is kept; the journal follows it.
+    `create` then gets the planned address; `match` the plan's destination address.
     """
     current = bare(obj.get("PrimarySmtpAddress"))
+    wrong = not current or current in step.source_addresses
     if step.mode == "create":
-        return step.primary_smtp if current != bare(step.primary_smtp) else None
-    if current not in step.source_addresses:
+        if current == bare(step.primary_smtp):
+            return None
+        return step.primary_smtp if wrong or current.endswith("@" + initial) else None
+    if not wrong:
         return None
     if step.primary_smtp and bare(step.primary_smtp) not in step.source_addresses:
         return step.primary_smtp
@@ -289,18 +295,20 @@ class MailUserExecutor:
         proxies = list(dict.fromkeys([*step.x500, *carried]))
         wanted, taken = _free_x500(ctx, proxies, object_id(obj))
         missing = [x for x in wanted if not has_proxy(obj, x)]
-        primary = _wanted_primary(step, obj)
-        moera_missing = False
-        if step.mode == "create":
-            domain = await _initial_domain(ctx)
-            moera_missing = not any(_domain(a) == domain for a in smtp_proxies(obj))
+        domain = await _initial_domain(ctx)
+        primary = _wanted_primary(step, obj, domain)
+        # Every cloud recipient coexist makes carries its MOERA (alias@<initial domain>).
+        moera_missing = step.mode == "create" and not any(
+            _domain(a) == domain for a in smtp_proxies(obj)
+        )
         if primary is not None or moera_missing:
-            domain = await _initial_domain(ctx)
             moera = f"{obj.get('Alias') or step.alias}@{domain}"
             keep = primary or str(obj.get("PrimarySmtpAddress"))
             updates["EmailAddresses"] = _address_list(
                 obj, keep, moera, wanted, step.source_addresses
             )
+            if primary is not None:
+                ctx.cache.setdefault(REQUESTED, {})[step.subject] = primary
         elif missing:
             updates["EmailAddresses"] = hashtable(add=missing)
         routes = step.mode == "create" or step.forward_matched
@@ -447,12 +455,13 @@ class TargetAddressStep(Step):
 
     name = "provision.target-address"
 
-    primary_smtp: str  # the planned primary ("": a matched recipient's own)
+    primary_smtp: str  # the planned primary, for the record ("": a matched recipient's own)
     source_addresses: tuple[str, ...] = ()
 
 
 READBACK = "target_readback"  # run cache: "bulk" | "each" | the bulk read in flight
 OBSERVED = "target_observed"  # run cache: subject -> the object a MailUser step read, unchanged
+REQUESTED = "target_requested"  # run cache: subject -> the primary a MailUser step set
 
 
 async def _read_back(ctx: Context, ident: str) -> dict[str, Any] | None:
@@ -499,11 +508,15 @@ class TargetAddressExecutor:
                 next_step="coexist provision  (finds or makes the target object again)",
             )
         primary = str(observed.get("PrimarySmtpAddress") or "")
-        planned = bare(step.primary_smtp)
-        if bare(primary) in step.source_addresses or (planned and bare(primary) != planned):
+        requested = ctx.cache.get(REQUESTED, {}).get(step.subject)
+        if (
+            not primary
+            or bare(primary) in step.source_addresses
+            or (requested and bare(primary) != bare(requested))
+        ):
             raise Conflict(
-                f"Exchange reads back {primary} as the primary address of the target "
-                f"{observed.get('Name')!r}, not the planned {step.primary_smtp or 'address'}: "
+                f"Exchange reads back {primary or 'no address'} as the primary address of the "
+                f"target {observed.get('Name')!r}, not {requested or 'an address of its own'}: "
                 "it did not take the address list",
                 service="exchange",
                 next_step="coexist provision  (sets the address list again)",

@@ -103,7 +103,8 @@ def test_provision_repairs_a_journal_holding_the_source_address(
 ) -> None:
     """A forced bad journal (target address = source address, objects without their planned
     primary) is observed, corrected and journaled by provision; --plan lists the repair and
-    sends nothing; a second run changes nothing; cutover then delivers exactly once."""
+    sends nothing; a second run changes nothing; an admin's own primary is kept and journaled;
+    cutover then delivers exactly once."""
     project = make_project(users=USERS)
     p = str(project)
     run_json(cli, "discover", "--project", p)
@@ -133,6 +134,21 @@ def test_provision_repairs_a_journal_holding_the_source_address(
     again = run_json(cli, "provision", "--project", p)
     assert again["changed"] == 0 and not again["failed"], again
     assert journal_snapshot(project) == journal and world_state(sandbox) == world
+
+    # An admin's own choice of primary (not a source address) is kept; the journal follows it.
+    key = keys[-1]
+    chosen = f"chosen.{key[:8]}@{seed.TARGET_DOMAIN}"
+    with sandbox.world.lock:
+        obj = sandbox.world.target.users[items[key]["target_id"]]
+        obj.email_addresses = [
+            f"SMTP:{chosen}",
+            *("smtp:" + a[5:] if a.startswith("SMTP:") else a for a in obj.email_addresses),
+        ]
+        sandbox.world.target.touch(obj)
+    kept = run_json(cli, "provision", "--project", p)
+    assert kept["changed"] == 0 and not kept["failed"], kept
+    assert journal_items(project)[key]["target_address"] == chosen
+    assert target_object(sandbox, items[key]).primary_smtp == chosen
 
     run_json(cli, "prestage", "--project", p)
     result = run_json(cli, "cutover", "--project", p)
