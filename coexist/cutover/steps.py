@@ -52,15 +52,15 @@ def refuse_source_address(
     item = ctx.journal.get_item("user", subject) or {}
     user = item.get("source_address") or subject
     fix = f"coexist provision --users {user}  (sets and reads back the target address)"
-    if not address or address == "None":
+    if not address:
         raise InputError(
-            f"{user}: no target address is journaled, so {what} has nowhere to point",
+            f"no target address is journaled for {user}, so {what} has nowhere to point",
             next_step=fix,
             user=user,
         )
     if bare(address) in own:
         raise InputError(
-            f"{user}: the target address {address} is one of {user}'s own source addresses; "
+            f"the target address {address} is one of {user}'s own source addresses; "
             f"{what} would send mail back to the source mailbox (a loop, NDR 5.4.14)",
             next_step=f"{fix}, then coexist cutover --users {user}",
             user=user,
