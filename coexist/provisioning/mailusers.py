@@ -473,19 +473,22 @@ async def _read_back(ctx: Context, ident: str) -> dict[str, Any] | None:
     mode = ctx.cache.get(READBACK)
     if isinstance(mode, asyncio.Task) or mode == "bulk":
         if not isinstance(mode, asyncio.Task):
-            mode = asyncio.ensure_future(
-                ctx.target.exo.run("Get-Recipient", ResultSize="Unlimited")
-            )
-            ctx.cache[READBACK] = mode
+            mode = asyncio.ensure_future(_all_recipients(ctx))
+            ctx.cache[READBACK] = mode  # every step of the run awaits this one read
         try:
-            rows: list[dict[str, Any]] = await mode
+            by_id: dict[str, dict[str, Any]] = await mode
         except Exception:
             ctx.cache[READBACK] = "bulk"  # the step's retry reads again, not the failure
             raise
-        found = next((r for r in rows if object_id(r).lower() == ident.lower()), None)
+        found = by_id.get(ident.lower())
         if found is not None:
             return found
     return await find_one(ctx.target.exo, "Get-Recipient", ident)
+
+
+async def _all_recipients(ctx: Context) -> dict[str, dict[str, Any]]:
+    rows = await ctx.target.exo.run("Get-Recipient", ResultSize="Unlimited")
+    return {object_id(r).lower(): r for r in rows}
 
 
 @registry.register(TargetAddressStep)
