@@ -8,6 +8,7 @@ from coexist.engine.context import Context
 from coexist.engine.runner import ItemPlan
 from coexist.engine.step import Step
 from coexist.model import Phase, SourceMailbox, proxies_of
+from coexist.provisioning.exchange import own_addresses
 
 from .rollback import RemoveSourceContactStep, RestoreSourceMailboxStep, RestoreTargetForwardStep
 from .steps import (
@@ -16,6 +17,7 @@ from .steps import (
     RenameSourceStep,
     SourceContactStep,
     SourceForwardStep,
+    TargetAddressGuardStep,
 )
 
 MODES = ("forward-on-source", "leave-forward-on-target", "rename-source")
@@ -28,12 +30,28 @@ def source_of(item: dict[str, Any]) -> SourceMailbox:
 def cutover_steps(ctx: Context, item: dict[str, Any], routing_domain: str) -> list[Step]:
     mode = ctx.project.cutover.mode
     key = item["key"]
-    target_address = str(item.get("target_address"))
-    steps: list[Step] = [ClearTargetForwardStep(subject=key)]
+    src = source_of(item)
+    own = own_addresses(src, ctx.project.domains.source_forwarding_domain)
+    target_address = str(item.get("target_address") or "")
+    steps: list[Step] = []
     if mode == "forward-on-source":
-        steps.append(SourceForwardStep(subject=key, forward_to=target_address))
+        what = "the source's forward"
     elif mode == "rename-source":
-        src = source_of(item)
+        what = "the source contact"
+    else:  # leave-forward-on-target: nothing at the source points at the target address
+        return [ClearTargetForwardStep(subject=key)]
+    # Before anything is written for the user: a refused user keeps its pre-cutover routing.
+    steps += [
+        TargetAddressGuardStep(
+            subject=key, target_address=target_address, source_addresses=own, what=what
+        ),
+        ClearTargetForwardStep(subject=key),
+    ]
+    if mode == "forward-on-source":
+        steps.append(
+            SourceForwardStep(subject=key, forward_to=target_address, source_addresses=own)
+        )
+    else:
         prefix = ctx.project.cutover.rename_prefix
         smtp = [f"smtp:{a}" for a in proxies_of(src.email_addresses, "smtp")]
         primary = f"SMTP:{src.primary_smtp}"
@@ -48,6 +66,7 @@ def cutover_steps(ctx: Context, item: dict[str, Any], routing_domain: str) -> li
                 alias=src.alias,
                 external_address=target_address,
                 addresses=tuple(addresses),
+                source_addresses=own,
             ),
             RenamedForwardStep(subject=key),
         ]

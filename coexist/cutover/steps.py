@@ -22,6 +22,7 @@ from typing import Any
 
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
+from coexist.errors import InputError
 from coexist.model import EXCHANGE_NAME_MAX
 from coexist.provisioning.convert import target_id
 from coexist.provisioning.exchange import (
@@ -38,6 +39,62 @@ async def source_mailbox(ctx: Context, subject: str) -> dict[str, Any] | None:
     return await find_one(ctx.source.exo, "Get-Mailbox", subject)
 
 
+def refuse_source_address(
+    ctx: Context, subject: str, address: str | None, own: tuple[str, ...], what: str
+) -> None:
+    """Refuse to point `what` at one of the user's own source addresses (or at nothing).
+
+    The source mailbox answers to those addresses: forwarding it there, or giving its
+    contact that target, sends mail back to the source — a loop Exchange ends with
+    NDR 5.4.14. It happens when the journal's target address came from New-MailUser's
+    output, which in Exchange Online is the source address (New-MailUser.md).
+    """
+    item = ctx.journal.get_item("user", subject) or {}
+    user = item.get("source_address") or subject
+    fix = f"coexist provision --users {user}  (sets and reads back the target address)"
+    if not address:
+        raise InputError(
+            f"no target address is journaled for {user}, so {what} has nowhere to point",
+            next_step=fix,
+            user=user,
+        )
+    if bare(address) in own:
+        raise InputError(
+            f"the target address {address} is one of {user}'s own source addresses; "
+            f"{what} would send mail back to the source mailbox (a loop, NDR 5.4.14)",
+            next_step=f"{fix}, then coexist cutover --users {user}",
+            user=user,
+            address=address,
+        )
+
+
+@dataclass(frozen=True)
+class TargetAddressGuardStep(Step):
+    """The target address cutover points the source at is not one of the source's own.
+
+    Runs first, so a refused user has nothing of its cutover written on either side.
+    """
+
+    name = "cutover.target-address"
+
+    target_address: str | None
+    source_addresses: tuple[str, ...]
+    what: str  # what will point at it, for the message
+
+
+@registry.register(TargetAddressGuardStep)
+class TargetAddressGuardExecutor:
+    async def observe(self, ctx: Context, step: TargetAddressGuardStep) -> None:
+        return None
+
+    async def apply(self, ctx: Context, step: TargetAddressGuardStep, observed: None) -> StepResult:
+        refuse_source_address(
+            ctx, step.subject, step.target_address, step.source_addresses, step.what
+        )
+        state = {"target_address": step.target_address}
+        return StepResult(False, state, state, "target address is not a source address")
+
+
 @dataclass(frozen=True)
 class SourceForwardStep(Step):
     """The source mailbox forwards to the target address, keeping no copy."""
@@ -45,6 +102,7 @@ class SourceForwardStep(Step):
     name = "cutover.source-forward"
 
     forward_to: str
+    source_addresses: tuple[str, ...] = ()  # never forwarded to (refuse_source_address)
 
 
 @registry.register(SourceForwardStep)
@@ -55,6 +113,9 @@ class SourceForwardExecutor:
     async def apply(
         self, ctx: Context, step: SourceForwardStep, observed: dict[str, Any] | None
     ) -> StepResult:
+        refuse_source_address(
+            ctx, step.subject, step.forward_to, step.source_addresses, "the source's forward"
+        )
         return await smtp_forward(
             ctx.source.exo,
             step.subject,
@@ -165,6 +226,7 @@ class SourceContactStep(Step):
     alias: str
     external_address: str  # the target primary address
     addresses: tuple[str, ...]  # the source mailbox's original SMTP and X500 proxies
+    source_addresses: tuple[str, ...] = ()  # never the contact's target (refuse_source_address)
 
 
 @registry.register(SourceContactStep)
@@ -178,6 +240,9 @@ class SourceContactExecutor:
     async def apply(
         self, ctx: Context, step: SourceContactStep, observed: dict[str, Any] | None
     ) -> StepResult:
+        refuse_source_address(
+            ctx, step.subject, step.external_address, step.source_addresses, "the source contact"
+        )
         exo = ctx.source.exo
         if observed is None:
             created = await exo.run(

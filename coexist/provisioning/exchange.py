@@ -6,6 +6,7 @@ from typing import Any, Protocol
 
 from coexist.engine.step import StepResult
 from coexist.errors import NotFound
+from coexist.model import SourceMailbox, forwarding_address
 
 MAILBOX_KINDS = ("UserMailbox", "SharedMailbox", "RoomMailbox", "EquipmentMailbox")
 
@@ -31,6 +32,33 @@ def bare(address: str | None) -> str:
     if a[:5].lower() == "smtp:":
         a = a[5:]
     return a.strip().lower()
+
+
+def own_addresses(src: SourceMailbox, forwarding_domain: str | None) -> tuple[str, ...]:
+    """Every SMTP address that reaches the source mailbox itself (bare, lower-case).
+
+    Its primary and SMTP proxies (as discovery recorded them), its UPN, and the address
+    the target forwards to (`forwarding_address`). A target address, a forward or a
+    contact pointing at one of these sends mail back to the source: a loop
+    (NDR 5.4.14) once the source forwards to the target.
+    """
+    found = [src.primary_smtp, *src.smtp_addresses, src.upn]
+    found.append(forwarding_address(src, forwarding_domain))
+    return tuple(dict.fromkeys(bare(a) for a in found if a and "@" in a))
+
+
+async def initial_domain(exo: CmdletRunner) -> str:
+    """A tenant's initial domain (<tenant>.onmicrosoft.com), from Get-AcceptedDomain."""
+    domains = await exo.run("Get-AcceptedDomain")
+    initial = next((d for d in domains if d.get("InitialDomain")), None)
+    if initial is None:
+        initial = next(d for d in domains if str(d.get("DomainName")).endswith(".onmicrosoft.com"))
+    return str(initial["DomainName"]).lower()
+
+
+def smtp_proxies(obj: dict[str, Any]) -> list[str]:
+    """The object's SMTP addresses (bare, as written), primary first when marked."""
+    return [str(a)[5:] for a in obj.get("EmailAddresses") or () if str(a)[:5].lower() == "smtp:"]
 
 
 def has_proxy(obj: dict[str, Any], proxy: str) -> bool:

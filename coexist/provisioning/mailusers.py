@@ -5,27 +5,46 @@ address in the destination domain, and the source LegacyExchangeDN plus X500
 proxies, so replies to old mail resolve (FACTS.md). In `match` mode the
 existing target recipient is used instead and, if asked, pointed back at the
 source.
+
+In Exchange Online New-MailUser makes the ExternalEmailAddress — the *source*
+address — the primary SMTP address; -PrimarySmtpAddress is functional only
+on-premises and the alias never makes the primary (office-docs-powershell
+New-MailUser.md). So the step sets the address list itself (`SMTP:` planned
+primary, the MOERA, the X500s) and the journal's `target_address` is only ever
+what Exchange reads back: the step's own observation when it wrote nothing,
+else `provision.target-address` after the run's writes.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from coexist.engine.context import Context
-from coexist.engine.runner import set_item
+from coexist.engine.runner import ItemPlan, Outcome, set_item
 from coexist.engine.step import Step, StepResult, registry
-from coexist.errors import Conflict
+from coexist.errors import Conflict, NotFound
 from coexist.tenants.exo import hashtable
 
-from .exchange import bare, find_one, has_proxy, is_mailbox, object_id
+from .exchange import (
+    bare,
+    find_one,
+    has_proxy,
+    initial_domain,
+    is_mailbox,
+    object_id,
+    smtp_proxies,
+)
 from .index import TargetIndex
 from .plan import new_password
 
 
 @dataclass(frozen=True)
 class MailUserStep(Step):
-    """A target recipient for one source mailbox exists and routes to the source."""
+    """A target recipient for one source mailbox exists, routes to the source, and has its
+    planned primary address in the destination domain."""
 
     name = "provision.mailuser"
 
@@ -41,12 +60,24 @@ class MailUserStep(Step):
     matched_id: str | None = None
     forward_matched: bool = False
     replace_contacts: bool = False
+    # Every address of the source mailbox itself (exchange.own_addresses): never the
+    # target's primary, and not carried onto the target's address list.
+    source_addresses: tuple[str, ...] = ()
 
 
 def _index(ctx: Context) -> TargetIndex | None:
     """The run's snapshot of target recipients, when the command built one."""
     index = ctx.cache.get("target_index")
     return index if isinstance(index, TargetIndex) else None
+
+
+async def _initial_domain(ctx: Context) -> str:
+    """The target's initial domain (for the MOERA), read once per run."""
+    cached = ctx.cache.get("target_initial_domain")
+    if not isinstance(cached, str):
+        cached = await initial_domain(ctx.target.exo)
+        ctx.cache["target_initial_domain"] = cached
+    return cached
 
 
 def _free_x500(ctx: Context, proxies: list[str], own_id: str | None) -> tuple[list[str], list[str]]:
@@ -70,12 +101,21 @@ def _free_x500(ctx: Context, proxies: list[str], own_id: str | None) -> tuple[li
     return free, taken
 
 
+def _ours(found: dict[str, Any], step: MailUserStep) -> bool:
+    """An object that routes to our source mailbox or holds its X500s is the one we made."""
+    return bare(found.get("ExternalEmailAddress")) == bare(step.external_address) or any(
+        has_proxy(found, x) for x in step.x500
+    )
+
+
 async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
     """Our object: by the recorded target id, else by the planned address (crash recovery).
 
-    The plan was journaled before any write, so an object at the planned
-    primary address that routes to our source mailbox is the one a killed run
-    created, not a stranger.
+    The plan was journaled before any write, so an object whose UPN
+    (MicrosoftOnlineServicesID) or address is the planned primary and that routes to
+    our source mailbox is the one a killed run created, not a stranger. A run killed
+    between New-MailUser and the address update left it with the *external* address as
+    its primary (New-MailUser.md): only the UPN names it by the plan then.
     """
     exo = ctx.target.exo
     item = ctx.journal.get_item("user", step.subject) or {}
@@ -87,22 +127,125 @@ async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
     if step.mode == "match" or not step.primary_smtp:
         return None
     index = _index(ctx)
-    if index is not None and index.owner(step.primary_smtp) is None:
-        return None  # the run-start snapshot has nobody at the planned address: skip a call
-    found = await find_one(exo, "Get-Recipient", step.primary_smtp)
+    if (
+        index is not None
+        and index.owner(step.primary_smtp) is None
+        and index.owner(step.external_address) is None
+    ):
+        # The run-start snapshot has nobody at the planned address, and nobody whose
+        # primary is still our external address (a half-made object): skip the calls.
+        return None
+    # Get-MailUser -Identity takes a UPN as well as an address (MailUserIdParameter).
+    found = await find_one(exo, "Get-MailUser", step.primary_smtp)
+    if found is None or not _ours(found, step):
+        found = await find_one(exo, "Get-Recipient", step.primary_smtp) or found
     if found is None:
         return None
-    ours = bare(found.get("ExternalEmailAddress")) == bare(step.external_address) or any(
-        has_proxy(found, x) for x in step.x500
-    )
-    if not ours:
+    if not _ours(found, step):
         raise Conflict(
             f"the planned target address {step.primary_smtp} is now used by "
             f"{found.get('Name')!r} ({found.get('RecipientTypeDetails')})",
             service="exchange",
-            next_step="coexist provision --replan  (plans a free address for this user)",
+            next_step=(
+                f"free {step.primary_smtp} in the target (rename or remove "
+                f"{found.get('Name')!r}; coexist did not create it), then coexist retry"
+            ),
         )
     return found
+
+
+def _planned_object(step: MailUserStep) -> dict[str, Any]:
+    """What New-MailUser returns by its documented defaults (plan mode sends nothing)."""
+    return {
+        "Name": step.target_name,
+        "Alias": step.alias,
+        "RecipientTypeDetails": "MailUser",
+        "PrimarySmtpAddress": step.external_address,
+        "EmailAddresses": [f"SMTP:{step.external_address}"],
+        "ExternalEmailAddress": f"SMTP:{step.external_address}",
+    }
+
+
+def _wanted_primary(step: MailUserStep, obj: dict[str, Any], initial: str) -> str | None:
+    """The primary the object must get, or None when its primary is right.
+
+    Wrong is: none, one of the source's own addresses (what New-MailUser leaves: the
+    ExternalEmailAddress is the primary by default, New-MailUser.md), or — for an object
+    coexist created — an address in the initial domain other than the planned one (what
+    licensing leaves after scrubbing a source-domain primary: the MOERA, FACTS.md). Any
+    other primary was put there by an admin and is kept; the journal follows it.
+    `create` then gets the planned address; `match` the plan's destination address.
+    """
+    current = bare(obj.get("PrimarySmtpAddress"))
+    wrong = not current or current in step.source_addresses
+    if step.mode == "create":
+        if current == bare(step.primary_smtp):
+            return None
+        return step.primary_smtp if wrong or current.endswith("@" + initial) else None
+    if not wrong:
+        return None
+    if step.primary_smtp and bare(step.primary_smtp) not in step.source_addresses:
+        return step.primary_smtp
+    raise Conflict(
+        f"the matched target {obj.get('Name')!r} has the source address {current} as its "
+        "primary: forwarding to it would loop back to the source",
+        service="exchange",
+        next_step=(
+            f"give {obj.get('Name')!r} a primary address in the destination domain "
+            "(Set-MailUser -EmailAddresses SMTP:...), then coexist provision"
+        ),
+    )
+
+
+def _address_list(
+    obj: dict[str, Any], primary: str, moera: str, x500: list[str], own: Sequence[str]
+) -> list[str]:
+    """The whole list to set: `SMTP:` primary, the MOERA, the X500s, then the rest it has.
+
+    A plain list replaces the addresses and its `SMTP:` entry is the primary
+    (Set-MailUser.md, -EmailAddresses). The object's other addresses stay, as
+    secondaries, except the source mailbox's own: a target object holding them would
+    claim the source's addresses in the target tenant (and licensing scrubs proxies in
+    unverified domains anyway, FACTS.md). An existing MOERA is kept as it is.
+    """
+    current = [str(a) for a in obj.get("EmailAddresses") or ()]
+    initial = moera.rsplit("@", 1)[-1].lower()
+    moera = next(
+        (a[5:] for a in current if a[:5].lower() == "smtp:" and _domain(a) == initial), moera
+    )
+    out = [f"SMTP:{primary}", f"smtp:{moera}", *x500]
+    for a in current:
+        kind, _, value = a.partition(":")
+        if kind.lower() != "smtp":
+            out.append(a)
+        elif value.lower() not in own and value.lower() != primary.lower():
+            out.append(f"smtp:{value}")
+    seen: set[str] = set()
+    unique = []
+    for a in out:
+        if a.lower() not in seen:
+            seen.add(a.lower())
+            unique.append(a)
+    return unique
+
+
+def _domain(address: str) -> str:
+    return address.rsplit("@", 1)[-1].lower()
+
+
+def _expected(obj: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """The object as the updates leave it (what is read back later, not instead of it)."""
+    after = dict(obj)
+    addresses = updates.get("EmailAddresses")
+    if isinstance(addresses, list):
+        after["EmailAddresses"] = addresses
+        after["PrimarySmtpAddress"] = addresses[0][5:]
+    elif isinstance(addresses, dict):
+        after["EmailAddresses"] = [*(obj.get("EmailAddresses") or []), *addresses.get("Add", [])]
+    for key in ("ExternalEmailAddress", "ForwardingSmtpAddress"):
+        if key in updates:
+            after[key] = f"SMTP:{updates[key]}"
+    return after
 
 
 @registry.register(MailUserStep)
@@ -116,37 +259,61 @@ class MailUserExecutor:
         exo = ctx.target.exo
         if observed is None:
             return await self._create(ctx, step)
-        updates = self._differences(ctx, step, observed)
+        updates, taken = await self._differences(ctx, step, observed)
         if not updates:
+            # Nothing to write: this observation is the read-back (`provision.target-address`
+            # takes it from here), and it corrects a journal that holds another address
+            # (e.g. one recorded from New-MailUser's output).
+            ctx.cache.setdefault(OBSERVED, {})[step.subject] = observed
             return StepResult(
                 False, _state(observed), _state(observed), "up to date", data=_data(observed)
             )
         cmdlet = "Set-Mailbox" if is_mailbox(observed) else "Set-MailUser"
         await exo.run(cmdlet, Identity=object_id(observed), **updates)
-        after = (
-            observed if ctx.planning else await find_one(exo, "Get-Recipient", object_id(observed))
-        )
+        after = _expected(observed, updates)
         return StepResult(
             True,
             _state(observed),
             _state(after),
-            "updated " + ", ".join(sorted(updates)),
-            data=_data(after or observed),
+            "updated " + ", ".join(sorted(updates)) + _left_out(taken),
+            data=_written(object_id(observed), taken),
         )
 
-    def _differences(self, ctx: Context, step: MailUserStep, obj: dict[str, Any]) -> dict[str, Any]:
+    async def _differences(
+        self,
+        ctx: Context,
+        step: MailUserStep,
+        obj: dict[str, Any],
+        carried: list[str] | None = None,
+    ) -> tuple[dict[str, Any], list[str]]:
+        """What to set on `obj`, and the X500s left out because other objects hold them."""
         updates: dict[str, Any] = {}
         # A replaced GAL-sync contact's X500s too: a run killed between New-MailUser and
-        # the X500 update finds the object here, with the contact already gone.
-        carried = _carried(ctx, step) if step.replace_contacts else []
+        # the address update finds the object here, with the contact already gone.
+        if carried is None:
+            carried = _carried(ctx, step) if step.replace_contacts else []
         proxies = list(dict.fromkeys([*step.x500, *carried]))
-        wanted, _taken = _free_x500(ctx, proxies, object_id(obj))
+        wanted, taken = _free_x500(ctx, proxies, object_id(obj))
         missing = [x for x in wanted if not has_proxy(obj, x)]
-        if missing:
+        domain = await _initial_domain(ctx)
+        primary = _wanted_primary(step, obj, domain)
+        # Every cloud recipient coexist makes carries its MOERA (alias@<initial domain>).
+        moera_missing = step.mode == "create" and not any(
+            _domain(a) == domain for a in smtp_proxies(obj)
+        )
+        if primary is not None or moera_missing:
+            moera = f"{obj.get('Alias') or step.alias}@{domain}"
+            keep = primary or str(obj.get("PrimarySmtpAddress"))
+            updates["EmailAddresses"] = _address_list(
+                obj, keep, moera, wanted, step.source_addresses
+            )
+            if primary is not None:
+                ctx.cache.setdefault(REQUESTED, {})[step.subject] = primary
+        elif missing:
             updates["EmailAddresses"] = hashtable(add=missing)
         routes = step.mode == "create" or step.forward_matched
         if not routes:
-            return updates
+            return updates, taken
         if not is_mailbox(obj):
             if bare(obj.get("ExternalEmailAddress")) != bare(step.external_address):
                 updates["ExternalEmailAddress"] = step.external_address
@@ -156,7 +323,7 @@ class MailUserExecutor:
             # A matched target *mailbox* forwards back to the source until cutover.
             updates["ForwardingSmtpAddress"] = step.external_address
             updates["DeliverToMailboxAndForward"] = False
-        return updates
+        return updates, taken
 
     async def _replace_contact(self, ctx: Context, step: MailUserStep) -> list[str]:
         """Remove a GAL-sync contact that owns the source address; return what to carry over.
@@ -208,29 +375,30 @@ class MailUserExecutor:
         if step.last_name:
             params["LastName"] = step.last_name
         created = await exo.run("New-MailUser", **params)
-        ident = object_id(created[0]) if created else step.primary_smtp
+        obj = created[0] if created else _planned_object(step)
+        # Until the address update below the object is known by its UPN (the planned
+        # primary), not by an address: Exchange made the external address its primary.
+        ident = object_id(obj) if created else step.primary_smtp
         index = _index(ctx)
         if created and index is not None:
-            # At once, not after the X500 update: if that update fails transiently the
+            # At once, not after the address update: if that update fails transiently the
             # runner retries the step, and `_find_own` must then see the object created
             # here rather than trust the run-start snapshot and create it again.
             index.add(created[0])
-        x500, taken = _free_x500(ctx, list(dict.fromkeys([*step.x500, *carried])), ident)
-        if x500:
-            await exo.run("Set-MailUser", Identity=ident, EmailAddresses=hashtable(add=x500))
+        updates, taken = await self._differences(ctx, step, obj, carried)
+        if updates:
+            await exo.run("Set-MailUser", Identity=ident, **updates)
         if ctx.planning:
             return StepResult(True, None, {"planned": step.primary_smtp}, "would create MailUser")
-        # New-MailUser returns the new object; the only change since is the X500 proxies
-        # added above, so the after-state is known without another read.
-        after = dict(created[0])
-        after["EmailAddresses"] = [*(after.get("EmailAddresses") or []), *x500]
+        after = _expected(obj, updates)
         if index is not None:
             index.add(after)
-        detail = "created MailUser"
-        if taken:
-            detail += f"; X500 proxies held by other target objects left out: {', '.join(taken)}"
         return StepResult(
-            True, None, _state(after), detail, data={**_data(after), "x500_conflicts": taken}
+            True,
+            None,
+            _state(after),
+            "created MailUser" + _left_out(taken),
+            data=_written(ident, taken),
         )
 
 
@@ -265,3 +433,125 @@ def _data(obj: dict[str, Any] | None) -> dict[str, Any]:
     if not obj:
         return {}
     return {"target_id": object_id(obj), "target_address": obj.get("PrimarySmtpAddress")}
+
+
+def _written(ident: str, taken: list[str]) -> dict[str, Any]:
+    """Item facts after a write: the target id; its address only once read back."""
+    # None, not the address we asked for: `provision.target-address` journals what Exchange
+    # reads back (a stale value must not survive a repair either).
+    return {"target_id": ident, "target_address": None, "x500_conflicts": taken}
+
+
+def _left_out(taken: list[str]) -> str:
+    if not taken:
+        return ""
+    return f"; X500 proxies held by other target objects left out: {', '.join(taken)}"
+
+
+# -- read-back --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TargetAddressStep(Step):
+    """The journal's target address is the target object's primary as Exchange reads it back."""
+
+    name = "provision.target-address"
+
+    primary_smtp: str  # the planned primary, for the record ("": a matched recipient's own)
+    source_addresses: tuple[str, ...] = ()
+
+
+READBACK = "target_readback"  # run cache: "bulk" | "each" | the bulk read in flight
+OBSERVED = "target_observed"  # run cache: subject -> the object a MailUser step read, unchanged
+REQUESTED = "target_requested"  # run cache: subject -> the primary a MailUser step set
+
+
+async def _read_back(ctx: Context, ident: str) -> dict[str, Any] | None:
+    """The object as Exchange has it now: from one bulk read per run, or one read each.
+
+    `readback_plans` decides which is cheaper (one page holds 1,000 recipients) and
+    leaves the choice in the run's cache.
+    """
+    mode = ctx.cache.get(READBACK)
+    if isinstance(mode, asyncio.Task) or mode == "bulk":
+        if not isinstance(mode, asyncio.Task):
+            mode = asyncio.ensure_future(_all_recipients(ctx))
+            ctx.cache[READBACK] = mode  # every step of the run awaits this one read
+        try:
+            by_id: dict[str, dict[str, Any]] = await mode
+        except Exception:
+            ctx.cache[READBACK] = "bulk"  # the step's retry reads again, not the failure
+            raise
+        found = by_id.get(ident.lower())
+        if found is not None:
+            return found
+    return await find_one(ctx.target.exo, "Get-Recipient", ident)
+
+
+async def _all_recipients(ctx: Context) -> dict[str, dict[str, Any]]:
+    rows = await ctx.target.exo.run("Get-Recipient", ResultSize="Unlimited")
+    return {object_id(r).lower(): r for r in rows}
+
+
+@registry.register(TargetAddressStep)
+class TargetAddressExecutor:
+    async def observe(self, ctx: Context, step: TargetAddressStep) -> dict[str, Any] | None:
+        seen = ctx.cache.get(OBSERVED, {}).get(step.subject)
+        if seen is not None:
+            return dict(seen)  # read by this run's MailUser step, which then wrote nothing
+        item = ctx.journal.get_item("user", step.subject) or {}
+        ident = item.get("target_id")
+        return await _read_back(ctx, str(ident)) if ident else None
+
+    async def apply(
+        self, ctx: Context, step: TargetAddressStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        if observed is None:
+            raise NotFound(
+                "the target object provision made is not found in Exchange",
+                service="exchange",
+                next_step="coexist provision  (finds or makes the target object again)",
+            )
+        primary = str(observed.get("PrimarySmtpAddress") or "")
+        requested = ctx.cache.get(REQUESTED, {}).get(step.subject)
+        if (
+            not primary
+            or bare(primary) in step.source_addresses
+            or (requested and bare(primary) != bare(requested))
+        ):
+            raise Conflict(
+                f"Exchange reads back {primary or 'no address'} as the primary address of the "
+                f"target {observed.get('Name')!r}, not {requested or 'an address of its own'}: "
+                "it did not take the address list",
+                service="exchange",
+                next_step="coexist provision  (sets the address list again)",
+            )
+        state = {"PrimarySmtpAddress": primary}
+        return StepResult(False, state, state, f"target address {primary}", data=_data(observed))
+
+
+def readback_plans(
+    ctx: Context, plans: Sequence[ItemPlan], outcomes: Sequence[Outcome]
+) -> list[ItemPlan]:
+    """The read-back for every user whose MailUser step ended ok in this run (not in plan mode).
+
+    Users whose step wrote nothing were just read (no call); the others are read back
+    with one paged Get-Recipient, or one read each when that is fewer calls.
+    """
+    done = {o.subject: o for o in outcomes if o.name == MailUserStep.name and o.status == "ok"}
+    if ctx.planning or not done:
+        return []
+    out: list[ItemPlan] = []
+    for plan in plans:
+        step = next((s for s in plan.steps if isinstance(s, MailUserStep)), None)
+        if step is None or plan.key not in done:
+            continue
+        check = TargetAddressStep(
+            subject=plan.key,
+            primary_smtp=step.primary_smtp,
+            source_addresses=step.source_addresses,
+        )
+        out.append(ItemPlan(plan.kind, plan.key, [check], None, label=plan.label))
+    wrote = sum(1 for o in done.values() if o.changed)
+    index = _index(ctx)
+    pages = 1 + len({id(r) for r in index.by_id.values()}) // 1000 if index is not None else 1
+    ctx.cache[READBACK] = "bulk" if wrote > pages else "each"
+    return out

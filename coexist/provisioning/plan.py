@@ -21,6 +21,7 @@ from coexist.model import (
     split_address,
 )
 
+from .exchange import bare, own_addresses
 from .index import TargetIndex
 
 
@@ -114,10 +115,21 @@ def plan_match(
     if len(ids) == 1 and claimed.get(ids[0], src.id) == src.id:
         r = found[0]
         claimed[ids[0]] = src.id
+        primary = str(r.get("PrimarySmtpAddress"))
+        if bare(primary) in own_addresses(src, forwarding_domain):
+            # An admin's New-MailUser left the source address primary (New-MailUser.md:
+            # ExternalEmailAddress is the primary by default): the match gets a planned
+            # primary in the destination domain, which provision sets.
+            primary = free_address(
+                ascii_alias(src.local_part),
+                destination_domain,
+                lambda a: index.address_taken(a, src.id),
+            )
+            index.reserve(src.id, address=primary, name=str(r.get("Name")))
         return TargetPlan(
             name=str(r.get("Name")),
             alias=str(r.get("Alias")),
-            primary_smtp=str(r.get("PrimarySmtpAddress")),
+            primary_smtp=primary,
             matched_id=ids[0],
             **base,  # type: ignore[arg-type]
         )

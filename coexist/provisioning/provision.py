@@ -9,6 +9,7 @@ from coexist.engine.runner import ItemPlan, set_item
 from coexist.model import Phase, SourceMailbox, forwarding_address
 
 from .convert import LicenseStep, MailboxReadyStep, TargetForwardStep
+from .exchange import own_addresses
 from .index import TargetIndex
 from .mailusers import MailUserStep
 from .plan import TargetPlan, plan_create, plan_match
@@ -64,6 +65,7 @@ async def plan_targets(ctx: Context, items: list[dict[str, Any]]) -> dict[str, T
 def mailuser_step(ctx: Context, item: dict[str, Any], plan: TargetPlan) -> MailUserStep:
     """The step from the reserved plan plus what the source looks like now (rediscovery)."""
     src = source_of(item)
+    forwarding = ctx.project.domains.source_forwarding_domain
     return MailUserStep(
         subject=item["key"],
         mode=plan.mode,
@@ -71,13 +73,14 @@ def mailuser_step(ctx: Context, item: dict[str, Any], plan: TargetPlan) -> MailU
         alias=plan.alias,
         display_name=src.display_name,
         primary_smtp=plan.primary_smtp,
-        external_address=forwarding_address(src, ctx.project.domains.source_forwarding_domain),
+        external_address=forwarding_address(src, forwarding),
         x500=tuple(src.x500_proxies()),
         first_name=src.first_name,
         last_name=src.last_name,
         matched_id=plan.matched_id,
         forward_matched=ctx.project.mail_users.forward_matched_to_source,
         replace_contacts=ctx.project.mail_users.replace_contacts,
+        source_addresses=own_addresses(src, forwarding),
     )
 
 

@@ -493,6 +493,11 @@ class Settings:
     # Identity filters Graph does not document (graph/outlook_items.UNVERIFIED_FILTERS): True
     # serves them, False answers them as an unsupported query, so the product's fallback runs.
     unverified_identity_filters: bool = True
+    # *unverified*: whether Exchange Online keeps a MailUser's ExternalEmailAddress among its
+    # proxy addresses once another address is primary (and puts it back when a
+    # Set-MailUser -EmailAddresses list leaves it out). The product must work either way;
+    # see `exo.directory.external_proxy`.
+    mailuser_external_proxy: bool = True
 
     def sync_state_expired(self, issued_at: float, now: float | None = None) -> bool:
         """Whether a sync state issued at `issued_at` (epoch seconds) is forgotten by now."""

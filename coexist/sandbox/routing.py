@@ -26,7 +26,11 @@ What is modelled (sources in the comments where it happens):
   the remote domain matching the destination (AutoForwardEnabled false → silently
   dropped), decided by `coexist.autoforward`, as preflight decides it.
 - Loops: revisiting an object on the same forwarding/targetAddress chain, or a
-  chain longer than the hop limit → NDR 5.4.14.
+  chain longer than the hop limit → NDR 5.4.14. The shortest is a mailbox that
+  forwards to one of its own addresses (or a contact whose targetAddress is its own
+  address): what cutover would build from a target address taken from
+  New-MailUser's output (the source address). *unverified*: whether Exchange ends a
+  self-forward with 5.4.14 or drops it silently; either way nothing is delivered.
 
 Outcomes: `delivered`, `ndr`, `external`, and `dropped` (the sandbox's name for a
 message Exchange discards without an NDR: a remote-domain auto-forward block, or

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from coexist import commands
 from coexist.journal import Journal
 from coexist.sandbox import Sandbox, seed
@@ -210,6 +212,84 @@ def test_provision_survives_sigkill_and_ends_with_exactly_the_expected_mailusers
             for x in src.email_addresses:
                 if x.lower().startswith("x500:"):
                     assert x.lower() in proxies, (src.primary_smtp, x)
+
+
+def half_made(sb: Sandbox, baseline: set[str]) -> list[User]:
+    """MailUsers made by New-MailUser whose address update has not come yet: Exchange made
+    their external (source) address primary, so it is not in the destination domain."""
+    return [
+        u
+        for uid, u in sb.world.target.users.items()
+        if uid not in baseline
+        and u.recipient_type_details == "MailUser"
+        and not (u.primary_smtp or "").lower().endswith("@" + seed.TARGET_DOMAIN)
+    ]
+
+
+def kill_between_create_and_update(sb: Sandbox, project: Path, baseline: set[str]) -> bool:
+    """Run provision; SIGKILL it while a MailUser it made still has the source address primary.
+
+    The kill is sent holding the sandbox's world lock, which every cmdlet takes: no address
+    update can land between seeing the half-made object and the kill. False: the run
+    finished without one being seen.
+    """
+    proc = cli(project, "provision")
+    while proc.poll() is None:
+        with sb.world.lock:
+            if half_made(sb, baseline):
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return True
+        time.sleep(0.0005)
+    return False
+
+
+def test_provision_killed_between_new_mailuser_and_the_address_update_is_finished(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A run killed after New-MailUser but before the address list is set leaves, after a
+    re-run, exactly one target object per user, with the planned destination primary."""
+    for attempt in range(3):
+        project = fresh_project(sandbox, tmp_path / f"project{attempt}")
+        commands.discover(project)
+        items = scoped(project)
+        with sandbox.world.lock:
+            baseline = set(sandbox.world.target.users)
+        if kill_between_create_and_update(sandbox, project, baseline):
+            break
+    else:
+        pytest.fail("no run was caught between New-MailUser and its address update")
+    with sandbox.world.lock:
+        stranded = {u.id for u in half_made(sandbox, baseline)}
+    assert stranded
+    # The killed run journaled no target id for them: recovery must find them by the plan.
+    assert not {i.get("target_id") for i in journal_items(project)} & stranded
+
+    run_to_completion(project, "provision")
+
+    final = journal_items(project)
+    assert len(final) == len(items)
+    assert {(i["phase"], i["state"]) for i in final} == {("provisioned", "ok")}
+    with sandbox.world.lock:
+        target, source = sandbox.world.target, sandbox.world.source
+        assert not half_made(sandbox, baseline)
+        assert stranded <= set(target.users)  # finished, not made again
+        for item in final:
+            src = source.users[item["key"]]
+            plan = (item.get("detail") or {})["target_plan"]
+            mine = [
+                u
+                for uid, u in target.users.items()
+                if uid not in baseline
+                and bare(u.external_email_address) == str(src.primary_smtp).lower()
+            ]
+            assert len(mine) == 1, (src.primary_smtp, [u.name for u in mine])
+            made = mine[0]
+            assert made.user_principal_name == plan["primary_smtp"]
+            assert made.primary_smtp == item["target_address"] == plan["primary_smtp"]
+            assert f"x500:{src.legacy_exchange_dn}".lower() in {
+                a.lower() for a in made.email_addresses
+            }
 
 
 def renamed(u: User) -> bool:

@@ -208,10 +208,12 @@ def check_provision(
             == "smtp:" + params["ExternalEmailAddress"].lower()
         )
     for w in writes:
-        if w["operation"] == "Set-MailUser":  # the X500 proxies, added right after creation
+        if w["operation"] == "Set-MailUser":  # the address list, set right after creation
             user = by_upn[w["params"]["Identity"].lower()]
-            for x500 in w["params"]["EmailAddresses"]["Add"]:
-                assert x500 in user["email_addresses"]
+            planned = w["params"]["EmailAddresses"]
+            # New-MailUser made the source address primary; the list makes the planned one.
+            assert planned[0] == f"SMTP:{w['params']['Identity']}", planned
+            assert user["email_addresses"][: len(planned)] == planned, user["email_addresses"]
         elif w["operation"] == "Remove-MailContact":  # a GAL contact replaced by the MailUser
             assert w["params"]["Identity"] not in {
                 c["id"] for c in _objects(after, "target", "contacts")

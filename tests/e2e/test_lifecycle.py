@@ -20,6 +20,7 @@ from click.testing import Result
 
 from coexist.engine.runner import set_item
 from coexist.journal import Journal
+from coexist.model import split_address
 from coexist.sandbox import Sandbox, seed
 from coexist.sandbox.mailstore import MAIL_DB
 from coexist.sandbox.model import User
@@ -88,6 +89,47 @@ def add_matching_mailuser(sb: Sandbox, local: str) -> str:
         target.users[user.id] = user
         target.touch(user)
     return user.id
+
+
+# -- the target address ------------------------------------------------------------------
+def bare(address: str | None) -> str:
+    return (address or "").split(":", 1)[-1].lower()
+
+
+def source_addresses(sb: Sandbox, key: str) -> set[str]:
+    """Every SMTP address of the source user (from the source tenant itself), and its UPN."""
+    with sb.world.lock:
+        user = sb.world.source.users[key]
+        found = {bare(a) for a in user.email_addresses if a.lower().startswith("smtp:")}
+        return found | {user.user_principal_name.lower()}
+
+
+def target_object(sb: Sandbox, item: dict[str, Any]) -> User:
+    with sb.world.lock:
+        return sb.world.target.users[item["target_id"]]
+
+
+def check_target_addresses(
+    sb: Sandbox, project: Path, domains: set[str], *, created: bool = True
+) -> None:
+    """Every target object's primary is in `domains`, is no source address of its user, is the
+    journaled target address, and the object holds the source's X500s (and, when coexist
+    `created` it, the MOERA). New-MailUser alone would leave the source address primary."""
+    for key, item in journal_items(project).items():
+        obj = target_object(sb, item)
+        primary = (obj.primary_smtp or "").lower()
+        assert split_address(primary)[1] in domains, (item["source_address"], primary)
+        assert primary not in source_addresses(sb, key), (item["source_address"], primary)
+        assert bare(item["target_address"]) == primary, (item["target_address"], primary)
+        proxies = {a.lower() for a in obj.email_addresses}
+        if created:
+            assert any(a.endswith("@" + seed.TARGET_INITIAL_DOMAIN) for a in proxies), proxies
+        with sb.world.lock:
+            src = sb.world.source.users[key]
+        assert f"x500:{src.legacy_exchange_dn}".lower() in proxies
+        for a in src.email_addresses:
+            if a.lower().startswith("x500:"):
+                assert a.lower() in proxies, (src.primary_smtp, a)
 
 
 # -- where mail lands ----------------------------------------------------------------------
@@ -189,9 +231,12 @@ def test_lifecycle_mail_lands_where_it_should_in_every_phase(
 
     if mail_users == "match":
         provision_with_confirmation(sandbox, project, cli, items)
+        domains = {seed.TARGET_DOMAIN, seed.TARGET_ROUTING_DOMAIN}  # matched: their own
+        check_target_addresses(sandbox, project, domains, created=False)
     else:
         result = run_json(cli, "provision", "--project", p)
         assert not result["failed"] and not result["awaiting_confirmation"], result
+        check_target_addresses(sandbox, project, {seed.TARGET_DOMAIN})
     check_mailflow(sandbox, project, cli, mode, "provisioned")
 
     result = run_json(cli, "prestage", "--project", p)

@@ -161,7 +161,7 @@ def test_missing_identity_is_an_error(exo: httpx.Client, conn: dict[str, Any]) -
 def test_new_mailuser_is_an_entra_user_with_exchange_stamps(
     world_target: Tenant, exo: httpx.Client, conn: dict[str, Any]
 ) -> None:
-    """New-MailUser creates a MailUser with a LegacyExchangeDN, no ExchangeGuid, UPN and primary SMTP."""
+    """New-MailUser creates a MailUser with a LegacyExchangeDN, no ExchangeGuid, UPN and MOERA."""
     row = ok(
         invoke(
             exo, conn, KEY, "New-MailUser", Name="Zed Ext", ExternalEmailAddress="zed@src.example"
@@ -171,10 +171,53 @@ def test_new_mailuser_is_an_entra_user_with_exchange_stamps(
     assert row["ExchangeGuid"] == "00000000-0000-0000-0000-000000000000"
     assert row["LegacyExchangeDN"].startswith("/o=ExchangeLabs/")
     assert row["ExternalEmailAddress"] == "SMTP:zed@src.example"
-    assert row["PrimarySmtpAddress"] == f"ZedExt@{default_domain(conn)}"
     assert row["UserPrincipalName"] == f"ZedExt@{world_target.initial_domain}"
+    assert row["EmailAddresses"] == [
+        "SMTP:zed@src.example",
+        f"smtp:ZedExt@{world_target.initial_domain}",
+    ]
     user = world_target.users[row["ExternalDirectoryObjectId"]]
     assert user.recipient_type_details == "MailUser" and user.exchange_guid is None
+
+
+def test_new_mailuser_primary_is_the_external_address_whatever_else_is_given(
+    world_target: Tenant, exo: httpx.Client, conn: dict[str, Any]
+) -> None:
+    """The ExternalEmailAddress is the primary; -PrimarySmtpAddress is ignored; no alias@domain."""
+    dom = default_domain(conn)
+    row = ok(
+        invoke(
+            exo,
+            conn,
+            KEY,
+            "New-MailUser",
+            Name="Pat Planned",
+            Alias="pat",
+            MicrosoftOnlineServicesID=f"pat@{dom}",
+            Password="P@ss-1",
+            ExternalEmailAddress="pat@fabrikam.example",
+            PrimarySmtpAddress=f"pat@{dom}",
+        )
+    )[0]
+    assert row["PrimarySmtpAddress"] == row["WindowsEmailAddress"] == "pat@fabrikam.example"
+    assert row["EmailAddresses"] == [
+        "SMTP:pat@fabrikam.example",
+        f"smtp:pat@{world_target.initial_domain}",
+    ]
+    assert row["UserPrincipalName"] == row["MicrosoftOnlineServicesID"] == f"pat@{dom}"
+    # The UPN is not a proxy address, yet it identifies the object (Get-MailUser -Identity).
+    again = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity=f"pat@{dom}"))
+    assert [r["ExternalDirectoryObjectId"] for r in again] == [row["ExternalDirectoryObjectId"]]
+    bad = invoke(
+        exo,
+        conn,
+        KEY,
+        "New-MailUser",
+        Name="Pat Bad",
+        ExternalEmailAddress="patb@fabrikam.example",
+        PrimarySmtpAddress="not an address",
+    )
+    assert bad.status_code == 400  # still an SmtpAddress
 
 
 def test_new_mailuser_with_microsoft_online_services_id(
@@ -194,6 +237,93 @@ def test_new_mailuser_with_microsoft_online_services_id(
         )
     )[0]
     assert row["UserPrincipalName"] == upn and row["Alias"] == "alice1"
+    # Without -ExternalEmailAddress the alias still does not make the primary (*unverified*: UPN).
+    assert row["PrimarySmtpAddress"] == upn
+
+
+@pytest.mark.parametrize("keeps_external", [True, False], ids=["keeps-external", "drops-external"])
+def test_set_mailuser_address_list_sets_the_primary_in_the_destination_domain(
+    keeps_external: bool,
+    sandbox: Sandbox,
+    world_target: Tenant,
+    exo: httpx.Client,
+    conn: dict[str, Any],
+) -> None:
+    """-EmailAddresses replaces the list (SMTP: is primary); -PrimarySmtpAddress does nothing."""
+    sandbox.world.settings.mailuser_external_proxy = keeps_external
+    dom, moera = default_domain(conn), f"smtp:lee@{world_target.initial_domain}"
+    ok(
+        invoke(
+            exo,
+            conn,
+            KEY,
+            "New-MailUser",
+            Name="Lee",
+            Alias="lee",
+            MicrosoftOnlineServicesID=f"lee@{dom}",
+            Password="P@ss-1",
+            ExternalEmailAddress="lee@fabrikam.example",
+        )
+    )
+    ignored = invoke(
+        exo, conn, KEY, "Set-MailUser", Identity="Lee", PrimarySmtpAddress=f"lee@{dom}"
+    )
+    assert ignored.status_code == 200, ignored.text
+    row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Lee"))[0]
+    assert row["PrimarySmtpAddress"] == "lee@fabrikam.example"
+
+    wanted = [f"SMTP:lee@{dom}", moera, "X500:/o=Fabrikam/cn=Recipients/cn=lee"]
+    ok(invoke(exo, conn, KEY, "Set-MailUser", Identity="Lee", EmailAddresses=wanted))
+    row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Lee"))[0]
+    assert row["PrimarySmtpAddress"] == f"lee@{dom}"
+    kept = ["smtp:lee@fabrikam.example"] if keeps_external else []
+    assert row["EmailAddresses"] == wanted + kept
+    assert row["ExternalEmailAddress"] == "SMTP:lee@fabrikam.example"
+
+    # A changed target address: the old one is not kept; the primary stays where it was put.
+    ok(
+        invoke(
+            exo,
+            conn,
+            KEY,
+            "Set-MailUser",
+            Identity="Lee",
+            ExternalEmailAddress="lee@fabrikam.onmicrosoft.com",
+        )
+    )
+    row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Lee"))[0]
+    assert row["PrimarySmtpAddress"] == f"lee@{dom}"
+    assert not any("lee@fabrikam.example" in a for a in row["EmailAddresses"])
+    kept = ["smtp:lee@fabrikam.onmicrosoft.com"] if keeps_external else []
+    assert row["EmailAddresses"] == wanted + kept
+
+
+def test_licensing_a_fresh_mailuser_scrubs_its_external_primary(
+    sandbox: Sandbox, world_target: Tenant, exo: httpx.Client, conn: dict[str, Any]
+) -> None:
+    """Licensed before its list is set, a MailUser loses the external primary: the MOERA is next."""
+    from tests.integration.test_graph_licensing import E3_PLANS, add_sku, assign
+
+    sku = add_sku(sandbox, "ENTERPRISEPACK", 1, E3_PLANS)
+    row = ok(
+        invoke(
+            exo,
+            conn,
+            KEY,
+            "New-MailUser",
+            Name="Una",
+            Alias="una",
+            MicrosoftOnlineServicesID=f"una@{default_domain(conn)}",
+            Password="P@ss-1",
+            ExternalEmailAddress="una@fabrikam.example",
+        )
+    )[0]
+    with sandbox.world.lock:
+        world_target.users[row["ExternalDirectoryObjectId"]].usage_location = "US"
+        world_target.touch()
+    assign(conn, row["ExternalDirectoryObjectId"], sku.sku_id)
+    got = ok(invoke(exo, conn, KEY, "Get-Recipient", Identity="Una"))[0]
+    assert got["EmailAddresses"] == [f"SMTP:una@{world_target.initial_domain}"]
 
 
 def test_name_longer_than_64_fails(exo: httpx.Client, conn: dict[str, Any]) -> None:
@@ -324,7 +454,8 @@ def test_external_email_address_change_drops_old_value(
     )
     row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Moe"))[0]
     assert row["ExternalEmailAddress"] == "SMTP:moe@new.example"
-    assert "smtp:moe@new.example" in row["EmailAddresses"]
+    # It was the primary by default (New-MailUser.md): the new external address takes its place.
+    assert row["PrimarySmtpAddress"] == "moe@new.example"
     assert not any("old.example" in a for a in row["EmailAddresses"])
 
 

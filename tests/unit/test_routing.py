@@ -10,6 +10,7 @@ import pytest
 from coexist.model import decode_imceaex, encode_imceaex
 from coexist.sandbox import seed
 from coexist.sandbox.model import (
+    Contact,
     Group,
     OutboundSpamPolicy,
     OutboundSpamRule,
@@ -379,6 +380,54 @@ def test_mailuser_ping_pong_between_tenants_is_a_loop(world: World) -> None:
     d = route(world, a.primary_smtp or "").to_dict()
     assert (d["outcome"], d["ndr_code"], d["ndr_text"]) == ("ndr", "5.4.14", NDR_LOOP[1])
     assert [leg["outcome"] for leg in d["deliveries"]] == ["ndr"]
+
+
+def test_mailbox_forwarding_to_its_own_address_is_a_loop(world: World) -> None:
+    """A source mailbox forwarding to one of its own addresses NDRs 5.4.14 and delivers nothing.
+
+    What forward-on-source builds when the target address is the source address.
+    """
+    user = mailboxes(world.source)[0]
+    secondary = next(a[5:] for a in user.email_addresses if a.startswith("smtp:"))
+    for own in (user.primary_smtp or "", secondary):
+        user.forwarding_smtp_address = f"smtp:{own}"
+        d = route(world, user.primary_smtp or "")
+        assert [(leg.outcome, leg.ndr_code, leg.tenant) for leg in d.deliveries] == [
+            ("ndr", "5.4.14", "source")
+        ], own
+        assert d.ndr_text == NDR_LOOP[1] and d.first.object == user.id
+        assert [h.action for h in d.hops] == ["resolve", "forward", "resolve", "ndr"]
+
+
+def test_contact_whose_target_is_its_own_address_is_a_loop(world: World) -> None:
+    """A contact pointing at an address it holds itself NDRs 5.4.14 (rename-source's failure)."""
+    user = mailboxes(world.source)[0]
+    address = user.primary_smtp or ""
+    user.email_addresses = [f"SMTP:MIGWIZ-{user.alias}@{world.source.initial_domain}"]
+    contact = Contact(
+        id="c-self",
+        display_name=user.display_name,
+        name=user.name + " contact",
+        alias=user.alias + "c",
+        email_addresses=[f"SMTP:{address}"],
+        external_email_address=f"SMTP:{address}",
+    )
+    world.source.contacts[contact.id] = contact
+    world.source.touch(contact)
+    d = route(world, address)
+    assert (d.outcome, d.ndr_code, d.first.object) == ("ndr", "5.4.14", contact.id)
+    assert d.delivered() == []
+
+
+def test_forward_to_a_target_mailuser_routing_back_is_a_loop(world: World) -> None:
+    """Source mailbox -> target MailUser whose targetAddress is that mailbox: 5.4.14, no copy."""
+    user = mailboxes(world.source)[0]
+    mu = mail_user(world.target, "back", user.primary_smtp or "", seed.TARGET_DOMAIN)
+    user.forwarding_smtp_address = f"smtp:{mu.primary_smtp}"
+    allow_external_forwarding(world.source)
+    d = route(world, user.primary_smtp or "")
+    assert [(leg.outcome, leg.ndr_code) for leg in d.deliveries] == [("ndr", "5.4.14")]
+    assert [(h.tenant, h.action) for h in d.hops][-2:] == [("source", "resolve"), ("source", "ndr")]
 
 
 def test_a_chain_longer_than_the_hop_limit_ndrs(world: World) -> None:

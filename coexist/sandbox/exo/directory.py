@@ -379,12 +379,54 @@ def check_addresses(
 
 
 def new_addresses(tenant: Tenant, alias: str, primary: str | None) -> list[str]:
-    """Addresses Exchange Online stamps on a new object: primary + alias@initial domain."""
+    """Addresses Exchange Online stamps on a new group: primary + alias@initial domain."""
     first = primary or f"{alias}@{default_domain(tenant)}"
     out = ["SMTP:" + first]
     initial = f"{alias}@{tenant.initial_domain}"
     if initial.lower() != first.lower():
         out.append("smtp:" + initial)
+    return out
+
+
+def mailuser_addresses(tenant: Tenant, alias: str, external: str | None, upn: str) -> list[str]:
+    """The addresses New-MailUser stamps in Exchange Online, in one place.
+
+    Documented (office-docs-powershell New-MailUser.md, -ExternalEmailAddress, -PrimarySmtpAddress
+    and -Alias): the ExternalEmailAddress becomes the primary SMTP address by default;
+    -PrimarySmtpAddress is functional only on-premises; "The Alias parameter never generates or
+    updates the primary email address of a mail contact or a mail user".
+
+    *unverified* (not on the cmdlet's page; what tenants show): the MOERA
+    `alias@<tenant>.onmicrosoft.com` is stamped as a secondary address; the
+    MicrosoftOnlineServicesID (UPN) is not stamped as a proxy; a MailUser created without
+    -ExternalEmailAddress (MicrosoftOnlineServicesID set) gets its UPN as the primary.
+    """
+    first = external or upn
+    out = ["SMTP:" + first]
+    moera = f"{alias}@{tenant.initial_domain}"
+    if moera.lower() != first.lower():
+        out.append("smtp:" + moera)
+    return out
+
+
+def external_proxy(addresses: list[str], old: str | None, new: str | None, keep: bool) -> list[str]:
+    """A MailUser's addresses after its ExternalEmailAddress is (re)set from `old` to `new`.
+
+    Documented (Set-MailUser.md, -ExternalEmailAddress): the old external address isn't kept as
+    a proxy address. The primary follows the external address while it is the default (the old
+    external address was the primary), else it stays where an admin put it.
+    *unverified*: whether Exchange Online keeps the ExternalEmailAddress among the proxy
+    addresses once another address is primary (and puts it back when an -EmailAddresses list
+    leaves it out): the sandbox setting `Settings.mailuser_external_proxy` (`keep`) decides.
+    """
+    out = list(addresses)
+    if old is not None and new is not None and old.lower() != new.lower():
+        was_primary = any(a.startswith("SMTP:") and a[5:].lower() == old.lower() for a in out)
+        out = [a for a in out if _key(a) != f"smtp:{old.lower()}"]
+        if was_primary:
+            return set_primary(out, new)
+    if new is not None and keep and f"smtp:{new.lower()}" not in {_key(a) for a in out}:
+        out.append("smtp:" + new)
     return out
 
 
@@ -591,18 +633,26 @@ def apply_common(
     accepted_only: bool = True,
     exempt: Iterable[str] = (),
     base: list[str] | None = None,
+    primary_params: tuple[str, ...] = ("WindowsEmailAddress", "PrimarySmtpAddress"),
+    adjust: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
     """-Name, -DisplayName, -Alias, -EmailAddresses, -WindowsEmailAddress/-PrimarySmtpAddress,
-    -HiddenFromAddressListsEnabled: validated first, then applied together."""
+    -HiddenFromAddressListsEnabled: validated first, then applied together.
+
+    `primary_params`: the parameters that set the primary address on this cmdlet (a cmdlet
+    whose -PrimarySmtpAddress is functional only on-premises leaves it out); `adjust`: what
+    the service does to the resulting list on its own (before it is validated)."""
     t = call.tenant
     name = check_name(t, as_text(call.get("Name")), obj) if call.has("Name") else None
     alias = unique_alias(t, as_text(call.get("Alias")), obj.name) if call.has("Alias") else None
     addresses = list(obj.email_addresses if base is None else base)
     if call.has("EmailAddresses"):
         addresses = updated_addresses(addresses, call.get("EmailAddresses"))
-    for param in ("WindowsEmailAddress", "PrimarySmtpAddress"):
+    for param in primary_params:
         if call.has(param):
             addresses = set_primary(addresses, smtp_of(call.get(param), param))
+    if adjust is not None:
+        addresses = adjust(addresses)
     if addresses != obj.email_addresses:
         if not any(a.startswith("SMTP:") for a in addresses):
             raise CmdletError(

@@ -71,18 +71,16 @@ def new_mailuser(call: Call) -> list[dict[str, Any]]:
     alias = d.unique_alias(t, call.text("Alias"), name)
     external = _external(call)
     upn = _upn(call, alias)
-    primary = (
+    if call.has("PrimarySmtpAddress"):
+        # Accepted and ignored: "This parameter is functional only in on-premises Exchange.
+        # [...] By default, the primary address is the same as the ExternalEmailAddress
+        # parameter value" (office-docs-powershell New-MailUser.md, -PrimarySmtpAddress).
+        # Still an SmtpAddress: a malformed value fails binding.
         d.smtp_of(call.get("PrimarySmtpAddress"), "PrimarySmtpAddress")
-        if call.has("PrimarySmtpAddress")
-        else None
-    )
-    addresses = d.new_addresses(t, alias, primary)
-    d.check_addresses(t, None, addresses, accepted_only=True)
-    if external is not None:
-        # The targetAddress is also kept as a proxy, as Exchange does (*unverified* for EXO);
-        # it may be in any domain.
-        addresses = d.dedupe([*addresses, "smtp:" + external])
-        d.check_addresses(t, None, addresses, accepted_only=True, exempt=[external])
+    addresses = d.mailuser_addresses(t, alias, external, upn)
+    # The external address may be in any domain (it is where mail goes); the rest must be
+    # in accepted domains.
+    d.check_addresses(t, None, addresses, accepted_only=True, exempt=[external] if external else [])
     # Made by Exchange: Graph serves it after directory replication (limits.visible_at).
     visible = call.ctx.limiter.visible_at(alias)
     user = User(
@@ -125,13 +123,22 @@ def set_mailuser(call: Call) -> list[dict[str, Any]]:
     new_external = _external(call)
     guids = {p: _guid(call, p) for p in ("ExchangeGuid", "ArchiveGuid") if call.has(p)}
     upn = _upn(call, mu.alias) if call.has("MicrosoftOnlineServicesID") else None
-    base = list(mu.email_addresses)
-    if new_external is not None and old_external != new_external:
-        # The old targetAddress does not stay behind as a proxy (FACTS.md).
-        old_key = f"smtp:{(old_external or '').lower()}"
-        base = d.dedupe([*(a for a in base if a.lower() != old_key), "smtp:" + new_external])
+    if call.has("PrimarySmtpAddress"):
+        # Accepted and ignored, as New-MailUser's: "This parameter is available or functional
+        # only in on-premises Exchange" (Set-MailUser.md, -PrimarySmtpAddress). In Exchange
+        # Online the primary is set with -EmailAddresses ("SMTP:") or -WindowsEmailAddress.
+        d.smtp_of(call.get("PrimarySmtpAddress"), "PrimarySmtpAddress")
+    keep = call.ctx.world.settings.mailuser_external_proxy
     external = new_external or old_external
-    d.apply_common(call, mu, exempt=[external] if external else [], base=base)
+    base = d.external_proxy(list(mu.email_addresses), old_external, external, keep)
+    d.apply_common(
+        call,
+        mu,
+        exempt=[external] if external else [],
+        base=base,
+        primary_params=("WindowsEmailAddress",),
+        adjust=lambda addresses: d.external_proxy(addresses, None, external, keep),
+    )
     if new_external is not None:
         mu.external_email_address = "SMTP:" + new_external
     for param, value in guids.items():
