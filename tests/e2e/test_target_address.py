@@ -178,9 +178,10 @@ def test_cutover_refuses_a_source_address_as_target_then_provision_repairs_it(
     items = journal_items(project)
     assert len(data["failed"]) == len(items), data
     for failure in data["failed"]:
-        user = str(items[failure["user"]]["source_address"])
+        user = str(items[failure["item"]]["source_address"])
+        assert failure["user"] == user  # people read addresses; `item` is the journal key
         assert failure["step"] == "cutover.target-address"
-        if failure["user"] == lost:
+        if failure["item"] == lost:
             said = f"no target address is journaled for {user}"
         else:
             said = f"the target address {user} is one of {user}'s own source addresses"
