@@ -58,16 +58,18 @@ def sandbox_serve(
     """Serve the sandbox pair until interrupted; `ready` gets the connection info."""
     from coexist.sandbox.server import Sandbox, run_forever
 
-    sb = Sandbox(
-        state,
-        seed=seed,
-        users=users,
-        profile=profile,
-        port=port,
-        time_scale=time_scale,
-        drained=drained,
-    )
-    run_forever(sb, lambda s: ready(s.connection) if ready else None)
+    def make() -> Sandbox:
+        return Sandbox(
+            state,
+            seed=seed,
+            users=users,
+            profile=profile,
+            port=port,
+            time_scale=time_scale,
+            drained=drained,
+        )
+
+    run_forever(make, lambda s: ready(s.connection) if ready else None)
 
 
 def sandbox_deliver(

@@ -21,6 +21,7 @@ from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
+from coexist.tenants.throttle import WriteLimits
 
 T = TypeVar("T")
 
@@ -101,6 +102,7 @@ async def session(
             plan=recorder,
             read_retry=policy,
             mailbox_limits=MailboxLimits(time_scale=project.engine.outlook_time_scale),
+            write_limits=WriteLimits(writes=project.engine.directory_write_budget),
         ) as (source, target):
             ctx = Context(project, journal, source, target, plan=recorder, run_id=run_id or None)
             outcomes: list[Outcome] = []

@@ -408,6 +408,16 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "engine.directory_write_budget",
+        "int",
+        3000,
+        "Directory writes per 150 seconds per app and tenant that coexist paces itself to "
+        "(Graph directory changes and Exchange cmdlets that change recipients). Microsoft "
+        "publishes 3,000; lower it when another tool writes with the same app. A sandbox "
+        "served with `--time-scale N` admits N times as many: set 3000 x N for benchmarks.",
+        minimum=1,
+    ),
+    Setting(
         "engine.max_attempts",
         "int",
         5,
@@ -905,6 +915,7 @@ class Migration(_Section):
 @dataclass(frozen=True, repr=False)
 class Engine(_Section):
     concurrency_per_tenant: int
+    directory_write_budget: int
     max_attempts: int
     retry_max_wait_s: int
     look_again_s: int

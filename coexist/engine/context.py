@@ -14,6 +14,7 @@ from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
+from coexist.tenants.throttle import WriteBudget, WriteLimits
 
 
 @dataclass
@@ -61,10 +62,13 @@ async def open_sides(
     plan: WriteRecorder | None = None,
     read_retry: RetryPolicy = READ_RETRY,
     mailbox_limits: MailboxLimits | None = None,
+    write_limits: WriteLimits | None = None,
 ) -> AsyncIterator[tuple[Side, Side]]:
-    """Adapters for both tenants, closed on exit; reads retried with `read_retry`."""
+    """Adapters for both tenants, closed on exit; reads retried with `read_retry`. A tenant's
+    Graph and Exchange adapters share one directory-write budget (per app + tenant)."""
     sides = []
     for label, ep in (("source", source), ("target", target)):
+        budget = WriteBudget(write_limits)
         sides.append(
             Side(
                 label,
@@ -76,9 +80,15 @@ async def open_sides(
                     plan=plan,
                     read_retry=read_retry,
                     mailbox_limits=mailbox_limits,
+                    write_budget=budget,
                 ),
                 ExoRunner(
-                    ep, label=label, concurrency=concurrency, plan=plan, read_retry=read_retry
+                    ep,
+                    label=label,
+                    concurrency=concurrency,
+                    plan=plan,
+                    read_retry=read_retry,
+                    write_budget=budget,
                 ),
             )
         )

@@ -13,17 +13,21 @@ on stop); `connection.json` there tells a coexist project how to connect.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import json
 import logging
+import os
+import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trustme
 import uvicorn
@@ -49,6 +53,17 @@ log = logging.getLogger(__name__)
 
 CONNECTION_FILE = "connection.json"
 CA_FILE = "ca.pem"
+
+# How `coexist sandbox serve` stops on SIGINT or SIGTERM (it promises to end within 5 s):
+# requests in flight get GRACEFUL_S to finish (uvicorn's graceful shutdown; then they are
+# cancelled), the server thread SERVER_STOP_S from the signal, then the state is saved; at
+# STOP_DEADLINE_S whatever is still running is cut short (hard exit). Well under 5 s, so a
+# loaded machine still keeps the promise.
+GRACEFUL_S = 1  # seconds (uvicorn takes an int)
+SERVER_STOP_S = 2.0
+STOP_DEADLINE_S = 3.5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_POLL_S = 0.05
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[
@@ -150,6 +165,16 @@ def build_app(ctx: SandboxContext) -> Starlette:
     app.state.ctx = ctx
     app.add_middleware(ChaosMiddleware, ctx=ctx)
     return app
+
+
+def write_atomically(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Write a file whole or not at all (write + rename): a sandbox stopped at any moment
+    (`run_forever` may cut start-up short) never leaves half a certificate behind."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    tmp.write_bytes(data)
+    if private:
+        tmp.chmod(0o600)
+    os.replace(tmp, path)
 
 
 def make_app_certificate(common_name: str) -> tuple[str, str]:
@@ -278,8 +303,7 @@ class Sandbox:
                         app.certificate_pem = on_disk
                         continue
                 combined, cert_pem = make_app_certificate(app.display_name)
-                path.write_text(combined)
-                path.chmod(0o600)
+                write_atomically(path, combined.encode(), private=True)
                 app.certificate_pem = cert_pem
 
     # -- mail --------------------------------------------------------------------
@@ -314,8 +338,8 @@ class Sandbox:
         if not (ca_path.exists() and server_path.exists()):
             ca = trustme.CA(organization_name="coexist sandbox")
             cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
-            ca.cert_pem.write_to_path(str(ca_path))
-            cert.private_key_and_cert_chain_pem.write_to_path(str(server_path))
+            write_atomically(ca_path, ca.cert_pem.bytes())
+            write_atomically(server_path, cert.private_key_and_cert_chain_pem.bytes(), private=True)
         return ca_path, server_path
 
     # -- lifecycle ---------------------------------------------------------------
@@ -351,7 +375,7 @@ class Sandbox:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
-            timeout_graceful_shutdown=1,
+            timeout_graceful_shutdown=GRACEFUL_S,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -370,14 +394,22 @@ class Sandbox:
         self._saver.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving, save the state and close the stores.
+
+        In-flight requests get uvicorn's graceful shutdown (GRACEFUL_S); `timeout` bounds the
+        wait for the server thread, and the state is saved whether or not it ended by then
+        (the save takes the world's lock, so it is a consistent snapshot either way).
+        """
+        deadline = time.monotonic() + timeout
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._stop_saver.set()
         if self._saver is not None:
-            self._saver.join(timeout=5)
+            # A save in progress finishes first (it is one snapshot and one rename).
+            self._saver.join(timeout=max(1.0, deadline - time.monotonic()))
         self.save()
         if self._mail is not None:
             self._mail.close()
@@ -385,22 +417,15 @@ class Sandbox:
         if self.ctx is not None and (pim := self.ctx.extra.pop(PIM_STORE_KEY, None)) is not None:
             pim.close()
 
+    def serving(self) -> bool:
+        """True while the server thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
     def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def wait(self) -> None:
-        """Block until the server thread ends (KeyboardInterrupt stops it)."""
-        assert self._thread is not None
-        try:
-            while self._thread.is_alive():
-                self._thread.join(0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
 
     # -- connection --------------------------------------------------------------
     @property
@@ -429,8 +454,9 @@ class Sandbox:
 
     def write_connection(self) -> Path:
         path = self.state_dir / CONNECTION_FILE
-        path.write_text(json.dumps(self.connection, indent=2) + "\n")
-        path.chmod(0o600)
+        write_atomically(
+            path, (json.dumps(self.connection, indent=2) + "\n").encode(), private=True
+        )
         return path
 
 
@@ -459,12 +485,113 @@ def keep_freed_memory() -> bool:
     )
 
 
-def run_forever(sandbox: Sandbox, ready: Callable[[Sandbox], None]) -> None:
-    """Start, announce, and serve until interrupted (used by `coexist sandbox serve`)."""
-    keep_freed_memory()
-    sandbox.start()
-    ready(sandbox)
-    sandbox.wait()
+class _Life:
+    """The sandbox's start-up, run in a thread of its own so that the main thread only waits
+    for a signal: build (seed or load), start, announce."""
+
+    def __init__(
+        self,
+        make: Callable[[], Sandbox],
+        ready: Callable[[Sandbox], None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._make = make
+        self._ready = ready
+        self._stopping = stopping
+        self.sandbox: Sandbox | None = None
+        self.error: BaseException | None = None
+        self.started = threading.Event()  # start-up is over: serving, failed, or skipped
+        self._thread = threading.Thread(target=self._run, name="sandbox-start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            sandbox = self._make()
+            if self._stopping():
+                return  # signalled while seeding: nothing was served, nothing to save
+            self.sandbox = sandbox  # before start(): a half-started sandbox is stopped too
+            sandbox.start()
+            if not self._stopping():
+                self._ready(sandbox)
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+        finally:
+            self.started.set()
+
+    def over(self) -> bool:
+        """Start-up failed, or the server stopped on its own."""
+        if not self.started.is_set():
+            return False
+        return self.error is not None or self.sandbox is None or not self.sandbox.serving()
+
+    def stop(self, deadline: float) -> None:
+        """Stop and save once start-up is over (start-up is never interrupted half-way)."""
+        if not self.started.wait(max(0.0, deadline - time.monotonic())):
+            return
+        if self.sandbox is not None:
+            self.sandbox.stop(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _exit(code: int, why: str) -> NoReturn:
+    """End the process now, without waiting for threads that did not finish."""
+    print(f"sandbox: {why}", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def run_forever(make: Callable[[], Sandbox], ready: Callable[[Sandbox], None]) -> NoReturn:
+    """Build, start and announce a sandbox, and serve it until SIGINT or SIGTERM, then end the
+    process (`coexist sandbox serve`, which promises to stop within 5 s of either, saving its
+    state).
+
+    The main thread only waits for the signal; the sandbox is built and started in a thread
+    of its own, so a signal is noticed at once whatever the sandbox is doing (seeding,
+    starting, serving a long request) and never interrupts that work half-way. (It used to
+    raise KeyboardInterrupt in the main thread: raised inside `Thread.join`, Python 3.11
+    marks the still-running server thread as stopped, so the stop did not wait for the
+    server, closed the stores under it and let the interpreter finalise while uvicorn was
+    still shutting down; SIGTERM was not handled at all and lost the last second of state.)
+
+    On the signal: the server stops (SERVER_STOP_S), the state is saved, the process ends
+    (exit status 0). STOP_DEADLINE_S after the signal, anything still running is cut short
+    (exit status 1). Before this
+    function installs its handlers (interpreter start, imports) the interpreter's defaults
+    end the process at once; there is no state to save yet.
+    """
+    signals: list[int] = []  # appended by the handler: no lock, so safe at any moment
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        keep_freed_memory()
+        life = _Life(make, ready, stopping=lambda: bool(signals))
+        while not signals and not life.over():
+            time.sleep(_POLL_S)
+        signalled = time.monotonic()
+        stopper = threading.Thread(
+            target=life.stop, args=(signalled + SERVER_STOP_S,), name="sandbox-stop", daemon=True
+        )
+        stopper.start()
+        stopper.join(max(0.0, signalled + STOP_DEADLINE_S - time.monotonic()))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not life.started.is_set():
+        # Every file start-up writes is replaced atomically, so cutting it short is safe.
+        _exit(1, "stopped while starting, before serving anything")
+    if stopper.is_alive():
+        _exit(1, f"not stopped within {STOP_DEADLINE_S:g} s; state as last saved")
+    if life.error is not None:
+        raise life.error
+    # Stopped and saved. Ending here instead of returning skips finalising an interpreter
+    # that imported the whole product - 0.5-1 s on a loaded machine (measured), which the
+    # 5 s promise cannot spare - and never waits for (or finalises under) a thread a request
+    # handler may still hold.
+    _exit(0, "stopped; state saved")
 
 
 __all__ = ["CONNECTION_FILE", "Sandbox", "profile_settings", "run_forever"]

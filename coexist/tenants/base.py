@@ -4,17 +4,19 @@ plan recorder, counters, and the mapping of token failures.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Self
 
 import httpx
 from azure.core.exceptions import ClientAuthenticationError
 
-from coexist.errors import AuthenticationError
+from coexist.errors import AuthenticationError, TransientError
 from coexist.retry import RetryPolicy
 
 from .auth import TenantEndpoint, credential, token_claims
 from .plan import WriteRecorder
-from .throttle import Gate
+from .throttle import REFUSED_STATUS, Gate, WriteBudget
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -50,7 +52,10 @@ class Adapter:
         concurrency: int = 8,
         plan: WriteRecorder | None = None,
         read_retry: RetryPolicy = READ_RETRY,
+        write_budget: WriteBudget | None = None,
     ) -> None:
+        """`write_budget`: the tenant's directory-write budget; pass the same one to the
+        Graph and the Exchange adapter of a tenant (Microsoft counts per app + tenant)."""
         self.ep = ep
         self.label = label or ep.tenant_id
         self.plan = plan
@@ -61,6 +66,7 @@ class Adapter:
         self.timeout = timeout
         self._http = self._new_client()
         self._gate = Gate(concurrency)
+        self.write_budget = write_budget or WriteBudget()
 
     def _new_client(self) -> httpx.AsyncClient:
         """An HTTP client for this system (TLS verification always on: `ep.verify` is True or
@@ -76,6 +82,24 @@ class Adapter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def throttled(self) -> int:
+        """Answers that refused a directory request (429/503/5xx: each paused and narrowed
+        the tenant's Gate)."""
+        return self._gate.throttled
+
+    @asynccontextmanager
+    async def paced_writes(self, cost: int) -> AsyncIterator[None]:
+        """Send `cost` directory writes (0: a read, not paced) within the write budget; a
+        refusal (429/503) re-aligns the budget to the service's before it is raised."""
+        async with self.write_budget.spend(cost):
+            try:
+                yield
+            except TransientError as exc:
+                if cost > 0 and exc.status in REFUSED_STATUS:
+                    self.write_budget.refused(cost)
+                raise
 
     async def token(self) -> str:
         try:

@@ -134,7 +134,7 @@ class ExoRunner(Adapter):
                 self.plan.record("exchange", self.label, cmdlet, params)
                 return []
             before_write()
-            async with self._gate.slot():
+            async with self.paced_writes(1), self._gate.slot():
                 return await self._send(cmdlet, params)
 
         async def read() -> list[dict[str, Any]]:

@@ -114,6 +114,24 @@ def _is_write(method: str, path: str, body: Any) -> bool:
     return True
 
 
+def directory_writes(method: str, path: str, body: Any) -> int:
+    """Directory writes a request costs against the app + tenant write budget: 1 for a
+    write outside any mailbox, each such inner write of a $batch (json-batching: every
+    inner request is evaluated against the limits), 0 for reads and Outlook requests (those
+    are governed per mailbox)."""
+    if path.split("?", 1)[0].rstrip("/").endswith("$batch"):
+        if not isinstance(body, dict):
+            return 0
+        return sum(
+            1
+            for r in body.get("requests") or []
+            if isinstance(r, dict)
+            and str(r.get("method") or "GET").upper() != "GET"
+            and mailbox_of(str(r.get("url") or "")) is None
+        )
+    return int(method.upper() != "GET" and mailbox_of(path) is None)
+
+
 def _mailboxes(path: str, body: Any) -> dict[str, int]:
     """Mailbox -> requests charged to it; empty for a directory request."""
     if path.split("?", 1)[0].rstrip("/").endswith("$batch"):
@@ -202,7 +220,8 @@ class GraphAdapter(Adapter):
                 self.plan.record("graph", self.label, f"{method} /{path.lstrip('/')}", json or {})
                 return None
             before_write()
-            return await self._governed(method, path, params, json, headers)
+            writes = directory_writes(method, path, json)
+            return await self._governed(method, path, params, json, headers, writes)
 
         async def read() -> Any:
             return await self._governed(method, path, params, json, headers)
@@ -216,18 +235,22 @@ class GraphAdapter(Adapter):
         params: dict[str, Any] | None,
         json: Any,
         headers: dict[str, str] | None,
+        writes: int = 0,
     ) -> Any:
-        """Send under the governor that owns the request: the mailbox's, else the tenant's."""
+        """Send under the governor that owns the request: the mailbox's, else the tenant's;
+        `writes` directory writes are paced to the tenant's write budget first."""
         content = None if json is None else jsonlib.dumps(json, ensure_ascii=False).encode()
         boxes = _mailboxes(path, json)
-        if not boxes:
-            async with self._gate.slot():
-                data = await self._send(method, path, params, json, content, headers, {})
-        else:
-            # Microsoft counts PATCH/POST/PUT bodies against the upload budget (throttling-limits).
-            upload = len(content) if content is not None and method.upper() != "GET" else 0
-            async with self._mailbox_slots(boxes, upload):
-                data = await self._send(method, path, params, json, content, headers, boxes)
+        async with self.paced_writes(writes):
+            if not boxes:
+                async with self._gate.slot():
+                    data = await self._send(method, path, params, json, content, headers, {})
+            else:
+                # Microsoft counts PATCH/POST/PUT bodies against the upload budget
+                # (throttling-limits).
+                upload = len(content) if content is not None and method.upper() != "GET" else 0
+                async with self._mailbox_slots(boxes, upload):
+                    data = await self._send(method, path, params, json, content, headers, boxes)
         self._learn_mailbox(method, path, data)
         return data
 

@@ -1,4 +1,5 @@
-"""Pacing maths of the per-mailbox governor (injected clock, no timing) and request routing."""
+"""Pacing maths of the per-mailbox governor and of the directory-write budget (injected
+clock, no timing), and request routing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 
 import pytest
 
+from coexist.tenants.graph import directory_writes
 from coexist.tenants.mailbox_governor import (
     MB,
     MailboxGovernor,
@@ -16,6 +18,7 @@ from coexist.tenants.mailbox_governor import (
     import_bytes,
     mailbox_of,
 )
+from coexist.tenants.throttle import WriteBudget, WriteLimits
 
 
 class Clock:
@@ -235,3 +238,142 @@ def test_import_bytes_is_the_decoded_stream_size(size: int) -> None:
     """The upload charged for an import is the decoded item stream, computed without decoding."""
     data = base64.b64encode(b"x" * size).decode()
     assert import_bytes({"Data": data}) == size
+
+
+# -- directory-write budget ---------------------------------------------------------------
+
+
+def test_write_budget_is_the_published_one() -> None:
+    """By default coexist paces directory writes to Microsoft's 3,000 per 150 s per app + tenant."""
+    limits = WriteLimits()
+    assert (limits.writes, limits.window_s) == (3000, 150.0)
+    assert limits.rate == pytest.approx(20.0)
+
+
+def test_a_fresh_budget_admits_its_writes_then_paces_at_the_rate() -> None:
+    """A full budget lets its writes go at once; beyond it each write waits 1/rate more."""
+    clock = Clock()
+    budget = WriteBudget(WriteLimits(writes=10, window_s=5), clock)
+    for _ in range(10):
+        assert budget.delay() == 0.0
+        budget.take()
+    waits = []
+    for _ in range(3):
+        waits.append(budget.delay())
+        clock.now += waits[-1]
+        budget.take()
+    assert waits == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_writes_sent_when_the_budget_says_never_exceed_it() -> None:
+    """Sending each write as soon as the budget covers it: over any horizon the writes taken
+    are at most the window's writes plus the rate times the time elapsed."""
+    clock = Clock()
+    start = clock.now
+    limits = WriteLimits(writes=50, window_s=10)
+    budget = WriteBudget(limits, clock)
+    for _ in range(500):
+        clock.now += budget.delay()
+        budget.take()
+        budget.done()
+        assert budget.taken <= limits.writes + limits.rate * (clock.now - start) + 1e-9
+    assert budget.taken == 500 and budget.in_flight == 0
+
+
+def test_an_empty_start_has_no_burst() -> None:
+    """A budget that knows the service's window is spent (start_full=False) sends nothing
+    before the rate has earned it."""
+    clock = Clock()
+    budget = WriteBudget(WriteLimits(writes=3000, window_s=150, start_full=False), clock)
+    assert budget.delay() == pytest.approx(1 / 20)
+
+
+def test_a_refusal_makes_the_writes_in_flight_a_debt() -> None:
+    """The service refused one of 5 writes in flight: the budget then holds nothing, less the
+    4 still in flight (the service counts them from what it gains next), so the next write
+    waits for 5 writes' worth of refill."""
+    clock = Clock()
+    budget = WriteBudget(WriteLimits(writes=100, window_s=10), clock)
+    for _ in range(5):
+        budget.take()
+    budget.refused()
+    budget.done()
+    assert budget.refusals == 1 and budget.in_flight == 4
+    assert budget.delay() == pytest.approx(5 / 10)
+
+
+def test_a_refusal_keeps_a_deeper_debt() -> None:
+    """Writes already queued behind the budget stay queued after a refusal: it only ever
+    lowers what the budget believes it holds."""
+    clock = Clock()
+    budget = WriteBudget(WriteLimits(writes=10, window_s=1, start_full=False), clock)
+    for _ in range(20):
+        budget.take()
+    for _ in range(19):
+        budget.done()
+    budget.refused()
+    assert budget.delay() == pytest.approx(21 / 10)
+
+
+def test_a_write_larger_than_the_budget_waits_for_a_full_one_only() -> None:
+    """A $batch costing more than the whole budget is sent once the budget is full, not never."""
+    clock = Clock()
+    budget = WriteBudget(WriteLimits(writes=10, window_s=1, start_full=False), clock)
+    assert budget.delay(25) == pytest.approx(1.0)
+
+
+def test_spend_paces_writes_only_and_keeps_arrival_order() -> None:
+    """Reads (cost 0) pass straight through; writes leave in the order they asked, each
+    counted in flight while it is sent."""
+
+    async def run() -> tuple[list[int], list[int], WriteBudget]:
+        budget = WriteBudget(WriteLimits(writes=1, window_s=0.002))
+        order: list[int] = []
+        in_flight: list[int] = []
+
+        async def write(n: int) -> None:
+            async with budget.spend(1):
+                order.append(n)
+                in_flight.append(budget.in_flight)
+                await asyncio.sleep(0)
+
+        async with budget.spend(0):
+            assert budget.taken == 0
+        await asyncio.gather(*(write(n) for n in range(8)))
+        return order, in_flight, budget
+
+    order, in_flight, budget = asyncio.run(run())
+    assert order == list(range(8))
+    assert all(n >= 1 for n in in_flight)
+    assert budget.taken == 8 and budget.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "writes"),
+    [
+        ("GET", "users/u1", None, 0),
+        ("PATCH", "users/u1", {}, 1),
+        ("POST", "users/u1/assignLicense", {}, 1),
+        ("POST", "groups/g/members/$ref", {}, 1),
+        ("POST", "users/u1/messages", {}, 0),  # Outlook: the mailbox's budget
+        ("PATCH", "admin/exchange/mailboxes/MBX:1@t/folders/f", {}, 0),
+        (
+            "POST",
+            "$batch",
+            {
+                "requests": [
+                    {"id": "1", "method": "PATCH", "url": "/users/a"},
+                    {"id": "2", "method": "GET", "url": "/users/b"},
+                    {"id": "3", "method": "POST", "url": "/groups/g/members/$ref"},
+                    {"id": "4", "method": "POST", "url": "/users/a/messages"},
+                ]
+            },
+            2,
+        ),
+    ],
+)
+def test_directory_writes_of_a_graph_request(
+    method: str, url: str, body: object, writes: int
+) -> None:
+    """Only directory writes draw on the write budget; a $batch costs each inner one."""
+    assert directory_writes(method, url, body) == writes
