@@ -102,7 +102,9 @@ def provision_all(profile: str, budget: int) -> dict[str, Any]:
             proc.wait(timeout=60)
     writes = result["writes"]["source"] + result["writes"]["target"]
     calls = result["calls"]["source"] + result["calls"]["target"]
-    users = result["steps"].get("ok", 0)
+    # Users provisioned: the batch less the users any step failed for (provision runs more
+    # than one step per user, so step counts are not user counts).
+    users = result["users"] - len({f["item"] for f in result["failed"]})
     return {
         "users": users,
         "failed": len(result["failed"]),
