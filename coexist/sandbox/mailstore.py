@@ -38,19 +38,14 @@ from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from .locales import DEFAULT_FOLDER_NAMES, names_for
+
 MAIL_DB = "mail.db"
 
 # Graph's well-known folder names and the display names Exchange gives them (English
 # locale) (learn.microsoft.com/graph/api/resources/mailfolder, "Well-known folder names").
-WELL_KNOWN: dict[str, str] = {
-    "inbox": "Inbox",
-    "sentitems": "Sent Items",
-    "drafts": "Drafts",
-    "deleteditems": "Deleted Items",
-    "junkemail": "Junk Email",
-    "archive": "Archive",
-    "outbox": "Outbox",
-}
+MAIL_WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", "archive", "outbox")
+WELL_KNOWN: dict[str, str] = {wk: DEFAULT_FOLDER_NAMES["en"][wk] for wk in MAIL_WELL_KNOWN}
 # The hidden parent of the folders above ("Top of Information Store").
 ROOT = "msgfolderroot"
 ROOT_DISPLAY = "Top of Information Store"
@@ -640,8 +635,6 @@ class MailStore:
 
     def localize(self, tenant: str, mailbox: str, language: str) -> None:
         """Rename the well-known folders as Exchange names them in `language` (locales.py)."""
-        from .locales import names_for
-
         names = names_for(language)
         self.ensure_mailbox(tenant, mailbox)
         with self._lock:
