@@ -167,12 +167,13 @@ def set_auto_forwarding(world: World, tenants: Sequence[str], mode: str) -> list
     """Set the Default outbound spam policy's AutoForwardingMode in each of `tenants`."""
     if mode not in MODES.values():
         raise SandboxError(f"AutoForwardingMode {mode!r} is not one of {', '.join(MODES.values())}")
+    unknown = [key for key in tenants if key not in world.tenants]
+    if unknown:  # before any change
+        raise SandboxError(f"no tenant {unknown[0]!r} in this sandbox (source, target)")
     rows = []
     with world.lock:
         for key in tenants:
-            tenant = world.tenants.get(key)
-            if tenant is None:
-                raise SandboxError(f"no tenant {key!r} in this sandbox (source, target)")
+            tenant = world.tenants[key]
             before = tenant.auto_forwarding_mode
             if before != mode:
                 tenant.auto_forwarding_mode = mode
@@ -313,10 +314,25 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return JSONResponse(await handler(request, payload))
         except SandboxError as exc:
             raise HTTPFailure(_refused(400, exc.message, exc.next_step)) from exc
-        except (KeyError, TypeError) as exc:
-            raise HTTPFailure(_refused(400, f"sandbox admin: bad request ({exc})")) from exc
 
     return endpoint
+
+
+def _field(payload: dict[str, Any], name: str, kind: type, *, optional: bool = False) -> Any:
+    """One member of a request body, of the type asked (a bad body is a 400, not a 500)."""
+    value = payload.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SandboxError(f"sandbox admin: {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _names(payload: dict[str, Any], name: str) -> list[str]:
+    values = _field(payload, name, list)
+    if not all(isinstance(v, str) for v in values):
+        raise SandboxError(f"sandbox admin: {name!r} must be a list of strings")
+    return list(values)
 
 
 async def _ping(request: Request, _payload: dict[str, Any]) -> Any:
@@ -324,7 +340,7 @@ async def _ping(request: Request, _payload: dict[str, Any]) -> Any:
 
 
 async def _policy(request: Request, p: dict[str, Any]) -> Any:
-    return set_auto_forwarding(ctx_of(request).world, list(p["tenants"]), str(p["mode"]))
+    return set_auto_forwarding(ctx_of(request).world, _names(p, "tenants"), _field(p, "mode", str))
 
 
 async def _seed_mail(request: Request, p: dict[str, Any]) -> Any:
@@ -335,10 +351,10 @@ async def _seed_mail(request: Request, p: dict[str, Any]) -> Any:
         seed_mail,
         ctx.world,
         store,
-        str(p["tenant"]),
-        [str(u) for u in p["users"]],
-        int(p["per_user"]),
-        int(p["seed"]),
+        _field(p, "tenant", str),
+        _names(p, "users"),
+        _field(p, "per_user", int),
+        _field(p, "seed", int),
     )
 
 
@@ -347,11 +363,11 @@ async def _deliver(request: Request, p: dict[str, Any]) -> Any:
     return deliver(
         ctx.world,
         ctx.extra[MAIL_STORE_KEY],
-        str(p["to"]),
-        p.get("sender"),
-        p.get("tenant"),
-        str(p.get("subject") or ""),
-        str(p.get("body") or ""),
+        _field(p, "to", str),
+        _field(p, "sender", str, optional=True),
+        _field(p, "tenant", str, optional=True),
+        _field(p, "subject", str, optional=True) or "",
+        _field(p, "body", str, optional=True) or "",
     )
 
 

@@ -322,6 +322,7 @@ class Sandbox:
             version = self.world.version
             self.world.save(self.state_dir)
             self._saved_version = version
+            self._loaded_stamp = self._state_stamp()  # its own save is no change from outside
 
     def _saver_loop(self) -> None:
         # At most once a second: each save snapshots the world under its lock.

@@ -367,7 +367,8 @@ def test_deliver_without_sandbox_state_is_an_input_error(tmp_path: Path) -> None
 # -- the admin channel -------------------------------------------------------------------------
 def test_admin_channel_answers_only_its_token(sandbox: Sandbox) -> None:
     """The admin endpoints refuse a request without the token of admin.json (owner-only),
-    with another token, or with a valid Graph token; nothing is changed."""
+    with another token, or with a valid Graph token, and a malformed body with 400; nothing
+    is changed until the token and a good body come."""
     path = sandbox.state_dir / admin.ADMIN_FILE
     assert path.stat().st_mode & 0o777 == 0o600
     where = admin.announced(sandbox.state_dir)
@@ -386,5 +387,9 @@ def test_admin_channel_answers_only_its_token(sandbox: Sandbox) -> None:
             r = http.post(url, json=body, headers=headers)
             assert r.status_code == 401, r.text
         assert sandbox.world.source.auto_forwarding_mode == "Automatic"
-        ok = http.post(url, json=body, headers={"Authorization": f"Bearer {where.token}"})
+        auth = {"Authorization": f"Bearer {where.token}"}
+        for bad in ({"tenants": "source", "mode": "On"}, {"tenants": ["source"], "mode": 1}):
+            r = http.post(url, json=bad, headers=auth)
+            assert r.status_code == 400 and "must be" in r.json()["error"]["message"]
+        ok = http.post(url, json=body, headers=auth)
     assert ok.status_code == 200 and ok.json()[0]["after"] == "On"
