@@ -22,7 +22,7 @@ import pytest
 
 from coexist import commands
 from coexist.errors import InputError
-from coexist.sandbox import Sandbox, admin, server
+from coexist.sandbox import Sandbox, admin, seed, server
 from coexist.sandbox.model import World
 from tests.clients import exo_http, graph_http, invoke, tls
 
@@ -134,6 +134,24 @@ def messages(conn: dict[str, Any], key: str, user: str, **params: str) -> list[d
             found += body["value"]
             url, query = body.get("@odata.nextLink"), None
     return found
+
+
+def copied_project(directory: Path, conn: dict[str, Any]) -> Path:
+    """A project whose tenants were filled in by hand from connection.json's values."""
+    values: dict[str, Any] = {
+        "project.name": "copied",
+        "domains.destination_domain": seed.TARGET_DOMAIN,
+        "scope.group": seed.SCOPE_GROUP,
+    }
+    for key in ("source", "target"):
+        t = conn["tenants"][key]
+        for name in ("tenant_id", "client_id", "certificate_file", "authority"):
+            values[f"{key}.{name}"] = t[name]
+        values[f"{key}.graph_url"] = t["graph_url"]
+        values[f"{key}.exo_url"] = t["exo_url"]
+        values[f"{key}.ca_file"] = conn["ca_file"]
+    commands.init(directory, overrides=values)
+    return directory
 
 
 # -- sandbox policy ----------------------------------------------------------------------------
@@ -256,12 +274,14 @@ def test_restarted_sandbox_keeps_its_port(tmp_path: Path) -> None:
         conn = first.wait_ready()
     finally:
         first.stop()
+    project = copied_project(tmp_path / "project", conn)
     second = Serve(state)
     try:
         assert second.wait_ready()["base_url"] == conn["base_url"]
-        # What a project copied from the first connection.json still works.
-        with graph_http(conn, "source") as http:
-            assert http.get("organization").status_code == 200
+        # A project filled in from the first connection.json (no sandbox_connection) runs.
+        found = coexist("discover", "--project", str(project), "--json")
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)["added"]  # read from the served tenants
     finally:
         second.stop()
     port = int(conn["base_url"].rsplit(":", 1)[1])
