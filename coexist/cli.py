@@ -744,7 +744,7 @@ def sandbox_seed_mail(
 
 
 @sandbox.command("deliver")
-@click.option("--state", "state", type=DirPath, required=True, help="The sandbox state directory.")
+@state_option
 @click.option("--to", "to", required=True, help="Recipient address (SMTP, X500 or IMCEAEX).")
 @click.option("--from", "sender", default=None, help="Sender address.")
 @click.option(
