@@ -608,14 +608,27 @@ def sandbox() -> None:
     show_default=True,
     help="State directory (tenants, CA, connection.json); reused if it exists.",
 )
-@click.option("--port", default=0, show_default=True, help="Port on 127.0.0.1 (0: any free).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port on 127.0.0.1. Default: the port this state directory was served on last "
+    "(so connection.json stays valid), else any free one; 0: any free port.",
+)
 @click.option(
     "--drained",
     is_flag=True,
     help="Start rate buckets empty (benchmarks measure the sustained limit, not the burst).",
 )
+@handles_errors
 def sandbox_serve(
-    seed: int, users: int, profile: str, time_scale: float, state: Path, port: int, drained: bool
+    seed: int,
+    users: int,
+    profile: str,
+    time_scale: float,
+    state: Path,
+    port: int | None,
+    drained: bool,
 ) -> None:
     """Serve a source and a target tenant over HTTPS until interrupted."""
 
@@ -637,8 +650,101 @@ def sandbox_serve(
     )
 
 
+def state_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--state",
+        "state",
+        type=DirPath,
+        default=Path("sandbox-state"),
+        show_default=True,
+        help="The sandbox state directory (running or not).",
+    )(fn)
+
+
+def _through(result: dict[str, Any]) -> str:
+    if result["through"] == "server":
+        return "in the running sandbox"
+    return "in the saved state (the sandbox is not running; it serves this when started)"
+
+
+@sandbox.command("policy")
+@state_option
+@click.option(
+    "--auto-forwarding",
+    "auto_forwarding",
+    type=click.Choice(["on", "off", "automatic"], case_sensitive=False),
+    required=True,
+    help="AutoForwardingMode of the Default outbound spam policy: on allows forwarding "
+    "outside the organization (what coexistence needs), off blocks it, automatic is "
+    "Microsoft's default (blocks it too).",
+)
+@click.option(
+    "--tenant",
+    type=click.Choice(["source", "target", "both"]),
+    default="both",
+    show_default=True,
+    help="Which tenant's policy.",
+)
+@json_option
+@handles_errors
+def sandbox_policy(state: Path, auto_forwarding: str, tenant: str, as_json: bool) -> None:
+    """Set a sandbox tenant's outbound spam policy, as a tenant admin would before a project."""
+    result = commands.sandbox_policy(state, auto_forwarding, tenant)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(escape(f"AutoForwardingMode {_through(result)}:"))
+    for row in result["tenants"]:
+        change = f"{row['before']} → {row['after']}" if row["changed"] else "unchanged"
+        out.print(escape(f"  {row['tenant']} ({row['domain']}) {row['policy']}: {change}"))
+
+
+@sandbox.command("seed-mail")
+@state_option
+@click.option(
+    "--users",
+    "users",
+    required=True,
+    help="Comma-separated mailboxes (SMTP address or UserPrincipalName).",
+)
+@click.option(
+    "--per-user",
+    "per_user",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="Seeded messages each mailbox holds afterwards (ones it already has are kept).",
+)
+@click.option(
+    "--tenant",
+    type=click.Choice(["source", "target"]),
+    default="source",
+    show_default=True,
+    help="The tenant of the mailboxes.",
+)
+@click.option("--seed", default=1, show_default=True, help="Seed of the generated messages.")
+@json_option
+@handles_errors
+def sandbox_seed_mail(
+    state: Path, users: str, per_user: int, tenant: str, seed: int, as_json: bool
+) -> None:
+    """Fill sandbox mailboxes with realistic mail to migrate (dated over a year, in folders)."""
+    result = commands.sandbox_seed_mail(state, users.split(","), per_user, tenant=tenant, seed=seed)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(escape(f"seeded {_through(result)}:"))
+    for row in result["mailboxes"]:
+        out.print(
+            escape(
+                f"  {row['tenant']} {row['user']}: {row['added']} added, "
+                f"{row['seeded']} seeded messages in all"
+            )
+        )
+
+
 @sandbox.command("deliver")
-@click.option("--state", "state", type=DirPath, required=True, help="The sandbox state directory.")
+@state_option
 @click.option("--to", "to", required=True, help="Recipient address (SMTP, X500 or IMCEAEX).")
 @click.option("--from", "sender", default=None, help="Sender address.")
 @click.option(
@@ -647,25 +753,40 @@ def sandbox_serve(
     default=None,
     help="Tenant in which a bare X500 address is resolved (default: the sender's).",
 )
+@click.option("--subject", default="Test message (coexist sandbox deliver)", show_default=True)
+@click.option("--body", default="", help="Plain-text body.")
 @json_option
 @handles_errors
 def sandbox_deliver(
-    state: Path, to: str, sender: str | None, tenant: str | None, as_json: bool
+    state: Path,
+    to: str,
+    sender: str | None,
+    tenant: str | None,
+    subject: str,
+    body: str,
+    as_json: bool,
 ) -> None:
-    """Route a message through the sandbox and say where it ended."""
-    result = commands.sandbox_deliver(state, to, sender, tenant)
+    """Send a message through the running sandbox and say where every copy was stored (when
+    it is not running: where it would go)."""
+    result = commands.sandbox_deliver(state, to, sender, tenant, subject=subject, body=body)
     if as_json:
         click.echo(json.dumps(result))
         return
+    if result.get("note"):
+        err.print(f"[yellow]note:[/yellow] {escape(result['note'])}")
     if result["outcome"] == "delivered":
         for d in result.get("deliveries") or [result]:
-            out.print(f"delivered: {d['tenant']} {d['mailbox']} / {d['folder']}")
+            out.print(escape(f"delivered: {d['tenant']} {d['mailbox']} / {d['folder']}"))
     elif result["outcome"] == "ndr":
-        out.print(f"[red]NDR {result['ndr_code']}[/red] {result.get('ndr_text') or ''}")
+        out.print(f"[red]NDR {result['ndr_code']}[/red] {escape(result.get('ndr_text') or '')}")
     else:
-        out.print(f"{result['outcome']}: {result.get('mailbox') or to}")
+        out.print(escape(f"{result['outcome']}: {result.get('mailbox') or to}"))
+    for copy in result.get("stored", []):
+        where = f"{copy['tenant']} {copy['address']} / {copy['folder']}"
+        out.print(escape(f"  stored: {copy['kind']} copy in {where}"))
     for hop in result.get("hops", []):
-        out.print(f"  hop: {hop}")
+        what = " in ".join(str(hop[k]) for k in ("kind", "tenant") if hop.get(k))
+        out.print(escape(f"  {hop['action']}: {hop.get('address') or ''} ({what})"))
 
 
 @main.command("demo")

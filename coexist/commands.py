@@ -50,13 +50,21 @@ def sandbox_serve(
     seed: int = 1,
     users: int = 50,
     profile: str = "fast",
-    port: int = 0,
+    port: int | None = None,
     time_scale: float = 1.0,
     drained: bool = False,
     ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Serve the sandbox pair until interrupted; `ready` gets the connection info."""
+    """Serve the sandbox pair until interrupted; `ready` gets the connection info.
+
+    `port` None: the port this state directory was served on last time, so connection.json
+    stays valid (else any free one); 0: any free port. The port served is remembered.
+    """
+    from coexist.sandbox import admin
     from coexist.sandbox.server import Sandbox, run_forever
+
+    remembered = admin.remembered_port(state) if port is None else None
+    chosen = port if port is not None else (remembered or 0)
 
     def make() -> Sandbox:
         return Sandbox(
@@ -64,29 +72,140 @@ def sandbox_serve(
             seed=seed,
             users=users,
             profile=profile,
-            port=port,
+            port=chosen,
             time_scale=time_scale,
             drained=drained,
         )
 
-    run_forever(make, lambda s: ready(s.connection) if ready else None)
+    def serving(sandbox: Sandbox) -> None:
+        admin.remember_port(state, sandbox.port)
+        if ready:
+            ready(sandbox.connection)
+
+    try:
+        run_forever(make, serving)
+    except admin.PortTaken as exc:
+        raise _port_taken(state, exc.host, exc.port, remembered=remembered is not None) from exc
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+
+
+def _port_taken(state: Path, host: str, port: int, *, remembered: bool) -> InputError:
+    if remembered:
+        return InputError(
+            f"port {port} on {host}, where the sandbox of {state} was served last "
+            "(the port its connection.json names), is in use by another process",
+            next_step="stop that process and serve again; or serve on any free port with "
+            f"`coexist sandbox serve --state {state} --port 0` (then a project that copied "
+            "connection.json's URLs needs them again; one with `sandbox_connection` follows)",
+        )
+    return InputError(
+        f"port {port} on {host} is in use by another process",
+        next_step="choose another --port, or --port 0 for any free port",
+    )
 
 
 def sandbox_deliver(
-    state: Path, to: str, sender: str | None = None, tenant: str | None = None
+    state: Path,
+    to: str,
+    sender: str | None = None,
+    tenant: str | None = None,
+    *,
+    subject: str = "Test message (coexist sandbox deliver)",
+    body: str = "",
 ) -> dict[str, Any]:
-    """Route one message through the sandbox whose state is in `state` (running or not)."""
-    from coexist.sandbox.model import STATE_FILE, World
-    from coexist.sandbox.routing import route
+    """Deliver one message through the running sandbox of `state`: every copy is stored (the
+    recipients' mailboxes, the sender's Sent Items, NDRs) and readable through Graph. When
+    the sandbox is not running, only the route is computed from the saved state, and the
+    result says so (`through`: "route", `stored` empty, `note`)."""
+    from coexist.sandbox import admin
+    from coexist.sandbox.model import World
 
-    if not (state / STATE_FILE).exists():
-        raise InputError(
-            f"no sandbox state in {state} (missing {STATE_FILE})",
-            next_step=f"coexist sandbox serve --state {state}",
-        )
-    world = World.load(state)
-    result: dict[str, Any] = route(world, to, sender=sender, tenant_hint=tenant).to_dict()
+    try:
+        with admin.reach(state) as server:
+            if server is not None:
+                payload = {
+                    "to": to,
+                    "sender": sender,
+                    "tenant": tenant,
+                    "subject": subject,
+                    "body": body,
+                }
+                delivered: dict[str, Any] = server.call("deliver", payload)
+                return delivered
+            result = admin.route_only(World.load(state), to, sender, tenant)
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+    result["note"] = (
+        f"the sandbox of {state} is not running: this is the route computed from its saved "
+        f"state, and no message was stored (serve it with `coexist sandbox serve --state "
+        f"{state}` to deliver one)"
+    )
     return result
+
+
+def sandbox_policy(state: Path, auto_forwarding: str, tenant: str = "both") -> dict[str, Any]:
+    """Set the Default outbound spam policy's AutoForwardingMode (`on`, `off`, `automatic`) in
+    the sandbox's source, target or both tenants: in the running server, else in its saved
+    state (then served on the next start)."""
+    from coexist.sandbox import admin
+    from coexist.sandbox.model import World
+
+    mode = admin.MODES.get(auto_forwarding.lower())
+    if mode is None:
+        raise InputError(
+            f"--auto-forwarding {auto_forwarding!r}: choose one of {', '.join(admin.MODES)}"
+        )
+    tenants = ["source", "target"] if tenant == "both" else [tenant]
+    try:
+        with admin.reach(state) as server:
+            if server is not None:
+                rows = server.call("policy", {"tenants": tenants, "mode": mode})
+                through = "server"
+            else:
+                world = World.load(state)
+                rows = admin.set_auto_forwarding(world, tenants, mode)
+                if any(r["changed"] for r in rows):
+                    world.save(state)
+                through = "state"
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+    return {"state": str(state), "through": through, "tenants": rows}
+
+
+def sandbox_seed_mail(
+    state: Path, users: list[str], per_user: int, *, tenant: str = "source", seed: int = 1
+) -> dict[str, Any]:
+    """Give each named mailbox `per_user` seeded messages (dated over the past year, in
+    folders as real mailboxes have them; `coexist.sandbox.mailseed`), through the running
+    server or into the saved state. Messages a mailbox already holds from the same seed are
+    not added again."""
+    from coexist.sandbox import admin
+    from coexist.sandbox.mailstore import MAIL_DB, MailStore
+    from coexist.sandbox.model import World
+
+    names = [u.strip() for u in users if u.strip()]
+    if not names:
+        raise InputError("--users names no mailbox", next_step="--users alice@...,bob@...")
+    if per_user < 1:
+        raise InputError(f"--per-user {per_user}: give at least 1 message per mailbox")
+    try:
+        with admin.reach(state) as server:
+            if server is not None:
+                payload = {"tenant": tenant, "users": names, "per_user": per_user, "seed": seed}
+                rows = server.call("seed-mail", payload)
+                through = "server"
+            else:
+                world = World.load(state)
+                store = MailStore(state / MAIL_DB)
+                try:
+                    rows = admin.seed_mail(world, store, tenant, names, per_user, seed)
+                finally:
+                    store.close()
+                through = "state"
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+    return {"state": str(state), "through": through, "mailboxes": rows}
 
 
 # -- helpers -------------------------------------------------------------------------
