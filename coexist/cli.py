@@ -26,7 +26,8 @@ from rich.table import Table
 from coexist import commands
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError
-from coexist.permissions import MOVER_NEEDS
+from coexist.model import PHASES, USER_STATES
+from coexist.permissions import MOVER_NEEDS, NEEDS
 
 err = Console(stderr=True)
 out = Console()
@@ -137,6 +138,12 @@ def plan_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--all",
+        "all_users",
+        is_flag=True,
+        help="Every user of the project (never assumed: name a batch or users, or say --all).",
+    )(fn)
     fn = click.option("--users", default=None, help="Comma-separated source addresses.")(fn)
     return click.option(
         "--batch",
@@ -146,7 +153,9 @@ def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _users(users: str | None) -> list[str] | None:
-    return [u.strip() for u in users.split(",") if u.strip()] if users else None
+    """--users as a list, None when not given. A blank `--users " "` stays an empty list,
+    which the command refuses (it once selected every user)."""
+    return None if users is None else [u.strip() for u in users.split(",") if u.strip()]
 
 
 def _render_run(result: dict[str, Any], as_json: bool) -> None:
@@ -197,7 +206,13 @@ def init_cmd(directory: Path, force: bool) -> None:
 
 
 @main.command("permissions")
-@click.option("--command", "command", default=None, help="Only what this command needs.")
+@click.option(
+    "--command",
+    "command",
+    type=click.Choice(sorted(NEEDS)),
+    default=None,
+    help="Only what this command needs.",
+)
 @click.option(
     "--mover",
     type=click.Choice(sorted(MOVER_NEEDS)),
@@ -224,9 +239,13 @@ def permissions_cmd(command: str | None, mover: str | None, as_json: bool) -> No
 @selection_options
 @json_option
 @handles_errors
-def preflight_cmd(project: Path, batch: str | None, users: str | None, as_json: bool) -> None:
+def preflight_cmd(
+    project: Path, batch: str | None, users: str | None, all_users: bool, as_json: bool
+) -> None:
     """Check permissions, scope, domains, forwarding policy, seats and conflicts."""
-    result = commands.preflight_checks(project, batch=batch, users=_users(users))
+    result = commands.preflight_checks(
+        project, batch=batch, users=_users(users), all_users=all_users
+    )
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -297,11 +316,21 @@ def groups_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @json_option
 @handles_errors
 def provision_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    as_json: bool,
 ) -> None:
     """Create target MailUsers that forward to the source (or match existing ones)."""
     result = commands.provision(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        progress=_progress(as_json),
     )
     _render_run(result, as_json)
 
@@ -316,7 +345,9 @@ def confirm_cmd(project: Path, user: str, target: str, as_json: bool) -> None:
     """match mode: choose the target recipient for an ambiguous user."""
     result = commands.confirm(project, user, target)
     click.echo(
-        json.dumps(result) if as_json else f"{user} → {target}; run `coexist provision` again"
+        json.dumps(result)
+        if as_json
+        else f"{user} → {target}; run `coexist provision --users {user}` again"
     )
 
 
@@ -336,6 +367,7 @@ def prestage_cmd(
     project: Path,
     batch: str | None,
     users: str | None,
+    all_users: bool,
     older_than: str | None,
     since: str | None,
     until: str | None,
@@ -348,6 +380,7 @@ def prestage_cmd(
         project,
         batch=batch,
         users=_users(users),
+        all_users=all_users,
         older_than=older_than,
         since=since,
         until=until,
@@ -365,11 +398,21 @@ def prestage_cmd(
 @json_option
 @handles_errors
 def cutover_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    as_json: bool,
 ) -> None:
     """The final data pass, then swap forwarders (or rename the source)."""
     result = commands.cutover(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        progress=_progress(as_json),
     )
     _render_run(result, as_json)
 
@@ -381,11 +424,21 @@ def cutover_cmd(
 @json_option
 @handles_errors
 def rollback_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    as_json: bool,
 ) -> None:
     """Undo a cutover from its recorded before-state."""
     result = commands.rollback(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        progress=_progress(as_json),
     )
     _render_run(result, as_json)
 
@@ -410,10 +463,8 @@ def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @main.command("status")
 @project_option
 @click.option("--batch", default=None)
-@click.option("--state", default=None, help="ok | failed | waiting")
-@click.option(
-    "--phase", default=None, help="discovered | provisioned | prestaged | cutover | rolled-back"
-)
+@click.option("--state", type=click.Choice(USER_STATES), default=None, help="Only this state.")
+@click.option("--phase", type=click.Choice(PHASES), default=None, help="Only this phase.")
 @click.option("--user", default=None, help="One user (any of its addresses).")
 @json_option
 @handles_errors
@@ -548,10 +599,17 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
 @json_option
 @handles_errors
 def verify_cmd(
-    project: Path, batch: str | None, users: str | None, wait_s: float, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    wait_s: float,
+    as_json: bool,
 ) -> None:
     """Send probes to each user's source, target and X500 addresses; show where they landed."""
-    result = commands.verify_mailflow(project, batch=batch, users=_users(users), wait_s=wait_s)
+    result = commands.verify_mailflow(
+        project, batch=batch, users=_users(users), all_users=all_users, wait_s=wait_s
+    )
     if as_json:
         click.echo(json.dumps(result))
     else:
