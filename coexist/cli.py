@@ -63,7 +63,8 @@ class LiveProgress:
         text = escape(o.error or o.detail)
         if o.status == "waiting" and o.look_again_at:
             text += f"; looking again at {_clock(o.look_again_at)}"
-        line = f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.label or o.subject}  {text}"
+        who = escape(f"{o.name:24} {o.label or o.subject}")  # a name may hold `[...]`
+        line = f"[{style}]{o.status:8}[/{style}] {who}  {text}"
         (self._bar.console if self._bar else err).print(line)
 
     def advance(self, done: int, total: int) -> None:
@@ -162,27 +163,34 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, default=str))
         return
+    # Everything that comes from the journal or a tenant is escaped: rich would take a
+    # `[redacted]`, a `[target]` or a `[Sales]` in a name for markup and drop it (issue 10).
     if result.get("plan"):
         for w in result.get("writes", []):
-            out.print(f"[cyan]would[/cyan] {w['text']}")
+            out.print(f"[cyan]would[/cyan] {escape(w['text'])}")
         out.print(f"{len(result.get('writes', []))} writes planned; nothing was sent.")
     steps = ", ".join(f"{k} {v}" for k, v in sorted(result.get("steps", {}).items()))
-    out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
+    if result.get("plan"):  # a plan changed nothing
+        out.print(f"steps: {steps or 'none'}; would change {result.get('would_change', 0)}")
+    else:
+        out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
     for f in result.get("failed", []):
         out.print(f"[red]failed[/red] {escape(str(f['error']))}\n  next: {escape(str(f['next']))}")
     for w in result.get("waiting", []):
         again = f"; looking again at {_clock(w['look_again_at'])}" if w.get("look_again_at") else ""
         out.print(
-            f"[yellow]waiting[/yellow] {w.get('user') or w['item']} {w['step']}: "
-            f"{escape(w['detail'])}{again}"
+            f"[yellow]waiting[/yellow] {escape(str(w.get('user') or w['item']))} "
+            f"{escape(w['step'])}: {escape(w['detail'])}{again}"
         )
     for sk in result.get("skipped", []):
         out.print(
-            f"[yellow]skipped[/yellow] {sk['user']}: {escape(sk['reason'])}\n  next: {escape(sk['next'])}"
+            f"[yellow]skipped[/yellow] {escape(str(sk['user']))}: {escape(sk['reason'])}"
+            f"\n  next: {escape(sk['next'])}"
         )
     for w in result.get("awaiting_confirmation", []):
         out.print(
-            f"[yellow]confirm[/yellow] {w['user']}: candidates {', '.join(w['candidates'])}\n  next: {w['next_step']}"
+            f"[yellow]confirm[/yellow] {escape(str(w['user']))}: candidates "
+            f"{escape(', '.join(w['candidates']))}\n  next: {escape(w['next_step'])}"
         )
     if result.get("failed"):
         sys.exit(1)
@@ -289,9 +297,11 @@ def _discovered(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result))
         return
+    would = "would have " if result.get("plan") else ""  # a plan added nothing
     out.print(
-        f"added {len(result['added'])}, aligned {len(result['aligned'])}, unchanged {result['unchanged']}, "
-        f"left scope {len(result['left_scope'])}, skipped {len(result['skipped'])}"
+        f"{would}added {len(result['added'])}, aligned {len(result['aligned'])}, "
+        f"unchanged {result['unchanged']}, left scope {len(result['left_scope'])}, "
+        f"skipped {len(result['skipped'])}"
     )
     for s in result["skipped"]:
         out.print(f"[yellow]skipped[/yellow] {s.get('address') or s['id']}: {escape(s['reason'])}")

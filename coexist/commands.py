@@ -117,10 +117,12 @@ def _result(sess: Session, **extra: Any) -> dict[str, Any]:
         for o in sess.outcomes
         if o.status == "waiting"
     ]
+    changed = sum(1 for o in sess.outcomes if o.changed)
     out: dict[str, Any] = {
         "plan": sess.planning,
         "steps": dict(counts),
-        "changed": sum(1 for o in sess.outcomes if o.changed),
+        # A plan changed nothing: it counts what the real run would change (issue 10).
+        ("would_change" if sess.planning else "changed"): changed,
         "failed": failed,
         "waiting": waiting,
         "skipped": sess.skipped,
