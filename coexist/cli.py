@@ -778,8 +778,6 @@ def demo(
     as_json: bool,
 ) -> None:
     """Seed a sandbox pair and run preflight → discover → groups → provision → prestage → cutover."""
-    if time_scale <= 0:
-        raise click.BadParameter("must be above 0", param_hint="--time-scale")
     result = commands.demo(
         directory,
         seed=seed,

@@ -16,7 +16,7 @@ from typing import Any
 
 from coexist import batches
 from coexist import preflight as pf
-from coexist.cutover.flow import cutover_plan, rollback_plan
+from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
@@ -1230,8 +1230,19 @@ def demo(
     """
     from coexist.sandbox import mailseed
     from coexist.sandbox import seed as sandbox_seed
+    from coexist.sandbox.limits import PROFILES
     from coexist.sandbox.server import Sandbox
 
+    # Checked before the sandbox starts or anything is written in the directory.
+    _choice_arg("--profile", profile, PROFILES)
+    _choice_arg("--mode", mode, MODES)
+    if time_scale <= 0:
+        raise InputError(f"--time-scale {time_scale:g} must be above 0", next_step="--time-scale 1")
+    if users < 1 or items < 0:
+        raise InputError(
+            f"--users {users} must be at least 1 (and items {items} not negative)",
+            next_step="--users 50",
+        )
     base = (directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve()
     state = base / "sandbox"
     # The project lives in DIR itself and the sandbox state in DIR/sandbox, so

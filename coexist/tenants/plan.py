@@ -61,10 +61,11 @@ class PlannedWrite:
 def _ps(value: Any) -> str:
     """A parameter value in PowerShell syntax.
 
-    A None parameter *is* sent, as JSON null, and clears the property (Set-Mailbox
-    -ForwardingSmtpAddress $null stops forwarding): it prints as `$null`, the way an
-    operator clears it, never as Python's `None`. A parameter coexist does not mean to
-    set is never passed to the adapter, so a plan never shows it.
+    A None parameter *is* sent, as JSON null, and clears the property: it prints as
+    `$null`, the way an operator clears it, never as Python's `None` (Set-Mailbox
+    reference, -ForwardingAddress / -ForwardingSmtpAddress: "blank ($null), which means
+    no forwarding ... is configured"). A parameter coexist does not mean to set is never
+    passed to the adapter, so a plan never shows it.
     """
     if value is None:
         return "$null"

@@ -236,3 +236,16 @@ def test_confirm_refuses_a_target_that_is_not_a_candidate(
         f"coexist confirm --user {ambiguous} --target",
     )
     before.check("confirm with a bad target")
+
+
+def test_demo_refuses_bad_arguments_before_starting(cli: Cli, tmp_path: Path) -> None:
+    """demo checks its time scale and user count before a sandbox starts or a file is written."""
+    for args, said in (
+        (("--time-scale", "0"), "--time-scale 0 must be above 0"),
+        (("--users", "0"), "--users 0 must be at least 1"),
+    ):
+        r = cli("demo", "--dir", str(tmp_path / "demo"), *args)
+        refused(r, said)
+        assert not (tmp_path / "demo").exists()
+    with pytest.raises(InputError, match="--mode 'forward' is not one of"):
+        commands.demo(tmp_path / "demo", mode="forward")
