@@ -26,7 +26,8 @@ from rich.table import Table
 from coexist import commands
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError
-from coexist.permissions import MOVER_NEEDS
+from coexist.model import PHASES, USER_STATES
+from coexist.permissions import MOVER_NEEDS, NEEDS
 
 err = Console(stderr=True)
 out = Console()
@@ -62,7 +63,8 @@ class LiveProgress:
         text = escape(o.error or o.detail)
         if o.status == "waiting" and o.look_again_at:
             text += f"; looking again at {_clock(o.look_again_at)}"
-        line = f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.label or o.subject}  {text}"
+        who = escape(f"{o.name:24} {o.label or o.subject}")  # a name may hold `[...]`
+        line = f"[{style}]{o.status:8}[/{style}] {who}  {text}"
         (self._bar.console if self._bar else err).print(line)
 
     def advance(self, done: int, total: int) -> None:
@@ -137,6 +139,12 @@ def plan_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--all",
+        "all_users",
+        is_flag=True,
+        help="Every user of the project (never assumed: name a batch or users, or say --all).",
+    )(fn)
     fn = click.option("--users", default=None, help="Comma-separated source addresses.")(fn)
     return click.option(
         "--batch",
@@ -146,34 +154,43 @@ def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _users(users: str | None) -> list[str] | None:
-    return [u.strip() for u in users.split(",") if u.strip()] if users else None
+    """--users as a list, None when not given. A blank `--users " "` stays an empty list,
+    which the command refuses (it once selected every user)."""
+    return None if users is None else [u.strip() for u in users.split(",") if u.strip()]
 
 
 def _render_run(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, default=str))
         return
+    # Everything that comes from the journal or a tenant is escaped: rich would take a
+    # `[redacted]`, a `[target]` or a `[Sales]` in a name for markup and drop it (issue 10).
     if result.get("plan"):
         for w in result.get("writes", []):
-            out.print(f"[cyan]would[/cyan] {w['text']}")
+            out.print(f"[cyan]would[/cyan] {escape(w['text'])}")
         out.print(f"{len(result.get('writes', []))} writes planned; nothing was sent.")
     steps = ", ".join(f"{k} {v}" for k, v in sorted(result.get("steps", {}).items()))
-    out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
+    if result.get("plan"):  # a plan changed nothing
+        out.print(f"steps: {steps or 'none'}; would change {result.get('would_change', 0)}")
+    else:
+        out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
     for f in result.get("failed", []):
         out.print(f"[red]failed[/red] {escape(str(f['error']))}\n  next: {escape(str(f['next']))}")
     for w in result.get("waiting", []):
         again = f"; looking again at {_clock(w['look_again_at'])}" if w.get("look_again_at") else ""
         out.print(
-            f"[yellow]waiting[/yellow] {w.get('user') or w['item']} {w['step']}: "
-            f"{escape(w['detail'])}{again}"
+            f"[yellow]waiting[/yellow] {escape(str(w.get('user') or w['item']))} "
+            f"{escape(w['step'])}: {escape(w['detail'])}{again}"
         )
     for sk in result.get("skipped", []):
         out.print(
-            f"[yellow]skipped[/yellow] {sk['user']}: {escape(sk['reason'])}\n  next: {escape(sk['next'])}"
+            f"[yellow]skipped[/yellow] {escape(str(sk['user']))}: {escape(sk['reason'])}"
+            f"\n  next: {escape(sk['next'])}"
         )
     for w in result.get("awaiting_confirmation", []):
         out.print(
-            f"[yellow]confirm[/yellow] {w['user']}: candidates {', '.join(w['candidates'])}\n  next: {w['next_step']}"
+            f"[yellow]confirm[/yellow] {escape(str(w['user']))}: candidates "
+            f"{escape(', '.join(w['candidates']))}\n  next: {escape(w['next_step'])}"
         )
     if result.get("failed"):
         sys.exit(1)
@@ -197,7 +214,13 @@ def init_cmd(directory: Path, force: bool) -> None:
 
 
 @main.command("permissions")
-@click.option("--command", "command", default=None, help="Only what this command needs.")
+@click.option(
+    "--command",
+    "command",
+    type=click.Choice(sorted(NEEDS)),
+    default=None,
+    help="Only what this command needs.",
+)
 @click.option(
     "--mover",
     type=click.Choice(sorted(MOVER_NEEDS)),
@@ -224,9 +247,13 @@ def permissions_cmd(command: str | None, mover: str | None, as_json: bool) -> No
 @selection_options
 @json_option
 @handles_errors
-def preflight_cmd(project: Path, batch: str | None, users: str | None, as_json: bool) -> None:
+def preflight_cmd(
+    project: Path, batch: str | None, users: str | None, all_users: bool, as_json: bool
+) -> None:
     """Check permissions, scope, domains, forwarding policy, seats and conflicts."""
-    result = commands.preflight_checks(project, batch=batch, users=_users(users))
+    result = commands.preflight_checks(
+        project, batch=batch, users=_users(users), all_users=all_users
+    )
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -270,9 +297,11 @@ def _discovered(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result))
         return
+    would = "would have " if result.get("plan") else ""  # a plan added nothing
     out.print(
-        f"added {len(result['added'])}, aligned {len(result['aligned'])}, unchanged {result['unchanged']}, "
-        f"left scope {len(result['left_scope'])}, skipped {len(result['skipped'])}"
+        f"{would}added {len(result['added'])}, aligned {len(result['aligned'])}, "
+        f"unchanged {result['unchanged']}, left scope {len(result['left_scope'])}, "
+        f"skipped {len(result['skipped'])}"
     )
     for s in result["skipped"]:
         out.print(f"[yellow]skipped[/yellow] {s.get('address') or s['id']}: {escape(s['reason'])}")
@@ -297,11 +326,21 @@ def groups_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @json_option
 @handles_errors
 def provision_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    as_json: bool,
 ) -> None:
     """Create target MailUsers that forward to the source (or match existing ones)."""
     result = commands.provision(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        progress=_progress(as_json),
     )
     _render_run(result, as_json)
 
@@ -316,7 +355,9 @@ def confirm_cmd(project: Path, user: str, target: str, as_json: bool) -> None:
     """match mode: choose the target recipient for an ambiguous user."""
     result = commands.confirm(project, user, target)
     click.echo(
-        json.dumps(result) if as_json else f"{user} → {target}; run `coexist provision` again"
+        json.dumps(result)
+        if as_json
+        else f"{user} → {target}; run `coexist provision --users {user}` again"
     )
 
 
@@ -336,6 +377,7 @@ def prestage_cmd(
     project: Path,
     batch: str | None,
     users: str | None,
+    all_users: bool,
     older_than: str | None,
     since: str | None,
     until: str | None,
@@ -348,6 +390,7 @@ def prestage_cmd(
         project,
         batch=batch,
         users=_users(users),
+        all_users=all_users,
         older_than=older_than,
         since=since,
         until=until,
@@ -365,11 +408,21 @@ def prestage_cmd(
 @json_option
 @handles_errors
 def cutover_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    as_json: bool,
 ) -> None:
     """The final data pass, then swap forwarders (or rename the source)."""
     result = commands.cutover(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        progress=_progress(as_json),
     )
     _render_run(result, as_json)
 
@@ -381,11 +434,21 @@ def cutover_cmd(
 @json_option
 @handles_errors
 def rollback_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    as_json: bool,
 ) -> None:
     """Undo a cutover from its recorded before-state."""
     result = commands.rollback(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        progress=_progress(as_json),
     )
     _render_run(result, as_json)
 
@@ -410,10 +473,8 @@ def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @main.command("status")
 @project_option
 @click.option("--batch", default=None)
-@click.option("--state", default=None, help="ok | failed | waiting")
-@click.option(
-    "--phase", default=None, help="discovered | provisioned | prestaged | cutover | rolled-back"
-)
+@click.option("--state", type=click.Choice(USER_STATES), default=None, help="Only this state.")
+@click.option("--phase", type=click.Choice(PHASES), default=None, help="Only this phase.")
 @click.option("--user", default=None, help="One user (any of its addresses).")
 @json_option
 @handles_errors
@@ -548,10 +609,17 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
 @json_option
 @handles_errors
 def verify_cmd(
-    project: Path, batch: str | None, users: str | None, wait_s: float, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    wait_s: float,
+    as_json: bool,
 ) -> None:
     """Send probes to each user's source, target and X500 addresses; show where they landed."""
-    result = commands.verify_mailflow(project, batch=batch, users=_users(users), wait_s=wait_s)
+    result = commands.verify_mailflow(
+        project, batch=batch, users=_users(users), all_users=all_users, wait_s=wait_s
+    )
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -831,8 +899,6 @@ def demo(
     as_json: bool,
 ) -> None:
     """Seed a sandbox pair and run preflight → discover → groups → provision → prestage → cutover."""
-    if time_scale <= 0:
-        raise click.BadParameter("must be above 0", param_hint="--time-scale")
     result = commands.demo(
         directory,
         seed=seed,

@@ -16,14 +16,14 @@ from typing import Any
 
 from coexist import batches
 from coexist import preflight as pf
-from coexist.cutover.flow import cutover_plan, rollback_plan
+from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
-from coexist.model import Phase, phase_at_least
-from coexist.permissions import needs
+from coexist.model import PHASES, USER_STATES, Phase, phase_at_least
+from coexist.permissions import MOVER_NEEDS, NEEDS, needs
 from coexist.provisioning.convert import LicenseStep
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.mailusers import readback_plans
@@ -236,10 +236,12 @@ def _result(sess: Session, **extra: Any) -> dict[str, Any]:
         for o in sess.outcomes
         if o.status == "waiting"
     ]
+    changed = sum(1 for o in sess.outcomes if o.changed)
     out: dict[str, Any] = {
         "plan": sess.planning,
         "steps": dict(counts),
-        "changed": sum(1 for o in sess.outcomes if o.changed),
+        # A plan changed nothing: it counts what the real run would change (issue 10).
+        ("would_change" if sess.planning else "changed"): changed,
         "failed": failed,
         "waiting": waiting,
         "skipped": sess.skipped,
@@ -252,6 +254,75 @@ def _result(sess: Session, **extra: Any) -> dict[str, Any]:
     return out
 
 
+# -- arguments: every one checked before the command's first write ---------------------------
+def check_selection(
+    what: str,
+    batch: str | Path | None,
+    users: list[str] | None,
+    all_users: bool,
+    *,
+    default_all: bool = False,
+) -> list[str] | None:
+    """An explicit selection: exactly one of --batch, --users, --all, none of them blank.
+
+    A blank `--users " "` once selected every user (issue 10): a selection that names
+    nobody is an error, and acting on every user takes `--all` unless the command only
+    reads (`default_all`: preflight). Returns the named users, blanks dropped.
+    """
+    given = [
+        name
+        for name, value in (("--batch", batch), ("--users", users), ("--all", all_users or None))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise InputError(
+            f"{what}: pass one of --batch, --users or --all, not {' and '.join(given)}",
+            next_step=f"coexist {what} --batch FILE.csv  (or --users a@example.com, or --all)",
+        )
+    if batch is not None and not str(batch).strip():
+        raise InputError(
+            f"{what}: --batch is blank: it must name a batch CSV file or a batch name",
+            next_step=f"coexist {what} --batch NAME  (`coexist batch export` lists the batches)",
+        )
+    named = None if users is None else [u.strip() for u in users if u.strip()]
+    if named == []:
+        raise InputError(
+            f"{what}: --users names no user (it is empty or blank)",
+            next_step=f"coexist {what} --users a@example.com,b@example.com  (or --all)",
+        )
+    if not given and not default_all:
+        raise InputError(
+            f"{what}: no users selected; pass --batch, --users, or --all for every user "
+            "of the project",
+            next_step=f"coexist {what} --batch FILE.csv  (or --users a@example.com, or --all)",
+        )
+    return named
+
+
+def _duration_arg(option: str, value: str | None) -> dt.timedelta | None:
+    """A duration from the command line (90d, 12h, 1d12h), refused before any write."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}", next_step=f"{option} 90d") from None
+
+
+def _choice_arg(option: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """A value that must be one of `choices` (click checks too; tests call commands)."""
+    if value is not None and value not in choices:
+        raise InputError(
+            f"{option} {value!r} is not one of: {', '.join(choices)}",
+            next_step=f"{option} {choices[0]}",
+        )
+
+
+def _blank_arg(option: str, value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise InputError(f"{option} is blank", next_step=f"leave out {option}, or give a value")
+
+
 def _selected(
     sess: Session,
     *,
@@ -260,7 +331,11 @@ def _selected(
     phase_at_least_: Phase | None = None,
     what: str,
 ) -> list[dict[str, Any]]:
-    """The users a command works on: a batch (CSV file or recorded name), a list, or all."""
+    """The users a command works on: a batch (CSV file or recorded name), a list, or all.
+
+    The selection was checked by `check_selection` before the command started: here no
+    batch and no users means `--all` (or a command that reads every user by default).
+    """
     items = sess.journal.items(kind="user")
     if not items:
         raise InputError(
@@ -400,6 +475,8 @@ def init(directory: Path, *, overrides: dict[str, Any] | None = None, force: boo
 def permissions(command: str | None = None, mover: str | None = None) -> list[dict[str, str]]:
     """Exactly which permissions a command (or every command) needs, per tenant; with
     `mover`, what that data mover adds to the data passes."""
+    _choice_arg("--command", command, tuple(sorted(NEEDS)))
+    _choice_arg("--mover", mover, tuple(sorted(MOVER_NEEDS)))
     return [
         {
             "tenant": n.tenant,
@@ -477,13 +554,14 @@ def provision(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Target MailUsers forwarding to the source, with X500 proxies (match or create)."""
-
-    args = {"batch": str(batch) if batch else None, "users": users}
+    users = check_selection("provision", batch, users, all_users)
+    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="provision")
@@ -510,7 +588,9 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
         item = batches.select(journal.items(kind="user"), [user], what="confirm")[0]
         plan = dict((item.get("detail") or {}).get("target_plan") or {})
         if not plan:
-            raise InputError(f"{user} has no target plan yet", next_step="coexist provision first")
+            raise InputError(
+                f"{user} has no target plan yet", next_step=f"coexist provision --users {user}"
+            )
         _check_confirmable(journal, item, plan, user, target)
         plan.update(matched_id=target, candidates=[], candidate_kinds=[])
         set_item(journal, "user", item["key"], target_plan=plan, state="ok", waiting_for=None)
@@ -522,23 +602,37 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
 def _check_confirmable(
     journal: Journal, item: dict[str, Any], plan: dict[str, Any], user: str, target: str
 ) -> None:
-    """A confirmed target must be a candidate, able to hold a mailbox, and nobody else's."""
+    """Only a user waiting for a match takes a target: one of its candidates, able to hold
+    a mailbox, and nobody else's.
+
+    Waiting for a match is what provision decides it is (`provision_plans`): candidates
+    and no match yet. Any other user's target is its own business: a cut-over user once
+    took `--target ../../etc` and had it journaled (issue 10).
+    """
     candidates = list(plan.get("candidates") or [])
-    if candidates and target not in candidates:
+    if not candidates or plan.get("matched_id"):
         raise InputError(
-            f"{target} is not one of the candidates for {user}: {', '.join(candidates)}",
+            f"{user} is not waiting for a match (phase {item.get('phase')}, state "
+            f"{item.get('state')}): confirm only chooses among the candidates provision found",
+            next_step="coexist status --state waiting  (the users waiting, and what for)",
         )
     kinds = dict(zip(candidates, plan.get("candidate_kinds") or [], strict=False))
+    usable = [c for c in candidates if kinds.get(c) in MATCHABLE_KINDS | {None}]
+    next_step = (
+        f"coexist confirm --user {user} --target {usable[0]}"
+        if usable
+        else "no candidate can: remove the conflicting recipient or use create mode"
+    )
+    if target not in candidates:
+        raise InputError(
+            f"{target} is not one of the candidates for {user}: {', '.join(candidates)}",
+            next_step=next_step,
+        )
     kind = kinds.get(target)
     if kind and kind not in MATCHABLE_KINDS:
-        usable = [c for c in candidates if kinds.get(c) in MATCHABLE_KINDS]
         raise InputError(
             f"{target} is a {kind}: only a MailUser or a mailbox can take over {user}",
-            next_step=(
-                f"coexist confirm --user {user} --target {usable[0]}"
-                if usable
-                else "no candidate can: remove the conflicting recipient or use create mode"
-            ),
+            next_step=next_step,
         )
     for other in journal.items(kind="user"):
         if other["key"] == item["key"]:
@@ -614,6 +708,7 @@ def prestage(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     older_than: str | None = None,
     since: str | None = None,
     until: str | None = None,
@@ -629,12 +724,18 @@ def prestage(
     Mailboxes Exchange is still provisioning leave their users `waiting` with a time to
     look again (`_settle`); `coexist retry` or this command continues them.
     """
+    # Every argument is checked here, before the session: a bad one used to surface only
+    # after licences were assigned and mailboxes created (issue 10).
+    users = check_selection("prestage", batch, users, all_users)
+    older = _duration_arg("--older-than", older_than)
     start, end = _instant_arg("--since", since), _instant_arg("--until", until)
     if start and end and start >= end:
         raise InputError(f"--since {since} is not before --until {until}: the window is empty")
+    when = _at_arg(at)
     args = {
         "batch": str(batch) if batch else None,
         "users": users,
+        "all": all_users,
         "older_than": older_than,
         "since": since,
         "until": until,
@@ -662,7 +763,7 @@ def prestage(
                 sess.journal.lock_setting("license_sku", sku_id)
         _mark(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
-        window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
+        window = older if older is not None else sess.project.prestage.older_than
         at_reached = False  # --at: the passes start at that time, once
 
         async def one_round(batch: list[dict[str, Any]]) -> None:
@@ -673,8 +774,8 @@ def prestage(
             stuck = _round_outcomes(sess, first, "failed", "waiting")
             await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
             stuck = _round_outcomes(sess, first, "failed", "waiting")
-            if at and not at_reached:
-                await _wait_until(at)
+            if when and not at_reached:
+                await _wait_until(when)
                 at_reached = True
             passes = [
                 ItemPlan(
@@ -705,13 +806,18 @@ def prestage(
     )
 
 
-async def _wait_until(at: str) -> None:
+def _at_arg(at: str | None) -> dt.datetime | None:
+    """--at: an ISO time, local time when it has no offset."""
+    if not at:
+        return None
     try:
         when = dt.datetime.fromisoformat(at)
     except ValueError:
         raise InputError(f"--at {at!r} is not an ISO time (e.g. 2026-11-23T02:00)") from None
-    if when.tzinfo is None:
-        when = when.astimezone()
+    return when if when.tzinfo else when.astimezone()
+
+
+async def _wait_until(when: dt.datetime) -> None:
     delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -723,13 +829,14 @@ def cutover(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The final delta pass, then the post-migration mode (forward / leave / rename)."""
-
-    args = {"batch": str(batch) if batch else None, "users": users}
+    users = check_selection("cutover", batch, users, all_users)
+    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(
@@ -784,27 +891,73 @@ def rollback(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Undo a cutover from the before-state it recorded."""
+    """Undo a cutover from the before-state it recorded.
 
-    args = {"batch": str(batch) if batch else None, "users": users}
+    A user named in `users` that was never cut over is an error, before any write; a
+    batch or `all_users` rolls back those of its users that were cut over (the others
+    are reported as skipped), and is an error when none was.
+    """
+    users = check_selection("rollback", batch, users, all_users)
+    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
 
     async def body(sess: Session) -> dict[str, Any]:
-        items = _selected(sess, batch=batch, users=users, what="rollback")
-        items = [
-            i for i in items if i.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
-        ]
+        chosen = _selected(sess, batch=batch, users=users, what="rollback")
+        plans = {i["key"]: rollback_plan(sess.ctx, i) for i in chosen}
+        items = [i for i in chosen if _was_cut_over(i, plans[i["key"]])]
+        _refuse_never_cut_over(sess, [i for i in chosen if i not in items], named=users, left=items)
         _mark(sess, items, "rollback")
-        plans = [rollback_plan(sess.ctx, i) for i in items]
-        await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+        await sess.runner.run(
+            [plans[i["key"]] for i in items], sess.project.engine.concurrency_per_tenant
+        )
         return _result(sess, users=len(items))
 
     return _in_session(
         directory, "rollback", args, plan=plan, retry=retry, on_outcome=progress, body=body
     )
+
+
+def _was_cut_over(item: dict[str, Any], plan: ItemPlan) -> bool:
+    """Cut over (or rolled back), or partly: a cutover step recorded a before-state to restore."""
+    return item.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value) or bool(plan.steps)
+
+
+def _refuse_never_cut_over(
+    sess: Session,
+    never: list[dict[str, Any]],
+    *,
+    named: list[str] | None,
+    left: list[dict[str, Any]],
+) -> None:
+    """Users with nothing to undo: an error when named or when no one is left, else skipped.
+
+    Rolling back a user that was never cut over once printed 'steps: none' and exited 0
+    (issue 10): the operator had most likely named the wrong user.
+    """
+    if not never:
+        return
+    shown = [f"{i.get('source_address')} (phase {i.get('phase')})" for i in never]
+    if named is not None or not left:
+        first = never[0].get("source_address")
+        raise InputError(
+            f"rollback: never cut over, nothing to undo: {', '.join(shown[:10])}"
+            + (" …" if len(shown) > 10 else ""),
+            next_step=f"coexist status --project {sess.project.directory} --user {first}",
+            users=[i.get("source_address") for i in never],
+        )
+    for i in never:
+        sess.skipped.append(
+            {
+                "user": i.get("source_address"),
+                "reason": f"never cut over (phase {i.get('phase')}): nothing to roll back",
+                "next": f"coexist status --project {sess.project.directory} --user "
+                f"{i.get('source_address')}",
+            }
+        )
 
 
 # -- retry -------------------------------------------------------------------------------
@@ -858,10 +1011,20 @@ def status(
     user: str | None = None,
 ) -> dict[str, Any]:
     """Where every user (and group) stands: phase, state, last step, data, errors."""
+    # A misspelt filter once printed an empty table with rc 0 (issue 10).
+    _choice_arg("--phase", phase, PHASES)
+    _choice_arg("--state", state, USER_STATES)
+    _blank_arg("--batch", batch)
+    _blank_arg("--user", user)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
         items = journal.items(kind="user", batch=batch, state=state, phase=phase)
+        if batch is not None and not journal.items(kind="user", batch=batch):
+            raise InputError(
+                f"no users in batch {batch!r}",
+                next_step="coexist batch export  (lists every user with its batch)",
+            )
         if user:
             items = batches.select(items, [user], what="status --user")
         failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
@@ -909,6 +1072,7 @@ def status(
 
 def batch_import(directory: Path | None, file: Path, *, name: str | None = None) -> dict[str, Any]:
     """Record batch names from an operator's CSV (every row must be a known user, once)."""
+    _blank_arg("--name", name)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
@@ -933,6 +1097,8 @@ def batch_import(directory: Path | None, file: Path, *, name: str | None = None)
 
 
 def batch_export(directory: Path | None, *, batch: str | None = None) -> str:
+    """The users (of one batch) as CSV: addresses, batch, phase, state."""
+    _blank_arg("--batch", batch)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
@@ -947,8 +1113,13 @@ def preflight_checks(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
 ) -> dict[str, Any]:
-    """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts."""
+    """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts.
+
+    Reads only: with no selection it checks every discovered user.
+    """
+    users = check_selection("preflight", batch, users, all_users, default_all=True)
 
     async def body(sess: Session) -> dict[str, Any]:
         ctx = sess.ctx
@@ -983,9 +1154,16 @@ def verify_mailflow(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     wait_s: float = 60.0,
 ) -> dict[str, Any]:
-    """Send probes to each user's addresses and report where each one landed."""
+    """Send probes to each user's addresses and report where each one landed.
+
+    Probes land in people's mailboxes: probing every user takes `all_users`.
+    """
+    users = check_selection("verify-mailflow", batch, users, all_users)
+    if wait_s < 0:
+        raise InputError(f"--wait {wait_s:g} is negative", next_step="--wait 60")
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
@@ -1171,8 +1349,19 @@ def demo(
     """
     from coexist.sandbox import mailseed
     from coexist.sandbox import seed as sandbox_seed
+    from coexist.sandbox.limits import PROFILES
     from coexist.sandbox.server import Sandbox
 
+    # Checked before the sandbox starts or anything is written in the directory.
+    _choice_arg("--profile", profile, PROFILES)
+    _choice_arg("--mode", mode, MODES)
+    if time_scale <= 0:
+        raise InputError(f"--time-scale {time_scale:g} must be above 0", next_step="--time-scale 1")
+    if users < 1 or items < 0:
+        raise InputError(
+            f"--users {users} must be at least 1 (and items {items} not negative)",
+            next_step="--users 50",
+        )
     base = (directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve()
     state = base / "sandbox"
     # The project lives in DIR itself and the sandbox state in DIR/sandbox, so
@@ -1244,20 +1433,20 @@ def demo(
         say("groups")
         results["groups"] = groups(project, progress=progress)
         say("provision")
-        results["provision"] = provision(project, progress=progress)
+        results["provision"] = provision(project, all_users=True, progress=progress)
         say("groups again: members provisioned since the first run are added")
         results["groups_again"] = groups(project, progress=progress)
         say("mail flow after provision")
-        results["verify_provisioned"] = verify_mailflow(project, wait_s=5)
+        results["verify_provisioned"] = verify_mailflow(project, all_users=True, wait_s=5)
         say("prestage (convert, license, forward back, data pass)")
-        results["prestage"] = prestage(project, progress=progress)
+        results["prestage"] = prestage(project, all_users=True, progress=progress)
         results["waited"] = wait_out(project, bound_s=bound_s, say=say, progress=progress)
-        results["verify_prestaged"] = verify_mailflow(project, wait_s=5)
+        results["verify_prestaged"] = verify_mailflow(project, all_users=True, wait_s=5)
         say(f"cutover ({mode})")
-        results["cutover"] = cutover(project, progress=progress)
+        results["cutover"] = cutover(project, all_users=True, progress=progress)
         results["waited"] += wait_out(project, bound_s=bound_s, say=say, progress=progress)
         say("mail flow after cutover")
-        results["verify"] = verify_mailflow(project, wait_s=5)
+        results["verify"] = verify_mailflow(project, all_users=True, wait_s=5)
         results["status"] = status(project)
         results["data"] = data_report(project)
         for line in data_lines(results["data"]):

@@ -113,9 +113,9 @@ def test_prestage_leaves_users_waiting_and_retry_continues_them(
     with journal_of(project) as j:
         keys = [str(u["key"]) for u in j.items(kind="user")]
     mailseed.seed_mailboxes(sandbox.mail, "source", keys, seed=7, items=5)
-    run_json(cli, "provision", "--project", p)
+    run_json(cli, "provision", "--project", p, "--all")
 
-    prestaged = run_json(cli, "prestage", "--project", p)
+    prestaged = run_json(cli, "prestage", "--project", p, "--all")
     assert prestaged["waiting"], prestaged
     for w in prestaged["waiting"]:
         assert "@" in w["user"] and w["detail"] and w["look_again_at"], w
@@ -172,7 +172,7 @@ def test_prestage_leaves_users_waiting_and_retry_continues_them(
             passes = [pa["status"] for pa in j.passes(key)]
             assert "waiting" in passes and passes[-1] == "ok", (key, passes)
 
-    cut = run_json(cli, "cutover", "--project", p)
+    cut = run_json(cli, "cutover", "--project", p, "--all")
     assert not cut["waiting"], cut["waiting"]
     rows = run_json(cli, "status", "--project", p)["users"]
     assert {(r["phase"], r["state"]) for r in rows} == {("cutover", "ok")}, rows
@@ -187,11 +187,11 @@ def test_graph_refusing_usage_location_fails_clearly(
     sandbox.world.settings.graph_patch_refusal = "external"
     p = str(project)
     run_json(cli, "discover", "--project", p)
-    run_json(cli, "provision", "--project", p)
+    run_json(cli, "provision", "--project", p, "--all")
     with sandbox.world.lock:
         for u in sandbox.world.target.users.values():
             u.visible_at = 0.0  # replication done: Graph answers the PATCH itself
-    result = cli("prestage", "--project", p, "--json")
+    result = cli("prestage", "--project", p, "--all", "--json")
     assert result.exit_code == 0, result.output[-3000:]
     failed = json.loads(result.stdout)["failed"]
     assert failed and all(f["step"] == "prestage.license" for f in failed), failed

@@ -88,10 +88,13 @@ def test_cli_lists_everything_deduplicated_without_a_command() -> None:
     }
 
 
-def test_unknown_command_needs_nothing() -> None:
-    """A command coexist does not know lists nothing (rather than everything)."""
+def test_unknown_command_needs_nothing_and_is_refused() -> None:
+    """A command coexist does not know needs nothing (rather than everything); asked for on
+    the command line it is an error listing the commands, not an empty table with rc 0."""
     assert needs("no-such-command") == []
-    assert permissions_json("--command", "no-such-command") == []
+    result = CliRunner().invoke(main, ["permissions", "--command", "no-such-command"])
+    assert result.exit_code == 2 and "'no-such-command' is not one of" in result.stderr
+    assert "'prestage'" in result.stderr
 
 
 def test_human_listing_is_a_table_for_the_command() -> None:
