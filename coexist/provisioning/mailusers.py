@@ -166,7 +166,9 @@ def _planned_object(step: MailUserStep) -> dict[str, Any]:
     }
 
 
-def _wanted_primary(step: MailUserStep, obj: dict[str, Any], initial: str) -> str | None:
+def _wanted_primary(
+    ctx: Context, step: MailUserStep, obj: dict[str, Any], initial: str
+) -> str | None:
     """The primary the object must get, or None when its primary is right.
 
     Wrong is: none, one of the source's own addresses (what New-MailUser leaves: the
@@ -192,9 +194,15 @@ def _wanted_primary(step: MailUserStep, obj: dict[str, Any], initial: str) -> st
         service="exchange",
         next_step=(
             f"give {obj.get('Name')!r} a primary address in the destination domain "
-            "(Set-MailUser -EmailAddresses SMTP:...), then coexist provision"
+            f"(Set-MailUser -EmailAddresses SMTP:...), then {_provision_again(ctx, step)}"
         ),
     )
+
+
+def _provision_again(ctx: Context, step: Step) -> str:
+    """The command that provisions this one user again (a selection is required)."""
+    item = ctx.journal.get_item("user", step.subject) or {}
+    return f"coexist provision --users {item.get('source_address') or step.subject}"
 
 
 def _address_list(
@@ -296,7 +304,7 @@ class MailUserExecutor:
         wanted, taken = _free_x500(ctx, proxies, object_id(obj))
         missing = [x for x in wanted if not has_proxy(obj, x)]
         domain = await _initial_domain(ctx)
-        primary = _wanted_primary(step, obj, domain)
+        primary = _wanted_primary(ctx, step, obj, domain)
         # Every cloud recipient coexist makes carries its MOERA (alias@<initial domain>).
         moera_missing = step.mode == "create" and not any(
             _domain(a) == domain for a in smtp_proxies(obj)
@@ -508,7 +516,7 @@ class TargetAddressExecutor:
             raise NotFound(
                 "the target object provision made is not found in Exchange",
                 service="exchange",
-                next_step="coexist provision  (finds or makes the target object again)",
+                next_step=f"{_provision_again(ctx, step)}  (finds or makes the target object again)",
             )
         primary = str(observed.get("PrimarySmtpAddress") or "")
         requested = ctx.cache.get(REQUESTED, {}).get(step.subject)
@@ -522,7 +530,7 @@ class TargetAddressExecutor:
                 f"target {observed.get('Name')!r}, not {requested or 'an address of its own'}: "
                 "it did not take the address list",
                 service="exchange",
-                next_step="coexist provision  (sets the address list again)",
+                next_step=f"{_provision_again(ctx, step)}  (sets the address list again)",
             )
         state = {"PrimarySmtpAddress": primary}
         return StepResult(False, state, state, f"target address {primary}", data=_data(observed))
