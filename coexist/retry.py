@@ -1,6 +1,7 @@
 """Retry policies: injected objects, so tests can fail fast and production can wait.
 
-Only `TransientError` is retried (throttling, 5xx, dropped connections). When
+Only `TransientError` is retried (throttling, 5xx, dropped connections), and not one
+its client library already retried (`retryable=False`: the token endpoint). When
 the service said how long to wait (Retry-After), that wins over backoff —
 Microsoft's throttling guidance: learn.microsoft.com/graph/throttling
 ("wait the number of seconds specified in the Retry-After header").
@@ -17,7 +18,7 @@ from typing import TypeVar
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
 )
@@ -25,6 +26,11 @@ from tenacity import (
 from coexist.errors import TransientError
 
 T = TypeVar("T")
+
+
+def retryable(exc: BaseException) -> bool:
+    """A transient failure nobody retried yet."""
+    return isinstance(exc, TransientError) and exc.retryable
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class RetryPolicy:
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception(retryable),
             stop=self.should_stop,
             wait=self.wait_for,
             sleep=asyncio.sleep,
