@@ -20,6 +20,7 @@ from coexist.cutover.flow import cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
+from coexist.files import write_private
 from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
@@ -1158,5 +1159,5 @@ def demo(
         project=str(project),
         state=str(state),
     )
-    (base / "demo-summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_private(base / "demo-summary.json", json.dumps(results, indent=2, default=str) + "\n")
     return results
