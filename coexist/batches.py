@@ -106,27 +106,27 @@ def decode(data: bytes, path: Path) -> str:
     an InputError naming the encoding problem and the line it is on."""
     if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
         raise InputError(
-            f"{path}: the file is UTF-32, which coexist does not read", file=str(path),
+            f"{path}: the file is UTF-32, which coexist does not read",
+            file=str(path),
             next_step=_SAVE_AS,
-        )  # fmt: skip
+        )
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding, name = "utf-16", "UTF-16"
-    else:
-        encoding, name = "utf-8-sig", "UTF-8"
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise _not_decodable(data, exc, encoding, name, path) from None
-    if "\x00" in text:  # ASCII saved as UTF-16 without a BOM decodes as UTF-8, with NULs
-        line = text[: text.index("\x00")].count("\n") + 1
+    elif b"\x00" in data:  # text has no NULs: UTF-16 (ASCII every other byte) without a BOM
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
         raise InputError(
-            f"{path}: line {line} holds NUL characters: the file looks like UTF-16 without a "
+            f"{path}: line {line} holds NUL bytes: the file looks like UTF-16 without a "
             "byte-order mark",
             file=str(path),
             line=line,
             next_step=_SAVE_AS,
         )
-    return text
+    else:
+        encoding, name = "utf-8-sig", "UTF-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise _not_decodable(data, exc, encoding, name, path) from None
 
 
 def _not_decodable(
@@ -139,13 +139,11 @@ def _not_decodable(
     start = data.rfind(b"\n", 0, exc.start) + 1
     end = data.find(b"\n", exc.start)
     shown = data[start : end if end >= 0 else len(data)].decode(encoding, errors="replace")
-    guess = ""
-    if name == "UTF-8":
-        guess = (
-            "; the file looks like UTF-16 without a byte-order mark"
-            if b"\x00" in data[:200]
-            else "; the file looks like Latin-1 / Windows-1252 (Excel's 'CSV (Comma delimited)')"
-        )
+    guess = (
+        "; the file looks like Latin-1 / Windows-1252 (Excel's 'CSV (Comma delimited)')"
+        if name == "UTF-8"
+        else ""
+    )
     byte = data[exc.start]
     return InputError(
         f"{path}: line {line} is not {name} (byte 0x{byte:02X} at column {column}: "

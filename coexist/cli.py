@@ -101,7 +101,12 @@ class CoexistCommand(click.Command):
         )
 
     def invoke(self, ctx: click.Context) -> Any:
-        command = " ".join(["coexist", *ctx.command_path.split()[1:]])
+        names: list[str] = []
+        node = ctx
+        while node.parent is not None:  # the root's name is how Python was started: "coexist"
+            names.insert(0, str(node.info_name))
+            node = node.parent
+        command = " ".join(["coexist", *names])
         run = logs.start(_log_home(ctx.params), command, verbose=bool(ctx.meta.get(VERBOSE)))
         as_json = bool(ctx.params.get("as_json"))
         try:

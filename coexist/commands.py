@@ -20,7 +20,7 @@ from coexist.cutover.flow import cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
-from coexist.files import write_private
+from coexist.files import private_dir, write_private
 from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
@@ -1055,7 +1055,7 @@ def demo(
     from coexist.sandbox import seed as sandbox_seed
     from coexist.sandbox.server import Sandbox
 
-    base = (directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve()
+    base = private_dir((directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve())
     state = base / "sandbox"
     # The project lives in DIR itself and the sandbox state in DIR/sandbox, so
     # `coexist status --project DIR` and `coexist sandbox deliver --state DIR/sandbox`

@@ -71,7 +71,7 @@ _SQLITE_BUSY_TIMEOUT_S = 30.0
 # `sqlite_errorname`; https://www.sqlite.org/rescode.html), by OSError errno, and by
 # PostgreSQL SQLSTATE (class 53 "insufficient resources", 25006 read-only transaction, 58030
 # I/O error; PostgreSQL docs, Appendix A "Error Codes").
-_FULL, _READ_ONLY, _IO, _DAMAGED = "full", "read-only", "io", "damaged"
+_FULL, _READ_ONLY, _IO, _DAMAGED, _PATH = "full", "read-only", "io", "damaged", "path"
 _SQLITE_CODES = {
     "SQLITE_FULL": (_FULL, "the disk is full"),
     "SQLITE_IOERR": (_IO, "an I/O error (a full disk, or a failing device)"),
@@ -89,7 +89,9 @@ _ERRNOS = {
     errno.EACCES: (_READ_ONLY, "permission denied"),
     errno.EPERM: (_READ_ONLY, "operation not permitted"),
     errno.EIO: (_IO, "an I/O error (a failing device)"),
-    errno.ENOTDIR: (_READ_ONLY, "a part of its path is not a directory"),
+    errno.ENOTDIR: (_PATH, "a part of its path is not a directory"),
+    errno.EEXIST: (_PATH, "a file is where its directory should be"),
+    errno.EISDIR: (_PATH, "it is a directory"),
 }
 _SQLSTATES = {
     "53100": (_FULL, "the database server's disk is full"),
@@ -138,6 +140,8 @@ def _next_step(kind: str, url: URL) -> str:
         _IO: f"check the disk that holds {folder} (free space, `dmesg`); {again}",
         _DAMAGED: f"restore the journal in {folder} from a copy (coexist never edits it by "
         "hand); the tenants are unchanged by this failure",
+        _PATH: f"check the project directory and [project] journal: {folder} must be a "
+        "directory holding the journal file",
     }[kind]
 
 

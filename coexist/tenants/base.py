@@ -106,7 +106,7 @@ def connection_cause(exc: BaseException) -> ConnectionCause:
         None,
     )
     if tls is not None:
-        return ConnectionCause("tls", str(tls.reason or tls))
+        return ConnectionCause("tls", str(getattr(tls, "reason", None) or tls))
     if (dns := first(socket.gaierror)) is not None:
         return ConnectionCause("dns", str(dns.strerror or dns))
     if first(ConnectionRefusedError) is not None:
