@@ -26,7 +26,7 @@ from rich.table import Table
 
 from coexist import commands, logs
 from coexist.engine.runner import Outcome
-from coexist.errors import CoexistError, redact
+from coexist.errors import CoexistError, StorageError, redact
 from coexist.files import write_private
 from coexist.permissions import MOVER_NEEDS
 
@@ -62,7 +62,8 @@ def _unexpected(exc: Exception, as_json: bool) -> None:
     )
     text = redact(f"unexpected {type(exc).__name__}: {exc}")
     if as_json:
-        click.echo(json.dumps({"error": "internal", "message": text, "log": str(run and run.path)}))
+        path = str(run.path) if run is not None and run.path is not None else None
+        click.echo(json.dumps({"error": "internal", "message": text, "log": path}))
     else:
         err.print(f"[red]error:[/red] {escape(text)} (a bug in coexist; {where})", soft_wrap=True)
     sys.exit(1)
@@ -619,7 +620,15 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
     """Write users (with batch, phase, state) as CSV."""
     text = commands.batch_export(project, batch=batch)
     if output:
-        write_private(output, text, atomic=False)  # a report of names and addresses
+        try:
+            write_private(output, text, atomic=False)  # a report of names and addresses
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write {output}: {exc.strerror or exc}",
+                path=str(output),
+                cause=str(exc),
+                next_step="choose an --output path this user can write, on a disk with space",
+            ) from exc
     else:
         click.echo(text, nl=False)
 

@@ -220,9 +220,10 @@ def test_verbose_works_on_every_command(project: Path, cli: Cli) -> None:
     everyone = list(leaf_commands(main))
     assert len(everyone) >= 17
     for path in everyone:
-        command = main
+        command: click.Command = main
         for name in path:
-            command = command.commands[name]  # type: ignore[attr-defined]
+            assert isinstance(command, click.Group)
+            command = command.commands[name]
         flags = {o for p in command.params for o in getattr(p, "opts", [])}
         assert {"-v", "--verbose"} <= flags, path
         r = CliRunner().invoke(main, [*path, "-v", "--help"])

@@ -248,8 +248,10 @@ def test_full_disk_stops_before_the_next_tenant_write(
 
     Users are provisioned one at a time (concurrency 1) so the cut is exact. The file-size
     limit that falls mid-run depends on how much the journal writes per user; it is found
-    by doubling or halving from 600 kB (a fresh sandbox and journal for every try)."""
-    limit, tried = 600_000, []
+    by doubling, halving or bisecting from 600 kB (a fresh sandbox and journal each try)."""
+    limit, tried = 600_000, list[int]()
+    fits: int | None = None  # a limit under which the whole run completed
+    too_small: int | None = None  # a limit that stopped the run before any tenant write
     while True:
         sandbox.reset()
         project = make_project(**{"engine.concurrency_per_tenant": 1})
@@ -259,12 +261,16 @@ def test_full_disk_stops_before_the_next_tenant_write(
             "provision", "--project", str(project), before=file_size_limit(limit)
         )
         created, tried = mail_users(sandbox), [*tried, limit]
-        if proc.returncode == 0:  # the whole run fitted: a smaller disk
-            limit //= 2
-        elif not created:  # full before the first tenant write: a larger disk
-            limit *= 2
-        else:
+        if proc.returncode != 0 and created:
             break
+        if proc.returncode == 0:
+            fits = limit
+        else:
+            too_small = limit
+        if fits and too_small:
+            limit = (fits + too_small) // 2
+        else:
+            limit = limit * 2 if too_small else limit // 2
         assert len(tried) < 8, f"no file-size limit stopped provision mid-run: {tried}"
         shutil.rmtree(project)
     assert proc.returncode == 1 and 0 < len(created) < len(users)
@@ -357,3 +363,13 @@ def test_unexpected_error_prints_one_line_and_a_log_path(
     r = cli("status", "--project", str(project), "--json")
     payload = json.loads(r.stdout)
     assert r.exit_code == 1 and payload["error"] == "internal" and payload["log"]
+
+
+def test_unwritable_report_path_is_one_clear_line(project: Path, cli: Cli, tmp_path: Path) -> None:
+    """`batch export --output` into a missing directory: one error naming the path (exit 1)."""
+    discovered(cli, project)
+    out = tmp_path / "no-such-dir" / "export.csv"
+    r = cli("batch", "export", "--project", str(project), "--output", str(out))
+    assert r.exit_code == 1
+    unwrapped = r.stderr.replace("\n", "")  # rich wraps at 80 columns, even inside a path
+    assert f"cannot write {out}" in unwrapped and "No such file" in unwrapped
