@@ -8,6 +8,7 @@ no log files and no --verbose.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import re
@@ -162,9 +163,10 @@ def test_a_run_writes_a_log_with_no_secret_in_it(sandbox: Sandbox, tmp_path: Pat
         return r
 
     run("discover")
-    run("provision")
     with Journal.open(load_project(project).journal_url) as journal:
-        user = journal.items(kind="user")[0]
+        users = journal.items(kind="user")
+    user = users[0]
+    run("provision", "--users", ",".join(str(u["source_address"]) for u in users))
     inbox = sandbox.mail.folder("source", str(user["key"]), "inbox")
     assert inbox is not None
     old = dt.datetime(2024, 1, 15, tzinfo=dt.UTC)
@@ -236,15 +238,17 @@ def test_verbose_works_on_every_command(project: Path, cli: Cli) -> None:
     assert "HTTP Request: GET https://" in discover.stderr and "Get-Mailbox" in discover.stderr
     quiet = CliRunner().invoke(main, ["discover", "--project", p])
     assert "HTTP Request" not in quiet.stderr  # without -v stderr stays for people
+    with Journal.open(load_project(project).journal_url) as journal:
+        first = str(journal.items(kind="user")[0]["source_address"])
     for args in (
         ["status", "--project", p, "--json"],
         ["permissions", "--json"],
         ["batch", "export", "--project", p],
-        ["provision", "--project", p, "--plan", "--json"],
+        ["provision", "--project", p, "--plan", "--json", "--users", first],
     ):
         r = CliRunner().invoke(main, [*args, "--verbose"])
         assert r.exit_code == 0, (args, r.output)
-        name = " ".join(a for a in args if not a.startswith("-") and a != p)
+        name = " ".join(itertools.takewhile(lambda a: not a.startswith("-"), args))
         assert f"coexist.logs: coexist {name}" in r.stderr, args
         if "--json" in args:
             json.loads(r.stdout)  # -v never mixes into stdout

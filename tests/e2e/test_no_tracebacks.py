@@ -153,7 +153,8 @@ def test_unreachable_target_stops_the_run_and_fails_no_user(
     assert cli("discover", "--project", str(project)).exit_code == 0
     port = closed_port()
     point_at(project, sandbox, lambda c: move_port(c, port, ("target",)))
-    proc = coexist_process("provision", "--project", str(project))
+    everyone = ",".join(statuses(project))  # an explicit selection (main asks for one)
+    proc = coexist_process("provision", "--project", str(project), "--users", everyone)
     assert proc.returncode == 1
     error, _fix = error_block(proc.stderr)
     assert "the target tenant's" in error and f"127.0.0.1:{port}" in error
@@ -204,8 +205,15 @@ def test_read_only_project_is_one_clear_line(
     read_only()
     before = world_state(sandbox)
     home = tmp_path / "home"
+    everyone = ",".join(statuses(project))
     proc = coexist_process(
-        "provision", "--project", str(project), before=obey_file_modes, home=home
+        "provision",
+        "--project",
+        str(project),
+        "--users",
+        everyone,
+        before=obey_file_modes,
+        home=home,
     )
     assert proc.returncode == 1
     error, fix = error_block(proc.stderr)
@@ -257,8 +265,14 @@ def test_full_disk_stops_before_the_next_tenant_write(
         project = make_project(**{"engine.concurrency_per_tenant": 1})
         assert cli("discover", "--project", str(project)).exit_code == 0
         users = set(statuses(project))
+        everyone = ",".join(sorted(users))
         proc = coexist_process(
-            "provision", "--project", str(project), before=file_size_limit(limit)
+            "provision",
+            "--project",
+            str(project),
+            "--users",
+            everyone,
+            before=file_size_limit(limit),
         )
         created, tried = mail_users(sandbox), [*tried, limit]
         if proc.returncode != 0 and created:
@@ -280,7 +294,7 @@ def test_full_disk_stops_before_the_next_tenant_write(
     assert set(created) == journaled_mail_users(project)  # no tenant write without its record
     assert all(n == 1 for n in created.values())
 
-    again = coexist_process("provision", "--project", str(project))
+    again = coexist_process("provision", "--project", str(project), "--users", everyone)
     assert again.returncode == 0, again.stderr
     assert mail_users(sandbox) == {u.lower(): 1 for u in users}  # everyone, exactly once
     assert set(statuses(project).values()) == {"ok"}
