@@ -19,11 +19,11 @@ before they are logged.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -131,7 +131,9 @@ def current() -> RunLog | None:
 
 
 def _file_name(command: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    """`<UTC time to the microsecond>-<command>-<pid>.log`: names sort in time order, even
+    for runs within one second (pruning keeps the newest by name)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     name = "-".join(command.split()) or "coexist"
     return f"{stamp}-{name}-{os.getpid()}{SUFFIX}"
 
