@@ -23,7 +23,7 @@ from tenacity import (
     stop_after_delay,
 )
 
-from coexist.errors import TransientError
+from coexist.errors import TransientError, Unreachable
 
 T = TypeVar("T")
 
@@ -71,9 +71,16 @@ class RetryPolicy:
             sleep=asyncio.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await fn()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await fn()
+        except Unreachable as exc:
+            # Still no connection after this policy's attempts: an outer policy (the
+            # engine's, around the step whose read this was) would only wait longer for
+            # the same answer, so the run stops now with it.
+            exc.retryable = False
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -183,6 +183,7 @@ def test_exchange_connection_failure_names_the_cmdlet(conn: dict[str, Any]) -> N
             return exc.value
 
     err = asyncio.run(go())
+    assert not err.retryable  # retried once (here), not again by the engine around a step
     assert "the target tenant's Exchange at" in err.message and "(Get-Mailbox)" in err.message
     assert err.next_step is not None and "[target] exo_url" in err.next_step
 

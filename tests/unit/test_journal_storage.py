@@ -1,4 +1,5 @@
-"""A journal that can no longer be written stops the run before its next tenant write.
+"""A journal that can no longer be written stops the run before its next tenant write (and
+an unreachable endpoint stops it without failing any user).
 
 Issue 10: on a full disk, tenant writes went through and then "disk I/O error" came as a
 traceback. The journal maps its storage failures to StorageError at its boundary, and the
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 
 from coexist.engine.runner import ItemPlan, Runner
 from coexist.engine.step import Registry, Step, StepResult
-from coexist.errors import StorageError
+from coexist.errors import StorageError, Unreachable
 from coexist.journal import Journal
 from coexist.retry import FAIL_FAST
 from coexist.tenants.plan import before_write
@@ -171,3 +172,43 @@ def test_a_failed_journal_write_stops_every_item_before_its_next_write(
     assert alice is not None and alice["status"] == "started"  # re-observed by the next run
     assert journal.get_step(CoatsStep("bob").key) is None
     assert journal.get_step(CoatsStep("carol").key) is None
+
+
+@dataclass(frozen=True)
+class UnreachableStep(Step):
+    """Observes through an endpoint that does not answer."""
+
+    name: ClassVar[str] = "test.unreachable"
+
+
+@REGISTRY.register(UnreachableStep)
+class UnreachableExecutor:
+    async def observe(self, ctx: Wall, step: UnreachableStep) -> None:
+        raise Unreachable(
+            "the target tenant's Graph at https://127.0.0.1:1: connection refused",
+            service="graph",
+            endpoint="https://127.0.0.1:1",
+            cause="connection refused",
+            retryable=False,
+        )
+
+    async def apply(self, ctx: Wall, step: UnreachableStep, observed: None) -> StepResult:
+        raise AssertionError("never reached")
+
+
+def test_an_unreachable_endpoint_stops_the_run_and_fails_no_user(journal: Journal) -> None:
+    """An endpoint's failure is not the user's: the run ends with it and no user or step is
+    recorded failed (status stays as it was; `retry` has nothing wrong to repeat)."""
+    runner = Runner(
+        ctx=Wall(journal, fill_after=0),
+        journal=journal,
+        run_id=journal.start_run("test", {}),
+        retry=FAIL_FAST,
+        next_step="coexist retry",
+        steps=REGISTRY,
+    )
+    items = [ItemPlan("user", k, [UnreachableStep(k)], None, k) for k in ("alice", "bob")]
+    with pytest.raises(Unreachable):
+        asyncio.run(runner.run(items, concurrency=2))
+    assert journal.steps() == []
+    assert {i["state"] for i in journal.items(kind="user")} == {None}
