@@ -4,7 +4,7 @@ Every command run writes one log file, `logs/<UTC time>-<command>-<pid>.log`, in
 directory it works on: the project's (`--project`), the sandbox state's (`--state`), else
 a per-user directory (`$XDG_STATE_HOME/coexist/logs`, `~/.local/state/coexist/logs`).
 When that directory cannot be written (a read-only project) the next one is used. The
-newest `KEEP_RUNS` logs of a directory are kept, older ones removed. Files are created
+newest `KEEP_RUNS` logs of a directory are kept (names sort by time), older ones removed. Files are created
 owner-only (0600 in a 0700 directory): a log holds names and addresses.
 
 What is logged: the command and its outcome, every step's end (user, step, status,
@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from coexist.errors import redact
-from coexist.files import DIR_MODE, FILE_MODE, private_dir
+from coexist.files import FILE_MODE, private_dir
 
 LOG_DIR = "logs"
 KEEP_RUNS = 50  # log files kept per directory, newest first
@@ -211,4 +211,4 @@ def start(home: Path | None, command: str, *, verbose: bool = False) -> RunLog:
     return run
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "KEEP_RUNS", "LOG_DIR", "RunLog", "current", "start"]
+__all__ = ["KEEP_RUNS", "LOG_DIR", "RunLog", "current", "prune", "start", "user_log_dir"]
