@@ -121,6 +121,7 @@ def connection_cause(exc: BaseException) -> ConnectionCause:
 def connection_error(
     exc: BaseException,
     *,
+    service: str,
     who: str,
     url: str,
     setting: str,
@@ -132,7 +133,8 @@ def connection_error(
 ) -> RemoteError:
     """The coexist error for a failed connection to `url`: TLSError (not retried; the run
     stops), Unreachable (retried, then the run stops) or TransientError (a connection dropped
-    mid-request, retried). `connected`: the request may have reached the service (a read
+    mid-request, retried); `service` as RemoteError names it (graph, exchange, identity),
+    `who` as people read it. `connected`: the request may have reached the service (a read
     timeout), so it is not reported as unreachable. Messages name the endpoint's origin only,
     never a path or query (pre-authenticated URLs carry their credential in the query)."""
     cause = connection_cause(exc)
@@ -143,7 +145,7 @@ def connection_error(
     sandbox = f"with the sandbox, the connection.json that [{side}] sandbox_connection names"
     head = f"{who} at {endpoint}" + (f" ({what})" if what else "")
     again = "then run the command again"
-    kw: dict[str, Any] = {"service": who, "endpoint": endpoint, "cause": cause.detail}
+    kw: dict[str, Any] = {"service": service, "endpoint": endpoint, "cause": cause.detail}
     if cause.kind == "untrusted":
         return TLSError(
             f"{head}: its TLS certificate is not trusted ({cause.detail}); coexist never "
@@ -260,6 +262,7 @@ class Adapter:
         """A failed connection to this system, mapped (see `connection_error`)."""
         error = connection_error(
             exc,
+            service=self.service.lower(),
             who=self._who(),
             url=url,
             setting=self.url_setting,
@@ -287,6 +290,7 @@ class Adapter:
             # error is not retried again here.
             raise connection_error(
                 exc,
+                service="identity",
                 who=self._who("Entra ID token endpoint"),
                 url=self.ep.authority,
                 setting="authority",

@@ -112,7 +112,7 @@ def test_unreachable_endpoint_names_endpoint_cause_and_fix(conn: dict[str, Any])
     assert "connection refused" in err.message
     assert err.next_step is not None
     assert "[target] graph_url" in err.next_step and "coexist sandbox serve" in err.next_step
-    assert err.to_dict()["endpoint"] == f"https://127.0.0.1:{port}"
+    assert err.to_dict()["endpoint"] == f"https://127.0.0.1:{port}" and err.service == "graph"
 
 
 def test_tls_failure_names_the_fix(conn: dict[str, Any], server_factory: Any) -> None:
@@ -194,7 +194,7 @@ def test_unreachable_token_endpoint_is_not_retried_twice(conn: dict[str, Any]) -
     azure-identity retried it already, so coexist does not retry it again."""
     port = closed_port()
     err = graph_error(target(conn, authority=f"https://127.0.0.1:{port}"))
-    assert isinstance(err, Unreachable) and not err.retryable
+    assert isinstance(err, Unreachable) and not err.retryable and err.service == "identity"
     assert f"the target tenant's Entra ID token endpoint at https://127.0.0.1:{port}" in err.message
     assert err.next_step is not None and "[target] authority" in err.next_step
 
