@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,14 +24,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coexist import commands
+from coexist import commands, logs
 from coexist.engine.runner import Outcome
-from coexist.errors import CoexistError
+from coexist.errors import CoexistError, StorageError, redact
+from coexist.files import write_private
 from coexist.model import PHASES, USER_STATES
 from coexist.permissions import MOVER_NEEDS, NEEDS
 
 err = Console(stderr=True)
 out = Console()
+log = logging.getLogger("coexist.cli")
 
 DirPath = click.Path(file_okay=False, path_type=Path)
 STATUS_STYLE = {"ok": "green", "failed": "red", "waiting": "yellow", "planned": "cyan"}
@@ -40,12 +43,95 @@ PROFILES = ["published", "fast", "chaos", "realistic"]
 
 
 def _fail(exc: CoexistError, as_json: bool) -> None:
+    log.error("%s", exc, exc_info=exc)
     if as_json:
         click.echo(json.dumps(exc.to_dict()))
     else:
         # Messages name settings as `[scope] group`; escape so rich does not eat them as markup.
         err.print(f"[red]error:[/red] {escape(str(exc))}")
-    sys.exit(2)
+    sys.exit(exc.exit_code)
+
+
+def _unexpected(exc: Exception, as_json: bool) -> None:
+    """Any other exception is a bug: one line and the log file holding its traceback."""
+    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    run = logs.current()
+    where = (
+        f"the traceback is in {run.path}"
+        if run is not None and run.path is not None and not run.broken
+        else f"no log file could be written ({run.broken if run else 'no log'})"
+    )
+    text = redact(f"unexpected {type(exc).__name__}: {exc}")
+    if as_json:
+        path = str(run.path) if run is not None and run.path is not None else None
+        click.echo(json.dumps({"error": "internal", "message": text, "log": path}))
+    else:
+        err.print(f"[red]error:[/red] {escape(text)} (a bug in coexist; {where})", soft_wrap=True)
+    sys.exit(1)
+
+
+VERBOSE = "coexist.verbose"
+
+
+def _verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    ctx.meta[VERBOSE] = ctx.meta.get(VERBOSE, False) or value
+
+
+def _log_home(params: dict[str, Any]) -> Path | None:
+    """The directory a command works on, which holds its run log (`coexist.logs`)."""
+    for name in ("project", "state", "directory"):
+        value = params.get(name)
+        if isinstance(value, Path):
+            return value
+    return None
+
+
+class CoexistCommand(click.Command):
+    """Every command: `-v/--verbose`, a run log, and no traceback for anything that escapes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["-v", "--verbose"],
+                is_flag=True,
+                expose_value=False,
+                callback=_verbose,
+                help="More detail on stderr: ids, every HTTP request and cmdlet (the run's "
+                "log file under logs/ gets it too).",
+            )
+        )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        names: list[str] = []
+        node = ctx
+        while node.parent is not None:  # the root's name is how Python was started: "coexist"
+            names.insert(0, str(node.info_name))
+            node = node.parent
+        command = " ".join(["coexist", *names])
+        run = logs.start(_log_home(ctx.params), command, verbose=bool(ctx.meta.get(VERBOSE)))
+        as_json = bool(ctx.params.get("as_json"))
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except CoexistError as exc:  # commands without @handles_errors
+            _fail(exc, as_json)
+        except Exception as exc:
+            _unexpected(exc, as_json)
+        except BaseException as exc:  # SystemExit (an exit code), KeyboardInterrupt
+            if not isinstance(exc, SystemExit):
+                log.warning("interrupted (%s)", type(exc).__name__)
+            raise
+        finally:
+            run.close()
+
+
+class CoexistGroup(click.Group):
+    """A group whose commands and subgroups are Coexist ones."""
+
+    command_class = CoexistCommand
+    group_class = type  # subgroups (`batch`, `sandbox`) are CoexistGroups too
 
 
 class LiveProgress:
@@ -196,7 +282,7 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
         sys.exit(1)
 
 
-@click.group()
+@click.group(cls=CoexistGroup)
 @click.version_option(package_name="coexist")
 def main() -> None:
     """coexist: move mailboxes between Microsoft 365 tenants while both stay in use."""
@@ -595,7 +681,15 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
     """Write users (with batch, phase, state) as CSV."""
     text = commands.batch_export(project, batch=batch)
     if output:
-        output.write_text(text)
+        try:
+            write_private(output, text, atomic=False)  # a report of names and addresses
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write {output}: {exc.strerror or exc}",
+                path=str(output),
+                cause=str(exc),
+                next_step="choose an --output path this user can write, on a disk with space",
+            ) from exc
     else:
         click.echo(text, nl=False)
 

@@ -20,6 +20,7 @@ from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
+from coexist.files import private_dir, write_private
 from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
 from coexist.model import PHASES, USER_STATES, Phase, phase_at_least
@@ -1362,7 +1363,7 @@ def demo(
             f"--users {users} must be at least 1 (and items {items} not negative)",
             next_step="--users 50",
         )
-    base = (directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve()
+    base = private_dir((directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve())
     state = base / "sandbox"
     # The project lives in DIR itself and the sandbox state in DIR/sandbox, so
     # `coexist status --project DIR` and `coexist sandbox deliver --state DIR/sandbox`
@@ -1466,5 +1467,5 @@ def demo(
         project=str(project),
         state=str(state),
     )
-    (base / "demo-summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_private(base / "demo-summary.json", json.dumps(results, indent=2, default=str) + "\n")
     return results

@@ -65,6 +65,8 @@ async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
             try:
                 granted[(side.label, api)] = await adapter.granted()
             except CoexistError as exc:
+                if exc.stops_run:  # unreachable or untrusted endpoint: no check can run
+                    raise
                 out.append(
                     Check(f"{side.label} {api} sign-in", "fail", exc.message, exc.next_step or "")
                 )
@@ -149,6 +151,8 @@ async def check_scope(ctx: Context) -> list[Check]:
     try:
         group = await find_scope_group(ctx.source.graph, name)
     except CoexistError as exc:
+        if exc.stops_run:
+            raise
         return [Check("scope group", "fail", exc.message, exc.next_step or "")]
     members = await transitive_user_ids(ctx.source.graph, group["id"])
     if not members:

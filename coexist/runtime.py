@@ -8,6 +8,7 @@ honours plan mode the same way, and closes its connections.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from coexist.engine.context import Context, open_sides
 from coexist.engine.runner import Outcome, Runner
+from coexist.errors import StorageError
 from coexist.journal import Journal
 from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
@@ -24,6 +26,7 @@ from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteLimits
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def project_dir(path: Path | str | None) -> Path:
@@ -68,6 +71,18 @@ class Session:
         ]
 
 
+def _log_outcome(o: Outcome) -> None:
+    """Each step's end in the run's log (names for people, ids for the -v reader)."""
+    who = o.label or o.subject
+    if o.status == "failed":
+        log.warning("%s %s failed: %s (next: %s)", who, o.name, o.error, o.next_step)
+    elif o.status == "waiting":
+        log.info("%s %s waiting: %s; look again at %s", who, o.name, o.detail, o.look_again_at)
+    else:
+        log.info("%s %s %s%s: %s", who, o.name, o.status, " changed" if o.changed else "", o.detail)
+    log.debug("step %s of item %s", o.step, o.subject)
+
+
 def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
     """Never print a password, even a generated one, in a plan."""
     return {k: ("[redacted]" if k.lower() == "password" else v) for k, v in params.items()}
@@ -93,6 +108,7 @@ async def session(
     recorder = WriteRecorder() if plan else None
     policy = retry or retry_policy(project)
     run_id = 0 if plan else journal.start_run(command, args)
+    log.info("run %s of %s in %s", run_id or "(plan)", command, project.directory)
     status = "failed"
     try:
         async with open_sides(
@@ -109,6 +125,7 @@ async def session(
 
             def record(o: Outcome) -> None:
                 outcomes.append(o)
+                _log_outcome(o)
                 if on_outcome is not None:
                     on_outcome(o)
 
@@ -129,9 +146,15 @@ async def session(
             yield sess
         status = "ok"
     finally:
-        if not plan:
-            journal.finish_run(run_id, status)
-        journal.close()
+        try:
+            if not plan:
+                journal.finish_run(run_id, status)
+        except StorageError:
+            if status == "ok":  # else the error that ended the run is the one to report
+                raise
+        finally:
+            log.info("run %s of %s ended: %s", run_id or "(plan)", command, status)
+            journal.close()
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -34,7 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
 
-from coexist.errors import ConfigError
+from coexist.errors import ConfigError, StorageError
+from coexist.files import private_dir, write_private
 from coexist.tenants.auth import PUBLIC_AUTHORITY, TenantEndpoint
 
 PROJECT_FILE = "project.toml"
@@ -1127,10 +1128,16 @@ def write_project(
             raise ConfigError(str(exc), file=str(path), key=key) from None
         values[key] = raw
     text = render_template(values)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{PROJECT_FILE}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # a crash never leaves a half-written project file
+    try:
+        private_dir(directory)
+        write_private(path, text)  # owner-only; a crash never leaves a half-written file
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            path=str(path),
+            cause=str(exc),
+            next_step="choose a directory this user can write to, on a disk with free space",
+        ) from exc
     return path
 
 

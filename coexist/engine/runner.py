@@ -191,6 +191,10 @@ class Runner:
 
         def journal_started() -> None:
             nonlocal started
+            if not self.planning:
+                # Before every tenant write, not only the first: once a journal write has
+                # failed (disk full, read-only), no run writes what it cannot journal.
+                self.journal.check_writable()
             if not started and not self.planning:
                 # The live state seen just before the first write goes with the intent,
                 # so a crash between write and record still leaves the true before-state.
@@ -229,6 +233,8 @@ class Runner:
                     recheck=True,
                 )
             except CoexistError as exc:
+                if exc.stops_run:  # the disk, the network, a certificate: not this user's
+                    raise
                 kept = None if started else prev
                 journal_started()
                 return self._failed(step, label, exc, type(exc).__name__, exc.message, kept)
@@ -447,5 +453,15 @@ class Runner:
             if self.on_advance is not None:
                 self.on_advance(done, len(items))
 
-        await asyncio.gather(*(one(i, it) for i, it in enumerate(items)))
+        tasks = [asyncio.ensure_future(one(i, it)) for i, it in enumerate(items)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # An error that stops the run (a failed journal write, an unreachable endpoint)
+            # stops the other items too, before their next write, rather than leaving them
+            # running while the session closes the journal under them.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return [o for r in results for o in r]

@@ -114,6 +114,12 @@ class Journal:
     ) -> None:
         self.close()
 
+    def check_writable(self) -> None:
+        """Raise the StorageError of an earlier failed write, if any (`db.check_writable`):
+        the runner calls it before every tenant write, so a run whose journal can no longer
+        be written stops before its next tenant write."""
+        db.check_writable(self.engine)
+
     def revision(self) -> str | None:
         """The Alembic revision the database is at (`db.head_revision()` after `open`)."""
         return db.current_revision(self.engine)

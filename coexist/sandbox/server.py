@@ -43,6 +43,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from coexist.files import private_dir, write_private
+
 from . import admin, exo, graph, seed, transport
 from .graph.mail import MAIL_STORE_KEY
 from .graph.outlook_items import PIM_STORE_KEY
@@ -179,14 +181,11 @@ def build_app(ctx: SandboxContext) -> Starlette:
     return app
 
 
-def write_atomically(path: Path, data: bytes, *, private: bool = False) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Write a file whole or not at all (write + rename): a sandbox stopped at any moment
-    (`run_forever` may cut start-up short) never leaves half a certificate behind."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_bytes(data)
-    if private:
-        tmp.chmod(0o600)
-    os.replace(tmp, path)
+    (`run_forever` may cut start-up short) never leaves half a certificate behind. Owner-only,
+    like all of the state: it holds the apps' keys and client secrets."""
+    write_private(path, data)
 
 
 def make_app_certificate(common_name: str) -> tuple[str, str]:
@@ -235,7 +234,7 @@ class Sandbox:
         world: World | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.host = host
         self._requested_port = port
         self.seed = seed
@@ -349,7 +348,7 @@ class Sandbox:
                         app.certificate_pem = on_disk
                         continue
                 combined, cert_pem = make_app_certificate(app.display_name)
-                write_atomically(path, combined.encode(), private=True)
+                write_atomically(path, combined.encode())
                 app.certificate_pem = cert_pem
 
     # -- mail --------------------------------------------------------------------
@@ -385,7 +384,7 @@ class Sandbox:
             ca = trustme.CA(organization_name="coexist sandbox")
             cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
             write_atomically(ca_path, ca.cert_pem.bytes())
-            write_atomically(server_path, cert.private_key_and_cert_chain_pem.bytes(), private=True)
+            write_atomically(server_path, cert.private_key_and_cert_chain_pem.bytes())
         return ca_path, server_path
 
     # -- lifecycle ---------------------------------------------------------------
@@ -523,9 +522,7 @@ class Sandbox:
 
     def write_connection(self) -> Path:
         path = self.state_dir / CONNECTION_FILE
-        write_atomically(
-            path, (json.dumps(self.connection, indent=2) + "\n").encode(), private=True
-        )
+        write_atomically(path, (json.dumps(self.connection, indent=2) + "\n").encode())
         return path
 
 
