@@ -3,6 +3,8 @@
     CoexistError                   every error the product raises on purpose
     ├── ConfigError                bad project settings: names file and key
     ├── InputError                 bad operator input (batch files, flags)
+    ├── Busy                       another coexist command is writing to the same
+    │                              project (or users) right now: names it, its PID and host
     └── RemoteError                an external system said no (service, code, status)
         ├── AuthenticationError    token could not be obtained / was rejected (401)
         ├── PermissionDenied       missing application permission or role (403)
@@ -83,6 +85,14 @@ class ConfigError(CoexistError):
 
 class InputError(CoexistError):
     """Operator input (batch file, command-line) is wrong."""
+
+
+class Busy(CoexistError):
+    """Another coexist command holds what this one needs to write (`coexist.journal.claims`).
+
+    Raised before this command writes anything; `holders` says who (command, PID, host,
+    since when), so the operator can wait for it or find the process.
+    """
 
 
 class RemoteError(CoexistError):
