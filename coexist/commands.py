@@ -21,6 +21,7 @@ from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.journal import Journal
+from coexist.journal.claims import Writer
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
@@ -35,7 +36,7 @@ from coexist.provisioning.provision import (
     target_index,
 )
 from coexist.retry import RetryPolicy
-from coexist.runtime import Session, open_journal, project_dir, session
+from coexist.runtime import Session, open_journal, project_dir, project_writer, session
 from coexist.settings import load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
@@ -387,7 +388,9 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
     """match mode: the operator picks the target recipient for an ambiguous user."""
     project = load_project(project_dir(directory))
     journal = open_journal(project)
+    writer: Writer | None = None
     try:
+        writer = project_writer(journal, "confirm")
         item = batches.select(journal.items(kind="user"), [user], what="confirm")[0]
         plan = dict((item.get("detail") or {}).get("target_plan") or {})
         if not plan:
@@ -397,6 +400,8 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
         set_item(journal, "user", item["key"], target_plan=plan, state="ok", waiting_for=None)
         return {"user": user, "target": target}
     finally:
+        if writer is not None:
+            writer.close()
         journal.close()
 
 
