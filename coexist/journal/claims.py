@@ -85,6 +85,8 @@ GROUPS = "groups"
 # transactions serialise on one bigint key. Neither space overlaps db._PG_MIGRATION_LOCK.
 _PG_WRITER_CLASS = 0x636C6D73  # "clms"
 _PG_CLAIMS_LOCK = 0x636C6169_0000_0001
+# Seconds a claim waits for another writer's claim transaction (SQLite: its busy timeout).
+_PG_CLAIM_WAIT_S = 30
 # Server-side TCP keepalives for the writer's connection (seconds; user-settable GUCs).
 _PG_KEEPALIVES = {
     "tcp_keepalives_idle": 60,
@@ -116,13 +118,15 @@ class Holder:
     host: str
     started_at: datetime
     run_id: int | None
+    selection: str = ""  # what its run was asked to work on: "--batch wave1", "--users (3)"
 
     def describe(self, now: datetime | None = None) -> str:
         running = _duration((now or utcnow()) - self.started_at)
         run = f", run {self.run_id}" if self.run_id else ""
+        what = f" {self.selection}" if self.selection else ""
         return (
-            f"{self.command} (PID {self.pid} on {self.host}, running for {running} since "
-            f"{self.started_at:%Y-%m-%d %H:%M:%S} UTC{run})"
+            f"{self.command}{what} (PID {self.pid} on {self.host}, running for {running} "
+            f"since {self.started_at:%Y-%m-%d %H:%M:%S} UTC{run})"
         )
 
     def to_dict(self, now: datetime | None = None) -> dict[str, Any]:
@@ -133,7 +137,20 @@ class Holder:
             "started_at": self.started_at.isoformat(),
             "running_s": int(((now or utcnow()) - self.started_at).total_seconds()),
             "run_id": self.run_id,
+            "selection": self.selection,
         }
+
+
+def _selection(args: Any) -> str:
+    """A run's selection as its command line said it (`runs.args`), short."""
+    if not isinstance(args, dict):
+        return ""
+    if args.get("batch"):
+        return f"--batch {args['batch']}"
+    users = args.get("users")
+    if isinstance(users, list) and users:
+        return f"--users {users[0]}" if len(users) == 1 else f"--users ({len(users)} users)"
+    return ""
 
 
 def _duration(delta: timedelta) -> str:
@@ -156,8 +173,8 @@ class _Liveness(Protocol):
     def registered(self, conn: Connection, writer_id: int) -> None:
         """Called in the transaction that wrote this writer's row."""
 
-    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
-        """A claim transaction, serialised against every other one."""
+    def transaction(self, *, serialised: bool) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction; `serialised`: one at a time across all writers (claims)."""
 
     def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
         """The ids of the writers in `rows` whose token is still held."""
@@ -190,8 +207,8 @@ class _FileLiveness:
     def registered(self, conn: Connection, writer_id: int) -> None:
         return None
 
-    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
-        return db.transaction(self.engine, write=True)  # BEGIN IMMEDIATE: one at a time
+    def transaction(self, *, serialised: bool) -> contextlib.AbstractContextManager[Connection]:
+        return db.transaction(self.engine, write=True)  # BEGIN IMMEDIATE: always one at a time
 
     def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
         return {r["id"] for r in rows if self._held(r["token"])}
@@ -238,7 +255,7 @@ class _InProcessLiveness:
     def registered(self, conn: Connection, writer_id: int) -> None:
         return None
 
-    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+    def transaction(self, *, serialised: bool) -> contextlib.AbstractContextManager[Connection]:
         return db.transaction(self.engine, write=True)
 
     def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
@@ -272,9 +289,15 @@ class _AdvisoryLiveness:
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, serialised: bool) -> Iterator[Connection]:
         with self.conn.begin():
-            self.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CLAIMS_LOCK})
+            if serialised:
+                # Bounded like SQLite's busy timeout: a writer stopped inside its claim
+                # transaction (Ctrl-Z) fails the next claimer instead of hanging it.
+                self.conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_PG_CLAIM_WAIT_S}s'")
+                self.conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CLAIMS_LOCK}
+                )
             yield self.conn
 
     def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
@@ -351,7 +374,7 @@ class Writer:
 
     def claim(self, scopes: Mapping[str, str]) -> None:
         """Hold `scopes` (scope -> label people read) too, or raise `Busy` holding nothing new."""
-        with self._life.transaction() as conn:
+        with self._life.transaction(serialised=True) as conn:
             me = self.id if self.id is not None else self._register(conn)
             others = _live_others(conn, self._life, me)
             conflicts = _conflicts(conn, me, set(scopes), others)
@@ -373,7 +396,7 @@ class Writer:
         if self.id is None:
             return
         c = schema.claims.c
-        with self._life.transaction() as conn:
+        with self._life.transaction(serialised=False) as conn:
             for chunk in _chunks(sorted(set(scopes))):
                 conn.execute(
                     schema.claims.delete().where(c.writer_id == self.id, c.scope.in_(chunk))
@@ -383,7 +406,7 @@ class Writer:
         """Record the run this writer journals into (named in refusals)."""
         if self.id is None:
             return
-        with self._life.transaction() as conn:
+        with self._life.transaction(serialised=False) as conn:
             conn.execute(
                 schema.writers.update().where(schema.writers.c.id == self.id).values(run_id=run_id)
             )
@@ -395,7 +418,7 @@ class Writer:
         self._closed = True
         try:
             if self.id is not None:
-                with self._life.transaction() as conn:
+                with self._life.transaction(serialised=False) as conn:
                     _delete_writers(conn, [self.id])
         except (sa.exc.SQLAlchemyError, OSError):
             # The journal is unreachable (the reason the command stops, most likely). The
@@ -424,8 +447,9 @@ def _chunks(items: list[str]) -> Iterator[list[str]]:
 
 def _live_others(conn: Connection, life: _Liveness, me: int) -> dict[int, Holder]:
     """The other writers that are alive; the rows of dead ones are deleted on the way."""
-    w = schema.writers
-    rows = [row_dict(r) for r in conn.execute(sa.select(w).where(w.c.id != me))]
+    w, runs = schema.writers, schema.runs
+    stmt = sa.select(w, runs.c.args).outerjoin(runs, runs.c.id == w.c.run_id).where(w.c.id != me)
+    rows = [row_dict(r) for r in conn.execute(stmt)]
     if not rows:
         return {}
     alive = life.alive(conn, rows)
@@ -438,6 +462,7 @@ def _live_others(conn: Connection, life: _Liveness, me: int) -> dict[int, Holder
             host=r["host"],
             started_at=r["started_at"],
             run_id=r["run_id"],
+            selection=_selection(r["args"]),
         )
         for r in rows
         if r["id"] in alive

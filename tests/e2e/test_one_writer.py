@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
@@ -90,42 +92,90 @@ def run_cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def project_holder_pid(project: Path) -> int | None:
-    """PID of the writer that holds the whole project, as the journal records it."""
-    with Journal.open(load_project(project).journal_url) as journal, journal.engine.connect() as c:
-        stmt = sa.select(t.writers.c.pid).join(t.claims, t.claims.c.writer_id == t.writers.c.id)
-        pid = c.execute(stmt.where(t.claims.c.scope == PROJECT)).scalar()
-    return None if pid is None else int(pid)
+def project_holder(project: Path) -> tuple[int, int | None] | None:
+    """(PID, run id) of the writer that holds the whole project, as the journal records it."""
+    w, c = t.writers, t.claims
+    with Journal.open(load_project(project).journal_url) as journal, journal.engine.connect() as db:
+        stmt = sa.select(w.c.pid, w.c.run_id).join(c, c.c.writer_id == w.c.id)
+        row = db.execute(stmt.where(c.c.scope == PROJECT)).first()
+    return None if row is None else (int(row.pid), row.run_id)
 
 
 def wait_for_claim(project: Path, proc: subprocess.Popen[bytes]) -> None:
-    """Until `proc` holds the project (it fails the test if the process ends first)."""
+    """Until `proc` holds the project and has noted its run (fails if the process ends first)."""
     deadline = time.monotonic() + WAIT_S
-    while project_holder_pid(project) != proc.pid:
+    while True:
+        holder = project_holder(project)
+        if holder is not None and holder[0] == proc.pid and holder[1] is not None:
+            return
         stderr = proc.stderr.read().decode() if proc.poll() is not None and proc.stderr else ""
         assert proc.poll() is None, f"the writer ended before claiming: {stderr}"
         assert time.monotonic() < deadline, "the writer never claimed the project"
         time.sleep(0.02)
 
 
+def journal_is_free(project: Path) -> bool:
+    """Whether no other process is inside a journal transaction right now."""
+    url = load_project(project).journal_url
+    if url.startswith("postgresql"):
+        plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(plain, autocommit=True) as conn:
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state <> 'idle'"
+            ).fetchone()
+        return busy is not None and busy[0] == 0
+    db = sqlite3.connect(str(sa.make_url(url).database), timeout=0, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        db.close()
+
+
+def pause_between_transactions(project: Path, proc: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP `proc` at a moment it holds no journal transaction open (a writer stopped
+    inside one would block every journal writer, which is not what these tests are about)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        os.kill(proc.pid, signal.SIGSTOP)
+        if journal_is_free(project):
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        assert proc.poll() is None and time.monotonic() < deadline, "the writer never paused"
+        time.sleep(0.01)
+
+
 @contextmanager
 def writer_held_still(
     sandbox: Sandbox, project: Path, users: list[str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A `provision` of `users` that holds the project and stays stopped until the block ends."""
+    """A `provision` of `users` that holds the project and stays stopped until the block ends;
+    killed if the block fails, so it never runs on into the next test's tenants."""
     with sandbox.world.lock:  # it cannot finish a single tenant call until we let go
         proc = start_cli(project, "provision", "--users", ",".join(users), log="first.json")
         try:
             wait_for_claim(project, proc)
-            os.kill(proc.pid, signal.SIGSTOP)
+            pause_between_transactions(project, proc)
         except BaseException:
-            proc.kill()
-            proc.wait(timeout=60)
+            reap(proc)
             raise
     try:
         yield proc
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
+    except BaseException:
+        reap(proc)
+        raise
+    os.kill(proc.pid, signal.SIGCONT)
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill and wait for `proc` (SIGKILL also ends a stopped process)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=60)
 
 
 def finished(project: Path, proc: subprocess.Popen[bytes], log: str) -> dict[str, Any]:
@@ -156,7 +206,8 @@ def test_two_concurrent_provisions_do_not_both_proceed(sandbox: Sandbox, discove
         error = json.loads(second.stdout)
         assert error["error"] == "Busy", error
         host = socket.gethostname()
-        assert f"provision (PID {first.pid} on {host}, running for " in error["message"]
+        started = f"provision --users ({BATCH} users) (PID {first.pid} on {host}, running for "
+        assert started in error["message"]
         assert [(h["command"], h["pid"], h["host"]) for h in error["holders"]] == [
             ("provision", first.pid, host)
         ]
@@ -181,17 +232,21 @@ def test_killed_writer_does_not_leave_the_project_locked(
     with sandbox.world.lock:
         baseline = set(sandbox.world.target.users)
     first = start_cli(discovered, "provision", "--users", ",".join(users), log="first.json")
-    wait_for_claim(discovered, first)
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        with sandbox.world.lock:  # it cannot finish while we look and kill
-            if set(sandbox.world.target.users) - baseline:
-                os.kill(first.pid, signal.SIGKILL)
-                break
-        assert first.poll() is None and time.monotonic() < deadline, "no MailUser was created"
-        time.sleep(0.005)
-    assert first.wait(timeout=60) == -signal.SIGKILL
-    assert project_holder_pid(discovered) == first.pid  # its rows are still there, dead
+    try:
+        wait_for_claim(discovered, first)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            with sandbox.world.lock:  # it cannot finish while we look and kill
+                if set(sandbox.world.target.users) - baseline:
+                    os.kill(first.pid, signal.SIGKILL)
+                    break
+            assert first.poll() is None and time.monotonic() < deadline, "no MailUser created"
+            time.sleep(0.005)
+    finally:
+        reap(first)
+    assert first.returncode == -signal.SIGKILL
+    holder = project_holder(discovered)
+    assert holder is not None and holder[0] == first.pid  # its rows are still there, dead
     if journal_overrides:  # PostgreSQL
         _wait_for_postgres_to_end_the_session(discovered)
     again = run_cli(discovered, "provision", "--users", ",".join(users))

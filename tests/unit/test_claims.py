@@ -49,10 +49,11 @@ def refusal(journal: Journal, command: str, scopes: dict[str, str]) -> Busy:
 def test_second_writer_is_refused_naming_command_pid_host_and_age(journal: Journal) -> None:
     """A second project writer is refused with the holder's command, PID, host and running time."""
     with Writer.open(journal.engine, "provision", WHOLE) as first:
-        first.note_run(journal.start_run("provision", {}))
+        first.note_run(journal.start_run("provision", {"batch": "wave1", "users": None}))
         busy = refusal(journal, "provision", WHOLE)
     text = str(busy)
-    assert f"provision (PID {os.getpid()} on {socket.gethostname()}, running for" in text
+    host = socket.gethostname()
+    assert f"provision --batch wave1 (PID {os.getpid()} on {host}, running for" in text
     assert "is writing to this project" in text and "run 1" in text
     assert "wait for it to finish" in (busy.next_step or "")
     (holder,) = busy.to_dict()["holders"]
