@@ -53,7 +53,9 @@ drops when the process goes, however it goes (SIGKILL included):
 A writer whose token is gone is dead: the next writer to claim deletes its rows in the same
 transaction (``runs`` keeps its run as 'running', which is honest). Claim transactions are
 serialised (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``pg_advisory_xact_lock``), so two
-writers never both see a scope free.
+writers never both see a scope free; a claim waits at most 30 s for another one's (SQLite's
+busy timeout, PostgreSQL ``lock_timeout``), so a writer stopped inside its claim transaction
+(Ctrl-Z) fails the next claimer with a journal error instead of hanging it.
 """
 
 from __future__ import annotations
