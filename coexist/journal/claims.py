@@ -422,9 +422,10 @@ class Writer:
             if self.id is not None:
                 with self._life.transaction(serialised=False) as conn:
                     _delete_writers(conn, [self.id])
-        except (sa.exc.SQLAlchemyError, OSError):
-            # The journal is unreachable (the reason the command stops, most likely). The
-            # token goes below all the same, so the next writer deletes these rows.
+        except Exception:  # whatever it is: database, disk, a storage error
+            # The journal cannot be written (the reason the command stops, most likely), and
+            # close runs in `finally` blocks: raising here would hide that error. Nothing is
+            # lost: the token goes below all the same, so the next writer deletes these rows.
             pass
         finally:
             self._life.drop()
