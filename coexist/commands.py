@@ -22,6 +22,7 @@ from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
 from coexist.journal import Journal
+from coexist.journal.claims import Writer
 from coexist.migrate.passes import DataPassStep
 from coexist.model import PHASES, USER_STATES, Phase, phase_at_least
 from coexist.permissions import MOVER_NEEDS, NEEDS, needs
@@ -36,7 +37,7 @@ from coexist.provisioning.provision import (
     target_index,
 )
 from coexist.retry import RetryPolicy
-from coexist.runtime import Session, open_journal, project_dir, session
+from coexist.runtime import Session, open_journal, project_dir, project_writer, session
 from coexist.settings import load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
@@ -585,7 +586,9 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
     """match mode: the operator picks the target recipient for an ambiguous user."""
     project = load_project(project_dir(directory))
     journal = open_journal(project)
+    writer: Writer | None = None
     try:
+        writer = project_writer(journal, "confirm")
         item = batches.select(journal.items(kind="user"), [user], what="confirm")[0]
         plan = dict((item.get("detail") or {}).get("target_plan") or {})
         if not plan:
@@ -597,6 +600,8 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
         set_item(journal, "user", item["key"], target_plan=plan, state="ok", waiting_for=None)
         return {"user": user, "target": target}
     finally:
+        if writer is not None:
+            writer.close()
         journal.close()
 
 

@@ -6,6 +6,8 @@
     ├── StorageError               the journal or a project file could not be written or
     │                              read (disk full, read-only, no permission, I/O error):
     │                              the run stops before its next tenant write
+    ├── Busy                       another coexist command is writing to the same
+    │                              project (or users) right now: names it, its PID and host
     └── RemoteError                an external system said no, or could not be reached
         ├── AuthenticationError    token could not be obtained / was rejected (401)
         ├── PermissionDenied       missing application permission or role (403)
@@ -125,6 +127,14 @@ class StorageError(CoexistError):
         super().__init__(message, path=path, cause=cause, **kw)
         self.path = path
         self.cause = cause
+
+
+class Busy(CoexistError):
+    """Another coexist command holds what this one needs to write (`coexist.journal.claims`).
+
+    Raised before this command writes anything; `holders` says who (command, PID, host,
+    since when), so the operator can wait for it or find the process.
+    """
 
 
 class RemoteError(CoexistError):

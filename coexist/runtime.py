@@ -2,7 +2,8 @@
 
 Commands in `coexist.commands` describe *what* to run; this module owns the
 setup and teardown around it, so every command journals its run the same way,
-honours plan mode the same way, and closes its connections.
+honours plan mode the same way, claims the project the same way (one writer at a
+time, `coexist.journal.claims`), and closes its connections.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from coexist.engine.context import Context, open_sides
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
 from coexist.journal import Journal
+from coexist.journal.claims import PROJECT, Writer
 from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
 from coexist.tenants.mailbox_governor import MailboxLimits
@@ -92,6 +94,20 @@ def open_journal(project: Project) -> Journal:
     return Journal.open(project.journal_url)
 
 
+# Sessions that record nothing about users or groups: they run beside a writer. (Plan-mode
+# sessions, preflight's among them, never claim: they write nothing.)
+READ_ONLY_SESSIONS = frozenset({"verify-mailflow"})
+
+
+def project_writer(journal: Journal, command: str) -> Writer:
+    """Claim the whole project for `command`, or raise `Busy` naming who holds it.
+
+    Every writing command claims the project, not just its users, until the decisions that
+    span users have claims of their own (`coexist.journal.claims` says which and why).
+    """
+    return Writer.open(journal.engine, command, {PROJECT: "the whole project"})
+
+
 @asynccontextmanager
 async def session(
     directory: Path | str | None,
@@ -103,12 +119,42 @@ async def session(
     on_outcome: Callable[[Outcome], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Session]:
+    """One command: its project and journal, the project's claim when it writes, its run."""
     project = load_project(project_dir(directory), env=env)
     journal = open_journal(project)
+    writer: Writer | None = None
+    try:
+        if not plan and command not in READ_ONLY_SESSIONS:
+            # Before the run is recorded: a refused command leaves the journal as it was.
+            writer = project_writer(journal, command)
+        async with _journaled_run(
+            project, journal, writer, command, args, plan, retry, on_outcome
+        ) as sess:
+            yield sess
+    finally:
+        if writer is not None:
+            writer.close()
+        journal.close()
+
+
+@asynccontextmanager
+async def _journaled_run(
+    project: Project,
+    journal: Journal,
+    writer: Writer | None,
+    command: str,
+    args: dict[str, Any],
+    plan: bool,
+    retry: RetryPolicy | None,
+    on_outcome: Callable[[Outcome], None] | None,
+) -> AsyncIterator[Session]:
+    """One run: recorded in `runs`, with adapters for both tenants and a runner."""
     recorder = WriteRecorder() if plan else None
     policy = retry or retry_policy(project)
     run_id = 0 if plan else journal.start_run(command, args)
     log.info("run %s of %s in %s", run_id or "(plan)", command, project.directory)
+    if writer is not None:
+        writer.note_run(run_id)
     status = "failed"
     try:
         async with open_sides(
@@ -154,7 +200,6 @@ async def session(
                 raise
         finally:
             log.info("run %s of %s ended: %s", run_id or "(plan)", command, status)
-            journal.close()
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
