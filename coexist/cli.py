@@ -294,15 +294,32 @@ def groups_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @project_option
 @selection_options
 @plan_option
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take over a target MailUser or mailbox that routes to a user's source mailbox but "
+    "that this project's journal did not make (left by a lost journal); journaled. Without "
+    "it such a user fails, naming the object.",
+)
 @json_option
 @handles_errors
 def provision_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path, batch: str | None, users: str | None, plan: bool, adopt: bool, as_json: bool
 ) -> None:
     """Create target MailUsers that forward to the source (or match existing ones)."""
     result = commands.provision(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        plan=plan,
+        adopt=adopt,
+        progress=_progress(as_json),
     )
+    for a in [] if as_json else result.get("adopted", []):
+        out.print(
+            escape(f"adopted {a['user']}: {a['target']} ({a['target_address']})"),
+            style="green",
+        )
     _render_run(result, as_json)
 
 

@@ -25,8 +25,9 @@ from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
 from coexist.provisioning.convert import LicenseStep
+from coexist.provisioning.exchange import object_id
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
-from coexist.provisioning.mailusers import readback_plans
+from coexist.provisioning.mailusers import ADOPTED, readback_plans
 from coexist.provisioning.plan import MATCHABLE_KINDS
 from coexist.provisioning.provision import (
     plan_targets,
@@ -359,28 +360,58 @@ def provision(
     batch: str | Path | None = None,
     users: list[str] | None = None,
     plan: bool = False,
+    adopt: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Target MailUsers forwarding to the source, with X500 proxies (match or create)."""
+    """Target MailUsers forwarding to the source, with X500 proxies (match or create).
 
-    args = {"batch": str(batch) if batch else None, "users": users}
+    `adopt`: a target MailUser or mailbox that routes to a user's source mailbox but that
+    this journal did not make (an orphan of a lost journal) is taken over, journaled, instead
+    of failing the user (coexist.provisioning.orphans).
+    """
+
+    args = {"batch": str(batch) if batch else None, "users": users, "adopt": adopt}
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="provision")
         _mark(sess, items, "provision")
         targets = await plan_targets(sess.ctx, items)
-        plans, waiting = provision_plans(sess.ctx, items, targets)
+        plans, waiting = provision_plans(sess.ctx, items, targets, adopt=adopt)
         limit = sess.project.engine.concurrency_per_tenant
         await sess.runner.run(plans, limit)
         # The target address is journaled as Exchange reads it back after every write
         # (New-MailUser makes the *source* address primary: never trust what was sent).
         await sess.runner.run(readback_plans(sess.ctx, plans, sess.outcomes), limit)
-        return _result(sess, users=len(items), awaiting_confirmation=waiting)
+        return _result(
+            sess,
+            users=len(items),
+            awaiting_confirmation=waiting,
+            adopted=_adoptions(sess, plans),
+        )
 
     return _in_session(
         directory, "provision", args, plan=plan, retry=retry, on_outcome=progress, body=body
     )
+
+
+def _adoptions(sess: Session, plans: list[ItemPlan]) -> list[dict[str, Any]]:
+    """The orphans this run took over (provision --adopt), by user and target name."""
+    taken: dict[str, dict[str, Any]] = sess.ctx.cache.get(ADOPTED, {})
+    ok = {
+        o.subject for o in sess.outcomes if o.name == "provision.mailuser" and o.status != "failed"
+    }
+    return [
+        {
+            "user": p.label,
+            "item": p.key,
+            "target": taken[p.key].get("Name"),
+            "target_address": taken[p.key].get("PrimarySmtpAddress"),
+            "target_id": object_id(taken[p.key]),
+        }
+        for p in plans
+        if p.key in taken and p.key in ok
+    ]
 
 
 def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
@@ -689,7 +720,12 @@ def rollback(
 
 
 # -- retry -------------------------------------------------------------------------------
-RETRYABLE = {"provision": provision, "prestage": prestage, "cutover": cutover, "rollback": rollback}
+RETRYABLE: dict[str, Callable[..., dict[str, Any]]] = {
+    "provision": provision,
+    "prestage": prestage,
+    "cutover": cutover,
+    "rollback": rollback,
+}
 
 
 def retry(
