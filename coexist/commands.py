@@ -16,12 +16,14 @@ from typing import Any
 
 from coexist import batches
 from coexist import preflight as pf
+from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
+from coexist.migrate.summary import data_summary, waiting_text
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
 from coexist.provisioning.convert import LicenseStep
@@ -697,25 +699,72 @@ def rollback(
     batch: str | Path | None = None,
     users: list[str] | None = None,
     plan: bool = False,
+    yes: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Undo a cutover from the before-state it recorded."""
+    """Undo a cutover from the before-state it recorded.
 
-    args = {"batch": str(batch) if batch else None, "users": users}
+    Mail delivered to a target mailbox since its cutover stays there (rollback moves no
+    mail): it is counted per user first, and without `yes` any such mail (or a count that
+    failed) stops the rollback before its first write (InputError, rc 2).
+    """
+
+    args = {"batch": str(batch) if batch else None, "users": users, "yes": yes}
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="rollback")
         items = [
             i for i in items if i.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
         ]
+        arrived = await _arrivals(sess, items)
+        if not (yes or sess.planning):
+            _confirm_rollback(sess, arrived, batch=batch, users=users)
         _mark(sess, items, "rollback")
         plans = [rollback_plan(sess.ctx, i) for i in items]
         await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
-        return _result(sess, users=len(items))
+        return _result(
+            sess, users=len(items), delivered_since_cutover=[a.to_dict() for a in arrived]
+        )
 
     return _in_session(
         directory, "rollback", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
+
+
+async def _arrivals(sess: Session, items: list[dict[str, Any]]) -> list[Arrivals]:
+    """Mail in each still cut-over user's target mailbox since its cutover (arrivals.py)."""
+    live = [i for i in items if i.get("phase") == Phase.CUTOVER.value]
+    gate = asyncio.Semaphore(sess.project.engine.concurrency_per_tenant)
+
+    async def one(item: dict[str, Any]) -> Arrivals:
+        async with gate:
+            return await count_arrivals(sess.ctx, item)
+
+    return list(await asyncio.gather(*(one(i) for i in live)))
+
+
+def _confirm_rollback(
+    sess: Session,
+    arrived: list[Arrivals],
+    *,
+    batch: str | Path | None,
+    users: list[str] | None,
+) -> None:
+    """Stop (rc 2, nothing written) when mail delivered since cutover would stay behind."""
+    left = [a for a in arrived if a.needs_confirmation]
+    if not left:
+        return
+    selection = f" --batch {batch}" if batch else (f" --users {','.join(users)}" if users else "")
+    raise InputError(
+        "mail delivered to the target since cutover stays in the target mailbox after a "
+        "rollback (rollback restores routing, it moves no mail): "
+        + "; ".join(a.text() for a in left),
+        next_step=(
+            "look at that mail in the target mailboxes (move it back yourself if needed), "
+            f"then: coexist rollback --project {sess.project.directory}{selection} --yes"
+        ),
+        delivered_since_cutover=[a.to_dict() for a in left],
     )
 
 
@@ -782,10 +831,15 @@ def status(
         if user:
             items = batches.select(items, [user], what="status --user")
         failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
+        passes: dict[str, list[dict[str, Any]]] = {}
+        for record in journal.passes():
+            passes.setdefault(str(record["item_key"]), []).append(record)
+        mover = project.migration.mover  # now, not when the passes ran
         rows = []
         for i in items:
             detail = i.get("detail") or {}
             err = failed_steps.get(i["key"])
+            data = data_summary(passes.get(i["key"], []), mover, detail.get("reconciliation"))
             rows.append(
                 {
                     "user": i.get("source_address"),
@@ -795,8 +849,9 @@ def status(
                     "phase": i.get("phase"),
                     "state": i.get("state"),
                     "last_step": detail.get("last_step"),
-                    "data": detail.get("data_state"),
-                    "waiting_for": detail.get("waiting_for"),
+                    "data": data.text(),
+                    "data_passes": data.to_dict(),
+                    "waiting_for": waiting_text(detail.get("waiting_for"), mover),
                     "waiting_since": detail.get("waiting_since"),
                     "look_again_at": detail.get("look_again_at"),
                     "error": err.get("error_message") if err else None,
@@ -806,6 +861,10 @@ def status(
             )
             if user:  # one user: the last reconciliation of source and target folders too
                 rows[-1]["reconciliation"] = detail.get("reconciliation")
+        # Groups belong to no batch and no user; a --state or --phase filter applies to them.
+        groups_shown = (
+            [] if (user or batch) else journal.items(kind="group", state=state, phase=phase)
+        )
         group_rows = [
             {
                 "group": g.get("name"),
@@ -815,8 +874,10 @@ def status(
                 "unmapped_members": len((g.get("detail") or {}).get("unmapped_members") or []),
                 "waiting_for": (g.get("detail") or {}).get("waiting_for"),
                 "look_again_at": (g.get("detail") or {}).get("look_again_at"),
+                "error": (failed_steps.get(g["key"]) or {}).get("error_message"),
+                "next": (failed_steps.get(g["key"]) or {}).get("next_step"),
             }
-            for g in journal.items(kind="group")
+            for g in groups_shown
         ]
         summary = Counter(f"{r['phase']}/{r['state']}" for r in rows)
         return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
