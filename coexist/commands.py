@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import shlex
 import tempfile
 import time
 from collections import Counter
@@ -755,7 +756,10 @@ def _confirm_rollback(
     left = [a for a in arrived if a.needs_confirmation]
     if not left:
         return
-    selection = f" --batch {batch}" if batch else (f" --users {','.join(users)}" if users else "")
+    if batch:
+        selection = f" --batch {shlex.quote(str(batch))}"
+    else:
+        selection = f" --users {shlex.quote(','.join(users))}" if users else ""
     raise InputError(
         "mail delivered to the target since cutover stays in the target mailbox after a "
         "rollback (rollback restores routing, it moves no mail): "
@@ -806,8 +810,16 @@ def retry(
     results: dict[str, Any] = {}
     for cmd in ("rollback", "provision", "prestage", "cutover"):
         if cmd in todo:
+            # A rollback that failed part-way was confirmed when it started (its users are
+            # marked only past the --yes gate): retry finishes it rather than asking again.
+            extra = {"yes": True} if cmd == "rollback" else {}
             results[cmd] = RETRYABLE[cmd](
-                directory, users=todo[cmd], plan=plan, retry=retry_policy, progress=progress
+                directory,
+                users=todo[cmd],
+                plan=plan,
+                retry=retry_policy,
+                progress=progress,
+                **extra,
             )
     if retry_groups:
         results["groups"] = groups(directory, plan=plan, retry=retry_policy, progress=progress)
@@ -946,7 +958,7 @@ def preflight_checks(
         checks += await pf.check_forwarding(ctx, chosen)
         checks += await pf.check_licenses(ctx, chosen)
         checks += pf.check_usage_location(ctx, chosen)
-        checks += pf.check_conflicts(await target_index(ctx), ctx, chosen)
+        checks += await pf.check_conflicts(await target_index(ctx), ctx, chosen)
         return {
             "ok": all(c.status != "fail" for c in checks),
             "checks": [c.to_dict() for c in checks],

@@ -31,7 +31,7 @@ from coexist.permissions import (
 )
 from coexist.provisioning.exchange import object_id
 from coexist.provisioning.index import TargetIndex
-from coexist.provisioning.orphans import Obstacles, describe, obstacles
+from coexist.provisioning.orphans import Obstacles, check_live, describe, obstacles
 from coexist.provisioning.provision import source_of
 
 
@@ -574,7 +574,9 @@ def check_usage_location(ctx: Context, batch: list[dict[str, Any]]) -> list[Chec
     return [Check("usage location", "ok", "every user has one")]
 
 
-def check_conflicts(index: TargetIndex, ctx: Context, batch: list[dict[str, Any]]) -> list[Check]:
+async def check_conflicts(
+    index: TargetIndex, ctx: Context, batch: list[dict[str, Any]]
+) -> list[Check]:
     """What is in the way in the target: objects this journal did not make that hold or route
     to a user's source address (orphans.py: provision would fail on them), and planned
     addresses taken by others (create mode: a numeric suffix; match mode: a match)."""
@@ -588,7 +590,7 @@ def check_conflicts(index: TargetIndex, ctx: Context, batch: list[dict[str, Any]
             continue
         src = source_of(item)
         if mode == "create":  # match mode pairs users with what is there by design
-            seen = _obstacles(ctx, index, item)
+            seen = await check_live(ctx.target.exo, _obstacles(ctx, index, item))
             if seen.adoptable is not None:
                 adoptable.append(seen)
                 continue

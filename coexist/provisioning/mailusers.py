@@ -38,7 +38,7 @@ from .exchange import (
     smtp_proxies,
 )
 from .index import TargetIndex
-from .orphans import Obstacles, describe, in_the_way, obstacles
+from .orphans import Obstacles, check_live, describe, in_the_way, obstacles
 from .plan import new_password
 
 
@@ -142,10 +142,10 @@ async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
         if found is not None and in_the_way(
             found, step.external_address, step.x500, replace_contacts=step.replace_contacts
         ):
-            return _adopted(ctx, step, found)
+            return await _adopted(ctx, step, found)
     found = await _at_planned_address(ctx, step)
     if found is not None and object_id(found).lower() == (step.adopt_id or "").lower():
-        return _adopted(ctx, step, found)
+        return await _adopted(ctx, step, found)
     return found or await _orphan(ctx, step)
 
 
@@ -184,36 +184,43 @@ async def _orphan(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
     """An object in the way of New-MailUser (orphans.py): adopted with --adopt, else the
     user fails naming it and what to do. The snapshot's candidates are read again first:
     none (the usual case) costs no call."""
-    index = _index(ctx) or TargetIndex()
-    args = (index, step.user, step.external_address, step.x500)
-    seen = obstacles(*args, replace_contacts=step.replace_contacts)
-    if _index(ctx) is None:
+    index = _index(ctx)
+    args = (index or TargetIndex(), step.user, step.external_address, step.x500)
+    if index is None:
         # No snapshot (a step run on its own): ask Exchange who holds the address.
         holder = await find_one(ctx.target.exo, "Get-Recipient", step.external_address)
         seen = obstacles(*args, replace_contacts=step.replace_contacts, live=[holder])
+    else:
+        seen = obstacles(*args, replace_contacts=step.replace_contacts)
     if not seen.found:
         return None
     live = [await find_one(ctx.target.exo, "Get-Recipient", object_id(o)) for o in seen.found]
-    now = obstacles(*args, replace_contacts=step.replace_contacts, live=live)
+    now = await check_live(
+        ctx.target.exo, obstacles(*args, replace_contacts=step.replace_contacts, live=live)
+    )
     if not now.found:
         return None
-    if now.adoptable is not None and step.adopt:
-        return _adopted(ctx, step, now.adoptable)
-    raise Conflict(now.problem(), service="exchange", next_step=now.fix())
+    return _take(ctx, step, now)
 
 
 ADOPTED = "adopted_targets"  # run cache: subject -> the object provision took over
 
 
-def _adopted(ctx: Context, step: MailUserStep, found: dict[str, Any]) -> dict[str, Any]:
-    """`found` routes to the source mailbox but this journal did not make it: with --adopt
-    it is ours from now on (the step journals its state as the before-state); without, the
-    user fails with the command that adopts it."""
+async def _adopted(ctx: Context, step: MailUserStep, found: dict[str, Any]) -> dict[str, Any]:
+    """`found` is tied to the source mailbox but this journal did not make it (`_take`)."""
     clash = Obstacles(step.user, step.external_address, (found,), step.x500)
-    if not step.adopt or clash.adoptable is None:
+    return _take(ctx, step, await check_live(ctx.target.exo, clash))
+
+
+def _take(ctx: Context, step: MailUserStep, clash: Obstacles) -> dict[str, Any]:
+    """With --adopt the one adoptable object is ours from now on (the step journals its
+    state as the before-state); without, or for anything else in the way (a live mailbox,
+    a stranger), the user fails with what to do."""
+    taken = clash.adoptable
+    if not step.adopt or taken is None:
         raise Conflict(clash.problem(), service="exchange", next_step=clash.fix())
-    ctx.cache.setdefault(ADOPTED, {})[step.subject] = found
-    return found
+    ctx.cache.setdefault(ADOPTED, {})[step.subject] = taken
+    return taken
 
 
 def _planned_object(step: MailUserStep) -> dict[str, Any]:

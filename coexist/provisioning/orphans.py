@@ -24,10 +24,10 @@ Anything else that holds the address is a stranger: the user fails with what to 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .exchange import bare, object_id
+from .exchange import CmdletRunner, bare, find_one, is_mailbox, object_id
 from .index import TargetIndex
 
 # What provision or prestage leaves in the target for a user: a MailUser, or after
@@ -62,6 +62,8 @@ class Obstacles:
     external: str  # the address New-MailUser makes the primary: where the target forwards
     found: tuple[dict[str, Any], ...]
     x500: tuple[str, ...] = ()  # the source mailbox's X500s ("X500:<LegacyExchangeDN>", ...)
+    # Ids of found mailboxes that do not forward back to the source (`check_live`): live.
+    live: tuple[str, ...] = ()
 
     @property
     def ours(self) -> list[dict[str, Any]]:
@@ -69,11 +71,24 @@ class Obstacles:
 
     @property
     def adoptable(self) -> dict[str, Any] | None:
-        """The one object to adopt: ours, and nothing else in the way."""
-        return self.found[0] if len(self.found) == 1 and self.ours else None
+        """The one object to adopt: ours, not a live mailbox, and nothing else in the way."""
+        if len(self.found) != 1 or not self.ours or self._is_live(self.found[0]):
+            return None
+        return self.found[0]
+
+    def _is_live(self, obj: dict[str, Any]) -> bool:
+        return object_id(obj).lower() in self.live
 
     def problem(self) -> str:
         """One line: what is in the way, and why provision cannot just create."""
+        if len(self.found) == 1 and self._is_live(self.found[0]):
+            return (
+                f"{describe(self.found[0])} {self._how(self.found[0])} and does not forward "
+                "back to the source: an earlier run whose journal is gone cut this user over "
+                "(or stopped before forwarding the new mailbox back); without that journal "
+                "coexist cannot take over a live mailbox (rollback needs the before-states "
+                "it held)"
+            )
         if self.adoptable is not None:
             return (
                 f"{describe(self.found[0])} {self._how(self.found[0])}, but this project's "
@@ -103,6 +118,14 @@ class Obstacles:
 
     def fix(self) -> str:
         """What the operator does next, with the command."""
+        if len(self.found) == 1 and self._is_live(self.found[0]):
+            name = self.found[0].get("Name")
+            return (
+                f"if {self.user} was cut over, leave the user out of this project's batches "
+                f"(the mailbox {name!r} is in use); if not, forward {name!r} back to the "
+                f"source (Set-Mailbox -ForwardingSmtpAddress {self.external} "
+                f"-DeliverToMailboxAndForward $false), then {adopt_command(self.user)}"
+            )
         if self.adoptable is not None:
             return (
                 f"{adopt_command(self.user)}  (takes it over, journaled), or remove "
@@ -177,3 +200,21 @@ def obstacles(
         if o is not None and in_the_way(o, external, x500, replace_contacts=replace_contacts):
             found.setdefault(object_id(o).lower(), o)
     return Obstacles(user, external, tuple(found.values()), x500)
+
+
+async def check_live(exo: CmdletRunner, seen: Obstacles) -> Obstacles:
+    """`seen`, with the adoptable mailboxes that do not forward back to the source marked
+    live. Get-Mailbox, not Get-Recipient, documents ForwardingSmtpAddress
+    (filter-properties.md); only mailboxes among the orphans are read (none: no call).
+
+    A mailbox coexist pre-staged forwards back to the source until cutover removes that
+    forward; one without it is in use, and prestage would forward it back again (a loop
+    with the source's forward) were it adopted as a pre-cutover user.
+    """
+    live = []
+    for o in seen.ours:
+        if is_mailbox(o):
+            box = await find_one(exo, "Get-Mailbox", object_id(o))
+            if box is not None and not routes_to(box, seen.external):
+                live.append(object_id(o).lower())
+    return replace(seen, live=tuple(live))

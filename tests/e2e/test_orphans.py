@@ -196,3 +196,33 @@ def test_preflight_names_an_address_collision(
     assert "address collisions" not in checks, checks
     ok_json(cli, "provision", "--project", p)
     assert targets(project)[user][1].endswith("@" + seed.TARGET_DOMAIN)
+
+
+def test_a_cut_over_orphan_is_not_adopted(
+    make_project: Callable[..., Path], sandbox: Sandbox, cli: Callable[..., Result]
+) -> None:
+    """A user an earlier run cut over left a live target mailbox (no forward back to the
+    source): preflight and provision --adopt name it as in use, with what to do, instead of
+    adopting it as a pre-cutover user (prestage would forward it back: a loop); nothing is
+    written."""
+    project = make_project(users=USERS)
+    p = str(project)
+    ok_json(cli, "discover", "--project", p)
+    user = sorted(targets(project))[0]
+    for command in ("provision", "prestage", "cutover"):
+        ok_json(cli, command, "--project", p, "--users", user)
+    lose_journal(project)
+    ok_json(cli, "discover", "--project", p)
+
+    checks = {c["check"]: c for c in cli_json(cli, "preflight", "--project", p)["checks"]}
+    row = checks["address collisions"]
+    assert row["status"] == "fail" and "does not forward back to the source" in row["detail"]
+    assert "orphaned target objects" not in checks, checks
+    world = world_state(sandbox)
+    refused = cli_json(cli, "provision", "--project", p, "--users", user, "--adopt")
+    [failed] = refused["failed"]
+    assert "cut this user over" in failed["error"], failed
+    assert failed["next"].startswith(f"if {user} was cut over, leave the user out"), failed
+    assert not refused["adopted"] and world_state(sandbox) == world
+    items = {i["source_address"]: i for i in journal_items(project).values()}
+    assert items[user]["target_id"] is None and items[user]["phase"] == "discovered"
