@@ -38,7 +38,14 @@ from .exchange import (
     smtp_proxies,
 )
 from .index import TargetIndex
-from .orphans import Obstacles, check_live, describe, in_the_way, obstacles
+from .orphans import (
+    Obstacles,
+    check_live,
+    describe,
+    in_the_way,
+    obstacles,
+    provision_command,
+)
 from .plan import new_password
 
 
@@ -174,7 +181,8 @@ async def _at_planned_address(ctx: Context, step: MailUserStep) -> dict[str, Any
             service="exchange",
             next_step=(
                 f"free {step.primary_smtp} in the target (rename or remove "
-                f"{found.get('Name')!r}; coexist did not create it), then coexist provision"
+                f"{found.get('Name')!r}; coexist did not create it), then "
+                f"{provision_command(step.user or step.subject)}"
             ),
         )
     return found

@@ -54,6 +54,11 @@ def adopt_command(user: str) -> str:
     return f"coexist provision --adopt --users {user}"
 
 
+def provision_command(user: str) -> str:
+    """Provision this one user again (the next step once the way is clear)."""
+    return f"coexist provision --users {user}"
+
+
 @dataclass(frozen=True)
 class Obstacles:
     """The target recipients in the way of one user's New-MailUser (none: the way is clear)."""
@@ -129,13 +134,14 @@ class Obstacles:
         if self.adoptable is not None:
             return (
                 f"{adopt_command(self.user)}  (takes it over, journaled), or remove "
-                f"{self.found[0].get('Name')!r} from the target and run coexist provision"
+                f"{self.found[0].get('Name')!r} from the target and run "
+                f"{provision_command(self.user)}"
             )
         if len(self.ours) > 1:
             names = ", ".join(repr(o.get("Name")) for o in self.ours)
             return f"keep one of {names} and remove the others, then {adopt_command(self.user)}"
         fixes = [_stranger_fix(o, self.external) for o in self.found]
-        return "; ".join(dict.fromkeys(fixes)) + "; then coexist provision"
+        return "; ".join(dict.fromkeys(fixes)) + f"; then {provision_command(self.user)}"
 
 
 def _adoptable(obj: dict[str, Any], external: str, x500: Iterable[str]) -> bool:
