@@ -13,8 +13,9 @@ user's source mailbox - its ExternalEmailAddress (a MailUser: what provision mak
 ForwardingSmtpAddress (a mailbox: what prestage makes) is the address coexist forwards to -
 or that holds the source mailbox's X500s (what provision adds so replies to old mail
 resolve). Get-Recipient documents ExternalEmailAddress but not ForwardingSmtpAddress (that is
-Get-Mailbox's: filter-properties.md), so a licensed orphan is known by its X500s when the
-run's snapshot shows no forward. Adoption is explicit (`coexist provision --adopt`): a GAL-synchronisation tool's MailUser
+Get-Mailbox's: filter-properties.md); whether its output carries the forward anyway is
+*unverified* (the sandbox's does): a licensed orphan is also known by its X500s, and whether
+a mailbox still forwards back (`check_live`) is read with Get-Mailbox. Adoption is explicit (`coexist provision --adopt`): a GAL-synchronisation tool's MailUser
 for the same person routes to the same address and may carry the same X500s, so only the
 operator can tell it from an object an earlier coexist run made; adopting rewrites the
 object's addresses, and from then on status, prestage and cutover treat it as the project's.

@@ -101,7 +101,9 @@ def plan_create(
 
 
 # Where Exchange shows a MailUser's UPN (the MicrosoftOnlineServicesID coexist gives it: the
-# planned primary). Get-Recipient may carry none of them; the object's primary then decides.
+# planned primary). Which of them Get-Recipient's output carries is *unverified* (none is in
+# its documented filterable properties); with none, the object's primary decides, and a
+# half-made orphan (source address primary) gets a fresh planned address instead.
 UPN_PROPERTIES = ("UserPrincipalName", "MicrosoftOnlineServicesID", "WindowsLiveID")
 
 
