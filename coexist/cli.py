@@ -409,6 +409,13 @@ def groups_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @project_option
 @selection_options
 @plan_option
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take over a target MailUser or mailbox that routes to a user's source mailbox but "
+    "that this project's journal did not make (left by a lost journal); journaled. Without "
+    "it such a user fails, naming the object.",
+)
 @json_option
 @handles_errors
 def provision_cmd(
@@ -417,6 +424,7 @@ def provision_cmd(
     users: str | None,
     all_users: bool,
     plan: bool,
+    adopt: bool,
     as_json: bool,
 ) -> None:
     """Create target MailUsers that forward to the source (or match existing ones)."""
@@ -426,8 +434,14 @@ def provision_cmd(
         users=_users(users),
         all_users=all_users,
         plan=plan,
+        adopt=adopt,
         progress=_progress(as_json),
     )
+    verb = "would adopt" if result.get("plan") else "adopted"
+    for a in [] if as_json else result.get("adopted", []):
+        out.print(
+            escape(f"{verb} {a['user']}: {a['target']} ({a['target_address']})"), style="green"
+        )
     _render_run(result, as_json)
 
 
@@ -517,6 +531,12 @@ def cutover_cmd(
 @project_option
 @selection_options
 @plan_option
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Roll back even though mail was delivered to the target mailboxes since cutover "
+    "(it stays there; without --yes the rollback stops and names the count per user).",
+)
 @json_option
 @handles_errors
 def rollback_cmd(
@@ -525,6 +545,7 @@ def rollback_cmd(
     users: str | None,
     all_users: bool,
     plan: bool,
+    yes: bool,
     as_json: bool,
 ) -> None:
     """Undo a cutover from its recorded before-state."""
@@ -534,9 +555,28 @@ def rollback_cmd(
         users=_users(users),
         all_users=all_users,
         plan=plan,
+        yes=yes,
         progress=_progress(as_json),
     )
+    if not as_json:
+        _render_arrivals(result.get("delivered_since_cutover") or [])
     _render_run(result, as_json)
+
+
+def _render_arrivals(rows: list[dict[str, Any]]) -> None:
+    """What rollback leaves in the target mailboxes: mail delivered there since cutover."""
+    kept = [r for r in rows if r["messages"] is None or r["messages"] > 0]
+    if rows and not kept:
+        out.print("no mail was delivered to the target mailboxes since cutover")
+    for r in kept:
+        count = "an unknown number of" if r["messages"] is None else f"{r['messages']:,}"
+        out.print(
+            escape(
+                f"kept in the target: {r['user']}: {count} messages delivered to the target "
+                "mailbox since cutover stay there"
+            ),
+            style="yellow",
+        )
 
 
 @main.command("retry")
@@ -578,6 +618,8 @@ def status_cmd(
         click.echo(json.dumps(result, default=str))
         return
     out.print(status_table(result))
+    if result["groups"]:
+        out.print(groups_table(result))
     for row in result["users"] if user else []:
         if row.get("reconciliation"):
             out.print(reconciliation_table(row))
@@ -639,8 +681,26 @@ def status_table(result: dict[str, Any]) -> Table:
             str(r["phase"]),
             f"[{style}]{r['state']}[/{style}]",
             str(r["last_step"] or ""),
-            str(r["data"] or ""),
+            escape(str(r["data"] or "")),
             escape(_why(r)),
+        )
+    return table
+
+
+def groups_table(result: dict[str, Any]) -> Table:
+    """The copied groups: kind, target address, state, members not mapped yet, and why."""
+    table = Table(title="groups")
+    for col in ("group", "kind", "target", "state", "unmapped members", "error / waiting"):
+        table.add_column(col, justify="right" if col == "unmapped members" else "left")
+    for g in result["groups"]:
+        style = STATUS_STYLE.get(str(g["state"]), "white")
+        table.add_row(
+            escape(str(g["group"])),
+            str(g["kind"] or ""),
+            str(g["target"] or ""),
+            f"[{style}]{g['state']}[/{style}]",
+            str(g["unmapped_members"]),
+            escape(_why(g)),
         )
     return table
 

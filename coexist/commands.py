@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import shlex
 import tempfile
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from typing import Any
 
 from coexist import batches
 from coexist import preflight as pf
+from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
@@ -24,11 +26,13 @@ from coexist.files import private_dir, write_private
 from coexist.journal import Journal
 from coexist.journal.claims import Writer
 from coexist.migrate.passes import DataPassStep
+from coexist.migrate.summary import data_summary, waiting_text
 from coexist.model import PHASES, USER_STATES, Phase, phase_at_least
 from coexist.permissions import MOVER_NEEDS, NEEDS, needs
 from coexist.provisioning.convert import LicenseStep
+from coexist.provisioning.exchange import object_id
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
-from coexist.provisioning.mailusers import readback_plans
+from coexist.provisioning.mailusers import ADOPTED, readback_plans
 from coexist.provisioning.plan import MATCHABLE_KINDS
 from coexist.provisioning.provision import (
     plan_targets,
@@ -558,28 +562,63 @@ def provision(
     users: list[str] | None = None,
     all_users: bool = False,
     plan: bool = False,
+    adopt: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Target MailUsers forwarding to the source, with X500 proxies (match or create)."""
+    """Target MailUsers forwarding to the source, with X500 proxies (match or create).
+
+    `adopt`: a target MailUser or mailbox that routes to a user's source mailbox but that
+    this journal did not make (an orphan of a lost journal) is taken over, journaled, instead
+    of failing the user (coexist.provisioning.orphans).
+    """
     users = check_selection("provision", batch, users, all_users)
-    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
+    args = {
+        "batch": str(batch) if batch else None,
+        "users": users,
+        "all": all_users,
+        "adopt": adopt,
+    }
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="provision")
         _mark(sess, items, "provision")
         targets = await plan_targets(sess.ctx, items)
-        plans, waiting = provision_plans(sess.ctx, items, targets)
+        plans, waiting = provision_plans(sess.ctx, items, targets, adopt=adopt)
         limit = sess.project.engine.concurrency_per_tenant
         await sess.runner.run(plans, limit)
         # The target address is journaled as Exchange reads it back after every write
         # (New-MailUser makes the *source* address primary: never trust what was sent).
         await sess.runner.run(readback_plans(sess.ctx, plans, sess.outcomes), limit)
-        return _result(sess, users=len(items), awaiting_confirmation=waiting)
+        return _result(
+            sess,
+            users=len(items),
+            awaiting_confirmation=waiting,
+            adopted=_adoptions(sess, plans),
+        )
 
     return _in_session(
         directory, "provision", args, plan=plan, retry=retry, on_outcome=progress, body=body
     )
+
+
+def _adoptions(sess: Session, plans: list[ItemPlan]) -> list[dict[str, Any]]:
+    """The orphans this run took over (provision --adopt), by user and target name."""
+    taken: dict[str, dict[str, Any]] = sess.ctx.cache.get(ADOPTED, {})
+    ok = {
+        o.subject for o in sess.outcomes if o.name == "provision.mailuser" and o.status != "failed"
+    }
+    return [
+        {
+            "user": p.label,
+            "item": p.key,
+            "target": taken[p.key].get("Name"),
+            "target_address": taken[p.key].get("PrimarySmtpAddress"),
+            "target_id": object_id(taken[p.key]),
+        }
+        for p in plans
+        if p.key in taken and p.key in ok
+    ]
 
 
 def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
@@ -899,6 +938,7 @@ def rollback(
     users: list[str] | None = None,
     all_users: bool = False,
     plan: bool = False,
+    yes: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -907,20 +947,29 @@ def rollback(
     A user named in `users` that was never cut over is an error, before any write; a
     batch or `all_users` rolls back those of its users that were cut over (the others
     are reported as skipped), and is an error when none was.
+
+    Mail delivered to a target mailbox since its cutover stays there (rollback moves no
+    mail): it is counted per user first, and without `yes` any such mail (or a count that
+    failed) stops the rollback before its first write (InputError, rc 2).
     """
     users = check_selection("rollback", batch, users, all_users)
-    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
+    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users, "yes": yes}
 
     async def body(sess: Session) -> dict[str, Any]:
         chosen = _selected(sess, batch=batch, users=users, what="rollback")
         plans = {i["key"]: rollback_plan(sess.ctx, i) for i in chosen}
         items = [i for i in chosen if _was_cut_over(i, plans[i["key"]])]
         _refuse_never_cut_over(sess, [i for i in chosen if i not in items], named=users, left=items)
+        arrived = await _arrivals(sess, items)
+        if not (yes or sess.planning):
+            _confirm_rollback(sess, arrived, batch=batch, users=users)
         _mark(sess, items, "rollback")
         await sess.runner.run(
             [plans[i["key"]] for i in items], sess.project.engine.concurrency_per_tenant
         )
-        return _result(sess, users=len(items))
+        return _result(
+            sess, users=len(items), delivered_since_cutover=[a.to_dict() for a in arrived]
+        )
 
     return _in_session(
         directory, "rollback", args, plan=plan, retry=retry, on_outcome=progress, body=body
@@ -966,8 +1015,52 @@ def _refuse_never_cut_over(
         )
 
 
+async def _arrivals(sess: Session, items: list[dict[str, Any]]) -> list[Arrivals]:
+    """Mail in each still cut-over user's target mailbox since its cutover (arrivals.py)."""
+    live = [i for i in items if i.get("phase") == Phase.CUTOVER.value]
+    gate = asyncio.Semaphore(sess.project.engine.concurrency_per_tenant)
+
+    async def one(item: dict[str, Any]) -> Arrivals:
+        async with gate:
+            return await count_arrivals(sess.ctx, item)
+
+    return list(await asyncio.gather(*(one(i) for i in live)))
+
+
+def _confirm_rollback(
+    sess: Session,
+    arrived: list[Arrivals],
+    *,
+    batch: str | Path | None,
+    users: list[str] | None,
+) -> None:
+    """Stop (rc 2, nothing written) when mail delivered since cutover would stay behind."""
+    left = [a for a in arrived if a.needs_confirmation]
+    if not left:
+        return
+    if batch:
+        selection = f" --batch {shlex.quote(str(batch))}"
+    else:
+        selection = f" --users {shlex.quote(','.join(users))}" if users else " --all"
+    raise InputError(
+        "mail delivered to the target since cutover stays in the target mailbox after a "
+        "rollback (rollback restores routing, it moves no mail): "
+        + "; ".join(a.text() for a in left),
+        next_step=(
+            "look at that mail in the target mailboxes (move it back yourself if needed), "
+            f"then: coexist rollback --project {sess.project.directory}{selection} --yes"
+        ),
+        delivered_since_cutover=[a.to_dict() for a in left],
+    )
+
+
 # -- retry -------------------------------------------------------------------------------
-RETRYABLE = {"provision": provision, "prestage": prestage, "cutover": cutover, "rollback": rollback}
+RETRYABLE: dict[str, Callable[..., dict[str, Any]]] = {
+    "provision": provision,
+    "prestage": prestage,
+    "cutover": cutover,
+    "rollback": rollback,
+}
 
 
 def retry(
@@ -999,8 +1092,16 @@ def retry(
     results: dict[str, Any] = {}
     for cmd in ("rollback", "provision", "prestage", "cutover"):
         if cmd in todo:
+            # A rollback that failed part-way was confirmed when it started (its users are
+            # marked only past the --yes gate): retry finishes it rather than asking again.
+            extra = {"yes": True} if cmd == "rollback" else {}
             results[cmd] = RETRYABLE[cmd](
-                directory, users=todo[cmd], plan=plan, retry=retry_policy, progress=progress
+                directory,
+                users=todo[cmd],
+                plan=plan,
+                retry=retry_policy,
+                progress=progress,
+                **extra,
             )
     if retry_groups:
         results["groups"] = groups(directory, plan=plan, retry=retry_policy, progress=progress)
@@ -1034,10 +1135,15 @@ def status(
         if user:
             items = batches.select(items, [user], what="status --user")
         failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
+        passes: dict[str, list[dict[str, Any]]] = {}
+        for record in journal.passes():
+            passes.setdefault(str(record["item_key"]), []).append(record)
+        mover = project.migration.mover  # now, not when the passes ran
         rows = []
         for i in items:
             detail = i.get("detail") or {}
             err = failed_steps.get(i["key"])
+            data = data_summary(passes.get(i["key"], []), mover, detail.get("reconciliation"))
             rows.append(
                 {
                     "user": i.get("source_address"),
@@ -1047,8 +1153,9 @@ def status(
                     "phase": i.get("phase"),
                     "state": i.get("state"),
                     "last_step": detail.get("last_step"),
-                    "data": detail.get("data_state"),
-                    "waiting_for": detail.get("waiting_for"),
+                    "data": data.text(),
+                    "data_passes": data.to_dict(),
+                    "waiting_for": waiting_text(detail.get("waiting_for"), mover),
                     "waiting_since": detail.get("waiting_since"),
                     "look_again_at": detail.get("look_again_at"),
                     "error": err.get("error_message") if err else None,
@@ -1058,6 +1165,10 @@ def status(
             )
             if user:  # one user: the last reconciliation of source and target folders too
                 rows[-1]["reconciliation"] = detail.get("reconciliation")
+        # Groups belong to no batch and no user; a --state or --phase filter applies to them.
+        groups_shown = (
+            [] if (user or batch) else journal.items(kind="group", state=state, phase=phase)
+        )
         group_rows = [
             {
                 "group": g.get("name"),
@@ -1067,8 +1178,10 @@ def status(
                 "unmapped_members": len((g.get("detail") or {}).get("unmapped_members") or []),
                 "waiting_for": (g.get("detail") or {}).get("waiting_for"),
                 "look_again_at": (g.get("detail") or {}).get("look_again_at"),
+                "error": (failed_steps.get(g["key"]) or {}).get("error_message"),
+                "next": (failed_steps.get(g["key"]) or {}).get("next_step"),
             }
-            for g in journal.items(kind="group")
+            for g in groups_shown
         ]
         summary = Counter(f"{r['phase']}/{r['state']}" for r in rows)
         return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
@@ -1145,7 +1258,7 @@ def preflight_checks(
         checks += await pf.check_forwarding(ctx, chosen)
         checks += await pf.check_licenses(ctx, chosen)
         checks += pf.check_usage_location(ctx, chosen)
-        checks += pf.check_conflicts(await target_index(ctx), ctx, chosen)
+        checks += await pf.check_conflicts(await target_index(ctx), ctx, chosen)
         return {
             "ok": all(c.status != "fail" for c in checks),
             "checks": [c.to_dict() for c in checks],

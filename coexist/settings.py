@@ -338,14 +338,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "migration.mover",
         "str",
-        "none",
-        "none: no mail is copied; each data pass shows `no data mover configured` for the "
-        "user, never success. graph-import-export: full fidelity over Microsoft Graph's "
-        "mailbox import/export API. graph-items: the fallback over the mail, contacts, "
-        "calendar and To Do APIs (messages rebuilt from their MIME as non-draft items with "
-        "their dates). `coexist permissions --command cutover --mover NAME` lists exactly "
-        "what each needs in each tenant.",
-        choices=("none", "graph-import-export", "graph-items"),
+        # A Microsoft 365 -> Microsoft 365 project (the only endpoint pair this version
+        # serves) moves its data at full fidelity unless told otherwise: a default of
+        # `none` let prestage succeed while copying nothing (issue 10).
+        "graph-import-export",
+        "How prestage and cutover copy mail, contacts, calendars and tasks. "
+        "graph-import-export (the default for Microsoft 365 to Microsoft 365): full fidelity "
+        "over Microsoft Graph's mailbox import/export API. graph-items: the fallback over the "
+        "mail, contacts, calendar and To Do APIs (messages rebuilt from their MIME as "
+        "non-draft items with their dates). none: no data is copied (you move it by other "
+        "means); each data pass shows `no data mover configured` for the user, never "
+        "success, and cutover still proceeds. `coexist permissions --command cutover --mover "
+        "NAME` lists exactly what each needs in each tenant.",
+        choices=("graph-import-export", "graph-items", "none"),
     ),
     Setting(
         "migration.folder_rules",

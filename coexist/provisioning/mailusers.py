@@ -38,6 +38,14 @@ from .exchange import (
     smtp_proxies,
 )
 from .index import TargetIndex
+from .orphans import (
+    Obstacles,
+    check_live,
+    describe,
+    in_the_way,
+    obstacles,
+    provision_command,
+)
 from .plan import new_password
 
 
@@ -63,6 +71,11 @@ class MailUserStep(Step):
     # Every address of the source mailbox itself (exchange.own_addresses): never the
     # target's primary, and not carried onto the target's address list.
     source_addresses: tuple[str, ...] = ()
+    user: str = ""  # the user's source address, as the operator names it (--users)
+    # An object in the target that routed to the source mailbox before this journal planned
+    # the user (orphans.py), and whether the operator said to take such objects over.
+    adopt_id: str | None = None
+    adopt: bool = False
 
 
 def _index(ctx: Context) -> TargetIndex | None:
@@ -109,13 +122,18 @@ def _ours(found: dict[str, Any], step: MailUserStep) -> bool:
 
 
 async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
-    """Our object: by the recorded target id, else by the planned address (crash recovery).
+    """Our object: by the recorded target id, else by the planned address (crash recovery),
+    else an orphan taken over with --adopt; None when the way is clear for New-MailUser.
 
     The plan was journaled before any write, so an object whose UPN
     (MicrosoftOnlineServicesID) or address is the planned primary and that routes to
     our source mailbox is the one a killed run created, not a stranger. A run killed
     between New-MailUser and the address update left it with the *external* address as
-    its primary (New-MailUser.md): only the UPN names it by the plan then.
+    its primary (New-MailUser.md): only the UPN names it by the plan then. An object that
+    already existed when the plan was made (`adopt_id`) or that routes to the source
+    mailbox from elsewhere was not made by this journal: it is adopted only when the
+    operator says so (orphans.py), and anything else in the way fails the user with what
+    to free - never with a `coexist retry` that would fail the same way.
     """
     exo = ctx.target.exo
     item = ctx.journal.get_item("user", step.subject) or {}
@@ -126,6 +144,21 @@ async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
             return found
     if step.mode == "match" or not step.primary_smtp:
         return None
+    if step.adopt_id:
+        found = await find_one(exo, "Get-Recipient", step.adopt_id)
+        if found is not None and in_the_way(
+            found, step.external_address, step.x500, replace_contacts=step.replace_contacts
+        ):
+            return await _adopted(ctx, step, found)
+    found = await _at_planned_address(ctx, step)
+    if found is not None and object_id(found).lower() == (step.adopt_id or "").lower():
+        return await _adopted(ctx, step, found)
+    return found or await _orphan(ctx, step)
+
+
+async def _at_planned_address(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
+    """The object a killed run of this journal made at the planned address, or None."""
+    exo = ctx.target.exo
     index = _index(ctx)
     if (
         index is not None
@@ -148,10 +181,54 @@ async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
             service="exchange",
             next_step=(
                 f"free {step.primary_smtp} in the target (rename or remove "
-                f"{found.get('Name')!r}; coexist did not create it), then coexist retry"
+                f"{found.get('Name')!r}; coexist did not create it), then "
+                f"{provision_command(step.user or step.subject)}"
             ),
         )
     return found
+
+
+async def _orphan(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
+    """An object in the way of New-MailUser (orphans.py): adopted with --adopt, else the
+    user fails naming it and what to do. The snapshot's candidates are read again first:
+    none (the usual case) costs no call."""
+    index = _index(ctx)
+    args = (index or TargetIndex(), step.user, step.external_address, step.x500)
+    if index is None:
+        # No snapshot (a step run on its own): ask Exchange who holds the address.
+        holder = await find_one(ctx.target.exo, "Get-Recipient", step.external_address)
+        seen = obstacles(*args, replace_contacts=step.replace_contacts, live=[holder])
+    else:
+        seen = obstacles(*args, replace_contacts=step.replace_contacts)
+    if not seen.found:
+        return None
+    live = [await find_one(ctx.target.exo, "Get-Recipient", object_id(o)) for o in seen.found]
+    now = await check_live(
+        ctx.target.exo, obstacles(*args, replace_contacts=step.replace_contacts, live=live)
+    )
+    if not now.found:
+        return None
+    return _take(ctx, step, now)
+
+
+ADOPTED = "adopted_targets"  # run cache: subject -> the object provision took over
+
+
+async def _adopted(ctx: Context, step: MailUserStep, found: dict[str, Any]) -> dict[str, Any]:
+    """`found` is tied to the source mailbox but this journal did not make it (`_take`)."""
+    clash = Obstacles(step.user, step.external_address, (found,), step.x500)
+    return _take(ctx, step, await check_live(ctx.target.exo, clash))
+
+
+def _take(ctx: Context, step: MailUserStep, clash: Obstacles) -> dict[str, Any]:
+    """With --adopt the one adoptable object is ours from now on (the step journals its
+    state as the before-state); without, or for anything else in the way (a live mailbox,
+    a stranger), the user fails with what to do."""
+    taken = clash.adoptable
+    if not step.adopt or taken is None:
+        raise Conflict(clash.problem(), service="exchange", next_step=clash.fix())
+    ctx.cache.setdefault(ADOPTED, {})[step.subject] = taken
+    return taken
 
 
 def _planned_object(step: MailUserStep) -> dict[str, Any]:
@@ -268,13 +345,18 @@ class MailUserExecutor:
         if observed is None:
             return await self._create(ctx, step)
         updates, taken = await self._differences(ctx, step, observed)
+        adopted = _adoption(ctx, step, observed)
         if not updates:
             # Nothing to write: this observation is the read-back (`provision.target-address`
             # takes it from here), and it corrects a journal that holds another address
             # (e.g. one recorded from New-MailUser's output).
             ctx.cache.setdefault(OBSERVED, {})[step.subject] = observed
             return StepResult(
-                False, _state(observed), _state(observed), "up to date", data=_data(observed)
+                False,
+                _state(observed),
+                _state(observed),
+                adopted.get("detail", "") + "up to date",
+                data={**_data(observed), **adopted.get("data", {})},
             )
         cmdlet = "Set-Mailbox" if is_mailbox(observed) else "Set-MailUser"
         await exo.run(cmdlet, Identity=object_id(observed), **updates)
@@ -283,8 +365,8 @@ class MailUserExecutor:
             True,
             _state(observed),
             _state(after),
-            "updated " + ", ".join(sorted(updates)) + _left_out(taken),
-            data=_written(object_id(observed), taken),
+            adopted.get("detail", "") + "updated " + ", ".join(sorted(updates)) + _left_out(taken),
+            data={**_written(object_id(observed), taken), **adopted.get("data", {})},
         )
 
     async def _differences(
@@ -408,6 +490,19 @@ class MailUserExecutor:
             "created MailUser" + _left_out(taken),
             data=_written(ident, taken),
         )
+
+
+def _adoption(ctx: Context, step: MailUserStep, observed: dict[str, Any]) -> dict[str, Any]:
+    """For an object taken over with --adopt: the detail prefix and the item's record of it."""
+    if ctx.cache.get(ADOPTED, {}).get(step.subject) is not observed:
+        return {}
+    record = {
+        "target_id": object_id(observed),
+        "name": observed.get("Name"),
+        "kind": observed.get("RecipientTypeDetails"),
+        "primary": observed.get("PrimarySmtpAddress"),
+    }
+    return {"detail": f"adopted {describe(observed)}; ", "data": {"adopted": record}}
 
 
 def _x500_of(saved: dict[str, Any] | None) -> list[str]:

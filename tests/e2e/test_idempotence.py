@@ -79,6 +79,22 @@ def journal_snapshot(project: Path, *, include_logs: bool = False) -> dict[str, 
         journal.close()
 
 
+def settled_journal(project: Path) -> dict[str, Any]:
+    """The journal's state without the data passes' delta cursors.
+
+    Each data pass ends by saving the deltaLink Graph hands out for the next round, a new
+    one every round even when nothing changed (delta query: the link is the round's
+    state); the pass step itself writes nothing then. So a second run may move cursors,
+    and nothing else.
+    """
+    snapshot = journal_snapshot(project)
+    snapshot["folder_state"] = [
+        {**row, "token": "<cursor>" if row.get("token") else None}
+        for row in snapshot.get("folder_state", [])
+    ]
+    return snapshot
+
+
 def run_json(cli: Callable[..., Result], *args: str) -> dict[str, Any]:
     """Run a command with --json; it must succeed (nothing failed) and print one object."""
     result = cli(*args, "--json")
@@ -124,13 +140,13 @@ def test_every_writing_command_run_twice_changes_nothing_the_second_time(
     for command in WRITING:
         first = run_json(cli, command, "--project", p, *every(command))
         journal_1, world_1, stamps_1 = (
-            journal_snapshot(project),
+            settled_journal(project),
             world_state(sandbox),
             touched(sandbox),
         )
         second = run_json(cli, command, "--project", p, *every(command))
         journal_2, world_2, stamps_2 = (
-            journal_snapshot(project),
+            settled_journal(project),
             world_state(sandbox),
             touched(sandbox),
         )

@@ -252,7 +252,16 @@ def test_lifecycle_mail_lands_where_it_should_in_every_phase(
     elif mode == "leave-forward-on-target":
         assert source_snapshot(sandbox) == before_cutover  # the source is not touched
 
-    result = run_json(cli, "rollback", "--project", p, "--all")
+    # The probes above landed in the live target mailboxes: rollback names them and stops
+    # until told that mail stays there (issue 10); --yes goes on.
+    refused = cli("rollback", "--project", p, "--all", "--json")
+    assert refused.exit_code == 2, refused.output
+    counts = {
+        a["user"]: a["messages"] for a in json.loads(refused.stdout)["delivered_since_cutover"]
+    }
+    assert set(counts) == {i["source_address"] for i in items.values()}, counts
+    assert all(n and n > 0 for n in counts.values()), counts
+    result = run_json(cli, "rollback", "--project", p, "--all", "--yes")
     assert not result["failed"] and result["users"] == len(items), result
     assert {r["phase"] for r in users_by_key(project, cli).values()} == {"rolled-back"}
     # The source is back as it was: names, addresses, visibility; the contacts are gone.
