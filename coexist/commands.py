@@ -195,8 +195,9 @@ def _previous_command(phase: Phase, directory: Path) -> str:
 
 def _mark(sess: Session, items: list[dict[str, Any]], command: str) -> None:
     if not sess.planning:
-        for i in items:
-            set_item(sess.journal, "user", i["key"], last_command=command)
+        with sess.journal.together():  # one commit for the batch, not one per user
+            for i in items:
+                set_item(sess.journal, "user", i["key"], last_command=command)
 
 
 def _run(coro: Any) -> Any:

@@ -98,6 +98,11 @@ def _interrupted_observation(prev: dict[str, Any] | None) -> dict[str, Any] | No
     return observed if isinstance(observed, dict) else None
 
 
+def _stops(outcome: Outcome) -> bool:
+    """Whether an item's run ends at this step (the next steps build on it)."""
+    return outcome.status in ("failed", "waiting")
+
+
 def set_item(journal: Any, kind: str, key: str, **fields: Any) -> None:
     """Set item columns; any other field is merged into the item's `detail` JSON."""
     columns = {k: v for k, v in fields.items() if k in ITEM_COLUMNS}
@@ -163,20 +168,55 @@ class Runner:
     def planning(self) -> bool:
         return self.plan is not None
 
-    async def run_step(self, step: Step, label: str = "", *, defer_data: bool = False) -> Outcome:
+    async def run_step(
+        self,
+        step: Step,
+        label: str = "",
+        *,
+        defer_data: bool = False,
+        then: Callable[[Outcome], None] | None = None,
+    ) -> Outcome:
         """observe → compare → apply, journaling `started` right before the first write.
 
         A step that finds the world already right writes nothing and leaves its
         journal record alone: the before-state recorded by the run that made the
         change is what `rollback` restores, so a re-run must not overwrite it.
+
+        The step's record is one journal transaction, with `then` (given the outcome)
+        writing in it too; the outcome is reported once that is committed. Only
+        `started` before a first write is its own transaction, committed before the write.
         """
+        outcome = await self._run_step(step, label, defer_data, then)
+        self.on_outcome(outcome)
+        return outcome
+
+    def _record(
+        self, write: Callable[[], Outcome], then: Callable[[Outcome], None] | None
+    ) -> Outcome:
+        """`write` the step's record and let `then` add to it, in one journal transaction."""
+        with self.journal.together():
+            outcome = write()
+            if then is not None:
+                then(outcome)
+        return outcome
+
+    async def _run_step(
+        self,
+        step: Step,
+        label: str,
+        defer_data: bool,
+        then: Callable[[Outcome], None] | None,
+    ) -> Outcome:
         executor = self.steps.executor_for(step)
         prev = None if self.planning else self.journal.get_step(step.key)
         due = look_again_at(prev)
         if due is not None and due > self.clock():
             # Not hammered: until its time comes a waiting step is reported, not looked at.
             assert prev is not None
-            return self._report_waiting(step.key, step.subject, step.name, label, prev)
+            rest = prev
+            return self._record(
+                lambda: self._report_waiting(step.key, step.subject, step.name, label, rest), then
+            )
         if prev is not None and prev.get("status") == "started":
             self.journal.event(
                 self.run_id,
@@ -205,6 +245,17 @@ class Runner:
                 )
                 started = True
 
+        def record_failure(exc: Exception, message: str, trace: str | None) -> Outcome:
+            kept = None if started else prev
+
+            def write() -> Outcome:
+                journal_started()  # a no-op after a write: `started` was committed before it
+                if trace is not None:
+                    self._debug(step, trace)
+                return self._failed(step, label, exc, type(exc).__name__, message, kept)
+
+            return self._record(write, then)
+
         step_token = current_step.set(step.key)
         hook_token = write_hook.set(journal_started)
         try:
@@ -229,28 +280,28 @@ class Runner:
                     recheck=True,
                 )
             except CoexistError as exc:
-                kept = None if started else prev
-                journal_started()
-                return self._failed(step, label, exc, type(exc).__name__, exc.message, kept)
+                return record_failure(exc, exc.message, None)
             except Exception as exc:  # a bug: record it for the operator, keep other items going
-                kept = None if started else prev
-                journal_started()
                 msg = f"internal error: {type(exc).__name__}: {exc}"
-                self._debug(step, traceback.format_exc())
-                return self._failed(step, label, exc, type(exc).__name__, msg, kept)
+                return record_failure(exc, msg, traceback.format_exc())
             settled = not started and prev is not None and _same_outcome(prev, result)
             # Nothing written in this run: the before-state of the run that made the change
             # stays the one rollback restores, even when the record itself is rewritten.
             kept = None if started or result.changed else prev
             if interrupted is not None:
                 kept = {"before": interrupted}
-            if not settled:
-                journal_started()
-            if result.recheck and result.status == "waiting":
-                return self._waited(step, label, result, prev, kept, defer_data)
-            return self._finished(
-                step, result, record=not settled, kept=kept, defer_data=defer_data, label=label
-            )
+
+            def record() -> Outcome:
+                # A step that wrote nothing to a tenant records `started` with its outcome.
+                if not settled:
+                    journal_started()
+                if result.recheck and result.status == "waiting":
+                    return self._waited(step, label, result, prev, kept, defer_data)
+                return self._finished(
+                    step, result, record=not settled, kept=kept, defer_data=defer_data, label=label
+                )
+
+            return self._record(record, then)
         finally:
             write_hook.reset(hook_token)
             current_step.reset(step_token)
@@ -303,20 +354,21 @@ class Runner:
             waiting_since=detail.get("waiting_since"),
             resting=True,
         )
-        self.on_outcome(outcome)
         return outcome
 
     def still_waiting(self, item: Mapping[str, Any]) -> Outcome:
         """Report an item whose look-again time has not come, without running its steps."""
         detail = item.get("detail") or {}
         name = str(detail.get("last_step") or "")
-        return self._report_waiting(
+        outcome = self._report_waiting(
             f"{name}:{item['key']}",
             str(item["key"]),
             name,
             str(item.get("source_address") or item.get("name") or item["key"]),
             item,
         )
+        self.on_outcome(outcome)
+        return outcome
 
     def _finished(
         self,
@@ -357,7 +409,6 @@ class Runner:
             look_again_at=(timing or {}).get("look_again_at"),
             waiting_since=(timing or {}).get("waiting_since"),
         )
-        self.on_outcome(outcome)
         return outcome
 
     def _failed(
@@ -384,11 +435,9 @@ class Runner:
                 retry_after=retry_after,
                 next_step=nxt,
             )
-        outcome = Outcome(
+        return Outcome(
             step.key, step.subject, step.name, "failed", False, "", text, cls, nxt, label=label
         )
-        self.on_outcome(outcome)
-        return outcome
 
     def _debug(self, step: Step, text: str) -> None:
         if not self.planning:
@@ -399,14 +448,18 @@ class Runner:
     async def run_item(self, item: ItemPlan) -> list[Outcome]:
         outcomes: list[Outcome] = []
         last = len(item.steps) - 1
+
+        def record_item(outcome: Outcome) -> None:
+            # The item's state goes in the transaction of the step that ends its run.
+            if not self.planning and (len(outcomes) == last or _stops(outcome)):
+                self._record_item(item, [*outcomes, outcome])
+
         for i, step in enumerate(item.steps):
             # The last step's facts are written with the item's state: one write, not two.
-            outcome = await self.run_step(step, item.label, defer_data=i == last)
+            outcome = await self.run_step(step, item.label, defer_data=i == last, then=record_item)
             outcomes.append(outcome)
-            if outcome.status in ("failed", "waiting"):
+            if _stops(outcome):
                 break
-        if not self.planning:
-            self._record_item(item, outcomes)
         return outcomes
 
     def _record_item(self, item: ItemPlan, outcomes: list[Outcome]) -> None:

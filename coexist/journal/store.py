@@ -3,7 +3,12 @@
 Every public call is its own short transaction. A process killed between two calls leaves the
 journal exactly as the last call left it; killed inside one, the transaction never happened.
 That is what lets the engine record ``started`` before a step and ``ok`` / ``failed`` after it,
-and lets a re-run see a crash as a step still ``started``.
+and lets a re-run see a crash as a step still ``started``. Calls that belong together (a
+step's outcome and the item facts it produced) can share one transaction: `Journal.together`.
+
+The statements of the per-step path are built once, with bound parameters (``_Sql``), so a
+call costs its round trips, not the building and cache-keying of SQLAlchemy constructs; a
+step's history row is copied from its ``steps`` row inside the database.
 
 Writes that first read (upserts, step transitions) take the write lock up front (SQLite
 ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE`` plus ``ON CONFLICT`` on the unique
@@ -16,11 +21,14 @@ messages and event texts pass through `coexist.errors.redact`.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -71,6 +79,97 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
+def _arg(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    # Prefixed: a bound parameter may not share a name with a column an INSERT/UPDATE sets.
+    return sa.bindparam(f"b_{name}", type_=type_)
+
+
+class _Sql:
+    """The statements of the per-step path, built once with bound parameters.
+
+    SQLAlchemy keys its compiled-statement cache by the statement's structure and memoizes
+    that key on the statement object, so executing these costs no construct building and
+    no cache-key walk (building them per call was most of a step's journal time). INSERT
+    and UPDATE statements take the columns they set from the parameters of each call.
+    """
+
+    steps, items, history = schema.steps, schema.items, schema.step_history
+    step = sa.select(steps).where(steps.c.key == _arg("key"))
+    step_locked = step.with_for_update()  # PostgreSQL row lock; SQLite holds the write lock
+    item = sa.select(items).where(items.c.kind == _arg("kind"), items.c.key == _arg("key"))
+    item_locked = item.with_for_update()
+    set_item = items.update().where(items.c.id == _arg("id"))
+    finish_step = steps.update().where(steps.c.key == _arg("key")).returning(*steps.c)
+    # One transition of a step into its history, copied by the database from the step row
+    # the same transaction just wrote (no read of the row back into Python).
+    copy_history = history.insert().from_select(
+        ["step_id", "step_key", "run_id", "status", "attempt", "at", *_HISTORY_COPY],
+        sa.select(
+            steps.c.id,
+            steps.c.key,
+            steps.c.run_id,
+            steps.c.status,
+            steps.c.attempts,
+            _arg("at", schema.UTCDateTime()),
+            *(schema.steps.c[name] for name in _HISTORY_COPY),
+        ).where(steps.c.key == _arg("key")),
+    )
+    _start_step: ClassVar[dict[str, Any]] = {}  # per dialect name
+
+    @classmethod
+    def start_step(cls, conn: Connection) -> Any:
+        """Insert the step row, or restart it (attempts + 1) when the key is known."""
+        name = conn.dialect.name
+        if name not in cls._start_step:
+            ins = _insert(conn, cls.steps)
+            cls._start_step[name] = ins.on_conflict_do_update(
+                index_elements=["key"],
+                set_={
+                    **{col: ins.excluded[col] for col in _STEP_RESTART},
+                    "attempts": cls.steps.c.attempts + 1,
+                },
+            )
+        return cls._start_step[name]
+
+
+# Columns `step_started` sets afresh on every start (the row's identity and counter aside).
+_STEP_RESTART = (
+    "run_id",
+    "item_kind",
+    "item_key",
+    "name",
+    "intent",
+    "before",
+    "after",
+    "detail",
+    "changed",
+    "status",
+    "error_class",
+    "error_message",
+    "retry_after",
+    "next_step",
+    "started_at",
+    "finished_at",
+)
+
+
+@dataclass
+class _Shared:
+    """The transaction a `Journal.together` block shares, opened by its first write."""
+
+    owner: tuple[int, int | None]  # (thread, asyncio task) that opened the block
+    conn: Connection | None = None
+    tx: sa.RootTransaction | None = None
+
+
+def _caller() -> tuple[int, int | None]:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        task = None
+    return threading.get_ident(), None if task is None else id(task)
+
+
 # Snapshot row order: state tables by their natural key, logs (not listed) in insertion order.
 _SNAPSHOT_ORDER = {
     "items": ("kind", "key"),
@@ -86,6 +185,7 @@ class Journal:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._shared: _Shared | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -119,12 +219,63 @@ class Journal:
         return db.current_revision(self.engine)
 
     @contextmanager
+    def together(self) -> Iterator[None]:
+        """The journal calls made inside share one transaction: all of them land, or none.
+
+        For writes that belong together, e.g. a step's outcome and the item facts it
+        produced, or one fact on every user of a batch: one commit instead of one per call.
+        The transaction opens with the first write (a block that writes nothing costs
+        nothing) and commits when the block ends; an exception out of the block rolls it
+        back. Calls inside see the block's own writes. A nested block joins the outer one.
+
+        Synchronous code only: the block holds the write lock, so it must not `await`
+        (another task's journal call would wait on it); such a call is refused.
+        """
+        if self._shared is not None:
+            self._shared_conn()  # a nested block: refused from another task, else joins
+            yield
+            return
+        shared = self._shared = _Shared(owner=_caller())
+        try:
+            yield
+            if shared.tx is not None:
+                shared.tx.commit()
+        finally:
+            self._shared = None
+            if shared.conn is not None:
+                shared.conn.close()  # rolls back what was not committed
+
+    def _shared_conn(self, *, open_: bool = False) -> Connection | None:
+        """The connection of the `together` block in progress (opened when `open_`)."""
+        shared = self._shared
+        if shared is None:
+            return None
+        if _caller() != shared.owner:
+            raise RuntimeError(
+                "journal call from another task or thread while a Journal.together() block "
+                "holds the transaction (an await inside the block?)"
+            )
+        if shared.conn is None and open_:
+            shared.conn = self.engine.connect()
+            shared.conn.execution_options(**{db.WRITE_OPTION: True})
+            shared.tx = shared.conn.begin()
+        return shared.conn
+
+    @contextmanager
     def _write(self) -> Iterator[Connection]:
+        shared = self._shared_conn(open_=True)
+        if shared is not None:
+            yield shared
+            return
         with db.transaction(self.engine, write=True) as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        shared = self._shared_conn()
+        if shared is not None:
+            yield shared
+            return
         with db.transaction(self.engine, write=False) as conn:
             yield conn
 
@@ -204,7 +355,7 @@ class Journal:
                 merged = {**current, **detail}
                 if merged != current:
                     changes["detail"] = merged
-            return self._set_item_fields(conn, kind, key, changes, utcnow())
+            return _set_item_fields(conn, row, changes, utcnow())
 
     @staticmethod
     def _set_item_fields(
@@ -212,15 +363,7 @@ class Journal:
     ) -> dict[str, Any]:
         row = _item_row(conn, kind, key, lock=True)
         assert row is not None  # inserted or checked by the caller, inside this transaction
-        changes = {name: value for name, value in fields.items() if row[name] != value}
-        if not changes:
-            return row
-        conn.execute(
-            schema.items.update()
-            .where(schema.items.c.id == row["id"])
-            .values(updated_at=now, **changes)
-        )
-        return {**row, **changes, "updated_at": now}
+        return _set_item_fields(conn, row, fields, now)
 
     def get_item(self, kind: str, key: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -280,12 +423,8 @@ class Journal:
         }
         with self._write() as conn:
             previous = _step_row(conn, step_key, lock=True)
-            stmt = _insert(conn, schema.steps).values(key=step_key, attempts=1, **fresh)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["key"], set_={**fresh, "attempts": schema.steps.c.attempts + 1}
-            ).returning(*schema.steps.c)
-            row = row_dict(conn.execute(stmt).one())
-            _append_history(conn, row, now)
+            conn.execute(_Sql.start_step(conn), {"key": step_key, "attempts": 1, **fresh})
+            _append_history(conn, step_key, now)
         return previous
 
     def step_finished(
@@ -327,15 +466,12 @@ class Journal:
             "finished_at": now,
         }
         with self._write() as conn:
-            current = _step_row(conn, step_key, lock=True)
-            if current is None:
+            # The UPDATE takes the row lock itself (PostgreSQL); no read before it.
+            row = conn.execute(_Sql.finish_step, {"b_key": step_key, **values}).first()
+            if row is None:
                 raise UnknownStep(f"step {step_key!r} was never started")
-            conn.execute(
-                schema.steps.update().where(schema.steps.c.id == current["id"]).values(**values)
-            )
-            row = {**current, **values}
-            _append_history(conn, row, now)
-        return row
+            _append_history(conn, step_key, now)
+        return row_dict(row)
 
     def get_step(self, key: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -682,31 +818,27 @@ def _check_item(kind: str, fields: Mapping[str, Any]) -> None:
 def _item_row(
     conn: Connection, kind: str, key: str, *, lock: bool = False
 ) -> dict[str, Any] | None:
-    stmt = sa.select(schema.items).where(schema.items.c.kind == kind, schema.items.c.key == key)
-    if lock:
-        stmt = stmt.with_for_update()  # PostgreSQL row lock; SQLite already holds the write lock
-    row = conn.execute(stmt).first()
+    stmt = _Sql.item_locked if lock else _Sql.item
+    row = conn.execute(stmt, {"b_kind": kind, "b_key": key}).first()
     return None if row is None else row_dict(row)
+
+
+def _set_item_fields(
+    conn: Connection, row: dict[str, Any], fields: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """Write the fields that differ from `row` (read under the lock); none: no write."""
+    changes = {name: value for name, value in fields.items() if row[name] != value}
+    if not changes:
+        return row
+    conn.execute(_Sql.set_item, {"b_id": row["id"], "updated_at": now, **changes})
+    return {**row, **changes, "updated_at": now}
 
 
 def _step_row(conn: Connection, key: str, *, lock: bool = False) -> dict[str, Any] | None:
-    stmt = sa.select(schema.steps).where(schema.steps.c.key == key)
-    if lock:
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).first()
+    row = conn.execute(_Sql.step_locked if lock else _Sql.step, {"b_key": key}).first()
     return None if row is None else row_dict(row)
 
 
-def _append_history(conn: Connection, step: Mapping[str, Any], at: datetime) -> None:
-    """Copy one transition of `step` into the append-only history (same transaction)."""
-    conn.execute(
-        schema.step_history.insert().values(
-            step_id=step["id"],
-            step_key=step["key"],
-            run_id=step["run_id"],
-            status=step["status"],
-            attempt=step["attempts"],
-            at=at,
-            **{name: step[name] for name in _HISTORY_COPY},
-        )
-    )
+def _append_history(conn: Connection, key: str, at: datetime) -> None:
+    """Copy the step row as this transaction left it into the append-only history."""
+    conn.execute(_Sql.copy_history, {"b_key": key, "b_at": at})
