@@ -20,7 +20,7 @@ from coexist.cutover.flow import cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
-from coexist.journal import Journal
+from coexist.journal import Batch, Journal
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
@@ -195,9 +195,10 @@ def _previous_command(phase: Phase, directory: Path) -> str:
 
 def _mark(sess: Session, items: list[dict[str, Any]], command: str) -> None:
     if not sess.planning:
-        with sess.journal.together():  # one commit for the batch, not one per user
-            for i in items:
-                set_item(sess.journal, "user", i["key"], last_command=command)
+        marks = Batch()  # one write for the users of the command, not one per user
+        for i in items:
+            set_item(marks, "user", i["key"], last_command=command)
+        sess.journal.write_batch(marks)
 
 
 def _run(coro: Any) -> Any:
@@ -376,7 +377,7 @@ def provision(
         await sess.runner.run(plans, limit)
         # The target address is journaled as Exchange reads it back after every write
         # (New-MailUser makes the *source* address primary: never trust what was sent).
-        await sess.runner.run(readback_plans(sess.ctx, plans, sess.outcomes), limit)
+        await sess.runner.run_batched(readback_plans(sess.ctx, plans, sess.outcomes), limit)
         return _result(sess, users=len(items), awaiting_confirmation=waiting)
 
     return _in_session(

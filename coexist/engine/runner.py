@@ -24,11 +24,13 @@ import asyncio
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from coexist.errors import CoexistError, NotReady, redact
+from coexist.journal import Batch
 from coexist.retry import RetryPolicy
 from coexist.tenants.plan import WriteRecorder, current_step, write_hook
 
@@ -148,6 +150,19 @@ class ItemPlan:
 
 
 @dataclass
+class _Round:
+    """A batched round in progress: its records so far, and the records it started from."""
+
+    previous: dict[str, dict[str, Any]]
+    batch: Batch = field(default_factory=Batch)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+# The batched round the current task runs in (tasks inherit it from `run_batched`).
+_ROUND: ContextVar[_Round | None] = ContextVar("coexist_runner_round", default=None)
+
+
+@dataclass
 class Runner:
     """Runs item plans for one command invocation."""
 
@@ -163,6 +178,7 @@ class Runner:
     look_again_s: float = 300.0  # longest pause between two looks at a waiting step
     waiting_max_s: float = 2 * 86400.0  # a wait on Microsoft 365 this long is a failure
     clock: Callable[[], float] = time.time
+    batch_records: int = 500  # items per write of a batched round (`run_batched`)
 
     @property
     def planning(self) -> bool:
@@ -187,7 +203,13 @@ class Runner:
         `started` before a first write is its own transaction, committed before the write.
         """
         outcome = await self._run_step(step, label, defer_data, then)
-        self.on_outcome(outcome)
+        batched = _ROUND.get()
+        if batched is None:
+            self.on_outcome(outcome)
+        else:  # reported once its record is written
+            batched.outcomes.append(outcome)
+            if len(batched.outcomes) >= self.batch_records:
+                self._write_round(batched)
         return outcome
 
     def _record(
@@ -200,6 +222,49 @@ class Runner:
                 then(outcome)
         return outcome
 
+    def _writer(self) -> Any:
+        """Where records go: the batched round's `Batch`, else the journal."""
+        batched = _ROUND.get()
+        return self.journal if batched is None else batched.batch
+
+    def _previous(self, key: str) -> dict[str, Any] | None:
+        batched = _ROUND.get()
+        return self.journal.get_step(key) if batched is None else batched.previous.get(key)
+
+    async def run_batched(self, items: Sequence[ItemPlan], concurrency: int = 8) -> list[Outcome]:
+        """`run` for one-step items that only read the tenants, journaled in a few transactions.
+
+        Each step runs as in `run` (observe → compare → apply → record), but the records go
+        into a `Batch` written every `batch_records` items and at the end of the round, and
+        the previous records are read at its start: a round of thousands of read-backs costs a
+        few statements per table, not a few transactions per item. Outcomes are reported once
+        their records are written. Nothing in the round reads these records back, and a step
+        that writes to a tenant all the same still records `started` on the journal itself
+        before its first write. A crash loses the records not yet written: those steps run
+        again next time, as if never run.
+        """
+        if any(len(item.steps) > 1 for item in items):
+            raise ValueError("run_batched takes one-step items (a later step reads the record)")
+        if self.planning:
+            return await self.run(items, concurrency)
+        keys = [step.key for item in items for step in item.steps]
+        batched = _Round(previous=self.journal.get_steps(keys))
+        token = _ROUND.set(batched)
+        try:
+            outcomes = await self.run(items, concurrency)
+        finally:
+            _ROUND.reset(token)
+        self._write_round(batched)
+        return outcomes
+
+    def _write_round(self, batched: _Round) -> None:
+        """Write a batched round's records so far, then report their outcomes."""
+        self.journal.write_batch(batched.batch)
+        written, batched.outcomes = batched.outcomes, []
+        batched.batch = Batch()
+        for outcome in written:
+            self.on_outcome(outcome)
+
     async def _run_step(
         self,
         step: Step,
@@ -208,7 +273,7 @@ class Runner:
         then: Callable[[Outcome], None] | None,
     ) -> Outcome:
         executor = self.steps.executor_for(step)
-        prev = None if self.planning else self.journal.get_step(step.key)
+        prev = None if self.planning else self._previous(step.key)
         due = look_again_at(prev)
         if due is not None and due > self.clock():
             # Not hammered: until its time comes a waiting step is reported, not looked at.
@@ -229,13 +294,14 @@ class Runner:
         interrupted = _interrupted_observation(prev)
         observed_now: dict[str, Any] | None = None
 
-        def journal_started() -> None:
+        def journal_started(journal: Any = None) -> None:
+            """Record `started`: on the journal itself before a tenant write (the write hook)."""
             nonlocal started
             if not started and not self.planning:
                 # The live state seen just before the first write goes with the intent,
                 # so a crash between write and record still leaves the true before-state.
                 first = interrupted if interrupted is not None else observed_now
-                self.journal.step_started(
+                (journal or self.journal).step_started(
                     self.run_id,
                     step.key,
                     item_kind=step.item_kind,
@@ -249,7 +315,8 @@ class Runner:
             kept = None if started else prev
 
             def write() -> Outcome:
-                journal_started()  # a no-op after a write: `started` was committed before it
+                # A no-op after a tenant write: `started` was committed before it.
+                journal_started(self._writer())
                 if trace is not None:
                     self._debug(step, trace)
                 return self._failed(step, label, exc, type(exc).__name__, message, kept)
@@ -294,7 +361,7 @@ class Runner:
             def record() -> Outcome:
                 # A step that wrote nothing to a tenant records `started` with its outcome.
                 if not settled:
-                    journal_started()
+                    journal_started(self._writer())
                 if result.recheck and result.status == "waiting":
                     return self._waited(step, label, result, prev, kept, defer_data)
                 return self._finished(
@@ -386,7 +453,7 @@ class Runner:
             status = "planned" if result.changed else status
         else:
             if record:
-                self.journal.step_finished(
+                self._writer().step_finished(
                     step.key,
                     status=status,
                     before=_kept_before(kept, result.before),
@@ -396,7 +463,7 @@ class Runner:
                 )
             if result.data and not defer_data:
                 # Facts the next steps need (e.g. the target object id) go on the item.
-                set_item(self.journal, step.item_kind, step.subject, **result.data)
+                set_item(self._writer(), step.item_kind, step.subject, **result.data)
         outcome = Outcome(
             step.key,
             step.subject,
@@ -425,7 +492,7 @@ class Runner:
         retry_after = getattr(exc, "retry_after", None)
         nxt = getattr(exc, "next_step", None) or self.next_step
         if not self.planning:
-            self.journal.step_finished(
+            self._writer().step_finished(
                 step.key,
                 status="failed",
                 before=_kept_before(kept, None),
@@ -484,7 +551,7 @@ class Runner:
             fields.update(wait, state="ok", error=None)
             if item.phase:
                 fields["phase"] = item.phase
-        set_item(self.journal, item.kind, item.key, **fields)
+        set_item(self._writer(), item.kind, item.key, **fields)
 
     async def run(self, items: Sequence[ItemPlan], concurrency: int = 8) -> list[Outcome]:
         """Run every item's steps; at most `concurrency` items at once."""

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -49,9 +49,12 @@ from coexist.journal.schema import (
     utcnow,
 )
 
+if TYPE_CHECKING:
+    from coexist.journal.batch import Batch
+
 EVENT_LEVELS = frozenset({"debug", "info", "warning", "error"})
 # Columns copied from `steps` into each `step_history` row.
-_HISTORY_COPY = (
+HISTORY_COPY = (
     "intent",
     "before",
     "after",
@@ -103,7 +106,7 @@ class _Sql:
     # One transition of a step into its history, copied by the database from the step row
     # the same transaction just wrote (no read of the row back into Python).
     copy_history = history.insert().from_select(
-        ["step_id", "step_key", "run_id", "status", "attempt", "at", *_HISTORY_COPY],
+        ["step_id", "step_key", "run_id", "status", "attempt", "at", *HISTORY_COPY],
         sa.select(
             steps.c.id,
             steps.c.key,
@@ -111,7 +114,7 @@ class _Sql:
             steps.c.status,
             steps.c.attempts,
             _arg("at", schema.UTCDateTime()),
-            *(schema.steps.c[name] for name in _HISTORY_COPY),
+            *(schema.steps.c[name] for name in HISTORY_COPY),
         ).where(steps.c.key == _arg("key")),
     )
     _start_step: ClassVar[dict[str, Any]] = {}  # per dialect name
@@ -317,7 +320,7 @@ class Journal:
 
         ``updated_at`` moves only when a value actually changed.
         """
-        _check_item(kind, fields)
+        check_item(kind, fields)
         now = utcnow()
         with self._write() as conn:
             conn.execute(
@@ -329,7 +332,7 @@ class Journal:
 
     def update_item(self, kind: str, key: str, **fields: Any) -> dict[str, Any]:
         """Set fields on an existing item; raises `UnknownItem` when it was never recorded."""
-        _check_item(kind, fields)
+        check_item(kind, fields)
         with self._write() as conn:
             if _item_row(conn, kind, key) is None:
                 raise UnknownItem(f"no {kind} item {key!r} in the journal")
@@ -343,19 +346,13 @@ class Journal:
         The read-modify-write of `detail` happens under the write lock, so two
         writers never lose each other's keys, and a no-op writes nothing.
         """
-        _check_item(kind, fields)
+        check_item(kind, fields)
         check_json(detail, "detail")
         with self._write() as conn:
             row = _item_row(conn, kind, key, lock=True)
             if row is None:
                 raise UnknownItem(f"no {kind} item {key!r} in the journal")
-            changes = dict(fields)
-            if detail:
-                current = row.get("detail") or {}
-                merged = {**current, **detail}
-                if merged != current:
-                    changes["detail"] = merged
-            return _set_item_fields(conn, row, changes, utcnow())
+            return _set_item_fields(conn, row, merged_item(row, detail, fields), utcnow())
 
     @staticmethod
     def _set_item_fields(
@@ -401,30 +398,11 @@ class Journal:
         every start. The result fields of the previous attempt are cleared on the step row
         (they stay in `history`).
         """
-        check_json(intent, "intent")
-        now = utcnow()
-        fresh = {
-            "run_id": run_id,
-            "item_kind": item_kind,
-            "item_key": item_key,
-            "name": name,
-            "intent": intent,
-            "before": None,
-            "after": None,
-            "detail": None,
-            "changed": False,
-            "status": "started",
-            "error_class": None,
-            "error_message": None,
-            "retry_after": None,
-            "next_step": None,
-            "started_at": now,
-            "finished_at": None,
-        }
+        fresh = start_values(run_id, item_kind, item_key, name, intent)
         with self._write() as conn:
             previous = _step_row(conn, step_key, lock=True)
             conn.execute(_Sql.start_step(conn), {"key": step_key, "attempts": 1, **fresh})
-            _append_history(conn, step_key, now)
+            _append_history(conn, step_key, fresh["started_at"])
         return previous
 
     def step_finished(
@@ -446,36 +424,48 @@ class Journal:
         `retry_after` is in seconds, as the service said; `next_step` is the command the
         operator can run next. `error_message` is redacted.
         """
-        if status not in FINISHED_STEP_STATUSES:
-            raise ValueError(
-                f"step status {status!r}: expected one of {sorted(FINISHED_STEP_STATUSES)}"
-            )
-        for label, value in (("before", before), ("after", after), ("detail", detail)):
-            check_json(value, label)
-        now = utcnow()
-        values = {
-            "status": status,
-            "before": before,
-            "after": after,
-            "changed": changed,
-            "detail": detail,
-            "error_class": error_class,
-            "error_message": None if error_message is None else redact(error_message),
-            "retry_after": retry_after,
-            "next_step": next_step,
-            "finished_at": now,
-        }
+        values = finish_values(
+            status,
+            before=before,
+            after=after,
+            changed=changed,
+            detail=detail,
+            error_class=error_class,
+            error_message=error_message,
+            retry_after=retry_after,
+            next_step=next_step,
+        )
         with self._write() as conn:
             # The UPDATE takes the row lock itself (PostgreSQL); no read before it.
             row = conn.execute(_Sql.finish_step, {"b_key": step_key, **values}).first()
             if row is None:
                 raise UnknownStep(f"step {step_key!r} was never started")
-            _append_history(conn, step_key, now)
+            _append_history(conn, step_key, values["finished_at"])
         return row_dict(row)
 
     def get_step(self, key: str) -> dict[str, Any] | None:
         with self._read() as conn:
             return _step_row(conn, key)
+
+    def get_steps(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The records of the given step keys that exist, by key (one read per 500 keys)."""
+        wanted = sorted(set(keys))
+        out: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                stmt = sa.select(schema.steps).where(schema.steps.c.key.in_(chunk))
+                out.update((r.key, row_dict(r)) for r in conn.execute(stmt))
+        return out
+
+    def write_batch(self, batch: Batch) -> None:
+        """Write a `Batch` of calls in one transaction (see `coexist.journal.batch`).
+
+        An empty batch writes nothing and takes no lock (plan mode fills none).
+        """
+        if len(batch):
+            with self._write() as conn:
+                batch.write(conn)
 
     def steps(
         self, item_key: str | None = None, status: str | None = None, name: str | None = None
@@ -806,7 +796,82 @@ def _check_map_fields(fields: Mapping[str, Any]) -> None:
         )
 
 
-def _check_item(kind: str, fields: Mapping[str, Any]) -> None:
+def start_values(
+    run_id: int | None,
+    item_kind: str | None,
+    item_key: str | None,
+    name: str,
+    intent: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A step row's columns as `step_started` sets them (checked; results cleared)."""
+    check_json(intent, "intent")
+    return {
+        "run_id": run_id,
+        "item_kind": item_kind,
+        "item_key": item_key,
+        "name": name,
+        "intent": intent,
+        "before": None,
+        "after": None,
+        "detail": None,
+        "changed": False,
+        "status": "started",
+        "error_class": None,
+        "error_message": None,
+        "retry_after": None,
+        "next_step": None,
+        "started_at": utcnow(),
+        "finished_at": None,
+    }
+
+
+def finish_values(
+    status: str,
+    *,
+    before: Any,
+    after: Any,
+    changed: bool,
+    detail: Any,
+    error_class: str | None,
+    error_message: str | None,
+    retry_after: float | None,
+    next_step: str | None,
+) -> dict[str, Any]:
+    """A step row's columns as `step_finished` sets them (checked; the message redacted)."""
+    if status not in FINISHED_STEP_STATUSES:
+        raise ValueError(
+            f"step status {status!r}: expected one of {sorted(FINISHED_STEP_STATUSES)}"
+        )
+    for label, value in (("before", before), ("after", after), ("detail", detail)):
+        check_json(value, label)
+    return {
+        "status": status,
+        "before": before,
+        "after": after,
+        "changed": changed,
+        "detail": detail,
+        "error_class": error_class,
+        "error_message": None if error_message is None else redact(error_message),
+        "retry_after": retry_after,
+        "next_step": next_step,
+        "finished_at": utcnow(),
+    }
+
+
+def merged_item(
+    row: Mapping[str, Any], detail: Mapping[str, Any] | None, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What `merge_item` sets on `row`: the fields, and `detail` merged into its JSON."""
+    changes = dict(fields)
+    if detail:
+        current = row.get("detail") or {}
+        merged = {**current, **detail}
+        if merged != current:
+            changes["detail"] = merged
+    return changes
+
+
+def check_item(kind: str, fields: Mapping[str, Any]) -> None:
     if kind not in ITEM_KINDS:
         raise ValueError(f"item kind {kind!r}: expected one of {sorted(ITEM_KINDS)}")
     unknown = set(fields) - ITEM_FIELDS

@@ -457,6 +457,7 @@ class TargetAddressStep(Step):
 
     primary_smtp: str  # the planned primary, for the record ("": a matched recipient's own)
     source_addresses: tuple[str, ...] = ()
+    target_id: str = ""  # the object the MailUser step journaled in this run ("": read the item)
 
 
 READBACK = "target_readback"  # run cache: "bulk" | "each" | the bulk read in flight
@@ -491,15 +492,32 @@ async def _all_recipients(ctx: Context) -> dict[str, dict[str, Any]]:
     return {object_id(r).lower(): r for r in rows}
 
 
+# What the read-back judges, of the object Exchange returns, and so what its record keeps
+# (the whole Get-Recipient object, ~40 properties, for every user, would only weigh it down).
+_READ_BACK = (
+    "ExternalDirectoryObjectId",
+    "Guid",
+    "Name",
+    "RecipientTypeDetails",
+    "PrimarySmtpAddress",
+    "ExternalEmailAddress",
+    "EmailAddresses",
+)
+
+
+def _as_read(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if obj is None else {name: obj.get(name) for name in _READ_BACK}
+
+
 @registry.register(TargetAddressStep)
 class TargetAddressExecutor:
     async def observe(self, ctx: Context, step: TargetAddressStep) -> dict[str, Any] | None:
         seen = ctx.cache.get(OBSERVED, {}).get(step.subject)
         if seen is not None:
-            return dict(seen)  # read by this run's MailUser step, which then wrote nothing
-        item = ctx.journal.get_item("user", step.subject) or {}
-        ident = item.get("target_id")
-        return await _read_back(ctx, str(ident)) if ident else None
+            return _as_read(seen)  # read by this run's MailUser step, which then wrote nothing
+        item = {} if step.target_id else ctx.journal.get_item("user", step.subject) or {}
+        ident = step.target_id or item.get("target_id")
+        return _as_read(await _read_back(ctx, str(ident))) if ident else None
 
     async def apply(
         self, ctx: Context, step: TargetAddressStep, observed: dict[str, Any] | None
@@ -534,7 +552,8 @@ def readback_plans(
     """The read-back for every user whose MailUser step ended ok in this run (not in plan mode).
 
     Users whose step wrote nothing were just read (no call); the others are read back
-    with one paged Get-Recipient, or one read each when that is fewer calls.
+    with one paged Get-Recipient, or one read each when that is fewer calls. The steps
+    only read, so the command runs them as one batched round (`Runner.run_batched`).
     """
     done = {o.subject: o for o in outcomes if o.name == MailUserStep.name and o.status == "ok"}
     if ctx.planning or not done:
@@ -548,6 +567,7 @@ def readback_plans(
             subject=plan.key,
             primary_smtp=step.primary_smtp,
             source_addresses=step.source_addresses,
+            target_id=str(done[plan.key].data.get("target_id") or ""),
         )
         out.append(ItemPlan(plan.kind, plan.key, [check], None, label=plan.label))
     wrote = sum(1 for o in done.values() if o.changed)
