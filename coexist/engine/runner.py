@@ -6,6 +6,13 @@ run re-observes and never re-applies blindly. Items (users, groups) run
 concurrently up to a limit; one item's steps run in order and stop at the first
 step that fails or waits, so nothing runs on top of a half-done predecessor.
 
+Journal writes per step: `started` is its own transaction, committed before the
+step's first tenant write; the outcome, the facts for the item and (for the step
+that ends the item's run) the item's state are one transaction after it. A step
+that wrote nothing records `started` in that same transaction: there was no write
+for it to precede. `run_batched` goes further for rounds of read-only steps (one
+`Batch` for many items).
+
 Plan mode: the same executors run with adapters that record writes instead of
 sending them (`coexist.tenants.plan`), and the journal is left untouched.
 

@@ -82,6 +82,10 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
+# Columns `step_started` sets afresh on every start (all but the row's identity and counter).
+_STEP_RESTART = tuple(c.name for c in schema.steps.c if c.name not in ("id", "key", "attempts"))
+
+
 def _arg(name: str, type_: Any = None) -> sa.BindParameter[Any]:
     # Prefixed: a bound parameter may not share a name with a column an INSERT/UPDATE sets.
     return sa.bindparam(f"b_{name}", type_=type_)
@@ -114,9 +118,11 @@ class _Sql:
             steps.c.status,
             steps.c.attempts,
             _arg("at", schema.UTCDateTime()),
+            # (a class body's names are not visible in its generator expressions)
             *(schema.steps.c[name] for name in HISTORY_COPY),
         ).where(steps.c.key == _arg("key")),
     )
+    add_event = schema.events.insert().returning(schema.events.c.id)
     _start_step: ClassVar[dict[str, Any]] = {}  # per dialect name
 
     @classmethod
@@ -133,27 +139,6 @@ class _Sql:
                 },
             )
         return cls._start_step[name]
-
-
-# Columns `step_started` sets afresh on every start (the row's identity and counter aside).
-_STEP_RESTART = (
-    "run_id",
-    "item_kind",
-    "item_key",
-    "name",
-    "intent",
-    "before",
-    "after",
-    "detail",
-    "changed",
-    "status",
-    "error_class",
-    "error_message",
-    "retry_after",
-    "next_step",
-    "started_at",
-    "finished_at",
-)
 
 
 @dataclass
@@ -501,17 +486,17 @@ class Journal:
         if level not in EVENT_LEVELS:
             raise ValueError(f"event level {level!r}: expected one of {sorted(EVENT_LEVELS)}")
         check_json(data, "data")
+        values = {
+            "ts": utcnow(),
+            "run_id": run_id,
+            "level": level,
+            "item_key": item_key,
+            "step_key": step_key,
+            "message": redact(message),
+            "data": data,
+        }
         with self._write() as conn:
-            stmt = schema.events.insert().values(
-                ts=utcnow(),
-                run_id=run_id,
-                level=level,
-                item_key=item_key,
-                step_key=step_key,
-                message=redact(message),
-                data=data,
-            )
-            return int(conn.execute(stmt.returning(schema.events.c.id)).scalar_one())
+            return int(conn.execute(_Sql.add_event, values).scalar_one())
 
     def events(
         self,
