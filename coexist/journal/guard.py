@@ -60,12 +60,12 @@ def _clean(value: Any) -> bool:
     if isinstance(value, str):
         return not (_BEARER.match(value) or ("eyJ" in value and _JWT.search(value)))
     if isinstance(value, Mapping):
-        return all(
-            isinstance(key, str) and not is_secret_key(key) and _clean(item)
-            for key, item in value.items()
-        )
+        for key, item in value.items():
+            if not isinstance(key, str) or is_secret_key(key) or not _clean(item):
+                return False
+        return True
     if isinstance(value, list | tuple):
-        return all(_clean(item) for item in value)
+        return all(map(_clean, value))
     return False
 
 
