@@ -26,7 +26,7 @@ from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
 from coexist.provisioning.convert import LicenseStep
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
-from coexist.provisioning.mailusers import readback_plans
+from coexist.provisioning.mailusers import provision_users
 from coexist.provisioning.plan import MATCHABLE_KINDS
 from coexist.provisioning.provision import (
     plan_targets,
@@ -374,10 +374,9 @@ def provision(
         targets = await plan_targets(sess.ctx, items)
         plans, waiting = provision_plans(sess.ctx, items, targets)
         limit = sess.project.engine.concurrency_per_tenant
-        await sess.runner.run(plans, limit)
         # The target address is journaled as Exchange reads it back after every write
         # (New-MailUser makes the *source* address primary: never trust what was sent).
-        await sess.runner.run_batched(readback_plans(sess.ctx, plans, sess.outcomes), limit)
+        await provision_users(sess.runner, sess.ctx, plans, sess.outcomes, limit)
         return _result(sess, users=len(items), awaiting_confirmation=waiting)
 
     return _in_session(

@@ -248,21 +248,26 @@ class Runner:
         their records are written. Nothing in the round reads these records back, and a step
         that writes to a tenant all the same still records `started` on the journal itself
         before its first write. A crash loses the records not yet written: those steps run
-        again next time, as if never run.
+        again next time, as if never run. The round moves no item bar (`on_advance`): it may
+        run beside another round.
         """
         if any(len(item.steps) > 1 for item in items):
             raise ValueError("run_batched takes one-step items (a later step reads the record)")
-        if self.planning:
-            return await self.run(items, concurrency)
         keys = [step.key for item in items for step in item.steps]
-        batched = _Round(previous=self.journal.get_steps(keys))
-        token = _ROUND.set(batched)
+        batched = _Round(previous={} if self.planning else self.journal.get_steps(keys))
+        slots = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(item: ItemPlan) -> list[Outcome]:
+            async with slots:
+                return await self.run_item(item)
+
+        token = _ROUND.set(None if self.planning else batched)
         try:
-            outcomes = await self.run(items, concurrency)
+            results = await asyncio.gather(*(one(item) for item in items))
         finally:
             _ROUND.reset(token)
         self._write_round(batched)
-        return outcomes
+        return [o for r in results for o in r]
 
     def _write_round(self, batched: _Round) -> None:
         """Write a batched round's records so far, then report their outcomes."""

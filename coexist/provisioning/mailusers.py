@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coexist.engine.context import Context
-from coexist.engine.runner import ItemPlan, Outcome, set_item
+from coexist.engine.runner import ItemPlan, Outcome, Runner, set_item
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import Conflict, NotFound
 from coexist.tenants.exo import hashtable
@@ -571,7 +571,62 @@ def readback_plans(
         )
         out.append(ItemPlan(plan.kind, plan.key, [check], None, label=plan.label))
     wrote = sum(1 for o in done.values() if o.changed)
-    index = _index(ctx)
-    pages = 1 + len({id(r) for r in index.by_id.values()}) // 1000 if index is not None else 1
-    ctx.cache[READBACK] = "bulk" if wrote > pages else "each"
+    ctx.cache[READBACK] = "bulk" if wrote > _pages(ctx) else "each"
     return out
+
+
+def _pages(ctx: Context) -> int:
+    """Pages (calls) one bulk Get-Recipient takes: 1,000 recipients a page."""
+    index = _index(ctx)
+    return 1 + len({id(r) for r in index.by_id.values()}) // 1000 if index is not None else 1
+
+
+# While the MailUser round goes on, users are read back in batches of this many per page
+# of a bulk read: the read-back then costs at most 0.01 calls per user.
+READBACK_USERS_PER_PAGE = 100
+_LOOK_S = 0.2  # how often the round looks for users to read back while its writes go on
+
+
+async def provision_users(
+    runner: Runner,
+    ctx: Context,
+    plans: Sequence[ItemPlan],
+    outcomes: list[Outcome],
+    concurrency: int,
+    *,
+    batch: int | None = None,
+) -> None:
+    """The MailUser round, and the read-back of its users overlapping it.
+
+    `outcomes` is the command's list of reported outcomes (a step's outcome is reported
+    once it is journaled). Whenever `batch` users (default: `READBACK_USERS_PER_PAGE` per
+    page of a bulk read) have ended their MailUser step ok since the last read-back, they
+    are read back while the round goes on; the rest once it is done. A batch's bulk read
+    starts after its users' steps ended, so it reads what their writes left. At the
+    directory-write ceiling the client mostly waits on the write budget: the read-back
+    fills that wait instead of following the round.
+    """
+    writes = asyncio.ensure_future(runner.run(plans, concurrency))
+    seen = len(outcomes)  # outcomes before this round are other rounds'
+    try:
+        while True:
+            ended = writes.done()
+            if ended:
+                writes.result()  # the round's own error first, if it had one
+            fresh = outcomes[seen:]
+            # Pages as the tenant is now: every object the round creates joins the index.
+            size = batch or READBACK_USERS_PER_PAGE * _pages(ctx)
+            if ended or _ended_ok(fresh) >= size:
+                seen += len(fresh)
+                await runner.run_batched(readback_plans(ctx, plans, fresh), concurrency)
+            if ended:
+                return
+            await asyncio.wait({writes}, timeout=_LOOK_S)
+    finally:
+        if not writes.done():  # an error in a read-back: stop the round, leave nothing running
+            writes.cancel()
+            await asyncio.gather(writes, return_exceptions=True)
+
+
+def _ended_ok(outcomes: Sequence[Outcome]) -> int:
+    return sum(1 for o in outcomes if o.name == MailUserStep.name and o.status == "ok")
