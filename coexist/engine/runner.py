@@ -263,9 +263,18 @@ class Runner:
 
         token = _ROUND.set(None if self.planning else batched)
         try:
-            results = await asyncio.gather(*(one(item) for item in items))
+            tasks = [asyncio.ensure_future(one(item)) for item in items]
         finally:
-            _ROUND.reset(token)
+            _ROUND.reset(token)  # the tasks took their copy of the context
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # An error that stops the run stops the other items too: none keeps running
+            # while the command winds down.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         self._write_round(batched)
         return [o for r in results for o in r]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -146,8 +146,8 @@ class _Shared:
     """The transaction a `Journal.together` block shares, opened by its first write."""
 
     owner: tuple[int, int | None]  # (thread, asyncio task) that opened the block
+    stack: ExitStack  # leaves the block's transaction when the block ends
     conn: Connection | None = None
-    tx: sa.RootTransaction | None = None
 
 
 def _caller() -> tuple[int, int | None]:
@@ -223,15 +223,14 @@ class Journal:
             self._shared_conn()  # a nested block: refused from another task, else joins
             yield
             return
-        shared = self._shared = _Shared(owner=_caller())
-        try:
-            yield
-            if shared.tx is not None:
-                shared.tx.commit()
-        finally:
-            self._shared = None
-            if shared.conn is not None:
-                shared.conn.close()  # rolls back what was not committed
+        # The first write enters one `db.transaction` on this stack; leaving the block leaves
+        # it (commit, or roll back on an exception), as a single call's transaction would.
+        with ExitStack() as stack:
+            self._shared = _Shared(owner=_caller(), stack=stack)
+            try:
+                yield
+            finally:
+                self._shared = None
 
     def _shared_conn(self, *, open_: bool = False) -> Connection | None:
         """The connection of the `together` block in progress (opened when `open_`)."""
@@ -244,9 +243,7 @@ class Journal:
                 "holds the transaction (an await inside the block?)"
             )
         if shared.conn is None and open_:
-            shared.conn = self.engine.connect()
-            shared.conn.execution_options(**{db.WRITE_OPTION: True})
-            shared.tx = shared.conn.begin()
+            shared.conn = shared.stack.enter_context(db.transaction(self.engine, write=True))
         return shared.conn
 
     @contextmanager
