@@ -23,7 +23,7 @@ from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
-from coexist.journal import Journal
+from coexist.journal import Batch, Journal
 from coexist.journal.claims import Writer
 from coexist.migrate.passes import DataPassStep
 from coexist.migrate.summary import data_summary, waiting_text
@@ -32,7 +32,7 @@ from coexist.permissions import MOVER_NEEDS, NEEDS, needs
 from coexist.provisioning.convert import LicenseStep
 from coexist.provisioning.exchange import object_id
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
-from coexist.provisioning.mailusers import ADOPTED, readback_plans
+from coexist.provisioning.mailusers import ADOPTED, provision_users
 from coexist.provisioning.plan import MATCHABLE_KINDS
 from coexist.provisioning.provision import (
     plan_targets,
@@ -395,8 +395,10 @@ def _previous_command(phase: Phase, directory: Path) -> str:
 
 def _mark(sess: Session, items: list[dict[str, Any]], command: str) -> None:
     if not sess.planning:
+        marks = Batch()  # one write for the users of the command, not one per user
         for i in items:
-            set_item(sess.journal, "user", i["key"], last_command=command)
+            set_item(marks, "user", i["key"], last_command=command)
+        sess.journal.write_batch(marks)
 
 
 def _run(coro: Any) -> Any:
@@ -586,10 +588,9 @@ def provision(
         targets = await plan_targets(sess.ctx, items)
         plans, waiting = provision_plans(sess.ctx, items, targets, adopt=adopt)
         limit = sess.project.engine.concurrency_per_tenant
-        await sess.runner.run(plans, limit)
         # The target address is journaled as Exchange reads it back after every write
         # (New-MailUser makes the *source* address primary: never trust what was sent).
-        await sess.runner.run(readback_plans(sess.ctx, plans, sess.outcomes), limit)
+        await provision_users(sess.runner, sess.ctx, plans, sess.outcomes, limit)
         return _result(
             sess,
             users=len(items),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coexist.engine.context import Context
-from coexist.engine.runner import ItemPlan, Outcome, set_item
+from coexist.engine.runner import ItemPlan, Outcome, Runner, set_item
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import Conflict, NotFound
 from coexist.tenants.exo import hashtable
@@ -560,6 +560,7 @@ class TargetAddressStep(Step):
 
     primary_smtp: str  # the planned primary, for the record ("": a matched recipient's own)
     source_addresses: tuple[str, ...] = ()
+    target_id: str = ""  # the object the MailUser step journaled in this run ("": read the item)
 
 
 READBACK = "target_readback"  # run cache: "bulk" | "each" | the bulk read in flight
@@ -594,15 +595,32 @@ async def _all_recipients(ctx: Context) -> dict[str, dict[str, Any]]:
     return {object_id(r).lower(): r for r in rows}
 
 
+# What the read-back judges, of the object Exchange returns, and so what its record keeps
+# (the whole Get-Recipient object, ~40 properties, for every user, would only weigh it down).
+_READ_BACK = (
+    "ExternalDirectoryObjectId",
+    "Guid",
+    "Name",
+    "RecipientTypeDetails",
+    "PrimarySmtpAddress",
+    "ExternalEmailAddress",
+    "EmailAddresses",
+)
+
+
+def _as_read(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if obj is None else {name: obj.get(name) for name in _READ_BACK}
+
+
 @registry.register(TargetAddressStep)
 class TargetAddressExecutor:
     async def observe(self, ctx: Context, step: TargetAddressStep) -> dict[str, Any] | None:
         seen = ctx.cache.get(OBSERVED, {}).get(step.subject)
         if seen is not None:
-            return dict(seen)  # read by this run's MailUser step, which then wrote nothing
-        item = ctx.journal.get_item("user", step.subject) or {}
-        ident = item.get("target_id")
-        return await _read_back(ctx, str(ident)) if ident else None
+            return _as_read(seen)  # read by this run's MailUser step, which then wrote nothing
+        item = {} if step.target_id else ctx.journal.get_item("user", step.subject) or {}
+        ident = step.target_id or item.get("target_id")
+        return _as_read(await _read_back(ctx, str(ident))) if ident else None
 
     async def apply(
         self, ctx: Context, step: TargetAddressStep, observed: dict[str, Any] | None
@@ -637,7 +655,8 @@ def readback_plans(
     """The read-back for every user whose MailUser step ended ok in this run (not in plan mode).
 
     Users whose step wrote nothing were just read (no call); the others are read back
-    with one paged Get-Recipient, or one read each when that is fewer calls.
+    with one paged Get-Recipient, or one read each when that is fewer calls. The steps
+    only read, so the command runs them as one batched round (`Runner.run_batched`).
     """
     done = {o.subject: o for o in outcomes if o.name == MailUserStep.name and o.status == "ok"}
     if ctx.planning or not done:
@@ -651,10 +670,66 @@ def readback_plans(
             subject=plan.key,
             primary_smtp=step.primary_smtp,
             source_addresses=step.source_addresses,
+            target_id=str(done[plan.key].data.get("target_id") or ""),
         )
         out.append(ItemPlan(plan.kind, plan.key, [check], None, label=plan.label))
     wrote = sum(1 for o in done.values() if o.changed)
-    index = _index(ctx)
-    pages = 1 + len({id(r) for r in index.by_id.values()}) // 1000 if index is not None else 1
-    ctx.cache[READBACK] = "bulk" if wrote > pages else "each"
+    ctx.cache[READBACK] = "bulk" if wrote > _pages(ctx) else "each"
     return out
+
+
+def _pages(ctx: Context) -> int:
+    """Pages (calls) one bulk Get-Recipient takes: 1,000 recipients a page."""
+    index = _index(ctx)
+    return 1 + len({id(r) for r in index.by_id.values()}) // 1000 if index is not None else 1
+
+
+# While the MailUser round goes on, users are read back in batches of this many per page
+# of a bulk read: the read-back then costs at most 0.01 calls per user.
+READBACK_USERS_PER_PAGE = 100
+_LOOK_S = 0.2  # how often the round looks for users to read back while its writes go on
+
+
+async def provision_users(
+    runner: Runner,
+    ctx: Context,
+    plans: Sequence[ItemPlan],
+    outcomes: list[Outcome],
+    concurrency: int,
+    *,
+    batch: int | None = None,
+) -> None:
+    """The MailUser round, and the read-back of its users overlapping it.
+
+    `outcomes` is the command's list of reported outcomes (a step's outcome is reported
+    once it is journaled). Whenever `batch` users (default: `READBACK_USERS_PER_PAGE` per
+    page of a bulk read) have ended their MailUser step ok since the last read-back, they
+    are read back while the round goes on; the rest once it is done. A batch's bulk read
+    starts after its users' steps ended, so it reads what their writes left. At the
+    directory-write ceiling the client mostly waits on the write budget: the read-back
+    fills that wait instead of following the round.
+    """
+    writes = asyncio.ensure_future(runner.run(plans, concurrency))
+    seen = len(outcomes)  # outcomes before this round are other rounds'
+    try:
+        while True:
+            ended = writes.done()
+            if ended:
+                writes.result()  # the round's own error first, if it had one
+            fresh = outcomes[seen:]
+            # Pages as the tenant is now: every object the round creates joins the index.
+            size = batch or READBACK_USERS_PER_PAGE * _pages(ctx)
+            if ended or _ended_ok(fresh) >= size:
+                seen += len(fresh)
+                await runner.run_batched(readback_plans(ctx, plans, fresh), concurrency)
+            if ended:
+                return
+            await asyncio.wait({writes}, timeout=_LOOK_S)
+    finally:
+        if not writes.done():  # an error in a read-back: stop the round, leave nothing running
+            writes.cancel()
+            await asyncio.gather(writes, return_exceptions=True)
+
+
+def _ended_ok(outcomes: Sequence[Outcome]) -> int:
+    return sum(1 for o in outcomes if o.name == MailUserStep.name and o.status == "ok")

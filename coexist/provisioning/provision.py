@@ -6,6 +6,7 @@ from typing import Any
 
 from coexist.engine.context import Context
 from coexist.engine.runner import ItemPlan, set_item
+from coexist.journal import Batch
 from coexist.model import Phase, SourceMailbox, forwarding_address
 
 from .convert import LicenseStep, MailboxReadyStep, TargetForwardStep
@@ -47,6 +48,7 @@ async def plan_targets(ctx: Context, items: list[dict[str, Any]]) -> dict[str, T
                 index.reserve(item["key"], address=plan.primary_smtp, name=plan.name)
             plans[item["key"]] = plan
     claimed = {p.matched_id: k for k, p in plans.items() if p.matched_id}
+    new_plans = Batch()  # written in one go, still before any write to a tenant
     for item in sorted(items, key=lambda i: str(i.get("source_address") or i["key"]).lower()):
         if item["key"] in plans:
             continue
@@ -59,7 +61,8 @@ async def plan_targets(ctx: Context, items: list[dict[str, Any]]) -> dict[str, T
             plan = plan_create(src, index, dest, fwd, obstacles_of(ctx, item, index).adoptable)
         plans[item["key"]] = plan
         if not ctx.planning:
-            set_item(ctx.journal, "user", item["key"], target_plan=plan.to_dict())
+            set_item(new_plans, "user", item["key"], target_plan=plan.to_dict())
+    ctx.journal.write_batch(new_plans)
     return plans
 
 
