@@ -428,8 +428,10 @@ def _add_person(
     user.total_item_size = user.item_count * rng.randint(20_000, 90_000)
     if index % 6 == 1 and names.claim(f"{person.first_dot_last}@{vanity}"):
         user.email_addresses.append(f"smtp:{person.first_dot_last}@{vanity}")
-    if index % 5 == 2:
-        # A proxy left by an older on-premises org, so replies to old mail resolve.
+    if index % 5 == 2 and company == SOURCE_ORG:
+        # A proxy left by Fabrikam's older on-premises org, so replies to old mail resolve.
+        # Only Fabrikam's people: a Contoso person holding it would be the same mailbox
+        # moved before (provision rightly refuses such an orphan), not a namesake.
         user.email_addresses.append(f"X500:{OLD_ORG_X500_PREFIX}/cn={alias}")
     return user
 
