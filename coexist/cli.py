@@ -32,7 +32,13 @@ err = Console(stderr=True)
 out = Console()
 
 DirPath = click.Path(file_okay=False, path_type=Path)
-STATUS_STYLE = {"ok": "green", "failed": "red", "waiting": "yellow", "planned": "cyan"}
+STATUS_STYLE = {
+    "ok": "green",
+    "failed": "red",
+    "waiting": "yellow",
+    "planned": "cyan",
+    "started": "yellow",
+}
 # The sandbox's limit profiles (coexist.sandbox.limits.PROFILES; not imported: the CLI
 # imports the sandbox only when a sandbox command runs).
 PROFILES = ["published", "fast", "chaos", "realistic"]
@@ -502,6 +508,8 @@ def _why(row: dict[str, Any]) -> str:
     """A status row's error, or what it waits for and when coexist looks again."""
     if row.get("error"):
         return str(row["error"])
+    if row.get("state") == "started":  # a prestage / cutover a run left unfinished
+        return f"{row['progress']}; continue it: {row['next']}"
     if row.get("state") != "waiting" or not row.get("waiting_for"):
         return ""
     again = row.get("look_again_at")

@@ -24,7 +24,6 @@ from coexist.journal import Journal
 from coexist.migrate.passes import DataPassStep
 from coexist.model import Phase, phase_at_least
 from coexist.permissions import needs
-from coexist.provisioning.convert import LicenseStep
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.mailusers import readback_plans
 from coexist.provisioning.plan import MATCHABLE_KINDS
@@ -197,6 +196,67 @@ def _mark(sess: Session, items: list[dict[str, Any]], command: str) -> None:
     if not sess.planning:
         for i in items:
             set_item(sess.journal, "user", i["key"], last_command=command)
+
+
+# -- resuming an interrupted prestage / cutover ------------------------------------------
+# A command killed at any moment leaves each user where it got to, and running it again
+# continues from there: the runs of a command since it last ended ok are one attempt at it.
+# Users such a run took to the end are left alone, a data pass that finished ok in one is
+# not run again, and the others' steps re-observe and go on. Each user carries the command
+# it has not finished (detail `unfinished`), which status shows and `coexist retry` continues.
+RESUMABLE = ("prestage", "cutover")
+
+
+def unfinished(item: dict[str, Any]) -> str | None:
+    """The prestage / cutover a run began for this user and did not take to the end."""
+    command = (item.get("detail") or {}).get("unfinished")
+    return str(command) if command in RESUMABLE else None
+
+
+def last_ok_run(journal: Journal, command: str) -> int:
+    """The id of the last run of `command` that ended ok (0: none). The runs of it since are
+    killed or stopped by an error, and continued by the next one."""
+    runs = journal.runs()
+    return max(
+        (int(r["id"]) for r in runs if r["command"] == command and r["status"] == "ok"), default=0
+    )
+
+
+def _went_through(journal: Journal, item: dict[str, Any], command: str, after: int) -> bool:
+    """Whether a run since `after` took this user's `command` to its end: its data pass
+    ran (or was reused) there and nothing is left unfinished since."""
+    if unfinished(item) == command or (item.get("detail") or {}).get("last_command") != command:
+        return False
+    passes = [p for p in journal.passes(str(item["key"])) if p["kind"] == command]
+    return bool(passes) and int(passes[-1]["run_id"] or 0) > after
+
+
+def _begin(
+    sess: Session, items: list[dict[str, Any]], command: str
+) -> tuple[list[dict[str, Any]], int]:
+    """Mark each user's `command` as begun, except users a run this one continues already
+    took to the end (listed as skipped). Returns the users to run and `last_ok_run`."""
+    after = last_ok_run(sess.journal, command)
+    resuming = any(
+        r["command"] == command and after < int(r["id"]) != sess.runner.run_id
+        for r in sess.journal.runs()
+    )
+    todo: list[dict[str, Any]] = []
+    for item in items:
+        if resuming and _went_through(sess.journal, item, command, after):
+            sess.skipped.append(
+                {
+                    "user": item.get("source_address"),
+                    "reason": f"{command} already done for this user by an interrupted run "
+                    "(this run continues the rest)",
+                    "next": f"coexist status --project {sess.project.directory}",
+                }
+            )
+            continue
+        if not sess.planning:
+            set_item(sess.journal, "user", item["key"], last_command=command, unfinished=command)
+        todo.append(item)
+    return todo, after
 
 
 def _run(coro: Any) -> Any:
@@ -477,12 +537,25 @@ def _license_sku(sess: Session, skus: list[dict[str, Any]]) -> str | None:
     return str(sku["skuId"])
 
 
-def _needs_seat(sess: Session, item: dict[str, Any]) -> bool:
-    """Whether prestage still has to license this user (one waiting for its mailbox has a seat)."""
-    if phase_at_least(item.get("phase"), Phase.PRESTAGED):
-        return False
-    licensed = sess.journal.get_step(f"{LicenseStep.name}:{item['key']}")
-    return not (licensed and licensed.get("status") == "ok")
+async def _unlicensed(sess: Session, items: list[dict[str, Any]], sku_id: str) -> int:
+    """How many of `items` do not hold the SKU in the target now, as Graph answers.
+
+    Observed, not inferred from the journal: a run killed after `assignLicense` but before
+    it journaled the step leaves users who hold a seat already. A user Graph does not serve
+    yet (replication) needs one.
+    """
+    urls = [
+        f"/users/{i['target_id']}?$select=id,assignedLicenses" for i in items if i.get("target_id")
+    ]
+    held = 0
+    for start in range(0, len(urls), BATCH_GETS):
+        for user in await sess.ctx.target.graph.batch_get(urls[start : start + BATCH_GETS]):
+            licenses = (user or {}).get("assignedLicenses") or []
+            held += any(str(lic.get("skuId")).lower() == sku_id.lower() for lic in licenses)
+    return len(items) - held
+
+
+BATCH_GETS = 20  # json-batching: at most 20 requests in one $batch
 
 
 def _free_seats(skus: list[dict[str, Any]], sku_id: str) -> int:
@@ -508,7 +581,9 @@ def prestage(
     The pass moves items received before now - `older_than` (default from project.toml) and,
     when given, within [`since`, `until`) (ISO dates or times, UTC unless an offset is given).
     Mailboxes Exchange is still provisioning leave their users `waiting` with a time to
-    look again (`_settle`); `coexist retry` or this command continues them.
+    look again (`_settle`); `coexist retry` or this command continues them. Each user goes
+    through its steps on its own, and a run killed midway is continued where each user
+    stopped (see "resuming an interrupted prestage / cutover").
     """
     start, end = _instant_arg("--since", since), _instant_arg("--until", until)
     if start and end and start >= end:
@@ -529,7 +604,7 @@ def prestage(
         skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
         sku_id = _license_sku(sess, skus)
         if sku_id:
-            need = sum(1 for i in items if _needs_seat(sess, i))
+            need = await _unlicensed(sess, items, sku_id)
             free = _free_seats(skus, sku_id)
             if need > free:
                 part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
@@ -541,44 +616,44 @@ def prestage(
                 )
             if not sess.planning:
                 sess.journal.lock_setting("license_sku", sku_id)
-        _mark(sess, items, "prestage")
+        todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
         window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
         at_reached = False  # --at: the passes start at that time, once
 
+        def data_pass(item: dict[str, Any]) -> ItemPlan:
+            key = item["key"]
+            step = DataPassStep(
+                subject=key,
+                kind="prestage",
+                older_than_s=window.total_seconds(),
+                since=start.isoformat() if start else None,
+                until=end.isoformat() if end else None,
+                resume_after=resume_after,
+            )
+            done = {"unfinished": None}
+            return ItemPlan(
+                "user", key, [step], None, label=str(item.get("source_address")), done=done
+            )
+
         async def one_round(batch: list[dict[str, Any]]) -> None:
             nonlocal at_reached
-            first = len(sess.outcomes)
-            rounds = [prestage_plans(sess.ctx, i, sku_id) for i in batch]
-            await sess.runner.run([licensing for licensing, _ in rounds], limit)
-            stuck = _round_outcomes(sess, first, "failed", "waiting")
-            await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
-            stuck = _round_outcomes(sess, first, "failed", "waiting")
+            ready = {i["key"]: prestage_plans(sess.ctx, i, sku_id) for i in batch}
             if at and not at_reached:
+                # The passes start at --at: until then each user only gets ready.
+                first = len(sess.outcomes)
+                await sess.runner.run(list(ready.values()), limit)
+                stuck = _round_outcomes(sess, first, "failed", "waiting")
                 await _wait_until(at)
                 at_reached = True
-            passes = [
-                ItemPlan(
-                    "user",
-                    i["key"],
-                    [
-                        DataPassStep(
-                            subject=i["key"],
-                            kind="prestage",
-                            older_than_s=window.total_seconds(),
-                            since=start.isoformat() if start else None,
-                            until=end.isoformat() if end else None,
-                        )
-                    ],
-                    None,
-                    label=str(i.get("source_address")),
-                )
-                for i in batch
-                if i["key"] not in stuck
-            ]
-            await sess.runner.run(passes, limit)
+                passes = [data_pass(i) for i in batch if i["key"] not in stuck]
+                await sess.runner.run(passes, limit)
+                return
+            # Per user: license -> mailbox -> forward back -> data pass, each user as soon
+            # as its own previous step is done (a killed run keeps every user's progress).
+            await sess.runner.run_pipelines([[ready[i["key"]], data_pass(i)] for i in batch], limit)
 
-        await _settle(sess, items, one_round)
+        await _settle(sess, todo, one_round)
         return _result(sess, users=len(items))
 
     return _in_session(
@@ -608,7 +683,12 @@ def cutover(
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The final delta pass, then the post-migration mode (forward / leave / rename)."""
+    """The final delta pass, then the post-migration mode (forward / leave / rename).
+
+    Per user: its swap follows its own final pass at once, so a run killed midway has cut
+    over every user it got to, and the next run continues the others (a final pass that
+    already finished is not run again).
+    """
 
     args = {"batch": str(batch) if batch else None, "users": users}
 
@@ -616,35 +696,31 @@ def cutover(
         items = _selected(
             sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
         )
-        _mark(sess, items, "cutover")
+        todo, resume_after = _begin(sess, items, "cutover")
         limit = sess.project.engine.concurrency_per_tenant
         routing_domain = await _initial_domain(sess)
 
-        async def one_round(batch: list[dict[str, Any]]) -> None:
-            first = len(sess.outcomes)
-            passes = [
-                ItemPlan(
-                    "user",
-                    i["key"],
-                    [DataPassStep(subject=i["key"], kind="cutover")],
-                    None,
-                    label=str(i.get("source_address")),
-                )
-                for i in batch
-            ]
-            await sess.runner.run(passes, limit)
-            # With a mover configured, a user whose final pass did not succeed is not cut
-            # over. With mover "none" the pass state stays visible and cutover proceeds:
-            # the operator chose to move data by other means.
-            blocked: set[str] = set()
-            if sess.project.migration.mover != "none":
-                blocked = _round_outcomes(sess, first, "failed", "waiting")
-            plans = [
-                cutover_plan(sess.ctx, i, routing_domain) for i in batch if i["key"] not in blocked
-            ]
-            await sess.runner.run(plans, limit)
+        def pipeline(item: dict[str, Any]) -> list[ItemPlan]:
+            """One user's final pass, then its swap as soon as that pass has ended.
 
-        await _settle(sess, items, one_round)
+            With a mover configured, a user whose final pass did not end ok (failed,
+            waiting, unreconciled) is not cut over. With mover "none" the pass state stays
+            visible and the swap goes on: the operator chose to move data by other means.
+            """
+            key = item["key"]
+            final = DataPassStep(subject=key, kind="cutover", resume_after=resume_after)
+            label = str(item.get("source_address"))
+            gates = sess.project.migration.mover != "none"
+            done = {"unfinished": None}
+            return [
+                ItemPlan("user", key, [final], None, label=label, gates=gates),
+                cutover_plan(sess.ctx, item, routing_domain, done),
+            ]
+
+        async def one_round(batch: list[dict[str, Any]]) -> None:
+            await sess.runner.run_pipelines([pipeline(i) for i in batch], limit)
+
+        await _settle(sess, todo, one_round)
         return _result(sess, users=len(items), mode=sess.project.cutover.mode)
 
     return _in_session(
@@ -699,7 +775,8 @@ def retry(
     retry_policy: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Re-run the failed (and waiting) users' last command for just those users.
+    """Re-run the failed (and waiting) users' last command for just those users, and
+    continue every prestage or cutover a killed run left unfinished.
 
     Users waiting on Microsoft 365 whose look-again time has not come are reported as
     still waiting by that command, not looked at.
@@ -709,10 +786,11 @@ def retry(
     try:
         todo: dict[str, list[str]] = {}
         for item in journal.items(kind="user"):
-            if item.get("state") in ("failed", "waiting"):
-                cmd = (item.get("detail") or {}).get("last_command")
-                if cmd in RETRYABLE:
-                    todo.setdefault(cmd, []).append(item["key"])
+            cmd = unfinished(item) or (item.get("detail") or {}).get("last_command")
+            if unfinished(item) is None and item.get("state") not in ("failed", "waiting"):
+                continue
+            if cmd in RETRYABLE:
+                todo.setdefault(cmd, []).append(item["key"])
         retry_groups = any(
             i.get("state") in ("failed", "waiting") for i in journal.items(kind="group")
         )
@@ -746,6 +824,7 @@ def status(
         if user:
             items = batches.select(items, [user], what="status --user")
         failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
+        last_ok: dict[str, int] = {}  # per command, read once
         rows = []
         for i in items:
             detail = i.get("detail") or {}
@@ -770,6 +849,7 @@ def status(
             )
             if user:  # one user: the last reconciliation of source and target folders too
                 rows[-1]["reconciliation"] = detail.get("reconciliation")
+            _show_unfinished(journal, i, rows[-1], project.directory, last_ok)
         group_rows = [
             {
                 "group": g.get("name"),
@@ -786,6 +866,69 @@ def status(
         return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
     finally:
         journal.close()
+
+
+# What a user's unfinished prestage / cutover does, in its order: (step key prefix, said
+# once done, said while it is the next thing to do, done only if done since the command
+# last ended ok: a swap recorded by an earlier cutover, since rolled back, is not this one).
+UNFINISHED_STEPS = {
+    "prestage": (
+        ("prestage.license:", "licensed", "licensing", False),
+        ("prestage.mailbox:", "mailbox ready", "waiting for mailbox", False),
+        ("prestage.target-forward:", "forwarding to the source", "forward to the source", False),
+        ("migrate.pass.prestage:", "data pass done", "data pass", True),
+    ),
+    "cutover": (
+        ("migrate.pass.cutover:", "final pass done", "final pass", True),
+        ("cutover.", "forwarding swapped", "forwarding swap", True),
+    ),
+}
+
+
+def progress_of(journal: Journal, item: dict[str, Any], command: str, after: int) -> str:
+    """Where a user's unfinished prestage / cutover stands, e.g. `prestage: licensed,
+    waiting for mailbox` (a data pass counts once it ended ok in a run since `after`)."""
+    key = str(item["key"])
+    records = journal.steps(item_key=key)
+    passes = {
+        p["kind"]
+        for p in journal.passes(key)
+        if p["status"] == "ok" and int(p["run_id"] or 0) > after
+    }
+    said: list[str] = []
+    for prefix, done, todo, recent in UNFINISHED_STEPS[command]:
+        if prefix.startswith("migrate.pass."):
+            finished = command in passes
+        else:
+            mine = [r for r in records if str(r["key"]).startswith(prefix)]
+            finished = bool(mine) and all(
+                r["status"] == "ok" and (not recent or int(r["run_id"] or 0) > after) for r in mine
+            )
+        if not finished:
+            return f"{command}: " + ", ".join([*said[-1:], todo])
+        said.append(done)
+    return f"{command}: " + ", ".join([*said[-1:], "recording the result"])
+
+
+def _show_unfinished(
+    journal: Journal,
+    item: dict[str, Any],
+    row: dict[str, Any],
+    directory: Path,
+    after: dict[str, int],
+) -> None:
+    """A user whose prestage / cutover a run left unfinished shows as `started`, with how
+    far it got and the command that continues it (its journal state alone may say ok)."""
+    command = unfinished(item)
+    if command is None or row["state"] not in (None, "ok"):
+        return
+    if command not in after:
+        after[command] = last_ok_run(journal, command)
+    row.update(
+        state="started",
+        progress=progress_of(journal, item, command, after[command]),
+        next=f"coexist retry --project {directory}",
+    )
 
 
 def batch_import(directory: Path | None, file: Path, *, name: str | None = None) -> dict[str, Any]:
