@@ -196,7 +196,7 @@ def setup(base: Path, state: Path) -> tuple[Path, list[str]]:
         },
     )
     commands.discover(project)
-    commands.provision(project)
+    commands.provision(project, all_users=True)
     with Journal.open(load_project(project).journal_url) as j:
         chosen = [str(u["source_address"]) for u in j.items(kind="user")][:MAILBOXES]
     commands.prestage(project, users=chosen)  # target mailboxes; nothing to move yet

@@ -95,7 +95,7 @@ def provision_all(profile: str, budget: int) -> dict[str, Any]:
             )
             commands.discover(project)
             start = time.perf_counter()
-            result = commands.provision(project)
+            result = commands.provision(project, all_users=True)
             elapsed = time.perf_counter() - start
         finally:
             proc.send_signal(signal.SIGINT)

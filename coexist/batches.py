@@ -3,11 +3,14 @@
 Operators keep wave lists in spreadsheets (MigrationWiz-style "Source Email,
 Destination Email" columns, or a plain list of addresses). Import reads those
 headers case- and space-insensitively; every row must name a discovered user
-exactly once, or nothing is recorded.
+exactly once, or nothing is recorded. Files are read as spreadsheets save them:
+UTF-8 with or without BOM or UTF-16 with BOM, separated by ',', ';' or tab; another
+encoding or a broken quote is an error naming its line.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterable
@@ -37,14 +40,11 @@ def _norm(header: str) -> str:
 
 def read_rows(path: Path) -> list[dict[str, str]]:
     """Rows of a batch CSV as {source, batch, target, line}."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"batch file not found: {path}", file=str(path)) from None
-    reader = csv.reader(io.StringIO(text))
+    text = decode(_read_bytes(path), path)
+    delimiter = sniff_delimiter(text)
     # Keep each row's line in the file (blank lines skipped, not renumbered) so an error
     # about a row points at the line the operator sees in an editor.
-    numbered = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+    numbered = [(n, r) for n, r in _parse(text, delimiter, path) if any(c.strip() for c in r)]
     lines = [n for n, _ in numbered]
     rows = [r for _, r in numbered]
     if not rows:
@@ -57,9 +57,11 @@ def read_rows(path: Path) -> list[dict[str, str]]:
                 {"source": r[0].strip(), "batch": "", "target": "", "line": str(n)}
                 for n, r in zip(lines, rows, strict=True)
             ]
+        found = ", ".join(repr(h.strip()) for h in rows[0][:8])
         raise InputError(
             f"{path}: no source address column; expected one of "
-            "'Source Email', 'EmailAddress', 'UserPrincipalName'",
+            f"'Source Email', 'EmailAddress', 'UserPrincipalName' (found {found}, "
+            f"read as {_DELIMITER_NAMES[delimiter]}-separated)",
             file=str(path),
         )
     bat = next((header.index(h) for h in BATCH_HEADERS if h in header), None)
@@ -73,6 +75,137 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         }
         for n, r in zip(lines[1:], rows[1:], strict=True)
     ]
+
+
+# -- reading: bytes, encodings, delimiters, quotes -------------------------------------------
+# Excel writes "CSV UTF-8" with a BOM, "CSV (Comma delimited)" in the legacy code page
+# (Windows-1252 in the West: not UTF-8), and "Unicode Text" as tab-separated UTF-16 LE with a
+# BOM; a European locale separates with ';'. Read: UTF-8 with or without BOM, UTF-16 with
+# BOM, and ',', ';' or tab; anything else is an error naming the line.
+DELIMITERS = (",", ";", "\t")
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+_SAVE_AS = (
+    "save it as UTF-8 (Excel: Save As → 'CSV UTF-8 (Comma delimited)'), or as UTF-16 with a "
+    "byte-order mark (Excel: 'Unicode Text')"
+)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"batch file not found: {path}", file=str(path)) from None
+    except OSError as exc:  # a directory, no permission
+        raise InputError(
+            f"cannot read the batch file {path}: {exc.strerror or exc}", file=str(path)
+        ) from None
+
+
+def decode(data: bytes, path: Path) -> str:
+    """The text of a batch file: UTF-8 (a BOM is dropped) or UTF-16 with a BOM; otherwise
+    an InputError naming the encoding problem and the line it is on."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise InputError(
+            f"{path}: the file is UTF-32, which coexist does not read",
+            file=str(path),
+            next_step=_SAVE_AS,
+        )
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding, name = "utf-16", "UTF-16"
+    elif b"\x00" in data:  # text has no NULs: UTF-16 (ASCII every other byte) without a BOM
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise InputError(
+            f"{path}: line {line} holds NUL bytes: the file looks like UTF-16 without a "
+            "byte-order mark",
+            file=str(path),
+            line=line,
+            next_step=_SAVE_AS,
+        )
+    else:
+        encoding, name = "utf-8-sig", "UTF-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise _not_decodable(data, exc, encoding, name, path) from None
+
+
+def _not_decodable(
+    data: bytes, exc: UnicodeDecodeError, encoding: str, name: str, path: Path
+) -> InputError:
+    """The error for bytes that are not `name`: the line, the column, the byte, a guess."""
+    before = data[: exc.start].decode(encoding, errors="replace")
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    start = data.rfind(b"\n", 0, exc.start) + 1
+    end = data.find(b"\n", exc.start)
+    shown = data[start : end if end >= 0 else len(data)].decode(encoding, errors="replace")
+    guess = (
+        "; the file looks like Latin-1 / Windows-1252 (Excel's 'CSV (Comma delimited)')"
+        if name == "UTF-8"
+        else ""
+    )
+    byte = data[exc.start]
+    return InputError(
+        f"{path}: line {line} is not {name} (byte 0x{byte:02X} at column {column}: "
+        f"{shown.strip()[:80]!r}){guess}",
+        file=str(path),
+        line=line,
+        next_step=_SAVE_AS,
+    )
+
+
+def sniff_delimiter(text: str) -> str:
+    """',', ';' or tab: the one that splits the header into a known source column, else the
+    one that splits the first lines into the same number (>1) of fields, else ','."""
+    lines = [line for line in text.splitlines() if line.strip()][:20]
+    if not lines:
+        return ","
+    for d in DELIMITERS:
+        header = next(csv.reader([lines[0]], delimiter=d), [])
+        if any(_norm(h) in SOURCE_HEADERS for h in header):
+            return d
+    best, best_width = ",", 1
+    for d in DELIMITERS:
+        widths = {len(next(csv.reader([line], delimiter=d), [])) for line in lines}
+        if len(widths) == 1 and (width := widths.pop()) > best_width:
+            best, best_width = d, width
+    return best
+
+
+def _parse(text: str, delimiter: str, path: Path) -> list[tuple[int, list[str]]]:
+    """(line, cells) of every row; a quote that is never closed, or that closes on a later
+    line, is an error naming the line it opened on (not a row swallowing the rest)."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
+    out: list[tuple[int, list[str]]] = []
+    last = 0
+    while True:
+        first = last + 1  # the line this row starts on
+        try:
+            row = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as exc:
+            raise _broken_quote(path, first, reader.line_num, str(exc)) from None
+        last = reader.line_num
+        if any("\n" in c or "\r" in c for c in row):
+            raise _broken_quote(path, first, last, "")
+        out.append((first, row))
+
+
+def _broken_quote(path: Path, first: int, last: int, reason: str) -> InputError:
+    span = "; a batch file's fields never span lines"
+    if "end of data" in reason:
+        what = f'a quote (") opened on line {first} is never closed{span}'
+    elif last > first:
+        what = f'a quote (") opened on line {first} closes only on line {last}{span}'
+    else:
+        what = f'line {first} has text after a closing quote (")'
+    return InputError(
+        f"{path}: {what}",
+        file=str(path),
+        line=first,
+        next_step=f'fix the quotes on line {first} (a quote inside a field is written twice: "")',
+    )
 
 
 def _cell(row: list[str], i: int | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,13 +24,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coexist import commands
+from coexist import commands, logs
 from coexist.engine.runner import Outcome
-from coexist.errors import CoexistError
-from coexist.permissions import MOVER_NEEDS
+from coexist.errors import CoexistError, StorageError, redact
+from coexist.files import write_private
+from coexist.model import PHASES, USER_STATES
+from coexist.permissions import MOVER_NEEDS, NEEDS
 
 err = Console(stderr=True)
 out = Console()
+log = logging.getLogger("coexist.cli")
 
 DirPath = click.Path(file_okay=False, path_type=Path)
 STATUS_STYLE = {
@@ -45,12 +49,95 @@ PROFILES = ["published", "fast", "chaos", "realistic"]
 
 
 def _fail(exc: CoexistError, as_json: bool) -> None:
+    log.error("%s", exc, exc_info=exc)
     if as_json:
         click.echo(json.dumps(exc.to_dict()))
     else:
         # Messages name settings as `[scope] group`; escape so rich does not eat them as markup.
         err.print(f"[red]error:[/red] {escape(str(exc))}")
-    sys.exit(2)
+    sys.exit(exc.exit_code)
+
+
+def _unexpected(exc: Exception, as_json: bool) -> None:
+    """Any other exception is a bug: one line and the log file holding its traceback."""
+    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    run = logs.current()
+    where = (
+        f"the traceback is in {run.path}"
+        if run is not None and run.path is not None and not run.broken
+        else f"no log file could be written ({run.broken if run else 'no log'})"
+    )
+    text = redact(f"unexpected {type(exc).__name__}: {exc}")
+    if as_json:
+        path = str(run.path) if run is not None and run.path is not None else None
+        click.echo(json.dumps({"error": "internal", "message": text, "log": path}))
+    else:
+        err.print(f"[red]error:[/red] {escape(text)} (a bug in coexist; {where})", soft_wrap=True)
+    sys.exit(1)
+
+
+VERBOSE = "coexist.verbose"
+
+
+def _verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    ctx.meta[VERBOSE] = ctx.meta.get(VERBOSE, False) or value
+
+
+def _log_home(params: dict[str, Any]) -> Path | None:
+    """The directory a command works on, which holds its run log (`coexist.logs`)."""
+    for name in ("project", "state", "directory"):
+        value = params.get(name)
+        if isinstance(value, Path):
+            return value
+    return None
+
+
+class CoexistCommand(click.Command):
+    """Every command: `-v/--verbose`, a run log, and no traceback for anything that escapes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["-v", "--verbose"],
+                is_flag=True,
+                expose_value=False,
+                callback=_verbose,
+                help="More detail on stderr: ids, every HTTP request and cmdlet (the run's "
+                "log file under logs/ gets it too).",
+            )
+        )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        names: list[str] = []
+        node = ctx
+        while node.parent is not None:  # the root's name is how Python was started: "coexist"
+            names.insert(0, str(node.info_name))
+            node = node.parent
+        command = " ".join(["coexist", *names])
+        run = logs.start(_log_home(ctx.params), command, verbose=bool(ctx.meta.get(VERBOSE)))
+        as_json = bool(ctx.params.get("as_json"))
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except CoexistError as exc:  # commands without @handles_errors
+            _fail(exc, as_json)
+        except Exception as exc:
+            _unexpected(exc, as_json)
+        except BaseException as exc:  # SystemExit (an exit code), KeyboardInterrupt
+            if not isinstance(exc, SystemExit):
+                log.warning("interrupted (%s)", type(exc).__name__)
+            raise
+        finally:
+            run.close()
+
+
+class CoexistGroup(click.Group):
+    """A group whose commands and subgroups are Coexist ones."""
+
+    command_class = CoexistCommand
+    group_class = type  # subgroups (`batch`, `sandbox`) are CoexistGroups too
 
 
 class LiveProgress:
@@ -68,7 +155,8 @@ class LiveProgress:
         text = escape(o.error or o.detail)
         if o.status == "waiting" and o.look_again_at:
             text += f"; looking again at {_clock(o.look_again_at)}"
-        line = f"[{style}]{o.status:8}[/{style}] {o.name:24} {o.label or o.subject}  {text}"
+        who = escape(f"{o.name:24} {o.label or o.subject}")  # a name may hold `[...]`
+        line = f"[{style}]{o.status:8}[/{style}] {who}  {text}"
         (self._bar.console if self._bar else err).print(line)
 
     def advance(self, done: int, total: int) -> None:
@@ -143,6 +231,12 @@ def plan_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--all",
+        "all_users",
+        is_flag=True,
+        help="Every user of the project (never assumed: name a batch or users, or say --all).",
+    )(fn)
     fn = click.option("--users", default=None, help="Comma-separated source addresses.")(fn)
     return click.option(
         "--batch",
@@ -152,40 +246,49 @@ def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _users(users: str | None) -> list[str] | None:
-    return [u.strip() for u in users.split(",") if u.strip()] if users else None
+    """--users as a list, None when not given. A blank `--users " "` stays an empty list,
+    which the command refuses (it once selected every user)."""
+    return None if users is None else [u.strip() for u in users.split(",") if u.strip()]
 
 
 def _render_run(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, default=str))
         return
+    # Everything that comes from the journal or a tenant is escaped: rich would take a
+    # `[redacted]`, a `[target]` or a `[Sales]` in a name for markup and drop it (issue 10).
     if result.get("plan"):
         for w in result.get("writes", []):
-            out.print(f"[cyan]would[/cyan] {w['text']}")
+            out.print(f"[cyan]would[/cyan] {escape(w['text'])}")
         out.print(f"{len(result.get('writes', []))} writes planned; nothing was sent.")
     steps = ", ".join(f"{k} {v}" for k, v in sorted(result.get("steps", {}).items()))
-    out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
+    if result.get("plan"):  # a plan changed nothing
+        out.print(f"steps: {steps or 'none'}; would change {result.get('would_change', 0)}")
+    else:
+        out.print(f"steps: {steps or 'none'}; changed {result.get('changed', 0)}")
     for f in result.get("failed", []):
         out.print(f"[red]failed[/red] {escape(str(f['error']))}\n  next: {escape(str(f['next']))}")
     for w in result.get("waiting", []):
         again = f"; looking again at {_clock(w['look_again_at'])}" if w.get("look_again_at") else ""
         out.print(
-            f"[yellow]waiting[/yellow] {w.get('user') or w['item']} {w['step']}: "
-            f"{escape(w['detail'])}{again}"
+            f"[yellow]waiting[/yellow] {escape(str(w.get('user') or w['item']))} "
+            f"{escape(w['step'])}: {escape(w['detail'])}{again}"
         )
     for sk in result.get("skipped", []):
         out.print(
-            f"[yellow]skipped[/yellow] {sk['user']}: {escape(sk['reason'])}\n  next: {escape(sk['next'])}"
+            f"[yellow]skipped[/yellow] {escape(str(sk['user']))}: {escape(sk['reason'])}"
+            f"\n  next: {escape(sk['next'])}"
         )
     for w in result.get("awaiting_confirmation", []):
         out.print(
-            f"[yellow]confirm[/yellow] {w['user']}: candidates {', '.join(w['candidates'])}\n  next: {w['next_step']}"
+            f"[yellow]confirm[/yellow] {escape(str(w['user']))}: candidates "
+            f"{escape(', '.join(w['candidates']))}\n  next: {escape(w['next_step'])}"
         )
     if result.get("failed"):
         sys.exit(1)
 
 
-@click.group()
+@click.group(cls=CoexistGroup)
 @click.version_option(package_name="coexist")
 def main() -> None:
     """coexist: move mailboxes between Microsoft 365 tenants while both stay in use."""
@@ -203,7 +306,13 @@ def init_cmd(directory: Path, force: bool) -> None:
 
 
 @main.command("permissions")
-@click.option("--command", "command", default=None, help="Only what this command needs.")
+@click.option(
+    "--command",
+    "command",
+    type=click.Choice(sorted(NEEDS)),
+    default=None,
+    help="Only what this command needs.",
+)
 @click.option(
     "--mover",
     type=click.Choice(sorted(MOVER_NEEDS)),
@@ -230,9 +339,13 @@ def permissions_cmd(command: str | None, mover: str | None, as_json: bool) -> No
 @selection_options
 @json_option
 @handles_errors
-def preflight_cmd(project: Path, batch: str | None, users: str | None, as_json: bool) -> None:
+def preflight_cmd(
+    project: Path, batch: str | None, users: str | None, all_users: bool, as_json: bool
+) -> None:
     """Check permissions, scope, domains, forwarding policy, seats and conflicts."""
-    result = commands.preflight_checks(project, batch=batch, users=_users(users))
+    result = commands.preflight_checks(
+        project, batch=batch, users=_users(users), all_users=all_users
+    )
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -276,9 +389,11 @@ def _discovered(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result))
         return
+    would = "would have " if result.get("plan") else ""  # a plan added nothing
     out.print(
-        f"added {len(result['added'])}, aligned {len(result['aligned'])}, unchanged {result['unchanged']}, "
-        f"left scope {len(result['left_scope'])}, skipped {len(result['skipped'])}"
+        f"{would}added {len(result['added'])}, aligned {len(result['aligned'])}, "
+        f"unchanged {result['unchanged']}, left scope {len(result['left_scope'])}, "
+        f"skipped {len(result['skipped'])}"
     )
     for s in result["skipped"]:
         out.print(f"[yellow]skipped[/yellow] {s.get('address') or s['id']}: {escape(s['reason'])}")
@@ -300,15 +415,39 @@ def groups_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @project_option
 @selection_options
 @plan_option
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Take over a target MailUser or mailbox that routes to a user's source mailbox but "
+    "that this project's journal did not make (left by a lost journal); journaled. Without "
+    "it such a user fails, naming the object.",
+)
 @json_option
 @handles_errors
 def provision_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    adopt: bool,
+    as_json: bool,
 ) -> None:
     """Create target MailUsers that forward to the source (or match existing ones)."""
     result = commands.provision(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        adopt=adopt,
+        progress=_progress(as_json),
     )
+    verb = "would adopt" if result.get("plan") else "adopted"
+    for a in [] if as_json else result.get("adopted", []):
+        out.print(
+            escape(f"{verb} {a['user']}: {a['target']} ({a['target_address']})"), style="green"
+        )
     _render_run(result, as_json)
 
 
@@ -322,7 +461,9 @@ def confirm_cmd(project: Path, user: str, target: str, as_json: bool) -> None:
     """match mode: choose the target recipient for an ambiguous user."""
     result = commands.confirm(project, user, target)
     click.echo(
-        json.dumps(result) if as_json else f"{user} → {target}; run `coexist provision` again"
+        json.dumps(result)
+        if as_json
+        else f"{user} → {target}; run `coexist provision --users {user}` again"
     )
 
 
@@ -342,6 +483,7 @@ def prestage_cmd(
     project: Path,
     batch: str | None,
     users: str | None,
+    all_users: bool,
     older_than: str | None,
     since: str | None,
     until: str | None,
@@ -354,6 +496,7 @@ def prestage_cmd(
         project,
         batch=batch,
         users=_users(users),
+        all_users=all_users,
         older_than=older_than,
         since=since,
         until=until,
@@ -371,11 +514,21 @@ def prestage_cmd(
 @json_option
 @handles_errors
 def cutover_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    as_json: bool,
 ) -> None:
     """The final data pass, then swap forwarders (or rename the source)."""
     result = commands.cutover(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        progress=_progress(as_json),
     )
     _render_run(result, as_json)
 
@@ -384,16 +537,52 @@ def cutover_cmd(
 @project_option
 @selection_options
 @plan_option
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Roll back even though mail was delivered to the target mailboxes since cutover "
+    "(it stays there; without --yes the rollback stops and names the count per user).",
+)
 @json_option
 @handles_errors
 def rollback_cmd(
-    project: Path, batch: str | None, users: str | None, plan: bool, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    plan: bool,
+    yes: bool,
+    as_json: bool,
 ) -> None:
     """Undo a cutover from its recorded before-state."""
     result = commands.rollback(
-        project, batch=batch, users=_users(users), plan=plan, progress=_progress(as_json)
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        plan=plan,
+        yes=yes,
+        progress=_progress(as_json),
     )
+    if not as_json:
+        _render_arrivals(result.get("delivered_since_cutover") or [])
     _render_run(result, as_json)
+
+
+def _render_arrivals(rows: list[dict[str, Any]]) -> None:
+    """What rollback leaves in the target mailboxes: mail delivered there since cutover."""
+    kept = [r for r in rows if r["messages"] is None or r["messages"] > 0]
+    if rows and not kept:
+        out.print("no mail was delivered to the target mailboxes since cutover")
+    for r in kept:
+        count = "an unknown number of" if r["messages"] is None else f"{r['messages']:,}"
+        out.print(
+            escape(
+                f"kept in the target: {r['user']}: {count} messages delivered to the target "
+                "mailbox since cutover stay there"
+            ),
+            style="yellow",
+        )
 
 
 @main.command("retry")
@@ -416,10 +605,8 @@ def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @main.command("status")
 @project_option
 @click.option("--batch", default=None)
-@click.option("--state", default=None, help="ok | failed | waiting")
-@click.option(
-    "--phase", default=None, help="discovered | provisioned | prestaged | cutover | rolled-back"
-)
+@click.option("--state", type=click.Choice(USER_STATES), default=None, help="Only this state.")
+@click.option("--phase", type=click.Choice(PHASES), default=None, help="Only this phase.")
 @click.option("--user", default=None, help="One user (any of its addresses).")
 @json_option
 @handles_errors
@@ -437,6 +624,8 @@ def status_cmd(
         click.echo(json.dumps(result, default=str))
         return
     out.print(status_table(result))
+    if result["groups"]:
+        out.print(groups_table(result))
     for row in result["users"] if user else []:
         if row.get("reconciliation"):
             out.print(reconciliation_table(row))
@@ -498,8 +687,26 @@ def status_table(result: dict[str, Any]) -> Table:
             str(r["phase"]),
             f"[{style}]{r['state']}[/{style}]",
             str(r["last_step"] or ""),
-            str(r["data"] or ""),
+            escape(str(r["data"] or "")),
             escape(_why(r)),
+        )
+    return table
+
+
+def groups_table(result: dict[str, Any]) -> Table:
+    """The copied groups: kind, target address, state, members not mapped yet, and why."""
+    table = Table(title="groups")
+    for col in ("group", "kind", "target", "state", "unmapped members", "error / waiting"):
+        table.add_column(col, justify="right" if col == "unmapped members" else "left")
+    for g in result["groups"]:
+        style = STATUS_STYLE.get(str(g["state"]), "white")
+        table.add_row(
+            escape(str(g["group"])),
+            str(g["kind"] or ""),
+            str(g["target"] or ""),
+            f"[{style}]{g['state']}[/{style}]",
+            str(g["unmapped_members"]),
+            escape(_why(g)),
         )
     return table
 
@@ -542,7 +749,15 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
     """Write users (with batch, phase, state) as CSV."""
     text = commands.batch_export(project, batch=batch)
     if output:
-        output.write_text(text)
+        try:
+            write_private(output, text, atomic=False)  # a report of names and addresses
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write {output}: {exc.strerror or exc}",
+                path=str(output),
+                cause=str(exc),
+                next_step="choose an --output path this user can write, on a disk with space",
+            ) from exc
     else:
         click.echo(text, nl=False)
 
@@ -556,10 +771,17 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
 @json_option
 @handles_errors
 def verify_cmd(
-    project: Path, batch: str | None, users: str | None, wait_s: float, as_json: bool
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    wait_s: float,
+    as_json: bool,
 ) -> None:
     """Send probes to each user's source, target and X500 addresses; show where they landed."""
-    result = commands.verify_mailflow(project, batch=batch, users=_users(users), wait_s=wait_s)
+    result = commands.verify_mailflow(
+        project, batch=batch, users=_users(users), all_users=all_users, wait_s=wait_s
+    )
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -616,14 +838,27 @@ def sandbox() -> None:
     show_default=True,
     help="State directory (tenants, CA, connection.json); reused if it exists.",
 )
-@click.option("--port", default=0, show_default=True, help="Port on 127.0.0.1 (0: any free).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port on 127.0.0.1. Default: the port this state directory was served on last "
+    "(so connection.json stays valid), else any free one; 0: any free port.",
+)
 @click.option(
     "--drained",
     is_flag=True,
     help="Start rate buckets empty (benchmarks measure the sustained limit, not the burst).",
 )
+@handles_errors
 def sandbox_serve(
-    seed: int, users: int, profile: str, time_scale: float, state: Path, port: int, drained: bool
+    seed: int,
+    users: int,
+    profile: str,
+    time_scale: float,
+    state: Path,
+    port: int | None,
+    drained: bool,
 ) -> None:
     """Serve a source and a target tenant over HTTPS until interrupted."""
 
@@ -645,8 +880,101 @@ def sandbox_serve(
     )
 
 
+def state_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--state",
+        "state",
+        type=DirPath,
+        default=Path("sandbox-state"),
+        show_default=True,
+        help="The sandbox state directory (running or not).",
+    )(fn)
+
+
+def _through(result: dict[str, Any]) -> str:
+    if result["through"] == "server":
+        return "in the running sandbox"
+    return "in the saved state (the sandbox is not running; it serves this when started)"
+
+
+@sandbox.command("policy")
+@state_option
+@click.option(
+    "--auto-forwarding",
+    "auto_forwarding",
+    type=click.Choice(["on", "off", "automatic"], case_sensitive=False),
+    required=True,
+    help="AutoForwardingMode of the Default outbound spam policy: on allows forwarding "
+    "outside the organization (what coexistence needs), off blocks it, automatic is "
+    "Microsoft's default (blocks it too).",
+)
+@click.option(
+    "--tenant",
+    type=click.Choice(["source", "target", "both"]),
+    default="both",
+    show_default=True,
+    help="Which tenant's policy.",
+)
+@json_option
+@handles_errors
+def sandbox_policy(state: Path, auto_forwarding: str, tenant: str, as_json: bool) -> None:
+    """Set a sandbox tenant's outbound spam policy, as a tenant admin would before a project."""
+    result = commands.sandbox_policy(state, auto_forwarding, tenant)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(escape(f"AutoForwardingMode {_through(result)}:"))
+    for row in result["tenants"]:
+        change = f"{row['before']} → {row['after']}" if row["changed"] else "unchanged"
+        out.print(escape(f"  {row['tenant']} ({row['domain']}) {row['policy']}: {change}"))
+
+
+@sandbox.command("seed-mail")
+@state_option
+@click.option(
+    "--users",
+    "users",
+    required=True,
+    help="Comma-separated mailboxes (SMTP address or UserPrincipalName).",
+)
+@click.option(
+    "--per-user",
+    "per_user",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="Seeded messages each mailbox holds afterwards (ones it already has are kept).",
+)
+@click.option(
+    "--tenant",
+    type=click.Choice(["source", "target"]),
+    default="source",
+    show_default=True,
+    help="The tenant of the mailboxes.",
+)
+@click.option("--seed", default=1, show_default=True, help="Seed of the generated messages.")
+@json_option
+@handles_errors
+def sandbox_seed_mail(
+    state: Path, users: str, per_user: int, tenant: str, seed: int, as_json: bool
+) -> None:
+    """Fill sandbox mailboxes with realistic mail to migrate (dated over a year, in folders)."""
+    result = commands.sandbox_seed_mail(state, users.split(","), per_user, tenant=tenant, seed=seed)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(escape(f"seeded {_through(result)}:"))
+    for row in result["mailboxes"]:
+        out.print(
+            escape(
+                f"  {row['tenant']} {row['user']}: {row['added']} added, "
+                f"{row['seeded']} seeded messages in all"
+            )
+        )
+
+
 @sandbox.command("deliver")
-@click.option("--state", "state", type=DirPath, required=True, help="The sandbox state directory.")
+@state_option
 @click.option("--to", "to", required=True, help="Recipient address (SMTP, X500 or IMCEAEX).")
 @click.option("--from", "sender", default=None, help="Sender address.")
 @click.option(
@@ -655,25 +983,40 @@ def sandbox_serve(
     default=None,
     help="Tenant in which a bare X500 address is resolved (default: the sender's).",
 )
+@click.option("--subject", default="Test message (coexist sandbox deliver)", show_default=True)
+@click.option("--body", default="", help="Plain-text body.")
 @json_option
 @handles_errors
 def sandbox_deliver(
-    state: Path, to: str, sender: str | None, tenant: str | None, as_json: bool
+    state: Path,
+    to: str,
+    sender: str | None,
+    tenant: str | None,
+    subject: str,
+    body: str,
+    as_json: bool,
 ) -> None:
-    """Route a message through the sandbox and say where it ended."""
-    result = commands.sandbox_deliver(state, to, sender, tenant)
+    """Send a message through the running sandbox and say where every copy was stored (when
+    it is not running: where it would go)."""
+    result = commands.sandbox_deliver(state, to, sender, tenant, subject=subject, body=body)
     if as_json:
         click.echo(json.dumps(result))
         return
+    if result.get("note"):
+        err.print(f"[yellow]note:[/yellow] {escape(result['note'])}")
     if result["outcome"] == "delivered":
         for d in result.get("deliveries") or [result]:
-            out.print(f"delivered: {d['tenant']} {d['mailbox']} / {d['folder']}")
+            out.print(escape(f"delivered: {d['tenant']} {d['mailbox']} / {d['folder']}"))
     elif result["outcome"] == "ndr":
-        out.print(f"[red]NDR {result['ndr_code']}[/red] {result.get('ndr_text') or ''}")
+        out.print(f"[red]NDR {result['ndr_code']}[/red] {escape(result.get('ndr_text') or '')}")
     else:
-        out.print(f"{result['outcome']}: {result.get('mailbox') or to}")
+        out.print(escape(f"{result['outcome']}: {result.get('mailbox') or to}"))
+    for copy in result.get("stored", []):
+        where = f"{copy['tenant']} {copy['address']} / {copy['folder']}"
+        out.print(escape(f"  stored: {copy['kind']} copy in {where}"))
     for hop in result.get("hops", []):
-        out.print(f"  hop: {hop}")
+        what = " in ".join(str(hop[k]) for k in ("kind", "tenant") if hop.get(k))
+        out.print(escape(f"  {hop['action']}: {hop.get('address') or ''} ({what})"))
 
 
 @main.command("demo")
@@ -718,8 +1061,6 @@ def demo(
     as_json: bool,
 ) -> None:
     """Seed a sandbox pair and run preflight → discover → groups → provision → prestage → cutover."""
-    if time_scale <= 0:
-        raise click.BadParameter("must be above 0", param_hint="--time-scale")
     result = commands.demo(
         directory,
         seed=seed,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import shlex
 import tempfile
 import time
 from collections import Counter
@@ -16,16 +17,21 @@ from typing import Any
 
 from coexist import batches
 from coexist import preflight as pf
-from coexist.cutover.flow import cutover_plan, rollback_plan
+from coexist.cutover.arrivals import Arrivals, count_arrivals
+from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
-from coexist.journal import Journal
+from coexist.files import private_dir, write_private
+from coexist.journal import Batch, Journal
+from coexist.journal.claims import Writer
 from coexist.migrate.passes import DataPassStep
-from coexist.model import Phase, phase_at_least
-from coexist.permissions import needs
+from coexist.migrate.summary import data_summary, waiting_text
+from coexist.model import PHASES, USER_STATES, Phase, phase_at_least
+from coexist.permissions import MOVER_NEEDS, NEEDS, needs
+from coexist.provisioning.exchange import object_id
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
-from coexist.provisioning.mailusers import readback_plans
+from coexist.provisioning.mailusers import ADOPTED, provision_users
 from coexist.provisioning.plan import MATCHABLE_KINDS
 from coexist.provisioning.provision import (
     plan_targets,
@@ -34,7 +40,7 @@ from coexist.provisioning.provision import (
     target_index,
 )
 from coexist.retry import RetryPolicy
-from coexist.runtime import Session, open_journal, project_dir, session
+from coexist.runtime import Session, open_journal, project_dir, project_writer, session
 from coexist.settings import load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
@@ -49,13 +55,21 @@ def sandbox_serve(
     seed: int = 1,
     users: int = 50,
     profile: str = "fast",
-    port: int = 0,
+    port: int | None = None,
     time_scale: float = 1.0,
     drained: bool = False,
     ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Serve the sandbox pair until interrupted; `ready` gets the connection info."""
+    """Serve the sandbox pair until interrupted; `ready` gets the connection info.
+
+    `port` None: the port this state directory was served on last time, so connection.json
+    stays valid (else any free one); 0: any free port. The port served is remembered.
+    """
+    from coexist.sandbox import admin
     from coexist.sandbox.server import Sandbox, run_forever
+
+    remembered = admin.remembered_port(state) if port is None else None
+    chosen = port if port is not None else (remembered or 0)
 
     def make() -> Sandbox:
         return Sandbox(
@@ -63,29 +77,140 @@ def sandbox_serve(
             seed=seed,
             users=users,
             profile=profile,
-            port=port,
+            port=chosen,
             time_scale=time_scale,
             drained=drained,
         )
 
-    run_forever(make, lambda s: ready(s.connection) if ready else None)
+    def serving(sandbox: Sandbox) -> None:
+        admin.remember_port(state, sandbox.port)
+        if ready:
+            ready(sandbox.connection)
+
+    try:
+        run_forever(make, serving)
+    except admin.PortTaken as exc:
+        raise _port_taken(state, exc.host, exc.port, remembered=remembered is not None) from exc
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+
+
+def _port_taken(state: Path, host: str, port: int, *, remembered: bool) -> InputError:
+    if remembered:
+        return InputError(
+            f"port {port} on {host}, where the sandbox of {state} was served last "
+            "(the port its connection.json names), is in use by another process",
+            next_step="stop that process and serve again; or serve on any free port with "
+            f"`coexist sandbox serve --state {state} --port 0` (then a project that copied "
+            "connection.json's URLs needs them again; one with `sandbox_connection` follows)",
+        )
+    return InputError(
+        f"port {port} on {host} is in use by another process",
+        next_step="choose another --port, or --port 0 for any free port",
+    )
 
 
 def sandbox_deliver(
-    state: Path, to: str, sender: str | None = None, tenant: str | None = None
+    state: Path,
+    to: str,
+    sender: str | None = None,
+    tenant: str | None = None,
+    *,
+    subject: str = "Test message (coexist sandbox deliver)",
+    body: str = "",
 ) -> dict[str, Any]:
-    """Route one message through the sandbox whose state is in `state` (running or not)."""
-    from coexist.sandbox.model import STATE_FILE, World
-    from coexist.sandbox.routing import route
+    """Deliver one message through the running sandbox of `state`: every copy is stored (the
+    recipients' mailboxes, the sender's Sent Items, NDRs) and readable through Graph. When
+    the sandbox is not running, only the route is computed from the saved state, and the
+    result says so (`through`: "route", `stored` empty, `note`)."""
+    from coexist.sandbox import admin
+    from coexist.sandbox.model import World
 
-    if not (state / STATE_FILE).exists():
-        raise InputError(
-            f"no sandbox state in {state} (missing {STATE_FILE})",
-            next_step=f"coexist sandbox serve --state {state}",
-        )
-    world = World.load(state)
-    result: dict[str, Any] = route(world, to, sender=sender, tenant_hint=tenant).to_dict()
+    try:
+        with admin.reach(state) as server:
+            if server is not None:
+                payload = {
+                    "to": to,
+                    "sender": sender,
+                    "tenant": tenant,
+                    "subject": subject,
+                    "body": body,
+                }
+                delivered: dict[str, Any] = server.call("deliver", payload)
+                return delivered
+            result = admin.route_only(World.load(state), to, sender, tenant)
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+    result["note"] = (
+        f"the sandbox of {state} is not running: this is the route computed from its saved "
+        f"state, and no message was stored (serve it with `coexist sandbox serve --state "
+        f"{state}` to deliver one)"
+    )
     return result
+
+
+def sandbox_policy(state: Path, auto_forwarding: str, tenant: str = "both") -> dict[str, Any]:
+    """Set the Default outbound spam policy's AutoForwardingMode (`on`, `off`, `automatic`) in
+    the sandbox's source, target or both tenants: in the running server, else in its saved
+    state (then served on the next start)."""
+    from coexist.sandbox import admin
+    from coexist.sandbox.model import World
+
+    mode = admin.MODES.get(auto_forwarding.lower())
+    if mode is None:
+        raise InputError(
+            f"--auto-forwarding {auto_forwarding!r}: choose one of {', '.join(admin.MODES)}"
+        )
+    tenants = ["source", "target"] if tenant == "both" else [tenant]
+    try:
+        with admin.reach(state) as server:
+            if server is not None:
+                rows = server.call("policy", {"tenants": tenants, "mode": mode})
+                through = "server"
+            else:
+                world = World.load(state)
+                rows = admin.set_auto_forwarding(world, tenants, mode)
+                if any(r["changed"] for r in rows):
+                    world.save(state)
+                through = "state"
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+    return {"state": str(state), "through": through, "tenants": rows}
+
+
+def sandbox_seed_mail(
+    state: Path, users: list[str], per_user: int, *, tenant: str = "source", seed: int = 1
+) -> dict[str, Any]:
+    """Give each named mailbox `per_user` seeded messages (dated over the past year, in
+    folders as real mailboxes have them; `coexist.sandbox.mailseed`), through the running
+    server or into the saved state. Messages a mailbox already holds from the same seed are
+    not added again."""
+    from coexist.sandbox import admin
+    from coexist.sandbox.mailstore import MAIL_DB, MailStore
+    from coexist.sandbox.model import World
+
+    names = [u.strip() for u in users if u.strip()]
+    if not names:
+        raise InputError("--users names no mailbox", next_step="--users alice@...,bob@...")
+    if per_user < 1:
+        raise InputError(f"--per-user {per_user}: give at least 1 message per mailbox")
+    try:
+        with admin.reach(state) as server:
+            if server is not None:
+                payload = {"tenant": tenant, "users": names, "per_user": per_user, "seed": seed}
+                rows = server.call("seed-mail", payload)
+                through = "server"
+            else:
+                world = World.load(state)
+                store = MailStore(state / MAIL_DB)
+                try:
+                    rows = admin.seed_mail(world, store, tenant, names, per_user, seed)
+                finally:
+                    store.close()
+                through = "state"
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+    return {"state": str(state), "through": through, "mailboxes": rows}
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -116,10 +241,12 @@ def _result(sess: Session, **extra: Any) -> dict[str, Any]:
         for o in sess.outcomes
         if o.status == "waiting"
     ]
+    changed = sum(1 for o in sess.outcomes if o.changed)
     out: dict[str, Any] = {
         "plan": sess.planning,
         "steps": dict(counts),
-        "changed": sum(1 for o in sess.outcomes if o.changed),
+        # A plan changed nothing: it counts what the real run would change (issue 10).
+        ("would_change" if sess.planning else "changed"): changed,
         "failed": failed,
         "waiting": waiting,
         "skipped": sess.skipped,
@@ -132,6 +259,75 @@ def _result(sess: Session, **extra: Any) -> dict[str, Any]:
     return out
 
 
+# -- arguments: every one checked before the command's first write ---------------------------
+def check_selection(
+    what: str,
+    batch: str | Path | None,
+    users: list[str] | None,
+    all_users: bool,
+    *,
+    default_all: bool = False,
+) -> list[str] | None:
+    """An explicit selection: exactly one of --batch, --users, --all, none of them blank.
+
+    A blank `--users " "` once selected every user (issue 10): a selection that names
+    nobody is an error, and acting on every user takes `--all` unless the command only
+    reads (`default_all`: preflight). Returns the named users, blanks dropped.
+    """
+    given = [
+        name
+        for name, value in (("--batch", batch), ("--users", users), ("--all", all_users or None))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise InputError(
+            f"{what}: pass one of --batch, --users or --all, not {' and '.join(given)}",
+            next_step=f"coexist {what} --batch FILE.csv  (or --users a@example.com, or --all)",
+        )
+    if batch is not None and not str(batch).strip():
+        raise InputError(
+            f"{what}: --batch is blank: it must name a batch CSV file or a batch name",
+            next_step=f"coexist {what} --batch NAME  (`coexist batch export` lists the batches)",
+        )
+    named = None if users is None else [u.strip() for u in users if u.strip()]
+    if named == []:
+        raise InputError(
+            f"{what}: --users names no user (it is empty or blank)",
+            next_step=f"coexist {what} --users a@example.com,b@example.com  (or --all)",
+        )
+    if not given and not default_all:
+        raise InputError(
+            f"{what}: no users selected; pass --batch, --users, or --all for every user "
+            "of the project",
+            next_step=f"coexist {what} --batch FILE.csv  (or --users a@example.com, or --all)",
+        )
+    return named
+
+
+def _duration_arg(option: str, value: str | None) -> dt.timedelta | None:
+    """A duration from the command line (90d, 12h, 1d12h), refused before any write."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}", next_step=f"{option} 90d") from None
+
+
+def _choice_arg(option: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """A value that must be one of `choices` (click checks too; tests call commands)."""
+    if value is not None and value not in choices:
+        raise InputError(
+            f"{option} {value!r} is not one of: {', '.join(choices)}",
+            next_step=f"{option} {choices[0]}",
+        )
+
+
+def _blank_arg(option: str, value: str | None) -> None:
+    if value is not None and not value.strip():
+        raise InputError(f"{option} is blank", next_step=f"leave out {option}, or give a value")
+
+
 def _selected(
     sess: Session,
     *,
@@ -140,7 +336,11 @@ def _selected(
     phase_at_least_: Phase | None = None,
     what: str,
 ) -> list[dict[str, Any]]:
-    """The users a command works on: a batch (CSV file or recorded name), a list, or all."""
+    """The users a command works on: a batch (CSV file or recorded name), a list, or all.
+
+    The selection was checked by `check_selection` before the command started: here no
+    batch and no users means `--all` (or a command that reads every user by default).
+    """
     items = sess.journal.items(kind="user")
     if not items:
         raise InputError(
@@ -194,8 +394,10 @@ def _previous_command(phase: Phase, directory: Path) -> str:
 
 def _mark(sess: Session, items: list[dict[str, Any]], command: str) -> None:
     if not sess.planning:
+        marks = Batch()  # one write for the users of the command, not one per user
         for i in items:
-            set_item(sess.journal, "user", i["key"], last_command=command)
+            set_item(marks, "user", i["key"], last_command=command)
+        sess.journal.write_batch(marks)
 
 
 # -- resuming an interrupted prestage / cutover ------------------------------------------
@@ -341,6 +543,8 @@ def init(directory: Path, *, overrides: dict[str, Any] | None = None, force: boo
 def permissions(command: str | None = None, mover: str | None = None) -> list[dict[str, str]]:
     """Exactly which permissions a command (or every command) needs, per tenant; with
     `mover`, what that data mover adds to the data passes."""
+    _choice_arg("--command", command, tuple(sorted(NEEDS)))
+    _choice_arg("--mover", mover, tuple(sorted(MOVER_NEEDS)))
     return [
         {
             "tenant": n.tenant,
@@ -418,68 +622,123 @@ def provision(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     plan: bool = False,
+    adopt: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Target MailUsers forwarding to the source, with X500 proxies (match or create)."""
+    """Target MailUsers forwarding to the source, with X500 proxies (match or create).
 
-    args = {"batch": str(batch) if batch else None, "users": users}
+    `adopt`: a target MailUser or mailbox that routes to a user's source mailbox but that
+    this journal did not make (an orphan of a lost journal) is taken over, journaled, instead
+    of failing the user (coexist.provisioning.orphans).
+    """
+    users = check_selection("provision", batch, users, all_users)
+    args = {
+        "batch": str(batch) if batch else None,
+        "users": users,
+        "all": all_users,
+        "adopt": adopt,
+    }
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="provision")
         _mark(sess, items, "provision")
         targets = await plan_targets(sess.ctx, items)
-        plans, waiting = provision_plans(sess.ctx, items, targets)
+        plans, waiting = provision_plans(sess.ctx, items, targets, adopt=adopt)
         limit = sess.project.engine.concurrency_per_tenant
-        await sess.runner.run(plans, limit)
         # The target address is journaled as Exchange reads it back after every write
         # (New-MailUser makes the *source* address primary: never trust what was sent).
-        await sess.runner.run(readback_plans(sess.ctx, plans, sess.outcomes), limit)
-        return _result(sess, users=len(items), awaiting_confirmation=waiting)
+        await provision_users(sess.runner, sess.ctx, plans, sess.outcomes, limit)
+        return _result(
+            sess,
+            users=len(items),
+            awaiting_confirmation=waiting,
+            adopted=_adoptions(sess, plans),
+        )
 
     return _in_session(
         directory, "provision", args, plan=plan, retry=retry, on_outcome=progress, body=body
     )
 
 
+def _adoptions(sess: Session, plans: list[ItemPlan]) -> list[dict[str, Any]]:
+    """The orphans this run took over (provision --adopt), by user and target name."""
+    taken: dict[str, dict[str, Any]] = sess.ctx.cache.get(ADOPTED, {})
+    ok = {
+        o.subject for o in sess.outcomes if o.name == "provision.mailuser" and o.status != "failed"
+    }
+    return [
+        {
+            "user": p.label,
+            "item": p.key,
+            "target": taken[p.key].get("Name"),
+            "target_address": taken[p.key].get("PrimarySmtpAddress"),
+            "target_id": object_id(taken[p.key]),
+        }
+        for p in plans
+        if p.key in taken and p.key in ok
+    ]
+
+
 def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
     """match mode: the operator picks the target recipient for an ambiguous user."""
     project = load_project(project_dir(directory))
     journal = open_journal(project)
+    writer: Writer | None = None
     try:
+        writer = project_writer(journal, "confirm")
         item = batches.select(journal.items(kind="user"), [user], what="confirm")[0]
         plan = dict((item.get("detail") or {}).get("target_plan") or {})
         if not plan:
-            raise InputError(f"{user} has no target plan yet", next_step="coexist provision first")
+            raise InputError(
+                f"{user} has no target plan yet", next_step=f"coexist provision --users {user}"
+            )
         _check_confirmable(journal, item, plan, user, target)
         plan.update(matched_id=target, candidates=[], candidate_kinds=[])
         set_item(journal, "user", item["key"], target_plan=plan, state="ok", waiting_for=None)
         return {"user": user, "target": target}
     finally:
+        if writer is not None:
+            writer.close()
         journal.close()
 
 
 def _check_confirmable(
     journal: Journal, item: dict[str, Any], plan: dict[str, Any], user: str, target: str
 ) -> None:
-    """A confirmed target must be a candidate, able to hold a mailbox, and nobody else's."""
+    """Only a user waiting for a match takes a target: one of its candidates, able to hold
+    a mailbox, and nobody else's.
+
+    Waiting for a match is what provision decides it is (`provision_plans`): candidates
+    and no match yet. Any other user's target is its own business: a cut-over user once
+    took `--target ../../etc` and had it journaled (issue 10).
+    """
     candidates = list(plan.get("candidates") or [])
-    if candidates and target not in candidates:
+    if not candidates or plan.get("matched_id"):
         raise InputError(
-            f"{target} is not one of the candidates for {user}: {', '.join(candidates)}",
+            f"{user} is not waiting for a match (phase {item.get('phase')}, state "
+            f"{item.get('state')}): confirm only chooses among the candidates provision found",
+            next_step="coexist status --state waiting  (the users waiting, and what for)",
         )
     kinds = dict(zip(candidates, plan.get("candidate_kinds") or [], strict=False))
+    usable = [c for c in candidates if kinds.get(c) in MATCHABLE_KINDS | {None}]
+    next_step = (
+        f"coexist confirm --user {user} --target {usable[0]}"
+        if usable
+        else "no candidate can: remove the conflicting recipient or use create mode"
+    )
+    if target not in candidates:
+        raise InputError(
+            f"{target} is not one of the candidates for {user}: {', '.join(candidates)}",
+            next_step=next_step,
+        )
     kind = kinds.get(target)
     if kind and kind not in MATCHABLE_KINDS:
-        usable = [c for c in candidates if kinds.get(c) in MATCHABLE_KINDS]
         raise InputError(
             f"{target} is a {kind}: only a MailUser or a mailbox can take over {user}",
-            next_step=(
-                f"coexist confirm --user {user} --target {usable[0]}"
-                if usable
-                else "no candidate can: remove the conflicting recipient or use create mode"
-            ),
+            next_step=next_step,
         )
     for other in journal.items(kind="user"):
         if other["key"] == item["key"]:
@@ -568,6 +827,7 @@ def prestage(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     older_than: str | None = None,
     since: str | None = None,
     until: str | None = None,
@@ -585,12 +845,18 @@ def prestage(
     through its steps on its own, and a run killed midway is continued where each user
     stopped (see "resuming an interrupted prestage / cutover").
     """
+    # Every argument is checked here, before the session: a bad one used to surface only
+    # after licences were assigned and mailboxes created (issue 10).
+    users = check_selection("prestage", batch, users, all_users)
+    older = _duration_arg("--older-than", older_than)
     start, end = _instant_arg("--since", since), _instant_arg("--until", until)
     if start and end and start >= end:
         raise InputError(f"--since {since} is not before --until {until}: the window is empty")
+    when = _at_arg(at)
     args = {
         "batch": str(batch) if batch else None,
         "users": users,
+        "all": all_users,
         "older_than": older_than,
         "since": since,
         "until": until,
@@ -618,7 +884,7 @@ def prestage(
                 sess.journal.lock_setting("license_sku", sku_id)
         todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
-        window = parse_duration(older_than) if older_than else sess.project.prestage.older_than
+        window = older if older is not None else sess.project.prestage.older_than
         at_reached = False  # --at: the passes start at that time, once
 
         def data_pass(item: dict[str, Any]) -> ItemPlan:
@@ -639,12 +905,12 @@ def prestage(
         async def one_round(batch: list[dict[str, Any]]) -> None:
             nonlocal at_reached
             ready = {i["key"]: prestage_plans(sess.ctx, i, sku_id) for i in batch}
-            if at and not at_reached:
+            if when and not at_reached:
                 # The passes start at --at: until then each user only gets ready.
                 first = len(sess.outcomes)
                 await sess.runner.run(list(ready.values()), limit)
                 stuck = _round_outcomes(sess, first, "failed", "waiting")
-                await _wait_until(at)
+                await _wait_until(when)
                 at_reached = True
                 passes = [data_pass(i) for i in batch if i["key"] not in stuck]
                 await sess.runner.run(passes, limit)
@@ -661,13 +927,18 @@ def prestage(
     )
 
 
-async def _wait_until(at: str) -> None:
+def _at_arg(at: str | None) -> dt.datetime | None:
+    """--at: an ISO time, local time when it has no offset."""
+    if not at:
+        return None
     try:
         when = dt.datetime.fromisoformat(at)
     except ValueError:
         raise InputError(f"--at {at!r} is not an ISO time (e.g. 2026-11-23T02:00)") from None
-    if when.tzinfo is None:
-        when = when.astimezone()
+    return when if when.tzinfo else when.astimezone()
+
+
+async def _wait_until(when: dt.datetime) -> None:
     delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -679,6 +950,7 @@ def cutover(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
@@ -689,8 +961,8 @@ def cutover(
     over every user it got to, and the next run continues the others (a final pass that
     already finished is not run again).
     """
-
-    args = {"batch": str(batch) if batch else None, "users": users}
+    users = check_selection("cutover", batch, users, all_users)
+    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(
@@ -741,31 +1013,131 @@ def rollback(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     plan: bool = False,
+    yes: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Undo a cutover from the before-state it recorded."""
+    """Undo a cutover from the before-state it recorded.
 
-    args = {"batch": str(batch) if batch else None, "users": users}
+    A user named in `users` that was never cut over is an error, before any write; a
+    batch or `all_users` rolls back those of its users that were cut over (the others
+    are reported as skipped), and is an error when none was.
+
+    Mail delivered to a target mailbox since its cutover stays there (rollback moves no
+    mail): it is counted per user first, and without `yes` any such mail (or a count that
+    failed) stops the rollback before its first write (InputError, rc 2).
+    """
+    users = check_selection("rollback", batch, users, all_users)
+    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users, "yes": yes}
 
     async def body(sess: Session) -> dict[str, Any]:
-        items = _selected(sess, batch=batch, users=users, what="rollback")
-        items = [
-            i for i in items if i.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
-        ]
+        chosen = _selected(sess, batch=batch, users=users, what="rollback")
+        plans = {i["key"]: rollback_plan(sess.ctx, i) for i in chosen}
+        items = [i for i in chosen if _was_cut_over(i, plans[i["key"]])]
+        _refuse_never_cut_over(sess, [i for i in chosen if i not in items], named=users, left=items)
+        arrived = await _arrivals(sess, items)
+        if not (yes or sess.planning):
+            _confirm_rollback(sess, arrived, batch=batch, users=users)
         _mark(sess, items, "rollback")
-        plans = [rollback_plan(sess.ctx, i) for i in items]
-        await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
-        return _result(sess, users=len(items))
+        await sess.runner.run(
+            [plans[i["key"]] for i in items], sess.project.engine.concurrency_per_tenant
+        )
+        return _result(
+            sess, users=len(items), delivered_since_cutover=[a.to_dict() for a in arrived]
+        )
 
     return _in_session(
         directory, "rollback", args, plan=plan, retry=retry, on_outcome=progress, body=body
     )
 
 
+def _was_cut_over(item: dict[str, Any], plan: ItemPlan) -> bool:
+    """Cut over (or rolled back), or partly: a cutover step recorded a before-state to restore."""
+    return item.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value) or bool(plan.steps)
+
+
+def _refuse_never_cut_over(
+    sess: Session,
+    never: list[dict[str, Any]],
+    *,
+    named: list[str] | None,
+    left: list[dict[str, Any]],
+) -> None:
+    """Users with nothing to undo: an error when named or when no one is left, else skipped.
+
+    Rolling back a user that was never cut over once printed 'steps: none' and exited 0
+    (issue 10): the operator had most likely named the wrong user.
+    """
+    if not never:
+        return
+    shown = [f"{i.get('source_address')} (phase {i.get('phase')})" for i in never]
+    if named is not None or not left:
+        first = never[0].get("source_address")
+        raise InputError(
+            f"rollback: never cut over, nothing to undo: {', '.join(shown[:10])}"
+            + (" …" if len(shown) > 10 else ""),
+            next_step=f"coexist status --project {sess.project.directory} --user {first}",
+            users=[i.get("source_address") for i in never],
+        )
+    for i in never:
+        sess.skipped.append(
+            {
+                "user": i.get("source_address"),
+                "reason": f"never cut over (phase {i.get('phase')}): nothing to roll back",
+                "next": f"coexist status --project {sess.project.directory} --user "
+                f"{i.get('source_address')}",
+            }
+        )
+
+
+async def _arrivals(sess: Session, items: list[dict[str, Any]]) -> list[Arrivals]:
+    """Mail in each still cut-over user's target mailbox since its cutover (arrivals.py)."""
+    live = [i for i in items if i.get("phase") == Phase.CUTOVER.value]
+    gate = asyncio.Semaphore(sess.project.engine.concurrency_per_tenant)
+
+    async def one(item: dict[str, Any]) -> Arrivals:
+        async with gate:
+            return await count_arrivals(sess.ctx, item)
+
+    return list(await asyncio.gather(*(one(i) for i in live)))
+
+
+def _confirm_rollback(
+    sess: Session,
+    arrived: list[Arrivals],
+    *,
+    batch: str | Path | None,
+    users: list[str] | None,
+) -> None:
+    """Stop (rc 2, nothing written) when mail delivered since cutover would stay behind."""
+    left = [a for a in arrived if a.needs_confirmation]
+    if not left:
+        return
+    if batch:
+        selection = f" --batch {shlex.quote(str(batch))}"
+    else:
+        selection = f" --users {shlex.quote(','.join(users))}" if users else " --all"
+    raise InputError(
+        "mail delivered to the target since cutover stays in the target mailbox after a "
+        "rollback (rollback restores routing, it moves no mail): "
+        + "; ".join(a.text() for a in left),
+        next_step=(
+            "look at that mail in the target mailboxes (move it back yourself if needed), "
+            f"then: coexist rollback --project {sess.project.directory}{selection} --yes"
+        ),
+        delivered_since_cutover=[a.to_dict() for a in left],
+    )
+
+
 # -- retry -------------------------------------------------------------------------------
-RETRYABLE = {"provision": provision, "prestage": prestage, "cutover": cutover, "rollback": rollback}
+RETRYABLE: dict[str, Callable[..., dict[str, Any]]] = {
+    "provision": provision,
+    "prestage": prestage,
+    "cutover": cutover,
+    "rollback": rollback,
+}
 
 
 def retry(
@@ -799,8 +1171,16 @@ def retry(
     results: dict[str, Any] = {}
     for cmd in ("rollback", "provision", "prestage", "cutover"):
         if cmd in todo:
+            # A rollback that failed part-way was confirmed when it started (its users are
+            # marked only past the --yes gate): retry finishes it rather than asking again.
+            extra = {"yes": True} if cmd == "rollback" else {}
             results[cmd] = RETRYABLE[cmd](
-                directory, users=todo[cmd], plan=plan, retry=retry_policy, progress=progress
+                directory,
+                users=todo[cmd],
+                plan=plan,
+                retry=retry_policy,
+                progress=progress,
+                **extra,
             )
     if retry_groups:
         results["groups"] = groups(directory, plan=plan, retry=retry_policy, progress=progress)
@@ -817,18 +1197,33 @@ def status(
     user: str | None = None,
 ) -> dict[str, Any]:
     """Where every user (and group) stands: phase, state, last step, data, errors."""
+    # A misspelt filter once printed an empty table with rc 0 (issue 10).
+    _choice_arg("--phase", phase, PHASES)
+    _choice_arg("--state", state, USER_STATES)
+    _blank_arg("--batch", batch)
+    _blank_arg("--user", user)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
         items = journal.items(kind="user", batch=batch, state=state, phase=phase)
+        if batch is not None and not journal.items(kind="user", batch=batch):
+            raise InputError(
+                f"no users in batch {batch!r}",
+                next_step="coexist batch export  (lists every user with its batch)",
+            )
         if user:
             items = batches.select(items, [user], what="status --user")
         failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
+        passes: dict[str, list[dict[str, Any]]] = {}
+        for record in journal.passes():
+            passes.setdefault(str(record["item_key"]), []).append(record)
+        mover = project.migration.mover  # now, not when the passes ran
         last_ok: dict[str, int] = {}  # per command, read once
         rows = []
         for i in items:
             detail = i.get("detail") or {}
             err = failed_steps.get(i["key"])
+            data = data_summary(passes.get(i["key"], []), mover, detail.get("reconciliation"))
             rows.append(
                 {
                     "user": i.get("source_address"),
@@ -838,8 +1233,9 @@ def status(
                     "phase": i.get("phase"),
                     "state": i.get("state"),
                     "last_step": detail.get("last_step"),
-                    "data": detail.get("data_state"),
-                    "waiting_for": detail.get("waiting_for"),
+                    "data": data.text(),
+                    "data_passes": data.to_dict(),
+                    "waiting_for": waiting_text(detail.get("waiting_for"), mover),
                     "waiting_since": detail.get("waiting_since"),
                     "look_again_at": detail.get("look_again_at"),
                     "error": err.get("error_message") if err else None,
@@ -850,6 +1246,10 @@ def status(
             if user:  # one user: the last reconciliation of source and target folders too
                 rows[-1]["reconciliation"] = detail.get("reconciliation")
             _show_unfinished(journal, i, rows[-1], project.directory, last_ok)
+        # Groups belong to no batch and no user; a --state or --phase filter applies to them.
+        groups_shown = (
+            [] if (user or batch) else journal.items(kind="group", state=state, phase=phase)
+        )
         group_rows = [
             {
                 "group": g.get("name"),
@@ -859,8 +1259,10 @@ def status(
                 "unmapped_members": len((g.get("detail") or {}).get("unmapped_members") or []),
                 "waiting_for": (g.get("detail") or {}).get("waiting_for"),
                 "look_again_at": (g.get("detail") or {}).get("look_again_at"),
+                "error": (failed_steps.get(g["key"]) or {}).get("error_message"),
+                "next": (failed_steps.get(g["key"]) or {}).get("next_step"),
             }
-            for g in journal.items(kind="group")
+            for g in groups_shown
         ]
         summary = Counter(f"{r['phase']}/{r['state']}" for r in rows)
         return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
@@ -933,6 +1335,7 @@ def _show_unfinished(
 
 def batch_import(directory: Path | None, file: Path, *, name: str | None = None) -> dict[str, Any]:
     """Record batch names from an operator's CSV (every row must be a known user, once)."""
+    _blank_arg("--name", name)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
@@ -957,6 +1360,8 @@ def batch_import(directory: Path | None, file: Path, *, name: str | None = None)
 
 
 def batch_export(directory: Path | None, *, batch: str | None = None) -> str:
+    """The users (of one batch) as CSV: addresses, batch, phase, state."""
+    _blank_arg("--batch", batch)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
@@ -971,8 +1376,13 @@ def preflight_checks(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
 ) -> dict[str, Any]:
-    """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts."""
+    """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts.
+
+    Reads only: with no selection it checks every discovered user.
+    """
+    users = check_selection("preflight", batch, users, all_users, default_all=True)
 
     async def body(sess: Session) -> dict[str, Any]:
         ctx = sess.ctx
@@ -992,7 +1402,7 @@ def preflight_checks(
         checks += await pf.check_forwarding(ctx, chosen)
         checks += await pf.check_licenses(ctx, chosen)
         checks += pf.check_usage_location(ctx, chosen)
-        checks += pf.check_conflicts(await target_index(ctx), ctx, chosen)
+        checks += await pf.check_conflicts(await target_index(ctx), ctx, chosen)
         return {
             "ok": all(c.status != "fail" for c in checks),
             "checks": [c.to_dict() for c in checks],
@@ -1007,9 +1417,16 @@ def verify_mailflow(
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
+    all_users: bool = False,
     wait_s: float = 60.0,
 ) -> dict[str, Any]:
-    """Send probes to each user's addresses and report where each one landed."""
+    """Send probes to each user's addresses and report where each one landed.
+
+    Probes land in people's mailboxes: probing every user takes `all_users`.
+    """
+    users = check_selection("verify-mailflow", batch, users, all_users)
+    if wait_s < 0:
+        raise InputError(f"--wait {wait_s:g} is negative", next_step="--wait 60")
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
@@ -1195,9 +1612,20 @@ def demo(
     """
     from coexist.sandbox import mailseed
     from coexist.sandbox import seed as sandbox_seed
+    from coexist.sandbox.limits import PROFILES
     from coexist.sandbox.server import Sandbox
 
-    base = (directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve()
+    # Checked before the sandbox starts or anything is written in the directory.
+    _choice_arg("--profile", profile, PROFILES)
+    _choice_arg("--mode", mode, MODES)
+    if time_scale <= 0:
+        raise InputError(f"--time-scale {time_scale:g} must be above 0", next_step="--time-scale 1")
+    if users < 1 or items < 0:
+        raise InputError(
+            f"--users {users} must be at least 1 (and items {items} not negative)",
+            next_step="--users 50",
+        )
+    base = private_dir((directory or Path(tempfile.mkdtemp(prefix="coexist-demo-"))).resolve())
     state = base / "sandbox"
     # The project lives in DIR itself and the sandbox state in DIR/sandbox, so
     # `coexist status --project DIR` and `coexist sandbox deliver --state DIR/sandbox`
@@ -1268,20 +1696,20 @@ def demo(
         say("groups")
         results["groups"] = groups(project, progress=progress)
         say("provision")
-        results["provision"] = provision(project, progress=progress)
+        results["provision"] = provision(project, all_users=True, progress=progress)
         say("groups again: members provisioned since the first run are added")
         results["groups_again"] = groups(project, progress=progress)
         say("mail flow after provision")
-        results["verify_provisioned"] = verify_mailflow(project, wait_s=5)
+        results["verify_provisioned"] = verify_mailflow(project, all_users=True, wait_s=5)
         say("prestage (convert, license, forward back, data pass)")
-        results["prestage"] = prestage(project, progress=progress)
+        results["prestage"] = prestage(project, all_users=True, progress=progress)
         results["waited"] = wait_out(project, bound_s=bound_s, say=say, progress=progress)
-        results["verify_prestaged"] = verify_mailflow(project, wait_s=5)
+        results["verify_prestaged"] = verify_mailflow(project, all_users=True, wait_s=5)
         say(f"cutover ({mode})")
-        results["cutover"] = cutover(project, progress=progress)
+        results["cutover"] = cutover(project, all_users=True, progress=progress)
         results["waited"] += wait_out(project, bound_s=bound_s, say=say, progress=progress)
         say("mail flow after cutover")
-        results["verify"] = verify_mailflow(project, wait_s=5)
+        results["verify"] = verify_mailflow(project, all_users=True, wait_s=5)
         results["status"] = status(project)
         results["data"] = data_report(project)
         for line in data_lines(results["data"]):
@@ -1301,5 +1729,5 @@ def demo(
         project=str(project),
         state=str(state),
     )
-    (base / "demo-summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_private(base / "demo-summary.json", json.dumps(results, indent=2, default=str) + "\n")
     return results

@@ -29,6 +29,9 @@ class Phase(StrEnum):
 
 
 PHASE_ORDER = [Phase.DISCOVERED, Phase.PROVISIONED, Phase.PRESTAGED, Phase.CUTOVER]
+PHASES = tuple(p.value for p in Phase)
+# A user's state: its last command's outcome (the runner sets it; `status --state` filters it).
+USER_STATES = ("ok", "failed", "waiting")
 
 
 def phase_at_least(phase: str | None, wanted: Phase) -> bool:

@@ -147,7 +147,16 @@ NEEDS: dict[str, list[Need]] = {
     ],
 }
 NEEDS["rediscover"] = NEEDS["discover"]
-NEEDS["rollback"] = NEEDS["cutover"]
+NEEDS["rollback"] = [
+    *NEEDS["cutover"],
+    # user-list-messages: Mail.ReadBasic.All is the least privileged application permission.
+    Need(
+        "target",
+        "graph",
+        ("Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite"),
+        "count mail delivered to target mailboxes since cutover (it stays there)",
+    ),
+]
 
 # What each data mover needs on top, in the commands that run data passes (`[migration]
 # mover`). Least privileged first, from each API page's "Permissions" table (application).

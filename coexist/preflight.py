@@ -6,6 +6,7 @@ non-zero; a `warn` is for the operator to judge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from coexist.permissions import (
 )
 from coexist.provisioning.exchange import object_id
 from coexist.provisioning.index import TargetIndex
+from coexist.provisioning.orphans import Obstacles, check_live, describe, obstacles
 from coexist.provisioning.provision import source_of
 
 
@@ -65,6 +67,8 @@ async def check_permissions(ctx: Context, commands: list[str]) -> list[Check]:
             try:
                 granted[(side.label, api)] = await adapter.granted()
             except CoexistError as exc:
+                if exc.stops_run:  # unreachable or untrusted endpoint: no check can run
+                    raise
                 out.append(
                     Check(f"{side.label} {api} sign-in", "fail", exc.message, exc.next_step or "")
                 )
@@ -149,6 +153,8 @@ async def check_scope(ctx: Context) -> list[Check]:
     try:
         group = await find_scope_group(ctx.source.graph, name)
     except CoexistError as exc:
+        if exc.stops_run:
+            raise
         return [Check("scope group", "fail", exc.message, exc.next_step or "")]
     members = await transitive_user_ids(ctx.source.graph, group["id"])
     if not members:
@@ -572,24 +578,91 @@ def check_usage_location(ctx: Context, batch: list[dict[str, Any]]) -> list[Chec
     return [Check("usage location", "ok", "every user has one")]
 
 
-def check_conflicts(index: TargetIndex, ctx: Context, batch: list[dict[str, Any]]) -> list[Check]:
+async def check_conflicts(
+    index: TargetIndex, ctx: Context, batch: list[dict[str, Any]]
+) -> list[Check]:
+    """What is in the way in the target: objects this journal did not make that hold or route
+    to a user's source address (orphans.py: provision would fail on them), and planned
+    addresses taken by others (create mode: a numeric suffix; match mode: a match)."""
     dest = ctx.project.domains.destination_domain.lower()
-    taken = []
+    mode = ctx.project.mail_users.mode
+    taken: list[str] = []
+    blocked: list[Obstacles] = []
+    adoptable: list[Obstacles] = []
     for item in batch:
         if item.get("target_id"):
             continue
-        local = split_address(source_of(item).primary_smtp)[0]
+        src = source_of(item)
+        if mode == "create":  # match mode pairs users with what is there by design
+            seen = await check_live(ctx.target.exo, _obstacles(ctx, index, item))
+            if seen.adoptable is not None:
+                adoptable.append(seen)
+                continue
+            if seen.found:
+                blocked.append(seen)
+                continue
+        local = split_address(src.primary_smtp)[0]
         owner = index.owner(f"{local}@{dest}")
         if owner is not None:
             taken.append(f"{local}@{dest} ({owner.get('Name')})")
+    out = [*_collision_checks(blocked, adoptable)]
     if not taken:
-        return [Check("name conflicts", "ok", "no planned address is taken in the target")]
-    mode = ctx.project.mail_users.mode
+        out.append(Check("name conflicts", "ok", "no planned address is taken in the target"))
+        return out
     what = "will get a numeric suffix" if mode == "create" else "will be matched"
-    return [
+    out.append(
         Check(
             "name conflicts",
             "warn",
             f"{len(taken)} addresses taken ({what}): " + "; ".join(taken[:5]),
         )
-    ]
+    )
+    return out
+
+
+def _obstacles(ctx: Context, index: TargetIndex, item: dict[str, Any]) -> Obstacles:
+    src = source_of(item)
+    return obstacles(
+        index,
+        str(item.get("source_address") or src.primary_smtp),
+        forwarding_address(src, ctx.project.domains.source_forwarding_domain),
+        src.x500_proxies(),
+        replace_contacts=ctx.project.mail_users.replace_contacts,
+    )
+
+
+def _collision_checks(blocked: list[Obstacles], adoptable: list[Obstacles]) -> list[Check]:
+    """A fail row for objects provision cannot create past, a warn row for orphans it can
+    adopt; each names the users, the objects and the command."""
+    out = []
+    if blocked:
+        out.append(
+            Check(
+                "address collisions",
+                "fail",
+                f"{len(blocked)} users: provision would fail on a target object coexist did "
+                "not create: " + _each(blocked, lambda s: s.problem()),
+                _each(blocked, lambda s: s.fix()),
+            )
+        )
+    if adoptable:
+        users = ",".join(s.user for s in adoptable)
+        out.append(
+            Check(
+                "orphaned target objects",
+                "warn",
+                f"{len(adoptable)} users already have a target object that routes to their "
+                "source mailbox but that this project's journal did not make (a lost journal, "
+                "or another tool); provision stops these users unless told to adopt: "
+                + _each(adoptable, lambda s: describe(s.found[0])),
+                f"coexist provision --adopt --users {users}  (takes them over, journaled), "
+                "or remove the objects from the target",
+            )
+        )
+    return out
+
+
+def _each(rows: list[Obstacles], text: Callable[[Obstacles], str]) -> str:
+    """Per user, at most five, then how many more."""
+    shown = "; ".join(f"{s.user}: {text(s)}" for s in rows[:5])
+    return shown + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")

@@ -1,6 +1,7 @@
 """Retry policies: injected objects, so tests can fail fast and production can wait.
 
-Only `TransientError` is retried (throttling, 5xx, dropped connections). When
+Only `TransientError` is retried (throttling, 5xx, dropped connections), and not one
+its client library already retried (`retryable=False`: the token endpoint). When
 the service said how long to wait (Retry-After), that wins over backoff —
 Microsoft's throttling guidance: learn.microsoft.com/graph/throttling
 ("wait the number of seconds specified in the Retry-After header").
@@ -17,14 +18,19 @@ from typing import TypeVar
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
 )
 
-from coexist.errors import TransientError
+from coexist.errors import TransientError, Unreachable
 
 T = TypeVar("T")
+
+
+def retryable(exc: BaseException) -> bool:
+    """A transient failure nobody retried yet."""
+    return isinstance(exc, TransientError) and exc.retryable
 
 
 @dataclass(frozen=True)
@@ -59,15 +65,22 @@ class RetryPolicy:
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception(retryable),
             stop=self.should_stop,
             wait=self.wait_for,
             sleep=asyncio.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await fn()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await fn()
+        except Unreachable as exc:
+            # Still no connection after this policy's attempts: an outer policy (the
+            # engine's, around the step whose read this was) would only wait longer for
+            # the same answer, so the run stops now with it.
+            exc.retryable = False
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -2,12 +2,14 @@
 
 Commands in `coexist.commands` describe *what* to run; this module owns the
 setup and teardown around it, so every command journals its run the same way,
-honours plan mode the same way, and closes its connections.
+honours plan mode the same way, claims the project the same way (one writer at a
+time, `coexist.journal.claims`), and closes its connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +18,9 @@ from typing import Any, TypeVar
 
 from coexist.engine.context import Context, open_sides
 from coexist.engine.runner import Outcome, Runner
+from coexist.errors import StorageError
 from coexist.journal import Journal
+from coexist.journal.claims import PROJECT, Writer
 from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
 from coexist.tenants.mailbox_governor import MailboxLimits
@@ -24,6 +28,7 @@ from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteLimits
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def project_dir(path: Path | str | None) -> Path:
@@ -68,6 +73,18 @@ class Session:
         ]
 
 
+def _log_outcome(o: Outcome) -> None:
+    """Each step's end in the run's log (names for people, ids for the -v reader)."""
+    who = o.label or o.subject
+    if o.status == "failed":
+        log.warning("%s %s failed: %s (next: %s)", who, o.name, o.error, o.next_step)
+    elif o.status == "waiting":
+        log.info("%s %s waiting: %s; look again at %s", who, o.name, o.detail, o.look_again_at)
+    else:
+        log.info("%s %s %s%s: %s", who, o.name, o.status, " changed" if o.changed else "", o.detail)
+    log.debug("step %s of item %s", o.step, o.subject)
+
+
 def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
     """Never print a password, even a generated one, in a plan."""
     return {k: ("[redacted]" if k.lower() == "password" else v) for k, v in params.items()}
@@ -75,6 +92,20 @@ def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def open_journal(project: Project) -> Journal:
     return Journal.open(project.journal_url)
+
+
+# Sessions that record nothing about users or groups: they run beside a writer. (Plan-mode
+# sessions, preflight's among them, never claim: they write nothing.)
+READ_ONLY_SESSIONS = frozenset({"verify-mailflow"})
+
+
+def project_writer(journal: Journal, command: str) -> Writer:
+    """Claim the whole project for `command`, or raise `Busy` naming who holds it.
+
+    Every writing command claims the project, not just its users, until the decisions that
+    span users have claims of their own (`coexist.journal.claims` says which and why).
+    """
+    return Writer.open(journal.engine, command, {PROJECT: "the whole project"})
 
 
 @asynccontextmanager
@@ -88,11 +119,42 @@ async def session(
     on_outcome: Callable[[Outcome], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Session]:
+    """One command: its project and journal, the project's claim when it writes, its run."""
     project = load_project(project_dir(directory), env=env)
     journal = open_journal(project)
+    writer: Writer | None = None
+    try:
+        if not plan and command not in READ_ONLY_SESSIONS:
+            # Before the run is recorded: a refused command leaves the journal as it was.
+            writer = project_writer(journal, command)
+        async with _journaled_run(
+            project, journal, writer, command, args, plan, retry, on_outcome
+        ) as sess:
+            yield sess
+    finally:
+        if writer is not None:
+            writer.close()
+        journal.close()
+
+
+@asynccontextmanager
+async def _journaled_run(
+    project: Project,
+    journal: Journal,
+    writer: Writer | None,
+    command: str,
+    args: dict[str, Any],
+    plan: bool,
+    retry: RetryPolicy | None,
+    on_outcome: Callable[[Outcome], None] | None,
+) -> AsyncIterator[Session]:
+    """One run: recorded in `runs`, with adapters for both tenants and a runner."""
     recorder = WriteRecorder() if plan else None
     policy = retry or retry_policy(project)
     run_id = 0 if plan else journal.start_run(command, args)
+    log.info("run %s of %s in %s", run_id or "(plan)", command, project.directory)
+    if writer is not None:
+        writer.note_run(run_id)
     status = "failed"
     try:
         async with open_sides(
@@ -109,6 +171,7 @@ async def session(
 
             def record(o: Outcome) -> None:
                 outcomes.append(o)
+                _log_outcome(o)
                 if on_outcome is not None:
                     on_outcome(o)
 
@@ -129,9 +192,14 @@ async def session(
             yield sess
         status = "ok"
     finally:
-        if not plan:
-            journal.finish_run(run_id, status)
-        journal.close()
+        try:
+            if not plan:
+                journal.finish_run(run_id, status)
+        except StorageError:
+            if status == "ok":  # else the error that ended the run is the one to report
+                raise
+        finally:
+            log.info("run %s of %s ended: %s", run_id or "(plan)", command, status)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -34,7 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
 
-from coexist.errors import ConfigError
+from coexist.errors import ConfigError, StorageError
+from coexist.files import private_dir, write_private
 from coexist.tenants.auth import PUBLIC_AUTHORITY, TenantEndpoint
 
 PROJECT_FILE = "project.toml"
@@ -337,14 +338,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "migration.mover",
         "str",
-        "none",
-        "none: no mail is copied; each data pass shows `no data mover configured` for the "
-        "user, never success. graph-import-export: full fidelity over Microsoft Graph's "
-        "mailbox import/export API. graph-items: the fallback over the mail, contacts, "
-        "calendar and To Do APIs (messages rebuilt from their MIME as non-draft items with "
-        "their dates). `coexist permissions --command cutover --mover NAME` lists exactly "
-        "what each needs in each tenant.",
-        choices=("none", "graph-import-export", "graph-items"),
+        # A Microsoft 365 -> Microsoft 365 project (the only endpoint pair this version
+        # serves) moves its data at full fidelity unless told otherwise: a default of
+        # `none` let prestage succeed while copying nothing (issue 10).
+        "graph-import-export",
+        "How prestage and cutover copy mail, contacts, calendars and tasks. "
+        "graph-import-export (the default for Microsoft 365 to Microsoft 365): full fidelity "
+        "over Microsoft Graph's mailbox import/export API. graph-items: the fallback over the "
+        "mail, contacts, calendar and To Do APIs (messages rebuilt from their MIME as "
+        "non-draft items with their dates). none: no data is copied (you move it by other "
+        "means); each data pass shows `no data mover configured` for the user, never "
+        "success, and cutover still proceeds. `coexist permissions --command cutover --mover "
+        "NAME` lists exactly what each needs in each tenant.",
+        choices=("graph-import-export", "graph-items", "none"),
     ),
     Setting(
         "migration.folder_rules",
@@ -1127,10 +1133,16 @@ def write_project(
             raise ConfigError(str(exc), file=str(path), key=key) from None
         values[key] = raw
     text = render_template(values)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{PROJECT_FILE}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # a crash never leaves a half-written project file
+    try:
+        private_dir(directory)
+        write_private(path, text)  # owner-only; a crash never leaves a half-written file
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            path=str(path),
+            cause=str(exc),
+            next_step="choose a directory this user can write to, on a disk with free space",
+        ) from exc
     return path
 
 

@@ -114,7 +114,9 @@ async def _count(ctx: Context, side: str, mailbox: str | None, subject: str) -> 
             f"users/{mailbox}/messages",
             {"$filter": f"subject eq {odata_quote(subject)}", "$select": "id,subject"},
         )
-    except CoexistError:
+    except CoexistError as exc:
+        if exc.stops_run:  # the endpoint is unreachable: "0 probes" would be a false answer
+            raise
         return 0  # not a mailbox (yet): nothing can have landed there
     return len(found)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,20 @@ from typing import Any
 import pytest
 
 from coexist.sandbox import Sandbox
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run logs of commands without a project (and of their subprocesses) go to a temporary
+    directory, not the user's ~/.local/state/coexist/logs (coexist.logs.user_log_dir)."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(state)
+    yield state / "coexist" / "logs"
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
 
 
 @pytest.fixture(scope="session")

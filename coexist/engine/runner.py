@@ -6,6 +6,13 @@ run re-observes and never re-applies blindly. Items (users, groups) run
 concurrently up to a limit; one item's steps run in order and stop at the first
 step that fails or waits, so nothing runs on top of a half-done predecessor.
 
+Journal writes per step: `started` is its own transaction, committed before the
+step's first tenant write; the outcome, the facts for the item and (for the step
+that ends the item's run) the item's state are one transaction after it. A step
+that wrote nothing records `started` in that same transaction: there was no write
+for it to precede. `run_batched` goes further for rounds of read-only steps (one
+`Batch` for many items).
+
 Plan mode: the same executors run with adapters that record writes instead of
 sending them (`coexist.tenants.plan`), and the journal is left untouched.
 
@@ -24,11 +31,13 @@ import asyncio
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from coexist.errors import CoexistError, NotReady, redact
+from coexist.journal import Batch
 from coexist.retry import RetryPolicy
 from coexist.tenants.plan import WriteRecorder, current_step, write_hook
 
@@ -98,6 +107,11 @@ def _interrupted_observation(prev: dict[str, Any] | None) -> dict[str, Any] | No
     return observed if isinstance(observed, dict) else None
 
 
+def _stops(outcome: Outcome) -> bool:
+    """Whether an item's run ends at this step (the next steps build on it)."""
+    return outcome.status in ("failed", "waiting")
+
+
 def set_item(journal: Any, kind: str, key: str, **fields: Any) -> None:
     """Set item columns; any other field is merged into the item's `detail` JSON."""
     columns = {k: v for k, v in fields.items() if k in ITEM_COLUMNS}
@@ -152,6 +166,19 @@ def _ended_ok(outcomes: Sequence[Outcome]) -> bool:
 
 
 @dataclass
+class _Round:
+    """A batched round in progress: its records so far, and the records it started from."""
+
+    previous: dict[str, dict[str, Any]]
+    batch: Batch = field(default_factory=Batch)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+# The batched round the current task runs in (tasks inherit it from `run_batched`).
+_ROUND: ContextVar[_Round | None] = ContextVar("coexist_runner_round", default=None)
+
+
+@dataclass
 class Runner:
     """Runs item plans for one command invocation."""
 
@@ -167,25 +194,124 @@ class Runner:
     look_again_s: float = 300.0  # longest pause between two looks at a waiting step
     waiting_max_s: float = 2 * 86400.0  # a wait on Microsoft 365 this long is a failure
     clock: Callable[[], float] = time.time
+    batch_records: int = 500  # items per write of a batched round (`run_batched`)
 
     @property
     def planning(self) -> bool:
         return self.plan is not None
 
-    async def run_step(self, step: Step, label: str = "", *, defer_data: bool = False) -> Outcome:
+    async def run_step(
+        self,
+        step: Step,
+        label: str = "",
+        *,
+        defer_data: bool = False,
+        then: Callable[[Outcome], None] | None = None,
+    ) -> Outcome:
         """observe → compare → apply, journaling `started` right before the first write.
 
         A step that finds the world already right writes nothing and leaves its
         journal record alone: the before-state recorded by the run that made the
         change is what `rollback` restores, so a re-run must not overwrite it.
+
+        The step's record is one journal transaction, with `then` (given the outcome)
+        writing in it too; the outcome is reported once that is committed. Only
+        `started` before a first write is its own transaction, committed before the write.
         """
+        outcome = await self._run_step(step, label, defer_data, then)
+        batched = _ROUND.get()
+        if batched is None:
+            self.on_outcome(outcome)
+        else:  # reported once its record is written
+            batched.outcomes.append(outcome)
+            if len(batched.outcomes) >= self.batch_records:
+                self._write_round(batched)
+        return outcome
+
+    def _record(
+        self, write: Callable[[], Outcome], then: Callable[[Outcome], None] | None
+    ) -> Outcome:
+        """`write` the step's record and let `then` add to it, in one journal transaction."""
+        with self.journal.together():
+            outcome = write()
+            if then is not None:
+                then(outcome)
+        return outcome
+
+    def _writer(self) -> Any:
+        """Where records go: the batched round's `Batch`, else the journal."""
+        batched = _ROUND.get()
+        return self.journal if batched is None else batched.batch
+
+    def _previous(self, key: str) -> dict[str, Any] | None:
+        batched = _ROUND.get()
+        return self.journal.get_step(key) if batched is None else batched.previous.get(key)
+
+    async def run_batched(self, items: Sequence[ItemPlan], concurrency: int = 8) -> list[Outcome]:
+        """`run` for one-step items that only read the tenants, journaled in a few transactions.
+
+        Each step runs as in `run` (observe → compare → apply → record), but the records go
+        into a `Batch` written every `batch_records` items and at the end of the round, and
+        the previous records are read at its start: a round of thousands of read-backs costs a
+        few statements per table, not a few transactions per item. Outcomes are reported once
+        their records are written. Nothing in the round reads these records back, and a step
+        that writes to a tenant all the same still records `started` on the journal itself
+        before its first write. A crash loses the records not yet written: those steps run
+        again next time, as if never run. The round moves no item bar (`on_advance`): it may
+        run beside another round.
+        """
+        if any(len(item.steps) > 1 for item in items):
+            raise ValueError("run_batched takes one-step items (a later step reads the record)")
+        keys = [step.key for item in items for step in item.steps]
+        batched = _Round(previous={} if self.planning else self.journal.get_steps(keys))
+        slots = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(item: ItemPlan) -> list[Outcome]:
+            async with slots:
+                return await self.run_item(item)
+
+        token = _ROUND.set(None if self.planning else batched)
+        try:
+            tasks = [asyncio.ensure_future(one(item)) for item in items]
+        finally:
+            _ROUND.reset(token)  # the tasks took their copy of the context
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # An error that stops the run stops the other items too: none keeps running
+            # while the command winds down.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        self._write_round(batched)
+        return [o for r in results for o in r]
+
+    def _write_round(self, batched: _Round) -> None:
+        """Write a batched round's records so far, then report their outcomes."""
+        self.journal.write_batch(batched.batch)
+        written, batched.outcomes = batched.outcomes, []
+        batched.batch = Batch()
+        for outcome in written:
+            self.on_outcome(outcome)
+
+    async def _run_step(
+        self,
+        step: Step,
+        label: str,
+        defer_data: bool,
+        then: Callable[[Outcome], None] | None,
+    ) -> Outcome:
         executor = self.steps.executor_for(step)
-        prev = None if self.planning else self.journal.get_step(step.key)
+        prev = None if self.planning else self._previous(step.key)
         due = look_again_at(prev)
         if due is not None and due > self.clock():
             # Not hammered: until its time comes a waiting step is reported, not looked at.
             assert prev is not None
-            return self._report_waiting(step.key, step.subject, step.name, label, prev)
+            rest = prev
+            return self._record(
+                lambda: self._report_waiting(step.key, step.subject, step.name, label, rest), then
+            )
         if prev is not None and prev.get("status") == "started":
             self.journal.event(
                 self.run_id,
@@ -198,13 +324,18 @@ class Runner:
         interrupted = _interrupted_observation(prev)
         observed_now: dict[str, Any] | None = None
 
-        def journal_started() -> None:
+        def journal_started(journal: Any = None) -> None:
+            """Record `started`: on the journal itself before a tenant write (the write hook)."""
             nonlocal started
+            if not self.planning:
+                # Before every tenant write, not only the first: once a journal write has
+                # failed (disk full, read-only), no run writes what it cannot journal.
+                self.journal.check_writable()
             if not started and not self.planning:
                 # The live state seen just before the first write goes with the intent,
                 # so a crash between write and record still leaves the true before-state.
                 first = interrupted if interrupted is not None else observed_now
-                self.journal.step_started(
+                (journal or self.journal).step_started(
                     self.run_id,
                     step.key,
                     item_kind=step.item_kind,
@@ -213,6 +344,18 @@ class Runner:
                     intent={**step.intent(), "observed": first},
                 )
                 started = True
+
+        def record_failure(exc: Exception, message: str, trace: str | None) -> Outcome:
+            kept = None if started else prev
+
+            def write() -> Outcome:
+                # A no-op after a tenant write: `started` was committed before it.
+                journal_started(self._writer())
+                if trace is not None:
+                    self._debug(step, trace)
+                return self._failed(step, label, exc, type(exc).__name__, message, kept)
+
+            return self._record(write, then)
 
         step_token = current_step.set(step.key)
         hook_token = write_hook.set(journal_started)
@@ -238,28 +381,30 @@ class Runner:
                     recheck=True,
                 )
             except CoexistError as exc:
-                kept = None if started else prev
-                journal_started()
-                return self._failed(step, label, exc, type(exc).__name__, exc.message, kept)
+                if exc.stops_run:  # the disk, the network, a certificate: not this user's
+                    raise
+                return record_failure(exc, exc.message, None)
             except Exception as exc:  # a bug: record it for the operator, keep other items going
-                kept = None if started else prev
-                journal_started()
                 msg = f"internal error: {type(exc).__name__}: {exc}"
-                self._debug(step, traceback.format_exc())
-                return self._failed(step, label, exc, type(exc).__name__, msg, kept)
+                return record_failure(exc, msg, traceback.format_exc())
             settled = not started and prev is not None and _same_outcome(prev, result)
             # Nothing written in this run: the before-state of the run that made the change
             # stays the one rollback restores, even when the record itself is rewritten.
             kept = None if started or result.changed else prev
             if interrupted is not None:
                 kept = {"before": interrupted}
-            if not settled:
-                journal_started()
-            if result.recheck and result.status == "waiting":
-                return self._waited(step, label, result, prev, kept, defer_data)
-            return self._finished(
-                step, result, record=not settled, kept=kept, defer_data=defer_data, label=label
-            )
+
+            def record() -> Outcome:
+                # A step that wrote nothing to a tenant records `started` with its outcome.
+                if not settled:
+                    journal_started(self._writer())
+                if result.recheck and result.status == "waiting":
+                    return self._waited(step, label, result, prev, kept, defer_data)
+                return self._finished(
+                    step, result, record=not settled, kept=kept, defer_data=defer_data, label=label
+                )
+
+            return self._record(record, then)
         finally:
             write_hook.reset(hook_token)
             current_step.reset(step_token)
@@ -312,20 +457,21 @@ class Runner:
             waiting_since=detail.get("waiting_since"),
             resting=True,
         )
-        self.on_outcome(outcome)
         return outcome
 
     def still_waiting(self, item: Mapping[str, Any]) -> Outcome:
         """Report an item whose look-again time has not come, without running its steps."""
         detail = item.get("detail") or {}
         name = str(detail.get("last_step") or "")
-        return self._report_waiting(
+        outcome = self._report_waiting(
             f"{name}:{item['key']}",
             str(item["key"]),
             name,
             str(item.get("source_address") or item.get("name") or item["key"]),
             item,
         )
+        self.on_outcome(outcome)
+        return outcome
 
     def _finished(
         self,
@@ -343,7 +489,7 @@ class Runner:
             status = "planned" if result.changed else status
         else:
             if record:
-                self.journal.step_finished(
+                self._writer().step_finished(
                     step.key,
                     status=status,
                     before=_kept_before(kept, result.before),
@@ -353,7 +499,7 @@ class Runner:
                 )
             if result.data and not defer_data:
                 # Facts the next steps need (e.g. the target object id) go on the item.
-                set_item(self.journal, step.item_kind, step.subject, **result.data)
+                set_item(self._writer(), step.item_kind, step.subject, **result.data)
         outcome = Outcome(
             step.key,
             step.subject,
@@ -366,7 +512,6 @@ class Runner:
             look_again_at=(timing or {}).get("look_again_at"),
             waiting_since=(timing or {}).get("waiting_since"),
         )
-        self.on_outcome(outcome)
         return outcome
 
     def _failed(
@@ -383,7 +528,7 @@ class Runner:
         retry_after = getattr(exc, "retry_after", None)
         nxt = getattr(exc, "next_step", None) or self.next_step
         if not self.planning:
-            self.journal.step_finished(
+            self._writer().step_finished(
                 step.key,
                 status="failed",
                 before=_kept_before(kept, None),
@@ -393,11 +538,9 @@ class Runner:
                 retry_after=retry_after,
                 next_step=nxt,
             )
-        outcome = Outcome(
+        return Outcome(
             step.key, step.subject, step.name, "failed", False, "", text, cls, nxt, label=label
         )
-        self.on_outcome(outcome)
-        return outcome
 
     def _debug(self, step: Step, text: str) -> None:
         if not self.planning:
@@ -408,14 +551,18 @@ class Runner:
     async def run_item(self, item: ItemPlan) -> list[Outcome]:
         outcomes: list[Outcome] = []
         last = len(item.steps) - 1
+
+        def record_item(outcome: Outcome) -> None:
+            # The item's state goes in the transaction of the step that ends its run.
+            if not self.planning and (len(outcomes) == last or _stops(outcome)):
+                self._record_item(item, [*outcomes, outcome])
+
         for i, step in enumerate(item.steps):
             # The last step's facts are written with the item's state: one write, not two.
-            outcome = await self.run_step(step, item.label, defer_data=i == last)
+            outcome = await self.run_step(step, item.label, defer_data=i == last, then=record_item)
             outcomes.append(outcome)
-            if outcome.status in ("failed", "waiting"):
+            if _stops(outcome):
                 break
-        if not self.planning:
-            self._record_item(item, outcomes)
         return outcomes
 
     def _record_item(self, item: ItemPlan, outcomes: list[Outcome]) -> None:
@@ -441,7 +588,7 @@ class Runner:
             if item.phase:
                 fields["phase"] = item.phase
             fields.update(item.done)
-        set_item(self.journal, item.kind, item.key, **fields)
+        set_item(self._writer(), item.kind, item.key, **fields)
 
     async def run(self, items: Sequence[ItemPlan], concurrency: int = 8) -> list[Outcome]:
         """Run every item's steps; at most `concurrency` items at once."""
@@ -473,5 +620,15 @@ class Runner:
             if self.on_advance is not None:
                 self.on_advance(done, len(pipelines))
 
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(pipelines)))
+        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(pipelines)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # An error that stops the run (a failed journal write, an unreachable endpoint)
+            # stops the other items too, before their next write, rather than leaving them
+            # running while the session closes the journal under them.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return [o for r in results for o in r]

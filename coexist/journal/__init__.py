@@ -4,11 +4,13 @@ SQLAlchemy 2 Core + Alembic; a SQLite file in the project directory by default, 
 URL for teams. See `store.Journal` for the API and `schema` for the tables.
 """
 
+from coexist.journal.batch import Batch
 from coexist.journal.db import default_url, head_revision, make_engine, sqlite_url
 from coexist.journal.guard import check_json, is_secret_key
 from coexist.journal.store import Journal, UnknownItem, UnknownStep
 
 __all__ = [
+    "Batch",
     "Journal",
     "UnknownItem",
     "UnknownStep",

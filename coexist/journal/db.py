@@ -21,12 +21,25 @@ SQLite settings, and why:
   process wrote in between. Read-only transactions use a plain deferred ``BEGIN`` (a consistent
   snapshot that never blocks writers). Recipe: SQLAlchemy docs, "Serializable isolation /
   Savepoints / Transactional DDL" in the SQLite dialect page.
+
+Storage failures are mapped here, at the journal's boundary, to `StorageError` (disk full,
+read-only file or directory, no permission, I/O error, a damaged file): SQLite's and
+PostgreSQL's errors and the OSError of creating the file. A failed write also marks the
+engine broken: every later write (and `check_writable`, which the runner calls before each
+tenant write) raises the same error, so a run stops before its next tenant write instead of
+writing to a tenant what it can no longer journal.
+
+A SQLite journal is created owner-only (0600; SQLite gives its -wal and -shm files the
+database file's mode): it holds names, addresses and LegacyExchangeDNs.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +53,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from coexist.errors import StorageError
+from coexist.files import FILE_MODE, create_private, private_dir
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DEFAULT_FILENAME = "journal.sqlite"
 SUPPORTED = ("sqlite", "postgresql")
@@ -50,6 +66,143 @@ WRITE_OPTION = "coexist_journal_write"
 _PG_MIGRATION_LOCK = 0x636F6578  # "coex"
 # Seconds a SQLite writer waits for another process's write lock before giving up.
 _SQLITE_BUSY_TIMEOUT_S = 30.0
+
+# What a storage failure means, by SQLite's primary result code (sqlite3 exposes the name as
+# `sqlite_errorname`; https://www.sqlite.org/rescode.html), by OSError errno, and by
+# PostgreSQL SQLSTATE (class 53 "insufficient resources", 25006 read-only transaction, 58030
+# I/O error; PostgreSQL docs, Appendix A "Error Codes").
+_FULL, _READ_ONLY, _IO, _DAMAGED, _PATH = "full", "read-only", "io", "damaged", "path"
+_SQLITE_CODES = {
+    "SQLITE_FULL": (_FULL, "the disk is full"),
+    "SQLITE_IOERR": (_IO, "an I/O error (a full disk, or a failing device)"),
+    "SQLITE_READONLY": (_READ_ONLY, "the file or its directory is read-only"),
+    "SQLITE_CANTOPEN": (_READ_ONLY, "it cannot be opened (its directory is read-only or missing)"),
+    "SQLITE_PERM": (_READ_ONLY, "permission denied"),
+    "SQLITE_CORRUPT": (_DAMAGED, "the file is damaged"),
+    "SQLITE_NOTADB": (_DAMAGED, "the file is not a SQLite database"),
+}
+_ERRNOS = {
+    errno.ENOSPC: (_FULL, "the disk is full"),
+    errno.EDQUOT: (_FULL, "the disk quota is exceeded"),
+    errno.EFBIG: (_FULL, "the file reached the size limit (ulimit -f)"),
+    errno.EROFS: (_READ_ONLY, "the file system is read-only"),
+    errno.EACCES: (_READ_ONLY, "permission denied"),
+    errno.EPERM: (_READ_ONLY, "operation not permitted"),
+    errno.EIO: (_IO, "an I/O error (a failing device)"),
+    errno.ENOTDIR: (_PATH, "a part of its path is not a directory"),
+    errno.EEXIST: (_PATH, "a file is where its directory should be"),
+    errno.EISDIR: (_PATH, "it is a directory"),
+}
+_SQLSTATES = {
+    "53100": (_FULL, "the database server's disk is full"),
+    "53200": (_FULL, "the database server is out of memory"),
+    "25006": (_READ_ONLY, "the database is read-only (a standby server?)"),
+    "58030": (_IO, "an I/O error on the database server"),
+}
+# Engines whose journal failed a write: the error every later write raises again.
+_broken: weakref.WeakKeyDictionary[Engine, StorageError] = weakref.WeakKeyDictionary()
+
+
+def _meaning(exc: BaseException) -> tuple[str, str, str] | None:
+    """(kind, reason, raw text) of a storage failure; None for any other error."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    raw = str(orig).strip() or type(orig).__name__
+    name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(name, str):
+        found = _SQLITE_CODES.get(name) or next(
+            (v for k, v in _SQLITE_CODES.items() if name.startswith(k + "_")), None
+        )
+        return (*found, raw) if found else None
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and state in _SQLSTATES:
+        return (*_SQLSTATES[state], raw)
+    if isinstance(orig, OSError) and orig.errno in _ERRNOS:
+        return (*_ERRNOS[orig.errno], raw)
+    return None
+
+
+def _where(url: URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return str(url.database or ":memory:")
+    return url.render_as_string(hide_password=True)
+
+
+def _next_step(kind: str, url: URL) -> str:
+    again = "then run the command again (it re-observes the steps that were under way)"
+    if url.get_backend_name() != "sqlite":
+        return f"ask the database administrator to fix the journal database; {again}"
+    folder = Path(str(url.database)).parent
+    return {
+        _FULL: f"free space on the disk that holds {folder} (or raise its quota); {again}",
+        _READ_ONLY: f"make {folder} and the journal in it writable by this user (SQLite also "
+        f"creates journal.db-wal and journal.db-shm beside it), or work on a writable copy "
+        f"of the project; {again}",
+        _IO: f"check the disk that holds {folder} (free space, `dmesg`); {again}",
+        _DAMAGED: f"restore the journal in {folder} from a copy (coexist never edits it by "
+        "hand); the tenants are unchanged by this failure",
+        _PATH: f"check the project directory and [project] journal: {folder} must be a "
+        "directory holding the journal file",
+    }[kind]
+
+
+def storage_error(exc: BaseException, url: URL, *, write: bool) -> StorageError | None:
+    """The StorageError for a failure of the journal's storage; None for anything else."""
+    meaning = _meaning(exc)
+    if meaning is None:
+        return None
+    kind, reason, raw = meaning
+    where = _where(url)
+    verb = "written" if write else "opened or read"
+    return StorageError(
+        f"the journal {where} could not be {verb}: {reason} ({raw})",
+        path=where,
+        cause=raw,
+        kind=kind,
+        next_step=_next_step(kind, url),
+    )
+
+
+def check_writable(engine: Engine) -> None:
+    """Raise the StorageError of an earlier failed write to this journal, if there was one."""
+    error = _broken.get(engine)
+    if error is not None:
+        # A new error each time (one instance raised from many tasks would pile up their
+        # tracebacks); `from` keeps the original write's.
+        raise StorageError(
+            error.message,
+            path=error.path,
+            cause=error.cause,
+            kind=error.fields.get("kind"),
+            next_step=error.next_step,
+        ) from error
+
+
+@contextmanager
+def storage_boundary(engine: Engine, *, write: bool) -> Iterator[None]:
+    """Map storage failures inside the block to StorageError (and mark a failed write)."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, OSError) as exc:
+        error = storage_error(exc, engine.url, write=write)
+        if error is None:
+            raise
+        if write:
+            _broken[engine] = error
+        raise error from exc
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file owner-only before SQLite does (SQLite would follow the umask);
+    tighten an existing journal an earlier version created readable by others."""
+    private_dir(path.parent)
+    create_private(path)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            info = file.stat()
+            if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                file.chmod(FILE_MODE)
+        except OSError:  # not there, or not ours to change: SQLite reports what matters
+            pass
 
 
 def _set_wal(cursor: Any) -> None:
@@ -97,7 +250,13 @@ def make_engine(url: str) -> Engine:
     """The one place engines are created (pool, pragmas, transaction mode per backend)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
+        try:
+            return _sqlite_engine(parsed)
+        except OSError as exc:  # creating the directory or the file
+            error = storage_error(exc, parsed, write=True)
+            if error is None:
+                raise
+            raise error from exc
     # pool_pre_ping: a long migration run outlives server restarts and idle-connection reaping.
     return sa.create_engine(parsed, pool_pre_ping=True)
 
@@ -110,7 +269,7 @@ def _sqlite_engine(url: URL) -> Engine:
             url, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(Path(str(url.database)))
         engine = sa.create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
 
     @sa.event.listens_for(engine, "connect")
@@ -133,8 +292,11 @@ def _sqlite_engine(url: URL) -> Engine:
 
 @contextmanager
 def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
-    """One short transaction: committed on success, rolled back on any exception."""
-    with engine.connect() as conn:
+    """One short transaction: committed on success, rolled back on any exception. A storage
+    failure raises StorageError; after a failed write, every write raises it again."""
+    if write:
+        check_writable(engine)
+    with storage_boundary(engine, write=write), engine.connect() as conn:
         if write:
             conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():
@@ -157,7 +319,7 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    with storage_boundary(engine, write=False), engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 

@@ -22,6 +22,11 @@ The journal is what lets any command stop at any moment and run again. Tables:
                   journaled, so a checkpoint is never ahead of the data.
 ``events``        the run log: level, message, item/step it concerns, ``data`` JSON.
 ``settings``      project-wide locks decided on the first run (e.g. the license SKU).
+``writers``       the commands writing to the project right now: command, PID, host, start,
+                  run, and the ``token`` their liveness is checked by (`claims`).
+``claims``        what each writer holds: ``scope`` ('project', 'groups' or 'user:<key>',
+                  unique) and a ``label`` people read. Transient, like ``writers``: rows of a
+                  writer that died are removed by the next writer (`coexist.journal.claims`).
 
 Conventions: ids are integer surrogates used only inside the journal; everything the product
 reasons about is addressed by natural keys (``kind``/``key``, step ``key``). Timestamps are
@@ -259,6 +264,27 @@ settings = sa.Table(
     metadata,
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("value", _json()),
+)
+
+writers = sa.Table(
+    "writers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("token", sa.String(64), nullable=False, unique=True),
+    sa.Column("command", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+)
+
+claims = sa.Table(
+    "claims",
+    metadata,
+    sa.Column("scope", sa.String(400), primary_key=True),
+    sa.Column("writer_id", sa.Integer, sa.ForeignKey("writers.id"), nullable=False, index=True),
+    sa.Column("label", sa.String(400)),
+    sa.Column("claimed_at", UTCDateTime, nullable=False),
 )
 
 # The tables that hold the *state* a re-run must leave unchanged, and the append-only logs

@@ -3,7 +3,12 @@
 Every public call is its own short transaction. A process killed between two calls leaves the
 journal exactly as the last call left it; killed inside one, the transaction never happened.
 That is what lets the engine record ``started`` before a step and ``ok`` / ``failed`` after it,
-and lets a re-run see a crash as a step still ``started``.
+and lets a re-run see a crash as a step still ``started``. Calls that belong together (a
+step's outcome and the item facts it produced) can share one transaction: `Journal.together`.
+
+The statements of the per-step path are built once, with bound parameters (``_Sql``), so a
+call costs its round trips, not the building and cache-keying of SQLAlchemy constructs; a
+step's history row is copied from its ``steps`` row inside the database.
 
 Writes that first read (upserts, step transitions) take the write lock up front (SQLite
 ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE`` plus ``ON CONFLICT`` on the unique
@@ -16,11 +21,14 @@ messages and event texts pass through `coexist.errors.redact`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import asyncio
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,9 +49,12 @@ from coexist.journal.schema import (
     utcnow,
 )
 
+if TYPE_CHECKING:
+    from coexist.journal.batch import Batch
+
 EVENT_LEVELS = frozenset({"debug", "info", "warning", "error"})
 # Columns copied from `steps` into each `step_history` row.
-_HISTORY_COPY = (
+HISTORY_COPY = (
     "intent",
     "before",
     "after",
@@ -71,6 +82,82 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
+# Columns `step_started` sets afresh on every start (all but the row's identity and counter).
+_STEP_RESTART = tuple(c.name for c in schema.steps.c if c.name not in ("id", "key", "attempts"))
+
+
+def _arg(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    # Prefixed: a bound parameter may not share a name with a column an INSERT/UPDATE sets.
+    return sa.bindparam(f"b_{name}", type_=type_)
+
+
+class _Sql:
+    """The statements of the per-step path, built once with bound parameters.
+
+    SQLAlchemy keys its compiled-statement cache by the statement's structure and memoizes
+    that key on the statement object, so executing these costs no construct building and
+    no cache-key walk (building them per call was most of a step's journal time). INSERT
+    and UPDATE statements take the columns they set from the parameters of each call.
+    """
+
+    steps, items, history = schema.steps, schema.items, schema.step_history
+    step = sa.select(steps).where(steps.c.key == _arg("key"))
+    step_locked = step.with_for_update()  # PostgreSQL row lock; SQLite holds the write lock
+    item = sa.select(items).where(items.c.kind == _arg("kind"), items.c.key == _arg("key"))
+    item_locked = item.with_for_update()
+    set_item = items.update().where(items.c.id == _arg("id"))
+    finish_step = steps.update().where(steps.c.key == _arg("key")).returning(*steps.c)
+    # One transition of a step into its history, copied by the database from the step row
+    # the same transaction just wrote (no read of the row back into Python).
+    copy_history = history.insert().from_select(
+        ["step_id", "step_key", "run_id", "status", "attempt", "at", *HISTORY_COPY],
+        sa.select(
+            steps.c.id,
+            steps.c.key,
+            steps.c.run_id,
+            steps.c.status,
+            steps.c.attempts,
+            _arg("at", schema.UTCDateTime()),
+            # (a class body's names are not visible in its generator expressions)
+            *(schema.steps.c[name] for name in HISTORY_COPY),
+        ).where(steps.c.key == _arg("key")),
+    )
+    add_event = schema.events.insert().returning(schema.events.c.id)
+    _start_step: ClassVar[dict[str, Any]] = {}  # per dialect name
+
+    @classmethod
+    def start_step(cls, conn: Connection) -> Any:
+        """Insert the step row, or restart it (attempts + 1) when the key is known."""
+        name = conn.dialect.name
+        if name not in cls._start_step:
+            ins = _insert(conn, cls.steps)
+            cls._start_step[name] = ins.on_conflict_do_update(
+                index_elements=["key"],
+                set_={
+                    **{col: ins.excluded[col] for col in _STEP_RESTART},
+                    "attempts": cls.steps.c.attempts + 1,
+                },
+            )
+        return cls._start_step[name]
+
+
+@dataclass
+class _Shared:
+    """The transaction a `Journal.together` block shares, opened by its first write."""
+
+    owner: tuple[int, int | None]  # (thread, asyncio task) that opened the block
+    stack: ExitStack  # leaves the block's transaction when the block ends
+    conn: Connection | None = None
+
+
+def _caller() -> tuple[int, int | None]:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        task = None
+    return threading.get_ident(), None if task is None else id(task)
+
+
 # Snapshot row order: state tables by their natural key, logs (not listed) in insertion order.
 _SNAPSHOT_ORDER = {
     "items": ("kind", "key"),
@@ -86,6 +173,7 @@ class Journal:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._shared: _Shared | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -114,17 +202,71 @@ class Journal:
     ) -> None:
         self.close()
 
+    def check_writable(self) -> None:
+        """Raise the StorageError of an earlier failed write, if any (`db.check_writable`):
+        the runner calls it before every tenant write, so a run whose journal can no longer
+        be written stops before its next tenant write."""
+        db.check_writable(self.engine)
+
     def revision(self) -> str | None:
         """The Alembic revision the database is at (`db.head_revision()` after `open`)."""
         return db.current_revision(self.engine)
 
     @contextmanager
+    def together(self) -> Iterator[None]:
+        """The journal calls made inside share one transaction: all of them land, or none.
+
+        For writes that belong together, e.g. a step's outcome and the item facts it
+        produced, or one fact on every user of a batch: one commit instead of one per call.
+        The transaction opens with the first write (a block that writes nothing costs
+        nothing) and commits when the block ends; an exception out of the block rolls it
+        back. Calls inside see the block's own writes. A nested block joins the outer one.
+
+        Synchronous code only: the block holds the write lock, so it must not `await`
+        (another task's journal call would wait on it); such a call is refused.
+        """
+        if self._shared is not None:
+            self._shared_conn()  # a nested block: refused from another task, else joins
+            yield
+            return
+        # The first write enters one `db.transaction` on this stack; leaving the block leaves
+        # it (commit, or roll back on an exception), as a single call's transaction would.
+        with ExitStack() as stack:
+            self._shared = _Shared(owner=_caller(), stack=stack)
+            try:
+                yield
+            finally:
+                self._shared = None
+
+    def _shared_conn(self, *, open_: bool = False) -> Connection | None:
+        """The connection of the `together` block in progress (opened when `open_`)."""
+        shared = self._shared
+        if shared is None:
+            return None
+        if _caller() != shared.owner:
+            raise RuntimeError(
+                "journal call from another task or thread while a Journal.together() block "
+                "holds the transaction (an await inside the block?)"
+            )
+        if shared.conn is None and open_:
+            shared.conn = shared.stack.enter_context(db.transaction(self.engine, write=True))
+        return shared.conn
+
+    @contextmanager
     def _write(self) -> Iterator[Connection]:
+        shared = self._shared_conn(open_=True)
+        if shared is not None:
+            yield shared
+            return
         with db.transaction(self.engine, write=True) as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        shared = self._shared_conn()
+        if shared is not None:
+            yield shared
+            return
         with db.transaction(self.engine, write=False) as conn:
             yield conn
 
@@ -166,7 +308,7 @@ class Journal:
 
         ``updated_at`` moves only when a value actually changed.
         """
-        _check_item(kind, fields)
+        check_item(kind, fields)
         now = utcnow()
         with self._write() as conn:
             conn.execute(
@@ -178,7 +320,7 @@ class Journal:
 
     def update_item(self, kind: str, key: str, **fields: Any) -> dict[str, Any]:
         """Set fields on an existing item; raises `UnknownItem` when it was never recorded."""
-        _check_item(kind, fields)
+        check_item(kind, fields)
         with self._write() as conn:
             if _item_row(conn, kind, key) is None:
                 raise UnknownItem(f"no {kind} item {key!r} in the journal")
@@ -192,19 +334,13 @@ class Journal:
         The read-modify-write of `detail` happens under the write lock, so two
         writers never lose each other's keys, and a no-op writes nothing.
         """
-        _check_item(kind, fields)
+        check_item(kind, fields)
         check_json(detail, "detail")
         with self._write() as conn:
             row = _item_row(conn, kind, key, lock=True)
             if row is None:
                 raise UnknownItem(f"no {kind} item {key!r} in the journal")
-            changes = dict(fields)
-            if detail:
-                current = row.get("detail") or {}
-                merged = {**current, **detail}
-                if merged != current:
-                    changes["detail"] = merged
-            return self._set_item_fields(conn, kind, key, changes, utcnow())
+            return _set_item_fields(conn, row, merged_item(row, detail, fields), utcnow())
 
     @staticmethod
     def _set_item_fields(
@@ -212,15 +348,7 @@ class Journal:
     ) -> dict[str, Any]:
         row = _item_row(conn, kind, key, lock=True)
         assert row is not None  # inserted or checked by the caller, inside this transaction
-        changes = {name: value for name, value in fields.items() if row[name] != value}
-        if not changes:
-            return row
-        conn.execute(
-            schema.items.update()
-            .where(schema.items.c.id == row["id"])
-            .values(updated_at=now, **changes)
-        )
-        return {**row, **changes, "updated_at": now}
+        return _set_item_fields(conn, row, fields, now)
 
     def get_item(self, kind: str, key: str) -> dict[str, Any] | None:
         with self._read() as conn:
@@ -258,34 +386,11 @@ class Journal:
         every start. The result fields of the previous attempt are cleared on the step row
         (they stay in `history`).
         """
-        check_json(intent, "intent")
-        now = utcnow()
-        fresh = {
-            "run_id": run_id,
-            "item_kind": item_kind,
-            "item_key": item_key,
-            "name": name,
-            "intent": intent,
-            "before": None,
-            "after": None,
-            "detail": None,
-            "changed": False,
-            "status": "started",
-            "error_class": None,
-            "error_message": None,
-            "retry_after": None,
-            "next_step": None,
-            "started_at": now,
-            "finished_at": None,
-        }
+        fresh = start_values(run_id, item_kind, item_key, name, intent)
         with self._write() as conn:
             previous = _step_row(conn, step_key, lock=True)
-            stmt = _insert(conn, schema.steps).values(key=step_key, attempts=1, **fresh)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["key"], set_={**fresh, "attempts": schema.steps.c.attempts + 1}
-            ).returning(*schema.steps.c)
-            row = row_dict(conn.execute(stmt).one())
-            _append_history(conn, row, now)
+            conn.execute(_Sql.start_step(conn), {"key": step_key, "attempts": 1, **fresh})
+            _append_history(conn, step_key, fresh["started_at"])
         return previous
 
     def step_finished(
@@ -307,39 +412,48 @@ class Journal:
         `retry_after` is in seconds, as the service said; `next_step` is the command the
         operator can run next. `error_message` is redacted.
         """
-        if status not in FINISHED_STEP_STATUSES:
-            raise ValueError(
-                f"step status {status!r}: expected one of {sorted(FINISHED_STEP_STATUSES)}"
-            )
-        for label, value in (("before", before), ("after", after), ("detail", detail)):
-            check_json(value, label)
-        now = utcnow()
-        values = {
-            "status": status,
-            "before": before,
-            "after": after,
-            "changed": changed,
-            "detail": detail,
-            "error_class": error_class,
-            "error_message": None if error_message is None else redact(error_message),
-            "retry_after": retry_after,
-            "next_step": next_step,
-            "finished_at": now,
-        }
+        values = finish_values(
+            status,
+            before=before,
+            after=after,
+            changed=changed,
+            detail=detail,
+            error_class=error_class,
+            error_message=error_message,
+            retry_after=retry_after,
+            next_step=next_step,
+        )
         with self._write() as conn:
-            current = _step_row(conn, step_key, lock=True)
-            if current is None:
+            # The UPDATE takes the row lock itself (PostgreSQL); no read before it.
+            row = conn.execute(_Sql.finish_step, {"b_key": step_key, **values}).first()
+            if row is None:
                 raise UnknownStep(f"step {step_key!r} was never started")
-            conn.execute(
-                schema.steps.update().where(schema.steps.c.id == current["id"]).values(**values)
-            )
-            row = {**current, **values}
-            _append_history(conn, row, now)
-        return row
+            _append_history(conn, step_key, values["finished_at"])
+        return row_dict(row)
 
     def get_step(self, key: str) -> dict[str, Any] | None:
         with self._read() as conn:
             return _step_row(conn, key)
+
+    def get_steps(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The records of the given step keys that exist, by key (one read per 500 keys)."""
+        wanted = sorted(set(keys))
+        out: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                stmt = sa.select(schema.steps).where(schema.steps.c.key.in_(chunk))
+                out.update((r.key, row_dict(r)) for r in conn.execute(stmt))
+        return out
+
+    def write_batch(self, batch: Batch) -> None:
+        """Write a `Batch` of calls in one transaction (see `coexist.journal.batch`).
+
+        An empty batch writes nothing and takes no lock (plan mode fills none).
+        """
+        if len(batch):
+            with self._write() as conn:
+                batch.write(conn)
 
     def steps(
         self, item_key: str | None = None, status: str | None = None, name: str | None = None
@@ -375,17 +489,17 @@ class Journal:
         if level not in EVENT_LEVELS:
             raise ValueError(f"event level {level!r}: expected one of {sorted(EVENT_LEVELS)}")
         check_json(data, "data")
+        values = {
+            "ts": utcnow(),
+            "run_id": run_id,
+            "level": level,
+            "item_key": item_key,
+            "step_key": step_key,
+            "message": redact(message),
+            "data": data,
+        }
         with self._write() as conn:
-            stmt = schema.events.insert().values(
-                ts=utcnow(),
-                run_id=run_id,
-                level=level,
-                item_key=item_key,
-                step_key=step_key,
-                message=redact(message),
-                data=data,
-            )
-            return int(conn.execute(stmt.returning(schema.events.c.id)).scalar_one())
+            return int(conn.execute(_Sql.add_event, values).scalar_one())
 
     def events(
         self,
@@ -670,7 +784,82 @@ def _check_map_fields(fields: Mapping[str, Any]) -> None:
         )
 
 
-def _check_item(kind: str, fields: Mapping[str, Any]) -> None:
+def start_values(
+    run_id: int | None,
+    item_kind: str | None,
+    item_key: str | None,
+    name: str,
+    intent: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A step row's columns as `step_started` sets them (checked; results cleared)."""
+    check_json(intent, "intent")
+    return {
+        "run_id": run_id,
+        "item_kind": item_kind,
+        "item_key": item_key,
+        "name": name,
+        "intent": intent,
+        "before": None,
+        "after": None,
+        "detail": None,
+        "changed": False,
+        "status": "started",
+        "error_class": None,
+        "error_message": None,
+        "retry_after": None,
+        "next_step": None,
+        "started_at": utcnow(),
+        "finished_at": None,
+    }
+
+
+def finish_values(
+    status: str,
+    *,
+    before: Any,
+    after: Any,
+    changed: bool,
+    detail: Any,
+    error_class: str | None,
+    error_message: str | None,
+    retry_after: float | None,
+    next_step: str | None,
+) -> dict[str, Any]:
+    """A step row's columns as `step_finished` sets them (checked; the message redacted)."""
+    if status not in FINISHED_STEP_STATUSES:
+        raise ValueError(
+            f"step status {status!r}: expected one of {sorted(FINISHED_STEP_STATUSES)}"
+        )
+    for label, value in (("before", before), ("after", after), ("detail", detail)):
+        check_json(value, label)
+    return {
+        "status": status,
+        "before": before,
+        "after": after,
+        "changed": changed,
+        "detail": detail,
+        "error_class": error_class,
+        "error_message": None if error_message is None else redact(error_message),
+        "retry_after": retry_after,
+        "next_step": next_step,
+        "finished_at": utcnow(),
+    }
+
+
+def merged_item(
+    row: Mapping[str, Any], detail: Mapping[str, Any] | None, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What `merge_item` sets on `row`: the fields, and `detail` merged into its JSON."""
+    changes = dict(fields)
+    if detail:
+        current = row.get("detail") or {}
+        merged = {**current, **detail}
+        if merged != current:
+            changes["detail"] = merged
+    return changes
+
+
+def check_item(kind: str, fields: Mapping[str, Any]) -> None:
     if kind not in ITEM_KINDS:
         raise ValueError(f"item kind {kind!r}: expected one of {sorted(ITEM_KINDS)}")
     unknown = set(fields) - ITEM_FIELDS
@@ -682,31 +871,27 @@ def _check_item(kind: str, fields: Mapping[str, Any]) -> None:
 def _item_row(
     conn: Connection, kind: str, key: str, *, lock: bool = False
 ) -> dict[str, Any] | None:
-    stmt = sa.select(schema.items).where(schema.items.c.kind == kind, schema.items.c.key == key)
-    if lock:
-        stmt = stmt.with_for_update()  # PostgreSQL row lock; SQLite already holds the write lock
-    row = conn.execute(stmt).first()
+    stmt = _Sql.item_locked if lock else _Sql.item
+    row = conn.execute(stmt, {"b_kind": kind, "b_key": key}).first()
     return None if row is None else row_dict(row)
+
+
+def _set_item_fields(
+    conn: Connection, row: dict[str, Any], fields: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """Write the fields that differ from `row` (read under the lock); none: no write."""
+    changes = {name: value for name, value in fields.items() if row[name] != value}
+    if not changes:
+        return row
+    conn.execute(_Sql.set_item, {"b_id": row["id"], "updated_at": now, **changes})
+    return {**row, **changes, "updated_at": now}
 
 
 def _step_row(conn: Connection, key: str, *, lock: bool = False) -> dict[str, Any] | None:
-    stmt = sa.select(schema.steps).where(schema.steps.c.key == key)
-    if lock:
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).first()
+    row = conn.execute(_Sql.step_locked if lock else _Sql.step, {"b_key": key}).first()
     return None if row is None else row_dict(row)
 
 
-def _append_history(conn: Connection, step: Mapping[str, Any], at: datetime) -> None:
-    """Copy one transition of `step` into the append-only history (same transaction)."""
-    conn.execute(
-        schema.step_history.insert().values(
-            step_id=step["id"],
-            step_key=step["key"],
-            run_id=step["run_id"],
-            status=step["status"],
-            attempt=step["attempts"],
-            at=at,
-            **{name: step[name] for name in _HISTORY_COPY},
-        )
-    )
+def _append_history(conn: Connection, key: str, at: datetime) -> None:
+    """Copy the step row as this transaction left it into the append-only history."""
+    conn.execute(_Sql.copy_history, {"b_key": key, "b_at": at})

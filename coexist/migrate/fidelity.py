@@ -491,7 +491,7 @@ async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str, total: i
             raise
         ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
         seen = await _follow(ctx, key, src, folder_id, first, total)
-        _forget_unseen(ctx, key, folder_id, seen)
+        forget_unseen(ctx, key, folder_id, seen)
 
 
 async def _follow(
@@ -513,11 +513,16 @@ async def _follow(
     return seen
 
 
-def _forget_unseen(ctx: Context, key: str, folder_id: str, seen: set[str]) -> None:
-    """After a restarted round: rows of the folder it did not report left the folder."""
+def forget_unseen(
+    ctx: Context, key: str, folder_id: str, seen: set[str], kind: str | None = None
+) -> None:
+    """After a full round (a restarted one reports what is there, not what was removed):
+    rows of the folder (of `kind`, if given) it did not report left the folder — gone if
+    copied, forgotten if never copied. A row mid-copy (`importing`) is left to the crash
+    recovery. Both movers."""
     rows: list[dict[str, Any]] = []
     for r in ctx.journal.mapped_items(key, folder_id=folder_id):
-        if r["source_item_id"] in seen:
+        if r["source_item_id"] in seen or (kind is not None and r["kind"] != kind):
             continue
         if r["status"] in ("copied", "changed"):
             rows.append({"source_item_id": r["source_item_id"], "status": "gone"})

@@ -120,8 +120,6 @@ IDENTITY_PROP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourc
 TASK_APP = "coexist"  # linkedResource.applicationName stamped on a task copy
 TASK_LINK_NAME = "Migrated by coexist"
 STATE_SELECT = "isRead,isDraft,flag,categories,importance,receivedDateTime,sentDateTime,changeKey"
-# Graph's mail well-known folder names (resources/mailfolder, "Well-known folder names").
-WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", "archive", "outbox")
 
 # Requests carry at most 4 MB ("The maximum request length supported is 4MB.",
 # microsoft-graph-docs#11806); base64 grows 4/3, and the JSON around it needs room.
@@ -178,7 +176,7 @@ async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
     `mailFolders/{name}` answers with its id.
     """
     known: dict[str, str] = {}
-    for name in WELL_KNOWN:
+    for name in fidelity.MAIL_WELL_KNOWN:
         with contextlib.suppress(NotFound):
             data = await graph.send("GET", f"users/{user_id}/mailFolders/{name}")
             known[str(data["id"])] = name
@@ -260,24 +258,8 @@ async def _follow(
         ctx.journal.map_items(key, rows)
         if delta:
             if full:
-                _left_unreported(ctx, key, folder_id, present)
+                fidelity.forget_unseen(ctx, key, folder_id, present, kind=MAIL_CLASS)
             ctx.journal.save_checkpoint(key, folder_id, CHECKPOINT_KIND, token=delta)
-
-
-def _left_unreported(ctx: Context, key: str, folder_id: str, present: set[str]) -> None:
-    """After a full round: a row of the folder whose message it did not report left the
-    folder while no sync state covered it (a round that starts over reports what is there,
-    not what was removed): gone if it was copied, forgotten if it never was. A row mid-copy
-    (`importing`) is left to the crash recovery."""
-    gone = []
-    for r in ctx.journal.mapped_items(key, folder_id=folder_id):
-        if r["kind"] != MAIL_CLASS or r["source_item_id"] in present:
-            continue
-        if r["status"] in ("copied", "changed"):
-            gone.append({"source_item_id": r["source_item_id"], "status": "gone"})
-        elif r["status"] in ("pending", "skipped"):
-            ctx.journal.unmap_item(key, r["source_item_id"])
-    ctx.journal.map_items(key, gone)
 
 
 def _move_signature(row: dict[str, Any]) -> tuple[Any, ...]:

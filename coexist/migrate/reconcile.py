@@ -8,9 +8,10 @@ cutover pass waits on one beyond `[migration] reconcile_tolerance`.
 
 Once a user has cut over, the target mailbox is the live one: mail delivered there is new,
 not a difference, so a surplus in the target is then reported as `arrived_in_target` and
-left out of the unexplained count (a shortfall still counts). Before cutover the target
-keeps nothing of its own (it forwards back to the source), so a surplus there would mean a
-copy made twice and counts in full.
+left out of the unexplained count (a shortfall still counts). A rolled-back user's target
+keeps what it received while it was live (rollback moves no mail), so the same holds after
+a rollback. Before its first cutover the target keeps nothing of its own (it forwards back
+to the source), so a surplus there would mean a copy made twice and counts in full.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ async def reconcile(
         target_totals = {f.id: f.total for f in await folder_tree(tgt)}
     journal = ctx.journal.item_map_counts(key)
     user = ctx.journal.get_item("user", key) or {}
-    live = user.get("phase") == Phase.CUTOVER.value
+    live = user.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
     groups: dict[str, dict[str, Any]] = {}
     for f in plan.source:
         dest = plan.target_of.get(f.id)

@@ -31,7 +31,8 @@ def target_id(ctx: Context, subject: str) -> str:
     if not ident:
         raise InputError(
             f"user {item.get('source_address') or subject} has no target object yet",
-            next_step="coexist provision  (creates the target MailUser first)",
+            next_step=f"coexist provision --users {item.get('source_address') or subject}"
+            "  (creates the target MailUser first)",
         )
     return str(ident)
 

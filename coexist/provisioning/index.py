@@ -19,11 +19,20 @@ def _key(address: str) -> str:
     return address.strip().lower()
 
 
+def _bare(address: Any) -> str:
+    """'SMTP:a@b' / 'smtp:a@b' / 'a@b' -> 'a@b' (lower-cased); '' for none."""
+    text = str(address or "").strip()
+    return _key(text[5:] if text[:5].lower() == "smtp:" else text)
+
+
 @dataclass
 class TargetIndex:
     by_address: dict[str, dict[str, Any]] = field(default_factory=dict)  # "smtp:x" / "x500:y"
     by_name: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # bare address -> recipients sending mail there: a MailUser's or contact's
+    # ExternalEmailAddress, a mailbox's ForwardingSmtpAddress (orphans route to the source)
+    by_route: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     reserved: dict[str, str] = field(default_factory=dict)  # address/name key -> subject
 
     @classmethod
@@ -45,6 +54,10 @@ class TargetIndex:
                 self.by_address[f"{kind.lower()}:{_key(value)}"] = r
         if r.get("LegacyExchangeDN"):
             self.by_address[f"x500:{_key(r['LegacyExchangeDN'])}"] = r
+        for prop in ("ExternalEmailAddress", "ForwardingSmtpAddress"):
+            route = _bare(r.get(prop))
+            if route:
+                self.by_route.setdefault(route, []).append(r)
 
     def remove(self, ident: str) -> None:
         """Forget a recipient this run deleted (by ExternalDirectoryObjectId or Guid)."""
@@ -54,11 +67,17 @@ class TargetIndex:
         for table in (self.by_id, self.by_name, self.by_address):
             for key in [k for k, v in table.items() if v is gone]:
                 del table[key]
+        for route, held in list(self.by_route.items()):
+            self.by_route[route] = [r for r in held if r is not gone]
 
     def owner(self, address: str) -> dict[str, Any] | None:
         if address.lower().startswith(("smtp:", "x500:")):
             return self.by_address.get(address[:5].lower() + _key(address[5:]))
         return self.by_address.get("smtp:" + _key(address))
+
+    def routing_to(self, address: str) -> list[dict[str, Any]]:
+        """Recipients whose mail goes to `address` (ExternalEmailAddress, ForwardingSmtpAddress)."""
+        return list(self.by_route.get(_bare(address), ()))
 
     def get(self, ident: str | None) -> dict[str, Any] | None:
         return self.by_id.get(ident.lower()) if ident else None

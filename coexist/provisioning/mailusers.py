@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coexist.engine.context import Context
-from coexist.engine.runner import ItemPlan, Outcome, set_item
+from coexist.engine.runner import ItemPlan, Outcome, Runner, set_item
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import Conflict, NotFound
 from coexist.tenants.exo import hashtable
@@ -38,6 +38,14 @@ from .exchange import (
     smtp_proxies,
 )
 from .index import TargetIndex
+from .orphans import (
+    Obstacles,
+    check_live,
+    describe,
+    in_the_way,
+    obstacles,
+    provision_command,
+)
 from .plan import new_password
 
 
@@ -63,6 +71,11 @@ class MailUserStep(Step):
     # Every address of the source mailbox itself (exchange.own_addresses): never the
     # target's primary, and not carried onto the target's address list.
     source_addresses: tuple[str, ...] = ()
+    user: str = ""  # the user's source address, as the operator names it (--users)
+    # An object in the target that routed to the source mailbox before this journal planned
+    # the user (orphans.py), and whether the operator said to take such objects over.
+    adopt_id: str | None = None
+    adopt: bool = False
 
 
 def _index(ctx: Context) -> TargetIndex | None:
@@ -109,13 +122,18 @@ def _ours(found: dict[str, Any], step: MailUserStep) -> bool:
 
 
 async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
-    """Our object: by the recorded target id, else by the planned address (crash recovery).
+    """Our object: by the recorded target id, else by the planned address (crash recovery),
+    else an orphan taken over with --adopt; None when the way is clear for New-MailUser.
 
     The plan was journaled before any write, so an object whose UPN
     (MicrosoftOnlineServicesID) or address is the planned primary and that routes to
     our source mailbox is the one a killed run created, not a stranger. A run killed
     between New-MailUser and the address update left it with the *external* address as
-    its primary (New-MailUser.md): only the UPN names it by the plan then.
+    its primary (New-MailUser.md): only the UPN names it by the plan then. An object that
+    already existed when the plan was made (`adopt_id`) or that routes to the source
+    mailbox from elsewhere was not made by this journal: it is adopted only when the
+    operator says so (orphans.py), and anything else in the way fails the user with what
+    to free - never with a `coexist retry` that would fail the same way.
     """
     exo = ctx.target.exo
     item = ctx.journal.get_item("user", step.subject) or {}
@@ -126,6 +144,21 @@ async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
             return found
     if step.mode == "match" or not step.primary_smtp:
         return None
+    if step.adopt_id:
+        found = await find_one(exo, "Get-Recipient", step.adopt_id)
+        if found is not None and in_the_way(
+            found, step.external_address, step.x500, replace_contacts=step.replace_contacts
+        ):
+            return await _adopted(ctx, step, found)
+    found = await _at_planned_address(ctx, step)
+    if found is not None and object_id(found).lower() == (step.adopt_id or "").lower():
+        return await _adopted(ctx, step, found)
+    return found or await _orphan(ctx, step)
+
+
+async def _at_planned_address(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
+    """The object a killed run of this journal made at the planned address, or None."""
+    exo = ctx.target.exo
     index = _index(ctx)
     if (
         index is not None
@@ -148,10 +181,54 @@ async def _find_own(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
             service="exchange",
             next_step=(
                 f"free {step.primary_smtp} in the target (rename or remove "
-                f"{found.get('Name')!r}; coexist did not create it), then coexist retry"
+                f"{found.get('Name')!r}; coexist did not create it), then "
+                f"{provision_command(step.user or step.subject)}"
             ),
         )
     return found
+
+
+async def _orphan(ctx: Context, step: MailUserStep) -> dict[str, Any] | None:
+    """An object in the way of New-MailUser (orphans.py): adopted with --adopt, else the
+    user fails naming it and what to do. The snapshot's candidates are read again first:
+    none (the usual case) costs no call."""
+    index = _index(ctx)
+    args = (index or TargetIndex(), step.user, step.external_address, step.x500)
+    if index is None:
+        # No snapshot (a step run on its own): ask Exchange who holds the address.
+        holder = await find_one(ctx.target.exo, "Get-Recipient", step.external_address)
+        seen = obstacles(*args, replace_contacts=step.replace_contacts, live=[holder])
+    else:
+        seen = obstacles(*args, replace_contacts=step.replace_contacts)
+    if not seen.found:
+        return None
+    live = [await find_one(ctx.target.exo, "Get-Recipient", object_id(o)) for o in seen.found]
+    now = await check_live(
+        ctx.target.exo, obstacles(*args, replace_contacts=step.replace_contacts, live=live)
+    )
+    if not now.found:
+        return None
+    return _take(ctx, step, now)
+
+
+ADOPTED = "adopted_targets"  # run cache: subject -> the object provision took over
+
+
+async def _adopted(ctx: Context, step: MailUserStep, found: dict[str, Any]) -> dict[str, Any]:
+    """`found` is tied to the source mailbox but this journal did not make it (`_take`)."""
+    clash = Obstacles(step.user, step.external_address, (found,), step.x500)
+    return _take(ctx, step, await check_live(ctx.target.exo, clash))
+
+
+def _take(ctx: Context, step: MailUserStep, clash: Obstacles) -> dict[str, Any]:
+    """With --adopt the one adoptable object is ours from now on (the step journals its
+    state as the before-state); without, or for anything else in the way (a live mailbox,
+    a stranger), the user fails with what to do."""
+    taken = clash.adoptable
+    if not step.adopt or taken is None:
+        raise Conflict(clash.problem(), service="exchange", next_step=clash.fix())
+    ctx.cache.setdefault(ADOPTED, {})[step.subject] = taken
+    return taken
 
 
 def _planned_object(step: MailUserStep) -> dict[str, Any]:
@@ -166,7 +243,9 @@ def _planned_object(step: MailUserStep) -> dict[str, Any]:
     }
 
 
-def _wanted_primary(step: MailUserStep, obj: dict[str, Any], initial: str) -> str | None:
+def _wanted_primary(
+    ctx: Context, step: MailUserStep, obj: dict[str, Any], initial: str
+) -> str | None:
     """The primary the object must get, or None when its primary is right.
 
     Wrong is: none, one of the source's own addresses (what New-MailUser leaves: the
@@ -192,9 +271,15 @@ def _wanted_primary(step: MailUserStep, obj: dict[str, Any], initial: str) -> st
         service="exchange",
         next_step=(
             f"give {obj.get('Name')!r} a primary address in the destination domain "
-            "(Set-MailUser -EmailAddresses SMTP:...), then coexist provision"
+            f"(Set-MailUser -EmailAddresses SMTP:...), then {_provision_again(ctx, step)}"
         ),
     )
+
+
+def _provision_again(ctx: Context, step: Step) -> str:
+    """The command that provisions this one user again (a selection is required)."""
+    item = ctx.journal.get_item("user", step.subject) or {}
+    return f"coexist provision --users {item.get('source_address') or step.subject}"
 
 
 def _address_list(
@@ -260,13 +345,18 @@ class MailUserExecutor:
         if observed is None:
             return await self._create(ctx, step)
         updates, taken = await self._differences(ctx, step, observed)
+        adopted = _adoption(ctx, step, observed)
         if not updates:
             # Nothing to write: this observation is the read-back (`provision.target-address`
             # takes it from here), and it corrects a journal that holds another address
             # (e.g. one recorded from New-MailUser's output).
             ctx.cache.setdefault(OBSERVED, {})[step.subject] = observed
             return StepResult(
-                False, _state(observed), _state(observed), "up to date", data=_data(observed)
+                False,
+                _state(observed),
+                _state(observed),
+                adopted.get("detail", "") + "up to date",
+                data={**_data(observed), **adopted.get("data", {})},
             )
         cmdlet = "Set-Mailbox" if is_mailbox(observed) else "Set-MailUser"
         await exo.run(cmdlet, Identity=object_id(observed), **updates)
@@ -275,8 +365,8 @@ class MailUserExecutor:
             True,
             _state(observed),
             _state(after),
-            "updated " + ", ".join(sorted(updates)) + _left_out(taken),
-            data=_written(object_id(observed), taken),
+            adopted.get("detail", "") + "updated " + ", ".join(sorted(updates)) + _left_out(taken),
+            data={**_written(object_id(observed), taken), **adopted.get("data", {})},
         )
 
     async def _differences(
@@ -296,7 +386,7 @@ class MailUserExecutor:
         wanted, taken = _free_x500(ctx, proxies, object_id(obj))
         missing = [x for x in wanted if not has_proxy(obj, x)]
         domain = await _initial_domain(ctx)
-        primary = _wanted_primary(step, obj, domain)
+        primary = _wanted_primary(ctx, step, obj, domain)
         # Every cloud recipient coexist makes carries its MOERA (alias@<initial domain>).
         moera_missing = step.mode == "create" and not any(
             _domain(a) == domain for a in smtp_proxies(obj)
@@ -402,6 +492,19 @@ class MailUserExecutor:
         )
 
 
+def _adoption(ctx: Context, step: MailUserStep, observed: dict[str, Any]) -> dict[str, Any]:
+    """For an object taken over with --adopt: the detail prefix and the item's record of it."""
+    if ctx.cache.get(ADOPTED, {}).get(step.subject) is not observed:
+        return {}
+    record = {
+        "target_id": object_id(observed),
+        "name": observed.get("Name"),
+        "kind": observed.get("RecipientTypeDetails"),
+        "primary": observed.get("PrimarySmtpAddress"),
+    }
+    return {"detail": f"adopted {describe(observed)}; ", "data": {"adopted": record}}
+
+
 def _x500_of(saved: dict[str, Any] | None) -> list[str]:
     """The X500 proxies a replaced contact hands over: its LegacyExchangeDN and X500s."""
     if not saved:
@@ -457,6 +560,7 @@ class TargetAddressStep(Step):
 
     primary_smtp: str  # the planned primary, for the record ("": a matched recipient's own)
     source_addresses: tuple[str, ...] = ()
+    target_id: str = ""  # the object the MailUser step journaled in this run ("": read the item)
 
 
 READBACK = "target_readback"  # run cache: "bulk" | "each" | the bulk read in flight
@@ -491,15 +595,32 @@ async def _all_recipients(ctx: Context) -> dict[str, dict[str, Any]]:
     return {object_id(r).lower(): r for r in rows}
 
 
+# What the read-back judges, of the object Exchange returns, and so what its record keeps
+# (the whole Get-Recipient object, ~40 properties, for every user, would only weigh it down).
+_READ_BACK = (
+    "ExternalDirectoryObjectId",
+    "Guid",
+    "Name",
+    "RecipientTypeDetails",
+    "PrimarySmtpAddress",
+    "ExternalEmailAddress",
+    "EmailAddresses",
+)
+
+
+def _as_read(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if obj is None else {name: obj.get(name) for name in _READ_BACK}
+
+
 @registry.register(TargetAddressStep)
 class TargetAddressExecutor:
     async def observe(self, ctx: Context, step: TargetAddressStep) -> dict[str, Any] | None:
         seen = ctx.cache.get(OBSERVED, {}).get(step.subject)
         if seen is not None:
-            return dict(seen)  # read by this run's MailUser step, which then wrote nothing
-        item = ctx.journal.get_item("user", step.subject) or {}
-        ident = item.get("target_id")
-        return await _read_back(ctx, str(ident)) if ident else None
+            return _as_read(seen)  # read by this run's MailUser step, which then wrote nothing
+        item = {} if step.target_id else ctx.journal.get_item("user", step.subject) or {}
+        ident = step.target_id or item.get("target_id")
+        return _as_read(await _read_back(ctx, str(ident))) if ident else None
 
     async def apply(
         self, ctx: Context, step: TargetAddressStep, observed: dict[str, Any] | None
@@ -508,7 +629,7 @@ class TargetAddressExecutor:
             raise NotFound(
                 "the target object provision made is not found in Exchange",
                 service="exchange",
-                next_step="coexist provision  (finds or makes the target object again)",
+                next_step=f"{_provision_again(ctx, step)}  (finds or makes the target object again)",
             )
         primary = str(observed.get("PrimarySmtpAddress") or "")
         requested = ctx.cache.get(REQUESTED, {}).get(step.subject)
@@ -522,7 +643,7 @@ class TargetAddressExecutor:
                 f"target {observed.get('Name')!r}, not {requested or 'an address of its own'}: "
                 "it did not take the address list",
                 service="exchange",
-                next_step="coexist provision  (sets the address list again)",
+                next_step=f"{_provision_again(ctx, step)}  (sets the address list again)",
             )
         state = {"PrimarySmtpAddress": primary}
         return StepResult(False, state, state, f"target address {primary}", data=_data(observed))
@@ -534,7 +655,8 @@ def readback_plans(
     """The read-back for every user whose MailUser step ended ok in this run (not in plan mode).
 
     Users whose step wrote nothing were just read (no call); the others are read back
-    with one paged Get-Recipient, or one read each when that is fewer calls.
+    with one paged Get-Recipient, or one read each when that is fewer calls. The steps
+    only read, so the command runs them as one batched round (`Runner.run_batched`).
     """
     done = {o.subject: o for o in outcomes if o.name == MailUserStep.name and o.status == "ok"}
     if ctx.planning or not done:
@@ -548,10 +670,66 @@ def readback_plans(
             subject=plan.key,
             primary_smtp=step.primary_smtp,
             source_addresses=step.source_addresses,
+            target_id=str(done[plan.key].data.get("target_id") or ""),
         )
         out.append(ItemPlan(plan.kind, plan.key, [check], None, label=plan.label))
     wrote = sum(1 for o in done.values() if o.changed)
-    index = _index(ctx)
-    pages = 1 + len({id(r) for r in index.by_id.values()}) // 1000 if index is not None else 1
-    ctx.cache[READBACK] = "bulk" if wrote > pages else "each"
+    ctx.cache[READBACK] = "bulk" if wrote > _pages(ctx) else "each"
     return out
+
+
+def _pages(ctx: Context) -> int:
+    """Pages (calls) one bulk Get-Recipient takes: 1,000 recipients a page."""
+    index = _index(ctx)
+    return 1 + len({id(r) for r in index.by_id.values()}) // 1000 if index is not None else 1
+
+
+# While the MailUser round goes on, users are read back in batches of this many per page
+# of a bulk read: the read-back then costs at most 0.01 calls per user.
+READBACK_USERS_PER_PAGE = 100
+_LOOK_S = 0.2  # how often the round looks for users to read back while its writes go on
+
+
+async def provision_users(
+    runner: Runner,
+    ctx: Context,
+    plans: Sequence[ItemPlan],
+    outcomes: list[Outcome],
+    concurrency: int,
+    *,
+    batch: int | None = None,
+) -> None:
+    """The MailUser round, and the read-back of its users overlapping it.
+
+    `outcomes` is the command's list of reported outcomes (a step's outcome is reported
+    once it is journaled). Whenever `batch` users (default: `READBACK_USERS_PER_PAGE` per
+    page of a bulk read) have ended their MailUser step ok since the last read-back, they
+    are read back while the round goes on; the rest once it is done. A batch's bulk read
+    starts after its users' steps ended, so it reads what their writes left. At the
+    directory-write ceiling the client mostly waits on the write budget: the read-back
+    fills that wait instead of following the round.
+    """
+    writes = asyncio.ensure_future(runner.run(plans, concurrency))
+    seen = len(outcomes)  # outcomes before this round are other rounds'
+    try:
+        while True:
+            ended = writes.done()
+            if ended:
+                writes.result()  # the round's own error first, if it had one
+            fresh = outcomes[seen:]
+            # Pages as the tenant is now: every object the round creates joins the index.
+            size = batch or READBACK_USERS_PER_PAGE * _pages(ctx)
+            if ended or _ended_ok(fresh) >= size:
+                seen += len(fresh)
+                await runner.run_batched(readback_plans(ctx, plans, fresh), concurrency)
+            if ended:
+                return
+            await asyncio.wait({writes}, timeout=_LOOK_S)
+    finally:
+        if not writes.done():  # an error in a read-back: stop the round, leave nothing running
+            writes.cancel()
+            await asyncio.gather(writes, return_exceptions=True)
+
+
+def _ended_ok(outcomes: Sequence[Outcome]) -> int:
+    return sum(1 for o in outcomes if o.name == MailUserStep.name and o.status == "ok")

@@ -21,7 +21,7 @@ from coexist.model import (
     split_address,
 )
 
-from .exchange import bare, own_addresses
+from .exchange import bare, object_id, own_addresses
 from .index import TargetIndex
 
 
@@ -40,6 +40,9 @@ class TargetPlan:
     candidates: tuple[str, ...] = ()  # match mode: ambiguous candidates (needs confirmation)
     # Each candidate's RecipientTypeDetails, in the order of `candidates` ("" if unknown).
     candidate_kinds: tuple[str, ...] = ()
+    # create mode: a target object that already routed to the source mailbox when the plan
+    # was made (an orphan of a lost journal); provision takes it over only with --adopt.
+    adopt_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,9 +70,20 @@ MATCHABLE_KINDS = frozenset({"MailUser", "UserMailbox", "SharedMailbox"})
 
 
 def plan_create(
-    src: SourceMailbox, index: TargetIndex, destination_domain: str, forwarding_domain: str | None
+    src: SourceMailbox,
+    index: TargetIndex,
+    destination_domain: str,
+    forwarding_domain: str | None,
+    orphan: dict[str, Any] | None = None,
 ) -> TargetPlan:
-    """A new MailUser: the source local part at the destination domain, suffixed if taken."""
+    """A new MailUser: the source local part at the destination domain, suffixed if taken.
+
+    With an `orphan` (a target object that routes to this source mailbox, left by a run
+    whose journal is gone: `orphans.Obstacles.adoptable`) the plan is that object's name,
+    alias and destination address, so adopting it changes as little as possible.
+    """
+    if orphan is not None:
+        return _plan_orphan(src, index, destination_domain, forwarding_domain, orphan)
     local = ascii_alias(src.local_part)
     primary = free_address(local, destination_domain, lambda a: index.address_taken(a, src.id))
     name = exchange_name(src.display_name, lambda n: index.name_taken(n, src.id))
@@ -84,6 +98,54 @@ def plan_create(
     )
     index.reserve(src.id, address=primary, name=name)
     return plan
+
+
+# Where Exchange shows a MailUser's UPN (the MicrosoftOnlineServicesID coexist gives it: the
+# planned primary). Which of them Get-Recipient's output carries is *unverified* (none is in
+# its documented filterable properties); with none, the object's primary decides, and a
+# half-made orphan (source address primary) gets a fresh planned address instead.
+UPN_PROPERTIES = ("UserPrincipalName", "MicrosoftOnlineServicesID", "WindowsLiveID")
+
+
+def _plan_orphan(
+    src: SourceMailbox,
+    index: TargetIndex,
+    destination_domain: str,
+    forwarding_domain: str | None,
+    orphan: dict[str, Any],
+) -> TargetPlan:
+    """The plan for adopting `orphan`: its own destination-domain address as the primary.
+
+    That is its primary once a run set its address list, else (a run killed between
+    New-MailUser and the address update: the source address is still primary) its UPN,
+    which coexist made the planned primary. Failing both, a fresh address as for `create`.
+    """
+    own = own_addresses(src, forwarding_domain)
+    suffix = "@" + destination_domain.lower()
+    held = [bare(orphan.get("PrimarySmtpAddress"))]
+    held += [bare(orphan.get(p)) for p in UPN_PROPERTIES]
+    oid = object_id(orphan).lower()
+
+    def taken(address: str) -> bool:
+        owner = index.owner(address)
+        mine = owner is not None and object_id(owner).lower() == oid
+        return index.address_taken(address, src.id) and not mine
+
+    primary = next(
+        (a for a in held if a.endswith(suffix) and a not in own and not taken(a)), None
+    ) or free_address(ascii_alias(src.local_part), destination_domain, taken)
+    name = str(orphan.get("Name") or src.display_name)
+    index.reserve(src.id, address=primary, name=name)
+    return TargetPlan(
+        mode="create",
+        name=name,
+        alias=str(orphan.get("Alias") or split_address(primary)[0]),
+        display_name=src.display_name,
+        primary_smtp=primary,
+        external_address=forwarding_address(src, forwarding_domain),
+        x500=tuple(src.x500_proxies()),
+        adopt_id=object_id(orphan),
+    )
 
 
 def plan_match(

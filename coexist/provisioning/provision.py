@@ -6,12 +6,14 @@ from typing import Any
 
 from coexist.engine.context import Context
 from coexist.engine.runner import ItemPlan, set_item
+from coexist.journal import Batch
 from coexist.model import Phase, SourceMailbox, forwarding_address
 
 from .convert import LicenseStep, MailboxReadyStep, TargetForwardStep
 from .exchange import own_addresses
 from .index import TargetIndex
 from .mailusers import MailUserStep
+from .orphans import Obstacles, obstacles
 from .plan import TargetPlan, plan_create, plan_match
 
 
@@ -46,6 +48,7 @@ async def plan_targets(ctx: Context, items: list[dict[str, Any]]) -> dict[str, T
                 index.reserve(item["key"], address=plan.primary_smtp, name=plan.name)
             plans[item["key"]] = plan
     claimed = {p.matched_id: k for k, p in plans.items() if p.matched_id}
+    new_plans = Batch()  # written in one go, still before any write to a tenant
     for item in sorted(items, key=lambda i: str(i.get("source_address") or i["key"]).lower()):
         if item["key"] in plans:
             continue
@@ -55,15 +58,33 @@ async def plan_targets(ctx: Context, items: list[dict[str, Any]]) -> dict[str, T
         if project.mail_users.mode == "match":
             plan = plan_match(src, index, dest, fwd, claimed)
         else:
-            plan = plan_create(src, index, dest, fwd)
+            plan = plan_create(src, index, dest, fwd, obstacles_of(ctx, item, index).adoptable)
         plans[item["key"]] = plan
         if not ctx.planning:
-            set_item(ctx.journal, "user", item["key"], target_plan=plan.to_dict())
+            set_item(new_plans, "user", item["key"], target_plan=plan.to_dict())
+    ctx.journal.write_batch(new_plans)
     return plans
 
 
-def mailuser_step(ctx: Context, item: dict[str, Any], plan: TargetPlan) -> MailUserStep:
-    """The step from the reserved plan plus what the source looks like now (rediscovery)."""
+def obstacles_of(ctx: Context, item: dict[str, Any], index: TargetIndex) -> Obstacles:
+    """What the snapshot has in the way of this user's new MailUser (orphans.obstacles)."""
+    src = source_of(item)
+    return obstacles(
+        index,
+        str(item.get("source_address") or src.primary_smtp),
+        forwarding_address(src, ctx.project.domains.source_forwarding_domain),
+        src.x500_proxies(),
+        replace_contacts=ctx.project.mail_users.replace_contacts,
+    )
+
+
+def mailuser_step(
+    ctx: Context, item: dict[str, Any], plan: TargetPlan, adopt: bool = False
+) -> MailUserStep:
+    """The step from the reserved plan plus what the source looks like now (rediscovery).
+
+    `adopt` (provision --adopt): a target object that routes to the source mailbox but that
+    this journal did not make is taken over instead of failing the user (orphans.py)."""
     src = source_of(item)
     forwarding = ctx.project.domains.source_forwarding_domain
     return MailUserStep(
@@ -81,11 +102,14 @@ def mailuser_step(ctx: Context, item: dict[str, Any], plan: TargetPlan) -> MailU
         forward_matched=ctx.project.mail_users.forward_matched_to_source,
         replace_contacts=ctx.project.mail_users.replace_contacts,
         source_addresses=own_addresses(src, forwarding),
+        user=str(item.get("source_address") or src.primary_smtp),
+        adopt_id=plan.adopt_id,
+        adopt=adopt,
     )
 
 
 def provision_plans(
-    ctx: Context, items: list[dict[str, Any]], plans: dict[str, TargetPlan]
+    ctx: Context, items: list[dict[str, Any]], plans: dict[str, TargetPlan], adopt: bool = False
 ) -> tuple[list[ItemPlan], list[dict[str, Any]]]:
     """Item plans for users ready to provision, and the users waiting for a decision."""
     out: list[ItemPlan] = []
@@ -117,7 +141,7 @@ def provision_plans(
             ItemPlan(
                 "user",
                 item["key"],
-                [mailuser_step(ctx, item, plan)],
+                [mailuser_step(ctx, item, plan, adopt)],
                 phase,
                 label=str(item.get("source_address")),
             )

@@ -14,7 +14,7 @@ import base64
 import datetime as dt
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import format_datetime
 
@@ -92,6 +92,20 @@ def today() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def seeded_numbers(store: MailStore, tenant: str, mailbox: str, *, seed: int = 1) -> set[int]:
+    """Which of `seed`'s items (by number) the mailbox holds, in any folder: told by their
+    Message-ID, so seeding again adds only the ones missing."""
+    prefix = f"<{seed}.{_digest(seed, mailbox)}."
+    found: set[int] = set()
+    for item in store.iter_messages(tenant, mailbox):
+        mid = item.internet_message_id or ""
+        if mid.startswith(prefix) and mid.endswith(_ID_DOMAIN):
+            number = mid[len(prefix) : -len(_ID_DOMAIN)]
+            if number.isdigit():
+                found.add(int(number))
+    return found
+
+
 def seed_mailbox(
     store: MailStore,
     tenant: str,
@@ -100,31 +114,39 @@ def seed_mailbox(
     seed: int = 1,
     items: int = DEFAULT_ITEMS,
     now: dt.datetime | None = None,
+    skip: Container[int] = (),
 ) -> Seeded:
-    """Fill one mailbox with `items` messages spread over the year before `now`."""
+    """Fill one mailbox with `items` messages spread over the year before `now`; the item
+    numbers in `skip` are made (so the others come out the same) but not stored."""
     # A str seed is hashed with SHA-512 by `random.seed`: stable across processes.
     rng = random.Random(f"{seed}:{tenant}:{mailbox}")
     at = now or today()
     folders = {path: _folder(store, tenant, mailbox, path) for path, _ in FOLDERS}
     paths = [path for path, _ in FOLDERS]
     weights = [w for _, w in FOLDERS]
-    total = 0
+    total = stored = 0
     for n in range(items):
         path = rng.choices(paths, weights)[0]
         received = at - dt.timedelta(seconds=rng.randrange(1, SPAN_DAYS * 86400))
         mime = _message(rng, seed, mailbox, n, received, sent=path == ("Sent Items",))
+        is_read = path == ("Sent Items",) or rng.random() < SHARE_READ
+        flag = {"flagStatus": "flagged"} if rng.random() < SHARE_FLAGGED else None
+        importance = "high" if rng.random() < SHARE_HIGH_IMPORTANCE else None
+        if n in skip:
+            continue
+        stored += 1
         store.insert_message(
             tenant,
             mailbox,
             folders[path],
             mime,
             received=received,
-            is_read=path == ("Sent Items",) or rng.random() < SHARE_READ,
-            flag={"flagStatus": "flagged"} if rng.random() < SHARE_FLAGGED else None,
-            importance="high" if rng.random() < SHARE_HIGH_IMPORTANCE else None,
+            is_read=is_read,
+            flag=flag,
+            importance=importance,
         )
         total += len(mime)
-    return Seeded(items, total)
+    return Seeded(stored, total)
 
 
 def _folder(store: MailStore, tenant: str, mailbox: str, path: Sequence[str]) -> str:
@@ -151,13 +173,13 @@ def _message(
     me = f"user-{mailbox[:8]}@source.example"
     them = f"{_encoded(name)} <{address}>"
     topic = rng.choice(TOPICS)
-    digest = hashlib.sha1(f"{seed}:{mailbox}".encode()).hexdigest()[:12]
+    digest = _digest(seed, mailbox)
     headers = [
         f"From: {me if sent else them}",
         f"To: {them if sent else me}",
         f"Subject: {topic} #{n}",
         f"Date: {format_datetime(received - dt.timedelta(seconds=rng.randrange(5, 600)))}",
-        f"Message-ID: <{seed}.{digest}.{n}@mailseed.example>",
+        f"Message-ID: {_message_id(seed, mailbox, n)}",
         "MIME-Version: 1.0",
     ]
     text = _body(rng, topic, name)
@@ -176,6 +198,18 @@ def _message(
         )
         body = _multipart("mixed", f"mix-{digest}-{n}", [body, pdf])
     return ("\r\n".join(headers) + "\r\n").encode() + body
+
+
+_ID_DOMAIN = "@mailseed.example>"
+
+
+def _digest(seed: int, mailbox: str) -> str:
+    return hashlib.sha1(f"{seed}:{mailbox}".encode()).hexdigest()[:12]
+
+
+def _message_id(seed: int, mailbox: str, n: int) -> str:
+    """Item `n`'s Message-ID: the same for the same seed and mailbox, whatever the day."""
+    return f"<{seed}.{_digest(seed, mailbox)}.{n}{_ID_DOMAIN}"  # seeded_numbers reads it
 
 
 def _encoded(name: str) -> str:

@@ -38,19 +38,16 @@ from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from coexist.files import create_private, private_dir, write_private
+
+from .locales import DEFAULT_FOLDER_NAMES, names_for
+
 MAIL_DB = "mail.db"
 
 # Graph's well-known folder names and the display names Exchange gives them (English
 # locale) (learn.microsoft.com/graph/api/resources/mailfolder, "Well-known folder names").
-WELL_KNOWN: dict[str, str] = {
-    "inbox": "Inbox",
-    "sentitems": "Sent Items",
-    "drafts": "Drafts",
-    "deleteditems": "Deleted Items",
-    "junkemail": "Junk Email",
-    "archive": "Archive",
-    "outbox": "Outbox",
-}
+MAIL_WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", "archive", "outbox")
+WELL_KNOWN: dict[str, str] = {wk: DEFAULT_FOLDER_NAMES["en"][wk] for wk in MAIL_WELL_KNOWN}
 # The hidden parent of the folders above ("Top of Information Store").
 ROOT = "msgfolderroot"
 ROOT_DISPLAY = "Top of Information Store"
@@ -529,7 +526,8 @@ class MailStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        create_private(self.path)  # owner-only; SQLite gives -wal and -shm the same mode
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -640,8 +638,6 @@ class MailStore:
 
     def localize(self, tenant: str, mailbox: str, language: str) -> None:
         """Rename the well-known folders as Exchange names them in `language` (locales.py)."""
-        from .locales import names_for
-
         names = names_for(language)
         self.ensure_mailbox(tenant, mailbox)
         with self._lock:
@@ -1159,7 +1155,7 @@ class MailStore:
     ) -> UploadSession:
         session_id = _entry_id(b"\x12", mailbox)
         token = base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes).decode()
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.spool_dir)
         with self._lock:
             self._db.execute(
                 "INSERT INTO upload_sessions (id, tenant, mailbox, item_id, owner, token, name,"
@@ -1168,7 +1164,7 @@ class MailStore:
                 (session_id, tenant, mailbox, item_id, owner, token, name, content_type, size,
                  int(is_inline), content_id, iso(expires)),
             )  # fmt: skip
-        self._spool(session_id).write_bytes(b"")
+        write_private(self._spool(session_id), b"", atomic=False)
         found = self.upload_session(session_id)
         assert found is not None
         return found

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import threading
 import time
 import uuid
@@ -23,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from coexist.files import private_dir, write_private
 
 STATE_FILE = "state.json"
 
@@ -583,15 +584,13 @@ class World:
 
     def save(self, state_dir: Path) -> Path:
         """Write state atomically (write + rename) so a reader never sees half a file."""
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
         path = state_dir / STATE_FILE
-        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
         with self.lock:
             data = self.to_dict()  # a consistent snapshot; serialised outside the lock
         text = json.dumps(data, separators=(",", ":"))
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        # Owner-only: the state holds every app's client secret.
+        return write_private(path, text)
 
     @classmethod
     def load(cls, state_dir: Path) -> World:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coexist.files import create_private, private_dir
+
 from .mailstore import _entry_id, iso, utcnow
 
 PIM_DB = "pim.db"
@@ -154,7 +156,8 @@ class PimStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        create_private(self.path)  # owner-only; SQLite gives -wal and -shm the same mode
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row

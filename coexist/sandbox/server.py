@@ -8,7 +8,9 @@ and `coexist sandbox serve`. It serves both tenants on one HTTPS port:
 - Exchange: `/adminapi/beta/{tenantId}/InvokeCommand`
 
 State lives in `state_dir/state.json` (saved shortly after every change and
-on stop); `connection.json` there tells a coexist project how to connect.
+on stop); `connection.json` there tells a coexist project how to connect. A started
+sandbox holds the state directory's lock until it has saved on stop, and answers the
+admin channel (`admin.py`: `coexist sandbox policy`, `seed-mail`, `deliver`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -40,7 +43,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import exo, graph, seed, transport
+from coexist.files import private_dir, write_private
+
+from . import admin, exo, graph, seed, transport
 from .graph.mail import MAIL_STORE_KEY
 from .graph.outlook_items import PIM_STORE_KEY
 from .identity import Issuer
@@ -63,6 +68,9 @@ GRACEFUL_S = 1  # seconds (uvicorn takes an int)
 SERVER_STOP_S = 2.0
 STOP_DEADLINE_S = 3.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How long a starting sandbox waits for its state directory while a short command holds it
+# (`coexist sandbox policy` on the stopped sandbox) before saying who holds it.
+STATE_LOCK_WAIT_S = 10.0
 _POLL_S = 0.05
 
 Scope = MutableMapping[str, Any]
@@ -160,21 +168,24 @@ async def _http_failure(request: Request, exc: Exception) -> Response:
 
 
 def build_app(ctx: SandboxContext) -> Starlette:
-    routes: list[BaseRoute] = [*graph.routes(), *exo.routes(), *ctx.issuer.routes()]
+    # The admin channel first: no Microsoft face may answer its paths.
+    routes: list[BaseRoute] = [
+        *admin.routes(),
+        *graph.routes(),
+        *exo.routes(),
+        *ctx.issuer.routes(),
+    ]
     app = Starlette(routes=routes, exception_handlers={HTTPFailure: _http_failure})
     app.state.ctx = ctx
     app.add_middleware(ChaosMiddleware, ctx=ctx)
     return app
 
 
-def write_atomically(path: Path, data: bytes, *, private: bool = False) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Write a file whole or not at all (write + rename): a sandbox stopped at any moment
-    (`run_forever` may cut start-up short) never leaves half a certificate behind."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_bytes(data)
-    if private:
-        tmp.chmod(0o600)
-    os.replace(tmp, path)
+    (`run_forever` may cut start-up short) never leaves half a certificate behind. Owner-only,
+    like all of the state: it holds the apps' keys and client secrets."""
+    write_private(path, data)
 
 
 def make_app_certificate(common_name: str) -> tuple[str, str]:
@@ -223,7 +234,7 @@ class Sandbox:
         world: World | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.host = host
         self._requested_port = port
         self.seed = seed
@@ -231,10 +242,12 @@ class Sandbox:
         self.profile = profile
         self.time_scale = time_scale
         self.token_lifetime_s = token_lifetime_s
+        self.drained = drained
+        self._given_world = world is not None
+        self._loaded_stamp: tuple[int, int] | None = None
         self.world = world or self._load_or_seed()
-        self.world.settings.profile = profile
-        self.world.settings.time_scale = time_scale
-        self.world.settings.buckets_start_empty = drained
+        self._apply_run_settings(self.world)
+        self._lock = admin.StateLock(self.state_dir)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._saver: threading.Thread | None = None
@@ -245,12 +258,41 @@ class Sandbox:
         self._mail: MailStore | None = None
 
     # -- state -------------------------------------------------------------------
+    def _state_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.state_dir / STATE_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
     def _load_or_seed(self) -> World:
-        if (self.state_dir / STATE_FILE).exists():
+        self._loaded_stamp = self._state_stamp()
+        if self._loaded_stamp is not None:
             return World.load(self.state_dir)
         return seed.generate(
             self.seed, self.users, profile_settings(self.profile, self.seed, self.time_scale)
         )
+
+    def _apply_run_settings(self, world: World) -> None:
+        """This run's profile, time scale and bucket start (not taken from saved state)."""
+        world.settings.profile = self.profile
+        world.settings.time_scale = self.time_scale
+        world.settings.buckets_start_empty = self.drained
+
+    def _hold_state_dir(self) -> None:
+        """Take the state directory's lock, then the state as it is now: a command may have
+        changed the saved state of the stopped sandbox since it was loaded (admin.py)."""
+        if not self._lock.acquire(STATE_LOCK_WAIT_S):
+            holder = admin.announced(self.state_dir)
+            raise admin.SandboxError(
+                f"another process holds the sandbox state in {self.state_dir}"
+                + (f" (a `coexist sandbox serve`, pid {holder.pid})" if holder else ""),
+                next_step="stop the other `coexist sandbox serve` of this state directory, "
+                "or serve a copy of it (--state OTHER-DIR)",
+            )
+        if not self._given_world and self._state_stamp() != self._loaded_stamp:
+            self.world = self._load_or_seed()
+            self._apply_run_settings(self.world)
 
     def reset(self, world: World | None = None) -> World:
         """Replace the tenants (tests re-seed per test without restarting HTTPS)."""
@@ -273,10 +315,13 @@ class Sandbox:
         return self.world
 
     def save(self) -> None:
+        if not self._lock.held:
+            return  # only the process holding the state directory writes its state
         with self.world.lock:
             version = self.world.version
             self.world.save(self.state_dir)
             self._saved_version = version
+            self._loaded_stamp = self._state_stamp()  # its own save is no change from outside
 
     def _saver_loop(self) -> None:
         # At most once a second: each save snapshots the world under its lock.
@@ -303,7 +348,7 @@ class Sandbox:
                         app.certificate_pem = on_disk
                         continue
                 combined, cert_pem = make_app_certificate(app.display_name)
-                write_atomically(path, combined.encode(), private=True)
+                write_atomically(path, combined.encode())
                 app.certificate_pem = cert_pem
 
     # -- mail --------------------------------------------------------------------
@@ -339,7 +384,7 @@ class Sandbox:
             ca = trustme.CA(organization_name="coexist sandbox")
             cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
             write_atomically(ca_path, ca.cert_pem.bytes())
-            write_atomically(server_path, cert.private_key_and_cert_chain_pem.bytes(), private=True)
+            write_atomically(server_path, cert.private_key_and_cert_chain_pem.bytes())
         return ca_path, server_path
 
     # -- lifecycle ---------------------------------------------------------------
@@ -348,6 +393,17 @@ class Sandbox:
         return f"https://{self.host}:{self.port}"
 
     def start(self) -> Sandbox:
+        """Serve; raises admin.SandboxError when the state directory is held by another
+        process and admin.PortTaken when the port is."""
+        self._hold_state_dir()
+        try:
+            return self._serve()
+        except BaseException:
+            if not self.serving():  # nothing to stop: let the next start have the directory
+                self._lock.release()
+            raise
+
+    def _serve(self) -> Sandbox:
         _ca, server_path = self._tls()
         self._attach_app_certificates(self.world)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -355,7 +411,13 @@ class Sandbox:
         # Accepted sockets inherit this: without it uvicorn's separate header/body TLS writes
         # meet Nagle + delayed ACK and every small response waits ~40 ms.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((self.host, self._requested_port))
+        try:
+            sock.bind((self.host, self._requested_port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise admin.PortTaken(self.host, self._requested_port) from exc
+            raise
         self.port = sock.getsockname()[1]
         issuer = Issuer(self.world, self.base_url, lifetime_s=self.token_lifetime_s)
         self.ctx = SandboxContext(
@@ -366,6 +428,8 @@ class Sandbox:
             state_dir=self.state_dir,
         )
         self.ctx.extra[MAIL_STORE_KEY] = self.mail
+        token = admin.new_token()
+        self.ctx.extra[admin.TOKEN_KEY] = token
         config = uvicorn.Config(
             build_app(self.ctx),
             ssl_certfile=str(server_path),
@@ -389,6 +453,7 @@ class Sandbox:
             time.sleep(0.01)
         self.save()
         self.write_connection()
+        admin.announce(self.state_dir, self.base_url, token)
         self._stop_saver.clear()
         self._saver = threading.Thread(target=self._saver_loop, name="sandbox-saver", daemon=True)
         self._saver.start()
@@ -416,6 +481,9 @@ class Sandbox:
             self._mail = None
         if self.ctx is not None and (pim := self.ctx.extra.pop(PIM_STORE_KEY, None)) is not None:
             pim.close()
+        if self._lock.held:
+            admin.withdraw(self.state_dir)
+            self._lock.release()  # last: the state on disk is whole and final
 
     def serving(self) -> bool:
         """True while the server thread runs."""
@@ -454,9 +522,7 @@ class Sandbox:
 
     def write_connection(self) -> Path:
         path = self.state_dir / CONNECTION_FILE
-        write_atomically(
-            path, (json.dumps(self.connection, indent=2) + "\n").encode(), private=True
-        )
+        write_atomically(path, (json.dumps(self.connection, indent=2) + "\n").encode())
         return path
 
 

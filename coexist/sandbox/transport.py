@@ -170,10 +170,13 @@ def submit(
     out: Outgoing,
     *,
     sender_name: str | None = None,
+    tenant_hint: str | None = None,
 ) -> SubmitReport:
     """Deliver `out` from `sender` (an SMTP address, sandbox mailbox or not) to its recipients.
 
-    Raises SubmitError when a recipient is not an address at all (nothing is delivered).
+    `tenant_hint` places raw X500 recipients when the sender is in no sandbox tenant (as
+    `routing.route` takes it). Raises SubmitError when a recipient is not an address at all
+    (nothing is delivered).
     """
     _check_addresses(out)
     sent_at = utcnow()
@@ -188,7 +191,7 @@ def submit(
 
     delivered: set[tuple[str, str]] = set()
     for r in (*out.to, *out.cc, *out.bcc):
-        result = route(world, r.address, sender=sender)
+        result = route(world, r.address, sender=sender, tenant_hint=tenant_hint)
         report.routes[r.address] = result
         for leg in result.deliveries:
             if leg.outcome == "delivered" and leg.tenant and leg.object:

@@ -71,9 +71,18 @@ class TenantEndpoint:
         )
 
 
-def credential(ep: TenantEndpoint, *, retry_total: int | None = None) -> Any:
-    """An async azure-identity credential: certificate preferred over secret."""
+def credential(
+    ep: TenantEndpoint, *, retry_total: int | None = None, timeout: float | None = None
+) -> Any:
+    """An async azure-identity credential: certificate preferred over secret.
+
+    `timeout`: seconds to connect to the token endpoint and to wait for its answer (azure-core
+    transport options `connection_timeout` / `read_timeout`).
+    """
     kwargs: dict[str, Any] = {"authority": ep.authority}
+    if timeout is not None:
+        kwargs["connection_timeout"] = timeout
+        kwargs["read_timeout"] = timeout
     if ep.authority != PUBLIC_AUTHORITY:
         # Sandbox and sovereign endpoints: no instance discovery against Microsoft.
         kwargs["disable_instance_discovery"] = True
@@ -82,9 +91,20 @@ def credential(ep: TenantEndpoint, *, retry_total: int | None = None) -> Any:
     if retry_total is not None:
         kwargs["retry_total"] = retry_total
     if ep.certificate_file:
-        return CertificateCredential(
-            ep.tenant_id, ep.client_id, certificate_path=ep.certificate_file, **kwargs
-        )
+        try:
+            return CertificateCredential(
+                ep.tenant_id, ep.client_id, certificate_path=ep.certificate_file, **kwargs
+            )
+        except (OSError, ValueError) as exc:
+            # azure-identity reads the PEM here: a missing, unreadable or malformed file.
+            raise ConfigError(
+                f"the certificate file {ep.certificate_file} cannot be used "
+                f"({type(exc).__name__}: {exc})",
+                file="project.toml",
+                key="tenant.certificate_file",
+                next_step="set certificate_file to a PEM file holding the app's private key "
+                "and certificate (or sandbox_connection to the sandbox's connection.json)",
+            ) from exc
     if ep.client_secret:
         return ClientSecretCredential(ep.tenant_id, ep.client_id, ep.client_secret, **kwargs)
     raise ConfigError(

@@ -10,6 +10,7 @@ FACTS.md), so every detail of it lives in this module alone.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -26,11 +27,12 @@ from coexist.errors import (
 
 from .auth import EXO_SCOPE, TenantEndpoint
 from .base import TRANSIENT_STATUS, Adapter, parse_retry_after
-from .plan import before_write, is_write_cmdlet
+from .plan import before_write, is_write_cmdlet, redact_secrets
 
 # Anchor header the V3 module sends for app-only sessions (FACTS.md).
 ANCHOR = "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@"
 MAX_PAGE = 1000
+log = logging.getLogger(__name__)
 
 
 def build_body(cmdlet: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +112,7 @@ class ExoRunner(Adapter):
 
     scope = EXO_SCOPE
     service = "Exchange"
+    url_setting = "exo_url"
 
     def __init__(self, ep: TenantEndpoint, *, page_size: int = MAX_PAGE, **kwargs: Any) -> None:
         # 900 s: a cmdlet call times out after 15 minutes server-side (FACTS.md).
@@ -129,6 +132,7 @@ class ExoRunner(Adapter):
 
     async def run(self, cmdlet: str, **params: Any) -> list[dict[str, Any]]:
         """Run one cmdlet, following pages; in plan mode a write is recorded, not sent."""
+        log.debug("%s %s %s", self.label, cmdlet, redact_secrets(params))  # -v
         if is_write_cmdlet(cmdlet):
             if self.plan is not None:
                 self.plan.record("exchange", self.label, cmdlet, params)
@@ -153,8 +157,9 @@ class ExoRunner(Adapter):
             try:
                 resp = await self._http.post(url, json=body, headers=await self._headers(cmdlet))
             except httpx.TransportError as exc:
-                raise TransientError(
-                    f"{cmdlet}: connection failed ({type(exc).__name__})", service="exchange"
+                connected = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                raise self.connection_failed(
+                    exc, what=cmdlet, url=url, connected=connected
                 ) from exc
             try:
                 data = resp.json()

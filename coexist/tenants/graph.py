@@ -93,6 +93,17 @@ def parse_error(
 _JSON_CONTENT = {"Content-Type": "application/json"}
 
 
+def _short(path: str) -> str:
+    """A request path for a message: without its query (a nextLink's skiptoken, a filter)."""
+    return path.split("?", 1)[0]
+
+
+def _connected(exc: httpx.TransportError) -> bool:
+    """Whether the request may have reached the service: every transport failure except a
+    failure to connect (or to get a pooled connection) happens after sending began."""
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
 def import_content(body: dict[str, Any]) -> bytes:
     """An importItem body as JSON bytes. `Data` (base64, megabytes) needs no escaping, so it
     is spliced in instead of being scanned by the JSON encoder."""
@@ -149,6 +160,7 @@ class GraphAdapter(Adapter):
 
     scope = GRAPH_SCOPE
     service = "Graph"
+    url_setting = "graph_url"
 
     def __init__(
         self, ep: TenantEndpoint, *, mailbox_limits: MailboxLimits | None = None, **kwargs: Any
@@ -300,14 +312,13 @@ class GraphAdapter(Adapter):
         if content is not None:
             h.setdefault("Content-Type", "application/json")
         self.calls += 1
+        url = self.url(path)
         try:
             client = self._client(min(boxes) if boxes else None)
-            resp = await client.request(
-                method, self.url(path), params=params, content=content, headers=h
-            )
+            resp = await client.request(method, url, params=params, content=content, headers=h)
         except httpx.TransportError as exc:
-            raise TransientError(
-                f"Graph {method} {path}: connection failed ({type(exc).__name__})", service="graph"
+            raise self.connection_failed(
+                exc, what=f"{method} {_short(path)}", url=url, connected=_connected(exc)
             ) from exc
         if resp.status_code >= 400:
             try:
@@ -433,10 +444,8 @@ class GraphAdapter(Adapter):
             resp = await self._client(box).post(
                 import_url, content=import_content(body), headers=_JSON_CONTENT
             )
-        except httpx.ConnectError as exc:  # nothing reached the service: safe to retry
-            raise TransientError(
-                f"Graph import: connection failed ({type(exc).__name__})", service="graph"
-            ) from exc
+        except httpx.TransportError as exc:
+            raise self._unsent_or_unknown(exc, "importItem", import_url) from exc
         if resp.status_code >= 400:
             try:
                 payload = resp.json()
@@ -481,12 +490,12 @@ class GraphAdapter(Adapter):
             async with self._slot(box):
                 h = {"Authorization": f"Bearer {await self.token()}"}
                 self.calls += 1
+                url = self.url(path)
                 try:
-                    resp = await self._client(box).get(self.url(path), headers=h)
+                    resp = await self._client(box).get(url, headers=h)
                 except httpx.TransportError as exc:
-                    raise TransientError(
-                        f"Graph GET {path}: connection failed ({type(exc).__name__})",
-                        service="graph",
+                    raise self.connection_failed(
+                        exc, what=f"GET {_short(path)}", url=url, connected=_connected(exc)
                     ) from exc
                 if resp.status_code >= 400:
                     raise self._failure(resp, f"GET {path}", box)
@@ -516,10 +525,8 @@ class GraphAdapter(Adapter):
                 self.calls += 1
                 try:
                     resp = await self._client(box).put(upload_url, content=chunk, headers=headers)
-                except httpx.ConnectError as exc:  # nothing reached the service
-                    raise TransientError(
-                        f"Graph upload: connection failed ({type(exc).__name__})", service="graph"
-                    ) from exc
+                except httpx.TransportError as exc:
+                    raise self._unsent_or_unknown(exc, "upload", upload_url) from exc
                 if resp.status_code >= 400:
                     error = self._failure(resp, "PUT uploadUrl", box, upload=True)
                     if (
@@ -532,6 +539,20 @@ class GraphAdapter(Adapter):
                 self.writes += 1
 
         await self.read_retry.call(attempt)
+
+    def _unsent_or_unknown(self, exc: httpx.TransportError, what: str, url: str) -> RemoteError:
+        """A pre-authenticated write (import, upload range) whose connection failed. Failed
+        to connect: nothing reached the service, so it is retried (or stops the run when the
+        endpoint stays unreachable). Failed later: the write may have been applied, so it is
+        not retried blindly; the mover finds out from the target on its next pass."""
+        error = self.connection_failed(exc, what=what, url=url, connected=_connected(exc))
+        if _connected(exc) and isinstance(error, TransientError):
+            return RemoteError(
+                f"{error.message} after sending; whether it was applied is not known",
+                service="graph",
+                next_step="run the command again: the next pass finds what arrived",
+            )
+        return error
 
     def _failure(
         self, resp: httpx.Response, what: str, box: str | None = None, upload: bool = False

@@ -9,6 +9,7 @@ still sent, so the plan reflects the live state. The engine sets
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,13 +49,26 @@ class PlannedWrite:
     step: str | None
 
     def describe(self) -> str:
+        """The write as an operator would type it: a cmdlet line, or a Graph request with
+        its JSON body. Plain text: a renderer must escape it (`[target]`, `[redacted]`)."""
         if self.system == "exchange":
             args = " ".join(f"-{k} {_ps(v)}" for k, v in self.params.items())
             return f"[{self.tenant}] {self.operation} {args}".rstrip()
-        return f"[{self.tenant}] {self.operation} {self.params}"
+        body = json.dumps(self.params, ensure_ascii=False, default=str)
+        return f"[{self.tenant}] {self.operation} {body}"
 
 
 def _ps(value: Any) -> str:
+    """A parameter value in PowerShell syntax.
+
+    A None parameter *is* sent, as JSON null, and clears the property: it prints as
+    `$null`, the way an operator clears it, never as Python's `None` (Set-Mailbox
+    reference, -ForwardingAddress / -ForwardingSmtpAddress: "blank ($null), which means
+    no forwarding ... is configured"). A parameter coexist does not mean to set is never
+    passed to the adapter, so a plan never shows it.
+    """
+    if value is None:
+        return "$null"
     if isinstance(value, bool):
         return "$true" if value else "$false"
     if isinstance(value, dict) and value.get("@odata.type") == "#Exchange.GenericHashTable":

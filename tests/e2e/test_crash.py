@@ -45,10 +45,19 @@ def fresh_project(sb: Sandbox, directory: Path, **overrides: Any) -> Path:
 
 
 def cli(project: Path, command: str) -> subprocess.Popen[bytes]:
-    """Start `python -m coexist.cli COMMAND --project DIR --json` as a child process."""
+    """Start `python -m coexist.cli COMMAND --project DIR --all --json` as a child process."""
     log = (project / f"{command}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "coexist.cli", command, "--project", str(project), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "coexist.cli",
+            command,
+            "--project",
+            str(project),
+            "--all",
+            "--json",
+        ],
         cwd=REPO,
         stdout=log,
         stderr=log,
@@ -166,7 +175,7 @@ def test_provision_survives_sigkill_and_ends_with_exactly_the_expected_mailusers
     # Reference: the same seeded tenants provisioned without interruption.
     reference = fresh_project(sandbox, tmp_path / "reference")
     commands.discover(reference)
-    done = commands.provision(reference, retry=TEST_RETRY)
+    done = commands.provision(reference, all_users=True, retry=TEST_RETRY)
     assert not done["failed"], done["failed"]
     expected = target_recipients(sandbox)
 
@@ -306,7 +315,7 @@ def test_rename_source_cutover_survives_sigkill_and_never_leaves_a_half_renamed_
     """rename-source cutover (and prestage) killed mid-run ends fully renamed, contacts once."""
     project = fresh_project(sandbox, tmp_path / "project", **{"cutover.mode": "rename-source"})
     commands.discover(project)
-    assert not commands.provision(project, retry=TEST_RETRY)["failed"]
+    assert not commands.provision(project, all_users=True, retry=TEST_RETRY)["failed"]
     items = scoped(project)
     keys = [i["key"] for i in items]
     rng = random.Random(47)
@@ -368,6 +377,6 @@ def test_rename_source_cutover_survives_sigkill_and_never_leaves_a_half_renamed_
     final = journal_items(project)
     assert {(i["phase"], i["state"]) for i in final} == {("cutover", "ok")}
     assert {s["status"] for s in journal_steps(project, "cutover.")} == {"ok"}
-    flow = commands.verify_mailflow(project, wait_s=5)
+    flow = commands.verify_mailflow(project, all_users=True, wait_s=5)
     bad = [p for p in flow["probes"] if not p["ok"]]
     assert flow["ok"], bad[:5]

@@ -129,7 +129,7 @@ class World:
 def provisioned(make_project: Callable[..., Path], sandbox: Sandbox, **overrides: Any) -> World:
     project = make_project(users=10, **MOVER, **overrides)
     commands.discover(project)
-    commands.provision(project, retry=TEST_RETRY)
+    commands.provision(project, all_users=True, retry=TEST_RETRY)
     return World(sandbox, project)
 
 

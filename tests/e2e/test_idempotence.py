@@ -27,6 +27,12 @@ USERS = 10
 # In lifecycle order. `groups` runs after `provision` so its members map to target objects.
 WRITING = ("discover", "provision", "groups", "prestage", "cutover", "rollback")
 
+
+def every(command: str) -> tuple[str, ...]:
+    """The arguments that select every user, for the commands that take a user selection."""
+    return () if command in ("discover", "groups") else ("--all",)
+
+
 # The only sandbox fields that differ between two identical runs: `changed` is stamped by
 # `Tenant.touch()` with the wall clock. Nothing else is stripped: a second run that touches
 # an object without changing it shows up as a changed `changed` field in `touched()`.
@@ -73,6 +79,22 @@ def journal_snapshot(project: Path, *, include_logs: bool = False) -> dict[str, 
         journal.close()
 
 
+def settled_journal(project: Path) -> dict[str, Any]:
+    """The journal's state without the data passes' delta cursors.
+
+    Each data pass ends by saving the deltaLink Graph hands out for the next round, a new
+    one every round even when nothing changed (delta query: the link is the round's
+    state); the pass step itself writes nothing then. So a second run may move cursors,
+    and nothing else.
+    """
+    snapshot = journal_snapshot(project)
+    snapshot["folder_state"] = [
+        {**row, "token": "<cursor>" if row.get("token") else None}
+        for row in snapshot.get("folder_state", [])
+    ]
+    return snapshot
+
+
 def run_json(cli: Callable[..., Result], *args: str) -> dict[str, Any]:
     """Run a command with --json; it must succeed (nothing failed) and print one object."""
     result = cli(*args, "--json")
@@ -116,15 +138,15 @@ def test_every_writing_command_run_twice_changes_nothing_the_second_time(
     project = make_project(users=USERS, **overrides)
     p = str(project)
     for command in WRITING:
-        first = run_json(cli, command, "--project", p)
+        first = run_json(cli, command, "--project", p, *every(command))
         journal_1, world_1, stamps_1 = (
-            journal_snapshot(project),
+            settled_journal(project),
             world_state(sandbox),
             touched(sandbox),
         )
-        second = run_json(cli, command, "--project", p)
+        second = run_json(cli, command, "--project", p, *every(command))
         journal_2, world_2, stamps_2 = (
-            journal_snapshot(project),
+            settled_journal(project),
             world_state(sandbox),
             touched(sandbox),
         )
@@ -172,9 +194,9 @@ def plan_without_writing(
     """`command --plan`, as JSON and as text: no write reaches the tenants or the journal."""
     p = str(project)
     world, journal = world_bytes(sb), journal_snapshot(project, include_logs=True)
-    text = cli(command, "--project", p, "--plan")
+    text = cli(command, "--project", p, *every(command), "--plan")
     assert text.exit_code == 0, (command, text.output)
-    data = run_json(cli, command, "--project", p, "--plan")
+    data = run_json(cli, command, "--project", p, *every(command), "--plan")
     assert world_bytes(sb) == world, f"{command} --plan changed the tenants"
     assert journal_snapshot(project, include_logs=True) == journal, f"{command} --plan journaled"
     assert data["plan"] is True
@@ -273,7 +295,7 @@ def test_plan_sends_no_write_and_lists_the_writes_the_real_run_makes(
     for command in WRITING:
         plan = plan_without_writing(sandbox, project, cli, command)
         before = world_state(sandbox)
-        real = run_json(cli, command, "--project", p)
+        real = run_json(cli, command, "--project", p, *every(command))
         if command == "discover":  # discover writes only the journal: its plan is what it adds
             assert plan["added"] and sorted(plan["added"]) == sorted(real["added"])
             continue

@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parents[2]
 def provisioned(make_project: Callable[..., Path], sandbox: Sandbox, **overrides: Any) -> World:
     project = make_project(users=10, **MOVER, **overrides)
     commands.discover(project)
-    commands.provision(project, retry=TEST_RETRY)
+    commands.provision(project, all_users=True, retry=TEST_RETRY)
     return World(sandbox, project)
 
 
@@ -212,7 +212,7 @@ def test_passes_complete_and_reconcile_under_chaos(
     """Under the chaos profile both passes complete; every message and PIM item lands once."""
     project = make_project(users=10, profile="chaos", **MOVER)
     commands.discover(project)
-    commands.provision(project, retry=TEST_RETRY)
+    commands.provision(project, all_users=True, retry=TEST_RETRY)
     w = World(sandbox, project)
     for n in range(6):
         w.put(["Inbox", f"F{n % 2}"], f"old {n}", is_read=bool(n % 2))

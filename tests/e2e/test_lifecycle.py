@@ -158,7 +158,7 @@ def check_mailflow(
 ) -> None:
     """verify-mailflow reports every probe ok, and the mailstore agrees, message by message."""
     seen = {row[2] for row in probe_rows(sb)}
-    report = cli("verify-mailflow", "--project", str(project), "--json", "--wait", "10")
+    report = cli("verify-mailflow", "--project", str(project), "--all", "--json", "--wait", "10")
     data = json.loads(report.stdout)
     bad = [p for p in data["probes"] if not p["ok"]]
     assert report.exit_code == 0 and data["ok"], (phase, bad)
@@ -234,17 +234,17 @@ def test_lifecycle_mail_lands_where_it_should_in_every_phase(
         domains = {seed.TARGET_DOMAIN, seed.TARGET_ROUTING_DOMAIN}  # matched: their own
         check_target_addresses(sandbox, project, domains, created=False)
     else:
-        result = run_json(cli, "provision", "--project", p)
+        result = run_json(cli, "provision", "--project", p, "--all")
         assert not result["failed"] and not result["awaiting_confirmation"], result
         check_target_addresses(sandbox, project, {seed.TARGET_DOMAIN})
     check_mailflow(sandbox, project, cli, mode, "provisioned")
 
-    result = run_json(cli, "prestage", "--project", p)
+    result = run_json(cli, "prestage", "--project", p, "--all")
     assert not result["failed"], result
     check_mailflow(sandbox, project, cli, mode, "prestaged")
 
     before_cutover = source_snapshot(sandbox)
-    result = run_json(cli, "cutover", "--project", p)
+    result = run_json(cli, "cutover", "--project", p, "--all")
     assert not result["failed"] and result["mode"] == mode, result
     check_mailflow(sandbox, project, cli, mode, "cutover")
     if mode == "rename-source":
@@ -252,14 +252,23 @@ def test_lifecycle_mail_lands_where_it_should_in_every_phase(
     elif mode == "leave-forward-on-target":
         assert source_snapshot(sandbox) == before_cutover  # the source is not touched
 
-    result = run_json(cli, "rollback", "--project", p)
+    # The probes above landed in the live target mailboxes: rollback names them and stops
+    # until told that mail stays there (issue 10); --yes goes on.
+    refused = cli("rollback", "--project", p, "--all", "--json")
+    assert refused.exit_code == 2, refused.output
+    counts = {
+        a["user"]: a["messages"] for a in json.loads(refused.stdout)["delivered_since_cutover"]
+    }
+    assert set(counts) == {i["source_address"] for i in items.values()}, counts
+    assert all(n and n > 0 for n in counts.values()), counts
+    result = run_json(cli, "rollback", "--project", p, "--all", "--yes")
     assert not result["failed"] and result["users"] == len(items), result
     assert {r["phase"] for r in users_by_key(project, cli).values()} == {"rolled-back"}
     # The source is back as it was: names, addresses, visibility; the contacts are gone.
     assert source_snapshot(sandbox) == before_cutover
     check_mailflow(sandbox, project, cli, mode, "rolled-back")
 
-    result = run_json(cli, "cutover", "--project", p)
+    result = run_json(cli, "cutover", "--project", p, "--all")
     assert not result["failed"], result
     assert {r["phase"] for r in users_by_key(project, cli).values()} == {"cutover"}
     check_mailflow(sandbox, project, cli, mode, "cutover")
@@ -283,7 +292,7 @@ def provision_with_confirmation(
     others = sorted(str(i["source_address"]) for i in items.values() if i not in ambiguous)
     premade = add_matching_mailuser(sb, others[0].split("@")[0])
 
-    result = run_json(cli, "provision", "--project", p)
+    result = run_json(cli, "provision", "--project", p, "--all")
     assert not result["failed"], result
     waiting = result["awaiting_confirmation"]
     assert [w["user"] for w in waiting] == [user], waiting
@@ -304,7 +313,7 @@ def provision_with_confirmation(
         assert (mu.external_email_address or "").lower() == f"smtp:{others[0]}".lower()
 
     # Running again before the operator decides leaves the user waiting.
-    again = run_json(cli, "provision", "--project", p)
+    again = run_json(cli, "provision", "--project", p, "--all")
     assert [w["user"] for w in again["awaiting_confirmation"]] == [user]
     assert check_no_new_objects_for(sb, user)
 
@@ -326,7 +335,7 @@ def provision_with_confirmation(
     assert taken.exit_code == 2 and f"already the target of {user}" in said, said
     with Journal.open(load_project(project).journal_url) as j:
         set_item(j, "user", key, target_plan=kept)
-    result = run_json(cli, "provision", "--project", p)
+    result = run_json(cli, "provision", "--project", p, "--all")
     assert not result["failed"] and not result["awaiting_confirmation"], result
     assert journal_items(project)[ambiguous[0]["key"]]["target_id"] == mailboxes[0]
     with sb.world.lock:  # the matched Contoso mailbox forwards back to the source until cutover

@@ -54,7 +54,7 @@ def test_prestage_and_cutover_complete_and_reconcile_under_chaos(
     """Under chaos both passes succeed, each item lands once and reconciliation shows 0."""
     project = make_project(profile="chaos", **MOVER)
     commands.discover(project)
-    assert not commands.provision(project, retry=TEST_RETRY)["failed"]
+    assert not commands.provision(project, all_users=True, retry=TEST_RETRY)["failed"]
     with Journal.open(load_project(project).journal_url) as j:
         users = sorted(
             (u for u in j.items(kind="user") if (u.get("detail") or {}).get("in_scope", True)),

@@ -195,7 +195,7 @@ def test_passes_killed_at_random_points_end_with_every_item_exactly_once(
     """Prestage and cutover SIGKILLed at seeded points, then re-run: no duplicates, no gaps."""
     project = make_project(users=10, **MOVER)
     commands.discover(project)
-    assert not commands.provision(project, retry=TEST_RETRY)["failed"]
+    assert not commands.provision(project, all_users=True, retry=TEST_RETRY)["failed"]
     scene = Scene(sandbox, project)
     assert len(scene.keys) == MAILBOXES
     seeded = seed_mailboxes(sandbox.mail, "source", scene.keys, seed=4, items=ITEMS)

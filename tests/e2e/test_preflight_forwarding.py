@@ -133,9 +133,9 @@ def test_custom_policy_blocks_one_user_and_probe_bounces_for_that_user_only(
         assert row(result, "target auto-forwarding")["status"] == "ok"
 
     for command in ("provision", "prestage", "cutover"):
-        assert not run_json(cli, command, "--project", str(project))["failed"], command
+        assert not run_json(cli, command, "--project", str(project), "--all")["failed"], command
     report = json.loads(
-        cli("verify-mailflow", "--project", str(project), "--json", "--wait", "10").stdout
+        cli("verify-mailflow", "--project", str(project), "--all", "--json", "--wait", "10").stdout
     )
     failing = {(p["user"], p["probe"]) for p in report["probes"] if not p["ok"]}
     assert failing == {(blocked, "source")}, failing

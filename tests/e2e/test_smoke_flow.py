@@ -17,10 +17,11 @@ def test_default_flow_cuts_every_scoped_user_over(
     pre = cli("preflight", "--project", p, "--json")
     assert pre.exit_code == 0, pre.output
     for command in ("discover", "groups", "provision", "prestage", "cutover"):
-        r = cli(command, "--project", p, "--json")
+        every = ["--all"] if command in ("provision", "prestage", "cutover") else []
+        r = cli(command, "--project", p, *every, "--json")
         assert r.exit_code == 0, (command, r.output)
     status = json.loads(cli("status", "--project", p, "--json").output)
     assert status["users"] and {u["phase"] for u in status["users"]} == {"cutover"}
-    flow = cli("verify-mailflow", "--project", p, "--json", "--wait", "5")
+    flow = cli("verify-mailflow", "--project", p, "--all", "--json", "--wait", "5")
     assert flow.exit_code == 0, flow.output
     assert all(probe["ok"] for probe in json.loads(flow.output)["probes"])

@@ -75,7 +75,7 @@ def test_provision_sets_and_reads_back_a_destination_primary(
         sandbox.world.settings.mailuser_external_proxy = keeps_external
     p = str(project)
     run_json(cli, "discover", "--project", p)
-    first = run_json(cli, "provision", "--project", p)
+    first = run_json(cli, "provision", "--project", p, "--all")
     assert not first["failed"] and first["changed"] == len(journal_items(project)), first
     check_target_addresses(sandbox, project, {seed.TARGET_DOMAIN})
     for item in journal_items(project).values():
@@ -87,13 +87,13 @@ def test_provision_sets_and_reads_back_a_destination_primary(
         assert held is keeps_external
 
     journal, world = journal_snapshot(project), world_state(sandbox)
-    second = run_json(cli, "provision", "--project", p)
+    second = run_json(cli, "provision", "--project", p, "--all")
     assert not second["failed"] and second["changed"] == 0, second
     assert journal_snapshot(project) == journal and world_state(sandbox) == world
 
-    result = run_json(cli, "prestage", "--project", p)
+    result = run_json(cli, "prestage", "--project", p, "--all")
     assert not result["failed"], result
-    result = run_json(cli, "cutover", "--project", p)
+    result = run_json(cli, "cutover", "--project", p, "--all")
     assert not result["failed"], result
     check_mailflow(sandbox, project, cli, "forward-on-source", "cutover")
 
@@ -108,7 +108,7 @@ def test_provision_repairs_a_journal_holding_the_source_address(
     project = make_project(users=USERS)
     p = str(project)
     run_json(cli, "discover", "--project", p)
-    run_json(cli, "provision", "--project", p)
+    run_json(cli, "provision", "--project", p, "--all")
     items = journal_items(project)
     # Half the users prestaged (target mailboxes), half still MailUsers.
     keys = sorted(items)
@@ -117,7 +117,7 @@ def test_provision_repairs_a_journal_holding_the_source_address(
     planned = corrupt(sandbox, project, objects=True)
 
     world, journal = world_state(sandbox), journal_snapshot(project)
-    plan = run_json(cli, "provision", "--project", p, "--plan")
+    plan = run_json(cli, "provision", "--project", p, "--all", "--plan")
     assert world_state(sandbox) == world and journal_snapshot(project) == journal
     fixes = {w["step"].split(":", 1)[1]: w for w in plan["writes"]}
     assert set(fixes) == set(items), plan["writes"]
@@ -125,13 +125,13 @@ def test_provision_repairs_a_journal_holding_the_source_address(
         assert w["operation"] in ("Set-MailUser", "Set-Mailbox"), w
         assert w["params"]["EmailAddresses"][0] == f"SMTP:{planned[key]}", w
 
-    result = run_json(cli, "provision", "--project", p)
+    result = run_json(cli, "provision", "--project", p, "--all")
     assert not result["failed"] and result["changed"] == len(items), result
     check_target_addresses(sandbox, project, {seed.TARGET_DOMAIN})
     for key, item in journal_items(project).items():
         assert item["target_address"] == planned[key]
     journal, world = journal_snapshot(project), world_state(sandbox)
-    again = run_json(cli, "provision", "--project", p)
+    again = run_json(cli, "provision", "--project", p, "--all")
     assert again["changed"] == 0 and not again["failed"], again
     assert journal_snapshot(project) == journal and world_state(sandbox) == world
 
@@ -145,13 +145,13 @@ def test_provision_repairs_a_journal_holding_the_source_address(
             *("smtp:" + a[5:] if a.startswith("SMTP:") else a for a in obj.email_addresses),
         ]
         sandbox.world.target.touch(obj)
-    kept = run_json(cli, "provision", "--project", p)
+    kept = run_json(cli, "provision", "--project", p, "--all")
     assert kept["changed"] == 0 and not kept["failed"], kept
     assert journal_items(project)[key]["target_address"] == chosen
     assert target_object(sandbox, items[key]).primary_smtp == chosen
 
-    run_json(cli, "prestage", "--project", p)
-    result = run_json(cli, "cutover", "--project", p)
+    run_json(cli, "prestage", "--project", p, "--all")
+    result = run_json(cli, "cutover", "--project", p, "--all")
     assert not result["failed"], result
     check_mailflow(sandbox, project, cli, "forward-on-source", "cutover")
 
@@ -165,15 +165,15 @@ def test_cutover_refuses_a_source_address_as_target_then_provision_repairs_it(
     project = make_project(users=USERS, **{"cutover.mode": mode})
     p = str(project)
     run_json(cli, "discover", "--project", p)
-    run_json(cli, "provision", "--project", p)
-    run_json(cli, "prestage", "--project", p)
+    run_json(cli, "provision", "--project", p, "--all")
+    run_json(cli, "prestage", "--project", p, "--all")
     planned = corrupt(sandbox, project, objects=False)
     lost = sorted(planned)[0]  # and one user has no target address journaled at all
     with Journal.open(load_project(project).journal_url) as journal:
         journal.update_item("user", lost, target_address=None)
     world = world_state(sandbox)
 
-    result = cli("cutover", "--project", p, "--json")
+    result = cli("cutover", "--project", p, "--all", "--json")
     data = json.loads(result.stdout)
     items = journal_items(project)
     assert len(data["failed"]) == len(items), data
@@ -191,11 +191,11 @@ def test_cutover_refuses_a_source_address_as_target_then_provision_repairs_it(
     assert world_state(sandbox) == world
     assert {i["phase"] for i in journal_items(project).values()} == {"prestaged"}
 
-    repaired = run_json(cli, "provision", "--project", p)
+    repaired = run_json(cli, "provision", "--project", p, "--all")
     assert repaired["changed"] == 0 and not repaired["failed"], repaired  # the journal only
     for key, item in journal_items(project).items():
         assert item["target_address"] == planned[key]
-    result = run_json(cli, "cutover", "--project", p)
+    result = run_json(cli, "cutover", "--project", p, "--all")
     assert not result["failed"], result
     check_mailflow(sandbox, project, cli, mode, "cutover")
 
@@ -234,7 +234,7 @@ def test_matched_mailuser_with_the_source_address_as_primary_gets_a_destination_
         premade.legacy_exchange_dn = target.new_legacy_dn(local)
         target.users[premade.id] = premade
         target.touch(premade)
-    result = run_json(cli, "provision", "--project", p)
+    result = run_json(cli, "provision", "--project", p, "--all")
     assert not result["failed"], result
     got = journal_items(project)[item["key"]]
     assert got["target_id"] == premade.id

@@ -214,7 +214,7 @@ def test_ids_of_each_api_are_unknown_to_the_other(sandbox: Sandbox, conn: dict[s
 
 
 def test_folders_created_renamed_and_deleted(sandbox: Sandbox, conn: dict[str, Any]) -> None:
-    """POST folders / childFolders (displayName + type), PATCH displayName, DELETE .../$ref; duplicates, missing type, type changes and default folders are refused."""
+    """POST folders / childFolders (displayName + type), PATCH displayName, DELETE (with or without /$ref); duplicates, missing type, type changes and default folders are refused."""
     dst = mailboxes(sandbox, "target")[0]
     http = graph_http(conn, "target")
     base = f"admin/exchange/mailboxes/{mailbox_id(http, dst)}/folders"
@@ -243,6 +243,10 @@ def test_folders_created_renamed_and_deleted(sandbox: Sandbox, conn: dict[str, A
     assert http.get(f"{base}/{child.json()['id']}").status_code == 404
     inbox = http.get(f"{base}/inbox").json()["id"]
     assert http.delete(f"{base}/{inbox}/$ref").status_code == 400
+    # The page's other form, without `/$ref`, deletes too.
+    other = http.post(base, json={"displayName": "Old", "type": "IPF.Note"}).json()
+    assert http.delete(f"{base}/{other['id']}").status_code == 204
+    assert http.get(f"{base}/{other['id']}").status_code == 404
 
 
 def test_item_delete_needs_a_disposal_type(sandbox: Sandbox, conn: dict[str, Any]) -> None:

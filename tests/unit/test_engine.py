@@ -179,6 +179,9 @@ def run(
     retry: RetryPolicy = FAIL_FAST,
     plan: WriteRecorder | None = None,
     clock: Callable[[], float] = time.time,
+    batched: bool = False,
+    batch_records: int = 500,
+    on_outcome: Callable[[Outcome], None] = lambda _o: None,
 ) -> list[Outcome]:
     """One command invocation: a run record (unless planning), the runner, every item."""
     tenant.plan = plan
@@ -194,7 +197,11 @@ def run(
         look_again_s=LOOK_AGAIN_S,
         waiting_max_s=WAITING_MAX_S,
         clock=clock,
+        batch_records=batch_records,
+        on_outcome=on_outcome,
     )
+    if batched:
+        return asyncio.run(runner.run_batched(items, concurrency=2))
     return asyncio.run(runner.run(items, concurrency=2))
 
 
@@ -512,6 +519,86 @@ def test_crash_left_started_record_is_reobserved(
     [again] = run(journal, tenant, [paint("alice", step)])
     assert not again.changed and journal.get_step(step.key) == record
     assert len(journal.events(step_key=step.key, level="warning")) == 1
+
+
+# -- batched rounds -----------------------------------------------------------------------------
+def _users(path: Path) -> Journal:
+    journal = Journal.open(f"sqlite:///{path}")
+    for key in ("alice", "bob", "carol"):
+        journal.upsert_item("user", key, name=key, source_address=f"{key}@fabrikam.example")
+    return journal
+
+
+def test_a_batched_round_journals_what_a_plain_round_does(
+    journal: Journal, tenant: FakeTenant, tmp_path: Path
+) -> None:
+    """Waiting, ok, failed, resting and unchanged re-runs: run_batched leaves the journal and
+    reports the outcomes exactly as run does, round after round."""
+    items = [
+        ItemPlan("user", "alice", [AwaitRecheckStep("alice")], "ready", "alice@fabrikam.example"),
+        ItemPlan("user", "bob", [AwaitMailboxStep("bob")], "ready", "bob@fabrikam.example"),
+        paint("carol", PaintStep("carol", colour="red")),
+    ]
+    denied = PermissionDenied("Get-Thing: access denied", service="exchange", status=403)
+    with _users(tmp_path / "batched.db") as other:
+        twin = FakeTenant(other, colours=dict(tenant.colours))
+        for t in (tenant, twin):
+            t.ready.add("bob")
+        rounds = [(T0, [denied]), (T0 + 0.5, []), (T0 + 2, []), (T0 + 3, [])]
+        for now, faults in rounds:
+            if now == T0 + 2:
+                tenant.ready.add("alice")
+                twin.ready.add("alice")
+            tenant.faults["test.paint:carol"] = list(faults)
+            twin.faults["test.paint:carol"] = list(faults)
+            plain = run(journal, tenant, items, clock=at(now))
+            batched = run(other, twin, items, clock=at(now), batched=True)
+            assert sorted(batched, key=lambda o: o.step) == sorted(plain, key=lambda o: o.step)
+            assert other.snapshot(include_logs=True) == journal.snapshot(include_logs=True)
+        assert [o.status for o in plain] == ["ok", "ok", "ok"] and not any(o.changed for o in plain)
+
+
+def test_a_batched_round_writes_as_it_goes_and_reports_only_what_is_written(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """Records are written every `batch_records` items and at the end; each outcome is
+    reported once its record and its item's state are in the journal."""
+    tenant.ready.update({"alice", "bob", "carol"})
+    keys = ("alice", "bob", "carol")
+    items = [ItemPlan("user", key, [AwaitMailboxStep(key)], "ready", key) for key in keys]
+    seen: list[tuple[str, str | None, str | None]] = []
+    written: list[int] = []
+
+    def report(outcome: Outcome) -> None:
+        record = journal.get_step(outcome.step) or {}
+        item = journal.get_item("user", outcome.subject) or {}
+        seen.append((outcome.subject, record.get("status"), item.get("phase")))
+        written.append(len(journal.steps(status="ok")))
+
+    run(journal, tenant, items, batched=True, batch_records=2, on_outcome=report)
+    assert sorted(seen) == [(k, "ok", "ready") for k in keys]
+    assert written == [2, 2, 3]  # two written (and reported) mid-round, the last at the end
+
+
+def test_a_write_in_a_batched_round_is_journaled_started_first(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """A step that writes to a tenant in a batched round still has `started` (with what it
+    observed) in the journal before its write, and its outcome after the round."""
+    [outcome] = run(journal, tenant, [paint("alice")], batched=True)
+    assert outcome.changed and tenant.writes == [("alice", "blue")]
+    assert tenant.status_at_write == ["started"]
+    record = journal.get_step("test.paint:alice")
+    assert record is not None and record["status"] == "ok"
+    assert record["intent"]["observed"] is None and record["before"] == {"colour": "red"}
+
+
+def test_a_batched_round_takes_one_step_items_only(journal: Journal, tenant: FakeTenant) -> None:
+    """A later step would read the earlier step's record, which a batch has not written yet."""
+    item = paint("alice", PaintStep("alice"), VarnishStep("alice"))
+    with pytest.raises(ValueError, match="one-step items"):
+        run(journal, tenant, [item], batched=True)
+    assert journal.get_step("test.paint:alice") is None
 
 
 # -- retries ------------------------------------------------------------------------------------

@@ -95,6 +95,42 @@ def test_filter_errors() -> None:
             odata.compile_filter(text, PROPS, "user")
 
 
+def test_filter_comparing_literals_is_refused() -> None:
+    """A clause naming no property (`1 eq 1`, a bare `true`, a function of two literals) is
+    Graph's 400, never evaluated: `displayName eq 'x' or 1 eq 1` used to select everyone."""
+    refused = (
+        "displayName eq 'x' or 1 eq 1",
+        "1 eq 1",
+        "'a' eq 'a'",
+        "true",
+        "displayName eq 'x' or true",
+        "not (1 eq 2)",
+        "1 in (1, 2)",
+        "startswith('ann','a')",
+        "(1 eq 1) and mail eq 'x'",
+    )
+    for text in refused:
+        with pytest.raises(odata.ODataQueryError) as err:
+            odata.compile_filter(text, PROPS, "user")
+        assert (err.value.status, err.value.code) == (400, "Request_UnsupportedQuery"), text
+    # Literals beside a property stay what they were.
+    assert matches("displayName eq 'x' or accountEnabled eq true")
+    assert matches("proxyAddresses/any(x:x eq 'smtp:a@old.example')")
+
+
+def test_bad_count_value_is_refused() -> None:
+    """`$count` is `true` or `false` (absent: false); anything else is Graph's 400."""
+    assert odata.parse_count(None) is False
+    assert odata.parse_count("false") is False
+    assert odata.parse_count("true") is True
+    assert odata.parse_count(" true ") is True
+    for bad in ("maybe", "", "1", "yes", "True"):
+        with pytest.raises(odata.ODataQueryError) as err:
+            odata.parse_count(bad)
+        assert (err.value.status, err.value.code) == (400, "BadRequest")
+        assert err.value.message == f"'{bad}' is not a valid count option."
+
+
 def test_orderby() -> None:
     """$orderby accepts an allowed property with asc/desc only."""
     assert odata.parse_orderby("displayName desc", ["displayName"]) == odata.OrderBy(

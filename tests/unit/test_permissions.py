@@ -71,9 +71,14 @@ def test_cli_lists_each_commands_needs(command: str) -> None:
 
 
 def test_rediscover_and_rollback_share_their_counterparts_needs() -> None:
-    """rediscover needs what discover needs; rollback what cutover needs."""
+    """rediscover needs what discover needs; rollback what cutover needs, plus reading the
+    target mailboxes (it counts the mail delivered there since cutover)."""
     assert permissions_json("--command", "rediscover") == permissions_json("--command", "discover")
-    assert permissions_json("--command", "rollback") == permissions_json("--command", "cutover")
+    rollback = permissions_json("--command", "rollback")
+    cutover = permissions_json("--command", "cutover")
+    assert rollback[: len(cutover)] == cutover
+    [extra] = rollback[len(cutover) :]
+    assert (extra["tenant"], extra["permission"]) == ("target", "Mail.ReadBasic.All")
 
 
 def test_cli_lists_everything_deduplicated_without_a_command() -> None:
@@ -88,10 +93,13 @@ def test_cli_lists_everything_deduplicated_without_a_command() -> None:
     }
 
 
-def test_unknown_command_needs_nothing() -> None:
-    """A command coexist does not know lists nothing (rather than everything)."""
+def test_unknown_command_needs_nothing_and_is_refused() -> None:
+    """A command coexist does not know needs nothing (rather than everything); asked for on
+    the command line it is an error listing the commands, not an empty table with rc 0."""
     assert needs("no-such-command") == []
-    assert permissions_json("--command", "no-such-command") == []
+    result = CliRunner().invoke(main, ["permissions", "--command", "no-such-command"])
+    assert result.exit_code == 2 and "'no-such-command' is not one of" in result.stderr
+    assert "'prestage'" in result.stderr
 
 
 def test_human_listing_is_a_table_for_the_command() -> None:

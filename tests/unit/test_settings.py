@@ -90,7 +90,7 @@ def test_init_round_trip_loads_back_to_defaults(tmp_path: Path) -> None:
     assert project.prestage.older_than == timedelta(days=90)
     assert project.groups.copy == ("distribution", "mail-security", "security", "dynamic")
     assert project.cutover.mode == "forward-on-source"
-    assert project.migration.mover == "none"
+    assert project.migration.mover == "graph-import-export"  # full fidelity, m365 -> m365
     assert project.file == path.resolve()
 
 

@@ -243,7 +243,7 @@ def filter_and_count(
     request: Request, q: dict[str, str], known: list[str], type_name: str
 ) -> tuple[odata.CompiledFilter | None, bool]:
     """Compile `$filter` and read `$count`, enforcing Graph's advanced-query rules."""
-    want_count = odata.parse_bool(q.get("count"))
+    want_count = odata.parse_count(q.get("count"))
     if want_count and not eventual(request):
         raise odata.count_requires_eventual()
     flt = odata.compile_filter(q.get("filter"), known, type_name)

@@ -16,7 +16,7 @@ type; mailboxItem: size, type and outlookItem's; both with extended properties):
 - Folders: listed (the top of the information store's folders, plus the non-IPM system
   folders and every search folder: "including any search folders", mailbox-list-folders),
   created (`displayName` + `type`, both required), renamed (`displayName`; `type` cannot
-  change), deleted (`DELETE .../folders/{id}/$ref`); well-known folder names are taken in
+  change), deleted (`DELETE .../folders/{id}`, also with `/$ref`); well-known folder names are taken in
   the path (`folders/inbox/childFolders`, `folders/inbox/items/{id}`, as the pages' examples).
 - Items: listed, read, deleted (`?disposalType=softDelete|hardDelete`), exported (at most
   20 ids) and imported through a pre-authenticated importUrl of the v1.0 form
@@ -1425,6 +1425,9 @@ def routes() -> list[BaseRoute]:
         Route(f"{base}/folders/delta()", folders_delta, methods=["GET"]),
         Route(folder, get_folder, methods=["GET"]),
         Route(folder, update_folder, methods=["PATCH"]),
+        # mailbox-delete-folders has shown both forms over time (with and without `/$ref`);
+        # both are served (the product deletes no folders).
+        Route(folder, delete_folder, methods=["DELETE"]),
         Route(f"{folder}/$ref", delete_folder, methods=["DELETE"]),
         Route(f"{folder}/childFolders", list_child_folders, methods=["GET"]),
         Route(f"{folder}/childFolders/delta", folders_delta, methods=["GET"]),
@@ -1432,6 +1435,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{folder}/childFolders", create_folder, methods=["POST"]),
         Route(child, get_folder, methods=["GET"]),
         Route(child, update_folder, methods=["PATCH"]),
+        Route(child, delete_folder, methods=["DELETE"]),
         Route(f"{child}/$ref", delete_folder, methods=["DELETE"]),
         Route(f"{folder}/items", list_folder_items, methods=["GET"]),
         Route(f"{folder}/items/delta", items_delta, methods=["GET"]),

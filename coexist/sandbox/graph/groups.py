@@ -196,7 +196,7 @@ def _members(request: Request, transitive: bool) -> Response:
         q = common.query(request)
         try:
             top = odata.parse_top(q.get("top"))
-            want_count = odata.parse_bool(q.get("count"))
+            want_count = odata.parse_count(q.get("count"))
             if want_count and not common.eventual(request):
                 raise odata.count_requires_eventual()
             after = odata.decode_skiptoken(q["skiptoken"]) if "skiptoken" in q else None

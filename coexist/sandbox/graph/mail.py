@@ -537,7 +537,7 @@ class MessageQuery:
             self.skip = _skip(q.get("skip"))
             self.select = odata.parse_select(q.get("select"), KNOWN, "message")
             self.extended = odata.extended_expand(q.get("expand"))
-            self.count = odata.parse_bool(q.get("count"))
+            self.count = odata.parse_count(q.get("count"))
             order = odata.parse_orderby(q.get("orderby"), list(ORDERABLE))
             raw_filter = q.get("filter")
             self.filter = (

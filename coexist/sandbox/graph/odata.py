@@ -11,7 +11,9 @@ learn.microsoft.com/graph/filter-query-parameter and /graph/aad-advanced-queries
 `p/any(x:x/skuId eq <guid>)`, and `p/$count eq n`. String comparison is
 case-insensitive, as directory queries are. Operators Graph only serves as
 *advanced queries* (`ne`, `not`, `endswith`, `/$count`) are flagged so the
-caller can demand `ConsistencyLevel: eventual` + `$count=true`.
+caller can demand `ConsistencyLevel: eventual` + `$count=true`. Every clause names a
+property (the directory filters through a property's index): `1 eq 1`, a bare `true` or a
+function of two literals is refused, never evaluated (`clause_without_property`).
 """
 
 from __future__ import annotations
@@ -96,6 +98,26 @@ def unsupported_query() -> ODataQueryError:
     return ODataQueryError("Request_UnsupportedQuery", "Unsupported Query.")
 
 
+def clause_without_property(text: str) -> ODataQueryError:
+    # A clause that names no property (`1 eq 1`, `'a' eq 'a'`, a bare `true`,
+    # `startswith('a','a')`): the directory serves a filter only through a property's index,
+    # so it cannot run one; Graph answers 400. *unverified*: the code and wording for this
+    # form are not published; the directory's generic refusal of a filter form it does not
+    # serve is Request_UnsupportedQuery "Unsupported Query." (seen for unsupported forms in
+    # microsoftgraph/microsoft-graph-docs-contrib issues 3157 and 8789).
+    del text  # the directory's answer does not quote the filter
+    return unsupported_query()
+
+
+def bad_count(raw: str) -> ODataQueryError:
+    # Microsoft.OData.Core's message for a `$count` that is neither `true` nor `false`
+    # (resource ODataUriParser_InvalidCount in Microsoft.OData.Core.txt; its ParseCount
+    # compares the trimmed value with `true` and `false` exactly, so `True` is refused too).
+    # Graph answers the library's parse errors as 400 BadRequest with its message, as for
+    # `unknown_property`; *unverified* that `$count` takes the same path.
+    return ODataQueryError("BadRequest", f"'{raw}' is not a valid count option.")
+
+
 # -- simple options -------------------------------------------------------------------------------
 
 
@@ -134,8 +156,14 @@ def parse_select(raw: str | None, known: Iterable[str], type_name: str) -> list[
     return out
 
 
-def parse_bool(raw: str | None) -> bool:
-    return raw is not None and raw.strip().lower() == "true"
+def parse_count(raw: str | None) -> bool:
+    """`$count`: absent or `false` is False, `true` True; anything else is Graph's 400."""
+    if raw is None:
+        return False
+    value = raw.strip()
+    if value not in ("true", "false"):
+        raise bad_count(raw)
+    return value == "true"
 
 
 @dataclass(frozen=True)
@@ -242,6 +270,17 @@ def _order(op: str, a: Any, b: Any) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _Literal:
+    """A literal operand: a getter that ignores the record (told apart from property paths,
+    so a clause that names no property can be refused)."""
+
+    value: Any
+
+    def __call__(self, _record: Record, _env: Env) -> Any:
+        return self.value
+
+
 class _Parser:
     """Recursive descent over the token list; builds closures (no eval)."""
 
@@ -313,11 +352,15 @@ class _Parser:
             if op == "ne":
                 self.advanced.append(_ADVANCED_OPS["ne"])
             right = self.operand()
+            if isinstance(left, _Literal) and isinstance(right, _Literal):
+                raise clause_without_property(self.text)  # `1 eq 1`
             if op == "eq":
                 return lambda r, e: _eq(left(r, e), right(r, e))
             if op == "ne":
                 return lambda r, e: not _eq(left(r, e), right(r, e))
             return lambda r, e: _order(op, left(r, e), right(r, e))
+        if isinstance(left, _Literal):
+            raise clause_without_property(self.text)  # `1 in (1)`, a bare `true`
         if self.is_word("in"):
             self.take()
             values = self.literal_list()
@@ -364,8 +407,7 @@ class _Parser:
             self.expect(")")
             return inner
         if tok.kind == "str":
-            value = self.literal_value(self.take())
-            return lambda r, e: value
+            return _Literal(self.literal_value(self.take()))
         if tok.kind != "word":
             raise syntax_error(self.text, tok.pos)
         nxt = self.peek(1)
@@ -375,8 +417,7 @@ class _Parser:
         if nxt.text == "(" and (low.endswith("/any") or low.endswith("/all")):
             return self.lambda_expr()
         if low in ("true", "false", "null") or _GUID.match(tok.text) or _is_number(tok.text):
-            value = self.literal_value(self.take())
-            return lambda r, e: value
+            return _Literal(self.literal_value(self.take()))
         return self.path(self.take())
 
     def string_function(self) -> Getter:
@@ -388,6 +429,8 @@ class _Parser:
         self.expect(",")
         prefix = self.operand()
         self.expect(")")
+        if isinstance(subject, _Literal) and isinstance(prefix, _Literal):
+            raise clause_without_property(self.text)  # `startswith('a','a')`
 
         def check(r: Record, e: Env) -> bool:
             s, p = subject(r, e), prefix(r, e)

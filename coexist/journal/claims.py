@@ -1,0 +1,537 @@
+"""Who writes to a project right now: writers and the scopes they claim, in the journal.
+
+Two commands writing to one project at once were not prevented: two `provision` runs of the
+same users both proceeded, and the loser marked users `failed: name already used` that the
+winner had just created (issue 10). Now a command that writes first *registers as a writer*
+and *claims* what it will write, in one journal transaction, before its first write:
+
+    ``project``            the whole project: conflicts with every other claim
+    ``groups``             the groups `coexist groups` copies
+    ``user:<source id>``   one user (`user_scope`)
+
+No two writers hold one scope, and nobody holds anything while another holds ``project``.
+A command that cannot claim is refused with `coexist.errors.Busy` (exit code 2) naming the
+holder: its command, PID, host, how long it has been running, and the users in conflict. It
+never waits in line: a queue would need a timeout nobody can choose well (a prestage runs
+for hours), and an operator who sees who holds the project decides better (wait, or find
+the process). A refused command has written nothing, so no user is ever marked failed
+because another run did the work.
+
+**What commands claim today** (`coexist.runtime`): every command that writes to the journal
+or the tenants claims ``project`` - discover, rediscover, groups, provision, prestage,
+cutover, rollback, retry (through those), confirm. Per-user claims exist and are tested
+here, but commands do not use them yet, because several decisions a run makes span users
+and assume no other writer: provision reserves target addresses against the recorded plans
+of *its* users (two batches could reserve one address), prestage counts free licence seats
+for its batch, match mode and `confirm` keep one target per user across the project. Each
+of those needs its own short project-wide claim before commands can claim just their users;
+the many `coexist worker` processes of issue 16 will (one claim per mailbox job, checked
+from this table). Nothing here has to change for that: a writer can claim and release
+scopes for as long as it lives.
+
+**Claim nothing** (run beside a writer): status, permissions, batch export, preflight and
+every ``--plan`` run (they write nothing), verify-mailflow (sends probes, records nothing),
+batch import (it writes only batch labels, which a running command has already read when
+it selected its users), init and the sandbox commands.
+
+**A writer that dies frees its claims with it**, with no expiry to wait out and no PID
+guessing. Each writer holds a liveness token the operating system or the database server
+drops when the process goes, however it goes (SIGKILL included):
+
+* SQLite: an exclusive ``flock`` on its own file ``<journal>-writers/<token>.lock``. The
+  kernel releases it when the process exits. SQLite in WAL mode requires every process
+  using the database to be on one host (https://www.sqlite.org/wal.html, "all processes
+  using a database must be on the same host computer"), so the lock is seen by every
+  possible writer, containers sharing the directory included. POSIX only (``fcntl``).
+* PostgreSQL: a session-level advisory lock ``(class, writer id)`` on the writer's own
+  connection, which the server releases when the connection ends (PostgreSQL docs,
+  "Advisory Locks"). Checked through ``pg_locks`` (two int4 keys show as ``classid``,
+  ``objid``, ``objsubid = 2``), so it works across hosts. The connection asks the server
+  for TCP keepalives (``tcp_keepalives_*``, PostgreSQL docs "Connection Settings"), so a
+  writer whose *host* vanished is noticed in about two minutes, not the system's hours.
+
+A writer whose token is gone is dead: the next writer to claim deletes its rows in the same
+transaction (``runs`` keeps its run as 'running', which is honest). Claim transactions are
+serialised (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``pg_advisory_xact_lock``), so two
+writers never both see a scope free; a claim waits at most 30 s for another one's (SQLite's
+busy timeout, PostgreSQL ``lock_timeout``), so a writer stopped inside its claim transaction
+(Ctrl-Z) fails the next claimer with a journal error instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from coexist.errors import Busy
+from coexist.journal import db, schema
+from coexist.journal.schema import row_dict, utcnow
+
+PROJECT = "project"
+GROUPS = "groups"
+
+# Advisory lock keys (PostgreSQL). Writers hold (class, writer id) with two int4 keys; claim
+# transactions serialise on one bigint key. Neither space overlaps db._PG_MIGRATION_LOCK.
+_PG_WRITER_CLASS = 0x636C6D73  # "clms"
+_PG_CLAIMS_LOCK = 0x636C6169_0000_0001
+# Seconds a claim waits for another writer's claim transaction (SQLite: its busy timeout).
+_PG_CLAIM_WAIT_S = 30
+# Server-side TCP keepalives for the writer's connection (seconds; user-settable GUCs).
+_PG_KEEPALIVES = {
+    "tcp_keepalives_idle": 60,
+    "tcp_keepalives_interval": 10,
+    "tcp_keepalives_count": 6,
+}
+# Scopes per IN (...) query: well under SQLite's and psycopg's parameter limits.
+_CHUNK = 500
+# Users named in a refusal before "and N more".
+_SHOWN = 5
+
+# Tokens of the live writers of this process on in-memory SQLite journals (only this process
+# can open such a database, so this set is the whole truth for it).
+_IN_PROCESS: set[str] = set()
+
+
+def user_scope(key: str) -> str:
+    """The scope of one user, by its stable source id."""
+    return f"user:{key}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A live writer, as a refused command names it."""
+
+    id: int
+    command: str
+    pid: int
+    host: str
+    started_at: datetime
+    run_id: int | None
+    selection: str = ""  # what its run was asked to work on: "--batch wave1", "--users (3)"
+
+    def describe(self, now: datetime | None = None) -> str:
+        running = _duration((now or utcnow()) - self.started_at)
+        run = f", run {self.run_id}" if self.run_id else ""
+        what = f" {self.selection}" if self.selection else ""
+        return (
+            f"{self.command}{what} (PID {self.pid} on {self.host}, running for {running} "
+            f"since {self.started_at:%Y-%m-%d %H:%M:%S} UTC{run})"
+        )
+
+    def to_dict(self, now: datetime | None = None) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "pid": self.pid,
+            "host": self.host,
+            "started_at": self.started_at.isoformat(),
+            "running_s": int(((now or utcnow()) - self.started_at).total_seconds()),
+            "run_id": self.run_id,
+            "selection": self.selection,
+        }
+
+
+def _selection(args: Any) -> str:
+    """A run's selection as its command line said it (`runs.args`), short."""
+    if not isinstance(args, dict):
+        return ""
+    if args.get("batch"):
+        return f"--batch {args['batch']}"
+    users = args.get("users")
+    if isinstance(users, list) and users:
+        return f"--users {users[0]}" if len(users) == 1 else f"--users ({len(users)} users)"
+    return ""
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+class _Liveness(Protocol):
+    """How a writer proves it is alive, and how others see that it no longer is."""
+
+    def hold(self, token: str) -> None:
+        """Take this writer's token before its row is written."""
+
+    def registered(self, conn: Connection, writer_id: int) -> None:
+        """Called in the transaction that wrote this writer's row."""
+
+    def transaction(self, *, serialised: bool) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction; `serialised`: one at a time across all writers (claims)."""
+
+    def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
+        """The ids of the writers in `rows` whose token is still held."""
+
+    def drop(self) -> None:
+        """Give up the token (also what the OS or server does when the process dies)."""
+
+
+class _FileLiveness:
+    """SQLite: each writer holds ``flock(LOCK_EX)`` on its own file next to the journal.
+
+    ``flock`` locks belong to the open file description: they conflict across processes and
+    across descriptors of one process, and go when the descriptor is closed or the process
+    ends (flock(2)).
+    """
+
+    def __init__(self, engine: Engine, directory: Path) -> None:
+        self.engine = engine
+        self.directory = directory
+        self._fd: int | None = None
+        self._path: Path | None = None
+
+    def hold(self, token: str) -> None:
+        # A full or read-only disk here is the journal's storage failing: StorageError.
+        with db.storage_boundary(self.engine, write=True):
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            path = self.directory / f"{token}.lock"
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        self._fd, self._path = fd, path
+
+    def registered(self, conn: Connection, writer_id: int) -> None:
+        return None
+
+    def transaction(self, *, serialised: bool) -> contextlib.AbstractContextManager[Connection]:
+        return db.transaction(self.engine, write=True)  # BEGIN IMMEDIATE: always one at a time
+
+    def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
+        return {r["id"] for r in rows if self._held(r["token"])}
+
+    def _held(self, token: str) -> bool:
+        path = self.directory / f"{token}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            # We got the lock: its writer is gone. Its row goes in this transaction.
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return False
+        finally:
+            os.close(fd)
+
+    def drop(self) -> None:
+        if self._fd is None:
+            return
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+        os.close(self._fd)
+        self._fd = self._path = None
+
+
+class _InProcessLiveness:
+    """In-memory SQLite: the database lives and dies with this process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._token: str | None = None
+
+    def hold(self, token: str) -> None:
+        _IN_PROCESS.add(token)
+        self._token = token
+
+    def registered(self, conn: Connection, writer_id: int) -> None:
+        return None
+
+    def transaction(self, *, serialised: bool) -> contextlib.AbstractContextManager[Connection]:
+        return db.transaction(self.engine, write=True)
+
+    def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
+        return {r["id"] for r in rows if r["token"] in _IN_PROCESS}
+
+    def drop(self) -> None:
+        if self._token is not None:
+            _IN_PROCESS.discard(self._token)
+            self._token = None
+
+
+class _AdvisoryLiveness:
+    """PostgreSQL: the writer's own connection holds a session advisory lock on its id."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.conn = engine.connect()
+        for name, value in _PG_KEEPALIVES.items():
+            # A server without TCP_KEEPIDLE & co. refuses non-zero values ("Connection
+            # Settings"); the lock still works there, only a vanished host is noticed later.
+            with contextlib.suppress(sa.exc.DBAPIError), self.conn.begin():
+                self.conn.exec_driver_sql(f"SET {name} = {int(value)}")
+
+    def hold(self, token: str) -> None:
+        return None  # the lock needs the writer's id: `registered`
+
+    def registered(self, conn: Connection, writer_id: int) -> None:
+        # Session-level: it outlives this transaction (even a rollback) and goes with the
+        # connection (PostgreSQL docs, "Advisory Locks").
+        conn.execute(
+            sa.text("SELECT pg_advisory_lock(:c, :w)"), {"c": _PG_WRITER_CLASS, "w": writer_id}
+        )
+
+    @contextmanager
+    def transaction(self, *, serialised: bool) -> Iterator[Connection]:
+        with db.storage_boundary(self.conn.engine, write=True), self.conn.begin():
+            if serialised:
+                # Bounded like SQLite's busy timeout: a writer stopped inside its claim
+                # transaction (Ctrl-Z) fails the next claimer instead of hanging it.
+                self.conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_PG_CLAIM_WAIT_S}s'")
+                self.conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CLAIMS_LOCK}
+                )
+            yield self.conn
+
+    def alive(self, conn: Connection, rows: list[dict[str, Any]]) -> set[int]:
+        held = conn.execute(
+            sa.text(
+                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND objsubid = 2 AND classid = CAST(:c AS oid)"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"c": _PG_WRITER_CLASS},
+        )
+        live = {int(oid) for (oid,) in held}
+        return {r["id"] for r in rows if r["id"] in live}
+
+    def drop(self) -> None:
+        # Closing the DBAPI connection (not returning it to the pool) ends the server session,
+        # which releases the advisory lock whatever state the connection was in.
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            self.conn.invalidate()
+        self.conn.close()
+
+
+def _liveness(engine: Engine) -> _Liveness:
+    if engine.dialect.name == "postgresql":
+        return _AdvisoryLiveness(engine)
+    database = engine.url.database
+    if database in (None, "", ":memory:"):
+        return _InProcessLiveness(engine)
+    journal = Path(str(database))
+    return _FileLiveness(engine, journal.with_name(journal.name + "-writers"))
+
+
+class Writer:
+    """One process writing to a project: registered on its first claim, gone on `close`.
+
+    Use `Writer.open` (claims at once, refuses with `Busy`), then `claim` / `release` more
+    scopes as the work goes, and `close` (or ``with``) when done.
+    """
+
+    def __init__(self, engine: Engine, command: str) -> None:
+        self.engine = engine
+        self.command = command
+        self.token = uuid.uuid4().hex
+        self.id: int | None = None
+        self._closed = False
+        self._life = _liveness(engine)
+        try:
+            self._life.hold(self.token)
+        except BaseException:
+            self._life.drop()
+            raise
+
+    @classmethod
+    def open(cls, engine: Engine, command: str, scopes: Mapping[str, str]) -> Writer:
+        """Register `command` as a writer holding `scopes` (scope -> label), or raise `Busy`."""
+        writer = cls(engine, command)
+        try:
+            writer.claim(scopes)
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def claim(self, scopes: Mapping[str, str]) -> None:
+        """Hold `scopes` (scope -> label people read) too, or raise `Busy` holding nothing new."""
+        with self._life.transaction(serialised=True) as conn:
+            me = self.id if self.id is not None else self._register(conn)
+            others = _live_others(conn, self._life, me)
+            conflicts = _conflicts(conn, me, set(scopes), others)
+            if conflicts:
+                raise _refusal(conflicts, others)
+            mine = _scopes_of(conn, me, scopes)
+            now = utcnow()
+            fresh = [
+                {"scope": s, "writer_id": me, "label": label, "claimed_at": now}
+                for s, label in scopes.items()
+                if s not in mine
+            ]
+            if fresh:
+                conn.execute(schema.claims.insert(), fresh)
+        self.id = me
+
+    def release(self, scopes: Iterable[str]) -> None:
+        """Stop holding `scopes` (a worker's finished user); the writer stays registered."""
+        if self.id is None:
+            return
+        c = schema.claims.c
+        with self._life.transaction(serialised=False) as conn:
+            for chunk in _chunks(sorted(set(scopes))):
+                conn.execute(
+                    schema.claims.delete().where(c.writer_id == self.id, c.scope.in_(chunk))
+                )
+
+    def note_run(self, run_id: int) -> None:
+        """Record the run this writer journals into (named in refusals)."""
+        if self.id is None:
+            return
+        with self._life.transaction(serialised=False) as conn:
+            conn.execute(
+                schema.writers.update().where(schema.writers.c.id == self.id).values(run_id=run_id)
+            )
+
+    def close(self) -> None:
+        """Release every claim and unregister. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.id is not None:
+                with self._life.transaction(serialised=False) as conn:
+                    _delete_writers(conn, [self.id])
+        except Exception:  # whatever it is: database, disk, a storage error
+            # The journal cannot be written (the reason the command stops, most likely), and
+            # close runs in `finally` blocks: raising here would hide that error. Nothing is
+            # lost: the token goes below all the same, so the next writer deletes these rows.
+            pass
+        finally:
+            self._life.drop()
+
+    def _register(self, conn: Connection) -> int:
+        stmt = schema.writers.insert().values(
+            token=self.token,
+            command=self.command,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            started_at=utcnow(),
+        )
+        writer_id = int(conn.execute(stmt.returning(schema.writers.c.id)).scalar_one())
+        self._life.registered(conn, writer_id)
+        return writer_id
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _live_others(conn: Connection, life: _Liveness, me: int) -> dict[int, Holder]:
+    """The other writers that are alive; the rows of dead ones are deleted on the way."""
+    w, runs = schema.writers, schema.runs
+    stmt = sa.select(w, runs.c.args).outerjoin(runs, runs.c.id == w.c.run_id).where(w.c.id != me)
+    rows = [row_dict(r) for r in conn.execute(stmt)]
+    if not rows:
+        return {}
+    alive = life.alive(conn, rows)
+    _delete_writers(conn, [r["id"] for r in rows if r["id"] not in alive])
+    return {
+        r["id"]: Holder(
+            id=r["id"],
+            command=r["command"],
+            pid=r["pid"],
+            host=r["host"],
+            started_at=r["started_at"],
+            run_id=r["run_id"],
+            selection=_selection(r["args"]),
+        )
+        for r in rows
+        if r["id"] in alive
+    }
+
+
+def _delete_writers(conn: Connection, ids: list[int]) -> None:
+    if ids:
+        conn.execute(schema.claims.delete().where(schema.claims.c.writer_id.in_(ids)))
+        conn.execute(schema.writers.delete().where(schema.writers.c.id.in_(ids)))
+
+
+def _conflicts(
+    conn: Connection, me: int, wanted: set[str], others: dict[int, Holder]
+) -> list[dict[str, Any]]:
+    """Claims of live other writers that stand in the way of `wanted`."""
+    if not others or not wanted:
+        return []
+    c = schema.claims.c
+    cols = sa.select(c.scope, c.label, c.writer_id).where(c.writer_id != me)
+    if PROJECT in wanted:
+        rows = list(conn.execute(cols))
+    else:
+        rows = []
+        for chunk in _chunks(sorted(wanted | {PROJECT})):
+            rows += conn.execute(cols.where(c.scope.in_(chunk)))
+    return [row_dict(r) for r in rows if r.writer_id in others]
+
+
+def _scopes_of(conn: Connection, me: int, scopes: Iterable[str]) -> set[str]:
+    c = schema.claims.c
+    held: set[str] = set()
+    for chunk in _chunks(sorted(scopes)):
+        held |= set(
+            conn.execute(sa.select(c.scope).where(c.writer_id == me, c.scope.in_(chunk))).scalars()
+        )
+    return held
+
+
+def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy:
+    """One sentence per holder: who it is and what of ours it holds."""
+    now = utcnow()
+    by_holder: dict[int, list[dict[str, Any]]] = {}
+    for row in conflicts:
+        by_holder.setdefault(row["writer_id"], []).append(row)
+    parts = []
+    holders = []
+    for writer_id, rows in sorted(by_holder.items(), key=lambda kv: others[kv[0]].started_at):
+        holder = others[writer_id]
+        if any(r["scope"] == PROJECT for r in rows):
+            parts.append(f"{holder.describe(now)} is writing to this project")
+            holds = ["the whole project"]
+        else:
+            holds = sorted(str(r["label"] or r["scope"]) for r in rows)
+            shown = ", ".join(holds[:_SHOWN])
+            more = f" and {len(holds) - _SHOWN} more" if len(holds) > _SHOWN else ""
+            parts.append(f"{holder.describe(now)} is working on {shown}{more}")
+        holders.append({**holder.to_dict(now), "holds": holds[:20], "holds_count": len(holds)})
+    return Busy(
+        "another coexist command is running: " + "; ".join(parts),
+        next_step=(
+            "wait for it to finish, then run this command again (status, batch export and "
+            "--plan runs work meanwhile); a command that was killed frees the project with "
+            "its process"
+        ),
+        holders=holders,
+    )

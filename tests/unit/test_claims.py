@@ -1,0 +1,183 @@
+"""Writers and claims (`coexist.journal.claims`), on SQLite and on PostgreSQL (`journal_url`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from coexist.errors import Busy
+from coexist.journal import Journal
+from coexist.journal import schema as t
+from coexist.journal.claims import GROUPS, PROJECT, Writer, user_scope
+
+REPO = Path(__file__).resolve().parents[2]
+WHOLE = {PROJECT: "the whole project"}
+
+
+@pytest.fixture
+def journal(journal_url: str) -> Iterator[Journal]:
+    with Journal.open(journal_url) as j:
+        yield j
+
+
+def users(*names: str) -> dict[str, str]:
+    """Scopes of users keyed by a made-up source id, labelled by address as commands do."""
+    return {user_scope(f"id-{n}"): f"{n}@source.example" for n in names}
+
+
+def rows(journal: Journal, table: sa.Table) -> list[dict[str, Any]]:
+    with journal.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.select(table))]
+
+
+def refusal(journal: Journal, command: str, scopes: dict[str, str]) -> Busy:
+    with pytest.raises(Busy) as caught:
+        Writer.open(journal.engine, command, scopes)
+    return caught.value
+
+
+def test_second_writer_is_refused_naming_command_pid_host_and_age(journal: Journal) -> None:
+    """A second project writer is refused with the holder's command, PID, host and running time."""
+    with Writer.open(journal.engine, "provision", WHOLE) as first:
+        first.note_run(journal.start_run("provision", {"batch": "wave1", "users": None}))
+        busy = refusal(journal, "provision", WHOLE)
+    text = str(busy)
+    host = socket.gethostname()
+    assert f"provision --batch wave1 (PID {os.getpid()} on {host}, running for" in text
+    assert "is writing to this project" in text and "run 1" in text
+    assert "wait for it to finish" in (busy.next_step or "")
+    (holder,) = busy.to_dict()["holders"]
+    assert holder["command"] == "provision" and holder["pid"] == os.getpid()
+    assert holder["host"] == socket.gethostname() and holder["running_s"] >= 0
+
+
+def test_refused_writer_leaves_no_row_and_the_holder_keeps_its_claim(journal: Journal) -> None:
+    """A refusal writes nothing: one writer row and its claim remain."""
+    with Writer.open(journal.engine, "cutover", WHOLE) as first:
+        refusal(journal, "provision", WHOLE)
+        refusal(journal, "prestage", users("ann"))
+        assert [w["id"] for w in rows(journal, t.writers)] == [first.id]
+        assert [(c["scope"], c["writer_id"]) for c in rows(journal, t.claims)] == [
+            (PROJECT, first.id)
+        ]
+    assert rows(journal, t.writers) == [] and rows(journal, t.claims) == []
+
+
+def test_disjoint_users_are_held_at_once_and_an_overlap_is_refused_by_address(
+    journal: Journal,
+) -> None:
+    """Two writers hold different users; a third asking for some of theirs is told which ones."""
+    with (
+        Writer.open(journal.engine, "prestage", users("ann", "bob")),
+        Writer.open(journal.engine, "cutover", users("cy", "dee")),
+    ):
+        busy = refusal(journal, "rollback", users("bob", "dee", "eve"))
+        text = str(busy)
+        assert "prestage (PID" in text and "is working on bob@source.example" in text
+        assert "cutover (PID" in text and "is working on dee@source.example" in text
+        assert "eve@" not in text and "ann@" not in text
+        # The refused writer holds nothing, so eve is still free.
+        with Writer.open(journal.engine, "rollback", users("eve")):
+            pass
+
+
+def test_the_project_claim_conflicts_with_every_other_claim_both_ways(journal: Journal) -> None:
+    """A project writer refuses user and group writers, and a user writer refuses it."""
+    with Writer.open(journal.engine, "discover", WHOLE):
+        assert "discover (PID" in str(refusal(journal, "prestage", users("ann")))
+        assert "discover (PID" in str(refusal(journal, "groups", {GROUPS: "the groups"}))
+    with Writer.open(journal.engine, "prestage", users("ann")):
+        busy = refusal(journal, "discover", WHOLE)
+        assert "prestage (PID" in str(busy) and "ann@source.example" in str(busy)
+        with Writer.open(journal.engine, "groups", {GROUPS: "the groups"}):
+            refusal(journal, "groups", {GROUPS: "the groups"})
+
+
+def test_claim_more_release_and_close(journal: Journal) -> None:
+    """A writer claims more as it goes, releases what it finished, and frees all on close."""
+    worker = Writer.open(journal.engine, "worker", users("ann"))
+    try:
+        worker.claim(users("ann", "bob"))  # claiming again what it holds is fine
+        refusal(journal, "cutover", users("bob"))
+        worker.release(users("bob"))
+        with Writer.open(journal.engine, "cutover", users("bob")):
+            refusal(journal, "prestage", users("ann"))
+    finally:
+        worker.close()
+    worker.close()  # idempotent
+    with Writer.open(journal.engine, "discover", WHOLE):
+        pass
+
+
+def test_many_users_span_query_chunks_and_the_refusal_names_five(journal: Journal) -> None:
+    """1200 users are claimed and checked in chunks; a refusal names 5 of them and counts the rest."""
+    many = users(*(f"u{i:04d}" for i in range(1200)))
+    with Writer.open(journal.engine, "provision", many):
+        wanted = users("u0003", "u0500", "u0700", "u0900", "u1100", "u1199", "not-held")
+        busy = refusal(journal, "prestage", wanted)
+        assert "u0003@source.example, u0500@" in str(busy) and "and 1 more" in str(busy)
+        assert busy.to_dict()["holders"][0]["holds_count"] == 6
+        assert len(rows(journal, t.claims)) == 1200
+
+
+def test_in_memory_journal_claims_within_its_process() -> None:
+    """An in-memory SQLite journal (one process) still allows one project writer at a time."""
+    with Journal.open("sqlite://") as journal, Writer.open(journal.engine, "discover", WHOLE):
+        refusal(journal, "provision", WHOLE)
+
+
+HOLDER = """
+import sys, time
+from coexist.journal import Journal
+from coexist.journal.claims import PROJECT, Writer
+journal = Journal.open(sys.argv[1])
+writer = Writer.open(journal.engine, "provision", {PROJECT: "the whole project"})
+print(writer.id, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_sigkilled_writer_frees_its_claims(journal: Journal, journal_url: str) -> None:
+    """A writer process killed with SIGKILL leaves no claim behind: the next writer gets the
+    project and deletes the dead writer's rows."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, journal_url], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        dead_id = int(proc.stdout.readline())
+        busy = refusal(journal, "provision", WHOLE)
+        assert f"PID {proc.pid} on" in str(busy)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    writer = _open_once_freed(journal, journal_url)
+    try:
+        assert [w["id"] for w in rows(journal, t.writers)] == [writer.id]
+        assert dead_id not in {c["writer_id"] for c in rows(journal, t.claims)}
+    finally:
+        writer.close()
+
+
+def _open_once_freed(journal: Journal, url: str) -> Writer:
+    """The next writer. SQLite: at once (the kernel dropped the flock when the process died).
+    PostgreSQL: once the server has seen the closed connection and ended that session, which it
+    does on its own a moment after the kill; waiting for that is not part of what is proved."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return Writer.open(journal.engine, "provision", WHOLE)
+        except Busy:
+            if url.startswith("sqlite") or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
