@@ -28,7 +28,7 @@ from coexist import commands, logs
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError, StorageError, redact
 from coexist.files import write_private
-from coexist.model import PHASES, USER_STATES
+from coexist.model import PHASES, STATUS_STATES
 from coexist.permissions import MOVER_NEEDS, NEEDS
 
 err = Console(stderr=True)
@@ -605,7 +605,7 @@ def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @main.command("status")
 @project_option
 @click.option("--batch", default=None)
-@click.option("--state", type=click.Choice(USER_STATES), default=None, help="Only this state.")
+@click.option("--state", type=click.Choice(STATUS_STATES), default=None, help="Only this state.")
 @click.option("--phase", type=click.Choice(PHASES), default=None, help="Only this phase.")
 @click.option("--user", default=None, help="One user (any of its addresses).")
 @json_option

@@ -27,7 +27,7 @@ from coexist.journal import Batch, Journal
 from coexist.journal.claims import Writer
 from coexist.migrate.passes import DataPassStep
 from coexist.migrate.summary import data_summary, waiting_text
-from coexist.model import PHASES, USER_STATES, Phase, phase_at_least
+from coexist.model import PHASES, STATUS_STATES, Phase, phase_at_least
 from coexist.permissions import MOVER_NEEDS, NEEDS, needs
 from coexist.provisioning.exchange import object_id
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
@@ -41,7 +41,7 @@ from coexist.provisioning.provision import (
 )
 from coexist.retry import RetryPolicy
 from coexist.runtime import Session, open_journal, project_dir, project_writer, session
-from coexist.settings import load_project, parse_duration, write_project
+from coexist.settings import Project, load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
@@ -424,13 +424,15 @@ def last_ok_run(journal: Journal, command: str) -> int:
     )
 
 
-def _went_through(journal: Journal, item: dict[str, Any], command: str, after: int) -> bool:
+def _went_through(
+    item: dict[str, Any], passes: list[dict[str, Any]], command: str, after: int
+) -> bool:
     """Whether a run since `after` took this user's `command` to its end: its data pass
-    ran (or was reused) there and nothing is left unfinished since."""
+    (one of the user's `passes`) ran or was reused there and nothing is left unfinished."""
     if unfinished(item) == command or (item.get("detail") or {}).get("last_command") != command:
         return False
-    passes = [p for p in journal.passes(str(item["key"])) if p["kind"] == command]
-    return bool(passes) and int(passes[-1]["run_id"] or 0) > after
+    mine = [p for p in passes if p["kind"] == command]
+    return bool(mine) and int(mine[-1]["run_id"] or 0) > after
 
 
 def _begin(
@@ -443,9 +445,13 @@ def _begin(
         r["command"] == command and after < int(r["id"]) != sess.runner.run_id
         for r in sess.journal.runs()
     )
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for record in sess.journal.passes() if resuming else []:
+        passes.setdefault(str(record["item_key"]), []).append(record)
     todo: list[dict[str, Any]] = []
+    marks = Batch()  # one write for the users of the command, not one per user
     for item in items:
-        if resuming and _went_through(sess.journal, item, command, after):
+        if resuming and _went_through(item, passes.get(str(item["key"]), []), command, after):
             sess.skipped.append(
                 {
                     "user": item.get("source_address"),
@@ -455,9 +461,10 @@ def _begin(
                 }
             )
             continue
-        if not sess.planning:
-            set_item(sess.journal, "user", item["key"], last_command=command, unfinished=command)
+        set_item(marks, "user", item["key"], last_command=command, unfinished=command)
         todo.append(item)
+    if not sess.planning:
+        sess.journal.write_batch(marks)
     return todo, after
 
 
@@ -1199,13 +1206,15 @@ def status(
     """Where every user (and group) stands: phase, state, last step, data, errors."""
     # A misspelt filter once printed an empty table with rc 0 (issue 10).
     _choice_arg("--phase", phase, PHASES)
-    _choice_arg("--state", state, USER_STATES)
+    _choice_arg("--state", state, STATUS_STATES)
     _blank_arg("--batch", batch)
     _blank_arg("--user", user)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
-        items = journal.items(kind="user", batch=batch, state=state, phase=phase)
+        # `started` is what status makes of an ok user with an unfinished command (below).
+        stored = None if state == "started" else state
+        items = journal.items(kind="user", batch=batch, state=stored, phase=phase)
         if batch is not None and not journal.items(kind="user", batch=batch):
             raise InputError(
                 f"no users in batch {batch!r}",
@@ -1245,7 +1254,10 @@ def status(
             )
             if user:  # one user: the last reconciliation of source and target folders too
                 rows[-1]["reconciliation"] = detail.get("reconciliation")
-            _show_unfinished(journal, i, rows[-1], project.directory, last_ok)
+            mine = passes.get(i["key"], [])
+            _show_unfinished(journal, i, mine, rows[-1], project, last_ok)
+        if state is not None:
+            rows = [r for r in rows if r["state"] == state]
         # Groups belong to no batch and no user; a --state or --phase filter applies to them.
         groups_shown = (
             [] if (user or batch) else journal.items(kind="group", state=state, phase=phase)
@@ -1287,20 +1299,26 @@ UNFINISHED_STEPS = {
 }
 
 
-def progress_of(journal: Journal, item: dict[str, Any], command: str, after: int) -> str:
+def progress_of(
+    journal: Journal,
+    item: dict[str, Any],
+    passes: list[dict[str, Any]],
+    command: str,
+    after: int,
+    *,
+    convert: bool = True,
+) -> str:
     """Where a user's unfinished prestage / cutover stands, e.g. `prestage: licensed,
-    waiting for mailbox` (a data pass counts once it ended ok in a run since `after`)."""
-    key = str(item["key"])
-    records = journal.steps(item_key=key)
-    passes = {
-        p["kind"]
-        for p in journal.passes(key)
-        if p["status"] == "ok" and int(p["run_id"] or 0) > after
-    }
+    waiting for mailbox` (a data pass of the user's `passes` counts once it ended ok in a
+    run since `after`; without `convert`, prestage has no licence and mailbox steps)."""
+    records = journal.steps(item_key=str(item["key"]))
+    ended = {p["kind"] for p in passes if p["status"] == "ok" and int(p["run_id"] or 0) > after}
     said: list[str] = []
     for prefix, done, todo, recent in UNFINISHED_STEPS[command]:
+        if not convert and prefix.startswith("prestage."):
+            continue
         if prefix.startswith("migrate.pass."):
-            finished = command in passes
+            finished = command in ended
         else:
             mine = [r for r in records if str(r["key"]).startswith(prefix)]
             finished = bool(mine) and all(
@@ -1315,22 +1333,24 @@ def progress_of(journal: Journal, item: dict[str, Any], command: str, after: int
 def _show_unfinished(
     journal: Journal,
     item: dict[str, Any],
+    passes: list[dict[str, Any]],
     row: dict[str, Any],
-    directory: Path,
+    project: Project,
     after: dict[str, int],
 ) -> None:
-    """A user whose prestage / cutover a run left unfinished shows as `started`, with how
-    far it got and the command that continues it (its journal state alone may say ok)."""
+    """A user whose prestage / cutover a run left unfinished shows how far it got; one the
+    journal says is ok shows as `started`, with the command that continues it (a waiting or
+    failed one already says what it waits for, or its error and next step)."""
     command = unfinished(item)
-    if command is None or row["state"] not in (None, "ok"):
+    if command is None:
         return
     if command not in after:
         after[command] = last_ok_run(journal, command)
-    row.update(
-        state="started",
-        progress=progress_of(journal, item, command, after[command]),
-        next=f"coexist retry --project {directory}",
+    row["progress"] = progress_of(
+        journal, item, passes, command, after[command], convert=project.prestage.convert
     )
+    if row["state"] in (None, "ok"):
+        row.update(state="started", next=f"coexist retry --project {project.directory}")
 
 
 def batch_import(directory: Path | None, file: Path, *, name: str | None = None) -> dict[str, Any]:

@@ -144,17 +144,29 @@ class DataPassStep(Step):
         )
 
 
-def finished_pass(ctx: Context, step: DataPassStep) -> dict[str, Any] | None:
+# How old a finished final (cutover) pass may be and still stand for this run's. Mail the
+# source receives after the final pass reaches the target only through another pass until
+# the swap is made, so a run continued soon after a kill (the usual case: the operator or a
+# supervisor runs it again) keeps the pass it has, and one continued later runs a delta
+# pass first, cheap from the pass's cursors, rather than leaving that mail behind.
+FINAL_PASS_KEPT_FOR = timedelta(minutes=10)
+
+
+def finished_pass(
+    ctx: Context, step: DataPassStep, now: datetime | None = None
+) -> dict[str, Any] | None:
     """The pass of this step that already ran to its end (ok) in a run it continues.
 
     A command killed after a user's pass but before what follows it (the forwarding swap)
     resumes there: the pass is done and the items it copied are mapped, so running it again
     would only repeat its scan while the rest of the batch waits. A pass that did not end
-    ok (interrupted, waiting, unreconciled) is run again and continues from its checkpoints.
+    ok (interrupted, waiting, unreconciled) is run again and continues from its checkpoints;
+    so is a final pass older than FINAL_PASS_KEPT_FOR.
     """
     if step.resume_after is None:
         return None
     window = step.window().to_dict()
+    oldest = (now or datetime.now(UTC)) - FINAL_PASS_KEPT_FOR
     done = [
         p
         for p in ctx.journal.passes(step.subject)
@@ -162,6 +174,7 @@ def finished_pass(ctx: Context, step: DataPassStep) -> dict[str, Any] | None:
         and p["status"] == "ok"
         and int(p["run_id"] or 0) > step.resume_after
         and (p["window"] or {}) == window
+        and (step.kind != "cutover" or (p["finished_at"] and p["finished_at"] >= oldest))
     ]
     return done[-1] if done else None
 
