@@ -274,6 +274,18 @@ def test_prestage_killed_after_licensing_resumes(
     started = commands.status(soak.project, state="started")["users"]
     assert {r["state"] for r in started} <= {"started"}
     assert len(started) == sum(1 for r in rows.values() if r["state"] == "started")
+    assert started  # killed while licensing: nobody waits for a mailbox yet
+    # The text table says where each stopped and what continues it.
+    text = subprocess.run(
+        [sys.executable, "-m", "coexist.cli", "status", "--project", str(soak.project)],
+        cwd=REPO,
+        env={**cli_env(), "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    assert "started" in text and "prestage: " in text and "coexist retry" in text, text
     # Retry continues every one of them.
     again = commands.retry(soak.project, plan=True, retry_policy=TEST_RETRY)
     assert again["retried"] == {"prestage": len(soak.keys)}, again["retried"]
