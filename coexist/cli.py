@@ -28,7 +28,7 @@ from coexist import commands, logs
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError, StorageError, redact
 from coexist.files import write_private
-from coexist.model import PHASES, USER_STATES
+from coexist.model import PHASES, STATUS_STATES
 from coexist.permissions import MOVER_NEEDS, NEEDS
 
 err = Console(stderr=True)
@@ -36,7 +36,13 @@ out = Console()
 log = logging.getLogger("coexist.cli")
 
 DirPath = click.Path(file_okay=False, path_type=Path)
-STATUS_STYLE = {"ok": "green", "failed": "red", "waiting": "yellow", "planned": "cyan"}
+STATUS_STYLE = {
+    "ok": "green",
+    "failed": "red",
+    "waiting": "yellow",
+    "planned": "cyan",
+    "started": "yellow",
+}
 # The sandbox's limit profiles (coexist.sandbox.limits.PROFILES; not imported: the CLI
 # imports the sandbox only when a sandbox command runs).
 PROFILES = ["published", "fast", "chaos", "realistic"]
@@ -599,7 +605,7 @@ def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
 @main.command("status")
 @project_option
 @click.option("--batch", default=None)
-@click.option("--state", type=click.Choice(USER_STATES), default=None, help="Only this state.")
+@click.option("--state", type=click.Choice(STATUS_STATES), default=None, help="Only this state.")
 @click.option("--phase", type=click.Choice(PHASES), default=None, help="Only this phase.")
 @click.option("--user", default=None, help="One user (any of its addresses).")
 @json_option
@@ -709,6 +715,8 @@ def _why(row: dict[str, Any]) -> str:
     """A status row's error, or what it waits for and when coexist looks again."""
     if row.get("error"):
         return str(row["error"])
+    if row.get("state") == "started":  # a prestage / cutover a run left unfinished
+        return f"{row['progress']}; continue it: {row['next']}"
     if row.get("state") != "waiting" or not row.get("waiting_for"):
         return ""
     again = row.get("look_again_at")

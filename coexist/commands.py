@@ -27,9 +27,8 @@ from coexist.journal import Batch, Journal
 from coexist.journal.claims import Writer
 from coexist.migrate.passes import DataPassStep
 from coexist.migrate.summary import data_summary, waiting_text
-from coexist.model import PHASES, USER_STATES, Phase, phase_at_least
+from coexist.model import PHASES, STATUS_STATES, Phase, phase_at_least
 from coexist.permissions import MOVER_NEEDS, NEEDS, needs
-from coexist.provisioning.convert import LicenseStep
 from coexist.provisioning.exchange import object_id
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.mailusers import ADOPTED, provision_users
@@ -42,7 +41,7 @@ from coexist.provisioning.provision import (
 )
 from coexist.retry import RetryPolicy
 from coexist.runtime import Session, open_journal, project_dir, project_writer, session
-from coexist.settings import load_project, parse_duration, write_project
+from coexist.settings import Project, load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
@@ -401,6 +400,74 @@ def _mark(sess: Session, items: list[dict[str, Any]], command: str) -> None:
         sess.journal.write_batch(marks)
 
 
+# -- resuming an interrupted prestage / cutover ------------------------------------------
+# A command killed at any moment leaves each user where it got to, and running it again
+# continues from there: the runs of a command since it last ended ok are one attempt at it.
+# Users such a run took to the end are left alone, a data pass that finished ok in one is
+# not run again, and the others' steps re-observe and go on. Each user carries the command
+# it has not finished (detail `unfinished`), which status shows and `coexist retry` continues.
+RESUMABLE = ("prestage", "cutover")
+
+
+def unfinished(item: dict[str, Any]) -> str | None:
+    """The prestage / cutover a run began for this user and did not take to the end."""
+    command = (item.get("detail") or {}).get("unfinished")
+    return str(command) if command in RESUMABLE else None
+
+
+def last_ok_run(journal: Journal, command: str) -> int:
+    """The id of the last run of `command` that ended ok (0: none). The runs of it since are
+    killed or stopped by an error, and continued by the next one."""
+    runs = journal.runs()
+    return max(
+        (int(r["id"]) for r in runs if r["command"] == command and r["status"] == "ok"), default=0
+    )
+
+
+def _went_through(
+    item: dict[str, Any], passes: list[dict[str, Any]], command: str, after: int
+) -> bool:
+    """Whether a run since `after` took this user's `command` to its end: its data pass
+    (one of the user's `passes`) ran or was reused there and nothing is left unfinished."""
+    if unfinished(item) == command or (item.get("detail") or {}).get("last_command") != command:
+        return False
+    mine = [p for p in passes if p["kind"] == command]
+    return bool(mine) and int(mine[-1]["run_id"] or 0) > after
+
+
+def _begin(
+    sess: Session, items: list[dict[str, Any]], command: str
+) -> tuple[list[dict[str, Any]], int]:
+    """Mark each user's `command` as begun, except users a run this one continues already
+    took to the end (listed as skipped). Returns the users to run and `last_ok_run`."""
+    after = last_ok_run(sess.journal, command)
+    resuming = any(
+        r["command"] == command and after < int(r["id"]) != sess.runner.run_id
+        for r in sess.journal.runs()
+    )
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for record in sess.journal.passes() if resuming else []:
+        passes.setdefault(str(record["item_key"]), []).append(record)
+    todo: list[dict[str, Any]] = []
+    marks = Batch()  # one write for the users of the command, not one per user
+    for item in items:
+        if resuming and _went_through(item, passes.get(str(item["key"]), []), command, after):
+            sess.skipped.append(
+                {
+                    "user": item.get("source_address"),
+                    "reason": f"{command} already done for this user by an interrupted run "
+                    "(this run continues the rest)",
+                    "next": f"coexist status --project {sess.project.directory}",
+                }
+            )
+            continue
+        set_item(marks, "user", item["key"], last_command=command, unfinished=command)
+        todo.append(item)
+    if not sess.planning:
+        sess.journal.write_batch(marks)
+    return todo, after
+
+
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -736,12 +803,25 @@ def _license_sku(sess: Session, skus: list[dict[str, Any]]) -> str | None:
     return str(sku["skuId"])
 
 
-def _needs_seat(sess: Session, item: dict[str, Any]) -> bool:
-    """Whether prestage still has to license this user (one waiting for its mailbox has a seat)."""
-    if phase_at_least(item.get("phase"), Phase.PRESTAGED):
-        return False
-    licensed = sess.journal.get_step(f"{LicenseStep.name}:{item['key']}")
-    return not (licensed and licensed.get("status") == "ok")
+async def _unlicensed(sess: Session, items: list[dict[str, Any]], sku_id: str) -> int:
+    """How many of `items` do not hold the SKU in the target now, as Graph answers.
+
+    Observed, not inferred from the journal: a run killed after `assignLicense` but before
+    it journaled the step leaves users who hold a seat already. A user Graph does not serve
+    yet (replication) needs one.
+    """
+    urls = [
+        f"/users/{i['target_id']}?$select=id,assignedLicenses" for i in items if i.get("target_id")
+    ]
+    held = 0
+    for start in range(0, len(urls), BATCH_GETS):
+        for user in await sess.ctx.target.graph.batch_get(urls[start : start + BATCH_GETS]):
+            licenses = (user or {}).get("assignedLicenses") or []
+            held += any(str(lic.get("skuId")).lower() == sku_id.lower() for lic in licenses)
+    return len(items) - held
+
+
+BATCH_GETS = 20  # json-batching: at most 20 requests in one $batch
 
 
 def _free_seats(skus: list[dict[str, Any]], sku_id: str) -> int:
@@ -768,7 +848,9 @@ def prestage(
     The pass moves items received before now - `older_than` (default from project.toml) and,
     when given, within [`since`, `until`) (ISO dates or times, UTC unless an offset is given).
     Mailboxes Exchange is still provisioning leave their users `waiting` with a time to
-    look again (`_settle`); `coexist retry` or this command continues them.
+    look again (`_settle`); `coexist retry` or this command continues them. Each user goes
+    through its steps on its own, and a run killed midway is continued where each user
+    stopped (see "resuming an interrupted prestage / cutover").
     """
     # Every argument is checked here, before the session: a bad one used to surface only
     # after licences were assigned and mailboxes created (issue 10).
@@ -795,7 +877,7 @@ def prestage(
         skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
         sku_id = _license_sku(sess, skus)
         if sku_id:
-            need = sum(1 for i in items if _needs_seat(sess, i))
+            need = await _unlicensed(sess, items, sku_id)
             free = _free_seats(skus, sku_id)
             if need > free:
                 part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
@@ -807,44 +889,44 @@ def prestage(
                 )
             if not sess.planning:
                 sess.journal.lock_setting("license_sku", sku_id)
-        _mark(sess, items, "prestage")
+        todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
         window = older if older is not None else sess.project.prestage.older_than
         at_reached = False  # --at: the passes start at that time, once
 
+        def data_pass(item: dict[str, Any]) -> ItemPlan:
+            key = item["key"]
+            step = DataPassStep(
+                subject=key,
+                kind="prestage",
+                older_than_s=window.total_seconds(),
+                since=start.isoformat() if start else None,
+                until=end.isoformat() if end else None,
+                resume_after=resume_after,
+            )
+            done = {"unfinished": None}
+            return ItemPlan(
+                "user", key, [step], None, label=str(item.get("source_address")), done=done
+            )
+
         async def one_round(batch: list[dict[str, Any]]) -> None:
             nonlocal at_reached
-            first = len(sess.outcomes)
-            rounds = [prestage_plans(sess.ctx, i, sku_id) for i in batch]
-            await sess.runner.run([licensing for licensing, _ in rounds], limit)
-            stuck = _round_outcomes(sess, first, "failed", "waiting")
-            await sess.runner.run([ready for _, ready in rounds if ready.key not in stuck], limit)
-            stuck = _round_outcomes(sess, first, "failed", "waiting")
+            ready = {i["key"]: prestage_plans(sess.ctx, i, sku_id) for i in batch}
             if when and not at_reached:
+                # The passes start at --at: until then each user only gets ready.
+                first = len(sess.outcomes)
+                await sess.runner.run(list(ready.values()), limit)
+                stuck = _round_outcomes(sess, first, "failed", "waiting")
                 await _wait_until(when)
                 at_reached = True
-            passes = [
-                ItemPlan(
-                    "user",
-                    i["key"],
-                    [
-                        DataPassStep(
-                            subject=i["key"],
-                            kind="prestage",
-                            older_than_s=window.total_seconds(),
-                            since=start.isoformat() if start else None,
-                            until=end.isoformat() if end else None,
-                        )
-                    ],
-                    None,
-                    label=str(i.get("source_address")),
-                )
-                for i in batch
-                if i["key"] not in stuck
-            ]
-            await sess.runner.run(passes, limit)
+                passes = [data_pass(i) for i in batch if i["key"] not in stuck]
+                await sess.runner.run(passes, limit)
+                return
+            # Per user: license -> mailbox -> forward back -> data pass, each user as soon
+            # as its own previous step is done (a killed run keeps every user's progress).
+            await sess.runner.run_pipelines([[ready[i["key"]], data_pass(i)] for i in batch], limit)
 
-        await _settle(sess, items, one_round)
+        await _settle(sess, todo, one_round)
         return _result(sess, users=len(items))
 
     return _in_session(
@@ -880,7 +962,12 @@ def cutover(
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The final delta pass, then the post-migration mode (forward / leave / rename)."""
+    """The final delta pass, then the post-migration mode (forward / leave / rename).
+
+    Per user: its swap follows its own final pass at once, so a run killed midway has cut
+    over every user it got to, and the next run continues the others (a final pass that
+    already finished is not run again).
+    """
     users = check_selection("cutover", batch, users, all_users)
     args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
 
@@ -888,35 +975,31 @@ def cutover(
         items = _selected(
             sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
         )
-        _mark(sess, items, "cutover")
+        todo, resume_after = _begin(sess, items, "cutover")
         limit = sess.project.engine.concurrency_per_tenant
         routing_domain = await _initial_domain(sess)
 
-        async def one_round(batch: list[dict[str, Any]]) -> None:
-            first = len(sess.outcomes)
-            passes = [
-                ItemPlan(
-                    "user",
-                    i["key"],
-                    [DataPassStep(subject=i["key"], kind="cutover")],
-                    None,
-                    label=str(i.get("source_address")),
-                )
-                for i in batch
-            ]
-            await sess.runner.run(passes, limit)
-            # With a mover configured, a user whose final pass did not succeed is not cut
-            # over. With mover "none" the pass state stays visible and cutover proceeds:
-            # the operator chose to move data by other means.
-            blocked: set[str] = set()
-            if sess.project.migration.mover != "none":
-                blocked = _round_outcomes(sess, first, "failed", "waiting")
-            plans = [
-                cutover_plan(sess.ctx, i, routing_domain) for i in batch if i["key"] not in blocked
-            ]
-            await sess.runner.run(plans, limit)
+        def pipeline(item: dict[str, Any]) -> list[ItemPlan]:
+            """One user's final pass, then its swap as soon as that pass has ended.
 
-        await _settle(sess, items, one_round)
+            With a mover configured, a user whose final pass did not end ok (failed,
+            waiting, unreconciled) is not cut over. With mover "none" the pass state stays
+            visible and the swap goes on: the operator chose to move data by other means.
+            """
+            key = item["key"]
+            final = DataPassStep(subject=key, kind="cutover", resume_after=resume_after)
+            label = str(item.get("source_address"))
+            gates = sess.project.migration.mover != "none"
+            done = {"unfinished": None}
+            return [
+                ItemPlan("user", key, [final], None, label=label, gates=gates),
+                cutover_plan(sess.ctx, item, routing_domain, done),
+            ]
+
+        async def one_round(batch: list[dict[str, Any]]) -> None:
+            await sess.runner.run_pipelines([pipeline(i) for i in batch], limit)
+
+        await _settle(sess, todo, one_round)
         return _result(sess, users=len(items), mode=sess.project.cutover.mode)
 
     return _in_session(
@@ -1071,7 +1154,8 @@ def retry(
     retry_policy: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Re-run the failed (and waiting) users' last command for just those users.
+    """Re-run the failed (and waiting) users' last command for just those users, and
+    continue every prestage or cutover a killed run left unfinished.
 
     Users waiting on Microsoft 365 whose look-again time has not come are reported as
     still waiting by that command, not looked at.
@@ -1081,10 +1165,11 @@ def retry(
     try:
         todo: dict[str, list[str]] = {}
         for item in journal.items(kind="user"):
-            if item.get("state") in ("failed", "waiting"):
-                cmd = (item.get("detail") or {}).get("last_command")
-                if cmd in RETRYABLE:
-                    todo.setdefault(cmd, []).append(item["key"])
+            cmd = unfinished(item) or (item.get("detail") or {}).get("last_command")
+            if unfinished(item) is None and item.get("state") not in ("failed", "waiting"):
+                continue
+            if cmd in RETRYABLE:
+                todo.setdefault(cmd, []).append(item["key"])
         retry_groups = any(
             i.get("state") in ("failed", "waiting") for i in journal.items(kind="group")
         )
@@ -1121,13 +1206,15 @@ def status(
     """Where every user (and group) stands: phase, state, last step, data, errors."""
     # A misspelt filter once printed an empty table with rc 0 (issue 10).
     _choice_arg("--phase", phase, PHASES)
-    _choice_arg("--state", state, USER_STATES)
+    _choice_arg("--state", state, STATUS_STATES)
     _blank_arg("--batch", batch)
     _blank_arg("--user", user)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
-        items = journal.items(kind="user", batch=batch, state=state, phase=phase)
+        # `started` is what status makes of an ok user with an unfinished command (below).
+        stored = None if state == "started" else state
+        items = journal.items(kind="user", batch=batch, state=stored, phase=phase)
         if batch is not None and not journal.items(kind="user", batch=batch):
             raise InputError(
                 f"no users in batch {batch!r}",
@@ -1140,6 +1227,7 @@ def status(
         for record in journal.passes():
             passes.setdefault(str(record["item_key"]), []).append(record)
         mover = project.migration.mover  # now, not when the passes ran
+        last_ok: dict[str, int] = {}  # per command, read once
         rows = []
         for i in items:
             detail = i.get("detail") or {}
@@ -1166,6 +1254,10 @@ def status(
             )
             if user:  # one user: the last reconciliation of source and target folders too
                 rows[-1]["reconciliation"] = detail.get("reconciliation")
+            mine = passes.get(i["key"], [])
+            _show_unfinished(journal, i, mine, rows[-1], project, last_ok)
+        if state is not None:
+            rows = [r for r in rows if r["state"] == state]
         # Groups belong to no batch and no user; a --state or --phase filter applies to them.
         groups_shown = (
             [] if (user or batch) else journal.items(kind="group", state=state, phase=phase)
@@ -1188,6 +1280,77 @@ def status(
         return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
     finally:
         journal.close()
+
+
+# What a user's unfinished prestage / cutover does, in its order: (step key prefix, said
+# once done, said while it is the next thing to do, done only if done since the command
+# last ended ok: a swap recorded by an earlier cutover, since rolled back, is not this one).
+UNFINISHED_STEPS = {
+    "prestage": (
+        ("prestage.license:", "licensed", "licensing", False),
+        ("prestage.mailbox:", "mailbox ready", "waiting for mailbox", False),
+        ("prestage.target-forward:", "forwarding to the source", "forward to the source", False),
+        ("migrate.pass.prestage:", "data pass done", "data pass", True),
+    ),
+    "cutover": (
+        ("migrate.pass.cutover:", "final pass done", "final pass", True),
+        ("cutover.", "forwarding swapped", "forwarding swap", True),
+    ),
+}
+
+
+def progress_of(
+    journal: Journal,
+    item: dict[str, Any],
+    passes: list[dict[str, Any]],
+    command: str,
+    after: int,
+    *,
+    convert: bool = True,
+) -> str:
+    """Where a user's unfinished prestage / cutover stands, e.g. `prestage: licensed,
+    waiting for mailbox` (a data pass of the user's `passes` counts once it ended ok in a
+    run since `after`; without `convert`, prestage has no licence and mailbox steps)."""
+    records = journal.steps(item_key=str(item["key"]))
+    ended = {p["kind"] for p in passes if p["status"] == "ok" and int(p["run_id"] or 0) > after}
+    said: list[str] = []
+    for prefix, done, todo, recent in UNFINISHED_STEPS[command]:
+        if not convert and prefix.startswith("prestage."):
+            continue
+        if prefix.startswith("migrate.pass."):
+            finished = command in ended
+        else:
+            mine = [r for r in records if str(r["key"]).startswith(prefix)]
+            finished = bool(mine) and all(
+                r["status"] == "ok" and (not recent or int(r["run_id"] or 0) > after) for r in mine
+            )
+        if not finished:
+            return f"{command}: " + ", ".join([*said[-1:], todo])
+        said.append(done)
+    return f"{command}: " + ", ".join([*said[-1:], "recording the result"])
+
+
+def _show_unfinished(
+    journal: Journal,
+    item: dict[str, Any],
+    passes: list[dict[str, Any]],
+    row: dict[str, Any],
+    project: Project,
+    after: dict[str, int],
+) -> None:
+    """A user whose prestage / cutover a run left unfinished shows how far it got; one the
+    journal says is ok shows as `started`, with the command that continues it (a waiting or
+    failed one already says what it waits for, or its error and next step)."""
+    command = unfinished(item)
+    if command is None:
+        return
+    if command not in after:
+        after[command] = last_ok_run(journal, command)
+    row["progress"] = progress_of(
+        journal, item, passes, command, after[command], convert=project.prestage.convert
+    )
+    if row["state"] in (None, "ok"):
+        row.update(state="started", next=f"coexist retry --project {project.directory}")
 
 
 def batch_import(directory: Path | None, file: Path, *, name: str | None = None) -> dict[str, Any]:

@@ -32,6 +32,8 @@ PHASE_ORDER = [Phase.DISCOVERED, Phase.PROVISIONED, Phase.PRESTAGED, Phase.CUTOV
 PHASES = tuple(p.value for p in Phase)
 # A user's state: its last command's outcome (the runner sets it; `status --state` filters it).
 USER_STATES = ("ok", "failed", "waiting")
+# What status shows: a user whose prestage / cutover a killed run left unfinished is `started`.
+STATUS_STATES = (*USER_STATES, "started")
 
 
 def phase_at_least(phase: str | None, wanted: Phase) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from coexist.engine.context import Context
@@ -73,13 +74,16 @@ def cutover_steps(ctx: Context, item: dict[str, Any], routing_domain: str) -> li
     return steps
 
 
-def cutover_plan(ctx: Context, item: dict[str, Any], routing_domain: str) -> ItemPlan:
+def cutover_plan(
+    ctx: Context, item: dict[str, Any], routing_domain: str, done: Mapping[str, Any] | None = None
+) -> ItemPlan:
     return ItemPlan(
         "user",
         item["key"],
         cutover_steps(ctx, item, routing_domain),
         Phase.CUTOVER.value,
         label=str(item.get("source_address")),
+        done=done or {},
     )
 
 

@@ -154,6 +154,15 @@ class ItemPlan:
     steps: Sequence[Step]
     phase: str | None = None  # phase recorded when every step ends ok
     label: str = ""  # how operators know the item (address / name)
+    # Item fields recorded with the phase when every step ends ok (in the same write).
+    done: Mapping[str, Any] = field(default_factory=dict)
+    # In a pipeline: whether the item's next plan runs only once this one ended ok.
+    gates: bool = True
+
+
+def _ended_ok(outcomes: Sequence[Outcome]) -> bool:
+    """Whether a plan's steps all ended ok (or planned): an empty plan has nothing to stop on."""
+    return not outcomes or outcomes[-1].status not in ("failed", "waiting")
 
 
 @dataclass
@@ -578,23 +587,40 @@ class Runner:
             fields.update(wait, state="ok", error=None)
             if item.phase:
                 fields["phase"] = item.phase
+            fields.update(item.done)
         set_item(self._writer(), item.kind, item.key, **fields)
 
     async def run(self, items: Sequence[ItemPlan], concurrency: int = 8) -> list[Outcome]:
         """Run every item's steps; at most `concurrency` items at once."""
+        return await self.run_pipelines([[item] for item in items], concurrency)
+
+    async def run_pipelines(
+        self, pipelines: Sequence[Sequence[ItemPlan]], concurrency: int = 8
+    ) -> list[Outcome]:
+        """Run each item's plans in order, at most `concurrency` items at once.
+
+        Every item moves on to its next plan as soon as its own plan has ended ok, never
+        waiting for the rest of the batch: a run stopped at any moment has taken each item
+        as far as it got (a batch-wide phase would lose every item's progress in it). A plan
+        that fails or waits ends its item's pipeline here, unless it does not `gate`.
+        """
         slots = asyncio.Semaphore(max(1, concurrency))
-        results: list[list[Outcome]] = [[] for _ in items]
+        results: list[list[Outcome]] = [[] for _ in pipelines]
         done = 0
 
-        async def one(i: int, item: ItemPlan) -> None:
+        async def one(i: int, plans: Sequence[ItemPlan]) -> None:
             nonlocal done
             async with slots:
-                results[i] = await self.run_item(item)
+                for plan in plans:
+                    outcomes = await self.run_item(plan)
+                    results[i] += outcomes
+                    if plan.gates and not _ended_ok(outcomes):
+                        break
             done += 1
             if self.on_advance is not None:
-                self.on_advance(done, len(items))
+                self.on_advance(done, len(pipelines))
 
-        tasks = [asyncio.ensure_future(one(i, it)) for i, it in enumerate(items)]
+        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(pipelines)]
         try:
             await asyncio.gather(*tasks)
         except BaseException:

@@ -86,11 +86,11 @@ import email
 import email.policy
 import json
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
-from typing import Any
+from typing import Any, TypeVar
 
 from coexist.engine.context import Context
 from coexist.errors import (
@@ -414,27 +414,30 @@ def split_attachments(payload_size: int, parts: list[Part]) -> tuple[list[Part],
 
 # -- mail copy ------------------------------------------------------------------------------------
 
+W = TypeVar("W")
 CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
 COPIES_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
 
 
-async def bounded(limit: int, jobs: Iterator[Coroutine[Any, Any, None]]) -> None:
-    """Run `jobs` with at most `limit` at once, started as slots free up (so memory holds
-    `limit` items, not the folder). The first failure cancels the rest and is raised as
-    itself, not as an ExceptionGroup, for the one error tree."""
-    slots = asyncio.Semaphore(limit)
+async def bounded(limit: int, work: Iterable[W], job: Callable[[W], Awaitable[None]]) -> None:
+    """Run `job` on each of `work` with at most `limit` at once (so memory holds `limit`
+    items, not the folder). The first failure cancels the rest and is raised as itself,
+    not as an ExceptionGroup, for the one error tree.
 
-    async def run(job: Coroutine[Any, Any, None]) -> None:
-        try:
-            await job
-        finally:
-            slots.release()
+    `limit` workers take the next piece of work as they finish one, and a job's coroutine
+    is made only when its worker awaits it: a coroutine made ahead (waiting for a slot, or
+    in a task the failure cancels before it starts) would never run, silently.
+    """
+    pending = iter(work)
+
+    async def worker() -> None:
+        for piece in pending:  # shared: each piece goes to exactly one worker
+            await job(piece)
 
     try:
         async with asyncio.TaskGroup() as tg:
-            for job in jobs:
-                await slots.acquire()
-                tg.create_task(run(job))
+            for _ in range(max(1, limit)):
+                tg.create_task(worker())
     except BaseExceptionGroup as group:
         raise group.exceptions[0] from None
 
@@ -461,7 +464,7 @@ class MailCopier:
                 for r in rows
                 if r["kind"] == MAIL_CLASS and fidelity._in_window(r, window, now)
             ]
-        await bounded(COPIES_IN_FLIGHT, (self.copy(r, dest) for r, dest in work))
+        await bounded(COPIES_IN_FLIGHT, work, lambda pair: self.copy(*pair))
 
     async def copy(self, row: dict[str, Any], dest: str) -> None:
         sid = row["source_item_id"]

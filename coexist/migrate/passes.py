@@ -127,24 +127,74 @@ class DataPassStep(Step):
     older_than_s: float | None = None
     since: str | None = None  # ISO 8601: only items received at or after
     until: str | None = None  # ISO 8601: only items received before
+    # The last run of this command that ended ok: a pass of this kind and window that
+    # finished ok in a later run (one this run continues, killed or stopped by an error)
+    # is not run again. None: always run.
+    resume_after: int | None = None
 
     @property
     def key(self) -> str:
         return f"{self.name}.{self.kind}:{self.subject}"
 
+    def window(self) -> Window:
+        return Window(
+            older_than=timedelta(seconds=self.older_than_s) if self.older_than_s else None,
+            since=datetime.fromisoformat(self.since) if self.since else None,
+            until=datetime.fromisoformat(self.until) if self.until else None,
+        )
+
+
+# How old a finished final (cutover) pass may be and still stand for this run's. Mail the
+# source receives after the final pass reaches the target only through another pass until
+# the swap is made, so a run continued soon after a kill (the usual case: the operator or a
+# supervisor runs it again) keeps the pass it has, and one continued later runs a delta
+# pass first, cheap from the pass's cursors, rather than leaving that mail behind.
+FINAL_PASS_KEPT_FOR = timedelta(minutes=10)
+
+
+def finished_pass(
+    ctx: Context, step: DataPassStep, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """The pass of this step that already ran to its end (ok) in a run it continues.
+
+    A command killed after a user's pass but before what follows it (the forwarding swap)
+    resumes there: the pass is done and the items it copied are mapped, so running it again
+    would only repeat its scan while the rest of the batch waits. A pass that did not end
+    ok (interrupted, waiting, unreconciled) is run again and continues from its checkpoints;
+    so is a final pass older than FINAL_PASS_KEPT_FOR.
+    """
+    if step.resume_after is None:
+        return None
+    window = step.window().to_dict()
+    oldest = (now or datetime.now(UTC)) - FINAL_PASS_KEPT_FOR
+    done = [
+        p
+        for p in ctx.journal.passes(step.subject)
+        if p["kind"] == step.kind
+        and p["status"] == "ok"
+        and int(p["run_id"] or 0) > step.resume_after
+        and (p["window"] or {}) == window
+        and (step.kind != "cutover" or (p["finished_at"] and p["finished_at"] >= oldest))
+    ]
+    return done[-1] if done else None
+
 
 @registry.register(DataPassStep)
 class DataPassExecutor:
-    async def observe(self, ctx: Context, step: DataPassStep) -> None:
-        return None
+    async def observe(self, ctx: Context, step: DataPassStep) -> dict[str, Any] | None:
+        return finished_pass(ctx, step)
 
-    async def apply(self, ctx: Context, step: DataPassStep, observed: None) -> StepResult:
-        window = Window(
-            older_than=timedelta(seconds=step.older_than_s) if step.older_than_s else None,
-            since=datetime.fromisoformat(step.since) if step.since else None,
-            until=datetime.fromisoformat(step.until) if step.until else None,
-        )
-        result = await run_pass(ctx, step.subject, step.kind, window)
+    async def apply(
+        self, ctx: Context, step: DataPassStep, observed: dict[str, Any] | None
+    ) -> StepResult:
+        if observed is not None:
+            counts = dict(observed["counts"] or {})
+            detail = (
+                f"{step.kind} pass already finished (run {observed['run_id']}, "
+                f"{int(counts.get('copied', 0))} copied): not run again"
+            )
+            return StepResult(False, None, counts, detail, data={f"{step.kind}_pass": "ok"})
+        result = await run_pass(ctx, step.subject, step.kind, step.window())
         data = {"data_state": result.detail, f"{step.kind}_pass": result.status}
         if result.status == "ok":
             return StepResult(

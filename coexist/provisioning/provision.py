@@ -149,26 +149,24 @@ def provision_plans(
     return out, waiting
 
 
-def prestage_plans(
-    ctx: Context, item: dict[str, Any], sku_id: str | None
-) -> tuple[ItemPlan, ItemPlan]:
-    """Two rounds: license; then wait for the mailbox and forward it back to the source.
+def prestage_plans(ctx: Context, item: dict[str, Any], sku_id: str | None) -> ItemPlan:
+    """License, wait for the mailbox, then forward it back to the source: one user's steps.
 
-    The command licenses every user before it waits for any mailbox, so Exchange
-    provisions them all at once instead of one concurrency slot per waiting user.
+    Each user goes through them on its own (a user whose mailbox is not there yet waits with
+    a time to look again and frees its slot), so Exchange provisions the batch's mailboxes
+    at once and a run stopped midway keeps every user's progress.
     """
     src = source_of(item)
     # A user already cut over keeps a live target: forwarding it back to the source again
     # would undo the cutover (and loop mail under forward-on-source), and its phase stays.
     cut_over = item.get("phase") == Phase.CUTOVER.value
-    license_steps: list[Any] = []
-    ready_steps: list[Any] = []
+    steps: list[Any] = []
     if ctx.project.prestage.convert and sku_id:
         usage = src.usage_location or ctx.project.prestage.usage_location
-        license_steps.append(LicenseStep(subject=item["key"], sku_id=sku_id, usage_location=usage))
-        ready_steps.append(MailboxReadyStep(subject=item["key"]))
+        steps.append(LicenseStep(subject=item["key"], sku_id=sku_id, usage_location=usage))
+        steps.append(MailboxReadyStep(subject=item["key"]))
         if not cut_over:
-            ready_steps.append(
+            steps.append(
                 TargetForwardStep(
                     subject=item["key"],
                     forward_to=forwarding_address(
@@ -177,8 +175,4 @@ def prestage_plans(
                 )
             )
     phase = None if cut_over else Phase.PRESTAGED.value
-    label = str(item.get("source_address"))
-    return (
-        ItemPlan("user", item["key"], license_steps, None, label=label),
-        ItemPlan("user", item["key"], ready_steps, phase, label=label),
-    )
+    return ItemPlan("user", item["key"], steps, phase, label=str(item.get("source_address")))

@@ -26,6 +26,7 @@ from coexist.sandbox import Sandbox, seed
 from coexist.sandbox.model import User
 from coexist.sandbox.server import profile_settings
 from coexist.settings import load_project
+from tests.cli_env import assert_no_unawaited_coroutine, cli_env
 from tests.e2e.conftest import TEST_RETRY, prepare_for_coexistence, write_project
 
 # With 68 seeded users the seed's scope group (nested membership) holds 31 user mailboxes.
@@ -60,13 +61,16 @@ def cli(project: Path, command: str) -> subprocess.Popen[bytes]:
         cwd=REPO,
         stdout=log,
         stderr=log,
+        env=cli_env(),
     )
 
 
 def run_to_completion(project: Path, command: str) -> None:
     proc = cli(project, command)
     code = proc.wait(timeout=120)
-    assert code == 0, (command, code, (project / f"{command}.log").read_text()[-3000:])
+    output = (project / f"{command}.log").read_text()  # the killed runs' output too
+    assert code == 0, (command, code, output[-3000:])
+    assert_no_unawaited_coroutine(output, command)
 
 
 def kill_when(

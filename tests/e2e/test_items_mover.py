@@ -28,6 +28,7 @@ from coexist.sandbox import Sandbox
 from coexist.sandbox.graph.mail_delta import EXPIRED_ANSWERS, expire_after_pages
 from coexist.sandbox.graph.outlook_items import PIM_STORE_KEY
 from coexist.settings import load_project
+from tests.cli_env import assert_no_unawaited_coroutine, cli_env
 from tests.e2e.conftest import TEST_RETRY
 from tests.e2e.pim_seed import (
     EXPECTED_CHECKLIST,
@@ -237,7 +238,8 @@ def kill_at(
     """Run the CLI; SIGKILL it once `progress()` reaches `at` (plus `jitter` s). Killed?"""
     log = (project / "kill.log").open("ab")
     cmd = [sys.executable, "-m", "coexist.cli", *args, "--project", str(project), "--json"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log, env=cli_env())
+    killed = False
     while proc.poll() is None:
         if progress() >= at:
             time.sleep(jitter)
@@ -245,9 +247,11 @@ def kill_at(
                 break
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-            return True
+            killed = True
+            break
         time.sleep(0.005)
-    return False
+    assert_no_unawaited_coroutine((project / "kill.log").read_text(), " ".join(args))
+    return killed
 
 
 KILLS = 4  # kill points per pass (COEXIST_CRASH_SEED picks them)

@@ -33,6 +33,7 @@ from coexist.sandbox import Sandbox
 from coexist.sandbox.graph.exchange_io import store_id
 from coexist.sandbox.mailseed import seed_mailboxes
 from coexist.settings import load_project
+from tests.cli_env import assert_no_unawaited_coroutine, cli_env
 from tests.e2e.conftest import TEST_RETRY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,15 +67,21 @@ class Scene:
         log = (self.project / f"{command}.log").open("ab")
         args = [sys.executable, "-m", "coexist.cli", command, "--project", str(self.project)]
         return subprocess.Popen(
-            [*args, "--users", self.addresses, "--json"], cwd=REPO, stdout=log, stderr=log
+            [*args, "--users", self.addresses, "--json"],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            env=cli_env(),
         )
 
     def complete(self, command: str) -> None:
         """Run `command` to its end; it must succeed for every user."""
         start = (self.project / f"{command}.log").stat().st_size
         code = self.cli(command).wait(timeout=120)
-        log = (self.project / f"{command}.log").read_text()[start:]
+        output = (self.project / f"{command}.log").read_text()
+        log = output[start:]
         assert code == 0, (command, code, log[-3000:])
+        assert_no_unawaited_coroutine(output, command)  # the killed runs' output too
         result = json.loads(log.strip().splitlines()[-1])
         assert not result["failed"] and not result["waiting"], (command, result)
 

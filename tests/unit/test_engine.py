@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from tenacity import RetryCallState
@@ -156,6 +156,33 @@ class AwaitExecutor:
         return StepResult(False, detail="mailbox not provisioned yet", status="waiting")
 
 
+@dataclass(frozen=True)
+class AfterStep(Step):
+    """Ends ok once `other` is varnished: it can only end ok if another item's later plan
+    runs while this item is still in its first one (no batch-wide phase in between)."""
+
+    name: ClassVar[str] = "test.after"
+    other: str = ""
+
+
+LOOKS = 10_000  # event-loop turns AfterStep gives the other item (a count, not a time)
+
+
+@REGISTRY.register(AfterStep)
+class AfterExecutor:
+    async def observe(self, ctx: FakeTenant, step: AfterStep) -> bool:
+        for _ in range(LOOKS):
+            if ctx.colours.get(f"{step.other}/varnish") == "gloss":
+                return True
+            await asyncio.sleep(0)
+        return False
+
+    async def apply(self, ctx: FakeTenant, step: AfterStep, observed: bool) -> StepResult:
+        if observed:
+            return StepResult(False, detail=f"{step.other} varnished first")
+        return StepResult(False, detail=f"{step.other} never varnished", status="waiting")
+
+
 # -- fixtures and helpers -----------------------------------------------------------------------
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
@@ -205,9 +232,16 @@ def run(
     return asyncio.run(runner.run(items, concurrency=2))
 
 
-def paint(subject: str, *steps: Step, phase: str | None = "painted") -> ItemPlan:
+def paint(
+    subject: str, *steps: Step, phase: str | None = "painted", done: dict[str, Any] | None = None
+) -> ItemPlan:
     return ItemPlan(
-        "user", subject, list(steps) or [PaintStep(subject)], phase, f"{subject}@fabrikam.example"
+        "user",
+        subject,
+        list(steps) or [PaintStep(subject)],
+        phase,
+        f"{subject}@fabrikam.example",
+        done=done or {},
     )
 
 
@@ -599,6 +633,88 @@ def test_a_batched_round_takes_one_step_items_only(journal: Journal, tenant: Fak
     with pytest.raises(ValueError, match="one-step items"):
         run(journal, tenant, [item], batched=True)
     assert journal.get_step("test.paint:alice") is None
+
+
+# -- pipelines: each item on to its next plan as soon as it is ready -------------------------------
+def pipelines(journal: Journal, tenant: FakeTenant, plans: list[list[ItemPlan]]) -> list[Outcome]:
+    runner = Runner(
+        ctx=tenant,
+        journal=journal,
+        run_id=journal.start_run("test", {}),
+        retry=FAIL_FAST,
+        next_step=NEXT,
+        steps=REGISTRY,
+    )
+    return asyncio.run(runner.run_pipelines(plans, concurrency=3))
+
+
+def test_a_pipeline_moves_each_item_on_without_waiting_for_the_batch(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """alice's second plan runs while bob is still in his first (bob's step ends ok only if
+    it does): a cutover's swap follows its user's own final pass, not the batch's. The last
+    plan's `done` fields are recorded with the item's state; a failed plan ends its item's
+    pipeline there; the unchanged re-run writes nothing."""
+    for key in ("alice", "bob", "carol"):
+        journal.merge_item("user", key, {"unfinished": "cutover"})
+    tenant.faults["test.paint:carol"] = [InvalidRequest("bad colour", service="graph")]
+
+    def pipeline(key: str, first: Step) -> list[ItemPlan]:
+        done = {"unfinished": None}
+        return [paint(key, first, phase=None), paint(key, VarnishStep(key), done=done)]
+
+    plans = [
+        pipeline("alice", PaintStep("alice")),
+        pipeline("bob", AfterStep("bob", other="alice")),
+        pipeline("carol", PaintStep("carol")),
+    ]
+    outcomes = by_step(pipelines(journal, tenant, plans))
+    assert outcomes["test.after:bob"].status == "ok", outcomes["test.after:bob"]
+    assert outcomes["test.varnish:bob"].status == "ok"
+    assert outcomes["test.paint:carol"].status == "failed"
+    assert "test.varnish:carol" not in tenant.observed
+    expected = {
+        "alice": ("ok", "painted", None),
+        "bob": ("ok", "painted", None),
+        "carol": ("failed", None, "cutover"),  # still to finish: status and retry show it
+    }
+    for key, (state, phase, left) in expected.items():
+        item = journal.get_item("user", key)
+        assert item is not None, key
+        assert (item["state"], item["phase"], item["detail"].get("unfinished")) == (
+            state,
+            phase,
+            left,
+        ), item
+
+    snapshot = journal.snapshot()
+    tenant.writes.clear()
+    again = pipelines(journal, tenant, plans[:2])
+    assert not any(o.changed for o in again) and not tenant.writes
+    assert journal.snapshot() == snapshot
+
+
+def test_a_plan_that_does_not_gate_lets_its_item_go_on(
+    journal: Journal, tenant: FakeTenant
+) -> None:
+    """A plan with `gates=False` (a final pass with mover "none") leaves its state visible
+    and its item goes on to the next plan; a gating plan that waits ends the pipeline."""
+    waits = ItemPlan("user", "alice", [AwaitMailboxStep("alice")], None, "alice", gates=False)
+    blocks = ItemPlan("user", "bob", [AwaitMailboxStep("bob")], None, "bob")
+    outcomes = by_step(
+        pipelines(
+            journal,
+            tenant,
+            [
+                [waits, paint("alice", VarnishStep("alice"))],
+                [blocks, paint("bob", VarnishStep("bob"))],
+            ],
+        )
+    )
+    assert outcomes["test.await:alice"].status == "waiting"
+    assert outcomes["test.varnish:alice"].status == "ok"
+    assert outcomes["test.await:bob"].status == "waiting"
+    assert "test.varnish:bob" not in tenant.observed
 
 
 # -- retries ------------------------------------------------------------------------------------

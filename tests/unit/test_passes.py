@@ -14,7 +14,15 @@ from coexist.engine.context import Context
 from coexist.errors import TransientError
 from coexist.journal import Journal
 from coexist.migrate.fidelity import EXPORT_BATCH, EXPORT_BYTES, Job, _batches
-from coexist.migrate.passes import MOVERS, PassResult, Window, run_pass
+from coexist.migrate.passes import (
+    FINAL_PASS_KEPT_FOR,
+    MOVERS,
+    DataPassStep,
+    PassResult,
+    Window,
+    finished_pass,
+    run_pass,
+)
 
 
 class Exploding:
@@ -64,3 +72,33 @@ def test_window_bounds_combine() -> None:
     assert not w.contains(now - timedelta(days=90), now)
     assert w.contains(None, now)  # an item without a date is never left out
     assert Window().contains(now, now)
+
+
+def test_a_pass_finished_by_an_interrupted_run_is_not_started_again(tmp_path: Path) -> None:
+    """A resumed run keeps a pass of its kind and window that ended ok since the command
+    last ended ok (killed runs in between), and runs any other: one that ran before, one of
+    another window, one that did not end ok, and a final pass too old to stand for this run
+    (mail the source received since would be left behind by the swap)."""
+    project: Any = SimpleNamespace(migration=SimpleNamespace(mover="graph-import-export"))
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        ended_ok = journal.start_run("cutover")
+        journal.finish_run(ended_ok, "ok")
+        killed = journal.start_run("cutover")  # left 'running', as a SIGKILL leaves it
+        ok = journal.pass_started(killed, "u1", "cutover", Window().to_dict())
+        journal.pass_finished(ok, "ok", {"copied": 3})
+        waiting = journal.pass_started(killed, "u2", "cutover", Window().to_dict())
+        journal.pass_finished(waiting, "waiting")
+        ctx = Context(project, journal, None, None, run_id=journal.start_run("cutover"))  # type: ignore[arg-type]
+
+        def kept(subject: str, after: int | None, **window: Any) -> dict[str, Any] | None:
+            step = DataPassStep(subject=subject, kind="cutover", resume_after=after, **window)
+            return finished_pass(ctx, step)
+
+        assert (kept("u1", ended_ok) or {}).get("id") == ok
+        assert kept("u1", killed) is None  # the pass ran before the last run that ended ok
+        assert kept("u1", None) is None  # not resuming: always run
+        assert kept("u1", ended_ok, until="2024-01-01T00:00:00+00:00") is None
+        assert kept("u2", ended_ok) is None
+        later = datetime.now(UTC) + FINAL_PASS_KEPT_FOR + timedelta(minutes=1)
+        stale = DataPassStep(subject="u1", kind="cutover", resume_after=ended_ok)
+        assert finished_pass(ctx, stale, now=later) is None
