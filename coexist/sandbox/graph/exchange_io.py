@@ -85,6 +85,7 @@ from ..pim import FOLDER_CLASS, ITEM_CLASS, ITEM_KIND, PimFolder, PimItem, PimSt
 from ..web import HTTPFailure, ctx_of, graph_principal, graph_throttled
 from . import common, mail
 from .common import GraphJSON, fail
+from .mail import folder_exists, invalid_request
 from .outlook_items import pim_of
 
 # -- permissions (the API pages' "Permissions" tables, application) --------------------------------
@@ -211,11 +212,6 @@ def too_many_ids(request: Request) -> HTTPFailure:
     )
 
 
-def invalid_request(request: Request, message: str) -> HTTPFailure:
-    # *unverified*: code for a malformed body (importItem, folder create/update, item delete).
-    return fail(400, "ErrorInvalidRequest", message, request)
-
-
 def bad_import_token(request: Request) -> HTTPFailure:
     # *unverified*: what outlook.office365.com answers for a wrong or expired import authtoken.
     return fail(401, "InvalidAuthenticationToken", "Access token validation failure.", request)
@@ -240,14 +236,6 @@ def sync_state_expired(request: Request) -> HTTPFailure:
     code = ctx_of(request).world.settings.io_sync_state_code
     return fail(
         410, code, "The sync state is no longer available. Start a new synchronization.", request
-    )
-
-
-def folder_exists(request: Request) -> HTTPFailure:
-    # Exchange's code for a sibling of the same name (as the mail and contacts faces answer);
-    # *unverified* for this API.
-    return fail(
-        409, "ErrorFolderExists", "A folder with the specified name already exists.", request
     )
 
 
