@@ -24,10 +24,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coexist import commands, logs
+from coexist import commands, files, logs
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError, redact
-from coexist.files import write_failed, write_private
+from coexist.files import write_private
 from coexist.model import PHASES, USER_STATES
 from coexist.permissions import MOVER_NEEDS, NEEDS
 
@@ -744,7 +744,7 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
         try:
             write_private(output, text, atomic=False)  # a report of names and addresses
         except OSError as exc:
-            raise write_failed(
+            raise files.write_failed(
                 output,
                 exc,
                 next_step="choose an --output path this user can write, on a disk with space",
