@@ -24,9 +24,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coexist import commands, logs
+from coexist import commands, files, logs
 from coexist.engine.runner import Outcome
-from coexist.errors import CoexistError, StorageError, redact
+from coexist.errors import CoexistError, redact
 from coexist.files import write_private
 from coexist.model import PHASES, STATUS_STATES
 from coexist.permissions import MOVER_NEEDS, NEEDS
@@ -752,10 +752,9 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
         try:
             write_private(output, text, atomic=False)  # a report of names and addresses
         except OSError as exc:
-            raise StorageError(
-                f"cannot write {output}: {exc.strerror or exc}",
-                path=str(output),
-                cause=str(exc),
+            raise files.write_failed(
+                output,
+                exc,
                 next_step="choose an --output path this user can write, on a disk with space",
             ) from exc
     else:

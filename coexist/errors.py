@@ -187,10 +187,10 @@ class NotReady(RemoteError):
         self.reason = reason
 
 
-class TLSError(RemoteError):
-    """TLS to an endpoint failed: its certificate is not trusted (a TLS-inspecting proxy, a
-    private CA, a sandbox served again with a new CA) or the handshake failed (not an HTTPS
-    port). Retrying cannot help and verification is never turned off: the run stops."""
+class _EndpointFailure(RemoteError):
+    """An endpoint could not be used at all (not one request refused): `endpoint` names it,
+    `cause` says what failed. Every other request to it would fail the same way, so the run
+    stops. The common part of `TLSError` and `Unreachable`; not raised itself."""
 
     stops_run = True
     exit_code = 1
@@ -199,6 +199,12 @@ class TLSError(RemoteError):
         super().__init__(message, endpoint=endpoint, cause=cause, **kw)
         self.endpoint = endpoint
         self.cause = cause
+
+
+class TLSError(_EndpointFailure):
+    """TLS to an endpoint failed: its certificate is not trusted (a TLS-inspecting proxy, a
+    private CA, a sandbox served again with a new CA) or the handshake failed (not an HTTPS
+    port). Retrying cannot help and verification is never turned off: the run stops."""
 
 
 class TransientError(RemoteError):
@@ -221,15 +227,7 @@ class TransientError(RemoteError):
         self.retryable = retryable
 
 
-class Unreachable(TransientError):
+class Unreachable(_EndpointFailure, TransientError):
     """No connection to an endpoint: its name does not resolve, it refused the connection,
     or it did not answer in time. Retried like any transient failure; when the retries are
     spent the run stops (every other request to that endpoint would fail the same way)."""
-
-    stops_run = True
-    exit_code = 1
-
-    def __init__(self, message: str, *, endpoint: str, cause: str, **kw: Any) -> None:
-        super().__init__(message, endpoint=endpoint, cause=cause, **kw)
-        self.endpoint = endpoint
-        self.cause = cause

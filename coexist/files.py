@@ -13,6 +13,8 @@ import os
 import threading
 from pathlib import Path
 
+from coexist.errors import StorageError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -46,6 +48,17 @@ def write_private(path: Path, data: bytes | str, *, atomic: bool = True) -> Path
     if atomic:
         os.replace(target, path)
     return path
+
+
+def write_failed(path: Path, exc: OSError, *, next_step: str) -> StorageError:
+    """The StorageError for a file that could not be written (`exc` as the system said it);
+    `next_step` names the fix in the caller's words (a flag, a directory)."""
+    return StorageError(
+        f"cannot write {path}: {exc.strerror or exc}",
+        path=str(path),
+        cause=str(exc),
+        next_step=next_step,
+    )
 
 
 def create_private(path: Path) -> Path:

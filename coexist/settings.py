@@ -34,8 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
 
-from coexist.errors import ConfigError, StorageError
-from coexist.files import private_dir, write_private
+from coexist.errors import ConfigError
+from coexist.files import private_dir, write_failed, write_private
 from coexist.tenants.auth import PUBLIC_AUTHORITY, TenantEndpoint
 
 PROJECT_FILE = "project.toml"
@@ -1137,10 +1137,9 @@ def write_project(
         private_dir(directory)
         write_private(path, text)  # owner-only; a crash never leaves a half-written file
     except OSError as exc:
-        raise StorageError(
-            f"cannot write {path}: {exc.strerror or exc}",
-            path=str(path),
-            cause=str(exc),
+        raise write_failed(
+            path,
+            exc,
             next_step="choose a directory this user can write to, on a disk with free space",
         ) from exc
     return path

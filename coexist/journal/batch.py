@@ -23,16 +23,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from coexist.errors import redact
 from coexist.journal import schema
-from coexist.journal.guard import check_json
 from coexist.journal.schema import row_dict, utcnow
 from coexist.journal.store import (
-    EVENT_LEVELS,
     HISTORY_COPY,
     UnknownItem,
     UnknownStep,
-    check_item,
+    check_merge,
+    event_values,
     finish_values,
     merged_item,
     start_values,
@@ -97,8 +95,7 @@ class Batch:
         self, kind: str, key: str, detail: Mapping[str, Any] | None = None, **fields: Any
     ) -> None:
         """`Journal.merge_item`, written with the batch (`UnknownItem` when written)."""
-        check_item(kind, fields)
-        check_json(detail, "detail")
+        check_merge(kind, detail, fields)
         op = {"kind": kind, "key": key, "detail": detail, "fields": fields, "at": utcnow()}
         self._ops.append(("merge", op))
 
@@ -113,18 +110,9 @@ class Batch:
         data: Mapping[str, Any] | None = None,
     ) -> None:
         """`Journal.event`, written with the batch."""
-        if level not in EVENT_LEVELS:
-            raise ValueError(f"event level {level!r}: expected one of {sorted(EVENT_LEVELS)}")
-        check_json(data, "data")
-        values = {
-            "ts": utcnow(),
-            "run_id": run_id,
-            "level": level,
-            "item_key": item_key,
-            "step_key": step_key,
-            "message": redact(message),
-            "data": data,
-        }
+        values = event_values(
+            run_id, level, message, item_key=item_key, step_key=step_key, data=data
+        )
         self._ops.append(("event", values))
 
     def write(self, conn: Connection) -> None:
@@ -190,7 +178,7 @@ class _Writer:
     def _finish(self, op: dict[str, Any]) -> None:
         row = self.steps.get(op["key"])
         if row is None:
-            raise UnknownStep(f"step {op['key']!r} was never started")
+            raise UnknownStep(op["key"])
         row.update(op)
         self.changed_steps[op["key"]] = None
         self._transition(row, op["finished_at"])
@@ -213,7 +201,7 @@ class _Writer:
         ident = (op["kind"], op["key"])
         row = self.items.get(ident)
         if row is None:
-            raise UnknownItem(f"no {op['kind']} item {op['key']!r} in the journal")
+            raise UnknownItem(op["kind"], op["key"])
         merged = merged_item(row, op["detail"], op["fields"])
         changes = {name: value for name, value in merged.items() if row[name] != value}
         if changes:

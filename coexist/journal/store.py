@@ -70,9 +70,15 @@ HISTORY_COPY = (
 class UnknownStep(LookupError):
     """`step_finished` for a key that was never started."""
 
+    def __init__(self, key: str) -> None:
+        super().__init__(f"step {key!r} was never started")
+
 
 class UnknownItem(LookupError):
     """`update_item` for an item that was never recorded."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"no {kind} item {key!r} in the journal")
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
@@ -323,7 +329,7 @@ class Journal:
         check_item(kind, fields)
         with self._write() as conn:
             if _item_row(conn, kind, key) is None:
-                raise UnknownItem(f"no {kind} item {key!r} in the journal")
+                raise UnknownItem(kind, key)
             return self._set_item_fields(conn, kind, key, fields, utcnow())
 
     def merge_item(
@@ -334,12 +340,11 @@ class Journal:
         The read-modify-write of `detail` happens under the write lock, so two
         writers never lose each other's keys, and a no-op writes nothing.
         """
-        check_item(kind, fields)
-        check_json(detail, "detail")
+        check_merge(kind, detail, fields)
         with self._write() as conn:
             row = _item_row(conn, kind, key, lock=True)
             if row is None:
-                raise UnknownItem(f"no {kind} item {key!r} in the journal")
+                raise UnknownItem(kind, key)
             return _set_item_fields(conn, row, merged_item(row, detail, fields), utcnow())
 
     @staticmethod
@@ -427,7 +432,7 @@ class Journal:
             # The UPDATE takes the row lock itself (PostgreSQL); no read before it.
             row = conn.execute(_Sql.finish_step, {"b_key": step_key, **values}).first()
             if row is None:
-                raise UnknownStep(f"step {step_key!r} was never started")
+                raise UnknownStep(step_key)
             _append_history(conn, step_key, values["finished_at"])
         return row_dict(row)
 
@@ -486,18 +491,9 @@ class Journal:
         data: Mapping[str, Any] | None = None,
     ) -> int:
         """Append one line to the run log (message redacted, data checked for secrets)."""
-        if level not in EVENT_LEVELS:
-            raise ValueError(f"event level {level!r}: expected one of {sorted(EVENT_LEVELS)}")
-        check_json(data, "data")
-        values = {
-            "ts": utcnow(),
-            "run_id": run_id,
-            "level": level,
-            "item_key": item_key,
-            "step_key": step_key,
-            "message": redact(message),
-            "data": data,
-        }
+        values = event_values(
+            run_id, level, message, item_key=item_key, step_key=step_key, data=data
+        )
         with self._write() as conn:
             return int(conn.execute(_Sql.add_event, values).scalar_one())
 
@@ -866,6 +862,36 @@ def check_item(kind: str, fields: Mapping[str, Any]) -> None:
     if unknown:
         raise TypeError(f"unknown item fields {sorted(unknown)}; allowed: {sorted(ITEM_FIELDS)}")
     check_json(fields.get("detail"), "detail")
+
+
+def check_merge(kind: str, detail: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> None:
+    """The checks of a `merge_item` call: the item's kind and fields, and the `detail` keys."""
+    check_item(kind, fields)
+    check_json(detail, "detail")
+
+
+def event_values(
+    run_id: int | None,
+    level: str,
+    message: str,
+    *,
+    item_key: str | None,
+    step_key: str | None,
+    data: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """An `events` row as `event` writes it (checked; the message redacted)."""
+    if level not in EVENT_LEVELS:
+        raise ValueError(f"event level {level!r}: expected one of {sorted(EVENT_LEVELS)}")
+    check_json(data, "data")
+    return {
+        "ts": utcnow(),
+        "run_id": run_id,
+        "level": level,
+        "item_key": item_key,
+        "step_key": step_key,
+        "message": redact(message),
+        "data": data,
+    }
 
 
 def _item_row(

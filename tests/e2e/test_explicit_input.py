@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import Result
@@ -21,7 +20,7 @@ from coexist.errors import InputError
 from coexist.journal import Journal
 from coexist.sandbox import Sandbox
 from coexist.settings import load_project
-from tests.e2e.test_idempotence import journal_snapshot, world_bytes
+from tests.e2e.test_idempotence import journal_snapshot, run_json, world_bytes
 
 Cli = Callable[..., Result]
 
@@ -34,14 +33,6 @@ SELECTING = ("provision", "prestage", "cutover", "rollback", "verify-mailflow")
 def text(result: Result) -> str:
     """stderr with rich's line wrapping undone."""
     return " ".join(result.stderr.split())
-
-
-def run_json(cli: Cli, *args: str) -> dict[str, Any]:
-    result = cli(*args, "--json")
-    assert result.exit_code == 0, (args, result.output)
-    data: dict[str, Any] = json.loads(result.stdout)
-    assert not data.get("failed"), (args, data["failed"])
-    return data
 
 
 def addresses(cli: Cli, project: Path) -> list[str]:

@@ -89,6 +89,11 @@ def coexist_process(
     return proc
 
 
+def provision_process(project: Path, users: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """`coexist provision --users USERS` as its own process (`coexist_process`, same options)."""
+    return coexist_process("provision", "--project", str(project), "--users", users, **kw)
+
+
 def error_block(stderr: str) -> list[str]:
     """The error a failed run ended with: 'error: …' and its '  next: …' line, and nothing
     after them."""
@@ -154,7 +159,7 @@ def test_unreachable_target_stops_the_run_and_fails_no_user(
     port = closed_port()
     point_at(project, sandbox, lambda c: move_port(c, port, ("target",)))
     everyone = ",".join(statuses(project))  # an explicit selection (main asks for one)
-    proc = coexist_process("provision", "--project", str(project), "--users", everyone)
+    proc = provision_process(project, everyone)
     assert proc.returncode == 1
     error, _fix = error_block(proc.stderr)
     assert "the target tenant's" in error and f"127.0.0.1:{port}" in error
@@ -206,15 +211,7 @@ def test_read_only_project_is_one_clear_line(
     before = world_state(sandbox)
     home = tmp_path / "home"
     everyone = ",".join(statuses(project))
-    proc = coexist_process(
-        "provision",
-        "--project",
-        str(project),
-        "--users",
-        everyone,
-        before=obey_file_modes,
-        home=home,
-    )
+    proc = provision_process(project, everyone, before=obey_file_modes, home=home)
     assert proc.returncode == 1
     error, fix = error_block(proc.stderr)
     assert str(project / "journal.db") in error and "read-only" in error
@@ -266,14 +263,7 @@ def test_full_disk_stops_before_the_next_tenant_write(
         assert cli("discover", "--project", str(project)).exit_code == 0
         users = set(statuses(project))
         everyone = ",".join(sorted(users))
-        proc = coexist_process(
-            "provision",
-            "--project",
-            str(project),
-            "--users",
-            everyone,
-            before=file_size_limit(limit),
-        )
+        proc = provision_process(project, everyone, before=file_size_limit(limit))
         created, tried = mail_users(sandbox), [*tried, limit]
         if proc.returncode != 0 and created:
             break
@@ -294,7 +284,7 @@ def test_full_disk_stops_before_the_next_tenant_write(
     assert set(created) == journaled_mail_users(project)  # no tenant write without its record
     assert all(n == 1 for n in created.values())
 
-    again = coexist_process("provision", "--project", str(project), "--users", everyone)
+    again = provision_process(project, everyone)
     assert again.returncode == 0, again.stderr
     assert mail_users(sandbox) == {u.lower(): 1 for u in users}  # everyone, exactly once
     assert set(statuses(project).values()) == {"ok"}

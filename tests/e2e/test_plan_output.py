@@ -16,7 +16,7 @@ from typing import Any
 from click.testing import Result
 
 from coexist.sandbox import Sandbox, seed
-from tests.e2e.test_idempotence import journal_snapshot, world_bytes
+from tests.e2e.test_idempotence import journal_snapshot, run_json, world_bytes
 
 Cli = Callable[..., Result]
 
@@ -27,14 +27,6 @@ BRACKETED = "Ann [Sales] Lee"  # a display name rich markup would have eaten
 def flat(text: str) -> str:
     """Output with rich's line wrapping undone."""
     return " ".join(text.split())
-
-
-def run_json(cli: Cli, *args: str) -> dict[str, Any]:
-    result = cli(*args, "--json")
-    assert result.exit_code == 0, (args, result.output)
-    data: dict[str, Any] = json.loads(result.stdout)
-    assert not data.get("failed"), (args, data["failed"])
-    return data
 
 
 def plan(sb: Sandbox, project: Path, cli: Cli, command: str) -> tuple[Result, dict[str, Any]]:

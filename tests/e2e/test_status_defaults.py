@@ -21,7 +21,7 @@ from coexist import settings
 from coexist.journal import Journal
 from coexist.sandbox import Sandbox, mailseed
 from coexist.settings import load_project
-from tests.e2e.test_idempotence import journal_snapshot, world_state
+from tests.e2e.test_idempotence import journal_snapshot, run_json, world_state
 from tests.e2e.test_lifecycle import journal_items, probe_rows
 
 USERS = 10
@@ -34,17 +34,8 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "400")
 
 
-def ok_json(cli: Callable[..., Result], *args: str) -> dict[str, Any]:
-    """Run a command with --json; it must succeed with nothing failed."""
-    result = cli(*args, "--json")
-    assert result.exit_code == 0, (args, result.output)
-    data: dict[str, Any] = json.loads(result.stdout)
-    assert not data.get("failed"), (args, data["failed"])
-    return data
-
-
 def status_rows(cli: Callable[..., Result], project: Path) -> dict[str, dict[str, Any]]:
-    rows = ok_json(cli, "status", "--project", str(project))["users"]
+    rows = run_json(cli, "status", "--project", str(project))["users"]
     return {str(r["user"]): r for r in rows}
 
 
@@ -82,10 +73,10 @@ def test_default_mover_moves_data(
     assert 'mover = "graph-import-export"' in (project / "project.toml").read_text()
     assert load_project(project).migration.mover == "graph-import-export"
     p = str(project)
-    ok_json(cli, "discover", "--project", p)
+    run_json(cli, "discover", "--project", p)
     seed_mail(sandbox, project)
-    ok_json(cli, "provision", "--project", p, "--all")
-    result = ok_json(cli, "prestage", "--project", p, "--all")
+    run_json(cli, "provision", "--project", p, "--all")
+    result = run_json(cli, "prestage", "--project", p, "--all")
     assert not result["waiting"], result
     for user, row in status_rows(cli, project).items():
         data = row["data_passes"]
@@ -108,10 +99,10 @@ def test_status_follows_the_current_mover(
     to run and how; `coexist retry` runs it and status shows what it copied."""
     project = make_project(users=USERS, **{"migration.mover": "none"})
     p = str(project)
-    ok_json(cli, "discover", "--project", p)
+    run_json(cli, "discover", "--project", p)
     seed_mail(sandbox, project)
-    ok_json(cli, "provision", "--project", p, "--all")
-    ok_json(cli, "prestage", "--project", p, "--all")
+    run_json(cli, "provision", "--project", p, "--all")
+    run_json(cli, "prestage", "--project", p, "--all")
     for row in status_rows(cli, project).values():
         assert row["state"] == "waiting" and row["data"] == "no data mover configured", row
         assert row["waiting_for"] == "no data mover configured", row
@@ -126,7 +117,7 @@ def test_status_follows_the_current_mover(
         assert row["waiting_for"].startswith("a data pass with graph-import-export"), row
         assert "coexist retry" in row["waiting_for"], row
 
-    retried = ok_json(cli, "retry", "--project", p)
+    retried = run_json(cli, "retry", "--project", p)
     assert retried["retried"] == {"prestage": len(journal_items(project))}, retried
     for user, row in status_rows(cli, project).items():
         assert row["state"] == "ok" and row["phase"] == "prestaged", row
@@ -141,10 +132,10 @@ def test_data_column_shows_all_passes(
     names how the last ended - not the last pass alone."""
     project = make_project(users=USERS)
     p = str(project)
-    ok_json(cli, "discover", "--project", p)
+    run_json(cli, "discover", "--project", p)
     seed_mail(sandbox, project)
     for command in ("provision", "prestage", "cutover"):
-        ok_json(cli, command, "--project", p, "--all")
+        run_json(cli, command, "--project", p, "--all")
     text = cli("status", "--project", p).output
     passes = passes_of(project)
     per_kind = {"prestage": 0, "cutover": 0}
@@ -168,9 +159,9 @@ def test_text_status_lists_groups(
     with what they wait for, as --json does; --state waiting narrows them too."""
     project = make_project(users=USERS)
     p = str(project)
-    ok_json(cli, "discover", "--project", p)
-    ok_json(cli, "groups", "--project", p)  # members not provisioned yet: some wait
-    groups = ok_json(cli, "status", "--project", p)["groups"]
+    run_json(cli, "discover", "--project", p)
+    run_json(cli, "groups", "--project", p)  # members not provisioned yet: some wait
+    groups = run_json(cli, "status", "--project", p)["groups"]
     waiting = [g for g in groups if g["state"] == "waiting"]
     assert groups and waiting, groups
     text = cli("status", "--project", p)
@@ -194,9 +185,9 @@ def test_rollback_reports_mail_delivered_since_cutover(
     what stays in the target."""
     project = make_project(users=USERS)
     p = str(project)
-    ok_json(cli, "discover", "--project", p)
+    run_json(cli, "discover", "--project", p)
     for command in ("provision", "prestage", "cutover"):
-        ok_json(cli, command, "--project", p, "--all")
+        run_json(cli, command, "--project", p, "--all")
     users = sorted(status_rows(cli, project))
     probed, quiet = users[:2], users[2]
     seen = {row[2] for row in probe_rows(sandbox)}
@@ -221,12 +212,12 @@ def test_rollback_reports_mail_delivered_since_cutover(
     assert as_json["delivered_since_cutover"][0]["messages"] == landed[probed[0]], as_json
     assert journal_snapshot(project) == journal and world_state(sandbox) == world
 
-    plan = ok_json(cli, "rollback", "--project", p, "--users", ",".join(probed), "--plan")
+    plan = run_json(cli, "rollback", "--project", p, "--users", ",".join(probed), "--plan")
     counts = {a["user"]: a["messages"] for a in plan["delivered_since_cutover"]}
     assert counts == landed and plan["writes"], plan
     assert journal_snapshot(project) == journal and world_state(sandbox) == world
 
-    quiet_run = ok_json(cli, "rollback", "--project", p, "--users", quiet)
+    quiet_run = run_json(cli, "rollback", "--project", p, "--users", quiet)
     assert [a["messages"] for a in quiet_run["delivered_since_cutover"]] == [0], quiet_run
     done = cli("rollback", "--project", p, "--users", ",".join(probed), "--yes")
     assert done.exit_code == 0, done.output

@@ -57,6 +57,13 @@ def ok(resp: httpx.Response) -> list[dict[str, Any]]:
     return value
 
 
+def run(
+    exo: httpx.Client, conn: dict[str, Any], cmdlet: str, **params: Any
+) -> list[dict[str, Any]]:
+    """Run a cmdlet in the target tenant; it must succeed. Returns its output objects."""
+    return ok(invoke(exo, conn, KEY, cmdlet, **params))
+
+
 def detail(resp: httpx.Response) -> str:
     message: str = resp.json()["error"]["details"][0]["message"]
     return message
@@ -142,7 +149,7 @@ def test_identity_resolution(
         "x500": with_x500,
         "dn": f"CN={alice.name},OU={world_target.initial_domain},OU=Microsoft Exchange Hosted Organizations,DC=SANDBOX01,DC=PROD,DC=OUTLOOK,DC=COM",
     }[form]
-    rows = ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity=identity))
+    rows = run(exo, conn, "Get-Mailbox", Identity=identity)
     assert [r["ExternalDirectoryObjectId"] for r in rows] == [alice.id]
 
 
@@ -162,11 +169,7 @@ def test_new_mailuser_is_an_entra_user_with_exchange_stamps(
     world_target: Tenant, exo: httpx.Client, conn: dict[str, Any]
 ) -> None:
     """New-MailUser creates a MailUser with a LegacyExchangeDN, no ExchangeGuid, UPN and MOERA."""
-    row = ok(
-        invoke(
-            exo, conn, KEY, "New-MailUser", Name="Zed Ext", ExternalEmailAddress="zed@src.example"
-        )
-    )[0]
+    row = run(exo, conn, "New-MailUser", Name="Zed Ext", ExternalEmailAddress="zed@src.example")[0]
     assert row["RecipientTypeDetails"] == "MailUser" and row["Alias"] == "ZedExt"
     assert row["ExchangeGuid"] == "00000000-0000-0000-0000-000000000000"
     assert row["LegacyExchangeDN"].startswith("/o=ExchangeLabs/")
@@ -185,19 +188,16 @@ def test_new_mailuser_primary_is_the_external_address_whatever_else_is_given(
 ) -> None:
     """The ExternalEmailAddress is the primary; -PrimarySmtpAddress is ignored; no alias@domain."""
     dom = default_domain(conn)
-    row = ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "New-MailUser",
-            Name="Pat Planned",
-            Alias="pat",
-            MicrosoftOnlineServicesID=f"pat@{dom}",
-            Password="P@ss-1",
-            ExternalEmailAddress="pat@fabrikam.example",
-            PrimarySmtpAddress=f"pat@{dom}",
-        )
+    row = run(
+        exo,
+        conn,
+        "New-MailUser",
+        Name="Pat Planned",
+        Alias="pat",
+        MicrosoftOnlineServicesID=f"pat@{dom}",
+        Password="P@ss-1",
+        ExternalEmailAddress="pat@fabrikam.example",
+        PrimarySmtpAddress=f"pat@{dom}",
     )[0]
     assert row["PrimarySmtpAddress"] == row["WindowsEmailAddress"] == "pat@fabrikam.example"
     assert row["EmailAddresses"] == [
@@ -206,7 +206,7 @@ def test_new_mailuser_primary_is_the_external_address_whatever_else_is_given(
     ]
     assert row["UserPrincipalName"] == row["MicrosoftOnlineServicesID"] == f"pat@{dom}"
     # The UPN is not a proxy address, yet it identifies the object (Get-MailUser -Identity).
-    again = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity=f"pat@{dom}"))
+    again = run(exo, conn, "Get-MailUser", Identity=f"pat@{dom}")
     assert [r["ExternalDirectoryObjectId"] for r in again] == [row["ExternalDirectoryObjectId"]]
     bad = invoke(
         exo,
@@ -225,16 +225,8 @@ def test_new_mailuser_with_microsoft_online_services_id(
 ) -> None:
     """-MicrosoftOnlineServicesID -Password sets the UPN; the alias derived from Name is made unique."""
     upn = f"zoe@{default_domain(conn)}"
-    row = ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "New-MailUser",
-            Name="al ice",
-            MicrosoftOnlineServicesID=upn,
-            Password="P@ss-1",
-        )
+    row = run(
+        exo, conn, "New-MailUser", Name="al ice", MicrosoftOnlineServicesID=upn, Password="P@ss-1"
     )[0]
     assert row["UserPrincipalName"] == upn and row["Alias"] == "alice1"
     # Without -ExternalEmailAddress the alias still does not make the primary (*unverified*: UPN).
@@ -252,46 +244,40 @@ def test_set_mailuser_address_list_sets_the_primary_in_the_destination_domain(
     """-EmailAddresses replaces the list (SMTP: is primary); -PrimarySmtpAddress does nothing."""
     sandbox.world.settings.mailuser_external_proxy = keeps_external
     dom, moera = default_domain(conn), f"smtp:lee@{world_target.initial_domain}"
-    ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "New-MailUser",
-            Name="Lee",
-            Alias="lee",
-            MicrosoftOnlineServicesID=f"lee@{dom}",
-            Password="P@ss-1",
-            ExternalEmailAddress="lee@fabrikam.example",
-        )
+    run(
+        exo,
+        conn,
+        "New-MailUser",
+        Name="Lee",
+        Alias="lee",
+        MicrosoftOnlineServicesID=f"lee@{dom}",
+        Password="P@ss-1",
+        ExternalEmailAddress="lee@fabrikam.example",
     )
     ignored = invoke(
         exo, conn, KEY, "Set-MailUser", Identity="Lee", PrimarySmtpAddress=f"lee@{dom}"
     )
     assert ignored.status_code == 200, ignored.text
-    row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Lee"))[0]
+    row = run(exo, conn, "Get-MailUser", Identity="Lee")[0]
     assert row["PrimarySmtpAddress"] == "lee@fabrikam.example"
 
     wanted = [f"SMTP:lee@{dom}", moera, "X500:/o=Fabrikam/cn=Recipients/cn=lee"]
-    ok(invoke(exo, conn, KEY, "Set-MailUser", Identity="Lee", EmailAddresses=wanted))
-    row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Lee"))[0]
+    run(exo, conn, "Set-MailUser", Identity="Lee", EmailAddresses=wanted)
+    row = run(exo, conn, "Get-MailUser", Identity="Lee")[0]
     assert row["PrimarySmtpAddress"] == f"lee@{dom}"
     kept = ["smtp:lee@fabrikam.example"] if keeps_external else []
     assert row["EmailAddresses"] == wanted + kept
     assert row["ExternalEmailAddress"] == "SMTP:lee@fabrikam.example"
 
     # A changed target address: the old one is not kept; the primary stays where it was put.
-    ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "Set-MailUser",
-            Identity="Lee",
-            ExternalEmailAddress="lee@fabrikam.onmicrosoft.com",
-        )
+    run(
+        exo,
+        conn,
+        "Set-MailUser",
+        Identity="Lee",
+        ExternalEmailAddress="lee@fabrikam.onmicrosoft.com",
     )
-    row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Lee"))[0]
+    row = run(exo, conn, "Get-MailUser", Identity="Lee")[0]
     assert row["PrimarySmtpAddress"] == f"lee@{dom}"
     assert not any("lee@fabrikam.example" in a for a in row["EmailAddresses"])
     kept = ["smtp:lee@fabrikam.onmicrosoft.com"] if keeps_external else []
@@ -305,24 +291,21 @@ def test_licensing_a_fresh_mailuser_scrubs_its_external_primary(
     from tests.integration.test_graph_licensing import E3_PLANS, add_sku, assign
 
     sku = add_sku(sandbox, "ENTERPRISEPACK", 1, E3_PLANS)
-    row = ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "New-MailUser",
-            Name="Una",
-            Alias="una",
-            MicrosoftOnlineServicesID=f"una@{default_domain(conn)}",
-            Password="P@ss-1",
-            ExternalEmailAddress="una@fabrikam.example",
-        )
+    row = run(
+        exo,
+        conn,
+        "New-MailUser",
+        Name="Una",
+        Alias="una",
+        MicrosoftOnlineServicesID=f"una@{default_domain(conn)}",
+        Password="P@ss-1",
+        ExternalEmailAddress="una@fabrikam.example",
     )[0]
     with sandbox.world.lock:
         world_target.users[row["ExternalDirectoryObjectId"]].usage_location = "US"
         world_target.touch()
     assign(conn, row["ExternalDirectoryObjectId"], sku.sku_id)
-    got = ok(invoke(exo, conn, KEY, "Get-Recipient", Identity="Una"))[0]
+    got = run(exo, conn, "Get-Recipient", Identity="Una")[0]
     assert got["EmailAddresses"] == [f"SMTP:una@{world_target.initial_domain}"]
 
 
@@ -393,8 +376,8 @@ def test_hashtable_add_and_remove(exo: httpx.Client, conn: dict[str, Any]) -> No
         "Add": [f"SMTP:ann.new@{dom}", "X500:/o=Src/cn=ann"],
         "Remove": [f"smtp:ann@{conn['tenants'][KEY]['initial_domain']}"],
     }
-    ok(invoke(exo, conn, KEY, "Set-Mailbox", Identity="ann", EmailAddresses=ht))
-    row = ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity="ann"))[0]
+    run(exo, conn, "Set-Mailbox", Identity="ann", EmailAddresses=ht)
+    row = run(exo, conn, "Get-Mailbox", Identity="ann")[0]
     assert row["PrimarySmtpAddress"] == f"ann.new@{dom}"
     assert row["EmailAddresses"] == [f"SMTP:ann.new@{dom}", f"smtp:ann@{dom}", "X500:/o=Src/cn=ann"]
 
@@ -404,17 +387,10 @@ def test_email_addresses_list_replaces_and_multiple_primaries_fail(
 ) -> None:
     """A plain list replaces the addresses; two SMTP: primaries are refused."""
     dom = default_domain(conn)
-    ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "Set-Mailbox",
-            Identity="ann",
-            EmailAddresses=[f"ann2@{dom}", f"SMTP:ann3@{dom}"],
-        )
+    run(
+        exo, conn, "Set-Mailbox", Identity="ann", EmailAddresses=[f"ann2@{dom}", f"SMTP:ann3@{dom}"]
     )
-    row = ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity="ann"))[0]
+    row = run(exo, conn, "Get-Mailbox", Identity="ann")[0]
     assert row["EmailAddresses"] == [f"smtp:ann2@{dom}", f"SMTP:ann3@{dom}"]
     bad = invoke(
         exo,
@@ -430,29 +406,17 @@ def test_email_addresses_list_replaces_and_multiple_primaries_fail(
 def test_windows_email_address_sets_primary(exo: httpx.Client, conn: dict[str, Any]) -> None:
     """-WindowsEmailAddress makes the address primary."""
     dom = default_domain(conn)
-    ok(invoke(exo, conn, KEY, "Set-Mailbox", Identity="ann", WindowsEmailAddress=f"annie@{dom}"))
-    assert (
-        ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity="ann"))[0]["PrimarySmtpAddress"]
-        == f"annie@{dom}"
-    )
+    run(exo, conn, "Set-Mailbox", Identity="ann", WindowsEmailAddress=f"annie@{dom}")
+    assert run(exo, conn, "Get-Mailbox", Identity="ann")[0]["PrimarySmtpAddress"] == f"annie@{dom}"
 
 
 def test_external_email_address_change_drops_old_value(
     exo: httpx.Client, conn: dict[str, Any]
 ) -> None:
     """Set-MailUser -ExternalEmailAddress replaces the target; the old one is not kept as a proxy."""
-    ok(invoke(exo, conn, KEY, "New-MailUser", Name="Moe", ExternalEmailAddress="moe@old.example"))
-    ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "Set-MailUser",
-            Identity="Moe",
-            ExternalEmailAddress="SMTP:moe@new.example",
-        )
-    )
-    row = ok(invoke(exo, conn, KEY, "Get-MailUser", Identity="Moe"))[0]
+    run(exo, conn, "New-MailUser", Name="Moe", ExternalEmailAddress="moe@old.example")
+    run(exo, conn, "Set-MailUser", Identity="Moe", ExternalEmailAddress="SMTP:moe@new.example")
+    row = run(exo, conn, "Get-MailUser", Identity="Moe")[0]
     assert row["ExternalEmailAddress"] == "SMTP:moe@new.example"
     # It was the primary by default (New-MailUser.md): the new external address takes its place.
     assert row["PrimarySmtpAddress"] == "moe@new.example"
@@ -461,44 +425,33 @@ def test_external_email_address_change_drops_old_value(
 
 def test_forwarding_fields(world_target: Tenant, exo: httpx.Client, conn: dict[str, Any]) -> None:
     """-ForwardingAddress resolves an internal recipient; -ForwardingSmtpAddress is stored smtp:."""
-    ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "Set-Mailbox",
-            Identity="ann",
-            ForwardingAddress="alice",
-            ForwardingSmtpAddress="ann@ext.example",
-            DeliverToMailboxAndForward=False,
-        )
+    run(
+        exo,
+        conn,
+        "Set-Mailbox",
+        Identity="ann",
+        ForwardingAddress="alice",
+        ForwardingSmtpAddress="ann@ext.example",
+        DeliverToMailboxAndForward=False,
     )
-    row = ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity="ann"))[0]
+    row = run(exo, conn, "Get-Mailbox", Identity="ann")[0]
     assert row["ForwardingAddress"] == "Alice"
     assert row["ForwardingSmtpAddress"] == "smtp:ann@ext.example"
     assert row["DeliverToMailboxAndForward"] is False
     ann = next(u for u in world_target.users.values() if u.alias == "ann")
     alice = next(u for u in world_target.users.values() if u.alias == "alice")
     assert ann.forwarding_address == alice.id
-    ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "Set-Mailbox",
-            Identity="ann",
-            ForwardingAddress=None,
-            ForwardingSmtpAddress=None,
-        )
+    run(
+        exo, conn, "Set-Mailbox", Identity="ann", ForwardingAddress=None, ForwardingSmtpAddress=None
     )
-    row = ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity="ann"))[0]
+    row = run(exo, conn, "Get-Mailbox", Identity="ann")[0]
     assert row["ForwardingAddress"] is None and row["ForwardingSmtpAddress"] is None
 
 
 def test_remove_frees_addresses(exo: httpx.Client, conn: dict[str, Any]) -> None:
     """Remove-MailUser deletes the object; its addresses can be used again."""
-    ok(invoke(exo, conn, KEY, "New-MailUser", Name="Gone", ExternalEmailAddress="gone@src.example"))
-    ok(invoke(exo, conn, KEY, "Remove-MailUser", Identity="Gone", Confirm=False))
+    run(exo, conn, "New-MailUser", Name="Gone", ExternalEmailAddress="gone@src.example")
+    run(exo, conn, "Remove-MailUser", Identity="Gone", Confirm=False)
     assert invoke(exo, conn, KEY, "Get-MailUser", Identity="Gone").status_code == 404
     again = invoke(
         exo, conn, KEY, "New-MailUser", Name="Gone", ExternalEmailAddress="gone@src.example"
@@ -508,52 +461,39 @@ def test_remove_frees_addresses(exo: httpx.Client, conn: dict[str, Any]) -> None
 
 def test_contact_lifecycle(exo: httpx.Client, conn: dict[str, Any]) -> None:
     """A mail contact's primary is its external address; Set changes it; Remove deletes it."""
-    row = ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "New-MailContact",
-            Name="Ext Kim",
-            ExternalEmailAddress="kim@src.example",
-        )
-    )[0]
+    row = run(exo, conn, "New-MailContact", Name="Ext Kim", ExternalEmailAddress="kim@src.example")[
+        0
+    ]
     assert (
         row["PrimarySmtpAddress"] == "kim@src.example"
         and row["RecipientTypeDetails"] == "MailContact"
     )
-    ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "Set-MailContact",
-            Identity="kim@src.example",
-            ExternalEmailAddress="kim@new.example",
-        )
+    run(
+        exo,
+        conn,
+        "Set-MailContact",
+        Identity="kim@src.example",
+        ExternalEmailAddress="kim@new.example",
     )
-    row = ok(invoke(exo, conn, KEY, "Get-MailContact", Identity="Ext Kim"))[0]
+    row = run(exo, conn, "Get-MailContact", Identity="Ext Kim")[0]
     assert row["ExternalEmailAddress"] == "SMTP:kim@new.example" and row["EmailAddresses"] == [
         "SMTP:kim@new.example"
     ]
-    ok(invoke(exo, conn, KEY, "Remove-MailContact", Identity="Ext Kim"))
+    run(exo, conn, "Remove-MailContact", Identity="Ext Kim")
     assert invoke(exo, conn, KEY, "Get-MailContact", Identity="Ext Kim").status_code == 404
 
 
 def test_filter_and_result_size(exo: httpx.Client, conn: dict[str, Any]) -> None:
     """-Filter on RecipientTypeDetails / EmailAddresses and -ResultSize narrow Get-Recipient."""
-    ok(invoke(exo, conn, KEY, "New-MailUser", Name="Fil", ExternalEmailAddress="fil@src.example"))
-    rows = ok(
-        invoke(
-            exo,
-            conn,
-            KEY,
-            "Get-Recipient",
-            Filter="RecipientTypeDetails -eq 'MailUser' -and EmailAddresses -like 'smtp:fil@*'",
-        )
+    run(exo, conn, "New-MailUser", Name="Fil", ExternalEmailAddress="fil@src.example")
+    rows = run(
+        exo,
+        conn,
+        "Get-Recipient",
+        Filter="RecipientTypeDetails -eq 'MailUser' -and EmailAddresses -like 'smtp:fil@*'",
     )
     assert [r["Name"] for r in rows] == ["Fil"]
-    assert len(ok(invoke(exo, conn, KEY, "Get-Mailbox", ResultSize=1))) == 1
+    assert len(run(exo, conn, "Get-Mailbox", ResultSize=1)) == 1
     bad = invoke(exo, conn, KEY, "Get-Recipient", Filter="NoSuchProperty -eq 'x'")
     assert bad.status_code == 400 and "Invalid filter syntax" in detail(bad)
 
@@ -562,14 +502,12 @@ def test_licensed_mailuser_becomes_mailbox_after_settle(
     world_target: Tenant, sandbox: Sandbox, exo: httpx.Client, conn: dict[str, Any]
 ) -> None:
     """Reads settle the tenant first: a MailUser whose mailbox is due shows as a UserMailbox."""
-    row = ok(
-        invoke(exo, conn, KEY, "New-MailUser", Name="Lic", ExternalEmailAddress="lic@src.example")
-    )[0]
+    row = run(exo, conn, "New-MailUser", Name="Lic", ExternalEmailAddress="lic@src.example")[0]
     with sandbox.world.lock:
         user = world_target.users[row["ExternalDirectoryObjectId"]]
         user.mailbox_pending_at = time.time() - 1
         world_target.touch(user)  # the model's contract: every mutation is touched
-    got = ok(invoke(exo, conn, KEY, "Get-Mailbox", Identity="Lic"))[0]
+    got = run(exo, conn, "Get-Mailbox", Identity="Lic")[0]
     assert (
         got["RecipientTypeDetails"] == "UserMailbox"
         and got["ExchangeGuid"] != "00000000-0000-0000-0000-000000000000"
@@ -578,7 +516,7 @@ def test_licensed_mailuser_becomes_mailbox_after_settle(
 
 def test_mailbox_statistics_sizes(exo: httpx.Client, conn: dict[str, Any]) -> None:
     """Get-MailboxStatistics gives ItemCount and Exchange's TotalItemSize text."""
-    row = ok(invoke(exo, conn, KEY, "Get-MailboxStatistics", Identity="ann"))[0]
+    row = run(exo, conn, "Get-MailboxStatistics", Identity="ann")[0]
     assert row["ItemCount"] == 42 and row["TotalItemSize"] == "48.56 MB (50,917,744 bytes)"
 
 

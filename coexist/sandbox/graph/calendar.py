@@ -490,13 +490,7 @@ async def create_calendar(request: Request) -> Response:
             raise invalid_value(request, "name")
         pim = pim_of(request)
         if any(f.display_name.lower() == name.lower() for f in pim.folders(key, user.id, CALENDAR)):
-            # Exchange refuses a second calendar of the same name (*unverified* wording).
-            raise fail(
-                409,
-                "ErrorFolderExists",
-                "A folder with the specified name already exists.",
-                request,
-            )
+            raise mail.folder_exists(request)  # a second calendar of the same name
         created = pim.create_folder(key, user.id, CALENDAR, name, props=props)
         body = {
             "@odata.context": common.context_url(

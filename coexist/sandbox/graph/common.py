@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from ..identity import Principal
 from ..model import MailObject, Tenant
@@ -65,6 +66,12 @@ class GraphJSON(Response):
 
 def fail(status: int, code: str, message: str, request: Request | None = None) -> HTTPFailure:
     return HTTPFailure(graph_error(status, code, message, request))
+
+
+def delta_routes(path: str, endpoint: Callable[[Request], Any]) -> list[BaseRoute]:
+    """GET `path` (ending in `/delta`) in both spellings clients send: `delta` and the
+    function-call form `delta()` (msgraph-sdk-python's delta request builders' URL templates)."""
+    return [Route(path, endpoint, methods=["GET"]), Route(f"{path}()", endpoint, methods=["GET"])]
 
 
 def query_failure(exc: odata.ODataQueryError, request: Request) -> HTTPFailure:

@@ -218,13 +218,7 @@ async def create_folder(request: Request) -> Response:
             f.display_name.lower() == name.lower()
             for f in pim.folders(key, user.id, CONTACTS, parent=parent.id)
         ):
-            # *unverified* wording; the code is Exchange's for a duplicate folder name.
-            raise fail(
-                409,
-                "ErrorFolderExists",
-                "A folder with the specified name already exists.",
-                request,
-            )
+            raise mail.folder_exists(request)
         created = pim.create_folder(key, user.id, CONTACTS, name, parent_id=parent.id)
         body = {
             "@odata.context": common.context_url(

@@ -85,6 +85,7 @@ from ..pim import FOLDER_CLASS, ITEM_CLASS, ITEM_KIND, PimFolder, PimItem, PimSt
 from ..web import HTTPFailure, ctx_of, graph_principal, graph_throttled
 from . import common, mail
 from .common import GraphJSON, fail
+from .mail import folder_exists, invalid_request
 from .outlook_items import pim_of
 
 # -- permissions (the API pages' "Permissions" tables, application) --------------------------------
@@ -211,11 +212,6 @@ def too_many_ids(request: Request) -> HTTPFailure:
     )
 
 
-def invalid_request(request: Request, message: str) -> HTTPFailure:
-    # *unverified*: code for a malformed body (importItem, folder create/update, item delete).
-    return fail(400, "ErrorInvalidRequest", message, request)
-
-
 def bad_import_token(request: Request) -> HTTPFailure:
     # *unverified*: what outlook.office365.com answers for a wrong or expired import authtoken.
     return fail(401, "InvalidAuthenticationToken", "Access token validation failure.", request)
@@ -240,14 +236,6 @@ def sync_state_expired(request: Request) -> HTTPFailure:
     code = ctx_of(request).world.settings.io_sync_state_code
     return fail(
         410, code, "The sync state is no longer available. Start a new synchronization.", request
-    )
-
-
-def folder_exists(request: Request) -> HTTPFailure:
-    # Exchange's code for a sibling of the same name (as the mail and contacts faces answer);
-    # *unverified* for this API.
-    return fail(
-        409, "ErrorFolderExists", "A folder with the specified name already exists.", request
     )
 
 
@@ -1418,28 +1406,29 @@ def routes() -> list[BaseRoute]:
     folder = f"{base}/folders/{{folder_id}}"
     child = f"{folder}/childFolders/{{child_id}}"
     item = f"{folder}/items/{{item_id}}"
+
+    def one_folder(path: str) -> list[BaseRoute]:
+        # mailbox-delete-folders has shown both forms over time (with and without `/$ref`);
+        # both are served (the product deletes no folders).
+        return [
+            Route(path, get_folder, methods=["GET"]),
+            Route(path, update_folder, methods=["PATCH"]),
+            Route(path, delete_folder, methods=["DELETE"]),
+            Route(f"{path}/$ref", delete_folder, methods=["DELETE"]),
+        ]
+
+    # Each `.../delta` comes before the `{id}` route it would otherwise match.
     return [
         Route(f"{base}/folders", list_folders, methods=["GET"]),
         Route(f"{base}/folders", create_folder, methods=["POST"]),
-        Route(f"{base}/folders/delta", folders_delta, methods=["GET"]),
-        Route(f"{base}/folders/delta()", folders_delta, methods=["GET"]),
-        Route(folder, get_folder, methods=["GET"]),
-        Route(folder, update_folder, methods=["PATCH"]),
-        # mailbox-delete-folders has shown both forms over time (with and without `/$ref`);
-        # both are served (the product deletes no folders).
-        Route(folder, delete_folder, methods=["DELETE"]),
-        Route(f"{folder}/$ref", delete_folder, methods=["DELETE"]),
+        *common.delta_routes(f"{base}/folders/delta", folders_delta),
+        *one_folder(folder),
         Route(f"{folder}/childFolders", list_child_folders, methods=["GET"]),
-        Route(f"{folder}/childFolders/delta", folders_delta, methods=["GET"]),
-        Route(f"{folder}/childFolders/delta()", folders_delta, methods=["GET"]),
+        *common.delta_routes(f"{folder}/childFolders/delta", folders_delta),
         Route(f"{folder}/childFolders", create_folder, methods=["POST"]),
-        Route(child, get_folder, methods=["GET"]),
-        Route(child, update_folder, methods=["PATCH"]),
-        Route(child, delete_folder, methods=["DELETE"]),
-        Route(f"{child}/$ref", delete_folder, methods=["DELETE"]),
+        *one_folder(child),
         Route(f"{folder}/items", list_folder_items, methods=["GET"]),
-        Route(f"{folder}/items/delta", items_delta, methods=["GET"]),
-        Route(f"{folder}/items/delta()", items_delta, methods=["GET"]),
+        *common.delta_routes(f"{folder}/items/delta", items_delta),
         Route(item, get_item, methods=["GET"]),
         Route(item, delete_item, methods=["DELETE"]),
         Route(f"{base}/exportItems", export_items, methods=["POST"]),

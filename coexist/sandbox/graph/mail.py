@@ -113,9 +113,21 @@ def no_recipients(request: Request) -> HTTPFailure:
     )
 
 
-def bad_request(request: Request, message: str) -> HTTPFailure:
-    # *unverified*: code and wording for malformed sendMail payloads.
+def invalid_request(request: Request, message: str) -> HTTPFailure:
+    # *unverified*: the code and wording for a body Graph rejects as malformed, on every face
+    # that uses it: sendMail, message and folder writes (while deserializing), and the
+    # mailbox import/export API (importItem, folder create/update, item delete).
     return fail(400, "ErrorInvalidRequest", message, request)
+
+
+def folder_exists(request: Request) -> HTTPFailure:
+    # Exchange's code for a folder with a sibling of the same name (EWS ResponseCode
+    # ErrorFolderExists, "A folder with the specified name already exists."), which Graph
+    # passes through; the mail folder, calendar, contact folder and mailbox import/export
+    # faces all answer it. *unverified*: the status (409; some clients report 400).
+    return fail(
+        409, "ErrorFolderExists", "A folder with the specified name already exists.", request
+    )
 
 
 def bad_top(raw: str) -> odata.ODataQueryError:
@@ -218,7 +230,7 @@ def _recipients(request: Request, value: Any, field: str) -> list[Recipient]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise bad_request(request, f"Invalid value for '{field}'.")
+        raise invalid_request(request, f"Invalid value for '{field}'.")
     out = []
     for entry in value:
         addr = entry.get("emailAddress") if isinstance(entry, dict) else None
@@ -234,7 +246,7 @@ def _headers(request: Request, value: Any) -> list[tuple[str, str]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise bad_request(request, "Invalid value for 'internetMessageHeaders'.")
+        raise invalid_request(request, "Invalid value for 'internetMessageHeaders'.")
     out = []
     for h in value:
         name = h.get("name") if isinstance(h, dict) else None
@@ -267,10 +279,10 @@ def outgoing(request: Request, body: dict[str, Any]) -> transport.Outgoing:
     body = {k.lower(): v for k, v in body.items()}
     message = body.get("message")
     if not isinstance(message, dict):
-        raise bad_request(request, "The 'message' parameter is required.")
+        raise invalid_request(request, "The 'message' parameter is required.")
     content = message.get("body") or {}
     if not isinstance(content, dict):
-        raise bad_request(request, "Invalid value for 'body'.")
+        raise invalid_request(request, "Invalid value for 'body'.")
     body_type = str(content.get("contentType") or "text").lower()
     out = transport.Outgoing(
         subject=str(message.get("subject") or ""),

@@ -417,21 +417,10 @@ async def folders_delta(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     base = "/v1.0/users/{user_id}"
+    folder = f"{base}/mailFolders/{{folder_id}}"
     return [
-        Route(f"{base}/mailFolders/delta", folders_delta, methods=["GET"]),
-        Route(f"{base}/mailFolders/delta()", folders_delta, methods=["GET"]),
-        Route(
-            f"{base}/mailFolders/{{folder_id}}/childFolders/delta", folders_delta, methods=["GET"]
-        ),
-        Route(
-            f"{base}/mailFolders/{{folder_id}}/childFolders/delta()", folders_delta, methods=["GET"]
-        ),
-        Route(f"{base}/mailFolders/{{folder_id}}/messages/delta", folder_delta, methods=["GET"]),
-        # msgraph-sdk-python calls `messages/delta()` (delta_request_builder url template).
-        Route(f"{base}/mailFolders/{{folder_id}}/messages/delta()", folder_delta, methods=["GET"]),
-        Route(
-            f"{base}/mailFolders/{{folder_id}}/messages/microsoft.graph.delta()",
-            folder_delta,
-            methods=["GET"],
-        ),
+        *common.delta_routes(f"{base}/mailFolders/delta", folders_delta),
+        *common.delta_routes(f"{folder}/childFolders/delta", folders_delta),
+        *common.delta_routes(f"{folder}/messages/delta", folder_delta),
+        Route(f"{folder}/messages/microsoft.graph.delta()", folder_delta, methods=["GET"]),
     ]

@@ -59,7 +59,7 @@ from ..model import User
 from ..web import HTTPFailure, ctx_of
 from . import common, mail, odata
 from .common import GraphJSON, fail
-from .mail import outlook, store_of
+from .mail import folder_exists, invalid_request, outlook, store_of
 
 MAIL_WRITE = ("Mail.ReadWrite",)
 
@@ -94,14 +94,6 @@ PATCHABLE = {
 # -- errors (one place; *unverified* ones say so) --------------------------------------------------
 
 
-def folder_exists(request: Request) -> HTTPFailure:
-    # Code from EWS (ResponseCode ErrorFolderExists, "A folder with the specified name already
-    # exists."), which Graph passes through; *unverified*: 409 (some clients report 400).
-    return fail(
-        409, "ErrorFolderExists", "A folder with the specified name already exists.", request
-    )
-
-
 def request_too_large(request: Request) -> HTTPFailure:
     # Body quoted in microsoft-graph-docs#11806; *unverified*: the status (413 assumed).
     return fail(413, "BadRequest", "The maximum request length supported is 4MB.", request)
@@ -123,11 +115,6 @@ def bad_mime_base64(request: Request) -> HTTPFailure:
         "Invalid base64 string for MIME content.",
         request,
     )
-
-
-def invalid_request(request: Request, message: str) -> HTTPFailure:
-    # *unverified*: code and wording for payloads Graph rejects while deserializing.
-    return fail(400, "ErrorInvalidRequest", message, request)
 
 
 def attachment_too_small(request: Request) -> HTTPFailure:
