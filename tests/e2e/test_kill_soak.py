@@ -14,7 +14,6 @@ once, in the same folder (by internetMessageId and MIME hash), no internetMessag
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import random
 import signal
@@ -36,6 +35,7 @@ from coexist.sandbox.model import User
 from coexist.settings import load_project
 from tests.cli_env import assert_no_unawaited_coroutine, cli_env
 from tests.e2e.conftest import TEST_RETRY
+from tests.e2e.test_mover_chaos import fingerprints, provisioned_users
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = 68  # seed 7 with 68 users: 31 user mailboxes in the scope group
@@ -163,24 +163,7 @@ class Soak:
 
     def fingerprints(self, side: str, uid: str) -> Counter[tuple[str, str, tuple[str, ...]]]:
         """(internetMessageId, MIME sha256, folder path) of every message in one mailbox."""
-        store = self.sb.mail
-
-        def path(folder_id: str) -> tuple[str, ...]:
-            out: list[str] = []
-            f = store.folder(side, uid, folder_id)
-            while f is not None and f.well_known != "msgfolderroot":
-                out.insert(0, f.display_name)
-                f = store.folder(side, uid, f.parent_id) if f.parent_id else None
-            return tuple(out)
-
-        return Counter(
-            (
-                str(i.internet_message_id),
-                hashlib.sha256(store.mime(i.id)).hexdigest(),
-                path(i.folder_id),
-            )
-            for i in store.iter_messages(side, uid)
-        )
+        return fingerprints(self.sb, side, uid)
 
     def assert_no_duplicates(self, *, complete: bool) -> None:
         """Each target copy is a source message, none twice; with `complete`, all are there."""
@@ -196,13 +179,7 @@ class Soak:
 def soak_project(make_project: Callable[..., Path], sandbox: Sandbox) -> Soak:
     """A chaos project of 68 seeded users, provisioned, with a 24-user batch seeded with mail."""
     project = make_project(users=USERS, profile="chaos", **MOVER)
-    commands.discover(project)
-    assert not commands.provision(project, all_users=True, retry=TEST_RETRY)["failed"]
-    with Journal.open(load_project(project).journal_url) as j:
-        users = sorted(
-            (u for u in j.items(kind="user") if (u.get("detail") or {}).get("in_scope", True)),
-            key=lambda u: str(u["key"]),
-        )
+    users = provisioned_users(project)
     assert len(users) >= BATCH, len(users)
     soak = Soak(sandbox, project, users[:BATCH])
     soak.seed_mail()

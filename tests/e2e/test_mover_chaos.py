@@ -13,6 +13,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from coexist import commands
 from coexist.journal import Journal
@@ -48,18 +49,23 @@ def fingerprints(sb: Sandbox, side: str, uid: str) -> Counter[tuple[str, str, tu
     )
 
 
+def provisioned_users(project: Path) -> list[dict[str, Any]]:
+    """Discover and provision every user of the project; its in-scope users by key."""
+    commands.discover(project)
+    assert not commands.provision(project, all_users=True, retry=TEST_RETRY)["failed"]
+    with Journal.open(load_project(project).journal_url) as j:
+        return sorted(
+            (u for u in j.items(kind="user") if (u.get("detail") or {}).get("in_scope", True)),
+            key=lambda u: str(u["key"]),
+        )
+
+
 def test_prestage_and_cutover_complete_and_reconcile_under_chaos(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
     """Under chaos both passes succeed, each item lands once and reconciliation shows 0."""
     project = make_project(profile="chaos", **MOVER)
-    commands.discover(project)
-    assert not commands.provision(project, all_users=True, retry=TEST_RETRY)["failed"]
-    with Journal.open(load_project(project).journal_url) as j:
-        users = sorted(
-            (u for u in j.items(kind="user") if (u.get("detail") or {}).get("in_scope", True)),
-            key=lambda u: str(u["key"]),
-        )[:MAILBOXES]
+    users = provisioned_users(project)[:MAILBOXES]
     keys = [str(u["key"]) for u in users]
     addresses = [str(u["source_address"]) for u in users]
     seed_mailboxes(sandbox.mail, "source", keys, seed=9, items=ITEMS)
