@@ -31,8 +31,8 @@ from coexist.permissions import (
 )
 from coexist.provisioning.exchange import object_id
 from coexist.provisioning.index import TargetIndex
-from coexist.provisioning.orphans import Obstacles, check_live, describe, obstacles
-from coexist.provisioning.provision import source_of
+from coexist.provisioning.orphans import Obstacles, check_live, describe
+from coexist.provisioning.provision import obstacles_of, source_of
 
 
 @dataclass(frozen=True)
@@ -594,7 +594,7 @@ async def check_conflicts(
             continue
         src = source_of(item)
         if mode == "create":  # match mode pairs users with what is there by design
-            seen = await check_live(ctx.target.exo, _obstacles(ctx, index, item))
+            seen = await check_live(ctx.target.exo, obstacles_of(ctx, item, index))
             if seen.adoptable is not None:
                 adoptable.append(seen)
                 continue
@@ -618,17 +618,6 @@ async def check_conflicts(
         )
     )
     return out
-
-
-def _obstacles(ctx: Context, index: TargetIndex, item: dict[str, Any]) -> Obstacles:
-    src = source_of(item)
-    return obstacles(
-        index,
-        str(item.get("source_address") or src.primary_smtp),
-        forwarding_address(src, ctx.project.domains.source_forwarding_domain),
-        src.x500_proxies(),
-        replace_contacts=ctx.project.mail_users.replace_contacts,
-    )
 
 
 def _collision_checks(blocked: list[Obstacles], adoptable: list[Obstacles]) -> list[Check]:
