@@ -44,7 +44,7 @@ from coexist.runtime import Session, open_journal, project_dir, project_writer, 
 from coexist.settings import Project, load_project, parse_duration, write_project
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.exo import ExoRunner
-from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.graph import BATCH_REQUESTS, GraphAdapter
 from coexist.verify import verify
 
 
@@ -418,7 +418,10 @@ def unfinished(item: dict[str, Any]) -> str | None:
 def last_ok_run(journal: Journal, command: str) -> int:
     """The id of the last run of `command` that ended ok (0: none). The runs of it since are
     killed or stopped by an error, and continued by the next one."""
-    runs = journal.runs()
+    return _last_ok(journal.runs(), command)
+
+
+def _last_ok(runs: list[dict[str, Any]], command: str) -> int:
     return max(
         (int(r["id"]) for r in runs if r["command"] == command and r["status"] == "ok"), default=0
     )
@@ -440,10 +443,10 @@ def _begin(
 ) -> tuple[list[dict[str, Any]], int]:
     """Mark each user's `command` as begun, except users a run this one continues already
     took to the end (listed as skipped). Returns the users to run and `last_ok_run`."""
-    after = last_ok_run(sess.journal, command)
+    runs = sess.journal.runs()
+    after = _last_ok(runs, command)
     resuming = any(
-        r["command"] == command and after < int(r["id"]) != sess.runner.run_id
-        for r in sess.journal.runs()
+        r["command"] == command and after < int(r["id"]) != sess.runner.run_id for r in runs
     )
     passes: dict[str, list[dict[str, Any]]] = {}
     for record in sess.journal.passes() if resuming else []:
@@ -814,14 +817,11 @@ async def _unlicensed(sess: Session, items: list[dict[str, Any]], sku_id: str) -
         f"/users/{i['target_id']}?$select=id,assignedLicenses" for i in items if i.get("target_id")
     ]
     held = 0
-    for start in range(0, len(urls), BATCH_GETS):
-        for user in await sess.ctx.target.graph.batch_get(urls[start : start + BATCH_GETS]):
+    for start in range(0, len(urls), BATCH_REQUESTS):
+        for user in await sess.ctx.target.graph.batch_get(urls[start : start + BATCH_REQUESTS]):
             licenses = (user or {}).get("assignedLicenses") or []
             held += any(str(lic.get("skuId")).lower() == sku_id.lower() for lic in licenses)
     return len(items) - held
-
-
-BATCH_GETS = 20  # json-batching: at most 20 requests in one $batch
 
 
 def _free_seats(skus: list[dict[str, Any]], sku_id: str) -> int:

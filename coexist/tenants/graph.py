@@ -42,6 +42,7 @@ from .plan import before_write
 
 # 429 and 503 mean the request was refused before processing (graph/throttling).
 _IMPORT_NOT_PROCESSED = frozenset({429, 503})
+BATCH_REQUESTS = 20  # json-batching: "currently limited to 20 individual requests"
 KEEPALIVE = 64  # idle connections kept per HTTP client
 POOL_SHARDS = 16  # HTTP clients per adapter for Outlook requests, chosen by mailbox
 # GET users/{id}/settings/exchange answers the import/export API's mailbox id for a user.
@@ -354,7 +355,7 @@ class GraphAdapter(Adapter):
                 self.mailboxes.throttled(box, parse_retry_after(inner.get("retry-after")))
 
     async def batch_get(self, urls: list[str]) -> list[Any]:
-        """GET up to 20 relative URLs in one JSON $batch; each answer's body, or None when
+        """GET up to BATCH_REQUESTS relative URLs in one JSON $batch; each answer's body, or None when
         that request failed (404...).
 
         json-batching: the batch answers 200 even when inner requests were throttled; those
