@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from coexist.errors import CoexistError, NotReady, redact
 from coexist.journal import Batch
@@ -107,6 +107,9 @@ def _interrupted_observation(prev: dict[str, Any] | None) -> dict[str, Any] | No
     return observed if isinstance(observed, dict) else None
 
 
+_T = TypeVar("_T")
+
+
 def _stops(outcome: Outcome) -> bool:
     """Whether an item's run ends at this step (the next steps build on it)."""
     return outcome.status in ("failed", "waiting")
@@ -163,6 +166,22 @@ class ItemPlan:
 def _ended_ok(outcomes: Sequence[Outcome]) -> bool:
     """Whether a plan's steps all ended ok (or planned): an empty plan has nothing to stop on."""
     return not outcomes or outcomes[-1].status not in ("failed", "waiting")
+
+
+async def _together(tasks: Sequence[asyncio.Future[_T]]) -> list[_T]:
+    """Await every task; when one raises, cancel the others first.
+
+    An error that stops the run (a failed journal write, an unreachable endpoint) stops
+    the other items too, before their next write, rather than leaving them running while
+    the session closes the journal under them.
+    """
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 @dataclass
@@ -275,15 +294,7 @@ class Runner:
             tasks = [asyncio.ensure_future(one(item)) for item in items]
         finally:
             _ROUND.reset(token)  # the tasks took their copy of the context
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            # An error that stops the run stops the other items too: none keeps running
-            # while the command winds down.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        results = await _together(tasks)
         self._write_round(batched)
         return [o for r in results for o in r]
 
@@ -620,15 +631,5 @@ class Runner:
             if self.on_advance is not None:
                 self.on_advance(done, len(pipelines))
 
-        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(pipelines)]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            # An error that stops the run (a failed journal write, an unreachable endpoint)
-            # stops the other items too, before their next write, rather than leaving them
-            # running while the session closes the journal under them.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await _together([asyncio.ensure_future(one(i, p)) for i, p in enumerate(pipelines)])
         return [o for r in results for o in r]
