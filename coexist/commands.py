@@ -427,6 +427,14 @@ def _last_ok(runs: list[dict[str, Any]], command: str) -> int:
     )
 
 
+def passes_by_user(journal: Journal) -> dict[str, list[dict[str, Any]]]:
+    """Every data pass in the journal, per user key, in the journal's order."""
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for record in journal.passes():
+        passes.setdefault(str(record["item_key"]), []).append(record)
+    return passes
+
+
 def _went_through(
     item: dict[str, Any], passes: list[dict[str, Any]], command: str, after: int
 ) -> bool:
@@ -448,9 +456,7 @@ def _begin(
     resuming = any(
         r["command"] == command and after < int(r["id"]) != sess.runner.run_id for r in runs
     )
-    passes: dict[str, list[dict[str, Any]]] = {}
-    for record in sess.journal.passes() if resuming else []:
-        passes.setdefault(str(record["item_key"]), []).append(record)
+    passes = passes_by_user(sess.journal) if resuming else {}
     todo: list[dict[str, Any]] = []
     marks = Batch()  # one write for the users of the command, not one per user
     for item in items:
@@ -1223,16 +1229,15 @@ def status(
         if user:
             items = batches.select(items, [user], what="status --user")
         failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
-        passes: dict[str, list[dict[str, Any]]] = {}
-        for record in journal.passes():
-            passes.setdefault(str(record["item_key"]), []).append(record)
+        passes = passes_by_user(journal)
         mover = project.migration.mover  # now, not when the passes ran
         last_ok: dict[str, int] = {}  # per command, read once
         rows = []
         for i in items:
             detail = i.get("detail") or {}
             err = failed_steps.get(i["key"])
-            data = data_summary(passes.get(i["key"], []), mover, detail.get("reconciliation"))
+            mine = passes.get(i["key"], [])
+            data = data_summary(mine, mover, detail.get("reconciliation"))
             rows.append(
                 {
                     "user": i.get("source_address"),
@@ -1254,7 +1259,6 @@ def status(
             )
             if user:  # one user: the last reconciliation of source and target folders too
                 rows[-1]["reconciliation"] = detail.get("reconciliation")
-            mine = passes.get(i["key"], [])
             _show_unfinished(journal, i, mine, rows[-1], project, last_ok)
         if state is not None:
             rows = [r for r in rows if r["state"] == state]
