@@ -16,7 +16,7 @@ pass, before the swap, and knows nothing of what arrived after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,13 +42,7 @@ class Arrivals:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "item": self.item,
-            "since": self.since,
-            "messages": self.messages,
-            "error": self.error,
-        }
+        return asdict(self)
 
     @property
     def needs_confirmation(self) -> bool:
