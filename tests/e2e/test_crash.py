@@ -83,14 +83,16 @@ def kill_when(
     proc = cli(project, command)
     while proc.poll() is None:
         with sb.world.lock:
-            reached = progress() >= at
-        if reached:
-            time.sleep(jitter)
-            if proc.poll() is not None:
-                break
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            return True
+            if progress() >= at:
+                # Jitter and kill while the sandbox is held: the command cannot get another
+                # answer meanwhile, so one with tenant writes left is killed mid-run, not
+                # raced to its end (a loaded machine once let it finish first).
+                time.sleep(jitter)
+                if proc.poll() is not None:
+                    break
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return True
         time.sleep(0.005)
     return False
 
