@@ -1,6 +1,6 @@
 """The fallback mover: Microsoft Graph's mail, contacts, calendar and To Do APIs.
 
-For tenants where the mailbox import/export API (`migrate.fidelity`) is not available. Its
+For tenants where the mailbox import/export API (`migrate.stores.graph_io`) is not available. Its
 building blocks are reused (folder mapping and creation, item_map rows, the checkpoint rule,
 moves, skip-and-report, the window, reconciliation); only the way an item travels differs.
 
@@ -95,23 +95,25 @@ from typing import Any, TypeVar
 from coexist.engine.context import Context
 from coexist.errors import (
     AuthenticationError,
+    Conflict,
     InvalidRequest,
     NotFound,
     RemoteError,
     TransientError,
 )
-from coexist.migrate import fidelity
-from coexist.migrate.deletions import ITEM_PATHS, handle_deletions
-from coexist.migrate.fidelity import MAIL_CLASS, MAIL_FOLDER, Box, Folder, Plan
+from coexist.migrate import sync
 from coexist.migrate.passes import MOVERS, PassResult, Window
+from coexist.migrate.stores.graph import MAIL_WELL_KNOWN, Box, sync_state_lost
+from coexist.migrate.sync import MOVE_MARK, Plan, handle_deletions, moving
 from coexist.provisioning.convert import target_id
 from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.protocols import MAIL_CLASS, MAIL_FOLDER, Change, Folder, ItemInfo
 
 CHECKPOINT_KIND = "mail-messages"  # folder_state kind of the mail API's message delta
 DELTA_PAGE = 100  # Prefer: odata.maxpagesize (graph/delta-query-messages)
 # What the scan asks of each message (message-delta supports $select).
 DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey,internetMessageId"
-# A forgotten sync state (fidelity.sync_state_lost) starts a folder's round over this often.
+# A forgotten sync state (stores.graph.sync_state_lost) starts a folder's round over this often.
 RESTARTS = 2  # rounds started over per folder and pass before the error is raised
 
 # The copy's identity (see the module docstring). A named property in coexist's own property
@@ -176,7 +178,7 @@ async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
     `mailFolders/{name}` answers with its id.
     """
     known: dict[str, str] = {}
-    for name in fidelity.MAIL_WELL_KNOWN:
+    for name in MAIL_WELL_KNOWN:
         with contextlib.suppress(NotFound):
             data = await graph.send("GET", f"users/{user_id}/mailFolders/{name}")
             known[str(data["id"])] = name
@@ -211,6 +213,63 @@ def _total(raw: dict[str, Any]) -> int:
     return int(raw.get("totalItemCount") or 0)
 
 
+# This mover creates folders through the Graph API of each class (its ids are those
+# APIs' ids). Graph creates secondary calendars and To Do lists only beside the default one
+# (user-post-calendars, todo-post-lists); contact folders nest (contactfolder-post-childfolders).
+_DEFAULT_OF_CLASS = {
+    "IPF.Contact": "contacts",
+    "IPF.Appointment": "calendar",
+    "IPF.Task": "tasks",
+}
+
+
+def _create_request(
+    user: str, parent: Folder | None, name: str, folder_class: str
+) -> tuple[str, dict[str, str]] | None:
+    """(URL, body) that creates a folder of this class under `parent` through the class's own
+    API, or None if Graph cannot put one there."""
+    base = f"users/{user}"
+    if folder_class == MAIL_FOLDER:
+        if parent is not None and parent.folder_class != MAIL_FOLDER:
+            return None  # a mail folder inside a calendar/contacts/tasks folder
+        where = f"{base}/mailFolders" + (f"/{parent.id}/childFolders" if parent else "")
+        return where, {"displayName": name}
+    default = _DEFAULT_OF_CLASS.get(folder_class)
+    if parent is None or default is None:
+        return None
+    at_default = parent.well_known == default and len(parent.path) == 1
+    if folder_class == "IPF.Contact" and parent.folder_class == folder_class:
+        where = f"{base}/contactFolders" + ("" if at_default else f"/{parent.id}/childFolders")
+        return where, {"displayName": name}
+    if not at_default:
+        return None
+    if folder_class == "IPF.Appointment":
+        return f"{base}/calendars", {"name": name}
+    return f"{base}/todo/lists", {"displayName": name}
+
+
+async def create_folder(
+    box: Box, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
+) -> Folder | None:
+    """Create a folder through the Graph API of its class (the graph-items mover's folders);
+    None if it cannot exist there."""
+    request = _create_request(box.user_id, parent, name, folder_class)
+    if request is None:
+        return None
+    try:
+        made = await box.graph.send("POST", request[0], json=request[1])
+    except Conflict:  # made by an earlier, interrupted pass: look it up
+        siblings = await box.graph.list_all(request[0])
+        made = next(
+            s
+            for s in siblings
+            if str(s.get("displayName") or s.get("name")).casefold() == name.casefold()
+        )
+    if made is None:  # plan mode
+        return Folder(f"planned:{'/'.join(path)}", path, None, folder_class, 0)
+    return Folder(str(made["id"]), path, None, folder_class, 0)
+
+
 # -- scan (message delta -> item_map) --------------------------------------------------------------
 
 
@@ -225,7 +284,7 @@ async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
             await _follow(ctx, key, src, folder_id, link, full=link == first)
             return
         except (InvalidRequest, NotFound) as exc:
-            if not fidelity.sync_state_lost(exc) or attempt == RESTARTS:
+            if not sync_state_lost(exc) or attempt == RESTARTS:
                 raise
             ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
             link = first
@@ -237,37 +296,132 @@ async def _follow(
     headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
     present: set[str] = set()
     async for values, delta in src.graph.delta_pages(link, headers):
-        # The window goes by delivery time (createdDateTime of a copied or moved message is
-        # when it was made, not when it arrived).
-        seen = [
-            {**v, "createdDateTime": v.get("receivedDateTime") or v.get("createdDateTime")}
-            for v in values
-        ]
-        present.update(str(v["id"]) for v in values if "@removed" not in v)
-        rows, forget = fidelity._page_rows(ctx, key, folder_id, seen)
-        by_id = {str(v["id"]): v for v in values}
-        for row in rows:
-            if row.get("status") == "pending" and "source_created" in row:
-                reported = by_id.get(row["source_item_id"]) or {}
-                row["subject"] = reported.get("subject")
-                row["source_identity"] = fidelity.message_identity(
-                    reported.get("internetMessageId")
-                )
+        changes = [_change(v) for v in values]
+        present.update(c.id for c in changes if not c.removed)
+        rows, forget = sync.page_rows(ctx, key, folder_id, changes)
+        sync.fill_identities(rows, changes)
         for source_id in forget:
             ctx.journal.unmap_item(key, source_id)
         ctx.journal.map_items(key, rows)
         if delta:
             if full:
-                fidelity.forget_unseen(ctx, key, folder_id, present, kind=MAIL_CLASS)
+                sync.forget_unseen(ctx, key, folder_id, present, kind=MAIL_CLASS)
             ctx.journal.save_checkpoint(key, folder_id, CHECKPOINT_KIND, token=delta)
+
+
+def _change(v: dict[str, Any]) -> Change:
+    """A message delta entry as the sync algorithm's Change, with its identity."""
+    if "@removed" in v:
+        return Change(str(v["id"]), removed=True)
+    return Change(
+        str(v["id"]),
+        change_key=v.get("changeKey"),
+        # The window goes by delivery time (createdDateTime of a copied or moved message is
+        # when it was made, not when it arrived).
+        created=v.get("receivedDateTime") or v.get("createdDateTime"),
+        size=int(v.get("size") or 0),
+        kind=v.get("type") or MAIL_CLASS,
+        identity=sync.message_identity(v.get("internetMessageId")),
+        subject=v.get("subject"),
+    )
 
 
 def _move_signature(row: dict[str, Any]) -> tuple[Any, ...]:
     """A message is recognised across folders by its Internet Message-ID (RFC 5322: the
     message's own identifier; Graph ids change with the folder). One without it pairs with
     nothing: it is copied again and its old copy counts as deleted at the source."""
-    message_id = fidelity.message_id_of(row.get("source_identity"))
+    message_id = sync.message_id_of(row.get("source_identity"))
     return (row["kind"], message_id) if message_id else ("unpaired", row["source_item_id"])
+
+
+# -- moves (mail API ids) -----------------------------------------------------------
+
+
+async def resolve_moves(
+    ctx: Context,
+    key: str,
+    tgt: Box,
+    plan: Plan,
+    counts: Counter[str],
+    signature: Callable[[dict[str, Any]], tuple[Any, ...]],
+) -> None:
+    """The graph-items mover's moves: pair pending items with gone copies by `signature`
+    (the mover's own notion of the same item) and move the copy with the mail API.
+
+    Crash safety: the pending row is marked `importing` with `reason` naming the gone row
+    before the move is sent, the gone row is dropped after it, and the pending row is
+    recorded last. A pass that died anywhere in between is finished by
+    `_finish_interrupted_moves` on the next pass instead of copying the item again.
+    """
+    await _finish_interrupted_moves(ctx, key, tgt, counts)
+    gone = ctx.journal.mapped_items(key, status="gone")
+    if not gone:
+        return
+    by_sig: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for g in gone:
+        by_sig.setdefault(signature(g), []).append(g)
+    for p in ctx.journal.mapped_items(key, status="pending"):
+        match = by_sig.get(signature(p)) or []
+        dest = plan.target_of.get(p["source_folder_id"])
+        if len(match) != 1 or dest is None or p["kind"] != MAIL_CLASS:
+            continue
+        old = match.pop()
+        if not ctx.planning:
+            ctx.journal.map_item(
+                key,
+                p["source_item_id"],
+                status="importing",
+                target_folder_id=dest,
+                reason=MOVE_MARK + str(old["source_item_id"]),
+            )
+        await _move_copy(ctx, key, tgt, p, old, dest, counts)
+
+
+async def _move_copy(
+    ctx: Context,
+    key: str,
+    tgt: Box,
+    p: dict[str, Any],
+    old: dict[str, Any],
+    dest: str,
+    counts: Counter[str],
+) -> None:
+    moved = await tgt.graph.send(
+        "POST",
+        f"users/{tgt.user_id}/messages/{old['target_item_id']}/move",
+        json={"destinationId": dest},
+    )
+    if moved is None:  # plan mode
+        return
+    ctx.journal.unmap_item(key, old["source_item_id"])
+    ctx.journal.map_item(
+        key,
+        p["source_item_id"],
+        status="changed",  # re-sync state (read/flag) with an update below
+        target_folder_id=dest,
+        target_item_id=moved["id"],
+        target_change_key=moved.get("changeKey"),
+        reason=None,
+    )
+    counts["moved"] += 1
+
+
+async def _finish_interrupted_moves(ctx: Context, key: str, tgt: Box, counts: Counter[str]) -> None:
+    """Rows a dead pass left mid-move: redo the move, or leave the row to the mover's own
+    recovery of interrupted copies."""
+    for p in ctx.journal.mapped_items(key, status="importing"):
+        if not moving(p):
+            continue
+        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
+        if old is not None and old["status"] == "gone" and old["target_item_id"]:
+            try:
+                await _move_copy(ctx, key, tgt, p, old, str(p["target_folder_id"]), counts)
+                continue
+            except NotFound:
+                # Moved by the pass that died (Exchange gave it a new id), or deleted in the
+                # target since: either way the old row no longer names a target item.
+                ctx.journal.unmap_item(key, old["source_item_id"])
+        ctx.journal.map_item(key, p["source_item_id"], reason=None)
 
 
 # -- MIME -> JSON create -----------------------------------------------------------------------------
@@ -462,7 +616,7 @@ class MailCopier:
             work += [
                 (r, dest)
                 for r in rows
-                if r["kind"] == MAIL_CLASS and fidelity._in_window(r, window, now)
+                if r["kind"] == MAIL_CLASS and sync.in_window(r, window, now)
             ]
         await bounded(COPIES_IN_FLIGHT, work, lambda pair: self.copy(*pair))
 
@@ -475,8 +629,8 @@ class MailCopier:
             )
         except NotFound:
             return  # gone since the scan: the next delta reports it
-        info = {"content_type": top_content_type(mime)}
-        reason = fidelity._skip_reason(self.ctx, {**row, "size": len(mime)}, info)
+        info = ItemInfo(content_type=top_content_type(mime))
+        reason = sync.skip_reason(self.ctx, {**row, "size": len(mime)}, info)
         if reason is not None:
             self._skip(sid, reason, row.get("subject"), len(mime))
             return
@@ -668,7 +822,7 @@ async def our_copies(
     the item, read back, carries coexist's stamp (so a message of the target's own that
     happens to share the Message-ID is never touched)."""
     filters = [stamp_filter(str(row["source_item_id"]))]
-    message_id = fidelity.message_id_of(row.get("source_identity"))
+    message_id = sync.message_id_of(row.get("source_identity"))
     if message_id:
         filters.append(f"internetMessageId eq {odata_string(message_id)}")
     found: list[str] = []
@@ -702,6 +856,52 @@ def _instant(value: Any) -> dt.datetime | None:
         text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
     t = dt.datetime.fromisoformat(text)
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+# -- deletions -------------------------------------------------------------------------------------
+
+# Item class (mailboxItem.type, MS-OXCMSG PidTagMessageClass) -> the fallback mover's kind.
+_KIND_OF_CLASS = {"ipm.contact": "contact", "ipm.appointment": "event", "ipm.task": "task"}
+
+
+def kind_of(kind: str) -> str:
+    """The item family of a recorded kind: mail, contact, event or task."""
+    low = kind.lower()
+    if low in ("mail", "contact", "event", "task"):
+        return low
+    if low.startswith("ipm.note"):
+        return "mail"  # IPM.Note and its subclasses (S/MIME, voicemail...)
+    return _KIND_OF_CLASS.get(low, low)
+
+
+# Each item family's item URL (user id, folder id, item id): the one place it is spelled;
+# CONTACTS/EVENTS/TASKS below use these too.
+# *unverified* for To Do: that a task's list id is the id of the mailbox folder it sits in
+# (the sandbox serves one id space).
+ITEM_PATHS: dict[str, Callable[[str, str, str], str]] = {
+    "mail": lambda u, f, i: f"users/{u}/messages/{i}",
+    "contact": lambda u, f, i: f"users/{u}/contacts/{i}",
+    "event": lambda u, f, i: f"users/{u}/events/{i}",
+    "task": lambda u, f, i: f"users/{u}/todo/lists/{f}/tasks/{i}",
+}
+
+
+def delete_path(row: dict[str, Any], user: str) -> str | None:
+    """The Graph URL that deletes the target copy of `row`, or None for an unknown kind."""
+    path = ITEM_PATHS.get(kind_of(str(row["kind"] or "mail")))
+    if path is None:
+        return None
+    return path(user, str(row["target_folder_id"]), str(row["target_item_id"]))
+
+
+async def delete_copy(graph: GraphAdapter, user: str, row: dict[str, Any]) -> bool:
+    """Delete a row's target copy through the Graph API of its kind (False: an unknown kind,
+    left `gone` in the item map)."""
+    path = delete_path(row, user)
+    if path is None:
+        return False
+    await graph.send("DELETE", path)
+    return True
 
 
 # -- contacts, events, tasks --------------------------------------------------------------------------
@@ -817,7 +1017,7 @@ class PimCopier:
         for fid, path, default in src:  # parents come before their children
             match = next(
                 (t for t in tgt if (t[2] and default) or (not t[2] and not default and
-                                                          fidelity.same_path(t[1], path))),
+                                                          sync.same_path(t[1], path))),
                 None,
             )  # fmt: skip
             if match is None:
@@ -1113,9 +1313,6 @@ def _series_window(master: dict[str, Any]) -> tuple[str, str]:
     return begin.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# -- deletions -------------------------------------------------------------------------------------
-
-
 # -- the mover -------------------------------------------------------------------------------------
 
 
@@ -1130,22 +1327,27 @@ class ItemsMover:
         src = Box(ctx.source.graph, subject, "")
         tgt = Box(ctx.target.graph, target_id(ctx, subject), "")
         target_tree = await mail_tree(tgt.graph, tgt.user_id)
-        plan = await fidelity.map_folders(
-            ctx, tgt, await mail_tree(src.graph, src.user_id), target_tree
+        plan = await sync.map_folders(
+            ctx,
+            await mail_tree(src.graph, src.user_id),
+            target_tree,
+            lambda parent, name, path, cls: create_folder(tgt, parent, name, path, cls),
         )
         counts: Counter[str] = Counter()
         for folder_id in plan.target_of:
             await scan_folder(ctx, subject, src, folder_id)
-        await fidelity.resolve_moves(ctx, subject, tgt, plan, counts, _move_signature)
+        await resolve_moves(ctx, subject, tgt, plan, counts, _move_signature)
         mail = MailCopier(ctx, subject, src, tgt, counts)
         await mail.copy_pending(plan, window)
         await mail.update_changed()
         pim = PimCopier(ctx, subject, src.graph, tgt.graph, (src.user_id, tgt.user_id))
         await pim.run()
         counts.update(pim.counts)
-        await handle_deletions(ctx, subject, tgt.graph, tgt.user_id, counts)
+        await handle_deletions(
+            ctx, subject, counts, lambda r: delete_copy(tgt.graph, tgt.user_id, r)
+        )
         totals = {f.id: f.total for f in await mail_tree(tgt.graph, tgt.user_id)}
-        report = await reconcile.reconcile(ctx, subject, src, tgt, plan, target_totals=totals)
+        report = await reconcile.reconcile(ctx, subject, plan, totals)
         notes = []
         if counts["events_without_attendees"]:
             notes.append(

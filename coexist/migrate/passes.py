@@ -9,6 +9,7 @@ movers' first Graph call answers `NotReady`) leaves the pass `waiting`.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -74,14 +75,18 @@ class NoMover:
 
 
 MOVERS: dict[str, Mover] = {"none": NoMover()}
+# Movers made of modules that register themselves in MOVERS when imported: `[migration]
+# mover` name -> module. Imported on first use, so a project only loads the stores it uses.
+MOVER_MODULES = {
+    "graph-import-export": "coexist.migrate.stores.graph_io",
+    "graph-items": "coexist.migrate.items",
+}
 
 
 def mover_for(ctx: Context) -> Mover:
     name = getattr(getattr(ctx.project, "migration", None), "mover", "none") or "none"
-    if name == "graph-import-export":
-        from coexist.migrate import fidelity  # noqa: F401  (registers itself in MOVERS)
-    elif name == "graph-items":
-        from coexist.migrate import items  # noqa: F401  (registers itself in MOVERS)
+    if name not in MOVERS and name in MOVER_MODULES:
+        importlib.import_module(MOVER_MODULES[name])
     try:
         return MOVERS[name]
     except KeyError:

@@ -10,7 +10,6 @@ from coexist.errors import (
     PermissionDenied,
     TransientError,
 )
-from coexist.migrate.fidelity import sync_state_lost
 from coexist.migrate.items import (
     IDENTITY_PROP,
     _move_signature,
@@ -19,6 +18,7 @@ from coexist.migrate.items import (
     stamp_of,
     update_conflict,
 )
+from coexist.migrate.stores.graph import sync_state_lost
 
 
 def test_sync_state_lost_by_any_documented_code_or_410() -> None:

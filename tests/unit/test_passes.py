@@ -13,7 +13,6 @@ import pytest
 from coexist.engine.context import Context
 from coexist.errors import TransientError
 from coexist.journal import Journal
-from coexist.migrate.fidelity import EXPORT_BATCH, EXPORT_BYTES, Job, _batches
 from coexist.migrate.passes import (
     FINAL_PASS_KEPT_FOR,
     MOVERS,
@@ -23,6 +22,8 @@ from coexist.migrate.passes import (
     finished_pass,
     run_pass,
 )
+from coexist.migrate.stores.graph_io import EXPORT_BATCH, EXPORT_BYTES
+from coexist.migrate.sync import Job, batches
 
 
 class Exploding:
@@ -45,6 +46,11 @@ def test_a_pass_whose_mover_raises_is_journaled_failed(tmp_path: Path) -> None:
 
 def job(size: int) -> Job:
     return Job({"source_item_id": str(size), "size": size}, "dest")
+
+
+def _batches(jobs: list[Job]) -> list[list[Job]]:
+    """The import/export store's export batches."""
+    return list(batches(jobs, EXPORT_BATCH, EXPORT_BYTES))
 
 
 def test_export_batches_are_capped_by_count_and_bytes() -> None:
