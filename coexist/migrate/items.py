@@ -86,7 +86,7 @@ import email
 import email.policy
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
@@ -107,14 +107,21 @@ from coexist.migrate.stores.graph import MAIL_WELL_KNOWN, Box, sync_state_lost
 from coexist.migrate.sync import MOVE_MARK, Plan, handle_deletions, moving
 from coexist.provisioning.convert import target_id
 from coexist.tenants.graph import GraphAdapter
-from coexist.tenants.protocols import MAIL_CLASS, MAIL_FOLDER, Change, Folder, ItemInfo
+from coexist.tenants.protocols import (
+    MAIL_CLASS,
+    MAIL_FOLDER,
+    MIME,
+    Capabilities,
+    Change,
+    ChangePage,
+    Folder,
+    ItemInfo,
+)
 
 CHECKPOINT_KIND = "mail-messages"  # folder_state kind of the mail API's message delta
 DELTA_PAGE = 100  # Prefer: odata.maxpagesize (graph/delta-query-messages)
 # What the scan asks of each message (message-delta supports $select).
 DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey,internetMessageId"
-# A forgotten sync state (stores.graph.sync_state_lost) starts a folder's round over this often.
-RESTARTS = 2  # rounds started over per folder and pass before the error is raised
 
 # The copy's identity (see the module docstring). A named property in coexist's own property
 # set (extended-properties-overview: "String {guid} Name name" for custom properties).
@@ -166,6 +173,20 @@ CHECKLIST_FIELDS = ("displayName", "isChecked", "checkedDateTime", "createdDateT
 # How far ahead a series without an end is expanded to find its exceptions and cancellations.
 NO_END_HORIZON = dt.timedelta(days=2 * 365)
 DEFAULT_CONTACTS = "contacts"  # item_map folder id of the default Contacts folder
+COPIES_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
+
+# What this data plane can do (the graph_items store's capabilities; today the scan reads
+# `checkpoint_kind`). Mail travels as MIME plus the state MIME lacks, one message per read.
+CAPS = Capabilities(
+    exports=frozenset({MIME}),
+    accepts=frozenset({MIME}),
+    cursor="delta-token",
+    folder_classes=frozenset({MAIL_FOLDER, "IPF.Contact", "IPF.Appointment", "IPF.Task"}),
+    checkpoint_kind=CHECKPOINT_KIND,
+    export_batch=1,
+    export_bytes=MAX_REQUEST,
+    imports_in_flight=COPIES_IN_FLIGHT,
+)
 
 
 # -- mail folders over the mail API ---------------------------------------------------------------
@@ -273,40 +294,44 @@ async def create_folder(
 # -- scan (message delta -> item_map) --------------------------------------------------------------
 
 
-async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
-    """Record the folder's changes since the saved deltaLink, then save the new deltaLink;
-    a forgotten sync state starts the folder's round over (at most RESTARTS times)."""
-    saved = ctx.journal.get_checkpoint(key, folder_id, CHECKPOINT_KIND)
-    first = f"users/{src.user_id}/mailFolders/{folder_id}/messages/delta?$select={DELTA_SELECT}"
-    link = (saved or {}).get("token") or first
-    for attempt in range(RESTARTS + 1):
-        try:
-            await _follow(ctx, key, src, folder_id, link, full=link == first)
-            return
-        except (InvalidRequest, NotFound) as exc:
-            if not sync_state_lost(exc) or attempt == RESTARTS:
-                raise
-            ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
-            link = first
+class MailDelta:
+    """The mail API's message delta of one mailbox as the sync algorithm's change feed
+    (`sync.scan_folder`): `mailFolders/{id}/messages/delta` from the saved deltaLink, without
+    `$filter` (a filtered message delta returns at most 5,000 messages and then never reports
+    the rest, delta-query-messages). When the service has forgotten the sync state (410,
+    `SyncStateNotFound`, `SyncStateInvalid`, `resyncRequired`: delta-query-overview,
+    "Synchronization reset" and "Token duration"; graph/errors) the round starts over."""
+
+    caps = CAPS
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+
+    def changes(self, folder: Folder, cursor: str | None) -> MailDeltaRound:
+        first = (
+            f"users/{self.box.user_id}/mailFolders/{folder.id}/messages/delta"
+            f"?$select={DELTA_SELECT}"
+        )
+        return MailDeltaRound(self.box, cursor or first)
+
+    def cursor_lost(self, exc: RemoteError) -> bool:
+        return sync_state_lost(exc)
 
 
-async def _follow(
-    ctx: Context, key: str, src: Box, folder_id: str, link: str, *, full: bool
-) -> None:
-    headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
-    present: set[str] = set()
-    async for values, delta in src.graph.delta_pages(link, headers):
-        changes = [_change(v) for v in values]
-        present.update(c.id for c in changes if not c.removed)
-        rows, forget = sync.page_rows(ctx, key, folder_id, changes)
-        sync.fill_identities(rows, changes)
-        for source_id in forget:
-            ctx.journal.unmap_item(key, source_id)
-        ctx.journal.map_items(key, rows)
-        if delta:
-            if full:
-                sync.forget_unseen(ctx, key, folder_id, present, kind=MAIL_CLASS)
-            ctx.journal.save_checkpoint(key, folder_id, CHECKPOINT_KIND, token=delta)
+class MailDeltaRound:
+    """One round of a folder's message delta; each message comes with its identity (its
+    Internet Message-ID) and subject, so `describe` has nothing to add."""
+
+    def __init__(self, box: Box, link: str) -> None:
+        self.box, self.link = box, link
+
+    async def pages(self) -> AsyncIterator[ChangePage]:
+        headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
+        async for values, delta in self.box.graph.delta_pages(self.link, headers):
+            yield ChangePage([_change(v) for v in values], delta)
+
+    async def describe(self, new: list[Change]) -> list[Change]:
+        return new
 
 
 def _change(v: dict[str, Any]) -> Change:
@@ -570,7 +595,6 @@ def split_attachments(payload_size: int, parts: list[Part]) -> tuple[list[Part],
 
 W = TypeVar("W")
 CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
-COPIES_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
 
 
 async def bounded(limit: int, work: Iterable[W], job: Callable[[W], Awaitable[None]]) -> None:
@@ -1334,8 +1358,9 @@ class ItemsMover:
             lambda parent, name, path, cls: create_folder(tgt, parent, name, path, cls),
         )
         counts: Counter[str] = Counter()
+        feed, by_id = MailDelta(src), {f.id: f for f in plan.source}
         for folder_id in plan.target_of:
-            await scan_folder(ctx, subject, src, folder_id)
+            await sync.scan_folder(ctx, subject, feed, by_id[folder_id], kind=MAIL_CLASS)
         await resolve_moves(ctx, subject, tgt, plan, counts, _move_signature)
         mail = MailCopier(ctx, subject, src, tgt, counts)
         await mail.copy_pending(plan, window)

@@ -12,8 +12,9 @@ A pass over one mailbox, and why in this order:
    record every reported item in the journal's `item_map` (new -> pending with its identity,
    changed -> changed, removed -> gone); only then save the cursor (a checkpoint never runs
    ahead of the data it covers). A cursor the store says is lost restarts that folder's
-   round; what the fresh round no longer reports is gone. Items outside the pass window stay
-   `pending`.
+   round, mid-round too; what a full round no longer reports is gone. The scan never
+   filters by date (a filtered Graph message delta stops at 5,000 messages,
+   delta-query-messages): items outside the pass window stay `pending`.
 3. Moves: an item moved at the source gets a new id (Exchange ids are per folder, IMAP UIDs
    per mailbox); a pending item whose identity matches exactly one gone, copied item is that
    item moved. It is imported into its new folder like any other, and the old copy deleted
@@ -52,6 +53,7 @@ from coexist.tenants.protocols import (
     MAIL_FOLDER,
     MIME,
     Change,
+    ChangeFeed,
     Folder,
     Imported,
     ItemInfo,
@@ -60,6 +62,8 @@ from coexist.tenants.protocols import (
     Payload,
 )
 
+# A lost cursor starts a folder's round over this often per pass before the error is raised.
+RESTARTS = 2
 PREFETCH_BATCHES = 1  # exported batches waiting for import (the next one is being exported)
 # Content types of protected mail: S/MIME (RFC 8551) and IRM (MS-OXORMMS: the rights-managed
 # body travels as an application/x-microsoft-rpmsg-message attachment/part).
@@ -184,29 +188,35 @@ async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Pl
 # -- scan (change feed -> item_map) ------------------------------------------------------------
 
 
-async def scan_folder(ctx: Context, key: str, src: MailboxStore, folder: Folder) -> None:
+async def scan_folder(
+    ctx: Context, key: str, src: ChangeFeed, folder: Folder, kind: str | None = None
+) -> None:
     """Record the folder's changes since the saved cursor, then save the new cursor.
 
-    A lost cursor restarts the folder's round from scratch: the item map keeps what was
-    copied from being copied again, and whatever the fresh round no longer reports has left
-    the folder since (a fresh round reports no removals)."""
-    kind = src.caps.checkpoint_kind
-    saved = ctx.journal.get_checkpoint(key, folder.id, kind)
-    try:
-        await _follow(ctx, key, src, folder, (saved or {}).get("token"))
-    except RemoteError as exc:
-        if saved is None or not src.cursor_lost(exc):
-            raise
-        ctx.journal.delete_checkpoint(key, folder.id, kind)
-        seen = await _follow(ctx, key, src, folder, None)
-        forget_unseen(ctx, key, folder.id, seen)
+    A lost cursor (the store says so: `cursor_lost`) starts the folder's round over from
+    the start, mid-round too, at most RESTARTS times. A full round (the first, or such a
+    restart) reports what is there, not what was removed: the item map keeps what was
+    copied from being copied again, and rows of the folder (of `kind`, if given) it did not
+    report have left the folder since (`forget_unseen`, before the cursor is saved)."""
+    checkpoint = src.caps.checkpoint_kind
+    saved = ctx.journal.get_checkpoint(key, folder.id, checkpoint)
+    cursor = (saved or {}).get("token") or None
+    for attempt in range(RESTARTS + 1):
+        try:
+            await _follow(ctx, key, src, folder, cursor, kind)
+            return
+        except RemoteError as exc:
+            if not src.cursor_lost(exc) or attempt == RESTARTS:
+                raise
+            ctx.journal.delete_checkpoint(key, folder.id, checkpoint)
+            cursor = None
 
 
 async def _follow(
-    ctx: Context, key: str, src: MailboxStore, folder: Folder, cursor: str | None
-) -> set[str]:
-    """Follow one round, journaling each page before the next; the ids it reported."""
-    seen: set[str] = set()
+    ctx: Context, key: str, src: ChangeFeed, folder: Folder, cursor: str | None, kind: str | None
+) -> None:
+    """Follow one round, journaling each page before the next."""
+    present: set[str] = set()
     feed = src.changes(folder, cursor)
     async for page in feed.pages():
         rows, forget = page_rows(ctx, key, folder.id, page.changes)
@@ -216,10 +226,11 @@ async def _follow(
         for source_id in forget:
             ctx.journal.unmap_item(key, source_id)
         ctx.journal.map_items(key, rows)
-        seen.update(c.id for c in page.changes if not c.removed)
+        present.update(c.id for c in page.changes if not c.removed)
         if page.cursor:
+            if cursor is None:
+                forget_unseen(ctx, key, folder.id, present, kind)
             ctx.journal.save_checkpoint(key, folder.id, src.caps.checkpoint_kind, token=page.cursor)
-    return seen
 
 
 def fill_identities(rows: list[dict[str, Any]], described: list[Change]) -> None:

@@ -144,11 +144,21 @@ class ChangeRound(Protocol):
         ...
 
 
-class MailboxStore(Protocol):
-    """One mailbox on one endpoint."""
+class ChangeFeed(Protocol):
+    """What the scan needs of a source: each folder's changes since a cursor."""
 
     @property
     def caps(self) -> Capabilities: ...
+
+    def changes(self, folder: Folder, cursor: str | None) -> ChangeRound: ...
+
+    def cursor_lost(self, exc: RemoteError) -> bool:
+        """Whether an error of the change feed says the saved cursor is no longer valid."""
+        ...
+
+
+class MailboxStore(ChangeFeed, Protocol):
+    """One mailbox on one endpoint."""
 
     async def list_folders(self) -> FolderTree: ...
 
@@ -157,12 +167,6 @@ class MailboxStore(Protocol):
     ) -> Folder | None:
         """Make a folder (or find the one an interrupted pass made); None where this store
         cannot hold a folder of that class there."""
-        ...
-
-    def changes(self, folder: Folder, cursor: str | None) -> ChangeRound: ...
-
-    def cursor_lost(self, exc: RemoteError) -> bool:
-        """Whether an error of the change feed says the saved cursor is no longer valid."""
         ...
 
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
