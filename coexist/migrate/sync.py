@@ -721,7 +721,9 @@ class StoreMover:
         if kind == "cutover":
             window = Window()  # the cutover pass moves everything not yet moved
         src, tgt = await self.open_stores(ctx, subject)
-        stores = Stores(src, tgt, negotiate(src, tgt, str(getattr(ctx.project, "file", ""))))
+        stores = Stores(
+            src, tgt, negotiate(src, tgt, str(getattr(ctx.project, "file", "project.toml")))
+        )
         plan = await plan_folders(ctx, src, tgt)
         counts: Counter[str] = Counter()
         by_id = {f.id: f for f in plan.source}
