@@ -20,6 +20,7 @@ user, every process and mailbox runs as that user.
 
 from __future__ import annotations
 
+import base64
 import os
 import pwd
 import shutil
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 
+import jwt
 import pytest
 import trustme
 
@@ -94,6 +96,7 @@ class DovecotServer:
         self.port = 0
         self.tls_port = 0
         self.master_password = "master-" + os.urandom(6).hex()
+        self._jwt_key = os.urandom(32)
         self._proc: subprocess.Popen[bytes] | None = None
         self._ids = count(1)
         self._as_root = os.geteuid() == 0
@@ -112,6 +115,24 @@ class DovecotServer:
         cert.private_key_pem.write_to_path(str(key_path))
         key_path.chmod(0o600)
         return cert_path, key_path
+
+    def _write_oauth2(self) -> None:
+        """XOAUTH2 tokens are JWTs (HS256) Dovecot checks itself ("local validation",
+        Dovecot 2.3.11+: the key is looked up as /shared/<azp>/<alg>/<kid>, base64)."""
+        keys = self.root / "oauth2-keys" / "default" / "HS256"
+        keys.mkdir(parents=True)
+        (keys / "default").write_text(base64.b64encode(self._jwt_key).decode())
+        (self.root / "oauth2.conf").write_text(
+            "introspection_mode = local\n"
+            f"local_validation_key_dict = fs:posix:prefix={self.root}/oauth2-keys/\n"
+            "username_attribute = sub\n"
+        )
+
+    def oauth_token(self, user: ImapUser, *, lifetime_s: int = 600) -> str:
+        """An access token for `user` that this Dovecot accepts for XOAUTH2."""
+        now = int(time.time())
+        claims = {"sub": user.login, "iat": now, "nbf": now, "exp": now + lifetime_s}
+        return jwt.encode(claims, self._jwt_key, algorithm="HS256")
 
     def _config(self, cert: Path, key: Path) -> str:
         users = self._service_user
@@ -132,7 +153,7 @@ ssl_key = <{key}
 {service_users}first_valid_uid = 1
 first_valid_gid = 1
 mail_location = maildir:~/Maildir
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
 auth_master_user_separator = *
 passdb {{
   driver = passwd-file
@@ -141,7 +162,13 @@ passdb {{
   result_success = continue
 }}
 passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.root}/oauth2.conf
+}}
+passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = {self.users_dir}/%u
 }}
 userdb {{
@@ -193,6 +220,7 @@ service imap-login {{
         if self._as_root:
             shutil.chown(self.homes, user=self.mail_uid, group=self.mail_gid)
         cert, key = self._write_tls()
+        self._write_oauth2()
         self.port, self.tls_port = _free_port(), _free_port()
         self.conf.write_text(self._config(cert, key))
         self._proc = subprocess.Popen(

@@ -17,6 +17,7 @@ from coexist.tenants.imap import (
     ImapSession,
     MasterPassword,
     NewMessage,
+    OAuth2Token,
     Password,
     Watermark,
 )
@@ -334,3 +335,16 @@ def test_closed_port_is_unreachable(dovecot: DovecotServer, user: ImapUser) -> N
         ImapSession.open(ep, Password(user.login, user.password))
     assert caught.value.endpoint == f"imaps://127.0.0.1:{port}"
     assert "[source] host and port" in (caught.value.next_step or "")
+
+
+def test_xoauth2_login_with_an_access_token(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, user: ImapUser
+) -> None:
+    """AUTHENTICATE XOAUTH2 with a bearer token opens the user's mailbox; a token of another
+    user is refused as that login's authentication error, the token nowhere in it."""
+    with ImapSession.open(endpoint, OAuth2Token(user.login, dovecot.oauth_token(user))) as s:
+        assert s.user == user.login and s.list_folders(status=False)
+    other = dovecot.oauth_token(dovecot.new_user())
+    with pytest.raises(AuthenticationError, match="OAuth token") as caught:
+        ImapSession.open(endpoint, OAuth2Token(user.login, other))
+    assert other not in str(caught.value) and other not in repr(caught.value.to_dict())
