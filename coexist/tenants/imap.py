@@ -31,6 +31,7 @@ never appear in a message, a repr or a log line.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email.parser
 import email.policy
@@ -38,12 +39,12 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
@@ -111,6 +112,7 @@ SPECIAL_NAMES: dict[str, str] = {
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Draft", "\\Deleted"})
 
 Security = Literal["tls", "starttls"]
+T = TypeVar("T")
 
 
 # -- settings and credentials -----------------------------------------------------------
@@ -279,7 +281,11 @@ class FolderChanges:
     `new` then holds every message of the folder, and the caller must re-match them (by
     Message-ID) instead of copying them again. `flag_changes` and `vanished` cover messages
     up to the watermark's UID; each is None when the server cannot tell (no CONDSTORE, no
-    QRESYNC): the caller then compares the flags or UIDs itself (`list_uids`)."""
+    QRESYNC): the caller then compares the flags or UIDs itself (`list_uids`). `more`: a
+    `limit` cut the new messages short; ask again from `next`.
+
+    Save `next` only once everything in these changes is recorded. Saving after part of
+    `new`: `Watermark(next.uidvalidity, <last recorded UID>, <the previous highestmodseq>)`."""
 
     folder: str
     reset: bool
@@ -399,8 +405,12 @@ _TRANSIENT_CODES = {"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "EXPUNGEISSUED
 
 def _server_text(exc: BaseException) -> str:
     text = str(exc)
-    # imapclient prefixes the command ("create failed: ..."); the server's words follow.
-    return text.split(" failed: ", 1)[-1].strip() or type(exc).__name__
+    # imapclient prefixes the command ("create failed: ..."); the server's words follow,
+    # for LOGIN as the repr of bytes (b'[AUTHENTICATIONFAILED] ...').
+    said = text.split(" failed: ", 1)[-1].strip()
+    if (quoted := re.fullmatch(r"b(['\"])(.*)\1", said, re.S)) is not None:
+        said = quoted.group(2)
+    return said or type(exc).__name__
 
 
 class _ErrorMapper:
@@ -514,6 +524,7 @@ class ImapSession:
         self._errors = _ErrorMapper(endpoint, user)
         self.caps = ImapCapabilities.parse(client.capabilities())
         self._selected: str | None = None
+        self._validity = 0  # UIDVALIDITY of the selected folder
         # QRESYNC must be ENABLEd before it changes answers (RFC 7162 3.2.3); it implies
         # CONDSTORE. ENABLE CONDSTORE alone makes every FETCH carry MODSEQ.
         wanted = (
@@ -649,6 +660,7 @@ class ImapSession:
         with self._mapped("SELECT" if not readonly else "EXAMINE", name):
             info: dict[bytes, Any] = self._client.select_folder(name, readonly=readonly)
         self._selected = name
+        self._validity = int(info[b"UIDVALIDITY"])
         return info
 
     def _unselect(self) -> None:
@@ -808,8 +820,9 @@ class ImapSession:
         """The messages of `refs` (of folder `name`) with their bodies, in `refs` order,
         fetched in chunks of at most `max_count` messages and `max_bytes` bytes: memory
         holds one chunk at a time. A message expunged meanwhile is left out."""
-        info = self._select(name, readonly=False)
-        validity = int(info[b"UIDVALIDITY"])
+        if self._selected != name:  # chunks of one folder in a row need one SELECT
+            self._select(name, readonly=False)
+        validity = self._validity
         items = ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"]
         for chunk in chunks_by_size(
             refs, lambda r: r.size, max_count=max_count, max_bytes=max_bytes
@@ -1068,3 +1081,99 @@ def _vanished_uids(lines: Iterable[bytes]) -> list[int]:
         if text:
             out.extend(parse_sequence_set(text))
     return out
+
+
+# -- bounded connections, for asyncio callers ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections coexist opens at once: to one server, and to one mailbox.
+
+    Servers cap connections per account: Gmail 15 per account (Google Workspace Admin Help,
+    "IMAP and POP limits"), Dovecot 10 per user and client IP by default
+    (mail_max_userip_connections); a login over the cap is refused ([UNAVAILABLE])."""
+
+    per_server: int = 20
+    per_mailbox: int = 4
+
+
+class AsyncImapSession:
+    """An `ImapSession` for asyncio code: each call runs in a worker thread, one at a time
+    (an IMAP connection carries one command after another)."""
+
+    def __init__(self, session: ImapSession) -> None:
+        self.session = session
+        self._lock = asyncio.Lock()
+
+    async def run(self, call: Callable[[ImapSession], T]) -> T:
+        """`call(session)` in a worker thread, after the session's previous call ended."""
+        async with self._lock:
+            work = asyncio.ensure_future(asyncio.to_thread(call, self.session))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: hold the session until its command ended, so
+                # the next call never interleaves with it on the wire.
+                with suppress(Exception):
+                    await work
+                raise
+
+    async def fetch(
+        self,
+        name: str,
+        refs: Sequence[MessageRef],
+        *,
+        max_count: int = CHUNK_MESSAGES,
+        max_bytes: int = CHUNK_BYTES,
+    ) -> AsyncGenerator[FetchedMessage, None]:
+        """`ImapSession.fetch` as an async stream that reads the next chunk from the server
+        while the caller handles the current one: at most two chunks in memory."""
+        chunks = list(
+            chunks_by_size(refs, lambda r: r.size, max_count=max_count, max_bytes=max_bytes)
+        )
+
+        def read(chunk: list[MessageRef]) -> Callable[[ImapSession], list[FetchedMessage]]:
+            return lambda s: list(s.fetch(name, chunk, max_count=max_count, max_bytes=max_bytes))
+
+        ahead: asyncio.Future[list[FetchedMessage]] | None = None
+        try:
+            for i, chunk in enumerate(chunks):
+                current = await (ahead if ahead is not None else self.run(read(chunk)))
+                ahead = None
+                if i + 1 < len(chunks):
+                    ahead = asyncio.ensure_future(self.run(read(chunks[i + 1])))
+                for message in current:
+                    yield message
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with suppress(asyncio.CancelledError, RemoteError):
+                    await ahead
+
+
+class ImapConnections:
+    """The connections of one IMAP server, bounded by `ConnectionLimits`: `session(creds)`
+    waits for a free slot (server-wide and for that mailbox), then connects and logs in."""
+
+    def __init__(self, endpoint: ImapEndpoint, limits: ConnectionLimits | None = None) -> None:
+        self.endpoint = endpoint
+        self.limits = limits or ConnectionLimits()
+        self._server = asyncio.Semaphore(self.limits.per_server)
+        self._mailboxes: dict[str, asyncio.Semaphore] = {}
+
+    def _mailbox(self, user: str) -> asyncio.Semaphore:
+        key = user.casefold()
+        if key not in self._mailboxes:
+            self._mailboxes[key] = asyncio.Semaphore(self.limits.per_mailbox)
+        return self._mailboxes[key]
+
+    @asynccontextmanager
+    async def session(self, credentials: Credentials) -> AsyncIterator[AsyncImapSession]:
+        """An open session for `credentials.user`, closed (LOGOUT) on exit."""
+        async with self._mailbox(credentials.user), self._server:
+            session = await asyncio.to_thread(ImapSession.open, self.endpoint, credentials)
+            try:
+                yield AsyncImapSession(session)
+            finally:
+                await asyncio.to_thread(session.close)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from coexist.errors import AuthenticationError, InvalidRequest, TLSError, Unreachable
+from coexist.errors import AuthenticationError, InvalidRequest, NotFound, TLSError, Unreachable
 from coexist.tenants.imap import (
     ImapEndpoint,
     ImapSession,
@@ -348,3 +348,13 @@ def test_xoauth2_login_with_an_access_token(
     with pytest.raises(AuthenticationError, match="OAuth token") as caught:
         ImapSession.open(endpoint, OAuth2Token(user.login, other))
     assert other not in str(caught.value) and other not in repr(caught.value.to_dict())
+
+
+def test_a_folder_the_server_refuses_is_a_clear_error(session: ImapSession) -> None:
+    """APPEND to a missing folder is NotFound naming the folder and user; the session goes on."""
+    with pytest.raises(NotFound) as caught:
+        session.append("No such folder", [NewMessage(message(1))])
+    err = caught.value
+    assert err.fields["folder"] == "No such folder" and err.fields["user"] == session.user
+    assert "TRYCREATE" in str(err) and not err.stops_run
+    assert seed(session, "INBOX", 1)  # the connection is still good
