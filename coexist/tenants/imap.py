@@ -601,14 +601,16 @@ class ImapSession:
         """One folder by its full name (NotFound when it does not exist)."""
         with self._mapped("LIST", name):
             listed = self._client.list_folders("", name)
-        if not listed:
+        # LIST takes a pattern: "%" and "*" in a name are wildcards, so keep the exact name.
+        exact = [entry for entry in listed if str(entry[2]) == name]
+        if not exact:
             raise NotFound(
                 f"IMAP folder {name!r} of {self.user} at {self.endpoint.url} does not exist",
                 service=SERVICE,
                 user=self.user,
                 folder=name,
             )
-        flags, delim, found = listed[0]
+        flags, delim, found = exact[0]
         folder = _folder_of(flags, delim, found)
         return self._with_status(folder) if folder.selectable else folder
 
@@ -657,6 +659,8 @@ class ImapSession:
 
     # -- selection ---------------------------------------------------------------------
     def _select(self, name: str, *, readonly: bool) -> dict[bytes, Any]:
+        """SELECT to write, EXAMINE to read: reading a source never changes it (EXAMINE
+        keeps even \\Recent, RFC 3501 6.3.2; bodies are read with BODY.PEEK)."""
         with self._mapped("SELECT" if not readonly else "EXAMINE", name):
             info: dict[bytes, Any] = self._client.select_folder(name, readonly=readonly)
         self._selected = name
@@ -678,7 +682,7 @@ class ImapSession:
         paused between chunks); its UIDs must still be valid."""
         if self._selected == name:
             return
-        info = self._select(name, readonly=False)
+        info = self._select(name, readonly=True)
         if int(info[b"UIDVALIDITY"]) != uidvalidity:
             raise TransientError(
                 f"IMAP folder {name!r} of {self.user} at {self.endpoint.url} changed its "
@@ -696,7 +700,7 @@ class ImapSession:
 
         At most `limit` new messages (oldest first); `next.last_uid` then stops at the last
         one returned and `more` work remains (call again with `next`)."""
-        info = self._select(name, readonly=False)
+        info = self._select(name, readonly=True)
         validity = int(info[b"UIDVALIDITY"])
         modseq = _int(info.get(b"HIGHESTMODSEQ"))
         reset = since is not None and since.uidvalidity != validity
@@ -787,12 +791,12 @@ class ImapSession:
     def list_uids(self, name: str) -> tuple[int, list[int]]:
         """(UIDVALIDITY, every UID) of a folder: how a caller finds expunged messages when
         the server has no QRESYNC."""
-        info = self._select(name, readonly=False)
+        info = self._select(name, readonly=True)
         return int(info[b"UIDVALIDITY"]), self._uids_above(name, 0)
 
     def refs(self, name: str, uids: Sequence[int]) -> list[MessageRef]:
         """The refs of some messages of a folder (an expunged UID is absent)."""
-        self._select(name, readonly=False)
+        self._select(name, readonly=True)
         return list(self._refs(name, list(uids)))
 
     def _refs(self, name: str, uids: list[int]) -> Iterator[MessageRef]:
@@ -821,7 +825,7 @@ class ImapSession:
         fetched in chunks of at most `max_count` messages and `max_bytes` bytes: memory
         holds one chunk at a time. A message expunged meanwhile is left out."""
         if self._selected != name:  # chunks of one folder in a row need one SELECT
-            self._select(name, readonly=False)
+            self._select(name, readonly=True)
         validity = self._validity
         items = ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"]
         for chunk in chunks_by_size(

@@ -358,3 +358,13 @@ def test_a_folder_the_server_refuses_is_a_clear_error(session: ImapSession) -> N
     assert err.fields["folder"] == "No such folder" and err.fields["user"] == session.user
     assert "TRYCREATE" in str(err) and not err.stops_run
     assert seed(session, "INBOX", 1)  # the connection is still good
+
+
+def test_wildcards_in_a_folder_name_find_that_folder_only(session: ImapSession) -> None:
+    """ "%" and "*" are LIST wildcards: a folder named with them is still found exactly."""
+    session.create_folder(["50 off"], "/")
+    wild = session.create_folder(["50% off"], "/")
+    assert wild.name == "50% off"
+    seed(session, "50 off", 2)
+    assert session.folder("50% off").messages == 0
+    assert session.folder("50 off").messages == 2
