@@ -788,6 +788,41 @@ class ImapSession:
         pending: dict[str, list[Any]] = self._client._imap.untagged_responses
         return [x for x in pending.pop(name, []) if isinstance(x, bytes)]
 
+    def examine(self, name: str) -> int:
+        """Select folder `name` to read (EXAMINE) and return its UIDVALIDITY: what a caller
+        holding UIDs checks them against before it uses them."""
+        return int(self._select(name, readonly=True)[b"UIDVALIDITY"])
+
+    def headers(self, name: str, uids: Sequence[int], fields: Sequence[str]) -> dict[int, bytes]:
+        """Some header fields of messages (`BODY.PEEK[HEADER.FIELDS (...)]`: never marks a
+        message read), per UID; an expunged UID is absent."""
+        self._select(name, readonly=True)
+        wanted = f"BODY.PEEK[HEADER.FIELDS ({' '.join(f.upper() for f in fields)})]"
+        out: dict[int, bytes] = {}
+        for start in range(0, len(uids), REF_CHUNK):
+            chunk = list(uids[start : start + REF_CHUNK])
+            with self._mapped("UID FETCH HEADER.FIELDS", name):
+                got = self._uid_fetch(sequence_set(chunk), ["UID", wanted])
+            for uid, data in got.items():
+                block = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), None)
+                out[int(uid)] = bytes(block) if isinstance(block, bytes) else b""
+        return out
+
+    def folder_size(self, name: str) -> int:
+        """Bytes of the messages of a folder: STATUS SIZE where the server offers it (RFC
+        8438), else the sum of every message's RFC822.SIZE (one UID FETCH)."""
+        if b"STATUS=SIZE" in {c.upper() for c in self._client.capabilities()}:
+            with self._mapped("STATUS SIZE", name):
+                got = self._client.folder_status(name, ["SIZE"])
+            return int(got.get(b"SIZE") or 0)
+        self._select(name, readonly=True)
+        with self._mapped("UID SEARCH", name):
+            if not self._client.search(["ALL"]):
+                return 0  # "1:*" of an empty folder is not a valid set on every server
+        with self._mapped("UID FETCH RFC822.SIZE", name):
+            got_sizes = self._uid_fetch("1:*", ["RFC822.SIZE"])
+        return sum(int(d.get(b"RFC822.SIZE", 0)) for d in got_sizes.values())
+
     def list_uids(self, name: str) -> tuple[int, list[int]]:
         """(UIDVALIDITY, every UID) of a folder: how a caller finds expunged messages when
         the server has no QRESYNC."""
