@@ -218,7 +218,7 @@ def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
     """Through the real sync algorithm (scan, copy, moves, update) between two Dovecot users:
     after the source folder gets a new UIDVALIDITY, the round is restarted (`cursor_lost`),
     every message is paired with its existing copy by Message-ID, and nothing is copied
-    twice."""
+    twice; a pass after that has nothing to do."""
     src_user, tgt_user = dovecot.new_user("src"), dovecot.new_user("tgt")
     with ImapSession.open(endpoint, Password(src_user.login, src_user.password)) as s:
         s.append("INBOX", [NewMessage(message(i)) for i in range(3)])
@@ -244,7 +244,7 @@ def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
         await sync.finish_moves(ctx, key, tgt, counts)
         return counts
 
-    async def main() -> tuple[Counter[str], Counter[str], dict[str, int]]:
+    async def main() -> tuple[Counter[str], Counter[str], Counter[str], dict[str, int]]:
         async with (
             open_store(endpoint, src_user) as src,
             open_store(endpoint, tgt_user, label="target") as tgt,
@@ -252,15 +252,17 @@ def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
             first = await one_pass(src, tgt)
             dovecot.set_uidvalidity(src_user, "INBOX", 4242)
             second = await one_pass(src, tgt)
-            return first, second, await tgt.totals()
+            third = await one_pass(src, tgt)
+            return first, second, third, await tgt.totals()
 
     try:
-        first, second, totals = asyncio.run(main())
+        first, second, third, totals = asyncio.run(main())
         rows = journal.mapped_items(key)
     finally:
         journal.close()
     assert first["copied"] == 3
     assert second["copied"] == 0 and second["moved"] == 3 and second["updated"] == 3
+    assert +third == Counter()  # unchanged: nothing to do
     assert totals["INBOX"] == 3
     assert sorted(r["status"] for r in rows) == ["copied"] * 3
     assert {parse_item_id(r["source_item_id"])[1] for r in rows} == {4242}
@@ -272,8 +274,8 @@ def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
 def test_export_then_import_keeps_flags_keywords_and_internaldate(
     dovecot: DovecotServer, endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
 ) -> None:
-    """Messages exported from one Dovecot user and imported (concurrently: one MULTIAPPEND)
-    into another keep their bytes, flags, keywords and INTERNALDATE; an update sets the
+    """Messages exported from one Dovecot user and imported concurrently (waiting imports go
+    together as one MULTIAPPEND) into another keep their bytes, flags, keywords and INTERNALDATE; an update sets the
     copy's flags; the subject is read from the header only."""
     sent = [
         NewMessage(message(1), frozenset({"\\Seen"}), frozenset(),

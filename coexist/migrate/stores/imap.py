@@ -448,8 +448,12 @@ class ImapStore:
     # -- reading items ----------------------------------------------------------------------
     async def _valid_uids(self, name: str, ids: list[str]) -> dict[int, str]:
         """UID -> item id of those ids whose UIDVALIDITY is the folder's (the others name
-        messages that no longer exist under those UIDs); selects the folder to read."""
-        validity = await self.run(lambda s: s.examine(name))
+        messages that no longer exist under those UIDs; a folder deleted since: none);
+        selects the folder to read."""
+        try:
+            validity = await self.run(lambda s: s.examine(name))
+        except NotFound:
+            return {}
         out: dict[int, str] = {}
         for i in ids:
             _, v, uid = parse_item_id(i)

@@ -1,0 +1,77 @@
+"""The IMAP store's pure parts: Gmail's folder layout, item ids, cursors, change keys."""
+
+from __future__ import annotations
+
+from coexist.migrate.stores.imap import Cursor, folder_tree, item_id, parse_item_id, state_key
+from coexist.tenants.imap import ImapFolder, Watermark, special_use_of
+
+
+def gmail(name: str, *attrs: str, selectable: bool = True, messages: int = 0) -> ImapFolder:
+    """A folder as Gmail lists it ("/" delimiter, special use from its attributes)."""
+    attributes = frozenset(attrs)
+    path = tuple(name.split("/"))
+    special = "inbox" if name == "INBOX" else special_use_of(attributes)
+    return ImapFolder(name, "/", path, special, attributes, selectable, messages=messages)
+
+
+GMAIL = [
+    gmail("INBOX", messages=3),
+    gmail("[Gmail]", "\\Noselect", "\\HasChildren", selectable=False),
+    gmail("[Gmail]/All Mail", "\\All", messages=9),
+    gmail("[Gmail]/Sent Mail", "\\Sent", "\\HasChildren"),
+    gmail("[Gmail]/Sent Mail/2019", "\\HasNoChildren"),
+    gmail("[Gmail]/Starred", "\\Flagged"),
+    gmail("[Gmail]/Important", "\\Important"),
+    gmail("[Gmail]/Trash", "\\Trash"),
+    gmail("Work/Clients", "\\HasNoChildren"),
+    gmail("Work", "\\HasChildren"),
+]
+
+
+def test_gmail_views_are_left_out_and_special_folders_come_to_the_top() -> None:
+    """All Mail, Starred and Important are left out (counted); Sent Mail and Trash under the
+    [Gmail] container are well-known top folders, a subfolder follows its parent; custom
+    folders keep their path; parents come before children."""
+    tree = folder_tree(GMAIL)
+    got = {f.id: (f.path, f.well_known) for f in tree.folders}
+    assert got == {
+        "INBOX": (("INBOX",), "inbox"),
+        "[Gmail]/Sent Mail": (("Sent Mail",), "sentitems"),
+        "[Gmail]/Sent Mail/2019": (("Sent Mail", "2019"), None),
+        "[Gmail]/Trash": (("Trash",), "deleteditems"),
+        "Work": (("Work",), None),
+        "Work/Clients": (("Work", "Clients"), None),
+    }
+    assert tree.left_out == 3
+    order = [f.id for f in tree.folders]
+    assert order.index("Work") < order.index("Work/Clients")
+    assert tree.folders[0].total == 3
+
+
+def test_views_can_be_included() -> None:
+    """`include_virtual` keeps All Mail, Starred and Important (with their well-known names)."""
+    tree = folder_tree(GMAIL, include_virtual=True)
+    wk = {f.well_known for f in tree.folders}
+    assert {"allmail", "flagged", "important"} <= wk and tree.left_out == 0
+
+
+def test_item_ids_round_trip_any_folder_name() -> None:
+    """An item id holds UIDVALIDITY, UID and a folder name with any characters, colons too."""
+    for name in ["INBOX", 'a:b "c"/d', "Überweisungen ✓"]:
+        assert parse_item_id(item_id(name, 17, 4)) == (name, 17, 4)
+
+
+def test_cursors_round_trip_with_and_without_known_uids() -> None:
+    """A cursor keeps the watermark, and the reported UIDs only when it has them."""
+    plain = Cursor(Watermark(5, 90, 1234))
+    assert Cursor.parse(plain.text()) == plain
+    no_modseq = Cursor(Watermark(5, 0, None), ())
+    assert Cursor.parse(no_modseq.text()) == no_modseq
+    known = Cursor(Watermark(5, 90, None), (1, 2, 3, 7, 90))
+    assert known.text() == "5:90::1:3,7,90" and Cursor.parse(known.text()) == known
+
+
+def test_change_keys_follow_flags_and_keywords_only() -> None:
+    """The change key ignores order and keyword case, and changes with any flag."""
+    assert state_key({"\\Seen"}, {"$Label1", "x"}) == state_key({"\\Seen"}, {"X", "$label1"})
+    assert state_key({"\\Seen"}, set()) != state_key(set(), set())
