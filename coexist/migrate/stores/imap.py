@@ -197,7 +197,13 @@ def _new_message(payload: Payload) -> NewMessage:
 def _display_paths(folders: list[ImapFolder]) -> dict[str, tuple[str, ...]]:
     """Each folder's path for the folder mapping: its own, except that a special-use
     folder whose ancestors hold no mail (\\Noselect containers such as Gmail's `[Gmail]`)
-    and its subfolders are shown from the top."""
+    and its subfolders are shown from the top.
+
+    *unverified* (the one place): Gmail's layout as this assumes it, `[Gmail]` a \\Noselect
+    container holding the special-use folders (Sent Mail, Trash, All Mail ...); not checked
+    against Gmail here (tests/unit/test_imap_store_records.py builds that LIST answer). Any
+    other layout is handled too: a special-use folder with a selectable ancestor keeps its
+    path."""
     selectable = {f.path for f in folders if f.selectable}
     roots: dict[tuple[str, ...], tuple[str, ...]] = {}
     for f in folders:
