@@ -30,7 +30,16 @@ A pass over one mailbox, and why in this order:
 7. Reconcile: per target folder, source totals against target totals and the journal.
 
 Format: the richest both stores share (`negotiate`): the opaque full-fidelity stream when
-both are Exchange, MIME plus typed properties otherwise.
+both are Exchange, MIME plus typed properties otherwise (`Payload.mime` and `.state`, a
+`MessageState`: read, draft, flag, categories, importance, delivery and submit time). An
+update exports the state only where the format carries it apart (`export(state_only=True)`:
+an IMAP FETCH FLAGS, a Graph GET of the message's state), and the target brings its copy's
+state in line; the opaque stream is exported whole and imported over the copy.
+
+What a store can do changes the path, never the algorithm's steps: `caps.moves` (the target
+moves a copy, else import + delete), `caps.atomic_import` (an interrupted import's copy is
+adopted, else deleted and made again), `caps.inspect_before_export` (the skip rules read
+`inspect` before the export, else the exported payload's `info` and `size`).
 """
 
 from __future__ import annotations
