@@ -30,7 +30,16 @@ A pass over one mailbox, and why in this order:
 7. Reconcile: per target folder, source totals against target totals and the journal.
 
 Format: the richest both stores share (`negotiate`): the opaque full-fidelity stream when
-both are Exchange, MIME plus typed properties otherwise.
+both are Exchange, MIME plus typed properties otherwise (`Payload.mime` and `.state`, a
+`MessageState`: read, draft, flag, categories, importance, delivery and submit time). An
+update exports the state only where the format carries it apart (`export(state_only=True)`:
+an IMAP FETCH FLAGS, a Graph GET of the message's state), and the target brings its copy's
+state in line; the opaque stream is exported whole and imported over the copy.
+
+What a store can do changes the path, never the algorithm's steps: `caps.moves` (the target
+moves a copy, else import + delete), `caps.atomic_import` (an interrupted import's copy is
+adopted, else deleted and made again), `caps.inspect_before_export` (the skip rules read
+`inspect` before the export, else the exported payload's `info` and `size`).
 """
 
 from __future__ import annotations
@@ -304,19 +313,28 @@ def page_rows(
 MOVE_MARK = "moving the copy of "  # reason of a row whose old copy is still to be removed
 
 
-def plan_moves(ctx: Context, key: str, plan: Plan, counts: Counter[str]) -> None:
-    """Pair pending items with the gone copy of the same item (a move at the source).
+async def resolve_moves(
+    ctx: Context, key: str, tgt: MailboxStore, plan: Plan, counts: Counter[str]
+) -> None:
+    """Pair pending items with the gone copy of the same item (a move at the source): same
+    identity, same kind, exactly one gone copy.
 
-    A copy already in the item's new target folder is adopted as it is; otherwise the item
-    is marked (`reason` names the gone row) and copied by the pipeline like any pending item,
-    whatever the window, and `finish_moves` deletes the old copy once the new one is journaled.
-    A pass killed anywhere in between resumes from these marks.
+    A copy already in the item's new target folder is adopted as it is. Otherwise, where the
+    target store moves items (`caps.moves`), the copy is moved: the pending row is marked
+    `importing` with `reason` naming the gone row before the move is sent, the gone row is
+    dropped after it and the pending row recorded last (`_move_copy`), and a pass killed in
+    between redoes the move (`_finish_interrupted_moves`). Where it does not, the item is
+    marked (`reason` names the gone row) and copied by the pipeline like any pending item,
+    whatever the window, and `finish_moves` deletes the old copy once the new one is
+    journaled. A pass killed anywhere in between resumes from these marks.
     """
+    if tgt.caps.moves:
+        await _finish_interrupted_moves(ctx, key, tgt, counts)
     gone: dict[str, list[dict[str, Any]]] = {}
     for g in ctx.journal.mapped_items(key, status="gone"):
         if g["target_item_id"] and g["source_identity"]:
             gone.setdefault(str(g["source_identity"]), []).append(g)
-    if not gone or ctx.planning:
+    if not gone:
         return
     for p in ctx.journal.mapped_items(key, status="pending"):
         match = gone.get(str(p["source_identity"])) if p["source_identity"] else None
@@ -327,18 +345,81 @@ def plan_moves(ctx: Context, key: str, plan: Plan, counts: Counter[str]) -> None
         if old["kind"] != p["kind"]:
             continue
         if old["target_folder_id"] == dest:  # e.g. two source folders mapped to one
-            ctx.journal.unmap_item(key, old["source_item_id"])
-            ctx.journal.map_item(
-                key,
-                p["source_item_id"],
-                status="changed",  # re-sync its state with an update
-                target_folder_id=dest,
-                target_item_id=old["target_item_id"],
-                target_change_key=old["target_change_key"],
-            )
-            counts["moved"] += 1
+            if not ctx.planning:
+                _adopt_moved(
+                    ctx, key, p, old, dest, old["target_item_id"], old["target_change_key"]
+                )
+                counts["moved"] += 1
+        elif tgt.caps.moves:
+            if not ctx.planning:
+                ctx.journal.map_item(
+                    key,
+                    p["source_item_id"],
+                    status="importing",
+                    target_folder_id=dest,
+                    reason=MOVE_MARK + str(old["source_item_id"]),
+                )
+            await _move_copy(ctx, key, tgt, p, old, dest, counts)
+        elif not ctx.planning:
+            ctx.journal.map_item(key, p["source_item_id"], reason=MOVE_MARK + old["source_item_id"])
+
+
+def _adopt_moved(
+    ctx: Context,
+    key: str,
+    p: dict[str, Any],
+    old: dict[str, Any],
+    dest: str,
+    item_id: Any,
+    change_key: Any,
+) -> None:
+    """The moved item's row takes over the copy (in `dest`); the gone row is dropped."""
+    ctx.journal.unmap_item(key, old["source_item_id"])
+    ctx.journal.map_item(
+        key,
+        p["source_item_id"],
+        status="changed",  # re-sync its state with an update
+        target_folder_id=dest,
+        target_item_id=item_id,
+        target_change_key=change_key,
+        reason=None,
+    )
+
+
+async def _move_copy(
+    ctx: Context,
+    key: str,
+    tgt: MailboxStore,
+    p: dict[str, Any],
+    old: dict[str, Any],
+    dest: str,
+    counts: Counter[str],
+) -> None:
+    moved = await tgt.move(copy_of(old), dest)
+    if moved.item_id is None:  # plan mode
+        return
+    _adopt_moved(ctx, key, p, old, dest, moved.item_id, moved.change_key)
+    counts["moved"] += 1
+
+
+async def _finish_interrupted_moves(
+    ctx: Context, key: str, tgt: MailboxStore, counts: Counter[str]
+) -> None:
+    """Rows a dead pass left mid-move: redo the move, or leave the row to the recovery of
+    interrupted imports (`adopt_interrupted`)."""
+    for p in ctx.journal.mapped_items(key, status="importing"):
+        if not moving(p):
             continue
-        ctx.journal.map_item(key, p["source_item_id"], reason=MOVE_MARK + old["source_item_id"])
+        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
+        if old is not None and old["status"] == "gone" and old["target_item_id"]:
+            try:
+                await _move_copy(ctx, key, tgt, p, old, str(p["target_folder_id"]), counts)
+                continue
+            except NotFound:
+                # Moved by the pass that died (the store gave it a new id), or deleted in the
+                # target since: either way the old row no longer names a target item.
+                ctx.journal.unmap_item(key, old["source_item_id"])
+        ctx.journal.map_item(key, p["source_item_id"], reason=None)
 
 
 def moving(row: dict[str, Any]) -> bool:
@@ -435,16 +516,30 @@ def _encrypted(item_class: str, info: ItemInfo) -> bool:
 
 @dataclass(frozen=True)
 class Stores:
-    """The two stores of one pass and the format items travel in between them."""
+    """The two stores of one pass, the format items travel in between them, and the names
+    (subjects) of items whose update the target refused (for the pass detail)."""
 
     src: MailboxStore
     tgt: MailboxStore
     fmt: str
+    conflicts: list[str] = field(default_factory=list)
+
+
+def _of_kind(row: dict[str, Any], kind: str | None) -> bool:
+    return kind is None or row["kind"] == kind
 
 
 async def copy_pending(
-    ctx: Context, key: str, stores: Stores, plan: Plan, window: Window, counts: Counter[str]
+    ctx: Context,
+    key: str,
+    stores: Stores,
+    plan: Plan,
+    window: Window,
+    counts: Counter[str],
+    kind: str | None = None,
 ) -> None:
+    """Pending items (of `kind`, if given) in the window, after the recovery of imports a
+    dead pass left (`adopt_interrupted`)."""
     now = datetime.now().astimezone()
     jobs: list[Job] = []
     for folder_id, dest in plan.target_of.items():
@@ -452,18 +547,26 @@ async def copy_pending(
         jobs += [
             Job(r, dest)
             for r in ctx.journal.mapped_items(key, folder_id=folder_id, status="pending")
-            if moving(r) or in_window(r, window, now)  # a moved item's copy exists already
+            if _of_kind(r, kind)
+            and (moving(r) or in_window(r, window, now))  # a moved item's copy exists already
         ]
     await _pipeline(ctx, key, stores, jobs, counts)
 
 
-async def update_changed(ctx: Context, key: str, stores: Stores, counts: Counter[str]) -> None:
-    """Bring copies in line with their changed source (read/flag state, categories...).
+async def update_changed(
+    ctx: Context, key: str, stores: Stores, counts: Counter[str], kind: str | None = None
+) -> None:
+    """Bring copies (of `kind`, if given) in line with their changed source (read/flag
+    state, categories...).
 
     Crash safety: a copy's change key is forgotten in the journal before its update is sent
     and recorded after it; a row without one (the pass died in between, and the update may
     have landed) is updated over the copy's current change key, read from the target."""
-    rows = [r for r in ctx.journal.mapped_items(key, status="changed") if r["target_item_id"]]
+    rows = [
+        r
+        for r in ctx.journal.mapped_items(key, status="changed")
+        if r["target_item_id"] and _of_kind(r, kind)
+    ]
     unknown = [copy_of(r) for r in rows if not r["target_change_key"]]
     current = await stores.tgt.change_keys(unknown) if unknown and not ctx.planning else {}
     jobs = []
@@ -516,7 +619,7 @@ async def _pipeline(
         await queue.put(None)
 
     slots = asyncio.Semaphore(stores.tgt.caps.imports_in_flight)
-    sink = Sink(ctx, key, stores.tgt, counts)
+    sink = Sink(ctx, key, stores.tgt, counts, stores.conflicts)
 
     async def consume(tg: asyncio.TaskGroup) -> None:
         while (ready := await queue.get()) is not None:
@@ -538,7 +641,12 @@ async def _pipeline(
 async def _export_batch(
     ctx: Context, key: str, stores: Stores, batch: list[Job], counts: Counter[str]
 ) -> Exported:
-    """Skip what must not be imported (reported with its subject), export the rest."""
+    """Skip what must not be imported (reported with its subject), export the rest.
+
+    A source whose `inspect` costs what its export does (`inspect_before_export` False)
+    is checked after the export, by the payload's own `info` and `size`."""
+    if not stores.src.caps.inspect_before_export:
+        return _skip_exported(ctx, key, await _export(stores, batch), counts)
     creates = [j for j in batch if j.update is None]
     mail = [j for j in creates if str(j.row["kind"]).startswith(MAIL_CLASS)]
     check = ctx.project.migration.encrypted == "skip"
@@ -559,11 +667,35 @@ async def _export_batch(
         subject = (seen.subject if seen else None) or job.row.get("subject")
         ctx.journal.map_item(key, job.source_id, status="skipped", reason=reason, subject=subject)
         counts["skipped"] += 1
-    if not wanted:
+    return await _export(stores, wanted)
+
+
+async def _export(stores: Stores, jobs: list[Job]) -> Exported:
+    """Export the jobs' items (an update batch: their state only, where the format can)."""
+    if not jobs:
         return []
-    exported = await stores.src.export([j.source for j in wanted], stores.fmt)
+    state_only = all(j.update is not None for j in jobs)
+    exported = await stores.src.export([j.source for j in jobs], stores.fmt, state_only)
     # An id missing from the answer is gone since the scan: the next scan reports it.
-    return [(j, exported.pop(j.source_id)) for j in wanted if j.source_id in exported]
+    return [(j, exported.pop(j.source_id)) for j in jobs if j.source_id in exported]
+
+
+def _skip_exported(ctx: Context, key: str, ready: Exported, counts: Counter[str]) -> Exported:
+    """The skip rules over exported items, by their payload's size and `info`."""
+    out: Exported = []
+    for job, data in ready:
+        row = job.row if data.size is None else {**job.row, "size": data.size}
+        reason = None if job.update else skip_reason(ctx, row, data.info)
+        if reason is None:
+            out.append((job, data))
+            continue
+        subject = (data.info.subject if data.info else None) or job.row.get("subject")
+        fields: dict[str, Any] = {"status": "skipped", "reason": reason, "subject": subject}
+        if data.size is not None:
+            fields["size"] = data.size
+        ctx.journal.map_item(key, job.source_id, **fields)
+        counts["skipped"] += 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -574,6 +706,7 @@ class Sink:
     key: str
     tgt: MailboxStore
     counts: Counter[str]
+    conflicts: list[str]
 
     def record(self, job: Job, **fields: Any) -> None:
         self.ctx.journal.map_item(self.key, job.source_id, **fields)
@@ -595,7 +728,8 @@ async def _create(sink: Sink, job: Job, data: Payload) -> None:
         made = await sink.tgt.import_item(job.dest, data)
     except InvalidRequest as exc:
         # e.g. "The item does not fit the destination folder": skipped, never dropped.
-        sink.record(job, status="skipped", reason=exc.message)
+        sized = {} if data.size is None else {"size": data.size}
+        sink.record(job, status="skipped", reason=exc.message, **sized)
         sink.counts["skipped"] += 1
         return
     # A moved item keeps its mark until `finish_moves` has removed the old copy.
@@ -603,7 +737,7 @@ async def _create(sink: Sink, job: Job, data: Payload) -> None:
     _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason)
     if reason is None:  # a moved item is counted once, as moved, by `finish_moves`
         sink.counts["copied"] += 1
-    sink.counts["bytes"] += int(job.row.get("size") or 0)
+    sink.counts["bytes"] += data.size if data.size is not None else int(job.row.get("size") or 0)
 
 
 async def _update(sink: Sink, job: Job, data: Payload) -> None:
@@ -621,13 +755,17 @@ async def _update(sink: Sink, job: Job, data: Payload) -> None:
         reason = _kept_reason(job.row, f"not updated: {exc.message}")
         sink.record(job, status="copied", target_change_key=job.update[1], reason=reason)
         sink.counts["update_conflicts"] += 1
+        sink.conflicts.append(str(job.row.get("subject") or job.source_id))
         return
     _copied(sink, job, data, Imported(made.item_id or job.update[0], made.change_key))
     sink.counts["updated"] += 1
 
 
 def _copied(sink: Sink, job: Job, data: Payload, made: Imported, **extra: Any) -> None:
-    """Record the copy the import answered with (its id and change key, the source's)."""
+    """Record the copy the import answered with (its id and change key, the source's, and
+    the item's size where the export measured it)."""
+    if data.size is not None:
+        extra["size"] = data.size
     sink.record(
         job,
         status="copied",
@@ -643,12 +781,19 @@ async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id
 
     The copy is recognised by its identity among the target folder's items no row maps yet:
     one copy per stuck row, so nothing is adopted twice and nothing imported twice. A row
-    without an identity (the source item had none) goes back to pending.
+    without an identity (the source item had none) goes back to pending. A target whose
+    import is not atomic (`caps.atomic_import` False) may hold a partial copy: it is
+    deleted and the item copied again (`_discard_interrupted`).
     """
     stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
-    if not stuck or ctx.planning:
+    if not stuck:
         return
     taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
+    if not tgt.caps.atomic_import:
+        await _discard_interrupted(ctx, key, tgt, stuck, taken)
+        return
+    if ctx.planning:
+        return
     copies: dict[str, dict[str, list[ItemRef]]] = {}
     for r in stuck:
         dest = str(r["target_folder_id"])
@@ -669,6 +814,19 @@ async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id
             target_item_id=found.item_id,
             target_change_key=found.change_key,
         )
+
+
+async def _discard_interrupted(
+    ctx: Context, key: str, tgt: MailboxStore, stuck: list[dict[str, Any]], taken: set[Any]
+) -> None:
+    """Delete the copies (found by the store, `copies_of`) interrupted non-atomic imports
+    left, and put their rows back to pending."""
+    for r in stuck:
+        dest, source_id = str(r["target_folder_id"]), str(r["source_item_id"])
+        for ref in await tgt.copies_of(dest, source_id, r["source_identity"], taken):
+            with contextlib.suppress(NotFound):
+                await tgt.delete(ref)
+        ctx.journal.map_item(key, source_id, status="pending", reason=None)
 
 
 # -- deletions ---------------------------------------------------------------------------------
@@ -709,6 +867,45 @@ async def handle_deletions(
 StoreOpener = Callable[[Context, str], Awaitable[tuple[MailboxStore, MailboxStore]]]
 
 
+async def sync_mailbox(
+    ctx: Context,
+    subject: str,
+    src: MailboxStore,
+    tgt: MailboxStore,
+    window: Window,
+    counts: Counter[str],
+    kind: str | None = None,
+) -> tuple[Plan, Stores]:
+    """Steps 1-5 of a pass (folders, scan, moves, copy, update) for one mailbox, over items
+    of `kind` if given (a mover that copies other kinds its own way leaves their rows be)."""
+    file = str(getattr(ctx.project, "file", "project.toml"))
+    stores = Stores(src, tgt, negotiate(src, tgt, file))
+    plan = await plan_folders(ctx, src, tgt)
+    by_id = {f.id: f for f in plan.source}
+    for folder_id in plan.target_of:
+        await scan_folder(ctx, subject, src, by_id[folder_id], kind)
+    await resolve_moves(ctx, subject, tgt, plan, counts)
+    await copy_pending(ctx, subject, stores, plan, window, counts, kind)
+    await update_changed(ctx, subject, stores, counts, kind)
+    await finish_moves(ctx, subject, tgt, counts)
+    return plan, stores
+
+
+CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
+
+
+def conflicts_note(refused: list[str]) -> str | None:
+    """The pass detail's line about refused updates, naming the first few items."""
+    if not refused:
+        return None
+    named = ", ".join(repr(n) for n in refused[:CONFLICTS_NAMED])
+    more = f" and {len(refused) - CONFLICTS_NAMED} more" if len(refused) > CONFLICTS_NAMED else ""
+    return (
+        f"{len(refused)} changes not applied (the copy was changed or removed in the"
+        f" target, which wins): {named}{more}"
+    )
+
+
 class StoreMover:
     """A mover made of two stores and this algorithm (`passes.MOVERS` holds one per name)."""
 
@@ -721,18 +918,8 @@ class StoreMover:
         if kind == "cutover":
             window = Window()  # the cutover pass moves everything not yet moved
         src, tgt = await self.open_stores(ctx, subject)
-        stores = Stores(
-            src, tgt, negotiate(src, tgt, str(getattr(ctx.project, "file", "project.toml")))
-        )
-        plan = await plan_folders(ctx, src, tgt)
         counts: Counter[str] = Counter()
-        by_id = {f.id: f for f in plan.source}
-        for folder_id in plan.target_of:
-            await scan_folder(ctx, subject, src, by_id[folder_id])
-        plan_moves(ctx, subject, plan, counts)
-        await copy_pending(ctx, subject, stores, plan, window, counts)
-        await update_changed(ctx, subject, stores, counts)
-        await finish_moves(ctx, subject, tgt, counts)
+        plan, stores = await sync_mailbox(ctx, subject, src, tgt, window, counts)
         await handle_deletions(ctx, subject, counts, lambda r: _delete_copy(tgt, r))
         report = await reconcile.reconcile(ctx, subject, plan, await tgt.totals())
         notes = []
@@ -743,6 +930,8 @@ class StoreMover:
             )
         if plan.not_ipm:
             notes.append(f"{plan.not_ipm} search and system folders left out")
+        if note := conflicts_note(stores.conflicts):
+            notes.append(note)
         return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
 
 

@@ -14,9 +14,9 @@ class (`IPM.Note` for mail, MS-OXCMSG PidTagMessageClass) and folders a folder c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from coexist.errors import RemoteError
 
@@ -47,6 +47,18 @@ class Capabilities:
     export_batch: int  # items per export call
     export_bytes: int  # bytes of items per export call (memory stays flat)
     imports_in_flight: int  # concurrent imports into one mailbox
+    # Whether `move` moves a copy between folders of this store (as a target); without it an
+    # item moved at the source is imported into its new folder and the old copy deleted.
+    moves: bool = False
+    # Whether one `import_item` makes the whole item or nothing. A store that makes an item
+    # in several requests (a create, then attachments) is not: a copy an interrupted pass
+    # left behind may be partial, so it is deleted and the item copied again, where an
+    # atomic import's copy is adopted.
+    atomic_import: bool = True
+    # Whether `inspect` reads an item more cheaply than `export` (as a source). Where it does
+    # not (the item is read whole anyway), the skip rules read the exported payload's `info`
+    # and `size` instead, after the export.
+    inspect_before_export: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,13 +119,53 @@ class ItemRef:
 
 
 @dataclass(frozen=True)
+class ItemInfo:
+    """What the skip rules read of an item before it is exported: subject, and the top-level
+    MIME content type and content class (lower case) that show protected mail."""
+
+    subject: str | None = None
+    content_type: str = ""
+    content_class: str = ""
+
+
+@dataclass(frozen=True)
+class MessageState:
+    """The typed properties of a message that its MIME does not carry, in Exchange's terms
+    (resources/message): what the MIME format travels with, and all an update carries.
+
+    An IMAP store maps \\Seen to `read`, \\Draft to `draft`, \\Flagged to
+    `flag={"flagStatus": "flagged"}`, keywords to `categories` and INTERNALDATE to
+    `received`."""
+
+    read: bool = False
+    draft: bool = False
+    # resources/followupflag: `flagStatus` (notFlagged, flagged, complete) and, where the
+    # store has them, `startDateTime`/`dueDateTime`/`completedDateTime`; None: no flag state.
+    flag: Mapping[str, Any] | None = None
+    categories: tuple[str, ...] = ()
+    importance: str = "normal"  # low, normal, high
+    received: str | None = None  # ISO 8601: delivery time (IMAP INTERNALDATE)
+    sent: str | None = None  # ISO 8601: submit time
+
+
+@dataclass(frozen=True)
 class Payload:
     """An exported item, in `fmt`: what an import of that format takes, and the source's
-    change key at export time (recorded with the copy)."""
+    change key at export time (recorded with the copy).
+
+    EXCHANGE_STREAM carries the item in `data`. MIME carries the RFC 5322 bytes in `mime`
+    (empty in a state-only export, `export(state_only=True)`) and the typed properties in
+    `state`. `source_id` is the source item's id (a target may stamp its copy with it);
+    `size` and `info` are set by a store whose `caps.inspect_before_export` is False."""
 
     fmt: str
     data: str
     change_key: str | None
+    mime: bytes = b""
+    state: MessageState | None = None
+    source_id: str = ""
+    size: int | None = None
+    info: ItemInfo | None = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -122,16 +174,6 @@ class Imported:
 
     item_id: str | None
     change_key: str | None
-
-
-@dataclass(frozen=True)
-class ItemInfo:
-    """What the skip rules read of an item before it is exported: subject, and the top-level
-    MIME content type and content class (lower case) that show protected mail."""
-
-    subject: str | None = None
-    content_type: str = ""
-    content_class: str = ""
 
 
 class ChangeRound(Protocol):
@@ -173,8 +215,12 @@ class MailboxStore(ChangeFeed, Protocol):
         """ItemInfo per item id; an item that could not be read is left out."""
         ...
 
-    async def export(self, refs: list[ItemRef], fmt: str) -> dict[str, Payload]:
-        """One batch (within `caps`) in `fmt`; an item gone since its scan is left out."""
+    async def export(
+        self, refs: list[ItemRef], fmt: str, state_only: bool = False
+    ) -> dict[str, Payload]:
+        """One batch (within `caps`) in `fmt`; an item gone since its scan is left out.
+        `state_only` (an update): a format that carries typed state apart (MIME) may leave
+        the content out; an opaque one (EXCHANGE_STREAM) exports the whole item anyway."""
         ...
 
     async def import_item(
@@ -190,6 +236,18 @@ class MailboxStore(ChangeFeed, Protocol):
 
     async def copies(self, folder_id: str, exclude: set[str]) -> dict[str, list[ItemRef]]:
         """Items of a folder by identity, but those in `exclude` (crash recovery)."""
+        ...
+
+    async def copies_of(
+        self, folder_id: str, source_id: str, identity: str | None, exclude: set[str]
+    ) -> list[ItemRef]:
+        """The copies this tool made in a folder of one source item (by its id or its
+        identity), but those in `exclude` (crash recovery of a non-atomic import)."""
+        ...
+
+    async def move(self, ref: ItemRef, folder_id: str) -> Imported:
+        """Move an item to another folder of this store (only if `caps.moves`): the moved
+        item's id and change key (None in plan mode); NotFound if it is not there."""
         ...
 
     async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:

@@ -439,9 +439,12 @@ class GraphIOStore:
                 )
         return out
 
-    async def export(self, refs: list[ItemRef], fmt: str) -> dict[str, Payload]:
+    async def export(
+        self, refs: list[ItemRef], fmt: str, state_only: bool = False
+    ) -> dict[str, Payload]:
         """Up to 20 items (mailbox-exportitems); failures are left out. exportItems changes
-        nothing, so it is sent as a safe POST: retried like a read."""
+        nothing, so it is sent as a safe POST: retried like a read. The stream is opaque, so
+        an update (`state_only`) exports the whole item too."""
         ids = [r.item_id for r in refs]
         box = self.box
         data = await box.graph.send(
@@ -476,6 +479,21 @@ class GraphIOStore:
             if ident is not None and t["id"] not in exclude:
                 out.setdefault(ident, []).append(ItemRef(folder_id, t["id"], t.get("changeKey")))
         return out
+
+    async def copies_of(
+        self, folder_id: str, source_id: str, identity: str | None, exclude: set[str]
+    ) -> list[ItemRef]:
+        """A stream import is atomic (its copies are adopted through `copies`); this is the
+        same listing, for one identity."""
+        if identity is None:
+            return []
+        return (await self.copies(folder_id, exclude)).get(identity, [])
+
+    async def move(self, ref: ItemRef, folder_id: str) -> Imported:
+        """Never called (`caps.moves` is False): the import/export API documents no move of
+        a mailbox item (resources/mailbox-import-export-api-overview), so a moved item is
+        imported into its new folder and the old copy deleted."""
+        raise NotImplementedError("GraphIOStore.move: caps.moves is False")
 
     async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:
         """Current change key of each item (mailboxitem-get, 20 per $batch)."""
