@@ -7,10 +7,10 @@ Every test takes fresh users of the session's Dovecot, over TLS verified with th
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,14 +24,14 @@ from coexist.migrate import sync
 from coexist.migrate.passes import Window
 from coexist.migrate.stores.imap import (
     CAPS,
+    ImapState,
     ImapStore,
-    MimePayload,
     parse_item_id,
     state_key,
 )
 from coexist.tenants.imap import ImapConnections, ImapEndpoint, ImapSession, NewMessage, Password
 from coexist.tenants.plan import WriteRecorder
-from coexist.tenants.protocols import MIME, ChangePage, Folder, ItemRef
+from coexist.tenants.protocols import MIME, ChangePage, Folder, ItemRef, MessageState, Payload
 from tests.dovecot import DovecotServer, ImapUser
 
 T = TypeVar("T")
@@ -212,6 +212,23 @@ def test_flag_changes_and_expunges_come_from_condstore_and_qresync(
     assert parse_item_id(removed.id)[2] == uids[1] and removed.removed
 
 
+def sync_context(journal: Journal) -> Any:
+    """The little of a Context that sync.py reads: journal, plan flag, migration settings."""
+    migration = SimpleNamespace(
+        max_item_mb=150, encrypted="copy", deletions="keep",
+        folder_rules=[], include_folders=[], exclude_folders=[],
+    )  # fmt: skip
+    return SimpleNamespace(journal=journal, planning=False,
+                           project=SimpleNamespace(migration=migration))  # fmt: skip
+
+
+async def sync_pass(ctx: Any, key: str, src: ImapStore, tgt: ImapStore) -> Counter[str]:
+    """Steps 1-5 of a pass (sync.sync_mailbox) between two IMAP stores; its counts."""
+    counts: Counter[str] = Counter()
+    await sync.sync_mailbox(ctx, key, src, tgt, Window(), counts)
+    return counts
+
+
 def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
     dovecot: DovecotServer, endpoint: ImapEndpoint, tmp_path: Path
 ) -> None:
@@ -223,26 +240,11 @@ def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
     with ImapSession.open(endpoint, Password(src_user.login, src_user.password)) as s:
         s.append("INBOX", [NewMessage(message(i)) for i in range(3)])
     journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
-    migration = SimpleNamespace(
-        max_item_mb=150, encrypted="copy", deletions="keep",
-        folder_rules=[], include_folders=[], exclude_folders=[],
-    )  # fmt: skip
-    ctx: Any = SimpleNamespace(journal=journal, planning=False,
-                               project=SimpleNamespace(migration=migration))  # fmt: skip
+    ctx = sync_context(journal)
     key = "src@example.org"
 
     async def one_pass(src: ImapStore, tgt: ImapStore) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        plan = await sync.plan_folders(ctx, src, tgt)
-        by_id = {f.id: f for f in plan.source}
-        for folder_id in plan.target_of:
-            await sync.scan_folder(ctx, key, src, by_id[folder_id])
-        stores = sync.Stores(src, tgt, sync.negotiate(src, tgt))
-        sync.plan_moves(ctx, key, plan, counts)
-        await sync.copy_pending(ctx, key, stores, plan, Window(), counts)
-        await sync.update_changed(ctx, key, stores, counts)
-        await sync.finish_moves(ctx, key, tgt, counts)
-        return counts
+        return await sync_pass(ctx, key, src, tgt)
 
     async def main() -> tuple[Counter[str], Counter[str], Counter[str], dict[str, int]]:
         async with (
@@ -266,6 +268,46 @@ def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
     assert totals["INBOX"] == 3
     assert sorted(r["status"] for r in rows) == ["copied"] * 3
     assert {parse_item_id(r["source_item_id"])[1] for r in rows} == {4242}
+
+
+def test_a_move_and_a_flag_change_at_the_source_are_a_move_and_a_store_in_the_target(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, tmp_path: Path
+) -> None:
+    """Through sync.sync_mailbox between two Dovecot users: a message moved at the source is
+    MOVEd in the target (caps.moves: no second copy), a flag change is exported state-only
+    and set on the copy; an unchanged pass after that does nothing."""
+    src_user, tgt_user = dovecot.new_user("src"), dovecot.new_user("tgt")
+    login = Password(src_user.login, src_user.password)
+    with ImapSession.open(endpoint, login) as s:
+        s.create_folder(["Projects"], "/")
+        uids = s.append("INBOX", [NewMessage(message(i)) for i in range(2)])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), "src@example.org"
+
+    async def main() -> list[Counter[str]]:
+        async with (
+            open_store(endpoint, src_user) as src,
+            open_store(endpoint, tgt_user, label="target") as tgt,
+        ):
+            first = await sync_pass(ctx, key, src, tgt)
+            await src.run(lambda s: s.move("INBOX", [uids[0] or 0], "Projects"))
+            await src.run(
+                lambda s: s.set_flags("INBOX", uids[1] or 0, frozenset({"\\Seen"}), frozenset())
+            )
+            return [first, await sync_pass(ctx, key, src, tgt), await sync_pass(ctx, key, src, tgt)]
+
+    try:
+        first, second, third = asyncio.run(main())
+    finally:
+        journal.close()
+    assert first["copied"] == 2
+    # The moved copy's state is re-synced too (sync adopts a moved copy as `changed`).
+    assert second["copied"] == 0 and second["moved"] == 1 and second["updated"] == 2
+    assert +third == Counter()
+    with ImapSession.open(endpoint, Password(tgt_user.login, tgt_user.password)) as t:
+        assert t.folder("Projects").messages == 1 and t.folder("INBOX").messages == 1
+        [kept] = t.changes("INBOX", None).new
+    assert kept.flags == {"\\Seen"}
 
 
 # -- export and import -----------------------------------------------------------------------
@@ -301,17 +343,34 @@ def test_export_then_import_keeps_flags_keywords_and_internaldate(
             payloads = await src.export(refs, MIME)
             made = await asyncio.gather(*(tgt.import_item("INBOX", payloads[i]) for i in ids))
             copy_ids = [m.item_id or "" for m in made]
-            seen = MimePayload(MIME, payloads[ids[2]].data, None, frozenset({"\\Seen"}))
+            states = await src.export(refs, MIME, state_only=True)
+            seen = Payload(MIME, "", None, state=MessageState(read=True))
             updated = await tgt.import_item("INBOX", seen, ItemRef("INBOX", copy_ids[2]))
             keys = await tgt.change_keys([ItemRef("INBOX", i) for i in copy_ids])
             return copy_ids, {"info": info, "ids": ids, "payloads": payloads,
-                              "updated": updated, "keys": keys}  # fmt: skip
+                              "updated": updated, "keys": keys, "states": states}  # fmt: skip
 
     copy_ids, got = asyncio.run(main())
     assert len(set(copy_ids)) == 3
     payloads = got["payloads"]
-    assert all(isinstance(payloads[i], MimePayload) for i in got["ids"])
-    assert [base64.b64decode(payloads[i].data) for i in got["ids"]] == [m.raw for m in sent]
+    assert [payloads[i].mime for i in got["ids"]] == [m.raw for m in sent]
+    assert [payloads[i].size for i in got["ids"]] == [len(m.raw) for m in sent]
+    state = payloads[got["ids"][1]].state
+    assert isinstance(state, ImapState) and state.received is not None
+    assert datetime.fromisoformat(state.received) == sent[1].internaldate  # the same instant
+    assert replace(state, received=None) == ImapState(
+        read=False,
+        draft=False,
+        flag={"flagStatus": "flagged"},
+        categories=("Project-X",),
+        answered=True,
+        keywords=("$Forwarded",),
+    )
+    assert payloads[got["ids"][0]].state.read and payloads[got["ids"][2]].state.draft  # type: ignore[union-attr]
+    # A state-only export (an update) carries the same state and no body.
+    states = got["states"]
+    assert [states[i].state for i in got["ids"]] == [payloads[i].state for i in got["ids"]]
+    assert {states[i].mime for i in got["ids"]} == {b""}
     assert got["info"][got["ids"][1]].subject == "Grüße 2"
     assert got["info"][got["ids"][0]].content_type == ""
     with ImapSession.open(endpoint, Password(target.login, target.password)) as t:
@@ -331,19 +390,21 @@ def test_move_and_delete(endpoint: ImapEndpoint, user: ImapUser, session: ImapSe
     session.create_folder(["Archive"], "/")
     [uid] = session.append("INBOX", [NewMessage(message(1))])
 
-    async def work(store: ImapStore) -> tuple[ItemRef | None, bool]:
+    async def work(store: ImapStore) -> tuple[str, bool]:
+        assert store.caps.moves  # Dovecot has MOVE and UIDPLUS
         [change] = (await all_pages(store, await folder(store, "INBOX"), None))[0].changes
         moved = await store.move(ItemRef("INBOX", change.id), "Archive")
-        assert moved is not None
-        await store.delete(moved)
+        assert moved.item_id is not None and moved.change_key == change.change_key
+        ref = ItemRef("Archive", moved.item_id)
+        await store.delete(ref)
         try:
-            await store.delete(moved)
+            await store.delete(ref)
         except NotFound:
-            return moved, True
-        return moved, False
+            return moved.item_id, True
+        return moved.item_id, False
 
     moved, not_found = with_store(endpoint, user, work)
-    assert moved is not None and parse_item_id(moved.item_id)[0] == "Archive" and not_found
+    assert parse_item_id(moved)[0] == "Archive" and not_found
     assert session.folder("Archive").messages == 0 and session.folder("INBOX").messages == 0
     assert uid is not None
 
@@ -375,7 +436,7 @@ def test_plan_mode_records_writes_and_sends_none(
         await store.list_folders()
         made = await store.create_folder(None, "New", ("New",), "IPF.Note")
         assert made is not None and made.id.startswith("planned:")
-        payload = MimePayload(MIME, base64.b64encode(message(2)).decode(), None)
+        payload = Payload(MIME, "", None, mime=message(2))
         assert (await store.import_item(made.id, payload)).item_id is None
         [change] = (await all_pages(store, await folder(store, "INBOX"), None))[0].changes
         ref = ItemRef("INBOX", change.id)
@@ -395,6 +456,7 @@ def test_capabilities_say_mime_uid_watermark_mail_only() -> None:
     """The store exports and accepts MIME only, keeps UID watermarks, holds mail folders."""
     assert CAPS.exports == CAPS.accepts == {MIME}
     assert CAPS.cursor == "uid-watermark" and CAPS.folder_classes == {"IPF.Note"}
+    assert CAPS.atomic_import and CAPS.inspect_before_export and not CAPS.moves
 
 
 def test_a_changed_uidvalidity_is_a_lost_cursor(

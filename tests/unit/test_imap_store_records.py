@@ -1,9 +1,22 @@
-"""The IMAP store's pure parts: Gmail's folder layout, item ids, cursors, change keys."""
+"""The IMAP store's pure parts: Gmail's folder layout, item ids, cursors, change keys, and
+flags as the protocol's message state."""
 
 from __future__ import annotations
 
-from coexist.migrate.stores.imap import Cursor, folder_tree, item_id, parse_item_id, state_key
+from datetime import UTC, datetime
+
+from coexist.migrate.stores.imap import (
+    Cursor,
+    ImapState,
+    folder_tree,
+    imap_flags,
+    item_id,
+    message_state,
+    parse_item_id,
+    state_key,
+)
 from coexist.tenants.imap import ImapFolder, Watermark, special_use_of
+from coexist.tenants.protocols import MessageState
 
 
 def gmail(name: str, *attrs: str, selectable: bool = True, messages: int = 0) -> ImapFolder:
@@ -75,3 +88,32 @@ def test_change_keys_follow_flags_and_keywords_only() -> None:
     """The change key ignores order and keyword case, and changes with any flag."""
     assert state_key({"\\Seen"}, {"$Label1", "x"}) == state_key({"\\Seen"}, {"X", "$label1"})
     assert state_key({"\\Seen"}, set()) != state_key(set(), set())
+
+
+def test_flags_round_trip_through_the_message_state() -> None:
+    """Flags, keywords and INTERNALDATE become read/draft/flag/categories/received (plus
+    \\Answered and the "$" keywords, IMAP's own) and come back unchanged."""
+    flags = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Draft"})
+    keywords = frozenset({"$Forwarded", "Project-X", "$label1"})
+    when = datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    state = message_state(flags, keywords, when)
+    assert (state.read, state.draft, state.flag) == (True, True, {"flagStatus": "flagged"})
+    assert state.categories == ("Project-X",) and state.keywords == ("$Forwarded", "$label1")
+    assert state.answered and state.received == "2020-01-02T03:04:05+00:00"
+    assert imap_flags(state) == (flags, keywords)
+    bare = message_state(frozenset(), frozenset(), None)
+    assert bare.flag == {"flagStatus": "notFlagged"} and imap_flags(bare) == (frozenset(),) * 2
+
+
+def test_another_stores_state_sets_what_imap_can_hold() -> None:
+    """A Graph-shaped state: a completed flag is no \\Flagged, a category that is no IMAP
+    atom (a space) is left out, and no state at all sets no flags."""
+    state = MessageState(
+        read=True,
+        flag={"flagStatus": "complete"},
+        categories=("Red category", "Blue"),
+        received="2024-05-06T07:08:09Z",
+    )
+    assert imap_flags(state) == (frozenset({"\\Seen"}), frozenset({"Blue"}))
+    assert imap_flags(None) == (frozenset(), frozenset())
+    assert not isinstance(state, ImapState)

@@ -21,13 +21,17 @@ module translates its records into the protocol's (`coexist.tenants.protocols`).
   the UIDs it reported in the cursor and reports those no longer there. A changed
   UIDVALIDITY raises `UIDVALIDITY_CHANGED`, which `cursor_lost` recognises: the sync starts
   the folder over, rows the full round no longer reports become gone, and each message is
-  paired with its existing copy by Message-ID (`sync.plan_moves`): nothing is copied again.
-- Export: MIME only (`MimePayload`: the RFC 5322 bytes, base64 in `data` as Graph's MIME
-  create takes them, with the flags, keywords and INTERNALDATE as typed fields), read in
-  chunks bounded by count and bytes (`AsyncImapSession.fetch`).
-- Import: APPEND keeping flags, keywords and INTERNALDATE; imports into one folder that
-  wait for the connection go as one MULTIAPPEND (RFC 3502: all or none) where offered. An
-  update (`replace`) sets the copy's flags and keywords (the text cannot change).
+  paired with its existing copy by Message-ID (`sync.resolve_moves`): nothing is copied again.
+- Export: MIME only: the RFC 5322 bytes in `Payload.mime`, the flags, keywords and
+  INTERNALDATE as the protocol's `MessageState` in `Payload.state` (`message_state`; an
+  `ImapState` also keeps \\Answered and the "$" keywords, which the protocol has no field
+  for), read in chunks bounded by count and bytes (`AsyncImapSession.fetch`). A state-only
+  export (an update) reads the flags only.
+- Import: APPEND keeping the state's flags, keywords and INTERNALDATE (`imap_flags`);
+  imports into one folder that wait for the connection go as one MULTIAPPEND (RFC 3502:
+  all or none) where offered. An update (`replace`) sets the copy's flags and keywords
+  (the text cannot change). `move` is MOVE (`caps.moves` where the server has MOVE and
+  UIDPLUS).
 - Plan mode (`plan`): every write (CREATE, APPEND, STORE, MOVE, EXPUNGE) is recorded, not
   sent; reads are sent.
 """
@@ -35,15 +39,15 @@ module translates its records into the protocol's (`coexist.tenants.protocols`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.parser
 import email.policy
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from coexist.errors import InvalidRequest, NotFound, RemoteError
@@ -54,6 +58,7 @@ from coexist.tenants.imap import (
     SERVICE,
     AsyncImapSession,
     Credentials,
+    FetchedMessage,
     FolderChanges,
     ImapConnections,
     ImapFolder,
@@ -77,6 +82,7 @@ from coexist.tenants.protocols import (
     Imported,
     ItemInfo,
     ItemRef,
+    MessageState,
     Payload,
 )
 
@@ -103,6 +109,11 @@ CAPS = Capabilities(
     export_batch=CHUNK_MESSAGES,
     export_bytes=CHUNK_BYTES,
     imports_in_flight=IMPORTS_IN_FLIGHT,
+    # APPEND makes the whole message or nothing (RFC 3501 6.3.11): an interrupted import's
+    # copy is adopted by Message-ID. `moves` is the server's (`ImapStore.caps`).
+    atomic_import=True,
+    # `inspect` reads a few header fields; the export reads the whole message.
+    inspect_before_export=True,
 )
 
 
@@ -154,41 +165,92 @@ class Cursor:
 
 # -- payloads ---------------------------------------------------------------------------------
 
+# The IMAP keywords of the keyword registry (RFC 5788) start with "$" ($Forwarded, $MDNSent,
+# $Junk ...): protocol state, not a user's tags. Every other keyword is a user's tag, which
+# Exchange calls a category (resources/message `categories`).
+PROTOCOL_KEYWORD = "$"
+# What an IMAP keyword may hold: an atom (RFC 3501 9, `flag-keyword = atom`): no space,
+# control, "(", ")", "{", "%", "*", '"', "\\" or "]". A category that is not one cannot
+# be set on an IMAP copy.
+KEYWORD_ATOM = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]+')
+
 
 @dataclass(frozen=True)
-class MimePayload(Payload):
-    """A message exported as MIME: `data` is the RFC 5322 bytes in base64, with what MIME
-    does not carry as typed fields: system flags (\\Seen, \\Flagged, \\Answered, \\Draft),
-    keywords ($Forwarded, user keywords: categories elsewhere) and when it arrived
-    (INTERNALDATE, RFC 3501 2.3.3)."""
+class ImapState(MessageState):
+    """The protocol's typed state plus what only IMAP keeps (so an IMAP -> IMAP copy loses
+    nothing): \\Answered, and the "$" keywords ($Forwarded, $MDNSent, $Junk ...). Another
+    kind of target reads it as the `MessageState` it is."""
 
-    flags: frozenset[str] = frozenset()
-    keywords: frozenset[str] = frozenset()
-    received: datetime | None = None
-
-    @property
-    def raw(self) -> bytes:
-        return base64.b64decode(self.data)
+    answered: bool = False
+    keywords: tuple[str, ...] = ()
 
 
-def _payload(fmt: str, message: Any) -> MimePayload:
-    return MimePayload(
+def message_state(
+    flags: frozenset[str], keywords: frozenset[str], internaldate: datetime | None
+) -> ImapState:
+    """A message's flags, keywords and INTERNALDATE as the protocol's state: \\Seen is
+    `read`, \\Draft `draft`, \\Flagged the follow-up flag, user keywords categories."""
+    return ImapState(
+        read="\\Seen" in flags,
+        draft="\\Draft" in flags,
+        flag={"flagStatus": "flagged" if "\\Flagged" in flags else "notFlagged"},
+        categories=tuple(sorted(k for k in keywords if not k.startswith(PROTOCOL_KEYWORD))),
+        received=internaldate.isoformat() if internaldate else None,
+        answered="\\Answered" in flags,
+        keywords=tuple(sorted(k for k in keywords if k.startswith(PROTOCOL_KEYWORD))),
+    )
+
+
+def imap_flags(state: MessageState | None) -> tuple[frozenset[str], frozenset[str]]:
+    """(system flags, keywords) that carry a state: the inverse of `message_state`. A
+    follow-up flag that is `complete` is no \\Flagged (IMAP has no done state); a category
+    that is no IMAP atom is left out (logged)."""
+    if state is None:
+        return frozenset(), frozenset()
+    flags = {"\\Seen"} if state.read else set()
+    if state.draft:
+        flags.add("\\Draft")
+    if state.flag and state.flag.get("flagStatus") == "flagged":
+        flags.add("\\Flagged")
+    keywords = set()
+    for name in state.categories:
+        if KEYWORD_ATOM.fullmatch(name):
+            keywords.add(name)
+        else:
+            log.warning("category %r left out: an IMAP keyword cannot hold it", name)
+    if isinstance(state, ImapState):
+        if state.answered:
+            flags.add("\\Answered")
+        keywords.update(state.keywords)
+    return frozenset(flags), frozenset(keywords)
+
+
+def _received(state: MessageState | None) -> datetime | None:
+    if state is None or not state.received:
+        return None
+    # Python 3.11's fromisoformat reads Graph's trailing "Z" too.
+    when = datetime.fromisoformat(state.received)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _payload(fmt: str, item: str, message: FetchedMessage | MessageRef, raw: bytes) -> Payload:
+    """The protocol's MIME payload of a message (`raw` empty: a state-only export)."""
+    return Payload(
         fmt=fmt,
-        data=base64.b64encode(message.raw).decode("ascii"),
+        data="",
         change_key=state_key(message.flags, message.keywords),
-        flags=message.flags,
-        keywords=message.keywords,
-        received=message.internaldate,
+        mime=raw,
+        state=message_state(message.flags, message.keywords, message.internaldate),
+        source_id=item,
+        size=len(raw) if raw else None,
     )
 
 
 def _new_message(payload: Payload) -> NewMessage:
-    """What to APPEND for a payload: a `MimePayload` keeps its flags and INTERNALDATE; the
-    bare MIME payload of another store only its bytes."""
-    raw = base64.b64decode(payload.data)
-    if isinstance(payload, MimePayload):
-        return NewMessage(raw, payload.flags, payload.keywords, payload.received)
-    return NewMessage(raw)
+    """What to APPEND (or STORE, for an update) for a payload: its bytes, the flags and
+    keywords of its state, its delivery time as INTERNALDATE."""
+    flags, keywords = imap_flags(payload.state)
+    return NewMessage(payload.mime, flags, keywords, _received(payload.state))
 
 
 # -- folders ----------------------------------------------------------------------------------
@@ -389,7 +451,10 @@ class ImapStore:
 
     @property
     def caps(self) -> Capabilities:
-        return CAPS
+        """`CAPS`, with `moves` where the server moves a message in one command (MOVE,
+        RFC 6851) and says its new UID (UIDPLUS, RFC 4315): COPY + EXPUNGE killed half way
+        would leave two copies, and a moved copy without its UID could not be updated."""
+        return replace(CAPS, moves=self.server_caps.move and self.server_caps.uidplus)
 
     async def run(self, call: Callable[[ImapSession], T]) -> T:
         return await self.session.run(call)
@@ -478,16 +543,23 @@ class ImapStore:
                     out[uids[uid]] = _info(block)
         return out
 
-    async def export(self, refs: list[ItemRef], fmt: str) -> dict[str, Payload]:
-        """The messages as `MimePayload`s, read in chunks of the adapter's bounds (one chunk
-        read ahead); a message expunged since its scan is left out."""
+    async def export(
+        self, refs: list[ItemRef], fmt: str, state_only: bool = False
+    ) -> dict[str, Payload]:
+        """The messages as MIME payloads with their state, read in chunks of the adapter's
+        bounds (one chunk read ahead); `state_only`: their flags only (no body read). A
+        message expunged since its scan is left out."""
         _check_format(fmt, "export")
         out: dict[str, Payload] = {}
         for name, ids in _by_folder(refs).items():
             uids = await self._valid_uids(name, ids)
             found = await self.refs(name, uids)
+            if state_only:
+                out.update({uids[r.uid]: _payload(fmt, uids[r.uid], r, b"") for r in found})
+                continue
             async for message in self.session.fetch(name, found):
-                out[uids[message.uid]] = _payload(fmt, message)
+                item = uids[message.uid]
+                out[item] = _payload(fmt, item, message, message.raw)
         return out
 
     async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:
@@ -512,6 +584,15 @@ class ImapStore:
                     ItemRef(folder_id, i, state_key(r.flags, r.keywords))
                 )
         return out
+
+    async def copies_of(
+        self, folder_id: str, source_id: str, identity: str | None, exclude: set[str]
+    ) -> list[ItemRef]:
+        """The folder's messages with that Message-ID (an IMAP copy carries no stamp of its
+        source id: its text is the source's, unchanged), but those in `exclude`."""
+        if identity is None:
+            return []
+        return (await self.copies(folder_id, exclude)).get(identity, [])
 
     async def totals(self) -> dict[str, int]:
         """Messages per folder (STATUS MESSAGES)."""
@@ -613,19 +694,32 @@ class ImapStore:
             )
         return [item_id(name, validity, u) for u in uids if u is not None]
 
-    async def move(self, ref: ItemRef, folder_id: str) -> ItemRef | None:
-        """Move a message to another folder; its new ref (None when the server does not
-        say its new UID: no UIDPLUS, or plan mode)."""
+    async def move(self, ref: ItemRef, folder_id: str) -> Imported:
+        """Move a message to another folder: its new id (from COPYUID) and change key (the
+        flags travel with it); Imported(None, None) in plan mode. NotFound if it is not
+        there. A server that does not say the new UID (no UIDPLUS: `caps.moves` is False
+        there, so sync does not call this) is an error naming the folders: the next pass
+        finds the moved copy by Message-ID (`sync.adopt_interrupted`)."""
         name, uid = await self._existing(ref)
-        if self.plan is not None:
+        if self.plan is not None or folder_id.startswith(PLANNED):
             self._record("UID MOVE", folder=name, uid=uid, to=folder_id)
-            return None
+            return Imported(None, None)
         before_write()
         moved = await self.run(lambda s: s.move(name, [uid], folder_id))
-        if uid not in moved:
-            return None
+        new_uid = moved.get(uid)
+        current = await self.refs(folder_id, [new_uid]) if new_uid is not None else []
+        if new_uid is None or not current:
+            raise RemoteError(
+                f"IMAP server {self.session.session.endpoint.url} moved message {uid} of "
+                f"{self.user}'s folder {name!r} to {folder_id!r} without saying its new UID",
+                service=SERVICE,
+                user=self.user,
+                folder=name,
+                next_step="run the pass again: the moved copy is found by its Message-ID",
+            )
         validity = await self.run(lambda s: s.examine(folder_id))
-        return ItemRef(folder_id, item_id(folder_id, validity, moved[uid]), ref.change_key)
+        new_id = item_id(folder_id, validity, new_uid)
+        return Imported(new_id, state_key(current[0].flags, current[0].keywords))
 
     async def delete(self, ref: ItemRef) -> None:
         """Delete a message (\\Deleted, then UID EXPUNGE of it alone); NotFound if it is
