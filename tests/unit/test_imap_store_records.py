@@ -1,20 +1,33 @@
 """The IMAP store's pure parts: Gmail's folder layout, item ids, cursors, change keys, and
-flags as the protocol's message state."""
+flags as the protocol's message state, and the imap-sync mover's registration."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+
+from coexist.engine.context import Context
+from coexist.errors import ConfigError
+from coexist.migrate.passes import MOVERS, Window, mover_for
 from coexist.migrate.stores.imap import (
+    MOVER,
     Cursor,
     ImapState,
+    endpoint_of,
     folder_tree,
     imap_flags,
     item_id,
+    limits_of,
     message_state,
     parse_item_id,
     state_key,
 )
+from coexist.settings import load_project
 from coexist.tenants.imap import ImapFolder, Watermark, special_use_of
 from coexist.tenants.protocols import MessageState
 
@@ -117,3 +130,67 @@ def test_another_stores_state_sets_what_imap_can_hold() -> None:
     assert imap_flags(state) == (frozenset({"\\Seen"}), frozenset({"Blue"}))
     assert imap_flags(None) == (frozenset(), frozenset())
     assert not isinstance(state, ImapState)
+
+
+IMAP_TO_IMAP = """\
+[source]
+kind = "imap"
+
+[source.imap]
+host = "old.example.org"
+ca_file = "ca.pem"
+connections_per_mailbox = 2
+
+[target]
+kind = "imap"
+
+[target.imap]
+host = "new.example.org"
+security = "starttls"
+
+[domains]
+destination_domain = "fabrikam.com"
+
+[migration]
+mover = "imap-sync"
+"""
+
+
+def test_imap_sync_moves_imap_to_imap_and_says_what_it_cannot_open(tmp_path: Path) -> None:
+    """An imap -> imap project may name imap-sync (mover_for finds the registered mover);
+    its sides' settings become the adapter's endpoints and limits; a pass of it stops with
+    a ConfigError naming the missing credential vault, never a traceback."""
+    (tmp_path / "ca.pem").write_text("")
+    (tmp_path / "project.toml").write_text(IMAP_TO_IMAP)
+    project = load_project(tmp_path, env={})
+    ctx = Context(project, None, None, None)  # type: ignore[arg-type]
+    assert mover_for(ctx) is MOVERS[MOVER]
+    src = endpoint_of(project.source.imap, "source")
+    tgt = endpoint_of(project.target.imap, "target")
+    assert (src.host, src.port, src.security) == ("old.example.org", 993, "tls")
+    assert src.ca_file is not None and src.ca_file.name == "ca.pem"
+    assert (tgt.host, tgt.port, tgt.security, tgt.side) == (
+        "new.example.org",
+        143,
+        "starttls",
+        "target",
+    )
+    limits = limits_of(project.source.imap)
+    assert (limits.per_server, limits.per_mailbox) == (10, 2)
+    with pytest.raises(ConfigError) as info:
+        asyncio.run(MOVERS[MOVER].run(ctx, "ann@example.org", "prestage", Window()))
+    assert info.value.fields["key"] == "migration.mover"
+    assert "credential vault" in str(info.value) and "ann@example.org" in str(info.value)
+
+
+def test_imap_sync_is_refused_for_other_kinds() -> None:
+    """imap-sync on an m365 -> imap pair is a ConfigError on migration.mover naming kinds."""
+    project: Any = SimpleNamespace(
+        migration=SimpleNamespace(mover=MOVER),
+        source=SimpleNamespace(kind="m365"),
+        target=SimpleNamespace(kind="imap"),
+        file="/p/project.toml",
+    )
+    with pytest.raises(ConfigError) as info:
+        mover_for(Context(project, None, None, None))  # type: ignore[arg-type]
+    assert "does not move m365 -> imap" in str(info.value)
