@@ -29,18 +29,25 @@ lint: venv
 	$(VENV)/bin/ruff format --check coexist tests bench
 	$(VENV)/bin/mypy
 
-# Server binaries the tests start themselves (tests/pg.py runs a throwaway PostgreSQL).
-system-deps:
-	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+# Server binaries the tests start themselves: tests/pg.py runs a throwaway PostgreSQL,
+# tests/dovecot.py a throwaway Dovecot (IMAP). Each package is installed only when missing.
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y
+define install_missing
+	@if $(1); then \
 		:; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+		apt-get update && $(APT_INSTALL) $(2); \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-		sudo -n apt-get update && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+		sudo -n apt-get update && sudo -n env $(APT_INSTALL) $(2); \
 	else \
-		echo "system-deps: PostgreSQL is missing and this user cannot install it;"; \
-		echo "  run: sudo apt-get install postgresql   (the PostgreSQL tests skip, or fail when CI=true)"; \
+		echo "system-deps: $(2) missing and this user cannot install it;"; \
+		echo "  run: sudo apt-get install $(2)   (its tests skip, or fail when CI=true)"; \
 	fi
+endef
+
+system-deps:
+	$(call install_missing,command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1,postgresql)
+	$(call install_missing,PATH="$$PATH:/usr/sbin" command -v dovecot >/dev/null 2>&1 && PATH="$$PATH:/usr/sbin" command -v doveadm >/dev/null 2>&1,dovecot-core dovecot-imapd)
 
 test: venv lint system-deps
 	$(VENV)/bin/pytest -q

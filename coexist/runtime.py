@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coexist.engine.context import Context, open_sides
+from coexist.engine.context import Context, check_command, open_sides
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
 from coexist.journal import Journal
@@ -121,6 +121,9 @@ async def session(
 ) -> AsyncIterator[Session]:
     """One command: its project and journal, the project's claim when it writes, its run."""
     project = load_project(project_dir(directory), env=env)
+    # A command a side's kind cannot serve is refused before the journal or any endpoint.
+    kinds = {side: project.tenant(side).kind for side in ("source", "target")}
+    check_command(kinds, command, str(project.file))
     journal = open_journal(project)
     writer: Writer | None = None
     try:

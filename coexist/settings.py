@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -41,6 +42,11 @@ from coexist.tenants.auth import PUBLIC_AUTHORITY, TenantEndpoint
 PROJECT_FILE = "project.toml"
 JOURNAL_FILE = "journal.db"
 TENANT_SIDES = ("source", "target")
+# Endpoint kinds a side may be (DESIGN.md "Endpoint kinds"); each kind but m365, whose
+# settings are the side's own table (as before kinds existed), has its own table under the
+# side: [source.imap]. What each kind can do is engine/context.KIND_CAPABILITIES.
+KINDS = ("m365", "imap")
+KIND_TABLES = ("imap",)
 
 SettingType = Literal["str", "int", "bool", "list", "duration", "path"]
 
@@ -63,11 +69,12 @@ class Setting:
 
     @property
     def section(self) -> str:
-        return self.key.partition(".")[0]
+        """The table it is written in: "migration", or "source.imap" for a kind's table."""
+        return self.key.rpartition(".")[0]
 
     @property
     def name(self) -> str:
-        return self.key.partition(".")[2]
+        return self.key.rpartition(".")[2]
 
 
 SECTIONS: dict[str, str] = {
@@ -91,6 +98,14 @@ SECTIONS: dict[str, str] = {
     "migration": "How mail data is copied between mailboxes.",
     "engine": "How coexist runs steps: concurrency and retries.",
     "verify": "`coexist verify-mailflow`: probe messages that show where mail lands.",
+    # Kind tables last: between [source] and [target], a [source.imap] would take in what
+    # is added at the end of [source] by hand.
+    "source.imap": (
+        'The source IMAP server, when [source] kind = "imap". Users and their passwords '
+        "come from a batch file and the credential vault, never from this file. TLS is "
+        "always on."
+    ),
+    "target.imap": 'The target IMAP server, when [target] kind = "imap". As [source.imap].',
 }
 
 
@@ -102,6 +117,15 @@ def _tenant_settings(side: str) -> list[Setting]:
         return f"COEXIST_{up}_{name.upper()}"
 
     return [
+        Setting(
+            f"{side}.kind",
+            "str",
+            "m365",
+            f"What the {side} is: m365 (a Microsoft 365 tenant: the settings below) or imap "
+            f"(an IMAP server: mail only, users from a batch file; its settings are the "
+            f"[{side}.imap] table).",
+            choices=KINDS,
+        ),
         Setting(
             f"{side}.tenant_id",
             "str",
@@ -189,6 +213,83 @@ def _tenant_settings(side: str) -> list[Setting]:
     ]
 
 
+def _imap_settings(side: str) -> list[Setting]:
+    """The [source.imap] and [target.imap] tables (kind = "imap")."""
+    up = side.upper()
+
+    def env(name: str) -> str:
+        return f"COEXIST_{up}_IMAP_{name.upper()}"
+
+    return [
+        Setting(
+            f"{side}.imap.host",
+            "str",
+            "",
+            f"Host name or IP address of the {side} IMAP server; its certificate must name "
+            "it. Required when kind = imap.",
+            env=env("host"),
+            format="host",
+        ),
+        Setting(
+            f"{side}.imap.port",
+            "int",
+            0,
+            "TCP port. 0 = the security mode's own: 993 for implicit-tls, 143 for starttls.",
+            env=env("port"),
+            minimum=0,
+        ),
+        Setting(
+            f"{side}.imap.security",
+            "str",
+            "implicit-tls",
+            "implicit-tls: TLS from the first byte (RFC 8314, port 993). starttls: plain "
+            "connection upgraded with STARTTLS before login (RFC 3501; refused if the server "
+            "does not offer it). There is no unencrypted mode.",
+            choices=("implicit-tls", "starttls"),
+        ),
+        Setting(
+            f"{side}.imap.ca_file",
+            "path",
+            "",
+            "Extra CA bundle (PEM) to trust for the IMAP server's certificate; blank = the "
+            "system store. Certificate verification is always on.",
+            env=env("ca_file"),
+        ),
+        Setting(
+            f"{side}.imap.auth",
+            "str",
+            "login",
+            "How each user signs in: login (the LOGIN command), plain (AUTHENTICATE PLAIN, RFC "
+            "4616) or xoauth2 (an OAuth 2.0 access token: Microsoft 365 and Gmail, which "
+            "refuse passwords for IMAP).",
+            choices=("login", "plain", "xoauth2"),
+        ),
+        Setting(
+            f"{side}.imap.master_user",
+            "str",
+            "",
+            "An admin login that may open every user's mailbox (Dovecot master users: "
+            "user*master). Blank = each user signs in with their own password. The master "
+            "password goes in the credential vault, never here.",
+        ),
+        Setting(
+            f"{side}.imap.connections_per_server",
+            "int",
+            10,
+            "Most connections open to the server at once, for all users (Dovecot allows 10 "
+            "per user and IP by default, mail_max_userip_connections).",
+            minimum=1,
+        ),
+        Setting(
+            f"{side}.imap.connections_per_mailbox",
+            "int",
+            4,
+            "Most connections open to one mailbox at once (Gmail allows 15 per account).",
+            minimum=1,
+        ),
+    ]
+
+
 # Environment variables are given to what differs between machines or runs (identity,
 # endpoints, files, journal, concurrency); migration decisions (domains, scope, modes)
 # belong in the file so that every run of a project behaves the same.
@@ -218,7 +319,9 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     *_tenant_settings("source"),
+    *_imap_settings("source"),
     *_tenant_settings("target"),
+    *_imap_settings("target"),
     Setting(
         "domains.source_forwarding_domain",
         "str",
@@ -346,11 +449,12 @@ SETTINGS: tuple[Setting, ...] = (
         "graph-import-export (the default for Microsoft 365 to Microsoft 365): full fidelity "
         "over Microsoft Graph's mailbox import/export API. graph-items: the fallback over the "
         "mail, contacts, calendar and To Do APIs (messages rebuilt from their MIME as "
-        "non-draft items with their dates). none: no data is copied (you move it by other "
+        "non-draft items with their dates). imap-sync: IMAP to IMAP (MIME with flags, keywords "
+        "and INTERNALDATE). none: no data is copied (you move it by other "
         "means); each data pass shows `no data mover configured` for the user, never "
         "success, and cutover still proceeds. `coexist permissions --command cutover --mover "
         "NAME` lists exactly what each needs in each tenant.",
-        choices=("graph-import-export", "graph-items", "none"),
+        choices=("graph-import-export", "graph-items", "imap-sync", "none"),
     ),
     Setting(
         "migration.folder_rules",
@@ -597,6 +701,24 @@ def _check_env_name(value: str) -> str:
     return value
 
 
+_HOST = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def _check_host(value: str) -> str:
+    lowered = value.strip().lower()
+    try:
+        return str(ipaddress.ip_address(lowered.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOST.match(lowered):
+        raise ValueError(
+            f"must be a host name like imap.example.org or an IP address, got {value!r}"
+        )
+    return lowered
+
+
 def _check_email(value: str) -> str:
     local, at, domain = value.partition("@")
     if not at or not local or not _DOMAIN.match(domain.lower()):
@@ -633,6 +755,7 @@ _FORMATS = {
     "country": _check_country,
     "sku": _check_sku,
     "prefix": _check_prefix,
+    "host": _check_host,
 }
 
 
@@ -768,7 +891,7 @@ class _Section:
                 continue
             if f.metadata.get("url"):
                 value = _mask_url(value)
-            out[f.name] = _plain(value)
+            out[f.name] = value.to_dict() if isinstance(value, _Section) else _plain(value)
         return out
 
     def __repr__(self) -> str:
@@ -784,10 +907,31 @@ class ProjectSection(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class ImapSettings(_Section):
+    """An IMAP server's settings ([source.imap] / [target.imap])."""
+
+    host: str | None
+    port: int
+    security: str
+    ca_file: Path | None
+    auth: str
+    master_user: str | None
+    connections_per_server: int
+    connections_per_mailbox: int
+
+    @property
+    def effective_port(self) -> int:
+        """The port to connect to (RFC 8314: 993 implicit TLS; RFC 3501: 143 STARTTLS)."""
+        return self.port or (993 if self.security == "implicit-tls" else 143)
+
+
+@dataclass(frozen=True, repr=False)
 class TenantSettings(_Section):
-    """One tenant's connection settings; `endpoint()` turns them into a TenantEndpoint."""
+    """One side's settings: its kind, a Microsoft 365 tenant's connection settings
+    (`endpoint()` turns them into a TenantEndpoint) and each other kind's table."""
 
     side: str
+    kind: str
     tenant_id: str | None
     client_id: str | None
     client_secret_env: str
@@ -797,12 +941,19 @@ class TenantSettings(_Section):
     exo_url: str | None
     ca_file: Path | None
     sandbox_connection: Path | None
+    imap: ImapSettings
     # Resolved from the environment at load time; never shown, never written.
     client_secret: str | None = field(default=None, metadata={"secret": True})
     file: Path = field(default=Path(PROJECT_FILE), metadata={"hidden": True})
 
     def endpoint(self) -> TenantEndpoint:
         """How to reach this tenant, with files checked and the credential present."""
+        if self.kind != "m365":
+            raise ConfigError(
+                f"the {self.side} is an {self.kind} endpoint, not a Microsoft 365 tenant",
+                file=str(self.file),
+                key=f"{self.side}.kind",
+            )
         if self.sandbox_connection is not None:
             return self._sandbox_endpoint(self.sandbox_connection)
         if self.certificate_file is None and not self.client_secret:
@@ -935,7 +1086,10 @@ class Verify(_Section):
     service_mailbox: str | None
 
 
+# Kind tables first: `_build` puts each into its side's section (TenantSettings.imap).
 SECTION_TYPES: dict[str, type[_Section]] = {
+    "source.imap": ImapSettings,
+    "target.imap": ImapSettings,
     "project": ProjectSection,
     "source": TenantSettings,
     "target": TenantSettings,
@@ -995,8 +1149,10 @@ class Project:
         """The typed value of a dotted key, e.g. `project.value("engine.max_attempts")`."""
         if key not in BY_KEY:
             raise KeyError(key)
-        s = BY_KEY[key]
-        return getattr(getattr(self, s.section), s.name)
+        value: Any = self
+        for part in key.split("."):  # "source.imap.host": a kind's table is in its side's
+            value = getattr(value, part)
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -1005,7 +1161,8 @@ class Project:
             "journal_url": _mask_url(self.journal_url),
         }
         for name in SECTIONS:
-            out[name] = getattr(self, name).to_dict()
+            if "." not in name:  # a kind's table is inside its side's
+                out[name] = getattr(self, name).to_dict()
         return out
 
     def __repr__(self) -> str:
@@ -1267,27 +1424,43 @@ def _refuse_unknown(doc: Mapping[str, Any], path: Path) -> None:
                 near = difflib.get_close_matches(name, list(SECTIONS), n=1)
                 hint = f"; did you mean [{near[0]}]?" if near else ""
             raise ConfigError(f"unknown section or key {name!r}{hint}", file=str(path), key=name)
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"[{name}] must be a table (a [{name}] header), not a value",
-                file=str(path),
-                key=name,
-            )
-        names = [s.name for s in section_settings(name)]
-        for key in value:
-            if key in names:
-                continue
-            near = difflib.get_close_matches(key, names, n=1)
-            elsewhere = [s.section for s in SETTINGS if s.name == key]
-            if near:
-                hint = f"; did you mean {near[0]!r}?"
-            elif elsewhere:
-                hint = f"; it belongs in [{elsewhere[0]}]"
-            else:
-                hint = f"; known keys: {', '.join(names)}"
-            raise ConfigError(
-                f"unknown key {key!r} in [{name}]{hint}", file=str(path), key=f"{name}.{key}"
-            )
+        _refuse_unknown_in(name, value, path)
+
+
+def _refuse_unknown_in(name: str, value: Any, path: Path) -> None:
+    """The keys of table `name` (and of the kind tables under it) must be declared."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"[{name}] must be a table (a [{name}] header), not a value",
+            file=str(path),
+            key=name,
+        )
+    names = [s.name for s in section_settings(name)]
+    for key in value:
+        if key in names:
+            continue
+        if f"{name}.{key}" in SECTIONS:
+            _refuse_unknown_in(f"{name}.{key}", value[key], path)
+            continue
+        near = difflib.get_close_matches(key, names, n=1)
+        elsewhere = [s.section for s in SETTINGS if s.name == key]
+        if near:
+            hint = f"; did you mean {near[0]!r}?"
+        elif elsewhere:
+            hint = f"; it belongs in [{elsewhere[0]}]"
+        else:
+            hint = f"; known keys: {', '.join(names)}"
+        raise ConfigError(
+            f"unknown key {key!r} in [{name}]{hint}", file=str(path), key=f"{name}.{key}"
+        )
+
+
+def _table(doc: Mapping[str, Any], section: str) -> Mapping[str, Any]:
+    """The TOML table of a (dotted) section name; empty when it is not written."""
+    table: Any = doc
+    for part in section.split("."):
+        table = table.get(part, {}) if isinstance(table, Mapping) else {}
+    return table if isinstance(table, Mapping) else {}
 
 
 def _raw_values(
@@ -1296,7 +1469,7 @@ def _raw_values(
     """key -> (raw value, env var it came from or None); environment > file > default."""
     out: dict[str, tuple[Any, str | None]] = {}
     for s in SETTINGS:
-        raw = doc.get(s.section, {}).get(s.name, s.default)
+        raw = _table(doc, s.section).get(s.name, s.default)
         origin = None
         # An empty variable counts as unset, as shells make "unset" hard to tell from "".
         if s.env and env.get(s.env, "") != "":
@@ -1342,6 +1515,10 @@ def _check_required(values: Mapping[str, Any], path: Path) -> None:
         if s.required and values[s.key] in (None, ""):
             raise _missing(s.key, path)
     for side in TENANT_SIDES:
+        if values[f"{side}.kind"] == "imap":
+            if values[f"{side}.imap.host"] is None:
+                raise _missing(f"{side}.imap.host", path, ' (kind = "imap")')
+            continue
         if values[f"{side}.sandbox_connection"] is not None:
             continue
         for name in ("tenant_id", "client_id"):
@@ -1365,7 +1542,26 @@ def _contradiction(key: str, message: str, path: Path) -> ConfigError:
     return ConfigError(f"contradictory settings: {message}", file=str(path), key=key)
 
 
+def _check_kind_tables(values: Mapping[str, Any], directory: Path, path: Path) -> None:
+    """A side's settings of another kind than its own are a mistake, not a silent no-op:
+    an imap side with a tenant_id, an m365 side with an [imap] table."""
+    for side in TENANT_SIDES:
+        kind = values[f"{side}.kind"]
+        own = section_settings(side) if kind == "m365" else section_settings(f"{side}.{kind}")
+        for s in SETTINGS:
+            if not s.key.startswith(f"{side}.") or s in own or s.key == f"{side}.kind":
+                continue
+            if values[s.key] != convert(s, s.default, directory):
+                table = f"[{s.section}]" if s.section != side else f"{s.name} in [{side}]"
+                raise _contradiction(
+                    s.key,
+                    f'{table} is set while [{side}] kind = "{kind}"; remove it or change kind',
+                    path,
+                )
+
+
 def _check_consistent(values: Mapping[str, Any], directory: Path, path: Path) -> None:
+    _check_kind_tables(values, directory, path)
     for side in TENANT_SIDES:
         if values[f"{side}.sandbox_connection"] is None:
             continue
@@ -1406,6 +1602,7 @@ def _build(
         if cls is TenantSettings:
             secret = env.get(kwargs["client_secret_env"]) or None
             kwargs.update(side=name, client_secret=secret, file=path)
+            kwargs.update({t: sections.pop(f"{name}.{t}") for t in KIND_TABLES})
         if cls is ProjectSection and not kwargs["name"]:
             kwargs["name"] = directory.name
         sections[name] = cls(**kwargs)

@@ -72,3 +72,15 @@ def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("pg_url")
     pg.reset_database(url)
     return url
+
+
+# --- IMAP: a real Dovecot for the session --------------------------------------------------
+
+from tests.dovecot import DovecotServer, session_dovecot  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    """The session's Dovecot (skips, or fails when CI=true, if Dovecot is not installed)."""
+    with session_dovecot() as server:
+        yield server

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from coexist.errors import ConfigError
 from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.base import READ_RETRY
@@ -16,15 +17,102 @@ from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteBudget, WriteLimits
 
+# What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
+# exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
+# items). An IMAP server is a store only: its users come from a batch file, and its cutover
+# is an MX change, not a forward.
+DIRECTORY, CMDLETS, STORE = "directory", "cmdlets", "store"
+KIND_CAPABILITIES: dict[str, frozenset[str]] = {
+    "m365": frozenset({DIRECTORY, CMDLETS, STORE}),
+    "imap": frozenset({STORE}),
+}
+_BOTH = frozenset({DIRECTORY, CMDLETS})
+# What each command asks of each side (a side not named: nothing).
+COMMAND_NEEDS: dict[str, dict[str, frozenset[str]]] = {
+    "discover": {"source": frozenset({DIRECTORY}), "target": frozenset({DIRECTORY})},
+    "rediscover": {"source": frozenset({DIRECTORY}), "target": frozenset({DIRECTORY})},
+    "groups": {"source": frozenset({DIRECTORY}), "target": _BOTH},
+    "provision": {"source": frozenset({DIRECTORY}), "target": _BOTH},
+    "preflight": {"source": frozenset({DIRECTORY}), "target": frozenset({DIRECTORY})},
+    # Licensing target MailUsers (prestage.convert) is Microsoft 365's own step: it asks
+    # the target's directory itself; a pass needs stores only (IMAP -> IMAP too).
+    "prestage": {"source": frozenset({STORE}), "target": frozenset({STORE})},
+    "cutover": {"source": _BOTH | {STORE}, "target": _BOTH | {STORE}},
+    "rollback": {"source": _BOTH, "target": _BOTH},
+    "verify-mailflow": {"source": frozenset({DIRECTORY}), "target": frozenset({DIRECTORY})},
+}
+# Why a kind lacks a capability, and what to do instead (for the error).
+_INSTEAD = {
+    ("imap", DIRECTORY): "its users come from a batch file: coexist batch import",
+    ("imap", CMDLETS): "IMAP has no recipients or forwarding: its cutover is an MX change",
+}
+_SAID = {DIRECTORY: "a directory", CMDLETS: "Exchange cmdlets", STORE: "a mailbox store"}
+
+
+def capability_missing(
+    side: str, kind: str, capability: str, command: str | None, file: str = "project.toml"
+) -> ConfigError:
+    """The error for a command (or a step, `command` None) that needs what a side's kind
+    cannot do."""
+    instead = _INSTEAD.get((kind, capability))
+    asker = f"`coexist {command}`" if command else "this step"
+    return ConfigError(
+        f"{asker} needs {_SAID.get(capability, capability)} on the {side}, and the {side} is of kind "
+        f"{kind!r}, which has none" + (f" ({instead})" if instead else ""),
+        file=file,
+        key=f"{side}.kind",
+        next_step=f"run a command this {side} kind supports, or set [{side}] kind",
+    )
+
+
+def check_command(kinds: dict[str, str], command: str, file: str = "project.toml") -> None:
+    """Refuse a command that needs a capability a side's kind lacks, before any connection."""
+    for side, needs in COMMAND_NEEDS.get(command, {}).items():
+        kind = kinds.get(side, "m365")
+        for capability in sorted(needs - KIND_CAPABILITIES.get(kind, frozenset())):
+            raise capability_missing(side, kind, capability, command, file)
+
 
 @dataclass
 class Side:
-    """One tenant as the executors see it."""
+    """One side (tenant or server) as the executors see it.
+
+    `directory`, `cmdlets` and `store` are its capabilities: each raises a ConfigError
+    naming the side's kind where that kind has none. `graph` and `exo` are the Microsoft 365
+    adapters behind them (a phase that is m365-only may use them directly)."""
 
     label: str  # "source" | "target"
     endpoint: TenantEndpoint
     graph: GraphAdapter
     exo: ExoRunner
+    kind: str = "m365"
+
+    def has(self, capability: str) -> bool:
+        return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
+
+    def require(self, capability: str, command: str | None = None) -> None:
+        """Raise the clear error if this side's kind lacks `capability` (for `command`)."""
+        if not self.has(capability):
+            raise capability_missing(self.label, self.kind, capability, command)
+
+    @property
+    def directory(self) -> GraphAdapter:
+        """Who exists, and recipients made and forwarded: Microsoft Graph (m365)."""
+        self.require(DIRECTORY)
+        return self.graph
+
+    @property
+    def cmdlets(self) -> ExoRunner:
+        """Exchange Online's admin cmdlets (m365)."""
+        self.require(CMDLETS)
+        return self.exo
+
+    @property
+    def store(self) -> GraphAdapter:
+        """What this side's mailbox stores are opened over: the Graph adapter for m365
+        (`migrate.stores.graph_io`/`graph_items`); a kind's own client as kinds arrive."""
+        self.require(STORE)
+        return self.graph
 
     @property
     def calls(self) -> int:

@@ -214,7 +214,7 @@ folder_state = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
-# One row per source item of a mailbox the movers have seen (`migrate.fidelity`). Status:
+# One row per source item of a mailbox the movers have seen (`migrate.sync`). Status:
 # pending (seen, not copied yet: outside the pass window or not reached), importing (an import
 # was sent; a crash here is resolved from the target folder), copied, changed (copied; the
 # source changed since), gone (copied; no longer at the source), skipped (never copied: reason).
@@ -237,7 +237,7 @@ item_map = sa.Table(
     sa.Column("subject", sa.Text),
     # What identifies the item across folders, export/import and copies (migration 0003):
     # "mid:<Message-ID>" (both movers: a message keeps it when it moves, and the copy carries
-    # it) or "sk:<PR_SEARCH_KEY>" (`migrate.fidelity.identity_of`).
+    # it) or "sk:<PR_SEARCH_KEY>" (`migrate.stores.graph_io.identity_of`).
     sa.Column("source_identity", sa.Text),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("reason", sa.Text),

@@ -1,50 +1,13 @@
 """The fallback mover: Microsoft Graph's mail, contacts, calendar and To Do APIs.
 
-For tenants where the mailbox import/export API (`migrate.fidelity`) is not available. Its
-building blocks are reused (folder mapping and creation, item_map rows, the checkpoint rule,
-moves, skip-and-report, the window, reconciliation); only the way an item travels differs.
+For tenants where the mailbox import/export API (`migrate.stores.graph_io`) is not available.
 
-Mail, per mapped source folder:
-
-1. Scan: `mailFolders/{id}/messages/delta` from the saved deltaLink; every reported message
-   is recorded in `item_map` (new -> pending, changed -> changed, removed -> gone), with its
-   Internet Message-ID, before the deltaLink is saved (a checkpoint never runs ahead of the
-   data it covers). When the service has forgotten the sync state (410, `SyncStateNotFound`,
-   `SyncStateInvalid`, `resyncRequired`: delta-query-overview, "Synchronization reset" and
-   "Token duration"; graph/errors) the folder's round starts over from the first page,
-   mid-round too. A full round (the first, or such a restart) re-reports every message in
-   the folder: the item map keeps the ones already copied from being copied again, and rows
-   it did not report are removals the lost sync state would have reported (gone / forgotten).
-   The scan uses no `$filter`: a filtered message delta returns at most 5,000 messages and
-   then never reports the rest (delta-query-messages), so the window is applied to the
-   journal's rows instead (rows outside it wait as `pending`).
-2. Moves: a pending message whose Internet Message-ID is that of exactly one gone copy is a
-   move at the source (the Message-ID is the message's own and travels with it; its Graph
-   id does not): its copy is moved in the target. A message without one is never paired.
-3. Copy: each pending message in the window is read as MIME (`$value`) plus the state MIME
-   does not carry (isRead, isDraft, flag, categories, importance, dates), and re-created in
-   the mapped target folder with ONE JSON create that carries the MIME-derived content and
-   `singleValueExtendedProperties`:
-   - `Integer 0x0E07` PR_MESSAGE_FLAGS without MSGFLAG_UNSENT: not a draft, read bit kept.
-     A MIME create always makes a draft (user-post-messages: "Create a draft of a new
-     message in either JSON or MIME format"), and the flag cannot be cleared later
-     (MS-OXCMSG 2.2.1.6: "After the first successful call to RopSaveChangesMessage ... these
-     flags are read-only for the client"), so MIME create + PATCH cannot be faithful.
-     Extended properties may be given in the create request itself
-     (singlevaluelegacyextendedproperty-post-singlevalueextendedproperties: "use the same
-     REST request as creating the instance, and include ... extended property").
-   - `SystemTime 0x0E06` PR_MESSAGE_DELIVERY_TIME and `SystemTime 0x0039`
-     PR_CLIENT_SUBMIT_TIME: receivedDateTime / sentDateTime are read-only in Graph.
-   - `Integer 0x0036` PR_SENSITIVITY from the MIME `Sensitivity` header (RFC 2156).
-   Attachments ride in the create while the request stays under Graph's 4 MB; the rest are
-   POSTed one by one (< 3 MB) or sent through an upload session (3..150 MB,
-   outlook-large-attachments). An `importing` mark is written before the create: a pass
-   killed after it finds the (possibly partial) copy by identity, deletes it and copies the
-   message again, so nothing is duplicated and nothing is left half-copied (see Identity).
-4. Update: changed messages get isRead/flag/categories/importance PATCHed onto the copy. A
-   4xx on that PATCH (the copy was changed or removed in the target) is the item's conflict:
-   recorded on its row, named in the pass detail, and the pass goes on.
-5. Deletions: reported (`deletions = keep`) or mirrored.
+Mail is the sync algorithm (`migrate.sync`) between two mail API stores
+(`migrate.stores.graph_items.GraphItemsStore`): scan by message delta, moves by the mail
+API's move, copy as MIME plus the state MIME does not carry in one JSON create, update by
+PATCH of that state, recovery of an interrupted copy by deleting the partial copy (found by
+its stamp) and copying again; see that module for each Graph spelling. Deletions are
+reported (`deletions = keep`) or mirrored, for every kind below too.
 
 Contacts, calendar events and To Do tasks: every folder/calendar/list is listed in full each
 pass (these APIs have no per-folder delta in the sandbox's faces); new items are created in
@@ -78,65 +41,37 @@ dropped silently. To Do checklists are copied entry by entry.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import datetime as dt
-import email
-import email.policy
-import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage, Message
-from email.utils import getaddresses
-from typing import Any, TypeVar
+from typing import Any
 
 from coexist.engine.context import Context
-from coexist.errors import (
-    AuthenticationError,
-    InvalidRequest,
-    NotFound,
-    RemoteError,
-    TransientError,
-)
-from coexist.migrate import fidelity
-from coexist.migrate.deletions import ITEM_PATHS, handle_deletions
-from coexist.migrate.fidelity import MAIL_CLASS, MAIL_FOLDER, Box, Folder, Plan
+from coexist.errors import InvalidRequest, NotFound, RemoteError
+from coexist.migrate import sync
 from coexist.migrate.passes import MOVERS, PassResult, Window
+from coexist.migrate.stores.graph import Box
+from coexist.migrate.stores.graph_items import (
+    DELTA_PAGE as DELTA_PAGE,  # re-exported: tests/e2e/test_items_mover.py reads it here
+)
+from coexist.migrate.stores.graph_items import (
+    IDENTITY_PROP,
+    GraphItemsStore,
+    odata_string,
+    stamp_expand,
+    stamp_filter,
+    stamp_of,
+    update_conflict,
+)
+from coexist.migrate.sync import handle_deletions
 from coexist.provisioning.convert import target_id
 from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.protocols import MAIL_CLASS
 
-CHECKPOINT_KIND = "mail-messages"  # folder_state kind of the mail API's message delta
-DELTA_PAGE = 100  # Prefer: odata.maxpagesize (graph/delta-query-messages)
-# What the scan asks of each message (message-delta supports $select).
-DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey,internetMessageId"
-# A forgotten sync state (fidelity.sync_state_lost) starts a folder's round over this often.
-RESTARTS = 2  # rounds started over per folder and pass before the error is raised
-
-# The copy's identity (see the module docstring). A named property in coexist's own property
-# set (extended-properties-overview: "String {guid} Name name" for custom properties).
-IDENTITY_PROP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
 TASK_APP = "coexist"  # linkedResource.applicationName stamped on a task copy
 TASK_LINK_NAME = "Migrated by coexist"
-STATE_SELECT = "isRead,isDraft,flag,categories,importance,receivedDateTime,sentDateTime,changeKey"
-
-# Requests carry at most 4 MB ("The maximum request length supported is 4MB.",
-# microsoft-graph-docs#11806); base64 grows 4/3, and the JSON around it needs room.
-MAX_REQUEST = 4 * 1024 * 1024
-REQUEST_MARGIN = 64 * 1024
-# outlook-large-attachments: "If the file size is under 3 MB, do a single POST on the
-# attachments navigation property ... between 3 MB and 150 MB, create an upload session".
-UPLOAD_SESSION_MIN = 3 * 1024 * 1024
-# Upload-session ranges: each PUT under 4 MB; a multiple of 320 KiB as the upload-session
-# docs recommend for range sizes.
-UPLOAD_CHUNK = 12 * 320 * 1024
-
-# PR_MESSAGE_FLAGS bits (MS-OXCMSG 2.2.1.6).
-MSGFLAG_READ = 0x1
-MSGFLAG_UNSENT = 0x8
-# PidTagSensitivity (MS-OXCMSG 2.2.1.13) from the MIME Sensitivity header (RFC 2156).
-SENSITIVITY = {"personal": 1, "private": 2, "company-confidential": 3}
 
 # Writable properties per resource (learn.microsoft.com/graph/api/resources/<type>).
 CONTACT_FIELDS = (
@@ -166,528 +101,9 @@ NO_END_HORIZON = dt.timedelta(days=2 * 365)
 DEFAULT_CONTACTS = "contacts"  # item_map folder id of the default Contacts folder
 
 
-# -- mail folders over the mail API ---------------------------------------------------------------
-
-
-async def mail_tree(graph: GraphAdapter, user_id: str) -> list[Folder]:
-    """Every mail folder, parents before children; top-level well-known ones named.
-
-    resources/mailfolder has no well-known name property in v1.0: a folder is well known when
-    `mailFolders/{name}` answers with its id.
-    """
-    known: dict[str, str] = {}
-    for name in fidelity.MAIL_WELL_KNOWN:
-        with contextlib.suppress(NotFound):
-            data = await graph.send("GET", f"users/{user_id}/mailFolders/{name}")
-            known[str(data["id"])] = name
-    out: list[Folder] = []
-    queue: list[tuple[dict[str, Any], tuple[str, ...]]] = [
-        (f, ()) for f in await graph.list_all(f"users/{user_id}/mailFolders", {"$top": 100})
-    ]
-    while queue:
-        raw, parent = queue.pop(0)
-        if is_search_folder(raw):
-            continue  # a view of messages other folders hold: never copied, nor copied into
-        path = (*parent, str(raw["displayName"]))
-        fid = str(raw["id"])
-        out.append(
-            Folder(fid, path, known.get(fid) if not parent else None, MAIL_FOLDER, _total(raw))
-        )
-        if raw.get("childFolderCount"):
-            children = await graph.list_all(
-                f"users/{user_id}/mailFolders/{fid}/childFolders", {"$top": 100}
-            )
-            queue += [(c, path) for c in children]
-    return out
-
-
-def is_search_folder(raw: dict[str, Any]) -> bool:
-    """A mailSearchFolder (resources/mailsearchfolder: a derived type of mailFolder, which a
-    folder listing names in `@odata.type`); it may sit under any folder (mailsearchfolder-post)."""
-    return str(raw.get("@odata.type") or "").lower().endswith("mailsearchfolder")
-
-
-def _total(raw: dict[str, Any]) -> int:
-    return int(raw.get("totalItemCount") or 0)
-
-
-# -- scan (message delta -> item_map) --------------------------------------------------------------
-
-
-async def scan_folder(ctx: Context, key: str, src: Box, folder_id: str) -> None:
-    """Record the folder's changes since the saved deltaLink, then save the new deltaLink;
-    a forgotten sync state starts the folder's round over (at most RESTARTS times)."""
-    saved = ctx.journal.get_checkpoint(key, folder_id, CHECKPOINT_KIND)
-    first = f"users/{src.user_id}/mailFolders/{folder_id}/messages/delta?$select={DELTA_SELECT}"
-    link = (saved or {}).get("token") or first
-    for attempt in range(RESTARTS + 1):
-        try:
-            await _follow(ctx, key, src, folder_id, link, full=link == first)
-            return
-        except (InvalidRequest, NotFound) as exc:
-            if not fidelity.sync_state_lost(exc) or attempt == RESTARTS:
-                raise
-            ctx.journal.delete_checkpoint(key, folder_id, CHECKPOINT_KIND)
-            link = first
-
-
-async def _follow(
-    ctx: Context, key: str, src: Box, folder_id: str, link: str, *, full: bool
-) -> None:
-    headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
-    present: set[str] = set()
-    async for values, delta in src.graph.delta_pages(link, headers):
-        # The window goes by delivery time (createdDateTime of a copied or moved message is
-        # when it was made, not when it arrived).
-        seen = [
-            {**v, "createdDateTime": v.get("receivedDateTime") or v.get("createdDateTime")}
-            for v in values
-        ]
-        present.update(str(v["id"]) for v in values if "@removed" not in v)
-        rows, forget = fidelity._page_rows(ctx, key, folder_id, seen)
-        by_id = {str(v["id"]): v for v in values}
-        for row in rows:
-            if row.get("status") == "pending" and "source_created" in row:
-                reported = by_id.get(row["source_item_id"]) or {}
-                row["subject"] = reported.get("subject")
-                row["source_identity"] = fidelity.message_identity(
-                    reported.get("internetMessageId")
-                )
-        for source_id in forget:
-            ctx.journal.unmap_item(key, source_id)
-        ctx.journal.map_items(key, rows)
-        if delta:
-            if full:
-                fidelity.forget_unseen(ctx, key, folder_id, present, kind=MAIL_CLASS)
-            ctx.journal.save_checkpoint(key, folder_id, CHECKPOINT_KIND, token=delta)
-
-
-def _move_signature(row: dict[str, Any]) -> tuple[Any, ...]:
-    """A message is recognised across folders by its Internet Message-ID (RFC 5322: the
-    message's own identifier; Graph ids change with the folder). One without it pairs with
-    nothing: it is copied again and its old copy counts as deleted at the source."""
-    message_id = fidelity.message_id_of(row.get("source_identity"))
-    return (row["kind"], message_id) if message_id else ("unpaired", row["source_item_id"])
-
-
-# -- MIME -> JSON create -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Part:
-    """One attachment of a message, as Graph's fileAttachment needs it."""
-
-    name: str
-    content_type: str
-    data: bytes
-    is_inline: bool
-    content_id: str | None
-
-    def json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "@odata.type": "#microsoft.graph.fileAttachment",
-            "name": self.name,
-            "contentType": self.content_type,
-            "isInline": self.is_inline,
-            "contentBytes": base64.b64encode(self.data).decode(),
-        }
-        if self.content_id:
-            out["contentId"] = self.content_id
-        return out
-
-
-def parse_mime(mime: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(mime, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def top_content_type(mime: bytes) -> str:
-    return str(parse_mime(mime).get("Content-Type", "")).lower()
-
-
-def _people(msg: Message, header: str) -> list[dict[str, Any]]:
-    values = [str(v) for v in msg.get_all(header) or []]
-    return [
-        {"emailAddress": {"name": name or addr, "address": addr}}
-        for name, addr in getaddresses(values)
-        if addr
-    ]
-
-
-def _body(msg: EmailMessage) -> dict[str, str]:
-    part = msg.get_body(preferencelist=("html", "plain"))
-    if part is None:
-        return {"contentType": "text", "content": ""}
-    assert isinstance(part, EmailMessage)
-    try:
-        content = part.get_content()
-    except (LookupError, KeyError):  # unknown charset: keep the bytes as Latin-1 text
-        content = _payload(part).decode("latin-1")
-    kind = "html" if part.get_content_subtype() == "html" else "text"
-    return {"contentType": kind, "content": str(content)}
-
-
-def _payload(part: Message) -> bytes:
-    data = part.get_payload(decode=True)
-    return data if isinstance(data, bytes) else b""
-
-
-def attachments_of(msg: EmailMessage) -> list[Part]:
-    out: list[Part] = []
-    for part in msg.iter_attachments():
-        assert isinstance(part, EmailMessage)
-        ctype = part.get_content_type()
-        if ctype == "message/rfc822":
-            # An attached message travels as an .eml file (item attachments are not created
-            # here; a documented gap of this mover).
-            inner = part.get_payload(0)
-            if not isinstance(inner, Message):
-                continue
-            data = inner.as_bytes()
-            name = part.get_filename() or f"{inner.get('Subject', 'message')}.eml"
-        else:
-            data = _payload(part)
-            name = part.get_filename() or "attachment"
-        cid = str(part.get("Content-ID") or "").strip().strip("<>") or None
-        inline = part.get_content_disposition() == "inline"
-        out.append(Part(name, ctype, data, inline, cid))
-    return out
-
-
-def _iso(value: Any) -> str | None:
-    return str(value) if value else None
-
-
-def message_payload(msg: EmailMessage, state: dict[str, Any], source_id: str) -> dict[str, Any]:
-    """The JSON create of a message: its MIME-derived content plus the state MIME lacks, and
-    the copy's identity (IDENTITY_PROP = the source message's id)."""
-    flags = (MSGFLAG_READ if state.get("isRead") else 0) | (
-        MSGFLAG_UNSENT if state.get("isDraft") else 0
-    )
-    props = [
-        {"id": "Integer 0x0E07", "value": str(flags)},
-        {"id": IDENTITY_PROP, "value": source_id},
-    ]
-    if received := _iso(state.get("receivedDateTime")):
-        props.append({"id": "SystemTime 0x0E06", "value": received})
-    if sent := _iso(state.get("sentDateTime")):
-        props.append({"id": "SystemTime 0x0039", "value": sent})
-    sensitivity = SENSITIVITY.get(str(msg.get("Sensitivity", "")).strip().lower())
-    if sensitivity:
-        props.append({"id": "Integer 0x0036", "value": str(sensitivity)})
-    body: dict[str, Any] = {
-        "subject": str(msg.get("Subject", "")),
-        "body": _body(msg),
-        "toRecipients": _people(msg, "To"),
-        "ccRecipients": _people(msg, "Cc"),
-        "bccRecipients": _people(msg, "Bcc"),
-        "replyTo": _people(msg, "Reply-To"),
-        "importance": state.get("importance") or "normal",
-        "categories": list(state.get("categories") or []),
-        "singleValueExtendedProperties": props,
-    }
-    sender = _people(msg, "From")
-    if sender:
-        body["from"] = sender[0]
-    if msg.get("Message-ID"):
-        body["internetMessageId"] = str(msg["Message-ID"]).strip()
-    flag = state.get("flag")
-    if isinstance(flag, dict) and flag.get("flagStatus"):
-        body["flag"] = {k: v for k, v in flag.items() if not k.startswith("@")}
-    return body
-
-
-def split_attachments(payload_size: int, parts: list[Part]) -> tuple[list[Part], list[Part]]:
-    """(attachments that fit into the create request, the ones sent after it)."""
-    room = MAX_REQUEST - REQUEST_MARGIN - payload_size
-    inline, later = [], []
-    for p in sorted(parts, key=lambda p: len(p.data)):
-        cost = (len(p.data) + 2) // 3 * 4 + 1024
-        if cost <= room:
-            inline.append(p)
-            room -= cost
-        else:
-            later.append(p)
-    return inline, later
-
-
-# -- mail copy ------------------------------------------------------------------------------------
-
-W = TypeVar("W")
-CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
-COPIES_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
-
-
-async def bounded(limit: int, work: Iterable[W], job: Callable[[W], Awaitable[None]]) -> None:
-    """Run `job` on each of `work` with at most `limit` at once (so memory holds `limit`
-    items, not the folder). The first failure cancels the rest and is raised as itself,
-    not as an ExceptionGroup, for the one error tree.
-
-    `limit` workers take the next piece of work as they finish one, and a job's coroutine
-    is made only when its worker awaits it: a coroutine made ahead (waiting for a slot, or
-    in a task the failure cancels before it starts) would never run, silently.
-    """
-    pending = iter(work)
-
-    async def worker() -> None:
-        for piece in pending:  # shared: each piece goes to exactly one worker
-            await job(piece)
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(max(1, limit)):
-                tg.create_task(worker())
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-
-
-class MailCopier:
-    """Copies one mailbox's pending messages into the target over the mail API."""
-
-    def __init__(self, ctx: Context, key: str, src: Box, tgt: Box, counts: Counter[str]) -> None:
-        self.ctx, self.key, self.src, self.tgt, self.counts = ctx, key, src, tgt, counts
-        self.conflicts: list[str] = []  # subjects of messages whose update was refused
-
-    async def copy_pending(self, plan: Plan, window: Window) -> None:
-        """Every pending message in the window, up to COPIES_IN_FLIGHT at once (each copy is
-        a few requests in a row, so one at a time would leave the mailbox's 4 concurrent
-        requests mostly idle); each is journaled `importing` before its create, so a kill
-        anywhere leaves at most that many partial copies for `_recover_interrupted`."""
-        now = dt.datetime.now().astimezone()
-        work: list[tuple[dict[str, Any], str]] = []
-        for folder_id, dest in plan.target_of.items():
-            await self._recover_interrupted(folder_id, dest)
-            rows = self.ctx.journal.mapped_items(self.key, folder_id=folder_id, status="pending")
-            work += [
-                (r, dest)
-                for r in rows
-                if r["kind"] == MAIL_CLASS and fidelity._in_window(r, window, now)
-            ]
-        await bounded(COPIES_IN_FLIGHT, work, lambda pair: self.copy(*pair))
-
-    async def copy(self, row: dict[str, Any], dest: str) -> None:
-        sid = row["source_item_id"]
-        try:
-            mime = await self.src.graph.get_bytes(f"users/{self.src.user_id}/messages/{sid}/$value")
-            state = await self.src.graph.send(
-                "GET", f"users/{self.src.user_id}/messages/{sid}", params={"$select": STATE_SELECT}
-            )
-        except NotFound:
-            return  # gone since the scan: the next delta reports it
-        info = {"content_type": top_content_type(mime)}
-        reason = fidelity._skip_reason(self.ctx, {**row, "size": len(mime)}, info)
-        if reason is not None:
-            self._skip(sid, reason, row.get("subject"), len(mime))
-            return
-        msg = parse_mime(mime)
-        payload = message_payload(msg, state, sid)
-        inline, later = split_attachments(len(json.dumps(payload)), attachments_of(msg))
-        if inline:
-            payload["attachments"] = [p.json() for p in inline]
-        self.ctx.journal.map_item(self.key, sid, status="importing", target_folder_id=dest)
-        made: dict[str, Any] | None = None
-        try:
-            made = await self.tgt.graph.send(
-                "POST", f"users/{self.tgt.user_id}/mailFolders/{dest}/messages", json=payload
-            )
-            if made is None:  # plan mode
-                return
-            for part in later:
-                await self._attach(str(made["id"]), part)
-        except InvalidRequest as exc:
-            # e.g. a message over the target's size limit: skipped and reported, never dropped.
-            if made is not None:
-                with contextlib.suppress(NotFound):
-                    await self._delete(str(made["id"]))
-            self._skip(sid, exc.message, row.get("subject"), len(mime))
-            return
-        self.ctx.journal.map_item(
-            self.key,
-            sid,
-            status="copied",
-            source_change_key=state.get("changeKey"),
-            target_folder_id=dest,
-            target_item_id=made["id"],
-            target_change_key=made.get("changeKey"),
-            size=len(mime),
-            reason=None,
-        )
-        self.counts["copied"] += 1
-        self.counts["bytes"] += len(mime)
-
-    def _skip(self, sid: str, reason: str, subject: str | None, size: int) -> None:
-        self.ctx.journal.map_item(
-            self.key, sid, status="skipped", reason=reason, subject=subject, size=size
-        )
-        self.counts["skipped"] += 1
-
-    async def _attach(self, message_id: str, part: Part) -> None:
-        base = f"users/{self.tgt.user_id}/messages/{message_id}/attachments"
-        if len(part.data) < UPLOAD_SESSION_MIN:
-            await self.tgt.graph.send("POST", base, json=part.json())
-            return
-        spec: dict[str, Any] = {
-            "attachmentType": "file",
-            "name": part.name,
-            "size": len(part.data),
-            "contentType": part.content_type,
-            "isInline": part.is_inline,
-        }
-        if part.content_id:
-            spec["contentId"] = part.content_id
-        session = await self.tgt.graph.send(
-            "POST", f"{base}/createUploadSession", json={"AttachmentItem": spec}
-        )
-        url, total = str(session["uploadUrl"]), len(part.data)
-        for start in range(0, total, UPLOAD_CHUNK):
-            await self.tgt.graph.put_range(
-                url, part.data[start : start + UPLOAD_CHUNK], start, total
-            )
-
-    async def _delete(self, message_id: str) -> None:
-        await self.tgt.graph.send("DELETE", f"users/{self.tgt.user_id}/messages/{message_id}")
-
-    async def _recover_interrupted(self, folder_id: str, dest: str) -> None:
-        """Messages marked `importing` by a pass that died: remove a partial copy, copy again.
-
-        The copy is found by identity (`our_copies`); it may lack attachments added after the
-        create, so it is deleted and the message goes back to pending rather than adopted.
-        """
-        stuck = self.ctx.journal.mapped_items(self.key, folder_id=folder_id, status="importing")
-        if not stuck:
-            return
-        taken = mapped_targets(self.ctx, self.key)
-        box = f"users/{self.tgt.user_id}"
-        for r in stuck:
-            for copy_id in await our_copies(
-                self.tgt.graph, f"{box}/mailFolders/{dest}/messages", r, taken
-            ):
-                with contextlib.suppress(NotFound):
-                    await self._delete(copy_id)
-            self.ctx.journal.map_item(self.key, r["source_item_id"], status="pending", reason=None)
-
-    async def update_changed(self) -> None:
-        """Bring copies in line with their changed source: read/flag state, categories."""
-        for r in self.ctx.journal.mapped_items(self.key, status="changed"):
-            if r["kind"] != MAIL_CLASS or not r["target_item_id"]:
-                continue
-            sid = r["source_item_id"]
-            try:
-                state = await self.src.graph.send(
-                    "GET",
-                    f"users/{self.src.user_id}/messages/{sid}",
-                    params={"$select": STATE_SELECT},
-                )
-            except NotFound:
-                continue  # gone since the scan: the next delta reports it
-            patch: dict[str, Any] = {
-                "isRead": bool(state.get("isRead")),
-                "categories": list(state.get("categories") or []),
-                "importance": state.get("importance") or "normal",
-            }
-            if isinstance(state.get("flag"), dict):
-                patch["flag"] = {k: v for k, v in state["flag"].items() if not k.startswith("@")}
-            try:
-                made = await self.tgt.graph.send(
-                    "PATCH", f"users/{self.tgt.user_id}/messages/{r['target_item_id']}", json=patch
-                )
-            except RemoteError as exc:
-                if not update_conflict(exc):
-                    raise
-                # Changed or gone in the target: reported, the target wins.
-                self.ctx.journal.map_item(
-                    self.key, sid, status="copied", reason=f"not updated: {exc.message}"
-                )
-                self.conflicts.append(str(r["subject"] or sid))
-                self.counts["update_conflicts"] += 1
-                continue
-            self.ctx.journal.map_item(
-                self.key,
-                sid,
-                status="copied",
-                source_change_key=state.get("changeKey"),
-                target_change_key=(made or {}).get("changeKey"),
-            )
-            self.counts["updated"] += 1
-
-
-def update_conflict(exc: RemoteError) -> bool:
-    """Whether an update of a copy failed for that item alone: any 4xx but the token's 401
-    (the copy was changed, moved or deleted in the target, or refuses the change); 429 and
-    5xx are TransientErrors, retried before they get here."""
-    status = exc.fields.get("status")
-    return (
-        isinstance(status, int)
-        and 400 <= status < 500
-        and not isinstance(exc, (AuthenticationError, TransientError))
-    )
-
-
-# -- identity of copies ---------------------------------------------------------------------------
-
-
-def odata_string(value: str) -> str:
-    """An OData string literal (a quote inside is doubled)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def stamp_filter(source_id: str) -> str:
-    """`$filter` for the items stamped with `source_id` (singlevaluelegacyextendedproperty-get,
-    "GET resource instances with string-typed extended properties matching a filter")."""
-    return (
-        f"singleValueExtendedProperties/Any(ep: ep/id eq {odata_string(IDENTITY_PROP)}"
-        f" and ep/value eq {odata_string(source_id)})"
-    )
-
-
-def stamp_expand() -> str:
-    """`$expand` that returns an item's stamp with it (singlevaluelegacyextendedproperty-get)."""
-    return f"singleValueExtendedProperties($filter=id eq {odata_string(IDENTITY_PROP)})"
-
-
-def stamp_of(item: dict[str, Any]) -> str | None:
-    """The source id an item read with `stamp_expand()` is stamped with (None: not ours).
-    Graph leaves the collection out when the item lacks the property."""
-    for p in item.get("singleValueExtendedProperties") or []:
-        if str(p.get("id", "")).casefold() == IDENTITY_PROP.casefold():
-            return str(p.get("value"))
-    return None
-
-
 def mapped_targets(ctx: Context, key: str) -> set[str]:
     """Target items the journal maps to a source item: never a leftover to clean up."""
     return {str(r["target_item_id"]) for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
-
-
-async def our_copies(
-    graph: GraphAdapter, folder_messages: str, row: dict[str, Any], taken: set[str]
-) -> list[str]:
-    """Ids of the unmapped copies of `row`'s message that coexist made in the folder: found by
-    the source's Internet Message-ID (set on the copy) and by the stamp, and kept only if
-    the item, read back, carries coexist's stamp (so a message of the target's own that
-    happens to share the Message-ID is never touched)."""
-    filters = [stamp_filter(str(row["source_item_id"]))]
-    message_id = fidelity.message_id_of(row.get("source_identity"))
-    if message_id:
-        filters.append(f"internetMessageId eq {odata_string(message_id)}")
-    found: list[str] = []
-    for flt in filters:
-        for m in await graph.list_all(folder_messages, {"$filter": flt, "$select": "id"}):
-            if str(m["id"]) not in taken and str(m["id"]) not in found:
-                found.append(str(m["id"]))
-    box = folder_messages.split("/mailFolders/", 1)[0]
-    out = []
-    for item_id in found:
-        with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to clean up
-            item = await graph.send(
-                "GET",
-                f"{box}/messages/{item_id}",
-                params={"$select": "id", "$expand": stamp_expand()},
-            )
-            if stamp_of(item) is not None:
-                out.append(item_id)
-    return out
 
 
 def _instant(value: Any) -> dt.datetime | None:
@@ -702,6 +118,52 @@ def _instant(value: Any) -> dt.datetime | None:
         text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
     t = dt.datetime.fromisoformat(text)
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+# -- deletions -------------------------------------------------------------------------------------
+
+# Item class (mailboxItem.type, MS-OXCMSG PidTagMessageClass) -> the fallback mover's kind.
+_KIND_OF_CLASS = {"ipm.contact": "contact", "ipm.appointment": "event", "ipm.task": "task"}
+
+
+def kind_of(kind: str) -> str:
+    """The item family of a recorded kind: mail, contact, event or task."""
+    low = kind.lower()
+    if low in ("mail", "contact", "event", "task"):
+        return low
+    if low.startswith("ipm.note"):
+        return "mail"  # IPM.Note and its subclasses (S/MIME, voicemail...)
+    return _KIND_OF_CLASS.get(low, low)
+
+
+# Each item family's item URL (user id, folder id, item id): the one place it is spelled;
+# CONTACTS/EVENTS/TASKS below use these too.
+# *unverified* for To Do: that a task's list id is the id of the mailbox folder it sits in
+# (the sandbox serves one id space).
+ITEM_PATHS: dict[str, Callable[[str, str, str], str]] = {
+    "mail": lambda u, f, i: f"users/{u}/messages/{i}",
+    "contact": lambda u, f, i: f"users/{u}/contacts/{i}",
+    "event": lambda u, f, i: f"users/{u}/events/{i}",
+    "task": lambda u, f, i: f"users/{u}/todo/lists/{f}/tasks/{i}",
+}
+
+
+def delete_path(row: dict[str, Any], user: str) -> str | None:
+    """The Graph URL that deletes the target copy of `row`, or None for an unknown kind."""
+    path = ITEM_PATHS.get(kind_of(str(row["kind"] or "mail")))
+    if path is None:
+        return None
+    return path(user, str(row["target_folder_id"]), str(row["target_item_id"]))
+
+
+async def delete_copy(graph: GraphAdapter, user: str, row: dict[str, Any]) -> bool:
+    """Delete a row's target copy through the Graph API of its kind (False: an unknown kind,
+    left `gone` in the item map)."""
+    path = delete_path(row, user)
+    if path is None:
+        return False
+    await graph.send("DELETE", path)
+    return True
 
 
 # -- contacts, events, tasks --------------------------------------------------------------------------
@@ -817,7 +279,7 @@ class PimCopier:
         for fid, path, default in src:  # parents come before their children
             match = next(
                 (t for t in tgt if (t[2] and default) or (not t[2] and not default and
-                                                          fidelity.same_path(t[1], path))),
+                                                          sync.same_path(t[1], path))),
                 None,
             )  # fmt: skip
             if match is None:
@@ -1113,9 +575,6 @@ def _series_window(master: dict[str, Any]) -> tuple[str, str]:
     return begin.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# -- deletions -------------------------------------------------------------------------------------
-
-
 # -- the mover -------------------------------------------------------------------------------------
 
 
@@ -1127,42 +586,28 @@ class ItemsMover:
 
         if kind == "cutover":
             window = Window()  # the cutover pass moves everything not yet moved
-        src = Box(ctx.source.graph, subject, "")
-        tgt = Box(ctx.target.graph, target_id(ctx, subject), "")
-        target_tree = await mail_tree(tgt.graph, tgt.user_id)
-        plan = await fidelity.map_folders(
-            ctx, tgt, await mail_tree(src.graph, src.user_id), target_tree
-        )
+        src = GraphItemsStore(Box(ctx.source.graph, subject, ""))
+        tgt = GraphItemsStore(Box(ctx.target.graph, target_id(ctx, subject), ""))
         counts: Counter[str] = Counter()
-        for folder_id in plan.target_of:
-            await scan_folder(ctx, subject, src, folder_id)
-        await fidelity.resolve_moves(ctx, subject, tgt, plan, counts, _move_signature)
-        mail = MailCopier(ctx, subject, src, tgt, counts)
-        await mail.copy_pending(plan, window)
-        await mail.update_changed()
-        pim = PimCopier(ctx, subject, src.graph, tgt.graph, (src.user_id, tgt.user_id))
+        # Mail rows only: contacts, events and tasks are PimCopier's (their own rows).
+        plan, stores = await sync.sync_mailbox(ctx, subject, src, tgt, window, counts, MAIL_CLASS)
+        pim = PimCopier(
+            ctx, subject, src.box.graph, tgt.box.graph, (src.box.user_id, tgt.box.user_id)
+        )
         await pim.run()
         counts.update(pim.counts)
-        await handle_deletions(ctx, subject, tgt.graph, tgt.user_id, counts)
-        totals = {f.id: f.total for f in await mail_tree(tgt.graph, tgt.user_id)}
-        report = await reconcile.reconcile(ctx, subject, src, tgt, plan, target_totals=totals)
+        await handle_deletions(
+            ctx, subject, counts, lambda r: delete_copy(tgt.box.graph, tgt.box.user_id, r)
+        )
+        report = await reconcile.reconcile(ctx, subject, plan, await tgt.totals())
         notes = []
         if counts["events_without_attendees"]:
             notes.append(
                 f"{counts['events_without_attendees']} events copied without their attendees"
                 " (Graph would invite them; graph-import-export keeps them)"
             )
-        if refused := mail.conflicts + pim.conflicts:
-            named = ", ".join(repr(n) for n in refused[:CONFLICTS_NAMED])
-            more = (
-                f" and {len(refused) - CONFLICTS_NAMED} more"
-                if len(refused) > CONFLICTS_NAMED
-                else ""
-            )
-            notes.append(
-                f"{len(refused)} changes not applied (the copy was changed or removed in the"
-                f" target, which wins): {named}{more}"
-            )
+        if note := sync.conflicts_note(stores.conflicts + pim.conflicts):
+            notes.append(note)
         return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
 
 

@@ -9,6 +9,7 @@ movers' first Graph call answers `NotReady`) leaves the pass `waiting`.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -74,22 +75,57 @@ class NoMover:
 
 
 MOVERS: dict[str, Mover] = {"none": NoMover()}
+# Movers made of modules that register themselves in MOVERS when imported: `[migration]
+# mover` name -> module. Imported on first use, so a project only loads the stores it uses.
+MOVER_MODULES = {
+    "graph-import-export": "coexist.migrate.stores.graph_io",
+    "graph-items": "coexist.migrate.items",
+    "imap-sync": "coexist.migrate.stores.imap",
+}
+# The (source kind, target kind) pairs each mover moves between ([source]/[target] kind);
+# `none` moves nothing, whatever the kinds.
+MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
+    "graph-import-export": frozenset({("m365", "m365")}),
+    "graph-items": frozenset({("m365", "m365")}),
+    "imap-sync": frozenset({("imap", "imap")}),
+}
+
+
+def _kinds(ctx: Context) -> tuple[str, str]:
+    def kind(side: str) -> str:
+        return str(getattr(getattr(ctx.project, side, None), "kind", "m365") or "m365")
+
+    return kind("source"), kind("target")
 
 
 def mover_for(ctx: Context) -> Mover:
+    from coexist.errors import ConfigError
+
     name = getattr(getattr(ctx.project, "migration", None), "mover", "none") or "none"
-    if name == "graph-import-export":
-        from coexist.migrate import fidelity  # noqa: F401  (registers itself in MOVERS)
-    elif name == "graph-items":
-        from coexist.migrate import items  # noqa: F401  (registers itself in MOVERS)
+    file = str(getattr(ctx.project, "file", "project.toml"))
+    pair = _kinds(ctx)
+    if name in MOVER_KINDS and pair not in MOVER_KINDS[name]:
+        serving = sorted(m for m, pairs in MOVER_KINDS.items() if pair in pairs)
+        instead = (
+            f"set mover to one of: {', '.join(serving)}"
+            if serving
+            else 'no mover of this version does; set mover = "none" to move data by other means'
+        )
+        raise ConfigError(
+            f"data mover {name!r} does not move {pair[0]} -> {pair[1]} ([source] kind = "
+            f"{pair[0]!r}, [target] kind = {pair[1]!r})",
+            file=file,
+            key="migration.mover",
+            next_step=f"{instead} in [migration]",
+        )
+    if name not in MOVERS and name in MOVER_MODULES:
+        importlib.import_module(MOVER_MODULES[name])
     try:
         return MOVERS[name]
     except KeyError:
-        from coexist.errors import ConfigError
-
         raise ConfigError(
             f"data mover {name!r} is not available in this version",
-            file=str(getattr(ctx.project, "file", "project.toml")),
+            file=file,
             key="migration.mover",
         ) from None
 

@@ -1,8 +1,7 @@
 """Reconciliation: per folder, what the source holds against what the target holds.
 
-After every pass, per target folder: the source items that map to it (the import/export
-API's `totalItemCount` of each source folder), the target's `totalItemCount`, and what the
-journal explains (items skipped and reported, items still pending outside the pass window,
+After every pass, per target folder: the source items that map to it (the source store's
+total of each source folder), the target store's total, and what the journal explains (items skipped and reported, items still pending outside the pass window,
 copies kept after a source deletion). Whatever is left is an unexplained difference; the
 cutover pass waits on one beyond `[migration] reconcile_tolerance`.
 
@@ -24,27 +23,17 @@ from coexist.model import Phase
 if TYPE_CHECKING:
     from collections import Counter
 
-    from coexist.migrate.fidelity import Box, Plan
     from coexist.migrate.passes import PassResult
+    from coexist.migrate.sync import Plan
 
 
 async def reconcile(
-    ctx: Context,
-    key: str,
-    src: Box,
-    tgt: Box,
-    plan: Plan,
-    target_totals: dict[str, int] | None = None,
+    ctx: Context, key: str, plan: Plan, target_totals: dict[str, int]
 ) -> dict[str, Any]:
     """Compare both sides, store the result on the user's item detail and return it.
 
-    `target_totals` (folder id -> item count) is given by a mover that reads the target
-    through another API (`migrate.items`: the mail API); otherwise the import/export API's.
-    """
-    from coexist.migrate.fidelity import folder_tree
-
-    if target_totals is None:
-        target_totals = {f.id: f.total for f in await folder_tree(tgt)}
+    `target_totals` (target folder id -> item count) comes from the target store, through
+    the API whose ids the plan holds."""
     journal = ctx.journal.item_map_counts(key)
     user = ctx.journal.get_item("user", key) or {}
     live = user.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)

@@ -35,9 +35,9 @@ READS: dict[str, frozenset[str]] = {
     # -- licensing: commands.py, preflight.py (seats = prepaidUnits.enabled - consumedUnits)
     "subscribedSku": frozenset({"skuId", "skuPartNumber", "consumedUnits", "prepaidUnits"}),
     "licenseUnitsDetail": frozenset({"enabled"}),
-    # -- the import/export API's mailbox id: tenants/graph.py, migrate/fidelity.py
+    # -- the import/export API's mailbox id: tenants/graph.py, migrate/stores/graph.py
     "exchangeSettings": frozenset({"primaryMailboxId"}),
-    # -- mail: verify.py, migrate/items.py, migrate/fidelity.py (subject and headers of
+    # -- mail: verify.py, migrate/items.py, migrate/stores/graph_io.py (subject and headers of
     #    skipped items)
     "message": frozenset(
         {
@@ -98,7 +98,7 @@ READS: dict[str, frozenset[str]] = {
     "todoTask": frozenset(
         {"id", "title", "dueDateTime", "checklistItems", "createdDateTime", "lastModifiedDateTime"}
     ),
-    # -- mailbox import/export API: migrate/fidelity.py. The importItem answer
+    # -- mailbox import/export API: migrate/stores/graph_io.py. The importItem answer
     #    ({itemId, changeKey}, from the importUrl on outlook.office365.com) has no CSDL type;
     #    its names are exportItemResponse's.
     "mailboxFolder": frozenset(

@@ -10,15 +10,14 @@ from coexist.errors import (
     PermissionDenied,
     TransientError,
 )
-from coexist.migrate.fidelity import sync_state_lost
 from coexist.migrate.items import (
     IDENTITY_PROP,
-    _move_signature,
     odata_string,
     stamp_filter,
     stamp_of,
     update_conflict,
 )
+from coexist.migrate.stores.graph import sync_state_lost
 
 
 def test_sync_state_lost_by_any_documented_code_or_410() -> None:
@@ -48,16 +47,6 @@ def test_any_4xx_but_401_on_an_update_is_the_items_conflict() -> None:
     assert not update_conflict(AuthenticationError("x", service="graph", status=401))
     assert not update_conflict(TransientError("x", service="graph", status=429))
     assert not update_conflict(TransientError("x", service="graph", status=503))
-
-
-def test_moves_pair_by_internet_message_id_only() -> None:
-    """Rows pair by Message-ID; rows without one never pair with anything."""
-    a = {"kind": "IPM.Note", "source_identity": "mid:<m@x>", "source_item_id": "1"}
-    b = {"kind": "IPM.Note", "source_identity": "mid:<m@x>", "source_item_id": "2"}
-    bare = {"kind": "IPM.Note", "source_identity": None, "source_item_id": "3"}
-    other = {"kind": "IPM.Note", "source_identity": None, "source_item_id": "4"}
-    assert _move_signature(a) == _move_signature(b)
-    assert _move_signature(bare) != _move_signature(other)
 
 
 def test_stamp_filter_quotes_and_stamp_of_reads_back() -> None:

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from coexist.engine.context import Context
-from coexist.errors import TransientError
+from coexist.errors import ConfigError, TransientError
 from coexist.journal import Journal
-from coexist.migrate.fidelity import EXPORT_BATCH, EXPORT_BYTES, Job, _batches
 from coexist.migrate.passes import (
     FINAL_PASS_KEPT_FOR,
     MOVERS,
@@ -21,8 +20,11 @@ from coexist.migrate.passes import (
     PassResult,
     Window,
     finished_pass,
+    mover_for,
     run_pass,
 )
+from coexist.migrate.stores.graph_io import EXPORT_BATCH, EXPORT_BYTES
+from coexist.migrate.sync import Job, batches
 
 
 class Exploding:
@@ -45,6 +47,11 @@ def test_a_pass_whose_mover_raises_is_journaled_failed(tmp_path: Path) -> None:
 
 def job(size: int) -> Job:
     return Job({"source_item_id": str(size), "size": size}, "dest")
+
+
+def _batches(jobs: list[Job]) -> list[list[Job]]:
+    """The import/export store's export batches."""
+    return list(batches(jobs, EXPORT_BATCH, EXPORT_BYTES))
 
 
 def test_export_batches_are_capped_by_count_and_bytes() -> None:
@@ -102,3 +109,25 @@ def test_a_pass_finished_by_an_interrupted_run_is_not_started_again(tmp_path: Pa
         later = datetime.now(UTC) + FINAL_PASS_KEPT_FOR + timedelta(minutes=1)
         stale = DataPassStep(subject="u1", kind="cutover", resume_after=ended_ok)
         assert finished_pass(ctx, stale, now=later) is None
+
+
+@pytest.mark.parametrize("mover", ["graph-import-export", "graph-items"])
+def test_a_mover_is_refused_for_kinds_it_does_not_move_between(mover: str) -> None:
+    """A Graph mover on an IMAP source is a ConfigError on migration.mover naming both
+    kinds; `none` serves any pair; m365 -> m365 gets the registered mover."""
+
+    def ctx(mover: str, source: str) -> Context:
+        project: Any = SimpleNamespace(
+            migration=SimpleNamespace(mover=mover),
+            source=SimpleNamespace(kind=source),
+            target=SimpleNamespace(kind="m365"),
+            file="/p/project.toml",
+        )
+        return Context(project, None, None, None)  # type: ignore[arg-type]
+
+    with pytest.raises(ConfigError) as info:
+        mover_for(ctx(mover, "imap"))
+    assert info.value.fields["key"] == "migration.mover"
+    assert "does not move imap -> m365" in str(info.value)
+    assert mover_for(ctx("none", "imap")) is MOVERS["none"]
+    assert mover_for(ctx(mover, "m365")) is MOVERS[mover]

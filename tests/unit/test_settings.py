@@ -75,12 +75,23 @@ def _load_error(tmp_path: Path, text: str, env: dict[str, str] | None = None) ->
     return info.value
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A TOML document as dotted keys (a kind's table, [source.imap], nests in its side's)."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # -- init ----------------------------------------------------------------------------
 def test_init_round_trip_loads_back_to_defaults(tmp_path: Path) -> None:
     """A file written by init holds every default and loads back to exactly those values."""
     path = write_project(tmp_path, overrides=REQUIRED)
     on_disk = tomllib.loads(path.read_text())
-    flat = {f"{sec}.{k}": v for sec, table in on_disk.items() for k, v in table.items()}
+    flat = _flatten(on_disk)
     expected = {s.key: s.default for s in SETTINGS} | REQUIRED | {"project.name": tmp_path.name}
     assert flat == expected
 
@@ -99,8 +110,9 @@ def test_init_documents_every_setting_with_its_help(tmp_path: Path) -> None:
     text = write_project(tmp_path).read_text()
     comments = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
     doc = tomllib.loads(text)
+    flat = _flatten(doc)
     for s in SETTINGS:
-        assert s.name in doc[s.section], s.key
+        assert s.key in flat, s.key
         assert s.help in comments, s.key
         if s.env:
             assert f"env: {s.env}" in comments, s.key
@@ -152,7 +164,7 @@ def test_describe_lists_every_setting() -> None:
 
 def test_section_dataclasses_match_the_table() -> None:
     """Each typed section has exactly the declared settings as fields (one declaration)."""
-    internal = {"side", "client_secret", "file"}
+    internal = {"side", "client_secret", "file", *settings.KIND_TABLES}
     for section, cls in SECTION_TYPES.items():
         fields = {f.name for f in dataclasses.fields(cls)} - internal  # type: ignore[arg-type]
         assert fields == {s.name for s in SETTINGS if s.section == section}, section
@@ -502,3 +514,62 @@ def test_normalised_values(tmp_path: Path) -> None:
     assert project.prestage.usage_location == "US"
     assert project.scope.group == "Migration Wave 1 "
     assert project.project.name == tmp_path.name
+
+
+# -- endpoint kinds ----------------------------------------------------------------------
+IMAP_SOURCE = f"""\
+[source]
+kind = "imap"
+
+[source.imap]
+host = "IMAP.Example.org"
+
+[target]
+tenant_id = "{TGT_TID}"
+client_id = "{TGT_CID}"
+
+[domains]
+destination_domain = "fabrikam.com"
+"""
+
+
+def test_an_imap_source_needs_no_tenant_and_has_its_own_table(tmp_path: Path) -> None:
+    """kind = "imap" takes its settings from [source.imap] (defaults filled in, the port
+    following the security mode); the target stays a Microsoft 365 tenant by default."""
+    _write(tmp_path, IMAP_SOURCE)
+    project = load_project(tmp_path, env={})
+    assert (project.source.kind, project.target.kind) == ("imap", "m365")
+    imap = project.source.imap
+    assert (imap.host, imap.security, imap.effective_port) == (
+        "imap.example.org",
+        "implicit-tls",
+        993,
+    )
+    assert project.value("source.imap.connections_per_server") == 10
+    assert project.to_dict()["source"]["imap"]["host"] == "imap.example.org"
+    _write(tmp_path, _with("source.imap", 'security = "starttls"', IMAP_SOURCE))
+    assert load_project(tmp_path, env={}).source.imap.effective_port == 143
+    with pytest.raises(ConfigError) as info:
+        project.source.endpoint()
+    assert info.value.fields["key"] == "source.kind" and "imap" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        (IMAP_SOURCE.replace('host = "IMAP.Example.org"\n', ""), "source.imap.host", "missing"),
+        (_with("source", f'tenant_id = "{SRC_TID}"', IMAP_SOURCE), "source.tenant_id", "kind"),
+        (_with("source.imap", 'host = "imap.example.org"'), "source.imap.host", "kind"),
+        (_with("source.imap", 'hots = "x"', IMAP_SOURCE), "source.imap.hots", "'host'"),
+        (_with("source.imap", 'security = "none"', IMAP_SOURCE), "source.imap.security", "one of"),
+        (_with("target.imap", "port = 993", IMAP_SOURCE), "target.imap.port", "kind"),
+        (IMAP_SOURCE.replace("IMAP.Example.org", "imap example"), "source.imap.host", "host name"),
+        (_with("source", 'kind = "pop3"'), "source.kind", "one of"),
+    ],
+)
+def test_kind_settings_are_checked(tmp_path: Path, text: str, key: str, words: str) -> None:
+    """A kind's table is required where it is the side's kind and refused where it is not,
+    and its keys and values are checked like any other, naming file and key."""
+    err = _load_error(tmp_path, text)
+    assert err.fields["key"] == key, err
+    assert words in str(err)

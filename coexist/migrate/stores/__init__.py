@@ -1,0 +1,1 @@
+"""One MailboxStore per data plane (`coexist.tenants.protocols.MailboxStore`)."""

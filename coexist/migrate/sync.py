@@ -1,0 +1,940 @@
+"""The one sync algorithm: a data pass from a source MailboxStore into a target MailboxStore.
+
+Stores (`coexist.tenants.protocols.MailboxStore`, one module per data plane in
+`migrate/stores/`) say what a mailbox holds and move bytes; this module decides what to copy
+and keeps the journal's item map and per-folder cursors. It never spells a URL.
+
+A pass over one mailbox, and why in this order:
+
+1. Folders: each source folder is mapped to a target folder by the project's rules
+   (`migrate.folders`), created in the target when missing.
+2. Scan: per mapped source folder, follow the store's change feed from the saved cursor and
+   record every reported item in the journal's `item_map` (new -> pending with its identity,
+   changed -> changed, removed -> gone); only then save the cursor (a checkpoint never runs
+   ahead of the data it covers). A cursor the store says is lost restarts that folder's
+   round, mid-round too; what a full round no longer reports is gone. The scan never
+   filters by date (a filtered Graph message delta stops at 5,000 messages,
+   delta-query-messages): items outside the pass window stay `pending`.
+3. Moves: an item moved at the source gets a new id (Exchange ids are per folder, IMAP UIDs
+   per mailbox); a pending item whose identity matches exactly one gone, copied item is that
+   item moved. It is imported into its new folder like any other, and the old copy deleted
+   once the new one is journaled (`finish_moves`); a pass killed in between finishes it on
+   the next run.
+4. Copy: pending items in the window, in export batches (the source store's `caps`), each
+   imported into the mapped target folder and recorded right after; an `importing` mark
+   written before the import lets a pass that was killed in between adopt the copy (same
+   identity in the target folder) instead of duplicating it.
+5. Update: changed items are re-exported and imported over their copy; a refusal the target
+   store calls the item's conflict is reported and the pass goes on.
+6. Deletions: gone items are reported (`deletions = keep`) or deleted in the target (mirror).
+7. Reconcile: per target folder, source totals against target totals and the journal.
+
+Format: the richest both stores share (`negotiate`): the opaque full-fidelity stream when
+both are Exchange, MIME plus typed properties otherwise (`Payload.mime` and `.state`, a
+`MessageState`: read, draft, flag, categories, importance, delivery and submit time). An
+update exports the state only where the format carries it apart (`export(state_only=True)`:
+an IMAP FETCH FLAGS, a Graph GET of the message's state), and the target brings its copy's
+state in line; the opaque stream is exported whole and imported over the copy.
+
+What a store can do changes the path, never the algorithm's steps: `caps.moves` (the target
+moves a copy, else import + delete), `caps.atomic_import` (an interrupted import's copy is
+adopted, else deleted and made again), `caps.inspect_before_export` (the skip rules read
+`inspect` before the export, else the exported payload's `info` and `size`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from coexist.engine.context import Context
+from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
+from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
+from coexist.migrate.passes import PassResult, Window
+from coexist.tenants.protocols import (
+    EXCHANGE_STREAM,
+    MAIL_CLASS,
+    MAIL_FOLDER,
+    MIME,
+    Change,
+    ChangeFeed,
+    Folder,
+    Imported,
+    ItemInfo,
+    ItemRef,
+    MailboxStore,
+    Payload,
+)
+
+# A lost cursor starts a folder's round over this often per pass before the error is raised.
+RESTARTS = 2
+PREFETCH_BATCHES = 1  # exported batches waiting for import (the next one is being exported)
+# Content types of protected mail: S/MIME (RFC 8551) and IRM (MS-OXORMMS: the rights-managed
+# body travels as an application/x-microsoft-rpmsg-message attachment/part).
+ENCRYPTED_TYPES = (
+    "application/pkcs7-mime",
+    "application/x-pkcs7-mime",
+    "application/x-microsoft-rpmsg-message",
+)
+FORMATS = (EXCHANGE_STREAM, MIME)  # richest first
+
+MESSAGE_IDENTITY = "mid:"  # item_map.source_identity of a message: "mid:<Message-ID>"
+
+
+def message_identity(message_id: str | None) -> str | None:
+    """The item_map identity of a message with this Internet Message-ID (every store)."""
+    return f"{MESSAGE_IDENTITY}{message_id}" if message_id else None
+
+
+def message_id_of(identity: str | None) -> str | None:
+    """The Internet Message-ID an item_map identity names, if it names one."""
+    if identity and identity.startswith(MESSAGE_IDENTITY):
+        return identity[len(MESSAGE_IDENTITY) :]
+    return None
+
+
+def negotiate(src: MailboxStore, tgt: MailboxStore, file: str = "project.toml") -> str:
+    """The richest payload format the source exports and the target accepts."""
+    for fmt in FORMATS:
+        if fmt in src.caps.exports and fmt in tgt.caps.accepts:
+            return fmt
+    raise ConfigError(
+        f"no payload format both stores speak (source exports {sorted(src.caps.exports)}, "
+        f"target accepts {sorted(tgt.caps.accepts)})",
+        file=file,
+        key="migration.mover",
+    )
+
+
+# -- folders -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The mapped folders of one pass: source folder id -> target folder id."""
+
+    source: list[Folder]
+    target_of: dict[str, str] = field(default_factory=dict)
+    skipped_folders: list[str] = field(default_factory=list)
+    not_ipm: int = 0  # search and system folders seen and left alone
+
+
+# (parent or None for the top, name, path, folder class) -> the made folder, or None when the
+# target cannot hold a folder of that class there (MailboxStore.create_folder).
+FolderCreator = Callable[["Folder | None", str, tuple[str, ...], str], Awaitable["Folder | None"]]
+
+
+def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    # Exchange folder names are unique per parent regardless of case (ErrorFolderExists).
+    return len(a) == len(b) and all(x.casefold() == y.casefold() for x, y in zip(a, b, strict=True))
+
+
+def _rules(ctx: Context) -> FolderRules:
+    m = ctx.project.migration
+    return FolderRules.parse(m.folder_rules, m.include_folders, m.exclude_folders)
+
+
+async def ensure_path(
+    create: FolderCreator, tree: list[Folder], dest: Destination, folder_class: str = MAIL_FOLDER
+) -> str | None:
+    """The target folder id for `dest`, creating missing folders of `folder_class` on the
+    way; None when the target cannot hold it (e.g. a calendar under a mail folder)."""
+    by_path = {f.path: f for f in tree}
+    anchor: Folder | None = None
+    if dest.anchor is not None:
+        anchor = next((f for f in tree if f.well_known == dest.anchor and len(f.path) == 1), None)
+        if anchor is None:
+            return None
+    prefix = anchor.path if anchor else ()
+    parent = anchor
+    for name in dest.path:
+        prefix = (*prefix, name)
+        found = next((f for p, f in by_path.items() if same_path(p, prefix)), None)
+        if found is None:
+            made = await create(parent, name, prefix, folder_class)
+            if made is None:
+                return None
+            found = made
+            tree.append(found)
+            by_path[found.path] = found
+        parent = found
+    return parent.id if parent else None
+
+
+async def map_folders(
+    ctx: Context, source: list[Folder], target: list[Folder], create: FolderCreator
+) -> Plan:
+    """Map each source folder to a target folder (made by `create` when missing) by the
+    project's folder rules."""
+    rules = _rules(ctx)
+    top = {f.path[0].casefold(): f.well_known for f in source if f.well_known and len(f.path) == 1}
+    plan = Plan(source)
+    for f in source:
+        dest = map_folder(SourceFolder(f.path, f.well_known), top, rules)
+        if dest is None:
+            continue
+        target_id_ = await ensure_path(create, target, dest, f.folder_class)
+        if target_id_ is None:
+            plan.skipped_folders.append("/".join(f.path))
+            continue
+        plan.target_of[f.id] = target_id_
+    return plan
+
+
+async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Plan:
+    source = await src.list_folders()
+    target = await tgt.list_folders()
+    plan = await map_folders(ctx, source.folders, target.folders, tgt.create_folder)
+    plan.not_ipm = source.left_out
+    return plan
+
+
+# -- scan (change feed -> item_map) ------------------------------------------------------------
+
+
+async def scan_folder(
+    ctx: Context, key: str, src: ChangeFeed, folder: Folder, kind: str | None = None
+) -> None:
+    """Record the folder's changes since the saved cursor, then save the new cursor.
+
+    A lost cursor (the store says so: `cursor_lost`) starts the folder's round over from
+    the start, mid-round too, at most RESTARTS times. A full round (the first, or such a
+    restart) reports what is there, not what was removed: the item map keeps what was
+    copied from being copied again, and rows of the folder (of `kind`, if given) it did not
+    report have left the folder since (`forget_unseen`, before the cursor is saved)."""
+    checkpoint = src.caps.checkpoint_kind
+    saved = ctx.journal.get_checkpoint(key, folder.id, checkpoint)
+    cursor = (saved or {}).get("token") or None
+    for attempt in range(RESTARTS + 1):
+        try:
+            await _follow(ctx, key, src, folder, cursor, kind)
+            return
+        except RemoteError as exc:
+            if not src.cursor_lost(exc) or attempt == RESTARTS:
+                raise
+            ctx.journal.delete_checkpoint(key, folder.id, checkpoint)
+            cursor = None
+
+
+async def _follow(
+    ctx: Context, key: str, src: ChangeFeed, folder: Folder, cursor: str | None, kind: str | None
+) -> None:
+    """Follow one round, journaling each page before the next."""
+    present: set[str] = set()
+    feed = src.changes(folder, cursor)
+    async for page in feed.pages():
+        rows, forget = page_rows(ctx, key, folder.id, page.changes)
+        new = {str(r["source_item_id"]) for r in rows if "source_folder_id" in r}
+        described = await feed.describe([c for c in page.changes if c.id in new])
+        fill_identities(rows, described)
+        for source_id in forget:
+            ctx.journal.unmap_item(key, source_id)
+        ctx.journal.map_items(key, rows)
+        present.update(c.id for c in page.changes if not c.removed)
+        if page.cursor:
+            if cursor is None:
+                forget_unseen(ctx, key, folder.id, present, kind)
+            ctx.journal.save_checkpoint(key, folder.id, src.caps.checkpoint_kind, token=page.cursor)
+
+
+def fill_identities(rows: list[dict[str, Any]], described: list[Change]) -> None:
+    """New rows get the identity and subject their store described."""
+    by_id = {c.id: c for c in described}
+    for r in rows:
+        if "source_folder_id" not in r:
+            continue
+        c = by_id.get(str(r["source_item_id"]))
+        r["source_identity"] = c.identity if c else None
+        r["subject"] = c.subject if c else None
+
+
+def forget_unseen(
+    ctx: Context, key: str, folder_id: str, seen: set[str], kind: str | None = None
+) -> None:
+    """After a full round (a restarted one reports what is there, not what was removed):
+    rows of the folder (of `kind`, if given) it did not report left the folder — gone if
+    copied, forgotten if never copied. A row mid-copy (`importing`) is left to the crash
+    recovery."""
+    rows: list[dict[str, Any]] = []
+    for r in ctx.journal.mapped_items(key, folder_id=folder_id):
+        if r["source_item_id"] in seen or (kind is not None and r["kind"] != kind):
+            continue
+        if r["status"] in ("copied", "changed"):
+            rows.append({"source_item_id": r["source_item_id"], "status": "gone"})
+        elif r["status"] in ("pending", "skipped"):
+            ctx.journal.unmap_item(key, r["source_item_id"])
+    ctx.journal.map_items(key, rows)
+
+
+def page_rows(
+    ctx: Context, key: str, folder_id: str, changes: list[Change]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The item_map rows one page of changes makes, and the ids to forget (removed before
+    they were copied). A new item's row holds `source_folder_id`."""
+    rows: list[dict[str, Any]] = []
+    forget: list[str] = []
+    for c in changes:
+        known = ctx.journal.mapped(key, c.id)
+        if c.removed:
+            if known is None:
+                continue
+            if known["status"] in ("copied", "changed"):
+                rows.append({"source_item_id": c.id, "status": "gone"})
+            elif known["status"] in ("pending", "skipped"):
+                forget.append(c.id)
+            continue
+        if known is None:
+            rows.append(
+                {
+                    "source_item_id": c.id,
+                    "source_folder_id": folder_id,
+                    "source_change_key": c.change_key,
+                    "source_created": c.created,
+                    "size": c.size,
+                    "kind": c.kind,
+                    "status": "pending",
+                }
+            )
+        elif known["source_change_key"] != c.change_key:
+            status = "changed" if known["status"] in ("copied", "changed") else known["status"]
+            rows.append(
+                {"source_item_id": c.id, "source_change_key": c.change_key, "status": status}
+            )
+    return rows, forget
+
+
+# -- moves -------------------------------------------------------------------------------------
+
+MOVE_MARK = "moving the copy of "  # reason of a row whose old copy is still to be removed
+
+
+async def resolve_moves(
+    ctx: Context, key: str, tgt: MailboxStore, plan: Plan, counts: Counter[str]
+) -> None:
+    """Pair pending items with the gone copy of the same item (a move at the source): same
+    identity, same kind, exactly one gone copy.
+
+    A copy already in the item's new target folder is adopted as it is. Otherwise, where the
+    target store moves items (`caps.moves`), the copy is moved: the pending row is marked
+    `importing` with `reason` naming the gone row before the move is sent, the gone row is
+    dropped after it and the pending row recorded last (`_move_copy`), and a pass killed in
+    between redoes the move (`_finish_interrupted_moves`). Where it does not, the item is
+    marked (`reason` names the gone row) and copied by the pipeline like any pending item,
+    whatever the window, and `finish_moves` deletes the old copy once the new one is
+    journaled. A pass killed anywhere in between resumes from these marks.
+    """
+    if tgt.caps.moves:
+        await _finish_interrupted_moves(ctx, key, tgt, counts)
+    gone: dict[str, list[dict[str, Any]]] = {}
+    for g in ctx.journal.mapped_items(key, status="gone"):
+        if g["target_item_id"] and g["source_identity"]:
+            gone.setdefault(str(g["source_identity"]), []).append(g)
+    if not gone:
+        return
+    for p in ctx.journal.mapped_items(key, status="pending"):
+        match = gone.get(str(p["source_identity"])) if p["source_identity"] else None
+        dest = plan.target_of.get(p["source_folder_id"])
+        if not match or len(match) != 1 or dest is None or str(p["reason"] or ""):
+            continue
+        old = match.pop()
+        if old["kind"] != p["kind"]:
+            continue
+        if old["target_folder_id"] == dest:  # e.g. two source folders mapped to one
+            if not ctx.planning:
+                _adopt_moved(
+                    ctx, key, p, old, dest, old["target_item_id"], old["target_change_key"]
+                )
+                counts["moved"] += 1
+        elif tgt.caps.moves:
+            if not ctx.planning:
+                ctx.journal.map_item(
+                    key,
+                    p["source_item_id"],
+                    status="importing",
+                    target_folder_id=dest,
+                    reason=MOVE_MARK + str(old["source_item_id"]),
+                )
+            await _move_copy(ctx, key, tgt, p, old, dest, counts)
+        elif not ctx.planning:
+            ctx.journal.map_item(key, p["source_item_id"], reason=MOVE_MARK + old["source_item_id"])
+
+
+def _adopt_moved(
+    ctx: Context,
+    key: str,
+    p: dict[str, Any],
+    old: dict[str, Any],
+    dest: str,
+    item_id: Any,
+    change_key: Any,
+) -> None:
+    """The moved item's row takes over the copy (in `dest`); the gone row is dropped."""
+    ctx.journal.unmap_item(key, old["source_item_id"])
+    ctx.journal.map_item(
+        key,
+        p["source_item_id"],
+        status="changed",  # re-sync its state with an update
+        target_folder_id=dest,
+        target_item_id=item_id,
+        target_change_key=change_key,
+        reason=None,
+    )
+
+
+async def _move_copy(
+    ctx: Context,
+    key: str,
+    tgt: MailboxStore,
+    p: dict[str, Any],
+    old: dict[str, Any],
+    dest: str,
+    counts: Counter[str],
+) -> None:
+    moved = await tgt.move(copy_of(old), dest)
+    if moved.item_id is None:  # plan mode
+        return
+    _adopt_moved(ctx, key, p, old, dest, moved.item_id, moved.change_key)
+    counts["moved"] += 1
+
+
+async def _finish_interrupted_moves(
+    ctx: Context, key: str, tgt: MailboxStore, counts: Counter[str]
+) -> None:
+    """Rows a dead pass left mid-move: redo the move, or leave the row to the recovery of
+    interrupted imports (`adopt_interrupted`)."""
+    for p in ctx.journal.mapped_items(key, status="importing"):
+        if not moving(p):
+            continue
+        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
+        if old is not None and old["status"] == "gone" and old["target_item_id"]:
+            try:
+                await _move_copy(ctx, key, tgt, p, old, str(p["target_folder_id"]), counts)
+                continue
+            except NotFound:
+                # Moved by the pass that died (the store gave it a new id), or deleted in the
+                # target since: either way the old row no longer names a target item.
+                ctx.journal.unmap_item(key, old["source_item_id"])
+        ctx.journal.map_item(key, p["source_item_id"], reason=None)
+
+
+def moving(row: dict[str, Any]) -> bool:
+    """Whether a row is a moved item whose old copy is still to be removed."""
+    return str(row.get("reason") or "").startswith(MOVE_MARK)
+
+
+def copy_of(row: dict[str, Any]) -> ItemRef:
+    """A row's target copy."""
+    return ItemRef(str(row["target_folder_id"]), str(row["target_item_id"]))
+
+
+async def finish_moves(ctx: Context, key: str, tgt: MailboxStore, counts: Counter[str]) -> None:
+    """Moved items whose new copy is journaled: delete the old copy, forget its row."""
+    for p in ctx.journal.mapped_items(key):
+        if p["status"] not in ("copied", "changed") or not moving(p):
+            continue
+        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
+        if old is not None and old["status"] == "gone" and old["target_item_id"]:
+            with contextlib.suppress(NotFound):  # deleted by a pass that died after it
+                await tgt.delete(copy_of(old))
+        if ctx.planning:
+            continue
+        if old is not None and old["status"] == "gone":
+            ctx.journal.unmap_item(key, old["source_item_id"])
+        ctx.journal.map_item(key, p["source_item_id"], reason=None)
+        counts["moved"] += 1
+
+
+# -- copy and update ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One item to import: its item_map row, the target folder, and for an update the
+    copy's (item id, change key)."""
+
+    row: dict[str, Any]
+    dest: str
+    update: tuple[str, str] | None = None
+
+    @property
+    def source_id(self) -> str:
+        return str(self.row["source_item_id"])
+
+    @property
+    def source(self) -> ItemRef:
+        return ItemRef(str(self.row.get("source_folder_id") or ""), self.source_id)
+
+
+def batches(jobs: list[Job], count: int, size_cap: int) -> Iterator[list[Job]]:
+    """Export batches: <= `count` items and <= `size_cap` bytes of items (one larger item
+    goes alone), so what a batch holds in memory does not depend on the mailbox."""
+    batch: list[Job] = []
+    size = 0
+    for job in jobs:
+        item = int(job.row.get("size") or 0)
+        if batch and (len(batch) == count or size + item > size_cap):
+            yield batch
+            batch, size = [], 0
+        batch.append(job)
+        size += item
+    if batch:
+        yield batch
+
+
+def in_window(row: dict[str, Any], window: Window, now: datetime) -> bool:
+    """Whether a row's item belongs to the pass, by the arrival time its store recorded
+    (`source_created`)."""
+    raw = row.get("source_created")
+    created = datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else None
+    return window.contains(created, now)
+
+
+def skip_reason(ctx: Context, row: dict[str, Any], info: ItemInfo | None) -> str | None:
+    """Why an item must not be copied (the project's size limit, protected mail), or None."""
+    m = ctx.project.migration
+    if int(row.get("size") or 0) > m.max_item_mb * 1024 * 1024:
+        return f"larger than {m.max_item_mb} MB"
+    if m.encrypted == "skip" and _encrypted(str(row.get("kind") or ""), info or ItemInfo()):
+        return "encrypted (S/MIME or IRM)"
+    return None
+
+
+def _encrypted(item_class: str, info: ItemInfo) -> bool:
+    # MS-OXOSMIME: encrypted and opaque-signed mail is "IPM.Note.SMIME" (clear-signed mail,
+    # "IPM.Note.SMIME.MultipartSigned", is readable and moves). IRM mail is "IPM.Note" with
+    # PidNameContentClass "rpmsg.message" (MS-OXBBODY 2.1.3.4), the rights-managed body in an
+    # application/x-microsoft-rpmsg-message attachment (MS-OXORMMS): only headers show it.
+    if item_class.lower() == "ipm.note.smime":
+        return True
+    return any(t in info.content_type for t in ENCRYPTED_TYPES) or "rpmsg" in info.content_class
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The two stores of one pass, the format items travel in between them, and the names
+    (subjects) of items whose update the target refused (for the pass detail)."""
+
+    src: MailboxStore
+    tgt: MailboxStore
+    fmt: str
+    conflicts: list[str] = field(default_factory=list)
+
+
+def _of_kind(row: dict[str, Any], kind: str | None) -> bool:
+    return kind is None or row["kind"] == kind
+
+
+async def copy_pending(
+    ctx: Context,
+    key: str,
+    stores: Stores,
+    plan: Plan,
+    window: Window,
+    counts: Counter[str],
+    kind: str | None = None,
+) -> None:
+    """Pending items (of `kind`, if given) in the window, after the recovery of imports a
+    dead pass left (`adopt_interrupted`)."""
+    now = datetime.now().astimezone()
+    jobs: list[Job] = []
+    for folder_id, dest in plan.target_of.items():
+        await adopt_interrupted(ctx, key, stores.tgt, folder_id)
+        jobs += [
+            Job(r, dest)
+            for r in ctx.journal.mapped_items(key, folder_id=folder_id, status="pending")
+            if _of_kind(r, kind)
+            and (moving(r) or in_window(r, window, now))  # a moved item's copy exists already
+        ]
+    await _pipeline(ctx, key, stores, jobs, counts)
+
+
+async def update_changed(
+    ctx: Context, key: str, stores: Stores, counts: Counter[str], kind: str | None = None
+) -> None:
+    """Bring copies (of `kind`, if given) in line with their changed source (read/flag
+    state, categories...).
+
+    Crash safety: a copy's change key is forgotten in the journal before its update is sent
+    and recorded after it; a row without one (the pass died in between, and the update may
+    have landed) is updated over the copy's current change key, read from the target."""
+    rows = [
+        r
+        for r in ctx.journal.mapped_items(key, status="changed")
+        if r["target_item_id"] and _of_kind(r, kind)
+    ]
+    unknown = [copy_of(r) for r in rows if not r["target_change_key"]]
+    current = await stores.tgt.change_keys(unknown) if unknown and not ctx.planning else {}
+    jobs = []
+    for r in rows:
+        change_key = r["target_change_key"] or current.get(str(r["target_item_id"]))
+        if change_key is None:
+            # The copy could not be read: gone in the target since (deleted there).
+            ctx.journal.map_item(
+                key,
+                r["source_item_id"],
+                status="copied",
+                reason=_kept_reason(r, "not updated: the copy is no longer in the target"),
+            )
+            counts["update_conflicts"] += 1
+            continue
+        jobs.append(Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), change_key)))
+    await _pipeline(ctx, key, stores, jobs, counts)
+
+
+def _kept_reason(row: dict[str, Any], reason: str) -> str:
+    """A row's new reason, unless it is mid-move: that mark must survive until the old copy
+    is removed (`finish_moves`)."""
+    return str(row["reason"]) if moving(row) else reason
+
+
+Exported = list[tuple[Job, Payload]]
+
+
+async def _pipeline(
+    ctx: Context, key: str, stores: Stores, jobs: list[Job], counts: Counter[str]
+) -> None:
+    """Export batch n+1 from the source while batch n is imported into the target, with up to
+    the target's `imports_in_flight` imports at once.
+
+    Source and target are different mailboxes with their own budgets, so overlapping them is
+    what lets the target's upload budget be spent without gaps. Memory is bounded: one batch
+    queued, one being exported, one being imported (each <= the source's `export_bytes`);
+    every payload is dropped as soon as its import answers.
+    """
+    if not jobs:
+        return
+    queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
+    caps = stores.src.caps
+
+    async def produce() -> None:
+        for batch in batches(jobs, caps.export_batch, caps.export_bytes):
+            ready = await _export_batch(ctx, key, stores, batch, counts)
+            if ready:
+                await queue.put(ready)
+        await queue.put(None)
+
+    slots = asyncio.Semaphore(stores.tgt.caps.imports_in_flight)
+    sink = Sink(ctx, key, stores.tgt, counts, stores.conflicts)
+
+    async def consume(tg: asyncio.TaskGroup) -> None:
+        while (ready := await queue.get()) is not None:
+            while ready:
+                job, data = ready.pop(0)
+                await slots.acquire()
+                tg.create_task(_import_one(sink, job, data, slots))
+            del ready
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce())
+            tg.create_task(consume(tg))
+    except BaseExceptionGroup as group:
+        # One error tree for callers: the first failure, not asyncio's group of them.
+        raise group.exceptions[0] from None
+
+
+async def _export_batch(
+    ctx: Context, key: str, stores: Stores, batch: list[Job], counts: Counter[str]
+) -> Exported:
+    """Skip what must not be imported (reported with its subject), export the rest.
+
+    A source whose `inspect` costs what its export does (`inspect_before_export` False)
+    is checked after the export, by the payload's own `info` and `size`."""
+    if not stores.src.caps.inspect_before_export:
+        return _skip_exported(ctx, key, await _export(stores, batch), counts)
+    creates = [j for j in batch if j.update is None]
+    mail = [j for j in creates if str(j.row["kind"]).startswith(MAIL_CLASS)]
+    check = ctx.project.migration.encrypted == "skip"
+    info = await stores.src.inspect([j.source for j in mail]) if mail and check else {}
+    mail_ids = {j.source_id for j in mail}
+    wanted: list[Job] = []
+    for job in batch:
+        if job.update is None and check and job.source_id in mail_ids and job.source_id not in info:
+            # Its properties could not be read (gone since the scan, or an answer that is not
+            # a throttle: stores retry those): its class alone decides (S/MIME is a class;
+            # IRM shows only in headers). Counted, so it is visible.
+            counts["irm_unchecked"] += 1
+        reason = None if job.update else skip_reason(ctx, job.row, info.get(job.source_id))
+        if reason is None:
+            wanted.append(job)
+            continue
+        seen = info.get(job.source_id)
+        subject = (seen.subject if seen else None) or job.row.get("subject")
+        ctx.journal.map_item(key, job.source_id, status="skipped", reason=reason, subject=subject)
+        counts["skipped"] += 1
+    return await _export(stores, wanted)
+
+
+async def _export(stores: Stores, jobs: list[Job]) -> Exported:
+    """Export the jobs' items (an update batch: their state only, where the format can)."""
+    if not jobs:
+        return []
+    state_only = all(j.update is not None for j in jobs)
+    exported = await stores.src.export([j.source for j in jobs], stores.fmt, state_only)
+    # An id missing from the answer is gone since the scan: the next scan reports it.
+    return [(j, exported.pop(j.source_id)) for j in jobs if j.source_id in exported]
+
+
+def _skip_exported(ctx: Context, key: str, ready: Exported, counts: Counter[str]) -> Exported:
+    """The skip rules over exported items, by their payload's size and `info`."""
+    out: Exported = []
+    for job, data in ready:
+        row = job.row if data.size is None else {**job.row, "size": data.size}
+        reason = None if job.update else skip_reason(ctx, row, data.info)
+        if reason is None:
+            out.append((job, data))
+            continue
+        subject = (data.info.subject if data.info else None) or job.row.get("subject")
+        fields: dict[str, Any] = {"status": "skipped", "reason": reason, "subject": subject}
+        if data.size is not None:
+            fields["size"] = data.size
+        ctx.journal.map_item(key, job.source_id, **fields)
+        counts["skipped"] += 1
+    return out
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where one mailbox's imports go and are recorded."""
+
+    ctx: Context
+    key: str
+    tgt: MailboxStore
+    counts: Counter[str]
+    conflicts: list[str]
+
+    def record(self, job: Job, **fields: Any) -> None:
+        self.ctx.journal.map_item(self.key, job.source_id, **fields)
+
+
+async def _import_one(sink: Sink, job: Job, data: Payload, slots: asyncio.Semaphore) -> None:
+    try:
+        if job.update is None:
+            await _create(sink, job, data)
+        else:
+            await _update(sink, job, data)
+    finally:
+        slots.release()
+
+
+async def _create(sink: Sink, job: Job, data: Payload) -> None:
+    sink.record(job, status="importing", target_folder_id=job.dest)
+    try:
+        made = await sink.tgt.import_item(job.dest, data)
+    except InvalidRequest as exc:
+        # e.g. "The item does not fit the destination folder": skipped, never dropped.
+        sized = {} if data.size is None else {"size": data.size}
+        sink.record(job, status="skipped", reason=exc.message, **sized)
+        sink.counts["skipped"] += 1
+        return
+    # A moved item keeps its mark until `finish_moves` has removed the old copy.
+    reason = job.row["reason"] if moving(job.row) else None
+    _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason)
+    if reason is None:  # a moved item is counted once, as moved, by `finish_moves`
+        sink.counts["copied"] += 1
+    sink.counts["bytes"] += data.size if data.size is not None else int(job.row.get("size") or 0)
+
+
+async def _update(sink: Sink, job: Job, data: Payload) -> None:
+    assert job.update is not None
+    sink.record(job, target_change_key=None)  # the copy is about to change (crash safety)
+    replace = ItemRef(job.dest, job.update[0], job.update[1])
+    try:
+        made = await sink.tgt.import_item(job.dest, data, replace)
+    except RemoteError as exc:
+        if not sink.tgt.update_refused(exc):
+            sink.record(job, target_change_key=job.update[1])  # nothing was changed
+            raise
+        # Changed in the target too, gone there, or refused: that item's conflict, reported
+        # (the target wins); the pass goes on.
+        reason = _kept_reason(job.row, f"not updated: {exc.message}")
+        sink.record(job, status="copied", target_change_key=job.update[1], reason=reason)
+        sink.counts["update_conflicts"] += 1
+        sink.conflicts.append(str(job.row.get("subject") or job.source_id))
+        return
+    _copied(sink, job, data, Imported(made.item_id or job.update[0], made.change_key))
+    sink.counts["updated"] += 1
+
+
+def _copied(sink: Sink, job: Job, data: Payload, made: Imported, **extra: Any) -> None:
+    """Record the copy the import answered with (its id and change key, the source's, and
+    the item's size where the export measured it)."""
+    if data.size is not None:
+        extra["size"] = data.size
+    sink.record(
+        job,
+        status="copied",
+        source_change_key=data.change_key,
+        target_item_id=made.item_id,
+        target_change_key=made.change_key,
+        **extra,
+    )
+
+
+async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id: str) -> None:
+    """Items marked `importing` by a pass that died: adopt the copy if the import landed.
+
+    The copy is recognised by its identity among the target folder's items no row maps yet:
+    one copy per stuck row, so nothing is adopted twice and nothing imported twice. A row
+    without an identity (the source item had none) goes back to pending. A target whose
+    import is not atomic (`caps.atomic_import` False) may hold a partial copy: it is
+    deleted and the item copied again (`_discard_interrupted`).
+    """
+    stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
+    if not stuck:
+        return
+    taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
+    if not tgt.caps.atomic_import:
+        await _discard_interrupted(ctx, key, tgt, stuck, taken)
+        return
+    if ctx.planning:
+        return
+    copies: dict[str, dict[str, list[ItemRef]]] = {}
+    for r in stuck:
+        dest = str(r["target_folder_id"])
+        if dest in copies or dest.startswith("planned:"):
+            continue
+        copies[dest] = await tgt.copies(dest, taken)
+    for r in stuck:
+        found_in = copies.get(str(r["target_folder_id"])) or {}
+        candidates = found_in.get(str(r["source_identity"])) if r["source_identity"] else None
+        if not candidates:  # the import never landed (or cannot be told): import it again
+            ctx.journal.map_item(key, r["source_item_id"], status="pending")
+            continue
+        found = candidates.pop(0)
+        ctx.journal.map_item(
+            key,
+            r["source_item_id"],
+            status="changed",  # re-sync its state with an update, to be sure
+            target_item_id=found.item_id,
+            target_change_key=found.change_key,
+        )
+
+
+async def _discard_interrupted(
+    ctx: Context, key: str, tgt: MailboxStore, stuck: list[dict[str, Any]], taken: set[Any]
+) -> None:
+    """Delete the copies (found by the store, `copies_of`) interrupted non-atomic imports
+    left, and put their rows back to pending."""
+    for r in stuck:
+        dest, source_id = str(r["target_folder_id"]), str(r["source_item_id"])
+        for ref in await tgt.copies_of(dest, source_id, r["source_identity"], taken):
+            with contextlib.suppress(NotFound):
+                await tgt.delete(ref)
+        ctx.journal.map_item(key, source_id, status="pending", reason=None)
+
+
+# -- deletions ---------------------------------------------------------------------------------
+
+# Deletes a row's target copy; False when it cannot (a kind its store has no delete for).
+CopyDeleter = Callable[[dict[str, Any]], Awaitable[bool]]
+
+
+async def handle_deletions(
+    ctx: Context, key: str, counts: Counter[str], delete: CopyDeleter
+) -> None:
+    """Items deleted at the source since they were copied: reported, or mirrored.
+
+    `[migration] deletions = "keep"` (default) only counts them; `"mirror"` deletes each copy
+    through `delete` (the target store's, which knows the ids its imports made)."""
+    gone = ctx.journal.mapped_items(key, status="gone")
+    counts["deleted_at_source"] = len(gone)
+    if ctx.project.migration.deletions != "mirror":
+        return
+    for r in gone:
+        deleted = False
+        if r["target_item_id"]:
+            try:
+                deleted = await delete(r)
+            except NotFound:
+                deleted = True  # already gone in the target
+        if not deleted:
+            counts["not_mirrored"] += 1  # stays `gone` in the item map: visible, not lost
+            continue
+        if not ctx.planning:
+            ctx.journal.unmap_item(key, r["source_item_id"])
+            counts["deleted_in_target"] += 1
+
+
+# -- the pass ----------------------------------------------------------------------------------
+
+# Opens a pass's two stores for one user: (ctx, subject) -> (source store, target store).
+StoreOpener = Callable[[Context, str], Awaitable[tuple[MailboxStore, MailboxStore]]]
+
+
+async def sync_mailbox(
+    ctx: Context,
+    subject: str,
+    src: MailboxStore,
+    tgt: MailboxStore,
+    window: Window,
+    counts: Counter[str],
+    kind: str | None = None,
+) -> tuple[Plan, Stores]:
+    """Steps 1-5 of a pass (folders, scan, moves, copy, update) for one mailbox, over items
+    of `kind` if given (a mover that copies other kinds its own way leaves their rows be)."""
+    file = str(getattr(ctx.project, "file", "project.toml"))
+    stores = Stores(src, tgt, negotiate(src, tgt, file))
+    plan = await plan_folders(ctx, src, tgt)
+    by_id = {f.id: f for f in plan.source}
+    for folder_id in plan.target_of:
+        await scan_folder(ctx, subject, src, by_id[folder_id], kind)
+    await resolve_moves(ctx, subject, tgt, plan, counts)
+    await copy_pending(ctx, subject, stores, plan, window, counts, kind)
+    await update_changed(ctx, subject, stores, counts, kind)
+    await finish_moves(ctx, subject, tgt, counts)
+    return plan, stores
+
+
+CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
+
+
+def conflicts_note(refused: list[str]) -> str | None:
+    """The pass detail's line about refused updates, naming the first few items."""
+    if not refused:
+        return None
+    named = ", ".join(repr(n) for n in refused[:CONFLICTS_NAMED])
+    more = f" and {len(refused) - CONFLICTS_NAMED} more" if len(refused) > CONFLICTS_NAMED else ""
+    return (
+        f"{len(refused)} changes not applied (the copy was changed or removed in the"
+        f" target, which wins): {named}{more}"
+    )
+
+
+class StoreMover:
+    """A mover made of two stores and this algorithm (`passes.MOVERS` holds one per name)."""
+
+    def __init__(self, open_stores: StoreOpener) -> None:
+        self.open_stores = open_stores
+
+    async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
+        from coexist.migrate import reconcile
+
+        if kind == "cutover":
+            window = Window()  # the cutover pass moves everything not yet moved
+        src, tgt = await self.open_stores(ctx, subject)
+        counts: Counter[str] = Counter()
+        plan, stores = await sync_mailbox(ctx, subject, src, tgt, window, counts)
+        await handle_deletions(ctx, subject, counts, lambda r: _delete_copy(tgt, r))
+        report = await reconcile.reconcile(ctx, subject, plan, await tgt.totals())
+        notes = []
+        if counts["irm_unchecked"]:
+            notes.append(
+                f"{counts['irm_unchecked']} messages checked by item class only "
+                "(their headers could not be read: IRM not detectable)"
+            )
+        if plan.not_ipm:
+            notes.append(f"{plan.not_ipm} search and system folders left out")
+        if note := conflicts_note(stores.conflicts):
+            notes.append(note)
+        return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
+
+
+async def _delete_copy(tgt: MailboxStore, row: dict[str, Any]) -> bool:
+    await tgt.delete(copy_of(row))
+    return True

@@ -1,0 +1,1218 @@
+"""IMAP adapter: the one module that speaks IMAP (through imapclient).
+
+Everything else sees typed, immutable records: `ImapFolder` (name decoded from modified
+UTF-7, delimiter, special use, UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ), `MessageRef` (UID,
+flags, keywords, INTERNALDATE, size, Message-ID), `FetchedMessage` (the raw RFC 5322 bytes)
+and `FolderChanges` (what changed since a `Watermark`). A store over this adapter only
+translates records; it never sees imapclient, bytes flags or protocol errors.
+
+Protocol choices, each with its source:
+- TLS always, verification always on (implicit TLS, RFC 8314, or STARTTLS, RFC 3501 6.2.1);
+  a private CA is a CA bundle (`ImapEndpoint.ca_file`), never "don't verify".
+- Logins: LOGIN, AUTHENTICATE PLAIN (RFC 4616), XOAUTH2 (Google "OAuth 2.0 Mechanism",
+  Microsoft "Authenticate an IMAP, POP or SMTP connection using OAuth": Microsoft 365 takes
+  no passwords over IMAP), and Dovecot's master user (`user*master` with the master's
+  password, Dovecot "Master users/passwords").
+- Delta: UIDVALIDITY + highest UID seen per folder (RFC 3501 2.3.1.1: a new UIDVALIDITY
+  voids every UID); flag changes through CONDSTORE `CHANGEDSINCE` (RFC 7162 3.1.4) and
+  expunges through QRESYNC `VANISHED` (RFC 7162 3.2.6) when the server offers them.
+- Bulk: FETCH and APPEND in chunks bounded by count and bytes, one command per chunk (the
+  server streams a chunk's answers back to back: one round trip per chunk, not per
+  message); MULTIAPPEND (RFC 3502) appends a chunk in one command where offered.
+- TCP_NODELAY: IMAP is many small request/response pairs; with Nagle + delayed ACK each
+  small write can wait ~40 ms.
+
+Errors are mapped here, once, into `coexist.errors`: a refused login is an
+`AuthenticationError` naming the user (that user fails, the others go on); no connection
+or a TLS failure is `Unreachable` / `TLSError` naming the endpoint, the cause and the fix;
+a command the server refuses maps by its response code (RFC 5530). Passwords and tokens
+never appear in a message, a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.parser
+import email.policy
+import logging
+import re
+import socket
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
+
+import imapclient
+from imapclient import exceptions as imap_errors
+from imapclient.imapclient import SocketTimeout
+from imapclient.response_parser import parse_fetch_response
+
+from coexist.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RemoteError,
+    TLSError,
+    TransientError,
+    Unreachable,
+)
+
+from .base import connection_cause
+
+log = logging.getLogger(__name__)
+
+SERVICE = "imap"
+# Bounds of one FETCH or APPEND command (a chunk): enough messages per round trip to keep
+# the connection busy, few enough bytes that a chunk never holds much memory. A message
+# larger than CHUNK_BYTES goes alone in its chunk.
+CHUNK_MESSAGES = 200
+CHUNK_BYTES = 8 * 1024 * 1024
+# Metadata of this many messages per FETCH when listing refs (a few hundred bytes each).
+REF_CHUNK = 1000
+
+# RFC 6154 special-use attributes (and RFC 8457's \Important) -> the well-known folder name
+# coexist uses (Microsoft Graph's wellKnownName where one exists: mailFolder resource page).
+# \All, \Flagged and \Important are virtual views (Gmail's All Mail, Starred, Important):
+# every message in them is also in a real folder, so a store skips them by default.
+SPECIAL_USE: dict[str, str] = {
+    "\\drafts": "drafts",
+    "\\sent": "sentitems",
+    "\\trash": "deleteditems",
+    "\\junk": "junkemail",
+    "\\archive": "archive",
+    "\\all": "allmail",
+    "\\flagged": "flagged",
+    "\\important": "important",
+}
+VIRTUAL_FOLDERS = frozenset({"allmail", "flagged", "important"})
+# Servers without SPECIAL-USE (RFC 6154 is optional): the names common providers give
+# their special folders, used only when no folder of the account carries an attribute.
+# The same list imapclient's find_special_folder falls back to (imapclient.imapclient
+# _POPULAR_SPECIAL_FOLDERS), lower-cased, plus Exchange's "Junk E-mail".
+SPECIAL_NAMES: dict[str, str] = {
+    "drafts": "drafts",
+    "sent": "sentitems",
+    "sent items": "sentitems",
+    "sent messages": "sentitems",
+    "trash": "deleteditems",
+    "deleted items": "deleteditems",
+    "deleted messages": "deleteditems",
+    "deleted": "deleteditems",
+    "junk": "junkemail",
+    "junk e-mail": "junkemail",
+    "spam": "junkemail",
+    "archive": "archive",
+}
+SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Draft", "\\Deleted"})
+
+Security = Literal["tls", "starttls"]
+T = TypeVar("T")
+
+
+# -- settings and credentials -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImapEndpoint:
+    """Where an IMAP server is and how to reach it; `side` names the settings table
+    ([source] or [target]) that error messages point to."""
+
+    host: str
+    port: int = 993
+    security: Security = "tls"
+    ca_file: Path | None = None
+    connect_timeout_s: float = 30.0
+    timeout_s: float = 120.0
+    side: str = "source"
+
+    @property
+    def url(self) -> str:
+        scheme = "imaps" if self.security == "tls" else "imap"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Password:
+    """LOGIN (or AUTHENTICATE PLAIN) as `user` with a password."""
+
+    user: str
+    password: str = field(repr=False)
+    mechanism: Literal["login", "plain"] = "login"
+
+
+@dataclass(frozen=True)
+class MasterPassword:
+    """Dovecot's master user: log in as `user` with `master`'s password, as
+    `user<separator>master` (Dovecot "Master users/passwords", auth_master_user_separator)."""
+
+    user: str
+    master: str
+    password: str = field(repr=False)
+    separator: str = "*"
+
+
+@dataclass(frozen=True)
+class OAuth2Token:
+    """AUTHENTICATE XOAUTH2 as `user` with an OAuth 2.0 access token (Microsoft 365, Gmail)."""
+
+    user: str
+    token: str = field(repr=False)
+
+
+Credentials = Password | MasterPassword | OAuth2Token
+
+
+# -- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImapCapabilities:
+    """The extensions of the server that change how the adapter works."""
+
+    condstore: bool
+    qresync: bool
+    multiappend: bool
+    move: bool
+    uidplus: bool
+    special_use: bool
+    unselect: bool
+
+    @classmethod
+    def parse(cls, caps: Iterable[bytes]) -> Self:
+        names = {c.decode("ascii", "replace").upper() for c in caps}
+        return cls(
+            condstore="CONDSTORE" in names or "QRESYNC" in names,  # RFC 7162 3.2.3
+            qresync="QRESYNC" in names,
+            multiappend="MULTIAPPEND" in names,
+            move="MOVE" in names,
+            uidplus="UIDPLUS" in names,
+            special_use="SPECIAL-USE" in names,
+            unselect="UNSELECT" in names,
+        )
+
+
+@dataclass(frozen=True)
+class ImapFolder:
+    """A folder as LISTed and STATUSed. `name` is the full name decoded from modified
+    UTF-7 (RFC 3501 5.1.3), `path` its parts split on `delimiter` (None: a flat namespace)."""
+
+    name: str
+    delimiter: str | None
+    path: tuple[str, ...]
+    special_use: str | None  # a well-known name ("sentitems", ...), see SPECIAL_USE
+    attributes: frozenset[str]
+    selectable: bool
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highestmodseq: int | None = None
+    messages: int | None = None
+
+    @property
+    def virtual(self) -> bool:
+        """A view of messages that live in other folders (Gmail's All Mail, Starred)."""
+        return self.special_use in VIRTUAL_FOLDERS
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """One message of a folder, without its body."""
+
+    uid: int
+    flags: frozenset[str]  # system flags (\\Seen \\Answered \\Flagged \\Draft \\Deleted)
+    keywords: frozenset[str]  # every other flag ($Forwarded, $label1, user keywords)
+    internaldate: datetime  # timezone-aware, as the server keeps it
+    size: int
+    message_id: str | None  # the Message-ID header, None when the message has none
+    modseq: int | None = None
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    """A known message whose flags changed (CONDSTORE)."""
+
+    uid: int
+    flags: frozenset[str]
+    keywords: frozenset[str]
+    modseq: int | None
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """A message's raw RFC 5322 bytes with its flags and INTERNALDATE."""
+
+    uid: int
+    raw: bytes = field(repr=False)
+    flags: frozenset[str]
+    keywords: frozenset[str]
+    internaldate: datetime
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to APPEND: raw bytes, flags and keywords to set, INTERNALDATE to keep."""
+
+    raw: bytes = field(repr=False)
+    flags: frozenset[str] = frozenset()
+    keywords: frozenset[str] = frozenset()
+    internaldate: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """A folder's delta cursor: everything up to `last_uid` under `uidvalidity` was seen,
+    and every flag change up to `highestmodseq` (None: the server has no CONDSTORE)."""
+
+    uidvalidity: int
+    last_uid: int = 0
+    highestmodseq: int | None = None
+
+
+@dataclass(frozen=True)
+class FolderChanges:
+    """What changed in a folder since a watermark.
+
+    `reset`: the UIDVALIDITY differs from the watermark's, so every UID it covered is void;
+    `new` then holds every message of the folder, and the caller must re-match them (by
+    Message-ID) instead of copying them again. `flag_changes` and `vanished` cover messages
+    up to the watermark's UID; each is None when the server cannot tell (no CONDSTORE, no
+    QRESYNC): the caller then compares the flags or UIDs itself (`list_uids`). `more`: a
+    `limit` cut the new messages short; ask again from `next`.
+
+    Save `next` only once everything in these changes is recorded. Saving after part of
+    `new`: `Watermark(next.uidvalidity, <last recorded UID>, <the previous highestmodseq>)`."""
+
+    folder: str
+    reset: bool
+    new: tuple[MessageRef, ...]
+    flag_changes: tuple[FlagChange, ...] | None
+    vanished: tuple[int, ...] | None
+    next: Watermark
+    more: bool = False
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+
+def sequence_set(uids: Iterable[int]) -> str:
+    """The shortest IMAP sequence set of `uids` ("1:3,7,9:10")."""
+    ordered = sorted(set(uids))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def parse_sequence_set(text: str) -> list[int]:
+    """The UIDs of a sequence set without `*` ("1:3,7" -> [1, 2, 3, 7])."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        a, b = int(lo), int(hi or lo)
+        out.extend(range(min(a, b), max(a, b) + 1))
+    return out
+
+
+def split_flags(raw: Iterable[bytes | str]) -> tuple[frozenset[str], frozenset[str]]:
+    """(system flags, keywords) of a FLAGS list; \\Recent is dropped (it belongs to one
+    session and cannot be set, RFC 3501 2.3.2)."""
+    names = [f.decode("utf-8", "replace") if isinstance(f, bytes) else f for f in raw]
+    system = {n for n in names if n.startswith("\\")}
+    canonical = {s.casefold(): s for s in SYSTEM_FLAGS}
+    flags = frozenset(canonical[n.casefold()] for n in system if n.casefold() in canonical)
+    return flags, frozenset(n for n in names if not n.startswith("\\"))
+
+
+def parse_message_id(header_block: bytes | None) -> str | None:
+    """The Message-ID of a `BODY[HEADER.FIELDS (MESSAGE-ID)]` block, unfolded."""
+    if not header_block:
+        return None
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
+    value = headers.get("Message-ID")
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text or None
+
+
+def special_use_of(attributes: frozenset[str]) -> str | None:
+    """The well-known name a folder's RFC 6154 attributes give it, if any."""
+    for attr in attributes:
+        if (name := SPECIAL_USE.get(attr.casefold())) is not None:
+            return name
+    return None
+
+
+def response_code(text: str) -> str | None:
+    """The RFC 5530 response code of a server answer ("[ALREADYEXISTS] ..." -> ALREADYEXISTS)."""
+    match = re.search(r"\[([A-Z-]+)", text)
+    return match.group(1) if match else None
+
+
+def _appended_uids(text: bytes | str | None) -> list[int]:
+    """The UIDs an APPEND's `[APPENDUID validity uids]` answer names (RFC 4315 3)."""
+    if text is None:
+        return []
+    body = text.decode("ascii", "replace") if isinstance(text, bytes) else text
+    match = re.search(r"\[APPENDUID \d+ ([0-9:,]+)\]", body)
+    return parse_sequence_set(match.group(1)) if match else []
+
+
+def _copied_uids(texts: Iterable[bytes | str]) -> dict[int, int]:
+    """source UID -> destination UID of a `[COPYUID validity src dst]` answer (RFC 4315 3)."""
+    for text in texts:
+        body = text.decode("ascii", "replace") if isinstance(text, bytes) else text
+        match = re.search(r"\[COPYUID \d+ ([0-9:,]+) ([0-9:,]+)\]", body)
+        if match:
+            src, dst = parse_sequence_set(match.group(1)), parse_sequence_set(match.group(2))
+            return dict(zip(src, dst, strict=False))
+    return {}
+
+
+def chunks_by_size(
+    items: Sequence[Any], size_of: Any, *, max_count: int, max_bytes: int
+) -> Iterator[list[Any]]:
+    """`items` cut into runs of at most `max_count` items and `max_bytes` bytes (a single
+    item larger than `max_bytes` is a run of its own)."""
+    run: list[Any] = []
+    total = 0
+    for item in items:
+        size = int(size_of(item))
+        if run and (len(run) >= max_count or total + size > max_bytes):
+            yield run
+            run, total = [], 0
+        run.append(item)
+        total += size
+    if run:
+        yield run
+
+
+# -- errors -----------------------------------------------------------------------------
+
+# Response codes (RFC 5530) that say "later", not "never".
+_TRANSIENT_CODES = {"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "EXPUNGEISSUED"}
+
+
+def _server_text(exc: BaseException) -> str:
+    text = str(exc)
+    # imapclient prefixes the command ("create failed: ..."); the server's words follow,
+    # for LOGIN as the repr of bytes (b'[AUTHENTICATIONFAILED] ...').
+    said = text.split(" failed: ", 1)[-1].strip()
+    if (quoted := re.fullmatch(r"b(['\"])(.*)\1", said, re.S)) is not None:
+        said = quoted.group(2)
+    return said or type(exc).__name__
+
+
+class _ErrorMapper:
+    """Maps imapclient and socket failures of one session to coexist errors."""
+
+    def __init__(self, endpoint: ImapEndpoint, user: str) -> None:
+        self.ep = endpoint
+        self.user = user
+
+    def connect_failure(self, exc: BaseException) -> RemoteError:
+        cause = connection_cause(exc)
+        ep = self.ep
+        side = f"[{ep.side}]"
+        kw: dict[str, Any] = {"service": SERVICE, "endpoint": ep.url, "cause": cause.detail}
+        head = f"IMAP server {ep.url}"
+        again = "then run the command again"
+        if cause.kind == "untrusted":
+            return TLSError(
+                f"{head}: its TLS certificate is not trusted ({cause.detail}); coexist never "
+                "turns certificate checks off",
+                next_step=f"check {side} host: it must be a name the server's certificate "
+                f"carries; if a private CA signs it, set ca_file in {side} to that CA's "
+                f"bundle (PEM); {again}",
+                **kw,
+            )
+        if cause.kind == "tls":
+            return TLSError(
+                f"{head}: the TLS handshake failed ({cause.detail})",
+                next_step=f"check {side} port and security: 993 speaks TLS at once "
+                f'(security = "tls"), 143 starts in plain text and upgrades '
+                f'(security = "starttls"); {again}',
+                **kw,
+            )
+        text = {
+            "timeout": f"no connection within {ep.connect_timeout_s:g} s",
+            "dns": f"the name {ep.host} does not resolve ({cause.detail})",
+            "refused": "connection refused",
+            "dropped": f"the connection failed ({cause.detail})",
+        }[cause.kind]
+        return Unreachable(
+            f"{head}: {text}",
+            next_step=f"check {side} host and port, that the server is up, and the network "
+            f"path to {ep.host} (firewall); {again}",
+            **kw,
+        )
+
+    def login_failure(self, exc: BaseException, credentials: Credentials) -> RemoteError:
+        said = _server_text(exc)
+        code = response_code(said)
+        kw: dict[str, Any] = {"service": SERVICE, "code": code, "user": credentials.user}
+        if code in _TRANSIENT_CODES:
+            # Dovecot refuses a login over mail_max_userip_connections with [UNAVAILABLE].
+            return TransientError(
+                f"IMAP login of {credentials.user} at {self.ep.url} was refused for now: {said}",
+                **kw,
+            )
+        how = {
+            Password: "the password",
+            MasterPassword: "the master user and its password",
+            OAuth2Token: "the OAuth token (its scope must allow IMAP)",
+        }[type(credentials)]
+        via = (
+            f" through master user {credentials.master}"
+            if isinstance(credentials, MasterPassword)
+            else ""
+        )
+        return AuthenticationError(
+            f"IMAP login of {credentials.user}{via} at {self.ep.url} was refused: {said}",
+            next_step=f"check {how} of {credentials.user} "
+            f"(coexist credentials set {credentials.user}), then run "
+            "`coexist verify-credentials`",
+            **kw,
+        )
+
+    def command_failure(self, exc: BaseException, what: str, folder: str | None) -> RemoteError:
+        where = f" in folder {folder!r}" if folder is not None else ""
+        head = f"IMAP {what}{where} for {self.user} at {self.ep.url}"
+        kw: dict[str, Any] = {"service": SERVICE, "user": self.user, "folder": folder}
+        if isinstance(exc, imap_errors.IMAPClientAbortError | OSError):
+            # The connection broke mid-command (reset, timeout, server shutdown).
+            return TransientError(f"{head}: the connection failed ({exc})", **kw)
+        said = _server_text(exc)
+        code = response_code(said)
+        kw["code"] = code
+        message = f"{head} was refused: {said}"
+        if code in _TRANSIENT_CODES:
+            return TransientError(message, **kw)
+        if code in ("NONEXISTENT", "TRYCREATE"):
+            return NotFound(message, **kw)
+        if code == "ALREADYEXISTS":
+            return Conflict(message, **kw)
+        if code in ("NOPERM", "OVERQUOTA", "PRIVACYREQUIRED"):
+            return PermissionDenied(message, **kw)
+        return InvalidRequest(message, **kw)
+
+
+# -- the session ------------------------------------------------------------------------
+
+
+class ImapSession:
+    """One authenticated IMAP connection (not thread-safe: one thread uses it at a time).
+
+    `ImapSession.open(endpoint, credentials)` connects, upgrades to TLS, logs in and
+    enables CONDSTORE/QRESYNC when offered; use it as a context manager (LOGOUT at exit).
+    """
+
+    def __init__(self, client: imapclient.IMAPClient, endpoint: ImapEndpoint, user: str) -> None:
+        self._client = client
+        self.endpoint = endpoint
+        self.user = user
+        self._errors = _ErrorMapper(endpoint, user)
+        self.caps = ImapCapabilities.parse(client.capabilities())
+        self._selected: str | None = None
+        self._validity = 0  # UIDVALIDITY of the selected folder
+        # QRESYNC must be ENABLEd before it changes answers (RFC 7162 3.2.3); it implies
+        # CONDSTORE. ENABLE CONDSTORE alone makes every FETCH carry MODSEQ.
+        wanted = (
+            ["QRESYNC"] if self.caps.qresync else (["CONDSTORE"] if self.caps.condstore else [])
+        )
+        if wanted:
+            with self._mapped("ENABLE " + " ".join(wanted)):
+                client.enable(*wanted)
+
+    # -- connect ---------------------------------------------------------------------
+    @classmethod
+    def open(cls, endpoint: ImapEndpoint, credentials: Credentials) -> ImapSession:
+        """Connect, secure and log in; AuthenticationError names the user when refused."""
+        errors = _ErrorMapper(endpoint, credentials.user)
+        context = tls_context(endpoint.ca_file)
+        try:
+            client = imapclient.IMAPClient(
+                endpoint.host,
+                endpoint.port,
+                ssl=endpoint.security == "tls",
+                ssl_context=context,
+                timeout=SocketTimeout(endpoint.connect_timeout_s, endpoint.timeout_s),
+            )
+        except (OSError, imap_errors.IMAPClientError) as exc:
+            raise errors.connect_failure(exc) from exc
+        try:
+            _no_delay(client)
+            if endpoint.security == "starttls":
+                _starttls(client, context, errors)
+            _login(client, credentials, errors)
+            client.normalise_times = False  # keep INTERNALDATE's own time zone
+            return cls(client, endpoint, credentials.user)
+        except BaseException:
+            _close_quietly(client)
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def tcp_nodelay(self) -> bool:
+        """Whether Nagle's algorithm is off on this connection (it should be)."""
+        return bool(self._client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def close(self) -> None:
+        """LOGOUT and close the connection (errors at this point are not worth raising)."""
+        _close_quietly(self._client)
+
+    @contextmanager
+    def _mapped(self, what: str, folder: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except (imap_errors.IMAPClientError, OSError) as exc:
+            if isinstance(exc, imap_errors.IMAPClientAbortError | OSError):
+                self._selected = None  # the connection is gone with its selection
+            raise self._errors.command_failure(exc, what, folder) from exc
+
+    # -- folders ---------------------------------------------------------------------
+    def list_folders(self, *, status: bool = True) -> list[ImapFolder]:
+        """Every folder of the account, with UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and
+        message count when `status` (one STATUS per selectable folder)."""
+        with self._mapped("LIST"):
+            listed = self._client.list_folders()
+        folders = [_folder_of(flags, delim, name) for flags, delim, name in listed]
+        folders = _with_special_names(folders)
+        if status:
+            folders = [self._with_status(f) if f.selectable else f for f in folders]
+        return folders
+
+    def folder(self, name: str) -> ImapFolder:
+        """One folder by its full name (NotFound when it does not exist)."""
+        with self._mapped("LIST", name):
+            listed = self._client.list_folders("", name)
+        # LIST takes a pattern: "%" and "*" in a name are wildcards, so keep the exact name.
+        exact = [entry for entry in listed if str(entry[2]) == name]
+        if not exact:
+            raise NotFound(
+                f"IMAP folder {name!r} of {self.user} at {self.endpoint.url} does not exist",
+                service=SERVICE,
+                user=self.user,
+                folder=name,
+            )
+        flags, delim, found = exact[0]
+        folder = _folder_of(flags, delim, found)
+        return self._with_status(folder) if folder.selectable else folder
+
+    def _with_status(self, folder: ImapFolder) -> ImapFolder:
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if self.caps.condstore:
+            items.append("HIGHESTMODSEQ")
+        with self._mapped("STATUS", folder.name):
+            got = self._client.folder_status(folder.name, items)
+        return _replace(
+            folder,
+            uidvalidity=_int(got.get(b"UIDVALIDITY")),
+            uidnext=_int(got.get(b"UIDNEXT")),
+            highestmodseq=_int(got.get(b"HIGHESTMODSEQ")),
+            messages=_int(got.get(b"MESSAGES")),
+        )
+
+    def create_folder(self, path: Sequence[str], delimiter: str | None) -> ImapFolder:
+        """Create the folder `path` (and its parents); an existing folder is returned as is.
+
+        A part holding the delimiter cannot be named on this server: InvalidRequest."""
+        for part in path:
+            if not part or (delimiter and delimiter in part):
+                raise InvalidRequest(
+                    f"IMAP folder {list(path)!r} cannot be created for {self.user} at "
+                    f"{self.endpoint.url}: {part!r} is empty or holds the hierarchy "
+                    f"delimiter {delimiter!r}",
+                    service=SERVICE,
+                    user=self.user,
+                    next_step="map the folder to another name with a folder mapping rule",
+                )
+        name = (delimiter or "").join(path) if delimiter else path[0]
+        try:
+            with self._mapped("CREATE", name):
+                self._client.create_folder(name)
+        except Conflict:
+            pass  # ALREADYEXISTS: another pass (or connection) created it first
+        return self.folder(name)
+
+    def delete_folder(self, name: str) -> None:
+        """Delete a folder (its messages with it)."""
+        if self._selected == name:
+            self._unselect()
+        with self._mapped("DELETE", name):
+            self._client.delete_folder(name)
+
+    # -- selection ---------------------------------------------------------------------
+    def _select(self, name: str, *, readonly: bool) -> dict[bytes, Any]:
+        """SELECT to write, EXAMINE to read: reading a source never changes it (EXAMINE
+        keeps even \\Recent, RFC 3501 6.3.2; bodies are read with BODY.PEEK)."""
+        with self._mapped("SELECT" if not readonly else "EXAMINE", name):
+            info: dict[bytes, Any] = self._client.select_folder(name, readonly=readonly)
+        self._selected = name
+        self._validity = int(info[b"UIDVALIDITY"])
+        return info
+
+    def _unselect(self) -> None:
+        """Leave the selected folder without expunging (CLOSE would expunge \\Deleted)."""
+        with self._mapped("UNSELECT", self._selected):
+            if self.caps.unselect:
+                self._client.unselect_folder()
+            else:
+                # RFC 3501 6.3.2: EXAMINE of another folder deselects without expunging.
+                self._client.select_folder("INBOX", readonly=True)
+        self._selected = None
+
+    def _ensure_selected(self, name: str, uidvalidity: int) -> None:
+        """Select `name` again if another command moved the selection away (a generator
+        paused between chunks); its UIDs must still be valid."""
+        if self._selected == name:
+            return
+        info = self._select(name, readonly=True)
+        if int(info[b"UIDVALIDITY"]) != uidvalidity:
+            raise TransientError(
+                f"IMAP folder {name!r} of {self.user} at {self.endpoint.url} changed its "
+                "UIDVALIDITY while being read: its UIDs are void, the next pass re-reads it",
+                service=SERVICE,
+                user=self.user,
+                folder=name,
+            )
+
+    # -- delta -------------------------------------------------------------------------
+    def changes(
+        self, name: str, since: Watermark | None, *, limit: int | None = None
+    ) -> FolderChanges:
+        """What changed in folder `name` since `since` (None: everything is new).
+
+        At most `limit` new messages (oldest first); `next.last_uid` then stops at the last
+        one returned and `more` work remains (call again with `next`)."""
+        info = self._select(name, readonly=True)
+        validity = int(info[b"UIDVALIDITY"])
+        modseq = _int(info.get(b"HIGHESTMODSEQ"))
+        reset = since is not None and since.uidvalidity != validity
+        base = None if since is None or reset else since
+        last = base.last_uid if base else 0
+        new_uids = self._uids_above(name, last)
+        more = limit is not None and len(new_uids) > limit
+        if limit is not None:
+            new_uids = new_uids[:limit]
+        refs = tuple(self._refs(name, new_uids))
+        flag_changes, vanished = self._old_changes(name, base, modseq)
+        top = max(new_uids, default=last)
+        # The modseq moves on only once every new message was returned: until then a
+        # flag change may belong to a message not yet returned.
+        next_modseq = modseq if not more else (base.highestmodseq if base else None)
+        return FolderChanges(
+            folder=name,
+            reset=reset,
+            new=refs,
+            flag_changes=flag_changes,
+            vanished=vanished,
+            next=Watermark(validity, top, next_modseq),
+            more=more,
+        )
+
+    def _uids_above(self, name: str, last: int) -> list[int]:
+        with self._mapped("UID SEARCH", name):
+            found = self._client.search(["UID", f"{last + 1}:*"])
+        # "n:*" includes the highest UID even when it is below n (RFC 3501 6.4.8).
+        return sorted(int(u) for u in found if int(u) > last)
+
+    def _old_changes(
+        self, name: str, base: Watermark | None, modseq: int | None
+    ) -> tuple[tuple[FlagChange, ...] | None, tuple[int, ...] | None]:
+        """Flag changes (CONDSTORE) and expunges (QRESYNC) among the UIDs `base` covers."""
+        if base is None or base.last_uid == 0:
+            return (), ()
+        known = base.highestmodseq is not None and modseq is not None and self.caps.condstore
+        if not known:
+            return None, None
+        assert base.highestmodseq is not None
+        if modseq == base.highestmodseq:
+            return (), (() if self.caps.qresync else None)  # nothing changed at all
+        modifiers = [f"CHANGEDSINCE {base.highestmodseq}"]
+        if self.caps.qresync:
+            modifiers.append("VANISHED")
+        with self._mapped("UID FETCH (CHANGEDSINCE)", name):
+            self._take_untagged("VANISHED")
+            got = self._uid_fetch(f"1:{base.last_uid}", ["UID", "FLAGS"], modifiers)
+            vanished_lines = self._take_untagged("VANISHED")
+        changes = []
+        for uid, data in sorted(got.items()):
+            flags, keywords = split_flags(data.get(b"FLAGS", ()))
+            changes.append(FlagChange(int(uid), flags, keywords, _modseq(data)))
+        if not self.caps.qresync:
+            return tuple(changes), None
+        return tuple(changes), tuple(sorted(_vanished_uids(vanished_lines)))
+
+    def _uid_fetch(
+        self, uids: str, items: Sequence[str], modifiers: Sequence[str] = ()
+    ) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH of a sequence set ("1:5000,5003"), answers parsed by imapclient.
+
+        imapclient's own fetch() keeps only the answers of UIDs it was given one by one as
+        integers, so it cannot take a range: a folder's 100,000 UIDs would make a 700 KB
+        command line. imaplib's public uid() sends the set as given; imapclient's parser
+        reads the answers as fetch() would."""
+        args = ["(" + " ".join(items) + ")"]
+        if modifiers:
+            args.append("(" + " ".join(modifiers) + ")")
+        typ, data = self._client._imap.uid("FETCH", uids, *args)
+        if typ != "OK":
+            raise imap_errors.IMAPClientError(f"fetch failed: {_text(data[0] or b'')}")
+        parsed: dict[int, dict[bytes, Any]] = parse_fetch_response(
+            [d for d in data if d is not None], self._client.normalise_times, True
+        )
+        return parsed
+
+    def _take_untagged(self, name: str) -> list[bytes]:
+        """Remove and return the untagged `name` responses the server sent so far.
+
+        imapclient has no accessor for the untagged responses of a command other than the
+        one it parses (VANISHED next to FETCH, COPYUID's OK next to MOVE); imaplib keeps them
+        in `untagged_responses`, which imapclient's own select_folder reads the same way."""
+        pending: dict[str, list[Any]] = self._client._imap.untagged_responses
+        return [x for x in pending.pop(name, []) if isinstance(x, bytes)]
+
+    def examine(self, name: str) -> int:
+        """Select folder `name` to read (EXAMINE) and return its UIDVALIDITY: what a caller
+        holding UIDs checks them against before it uses them."""
+        return int(self._select(name, readonly=True)[b"UIDVALIDITY"])
+
+    def headers(self, name: str, uids: Sequence[int], fields: Sequence[str]) -> dict[int, bytes]:
+        """Some header fields of messages (`BODY.PEEK[HEADER.FIELDS (...)]`: never marks a
+        message read), per UID; an expunged UID is absent."""
+        self._select(name, readonly=True)
+        wanted = f"BODY.PEEK[HEADER.FIELDS ({' '.join(f.upper() for f in fields)})]"
+        out: dict[int, bytes] = {}
+        for start in range(0, len(uids), REF_CHUNK):
+            chunk = list(uids[start : start + REF_CHUNK])
+            with self._mapped("UID FETCH HEADER.FIELDS", name):
+                got = self._uid_fetch(sequence_set(chunk), ["UID", wanted])
+            for uid, data in got.items():
+                block = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), None)
+                out[int(uid)] = bytes(block) if isinstance(block, bytes) else b""
+        return out
+
+    def folder_size(self, name: str) -> int:
+        """Bytes of the messages of a folder: STATUS SIZE where the server offers it (RFC
+        8438), else the sum of every message's RFC822.SIZE (one UID FETCH)."""
+        if b"STATUS=SIZE" in {c.upper() for c in self._client.capabilities()}:
+            with self._mapped("STATUS SIZE", name):
+                got = self._client.folder_status(name, ["SIZE"])
+            return int(got.get(b"SIZE") or 0)
+        self._select(name, readonly=True)
+        with self._mapped("UID SEARCH", name):
+            if not self._client.search(["ALL"]):
+                return 0  # "1:*" of an empty folder is not a valid set on every server
+        with self._mapped("UID FETCH RFC822.SIZE", name):
+            got_sizes = self._uid_fetch("1:*", ["RFC822.SIZE"])
+        return sum(int(d.get(b"RFC822.SIZE", 0)) for d in got_sizes.values())
+
+    def list_uids(self, name: str) -> tuple[int, list[int]]:
+        """(UIDVALIDITY, every UID) of a folder: how a caller finds expunged messages when
+        the server has no QRESYNC."""
+        info = self._select(name, readonly=True)
+        return int(info[b"UIDVALIDITY"]), self._uids_above(name, 0)
+
+    def refs(self, name: str, uids: Sequence[int]) -> list[MessageRef]:
+        """The refs of some messages of a folder (an expunged UID is absent)."""
+        self._select(name, readonly=True)
+        return list(self._refs(name, list(uids)))
+
+    def _refs(self, name: str, uids: list[int]) -> Iterator[MessageRef]:
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+        items.append("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
+        if self.caps.condstore:
+            items.append("MODSEQ")
+        for start in range(0, len(uids), REF_CHUNK):
+            chunk = uids[start : start + REF_CHUNK]
+            with self._mapped("UID FETCH", name):
+                got = self._uid_fetch(sequence_set(chunk), items)
+            for uid in chunk:
+                if (data := got.get(uid)) is not None:
+                    yield _ref_of(uid, data)
+
+    # -- bodies ------------------------------------------------------------------------
+    def fetch(
+        self,
+        name: str,
+        refs: Sequence[MessageRef],
+        *,
+        max_count: int = CHUNK_MESSAGES,
+        max_bytes: int = CHUNK_BYTES,
+    ) -> Iterator[FetchedMessage]:
+        """The messages of `refs` (of folder `name`) with their bodies, in `refs` order,
+        fetched in chunks of at most `max_count` messages and `max_bytes` bytes: memory
+        holds one chunk at a time. A message expunged meanwhile is left out."""
+        if self._selected != name:  # chunks of one folder in a row need one SELECT
+            self._select(name, readonly=True)
+        validity = self._validity
+        items = ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"]
+        for chunk in chunks_by_size(
+            refs, lambda r: r.size, max_count=max_count, max_bytes=max_bytes
+        ):
+            self._ensure_selected(name, validity)
+            uids = [r.uid for r in chunk]
+            with self._mapped("UID FETCH BODY", name):
+                got = self._uid_fetch(sequence_set(uids), items)
+            for uid in uids:
+                if (data := got.pop(uid, None)) is not None:
+                    yield _fetched_of(uid, data)
+
+    # -- writes ------------------------------------------------------------------------
+    def append(
+        self,
+        name: str,
+        messages: Sequence[NewMessage],
+        *,
+        max_count: int = CHUNK_MESSAGES,
+        max_bytes: int = CHUNK_BYTES,
+    ) -> list[int | None]:
+        """APPEND `messages` to folder `name` with their flags and INTERNALDATE; their new
+        UIDs in order (None where the server has no UIDPLUS to say). Chunks go as one
+        MULTIAPPEND command each where the server offers it."""
+        out: list[int | None] = []
+        for chunk in chunks_by_size(
+            messages, lambda m: len(m.raw), max_count=max_count, max_bytes=max_bytes
+        ):
+            if self.caps.multiappend and len(chunk) > 1:
+                out.extend(self._multiappend(name, chunk))
+                continue
+            for message in chunk:
+                with self._mapped("APPEND", name):
+                    said = self._client.append(
+                        name, message.raw, _flag_list(message), message.internaldate
+                    )
+                uids = _appended_uids(said)
+                out.append(uids[0] if uids else None)
+        return out
+
+    def _multiappend(self, name: str, chunk: list[NewMessage]) -> list[int | None]:
+        entries: list[dict[str, Any]] = []
+        for message in chunk:
+            entry: dict[str, Any] = {"msg": message.raw, "flags": _flag_list(message)}
+            if message.internaldate is not None:
+                entry["date"] = message.internaldate
+            entries.append(entry)
+        with self._mapped("MULTIAPPEND", name):
+            typ, data = self._client.multiappend(name, entries)
+            if typ != "OK":
+                # imapclient returns MULTIAPPEND's status instead of raising on NO.
+                said = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+                raise imap_errors.IMAPClientError(f"append failed: {said}")
+        uids = _appended_uids(data[0] if data else None)
+        return list(uids) if len(uids) == len(chunk) else [None] * len(chunk)
+
+    def set_flags(
+        self, name: str, uid: int, flags: frozenset[str], keywords: frozenset[str]
+    ) -> None:
+        """Replace one message's flags and keywords."""
+        self._select(name, readonly=False)
+        wanted = [f for f in sorted(flags | keywords) if f != "\\Recent"]
+        with self._mapped("UID STORE FLAGS", name):
+            self._client.set_flags(str(uid), wanted, silent=True)
+
+    def move(self, name: str, uids: Sequence[int], destination: str) -> dict[int, int]:
+        """Move messages to another folder; old UID -> new UID where the server says
+        (COPYUID, RFC 4315), MOVE (RFC 6851) where offered, else COPY + expunge."""
+        if not uids:
+            return {}
+        self._select(name, readonly=False)
+        where = f"{name} -> {destination}"
+        if self.caps.move:
+            with self._mapped("UID MOVE", where):
+                self._take_untagged("OK")
+                said = self._client.move(sequence_set(uids), destination)
+                untagged = self._take_untagged("OK")
+            return _copied_uids([*untagged, said])
+        with self._mapped("UID COPY", where):
+            said = self._client.copy(sequence_set(uids), destination)
+        self._expunge(name, uids)
+        return _copied_uids([said])
+
+    def delete(self, name: str, uids: Sequence[int]) -> None:
+        """Delete messages: flag them \\Deleted and expunge exactly those (UID EXPUNGE,
+        RFC 4315: a plain EXPUNGE would also remove what others flagged \\Deleted)."""
+        if not uids:
+            return
+        self._select(name, readonly=False)
+        self._expunge(name, uids)
+
+    def _expunge(self, name: str, uids: Sequence[int]) -> None:
+        with self._mapped("UID STORE +FLAGS \\Deleted", name):
+            self._client.add_flags(sequence_set(uids), [imapclient.DELETED], silent=True)
+        if not self.caps.uidplus:
+            log.warning(
+                "IMAP server %s has no UIDPLUS: %d message(s) of %s in %r stay flagged "
+                "\\Deleted until the mailbox's owner expunges them",
+                self.endpoint.url,
+                len(uids),
+                self.user,
+                name,
+            )
+            return
+        with self._mapped("UID EXPUNGE", name):
+            self._client.uid_expunge(sequence_set(uids))
+
+
+# -- connection helpers -----------------------------------------------------------------
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A verifying TLS client context: the system's CAs, or the bundle `ca_file`."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _no_delay(client: imapclient.IMAPClient) -> None:
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _starttls(client: imapclient.IMAPClient, context: ssl.SSLContext, errors: _ErrorMapper) -> None:
+    try:
+        client.starttls(context)
+    except imap_errors.CapabilityError as exc:
+        ep = errors.ep
+        raise TLSError(
+            f"IMAP server {ep.url} does not offer STARTTLS; coexist never logs in without TLS",
+            next_step=f'use the server\'s TLS port (usually 993) with security = "tls" in '
+            f"[{ep.side}]",
+            service=SERVICE,
+            endpoint=ep.url,
+            cause="no STARTTLS",
+        ) from exc
+    except (OSError, imap_errors.IMAPClientError) as exc:
+        raise errors.connect_failure(exc) from exc
+
+
+def _login(client: imapclient.IMAPClient, creds: Credentials, errors: _ErrorMapper) -> None:
+    try:
+        if isinstance(creds, MasterPassword):
+            client.login(f"{creds.user}{creds.separator}{creds.master}", creds.password)
+        elif isinstance(creds, OAuth2Token):
+            client.oauth2_login(creds.user, creds.token)
+        elif creds.mechanism == "plain":
+            client.plain_login(creds.user, creds.password)
+        else:
+            client.login(creds.user, creds.password)
+    except OSError as exc:
+        raise errors.connect_failure(exc) from exc
+    except imap_errors.IMAPClientError as exc:
+        # imapclient turns every failure of a login into LoginError, a dropped connection
+        # too: the abort it wraps is the context.
+        if isinstance(exc.__context__, imap_errors.IMAPClientAbortError | OSError):
+            raise errors.connect_failure(exc.__context__) from exc
+        raise errors.login_failure(exc, creds) from exc
+
+
+def _close_quietly(client: imapclient.IMAPClient) -> None:
+    try:
+        client.logout()
+    except (OSError, imap_errors.IMAPClientError):
+        try:
+            client.shutdown()
+        except (OSError, imap_errors.IMAPClientError) as exc:
+            log.debug("IMAP connection did not close cleanly: %s", exc)
+
+
+# -- response parsing -------------------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _modseq(data: dict[bytes, Any]) -> int | None:
+    value = data.get(b"MODSEQ")
+    if isinstance(value, tuple | list):
+        value = value[0] if value else None
+    return _int(value)
+
+
+def _folder_of(
+    flags: Iterable[bytes | str], delimiter: bytes | str | None, name: Any
+) -> ImapFolder:
+    attrs = frozenset(_text(f) for f in flags)
+    folded = {a.casefold() for a in attrs}
+    delim = _text(delimiter) if delimiter else None
+    name = str(name) if not isinstance(name, bytes) else _text(name)
+    return ImapFolder(
+        name=name,
+        delimiter=delim,
+        path=tuple(name.split(delim)) if delim else (name,),
+        special_use="inbox" if name.upper() == "INBOX" else special_use_of(attrs),
+        attributes=attrs,
+        selectable=not ({"\\noselect", "\\nonexistent"} & folded),
+    )
+
+
+def _with_special_names(folders: list[ImapFolder]) -> list[ImapFolder]:
+    """Without RFC 6154 attributes, give the usual names their well-known role (top level,
+    or directly under INBOX as Courier and Cyrus place them: "INBOX.Sent")."""
+    if any(f.special_use not in (None, "inbox") for f in folders):
+        return folders
+    taken: set[str] = set()
+    out = []
+    for folder in folders:
+        top = len(folder.path) == 1 or (len(folder.path) == 2 and folder.path[0].upper() == "INBOX")
+        role = SPECIAL_NAMES.get(folder.path[-1].casefold()) if top else None
+        if folder.special_use is None and role is not None and role not in taken:
+            taken.add(role)
+            folder = _replace(folder, special_use=role)
+        out.append(folder)
+    return out
+
+
+def _replace(folder: ImapFolder, **changes: Any) -> ImapFolder:
+    return dataclasses.replace(folder, **changes)
+
+
+def _ref_of(uid: int, data: dict[bytes, Any]) -> MessageRef:
+    flags, keywords = split_flags(data.get(b"FLAGS", ()))
+    header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), None)
+    return MessageRef(
+        uid=uid,
+        flags=flags,
+        keywords=keywords,
+        internaldate=data[b"INTERNALDATE"],
+        size=int(data.get(b"RFC822.SIZE", 0)),
+        message_id=parse_message_id(header if isinstance(header, bytes) else None),
+        modseq=_modseq(data),
+    )
+
+
+def _fetched_of(uid: int, data: dict[bytes, Any]) -> FetchedMessage:
+    flags, keywords = split_flags(data.get(b"FLAGS", ()))
+    raw = data.get(b"BODY[]") or b""
+    return FetchedMessage(uid, bytes(raw), flags, keywords, data[b"INTERNALDATE"])
+
+
+def _flag_list(message: NewMessage) -> list[str]:
+    return [f for f in sorted(message.flags | message.keywords) if f != "\\Recent"]
+
+
+def _vanished_uids(lines: Iterable[bytes]) -> list[int]:
+    """UIDs of `* VANISHED (EARLIER) 3,5:7` answers (RFC 7162 3.2.10)."""
+    out: list[int] = []
+    for line in lines:
+        text = line.decode("ascii", "replace").strip()
+        text = re.sub(r"^\(EARLIER\)\s*", "", text, flags=re.I)
+        if text:
+            out.extend(parse_sequence_set(text))
+    return out
+
+
+# -- bounded connections, for asyncio callers ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections coexist opens at once: to one server, and to one mailbox.
+
+    Servers cap connections per account: Gmail 15 per account (Google Workspace Admin Help,
+    "IMAP and POP limits"), Dovecot 10 per user and client IP by default
+    (mail_max_userip_connections); a login over the cap is refused ([UNAVAILABLE])."""
+
+    per_server: int = 20
+    per_mailbox: int = 4
+
+
+class AsyncImapSession:
+    """An `ImapSession` for asyncio code: each call runs in a worker thread, one at a time
+    (an IMAP connection carries one command after another)."""
+
+    def __init__(self, session: ImapSession) -> None:
+        self.session = session
+        self._lock = asyncio.Lock()
+
+    async def run(self, call: Callable[[ImapSession], T]) -> T:
+        """`call(session)` in a worker thread, after the session's previous call ended."""
+        async with self._lock:
+            work = asyncio.ensure_future(asyncio.to_thread(call, self.session))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: hold the session until its command ended, so
+                # the next call never interleaves with it on the wire.
+                with suppress(Exception):
+                    await work
+                raise
+
+    async def fetch(
+        self,
+        name: str,
+        refs: Sequence[MessageRef],
+        *,
+        max_count: int = CHUNK_MESSAGES,
+        max_bytes: int = CHUNK_BYTES,
+    ) -> AsyncGenerator[FetchedMessage, None]:
+        """`ImapSession.fetch` as an async stream that reads the next chunk from the server
+        while the caller handles the current one: at most two chunks in memory."""
+        chunks = list(
+            chunks_by_size(refs, lambda r: r.size, max_count=max_count, max_bytes=max_bytes)
+        )
+
+        def read(chunk: list[MessageRef]) -> Callable[[ImapSession], list[FetchedMessage]]:
+            return lambda s: list(s.fetch(name, chunk, max_count=max_count, max_bytes=max_bytes))
+
+        ahead: asyncio.Future[list[FetchedMessage]] | None = None
+        try:
+            for i, chunk in enumerate(chunks):
+                current = await (ahead if ahead is not None else self.run(read(chunk)))
+                ahead = None
+                if i + 1 < len(chunks):
+                    ahead = asyncio.ensure_future(self.run(read(chunks[i + 1])))
+                for message in current:
+                    yield message
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with suppress(asyncio.CancelledError, RemoteError):
+                    await ahead
+
+
+class ImapConnections:
+    """The connections of one IMAP server, bounded by `ConnectionLimits`: `session(creds)`
+    waits for a free slot (server-wide and for that mailbox), then connects and logs in."""
+
+    def __init__(self, endpoint: ImapEndpoint, limits: ConnectionLimits | None = None) -> None:
+        self.endpoint = endpoint
+        self.limits = limits or ConnectionLimits()
+        self._server = asyncio.Semaphore(self.limits.per_server)
+        self._mailboxes: dict[str, asyncio.Semaphore] = {}
+
+    def _mailbox(self, user: str) -> asyncio.Semaphore:
+        key = user.casefold()
+        if key not in self._mailboxes:
+            self._mailboxes[key] = asyncio.Semaphore(self.limits.per_mailbox)
+        return self._mailboxes[key]
+
+    @asynccontextmanager
+    async def session(self, credentials: Credentials) -> AsyncIterator[AsyncImapSession]:
+        """An open session for `credentials.user`, closed (LOGOUT) on exit."""
+        async with self._mailbox(credentials.user), self._server:
+            session = await asyncio.to_thread(ImapSession.open, self.endpoint, credentials)
+            try:
+                yield AsyncImapSession(session)
+            finally:
+                await asyncio.to_thread(session.close)

@@ -1,0 +1,478 @@
+"""The IMAP MailboxStore against a real Dovecot (tests/dovecot.py): folders, change rounds,
+UIDVALIDITY resets through the real sync algorithm, export/import, totals, plan mode.
+
+Every test takes fresh users of the session's Dovecot, over TLS verified with the test CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import pytest
+
+from coexist.errors import NotFound, RemoteError
+from coexist.journal import Journal
+from coexist.migrate import sync
+from coexist.migrate.passes import Window
+from coexist.migrate.stores.imap import (
+    CAPS,
+    ImapState,
+    ImapStore,
+    parse_item_id,
+    state_key,
+)
+from coexist.tenants.imap import ImapConnections, ImapEndpoint, ImapSession, NewMessage, Password
+from coexist.tenants.plan import WriteRecorder
+from coexist.tenants.protocols import MIME, ChangePage, Folder, ItemRef, MessageState, Payload
+from tests.dovecot import DovecotServer, ImapUser
+
+T = TypeVar("T")
+PLUS_0130 = timezone(timedelta(hours=1, minutes=30))
+
+
+def message(n: int, subject: str = "hello") -> bytes:
+    """A small RFC 5322 message with a unique Message-ID."""
+    return (
+        f"From: a@example.org\r\nTo: b@example.org\r\nSubject: {subject} {n}\r\n"
+        f"Message-ID: <m{n}.{subject}@example.org>\r\nDate: Mon, 4 Mar 2019 05:06:07 +0000\r\n"
+        f"\r\nbody {n}\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def endpoint(dovecot: DovecotServer) -> ImapEndpoint:
+    return ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", dovecot.ca_file)
+
+
+@pytest.fixture
+def user(dovecot: DovecotServer) -> ImapUser:
+    return dovecot.new_user("store")
+
+
+@asynccontextmanager
+async def open_store(endpoint: ImapEndpoint, user: ImapUser, **kw: Any) -> AsyncIterator[ImapStore]:
+    async with ImapStore.open(
+        ImapConnections(endpoint), Password(user.login, user.password), **kw
+    ) as store:
+        yield store
+
+
+def with_store(
+    endpoint: ImapEndpoint, user: ImapUser, work: Callable[[ImapStore], Awaitable[T]], **kw: Any
+) -> T:
+    """Run `work(store)` on a store of `user` in a fresh event loop."""
+
+    async def main() -> T:
+        async with open_store(endpoint, user, **kw) as store:
+            return await work(store)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def session(endpoint: ImapEndpoint, user: ImapUser) -> Iterator[ImapSession]:
+    """A plain adapter session of `user`, to seed and look behind the store's back."""
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+        yield s
+
+
+async def all_pages(store: ImapStore, folder: Folder, cursor: str | None) -> list[ChangePage]:
+    return [p async for p in store.changes(folder, cursor).pages()]
+
+
+async def folder(store: ImapStore, name: str) -> Folder:
+    return next(f for f in (await store.list_folders()).folders if f.id == name)
+
+
+# -- folders -------------------------------------------------------------------------------------
+
+
+def test_folders_carry_well_known_names_from_special_use(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """Special-use folders are well-known (Graph's names), custom ones are paths; parents
+    come before children; every folder is a mail folder with its message count."""
+    session.create_folder(["Archive"], "/")
+    session.create_folder(["Projects"], "/")
+    session.create_folder(["Projects", "2024"], "/")
+    session.create_folder(["Container", "Child"], "/")  # "Container" holds no mail
+    session.append("Projects/2024", [NewMessage(message(1))])
+    tree = with_store(endpoint, user, lambda s: s.list_folders())
+    by_id = {f.id: f for f in tree.folders}
+    assert {f.id: f.well_known for f in tree.folders if f.well_known} == {
+        "INBOX": "inbox",
+        "Drafts": "drafts",
+        "Sent": "sentitems",
+        "Trash": "deleteditems",
+        "Junk": "junkemail",
+        "Archive": "archive",
+    }
+    assert by_id["Projects/2024"].path == ("Projects", "2024")
+    assert by_id["Projects/2024"].well_known is None and by_id["Projects/2024"].total == 1
+    order = [f.id for f in tree.folders]
+    assert order.index("Projects") < order.index("Projects/2024")
+    assert "Container" not in by_id and by_id["Container/Child"].path == ("Container", "Child")
+    assert {f.folder_class for f in tree.folders} == {"IPF.Note"} and tree.left_out == 0
+
+
+def test_odd_names_and_a_deep_tree_are_created_and_listed(
+    dovecot: DovecotServer, endpoint: ImapEndpoint
+) -> None:
+    """Quotes, a "/" inside a name (a "." delimiter), non-ASCII (modified UTF-7 on the wire)
+    and a tree five deep are created through the store and listed back by path; a server
+    whose delimiter is "/" cannot hold "a/b": None (the folder is reported as skipped)."""
+    dotted = dovecot.new_user("dotted", separator=".")
+    names = ['He said "hi"', "a/b", "Überweisungen ✓ 日本"]
+    deep = ("L1", "L2", "L3", "L4", "L5")
+
+    async def work(store: ImapStore) -> tuple[list[Folder | None], list[tuple[str, ...]]]:
+        await store.list_folders()
+        made = [await store.create_folder(None, n, (n,), "IPF.Note") for n in names]
+        parent: Folder | None = None
+        for depth in range(1, len(deep) + 1):
+            parent = await store.create_folder(parent, deep[depth - 1], deep[:depth], "IPF.Note")
+            assert parent is not None
+        made.append(await store.create_folder(None, "Contacts", ("Contacts",), "IPF.Contact"))
+        return made, [f.path for f in (await store.list_folders()).folders]
+
+    made, paths = with_store(endpoint, dotted, work)
+    assert [f.path if f else None for f in made] == [(n,) for n in names] + [None]
+    for n in names:
+        assert (n,) in paths
+    assert deep in paths and paths.index(deep[:4]) < paths.index(deep)
+
+    slash = dovecot.new_user("slash")
+
+    async def refused(store: ImapStore) -> Folder | None:
+        await store.list_folders()
+        return await store.create_folder(None, "a/b", ("a/b",), "IPF.Note")
+
+    assert with_store(endpoint, slash, refused) is None
+
+
+# -- changes -------------------------------------------------------------------------------------
+
+
+def test_a_changes_round_then_an_unchanged_round(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """A first round reports every message (identity = Message-ID, arrival, size) in pages,
+    with the cursor on the last page only; from that cursor nothing is reported; a new
+    message is then the only change."""
+    session.append("INBOX", [NewMessage(message(i)) for i in range(5)])
+
+    async def work(store: ImapStore) -> tuple[list[ChangePage], list[ChangePage], list[ChangePage]]:
+        inbox = await folder(store, "INBOX")
+        first = await all_pages(store, inbox, None)
+        cursor = first[-1].cursor
+        again = await all_pages(store, inbox, cursor)
+        await store.run(lambda s: s.append("INBOX", [NewMessage(message(9))]))
+        third = await all_pages(store, inbox, again[-1].cursor)
+        return first, again, third
+
+    first, again, third = with_store(endpoint, user, work, page=2)
+    assert [len(p.changes) for p in first] == [2, 2, 1]
+    assert [p.cursor is not None for p in first] == [False, False, True]
+    changes = [c for p in first for c in p.changes]
+    assert [c.identity for c in changes] == [f"mid:<m{i}.hello@example.org>" for i in range(5)]
+    assert all(c.created and c.size == len(message(0)) and not c.removed for c in changes)
+    assert [len(p.changes) for p in again] == [0] and again[-1].cursor == first[-1].cursor
+    assert [c.identity for p in third for c in p.changes] == ["mid:<m9.hello@example.org>"]
+
+
+def test_flag_changes_and_expunges_come_from_condstore_and_qresync(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """After a round, a flag set on one message is a change with a new change key (CHANGEDSINCE)
+    and an expunged one a removal (VANISHED); the rest is not reported."""
+    uids = session.append("INBOX", [NewMessage(message(i)) for i in range(3)])
+    assert session.caps.condstore and session.caps.qresync
+
+    async def work(store: ImapStore) -> tuple[list[ChangePage], list[ChangePage]]:
+        inbox = await folder(store, "INBOX")
+        first = await all_pages(store, inbox, None)
+        session.set_flags("INBOX", uids[0] or 0, frozenset({"\\Seen"}), frozenset({"$label1"}))
+        session.delete("INBOX", [uids[1] or 0])
+        return first, await all_pages(store, inbox, first[-1].cursor)
+
+    first, second = with_store(endpoint, user, work)
+    before = {c.id: c.change_key for c in first[0].changes}
+    [changed, removed] = sorted(second[0].changes, key=lambda c: c.removed)
+    assert parse_item_id(changed.id)[2] == uids[0] and not changed.removed
+    assert changed.change_key != before[changed.id]
+    assert changed.change_key == state_key({"\\Seen"}, {"$label1"})
+    assert parse_item_id(removed.id)[2] == uids[1] and removed.removed
+
+
+def sync_context(journal: Journal) -> Any:
+    """The little of a Context that sync.py reads: journal, plan flag, migration settings."""
+    migration = SimpleNamespace(
+        max_item_mb=150, encrypted="copy", deletions="keep",
+        folder_rules=[], include_folders=[], exclude_folders=[],
+    )  # fmt: skip
+    return SimpleNamespace(journal=journal, planning=False,
+                           project=SimpleNamespace(migration=migration))  # fmt: skip
+
+
+async def sync_pass(ctx: Any, key: str, src: ImapStore, tgt: ImapStore) -> Counter[str]:
+    """Steps 1-5 of a pass (sync.sync_mailbox) between two IMAP stores; its counts."""
+    counts: Counter[str] = Counter()
+    await sync.sync_mailbox(ctx, key, src, tgt, Window(), counts)
+    return counts
+
+
+def test_a_new_uidvalidity_resets_the_folder_and_rematches_copies_by_message_id(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, tmp_path: Path
+) -> None:
+    """Through the real sync algorithm (scan, copy, moves, update) between two Dovecot users:
+    after the source folder gets a new UIDVALIDITY, the round is restarted (`cursor_lost`),
+    every message is paired with its existing copy by Message-ID, and nothing is copied
+    twice; a pass after that has nothing to do."""
+    src_user, tgt_user = dovecot.new_user("src"), dovecot.new_user("tgt")
+    with ImapSession.open(endpoint, Password(src_user.login, src_user.password)) as s:
+        s.append("INBOX", [NewMessage(message(i)) for i in range(3)])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx = sync_context(journal)
+    key = "src@example.org"
+
+    async def one_pass(src: ImapStore, tgt: ImapStore) -> Counter[str]:
+        return await sync_pass(ctx, key, src, tgt)
+
+    async def main() -> tuple[Counter[str], Counter[str], Counter[str], dict[str, int]]:
+        async with (
+            open_store(endpoint, src_user) as src,
+            open_store(endpoint, tgt_user, label="target") as tgt,
+        ):
+            first = await one_pass(src, tgt)
+            dovecot.set_uidvalidity(src_user, "INBOX", 4242)
+            second = await one_pass(src, tgt)
+            third = await one_pass(src, tgt)
+            return first, second, third, await tgt.totals()
+
+    try:
+        first, second, third, totals = asyncio.run(main())
+        rows = journal.mapped_items(key)
+    finally:
+        journal.close()
+    assert first["copied"] == 3
+    assert second["copied"] == 0 and second["moved"] == 3 and second["updated"] == 3
+    assert +third == Counter()  # unchanged: nothing to do
+    assert totals["INBOX"] == 3
+    assert sorted(r["status"] for r in rows) == ["copied"] * 3
+    assert {parse_item_id(r["source_item_id"])[1] for r in rows} == {4242}
+
+
+def test_a_move_and_a_flag_change_at_the_source_are_a_move_and_a_store_in_the_target(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, tmp_path: Path
+) -> None:
+    """Through sync.sync_mailbox between two Dovecot users: a message moved at the source is
+    MOVEd in the target (caps.moves: no second copy), a flag change is exported state-only
+    and set on the copy; an unchanged pass after that does nothing."""
+    src_user, tgt_user = dovecot.new_user("src"), dovecot.new_user("tgt")
+    login = Password(src_user.login, src_user.password)
+    with ImapSession.open(endpoint, login) as s:
+        s.create_folder(["Projects"], "/")
+        uids = s.append("INBOX", [NewMessage(message(i)) for i in range(2)])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), "src@example.org"
+
+    async def main() -> list[Counter[str]]:
+        async with (
+            open_store(endpoint, src_user) as src,
+            open_store(endpoint, tgt_user, label="target") as tgt,
+        ):
+            first = await sync_pass(ctx, key, src, tgt)
+            await src.run(lambda s: s.move("INBOX", [uids[0] or 0], "Projects"))
+            await src.run(
+                lambda s: s.set_flags("INBOX", uids[1] or 0, frozenset({"\\Seen"}), frozenset())
+            )
+            return [first, await sync_pass(ctx, key, src, tgt), await sync_pass(ctx, key, src, tgt)]
+
+    try:
+        first, second, third = asyncio.run(main())
+    finally:
+        journal.close()
+    assert first["copied"] == 2
+    # The moved copy's state is re-synced too (sync adopts a moved copy as `changed`).
+    assert second["copied"] == 0 and second["moved"] == 1 and second["updated"] == 2
+    assert +third == Counter()
+    with ImapSession.open(endpoint, Password(tgt_user.login, tgt_user.password)) as t:
+        assert t.folder("Projects").messages == 1 and t.folder("INBOX").messages == 1
+        [kept] = t.changes("INBOX", None).new
+    assert kept.flags == {"\\Seen"}
+
+
+# -- export and import -----------------------------------------------------------------------
+
+
+def test_export_then_import_keeps_flags_keywords_and_internaldate(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """Messages exported from one Dovecot user and imported concurrently (waiting imports go
+    together as one MULTIAPPEND) into another keep their bytes, flags, keywords and INTERNALDATE; an update sets the
+    copy's flags; the subject is read from the header only."""
+    sent = [
+        NewMessage(message(1), frozenset({"\\Seen"}), frozenset(),
+                   datetime(2019, 3, 4, 5, 6, 7, tzinfo=UTC)),
+        NewMessage(message(2, "=?utf-8?q?Gr=C3=BC=C3=9Fe?="),
+                   frozenset({"\\Flagged", "\\Answered"}), frozenset({"$Forwarded", "Project-X"}),
+                   datetime(2001, 12, 31, 23, 59, 58, tzinfo=PLUS_0130)),
+        NewMessage(message(3), frozenset({"\\Draft"}), frozenset(),
+                   datetime(2024, 2, 29, 12, 0, 0, tzinfo=UTC)),
+    ]  # fmt: skip
+    session.append("INBOX", sent)
+    target = dovecot.new_user("copy")
+
+    async def main() -> tuple[list[str], dict[str, Any]]:
+        async with (
+            open_store(endpoint, user) as src,
+            open_store(endpoint, target, label="target") as tgt,
+        ):
+            inbox = await folder(src, "INBOX")
+            ids = [c.id for p in await all_pages(src, inbox, None) for c in p.changes]
+            refs = [ItemRef("INBOX", i) for i in ids]
+            info = await src.inspect(refs)
+            payloads = await src.export(refs, MIME)
+            made = await asyncio.gather(*(tgt.import_item("INBOX", payloads[i]) for i in ids))
+            copy_ids = [m.item_id or "" for m in made]
+            states = await src.export(refs, MIME, state_only=True)
+            seen = Payload(MIME, "", None, state=MessageState(read=True))
+            updated = await tgt.import_item("INBOX", seen, ItemRef("INBOX", copy_ids[2]))
+            keys = await tgt.change_keys([ItemRef("INBOX", i) for i in copy_ids])
+            return copy_ids, {"info": info, "ids": ids, "payloads": payloads,
+                              "updated": updated, "keys": keys, "states": states}  # fmt: skip
+
+    copy_ids, got = asyncio.run(main())
+    assert len(set(copy_ids)) == 3
+    payloads = got["payloads"]
+    assert [payloads[i].mime for i in got["ids"]] == [m.raw for m in sent]
+    assert [payloads[i].size for i in got["ids"]] == [len(m.raw) for m in sent]
+    state = payloads[got["ids"][1]].state
+    assert isinstance(state, ImapState) and state.received is not None
+    assert datetime.fromisoformat(state.received) == sent[1].internaldate  # the same instant
+    assert replace(state, received=None) == ImapState(
+        read=False,
+        draft=False,
+        flag={"flagStatus": "flagged"},
+        categories=("Project-X",),
+        answered=True,
+        keywords=("$Forwarded",),
+    )
+    assert payloads[got["ids"][0]].state.read and payloads[got["ids"][2]].state.draft  # type: ignore[union-attr]
+    # A state-only export (an update) carries the same state and no body.
+    states = got["states"]
+    assert [states[i].state for i in got["ids"]] == [payloads[i].state for i in got["ids"]]
+    assert {states[i].mime for i in got["ids"]} == {b""}
+    assert got["info"][got["ids"][1]].subject == "Grüße 2"
+    assert got["info"][got["ids"][0]].content_type == ""
+    with ImapSession.open(endpoint, Password(target.login, target.password)) as t:
+        copies = list(t.changes("INBOX", None).new)
+        fetched = list(t.fetch("INBOX", copies))
+    assert [f.raw for f in fetched] == [m.raw for m in sent]
+    assert [c.internaldate for c in copies] == [m.internaldate for m in sent]
+    assert [c.keywords for c in copies] == [m.keywords for m in sent]
+    assert [c.flags for c in copies[:2]] == [m.flags for m in sent[:2]]
+    assert copies[2].flags == {"\\Seen"}  # the update replaced \Draft
+    assert got["keys"][copy_ids[2]] == state_key({"\\Seen"}, set()) == got["updated"].change_key
+
+
+def test_move_and_delete(endpoint: ImapEndpoint, user: ImapUser, session: ImapSession) -> None:
+    """A message moved to another folder gets a ref there; a deleted one is gone, and
+    deleting it again is NotFound."""
+    session.create_folder(["Archive"], "/")
+    [uid] = session.append("INBOX", [NewMessage(message(1))])
+
+    async def work(store: ImapStore) -> tuple[str, bool]:
+        assert store.caps.moves  # Dovecot has MOVE and UIDPLUS
+        [change] = (await all_pages(store, await folder(store, "INBOX"), None))[0].changes
+        moved = await store.move(ItemRef("INBOX", change.id), "Archive")
+        assert moved.item_id is not None and moved.change_key == change.change_key
+        ref = ItemRef("Archive", moved.item_id)
+        await store.delete(ref)
+        try:
+            await store.delete(ref)
+        except NotFound:
+            return moved.item_id, True
+        return moved.item_id, False
+
+    moved, not_found = with_store(endpoint, user, work)
+    assert parse_item_id(moved)[0] == "Archive" and not_found
+    assert session.folder("Archive").messages == 0 and session.folder("INBOX").messages == 0
+    assert uid is not None
+
+
+def test_totals_count_and_size_per_folder(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """Per folder: messages (STATUS) and their bytes; an empty folder is 0 and 0."""
+    session.append("INBOX", [NewMessage(message(i)) for i in range(4)])
+
+    async def work(store: ImapStore) -> tuple[dict[str, int], Any]:
+        return await store.totals(), await store.folder_totals()
+
+    counts, sized = with_store(endpoint, user, work)
+    assert counts["INBOX"] == 4 and counts["Sent"] == 0
+    assert sized["INBOX"].count == 4
+    assert sized["INBOX"].size == sum(len(message(i)) for i in range(4))
+    assert (sized["Sent"].count, sized["Sent"].size) == (0, 0)
+
+
+def test_plan_mode_records_writes_and_sends_none(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """With a WriteRecorder, CREATE, APPEND, STORE and EXPUNGE are recorded, not sent."""
+    [uid] = session.append("INBOX", [NewMessage(message(1))])
+    plan = WriteRecorder()
+
+    async def work(store: ImapStore) -> None:
+        await store.list_folders()
+        made = await store.create_folder(None, "New", ("New",), "IPF.Note")
+        assert made is not None and made.id.startswith("planned:")
+        payload = Payload(MIME, "", None, mime=message(2))
+        assert (await store.import_item(made.id, payload)).item_id is None
+        [change] = (await all_pages(store, await folder(store, "INBOX"), None))[0].changes
+        ref = ItemRef("INBOX", change.id)
+        await store.import_item("INBOX", payload, ref)
+        await store.delete(ref)
+
+    with_store(endpoint, user, work, label="target", plan=plan)
+    ops = [w.operation.split()[0] for w in plan.writes]
+    assert ops == ["CREATE", "APPEND", "UID", "UID"]
+    assert [w.system for w in plan.writes] == ["imap"] * 4
+    assert "New" not in [f.name for f in session.list_folders(status=False)]
+    [ref] = session.refs("INBOX", [uid or 0])
+    assert ref.flags == frozenset()  # not \Seen, not \Deleted
+
+
+def test_capabilities_say_mime_uid_watermark_mail_only() -> None:
+    """The store exports and accepts MIME only, keeps UID watermarks, holds mail folders."""
+    assert CAPS.exports == CAPS.accepts == {MIME}
+    assert CAPS.cursor == "uid-watermark" and CAPS.folder_classes == {"IPF.Note"}
+    assert CAPS.atomic_import and CAPS.inspect_before_export and not CAPS.moves
+
+
+def test_a_changed_uidvalidity_is_a_lost_cursor(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """From a cursor of another UIDVALIDITY the round raises the error `cursor_lost` knows."""
+    session.append("INBOX", [NewMessage(message(1))])
+
+    async def work(store: ImapStore) -> bool:
+        inbox = await folder(store, "INBOX")
+        cursor = (await all_pages(store, inbox, None))[-1].cursor
+        dovecot.set_uidvalidity(user, "INBOX", 777)
+        try:
+            await all_pages(store, inbox, cursor)
+        except RemoteError as exc:
+            return store.cursor_lost(exc) and "777" in exc.message
+        return False
+
+    assert with_store(endpoint, user, work)

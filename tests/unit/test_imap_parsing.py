@@ -1,0 +1,100 @@
+"""The IMAP adapter's pure parsing helpers: sequence sets, flags, headers, answers."""
+
+from __future__ import annotations
+
+from coexist.tenants.imap import (
+    ImapCapabilities,
+    ImapFolder,
+    OAuth2Token,
+    Password,
+    _copied_uids,
+    _folder_of,
+    _vanished_uids,
+    _with_special_names,
+    chunks_by_size,
+    parse_message_id,
+    parse_sequence_set,
+    response_code,
+    sequence_set,
+    split_flags,
+)
+
+
+def test_sequence_set_round_trip() -> None:
+    """UIDs compress to ranges and expand back, whatever their order and repeats."""
+    uids = [9, 1, 2, 3, 7, 10, 3]
+    assert sequence_set(uids) == "1:3,7,9:10"
+    assert parse_sequence_set("1:3,7,10:9") == [1, 2, 3, 7, 9, 10]
+    assert sequence_set([]) == ""
+
+
+def test_split_flags_drops_recent_and_keeps_keyword_case() -> None:
+    """System flags are canonical, \\Recent is dropped, keywords stay as spelled."""
+    flags, keywords = split_flags(
+        [b"\\SEEN", b"\\Recent", b"$Forwarded", b"Project-X", "\\Flagged"]
+    )
+    assert flags == {"\\Seen", "\\Flagged"}
+    assert keywords == {"$Forwarded", "Project-X"}
+
+
+def test_message_id_is_unfolded() -> None:
+    """A folded Message-ID header is one line; a block without one gives None."""
+    assert parse_message_id(b"Message-ID:\r\n <a.b@example.org>\r\n\r\n") == "<a.b@example.org>"
+    assert parse_message_id(b"\r\n") is None
+    assert parse_message_id(None) is None
+
+
+def test_response_code_and_copyuid_and_vanished() -> None:
+    """Response codes, COPYUID pairs and VANISHED (EARLIER) sets are read from answers."""
+    assert response_code("[ALREADYEXISTS] Mailbox already exists") == "ALREADYEXISTS"
+    assert response_code("Authentication failed.") is None
+    assert _copied_uids([b"[COPYUID 77 3:4,9 20:22] Moved UIDs."]) == {3: 20, 4: 21, 9: 22}
+    assert _copied_uids([b"Done"]) == {}
+    assert _vanished_uids([b"(EARLIER) 3,5:6", b"8"]) == [3, 5, 6, 8]
+
+
+def test_chunks_are_bounded_by_count_and_bytes() -> None:
+    """Runs stop at the count or the byte bound; an item larger than the bound is alone."""
+    sizes = [3, 3, 3, 20, 1, 1, 1]
+    runs = list(chunks_by_size(sizes, lambda n: n, max_count=2, max_bytes=7))
+    assert runs == [[3, 3], [3], [20], [1, 1], [1]]
+
+
+def test_folders_without_special_use_get_roles_from_usual_names() -> None:
+    """Without RFC 6154 attributes, "INBOX.Sent" and "Deleted Items" get their roles."""
+    listed = [
+        _folder_of([b"\\HasChildren"], b".", "INBOX"),
+        _folder_of([], b".", "INBOX.Sent"),
+        _folder_of([], b".", "Deleted Items"),
+        _folder_of([], b".", "Projects.Sent"),
+        _folder_of([b"\\Noselect"], None, "Flat"),
+    ]
+    roles = {f.name: f.special_use for f in _with_special_names(listed)}
+    assert roles == {
+        "INBOX": "inbox",
+        "INBOX.Sent": "sentitems",
+        "Deleted Items": "deleteditems",
+        "Projects.Sent": None,
+        "Flat": None,
+    }
+    flat = _with_special_names(listed)[-1]
+    assert flat.path == ("Flat",) and not flat.selectable
+
+
+def test_gmail_virtual_folders_are_marked() -> None:
+    """\\All, \\Flagged and \\Important are views, not folders to copy."""
+    folders: list[ImapFolder] = [
+        _folder_of([b"\\All", b"\\HasNoChildren"], b"/", "[Gmail]/All Mail"),
+        _folder_of([b"\\Flagged"], b"/", "[Gmail]/Starred"),
+        _folder_of([b"\\Important"], b"/", "[Gmail]/Important"),
+        _folder_of([b"\\Sent"], b"/", "[Gmail]/Sent Mail"),
+    ]
+    assert [f.virtual for f in folders] == [True, True, True, False]
+
+
+def test_capabilities_and_secret_reprs() -> None:
+    """QRESYNC implies CONDSTORE; passwords and tokens never show in a repr."""
+    caps = ImapCapabilities.parse([b"IMAP4rev1", b"QRESYNC", b"MOVE"])
+    assert caps.condstore and caps.qresync and caps.move and not caps.multiappend
+    assert "hunter2" not in repr(Password("a", "hunter2"))
+    assert "tok-123" not in repr(OAuth2Token("a", "tok-123"))

@@ -1,0 +1,196 @@
+"""The IMAP store's pure parts: Gmail's folder layout, item ids, cursors, change keys, and
+flags as the protocol's message state, and the imap-sync mover's registration."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from coexist.engine.context import Context
+from coexist.errors import ConfigError
+from coexist.migrate.passes import MOVERS, Window, mover_for
+from coexist.migrate.stores.imap import (
+    MOVER,
+    Cursor,
+    ImapState,
+    endpoint_of,
+    folder_tree,
+    imap_flags,
+    item_id,
+    limits_of,
+    message_state,
+    parse_item_id,
+    state_key,
+)
+from coexist.settings import load_project
+from coexist.tenants.imap import ImapFolder, Watermark, special_use_of
+from coexist.tenants.protocols import MessageState
+
+
+def gmail(name: str, *attrs: str, selectable: bool = True, messages: int = 0) -> ImapFolder:
+    """A folder as Gmail lists it ("/" delimiter, special use from its attributes)."""
+    attributes = frozenset(attrs)
+    path = tuple(name.split("/"))
+    special = "inbox" if name == "INBOX" else special_use_of(attributes)
+    return ImapFolder(name, "/", path, special, attributes, selectable, messages=messages)
+
+
+GMAIL = [
+    gmail("INBOX", messages=3),
+    gmail("[Gmail]", "\\Noselect", "\\HasChildren", selectable=False),
+    gmail("[Gmail]/All Mail", "\\All", messages=9),
+    gmail("[Gmail]/Sent Mail", "\\Sent", "\\HasChildren"),
+    gmail("[Gmail]/Sent Mail/2019", "\\HasNoChildren"),
+    gmail("[Gmail]/Starred", "\\Flagged"),
+    gmail("[Gmail]/Important", "\\Important"),
+    gmail("[Gmail]/Trash", "\\Trash"),
+    gmail("Work/Clients", "\\HasNoChildren"),
+    gmail("Work", "\\HasChildren"),
+]
+
+
+def test_gmail_views_are_left_out_and_special_folders_come_to_the_top() -> None:
+    """All Mail, Starred and Important are left out (counted); Sent Mail and Trash under the
+    [Gmail] container are well-known top folders, a subfolder follows its parent; custom
+    folders keep their path; parents come before children."""
+    tree = folder_tree(GMAIL)
+    got = {f.id: (f.path, f.well_known) for f in tree.folders}
+    assert got == {
+        "INBOX": (("INBOX",), "inbox"),
+        "[Gmail]/Sent Mail": (("Sent Mail",), "sentitems"),
+        "[Gmail]/Sent Mail/2019": (("Sent Mail", "2019"), None),
+        "[Gmail]/Trash": (("Trash",), "deleteditems"),
+        "Work": (("Work",), None),
+        "Work/Clients": (("Work", "Clients"), None),
+    }
+    assert tree.left_out == 3
+    order = [f.id for f in tree.folders]
+    assert order.index("Work") < order.index("Work/Clients")
+    assert tree.folders[0].total == 3
+
+
+def test_views_can_be_included() -> None:
+    """`include_virtual` keeps All Mail, Starred and Important (with their well-known names)."""
+    tree = folder_tree(GMAIL, include_virtual=True)
+    wk = {f.well_known for f in tree.folders}
+    assert {"allmail", "flagged", "important"} <= wk and tree.left_out == 0
+
+
+def test_item_ids_round_trip_any_folder_name() -> None:
+    """An item id holds UIDVALIDITY, UID and a folder name with any characters, colons too."""
+    for name in ["INBOX", 'a:b "c"/d', "Überweisungen ✓"]:
+        assert parse_item_id(item_id(name, 17, 4)) == (name, 17, 4)
+
+
+def test_cursors_round_trip_with_and_without_known_uids() -> None:
+    """A cursor keeps the watermark, and the reported UIDs only when it has them."""
+    plain = Cursor(Watermark(5, 90, 1234))
+    assert Cursor.parse(plain.text()) == plain
+    no_modseq = Cursor(Watermark(5, 0, None), ())
+    assert Cursor.parse(no_modseq.text()) == no_modseq
+    known = Cursor(Watermark(5, 90, None), (1, 2, 3, 7, 90))
+    assert known.text() == "5:90::1:3,7,90" and Cursor.parse(known.text()) == known
+
+
+def test_change_keys_follow_flags_and_keywords_only() -> None:
+    """The change key ignores order and keyword case, and changes with any flag."""
+    assert state_key({"\\Seen"}, {"$Label1", "x"}) == state_key({"\\Seen"}, {"X", "$label1"})
+    assert state_key({"\\Seen"}, set()) != state_key(set(), set())
+
+
+def test_flags_round_trip_through_the_message_state() -> None:
+    """Flags, keywords and INTERNALDATE become read/draft/flag/categories/received (plus
+    \\Answered and the "$" keywords, IMAP's own) and come back unchanged."""
+    flags = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Draft"})
+    keywords = frozenset({"$Forwarded", "Project-X", "$label1"})
+    when = datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    state = message_state(flags, keywords, when)
+    assert (state.read, state.draft, state.flag) == (True, True, {"flagStatus": "flagged"})
+    assert state.categories == ("Project-X",) and state.keywords == ("$Forwarded", "$label1")
+    assert state.answered and state.received == "2020-01-02T03:04:05+00:00"
+    assert imap_flags(state) == (flags, keywords)
+    bare = message_state(frozenset(), frozenset(), None)
+    assert bare.flag == {"flagStatus": "notFlagged"} and imap_flags(bare) == (frozenset(),) * 2
+
+
+def test_another_stores_state_sets_what_imap_can_hold() -> None:
+    """A Graph-shaped state: a completed flag is no \\Flagged, a category that is no IMAP
+    atom (a space) is left out, and no state at all sets no flags."""
+    state = MessageState(
+        read=True,
+        flag={"flagStatus": "complete"},
+        categories=("Red category", "Blue"),
+        received="2024-05-06T07:08:09Z",
+    )
+    assert imap_flags(state) == (frozenset({"\\Seen"}), frozenset({"Blue"}))
+    assert imap_flags(None) == (frozenset(), frozenset())
+    assert not isinstance(state, ImapState)
+
+
+IMAP_TO_IMAP = """\
+[source]
+kind = "imap"
+
+[source.imap]
+host = "old.example.org"
+ca_file = "ca.pem"
+connections_per_mailbox = 2
+
+[target]
+kind = "imap"
+
+[target.imap]
+host = "new.example.org"
+security = "starttls"
+
+[domains]
+destination_domain = "fabrikam.com"
+
+[migration]
+mover = "imap-sync"
+"""
+
+
+def test_imap_sync_moves_imap_to_imap_and_says_what_it_cannot_open(tmp_path: Path) -> None:
+    """An imap -> imap project may name imap-sync (mover_for finds the registered mover);
+    its sides' settings become the adapter's endpoints and limits; a pass of it stops with
+    a ConfigError naming the missing credential vault, never a traceback."""
+    (tmp_path / "ca.pem").write_text("")
+    (tmp_path / "project.toml").write_text(IMAP_TO_IMAP)
+    project = load_project(tmp_path, env={})
+    ctx = Context(project, None, None, None)  # type: ignore[arg-type]
+    assert mover_for(ctx) is MOVERS[MOVER]
+    src = endpoint_of(project.source.imap, "source")
+    tgt = endpoint_of(project.target.imap, "target")
+    assert (src.host, src.port, src.security) == ("old.example.org", 993, "tls")
+    assert src.ca_file is not None and src.ca_file.name == "ca.pem"
+    assert (tgt.host, tgt.port, tgt.security, tgt.side) == (
+        "new.example.org",
+        143,
+        "starttls",
+        "target",
+    )
+    limits = limits_of(project.source.imap)
+    assert (limits.per_server, limits.per_mailbox) == (10, 2)
+    with pytest.raises(ConfigError) as info:
+        asyncio.run(MOVERS[MOVER].run(ctx, "ann@example.org", "prestage", Window()))
+    assert info.value.fields["key"] == "migration.mover"
+    assert "credential vault" in str(info.value) and "ann@example.org" in str(info.value)
+
+
+def test_imap_sync_is_refused_for_other_kinds() -> None:
+    """imap-sync on an m365 -> imap pair is a ConfigError on migration.mover naming kinds."""
+    project: Any = SimpleNamespace(
+        migration=SimpleNamespace(mover=MOVER),
+        source=SimpleNamespace(kind="m365"),
+        target=SimpleNamespace(kind="imap"),
+        file="/p/project.toml",
+    )
+    with pytest.raises(ConfigError) as info:
+        mover_for(Context(project, None, None, None))  # type: ignore[arg-type]
+    assert "does not move m365 -> imap" in str(info.value)

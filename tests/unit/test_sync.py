@@ -1,0 +1,434 @@
+"""The one sync algorithm (coexist.migrate.sync) over two small in-memory MailboxStores.
+
+`MemoryStore` is a test double of our own protocol (coexist.tenants.protocols), not of any
+SDK: a mailbox of MIME messages with typed state, a change log read with a sequence-number
+cursor (like an IMAP UID watermark), and switches for what its `caps` say (formats,
+moves, atomic imports, inspect before export). The real stores are tested against the
+sandbox (tests/e2e/test_graph_mover.py, test_items_mover.py); these tests pin down what
+sync.py does with each capability, whatever store offers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from coexist.engine.context import Context
+from coexist.errors import ConfigError, NotFound, RemoteError
+from coexist.journal import Journal
+from coexist.migrate.passes import PassResult, Window
+from coexist.migrate.sync import StoreMover, message_identity, negotiate
+from coexist.tenants.protocols import (
+    EXCHANGE_STREAM,
+    MAIL_FOLDER,
+    MIME,
+    Capabilities,
+    Change,
+    ChangePage,
+    Folder,
+    FolderTree,
+    Imported,
+    ItemInfo,
+    ItemRef,
+    MailboxStore,
+    MessageState,
+    Payload,
+)
+
+USER = "ada@example.org"
+RECEIVED = "2024-01-15T09:00:00+00:00"
+
+
+class Killed(Exception):
+    """What a pass dies of, in the middle of an import (a SIGKILL in a real run)."""
+
+
+@dataclass
+class Message:
+    folder: str
+    mime: bytes
+    state: MessageState
+    version: int = 1
+
+    @property
+    def identity(self) -> str | None:
+        msg = email.message_from_bytes(self.mime, policy=email.policy.default)
+        return message_identity(str(msg["Message-ID"]).strip() if msg["Message-ID"] else None)
+
+
+def mime(subject: str, content_type: str = "text/plain", body: str = "hello") -> bytes:
+    return (
+        f"Message-ID: <{subject}@example.org>\r\nSubject: {subject}\r\n"
+        f"Content-Type: {content_type}\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+class MemoryStore:
+    """A mailbox in memory, speaking the MailboxStore protocol (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        formats: frozenset[str] = frozenset({MIME}),
+        moves: bool = False,
+        atomic_import: bool = True,
+        inspect_before_export: bool = True,
+    ) -> None:
+        self.caps = Capabilities(
+            exports=formats,
+            accepts=formats,
+            cursor="uid-watermark",
+            folder_classes=frozenset({MAIL_FOLDER}),
+            checkpoint_kind="memory",
+            export_batch=2,
+            export_bytes=1 << 20,
+            imports_in_flight=2,
+            moves=moves,
+            atomic_import=atomic_import,
+            inspect_before_export=inspect_before_export,
+        )
+        self.ids = itertools.count(1)
+        self.folders: dict[str, tuple[str, ...]] = {"f-inbox": ("INBOX",)}
+        self.items: dict[str, Message] = {}
+        self.log: list[tuple[str, str]] = []  # (folder id, item id): what changed, in order
+        self.exports: list[tuple[list[str], bool]] = []  # (item ids, state_only)
+        self.calls: Counter[str] = Counter()
+        self.kill_after_import: int | None = None  # die after this many imports landed
+        self.partial = False  # a killed non-atomic import leaves its copy without its body
+
+    # -- test helpers
+
+    def folder_id(self, *path: str) -> str:
+        return next(f for f, p in self.folders.items() if p == path)
+
+    def put(self, path: tuple[str, ...], subject: str, **state: Any) -> str:
+        folder = self.folder_id(*path) if path in self.folders.values() else self._mkdir(path)
+        state.setdefault("received", RECEIVED)
+        return self._add(Message(folder, mime(subject), MessageState(**state)))
+
+    def change(self, item_id: str, **state: Any) -> None:
+        m = self.items[item_id]
+        m.state, m.version = replace(m.state, **state), m.version + 1
+        self.log.append((m.folder, item_id))
+
+    def move_here(self, item_id: str, *path: str) -> str:
+        """Move at this store (as a user would): a new id in the new folder."""
+        m = self.items.pop(item_id)
+        self.log.append((m.folder, item_id))
+        m.folder = self.folder_id(*path)
+        return self._add(m)
+
+    def in_folder(self, *path: str) -> list[Message]:
+        folder = self.folder_id(*path)
+        return [m for m in self.items.values() if m.folder == folder]
+
+    def _mkdir(self, path: tuple[str, ...]) -> str:
+        fid = f"f-{next(self.ids)}"
+        self.folders[fid] = path
+        return fid
+
+    def _add(self, m: Message) -> str:
+        item_id = f"m-{next(self.ids)}"
+        self.items[item_id] = m
+        self.log.append((m.folder, item_id))
+        return item_id
+
+    # -- the protocol
+
+    async def list_folders(self) -> FolderTree:
+        out = []
+        for fid, path in sorted(self.folders.items(), key=lambda kv: len(kv[1])):
+            total = sum(1 for m in self.items.values() if m.folder == fid)
+            known = "inbox" if path == ("INBOX",) else None
+            out.append(Folder(fid, path, known, MAIL_FOLDER, total))
+        return FolderTree(out)
+
+    async def create_folder(
+        self, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
+    ) -> Folder | None:
+        return Folder(self._mkdir(path), path, None, folder_class, 0)
+
+    def changes(self, folder: Folder, cursor: str | None) -> Round:
+        return Round(self, folder.id, int(cursor) if cursor else None)
+
+    def cursor_lost(self, exc: RemoteError) -> bool:
+        return False
+
+    async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
+        self.calls["inspect"] += 1
+        return {
+            r.item_id: _info(self.items[r.item_id].mime) for r in refs if r.item_id in self.items
+        }
+
+    async def export(
+        self, refs: list[ItemRef], fmt: str, state_only: bool = False
+    ) -> dict[str, Payload]:
+        self.exports.append(([r.item_id for r in refs], state_only))
+        out = {}
+        for r in refs:
+            if (m := self.items.get(r.item_id)) is None:
+                continue
+            data = m.mime.decode() if fmt == EXCHANGE_STREAM else ""
+            body = b"" if state_only or fmt != MIME else m.mime
+            out[r.item_id] = Payload(
+                fmt,
+                data,
+                str(m.version),
+                mime=body,
+                state=m.state,
+                source_id=r.item_id,
+                size=None if self.caps.inspect_before_export else len(m.mime),
+                info=None if self.caps.inspect_before_export else _info(m.mime),
+            )
+        return out
+
+    async def import_item(
+        self, folder_id: str, payload: Payload, replace: ItemRef | None = None
+    ) -> Imported:
+        if replace is not None:
+            m = self.items[replace.item_id]
+            m.state, m.version = payload.state or MessageState(), m.version + 1
+            return Imported(replace.item_id, str(m.version))
+        self.calls["import"] += 1
+        body = payload.mime or payload.data.encode()
+        dying = self.kill_after_import is not None and self.calls["import"] > self.kill_after_import
+        if dying and self.partial:
+            body = body.split(b"\r\n\r\n")[0] + b"\r\n\r\n"  # the body never came
+        item_id = self._add(Message(folder_id, body, payload.state or MessageState()))
+        if dying:
+            raise Killed(item_id)
+        return Imported(item_id, "1")
+
+    def update_refused(self, exc: RemoteError) -> bool:
+        return False
+
+    async def copies(self, folder_id: str, exclude: set[str]) -> dict[str, list[ItemRef]]:
+        out: dict[str, list[ItemRef]] = {}
+        for item_id, m in self.items.items():
+            if m.folder == folder_id and item_id not in exclude and m.identity:
+                out.setdefault(m.identity, []).append(ItemRef(folder_id, item_id, str(m.version)))
+        return out
+
+    async def copies_of(
+        self, folder_id: str, source_id: str, identity: str | None, exclude: set[str]
+    ) -> list[ItemRef]:
+        return (await self.copies(folder_id, exclude)).get(identity or "", [])
+
+    async def move(self, ref: ItemRef, folder_id: str) -> Imported:
+        self.calls["move"] += 1
+        if ref.item_id not in self.items:
+            raise NotFound(f"no item {ref.item_id}", service="memory")
+        m = self.items.pop(ref.item_id)
+        m.folder = folder_id
+        return Imported(self._add(m), str(m.version))
+
+    async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:
+        return {
+            r.item_id: str(self.items[r.item_id].version) for r in refs if r.item_id in self.items
+        }
+
+    async def delete(self, ref: ItemRef) -> None:
+        self.calls["delete"] += 1
+        if self.items.pop(ref.item_id, None) is None:
+            raise NotFound(f"no item {ref.item_id}", service="memory")
+        self.log.append((ref.folder_id, ref.item_id))
+
+    async def totals(self) -> dict[str, int]:
+        return {f.id: f.total for f in (await self.list_folders()).folders}
+
+
+class Round:
+    """One round of a MemoryStore folder's change log after a sequence number."""
+
+    def __init__(self, store: MemoryStore, folder: str, after: int | None) -> None:
+        self.store, self.folder, self.after = store, folder, after
+
+    async def pages(self) -> AsyncIterator[ChangePage]:
+        s = self.store
+        seen = s.log[self.after :] if self.after is not None else s.log
+        ids = dict.fromkeys(i for f, i in seen if f == self.folder)
+        changes = []
+        for item_id in ids:
+            m = s.items.get(item_id)
+            if m is None or m.folder != self.folder:
+                if self.after is not None:  # a full round reports what is there
+                    changes.append(Change(item_id, removed=True))
+                continue
+            changes.append(
+                Change(
+                    item_id,
+                    change_key=str(m.version),
+                    created=m.state.received,
+                    size=len(m.mime),
+                    identity=m.identity,
+                )
+            )
+        yield ChangePage(changes, str(len(s.log)))
+
+    async def describe(self, new: list[Change]) -> list[Change]:
+        return new
+
+
+def _info(data: bytes) -> ItemInfo:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    return ItemInfo(str(msg["Subject"] or ""), msg.get_content_type())
+
+
+def run_pass(tmp_path: Path, src: MailboxStore, tgt: MailboxStore, **migration: Any) -> PassResult:
+    """One prestage pass of StoreMover between the two stores (its journal is kept)."""
+    settings = {
+        "folder_rules": [],
+        "include_folders": [],
+        "exclude_folders": [],
+        "max_item_mb": 1,
+        "encrypted": "skip",
+        "deletions": "keep",
+        "reconcile_tolerance": 0,
+        **migration,
+    }
+    project: Any = SimpleNamespace(migration=SimpleNamespace(**settings), file="project.toml")
+
+    async def open_stores(ctx: Context, subject: str) -> tuple[MailboxStore, MailboxStore]:
+        return src, tgt
+
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        journal.upsert_item("user", USER)  # discovery's row, where reconcile records its report
+        ctx = Context(project, journal, None, None, run_id=journal.start_run("test"))  # type: ignore[arg-type]
+        return asyncio.run(StoreMover(open_stores).run(ctx, USER, "prestage", Window()))
+
+
+def rows(tmp_path: Path) -> list[dict[str, Any]]:
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        return list(journal.mapped_items(USER))
+
+
+def test_mime_stores_copy_content_and_state_once(tmp_path: Path) -> None:
+    """Two MIME-only stores (IMAP-like) agree on MIME; each message arrives once, in its
+    mapped folder, with its bytes and typed state (read, flag, categories, dates); a second
+    pass copies and exports nothing."""
+    src, tgt = MemoryStore(), MemoryStore()
+    flag = {"flagStatus": "flagged"}
+    src.put(("INBOX",), "one", read=True, flag=flag, categories=("red",))
+    src.put(("INBOX", "Projects"), "two", draft=True, sent="2024-01-14T08:00:00+00:00")
+    assert negotiate(src, tgt) == MIME
+    first = run_pass(tmp_path, src, tgt)
+    assert first.counts["copied"] == 2 and first.status == "ok", first
+    [one] = tgt.in_folder("INBOX")
+    [two] = tgt.in_folder("INBOX", "Projects")
+    assert one.mime == mime("one") and two.mime == mime("two")
+    assert one.state == MessageState(read=True, flag=flag, categories=("red",), received=RECEIVED)
+    assert two.state.draft and two.state.sent == "2024-01-14T08:00:00+00:00"
+    exported = len(src.exports)
+    second = run_pass(tmp_path, src, tgt)
+    assert second.counts.get("copied", 0) == 0 and second.counts.get("updated", 0) == 0
+    assert len(src.exports) == exported and len(tgt.items) == 2
+
+
+def test_a_state_change_is_an_update_that_exports_state_only(tmp_path: Path) -> None:
+    """A message read at the source after its copy: the update exports its state alone
+    (no MIME) and brings the copy in line, without a second copy."""
+    src, tgt = MemoryStore(), MemoryStore()
+    item = src.put(("INBOX",), "one")
+    run_pass(tmp_path, src, tgt)
+    src.change(item, read=True, categories=("blue",))
+    result = run_pass(tmp_path, src, tgt)
+    assert result.counts["updated"] == 1 and result.counts.get("copied", 0) == 0, result
+    assert src.exports[-1] == ([item], True)
+    [copy] = tgt.in_folder("INBOX")
+    assert copy.state.read and copy.state.categories == ("blue",) and copy.mime == mime("one")
+
+
+@pytest.mark.parametrize("moves", [True, False])
+def test_a_move_at_the_source_moves_the_copy(tmp_path: Path, moves: bool) -> None:
+    """A message moved at the source (new id, same Message-ID) ends up once in the mapped
+    new folder: moved in the target where it can move items, else imported there and the
+    old copy deleted; counted as moved, not copied."""
+    src, tgt = MemoryStore(), MemoryStore(moves=moves)
+    item = src.put(("INBOX",), "one")
+    src.put(("INBOX", "Done"), "other")
+    run_pass(tmp_path, src, tgt)
+    src.move_here(item, "INBOX", "Done")
+    result = run_pass(tmp_path, src, tgt)
+    assert result.counts["moved"] == 1 and result.counts.get("copied", 0) == 0, result
+    assert tgt.in_folder("INBOX") == []
+    assert sorted(m.mime for m in tgt.in_folder("INBOX", "Done")) == [mime("one"), mime("other")]
+    assert tgt.calls["move"] == (1 if moves else 0)
+    assert tgt.calls["delete"] == (0 if moves else 1)
+    assert all(r["status"] == "copied" and not r["reason"] for r in rows(tmp_path))
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+def test_a_pass_killed_mid_import_leaves_one_whole_copy(tmp_path: Path, atomic: bool) -> None:
+    """A pass that dies after an import landed but before it was recorded: the next pass
+    adopts that copy (atomic imports) or deletes the partial copy and copies again
+    (non-atomic); either way one whole copy per message."""
+    src, tgt = MemoryStore(), MemoryStore(atomic_import=atomic)
+    for n in range(3):
+        src.put(("INBOX",), f"m{n}")
+    tgt.kill_after_import, tgt.partial = 1, not atomic
+    with pytest.raises(Killed):
+        run_pass(tmp_path, src, tgt)
+    assert "importing" in {r["status"] for r in rows(tmp_path)}
+    tgt.kill_after_import = None
+    run_pass(tmp_path, src, tgt)
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"m{n}") for n in range(3)]
+    assert {r["status"] for r in rows(tmp_path)} <= {"copied", "changed"}
+    assert run_pass(tmp_path, src, tgt).counts.get("copied", 0) == 0
+    assert len(tgt.items) == 3
+    assert (tgt.calls["delete"] > 0) == (not atomic)  # a partial copy is never adopted
+
+
+@pytest.mark.parametrize("inspect_first", [True, False])
+def test_protected_and_oversize_mail_is_skipped_and_reported(
+    tmp_path: Path, inspect_first: bool
+) -> None:
+    """S/MIME and oversize messages are skipped with a reason, whether the source is read
+    before the export (`inspect`) or the export itself is read (`inspect_before_export`
+    False: the payload's `info` and `size`)."""
+    src, tgt = MemoryStore(inspect_before_export=inspect_first), MemoryStore()
+    src.put(("INBOX",), "plain")
+    smime = src.put(("INBOX",), "sealed")
+    src.items[smime].mime = mime("sealed", "application/pkcs7-mime")
+    big = src.put(("INBOX",), "big")
+    src.items[big].mime = mime("big", body="x" * (2 << 20))
+    result = run_pass(tmp_path, src, tgt)
+    assert (result.counts["copied"], result.counts["skipped"]) == (1, 2), result
+    reasons = {r["subject"] or r["source_item_id"]: r["reason"] for r in rows(tmp_path)}
+    assert "encrypted" in str(reasons.get("sealed") or reasons.get(smime))
+    assert "larger than 1 MB" in str(reasons.get("big") or reasons.get(big))
+    assert (src.calls["inspect"] > 0) == inspect_first  # one per export batch, or none
+
+
+def test_deletions_are_mirrored_when_asked(tmp_path: Path) -> None:
+    """A message deleted at the source is reported (keep) and then deleted in the target
+    (mirror), once."""
+    src, tgt = MemoryStore(), MemoryStore()
+    item = src.put(("INBOX",), "one")
+    run_pass(tmp_path, src, tgt)
+    asyncio.run(src.delete(ItemRef(src.folder_id("INBOX"), item)))
+    kept = run_pass(tmp_path, src, tgt)
+    assert kept.counts["deleted_at_source"] == 1 and len(tgt.items) == 1
+    mirrored = run_pass(tmp_path, src, tgt, deletions="mirror")
+    assert mirrored.counts["deleted_in_target"] == 1 and tgt.items == {}
+
+
+def test_formats_are_negotiated_richest_first_or_refused() -> None:
+    """Two stores that both speak the Exchange stream use it; a stream-only store and a
+    MIME-only one have no format in common: a ConfigError naming both sides' formats."""
+    both = frozenset({EXCHANGE_STREAM, MIME})
+    assert negotiate(MemoryStore(formats=both), MemoryStore(formats=both)) == EXCHANGE_STREAM
+    assert negotiate(MemoryStore(formats=both), MemoryStore()) == MIME
+    stream = MemoryStore(formats=frozenset({EXCHANGE_STREAM}))
+    with pytest.raises(ConfigError) as raised:
+        negotiate(stream, MemoryStore())
+    assert "exchange-stream" in str(raised.value) and "mime" in str(raised.value)
