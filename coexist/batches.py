@@ -370,10 +370,25 @@ def read_user_file(path: Path) -> UserFile:
             file=str(path),
             next_step=f"fill in the {what} column on those lines, or remove them",
         )
-    sides = tuple(
-        side for side, i in (("source", password), ("target", tgt_password)) if i is not None
-    )
-    return UserFile(path, shape, users, sides)
+    return UserFile(path, shape, users, _password_sides(shape, users, password, tgt_password))
+
+
+def _password_sides(
+    shape: str, users: list[UserRow], source: int | None, target: int | None
+) -> tuple[str, ...]:
+    """The sides whose users log in with their own password, so a blank one is missing.
+    CodeTwo's IMAP accounts always do (IMAP has no admin login to use instead). A MigrationWiz
+    password column is read "only if the administrative credentials are not specified"
+    (BitTitan help, Bulk Add): one left blank on every row means that side logs in as an
+    admin, and no user waits for it."""
+    if shape == CODETWO:
+        return ("source",)
+    sides = []
+    if source is not None and any(u.password for u in users):
+        sides.append("source")
+    if target is not None and any(u.target_password for u in users):
+        sides.append("target")
+    return tuple(sides)
 
 
 def _check_columns(

@@ -99,6 +99,19 @@ def test_migrationwiz_bulk_add_file(tmp_path: Path, login_header: str) -> None:
     }
 
 
+def test_migrationwiz_blank_password_column_means_admin_credentials(tmp_path: Path) -> None:
+    """A password column blank on every row is MigrationWiz's "administrative credentials
+    are specified": no side asks for per-user passwords, so nobody will wait for one."""
+    rows = [
+        ["Source Email", "Source Login Name", "Source Password", "Destination Email",
+         "Destination Password"],
+        ["ann@fabrikam.example", "", "", "ann@contoso.example", ""],
+        ["bob@fabrikam.example", "", "", "bob@contoso.example", ""],
+    ]  # fmt: skip
+    user_file = read_user_file(write(tmp_path, csv_text(rows).encode()))
+    assert user_file.shape == MIGRATIONWIZ and user_file.password_sides == ()
+
+
 def test_plain_batch_file_still_reads(tmp_path: Path) -> None:
     """A batch file without credential columns is read as before (no password sides)."""
     rows = [["Source Email", "Batch"], ["ann@fabrikam.example", "w1"]]
