@@ -6,6 +6,12 @@ headers case- and space-insensitively; every row must name a discovered user
 exactly once, or nothing is recorded. Files are read as spreadsheets save them:
 UTF-8 with or without BOM or UTF-16 with BOM, separated by ',', ';' or tab; another
 encoding or a broken quote is an error naming its line.
+
+User files with credentials are read too (`read_user_file`): CodeTwo's (Login, Password,
+First Name, Last Name, Display Name) and MigrationWiz's Bulk Add shape (Source Email, Source
+Login Name, Source Password, Destination Email, Destination Login Name, Destination
+Password). Their passwords are handed to the caller (for the vault) and never appear in an
+error message: a file whose header names a password column is never quoted in one.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import codecs
 import csv
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,8 @@ SOURCE_HEADERS = (
     "primarysmtpaddress",
     "userprincipalname",
     "upn",
+    # CodeTwo's user CSV names each user by its IMAP login (issue 11's seed guide).
+    "login",
 )
 BATCH_HEADERS = ("batch", "wave", "batchname")
 TARGET_HEADERS = ("destinationemail", "targetemail", "destination", "target")
@@ -38,17 +47,35 @@ def _norm(header: str) -> str:
     return "".join(header.lower().split()).replace("_", "").replace("-", "")
 
 
+def _found(first_row: list[str]) -> str:
+    """The first line's cells for an error message, unless it is a row of data (it holds an
+    address): a file without a header line may hold passwords, which no message shows."""
+    if any("@" in c for c in first_row):
+        return "the first line holds an address, not column names: the header line is missing"
+    return "found " + ", ".join(repr(h.strip()) for h in first_row[:8])
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """Rows of a batch CSV as {source, batch, target, line}."""
+    delimiter, lines, rows = _table(path)
+    return _plain_rows(path, delimiter, lines, rows)
+
+
+def _table(path: Path) -> tuple[str, list[int], list[list[str]]]:
+    """The delimiter, and the non-blank rows of a CSV file with the line each starts on."""
     text = decode(_read_bytes(path), path)
     delimiter = sniff_delimiter(text)
     # Keep each row's line in the file (blank lines skipped, not renumbered) so an error
     # about a row points at the line the operator sees in an editor.
     numbered = [(n, r) for n, r in _parse(text, delimiter, path) if any(c.strip() for c in r)]
-    lines = [n for n, _ in numbered]
-    rows = [r for _, r in numbered]
-    if not rows:
+    if not numbered:
         raise InputError(f"{path}: the batch file is empty", file=str(path))
+    return delimiter, [n for n, _ in numbered], [r for _, r in numbered]
+
+
+def _plain_rows(
+    path: Path, delimiter: str, lines: list[int], rows: list[list[str]]
+) -> list[dict[str, str]]:
     header = [_norm(h) for h in rows[0]]
     src = next((header.index(h) for h in SOURCE_HEADERS if h in header), None)
     if src is None:
@@ -57,11 +84,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
                 {"source": r[0].strip(), "batch": "", "target": "", "line": str(n)}
                 for n, r in zip(lines, rows, strict=True)
             ]
-        found = ", ".join(repr(h.strip()) for h in rows[0][:8])
         raise InputError(
             f"{path}: no source address column; expected one of "
-            f"'Source Email', 'EmailAddress', 'UserPrincipalName' (found {found}, "
-            f"read as {_DELIMITER_NAMES[delimiter]}-separated)",
+            f"'Source Email', 'EmailAddress', 'UserPrincipalName', 'Login' "
+            f"({_found(rows[0])}, read as {_DELIMITER_NAMES[delimiter]}-separated)",
             file=str(path),
         )
     bat = next((header.index(h) for h in BATCH_HEADERS if h in header), None)
@@ -81,9 +107,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 # Excel writes "CSV UTF-8" with a BOM, "CSV (Comma delimited)" in the legacy code page
 # (Windows-1252 in the West: not UTF-8), and "Unicode Text" as tab-separated UTF-16 LE with a
 # BOM; a European locale separates with ';'. Read: UTF-8 with or without BOM, UTF-16 with
-# BOM, and ',', ';' or tab; anything else is an error naming the line.
-DELIMITERS = (",", ";", "\t")
-_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+# BOM, and ',', ';', tab or '|'; anything else is an error naming the line.
+DELIMITERS = (",", ";", "\t", "|")
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 _SAVE_AS = (
     "save it as UTF-8 (Excel: Save As → 'CSV UTF-8 (Comma delimited)'), or as UTF-16 with a "
     "byte-order mark (Excel: 'Unicode Text')"
@@ -129,16 +155,28 @@ def decode(data: bytes, path: Path) -> str:
         raise _not_decodable(data, exc, encoding, name, path) from None
 
 
+def _holds_passwords(data: bytes) -> bool:
+    """Whether the header line names a password column (UTF-8 or UTF-16: NULs dropped)."""
+    first = data[:4096].replace(b"\x00", b"").split(b"\n", 1)[0]
+    return b"password" in first.lower()
+
+
 def _not_decodable(
     data: bytes, exc: UnicodeDecodeError, encoding: str, name: str, path: Path
 ) -> InputError:
-    """The error for bytes that are not `name`: the line, the column, the byte, a guess."""
+    """The error for bytes that are not `name`: the line, the column, the byte, a guess; the
+    line's text only when the file holds no passwords."""
     before = data[: exc.start].decode(encoding, errors="replace")
     line = before.count("\n") + 1
     column = len(before) - (before.rfind("\n") + 1) + 1
     start = data.rfind(b"\n", 0, exc.start) + 1
     end = data.find(b"\n", exc.start)
     shown = data[start : end if end >= 0 else len(data)].decode(encoding, errors="replace")
+    text = (
+        "the line is not shown: the file holds passwords"
+        if _holds_passwords(data)
+        else repr(shown.strip()[:80])
+    )
     guess = (
         "; the file looks like Latin-1 / Windows-1252 (Excel's 'CSV (Comma delimited)')"
         if name == "UTF-8"
@@ -146,8 +184,7 @@ def _not_decodable(
     )
     byte = data[exc.start]
     return InputError(
-        f"{path}: line {line} is not {name} (byte 0x{byte:02X} at column {column}: "
-        f"{shown.strip()[:80]!r}){guess}",
+        f"{path}: line {line} is not {name} (byte 0x{byte:02X} at column {column}: {text}){guess}",
         file=str(path),
         line=line,
         next_step=_SAVE_AS,
@@ -210,6 +247,171 @@ def _broken_quote(path: Path, first: int, last: int, reason: str) -> InputError:
 
 def _cell(row: list[str], i: int | None) -> str:
     return row[i].strip() if i is not None and i < len(row) else ""
+
+
+# -- user files with credentials: CodeTwo's and MigrationWiz's shapes ------------------------
+# CodeTwo Office 365 Migration, IMAP source: a CSV of every account's Login, Password, First
+# Name, Last Name and Display Name ("you need to have credentials in hand for all accounts
+# ... in a form of a CSV file", CodeTwo user guide "Connecting to a source IMAP server"; the
+# columns as issue 11's seed guide lists them). MigrationWiz Bulk Add: Source Email, Source
+# Login Name, Source Password, Destination Email, Destination Login Name, Destination
+# Password, Flags; Source Email and Destination Email are required, a login and password only
+# where no administrative credentials are used (BitTitan help "How do I import mailboxes into
+# the system without entering them one at a time?"). "Source Login" is read as Login Name.
+CODETWO = "CodeTwo"
+MIGRATIONWIZ = "MigrationWiz"
+PLAIN = "batch"
+_MIGRATIONWIZ_MARKS = (
+    "sourceloginname",
+    "sourcelogin",
+    "sourcepassword",
+    "destinationloginname",
+    "destinationlogin",
+    "destinationpassword",
+)
+_CODETWO_MARKS = ("login", "password")
+_REQUIRED = {
+    CODETWO: (("login", "Login"), ("password", "Password")),
+    MIGRATIONWIZ: (("sourceemail", "Source Email"), ("destinationemail", "Destination Email")),
+}
+_COLUMNS = {
+    CODETWO: "Login, Password, First Name, Last Name, Display Name",
+    MIGRATIONWIZ: "Source Email, Source Login Name, Source Password, Destination Email, "
+    "Destination Login Name, Destination Password",
+}
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """One user of a user file; passwords never show in a repr (tracebacks, logs)."""
+
+    line: int
+    source: str
+    batch: str = ""
+    target: str = ""
+    login: str = ""
+    password: str = field(default="", repr=False)
+    target_login: str = ""
+    target_password: str = field(default="", repr=False)
+    display_name: str = ""
+
+    def credentials(self) -> dict[str, tuple[str, str]]:
+        """side → (login, password) for each side this row gives a password for."""
+        out = {}
+        if self.password:
+            out["source"] = (self.login or self.source, self.password)
+        if self.target_password:
+            out["target"] = (self.target_login or self.target, self.target_password)
+        return out
+
+
+@dataclass(frozen=True)
+class UserFile:
+    """A batch or user file: its shape, its rows, and the sides it has a password column for
+    (a row of such a file with an empty password leaves its user waiting for credentials)."""
+
+    path: Path
+    shape: str
+    rows: list[UserRow]
+    password_sides: tuple[str, ...] = ()
+
+
+def read_user_file(path: Path) -> UserFile:
+    """A batch file in any shape coexist reads: a plain batch CSV, CodeTwo's user CSV or
+    MigrationWiz's Bulk Add CSV. Missing required columns are an error naming them."""
+    delimiter, lines, rows = _table(path)
+    header = [_norm(h) for h in rows[0]]
+    if any(h in header for h in _MIGRATIONWIZ_MARKS):
+        shape = MIGRATIONWIZ
+    elif any(h in header for h in _CODETWO_MARKS) and "sourceemail" not in header:
+        shape = CODETWO
+    else:
+        plain = _plain_rows(path, delimiter, lines, rows)
+        return UserFile(
+            path,
+            PLAIN,
+            [UserRow(int(r["line"]), r["source"], r["batch"], r["target"]) for r in plain],
+        )
+    _check_columns(path, shape, header, rows[0], delimiter)
+
+    def col(*names: str) -> int | None:
+        return next((header.index(n) for n in names if n in header), None)
+
+    if shape == CODETWO:
+        src = col("login")
+        login, password, tgt_login, tgt_password = src, col("password"), None, None
+    else:
+        src = col("sourceemail")
+        login, password = col("sourceloginname", "sourcelogin"), col("sourcepassword")
+        tgt_login = col("destinationloginname", "destinationlogin")
+        tgt_password = col("destinationpassword")
+    bat, tgt = col(*BATCH_HEADERS), col(*TARGET_HEADERS)
+    first, last, display = col("firstname"), col("lastname"), col("displayname")
+    users = [
+        UserRow(
+            line=n,
+            source=_cell(r, src),
+            batch=_cell(r, bat),
+            target=_cell(r, tgt),
+            login=_cell(r, login),
+            password=_secret(r, password),
+            target_login=_cell(r, tgt_login),
+            target_password=_secret(r, tgt_password),
+            display_name=_cell(r, display)
+            or " ".join(p for p in (_cell(r, first), _cell(r, last)) if p),
+        )
+        for n, r in zip(lines[1:], rows[1:], strict=True)
+    ]
+    blank = [str(u.line) for u in users if not u.source]
+    if blank:
+        what = "Login" if shape == CODETWO else "Source Email"
+        raise InputError(
+            f"{path}: line(s) {', '.join(blank[:10])} have no {what}",
+            file=str(path),
+            next_step=f"fill in the {what} column on those lines, or remove them",
+        )
+    return UserFile(path, shape, users, _password_sides(shape, users, password, tgt_password))
+
+
+def _password_sides(
+    shape: str, users: list[UserRow], source: int | None, target: int | None
+) -> tuple[str, ...]:
+    """The sides whose users log in with their own password, so a blank one is missing.
+    CodeTwo's IMAP accounts always do (IMAP has no admin login to use instead). A MigrationWiz
+    password column is read "only if the administrative credentials are not specified"
+    (BitTitan help, Bulk Add): one left blank on every row means that side logs in as an
+    admin, and no user waits for it."""
+    if shape == CODETWO:
+        return ("source",)
+    sides = []
+    if source is not None and any(u.password for u in users):
+        sides.append("source")
+    if target is not None and any(u.target_password for u in users):
+        sides.append("target")
+    return tuple(sides)
+
+
+def _check_columns(
+    path: Path, shape: str, header: list[str], cells: list[str], delimiter: str
+) -> None:
+    """Every required column of `shape` is there; else an error naming the missing ones
+    (and the shape's columns). Column names are shown; no cell of a data row is."""
+    missing = [title for norm, title in _REQUIRED[shape] if norm not in header]
+    if missing:
+        raise InputError(
+            f"{path}: a {shape} user file needs the column(s) {', '.join(missing)} "
+            f"({_found(cells)}, read as {_DELIMITER_NAMES[delimiter]}-separated)",
+            file=str(path),
+            missing=missing,
+            next_step=f"add {', '.join(missing)} to the header line ({shape}'s columns: "
+            f"{_COLUMNS[shape]})",
+        )
+
+
+def _secret(row: list[str], i: int | None) -> str:
+    """A password cell as written (spaces can be part of a password); blank means none."""
+    value = row[i] if i is not None and i < len(row) else ""
+    return value if value.strip() else ""
 
 
 def index_users(items: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

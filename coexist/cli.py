@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coexist import commands, files, logs
+from coexist import commands, credentials, files, logs, vault
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError, redact
 from coexist.files import write_private
@@ -735,9 +735,16 @@ def batch_group() -> None:
 @json_option
 @handles_errors
 def batch_import_cmd(project: Path, file: Path, name: str | None, as_json: bool) -> None:
-    """Record batch names from FILE (Source Email[, Batch] columns)."""
+    """Record batch names from FILE: a batch CSV (Source Email[, Batch]), CodeTwo's user CSV
+    (Login, Password, First Name, Last Name, Display Name) or MigrationWiz's Bulk Add CSV
+    (Source Email, Source Login Name, Source Password, Destination Email, ...). Passwords go
+    to the encrypted credential vault (key: COEXIST_VAULT_KEY)."""
     result = commands.batch_import(project, file, name=name)
-    click.echo(json.dumps(result) if as_json else f"assigned: {result['assigned']}")
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"assigned: {result['assigned']}")
+    _render_credentials_import(result)
 
 
 @batch_group.command("export")
@@ -759,6 +766,133 @@ def batch_export_cmd(project: Path, batch: str | None, output: Path | None) -> N
             ) from exc
     else:
         click.echo(text, nl=False)
+
+
+def _render_credentials_import(result: dict[str, Any]) -> None:
+    """What a user file's import did with users and credentials (never a password)."""
+    if result.get("added"):
+        click.echo(f"users added from the {result['shape']} file: {result['added']}")
+    stored, same = result.get("credentials_stored", 0), result.get("credentials_unchanged", 0)
+    if stored or same:
+        click.echo(f"credentials stored in the vault: {stored} ({same} unchanged)")
+    waiting = result.get("waiting_for_credentials") or []
+    if waiting:
+        who = ", ".join(f"{w['user']} ({w['side']})" for w in waiting[:20])
+        more = f" and {len(waiting) - 20} more" if len(waiting) > 20 else ""
+        out.print(f"[yellow]waiting for credentials[/yellow]: {escape(who)}{more}")
+        out.print("  next: coexist credentials set --user ADDRESS  (or import them in a CSV)")
+
+
+# -- credentials -----------------------------------------------------------------------------
+@main.group("credentials")
+def credentials_group() -> None:
+    """Per-user passwords in the project's encrypted vault (key: COEXIST_VAULT_KEY)."""
+
+
+@credentials_group.command("set")
+@project_option
+@click.option("--user", required=True, help="The user (any of its addresses, or its login).")
+@click.option(
+    "--side", type=click.Choice(["source", "target"]), default="source", show_default=True
+)
+@click.option("--login", default=None, help="The mailbox login, when it is not the address.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of stdin (else it is asked for, hidden). "
+    "There is no option that takes it on the command line: shell history and ps keep those.",
+)
+@json_option
+@handles_errors
+def credentials_set_cmd(
+    project: Path,
+    user: str,
+    side: str,
+    login: str | None,
+    password_stdin: bool,
+    as_json: bool,
+) -> None:
+    """Store one user's password in the vault."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(
+            f"{side} password for {user}", hide_input=True, confirmation_prompt=True, err=True
+        )
+    result = credentials.credentials_set(project, user, password, side=side, login=login)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        said = "stored" if result["changed"] else "unchanged"
+        click.echo(f"{result['side']} credentials of {result['user']} ({result['login']}): {said}")
+
+
+@credentials_group.command("list")
+@project_option
+@json_option
+@handles_errors
+def credentials_list_cmd(project: Path, as_json: bool) -> None:
+    """Which users have which credentials (logins; never a password), and who waits."""
+    result = credentials.credentials_list(project)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    if not result["exists"]:
+        click.echo(f"no credential vault yet ({result['vault']})")
+    else:
+        # Addresses and logins whole (no wrapping mid-address); the names are in --json.
+        table = Table("user", "source login", "target login", "set")
+        for column in table.columns[:3]:
+            column.no_wrap = True
+        for r in result["users"]:
+            src, tgt = r.get("source") or {}, r.get("target") or {}
+            when = max(src.get("set_at", ""), tgt.get("set_at", ""))[:10]
+            cells = (r["user"], src.get("login"), tgt.get("login"), when)
+            table.add_row(*(escape(str(v or "")) for v in cells))
+        out.print(table)
+    for w in result["waiting"]:
+        out.print(f"[yellow]waiting[/yellow] {escape(w['user'])}: {escape(str(w['waiting_for']))}")
+
+
+@credentials_group.command("purge")
+@project_option
+@click.option("--users", default=None, help="Comma-separated users whose credentials go.")
+@click.option(
+    "--all", "all_users", is_flag=True, help="Delete the whole vault (the project has ended)."
+)
+@json_option
+@handles_errors
+def credentials_purge_cmd(project: Path, users: str | None, all_users: bool, as_json: bool) -> None:
+    """Remove credentials from the vault: --all when the project ends, or some users'."""
+    result = credentials.credentials_purge(project, users=_users(users), all_users=all_users)
+    if as_json:
+        click.echo(json.dumps(result))
+    elif result["purged"] == "all":
+        gone = "deleted" if result["vault_deleted"] else "there was none"
+        click.echo(f"credential vault: {gone}")
+    else:
+        click.echo(f"credentials removed: {', '.join(result['purged']) or 'none'}")
+
+
+@credentials_group.command("new-key")
+@project_option
+@click.option(
+    "--keyring",
+    "to_keyring",
+    is_flag=True,
+    help="Keep it in the OS keyring for this project instead of printing it.",
+)
+@handles_errors
+def credentials_new_key_cmd(project: Path, to_keyring: bool) -> None:
+    """Print a new vault key (for COEXIST_VAULT_KEY), or keep it in the OS keyring."""
+    key = vault.new_key()
+    if to_keyring:
+        vault.store_in_keyring(project.resolve(), key)
+        click.echo(
+            f"a new vault key is in the OS keyring ({vault.KEYRING_SERVICE}, {project.resolve()})"
+        )
+    else:
+        click.echo(key)
 
 
 @main.command("verify-mailflow")

@@ -11,11 +11,11 @@ import shlex
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from coexist import batches
+from coexist import batches, credentials
 from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
@@ -1357,28 +1357,21 @@ def _show_unfinished(
         row.update(state="started", next=f"coexist retry --project {project.directory}")
 
 
-def batch_import(directory: Path | None, file: Path, *, name: str | None = None) -> dict[str, Any]:
-    """Record batch names from an operator's CSV (every row must be a known user, once)."""
+def batch_import(
+    directory: Path | None,
+    file: Path,
+    *,
+    name: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Record batch names from an operator's CSV (every row must be a known user, once): a
+    plain batch file, CodeTwo's user CSV or MigrationWiz's Bulk Add CSV, whose passwords go
+    to the credential vault (`coexist.credentials`)."""
     _blank_arg("--name", name)
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
-        rows = batches.read_rows(file)
-        items = batches.select(
-            journal.items(kind="user"), [r["source"] for r in rows], what=str(file)
-        )
-        assigned: Counter[str] = Counter()
-        missing_name = [r["line"] for r in rows if not (r["batch"] or name)]
-        if missing_name:
-            raise InputError(
-                f"{file}: rows {', '.join(missing_name[:10])} have no batch name",
-                next_step="add a Batch column, or pass --name",
-            )
-        for row, item in zip(rows, items, strict=True):
-            batch_name = row["batch"] or str(name)
-            journal.update_item("user", item["key"], batch=batch_name)
-            assigned[batch_name] += 1
-        return {"assigned": dict(assigned)}
+        return credentials.import_batch(project, journal, file, name=name, env=env)
     finally:
         journal.close()
 

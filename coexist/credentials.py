@@ -1,0 +1,331 @@
+"""Users and credentials: `coexist batch import` of user files, `coexist credentials`.
+
+A user file (`coexist.batches.read_user_file`: a plain batch CSV, CodeTwo's user CSV or
+MigrationWiz's Bulk Add CSV) gives each row's batch name to the journal, as batch import
+always did, and its passwords to the credential vault (`coexist.vault`), nowhere else. A row
+of a file with a password column whose password is empty, for a user the vault has no
+password for, leaves that user `waiting` for credentials (status says which and the command
+that gives them) until `coexist credentials set` or a later import brings one; a user that
+has started moving (past `discovered`) is not put back to waiting. `credentials purge` ends
+a project's credentials: `--all` deletes the vault file (no key needed), `--users` removes
+those users' entries.
+
+Every result here is safe to print or write as `--json`: logins and times, never a password.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coexist import batches
+from coexist.batches import UserFile, UserRow
+from coexist.engine.runner import set_item
+from coexist.errors import InputError
+from coexist.journal import Journal
+from coexist.model import Phase
+from coexist.runtime import open_journal, project_dir
+from coexist.settings import Project, load_project
+from coexist.vault import SIDES, Credential, Vault
+
+# What a user waiting for credentials waits for (status shows it); the prefix finds them.
+WAITING_FOR = "credentials"
+
+
+def users_come_from_file(project: Project) -> bool:
+    """Whether the project's source has no directory, so its user file is the list of users
+    (DESIGN.md "Endpoint kinds": an `imap` source). `[source] kind` comes with issue 11's
+    seam (`coexist.settings`); a project without it has a Microsoft 365 source, whose users
+    come from `coexist discover`."""
+    return str(getattr(project.source, "kind", "m365")) == "imap"
+
+
+# -- batch import ---------------------------------------------------------------------------
+def import_batch(
+    project: Project,
+    journal: Journal,
+    file: Path,
+    *,
+    name: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Record batch names (and, for a source without a directory, the users) from a user
+    file; passwords go to the vault. Everything is checked before the first write."""
+    user_file = batches.read_user_file(file)
+    rows = user_file.rows
+    items = _rows_to_items(project, journal, user_file)
+    missing_name = [str(r.line) for r in rows if not (r.batch or name)]
+    if missing_name:
+        raise InputError(
+            f"{file}: rows {', '.join(missing_name[:10])} have no batch name",
+            next_step="add a Batch column, or pass --name",
+        )
+    given = {
+        (str(item["key"]), side): Credential(login, password)
+        for row, item in zip(rows, items, strict=True)
+        for side, (login, password) in row.credentials().items()
+    }
+    vault = _vault_for(project, bool(given), bool(user_file.password_sides), env)
+    held = vault.read() if vault is not None else {}
+    stored = vault.put(given) if vault is not None and given else []
+    assigned: Counter[str] = Counter()
+    waiting: list[dict[str, str]] = []
+    for row, item in zip(rows, items, strict=True):
+        key = str(item["key"])
+        if item.get("new"):
+            journal.upsert_item("user", key, **_new_user(row, file))
+        batch_name = row.batch or str(name)
+        journal.update_item("user", key, batch=batch_name)
+        assigned[batch_name] += 1
+        lacking = [
+            side
+            for side in user_file.password_sides
+            if (key, side) not in given and side not in held.get(key, {})
+        ]
+        address = str(item.get("source_address") or row.source)
+        if lacking:
+            waiting += [{"user": address, "side": side} for side in lacking]
+        _set_waiting(journal, project, key, address, lacking)
+    if stored:
+        journal.event(
+            None,
+            "info",
+            f"batch import {file.name}: credentials stored in the vault for "
+            f"{len({u for u, _ in stored})} user(s)",
+            data={"users": sorted({u for u, _ in stored}), "file": str(file)},
+        )
+    return {
+        "assigned": dict(assigned),
+        "shape": user_file.shape,
+        "added": sum(1 for i in items if i.get("new")),
+        "credentials_stored": len(stored),
+        "credentials_unchanged": len(given) - len(stored),
+        "waiting_for_credentials": waiting,
+    }
+
+
+def _rows_to_items(project: Project, journal: Journal, user_file: UserFile) -> list[dict[str, Any]]:
+    """The journal user of each row. Unknown users are an error when the source has a
+    directory (discover finds users); a source without one takes them from the file (marked
+    `new`: recorded when the import writes)."""
+    items = journal.items(kind="user")
+    names = [r.source for r in user_file.rows]
+    if not users_come_from_file(project):
+        return batches.select(items, names, what=str(user_file.path))
+    index = batches.index_users(items)
+    seen: dict[str, int] = {}
+    out: list[dict[str, Any]] = []
+    for row in user_file.rows:
+        key = row.source.strip().lower()
+        if key in seen:
+            raise InputError(
+                f"{user_file.path}: user(s) listed twice: {row.source} (lines {seen[key]} "
+                f"and {row.line})",
+                next_step="remove the duplicate rows",
+                duplicate=[row.source],
+            )
+        seen[key] = row.line
+        out.append(index.get(key) or {"key": key, "source_address": row.source, "new": True})
+    return out
+
+
+def _new_user(row: UserRow, file: Path) -> dict[str, Any]:
+    """The journal record of a user a user file brings (a source without a directory)."""
+    return {
+        "name": row.display_name or row.source,
+        "source_address": row.source,
+        "target_address": row.target or None,
+        "phase": Phase.DISCOVERED.value,
+        "state": "ok",
+        "detail": {
+            "source": {"login": row.login or row.source, "display_name": row.display_name},
+            "from_file": file.name,
+            "in_scope": True,
+        },
+    }
+
+
+def _vault_for(
+    project: Project, gives: bool, asks: bool, env: Mapping[str, str] | None
+) -> Vault | None:
+    """The vault, its key resolved, when the file gives passwords (`gives`) or has a password
+    column (`asks`) and a vault exists to ask whether it holds them; else None (no key is
+    needed to import a file without passwords)."""
+    if gives or (asks and Vault(project.directory, None).exists()):
+        return Vault.open(project.directory, env=env)
+    return None
+
+
+def _set_waiting(
+    journal: Journal, project: Project, key: str, address: str, lacking: list[str]
+) -> None:
+    """Put a user that has not started moving to `waiting` for the credentials it lacks, or
+    take one that waited for credentials back to `ok` when it has them now."""
+    item = journal.get_item("user", key) or {}
+    detail = item.get("detail") or {}
+    was_waiting = item.get("state") == "waiting" and str(
+        detail.get("waiting_for") or ""
+    ).startswith(WAITING_FOR)
+    if lacking and item.get("phase") in (None, Phase.DISCOVERED.value):
+        if item.get("state") in (None, "ok") or was_waiting:
+            sides = " and ".join(lacking)
+            set_item(
+                journal,
+                "user",
+                key,
+                state="waiting",
+                waiting_for=f"{WAITING_FOR}: no {sides} password (coexist credentials set "
+                f"--project {project.directory} --user {address})",
+            )
+    elif was_waiting and not lacking:
+        set_item(journal, "user", key, state="ok", waiting_for=None)
+
+
+# -- coexist credentials set / list / purge -------------------------------------------------
+def credentials_set(
+    directory: Path | None,
+    user: str,
+    password: str,
+    *,
+    side: str = "source",
+    login: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Store one user's password (and login) for one side; a user waiting only for it is
+    waiting no more."""
+    if side not in SIDES:
+        raise InputError(
+            f"--side {side!r} is not one of: {', '.join(SIDES)}", next_step="--side source"
+        )
+    if not user.strip():
+        raise InputError("--user is blank", next_step="--user alice@example.com")
+    if not password.strip():
+        raise InputError(
+            "the password is empty", next_step="give the password at the prompt or on stdin"
+        )
+    if login is not None and not login.strip():
+        raise InputError("--login is blank", next_step="leave out --login to use the address")
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        item = batches.select(journal.items(kind="user"), [user], what="credentials set")[0]
+        address = str(item.get("source_address") or user)
+        default_login = (item.get("detail") or {}).get("source", {}).get("login") or address
+        key = str(item["key"])
+        vault = Vault.open(project.directory, env=env)
+        chosen = side
+        cred = Credential((login or default_login).strip(), password)
+        changed = vault.put({(key, chosen): cred})
+        have = set(vault.read().get(key, {}))
+        lacking = [s for s in _waiting_sides(item) if s not in have]
+        _set_waiting(journal, project, key, address, lacking)
+        if changed:
+            journal.event(
+                None, "info", f"credentials set: {chosen} password of {address}", item_key=key
+            )
+        return {"user": address, "side": chosen, "login": cred.login, "changed": bool(changed)}
+    finally:
+        journal.close()
+
+
+def _waiting_sides(item: Mapping[str, Any]) -> list[str]:
+    """The sides a user waiting for credentials waits for (from its waiting text)."""
+    detail = item.get("detail") or {}
+    text = str(detail.get("waiting_for") or "")
+    if item.get("state") != "waiting" or not text.startswith(WAITING_FOR):
+        return []
+    head = text.split("(", 1)[0]
+    return [s for s in SIDES if s in head]
+
+
+def credentials_list(
+    directory: Path | None, *, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Which users have which credentials (login, when set), and who waits for some."""
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        items = {str(i["key"]): i for i in journal.items(kind="user")}
+        vault = Vault(project.directory, None)
+        holdings = Vault.open(project.directory, env=env).holdings() if vault.exists() else {}
+        rows = []
+        for key, sides in sorted(holdings.items(), key=lambda kv: _address(items, kv[0])):
+            rows.append(
+                {
+                    "user": _address(items, key),
+                    "name": (items.get(key) or {}).get("name"),
+                    **{side: sides.get(side) for side in SIDES},
+                    "in_journal": key in items,
+                }
+            )
+        waiting = [
+            {
+                "user": _address(items, key),
+                "waiting_for": (i.get("detail") or {}).get("waiting_for"),
+            }
+            for key, i in items.items()
+            if _waiting_sides(i)
+        ]
+        return {
+            "vault": str(vault.path),
+            "exists": vault.exists(),
+            "users": rows,
+            "waiting": waiting,
+        }
+    finally:
+        journal.close()
+
+
+def _address(items: Mapping[str, Mapping[str, Any]], key: str) -> str:
+    item = items.get(key) or {}
+    return str(item.get("source_address") or key)
+
+
+def credentials_purge(
+    directory: Path | None,
+    *,
+    users: list[str] | None = None,
+    all_users: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Remove credentials: every one (`all_users`: the vault file is deleted, no key needed)
+    or the named users'. The journal keeps its users; only their passwords go."""
+    if all_users and users is not None:
+        raise InputError(
+            "credentials purge: pass --users or --all, not both",
+            next_step="coexist credentials purge --all",
+        )
+    named = None if users is None else [u.strip() for u in users if u.strip()]
+    if not all_users and not named:
+        raise InputError(
+            "credentials purge: name the users (--users a@example.com) or say --all "
+            "(every credential of the project, when it ends)",
+            next_step="coexist credentials purge --all",
+        )
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        if all_users:
+            existed = Vault(project.directory, None).destroy()
+            if existed:
+                journal.event(None, "info", "credentials purged: the vault was deleted")
+            return {"purged": "all", "vault_deleted": existed}
+        assert named is not None
+        chosen = batches.select(journal.items(kind="user"), named, what="credentials purge")
+        vault = Vault(project.directory, None)
+        if not vault.exists():
+            return {"purged": [], "vault_deleted": False}
+        gone = Vault.open(project.directory, env=env).remove([str(i["key"]) for i in chosen])
+        addresses = [_address({str(i["key"]): i for i in chosen}, k) for k in gone]
+        if gone:
+            journal.event(
+                None,
+                "info",
+                f"credentials purged for {len(gone)} user(s)",
+                data={"users": addresses},
+            )
+        return {"purged": addresses, "vault_deleted": False}
+    finally:
+        journal.close()
