@@ -22,6 +22,7 @@ from typing import Any
 
 from coexist import batches
 from coexist.batches import UserFile, UserRow
+from coexist.engine.context import KIND_CAPABILITIES
 from coexist.engine.runner import set_item
 from coexist.errors import InputError
 from coexist.journal import Journal
@@ -36,10 +37,9 @@ WAITING_FOR = "credentials"
 
 def users_come_from_file(project: Project) -> bool:
     """Whether the project's source has no directory, so its user file is the list of users
-    (DESIGN.md "Endpoint kinds": an `imap` source). `[source] kind` comes with issue 11's
-    seam (`coexist.settings`); a project without it has a Microsoft 365 source, whose users
-    come from `coexist discover`."""
-    return str(getattr(project.source, "kind", "m365")) == "imap"
+    (DESIGN.md "Endpoint kinds": an `imap` source). A Microsoft 365 source's users come from
+    `coexist discover`."""
+    return "directory" not in KIND_CAPABILITIES.get(project.source.kind, frozenset())
 
 
 # -- batch import ---------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from coexist.migrate.passes import MOVERS
 from coexist.migrate.stores.graph import MAIL_WELL_KNOWN, Box, mailbox_id, sync_state_lost
 from coexist.migrate.sync import StoreMover, message_identity
 from coexist.provisioning.convert import target_id
-from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.graph import BATCH_REQUESTS, GraphAdapter
 from coexist.tenants.protocols import (
     EXCHANGE_STREAM,
     MAIL_CLASS,
@@ -74,7 +74,6 @@ EXPORT_BYTES = 6 * 1024 * 1024
 IMPORTS_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
 DELTA_PAGE = 200  # Prefer: odata.maxpagesize (graph/delta-query-messages)
 LIST_PAGE = 1000  # $top for item and folder listings (the API's largest page here)
-BATCH = 20  # requests per JSON $batch (graph/json-batching)
 CHECKPOINT_KIND = "io-items"
 # Sessions are renewed a little before Microsoft's expirationDateTime.
 SESSION_MARGIN_S = 60.0
@@ -245,8 +244,8 @@ async def item_props(
     JSON $batch; an item that could not be read (gone since) is left out."""
     query = "$expand=" + quote(expand(*prop_ids), safe="")
     out: dict[str, dict[str, str]] = {}
-    for n in range(0, len(ids), BATCH):
-        chunk = ids[n : n + BATCH]
+    for n in range(0, len(ids), BATCH_REQUESTS):
+        chunk = ids[n : n + BATCH_REQUESTS]
         urls = [f"/{box.path(f'folders/{folder_id}/items/{i}')}?{query}" for i in chunk]
         for item_id, body in zip(chunk, await box.graph.batch_get(urls), strict=True):
             if isinstance(body, dict):
@@ -498,8 +497,8 @@ class GraphIOStore:
     async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:
         """Current change key of each item (mailboxitem-get, 20 per $batch)."""
         out: dict[str, str] = {}
-        for n in range(0, len(refs), BATCH):
-            chunk = refs[n : n + BATCH]
+        for n in range(0, len(refs), BATCH_REQUESTS):
+            chunk = refs[n : n + BATCH_REQUESTS]
             urls = [f"/{self._item_path(r)}?$select=changeKey" for r in chunk]
             for r, body in zip(chunk, await self.box.graph.batch_get(urls), strict=True):
                 if isinstance(body, dict) and body.get("changeKey"):
