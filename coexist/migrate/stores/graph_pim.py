@@ -152,6 +152,8 @@ class PimClass:
     children: Callable[[str, str], str] | None = None
     zoned: bool = False  # items have start/end in a time zone, and series (events)
     checklist: bool = False  # items have a checklist, expanded in listings (tasks)
+    # The stamp is a linkedResource, not an extended property (tasks: resources/todotask).
+    linked_stamp: bool = False
 
 
 def _contact_items(user: str, folder: str) -> str:
@@ -211,6 +213,7 @@ TASKS = PimClass(
     stamp=_task_stamp,
     find=_task_filter,
     checklist=True,
+    linked_stamp=True,
 )
 PIM_CLASSES = (CONTACTS, EVENTS, TASKS)  # in the order a pass moves them
 
@@ -503,7 +506,7 @@ class GraphPimStore:
     async def _stamp(self, ref: ItemRef) -> str | None:
         """The source id a target item is stamped with (None: not coexist's copy)."""
         try:
-            if self.cls.checklist:  # a task: todotask-list-linkedresources
+            if self.cls.linked_stamp:  # todotask-list-linkedresources
                 links = await self.graph.list_all(f"{self._item(ref)}/linkedResources", PAGE)
                 return next(
                     (str(x["externalId"]) for x in links if x.get("applicationName") == TASK_APP),
