@@ -38,8 +38,12 @@ state in line; the opaque stream is exported whole and imported over the copy.
 
 What a store can do changes the path, never the algorithm's steps: `caps.moves` (the target
 moves a copy, else import + delete), `caps.atomic_import` (an interrupted import's copy is
-adopted, else deleted and made again), `caps.inspect_before_export` (the skip rules read
-`inspect` before the export, else the exported payload's `info` and `size`).
+adopted, else deleted and made again, or, with `caps.completes_on_update`, adopted and
+completed by an update), `caps.inspect_before_export` (the skip rules read `inspect` before
+the export, else the exported payload's `info` and `size`), `caps.cursor` "listing" (no
+change feed: every round lists the folder in full, no cursor is saved, and what a round no
+longer lists is gone), `caps.folder_rules` (False: the project's folder rules do not apply;
+default folder to default folder, others by path).
 """
 
 from __future__ import annotations
@@ -57,10 +61,13 @@ from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
 from coexist.migrate.passes import PassResult, Window
 from coexist.tenants.protocols import (
+    CONTACT_JSON,
+    EVENT_JSON,
     EXCHANGE_STREAM,
     MAIL_CLASS,
     MAIL_FOLDER,
     MIME,
+    TASK_JSON,
     Change,
     ChangeFeed,
     Folder,
@@ -81,7 +88,8 @@ ENCRYPTED_TYPES = (
     "application/x-pkcs7-mime",
     "application/x-microsoft-rpmsg-message",
 )
-FORMATS = (EXCHANGE_STREAM, MIME)  # richest first
+# Richest first; the PIM formats are one class each (only one of them fits a store pair).
+FORMATS = (EXCHANGE_STREAM, MIME, CONTACT_JSON, EVENT_JSON, TASK_JSON)
 
 MESSAGE_IDENTITY = "mid:"  # item_map.source_identity of a message: "mid:<Message-ID>"
 
@@ -186,10 +194,32 @@ async def map_folders(
     return plan
 
 
+async def map_defaults(source: list[Folder], target: list[Folder], create: FolderCreator) -> Plan:
+    """Map folders the project's rules do not apply to (`caps.folder_rules` False): a
+    well-known folder to the target's of the same well-known name (a default to the default,
+    whatever either is called), every other to the target's folder at the same path among
+    those that are not well known, made by `create` when missing."""
+    plan = Plan(source)
+    others = [t for t in target if not t.well_known]
+    for f in source:
+        if f.well_known:
+            dest = next((t.id for t in target if t.well_known == f.well_known), None)
+        else:
+            dest = await ensure_path(create, others, Destination(None, f.path), f.folder_class)
+        if dest is None:
+            plan.skipped_folders.append("/".join(f.path))
+            continue
+        plan.target_of[f.id] = dest
+    return plan
+
+
 async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Plan:
     source = await src.list_folders()
     target = await tgt.list_folders()
-    plan = await map_folders(ctx, source.folders, target.folders, tgt.create_folder)
+    if src.caps.folder_rules:
+        plan = await map_folders(ctx, source.folders, target.folders, tgt.create_folder)
+    else:
+        plan = await map_defaults(source.folders, target.folders, tgt.create_folder)
     plan.not_ipm = source.left_out
     return plan
 
@@ -240,6 +270,8 @@ async def _follow(
             if cursor is None:
                 forget_unseen(ctx, key, folder.id, present, kind)
             ctx.journal.save_checkpoint(key, folder.id, src.caps.checkpoint_kind, token=page.cursor)
+    if src.caps.cursor == "listing":  # no cursor: every round is full
+        forget_unseen(ctx, key, folder.id, present, kind)
 
 
 def fill_identities(rows: list[dict[str, Any]], described: list[Change]) -> None:
@@ -314,10 +346,15 @@ MOVE_MARK = "moving the copy of "  # reason of a row whose old copy is still to 
 
 
 async def resolve_moves(
-    ctx: Context, key: str, tgt: MailboxStore, plan: Plan, counts: Counter[str]
+    ctx: Context,
+    key: str,
+    tgt: MailboxStore,
+    plan: Plan,
+    counts: Counter[str],
+    kind: str | None = None,
 ) -> None:
-    """Pair pending items with the gone copy of the same item (a move at the source): same
-    identity, same kind, exactly one gone copy.
+    """Pair pending items (of `kind`, if given) with the gone copy of the same item (a move
+    at the source): same identity, same kind, exactly one gone copy.
 
     A copy already in the item's new target folder is adopted as it is. Otherwise, where the
     target store moves items (`caps.moves`), the copy is moved: the pending row is marked
@@ -337,6 +374,8 @@ async def resolve_moves(
     if not gone:
         return
     for p in ctx.journal.mapped_items(key, status="pending"):
+        if not _of_kind(p, kind):
+            continue
         match = gone.get(str(p["source_identity"])) if p["source_identity"] else None
         dest = plan.target_of.get(p["source_folder_id"])
         if not match or len(match) != 1 or dest is None or str(p["reason"] or ""):
@@ -432,10 +471,13 @@ def copy_of(row: dict[str, Any]) -> ItemRef:
     return ItemRef(str(row["target_folder_id"]), str(row["target_item_id"]))
 
 
-async def finish_moves(ctx: Context, key: str, tgt: MailboxStore, counts: Counter[str]) -> None:
-    """Moved items whose new copy is journaled: delete the old copy, forget its row."""
+async def finish_moves(
+    ctx: Context, key: str, tgt: MailboxStore, counts: Counter[str], kind: str | None = None
+) -> None:
+    """Moved items (of `kind`, if given) whose new copy is journaled: delete the old copy,
+    forget its row."""
     for p in ctx.journal.mapped_items(key):
-        if p["status"] not in ("copied", "changed") or not moving(p):
+        if p["status"] not in ("copied", "changed") or not moving(p) or not _of_kind(p, kind):
             continue
         old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
         if old is not None and old["status"] == "gone" and old["target_item_id"]:
@@ -674,7 +716,9 @@ async def _export(stores: Stores, jobs: list[Job]) -> Exported:
     """Export the jobs' items (an update batch: their state only, where the format can)."""
     if not jobs:
         return []
-    state_only = all(j.update is not None for j in jobs)
+    # A target that completes copies on update (`completes_on_update`) takes the whole item.
+    whole = stores.tgt.caps.completes_on_update
+    state_only = not whole and all(j.update is not None for j in jobs)
     exported = await stores.src.export([j.source for j in jobs], stores.fmt, state_only)
     # An id missing from the answer is gone since the scan: the next scan reports it.
     return [(j, exported.pop(j.source_id)) for j in jobs if j.source_id in exported]
@@ -783,14 +827,15 @@ async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id
     one copy per stuck row, so nothing is adopted twice and nothing imported twice. A row
     without an identity (the source item had none) goes back to pending. A target whose
     import is not atomic (`caps.atomic_import` False) may hold a partial copy: it is
-    deleted and the item copied again (`_discard_interrupted`).
+    deleted and the item copied again, or, where an update completes a copy
+    (`caps.completes_on_update`), adopted and completed (`_recover_partial`).
     """
     stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
     if not stuck:
         return
     taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
     if not tgt.caps.atomic_import:
-        await _discard_interrupted(ctx, key, tgt, stuck, taken)
+        await _recover_partial(ctx, key, tgt, stuck, taken)
         return
     if ctx.planning:
         return
@@ -816,17 +861,32 @@ async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id
         )
 
 
-async def _discard_interrupted(
+async def _recover_partial(
     ctx: Context, key: str, tgt: MailboxStore, stuck: list[dict[str, Any]], taken: set[Any]
 ) -> None:
-    """Delete the copies (found by the store, `copies_of`) interrupted non-atomic imports
-    left, and put their rows back to pending."""
+    """The copies (found by the store, `copies_of`) interrupted non-atomic imports left:
+    deleted and their rows put back to pending; or, where an update completes a copy
+    (`caps.completes_on_update`), the first adopted (its row `changed`, its change key to be
+    read: `update_changed` completes it) and any other deleted (made twice over)."""
+    adopt = 1 if tgt.caps.completes_on_update else 0
     for r in stuck:
         dest, source_id = str(r["target_folder_id"]), str(r["source_item_id"])
-        for ref in await tgt.copies_of(dest, source_id, r["source_identity"], taken):
+        found = await tgt.copies_of(dest, source_id, r["source_identity"], taken)
+        for ref in found[adopt:]:
             with contextlib.suppress(NotFound):
                 await tgt.delete(ref)
-        ctx.journal.map_item(key, source_id, status="pending", reason=None)
+        if not found[:adopt]:
+            ctx.journal.map_item(key, source_id, status="pending", reason=None)
+            continue
+        taken.add(found[0].item_id)
+        ctx.journal.map_item(
+            key,
+            source_id,
+            status="changed",
+            target_item_id=found[0].item_id,
+            target_change_key=None,
+            reason=None,
+        )
 
 
 # -- deletions ---------------------------------------------------------------------------------
@@ -884,10 +944,10 @@ async def sync_mailbox(
     by_id = {f.id: f for f in plan.source}
     for folder_id in plan.target_of:
         await scan_folder(ctx, subject, src, by_id[folder_id], kind)
-    await resolve_moves(ctx, subject, tgt, plan, counts)
+    await resolve_moves(ctx, subject, tgt, plan, counts, kind)
     await copy_pending(ctx, subject, stores, plan, window, counts, kind)
     await update_changed(ctx, subject, stores, counts, kind)
-    await finish_moves(ctx, subject, tgt, counts)
+    await finish_moves(ctx, subject, tgt, counts, kind)
     return plan, stores
 
 

@@ -60,7 +60,7 @@ READS: dict[str, frozenset[str]] = {
     "internetMessageHeader": frozenset({"name", "value"}),
     "mailFolder": frozenset({"id", "displayName", "childFolderCount", "totalItemCount"}),
     "uploadSession": frozenset({"uploadUrl"}),
-    # -- contacts, calendars, To Do: migrate/items.py
+    # -- contacts, calendars, To Do: migrate/stores/graph_pim.py
     "contactFolder": frozenset({"id", "displayName"}),
     "contact": frozenset(
         {
@@ -93,7 +93,7 @@ READS: dict[str, frozenset[str]] = {
     "patternedRecurrence": frozenset({"range"}),
     "recurrenceRange": frozenset({"type", "endDate"}),
     "todoTaskList": frozenset({"id", "displayName", "wellknownListName"}),
-    # To Do copies carry their source task's id as a linked resource (migrate/items.py stamp).
+    # To Do copies carry their source task's id as a linked resource (migrate/stores/graph_pim.py stamp).
     "linkedResource": frozenset({"applicationName", "externalId"}),
     "todoTask": frozenset(
         {"id", "title", "dueDateTime", "checklistItems", "createdDateTime", "lastModifiedDateTime"}

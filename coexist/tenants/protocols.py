@@ -29,10 +29,18 @@ MAIL_FOLDER = "IPF.Note"  # folder class of mail folders (resources/mailboxfolde
 # properties MIME does not carry (read/flag state, dates, categories).
 EXCHANGE_STREAM = "exchange-stream"
 MIME = "mime"
+# One Graph PIM resource as JSON, per class (stores/graph_pim): a contact; an event, a series
+# master with its occurrences (so exceptions and cancellations travel); a To Do task with
+# its checklist. Only a store over the same Graph API takes them.
+CONTACT_JSON = "graph-contact-json"
+EVENT_JSON = "graph-event-json"
+TASK_JSON = "graph-task-json"
 
 # How a store remembers where a folder's changes stopped: a delta link (Graph), a
-# UIDVALIDITY + UID watermark (IMAP), a sync state (EWS SyncFolderItems).
-CursorStyle = Literal["delta-token", "uid-watermark", "sync-state"]
+# UIDVALIDITY + UID watermark (IMAP), a sync state (EWS SyncFolderItems); or not at all
+# ("listing": no change feed, every round lists the whole folder, and what it no longer
+# lists is gone).
+CursorStyle = Literal["delta-token", "uid-watermark", "sync-state", "listing"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,17 @@ class Capabilities:
     # not (the item is read whole anyway), the skip rules read the exported payload's `info`
     # and `size` instead, after the export.
     inspect_before_export: bool = True
+    # Whether an update (`import_item(replace=...)`) makes the copy whole, whatever an
+    # interrupted create left out of it (a series' exceptions, a task's checklist). Such a
+    # non-atomic target's interrupted copy is adopted and completed by an update instead of
+    # deleted and made again; its updates carry the whole item, not the state alone.
+    completes_on_update: bool = False
+    # Whether the project's folder rules (include/exclude/rename, migrate.folders) apply to
+    # this store's folders as a source. Where they do not (contacts, calendars, To Do lists
+    # through their own APIs), a well-known folder maps to the target's folder of the same
+    # well-known name (default to default, whatever either is called) and every other folder
+    # to the same path, made when missing.
+    folder_rules: bool = True
 
 
 @dataclass(frozen=True)

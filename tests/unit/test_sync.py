@@ -35,6 +35,7 @@ from coexist.tenants.protocols import (
     Capabilities,
     Change,
     ChangePage,
+    CursorStyle,
     Folder,
     FolderTree,
     Imported,
@@ -83,11 +84,14 @@ class MemoryStore:
         moves: bool = False,
         atomic_import: bool = True,
         inspect_before_export: bool = True,
+        cursor: CursorStyle = "uid-watermark",
+        completes_on_update: bool = False,
+        folder_rules: bool = True,
     ) -> None:
         self.caps = Capabilities(
             exports=formats,
             accepts=formats,
-            cursor="uid-watermark",
+            cursor=cursor,
             folder_classes=frozenset({MAIL_FOLDER}),
             checkpoint_kind="memory",
             export_batch=2,
@@ -96,6 +100,8 @@ class MemoryStore:
             moves=moves,
             atomic_import=atomic_import,
             inspect_before_export=inspect_before_export,
+            completes_on_update=completes_on_update,
+            folder_rules=folder_rules,
         )
         self.ids = itertools.count(1)
         self.folders: dict[str, tuple[str, ...]] = {"f-inbox": ("INBOX",)}
@@ -149,7 +155,7 @@ class MemoryStore:
         out = []
         for fid, path in sorted(self.folders.items(), key=lambda kv: len(kv[1])):
             total = sum(1 for m in self.items.values() if m.folder == fid)
-            known = "inbox" if path == ("INBOX",) else None
+            known = "inbox" if fid == "f-inbox" else None
             out.append(Folder(fid, path, known, MAIL_FOLDER, total))
         return FolderTree(out)
 
@@ -159,6 +165,8 @@ class MemoryStore:
         return Folder(self._mkdir(path), path, None, folder_class, 0)
 
     def changes(self, folder: Folder, cursor: str | None) -> Round:
+        if self.caps.cursor == "listing":
+            assert cursor is None, "a listing store never gets a cursor back"
         return Round(self, folder.id, int(cursor) if cursor else None)
 
     def cursor_lost(self, exc: RemoteError) -> bool:
@@ -198,6 +206,8 @@ class MemoryStore:
         if replace is not None:
             m = self.items[replace.item_id]
             m.state, m.version = payload.state or MessageState(), m.version + 1
+            if self.caps.completes_on_update:  # the update carries the whole item
+                m.mime = payload.mime
             return Imported(replace.item_id, str(m.version))
         self.calls["import"] += 1
         body = payload.mime or payload.data.encode()
@@ -273,7 +283,7 @@ class Round:
                     identity=m.identity,
                 )
             )
-        yield ChangePage(changes, str(len(s.log)))
+        yield ChangePage(changes, None if s.caps.cursor == "listing" else str(len(s.log)))
 
     async def describe(self, new: list[Change]) -> list[Change]:
         return new
@@ -432,3 +442,65 @@ def test_formats_are_negotiated_richest_first_or_refused() -> None:
     with pytest.raises(ConfigError) as raised:
         negotiate(stream, MemoryStore())
     assert "exchange-stream" in str(raised.value) and "mime" in str(raised.value)
+
+
+def test_a_listing_store_lists_every_round_in_full_and_sees_deletions(tmp_path: Path) -> None:
+    """A source without a change feed (cursor style "listing"): no cursor is saved, every
+    round lists the folder, an unchanged item is not copied again, a changed one is an
+    update and one no longer listed is gone (reported, then mirrored)."""
+    src, tgt = MemoryStore(cursor="listing"), MemoryStore()
+    keep = src.put(("INBOX",), "keep")
+    drop = src.put(("INBOX",), "drop")
+    assert run_pass(tmp_path, src, tgt).counts["copied"] == 2
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        assert journal.get_checkpoint(USER, "f-inbox", "memory") is None
+    src.change(keep, read=True)
+    del src.items[drop]  # gone without a trace in any log: only a full listing shows it
+    again = run_pass(tmp_path, src, tgt)
+    assert again.counts.get("copied", 0) == 0 and again.counts["updated"] == 1, again
+    assert again.counts["deleted_at_source"] == 1
+    assert run_pass(tmp_path, src, tgt, deletions="mirror").counts["deleted_in_target"] == 1
+    assert [m.mime for m in tgt.items.values()] == [mime("keep")]
+
+
+def test_a_partial_copy_is_adopted_and_completed_where_an_update_completes_it(
+    tmp_path: Path,
+) -> None:
+    """A non-atomic target whose update makes a copy whole (`completes_on_update`): the
+    partial copy a killed pass left is adopted and completed by an update carrying the whole
+    item, never deleted nor made twice; a copy made twice over is deleted."""
+    src, tgt = MemoryStore(), MemoryStore(atomic_import=False, completes_on_update=True)
+    for n in range(3):
+        src.put(("INBOX",), f"m{n}")
+    tgt.kill_after_import, tgt.partial = 1, True
+    with pytest.raises(Killed):
+        run_pass(tmp_path, src, tgt)
+    tgt.kill_after_import = None
+    [(partial_id, partial)] = [(i, m) for i, m in tgt.items.items() if m.mime.endswith(b"\r\n\r\n")]
+    tgt.items["twice"] = replace(partial)  # the same item made twice over by the dead pass
+    result = run_pass(tmp_path, src, tgt)
+    assert result.counts["copied"] == 1 and result.counts["updated"] == 1, result
+    assert tgt.calls["delete"] == 1 and "twice" not in tgt.items
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"m{n}") for n in range(3)]
+    assert partial_id in {r["target_item_id"] for r in rows(tmp_path)}
+    assert src.exports[-1][1] is False  # the update exported the whole item
+    assert run_pass(tmp_path, src, tgt).counts.get("copied", 0) == 0 and len(tgt.items) == 3
+
+
+def test_folders_outside_the_rules_map_default_to_default_and_others_by_path(
+    tmp_path: Path,
+) -> None:
+    """A source whose folders the project's rules do not touch (`folder_rules` False, like
+    contacts or calendars): its default folder goes to the target's default whatever it is
+    called, another folder to the same path (made once), though the rules exclude both."""
+    src, tgt = MemoryStore(folder_rules=False), MemoryStore()
+    tgt.folders["f-inbox"] = ("Posteingang",)
+    src.put(("INBOX",), "default")
+    src.put(("Suppliers",), "other")
+    rules = {"exclude_folders": ["INBOX", "Suppliers"], "folder_rules": ["^Suppliers->Moved"]}
+    assert run_pass(tmp_path, src, tgt, **rules).counts["copied"] == 2
+    assert [m.mime for m in tgt.in_folder("Posteingang")] == [mime("default")]
+    assert [m.mime for m in tgt.in_folder("Suppliers")] == [mime("other")]
+    src.put(("Suppliers",), "later")
+    assert run_pass(tmp_path, src, tgt, **rules).counts["copied"] == 1
+    assert sorted(tgt.folders.values()) == [("Posteingang",), ("Suppliers",)]
