@@ -87,7 +87,9 @@ def run_json(*args: str) -> dict[str, Any]:
 class Scene:
     """The project directory, its users and the Dovecot they live on."""
 
-    def __init__(self, dovecot: DovecotServer, root: Path, users: int = 2) -> None:
+    def __init__(
+        self, dovecot: DovecotServer, root: Path, users: int = 2, target_delimiter: str = DELIMITER
+    ) -> None:
         self.dovecot = dovecot
         self.project = root / "project"
         self.project.mkdir(parents=True)
@@ -95,7 +97,7 @@ class Scene:
             MailUser(
                 f"u{n}.{root.name}@example.org".lower(),
                 dovecot.new_user("src", separator=DELIMITER),
-                dovecot.new_user("tgt", separator=DELIMITER),
+                dovecot.new_user("tgt", separator=target_delimiter),
             )
             for n in range(users)
         ]
@@ -105,11 +107,13 @@ class Scene:
     def endpoint(self) -> ImapEndpoint:
         return ImapEndpoint(self.dovecot.host, self.dovecot.tls_port, "tls", self.dovecot.ca_file)
 
-    def write_project(self, *, host: str | None = None, extra: str = "") -> None:
+    def write_project(self, *, host: str | None = None, port: int | None = None) -> None:
+        """project.toml: both sides on the Dovecot (or `host`/`port` for the source)."""
         d = self.dovecot
+        where = {"source": (host or d.host, port or d.tls_port), "target": (d.host, d.tls_port)}
         tables = "".join(
-            f'[{side}]\nkind = "imap"\n\n[{side}.imap]\nhost = "{host or d.host}"\n'
-            f'port = {d.tls_port}\nca_file = "{d.ca_file}"\n\n'
+            f'[{side}]\nkind = "imap"\n\n[{side}.imap]\nhost = "{where[side][0]}"\n'
+            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\n\n'
             for side in ("source", "target")
         )
         (self.project / "project.toml").write_text(
@@ -117,7 +121,6 @@ class Scene:
             # Required of every project today, though an IMAP -> IMAP move has no use for it.
             + '[domains]\ndestination_domain = "example.net"\n\n'
             + '[migration]\nfolder_rules = ["^INBOX/->"]\n'
-            + extra
         )
 
     def csv(self, passwords: dict[str, str] | None = None) -> Path:
