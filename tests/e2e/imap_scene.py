@@ -166,11 +166,13 @@ class Scene:
         finally:
             session.close()
 
-    def seed(self, user: MailUser) -> None:
-        """The source folders, each with its old and new messages (flags cycling)."""
+    def seed(self, user: MailUser, scale: int = 1) -> None:
+        """The source folders, each with its old and new messages (`scale` times as many;
+        flags cycling)."""
         n = 0
         with self.imap(user.source) as s:
             for path, (old, new) in FOLDERS.items():
+                old, new = old * scale, new * scale
                 made = s.create_folder(path, DELIMITER) if path != ("INBOX",) else None
                 name = made.name if made else "INBOX"
                 batch = []
@@ -207,6 +209,12 @@ class Scene:
                         )
                     ] += 1
         return out
+
+    def stored(self, user: ImapUser) -> int:
+        """Messages in a mailbox as files on disk (maildir: one file each in cur/ or new/):
+        read without a connection, so a test may look as often as it likes."""
+        home = self.dovecot.homes / user.login
+        return sum(1 for f in home.rglob("*") if f.parent.name in ("cur", "new") and f.is_file())
 
     def count(self, user: ImapUser) -> int:
         return sum(self.fingerprints(user).values())
