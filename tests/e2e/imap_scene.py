@@ -107,13 +107,16 @@ class Scene:
     def endpoint(self) -> ImapEndpoint:
         return ImapEndpoint(self.dovecot.host, self.dovecot.tls_port, "tls", self.dovecot.ca_file)
 
-    def write_project(self, *, host: str | None = None, port: int | None = None) -> None:
-        """project.toml: both sides on the Dovecot (or `host`/`port` for the source)."""
+    def write_project(
+        self, *, host: str | None = None, port: int | None = None, master: str = ""
+    ) -> None:
+        """project.toml: both sides on the Dovecot (or `host`/`port` for the source), each
+        user signing in with a password of its own or through `master`."""
         d = self.dovecot
         where = {"source": (host or d.host, port or d.tls_port), "target": (d.host, d.tls_port)}
         tables = "".join(
             f'[{side}]\nkind = "imap"\n\n[{side}.imap]\nhost = "{where[side][0]}"\n'
-            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\n\n'
+            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\nmaster_user = "{master}"\n\n'
             for side in ("source", "target")
         )
         (self.project / "project.toml").write_text(
@@ -123,9 +126,10 @@ class Scene:
             + '[migration]\nfolder_rules = ["^INBOX/->"]\n'
         )
 
-    def csv(self, passwords: dict[str, str] | None = None) -> Path:
+    def csv(self, passwords: dict[str, str] | None = None, *, blank: bool = False) -> Path:
         """The MigrationWiz Bulk Add CSV of the users (`passwords`: a source password
-        to give instead of the right one, by address)."""
+        to give instead of the right one, by address; `blank`: no password at all, as
+        for administrative credentials)."""
         path = self.project.parent / "users.csv"
         with path.open("w", newline="") as f:
             w = csv.writer(f)
@@ -141,7 +145,7 @@ class Scene:
                 ]
             )
             for u in self.users:
-                given = (passwords or {}).get(u.address, u.source.password)
+                given = "" if blank else (passwords or {}).get(u.address, u.source.password)
                 w.writerow(
                     [
                         u.address,
@@ -149,7 +153,7 @@ class Scene:
                         given,
                         u.address,
                         u.target.login,
-                        u.target.password,
+                        "" if blank else u.target.password,
                         "wave1",
                     ]
                 )

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from coexist.engine.context import MASTER_ENTRY
 from coexist.settings import load_project
-from tests.dovecot import DovecotServer
+from coexist.vault import ENV_KEY, Credential, Vault
+from tests.dovecot import MASTER_USER, DovecotServer
 from tests.e2e.imap_scene import (
     FOLDERS,
+    KEY,
     NEW,
     OLD,
     Fingerprint,
@@ -82,6 +85,26 @@ def test_imap_project_prestage_then_cutover_moves_every_message_once(
     outputs.append(run("status", "--project", p))
 
     assert_no_password(scene, [o.output for o in outputs])
+
+
+def test_a_master_user_opens_every_mailbox(dovecot: DovecotServer, tmp_path: Path) -> None:
+    """With [source.imap]/[target.imap] master_user and the master's password in the vault,
+    users listed without passwords (MigrationWiz: admin credentials) are moved: each
+    mailbox is opened as `user*master` (Dovecot master users)."""
+    scene = Scene(dovecot, tmp_path, users=1)
+    scene.write_project(master=MASTER_USER)
+    p = str(scene.project)
+    [user] = scene.users
+    scene.seed(user)
+    imported = run_json("batch", "import", "--project", p, str(scene.csv(blank=True)))
+    assert not imported["waiting_for_credentials"], imported
+    master = Credential(MASTER_USER, dovecot.master_password)
+    Vault.open(scene.project, env={ENV_KEY: KEY}).put(
+        {(MASTER_ENTRY, "source"): master, (MASTER_ENTRY, "target"): master}
+    )
+    result = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
+    assert not result["failed"], result
+    assert scene.fingerprints(user.target) == older(scene.fingerprints(user.source, mapped=True))
 
 
 def assert_no_password(scene: Scene, outputs: list[str]) -> None:
