@@ -191,6 +191,13 @@ class Scene:
         with self.imap(user.source) as s:
             s.append(folder, [NewMessage(message(user.address, n, folder), internaldate=NOW)])
 
+    def reflag(self, user: MailUser, folder: str) -> None:
+        """Flag and mark read every message of a source folder (a change the next pass
+        brings along: CONDSTORE)."""
+        with self.imap(user.source) as s:
+            for ref in s.changes(folder, None).new:
+                s.set_flags(folder, ref.uid, frozenset({"\\Seen", "\\Flagged"}), ref.keywords)
+
     def fingerprints(self, user: ImapUser, *, mapped: bool = False) -> Counter[Fingerprint]:
         """Every message of a mailbox; `mapped`: with its folder as `^INBOX/->` maps it."""
         out: Counter[Fingerprint] = Counter()

@@ -34,8 +34,8 @@ def older(prints: Counter[Fingerprint]) -> Counter[Fingerprint]:
 def test_imap_project_prestage_then_cutover_moves_every_message_once(
     dovecot: DovecotServer, tmp_path: Path
 ) -> None:
-    """Batch import -> prestage (plan, then real, then again) -> UIDVALIDITY reset and new
-    mail -> cutover (twice) -> status: every source message once in the target folder the
+    """Batch import -> prestage (plan, then real, then again) -> UIDVALIDITY resets (source
+    and target), new mail and flag changes -> cutover (twice) -> status: every source message once in the target folder the
     rule maps it to, flags, keywords and INTERNALDATE kept; a missing \\Archive folder is
     made in the target; no pass copies a message twice; no password leaks."""
     scene = Scene(dovecot, tmp_path)
@@ -60,11 +60,13 @@ def test_imap_project_prestage_then_cutover_moves_every_message_once(
     again = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
     assert not again["failed"] and scene.copied_by_last("prestage") == 0
 
-    # Between the passes: a source folder gets a new UIDVALIDITY (a restored server) and
-    # new mail arrives.
+    # Between the passes: a source folder and a target folder get a new UIDVALIDITY (a
+    # restored server), new mail arrives, flags change.
     first = scene.users[0]
     scene.dovecot.set_uidvalidity(first.source, "INBOX", 4242)
+    scene.dovecot.set_uidvalidity(first.target, "Archive", 4343)
     scene.add(first, "INBOX.Projects", 900)
+    scene.reflag(first, "INBOX.L1.L2.L3.L4")
 
     cut = run("cutover", "--project", p, "--all", "--json", "-v")
     outputs.append(cut)
