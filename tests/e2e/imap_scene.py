@@ -108,15 +108,25 @@ class Scene:
         return ImapEndpoint(self.dovecot.host, self.dovecot.tls_port, "tls", self.dovecot.ca_file)
 
     def write_project(
-        self, *, host: str | None = None, port: int | None = None, master: str = ""
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        master: str = "",
+        source_auth: str = "login",
     ) -> None:
         """project.toml: both sides on the Dovecot (or `host`/`port` for the source), each
-        user signing in with a password of its own or through `master`."""
+        user signing in with a password of its own (source: by `source_auth`) or through
+        `master`."""
         d = self.dovecot
-        where = {"source": (host or d.host, port or d.tls_port), "target": (d.host, d.tls_port)}
+        where = {
+            "source": (host or d.host, port or d.tls_port, source_auth),
+            "target": (d.host, d.tls_port, "login"),
+        }
         tables = "".join(
             f'[{side}]\nkind = "imap"\n\n[{side}.imap]\nhost = "{where[side][0]}"\n'
-            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\nmaster_user = "{master}"\n\n'
+            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\nmaster_user = "{master}"\n'
+            f'auth = "{where[side][2]}"\n\n'
             for side in ("source", "target")
         )
         (self.project / "project.toml").write_text(

@@ -6,6 +6,7 @@ writes nothing; no password in any output, journal or log."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -107,6 +108,25 @@ def test_a_master_user_opens_every_mailbox(dovecot: DovecotServer, tmp_path: Pat
     result = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
     assert not result["failed"], result
     assert scene.fingerprints(user.target) == older(scene.fingerprints(user.source, mapped=True))
+
+
+def test_xoauth2_signs_a_source_in_with_its_token(dovecot: DovecotServer, tmp_path: Path) -> None:
+    """[source.imap] auth = "xoauth2": the vault's secret for the user is its OAuth 2.0
+    access token, sent with AUTHENTICATE XOAUTH2 (Dovecot validates it as Gmail or
+    Microsoft 365 would); the token shows in no output or file but the vault."""
+    scene = Scene(dovecot, tmp_path, users=1)
+    scene.write_project(source_auth="xoauth2")
+    p = str(scene.project)
+    [user] = scene.users
+    scene.seed(user)
+    token = dovecot.oauth_token(user.source)
+    run_json("batch", "import", "--project", p, str(scene.csv({user.address: token})))
+    out = run("prestage", "--project", p, "--all", "--older-than", "90d", "--json", "-v")
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert out.exit_code == 0 and not result["failed"], out.output
+    assert scene.fingerprints(user.target) == older(scene.fingerprints(user.source, mapped=True))
+    assert token not in out.output
+    assert all(token.encode() not in f.read_bytes() for f in scene.project.rglob("*.log"))
 
 
 def assert_no_password(scene: Scene, outputs: list[str]) -> None:
