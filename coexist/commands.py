@@ -881,6 +881,7 @@ def prestage(
         items = _selected(
             sess, batch=batch, users=users, phase_at_least_=_provisioned(sess), what="prestage"
         )
+        items = _with_credentials(sess, items)
         sku_id = await _prestage_licence(sess, items) if _swaps_recipients(sess) else None
         todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
@@ -973,6 +974,30 @@ def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> I
     return ItemPlan("user", item["key"], [], None, label=str(item.get("source_address")))
 
 
+def _with_credentials(sess: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The users but those waiting for credentials (a user file gave no password), which
+    are listed as skipped with the command that gives them, where a side signs users in
+    with credentials of their own (IMAP)."""
+    if all(side.imap is None for side in (sess.ctx.source, sess.ctx.target)):
+        return items
+    out = []
+    for item in items:
+        waits = str((item.get("detail") or {}).get("waiting_for") or "")
+        if item.get("state") == "waiting" and waits.startswith(credentials.WAITING_FOR):
+            address = item.get("source_address")
+            sess.skipped.append(
+                {
+                    "user": address,
+                    "reason": f"waiting for {waits}",
+                    "next": f"coexist credentials set --project {sess.project.directory} "
+                    f"--user {address}",
+                }
+            )
+            continue
+        out.append(item)
+    return out
+
+
 def _phase_after_pass(sess: Session, item: dict[str, Any], phase: Phase) -> str | None:
     """The phase a user reaches with its data pass where no recipient step follows it (a
     user already cut over keeps its phase); None where the recipient steps record it."""
@@ -1022,6 +1047,7 @@ def cutover(
         items = _selected(
             sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
         )
+        items = _with_credentials(sess, items)
         todo, resume_after = _begin(sess, items, "cutover")
         limit = sess.project.engine.concurrency_per_tenant
         routing_domain = await _initial_domain(sess) if _swaps_recipients(sess) else ""

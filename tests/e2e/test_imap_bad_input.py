@@ -62,6 +62,37 @@ def test_a_wrong_password_fails_that_user_only_until_it_is_set(
     assert_no_password(scene, [first.output, fixed.output, retried.output, WRONG])
 
 
+def test_a_user_without_a_password_waits_and_is_skipped_until_it_has_one(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """A row with a blank source password leaves its user waiting for credentials: prestage
+    lists it as skipped with `coexist credentials set`, moves the other; once set, the
+    next prestage moves it."""
+    scene = Scene(dovecot, tmp_path)
+    p = str(scene.project)
+    waiting, other = scene.users
+    for u in scene.users:
+        scene.seed(u)
+    imported = run_json("batch", "import", "--project", p, str(scene.csv({waiting.address: ""})))
+    assert imported["waiting_for_credentials"] == [{"user": waiting.address, "side": "source"}]
+    result = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
+    [skipped] = result["skipped"]
+    assert skipped["user"] == waiting.address and "credentials set" in skipped["next"], skipped
+    assert not result["failed"] and scene.count(other.target) > 0
+    assert scene.count(waiting.target) == 0
+    fixed = CliRunner().invoke(
+        main,
+        ["credentials", "set", "--project", p, "--user", waiting.address, "--password-stdin"],
+        input=waiting.source.password + "\n",
+        env={ENV_KEY: KEY},
+        catch_exceptions=False,
+    )
+    assert fixed.exit_code == 0, fixed.output
+    again = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
+    assert not again["skipped"] and not again["failed"], again
+    assert scene.count(waiting.target) == scene.count(other.target)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
