@@ -307,3 +307,39 @@ def test_the_imap_graph_mover_moves_mail_and_says_it_moves_mail_only(
     assert result.counts["difference"] == 0, result
     assert result.detail.endswith(imap_graph.MAIL_ONLY), result.detail
     assert "contacts, calendars and tasks are not moved" in result.detail
+
+
+def test_a_uidvalidity_reset_and_an_interrupted_import_copy_nothing_twice(
+    dovecot: DovecotServer,
+    sandbox: Sandbox,
+    conn: dict[str, Any],
+    seeded: tuple[ImapUser, dict[str, int]],
+    tmp_path: Path,
+) -> None:
+    """After INBOX gets a new UIDVALIDITY its messages are paired with their copies by
+    Message-ID (copied 0); a row left `importing` by a pass killed after its create (the
+    copy, possibly without its attachments, is in the target) has that copy deleted and
+    made again: every message stays in the target once."""
+    user, _ = seeded
+    box = target_mailbox(sandbox)
+    runs = Pass(dovecot, user, conn, box)
+    with Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}") as journal:
+        assert runs.run(journal)["copied"] == 6
+        dovecot.set_uidvalidity(user, "INBOX", 4242)
+        reset = runs.run(journal)
+        [big] = journal.mapped_items(user.login, folder_id="Projects/2024")
+        # What a pass killed between its create and its record leaves: the row marked, no
+        # copy recorded (sync._create), the copy in the target.
+        journal.map_item(
+            user.login, big["source_item_id"], status="importing", target_item_id=None,
+            target_change_key=None,
+        )  # fmt: skip
+        recovered = runs.run(journal)
+        after = runs.run(journal)
+    assert reset["copied"] == 0 and reset["moved"] == 3, reset
+    assert recovered["copied"] == 1, recovered
+    assert +after == Counter(), after
+    target = landed(sandbox, box)
+    assert len(target) == 6 and all(len(copies) == 1 for copies in target.values()), target
+    [copy] = target["nested big"]
+    assert [(a.name, a.data) for a in sandbox.mail.attachments(copy.id)] == [("big.pdf", BIG)]
