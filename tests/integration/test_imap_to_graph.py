@@ -39,6 +39,7 @@ from tests.clients import graph_http, tls
 from tests.dovecot import DovecotServer, ImapUser
 
 BIG = bytes(range(256)) * (14 * 1024)  # 3.5 MB: over Graph's 3 MB, needs an upload session
+PDF = b"%PDF-1.4 scanned page\n" * 64
 OLD = dt.datetime(2019, 3, 4, 5, 6, 7, tzinfo=dt.timezone(dt.timedelta(hours=1, minutes=30)))
 
 
@@ -53,6 +54,18 @@ def message(subject: str, attachment: bytes | None = None) -> bytes:
     msg.set_content(f"body of {subject}\n")
     if attachment is not None:
         msg.add_attachment(attachment, maintype="application", subtype="pdf", filename="big.pdf")
+    return msg.as_bytes()
+
+
+def pdf_only(subject: str) -> bytes:
+    """A message whose whole body is one PDF (as scanners send): no text part at all."""
+    msg = EmailMessage()
+    msg["From"] = "Scanner <scan@fabrikam.example>"
+    msg["To"] = "bob@fabrikam.example"
+    msg["Subject"] = subject
+    msg["Date"] = "Sun, 03 Mar 2019 10:00:00 +0000"
+    msg["Message-ID"] = f"<{subject.replace(' ', '.')}@fabrikam.example>"
+    msg.set_content(PDF, maintype="application", subtype="pdf", filename="scan.pdf")
     return msg.as_bytes()
 
 
@@ -145,17 +158,16 @@ def seeded(dovecot: DovecotServer) -> tuple[ImapUser, dict[str, int]]:
         s.create_folder(["Projects"], "/")
         s.create_folder(["Projects", "2024"], "/")
         plan = [
-            ("INBOX", "read one", seen, frozenset({"Blue", "Work"}), None),
-            ("INBOX", "flagged one", flagged, frozenset(), None),
-            ("INBOX", "plain one", frozenset(), frozenset(), None),
-            ("Projects/2024", "nested big", seen, frozenset(), BIG),
-            ("Sent", "sent one", seen, frozenset(), None),
-            ("Drafts", "draft one", draft | seen, frozenset(), None),
+            ("INBOX", "read one", seen, frozenset({"Blue", "Work"}), message("read one")),
+            ("INBOX", "flagged one", flagged, frozenset(), message("flagged one")),
+            ("INBOX", "plain one", frozenset(), frozenset(), message("plain one")),
+            ("INBOX", "scanned", seen, frozenset(), pdf_only("scanned")),
+            ("Projects/2024", "nested big", seen, frozenset(), message("nested big", BIG)),
+            ("Sent", "sent one", seen, frozenset(), message("sent one")),
+            ("Drafts", "draft one", draft | seen, frozenset(), message("draft one")),
         ]
-        for folder, subject, flags, keywords, attachment in plan:
-            [uid] = s.append(
-                folder, [NewMessage(message(subject, attachment), flags, keywords, OLD)]
-            )
+        for folder, subject, flags, keywords, raw in plan:
+            [uid] = s.append(folder, [NewMessage(raw, flags, keywords, OLD)])
             assert uid is not None
             uids[subject] = uid
     return user, uids
@@ -177,11 +189,11 @@ def test_imap_mail_lands_once_not_draft_with_flags_dates_and_large_attachments(
     with Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}") as journal:
         first = runs.run(journal)
         second = runs.run(journal)
-    assert first["copied"] == 6 and first["skipped"] == 0, first
+    assert first["copied"] == 7 and first["skipped"] == 0, first
     assert +second == Counter(), second
     target = landed(sandbox, box)
     assert sorted(target) == sorted(
-        ["read one", "flagged one", "plain one", "nested big", "sent one", "draft one"]
+        ["read one", "flagged one", "plain one", "scanned", "nested big", "sent one", "draft one"]
     )
     assert all(len(copies) == 1 for copies in target.values()), target
     folders = {s: path_of(sandbox, box, t[0].folder_id) for s, t in target.items()}
@@ -189,6 +201,7 @@ def test_imap_mail_lands_once_not_draft_with_flags_dates_and_large_attachments(
         "read one": ["Inbox"],
         "flagged one": ["Inbox"],
         "plain one": ["Inbox"],
+        "scanned": ["Inbox"],
         "nested big": ["Projects", "2024"],
         "sent one": ["Sent Items"],
         "draft one": ["Drafts"],
@@ -208,6 +221,8 @@ def test_imap_mail_lands_once_not_draft_with_flags_dates_and_large_attachments(
     # 3.5 MB is 4.7 MB of base64: over the 4 MB a create or an attachment POST may carry
     # (the sandbox refuses those, as Graph does), so only an upload session lets it in.
     [big] = target["nested big"]
+    [scanned] = target["scanned"]  # a message that is one PDF: the PDF is its attachment
+    assert [(a.name, a.data) for a in sandbox.mail.attachments(scanned.id)] == [("scan.pdf", PDF)]
     assert [(a.name, a.data) for a in sandbox.mail.attachments(big.id)] == [("big.pdf", BIG)]
 
 
@@ -229,10 +244,10 @@ def test_a_flag_change_at_the_source_is_applied_and_plan_mode_writes_nothing(
         runs.run(journal, plan=recorder)
     assert list(sandbox.mail.iter_messages("target", box)) == []
     posts = [w.operation for w in recorder.writes if w.operation.endswith("/messages")]
-    assert len(posts) == 6, [w.operation for w in recorder.writes]
+    assert len(posts) == 7, [w.operation for w in recorder.writes]
     endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", dovecot.ca_file)
     with Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}") as journal:
-        assert runs.run(journal)["copied"] == 6
+        assert runs.run(journal)["copied"] == 7
         with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
             flags = frozenset({"\\Seen", "\\Flagged"})
             s.set_flags("INBOX", uids["plain one"], flags, frozenset({"Urgent"}))
@@ -303,7 +318,7 @@ def test_the_imap_graph_mover_moves_mail_and_says_it_moves_mail_only(
         result = asyncio.run(
             imap_graph.MailOnlyMover(opener).run(ctx, user.login, "prestage", Window())
         )
-    assert result.status == "ok" and result.counts["copied"] == 6, result
+    assert result.status == "ok" and result.counts["copied"] == 7, result
     assert result.counts["difference"] == 0, result
     assert result.detail.endswith(imap_graph.MAIL_ONLY), result.detail
     assert "contacts, calendars and tasks are not moved" in result.detail
@@ -324,7 +339,7 @@ def test_a_uidvalidity_reset_and_an_interrupted_import_copy_nothing_twice(
     box = target_mailbox(sandbox)
     runs = Pass(dovecot, user, conn, box)
     with Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}") as journal:
-        assert runs.run(journal)["copied"] == 6
+        assert runs.run(journal)["copied"] == 7
         dovecot.set_uidvalidity(user, "INBOX", 4242)
         reset = runs.run(journal)
         [big] = journal.mapped_items(user.login, folder_id="Projects/2024")
@@ -336,10 +351,10 @@ def test_a_uidvalidity_reset_and_an_interrupted_import_copy_nothing_twice(
         )  # fmt: skip
         recovered = runs.run(journal)
         after = runs.run(journal)
-    assert reset["copied"] == 0 and reset["moved"] == 3, reset
+    assert reset["copied"] == 0 and reset["moved"] == 4, reset
     assert recovered["copied"] == 1, recovered
     assert +after == Counter(), after
     target = landed(sandbox, box)
-    assert len(target) == 6 and all(len(copies) == 1 for copies in target.values()), target
+    assert len(target) == 7 and all(len(copies) == 1 for copies in target.values()), target
     [copy] = target["nested big"]
     assert [(a.name, a.data) for a in sandbox.mail.attachments(copy.id)] == [("big.pdf", BIG)]

@@ -44,6 +44,7 @@ import contextlib
 import email
 import email.policy
 import json
+import mimetypes
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -349,6 +350,16 @@ def _payload(part: Message) -> bytes:
 
 
 def attachments_of(msg: EmailMessage) -> list[Part]:
+    """The message's attachments as fileAttachments. A message that is one part of neither
+    text/plain nor text/html (a scanner's PDF, a bare text/calendar) has no body to show:
+    that part is its attachment (RFC 2046 5.1: a message of one non-multipart body; `iter_
+    attachments` yields nothing for it, so its content would be lost)."""
+    if not msg.is_multipart():
+        if msg.get_content_type() in ("text/plain", "text/html"):
+            return []
+        ctype = msg.get_content_type()
+        name = msg.get_filename() or f"attachment{mimetypes.guess_extension(ctype) or ''}"
+        return [Part(name, ctype, _payload(msg), False, None)]
     out: list[Part] = []
     for part in msg.iter_attachments():
         assert isinstance(part, EmailMessage)
