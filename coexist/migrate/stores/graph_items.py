@@ -399,16 +399,20 @@ def submit_time(msg: EmailMessage, state: MessageState) -> str | None:
     sentDateTime), else, for a source whose state has none (IMAP keeps only INTERNALDATE,
     the delivery time), the MIME Date header: "the date and time at which the creator of the
     message indicated that the message was complete and ready to enter the mail delivery
-    system" (RFC 5322 3.6.1). A draft was never sent: none. An unreadable Date: none."""
+    system" (RFC 5322 3.6.1). A draft was never sent: none. A missing or unreadable Date:
+    the delivery time (a message is sent before it arrives; left out, Exchange would date
+    it when the copy is made, *unverified*, as the sandbox does)."""
     if state.sent:
         return utc_time(state.sent)
-    if state.draft or not msg.get("Date"):
+    if state.draft:
         return None
     try:
-        when = parsedate_to_datetime(str(msg["Date"]))
+        when = parsedate_to_datetime(str(msg["Date"])) if msg.get("Date") else None
     except (TypeError, ValueError, IndexError):
-        return None
-    return utc_time(when.isoformat())
+        when = None
+    if when is not None:
+        return utc_time(when.isoformat())
+    return utc_time(state.received) if state.received else None
 
 
 def message_payload(msg: EmailMessage, state: MessageState, source_id: str) -> dict[str, Any]:
