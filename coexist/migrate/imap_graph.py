@@ -21,16 +21,33 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from coexist.engine.context import Context
-from coexist.errors import InputError
+from coexist.errors import InputError, NotFound
 from coexist.migrate.passes import MOVERS, PassResult, Window
 from coexist.migrate.stores.graph import Box
 from coexist.migrate.stores.graph_items import GraphItemsStore
 from coexist.migrate.stores.imap import imap_store
 from coexist.migrate.sync import StoreMover, StoreOpener
+from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.protocols import MailboxStore
 
 MOVER = "imap-graph"
 MAIL_ONLY = "mail only: contacts, calendars and tasks are not moved from an IMAP source"
+
+
+async def check_target(graph: GraphAdapter, mailbox: str, address: str) -> None:
+    """Stop a user whose target mailbox the tenant does not have (a wrong Destination Email)
+    with that said, before any folder is read or made: Graph answers 404 ErrorInvalidUser
+    for an unknown user (graph/errors); a mailbox still being made up answers
+    MailboxNotEnabledForRESTAPI, the adapter's NotReady (the pass waits)."""
+    try:
+        await graph.send("GET", f"users/{mailbox}/mailFolders/inbox", params={"$select": "id"})
+    except NotFound as exc:
+        raise InputError(
+            f"user {address}: the target tenant has no mailbox {mailbox} ({exc.message})",
+            user=address,
+            next_step="correct the user's Destination Email in the batch file, run coexist "
+            "batch import FILE again, then coexist retry",
+        ) from exc
 
 
 def target_mailbox(ctx: Context, subject: str) -> str:
@@ -60,6 +77,8 @@ async def open_stores(
     """A pass's stores for one user: the IMAP source mailbox (closed after the pass) and
     the target mailbox through Graph's mail API."""
     mailbox = target_mailbox(ctx, subject)
+    item = ctx.journal.get_item("user", subject) or {}
+    await check_target(ctx.target.graph, mailbox, str(item.get("source_address") or subject))
     async with imap_store(ctx, "source", subject) as src:
         yield src, GraphItemsStore(Box(ctx.target.graph, mailbox, ""))
 

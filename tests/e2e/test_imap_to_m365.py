@@ -69,7 +69,7 @@ def write_project(directory: Path, dovecot: DovecotServer, sandbox: Sandbox) -> 
         f'port = {dovecot.tls_port}\nca_file = "{dovecot.ca_file}"\n\n'
         f'[target]\nsandbox_connection = "{conn}"\n\n'
         '[domains]\ndestination_domain = "example.net"\n\n'
-        '[migration]\nmover = "imap-graph"\nfolder_rules = ["^INBOX/->"]\n'
+        '[migration]\nfolder_rules = ["^INBOX/->"]\n'
     )
     return directory
 
@@ -119,6 +119,7 @@ def test_imap_source_prestage_then_cutover_into_microsoft_365(
     box, upn = target_user(sandbox)
     project = write_project(tmp_path / "project", dovecot, sandbox)
     p = str(project)
+    assert load_project(project).migration.mover == "imap-graph"  # the kinds' default
     users = write_csv(tmp_path / "users.csv", source, "ann@example.org", upn)
     imported = run("batch", "import", "--project", p, str(users), "--name", "wave1", "--json")
     assert imported.exit_code == 0, imported.output
@@ -155,3 +156,24 @@ def test_imap_source_prestage_then_cutover_into_microsoft_365(
         assert dt.datetime.fromisoformat(t.received.replace("Z", "+00:00")) == expected
     assert (by["old read"].is_read, by["old read"].categories) == (True, ["Work"])
     assert by["new flagged"].flag["flagStatus"] == "flagged" and not by["new flagged"].is_read
+
+
+def test_a_destination_the_target_tenant_lacks_fails_that_user_clearly(
+    dovecot: DovecotServer, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A batch row whose destination address is no mailbox of the target tenant: that user's
+    pass fails naming the user and the mailbox, nothing is written, the run goes on."""
+    sandbox.write_connection()
+    source = dovecot.new_user("m365bad")
+    seed_source(dovecot, source)
+    project = write_project(tmp_path / "project", dovecot, sandbox)
+    p = str(project)
+    users = write_csv(tmp_path / "users.csv", source, "bob@example.org", "nobody@contoso.example")
+    assert run("batch", "import", "--project", p, str(users), "--name", "w").exit_code == 0
+    result = run("prestage", "--project", p, "--all", "--older-than", "90d", "--json")
+    out = json.loads(result.output)
+    [failed] = out["failed"]
+    assert failed["user"] == "bob@example.org", out
+    assert "the target tenant has no mailbox nobody@contoso.example" in failed["error"], out
+    assert "Destination Email" in failed["next"], out
+    assert out["writes"] == {"source": 0, "target": 0}, out
