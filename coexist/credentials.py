@@ -141,6 +141,9 @@ def _new_user(row: UserRow, file: Path) -> dict[str, Any]:
         "state": "ok",
         "detail": {
             "source": {"login": row.login or row.source, "display_name": row.display_name},
+            # The target's IMAP login, where the file names one (MigrationWiz's Destination
+            # Login Name): a master user opens that mailbox without a password of its own.
+            "target": {"login": row.target_login or None},
             "from_file": file.name,
             "in_scope": True,
         },

@@ -161,13 +161,20 @@ class ImapServer:
 
 
 def _default_login(side: str, subject: str, item: Mapping[str, Any] | None) -> str:
-    """A user's login where the vault names none: the batch file's source login, or its
-    target address on the target (the source login where the file names no target)."""
+    """A user's login where the vault names none: the batch file's source login; on the
+    target its target login, else its target address, else the source login."""
     item = item or {}
-    source = (item.get("detail") or {}).get("source") or {}
-    source_login = str(source.get("login") or item.get("source_address") or subject)
+    detail = item.get("detail") or {}
+    source_login = str(
+        (detail.get("source") or {}).get("login") or item.get("source_address") or subject
+    )
     if side == "target":
-        return str(item.get("target_address") or source_login)
+        target = (
+            (detail.get("target") or {}).get("login")
+            if isinstance(detail.get("target"), dict)
+            else None
+        )
+        return str(target or item.get("target_address") or source_login)
     return source_login
 
 

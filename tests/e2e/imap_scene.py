@@ -107,13 +107,26 @@ class Scene:
     def endpoint(self) -> ImapEndpoint:
         return ImapEndpoint(self.dovecot.host, self.dovecot.tls_port, "tls", self.dovecot.ca_file)
 
-    def write_project(self, *, host: str | None = None, port: int | None = None) -> None:
-        """project.toml: both sides on the Dovecot (or `host`/`port` for the source)."""
+    def write_project(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        master: str = "",
+        source_auth: str = "login",
+    ) -> None:
+        """project.toml: both sides on the Dovecot (or `host`/`port` for the source), each
+        user signing in with a password of its own (source: by `source_auth`) or through
+        `master`."""
         d = self.dovecot
-        where = {"source": (host or d.host, port or d.tls_port), "target": (d.host, d.tls_port)}
+        where = {
+            "source": (host or d.host, port or d.tls_port, source_auth),
+            "target": (d.host, d.tls_port, "login"),
+        }
         tables = "".join(
             f'[{side}]\nkind = "imap"\n\n[{side}.imap]\nhost = "{where[side][0]}"\n'
-            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\n\n'
+            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\nmaster_user = "{master}"\n'
+            f'auth = "{where[side][2]}"\n\n'
             for side in ("source", "target")
         )
         (self.project / "project.toml").write_text(
@@ -123,9 +136,10 @@ class Scene:
             + '[migration]\nfolder_rules = ["^INBOX/->"]\n'
         )
 
-    def csv(self, passwords: dict[str, str] | None = None) -> Path:
+    def csv(self, passwords: dict[str, str] | None = None, *, blank: bool = False) -> Path:
         """The MigrationWiz Bulk Add CSV of the users (`passwords`: a source password
-        to give instead of the right one, by address)."""
+        to give instead of the right one, by address; `blank`: no password at all, as
+        for administrative credentials)."""
         path = self.project.parent / "users.csv"
         with path.open("w", newline="") as f:
             w = csv.writer(f)
@@ -141,7 +155,7 @@ class Scene:
                 ]
             )
             for u in self.users:
-                given = (passwords or {}).get(u.address, u.source.password)
+                given = "" if blank else (passwords or {}).get(u.address, u.source.password)
                 w.writerow(
                     [
                         u.address,
@@ -149,7 +163,7 @@ class Scene:
                         given,
                         u.address,
                         u.target.login,
-                        u.target.password,
+                        "" if blank else u.target.password,
                         "wave1",
                     ]
                 )
@@ -166,11 +180,13 @@ class Scene:
         finally:
             session.close()
 
-    def seed(self, user: MailUser) -> None:
-        """The source folders, each with its old and new messages (flags cycling)."""
+    def seed(self, user: MailUser, scale: int = 1) -> None:
+        """The source folders, each with its old and new messages (`scale` times as many;
+        flags cycling)."""
         n = 0
         with self.imap(user.source) as s:
             for path, (old, new) in FOLDERS.items():
+                old, new = old * scale, new * scale
                 made = s.create_folder(path, DELIMITER) if path != ("INBOX",) else None
                 name = made.name if made else "INBOX"
                 batch = []
@@ -184,6 +200,13 @@ class Scene:
         """One more (new) message in a source folder."""
         with self.imap(user.source) as s:
             s.append(folder, [NewMessage(message(user.address, n, folder), internaldate=NOW)])
+
+    def reflag(self, user: MailUser, folder: str) -> None:
+        """Flag and mark read every message of a source folder (a change the next pass
+        brings along: CONDSTORE)."""
+        with self.imap(user.source) as s:
+            for ref in s.changes(folder, None).new:
+                s.set_flags(folder, ref.uid, frozenset({"\\Seen", "\\Flagged"}), ref.keywords)
 
     def fingerprints(self, user: ImapUser, *, mapped: bool = False) -> Counter[Fingerprint]:
         """Every message of a mailbox; `mapped`: with its folder as `^INBOX/->` maps it."""
@@ -207,6 +230,12 @@ class Scene:
                         )
                     ] += 1
         return out
+
+    def stored(self, user: ImapUser) -> int:
+        """Messages in a mailbox as files on disk (maildir: one file each in cur/ or new/):
+        read without a connection, so a test may look as often as it likes."""
+        home = self.dovecot.homes / user.login
+        return sum(1 for f in home.rglob("*") if f.parent.name in ("cur", "new") and f.is_file())
 
     def count(self, user: ImapUser) -> int:
         return sum(self.fingerprints(user).values())

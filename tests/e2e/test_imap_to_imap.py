@@ -6,13 +6,17 @@ writes nothing; no password in any output, journal or log."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
+from coexist.engine.context import MASTER_ENTRY
 from coexist.settings import load_project
-from tests.dovecot import DovecotServer
+from coexist.vault import ENV_KEY, Credential, Vault
+from tests.dovecot import MASTER_USER, DovecotServer
 from tests.e2e.imap_scene import (
     FOLDERS,
+    KEY,
     NEW,
     OLD,
     Fingerprint,
@@ -31,8 +35,8 @@ def older(prints: Counter[Fingerprint]) -> Counter[Fingerprint]:
 def test_imap_project_prestage_then_cutover_moves_every_message_once(
     dovecot: DovecotServer, tmp_path: Path
 ) -> None:
-    """Batch import -> prestage (plan, then real, then again) -> UIDVALIDITY reset and new
-    mail -> cutover (twice) -> status: every source message once in the target folder the
+    """Batch import -> prestage (plan, then real, then again) -> UIDVALIDITY resets (source
+    and target), new mail and flag changes -> cutover (twice) -> status: every source message once in the target folder the
     rule maps it to, flags, keywords and INTERNALDATE kept; a missing \\Archive folder is
     made in the target; no pass copies a message twice; no password leaks."""
     scene = Scene(dovecot, tmp_path)
@@ -57,11 +61,13 @@ def test_imap_project_prestage_then_cutover_moves_every_message_once(
     again = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
     assert not again["failed"] and scene.copied_by_last("prestage") == 0
 
-    # Between the passes: a source folder gets a new UIDVALIDITY (a restored server) and
-    # new mail arrives.
+    # Between the passes: a source folder and a target folder get a new UIDVALIDITY (a
+    # restored server), new mail arrives, flags change.
     first = scene.users[0]
     scene.dovecot.set_uidvalidity(first.source, "INBOX", 4242)
+    scene.dovecot.set_uidvalidity(first.target, "Archive", 4343)
     scene.add(first, "INBOX.Projects", 900)
+    scene.reflag(first, "INBOX.L1.L2.L3.L4")
 
     cut = run("cutover", "--project", p, "--all", "--json", "-v")
     outputs.append(cut)
@@ -82,6 +88,45 @@ def test_imap_project_prestage_then_cutover_moves_every_message_once(
     outputs.append(run("status", "--project", p))
 
     assert_no_password(scene, [o.output for o in outputs])
+
+
+def test_a_master_user_opens_every_mailbox(dovecot: DovecotServer, tmp_path: Path) -> None:
+    """With [source.imap]/[target.imap] master_user and the master's password in the vault,
+    users listed without passwords (MigrationWiz: admin credentials) are moved: each
+    mailbox is opened as `user*master` (Dovecot master users)."""
+    scene = Scene(dovecot, tmp_path, users=1)
+    scene.write_project(master=MASTER_USER)
+    p = str(scene.project)
+    [user] = scene.users
+    scene.seed(user)
+    imported = run_json("batch", "import", "--project", p, str(scene.csv(blank=True)))
+    assert not imported["waiting_for_credentials"], imported
+    master = Credential(MASTER_USER, dovecot.master_password)
+    Vault.open(scene.project, env={ENV_KEY: KEY}).put(
+        {(MASTER_ENTRY, "source"): master, (MASTER_ENTRY, "target"): master}
+    )
+    result = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
+    assert not result["failed"], result
+    assert scene.fingerprints(user.target) == older(scene.fingerprints(user.source, mapped=True))
+
+
+def test_xoauth2_signs_a_source_in_with_its_token(dovecot: DovecotServer, tmp_path: Path) -> None:
+    """[source.imap] auth = "xoauth2": the vault's secret for the user is its OAuth 2.0
+    access token, sent with AUTHENTICATE XOAUTH2 (Dovecot validates it as Gmail or
+    Microsoft 365 would); the token shows in no output or file but the vault."""
+    scene = Scene(dovecot, tmp_path, users=1)
+    scene.write_project(source_auth="xoauth2")
+    p = str(scene.project)
+    [user] = scene.users
+    scene.seed(user)
+    token = dovecot.oauth_token(user.source)
+    run_json("batch", "import", "--project", p, str(scene.csv({user.address: token})))
+    out = run("prestage", "--project", p, "--all", "--older-than", "90d", "--json", "-v")
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert out.exit_code == 0 and not result["failed"], out.output
+    assert scene.fingerprints(user.target) == older(scene.fingerprints(user.source, mapped=True))
+    assert token not in out.output
+    assert all(token.encode() not in f.read_bytes() for f in scene.project.rglob("*.log"))
 
 
 def assert_no_password(scene: Scene, outputs: list[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coexist.engine.context import COMMAND_NEEDS, Side, check_command
+from coexist.engine.context import COMMAND_NEEDS, Side, check_command, command_needs
 from coexist.errors import ConfigError
 from coexist.runtime import session
 
@@ -42,12 +42,28 @@ def test_an_imap_source_can_be_prestaged_into_either_kind(target: str) -> None:
     check_command({"source": "imap", "target": target}, "prestage")
 
 
+@pytest.mark.parametrize("target", ["m365", "imap"])
+def test_an_imap_source_is_cut_over_by_its_full_pass(target: str) -> None:
+    """An IMAP source's cutover is the operator's MX change then the full data pass: it
+    needs stores only (no forwarding cmdlets on either side); an m365 source's still needs
+    the cmdlets of both."""
+    check_command({"source": "imap", "target": target}, "cutover")
+    assert command_needs({"source": "imap", "target": target}, "cutover") == {
+        "source": frozenset({"store"}),
+        "target": frozenset({"store"}),
+    }
+    with pytest.raises(ConfigError) as info:
+        check_command({"source": "m365", "target": "imap"}, "cutover")
+    assert "the target is of kind 'imap'" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("command", "side", "words"),
     [
         ("discover", "source", "batch import"),
         ("provision", "source", "batch import"),
-        ("cutover", "source", "MX change"),
+        ("rollback", "source", "MX change"),
+        ("verify-mailflow", "source", "batch import"),
         ("groups", "target", "Exchange cmdlets"),
     ],
 )
