@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coexist.engine.context import Context, check_command, open_sides
+from coexist.engine.context import Context, SideOptions, check_command, open_sides
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
 from coexist.journal import Journal
@@ -131,7 +131,7 @@ async def session(
             # Before the run is recorded: a refused command leaves the journal as it was.
             writer = project_writer(journal, command)
         async with _journaled_run(
-            project, journal, writer, command, args, plan, retry, on_outcome
+            project, journal, writer, command, args, plan, retry, on_outcome, env
         ) as sess:
             yield sess
     finally:
@@ -150,8 +150,9 @@ async def _journaled_run(
     plan: bool,
     retry: RetryPolicy | None,
     on_outcome: Callable[[Outcome], None] | None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Session]:
-    """One run: recorded in `runs`, with adapters for both tenants and a runner."""
+    """One run: recorded in `runs`, with both sides' clients (per kind) and a runner."""
     recorder = WriteRecorder() if plan else None
     policy = retry or retry_policy(project)
     run_id = 0 if plan else journal.start_run(command, args)
@@ -160,15 +161,15 @@ async def _journaled_run(
         writer.note_run(run_id)
     status = "failed"
     try:
-        async with open_sides(
-            project.endpoint("source"),
-            project.endpoint("target"),
+        opts = SideOptions(
             concurrency=project.engine.concurrency_per_tenant,
             plan=recorder,
             read_retry=policy,
             mailbox_limits=MailboxLimits(time_scale=project.engine.outlook_time_scale),
             write_limits=WriteLimits(writes=project.engine.directory_write_budget),
-        ) as (source, target):
+            env=env,
+        )
+        async with open_sides(project, opts) as (source, target):
             ctx = Context(project, journal, source, target, plan=recorder, run_id=run_id or None)
             outcomes: list[Outcome] = []
 

@@ -1,21 +1,33 @@
-"""What executors get: the project, the journal, and both tenants' adapters."""
+"""What executors get: the project, the journal, and both sides' clients (opened per kind)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from coexist.errors import ConfigError
+from coexist.errors import ConfigError, InputError
 from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.base import READ_RETRY
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.imap import (
+    ConnectionLimits,
+    Credentials,
+    ImapConnections,
+    ImapEndpoint,
+    MasterPassword,
+    OAuth2Token,
+    Password,
+    Security,
+)
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteBudget, WriteLimits
+from coexist.vault import Vault
 
 # What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
 # exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
@@ -74,18 +86,97 @@ def check_command(kinds: dict[str, str], command: str, file: str = "project.toml
 
 
 @dataclass
+class Meter:
+    """Requests a side's store client sent, and how many of them wrote."""
+
+    calls: int = 0
+    writes: int = 0
+
+
+# Where an imap side's master user's password is kept in the credential vault: the entry
+# of this name (no user key is one: user keys are lower-cased logins, which hold no "*").
+MASTER_ENTRY = "*master*"
+
+
+@dataclass
+class ImapServer:
+    """An imap side's mailbox store client: its server's connections (bounded per server and
+    per mailbox, shared by every user of the run), how its users sign in, and a meter.
+
+    Each user's login and password come from the project's credential vault (`coexist batch
+    import`, `coexist credentials set`), or, where `master_user` is set, the master user's
+    password (vault entry MASTER_ENTRY) opens every mailbox (Dovecot `user*master`)."""
+
+    label: str
+    connections: ImapConnections
+    auth: str  # login | plain | xoauth2 ([source.imap] auth)
+    master_user: str | None
+    directory: Path  # the project's, where its vault is
+    meter: Meter = field(default_factory=Meter)
+    env: Mapping[str, str] | None = None
+
+    def credentials(self, subject: str, item: Mapping[str, Any] | None) -> Credentials:
+        """How `subject` (a journal user) signs in on this side; an InputError naming the
+        user and `coexist credentials set` when the vault holds nothing that would do."""
+        vault = Vault.open(self.directory, env=self.env)
+        cred = vault.get(subject, self.label)
+        login = cred.login if cred else _default_login(self.label, subject, item)
+        if cred is not None and self.auth == "xoauth2":
+            # The vault entry holds the OAuth 2.0 access token (Microsoft 365, Gmail): the
+            # token is refreshed by setting it again (no token endpoint here).
+            return OAuth2Token(login, cred.password)
+        if cred is not None:
+            return Password(login, cred.password, "plain" if self.auth == "plain" else "login")
+        master = vault.get(MASTER_ENTRY, self.label) if self.master_user else None
+        if master is not None and self.master_user:
+            return MasterPassword(login, self.master_user, master.password)
+        address = str((item or {}).get("source_address") or subject)
+        raise InputError(
+            f"no {self.label} IMAP password for {address} in the credential vault"
+            + (f" (nor one for master user {self.master_user})" if self.master_user else ""),
+            user=address,
+            next_step=f"coexist credentials set --project {self.directory} --user {address} "
+            f"--side {self.label}, then run this command again",
+        )
+
+    @property
+    def calls(self) -> int:
+        return self.meter.calls
+
+    @property
+    def writes(self) -> int:
+        return self.meter.writes
+
+
+def _default_login(side: str, subject: str, item: Mapping[str, Any] | None) -> str:
+    """A user's login where the vault names none: the batch file's source login, or its
+    target address on the target (the source login where the file names no target)."""
+    item = item or {}
+    source = (item.get("detail") or {}).get("source") or {}
+    source_login = str(source.get("login") or item.get("source_address") or subject)
+    if side == "target":
+        return str(item.get("target_address") or source_login)
+    return source_login
+
+
+StoreClient = GraphAdapter | ImapServer
+
+
+@dataclass
 class Side:
     """One side (tenant or server) as the executors see it.
 
     `directory`, `cmdlets` and `store` are its capabilities: each raises a ConfigError
     naming the side's kind where that kind has none. `graph` and `exo` are the Microsoft 365
-    adapters behind them (a phase that is m365-only may use them directly)."""
+    adapters behind them (a phase that is m365-only may use them directly); an imap side has
+    neither, and its store is an `ImapServer`."""
 
     label: str  # "source" | "target"
-    endpoint: TenantEndpoint
-    graph: GraphAdapter
-    exo: ExoRunner
+    endpoint: TenantEndpoint | None
+    _graph: GraphAdapter | None
+    _exo: ExoRunner | None
     kind: str = "m365"
+    imap: ImapServer | None = None
 
     def has(self, capability: str) -> bool:
         return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
@@ -94,6 +185,20 @@ class Side:
         """Raise the clear error if this side's kind lacks `capability` (for `command`)."""
         if not self.has(capability):
             raise capability_missing(self.label, self.kind, capability, command)
+
+    @property
+    def graph(self) -> GraphAdapter:
+        """The Microsoft Graph adapter (m365 only: another kind has no directory)."""
+        if self._graph is None:
+            raise capability_missing(self.label, self.kind, DIRECTORY, None)
+        return self._graph
+
+    @property
+    def exo(self) -> ExoRunner:
+        """The Exchange Online cmdlet runner (m365 only)."""
+        if self._exo is None:
+            raise capability_missing(self.label, self.kind, CMDLETS, None)
+        return self._exo
 
     @property
     def directory(self) -> GraphAdapter:
@@ -108,19 +213,23 @@ class Side:
         return self.exo
 
     @property
-    def store(self) -> GraphAdapter:
+    def store(self) -> StoreClient:
         """What this side's mailbox stores are opened over: the Graph adapter for m365
-        (`migrate.stores.graph_io`/`graph_items`); a kind's own client as kinds arrive."""
+        (`migrate.stores.graph_io`/`graph_items`), the `ImapServer` for imap
+        (`migrate.stores.imap.imap_store`)."""
         self.require(STORE)
-        return self.graph
+        return self.imap if self.imap is not None else self.graph
+
+    def _clients(self) -> list[GraphAdapter | ExoRunner | ImapServer]:
+        return [c for c in (self._graph, self._exo, self.imap) if c is not None]
 
     @property
     def calls(self) -> int:
-        return self.graph.calls + self.exo.calls
+        return sum(c.calls for c in self._clients())
 
     @property
     def writes(self) -> int:
-        return self.graph.writes + self.exo.writes
+        return sum(c.writes for c in self._clients())
 
 
 @dataclass
@@ -141,48 +250,97 @@ class Context:
         return self.source if label == "source" else self.target
 
 
+@dataclass(frozen=True)
+class SideOptions:
+    """How a session's sides are opened (the engine's settings, plan mode)."""
+
+    concurrency: int = 8
+    plan: WriteRecorder | None = None
+    read_retry: RetryPolicy = READ_RETRY
+    mailbox_limits: MailboxLimits | None = None
+    write_limits: WriteLimits | None = None
+    env: Mapping[str, str] | None = None  # where the vault key is looked up (os.environ)
+
+
+# Opens one side of a kind: (project, "source" | "target", options) -> the Side, its
+# clients closed on exit. One per kind in SIDE_OPENERS.
+SideOpener = Callable[[Any, str, SideOptions], AbstractAsyncContextManager[Side]]
+
+
+@asynccontextmanager
+async def open_m365_side(project: Any, label: str, opts: SideOptions) -> AsyncIterator[Side]:
+    """A tenant's Graph and Exchange adapters, sharing one directory-write budget (per app
+    + tenant); reads retried with `opts.read_retry`."""
+    ep: TenantEndpoint = project.endpoint(label)
+    budget = WriteBudget(opts.write_limits)
+    graph = GraphAdapter(
+        ep,
+        label=label,
+        concurrency=opts.concurrency,
+        plan=opts.plan,
+        read_retry=opts.read_retry,
+        mailbox_limits=opts.mailbox_limits,
+        write_budget=budget,
+    )
+    exo = ExoRunner(
+        ep,
+        label=label,
+        concurrency=opts.concurrency,
+        plan=opts.plan,
+        read_retry=opts.read_retry,
+        write_budget=budget,
+    )
+    try:
+        yield Side(label, ep, graph, exo)
+    finally:
+        await graph.close()
+        await exo.close()
+
+
+def imap_endpoint(settings: Any, side: str) -> ImapEndpoint:
+    """The adapter's endpoint for a side's `[source.imap]`/`[target.imap]` settings
+    (`settings.ImapSettings`): implicit-tls is the adapter's "tls" (RFC 8314)."""
+    security: Security = "tls" if settings.security == "implicit-tls" else "starttls"
+    return ImapEndpoint(
+        str(settings.host), settings.effective_port, security, settings.ca_file, side=side
+    )
+
+
+def imap_limits(settings: Any) -> ConnectionLimits:
+    """The side's connection bounds (connections_per_server / connections_per_mailbox)."""
+    return ConnectionLimits(settings.connections_per_server, settings.connections_per_mailbox)
+
+
+@asynccontextmanager
+async def open_imap_side(project: Any, label: str, opts: SideOptions) -> AsyncIterator[Side]:
+    """An IMAP server: no connection yet (each pass opens its user's, `imap_store`), only
+    the bound every connection of the run shares. Nothing to close: each store logs out."""
+    settings = project.tenant(label).imap
+    server = ImapServer(
+        label,
+        ImapConnections(imap_endpoint(settings, label), imap_limits(settings)),
+        settings.auth,
+        settings.master_user or None,
+        Path(project.directory),
+        env=opts.env,
+    )
+    yield Side(label, None, None, None, kind="imap", imap=server)
+
+
+SIDE_OPENERS: dict[str, SideOpener] = {"m365": open_m365_side, "imap": open_imap_side}
+
+
 @asynccontextmanager
 async def open_sides(
-    source: TenantEndpoint,
-    target: TenantEndpoint,
-    *,
-    concurrency: int = 8,
-    plan: WriteRecorder | None = None,
-    read_retry: RetryPolicy = READ_RETRY,
-    mailbox_limits: MailboxLimits | None = None,
-    write_limits: WriteLimits | None = None,
+    project: Any, opts: SideOptions | None = None
 ) -> AsyncIterator[tuple[Side, Side]]:
-    """Adapters for both tenants, closed on exit; reads retried with `read_retry`. A tenant's
-    Graph and Exchange adapters share one directory-write budget (per app + tenant)."""
-    sides = []
-    for label, ep in (("source", source), ("target", target)):
-        budget = WriteBudget(write_limits)
-        sides.append(
-            Side(
-                label,
-                ep,
-                GraphAdapter(
-                    ep,
-                    label=label,
-                    concurrency=concurrency,
-                    plan=plan,
-                    read_retry=read_retry,
-                    mailbox_limits=mailbox_limits,
-                    write_budget=budget,
-                ),
-                ExoRunner(
-                    ep,
-                    label=label,
-                    concurrency=concurrency,
-                    plan=plan,
-                    read_retry=read_retry,
-                    write_budget=budget,
-                ),
+    """Both sides of a project, each opened by its kind's opener and closed on exit."""
+    opts = opts or SideOptions()
+    async with AsyncExitStack() as stack:
+        source, target = [
+            await stack.enter_async_context(
+                SIDE_OPENERS[project.tenant(label).kind](project, label, opts)
             )
-        )
-    try:
-        yield sides[0], sides[1]
-    finally:
-        for s in sides:
-            await s.graph.close()
-            await s.exo.close()
+            for label in ("source", "target")
+        ]
+        yield source, target

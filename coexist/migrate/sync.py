@@ -863,8 +863,12 @@ async def handle_deletions(
 
 # -- the pass ----------------------------------------------------------------------------------
 
-# Opens a pass's two stores for one user: (ctx, subject) -> (source store, target store).
-StoreOpener = Callable[[Context, str], Awaitable[tuple[MailboxStore, MailboxStore]]]
+# Opens a pass's two stores for one user: (ctx, subject) -> an async context manager of
+# (source store, target store). Leaving it closes them, on error and cancellation too: an
+# IMAP store holds a logged-in connection and a slot of its server's connection bound.
+StoreOpener = Callable[
+    [Context, str], contextlib.AbstractAsyncContextManager[tuple[MailboxStore, MailboxStore]]
+]
 
 
 async def sync_mailbox(
@@ -913,11 +917,22 @@ class StoreMover:
         self.open_stores = open_stores
 
     async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
-        from coexist.migrate import reconcile
-
         if kind == "cutover":
             window = Window()  # the cutover pass moves everything not yet moved
-        src, tgt = await self.open_stores(ctx, subject)
+        async with self.open_stores(ctx, subject) as (src, tgt):
+            return await self._run(ctx, subject, kind, window, src, tgt)
+
+    async def _run(
+        self,
+        ctx: Context,
+        subject: str,
+        kind: str,
+        window: Window,
+        src: MailboxStore,
+        tgt: MailboxStore,
+    ) -> PassResult:
+        from coexist.migrate import reconcile
+
         counts: Counter[str] = Counter()
         plan, stores = await sync_mailbox(ctx, subject, src, tgt, window, counts)
         await handle_deletions(ctx, subject, counts, lambda r: _delete_copy(tgt, r))

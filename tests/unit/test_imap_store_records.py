@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from coexist.engine.context import Context
-from coexist.errors import ConfigError
+from coexist.engine.context import Context, SideOptions, open_sides
+from coexist.errors import ConfigError, InputError
+from coexist.journal import Journal
 from coexist.migrate.passes import MOVERS, Window, mover_for
 from coexist.migrate.stores.imap import (
     MOVER,
@@ -30,6 +31,7 @@ from coexist.migrate.stores.imap import (
 from coexist.settings import load_project
 from coexist.tenants.imap import ImapFolder, Watermark, special_use_of
 from coexist.tenants.protocols import MessageState
+from coexist.vault import ENV_KEY, new_key
 
 
 def gmail(name: str, *attrs: str, selectable: bool = True, messages: int = 0) -> ImapFolder:
@@ -156,10 +158,11 @@ mover = "imap-sync"
 """
 
 
-def test_imap_sync_moves_imap_to_imap_and_says_what_it_cannot_open(tmp_path: Path) -> None:
+def test_imap_sync_moves_imap_to_imap_and_asks_for_credentials(tmp_path: Path) -> None:
     """An imap -> imap project may name imap-sync (mover_for finds the registered mover);
-    its sides' settings become the adapter's endpoints and limits; a pass of it stops with
-    a ConfigError naming the missing credential vault, never a traceback."""
+    its sides' settings become the adapter's endpoints and limits; a pass for a user the
+    vault has no password for stops with an InputError naming the user and `coexist
+    credentials set`, before any connection, never a traceback."""
     (tmp_path / "ca.pem").write_text("")
     (tmp_path / "project.toml").write_text(IMAP_TO_IMAP)
     project = load_project(tmp_path, env={})
@@ -177,10 +180,18 @@ def test_imap_sync_moves_imap_to_imap_and_says_what_it_cannot_open(tmp_path: Pat
     )
     limits = limits_of(project.source.imap)
     assert (limits.per_server, limits.per_mailbox) == (10, 2)
-    with pytest.raises(ConfigError) as info:
-        asyncio.run(MOVERS[MOVER].run(ctx, "ann@example.org", "prestage", Window()))
-    assert info.value.fields["key"] == "migration.mover"
+
+    async def one_pass() -> None:
+        opts = SideOptions(env={ENV_KEY: new_key()})
+        async with open_sides(project, opts) as (source, target):
+            with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+                ctx = Context(project, journal, source, target)
+                await MOVERS[MOVER].run(ctx, "ann@example.org", "prestage", Window())
+
+    with pytest.raises(InputError) as info:
+        asyncio.run(one_pass())
     assert "credential vault" in str(info.value) and "ann@example.org" in str(info.value)
+    assert "coexist credentials set" in str(info.value.next_step)
 
 
 def test_imap_sync_is_refused_for_other_kinds() -> None:

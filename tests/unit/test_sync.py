@@ -16,6 +16,7 @@ import email.policy
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -298,8 +299,11 @@ def run_pass(tmp_path: Path, src: MailboxStore, tgt: MailboxStore, **migration: 
     }
     project: Any = SimpleNamespace(migration=SimpleNamespace(**settings), file="project.toml")
 
-    async def open_stores(ctx: Context, subject: str) -> tuple[MailboxStore, MailboxStore]:
-        return src, tgt
+    @asynccontextmanager
+    async def open_stores(
+        ctx: Context, subject: str
+    ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
+        yield src, tgt
 
     with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
         journal.upsert_item("user", USER)  # discovery's row, where reconcile records its report

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -516,11 +517,15 @@ class GraphIOStore:
         return self.box.path(f"folders/{ref.folder_id}/items/{ref.item_id}")
 
 
-async def open_stores(ctx: Context, subject: str) -> tuple[MailboxStore, MailboxStore]:
-    """A pass's stores: the user's source mailbox and its target mailbox."""
+@asynccontextmanager
+async def open_stores(
+    ctx: Context, subject: str
+) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
+    """A pass's stores: the user's source mailbox and its target mailbox (over the sides'
+    Graph adapters, which the session closes: nothing to close per pass)."""
     src = await GraphIOStore.open(ctx.source.graph, subject)
     tgt = await GraphIOStore.open(ctx.target.graph, target_id(ctx, subject))
-    return src, tgt
+    yield src, tgt
 
 
 MOVERS["graph-import-export"] = StoreMover(open_stores)

@@ -50,8 +50,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from coexist.engine.context import Context
-from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
+from coexist.engine.context import (
+    Context,
+    ImapServer,
+    Meter,
+    capability_missing,
+    imap_endpoint,
+    imap_limits,
+)
+from coexist.errors import InvalidRequest, NotFound, RemoteError
 from coexist.migrate.passes import MOVERS
 from coexist.migrate.sync import StoreMover, message_identity
 from coexist.tenants.imap import (
@@ -59,17 +66,14 @@ from coexist.tenants.imap import (
     CHUNK_MESSAGES,
     SERVICE,
     AsyncImapSession,
-    ConnectionLimits,
     Credentials,
     FetchedMessage,
     FolderChanges,
     ImapConnections,
-    ImapEndpoint,
     ImapFolder,
     ImapSession,
     MessageRef,
     NewMessage,
-    Security,
     Watermark,
     parse_sequence_set,
     sequence_set,
@@ -426,8 +430,10 @@ class ImapStore:
         include_virtual: bool = False,
         plan: WriteRecorder | None = None,
         page: int = CHANGE_PAGE,
+        meter: Meter | None = None,
     ) -> None:
         self.session = session
+        self.meter = meter or Meter()
         self.page = page
         self.label = label
         self.include_virtual = include_virtual
@@ -450,10 +456,19 @@ class ImapStore:
         include_virtual: bool = False,
         plan: WriteRecorder | None = None,
         page: int = CHANGE_PAGE,
+        meter: Meter | None = None,
     ) -> AsyncIterator[ImapStore]:
-        """A store over a connection of `connections`, logged out on exit."""
+        """A store over a connection of `connections`, logged out on exit; `meter` counts
+        its commands and writes (the side's: `Side.calls`/`writes`)."""
         async with connections.session(credentials) as session:
-            yield cls(session, label=label, include_virtual=include_virtual, plan=plan, page=page)
+            yield cls(
+                session,
+                label=label,
+                include_virtual=include_virtual,
+                plan=plan,
+                page=page,
+                meter=meter,
+            )
 
     @property
     def caps(self) -> Capabilities:
@@ -463,7 +478,13 @@ class ImapStore:
         return replace(CAPS, moves=self.server_caps.move and self.server_caps.uidplus)
 
     async def run(self, call: Callable[[ImapSession], T]) -> T:
+        self.meter.calls += 1
         return await self.session.run(call)
+
+    def _writing(self) -> None:
+        """Before each write sent: the plan-mode guard, and the side's write count."""
+        before_write()
+        self.meter.writes += 1
 
     async def folder_changes(self, name: str, mark: Watermark | None) -> FolderChanges:
         return await self.run(lambda s: s.changes(name, mark, limit=self.page))
@@ -507,7 +528,7 @@ class ImapStore:
         if self.plan is not None or (parent is not None and parent.id.startswith(PLANNED)):
             self._record("CREATE", folder=full)
             return Folder(f"{PLANNED}{full}", path, None, MAIL_FOLDER, 0)
-        before_write()
+        self._writing()
         try:
             made = await self.run(lambda s: s.create_folder(parts, delim))
         except InvalidRequest as exc:
@@ -563,6 +584,7 @@ class ImapStore:
             if state_only:
                 out.update({uids[r.uid]: _payload(fmt, uids[r.uid], r, b"") for r in found})
                 continue
+            self.meter.calls += 1
             async for message in self.session.fetch(name, found):
                 item = uids[message.uid]
                 out[item] = _payload(fmt, item, message, message.raw)
@@ -635,7 +657,7 @@ class ImapStore:
             self._record("UID STORE FLAGS", folder=name, uid=uid,
                          flags=sorted(message.flags | message.keywords))  # fmt: skip
             return Imported(ref.item_id, key)
-        before_write()
+        self._writing()
         await self.run(lambda s: s.set_flags(name, uid, message.flags, message.keywords))
         return Imported(ref.item_id, key)
 
@@ -684,7 +706,7 @@ class ImapStore:
             answer.set_result(new_id)
 
     async def _append_now(self, name: str, messages: list[NewMessage]) -> list[str]:
-        before_write()
+        self._writing()
         validity, uids = await self.run(lambda s: (s.examine(name), s.append(name, messages)))
         if any(u is None for u in uids):
             # Without UIDPLUS (RFC 4315) the server does not say which UID a message got:
@@ -710,7 +732,7 @@ class ImapStore:
         if self.plan is not None or folder_id.startswith(PLANNED):
             self._record("UID MOVE", folder=name, uid=uid, to=folder_id)
             return Imported(None, None)
-        before_write()
+        self._writing()
         moved = await self.run(lambda s: s.move(name, [uid], folder_id))
         new_uid = moved.get(uid)
         current = await self.refs(folder_id, [new_uid]) if new_uid is not None else []
@@ -734,7 +756,7 @@ class ImapStore:
         if self.plan is not None:
             self._record("UID EXPUNGE", folder=name, uid=uid)
             return
-        before_write()
+        self._writing()
         await self.run(lambda s: s.delete(name, [uid]))
 
     async def _existing(self, ref: ItemRef) -> tuple[str, int]:
@@ -794,39 +816,38 @@ def _info(block: bytes) -> ItemInfo:
 MOVER = "imap-sync"
 
 
-def endpoint_of(settings: Any, side: str) -> ImapEndpoint:
-    """The adapter's endpoint for a side's `[source.imap]`/`[target.imap]` settings
-    (`settings.ImapSettings`): implicit-tls is the adapter's "tls" (RFC 8314)."""
-    security: Security = "tls" if settings.security == "implicit-tls" else "starttls"
-    return ImapEndpoint(
-        str(settings.host),
-        settings.effective_port,
-        security,
-        settings.ca_file,
-        side=side,
-    )
+# [source.imap]/[target.imap] -> the adapter's endpoint and bounds (engine/context opens
+# imap sides with them).
+endpoint_of = imap_endpoint
+limits_of = imap_limits
 
 
-def limits_of(settings: Any) -> ConnectionLimits:
-    """The side's connection bounds (connections_per_server / connections_per_mailbox)."""
-    return ConnectionLimits(settings.connections_per_server, settings.connections_per_mailbox)
+@asynccontextmanager
+async def imap_store(ctx: Context, side_label: str, subject: str) -> AsyncIterator[ImapStore]:
+    """A ready `ImapStore` of `subject`'s mailbox on the imap side `side_label`, logged out
+    (and its connection slot freed) on exit, on error and cancellation too.
+
+    The login comes from the credential vault (or the side's master user): an InputError
+    naming the user and `coexist credentials set` when there is none. Plan mode: the
+    store records its writes in `ctx.plan` and sends none (reads are sent)."""
+    side = ctx.side(side_label)
+    server = side.store
+    if not isinstance(server, ImapServer):
+        raise capability_missing(side_label, side.kind, "imap store", None)
+    credentials = server.credentials(subject, ctx.journal.get_item("user", subject))
+    async with ImapStore.open(
+        server.connections, credentials, label=side_label, plan=ctx.plan, meter=server.meter
+    ) as store:
+        yield store
 
 
-async def open_stores(ctx: Context, subject: str) -> tuple[MailboxStore, MailboxStore]:
-    """A pass's stores for one user: not openable in this version, said as a ConfigError.
-
-    What is missing (NOTES-imapstore.md, "Opening an imap side"): each user's IMAP login
-    and password come from the credential vault (branch `vault`: `coexist credentials
-    set`), not merged here; and `open_sides` builds Microsoft 365 adapters only, so a
-    session on an imap side stops at `project.endpoint()` before any mover runs."""
-    file = str(getattr(ctx.project, "file", "project.toml"))
-    raise ConfigError(
-        f"data mover {MOVER!r} cannot open {subject}'s IMAP mailboxes in this version: "
-        "IMAP logins come from the credential vault, which this version does not have",
-        file=file,
-        key="migration.mover",
-        next_step="use a version with `coexist credentials set` for IMAP sides",
-    )
+@asynccontextmanager
+async def open_stores(
+    ctx: Context, subject: str
+) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
+    """A pass's stores for one user: its source and target IMAP mailboxes."""
+    async with imap_store(ctx, "source", subject) as src, imap_store(ctx, "target", subject) as tgt:
+        yield src, tgt
 
 
 MOVERS[MOVER] = StoreMover(open_stores)
