@@ -54,11 +54,13 @@ MASTER_USER = "migrator"
 # be much slower, and a generous bound costs nothing when things work).
 START_TIMEOUT_S = 60.0
 DOVEADM_TIMEOUT_S = 120.0
+# Where the packages put the binaries when PATH lacks them (a non-root shell has no sbin).
+SYSTEM_DIRS = "/usr/sbin:/usr/bin"
 
 
 def find_binary(name: str) -> Path | None:
     """The path of a Dovecot binary, or None when Dovecot is not installed."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    found = shutil.which(name) or shutil.which(name, path=SYSTEM_DIRS)
     return Path(found) if found else None
 
 
@@ -99,6 +101,7 @@ class DovecotServer:
         *,
         ca: trustme.CA | None = None,
         name: str = "coexist",
+        archive: bool = False,
     ) -> None:
         self.dovecot = dovecot
         self.doveadm_bin = doveadm
@@ -118,6 +121,9 @@ class DovecotServer:
         self.tls_port = 0
         self.master_password = "master-" + os.urandom(6).hex()
         self._ca = ca
+        # Whether every mailbox has its \Archive folder from the start, as a mail system a
+        # migration moves into has (Dovecot creates it at first login: `auto = create`).
+        self._archive = archive
         self._jwt_key = os.urandom(32)
         self._proc: subprocess.Popen[bytes] | None = None
         self._ids = count(1)
@@ -218,6 +224,7 @@ namespace inbox {{
   }}
   mailbox Archive {{
     special_use = \\Archive
+{"    auto = create" if self._archive else ""}
   }}
 }}
 service imap-login {{
@@ -353,11 +360,11 @@ service imap-login {{
 
 @contextmanager
 def running_dovecot(
-    *, ca: trustme.CA | None = None, name: str = "coexist"
+    *, ca: trustme.CA | None = None, name: str = "coexist", archive: bool = False
 ) -> Iterator[DovecotServer]:
     """Start a Dovecot, yield it, stop it (ConfigError when Dovecot is not installed)."""
     dovecot, doveadm = binaries()
-    server = DovecotServer(dovecot, doveadm, ca=ca, name=name)
+    server = DovecotServer(dovecot, doveadm, ca=ca, name=name, archive=archive)
     try:
         yield server.start()
     finally:
