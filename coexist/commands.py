@@ -21,6 +21,7 @@ from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
+from coexist.engine.context import CMDLETS, DIRECTORY
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
@@ -879,23 +880,9 @@ def prestage(
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(
-            sess, batch=batch, users=users, phase_at_least_=Phase.PROVISIONED, what="prestage"
+            sess, batch=batch, users=users, phase_at_least_=_provisioned(sess), what="prestage"
         )
-        skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
-        sku_id = _license_sku(sess, skus)
-        if sku_id:
-            need = await _unlicensed(sess, items, sku_id)
-            free = _free_seats(skus, sku_id)
-            if need > free:
-                part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
-                raise InputError(
-                    f"not enough free {part} licenses: {need} users to convert, {free} free seats",
-                    next_step="free or buy seats, or run prestage for a smaller batch",
-                    needed=need,
-                    free=free,
-                )
-            if not sess.planning:
-                sess.journal.lock_setting("license_sku", sku_id)
+        sku_id = await _prestage_licence(sess, items) if _swaps_recipients(sess) else None
         todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
         window = older if older is not None else sess.project.prestage.older_than
@@ -912,13 +899,14 @@ def prestage(
                 resume_after=resume_after,
             )
             done = {"unfinished": None}
+            phase = _phase_after_pass(sess, item, Phase.PRESTAGED)
             return ItemPlan(
-                "user", key, [step], None, label=str(item.get("source_address")), done=done
+                "user", key, [step], phase, label=str(item.get("source_address")), done=done
             )
 
         async def one_round(batch: list[dict[str, Any]]) -> None:
             nonlocal at_reached
-            ready = {i["key"]: prestage_plans(sess.ctx, i, sku_id) for i in batch}
+            ready = {i["key"]: _prestage_plan(sess, i, sku_id) for i in batch}
             if when and not at_reached:
                 # The passes start at --at: until then each user only gets ready.
                 first = len(sess.outcomes)
@@ -939,6 +927,59 @@ def prestage(
     return _in_session(
         directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress, body=body
     )
+
+
+async def _prestage_licence(sess: Session, items: list[dict[str, Any]]) -> str | None:
+    """The licence prestage assigns (None: none), checked against the free seats."""
+    skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
+    sku_id = _license_sku(sess, skus)
+    if sku_id:
+        need = await _unlicensed(sess, items, sku_id)
+        free = _free_seats(skus, sku_id)
+        if need > free:
+            part = next(s["skuPartNumber"] for s in skus if s["skuId"] == sku_id)
+            raise InputError(
+                f"not enough free {part} licenses: {need} users to convert, {free} free seats",
+                next_step="free or buy seats, or run prestage for a smaller batch",
+                needed=need,
+                free=free,
+            )
+        if not sess.planning:
+            sess.journal.lock_setting("license_sku", sku_id)
+    return sku_id
+
+
+# -- projects whose source is no Microsoft 365 tenant (DESIGN.md "Endpoint kinds") ------------
+# An IMAP source has no directory (its users come from `coexist batch import`, in phase
+# discovered, with no provisioning) and no recipients: prestage licenses and forwards
+# nothing, and cutover swaps nothing: the operator changes the MX record, then cutover runs
+# the full data pass (everything not copied yet) and marks the user cut over.
+
+
+def _swaps_recipients(sess: Session) -> bool:
+    """Whether both sides have Exchange cmdlets: licences, forwards, the recipient swap."""
+    return all(side.has(CMDLETS) for side in (sess.ctx.source, sess.ctx.target))
+
+
+def _provisioned(sess: Session) -> Phase:
+    """The phase prestage starts from: provisioned, or discovered where the source has no
+    directory (no provisioning: a batch file's users)."""
+    return Phase.PROVISIONED if sess.ctx.source.has(DIRECTORY) else Phase.DISCOVERED
+
+
+def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> ItemPlan:
+    """A user's steps before its pre-stage pass (none without recipients to swap)."""
+    if _swaps_recipients(sess):
+        return prestage_plans(sess.ctx, item, sku_id)
+    return ItemPlan("user", item["key"], [], None, label=str(item.get("source_address")))
+
+
+def _phase_after_pass(sess: Session, item: dict[str, Any], phase: Phase) -> str | None:
+    """The phase a user reaches with its data pass where no recipient step follows it (a
+    user already cut over keeps its phase); None where the recipient steps record it."""
+    if _swaps_recipients(sess) or item.get("phase") == Phase.CUTOVER.value:
+        return None
+    return phase.value
 
 
 def _at_arg(at: str | None) -> dt.datetime | None:
@@ -984,7 +1025,7 @@ def cutover(
         )
         todo, resume_after = _begin(sess, items, "cutover")
         limit = sess.project.engine.concurrency_per_tenant
-        routing_domain = await _initial_domain(sess)
+        routing_domain = await _initial_domain(sess) if _swaps_recipients(sess) else ""
 
         def pipeline(item: dict[str, Any]) -> list[ItemPlan]:
             """One user's final pass, then its swap as soon as that pass has ended.
@@ -998,6 +1039,10 @@ def cutover(
             label = str(item.get("source_address"))
             gates = sess.project.migration.mover != "none"
             done = {"unfinished": None}
+            if not _swaps_recipients(sess):
+                # The operator's MX change is the swap: the final pass is the whole cutover.
+                phase = Phase.CUTOVER.value
+                return [ItemPlan("user", key, [final], phase, label=label, done=done)]
             return [
                 ItemPlan("user", key, [final], None, label=label, gates=gates),
                 cutover_plan(sess.ctx, item, routing_domain, done),
@@ -1007,7 +1052,8 @@ def cutover(
             await sess.runner.run_pipelines([pipeline(i) for i in batch], limit)
 
         await _settle(sess, todo, one_round)
-        return _result(sess, users=len(items), mode=sess.project.cutover.mode)
+        mode = sess.project.cutover.mode if _swaps_recipients(sess) else "mx-change"
+        return _result(sess, users=len(items), mode=mode)
 
     return _in_session(
         directory, "cutover", args, plan=plan, retry=retry, on_outcome=progress, body=body

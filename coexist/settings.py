@@ -441,16 +441,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "migration.mover",
         "str",
-        # A Microsoft 365 -> Microsoft 365 project (the only endpoint pair this version
-        # serves) moves its data at full fidelity unless told otherwise: a default of
-        # `none` let prestage succeed while copying nothing (issue 10).
+        # A project moves its data unless told otherwise (a default of `none` let prestage
+        # succeed while copying nothing, issue 10): Microsoft 365 -> Microsoft 365 at full
+        # fidelity; a project of other kinds gets its pair's mover (DEFAULT_MOVERS) when
+        # the file does not name one.
         "graph-import-export",
         "How prestage and cutover copy mail, contacts, calendars and tasks. "
         "graph-import-export (the default for Microsoft 365 to Microsoft 365): full fidelity "
         "over Microsoft Graph's mailbox import/export API. graph-items: the fallback over the "
         "mail, contacts, calendar and To Do APIs (messages rebuilt from their MIME as "
         "non-draft items with their dates). imap-sync: IMAP to IMAP (MIME with flags, keywords "
-        "and INTERNALDATE). none: no data is copied (you move it by other "
+        "and INTERNALDATE; the default for imap to imap). none: no data is copied (you move it by other "
         "means); each data pass shows `no data mover configured` for the user, never "
         "success, and cutover still proceeds. `coexist permissions --command cutover --mover "
         "NAME` lists exactly what each needs in each tenant.",
@@ -1239,12 +1240,30 @@ def _unknown_key_error(key: str, file: Path) -> ConfigError:
     return ConfigError(f"unknown setting {key!r}{hint}", file=str(file), key=key)
 
 
+# The mover of a project that names none, by (source kind, target kind): the pair's own
+# (`migrate.passes.MOVER_KINDS` says which movers serve which pair). A pair not listed keeps
+# the setting's default, which `passes.mover_for` refuses naming the kinds.
+DEFAULT_MOVERS: dict[tuple[str, str], str] = {
+    ("m365", "m365"): "graph-import-export",
+    ("imap", "imap"): "imap-sync",
+    ("imap", "m365"): "imap-graph",
+}
+
+
+def default_mover(source_kind: str, target_kind: str) -> str:
+    """The mover a project of these kinds gets when it names none."""
+    fallback = str(BY_KEY["migration.mover"].default)
+    return DEFAULT_MOVERS.get((source_kind, target_kind), fallback)
+
+
 def render_template(values: Mapping[str, Any] | None = None) -> str:
     """The documented project.toml: every setting, with `values` (dotted keys) over defaults."""
     values = dict(values or {})
     for key in values:
         if key not in BY_KEY:
             raise _unknown_key_error(key, Path(PROJECT_FILE))
+    kinds = (values.get("source.kind", "m365"), values.get("target.kind", "m365"))
+    values.setdefault("migration.mover", default_mover(*kinds))
     sections = [
         {
             "name": name,
@@ -1622,10 +1641,21 @@ def load_project(directory_or_file: Path, env: Mapping[str, str] | None = None) 
     _refuse_unknown(doc, path)
     raws = _raw_values(doc, env, path)
     values = _convert_all(raws, directory, path)
+    _mover_by_kinds(doc, raws, values)
     _check_required(values, path)
     _check_consistent(values, directory, path)
     _check_journal_secret(values, raws, path)
     return _build(values, directory, path, env)
+
+
+def _mover_by_kinds(
+    doc: Mapping[str, Any], raws: Mapping[str, tuple[Any, str | None]], values: dict[str, Any]
+) -> None:
+    """A project that names no mover (in the file or the environment) gets its kinds'."""
+    s = BY_KEY["migration.mover"]
+    if s.name in _table(doc, s.section) or raws[s.key][1] is not None:
+        return
+    values[s.key] = default_mover(values["source.kind"], values["target.kind"])
 
 
 def _check_journal_secret(

@@ -53,6 +53,12 @@ COMMAND_NEEDS: dict[str, dict[str, frozenset[str]]] = {
     "rollback": {"source": _BOTH, "target": _BOTH},
     "verify-mailflow": {"source": frozenset({DIRECTORY}), "target": frozenset({DIRECTORY})},
 }
+# Where a command's needs depend on the source's kind: (command, source kind) -> needs, over
+# COMMAND_NEEDS. An IMAP source has no forwarding to swap: its cutover is the operator's MX
+# change (DNS, outside coexist), then the full data pass: stores only, on both sides.
+SOURCE_KIND_NEEDS: dict[tuple[str, str], dict[str, frozenset[str]]] = {
+    ("cutover", "imap"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
+}
 # Why a kind lacks a capability, and what to do instead (for the error).
 _INSTEAD = {
     ("imap", DIRECTORY): "its users come from a batch file: coexist batch import",
@@ -77,9 +83,15 @@ def capability_missing(
     )
 
 
+def command_needs(kinds: dict[str, str], command: str) -> dict[str, frozenset[str]]:
+    """What `command` asks of each side, for a project of these kinds."""
+    own = SOURCE_KIND_NEEDS.get((command, kinds.get("source", "m365")))
+    return own if own is not None else COMMAND_NEEDS.get(command, {})
+
+
 def check_command(kinds: dict[str, str], command: str, file: str = "project.toml") -> None:
     """Refuse a command that needs a capability a side's kind lacks, before any connection."""
-    for side, needs in COMMAND_NEEDS.get(command, {}).items():
+    for side, needs in command_needs(kinds, command).items():
         kind = kinds.get(side, "m365")
         for capability in sorted(needs - KIND_CAPABILITIES.get(kind, frozenset())):
             raise capability_missing(side, kind, capability, command, file)

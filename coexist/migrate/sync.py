@@ -46,8 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -140,14 +141,26 @@ def _rules(ctx: Context) -> FolderRules:
 
 
 async def ensure_path(
-    create: FolderCreator, tree: list[Folder], dest: Destination, folder_class: str = MAIL_FOLDER
+    create: FolderCreator,
+    tree: list[Folder],
+    dest: Destination,
+    folder_class: str = MAIL_FOLDER,
+    anchor_names: Mapping[str, str] | None = None,
 ) -> str | None:
     """The target folder id for `dest`, creating missing folders of `folder_class` on the
-    way; None when the target cannot hold it (e.g. a calendar under a mail folder)."""
+    way; None when the target cannot hold it (e.g. a calendar under a mail folder).
+
+    A well-known anchor the target lacks (an IMAP server without a Sent or Drafts folder,
+    or without RFC 6154 special-use attributes) is made at the top under the source's name
+    for it (`anchor_names`: well-known name -> name), or found there by that name: its
+    items are copied, not skipped. Exchange always has its well-known folders."""
     by_path = {f.path: f for f in tree}
     anchor: Folder | None = None
     if dest.anchor is not None:
         anchor = next((f for f in tree if f.well_known == dest.anchor and len(f.path) == 1), None)
+        if anchor is None:
+            name = (anchor_names or {}).get(dest.anchor)
+            anchor = await _make_anchor(create, tree, dest.anchor, name, folder_class)
         if anchor is None:
             return None
     prefix = anchor.path if anchor else ()
@@ -166,19 +179,38 @@ async def ensure_path(
     return parent.id if parent else None
 
 
+async def _make_anchor(
+    create: FolderCreator, tree: list[Folder], well_known: str, name: str | None, cls: str
+) -> Folder | None:
+    """The top folder standing for a well-known folder the target lacks: the one named
+    `name` there, else made (None: no name known, or the target cannot make it)."""
+    if name is None:
+        return None
+    found = next((f for f in tree if same_path(f.path, (name,))), None)
+    if found is None:
+        found = await create(None, name, (name,), cls)
+        if found is None:
+            return None
+    anchor = dataclasses.replace(found, well_known=well_known)
+    tree.append(anchor)
+    return anchor
+
+
 async def map_folders(
     ctx: Context, source: list[Folder], target: list[Folder], create: FolderCreator
 ) -> Plan:
     """Map each source folder to a target folder (made by `create` when missing) by the
     project's folder rules."""
     rules = _rules(ctx)
-    top = {f.path[0].casefold(): f.well_known for f in source if f.well_known and len(f.path) == 1}
+    tops = [f for f in source if f.well_known and len(f.path) == 1]
+    top = {f.path[0].casefold(): str(f.well_known) for f in tops}
+    names = {str(f.well_known): f.path[0] for f in tops}
     plan = Plan(source)
     for f in source:
         dest = map_folder(SourceFolder(f.path, f.well_known), top, rules)
         if dest is None:
             continue
-        target_id_ = await ensure_path(create, target, dest, f.folder_class)
+        target_id_ = await ensure_path(create, target, dest, f.folder_class, names)
         if target_id_ is None:
             plan.skipped_folders.append("/".join(f.path))
             continue
