@@ -46,8 +46,9 @@ import email.policy
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage, Message
-from email.utils import getaddresses
+from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from coexist.errors import (
@@ -373,6 +374,32 @@ def _iso(value: Any) -> str | None:
     return str(value) if value else None
 
 
+def utc_time(value: str) -> str:
+    """An ISO 8601 time as Graph writes one (UTC, "Z"; resources/message receivedDateTime:
+    "always in UTC time"): a SystemTime extended property gets the spelling Graph itself
+    returns, whatever offset the source gave (IMAP INTERNALDATE keeps the sender's zone)."""
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def submit_time(msg: EmailMessage, state: MessageState) -> str | None:
+    """When the message was sent: the source's own submit time (a Graph source's
+    sentDateTime), else, for a source whose state has none (IMAP keeps only INTERNALDATE,
+    the delivery time), the MIME Date header: "the date and time at which the creator of the
+    message indicated that the message was complete and ready to enter the mail delivery
+    system" (RFC 5322 3.6.1). A draft was never sent: none. An unreadable Date: none."""
+    if state.sent:
+        return utc_time(state.sent)
+    if state.draft or not msg.get("Date"):
+        return None
+    try:
+        when = parsedate_to_datetime(str(msg["Date"]))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return utc_time(when.isoformat())
+
+
 def message_payload(msg: EmailMessage, state: MessageState, source_id: str) -> dict[str, Any]:
     """The JSON create of a message: its MIME-derived content plus the state MIME lacks, and
     the copy's identity (IDENTITY_PROP = the source message's id)."""
@@ -382,9 +409,10 @@ def message_payload(msg: EmailMessage, state: MessageState, source_id: str) -> d
         {"id": IDENTITY_PROP, "value": source_id},
     ]
     if state.received:
-        props.append({"id": "SystemTime 0x0E06", "value": state.received})
-    if state.sent:
-        props.append({"id": "SystemTime 0x0039", "value": state.sent})
+        props.append({"id": "SystemTime 0x0E06", "value": utc_time(state.received)})
+    sent = submit_time(msg, state)
+    if sent:
+        props.append({"id": "SystemTime 0x0039", "value": sent})
     sensitivity = SENSITIVITY.get(str(msg.get("Sensitivity", "")).strip().lower())
     if sensitivity:
         props.append({"id": "Integer 0x0036", "value": str(sensitivity)})

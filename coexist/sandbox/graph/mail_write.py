@@ -17,7 +17,8 @@ Fidelity notes (learn.microsoft.com/graph/api/<page> unless said otherwise):
 - Requests carry at most 4 MB ("The maximum request length supported is 4MB.",
   microsoft-graph-docs#11806); larger attachments go through an upload session
   (3 MB..150 MB, outlook-large-attachments), whose pre-authenticated `uploadUrl` takes
-  PUTs with `Content-Range` and no Authorization: 200 + nextExpectedRanges ["{start}"]
+  PUTs of up to 4 MB each (attachment-createuploadsession) with `Content-Range` and no
+  Authorization: 200 + nextExpectedRanges ["{start}"]
   until the last range, then 201 with a `Location` header and no body.
 - A move gives the item a new id, as Exchange does (message-move returns the moved
   message; its id differs from the source id).
@@ -686,7 +687,9 @@ async def upload_range(request: Request) -> Response:
             raise invalid_request(
                 request, f"The Content-Range is not the next expected range ({session.received})."
             )
-        data = await request.body()
+        # attachment-createuploadsession: "iteratively upload ranges of bytes (up to 4 MB
+        # each time)": a larger range is refused like any request over 4 MB.
+        data = await limited_body(request)
         if len(data) != end - start + 1:
             raise invalid_request(request, "The body length does not match the Content-Range.")
         mail.charge_upload(request, session.owner, session.mailbox, len(data))
