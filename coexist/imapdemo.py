@@ -571,7 +571,7 @@ def _verdict(run: Run, manifest: Any, found: Mapping[str, list[Found]]) -> dict[
 
 
 def _report(rows: list[dict[str, Any]]) -> list[str]:
-    """Per-user lines for people (addresses, not ids)."""
+    """Per-user lines for people (addresses, not ids), with each folder that holds mail."""
     lines = [
         "per user (seeded; copied at prestage / cutover / re-run; in the target exactly once):"
     ]
@@ -586,6 +586,8 @@ def _report(rows: list[dict[str, Any]]) -> list[str]:
             if u[what]:
                 lines.append(f"    {what}: " + "; ".join(u[what][:5]))
         for f in u["folders"]:
+            if not (f.get("source_items") or f.get("target_items")):
+                continue  # a parent folder holding no mail of its own
             lines.append(
                 f"    {', '.join(f.get('source_folders') or [])}: source "
                 f"{f.get('source_items')}, target {f.get('target_items')}, "
