@@ -158,12 +158,15 @@ def imap_to_imap_demo(
 
 
 def _sizes(users: int | None, items: int | None, mode: str) -> tuple[int, int]:
-    """Users and messages per user; checked before anything starts."""
+    """Users and messages per user, and Dovecot there; checked before anything starts."""
     if mode != "forward-on-source":
         raise InputError(
             f"--mode {mode}: an IMAP source has no forwarding (its cutover is an MX change)",
             next_step="leave out --mode with --scenario imap / imap-to-imap",
         )
+    from coexist.sandbox.dovecot import binaries
+
+    binaries()  # Dovecot installed? (a ConfigError naming the packages, before any file)
     count = IMAP_DEMO_USERS if users is None else users
     per_user = IMAP_DEMO_ITEMS if items is None else items
     if not 1 <= count <= len(PEOPLE) or per_user < 1:
