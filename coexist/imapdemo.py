@@ -441,7 +441,12 @@ def _verify_credentials(run: Run) -> dict[str, Any]:
     verify: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
     result = verify(run.project, batch=BATCH)
     for user in result.get("users", []):
-        run.say(f"  {user}")
+        sides = (
+            f"{side} {user[side]['result']} ({user[side]['mailbox']})"
+            + (f": {user[side]['message']}" if user[side].get("message") else "")
+            for side in ("source", "target")
+        )
+        run.say(f"  {user['user']}: " + ", ".join(sides))
     return result
 
 
