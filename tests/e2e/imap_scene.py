@@ -87,7 +87,9 @@ def run_json(*args: str) -> dict[str, Any]:
 class Scene:
     """The project directory, its users and the Dovecot they live on."""
 
-    def __init__(self, dovecot: DovecotServer, root: Path, users: int = 2) -> None:
+    def __init__(
+        self, dovecot: DovecotServer, root: Path, users: int = 2, target_delimiter: str = DELIMITER
+    ) -> None:
         self.dovecot = dovecot
         self.project = root / "project"
         self.project.mkdir(parents=True)
@@ -95,7 +97,7 @@ class Scene:
             MailUser(
                 f"u{n}.{root.name}@example.org".lower(),
                 dovecot.new_user("src", separator=DELIMITER),
-                dovecot.new_user("tgt", separator=DELIMITER),
+                dovecot.new_user("tgt", separator=target_delimiter),
             )
             for n in range(users)
         ]
@@ -105,11 +107,13 @@ class Scene:
     def endpoint(self) -> ImapEndpoint:
         return ImapEndpoint(self.dovecot.host, self.dovecot.tls_port, "tls", self.dovecot.ca_file)
 
-    def write_project(self, *, host: str | None = None, extra: str = "") -> None:
+    def write_project(self, *, host: str | None = None, port: int | None = None) -> None:
+        """project.toml: both sides on the Dovecot (or `host`/`port` for the source)."""
         d = self.dovecot
+        where = {"source": (host or d.host, port or d.tls_port), "target": (d.host, d.tls_port)}
         tables = "".join(
-            f'[{side}]\nkind = "imap"\n\n[{side}.imap]\nhost = "{host or d.host}"\n'
-            f'port = {d.tls_port}\nca_file = "{d.ca_file}"\n\n'
+            f'[{side}]\nkind = "imap"\n\n[{side}.imap]\nhost = "{where[side][0]}"\n'
+            f'port = {where[side][1]}\nca_file = "{d.ca_file}"\n\n'
             for side in ("source", "target")
         )
         (self.project / "project.toml").write_text(
@@ -117,7 +121,6 @@ class Scene:
             # Required of every project today, though an IMAP -> IMAP move has no use for it.
             + '[domains]\ndestination_domain = "example.net"\n\n'
             + '[migration]\nfolder_rules = ["^INBOX/->"]\n'
-            + extra
         )
 
     def csv(self, passwords: dict[str, str] | None = None) -> Path:
@@ -163,11 +166,13 @@ class Scene:
         finally:
             session.close()
 
-    def seed(self, user: MailUser) -> None:
-        """The source folders, each with its old and new messages (flags cycling)."""
+    def seed(self, user: MailUser, scale: int = 1) -> None:
+        """The source folders, each with its old and new messages (`scale` times as many;
+        flags cycling)."""
         n = 0
         with self.imap(user.source) as s:
             for path, (old, new) in FOLDERS.items():
+                old, new = old * scale, new * scale
                 made = s.create_folder(path, DELIMITER) if path != ("INBOX",) else None
                 name = made.name if made else "INBOX"
                 batch = []
@@ -204,6 +209,12 @@ class Scene:
                         )
                     ] += 1
         return out
+
+    def stored(self, user: ImapUser) -> int:
+        """Messages in a mailbox as files on disk (maildir: one file each in cur/ or new/):
+        read without a connection, so a test may look as often as it likes."""
+        home = self.dovecot.homes / user.login
+        return sum(1 for f in home.rglob("*") if f.parent.name in ("cur", "new") and f.is_file())
 
     def count(self, user: ImapUser) -> int:
         return sum(self.fingerprints(user).values())

@@ -45,7 +45,7 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -58,7 +58,7 @@ from coexist.engine.context import (
     imap_endpoint,
     imap_limits,
 )
-from coexist.errors import InvalidRequest, NotFound, RemoteError
+from coexist.errors import AuthenticationError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.passes import MOVERS
 from coexist.migrate.sync import StoreMover, message_identity
 from coexist.tenants.imap import (
@@ -834,11 +834,38 @@ async def imap_store(ctx: Context, side_label: str, subject: str) -> AsyncIterat
     server = side.store
     if not isinstance(server, ImapServer):
         raise capability_missing(side_label, side.kind, "imap store", None)
-    credentials = server.credentials(subject, ctx.journal.get_item("user", subject))
-    async with ImapStore.open(
+    item = ctx.journal.get_item("user", subject)
+    credentials = server.credentials(subject, item)
+    opening = ImapStore.open(
         server.connections, credentials, label=side_label, plan=ctx.plan, meter=server.meter
-    ) as store:
+    )
+    async with AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(opening)
+        except AuthenticationError as exc:
+            raise _login_refused(ctx, side_label, subject, item, exc) from exc
         yield store
+
+
+def _login_refused(
+    ctx: Context,
+    side: str,
+    subject: str,
+    item: dict[str, Any] | None,
+    exc: AuthenticationError,
+) -> AuthenticationError:
+    """A refused login said for the operator: the user by address, the side, and the
+    commands that give the password again and continue."""
+    address = str((item or {}).get("source_address") or subject)
+    where = getattr(ctx.project, "directory", ".")
+    return AuthenticationError(
+        f"{address}: the {side} IMAP server refused the login: {exc.message}",
+        service=SERVICE,
+        code=exc.code,
+        user=address,
+        next_step=f"coexist credentials set --project {where} --user {address} --side {side}"
+        f", then coexist retry --project {where}",
+    )
 
 
 @asynccontextmanager
