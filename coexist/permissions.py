@@ -209,6 +209,11 @@ MOVER_NEEDS: dict[str, list[Need]] = {
         Need("target", "graph", ("Calendars.ReadWrite",), "create calendars and events"),
         Need("target", "graph", ("Tasks.ReadWrite.All",), "create To Do lists and tasks"),
     ],
+    # An IMAP source needs no Graph permission (its users sign in); the target's mail API:
+    # user-post-messages, mailfolder-post-childfolders, attachment-createuploadsession.
+    "imap-graph": [
+        Need("target", "graph", ("Mail.ReadWrite",), "create folders and messages"),
+    ],
 }  # fmt: skip
 
 

@@ -451,11 +451,13 @@ SETTINGS: tuple[Setting, ...] = (
         "over Microsoft Graph's mailbox import/export API. graph-items: the fallback over the "
         "mail, contacts, calendar and To Do APIs (messages rebuilt from their MIME as "
         "non-draft items with their dates). imap-sync: IMAP to IMAP (MIME with flags, keywords "
-        "and INTERNALDATE; the default for imap to imap). none: no data is copied (you move it by other "
-        "means); each data pass shows `no data mover configured` for the user, never "
+        "and INTERNALDATE; the default for imap to imap). imap-graph: IMAP to Microsoft 365 "
+        "(mail only: messages as non-draft items with their flags, categories and dates; the "
+        "default for imap to m365). none: no data is copied (you move it by other means); "
+        "each data pass shows `no data mover configured` for the user, never "
         "success, and cutover still proceeds. `coexist permissions --command cutover --mover "
         "NAME` lists exactly what each needs in each tenant.",
-        choices=("graph-import-export", "graph-items", "imap-sync", "none"),
+        choices=("graph-import-export", "graph-items", "imap-sync", "imap-graph", "none"),
     ),
     Setting(
         "migration.folder_rules",

@@ -81,6 +81,7 @@ MOVER_MODULES = {
     "graph-import-export": "coexist.migrate.stores.graph_io",
     "graph-items": "coexist.migrate.items",
     "imap-sync": "coexist.migrate.stores.imap",
+    "imap-graph": "coexist.migrate.imap_graph",
 }
 # The (source kind, target kind) pairs each mover moves between ([source]/[target] kind);
 # `none` moves nothing, whatever the kinds.
@@ -88,6 +89,7 @@ MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
     "graph-import-export": frozenset({("m365", "m365")}),
     "graph-items": frozenset({("m365", "m365")}),
     "imap-sync": frozenset({("imap", "imap")}),
+    "imap-graph": frozenset({("imap", "m365")}),
 }
 
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from coexist.journal import Journal
-from coexist.migrate import sync
+from coexist.migrate import imap_graph, passes, sync
 from coexist.migrate.passes import Window
 from coexist.migrate.stores.graph import Box
 from coexist.migrate.stores.graph_items import GraphItemsStore
@@ -59,12 +59,15 @@ def message(subject: str, attachment: bytes | None = None) -> bytes:
 def sync_context(journal: Journal, planning: bool = False) -> Any:
     """The little of a Context that sync.py reads: journal, plan flag, migration settings."""
     migration = SimpleNamespace(
-        max_item_mb=150, encrypted="copy", deletions="keep",
-        folder_rules=[], include_folders=[], exclude_folders=[],
+        max_item_mb=150, encrypted="copy", deletions="keep", reconcile_tolerance=0,
+        folder_rules=[], include_folders=[], exclude_folders=[], mover="imap-graph",
     )  # fmt: skip
-    return SimpleNamespace(
-        journal=journal, planning=planning, project=SimpleNamespace(migration=migration)
+    project = SimpleNamespace(
+        migration=migration,
+        source=SimpleNamespace(kind="imap"),
+        target=SimpleNamespace(kind="m365"),
     )
+    return SimpleNamespace(journal=journal, planning=planning, project=project)
 
 
 def target_mailbox(sandbox: Sandbox) -> str:
@@ -272,3 +275,35 @@ def test_the_sandbox_refuses_an_upload_range_over_4_mb(
             url, content=b"y" * ok, headers={"Content-Range": f"bytes 0-{ok - 1}/{size}"}
         )
         assert put.status_code == 200 and put.json()["nextExpectedRanges"] == [str(ok)], put.text
+
+
+def test_the_imap_graph_mover_moves_mail_and_says_it_moves_mail_only(
+    dovecot: DovecotServer,
+    sandbox: Sandbox,
+    conn: dict[str, Any],
+    seeded: tuple[ImapUser, dict[str, int]],
+    tmp_path: Path,
+) -> None:
+    """`[migration] mover = "imap-graph"` is what an imap -> m365 project gets; a pass of it
+    (here over this test's stores) copies, reconciles with no difference and its detail says
+    contacts, calendars and tasks are not moved from an IMAP source."""
+    user, _ = seeded
+    box = target_mailbox(sandbox)
+    with Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}") as journal:
+        journal.upsert_item("user", user.login, source_address=user.login)
+        ctx = sync_context(journal)
+        mover = passes.mover_for(ctx)
+        assert isinstance(mover, imap_graph.MailOnlyMover)
+
+        @asynccontextmanager
+        async def opener(_: Any, __: str) -> AsyncIterator[tuple[ImapStore, GraphItemsStore]]:
+            async with stores(dovecot, user, conn, box) as pair:
+                yield pair
+
+        result = asyncio.run(
+            imap_graph.MailOnlyMover(opener).run(ctx, user.login, "prestage", Window())
+        )
+    assert result.status == "ok" and result.counts["copied"] == 6, result
+    assert result.counts["difference"] == 0, result
+    assert result.detail.endswith(imap_graph.MAIL_ONLY), result.detail
+    assert "contacts, calendars and tasks are not moved" in result.detail
