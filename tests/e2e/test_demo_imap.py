@@ -3,6 +3,7 @@ seeded Dovecot into the sandbox's Microsoft 365 or another Dovecot, every messag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +88,25 @@ def test_missing_dovecot_names_the_packages_to_install(
         dovecot.binaries()
     assert "apt install dovecot-core dovecot-imapd" in str(err.value)
     assert "make test" in str(err.value)
+
+
+def test_imap_to_m365_demo_moves_every_message_once_into_existing_mailboxes(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    """Dovecot -> the sandbox's Microsoft 365 (--json): each IMAP user lands in an existing
+    target mailbox, every seeded message once in the folder it maps to (INBOX -> Inbox, Sent
+    -> Sent Items, the large attachment too), old mail at prestage, the rest at cutover, 0
+    at the re-run, and every user cut over."""
+    _needs_dovecot()
+    run = cli(
+        "demo", "--scenario", "imap", "--dir", str(tmp_path / "demo"), "--users", "2", "--json"
+    )
+    assert run.exit_code == 0, run.output[-3000:]
+    result = json.loads(run.stdout)
+    assert result["ok"] is True and result["mx_change"]["checkpoint"]
+    assert [u["target"].split("@")[1] for u in result["users"]] == ["contoso.example"] * 2
+    for u in result["users"]:
+        assert (u["seeded"], u["in_target_once"], u["rerun_copied"]) == (16, 16, 0), u
+        assert u["prestage_copied"] == u["older_than_90d"] == 8 and u["cutover_copied"] == 8
+        assert not (u["missing"] or u["doubled"] or u["misplaced"])
+        assert (u["phase"], u["state"]) == ("cutover", "ok")
