@@ -1218,7 +1218,7 @@ def demo(
         profile=profile,
         time_scale=time_scale,
         mode=mode,
-        say=lambda m: err.print(f"[cyan]…[/cyan] {m}"),
+        say=lambda m: err.print(f"[cyan]…[/cyan] {escape(m)}"),
         progress=_progress(as_json),
     )
     if as_json:

@@ -357,7 +357,9 @@ def _demo(
     )
     stack.enter_context(_vault_key())
     commands.init(base, overrides=_settings(source, target))
-    say(f"project written: {base / 'project.toml'} (source kind imap, target kind {target.kind})")
+    say(
+        f"project written: {base / 'project.toml'} ([source] kind = imap, [target] kind = {target.kind})"
+    )
     run = Run(base, target, _codetwo_csv(target.people, seeds), say, progress)
     run.results["seeded"] = manifest.summary()
     for name, step in RUNBOOK:

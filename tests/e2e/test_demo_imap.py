@@ -41,6 +41,7 @@ def test_imap_to_imap_demo_runs_the_runbook_and_keeps_passwords_in_the_vault(
     assert run.exit_code == 0, run.output[-3000:]
     out = " ".join(run.output.split())
     assert "demo ok" in out and "CHECKPOINT" in out
+    assert "[source] kind = imap, [target] kind = imap" in out  # progress lines are not markup
     for user in ("alice@oldmail.example", "bruno@oldmail.example"):
         assert f"{user} -> {user.split('@')[0]}@newmail.example: 16 seeded (8 older than" in out
     assert out.count("copied 8 / 8 / 0; 16 of 16 once in the target; cutover/ok") == 2
