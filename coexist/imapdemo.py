@@ -76,7 +76,7 @@ class Person:
 
     @property
     def display_name(self) -> str:
-        return f"{self.first} {self.last}"
+        return " ".join(part for part in (self.first, self.last) if part)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,13 @@ def imap_to_imap_demo(
     progress: commands.Progress | None = None,
 ) -> dict[str, Any]:
     """Dovecot -> another Dovecot (as imapsync does): the target signs in as its master user.
-    `profile` and `time_scale` are the sandbox's: this scenario has no sandbox."""
+    `profile` and `time_scale` are the sandbox's: this scenario has none to give them to."""
+    if (profile, time_scale) != ("fast", 1.0):
+        raise InputError(
+            "--profile and --time-scale set the sandbox's Microsoft 365: the imap-to-imap "
+            "demo has no sandbox",
+            next_step="leave them out, or use --scenario imap",
+        )
     count, per_user = _sizes(users, items, mode)
     base = _base(directory)
     with ExitStack() as stack:

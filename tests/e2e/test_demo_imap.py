@@ -68,11 +68,12 @@ def test_unknown_scenario_is_refused_before_anything_starts(tmp_path: Path) -> N
 def test_imap_demo_refuses_bad_arguments_before_starting(
     tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
-    """Too many users, or a forwarding mode (an IMAP source has none), is refused before a
-    server starts or a file is written."""
+    """Too many users, a forwarding mode (an IMAP source has none) or a sandbox profile
+    without a sandbox is refused before a server starts or a file is written."""
     for args, said in (
         (("--users", "9"), "--users 9: the IMAP demos seed 1 to 5 users"),
         (("--mode", "rename-source"), "an IMAP source has no forwarding"),
+        (("--scenario", "imap-to-imap", "--profile", "realistic"), "demo has no sandbox"),
     ):
         r = cli("demo", "--scenario", "imap", "--dir", str(tmp_path / "demo"), *args)
         assert r.exit_code == 2 and said in " ".join(r.output.split()), r.output
