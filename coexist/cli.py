@@ -1160,8 +1160,19 @@ def sandbox_deliver(
     default=None,
     help="Keep the project and sandbox state here (default: a temporary directory).",
 )
+@click.option(
+    "--scenario",
+    type=click.Choice(tuple(commands.DEMO_SCENARIOS)),
+    default="m365",
+    show_default=True,
+    help="m365: Microsoft 365 -> Microsoft 365. imap: a Dovecot -> sandbox Microsoft 365. "
+    "imap-to-imap: a Dovecot -> another Dovecot (IMAP scenarios need dovecot-core and "
+    "dovecot-imapd).",
+)
 @click.option("--seed", default=1, show_default=True)
-@click.option("--users", default=50, show_default=True)
+@click.option(
+    "--users", type=int, default=None, help="Users to seed  [default: 50; IMAP scenarios: 3]"
+)
 @click.option(
     "--profile",
     type=click.Choice(PROFILES),
@@ -1186,33 +1197,34 @@ def sandbox_deliver(
 @handles_errors
 def demo(
     directory: Path | None,
+    scenario: str,
     seed: int,
-    users: int,
+    users: int | None,
     profile: str,
     time_scale: float,
     mode: str,
     as_json: bool,
 ) -> None:
-    """Seed a sandbox pair and run preflight → discover → groups → provision → prestage → cutover."""
+    """Seed a sandbox pair and run preflight → discover → groups → provision → prestage → cutover.
+
+    --scenario imap / imap-to-imap: seed a Dovecot and run the IMAP runbook (batch import,
+    verify credentials, prestage --older-than 90d, cutover, status) into the sandbox's
+    Microsoft 365 or another Dovecot."""
     result = commands.demo(
         directory,
+        scenario=scenario,
         seed=seed,
         users=users,
         profile=profile,
         time_scale=time_scale,
         mode=mode,
-        say=lambda m: err.print(f"[cyan]…[/cyan] {m}"),
+        say=lambda m: err.print(f"[cyan]…[/cyan] {escape(m)}"),
         progress=_progress(as_json),
     )
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
-        if "status" in result:
-            out.print(status_table(result["status"]))
-            out.print(mailflow_table(result["verify"]))
-        else:
-            for c in result["preflight"]["checks"]:
-                out.print(escape(f"{c['status']:5} {c['check']}: {c['detail']} {c['fix']}"))
+        _demo_text(result)
         out.print(f"project kept in {result['directory']}")
         out.print(
             "[green]demo ok[/green]"
@@ -1221,6 +1233,20 @@ def demo(
         )
     if not result["ok"]:
         sys.exit(1)
+
+
+def _demo_text(result: dict[str, Any]) -> None:
+    """A demo's result for people: status, mail flow (m365), per-user lines (IMAP), or the
+    preflight checks that stopped it."""
+    if "status" in result:
+        out.print(status_table(result["status"]))
+    if "verify" in result:
+        out.print(mailflow_table(result["verify"]))
+    for line in result.get("report", []):
+        out.print(escape(line))
+    if "status" not in result and "preflight" in result:
+        for c in result["preflight"]["checks"]:
+            out.print(escape(f"{c['status']:5} {c['check']}: {c['detail']} {c['fix']}"))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 import json
 import shlex
 import tempfile
@@ -1677,11 +1678,32 @@ def wait_out(
     return results
 
 
+# `coexist demo --scenario NAME`: the function that runs it ("module:function", imported when
+# chosen, so the m365 demo loads no IMAP code and the reverse). Each takes the directory and
+# the keyword options of `m365_demo`, and returns a result with "ok" and "directory".
+DEMO_SCENARIOS = {
+    "m365": "coexist.commands:m365_demo",
+    "imap": "coexist.imapdemo:imap_to_m365_demo",
+    "imap-to-imap": "coexist.imapdemo:imap_to_imap_demo",
+}
+
+
 def demo(
+    directory: Path | None = None, *, scenario: str = "m365", **options: Any
+) -> dict[str, Any]:
+    """Run the demo `scenario` (DEMO_SCENARIOS): m365 (Microsoft 365 -> Microsoft 365, the
+    default), imap (Dovecot -> sandbox Microsoft 365), imap-to-imap (Dovecot -> Dovecot)."""
+    _choice_arg("--scenario", scenario, tuple(DEMO_SCENARIOS))
+    module, name = DEMO_SCENARIOS[scenario].split(":")
+    run: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+    return run(directory, **options)
+
+
+def m365_demo(
     directory: Path | None = None,
     *,
     seed: int = 1,
-    users: int = 50,
+    users: int | None = None,
     profile: str = "fast",
     time_scale: float = 1.0,
     mode: str = "forward-on-source",
@@ -1704,6 +1726,7 @@ def demo(
     from coexist.sandbox.limits import PROFILES
     from coexist.sandbox.server import Sandbox
 
+    users = 50 if users is None else users
     # Checked before the sandbox starts or anything is written in the directory.
     _choice_arg("--profile", profile, PROFILES)
     _choice_arg("--mode", mode, MODES)

@@ -1,57 +1,30 @@
-"""A throwaway Dovecot IMAP server for the test session (as tests/pg.py is for PostgreSQL).
+"""The test session's Dovecot (as tests/pg.py is PostgreSQL): the product's launcher,
+`coexist.sandbox.dovecot`, started once per session.
 
-The binaries come from the distribution packages (``apt-get install dovecot-core
-dovecot-imapd``, which `make system-deps` runs). One server per test session (stopping one
-takes about a second): each test asks for fresh users (`DovecotServer.new_user`) instead of
-a fresh server, so tests stay independent without restarts.
-
-What it serves, all on 127.0.0.1 under a private temp dir (config, sockets, state, log, mail):
-- IMAP with STARTTLS (`port`) and implicit TLS (`tls_port`), certificate signed by a
-  test CA made with trustme (as the sandbox does; `ca_file` is its PEM) for the name
-  ``127.0.0.1`` only, so connecting to ``localhost`` is a real TLS name mismatch;
-- passwd-file users with PLAIN passwords, maildir homes (``maildir:~/Maildir``), hierarchy
-  separator ``/``; special-use folders (RFC 6154) Drafts, Sent, Trash, Junk, Archive;
-- a master user (``user*master`` logs in as ``user`` with the master's password: Dovecot's
-  "Master users/passwords" page, `auth_master_user_separator`).
-
-As root, Dovecot will not deliver mail as root: the mail belongs to ``nobody``. As another
-user, every process and mailbox runs as that user.
+One server per test session (stopping one takes about a second): each test asks for fresh
+users (`DovecotServer.new_user`) instead of a fresh server, so tests stay independent
+without restarts. Without Dovecot the fixture skips, and fails when CI=true.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import count
-from pathlib import Path
 
-import jwt
 import pytest
-import trustme
 
-INSTALL_HINT = (
-    "Dovecot (dovecot, doveadm) was not found on PATH or in /usr/sbin. Install it with "
-    "`apt-get install dovecot-core dovecot-imapd` (or run `make system-deps`)."
+from coexist.errors import ConfigError
+from coexist.sandbox.dovecot import (
+    INSTALL_HINT,
+    MASTER_USER,
+    DovecotServer,
+    ImapUser,
+    binaries,
+    running_dovecot,
 )
-MASTER_USER = "migrator"
-# Seconds to wait for Dovecot to listen (it takes well under one here; a loaded machine can
-# be much slower, and a generous bound costs nothing when things work).
-START_TIMEOUT_S = 60.0
 
-
-def find_binary(name: str) -> Path | None:
-    """The path of a Dovecot binary, or None when Dovecot is not installed."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    return Path(found) if found else None
+__all__ = ["MASTER_USER", "DovecotServer", "ImapUser", "missing", "session_dovecot"]
 
 
 def missing(message: str = INSTALL_HINT) -> None:
@@ -61,260 +34,12 @@ def missing(message: str = INSTALL_HINT) -> None:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class ImapUser:
-    """A mailbox on the test Dovecot: its login and password."""
-
-    login: str
-    password: str
-
-
-class DovecotServer:
-    """One Dovecot under a private temp dir; `start()` / `stop()`, `new_user()`, `doveadm()`."""
-
-    def __init__(self, dovecot: Path, doveadm: Path) -> None:
-        self.dovecot = dovecot
-        self.doveadm_bin = doveadm
-        self.root = Path(tempfile.mkdtemp(prefix="coexist-dovecot-"))
-        # Dovecot's unprivileged processes (auth, login, imap as the mail user) open paths
-        # under this dir after dropping root: mkdtemp's 0700 would lock them out.
-        self.root.chmod(0o755)
-        self.conf = self.root / "dovecot.conf"
-        self.log = self.root / "dovecot.log"
-        self.users_dir = self.root / "users"
-        self.masters_file = self.root / "masters"
-        self.homes = self.root / "home"
-        self.ca_file = self.root / "ca.pem"
-        self.host = "127.0.0.1"
-        self.port = 0
-        self.tls_port = 0
-        self.master_password = "master-" + os.urandom(6).hex()
-        self._jwt_key = os.urandom(32)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._ids = count(1)
-        self._as_root = os.geteuid() == 0
-        me = pwd.getpwuid(os.geteuid())
-        # As root the mail belongs to nobody (Dovecot refuses uid 0 for mail).
-        self.mail_uid, self.mail_gid = (65534, 65534) if self._as_root else (me.pw_uid, me.pw_gid)
-        self._service_user = "" if self._as_root else me.pw_name
-
-    # -- setup -------------------------------------------------------------------
-    def _write_tls(self) -> tuple[Path, Path]:
-        ca = trustme.CA(organization_name="coexist test dovecot")
-        cert = ca.issue_cert("127.0.0.1")
-        ca.cert_pem.write_to_path(str(self.ca_file))
-        cert_path, key_path = self.root / "server.crt", self.root / "server.key"
-        cert_path.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-        cert.private_key_pem.write_to_path(str(key_path))
-        key_path.chmod(0o600)
-        return cert_path, key_path
-
-    def _write_oauth2(self) -> None:
-        """XOAUTH2 tokens are JWTs (HS256) Dovecot checks itself ("local validation",
-        Dovecot 2.3.11+: the key is looked up as /shared/<azp>/<alg>/<kid>, base64)."""
-        keys = self.root / "oauth2-keys" / "default" / "HS256"
-        keys.mkdir(parents=True)
-        (keys / "default").write_text(base64.b64encode(self._jwt_key).decode())
-        (self.root / "oauth2.conf").write_text(
-            "introspection_mode = local\n"
-            f"local_validation_key_dict = fs:posix:prefix={self.root}/oauth2-keys/\n"
-            "username_attribute = sub\n"
-        )
-
-    def oauth_token(self, user: ImapUser, *, lifetime_s: int = 600) -> str:
-        """An access token for `user` that this Dovecot accepts for XOAUTH2."""
-        now = int(time.time())
-        claims = {"sub": user.login, "iat": now, "nbf": now, "exp": now + lifetime_s}
-        return jwt.encode(claims, self._jwt_key, algorithm="HS256")
-
-    def _config(self, cert: Path, key: Path) -> str:
-        users = self._service_user
-        # Not root: every Dovecot service runs as this user (its default users do not exist
-        # for us); as root the package's dovecot / dovenull users are used.
-        service_users = (
-            f"default_internal_user = {users}\ndefault_login_user = {users}\n" if users else ""
-        )
-        return f"""\
-base_dir = {self.root}/run
-state_dir = {self.root}/state
-log_path = {self.log}
-protocols = imap
-listen = 127.0.0.1
-ssl = yes
-ssl_cert = <{cert}
-ssl_key = <{key}
-{service_users}first_valid_uid = 1
-first_valid_gid = 1
-mail_location = maildir:~/Maildir
-auth_mechanisms = plain login xoauth2 oauthbearer
-auth_master_user_separator = *
-passdb {{
-  driver = passwd-file
-  args = {self.masters_file}
-  master = yes
-  result_success = continue
-}}
-passdb {{
-  driver = oauth2
-  mechanisms = xoauth2 oauthbearer
-  args = {self.root}/oauth2.conf
-}}
-passdb {{
-  driver = passwd-file
-  mechanisms = plain login
-  args = {self.users_dir}/%u
-}}
-userdb {{
-  driver = passwd-file
-  args = {self.users_dir}/%u
-}}
-namespace inbox {{
-  inbox = yes
-  separator = /
-  mailbox Drafts {{
-    special_use = \\Drafts
-    auto = create
-  }}
-  mailbox Sent {{
-    special_use = \\Sent
-    auto = create
-  }}
-  mailbox Trash {{
-    special_use = \\Trash
-    auto = create
-  }}
-  mailbox Junk {{
-    special_use = \\Junk
-    auto = create
-  }}
-  mailbox Archive {{
-    special_use = \\Archive
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {self.tls_port}
-    ssl = yes
-  }}
-}}
-"""
-
-    def start(self) -> None:
-        (self.root / "state").mkdir()
-        self.homes.mkdir()
-        self.users_dir.mkdir()
-        # A master user's passdb needs no userdb: it only vouches for the login.
-        self.masters_file.write_text(f"{MASTER_USER}:{{PLAIN}}{self.master_password}\n")
-        if self._as_root:
-            shutil.chown(self.homes, user=self.mail_uid, group=self.mail_gid)
-        cert, key = self._write_tls()
-        self._write_oauth2()
-        self.port, self.tls_port = _free_port(), _free_port()
-        self.conf.write_text(self._config(cert, key))
-        self._proc = subprocess.Popen(
-            [str(self.dovecot), "-F", "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.root / "stderr.log").open("wb"),
-        )
-        self._wait_listening()
-
-    def _wait_listening(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"dovecot exited ({self._proc.returncode}):\n{self._logs()}")
-            try:
-                for port in (self.port, self.tls_port):
-                    socket.create_connection((self.host, port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"dovecot did not listen within {START_TIMEOUT_S:g} s:\n{self._logs()}")
-
-    def _logs(self) -> str:
-        parts = [p.read_text(errors="replace") for p in (self.log, self.root / "stderr.log")]
-        return "".join(p for p in parts if p)
-
-    def stop(self) -> None:
-        try:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    # -- use ---------------------------------------------------------------------
-    def new_user(self, prefix: str = "user", *, separator: str = "/") -> ImapUser:
-        """A fresh, empty mailbox.
-
-        One passwd-file per user (`args = .../%u`): Dovecot re-reads a changed passwd-file
-        at most once a second, so a user appended to a shared file can be unknown for that
-        second; a file nobody looked up yet is read at its first lookup.
-
-        `separator` other than "/" gives this user that hierarchy delimiter (a userdb
-        override of the inbox namespace) over Dovecot's index layout, where a folder name
-        may hold any other character, "/" included (Dovecot "Mailbox formats: Maildir",
-        LAYOUT=index)."""
-        login = f"{prefix}{next(self._ids)}"
-        password = "pw-" + os.urandom(6).hex()
-        home = self.homes / login
-        home.mkdir()
-        if self._as_root:
-            shutil.chown(home, user=self.mail_uid, group=self.mail_gid)
-        extra = ""
-        if separator != "/":
-            extra = (
-                "userdb_mail=maildir:~/Maildir:LAYOUT=index "
-                f"userdb_namespace/inbox/separator={separator}"
-            )
-        line = f"{login}:{{PLAIN}}{password}:{self.mail_uid}:{self.mail_gid}::{home}::{extra}\n"
-        (self.users_dir / login).write_text(line)
-        return ImapUser(login, password)
-
-    def set_uidvalidity(self, user: ImapUser, folder: str, value: int) -> None:
-        """Give a folder a new UIDVALIDITY, as a server restored from a backup does."""
-        self.doveadm("mailbox", "update", "-u", user.login, "--uid-validity", str(value), folder)
-
-    def doveadm(self, *args: str) -> str:
-        """Run `doveadm` against this server's config; its output, or RuntimeError."""
-        proc = subprocess.run(
-            [str(self.doveadm_bin), "-c", str(self.conf), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"doveadm {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-        return proc.stdout
-
-
 @contextmanager
 def session_dovecot() -> Iterator[DovecotServer]:
     """Start a Dovecot for the session, yield it, stop it (skip, or fail when CI=true)."""
-    dovecot, doveadm = find_binary("dovecot"), find_binary("doveadm")
-    if dovecot is None or doveadm is None:
-        missing()
-        raise AssertionError("unreachable")  # pytest.skip/fail raise
-    server = DovecotServer(dovecot, doveadm)
     try:
-        server.start()
+        binaries()
+    except ConfigError as exc:
+        missing(exc.message)
+    with running_dovecot(name="coexist-test") as server:
         yield server
-    finally:
-        server.stop()
