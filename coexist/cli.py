@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coexist import commands, credentials, files, logs, vault
+from coexist import commands, credcheck, credentials, files, logs, vault
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError, redact
 from coexist.files import write_private
@@ -893,6 +893,48 @@ def credentials_new_key_cmd(project: Path, to_keyring: bool) -> None:
         )
     else:
         click.echo(key)
+
+
+@main.command("verify-credentials")
+@project_option
+@selection_options
+@json_option
+@handles_errors
+def verify_credentials_cmd(
+    project: Path, batch: str | None, users: str | None, all_users: bool, as_json: bool
+) -> None:
+    """Log in to each user's source and target mailbox; nothing is moved."""
+    result = credcheck.verify_credentials(
+        project, batch=batch, users=_users(users), all_users=all_users
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        out.print(credentials_table(result))
+        for u in result["users"]:
+            for side in ("source", "target"):
+                r = u[side]
+                if r["result"] != "ok":
+                    out.print(
+                        f"[red]{escape(u['user'])}[/red] {side}: {escape(r['message'])}"
+                        + (f"\n  next: {escape(r['next'])}" if r.get("next") else "")
+                    )
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def credentials_table(result: dict[str, Any]) -> Table:
+    """Per user: the result of each side's login (MigrationWiz's Verify Credentials)."""
+    table = Table(title=f"credentials: {result['verified']} verified, {result['failed']} failed")
+    for col in ("user", "source", "target"):
+        table.add_column(col, no_wrap=col == "user")
+    for u in result["users"]:
+        cells = [escape(u["user"])]
+        for side in ("source", "target"):
+            said = u[side]["result"]
+            cells.append(escape(said) if said == "ok" else f"[red]{escape(said)}[/red]")
+        table.add_row(*cells)
+    return table
 
 
 @main.command("verify-mailflow")

@@ -328,24 +328,20 @@ def _blank_arg(option: str, value: str | None) -> None:
         raise InputError(f"{option} is blank", next_step=f"leave out {option}, or give a value")
 
 
-def _selected(
-    sess: Session,
+def pick_users(
+    journal: Journal,
+    directory: Path,
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
-    phase_at_least_: Phase | None = None,
-    what: str,
 ) -> list[dict[str, Any]]:
-    """The users a command works on: a batch (CSV file or recorded name), a list, or all.
-
-    The selection was checked by `check_selection` before the command started: here no
-    batch and no users means `--all` (or a command that reads every user by default).
-    """
-    items = sess.journal.items(kind="user")
+    """The users a batch (CSV file or recorded name) or a list names, or every user (the
+    selection was checked by `check_selection`): no batch and no users means `--all`."""
+    items = journal.items(kind="user")
     if not items:
         raise InputError(
             "no users in the journal yet",
-            next_step=f"coexist discover --project {sess.project.directory}",
+            next_step=f"coexist discover --project {directory}",
         )
     if batch is not None and Path(str(batch)).is_file():
         rows = batches.read_rows(Path(str(batch)))
@@ -361,6 +357,23 @@ def _selected(
         chosen = batches.select(items, users, what="--users")
     else:
         chosen = items
+    return chosen
+
+
+def _selected(
+    sess: Session,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    phase_at_least_: Phase | None = None,
+    what: str,
+) -> list[dict[str, Any]]:
+    """The users a command works on: a batch (CSV file or recorded name), a list, or all.
+
+    The selection was checked by `check_selection` before the command started: here no
+    batch and no users means `--all` (or a command that reads every user by default).
+    """
+    chosen = pick_users(sess.journal, sess.project.directory, batch=batch, users=users)
     if phase_at_least_ is not None:
         behind = [i for i in chosen if not phase_at_least(i.get("phase"), phase_at_least_)]
         if behind:
