@@ -204,3 +204,16 @@ def test_unreachable_server_and_tls_name_mismatch(tmp_path: Path, dovecot: Dovec
         for u in result["users"]:
             assert u["source"]["result"] == expected, u
             assert "[source]" in u["source"]["next"]
+
+
+def test_microsoft_365_sides_are_checked_with_the_apps_graph_access(project: Path) -> None:
+    """On Microsoft 365 sides each source mailbox answers for its Inbox (ok); a user with no
+    target mailbox yet is `mailbox not found` with provision as the next step."""
+    assert run("discover", "--project", str(project)).exit_code == 0
+    users = sorted(status(project))[:2]
+    code, result = verify(project, "--users", ",".join(users))
+    assert code == 1 and sorted(by_user(result)) == users
+    for u in result["users"]:
+        assert u["source"] == {**u["source"], "kind": "m365", "result": "ok"}
+        assert u["target"]["result"] == "mailbox not found"
+        assert "provision" in u["target"]["next"]
