@@ -858,11 +858,14 @@ def prestage(
     since: str | None = None,
     until: str | None = None,
     at: str | None = None,
+    trial: bool = False,
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Convert and license now, wait for the mailboxes, forward them back, then the data pass.
+
+    `trial`: the pass is a trial pass (`trial_window`) instead of the pre-stage window.
 
     The pass moves items received before now - `older_than` (default from project.toml) and,
     when given, within [`since`, `until`) (ISO dates or times, UTC unless an offset is given).
@@ -879,6 +882,12 @@ def prestage(
     if start and end and start >= end:
         raise InputError(f"--since {since} is not before --until {until}: the window is empty")
     when = _at_arg(at)
+    if trial and (older_than or since or until):
+        raise InputError(
+            "prestage --trial takes its window from [trial] days and items, not from "
+            "--older-than, --since or --until",
+            next_step="coexist prestage --trial --batch NAME  (or leave out --trial)",
+        )
     args = {
         "batch": str(batch) if batch else None,
         "users": users,
@@ -887,11 +896,24 @@ def prestage(
         "since": since,
         "until": until,
         "at": at,
+        "trial": trial,
     }
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(
             sess, batch=batch, users=users, phase_at_least_=Phase.PROVISIONED, what="prestage"
+        )
+        pass_of = (
+            trial_window(sess.project)
+            if trial
+            else {
+                "kind": "prestage",
+                "older_than_s": (
+                    older if older is not None else sess.project.prestage.older_than
+                ).total_seconds(),
+                "since": start.isoformat() if start else None,
+                "until": end.isoformat() if end else None,
+            }
         )
         skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
         sku_id = _license_sku(sess, skus)
@@ -910,19 +932,11 @@ def prestage(
                 sess.journal.lock_setting("license_sku", sku_id)
         todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
-        window = older if older is not None else sess.project.prestage.older_than
         at_reached = False  # --at: the passes start at that time, once
 
         def data_pass(item: dict[str, Any]) -> ItemPlan:
             key = item["key"]
-            step = DataPassStep(
-                subject=key,
-                kind="prestage",
-                older_than_s=window.total_seconds(),
-                since=start.isoformat() if start else None,
-                until=end.isoformat() if end else None,
-                resume_after=resume_after,
-            )
+            step = DataPassStep(subject=key, resume_after=resume_after, **pass_of)
             done = {"unfinished": None}
             return ItemPlan(
                 "user", key, [step], None, label=str(item.get("source_address")), done=done
@@ -951,6 +965,18 @@ def prestage(
     return _in_session(
         directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress, body=body
     )
+
+
+def trial_window(project: Project, now: dt.datetime | None = None) -> dict[str, Any]:
+    """A trial pass's step fields (MigrationWiz's Trial Migration): items received in the
+    last `[trial] days` (0: any time), at most `[trial] items` per folder (0: all)."""
+    days = project.trial.days
+    since = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=days) if days else None
+    return {
+        "kind": "trial",
+        "since": since.isoformat() if since else None,
+        "per_folder": project.trial.items or None,
+    }
 
 
 def _at_arg(at: str | None) -> dt.datetime | None:

@@ -142,7 +142,9 @@ def test_each_user_gets_a_result_per_side_and_a_fix_clears_the_wait(
     assert code == 0 and again["verified"] == 3, again
     assert all(s["state"] == "ok" for s in status(project).values())
 
-    shown = json.dumps([result, again]) + text.output + journal_text(project)
+    assert any((project / "logs").glob("*"))
+    logs = "".join(f.read_text(errors="replace") for f in (project / "logs").glob("*"))
+    shown = json.dumps([result, again]) + text.output + journal_text(project) + logs
     for user in (ann, bob, cy, ann_t, bob_t, cy_t):
         assert user.password not in shown
     assert "verify-credentials" in journal_text(project)
