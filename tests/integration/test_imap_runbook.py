@@ -71,6 +71,18 @@ def subjects(endpoint: ImapEndpoint, user: ImapUser) -> dict[str, list[str]]:
     return out
 
 
+def flag(endpoint: ImapEndpoint, user: ImapUser, folder: str, *flags: str) -> None:
+    """Set the flags of every message of a folder (as the user's mail client would)."""
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+        for uid in s.list_uids(folder)[1]:
+            s.set_flags(folder, uid, frozenset(flags), frozenset())
+
+
+def flags_in(endpoint: ImapEndpoint, user: ImapUser, folder: str) -> list[frozenset[str]]:
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+        return [r.flags for r in s.refs(folder, s.list_uids(folder)[1])]
+
+
 class Passes:
     """StoreMover passes between two Dovecot users over one journal."""
 
@@ -129,8 +141,9 @@ def test_rules_filters_size_and_time_window_then_the_full_pass(
 ) -> None:
     """`^INBOX/->` puts INBOX's children at the top, an excluded folder stays behind, the
     oversize message is skipped and listed with folder and subject, pre-stage copies only
-    mail older than 90 days; the full pass copies the rest; every folder reconciles by
-    count, and by bytes where nothing was skipped; a third pass copies nothing."""
+    mail older than 90 days; the full pass copies the rest and brings a flag change made
+    since; every folder reconciles by count, and by bytes where nothing was skipped; a
+    third pass copies nothing."""
     src, tgt = users
     passes = Passes(
         tmp_path, endpoint, src, tgt,
@@ -147,9 +160,13 @@ def test_rules_filters_size_and_time_window_then_the_full_pass(
     assert skipped == {"folder": "INBOX", "subject": "big", "reason": "larger than 1 MB"}
     assert recon["unexplained"] == 0  # skipped and pending are explained
 
+    flag(endpoint, src, "INBOX/Projects", "\\Flagged")
     full, recon = passes.run("cutover", Window())
-    assert full.counts["copied"] == 1 and full.counts["difference"] == 0
+    # CodeTwo's "Rescan": new items, and the flag change CONDSTORE reported, nothing else.
+    assert full.counts["copied"] == 1 and full.counts["updated"] == 1, full
+    assert full.counts["difference"] == 0
     assert subjects(endpoint, tgt)["INBOX"] == ["inbox old", "inbox recent"]
+    assert flags_in(endpoint, tgt, "Projects") == [frozenset({"\\Flagged"})]
     rows = {tuple(r["source_folders"]): r for r in recon["folders"]}
     assert {("INBOX",), ("INBOX/Projects",), ("INBOX/Projects/2024",)} <= set(rows)
     assert ("Newsletters",) not in rows
