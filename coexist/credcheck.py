@@ -160,7 +160,16 @@ class ImapChecker:
         mechanism: Literal["login", "plain"] = "plain" if self.settings.auth == "plain" else "login"
         return Password(own.login, own.password, mechanism)
 
-    def _missing(self, address: str, login: str) -> SideResult:
+    def _fix(self, user: str) -> str:
+        """The command that gives this side's password for `user` (or the master's)."""
+        if self.settings.master_user:
+            return (
+                f"store master user {self.settings.master_user}'s password in the vault as "
+                f"the entry {MASTER_ENTRY!r}, {self.side} side"
+            )
+        return f"{self.command} --user {user} --side {self.side}"
+
+    def _missing(self, user: str, login: str) -> SideResult:
         if self.settings.master_user:
             return SideResult(
                 "imap",
@@ -168,19 +177,19 @@ class ImapChecker:
                 login,
                 f"no password for master user {self.settings.master_user} ([{self.side}.imap] "
                 "master_user) in the credential vault",
-                f"store it in the vault as the entry {MASTER_ENTRY!r}, {self.side} side",
+                self._fix(user),
             )
         return SideResult(
             "imap",
             NO_CREDENTIALS,
             login,
-            f"no {self.side} password for {address} in the credential vault",
-            f"{self.command} --user {address} --side {self.side}",
+            f"no {self.side} password for {login} in the credential vault",
+            self._fix(user),
         )
 
     async def check(self, item: Mapping[str, Any]) -> SideResult:
         """Log in as the user and EXAMINE its INBOX (read-only: nothing changes)."""
-        address = address_of(item, self.side)
+        user = str(item.get("source_address") or item["key"])  # how commands name the user
         login = login_of(item, self.side, self.vault)
         if self.server_failure is not None:
             return SideResult(
@@ -192,7 +201,7 @@ class ImapChecker:
             )
         creds = self.credentials(str(item["key"]), login)
         if creds is None:
-            return self._missing(address, login)
+            return self._missing(user, login)
         try:
             async with self.connections.session(creds) as session:
                 await session.run(lambda s: s.examine("INBOX"))
@@ -204,8 +213,7 @@ class ImapChecker:
                     WRONG_PASSWORD,
                     creds.user,
                     exc.message,
-                    f"{self.command} --user {address} --side {self.side}; then run "
-                    "`coexist verify-credentials` again",
+                    f"{self._fix(user)}; then run `coexist verify-credentials` again",
                 )
             if result.result in SERVER_RESULTS:
                 self.server_failure = result

@@ -171,7 +171,8 @@ def test_master_user_logs_in_for_every_user(tmp_path: Path, dovecot: DovecotServ
         {(MASTER_ENTRY, "source"): Credential(MASTER_USER, "wrong-" + dovecot.master_password)}
     )
     _, wrong = verify(project, "--all")
-    assert by_user(wrong)[src.login]["source"]["result"] == "wrong password"
+    refused = by_user(wrong)[src.login]["source"]
+    assert refused["result"] == "wrong password" and MASTER_ENTRY in refused["next"]
 
     vault.put({(MASTER_ENTRY, "source"): Credential(MASTER_USER, dovecot.master_password)})
     code, ok = verify(project, "--all")
