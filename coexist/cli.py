@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coexist import commands, credentials, files, logs, vault
+from coexist import commands, credcheck, credentials, files, logs, vault
 from coexist.engine.runner import Outcome
 from coexist.errors import CoexistError, redact
 from coexist.files import write_private
@@ -476,6 +476,12 @@ def confirm_cmd(project: Path, user: str, target: str, as_json: bool) -> None:
 @click.option("--since", default=None, help="Only items received on/after this ISO date or time.")
 @click.option("--until", default=None, help="Only items received before this ISO date or time.")
 @click.option("--at", default=None, help="Start the data pass at this ISO time.")
+@click.option(
+    "--trial",
+    is_flag=True,
+    help="A trial pass: only recent items ([trial] days) or a few per folder ([trial] items); "
+    "later passes do not copy them again.",
+)
 @plan_option
 @json_option
 @handles_errors
@@ -488,6 +494,7 @@ def prestage_cmd(
     since: str | None,
     until: str | None,
     at: str | None,
+    trial: bool,
     plan: bool,
     as_json: bool,
 ) -> None:
@@ -501,6 +508,7 @@ def prestage_cmd(
         since=since,
         until=until,
         at=at,
+        trial=trial,
         plan=plan,
         progress=_progress(as_json),
     )
@@ -640,7 +648,18 @@ def reconciliation_table(row: dict[str, Any]) -> Table:
         else f"{recon['unexplained']} items unexplained"
     )
     table = Table(title=f"reconciliation of {row['user']}: {verdict}")
-    cols = ("source folders", "source", "target", "skipped", "pending", "deleted", "new", "MB")
+    cols = (
+        "source folders",
+        "source",
+        "target",
+        "skipped",
+        "pending",
+        "deleted",
+        "new",
+        "MB",
+        "source MB",
+        "target MB",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col == "source folders" else "right")
     table.add_column("difference", justify="right")
@@ -655,6 +674,8 @@ def reconciliation_table(row: dict[str, Any]) -> Table:
             str(f.get("deleted_at_source", 0)),
             str(f.get("arrived_in_target", 0)),  # delivered to the live target mailbox
             f"{int(f.get('copied_bytes') or 0) / 1e6:.1f}",
+            _megabytes(f.get("source_bytes")),  # where the store reports folder sizes
+            _megabytes(f.get("target_bytes")),
             f"[red]{diff}[/red]" if diff else "0",
         )
     skipped = [
@@ -663,6 +684,10 @@ def reconciliation_table(row: dict[str, Any]) -> Table:
     if skipped:  # skipped and reported, never dropped silently: each one by folder and subject
         table.caption = escape("skipped: " + "; ".join(skipped))
     return table
+
+
+def _megabytes(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f}"
 
 
 def status_table(result: dict[str, Any]) -> Table:
@@ -893,6 +918,48 @@ def credentials_new_key_cmd(project: Path, to_keyring: bool) -> None:
         )
     else:
         click.echo(key)
+
+
+@main.command("verify-credentials")
+@project_option
+@selection_options
+@json_option
+@handles_errors
+def verify_credentials_cmd(
+    project: Path, batch: str | None, users: str | None, all_users: bool, as_json: bool
+) -> None:
+    """Log in to each user's source and target mailbox; nothing is moved."""
+    result = credcheck.verify_credentials(
+        project, batch=batch, users=_users(users), all_users=all_users
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        out.print(credentials_table(result))
+        for u in result["users"]:
+            for side in ("source", "target"):
+                r = u[side]
+                if r["result"] != "ok":
+                    out.print(
+                        f"[red]{escape(u['user'])}[/red] {side}: {escape(r['message'])}"
+                        + (f"\n  next: {escape(r['next'])}" if r.get("next") else "")
+                    )
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def credentials_table(result: dict[str, Any]) -> Table:
+    """Per user: the result of each side's login (MigrationWiz's Verify Credentials)."""
+    table = Table(title=f"credentials: {result['verified']} verified, {result['failed']} failed")
+    for col in ("user", "source", "target"):
+        table.add_column(col, no_wrap=col == "user")
+    for u in result["users"]:
+        cells = [escape(u["user"])]
+        for side in ("source", "target"):
+            said = u[side]["result"]
+            cells.append(escape(said) if said == "ok" else f"[red]{escape(said)}[/red]")
+        table.add_row(*cells)
+    return table
 
 
 @main.command("verify-mailflow")

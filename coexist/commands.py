@@ -330,24 +330,20 @@ def _blank_arg(option: str, value: str | None) -> None:
         raise InputError(f"{option} is blank", next_step=f"leave out {option}, or give a value")
 
 
-def _selected(
-    sess: Session,
+def pick_users(
+    journal: Journal,
+    directory: Path,
     *,
     batch: str | Path | None = None,
     users: list[str] | None = None,
-    phase_at_least_: Phase | None = None,
-    what: str,
 ) -> list[dict[str, Any]]:
-    """The users a command works on: a batch (CSV file or recorded name), a list, or all.
-
-    The selection was checked by `check_selection` before the command started: here no
-    batch and no users means `--all` (or a command that reads every user by default).
-    """
-    items = sess.journal.items(kind="user")
+    """The users a batch (CSV file or recorded name) or a list names, or every user (the
+    selection was checked by `check_selection`): no batch and no users means `--all`."""
+    items = journal.items(kind="user")
     if not items:
         raise InputError(
             "no users in the journal yet",
-            next_step=f"coexist discover --project {sess.project.directory}",
+            next_step=f"coexist discover --project {directory}",
         )
     if batch is not None and Path(str(batch)).is_file():
         rows = batches.read_rows(Path(str(batch)))
@@ -363,6 +359,23 @@ def _selected(
         chosen = batches.select(items, users, what="--users")
     else:
         chosen = items
+    return chosen
+
+
+def _selected(
+    sess: Session,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    phase_at_least_: Phase | None = None,
+    what: str,
+) -> list[dict[str, Any]]:
+    """The users a command works on: a batch (CSV file or recorded name), a list, or all.
+
+    The selection was checked by `check_selection` before the command started: here no
+    batch and no users means `--all` (or a command that reads every user by default).
+    """
+    chosen = pick_users(sess.journal, sess.project.directory, batch=batch, users=users)
     if phase_at_least_ is not None:
         behind = [i for i in chosen if not phase_at_least(i.get("phase"), phase_at_least_)]
         if behind:
@@ -847,11 +860,14 @@ def prestage(
     since: str | None = None,
     until: str | None = None,
     at: str | None = None,
+    trial: bool = False,
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Convert and license now, wait for the mailboxes, forward them back, then the data pass.
+
+    `trial`: the pass is a trial pass (`trial_window`) instead of the pre-stage window.
 
     The pass moves items received before now - `older_than` (default from project.toml) and,
     when given, within [`since`, `until`) (ISO dates or times, UTC unless an offset is given).
@@ -868,6 +884,12 @@ def prestage(
     if start and end and start >= end:
         raise InputError(f"--since {since} is not before --until {until}: the window is empty")
     when = _at_arg(at)
+    if trial and (older_than or since or until):
+        raise InputError(
+            "prestage --trial takes its window from [trial] days and items, not from "
+            "--older-than, --since or --until",
+            next_step="coexist prestage --trial --batch NAME  (or leave out --trial)",
+        )
     args = {
         "batch": str(batch) if batch else None,
         "users": users,
@@ -876,6 +898,7 @@ def prestage(
         "since": since,
         "until": until,
         "at": at,
+        "trial": trial,
     }
 
     async def body(sess: Session) -> dict[str, Any]:
@@ -883,22 +906,26 @@ def prestage(
             sess, batch=batch, users=users, phase_at_least_=_provisioned(sess), what="prestage"
         )
         items = _with_credentials(sess, items)
+        pass_of = (
+            trial_window(sess.project)
+            if trial
+            else {
+                "kind": "prestage",
+                "older_than_s": (
+                    older if older is not None else sess.project.prestage.older_than
+                ).total_seconds(),
+                "since": start.isoformat() if start else None,
+                "until": end.isoformat() if end else None,
+            }
+        )
         sku_id = await _prestage_licence(sess, items) if _swaps_recipients(sess) else None
         todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
-        window = older if older is not None else sess.project.prestage.older_than
         at_reached = False  # --at: the passes start at that time, once
 
         def data_pass(item: dict[str, Any]) -> ItemPlan:
             key = item["key"]
-            step = DataPassStep(
-                subject=key,
-                kind="prestage",
-                older_than_s=window.total_seconds(),
-                since=start.isoformat() if start else None,
-                until=end.isoformat() if end else None,
-                resume_after=resume_after,
-            )
+            step = DataPassStep(subject=key, resume_after=resume_after, **pass_of)
             done = {"unfinished": None}
             phase = _phase_after_pass(sess, item, Phase.PRESTAGED)
             return ItemPlan(
@@ -1005,6 +1032,18 @@ def _phase_after_pass(sess: Session, item: dict[str, Any], phase: Phase) -> str 
     if _swaps_recipients(sess) or item.get("phase") == Phase.CUTOVER.value:
         return None
     return phase.value
+
+
+def trial_window(project: Project, now: dt.datetime | None = None) -> dict[str, Any]:
+    """A trial pass's step fields (MigrationWiz's Trial Migration): items received in the
+    last `[trial] days` (0: any time), at most `[trial] items` per folder (0: all)."""
+    days = project.trial.days
+    since = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=days) if days else None
+    return {
+        "kind": "trial",
+        "since": since.isoformat() if since else None,
+        "per_folder": project.trial.items or None,
+    }
 
 
 def _at_arg(at: str | None) -> dt.datetime | None:

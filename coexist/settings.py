@@ -94,6 +94,11 @@ SECTIONS: dict[str, str] = {
     "groups": "Which source groups are recreated in the target.",
     "mail_users": "How each source mailbox gets its target object (a MailUser) at provision.",
     "prestage": "Pre-stage: turning target MailUsers into mailboxes and copying older mail.",
+    "trial": (
+        "`coexist prestage --trial`: a trial pass that copies a small, recent part of each "
+        "mailbox to check the project end to end (MigrationWiz's Trial Migration). What it "
+        "copies counts as copied: later passes do not copy it again."
+    ),
     "cutover": "Cutover: what happens to mail routing once a user's mailbox has moved.",
     "migration": "How mail data is copied between mailboxes.",
     "engine": "How coexist runs steps: concurrency and retries.",
@@ -418,6 +423,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Default data window for pre-stage passes: mail older than this is copied before "
         "cutover (prestage --older-than overrides it). A number and a unit (w, d, h, m, s), "
         "e.g. 90d, 12h, 30m.",
+    ),
+    Setting(
+        "trial.days",
+        "int",
+        10,
+        "A trial pass copies items received in the last this many days. 0 = no day limit "
+        "(then set items).",
+        minimum=0,
+    ),
+    Setting(
+        "trial.items",
+        "int",
+        0,
+        "A trial pass copies at most this many items per folder, the newest first "
+        "(MigrationWiz's trial moves up to 10). 0 = no per-folder limit.",
+        minimum=0,
     ),
     Setting(
         "cutover.mode",
@@ -1055,6 +1076,12 @@ class Prestage(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class Trial(_Section):
+    days: int
+    items: int
+
+
+@dataclass(frozen=True, repr=False)
 class Cutover(_Section):
     mode: str
     rename_prefix: str
@@ -1101,6 +1128,7 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "groups": Groups,
     "mail_users": MailUsers,
     "prestage": Prestage,
+    "trial": Trial,
     "cutover": Cutover,
     "migration": Migration,
     "engine": Engine,
@@ -1122,6 +1150,7 @@ class Project:
     groups: Groups
     mail_users: MailUsers
     prestage: Prestage
+    trial: Trial
     cutover: Cutover
     migration: Migration
     engine: Engine
@@ -1583,6 +1612,13 @@ def _check_kind_tables(values: Mapping[str, Any], directory: Path, path: Path) -
 
 def _check_consistent(values: Mapping[str, Any], directory: Path, path: Path) -> None:
     _check_kind_tables(values, directory, path)
+    if values["trial.days"] == 0 and values["trial.items"] == 0:
+        raise _contradiction(
+            "trial.days",
+            "[trial] days = 0 and items = 0 would make a trial pass copy everything; "
+            "set days (e.g. 10) or items (e.g. 10)",
+            path,
+        )
     for side in TENANT_SIDES:
         if values[f"{side}.sandbox_connection"] is None:
             continue

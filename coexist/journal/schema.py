@@ -15,8 +15,8 @@ The journal is what lets any command stop at any moment and run again. Tables:
                   service said) and ``next_step`` (the command the operator can run next).
 ``step_history``  append-only copy of every step transition, written in the same transaction as
                   the ``steps`` change, so a re-run never loses what happened before.
-``passes``        one row per data pass of one mailbox: ``kind`` 'prestage' | 'cutover', the date
-                  ``window``, status and ``counts``.
+``passes``        one row per data pass of one mailbox: ``kind`` 'prestage' | 'cutover' |
+                  'trial', the date ``window``, status and ``counts``.
 ``folder_state``  per (item, folder, kind) checkpoint: delta ``token`` (Graph deltaLink) or
                   ``watermark`` (IMAP UID / date). Saved only *after* the items it covers are
                   journaled, so a checkpoint is never ahead of the data.
@@ -49,7 +49,7 @@ from sqlalchemy.engine import Dialect
 ITEM_KINDS = frozenset({"user", "group"})
 STEP_STATUSES = frozenset({"started", "ok", "failed", "planned", "waiting"})
 FINISHED_STEP_STATUSES = STEP_STATUSES - {"started"}
-PASS_KINDS = frozenset({"prestage", "cutover"})
+PASS_KINDS = frozenset({"prestage", "cutover", "trial"})
 
 # Deterministic constraint names: Alembic needs names to alter constraints later (and SQLite
 # batch migrations need them to rebuild tables).

@@ -28,13 +28,18 @@ class Window:
     older_than: timedelta | None = None  # pre-stage: items received before now - older_than
     since: datetime | None = None
     until: datetime | None = None
+    # A trial pass: at most this many items per folder, the newest first (`[trial] items`).
+    per_folder: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "older_than_s": self.older_than.total_seconds() if self.older_than else None,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
         }
+        if self.per_folder:  # only when set: windows journaled before it still compare equal
+            out["per_folder"] = self.per_folder
+        return out
 
     def cutoff(self, now: datetime | None = None) -> datetime | None:
         """Items received at or after this are outside the window (None: no upper bound)."""
@@ -161,10 +166,11 @@ class DataPassStep(Step):
 
     name = "migrate.pass"
 
-    kind: str  # prestage | cutover
+    kind: str  # prestage | cutover | trial
     older_than_s: float | None = None
     since: str | None = None  # ISO 8601: only items received at or after
     until: str | None = None  # ISO 8601: only items received before
+    per_folder: int | None = None  # trial: at most this many items per folder
     # The last run of this command that ended ok: a pass of this kind and window that
     # finished ok in a later run (one this run continues, killed or stopped by an error)
     # is not run again. None: always run.
@@ -179,6 +185,7 @@ class DataPassStep(Step):
             older_than=timedelta(seconds=self.older_than_s) if self.older_than_s else None,
             since=datetime.fromisoformat(self.since) if self.since else None,
             until=datetime.fromisoformat(self.until) if self.until else None,
+            per_folder=self.per_folder,
         )
 
 

@@ -1,9 +1,20 @@
 """Reconciliation: per folder, what the source holds against what the target holds.
 
 After every pass, per target folder: the source items that map to it (the source store's
-total of each source folder), the target store's total, and what the journal explains (items skipped and reported, items still pending outside the pass window,
-copies kept after a source deletion). Whatever is left is an unexplained difference; the
-cutover pass waits on one beyond `[migration] reconcile_tolerance`.
+total of each source folder), the target store's total, and what the journal explains
+(items skipped and reported, items still pending outside the pass window, copies kept
+after a source deletion). Whatever is left is an unexplained difference; the cutover pass
+waits on one beyond `[migration] reconcile_tolerance`. Skipped items are listed with their
+folder, subject and reason.
+
+Bytes too, where both stores report a folder's size (CodeTwo's step 7 compares counts and
+sizes): `source_bytes` and `target_bytes` per target folder, None where a store cannot
+say. An IMAP store can (STATUS SIZE, RFC 8438, or the sum of RFC822.SIZE:
+`ImapStore.folder_totals`); Microsoft Graph v1.0 cannot: its `mailFolder` and
+`mailboxFolder` have item counts but no size property (graph-v1.0 CSDL, /work/shared/spec),
+and the product relies on nothing the contract lacks. Bytes are shown, never gated on:
+the same message is a different number of bytes in another store (Exchange re-renders
+MIME), so only counts decide the cutover gate.
 
 Once a user has cut over, the target mailbox is the live one: mail delivered there is new,
 not a difference, so a surplus in the target is then reported as `arrived_in_target` and
@@ -15,7 +26,8 @@ to the source), so a surplus there would mean a copy made twice and counts in fu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coexist.engine.context import Context
 from coexist.model import Phase
@@ -27,13 +39,50 @@ if TYPE_CHECKING:
     from coexist.migrate.sync import Plan
 
 
+class Sized(Protocol):
+    """What a folder total of a store that reports sizes has (`stores.imap.FolderTotal`)."""
+
+    @property
+    def size(self) -> int: ...
+
+
+@runtime_checkable
+class SizedStore(Protocol):
+    """A store that reports each folder's bytes (the IMAP store), beside the protocol's
+    `totals` (counts only)."""
+
+    async def folder_totals(self) -> Mapping[str, Sized]: ...
+
+
+# Bytes per folder id, of the source and the target store: None where a store cannot say.
+Sizes = tuple[dict[str, int] | None, dict[str, int] | None]
+
+
+async def folder_bytes(store: object) -> dict[str, int] | None:
+    """Bytes per folder id where the store reports them (`SizedStore`), else None."""
+    if not isinstance(store, SizedStore):
+        return None
+    return {folder: int(t.size) for folder, t in (await store.folder_totals()).items()}
+
+
+async def sizes(src: object, tgt: object) -> Sizes:
+    """Both stores' bytes per folder (each None where that store cannot say)."""
+    return await folder_bytes(src), await folder_bytes(tgt)
+
+
 async def reconcile(
-    ctx: Context, key: str, plan: Plan, target_totals: dict[str, int]
+    ctx: Context,
+    key: str,
+    plan: Plan,
+    target_totals: dict[str, int],
+    folder_sizes: Sizes = (None, None),
 ) -> dict[str, Any]:
     """Compare both sides, store the result on the user's item detail and return it.
 
     `target_totals` (target folder id -> item count) comes from the target store, through
-    the API whose ids the plan holds."""
+    the API whose ids the plan holds; `folder_sizes` the bytes of both stores' folders,
+    where they report them (`sizes`)."""
+    source_sizes, target_sizes = folder_sizes
     journal = ctx.journal.item_map_counts(key)
     user = ctx.journal.get_item("user", key) or {}
     live = user.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value)
@@ -45,7 +94,15 @@ async def reconcile(
         per = journal.get(f.id, {})
         g = groups.setdefault(
             dest,
-            {"folders": [], "source": 0, "skipped": 0, "pending": 0, "gone": 0, "bytes": 0},
+            {
+                "folders": [],
+                "source": 0,
+                "skipped": 0,
+                "pending": 0,
+                "gone": 0,
+                "bytes": 0,
+                "source_bytes": 0,
+            },
         )
         g["folders"].append("/".join(f.path))
         g["source"] += f.total
@@ -53,6 +110,8 @@ async def reconcile(
         g["pending"] += per.get("pending", 0) + per.get("importing", 0)
         g["gone"] += per.get("gone", 0)
         g["bytes"] += per.get("copied_bytes", 0) + per.get("changed_bytes", 0)
+        if source_sizes is not None:
+            g["source_bytes"] += source_sizes.get(f.id, 0)
     rows = []
     for dest, g in groups.items():
         target = target_totals.get(dest, 0)
@@ -67,6 +126,8 @@ async def reconcile(
                 "pending": g["pending"],
                 "deleted_at_source": g["gone"],
                 "copied_bytes": g["bytes"],
+                "source_bytes": g["source_bytes"] if source_sizes is not None else None,
+                "target_bytes": target_sizes.get(dest, 0) if target_sizes is not None else None,
                 "arrived_in_target": arrived,
                 "difference": target - expected - arrived,
             }

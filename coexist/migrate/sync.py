@@ -560,12 +560,40 @@ def batches(jobs: list[Job], count: int, size_cap: int) -> Iterator[list[Job]]:
         yield batch
 
 
+def created_of(row: dict[str, Any]) -> datetime | None:
+    """The arrival time a row's store recorded (`source_created`), if any."""
+    raw = row.get("source_created")
+    return datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else None
+
+
 def in_window(row: dict[str, Any], window: Window, now: datetime) -> bool:
     """Whether a row's item belongs to the pass, by the arrival time its store recorded
     (`source_created`)."""
-    raw = row.get("source_created")
-    created = datetime.fromisoformat(str(raw).replace("Z", "+00:00")) if raw else None
-    return window.contains(created, now)
+    return window.contains(created_of(row), now)
+
+
+def trial_share(
+    ctx: Context,
+    key: str,
+    folder_id: str,
+    pending: list[dict[str, Any]],
+    window: Window,
+    now: datetime,
+    kind: str | None = None,
+) -> list[dict[str, Any]]:
+    """The pending rows among a folder's newest `window.per_folder` items in the window (a
+    trial pass). Items a pass copied already count (so a trial run twice copies nothing
+    new), and so do skipped ones (reported, like any skip); a moved item is always kept."""
+    assert window.per_folder
+    rows = [
+        r
+        for r in ctx.journal.mapped_items(key, folder_id=folder_id)
+        if r["status"] != "gone" and _of_kind(r, kind) and in_window(r, window, now)
+    ]
+    oldest = datetime.min.replace(tzinfo=now.tzinfo)
+    rows.sort(key=lambda r: created_of(r) or oldest, reverse=True)
+    chosen = {r["source_item_id"] for r in rows[: window.per_folder]}
+    return [r for r in pending if moving(r) or r["source_item_id"] in chosen]
 
 
 def skip_reason(ctx: Context, row: dict[str, Any], info: ItemInfo | None) -> str | None:
@@ -618,12 +646,15 @@ async def copy_pending(
     jobs: list[Job] = []
     for folder_id, dest in plan.target_of.items():
         await adopt_interrupted(ctx, key, stores.tgt, folder_id)
-        jobs += [
-            Job(r, dest)
+        pending = [
+            r
             for r in ctx.journal.mapped_items(key, folder_id=folder_id, status="pending")
             if _of_kind(r, kind)
             and (moving(r) or in_window(r, window, now))  # a moved item's copy exists already
         ]
+        if window.per_folder:
+            pending = trial_share(ctx, key, folder_id, pending, window, now, kind)
+        jobs += [Job(r, dest) for r in pending]
     await _pipeline(ctx, key, stores, jobs, counts)
 
 
@@ -727,6 +758,7 @@ async def _export_batch(
     info = await stores.src.inspect([j.source for j in mail]) if mail and check else {}
     mail_ids = {j.source_id for j in mail}
     wanted: list[Job] = []
+    skipped: list[tuple[Job, str]] = []
     for job in batch:
         if job.update is None and check and job.source_id in mail_ids and job.source_id not in info:
             # Its properties could not be read (gone since the scan, or an answer that is not
@@ -736,12 +768,31 @@ async def _export_batch(
         reason = None if job.update else skip_reason(ctx, job.row, info.get(job.source_id))
         if reason is None:
             wanted.append(job)
-            continue
+        else:
+            skipped.append((job, reason))
+    await _record_skipped(ctx, key, stores.src, skipped, info, counts)
+    return await _export(stores, wanted)
+
+
+async def _record_skipped(
+    ctx: Context,
+    key: str,
+    src: MailboxStore,
+    skipped: list[tuple[Job, str]],
+    info: dict[str, ItemInfo],
+    counts: Counter[str],
+) -> None:
+    """Journal skipped items with their subject (a skip is reported by folder and subject):
+    a subject neither the scan nor the batch's inspection gave (an IMAP change round carries
+    none; `encrypted = "copy"` inspects nothing) is read from the source (`inspect`)."""
+    unnamed = [j.source for j, _ in skipped if j.source_id not in info and not j.row.get("subject")]
+    if unnamed:
+        info = {**info, **await src.inspect(unnamed)}
+    for job, reason in skipped:
         seen = info.get(job.source_id)
         subject = (seen.subject if seen else None) or job.row.get("subject")
         ctx.journal.map_item(key, job.source_id, status="skipped", reason=reason, subject=subject)
         counts["skipped"] += 1
-    return await _export(stores, wanted)
 
 
 async def _export(stores: Stores, jobs: list[Job]) -> Exported:
@@ -1028,7 +1079,8 @@ class StoreMover:
         counts: Counter[str] = Counter()
         plan, stores = await sync_mailbox(ctx, subject, src, tgt, window, counts)
         await handle_deletions(ctx, subject, counts, lambda r: _delete_copy(tgt, r))
-        report = await reconcile.reconcile(ctx, subject, plan, await tgt.totals())
+        folder_sizes = await reconcile.sizes(src, tgt)
+        report = await reconcile.reconcile(ctx, subject, plan, await tgt.totals(), folder_sizes)
         notes = []
         if counts["irm_unchecked"]:
             notes.append(

@@ -27,7 +27,14 @@ Cli = Callable[..., Result]
 # 10 seeded source users: 4 user mailboxes in scope (as in test_idempotence).
 USERS = 10
 # The commands that act on users, and so take --batch, --users or --all.
-SELECTING = ("provision", "prestage", "cutover", "rollback", "verify-mailflow")
+SELECTING = (
+    "provision",
+    "prestage",
+    "cutover",
+    "rollback",
+    "verify-mailflow",
+    "verify-credentials",
+)
 
 
 def text(result: Result) -> str:
