@@ -160,9 +160,10 @@ async def _journaled_run(
         writer.note_run(run_id)
     status = "failed"
     try:
+        kinds = {side: project.tenant(side).kind for side in ("source", "target")}
         async with open_sides(
-            project.endpoint("source"),
-            project.endpoint("target"),
+            *(project.endpoint(s) if kinds[s] == "m365" else None for s in ("source", "target")),
+            kinds=kinds,
             concurrency=project.engine.concurrency_per_tenant,
             plan=recorder,
             read_retry=policy,

@@ -40,6 +40,9 @@ COMMAND_NEEDS: dict[str, dict[str, frozenset[str]]] = {
     "cutover": {"source": _BOTH | {STORE}, "target": _BOTH | {STORE}},
     "rollback": {"source": _BOTH, "target": _BOTH},
     "verify-mailflow": {"source": frozenset({DIRECTORY}), "target": frozenset({DIRECTORY})},
+    # Matching reads the target's directory; --create-missing also waits for the mailbox
+    # through Exchange (Get-Recipient). The source's users are the journal's.
+    "automatch": {"target": _BOTH},
 }
 # Why a kind lacks a capability, and what to do instead (for the error).
 _INSTEAD = {
@@ -82,10 +85,24 @@ class Side:
     adapters behind them (a phase that is m365-only may use them directly)."""
 
     label: str  # "source" | "target"
-    endpoint: TenantEndpoint
-    graph: GraphAdapter
-    exo: ExoRunner
+    endpoint: TenantEndpoint | None  # None: a kind that is no Microsoft 365 tenant
+    graph_adapter: GraphAdapter | None
+    exo_runner: ExoRunner | None
     kind: str = "m365"
+
+    @property
+    def graph(self) -> GraphAdapter:
+        """The Microsoft 365 Graph adapter (an m365 side); a ConfigError on other kinds."""
+        if self.graph_adapter is None:
+            raise capability_missing(self.label, self.kind, DIRECTORY, None)
+        return self.graph_adapter
+
+    @property
+    def exo(self) -> ExoRunner:
+        """The Exchange Online admin adapter (an m365 side); a ConfigError on other kinds."""
+        if self.exo_runner is None:
+            raise capability_missing(self.label, self.kind, CMDLETS, None)
+        return self.exo_runner
 
     def has(self, capability: str) -> bool:
         return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
@@ -116,11 +133,11 @@ class Side:
 
     @property
     def calls(self) -> int:
-        return self.graph.calls + self.exo.calls
+        return sum(a.calls for a in (self.graph_adapter, self.exo_runner) if a is not None)
 
     @property
     def writes(self) -> int:
-        return self.graph.writes + self.exo.writes
+        return sum(a.writes for a in (self.graph_adapter, self.exo_runner) if a is not None)
 
 
 @dataclass
@@ -143,19 +160,25 @@ class Context:
 
 @asynccontextmanager
 async def open_sides(
-    source: TenantEndpoint,
-    target: TenantEndpoint,
+    source: TenantEndpoint | None,
+    target: TenantEndpoint | None,
     *,
     concurrency: int = 8,
     plan: WriteRecorder | None = None,
     read_retry: RetryPolicy = READ_RETRY,
     mailbox_limits: MailboxLimits | None = None,
     write_limits: WriteLimits | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[Side, Side]]:
     """Adapters for both tenants, closed on exit; reads retried with `read_retry`. A tenant's
-    Graph and Exchange adapters share one directory-write budget (per app + tenant)."""
+    Graph and Exchange adapters share one directory-write budget (per app + tenant).
+    A side without an endpoint (None: a kind that is no Microsoft 365 tenant, e.g. an IMAP
+    source whose users come from a batch file) gets no adapters; `kinds` names its kind."""
     sides = []
     for label, ep in (("source", source), ("target", target)):
+        if ep is None:
+            sides.append(Side(label, None, None, None, kind=(kinds or {}).get(label, "m365")))
+            continue
         budget = WriteBudget(write_limits)
         sides.append(
             Side(
@@ -184,5 +207,7 @@ async def open_sides(
         yield sides[0], sides[1]
     finally:
         for s in sides:
-            await s.graph.close()
-            await s.exo.close()
+            if s.graph_adapter is not None:
+                await s.graph_adapter.close()
+            if s.exo_runner is not None:
+                await s.exo_runner.close()
