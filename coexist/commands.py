@@ -762,9 +762,9 @@ def automatch(
             await sess.runner.run_step(
                 am.MatchStep.of(u.key, u.address, decisions[u.key]), u.address
             )
-        refused: list[dict[str, str]] = []
-        if create_missing:
-            refused = await _create_missing(sess, sources, decisions, found)
+        # A user created before is continued by any run (its license, its mailbox: what
+        # `coexist retry` relies on); --create-missing creates the unmatched.
+        refused = await _create_missing(sess, sources, decisions, found, create_missing)
         if not sess.planning:  # what the journal holds now (created users included)
             fresh = [sess.journal.get_item("user", u.key) or {"key": u.key} for u in sources]
             decisions = {
@@ -788,10 +788,13 @@ async def _create_missing(
     sources: list[am.SourceUser],
     decisions: dict[str, am.Decision],
     found: am.Directory,
+    create: bool,
 ) -> list[dict[str, str]]:
-    """Create, license and wait for the mailbox of every unmatched user (and continue those
-    created before); returns the users that cannot be created, and why."""
-    todo = [u for u in sources if decisions[u.key].status in (am.UNMATCHED, am.CREATED)]
+    """Continue the users created before (license, mailbox) and, with `create`, create,
+    license and wait for the mailbox of every unmatched user; returns the users that
+    cannot be created, and why."""
+    wanted = (am.UNMATCHED, am.CREATED) if create else (am.CREATED,)
+    todo = [u for u in sources if decisions[u.key].status in wanted]
     if not todo:
         return []
     skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
@@ -1264,6 +1267,7 @@ RETRYABLE: dict[str, Callable[..., dict[str, Any]]] = {
     "prestage": prestage,
     "cutover": cutover,
     "rollback": rollback,
+    "automatch": automatch,  # continues the users it created (license, mailbox)
 }
 
 
@@ -1296,7 +1300,7 @@ def retry(
     finally:
         journal.close()
     results: dict[str, Any] = {}
-    for cmd in ("rollback", "provision", "prestage", "cutover"):
+    for cmd in ("automatch", "rollback", "provision", "prestage", "cutover"):
         if cmd in todo:
             # A rollback that failed part-way was confirmed when it started (its users are
             # marked only past the --yes gate): retry finishes it rather than asking again.

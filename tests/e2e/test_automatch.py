@@ -199,7 +199,9 @@ def test_create_missing_creates_licenses_and_waits_for_the_mailbox(
         count = len(sandbox.world.target.users)
     if eve["state"] == "waiting":  # the mailbox comes minutes after the license
         assert "mailbox" in eve["detail"]["waiting_for"]
-        made = run_json("retry", "--project", p)
+    # retry re-runs automatch for its waiting users: the ambiguous one, and Eve if she waits.
+    retried = run_json("retry", "--project", p)
+    assert retried["retried"] == {"automatch": 2 if eve["state"] == "waiting" else 1}
 
     again = run_json("automatch", "--project", p, "--batch", "wave1", "--create-missing")
     assert again["changed"] == 0
