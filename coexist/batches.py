@@ -294,6 +294,8 @@ class UserRow:
     target_login: str = ""
     target_password: str = field(default="", repr=False)
     display_name: str = ""
+    first_name: str = ""  # CodeTwo's First Name / Last Name (automatch's first.last rule)
+    last_name: str = ""
 
     def credentials(self) -> dict[str, tuple[str, str]]:
         """side → (login, password) for each side this row gives a password for."""
@@ -359,6 +361,8 @@ def read_user_file(path: Path) -> UserFile:
             target_password=_secret(r, tgt_password),
             display_name=_cell(r, display)
             or " ".join(p for p in (_cell(r, first), _cell(r, last)) if p),
+            first_name=_cell(r, first),
+            last_name=_cell(r, last),
         )
         for n, r in zip(lines[1:], rows[1:], strict=True)
     ]

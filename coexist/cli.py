@@ -453,18 +453,94 @@ def provision_cmd(
 
 @main.command("confirm")
 @project_option
-@click.option("--user", required=True, help="Source address of the user waiting for a match.")
-@click.option("--target", required=True, help="Object id of the target recipient to use.")
+@click.argument("user_arg", metavar="[USER", required=False)
+@click.argument("target_arg", metavar="TARGET]", required=False)
+@click.option("--user", help="Source address of the user waiting for a match.")
+@click.option(
+    "--target",
+    help="The target to use: provision's match mode takes the recipient's object id; a user "
+    "`coexist automatch` decided takes an address (a candidate's, or any target user's).",
+)
 @json_option
 @handles_errors
-def confirm_cmd(project: Path, user: str, target: str, as_json: bool) -> None:
-    """match mode: choose the target recipient for an ambiguous user."""
-    result = commands.confirm(project, user, target)
-    click.echo(
-        json.dumps(result)
-        if as_json
-        else f"{user} → {target}; run `coexist provision --users {user}` again"
+def confirm_cmd(
+    project: Path,
+    user_arg: str | None,
+    target_arg: str | None,
+    user: str | None,
+    target: str | None,
+    as_json: bool,
+) -> None:
+    """Choose the target for an ambiguous user: `confirm USER TARGET` or `--user --target`."""
+    who, what = user or user_arg, target or target_arg
+    if not who or not what:
+        raise click.UsageError("name the user and the target: coexist confirm USER TARGET")
+    result = commands.confirm(project, who, what)
+    if as_json:
+        click.echo(json.dumps(result))
+    elif "target_name" in result:  # automatch: the journal holds the target now
+        name = f" ({result['target_name']})" if result.get("target_name") else ""
+        click.echo(f"{who} → {result['target']}{name}; confirmed, no rule changes it")
+    else:
+        click.echo(f"{who} → {what}; run `coexist provision --users {who}` again")
+
+
+@main.command("automatch")
+@project_option
+@selection_options
+@click.option(
+    "--rules",
+    help="Ordered, comma-separated: same-address, local-part (in the destination domain), "
+    "first-last (the user file's First/Last Name), display-name. Default: all, in that order.",
+)
+@click.option(
+    "--create-missing",
+    is_flag=True,
+    help="Create a target user for each user no rule matches (POST /users with a generated "
+    "password nobody sees), license it ([prestage] license_sku) and wait for its mailbox.",
+)
+@plan_option
+@json_option
+@handles_errors
+def automatch_cmd(
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    rules: str | None,
+    create_missing: bool,
+    plan: bool,
+    as_json: bool,
+) -> None:
+    """Match each user to an existing target mailbox by ordered rules (CodeTwo's automatch)."""
+    result = commands.automatch(
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        rules=rules,
+        create_missing=create_missing,
+        plan=plan,
+        progress=_progress(as_json),
     )
+    if not as_json:
+        _render_matches(result)
+    _render_run(result, as_json)
+
+
+_MATCH_STYLE = {"ambiguous": "yellow", "taken": "yellow", "unmatched": "red"}
+
+
+def _render_matches(result: dict[str, Any]) -> None:
+    """One line per user: the target's address and name, or what the operator decides."""
+    for m in result.get("matches", []):
+        mark = "" if m["changed"] else " (unchanged)"
+        style = _MATCH_STYLE.get(m["status"], "green")
+        out.print(f"{escape(m['user'])} → {escape(m['text'])}{mark}", style=style)
+        if m["status"] == "ambiguous":
+            out.print(f"  next: coexist confirm {escape(m['user'])} ADDRESS")
+    for r in result.get("not_created", []):
+        out.print(f"[yellow]not created[/yellow] {escape(r['user'])}: {escape(r['reason'])}")
 
 
 @main.command("prestage")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from coexist import automatch as am
 from coexist import batches, credentials
 from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
@@ -31,6 +32,7 @@ from coexist.migrate.passes import DataPassStep
 from coexist.migrate.summary import data_summary, waiting_text
 from coexist.model import PHASES, STATUS_STATES, Phase, phase_at_least
 from coexist.permissions import MOVER_NEEDS, NEEDS, needs
+from coexist.provisioning.convert import LicenseStep, MailboxReadyStep
 from coexist.provisioning.exchange import object_id
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.mailusers import ADOPTED, provision_users
@@ -721,6 +723,8 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
     try:
         writer = project_writer(journal, "confirm")
         item = batches.select(journal.items(kind="user"), [user], what="confirm")[0]
+        if am.decides(item):  # a user `coexist automatch` decided: the target is an address
+            return am.confirm(journal, item, user, target)
         plan = dict((item.get("detail") or {}).get("target_plan") or {})
         if not plan:
             raise InputError(
@@ -734,6 +738,119 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
         if writer is not None:
             writer.close()
         journal.close()
+
+
+# -- automatch ---------------------------------------------------------------------------
+def automatch(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    all_users: bool = False,
+    rules: str | None = None,
+    create_missing: bool = False,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Match each user to an existing target user by ordered rules (coexist.automatch);
+    with `create_missing`, create, license and wait for the mailbox of the unmatched."""
+    users = check_selection("automatch", batch, users, all_users)
+    chosen = am.parse_rules(rules)
+    args = {
+        "batch": str(batch) if batch else None,
+        "users": users,
+        "all": all_users,
+        "rules": list(chosen),
+        "create_missing": create_missing,
+    }
+
+    async def body(sess: Session) -> dict[str, Any]:
+        items = _selected(sess, batch=batch, users=users, what="automatch")
+        _mark(sess, items, "automatch")
+        found = await am.read_directory(sess.ctx)
+        domain = sess.project.domains.destination_domain
+        sources = [am.SourceUser.from_item(i) for i in items]
+        held = am.held_targets(sess.journal.items(kind="user"), {u.key for u in sources})
+        decisions = am.decide_all(sources, held, found, chosen, domain)
+        for u in sorted(sources, key=lambda u: u.address.lower()):  # journal writes only
+            await sess.runner.run_step(
+                am.MatchStep.of(u.key, u.address, decisions[u.key]), u.address
+            )
+        # A user created before is continued by any run (its license, its mailbox: what
+        # `coexist retry` relies on); --create-missing creates the unmatched.
+        refused = await _create_missing(sess, sources, decisions, found, create_missing)
+        if not sess.planning:  # what the journal holds now (created users included)
+            fresh = [sess.journal.get_item("user", u.key) or {"key": u.key} for u in sources]
+            decisions = {
+                str(i["key"]): am.Decision.recorded(am.SourceUser.from_item(i)) for i in fresh
+            }
+        return _result(
+            sess,
+            users=len(items),
+            rules=list(chosen),
+            matches=am.report(sources, decisions),
+            not_created=refused,
+        )
+
+    return _in_session(
+        directory, "automatch", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
+
+
+async def _create_missing(
+    sess: Session,
+    sources: list[am.SourceUser],
+    decisions: dict[str, am.Decision],
+    found: am.Directory,
+    create: bool,
+) -> list[dict[str, str]]:
+    """Continue the users created before (license, mailbox) and, with `create`, create,
+    license and wait for the mailbox of every unmatched user; returns the users that
+    cannot be created, and why."""
+    wanted = (am.UNMATCHED, am.CREATED) if create else (am.CREATED,)
+    todo = [u for u in sources if decisions[u.key].status in wanted]
+    if not todo:
+        return []
+    skus = (await sess.ctx.target.graph.send("GET", "subscribedSkus"))["value"]
+    sku_id = _license_sku(sess, skus)
+    if sku_id is None:
+        raise ConfigError(
+            "automatch --create-missing licenses the users it creates: [prestage] convert is "
+            "false, so no license is set",
+            file=str(sess.project.file),
+            key="prestage.convert",
+        )
+    usage = sess.project.prestage.usage_location
+    dest = sess.project.domains.destination_domain
+    plans: dict[str, ItemPlan] = {}
+    refused: list[dict[str, str]] = []
+    for u in todo:
+        step = am.create_step(u, decisions[u.key], found, dest, usage)
+        if isinstance(step, str):
+            refused.append({"user": u.address, "reason": step})
+            continue
+        steps: list[Any] = [step]
+        if not sess.planning or decisions[u.key].status == am.CREATED:
+            # License, then the mailbox Exchange provisions minutes later (prestage's steps).
+            steps += [LicenseStep(u.key, sku_id, usage), MailboxReadyStep(u.key)]
+        plans[u.key] = ItemPlan("user", u.key, steps, None, label=u.address)
+    new = sum(1 for k in plans if decisions[k].status == am.UNMATCHED)
+    if new > _free_seats(skus, sku_id):
+        raise InputError(
+            f"not enough free licenses to create {new} users: {_free_seats(skus, sku_id)} free",
+            next_step="free or buy seats, or create fewer (--users)",
+        )
+    if not sess.planning:
+        sess.journal.lock_setting("license_sku", sku_id)
+    limit = sess.project.engine.concurrency_per_tenant
+
+    async def one_round(batch: list[dict[str, Any]]) -> None:
+        await sess.runner.run([plans[i["key"]] for i in batch], limit)
+
+    items = [sess.journal.get_item("user", k) for k in plans]
+    await _settle(sess, [i for i in items if i is not None], one_round)
+    return refused
 
 
 def _check_confirmable(
@@ -1262,6 +1379,7 @@ RETRYABLE: dict[str, Callable[..., dict[str, Any]]] = {
     "prestage": prestage,
     "cutover": cutover,
     "rollback": rollback,
+    "automatch": automatch,  # continues the users it created (license, mailbox)
 }
 
 
@@ -1294,7 +1412,7 @@ def retry(
     finally:
         journal.close()
     results: dict[str, Any] = {}
-    for cmd in ("rollback", "provision", "prestage", "cutover"):
+    for cmd in ("automatch", "rollback", "provision", "prestage", "cutover"):
         if cmd in todo:
             # A rollback that failed part-way was confirmed when it started (its users are
             # marked only past the --yes gate): retry finishes it rather than asking again.

@@ -140,7 +140,12 @@ def _new_user(row: UserRow, file: Path) -> dict[str, Any]:
         "phase": Phase.DISCOVERED.value,
         "state": "ok",
         "detail": {
-            "source": {"login": row.login or row.source, "display_name": row.display_name},
+            "source": {
+                "login": row.login or row.source,
+                "display_name": row.display_name,
+                "first_name": row.first_name or None,
+                "last_name": row.last_name or None,
+            },
             # The target's IMAP login, where the file names one (MigrationWiz's Destination
             # Login Name): a master user opens that mailbox without a password of its own.
             "target": {"login": row.target_login or None},

@@ -146,6 +146,24 @@ NEEDS: dict[str, list[Need]] = {
         Need("target", "graph", READ_GROUPS, "expand groups that scope outbound spam policies"),
     ],
 }
+NEEDS["automatch"] = [
+    Need("target", "graph", READ_USERS, "read target users (addresses, display names)"),
+    # --create-missing: user-post-users, user-assignlicense, subscribedsku-list
+    Need(
+        "target",
+        "graph",
+        ("User.ReadWrite.All", "Directory.ReadWrite.All"),
+        "--create-missing: create users, set usageLocation, assign licenses",
+    ),
+    Need(
+        "target",
+        "graph",
+        ("Organization.Read.All", "Directory.Read.All"),
+        "--create-missing: read subscribed SKUs",
+    ),
+    Need("target", "exchange", MANAGE_AS_APP, "--create-missing: see the new mailbox"),
+    Need("target", "exchange", EXCHANGE_ROLE, "--create-missing: run Get-Recipient"),
+]
 NEEDS["rediscover"] = NEEDS["discover"]
 NEEDS["rollback"] = [
     *NEEDS["cutover"],

@@ -52,6 +52,9 @@ COMMAND_NEEDS: dict[str, dict[str, frozenset[str]]] = {
     "cutover": {"source": _BOTH | {STORE}, "target": _BOTH | {STORE}},
     "rollback": {"source": _BOTH, "target": _BOTH},
     "verify-mailflow": {"source": frozenset({DIRECTORY}), "target": frozenset({DIRECTORY})},
+    # Matching reads the target's directory; --create-missing also waits for the mailbox
+    # through Exchange (Get-Recipient). The source's users are the journal's.
+    "automatch": {"target": _BOTH},
 }
 # Where a command's needs depend on the source's kind: (command, source kind) -> needs, over
 # COMMAND_NEEDS. An IMAP source has no forwarding to swap: its cutover is the operator's MX

@@ -422,6 +422,7 @@ class Tenant:
                 u.mailbox_pending_at = None
                 u.recipient_type_details = "UserMailbox"
                 u.exchange_guid = u.exchange_guid or new_guid()
+                u.legacy_exchange_dn = u.legacy_exchange_dn or self.new_legacy_dn(u.alias)
                 u.external_email_address = None
                 self.touch(u)
 

@@ -16,7 +16,19 @@ READS: dict[str, frozenset[str]] = {
     # -- directory: discovery/scope.py, provisioning/convert.py, provisioning/groups.py,
     #    commands.py (users, scope group and its transitive members, licenses)
     "user": frozenset(
-        {"id", "userPrincipalName", "usageLocation", "givenName", "surname", "assignedLicenses"}
+        {
+            "id",
+            "userPrincipalName",
+            "usageLocation",
+            "givenName",
+            "surname",
+            "assignedLicenses",
+            # automatch.py: target users matched by address and display name (members only)
+            "mail",
+            "displayName",
+            "proxyAddresses",
+            "userType",
+        }
     ),
     "assignedLicense": frozenset({"skuId"}),
     "group": frozenset(

@@ -201,6 +201,18 @@ def directory_actions(w: Writes, sb: Sandbox, user: User) -> None:
         f"users/{who.id}/assignLicense",
         {"addLicenses": [{"skuId": sku.sku_id}], "removeLicenses": []},
     )
+    domain = next(d.name for d in tenant.domains if d.is_verified)
+    w.create(  # automatch --create-missing (user-post-users' required properties)
+        "users",
+        {
+            "accountEnabled": True,
+            "displayName": "Contract User",
+            "mailNickname": "contractuser",
+            "userPrincipalName": f"contractuser@{domain}",
+            "passwordProfile": {"forceChangePasswordNextSignIn": True, "password": "x-Y-9-z!"},
+            "usageLocation": "US",
+        },
+    )
     w.action(
         f"users/{user.id}/sendMail",
         {

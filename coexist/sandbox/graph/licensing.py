@@ -99,6 +99,13 @@ def apply_exchange_licensing(
         user.mailbox_pending_at = None
         return
     if user.recipient_type_details is None:
+        # A cloud user made in Graph (POST /users) with no Exchange recipient: "Exchange
+        # Online creates the mailbox when you assign the license" (Microsoft 365 admin,
+        # "Create user mailboxes in Exchange Online"); after the same delays as a MailUser's.
+        if user.mailbox_pending_at is None and not user.exchange_created:
+            key = user.alias or user.user_principal_name
+            user.mailbox_pending_at = now + settings.delay("provisioning", key)
+            user.rest_ready_at = user.mailbox_pending_at + settings.delay("rest", key)
         return
     _scrub_unverified_proxies(tenant, user)
     mail_user = user.recipient_type_details == "MailUser"

@@ -1,8 +1,10 @@
-"""Graph `/users`: list (paging, $select, $filter, $count, $orderby), get, PATCH, settings/exchange."""
+"""Graph `/users`: list (paging, $select, $filter, $count, $orderby), get, POST, PATCH,
+settings/exchange."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -348,6 +350,62 @@ async def patch_user(request: Request) -> Response:
         return Response(status_code=204)
 
 
+# -- POST /users ------------------------------------------------------------------------------
+
+# user-post-users: "the required properties" of a new (non-B2C) user; onPremisesImmutableId
+# only for a federated UPN domain, which the sandbox has none of.
+REQUIRED_ON_CREATE = ("accountEnabled", "displayName", "mailNickname", "userPrincipalName")
+PASSWORD_PROFILE = frozenset(
+    {"password", "forceChangePasswordNextSignIn", "forceChangePasswordNextSignInWithMfa"}
+)
+
+
+async def create_user(request: Request) -> Response:
+    """`POST /users` (user-post-users): a cloud user with no Exchange recipient yet; an
+    Exchange license gives it a mailbox later (licensing.apply_exchange_licensing). The
+    password is checked for presence and never kept: nothing in the sandbox signs users in."""
+    world = ctx_of(request).world
+    body = await common.json_body(request)
+    with world.lock:
+        principal = common.write(request, common.USER_WRITE)
+        tenant = principal.tenant
+        missing = [k for k in REQUIRED_ON_CREATE if body.get(k) in (None, "")]
+        profile = body.get("passwordProfile")
+        if not isinstance(profile, dict) or not str(profile.get("password") or ""):
+            missing.append("passwordProfile")
+            profile = {}
+        if missing:
+            raise fail(
+                400,
+                "Request_BadRequest",
+                f"Property '{missing[0]}' is required when creating the resource.",  # *unverified*
+                request,
+            )
+        if set(profile) - PASSWORD_PROFILE:
+            raise _invalid_value(request, "passwordProfile")
+        fields = {k: v for k, v in body.items() if k != "passwordProfile"}
+        draft = User(id=new_id(), display_name="")
+        _check_patch(request, tenant, draft, fields)
+        for key, value in fields.items():
+            attr = WRITABLE.get(key)
+            if attr is not None:
+                setattr(draft, attr, value.upper() if key == "usageLocation" and value else value)
+        draft.name = draft.display_name
+        # The address Exchange gives the mailbox once a license provisions one: the UPN
+        # (*unverified*: Exchange derives it from the email address policy, whose default
+        # template is alias@default domain; the sandbox's tenants use UPN = alias@domain).
+        draft.email_addresses = ["SMTP:" + draft.user_principal_name]
+        tenant.users[draft.id] = draft
+        tenant.touch(draft)
+        out: dict[str, Any] = {"@odata.context": common.context_url(request, "users/$entity")}
+        out.update(default_view(draft))
+        return GraphJSON(out, status_code=201)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
 # -- settings/exchange --------------------------------------------------------------------------
 
 
@@ -401,6 +459,7 @@ async def exchange_settings(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/v1.0/users", list_users, methods=["GET"]),
+        Route("/v1.0/users", create_user, methods=["POST"]),
         Route("/v1.0/users/$count", count_users, methods=["GET"]),
         Route("/v1.0/users/{user_id}", get_user, methods=["GET"]),
         Route("/v1.0/users/{user_id}", patch_user, methods=["PATCH"]),
