@@ -361,11 +361,19 @@ def response_code(text: str) -> str | None:
 
 def _appended_uids(text: bytes | str | None) -> list[int]:
     """The UIDs an APPEND's `[APPENDUID validity uids]` answer names (RFC 4315 3)."""
+    return _appended(text)[1]
+
+
+def _appended(text: bytes | str | None) -> tuple[int | None, list[int]]:
+    """(UIDVALIDITY, UIDs) of an APPEND's `[APPENDUID validity uids]` answer (RFC 4315 3);
+    (None, []) when the answer has none (no UIDPLUS)."""
     if text is None:
-        return []
+        return None, []
     body = text.decode("ascii", "replace") if isinstance(text, bytes) else text
-    match = re.search(r"\[APPENDUID \d+ ([0-9:,]+)\]", body)
-    return parse_sequence_set(match.group(1)) if match else []
+    match = re.search(r"\[APPENDUID (\d+) ([0-9:,]+)\]", body)
+    if not match:
+        return None, []
+    return int(match.group(1)), parse_sequence_set(match.group(2))
 
 
 def _copied_uids(texts: Iterable[bytes | str]) -> dict[int, int]:
@@ -829,14 +837,19 @@ class ImapSession:
         info = self._select(name, readonly=True)
         return int(info[b"UIDVALIDITY"]), self._uids_above(name, 0)
 
-    def refs(self, name: str, uids: Sequence[int]) -> list[MessageRef]:
-        """The refs of some messages of a folder (an expunged UID is absent)."""
+    def refs(self, name: str, uids: Sequence[int], *, message_ids: bool = True) -> list[MessageRef]:
+        """The refs of some messages of a folder (an expunged UID is absent);
+        `message_ids=False` leaves the Message-ID out (None): one header less to read and
+        parse per message where the caller needs sizes and flags only (an export)."""
         self._select(name, readonly=True)
-        return list(self._refs(name, list(uids)))
+        return list(self._refs(name, list(uids), message_ids=message_ids))
 
-    def _refs(self, name: str, uids: list[int]) -> Iterator[MessageRef]:
+    def _refs(
+        self, name: str, uids: list[int], *, message_ids: bool = True
+    ) -> Iterator[MessageRef]:
         items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
-        items.append("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
+        if message_ids:
+            items.append("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
         if self.caps.condstore:
             items.append("MODSEQ")
         for start in range(0, len(uids), REF_CHUNK):
@@ -886,7 +899,21 @@ class ImapSession:
         """APPEND `messages` to folder `name` with their flags and INTERNALDATE; their new
         UIDs in order (None where the server has no UIDPLUS to say). Chunks go as one
         MULTIAPPEND command each where the server offers it."""
-        out: list[int | None] = []
+        ids = self.append_ids(name, messages, max_count=max_count, max_bytes=max_bytes)
+        return [i[1] if i is not None else None for i in ids]
+
+    def append_ids(
+        self,
+        name: str,
+        messages: Sequence[NewMessage],
+        *,
+        max_count: int = CHUNK_MESSAGES,
+        max_bytes: int = CHUNK_BYTES,
+    ) -> list[tuple[int, int] | None]:
+        """`append`, each new message as (UIDVALIDITY, UID) as the server's APPENDUID says
+        (RFC 4315 3): the caller needs no EXAMINE to learn the folder's UIDVALIDITY (one
+        round trip less per append); None where the server has no UIDPLUS to say."""
+        out: list[tuple[int, int] | None] = []
         for chunk in chunks_by_size(
             messages, lambda m: len(m.raw), max_count=max_count, max_bytes=max_bytes
         ):
@@ -898,11 +925,11 @@ class ImapSession:
                     said = self._client.append(
                         name, message.raw, _flag_list(message), message.internaldate
                     )
-                uids = _appended_uids(said)
-                out.append(uids[0] if uids else None)
+                validity, uids = _appended(said)
+                out.append((validity, uids[0]) if validity is not None and uids else None)
         return out
 
-    def _multiappend(self, name: str, chunk: list[NewMessage]) -> list[int | None]:
+    def _multiappend(self, name: str, chunk: list[NewMessage]) -> list[tuple[int, int] | None]:
         entries: list[dict[str, Any]] = []
         for message in chunk:
             entry: dict[str, Any] = {"msg": message.raw, "flags": _flag_list(message)}
@@ -915,8 +942,10 @@ class ImapSession:
                 # imapclient returns MULTIAPPEND's status instead of raising on NO.
                 said = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
                 raise imap_errors.IMAPClientError(f"append failed: {said}")
-        uids = _appended_uids(data[0] if data else None)
-        return list(uids) if len(uids) == len(chunk) else [None] * len(chunk)
+        validity, uids = _appended(data[0] if data else None)
+        if validity is None or len(uids) != len(chunk):
+            return [None] * len(chunk)
+        return [(validity, uid) for uid in uids]
 
     def set_flags(
         self, name: str, uid: int, flags: frozenset[str], keywords: frozenset[str]
@@ -1206,6 +1235,11 @@ class ImapConnections:
         if key not in self._mailboxes:
             self._mailboxes[key] = asyncio.Semaphore(self.limits.per_mailbox)
         return self._mailboxes[key]
+
+    def has_room(self, user: str) -> bool:
+        """Whether a session for `user` would get its slots now, without waiting (a caller
+        that wants an *extra* connection only if one is free asks this first)."""
+        return not self._server.locked() and not self._mailbox(user).locked()
 
     @asynccontextmanager
     async def session(self, credentials: Credentials) -> AsyncIterator[AsyncImapSession]:
