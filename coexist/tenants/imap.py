@@ -48,6 +48,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
+from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import SocketTimeout
 from imapclient.response_parser import parse_fetch_response
 
@@ -182,6 +183,7 @@ class ImapCapabilities:
     uidplus: bool
     special_use: bool
     unselect: bool
+    literal_plus: bool = False  # RFC 7888: literals sent without waiting for "+"
 
     @classmethod
     def parse(cls, caps: Iterable[bytes]) -> Self:
@@ -194,6 +196,7 @@ class ImapCapabilities:
             uidplus="UIDPLUS" in names,
             special_use="SPECIAL-USE" in names,
             unselect="UNSELECT" in names,
+            literal_plus="LITERAL+" in names,
         )
 
 
@@ -917,6 +920,9 @@ class ImapSession:
         for chunk in chunks_by_size(
             messages, lambda m: len(m.raw), max_count=max_count, max_bytes=max_bytes
         ):
+            if self.caps.literal_plus and (self.caps.multiappend or len(chunk) == 1):
+                out.extend(self._append_streamed(name, chunk))
+                continue
             if self.caps.multiappend and len(chunk) > 1:
                 out.extend(self._multiappend(name, chunk))
                 continue
@@ -928,6 +934,37 @@ class ImapSession:
                 validity, uids = _appended(said)
                 out.append((validity, uids[0]) if validity is not None and uids else None)
         return out
+
+    def _append_streamed(self, name: str, chunk: list[NewMessage]) -> list[tuple[int, int] | None]:
+        """One APPEND (MULTIAPPEND for several, RFC 3502) whose messages go to the socket
+        as they are, each behind a non-synchronizing literal (LITERAL+, RFC 7888).
+
+        imapclient's append and multiappend copy each message twice on the way (into a
+        `_literal`, then joined to its `{n+}` prefix), so a 25 MB message briefly held 75 MB.
+        This sends the prefix, then the caller's bytes object (`sendall` reads it in place):
+        no copy. It reaches into imaplib as imapclient's own `_raw_command` does (a tag from
+        `_new_tag`, `send`, `_command_complete`): imapclient has no public way to do it."""
+        imap = self._client._imap
+        folder = bytes(self._client._normalise_folder(name))
+        with self._mapped("APPEND" if len(chunk) == 1 else "MULTIAPPEND", name):
+            tag = imap._new_tag()
+            imap.send(tag + b" APPEND " + folder)
+            for message in chunk:
+                head = b" (" + " ".join(_flag_list(message)).encode("ascii") + b")"
+                if message.internaldate is not None:
+                    stamp = datetime_to_INTERNALDATE(message.internaldate)
+                    head += b' "' + stamp.encode("ascii") + b'"'
+                imap.send(head + b" {" + str(len(message.raw)).encode("ascii") + b"+}\r\n")
+                imap.send(message.raw)
+            imap.send(b"\r\n")
+            typ, data = imap._command_complete("APPEND", tag)
+            if typ != "OK":
+                said = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+                raise imap_errors.IMAPClientError(f"append failed: {said}")
+        validity, uids = _appended(data[0] if data else None)
+        if validity is None or len(uids) != len(chunk):
+            return [None] * len(chunk)
+        return [(validity, uid) for uid in uids]
 
     def _multiappend(self, name: str, chunk: list[NewMessage]) -> list[tuple[int, int] | None]:
         entries: list[dict[str, Any]] = []
