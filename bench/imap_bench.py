@@ -84,7 +84,7 @@ RSS_ITEM_BYTES = 512 * KB  # the 2 GB mailbox: 512 KB messages ...
 RSS_HUGE_BYTES = 25 * MB  # ... and a few of 25 MB (one message larger than a fetch chunk)
 RSS_HUGE_ITEMS = int(_env("BENCH_RSS_HUGE_ITEMS", 8, 0))
 UPLOAD_SCALE = _env("BENCH_UPLOAD_SCALE", 5, 20)
-REQUEST_SCALE = _env("BENCH_REQUEST_SCALE", 3, 3)
+REQUEST_SCALE = _env("BENCH_REQUEST_SCALE", 2, 3)
 CLIENT_PACE = _env("BENCH_CLIENT_PACE", 1.0, 1.0)
 # INTERNALDATE of the generated messages (maildir: the file's mtime).
 OLD = 1_705_310_000  # 2024-01-15
@@ -360,7 +360,7 @@ def graph_bench() -> ModuleType:
     return module
 
 
-def m365_setup(gm: ModuleType, base: Path, state: Path, count: int) -> tuple[Path, list[str]]:
+def m365_setup(base: Path, state: Path, count: int) -> tuple[Path, list[str]]:
     """A project with `count` in-scope users that have target mailboxes; their addresses."""
     from coexist.sandbox import seed
 
@@ -471,7 +471,7 @@ def m365_part(base: Path, a: DovecotServer, small: ImapUser, large: ImapUser) ->
     gm = graph_bench()
     state = base / "sandbox"
     with gm.served(state, "fast"):
-        project, users = m365_setup(gm, base, state, 2)
+        project, users = m365_setup(base, state, 2)
     if len(users) < 2:
         raise SystemExit(f"{len(users)} sandbox users with target mailboxes; 2 needed")
     out: dict[str, Any] = {}
