@@ -493,6 +493,9 @@ class _Appenders:
             self._limit = self._opened = self._opened - 1
             log.debug("no extra IMAP connection for %s's appends: %s", creds.user, exc)
             return None
+        except BaseException:
+            self._opened -= 1  # cancelled while connecting: nothing was opened
+            raise
 
 
 class ImapStore:
