@@ -3,7 +3,7 @@
 Prints one JSON object. Every baseline and ceiling is measured in the same run, on the same
 data, on this machine:
 
-1. IMAP -> IMAP between two Dovecot instances (`tests/dovecot.py`, TLS with a test CA).
+1. IMAP -> IMAP between two Dovecot instances (`coexist/sandbox/dovecot.py`, TLS with its own CA).
    coexist runs the one sync algorithm (`sync.sync_mailbox`) between two `ImapStore`s, with
    a real journal in a temporary project (`imap-sync` settings), in a fresh process. The
    baseline is `doveadm backup -R -u <target> imapc:` on the target Dovecot: Dovecot's own
@@ -54,7 +54,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.dovecot (the Dovecot launcher the tests use)
+    sys.path.insert(0, str(ROOT))  # run from a checkout without an install
 
 from coexist import commands  # noqa: E402
 from coexist.errors import RemoteError, TransientError  # noqa: E402
@@ -62,10 +62,10 @@ from coexist.journal import Journal  # noqa: E402
 from coexist.migrate import sync  # noqa: E402
 from coexist.migrate.passes import Window  # noqa: E402
 from coexist.migrate.stores.imap import ImapStore  # noqa: E402
+from coexist.sandbox.dovecot import DovecotServer, ImapUser, find_binary  # noqa: E402
 from coexist.settings import load_project  # noqa: E402
 from coexist.tenants.imap import ImapConnections, ImapEndpoint, Password  # noqa: E402
 from coexist.tenants.mailbox_governor import MB, MailboxLimits  # noqa: E402
-from tests.dovecot import DovecotServer, ImapUser, find_binary  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 KB = 1024
@@ -391,9 +391,9 @@ def m365_setup(base: Path, state: Path, count: int) -> tuple[Path, list[str]]:
 async def m365_move(project: Path, user: str, src_spec: dict[str, Any]) -> dict[str, Any]:
     """IMAP `src_spec` -> the user's target mailbox through GraphItemsStore, one pass."""
     from coexist import runtime
-    from coexist.migrate.items import target_id
     from coexist.migrate.stores.graph import Box
     from coexist.migrate.stores.graph_items import GraphItemsStore
+    from coexist.provisioning.convert import target_id
 
     src_ep, login = _endpoint(src_spec, "source")
     async with (

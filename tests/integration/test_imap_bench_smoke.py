@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.dovecot import find_binary, missing
+from coexist.sandbox.dovecot import find_binary
+from tests.dovecot import missing
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "imap_bench.py"
 
