@@ -27,7 +27,7 @@ from coexist.tenants.imap import (
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteBudget, WriteLimits
-from coexist.vault import Vault
+from coexist.vault import MASTER_ENTRY, Vault
 
 # What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
 # exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
@@ -108,11 +108,6 @@ class Meter:
     writes: int = 0
 
 
-# Where an imap side's master user's password is kept in the credential vault: the entry
-# of this name (no user key is one: user keys are lower-cased logins, which hold no "*").
-MASTER_ENTRY = "*master*"
-
-
 @dataclass
 class ImapServer:
     """An imap side's mailbox store client: its server's connections (bounded per server and
@@ -146,12 +141,17 @@ class ImapServer:
         if master is not None and self.master_user:
             return MasterPassword(login, self.master_user, master.password)
         address = str((item or {}).get("source_address") or subject)
+        giving = (
+            f"--master --side {self.label}"
+            if self.master_user
+            else f"--user {address} --side {self.label}"
+        )
         raise InputError(
             f"no {self.label} IMAP password for {address} in the credential vault"
             + (f" (nor one for master user {self.master_user})" if self.master_user else ""),
             user=address,
-            next_step=f"coexist credentials set --project {self.directory} --user {address} "
-            f"--side {self.label}, then run this command again",
+            next_step=f"coexist credentials set --project {self.directory} {giving}, then run "
+            "this command again",
         )
 
     @property

@@ -72,9 +72,11 @@ def message(address: str, n: int, folder: str) -> bytes:
     ).encode()
 
 
-def run(*args: str, key: str = KEY) -> Result:
-    """The CLI in-process with the vault key set."""
-    return CliRunner().invoke(main, list(args), env={ENV_KEY: key}, catch_exceptions=False)
+def run(*args: str, key: str = KEY, stdin: str | None = None) -> Result:
+    """The CLI in-process with the vault key set (`stdin`: what it reads there)."""
+    return CliRunner().invoke(
+        main, list(args), input=stdin, env={ENV_KEY: key}, catch_exceptions=False
+    )
 
 
 def run_json(*args: str) -> dict[str, Any]:
