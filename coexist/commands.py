@@ -627,7 +627,7 @@ def groups(
                     "group", g.id, name=g.display_name, source_address=g.primary_smtp
                 )
                 set_item(sess.journal, "group", g.id, group_kind=g.kind, source_group=g.to_dict())
-            step = plan_group(g, index, ctx.project.domains.destination_domain)
+            step = plan_group(g, index, ctx.project.destination_domain)
             plans.append(
                 ItemPlan("group", g.id, group_steps(g, step), "provisioned", label=g.display_name)
             )
@@ -769,7 +769,7 @@ def automatch(
         items = _selected(sess, batch=batch, users=users, what="automatch")
         _mark(sess, items, "automatch")
         found = await am.read_directory(sess.ctx)
-        domain = sess.project.domains.destination_domain
+        domain = sess.project.destination_domain
         sources = [am.SourceUser.from_item(i) for i in items]
         held = am.held_targets(sess.journal.items(kind="user"), {u.key for u in sources})
         decisions = am.decide_all(sources, held, found, chosen, domain)
@@ -822,7 +822,7 @@ async def _create_missing(
             key="prestage.convert",
         )
     usage = sess.project.prestage.usage_location
-    dest = sess.project.domains.destination_domain
+    dest = sess.project.destination_domain
     plans: dict[str, ItemPlan] = {}
     refused: list[dict[str, str]] = []
     for u in todo:

@@ -305,7 +305,6 @@ def _imap_target(count: int, say: Say) -> Iterator[Target]:
                 "target.imap.security": "implicit-tls",
                 "target.imap.ca_file": str(server.ca_file),
                 "target.imap.master_user": MASTER_USER,
-                "domains.destination_domain": IMAP_TARGET_DOMAIN,
             },
             people=people,
             read=lambda p: _imap_messages(endpoint, p.target, server.master_password),

@@ -133,8 +133,7 @@ class Scene:
         )
         (self.project / "project.toml").write_text(
             tables
-            # Required of every project today, though an IMAP -> IMAP move has no use for it.
-            + '[domains]\ndestination_domain = "example.net"\n\n'
+            # No [domains]: destination_domain is a Microsoft 365 target's setting.
             + '[migration]\nfolder_rules = ["^INBOX/->"]\n'
         )
 
