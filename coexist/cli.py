@@ -708,6 +708,9 @@ def status_cmd(
         click.echo(json.dumps(result, default=str))
         return
     out.print(status_table(result))
+    if result.get("data_scope") and result["users"]:
+        # Once for the project, not per row: every user of an IMAP source is alike.
+        out.print(f"data: {escape(result['data_scope'])}")
     if result["groups"]:
         out.print(groups_table(result))
     for row in result["users"] if user else []:

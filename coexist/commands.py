@@ -22,7 +22,7 @@ from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
-from coexist.engine.context import CMDLETS, DIRECTORY
+from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
@@ -1511,7 +1511,13 @@ def status(
             for g in groups_shown
         ]
         summary = Counter(f"{r['phase']}/{r['state']}" for r in rows)
-        return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
+        return {
+            "users": rows,
+            "groups": group_rows,
+            "summary": dict(sorted(summary.items())),
+            # What no pass of this project moves (by its source's kind), else None.
+            "data_scope": SOURCE_KIND_MOVES.get(project.source.kind),
+        }
     finally:
         journal.close()
 

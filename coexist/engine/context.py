@@ -38,6 +38,12 @@ KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "m365": frozenset({DIRECTORY, CMDLETS, STORE}),
     "imap": frozenset({STORE}),
 }
+# What a pass leaves behind by the source's kind, said where the pass's outcome is shown
+# (the pass detail, `coexist status`): an IMAP account holds mail only (MigrationWiz's and
+# CodeTwo's IMAP migrations likewise move mail), so no contacts, calendars or tasks come
+# from it, and an empty calendar in the target is no failure.
+MAIL_ONLY = "mail only: contacts, calendars and tasks are not moved from an IMAP source"
+SOURCE_KIND_MOVES: dict[str, str] = {"imap": MAIL_ONLY}
 _BOTH = frozenset({DIRECTORY, CMDLETS})
 # What each command asks of each side (a side not named: nothing).
 COMMAND_NEEDS: dict[str, dict[str, frozenset[str]]] = {

@@ -1,6 +1,6 @@
 """IMAP -> IMAP through the CLI against a real Dovecot: batch import of a MigrationWiz CSV
 with passwords, `prestage --older-than 90d`, `cutover` (the full pass after the operator's
-MX change), `status`; every message exactly once in its mapped folder with flags and
+MX change), `status` (saying "mail only"); every message exactly once in its mapped folder with flags and
 INTERNALDATE; re-runs copy nothing; a UIDVALIDITY reset copies nothing twice; plan mode
 writes nothing; no password in any output, journal or log."""
 
@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from coexist.engine.context import MAIL_ONLY
 from coexist.settings import load_project
 from tests.dovecot import MASTER_USER, DovecotServer
 from tests.e2e.imap_scene import (
@@ -82,7 +83,9 @@ def test_imap_project_prestage_then_cutover_moves_every_message_once(
     assert scene.copied_by_last("cutover") == 0
     status = run_json("status", "--project", p)
     assert {(r["phase"], r["state"]) for r in status["users"]} == {("cutover", "ok")}, status
+    assert status["data_scope"] == MAIL_ONLY, status  # what an IMAP source's passes leave
     outputs.append(run("status", "--project", p))
+    assert f"data: {MAIL_ONLY}" in " ".join(outputs[-1].output.split()), outputs[-1].output
 
     assert_no_password(scene, [o.output for o in outputs])
 
