@@ -281,6 +281,14 @@ def _imap_settings(side: str) -> list[Setting]:
             "password goes in the credential vault, never here.",
         ),
         Setting(
+            f"{side}.imap.include_virtual_folders",
+            "bool",
+            False,
+            "Move Gmail's [Gmail]/All Mail, Important and Starred too (RFC 6154 \\All, "
+            "\\Important, \\Flagged views). false = left out: every message in them is also "
+            "in the INBOX or a label's folder, so moving them would copy it again.",
+        ),
+        Setting(
             f"{side}.imap.connections_per_server",
             "int",
             10,
@@ -946,6 +954,7 @@ class ImapSettings(_Section):
     ca_file: Path | None
     auth: str
     master_user: str | None
+    include_virtual_folders: bool
     connections_per_server: int
     connections_per_mailbox: int
 

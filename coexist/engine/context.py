@@ -130,6 +130,8 @@ class ImapServer:
     directory: Path  # the project's, where its vault is
     meter: Meter = field(default_factory=Meter)
     env: Mapping[str, str] | None = None
+    # [S.imap] include_virtual_folders: Gmail's All Mail, Important, Starred are moved too.
+    include_virtual: bool = False
 
     def credentials(self, subject: str, item: Mapping[str, Any] | None) -> Credentials:
         """How `subject` (a journal user) signs in on this side; an InputError naming the
@@ -351,6 +353,7 @@ async def open_imap_side(project: Any, label: str, opts: SideOptions) -> AsyncIt
         settings.master_user or None,
         Path(project.directory),
         env=opts.env,
+        include_virtual=settings.include_virtual_folders,
     )
     yield Side(label, None, None, None, kind="imap", imap=server)
 
