@@ -56,6 +56,7 @@ bench: venv
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/provision_bench.py
 	$(PY) bench/graph_mover_bench.py
+	$(PY) bench/imap_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -32,9 +32,12 @@ never appear in a message, a repr or a log line.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import dataclasses
 import email.parser
 import email.policy
+import functools
 import logging
 import re
 import socket
@@ -48,6 +51,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
+from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import SocketTimeout
 from imapclient.response_parser import parse_fetch_response
 
@@ -182,6 +186,7 @@ class ImapCapabilities:
     uidplus: bool
     special_use: bool
     unselect: bool
+    literal_plus: bool = False  # RFC 7888: literals sent without waiting for "+"
 
     @classmethod
     def parse(cls, caps: Iterable[bytes]) -> Self:
@@ -194,6 +199,7 @@ class ImapCapabilities:
             uidplus="UIDPLUS" in names,
             special_use="SPECIAL-USE" in names,
             unselect="UNSELECT" in names,
+            literal_plus="LITERAL+" in names,
         )
 
 
@@ -361,11 +367,19 @@ def response_code(text: str) -> str | None:
 
 def _appended_uids(text: bytes | str | None) -> list[int]:
     """The UIDs an APPEND's `[APPENDUID validity uids]` answer names (RFC 4315 3)."""
+    return _appended(text)[1]
+
+
+def _appended(text: bytes | str | None) -> tuple[int | None, list[int]]:
+    """(UIDVALIDITY, UIDs) of an APPEND's `[APPENDUID validity uids]` answer (RFC 4315 3);
+    (None, []) when the answer has none (no UIDPLUS)."""
     if text is None:
-        return []
+        return None, []
     body = text.decode("ascii", "replace") if isinstance(text, bytes) else text
-    match = re.search(r"\[APPENDUID \d+ ([0-9:,]+)\]", body)
-    return parse_sequence_set(match.group(1)) if match else []
+    match = re.search(r"\[APPENDUID (\d+) ([0-9:,]+)\]", body)
+    if not match:
+        return None, []
+    return int(match.group(1)), parse_sequence_set(match.group(2))
 
 
 def _copied_uids(texts: Iterable[bytes | str]) -> dict[int, int]:
@@ -829,14 +843,19 @@ class ImapSession:
         info = self._select(name, readonly=True)
         return int(info[b"UIDVALIDITY"]), self._uids_above(name, 0)
 
-    def refs(self, name: str, uids: Sequence[int]) -> list[MessageRef]:
-        """The refs of some messages of a folder (an expunged UID is absent)."""
+    def refs(self, name: str, uids: Sequence[int], *, message_ids: bool = True) -> list[MessageRef]:
+        """The refs of some messages of a folder (an expunged UID is absent);
+        `message_ids=False` leaves the Message-ID out (None): one header less to read and
+        parse per message where the caller needs sizes and flags only (an export)."""
         self._select(name, readonly=True)
-        return list(self._refs(name, list(uids)))
+        return list(self._refs(name, list(uids), message_ids=message_ids))
 
-    def _refs(self, name: str, uids: list[int]) -> Iterator[MessageRef]:
+    def _refs(
+        self, name: str, uids: list[int], *, message_ids: bool = True
+    ) -> Iterator[MessageRef]:
         items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
-        items.append("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
+        if message_ids:
+            items.append("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
         if self.caps.condstore:
             items.append("MODSEQ")
         for start in range(0, len(uids), REF_CHUNK):
@@ -886,10 +905,27 @@ class ImapSession:
         """APPEND `messages` to folder `name` with their flags and INTERNALDATE; their new
         UIDs in order (None where the server has no UIDPLUS to say). Chunks go as one
         MULTIAPPEND command each where the server offers it."""
-        out: list[int | None] = []
+        ids = self.append_ids(name, messages, max_count=max_count, max_bytes=max_bytes)
+        return [i[1] if i is not None else None for i in ids]
+
+    def append_ids(
+        self,
+        name: str,
+        messages: Sequence[NewMessage],
+        *,
+        max_count: int = CHUNK_MESSAGES,
+        max_bytes: int = CHUNK_BYTES,
+    ) -> list[tuple[int, int] | None]:
+        """`append`, each new message as (UIDVALIDITY, UID) as the server's APPENDUID says
+        (RFC 4315 3): the caller needs no EXAMINE to learn the folder's UIDVALIDITY (one
+        round trip less per append); None where the server has no UIDPLUS to say."""
+        out: list[tuple[int, int] | None] = []
         for chunk in chunks_by_size(
             messages, lambda m: len(m.raw), max_count=max_count, max_bytes=max_bytes
         ):
+            if self.caps.literal_plus and (self.caps.multiappend or len(chunk) == 1):
+                out.extend(self._append_streamed(name, chunk))
+                continue
             if self.caps.multiappend and len(chunk) > 1:
                 out.extend(self._multiappend(name, chunk))
                 continue
@@ -898,11 +934,42 @@ class ImapSession:
                     said = self._client.append(
                         name, message.raw, _flag_list(message), message.internaldate
                     )
-                uids = _appended_uids(said)
-                out.append(uids[0] if uids else None)
+                validity, uids = _appended(said)
+                out.append((validity, uids[0]) if validity is not None and uids else None)
         return out
 
-    def _multiappend(self, name: str, chunk: list[NewMessage]) -> list[int | None]:
+    def _append_streamed(self, name: str, chunk: list[NewMessage]) -> list[tuple[int, int] | None]:
+        """One APPEND (MULTIAPPEND for several, RFC 3502) whose messages go to the socket
+        as they are, each behind a non-synchronizing literal (LITERAL+, RFC 7888).
+
+        imapclient's append and multiappend copy each message twice on the way (into a
+        `_literal`, then joined to its `{n+}` prefix), so a 25 MB message briefly held 75 MB.
+        This sends the prefix, then the caller's bytes object (`sendall` reads it in place):
+        no copy. It reaches into imaplib as imapclient's own `_raw_command` does (a tag from
+        `_new_tag`, `send`, `_command_complete`): imapclient has no public way to do it."""
+        imap = self._client._imap
+        folder = bytes(self._client._normalise_folder(name))
+        with self._mapped("APPEND" if len(chunk) == 1 else "MULTIAPPEND", name):
+            tag = imap._new_tag()
+            imap.send(tag + b" APPEND " + folder)
+            for message in chunk:
+                head = b" (" + " ".join(_flag_list(message)).encode("ascii") + b")"
+                if message.internaldate is not None:
+                    stamp = datetime_to_INTERNALDATE(message.internaldate)
+                    head += b' "' + stamp.encode("ascii") + b'"'
+                imap.send(head + b" {" + str(len(message.raw)).encode("ascii") + b"+}\r\n")
+                imap.send(message.raw)
+            imap.send(b"\r\n")
+            typ, data = imap._command_complete("APPEND", tag)
+            if typ != "OK":
+                said = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+                raise imap_errors.IMAPClientError(f"append failed: {said}")
+        validity, uids = _appended(data[0] if data else None)
+        if validity is None or len(uids) != len(chunk):
+            return [None] * len(chunk)
+        return [(validity, uid) for uid in uids]
+
+    def _multiappend(self, name: str, chunk: list[NewMessage]) -> list[tuple[int, int] | None]:
         entries: list[dict[str, Any]] = []
         for message in chunk:
             entry: dict[str, Any] = {"msg": message.raw, "flags": _flag_list(message)}
@@ -915,8 +982,10 @@ class ImapSession:
                 # imapclient returns MULTIAPPEND's status instead of raising on NO.
                 said = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
                 raise imap_errors.IMAPClientError(f"append failed: {said}")
-        uids = _appended_uids(data[0] if data else None)
-        return list(uids) if len(uids) == len(chunk) else [None] * len(chunk)
+        validity, uids = _appended(data[0] if data else None)
+        if validity is None or len(uids) != len(chunk):
+            return [None] * len(chunk)
+        return [(validity, uid) for uid in uids]
 
     def set_flags(
         self, name: str, uid: int, flags: frozenset[str], keywords: frozenset[str]
@@ -1191,11 +1260,35 @@ class AsyncImapSession:
                     await ahead
 
 
+# glibc's mallopt parameter M_MMAP_THRESHOLD (malloc.h) and the value coexist sets.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1024 * 1024
+
+
+@functools.cache
+def bound_heap() -> bool:
+    """Have glibc give every buffer of 1 MB or more its own mapping, returned to the system
+    when freed; whether it could (False off glibc: nothing to do there).
+
+    Messages travel as bytes objects made and freed in worker threads (a FETCH chunk, an
+    APPEND). glibc raises its mmap threshold to the size of each mmapped block freed (up
+    to 32 MB: mallopt(3), "M_MMAP_THRESHOLD"), so after the first large message the next
+    ones come from per-thread arenas, which keep their freed memory: moving a 2 GB mailbox
+    peaked at 345 MB resident, 196 MB with the threshold fixed (bench/imap_bench.py).
+    Setting the threshold turns the dynamic adjustment off."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 class ImapConnections:
     """The connections of one IMAP server, bounded by `ConnectionLimits`: `session(creds)`
     waits for a free slot (server-wide and for that mailbox), then connects and logs in."""
 
     def __init__(self, endpoint: ImapEndpoint, limits: ConnectionLimits | None = None) -> None:
+        bound_heap()
         self.endpoint = endpoint
         self.limits = limits or ConnectionLimits()
         self._server = asyncio.Semaphore(self.limits.per_server)
@@ -1206,6 +1299,11 @@ class ImapConnections:
         if key not in self._mailboxes:
             self._mailboxes[key] = asyncio.Semaphore(self.limits.per_mailbox)
         return self._mailboxes[key]
+
+    def has_room(self, user: str) -> bool:
+        """Whether a session for `user` would get its slots now, without waiting (a caller
+        that wants an *extra* connection only if one is free asks this first)."""
+        return not self._server.locked() and not self._mailbox(user).locked()
 
     @asynccontextmanager
     async def session(self, credentials: Credentials) -> AsyncIterator[AsyncImapSession]:

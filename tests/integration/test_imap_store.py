@@ -29,7 +29,14 @@ from coexist.migrate.stores.imap import (
     parse_item_id,
     state_key,
 )
-from coexist.tenants.imap import ImapConnections, ImapEndpoint, ImapSession, NewMessage, Password
+from coexist.tenants.imap import (
+    ConnectionLimits,
+    ImapConnections,
+    ImapEndpoint,
+    ImapSession,
+    NewMessage,
+    Password,
+)
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.protocols import MIME, ChangePage, Folder, ItemRef, MessageState, Payload
 from tests.dovecot import DovecotServer, ImapUser
@@ -374,9 +381,13 @@ def test_export_then_import_keeps_flags_keywords_and_internaldate(
     assert got["info"][got["ids"][1]].subject == "Grüße 2"
     assert got["info"][got["ids"][0]].content_type == ""
     with ImapSession.open(endpoint, Password(target.login, target.password)) as t:
-        copies = list(t.changes("INBOX", None).new)
-        fetched = list(t.fetch("INBOX", copies))
-    assert [f.raw for f in fetched] == [m.raw for m in sent]
+        landed = list(t.changes("INBOX", None).new)
+        fetched = list(t.fetch("INBOX", landed))
+    # Concurrent imports may go over several connections: the copies' UIDs need not follow
+    # the order of the imports, so each copy is paired with its message by its text.
+    uid_of = {f.raw: f.uid for f in fetched}
+    assert sorted(uid_of) == sorted(m.raw for m in sent)
+    copies = [next(c for c in landed if c.uid == uid_of[m.raw]) for m in sent]
     assert [c.internaldate for c in copies] == [m.internaldate for m in sent]
     assert [c.keywords for c in copies] == [m.keywords for m in sent]
     assert [c.flags for c in copies[:2]] == [m.flags for m in sent[:2]]
@@ -476,3 +487,35 @@ def test_a_changed_uidvalidity_is_a_lost_cursor(
         return False
 
     assert with_store(endpoint, user, work)
+
+
+@pytest.mark.parametrize("per_mailbox", [1, 3])
+def test_concurrent_imports_each_get_their_own_copy_over_the_mailbox_connections(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, per_mailbox: int
+) -> None:
+    """Many imports at once (as sync's pipeline sends them) go as MULTIAPPENDs over up to
+    `connections_per_mailbox` connections: each import's id names the copy of its own
+    message, none is lost or doubled; with one connection the copies keep the imports'
+    order (ascending UIDs), the order the store's docs promise for that setting."""
+    target = dovecot.new_user("many")
+    sent = [message(i, "many") for i in range(60)]
+
+    async def main() -> list[str]:
+        limits = ConnectionLimits(per_server=10, per_mailbox=per_mailbox)
+        async with ImapStore.open(
+            ImapConnections(endpoint, limits), Password(target.login, target.password)
+        ) as tgt:
+            made = await asyncio.gather(
+                *(tgt.import_item("INBOX", Payload(MIME, "", None, mime=raw)) for raw in sent)
+            )
+        return [m.item_id or "" for m in made]
+
+    ids = asyncio.run(main())
+    uids = [parse_item_id(i)[2] for i in ids]
+    assert len(set(uids)) == len(sent)
+    with ImapSession.open(endpoint, Password(target.login, target.password)) as t:
+        landed = list(t.changes("INBOX", None).new)
+        text = {f.uid: f.raw for f in t.fetch("INBOX", landed)}
+    assert [text[u] for u in uids] == sent  # each id is its own message's copy
+    if per_mailbox == 1:
+        assert uids == sorted(uids)

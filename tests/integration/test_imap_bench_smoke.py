@@ -1,0 +1,50 @@
+"""bench/imap_bench.py runs end to end at `--quick` sizes and prints its one JSON object.
+
+Keys and shapes only: a timing figure from a loaded test machine proves nothing, so no rate
+is asserted (README quotes the full run's figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.dovecot import find_binary, missing
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "imap_bench.py"
+
+
+def test_the_quick_imap_bench_prints_every_figure() -> None:
+    """The quick run moves every mailbox it made (IMAP -> IMAP by coexist and by doveadm,
+    IMAP -> sandbox Microsoft 365, the memory mailbox) and prints each headline figure
+    with the measurements behind it."""
+    if find_binary("dovecot") is None or find_binary("doveadm") is None:
+        missing()
+    root = BENCH.parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout)
+    assert set(out["imap_vs_doveadm_ratio"]) == {"small", "large"}
+    for size in ("small", "large"):
+        part = out["imap_to_imap"][size]
+        for tool in ("coexist", "doveadm"):
+            assert {"items", "msgs_per_s", "mb_per_s", "elapsed_s"} <= set(part[tool])
+        # Both tools moved the whole mailbox: the ratio compares the same work.
+        assert part["coexist"]["in_target"] == part["doveadm"]["items"] == part["source_items"]
+    for figure in ("upload_ceiling_fraction", "request_ceiling_fraction", "peak_rss_mb"):
+        assert isinstance(out[figure], float), (figure, out)
+    m365 = out["imap_to_m365"]
+    assert "error" not in m365["upload"] and "error" not in m365["requests"]
+    assert m365["requests"]["copied"] == out["imap_to_imap"]["small"]["source_items"]
+    assert out["memory"]["in_target"] == out["memory"]["items"]
