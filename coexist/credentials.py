@@ -8,7 +8,9 @@ password for, leaves that user `waiting` for credentials (status says which and 
 that gives them) until `coexist credentials set` or a later import brings one; a user that
 has started moving (past `discovered`) is not put back to waiting. `credentials purge` ends
 a project's credentials: `--all` deletes the vault file (no key needed), `--users` removes
-those users' entries.
+those users' entries. An IMAP side with `[S.imap] master_user` takes that user's password
+once (`credentials set --master --side S`, the vault entry `vault.MASTER_ENTRY`); its users
+then need no password of their own on that side, and `purge --master` removes it.
 
 Every result here is safe to print or write as `--json`: logins and times, never a password.
 """
