@@ -131,6 +131,9 @@ class Plan:
     target_of: dict[str, str] = field(default_factory=dict)
     skipped_folders: list[str] = field(default_factory=list)
     not_ipm: int = 0  # search and system folders seen and left alone
+    # Whether the project's folder rules mapped this plan (`map_folders`), so a folder the
+    # target refused can be renamed by one (reconcile.refused_folders_hint).
+    by_rules: bool = False
 
 
 # (parent or None for the top, name, path, folder class) -> the made folder, or None when the
@@ -213,7 +216,7 @@ async def map_folders(
     tops = [f for f in source if f.well_known and len(f.path) == 1]
     top = {f.path[0].casefold(): str(f.well_known) for f in tops}
     names = {str(f.well_known): f.path[0] for f in tops}
-    plan = Plan(source)
+    plan = Plan(source, by_rules=True)
     for f in source:
         dest = map_folder(SourceFolder(f.path, f.well_known), top, rules)
         if dest is None:
@@ -1091,7 +1094,7 @@ class StoreMover:
             notes.append(f"{plan.not_ipm} search and system folders left out")
         if note := conflicts_note(stores.conflicts):
             notes.append(note)
-        return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
+        return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
 
 
 async def _delete_copy(tgt: MailboxStore, row: dict[str, Any]) -> bool:

@@ -72,9 +72,11 @@ def message(address: str, n: int, folder: str) -> bytes:
     ).encode()
 
 
-def run(*args: str, key: str = KEY) -> Result:
-    """The CLI in-process with the vault key set."""
-    return CliRunner().invoke(main, list(args), env={ENV_KEY: key}, catch_exceptions=False)
+def run(*args: str, key: str = KEY, stdin: str | None = None) -> Result:
+    """The CLI in-process with the vault key set (`stdin`: what it reads there)."""
+    return CliRunner().invoke(
+        main, list(args), input=stdin, env={ENV_KEY: key}, catch_exceptions=False
+    )
 
 
 def run_json(*args: str) -> dict[str, Any]:
@@ -131,8 +133,7 @@ class Scene:
         )
         (self.project / "project.toml").write_text(
             tables
-            # Required of every project today, though an IMAP -> IMAP move has no use for it.
-            + '[domains]\ndestination_domain = "example.net"\n\n'
+            # No [domains]: destination_domain is a Microsoft 365 target's setting.
             + '[migration]\nfolder_rules = ["^INBOX/->"]\n'
         )
 

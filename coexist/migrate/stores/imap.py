@@ -7,9 +7,10 @@ module translates its records into the protocol's (`coexist.tenants.protocols`).
   decoded parts. Well-known folders come from RFC 6154 special-use attributes (or the usual
   names when the server has none: `tenants.imap.SPECIAL_NAMES`). Gmail's All Mail, Starred
   and Important (\\All, \\Flagged, \\Important) are views of messages other folders hold:
-  left out unless `include_virtual`. A special-use folder under a container that holds no
-  mail (Gmail's `[Gmail]/Sent Mail`, `[Gmail]` being \\Noselect) is shown at the top, so the
-  folder mapping anchors it like any well-known folder.
+  left out unless `include_virtual` (`[source.imap] include_virtual_folders = true`). A
+  special-use folder under a container that holds no mail (Gmail's `[Gmail]/Sent Mail`,
+  `[Gmail]` being \\Noselect) is shown at the top, so the folder mapping anchors it like
+  any well-known folder.
 - Items: an item id is `<UIDVALIDITY>:<UID>:<folder>` (`item_id`): IMAP UIDs are per folder
   and void under a new UIDVALIDITY (RFC 3501 2.3.1.1), so both are in the id. The change
   key is a digest of the message's flags and keywords (`state_key`): the only part of an
@@ -967,7 +968,12 @@ async def imap_store(ctx: Context, side_label: str, subject: str) -> AsyncIterat
     item = ctx.journal.get_item("user", subject)
     credentials = server.credentials(subject, item)
     opening = ImapStore.open(
-        server.connections, credentials, label=side_label, plan=ctx.plan, meter=server.meter
+        server.connections,
+        credentials,
+        label=side_label,
+        include_virtual=server.include_virtual,
+        plan=ctx.plan,
+        meter=server.meter,
     )
     async with AsyncExitStack() as stack:
         try:
