@@ -9,7 +9,8 @@ The kill points are counted in messages the target mailboxes hold in the sandbox
 (one row per create that landed, read in this process without a Graph call), plus a seeded
 jitter: the kills fall between a create and its journal record, inside delta scans and
 folder creation (the acceptance scene's odd names), and before the first copy. Between the
-passes the source's INBOX gets a new UIDVALIDITY and new mail arrives.
+passes the source's INBOX gets a new UIDVALIDITY, new mail arrives and the messages of a
+folder are flagged and read (state updates of copies already made).
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ def test_imap_to_m365_passes_killed_at_random_points_end_with_every_message_once
     runs.complete(*prestage)
     assert_exactly_once(runs, old)
 
-    for n, u in enumerate(scene.users):  # a restored source server; mail arrives
+    for n, u in enumerate(scene.users):  # a restored source server; mail arrives; flags
         dovecot.set_uidvalidity(u.source, "INBOX", 5000 + n)
         scene.add(u, "INBOX", 1000 + n)
+        scene.reflag(u, "INBOX.Projects")
     every = {a: expected(scene.fingerprints(s, mapped=True)) for a, s in sources.items()}
     todo = sum(c.total() for c in every.values()) - runs.on_disk()
     landed += runs.crash(("cutover",), todo, CUTOVER_KILLS, rng)

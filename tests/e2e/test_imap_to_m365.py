@@ -314,3 +314,36 @@ def test_odd_folder_names_and_a_uidvalidity_change_into_microsoft_365(
     imap_scene.run_json("cutover", "--project", p, "--all")
     assert scene.copied_by_last("cutover") == 0
     assert graph_prints(sandbox, box) == got
+
+
+def test_a_message_without_message_id_is_copied_once_across_a_uidvalidity_change(
+    dovecot: DovecotServer, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A message with no Message-ID header (RFC 5322 makes it optional) is known by its
+    INTERNALDATE and size: after its folder gets a new UIDVALIDITY, cutover pairs it with
+    its copy instead of copying it a second time."""
+    sandbox.write_connection()
+    scene = Scene(dovecot, tmp_path, users=1)
+    scene.write_m365_project(sandbox.state_dir / "connection.json")
+    [(box, upn)] = target_mailboxes(sandbox, 1)
+    [user] = scene.users
+    raw = (
+        b"From: a@example.org\r\nTo: b@example.org\r\nSubject: no id\r\n"
+        b"Date: Mon, 4 Mar 2019 05:06:07 +0000\r\n\r\nno Message-ID here\r\n"
+    )
+    with scene.imap(user.source) as s:
+        s.append("INBOX", [NewMessage(raw, frozenset({"\\Seen"}), frozenset(), OLD)])
+        s.append("INBOX", [NewMessage(message("with id"), frozenset(), frozenset(), OLD)])
+    p = str(scene.project)
+    csv_path = scene.m365_csv({user.address: upn})
+    imap_scene.run_json("batch", "import", "--project", p, str(csv_path), "--name", "w")
+    imap_scene.run_json("prestage", "--project", p, "--all", "--older-than", "90d")
+    dovecot.set_uidvalidity(user.source, "INBOX", 4242)
+
+    final = imap_scene.run_json("cutover", "--project", p, "--all")
+    assert not final["failed"] and not final["waiting"], final
+    assert scene.copied_by_last("cutover") == 0
+    target = landed(sandbox, box)
+    assert sorted(target) == ["no id", "with id"] and len(target["no id"]) == 1, target
+    [copy] = target["no id"]
+    assert copy.is_read and dt.datetime.fromisoformat(copy.received.replace("Z", "+00:00")) == OLD
