@@ -7,7 +7,8 @@ reconciliation after each pass, skipped items listed with folder and subject."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,10 +113,11 @@ class Passes:
                 ) as tgt,
             ):
 
+                @asynccontextmanager
                 async def open_stores(
                     ctx: Context, subject: str
-                ) -> tuple[MailboxStore, MailboxStore]:
-                    return src, tgt
+                ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
+                    yield src, tgt
 
                 with Journal.open(self.db) as journal:
                     if journal.get_item("user", KEY) is None:

@@ -6,6 +6,8 @@ twice; `[trial]` settings checked like every setting; status says "trial"."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,8 +48,11 @@ def run(
     )
     project: Any = SimpleNamespace(migration=migration, file="project.toml")
 
-    async def open_stores(ctx: Context, subject: str) -> tuple[MailboxStore, MailboxStore]:
-        return src, tgt
+    @asynccontextmanager
+    async def open_stores(
+        ctx: Context, subject: str
+    ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
+        yield src, tgt
 
     with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
         journal.upsert_item("user", USER)
