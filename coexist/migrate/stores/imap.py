@@ -156,6 +156,26 @@ def parse_item_id(value: str) -> tuple[str, int, int]:
     return folder, int(validity), int(uid)
 
 
+# The item_map identity of a message without a Message-ID (RFC 5322 3.6.4: the field
+# "SHOULD" be present; old archives and some drafts lack it): its INTERNALDATE and
+# RFC822.SIZE. A new UIDVALIDITY and a move (MOVE, RFC 6851 3.3: as COPY, whose "flags and
+# internal date SHOULD be preserved", RFC 3501 6.4.7) leave both as they were, so
+# `sync.resolve_moves` pairs the message with its copy instead of copying it twice.
+# Two such messages of one date and size match each other: resolve_moves pairs only a
+# single match, so they are copied again, never lost. *unverified*: that a server restored
+# from a backup (the usual cause of a new UIDVALIDITY) keeps INTERNALDATE; where it does
+# not, such a message is copied again, as it was before.
+UNNAMED_IDENTITY = "imap-date-size:"
+
+
+def ref_identity(ref: MessageRef) -> str:
+    """A message's identity: its Message-ID, else its INTERNALDATE (UTC) and size."""
+    named = message_identity(ref.message_id)
+    if named is not None:
+        return named
+    return f"{UNNAMED_IDENTITY}{ref.internaldate.astimezone(UTC).isoformat()}:{ref.size}"
+
+
 def state_key(flags: Iterable[str], keywords: Iterable[str]) -> str:
     """The change key of a message: a digest of its flags and keywords (case-folded:
     keywords are case-insensitive, RFC 3501 2.3.2)."""
@@ -406,7 +426,7 @@ class UidRound:
             created=ref.internaldate.isoformat(),
             size=ref.size,
             kind=MAIL_CLASS,
-            identity=message_identity(ref.message_id),
+            identity=ref_identity(ref),
         )
 
     def _reset(self, name: str, validity: int) -> RemoteError:
