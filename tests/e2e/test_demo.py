@@ -14,13 +14,15 @@ from click.testing import Result
 # per mailbox. 10 users put 4 user mailboxes in scope, each waiting its own seeded time.
 REALISTIC_USERS = 10
 REALISTIC_SCALE = 60
+# What `--dir` keeps does not depend on the batch: seed 1 with 10 users, 4 mailboxes in scope.
+DIR_USERS = 10
 
 
 def test_demo_dir_keeps_project_and_sandbox_state(
     tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     """After the demo, status reads DIR as a project and deliver routes against DIR/sandbox."""
-    demo = cli("demo", "--dir", str(tmp_path), "--users", "20", "--json")
+    demo = cli("demo", "--dir", str(tmp_path), "--users", str(DIR_USERS), "--json")
     assert demo.exit_code == 0, demo.output[-2000:]
     assert json.loads(demo.stdout)["ok"] is True
     status = json.loads(cli("status", "--project", str(tmp_path), "--json").stdout)
