@@ -377,7 +377,10 @@ def graph_read(http: httpx.Client, box: str, message_id: str, prop: str) -> tupl
         params={"$select": "id,importance", "$expand": f"singleValueExtendedProperties($filter=id eq '{prop}')"},
     )  # fmt: skip
     assert got.status_code == 200, got.text
-    found = [p["value"] for p in got.json().get("singleValueExtendedProperties") or []]
+    expanded = got.json().get("singleValueExtendedProperties") or []
+    # singleValueLegacyExtendedProperty (CSDL): its id and a string value, nothing more.
+    assert all(set(p) == {"id", "value"} and isinstance(p["value"], str) for p in expanded)
+    found = [p["value"] for p in expanded]
     assert len(found) <= 1, found
     return str(got.json()["importance"]), found[0] if found else None
 

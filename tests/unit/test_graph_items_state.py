@@ -34,6 +34,7 @@ from coexist.migrate.stores.graph_items import (
 )
 from coexist.migrate.stores.imap import ImapState, imap_flags, message_state
 from coexist.migrate.stores.mime_headers import header_importance, importance_of
+from coexist.sandbox.mailstore import _importance as sandbox_importance
 from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.protocols import MIME, ItemRef, MessageState, Payload
 
@@ -129,10 +130,12 @@ def test_without_verbs_keeps_every_other_property() -> None:
 )
 def test_importance_headers_map_as_ms_oxcmail_says(headers: bytes, expected: str) -> None:
     """MS-OXCMAIL 2.2.3.2.5's tables, Importance first, a comment after X-Priority, folded
-    values; nothing usable is normal. The parsed-message form agrees with the raw one."""
+    values; nothing usable is normal. The parsed-message form agrees with the raw one, and
+    the sandbox's MIME reader (a MIME create, seeded mail) reads them the same way."""
     raw = HEAD + headers + b"\r\nbody\r\n"
     assert header_importance(raw) == expected
     assert (importance_of(parse_mime(raw).get) or "normal") == expected
+    assert sandbox_importance(parse_mime(raw)) == expected
 
 
 def test_only_the_header_block_gives_the_importance() -> None:
