@@ -242,9 +242,9 @@ def message_state(
 ) -> ImapState:
     """A message's flags, keywords and INTERNALDATE as the protocol's state: \\Seen is
     `read`, \\Draft `draft`, \\Flagged the follow-up flag, user keywords categories,
-    \\Answered `answered`, $Forwarded `forwarded` (keywords compare without case, RFC 3501
-    2.3.2 as servers apply it); `importance` as the message's headers give it (None: not
-    read, a state-only export)."""
+    \\Answered `answered`, $Forwarded `forwarded` (in any case: RFC 3501 9, "all alphabetic
+    characters are case-insensitive"); `importance` as the message's headers give it
+    (None: not read, a state-only export)."""
     protocol = tuple(sorted(k for k in keywords if k.startswith(PROTOCOL_KEYWORD)))
     return ImapState(
         read="\\Seen" in flags,
