@@ -283,3 +283,19 @@ def test_a_refusal_that_is_not_about_the_properties_stays_the_messages_own() -> 
         with pytest.raises(InvalidRequest):
             asyncio.run(store.import_item("inbox", payload("big", state)))
         assert len(server.sent("POST")) == tries
+
+
+def test_a_pass_of_updates_only_reads_its_first_patch_back() -> None:
+    """A store that only updates (every copy made by an earlier pass) reads back the first
+    PATCH that carried a last verb: a server ignoring it is found there too."""
+    server = Server(ignores=True)
+    server.kept["m0"] = {}
+    store = GraphItemsStore(Box(cast(GraphAdapter, server), "user-1", ""))
+
+    async def main() -> None:
+        for _ in range(2):
+            await store.import_item("inbox", payload("one", REPLIED), ItemRef("inbox", "m0"))
+
+    asyncio.run(main())
+    assert store.verbs is False and len(server.sent("GET")) == 1
+    assert [LAST_VERB in props_of(b) for b in server.sent("PATCH")] == [True, False]

@@ -789,8 +789,8 @@ class GraphItemsStore:
         self, method: str, path: str, body: dict[str, Any], source_id: str
     ) -> dict[str, Any] | None:
         """A create or state PATCH; refused while it carries the replied / forwarded
-        properties, sent again without them (a refusal of that one is the item's own). A
-        create that carried them and landed is read back once per store."""
+        properties, sent again without them (a refusal of that one is the item's own). The
+        first that carried them and was accepted is read back (once per store)."""
         made: dict[str, Any] | None
         try:
             made = await self.box.graph.send(method, path, json=body)
@@ -801,7 +801,7 @@ class GraphItemsStore:
             made = await self.box.graph.send(method, path, json=bare)
             self._verbs_refused(exc.message, source_id)
             return made
-        if method == "POST" and made is not None and self.verbs is None and not self.probing:
+        if made is not None and made.get("id") and self.verbs is None and not self.probing:
             sent = [
                 p for p in body.get("singleValueExtendedProperties") or [] if p["id"] == LAST_VERB
             ]
@@ -811,8 +811,8 @@ class GraphItemsStore:
         return made
 
     async def _check_verbs_kept(self, item_id: str, value: str, source_id: str) -> None:
-        """Read the first copy made with a last verb back: a server that ignored it (the
-        copy landed without it) has this store leave the properties out from then on. A
+        """Read the first copy made or updated with a last verb back: a server that ignored it
+        (the copy landed without it) has this store leave the properties out from then on. A
         read that fails (the copy deleted meanwhile, a refusal) proves nothing: the next
         copy made with them is read back instead; the copy itself has landed either way."""
         try:
