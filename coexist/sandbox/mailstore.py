@@ -405,9 +405,26 @@ def _has_attachments(msg: EmailMessage) -> bool:
     return any(True for _ in msg.iter_attachments()) if msg.is_multipart() else False
 
 
+# MS-OXCMAIL 2.2.3.2.5: how a MIME reader maps importance headers to PidTagImportance. An
+# Importance header wins ("MIME readers SHOULD use its value in preference to any of the
+# others"); Priority, X-Priority and X-MSMail-Priority are read in the order the spec lists
+# them (*unverified*: the spec gives no order among those three). Urgent "SHOULD be" high.
+_IMPORTANCE_HEADERS = (
+    ("Importance", {"low": "low", "normal": "normal", "high": "high"}),
+    ("Priority", {"non-urgent": "low", "normal": "normal", "urgent": "high"}),
+    ("X-Priority", {"5": "low", "4": "low", "3": "normal", "2": "high", "1": "high"}),
+    ("X-MSMail-Priority", {"low": "low", "normal": "normal", "high": "high"}),
+)
+
+
 def _importance(msg: EmailMessage) -> str:
-    value = str(msg.get("Importance") or "normal").strip().lower()
-    return value if value in ("low", "normal", "high") else "normal"
+    for header, values in _IMPORTANCE_HEADERS:
+        # "1 (Highest)": the value is the first word, a comment may follow.
+        words = re.split(r"[\s(;]+", str(msg.get(header) or "").strip(), maxsplit=1)
+        found = values.get(words[0].lower()) if words and words[0] else None
+        if found is not None:
+            return found
+    return "normal"
 
 
 # RFC 2156 / RFC 4021 `Sensitivity:` header values -> Exchange's sensitivity

@@ -494,7 +494,8 @@ class _ErrorMapper:
         code = response_code(said)
         kw: dict[str, Any] = {"service": SERVICE, "code": code, "user": credentials.user}
         if code in _TRANSIENT_CODES:
-            # Dovecot refuses a login over mail_max_userip_connections with [UNAVAILABLE].
+            # Dovecot refuses a login over mail_max_userip_connections with [LIMIT] (RFC 5530:
+            # "the number of simultaneous connections") or, seen too, [UNAVAILABLE].
             return TransientError(
                 f"IMAP login of {credentials.user} at {self.ep.url} was refused for now: {said}",
                 **kw,
@@ -1247,7 +1248,7 @@ class ConnectionLimits:
 
     Servers cap connections per account: Gmail 15 per account (Google Workspace Admin Help,
     "IMAP and POP limits"), Dovecot 10 per user and client IP by default
-    (mail_max_userip_connections); a login over the cap is refused ([UNAVAILABLE])."""
+    (mail_max_userip_connections); a login over the cap is refused ([LIMIT] / [UNAVAILABLE])."""
 
     per_server: int = 20
     per_mailbox: int = 4

@@ -153,8 +153,10 @@ class MessageState:
     (resources/message): what the MIME format travels with, and all an update carries.
 
     An IMAP store maps \\Seen to `read`, \\Draft to `draft`, \\Flagged to
-    `flag={"flagStatus": "flagged"}`, keywords to `categories` and INTERNALDATE to
-    `received`."""
+    `flag={"flagStatus": "flagged"}`, keywords to `categories`, INTERNALDATE to
+    `received`, \\Answered to `answered`, $Forwarded to `forwarded` and the MIME
+    Importance/X-Priority headers to `importance` (known only where the message was read,
+    not in a state-only export)."""
 
     read: bool = False
     draft: bool = False
@@ -162,9 +164,15 @@ class MessageState:
     # store has them, `startDateTime`/`dueDateTime`/`completedDateTime`; None: no flag state.
     flag: Mapping[str, Any] | None = None
     categories: tuple[str, ...] = ()
-    importance: str = "normal"  # low, normal, high
+    # low, normal, high (resources/message `importance`); None: not known (a state-only
+    # export of a store that keeps it in the message text): an update leaves the copy's as it is.
+    importance: str | None = None
     received: str | None = None  # ISO 8601: delivery time (IMAP INTERNALDATE)
     sent: str | None = None  # ISO 8601: submit time
+    # The user replied to / forwarded the message (IMAP \\Answered, $Forwarded of RFC 5788;
+    # Exchange's PidTagLastVerbExecuted). False: not known to be; a copy's is never cleared.
+    answered: bool = False
+    forwarded: bool = False
 
 
 @dataclass(frozen=True)

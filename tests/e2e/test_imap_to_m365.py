@@ -187,7 +187,7 @@ def test_a_destination_the_target_tenant_lacks_fails_that_user_clearly(
 
 # What a message is in Microsoft 365, as far as the move must keep it: Message-ID, the
 # displayName path of its folder, isRead, flagStatus, categories, receivedDateTime.
-GraphPrint = tuple[str, tuple[str, ...], bool, str, tuple[str, ...], str]
+GraphPrint = tuple[str, tuple[str, ...], bool, str, tuple[str, ...], str, str | None]
 # The well-known folders the source's names stand for (Dovecot's special-use \Sent,
 # \Archive; INBOX), by the displayName the sandbox gives them (Graph's English names).
 WELL_KNOWN = {"INBOX": "Inbox", "Sent": "Sent Items", "Archive": "Archive"}
@@ -196,12 +196,15 @@ WELL_KNOWN = {"INBOX": "Inbox", "Sent": "Sent Items", "Archive": "Archive"}
 def graph_print(source: Fingerprint) -> GraphPrint:
     """What a source message (its fingerprint, path as `^INBOX/->` maps it) should be in
     Microsoft 365: \\Seen -> isRead, \\Flagged -> flagged, user keywords (not the "$"
-    ones, nor \\Answered) -> categories, INTERNALDATE -> receivedDateTime."""
+    ones, nor \\Answered) -> categories, INTERNALDATE -> receivedDateTime, \\Answered ->
+    PidTagLastVerbExecuted 102 (replied), else $Forwarded -> 104 (forwarded)."""
     message_id, _, path, flags, internaldate = source
     top = WELL_KNOWN.get(path[0], path[0])
     categories = tuple(sorted(f for f in flags if not f.startswith(("\\", "$"))))
     flag = "flagged" if "\\Flagged" in flags else "notFlagged"
-    return (message_id, (top, *path[1:]), "\\Seen" in flags, flag, categories, internaldate)
+    verb = "102" if "\\Answered" in flags else "104" if "$Forwarded" in flags else None
+    return (message_id, (top, *path[1:]), "\\Seen" in flags, flag, categories, internaldate,
+            verb)  # fmt: skip
 
 
 def expected(prints: Counter[Fingerprint]) -> Counter[GraphPrint]:
@@ -232,6 +235,7 @@ def graph_prints(sandbox: Sandbox, mailbox: str) -> Counter[GraphPrint]:
                 str(item.flag.get("flagStatus")),
                 tuple(sorted(item.categories)),
                 received.astimezone(dt.UTC).isoformat(),
+                item.properties.get("Integer 0x1081"),  # PidTagLastVerbExecuted
             )
         ] += 1
     return out

@@ -56,8 +56,8 @@ def test_sessions_are_bounded_per_mailbox_and_per_server(
 def test_a_login_over_the_servers_cap_is_transient(
     dovecot: DovecotServer, endpoint: ImapEndpoint
 ) -> None:
-    """Dovecot refuses the 11th connection of one user ([UNAVAILABLE]): retry later, not a
-    wrong password."""
+    """Dovecot refuses the 11th connection of one user ([LIMIT] or [UNAVAILABLE]): retry
+    later, not a wrong password."""
     user = dovecot.new_user()
     creds = Password(user.login, user.password)
     sessions = [ImapSession.open(endpoint, creds) for _ in range(10)]
@@ -65,7 +65,10 @@ def test_a_login_over_the_servers_cap_is_transient(
         with pytest.raises(TransientError, match="Maximum number of connections") as caught:
             ImapSession.open(endpoint, creds)
         assert caught.value.fields["user"] == user.login
-        assert caught.value.code == "UNAVAILABLE"
+        # RFC 5530 names LIMIT for "the number of simultaneous connections"; Dovecot 2.3.19
+        # answered UNAVAILABLE on one machine and LIMIT on another (same package): either is
+        # a refusal for now.
+        assert caught.value.code in {"LIMIT", "UNAVAILABLE"}
     finally:
         for s in sessions:
             s.close()

@@ -43,7 +43,9 @@ PDF = b"%PDF-1.4 scanned page\n" * 64
 OLD = dt.datetime(2019, 3, 4, 5, 6, 7, tzinfo=dt.timezone(dt.timedelta(hours=1, minutes=30)))
 
 
-def message(subject: str, attachment: bytes | None = None) -> bytes:
+def message(
+    subject: str, attachment: bytes | None = None, headers: dict[str, str] | None = None
+) -> bytes:
     """An RFC 5322 message with a unique Message-ID, sent a day before OLD."""
     msg = EmailMessage()
     msg["From"] = "Ann Example <ann@fabrikam.example>"
@@ -51,6 +53,8 @@ def message(subject: str, attachment: bytes | None = None) -> bytes:
     msg["Subject"] = subject
     msg["Date"] = "Sun, 03 Mar 2019 10:00:00 +0000"
     msg["Message-ID"] = f"<{subject.replace(' ', '.')}@fabrikam.example>"
+    for name, value in (headers or {}).items():
+        msg[name] = value
     msg.set_content(f"body of {subject}\n")
     if attachment is not None:
         msg.add_attachment(attachment, maintype="application", subtype="pdf", filename="big.pdf")
@@ -358,3 +362,112 @@ def test_a_uidvalidity_reset_and_an_interrupted_import_copy_nothing_twice(
     assert len(target) == 7 and all(len(copies) == 1 for copies in target.values()), target
     [copy] = target["nested big"]
     assert [(a.name, a.data) for a in sandbox.mail.attachments(copy.id)] == [("big.pdf", BIG)]
+
+
+# PidTagLastVerbExecuted / PidTagIconIndex as graph_items writes them (see its "Replied and
+# forwarded"), read back through Graph as the contract returns them.
+LAST_VERB, ICON_INDEX = "Integer 0x1081", "Integer 0x1080"
+
+
+def graph_read(http: httpx.Client, box: str, message_id: str, prop: str) -> tuple[str, str | None]:
+    """A message's importance and one extended property, through Graph (`$expand=
+    singleValueExtendedProperties($filter=id eq '...')`): None when it has none."""
+    got = http.get(
+        f"users/{box}/messages/{message_id}",
+        params={"$select": "id,importance", "$expand": f"singleValueExtendedProperties($filter=id eq '{prop}')"},
+    )  # fmt: skip
+    assert got.status_code == 200, got.text
+    expanded = got.json().get("singleValueExtendedProperties") or []
+    # singleValueLegacyExtendedProperty (CSDL): its id and a string value, nothing more.
+    assert all(set(p) == {"id", "value"} and isinstance(p["value"], str) for p in expanded)
+    found = [p["value"] for p in expanded]
+    assert len(found) <= 1, found
+    return str(got.json()["importance"]), found[0] if found else None
+
+
+def state_seen(
+    conn: dict[str, Any], box: str, sandbox: Sandbox
+) -> dict[str, tuple[str, str | None, str | None]]:
+    """Per subject, each copy's (importance, last verb, icon index) as Graph returns them."""
+    out = {}
+    with graph_http(conn, "target") as http:
+        for [t] in landed(sandbox, box).values():
+            importance, verb = graph_read(http, box, t.id, LAST_VERB)
+            out[t.subject] = (importance, verb, graph_read(http, box, t.id, ICON_INDEX)[1])
+    return out
+
+
+def test_replied_forwarded_and_high_importance_land_and_survive_a_flag_change(
+    dovecot: DovecotServer, sandbox: Sandbox, conn: dict[str, Any], tmp_path: Path
+) -> None:
+    """An \\Answered message lands with PidTagLastVerbExecuted 102 + icon 0x105, a $Forwarded
+    one with 104 + 0x106, an X-Priority 1 one as High (plan mode first: it writes nothing
+    but would send those properties); \\Seen set at the source between passes is PATCHed
+    (updated 2) and the copies keep High and their replied state; a further pass copies
+    nothing and changes no copy."""
+    user = dovecot.new_user("verbs")
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", dovecot.ca_file)
+    seed = [
+        ("replied one", frozenset({"\\Answered"}), frozenset(), {}),
+        ("forwarded one", frozenset(), frozenset({"$Forwarded"}), {}),
+        ("urgent one", frozenset({"\\Answered"}), frozenset(), {"X-Priority": "1 (Highest)"}),
+        ("low one", frozenset(), frozenset(), {"Importance": "low"}),
+        ("quiet one", frozenset(), frozenset(), {}),
+    ]
+    uids: dict[str, int] = {}
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+        for subject, flags, keywords, headers in seed:
+            raw = message(subject, headers=headers)
+            [uid] = s.append("INBOX", [NewMessage(raw, flags, keywords, OLD)])
+            assert uid is not None
+            uids[subject] = uid
+    box = target_mailbox(sandbox)
+    runs = Pass(dovecot, user, conn, box)
+    recorder = WriteRecorder()
+    with Journal.open(f"sqlite:///{tmp_path / 'plan.sqlite'}") as journal:
+        runs.run(journal, plan=recorder)
+    assert list(sandbox.mail.iter_messages("target", box)) == []
+    planned = {
+        w.params["subject"]: w.params for w in recorder.writes if w.operation.endswith("/messages")
+    }
+    assert len(planned) == 5, [w.operation for w in recorder.writes]
+    verbs = {
+        subject: {p["id"]: p["value"] for p in body["singleValueExtendedProperties"]}.get(LAST_VERB)
+        for subject, body in planned.items()
+    }  # fmt: skip
+    assert verbs == {"replied one": "102", "forwarded one": "104", "urgent one": "102",
+                     "low one": None, "quiet one": None}  # fmt: skip
+    with Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}") as journal:
+        first = runs.run(journal)
+        landed_first = state_seen(conn, box, sandbox)
+        with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+            s.set_flags(
+                "INBOX", uids["urgent one"], frozenset({"\\Seen", "\\Answered"}), frozenset()
+            )
+            s.set_flags(
+                "INBOX", uids["forwarded one"], frozenset({"\\Seen"}), frozenset({"$Forwarded"})
+            )
+        changed = runs.run(journal)
+        after_change = {t.subject: t for [t] in landed(sandbox, box).values()}
+        again = runs.run(journal)
+    assert first["copied"] == 5 and first["skipped"] == 0, first
+    assert changed["updated"] == 2 and changed["copied"] == 0, changed
+    assert +again == Counter(), again
+    final = {t.subject: t for [t] in landed(sandbox, box).values()}
+    # Nothing changed any copy after the update pass (same change keys).
+    assert {k: t.change_key for k, t in final.items()} == {
+        k: t.change_key for k, t in after_change.items()
+    }
+    expected = {
+        "replied one": ("normal", "102", "261"),
+        "forwarded one": ("normal", "104", "262"),
+        "urgent one": ("high", "102", "261"),
+        "low one": ("low", None, None),
+        "quiet one": ("normal", None, None),
+    }
+    assert landed_first == expected
+    assert state_seen(conn, box, sandbox) == expected
+    assert [final[s].is_read for s in ("urgent one", "forwarded one", "replied one")] == [
+        True, True, False,
+    ]  # fmt: skip
+    assert not any(t.is_draft for t in final.values())

@@ -28,12 +28,20 @@ these stores, plus its own copy of contacts, calendars and To Do lists.
   - `SystemTime 0x0E06` PR_MESSAGE_DELIVERY_TIME and `SystemTime 0x0039`
     PR_CLIENT_SUBMIT_TIME: receivedDateTime / sentDateTime are read-only in Graph.
   - `Integer 0x0036` PR_SENSITIVITY from the MIME `Sensitivity` header (RFC 2156).
+  - `Integer 0x1081` PidTagLastVerbExecuted and `Integer 0x1080` PidTagIconIndex for a
+    message the user replied to or forwarded (IMAP \\Answered, $Forwarded): see "Replied
+    and forwarded" below, where what Microsoft does not document is listed.
   - IDENTITY_PROP: the source message's id (the copy's stamp, see `our_copies`).
+  The importance is the state's, else what the MIME Importance / X-Priority headers give
+  (`mime_headers`, MS-OXCMAIL 2.2.3.2.5), else left to Exchange (normal).
   Attachments ride in the create while the request stays under Graph's 4 MB; the rest are
   POSTed one by one (< 3 MB) or sent through an upload session (3..150 MB,
   outlook-large-attachments). So an import is several requests (`caps.atomic_import` is
   False): a copy an interrupted pass left may lack attachments, and is deleted and made again.
-- Update (`import_item(replace=...)`): isRead/flag/categories/importance PATCHed onto the copy.
+- Update (`import_item(replace=...)`): isRead/flag/categories PATCHed onto the copy, the
+  importance only where the state knows it (an IMAP update reads the flags alone: its
+  importance is None, and a High copy stays High), the replied/forwarded state only where
+  the source has it (never cleared).
 - Moves (`caps.moves`): `messages/{id}/move` (message-move).
 """
 
@@ -44,6 +52,7 @@ import contextlib
 import email
 import email.policy
 import json
+import logging
 import mimetypes
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -57,10 +66,12 @@ from coexist.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     RemoteError,
     TransientError,
 )
 from coexist.migrate.stores.graph import MAIL_WELL_KNOWN, Box, sync_state_lost
+from coexist.migrate.stores.mime_headers import importance_of
 from coexist.migrate.sync import message_id_of, message_identity
 from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.protocols import (
@@ -78,6 +89,8 @@ from coexist.tenants.protocols import (
     MessageState,
     Payload,
 )
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "mail-messages"  # folder_state kind of the mail API's message delta
 DELTA_PAGE = 100  # Prefer: odata.maxpagesize (graph/delta-query-messages)
@@ -105,6 +118,51 @@ MSGFLAG_READ = 0x1
 MSGFLAG_UNSENT = 0x8
 # PidTagSensitivity (MS-OXCMSG 2.2.1.13) from the MIME Sensitivity header (RFC 2156).
 SENSITIVITY = {"personal": 1, "private": 2, "company-confidential": 3}
+
+# -- Replied and forwarded ------------------------------------------------------------------------
+# How Outlook shows "You replied to / forwarded this message": two MAPI properties, set
+# through `singleValueExtendedProperties` in the create request and in an update's PATCH.
+# Documented:
+# - Graph v1.0 CSDL: message.singleValueExtendedProperties, a contained collection of
+#   singleValueLegacyExtendedProperty (id, value: Edm.String), not navigable on its own;
+#   the tagged-property id is "{type} {proptag}" (extended-properties-overview, as
+#   `Integer 0x0E07` above); a create or PATCH may carry them
+#   (singlevaluelegacyextendedproperty-post-singlevalueextendedproperties).
+# - PidTagLastVerbExecuted: tag 0x1081, PT_LONG (Outlook MAPI reference; MS-OXPROPS).
+#   PidTagIconIndex: 0x1080, PtypInteger32 (MS-OXPROPS 2.738; defined in MS-OXOMSG
+#   2.2.1.10), "Replied mail 0x00000105", "Forwarded mail 0x00000106", and "a hint to the
+#   client. The client may ignore the value of this property" (Outlook MAPI reference).
+# *unverified* (the one list of what Microsoft does not document here):
+# 1. The values of 0x1081. The Outlook MAPI reference page of PidTagLastVerbExecuted lists
+#    the icon-index numbers (Replied mail 0x105, Forwarded mail 0x106); the NOTEIVERB_*
+#    values of MS-OXOMSG are REPLYTOSENDER 102, REPLYTOALL 103, FORWARD 104 (MS-OXOMSG was
+#    not read in this session; MS-ASEMAIL 2.2.2.44 has the same three verbs for ActiveSync).
+#    102 / 104 is what the IMAP gateways over Exchange write and read (DavMail: 102 +
+#    icon 261, 104 + icon 262; the Kopano/Zarafa gateway: NOTEIVERB_REPLYTOSENDER /
+#    NOTEIVERB_FORWARD with ICON_MAIL_REPLIED / ICON_MAIL_FORWARDED): coexist writes those.
+# 2. That Exchange Online lets a Graph create or PATCH set 0x1080 / 0x1081 (no page says
+#    they are read-only; third-party Graph clients PATCH them, e.g. cloud_mdir_sync), and
+#    that Outlook then shows the replied / forwarded state from them.
+# 3. PidTagLastVerbExecutionTime (0x1082, when the verb was done) is not set: an IMAP
+#    source does not know when the reply was sent, and the copy time would be false. What
+#    Outlook shows for a verb without a time is not documented.
+# 4. One last verb only: a message both \\Answered and $Forwarded shows "replied".
+# 5. PidTagMessageStatus MSGSTATUS_ANSWERED (0x0E17) is not set: a client sets it with
+#    RopSetMessageStatus (MS-OXCMSG), which Graph does not offer. Whether Exchange Online's
+#    own IMAP service shows \\Answered from it rather than from 0x1081 (cloud_mdir_sync's
+#    notes say so) is not documented.
+# Whatever the answer to 2, nothing is lost: a create or PATCH refused with these
+# properties is sent again without them (the copy lands, the update applies), the message
+# is logged as not carrying its state, and this store leaves them out from then on; a
+# server that ignores them is found by reading the first copy made with them back once per
+# store (`GraphItemsStore._check_verbs_kept`): logged, and left out from then on.
+LAST_VERB = "Integer 0x1081"  # PidTagLastVerbExecuted
+ICON_INDEX = "Integer 0x1080"  # PidTagIconIndex
+NOTEIVERB_REPLYTOSENDER = 102
+NOTEIVERB_FORWARD = 104
+ICON_MAIL_REPLIED = 0x105
+ICON_MAIL_FORWARDED = 0x106
+VERB_PROPS = (LAST_VERB, ICON_INDEX)
 COPIES_IN_FLIGHT = 4  # graph/throttling-limits: 4 concurrent requests per app per mailbox
 
 # What this data plane can do. Mail travels as MIME plus the state MIME lacks, one message
@@ -415,9 +473,39 @@ def submit_time(msg: EmailMessage, state: MessageState) -> str | None:
     return utc_time(state.received) if state.received else None
 
 
-def message_payload(msg: EmailMessage, state: MessageState, source_id: str) -> dict[str, Any]:
+def verb_properties(state: MessageState) -> list[dict[str, str]]:
+    """The extended properties of the state's replied / forwarded state (see "Replied and
+    forwarded"): none when the source has neither."""
+    if state.answered:
+        verb, icon = NOTEIVERB_REPLYTOSENDER, ICON_MAIL_REPLIED
+    elif state.forwarded:
+        verb, icon = NOTEIVERB_FORWARD, ICON_MAIL_FORWARDED
+    else:
+        return []
+    return [{"id": LAST_VERB, "value": str(verb)}, {"id": ICON_INDEX, "value": str(icon)}]
+
+
+def without_verbs(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A create or PATCH body without the replied / forwarded properties; None when it
+    carries none (nothing to leave out)."""
+    props = body.get("singleValueExtendedProperties") or []
+    kept = [p for p in props if p.get("id") not in VERB_PROPS]
+    if len(kept) == len(props):
+        return None
+    out = dict(body)
+    if kept:
+        out["singleValueExtendedProperties"] = kept
+    else:
+        out.pop("singleValueExtendedProperties", None)
+    return out
+
+
+def message_payload(
+    msg: EmailMessage, state: MessageState, source_id: str, verbs: bool = True
+) -> dict[str, Any]:
     """The JSON create of a message: its MIME-derived content plus the state MIME lacks, and
-    the copy's identity (IDENTITY_PROP = the source message's id)."""
+    the copy's identity (IDENTITY_PROP = the source message's id); `verbs`: with the
+    replied / forwarded state (`verb_properties`)."""
     flags = (MSGFLAG_READ if state.read else 0) | (MSGFLAG_UNSENT if state.draft else 0)
     props = [
         {"id": "Integer 0x0E07", "value": str(flags)},
@@ -431,6 +519,8 @@ def message_payload(msg: EmailMessage, state: MessageState, source_id: str) -> d
     sensitivity = SENSITIVITY.get(str(msg.get("Sensitivity", "")).strip().lower())
     if sensitivity:
         props.append({"id": "Integer 0x0036", "value": str(sensitivity)})
+    if verbs:
+        props += verb_properties(state)
     body: dict[str, Any] = {
         "subject": str(msg.get("Subject", "")),
         "body": _body(msg),
@@ -438,10 +528,14 @@ def message_payload(msg: EmailMessage, state: MessageState, source_id: str) -> d
         "ccRecipients": _people(msg, "Cc"),
         "bccRecipients": _people(msg, "Bcc"),
         "replyTo": _people(msg, "Reply-To"),
-        "importance": state.importance,
         "categories": list(state.categories),
         "singleValueExtendedProperties": props,
     }
+    # A source that keeps no importance of its own (None): the message's headers, as
+    # Exchange's MIME reader would; neither: Exchange's default (normal).
+    importance = state.importance or importance_of(msg.get)
+    if importance:
+        body["importance"] = importance
     sender = _people(msg, "From")
     if sender:
         body["from"] = sender[0]
@@ -469,16 +563,23 @@ def message_state(raw: dict[str, Any]) -> MessageState:
     )
 
 
-def state_patch(state: MessageState) -> dict[str, Any]:
+def state_patch(state: MessageState, verbs: bool = True) -> dict[str, Any]:
     """The PATCH that brings a copy's state in line (message-update: isRead, categories,
-    importance and flag are writable; isDraft and the dates are not)."""
+    importance and flag are writable; isDraft and the dates are not). What the state does
+    not know is left as the copy has it: an unknown importance (None), no flag state, a
+    replied / forwarded state the source does not have (never cleared: the target's user
+    may have replied there); `verbs`: with the replied / forwarded state."""
     patch: dict[str, Any] = {
         "isRead": state.read,
         "categories": list(state.categories),
-        "importance": state.importance,
     }
+    if state.importance is not None:
+        patch["importance"] = state.importance
     if state.flag is not None:
         patch["flag"] = dict(state.flag)
+    extended = verb_properties(state) if verbs else []
+    if extended:
+        patch["singleValueExtendedProperties"] = extended
     return patch
 
 
@@ -583,6 +684,12 @@ class GraphItemsStore:
     def __init__(self, box: Box) -> None:
         self.box = box
         self.feed = MailDelta(box)
+        # Whether copies get the replied / forwarded properties: None until the first copy
+        # made with them was read back, then True (kept) or False (refused or ignored: left
+        # out from then on, `verbs_lost` says why).
+        self.verbs: bool | None = None
+        self.verbs_lost = ""
+        self.probing = False
 
     @property
     def user(self) -> str:
@@ -642,20 +749,24 @@ class GraphItemsStore:
         self, folder_id: str, payload: Payload, replace: ItemRef | None = None
     ) -> Imported:
         state = payload.state or MessageState()
+        self._left_out(state, payload.source_id)
         if replace is not None:
-            patched = await self.box.graph.send(
-                "PATCH", f"{self.user}/messages/{replace.item_id}", json=state_patch(state)
+            patched = await self._send_state(
+                "PATCH",
+                f"{self.user}/messages/{replace.item_id}",
+                state_patch(state, self.verbs is not False),
+                payload.source_id,
             )
             return Imported(replace.item_id, (patched or {}).get("changeKey"))
         msg = parse_mime(payload.mime)
-        body = message_payload(msg, state, payload.source_id)
+        body = message_payload(msg, state, payload.source_id, self.verbs is not False)
         inline, later = split_attachments(len(json.dumps(body)), attachments_of(msg))
         if inline:
             body["attachments"] = [p.json() for p in inline]
         made: dict[str, Any] | None = None
         try:
-            made = await self.box.graph.send(
-                "POST", f"{self.user}/mailFolders/{folder_id}/messages", json=body
+            made = await self._send_state(
+                "POST", f"{self.user}/mailFolders/{folder_id}/messages", body, payload.source_id
             )
             if made is None:  # plan mode
                 return Imported(None, None)
@@ -671,6 +782,91 @@ class GraphItemsStore:
 
     def update_refused(self, exc: RemoteError) -> bool:
         return update_conflict(exc)
+
+    # -- the replied / forwarded state (see "Replied and forwarded") --------------------------
+
+    async def _send_state(
+        self, method: str, path: str, body: dict[str, Any], source_id: str
+    ) -> dict[str, Any] | None:
+        """A create or state PATCH; refused while it carries the replied / forwarded
+        properties, sent again without them (a refusal of that one is the item's own). The
+        first that carried them and was accepted is read back (once per store)."""
+        made: dict[str, Any] | None
+        try:
+            made = await self.box.graph.send(method, path, json=body)
+        except (InvalidRequest, PermissionDenied) as exc:
+            bare = without_verbs(body)
+            if bare is None:
+                raise
+            made = await self.box.graph.send(method, path, json=bare)
+            self._verbs_refused(exc.message, source_id)
+            return made
+        if made is not None and made.get("id") and self.verbs is None and not self.probing:
+            sent = [
+                p for p in body.get("singleValueExtendedProperties") or [] if p["id"] == LAST_VERB
+            ]
+            if sent:
+                self.probing = True  # one read-back, whatever else is in flight
+                await self._check_verbs_kept(str(made["id"]), str(sent[0]["value"]), source_id)
+        return made
+
+    async def _check_verbs_kept(self, item_id: str, value: str, source_id: str) -> None:
+        """Read the first copy made or updated with a last verb back: a server that ignored it
+        (the copy landed without it) has this store leave the properties out from then on. A
+        read that fails (the copy deleted meanwhile, a refusal) proves nothing: the next
+        copy made with them is read back instead; the copy itself has landed either way."""
+        try:
+            item = await self.box.graph.send(
+                "GET",
+                f"{self.user}/messages/{item_id}",
+                params={
+                    "$select": "id",
+                    "$expand": "singleValueExtendedProperties($filter=id eq "
+                    f"{odata_string(LAST_VERB)})",
+                },
+            )
+        except (NotFound, InvalidRequest, PermissionDenied, TransientError) as exc:
+            log.info("%s: replied/forwarded state not read back: %s", self.box.user_id, exc)
+            self.probing = False
+            return
+        kept = [
+            str(p.get("value"))
+            for p in (item or {}).get("singleValueExtendedProperties") or []
+            if str(p.get("id", "")).casefold() == LAST_VERB.casefold()
+        ]
+        if kept == [value]:
+            self.verbs = True
+            return
+        self.verbs = False
+        self.verbs_lost = f"the target kept {LAST_VERB} as {kept or 'nothing'}, not {value}"
+        log.warning(
+            "%s: replied/forwarded state not kept on the copy of %s (%s); left out of "
+            "further copies of this mailbox",
+            self.box.user_id,
+            source_id,
+            self.verbs_lost,
+        )
+
+    def _verbs_refused(self, reason: str, source_id: str) -> None:
+        self.verbs = False
+        self.verbs_lost = f"refused: {reason}"
+        log.warning(
+            "%s: replied/forwarded state of %s not set on its copy (%s); the copy was made "
+            "without it, and further copies of this mailbox leave it out",
+            self.box.user_id,
+            source_id,
+            reason,
+        )
+
+    def _left_out(self, state: MessageState, source_id: str) -> None:
+        """Report a replied / forwarded state this store no longer sends (`verbs` False)."""
+        if self.verbs is False and verb_properties(state):
+            log.warning(
+                "%s: replied/forwarded state of %s not set on its copy (%s)",
+                self.box.user_id,
+                source_id,
+                self.verbs_lost,
+            )
 
     async def copies(self, folder_id: str, exclude: set[str]) -> dict[str, list[ItemRef]]:
         """The folder's messages by identity (their Internet Message-ID). Not what this

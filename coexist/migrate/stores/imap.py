@@ -24,10 +24,11 @@ module translates its records into the protocol's (`coexist.tenants.protocols`).
   the folder over, rows the full round no longer reports become gone, and each message is
   paired with its existing copy by Message-ID (`sync.resolve_moves`): nothing is copied again.
 - Export: MIME only: the RFC 5322 bytes in `Payload.mime`, the flags, keywords and
-  INTERNALDATE as the protocol's `MessageState` in `Payload.state` (`message_state`; an
-  `ImapState` also keeps \\Answered and the "$" keywords, which the protocol has no field
-  for), read in chunks bounded by count and bytes (`AsyncImapSession.fetch`). A state-only
-  export (an update) reads the flags only.
+  INTERNALDATE as the protocol's `MessageState` in `Payload.state` (`message_state`:
+  \\Answered and $Forwarded too, and the importance the message's headers give; an
+  `ImapState` also keeps the "$" keywords, which the protocol has no field for), read in
+  chunks bounded by count and bytes (`AsyncImapSession.fetch`). A state-only export (an
+  update) reads the flags only: its importance is unknown (None), so no target resets it.
 - Import: APPEND keeping the state's flags, keywords and INTERNALDATE (`imap_flags`);
   imports into one folder that wait for the connection go as one MULTIAPPEND (RFC 3502:
   all or none) where offered. An update (`replace`) sets the copy's flags and keywords
@@ -63,6 +64,7 @@ from coexist.engine.context import (
 )
 from coexist.errors import AuthenticationError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.passes import MOVERS
+from coexist.migrate.stores.mime_headers import header_importance
 from coexist.migrate.sync import StoreMover, message_identity
 from coexist.tenants.imap import (
     CHUNK_BYTES,
@@ -219,36 +221,49 @@ PROTOCOL_KEYWORD = "$"
 KEYWORD_ATOM = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]+')
 
 
+# RFC 5788's keyword for "the message was forwarded" (IANA IMAP keywords registry).
+FORWARDED = "$Forwarded"
+
+
 @dataclass(frozen=True)
 class ImapState(MessageState):
     """The protocol's typed state plus what only IMAP keeps (so an IMAP -> IMAP copy loses
-    nothing): \\Answered, and the "$" keywords ($Forwarded, $MDNSent, $Junk ...). Another
-    kind of target reads it as the `MessageState` it is."""
+    nothing): the "$" keywords ($Forwarded, $MDNSent, $Junk ...). Another kind of target
+    reads it as the `MessageState` it is."""
 
-    answered: bool = False
     keywords: tuple[str, ...] = ()
 
 
 def message_state(
-    flags: frozenset[str], keywords: frozenset[str], internaldate: datetime | None
+    flags: frozenset[str],
+    keywords: frozenset[str],
+    internaldate: datetime | None,
+    importance: str | None = None,
 ) -> ImapState:
     """A message's flags, keywords and INTERNALDATE as the protocol's state: \\Seen is
-    `read`, \\Draft `draft`, \\Flagged the follow-up flag, user keywords categories."""
+    `read`, \\Draft `draft`, \\Flagged the follow-up flag, user keywords categories,
+    \\Answered `answered`, $Forwarded `forwarded` (in any case: RFC 3501 9, "all alphabetic
+    characters are case-insensitive"); `importance` as the message's headers give it
+    (None: not read, a state-only export)."""
+    protocol = tuple(sorted(k for k in keywords if k.startswith(PROTOCOL_KEYWORD)))
     return ImapState(
         read="\\Seen" in flags,
         draft="\\Draft" in flags,
         flag={"flagStatus": "flagged" if "\\Flagged" in flags else "notFlagged"},
         categories=tuple(sorted(k for k in keywords if not k.startswith(PROTOCOL_KEYWORD))),
+        importance=importance,
         received=internaldate.isoformat() if internaldate else None,
         answered="\\Answered" in flags,
-        keywords=tuple(sorted(k for k in keywords if k.startswith(PROTOCOL_KEYWORD))),
+        forwarded=any(k.casefold() == FORWARDED.casefold() for k in protocol),
+        keywords=protocol,
     )
 
 
 def imap_flags(state: MessageState | None) -> tuple[frozenset[str], frozenset[str]]:
     """(system flags, keywords) that carry a state: the inverse of `message_state`. A
     follow-up flag that is `complete` is no \\Flagged (IMAP has no done state); a category
-    that is no IMAP atom is left out (logged)."""
+    that is no IMAP atom is left out (logged); any store's `answered` / `forwarded` are
+    \\Answered / $Forwarded."""
     if state is None:
         return frozenset(), frozenset()
     flags = {"\\Seen"} if state.read else set()
@@ -262,10 +277,12 @@ def imap_flags(state: MessageState | None) -> tuple[frozenset[str], frozenset[st
             keywords.add(name)
         else:
             log.warning("category %r left out: an IMAP keyword cannot hold it", name)
+    if state.answered:
+        flags.add("\\Answered")
     if isinstance(state, ImapState):
-        if state.answered:
-            flags.add("\\Answered")
         keywords.update(state.keywords)
+    if state.forwarded and not any(k.casefold() == FORWARDED.casefold() for k in keywords):
+        keywords.add(FORWARDED)
     return frozenset(flags), frozenset(keywords)
 
 
@@ -284,7 +301,12 @@ def _payload(fmt: str, item: str, message: FetchedMessage | MessageRef, raw: byt
         data="",
         change_key=state_key(message.flags, message.keywords),
         mime=raw,
-        state=message_state(message.flags, message.keywords, message.internaldate),
+        state=message_state(
+            message.flags,
+            message.keywords,
+            message.internaldate,
+            header_importance(raw) if raw else None,
+        ),
         source_id=item,
         size=len(raw) if raw else None,
     )
