@@ -210,6 +210,7 @@ def test_imap_to_m365_plan_leaves_the_tenant_as_it_was(
     assert copies(plan, user.address) == old, plan["writes"]
     made = {c["folder"] for c in said(plan, user.address, "create folder")}
     assert "Projects" in made and "INBOX" not in made, made
+    assert not said(plan, user.address, "update") and not said(plan, user.address, "other")
 
     real = run_json(*args)
     assert not real["failed"] and not real["waiting"], real
