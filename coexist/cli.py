@@ -907,6 +907,34 @@ def credentials_group() -> None:
 )
 @click.option("--login", default=None, help="The mailbox login, when it is not the address.")
 @click.option(
+    "--oauth-app",
+    is_flag=True,
+    help='The side\'s OAuth client (auth = "xoauth2"), whose secret is then read as the '
+    "password: coexist obtains and refreshes access tokens itself.",
+)
+@click.option("--client-id", default=None, help="--oauth-app: the application (client) id.")
+@click.option(
+    "--token-url",
+    default=None,
+    help="--oauth-app: the token endpoint, e.g. https://login.microsoftonline.com/TENANT/"
+    "oauth2/v2.0/token (Microsoft 365) or https://oauth2.googleapis.com/token (Google).",
+)
+@click.option(
+    "--grant",
+    type=click.Choice(["client_credentials", "refresh_token"]),
+    default="client_credentials",
+    show_default=True,
+    help="--oauth-app: client_credentials (Microsoft 365: the app's own token for every "
+    "mailbox) or refresh_token (Google: each user's refresh token is its password).",
+)
+@click.option(
+    "--scope",
+    default=None,
+    help="--oauth-app: the scope asked for (client_credentials: "
+    "https://outlook.office365.com/.default unless given).",
+)
+@click.option("--ca-file", default=None, help="--oauth-app: the token endpoint's CA bundle.")
+@click.option(
     "--password-stdin",
     is_flag=True,
     help="Read the password from the first line of stdin (else it is asked for, hidden). "
@@ -920,18 +948,54 @@ def credentials_set_cmd(
     master: bool,
     side: str,
     login: str | None,
+    oauth_app: bool,
+    client_id: str | None,
+    token_url: str | None,
+    grant: str,
+    scope: str | None,
+    ca_file: str | None,
     password_stdin: bool,
     as_json: bool,
 ) -> None:
-    """Store one user's password in the vault (or, --master, the side's master user's)."""
-    _check_set_target(user, master, login, side)
+    """Store one user's password in the vault (or, --master, the side's master user's;
+    --oauth-app, the side's OAuth client secret)."""
+    if oauth_app and (user is not None or login is not None or master):
+        raise InputError(
+            "credentials set: --oauth-app stores the side's OAuth client (its login is "
+            "--client-id); leave out --user, --login and --master",
+            next_step=f"coexist credentials set --oauth-app --side {side} --client-id ID "
+            "--token-url URL",
+        )
+    _check_set_target(user, master or oauth_app, login, side)
     whose = f"the {side} master user" if master else str(user)
+    what = "password"
+    if oauth_app:
+        whose, what = f"the {side} OAuth client {client_id}", "client secret"
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt(
-            f"{side} password for {whose}", hide_input=True, confirmation_prompt=True, err=True
+            f"{side} {what} for {whose}", hide_input=True, confirmation_prompt=True, err=True
         )
+    if oauth_app:
+        result = credentials.credentials_set_oauth_app(
+            project,
+            password,
+            side=side,
+            client_id=client_id or "",
+            token_url=token_url or "",
+            grant=grant,
+            scope=scope,
+            ca_file=ca_file,
+        )
+        if as_json:
+            click.echo(json.dumps(result))
+            return
+        said = "stored" if result["changed"] else "unchanged"
+        click.echo(f"{side} OAuth client {result['client_id']} ({result['grant']}): {said}")
+        for address in result["no_longer_waiting"]:
+            click.echo(f"  no longer waiting for credentials: {address}")
+        return
     if master:
         result = credentials.credentials_set_master(project, password, side=side)
     else:

@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from coexist.commands import check_selection, pick_users
 from coexist.credentials import WAITING_FOR
+from coexist.engine.context import oauth_credentials
 from coexist.engine.runner import set_item
 from coexist.errors import (
     AuthenticationError,
@@ -56,6 +57,7 @@ from coexist.tenants.imap import (
     OAuth2Token,
     Password,
 )
+from coexist.tenants.oauth import TokenSource
 from coexist.vault import MASTER_ENTRY, Vault
 
 SIDES = ("source", "target")
@@ -137,6 +139,7 @@ class ImapChecker:
         self.command = command  # e.g. "coexist credentials set --project P"
         self.connections = ImapConnections(endpoint_of(settings, side), limits_of(settings))
         self.server_failure: SideResult | None = None
+        self.tokens: dict[str, TokenSource] = {}  # the side's OAuth token sources
 
     def credentials(self, key: str, login: str) -> Credentials | None:
         """How user `key` logs in, as a pass does (engine/context.ImapServer): with its own
@@ -144,6 +147,14 @@ class ImapChecker:
         if self.vault is None:
             return None
         own = self.vault.get(key, self.side)
+        if self.settings.auth == "xoauth2":
+            # The side's OAuth client, where the vault holds one: a token obtained now.
+            name = own.login if own is not None else login
+            refreshed = oauth_credentials(
+                self.vault, self.side, key, name, None, self.vault.directory, self.tokens
+            )
+            if refreshed is not None:
+                return refreshed
         if own is not None and self.settings.auth == "xoauth2":
             return OAuth2Token(own.login, own.password)
         if own is not None:

@@ -31,7 +31,8 @@ from coexist.journal import Journal
 from coexist.model import Phase
 from coexist.runtime import open_journal, project_dir
 from coexist.settings import Project, load_project
-from coexist.vault import MASTER_ENTRY, SIDES, Credential, Entries, Vault
+from coexist.tenants.oauth import CLIENT_CREDENTIALS, GRANTS, M365_IMAP_SCOPE, OAuthApp
+from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, SIDES, Credential, Entries, Vault
 
 # What a user waiting for credentials waits for (status shows it); the prefix finds them.
 WAITING_FOR = "credentials"
@@ -245,9 +246,21 @@ def credentials_set(
 
 def master_sides(project: Project, entries: Entries) -> set[str]:
     """The sides whose users sign in through a master user: `[S.imap] master_user` is set
-    and the vault holds its password (so no user waits for a password of that side)."""
+    and the vault holds its password (so no user waits for a password of that side); or
+    through the side's OAuth client with its own tokens (`auth = "xoauth2"`, grant
+    client_credentials: Microsoft 365's app access to every mailbox)."""
     held = entries.get(MASTER_ENTRY, {})
-    return {s for s in SIDES if _master_user(project, s) and s in held}
+    apps = entries.get(OAUTH_APP_ENTRY, {})
+    return {s for s in SIDES if _master_user(project, s) and s in held} | {
+        s for s in SIDES if s in apps and _app_grant(apps[s]) == CLIENT_CREDENTIALS
+    }
+
+
+def _app_grant(entry: Credential) -> str | None:
+    try:
+        return OAuthApp.from_vault(entry.login, entry.password).grant
+    except (ValueError, KeyError):
+        return None
 
 
 def _master_user(project: Project, side: str) -> str | None:
@@ -303,6 +316,77 @@ def credentials_set_master(
         journal.close()
 
 
+def credentials_set_oauth_app(
+    directory: Path | None,
+    client_secret: str,
+    *,
+    side: str = "source",
+    client_id: str,
+    token_url: str,
+    grant: str = CLIENT_CREDENTIALS,
+    scope: str | None = None,
+    ca_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Store an xoauth2 side's OAuth client (`credentials set --oauth-app`): the vault entry
+    OAUTH_APP_ENTRY, from which the side opener obtains and refreshes access tokens
+    (`tenants.oauth`). client_credentials (Microsoft 365) needs nothing per user, so users
+    waiting for a password of that side only are waiting no more; refresh_token (Google)
+    takes each user's refresh token as its password (`credentials set --user`, batch
+    import). The scope of client_credentials defaults to Microsoft 365 IMAP's."""
+    if side not in SIDES:
+        raise InputError(
+            f"--side {side!r} is not one of: {', '.join(SIDES)}", next_step="--side source"
+        )
+    if grant not in GRANTS:
+        raise InputError(
+            f"--grant {grant!r} is not one of: {', '.join(GRANTS)}",
+            next_step=f"--grant {CLIENT_CREDENTIALS}  (Microsoft 365) or --grant refresh_token "
+            "(Google)",
+        )
+    if not client_secret.strip():
+        raise InputError(
+            "the client secret is empty", next_step="give it at the prompt or on stdin"
+        )
+    if not client_id.strip() or not token_url.startswith("https://"):
+        raise InputError(
+            "--client-id and an https:// --token-url are needed",
+            next_step="e.g. --token-url https://login.microsoftonline.com/TENANT/oauth2/v2.0/"
+            "token (Microsoft 365) or https://oauth2.googleapis.com/token (Google)",
+        )
+    project = load_project(project_dir(directory))
+    settings = project.source if side == "source" else project.target
+    if settings.kind != "imap" or settings.imap.auth != "xoauth2":
+        raise InputError(
+            f'the {side} does not sign in with OAuth ([{side}.imap] auth = "xoauth2" in '
+            f"{project.file}): its OAuth client would never be used",
+            key=f"{side}.imap.auth",
+            next_step=f'set auth = "xoauth2" in [{side}.imap] of {project.file}, then run '
+            "this command again",
+        )
+    if grant == CLIENT_CREDENTIALS and not scope:
+        scope = M365_IMAP_SCOPE
+    app = OAuthApp(token_url, client_id.strip(), client_secret, grant, scope, ca_file)
+    journal = open_journal(project)
+    try:
+        vault = Vault.open(project.directory, env=env)
+        changed = vault.put({(OAUTH_APP_ENTRY, side): Credential(app.client_id, app.secret())})
+        released = _release_waiting(journal, project, vault.read())
+        if changed:
+            journal.event(None, "info", f"credentials set: {side} OAuth client {app.client_id}")
+        return {
+            "oauth_app": True,
+            "side": side,
+            "client_id": app.client_id,
+            "grant": grant,
+            "token_url": token_url,
+            "changed": bool(changed),
+            "no_longer_waiting": released,
+        }
+    finally:
+        journal.close()
+
+
 def _release_waiting(journal: Journal, project: Project, entries: Entries) -> list[str]:
     """Users waiting for credentials that the vault now covers (their own or a master
     user's) go back to `ok`; returns their addresses."""
@@ -342,6 +426,7 @@ def credentials_list(
         vault = Vault(project.directory, None)
         holdings = Vault.open(project.directory, env=env).holdings() if vault.exists() else {}
         masters = holdings.pop(MASTER_ENTRY, {})
+        apps = holdings.pop(OAUTH_APP_ENTRY, {})
         rows = []
         for key, sides in sorted(holdings.items(), key=lambda kv: _address(items, kv[0])):
             rows.append(
@@ -366,6 +451,8 @@ def credentials_list(
             "users": rows,
             # Each side's master user password, where one is set: its login and when.
             "master": {side: masters.get(side) for side in SIDES},
+            # Each xoauth2 side's OAuth client, where one is set: its client id and when.
+            "oauth_app": {side: apps.get(side) for side in SIDES},
             "waiting": waiting,
         }
     finally:

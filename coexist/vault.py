@@ -53,6 +53,11 @@ SIDES = ("source", "target")
 # (engine/context.ImapServer) and by verify-credentials. No user key is this: user keys are
 # lower-cased addresses or logins, never starting with "*".
 MASTER_ENTRY = "*master*"
+# The vault entry holding each xoauth2 side's OAuth client (`coexist credentials set
+# --oauth-app --side S`): its login is the client id, its secret `tenants.oauth.OAuthApp`'s
+# (token URL, client secret, grant, scope). Read by the side opener, which then obtains and
+# refreshes access tokens itself.
+OAUTH_APP_ENTRY = "*oauth-app*"
 _KEY_ID_LABEL = b"coexist credential vault key id"
 NEW_KEY_HINT = f"export {ENV_KEY}=$(coexist credentials new-key)  (keep the key: without it the vault cannot be read)"
 

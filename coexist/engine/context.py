@@ -20,14 +20,16 @@ from coexist.tenants.imap import (
     ImapConnections,
     ImapEndpoint,
     MasterPassword,
+    OAuth2Refreshed,
     OAuth2Token,
     Password,
     Security,
 )
 from coexist.tenants.mailbox_governor import MailboxLimits
+from coexist.tenants.oauth import CLIENT_CREDENTIALS, OAuthApp, TokenSource
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteBudget, WriteLimits
-from coexist.vault import MASTER_ENTRY, Vault
+from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, Vault
 
 # What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
 # exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
@@ -132,16 +134,32 @@ class ImapServer:
     env: Mapping[str, str] | None = None
     # [S.imap] include_virtual_folders: Gmail's All Mail, Important, Starred are moved too.
     include_virtual: bool = False
+    # Where this run's OAuth access tokens come from: one source per side (client
+    # credentials) or per user (refresh token), so every connection shares its tokens.
+    tokens: dict[str, TokenSource] = field(default_factory=dict)
 
     def credentials(self, subject: str, item: Mapping[str, Any] | None) -> Credentials:
         """How `subject` (a journal user) signs in on this side; an InputError naming the
-        user and `coexist credentials set` when the vault holds nothing that would do."""
+        user and `coexist credentials set` when the vault holds nothing that would do.
+
+        `auth = "xoauth2"`: with the side's OAuth client in the vault (OAUTH_APP_ENTRY),
+        tokens are obtained and refreshed by coexist (`tenants.oauth`): the client's own
+        for every user (client_credentials, Microsoft 365), or from each user's refresh
+        token, its vault secret (refresh_token, Google). Without one, the user's vault
+        secret is an access token, used as it is until it expires."""
         vault = Vault.open(self.directory, env=self.env)
         cred = vault.get(subject, self.label)
         login = cred.login if cred else _default_login(self.label, subject, item)
+        refreshed = (
+            oauth_credentials(vault, self.label, subject, login, item, self.directory, self.tokens)
+            if self.auth == "xoauth2"
+            else None
+        )
+        if refreshed is not None:
+            return refreshed
         if cred is not None and self.auth == "xoauth2":
-            # The vault entry holds the OAuth 2.0 access token (Microsoft 365, Gmail): the
-            # token is refreshed by setting it again (no token endpoint here).
+            # The vault entry holds an OAuth 2.0 access token (Microsoft 365, Gmail), used
+            # until it expires; the login failure then says how to give a new one.
             return OAuth2Token(login, cred.password)
         if cred is not None:
             return Password(login, cred.password, "plain" if self.auth == "plain" else "login")
@@ -169,6 +187,44 @@ class ImapServer:
     @property
     def writes(self) -> int:
         return self.meter.writes
+
+
+def oauth_credentials(
+    vault: Vault,
+    side: str,
+    subject: str,
+    login: str,
+    item: Mapping[str, Any] | None,
+    directory: Path,
+    cache: dict[str, TokenSource],
+) -> OAuth2Refreshed | None:
+    """How `subject` signs in on an xoauth2 side whose vault holds the side's OAuth client
+    (OAUTH_APP_ENTRY): the client's own tokens (client_credentials, Microsoft 365), or
+    tokens of the user's refresh token, its vault secret (refresh_token, Google); None
+    without a client (or, for refresh_token, without the user's token). `cache` keeps the
+    run's token sources: one per side (client credentials) or per user."""
+    entry = vault.get(OAUTH_APP_ENTRY, side)
+    if entry is None:
+        return None
+    app = OAuthApp.from_vault(entry.login, entry.password)
+    address = str((item or {}).get("source_address") or subject)
+    if app.grant == CLIENT_CREDENTIALS:
+        key, refresh_token, who = f"*{side}*", None, f"the {side} OAuth client"
+        again = f"coexist credentials set --project {directory} --oauth-app --side {side}"
+    else:
+        own = vault.get(subject, side)
+        if own is None:
+            return None
+        key, refresh_token, who = subject, own.password, address
+        again = (
+            f"coexist credentials set --project {directory} --user {address} --side {side} "
+            "(a new refresh token)"
+        )
+    held = cache.get(key)
+    if held is None or held.app != app or held.refresh_token != refresh_token:
+        then = f"{again}, then run this command again"
+        held = cache[key] = TokenSource(app, who, refresh_token=refresh_token, next_step=then)
+    return OAuth2Refreshed(login, held)
 
 
 def _default_login(side: str, subject: str, item: Mapping[str, Any] | None) -> str:

@@ -98,6 +98,18 @@ MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
 }
 
 
+# Movers whose passes run planned (`migrate.planpass`): `--plan` opens both stores and runs
+# the real sync with the writes captured. The Microsoft 365 -> Microsoft 365 movers keep
+# saying what they would run: their planned pass would export every item it would copy
+# (graph-import-export's exportItems, graph-items' MIME and PIM reads) from every mailbox
+# planned, and their plan mode is not covered by their acceptance tests.
+PLANNED_MOVERS = frozenset({"imap-sync", "imap-graph"})
+
+
+def _mover_name(ctx: Context) -> str:
+    return str(getattr(getattr(ctx.project, "migration", None), "mover", "none") or "none")
+
+
 def _kinds(ctx: Context) -> tuple[str, str]:
     def kind(side: str) -> str:
         return str(getattr(getattr(ctx.project, side, None), "kind", "m365") or "m365")
@@ -141,6 +153,8 @@ async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> Pas
     """Run one data pass for one user and journal it."""
     mover = mover_for(ctx)
     if ctx.planning:
+        if _mover_name(ctx) in PLANNED_MOVERS:
+            return await _planned(ctx, mover, subject, kind, window)
         return PassResult("planned", f"would run a {kind} pass ({type(mover).__name__})")
     pass_id = ctx.journal.pass_started(ctx.run_id, subject, kind, window.to_dict())
     try:
@@ -158,6 +172,23 @@ async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> Pas
         raise
     ctx.journal.pass_finished(pass_id, result.status, result.counts)
     return result
+
+
+async def _planned(
+    ctx: Context, mover: Mover, subject: str, kind: str, window: Window
+) -> PassResult:
+    """The pass run planned: its summary lines join the command's plan; status `planned`
+    where it would write anything, else `ok` (nothing to do)."""
+    from coexist.migrate.planpass import plan_pass
+
+    target_kind = _kinds(ctx)[1]
+    summary = await plan_pass(
+        ctx, subject, lambda c: mover.run(c, subject, kind, window), target_kind
+    )
+    if ctx.plan is not None:
+        ctx.plan.writes.extend(summary.lines)
+    status = "planned" if summary.lines else "ok"
+    return PassResult(status, f"{kind} pass {summary.detail}", summary.counts)
 
 
 @dataclass(frozen=True)
@@ -240,12 +271,12 @@ class DataPassExecutor:
             )
             return StepResult(False, None, counts, detail, data={f"{step.kind}_pass": "ok"})
         result = await run_pass(ctx, step.subject, step.kind, step.window())
+        if ctx.planning:  # nothing recorded: `planned` where the pass would write anything
+            return StepResult(result.status == "planned", None, None, result.detail)
         data = {"data_state": result.detail, f"{step.kind}_pass": result.status}
         if result.status == "ok":
             return StepResult(
                 bool(result.counts.get("copied")), None, result.counts, result.detail, data=data
             )
-        if result.status == "planned":
-            return StepResult(True, None, None, result.detail)
         # Not a success: the per-user state shows it and the item waits.
         return StepResult(False, None, None, result.detail, status="waiting", data=data)

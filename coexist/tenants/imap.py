@@ -47,7 +47,7 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
@@ -169,7 +169,25 @@ class OAuth2Token:
     token: str = field(repr=False)
 
 
-Credentials = Password | MasterPassword | OAuth2Token
+class Tokens(Protocol):
+    """Where current access tokens come from (`tenants.oauth.TokenSource`)."""
+
+    def token(self) -> str: ...
+
+    def refresh(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class OAuth2Refreshed:
+    """AUTHENTICATE XOAUTH2 as `user` with a current token of `tokens` at each login; a
+    token the server refuses is replaced and the login made once more, on a new
+    connection (`ImapSession.open`)."""
+
+    user: str
+    tokens: Tokens = field(repr=False)
+
+
+Credentials = Password | MasterPassword | OAuth2Token | OAuth2Refreshed
 
 
 # -- records ----------------------------------------------------------------------------
@@ -486,14 +504,25 @@ class _ErrorMapper:
             Password: "the password",
             MasterPassword: "the master user and its password",
             OAuth2Token: "the OAuth token (its scope must allow IMAP)",
+            OAuth2Refreshed: "the OAuth client's access to the mailbox (a new token was "
+            "refused too)",
         }[type(credentials)]
         via = (
             f" through master user {credentials.master}"
             if isinstance(credentials, MasterPassword)
             else ""
         )
+        # A bare access token expires after about an hour (Microsoft identity platform:
+        # 60-90 minutes; Google: expires_in 3599): said in the message, which callers keep.
+        expired = (
+            f" (an OAuth access token lasts about an hour: give a new one, or the "
+            f"{self.ep.side}'s OAuth client, coexist credentials set --oauth-app --side "
+            f"{self.ep.side}, so that coexist refreshes tokens itself)"
+            if isinstance(credentials, OAuth2Token)
+            else ""
+        )
         return AuthenticationError(
-            f"IMAP login of {credentials.user}{via} at {self.ep.url} was refused: {said}",
+            f"IMAP login of {credentials.user}{via} at {self.ep.url} was refused: {said}" + expired,
             next_step=f"check {how} of {credentials.user} "
             f"(coexist credentials set {credentials.user}), then run "
             "`coexist verify-credentials`",
@@ -552,7 +581,23 @@ class ImapSession:
     # -- connect ---------------------------------------------------------------------
     @classmethod
     def open(cls, endpoint: ImapEndpoint, credentials: Credentials) -> ImapSession:
-        """Connect, secure and log in; AuthenticationError names the user when refused."""
+        """Connect, secure and log in; AuthenticationError names the user when refused.
+
+        An OAuth token that `tokens` gives (OAuth2Refreshed) and the server refuses is
+        replaced once, on a new connection: a failed XOAUTH2 exchange ends with the server's
+        error challenge, and servers differ in what they allow after it."""
+        if not isinstance(credentials, OAuth2Refreshed):
+            return cls._open(endpoint, credentials)
+        try:
+            return cls._open(endpoint, credentials)
+        except AuthenticationError as exc:
+            if exc.fields.get("service") != SERVICE:  # the token endpoint's refusal
+                raise
+            credentials.tokens.refresh()
+            return cls._open(endpoint, credentials)
+
+    @classmethod
+    def _open(cls, endpoint: ImapEndpoint, credentials: Credentials) -> ImapSession:
         errors = _ErrorMapper(endpoint, credentials.user)
         context = tls_context(endpoint.ca_file)
         try:
@@ -1077,6 +1122,8 @@ def _login(client: imapclient.IMAPClient, creds: Credentials, errors: _ErrorMapp
             client.login(f"{creds.user}{creds.separator}{creds.master}", creds.password)
         elif isinstance(creds, OAuth2Token):
             client.oauth2_login(creds.user, creds.token)
+        elif isinstance(creds, OAuth2Refreshed):
+            client.oauth2_login(creds.user, creds.tokens.token())
         elif creds.mechanism == "plain":
             client.plain_login(creds.user, creds.password)
         else:

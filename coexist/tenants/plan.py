@@ -31,6 +31,8 @@ def before_write() -> None:
         hook()
 
 
+MAIL = "mail"  # PlannedWrite.system of a planned pass's summary (what it would do, said once)
+
 # Cmdlet verbs that only read. Everything else (New-, Set-, Add-, Remove-,
 # Enable-, ...) is a write and is captured in plan mode.
 READ_VERBS = ("Get-", "Test-")
@@ -42,7 +44,7 @@ def is_write_cmdlet(cmdlet: str) -> bool:
 
 @dataclass(frozen=True)
 class PlannedWrite:
-    system: str  # "exchange" | "graph"
+    system: str  # "exchange" | "graph" | "imap" | "mail" (a planned pass's summary line)
     tenant: str  # "source" | "target" (or a tenant id)
     operation: str  # cmdlet name, or "PATCH /users/{id}"
     params: dict[str, Any]
@@ -51,11 +53,21 @@ class PlannedWrite:
     def describe(self) -> str:
         """The write as an operator would type it: a cmdlet line, or a Graph request with
         its JSON body. Plain text: a renderer must escape it (`[target]`, `[redacted]`)."""
+        if self.system == MAIL:
+            return f"[{self.tenant}] {self.operation}"
         if self.system == "exchange":
             args = " ".join(f"-{k} {_ps(v)}" for k, v in self.params.items())
             return f"[{self.tenant}] {self.operation} {args}".rstrip()
         body = json.dumps(self.params, ensure_ascii=False, default=str)
         return f"[{self.tenant}] {self.operation} {body}"
+
+
+# Where a planned data pass collects its writes (`migrate.planpass`): a pass records one
+# write per message (an APPEND, a Graph POST with the message's body), which the plan shows
+# summed up per folder instead. Set inside the pass's task, so only its writes go there.
+captured: contextvars.ContextVar[list[PlannedWrite] | None] = contextvars.ContextVar(
+    "coexist_captured_writes", default=None
+)
 
 
 def _ps(value: Any) -> str:
@@ -89,9 +101,9 @@ class WriteRecorder:
     def record(self, system: str, tenant: str, operation: str, params: dict[str, Any]) -> None:
         # Redacted here, not when printed: a planned write's text (`describe`) and any
         # other rendering of it must never carry a password, even a generated one.
-        self.writes.append(
-            PlannedWrite(system, tenant, operation, redact_secrets(params), current_step.get())
-        )
+        write = PlannedWrite(system, tenant, operation, redact_secrets(params), current_step.get())
+        into = captured.get()
+        (self.writes if into is None else into).append(write)
 
 
 REDACTED = "[redacted]"

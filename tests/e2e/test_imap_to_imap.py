@@ -129,7 +129,8 @@ def test_a_master_user_opens_every_mailbox(dovecot: DovecotServer, tmp_path: Pat
 def test_xoauth2_signs_a_source_in_with_its_token(dovecot: DovecotServer, tmp_path: Path) -> None:
     """[source.imap] auth = "xoauth2": the vault's secret for the user is its OAuth 2.0
     access token, sent with AUTHENTICATE XOAUTH2 (Dovecot validates it as Gmail or
-    Microsoft 365 would); the token shows in no output or file but the vault."""
+    Microsoft 365 would), for a plan too; the token shows in no output or file but the
+    vault."""
     scene = Scene(dovecot, tmp_path, users=1)
     scene.write_project(source_auth="xoauth2")
     p = str(scene.project)
@@ -137,6 +138,9 @@ def test_xoauth2_signs_a_source_in_with_its_token(dovecot: DovecotServer, tmp_pa
     scene.seed(user)
     token = dovecot.oauth_token(user.source)
     run_json("batch", "import", "--project", p, str(scene.csv({user.address: token})))
+    plan = run("prestage", "--project", p, "--all", "--older-than", "90d", "--plan", "--json")
+    assert plan.exit_code == 0 and token not in plan.output, plan.output
+    assert '"action": "copy"' in plan.output  # the plan signed in with the token and read
     out = run("prestage", "--project", p, "--all", "--older-than", "90d", "--json", "-v")
     result = json.loads(out.output.strip().splitlines()[-1])
     assert out.exit_code == 0 and not result["failed"], out.output

@@ -663,7 +663,9 @@ class ImapStore:
         delim = self._delimiter
         if parent is not None and delim is None:
             return None  # a flat namespace has no subfolders
-        parts = (*(parent.id.split(delim) if parent and delim else ()), name)
+        # A parent this plan would make is named by its id less the prefix.
+        above = parent.id.removeprefix(PLANNED).split(delim) if parent and delim else ()
+        parts = (*above, name)
         full = delim.join(parts) if delim else name
         if self.plan is not None or (parent is not None and parent.id.startswith(PLANNED)):
             self._record("CREATE", folder=full)

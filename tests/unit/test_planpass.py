@@ -1,0 +1,97 @@
+"""The journal a planned pass sees (`migrate.planpass.PlanJournal`) and its summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coexist.journal import Journal
+from coexist.migrate.planpass import PlanJournal, summary
+from coexist.tenants.plan import MAIL, PlannedWrite
+
+
+def test_a_planned_pass_starts_from_the_real_map_and_writes_none_of_it(tmp_path: Path) -> None:
+    """The scratch holds the user's rows and cursors (in their order); what the pass maps,
+    unmaps or checkpoints stays there; the project's journal is as it was."""
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as real:
+        rows = [
+            {"source_item_id": f"m{n}", "source_folder_id": "INBOX", "status": "copied"}
+            for n in range(3)
+        ]
+        real.map_items("u1", rows)
+        real.map_items(
+            "u2", [{"source_item_id": "x", "source_folder_id": "F", "status": "pending"}]
+        )
+        real.save_checkpoint("u1", "INBOX", "imap", token="1:3")
+        before = real.snapshot(include_logs=True)
+        plan = PlanJournal(real, "u1")
+        assert [r["source_item_id"] for r in plan.mapped_items("u1")] == ["m0", "m1", "m2"]
+        assert plan.mapped_items("u2") == []  # only the planned user's rows
+        assert plan.get_checkpoint("u1", "INBOX", "imap")["token"] == "1:3"
+        plan.map_item("u1", "m3", source_folder_id="INBOX", status="copied")
+        plan.unmap_item("u1", "m0")
+        plan.save_checkpoint("u1", "INBOX", "imap", token="1:9")
+        assert [r["source_item_id"] for r in plan.mapped_items("u1")] == ["m1", "m2", "m3"]
+        plan.close()
+        assert real.snapshot(include_logs=True) == before
+
+
+@pytest.mark.parametrize("write", ["merge_item", "pass_started", "set_setting", "upsert_item"])
+def test_a_planned_pass_may_not_write_the_project_journal(tmp_path: Path, write: str) -> None:
+    """Any journal call outside the item map, cursors and a few reads is refused: a sync
+    change that would journal something in plan mode fails instead of leaking."""
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as real:
+        plan = PlanJournal(real, "u1")
+        with pytest.raises(AttributeError, match="planned pass"):
+            getattr(plan, write)
+        plan.close()
+
+
+def test_the_summary_counts_new_copies_per_folder_and_the_writes_by_kind() -> None:
+    """Copies: rows copied by the plan (not before) per (source, target) folder with their
+    sizes, a moved item's copy left to the moves; folders, updates, moves and deletions from
+    the captured writes (IMAP and Graph); a new folder named, a Graph id not."""
+    before = {
+        "a": {"source_item_id": "a", "status": "copied"},
+        "b": {"source_item_id": "b", "status": "changed"},
+    }
+    after = [
+        {"source_item_id": "a", "source_folder_id": "INBOX", "target_folder_id": "INBOX",
+         "status": "copied", "size": 10, "reason": None},
+        {"source_item_id": "b", "source_folder_id": "INBOX", "target_folder_id": "INBOX",
+         "status": "copied", "size": 20, "reason": None},
+        {"source_item_id": "c", "source_folder_id": "INBOX", "target_folder_id": "AAMkAD=",
+         "status": "copied", "size": 30, "reason": None},
+        {"source_item_id": "d", "source_folder_id": "Work", "target_folder_id": "planned:Work",
+         "status": "copied", "size": 40, "reason": None},
+        {"source_item_id": "e", "source_folder_id": "Work", "target_folder_id": "planned:Work",
+         "status": "copied", "size": 50, "reason": "moving the copy of z"},
+    ]  # fmt: skip
+    writes = [
+        PlannedWrite("graph", "target", "POST /users/u/mailFolders", {"displayName": "Work"}, None),
+        PlannedWrite("graph", "target", "POST /users/u/mailFolders/AAMkAD=/messages", {}, None),
+        PlannedWrite("graph", "target", "PATCH /users/u/messages/1", {}, None),
+        PlannedWrite("graph", "target", "POST /users/u/messages/2/move", {}, None),
+        PlannedWrite("imap", "target", "UID EXPUNGE bob", {"folder": "X", "uid": 1}, None),
+    ]
+    got = summary("ann@example.org", before, after, writes, {"skipped": 2}, "m365")
+    texts = [w.operation for w in got.lines]
+    assert all(w.system == MAIL for w in got.lines)
+    assert texts == [
+        "ann@example.org: create folder Work",
+        "ann@example.org: copy 1 message (30 bytes) from INBOX",
+        "ann@example.org: copy 1 message (40 bytes) from Work to Work",
+        "ann@example.org: update the flags of 1 message",
+        "ann@example.org: move 1 message",
+        "ann@example.org: delete 1 message",
+    ]
+    assert got.counts == {
+        "folders_created": 1,
+        "copied": 2,
+        "bytes": 70,
+        "updated": 1,
+        "moved": 1,
+        "deleted_in_target": 1,
+        "skipped": 2,
+    }
