@@ -118,3 +118,26 @@ def test_cmdlet_check_refuses_a_changed_cmdlet_and_allows_an_added_one() -> None
     bare["cmdlets"]["Get-Example"] = {"parameters": {}}
     del bare["file_last_commits"]["Get-Example"]
     assert len(cmdlet_differences(shared, bare)) == 2
+
+
+EWS_FILES = ("services.wsdl", "messages.xsd", "types.xsd")
+
+
+def test_ews_schema_copies_are_the_shared_ones_byte_for_byte() -> None:
+    """coexist/data/ews/ holds Exchange's EWS schema exactly as shared/spec/ews/ has it."""
+    shared = shared_spec()
+    for name in EWS_FILES:
+        ours = (DATA / "ews" / name).read_bytes()
+        assert ours.startswith(b"<?xml"), name
+        if shared is not None:
+            assert ours == (shared / "ews" / name).read_bytes(), f"ews/{name} differs"
+
+
+def test_ews_schema_compiles_with_xmlschema() -> None:
+    """The copied messages.xsd (importing types.xsd) compiles: the sandbox validates with it."""
+    import xmlschema
+
+    schema = xmlschema.XMLSchema(str(DATA / "ews" / "messages.xsd"))
+    assert "{http://schemas.microsoft.com/exchange/services/2006/messages}GetFolder" in (
+        schema.elements
+    )
