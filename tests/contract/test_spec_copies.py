@@ -128,7 +128,7 @@ def test_ews_schema_copies_are_the_shared_ones_byte_for_byte() -> None:
     shared = shared_spec()
     for name in EWS_FILES:
         ours = (DATA / "ews" / name).read_bytes()
-        assert ours.startswith(b"<?xml"), name
+        assert b"http://schemas.microsoft.com/exchange/services/2006/" in ours[:4096], name
         if shared is not None:
             assert ours == (shared / "ews" / name).read_bytes(), f"ews/{name} differs"
 
@@ -138,6 +138,4 @@ def test_ews_schema_compiles_with_xmlschema() -> None:
     import xmlschema
 
     schema = xmlschema.XMLSchema(str(DATA / "ews" / "messages.xsd"))
-    assert "{http://schemas.microsoft.com/exchange/services/2006/messages}GetFolder" in (
-        schema.elements
-    )
+    assert {"GetFolder", "SyncFolderItems", "ExportItems", "UploadItems"} <= set(schema.elements)
