@@ -9,6 +9,7 @@ sessions) cached by endpoint+credentials between tests.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import requests.adapters
@@ -19,14 +20,22 @@ from exchangelib import (
     NTLM,
     Account,
     Build,
+    CalendarItem,
     Configuration,
     Credentials,
+    EWSDate,
+    EWSDateTime,
     Version,
 )
+from exchangelib import UTC as EWS_UTC
 from exchangelib.protocol import BaseProtocol, CachingProtocol
+from exchangelib.recurrence import Recurrence, WeeklyPattern
 
 from coexist.sandbox import Sandbox
 from coexist.sandbox.ews import EWS_PATH, add_account, set_kind
+from coexist.sandbox.graph.calendar import occurrence_id
+from coexist.sandbox.graph.outlook_items import pim_store
+from coexist.sandbox.mailstore import iso
 from coexist.sandbox.model import User
 
 VERSIONS = {
@@ -100,4 +109,56 @@ def account(
     )
 
 
-__all__ = ["BASIC", "NTLM", "account", "mailboxes", "migration_account", "org", "use_ca"]
+def weekly_series(account: Any) -> CalendarItem:
+    """A weekly series (Mondays 09:00 UTC, 6 occurrences from 2026-01-05) saved over EWS."""
+    start = EWSDateTime(2026, 1, 5, 9, 0, tzinfo=EWS_UTC)
+    item = CalendarItem(
+        account=account,
+        folder=account.calendar,
+        subject="Weekly sync",
+        start=start,
+        end=start + dt.timedelta(hours=1),
+        location="Room 1",
+        recurrence=Recurrence(
+            pattern=WeeklyPattern(interval=1, weekdays=[1]), start=EWSDate(2026, 1, 5), number=6
+        ),
+    )
+    item.save()
+    return item
+
+
+def add_exception_and_cancel(sb: Sandbox, master_id: str) -> tuple[str, str]:
+    """What a Graph client editing the series leaves in the shared PIM store: the second
+    occurrence moved an hour later (an exception), the third cancelled."""
+    assert sb.ctx is not None
+    pim = pim_store(sb.ctx)
+    master = pim.find(master_id)
+    assert master is not None
+    moved = iso(dt.datetime(2026, 1, 12, 9, 0, tzinfo=dt.UTC))
+    cancelled = iso(dt.datetime(2026, 1, 19, 9, 0, tzinfo=dt.UTC))
+    props = {
+        **{k: v for k, v in master.props.items() if k not in ("recurrence", "cancelled")},
+        "type": "exception",
+        "seriesMasterId": master.id,
+        "originalStart": moved,
+        "subject": "Weekly sync (moved)",
+        "start": {"dateTime": "2026-01-12T10:00:00.0000000", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-01-12T11:00:00.0000000", "timeZone": "UTC"},
+    }
+    pim.create_item(master.tenant, master.mailbox, master.folder_id, "event", props,
+                    item_id=occurrence_id(master.id, moved))  # fmt: skip
+    pim.update_item(master.id, {**master.props, "cancelled": [cancelled]})
+    return moved, cancelled
+
+
+__all__ = [
+    "BASIC",
+    "NTLM",
+    "account",
+    "add_exception_and_cancel",
+    "mailboxes",
+    "migration_account",
+    "org",
+    "use_ca",
+    "weekly_series",
+]

@@ -17,8 +17,9 @@ from xml.etree import ElementTree as ET
 import httpx
 import pytest
 import xmlschema
-from exchangelib import ExtendedProperty, Folder, Message
+from exchangelib import Contact, ExtendedProperty, Folder, Message, Task
 from exchangelib.errors import ErrorAccessDenied, ErrorInvalidSyncStateData
+from exchangelib.indexed_properties import EmailAddress
 from exchangelib.properties import AlternateId
 
 import coexist
@@ -106,6 +107,17 @@ def _run_every_operation(sb: Sandbox) -> None:
     list(a.protocol.convert_ids(  # ConvertId
         [AlternateId(id=a.inbox.id, format="EwsId", mailbox=src_user.primary_smtp)],
         destination_format="HexEntryId"))  # fmt: skip
+    # Calendar (a recurring series), contacts and tasks: their shapes are validated too.
+    series = ec.weekly_series(a)
+    ec.add_exception_and_cancel(sb, series.id)
+    list(a.fetch(ids=[(series.id, None)]))
+    list(a.calendar.sync_items())
+    b.upload([(b.calendar, a.export([series])[0])])
+    Contact(account=a, folder=a.contacts, given_name="Ada", surname="L", display_name="Ada L",
+            email_addresses=[EmailAddress(email="ada@example.org", label="EmailAddress1")]).save()  # fmt: skip
+    Task(account=a, folder=a.tasks, subject="t", status="Completed").save()
+    list(a.contacts.all())
+    list(a.tasks.all())
     # Error answers are part of the contract too.
     with pytest.raises(ErrorAccessDenied):
         ec.account(sb, "source", login, other.primary_smtp).inbox.refresh()

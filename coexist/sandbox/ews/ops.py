@@ -1,8 +1,9 @@
-"""EWS operations over the sandbox mailstore (mail folders and messages).
+"""EWS operations over the sandbox's mailstore (mail) and PIM store (calendar, contacts, tasks).
 
-Folders: the mailstore's (msgfolderroot and its IPM subtree) plus the PIM defaults
-(calendar, contacts, tasks, notes) as folders of their class; the PIM folders are empty here
-(their items are not served over EWS yet). Items: messages (IPM.Note and kin).
+Folders: the non-IPM root ("root"), the mailstore's msgfolderroot and its IPM subtree, the
+PIM store's default Calendar, Contacts and Tasks folders, and an empty Notes folder (notes are
+not stored by the sandbox). Items: messages (IPM.Note and kin) and, through pim_items.py,
+calendar items (with recurrence and exceptions), contacts and tasks.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import binascii
 import datetime as dt
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from ..graph import outlook_items
+from ..graph.calendar import import_exceptions
 from ..mailstore import (
     ROOT,
     STORE_OWNED,
@@ -29,7 +33,8 @@ from ..mailstore import (
     system_folder_id,
 )
 from ..model import User
-from . import orgs, soap
+from ..pim import ITEM_CLASS, ITEM_KIND, PimItem, PimStore
+from . import orgs, pim_items, soap
 from .face import Call
 from .soap import NS, T, m, t
 
@@ -70,6 +75,7 @@ class EwsFolder:
     change: int = 0  # fseq: bumped on create/rename
     mail: bool = True
     is_root: bool = False  # the non-IPM root ("root"), parent of msgfolderroot
+    pim_kind: str | None = None  # pim.CALENDAR / CONTACTS / TODO: a PIM store folder
 
 
 NON_IPM_ROOT = "Root"  # the name graph/exchange_io gives the same system folder
@@ -100,10 +106,21 @@ def _root(call: Call, user: User) -> Folder:
     return found
 
 
+def pim_store(call: Call) -> PimStore:
+    return outlook_items.pim_store(call.ctx)
+
+
 def _pim(call: Call, user: User, wk: str) -> EwsFolder:
     name, cls, element = PIM_FOLDERS[wk]
-    return EwsFolder(_pim_id(user, wk), user, name, _root(call, user).id, cls, element, wk,
-                     mail=False)  # fmt: skip
+    kind = pim_items.KIND_OF_FOLDER.get(wk)
+    if kind is None:  # notes: not stored by the sandbox, an empty folder of its class
+        return EwsFolder(_pim_id(user, wk), user, name, _root(call, user).id, cls, element, wk,
+                         mail=False)  # fmt: skip
+    pim = pim_store(call)
+    pf = pim.default_folder(call.key, user.id, kind)
+    total = sum(1 for i in pim.iter_folder(pf.id) if i.props.get("type") != "exception")
+    return EwsFolder(pf.id, user, pf.display_name, _root(call, user).id, cls, element, wk,
+                     total=total, mail=False, pim_kind=kind)  # fmt: skip
 
 
 def _open(call: Call, user: User) -> None:
@@ -153,6 +170,14 @@ def _owner_of(call: Call, folder_or_item_id: str) -> User | None:
     found = call.store.find(folder_or_item_id)
     owner = found.mailbox if found is not None else call.store.folder_owner(folder_or_item_id)
     if owner is None:
+        pim = pim_store(call)
+        pim_item = pim.find(folder_or_item_id)
+        where = (
+            (pim_item.tenant, pim_item.mailbox) if pim_item else pim.folder_owner(folder_or_item_id)
+        )
+        if where is not None and where[0] == call.key:
+            owner = where[1]
+    if owner is None:
         # A PIM folder id: derived, so look for the mailbox it is derived from.
         for candidate in call.tenant.users.values():
             derived = [_pim_id(candidate, wk) for wk in PIM_FOLDERS]
@@ -196,6 +221,11 @@ def resolve_folder(call: Call, node: ET.Element) -> EwsFolder:
 def folder_by_id(call: Call, user: User, folder_id: str) -> EwsFolder:
     if folder_id == system_folder_id(user.id, NON_IPM_ROOT):
         return _non_ipm_root(call, user)
+    pf = pim_store(call).folder(call.key, user.id, folder_id)
+    if pf is not None and pf.id == folder_id:
+        wk = next((w for w, k in pim_items.KIND_OF_FOLDER.items() if k == pf.kind), None)
+        if wk is not None and pf.well_known is not None:
+            return _pim(call, user, wk)
     for wk in PIM_FOLDERS:
         if folder_id == _pim_id(user, wk):
             return _pim(call, user, wk)
@@ -476,6 +506,10 @@ def _ext_props(item: Item, shape: ET.Element | None) -> list[ET.Element]:
     return out
 
 
+_INDEXED = {"contacts:EmailAddress": "EmailAddresses", "contacts:PhoneNumber": "PhoneNumbers",
+            "contacts:PhysicalAddress": "PhysicalAddresses", "contacts:ImAddress": "ImAddresses"}  # fmt: skip
+
+
 def _wanted(shape: ET.Element | None) -> tuple[set[str], bool]:
     base = soap.text_of(shape, "t:BaseShape") or "Default"
     wanted = {"ItemId"}
@@ -483,6 +517,10 @@ def _wanted(shape: ET.Element | None) -> tuple[set[str], bool]:
         wanted |= DEFAULT_ITEM_FIELDS
     for uri in shape.iterfind("t:AdditionalProperties/t:FieldURI", NS) if shape is not None else []:
         wanted.add(uri.get("FieldURI", ":").split(":", 1)[1])
+    for uri in (
+        shape.iterfind("t:AdditionalProperties/t:IndexedFieldURI", NS) if shape is not None else []
+    ):
+        wanted.add(_INDEXED.get(uri.get("FieldURI", ""), ""))
     mime = (
         soap.text_of(shape, "t:IncludeMimeContent") or "false"
     ) == "true" or "MimeContent" in wanted
@@ -554,13 +592,35 @@ def _item(call: Call, item_id: str) -> Item:
     return found
 
 
+def _any_item(call: Call, item_id: str) -> Item | PimItem:
+    """A message, or a calendar item / contact / task of the PIM store, after the access check."""
+    if call.store.find(item_id) is not None:
+        return _item(call, item_id)
+    found = pim_store(call).find(item_id)
+    if found is None or found.tenant != call.key:
+        raise _Err("ErrorItemNotFound", "The specified object was not found in the store.")
+    user = call.tenant.users.get(found.mailbox)
+    if user is None:
+        raise _Err("ErrorItemNotFound", "The specified object was not found in the store.")
+    _open(call, user)
+    return found
+
+
+def any_item_xml(call: Call, item: Item | PimItem, shape: ET.Element | None) -> ET.Element:
+    if isinstance(item, Item):
+        return item_xml(call, item, shape)
+    wanted, _mime = _wanted(shape)
+    base = soap.text_of(shape, "t:BaseShape") or "Default"
+    return pim_items.item_xml(pim_store(call), item, wanted, base != "IdOnly")
+
+
 def get_item(call: Call, body: ET.Element) -> ET.Element:
     shape = body.find("m:ItemShape", NS)
 
     def one(node: ET.Element) -> list[ET.Element]:
-        item = _item(call, node.get("Id", ""))
+        item = _any_item(call, node.get("Id", ""))
         call.charged_items += 1
-        return [m("Items", None, item_xml(call, item, shape))]
+        return [m("Items", None, any_item_xml(call, item, shape))]
 
     return _each("GetItem", _folder_ids(body, "m:ItemIds"), one)
 
@@ -639,7 +699,14 @@ def find_item(call: Call, body: ET.Element) -> ET.Element:
 
     def one(node: ET.Element) -> list[ET.Element]:
         folder = resolve_folder(call, node)
-        items: list[Item] = []
+        items: list[Item | PimItem] = []
+        if folder.pim_kind is not None:
+            # Masters and single items; exceptions are reached through their master
+            # (ModifiedOccurrences). CalendarView expansion is not served.
+            if body.find("m:CalendarView", NS) is not None:
+                raise _Err("ErrorInvalidRequest", "CalendarView is not served by this sandbox.")
+            items = [i for i in pim_store(call).iter_folder(folder.id)
+                     if i.props.get("type") != "exception"]  # fmt: skip
         if folder.mail:
             for item in call.store.iter_messages(call.key, folder.user.id, folder.id, order=sort,
                                                  descending=descending):  # fmt: skip
@@ -652,7 +719,7 @@ def find_item(call: Call, body: ET.Element) -> ET.Element:
             "IndexedPagingOffset": str(offset + len(page)),
             "TotalItemsInView": str(len(items)),
             "IncludesLastItemInRange": "true" if offset + len(page) >= len(items) else "false",
-        }, t("Items", None, [item_xml(call, i, shape) for i in page]))  # fmt: skip
+        }, t("Items", None, [any_item_xml(call, i, shape) for i in page]))  # fmt: skip
         return [root]
 
     return _each("FindItem", _folder_ids(body, "m:ParentFolderIds"), one)
@@ -672,6 +739,9 @@ def sync_folder_items(call: Call, body: ET.Element) -> ET.Element:
                 "ErrorInvalidSyncStateData",
                 "Synchronization state data is corrupt or otherwise invalid.",
             )
+        if folder.pim_kind is not None:
+            messages.append(_sync_pim(call, folder, state, limit, shape))
+            return m("SyncFolderItemsResponse", None, messages)
         clock = call.store.clock
         after = int((state or {}).get("a", 0))
         removed_after = int((state or {}).get("r", clock))
@@ -708,6 +778,45 @@ def sync_folder_items(call: Call, body: ET.Element) -> ET.Element:
                                  m("SyncState", text=""),
                                  m("IncludesLastItemInRange", text="true")))  # fmt: skip
     return m("SyncFolderItemsResponse", None, messages)
+
+
+def _sync_pim(call: Call, folder: EwsFolder, state: dict[str, Any] | None, limit: int,
+              shape: ET.Element | None) -> ET.Element:  # fmt: skip
+    """SyncFolderItems over a PIM folder: the state names a snapshot (id -> change key) kept
+    in the PIM store's side table; changes are the difference, at most `limit` a call."""
+    pim = pim_store(call)
+    known: dict[str, str] = {}
+    if state is not None:
+        loaded = pim.load_state(str(state.get("p", "")))
+        if loaded is None:
+            raise _Err(orgs.UNVERIFIED.stale_sync_state,
+                       "Synchronization state data is corrupt or otherwise invalid.")  # fmt: skip
+        known = dict(loaded.get("known", {}))
+    now = {i.id: i for i in pim.iter_folder(folder.id) if i.props.get("type") != "exception"}
+    changes: list[ET.Element] = []
+    after = dict(known)
+    for item_id, item in now.items():
+        if len(changes) >= limit:
+            break
+        if known.get(item_id) == item.change_key:
+            continue
+        kind = "Update" if item_id in known else "Create"
+        changes.append(t(kind, None, any_item_xml(call, item, shape)))
+        after[item_id] = item.change_key
+    for item_id in known:
+        if len(changes) >= limit:
+            break
+        if item_id not in now:
+            changes.append(t("Delete", None, t("ItemId", {"Id": item_id})))
+            after.pop(item_id, None)
+    more = any(now[i].change_key != after.get(i) for i in now) or any(i not in now for i in after)
+    call.charged_items += len(changes)
+    snapshot = pim.save_state({"known": after})
+    new_state = _state({"f": folder.id, "p": snapshot, "at": time.time()})
+    return _message("SyncFolderItemsResponseMessage", "NoError", None,
+                    m("SyncState", text=new_state),
+                    m("IncludesLastItemInRange", text="false" if more else "true"),
+                    m("Changes", None, changes))  # fmt: skip
 
 
 def _max_seq(call: Call, folder: EwsFolder) -> int:
@@ -750,6 +859,13 @@ def create_item(call: Call, body: ET.Element) -> ET.Element:
     disposition = body.get("MessageDisposition", "SaveOnly")
     try:
         folder = _target_folder(call, body.find("m:SavedItemFolderId", NS))
+        if folder.pim_kind is not None:
+            for spec in _folder_ids(body, "m:Items"):
+                try:
+                    messages.append(_create_pim(call, folder, spec))
+                except _Err as err:
+                    messages.append(_message("CreateItemResponseMessage", err.code, err.text))
+            return m("CreateItemResponse", None, messages)
         if not folder.mail:
             raise _Err(
                 "ErrorInvalidFolderTypeForOperation",
@@ -805,6 +921,30 @@ def create_item(call: Call, body: ET.Element) -> ET.Element:
     return m("CreateItemResponse", None, messages)
 
 
+def _create_pim(call: Call, folder: EwsFolder, spec: ET.Element) -> ET.Element:
+    assert folder.pim_kind is not None
+    kind = ITEM_KIND[folder.pim_kind]
+    element = spec.tag.rsplit("}", 1)[-1]
+    if pim_items.KIND_OF_ELEMENT.get(element) != kind:
+        raise _Err("ErrorObjectTypeChanged",
+                   f"A {element} cannot be saved in a folder of class {folder.folder_class} "
+                   "(sandbox).")  # fmt: skip
+    try:
+        props = pim_items.props_from_xml(kind, spec)
+    except (ValueError, KeyError) as exc:
+        raise _Err("ErrorInvalidPropertySet", f"Invalid item properties: {exc}") from exc
+    if kind == "event":
+        props.setdefault("iCalUId", "040000008200E00074C5B7101A82E008" + uuid.uuid4().hex.upper())
+        props["organizer"] = {"emailAddress": {"name": folder.user.display_name,
+                                               "address": folder.user.primary_smtp}}  # fmt: skip
+    made = pim_store(call).create_item(call.key, folder.user.id, folder.id, kind, props)
+    call.charged_items += 1
+    node = t(
+        pim_items.ELEMENT[kind], None, t("ItemId", {"Id": made.id, "ChangeKey": made.change_key})
+    )
+    return _message("CreateItemResponseMessage", "NoError", None, m("Items", None, node))
+
+
 def _flag_status(status: str) -> str:
     return {v: k for k, v in _FLAG.items()}.get(status, "notFlagged")
 
@@ -817,7 +957,11 @@ def delete_item(call: Call, body: ET.Element) -> ET.Element:
     how = body.get("DeleteType", "MoveToDeletedItems")
 
     def one(node: ET.Element) -> list[ET.Element]:
-        item = _item(call, node.get("Id", ""))
+        found = _any_item(call, node.get("Id", ""))
+        if isinstance(found, PimItem):
+            _delete_pim(call, found)
+            return []
+        item = found
         if how == "MoveToDeletedItems":
             bin_ = call.store.folder(call.key, item.mailbox, "deleteditems")
             assert bin_ is not None
@@ -827,6 +971,24 @@ def delete_item(call: Call, body: ET.Element) -> ET.Element:
         return []
 
     return _each("DeleteItem", _folder_ids(body, "m:ItemIds"), one)
+
+
+def _delete_pim(call: Call, item: PimItem) -> None:
+    """Delete a PIM item (it does not go to Deleted Items here: a modelling shortcut). Deleting
+    an exception cancels that occurrence of its series; deleting a master drops its
+    exceptions."""
+    pim = pim_store(call)
+    if item.props.get("type") == "exception":
+        master = pim.find(str(item.props.get("seriesMasterId")))
+        if master is not None:
+            cancelled = sorted({*(master.props.get("cancelled") or []),
+                                str(item.props.get("originalStart"))})  # fmt: skip
+            pim.update_item(master.id, {**master.props, "cancelled": cancelled})
+    else:
+        for x in pim.items(item.tenant, item.mailbox, "event", item.folder_id):
+            if x.props.get("seriesMasterId") == item.id:
+                pim.delete_item(x.id)
+    pim.delete_item(item.id)
 
 
 def move_item(call: Call, body: ET.Element) -> ET.Element:
@@ -898,7 +1060,10 @@ def update_item(call: Call, body: ET.Element) -> ET.Element:
 
 def export_items(call: Call, body: ET.Element) -> ET.Element:
     def one(node: ET.Element) -> list[ET.Element]:
-        item = _item(call, node.get("Id", ""))
+        found = _any_item(call, node.get("Id", ""))
+        if isinstance(found, PimItem):
+            return _export_pim(call, found)
+        item = found
         row = call.store.row(item.id)
         columns = {k: row[k] for k in row if k not in STORE_OWNED}
         head = json.dumps(
@@ -912,17 +1077,57 @@ def export_items(call: Call, body: ET.Element) -> ET.Element:
     return _each("ExportItems", _folder_ids(body, "m:ItemIds"), one)
 
 
+def _export_pim(call: Call, item: PimItem) -> list[ET.Element]:
+    """The blob of a PIM item: its class, kind, props, times and (a series) its exceptions —
+    without the ids that name the item (they change on upload: the blob stays identical)."""
+    header: dict[str, Any] = {"class": ITEM_CLASS[item.kind], "kind": item.kind,
+                              "props": item.props, "created": item.created,
+                              "modified": item.modified}  # fmt: skip
+    if item.kind == "event":
+        header["exceptions"] = [
+            {k: v for k, v in x.items() if k != "seriesMasterId"}
+            for x in pim_items.exceptions_of(pim_store(call), item)
+        ]
+    blob = BLOB_MAGIC + json.dumps(header, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+    call.charged_items += 1
+    return [m("ItemId", {"Id": item.id, "ChangeKey": item.change_key}),
+            m("Data", text=base64.b64encode(blob).decode())]  # fmt: skip
+
+
+def _upload_pim(call: Call, folder: EwsFolder, header: dict[str, Any]) -> ET.Element:
+    kind = str(header.get("kind"))
+    if folder.pim_kind is None or ITEM_KIND[folder.pim_kind] != kind:
+        raise _Err("ErrorInvalidFolderTypeForOperation",
+                   "The folder type is invalid for this operation.")  # fmt: skip
+    pim = pim_store(call)
+    made = pim.create_item(call.key, folder.user.id, folder.id, kind, dict(header["props"]),
+                           created=header.get("created"), modified=header.get("modified"))  # fmt: skip
+    if kind == "event" and header.get("exceptions"):
+        import_exceptions(pim, made, list(header["exceptions"]))
+    return m("ItemId", {"Id": made.id, "ChangeKey": made.change_key})
+
+
 def upload_items(call: Call, body: ET.Element) -> ET.Element:
     def one(node: ET.Element) -> list[ET.Element]:
         action = node.get("CreateAction", "CreateNew")
         parent = node.find("t:ParentFolderId", NS)
-        folder = folder_by_id_checked(call, parent.get("Id", "") if parent is not None else "")
         data = base64.b64decode(soap.text_of(node, "t:Data") or "")
         if not data.startswith(BLOB_MAGIC) or b"\n" not in data:
             raise _Err("ErrorInvalidOperation", "The data is not an exported item.")
         head, _, mime = data[len(BLOB_MAGIC) :].partition(b"\n")
+        header = json.loads(head)
+        if header.get("kind") in ("event", "contact", "task"):
+            folder_id = parent.get("Id", "") if parent is not None else ""
+            owner = _owner_of(call, folder_id)
+            if owner is None:
+                raise _Err(
+                    "ErrorFolderNotFound", "The specified folder could not be found in the store."
+                )
+            _open(call, owner)
+            return [_upload_pim(call, folder_by_id(call, owner, folder_id), header)]
+        folder = folder_by_id_checked(call, parent.get("Id", "") if parent is not None else "")
         _size_check(call, len(mime))
-        columns = json.loads(head)["columns"]
+        columns = header["columns"]
         existing = node.find("t:ItemId", NS)
         if action in ("Update", "UpdateOrCreate") and existing is not None:
             old = call.store.find(existing.get("Id", ""))
