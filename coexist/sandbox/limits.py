@@ -122,6 +122,22 @@ class Limiter:
                 return None
             return self._retry_after((cost - b.tokens) / rate)
 
+    def charge(self, bucket: str, key: tuple[str, ...], cost: float) -> None:
+        """Take `cost` units whatever is left: the balance may go negative, and the next
+        `admit` waits until it has recharged (EWS charges a call's time after it ran)."""
+        with self._lock:
+            if not self.enforcing:
+                return
+            limit = PUBLISHED[bucket]
+            now = time.monotonic()
+            b = self._buckets.get((bucket, key))
+            if b is None:
+                start = 0.0 if self.settings.buckets_start_empty else limit.capacity
+                b = self._buckets[(bucket, key)] = _Bucket(start, now)
+            rate = limit.rate(self.settings.time_scale)
+            b.tokens = min(limit.capacity, b.tokens + (now - b.stamp) * rate) - cost
+            b.stamp = now
+
     def bucket_keys(self, bucket: str) -> list[tuple[str, ...]]:
         """The keys `bucket` has been charged under so far (which budgets exist)."""
         with self._lock:

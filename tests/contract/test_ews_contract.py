@@ -200,7 +200,8 @@ def test_schema_invalid_request_gets_exchanges_fault(
     recorded: list[Recorded], sandbox: Sandbox
 ) -> None:
     """A request the schema rejects: HTTP 500 with the ErrorSchemaValidation SOAP fault and its
-    MessageXml (LineNumber, LinePosition, Violation); malformed XML: ErrorInvalidRequest."""
+    MessageXml (LineNumber, LinePosition, Violation) (also for a base64Binary that is not
+    base64); malformed XML: ErrorInvalidRequest."""
     login = ec.migration_account(sandbox, "source", full_access=["*"])
     bad = (
         "<m:GetFolder><m:FolderShape><t:BaseShape>Everything</t:BaseShape></m:FolderShape>"
@@ -211,6 +212,11 @@ def test_schema_invalid_request_gets_exchanges_fault(
     xml = fault.find(f"detail/{{{T}}}MessageXml")
     assert xml is not None
     assert [c.tag.rsplit("}", 1)[-1] for c in xml] == ["LineNumber", "LinePosition", "Violation"]
+    not_base64 = (
+        '<m:CreateItem MessageDisposition="SaveOnly"><m:Items><t:Message>'
+        "<t:MimeContent>!!! not base64 !!!</t:MimeContent></t:Message></m:Items></m:CreateItem>"
+    )
+    assert _fault(_post(sandbox, login, not_base64))[0] == "ErrorSchemaValidation"
     with httpx.Client(verify=tls(sandbox.connection)) as client:
         resp = client.post(
             sandbox.base_url + EWS_PATH, content=b"<s:Envelope", auth=(login, ec.PASSWORD)

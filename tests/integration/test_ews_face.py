@@ -6,10 +6,11 @@ import datetime as dt
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from pathlib import Path
 from typing import Any
 
 import pytest
-from exchangelib import EWSDateTime, ExtendedProperty, Folder, Message
+from exchangelib import EWSDateTime, ExtendedProperty, FaultTolerance, Folder, Message
 from exchangelib.errors import (
     ErrorAccessDenied,
     ErrorImpersonateUserDenied,
@@ -21,7 +22,7 @@ from exchangelib.properties import AlternateId
 
 from coexist.sandbox import Sandbox
 from coexist.sandbox.ews import grant
-from coexist.sandbox.ews.face import ERRORS_KEY
+from coexist.sandbox.ews.face import ERRORS_KEY, RECORDER_KEY, Recorded
 from coexist.sandbox.mailseed import seed_mailbox
 from tests import ewsclient as ec
 
@@ -252,3 +253,26 @@ def test_workmail_refuses_oversize_and_ntlm(ews: Sandbox, flags: None) -> None:
     ntlm, _ = _delegate(ews, "target", kind="workmail", auth=ec.NTLM)
     with pytest.raises(UnauthorizedError):
         ntlm.inbox.refresh()
+
+
+def test_server_busy_storm_completes(tmp_path: Path, flags: None) -> None:
+    """Under the chaos profile a seeded share of calls answers ErrorServerBusy (with
+    BackOffMilliseconds); exchangelib's FaultTolerance retry policy honours it and a full
+    create + sync of 60 messages completes with every item exactly once."""
+    with Sandbox(tmp_path, seed=11, users=4, profile="chaos", time_scale=200) as sb:
+        ec.org(sb, "source", "exchange2016")
+        assert sb.ctx is not None
+        sb.ctx.world.settings.chaos_rate = 0.3
+        log: list[Recorded] = []
+        sb.ctx.extra[RECORDER_KEY] = log
+        account, _user = _delegate(sb)
+        account.protocol.config.retry_policy = FaultTolerance(max_wait=120)
+        when = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+        for n in range(60):
+            Message(account=account, folder=account.inbox, mime_content=_mime(f"s{n}", when),
+                    message_flags=1).save()  # fmt: skip
+        seen = [i.subject for kind, i in account.inbox.sync_items(max_changes_returned=7)
+                if kind == "create"]  # fmt: skip
+        assert sorted(seen) == sorted(f"s{n}" for n in range(60))
+        busy = [r for r in log if r.status == 500 and b"a:ErrorServerBusy" in r.response]
+        assert busy and all(b'Name="BackOffMilliseconds"' in r.response for r in busy)

@@ -10,7 +10,6 @@ the sandbox's mailstore. The response is schema-validated before it is sent.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,16 +231,11 @@ def _budgeted(call: Call, run: Callable[[], ET.Element]) -> ET.Element:
     with limiter.concurrency(("ews", *key), MAX_CONCURRENCY) as admitted:
         if not admitted:
             _server_busy(limiter.chaos_retry_after())
-        started = time.monotonic()
         result = run()
-        del started
     if call.charged_items:
         # Work proportional to the items touched, charged after the fact (Exchange charges
         # the time a call took; the balance may go negative and the next call waits).
-        limiter.admit(
-            "ews_budget", key,
-            orgs.UNVERIFIED.charge_ms_per_item * call.charged_items,
-        )  # fmt: skip
+        limiter.charge("ews_budget", key, orgs.UNVERIFIED.charge_ms_per_item * call.charged_items)
     return result
 
 
