@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from exchangelib import Contact, EWSDate, EWSDateTime, Task
+from exchangelib import Contact, EWSDate, EWSDateTime, Message, Task
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber
 from exchangelib.recurrence import WeeklyPattern
 
@@ -104,3 +104,26 @@ def test_calendar_sync_folder_items(ews: Sandbox) -> None:
     series.delete()
     second = list(account.calendar.sync_items(sync_state=state))
     assert [k for k, _ in second] == ["delete"]
+
+
+def test_notes(ews: Sandbox) -> None:
+    """A sticky note (ItemClass IPM.StickyNote) saved in Notes reads back with its class,
+    subject and body, and travels byte-identical through ExportItems -> UploadItems."""
+    src, _u = _delegate(ews, "source")
+    dst, _v = _delegate(ews, "target", "exchange2019")
+    Message(account=src, folder=src.notes, item_class="IPM.StickyNote", subject="Call Bob",
+            body="Call Bob about the contract").save()  # fmt: skip
+    note = next(iter(src.notes.all()))
+    assert (note.item_class, note.subject, note.body) == (
+        "IPM.StickyNote", "Call Bob", "Call Bob about the contract")  # fmt: skip
+    blob = src.export([note])[0]
+    dst.upload([(dst.notes, blob)])
+    assert dst.export([next(iter(dst.notes.all()))])[0] == blob
+    assert "Notes" not in {f.display_name for f in _graph_mail_folder_names(ews)}
+
+
+def _graph_mail_folder_names(sb: Sandbox) -> list[Any]:
+    """The mail folders the Graph mail face lists for the mailbox (the notes folder, kept in
+    the PIM store, is not among them)."""
+    user = ec.mailboxes(sb, "source", 1)[0]
+    return sb.mail.child_folders("source", user.id)

@@ -33,7 +33,7 @@ from ..mailstore import (
     system_folder_id,
 )
 from ..model import User
-from ..pim import ITEM_CLASS, ITEM_KIND, PimItem, PimStore
+from ..pim import PimItem, PimStore
 from . import orgs, pim_items, soap
 from .face import Call
 from .soap import NS, T, m, t
@@ -86,10 +86,6 @@ def _non_ipm_root(call: Call, user: User) -> EwsFolder:
                      "root", children=1, mail=False, is_root=True)  # fmt: skip
 
 
-def _pim_id(user: User, wk: str) -> str:
-    return system_folder_id(user.id, f"EWS:{wk}")
-
-
 def _from_mail(call: Call, user: User, f: Folder, root_id: str) -> EwsFolder:
     wk = f.well_known
     extra = len(PIM_FOLDERS) if f.id == root_id else 0
@@ -112,12 +108,13 @@ def pim_store(call: Call) -> PimStore:
 
 def _pim(call: Call, user: User, wk: str) -> EwsFolder:
     name, cls, element = PIM_FOLDERS[wk]
-    kind = pim_items.KIND_OF_FOLDER.get(wk)
-    if kind is None:  # notes: not stored by the sandbox, an empty folder of its class
-        return EwsFolder(_pim_id(user, wk), user, name, _root(call, user).id, cls, element, wk,
-                         mail=False)  # fmt: skip
+    kind = pim_items.KIND_OF_FOLDER[wk]
     pim = pim_store(call)
-    pf = pim.default_folder(call.key, user.id, kind)
+    if kind == pim_items.NOTES:
+        found = pim.folders(call.key, user.id, kind)
+        pf = found[0] if found else pim.create_folder(call.key, user.id, kind, name)
+    else:
+        pf = pim.default_folder(call.key, user.id, kind)
     total = sum(1 for i in pim.iter_folder(pf.id) if i.props.get("type") != "exception")
     return EwsFolder(pf.id, user, pf.display_name, _root(call, user).id, cls, element, wk,
                      total=total, mail=False, pim_kind=kind)  # fmt: skip
@@ -178,11 +175,11 @@ def _owner_of(call: Call, folder_or_item_id: str) -> User | None:
         if where is not None and where[0] == call.key:
             owner = where[1]
     if owner is None:
-        # A PIM folder id: derived, so look for the mailbox it is derived from.
+        # The non-IPM root's id is derived, not stored: find the mailbox it is derived from.
         for candidate in call.tenant.users.values():
-            derived = [_pim_id(candidate, wk) for wk in PIM_FOLDERS]
-            derived.append(system_folder_id(candidate.id, NON_IPM_ROOT))
-            if candidate.is_mailbox and folder_or_item_id in derived:
+            if candidate.is_mailbox and folder_or_item_id == system_folder_id(
+                candidate.id, NON_IPM_ROOT
+            ):
                 return candidate
         return None
     found_user = call.tenant.users.get(owner)
@@ -224,10 +221,7 @@ def folder_by_id(call: Call, user: User, folder_id: str) -> EwsFolder:
     pf = pim_store(call).folder(call.key, user.id, folder_id)
     if pf is not None and pf.id == folder_id:
         wk = next((w for w, k in pim_items.KIND_OF_FOLDER.items() if k == pf.kind), None)
-        if wk is not None and pf.well_known is not None:
-            return _pim(call, user, wk)
-    for wk in PIM_FOLDERS:
-        if folder_id == _pim_id(user, wk):
+        if wk is not None and (pf.well_known is not None or pf.kind == pim_items.NOTES):
             return _pim(call, user, wk)
     f = call.store.folder(call.key, user.id, folder_id)
     if f is None or f.id != folder_id:
@@ -923,9 +917,9 @@ def create_item(call: Call, body: ET.Element) -> ET.Element:
 
 def _create_pim(call: Call, folder: EwsFolder, spec: ET.Element) -> ET.Element:
     assert folder.pim_kind is not None
-    kind = ITEM_KIND[folder.pim_kind]
+    kind = pim_items.ITEM_OF_FOLDER[folder.pim_kind]
     element = spec.tag.rsplit("}", 1)[-1]
-    if pim_items.KIND_OF_ELEMENT.get(element) != kind:
+    if not pim_items.accepts(kind, element):
         raise _Err("ErrorObjectTypeChanged",
                    f"A {element} cannot be saved in a folder of class {folder.folder_class} "
                    "(sandbox).")  # fmt: skip
@@ -1080,7 +1074,7 @@ def export_items(call: Call, body: ET.Element) -> ET.Element:
 def _export_pim(call: Call, item: PimItem) -> list[ET.Element]:
     """The blob of a PIM item: its class, kind, props, times and (a series) its exceptions —
     without the ids that name the item (they change on upload: the blob stays identical)."""
-    header: dict[str, Any] = {"class": ITEM_CLASS[item.kind], "kind": item.kind,
+    header: dict[str, Any] = {"class": pim_items.CLASS_OF_ITEM[item.kind], "kind": item.kind,
                               "props": item.props, "created": item.created,
                               "modified": item.modified}  # fmt: skip
     if item.kind == "event":
@@ -1096,7 +1090,7 @@ def _export_pim(call: Call, item: PimItem) -> list[ET.Element]:
 
 def _upload_pim(call: Call, folder: EwsFolder, header: dict[str, Any]) -> ET.Element:
     kind = str(header.get("kind"))
-    if folder.pim_kind is None or ITEM_KIND[folder.pim_kind] != kind:
+    if folder.pim_kind is None or pim_items.ITEM_OF_FOLDER[folder.pim_kind] != kind:
         raise _Err("ErrorInvalidFolderTypeForOperation",
                    "The folder type is invalid for this operation.")  # fmt: skip
     pim = pim_store(call)
@@ -1116,7 +1110,7 @@ def upload_items(call: Call, body: ET.Element) -> ET.Element:
             raise _Err("ErrorInvalidOperation", "The data is not an exported item.")
         head, _, mime = data[len(BLOB_MAGIC) :].partition(b"\n")
         header = json.loads(head)
-        if header.get("kind") in ("event", "contact", "task"):
+        if header.get("kind") in ("event", "contact", "task", "note"):
             folder_id = parent.get("Id", "") if parent is not None else ""
             owner = _owner_of(call, folder_id)
             if owner is None:
