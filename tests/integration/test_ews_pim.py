@@ -127,3 +127,36 @@ def _graph_mail_folder_names(sb: Sandbox) -> list[Any]:
     the PIM store, is not among them)."""
     user = ec.mailboxes(sb, "source", 1)[0]
     return sb.mail.child_folders("source", user.id)
+
+
+def test_update_pim_items(ews: Sandbox) -> None:
+    """UpdateItem changes a task's status and due date, a contact's e-mail address and an
+    event's subject and location; the untouched properties stay."""
+    account, _user = _delegate(ews)
+    Task(account=account, folder=account.tasks, subject="Renew passport",
+         due_date=EWSDate(2026, 5, 1), status="NotStarted").save()  # fmt: skip
+    task = next(iter(account.tasks.all()))
+    task.status = "InProgress"
+    task.due_date = EWSDate(2026, 6, 1)
+    task.save(update_fields=["status", "due_date"])
+    again = next(iter(account.tasks.all()))
+    assert (again.subject, again.status, again.due_date) == (
+        "Renew passport", "InProgress", EWSDate(2026, 6, 1))  # fmt: skip
+    Contact(account=account, folder=account.contacts, display_name="Grace Hopper",
+            given_name="Grace", surname="Hopper",
+            email_addresses=[EmailAddress(email="grace@old.example", label="EmailAddress1")]).save()  # fmt: skip
+    contact = next(iter(account.contacts.all()))
+    contact.email_addresses = [EmailAddress(email="grace@new.example", label="EmailAddress1")]
+    contact.save(update_fields=["email_addresses"])
+    contact = next(iter(account.contacts.all()))
+    assert [e.email for e in contact.email_addresses] == ["grace@new.example"]
+    assert contact.surname == "Hopper"
+    series = ec.weekly_series(account)
+    series.subject, series.location = "Weekly sync (renamed)", "Room 2"
+    series.save(update_fields=["subject", "location"])
+    got = next(iter(account.fetch(ids=[(series.id, None)])))
+    assert (got.subject, got.location, got.type) == (
+        "Weekly sync (renamed)",
+        "Room 2",
+        "RecurringMaster",
+    )
