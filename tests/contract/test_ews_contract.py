@@ -17,7 +17,8 @@ from xml.etree import ElementTree as ET
 import httpx
 import pytest
 import xmlschema
-from exchangelib import Contact, ExtendedProperty, Folder, Message, Task
+from exchangelib import UTC as EWS_UTC
+from exchangelib import Contact, EWSDateTime, ExtendedProperty, Folder, Message, Task
 from exchangelib.errors import ErrorAccessDenied, ErrorInvalidSyncStateData
 from exchangelib.indexed_properties import EmailAddress
 from exchangelib.properties import AlternateId
@@ -111,6 +112,11 @@ def _run_every_operation(sb: Sandbox) -> None:
     series = ec.weekly_series(a)
     ec.add_exception_and_cancel(sb, series.id)
     list(a.fetch(ids=[(series.id, None)]))
+    start = EWSDateTime(2026, 1, 1, tzinfo=EWS_UTC)
+    view = list(a.calendar.view(start=start, end=start + dt.timedelta(days=60)))
+    list(a.fetch(ids=[(view[0].id, None)]))  # an occurrence
+    series.subject = "renamed"
+    series.save(update_fields=["subject"])  # UpdateItem on a calendar item
     list(a.calendar.sync_items())
     b.upload([(b.calendar, a.export([series])[0])])
     Contact(account=a, folder=a.contacts, given_name="Ada", surname="L", display_name="Ada L",

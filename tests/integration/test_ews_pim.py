@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from exchangelib import UTC as EWS_UTC
 from exchangelib import Contact, EWSDate, EWSDateTime, Message, Task
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber
 from exchangelib.recurrence import WeeklyPattern
@@ -160,3 +161,23 @@ def test_update_pim_items(ews: Sandbox) -> None:
         "Room 2",
         "RecurringMaster",
     )
+
+
+def test_calendar_view_expands_the_series(ews: Sandbox) -> None:
+    """FindItem with a CalendarView expands a series: occurrences at their times, the
+    exception at its moved time, the cancelled occurrence left out; GetItem answers an
+    occurrence's id."""
+    account, _user = _delegate(ews)
+    series = ec.weekly_series(account)
+    ec.add_exception_and_cancel(ews, series.id)
+    start = EWSDateTime(2026, 1, 1, tzinfo=EWS_UTC)
+    seen = list(account.calendar.view(start=start, end=start + dt.timedelta(days=60)))
+    assert [(i.type, i.start.isoformat()) for i in seen] == [
+        ("Occurrence", "2026-01-05T09:00:00+00:00"),
+        ("Exception", "2026-01-12T10:00:00+00:00"),
+        ("Occurrence", "2026-01-26T09:00:00+00:00"),
+        ("Occurrence", "2026-02-02T09:00:00+00:00"),
+        ("Occurrence", "2026-02-09T09:00:00+00:00"),
+    ]
+    occ = next(iter(account.fetch(ids=[(seen[0].id, None)])))
+    assert occ.type == "Occurrence" and occ.subject == "Weekly sync"

@@ -20,7 +20,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from ..graph import outlook_items
-from ..graph.calendar import import_exceptions
+from ..graph.calendar import import_exceptions, occurrence_id, parse_occurrence_id
 from ..mailstore import (
     ROOT,
     STORE_OWNED,
@@ -591,6 +591,11 @@ def _any_item(call: Call, item_id: str) -> Item | PimItem:
     if call.store.find(item_id) is not None:
         return _item(call, item_id)
     found = pim_store(call).find(item_id)
+    parsed = parse_occurrence_id(item_id) if found is None else None
+    if parsed is not None:  # an occurrence of a series (an id the store derives, not keeps)
+        master = pim_store(call).find(parsed[0])
+        if master is not None:
+            found = pim_items.occurrence(pim_store(call), master, parsed[1], item_id)
     if found is None or found.tenant != call.key:
         raise _Err("ErrorItemNotFound", "The specified object was not found in the store.")
     user = call.tenant.users.get(found.mailbox)
@@ -694,13 +699,27 @@ def find_item(call: Call, body: ET.Element) -> ET.Element:
     def one(node: ET.Element) -> list[ET.Element]:
         folder = resolve_folder(call, node)
         items: list[Item | PimItem] = []
+        cut = False
         if folder.pim_kind is not None:
             # Masters and single items; exceptions are reached through their master
-            # (ModifiedOccurrences). CalendarView expansion is not served.
-            if body.find("m:CalendarView", NS) is not None:
-                raise _Err("ErrorInvalidRequest", "CalendarView is not served by this sandbox.")
-            items = [i for i in pim_store(call).iter_folder(folder.id)
-                     if i.props.get("type") != "exception"]  # fmt: skip
+            # (ModifiedOccurrences). A CalendarView expands series into occurrences.
+            stored = list(pim_store(call).iter_folder(folder.id))
+            view_node = body.find("m:CalendarView", NS)
+            if view_node is not None:
+                start = dt.datetime.fromisoformat(
+                    view_node.get("StartDate", "").replace("Z", "+00:00")
+                )
+                end = dt.datetime.fromisoformat(view_node.get("EndDate", "").replace("Z", "+00:00"))
+                items = list(
+                    pim_items.calendar_view(pim_store(call), stored, start, end, occurrence_id)
+                )
+                cap = view_node.get("MaxEntriesReturned")
+                if cap is not None and len(items) > int(cap):
+                    # The first MaxEntriesReturned, IncludesLastItemInRange false (*unverified*:
+                    # whether Exchange truncates or refuses such a view).
+                    items, cut = items[: int(cap)], True
+            else:
+                items = [i for i in stored if i.props.get("type") != "exception"]
         if folder.mail:
             for item in call.store.iter_messages(call.key, folder.user.id, folder.id, order=sort,
                                                  descending=descending):  # fmt: skip
@@ -712,7 +731,7 @@ def find_item(call: Call, body: ET.Element) -> ET.Element:
         root = m("RootFolder", {
             "IndexedPagingOffset": str(offset + len(page)),
             "TotalItemsInView": str(len(items)),
-            "IncludesLastItemInRange": "true" if offset + len(page) >= len(items) else "false",
+            "IncludesLastItemInRange": "false" if cut or offset + len(page) < len(items) else "true",
         }, t("Items", None, [any_item_xml(call, i, shape) for i in page]))  # fmt: skip
         return [root]
 

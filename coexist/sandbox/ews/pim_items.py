@@ -197,6 +197,83 @@ def _original_starts(master: PimItem) -> list[str]:
             for day in occurrence_dates(props["recurrence"], until)]  # fmt: skip
 
 
+def _calendar_type(p: dict[str, Any]) -> str:
+    kind = p.get("type")
+    if kind == "seriesMaster" and p.get("recurrence"):
+        return "RecurringMaster"
+    return {"exception": "Exception", "occurrence": "Occurrence"}.get(str(kind), "Single")
+
+
+def _shifted(
+    item: PimItem, item_id: str, key: str, start: dt.datetime, length: dt.timedelta
+) -> PimItem:
+    props = {k: v for k, v in item.props.items() if k not in ("recurrence", "cancelled")}
+    props.update(type="occurrence", originalStart=key, seriesMasterId=item.id,
+                 start={"dateTime": format_local(start.replace(tzinfo=None)), "timeZone": "UTC"},
+                 end={"dateTime": format_local((start + length).replace(tzinfo=None)), "timeZone": "UTC"})  # fmt: skip
+    return PimItem(item.seq, item_id, item.tenant, item.mailbox, item.kind, item.folder_id, props,
+                   item.created, item.modified, item.change_key)  # fmt: skip
+
+
+def occurrence(pim: PimStore, master: PimItem, key: str, item_id: str) -> PimItem | None:
+    """The occurrence of a series starting (originally) at `key` (UTC), if it has one: its
+    exception if there is one, else the master's properties at that time."""
+    if master.props.get("type") != "seriesMaster" or key in (master.props.get("cancelled") or []):
+        return None
+    if key not in _original_starts(master):
+        return None
+    found = pim.find(item_id)
+    if found is not None:
+        return found
+    length = _span(master)
+    start = dt.datetime.fromisoformat(key.replace("Z", "+00:00"))
+    return _shifted(master, item_id, key, start.astimezone(dt.UTC), length)
+
+
+def _span(item: PimItem) -> dt.timedelta:
+    s, e = _utc(item.props.get("start")), _utc(item.props.get("end"))
+    if s is None or e is None:
+        return dt.timedelta(0)
+    return dt.datetime.fromisoformat(e.replace("Z", "+00:00")) - dt.datetime.fromisoformat(
+        s.replace("Z", "+00:00")
+    )
+
+
+def calendar_view(pim: PimStore, items: list[PimItem], start: dt.datetime, end: dt.datetime,
+                  occurrence_id: Any) -> list[PimItem]:  # fmt: skip
+    """Single items, occurrences and exceptions overlapping [start, end), by start time."""
+    out: list[tuple[str, PimItem]] = []
+
+    def overlaps(i: PimItem) -> str | None:
+        s, e = _utc(i.props.get("start")), _utc(i.props.get("end"))
+        if s is None or e is None:
+            return None
+        return s if s < iso(end) and e > iso(start) else None
+
+    for item in items:
+        if item.props.get("type") == "exception":
+            continue
+        if item.props.get("type") == "seriesMaster" and item.props.get("recurrence"):
+            cancelled = set(item.props.get("cancelled") or [])
+            length = _span(item)
+            for key in _original_starts(item):
+                if key in cancelled:
+                    continue
+                occ_id = occurrence_id(item.id, key)
+                occ = pim.find(occ_id) or _shifted(
+                    item, occ_id, key, dt.datetime.fromisoformat(key.replace("Z", "+00:00")), length
+                )
+                when = overlaps(occ)
+                if when is not None:
+                    out.append((when, occ))
+        else:
+            when = overlaps(item)
+            if when is not None:
+                out.append((when, item))
+    out.sort(key=lambda pair: pair[0])
+    return [i for _w, i in out]
+
+
 def item_xml(pim: PimStore, item: PimItem, wanted: set[str], all_props: bool) -> ET.Element:
     """The EWS element of a PIM item; `wanted` are the requested property names (all of them
     when `all_props`)."""
@@ -212,7 +289,7 @@ def item_xml(pim: PimStore, item: PimItem, wanted: set[str], all_props: bool) ->
         if p.get("categories") else None,
     }  # fmt: skip
     if item.kind == "event":
-        master = p.get("type") == "seriesMaster" and p.get("recurrence")
+        master = _calendar_type(p) == "RecurringMaster"
         loc = (p.get("location") or {}).get("displayName")
         fields.update(
             Subject=t("Subject", text=p.get("subject") or ""),
@@ -221,7 +298,26 @@ def item_xml(pim: PimStore, item: PimItem, wanted: set[str], all_props: bool) ->
             IsAllDayEvent=t("IsAllDayEvent", text="true" if p.get("isAllDay") else "false"),
             Location=t("Location", text=loc) if loc else None,
             UID=t("UID", text=p["iCalUId"]) if p.get("iCalUId") else None,
-            CalendarItemType=t("CalendarItemType", text="RecurringMaster" if master else "Single"),
+            CalendarItemType=t("CalendarItemType", text=_calendar_type(p)),
+            OriginalStart=t("OriginalStart", text=p["originalStart"])
+            if p.get("type") in ("exception", "occurrence") and p.get("originalStart")
+            else None,
+            IsRecurring=t(
+                "IsRecurring", text="true" if p.get("type") != "singleInstance" else "false"
+            ),
+            Organizer=t(
+                "Organizer",
+                None,
+                t(
+                    "Mailbox",
+                    None,
+                    t("Name", text=p["organizer"]["emailAddress"].get("name") or ""),
+                    t("EmailAddress", text=p["organizer"]["emailAddress"].get("address") or ""),
+                    t("RoutingType", text="SMTP"),
+                ),
+            )
+            if isinstance(p.get("organizer"), dict) and p["organizer"].get("emailAddress")
+            else None,
             Importance=t("Importance", text=_IMPORTANCE.get(str(p.get("importance")), "Normal")),
         )
         if master:
