@@ -84,8 +84,14 @@ class Authenticator:
             conn = self._conns.get(key)
         if not header:
             if conn is not None and conn.login is not None:
-                conn.seen = now
-                return conn.login
+                # The account as it is now (grants change; the sandbox may have been re-seeded).
+                with self.world.lock:
+                    found = orgs.resolve_login(self.world, conn.login.account.upn)
+                if found is not None:
+                    conn.seen = now
+                    conn.login = Login(*found)
+                    return conn.login
+                conn.login = None
             raise Challenge(self.offers())
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()

@@ -715,8 +715,10 @@ def find_item(call: Call, body: ET.Element) -> ET.Element:
                 )
                 cap = view_node.get("MaxEntriesReturned")
                 if cap is not None and len(items) > int(cap):
-                    # The first MaxEntriesReturned, IncludesLastItemInRange false (*unverified*:
-                    # whether Exchange truncates or refuses such a view).
+                    # orgs.UNVERIFIED.calendar_view_over_cap: truncate or refuse.
+                    if orgs.UNVERIFIED.calendar_view_over_cap != "truncate":
+                        raise _Err("ErrorCalendarViewRangeTooBig",
+                                   "The calendar view range is too big.")  # fmt: skip
                     items, cut = items[: int(cap)], True
             else:
                 items = [i for i in stored if i.props.get("type") != "exception"]

@@ -66,6 +66,17 @@ class Unverified:
     # SyncFolderItems/SyncFolderHierarchy states older than Settings.sync_state_max_age_s
     # (or expired by World.expire_sync_states) answer this.
     stale_sync_state: str = "ErrorInvalidSyncStateData"
+    # EWS answers a sticky note (IPM.StickyNote) as this element (t:Message or t:Item).
+    note_element: str = "Message"
+    # A CalendarView holding more than MaxEntriesReturned items: the first ones with
+    # IncludesLastItemInRange false (Exchange may refuse it with ErrorCalendarViewRangeTooBig).
+    calendar_view_over_cap: str = "truncate"
+    # ServerVersionInfo build of WorkMail (no published value; answers as Exchange 2010 SP3).
+    workmail_build: tuple[int, int, int, int] = (14, 3, 123, 4)
+    # Modelling shortcuts (not vendor claims): SoftDelete removes like HardDelete (no
+    # Recoverable Items over EWS); a deleted calendar item/contact/task/note does not go to
+    # Deleted Items; an unknown RequestServerVersion newer than the flavour's is refused with
+    # ErrorInvalidServerVersion rather than a schema violation.
 
 
 UNVERIFIED = Unverified()
@@ -95,10 +106,7 @@ FLAVOURS = {
     ),
     "workmail": Flavour(
         "workmail",
-        14,
-        3,
-        123,
-        4,
+        *UNVERIFIED.workmail_build,
         UNVERIFIED.workmail_version,
         UNVERIFIED.workmail_version,
         ("Basic",),

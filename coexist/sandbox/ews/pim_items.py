@@ -40,6 +40,7 @@ from ..pim import (
     zone,
 )
 from . import soap
+from .orgs import UNVERIFIED
 from .soap import NS, T, t
 
 # Notes (IPM.StickyNote) live in the PIM store too, in a folder of kind NOTES the Graph faces
@@ -48,10 +49,9 @@ NOTES, NOTE = "notes", "note"
 KIND_OF_FOLDER = {"calendar": CALENDAR, "contacts": CONTACTS, "tasks": TODO, "notes": NOTES}
 ITEM_OF_FOLDER = {CALENDAR: "event", CONTACTS: "contact", TODO: "task", NOTES: NOTE}
 ELEMENT = {"event": "CalendarItem", "contact": "Contact", "task": "Task",
-           # *unverified*: EWS answers a sticky note as t:Message with ItemClass IPM.StickyNote
-           NOTE: "Message"}  # fmt: skip
+           NOTE: UNVERIFIED.note_element}  # fmt: skip
 TYPE_OF_ELEMENT = {"CalendarItem": "CalendarItemType", "Contact": "ContactItemType",
-                   "Task": "TaskType", "Message": "MessageType"}  # fmt: skip
+                   "Task": "TaskType", "Message": "MessageType", "Item": "ItemType"}  # fmt: skip
 CLASS_OF_ITEM = {**ITEM_CLASS, NOTE: "IPM.StickyNote"}
 
 
