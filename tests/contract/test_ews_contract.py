@@ -18,7 +18,15 @@ import httpx
 import pytest
 import xmlschema
 from exchangelib import UTC as EWS_UTC
-from exchangelib import Contact, EWSDateTime, ExtendedProperty, Folder, Message, Task
+from exchangelib import (
+    Contact,
+    EWSDateTime,
+    ExtendedProperty,
+    FileAttachment,
+    Folder,
+    Message,
+    Task,
+)
 from exchangelib.errors import ErrorAccessDenied, ErrorInvalidSyncStateData
 from exchangelib.indexed_properties import EmailAddress
 from exchangelib.properties import AlternateId
@@ -122,7 +130,11 @@ def _run_every_operation(sb: Sandbox) -> None:
     Contact(account=a, folder=a.contacts, given_name="Ada", surname="L", display_name="Ada L",
             email_addresses=[EmailAddress(email="ada@example.org", label="EmailAddress1")]).save()  # fmt: skip
     Task(account=a, folder=a.tasks, subject="t", status="Completed").save()
-    list(a.contacts.all())
+    with_file = next(iter(a.contacts.all()))
+    with_file.attach(
+        FileAttachment(name="p.jpg", content=b"jpg", is_contact_photo=True)
+    )  # CreateAttachment
+    assert next(iter(a.contacts.all())).attachments[0].content == b"jpg"  # GetAttachment
     list(a.tasks.all())
     # Error answers are part of the contract too.
     with pytest.raises(ErrorAccessDenied):

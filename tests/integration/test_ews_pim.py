@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from exchangelib import UTC as EWS_UTC
-from exchangelib import Contact, EWSDate, EWSDateTime, Message, Task
+from exchangelib import Contact, EWSDate, EWSDateTime, FileAttachment, Message, Task
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber
 from exchangelib.recurrence import WeeklyPattern
 
@@ -181,3 +181,35 @@ def test_calendar_view_expands_the_series(ews: Sandbox) -> None:
     ]
     occ = next(iter(account.fetch(ids=[(seen[0].id, None)])))
     assert occ.type == "Occurrence" and occ.subject == "Weekly sync"
+
+
+@pytest.mark.parametrize(("kind", "auth", "photo"), [("exchange2016", "NTLM", True),
+                                                     ("workmail", "basic", False)])  # fmt: skip
+def test_contact_photo(ews: Sandbox, kind: str, auth: str, photo: bool) -> None:
+    """A contact photo added with CreateAttachment (IsContactPhoto): on Exchange the contact
+    has a picture; on WorkMail it arrives as a plain attachment. GetAttachment returns its
+    bytes either way."""
+    ec.org(ews, "target", kind)
+    user = ec.mailboxes(ews, "target", 1)[0]
+    assert user.primary_smtp
+    login = ec.migration_account(ews, "target", full_access=["*"])
+    account = ec.account(ews, "target", login, user.primary_smtp, kind=kind, auth=auth)
+    contact = Contact(account=account, folder=account.contacts, display_name="Pic", given_name="P")
+    contact.save()
+    contact.attach(FileAttachment(name="photo.jpg", content_type="image/jpeg",
+                                  content=b"\xff\xd8jpeg", is_contact_photo=True))  # fmt: skip
+    got = next(iter(account.contacts.all()))
+    assert got.has_picture is photo
+    assert [a.is_contact_photo for a in got.attachments] == [photo]
+    assert got.attachments[0].content == b"\xff\xd8jpeg"
+
+
+def test_message_attachment(ews: Sandbox) -> None:
+    """CreateAttachment adds a MIME part to a message; GetItem lists it; GetAttachment reads it."""
+    account, _user = _delegate(ews)
+    msg = Message(account=account, folder=account.inbox, subject="with file", body="see file")
+    msg.save()
+    msg.attach(FileAttachment(name="a.txt", content_type="text/plain", content=b"hello"))
+    got = next(iter(account.inbox.all()))
+    assert got.has_attachments and [a.name for a in got.attachments] == ["a.txt"]
+    assert got.attachments[0].content == b"hello"

@@ -16,6 +16,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -34,7 +36,7 @@ from ..mailstore import (
 )
 from ..model import User
 from ..pim import PimItem, PimStore
-from . import orgs, pim_items, soap
+from . import attachments, orgs, pim_items, soap
 from .face import Call
 from .soap import NS, T, m, t
 
@@ -515,9 +517,7 @@ def _wanted(shape: ET.Element | None) -> tuple[set[str], bool]:
         shape.iterfind("t:AdditionalProperties/t:IndexedFieldURI", NS) if shape is not None else []
     ):
         wanted.add(_INDEXED.get(uri.get("FieldURI", ""), ""))
-    mime = (
-        soap.text_of(shape, "t:IncludeMimeContent") or "false"
-    ) == "true" or "MimeContent" in wanted
+    mime = soap.is_true(soap.text_of(shape, "t:IncludeMimeContent")) or "MimeContent" in wanted
     return wanted, mime
 
 
@@ -554,6 +554,9 @@ def item_xml(call: Call, item: Item, shape: ET.Element | None) -> ET.Element:
             parts.append(t("ParentFolderId", {"Id": item.folder_id, "ChangeKey": _change_key(0)}))
         elif value is not None:
             parts.append(t(name, text=value))
+    if "Attachments" in wanted and item.has_attachments:
+        found = attachments.from_mime(call.store.attachments(item.id))
+        parts.append(attachments.listing(item.id, item.change_key, found, photo_kept=True))
     if "Categories" in wanted and item.categories:
         parts.append(t("Categories", None, [t("String", text=c) for c in item.categories]))
     if "Flag" in wanted:
@@ -610,7 +613,8 @@ def any_item_xml(call: Call, item: Item | PimItem, shape: ET.Element | None) -> 
         return item_xml(call, item, shape)
     wanted, _mime = _wanted(shape)
     base = soap.text_of(shape, "t:BaseShape") or "Default"
-    return pim_items.item_xml(pim_store(call), item, wanted, base != "IdOnly")
+    return pim_items.item_xml(pim_store(call), item, wanted, base != "IdOnly",
+                              photo_kept=call.flavour.kind != "workmail")  # fmt: skip
 
 
 def get_item(call: Call, body: ET.Element) -> ET.Element:
@@ -897,12 +901,7 @@ def create_item(call: Call, body: ET.Element) -> ET.Element:
                     "Only Message items saved with MessageDisposition SaveOnly are served by this sandbox.",
                 )
             mime_b64 = soap.text_of(spec, "t:MimeContent")
-            if not mime_b64:
-                raise _Err(
-                    "ErrorInvalidOperation",
-                    "Only items created from MimeContent are served by this sandbox.",
-                )
-            mime = base64.b64decode(mime_b64)
+            mime = base64.b64decode(mime_b64) if mime_b64 else _mime_of(spec)
             _size_check(call, len(mime))
             props = _ext_values(spec)
             flags = int(props[PR_MESSAGE_FLAGS]) if PR_MESSAGE_FLAGS in props else None
@@ -910,7 +909,7 @@ def create_item(call: Call, body: ET.Element) -> ET.Element:
             is_draft = flags is None or bool(flags & MSGFLAG_UNSENT)
             is_read_text = soap.text_of(spec, "t:IsRead")
             is_read = (
-                (is_read_text == "true")
+                soap.is_true(is_read_text)
                 if is_read_text is not None
                 else bool((flags or 0) & MSGFLAG_READ)
             )
@@ -958,6 +957,36 @@ def _create_pim(call: Call, folder: EwsFolder, spec: ET.Element) -> ET.Element:
         pim_items.ELEMENT[kind], None, t("ItemId", {"Id": made.id, "ChangeKey": made.change_key})
     )
     return _message("CreateItemResponseMessage", "NoError", None, m("Items", None, node))
+
+
+def _mime_of(spec: ET.Element) -> bytes:
+    """The MIME Exchange would hold for a message created from typed properties (Subject,
+    Body, From, To/Cc/BccRecipients, InternetMessageId)."""
+    msg = EmailMessage()
+
+    def addresses(path: str) -> str:
+        return ", ".join(
+            formataddr((soap.text_of(mb, "t:Name") or "", soap.text_of(mb, "t:EmailAddress") or ""))
+            for mb in spec.iterfind(path, NS)
+        )  # fmt: skip
+
+    for header, path in (("From", "t:From/t:Mailbox"), ("To", "t:ToRecipients/t:Mailbox"),
+                         ("Cc", "t:CcRecipients/t:Mailbox")):  # fmt: skip
+        value = addresses(path)
+        if value:
+            msg[header] = value
+    msg["Subject"] = soap.text_of(spec, "t:Subject") or ""
+    msg["Message-ID"] = soap.text_of(spec, "t:InternetMessageId") or make_msgid(
+        domain="sandbox.ews"
+    )
+    msg["Date"] = formatdate(usegmt=True)
+    body = spec.find("t:Body", NS)
+    text = body.text if body is not None and body.text else ""
+    if body is not None and body.get("BodyType") == "HTML":
+        msg.set_content(text, subtype="html")
+    else:
+        msg.set_content(text)
+    return msg.as_bytes()
 
 
 def _flag_status(status: str) -> str:
@@ -1043,7 +1072,9 @@ def update_item(call: Call, body: ET.Element) -> ET.Element:
                 name = uri.get("FieldURI", "")
                 clear = op == "DeleteItemField"
                 if name == "message:IsRead":
-                    kw["is_read"] = False if clear else soap.text_of(carrier, "t:IsRead") == "true"
+                    kw["is_read"] = (
+                        False if clear else soap.is_true(soap.text_of(carrier, "t:IsRead"))
+                    )
                 elif name == "item:Categories":
                     kw["categories"] = [] if clear else [
                         c.text or "" for c in (carrier.iterfind("t:Categories/t:String", NS) if carrier is not None else [])
@@ -1272,7 +1303,70 @@ def convert_id(call: Call, body: ET.Element) -> ET.Element:
     return _each("ConvertId", _folder_ids(body, "m:SourceIds"), one)
 
 
+def create_attachment(call: Call, body: ET.Element) -> ET.Element:
+    """File attachments added to a message (a MIME part) or a PIM item (its properties)."""
+    parent = body.find("m:ParentItemId", NS)
+    messages = m("ResponseMessages")
+    for node in attachments.file_attachments(body):
+        try:
+            if node.tag != f"{{{T}}}FileAttachment":
+                raise _Err(
+                    "ErrorInvalidOperation", "Only file attachments are served by this sandbox."
+                )
+            new = attachments.parse_new(node)
+            data = base64.b64decode(new["content"])
+            found = _any_item(call, parent.get("Id", "") if parent is not None else "")
+            if isinstance(found, PimItem):
+                pim = pim_store(call)
+                files = list(found.props.get(attachments.PROP) or [])
+                files.append(new)
+                updated = pim.update_item(found.id, {**found.props, attachments.PROP: files})
+                root_id, change_key, index = updated.id, updated.change_key, len(files) - 1
+            else:
+                _size_check(call, found.size + len(data))
+                added = call.store.add_attachment(
+                    call.key, found.mailbox, found.id, new["name"], new["contentType"], data,
+                    is_inline=bool(new["isInline"]), content_id=new["contentId"],
+                )  # fmt: skip
+                assert added is not None
+                item, att = added
+                root_id, change_key, index = item.id, item.change_key, att.index
+            call.charged_items += 1 + len(data) // (1 << 20)
+            ident = t("AttachmentId", {"Id": attachments.attachment_id(root_id, index),
+                                       "RootItemId": root_id, "RootItemChangeKey": change_key})  # fmt: skip
+            messages.append(_message("CreateAttachmentResponseMessage", "NoError", None,
+                                     m("Attachments", None, t("FileAttachment", None, ident))))  # fmt: skip
+        except _Err as err:
+            messages.append(_message("CreateAttachmentResponseMessage", err.code, err.text))
+    return m("CreateAttachmentResponse", None, messages)
+
+
+def get_attachment(call: Call, body: ET.Element) -> ET.Element:
+    def one(node: ET.Element) -> list[ET.Element]:
+        parsed = attachments.parse_attachment_id(node.get("Id", ""))
+        if parsed is None:
+            raise _Err("ErrorInvalidIdMalformed", "Id is malformed.")
+        item_id, index = parsed
+        found = _any_item(call, item_id)
+        if isinstance(found, PimItem):
+            files = attachments.from_props(found.props)
+            change_key = found.change_key
+        else:
+            files = attachments.from_mime(call.store.attachments(found.id))
+            change_key = found.change_key
+        if index >= len(files):
+            raise _Err("ErrorItemNotFound", "The specified object was not found in the store.")
+        call.charged_items += 1 + len(files[index]["data"]) // (1 << 20)
+        return [m("Attachments", None, attachments.element(
+            item_id, change_key, index, files[index], content=True,
+            photo_kept=call.flavour.kind != "workmail"))]  # fmt: skip
+
+    return _each("GetAttachment", _folder_ids(body, "m:AttachmentIds"), one)
+
+
 OPERATIONS: dict[str, Handler] = {
+    "CreateAttachment": create_attachment,
+    "GetAttachment": get_attachment,
     "GetFolder": get_folder,
     "FindFolder": find_folder,
     "SyncFolderHierarchy": sync_folder_hierarchy,

@@ -39,7 +39,7 @@ from ..pim import (
     to_utc,
     zone,
 )
-from . import soap
+from . import attachments, soap
 from .orgs import UNVERIFIED
 from .soap import NS, T, t
 
@@ -274,10 +274,14 @@ def calendar_view(pim: PimStore, items: list[PimItem], start: dt.datetime, end: 
     return [i for _w, i in out]
 
 
-def item_xml(pim: PimStore, item: PimItem, wanted: set[str], all_props: bool) -> ET.Element:
+def item_xml(
+    pim: PimStore, item: PimItem, wanted: set[str], all_props: bool, photo_kept: bool = True
+) -> ET.Element:
     """The EWS element of a PIM item; `wanted` are the requested property names (all of them
-    when `all_props`)."""
+    when `all_props`). `photo_kept`: a contact photo is one (Exchange), not a plain attachment
+    (WorkMail)."""
     p = item.props
+    files = attachments.from_props(p)
     parts: list[ET.Element] = [t("ItemId", {"Id": item.id, "ChangeKey": item.change_key})]
     fields: dict[str, Any] = {
         "ParentFolderId": t("ParentFolderId", {"Id": item.folder_id}),
@@ -285,6 +289,9 @@ def item_xml(pim: PimStore, item: PimItem, wanted: set[str], all_props: bool) ->
         "DateTimeCreated": t("DateTimeCreated", text=item.created),
         "LastModifiedTime": t("LastModifiedTime", text=item.modified),
         "Body": _body(p, "personalNotes" if item.kind == "contact" else "body"),
+        "Attachments": attachments.listing(item.id, item.change_key, files, photo_kept)
+        if files else None,
+        "HasAttachments": t("HasAttachments", text="true" if files else "false"),
         "Categories": t("Categories", None, [t("String", text=c) for c in p.get("categories") or []])
         if p.get("categories") else None,
     }  # fmt: skip
@@ -343,6 +350,8 @@ def item_xml(pim: PimStore, item: PimItem, wanted: set[str], all_props: bool) ->
                   ("MobilePhone", p.get("mobilePhone"))]  # fmt: skip
         fields.update(
             Subject=t("Subject", text=p.get("displayName") or ""),
+            HasPicture=t("HasPicture", text="true" if photo_kept and any(
+                f.get("isContactPhoto") for f in files) else "false"),
             DisplayName=t("DisplayName", text=p.get("displayName") or ""),
             GivenName=t("GivenName", text=p["givenName"]) if p.get("givenName") else None,
             Surname=t("Surname", text=p["surname"]) if p.get("surname") else None,
@@ -396,7 +405,7 @@ def props_from_xml(kind: str, spec: ET.Element) -> dict[str, Any]:
         if not start or not end:
             raise ValueError("a calendar item needs Start and End")
         props.update(subject=text("Subject") or "", start=_dtz(start), end=_dtz(end),
-                     isAllDay=text("IsAllDayEvent") == "true")  # fmt: skip
+                     isAllDay=soap.is_true(text("IsAllDayEvent")))  # fmt: skip
         if text("Location"):
             props["location"] = {"displayName": text("Location")}
         if body:

@@ -296,6 +296,11 @@ def _violation(err: SchemaViolation) -> Fault:
     )
 
 
+def is_true(value: str | None) -> bool:
+    """An xs:boolean's value ("true" or "1"; exchangelib writes "1" for some fields)."""
+    return (value or "").strip() in ("true", "1")
+
+
 def text_of(node: ET.Element | None, path: str) -> str | None:
     if node is None:
         return None
