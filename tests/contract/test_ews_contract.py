@@ -338,3 +338,29 @@ def test_autodiscover_pox_returns_the_ews_url(recorded: list[Recorded], sandbox:
         f"{ns}Response/{ns}Account/{ns}Protocol/{ns}EwsUrl"
     )
     assert ews_url == sandbox.base_url + EWS_PATH
+
+
+def test_no_version_header_is_exchange2007(recorded: list[Recorded], sandbox: Sandbox) -> None:
+    """Without RequestServerVersion a request is handled as Exchange 2007 (the documented
+    default): GetFolder is answered, ExportItems (Exchange 2010 SP1+) is refused with
+    ErrorInvalidServerVersion."""
+    login = ec.migration_account(sandbox, "source", full_access=["*"])
+    user = ec.mailboxes(sandbox, "source", 1)[0]
+    get_folder = (
+        "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>"
+        '<m:FolderIds><t:DistinguishedFolderId Id="inbox"><t:Mailbox><t:EmailAddress>'
+        f"{user.primary_smtp}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>"
+        "</m:FolderIds></m:GetFolder>"
+    )
+    export = '<m:ExportItems><m:ItemIds><t:ItemId Id="AAMkAA=="/></m:ItemIds></m:ExportItems>'
+    for body, expected in ((get_folder, 200), (export, 500)):
+        envelope = (
+            f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="{SOAP}" '
+            f'xmlns:m="{M}" xmlns:t="{T}"><s:Body>{body}</s:Body></s:Envelope>'
+        )
+        with httpx.Client(verify=tls(sandbox.connection)) as client:
+            resp = client.post(sandbox.base_url + EWS_PATH, content=envelope.encode(),
+                               auth=(login, ec.PASSWORD))  # fmt: skip
+        assert resp.status_code == expected
+        if expected == 500:
+            assert _fault(resp)[0] == "ErrorInvalidServerVersion"

@@ -276,3 +276,11 @@ def test_server_busy_storm_completes(tmp_path: Path, flags: None) -> None:
         assert sorted(seen) == sorted(f"s{n}" for n in range(60))
         busy = [r for r in log if r.status == 500 and b"a:ErrorServerBusy" in r.response]
         assert busy and all(b'Name="BackOffMilliseconds"' in r.response for r in busy)
+
+
+def test_same_mailbox_as_the_graph_faces(ews: Sandbox) -> None:
+    """Mail delivered into the sandbox (what the Graph faces serve) is in the same mailbox
+    over EWS."""
+    account, user = _delegate(ews)
+    ews.deliver(str(user.primary_smtp), sender="ava@fabrikam.example", subject="via transport")
+    assert [i.subject for i in account.inbox.all()] == ["via transport"]
