@@ -71,7 +71,7 @@ class Authenticator:
         kinds = {t.kind for t in self.world.tenants.values()}
         values: list[str] = []
         if kinds & {"exchange2016", "exchange2019"}:
-            values += ["NTLM", "Negotiate"]
+            values += ["Negotiate", "NTLM"]  # IIS's default order for Windows authentication
         values.append(f'Basic realm="{self.realm}"')
         return values
 
@@ -132,7 +132,10 @@ class Authenticator:
             with _lock:
                 self._write_store()
                 if conn.context is None or token[8:12] == b"\x01\x00\x00\x00":
-                    conn.context = spnego.server(protocol="ntlm")
+                    # Raw NTLMSSP (also sent under the Negotiate scheme by NTLM-only
+                    # clients), else SPNEGO wrapping NTLM (no Kerberos in the sandbox).
+                    raw = token.startswith(b"NTLMSSP\x00")
+                    conn.context = spnego.server(protocol="ntlm" if raw else "negotiate")
                     conn.login = None
                 out = conn.context.step(token)
                 complete = conn.context.complete
