@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from exchangelib import UTC as EWS_UTC
 from exchangelib import Contact, EWSDate, EWSDateTime, FileAttachment, Message, Task
+from exchangelib.errors import ErrorInvalidFolderTypeForOperation
+from exchangelib.folders import Folder
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber
 from exchangelib.recurrence import WeeklyPattern
 
 from coexist.sandbox import Sandbox
 from coexist.sandbox.ews.face import ERRORS_KEY
+from coexist.sandbox.graph.outlook_items import pim_store
 from tests import ewsclient as ec
 
 UTC = dt.UTC
@@ -213,3 +216,26 @@ def test_message_attachment(ews: Sandbox) -> None:
     got = next(iter(account.inbox.all()))
     assert got.has_attachments and [a.name for a in got.attachments] == ["a.txt"]
     assert got.attachments[0].content == b"hello"
+
+
+def test_secondary_pim_folders(ews: Sandbox) -> None:
+    """A calendar made by a Graph client (no parent) is a child of Calendar over EWS; a
+    contact folder made over EWS is a child of Contacts, holds contacts, and is a child
+    contact folder in the shared PIM store; a mail-class folder under Contacts is refused."""
+    account, user = _delegate(ews)
+    assert ews.ctx is not None
+    pim = pim_store(ews.ctx)
+    pim.create_folder("source", user.id, "calendar", "Holidays")
+    assert [f.name for f in account.calendar.children] == ["Holidays"]
+    work = Folder(parent=account.contacts, name="Work", folder_class="IPF.Contact")
+    work.save()
+    Contact(account=account, folder=work, display_name="Alan Turing", given_name="Alan").save()
+    assert [c.display_name for c in work.all()] == ["Alan Turing"]
+    contacts = pim.default_folder("source", user.id, "contacts")
+    assert [
+        f.display_name for f in pim.folders("source", user.id, "contacts", parent=contacts.id)
+    ] == ["Work"]
+    with pytest.raises(ErrorInvalidFolderTypeForOperation):
+        Folder(parent=account.contacts, name="Mail here", folder_class="IPF.Note").save()
+    names = {f.name for f in account.msg_folder_root.walk()}
+    assert {"Holidays", "Work"} <= names

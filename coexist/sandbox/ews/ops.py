@@ -119,7 +119,30 @@ def _pim(call: Call, user: User, wk: str) -> EwsFolder:
         pf = pim.default_folder(call.key, user.id, kind)
     total = sum(1 for i in pim.iter_folder(pf.id) if i.props.get("type") != "exception")
     return EwsFolder(pf.id, user, pf.display_name, _root(call, user).id, cls, element, wk,
-                     total=total, mail=False, pim_kind=kind)  # fmt: skip
+                     total=total, children=len(_pim_children(call, user, pf.id, kind, True)),
+                     mail=False, pim_kind=kind)  # fmt: skip
+
+
+def _pim_children(call: Call, user: User, parent_id: str, kind: str, is_default: bool) -> list[Any]:
+    """PIM folders under a PIM folder; a default folder also holds the secondary calendars,
+    contact folders and lists Graph makes without a parent (graph/exchange_io, Tree)."""
+    pim = pim_store(call)
+    found = pim.folders(call.key, user.id, kind, parent=parent_id)
+    if is_default and kind != pim_items.NOTES:
+        found += [
+            f for f in pim.folders(call.key, user.id, kind, parent=None) if f.well_known is None
+        ]
+    return found
+
+
+def _pim_secondary(call: Call, user: User, pf: Any, parent_id: str) -> EwsFolder:
+    wk = next(w for w, k in pim_items.KIND_OF_FOLDER.items() if k == pf.kind)
+    _name, cls, element = PIM_FOLDERS[wk]
+    pim = pim_store(call)
+    total = sum(1 for i in pim.iter_folder(pf.id) if i.props.get("type") != "exception")
+    return EwsFolder(pf.id, user, pf.display_name, parent_id, cls, element, None, total=total,
+                     children=len(_pim_children(call, user, pf.id, pf.kind, False)), mail=False,
+                     pim_kind=pf.kind)  # fmt: skip
 
 
 def _open(call: Call, user: User) -> None:
@@ -223,8 +246,14 @@ def folder_by_id(call: Call, user: User, folder_id: str) -> EwsFolder:
     pf = pim_store(call).folder(call.key, user.id, folder_id)
     if pf is not None and pf.id == folder_id:
         wk = next((w for w, k in pim_items.KIND_OF_FOLDER.items() if k == pf.kind), None)
-        if wk is not None and (pf.well_known is not None or pf.kind == pim_items.NOTES):
+        if wk is not None and pf.well_known is not None:
             return _pim(call, user, wk)
+        default = _pim(call, user, wk) if wk is not None else None
+        if default is not None and default.id == pf.id:  # the notes folder
+            return default
+        if default is not None:
+            parent_id = pf.parent_id if pf.parent_id else default.id
+            return _pim_secondary(call, user, pf, parent_id)
     f = call.store.folder(call.key, user.id, folder_id)
     if f is None or f.id != folder_id:
         raise _Err("ErrorFolderNotFound", "The specified folder could not be found in the store.")
@@ -235,6 +264,10 @@ def children(call: Call, parent: EwsFolder) -> list[EwsFolder]:
     if parent.is_root:
         top = _root(call, parent.user)
         return [_from_mail(call, parent.user, top, top.id)]
+    if parent.pim_kind is not None:
+        return [_pim_secondary(call, parent.user, f, parent.id)
+                for f in _pim_children(call, parent.user, parent.id, parent.pim_kind,
+                                       parent.distinguished is not None)]  # fmt: skip
     if not parent.mail:
         return []
     root_id = _root(call, parent.user).id
@@ -374,6 +407,9 @@ def create_folder(call: Call, body: ET.Element) -> ET.Element:
         cls = soap.text_of(spec, "t:FolderClass") or "IPF.Note"
         element = spec.tag.rsplit("}", 1)[-1]
         try:
+            if parent.pim_kind is not None:
+                messages.append(_create_pim_folder(call, parent, name, element, spec))
+                continue
             if not parent.mail or element != "Folder" or not cls.startswith("IPF.Note"):
                 raise _Err("ErrorInvalidFolderTypeForOperation",
                            "The folder type is invalid for this operation (sandbox: mail folders "
@@ -390,6 +426,30 @@ def create_folder(call: Call, body: ET.Element) -> ET.Element:
         except _Err as err:
             messages.append(_message("CreateFolderResponseMessage", err.code, err.text))
     return m("CreateFolderResponse", None, messages)
+
+
+def _create_pim_folder(call: Call, parent: EwsFolder, name: str, element: str,
+                       spec: ET.Element) -> ET.Element:  # fmt: skip
+    """A calendar, contact folder, task folder or notes folder under one of its kind."""
+    assert parent.pim_kind is not None
+    cls = soap.text_of(spec, "t:FolderClass")
+    wk = next(w for w, k in pim_items.KIND_OF_FOLDER.items() if k == parent.pim_kind)
+    _name, want_cls, want_element = PIM_FOLDERS[wk]
+    if (
+        element not in (want_element, "Folder")
+        or (cls is not None and cls != want_cls)
+        or (element == "Folder" and want_element != "Folder" and cls is None)
+    ):
+        raise _Err("ErrorInvalidFolderTypeForOperation",
+                   "The folder type is invalid for this operation.")  # fmt: skip
+    siblings = children(call, parent)
+    if any(f.display_name.casefold() == name.casefold() for f in siblings):
+        raise _Err("ErrorFolderExists", "A folder with the specified name already exists.")
+    made = pim_store(call).create_folder(call.key, parent.user.id, parent.pim_kind, name,
+                                         parent_id=parent.id)  # fmt: skip
+    f = _pim_secondary(call, parent.user, made, parent.id)
+    return _message("CreateFolderResponseMessage", "NoError", None,
+                    m("Folders", None, folder_xml(f, None)))  # fmt: skip
 
 
 # -- sync states --------------------------------------------------------------------------------------
