@@ -1260,6 +1260,16 @@ class MailStore:
             raise KeyError(item_id)
         return {k: row[k] for k in row.keys()}  # noqa: SIM118
 
+    def arrived_by_move(self, tenant: str, mailbox: str, mseq: int) -> bool:
+        """Whether the change numbered `mseq` put an item into its folder by a move (a move
+        writes the old id's tombstone, then the item under its new id, on consecutive ticks)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM tombstones WHERE tenant=? AND mailbox=? AND cseq=?",
+                (tenant, mailbox, mseq - 1),
+            ).fetchone()
+        return row is not None
+
     def max_seq(self, tenant: str, mailbox: str) -> int:
         """The newest insertion number of a mailbox's items (0 when empty)."""
         with self._lock:

@@ -284,3 +284,20 @@ def test_same_mailbox_as_the_graph_faces(ews: Sandbox) -> None:
     account, user = _delegate(ews)
     ews.deliver(str(user.primary_smtp), sender="ava@fabrikam.example", subject="via transport")
     assert [i.subject for i in account.inbox.all()] == ["via transport"]
+
+
+def test_sync_reports_a_moved_in_item_as_created(ews: Sandbox, flags: None) -> None:
+    """After a full sync of a folder, an item moved into it is reported as a Create (it has a
+    new id there), and as a Delete in the folder it left."""
+    account, _user = _delegate(ews)
+    when = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    Message(account=account, folder=account.inbox, mime_content=_mime("mover", when),
+            message_flags=1).save()  # fmt: skip
+    dest = Folder(parent=account.inbox, name="Later")
+    dest.save()
+    list(dest.sync_items())
+    list(account.inbox.sync_items())
+    dest_state, inbox_state = dest.item_sync_state, account.inbox.item_sync_state
+    next(iter(account.inbox.all())).move(dest)
+    assert [k for k, _ in dest.sync_items(sync_state=dest_state)] == ["create"]
+    assert [k for k, _ in account.inbox.sync_items(sync_state=inbox_state)] == ["delete"]

@@ -838,7 +838,10 @@ def sync_folder_items(call: Call, body: ET.Element) -> ET.Element:
                 changes.append(t("Delete", None, t("ItemId", {"Id": entry.item_id})))
                 last = max(last, entry.cseq)
                 continue
-            kind = "Create" if entry.seq > seen else "Update"
+            moved_in = entry.mseq > after and call.store.arrived_by_move(
+                call.key, folder.user.id, entry.mseq
+            )
+            kind = "Create" if entry.seq > seen or moved_in else "Update"
             changes.append(t(kind, None, item_xml(call, entry, shape)))
             top_seq = max(top_seq, entry.seq)
             last = max(last, entry.mseq)
