@@ -1367,6 +1367,46 @@ class MailStore:
                 return
             last = (rows[-1]["k"], rows[-1]["seq"])
 
+    def count_where(
+        self, tenant: str, mailbox: str, folder_id: str, where: str, args: Sequence[str]
+    ) -> int:
+        """Items of a folder matching an SQL condition over this store's columns (built by the
+        caller from a fixed vocabulary; values are parameters)."""
+        with self._lock:
+            n: int = self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE tenant=? AND mailbox=? AND folder_id=?"
+                f" AND ({where})",
+                (tenant, mailbox, folder_id, *args),
+            ).fetchone()[0]
+        return n
+
+    def page_messages(
+        self,
+        tenant: str,
+        mailbox: str,
+        folder_id: str,
+        where: str,
+        args: Sequence[str],
+        *,
+        order: str = "received",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[Item]:
+        """One page of a folder's items matching `where` (as count_where), in `iter_messages`
+        order (ties broken by insertion order, in the same direction)."""
+        if order not in ORDER_COLUMNS:
+            raise ValueError(f"cannot order by {order!r}")
+        direction = "DESC" if descending else "ASC"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE tenant=? AND mailbox=? AND folder_id=?"
+                f" AND ({where}) ORDER BY COALESCE({order}, '') {direction}, seq {direction}"
+                " LIMIT ? OFFSET ?",
+                (tenant, mailbox, folder_id, *args, limit, offset),
+            ).fetchall()
+        return [_item(r) for r in rows]
+
     def count(self, tenant: str, mailbox: str, folder_id: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM messages WHERE tenant=? AND mailbox=?"
         args: list[str] = [tenant, mailbox]

@@ -700,35 +700,28 @@ def _iso_norm(value: str) -> str:
     return iso(when)
 
 
-_COMPARE: dict[str, Callable[[str, str], bool]] = {
-    "IsGreaterThan": lambda a, b: a > b,
-    "IsGreaterThanOrEqualTo": lambda a, b: a >= b,
-    "IsLessThan": lambda a, b: a < b,
-    "IsLessThanOrEqualTo": lambda a, b: a <= b,
-    "IsEqualTo": lambda a, b: a == b,
-    "IsNotEqualTo": lambda a, b: a != b,
-}
+_COMPARE = {"IsGreaterThan": ">", "IsGreaterThanOrEqualTo": ">=", "IsLessThan": "<",
+            "IsLessThanOrEqualTo": "<=", "IsEqualTo": "=", "IsNotEqualTo": "<>"}  # fmt: skip
+# FieldURI -> mailstore column (a fixed set: never user text in SQL).
 _FIELDS = {"item:DateTimeReceived": "received", "item:DateTimeSent": "sent",
            "item:DateTimeCreated": "created", "item:LastModifiedTime": "modified"}  # fmt: skip
 
 
-def _predicate(node: ET.Element) -> Callable[[Item], bool]:
-    """A restriction over the date fields (what the stores filter on), And/Or/Not of them."""
+def _where(node: ET.Element) -> tuple[str, list[str]]:
+    """A restriction over the date fields (what the stores filter on), And/Or/Not of them, as
+    an SQL condition on the mailstore's columns (values as parameters)."""
     local = node.tag.rsplit("}", 1)[-1]
     if local in ("And", "Or"):
-        parts = [_predicate(c) for c in node]
-        return (
-            (lambda i: all(p(i) for p in parts))
-            if local == "And"
-            else (lambda i: any(p(i) for p in parts))
-        )
+        parts = [_where(c) for c in node]
+        joined = f" {local.upper()} ".join(f"({sql})" for sql, _ in parts)
+        return joined or "1", [arg for _, args in parts for arg in args]
     if local == "Not":
-        inner = _predicate(node[0])
-        return lambda i: not inner(i)
+        sql, args = _where(node[0])
+        return f"NOT ({sql})", args
     if local in _COMPARE:
         uri = node.find("t:FieldURI", NS)
-        field = _FIELDS.get(uri.get("FieldURI", "") if uri is not None else "")
-        if field is None:
+        column = _FIELDS.get(uri.get("FieldURI", "") if uri is not None else "")
+        if column is None:
             raise _Err(
                 "ErrorUnsupportedPathForQuery",
                 "The property path is not supported for a query (sandbox: date fields only).",
@@ -739,8 +732,7 @@ def _predicate(node: ET.Element) -> Callable[[Item], bool]:
             raise _Err(
                 "ErrorInvalidValueForProperty", "An invalid value was specified for the property."
             ) from exc
-        cmp = _COMPARE[local]
-        return lambda i: (getattr(i, field) or "") != "" and cmp(getattr(i, field), value)
+        return f"{column} IS NOT NULL AND {column} {_COMPARE[local]} ?", [value]
     raise _Err(
         "ErrorUnsupportedQueryFilter",
         "The restriction contains a query filter that is not supported (sandbox).",
@@ -751,7 +743,7 @@ def find_item(call: Call, body: ET.Element) -> ET.Element:
     shape = body.find("m:ItemShape", NS)
     view = body.find("m:IndexedPageItemView", NS)
     restriction = body.find("m:Restriction", NS)
-    keep = _predicate(restriction[0]) if restriction is not None and len(restriction) else None
+    where = _where(restriction[0]) if restriction is not None and len(restriction) else ("1", [])
     order = body.find("m:SortOrder/t:FieldOrder", NS)
     descending = True
     sort = "received"
@@ -787,17 +779,21 @@ def find_item(call: Call, body: ET.Element) -> ET.Element:
             else:
                 items = [i for i in stored if i.props.get("type") != "exception"]
         if folder.mail:
-            for item in call.store.iter_messages(call.key, folder.user.id, folder.id, order=sort,
-                                                 descending=descending):  # fmt: skip
-                if keep is None or keep(item):
-                    items.append(item)
-        offset, limit = _paging(view, len(items))
-        page = items[offset : offset + limit]
+            # Only the page is read (a folder may hold 100,000 items).
+            total = call.store.count_where(call.key, folder.user.id, folder.id, *where)
+            offset, limit = _paging(view, total)
+            page: list[Item | PimItem] = list(call.store.page_messages(
+                call.key, folder.user.id, folder.id, where[0], where[1], order=sort,
+                descending=descending, offset=offset, limit=limit))  # fmt: skip
+        else:
+            total = len(items)
+            offset, limit = _paging(view, total)
+            page = items[offset : offset + limit]
         call.charged_items += len(page)
         root = m("RootFolder", {
             "IndexedPagingOffset": str(offset + len(page)),
-            "TotalItemsInView": str(len(items)),
-            "IncludesLastItemInRange": "false" if cut or offset + len(page) < len(items) else "true",
+            "TotalItemsInView": str(total),
+            "IncludesLastItemInRange": "false" if cut or offset + len(page) < total else "true",
         }, t("Items", None, [any_item_xml(call, i, shape) for i in page]))  # fmt: skip
         return [root]
 
