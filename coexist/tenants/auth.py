@@ -8,7 +8,11 @@ CA bundle (the sandbox's, or a corporate proxy's) may be given, never `False`.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import ssl
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -71,13 +75,38 @@ class TenantEndpoint:
         )
 
 
+def _certificate_error(ep: TenantEndpoint, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"the certificate file {ep.certificate_file} cannot be used ({type(exc).__name__}: {exc})",
+        file="project.toml",
+        key="tenant.certificate_file",
+        next_step="set certificate_file to a PEM file holding the app's private key "
+        "and certificate (or sandbox_connection to the sandbox's connection.json)",
+    )
+
+
+def read_certificate(ep: TenantEndpoint) -> bytes:
+    """The bytes of the endpoint's certificate file (PEM or PKCS12, with its private key)."""
+    assert ep.certificate_file
+    try:
+        with open(ep.certificate_file, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _certificate_error(ep, exc) from exc
+
+
 def credential(
-    ep: TenantEndpoint, *, retry_total: int | None = None, timeout: float | None = None
+    ep: TenantEndpoint,
+    *,
+    retry_total: int | None = None,
+    timeout: float | None = None,
+    certificate_data: bytes | None = None,
 ) -> Any:
     """An async azure-identity credential: certificate preferred over secret.
 
     `timeout`: seconds to connect to the token endpoint and to wait for its answer (azure-core
-    transport options `connection_timeout` / `read_timeout`).
+    transport options `connection_timeout` / `read_timeout`). `certificate_data`: the
+    certificate file's bytes when the caller has read them already (`TenantCredentials`).
     """
     kwargs: dict[str, Any] = {"authority": ep.authority}
     if timeout is not None:
@@ -91,20 +120,14 @@ def credential(
     if retry_total is not None:
         kwargs["retry_total"] = retry_total
     if ep.certificate_file:
+        data = certificate_data if certificate_data is not None else read_certificate(ep)
         try:
             return CertificateCredential(
-                ep.tenant_id, ep.client_id, certificate_path=ep.certificate_file, **kwargs
+                ep.tenant_id, ep.client_id, certificate_data=data, **kwargs
             )
-        except (OSError, ValueError) as exc:
-            # azure-identity reads the PEM here: a missing, unreadable or malformed file.
-            raise ConfigError(
-                f"the certificate file {ep.certificate_file} cannot be used "
-                f"({type(exc).__name__}: {exc})",
-                file="project.toml",
-                key="tenant.certificate_file",
-                next_step="set certificate_file to a PEM file holding the app's private key "
-                "and certificate (or sandbox_connection to the sandbox's connection.json)",
-            ) from exc
+        except ValueError as exc:
+            # azure-identity parses the PEM (or PKCS12) here: malformed, or not an RSA key.
+            raise _certificate_error(ep, exc) from exc
     if ep.client_secret:
         return ClientSecretCredential(ep.tenant_id, ep.client_id, ep.client_secret, **kwargs)
     raise ConfigError(
@@ -112,6 +135,72 @@ def credential(
         file="project.toml",
         key="tenant.credential",
     )
+
+
+# Builds one credential: `credential`'s signature (a test may count through its own).
+CredentialFactory = Callable[..., Any]
+
+
+class TenantCredentials:
+    """The credentials of one command (one event loop): one per tenant endpoint, shared by
+    that tenant's adapters, closed together by whoever made this (`aclose`).
+
+    Building a CertificateCredential parses its PEM twice (azure-identity's
+    `get_client_credential` and `AadClientCertificate` each call cryptography's
+    `load_pem_private_key`, ~35 ms for a 2048-bit RSA key with its validation), so a
+    command's Graph and Exchange adapters of a tenant share one; sharing it also shares
+    its token cache. Not shared across event loops: an aio credential's transport belongs
+    to the loop that opened it, so each `asyncio.run` gets its own `TenantCredentials`.
+
+    Keyed by the endpoint, the token timeouts and a digest of the certificate file's
+    bytes, read on each `get`: a certificate replaced on disk gets a new credential.
+    """
+
+    def __init__(self, factory: CredentialFactory = credential) -> None:
+        self._factory = factory
+        self._made: dict[tuple[Any, ...], Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.built = 0  # credentials built (one per tenant and certificate in a command)
+
+    def get(
+        self, ep: TenantEndpoint, *, retry_total: int | None = None, timeout: float | None = None
+    ) -> Any:
+        """The credential for `ep` (built on first use, or when its certificate changed)."""
+        if self._closed:
+            raise RuntimeError("these credentials are closed")
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # built outside a loop: bound to the first loop that uses it
+        if loop is not None:
+            if self._loop is not None and self._loop is not loop:
+                raise RuntimeError("credentials are not shared across event loops")
+            self._loop = loop
+        data = read_certificate(ep) if ep.certificate_file else None
+        digest = hashlib.sha256(data).digest() if data is not None else None
+        key = (ep, retry_total, timeout, digest)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._factory(
+                ep, retry_total=retry_total, timeout=timeout, certificate_data=data
+            )
+            self.built += 1
+        return made
+
+    async def aclose(self) -> None:
+        """Close every credential built (their token endpoint transports)."""
+        self._closed = True
+        made, self._made = list(self._made.values()), {}
+        async with AsyncExitStack() as stack:  # each closed even when another's close fails
+            for cred in made:
+                stack.push_async_callback(cred.close)
+
+    async def __aenter__(self) -> TenantCredentials:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def token_claims(token: str) -> dict[str, Any]:
