@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from coexist import commands
 from coexist.engine.context import SideOptions, open_sides
@@ -17,6 +20,7 @@ from coexist.sandbox import Sandbox, seed
 from coexist.sandbox.server import make_app_certificate
 from coexist.settings import load_project
 from coexist.tenants.auth import TenantCredentials, TenantEndpoint, credential
+from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
 
 
@@ -113,5 +117,37 @@ def test_a_replaced_certificate_is_the_one_the_next_credential_signs_with(
             path.write_bytes(registered)
             assert await token(creds)
             assert creds.built == 2  # the registered certificate's credential, used again
+
+    asyncio.run(run())
+
+
+def test_a_pkcs12_certificate_gets_tokens(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The registered certificate as a PKCS12 file (no password) gets a Graph and an
+    Exchange token from the token endpoint, as a PEM does."""
+    ep = TenantEndpoint.from_sandbox(sandbox.connection, "target")
+    assert ep.certificate_file
+    pem = Path(ep.certificate_file).read_bytes()
+    key = serialization.load_pem_private_key(pem, None)
+    cert = x509.load_pem_x509_certificate(pem)
+    p12 = pkcs12.serialize_key_and_certificates(
+        b"app",
+        key,
+        cert,
+        None,
+        serialization.NoEncryption(),  # type: ignore[arg-type]
+    )
+    (tmp_path / "app.pfx").write_bytes(p12)
+    ep = TenantEndpoint(**{**ep.__dict__, "certificate_file": str(tmp_path / "app.pfx")})
+
+    async def run() -> None:
+        async with TenantCredentials() as creds:
+            graph = GraphAdapter(ep, credentials=creds)
+            exo = ExoRunner(ep, credentials=creds)
+            try:
+                assert (await graph.granted())["roles"]
+                assert (await exo.granted())["roles"] == ["Exchange.ManageAsApp"]
+            finally:
+                await graph.close()
+                await exo.close()
 
     asyncio.run(run())
