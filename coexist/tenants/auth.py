@@ -4,6 +4,10 @@ The only module that builds azure-identity credentials. Secrets are passed in
 by the caller (from an environment variable or a certificate file); they are
 never read from project files here. TLS verification is always on: a custom
 CA bundle (the sandbox's, or a corporate proxy's) may be given, never `False`.
+
+What is built how often: a certificate is parsed once per process for its bytes
+(`certificate_signer`); a credential once per tenant per command (`TenantCredentials`, one
+event loop), shared by the tenant's adapters and closed with the command.
 """
 
 from __future__ import annotations
@@ -96,9 +100,8 @@ def _certificate_error(ep: TenantEndpoint, exc: Exception) -> ConfigError:
 
 def read_certificate(ep: TenantEndpoint) -> bytes:
     """The bytes of the endpoint's certificate file (PEM or PKCS12, with its private key)."""
-    assert ep.certificate_file
     try:
-        with open(ep.certificate_file, "rb") as f:
+        with open(str(ep.certificate_file), "rb") as f:
             return f.read()
     except OSError as exc:
         raise _certificate_error(ep, exc) from exc

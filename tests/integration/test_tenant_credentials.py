@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def test_a_replaced_certificate_is_the_one_the_next_credential_signs_with(
     assert ep.certificate_file
     path = tmp_path / "app.pem"
     shutil.copyfile(ep.certificate_file, path)
-    ep = TenantEndpoint(**{**ep.__dict__, "certificate_file": str(path)})
+    ep = replace(ep, certificate_file=str(path))
 
     async def token(creds: TenantCredentials) -> str:
         graph = GraphAdapter(ep, credentials=creds)
@@ -137,7 +138,7 @@ def test_a_pkcs12_certificate_gets_tokens(sandbox: Sandbox, tmp_path: Path) -> N
         serialization.NoEncryption(),  # type: ignore[arg-type]
     )
     (tmp_path / "app.pfx").write_bytes(p12)
-    ep = TenantEndpoint(**{**ep.__dict__, "certificate_file": str(tmp_path / "app.pfx")})
+    ep = replace(ep, certificate_file=str(tmp_path / "app.pfx"))
 
     async def run() -> None:
         async with TenantCredentials() as creds:
