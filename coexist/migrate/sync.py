@@ -711,23 +711,35 @@ async def _pipeline(
     ctx: Context, key: str, stores: Stores, jobs: list[Job], counts: Counter[str]
 ) -> None:
     """Export batch n+1 from the source while batch n is imported into the target, with up to
-    the target's `imports_in_flight` imports at once.
+    the source's `exports_in_flight` exports and the target's `imports_in_flight` imports
+    at once.
 
     Source and target are different mailboxes with their own budgets, so overlapping them is
     what lets the target's upload budget be spent without gaps. Memory is bounded: one batch
-    queued, one being exported, one being imported (each <= the source's `export_bytes`);
-    every payload is dropped as soon as its import answers.
+    queued, `exports_in_flight` being exported, one being imported (each <= the source's
+    `export_bytes`); every payload is dropped as soon as its import answers.
     """
     if not jobs:
         return
     queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
     caps = stores.src.caps
+    exporting = asyncio.Semaphore(caps.exports_in_flight)
 
-    async def produce() -> None:
-        for batch in batches(jobs, caps.export_batch, caps.export_bytes):
+    async def export_one(batch: list[Job]) -> None:
+        try:
             ready = await _export_batch(ctx, key, stores, batch, counts)
             if ready:
                 await queue.put(ready)
+        finally:
+            exporting.release()
+
+    async def produce(tg: asyncio.TaskGroup) -> None:
+        # Up to the source's `exports_in_flight` batches at once, queued as they are ready.
+        for batch in batches(jobs, caps.export_batch, caps.export_bytes):
+            await exporting.acquire()
+            tg.create_task(export_one(batch))
+        for _ in range(caps.exports_in_flight):  # every export queued its batch
+            await exporting.acquire()
         await queue.put(None)
 
     slots = asyncio.Semaphore(stores.tgt.caps.imports_in_flight)
@@ -746,7 +758,7 @@ async def _pipeline(
         async with asyncio.TaskGroup() as outer:
             flusher = outer.create_task(sink.flush_every(FLUSH_S))
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(produce())
+                tg.create_task(produce(tg))
                 tg.create_task(consume(tg))
             flusher.cancel()
     except BaseExceptionGroup as group:

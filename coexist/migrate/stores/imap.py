@@ -105,7 +105,7 @@ CHECKPOINT_KIND = "imap-uids"
 CHANGE_PAGE = 500  # new messages per page of a change round (one UID FETCH of metadata)
 # Imports into one mailbox at once: those waiting for a connection go together in one
 # MULTIAPPEND, so this is a whole export batch (the payloads are in memory anyway).
-IMPORTS_IN_FLIGHT = CHUNK_MESSAGES
+IMPORTS_IN_FLIGHT = 2 * CHUNK_MESSAGES
 # One MULTIAPPEND takes at most this many waiting messages (and CHUNK_BYTES), so that the
 # waiting imports spread over the append connections instead of one taking them all.
 APPEND_BATCH = 32
@@ -117,6 +117,13 @@ APPEND_BATCH = 32
 # target folder in interleaved runs (their UIDs, "order received", are not the source's
 # order; INTERNALDATE, the date clients sort by, is kept). connections_per_mailbox = 1 keeps
 # the source's order.
+# Export batches read from one source mailbox at once (`caps.exports_in_flight`), each over
+# its own connection (the store's, and one extra opened like an appender's, within the
+# side's `connections_per_mailbox`). Once the appends run over several connections, one
+# source connection (a header FETCH for the skip rules, then the bodies, per batch) bounded
+# the copy in bench/imap_bench.py; a second one lets one batch's bodies stream while the
+# next one's headers are read.
+EXPORTS_IN_FLIGHT = 2
 # The code of the error a round raises when a folder's UIDVALIDITY is not the cursor's.
 UIDVALIDITY_CHANGED = "uidvalidity-changed"
 PLANNED = "planned:"  # id prefix of a folder plan mode did not create (as graph_io's)
@@ -132,6 +139,7 @@ CAPS = Capabilities(
     export_batch=CHUNK_MESSAGES,
     export_bytes=CHUNK_BYTES,
     imports_in_flight=IMPORTS_IN_FLIGHT,
+    exports_in_flight=EXPORTS_IN_FLIGHT,
     # APPEND makes the whole message or nothing (RFC 3501 6.3.11): an interrupted import's
     # copy is adopted by Message-ID. `moves` is the server's (`ImapStore.caps`).
     atomic_import=True,
@@ -515,6 +523,7 @@ class ImapStore:
         page: int = CHANGE_PAGE,
         meter: Meter | None = None,
         appenders: _Appenders | None = None,
+        readers: _Appenders | None = None,
     ) -> None:
         self.session = session
         self.meter = meter or Meter()
@@ -528,6 +537,7 @@ class ImapStore:
         self._listed = False
         self._waiting: dict[str, _Waiting] = {}
         self._appenders = appenders or _Appenders(session)
+        self._readers = readers or _Appenders(session)  # the connections exports read over
 
     @classmethod
     @asynccontextmanager
@@ -553,6 +563,13 @@ class ImapStore:
                 stack=extra,
                 limit=connections.limits.per_mailbox,
             )
+            readers = _Appenders(
+                session,
+                connections=connections,
+                credentials=credentials,
+                stack=extra,
+                limit=min(EXPORTS_IN_FLIGHT, connections.limits.per_mailbox),
+            )
             yield cls(
                 session,
                 label=label,
@@ -561,6 +578,7 @@ class ImapStore:
                 page=page,
                 meter=meter,
                 appenders=appenders,
+                readers=readers,
             )
 
     @property
@@ -570,9 +588,10 @@ class ImapStore:
         would leave two copies, and a moved copy without its UID could not be updated."""
         return replace(CAPS, moves=self.server_caps.move and self.server_caps.uidplus)
 
-    async def run(self, call: Callable[[ImapSession], T]) -> T:
+    async def run(self, call: Callable[[ImapSession], T], via: AsyncImapSession | None = None) -> T:
+        """`call` on the store's connection, or on `via` (an export's)."""
         self.meter.calls += 1
-        return await self.session.run(call)
+        return await (via or self.session).run(call)
 
     def _writing(self) -> None:
         """Before each write sent: the plan-mode guard, and the side's write count."""
@@ -583,16 +602,25 @@ class ImapStore:
         return await self.run(lambda s: s.changes(name, mark, limit=self.page))
 
     async def refs(
-        self, name: str, uids: Iterable[int], *, message_ids: bool = True
+        self,
+        name: str,
+        uids: Iterable[int],
+        *,
+        message_ids: bool = True,
+        via: AsyncImapSession | None = None,
     ) -> list[MessageRef]:
         wanted = sorted(uids)
         if not wanted:
             return []
-        return await self.run(lambda s: s.refs(name, wanted, message_ids=message_ids))
+        return await self.run(lambda s: s.refs(name, wanted, message_ids=message_ids), via)
 
-    async def _headers(self, name: str, uids: Iterable[int]) -> dict[int, bytes]:
+    async def _headers(
+        self, name: str, uids: Iterable[int], via: AsyncImapSession
+    ) -> dict[int, bytes]:
         wanted = sorted(uids)
-        return await self.run(lambda s: s.headers(name, wanted, INSPECT_FIELDS)) if wanted else {}
+        if not wanted:
+            return {}
+        return await self.run(lambda s: s.headers(name, wanted, INSPECT_FIELDS), via)
 
     async def _size(self, name: str) -> int:
         return await self.run(lambda s: s.folder_size(name))
@@ -641,12 +669,14 @@ class ImapStore:
         return exc.code == UIDVALIDITY_CHANGED
 
     # -- reading items ----------------------------------------------------------------------
-    async def _valid_uids(self, name: str, ids: list[str]) -> dict[int, str]:
+    async def _valid_uids(
+        self, name: str, ids: list[str], via: AsyncImapSession | None = None
+    ) -> dict[int, str]:
         """UID -> item id of those ids whose UIDVALIDITY is the folder's (the others name
         messages that no longer exist under those UIDs; a folder deleted since: none);
         selects the folder to read."""
         try:
-            validity = await self.run(lambda s: s.examine(name))
+            validity = await self.run(lambda s: s.examine(name), via)
         except NotFound:
             return {}
         out: dict[int, str] = {}
@@ -657,14 +687,16 @@ class ImapStore:
         return out
 
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
-        """Subject, Content-Type and Content-Class of each message (its header only)."""
+        """Subject, Content-Type and Content-Class of each message (its header only), read
+        over one of the export connections (`EXPORTS_IN_FLIGHT`)."""
         out: dict[str, ItemInfo] = {}
-        for name, ids in _by_folder(refs).items():
-            uids = await self._valid_uids(name, ids)
-            blocks = await self._headers(name, uids)
-            for uid, block in blocks.items():
-                if uid in uids:
-                    out[uids[uid]] = _info(block)
+        async with self._readers.session() as via:
+            for name, ids in _by_folder(refs).items():
+                uids = await self._valid_uids(name, ids, via)
+                blocks = await self._headers(name, uids, via)
+                for uid, block in blocks.items():
+                    if uid in uids:
+                        out[uids[uid]] = _info(block)
         return out
 
     async def export(
@@ -672,20 +704,22 @@ class ImapStore:
     ) -> dict[str, Payload]:
         """The messages as MIME payloads with their state, read in chunks of the adapter's
         bounds (one chunk read ahead); `state_only`: their flags only (no body read). A
-        message expunged since its scan is left out."""
+        message expunged since its scan is left out. Over one of the export connections:
+        `EXPORTS_IN_FLIGHT` exports read at once."""
         _check_format(fmt, "export")
         out: dict[str, Payload] = {}
-        for name, ids in _by_folder(refs).items():
-            uids = await self._valid_uids(name, ids)
-            # Sizes (the fetch's chunk bounds) and flags; the Message-ID was read by the scan.
-            found = await self.refs(name, uids, message_ids=False)
-            if state_only:
-                out.update({uids[r.uid]: _payload(fmt, uids[r.uid], r, b"") for r in found})
-                continue
-            self.meter.calls += 1
-            async for message in self.session.fetch(name, found):
-                item = uids[message.uid]
-                out[item] = _payload(fmt, item, message, message.raw)
+        async with self._readers.session() as via:
+            for name, ids in _by_folder(refs).items():
+                uids = await self._valid_uids(name, ids, via)
+                # Sizes (the fetch's chunk bounds) and flags; the scan read the Message-ID.
+                found = await self.refs(name, uids, message_ids=False, via=via)
+                if state_only:
+                    out.update({uids[r.uid]: _payload(fmt, uids[r.uid], r, b"") for r in found})
+                    continue
+                self.meter.calls += 1
+                async for message in via.fetch(name, found):
+                    item = uids[message.uid]
+                    out[item] = _payload(fmt, item, message, message.raw)
         return out
 
     async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:
@@ -772,6 +806,10 @@ class ImapStore:
         waiting = self._waiting.setdefault(name, _Waiting())
         waiting.messages.append(message)
         waiting.answers.append(answer)
+        # Let the imports started with this one queue their messages first (the pipeline
+        # starts a batch's imports together): else the first few each take a connection and
+        # append their message alone, one round trip and one fsync each.
+        await asyncio.sleep(0)
         # Every import still queued takes a connection and flushes the head of the queue,
         # until its own message was taken (by itself or another): nothing waits for a
         # flush nobody makes, and nobody spins on a message another is appending.
