@@ -26,7 +26,7 @@ from rich.table import Table
 
 from coexist import commands, credcheck, credentials, files, logs, vault
 from coexist.engine.runner import Outcome
-from coexist.errors import CoexistError, redact
+from coexist.errors import CoexistError, InputError, redact
 from coexist.files import write_private
 from coexist.model import PHASES, STATUS_STATES
 from coexist.permissions import MOVER_NEEDS, NEEDS
@@ -708,6 +708,9 @@ def status_cmd(
         click.echo(json.dumps(result, default=str))
         return
     out.print(status_table(result))
+    if result.get("data_scope") and result["users"]:
+        # Once for the project, not per row: every user of an IMAP source is alike.
+        out.print(f"data: {escape(result['data_scope'])}")
     if result["groups"]:
         out.print(groups_table(result))
     for row in result["users"] if user else []:
@@ -892,7 +895,13 @@ def credentials_group() -> None:
 
 @credentials_group.command("set")
 @project_option
-@click.option("--user", required=True, help="The user (any of its addresses, or its login).")
+@click.option("--user", default=None, help="The user (any of its addresses, or its login).")
+@click.option(
+    "--master",
+    is_flag=True,
+    help="The side's master user password ([SIDE.imap] master_user) instead of a user's: "
+    "it opens every mailbox of that IMAP server.",
+)
 @click.option(
     "--side", type=click.Choice(["source", "target"]), default="source", show_default=True
 )
@@ -907,25 +916,51 @@ def credentials_group() -> None:
 @handles_errors
 def credentials_set_cmd(
     project: Path,
-    user: str,
+    user: str | None,
+    master: bool,
     side: str,
     login: str | None,
     password_stdin: bool,
     as_json: bool,
 ) -> None:
-    """Store one user's password in the vault."""
+    """Store one user's password in the vault (or, --master, the side's master user's)."""
+    _check_set_target(user, master, login, side)
+    whose = f"the {side} master user" if master else str(user)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt(
-            f"{side} password for {user}", hide_input=True, confirmation_prompt=True, err=True
+            f"{side} password for {whose}", hide_input=True, confirmation_prompt=True, err=True
         )
-    result = credentials.credentials_set(project, user, password, side=side, login=login)
+    if master:
+        result = credentials.credentials_set_master(project, password, side=side)
+    else:
+        result = credentials.credentials_set(project, str(user), password, side=side, login=login)
     if as_json:
         click.echo(json.dumps(result))
+        return
+    said = "stored" if result["changed"] else "unchanged"
+    if master:
+        click.echo(f"{side} master user password ({result['login']}): {said}")
+        for address in result["no_longer_waiting"]:
+            click.echo(f"  no longer waiting for credentials: {address}")
     else:
-        said = "stored" if result["changed"] else "unchanged"
         click.echo(f"{result['side']} credentials of {result['user']} ({result['login']}): {said}")
+
+
+def _check_set_target(user: str | None, master: bool, login: str | None, side: str) -> None:
+    """`credentials set` stores a user's password or the master user's: exactly one."""
+    if master and (user is not None or login is not None):
+        raise InputError(
+            "credentials set: --master stores the master user's password (its login is "
+            "[SIDE.imap] master_user); leave out --user and --login",
+            next_step=f"coexist credentials set --master --side {side}",
+        )
+    if not master and user is None:
+        raise InputError(
+            "credentials set: name the user (--user) or say --master",
+            next_step=f"coexist credentials set --user alice@example.com --side {side}",
+        )
 
 
 @credentials_group.command("list")
@@ -951,6 +986,10 @@ def credentials_list_cmd(project: Path, as_json: bool) -> None:
             cells = (r["user"], src.get("login"), tgt.get("login"), when)
             table.add_row(*(escape(str(v or "")) for v in cells))
         out.print(table)
+        for side, held in result["master"].items():
+            if held:
+                said = f"{held['login']}, set {held['set_at'][:10]}"
+                out.print(f"{side} master user password: {escape(said)}")
     for w in result["waiting"]:
         out.print(f"[yellow]waiting[/yellow] {escape(w['user'])}: {escape(str(w['waiting_for']))}")
 
@@ -961,13 +1000,32 @@ def credentials_list_cmd(project: Path, as_json: bool) -> None:
 @click.option(
     "--all", "all_users", is_flag=True, help="Delete the whole vault (the project has ended)."
 )
+@click.option("--master", is_flag=True, help="Remove the master user passwords.")
+@click.option(
+    "--side",
+    type=click.Choice(["source", "target"]),
+    default=None,
+    help="With --master: only this side's (default: both).",
+)
 @json_option
 @handles_errors
-def credentials_purge_cmd(project: Path, users: str | None, all_users: bool, as_json: bool) -> None:
-    """Remove credentials from the vault: --all when the project ends, or some users'."""
-    result = credentials.credentials_purge(project, users=_users(users), all_users=all_users)
+def credentials_purge_cmd(
+    project: Path,
+    users: str | None,
+    all_users: bool,
+    master: bool,
+    side: str | None,
+    as_json: bool,
+) -> None:
+    """Remove credentials from the vault: --all when the project ends, some users', or the
+    master user passwords (--master)."""
+    result = credentials.credentials_purge(
+        project, users=_users(users), all_users=all_users, master=master, side=side
+    )
     if as_json:
         click.echo(json.dumps(result))
+    elif master:
+        click.echo(f"master user passwords removed: {', '.join(result['master']) or 'none'}")
     elif result["purged"] == "all":
         gone = "deleted" if result["vault_deleted"] else "there was none"
         click.echo(f"credential vault: {gone}")

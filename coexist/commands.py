@@ -22,7 +22,7 @@ from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
 from coexist.discovery.discover import discover as discover_users
-from coexist.engine.context import CMDLETS, DIRECTORY
+from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
@@ -627,7 +627,7 @@ def groups(
                     "group", g.id, name=g.display_name, source_address=g.primary_smtp
                 )
                 set_item(sess.journal, "group", g.id, group_kind=g.kind, source_group=g.to_dict())
-            step = plan_group(g, index, ctx.project.domains.destination_domain)
+            step = plan_group(g, index, ctx.project.destination_domain)
             plans.append(
                 ItemPlan("group", g.id, group_steps(g, step), "provisioned", label=g.display_name)
             )
@@ -769,7 +769,7 @@ def automatch(
         items = _selected(sess, batch=batch, users=users, what="automatch")
         _mark(sess, items, "automatch")
         found = await am.read_directory(sess.ctx)
-        domain = sess.project.domains.destination_domain
+        domain = sess.project.destination_domain
         sources = [am.SourceUser.from_item(i) for i in items]
         held = am.held_targets(sess.journal.items(kind="user"), {u.key for u in sources})
         decisions = am.decide_all(sources, held, found, chosen, domain)
@@ -822,7 +822,7 @@ async def _create_missing(
             key="prestage.convert",
         )
     usage = sess.project.prestage.usage_location
-    dest = sess.project.domains.destination_domain
+    dest = sess.project.destination_domain
     plans: dict[str, ItemPlan] = {}
     refused: list[dict[str, str]] = []
     for u in todo:
@@ -1511,7 +1511,13 @@ def status(
             for g in groups_shown
         ]
         summary = Counter(f"{r['phase']}/{r['state']}" for r in rows)
-        return {"users": rows, "groups": group_rows, "summary": dict(sorted(summary.items()))}
+        return {
+            "users": rows,
+            "groups": group_rows,
+            "summary": dict(sorted(summary.items())),
+            # What no pass of this project moves (by its source's kind), else None.
+            "data_scope": SOURCE_KIND_MOVES.get(project.source.kind),
+        }
     finally:
         journal.close()
 

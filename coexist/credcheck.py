@@ -56,12 +56,9 @@ from coexist.tenants.imap import (
     OAuth2Token,
     Password,
 )
-from coexist.vault import Vault
+from coexist.vault import MASTER_ENTRY, Vault
 
 SIDES = ("source", "target")
-# The vault entry (item key) holding a side's master user password: no user has this key
-# (user keys are lower-cased addresses or logins, never starting with "*").
-MASTER_ENTRY = "*master*"
 
 OK = "ok"
 WRONG_PASSWORD = "wrong password"
@@ -142,31 +139,27 @@ class ImapChecker:
         self.server_failure: SideResult | None = None
 
     def credentials(self, key: str, login: str) -> Credentials | None:
-        """How user `key` logs in: through the master user, else with its own password
-        (None: the vault has neither)."""
+        """How user `key` logs in, as a pass does (engine/context.ImapServer): with its own
+        password (or token), else through the master user (None: the vault has neither)."""
         if self.vault is None:
             return None
-        master = self.settings.master_user
-        if master:
-            held = self.vault.get(MASTER_ENTRY, self.side)
-            if held is None:
-                return None
-            return MasterPassword(login, master, held.password)
         own = self.vault.get(key, self.side)
-        if own is None:
-            return None
-        if self.settings.auth == "xoauth2":
+        if own is not None and self.settings.auth == "xoauth2":
             return OAuth2Token(own.login, own.password)
-        mechanism: Literal["login", "plain"] = "plain" if self.settings.auth == "plain" else "login"
-        return Password(own.login, own.password, mechanism)
+        if own is not None:
+            plain = self.settings.auth == "plain"
+            mechanism: Literal["login", "plain"] = "plain" if plain else "login"
+            return Password(own.login, own.password, mechanism)
+        master = self.settings.master_user
+        held = self.vault.get(MASTER_ENTRY, self.side) if master else None
+        if master and held is not None:
+            return MasterPassword(login, master, held.password)
+        return None
 
     def _fix(self, user: str) -> str:
         """The command that gives this side's password for `user` (or the master's)."""
         if self.settings.master_user:
-            return (
-                f"store master user {self.settings.master_user}'s password in the vault as "
-                f"the entry {MASTER_ENTRY!r}, {self.side} side"
-            )
+            return f"{self.command} --master --side {self.side}"
         return f"{self.command} --user {user} --side {self.side}"
 
     def _missing(self, user: str, login: str) -> SideResult:

@@ -8,7 +8,9 @@ password for, leaves that user `waiting` for credentials (status says which and 
 that gives them) until `coexist credentials set` or a later import brings one; a user that
 has started moving (past `discovered`) is not put back to waiting. `credentials purge` ends
 a project's credentials: `--all` deletes the vault file (no key needed), `--users` removes
-those users' entries.
+those users' entries. An IMAP side with `[S.imap] master_user` takes that user's password
+once (`credentials set --master --side S`, the vault entry `vault.MASTER_ENTRY`); its users
+then need no password of their own on that side, and `purge --master` removes it.
 
 Every result here is safe to print or write as `--json`: logins and times, never a password.
 """
@@ -29,7 +31,7 @@ from coexist.journal import Journal
 from coexist.model import Phase
 from coexist.runtime import open_journal, project_dir
 from coexist.settings import Project, load_project
-from coexist.vault import SIDES, Credential, Vault
+from coexist.vault import MASTER_ENTRY, SIDES, Credential, Entries, Vault
 
 # What a user waiting for credentials waits for (status shows it); the prefix finds them.
 WAITING_FOR = "credentials"
@@ -82,7 +84,9 @@ def import_batch(
         lacking = [
             side
             for side in user_file.password_sides
-            if (key, side) not in given and side not in held.get(key, {})
+            if (key, side) not in given
+            and side not in held.get(key, {})
+            and side not in master_sides(project, held)
         ]
         address = str(item.get("source_address") or row.source)
         if lacking:
@@ -226,7 +230,8 @@ def credentials_set(
         chosen = side
         cred = Credential((login or default_login).strip(), password)
         changed = vault.put({(key, chosen): cred})
-        have = set(vault.read().get(key, {}))
+        entries = vault.read()
+        have = set(entries.get(key, {})) | master_sides(project, entries)
         lacking = [s for s in _waiting_sides(item) if s not in have]
         _set_waiting(journal, project, key, address, lacking)
         if changed:
@@ -236,6 +241,84 @@ def credentials_set(
         return {"user": address, "side": chosen, "login": cred.login, "changed": bool(changed)}
     finally:
         journal.close()
+
+
+def master_sides(project: Project, entries: Entries) -> set[str]:
+    """The sides whose users sign in through a master user: `[S.imap] master_user` is set
+    and the vault holds its password (so no user waits for a password of that side)."""
+    held = entries.get(MASTER_ENTRY, {})
+    return {s for s in SIDES if _master_user(project, s) and s in held}
+
+
+def _master_user(project: Project, side: str) -> str | None:
+    """The side's `[S.imap] master_user`, where the side is an IMAP server that has one."""
+    settings = project.source if side == "source" else project.target
+    return settings.imap.master_user if settings.kind == "imap" else None
+
+
+def credentials_set_master(
+    directory: Path | None,
+    password: str,
+    *,
+    side: str = "source",
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Store an IMAP side's master user password (`credentials set --master`): the vault
+    entry MASTER_ENTRY that the side's opener and verify-credentials read; users waiting
+    for a password of that side only are waiting no more."""
+    if side not in SIDES:
+        raise InputError(
+            f"--side {side!r} is not one of: {', '.join(SIDES)}", next_step="--side source"
+        )
+    if not password.strip():
+        raise InputError(
+            "the password is empty", next_step="give the password at the prompt or on stdin"
+        )
+    project = load_project(project_dir(directory))
+    master = _master_user(project, side)
+    if master is None:
+        raise InputError(
+            f"the {side} has no master user ([{side}.imap] master_user in {project.file}): "
+            "its password would never be used",
+            key=f"{side}.imap.master_user",
+            next_step=f'set master_user = "NAME" in [{side}.imap] of {project.file} (an IMAP '
+            f"{side}), then run this command again; or give each user's password with "
+            f"coexist credentials set --user U --side {side}",
+        )
+    journal = open_journal(project)
+    try:
+        vault = Vault.open(project.directory, env=env)
+        changed = vault.put({(MASTER_ENTRY, side): Credential(master, password)})
+        released = _release_waiting(journal, project, vault.read())
+        if changed:
+            journal.event(None, "info", f"credentials set: {side} master user {master}")
+        return {
+            "master": True,
+            "side": side,
+            "login": master,
+            "changed": bool(changed),
+            "no_longer_waiting": released,
+        }
+    finally:
+        journal.close()
+
+
+def _release_waiting(journal: Journal, project: Project, entries: Entries) -> list[str]:
+    """Users waiting for credentials that the vault now covers (their own or a master
+    user's) go back to `ok`; returns their addresses."""
+    released = []
+    for item in journal.items(kind="user"):
+        sides = _waiting_sides(item)
+        if not sides:
+            continue
+        key = str(item["key"])
+        have = set(entries.get(key, {})) | master_sides(project, entries)
+        lacking = [s for s in sides if s not in have]
+        if not lacking:
+            address = str(item.get("source_address") or key)
+            _set_waiting(journal, project, key, address, lacking)
+            released.append(address)
+    return released
 
 
 def _waiting_sides(item: Mapping[str, Any]) -> list[str]:
@@ -258,6 +341,7 @@ def credentials_list(
         items = {str(i["key"]): i for i in journal.items(kind="user")}
         vault = Vault(project.directory, None)
         holdings = Vault.open(project.directory, env=env).holdings() if vault.exists() else {}
+        masters = holdings.pop(MASTER_ENTRY, {})
         rows = []
         for key, sides in sorted(holdings.items(), key=lambda kv: _address(items, kv[0])):
             rows.append(
@@ -280,6 +364,8 @@ def credentials_list(
             "vault": str(vault.path),
             "exists": vault.exists(),
             "users": rows,
+            # Each side's master user password, where one is set: its login and when.
+            "master": {side: masters.get(side) for side in SIDES},
             "waiting": waiting,
         }
     finally:
@@ -296,25 +382,35 @@ def credentials_purge(
     *,
     users: list[str] | None = None,
     all_users: bool = False,
+    master: bool = False,
+    side: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Remove credentials: every one (`all_users`: the vault file is deleted, no key needed)
-    or the named users'. The journal keeps its users; only their passwords go."""
-    if all_users and users is not None:
+    """Remove credentials: every one (`all_users`: the vault file is deleted, no key needed),
+    the named users', or the master user passwords (`master`: of `side`, else both). The
+    journal keeps its users; only their passwords go."""
+    if sum((all_users, users is not None, master)) > 1:
         raise InputError(
-            "credentials purge: pass --users or --all, not both",
+            "credentials purge: pass one of --users, --master or --all",
             next_step="coexist credentials purge --all",
         )
     named = None if users is None else [u.strip() for u in users if u.strip()]
-    if not all_users and not named:
+    if not all_users and not master and not named:
         raise InputError(
-            "credentials purge: name the users (--users a@example.com) or say --all "
-            "(every credential of the project, when it ends)",
+            "credentials purge: name the users (--users a@example.com), say --master (the "
+            "master user passwords) or --all (every credential of the project, when it ends)",
             next_step="coexist credentials purge --all",
+        )
+    if side is not None and (not master or side not in SIDES):
+        raise InputError(
+            f"credentials purge: --side {side} goes with --master (source or target)",
+            next_step="coexist credentials purge --master --side source",
         )
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
+        if master:
+            return _purge_master(project, journal, (side,) if side else SIDES, env)
         if all_users:
             existed = Vault(project.directory, None).destroy()
             if existed:
@@ -337,3 +433,17 @@ def credentials_purge(
         return {"purged": addresses, "vault_deleted": False}
     finally:
         journal.close()
+
+
+def _purge_master(
+    project: Project, journal: Journal, sides: tuple[str, ...], env: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """Remove the master user password of these sides (`credentials purge --master`)."""
+    if not Vault(project.directory, None).exists():
+        return {"purged": [], "master": [], "vault_deleted": False}
+    vault = Vault.open(project.directory, env=env)
+    had = sorted(set(vault.read().get(MASTER_ENTRY, {})) & set(sides))
+    vault.remove([MASTER_ENTRY], sides)
+    if had:
+        journal.event(None, "info", f"credentials purged: master user password ({', '.join(had)})")
+    return {"purged": [], "master": had, "vault_deleted": False}

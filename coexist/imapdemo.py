@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coexist import commands
+from coexist import commands, credentials
 from coexist.errors import InputError
 from coexist.files import private_dir, write_private
 from coexist.model import Phase
-from coexist.vault import ENV_KEY, Credential, Vault, new_key
+from coexist.vault import ENV_KEY, new_key
 
 IMAP_DEMO_USERS = 3
 IMAP_DEMO_ITEMS = 16
@@ -97,7 +97,8 @@ class Target:
     people: list[Person]
     read: Callable[[Person], list[Found]]
     expected_folder: Callable[[tuple[str, ...]], tuple[str, ...]]
-    vault_entries: dict[tuple[str, str], Credential] = field(default_factory=dict)
+    # The target's master user password, where a master user opens every target mailbox.
+    master_password: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -277,7 +278,6 @@ async def _graph_messages(endpoint: Any, address: str) -> list[Found]:
 @contextmanager
 def _imap_target(count: int, say: Say) -> Iterator[Target]:
     """A second Dovecot; each person has a mailbox there with the same delimiter."""
-    from coexist.engine.context import MASTER_ENTRY
     from coexist.sandbox.dovecot import MASTER_USER, running_dovecot
     from coexist.tenants.imap import ImapEndpoint
 
@@ -305,15 +305,12 @@ def _imap_target(count: int, say: Say) -> Iterator[Target]:
                 "target.imap.security": "implicit-tls",
                 "target.imap.ca_file": str(server.ca_file),
                 "target.imap.master_user": MASTER_USER,
-                "domains.destination_domain": IMAP_TARGET_DOMAIN,
             },
             people=people,
             read=lambda p: _imap_messages(endpoint, p.target, server.master_password),
             expected_folder=lambda path: path,
             # What the operator gives once (a master user opens every target mailbox).
-            vault_entries={
-                (MASTER_ENTRY, "target"): Credential(MASTER_USER, server.master_password)
-            },
+            master_password=server.master_password,
         )
 
 
@@ -433,9 +430,9 @@ def _batch_import(run: Run) -> dict[str, Any]:
     finally:
         path.unlink(missing_ok=True)
         folder.rmdir()
-    if run.target.vault_entries:
-        run.say("credentials: the target's master user password into the vault")
-        Vault.open(run.project).put(run.target.vault_entries)
+    if run.target.master_password is not None:
+        run.say("credentials set --master --side target (the target's master user password)")
+        credentials.credentials_set_master(run.project, run.target.master_password, side="target")
     return result
 
 

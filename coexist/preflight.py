@@ -182,7 +182,7 @@ async def check_domains(ctx: Context) -> list[Check]:
 
 async def _check_domains(ctx: Context) -> list[Check]:
     out = []
-    dest = ctx.project.domains.destination_domain.lower()
+    dest = ctx.project.destination_domain.lower()
     target_domains = await accepted_domains(ctx.target)
     if dest in target_domains:
         out.append(Check("destination domain", "ok", f"{dest} is accepted in the target"))
@@ -351,7 +351,7 @@ async def forwarders(ctx: Context, side: Side, batch: list[dict[str, Any]]) -> l
     target mailbox (its planned address until provisioned) forwards back to the source.
     Before discover, the scope's users stand in for the batch.
     """
-    dest = ctx.project.domains.destination_domain.lower()
+    dest = ctx.project.destination_domain.lower()
     fwd = ctx.project.domains.source_forwarding_domain
     out = []
     if batch:
@@ -584,7 +584,7 @@ async def check_conflicts(
     """What is in the way in the target: objects this journal did not make that hold or route
     to a user's source address (orphans.py: provision would fail on them), and planned
     addresses taken by others (create mode: a numeric suffix; match mode: a match)."""
-    dest = ctx.project.domains.destination_domain.lower()
+    dest = ctx.project.destination_domain.lower()
     mode = ctx.project.mail_users.mode
     taken: list[str] = []
     blocked: list[Obstacles] = []

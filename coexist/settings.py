@@ -63,6 +63,9 @@ class Setting:
     env: str | None = None
     choices: tuple[str, ...] | None = None
     required: bool = False
+    # Required only where a side is of this kind, e.g. ("target", "m365"): a setting only
+    # that kind uses is no burden on a project of other kinds.
+    required_where: tuple[str, str] | None = None
     format: str | None = None  # extra check for strings, see _FORMATS
     minimum: int | None = None
     echo: bool = True  # False: never repeat the value in an error (it may be a pasted secret)
@@ -278,6 +281,14 @@ def _imap_settings(side: str) -> list[Setting]:
             "password goes in the credential vault, never here.",
         ),
         Setting(
+            f"{side}.imap.include_virtual_folders",
+            "bool",
+            False,
+            "Move Gmail's [Gmail]/All Mail, Important and Starred too (RFC 6154 \\All, "
+            "\\Important, \\Flagged views). false = left out: every message in them is also "
+            "in the INBOX or a label's folder, so moving them would copy it again.",
+        ),
+        Setting(
             f"{side}.imap.connections_per_server",
             "int",
             10,
@@ -341,8 +352,10 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
         "",
         "Accepted domain of the target tenant that becomes each user's primary address there, "
-        "e.g. fabrikam.com.",
+        "e.g. fabrikam.com. Required when the target is Microsoft 365 (kind = m365); unused "
+        "by an IMAP target.",
         required=True,
+        required_where=("target", "m365"),
         format="domain",
     ),
     Setting(
@@ -632,6 +645,7 @@ def describe() -> list[dict[str, Any]]:
             "env": s.env,
             "choices": list(s.choices) if s.choices else None,
             "required": s.required,
+            "required_where": list(s.required_where) if s.required_where else None,
             "help": s.help,
         }
         for s in SETTINGS
@@ -940,6 +954,7 @@ class ImapSettings(_Section):
     ca_file: Path | None
     auth: str
     master_user: str | None
+    include_virtual_folders: bool
     connections_per_server: int
     connections_per_mailbox: int
 
@@ -1047,7 +1062,7 @@ class TenantSettings(_Section):
 @dataclass(frozen=True, repr=False)
 class Domains(_Section):
     source_forwarding_domain: str | None
-    destination_domain: str
+    destination_domain: str | None  # None only where the target is not m365: see Project
 
 
 @dataclass(frozen=True, repr=False)
@@ -1157,6 +1172,18 @@ class Project:
     verify: Verify
 
     @property
+    def destination_domain(self) -> str:
+        """[domains] destination_domain: loading requires it where the target is Microsoft
+        365, whose steps read it; a project whose target is of another kind may leave it
+        out, and a step that would read it anyway gets this ConfigError."""
+        value = self.domains.destination_domain
+        if not value:
+            raise _missing(
+                "domains.destination_domain", self.file, f' (the target is "{self.target.kind}")'
+            )
+        return value
+
+    @property
     def journal_url(self) -> str:
         """SQLAlchemy URL of the journal; SQLite paths are relative to the project directory."""
         url = self.project.journal
@@ -1239,7 +1266,8 @@ def toml_value(value: Any) -> str:
 def _help_lines(s: Setting) -> list[str]:
     notes = []
     if s.required:
-        notes.append("required")
+        where = s.required_where
+        notes.append(f"required where [{where[0]}] kind = {where[1]}" if where else "required")
     if s.choices:
         notes.append("one of: " + " | ".join(s.choices))
     if s.env:
@@ -1560,10 +1588,24 @@ def _missing(key: str, path: Path, why: str = "") -> ConfigError:
     )
 
 
+def _is_required(s: Setting, values: Mapping[str, Any]) -> bool:
+    """Whether a project of these kinds must set `s` (`required_where`: one kind's)."""
+    if not s.required:
+        return False
+    if s.required_where is None:
+        return True
+    side, kind = s.required_where
+    return bool(values[f"{side}.kind"] == kind)
+
+
+def _required_why(s: Setting) -> str:
+    return f' ([{s.required_where[0]}] kind = "{s.required_where[1]}")' if s.required_where else ""
+
+
 def _check_required(values: Mapping[str, Any], path: Path) -> None:
     for s in SETTINGS:
-        if s.required and values[s.key] in (None, ""):
-            raise _missing(s.key, path)
+        if _is_required(s, values) and values[s.key] in (None, ""):
+            raise _missing(s.key, path, _required_why(s))
     for side in TENANT_SIDES:
         if values[f"{side}.kind"] == "imap":
             if values[f"{side}.imap.host"] is None:

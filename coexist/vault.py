@@ -48,6 +48,11 @@ VAULT_FILE = "credentials.vault"
 FORMAT = "coexist-credential-vault"
 VERSION = 1
 SIDES = ("source", "target")
+# The vault entry (in place of a user key) holding each imap side's master user password
+# (`coexist credentials set --master --side S`), read by the side opener
+# (engine/context.ImapServer) and by verify-credentials. No user key is this: user keys are
+# lower-cased addresses or logins, never starting with "*".
+MASTER_ENTRY = "*master*"
 _KEY_ID_LABEL = b"coexist credential vault key id"
 NEW_KEY_HINT = f"export {ENV_KEY}=$(coexist credentials new-key)  (keep the key: without it the vault cannot be read)"
 
@@ -214,13 +219,16 @@ class Vault:
                 self._write(entries)
             return changed
 
-    def remove(self, user_keys: list[str]) -> list[str]:
-        """Remove these users' credentials; returns the users that had some."""
+    def remove(self, user_keys: list[str], sides: tuple[str, ...] = SIDES) -> list[str]:
+        """Remove these users' credentials of `sides` (both by default); returns the users
+        that had some."""
         with self._locked():
             entries = self.read()
-            gone = [u for u in user_keys if u in entries]
+            gone = [u for u in user_keys if set(entries.get(u, {})) & set(sides)]
             for user in gone:
-                del entries[user]
+                entries[user] = {s: c for s, c in entries[user].items() if s not in sides}
+                if not entries[user]:
+                    del entries[user]
             if gone:
                 self._write(entries)
             return gone

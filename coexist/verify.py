@@ -73,9 +73,7 @@ def probes_for(ctx: Context, item: dict[str, Any], token: str) -> list[Probe]:
         out.append(("target", str(item["target_address"])))
     if src.legacy_exchange_dn and item.get("target_id"):
         # A reply to old mail from a target user resolves the X500 inside the target.
-        out.append(
-            ("x500", encode_imceaex(src.legacy_exchange_dn, ctx.project.domains.destination_domain))
-        )
+        out.append(("x500", encode_imceaex(src.legacy_exchange_dn, ctx.project.destination_domain)))
     return [
         Probe(
             user=src.primary_smtp,

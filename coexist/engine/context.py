@@ -27,7 +27,7 @@ from coexist.tenants.imap import (
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteBudget, WriteLimits
-from coexist.vault import Vault
+from coexist.vault import MASTER_ENTRY, Vault
 
 # What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
 # exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
@@ -38,6 +38,12 @@ KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "m365": frozenset({DIRECTORY, CMDLETS, STORE}),
     "imap": frozenset({STORE}),
 }
+# What a pass leaves behind by the source's kind, said where the pass's outcome is shown
+# (the pass detail, `coexist status`): an IMAP account holds mail only (MigrationWiz's and
+# CodeTwo's IMAP migrations likewise move mail), so no contacts, calendars or tasks come
+# from it, and an empty calendar in the target is no failure.
+MAIL_ONLY = "mail only: contacts, calendars and tasks are not moved from an IMAP source"
+SOURCE_KIND_MOVES: dict[str, str] = {"imap": MAIL_ONLY}
 _BOTH = frozenset({DIRECTORY, CMDLETS})
 # What each command asks of each side (a side not named: nothing).
 COMMAND_NEEDS: dict[str, dict[str, frozenset[str]]] = {
@@ -108,11 +114,6 @@ class Meter:
     writes: int = 0
 
 
-# Where an imap side's master user's password is kept in the credential vault: the entry
-# of this name (no user key is one: user keys are lower-cased logins, which hold no "*").
-MASTER_ENTRY = "*master*"
-
-
 @dataclass
 class ImapServer:
     """An imap side's mailbox store client: its server's connections (bounded per server and
@@ -129,6 +130,8 @@ class ImapServer:
     directory: Path  # the project's, where its vault is
     meter: Meter = field(default_factory=Meter)
     env: Mapping[str, str] | None = None
+    # [S.imap] include_virtual_folders: Gmail's All Mail, Important, Starred are moved too.
+    include_virtual: bool = False
 
     def credentials(self, subject: str, item: Mapping[str, Any] | None) -> Credentials:
         """How `subject` (a journal user) signs in on this side; an InputError naming the
@@ -146,12 +149,17 @@ class ImapServer:
         if master is not None and self.master_user:
             return MasterPassword(login, self.master_user, master.password)
         address = str((item or {}).get("source_address") or subject)
+        giving = (
+            f"--master --side {self.label}"
+            if self.master_user
+            else f"--user {address} --side {self.label}"
+        )
         raise InputError(
             f"no {self.label} IMAP password for {address} in the credential vault"
             + (f" (nor one for master user {self.master_user})" if self.master_user else ""),
             user=address,
-            next_step=f"coexist credentials set --project {self.directory} --user {address} "
-            f"--side {self.label}, then run this command again",
+            next_step=f"coexist credentials set --project {self.directory} {giving}, then run "
+            "this command again",
         )
 
     @property
@@ -345,6 +353,7 @@ async def open_imap_side(project: Any, label: str, opts: SideOptions) -> AsyncIt
         settings.master_user or None,
         Path(project.directory),
         env=opts.env,
+        include_virtual=settings.include_virtual_folders,
     )
     yield Side(label, None, None, None, kind="imap", imap=server)
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-from coexist.engine.context import Context
+from coexist.engine.context import SOURCE_KIND_MOVES, Context
 from coexist.errors import InputError, NotFound
 from coexist.migrate.passes import MOVERS, PassResult, Window
 from coexist.migrate.stores.graph import Box
@@ -31,7 +31,7 @@ from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.protocols import MailboxStore
 
 MOVER = "imap-graph"
-MAIL_ONLY = "mail only: contacts, calendars and tasks are not moved from an IMAP source"
+MAIL_ONLY = SOURCE_KIND_MOVES["imap"]  # one text: `coexist status` says it too
 
 
 async def check_target(graph: GraphAdapter, mailbox: str, address: str) -> None:

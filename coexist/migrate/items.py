@@ -143,7 +143,7 @@ class ItemsMover:
             )
         if note := sync.conflicts_note(conflicts):
             notes.append(note)
-        return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
+        return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
 
 
 async def _move_pim(

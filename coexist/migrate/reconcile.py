@@ -26,11 +26,14 @@ to the source), so a surplus there would mean a copy made twice and counts in fu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coexist.engine.context import Context
+from coexist.migrate.folders import join_path
 from coexist.model import Phase
+from coexist.settings import toml_value
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -156,9 +159,12 @@ def pass_result(
     report: dict[str, Any],
     counts: Counter[str],
     notes: list[str],
+    *,
+    subject: str | None = None,
 ) -> PassResult:
     """A mover's pass outcome from its counts and reconciliation: the detail line (with the
-    mover's own `notes`) and the cutover gate, the same for every mover."""
+    mover's own `notes`, and how to move a folder the target refused) and the cutover gate,
+    the same for every mover."""
     from coexist.migrate.passes import PassResult
 
     counts["pending"] = sum(f["pending"] for f in report["folders"])
@@ -169,12 +175,44 @@ def pass_result(
     )
     if plan.skipped_folders:
         detail += f"; folders not moved: {', '.join(plan.skipped_folders)}"
+        if plan.by_rules:
+            detail += f" ({refused_folders_hint(ctx, kind, plan, subject)})"
     detail += "".join(f"; {n}" for n in notes)
     if kind == "cutover" and report["unexplained"] > ctx.project.migration.reconcile_tolerance:
         # Cutover gate: an unexplained difference keeps the user on the source.
         detail += f"; reconciliation: {report['unexplained']} items unexplained"
         return PassResult("waiting", detail, counts=dict(counts))
     return PassResult("ok", detail, counts=dict(counts))
+
+
+# What the example rename of a refused folder replaces: hierarchy delimiters of common
+# servers ("/" and "."), and "\\", which a rule's replacement would read as an escape.
+_UNSAFE_IN_NAME = re.compile(r"[/.\\]+")
+# The command that runs a pass of each kind again (journal PASS_KINDS).
+PASS_COMMANDS = {"prestage": "prestage", "cutover": "cutover", "trial": "prestage --trial"}
+
+
+def refused_folders_hint(ctx: Context, kind: str, plan: Plan, subject: str | None) -> str:
+    """What to do about source folders the target refused to create (a name it cannot
+    hold, e.g. its hierarchy delimiter inside a name: "a/b" on a "/" server): a
+    `[migration] folder_rules` entry renaming each (the first one's as the example: a regex
+    matching its path text exactly, folders.join_path, with "/", "\\" and "." made "-"),
+    then the pass again. Their items stay in the source meanwhile: nothing is lost."""
+    first = plan.skipped_folders[0]
+    path = next((f.path for f in plan.source if "/".join(f.path) == first), (first,))
+    text = join_path(path)
+    renamed = _UNSAFE_IN_NAME.sub("-", "/".join(path))
+    example = toml_value(f"^{re.escape(text)}$->{renamed}")
+    item = ctx.journal.get_item("user", subject) if subject else None
+    who = str((item or {}).get("source_address") or subject or "USER")
+    where = getattr(ctx.project, "file", "project.toml")
+    them, their = ("them", "their") if len(plan.skipped_folders) > 1 else ("it", "its")
+    return (
+        f"the target refused {them}; {their} mail stays in the source: rename each with a "
+        f"[migration] folder_rules entry in {where}, e.g. folder_rules = [{example}] (keep "
+        f"the rules already there), then run coexist {PASS_COMMANDS.get(kind, kind)} "
+        f"--users {who}"
+    )
 
 
 def _folder_name(plan: Plan, folder_id: str) -> str:

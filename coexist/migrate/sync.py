@@ -137,6 +137,9 @@ class Plan:
     target_of: dict[str, str] = field(default_factory=dict)
     skipped_folders: list[str] = field(default_factory=list)
     not_ipm: int = 0  # search and system folders seen and left alone
+    # Whether the project's folder rules mapped this plan (`map_folders`), so a folder the
+    # target refused can be renamed by one (reconcile.refused_folders_hint).
+    by_rules: bool = False
 
 
 # (parent or None for the top, name, path, folder class) -> the made folder, or None when the
@@ -219,7 +222,7 @@ async def map_folders(
     tops = [f for f in source if f.well_known and len(f.path) == 1]
     top = {f.path[0].casefold(): str(f.well_known) for f in tops}
     names = {str(f.well_known): f.path[0] for f in tops}
-    plan = Plan(source)
+    plan = Plan(source, by_rules=True)
     for f in source:
         dest = map_folder(SourceFolder(f.path, f.well_known), top, rules)
         if dest is None:
@@ -328,8 +331,8 @@ def forget_unseen(
 ) -> None:
     """After a full round (a restarted one reports what is there, not what was removed):
     rows of the folder (of `kind`, if given) it did not report left the folder — gone if
-    copied, forgotten if never copied. A row mid-copy (`importing`) is left to the crash
-    recovery."""
+    copied, forgotten if never copied. A row mid-copy (`importing`) is marked for
+    `settle_left` (its copy, if the import landed, is what is left of it)."""
     rows: list[dict[str, Any]] = []
     for r in ctx.journal.mapped_items(key, folder_id=folder_id):
         if r["source_item_id"] in seen or (kind is not None and r["kind"] != kind):
@@ -338,6 +341,8 @@ def forget_unseen(
             rows.append({"source_item_id": r["source_item_id"], "status": "gone"})
         elif r["status"] in ("pending", "skipped"):
             ctx.journal.unmap_item(key, r["source_item_id"])
+        elif left_mid_copy(r):
+            rows.append({"source_item_id": r["source_item_id"], "reason": LEFT_MARK})
     ctx.journal.map_items(key, rows)
 
 
@@ -358,6 +363,8 @@ def page_rows(
                 rows.append({"source_item_id": c.id, "status": "gone"})
             elif known["status"] in ("pending", "skipped"):
                 forget.append(c.id)
+            elif left_mid_copy(known):
+                rows.append({"source_item_id": c.id, "reason": LEFT_MARK})
             continue
         if known is None:
             rows.append(
@@ -503,6 +510,58 @@ async def _finish_interrupted_moves(
 def moving(row: dict[str, Any]) -> bool:
     """Whether a row is a moved item whose old copy is still to be removed."""
     return str(row.get("reason") or "").startswith(MOVE_MARK)
+
+
+# Reason of a row whose source item left its folder (removed, moved, or voided by a new IMAP
+# UIDVALIDITY: RFC 3501 2.3.1.1) while a pass that died was importing it.
+LEFT_MARK = "left its source folder while being copied"
+
+
+def left_mid_copy(row: dict[str, Any]) -> bool:
+    """Whether a row the scan no longer finds was mid-copy (not mid-move: that is redone)."""
+    return row["status"] == "importing" and not moving(row)
+
+
+async def settle_left(ctx: Context, key: str, tgt: MailboxStore, kind: str | None = None) -> None:
+    """Rows marked `LEFT_MARK`: their source item is gone, so the import cannot be redone
+    (re-pending it would leave a row no export finds, pending for ever and unexplained by
+    reconciliation). A copy the dead import left becomes a `gone` copied item, which
+    `resolve_moves` pairs with the same message under its new id (a new UIDVALIDITY, a
+    move): adopted, not copied twice. Where imports are not atomic the copy may be partial:
+    it is deleted (`copies_of` finds only this tool's stamped copies) and the message, if
+    still at the source, copied again. No copy: the row is forgotten. Rows of `kind` if given."""
+    if ctx.planning:
+        return
+    taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
+    for r in ctx.journal.mapped_items(key, status="importing"):
+        dest = str(r["target_folder_id"] or "")
+        if (
+            r["reason"] != LEFT_MARK
+            or not _of_kind(r, kind)
+            or not dest
+            or dest.startswith("planned:")
+        ):
+            continue
+        source_id, identity = str(r["source_item_id"]), r["source_identity"]
+        found = await tgt.copies_of(dest, source_id, identity, taken)
+        # An atomic target's copies are found by identity alone (an IMAP copy carries no
+        # stamp): the first is adopted, none deleted (another may be the user's own).
+        keep = found[:1] if tgt.caps.atomic_import else []
+        for ref in [] if keep else found:
+            with contextlib.suppress(NotFound):
+                await tgt.delete(ref)
+        if not keep:
+            ctx.journal.unmap_item(key, source_id)
+            continue
+        taken.add(keep[0].item_id)
+        ctx.journal.map_item(
+            key,
+            source_id,
+            status="gone",
+            target_item_id=keep[0].item_id,
+            target_change_key=keep[0].change_key,
+            reason=None,
+        )
 
 
 def copy_of(row: dict[str, Any]) -> ItemRef:
@@ -1100,6 +1159,7 @@ async def sync_mailbox(
     by_id = {f.id: f for f in plan.source}
     for folder_id in plan.target_of:
         await scan_folder(ctx, subject, src, by_id[folder_id], kind)
+    await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
     await copy_pending(ctx, subject, stores, plan, window, counts, kind)
     await update_changed(ctx, subject, stores, counts, kind)
@@ -1160,7 +1220,7 @@ class StoreMover:
             notes.append(f"{plan.not_ipm} search and system folders left out")
         if note := conflicts_note(stores.conflicts):
             notes.append(note)
-        return reconcile.pass_result(ctx, kind, plan, report, counts, notes)
+        return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
 
 
 async def _delete_copy(tgt: MailboxStore, row: dict[str, Any]) -> bool:

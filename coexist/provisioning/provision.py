@@ -53,7 +53,7 @@ async def plan_targets(ctx: Context, items: list[dict[str, Any]]) -> dict[str, T
         if item["key"] in plans:
             continue
         src = source_of(item)
-        dest = project.domains.destination_domain
+        dest = project.destination_domain
         fwd = project.domains.source_forwarding_domain
         if project.mail_users.mode == "match":
             plan = plan_match(src, index, dest, fwd, claimed)

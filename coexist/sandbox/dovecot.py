@@ -182,6 +182,17 @@ ssl_key = <{key}
 first_valid_gid = 1
 mail_location = maildir:~/Maildir
 auth_mechanisms = plain login xoauth2 oauthbearer
+# A refused login is answered at once: Dovecot delays every failed authentication by 2 s and,
+# through anvil's auth penalty, doubles that per client IP up to 15 s, a brute-force brake
+# (doc.dovecot.org, "Authentication penalty support": disabled by the listener's mode 0).
+# This server is the sandbox's (demos and tests refuse logins on purpose, all from
+# 127.0.0.1); what it refuses is unchanged.
+auth_failure_delay = 0
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 auth_master_user_separator = *
 passdb {{
   driver = passwd-file

@@ -56,9 +56,16 @@ def write_project(directory: Path, sb: Sandbox, service: str, **overrides: Any) 
 def make_project(sandbox: Sandbox, tmp_path: Path) -> Callable[..., Path]:
     """Build a project (overrides as dotted keys) on a freshly seeded, prepared sandbox."""
 
-    def make(*, users: int | None = None, profile: str = "fast", **overrides: Any) -> Path:
-        if users is not None or profile != "fast":
-            sandbox.reset(seed.generate(7, users or 40, profile_settings(profile, 7)))
+    def make(
+        *,
+        users: int | None = None,
+        profile: str = "fast",
+        time_scale: float = 1.0,
+        **overrides: Any,
+    ) -> Path:
+        if users is not None or profile != "fast" or time_scale != 1.0:
+            settings = profile_settings(profile, 7, time_scale)
+            sandbox.reset(seed.generate(7, users or 40, settings))
         service = prepare_for_coexistence(sandbox)
         sandbox.write_connection()
         return write_project(tmp_path / "project", sandbox, service, **overrides)

@@ -72,9 +72,11 @@ def message(address: str, n: int, folder: str) -> bytes:
     ).encode()
 
 
-def run(*args: str, key: str = KEY) -> Result:
-    """The CLI in-process with the vault key set."""
-    return CliRunner().invoke(main, list(args), env={ENV_KEY: key}, catch_exceptions=False)
+def run(*args: str, key: str = KEY, stdin: str | None = None) -> Result:
+    """The CLI in-process with the vault key set (`stdin`: what it reads there)."""
+    return CliRunner().invoke(
+        main, list(args), input=stdin, env={ENV_KEY: key}, catch_exceptions=False
+    )
 
 
 def run_json(*args: str) -> dict[str, Any]:
@@ -131,8 +133,7 @@ class Scene:
         )
         (self.project / "project.toml").write_text(
             tables
-            # Required of every project today, though an IMAP -> IMAP move has no use for it.
-            + '[domains]\ndestination_domain = "example.net"\n\n'
+            # No [domains]: destination_domain is a Microsoft 365 target's setting.
             + '[migration]\nfolder_rules = ["^INBOX/->"]\n'
         )
 
@@ -251,3 +252,32 @@ class Scene:
             if p["kind"] == kind:
                 last[str(p["item_key"])] = p
         return sum(int((p["counts"] or {}).get("copied", 0)) for p in last.values())
+
+    # IMAP -> Microsoft 365 (imap-graph): the same source, the sandbox tenant as the target.
+
+    def write_m365_project(self, connection: Path) -> None:
+        """project.toml of an IMAP -> Microsoft 365 project: the source on the Dovecot, the
+        target the sandbox tenant of `connection` (its connection file)."""
+        d = self.dovecot
+        (self.project / "project.toml").write_text(
+            f'[source]\nkind = "imap"\n\n[source.imap]\nhost = "{d.host}"\n'
+            f'port = {d.tls_port}\nca_file = "{d.ca_file}"\n\n'
+            f'[target]\nsandbox_connection = "{connection}"\n\n'
+            '[domains]\ndestination_domain = "example.net"\n\n'
+            '[migration]\nfolder_rules = ["^INBOX/->"]\n'
+        )
+
+    def m365_csv(self, destinations: dict[str, str]) -> Path:
+        """The MigrationWiz CSV of an IMAP -> Microsoft 365 batch: each user's source login
+        and password, and its target mailbox (`destinations`, by source address); no
+        destination credentials (the tenant is reached with the project's app). MigrationWiz's
+        format has no batch column: import it with `--name`."""
+        path = self.project.parent / "users-m365.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                ["Source Email", "Source Login Name", "Source Password", "Destination Email"]
+            )
+            for u in self.users:
+                w.writerow([u.address, u.source.login, u.source.password, destinations[u.address]])
+        return path

@@ -228,6 +228,20 @@ def test_purge(project: Path, users3: list[str], tmp_path: Path) -> None:
     assert len(journal_items(project)) > 3  # the users stay; only their passwords went
 
 
+def test_master_password_needs_an_imap_side_with_a_master_user(project: Path) -> None:
+    """`credentials set --master` on a side without `[S.imap] master_user` (here Microsoft
+    365) stores nothing and names the setting; --master with --user, or neither, is
+    refused before any password is asked for."""
+    p = str(project)
+    r = run("credentials", "set", "--project", p, "--master", "--password-stdin", stdin="pw\n")
+    assert r.exit_code == 2 and "[source.imap] master_user" in text(r), r.output
+    assert not (project / VAULT_FILE).exists()
+    both = run("credentials", "set", "--project", p, "--master", "--user", "a@b.c")
+    assert both.exit_code == 2 and "leave out --user" in text(both), both.output
+    neither = run("credentials", "set", "--project", p)
+    assert neither.exit_code == 2 and "--user" in text(neither), neither.output
+
+
 def test_passwords_appear_nowhere_but_encrypted_in_the_vault(
     project: Path, users3: list[str], tmp_path: Path
 ) -> None:

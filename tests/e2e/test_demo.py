@@ -8,12 +8,21 @@ from pathlib import Path
 
 from click.testing import Result
 
+# Issue 9's acceptance is this command at --time-scale 60 (README: the realistic demo); its
+# wall time is the longest Microsoft 365 wait of a user in scope (provisioning, then Graph
+# serving the mailbox: 26 s for seed 1 with 10 users, 33 s with 20) plus copying 50 messages
+# per mailbox. 10 users put 4 user mailboxes in scope, each waiting its own seeded time.
+REALISTIC_USERS = 10
+REALISTIC_SCALE = 60
+# What `--dir` keeps does not depend on the batch: seed 1 with 10 users, 4 mailboxes in scope.
+DIR_USERS = 10
+
 
 def test_demo_dir_keeps_project_and_sandbox_state(
     tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
     """After the demo, status reads DIR as a project and deliver routes against DIR/sandbox."""
-    demo = cli("demo", "--dir", str(tmp_path), "--users", "20", "--json")
+    demo = cli("demo", "--dir", str(tmp_path), "--users", str(DIR_USERS), "--json")
     assert demo.exit_code == 0, demo.output[-2000:]
     assert json.loads(demo.stdout)["ok"] is True
     status = json.loads(cli("status", "--project", str(tmp_path), "--json").stdout)
@@ -45,11 +54,11 @@ def test_demo_realistic_profile_waits_for_microsoft_365_and_completes(
         "--dir",
         str(tmp_path),
         "--users",
-        "20",
+        str(REALISTIC_USERS),
         "--profile",
         "realistic",
         "--time-scale",
-        "60",
+        str(REALISTIC_SCALE),
         "--json",
     )
     assert demo.exit_code == 0, demo.output[-3000:]

@@ -7,7 +7,9 @@ password in any output or file."""
 from __future__ import annotations
 
 import json
+import re
 import socket
+import tomllib
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -138,8 +140,10 @@ def test_a_folder_the_target_refuses_is_named_and_the_rest_moves(
     dovecot: DovecotServer, tmp_path: Path
 ) -> None:
     """The target's hierarchy delimiter is "/", so the source folder "a/b" cannot be made
-    there: the pass moves every other folder and names "a/b" as not moved; its messages
-    stay in the source (nothing lost) and a later pass with a rule renaming it moves them."""
+    there: the pass moves every other folder and names "a/b" as not moved, with the fix (a
+    folder_rules entry, its example for "a/b") and the command to run next; its messages
+    stay in the source (nothing lost) and the next pass with the suggested rule, pasted
+    as given, moves them."""
     scene = Scene(dovecot, tmp_path, users=1, target_delimiter="/")
     p = str(scene.project)
     [user] = scene.users
@@ -148,12 +152,17 @@ def test_a_folder_the_target_refuses_is_named_and_the_rest_moves(
     r = run("prestage", "--project", p, "--all", "-v")
     assert r.exit_code == 0, r.output
     assert "folders not moved: a/b" in r.output and "'a/b' not created" in r.output, r.output
+    said = " ".join(r.output.split())
+    hint = re.search(r"folder_rules = \[(.+?)\] \(keep the rules already there\)", said)
+    assert hint and tomllib.loads(f"r = {hint.group(1)}")["r"] == r"^a\\/b$->a-b", said
+    assert f"then run coexist prestage --users {user.address}" in said, said
     moved = scene.fingerprints(user.target)
     source = older(scene.fingerprints(user.source, mapped=True))
     assert not [k for k in moved if k[2] == ("a/b",)]
     assert moved == {k: n for k, n in source.items() if k[2] != ("a/b",)}
     # Nothing lost: a rule naming it otherwise moves it on the next pass.
     toml = scene.project / "project.toml"
-    toml.write_text(toml.read_text().replace('"^INBOX/->"', '"^INBOX/->", "^a\\\\\\\\/b$->a-b"'))
-    run_json("prestage", "--project", p, "--all")
+    toml.write_text(toml.read_text().replace('"^INBOX/->"', f'"^INBOX/->", {hint.group(1)}'))
+    again = run_json("prestage", "--project", p, "--all")
+    assert "folders not moved" not in json.dumps(again), again
     assert sum(scene.fingerprints(user.target).values()) == sum(source.values())

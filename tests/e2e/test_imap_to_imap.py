@@ -1,6 +1,6 @@
 """IMAP -> IMAP through the CLI against a real Dovecot: batch import of a MigrationWiz CSV
 with passwords, `prestage --older-than 90d`, `cutover` (the full pass after the operator's
-MX change), `status`; every message exactly once in its mapped folder with flags and
+MX change), `status` (saying "mail only"); every message exactly once in its mapped folder with flags and
 INTERNALDATE; re-runs copy nothing; a UIDVALIDITY reset copies nothing twice; plan mode
 writes nothing; no password in any output, journal or log."""
 
@@ -10,13 +10,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from coexist.engine.context import MASTER_ENTRY
+from coexist.engine.context import MAIL_ONLY
 from coexist.settings import load_project
-from coexist.vault import ENV_KEY, Credential, Vault
 from tests.dovecot import MASTER_USER, DovecotServer
 from tests.e2e.imap_scene import (
     FOLDERS,
-    KEY,
     NEW,
     OLD,
     Fingerprint,
@@ -85,15 +83,19 @@ def test_imap_project_prestage_then_cutover_moves_every_message_once(
     assert scene.copied_by_last("cutover") == 0
     status = run_json("status", "--project", p)
     assert {(r["phase"], r["state"]) for r in status["users"]} == {("cutover", "ok")}, status
+    assert status["data_scope"] == MAIL_ONLY, status  # what an IMAP source's passes leave
     outputs.append(run("status", "--project", p))
+    assert f"data: {MAIL_ONLY}" in " ".join(outputs[-1].output.split()), outputs[-1].output
 
     assert_no_password(scene, [o.output for o in outputs])
 
 
 def test_a_master_user_opens_every_mailbox(dovecot: DovecotServer, tmp_path: Path) -> None:
-    """With [source.imap]/[target.imap] master_user and the master's password in the vault,
-    users listed without passwords (MigrationWiz: admin credentials) are moved: each
-    mailbox is opened as `user*master` (Dovecot master users)."""
+    """With [source.imap]/[target.imap] master_user and the master's password given with
+    `credentials set --master` (again: unchanged), users listed without passwords
+    (MigrationWiz: admin credentials) are moved: each mailbox is opened as `user*master`
+    (Dovecot master users). `credentials list` says a master password is there, never
+    what; `purge --master --side target` removes that side's only."""
     scene = Scene(dovecot, tmp_path, users=1)
     scene.write_project(master=MASTER_USER)
     p = str(scene.project)
@@ -101,13 +103,27 @@ def test_a_master_user_opens_every_mailbox(dovecot: DovecotServer, tmp_path: Pat
     scene.seed(user)
     imported = run_json("batch", "import", "--project", p, str(scene.csv(blank=True)))
     assert not imported["waiting_for_credentials"], imported
-    master = Credential(MASTER_USER, dovecot.master_password)
-    Vault.open(scene.project, env={ENV_KEY: KEY}).put(
-        {(MASTER_ENTRY, "source"): master, (MASTER_ENTRY, "target"): master}
-    )
+    secret = dovecot.master_password + "\n"
+    said = []
+    for side in ("source", "target", "target"):
+        args = ("credentials", "set", "--project", p, "--master", "--side", side)
+        said.append(run(*args, "--password-stdin", "--json", stdin=secret))
+    assert [json.loads(r.output)["changed"] for r in said] == [True, True, False]
+    listed = run_json("credentials", "list", "--project", p)
+    assert listed["master"]["source"]["login"] == MASTER_USER and not listed["users"], listed
     result = run_json("prestage", "--project", p, "--all", "--older-than", "90d")
     assert not result["failed"], result
     assert scene.fingerprints(user.target) == older(scene.fingerprints(user.source, mapped=True))
+
+    purge = ("credentials", "purge", "--project", p, "--master", "--side", "target")
+    assert run_json(*purge)["master"] == ["target"]
+    assert run_json(*purge)["master"] == []  # again: nothing left to remove
+    after = run_json("credentials", "list", "--project", p)["master"]
+    assert after["source"] and after["target"] is None
+    human = run("credentials", "list", "--project", p).output
+    assert f"source master user password: {MASTER_USER}" in " ".join(human.split())
+    outputs = [r.output for r in said] + [json.dumps(listed), human]
+    assert all(dovecot.master_password not in o for o in outputs)
 
 
 def test_xoauth2_signs_a_source_in_with_its_token(dovecot: DovecotServer, tmp_path: Path) -> None:

@@ -68,7 +68,8 @@ def test_default_mover_moves_data(
 ) -> None:
     """A project that says nothing about the mover copies the mail at prestage (full
     fidelity: the import/export API), and `coexist init` writes that default; `none` is
-    there only when chosen, and then status says no mail is copied."""
+    there only when chosen, and then status says no mail is copied (and, a Microsoft 365
+    source, no "mail only" scope)."""
     project = make_project(users=USERS)
     assert 'mover = "graph-import-export"' in (project / "project.toml").read_text()
     assert load_project(project).migration.mover == "graph-import-export"
@@ -78,6 +79,7 @@ def test_default_mover_moves_data(
     run_json(cli, "provision", "--project", p, "--all")
     result = run_json(cli, "prestage", "--project", p, "--all")
     assert not result["waiting"], result
+    assert run_json(cli, "status", "--project", p)["data_scope"] is None  # m365 moves all
     for user, row in status_rows(cli, project).items():
         data = row["data_passes"]
         assert data["mover"] == "graph-import-export" and data["passes"] == 1, (user, data)

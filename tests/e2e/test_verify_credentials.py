@@ -12,11 +12,10 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from coexist.cli import main
-from coexist.credcheck import MASTER_ENTRY
 from coexist.journal import Journal
 from coexist.settings import load_project
 from coexist.tenants.imap import ImapEndpoint, ImapSession, NewMessage, Password
-from coexist.vault import ENV_KEY, Credential, Vault, new_key
+from coexist.vault import ENV_KEY, new_key
 from tests.dovecot import MASTER_USER, DovecotServer, ImapUser
 
 KEY = new_key()
@@ -152,32 +151,44 @@ def test_each_user_gets_a_result_per_side_and_a_fix_clears_the_wait(
 
 
 def test_master_user_logs_in_for_every_user(tmp_path: Path, dovecot: DovecotServer) -> None:
-    """With [source.imap] master_user the vault's master entry opens each user's mailbox;
-    without that entry every user has no credentials, and a wrong one is refused."""
-    src, tgt = dovecot.new_user("m"), dovecot.new_user("mt")
+    """With [source.imap] master_user, `credentials set --master` opens each user's mailbox
+    that has no password of its own (a user with one signs in with it, as a pass does):
+    without it such a user has no credentials and waits, a wrong one is refused, the right
+    one ends the wait; the next step named is `credentials set --master`."""
+    src, own = dovecot.new_user("m"), dovecot.new_user("o")
+    tgt, own_t = dovecot.new_user("mt"), dovecot.new_user("ot")
     project = imap_project(tmp_path / "p", dovecot, master=MASTER_USER)
-    csv_file = bulk_file(tmp_path / "users.csv", [(src, "", tgt, tgt.password)])
+    csv_file = bulk_file(
+        tmp_path / "users.csv",
+        [(src, "", tgt, tgt.password), (own, own.password, own_t, own_t.password)],
+    )
     assert (
         run("batch", "import", "--project", str(project), str(csv_file), "--name", "m").exit_code
         == 0
     )
+    assert status(project)[src.login]["state"] == "waiting"
 
     _, none = verify(project, "--all")
     source = by_user(none)[src.login]["source"]
-    assert source["result"] == "no credentials" and MASTER_ENTRY in source["next"]
+    assert source["result"] == "no credentials" and "--master --side source" in source["next"]
+    assert by_user(none)[own.login]["source"]["result"] == "ok"
 
-    vault = Vault.open(project, env=ENV)
-    vault.put(
-        {(MASTER_ENTRY, "source"): Credential(MASTER_USER, "wrong-" + dovecot.master_password)}
-    )
+    def set_master(password: str) -> Result:
+        args = ("credentials", "set", "--project", str(project), "--master", "--password-stdin")
+        return run(*args, stdin=password + "\n")
+
+    assert set_master("wrong-" + dovecot.master_password).exit_code == 0
     _, wrong = verify(project, "--all")
     refused = by_user(wrong)[src.login]["source"]
-    assert refused["result"] == "wrong password" and MASTER_ENTRY in refused["next"]
+    assert refused["result"] == "wrong password" and "--master --side source" in refused["next"]
 
-    vault.put({(MASTER_ENTRY, "source"): Credential(MASTER_USER, dovecot.master_password)})
+    stored = set_master(dovecot.master_password)
+    assert stored.exit_code == 0 and "stored" in stored.output, stored.output
     code, ok = verify(project, "--all")
     assert code == 0 and by_user(ok)[src.login]["source"]["mailbox"] == src.login
-    assert dovecot.master_password not in json.dumps([none, wrong, ok]) + journal_text(project)
+    assert status(project)[src.login]["state"] == "ok"
+    shown = json.dumps([none, wrong, ok]) + journal_text(project) + stored.output
+    assert dovecot.master_password not in shown
 
 
 def closed_port() -> int:

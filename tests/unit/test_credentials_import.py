@@ -19,7 +19,12 @@ ENV = {ENV_KEY: KEY}
 
 
 def imap_project(directory: Path) -> types.SimpleNamespace:
-    return types.SimpleNamespace(directory=directory, source=types.SimpleNamespace(kind="imap"))
+    imap = types.SimpleNamespace(master_user=None)
+    return types.SimpleNamespace(
+        directory=directory,
+        source=types.SimpleNamespace(kind="imap", imap=imap),
+        target=types.SimpleNamespace(kind="m365", imap=imap),
+    )
 
 
 def write(path: Path, lines: list[str]) -> Path:

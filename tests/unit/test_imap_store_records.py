@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from coexist.engine.context import Context, SideOptions, open_sides
+from coexist.engine.context import Context, ImapServer, SideOptions, open_sides
 from coexist.errors import ConfigError, InputError
 from coexist.journal import Journal
 from coexist.migrate.passes import MOVERS, Window, mover_for
@@ -29,7 +29,7 @@ from coexist.migrate.stores.imap import (
     state_key,
 )
 from coexist.settings import load_project
-from coexist.tenants.imap import ImapFolder, Watermark, special_use_of
+from coexist.tenants.imap import VIRTUAL_FOLDERS, ImapFolder, Watermark, special_use_of
 from coexist.tenants.protocols import MessageState
 from coexist.vault import ENV_KEY, new_key
 
@@ -81,6 +81,43 @@ def test_views_can_be_included() -> None:
     tree = folder_tree(GMAIL, include_virtual=True)
     wk = {f.well_known for f in tree.folders}
     assert {"allmail", "flagged", "important"} <= wk and tree.left_out == 0
+
+
+GMAIL_SOURCE = """\
+[source]
+kind = "imap"
+
+[source.imap]
+host = "imap.gmail.com"
+auth = "xoauth2"
+connections_per_mailbox = 15
+
+[target]
+kind = "imap"
+
+[target.imap]
+host = "new.example.org"
+"""
+
+
+def test_gmail_views_are_left_out_unless_the_project_includes_them(tmp_path: Path) -> None:
+    """A Gmail source as a project opens it: All Mail, Important and Starred are not among
+    the store's folders by default (they hold copies of labelled mail), and
+    `[source.imap] include_virtual_folders = true` brings them back through the side
+    opener to the store (`imap_store` passes `ImapServer.include_virtual`)."""
+
+    async def views(text: str) -> list[str | None]:
+        (tmp_path / "project.toml").write_text(text)
+        async with open_sides(load_project(tmp_path, env={})) as (source, _):
+            assert isinstance(source.store, ImapServer)
+            tree = folder_tree(GMAIL, source.store.include_virtual)
+        return sorted(str(f.well_known) for f in tree.folders if f.well_known in VIRTUAL_FOLDERS)
+
+    assert asyncio.run(views(GMAIL_SOURCE)) == []
+    included = GMAIL_SOURCE.replace(
+        'auth = "xoauth2"', 'auth = "xoauth2"\ninclude_virtual_folders = true'
+    )
+    assert asyncio.run(views(included)) == ["allmail", "flagged", "important"]
 
 
 def test_item_ids_round_trip_any_folder_name() -> None:

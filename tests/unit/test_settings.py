@@ -533,6 +533,38 @@ destination_domain = "fabrikam.com"
 """
 
 
+IMAP_TO_IMAP = """\
+[source]
+kind = "imap"
+
+[source.imap]
+host = "old.example.org"
+
+[target]
+kind = "imap"
+
+[target.imap]
+host = "new.example.org"
+"""
+
+
+def test_destination_domain_is_required_only_for_a_microsoft_365_target(tmp_path: Path) -> None:
+    """An imap -> imap project loads without [domains] destination_domain (no step of it
+    reads the target tenant's domain), and a step that would read it gets the ConfigError
+    naming it; an imap -> m365 project still needs it at load, saying why."""
+    _write(tmp_path, IMAP_TO_IMAP)
+    project = load_project(tmp_path, env={})
+    assert project.domains.destination_domain is None
+    with pytest.raises(ConfigError) as info:
+        _ = project.destination_domain
+    assert info.value.fields["key"] == "domains.destination_domain"
+    err = _load_error(tmp_path, IMAP_SOURCE.replace('destination_domain = "fabrikam.com"', ""))
+    assert err.fields["key"] == "domains.destination_domain"
+    assert '[target] kind = "m365"' in str(err)
+    _write(tmp_path, _with("domains", 'destination_domain = "fabrikam.com"', IMAP_TO_IMAP))
+    assert load_project(tmp_path, env={}).destination_domain == "fabrikam.com"
+
+
 def test_an_imap_source_needs_no_tenant_and_has_its_own_table(tmp_path: Path) -> None:
     """kind = "imap" takes its settings from [source.imap] (defaults filled in, the port
     following the security mode); the target stays a Microsoft 365 tenant by default."""

@@ -7,9 +7,10 @@ module translates its records into the protocol's (`coexist.tenants.protocols`).
   decoded parts. Well-known folders come from RFC 6154 special-use attributes (or the usual
   names when the server has none: `tenants.imap.SPECIAL_NAMES`). Gmail's All Mail, Starred
   and Important (\\All, \\Flagged, \\Important) are views of messages other folders hold:
-  left out unless `include_virtual`. A special-use folder under a container that holds no
-  mail (Gmail's `[Gmail]/Sent Mail`, `[Gmail]` being \\Noselect) is shown at the top, so the
-  folder mapping anchors it like any well-known folder.
+  left out unless `include_virtual` (`[source.imap] include_virtual_folders = true`). A
+  special-use folder under a container that holds no mail (Gmail's `[Gmail]/Sent Mail`,
+  `[Gmail]` being \\Noselect) is shown at the top, so the folder mapping anchors it like
+  any well-known folder.
 - Items: an item id is `<UIDVALIDITY>:<UID>:<folder>` (`item_id`): IMAP UIDs are per folder
   and void under a new UIDVALIDITY (RFC 3501 2.3.1.1), so both are in the id. The change
   key is a digest of the message's flags and keywords (`state_key`): the only part of an
@@ -161,6 +162,26 @@ def parse_item_id(value: str) -> tuple[str, int, int]:
     """(folder, UIDVALIDITY, UID) of an `item_id`."""
     validity, uid, folder = value.split(":", 2)
     return folder, int(validity), int(uid)
+
+
+# The item_map identity of a message without a Message-ID (RFC 5322 3.6.4: the field
+# "SHOULD" be present; old archives and some drafts lack it): its INTERNALDATE and
+# RFC822.SIZE. A new UIDVALIDITY and a move (MOVE, RFC 6851 3.3: as COPY, whose "flags and
+# internal date SHOULD be preserved", RFC 3501 6.4.7) leave both as they were, so
+# `sync.resolve_moves` pairs the message with its copy instead of copying it twice.
+# Two such messages of one date and size match each other: resolve_moves pairs only a
+# single match, so they are copied again, never lost. *unverified*: that a server restored
+# from a backup (the usual cause of a new UIDVALIDITY) keeps INTERNALDATE; where it does
+# not, such a message is copied again, as it was before.
+UNNAMED_IDENTITY = "imap-date-size:"
+
+
+def ref_identity(ref: MessageRef) -> str:
+    """A message's identity: its Message-ID, else its INTERNALDATE (UTC) and size."""
+    named = message_identity(ref.message_id)
+    if named is not None:
+        return named
+    return f"{UNNAMED_IDENTITY}{ref.internaldate.astimezone(UTC).isoformat()}:{ref.size}"
 
 
 def state_key(flags: Iterable[str], keywords: Iterable[str]) -> str:
@@ -413,7 +434,7 @@ class UidRound:
             created=ref.internaldate.isoformat(),
             size=ref.size,
             kind=MAIL_CLASS,
-            identity=message_identity(ref.message_id),
+            identity=ref_identity(ref),
         )
 
     def _reset(self, name: str, validity: int) -> RemoteError:
@@ -1005,7 +1026,12 @@ async def imap_store(ctx: Context, side_label: str, subject: str) -> AsyncIterat
     item = ctx.journal.get_item("user", subject)
     credentials = server.credentials(subject, item)
     opening = ImapStore.open(
-        server.connections, credentials, label=side_label, plan=ctx.plan, meter=server.meter
+        server.connections,
+        credentials,
+        label=side_label,
+        include_virtual=server.include_virtual,
+        plan=ctx.plan,
+        meter=server.meter,
     )
     async with AsyncExitStack() as stack:
         try:
