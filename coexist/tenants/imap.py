@@ -566,6 +566,7 @@ class ImapSession:
             raise errors.connect_failure(exc) from exc
         try:
             _no_delay(client)
+            _untraced(client)
             if endpoint.security == "starttls":
                 _starttls(client, context, errors)
             _login(client, credentials, errors)
@@ -1051,6 +1052,18 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 def _no_delay(client: imapclient.IMAPClient) -> None:
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _untraced(client: imapclient.IMAPClient) -> None:
+    """Turn imaplib's protocol trace off.
+
+    IMAPClient sets imaplib's `debug` to 5 on every connection (imapclient.py, "Small hack
+    to make imaplib log everything to its own logger"), so imaplib formats the repr() of
+    every untagged response for a debug() call the logger then drops: each FETCHed message
+    body (a 100 KB body cost ~0.35 ms of CPU twice, once as it arrives and once as the
+    whole answer is handed over) — a third of the client's CPU in bench/imap_bench.py. The
+    trace would also put mail content in logs whenever debug logging is on."""
+    client._imap.debug = 0
 
 
 def _starttls(client: imapclient.IMAPClient, context: ssl.SSLContext, errors: _ErrorMapper) -> None:
