@@ -47,7 +47,6 @@ import email.policy
 import hashlib
 import logging
 import re
-from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -472,8 +471,6 @@ class _Waiting:
     appending: int = 0  # appends sent and not answered
     # Set (and replaced) when a flusher may go on: a batch filled, an append ended.
     change: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set (and replaced) when a flusher left a non-empty queue (cancelled): another takes over.
-    vacancy: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, message: NewMessage, answer: asyncio.Future[str]) -> None:
         """Queue an import."""
@@ -489,10 +486,6 @@ class _Waiting:
     def changed(self) -> None:
         self.change.set()
         self.change = asyncio.Event()
-
-    def vacant(self) -> None:
-        self.vacancy.set()
-        self.vacancy = asyncio.Event()
 
     def take(self, count: int, size: int) -> _Waiting:
         """The first waiting imports (those not cancelled), at most `count` and `size` bytes
@@ -616,6 +609,8 @@ class ImapStore:
         self._delimiter: str | None = None
         self._listed = False
         self._waiting: dict[str, _Waiting] = {}
+        self._drains: set[asyncio.Future[None]] = set()  # flushers that took over (`_drain`)
+        self._closing = False
         self._appenders = appenders or _Appenders(session)
         self._readers = readers or _Appenders(session)  # the connections exports read over
 
@@ -650,7 +645,7 @@ class ImapStore:
                 stack=extra,
                 limit=min(EXPORTS_IN_FLIGHT, connections.limits.per_mailbox),
             )
-            yield cls(
+            store = cls(
                 session,
                 label=label,
                 include_virtual=include_virtual,
@@ -660,6 +655,10 @@ class ImapStore:
                 appenders=appenders,
                 readers=readers,
             )
+            try:
+                yield store
+            finally:
+                await store._stop_drains()
 
     @property
     def caps(self) -> Capabilities:
@@ -889,26 +888,34 @@ class ImapStore:
             # Let the imports started with this one queue their messages first (the
             # pipeline starts a batch's imports together): they go in one MULTIAPPEND.
             await asyncio.sleep(0)
-            while not answer.done():
-                if waiting.messages and waiting.flushers < self._appenders.limit:
-                    waiting.flushers += 1
-                    try:
-                        await self._flush_queue(name, waiting)
-                    finally:
-                        waiting.flushers -= 1
-                        if waiting.messages:  # left early (cancelled): another takes over
-                            waiting.vacant()
-                else:
-                    vacancy = asyncio.ensure_future(waiting.vacancy.wait())
-                    either: list[asyncio.Future[Any]] = [answer, vacancy]
-                    try:
-                        await asyncio.wait(either, return_when=FIRST_COMPLETED)
-                    finally:
-                        vacancy.cancel()
+            if waiting.messages and waiting.flushers < self._appenders.limit:
+                await self._drain(name, waiting)
+            return await answer
         except asyncio.CancelledError:
             answer.cancel()  # a message not yet taken is not appended (`take`)
             raise
-        return await answer
+
+    async def _drain(self, name: str, waiting: _Waiting) -> None:
+        """Flush the queue as one of its flushers. One that leaves a queue some import still
+        waits on (cancelled) hands it to a new flusher task: the waiting imports only wait
+        for their answer."""
+        waiting.flushers += 1
+        try:
+            await self._flush_queue(name, waiting)
+        finally:
+            waiting.flushers -= 1
+            if any(not a.done() for a in waiting.answers) and not self._closing:
+                task = asyncio.ensure_future(self._drain(name, waiting))
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
+
+    async def _stop_drains(self) -> None:
+        """At the store's exit: no flusher task outlives it (they append over its
+        connections); what they were appending is cancelled like an interrupted import."""
+        self._closing = True
+        for task in list(self._drains):
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
 
     async def _flush_queue(self, name: str, waiting: _Waiting) -> None:
         """Append the head of the queue, batch after batch, until it is empty."""
