@@ -260,12 +260,12 @@ class Journal:
         return shared.conn
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, *, durable: bool = False) -> Iterator[Connection]:
         shared = self._shared_conn(open_=True)
         if shared is not None:
-            yield shared
+            yield shared  # inside together(): its one transaction, as that block opened it
             return
-        with db.transaction(self.engine, write=True) as conn:
+        with db.transaction(self.engine, write=True, durable=durable) as conn:
             yield conn
 
     @contextmanager
@@ -615,17 +615,20 @@ class Journal:
         """Create or update one source item's row (see `schema.item_map`)."""
         self.map_items(item_key, [{"source_item_id": source_item_id, **fields}])
 
-    def map_items(self, item_key: str, rows: list[Mapping[str, Any]]) -> None:
+    def map_items(
+        self, item_key: str, rows: list[Mapping[str, Any]], *, durable: bool = False
+    ) -> None:
         """Upsert many rows in one transaction (a delta page is recorded all or nothing).
 
         Each row names `source_item_id` and the columns to set; columns not named are left
-        as they are on an existing row.
+        as they are on an existing row. `durable`: committed to survive an OS crash too
+        (`db.transaction`), for marks written before the tenant write they guard.
         """
         if not rows:
             return
         now = utcnow()
         runs = _map_runs(item_key, rows, now)
-        with self._write() as conn:
+        with self._write(durable=durable) as conn:
             for (new, cols), params in runs:
                 # One statement per run of rows setting the same columns, sent as one
                 # executemany: building a statement costs far more than running it.

@@ -936,8 +936,11 @@ class Sink:
         self.ctx.journal.map_item(self.key, job.source_id, **fields)
 
     def mark(self, jobs: list[Job]) -> None:
-        """Mark a batch's rows as about to be imported, in one transaction."""
-        self.ctx.journal.map_items(self.key, [_mark_of(job) for job in jobs])
+        """Mark a batch's rows as about to be imported, in one durable transaction: the
+        mark is what lets a later pass find a copy whose outcome was never recorded, so
+        it must outlive an OS crash too (the outcomes need not: one lost leaves its row
+        marked, and the copy is adopted). One sync of the journal per export batch."""
+        self.ctx.journal.map_items(self.key, [_mark_of(job) for job in jobs], durable=True)
 
     def done(self, job: Job, **fields: Any) -> None:
         """An import's outcome, journaled with the next flush."""

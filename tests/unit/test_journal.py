@@ -73,6 +73,23 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
+def test_durable_writes_commit_with_synchronous_full(tmp_path: Path) -> None:
+    """A durable `map_items` (sync's `importing` marks) commits with synchronous=FULL, so
+    SQLite syncs the WAL at that commit; the writes around it stay NORMAL."""
+    with Journal.open(str(tmp_path / "j.sqlite")) as j:
+        said: list[str] = []
+        sa.event.listen(
+            j.engine,
+            "before_cursor_execute",
+            lambda _c, _cur, sql, *_: said.append(sql) if "synchronous" in sql else None,
+        )
+        j.map_items("u1", [_new_row(1)])
+        j.map_items("u1", [{"source_item_id": "s1", "status": "importing"}], durable=True)
+        j.map_items("u1", [{"source_item_id": "s1", "status": "copied"}])
+        assert said == ["PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL"]
+        assert j.mapped("u1", "s1")["status"] == "copied"  # type: ignore[index]
+
+
 def test_foreign_keys_are_enforced(journal: Journal) -> None:
     """A step pointing at a run that does not exist is refused by the database."""
     with pytest.raises(sa.exc.IntegrityError):
