@@ -83,6 +83,10 @@ from coexist.tenants.protocols import (
 # A lost cursor starts a folder's round over this often per pass before the error is raised.
 RESTARTS = 2
 PREFETCH_BATCHES = 1  # exported batches waiting for import (the next one is being exported)
+# Bytes of payloads being imported at once, in export batches (`export_bytes`) of the source:
+# the count bound (`imports_in_flight`) alone let an IMAP target hold hundreds of large
+# messages (a 2 GB mailbox of 512 KB ones: 258 MB resident, with this bound ...).
+IMPORT_BATCHES = 2
 # The outcomes of finished imports are journaled together (`Sink`): at most this many wait,
 # for at most this long. One transaction per import cost about as much as the import itself
 # against a local IMAP server; a slow target still gets each outcome written within FLUSH_S.
@@ -775,8 +779,9 @@ async def _pipeline(
 
     Source and target are different mailboxes with their own budgets, so overlapping them is
     what lets the target's upload budget be spent without gaps. Memory is bounded: one batch
-    queued, `exports_in_flight` being exported, one being imported (each <= the source's
-    `export_bytes`); every payload is dropped as soon as its import answers.
+    queued, `exports_in_flight` being exported (each <= the source's `export_bytes`), and
+    IMPORT_BATCHES x `export_bytes` of payloads being imported; every payload is dropped as
+    soon as its import answers.
     """
     if not jobs:
         return
@@ -802,6 +807,7 @@ async def _pipeline(
         await queue.put(None)
 
     slots = asyncio.Semaphore(stores.tgt.caps.imports_in_flight)
+    held = _Held(IMPORT_BATCHES * caps.export_bytes)
     sink = Sink(ctx, key, stores.tgt, counts, stores.conflicts)
 
     async def consume(tg: asyncio.TaskGroup) -> None:
@@ -809,8 +815,10 @@ async def _pipeline(
             sink.mark([job for job, _ in ready])  # the whole batch, before any import is sent
             while ready:
                 job, data = ready.pop(0)
+                size = len(data.mime) + len(data.data)
+                await held.take(size)
                 await slots.acquire()
-                tg.create_task(_import_one(sink, job, data, slots))
+                tg.create_task(_import_one(sink, job, data, slots, held, size))
             del ready
 
     try:
@@ -972,7 +980,28 @@ def _mark_of(job: Job) -> dict[str, Any]:
     return {"source_item_id": job.source_id, "target_change_key": None}
 
 
-async def _import_one(sink: Sink, job: Job, data: Payload, slots: asyncio.Semaphore) -> None:
+class _Held:
+    """Bytes of payloads being imported, bounded: `take` waits until they fit (one payload
+    larger than the bound goes alone). One taker, the pipeline's consumer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._freed = asyncio.Event()
+
+    async def take(self, size: int) -> None:
+        while self.used and self.used + size > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+
+
+async def _import_one(
+    sink: Sink, job: Job, data: Payload, slots: asyncio.Semaphore, held: _Held, size: int
+) -> None:
     try:
         if job.update is None:
             await _create(sink, job, data)
@@ -980,6 +1009,7 @@ async def _import_one(sink: Sink, job: Job, data: Payload, slots: asyncio.Semaph
             await _update(sink, job, data)
     finally:
         slots.release()
+        held.give(size)
 
 
 async def _create(sink: Sink, job: Job, data: Payload) -> None:
