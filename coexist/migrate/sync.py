@@ -536,16 +536,19 @@ async def settle_left(ctx: Context, key: str, tgt: MailboxStore, kind: str | Non
     still at the source, copied again. No copy: the row is forgotten. Rows of `kind` if given."""
     if ctx.planning:
         return
+    left = [
+        r
+        for r in ctx.journal.mapped_items(key, status="importing")
+        if r["reason"] == LEFT_MARK
+        and _of_kind(r, kind)
+        and str(r["target_folder_id"] or "")
+        and not str(r["target_folder_id"]).startswith("planned:")
+    ]
+    if not left:
+        return  # the usual pass: no need to read every row for `taken`
     taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
-    for r in ctx.journal.mapped_items(key, status="importing"):
-        dest = str(r["target_folder_id"] or "")
-        if (
-            r["reason"] != LEFT_MARK
-            or not _of_kind(r, kind)
-            or not dest
-            or dest.startswith("planned:")
-        ):
-            continue
+    for r in left:
+        dest = str(r["target_folder_id"])
         source_id, identity = str(r["source_item_id"]), r["source_identity"]
         found = await tgt.copies_of(dest, source_id, identity, taken)
         # An atomic target's copies are found by identity alone (an IMAP copy carries no
