@@ -46,7 +46,7 @@ from coexist.provisioning.provision import (
 from coexist.retry import RetryPolicy
 from coexist.runtime import Session, open_journal, project_dir, project_writer, session
 from coexist.settings import Project, load_project, parse_duration, write_project
-from coexist.tenants.auth import TenantEndpoint
+from coexist.tenants.auth import TenantCredentials, TenantEndpoint
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import BATCH_REQUESTS, GraphAdapter
 from coexist.verify import verify
@@ -1738,7 +1738,11 @@ def verify_mailflow(
 # -- demo --------------------------------------------------------------------------------
 async def tenant_summary(ep: TenantEndpoint) -> dict[str, Any]:
     """What an operator sees first about a tenant, read through Graph and Exchange."""
-    async with GraphAdapter(ep) as graph, ExoRunner(ep) as exo:
+    async with (
+        TenantCredentials() as credentials,  # one credential for both (closed after them)
+        GraphAdapter(ep, credentials=credentials) as graph,
+        ExoRunner(ep, credentials=credentials) as exo,
+    ):
         users = await graph.list_all("users", {"$select": "id", "$top": "999"})
         recipients = await exo.run("Get-Recipient", ResultSize="Unlimited")
         skus = (await graph.send("GET", "subscribedSkus"))["value"]

@@ -49,6 +49,7 @@ from coexist.migrate.stores.imap import endpoint_of, limits_of
 from coexist.model import Phase
 from coexist.runtime import open_journal, project_dir, retry_policy
 from coexist.settings import ImapSettings, Project, load_project
+from coexist.tenants.auth import TenantCredentials
 from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.imap import (
     Credentials,
@@ -322,6 +323,7 @@ async def _verify(
     command = f"coexist credentials set --project {project.directory}"
     adapters: list[GraphAdapter] = []
     checkers: dict[str, Checker] = {}
+    credentials = TenantCredentials()  # one per tenant (both sides may be the same one)
     try:
         for side in SIDES:
             settings = project.tenant(side)
@@ -329,14 +331,20 @@ async def _verify(
                 checkers[side] = ImapChecker(side, settings.imap, vault, command)
             else:
                 graph = GraphAdapter(
-                    project.endpoint(side), label=side, read_retry=retry_policy(project)
+                    project.endpoint(side),
+                    label=side,
+                    read_retry=retry_policy(project),
+                    credentials=credentials,
                 )
                 adapters.append(graph)
                 checkers[side] = GraphChecker(side, graph)
         results = await asyncio.gather(*(_one(checkers, i) for i in items))
     finally:
-        for graph in adapters:
-            await graph.close()
+        try:
+            for graph in adapters:
+                await graph.close()
+        finally:
+            await credentials.aclose()
     for item, result in zip(items, results, strict=True):
         _record(journal, project, item, result, checkers)
     return list(results)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from coexist.errors import ConfigError, InputError
 from coexist.retry import RetryPolicy
-from coexist.tenants.auth import TenantEndpoint
+from coexist.tenants.auth import TenantCredentials, TenantEndpoint
 from coexist.tenants.base import READ_RETRY
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
@@ -346,6 +346,9 @@ class SideOptions:
     mailbox_limits: MailboxLimits | None = None
     write_limits: WriteLimits | None = None
     env: Mapping[str, str] | None = None  # where the vault key is looked up (os.environ)
+    # The command's credentials (one per tenant, `open_sides` makes them when None); they
+    # belong to the event loop the sides are opened in.
+    credentials: TenantCredentials | None = None
 
 
 # Opens one side of a kind: (project, "source" | "target", options) -> the Side, its
@@ -359,6 +362,8 @@ async def open_m365_side(project: Any, label: str, opts: SideOptions) -> AsyncIt
     + tenant); reads retried with `opts.read_retry`."""
     ep: TenantEndpoint = project.endpoint(label)
     budget = WriteBudget(opts.write_limits)
+    # Graph and Exchange share the tenant's credential (one PEM parse, one token cache).
+    credentials = opts.credentials if opts.credentials is not None else TenantCredentials()
     graph = GraphAdapter(
         ep,
         label=label,
@@ -367,6 +372,7 @@ async def open_m365_side(project: Any, label: str, opts: SideOptions) -> AsyncIt
         read_retry=opts.read_retry,
         mailbox_limits=opts.mailbox_limits,
         write_budget=budget,
+        credentials=credentials,
     )
     exo = ExoRunner(
         ep,
@@ -375,12 +381,17 @@ async def open_m365_side(project: Any, label: str, opts: SideOptions) -> AsyncIt
         plan=opts.plan,
         read_retry=opts.read_retry,
         write_budget=budget,
+        credentials=credentials,
     )
     try:
         yield Side(label, ep, graph, exo)
     finally:
-        await graph.close()
-        await exo.close()
+        try:
+            await graph.close()
+            await exo.close()
+        finally:
+            if opts.credentials is None:
+                await credentials.aclose()
 
 
 def imap_endpoint(settings: Any, side: str) -> ImapEndpoint:
@@ -424,6 +435,9 @@ async def open_sides(
     """Both sides of a project, each opened by its kind's opener and closed on exit."""
     opts = opts or SideOptions()
     async with AsyncExitStack() as stack:
+        if opts.credentials is None:
+            # Both sides' adapters take their credentials from one set, closed after them.
+            opts = replace(opts, credentials=await stack.enter_async_context(TenantCredentials()))
         source, target = [
             await stack.enter_async_context(
                 SIDE_OPENERS[project.tenant(label).kind](project, label, opts)

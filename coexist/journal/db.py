@@ -14,6 +14,10 @@ SQLite settings, and why:
   and it avoids an fsync per step. See https://www.sqlite.org/pragma.html#pragma_synchronous
   ("WAL mode is always consistent with synchronous=NORMAL ... Transactions are durable across
   application crashes regardless of the synchronous setting").
+  The exception is a write a later pass depends on to recover a tenant write it guards
+  (`transaction(durable=True)`: sync's `importing` marks, one per export batch): it
+  commits with synchronous=FULL, so an OS crash cannot turn a marked row back into a
+  pending one whose copy exists (a duplicate on the next pass).
 * ``foreign_keys=ON`` - SQLite ignores declared foreign keys unless asked, per connection.
 * pysqlite's own implicit BEGIN is switched off and we emit ``BEGIN IMMEDIATE`` for write
   transactions: the write lock is taken up front, so a read-then-write transaction (upserts,
@@ -62,6 +66,8 @@ SUPPORTED = ("sqlite", "postgresql")
 
 # Execution option that marks a connection's transactions as writes (BEGIN IMMEDIATE on SQLite).
 WRITE_OPTION = "coexist_journal_write"
+# A write whose commit must survive an OS crash or power loss too (see `transaction`).
+DURABLE_OPTION = "coexist_journal_durable"
 # pg_advisory_xact_lock key that serialises concurrent migrations of one PostgreSQL database.
 _PG_MIGRATION_LOCK = 0x636F6578  # "coex"
 # Seconds a SQLite writer waits for another process's write lock before giving up.
@@ -284,21 +290,34 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        # synchronous=FULL for a durable write only: in WAL mode SQLite then syncs the WAL at
+        # its commit (sqlite.org/pragma.html#pragma_synchronous). Set outside a transaction,
+        # and only when it changes (the pragma stays with the connection).
+        level = "FULL" if options.get(DURABLE_OPTION, False) else "NORMAL"
+        if conn.info.get("synchronous", "NORMAL") != level:
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            conn.info["synchronous"] = level
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN")
 
     return engine
 
 
 @contextmanager
-def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
+def transaction(engine: Engine, *, write: bool, durable: bool = False) -> Iterator[Connection]:
     """One short transaction: committed on success, rolled back on any exception. A storage
-    failure raises StorageError; after a failed write, every write raises it again."""
+    failure raises StorageError; after a failed write, every write raises it again.
+
+    `durable`: the commit survives an OS crash or power loss too, not only the process's
+    death (SQLite: synchronous=FULL for it; PostgreSQL commits are durable already, its
+    synchronous_commit default). For a mark written before a tenant write that the mark
+    alone lets a later pass recover (sync's `importing`): lost in a power cut, the row would
+    read as never started while its copy exists."""
     if write:
         check_writable(engine)
     with storage_boundary(engine, write=write), engine.connect() as conn:
         if write:
-            conn.execution_options(**{WRITE_OPTION: True})
+            conn.execution_options(**{WRITE_OPTION: True, DURABLE_OPTION: durable})
         with conn.begin():
             yield conn
 

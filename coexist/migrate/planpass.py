@@ -53,6 +53,7 @@ SCRATCH = frozenset(
         "map_items",
         "unmap_item",
         "mapped",
+        "mapped_many",
         "mapped_items",
         "skipped_items",
         "item_map_counts",

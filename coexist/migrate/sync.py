@@ -21,9 +21,10 @@ A pass over one mailbox, and why in this order:
    once the new one is journaled (`finish_moves`); a pass killed in between finishes it on
    the next run.
 4. Copy: pending items in the window, in export batches (the source store's `caps`), each
-   imported into the mapped target folder and recorded right after; an `importing` mark
-   written before the import lets a pass that was killed in between adopt the copy (same
-   identity in the target folder) instead of duplicating it.
+   imported into the mapped target folder and recorded after (outcomes journaled together,
+   `Sink`); an `importing` mark written for the whole batch before any of its imports is
+   sent lets a pass that was killed in between adopt the copy (same identity in the target
+   folder) instead of duplicating it.
 5. Update: changed items are re-exported and imported over their copy; a refusal the target
    store calls the item's conflict is reported and the pass goes on.
 6. Deletions: gone items are reported (`deletions = keep`) or deleted in the target (mirror).
@@ -82,6 +83,15 @@ from coexist.tenants.protocols import (
 # A lost cursor starts a folder's round over this often per pass before the error is raised.
 RESTARTS = 2
 PREFETCH_BATCHES = 1  # exported batches waiting for import (the next one is being exported)
+# Bytes of payloads being imported at once, in export batches (`export_bytes`) of the source:
+# the count bound (`imports_in_flight`) alone let an IMAP target hold hundreds of large
+# messages (a 2 GB mailbox of 512 KB ones: 258 MB resident, with this bound ...).
+IMPORT_BATCHES = 2
+# The outcomes of finished imports are journaled together (`Sink`): at most this many wait,
+# for at most this long. One transaction per import cost about as much as the import itself
+# against a local IMAP server; a slow target still gets each outcome written within FLUSH_S.
+FLUSH_ROWS = 64
+FLUSH_S = 0.25
 # Content types of protected mail: S/MIME (RFC 8551) and IRM (MS-OXORMMS: the rights-managed
 # body travels as an application/x-microsoft-rpmsg-message attachment/part).
 ENCRYPTED_TYPES = (
@@ -347,8 +357,9 @@ def page_rows(
     they were copied). A new item's row holds `source_folder_id`."""
     rows: list[dict[str, Any]] = []
     forget: list[str] = []
+    rows_of = ctx.journal.mapped_many(key, [c.id for c in changes])
     for c in changes:
-        known = ctx.journal.mapped(key, c.id)
+        known = rows_of.get(c.id)
         if c.removed:
             if known is None:
                 continue
@@ -525,16 +536,19 @@ async def settle_left(ctx: Context, key: str, tgt: MailboxStore, kind: str | Non
     still at the source, copied again. No copy: the row is forgotten. Rows of `kind` if given."""
     if ctx.planning:
         return
+    left = [
+        r
+        for r in ctx.journal.mapped_items(key, status="importing")
+        if r["reason"] == LEFT_MARK
+        and _of_kind(r, kind)
+        and str(r["target_folder_id"] or "")
+        and not str(r["target_folder_id"]).startswith("planned:")
+    ]
+    if not left:
+        return  # the usual pass: no need to read every row for `taken`
     taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
-    for r in ctx.journal.mapped_items(key, status="importing"):
-        dest = str(r["target_folder_id"] or "")
-        if (
-            r["reason"] != LEFT_MARK
-            or not _of_kind(r, kind)
-            or not dest
-            or dest.startswith("planned:")
-        ):
-            continue
+    for r in left:
+        dest = str(r["target_folder_id"])
         source_id, identity = str(r["source_item_id"]), r["source_identity"]
         found = await tgt.copies_of(dest, source_id, identity, taken)
         # An atomic target's copies are found by identity alone (an IMAP copy carries no
@@ -763,43 +777,68 @@ async def _pipeline(
     ctx: Context, key: str, stores: Stores, jobs: list[Job], counts: Counter[str]
 ) -> None:
     """Export batch n+1 from the source while batch n is imported into the target, with up to
-    the target's `imports_in_flight` imports at once.
+    the source's `exports_in_flight` exports and the target's `imports_in_flight` imports
+    at once.
 
     Source and target are different mailboxes with their own budgets, so overlapping them is
     what lets the target's upload budget be spent without gaps. Memory is bounded: one batch
-    queued, one being exported, one being imported (each <= the source's `export_bytes`);
-    every payload is dropped as soon as its import answers.
+    queued, `exports_in_flight` being exported (each <= the source's `export_bytes`), and
+    IMPORT_BATCHES x `export_bytes` of payloads being imported; every payload is dropped as
+    soon as its import answers.
     """
     if not jobs:
         return
     queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
     caps = stores.src.caps
+    exporting = asyncio.Semaphore(caps.exports_in_flight)
 
-    async def produce() -> None:
-        for batch in batches(jobs, caps.export_batch, caps.export_bytes):
+    async def export_one(batch: list[Job]) -> None:
+        try:
             ready = await _export_batch(ctx, key, stores, batch, counts)
             if ready:
                 await queue.put(ready)
+        finally:
+            exporting.release()
+
+    async def produce(tg: asyncio.TaskGroup) -> None:
+        # Up to the source's `exports_in_flight` batches at once, queued as they are ready.
+        for batch in batches(jobs, caps.export_batch, caps.export_bytes):
+            await exporting.acquire()
+            tg.create_task(export_one(batch))
+        for _ in range(caps.exports_in_flight):  # every export queued its batch
+            await exporting.acquire()
         await queue.put(None)
 
     slots = asyncio.Semaphore(stores.tgt.caps.imports_in_flight)
+    held = _Held(IMPORT_BATCHES * caps.export_bytes)
     sink = Sink(ctx, key, stores.tgt, counts, stores.conflicts)
 
     async def consume(tg: asyncio.TaskGroup) -> None:
         while (ready := await queue.get()) is not None:
+            sink.mark([job for job, _ in ready])  # the whole batch, before any import is sent
             while ready:
                 job, data = ready.pop(0)
+                size = len(data.mime) + len(data.data)
+                await held.take(size)
                 await slots.acquire()
-                tg.create_task(_import_one(sink, job, data, slots))
+                tg.create_task(_import_one(sink, job, data, slots, held, size))
             del ready
 
     try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(produce())
-            tg.create_task(consume(tg))
+        async with asyncio.TaskGroup() as outer:
+            flusher = outer.create_task(sink.flush_every(FLUSH_S))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(produce(tg))
+                tg.create_task(consume(tg))
+            flusher.cancel()
     except BaseExceptionGroup as group:
-        # One error tree for callers: the first failure, not asyncio's group of them.
-        raise group.exceptions[0] from None
+        # One error tree for callers: the first failure, not asyncio's group(s) of them.
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    finally:
+        sink.flush()  # what finished is journaled, whatever else failed
 
 
 async def _export_batch(
@@ -884,21 +923,88 @@ def _skip_exported(ctx: Context, key: str, ready: Exported, counts: Counter[str]
     return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sink:
-    """Where one mailbox's imports go and are recorded."""
+    """Where one mailbox's imports go and are recorded.
+
+    Crash safety is kept with fewer transactions: `mark` journals a whole batch's marks
+    (`importing`; an update's forgotten change key) in one, before any of its imports is
+    sent; `done` keeps an import's outcome until `flush` writes the waiting ones in one
+    (every FLUSH_ROWS outcomes, every FLUSH_S, and when the pipeline ends, failed or not).
+    A pass killed before a flush leaves those rows marked, as one killed mid-import does:
+    the next pass recovers them (`adopt_interrupted`). Nothing is read back in between:
+    a row gets one outcome per pipeline, and the scan's cursors are not saved here."""
 
     ctx: Context
     key: str
     tgt: MailboxStore
     counts: Counter[str]
     conflicts: list[str]
+    waiting: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, job: Job, **fields: Any) -> None:
+        """Journal one row now (a path that raises after it)."""
         self.ctx.journal.map_item(self.key, job.source_id, **fields)
 
+    def mark(self, jobs: list[Job]) -> None:
+        """Mark a batch's rows as about to be imported, in one durable transaction: the
+        mark is what lets a later pass find a copy whose outcome was never recorded, so
+        it must outlive an OS crash too (the outcomes need not: one lost leaves its row
+        marked, and the copy is adopted). One sync of the journal per export batch."""
+        self.ctx.journal.map_items(self.key, [_mark_of(job) for job in jobs], durable=True)
 
-async def _import_one(sink: Sink, job: Job, data: Payload, slots: asyncio.Semaphore) -> None:
+    def done(self, job: Job, **fields: Any) -> None:
+        """An import's outcome, journaled with the next flush."""
+        self.waiting.append({"source_item_id": job.source_id, **fields})
+        if len(self.waiting) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Journal the waiting outcomes in one transaction."""
+        rows, self.waiting = self.waiting, []
+        self.ctx.journal.map_items(self.key, rows)
+
+    async def flush_every(self, seconds: float) -> None:
+        """Flush the waiting outcomes every `seconds` until cancelled."""
+        while True:
+            await asyncio.sleep(seconds)
+            self.flush()
+
+
+def _mark_of(job: Job) -> dict[str, Any]:
+    """A job's row before its import: a copy `importing` into its folder (`adopt_interrupted`
+    looks for it there), an update's copy without a change key (`update_changed`)."""
+    if job.update is None:
+        return {
+            "source_item_id": job.source_id,
+            "status": "importing",
+            "target_folder_id": job.dest,
+        }
+    return {"source_item_id": job.source_id, "target_change_key": None}
+
+
+class _Held:
+    """Bytes of payloads being imported, bounded: `take` waits until they fit (one payload
+    larger than the bound goes alone). One taker, the pipeline's consumer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._freed = asyncio.Event()
+
+    async def take(self, size: int) -> None:
+        while self.used and self.used + size > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+
+
+async def _import_one(
+    sink: Sink, job: Job, data: Payload, slots: asyncio.Semaphore, held: _Held, size: int
+) -> None:
     try:
         if job.update is None:
             await _create(sink, job, data)
@@ -906,16 +1012,16 @@ async def _import_one(sink: Sink, job: Job, data: Payload, slots: asyncio.Semaph
             await _update(sink, job, data)
     finally:
         slots.release()
+        held.give(size)
 
 
 async def _create(sink: Sink, job: Job, data: Payload) -> None:
-    sink.record(job, status="importing", target_folder_id=job.dest)
     try:
         made = await sink.tgt.import_item(job.dest, data)
     except InvalidRequest as exc:
         # e.g. "The item does not fit the destination folder": skipped, never dropped.
         sized = {} if data.size is None else {"size": data.size}
-        sink.record(job, status="skipped", reason=exc.message, **sized)
+        sink.done(job, status="skipped", reason=exc.message, **sized)
         sink.counts["skipped"] += 1
         return
     # A moved item keeps its mark until `finish_moves` has removed the old copy.
@@ -927,8 +1033,7 @@ async def _create(sink: Sink, job: Job, data: Payload) -> None:
 
 
 async def _update(sink: Sink, job: Job, data: Payload) -> None:
-    assert job.update is not None
-    sink.record(job, target_change_key=None)  # the copy is about to change (crash safety)
+    assert job.update is not None  # `Sink.mark` forgot the copy's change key (crash safety)
     replace = ItemRef(job.dest, job.update[0], job.update[1])
     try:
         made = await sink.tgt.import_item(job.dest, data, replace)
@@ -939,7 +1044,7 @@ async def _update(sink: Sink, job: Job, data: Payload) -> None:
         # Changed in the target too, gone there, or refused: that item's conflict, reported
         # (the target wins); the pass goes on.
         reason = _kept_reason(job.row, f"not updated: {exc.message}")
-        sink.record(job, status="copied", target_change_key=job.update[1], reason=reason)
+        sink.done(job, status="copied", target_change_key=job.update[1], reason=reason)
         sink.counts["update_conflicts"] += 1
         sink.conflicts.append(str(job.row.get("subject") or job.source_id))
         return
@@ -952,7 +1057,7 @@ def _copied(sink: Sink, job: Job, data: Payload, made: Imported, **extra: Any) -
     the item's size where the export measured it)."""
     if data.size is not None:
         extra["size"] = data.size
-    sink.record(
+    sink.done(
         job,
         status="copied",
         source_change_key=data.change_key,

@@ -29,7 +29,7 @@ from coexist.errors import (
 )
 from coexist.retry import RetryPolicy
 
-from .auth import TenantEndpoint, credential, token_claims
+from .auth import TenantCredentials, TenantEndpoint, token_claims
 from .plan import WriteRecorder
 from .throttle import REFUSED_STATUS, Gate, WriteBudget
 
@@ -201,16 +201,21 @@ class Adapter:
         plan: WriteRecorder | None = None,
         read_retry: RetryPolicy = READ_RETRY,
         write_budget: WriteBudget | None = None,
+        credentials: TenantCredentials | None = None,
     ) -> None:
         """`write_budget`: the tenant's directory-write budget; pass the same one to the
-        Graph and the Exchange adapter of a tenant (Microsoft counts per app + tenant)."""
+        Graph and the Exchange adapter of a tenant (Microsoft counts per app + tenant).
+        `credentials`: the command's, closed by whoever made them (one credential per tenant
+        for all its adapters); without, the adapter builds and closes its own."""
         self.ep = ep
         self.label = label or ep.tenant_id
         self.plan = plan
         self.read_retry = read_retry
         self.calls = 0  # requests sent, refused attempts included
         self.writes = 0  # writes the service accepted
-        self._cred = credential(ep, timeout=min(timeout, TOKEN_TIMEOUT_S))
+        self._own_credentials = credentials is None
+        self._credentials = credentials if credentials is not None else TenantCredentials()
+        self._cred = self._credentials.get(ep, timeout=min(timeout, TOKEN_TIMEOUT_S))
         self.timeout = timeout
         self._http = self._new_client()
         self._gate = Gate(concurrency)
@@ -221,9 +226,15 @@ class Adapter:
         a CA bundle, never False)."""
         return httpx.AsyncClient(verify=self.ep.verify, timeout=self.timeout)
 
+    @property
+    def credential(self) -> Any:
+        """The azure-identity credential this adapter gets its tokens from."""
+        return self._cred
+
     async def close(self) -> None:
         await self._http.aclose()
-        await self._cred.close()
+        if self._own_credentials:
+            await self._credentials.aclose()
 
     async def __aenter__(self) -> Self:
         return self

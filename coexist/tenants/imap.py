@@ -53,7 +53,6 @@ import imapclient
 from imapclient import exceptions as imap_errors
 from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import SocketTimeout
-from imapclient.response_parser import parse_fetch_response
 
 from coexist.errors import (
     AuthenticationError,
@@ -68,6 +67,7 @@ from coexist.errors import (
 )
 
 from .base import connection_cause
+from .imap_fetch import parse_fetch
 
 log = logging.getLogger(__name__)
 
@@ -612,6 +612,7 @@ class ImapSession:
             raise errors.connect_failure(exc) from exc
         try:
             _no_delay(client)
+            _untraced(client)
             if endpoint.security == "starttls":
                 _starttls(client, context, errors)
             _login(client, credentials, errors)
@@ -737,6 +738,17 @@ class ImapSession:
                 self._client.select_folder("INBOX", readonly=True)
         self._selected = None
 
+    def _reading(self, name: str) -> None:
+        """Have `name` selected to read messages of known UIDs: selected again only if
+        another folder is. A command on a selected folder sees its current state (the
+        server brings the selection up to date with each command, RFC 3501 5.2). The UIDs'
+        validity is the caller's to check: the store `examine`s (a fresh SELECT) on the same
+        connection right before it reads refs or headers, as it did before; the EXAMINE
+        each of those reads also sent was a round trip of its own (5 per export batch in
+        bench/imap_bench.py, now 3). `changes` and `examine` still select every time."""
+        if self._selected != name:
+            self._select(name, readonly=True)
+
     def _ensure_selected(self, name: str, uidvalidity: int) -> None:
         """Select `name` again if another command moved the selection away (a generator
         paused between chunks); its UIDs must still be valid."""
@@ -822,22 +834,19 @@ class ImapSession:
     def _uid_fetch(
         self, uids: str, items: Sequence[str], modifiers: Sequence[str] = ()
     ) -> dict[int, dict[bytes, Any]]:
-        """UID FETCH of a sequence set ("1:5000,5003"), answers parsed by imapclient.
+        """UID FETCH of a sequence set ("1:5000,5003"), answers parsed as imapclient does.
 
         imapclient's own fetch() keeps only the answers of UIDs it was given one by one as
         integers, so it cannot take a range: a folder's 100,000 UIDs would make a 700 KB
-        command line. imaplib's public uid() sends the set as given; imapclient's parser
-        reads the answers as fetch() would."""
+        command line. imaplib's public uid() sends the set as given; `parse_fetch` reads the
+        answers as imapclient's fetch() would (its parser, by a faster road)."""
         args = ["(" + " ".join(items) + ")"]
         if modifiers:
             args.append("(" + " ".join(modifiers) + ")")
         typ, data = self._client._imap.uid("FETCH", uids, *args)
         if typ != "OK":
             raise imap_errors.IMAPClientError(f"fetch failed: {_text(data[0] or b'')}")
-        parsed: dict[int, dict[bytes, Any]] = parse_fetch_response(
-            [d for d in data if d is not None], self._client.normalise_times, True
-        )
-        return parsed
+        return parse_fetch([d for d in data if d is not None], self._client.normalise_times)
 
     def _take_untagged(self, name: str) -> list[bytes]:
         """Remove and return the untagged `name` responses the server sent so far.
@@ -856,7 +865,7 @@ class ImapSession:
     def headers(self, name: str, uids: Sequence[int], fields: Sequence[str]) -> dict[int, bytes]:
         """Some header fields of messages (`BODY.PEEK[HEADER.FIELDS (...)]`: never marks a
         message read), per UID; an expunged UID is absent."""
-        self._select(name, readonly=True)
+        self._reading(name)
         wanted = f"BODY.PEEK[HEADER.FIELDS ({' '.join(f.upper() for f in fields)})]"
         out: dict[int, bytes] = {}
         for start in range(0, len(uids), REF_CHUNK):
@@ -893,7 +902,7 @@ class ImapSession:
         """The refs of some messages of a folder (an expunged UID is absent);
         `message_ids=False` leaves the Message-ID out (None): one header less to read and
         parse per message where the caller needs sizes and flags only (an export)."""
-        self._select(name, readonly=True)
+        self._reading(name)
         return list(self._refs(name, list(uids), message_ids=message_ids))
 
     def _refs(
@@ -1097,6 +1106,18 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 def _no_delay(client: imapclient.IMAPClient) -> None:
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _untraced(client: imapclient.IMAPClient) -> None:
+    """Turn imaplib's protocol trace off.
+
+    IMAPClient sets imaplib's `debug` to 5 on every connection (imapclient.py, "Small hack
+    to make imaplib log everything to its own logger"), so imaplib formats the repr() of
+    every untagged response for a debug() call the logger then drops: each FETCHed message
+    body (a 100 KB body cost ~0.35 ms of CPU twice, once as it arrives and once as the
+    whole answer is handed over) — a third of the client's CPU in bench/imap_bench.py. The
+    trace would also put mail content in logs whenever debug logging is on."""
+    client._imap.debug = 0
 
 
 def _starttls(client: imapclient.IMAPClient, context: ssl.SSLContext, errors: _ErrorMapper) -> None:

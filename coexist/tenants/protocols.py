@@ -55,6 +55,9 @@ class Capabilities:
     export_batch: int  # items per export call
     export_bytes: int  # bytes of items per export call (memory stays flat)
     imports_in_flight: int  # concurrent imports into one mailbox
+    # Export batches read from one mailbox at once (as a source); the sync algorithm keeps
+    # one more exported batch queued, so memory grows by a batch per extra export.
+    exports_in_flight: int = 1
     # Whether `move` moves a copy between folders of this store (as a target); without it an
     # item moved at the source is imported into its new folder and the old copy deleted.
     moves: bool = False

@@ -525,3 +525,43 @@ def test_concurrent_imports_each_get_their_own_copy_over_the_mailbox_connections
     assert [text[u] for u in uids] == sent  # each id is its own message's copy
     if per_mailbox == 1:
         assert uids == sorted(uids)
+
+
+def test_cancelled_imports_leave_the_waiting_ones_to_a_new_flusher(
+    dovecot: DovecotServer, endpoint: ImapEndpoint
+) -> None:
+    """Imports that flush the folder's queue for the others, cancelled mid-append, do not
+    strand the imports still waiting: a new flusher appends their messages (each gets its own
+    copy), and the messages of imports cancelled while queued are not appended."""
+    target = dovecot.new_user("cancel")
+    sent = [message(i, "cancel") for i in range(40)]
+    flushers, queued_cancelled = [0, 1], list(range(35, 40))
+
+    async def main() -> list[Any]:
+        limits = ConnectionLimits(per_server=10, per_mailbox=2)
+        async with ImapStore.open(
+            ImapConnections(endpoint, limits), Password(target.login, target.password)
+        ) as tgt:
+            tasks = [
+                asyncio.ensure_future(tgt.import_item("INBOX", Payload(MIME, "", None, mime=raw)))
+                for raw in sent
+            ]
+            # Two loop turns: every import queued its message, then the first one took a
+            # connection and sent messages 0-31, the second waits to flush the rest.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            for n in flushers + queued_cancelled:
+                tasks[n].cancel()
+            return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+
+    got = asyncio.run(main())
+    with ImapSession.open(endpoint, Password(target.login, target.password)) as t:
+        landed = list(t.changes("INBOX", None).new)
+        text = {f.uid: f.raw for f in t.fetch("INBOX", landed)}
+    for n in range(32, 35):  # queued behind the cancelled flushers: appended by a new one
+        made = got[n]
+        assert not isinstance(made, BaseException), (n, made)
+        assert text[parse_item_id(made.item_id or "")[2]] == sent[n]
+    assert all(isinstance(got[n], asyncio.CancelledError) for n in flushers + queued_cancelled)
+    assert not {sent[n] for n in queued_cancelled} & set(text.values())
+    assert len(text) == len(set(text.values()))  # nothing appended twice

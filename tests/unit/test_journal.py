@@ -73,6 +73,23 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
+def test_durable_writes_commit_with_synchronous_full(tmp_path: Path) -> None:
+    """A durable `map_items` (sync's `importing` marks) commits with synchronous=FULL, so
+    SQLite syncs the WAL at that commit; the writes around it stay NORMAL."""
+    with Journal.open(str(tmp_path / "j.sqlite")) as j:
+        said: list[str] = []
+        sa.event.listen(
+            j.engine,
+            "before_cursor_execute",
+            lambda _c, _cur, sql, *_: said.append(sql) if "synchronous" in sql else None,
+        )
+        j.map_items("u1", [_new_row(1)])
+        j.map_items("u1", [{"source_item_id": "s1", "status": "importing"}], durable=True)
+        j.map_items("u1", [{"source_item_id": "s1", "status": "copied"}])
+        assert said == ["PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL"]
+        assert j.mapped("u1", "s1")["status"] == "copied"  # type: ignore[index]
+
+
 def test_foreign_keys_are_enforced(journal: Journal) -> None:
     """A step pointing at a run that does not exist is refused by the database."""
     with pytest.raises(sa.exc.IntegrityError):
@@ -368,6 +385,50 @@ def test_checkpoints(journal: Journal) -> None:
     assert len(journal.checkpoints("u1")) == 2
     journal.delete_checkpoint("u1", "inbox", "delta")
     assert journal.get_checkpoint("u1", "inbox", "delta") is None
+
+
+def _new_row(n: int, **extra: Any) -> dict[str, Any]:
+    return {"source_item_id": f"s{n}", "source_folder_id": "INBOX", "status": "pending", **extra}
+
+
+def test_map_items_applies_mixed_rows_in_order_as_one_call_each_would(journal: Journal) -> None:
+    """One `map_items` call mixing new rows, updates of different columns and a row named
+    twice ends as the same rows written one call at a time; a bad row writes nothing."""
+    journal.map_items("u1", [_new_row(1, size=10), _new_row(2)])
+    journal.map_items(
+        "u1",
+        [
+            _new_row(3, kind="IPM.Note"),
+            {"source_item_id": "s1", "status": "importing", "target_folder_id": "T"},
+            {"source_item_id": "s2", "status": "importing", "target_folder_id": "T"},
+            _new_row(1, size=11),  # an upsert of a known row keeps the columns it does not set
+            {"source_item_id": "s1", "status": "copied", "target_item_id": "t1"},
+            {"source_item_id": "s2", "target_change_key": None, "reason": "why"},
+        ],
+    )
+    got = {r["source_item_id"]: r for r in journal.mapped_items("u1")}
+    assert [got["s1"][k] for k in ("status", "size", "target_folder_id", "target_item_id")] == [
+        "copied",
+        11,
+        "T",
+        "t1",
+    ]
+    assert (got["s2"]["status"], got["s2"]["reason"]) == ("importing", "why")
+    assert (got["s3"]["status"], got["s3"]["kind"]) == ("pending", "IPM.Note")
+    with pytest.raises(TypeError):
+        journal.map_items("u1", [{"source_item_id": "s3", "status": "copied"}, {"bogus": 1}])
+    assert journal.mapped("u1", "s3") == got["s3"]
+
+
+def test_mapped_many_reads_the_rows_that_exist_by_source_id(journal: Journal) -> None:
+    """`mapped_many` answers the rows of the ids that exist (of that mailbox only), past
+    one IN list's worth of ids."""
+    journal.map_items("u1", [_new_row(n) for n in range(600)])
+    journal.map_items("u2", [_new_row(600)])
+    found = journal.mapped_many("u1", [f"s{n}" for n in range(0, 700, 2)])
+    assert sorted(found) == sorted(f"s{n}" for n in range(0, 600, 2))
+    assert found["s4"] == journal.mapped("u1", "s4")
+    assert journal.mapped_many("u1", []) == {}
 
 
 def test_settings_and_locks(journal: Journal) -> None:

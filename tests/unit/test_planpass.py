@@ -95,3 +95,23 @@ def test_the_summary_counts_new_copies_per_folder_and_the_writes_by_kind() -> No
         "deleted_in_target": 1,
         "skipped": 2,
     }
+
+
+def test_every_journal_call_of_the_sync_algorithm_is_one_a_planned_pass_serves() -> None:
+    """Each `journal.<name>` sync.py and the stores call is read from the project's journal or
+    kept in the scratch: a new journal method used by sync cannot fail plans unnoticed."""
+    import re
+
+    from coexist.migrate import planpass
+
+    root = Path(planpass.__file__).parent
+    sources = [root / "sync.py", *sorted((root / "stores").glob("*.py"))]
+    called = {
+        name
+        for path in sources
+        for name in re.findall(r"\bjournal\.([a-z_]+)\(", path.read_text(encoding="utf-8"))
+    }
+    assert called, "no journal calls found: the pattern no longer matches the code"
+    assert called <= planpass.READS | planpass.SCRATCH, sorted(
+        called - planpass.READS - planpass.SCRATCH
+    )

@@ -48,6 +48,7 @@ import email.policy
 import hashlib
 import logging
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -108,7 +109,7 @@ CHECKPOINT_KIND = "imap-uids"
 CHANGE_PAGE = 500  # new messages per page of a change round (one UID FETCH of metadata)
 # Imports into one mailbox at once: those waiting for a connection go together in one
 # MULTIAPPEND, so this is a whole export batch (the payloads are in memory anyway).
-IMPORTS_IN_FLIGHT = CHUNK_MESSAGES
+IMPORTS_IN_FLIGHT = 2 * CHUNK_MESSAGES
 # One MULTIAPPEND takes at most this many waiting messages (and CHUNK_BYTES), so that the
 # waiting imports spread over the append connections instead of one taking them all.
 APPEND_BATCH = 32
@@ -120,6 +121,13 @@ APPEND_BATCH = 32
 # target folder in interleaved runs (their UIDs, "order received", are not the source's
 # order; INTERNALDATE, the date clients sort by, is kept). connections_per_mailbox = 1 keeps
 # the source's order.
+# Export batches read from one source mailbox at once (`caps.exports_in_flight`), each over
+# its own connection (the store's, and one extra opened like an appender's, within the
+# side's `connections_per_mailbox`). Once the appends run over several connections, one
+# source connection (a header FETCH for the skip rules, then the bodies, per batch) bounded
+# the copy in bench/imap_bench.py; a second one lets one batch's bodies stream while the
+# next one's headers are read.
+EXPORTS_IN_FLIGHT = 2
 # The code of the error a round raises when a folder's UIDVALIDITY is not the cursor's.
 UIDVALIDITY_CHANGED = "uidvalidity-changed"
 PLANNED = "planned:"  # id prefix of a folder plan mode did not create (as graph_io's)
@@ -135,6 +143,7 @@ CAPS = Capabilities(
     export_batch=CHUNK_MESSAGES,
     export_bytes=CHUNK_BYTES,
     imports_in_flight=IMPORTS_IN_FLIGHT,
+    exports_in_flight=EXPORTS_IN_FLIGHT,
     # APPEND makes the whole message or nothing (RFC 3501 6.3.11): an interrupted import's
     # copy is adopted by Message-ID. `moves` is the server's (`ImapStore.caps`).
     atomic_import=True,
@@ -469,22 +478,51 @@ class UidRound:
 
 @dataclass
 class _Waiting:
-    """Imports into one folder waiting for a connection (they go as one MULTIAPPEND)."""
+    """Imports into one folder waiting to be appended, and the imports flushing them.
+
+    A few of the waiting imports (at most one per append connection) are its *flushers*:
+    each takes a connection and appends the head of the queue as one MULTIAPPEND, again
+    and again until the queue is empty; the others only wait for their answer. A batch
+    short of APPEND_BATCH goes only while no other append runs: else the imports that
+    free slots one by one would each be appended alone (measured: 1,500 APPENDs for 2,000
+    messages, Dovecot's CPU x5), while waiting for the running append lets them gather."""
 
     messages: list[NewMessage] = field(default_factory=list)
     answers: list[asyncio.Future[str]] = field(default_factory=list)
+    flushers: int = 0  # imports flushing the queue
+    appending: int = 0  # appends sent and not answered
+    # Set (and replaced) when a flusher may go on: a batch filled, an append ended.
+    change: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, message: NewMessage, answer: asyncio.Future[str]) -> None:
+        """Queue an import."""
+        self.messages.append(message)
+        self.answers.append(answer)
+        if len(self.messages) == APPEND_BATCH:
+            self.changed()
+
+    def ready(self) -> bool:
+        """Whether a flusher should append now: a full batch, or no other append running."""
+        return bool(self.messages) and (len(self.messages) >= APPEND_BATCH or self.appending == 0)
+
+    def changed(self) -> None:
+        self.change.set()
+        self.change = asyncio.Event()
 
     def take(self, count: int, size: int) -> _Waiting:
-        """The first waiting imports, at most `count` and `size` bytes (at least one)."""
+        """The first waiting imports (those not cancelled), at most `count` and `size` bytes
+        (at least one)."""
         n, total = 0, 0
         while n < len(self.messages) and n < count:
             total += len(self.messages[n].raw)
             if n and total > size:
                 break
             n += 1
-        out = _Waiting(self.messages[:n], self.answers[:n])
+        pairs = [
+            (m, a) for m, a in zip(self.messages[:n], self.answers[:n], strict=True) if not a.done()
+        ]
         del self.messages[:n], self.answers[:n]
-        return out
+        return _Waiting([m for m, _ in pairs], [a for _, a in pairs])
 
 
 class _Appenders:
@@ -507,7 +545,10 @@ class _Appenders:
         self._opened = 1
         self._limit = limit if connections and credentials and stack else 1
         self._connections, self._credentials, self._stack = connections, credentials, stack
-        self._released = asyncio.Event()
+        # Those waiting for a connection, first come first served: a released connection is
+        # handed to one of them (waking them all on each release cost O(waiting) each time:
+        # with a batch of 400 imports waiting, most of the client's time).
+        self._waiters: deque[asyncio.Future[AsyncImapSession]] = deque()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncImapSession]:
@@ -515,17 +556,36 @@ class _Appenders:
         try:
             yield session
         finally:
-            self._free.append(session)
-            self._released.set()
+            self._give(session)
+
+    @property
+    def limit(self) -> int:
+        """The most connections these appends may use at once."""
+        return self._limit
+
+    def _give(self, session: AsyncImapSession) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(session)
+                return
+        self._free.append(session)
 
     async def _take(self) -> AsyncImapSession:
-        while True:
-            if self._free:
-                return self._free.pop()
-            if (extra := await self._open_extra()) is not None:
-                return extra
-            self._released.clear()
-            await self._released.wait()
+        if self._free:
+            return self._free.pop()
+        if (extra := await self._open_extra()) is not None:
+            return extra
+        if self._free:  # released while an extra was being opened
+            return self._free.pop()
+        waiter: asyncio.Future[AsyncImapSession] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._give(waiter.result())  # handed over as this waiter was cancelled
+            raise
 
     async def _open_extra(self) -> AsyncImapSession | None:
         conns, creds, stack = self._connections, self._credentials, self._stack
@@ -558,6 +618,7 @@ class ImapStore:
         page: int = CHANGE_PAGE,
         meter: Meter | None = None,
         appenders: _Appenders | None = None,
+        readers: _Appenders | None = None,
     ) -> None:
         self.session = session
         self.meter = meter or Meter()
@@ -570,7 +631,10 @@ class ImapStore:
         self._delimiter: str | None = None
         self._listed = False
         self._waiting: dict[str, _Waiting] = {}
+        self._drains: set[asyncio.Future[None]] = set()  # flushers that took over (`_drain`)
+        self._closing = False
         self._appenders = appenders or _Appenders(session)
+        self._readers = readers or _Appenders(session)  # the connections exports read over
 
     @classmethod
     @asynccontextmanager
@@ -596,7 +660,14 @@ class ImapStore:
                 stack=extra,
                 limit=connections.limits.per_mailbox,
             )
-            yield cls(
+            readers = _Appenders(
+                session,
+                connections=connections,
+                credentials=credentials,
+                stack=extra,
+                limit=min(EXPORTS_IN_FLIGHT, connections.limits.per_mailbox),
+            )
+            store = cls(
                 session,
                 label=label,
                 include_virtual=include_virtual,
@@ -604,7 +675,12 @@ class ImapStore:
                 page=page,
                 meter=meter,
                 appenders=appenders,
+                readers=readers,
             )
+            try:
+                yield store
+            finally:
+                await store._stop_drains()
 
     @property
     def caps(self) -> Capabilities:
@@ -613,9 +689,10 @@ class ImapStore:
         would leave two copies, and a moved copy without its UID could not be updated."""
         return replace(CAPS, moves=self.server_caps.move and self.server_caps.uidplus)
 
-    async def run(self, call: Callable[[ImapSession], T]) -> T:
+    async def run(self, call: Callable[[ImapSession], T], via: AsyncImapSession | None = None) -> T:
+        """`call` on the store's connection, or on `via` (an export's)."""
         self.meter.calls += 1
-        return await self.session.run(call)
+        return await (via or self.session).run(call)
 
     def _writing(self) -> None:
         """Before each write sent: the plan-mode guard, and the side's write count."""
@@ -626,16 +703,25 @@ class ImapStore:
         return await self.run(lambda s: s.changes(name, mark, limit=self.page))
 
     async def refs(
-        self, name: str, uids: Iterable[int], *, message_ids: bool = True
+        self,
+        name: str,
+        uids: Iterable[int],
+        *,
+        message_ids: bool = True,
+        via: AsyncImapSession | None = None,
     ) -> list[MessageRef]:
         wanted = sorted(uids)
         if not wanted:
             return []
-        return await self.run(lambda s: s.refs(name, wanted, message_ids=message_ids))
+        return await self.run(lambda s: s.refs(name, wanted, message_ids=message_ids), via)
 
-    async def _headers(self, name: str, uids: Iterable[int]) -> dict[int, bytes]:
+    async def _headers(
+        self, name: str, uids: Iterable[int], via: AsyncImapSession
+    ) -> dict[int, bytes]:
         wanted = sorted(uids)
-        return await self.run(lambda s: s.headers(name, wanted, INSPECT_FIELDS)) if wanted else {}
+        if not wanted:
+            return {}
+        return await self.run(lambda s: s.headers(name, wanted, INSPECT_FIELDS), via)
 
     async def _size(self, name: str) -> int:
         return await self.run(lambda s: s.folder_size(name))
@@ -686,12 +772,14 @@ class ImapStore:
         return exc.code == UIDVALIDITY_CHANGED
 
     # -- reading items ----------------------------------------------------------------------
-    async def _valid_uids(self, name: str, ids: list[str]) -> dict[int, str]:
+    async def _valid_uids(
+        self, name: str, ids: list[str], via: AsyncImapSession | None = None
+    ) -> dict[int, str]:
         """UID -> item id of those ids whose UIDVALIDITY is the folder's (the others name
         messages that no longer exist under those UIDs; a folder deleted since: none);
         selects the folder to read."""
         try:
-            validity = await self.run(lambda s: s.examine(name))
+            validity = await self.run(lambda s: s.examine(name), via)
         except NotFound:
             return {}
         out: dict[int, str] = {}
@@ -702,14 +790,16 @@ class ImapStore:
         return out
 
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
-        """Subject, Content-Type and Content-Class of each message (its header only)."""
+        """Subject, Content-Type and Content-Class of each message (its header only), read
+        over one of the export connections (`EXPORTS_IN_FLIGHT`)."""
         out: dict[str, ItemInfo] = {}
-        for name, ids in _by_folder(refs).items():
-            uids = await self._valid_uids(name, ids)
-            blocks = await self._headers(name, uids)
-            for uid, block in blocks.items():
-                if uid in uids:
-                    out[uids[uid]] = _info(block)
+        async with self._readers.session() as via:
+            for name, ids in _by_folder(refs).items():
+                uids = await self._valid_uids(name, ids, via)
+                blocks = await self._headers(name, uids, via)
+                for uid, block in blocks.items():
+                    if uid in uids:
+                        out[uids[uid]] = _info(block)
         return out
 
     async def export(
@@ -717,20 +807,22 @@ class ImapStore:
     ) -> dict[str, Payload]:
         """The messages as MIME payloads with their state, read in chunks of the adapter's
         bounds (one chunk read ahead); `state_only`: their flags only (no body read). A
-        message expunged since its scan is left out."""
+        message expunged since its scan is left out. Over one of the export connections:
+        `EXPORTS_IN_FLIGHT` exports read at once."""
         _check_format(fmt, "export")
         out: dict[str, Payload] = {}
-        for name, ids in _by_folder(refs).items():
-            uids = await self._valid_uids(name, ids)
-            # Sizes (the fetch's chunk bounds) and flags; the Message-ID was read by the scan.
-            found = await self.refs(name, uids, message_ids=False)
-            if state_only:
-                out.update({uids[r.uid]: _payload(fmt, uids[r.uid], r, b"") for r in found})
-                continue
-            self.meter.calls += 1
-            async for message in self.session.fetch(name, found):
-                item = uids[message.uid]
-                out[item] = _payload(fmt, item, message, message.raw)
+        async with self._readers.session() as via:
+            for name, ids in _by_folder(refs).items():
+                uids = await self._valid_uids(name, ids, via)
+                # Sizes (the fetch's chunk bounds) and flags; the scan read the Message-ID.
+                found = await self.refs(name, uids, message_ids=False, via=via)
+                if state_only:
+                    out.update({uids[r.uid]: _payload(fmt, uids[r.uid], r, b"") for r in found})
+                    continue
+                self.meter.calls += 1
+                async for message in via.fetch(name, found):
+                    item = uids[message.uid]
+                    out[item] = _payload(fmt, item, message, message.raw)
         return out
 
     async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:
@@ -815,16 +907,58 @@ class ImapStore:
             return made
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(name, _Waiting())
-        waiting.messages.append(message)
-        waiting.answers.append(answer)
-        # Every import still queued takes a connection and flushes the head of the queue,
-        # until its own message was taken (by itself or another): nothing waits for a
-        # flush nobody makes, and nobody spins on a message another is appending.
-        while any(a is answer for a in waiting.answers):
+        waiting.add(message, answer)
+        try:
+            # Let the imports started with this one queue their messages first (the
+            # pipeline starts a batch's imports together): they go in one MULTIAPPEND.
+            await asyncio.sleep(0)
+            if waiting.messages and waiting.flushers < self._appenders.limit:
+                await self._drain(name, waiting)
+            return await answer
+        except asyncio.CancelledError:
+            answer.cancel()  # a message not yet taken is not appended (`take`)
+            raise
+
+    async def _drain(self, name: str, waiting: _Waiting) -> None:
+        """Flush the queue as one of its flushers. One that leaves a queue some import still
+        waits on (cancelled) hands it to a new flusher task: the waiting imports only wait
+        for their answer."""
+        waiting.flushers += 1
+        try:
+            await self._flush_queue(name, waiting)
+        finally:
+            waiting.flushers -= 1
+            if any(not a.done() for a in waiting.answers) and not self._closing:
+                task = asyncio.ensure_future(self._drain(name, waiting))
+                self._drains.add(task)
+                task.add_done_callback(self._drains.discard)
+
+    async def _stop_drains(self) -> None:
+        """At the store's exit: no flusher task outlives it (they append over its
+        connections); what they were appending is cancelled like an interrupted import."""
+        self._closing = True
+        for task in list(self._drains):
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
+
+    async def _flush_queue(self, name: str, waiting: _Waiting) -> None:
+        """Append the head of the queue, batch after batch, until it is empty."""
+        while waiting.messages:
+            if not waiting.ready():
+                await waiting.change.wait()
+                continue
             async with self._appenders.session() as session:
-                if waiting.messages:
-                    await self._flush(session, name, waiting.take(APPEND_BATCH, CHUNK_BYTES))
-        return await answer
+                if not waiting.ready():
+                    continue  # another flusher appended meanwhile
+                batch = waiting.take(APPEND_BATCH, CHUNK_BYTES)
+                if not batch.messages:
+                    continue  # all cancelled
+                waiting.appending += 1
+                try:
+                    await self._flush(session, name, batch)
+                finally:
+                    waiting.appending -= 1
+                    waiting.changed()
 
     async def _flush(self, session: AsyncImapSession, name: str, batch: _Waiting) -> None:
         """Append a batch; each waiting import gets its own answer (an id or the error)."""
