@@ -16,6 +16,7 @@ connection reusing the port is not taken for it).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
 import os
@@ -166,9 +167,11 @@ class Authenticator:
                     lines.append(f":{a.upn}:{a.password}")
         text = "\n".join(lines) + "\n"
         if _cred_path is None:
-            fd, name = tempfile.mkstemp(prefix="coexist-ntlm-", suffix=".txt")
+            fd, name = tempfile.mkstemp(prefix="coexist-ntlm-", suffix=".txt")  # owner-only
             os.close(fd)
             _cred_path = Path(name)
+            # The sandbox's (test) passwords: gone with the process.
+            atexit.register(_cred_path.unlink, missing_ok=True)
         if text != _cred_text or os.environ.get("NTLM_USER_FILE") != str(_cred_path):
             _cred_path.write_text(text)
             os.chmod(_cred_path, 0o600)
