@@ -61,6 +61,10 @@ PUBLISHED: dict[str, Limit] = {
     "directory_read": Limit(3500, 10),
     "outlook_requests": Limit(10_000, 600),
     "outlook_upload_bytes": Limit(150 * 1024 * 1024, 300),
+    # EWS budget of on-premises Exchange's default throttling policy, in ms of server time:
+    # EwsMaxBurst 300,000 ms, EwsRechargeRate 900,000 ms/h (= 250 ms/s: the burst refills in
+    # 1,200 s) (FACTS.md "Other endpoints", *unverified* per version; ews/orgs.UNVERIFIED).
+    "ews_budget": Limit(300_000, 1200),
 }
 OUTLOOK_CONCURRENCY = 4
 
@@ -117,6 +121,27 @@ class Limiter:
                 b.tokens -= cost
                 return None
             return self._retry_after((cost - b.tokens) / rate)
+
+    def charge(self, bucket: str, key: tuple[str, ...], cost: float) -> None:
+        """Take `cost` units whatever is left: the balance may go negative, and the next
+        `admit` waits until it has recharged (EWS charges a call's time after it ran)."""
+        with self._lock:
+            if not self.enforcing:
+                return
+            limit = PUBLISHED[bucket]
+            now = time.monotonic()
+            b = self._buckets.get((bucket, key))
+            if b is None:
+                start = 0.0 if self.settings.buckets_start_empty else limit.capacity
+                b = self._buckets[(bucket, key)] = _Bucket(start, now)
+            rate = limit.rate(self.settings.time_scale)
+            b.tokens = min(limit.capacity, b.tokens + (now - b.stamp) * rate) - cost
+            b.stamp = now
+
+    def bucket_keys(self, bucket: str) -> list[tuple[str, ...]]:
+        """The keys `bucket` has been charged under so far (which budgets exist)."""
+        with self._lock:
+            return [key for (name, key) in self._buckets if name == bucket]
 
     def _retry_after(self, seconds: float) -> float:
         if self.settings.time_scale == 1.0:

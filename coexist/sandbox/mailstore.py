@@ -1237,6 +1237,48 @@ class MailStore:
             ).fetchone()
         return _item(row) if row is not None else None
 
+    def folder_owner(self, folder_id: str) -> str | None:
+        """The mailbox a folder id belongs to (EWS ids name no mailbox: the id finds it)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT mailbox FROM folders WHERE id=?", (folder_id,)
+            ).fetchone()
+        return str(row[0]) if row is not None else None
+
+    def item_class(self, item_id: str) -> str:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT item_class FROM messages WHERE id=?", (item_id,)
+            ).fetchone()
+        return str(row[0]) if row is not None else "IPM.Note"
+
+    def row(self, item_id: str) -> dict[str, Any]:
+        """Every column of an item, its MIME included (a full-fidelity export)."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM messages WHERE id=?", (item_id,)).fetchone()
+        if row is None:
+            raise KeyError(item_id)
+        return {k: row[k] for k in row.keys()}  # noqa: SIM118
+
+    def arrived_by_move(self, tenant: str, mailbox: str, mseq: int) -> bool:
+        """Whether the change numbered `mseq` put an item into its folder by a move (a move
+        writes the old id's tombstone, then the item under its new id, on consecutive ticks)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM tombstones WHERE tenant=? AND mailbox=? AND cseq=?",
+                (tenant, mailbox, mseq - 1),
+            ).fetchone()
+        return row is not None
+
+    def max_seq(self, tenant: str, mailbox: str) -> int:
+        """The newest insertion number of a mailbox's items (0 when empty)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE tenant=? AND mailbox=?",
+                (tenant, mailbox),
+            ).fetchone()
+        return int(row[0])
+
     def mime(self, item_id: str) -> bytes:
         """The item's MIME. Whole-item read; large items should use `open_mime`."""
         with self._lock:
@@ -1324,6 +1366,46 @@ class MailStore:
             if len(rows) < chunk:
                 return
             last = (rows[-1]["k"], rows[-1]["seq"])
+
+    def count_where(
+        self, tenant: str, mailbox: str, folder_id: str, where: str, args: Sequence[str]
+    ) -> int:
+        """Items of a folder matching an SQL condition over this store's columns (built by the
+        caller from a fixed vocabulary; values are parameters)."""
+        with self._lock:
+            n: int = self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE tenant=? AND mailbox=? AND folder_id=?"
+                f" AND ({where})",
+                (tenant, mailbox, folder_id, *args),
+            ).fetchone()[0]
+        return n
+
+    def page_messages(
+        self,
+        tenant: str,
+        mailbox: str,
+        folder_id: str,
+        where: str,
+        args: Sequence[str],
+        *,
+        order: str = "received",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[Item]:
+        """One page of a folder's items matching `where` (as count_where), in `iter_messages`
+        order (ties broken by insertion order, in the same direction)."""
+        if order not in ORDER_COLUMNS:
+            raise ValueError(f"cannot order by {order!r}")
+        direction = "DESC" if descending else "ASC"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE tenant=? AND mailbox=? AND folder_id=?"
+                f" AND ({where}) ORDER BY COALESCE({order}, '') {direction}, seq {direction}"
+                " LIMIT ? OFFSET ?",
+                (tenant, mailbox, folder_id, *args, limit, offset),
+            ).fetchall()
+        return [_item(r) for r in rows]
 
     def count(self, tenant: str, mailbox: str, folder_id: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM messages WHERE tenant=? AND mailbox=?"

@@ -386,6 +386,20 @@ class PimStore:
         assert found is not None
         return found
 
+    def find(self, item_id: str) -> PimItem | None:
+        """An item by id in any mailbox (ids are unique store-wide; EWS ids name no mailbox)."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM pim_items WHERE id=?", (item_id,)).fetchone()
+        return _item(row) if row is not None else None
+
+    def folder_owner(self, folder_id: str) -> tuple[str, str] | None:
+        """(tenant, mailbox) of a folder id."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT tenant, mailbox FROM pim_folders WHERE id=?", (folder_id,)
+            ).fetchone()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
     def item(self, tenant: str, mailbox: str, item_id: str) -> PimItem | None:
         with self._lock:
             row = self._db.execute(

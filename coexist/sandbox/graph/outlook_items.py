@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..pim import PIM_DB, PimStore
-from ..web import HTTPFailure, ctx_of
+from ..web import HTTPFailure, SandboxContext, ctx_of
 from . import common, odata
 from .common import GraphJSON, fail
 
@@ -26,7 +26,11 @@ _OPEN = threading.Lock()
 
 def pim_of(request: Request) -> PimStore:
     """The sandbox's PIM store (`state_dir/pim.db`), opened on first use."""
-    ctx = ctx_of(request)
+    return pim_store(ctx_of(request))
+
+
+def pim_store(ctx: SandboxContext) -> PimStore:
+    """The PIM store of a running sandbox (any face), opened on first use."""
     with _OPEN:
         store = ctx.extra.get(PIM_STORE_KEY)
         if store is None:
