@@ -335,3 +335,36 @@ def test_an_exchange_side_without_url_or_with_an_imap_table_is_refused(tmp_path:
     body = EXCHANGE_PAIR + '[source.imap]\nhost = "imap.example"\n'
     with pytest.raises(ConfigError, match=r"source\.imap"):
         load_project(_project(tmp_path, body), env={})
+
+
+def test_item_reads_and_writes_of_the_store_are_schema_valid(schema: Any) -> None:
+    """GetItem (inspect, state, MIME), ExportItems, UploadItems (create and update),
+    MoveItem and DeleteItem as the store asks exchangelib for them validate."""
+    from exchangelib.fields import FieldPath
+    from exchangelib.properties import FolderId
+    from exchangelib.services import DeleteItem, ExportItems, GetItem, MoveItem, UploadItems
+
+    account = _account()
+    ids = [ItemId("IID", "CK")]
+    for names in (store.INSPECT_FIELDS, ("mime_content", *store.STATE_FIELDS)):
+        fields = {FieldPath(field=Message.get_field_by_fieldname(n)) for n in names}
+        _valid(
+            schema,
+            GetItem(account=account).get_payload(
+                items=ids, additional_fields=fields, shape="IdOnly"
+            ),
+        )
+    _valid(schema, ExportItems(account=account).get_payload(items=ids))
+    for entry in ((None, False, "QUJD"), (ItemId("IID", "CK"), False, "QUJD")):
+        _valid(schema, UploadItems(account=account).get_payload(items=[(FolderId("F"), entry)]))
+    _valid(schema, MoveItem(account=account).get_payload(items=ids, to_folder=FolderId("F")))
+    _valid(
+        schema,
+        DeleteItem(account=account).get_payload(
+            items=ids,
+            delete_type="SoftDelete",
+            send_meeting_cancellations="SendToNone",
+            affected_task_occurrences="AllOccurrences",
+            suppress_read_receipts=True,
+        ),
+    )

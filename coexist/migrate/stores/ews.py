@@ -147,6 +147,23 @@ class LastVerb(ExtendedProperty):  # type: ignore[misc]
     property_type = "Integer"
 
 
+class ContentType(ExtendedProperty):  # type: ignore[misc]
+    """The MIME Content-Type header as the named property PS_INTERNET_HEADERS "content-type"
+    (MS-OXPROPS; what graph_io reads too): shows S/MIME without reading the message."""
+
+    distinguished_property_set_id = "InternetHeaders"
+    property_name = "content-type"
+    property_type = "String"
+
+
+class ContentClass(ExtendedProperty):  # type: ignore[misc]
+    """PS_INTERNET_HEADERS "content-class": "rpmsg.message" for IRM mail (MS-OXBBODY)."""
+
+    distinguished_property_set_id = "InternetHeaders"
+    property_name = "content-class"
+    property_type = "String"
+
+
 MSGFLAG_READ = 0x1
 MSGFLAG_UNSENT = 0x8
 FLAG_NONE, FLAG_COMPLETE, FLAG_FLAGGED = 0, 1, 2
@@ -157,6 +174,8 @@ _PROPS = {
     "coexist_submit_time": SubmitTime,
     "coexist_flag_status": FlagStatus,
     "coexist_last_verb": LastVerb,
+    "coexist_content_type": ContentType,
+    "coexist_content_class": ContentClass,
 }
 # exchangelib's documented way to read and write extended properties as item attributes
 # ("Extended properties": `Message.register(name, cls)`); registered once per process.
@@ -172,8 +191,13 @@ STATE_FIELDS = (
     "categories",
     "datetime_received",
     "datetime_sent",
-    *_PROPS,
+    "coexist_message_flags",
+    "coexist_delivery_time",
+    "coexist_submit_time",
+    "coexist_flag_status",
+    "coexist_last_verb",
 )
+INSPECT_FIELDS = ("subject", "coexist_content_type", "coexist_content_class")
 CHANGE_FIELDS = ("item_class", "datetime_received", "size", "subject", "message_id")
 
 
@@ -299,11 +323,9 @@ def change_of(kind: str, item: Any) -> Change | None:
     )
 
 
-def _info(mime: bytes) -> ItemInfo:
-    from coexist.migrate.stores.imap import _info as header_info
-
-    head = mime.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    return header_info(head)
+def _media_type(value: str | None) -> str:
+    """The media type of a Content-Type value, lower case ("" when none)."""
+    return str(value or "").split(";", 1)[0].strip().lower()
 
 
 # -- the change feed ---------------------------------------------------------------------------
@@ -484,12 +506,15 @@ class EwsStore:
         return [x for x in found if not isinstance(x, Exception)]
 
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
-        """Subject and the MIME header's content type and class (the top of the MIME)."""
+        """Subject and the MIME content type and class (named properties: the message is
+        not read)."""
         out: dict[str, ItemInfo] = {}
-        for item in await self._fetch(refs, ("subject", "mime_content"), "GetItem"):
-            mime = bytes(item.mime_content or b"")
-            info = _info(mime)
-            out[str(item.id)] = ItemInfo(item.subject, info.content_type, info.content_class)
+        for item in await self._fetch(refs, INSPECT_FIELDS, "GetItem"):
+            out[str(item.id)] = ItemInfo(
+                item.subject,
+                _media_type(getattr(item, "coexist_content_type", None)),
+                str(getattr(item, "coexist_content_class", None) or "").lower(),
+            )
         return out
 
     async def export(
@@ -520,7 +545,10 @@ class EwsStore:
             return list(account.export([ItemId(r.item_id, r.change_key) for r in refs]))
 
         blobs = await self._call(read, "ExportItems")
-        keys = await self.change_keys(refs)
+        # The change key the scan saw stands for the exported version (ExportItems answers
+        # none); only refs without one are read.
+        unknown = [r for r in refs if not r.change_key]
+        keys = await self.change_keys(unknown) if unknown else {}
         out: dict[str, Payload] = {}
         for r, blob in zip(refs, blobs, strict=True):
             if isinstance(blob, Exception):
