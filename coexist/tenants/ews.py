@@ -423,3 +423,8 @@ class EwsMailbox:
     async def call(self, fn: Callable[[Any], T], what: str) -> T:
         """`fn(account)` in a worker thread (see `EwsServer.call`)."""
         return await self.server.call(lambda: fn(self.account), user=self.user, what=what)
+
+    async def probe(self) -> None:
+        """Open the mailbox the way a pass does and read its Inbox (GetFolder, nothing
+        changes): the access mode's grant, the login and the endpoint all show here."""
+        await self.call(lambda account: account.inbox.id, "GetFolder inbox")
