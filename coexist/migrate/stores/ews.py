@@ -53,6 +53,7 @@ from exchangelib.folders import (
 from exchangelib.items import SOFT_DELETE
 from exchangelib.properties import FolderId
 from exchangelib.services import SyncFolderItems
+from exchangelib.services.common import EWSService
 
 from coexist.engine.context import Context, capability_missing
 from coexist.errors import InvalidRequest, NotFound, RemoteError
@@ -199,6 +200,22 @@ STATE_FIELDS = (
 )
 INSPECT_FIELDS = ("subject", "coexist_content_type", "coexist_content_class")
 CHANGE_FIELDS = ("item_class", "datetime_received", "size", "subject", "message_id")
+
+
+class _SyncFolderItems(SyncFolderItems):  # type: ignore[misc]
+    """exchangelib's SyncFolderItems, reading an error answer as the error it is.
+
+    exchangelib 5.6 (services/sync_folder_hierarchy.py, `SyncFolder._get_element_container`)
+    reads SyncState and IncludesLastItemInRange before it looks at the ResponseClass, so an
+    error answer without them (messages.xsd: both minOccurs="0"; the sandbox's
+    ErrorInvalidSyncStateData has neither) ends in AttributeError instead of the error. An
+    error answer goes straight to the service base's parsing, which raises the
+    ErrorInvalidSyncStateData (etc.) exception the store maps."""
+
+    def _get_element_container(self, message: Any, name: Any = None) -> Any:
+        if message.get("ResponseClass") != "Success":
+            return EWSService._get_element_container(self, message=message, name=name)
+        return super()._get_element_container(message=message, name=name)
 
 
 # -- pure parts --------------------------------------------------------------------------------
@@ -472,7 +489,7 @@ class EwsStore:
         def read(account: Any) -> tuple[list[Change], str, bool]:
             folder = _folder(account, folder_id)
             fields = {f for f in folder.normalize_fields(fields=CHANGE_FIELDS)}
-            svc = SyncFolderItems(account=account)
+            svc = _SyncFolderItems(account=account)
             out: list[Change] = []
             for kind, item in svc.call(
                 folder=folder,
