@@ -61,6 +61,10 @@ PUBLISHED: dict[str, Limit] = {
     "directory_read": Limit(3500, 10),
     "outlook_requests": Limit(10_000, 600),
     "outlook_upload_bytes": Limit(150 * 1024 * 1024, 300),
+    # EWS budget of on-premises Exchange's default throttling policy, in ms of server time:
+    # EwsMaxBurst 300,000 ms, EwsRechargeRate 900,000 ms/h (= 250 ms/s: the burst refills in
+    # 1,200 s) (FACTS.md "Other endpoints", *unverified* per version; ews/orgs.UNVERIFIED).
+    "ews_budget": Limit(300_000, 1200),
 }
 OUTLOOK_CONCURRENCY = 4
 

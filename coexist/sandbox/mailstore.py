@@ -1237,6 +1237,38 @@ class MailStore:
             ).fetchone()
         return _item(row) if row is not None else None
 
+    def folder_owner(self, folder_id: str) -> str | None:
+        """The mailbox a folder id belongs to (EWS ids name no mailbox: the id finds it)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT mailbox FROM folders WHERE id=?", (folder_id,)
+            ).fetchone()
+        return str(row[0]) if row is not None else None
+
+    def item_class(self, item_id: str) -> str:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT item_class FROM messages WHERE id=?", (item_id,)
+            ).fetchone()
+        return str(row[0]) if row is not None else "IPM.Note"
+
+    def row(self, item_id: str) -> dict[str, Any]:
+        """Every column of an item, its MIME included (a full-fidelity export)."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM messages WHERE id=?", (item_id,)).fetchone()
+        if row is None:
+            raise KeyError(item_id)
+        return {k: row[k] for k in row.keys()}  # noqa: SIM118
+
+    def max_seq(self, tenant: str, mailbox: str) -> int:
+        """The newest insertion number of a mailbox's items (0 when empty)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE tenant=? AND mailbox=?",
+                (tenant, mailbox),
+            ).fetchone()
+        return int(row[0])
+
     def mime(self, item_id: str) -> bytes:
         """The item's MIME. Whole-item read; large items should use `open_mime`."""
         with self._lock:

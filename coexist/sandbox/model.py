@@ -216,6 +216,25 @@ class App:
     exchange_role_groups: list[str] = field(default_factory=list)
 
 
+@dataclass
+class EwsAccount:
+    """An account of an Exchange/WorkMail organisation that signs in to its EWS face
+    (`sandbox/ews/orgs.py`): a migration/admin account or a user's own credentials.
+
+    `full_access`: primary SMTP addresses of the mailboxes it holds FullAccess on
+    (Add-MailboxPermission; WorkMail: mailbox permissions), "*" for every mailbox.
+    `impersonation`: holds the ApplicationImpersonation role (New-ManagementRoleAssignment).
+    `mailbox`: the address of its own mailbox, if it is a user.
+    """
+
+    name: str  # sAMAccountName, e.g. "svc-migrate"
+    password: str
+    upn: str  # name@<org domain>
+    full_access: list[str] = field(default_factory=list)
+    impersonation: bool = False
+    mailbox: str | None = None
+
+
 # -- automatic-forwarding gates: outbound spam policies + rules, remote domains ----------
 # Exchange Online's defaults: the Default outbound spam policy (AutoForwardingMode
 # Automatic, = Off since 2020; Defender docs, outbound-spam-policies-external-email-
@@ -282,6 +301,10 @@ class Tenant:
     legacy_dn_prefix: str = (
         ""  # /o=ExchangeLabs/ou=Exchange Administrative Group (...)/cn=Recipients
     )
+    # What the organisation is (sandbox/ews/orgs.py KINDS): "m365" (Microsoft 365, the
+    # default), "exchange2016", "exchange2019" (on-premises/hosted) or "workmail".
+    kind: str = "m365"
+    ews_accounts: list[EwsAccount] = field(default_factory=list)
     _version: int = field(default=0, repr=False, compare=False)
     _index_version: int = field(default=-1, repr=False, compare=False)
     _address_index: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -639,6 +662,8 @@ def _tenant_from_dict(d: dict[str, Any]) -> Tenant:
         remote_domains=[RemoteDomain(**x) for x in d.get("remote_domains", [])],
         organization_guid=d.get("organization_guid", new_guid()),
         legacy_dn_prefix=d.get("legacy_dn_prefix", ""),
+        kind=d.get("kind", "m365"),
+        ews_accounts=[EwsAccount(**x) for x in d.get("ews_accounts", [])],
     )
 
 
