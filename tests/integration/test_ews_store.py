@@ -20,7 +20,6 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
-from coexist.sandbox.ews import EWS_PATH
 from tenacity import RetryCallState
 
 from coexist.errors import PermissionDenied, TransientError
@@ -30,6 +29,7 @@ from coexist.migrate.passes import Window
 from coexist.migrate.stores.ews import CAPS, EwsStore
 from coexist.retry import RetryPolicy
 from coexist.sandbox import Sandbox
+from coexist.sandbox.ews import EWS_PATH
 from coexist.tenants.ews import AdminLogin, EwsEndpoint, EwsLimits, EwsServer
 from coexist.tenants.protocols import EXCHANGE_STREAM, MIME, Capabilities, Folder, ItemRef
 from tests.ewsclient import PASSWORD, mailboxes, migration_account, org
@@ -133,6 +133,8 @@ def seed(sb: Sandbox, mailbox_id: str, n: int, subject: str = "hello") -> None:
             received=base + timedelta(minutes=i), is_read=i % 2 == 0,
             flag={"flagStatus": "flagged"} if i % 3 == 0 else None,
             categories=["Blue"] if i == 1 else [],
+            # PR_FLAG_STATUS, what EWS reads the flag from (the face keeps the typed flag apart)
+            properties={"Integer 0x1090": "2"} if i % 3 == 0 else None,
         )  # fmt: skip
 
 
@@ -199,10 +201,9 @@ def test_exchange_to_exchange_full_fidelity_round_trip(orgs: Sandbox, tmp_path: 
     assert statuses["copied"] == got["before"] + 1
 
 
-def test_mime_path_keeps_read_flag_categories_and_dates(orgs: Sandbox, tmp_path: Path) -> None:
-    """Into a MIME-only target: each copy is no draft and keeps read state, follow-up flag,
-    categories and delivery time; a re-run copies nothing."""
-    sb = orgs
+def mime_round(sb: Sandbox, tmp_path: Path) -> tuple[Counter[str], Counter[str], list[Any]]:
+    """Four seeded messages synced into a MIME-only target: the two passes' counts and
+    (source state, copy state) per message."""
     [src_user] = mailboxes(sb, "source", 1)
     [tgt_user] = mailboxes(sb, "target", 1)
     assert src_user.primary_smtp and tgt_user.primary_smtp
@@ -240,16 +241,36 @@ def test_mime_path_keeps_read_flag_categories_and_dates(orgs: Sandbox, tmp_path:
             await tgt_srv.close()
 
     try:
-        first, second, pairs = run(main)
+        return run(main)
     finally:
         journal.close()
+
+
+def test_mime_path_keeps_flag_categories_and_dates(orgs: Sandbox, tmp_path: Path) -> None:
+    """Into a MIME-only target (as across kinds): each copy is no draft and keeps its
+    follow-up flag, categories and delivery time; a re-run copies nothing."""
+    first, second, pairs = mime_round(orgs, tmp_path)
     assert first["copied"] >= 4 and second["copied"] == 0
     assert len(pairs) == 4
+    assert any(s.flag == {"flagStatus": "flagged"} for s, _ in pairs)
+    assert any(s.categories for s, _ in pairs)
     for s, t in pairs:
         assert s is not None and t is not None
         assert not t.draft
-        assert (t.read, t.categories, t.flag) == (s.read, s.categories, s.flag)
+        assert (t.categories, t.flag) == (s.categories, s.flag)
         assert t.received == s.received
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sandbox EWS face (44cab9c) reads xs:boolean IsRead only as 'true'; exchangelib "
+    "sends '1' (util.value_to_xml_text): CreateItem/UpdateItem IsRead=1 is stored unread",
+)
+def test_mime_path_keeps_the_read_state(orgs: Sandbox, tmp_path: Path) -> None:
+    """Each MIME copy is read where its source is."""
+    _, _, pairs = mime_round(orgs, tmp_path)
+    assert any(s.read for s, _ in pairs)
+    assert [t.read for _, t in pairs] == [s.read for s, _ in pairs]
 
 
 def test_delegation_without_full_access_names_the_grant(orgs: Sandbox) -> None:
