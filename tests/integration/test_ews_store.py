@@ -382,3 +382,60 @@ def test_a_server_busy_storm_completes_with_every_item_once(
     assert all(n == 1 for n in copied.values()) and len(copied) == before
     # The storm happened, and each wait was the one ErrorServerBusy asked for.
     assert retry.told and calls > len(retry.told)
+
+
+def test_a_project_of_kind_exchange_moves_mail_through_its_sides_and_mover(
+    orgs: Sandbox, tmp_path: Path
+) -> None:
+    """The product's wiring: project.toml [source.ews]/[target.ews], the admins' passwords in
+    the vault (credentials set --master), the sides opened by kind, the default ews-sync
+    mover: a prestage pass copies every mail item, reconciles, says it moves mail only; a
+    second copies nothing."""
+    from cryptography.fernet import Fernet
+
+    from coexist.credentials import credentials_set_master
+    from coexist.engine.context import Context, SideOptions, open_sides
+    from coexist.migrate.passes import mover_for, run_pass
+    from coexist.runtime import open_journal
+    from coexist.settings import load_project
+
+    sb = orgs
+    [src_user] = mailboxes(sb, "source", 1)
+    [tgt_user] = mailboxes(sb, "target", 1)
+    assert src_user.primary_smtp and tgt_user.primary_smtp
+    seed(sb, src_user.id, 5, subject="wired")
+    src_admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
+    tgt_admin = migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    url, ca = sb.base_url + EWS_PATH, sb.connection["ca_file"]
+    (tmp_path / "project.toml").write_text(
+        f'[source]\nkind = "exchange"\n[source.ews]\nurl = "{url}"\nadmin = "{src_admin}"\n'
+        f'ca_file = "{ca}"\n[target]\nkind = "exchange"\n[target.ews]\nurl = "{url}"\n'
+        f'admin = "{tgt_admin}"\nca_file = "{ca}"\nversion = "Exchange2019"\n'
+    )
+    env = {"COEXIST_VAULT_KEY": Fernet.generate_key().decode()}
+    for side in ("source", "target"):
+        credentials_set_master(tmp_path, PASSWORD, side=side, env=env)
+    project = load_project(tmp_path, env=env)
+    journal = open_journal(project)
+    key = src_user.primary_smtp
+    journal.upsert_item(
+        "user", key, source_address=src_user.primary_smtp, target_address=tgt_user.primary_smtp
+    )
+
+    async def main() -> tuple[Any, Any, str]:
+        async with open_sides(project, SideOptions(read_retry=RETRY, env=env)) as (s, t):
+            ctx = Context(project, journal, s, t, run_id=journal.start_run("test"))
+            name = type(mover_for(ctx)).__name__
+            first = await run_pass(ctx, key, "prestage", Window())
+            second = await run_pass(ctx, key, "prestage", Window())
+            return first, second, name
+
+    try:
+        first, second, mover = run(main)
+    finally:
+        journal.close()
+    assert project.migration.mover == "ews-sync" and mover == "MailOnlyMover"
+    assert first.status == "ok", first.detail
+    assert first.counts["copied"] >= 5 and first.counts["difference"] == 0
+    assert "mail only" in first.detail
+    assert second.status == "ok" and second.counts.get("copied", 0) == 0
