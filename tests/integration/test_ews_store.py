@@ -439,3 +439,52 @@ def test_a_project_of_kind_exchange_moves_mail_through_its_sides_and_mover(
     assert first.counts["copied"] >= 5 and first.counts["difference"] == 0
     assert "mail only" in first.detail
     assert second.status == "ok" and second.counts.get("copied", 0) == 0
+
+
+def test_exchange_to_workmail_goes_as_mime_and_skips_what_workmail_refuses(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Exchange 2016 -> Amazon WorkMail (Basic auth, Exchange2010_SP2, MIME only): the
+    messages arrive with their state; one over WorkMail's ~23 MB limit is refused with
+    ErrorMessageSizeExceeded and skipped with that reason, the pass goes on."""
+    sb = sandbox
+    org(sb, "source", "exchange2016")
+    org(sb, "target", "workmail")
+    [src_user] = mailboxes(sb, "source", 1)
+    [tgt_user] = mailboxes(sb, "target", 1)
+    assert src_user.primary_smtp and tgt_user.primary_smtp
+    seed(sb, src_user.id, 3, subject="wm")
+    big = message(99, "huge").replace(b"body 99", b"x" * (24 * 1024 * 1024))
+    sb.mail.insert_message("source", src_user.id, "inbox", big)
+    src_admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
+    tgt_admin = migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), src_user.primary_smtp
+
+    async def main() -> tuple[Counter[str], Counter[str], str]:
+        src_srv = server(sb, "source", src_admin)
+        endpoint = EwsEndpoint(sb.base_url + EWS_PATH, auth="basic", version="Exchange2010_SP2",
+                               ca_file=sb.connection["ca_file"], side="target", kind="workmail")  # fmt: skip
+        tgt_srv = EwsServer(endpoint, AdminLogin(tgt_admin, PASSWORD), EwsLimits(4, 2), RETRY)
+        try:
+            async with (
+                src_srv.mailbox(src_user.primary_smtp or "") as sm,
+                tgt_srv.mailbox(tgt_user.primary_smtp or "") as tm,
+            ):
+                src, tgt = EwsStore(sm), EwsStore(tm, label="target")
+                fmt = sync.negotiate(src, tgt)
+                return await sync_pass(ctx, key, src, tgt), await sync_pass(ctx, key, src, tgt), fmt
+        finally:
+            await src_srv.close()
+            await tgt_srv.close()
+
+    try:
+        first, second, fmt = run(main)
+        rows = journal.mapped_items(key)
+    finally:
+        journal.close()
+    assert fmt == MIME
+    [huge] = [r for r in rows if "huge" in str(r["subject"] or "")]
+    assert huge["status"] == "skipped" and "ErrorMessageSizeExceeded" in str(huge["reason"])
+    assert first["skipped"] == 1 and first["copied"] >= 3
+    assert second.get("copied", 0) == 0

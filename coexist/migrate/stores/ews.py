@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,6 +115,12 @@ CAPS = Capabilities(
     atomic_import=True,
     inspect_before_export=True,
 )
+
+# Amazon WorkMail: messages travel as MIME with their state, as audriga's Microsoft 365 ->
+# WorkMail migration moves them. *unverified*: whether WorkMail's EWS serves ExportItems /
+# UploadItems at all (AWS documents no list of the EWS operations it implements), so the
+# opaque stream is neither offered nor asked of it.
+WORKMAIL_CAPS = replace(CAPS, exports=frozenset({MIME}), accepts=frozenset({MIME}))
 
 
 # -- extended properties (MS-OXPROPS) ----------------------------------------------------------
@@ -393,7 +399,8 @@ class EwsStore:
 
     @property
     def caps(self) -> Capabilities:
-        return CAPS
+        """`CAPS`; MIME only on WorkMail (`WORKMAIL_CAPS`)."""
+        return WORKMAIL_CAPS if self.mailbox.server.endpoint.kind == "workmail" else CAPS
 
     async def _call(self, fn: Any, what: str) -> Any:
         return await self.mailbox.call(fn, what)
