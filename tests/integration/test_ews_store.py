@@ -31,7 +31,15 @@ from coexist.retry import RetryPolicy
 from coexist.sandbox import Sandbox
 from coexist.sandbox.ews import EWS_PATH
 from coexist.tenants.ews import AdminLogin, EwsEndpoint, EwsLimits, EwsServer
-from coexist.tenants.protocols import EXCHANGE_STREAM, MIME, Capabilities, Folder, ItemRef
+from coexist.tenants.protocols import (
+    EXCHANGE_STREAM,
+    MIME,
+    Capabilities,
+    Folder,
+    ItemRef,
+    MessageState,
+    Payload,
+)
 from tests.ewsclient import PASSWORD, mailboxes, migration_account, org
 
 T = TypeVar("T")
@@ -384,6 +392,25 @@ def test_a_server_busy_storm_completes_with_every_item_once(
     assert retry.told and calls > len(retry.told)
 
 
+def ews_project(sb: Sandbox, directory: Path, src_admin: str, tgt_admin: str) -> dict[str, str]:
+    """A project.toml of kind exchange -> exchange on the sandbox, the admins' passwords in
+    its vault (`credentials set --master`); the environment that opens the vault."""
+    from cryptography.fernet import Fernet
+
+    from coexist.credentials import credentials_set_master
+
+    url, ca = sb.base_url + EWS_PATH, sb.connection["ca_file"]
+    (directory / "project.toml").write_text(
+        f'[source]\nkind = "exchange"\n[source.ews]\nurl = "{url}"\nadmin = "{src_admin}"\n'
+        f'ca_file = "{ca}"\n[target]\nkind = "exchange"\n[target.ews]\nurl = "{url}"\n'
+        f'admin = "{tgt_admin}"\nca_file = "{ca}"\nversion = "Exchange2019"\n'
+    )
+    env = {"COEXIST_VAULT_KEY": Fernet.generate_key().decode()}
+    for side in ("source", "target"):
+        credentials_set_master(directory, PASSWORD, side=side, env=env)
+    return env
+
+
 def test_a_project_of_kind_exchange_moves_mail_through_its_sides_and_mover(
     orgs: Sandbox, tmp_path: Path
 ) -> None:
@@ -391,9 +418,6 @@ def test_a_project_of_kind_exchange_moves_mail_through_its_sides_and_mover(
     the vault (credentials set --master), the sides opened by kind, the default ews-sync
     mover: a prestage pass copies every mail item, reconciles, says it moves mail only; a
     second copies nothing."""
-    from cryptography.fernet import Fernet
-
-    from coexist.credentials import credentials_set_master
     from coexist.engine.context import Context, SideOptions, open_sides
     from coexist.migrate.passes import mover_for, run_pass
     from coexist.runtime import open_journal
@@ -406,15 +430,7 @@ def test_a_project_of_kind_exchange_moves_mail_through_its_sides_and_mover(
     seed(sb, src_user.id, 5, subject="wired")
     src_admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
     tgt_admin = migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
-    url, ca = sb.base_url + EWS_PATH, sb.connection["ca_file"]
-    (tmp_path / "project.toml").write_text(
-        f'[source]\nkind = "exchange"\n[source.ews]\nurl = "{url}"\nadmin = "{src_admin}"\n'
-        f'ca_file = "{ca}"\n[target]\nkind = "exchange"\n[target.ews]\nurl = "{url}"\n'
-        f'admin = "{tgt_admin}"\nca_file = "{ca}"\nversion = "Exchange2019"\n'
-    )
-    env = {"COEXIST_VAULT_KEY": Fernet.generate_key().decode()}
-    for side in ("source", "target"):
-        credentials_set_master(tmp_path, PASSWORD, side=side, env=env)
+    env = ews_project(sb, tmp_path, src_admin, tgt_admin)
     project = load_project(tmp_path, env=env)
     journal = open_journal(project)
     key = src_user.primary_smtp
@@ -488,3 +504,75 @@ def test_exchange_to_workmail_goes_as_mime_and_skips_what_workmail_refuses(
     assert huge["status"] == "skipped" and "ErrorMessageSizeExceeded" in str(huge["reason"])
     assert first["skipped"] == 1 and first["copied"] >= 3
     assert second.get("copied", 0) == 0
+
+
+def test_verify_credentials_opens_each_mailbox_and_names_a_missing_grant(
+    orgs: Sandbox, tmp_path: Path
+) -> None:
+    """`verify-credentials` on an exchange -> exchange project: a user whose mailboxes the
+    admins have FullAccess on is ok; one without is refused on that side naming FullAccess
+    and the Add-MailboxPermission line."""
+    from coexist.credcheck import verify_credentials
+    from coexist.runtime import open_journal
+    from coexist.settings import load_project
+
+    sb = orgs
+    src = mailboxes(sb, "source", 2)
+    [tgt] = mailboxes(sb, "target", 1)
+    assert src[0].primary_smtp and src[1].primary_smtp and tgt.primary_smtp
+    src_admin = migration_account(sb, "source", full_access=[src[0].primary_smtp])
+    tgt_admin = migration_account(sb, "target", full_access=[tgt.primary_smtp])
+    env = ews_project(sb, tmp_path, src_admin, tgt_admin)
+    journal = open_journal(load_project(tmp_path, env=env))
+    try:
+        for u in src:
+            journal.upsert_item("user", u.primary_smtp or "", source_address=u.primary_smtp,
+                                target_address=tgt.primary_smtp)  # fmt: skip
+    finally:
+        journal.close()
+    got = verify_credentials(tmp_path, all_users=True, env=env)
+    by_user = {u["user"]: u for u in got["users"]}
+    ok, refused = by_user[src[0].primary_smtp], by_user[src[1].primary_smtp]
+    assert ok["ok"] and ok["source"]["kind"] == "exchange"
+    assert not refused["ok"] and refused["target"]["result"] == "ok"
+    assert refused["source"]["result"] == "refused"
+    assert "FullAccess" in refused["source"]["message"]
+    assert "Add-MailboxPermission" in str(refused["source"]["next"])
+
+
+def test_plan_mode_records_the_writes_and_sends_none(orgs: Sandbox) -> None:
+    """A store with a WriteRecorder records CreateFolder / CreateItem / UploadItems /
+    MoveItem / DeleteItem and changes nothing in the mailbox."""
+    from coexist.tenants.plan import WriteRecorder
+
+    sb = orgs
+    [user] = mailboxes(sb, "target", 1)
+    assert user.primary_smtp
+    admin = migration_account(sb, "target", full_access=[user.primary_smtp])
+    plan = WriteRecorder()
+
+    async def main() -> tuple[int, int]:
+        srv = server(sb, "target", admin)
+        try:
+            async with srv.mailbox(user.primary_smtp or "") as mb:
+                st = EwsStore(mb, label="target", plan=plan)
+                before = await mail_count(st)
+                inbox = next(
+                    f for f in (await st.list_folders()).folders if f.well_known == "inbox"
+                )
+                made = await st.create_folder(None, "Planned", ("Planned",), "IPF.Note")
+                assert made is not None
+                payload = Payload(MIME, "", None, mime=message(1, "plan"), state=MessageState())
+                await st.import_item(inbox.id, payload)
+                await st.import_item(made.id, Payload(EXCHANGE_STREAM, "QUJD", None))
+                await st.move(ItemRef(inbox.id, "some-id"), inbox.id)
+                await st.delete(ItemRef(inbox.id, "some-id"))
+                return before, await mail_count(st)
+        finally:
+            await srv.close()
+
+    before, after = run(main)
+    assert before == after
+    ops = [w.operation.split(" ", 1)[0] for w in plan.writes]
+    assert ops == ["CreateFolder", "CreateItem", "UploadItems", "MoveItem", "DeleteItem"]
+    assert all(w.system == "ews" and w.tenant == "target" for w in plan.writes)
