@@ -254,7 +254,7 @@ class EwsChecker:
         self.server = EwsServer(
             ews_endpoint(settings, side, self.kind),
             admin,
-            EwsLimits(mailboxes=settings.mailboxes),
+            EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
             retry=retry_policy(project),
         )
 

@@ -467,7 +467,7 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
     server = EwsServer(
         ews_endpoint(settings, label, tenant.kind),
         ews_admin(project, label, opts.env),
-        EwsLimits(mailboxes=settings.mailboxes),
+        EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
     )
     try:

@@ -70,6 +70,7 @@ from coexist.errors import (
     PermissionDenied,
     RemoteError,
     TransientError,
+    Unreachable,
 )
 from coexist.retry import RetryPolicy
 from coexist.tenants.base import connection_error
@@ -124,10 +125,29 @@ class EwsEndpoint:
 @dataclass(frozen=True)
 class EwsLimits:
     """Mailboxes open at once on the server (delegation: one throttling budget, ~20;
-    impersonation: per-user budgets, more) and requests in flight per mailbox."""
+    impersonation: per-user budgets, more), requests in flight per mailbox, and requests in
+    flight on the server for all of them (0: mailboxes x per_mailbox).
+
+    Under delegation every request is the admin's: Exchange's default throttling policy
+    allows the admin EwsMaxConcurrency = 27 requests at once (FACTS.md "Other endpoints",
+    *unverified* per version), so `for_access` keeps the server's total below it."""
 
     mailboxes: int = 20
     per_mailbox: int = 2
+    calls: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.calls or self.mailboxes * self.per_mailbox
+
+    @classmethod
+    def for_access(cls, access: str, mailboxes: int = 0) -> EwsLimits:
+        """The bounds of an access mode: delegation 20 mailboxes, 20 requests at once
+        (below the admin's EwsMaxConcurrency of 27); impersonation 50 mailboxes, each with
+        its own budget."""
+        if access == "delegation":
+            return cls(mailboxes or 20, 2, calls=20)
+        return cls(mailboxes or 50, 2)
 
 
 @dataclass(frozen=True)
@@ -338,6 +358,11 @@ def _is_connection(exc: BaseException) -> bool:
     return False
 
 
+def _resendable(err: TransientError) -> bool:
+    """Whether a failed write surely did nothing: the server said busy, or no connection."""
+    return isinstance(err, Unreachable) or err.code in ("ErrorServerBusy", "RateLimitError")
+
+
 SYNC_STATE_LOST = "ErrorInvalidSyncStateData"
 
 
@@ -362,32 +387,49 @@ class EwsServer:
     ) -> None:
         self.endpoint = endpoint
         self.admin = admin
-        self.limits = limits or EwsLimits(mailboxes=20 if endpoint.access == "delegation" else 50)
+        self.limits = limits or EwsLimits.for_access(endpoint.access)
         self.retry = retry or RetryPolicy()
         trust(endpoint.url, endpoint.ca_file)
-        workers = self.limits.mailboxes * self.limits.per_mailbox
+        workers = self.limits.in_flight
         self.config = build_config(endpoint, admin, workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"ews-{endpoint.side}")
         self._mailboxes = asyncio.Semaphore(self.limits.mailboxes)
+        self._calls = asyncio.Semaphore(workers)
         self.calls = 0
         self.writes = 0
 
     def __repr__(self) -> str:
         return f"EwsServer({self.endpoint.url!r}, admin={self.admin.login!r})"
 
-    async def call(self, fn: Callable[[], T], *, user: str | None, what: str) -> T:
-        """`fn()` in a worker thread, retried on transient errors by the policy (honouring
-        ErrorServerBusy's back-off), its failures mapped (`map_error`)."""
+    async def call(
+        self, fn: Callable[[], T], *, user: str | None, what: str, write: bool = False
+    ) -> T:
+        """`fn()` in a worker thread (at most `limits.in_flight` at once), retried on
+        transient errors by the policy (honouring ErrorServerBusy's back-off), its failures
+        mapped (`map_error`).
+
+        A write is retried only where Exchange cannot have made it: ErrorServerBusy (refused
+        before it ran) or no connection at all (Unreachable). A connection lost mid-request
+        may have created the item: it is not sent again here; the sync finds such a copy by
+        its identity on the next pass (`sync.adopt_interrupted`)."""
         loop = asyncio.get_running_loop()
 
         async def once() -> T:
-            self.calls += 1
-            try:
-                return await loop.run_in_executor(self._pool, fn)
-            except (ews_errors.EWSError, requests.exceptions.RequestException, OSError) as exc:
-                raise map_error(
-                    exc, self.endpoint, admin=self.admin.login, user=user, what=what
-                ) from exc
+            async with self._calls:
+                self.calls += 1
+                try:
+                    return await loop.run_in_executor(self._pool, fn)
+                except (
+                    ews_errors.EWSError,
+                    requests.exceptions.RequestException,
+                    OSError,
+                ) as exc:
+                    err = map_error(
+                        exc, self.endpoint, admin=self.admin.login, user=user, what=what
+                    )
+                    if write and isinstance(err, TransientError) and not _resendable(err):
+                        err.retryable = False
+                    raise err from exc
 
         return await self.retry.call(once)
 
@@ -420,9 +462,11 @@ class EwsMailbox:
     user: str
     account: Any
 
-    async def call(self, fn: Callable[[Any], T], what: str) -> T:
+    async def call(self, fn: Callable[[Any], T], what: str, write: bool = False) -> T:
         """`fn(account)` in a worker thread (see `EwsServer.call`)."""
-        return await self.server.call(lambda: fn(self.account), user=self.user, what=what)
+        return await self.server.call(
+            lambda: fn(self.account), user=self.user, what=what, write=write
+        )
 
     async def probe(self) -> None:
         """Open the mailbox the way a pass does and read its Inbox (GetFolder, nothing

@@ -368,3 +368,70 @@ def test_item_reads_and_writes_of_the_store_are_schema_valid(schema: Any) -> Non
             suppress_read_receipts=True,
         ),
     )
+
+
+# -- retries and bounds -------------------------------------------------------------------------
+
+
+def _server() -> ews.EwsServer:
+    from coexist.retry import RetryPolicy
+
+    retry = RetryPolicy(max_attempts=3, max_wait_s=5, base_s=0.001, cap_s=0.001)
+    return ews.EwsServer(EP, ews.AdminLogin("svc", "pw"), ews.EwsLimits(2, 1), retry=retry)
+
+
+def _flaky(first: BaseException) -> tuple[list[int], Any]:
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise first
+        return "done"
+
+    return calls, fn
+
+
+def _dropped() -> BaseException:
+    """What exchangelib raises for a connection lost mid-request (util.post_ratelimited)."""
+    try:
+        try:
+            raise requests.exceptions.ConnectionError(ConnectionResetError(104, "reset"))
+        except requests.exceptions.ConnectionError as exc:
+            raise ews_errors.ErrorTimeoutExpired(f"Reraised from {exc!r}") from exc
+    except ews_errors.ErrorTimeoutExpired as outer:
+        return outer
+
+
+def test_server_busy_is_retried_for_reads_and_writes_with_its_back_off() -> None:
+    """ErrorServerBusy was refused before it ran: retried (a write too), after its back-off."""
+    import asyncio
+
+    for write in (False, True):
+        calls, fn = _flaky(ews_errors.ErrorServerBusy("busy", back_off=0.01))
+        srv = _server()
+        got = asyncio.run(srv.call(fn, user="a@x", what="CreateItem", write=write))
+        assert got == "done" and len(calls) == 2
+
+
+def test_a_write_whose_connection_dropped_is_not_sent_again() -> None:
+    """A connection lost mid-request may have made the item: a read is retried, a write is
+    not (the next pass adopts such a copy by its identity)."""
+    import asyncio
+
+    calls, fn = _flaky(_dropped())
+    assert asyncio.run(_server().call(fn, user="a@x", what="GetItem")) == "done"
+    assert len(calls) == 2
+    calls, fn = _flaky(_dropped())
+    with pytest.raises(TransientError) as err:
+        asyncio.run(_server().call(fn, user="a@x", what="CreateItem", write=True))
+    assert len(calls) == 1 and not err.value.retryable
+
+
+def test_delegation_keeps_the_admin_below_ews_max_concurrency() -> None:
+    """Delegation: 20 mailboxes, 20 requests at once (EwsMaxConcurrency 27); impersonation:
+    50 mailboxes, each its own budget; a project's mailboxes_at_once wins."""
+    assert ews.EwsLimits.for_access("delegation").in_flight == 20
+    assert ews.EwsLimits.for_access("delegation").mailboxes == 20
+    assert ews.EwsLimits.for_access("impersonation").mailboxes == 50
+    assert ews.EwsLimits.for_access("impersonation", 8).mailboxes == 8

@@ -402,8 +402,8 @@ class EwsStore:
         """`CAPS`; MIME only on WorkMail (`WORKMAIL_CAPS`)."""
         return WORKMAIL_CAPS if self.mailbox.server.endpoint.kind == "workmail" else CAPS
 
-    async def _call(self, fn: Any, what: str) -> Any:
-        return await self.mailbox.call(fn, what)
+    async def _call(self, fn: Any, what: str, write: bool = False) -> Any:
+        return await self.mailbox.call(fn, what, write)
 
     def _writing(self) -> None:
         before_write()
@@ -480,7 +480,7 @@ class EwsStore:
             return str(made.id)
 
         self._writing()
-        made_id = await self._call(make, f"CreateFolder {name!r}")
+        made_id = await self._call(make, f"CreateFolder {name!r}", write=True)
         return Folder(made_id, path, None, MAIL_FOLDER, 0)
 
     # -- changes -----------------------------------------------------------------------------
@@ -522,12 +522,11 @@ class EwsStore:
         ids = [(r.item_id, r.change_key) if r.change_key else (r.item_id, None) for r in refs]
 
         def read(account: Any) -> list[Any]:
-            return list(
-                account.fetch(ids=[ItemId(i, None) for i, _ in ids], only_fields=list(fields))
-            )
+            got = account.fetch(ids=[ItemId(i, None) for i, _ in ids], only_fields=list(fields))
+            return _items(got)
 
-        found = await self._call(read, what)
-        return [x for x in found if not isinstance(x, Exception)]
+        found: list[Any] = await self._call(read, what)
+        return found
 
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
         """Subject and the MIME content type and class (named properties: the message is
@@ -566,7 +565,8 @@ class EwsStore:
 
     async def _export_stream(self, refs: list[ItemRef]) -> dict[str, Payload]:
         def read(account: Any) -> list[Any]:
-            return list(account.export([ItemId(r.item_id, r.change_key) for r in refs]))
+            got = account.export([ItemId(r.item_id, r.change_key) for r in refs])
+            return [_answer(b, gone_ok=True) for b in got]
 
         blobs = await self._call(read, "ExportItems")
         # The change key the scan saw stands for the exported version (ExportItems answers
@@ -575,8 +575,7 @@ class EwsStore:
         keys = await self.change_keys(unknown) if unknown else {}
         out: dict[str, Payload] = {}
         for r, blob in zip(refs, blobs, strict=True):
-            if isinstance(blob, Exception):
-                log.debug("ExportItems of %s left out: %s", r.item_id, blob)
+            if blob is None:  # gone since the scan
                 continue
             out[r.item_id] = Payload(
                 EXCHANGE_STREAM, str(blob), keys.get(r.item_id, r.change_key), source_id=r.item_id
@@ -643,7 +642,7 @@ class EwsStore:
             return str(made.id), str(made.changekey)
 
         self._writing()
-        made_id, key = await self._call(create, "CreateItem")
+        made_id, key = await self._call(create, "CreateItem", write=True)
         return Imported(made_id, key)
 
     async def _upload(self, folder_id: str, payload: Payload, replace: ItemRef | None) -> Imported:
@@ -657,13 +656,10 @@ class EwsStore:
             target = FolderId(folder_id)
             entry = (ItemId(replace.item_id, replace.change_key), False, data) if replace else data
             [answer] = account.upload([(target, entry)])
-            return answer
+            return _answer(answer)
 
         self._writing()
-        answer = await self._call(upload, "UploadItems")
-        if isinstance(answer, Exception):
-            raise _item_error(answer, self.user, "UploadItems")
-        made_id, key = answer
+        made_id, key = await self._call(upload, "UploadItems", write=True)
         return Imported(str(made_id), str(key) if key else None)
 
     async def _set_state(self, ref: ItemRef, state: MessageState | None) -> Imported:
@@ -676,15 +672,14 @@ class EwsStore:
             [item] = list(
                 account.fetch(ids=[ItemId(ref.item_id, None)], only_fields=["item_class"])
             )
-            if isinstance(item, Exception):
-                raise item
+            item = _answer(item)
             for name, value in props.items():
                 setattr(item, name, value)
             item.save(update_fields=list(props))
             return str(item.id), str(item.changekey)
 
         self._writing()
-        made_id, key = await self._call(update, "UpdateItem")
+        made_id, key = await self._call(update, "UpdateItem", write=True)
         return Imported(made_id, key)
 
     def update_refused(self, exc: RemoteError) -> bool:
@@ -700,12 +695,10 @@ class EwsStore:
             [answer] = account.bulk_move(
                 ids=[ItemId(ref.item_id, None)], to_folder=FolderId(folder_id)
             )
-            return answer
+            return _answer(answer)
 
         self._writing()
-        answer = await self._call(move, "MoveItem")
-        if isinstance(answer, Exception):
-            raise _item_error(answer, self.user, "MoveItem")
+        answer = await self._call(move, "MoveItem", write=True)
         new_id, key = answer if isinstance(answer, tuple) else (answer.id, answer.changekey)
         return Imported(str(new_id), str(key) if key else None)
 
@@ -716,12 +709,10 @@ class EwsStore:
 
         def delete(account: Any) -> Any:
             [answer] = account.bulk_delete(ids=[ItemId(ref.item_id, None)], delete_type=SOFT_DELETE)
-            return answer
+            return _answer(answer)
 
         self._writing()
-        answer = await self._call(delete, "DeleteItem")
-        if isinstance(answer, Exception):
-            raise _item_error(answer, self.user, "DeleteItem")
+        await self._call(delete, "DeleteItem", write=True)
 
 
 def _folder(account: Any, folder_id: str) -> Any:
@@ -742,11 +733,25 @@ def _is_access_error(exc: BaseException) -> bool:
     )
 
 
-def _item_error(exc: BaseException, user: str, what: str) -> RemoteError:
-    name = type(exc).__name__
-    if name in ("ErrorItemNotFound", "ErrorInvalidIdMalformed"):
-        return NotFound(f"{what} of {user}'s item: {exc} ({name})", service=SERVICE, code=name)
-    return RemoteError(f"{what} of {user}'s item: {exc} ({name})", service=SERVICE, code=name)
+# Per-item answers exchangelib hands back as exception objects (not raised) that mean the
+# item is not there (any more): such an item is left out of a read.
+GONE = ("ErrorItemNotFound", "ErrorInvalidIdMalformed", "ErrorInvalidIdNotAnItemAttachmentId")
+
+
+def _answer(answer: Any, gone_ok: bool = False) -> Any:
+    """One per-item answer of a bulk call (run in the worker thread): the value, None for a
+    gone item where `gone_ok`, else the error raised, so `EwsServer.call` maps it (NotFound,
+    InvalidRequest for ErrorMessageSizeExceeded ...) and retries ErrorServerBusy."""
+    if isinstance(answer, Exception):
+        if gone_ok and type(answer).__name__ in GONE:
+            return None
+        raise answer
+    return answer
+
+
+def _items(answers: Iterable[Any]) -> list[Any]:
+    """The items of a GetItem answer, gone ones left out, any other error raised."""
+    return [a for a in (_answer(x, gone_ok=True) for x in answers) if a is not None]
 
 
 # -- movers ------------------------------------------------------------------------------------
