@@ -721,3 +721,70 @@ def test_exchange_to_m365_moves_mail_as_non_drafts_with_its_state(
         assert (t.read, t.categories) == (s.read, s.categories)
         assert (t.flag or {}).get("flagStatus") == (s.flag or {}).get("flagStatus")
         assert datetime.fromisoformat(str(t.received)) == datetime.fromisoformat(str(s.received))
+
+
+@pytest.mark.parametrize("mime_only", [False, True], ids=["stream", "mime"])
+def test_a_move_and_a_change_at_the_source_are_a_move_and_an_update_in_the_target(
+    orgs: Sandbox, tmp_path: Path, mime_only: bool
+) -> None:
+    """After a first pass, a message moved to another folder at the source is moved in the
+    target (MoveItem: no second copy) and a message whose categories changed is updated
+    (UploadItems Update of the stream, or UpdateItem of its state); a third pass does
+    nothing."""
+    sb = orgs
+    [src_user] = mailboxes(sb, "source", 1)
+    [tgt_user] = mailboxes(sb, "target", 1)
+    assert src_user.primary_smtp and tgt_user.primary_smtp
+    seed(sb, src_user.id, 3, subject="mv")
+    src_admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
+    tgt_admin = migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), src_user.primary_smtp
+
+    async def main() -> tuple[list[Counter[str]], tuple[str, ...] | None, list[str]]:
+        src_srv, tgt_srv = server(sb, "source", src_admin), server(sb, "target", tgt_admin)
+        try:
+            async with (
+                src_srv.mailbox(src_user.primary_smtp or "") as sm,
+                tgt_srv.mailbox(tgt_user.primary_smtp or "") as tm,
+            ):
+                src = EwsStore(sm)
+                tgt = MimeOnly(tm, label="target") if mime_only else EwsStore(tm, label="target")
+                first = await sync_pass(ctx, key, src, tgt)
+                folders = (await src.list_folders()).folders
+                inbox = next(f for f in folders if f.well_known == "inbox")
+                archive = await src.create_folder(None, "Kept", ("Kept",), "IPF.Note")
+                assert archive is not None
+                rows = sorted(
+                    (r for r in journal.mapped_items(key) if "mv" in str(r["subject"] or "")),
+                    key=lambda r: str(r["subject"]),
+                )
+                await src.move(ItemRef(inbox.id, rows[0]["source_item_id"]), archive.id)
+                changed = rows[1]
+                state = MessageState(read=True, categories=("Orange",))
+                await src.import_item(inbox.id, Payload(MIME, "", None, state=state),
+                                      replace=ItemRef(inbox.id, changed["source_item_id"]))  # fmt: skip
+                second = await sync_pass(ctx, key, src, tgt)
+                third = await sync_pass(ctx, key, src, tgt)
+                row = journal.mapped(key, changed["source_item_id"])
+                copy = await tgt.export([ItemRef(row["target_folder_id"], row["target_item_id"])],
+                                        MIME)  # fmt: skip
+                copy_state = copy[row["target_item_id"]].state
+                target_paths = [
+                    "/".join(f.path) for f in (await tgt.list_folders()).folders if f.total
+                ]
+                return ([first, second, third],
+                        copy_state.categories if copy_state else None, target_paths)  # fmt: skip
+        finally:
+            await src_srv.close()
+            await tgt_srv.close()
+
+    try:
+        (first, second, third), categories, paths = run(main)
+    finally:
+        journal.close()
+    assert first["copied"] >= 3
+    assert second.get("copied", 0) == 0 and second["moved"] == 1 and second["updated"] >= 1
+    assert +third == Counter()
+    assert categories == ("Orange",)
+    assert "Kept" in paths
