@@ -46,6 +46,9 @@ STATUS_STYLE = {
 # The sandbox's limit profiles (coexist.sandbox.limits.PROFILES; not imported: the CLI
 # imports the sandbox only when a sandbox command runs).
 PROFILES = ["published", "fast", "chaos", "realistic"]
+# Organisation kinds a sandbox tenant can be (coexist.sandbox.ews.orgs.KINDS; not imported
+# here: the CLI loads the sandbox only for sandbox commands).
+ORG_KINDS = ["m365", "exchange2016", "exchange2019", "workmail"]
 
 
 def _fail(exc: CoexistError, as_json: bool) -> None:
@@ -1248,6 +1251,19 @@ def sandbox() -> None:
     is_flag=True,
     help="Start rate buckets empty (benchmarks measure the sustained limit, not the burst).",
 )
+@click.option(
+    "--source-kind",
+    type=click.Choice(ORG_KINDS),
+    default=None,
+    help="Serve the source as this kind of organisation (exchange2016/exchange2019/workmail "
+    "are served over EWS at /EWS/Exchange.asmx). Default: as saved (m365 when new).",
+)
+@click.option(
+    "--target-kind",
+    type=click.Choice(ORG_KINDS),
+    default=None,
+    help="Serve the target as this kind of organisation (as --source-kind).",
+)
 @handles_errors
 def sandbox_serve(
     seed: int,
@@ -1257,6 +1273,8 @@ def sandbox_serve(
     state: Path,
     port: int | None,
     drained: bool,
+    source_kind: str | None,
+    target_kind: str | None,
 ) -> None:
     """Serve a source and a target tenant over HTTPS until interrupted."""
 
@@ -1275,6 +1293,7 @@ def sandbox_serve(
         time_scale=time_scale,
         drained=drained,
         ready=ready,
+        kinds={k: v for k, v in (("source", source_kind), ("target", target_kind)) if v},
     )
 
 
@@ -1325,6 +1344,63 @@ def sandbox_policy(state: Path, auto_forwarding: str, tenant: str, as_json: bool
     for row in result["tenants"]:
         change = f"{row['before']} → {row['after']}" if row["changed"] else "unchanged"
         out.print(escape(f"  {row['tenant']} ({row['domain']}) {row['policy']}: {change}"))
+
+
+@sandbox.command("ews-account")
+@state_option
+@click.option("--tenant", type=click.Choice(["source", "target"]), required=True)
+@click.option("--name", required=True, help="Account name (sAMAccountName), e.g. svc-migrate.")
+@click.option(
+    "--password",
+    envvar="COEXIST_SANDBOX_EWS_PASSWORD",
+    default=None,
+    help="Create (or replace) the account with this password "
+    "(or from COEXIST_SANDBOX_EWS_PASSWORD).",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(ORG_KINDS),
+    default=None,
+    help="Also make the tenant this kind of organisation.",
+)
+@click.option(
+    "--full-access",
+    default="",
+    help="Comma-separated mailbox addresses to grant FullAccess on ('*': every mailbox).",
+)
+@click.option(
+    "--impersonation/--no-impersonation",
+    default=None,
+    help="Grant (or take away) the ApplicationImpersonation role (Exchange only).",
+)
+@click.option("--revoke", is_flag=True, help="Remove the --full-access grants instead.")
+@json_option
+@handles_errors
+def sandbox_ews_account(
+    state: Path,
+    tenant: str,
+    name: str,
+    password: str | None,
+    kind: str | None,
+    full_access: str,
+    impersonation: bool | None,
+    revoke: bool,
+    as_json: bool,
+) -> None:
+    """Create or grant an EWS account of a sandbox Exchange/WorkMail organisation (the
+    migration account: Add-MailboxPermission FullAccess, ApplicationImpersonation)."""
+    result = commands.sandbox_ews_account(
+        state, tenant, name, password=password, kind=kind,
+        full_access=[a.strip() for a in full_access.split(",") if a.strip()],
+        impersonation=impersonation, revoke=revoke,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(escape(f"{result['account']} ({result['netbios']}) {_through(result)}:"))
+    out.print(escape(f"  {result['tenant']} is {result['kind']}"))
+    out.print(escape(f"  FullAccess: {', '.join(result['full_access']) or 'none'}"))
+    out.print(escape(f"  ApplicationImpersonation: {'yes' if result['impersonation'] else 'no'}"))
 
 
 @sandbox.command("seed-mail")

@@ -63,8 +63,12 @@ def sandbox_serve(
     time_scale: float = 1.0,
     drained: bool = False,
     ready: Callable[[dict[str, Any]], None] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> None:
     """Serve the sandbox pair until interrupted; `ready` gets the connection info.
+
+    `kinds` makes a tenant another kind of organisation ({"source": "exchange2016"}; kinds in
+    coexist.sandbox.ews.KINDS), served over EWS.
 
     `port` None: the port this state directory was served on last time, so connection.json
     stays valid (else any free one); 0: any free port. The port served is remembered.
@@ -84,6 +88,7 @@ def sandbox_serve(
             port=chosen,
             time_scale=time_scale,
             drained=drained,
+            kinds=kinds,
         )
 
     def serving(sandbox: Sandbox) -> None:
@@ -180,6 +185,46 @@ def sandbox_policy(state: Path, auto_forwarding: str, tenant: str = "both") -> d
     except admin.SandboxError as exc:
         raise InputError(exc.message, next_step=exc.next_step) from exc
     return {"state": str(state), "through": through, "tenants": rows}
+
+
+def sandbox_ews_account(
+    state: Path,
+    tenant: str,
+    name: str,
+    *,
+    password: str | None = None,
+    kind: str | None = None,
+    full_access: list[str] | None = None,
+    impersonation: bool | None = None,
+    revoke: bool = False,
+) -> dict[str, Any]:
+    """Create or change an EWS account of a sandbox organisation (a migration account with
+    FullAccess on mailboxes and/or ApplicationImpersonation), in the running server or the
+    saved state (`coexist.sandbox.admin.ews_account`)."""
+    from coexist.sandbox import admin
+    from coexist.sandbox.model import World
+
+    payload: dict[str, Any] = {
+        "tenant": tenant, "name": name, "password": password, "kind": kind,
+        "full_access": list(full_access or []), "impersonation": impersonation,
+        "revoke": revoke,
+    }  # fmt: skip
+    try:
+        with admin.reach(state) as server:
+            if server is not None:
+                row = server.call("ews-account", payload)
+                through = "server"
+            else:
+                world = World.load(state)
+                row = admin.ews_account(
+                    world, tenant, name, password=password, kind=kind,
+                    full_access=full_access or [], impersonation=impersonation, revoke=revoke,
+                )  # fmt: skip
+                world.save(state)
+                through = "state"
+    except admin.SandboxError as exc:
+        raise InputError(exc.message, next_step=exc.next_step) from exc
+    return {"state": str(state), "through": through, **row}
 
 
 def sandbox_seed_mail(

@@ -280,6 +280,60 @@ def route_only(
 Handler = Callable[[Request, dict[str, Any]], Awaitable[Any]]
 
 
+def ews_account(
+    world: World,
+    tenant: str,
+    name: str,
+    *,
+    password: str | None = None,
+    kind: str | None = None,
+    full_access: Sequence[str] = (),
+    impersonation: bool | None = None,
+    revoke: bool = False,
+) -> dict[str, Any]:
+    """Make `tenant` an EWS organisation of `kind` (if given) and create or change its account
+    `name`: a new password creates (or replaces) it; FullAccess grants on mailboxes (addresses,
+    or "*" for all) and the ApplicationImpersonation role are added, or removed with `revoke`
+    (ews/orgs.py). Returns the account as the face sees it (no password)."""
+    from .ews import orgs
+
+    if tenant not in world.tenants:
+        raise SandboxError(f"no tenant {tenant!r} (source or target)")
+    try:
+        if kind is not None:
+            orgs.set_kind(world, tenant, kind)
+        t = world.tenants[tenant]
+        if t.kind not in orgs.EWS_KINDS:
+            raise SandboxError(
+                f"{tenant} is a Microsoft 365 tenant: its mailboxes are not served over EWS",
+                next_step=f"give it a kind: --kind {' | '.join(orgs.EWS_KINDS)}",
+            )
+        for address in full_access:
+            if address != "*" and orgs.mailbox_user(t, address) is None:
+                raise SandboxError(f"no mailbox {address!r} in {tenant}")
+        if password is not None:
+            existing = orgs.find_account(t, name)
+            account = orgs.add_account(
+                world, tenant, name, password,
+                full_access=list(existing.full_access) if existing else [],
+                impersonation=bool(existing and existing.impersonation),
+            )  # fmt: skip
+        account = orgs.grant(
+            world, tenant, name, full_access=list(full_access), impersonation=impersonation,
+            revoke=revoke,
+        )  # fmt: skip
+    except orgs.OrgError as exc:
+        raise SandboxError(str(exc)) from exc
+    return {
+        "tenant": tenant,
+        "kind": t.kind,
+        "account": account.upn,
+        "netbios": f"{orgs.netbios(t)}\\{account.name}",
+        "full_access": list(account.full_access),
+        "impersonation": account.impersonation,
+    }
+
+
 def _refused(status: int, message: str, next_step: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "next_step": next_step}}, status_code=status)
 
@@ -371,8 +425,22 @@ async def _deliver(request: Request, p: dict[str, Any]) -> Any:
     )
 
 
+async def _ews_account(request: Request, p: dict[str, Any]) -> Any:
+    return ews_account(
+        ctx_of(request).world,
+        _field(p, "tenant", str),
+        _field(p, "name", str),
+        password=_field(p, "password", str, optional=True),
+        kind=_field(p, "kind", str, optional=True),
+        full_access=_names(p, "full_access") if p.get("full_access") else [],
+        impersonation=_field(p, "impersonation", bool, optional=True),
+        revoke=bool(_field(p, "revoke", bool, optional=True)),
+    )
+
+
 def routes() -> list[BaseRoute]:
     return [
+        Route(f"{PREFIX}/ews-account", _endpoint(_ews_account), methods=["POST"]),
         Route(f"{PREFIX}/ping", _endpoint(_ping), methods=["GET"]),
         Route(f"{PREFIX}/policy", _endpoint(_policy), methods=["POST"]),
         Route(f"{PREFIX}/seed-mail", _endpoint(_seed_mail), methods=["POST"]),

@@ -122,6 +122,11 @@ class Limiter:
                 return None
             return self._retry_after((cost - b.tokens) / rate)
 
+    def bucket_keys(self, bucket: str) -> list[tuple[str, ...]]:
+        """The keys `bucket` has been charged under so far (which budgets exist)."""
+        with self._lock:
+            return [key for (name, key) in self._buckets if name == bucket]
+
     def _retry_after(self, seconds: float) -> float:
         if self.settings.time_scale == 1.0:
             return float(max(1, math.ceil(seconds)))

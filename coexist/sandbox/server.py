@@ -233,8 +233,12 @@ class Sandbox:
         drained: bool = False,
         token_lifetime_s: int = 3599,
         world: World | None = None,
+        kinds: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # Organisation kinds to serve (ews/orgs.KINDS), e.g. {"source": "exchange2016"};
+        # applied over the loaded or seeded state (and kept across `reset`).
+        self.kinds = dict(kinds or {})
         private_dir(self.state_dir)
         self.host = host
         self._requested_port = port
@@ -279,6 +283,8 @@ class Sandbox:
         world.settings.profile = self.profile
         world.settings.time_scale = self.time_scale
         world.settings.buckets_start_empty = self.drained
+        for key, kind in self.kinds.items():
+            ews.set_kind(world, key, kind)
 
     def _hold_state_dir(self) -> None:
         """Take the state directory's lock, then the state as it is now: a command may have
@@ -301,6 +307,8 @@ class Sandbox:
             self.seed, self.users, profile_settings(self.profile, self.seed, self.time_scale)
         )
         self._attach_app_certificates(new)
+        for key, kind in self.kinds.items():
+            ews.set_kind(new, key, kind)
         assert self.ctx is not None
         with self.world.lock:
             self.world.tenants = new.tenants
@@ -513,6 +521,11 @@ class Sandbox:
                 "certificate_file": str((self.state_dir / f"{key}-app.pem").resolve()),
                 "initial_domain": tenant.initial_domain,
                 "domains": [d.name for d in tenant.domains],
+                # What the organisation is (m365, exchange2016, exchange2019, workmail) and,
+                # for the last three, where its EWS face answers (ews/orgs.py).
+                "kind": tenant.kind,
+                "ews_url": f"{self.base_url}{ews.EWS_PATH}",
+                "autodiscover_url": f"{self.base_url}/autodiscover/autodiscover.xml",
             }
         return {
             "ca_file": str((self.state_dir / CA_FILE).resolve()),

@@ -67,6 +67,15 @@ class Call:
         return known.index(self.version) >= known.index(version)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """One exchange, kept when `ctx.extra[RECORDER_KEY]` is a list (the contract test)."""
+
+    request: bytes
+    response: bytes
+    status: int
+
+
 def authenticator(ctx: SandboxContext) -> Authenticator:
     found = ctx.extra.get(AUTH_KEY)
     if found is None:
@@ -113,7 +122,7 @@ async def exchange_asmx(request: Request) -> Response:
     data, status = await run_in_threadpool(serve, ctx, login, body)
     rec = ctx.extra.get(RECORDER_KEY)
     if isinstance(rec, list):
-        rec.append((body, data, status))
+        rec.append(Recorded(body, data, status))
     return _xml(data, status)
 
 
