@@ -133,7 +133,7 @@ class EwsLimits:
     *unverified* per version), so `for_access` keeps the server's total below it."""
 
     mailboxes: int = 20
-    per_mailbox: int = 2
+    per_mailbox: int = 4
     calls: int = 0
 
     @property
@@ -144,10 +144,11 @@ class EwsLimits:
     def for_access(cls, access: str, mailboxes: int = 0) -> EwsLimits:
         """The bounds of an access mode: delegation 20 mailboxes, 20 requests at once
         (below the admin's EwsMaxConcurrency of 27); impersonation 50 mailboxes, each with
-        its own budget."""
+        its own budget, 64 requests at once from this process (*unverified*: a bound of
+        ours on threads and connections, not a published server limit)."""
         if access == "delegation":
-            return cls(mailboxes or 20, 2, calls=20)
-        return cls(mailboxes or 50, 2)
+            return cls(mailboxes or 20, 4, calls=20)
+        return cls(mailboxes or 50, 4, calls=64)
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def server(
         ca_file=sb.connection["ca_file"],
         side=side,
     )
-    return EwsServer(endpoint, AdminLogin(login, PASSWORD), EwsLimits(4, 2), retry=retry)
+    return EwsServer(endpoint, AdminLogin(login, PASSWORD), EwsLimits(4, 4), retry=retry)
 
 
 @asynccontextmanager
