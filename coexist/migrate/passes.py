@@ -110,7 +110,7 @@ MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
 # saying what they would run: their planned pass would export every item it would copy
 # (graph-import-export's exportItems, graph-items' MIME and PIM reads) from every mailbox
 # planned, and their plan mode is not covered by their acceptance tests.
-PLANNED_MOVERS = frozenset({"imap-sync", "imap-graph"})
+PLANNED_MOVERS = frozenset({"imap-sync", "imap-graph", "ews-sync"})
 
 
 def _mover_name(ctx: Context) -> str:

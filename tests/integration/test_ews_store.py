@@ -788,3 +788,49 @@ def test_a_move_and_a_change_at_the_source_are_a_move_and_an_update_in_the_targe
     assert +third == Counter()
     assert categories == ("Orange",)
     assert "Kept" in paths
+
+
+def test_a_planned_pass_of_an_exchange_project_says_what_it_would_copy_and_writes_nothing(
+    orgs: Sandbox, tmp_path: Path
+) -> None:
+    """`prestage --plan` on an exchange -> exchange project (ews-sync plans passes): the
+    real sync runs with the EWS writes captured; the plan says how many messages it would
+    copy; the target mailbox and the journal's item map are unchanged."""
+    from coexist.engine.context import Context, SideOptions, open_sides
+    from coexist.migrate.passes import run_pass
+    from coexist.runtime import open_journal
+    from coexist.settings import load_project
+    from coexist.tenants.plan import WriteRecorder
+
+    sb = orgs
+    [src_user] = mailboxes(sb, "source", 1)
+    [tgt_user] = mailboxes(sb, "target", 1)
+    assert src_user.primary_smtp and tgt_user.primary_smtp
+    seed(sb, src_user.id, 4, subject="planned")
+    src_admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
+    tgt_admin = migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    env = ews_project(sb, tmp_path, src_admin, tgt_admin)
+    project = load_project(tmp_path, env=env)
+    journal = open_journal(project)
+    key = src_user.primary_smtp
+    journal.upsert_item(
+        "user", key, source_address=src_user.primary_smtp, target_address=tgt_user.primary_smtp
+    )
+    before = sb.mail.count("target", tgt_user.id)
+    plan = WriteRecorder()
+
+    async def main() -> Any:
+        opts = SideOptions(read_retry=RETRY, env=env, plan=plan)
+        async with open_sides(project, opts) as (s, t):
+            ctx = Context(project, journal, s, t, plan=plan, run_id=journal.start_run("plan"))
+            return await run_pass(ctx, key, "prestage", Window())
+
+    try:
+        result = run(main)
+        mapped = journal.mapped_items(key)
+    finally:
+        journal.close()
+    assert result.status == "planned", result.detail
+    assert result.counts["copied"] >= 4
+    assert any("copy" in w.operation for w in plan.writes)
+    assert sb.mail.count("target", tgt_user.id) == before and mapped == []
