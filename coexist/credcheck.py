@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from coexist.commands import check_selection, pick_users
 from coexist.credentials import WAITING_FOR
-from coexist.engine.context import oauth_credentials
+from coexist.engine.context import EWS_KINDS, ews_admin, ews_endpoint, oauth_credentials
 from coexist.engine.runner import set_item
 from coexist.errors import (
     AuthenticationError,
@@ -50,6 +50,7 @@ from coexist.model import Phase
 from coexist.runtime import open_journal, project_dir, retry_policy
 from coexist.settings import ImapSettings, Project, load_project
 from coexist.tenants.auth import TenantCredentials
+from coexist.tenants.ews import EwsLimits, EwsServer
 from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.imap import (
     Credentials,
@@ -90,7 +91,7 @@ SERVER_RESULTS = frozenset({UNREACHABLE, TLS_ERROR})
 class SideResult:
     """One mailbox's check: never holds a password."""
 
-    kind: str  # m365 | imap
+    kind: str  # m365 | imap | exchange | workmail
     result: str
     mailbox: str  # the login or address checked
     message: str = ""
@@ -226,6 +227,61 @@ class ImapChecker:
         return SideResult("imap", OK, creds.user)
 
 
+# -- an EWS side (exchange, workmail) ----------------------------------------------------------
+
+
+class EwsChecker:
+    """Opens users' mailboxes on one EWS server with the side's admin, as a pass does
+    (delegation or impersonation), and reads each Inbox."""
+
+    def __init__(self, project: Project, side: str, env: Mapping[str, str] | None) -> None:
+        self.side = side
+        self.kind = project.tenant(side).kind
+        self.command = (
+            f"coexist credentials set --project {project.directory} --master --side {side}"
+        )
+        self.server: EwsServer | None = None
+        self.missing: SideResult | None = None
+        self.server_failure: SideResult | None = None
+        try:
+            admin = ews_admin(project, side, env)
+        except CoexistError as exc:
+            self.missing = SideResult(
+                self.kind, NO_CREDENTIALS, str(project.tenant(side).ews.admin), exc.message,
+                exc.next_step,
+            )  # fmt: skip
+            return
+        settings = project.tenant(side).ews
+        self.server = EwsServer(
+            ews_endpoint(settings, side, self.kind),
+            admin,
+            EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
+            retry=retry_policy(project),
+        )
+
+    async def check(self, item: Mapping[str, Any]) -> SideResult:
+        address = address_of(item, self.side)
+        if self.missing is not None:
+            return self.missing
+        if self.server_failure is not None:
+            return self.server_failure
+        assert self.server is not None
+        try:
+            async with self.server.mailbox(address) as mailbox:
+                await mailbox.probe()
+        except CoexistError as exc:
+            result = failed(self.kind, address, exc)
+            if result.result in SERVER_RESULTS or result.result == WRONG_PASSWORD:
+                # The admin's login or the endpoint: every user of this side would fail alike.
+                self.server_failure = result
+            return result
+        return SideResult(self.kind, OK, address)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+
 def address_of(item: Mapping[str, Any], side: str) -> str:
     """The user's address on a side (the source address names the user everywhere)."""
     own = item.get(f"{side}_address")
@@ -283,7 +339,7 @@ class GraphChecker:
 
 # -- the command ------------------------------------------------------------------------------
 
-Checker = ImapChecker | GraphChecker
+Checker = ImapChecker | GraphChecker | EwsChecker
 
 
 def verify_credentials(
@@ -324,10 +380,14 @@ async def _verify(
     adapters: list[GraphAdapter] = []
     checkers: dict[str, Checker] = {}
     credentials = TenantCredentials()  # one per tenant (both sides may be the same one)
+    ews_checkers: list[EwsChecker] = []
     try:
         for side in SIDES:
             settings = project.tenant(side)
-            if settings.kind == "imap":
+            if settings.kind in EWS_KINDS:
+                ews_checkers.append(EwsChecker(project, side, env))
+                checkers[side] = ews_checkers[-1]
+            elif settings.kind == "imap":
                 checkers[side] = ImapChecker(side, settings.imap, vault, command)
             else:
                 graph = GraphAdapter(
@@ -343,6 +403,8 @@ async def _verify(
         try:
             for graph in adapters:
                 await graph.close()
+            for checker in ews_checkers:
+                await checker.close()
         finally:
             await credentials.aclose()
     for item, result in zip(items, results, strict=True):

@@ -264,8 +264,11 @@ def _app_grant(entry: Credential) -> str | None:
 
 
 def _master_user(project: Project, side: str) -> str | None:
-    """The side's `[S.imap] master_user`, where the side is an IMAP server that has one."""
+    """The side's `[S.imap] master_user`, where the side is an IMAP server that has one; an
+    EWS side's admin (`[S.ews] admin`), whose password the same vault entry holds."""
     settings = project.source if side == "source" else project.target
+    if settings.kind in ("exchange", "workmail"):
+        return settings.ews.admin
     return settings.imap.master_user if settings.kind == "imap" else None
 
 

@@ -45,8 +45,11 @@ TENANT_SIDES = ("source", "target")
 # Endpoint kinds a side may be (DESIGN.md "Endpoint kinds"); each kind but m365, whose
 # settings are the side's own table (as before kinds existed), has its own table under the
 # side: [source.imap]. What each kind can do is engine/context.KIND_CAPABILITIES.
-KINDS = ("m365", "imap")
-KIND_TABLES = ("imap",)
+KINDS = ("m365", "imap", "exchange", "workmail")
+KIND_TABLES = ("imap", "ews")
+# The table of each kind's settings under its side: Exchange and WorkMail are both spoken to
+# over EWS, with the same settings ([source.ews]).
+KIND_TABLE: dict[str, str] = {"imap": "imap", "exchange": "ews", "workmail": "ews"}
 
 SettingType = Literal["str", "int", "bool", "list", "duration", "path"]
 
@@ -114,6 +117,16 @@ SECTIONS: dict[str, str] = {
         "always on."
     ),
     "target.imap": 'The target IMAP server, when [target] kind = "imap". As [source.imap].',
+    "source.ews": (
+        'The source Exchange Web Services endpoint, when [source] kind = "exchange" (hosted or '
+        'on-premises Exchange 2010 SP1 ... 2019) or "workmail" (Amazon WorkMail). One admin '
+        "login opens every mailbox: FullAccess on each (delegation) or the "
+        "ApplicationImpersonation role (impersonation); WorkMail: a user granted mailbox "
+        "permissions. Its password goes in the credential vault (coexist credentials set "
+        "--master --side source), never here. TLS is always verified."
+    ),
+    "target.ews": 'The target EWS endpoint, when [target] kind = "exchange" or "workmail". As '
+    "[source.ews].",
 }
 
 
@@ -129,9 +142,10 @@ def _tenant_settings(side: str) -> list[Setting]:
             f"{side}.kind",
             "str",
             "m365",
-            f"What the {side} is: m365 (a Microsoft 365 tenant: the settings below) or imap "
+            f"What the {side} is: m365 (a Microsoft 365 tenant: the settings below), imap "
             f"(an IMAP server: mail only, users from a batch file; its settings are the "
-            f"[{side}.imap] table).",
+            f"[{side}.imap] table), exchange (hosted or on-premises Exchange over EWS) or "
+            f"workmail (Amazon WorkMail over EWS); both of these: the [{side}.ews] table.",
             choices=KINDS,
         ),
         Setting(
@@ -306,6 +320,91 @@ def _imap_settings(side: str) -> list[Setting]:
     ]
 
 
+def _ews_settings(side: str) -> list[Setting]:
+    """The [source.ews] and [target.ews] tables (kind = "exchange" or "workmail")."""
+    up = side.upper()
+
+    def env(name: str) -> str:
+        return f"COEXIST_{up}_EWS_{name.upper()}"
+
+    return [
+        Setting(
+            f"{side}.ews.url",
+            "str",
+            "",
+            "The EWS endpoint, https://HOST/EWS/Exchange.asmx (the OWA host of a hosted "
+            "Exchange). Blank for WorkMail: https://ews.mail.REGION.awsapps.com/EWS/"
+            "Exchange.asmx from region.",
+            env=env("url"),
+        ),
+        Setting(
+            f"{side}.ews.region",
+            "str",
+            "",
+            "WorkMail's AWS region (e.g. us-east-1), when kind = workmail and url is blank.",
+            env=env("region"),
+        ),
+        Setting(
+            f"{side}.ews.auth",
+            "str",
+            "ntlm",
+            "How the admin signs in: ntlm (on-premises Exchange's default) or basic (WorkMail; "
+            "Exchange where Basic is enabled on /EWS). OAuth (Exchange Online) is not offered: "
+            "EWS there is being switched off.",
+            choices=("ntlm", "basic"),
+        ),
+        Setting(
+            f"{side}.ews.version",
+            "str",
+            "Exchange2016",
+            "The server's version, pinned so that no request probes it (RequestServerVersion; "
+            "2019 speaks Exchange2016's schema). ExportItems/UploadItems need 2010 SP1 or later.",
+            choices=(
+                "Exchange2010_SP1",
+                "Exchange2010_SP2",
+                "Exchange2013",
+                "Exchange2013_SP1",
+                "Exchange2016",
+                "Exchange2019",
+            ),
+        ),
+        Setting(
+            f"{side}.ews.access",
+            "str",
+            "delegation",
+            "delegation: the admin has FullAccess on each mailbox (Add-MailboxPermission); "
+            "Exchange throttles the admin's one budget, so few mailboxes go at once. "
+            "impersonation: the admin holds ApplicationImpersonation "
+            "(New-ManagementRoleAssignment); each mailbox has its own budget.",
+            choices=("delegation", "impersonation"),
+        ),
+        Setting(
+            f"{side}.ews.admin",
+            "str",
+            "",
+            "The admin login (DOMAIN\\user or user@domain) that opens every mailbox. Its "
+            "password: coexist credentials set --master --side " + side + ".",
+            env=env("admin"),
+        ),
+        Setting(
+            f"{side}.ews.ca_file",
+            "path",
+            "",
+            "Extra CA bundle (PEM) to trust for the server's certificate; blank = the system "
+            "store. Certificate verification is always on.",
+            env=env("ca_file"),
+        ),
+        Setting(
+            f"{side}.ews.mailboxes_at_once",
+            "int",
+            0,
+            "Mailboxes open at once on this server. 0 = by access: 20 under delegation (one "
+            "throttling budget for the admin, as MigrationWiz advises), 50 under impersonation.",
+            minimum=0,
+        ),
+    ]
+
+
 # Environment variables are given to what differs between machines or runs (identity,
 # endpoints, files, journal, concurrency); migration decisions (domains, scope, modes)
 # belong in the file so that every run of a project behaves the same.
@@ -336,8 +435,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     *_tenant_settings("source"),
     *_imap_settings("source"),
+    *_ews_settings("source"),
     *_tenant_settings("target"),
     *_imap_settings("target"),
+    *_ews_settings("target"),
     Setting(
         "domains.source_forwarding_domain",
         "str",
@@ -487,11 +588,23 @@ SETTINGS: tuple[Setting, ...] = (
         "non-draft items with their dates). imap-sync: IMAP to IMAP (MIME with flags, keywords "
         "and INTERNALDATE; the default for imap to imap). imap-graph: IMAP to Microsoft 365 "
         "(mail only: messages as non-draft items with their flags, categories and dates; the "
-        "default for imap to m365). none: no data is copied (you move it by other means); "
+        "default for imap to m365). ews-sync: Exchange/WorkMail to Exchange/WorkMail over EWS "
+        "(ExportItems/UploadItems between two Exchanges, else MIME with read/flag state and "
+        "dates; mail only). graph-ews: Microsoft 365 to Exchange/WorkMail, ews-graph: "
+        "Exchange/WorkMail to Microsoft 365 (mail only, MIME with its state). none: no data is copied (you move it by other means); "
         "each data pass shows `no data mover configured` for the user, never "
         "success, and cutover still proceeds. `coexist permissions --command cutover --mover "
         "NAME` lists exactly what each needs in each tenant.",
-        choices=("graph-import-export", "graph-items", "imap-sync", "imap-graph", "none"),
+        choices=(
+            "graph-import-export",
+            "graph-items",
+            "imap-sync",
+            "imap-graph",
+            "ews-sync",
+            "graph-ews",
+            "ews-graph",
+            "none",
+        ),
     ),
     Setting(
         "migration.folder_rules",
@@ -965,6 +1078,34 @@ class ImapSettings(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class EwsSettings(_Section):
+    """An EWS endpoint's settings ([source.ews] / [target.ews]: kinds exchange, workmail)."""
+
+    url: str | None
+    region: str | None
+    auth: str
+    version: str
+    access: str
+    admin: str | None
+    ca_file: Path | None
+    mailboxes_at_once: int
+
+    def service_url(self) -> str | None:
+        """The EWS URL: `url`, else WorkMail's for `region` (FACTS.md "Amazon WorkMail")."""
+        if self.url:
+            return self.url
+        if self.region:
+            return f"https://ews.mail.{self.region}.awsapps.com/EWS/Exchange.asmx"
+        return None
+
+    @property
+    def mailboxes(self) -> int:
+        if self.mailboxes_at_once:
+            return self.mailboxes_at_once
+        return 20 if self.access == "delegation" else 50
+
+
+@dataclass(frozen=True, repr=False)
 class TenantSettings(_Section):
     """One side's settings: its kind, a Microsoft 365 tenant's connection settings
     (`endpoint()` turns them into a TenantEndpoint) and each other kind's table."""
@@ -981,6 +1122,7 @@ class TenantSettings(_Section):
     ca_file: Path | None
     sandbox_connection: Path | None
     imap: ImapSettings
+    ews: EwsSettings
     # Resolved from the environment at load time; never shown, never written.
     client_secret: str | None = field(default=None, metadata={"secret": True})
     file: Path = field(default=Path(PROJECT_FILE), metadata={"hidden": True})
@@ -1135,6 +1277,8 @@ class Verify(_Section):
 SECTION_TYPES: dict[str, type[_Section]] = {
     "source.imap": ImapSettings,
     "target.imap": ImapSettings,
+    "source.ews": EwsSettings,
+    "target.ews": EwsSettings,
     "project": ProjectSection,
     "source": TenantSettings,
     "target": TenantSettings,
@@ -1306,6 +1450,11 @@ DEFAULT_MOVERS: dict[tuple[str, str], str] = {
     ("m365", "m365"): "graph-import-export",
     ("imap", "imap"): "imap-sync",
     ("imap", "m365"): "imap-graph",
+    **{(s, t): "ews-sync" for s in ("exchange", "workmail") for t in ("exchange", "workmail")},
+    ("m365", "exchange"): "graph-ews",
+    ("m365", "workmail"): "graph-ews",
+    ("exchange", "m365"): "ews-graph",
+    ("workmail", "m365"): "ews-graph",
 }
 
 
@@ -1611,6 +1760,14 @@ def _check_required(values: Mapping[str, Any], path: Path) -> None:
             if values[f"{side}.imap.host"] is None:
                 raise _missing(f"{side}.imap.host", path, ' (kind = "imap")')
             continue
+        if (kind := values[f"{side}.kind"]) in ("exchange", "workmail"):
+            if values[f"{side}.ews.url"] is None and (
+                kind != "workmail" or values[f"{side}.ews.region"] is None
+            ):
+                raise _missing(f"{side}.ews.url", path, f' (kind = "{kind}")')
+            if values[f"{side}.ews.admin"] is None:
+                raise _missing(f"{side}.ews.admin", path, f' (kind = "{kind}")')
+            continue
         if values[f"{side}.sandbox_connection"] is not None:
             continue
         for name in ("tenant_id", "client_id"):
@@ -1639,7 +1796,11 @@ def _check_kind_tables(values: Mapping[str, Any], directory: Path, path: Path) -
     an imap side with a tenant_id, an m365 side with an [imap] table."""
     for side in TENANT_SIDES:
         kind = values[f"{side}.kind"]
-        own = section_settings(side) if kind == "m365" else section_settings(f"{side}.{kind}")
+        own = (
+            section_settings(side)
+            if kind == "m365"
+            else section_settings(f"{side}.{KIND_TABLE[kind]}")
+        )
         for s in SETTINGS:
             if not s.key.startswith(f"{side}.") or s in own or s.key == f"{side}.kind":
                 continue

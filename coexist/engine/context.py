@@ -12,6 +12,7 @@ from coexist.errors import ConfigError, InputError
 from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantCredentials, TenantEndpoint
 from coexist.tenants.base import READ_RETRY
+from coexist.tenants.ews import AdminLogin, EwsEndpoint, EwsLimits, EwsServer
 from coexist.tenants.exo import ExoRunner
 from coexist.tenants.graph import GraphAdapter
 from coexist.tenants.imap import (
@@ -39,7 +40,12 @@ DIRECTORY, CMDLETS, STORE = "directory", "cmdlets", "store"
 KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "m365": frozenset({DIRECTORY, CMDLETS, STORE}),
     "imap": frozenset({STORE}),
+    # EWS kinds bring their mailbox store; their directories (remote PowerShell, WorkMail's
+    # API) are not built yet: users come from a batch file, cutover is the operator's.
+    "exchange": frozenset({STORE}),
+    "workmail": frozenset({STORE}),
 }
+EWS_KINDS = ("exchange", "workmail")
 # What a pass leaves behind by the source's kind, said where the pass's outcome is shown
 # (the pass detail, `coexist status`): an IMAP account holds mail only (MigrationWiz's and
 # CodeTwo's IMAP migrations likewise move mail), so no contacts, calendars or tasks come
@@ -69,11 +75,17 @@ COMMAND_NEEDS: dict[str, dict[str, frozenset[str]]] = {
 # change (DNS, outside coexist), then the full data pass: stores only, on both sides.
 SOURCE_KIND_NEEDS: dict[tuple[str, str], dict[str, frozenset[str]]] = {
     ("cutover", "imap"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
+    ("cutover", "exchange"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
+    ("cutover", "workmail"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
 }
 # Why a kind lacks a capability, and what to do instead (for the error).
 _INSTEAD = {
     ("imap", DIRECTORY): "its users come from a batch file: coexist batch import",
     ("imap", CMDLETS): "IMAP has no recipients or forwarding: its cutover is an MX change",
+    ("exchange", DIRECTORY): "its users come from a batch file: coexist batch import",
+    ("exchange", CMDLETS): "on-premises cmdlets (remote PowerShell) are not built yet",
+    ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import",
+    ("workmail", CMDLETS): "WorkMail has no Exchange cmdlets",
 }
 _SAID = {DIRECTORY: "a directory", CMDLETS: "Exchange cmdlets", STORE: "a mailbox store"}
 
@@ -245,7 +257,7 @@ def _default_login(side: str, subject: str, item: Mapping[str, Any] | None) -> s
     return source_login
 
 
-StoreClient = GraphAdapter | ImapServer
+StoreClient = GraphAdapter | ImapServer | EwsServer
 
 
 @dataclass
@@ -263,6 +275,7 @@ class Side:
     _exo: ExoRunner | None
     kind: str = "m365"
     imap: ImapServer | None = None
+    ews: EwsServer | None = None
 
     def has(self, capability: str) -> bool:
         return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
@@ -304,10 +317,12 @@ class Side:
         (`migrate.stores.graph_io`/`graph_items`), the `ImapServer` for imap
         (`migrate.stores.imap.imap_store`)."""
         self.require(STORE)
+        if self.ews is not None:
+            return self.ews
         return self.imap if self.imap is not None else self.graph
 
-    def _clients(self) -> list[GraphAdapter | ExoRunner | ImapServer]:
-        return [c for c in (self._graph, self._exo, self.imap) if c is not None]
+    def _clients(self) -> list[GraphAdapter | ExoRunner | ImapServer | EwsServer]:
+        return [c for c in (self._graph, self._exo, self.imap, self.ews) if c is not None]
 
     @property
     def calls(self) -> int:
@@ -425,7 +440,59 @@ async def open_imap_side(project: Any, label: str, opts: SideOptions) -> AsyncIt
     yield Side(label, None, None, None, kind="imap", imap=server)
 
 
-SIDE_OPENERS: dict[str, SideOpener] = {"m365": open_m365_side, "imap": open_imap_side}
+def ews_endpoint(settings: Any, side: str, kind: str) -> EwsEndpoint:
+    """The adapter's endpoint for a side's `[source.ews]`/`[target.ews]` settings."""
+    return EwsEndpoint(
+        str(settings.service_url()),
+        settings.auth,
+        settings.version,
+        settings.access,
+        str(settings.ca_file) if settings.ca_file else None,
+        side=side,
+        kind=kind,
+    )
+
+
+def ews_admin(project: Any, label: str, env: Mapping[str, str] | None = None) -> AdminLogin:
+    """The side's EWS admin: `[S.ews] admin` (or the vault entry's login) and the password
+    of the vault's MASTER_ENTRY (`coexist credentials set --master --side S`); an InputError
+    naming that command when the vault holds none."""
+    settings = project.tenant(label).ews
+    vault = Vault.open(Path(project.directory), env=env)
+    cred = vault.get(MASTER_ENTRY, label)
+    if cred is None:
+        raise InputError(
+            f"no password for the {label} EWS admin {settings.admin} in the credential vault",
+            next_step=f"coexist credentials set --project {project.directory} --master --side "
+            f"{label}, then run this command again",
+        )
+    return AdminLogin(str(settings.admin or cred.login), cred.password)
+
+
+@asynccontextmanager
+async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIterator[Side]:
+    """An EWS server (Exchange or WorkMail): its admin and the bound of mailboxes open at
+    once; each pass opens its user's mailbox (`migrate.stores.ews.ews_store`)."""
+    tenant = project.tenant(label)
+    settings = tenant.ews
+    server = EwsServer(
+        ews_endpoint(settings, label, tenant.kind),
+        ews_admin(project, label, opts.env),
+        EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
+        retry=opts.read_retry,
+    )
+    try:
+        yield Side(label, None, None, None, kind=tenant.kind, ews=server)
+    finally:
+        await server.close()
+
+
+SIDE_OPENERS: dict[str, SideOpener] = {
+    "m365": open_m365_side,
+    "imap": open_imap_side,
+    "exchange": open_ews_side,
+    "workmail": open_ews_side,
+}
 
 
 @asynccontextmanager

@@ -87,7 +87,11 @@ MOVER_MODULES = {
     "graph-items": "coexist.migrate.items",
     "imap-sync": "coexist.migrate.stores.imap",
     "imap-graph": "coexist.migrate.imap_graph",
+    "ews-sync": "coexist.migrate.stores.ews",
+    "graph-ews": "coexist.migrate.stores.ews",
+    "ews-graph": "coexist.migrate.stores.ews",
 }
+_EWS = ("exchange", "workmail")
 # The (source kind, target kind) pairs each mover moves between ([source]/[target] kind);
 # `none` moves nothing, whatever the kinds.
 MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
@@ -95,6 +99,9 @@ MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
     "graph-items": frozenset({("m365", "m365")}),
     "imap-sync": frozenset({("imap", "imap")}),
     "imap-graph": frozenset({("imap", "m365")}),
+    "ews-sync": frozenset((s, t) for s in _EWS for t in _EWS),
+    "graph-ews": frozenset(("m365", t) for t in _EWS),
+    "ews-graph": frozenset((s, "m365") for s in _EWS),
 }
 
 
@@ -103,7 +110,7 @@ MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
 # saying what they would run: their planned pass would export every item it would copy
 # (graph-import-export's exportItems, graph-items' MIME and PIM reads) from every mailbox
 # planned, and their plan mode is not covered by their acceptance tests.
-PLANNED_MOVERS = frozenset({"imap-sync", "imap-graph"})
+PLANNED_MOVERS = frozenset({"imap-sync", "imap-graph", "ews-sync"})
 
 
 def _mover_name(ctx: Context) -> str:

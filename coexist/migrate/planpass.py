@@ -135,6 +135,18 @@ def _action(w: PlannedWrite) -> tuple[str, str | None]:
             "UID EXPUNGE": "delete",
         }.get(verb, "other")
         return action, str(w.params.get("folder")) if action == "create" else None
+    if w.system == "ews":  # migrate.stores.ews: "<EWS operation> <user>"
+        op = w.operation.split(" ", 1)[0]
+        if op == "UploadItems":
+            return ("update" if w.params.get("mode") == "Update" else "copy"), None
+        action = {
+            "CreateFolder": "create",
+            "CreateItem": "copy",
+            "UpdateItem": "update",
+            "MoveItem": "move",
+            "DeleteItem": "delete",
+        }.get(op, "other")
+        return action, str(w.params.get("folder")) if action == "create" else None
     method, _, path = w.operation.partition(" ")
     if method == "POST" and path.endswith(("/mailFolders", "/childFolders")):
         return "create", str(w.params.get("displayName") or w.params.get("name"))

@@ -1,0 +1,475 @@
+"""Exchange Web Services, through exchangelib: the only module that imports it.
+
+An EWS side (`exchange`: on-premises or hosted Exchange 2010 SP1 ... 2019; `workmail`: Amazon
+WorkMail) is one endpoint (`EwsEndpoint`: the EWS URL, the auth scheme, the pinned server
+version, the access mode, an extra CA bundle) and one admin login that opens every mailbox:
+
+- delegation (`access = "delegation"`): the admin has FullAccess on each mailbox
+  (`Add-MailboxPermission -AccessRights FullAccess`); Exchange throttles the admin's one
+  budget, so about 20 mailboxes are opened at once (the seed's advice; `EwsLimits`).
+- impersonation (`access = "impersonation"`): the admin holds the ApplicationImpersonation
+  role (`New-ManagementRoleAssignment -Role ApplicationImpersonation`); each request carries
+  `ExchangeImpersonation` and is charged to the impersonated user's budget, so many
+  mailboxes go at once.
+
+exchangelib is blocking: each call runs in a worker thread of the server's own pool, sized
+to the bounds (`EwsServer`), never the loop's default pool. Its own retries are off
+(`FailFast`): `ErrorServerBusy` surfaces with the `BackOffMilliseconds` Exchange sent and
+is retried by coexist's injected `RetryPolicy`, which waits that long. Every exchangelib and
+requests error is mapped to coexist's tree (`map_error`) naming the user, the mailbox, the
+missing grant and the command to run next.
+
+Version and auth are pinned (`Configuration(version=..., auth_type=...)`): exchangelib then
+sends no probe (FACTS.md "exchangelib: pin version and auth_type to skip probes").
+
+TLS is always verified. A private CA is given the way exchangelib documents it ("Proxies and
+custom TLS validation": a `requests` adapter class set as `BaseProtocol.HTTP_ADAPTER_CLS`
+whose `cert_verify` names the CA bundle per host): `_CaBundleAdapter`, which looks the host
+up in the bundles registered by `trust()` and keeps requests' default for any other host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import requests.adapters
+from exchangelib import (
+    BASIC,
+    DELEGATE,
+    IMPERSONATION,
+    NTLM,
+    Account,
+    Configuration,
+    Credentials,
+    Version,
+)
+from exchangelib import errors as ews_errors
+from exchangelib.protocol import BaseProtocol, CachingProtocol, FailFast
+from exchangelib.version import (
+    EXCHANGE_2010_SP1,
+    EXCHANGE_2010_SP2,
+    EXCHANGE_2013,
+    EXCHANGE_2013_SP1,
+    EXCHANGE_2016,
+    EXCHANGE_2019,
+)
+
+from coexist.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RemoteError,
+    TransientError,
+    Unreachable,
+)
+from coexist.retry import RetryPolicy
+from coexist.tenants.base import connection_error
+
+SERVICE = "ews"
+T = TypeVar("T")
+
+# exchangelib logs every request and response at DEBUG, headers included: the Authorization
+# header of Basic auth is the password in base64. Its loggers never go below INFO here, so a
+# run log at DEBUG cannot carry a secret.
+for _name in ("exchangelib", "exchangelib.util", "exchangelib.protocol", "requests_ntlm"):
+    logging.getLogger(_name).setLevel(logging.INFO)
+
+Access = Literal["delegation", "impersonation"]
+Auth = Literal["ntlm", "basic"]
+
+# RequestServerVersion a project may pin (types.xsd ExchangeVersionType; 2019 speaks
+# Exchange2016's schema, exchangelib's VERSIONS table).
+VERSIONS: dict[str, Any] = {
+    "Exchange2010_SP1": EXCHANGE_2010_SP1,
+    "Exchange2010_SP2": EXCHANGE_2010_SP2,
+    "Exchange2013": EXCHANGE_2013,
+    "Exchange2013_SP1": EXCHANGE_2013_SP1,
+    "Exchange2016": EXCHANGE_2016,
+    "Exchange2019": EXCHANGE_2019,
+}
+AUTH_TYPES: dict[str, str] = {"ntlm": NTLM, "basic": BASIC}
+ACCESS_TYPES: dict[str, str] = {"delegation": DELEGATE, "impersonation": IMPERSONATION}
+# The grant each access mode needs, and how an Exchange admin gives it (on-premises cmdlets;
+# FACTS.md "On-prem Exchange cmdlets"). WorkMail's is its console's mailbox permissions.
+GRANTS: dict[str, str] = {"delegation": "FullAccess", "impersonation": "ApplicationImpersonation"}
+
+
+@dataclass(frozen=True)
+class EwsEndpoint:
+    """Where one EWS side is and how it is spoken to (`[source.ews]`/`[target.ews]`)."""
+
+    url: str  # https://host/EWS/Exchange.asmx
+    auth: Auth = "ntlm"
+    version: str = "Exchange2016"
+    access: Access = "delegation"
+    ca_file: str | None = None
+    side: str = "source"
+    kind: str = "exchange"  # exchange | workmail
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class EwsLimits:
+    """Mailboxes open at once on the server (delegation: one throttling budget, ~20;
+    impersonation: per-user budgets, more), requests in flight per mailbox, and requests in
+    flight on the server for all of them (0: mailboxes x per_mailbox).
+
+    Under delegation every request is the admin's: Exchange's default throttling policy
+    allows the admin EwsMaxConcurrency = 27 requests at once (FACTS.md "Other endpoints",
+    *unverified* per version), so `for_access` keeps the server's total below it."""
+
+    mailboxes: int = 20
+    per_mailbox: int = 4
+    calls: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.calls or self.mailboxes * self.per_mailbox
+
+    @classmethod
+    def for_access(cls, access: str, mailboxes: int = 0) -> EwsLimits:
+        """The bounds of an access mode: delegation 20 mailboxes, 20 requests at once
+        (below the admin's EwsMaxConcurrency of 27); impersonation 50 mailboxes, each with
+        its own budget, 64 requests at once from this process (*unverified*: a bound of
+        ours on threads and connections, not a published server limit)."""
+        if access == "delegation":
+            return cls(mailboxes or 20, 4, calls=20)
+        return cls(mailboxes or 50, 4, calls=64)
+
+
+@dataclass(frozen=True)
+class AdminLogin:
+    """The admin (service account) that opens every mailbox; its password never shows."""
+
+    login: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"AdminLogin(login={self.login!r}, password='[redacted]')"
+
+
+# -- TLS: the documented adapter hook ----------------------------------------------------------
+
+_CA_BUNDLES: dict[str, str] = {}  # "host:port" -> CA bundle (PEM)
+_CA_LOCK = threading.Lock()
+
+
+def _host_key(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+class _CaBundleAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, verifying a host registered by `trust` against its CA bundle (and
+    any other host against requests' default store). Verification is never turned off."""
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        bundle = _CA_BUNDLES.get(_host_key(url))
+        super().cert_verify(conn, url, bundle if bundle else (verify or True), cert)
+
+
+def trust(url: str, ca_file: str | None) -> None:
+    """Verify `url`'s host against `ca_file` (None: the default store). Installs the adapter
+    class once (exchangelib: "Proxies and custom TLS validation")."""
+    with _CA_LOCK:
+        if ca_file:
+            _CA_BUNDLES[_host_key(url)] = ca_file
+        else:
+            _CA_BUNDLES.pop(_host_key(url), None)
+        if BaseProtocol.HTTP_ADAPTER_CLS is not _CaBundleAdapter:
+            BaseProtocol.HTTP_ADAPTER_CLS = _CaBundleAdapter
+
+
+# -- configuration and accounts ---------------------------------------------------------------
+
+
+def build_config(endpoint: EwsEndpoint, admin: AdminLogin, connections: int) -> Any:
+    """exchangelib's Configuration: version and auth pinned (no probes), its own retries off
+    (FailFast: coexist's policy retries), `connections` sessions to the server."""
+    if endpoint.version not in VERSIONS:
+        raise ValueError(f"unknown EWS version {endpoint.version!r}")
+    return Configuration(
+        service_endpoint=endpoint.url,
+        credentials=Credentials(admin.login, admin.password),
+        auth_type=AUTH_TYPES[endpoint.auth],
+        version=Version(build=VERSIONS[endpoint.version]),
+        retry_policy=FailFast(),
+        max_connections=connections,
+    )
+
+
+def build_account(config: Any, user: str, access: Access) -> Any:
+    """The mailbox `user` opened by the admin: delegation (DELEGATE: the admin's FullAccess)
+    or impersonation (IMPERSONATION: ExchangeImpersonation header). No autodiscover."""
+    return Account(
+        primary_smtp_address=user,
+        config=config,
+        autodiscover=False,
+        access_type=ACCESS_TYPES[access],
+    )
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def grant_command(access: Access, admin: str, user: str) -> str:
+    """The Exchange Management Shell line that gives the admin access to `user`'s mailbox."""
+    if access == "impersonation":
+        return f"New-ManagementRoleAssignment -Role ApplicationImpersonation -User {admin}"
+    return f"Add-MailboxPermission -Identity {user} -User {admin} -AccessRights FullAccess"
+
+
+def map_error(
+    exc: BaseException,
+    endpoint: EwsEndpoint,
+    *,
+    admin: str,
+    user: str | None = None,
+    what: str = "",
+    retry_command: str = "coexist retry",
+) -> RemoteError:
+    """A coexist error for an exchangelib/requests failure of one request (`what`) on a
+    mailbox (`user`), with the grant and command that fix it where there is one."""
+    side = f"[{endpoint.side}.ews]"
+    mailbox = f"{user}'s mailbox" if user else "the EWS endpoint"
+    head = f"EWS {endpoint.origin}: {what + ' of ' if what else ''}{mailbox}"
+    code = type(exc).__name__ if isinstance(exc, ews_errors.EWSError) else None
+    kw: dict[str, Any] = {"service": SERVICE, "code": code, "user": user}
+    text = str(exc) or type(exc).__name__
+    grant = GRANTS[endpoint.access]
+    if isinstance(exc, ews_errors.ErrorServerBusy) and not text.startswith("Reraised from"):
+        return TransientError(
+            f"{head}: the server is busy (ErrorServerBusy), back off "
+            f"{exc.back_off if exc.back_off is not None else '?'} s",
+            retry_after=float(exc.back_off) if exc.back_off else None,
+            **kw,
+        )
+    if isinstance(
+        exc,
+        ews_errors.ErrorServerBusy | ews_errors.ErrorTimeoutExpired | ews_errors.TransportError,
+    ) and _is_connection(exc):
+        return connection_error(
+            exc,
+            service=SERVICE,
+            who="EWS",
+            url=endpoint.url,
+            setting="ews url",
+            side=endpoint.side,
+            what=what,
+        )
+    if isinstance(exc, ews_errors.UnauthorizedError):
+        return AuthenticationError(
+            f"EWS {endpoint.origin} refused the admin login {admin} ({endpoint.auth} auth): {text}",
+            next_step=f"check {side} auth and the admin's password (coexist credentials set "
+            f"--admin --side {endpoint.side}), then {retry_command}",
+            status=401,
+            **kw,
+        )
+    if isinstance(exc, ews_errors.ErrorImpersonateUserDenied | ews_errors.ErrorImpersonationDenied):
+        return PermissionDenied(
+            f"{head}: {admin} may not impersonate {user} ({code}): the admin lacks the "
+            "ApplicationImpersonation role",
+            next_step=f"{grant_command('impersonation', admin, user or '<user>')}, then "
+            f"{retry_command}",
+            grant="ApplicationImpersonation",
+            **kw,
+        )
+    if isinstance(exc, ews_errors.ErrorAccessDenied):
+        return PermissionDenied(
+            f"{head}: access denied to {admin} ({code}): the admin lacks {grant} on it"
+            + (" (WorkMail: mailbox permissions)" if endpoint.kind == "workmail" else ""),
+            next_step=f"{grant_command(endpoint.access, admin, user or '<user>')}, then "
+            f"{retry_command}",
+            grant=grant,
+            **kw,
+        )
+    if isinstance(exc, ews_errors.ErrorNonExistentMailbox | ews_errors.ErrorMailRecipientNotFound):
+        return NotFound(
+            f"{head}: no such mailbox on this server ({code})",
+            next_step=f"check the user's address on the {endpoint.side}, then {retry_command}",
+            **kw,
+        )
+    if isinstance(
+        exc,
+        ews_errors.ErrorItemNotFound
+        | ews_errors.ErrorFolderNotFound
+        | ews_errors.ErrorInvalidIdMalformed,
+    ):
+        return NotFound(f"{head}: {text} ({code})", **kw)
+    if isinstance(exc, ews_errors.ErrorFolderExists):
+        return Conflict(f"{head}: {text} ({code})", **kw)
+    if isinstance(exc, ews_errors.ErrorInvalidSyncStateData):
+        return RemoteError(f"{head}: the saved sync state is no longer valid ({code})", **kw)
+    if isinstance(
+        exc,
+        ews_errors.ErrorInternalServerTransientError
+        | ews_errors.ErrorMailboxStoreUnavailable
+        | ews_errors.ErrorTooManyObjectsOpened
+        | ews_errors.ErrorMailboxMoveInProgress
+        | ews_errors.ErrorServerBusy
+        | ews_errors.ErrorTimeoutExpired
+        | ews_errors.RateLimitError,
+    ):
+        return TransientError(f"{head}: {text} ({code})", **kw)
+    if isinstance(exc, ews_errors.ErrorIrresolvableConflict | ews_errors.ErrorInvalidChangeKey):
+        return Conflict(f"{head}: the item changed meanwhile ({code})", **kw)
+    if isinstance(exc, ews_errors.ResponseMessageError | ews_errors.ErrorSchemaValidation):
+        return InvalidRequest(f"{head}: {text} ({code})", **kw)
+    if isinstance(exc, ews_errors.MalformedResponseError | ews_errors.TransportError):
+        return TransientError(f"{head}: {text}", **kw)
+    if isinstance(exc, requests.exceptions.RequestException | OSError):
+        return connection_error(
+            exc,
+            service=SERVICE,
+            who="EWS",
+            url=endpoint.url,
+            setting="url",
+            side=endpoint.side,
+            what=what,
+        )
+    return RemoteError(f"{head}: {type(exc).__name__}: {text}", **kw)
+
+
+def _is_connection(exc: BaseException) -> bool:
+    """Whether an exchangelib error stands for a failed connection (exchangelib re-raises
+    requests' connection and TLS errors as TransportError / ErrorTimeoutExpired /
+    ErrorServerBusy("Reraised from ..."), the original as the context)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, requests.exceptions.RequestException | OSError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _resendable(err: TransientError) -> bool:
+    """Whether a failed write surely did nothing: the server said busy, or no connection."""
+    return isinstance(err, Unreachable) or err.code in ("ErrorServerBusy", "RateLimitError")
+
+
+SYNC_STATE_LOST = "ErrorInvalidSyncStateData"
+
+
+def sync_state_lost(exc: RemoteError) -> bool:
+    """Whether an error says a saved SyncFolderItems state is no longer valid."""
+    return exc.code == SYNC_STATE_LOST
+
+
+# -- the server and its mailboxes --------------------------------------------------------------
+
+
+class EwsServer:
+    """One EWS side: its endpoint, admin, bounds and worker threads; shared by every pass of
+    a run. `mailbox(user)` opens a mailbox within the bound of mailboxes at once."""
+
+    def __init__(
+        self,
+        endpoint: EwsEndpoint,
+        admin: AdminLogin,
+        limits: EwsLimits | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.admin = admin
+        self.limits = limits or EwsLimits.for_access(endpoint.access)
+        self.retry = retry or RetryPolicy()
+        trust(endpoint.url, endpoint.ca_file)
+        workers = self.limits.in_flight
+        self.config = build_config(endpoint, admin, workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"ews-{endpoint.side}")
+        self._mailboxes = asyncio.Semaphore(self.limits.mailboxes)
+        self._calls = asyncio.Semaphore(workers)
+        self.calls = 0
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"EwsServer({self.endpoint.url!r}, admin={self.admin.login!r})"
+
+    async def call(
+        self, fn: Callable[[], T], *, user: str | None, what: str, write: bool = False
+    ) -> T:
+        """`fn()` in a worker thread (at most `limits.in_flight` at once), retried on
+        transient errors by the policy (honouring ErrorServerBusy's back-off), its failures
+        mapped (`map_error`).
+
+        A write is retried only where Exchange cannot have made it: ErrorServerBusy (refused
+        before it ran) or no connection at all (Unreachable). A connection lost mid-request
+        may have created the item: it is not sent again here; the sync finds such a copy by
+        its identity on the next pass (`sync.adopt_interrupted`)."""
+        loop = asyncio.get_running_loop()
+
+        async def once() -> T:
+            async with self._calls:
+                self.calls += 1
+                try:
+                    return await loop.run_in_executor(self._pool, fn)
+                except (
+                    ews_errors.EWSError,
+                    requests.exceptions.RequestException,
+                    OSError,
+                ) as exc:
+                    err = map_error(
+                        exc, self.endpoint, admin=self.admin.login, user=user, what=what
+                    )
+                    if write and isinstance(err, TransientError) and not _resendable(err):
+                        err.retryable = False
+                    raise err from exc
+
+        return await self.retry.call(once)
+
+    @asynccontextmanager
+    async def mailbox(self, user: str) -> AsyncIterator[EwsMailbox]:
+        """`user`'s mailbox, holding one of the server's mailbox slots while open."""
+        async with self._mailboxes:
+            loop = asyncio.get_running_loop()
+            account = await loop.run_in_executor(
+                self._pool, build_account, self.config, user, self.endpoint.access
+            )
+            yield EwsMailbox(self, user, account)
+
+    async def close(self) -> None:
+        """Close the sessions and the worker threads."""
+        await asyncio.get_running_loop().run_in_executor(None, _close_protocols)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _close_protocols() -> None:
+    # exchangelib caches a protocol (its session pool) per endpoint and credentials.
+    CachingProtocol.clear_cache()
+
+
+@dataclass
+class EwsMailbox:
+    """One opened mailbox: its account and the server its calls run on."""
+
+    server: EwsServer
+    user: str
+    account: Any
+
+    async def call(self, fn: Callable[[Any], T], what: str, write: bool = False) -> T:
+        """`fn(account)` in a worker thread (see `EwsServer.call`)."""
+        return await self.server.call(
+            lambda: fn(self.account), user=self.user, what=what, write=write
+        )
+
+    async def probe(self) -> None:
+        """Open the mailbox the way a pass does and read its Inbox (GetFolder, nothing
+        changes): the access mode's grant, the login and the endpoint all show here."""
+        await self.call(lambda account: account.inbox.id, "GetFolder inbox")
