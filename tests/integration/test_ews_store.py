@@ -269,11 +269,6 @@ def test_mime_path_keeps_flag_categories_and_dates(orgs: Sandbox, tmp_path: Path
         assert t.received == s.received
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandbox EWS face (44cab9c) reads xs:boolean IsRead only as 'true'; exchangelib "
-    "sends '1' (util.value_to_xml_text): CreateItem/UpdateItem IsRead=1 is stored unread",
-)
 def test_mime_path_keeps_the_read_state(orgs: Sandbox, tmp_path: Path) -> None:
     """Each MIME copy is read where its source is."""
     _, _, pairs = mime_round(orgs, tmp_path)
@@ -659,7 +654,7 @@ def test_m365_to_workmail_moves_mail_as_mime_with_its_state(
     assert len(pairs) == 3
     for s, t in pairs:
         assert not t.draft
-        # The read state is test_mime_path_keeps_the_read_state's (xfail: the face's IsRead).
+        assert t.read == s.read
         assert (t.flag or {}).get("flagStatus") == (s.flag or {}).get("flagStatus")
         assert t.categories == s.categories
         assert datetime.fromisoformat(str(t.received)) == datetime.fromisoformat(str(s.received))
