@@ -1276,6 +1276,19 @@ def _upload_pim(call: Call, folder: EwsFolder, header: dict[str, Any]) -> ET.Ele
     return m("ItemId", {"Id": made.id, "ChangeKey": made.change_key})
 
 
+def _replace_pim(call: Call, action: str, existing: ET.Element | None) -> None:
+    """CreateAction Update / UpdateOrCreate of a PIM blob: the item named by ItemId goes (its
+    exceptions with it) before the blob is made, as the mail branch below does; Update of an
+    item not there is ErrorItemNotFound."""
+    if action not in ("Update", "UpdateOrCreate") or existing is None:
+        return
+    old = pim_store(call).find(existing.get("Id", ""))
+    if old is not None and old.tenant == call.key:
+        _delete_pim(call, old)
+    elif action == "Update":
+        raise _Err("ErrorItemNotFound", "The specified object was not found in the store.")
+
+
 def upload_items(call: Call, body: ET.Element) -> ET.Element:
     def one(node: ET.Element) -> list[ET.Element]:
         action = node.get("CreateAction", "CreateNew")
@@ -1293,6 +1306,7 @@ def upload_items(call: Call, body: ET.Element) -> ET.Element:
                     "ErrorFolderNotFound", "The specified folder could not be found in the store."
                 )
             _open(call, owner)
+            _replace_pim(call, action, node.find("t:ItemId", NS))
             return [_upload_pim(call, folder_by_id(call, owner, folder_id), header)]
         folder = folder_by_id_checked(call, parent.get("Id", "") if parent is not None else "")
         _size_check(call, len(mime))
