@@ -61,8 +61,8 @@ from exchangelib.services.common import EWSService
 
 from coexist.engine.context import Context, capability_missing
 from coexist.errors import InvalidRequest, NotFound, RemoteError
-from coexist.migrate.passes import MOVERS
-from coexist.migrate.sync import message_identity
+from coexist.migrate.passes import MOVERS, PassResult, Window
+from coexist.migrate.sync import StoreMover, message_identity
 from coexist.tenants.ews import SERVICE, EwsMailbox, EwsServer, sync_state_lost
 from coexist.tenants.plan import WriteRecorder, before_write
 from coexist.tenants.protocols import (
@@ -860,6 +860,13 @@ def _items(answers: Iterable[Any]) -> list[Any]:
 EWS_SYNC, GRAPH_EWS, EWS_GRAPH = "ews-sync", "graph-ews", "ews-graph"
 # What these movers leave behind (said in each pass's detail): the store is mail first.
 EWS_MAIL_ONLY = "mail only: contacts, calendars and tasks are not moved by this version's EWS store"
+# Exchange <-> Exchange: every folder class the store moves travels as the stream.
+EWS_PIM = "mail, calendars, contacts, tasks and notes as Exchange's full-fidelity stream"
+# With WorkMail on either side items travel as MIME: PIM folders are skipped (named).
+EWS_MIME_MAIL_ONLY = (
+    "mail only: contacts, calendars, tasks and notes move only between Exchange mailboxes"
+    " (WorkMail takes mail as MIME)"
+)
 
 
 def mailbox_address(ctx: Context, side: str, subject: str) -> str:
@@ -921,10 +928,23 @@ async def open_ews_to_graph(
         yield src, GraphItemsStore(Box(ctx.target.graph, mailbox, ""))
 
 
+class EwsSyncMover:
+    """`ews-sync`: a `StoreMover` over two EWS stores whose pass detail says what it moves:
+    PIM folders too between two Exchange sides (the stream), mail only with WorkMail."""
+
+    def __init__(self) -> None:
+        self.mover = StoreMover(open_ews_pair)
+
+    async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
+        result = await self.mover.run(ctx, subject, kind, window)
+        both = {ctx.side("source").kind, ctx.side("target").kind} == {"exchange"}
+        return replace(result, detail=f"{result.detail}; {EWS_PIM if both else EWS_MIME_MAIL_ONLY}")
+
+
 def _register() -> None:
     from coexist.migrate.imap_graph import MailOnlyMover
 
-    MOVERS[EWS_SYNC] = MailOnlyMover(open_ews_pair, EWS_MAIL_ONLY)
+    MOVERS[EWS_SYNC] = EwsSyncMover()
     MOVERS[GRAPH_EWS] = MailOnlyMover(open_graph_to_ews, EWS_MAIL_ONLY)
     MOVERS[EWS_GRAPH] = MailOnlyMover(open_ews_to_graph, EWS_MAIL_ONLY)
 
