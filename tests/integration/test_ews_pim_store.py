@@ -18,11 +18,21 @@ from exchangelib.indexed_properties import PhoneNumber
 from exchangelib.recurrence import WeeklyPattern
 
 from coexist.journal import Journal
+from coexist.migrate import sync
+from coexist.migrate.passes import Window
 from coexist.migrate.stores.ews import EwsStore
 from coexist.sandbox import Sandbox
 from coexist.tenants.plan import WriteRecorder
 from tests import ewsclient as ec
-from tests.integration.test_ews_store import run, server, store, sync_context, sync_pass
+from tests.integration.test_ews_store import (
+    MimeOnly,
+    run,
+    seed,
+    server,
+    store,
+    sync_context,
+    sync_pass,
+)
 
 PIM = ("IPF.Appointment", "IPF.Contact", "IPF.Task", "IPF.StickyNote")
 
@@ -44,6 +54,7 @@ class Pair:
         [tgt] = ec.mailboxes(sb, "target", 1)
         assert src.primary_smtp and tgt.primary_smtp
         self.src_addr, self.tgt_addr = src.primary_smtp, tgt.primary_smtp
+        self.src_id = src.id
         self.src_admin = ec.migration_account(sb, "source", full_access=[self.src_addr])
         self.tgt_admin = ec.migration_account(sb, "target", full_access=[self.tgt_addr])
 
@@ -195,3 +206,65 @@ def test_plan_mode_writes_no_pim_item(orgs: Sandbox, tmp_path: Path) -> None:
     ops = Counter(w.operation.split(" ", 1)[0] for w in plan.writes)
     assert ops["UploadItems"] == 6 and ops["CreateFolder"] == 1, ops
     assert pim_items(pair.tgt()) == before
+
+
+def test_a_mime_only_target_skips_the_pim_folders_and_takes_the_mail(
+    orgs: Sandbox, tmp_path: Path
+) -> None:
+    """Exchange -> a MIME-only target (as WorkMail): PIM items have no MIME form, so their
+    folders are skipped and nothing of them is written; the pass does not fail."""
+    pair = Pair(orgs)
+    seed_pim(orgs, pair.src())
+    seed(orgs, pair.src_id, 2)
+    before = pim_items(pair.tgt())
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx = sync_context(journal)
+
+    async def main() -> tuple[Counter[str], list[str]]:
+        async with AsyncExitStack() as stack:
+            s = await stack.enter_async_context(
+                store(server(orgs, "source", pair.src_admin), pair.src_addr, "source")
+            )
+            t = await stack.enter_async_context(
+                store(server(orgs, "target", pair.tgt_admin), pair.tgt_addr, "target")
+            )
+            counts: Counter[str] = Counter()
+            plan, _stores = await sync.sync_mailbox(
+                ctx, pair.src_addr, s, MimeOnly(t.mailbox, label="target"), Window(), counts
+            )
+            return counts, plan.skipped_folders
+
+    try:
+        counts, skipped = run(main)
+    finally:
+        journal.close()
+    assert counts["copied"] == 2  # the mail
+    assert {"Calendar", "Calendar/Team", "Contacts", "Tasks", "Notes"} <= set(skipped), skipped
+    assert pim_items(pair.tgt()) == before
+
+
+def test_the_target_finds_its_calendar_copies_by_uid(orgs: Sandbox, tmp_path: Path) -> None:
+    """After a pass the target store finds each calendar copy by the source item's identity
+    (uid:<UID>): what adopts a copy an interrupted pass left instead of copying it again."""
+    pair = Pair(orgs)
+    seed_pim(orgs, pair.src())
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx = sync_context(journal)
+
+    async def main() -> tuple[set[str], dict[str, Any]]:
+        await pair.sync(ctx)
+        rows = [r for r in journal.mapped_items(pair.src_addr) if r["status"] == "copied"]
+        cal = [r for r in rows if str(r["source_identity"] or "").startswith("uid:")]
+        async with store(server(orgs, "target", pair.tgt_admin), pair.tgt_addr, "target") as t:
+            await t.list_folders()
+            found: dict[str, Any] = {}
+            for folder in {str(r["target_folder_id"]) for r in cal}:
+                found.update(await t.copies(folder, set()))
+        return {str(r["source_identity"]) for r in cal}, found
+
+    try:
+        identities, found = run(main)
+    finally:
+        journal.close()
+    assert len(identities) == 3  # the series, the single meeting, the sub-calendar's event
+    assert set(found) == identities and all(len(v) == 1 for v in found.values())
