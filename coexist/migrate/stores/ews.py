@@ -485,6 +485,10 @@ class EwsStore:
         """`CAPS`; MIME only on WorkMail (`WORKMAIL_CAPS`)."""
         return WORKMAIL_CAPS if self.mailbox.server.endpoint.kind == "workmail" else CAPS
 
+    def moved_classes(self) -> frozenset[str]:
+        """The folder classes this store lists and makes (`moved_classes` of its caps)."""
+        return moved_classes(self.caps)
+
     async def _call(self, fn: Any, what: str, write: bool = False) -> Any:
         return await self.mailbox.call(fn, what, write)
 
@@ -536,9 +540,11 @@ class EwsStore:
         well_known = await self._well_known_ids()
         root_id, listed = await self._call(read, "FindFolder")
         self._root_id = root_id
-        tree = folder_tree(root_id, listed, well_known, moved_classes(self.caps))
-        self._classes.update((f.id, f.folder_class) for f in tree.folders)
-        return tree
+        classes = self.moved_classes()
+        tree = folder_tree(root_id, listed, well_known, classes)
+        mine = [f for f in tree.folders if f.folder_class in classes]
+        self._classes.update((f.id, f.folder_class) for f in mine)
+        return FolderTree(mine, len(listed) - len(mine))
 
     async def create_folder(
         self, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
@@ -548,7 +554,7 @@ class EwsStore:
         (ErrorFolderExists: an earlier pass made it) is found and used. None: this store does
         not hold that class, or not there (Exchange makes a calendar only under a folder of
         its class or the root: ErrorInvalidFolderTypeForOperation)."""
-        if folder_class not in moved_classes(self.caps):
+        if folder_class not in self.moved_classes():
             return None
         if parent is not None and folder_class != parent.folder_class:
             return None
