@@ -396,9 +396,12 @@ class EwsPimTarget(EwsStore):
                 return str(made.id), str(made.changekey)
             [got] = list(account.fetch(ids=[ItemId(replace.item_id, None)]))
             got = _answer(got)
-            for name, value in fields.items():
+            # The stamp was set at creation; it is not sent again (the sandbox's face keeps
+            # no extended properties of PIM items and refuses them in an UpdateItem).
+            changed = {k: v for k, v in fields.items() if k != STAMP}
+            for name, value in changed.items():
                 setattr(got, name, value)
-            got.save(update_fields=list(fields))
+            got.save(update_fields=list(changed))
             return str(got.id), str(got.changekey)
 
         self._writing()

@@ -1,0 +1,142 @@
+"""Microsoft 365 -> Amazon WorkMail for contacts, calendars and tasks (audriga's guide): the
+Graph PIM stores as the source, `EwsPimTarget` over EWS (Basic, Exchange2010_SP2) as the
+target, through the one sync algorithm; checked on the target with exchangelib."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from exchangelib import UTC as EWS_UTC
+from exchangelib import EWSDateTime
+from exchangelib.recurrence import WeeklyPattern
+
+from coexist.journal import Journal
+from coexist.migrate import sync
+from coexist.migrate.passes import Window
+from coexist.migrate.stores.ews_pim import EwsPimTarget
+from coexist.migrate.stores.graph import Box
+from coexist.migrate.stores.graph_pim import PIM_CLASSES, GraphPimStore
+from coexist.sandbox import Sandbox
+from coexist.sandbox.ews import EWS_PATH
+from coexist.tenants.auth import TenantEndpoint
+from coexist.tenants.ews import AdminLogin, EwsEndpoint, EwsLimits, EwsServer
+from coexist.tenants.graph import GraphAdapter
+from tests import ewsclient as ec
+from tests.integration.test_ews_store import PASSWORD, RETRY, run, sync_context
+
+
+@asynccontextmanager
+async def graph(conn: dict[str, Any]) -> AsyncIterator[GraphAdapter]:
+    async with GraphAdapter(TenantEndpoint.from_sandbox(conn, "source"), label="source") as g:
+        yield g
+
+
+async def seed(g: GraphAdapter, user: str) -> None:
+    """A weekly series (6 Mondays) whose 2nd occurrence is moved and 3rd cancelled, a single
+    event, a contact with a phone and an address, a To Do task with a checklist."""
+    base = f"users/{user}"
+    series = await g.send("POST", f"{base}/events", json={
+        "subject": "Weekly sync", "location": {"displayName": "Room 1"},
+        "start": {"dateTime": "2026-01-05T09:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-01-05T10:00:00", "timeZone": "UTC"},
+        "recurrence": {
+            "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"],
+                        "firstDayOfWeek": "monday"},
+            "range": {"type": "numbered", "startDate": "2026-01-05", "numberOfOccurrences": 6},
+        },
+    })  # fmt: skip
+    occ = await g.list_all(f"{base}/events/{series['id']}/instances", {
+        "startDateTime": "2026-01-01T00:00:00Z", "endDateTime": "2026-03-01T00:00:00Z"})  # fmt: skip
+    occ.sort(key=lambda o: o["start"]["dateTime"])
+    await g.send("PATCH", f"{base}/events/{occ[1]['id']}", json={
+        "subject": "Weekly sync (moved)",
+        "start": {"dateTime": "2026-01-12T10:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-01-12T11:00:00", "timeZone": "UTC"}})  # fmt: skip
+    await g.send("DELETE", f"{base}/events/{occ[2]['id']}")
+    await g.send("POST", f"{base}/events", json={
+        "subject": "Dentist", "start": {"dateTime": "2026-02-03T14:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-02-03T15:00:00", "timeZone": "UTC"}})  # fmt: skip
+    await g.send("POST", f"{base}/contacts", json={
+        "givenName": "Ada", "surname": "Lovelace", "displayName": "Ada Lovelace",
+        "emailAddresses": [{"address": "ada@example.org", "name": "Ada"}],
+        "mobilePhone": "+44 1", "businessAddress": {"city": "London"}})  # fmt: skip
+    lists = await g.list_all(f"{base}/todo/lists", {})
+    default = next(x for x in lists if x.get("wellknownListName") == "defaultList")
+    task = await g.send("POST", f"{base}/todo/lists/{default['id']}/tasks", json={
+        "title": "File taxes", "status": "inProgress",
+        "dueDateTime": {"dateTime": "2026-04-15T00:00:00", "timeZone": "UTC"}})  # fmt: skip
+    await g.send("POST", f"{base}/todo/lists/{default['id']}/tasks/{task['id']}/checklistItems",
+                 json={"displayName": "Find receipts"})  # fmt: skip
+
+
+def test_m365_contacts_calendars_and_tasks_arrive_in_workmail(
+    sandbox: Sandbox, conn: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each Graph contact, event and task arrives once in WorkMail's folder of its class; the
+    series keeps its weekly pattern, its moved occurrence (an exception with the new time
+    and subject) and its cancelled one; the task's checklist is in its body; a re-run copies
+    nothing and changes nothing."""
+    sb = sandbox
+    ec.org(sb, "target", "workmail")
+    [src_user] = ec.mailboxes(sb, "source", 1)
+    [tgt_user] = ec.mailboxes(sb, "target", 1)
+    assert tgt_user.primary_smtp
+    tgt_admin = ec.migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), src_user.id
+
+    async def main() -> list[Counter[str]]:
+        endpoint = EwsEndpoint(sb.base_url + EWS_PATH, auth="basic", version="Exchange2010_SP2",
+                               ca_file=sb.connection["ca_file"], side="target", kind="workmail")  # fmt: skip
+        srv = EwsServer(endpoint, AdminLogin(tgt_admin, PASSWORD), EwsLimits(4, 2), RETRY)
+        passes: list[Counter[str]] = []
+        try:
+            async with graph(conn) as g, srv.mailbox(tgt_user.primary_smtp or "") as mb:
+                await seed(g, src_user.id)
+                for _ in range(2):
+                    counts: Counter[str] = Counter()
+                    for cls in PIM_CLASSES:
+                        src = GraphPimStore(Box(g, src_user.id, ""), cls)
+                        tgt = EwsPimTarget(mb, cls)
+                        got: Counter[str] = Counter()
+                        await sync.sync_mailbox(ctx, key, src, tgt, Window(), got, cls.kind)
+                        counts.update(got + tgt.counts)
+                    passes.append(counts)
+        finally:
+            await srv.close()
+        return passes
+
+    try:
+        first, second = run(main)
+    finally:
+        journal.close()
+    assert first["copied"] == 4, first
+    assert second.get("copied", 0) == 0 and second.get("updated", 0) == 0, second
+    acc = ec.account(sb, "target", tgt_admin, tgt_user.primary_smtp, kind="workmail", auth=ec.BASIC)
+    subjects = sorted(str(i.subject) for i in acc.calendar.all())
+    assert subjects == ["Dentist", "Weekly sync"]
+    [series] = [i for i in acc.calendar.all() if i.subject == "Weekly sync"]
+    master = next(iter(acc.fetch(ids=[(series.id, None)])))
+    assert master.type == "RecurringMaster" and master.location == "Room 1"
+    assert isinstance(master.recurrence.pattern, WeeklyPattern)
+    assert master.recurrence.pattern.weekdays == [1] and master.recurrence.boundary.number == 6
+    assert [o.original_start for o in master.modified_occurrences] == [
+        EWSDateTime(2026, 1, 12, 9, 0, tzinfo=EWS_UTC)
+    ]
+    assert [o.start for o in master.deleted_occurrences] == [
+        EWSDateTime(2026, 1, 19, 9, 0, tzinfo=EWS_UTC)
+    ]
+    moved = next(iter(acc.fetch(ids=[(master.modified_occurrences[0].id, None)])))
+    assert moved.subject == "Weekly sync (moved)"
+    assert moved.start == EWSDateTime(2026, 1, 12, 10, 0, tzinfo=EWS_UTC)
+    [contact] = list(acc.contacts.all())
+    assert (contact.given_name, contact.surname) == ("Ada", "Lovelace")
+    assert [p.phone_number for p in contact.phone_numbers] == ["+44 1"]
+    assert [e.email for e in contact.email_addresses] == ["ada@example.org"]
+    [task] = list(acc.tasks.all())
+    assert task.subject == "File taxes" and task.status == "InProgress"
+    assert "Find receipts" in str(task.body)
