@@ -26,7 +26,7 @@ from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.ews import AdminLogin, EwsEndpoint, EwsLimits, EwsServer
 from coexist.tenants.graph import GraphAdapter
 from tests import ewsclient as ec
-from tests.integration.test_ews_store import PASSWORD, RETRY, run, sync_context
+from tests.integration.test_ews_store import PASSWORD, RETRY, message, run, sync_context
 
 
 @asynccontextmanager
@@ -140,3 +140,51 @@ def test_m365_contacts_calendars_and_tasks_arrive_in_workmail(
     [task] = list(acc.tasks.all())
     assert task.subject == "File taxes" and task.status == "InProgress"
     assert "Find receipts" in str(task.body)
+
+
+def test_the_graph_ews_mover_moves_mail_and_pim_and_says_so(
+    sandbox: Sandbox, conn: dict[str, Any], tmp_path: Path
+) -> None:
+    """graph-ews's pass (the mover, with a context holding the two sides): mail and the PIM
+    items all copied, the task's checklist named in the detail, a second pass copies 0."""
+    from types import SimpleNamespace
+
+    from coexist.migrate.passes import MOVERS
+
+    sb = sandbox
+    ec.org(sb, "target", "workmail")
+    [src_user] = ec.mailboxes(sb, "source", 1)
+    [tgt_user] = ec.mailboxes(sb, "target", 1)
+    assert tgt_user.primary_smtp
+    tgt_admin = ec.migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    sb.mail.insert_message("source", src_user.id, "inbox", message(1, "mover"), is_read=True)
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    journal.upsert_item("user", src_user.id, source_address=src_user.primary_smtp,
+                        target_address=tgt_user.primary_smtp)  # fmt: skip
+    ctx = sync_context(journal)
+    ctx.project.migration.reconcile_tolerance = 0
+
+    async def main() -> list[Any]:
+        endpoint = EwsEndpoint(sb.base_url + EWS_PATH, auth="basic", version="Exchange2010_SP2",
+                               ca_file=sb.connection["ca_file"], side="target", kind="workmail")  # fmt: skip
+        srv = EwsServer(endpoint, AdminLogin(tgt_admin, PASSWORD), EwsLimits(4, 2), RETRY)
+        try:
+            async with graph(conn) as g:
+                await seed(g, src_user.id)
+                ctx.source = SimpleNamespace(graph=g, kind="m365")
+                target = SimpleNamespace(store=srv, kind="workmail")
+                ctx.side = lambda label: target
+                mover = MOVERS["graph-ews"]
+                return [await mover.run(ctx, src_user.id, "prestage", Window()) for _ in range(2)]
+        finally:
+            await srv.close()
+
+    try:
+        first, second = run(main)
+    finally:
+        journal.close()
+    assert first.status == "ok", first.detail
+    assert first.counts["copied"] == 5, first.counts  # 1 message, 2 events, 1 contact, 1 task
+    assert first.counts["events_copied"] == 2 and first.counts["contacts_copied"] == 1
+    assert "checklist entries" in first.detail
+    assert second.counts.get("copied", 0) == 0, second.detail

@@ -951,8 +951,12 @@ def _register() -> None:
     from coexist.migrate.imap_graph import MailOnlyMover
 
     MOVERS[EWS_SYNC] = EwsSyncMover()
-    MOVERS[GRAPH_EWS] = MailOnlyMover(open_graph_to_ews, EWS_MAIL_ONLY)
+    # graph-ews (mail and PIM) is registered by ews_pim, imported below.
     MOVERS[EWS_GRAPH] = MailOnlyMover(open_ews_to_graph, EWS_MAIL_ONLY)
 
 
 _register()
+
+# The PIM half (Graph contacts/events/tasks into EWS) and the graph-ews mover; imported last
+# so that either module may be imported first.
+from coexist.migrate.stores import ews_pim as ews_pim  # noqa: E402

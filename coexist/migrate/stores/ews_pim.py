@@ -44,8 +44,10 @@ from exchangelib.recurrence import (
 )
 
 from coexist.errors import InvalidRequest
+from coexist.migrate.passes import MOVERS
 from coexist.migrate.stores.ews import (
     CAPS,
+    GRAPH_EWS,
     PLANNED,
     EwsStore,
     _answer,
@@ -489,3 +491,66 @@ class EwsPimTarget(EwsStore):
 
 def _items_of(answers: Any) -> list[Any]:
     return [a for a in (_answer(x, gone_ok=True) for x in answers) if a is not None]
+
+
+# -- the graph-ews mover -----------------------------------------------------------------------
+
+
+class GraphEwsMover:
+    """`graph-ews` (Microsoft 365 -> Exchange / WorkMail): mail through Graph's mail API as
+    MIME with its state (rows of kind IPM.Note), then contacts, calendars and To Do tasks one
+    class at a time from Graph's PIM APIs into `EwsPimTarget` (rows of kind contact, event,
+    task; no pass window, as graph-items moves them), then deletions and the mail reconcile.
+    Shaped like `items.ItemsMover`, whose PIM half it shares."""
+
+    async def run(self, ctx: Any, subject: str, kind: str, window: Any) -> Any:
+        from coexist.migrate import reconcile, sync
+        from coexist.migrate.passes import Window
+        from coexist.migrate.stores.ews import open_graph_to_ews
+        from coexist.migrate.stores.graph_pim import PIM_CLASSES, GraphPimStore
+        from coexist.tenants.protocols import MAIL_CLASS
+
+        if kind == "cutover":
+            window = Window()  # the cutover pass moves everything not yet moved
+        counts: Counter[str] = Counter()
+        async with open_graph_to_ews(ctx, subject) as (src, tgt):
+            assert isinstance(tgt, EwsStore)
+            plan, stores = await sync.sync_mailbox(
+                ctx, subject, src, tgt, window, counts, MAIL_CLASS
+            )
+            conflicts = list(stores.conflicts)
+            box = src.box  # type: ignore[attr-defined]
+            for cls in PIM_CLASSES:
+                pim_src = GraphPimStore(box, cls)
+                pim_tgt = EwsPimTarget(tgt.mailbox, cls, plan=tgt.plan)
+                got: Counter[str] = Counter()
+                _, pim_stores = await sync.sync_mailbox(
+                    ctx, subject, pim_src, pim_tgt, Window(), got, cls.kind
+                )
+                counts.update(got + pim_tgt.counts)
+                counts[f"{cls.kind}s_copied"] += got["copied"]
+                conflicts += pim_stores.conflicts
+
+            async def delete(row: dict[str, Any]) -> bool:
+                await tgt.delete(sync.copy_of(row))
+                return True
+
+            await sync.handle_deletions(ctx, subject, counts, delete)
+            report = await reconcile.reconcile(ctx, subject, plan, await tgt.totals())
+        notes = []
+        if counts["events_without_attendees"]:
+            notes.append(
+                f"{counts['events_without_attendees']} events copied without their attendees"
+                " (a meeting request would go out)"
+            )
+        if counts["checklist_items_in_body"]:
+            notes.append(
+                f"{counts['checklist_items_in_body']} To Do checklist entries written into"
+                " their task's body (EWS tasks have no checklist)"
+            )
+        if note := sync.conflicts_note(conflicts):
+            notes.append(note)
+        return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
+
+
+MOVERS[GRAPH_EWS] = GraphEwsMover()
