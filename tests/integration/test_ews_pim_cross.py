@@ -188,3 +188,75 @@ def test_the_graph_ews_mover_moves_mail_and_pim_and_says_so(
     assert first.counts["events_copied"] == 2 and first.counts["contacts_copied"] == 1
     assert "checklist entries" in first.detail
     assert second.counts.get("copied", 0) == 0, second.detail
+
+
+def test_changes_in_m365_become_updates_in_workmail_and_plan_mode_writes_nothing(
+    sandbox: Sandbox, conn: dict[str, Any], tmp_path: Path
+) -> None:
+    """A planned pass records the creates and writes nothing; then a real pass copies; a
+    meeting moved to another time and a contact's new mobile number in Microsoft 365 become
+    updates of their WorkMail copies (no second copy), the series keeps its exception."""
+    from coexist.tenants.plan import WriteRecorder
+
+    sb = sandbox
+    ec.org(sb, "target", "workmail")
+    [src_user] = ec.mailboxes(sb, "source", 1)
+    [tgt_user] = ec.mailboxes(sb, "target", 1)
+    assert tgt_user.primary_smtp
+    tgt_admin = ec.migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), src_user.id
+    plan = WriteRecorder()
+
+    # The planned pass keeps its own journal (as `--plan` leaves the real one untouched).
+    planning = sync_context(Journal.open(f"sqlite:///{tmp_path / 'plan.sqlite'}"))
+    planning.plan, planning.planning = plan, True
+
+    async def one_pass(g: GraphAdapter, mb: Any, recorder: Any = None) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        here = planning if recorder is not None else ctx
+        for cls in PIM_CLASSES:
+            got: Counter[str] = Counter()
+            src, tgt = GraphPimStore(Box(g, src_user.id, ""), cls), EwsPimTarget(mb, cls)
+            tgt.plan = recorder
+            await sync.sync_mailbox(here, key, src, tgt, Window(), got, cls.kind)
+            counts.update(got)
+        return counts
+
+    async def main() -> tuple[Counter[str], Counter[str], Counter[str]]:
+        endpoint = EwsEndpoint(sb.base_url + EWS_PATH, auth="basic", version="Exchange2010_SP2",
+                               ca_file=sb.connection["ca_file"], side="target", kind="workmail")  # fmt: skip
+        srv = EwsServer(endpoint, AdminLogin(tgt_admin, PASSWORD), EwsLimits(4, 2), RETRY)
+        try:
+            async with graph(conn) as g, srv.mailbox(tgt_user.primary_smtp or "") as mb:
+                await seed(g, src_user.id)
+                planned = await one_pass(g, mb, plan)
+                first = await one_pass(g, mb)
+                base = f"users/{src_user.id}"
+                events = await g.list_all(f"{base}/events", {})
+                dentist = next(e for e in events if e["subject"] == "Dentist")
+                await g.send("PATCH", f"{base}/events/{dentist['id']}", json={
+                    "start": {"dateTime": "2026-02-03T16:00:00", "timeZone": "UTC"},
+                    "end": {"dateTime": "2026-02-03T17:00:00", "timeZone": "UTC"}})  # fmt: skip
+                [ada] = await g.list_all(f"{base}/contacts", {})
+                await g.send("PATCH", f"{base}/contacts/{ada['id']}", json={"mobilePhone": "+44 2"})
+                changed = await one_pass(g, mb)
+                return planned, first, changed
+        finally:
+            await srv.close()
+
+    try:
+        planned, first, changed = run(main)
+    finally:
+        journal.close()
+        planning.journal.close()
+    ops = Counter(w.operation.split(" ", 1)[0] for w in plan.writes)
+    assert planned["copied"] == 4 and ops["CreateItem"] == 4, (planned, ops)
+    assert first["copied"] == 4, first
+    assert changed.get("copied", 0) == 0 and changed["updated"] == 2, changed
+    acc = ec.account(sb, "target", tgt_admin, tgt_user.primary_smtp, kind="workmail", auth=ec.BASIC)
+    [copy] = [i for i in acc.calendar.all() if i.subject == "Dentist"]
+    assert copy.start == EWSDateTime(2026, 2, 3, 16, 0, tzinfo=EWS_UTC)
+    [contact] = list(acc.contacts.all())
+    assert [p.phone_number for p in contact.phone_numbers] == ["+44 2"]
+    assert sorted(str(i.subject) for i in acc.calendar.all()) == ["Dentist", "Weekly sync"]
