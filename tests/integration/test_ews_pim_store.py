@@ -268,3 +268,30 @@ def test_the_target_finds_its_calendar_copies_by_uid(orgs: Sandbox, tmp_path: Pa
         journal.close()
     assert len(identities) == 3  # the series, the single meeting, the sub-calendar's event
     assert set(found) == identities and all(len(v) == 1 for v in found.values())
+
+
+def test_a_new_exception_at_the_source_updates_the_copied_series(
+    orgs: Sandbox, tmp_path: Path
+) -> None:
+    """After the series is copied, one more occurrence cancelled at the source (DeleteItem on
+    the occurrence) reaches the copy on the next pass as an update of the series: the copy
+    then has two cancelled occurrences and still one exception, and one series."""
+    pair = Pair(orgs)
+    seed_pim(orgs, pair.src())
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx = sync_context(journal)
+    try:
+        run(lambda: pair.sync(ctx))
+        src = pair.src()
+        start = EWSDateTime(2026, 1, 1, tzinfo=EWS_UTC)
+        view = list(src.calendar.view(start=start, end=start + dt.timedelta(days=60)))
+        last = [i for i in view if i.subject == "Weekly sync" and i.type == "Occurrence"][-1]
+        last.delete()
+        again = run(lambda: pair.sync(ctx))
+    finally:
+        journal.close()
+    assert again.get("copied", 0) == 0 and again["updated"] == 1, again
+    tgt = pair.tgt()
+    [series] = [i for i in tgt.calendar.all() if i.subject == "Weekly sync"]
+    master = next(iter(tgt.fetch(ids=[(series.id, None)])))
+    assert len(master.deleted_occurrences) == 2 and len(master.modified_occurrences) == 1
