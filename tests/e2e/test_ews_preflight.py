@@ -275,3 +275,50 @@ def test_a_wrong_admin_password_fails_the_credentials_line(
     assert cred["status"] == "fail" and tadmin in cred["detail"]
     assert "--master --side target" in cred["fix"]
     assert "target access" not in got
+
+
+def test_microsoft_365_to_workmail_checks_the_graph_side_too(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Microsoft 365 -> Amazon WorkMail (the audriga seed): the Microsoft 365 side's app signs
+    in and reads the user's mailbox through Graph; the WorkMail side runs its EWS checks, its
+    admin lacking mailbox permissions on the target mailbox: that line fails naming it and
+    the Add-MailboxPermission line; exit 1."""
+    sb = sandbox
+    org(sb, "target", "workmail")
+    sb.write_connection()
+    [user] = mailboxes(sb, "source", 1)
+    [tgt, other] = mailboxes(sb, "target", 2)
+    assert user.primary_smtp and tgt.primary_smtp and other.primary_smtp
+    admin = migration_account(sb, "target", full_access=[other.primary_smtp])
+    directory = tmp_path / "p"
+    directory.mkdir()
+    (directory / "project.toml").write_text(
+        f'[source]\nsandbox_connection = "{sb.state_dir / "connection.json"}"\n'
+        + side_table(
+            "target",
+            "workmail",
+            sb.base_url + EWS_PATH,
+            admin,
+            auth="basic",
+            version="Exchange2010_SP2",
+            ca_file=sb.connection["ca_file"],
+        )
+    )
+    credentials_set_master(directory, PASSWORD, side="target", env=ENV)
+    journal = open_journal(load_project(directory, env=ENV))
+    try:
+        journal.upsert_item("user", user.primary_smtp, source_address=user.primary_smtp,
+                            target_address=tgt.primary_smtp)  # fmt: skip
+    finally:
+        journal.close()
+    result = run("preflight", "--project", str(directory), "--json")
+    assert result.exit_code == 1, result.output
+    got = checks(result)
+    assert got["source graph sign-in"]["status"] == "ok"
+    assert got["source mailboxes"]["status"] == "ok"
+    assert user.primary_smtp in got["source mailboxes"]["detail"]
+    access = got["target access"]
+    assert access["status"] == "fail" and tgt.primary_smtp in access["detail"]
+    assert "WorkMail" in access["detail"]
+    assert f"Add-MailboxPermission -Identity {tgt.primary_smtp} -User {admin}" in access["fix"]
