@@ -760,8 +760,8 @@ async def check_ews_endpoint(probe: SideProbe, endpoint: EwsEndpoint) -> Check:
                 f"{err.message} (host {host}, checked against {trusted})",
                 f"{host}'s certificate must name {host} and chain to a CA coexist trusts: if "
                 f"a private CA or a TLS-inspecting proxy signs it, set ca_file in [{side}.ews] "
-                "to that CA's bundle (PEM); if the name differs, set [{side}.ews] url to the "
-                "name the certificate carries; then re-run preflight".replace("{side}", side),
+                f"to that CA's bundle (PEM); if the name differs, set [{side}.ews] url to the "
+                "name the certificate carries; then re-run preflight",
             )
         return Check(
             name,

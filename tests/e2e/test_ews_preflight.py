@@ -322,3 +322,31 @@ def test_microsoft_365_to_workmail_checks_the_graph_side_too(
     assert access["status"] == "fail" and tgt.primary_smtp in access["detail"]
     assert "WorkMail" in access["detail"]
     assert f"Add-MailboxPermission -Identity {tgt.primary_smtp} -User {admin}" in access["fix"]
+
+
+def test_no_users_yet_checks_the_login_and_says_no_mailbox_was_tried(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """An empty journal: the admin's login is checked on its own address, the access line
+    warns that no mailbox was tried and names `coexist batch import`; exit 0."""
+    sb = sandbox
+    org(sb, "source", "exchange2016")
+    org(sb, "target", "exchange2019")
+    admin = migration_account(sb, "source")
+    tadmin = migration_account(sb, "target")
+    p = project(
+        sb,
+        tmp_path / "p",
+        {"kind": "exchange", "admin": admin, "version": "Exchange2016"},
+        {"kind": "exchange", "admin": tadmin, "version": "Exchange2019"},
+        [],
+    )
+    result = run("preflight", "--project", str(p), "--json")
+    assert result.exit_code == 0, result.output
+    got = checks(result)
+    assert json.loads(result.stdout)["users"] == 0
+    for side in ("source", "target"):
+        assert got[f"{side} credentials"]["status"] == "ok"
+        assert got[f"{side} access"]["status"] == "warn"
+        assert "coexist batch import" in got[f"{side} access"]["fix"]
+        assert got[f"{side} server version"]["status"] == "ok"
