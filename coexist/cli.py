@@ -345,7 +345,8 @@ def permissions_cmd(command: str | None, mover: str | None, as_json: bool) -> No
 def preflight_cmd(
     project: Path, batch: str | None, users: str | None, all_users: bool, as_json: bool
 ) -> None:
-    """Check permissions, scope, domains, forwarding policy, seats and conflicts."""
+    """Check permissions, scope, domains, forwarding policy, seats and conflicts; for an
+    Exchange or WorkMail side: endpoint, admin login, access grants, version, region."""
     result = commands.preflight_checks(
         project, batch=batch, users=_users(users), all_users=all_users
     )

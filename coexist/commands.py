@@ -1675,12 +1675,29 @@ def preflight_checks(
     batch: str | Path | None = None,
     users: list[str] | None = None,
     all_users: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts.
+    """Check permissions, scope, domains, forwarding policy, seats, usage location, conflicts
+    (Microsoft 365 <-> Microsoft 365); with an EWS side, each side's own checks (endpoint,
+    admin login, access mode on the batch's mailboxes, version, region, concurrency).
 
     Reads only: with no selection it checks every discovered user.
     """
     users = check_selection("preflight", batch, users, all_users, default_all=True)
+    project = load_project(project_dir(directory), env=env)
+    if pf.by_side(project):
+        journal = open_journal(project)
+        try:
+            has_users = bool(journal.items(kind="user"))
+            chosen = (
+                pick_users(journal, project.directory, batch=batch, users=users)
+                if has_users
+                else []
+            )
+        finally:
+            journal.close()
+        result: dict[str, Any] = asyncio.run(pf.side_preflight(project, chosen, env))
+        return result
 
     async def body(sess: Session) -> dict[str, Any]:
         ctx = sess.ctx

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
 from coexist.commands import check_selection, pick_users
 from coexist.credentials import WAITING_FOR
-from coexist.engine.context import EWS_KINDS, ews_admin, ews_endpoint, oauth_credentials
+from coexist.engine.context import ews_admin, ews_endpoint, oauth_credentials
 from coexist.engine.runner import set_item
 from coexist.errors import (
     AuthenticationError,
@@ -342,6 +342,52 @@ class GraphChecker:
 Checker = ImapChecker | GraphChecker | EwsChecker
 
 
+@dataclass
+class CheckerSetup:
+    """What a side's checker is built from; `credentials` is shared by the Microsoft 365
+    sides (both may be the same tenant), `closers` what the command closes at its end."""
+
+    project: Project
+    side: str
+    vault: Vault | None
+    command: str  # "coexist credentials set --project P"
+    env: Mapping[str, str] | None
+    credentials: TenantCredentials
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def _imap_checker(s: CheckerSetup) -> Checker:
+    return ImapChecker(s.side, s.project.tenant(s.side).imap, s.vault, s.command)
+
+
+def _ews_checker(s: CheckerSetup) -> Checker:
+    checker = EwsChecker(s.project, s.side, s.env)
+    s.closers.append(checker.close)
+    return checker
+
+
+def _graph_checker(s: CheckerSetup) -> Checker:
+    graph = GraphAdapter(
+        s.project.endpoint(s.side),
+        label=s.side,
+        read_retry=retry_policy(s.project),
+        credentials=s.credentials,
+    )
+    s.closers.append(graph.close)
+    return GraphChecker(s.side, graph)
+
+
+# A side's checker by its kind (endpoint kinds are registered, never tested one by one).
+CHECKERS: dict[str, Callable[[CheckerSetup], Checker]] = {
+    "m365": _graph_checker,
+    "imap": _imap_checker,
+    "exchange": _ews_checker,
+    "workmail": _ews_checker,
+}
+# Kinds whose mailboxes are opened with passwords from the project's vault per user.
+VAULT_KINDS = frozenset({"imap"})
+
+
 def verify_credentials(
     directory: Path | None,
     *,
@@ -377,34 +423,18 @@ async def _verify(
 ) -> list[UserResult]:
     vault = _vault(project, env)
     command = f"coexist credentials set --project {project.directory}"
-    adapters: list[GraphAdapter] = []
     checkers: dict[str, Checker] = {}
     credentials = TenantCredentials()  # one per tenant (both sides may be the same one)
-    ews_checkers: list[EwsChecker] = []
+    closers: list[Callable[[], Awaitable[None]]] = []
     try:
         for side in SIDES:
-            settings = project.tenant(side)
-            if settings.kind in EWS_KINDS:
-                ews_checkers.append(EwsChecker(project, side, env))
-                checkers[side] = ews_checkers[-1]
-            elif settings.kind == "imap":
-                checkers[side] = ImapChecker(side, settings.imap, vault, command)
-            else:
-                graph = GraphAdapter(
-                    project.endpoint(side),
-                    label=side,
-                    read_retry=retry_policy(project),
-                    credentials=credentials,
-                )
-                adapters.append(graph)
-                checkers[side] = GraphChecker(side, graph)
+            setup = CheckerSetup(project, side, vault, command, env, credentials, closers)
+            checkers[side] = CHECKERS[project.tenant(side).kind](setup)
         results = await asyncio.gather(*(_one(checkers, i) for i in items))
     finally:
         try:
-            for graph in adapters:
-                await graph.close()
-            for checker in ews_checkers:
-                await checker.close()
+            for close in closers:
+                await close()
         finally:
             await credentials.aclose()
     for item, result in zip(items, results, strict=True):
@@ -415,7 +445,7 @@ async def _verify(
 def _vault(project: Project, env: Mapping[str, str] | None) -> Vault | None:
     """The project's vault, opened (its key resolved) when it exists and an IMAP side needs
     it; None when there is none (every IMAP user then has no credentials)."""
-    imap = any(project.tenant(s).kind == "imap" for s in SIDES)
+    imap = any(project.tenant(s).kind in VAULT_KINDS for s in SIDES)
     if not imap or not Vault(project.directory, None).exists():
         return None
     return Vault.open(project.directory, env=env)

@@ -6,13 +6,20 @@ non-zero; a `warn` is for the operator to judge.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import re
+import tomllib
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import requests
 
 from coexist import autoforward as af
 from coexist.discovery.scope import find_scope_group, transitive_user_ids
-from coexist.engine.context import Context, Side
+from coexist.engine.context import Context, Side, ews_admin, ews_endpoint
 from coexist.errors import (
     AuthenticationError,
     CoexistError,
@@ -20,6 +27,8 @@ from coexist.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    TLSError,
+    Unreachable,
 )
 from coexist.model import forwarding_address, split_address
 from coexist.permissions import (
@@ -33,6 +42,23 @@ from coexist.provisioning.exchange import object_id
 from coexist.provisioning.index import TargetIndex
 from coexist.provisioning.orphans import Obstacles, check_live, describe
 from coexist.provisioning.provision import obstacles_of, source_of
+from coexist.runtime import retry_policy
+from coexist.settings import Project
+from coexist.tenants.auth import TenantCredentials
+from coexist.tenants.base import connection_error
+from coexist.tenants.ews import (
+    GRANTS,
+    EwsEndpoint,
+    EwsLimits,
+    EwsServer,
+    ServerVersion,
+    grant_command,
+    reported_version,
+)
+from coexist.tenants.ews import (
+    VERSIONS as EWS_VERSIONS,
+)
+from coexist.tenants.graph import GraphAdapter
 
 
 @dataclass(frozen=True)
@@ -42,6 +68,7 @@ class Check:
     detail: str
     fix: str = ""
     blocked: tuple[dict[str, Any], ...] = ()  # per user, for --json (auto-forwarding)
+    extra: dict[str, Any] | None = None  # more for --json (the EWS server's version)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -52,6 +79,8 @@ class Check:
         }
         if self.blocked:
             out["blocked"] = list(self.blocked)
+        if self.extra:
+            out.update(self.extra)
         return out
 
 
@@ -655,3 +684,415 @@ def _each(rows: list[Obstacles], text: Callable[[Obstacles], str]) -> str:
     """Per user, at most five, then how many more."""
     shown = "; ".join(f"{s.user}: {text(s)}" for s in rows[:5])
     return shown + (f"; and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+# -- per-side checks, by the side's kind (exchange, workmail and their partners) ---------------
+#
+# A Microsoft 365 <-> Microsoft 365 project runs the tenant-pair checks above in a session
+# (`commands.preflight_checks`). A project with an EWS side runs each side's own checks,
+# registered below by kind: EWS sides have no directory or cmdlets for the pair checks, and
+# their admin's password comes from the vault, so a missing one is a preflight line rather
+# than a session that cannot open.
+
+
+@dataclass(frozen=True)
+class SideProbe:
+    """What a side's checks read: the project, the side, the selected users (the batch)."""
+
+    project: Project
+    side: str
+    items: list[dict[str, Any]]
+    env: Mapping[str, str] | None = None
+
+
+SideChecks = Callable[[SideProbe], Awaitable[list[Check]]]
+
+# Mailboxes a delegation side opens to check FullAccess (a grant per mailbox, so one sample
+# proves little); impersonation's role covers the organisation: one mailbox shows it.
+DELEGATION_SAMPLE = 20
+IMPERSONATION_SAMPLE = 1
+# Delegation: every request is the admin's and draws on one throttling budget; the seed
+# (MigrationWiz, Hosted Exchange) advises about 20 mailboxes at once.
+DELEGATION_ADVISED = 20
+# WorkMail's EWS host (FACTS.md "Amazon WorkMail": ews.mail.<region>.awsapps.com).
+WORKMAIL_HOST = re.compile(r"^ews\.mail\.([a-z0-9-]+)\.awsapps\.com$")
+
+
+def _address(item: Mapping[str, Any], side: str) -> str:
+    """The user's address on a side (the source address names the user everywhere)."""
+    return str(item.get(f"{side}_address") or item.get("source_address") or item["key"])
+
+
+def _listed_more(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (
+        f" and {len(names) - shown} more" if len(names) > shown else ""
+    )
+
+
+def pinned_version(project: Project, side: str) -> bool:
+    """Whether project.toml sets `[side.ews] version` (else the default is spoken)."""
+    try:
+        doc = tomllib.loads(Path(project.file).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return True
+    return "version" in ((doc.get(side) or {}).get("ews") or {})
+
+
+async def check_ews_endpoint(probe: SideProbe, endpoint: EwsEndpoint) -> Check:
+    """An unauthenticated request to the EWS URL: any HTTP answer (401 as a rule) means the
+    host is reached and its certificate verified (name and chain: requests checks both)."""
+    side, url = probe.side, endpoint.url
+    name = f"{side} endpoint"
+    host = urlsplit(url).hostname or url
+    ca = endpoint.ca_file
+    trusted = f"the CA bundle {ca} ([{side}.ews] ca_file)" if ca else "the system CA store"
+    try:
+        answer = await asyncio.to_thread(
+            requests.get, url, verify=ca or True, timeout=30, allow_redirects=False
+        )
+        answer.close()
+    except (requests.exceptions.RequestException, OSError) as exc:
+        err = connection_error(exc, service="ews", who="EWS", url=url, setting="ews url", side=side)
+        if isinstance(err, TLSError):
+            return Check(
+                name,
+                "fail",
+                f"{err.message} (host {host}, checked against {trusted})",
+                f"{host}'s certificate must name {host} and chain to a CA coexist trusts: if "
+                f"a private CA or a TLS-inspecting proxy signs it, set ca_file in [{side}.ews] "
+                f"to that CA's bundle (PEM); if the name differs, set [{side}.ews] url to the "
+                "name the certificate carries; then re-run preflight",
+            )
+        return Check(
+            name,
+            "fail",
+            f"{err.message} (host {host})",
+            f"check [{side}.ews] url (the https:// address of /EWS/Exchange.asmx) and that "
+            f"{host} is reachable from here; then re-run preflight",
+        )
+    return Check(
+        name,
+        "ok",
+        f"{urlsplit(url).scheme}://{urlsplit(url).netloc} answers (HTTP {answer.status_code}); "
+        f"{host}'s certificate verified against {trusted}",
+    )
+
+
+def _sample(probe: SideProbe, access: str) -> list[str]:
+    size = DELEGATION_SAMPLE if access == "delegation" else IMPERSONATION_SAMPLE
+    addresses = sorted({_address(i, probe.side) for i in probe.items})
+    return addresses[:size]
+
+
+async def _open(server: EwsServer, address: str) -> tuple[CoexistError | None, Any]:
+    """Open `address` as a pass does and read its Inbox; the failure (or None) and the
+    server's version as that answer reported it."""
+    try:
+        async with server.mailbox(address) as mailbox:
+            try:
+                await mailbox.probe()
+            except CoexistError as exc:
+                return exc, reported_version(mailbox)
+            return None, reported_version(mailbox)
+    except CoexistError as exc:
+        return exc, None
+
+
+def credentials_check(
+    probe: SideProbe, admin: str, auth: str, first: str, err: CoexistError | None
+) -> Check:
+    """The admin's login, judged from the first mailbox opened: only a 401 says it is wrong
+    (a refusal to open the mailbox is about grants: the access check says which)."""
+    name = f"{probe.side} credentials"
+    fix = (
+        f"coexist credentials set --project {probe.project.directory} --master --side "
+        f"{probe.side} (the password of {admin}); check [{probe.side}.ews] auth ({auth}) and "
+        "admin; then re-run preflight"
+    )
+    if isinstance(err, AuthenticationError):
+        return Check(name, "fail", err.message, fix)
+    if isinstance(err, TLSError | Unreachable):
+        return Check(name, "fail", f"not checked: {err.message}", err.next_step or "")
+    return Check(name, "ok", f"the server accepts {admin} ({auth} auth), asked for {first}")
+
+
+def access_check(
+    probe: SideProbe, admin: str, access: str, kind: str, results: dict[str, CoexistError | None]
+) -> Check:
+    """The access mode on the sampled mailboxes: each one lacking its grant named with the
+    exact command that gives it."""
+    name = f"{probe.side} access"
+    total = len(probe.items)
+    sampled = list(results)
+    of = f"{len(sampled)} of {total} selected" if total > len(sampled) else f"all {total}"
+    denied = [a for a, e in results.items() if isinstance(e, PermissionDenied)]
+    other = {a: e for a, e in results.items() if e is not None and a not in denied}
+    grant = GRANTS.get(access, access)
+    if not denied and not other:
+        return Check(
+            name,
+            "ok",
+            f"{access}: {admin} opens {of} mailboxes checked ({_listed_more(sampled)})"
+            + ("; `coexist verify-credentials` checks every one" if total > len(sampled) else ""),
+        )
+    details, fixes = [], []
+    if denied and access == "impersonation":
+        details.append(
+            f"{admin} may not impersonate {_listed_more(denied)} (ErrorImpersonateUserDenied): "
+            "the admin lacks the ApplicationImpersonation role"
+        )
+        fixes.append(grant_command("impersonation", admin, denied[0]))
+    elif denied:
+        where = (
+            " (WorkMail: the mailbox permissions of the WorkMail console)"
+            if kind == "workmail"
+            else ""
+        )
+        details.append(
+            f"{admin} lacks {grant} on {len(denied)} of {len(sampled)} mailboxes checked: "
+            f"{_listed_more(denied)}{where}"
+        )
+        fixes += [grant_command("delegation", admin, a) for a in denied[:5]]
+        if len(denied) > 5:
+            fixes.append(f"and the same for the {len(denied) - 5} others")
+    for address, exc in list(other.items())[:5]:
+        details.append(f"{address}: {exc.message}")
+        if exc.next_step:
+            fixes.append(exc.next_step)
+    return Check(name, "fail", f"{access} ({of} mailboxes checked): " + "; ".join(details),
+                 "; ".join(fixes) + "; then re-run preflight")  # fmt: skip
+
+
+def version_check(
+    probe: SideProbe, said: ServerVersion | None, setting: str, pinned: bool
+) -> Check:
+    """The server's version from a response's ServerVersionInfo header, against the pin."""
+    name = f"{probe.side} server version"
+    where = f"[{probe.side}.ews] version"
+    if said is None:
+        return Check(
+            name,
+            "warn",
+            f"no response carried a ServerVersionInfo header; coexist speaks {setting}",
+            f"pin {where} to the server's version",
+        )
+    speaks = said.setting or "a version older than Exchange2010_SP1"
+    extra = {"server_version": {"build": said.build, "speaks": said.setting,
+                                "pinned": setting if pinned else None}}  # fmt: skip
+    server = f"the server reports build {said.build} ({speaks})"
+    if said.setting == setting:
+        how = "pinned" if pinned else "not pinned; the default"
+        return Check(name, "ok", f"{server}; {where} ({how}) is {setting}", extra=extra)
+    if pinned:
+        return Check(
+            name,
+            "warn",
+            f"{server}, but {where} pins {setting}",
+            f'set {where} = "{said.setting}" unless the pin is meant (a request version older '
+            "than the server's works, with fewer features)"
+            if said.setting
+            else f"coexist needs Exchange2010_SP1 or later; {where} cannot fit this server",
+            extra=extra,
+        )
+    # Unpinned: the default is spoken; a server older than it refuses its requests.
+    order = list(EWS_VERSIONS)
+    older = said.setting is None or order.index(said.setting) < order.index(setting)
+    return Check(
+        name,
+        "warn" if older else "ok",
+        f"{server}; {where} is not pinned (coexist speaks {setting}, the default): recorded"
+        + (", and the server is older than that" if older else ""),
+        f'pin it: {where} = "{said.setting}"' if said.setting else "",
+        extra=extra,
+    )
+
+
+def region_check(probe: SideProbe, url: str, configured: str | None) -> Check:
+    """WorkMail's region, read from its EWS host name."""
+    name = f"{probe.side} region"
+    host = (urlsplit(url).hostname or "").lower()
+    found = WORKMAIL_HOST.match(host)
+    if found is None:
+        return Check(
+            name,
+            "warn",
+            f"{host} is not a WorkMail EWS host (ews.mail.<region>.awsapps.com): no region "
+            "can be read from it (a sandbox, a proxy or a custom name)",
+            f"if this is Amazon WorkMail, set [{probe.side}.ews] region (or url to "
+            "https://ews.mail.<region>.awsapps.com/EWS/Exchange.asmx)",
+        )
+    region = found.group(1)
+    if configured and configured != region:
+        return Check(
+            name,
+            "warn",
+            f"the URL's region is {region} but [{probe.side}.ews] region says {configured}",
+            f"make them agree ([{probe.side}.ews] url wins)",
+        )
+    return Check(name, "ok", f"Amazon WorkMail in {region} (from {host})")
+
+
+def concurrency_check(probe: SideProbe, access: str, mailboxes: int, in_flight: int) -> Check:
+    """How many mailboxes a run opens at once on this side, and why."""
+    name = f"{probe.side} concurrency"
+    where = f"[{probe.side}.ews] mailboxes_at_once"
+    if access == "delegation":
+        plan = (
+            f"delegation: {mailboxes} mailboxes at once, {in_flight} requests in flight, all "
+            f"on {probe.project.tenant(probe.side).ews.admin}'s one throttling budget "
+            f"(about {DELEGATION_ADVISED} advised; EwsMaxConcurrency 27 by default)"
+        )
+        if mailboxes > DELEGATION_ADVISED:
+            return Check(
+                name,
+                "warn",
+                plan + f": above the {DELEGATION_ADVISED} advised, expect ErrorServerBusy",
+                f"lower {where} to {DELEGATION_ADVISED}, or use impersonation (a budget per "
+                "mailbox)",
+            )
+        return Check(name, "ok", plan)
+    return Check(
+        name,
+        "ok",
+        f"impersonation: {mailboxes} mailboxes at once, each on its own throttling budget, "
+        f"{in_flight} requests in flight from this process",
+    )
+
+
+async def ews_side_checks(probe: SideProbe) -> list[Check]:
+    """An Exchange or WorkMail side: endpoint (TLS), the admin's login, the access mode on
+    sampled mailboxes of the batch, the server's version, WorkMail's region, the plan of
+    mailboxes at once. Each line names addresses."""
+    project, side = probe.project, probe.side
+    tenant = project.tenant(side)
+    settings, kind = tenant.ews, tenant.kind
+    endpoint = ews_endpoint(settings, side, kind)
+    limits = EwsLimits.for_access(settings.access, settings.mailboxes_at_once)
+    out = [await check_ews_endpoint(probe, endpoint)]
+    tail = [*EWS_KIND_CHECKS.get(kind, _no_more_checks)(probe, endpoint)]
+    tail.append(concurrency_check(probe, settings.access, limits.mailboxes, limits.in_flight))
+    if out[0].status == "fail":
+        return out + tail  # nothing else reaches the server
+    try:
+        admin = ews_admin(project, side, probe.env)
+    except CoexistError as exc:
+        out.append(Check(f"{side} credentials", "fail", exc.message, exc.next_step or ""))
+        return out + tail
+    sample = _sample(probe, settings.access)
+    first = sample[0] if sample else admin.login  # no users yet: the admin's own mailbox
+    server = EwsServer(endpoint, admin, EwsLimits(1, 1, calls=2), retry=retry_policy(project))
+    said: ServerVersion | None = None
+    results: dict[str, CoexistError | None] = {}
+    try:
+        for address in sample or [first]:
+            err, version = await _open(server, address)
+            said = said or version
+            results[address] = err
+            if isinstance(err, AuthenticationError | TLSError | Unreachable):
+                break  # the admin's login or the endpoint: every mailbox would say the same
+    finally:
+        await server.close()
+    login = credentials_check(probe, admin.login, settings.auth, first, results[first])
+    out.append(login)
+    if login.status == "ok":
+        if sample:
+            out.append(access_check(probe, admin.login, settings.access, kind, results))
+        else:
+            out.append(
+                Check(
+                    f"{side} access",
+                    "warn",
+                    f"no users selected: {settings.access} not tried on any mailbox",
+                    f"coexist batch import FILE --project {project.directory}, then re-run "
+                    "preflight",
+                )
+            )
+        out.append(version_check(probe, said, settings.version, pinned_version(project, side)))
+    return out + tail
+
+
+def _no_more_checks(probe: SideProbe, endpoint: EwsEndpoint) -> list[Check]:
+    return []
+
+
+def _workmail_checks(probe: SideProbe, endpoint: EwsEndpoint) -> list[Check]:
+    return [region_check(probe, endpoint.url, probe.project.tenant(probe.side).ews.region)]
+
+
+# What one EWS kind checks beyond the EWS checks every kind runs.
+EWS_KIND_CHECKS: dict[str, Callable[[SideProbe, EwsEndpoint], list[Check]]] = {
+    "workmail": _workmail_checks,
+}
+
+
+async def graph_side_checks(probe: SideProbe) -> list[Check]:
+    """A Microsoft 365 side beside an EWS side: the app's sign-in and the sampled users'
+    mailboxes read through Graph, as `coexist verify-credentials` reads them."""
+    from coexist.credcheck import GraphChecker  # credcheck imports commands, which imports us
+
+    project, side = probe.project, probe.side
+    items = probe.items[:DELEGATION_SAMPLE]
+    async with TenantCredentials() as credentials:
+        graph = GraphAdapter(project.endpoint(side), label=side,
+                             read_retry=retry_policy(project), credentials=credentials)  # fmt: skip
+        try:
+            try:
+                await graph.granted()
+            except CoexistError as exc:
+                return [Check(f"{side} graph sign-in", "fail", exc.message, exc.next_step or "")]
+            out = [Check(f"{side} graph sign-in", "ok", f"the app signs in to the {side} tenant")]
+            checker = GraphChecker(side, graph)
+            failed = [r for r in [await checker.check(i) for i in items] if not r.ok]
+        finally:
+            await graph.close()
+    if not items:
+        out.append(Check(f"{side} mailboxes", "warn", "no users selected: no mailbox read"))
+    elif failed:
+        out.append(
+            Check(
+                f"{side} mailboxes",
+                "fail",
+                f"{len(failed)} of {len(items)} mailboxes checked cannot be read: "
+                + "; ".join(
+                    f"{r.mailbox or '(none)'}: {r.result} ({r.message})" for r in failed[:5]
+                ),
+                "; ".join(dict.fromkeys(r.next or "" for r in failed[:5] if r.next)),
+            )
+        )
+    else:
+        shown = _listed_more([_address(i, side) for i in items])
+        out.append(Check(f"{side} mailboxes", "ok", f"{len(items)} mailboxes read: {shown}"))
+    return out
+
+
+# A side's own checks by its kind. A project runs them when both its kinds are here and it is
+# not a pair with checks of its own (PAIR_KINDS); otherwise the session's checks (which
+# refuse kinds they cannot serve, as before).
+SIDE_CHECKS: dict[str, SideChecks] = {
+    "exchange": ews_side_checks,
+    "workmail": ews_side_checks,
+    "m365": graph_side_checks,
+}
+# Pairs of kinds whose preflight is the tenant-pair checks run in a session.
+PAIR_KINDS = frozenset({("m365", "m365")})
+
+
+def by_side(project: Project) -> bool:
+    """Whether this project's preflight is its sides' own checks (SIDE_CHECKS)."""
+    kinds = (project.source.kind, project.target.kind)
+    return kinds not in PAIR_KINDS and all(k in SIDE_CHECKS for k in kinds)
+
+
+async def side_preflight(
+    project: Project, items: list[dict[str, Any]], env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Each side's checks (source first); `ok` unless one fails."""
+    checks: list[Check] = []
+    for side in ("source", "target"):
+        probe = SideProbe(project, side, items, env)
+        checks += await SIDE_CHECKS[project.tenant(side).kind](probe)
+    return {
+        "ok": all(c.status != "fail" for c in checks),
+        "checks": [c.to_dict() for c in checks],
+        "users": len(items),
+    }

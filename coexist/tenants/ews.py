@@ -473,3 +473,34 @@ class EwsMailbox:
         """Open the mailbox the way a pass does and read its Inbox (GetFolder, nothing
         changes): the access mode's grant, the login and the endpoint all show here."""
         await self.call(lambda account: account.inbox.id, "GetFolder inbox")
+
+
+# -- what the server said about itself (preflight) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerVersion:
+    """The server's version as a response's ServerVersionInfo header said it."""
+
+    build: str  # e.g. 15.1.2507.6
+    setting: str | None  # the newest `version` setting (VERSIONS) that build speaks
+
+
+def _build_key(build: Any) -> tuple[int, int, int, int]:
+    return (build.major_version, build.minor_version, build.major_build, build.minor_build)
+
+
+def reported_version(mailbox: EwsMailbox) -> ServerVersion | None:
+    """The version the server reported in the ServerVersionInfo header of a response to this
+    mailbox (exchangelib stores it on the account, `_update_api_version`); None before any
+    answer (the account then holds the pin, a bare major.minor build). The header's Version
+    attribute is not used: on-premises servers send strings like "V2017_07_11" there, which
+    exchangelib treats as invalid; the build number says the version (Exchange Server build
+    numbers: 15.2 is 2019, 15.1 2016, 15.0 2013, 14.x 2010)."""
+    build = getattr(mailbox.account.version, "build", None)
+    if build is None or build.major_build == 0:
+        return None
+    key = _build_key(build)
+    fits = [name for name, b in VERSIONS.items() if _build_key(b) <= key]
+    setting = max(fits, key=lambda n: _build_key(VERSIONS[n])) if fits else None
+    return ServerVersion(str(build), setting)
