@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from exchangelib import UTC as EWS_UTC
 from exchangelib import EWSDateTime
+from exchangelib.protocol import CachingProtocol
 from exchangelib.recurrence import WeeklyPattern
 
 from coexist.journal import Journal
@@ -27,6 +29,16 @@ from coexist.tenants.ews import AdminLogin, EwsEndpoint, EwsLimits, EwsServer
 from coexist.tenants.graph import GraphAdapter
 from tests import ewsclient as ec
 from tests.integration.test_ews_store import PASSWORD, RETRY, message, run, sync_context
+
+
+@pytest.fixture
+def workmail(sandbox: Sandbox) -> Sandbox:
+    """Target an Amazon WorkMail organisation. exchangelib caches its protocols by endpoint
+    and credentials, not auth type: one an earlier test built for the same URL and login
+    over NTLM would be reused for Basic, so the cache is cleared."""
+    ec.org(sandbox, "target", "workmail")
+    CachingProtocol.clear_cache()
+    return sandbox
 
 
 @asynccontextmanager
@@ -74,14 +86,13 @@ async def seed(g: GraphAdapter, user: str) -> None:
 
 
 def test_m365_contacts_calendars_and_tasks_arrive_in_workmail(
-    sandbox: Sandbox, conn: dict[str, Any], tmp_path: Path
+    workmail: Sandbox, conn: dict[str, Any], tmp_path: Path
 ) -> None:
     """Each Graph contact, event and task arrives once in WorkMail's folder of its class; the
     series keeps its weekly pattern, its moved occurrence (an exception with the new time
     and subject) and its cancelled one; the task's checklist is in its body; a re-run copies
     nothing and changes nothing."""
-    sb = sandbox
-    ec.org(sb, "target", "workmail")
+    sb = workmail
     [src_user] = ec.mailboxes(sb, "source", 1)
     [tgt_user] = ec.mailboxes(sb, "target", 1)
     assert tgt_user.primary_smtp
@@ -143,7 +154,7 @@ def test_m365_contacts_calendars_and_tasks_arrive_in_workmail(
 
 
 def test_the_graph_ews_mover_moves_mail_and_pim_and_says_so(
-    sandbox: Sandbox, conn: dict[str, Any], tmp_path: Path
+    workmail: Sandbox, conn: dict[str, Any], tmp_path: Path
 ) -> None:
     """graph-ews's pass (the mover, with a context holding the two sides): mail and the PIM
     items all copied, the task's checklist named in the detail, a second pass copies 0."""
@@ -151,8 +162,7 @@ def test_the_graph_ews_mover_moves_mail_and_pim_and_says_so(
 
     from coexist.migrate.passes import MOVERS
 
-    sb = sandbox
-    ec.org(sb, "target", "workmail")
+    sb = workmail
     [src_user] = ec.mailboxes(sb, "source", 1)
     [tgt_user] = ec.mailboxes(sb, "target", 1)
     assert tgt_user.primary_smtp
@@ -191,15 +201,14 @@ def test_the_graph_ews_mover_moves_mail_and_pim_and_says_so(
 
 
 def test_changes_in_m365_become_updates_in_workmail_and_plan_mode_writes_nothing(
-    sandbox: Sandbox, conn: dict[str, Any], tmp_path: Path
+    workmail: Sandbox, conn: dict[str, Any], tmp_path: Path
 ) -> None:
     """A planned pass records the creates and writes nothing; then a real pass copies; a
     meeting moved to another time and a contact's new mobile number in Microsoft 365 become
     updates of their WorkMail copies (no second copy), the series keeps its exception."""
     from coexist.tenants.plan import WriteRecorder
 
-    sb = sandbox
-    ec.org(sb, "target", "workmail")
+    sb = workmail
     [src_user] = ec.mailboxes(sb, "source", 1)
     [tgt_user] = ec.mailboxes(sb, "target", 1)
     assert tgt_user.primary_smtp
