@@ -70,3 +70,28 @@ def test_a_calendar_item_is_identified_by_its_uid() -> None:
     assert "uid" in change_fields("IPF.Appointment")
     assert "message_id" not in change_fields("IPF.Contact")
     assert "message_id" in change_fields("IPF.Note")
+
+
+def test_graph_zones_and_recurrences_become_exchangelib_values() -> None:
+    """A Windows zone name and an IANA one are read, an unknown one is an InvalidRequest
+    (the sync skips that item with the reason); a relative monthly pattern on weekdays maps
+    to EWS's Weekday set, a numbered range to its count."""
+    import pytest
+    from exchangelib.recurrence import RelativeMonthlyPattern
+
+    from coexist.errors import InvalidRequest
+    from coexist.migrate.stores.ews_pim import WEEK_DAY, recurrence, when, zone
+
+    assert zone("W. Europe Standard Time").key == "Europe/Berlin"
+    assert zone("Europe/Paris").key == "Europe/Paris"
+    with pytest.raises(InvalidRequest):
+        zone("Nowhere/Atlantis")
+    start = when({"dateTime": "2026-03-02T09:00:00.0000000", "timeZone": "UTC"})
+    assert start is not None and start.isoformat() == "2026-03-02T09:00:00+00:00"
+    rec = recurrence({
+        "pattern": {"type": "relativeMonthly", "interval": 1, "index": "last",
+                    "daysOfWeek": ["monday", "tuesday", "wednesday", "thursday", "friday"]},
+        "range": {"type": "numbered", "startDate": "2026-03-02", "numberOfOccurrences": 4},
+    })  # fmt: skip
+    assert rec is not None and isinstance(rec.pattern, RelativeMonthlyPattern)
+    assert (rec.pattern.weekday, rec.pattern.week_number, rec.boundary.number) == (WEEK_DAY, 5, 4)

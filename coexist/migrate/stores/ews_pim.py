@@ -121,7 +121,11 @@ def zone(name: str | None) -> EWSTimeZone:
     try:
         return EWSTimeZone.from_ms_id(name)
     except Exception:  # not a Windows name exchangelib knows
+        pass
+    try:
         return EWSTimeZone(name)
+    except Exception as exc:  # neither: the item is skipped with this reason, not guessed
+        raise InvalidRequest(f"unknown time zone {name!r}", service=SERVICE) from exc
 
 
 def when(value: dict[str, Any] | None) -> EWSDateTime | None:
