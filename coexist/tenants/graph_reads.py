@@ -82,6 +82,12 @@ READS: dict[str, frozenset[str]] = {
             "changeKey",
             "createdDateTime",
             "lastModifiedDateTime",
+            # ews_pim (graph-ews)
+            "middleName",
+            "nickName",
+            "companyName",
+            "jobTitle",
+            "personalNotes",
         }
     ),
     "emailAddress": frozenset({"address"}),
@@ -99,16 +105,36 @@ READS: dict[str, frozenset[str]] = {
             "changeKey",
             "createdDateTime",
             "lastModifiedDateTime",
+            # ews_pim (graph-ews)
+            "isAllDay",
+            "showAs",
+            "isReminderOn",
+            "reminderMinutesBeforeStart",
         }
     ),
-    "dateTimeTimeZone": frozenset({"dateTime"}),
+    "dateTimeTimeZone": frozenset({"dateTime", "timeZone"}),
     "patternedRecurrence": frozenset({"range"}),
-    "recurrenceRange": frozenset({"type", "endDate"}),
+    "recurrenceRange": frozenset({"type", "endDate", "startDate", "numberOfOccurrences"}),
+    # -- the same resources made into EWS items: migrate/stores/ews_pim.py (graph-ews)
+    "recurrencePattern": frozenset(
+        {"type", "interval", "daysOfWeek", "firstDayOfWeek", "dayOfMonth", "month", "index"}
+    ),
+    "physicalAddress": frozenset({"street", "city", "state", "countryOrRegion", "postalCode"}),
+    "checklistItem": frozenset({"displayName", "isChecked"}),
     "todoTaskList": frozenset({"id", "displayName", "wellknownListName"}),
     # To Do copies carry their source task's id as a linked resource (migrate/stores/graph_pim.py stamp).
     "linkedResource": frozenset({"applicationName", "externalId"}),
     "todoTask": frozenset(
-        {"id", "title", "dueDateTime", "checklistItems", "createdDateTime", "lastModifiedDateTime"}
+        {
+            "id",
+            "title",
+            "dueDateTime",
+            "checklistItems",
+            "createdDateTime",
+            "lastModifiedDateTime",
+            "startDateTime",  # ews_pim (graph-ews)
+            "completedDateTime",
+        }
     ),
     # -- mailbox import/export API: migrate/stores/graph_io.py. The importItem answer
     #    ({itemId, changeKey}, from the importUrl on outlook.office365.com) has no CSDL type;

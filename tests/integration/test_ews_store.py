@@ -411,8 +411,8 @@ def test_a_project_of_kind_exchange_moves_mail_through_its_sides_and_mover(
 ) -> None:
     """The product's wiring: project.toml [source.ews]/[target.ews], the admins' passwords in
     the vault (credentials set --master), the sides opened by kind, the default ews-sync
-    mover: a prestage pass copies every mail item, reconciles, says it moves mail only; a
-    second copies nothing."""
+    mover: a prestage pass copies every mail item, reconciles, says it moves calendars,
+    contacts, tasks and notes too (Exchange on both sides); a second copies nothing."""
     from coexist.engine.context import Context, SideOptions, open_sides
     from coexist.migrate.passes import mover_for, run_pass
     from coexist.runtime import open_journal
@@ -445,10 +445,10 @@ def test_a_project_of_kind_exchange_moves_mail_through_its_sides_and_mover(
         first, second, mover = run(main)
     finally:
         journal.close()
-    assert project.migration.mover == "ews-sync" and mover == "MailOnlyMover"
+    assert project.migration.mover == "ews-sync" and mover == "EwsSyncMover"
     assert first.status == "ok", first.detail
     assert first.counts["copied"] >= 5 and first.counts["difference"] == 0
-    assert "mail only" in first.detail
+    assert "calendars, contacts, tasks and notes" in first.detail
     assert second.status == "ok" and second.counts.get("copied", 0) == 0
 
 

@@ -39,13 +39,17 @@ from typing import Any
 from exchangelib import ExtendedProperty, ItemId, Message
 from exchangelib.ewsdatetime import EWSDateTime
 from exchangelib.folders import (
+    Calendar,
+    Contacts,
     DeletedItems,
     Drafts,
     FolderCollection,
     Inbox,
     JunkEmail,
+    Notes,
     Outbox,
     SentItems,
+    Tasks,
 )
 from exchangelib.folders import (
     Folder as EwsFolder,
@@ -57,8 +61,8 @@ from exchangelib.services.common import EWSService
 
 from coexist.engine.context import Context, capability_missing
 from coexist.errors import InvalidRequest, NotFound, RemoteError
-from coexist.migrate.passes import MOVERS
-from coexist.migrate.sync import message_identity
+from coexist.migrate.passes import MOVERS, PassResult, Window
+from coexist.migrate.sync import StoreMover, message_identity
 from coexist.tenants.ews import SERVICE, EwsMailbox, EwsServer, sync_state_lost
 from coexist.tenants.plan import WriteRecorder, before_write
 from coexist.tenants.protocols import (
@@ -100,13 +104,36 @@ WELL_KNOWN: dict[str, Any] = {
     "deleteditems": DeletedItems,
     "junkemail": JunkEmail,
     "outbox": Outbox,
+    # PIM default folders, under the well-known names the Graph stores give them
+    # (graph_pim: "calendar", "contacts", "tasks"); "notes" has no Graph counterpart.
+    "calendar": Calendar,
+    "contacts": Contacts,
+    "tasks": Tasks,
+    "notes": Notes,
 }
+
+# PIM folder classes (MS-OXOSFLD PidTagContainerClass) moved as EXCHANGE_STREAM between two
+# Exchange mailboxes. Exact classes only: Exchange's system folders of derived classes
+# (IPF.Contact.MOC.QuickContacts, IPF.Contact.RecipientCache, IPF.Appointment.Birthday ...)
+# are views the server fills itself, left out like search folders.
+APPOINTMENT_FOLDER = "IPF.Appointment"
+CONTACT_FOLDER = "IPF.Contact"
+TASK_FOLDER = "IPF.Task"
+NOTE_FOLDER = "IPF.StickyNote"
+PIM_FOLDERS = frozenset({APPOINTMENT_FOLDER, CONTACT_FOLDER, TASK_FOLDER, NOTE_FOLDER})
+APPOINTMENT_CLASS = "IPM.Appointment"
+# item_map identity of a calendar item: its iCalendar UID (PidLidGlobalObjectId's text
+# form), the same in a copy made by UploadItems, so a copy an interrupted pass left is
+# adopted and a series moved between calendars is a move. Contacts, tasks and notes have
+# no identity that survives a copy: an interrupted import of one is copied again.
+UID_IDENTITY = "uid:"
 
 CAPS = Capabilities(
     exports=frozenset({EXCHANGE_STREAM, MIME}),
     accepts=frozenset({EXCHANGE_STREAM, MIME}),
     cursor="sync-state",
-    folder_classes=frozenset({MAIL_FOLDER}),
+    # PIM folders only travel as the stream (no MIME for them): `moved_classes`.
+    folder_classes=frozenset({MAIL_FOLDER}) | PIM_FOLDERS,
     checkpoint_kind=CHECKPOINT_KIND,
     export_batch=EXPORT_BATCH,
     export_bytes=EXPORT_BYTES,
@@ -123,7 +150,22 @@ CAPS = Capabilities(
 # WorkMail migration moves them. *unverified*: whether WorkMail's EWS serves ExportItems /
 # UploadItems at all (AWS documents no list of the EWS operations it implements), so the
 # opaque stream is neither offered nor asked of it.
-WORKMAIL_CAPS = replace(CAPS, exports=frozenset({MIME}), accepts=frozenset({MIME}))
+WORKMAIL_CAPS = replace(
+    CAPS,
+    exports=frozenset({MIME}),
+    accepts=frozenset({MIME}),
+    folder_classes=frozenset({MAIL_FOLDER}),
+)
+
+
+def moved_classes(caps: Capabilities) -> frozenset[str]:
+    """The folder classes a store of `caps` lists and makes: PIM folders only where items
+    travel as EXCHANGE_STREAM both ways (an EWS calendar item, contact or task has no MIME
+    form a store could import), else mail alone. A source listing PIM folders a MIME-only
+    target cannot make has them skipped (the pass names them)."""
+    if EXCHANGE_STREAM in caps.exports and EXCHANGE_STREAM in caps.accepts:
+        return caps.folder_classes
+    return frozenset({MAIL_FOLDER})
 
 
 # -- extended properties (MS-OXPROPS) ----------------------------------------------------------
@@ -209,6 +251,19 @@ STATE_FIELDS = (
 )
 INSPECT_FIELDS = ("subject", "coexist_content_type", "coexist_content_class")
 CHANGE_FIELDS = ("item_class", "datetime_received", "size", "subject", "message_id")
+# What SyncFolderItems asks per folder class: a calendar item's identity is its UID; other
+# PIM items have neither UID nor Message-ID worth asking.
+PIM_CHANGE_FIELDS = {
+    APPOINTMENT_FOLDER: ("item_class", "datetime_received", "size", "subject", "uid"),
+}
+PIM_DEFAULT_FIELDS = ("item_class", "datetime_received", "size", "subject")
+
+
+def change_fields(folder_class: str) -> tuple[str, ...]:
+    """The fields a change feed of a folder of this class asks for each item."""
+    if folder_class not in PIM_FOLDERS:
+        return CHANGE_FIELDS
+    return PIM_CHANGE_FIELDS.get(folder_class, PIM_DEFAULT_FIELDS)
 
 
 class _SyncFolderItems(SyncFolderItems):  # type: ignore[misc]
@@ -307,12 +362,24 @@ def is_mail_folder(folder_class: str | None) -> bool:
     return not folder_class or folder_class == MAIL_FOLDER or folder_class.startswith("IPF.Note.")
 
 
+def folder_class_of(folder_class: str | None, classes: frozenset[str]) -> str | None:
+    """The class a folder is moved as (None: left out): mail for mail classes (`is_mail_folder`),
+    a PIM class of `classes` exactly."""
+    if is_mail_folder(folder_class):
+        return MAIL_FOLDER
+    return folder_class if folder_class in classes else None
+
+
 def folder_tree(
-    root_id: str, listed: list[dict[str, Any]], well_known: dict[str, str]
+    root_id: str,
+    listed: list[dict[str, Any]],
+    well_known: dict[str, str],
+    classes: frozenset[str] = frozenset({MAIL_FOLDER}),
 ) -> FolderTree:
-    """The mail folders under the IPM root, parents before children, each with its path;
-    top-level distinguished folders carry their well-known name (`well_known`: id -> name).
-    `listed`: {id, parent, name, folder_class, total, search}."""
+    """The folders of `classes` under the IPM root, parents before children, each with its
+    path; top-level distinguished folders carry their well-known name (`well_known`: id ->
+    name). `listed`: {id, parent, name, folder_class, total, search}. A folder left out
+    leaves out its subtree (a mail folder under a calendar is no calendar)."""
     by_parent: dict[str, list[dict[str, Any]]] = {}
     for f in listed:
         by_parent.setdefault(str(f["parent"]), []).append(f)
@@ -321,13 +388,19 @@ def folder_tree(
     while queue:
         parent, path = queue.pop(0)
         for f in by_parent.get(parent, []):
-            if f.get("search") or not is_mail_folder(f.get("folder_class")):
+            cls = folder_class_of(f.get("folder_class"), classes)
+            if f.get("search") or cls is None:
                 continue
             here = (*path, str(f["name"]))
             wk = well_known.get(str(f["id"])) if not path else None
-            out.append(Folder(str(f["id"]), here, wk, MAIL_FOLDER, int(f.get("total") or 0)))
+            out.append(Folder(str(f["id"]), here, wk, cls, int(f.get("total") or 0)))
             queue.append((str(f["id"]), here))
     return FolderTree(out, len(listed) - len(out))
+
+
+def pim_identity(uid: str | None) -> str | None:
+    """The item_map identity of a calendar item with this iCalendar UID."""
+    return f"{UID_IDENTITY}{uid}" if uid else None
 
 
 def change_of(kind: str, item: Any) -> Change | None:
@@ -338,13 +411,17 @@ def change_of(kind: str, item: Any) -> Change | None:
         ref, _read = item
         return Change(str(ref.id))  # its change key is unknown: the sync reads it
     received = getattr(item, "datetime_received", None)
+    item_class = str(getattr(item, "item_class", None) or MAIL_CLASS)
+    identity = message_identity(getattr(item, "message_id", None))
+    if identity is None and item_class.startswith(APPOINTMENT_CLASS):
+        identity = pim_identity(getattr(item, "uid", None))
     return Change(
         str(item.id),
         change_key=item.changekey,
         created=_iso(received),
         size=int(getattr(item, "size", None) or 0),
-        kind=str(getattr(item, "item_class", None) or MAIL_CLASS),
-        identity=message_identity(getattr(item, "message_id", None)),
+        kind=item_class,
+        identity=identity,
         subject=getattr(item, "subject", None),
     )
 
@@ -366,7 +443,9 @@ class SyncRound:
     async def pages(self) -> AsyncIterator[ChangePage]:
         state = self.state
         while True:
-            changes, state, last = await self.store.sync_page(self.folder.id, state)
+            changes, state, last = await self.store.sync_page(
+                self.folder.id, state, self.folder.folder_class
+            )
             # The state after each call is a valid cursor (Exchange's states are cumulative),
             # but the round's first full scan must end before its cursor is saved (the sync
             # forgets what a full round did not report): it is given at the end only.
@@ -399,11 +478,16 @@ class EwsStore:
         self.plan = plan
         self.user = mailbox.user
         self._well_known: dict[str, str] | None = None
+        self._classes: dict[str, str] = {}  # folder id -> the class it is moved as
 
     @property
     def caps(self) -> Capabilities:
         """`CAPS`; MIME only on WorkMail (`WORKMAIL_CAPS`)."""
         return WORKMAIL_CAPS if self.mailbox.server.endpoint.kind == "workmail" else CAPS
+
+    def moved_classes(self) -> frozenset[str]:
+        """The folder classes this store lists and makes (`moved_classes` of its caps)."""
+        return moved_classes(self.caps)
 
     async def _call(self, fn: Any, what: str, write: bool = False) -> Any:
         return await self.mailbox.call(fn, what, write)
@@ -456,18 +540,27 @@ class EwsStore:
         well_known = await self._well_known_ids()
         root_id, listed = await self._call(read, "FindFolder")
         self._root_id = root_id
-        return folder_tree(root_id, listed, well_known)
+        classes = self.moved_classes()
+        tree = folder_tree(root_id, listed, well_known, classes)
+        mine = [f for f in tree.folders if f.folder_class in classes]
+        self._classes.update((f.id, f.folder_class) for f in mine)
+        return FolderTree(mine, len(listed) - len(mine))
 
     async def create_folder(
         self, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
     ) -> Folder | None:
-        """CreateFolder (IPF.Note) under `parent` or the IPM root; an existing folder of that
-        name (ErrorFolderExists: an earlier pass made it) is found and used."""
-        if folder_class != MAIL_FOLDER:
+        """CreateFolder of `folder_class` (mail, or a PIM class where the store moves them:
+        `moved_classes`) under `parent` or the IPM root; an existing folder of that name
+        (ErrorFolderExists: an earlier pass made it) is found and used. None: this store does
+        not hold that class, or not there (Exchange makes a calendar only under a folder of
+        its class or the root: ErrorInvalidFolderTypeForOperation)."""
+        if folder_class not in self.moved_classes():
+            return None
+        if parent is not None and folder_class != parent.folder_class:
             return None
         if self.plan is not None or (parent is not None and parent.id.startswith(PLANNED)):
-            self._record("CreateFolder", folder="/".join(path))
-            return Folder(f"{PLANNED}{'/'.join(path)}", path, None, MAIL_FOLDER, 0)
+            self._record("CreateFolder", folder="/".join(path), folder_class=folder_class)
+            return Folder(f"{PLANNED}{'/'.join(path)}", path, None, folder_class, 0)
         parent_id = parent.id if parent else None
 
         def make(account: Any) -> str:
@@ -478,13 +571,14 @@ class EwsStore:
                     and str(child.name).casefold() == name.casefold()
                 ):
                     return str(child.id)
-            made = EwsFolder(parent=above, name=name, folder_class=MAIL_FOLDER)
+            made = EwsFolder(parent=above, name=name, folder_class=folder_class)
             made.save()
             return str(made.id)
 
         self._writing()
         made_id = await self._call(make, f"CreateFolder {name!r}", write=True)
-        return Folder(made_id, path, None, MAIL_FOLDER, 0)
+        self._classes[made_id] = folder_class
+        return Folder(made_id, path, None, folder_class, 0)
 
     # -- changes -----------------------------------------------------------------------------
     def changes(self, folder: Folder, cursor: str | None) -> SyncRound:
@@ -493,12 +587,15 @@ class EwsStore:
     def cursor_lost(self, exc: RemoteError) -> bool:
         return sync_state_lost(exc)
 
-    async def sync_page(self, folder_id: str, state: str | None) -> tuple[list[Change], str, bool]:
+    async def sync_page(
+        self, folder_id: str, state: str | None, folder_class: str = MAIL_FOLDER
+    ) -> tuple[list[Change], str, bool]:
         """One SyncFolderItems call: its changes, the new sync state, whether it was the last."""
+        wanted = change_fields(folder_class)
 
         def read(account: Any) -> tuple[list[Change], str, bool]:
             folder = _folder(account, folder_id)
-            fields = {f for f in folder.normalize_fields(fields=CHANGE_FIELDS)}
+            fields = {f for f in folder.normalize_fields(fields=wanted)}
             svc = _SyncFolderItems(account=account)
             out: list[Change] = []
             for kind, item in svc.call(
@@ -593,21 +690,28 @@ class EwsStore:
         }
 
     async def copies(self, folder_id: str, exclude: set[str]) -> dict[str, list[ItemRef]]:
-        """The folder's messages by Message-ID (FindItem), but those in `exclude`."""
+        """The folder's messages by Message-ID, its calendar items by UID (FindItem), but
+        those in `exclude`. Contacts, tasks and notes have no identity: none found."""
         if folder_id.startswith(PLANNED):
             return {}
+        cls = self._classes.get(folder_id, MAIL_FOLDER)
+        if cls in PIM_FOLDERS and cls != APPOINTMENT_FOLDER:
+            return {}
+        field, identity = (
+            ("uid", pim_identity) if cls == APPOINTMENT_FOLDER else ("message_id", message_identity)
+        )
 
         def read(account: Any) -> list[tuple[str, str, str | None]]:
             folder = _folder(account, folder_id)
             return [
-                (str(i.id), str(i.changekey), getattr(i, "message_id", None))
-                for i in folder.all().only("message_id")
+                (str(i.id), str(i.changekey), getattr(i, field, None))
+                for i in folder.all().only(field)
                 if not isinstance(i, Exception)
             ]
 
         out: dict[str, list[ItemRef]] = {}
         for item_id, key, mid in await self._call(read, "FindItem"):
-            ident = message_identity(mid)
+            ident = identity(mid)
             if ident is not None and item_id not in exclude:
                 out.setdefault(ident, []).append(ItemRef(folder_id, item_id, key))
         return out
@@ -762,6 +866,13 @@ def _items(answers: Iterable[Any]) -> list[Any]:
 EWS_SYNC, GRAPH_EWS, EWS_GRAPH = "ews-sync", "graph-ews", "ews-graph"
 # What these movers leave behind (said in each pass's detail): the store is mail first.
 EWS_MAIL_ONLY = "mail only: contacts, calendars and tasks are not moved by this version's EWS store"
+# Exchange <-> Exchange: every folder class the store moves travels as the stream.
+EWS_PIM = "mail, calendars, contacts, tasks and notes as Exchange's full-fidelity stream"
+# With WorkMail on either side items travel as MIME: PIM folders are skipped (named).
+EWS_MIME_MAIL_ONLY = (
+    "mail only: contacts, calendars, tasks and notes move only between Exchange mailboxes"
+    " (WorkMail takes mail as MIME)"
+)
 
 
 def mailbox_address(ctx: Context, side: str, subject: str) -> str:
@@ -823,12 +934,29 @@ async def open_ews_to_graph(
         yield src, GraphItemsStore(Box(ctx.target.graph, mailbox, ""))
 
 
+class EwsSyncMover:
+    """`ews-sync`: a `StoreMover` over two EWS stores whose pass detail says what it moves:
+    PIM folders too between two Exchange sides (the stream), mail only with WorkMail."""
+
+    def __init__(self) -> None:
+        self.mover = StoreMover(open_ews_pair)
+
+    async def run(self, ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
+        result = await self.mover.run(ctx, subject, kind, window)
+        both = {ctx.side("source").kind, ctx.side("target").kind} == {"exchange"}
+        return replace(result, detail=f"{result.detail}; {EWS_PIM if both else EWS_MIME_MAIL_ONLY}")
+
+
 def _register() -> None:
     from coexist.migrate.imap_graph import MailOnlyMover
 
-    MOVERS[EWS_SYNC] = MailOnlyMover(open_ews_pair, EWS_MAIL_ONLY)
-    MOVERS[GRAPH_EWS] = MailOnlyMover(open_graph_to_ews, EWS_MAIL_ONLY)
+    MOVERS[EWS_SYNC] = EwsSyncMover()
+    # graph-ews (mail and PIM) is registered by ews_pim, imported below.
     MOVERS[EWS_GRAPH] = MailOnlyMover(open_ews_to_graph, EWS_MAIL_ONLY)
 
 
 _register()
+
+# The PIM half (Graph contacts/events/tasks into EWS) and the graph-ews mover; imported last
+# so that either module may be imported first.
+from coexist.migrate.stores import ews_pim as ews_pim  # noqa: E402

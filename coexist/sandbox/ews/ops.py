@@ -1081,7 +1081,7 @@ def _delete_pim(call: Call, item: PimItem) -> None:
     an exception cancels that occurrence of its series; deleting a master drops its
     exceptions."""
     pim = pim_store(call)
-    if item.props.get("type") == "exception":
+    if item.props.get("type") in ("exception", "occurrence"):
         master = pim.find(str(item.props.get("seriesMasterId")))
         if master is not None:
             cancelled = sorted({*(master.props.get("cancelled") or []),
@@ -1091,7 +1091,8 @@ def _delete_pim(call: Call, item: PimItem) -> None:
         for x in pim.items(item.tenant, item.mailbox, "event", item.folder_id):
             if x.props.get("seriesMasterId") == item.id:
                 pim.delete_item(x.id)
-    pim.delete_item(item.id)
+    if pim.find(item.id) is not None:  # an occurrence is derived from its master, not kept
+        pim.delete_item(item.id)
 
 
 def move_item(call: Call, body: ET.Element) -> ET.Element:
@@ -1207,6 +1208,14 @@ def _update_pim(call: Call, item: PimItem, change: ET.Element) -> list[ET.Elemen
         raise _Err("ErrorInvalidPropertySet", f"Invalid item properties: {exc}") from exc
     props = {k: v for k, v in item.props.items() if k not in before or k in after}
     props.update({k: v for k, v in after.items() if k != "type"})
+    if item.props.get("type") == "occurrence" and pim.find(item.id) is None:
+        # An occurrence changed over EWS becomes an exception of its series (stored under
+        # the occurrence's id, as a Graph client's PATCH makes one).
+        made = pim.create_item(item.tenant, item.mailbox, item.folder_id, "event",
+                               {**props, "type": "exception"}, item_id=item.id)  # fmt: skip
+        call.charged_items += 1
+        return [m("Items", None, t("CalendarItem", None, t("ItemId", {"Id": made.id, "ChangeKey": made.change_key}))),
+                m("ConflictResults", None, t("Count", text=0))]  # fmt: skip
     if item.kind == "event" and item.props.get("type") != "exception":
         props["type"] = "seriesMaster" if props.get("recurrence") else "singleInstance"
         if before.get("recurrence") != after.get("recurrence") or before.get("start") != after.get(
@@ -1276,6 +1285,19 @@ def _upload_pim(call: Call, folder: EwsFolder, header: dict[str, Any]) -> ET.Ele
     return m("ItemId", {"Id": made.id, "ChangeKey": made.change_key})
 
 
+def _replace_pim(call: Call, action: str, existing: ET.Element | None) -> None:
+    """CreateAction Update / UpdateOrCreate of a PIM blob: the item named by ItemId goes (its
+    exceptions with it) before the blob is made, as the mail branch below does; Update of an
+    item not there is ErrorItemNotFound."""
+    if action not in ("Update", "UpdateOrCreate") or existing is None:
+        return
+    old = pim_store(call).find(existing.get("Id", ""))
+    if old is not None and old.tenant == call.key:
+        _delete_pim(call, old)
+    elif action == "Update":
+        raise _Err("ErrorItemNotFound", "The specified object was not found in the store.")
+
+
 def upload_items(call: Call, body: ET.Element) -> ET.Element:
     def one(node: ET.Element) -> list[ET.Element]:
         action = node.get("CreateAction", "CreateNew")
@@ -1293,6 +1315,7 @@ def upload_items(call: Call, body: ET.Element) -> ET.Element:
                     "ErrorFolderNotFound", "The specified folder could not be found in the store."
                 )
             _open(call, owner)
+            _replace_pim(call, action, node.find("t:ItemId", NS))
             return [_upload_pim(call, folder_by_id(call, owner, folder_id), header)]
         folder = folder_by_id_checked(call, parent.get("Id", "") if parent is not None else "")
         _size_check(call, len(mime))
