@@ -276,7 +276,7 @@ def map_error(
         return AuthenticationError(
             f"EWS {endpoint.origin} refused the admin login {admin} ({endpoint.auth} auth): {text}",
             next_step=f"check {side} auth and the admin's password (coexist credentials set "
-            f"--admin --side {endpoint.side}), then {retry_command}",
+            f"--master --side {endpoint.side}), then {retry_command}",
             status=401,
             **kw,
         )

@@ -435,3 +435,13 @@ def test_delegation_keeps_the_admin_below_ews_max_concurrency() -> None:
     assert ews.EwsLimits.for_access("delegation").mailboxes == 20
     assert ews.EwsLimits.for_access("impersonation").mailboxes == 50
     assert ews.EwsLimits.for_access("impersonation", 8).mailboxes == 8
+
+
+def test_a_refused_admin_login_names_a_command_that_exists() -> None:
+    """The 401 message's next step is `coexist credentials set --master --side S`, an option
+    the CLI has (it said `--admin`, which does not exist)."""
+    from coexist.cli import credentials_set_cmd
+
+    auth = ews.map_error(ews_errors.UnauthorizedError("401"), EP, admin="svc")
+    assert "credentials set --master --side" in str(auth.next_step)
+    assert "master" in {p.name for p in credentials_set_cmd.params}
