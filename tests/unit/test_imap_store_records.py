@@ -22,11 +22,13 @@ from coexist.journal import Journal
 from coexist.migrate.passes import MOVERS, Window, mover_for
 from coexist.migrate.stores.imap import (
     MOVER,
+    SIZES_KEPT,
     Cursor,
     ImapState,
     _decoded,
     _info,
     _parsed_info,
+    _Sizes,
     endpoint_of,
     folder_tree,
     imap_flags,
@@ -321,3 +323,17 @@ def test_decoded_header_without_encoded_words_is_what_rfc2047_decoding_answers(
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
         expected = unfolded
     assert _decoded(value) == expected
+
+
+def test_sizes_inspect_read_go_to_the_export_only_when_every_one_is_known() -> None:
+    """The sizes `inspect` kept are taken once, in UID order, only when all the export's
+    messages have one (else the export reads them again); the oldest go past SIZES_KEPT."""
+    sizes = _Sizes()
+    sizes.keep({item_id("INBOX", 7, 3): 30, item_id("INBOX", 7, 1): 10})
+    assert sizes.take({1: item_id("INBOX", 7, 1), 2: item_id("INBOX", 7, 2)}) is None
+    got = sizes.take({3: item_id("INBOX", 7, 3), 1: item_id("INBOX", 7, 1)})
+    assert got == {1: 10, 3: 30} and list(got) == [1, 3]
+    assert sizes.take({1: item_id("INBOX", 7, 1)}) is None  # taken: gone
+    sizes.keep({item_id("INBOX", 7, n): n for n in range(SIZES_KEPT + 5)})
+    assert sizes.take({0: item_id("INBOX", 7, 0)}) is None
+    assert sizes.take({9: item_id("INBOX", 7, 9)}) == {9: 9}
