@@ -90,7 +90,7 @@ IMPORT_BATCHES = 2
 # The outcomes of finished imports are journaled together (`Sink`): at most this many wait,
 # for at most this long. One transaction per import cost about as much as the import itself
 # against a local IMAP server; a slow target still gets each outcome written within FLUSH_S.
-FLUSH_ROWS = 64
+FLUSH_ROWS = 256
 FLUSH_S = 0.25
 # Content types of protected mail: S/MIME (RFC 8551) and IRM (MS-OXORMMS: the rights-managed
 # body travels as an application/x-microsoft-rpmsg-message attachment/part).
