@@ -675,8 +675,10 @@ class Journal:
         folder_id: str | None = None,
         status: str | None = None,
         limit: int | None = None,
+        reason_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows of one mailbox, optionally of one source folder / status, in insertion order."""
+        """Rows of one mailbox, optionally of one source folder / status / with a reason that
+        starts with `reason_prefix`, in insertion order."""
         stmt = (
             sa.select(schema.item_map)
             .where(schema.item_map.c.item_key == item_key)
@@ -686,6 +688,9 @@ class Journal:
             stmt = stmt.where(schema.item_map.c.source_folder_id == folder_id)
         if status is not None:
             stmt = stmt.where(schema.item_map.c.status == status)
+        if reason_prefix is not None:
+            # autoescape: a "%" or "_" in the prefix is matched as itself, not as a wildcard.
+            stmt = stmt.where(schema.item_map.c.reason.startswith(reason_prefix, autoescape=True))
         if limit is not None:
             stmt = stmt.limit(limit)
         return self._all(stmt)

@@ -90,7 +90,7 @@ IMPORT_BATCHES = 2
 # The outcomes of finished imports are journaled together (`Sink`): at most this many wait,
 # for at most this long. One transaction per import cost about as much as the import itself
 # against a local IMAP server; a slow target still gets each outcome written within FLUSH_S.
-FLUSH_ROWS = 64
+FLUSH_ROWS = 256
 FLUSH_S = 0.25
 # Content types of protected mail: S/MIME (RFC 8551) and IRM (MS-OXORMMS: the rights-managed
 # body travels as an application/x-microsoft-rpmsg-message attachment/part).
@@ -580,8 +580,9 @@ async def finish_moves(
     ctx: Context, key: str, tgt: MailboxStore, counts: Counter[str], kind: str | None = None
 ) -> None:
     """Moved items (of `kind`, if given) whose new copy is journaled: delete the old copy,
-    forget its row."""
-    for p in ctx.journal.mapped_items(key):
+    forget its row. Only rows marked as moved are read (every pass ends here: reading every
+    row of the mailbox was O(mailbox) per pass)."""
+    for p in ctx.journal.mapped_items(key, reason_prefix=MOVE_MARK):
         if p["status"] not in ("copied", "changed") or not moving(p) or not _of_kind(p, kind):
             continue
         old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])

@@ -862,19 +862,30 @@ class ImapSession:
         holding UIDs checks them against before it uses them."""
         return int(self._select(name, readonly=True)[b"UIDVALIDITY"])
 
-    def headers(self, name: str, uids: Sequence[int], fields: Sequence[str]) -> dict[int, bytes]:
+    def headers(
+        self,
+        name: str,
+        uids: Sequence[int],
+        fields: Sequence[str],
+        *,
+        sizes: dict[int, int] | None = None,
+    ) -> dict[int, bytes]:
         """Some header fields of messages (`BODY.PEEK[HEADER.FIELDS (...)]`: never marks a
-        message read), per UID; an expunged UID is absent."""
+        message read), per UID; an expunged UID is absent. `sizes`: also each message's
+        RFC822.SIZE, put there per UID (in the same FETCH)."""
         self._reading(name)
         wanted = f"BODY.PEEK[HEADER.FIELDS ({' '.join(f.upper() for f in fields)})]"
+        items = ["UID", wanted] if sizes is None else ["UID", "RFC822.SIZE", wanted]
         out: dict[int, bytes] = {}
         for start in range(0, len(uids), REF_CHUNK):
             chunk = list(uids[start : start + REF_CHUNK])
             with self._mapped("UID FETCH HEADER.FIELDS", name):
-                got = self._uid_fetch(sequence_set(chunk), ["UID", wanted])
+                got = self._uid_fetch(sequence_set(chunk), items)
             for uid, data in got.items():
                 block = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), None)
                 out[int(uid)] = bytes(block) if isinstance(block, bytes) else b""
+                if sizes is not None and (size := data.get(b"RFC822.SIZE")) is not None:
+                    sizes[int(uid)] = int(size)
         return out
 
     def folder_size(self, name: str) -> int:

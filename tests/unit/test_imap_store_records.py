@@ -4,12 +4,17 @@ flags as the protocol's message state, and the imap-sync mover's registration.""
 from __future__ import annotations
 
 import asyncio
+import email.errors
+import email.header
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coexist.engine.context import Context, ImapServer, SideOptions, open_sides
 from coexist.errors import ConfigError, InputError
@@ -17,8 +22,13 @@ from coexist.journal import Journal
 from coexist.migrate.passes import MOVERS, Window, mover_for
 from coexist.migrate.stores.imap import (
     MOVER,
+    SIZES_KEPT,
     Cursor,
     ImapState,
+    _decoded,
+    _info,
+    _parsed_info,
+    _Sizes,
     endpoint_of,
     folder_tree,
     imap_flags,
@@ -242,3 +252,88 @@ def test_imap_sync_is_refused_for_other_kinds() -> None:
     with pytest.raises(ConfigError) as info:
         mover_for(Context(project, None, None, None))  # type: ignore[arg-type]
     assert "does not move m365 -> imap" in str(info.value)
+
+
+# Header blocks as FETCH BODY.PEEK[HEADER.FIELDS (...)] answers them, and the odd ones.
+HEADER_BLOCKS = [
+    b"Subject: hello\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+    b"subject: =?utf-8?q?caf=C3=A9?=\r\n =?utf-8?q?_au_lait?=\r\nCONTENT-TYPE: Multipart/Signed;\r\n"
+    b'\tprotocol="application/pkcs7-signature"\r\nContent-Class: urn:content-classes:message\r\n\r\n',
+    b"Subject:\r\nContent-Type:\r\n\r\n",
+    b"Subject: \r\n folded only\r\n\r\n",
+    b"Content-Type: application/x-pkcs7-mime; smime-type=enveloped-data\r\n\r\n",
+    b"Content-Type: nonsense\r\nSubject: a\r\nSubject: second\r\n\r\n",
+    b"Content-Type: a/b/c\r\n\r\n",
+    b"Subject: lf only\nContent-Class: rpmsg.message\n\n",
+    b"",
+    b"\r\n",
+    b" folded first\r\nSubject: x\r\n\r\n",
+    b"From someone\r\nSubject: x\r\n\r\n",
+    b"Subject : spaced name\r\n\r\n",
+    b": no name\r\nSubject: x\r\n\r\n",
+    b"Subject: x\r\nnot a field\r\nContent-Type: text/html\r\n\r\n",
+    b"Subject: 8 bit \xc3\xa9\r\n\r\n",
+    b"Subject: lone\rCR\r\n\r\n",
+    b"Subject: no end",
+    b"Subject: x\r\n\r\nbody: after\r\n",
+    b"Subject: =?bogus?q?x?=\r\n\r\n",
+]
+
+
+def _field_lines() -> st.SearchStrategy[bytes]:
+    names = st.sampled_from(["Subject", "SUBJECT", "Content-Type", "content-class", "X-A", ""])
+    text = st.text(st.sampled_from(list("ab /;=?:\t é\r\n")), max_size=12)
+    line = st.builds(
+        lambda n, sep, v: f"{n}{sep}{v}", names, st.sampled_from([":", ": ", " :"]), text
+    )
+    folded = st.builds(lambda ws, v: ws + v, st.sampled_from([" ", "\t"]), text)
+    ends = st.sampled_from(["\r\n", "\n", "\r", ""])
+    one = st.builds(lambda s, e: s + e, st.one_of(line, folded), ends)
+    return st.builds(
+        lambda parts, tail: ("".join(parts) + tail).encode("utf-8"),
+        st.lists(one, max_size=6),
+        st.sampled_from(["\r\n", "\n", "", "\r\nbody\r\n"]),
+    )
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS)
+def test_fast_header_info_equals_the_compat32_parser_on_curated_blocks(block: bytes) -> None:
+    """`_info` answers what the compat32 parser reads of each curated header block (plain,
+    folded, repeated, malformed, 8-bit, LF-only, with a body)."""
+    assert _info(block) == _parsed_info(block)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_field_lines())
+def test_fast_header_info_equals_the_compat32_parser_on_generated_blocks(block: bytes) -> None:
+    """`_info` answers what the compat32 parser reads of any generated header block."""
+    assert _info(block) == _parsed_info(block)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(st.sampled_from(list("ab =?_QqBu8tf-:\t\r\né")), max_size=30))
+def test_decoded_header_without_encoded_words_is_what_rfc2047_decoding_answers(
+    value: str,
+) -> None:
+    """`_decoded` answers what email.header's decoding does, its shortcut for text without
+    encoded words included."""
+    unfolded = re.sub(r"\r?\n(?=[ \t])", "", value)
+    try:
+        expected = str(email.header.make_header(email.header.decode_header(unfolded)))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        expected = unfolded
+    assert _decoded(value) == expected
+
+
+def test_sizes_inspect_read_go_to_the_export_only_when_every_one_is_known() -> None:
+    """The sizes `inspect` kept are taken once, in UID order, only when all the export's
+    messages have one (else the export reads them again); the oldest go past SIZES_KEPT."""
+    sizes = _Sizes()
+    sizes.keep({item_id("INBOX", 7, 3): 30, item_id("INBOX", 7, 1): 10})
+    assert sizes.take({1: item_id("INBOX", 7, 1), 2: item_id("INBOX", 7, 2)}) is None
+    got = sizes.take({3: item_id("INBOX", 7, 3), 1: item_id("INBOX", 7, 1)})
+    assert got == {1: 10, 3: 30} and list(got) == [1, 3]
+    assert sizes.take({1: item_id("INBOX", 7, 1)}) is None  # taken: gone
+    sizes.keep({item_id("INBOX", 7, n): n for n in range(SIZES_KEPT + 5)})
+    assert sizes.take({0: item_id("INBOX", 7, 0)}) is None
+    assert sizes.take({9: item_id("INBOX", 7, 9)}) == {9: 9}

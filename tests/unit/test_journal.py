@@ -391,6 +391,27 @@ def _new_row(n: int, **extra: Any) -> dict[str, Any]:
     return {"source_item_id": f"s{n}", "source_folder_id": "INBOX", "status": "pending", **extra}
 
 
+def test_mapped_items_by_reason_prefix_matches_the_prefix_literally(journal: Journal) -> None:
+    """`mapped_items(reason_prefix=...)` answers the rows whose reason starts with the prefix,
+    in insertion order, a "%" or "_" in it matched as itself (not as a LIKE wildcard)."""
+    journal.map_items(
+        "u1",
+        [
+            _new_row(1, reason="moving the copy of s9"),
+            _new_row(2, reason="other"),
+            _new_row(3),
+            _new_row(4, reason="moving_the copy"),
+            _new_row(5, reason="50% moving"),
+            _new_row(6, reason="moving the copy of s8"),
+        ],
+    )
+    journal.map_items("u2", [_new_row(7, reason="moving the copy of s1")])
+    got = journal.mapped_items("u1", reason_prefix="moving the copy of ")
+    assert [r["source_item_id"] for r in got] == ["s1", "s6"]
+    assert [r["source_item_id"] for r in journal.mapped_items("u1", reason_prefix="50%")] == ["s5"]
+    assert journal.mapped_items("u1", reason_prefix="5_%") == []
+
+
 def test_map_items_applies_mixed_rows_in_order_as_one_call_each_would(journal: Journal) -> None:
     """One `map_items` call mixing new rows, updates of different columns and a row named
     twice ends as the same rows written one call at a time; a bad row writes nothing."""
