@@ -57,6 +57,7 @@ bench: venv
 	$(PY) bench/provision_bench.py
 	$(PY) bench/graph_mover_bench.py
 	$(PY) bench/imap_bench.py
+	$(PY) bench/ews_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1509,11 +1509,12 @@ def sandbox_deliver(
     show_default=True,
     help="m365: Microsoft 365 -> Microsoft 365. imap: a Dovecot -> sandbox Microsoft 365. "
     "imap-to-imap: a Dovecot -> another Dovecot (IMAP scenarios need dovecot-core and "
-    "dovecot-imapd).",
+    "dovecot-imapd). hosted-exchange: Exchange 2016 -> Exchange 2019 over EWS. workmail: "
+    "Microsoft 365 -> Amazon WorkMail (EWS).",
 )
 @click.option("--seed", default=1, show_default=True)
 @click.option(
-    "--users", type=int, default=None, help="Users to seed  [default: 50; IMAP scenarios: 3]"
+    "--users", type=int, default=None, help="Users to seed  [default: 50; IMAP/EWS scenarios: 3]"
 )
 @click.option(
     "--profile",

@@ -1153,8 +1153,10 @@ def _swaps_recipients(sess: Session) -> bool:
 
 def _provisioned(sess: Session) -> Phase:
     """The phase prestage starts from: provisioned, or discovered where the source has no
-    directory (no provisioning: a batch file's users)."""
-    return Phase.PROVISIONED if sess.ctx.source.has(DIRECTORY) else Phase.DISCOVERED
+    directory (no provisioning: a batch file's users), nor where the target has none
+    (Microsoft 365 -> WorkMail/Exchange: no provisioning there either)."""
+    sides = (sess.ctx.source, sess.ctx.target)
+    return Phase.PROVISIONED if all(s.has(DIRECTORY) for s in sides) else Phase.DISCOVERED
 
 
 def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> ItemPlan:
@@ -1914,6 +1916,8 @@ DEMO_SCENARIOS = {
     "m365": "coexist.commands:m365_demo",
     "imap": "coexist.imapdemo:imap_to_m365_demo",
     "imap-to-imap": "coexist.imapdemo:imap_to_imap_demo",
+    "hosted-exchange": "coexist.ewsdemo:hosted_exchange_demo",
+    "workmail": "coexist.ewsdemo:workmail_demo",
 }
 
 

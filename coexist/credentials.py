@@ -41,8 +41,12 @@ WAITING_FOR = "credentials"
 def users_come_from_file(project: Project) -> bool:
     """Whether the project's source has no directory, so its user file is the list of users
     (DESIGN.md "Endpoint kinds": an `imap` source). A Microsoft 365 source's users come from
-    `coexist discover`."""
-    return "directory" not in KIND_CAPABILITIES.get(project.source.kind, frozenset())
+    `coexist discover` — unless the target has no directory either (Microsoft 365 -> WorkMail
+    or Exchange), where discover cannot run and the file lists the users too."""
+    return any(
+        "directory" not in KIND_CAPABILITIES.get(side.kind, frozenset())
+        for side in (project.source, project.target)
+    )
 
 
 # -- batch import ---------------------------------------------------------------------------

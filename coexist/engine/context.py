@@ -109,6 +109,10 @@ def capability_missing(
 def command_needs(kinds: dict[str, str], command: str) -> dict[str, frozenset[str]]:
     """What `command` asks of each side, for a project of these kinds."""
     own = SOURCE_KIND_NEEDS.get((command, kinds.get("source", "m365")))
+    # Microsoft 365 -> WorkMail/Exchange: no recipient swap either (it needs cmdlets on both
+    # sides, `commands._swaps_recipients`), so cutover is the MX change and the data pass.
+    if own is None and kinds.get("target") in EWS_KINDS:
+        own = SOURCE_KIND_NEEDS.get((command, str(kinds.get("target"))))
     return own if own is not None else COMMAND_NEEDS.get(command, {})
 
 

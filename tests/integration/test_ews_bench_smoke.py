@@ -1,0 +1,48 @@
+"""bench/ews_bench.py runs end to end at `--quick` sizes and prints its one JSON object.
+
+Keys and shapes only: a timing figure from a loaded test machine proves nothing, so no rate
+is asserted (README quotes the full run's figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "ews_bench.py"
+
+
+def test_the_quick_ews_bench_prints_every_figure() -> None:
+    """The quick run moves every mailbox it made (Exchange -> Exchange under delegation,
+    impersonation and unthrottled, Microsoft 365 -> WorkMail, the memory mailbox) and prints
+    each headline figure with the budget charges behind its ceiling."""
+    root = BENCH.parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout)
+    for access in ("delegation", "impersonation"):
+        part = out["ews_to_ews"][access]
+        assert part["copied"] == part["items"] > 0, part
+        assert isinstance(out["items_per_s"][access], float)
+        assert isinstance(out["mb_per_s"][access], float)
+        assert isinstance(out["ews_budget_fraction"][access], float)
+        budget = part["budget"]
+        assert {"source", "target"} <= set(budget) and budget["ceiling_items_per_s"] > 0
+    # Impersonation spends one budget per mailbox, delegation one for the account.
+    assert out["ews_to_ews"]["impersonation"]["budget"]["target"]["keys"] == 2
+    assert out["ews_to_ews"]["delegation"]["budget"]["target"]["keys"] == 1
+    workmail = out["graph_to_workmail"]
+    assert workmail["copied"] == workmail["items"] and "source" not in workmail["budget"]
+    assert out["memory"]["copied"] == out["memory"]["items"]
+    assert isinstance(out["peak_rss_mb"], float) and out["peak_rss_mb"] > 0
