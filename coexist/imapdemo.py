@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coexist import commands, credentials
+from coexist import commands, credentials, demorunbook
 from coexist.errors import InputError
 from coexist.files import private_dir, write_private
 from coexist.model import Phase
@@ -477,42 +477,19 @@ def _mx_change(run: Run) -> dict[str, Any]:
 
 
 def _cutover(run: Run) -> dict[str, Any]:
-    run.say("cutover (the full pass: everything not copied yet, and flag changes)")
-    result = commands.cutover(run.project, batch=BATCH, progress=run.progress)
-    result["waited"] = commands.wait_out(
-        run.project, bound_s=300, say=run.say, progress=run.progress
-    )
-    run.results["after_cutover"] = _moved(run.project)
-    return result
+    return demorunbook.cutover(run, BATCH, what="flag changes")
 
 
 def _status(run: Run) -> dict[str, Any]:
-    run.say("status (per user, and per folder: source = target)")
-    report = commands.status(run.project)
-    report["folders"] = {
-        str(u["user"]): (
-            commands.status(run.project, user=str(u["user"]))["users"][0].get("reconciliation")
-            or {}
-        ).get("folders", [])
-        for u in report["users"]
-    }
-    return report
+    return demorunbook.status(run, what="per user, and per folder: source = target")
 
 
 def _again(run: Run) -> dict[str, Any]:
-    """A re-run copies nothing: cutover once more, items moved before and after."""
-    run.say("cutover again (a re-run must copy 0)")
-    result = commands.cutover(run.project, batch=BATCH, progress=run.progress)
-    after = _moved(run.project)
-    result["copied"] = {
-        user: after.get(user, 0) - run.results["after_cutover"].get(user, 0) for user in after
-    }
-    return result
+    return demorunbook.again(run, BATCH)
 
 
 def _moved(project: Path) -> dict[str, int]:
-    """Items copied so far per user (all passes)."""
-    return {str(r["user"]): int(r["items"]) for r in commands.data_report(project)}
+    return demorunbook.moved(project)
 
 
 # The operator's IMAP runbook, in order: (step name in the result, what runs it).
