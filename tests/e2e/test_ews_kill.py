@@ -57,7 +57,14 @@ def scene(tmp_path: Path, profile: str = "fast") -> Iterator[Run]:
         for p in run.pairs:
             mailseed.seed_mailbox(sb.mail, "source", p.source_id, seed=3, items=ITEMS)
         passwords = _accounts(run, kinds)
-        commands.init(project, overrides=_settings(run, kinds, passwords))
+        settings = _settings(run, kinds, passwords)
+        # Basic, not NTLM, while processes are SIGKILLed: the sandbox's NTLM state is keyed
+        # by the client's (address, port), and a killed process's port reused at once by the
+        # next run (RST, no TIME_WAIT) was taken as the other side's authenticated
+        # connection (ErrorNonExistentMailbox, then ErrorFolderNotFound) — a sandbox bug,
+        # open in the issue note; NTLM itself is covered by tests/integration/test_ews_*.
+        settings |= {f"{side}.ews.auth": "basic" for side in passwords}
+        commands.init(project, overrides=settings)
         env = {ENV_KEY: KEY}
         for side, (_admin, password) in passwords.items():
             credentials.credentials_set_master(project, password, side=side, env=env)
