@@ -37,6 +37,36 @@ def moved(project: Path, *, lower: bool = False) -> dict[str, int]:
     }
 
 
+def verify_credentials(run: DemoRun, batch: str, *, what: str) -> dict[str, Any]:
+    """MigrationWiz's Verify Credentials: every mailbox of the batch opened, nothing moved;
+    one line per user and side."""
+    from coexist.credcheck import verify_credentials as verify
+
+    run.say(f"verify-credentials ({what})")
+    result = verify(run.project, batch=batch)
+    for user in result.get("users", []):
+        sides = (
+            f"{side} {user[side]['result']} ({user[side]['mailbox']})"
+            + (f": {user[side]['message']}" if user[side].get("message") else "")
+            for side in ("source", "target")
+        )
+        run.say(f"  {user['user']}: " + ", ".join(sides))
+    return result
+
+
+def prestage(run: DemoRun, batch: str, older_than: str, *, lower: bool = False) -> dict[str, Any]:
+    """Pre-stage the mail older than `older_than`, waited out."""
+    run.say(f"prestage --older-than {older_than} (old mail while users keep working)")
+    result = commands.prestage(
+        run.project, batch=batch, older_than=older_than, progress=run.progress
+    )
+    result["waited"] = commands.wait_out(
+        run.project, bound_s=300, say=run.say, progress=run.progress
+    )
+    run.results["after_prestage"] = moved(run.project, lower=lower)
+    return result
+
+
 def cutover(run: DemoRun, batch: str, *, what: str, lower: bool = False) -> dict[str, Any]:
     """The full pass (`what` says what it carries), waited out."""
     run.say(f"cutover (the full pass: everything not copied yet, and {what})")

@@ -315,30 +315,13 @@ def _batch_import(run: Run) -> dict[str, Any]:
 
 
 def _verify_credentials(run: Run) -> dict[str, Any]:
-    from coexist.credcheck import verify_credentials
-
-    run.say("verify-credentials (open every source and target mailbox, move nothing)")
-    result = verify_credentials(run.project, batch=BATCH)
-    for user in result.get("users", []):
-        sides = (
-            f"{side} {user[side]['result']} ({user[side]['mailbox']})"
-            + (f": {user[side]['message']}" if user[side].get("message") else "")
-            for side in ("source", "target")
-        )
-        run.say(f"  {user['user']}: " + ", ".join(sides))
-    return result
+    return demorunbook.verify_credentials(
+        run, BATCH, what="open every source and target mailbox, move nothing"
+    )
 
 
 def _prestage(run: Run) -> dict[str, Any]:
-    run.say(f"prestage --older-than {OLDER_THAN} (old mail while users keep working)")
-    result = commands.prestage(
-        run.project, batch=BATCH, older_than=OLDER_THAN, progress=run.progress
-    )
-    result["waited"] = commands.wait_out(
-        run.project, bound_s=300, say=run.say, progress=run.progress
-    )
-    run.results["after_prestage"] = _moved(run.project)
-    return result
+    return demorunbook.prestage(run, BATCH, OLDER_THAN, lower=True)
 
 
 def _cutover(run: Run) -> dict[str, Any]:

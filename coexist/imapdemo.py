@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime as dt
-import importlib
-import importlib.util
 import io
 import json
 import os
@@ -58,8 +56,6 @@ PEOPLE = (
 # The source folders a Microsoft 365 target files under its well-known folders (their
 # display names in the target), as the IMAP store maps RFC 6154 special use.
 M365_WELL_KNOWN = {"INBOX": "Inbox", "Sent": "Sent Items", "Drafts": "Drafts"}
-# verify-credentials comes with a later branch (`runbook`): run it where this version has it.
-VERIFY_CREDENTIALS = "coexist.credcheck:verify_credentials"
 
 Say = Callable[[str], None]
 
@@ -437,34 +433,13 @@ def _batch_import(run: Run) -> dict[str, Any]:
 
 
 def _verify_credentials(run: Run) -> dict[str, Any]:
-    """MigrationWiz's Verify Credentials, where this version has the command."""
-    module, name = VERIFY_CREDENTIALS.split(":")
-    if importlib.util.find_spec(module) is None:
-        run.say("verify-credentials: not in this version (skipped)")
-        return {"ok": True, "skipped": "not in this version"}
-    run.say("verify-credentials (log in to every source and target mailbox, move nothing)")
-    verify: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
-    result = verify(run.project, batch=BATCH)
-    for user in result.get("users", []):
-        sides = (
-            f"{side} {user[side]['result']} ({user[side]['mailbox']})"
-            + (f": {user[side]['message']}" if user[side].get("message") else "")
-            for side in ("source", "target")
-        )
-        run.say(f"  {user['user']}: " + ", ".join(sides))
-    return result
+    return demorunbook.verify_credentials(
+        run, BATCH, what="log in to every source and target mailbox, move nothing"
+    )
 
 
 def _prestage(run: Run) -> dict[str, Any]:
-    run.say(f"prestage --older-than {OLDER_THAN} (old mail while users keep working)")
-    result = commands.prestage(
-        run.project, batch=BATCH, older_than=OLDER_THAN, progress=run.progress
-    )
-    result["waited"] = commands.wait_out(
-        run.project, bound_s=300, say=run.say, progress=run.progress
-    )
-    run.results["after_prestage"] = _moved(run.project)
-    return result
+    return demorunbook.prestage(run, BATCH, OLDER_THAN)
 
 
 def _mx_change(run: Run) -> dict[str, Any]:
