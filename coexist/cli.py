@@ -621,6 +621,52 @@ def cutover_cmd(
     _render_run(result, as_json)
 
 
+@main.command("grant-access")
+@project_option
+@selection_options
+@click.option(
+    "--side",
+    type=click.Choice(["source", "target"]),
+    default="source",
+    show_default=True,
+    help="The Exchange organisation whose mailboxes the migration account is granted.",
+)
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Print the cmdlets that take the grants away again (for the operator to run).",
+)
+@plan_option
+@json_option
+@handles_errors
+def grant_access_cmd(
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    side: str,
+    revoke: bool,
+    plan: bool,
+    as_json: bool,
+) -> None:
+    """Grant the migration account FullAccess on the batch's mailboxes (Exchange over remote
+    PowerShell), or print the cmdlets for what coexist does not send itself."""
+    result = commands.grant_access(
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        side=side,
+        revoke=revoke,
+        plan=plan,
+        progress=_progress(as_json),
+    )
+    if not as_json:
+        for line in result.get("manual", []):
+            out.print(f"[yellow]run by hand[/yellow] {escape(line)}")
+    _render_run(result, as_json)
+
+
 @main.command("rollback")
 @project_option
 @selection_options
