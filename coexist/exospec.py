@@ -73,6 +73,11 @@ COMMON_PARAMETERS = frozenset(
 OPTIONAL_OVERRIDES: dict[tuple[str, str], frozenset[str]] = {
     ("get-hostedoutboundspamfilterpolicy", ALL_SETS): frozenset({"identity"}),
 }
+# - Get-MailboxPermission: its two sets (Owner, AccessRights) both need only -Identity, yet
+#   `Get-MailboxPermission -Identity x` is the page's Example 1 and runs everywhere: the
+#   cmdlet declares a default set the reference does not mark. AccessRights (where -User
+#   lives; Owner is selected by its -Owner switch) is taken as that default (*unverified*).
+DEFAULT_SET_OVERRIDES: dict[str, str] = {"get-mailboxpermission": "AccessRights"}
 MANDATORY_OVERRIDES: dict[tuple[str, str], frozenset[str]] = {
     ("new-mailuser", "EnableRoomMailboxAccount"): frozenset({"MicrosoftOnlineServicesID"}),
 }
@@ -313,7 +318,8 @@ def resolve_parameter_set(cmdlet: str, params: Mapping[str, Any], plane: Plane =
 def _default_set(spec: CmdletSpec, plane: Plane = "online") -> str | None:
     """The doc-marked default, else 'Identity' (Exchange's usual DefaultParameterSetName)."""
     names = [s.name for s in spec.usable_sets(plane)]
-    for choice in (spec.default_set, "Identity", ALL_SETS):
+    marked = DEFAULT_SET_OVERRIDES.get(spec.name.lower(), spec.default_set)
+    for choice in (marked, "Identity", ALL_SETS):
         if choice in names:
             return choice
     return None

@@ -362,7 +362,7 @@ def served() -> list[str]:
     return sorted([*SHARED, *(cmdlet_spec(k, "onprem").name for k in ON_PREMISES)])
 
 
-def _handler(name: str) -> tuple[str, Handler, frozenset[str], bool] | None:
+def handler_of(name: str) -> tuple[str, Handler, frozenset[str], bool] | None:
     key = name.lower()
     if key in ON_PREMISES:
         fn, modeled = ON_PREMISES[key]
@@ -388,7 +388,7 @@ def run_command(
     """Run one command of a pipeline for `account` of tenant `key`."""
     if is_script:
         return Outcome(errors=[script_refused(name)])
-    found = _handler(name) if is_admin(account) else None
+    found = handler_of(name) if is_admin(account) else None
     if found is None:
         return Outcome(errors=[not_recognized(name)])
     cmdlet, handler, modeled, write = found
