@@ -298,3 +298,33 @@ def test_forwarding_object_routes_mail(org: Sandbox) -> None:
     report = org.deliver(mbx.primary_smtp, sender="someone@elsewhere.example", subject="probe")
     inboxes = [c.address for c in report.inbox_copies()]
     assert inboxes == [target.primary_smtp], report.to_dict()
+
+
+def test_large_output_spans_receives(org: Sandbox) -> None:
+    """Output larger than the client's MaxEnvelopeSize arrives whole over several Receives."""
+    ws = wsman(org)
+    ws.max_envelope_size = 24 * 1024  # pypsrp sends it in every request header
+    everyone = [o for o in org.world.tenants["source"].objects()]
+    with RunspacePool(ws, configuration_name="Microsoft.Exchange") as pool:
+        ps = invoke(pool, "Get-Recipient", ResultSize="Unlimited")
+        assert not ps.had_errors, errors(ps)
+        names = {o.adapted_properties["Name"] for o in ps.output}
+    assert len(ps.output) == len(names) > 40
+    assert names <= {o.name for o in everyone}
+
+
+def test_forward_removed_delivers_locally_again(org: Sandbox) -> None:
+    """Rollback: Set-Mailbox -ForwardingAddress $null clears the forward; mail stays local."""
+    mbx = mailbox(org, 3)
+    assert mbx.primary_smtp
+    with RunspacePool(wsman(org), configuration_name="Microsoft.Exchange") as pool:
+        invoke(pool, "New-MailContact", Name="Fwd R", ExternalEmailAddress="r@new.example")
+        ps = invoke(pool, "Set-Mailbox", Identity=mbx.primary_smtp, ForwardingAddress="Fwd R",
+                    DeliverToMailboxAndForward=False)  # fmt: skip
+        assert not ps.had_errors, errors(ps)
+        ps = invoke(pool, "Set-Mailbox", Identity=mbx.primary_smtp, ForwardingAddress=None)
+        assert not ps.had_errors, errors(ps)
+        got = invoke(pool, "Get-Mailbox", Identity=mbx.primary_smtp).output[0]
+        assert got.adapted_properties["ForwardingAddress"] is None
+    report = org.deliver(mbx.primary_smtp, sender="someone@elsewhere.example", subject="back")
+    assert [c.address for c in report.inbox_copies()] == [mbx.primary_smtp]

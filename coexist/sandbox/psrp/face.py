@@ -20,8 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-from psrpcore import ServerPipeline, ServerRunspacePool
-from psrpcore._payload import PSRPPayload, StreamType
+from psrpcore import PSRPPayload, ServerPipeline, ServerRunspacePool, StreamType
 from psrpcore.types import (
     ErrorCategory,
     ErrorCategoryInfo,
@@ -46,6 +45,12 @@ CONFIGURATION = "Microsoft.Exchange"
 RESOURCE_URI = w.RESOURCE_PREFIX + CONFIGURATION
 STATE_KEY = "psrp_shells"
 CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
+# PSRP fragments are cut to this many bytes (MS-PSRP 2.2.4: a message may span fragments),
+# and a ReceiveResponse carries fragments up to the client's MaxEnvelopeSize (minus room for
+# the envelope, base64 grows data by 4/3); the rest waits for the next Receive, as WinRM does.
+FRAGMENT_BYTES = 32 * 1024
+ENVELOPE_OVERHEAD = 4096
+DEFAULT_MAX_ENVELOPE = 153600  # WinRM's default MaxEnvelopeSizekb is 150 (pypsrp's default)
 
 
 class FacePipeline(ServerPipeline):
@@ -230,7 +235,7 @@ def process(shell: Shell, ctx: SandboxContext | None) -> None:
 
 def drain(shell: Shell) -> None:
     while True:
-        payload = shell.pool.data_to_send()
+        payload = shell.pool.data_to_send(FRAGMENT_BYTES)
         if payload is None:
             return
         shell.outgoing.setdefault(payload.pipeline_id, []).append(payload.data)
@@ -267,7 +272,14 @@ def receive(shell: Shell, req: w.Request) -> tuple[str, list[ET.Element]]:
     desired = req.body.find("rsp:Receive/rsp:DesiredStream", w.NS)
     cid = (desired.get("CommandId") if desired is not None else None) or None
     target = uuid.UUID(cid) if cid else None
-    chunks = shell.outgoing.pop(target, [])
+    queue = shell.outgoing.get(target, [])
+    budget = (req.max_envelope or DEFAULT_MAX_ENVELOPE) - ENVELOPE_OVERHEAD
+    chunks: list[bytes] = []
+    size = 0
+    while queue and (not chunks or size + (len(queue[0]) * 4 + 2) // 3 <= budget):
+        chunk = queue.pop(0)
+        size += (len(chunk) * 4 + 2) // 3
+        chunks.append(chunk)
     if not chunks:
         # WinRM holds a Receive until OperationTimeout and then faults; pypsrp retries on it.
         raise w.Fault(
@@ -286,10 +298,10 @@ def receive(shell: Shell, req: w.Request) -> tuple[str, list[ET.Element]]:
             s.set(k, v)
     if cid:
         pipe = shell.pipelines.get(cid.upper())
-        finished = pipe is not None and pipe.state in (
-            PSInvocationState.Completed,
-            PSInvocationState.Failed,
-            PSInvocationState.Stopped,
+        finished = not queue and (
+            pipe is not None
+            and pipe.state
+            in (PSInvocationState.Completed, PSInvocationState.Failed, PSInvocationState.Stopped)
         )
         state = w.sub(resp, "rsp", "CommandState")
         state.set("CommandId", cid.upper())

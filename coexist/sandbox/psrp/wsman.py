@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -70,7 +70,7 @@ class Request:
     options: dict[str, str]
     body: ET.Element
     to: str = ""
-    streams: list[tuple[str, str | None, bytes]] = field(default_factory=list)
+    max_envelope: int = 0  # wsman:MaxEnvelopeSize (bytes) the client accepts
 
 
 def parse(data: bytes) -> Request:
@@ -104,7 +104,15 @@ def parse(data: bytes) -> Request:
         options=options,
         body=body,
         to=(header.findtext("wsa:To", "", NS) or "").strip(),
+        max_envelope=_int(header.findtext("wsman:MaxEnvelopeSize", "", NS)),
     )
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return 0
 
 
 def envelope(request_id: str, action: str, body_children: list[ET.Element]) -> bytes:
