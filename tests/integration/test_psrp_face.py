@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pypsrp.exceptions import AuthenticationError as PsrpAuthError
+from pypsrp.exceptions import WinRMTransportError, WSManFaultError
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
@@ -18,7 +19,7 @@ from coexist.sandbox.ews import add_account, set_kind
 from coexist.sandbox.ews.orgs import may_open
 from coexist.sandbox.model import Contact, User
 from coexist.sandbox.psrp.cmdlets import served
-from coexist.sandbox.psrp.face import shells
+from coexist.sandbox.psrp.face import IDLE_S, shells
 from tests import ewsclient as ec
 
 ADMIN = "svc-admin"
@@ -328,3 +329,26 @@ def test_forward_removed_delivers_locally_again(org: Sandbox) -> None:
         assert got.adapted_properties["ForwardingAddress"] is None
     report = org.deliver(mbx.primary_smtp, sender="someone@elsewhere.example", subject="back")
     assert [c.address for c in report.inbox_copies()] == [mbx.primary_smtp]
+
+
+def test_workmail_has_no_remote_powershell(org: Sandbox) -> None:
+    """An Amazon WorkMail organisation's account finds no /PowerShell endpoint (404)."""
+    set_kind(org.world, "source", "workmail")
+    pool = RunspacePool(wsman(org), configuration_name="Microsoft.Exchange")
+    with pytest.raises(WinRMTransportError) as err:
+        pool.open()
+    assert err.value.code == 404
+
+
+def test_idle_shell_is_deleted(org: Sandbox) -> None:
+    """A shell idle past its IdleTimeOut is gone: the next request is WinRM's shell-not-found."""
+    assert org.ctx is not None
+    table = shells(org.ctx)
+    pool = RunspacePool(wsman(org), configuration_name="Microsoft.Exchange")
+    pool.open()
+    for shell in table.by_id.values():
+        shell.used -= IDLE_S + 1  # as if the client had gone quiet that long
+    with pytest.raises(WSManFaultError) as fault:
+        invoke(pool, "Get-AcceptedDomain")
+    assert fault.value.code == 2150858843
+    assert table.by_id == {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -51,6 +52,11 @@ CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
 FRAGMENT_BYTES = 32 * 1024
 ENVELOPE_OVERHEAD = 4096
 DEFAULT_MAX_ENVELOPE = 153600  # WinRM's default MaxEnvelopeSizekb is 150 (pypsrp's default)
+# A shell unused this long is deleted (the IdleTimeOut announced on Create): a client killed
+# mid-run leaves no pool behind for good; its next request gets "shell not found".
+IDLE_S = 900.0
+# Organisations that have Exchange's remote PowerShell (Amazon WorkMail has none).
+KINDS = ("exchange2016", "exchange2019")
 
 
 class FacePipeline(ServerPipeline):
@@ -68,7 +74,7 @@ class Shell:
     client_ip: str
     outgoing: dict[uuid.UUID | None, list[bytes]] = field(default_factory=dict)
     pipelines: dict[str, FacePipeline] = field(default_factory=dict)
-    done: set[str] = field(default_factory=set)
+    used: float = field(default_factory=time.monotonic)
 
 
 class Shells:
@@ -114,6 +120,10 @@ async def endpoint(request: Request) -> Response:
         )
     except Challenge as ch:
         return _unauthorized(ch.values)
+    with ctx.world.lock:
+        kind = ctx.world.tenants[login.key].kind
+    if kind not in KINDS:
+        return Response(b"", status_code=404)  # WorkMail serves no remote PowerShell
     if not body:
         # The empty POST a client sends to set up message encryption: authenticated, nothing
         # to answer (WinRM over HTTPS needs none; answered 200 empty).
@@ -146,6 +156,9 @@ def dispatch(
             f"The WS-Management service cannot process the request because the resource URI "
             f"{req.resource_uri} is not valid on this endpoint (configuration {CONFIGURATION}).",
         )
+    now = time.monotonic()
+    for stale in [k for k, sh in table.by_id.items() if now - sh.used > IDLE_S]:
+        del table.by_id[stale]
     if req.action == "Create":
         return create(table, login, req, client_ip)
     shell = table.by_id.get(req.selectors.get("ShellId", "").upper())
@@ -159,6 +172,7 @@ def dispatch(
             "longer exists on the server. Provide the correct ShellId or create a new shell and "
             "retry the operation.",
         )
+    shell.used = now
     if req.action == "Delete":
         # A finished pipeline stays until its Signal or the shell's Delete (pypsrp's
         # invoke() sends no Signal); WinRM drops them with the shell.
