@@ -113,3 +113,22 @@ def test_plan_mode_records_writes_and_checks_them(org: Sandbox) -> None:
         assert acct.full_access == []
 
     asyncio.run(go())
+
+
+def test_multivalued_add_hashtable_as_the_exo_runner_builds_it(org: Sandbox) -> None:
+    """`@{Add=...}` from exo.hashtable() travels as a PowerShell hashtable and adds a proxy."""
+    from coexist.tenants.exo import hashtable
+
+    domain = org_domain(org.world.tenants["source"])
+
+    async def go() -> None:
+        async with runner(org) as exo:
+            box = (await exo.run("Get-Mailbox", ResultSize=1))[0]
+            extra = f"smtp:extra.alias@{domain}"
+            await exo.run(
+                "Set-Mailbox", Identity=box["PrimarySmtpAddress"], EmailAddresses=hashtable([extra])
+            )
+            again = await exo.run("Get-Mailbox", Identity=box["PrimarySmtpAddress"])
+            assert extra in again[0]["EmailAddresses"]
+
+    asyncio.run(go())

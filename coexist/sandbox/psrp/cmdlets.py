@@ -58,6 +58,13 @@ class Unverified:
     # A second identical New-ManagementRoleAssignment fails (Exchange names assignments
     # "<Role>-<User>"; its answer to a duplicate name is not captured).
     duplicate_assignment_type: str = exo_errors.NAME_EXISTS
+    # Output property names of Add-/Get-MailboxPermission (MailboxAcePresentationObject:
+    # Identity, User, AccessRights, IsInherited, Deny, InheritanceType) and of the role
+    # assignment cmdlets (Name, Role, RoleAssigneeName, RoleAssigneeType, AssignmentMethod,
+    # Enabled, RecipientWriteScope, ConfigWriteScope, RoleAssignmentDelegationType): the docs
+    # pages only `Format-List` them; names as Exchange's shell prints them, not from a capture.
+    # Get-MailboxPermission always lists NT AUTHORITY\SELF (FullAccess, ReadPermission); the
+    # other built-in ACEs (inherited admin groups) are left out.
 
 
 UNVERIFIED = Unverified()
