@@ -14,7 +14,7 @@ from .face import routes as _routes
 
 
 def routes() -> list[BaseRoute]:
-    return list(_routes())
+    return _routes()
 
 
 __all__ = ["CONFIGURATION", "PATH", "routes"]

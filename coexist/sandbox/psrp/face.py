@@ -34,6 +34,7 @@ from psrpcore.types import (
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from ..ews.auth import Challenge, Login
 from ..ews.face import authenticator
@@ -93,9 +94,7 @@ def shells(ctx: SandboxContext) -> Shells:
     return found
 
 
-def routes() -> list[Any]:
-    from starlette.routing import Route
-
+def routes() -> list[BaseRoute]:
     # IIS paths are case-insensitive; clients write both spellings.
     return [
         Route(PATH, endpoint, methods=["POST"]),
