@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from coexist.errors import ConfigError, InputError
 from coexist.provisioning.exchange import CmdletRunner
@@ -30,6 +31,7 @@ from coexist.tenants.imap import (
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.oauth import CLIENT_CREDENTIALS, OAuthApp, TokenSource
 from coexist.tenants.plan import WriteRecorder
+from coexist.tenants.psrp import PsrpEndpoint, PsrpLogin, PsrpRunner
 from coexist.tenants.throttle import WriteBudget, WriteLimits
 from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, Vault
 
@@ -528,10 +530,43 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
         EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
     )
+    admin = ews_admin(project, label, opts.env)
+    shell = powershell_runner(tenant, label, admin, opts.plan)
     try:
-        yield Side(label, None, None, None, kind=tenant.kind, ews=server)
+        yield Side(
+            label,
+            None,
+            None,
+            None,
+            kind=tenant.kind,
+            ews=server,
+            powershell=shell,
+            capabilities=side_capabilities(tenant),
+        )
     finally:
         await server.close()
+        if shell is not None:
+            await shell.close()
+
+
+def powershell_runner(
+    tenant: Any, label: str, admin: AdminLogin, plan: WriteRecorder | None
+) -> PsrpRunner | None:
+    """An Exchange organisation's remote PowerShell (`[S.ews] powershell_url`), signed in as
+    its EWS admin; None where none is configured. The pool opens at the first cmdlet."""
+    settings = tenant.ews
+    if tenant.kind != "exchange" or not settings.powershell_url:
+        return None
+    url = urlsplit(str(settings.powershell_url))
+    endpoint = PsrpEndpoint(
+        server=str(url.hostname),
+        port=url.port or 443,
+        path=url.path.lstrip("/") or "PowerShell",
+        auth=settings.powershell_auth,
+        ca_file=str(settings.ca_file) if settings.ca_file else None,
+        label=label,
+    )
+    return PsrpRunner(endpoint, PsrpLogin(admin.login, admin.password), plan=plan)
 
 
 SIDE_OPENERS: dict[str, SideOpener] = {
