@@ -634,7 +634,8 @@ def cutover_cmd(
 @click.option(
     "--revoke",
     is_flag=True,
-    help="Print the cmdlets that take the grants away again (for the operator to run).",
+    help="Take the grants away again (Remove-MailboxPermission; the impersonation role "
+    "assignment coexist made).",
 )
 @plan_option
 @json_option
@@ -649,8 +650,8 @@ def grant_access_cmd(
     plan: bool,
     as_json: bool,
 ) -> None:
-    """Grant the migration account FullAccess on the batch's mailboxes (Exchange over remote
-    PowerShell), or print the cmdlets for what coexist does not send itself."""
+    """Grant the migration account FullAccess on the batch's mailboxes, or the impersonation
+    role (Exchange over remote PowerShell, by [S.ews] access); --revoke takes them away."""
     result = commands.grant_access(
         project,
         batch=batch,
@@ -661,9 +662,6 @@ def grant_access_cmd(
         plan=plan,
         progress=_progress(as_json),
     )
-    if not as_json:
-        for line in result.get("manual", []):
-            out.print(f"[yellow]run by hand[/yellow] {escape(line)}")
     _render_run(result, as_json)
 
 

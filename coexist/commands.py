@@ -40,7 +40,12 @@ from coexist.model import PHASES, STATUS_STATES, Phase, phase_at_least
 from coexist.permissions import MOVER_NEEDS, NEEDS, needs
 from coexist.provisioning.convert import LicenseStep, MailboxReadyStep
 from coexist.provisioning.exchange import object_id
-from coexist.provisioning.grants import FullAccessStep, mailbox_of, manual_lines
+from coexist.provisioning.grants import (
+    FullAccessRevokedStep,
+    FullAccessStep,
+    ImpersonationStep,
+    mailbox_of,
+)
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.mailusers import ADOPTED, provision_users
 from coexist.provisioning.plan import MATCHABLE_KINDS
@@ -1385,11 +1390,10 @@ def grant_access(
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Grant the side's migration account (its `[S.ews] admin`) FullAccess on each selected
-    user's mailbox there, over the organisation's remote PowerShell; journaled per user, so
-    a re-run grants nothing twice. `revoke`, and the ApplicationImpersonation role, are
-    returned as `manual` cmdlet lines for the operator: the published cmdlet contract coexist
-    builds on has no cmdlet for them (provisioning/grants.py)."""
+    """Grant the side's migration account (its `[S.ews] admin`) what its access mode needs,
+    over the organisation's remote PowerShell: FullAccess on each selected user's mailbox
+    (delegation) or the ApplicationImpersonation role (impersonation); `revoke` takes them
+    away again. Journaled, so a re-run changes nothing (provisioning/grants.py)."""
     users = check_selection("grant-access", batch, users, all_users)
     _choice_arg("--side", side, ("source", "target"))
     args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
@@ -1398,29 +1402,34 @@ def grant_access(
     async def body(sess: Session) -> dict[str, Any]:
         sess.ctx.side(side).require(CMDLETS, "grant-access")
         items = _selected(sess, batch=batch, users=users, what="grant-access")
-        settings = sess.project.tenant(side).ews
         account = ews_admin(sess.project, side).login
-        impersonation = settings.access == "impersonation"
-        if revoke or impersonation:
-            mailboxes = [mailbox_of(i, side) for i in items]
-            lines = manual_lines(mailboxes, account, revoke=revoke, impersonation=impersonation)
-            return _result(sess, users=len(items), account=account, manual=lines)
-        plans = [
-            ItemPlan(
-                "user",
-                i["key"],
-                [
-                    FullAccessStep(
-                        subject=i["key"], side=side, mailbox=mailbox_of(i, side), account=account
-                    )
-                ],
-                None,
-                label=str(i.get("source_address")),
-            )
-            for i in items
-        ]
+        if sess.project.tenant(side).ews.access == "impersonation":
+            step = ImpersonationStep(subject=side, side=side, account=account, revoke=revoke)
+            label = f"the {side} organisation"
+            if not sess.planning:  # the item the role assignment's step is recorded on
+                sess.journal.upsert_item("organisation", side)
+            plans = [ItemPlan("organisation", side, [step], None, label=label)]
+        else:
+            kind = FullAccessRevokedStep if revoke else FullAccessStep
+            plans = [
+                ItemPlan(
+                    "user",
+                    i["key"],
+                    [
+                        kind(
+                            subject=i["key"],
+                            side=side,
+                            mailbox=mailbox_of(i, side),
+                            account=account,
+                        )
+                    ],
+                    None,
+                    label=str(i.get("source_address")),
+                )
+                for i in items
+            ]
         await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
-        return _result(sess, users=len(items), account=account, manual=[])
+        return _result(sess, users=len(items), account=account)
 
     return _in_session(
         directory, "grant-access", args, plan=plan, retry=retry, on_outcome=progress, body=body

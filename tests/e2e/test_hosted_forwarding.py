@@ -29,8 +29,9 @@ from typing import Any
 
 import pytest
 
-from coexist import commands, credentials
+from coexist import commands, credcheck, credentials
 from coexist.ewsdemo import SCENARIOS, Run, _holdings, _pairs, _settings
+from coexist.provisioning.grants import has_full_access
 from coexist.sandbox import mailseed
 from coexist.sandbox.ews import add_account
 from coexist.sandbox.server import Sandbox
@@ -52,7 +53,9 @@ def vault_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @contextmanager
-def scene(tmp_path: Path, auth: str = "ntlm") -> Iterator[tuple[Run, dict[str, str]]]:
+def scene(
+    tmp_path: Path, auth: str = "ntlm", access: str = "delegation"
+) -> Iterator[tuple[Run, dict[str, str]]]:
     """Exchange 2016 -> 2019 with seeded source mailboxes; the source's migration account has
     no grant yet (coexist grant-access gives it), the source's remote PowerShell is set."""
     project = tmp_path / "project"
@@ -72,6 +75,7 @@ def scene(tmp_path: Path, auth: str = "ntlm") -> Iterator[tuple[Run, dict[str, s
             "source.ews.powershell_auth": auth,
             "source.ews.auth": auth,
             "target.ews.auth": auth,
+            "source.ews.access": access,
         }
         commands.init(project, overrides=settings)
         for side, (_admin, password) in passwords.items():
@@ -157,8 +161,15 @@ def test_hosted_batch_is_granted_forwarded_and_rolled_back(tmp_path: Path) -> No
         granted = commands.grant_access(project, batch="wave")
         assert granted["changed"] == USERS and not granted["failed"]
         assert commands.grant_access(project, batch="wave")["changed"] == 0
-        rows = cmdlet(run, pw, "Get-MailboxPermission", Identity=run.pairs[0].source)
-        assert any("FullAccess" in str(r.get("AccessRights")) for r in rows)
+        for p in run.pairs:
+            rows = cmdlet(
+                run,
+                pw,
+                "Get-MailboxPermission",
+                Identity=p.source,
+                User=run.results["source_admin"],
+            )
+            assert has_full_access(rows)
 
         plan = commands.prestage(project, batch="wave", older_than="90d", plan=True)
         cmdlets = [w for w in written(plan) if w.startswith("[source] ")]
@@ -188,10 +199,41 @@ def test_hosted_batch_is_granted_forwarded_and_rolled_back(tmp_path: Path) -> No
         assert not back["failed"] and back["changed"] >= USERS
         assert all(fwd is None and not copy for fwd, copy in forwarding(run, pw).values())
         assert probe_lands(run) == {p.source: [p.source] for p in run.pairs}
+        revoked = commands.grant_access(project, batch="wave", revoke=True)
+        assert revoked["changed"] == USERS and not revoked["failed"]
+        assert commands.grant_access(project, batch="wave", revoke=True)["changed"] == 0
+        admin = run.results["source_admin"]
+        for p in run.pairs:
+            rows = cmdlet(run, pw, "Get-MailboxPermission", Identity=p.source, User=admin)
+            assert not has_full_access(rows)
         for path in project.rglob("*"):
             if path.is_file() and path.name != "credentials.vault":
                 for secret in passwords.values():
                     assert secret.encode() not in path.read_bytes(), path
+
+
+def test_impersonation_is_granted_once_and_revoked(tmp_path: Path) -> None:
+    """Under impersonation grant-access makes one ApplicationImpersonation assignment (planned
+    first without a write; none again on a re-run), the mailboxes then open over EWS, and
+    --revoke removes coexist's assignment once."""
+    with scene(tmp_path, access="impersonation") as (run, passwords):
+        project, pw = run.project, passwords["source"]
+        admin = run.results["source_admin"]
+        plan = commands.grant_access(project, batch="wave", plan=True)
+        assert [w.split(" -User")[0] for w in written(plan)] == [
+            "[source] New-ManagementRoleAssignment -Name coexist-impersonation-svc-migrate "
+            "-Role ApplicationImpersonation"
+        ]
+        assert not cmdlet(run, pw, "Get-ManagementRoleAssignment", RoleAssignee=admin)
+        assert commands.grant_access(project, batch="wave")["changed"] == 1
+        assert commands.grant_access(project, batch="wave")["changed"] == 0
+        found = cmdlet(run, pw, "Get-ManagementRoleAssignment", RoleAssignee=admin)
+        assert [r["Name"] for r in found] == ["coexist-impersonation-svc-migrate"]
+        checked = credcheck.verify_credentials(project, batch="wave")
+        assert checked["ok"], checked
+        assert commands.grant_access(project, batch="wave", revoke=True)["changed"] == 1
+        assert commands.grant_access(project, batch="wave", revoke=True)["changed"] == 0
+        assert not cmdlet(run, pw, "Get-ManagementRoleAssignment", RoleAssignee=admin)
 
 
 def _cli(project: Path, *args: str) -> subprocess.Popen[bytes]:

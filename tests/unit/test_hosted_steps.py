@@ -14,7 +14,7 @@ from coexist.cutover.hosted import (
 )
 from coexist.engine.context import CMDLETS, STORE, check_command, side_capabilities
 from coexist.errors import ConfigError, InputError
-from coexist.provisioning.grants import has_full_access, manual_lines
+from coexist.provisioning.grants import assignment_name, has_full_access
 
 
 def _item(address: str, display: str | None = None) -> dict[str, object]:
@@ -71,16 +71,10 @@ def test_mailboxes_that_forward_and_keep_a_copy_are_found() -> None:
     assert [b["Name"] for b in kept_copies(boxes)] == ["a", "b"]
 
 
-def test_what_coexist_does_not_send_is_printed_for_the_operator() -> None:
-    """Revoking FullAccess and the impersonation role come back as cmdlet lines."""
-    lines = manual_lines(["a@x", "b@x"], "svc@x", revoke=True, impersonation=False)
-    assert lines[0].startswith("Remove-MailboxPermission -Identity 'a@x' -User 'svc@x'")
-    assert len(lines) == 2
-    grant = manual_lines(["a@x"], "svc@x", revoke=False, impersonation=True)
-    assert grant == [
-        "New-ManagementRoleAssignment -Name 'coexist impersonation' -Role "
-        "ApplicationImpersonation -User 'svc@x'"
-    ]
+def test_coexist_names_its_impersonation_assignment_after_the_account() -> None:
+    """Revoke removes only the assignment coexist made: its name comes from the account."""
+    assert assignment_name("svc-migrate@fabrikam.example") == "coexist-impersonation-svc-migrate"
+    assert assignment_name("FABRIKAM\\svc") == "coexist-impersonation-svc"
 
 
 def _tenant(kind: str, powershell: str | None) -> SimpleNamespace:
