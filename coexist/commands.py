@@ -1159,8 +1159,11 @@ async def _prestage_licence(sess: Session, items: list[dict[str, Any]]) -> str |
 
 
 def _swaps_recipients(sess: Session) -> bool:
-    """Whether both sides have Exchange cmdlets: licences, forwards, the recipient swap."""
-    return all(side.has(CMDLETS) for side in (sess.ctx.source, sess.ctx.target))
+    """Whether both sides have a directory and Exchange cmdlets (Microsoft 365): licences,
+    forwards, the recipient swap. Two hosted Exchange organisations have cmdlets but no
+    directory here: their cutover forwards through forwarding objects instead."""
+    sides = (sess.ctx.source, sess.ctx.target)
+    return all(side.has(CMDLETS) and side.has(DIRECTORY) for side in sides)
 
 
 def _forwards_via_contact(sess: Session) -> bool:
