@@ -45,7 +45,7 @@ from starlette.routing import BaseRoute
 
 from coexist.files import private_dir, write_private
 
-from . import admin, ews, exo, graph, seed, transport
+from . import admin, ews, exo, graph, psrp, seed, transport
 from .connections import ConnectionProtocol
 from .graph.mail import MAIL_STORE_KEY
 from .graph.outlook_items import PIM_STORE_KEY
@@ -175,6 +175,7 @@ def build_app(ctx: SandboxContext) -> Starlette:
         *graph.routes(),
         *exo.routes(),
         *ews.routes(),
+        *psrp.routes(),  # remote PowerShell for the Exchange organisations (issue 13)
         *ctx.issuer.routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPFailure: _http_failure})
