@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute
 from coexist.files import private_dir, write_private
 
 from . import admin, ews, exo, graph, psrp, seed, transport
+from .connections import ConnectionProtocol
 from .graph.mail import MAIL_STORE_KEY
 from .graph.outlook_items import PIM_STORE_KEY
 from .identity import Issuer
@@ -450,6 +451,8 @@ class Sandbox:
             lifespan="off",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=GRACEFUL_S,
+            # Per-connection state for the faces (NTLM is bound to the TCP connection).
+            http=ConnectionProtocol,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

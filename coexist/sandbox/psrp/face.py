@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..connections import connection_of
 from ..ews.auth import Challenge, Login
 from ..ews.face import authenticator
 from ..web import SandboxContext, ctx_of
@@ -112,10 +113,11 @@ def _unauthorized(values: list[str]) -> Response:
 async def endpoint(request: Request) -> Response:
     ctx = ctx_of(request)
     body = await request.body()
-    client = (request.client.host, request.client.port) if request.client else None
     try:
         login = await run_in_threadpool(
-            authenticator(ctx).authenticate, client, request.headers.get("authorization")
+            authenticator(ctx).authenticate,
+            connection_of(request.scope),  # NTLM is bound to the TCP connection
+            request.headers.get("authorization"),
         )
     except Challenge as ch:
         return _unauthorized(ch.values)
@@ -127,7 +129,8 @@ async def endpoint(request: Request) -> Response:
         # The empty POST a client sends to set up message encryption: authenticated, nothing
         # to answer (WinRM over HTTPS needs none; answered 200 empty).
         return Response(b"", status_code=200)
-    data, status = await run_in_threadpool(serve, ctx, login, body, client[0] if client else "")
+    host = request.client.host if request.client else ""
+    data, status = await run_in_threadpool(serve, ctx, login, body, host)
     return Response(data, status_code=status, media_type=CONTENT_TYPE)
 
 
