@@ -300,7 +300,7 @@ def test_prestage_and_cutover_killed_between_a_write_and_its_record_end_in_the_s
     without a local copy, every message once in the target, mail to an old address once in
     the new mailbox."""
     rng = random.Random(13)
-    with scene(tmp_path, auth="basic") as (run, passwords):
+    with scene(tmp_path) as (run, passwords):
         pw = passwords["source"]
         commands.grant_access(run.project, batch="wave")
         prestage = ("prestage", "--batch", "wave", "--older-than", "90d")
