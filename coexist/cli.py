@@ -621,6 +621,50 @@ def cutover_cmd(
     _render_run(result, as_json)
 
 
+@main.command("grant-access")
+@project_option
+@selection_options
+@click.option(
+    "--side",
+    type=click.Choice(["source", "target"]),
+    default="source",
+    show_default=True,
+    help="The Exchange organisation whose mailboxes the migration account is granted.",
+)
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Take the grants away again (Remove-MailboxPermission; the impersonation role "
+    "assignment coexist made).",
+)
+@plan_option
+@json_option
+@handles_errors
+def grant_access_cmd(
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    side: str,
+    revoke: bool,
+    plan: bool,
+    as_json: bool,
+) -> None:
+    """Grant the migration account FullAccess on the batch's mailboxes, or the impersonation
+    role (Exchange over remote PowerShell, by [S.ews] access); --revoke takes them away."""
+    result = commands.grant_access(
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        side=side,
+        revoke=revoke,
+        plan=plan,
+        progress=_progress(as_json),
+    )
+    _render_run(result, as_json)
+
+
 @main.command("rollback")
 @project_option
 @selection_options

@@ -4,19 +4,26 @@ end against the sandbox's EWS face.
 
 The sandbox serves its source and target tenants as the organisation kinds the scenario
 names (`Sandbox(kinds=...)`). Each EWS side gets a migration account made through the
-sandbox's account API (`coexist.sandbox.ews.add_account`: FullAccess on the demo's mailboxes,
-as `Add-MailboxPermission` would grant). Then the runbook goes through the same command
-functions the CLI runs: write the project (`[source] kind = "exchange"` / `[target] kind =
-"workmail"`, `[S.ews]` url/auth/version/admin), `credentials set --master` (the admin's
-password to the vault, under a fresh demo vault key), `batch import` of the user mapping,
-`verify-credentials`, `prestage --older-than 90d`, `cutover` (the full pass), `status` with
-the per-folder reconciliation, and `cutover` once more, which must copy nothing.
+sandbox's account API. Hosted Exchange: the account has no grant yet, and coexist grants it
+(`grant-access`, Add-MailboxPermission over the organisation's remote PowerShell, the sandbox's
+/PowerShell face); WorkMail: FullAccess on the demo's mailboxes, as the console would grant
+it. Then the runbook goes through the same command functions the CLI runs: write the project
+(`[source] kind = "exchange"` / `[target] kind = "workmail"`, `[S.ews]` url/auth/version/admin,
+powershell_url for hosted Exchange), `credentials set --master` (the admin's password to the
+vault, under a fresh demo vault key), `batch import` of the user mapping, `grant-access` (hosted
+Exchange), `verify-credentials`, `prestage --older-than 90d` (hosted Exchange: the forwarding
+objects first), `cutover` (the full pass; hosted Exchange: then each mailbox forwards to its
+forwarding object, keeping no copy), `status` with the per-folder reconciliation, `cutover`
+once more, which must copy nothing, and (hosted Exchange) a message to each old address,
+which must land once in the new mailbox only.
 
 The demo is ok when every seeded message is in the target exactly once (by Message-ID, in a
 folder of the same path), except messages the target refuses (WorkMail's ~23 MB limit), which
-must be skipped and reported with the reason; every user is cut over; the re-run copies 0.
+must be skipped and reported with the reason; every user is cut over; the re-run copies 0;
+every grant is made and every probe lands where it should.
 What the target holds is read from the sandbox's store (the demo owns the sandbox); the
-migration itself only talks HTTPS/EWS (and Graph for a Microsoft 365 source).
+migration itself only talks HTTPS (EWS, remote PowerShell, and Graph for a Microsoft 365
+source).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ MAX_USERS = 10
 BATCH = "ews-wave-1"
 OLDER_THAN = "90d"
 ACCOUNT = "svc-migrate"
+POWERSHELL_PATH = "/PowerShell"  # the sandbox's remote PowerShell (sandbox/psrp)
+PROBE_SENDER = "probe@elsewhere.example"
 # WorkMail's per-message limit as the face models it (~23 MB, *unverified*; NOTES-ewsface).
 OVERSIZE_BYTES = 24 * 1024 * 1024
 OVERSIZE_SUBJECT = "Scanned archive (oversize)"
@@ -119,7 +128,8 @@ def _demo(
     commands._choice_arg("--profile", profile, PROFILES)
     if mode != "forward-on-source":
         raise InputError(
-            f"--mode {mode}: the EWS demos end at cutover (forwarding is the operator's there)",
+            f"--mode {mode}: the EWS demos cut over with forwarding objects (hosted Exchange) "
+            "or the MX change (WorkMail)",
             next_step=f"leave out --mode with --scenario {scenario}",
         )
     if not 1 <= count <= MAX_USERS or per_user < 1 or time_scale <= 0:
@@ -153,8 +163,10 @@ def _demo(
         stack.enter_context(_vault_key())
         run = Run(base, sb, scenario, _pairs(sb, count), say, progress)
         _seed(run, seed, per_user)
-        passwords = _accounts(run, kinds)
-        commands.init(base, overrides=_settings(run, kinds, passwords))
+        # The demo runs the hosted-Exchange cmdlets through coexist (grant-access, forwarding
+        # objects, forwards); the organisation's own grants would be made by its admin.
+        passwords = _accounts(run, kinds, coexist_grants=True)
+        commands.init(base, overrides=_settings(run, kinds, passwords, powershell=True))
         say(
             f"project written: {base / 'project.toml'} ([source] kind = "
             f"{_kind(kinds['source'])}, [target] kind = {_kind(kinds['target'])})"
@@ -162,9 +174,14 @@ def _demo(
         for side, (_admin, password) in passwords.items():
             say(f"credentials set --master --side {side} (the migration account's password)")
             credentials.credentials_set_master(base, password, side=side)
-        for name, step in RUNBOOK:
+        for name, step in RUNBOOKS[scenario]:
             run.results[name] = step(run)
         return _verdict(run)
+
+
+def _has_powershell(org_kind: str) -> bool:
+    """Whether the demo reaches this organisation's cmdlets (hosted Exchange: /PowerShell)."""
+    return org_kind.startswith("exchange")
 
 
 def _kind(org_kind: str) -> str:
@@ -250,7 +267,9 @@ def _holdings(store: Any, tenant: str, mailbox: str) -> list[tuple[str, tuple[st
     ]
 
 
-def _accounts(run: Run, kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
+def _accounts(
+    run: Run, kinds: dict[str, str], *, coexist_grants: bool = False
+) -> dict[str, tuple[str, str]]:
     """Each EWS side's migration account, with FullAccess on the demo's mailboxes (the
     sandbox's account API, as the organisation's admin would grant it): side -> (UPN,
     password)."""
@@ -262,17 +281,26 @@ def _accounts(run: Run, kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
             continue
         password = secrets.token_urlsafe(18)
         mailboxes = [p.source if side == "source" else p.target for p in run.pairs]
-        account = add_account(run.sandbox.world, side, ACCOUNT, password, full_access=mailboxes)
-        run.say(
-            f"{side} ({kinds[side]}): migration account {account.upn} with FullAccess on "
-            f"{len(mailboxes)} mailboxes"
-        )
+        if coexist_grants and _has_powershell(kinds[side]):
+            # coexist grants it (grant-access, over the organisation's remote PowerShell).
+            account = add_account(run.sandbox.world, side, ACCOUNT, password)
+            run.say(f"{side} ({kinds[side]}): migration account {account.upn}, no grant yet")
+        else:
+            account = add_account(run.sandbox.world, side, ACCOUNT, password, full_access=mailboxes)
+            run.say(
+                f"{side} ({kinds[side]}): migration account {account.upn} with FullAccess on "
+                f"{len(mailboxes)} mailboxes"
+            )
         out[side] = (account.upn, password)
     return out
 
 
 def _settings(
-    run: Run, kinds: dict[str, str], passwords: dict[str, tuple[str, str]]
+    run: Run,
+    kinds: dict[str, str],
+    passwords: dict[str, tuple[str, str]],
+    *,
+    powershell: bool = False,
 ) -> dict[str, Any]:
     sb = run.sandbox
     settings: dict[str, Any] = {
@@ -295,6 +323,9 @@ def _settings(
             f"{side}.ews.admin": passwords[side][0],
             f"{side}.ews.ca_file": str(sb.connection["ca_file"]),
         }
+        if powershell and _has_powershell(org):
+            settings[f"{side}.ews.powershell_url"] = sb.base_url + POWERSHELL_PATH
+            settings[f"{side}.ews.powershell_auth"] = ews["auth"]
     return settings
 
 
@@ -302,10 +333,15 @@ def _settings(
 def _batch_import(run: Run) -> dict[str, Any]:
     """The operator's mapping (source address, target address, batch) as a plain CSV: with
     an EWS side there is no `discover` (no directory on it), the file lists the users."""
-    run.say("batch import users.csv (Source Email, Destination Email, Batch)")
+    run.say("batch import users.csv (Source Email, Destination Email, Display Name, Batch)")
     folder = Path(tempfile.mkdtemp(prefix="coexist-demo-csv-"))
-    lines = ["Source Email,Destination Email,Batch"]
-    lines += [f"{p.source},{p.target},{BATCH}" for p in run.pairs]
+    world = run.sandbox.world
+    with world.lock:
+        names = {
+            p.source: world.tenants["source"].users[p.source_id].display_name for p in run.pairs
+        }
+    lines = ["Source Email,Destination Email,Display Name,Batch"]
+    lines += [f'{p.source},{p.target},"{names[p.source]}",{BATCH}' for p in run.pairs]
     path = write_private(folder / "users.csv", "\r\n".join(lines) + "\r\n")
     try:
         return commands.batch_import(run.project, path)
@@ -342,7 +378,40 @@ def _moved(project: Path) -> dict[str, int]:
     return demorunbook.moved(project, lower=True)
 
 
-RUNBOOK: tuple[tuple[str, Callable[[Run], dict[str, Any]]], ...] = (
+def _grant_access(run: Run) -> dict[str, Any]:
+    """The seed's grant, made by coexist: FullAccess for each side's migration account on the
+    batch's mailboxes there, over the organisation's remote PowerShell."""
+    out: dict[str, Any] = {}
+    for side in ("source", "target"):
+        run.say(f"grant-access --side {side} (Add-MailboxPermission FullAccess, journaled)")
+        result = commands.grant_access(run.project, batch=BATCH, side=side)
+        run.say(f"  {result['changed']} granted, {len(result['failed'])} failed")
+        out[side] = result
+    out["ok"] = not any(out[s]["failed"] for s in ("source", "target"))
+    return out
+
+
+def _mail_flow(run: Run) -> dict[str, Any]:
+    """After cutover, mail to each old address must land once, in the new mailbox only (the
+    source forwards to its forwarding object and keeps no copy)."""
+    run.say("mail flow: a message to each old address, after cutover")
+    rows = []
+    for p in run.pairs:
+        report = run.sandbox.deliver(
+            p.source, sender=PROBE_SENDER, subject=f"coexist demo probe for {p.source}"
+        )
+        landed = [c.address for c in report.inbox_copies()]
+        ok = [a.lower() for a in landed] == [p.target.lower()]
+        run.say(
+            f"  {p.source}: landed in {', '.join(landed) or 'no mailbox'}"
+            + ("" if ok else f" (expected {p.target} only)")
+        )
+        rows.append({"user": p.source, "landed": landed, "ok": ok})
+    return {"probes": rows, "ok": all(r["ok"] for r in rows)}
+
+
+Step = tuple[str, Callable[[Run], dict[str, Any]]]
+_RUNBOOK: tuple[Step, ...] = (
     ("batch_import", _batch_import),
     ("verify_credentials", _verify_credentials),
     ("prestage", _prestage),
@@ -350,6 +419,18 @@ RUNBOOK: tuple[tuple[str, Callable[[Run], dict[str, Any]]], ...] = (
     ("status", _status),
     ("rerun", _again),
 )
+# Hosted Exchange: coexist grants access first and, with the organisation's remote PowerShell,
+# makes the forwarding objects at prestage and forwards each mailbox at cutover; mail flow is
+# checked last (a probe in the target would show in the reconciliation above it).
+RUNBOOKS: dict[str, tuple[Step, ...]] = {
+    "hosted-exchange": (
+        _RUNBOOK[0],
+        ("grant_access", _grant_access),
+        *_RUNBOOK[1:],
+        ("mail_flow", _mail_flow),
+    ),
+    "workmail": _RUNBOOK,
+}
 
 
 # -- the verdict ------------------------------------------------------------------------------
@@ -424,12 +505,22 @@ def _verdict(run: Run) -> dict[str, Any]:
         and len(u["skipped"]) == u["refused_expected"]
         and (u["phase"], u["state"]) == (Phase.CUTOVER.value, "ok")
         for u in per_user
-    ) and bool(results["verify_credentials"].get("ok", True))
+    ) and all(
+        bool(results[step].get("ok", True))
+        for step in ("verify_credentials", "grant_access", "mail_flow")
+        if step in results
+    )
+    report = _report(per_user)
+    if "mail_flow" in results:
+        report += [
+            f"  mail to {r['user']} after cutover: in {', '.join(r['landed']) or 'no mailbox'}"
+            for r in results["mail_flow"]["probes"]
+        ]
     out = {
         **results,
         "scenario": run.scenario,
         "users": per_user,
-        "report": _report(per_user),
+        "report": report,
         "ok": ok,
         "directory": str(run.project),
         "project": str(run.project),

@@ -395,6 +395,24 @@ def _ews_settings(side: str) -> list[Setting]:
             env=env("ca_file"),
         ),
         Setting(
+            f"{side}.ews.powershell_url",
+            "str",
+            "",
+            "Exchange's remote PowerShell endpoint, https://HOST/PowerShell (configuration "
+            "Microsoft.Exchange), when kind = exchange. Given, coexist runs the cmdlets itself: "
+            "forwarding objects at prestage, the per-batch forward at cutover, rollback and "
+            "coexist grant-access. Blank = no cmdlets: cutover is the operator's MX change.",
+            env=env("powershell_url"),
+        ),
+        Setting(
+            f"{side}.ews.powershell_auth",
+            "str",
+            "negotiate",
+            "How the admin signs in to remote PowerShell: negotiate (Kerberos, else NTLM), "
+            "kerberos, ntlm or basic. Same admin and password as EWS.",
+            choices=("negotiate", "kerberos", "ntlm", "basic"),
+        ),
+        Setting(
             f"{side}.ews.mailboxes_at_once",
             "int",
             0,
@@ -564,6 +582,23 @@ SETTINGS: tuple[Setting, ...] = (
         "create a mail contact at the source carrying the original address, so coexistence "
         "holds and the mailbox can be recovered.",
         choices=("forward-on-source", "leave-forward-on-target", "rename-source"),
+    ),
+    Setting(
+        "cutover.forward_contact_name",
+        "str",
+        "{display_name} (External Forward)",
+        "Hosted Exchange sources with remote PowerShell: the Name of each user's forwarding "
+        "object, the hidden mail contact at the source that points at the new address and that "
+        "the mailbox forwards to at cutover (forward-on-source). Fields: {display_name}, "
+        "{alias}, {address}.",
+    ),
+    Setting(
+        "cutover.forward_contact_ou",
+        "str",
+        "",
+        "Hosted Exchange sources: the organizational unit the forwarding objects are created "
+        "in (New-MailContact -OrganizationalUnit), e.g. the tenant's OU at a hosting "
+        "provider. Blank = Exchange's default.",
     ),
     Setting(
         "cutover.rename_prefix",
@@ -1091,6 +1126,8 @@ class EwsSettings(_Section):
     access: str
     admin: str | None
     ca_file: Path | None
+    powershell_url: str | None
+    powershell_auth: str
     mailboxes_at_once: int
 
     def service_url(self) -> str | None:
@@ -1244,6 +1281,8 @@ class Trial(_Section):
 @dataclass(frozen=True, repr=False)
 class Cutover(_Section):
     mode: str
+    forward_contact_name: str
+    forward_contact_ou: str | None
     rename_prefix: str
 
 

@@ -19,8 +19,11 @@ def extract(name):
     applicable = [a.strip() for a in front.split(",")]
     syntax = text.split("## SYNTAX", 1)[1].split("## DESCRIPTION", 1)[0]
     sets = {}
-    for m in re.finditer(r"### (\S+)\n```\n(.*?)```", syntax, re.S):
-        body = m.group(2).replace("[<CommonParameters>]", "").replace(name, "", 1)
+    blocks = [(m.group(1), m.group(2)) for m in re.finditer(r"### (\S+)\n```\n(.*?)```", syntax, re.S)]
+    if not blocks:  # one unnamed SYNTAX block: the implicit set (exo-cmdlets.json conventions)
+        blocks = [("__AllParameterSets", re.search(r"```\n(.*?)```", syntax, re.S).group(1))]
+    for set_name, block in blocks:
+        body = block.replace("[<CommonParameters>]", "").replace(name, "", 1)
         req, opt = [], []
         for tok in re.finditer(r"(\[*)-(\w+)", body):
             (opt if tok.group(1) and not tok.group(1).startswith("[[") or tok.group(1) == "[" else req).append(tok.group(2))
@@ -32,7 +35,7 @@ def extract(name):
                 opt2.append(pname)
             else:
                 req2.append(pname)
-        sets[m.group(1)] = {"required": req2, "optional": opt2}
+        sets[set_name] = {"required": req2, "optional": opt2}
     params = {}
     psec = text.split("## PARAMETERS", 1)[1].split("\n## ", 1)[0]
     for m in re.finditer(r"### -(\w+)\n(.*?)(?=\n### -|\Z)", psec, re.S):
@@ -63,6 +66,6 @@ def extract(name):
     }
 
 out = {"source": f"MicrosoftDocs/office-docs-powershell exchange/exchange-ps/ExchangePowerShell (commit {COMMIT})",
-       "note": "Cmdlets missing from ../shared/spec/exo-cmdlets.json, extracted the same way by the psrpface helper (tools: /tmp extractor, conventions as in exo-cmdlets.json).",
+       "note": "Cmdlets missing from ../shared/spec/exo-cmdlets.json, extracted from the same docs commit by tools/extract_cmdlet_pages.py (conventions as in exo-cmdlets.json).",
        "cmdlets": {n: extract(n) for n in sys.argv[1:]}}
 print(json.dumps(out, indent=1))

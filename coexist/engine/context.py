@@ -7,8 +7,10 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from coexist.errors import ConfigError, InputError
+from coexist.provisioning.exchange import CmdletRunner
 from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantCredentials, TenantEndpoint
 from coexist.tenants.base import READ_RETRY
@@ -29,6 +31,7 @@ from coexist.tenants.imap import (
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.oauth import CLIENT_CREDENTIALS, OAuthApp, TokenSource
 from coexist.tenants.plan import WriteRecorder
+from coexist.tenants.psrp import PsrpEndpoint, PsrpLogin, PsrpRunner
 from coexist.tenants.throttle import WriteBudget, WriteLimits
 from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, Vault
 
@@ -45,6 +48,26 @@ KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "exchange": frozenset({STORE}),
     "workmail": frozenset({STORE}),
 }
+
+
+def _exchange_extras(tenant: Any) -> frozenset[str]:
+    """An Exchange organisation has cmdlets where its remote PowerShell endpoint is given."""
+    return frozenset({CMDLETS}) if tenant.ews.powershell_url else frozenset()
+
+
+# Capabilities a kind gains from its settings, over KIND_CAPABILITIES.
+SETTINGS_CAPABILITIES: dict[str, Callable[[Any], frozenset[str]]] = {
+    "exchange": _exchange_extras,
+}
+
+
+def side_capabilities(tenant: Any) -> frozenset[str]:
+    """What a side (its `TenantSettings`) can do: its kind's, and what its settings add."""
+    extra = SETTINGS_CAPABILITIES.get(tenant.kind)
+    own = KIND_CAPABILITIES.get(tenant.kind, frozenset())
+    return own | extra(tenant) if extra else own
+
+
 EWS_KINDS = ("exchange", "workmail")
 # What a pass leaves behind by the source's kind, said where the pass's outcome is shown
 # (the pass detail, `coexist status`): an IMAP account holds mail only (MigrationWiz's and
@@ -77,13 +100,15 @@ SOURCE_KIND_NEEDS: dict[tuple[str, str], dict[str, frozenset[str]]] = {
     ("cutover", "imap"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
     ("cutover", "exchange"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
     ("cutover", "workmail"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
+    # A hosted Exchange source with remote PowerShell: rollback restores its forwards.
+    ("rollback", "exchange"): {"source": frozenset({CMDLETS})},
 }
 # Why a kind lacks a capability, and what to do instead (for the error).
 _INSTEAD = {
     ("imap", DIRECTORY): "its users come from a batch file: coexist batch import",
     ("imap", CMDLETS): "IMAP has no recipients or forwarding: its cutover is an MX change",
     ("exchange", DIRECTORY): "its users come from a batch file: coexist batch import",
-    ("exchange", CMDLETS): "on-premises cmdlets (remote PowerShell) are not built yet",
+    ("exchange", CMDLETS): "set [{side}.ews] powershell_url, its remote PowerShell endpoint",
     ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import",
     ("workmail", CMDLETS): "WorkMail has no Exchange cmdlets",
 }
@@ -95,7 +120,7 @@ def capability_missing(
 ) -> ConfigError:
     """The error for a command (or a step, `command` None) that needs what a side's kind
     cannot do."""
-    instead = _INSTEAD.get((kind, capability))
+    instead = _INSTEAD.get((kind, capability), "").format(side=side)
     asker = f"`coexist {command}`" if command else "this step"
     return ConfigError(
         f"{asker} needs {_SAID.get(capability, capability)} on the {side}, and the {side} is of kind "
@@ -116,11 +141,18 @@ def command_needs(kinds: dict[str, str], command: str) -> dict[str, frozenset[st
     return own if own is not None else COMMAND_NEEDS.get(command, {})
 
 
-def check_command(kinds: dict[str, str], command: str, file: str = "project.toml") -> None:
-    """Refuse a command that needs a capability a side's kind lacks, before any connection."""
+def check_command(
+    kinds: dict[str, str],
+    command: str,
+    file: str = "project.toml",
+    capabilities: Mapping[str, frozenset[str]] | None = None,
+) -> None:
+    """Refuse a command that needs a capability a side lacks, before any connection
+    (`capabilities` per side, from `side_capabilities`; by default its kind's)."""
     for side, needs in command_needs(kinds, command).items():
         kind = kinds.get(side, "m365")
-        for capability in sorted(needs - KIND_CAPABILITIES.get(kind, frozenset())):
+        has = (capabilities or {}).get(side, KIND_CAPABILITIES.get(kind, frozenset()))
+        for capability in sorted(needs - has):
             raise capability_missing(side, kind, capability, command, file)
 
 
@@ -280,8 +312,14 @@ class Side:
     kind: str = "m365"
     imap: ImapServer | None = None
     ews: EwsServer | None = None
+    # An Exchange organisation's remote PowerShell (tenants/psrp.py), where configured.
+    powershell: CmdletRunner | None = None
+    # What this side can do (side_capabilities); None = its kind's.
+    capabilities: frozenset[str] | None = None
 
     def has(self, capability: str) -> bool:
+        if self.capabilities is not None:
+            return capability in self.capabilities
         return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
 
     def require(self, capability: str, command: str | None = None) -> None:
@@ -310,10 +348,15 @@ class Side:
         return self.graph
 
     @property
-    def cmdlets(self) -> ExoRunner:
-        """Exchange Online's admin cmdlets (m365)."""
+    def cmdlets(self) -> CmdletRunner:
+        """Exchange's admin cmdlets: Exchange Online's (m365), or an Exchange organisation's
+        remote PowerShell (exchange, where `[S.ews] powershell_url` is set)."""
         self.require(CMDLETS)
-        return self.exo
+        if self._exo is not None:
+            return self._exo
+        if self.powershell is None:
+            raise capability_missing(self.label, self.kind, CMDLETS, None)
+        return self.powershell
 
     @property
     def store(self) -> StoreClient:
@@ -325,8 +368,10 @@ class Side:
             return self.ews
         return self.imap if self.imap is not None else self.graph
 
-    def _clients(self) -> list[GraphAdapter | ExoRunner | ImapServer | EwsServer]:
-        return [c for c in (self._graph, self._exo, self.imap, self.ews) if c is not None]
+    def _clients(self) -> list[Any]:
+        """Every client of this side (each counts its calls and writes)."""
+        found = (self._graph, self._exo, self.imap, self.ews, self.powershell)
+        return [c for c in found if c is not None]
 
     @property
     def calls(self) -> int:
@@ -485,10 +530,43 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
         EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
     )
+    admin = ews_admin(project, label, opts.env)
+    shell = powershell_runner(tenant, label, admin, opts.plan)
     try:
-        yield Side(label, None, None, None, kind=tenant.kind, ews=server)
+        yield Side(
+            label,
+            None,
+            None,
+            None,
+            kind=tenant.kind,
+            ews=server,
+            powershell=shell,
+            capabilities=side_capabilities(tenant),
+        )
     finally:
         await server.close()
+        if shell is not None:
+            await shell.close()
+
+
+def powershell_runner(
+    tenant: Any, label: str, admin: AdminLogin, plan: WriteRecorder | None
+) -> PsrpRunner | None:
+    """An Exchange organisation's remote PowerShell (`[S.ews] powershell_url`), signed in as
+    its EWS admin; None where none is configured. The pool opens at the first cmdlet."""
+    settings = tenant.ews
+    if tenant.kind != "exchange" or not settings.powershell_url:
+        return None
+    url = urlsplit(str(settings.powershell_url))
+    endpoint = PsrpEndpoint(
+        server=str(url.hostname),
+        port=url.port or 443,
+        path=url.path.lstrip("/") or "PowerShell",
+        auth=settings.powershell_auth,
+        ca_file=str(settings.ca_file) if settings.ca_file else None,
+        label=label,
+    )
+    return PsrpRunner(endpoint, PsrpLogin(admin.login, admin.password), plan=plan)
 
 
 SIDE_OPENERS: dict[str, SideOpener] = {

@@ -97,6 +97,17 @@ def valid_calls(sb: Sandbox) -> dict[str, dict[str, Any]]:
         "New-ManagementRoleAssignment": {"Role": "ApplicationImpersonation", "User": MIGRATOR},
         "Get-ManagementRoleAssignment": {"Role": "ApplicationImpersonation"},
         "Get-AcceptedDomain": {},
+        # Last: they take away what Add-/New- above granted (-Confirm:$false: no host UI).
+        "Remove-MailboxPermission": {
+            "Identity": mbx,
+            "User": MIGRATOR,
+            "AccessRights": "FullAccess",
+            "Confirm": False,
+        },
+        "Remove-ManagementRoleAssignment": {
+            "Identity": f"ApplicationImpersonation-{MIGRATOR}",
+            "Confirm": False,
+        },
     }
 
 
@@ -129,6 +140,11 @@ MISSING_MANDATORY = {
     "Add-MailboxPermission": ({"User": MIGRATOR, "AccessRights": "FullAccess"}, "Identity"),
     "Get-MailboxPermission": ({"User": MIGRATOR}, "Identity"),
     "New-ManagementRoleAssignment": ({"User": MIGRATOR}, "Role"),
+    "Remove-MailboxPermission": (
+        {"Identity": "x", "User": MIGRATOR, "Confirm": False},
+        "AccessRights",
+    ),
+    "Remove-ManagementRoleAssignment": ({"Confirm": False}, "Identity"),
 }
 
 
@@ -197,6 +213,21 @@ def test_missing_mandatory_parameter(org: Sandbox) -> None:
         if any(s["on_premises_usable"] and s["required"] for s in raw[c]["parameter_sets"].values())
     }
     assert with_mandatory == set(MISSING_MANDATORY)
+
+
+def test_remove_without_confirm_false_fails_as_a_remote_shell_does(org: Sandbox) -> None:
+    """Remove-* asks for confirmation; over remote PowerShell nobody can answer, so a call
+    without -Confirm:$false fails and changes nothing."""
+    mbx = mailbox(org).primary_smtp
+    with RunspacePool(wsman(org), configuration_name="Microsoft.Exchange") as pool:
+        invoke(
+            pool, "Add-MailboxPermission", Identity=mbx, User=MIGRATOR, AccessRights="FullAccess"
+        )
+        ps = invoke(pool, "Remove-MailboxPermission", Identity=mbx, User=MIGRATOR,
+                    AccessRights="FullAccess")  # fmt: skip
+        assert "does not support user interaction" in errors(ps)[0][2]
+        rows = invoke(pool, "Get-MailboxPermission", Identity=mbx, User=MIGRATOR).output
+        assert [r.adapted_properties["AccessRights"] for r in rows] == [["FullAccess"]]
 
 
 def test_script_is_refused(org: Sandbox) -> None:

@@ -65,6 +65,16 @@ class Unverified:
     # pages only `Format-List` them; names as Exchange's shell prints them, not from a capture.
     # Get-MailboxPermission always lists NT AUTHORITY\SELF (FullAccess, ReadPermission); the
     # other built-in ACEs (inherited admin groups) are left out.
+    # Remove-MailboxPermission for an ACE that does not exist: Exchange warns and changes
+    # nothing (the wording of that warning is not captured; the face only warns).
+    # Remove-* without -Confirm:$false asks for confirmation (ConfirmImpact High); a remote
+    # runspace without a host UI fails the command with PowerShell's HostException.
+    no_ace_warning: str = "The ACE doesn't exist on the object."
+    confirm_message: str = (
+        "A command that prompts the user failed because the host program or the command type "
+        "does not support user interaction. The host was attempting to request confirmation "
+        "with the following message: Are you sure you want to perform this action?"
+    )
 
 
 UNVERIFIED = Unverified()
@@ -83,6 +93,12 @@ TASK_CLASS = {
     ),
     "Get-ManagementRoleAssignment": (
         "Microsoft.Exchange.Management.RbacTasks.GetManagementRoleAssignment"
+    ),
+    "Remove-MailboxPermission": (
+        "Microsoft.Exchange.Management.RecipientTasks.RemoveMailboxPermission"
+    ),
+    "Remove-ManagementRoleAssignment": (
+        "Microsoft.Exchange.Management.RbacTasks.RemoveManagementRoleAssignment"
     ),
     "Get-AcceptedDomain": (
         "Microsoft.Exchange.Management.SystemConfigurationTasks.GetAcceptedDomain"
@@ -203,6 +219,10 @@ PERMISSION_MODELED = {
     "Get-MailboxPermission": frozenset({"Identity", "User"}),
     "New-ManagementRoleAssignment": frozenset({"Name", "Role", "User", "Confirm", "WhatIf"}),
     "Get-ManagementRoleAssignment": frozenset({"Identity", "Role", "RoleAssignee"}),
+    "Remove-MailboxPermission": frozenset(
+        {"Identity", "User", "AccessRights", "InheritanceType", "Confirm", "WhatIf"}
+    ),
+    "Remove-ManagementRoleAssignment": frozenset({"Identity", "Confirm", "WhatIf"}),
 }
 
 
@@ -287,7 +307,7 @@ def get_mailbox_permission(call: Call) -> list[dict[str, Any]]:
 
 
 def _assignment(tenant: Tenant, account: EwsAccount) -> dict[str, Any]:
-    name = f"{IMPERSONATION}-{account.name}"
+    name = account.impersonation_name or f"{IMPERSONATION}-{account.name}"
     return {
         "Identity": name,
         "Name": name,
@@ -317,6 +337,9 @@ def new_management_role_assignment(call: Call) -> list[dict[str, Any]]:
             UNVERIFIED.duplicate_assignment_type,
         )
     account.impersonation = True
+    account.impersonation_name = (
+        directory.as_text(call.get("Name")).strip() if call.has("Name") else ""
+    )
     call.tenant.touch()
     return [_assignment(call.tenant, account)]
 
@@ -338,6 +361,41 @@ def get_management_role_assignment(call: Call) -> list[dict[str, Any]]:
     return rows
 
 
+def _confirmed(call: Call) -> None:
+    """A Remove-* cmdlet runs only with -Confirm:$false over a remote runspace (no host UI)."""
+    if not call.has("Confirm") or call.get("Confirm") is not False:
+        raise CmdletError(
+            UNVERIFIED.confirm_message, "System.Management.Automation.Host.HostException"
+        )
+
+
+def remove_mailbox_permission(call: Call) -> list[dict[str, Any]]:
+    _confirmed(call)
+    mbx = _mailbox(call)
+    account = _account(call, "User")
+    rights = [r.strip().lower() for r in directory.as_list(call.get("AccessRights"))]
+    if rights != ["fullaccess"]:
+        raise exo_errors.not_modeled(call.cmdlet, ["AccessRights other than FullAccess"])
+    address = (mbx.primary_smtp or "").lower()
+    if address in account.full_access:
+        account.full_access.remove(address)
+        call.tenant.touch()
+    return []
+
+
+def remove_management_role_assignment(call: Call) -> list[dict[str, Any]]:
+    _confirmed(call)
+    ident = directory.as_text(call.get("Identity")).strip()
+    t = call.tenant
+    for a in t.ews_accounts:
+        if a.impersonation and _assignment(t, a)["Name"].lower() == ident.lower():
+            a.impersonation = False
+            a.impersonation_name = ""
+            t.touch()
+            return []
+    raise exo_errors.not_found(ident)
+
+
 ON_PREMISES: dict[str, tuple[Handler, frozenset[str]]] = {
     "add-mailboxpermission": (add_mailbox_permission, PERMISSION_MODELED["Add-MailboxPermission"]),
     "get-mailboxpermission": (get_mailbox_permission, PERMISSION_MODELED["Get-MailboxPermission"]),
@@ -348,6 +406,14 @@ ON_PREMISES: dict[str, tuple[Handler, frozenset[str]]] = {
     "get-managementroleassignment": (
         get_management_role_assignment,
         PERMISSION_MODELED["Get-ManagementRoleAssignment"],
+    ),
+    "remove-mailboxpermission": (
+        remove_mailbox_permission,
+        PERMISSION_MODELED["Remove-MailboxPermission"],
+    ),
+    "remove-managementroleassignment": (
+        remove_management_role_assignment,
+        PERMISSION_MODELED["Remove-ManagementRoleAssignment"],
     ),
 }
 # The Exchange Online face's handlers, reused as they are.
