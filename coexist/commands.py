@@ -43,6 +43,7 @@ from coexist.provisioning.provision import (
     provision_plans,
     target_index,
 )
+from coexist.provisioning.workmail import workmail_steps
 from coexist.retry import RetryPolicy
 from coexist.runtime import Session, open_journal, project_dir, project_writer, session
 from coexist.settings import Project, load_project, parse_duration, write_project
@@ -1160,10 +1161,12 @@ def _provisioned(sess: Session) -> Phase:
 
 
 def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> ItemPlan:
-    """A user's steps before its pre-stage pass (none without recipients to swap)."""
+    """A user's steps before its pre-stage pass (none without recipients to swap; a WorkMail
+    target with its admin API configured: the user made and the migration account let in)."""
     if _swaps_recipients(sess):
         return prestage_plans(sess.ctx, item, sku_id)
-    return ItemPlan("user", item["key"], [], None, label=str(item.get("source_address")))
+    steps = workmail_steps(sess.ctx, item)
+    return ItemPlan("user", item["key"], steps, None, label=str(item.get("source_address")))
 
 
 def _with_credentials(sess: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

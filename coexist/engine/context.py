@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,8 @@ from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.oauth import CLIENT_CREDENTIALS, OAuthApp, TokenSource
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.throttle import WriteBudget, WriteLimits
-from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, Vault
+from coexist.tenants.workmail import WorkMailAdmin, WorkMailEndpoint, secret_from
+from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, WORKMAIL_ENTRY, Vault
 
 # What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
 # exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
@@ -280,6 +282,8 @@ class Side:
     kind: str = "m365"
     imap: ImapServer | None = None
     ews: EwsServer | None = None
+    # Amazon WorkMail's admin API ([S.workmail] organization_id set): users and permissions.
+    workmail: WorkMailAdmin | None = None
 
     def has(self, capability: str) -> bool:
         return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
@@ -325,8 +329,9 @@ class Side:
             return self.ews
         return self.imap if self.imap is not None else self.graph
 
-    def _clients(self) -> list[GraphAdapter | ExoRunner | ImapServer | EwsServer]:
-        return [c for c in (self._graph, self._exo, self.imap, self.ews) if c is not None]
+    def _clients(self) -> list[GraphAdapter | ExoRunner | ImapServer | EwsServer | WorkMailAdmin]:
+        clients = (self._graph, self._exo, self.imap, self.ews, self.workmail)
+        return [c for c in clients if c is not None]
 
     @property
     def calls(self) -> int:
@@ -473,10 +478,55 @@ def ews_admin(project: Any, label: str, env: Mapping[str, str] | None = None) ->
     return AdminLogin(str(settings.admin or cred.login), cred.password)
 
 
+def workmail_admin(project: Any, label: str, opts: SideOptions) -> WorkMailAdmin | None:
+    """The side's WorkMail admin API client where `[S.workmail] organization_id` is set (None
+    otherwise): region (or [S.ews] region), endpoint, CA bundle; the access key id from the
+    settings or AWS_ACCESS_KEY_ID, its secret from the vault entry WORKMAIL_ENTRY or
+    AWS_SECRET_ACCESS_KEY. A ConfigError/InputError naming what to set when one is missing."""
+    tenant = project.tenant(label)
+    wm = tenant.workmail
+    if tenant.kind != "workmail" or not wm.enabled:
+        return None
+    env = os.environ if opts.env is None else opts.env
+    region = wm.region or tenant.ews.region
+    if not region:
+        raise ConfigError(
+            "the WorkMail organisation's region is not set",
+            file=str(project.file),
+            key=f"{label}.workmail.region",
+            next_step=f'set region = "us-east-1" (its region) in [{label}.workmail]',
+        )
+    stored = None
+    if Vault(Path(project.directory), None).exists():
+        stored = Vault.open(Path(project.directory), env=opts.env).get(WORKMAIL_ENTRY, label)
+    key_id = wm.access_key_id or (stored.login if stored else None) or env.get("AWS_ACCESS_KEY_ID")
+    secret = secret_from(stored.password if stored else None, env)
+    if not key_id or not secret:
+        raise InputError(
+            f"no AWS access key for the {label} WorkMail organisation "
+            f"({'its secret' if key_id else 'access_key_id'} is missing)",
+            next_step=f"set access_key_id in [{label}.workmail] and export AWS_SECRET_ACCESS_KEY "
+            "(or store both in the credential vault), then run this command again",
+        )
+    ep = WorkMailEndpoint(
+        region,
+        str(wm.organization_id),
+        key_id,
+        wm.endpoint or None,
+        str(wm.ca_file) if wm.ca_file else None,
+        side=label,
+    )
+    return WorkMailAdmin(
+        ep, secret, label=label, plan=opts.plan, read_retry=opts.read_retry,
+        concurrency=opts.concurrency,
+    )  # fmt: skip
+
+
 @asynccontextmanager
 async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIterator[Side]:
     """An EWS server (Exchange or WorkMail): its admin and the bound of mailboxes open at
-    once; each pass opens its user's mailbox (`migrate.stores.ews.ews_store`)."""
+    once; each pass opens its user's mailbox (`migrate.stores.ews.ews_store`). A WorkMail
+    side with `[S.workmail]` also gets its admin API client (users, permissions)."""
     tenant = project.tenant(label)
     settings = tenant.ews
     server = EwsServer(
@@ -485,10 +535,15 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
         EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
     )
+    admin = workmail_admin(project, label, opts)
     try:
-        yield Side(label, None, None, None, kind=tenant.kind, ews=server)
+        yield Side(label, None, None, None, kind=tenant.kind, ews=server, workmail=admin)
     finally:
-        await server.close()
+        try:
+            await server.close()
+        finally:
+            if admin is not None:
+                await admin.close()
 
 
 SIDE_OPENERS: dict[str, SideOpener] = {

@@ -21,6 +21,7 @@ migration account), each as an awaitable call whose SDK work runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -254,7 +255,8 @@ class WorkMailAdmin:
                 what=operation,
             ) from exc
         answer.pop("ResponseMetadata", None)
-        return answer
+        plain: dict[str, Any] = _plain(answer)
+        return plain
 
     async def pages(self, operation: str, key: str, **params: Any) -> list[Any]:
         """Every entry of a paged List* operation."""
@@ -295,6 +297,18 @@ class WorkMailAdmin:
             "ListMailboxPermissions", "Permissions", EntityId=entity_id
         )
         return found
+
+
+def _plain(value: Any) -> Any:
+    """boto3's answer as JSON data: its timestamps (datetime) as ISO 8601 text, so an answer
+    can go into the journal as a step's observed state."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
 
 
 def secret_from(
