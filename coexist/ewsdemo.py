@@ -12,6 +12,12 @@ password to the vault, under a fresh demo vault key), `batch import` of the user
 `verify-credentials`, `prestage --older-than 90d`, `cutover` (the full pass), `status` with
 the per-folder reconciliation, and `cutover` once more, which must copy nothing.
 
+With `--scenario workmail` the WorkMail users do not exist yet: the project's
+`[target.workmail]` names the sandbox's AWS WorkMail API (`sandbox/workmail.py`), and prestage
+creates each user there (CreateUser, RegisterToWorkMail) and grants the migration account
+FULL_ACCESS (PutMailboxPermissions) through boto3 before the data pass; `prestage --plan`
+first lists those calls and sends none, and a second prestage sends no WorkMail write.
+
 The demo is ok when every seeded message is in the target exactly once (by Message-ID, in a
 folder of the same path), except messages the target refuses (WorkMail's ~23 MB limit), which
 must be skipped and reported with the reason; every user is cut over; the re-run copies 0.
@@ -152,6 +158,8 @@ def _demo(
         )
         stack.enter_context(_vault_key())
         run = Run(base, sb, scenario, _pairs(sb, count), say, progress)
+        if scenario == "workmail":
+            _new_workmail_users(run)
         _seed(run, seed, per_user)
         passwords = _accounts(run, kinds)
         commands.init(base, overrides=_settings(run, kinds, passwords))
@@ -162,8 +170,11 @@ def _demo(
         for side, (_admin, password) in passwords.items():
             say(f"credentials set --master --side {side} (the migration account's password)")
             credentials.credentials_set_master(base, password, side=side)
-        for name, step in RUNBOOK:
+        if scenario == "workmail":
+            _workmail_key(run)
+        for name, step in WORKMAIL_RUNBOOK if scenario == "workmail" else RUNBOOK:
             run.results[name] = step(run)
+        _resolve_targets(run)
         return _verdict(run)
 
 
@@ -262,10 +273,13 @@ def _accounts(run: Run, kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
             continue
         password = secrets.token_urlsafe(18)
         mailboxes = [p.source if side == "source" else p.target for p in run.pairs]
+        if kinds[side] == "workmail":
+            mailboxes = []  # prestage grants it (PutMailboxPermissions), user by user
         account = add_account(run.sandbox.world, side, ACCOUNT, password, full_access=mailboxes)
         run.say(
             f"{side} ({kinds[side]}): migration account {account.upn} with FullAccess on "
             f"{len(mailboxes)} mailboxes"
+            + (" (prestage grants it, PutMailboxPermissions)" if not mailboxes else "")
         )
         out[side] = (account.upn, password)
     return out
@@ -295,7 +309,93 @@ def _settings(
             f"{side}.ews.admin": passwords[side][0],
             f"{side}.ews.ca_file": str(sb.connection["ca_file"]),
         }
+        if org == "workmail":  # the AWS admin API: coexist makes the users and grants
+            info = sb.connection["tenants"][side]["workmail"]
+            settings |= {
+                f"{side}.workmail.organization_id": info["organization_id"],
+                f"{side}.workmail.region": info["region"],
+                f"{side}.workmail.endpoint": info["endpoint"],
+                f"{side}.workmail.ca_file": str(sb.connection["ca_file"]),
+            }
     return settings
+
+
+# -- WorkMail: the users are coexist's to make -------------------------------------------------
+def _new_workmail_users(run: Run) -> None:
+    """The WorkMail organisation starts without the migrating users (a new organisation, as
+    in audriga's guide): the sandbox's seeded users holding the pairs' addresses are removed,
+    so prestage must create them. Their ids are known once made (`_resolve_targets`)."""
+    from coexist.sandbox.ews.orgs import org_domain
+
+    tenant = run.sandbox.world.tenants["target"]
+    with run.sandbox.world.lock:
+        for p in run.pairs:
+            # Each person keeps their name: the new address is the source's local part.
+            p.target = f"{p.source.split('@')[0]}@{org_domain(tenant)}".lower()
+            owner = tenant.address_owner(p.target)
+            if owner is not None:
+                tenant.users.pop(owner.id, None)
+            p.target_id = ""
+        tenant.touch()
+    run.say(
+        f"target (workmail): the organisation has none of the {len(run.pairs)} users yet; "
+        "prestage creates them through the AWS WorkMail API"
+    )
+
+
+def _workmail_key(run: Run) -> None:
+    """The AWS access key of the sandbox's WorkMail organisation, into the project's vault
+    (entry WORKMAIL_ENTRY): never in project.toml, never printed."""
+    from coexist.vault import WORKMAIL_ENTRY, Credential, Vault
+
+    info = run.sandbox.connection["tenants"]["target"]["workmail"]
+    key = Credential(info["access_key_id"], info["secret_access_key"])
+    Vault.open(run.project).put({(WORKMAIL_ENTRY, "target"): key})
+    run.say("credentials: the WorkMail API's access key to the vault")
+
+
+def _resolve_targets(run: Run) -> None:
+    tenant = run.sandbox.world.tenants["target"]
+    for p in run.pairs:
+        if not p.target_id:
+            owner = tenant.address_owner(p.target)
+            p.target_id = owner.id if owner is not None else ""
+
+
+def _workmail_writes(run: Run) -> dict[str, int]:
+    from coexist.sandbox.workmail import CALLS_KEY
+
+    writes = ("CreateUser", "RegisterToWorkMail", "CreateAlias", "PutMailboxPermissions")
+    calls = run.sandbox.ctx.extra.get(CALLS_KEY, [])
+    return dict(Counter(op for op, _ in calls if op in writes))
+
+
+def _workmail_plan(run: Run) -> dict[str, Any]:
+    run.say("prestage --plan (every WorkMail API write listed, none sent)")
+    result = commands.prestage(run.project, batch=BATCH, older_than=OLDER_THAN, plan=True)
+    listed = [w for w in result["writes"] if w["system"] == "workmail"]
+    for w in listed:
+        run.say(f"  would {w['text']}")
+    result["workmail_listed"] = dict(Counter(w["operation"] for w in listed))
+    result["workmail_sent"] = _workmail_writes(run)
+    return result
+
+
+def _workmail_prestage(run: Run) -> dict[str, Any]:
+    result = _prestage(run)
+    result["workmail_sent"] = _workmail_writes(run)
+    run.say(
+        "  WorkMail API writes: "
+        + ", ".join(f"{op} {n}" for op, n in sorted(result["workmail_sent"].items()))
+    )
+    return result
+
+
+def _workmail_prestage_again(run: Run) -> dict[str, Any]:
+    run.say("prestage again (the users exist and are granted: no WorkMail write)")
+    result = commands.prestage(run.project, batch=BATCH, older_than=OLDER_THAN)
+    result["workmail_sent"] = _workmail_writes(run)
+    return result
 
 
 # -- the runbook ------------------------------------------------------------------------------
@@ -306,6 +406,17 @@ def _batch_import(run: Run) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="coexist-demo-csv-"))
     lines = ["Source Email,Destination Email,Batch"]
     lines += [f"{p.source},{p.target},{BATCH}" for p in run.pairs]
+    if run.scenario == "workmail":
+        # MigrationWiz's Bulk Add columns with the people's names: the WorkMail users are
+        # created with them (CreateUser DisplayName, FirstName, LastName).
+        source = run.sandbox.world.tenants["source"]
+        lines = ["Source Email,Source Login Name,Destination Email,First Name,Last Name,"
+                 "Display Name,Batch"]  # fmt: skip
+        for p in run.pairs:
+            u = source.users[p.source_id]
+            names = [u.given_name or "", u.surname or "", u.display_name]
+            cells = [p.source, p.source, p.target, *(n.replace(",", " ") for n in names), BATCH]
+            lines.append(",".join(cells))
     path = write_private(folder / "users.csv", "\r\n".join(lines) + "\r\n")
     try:
         return commands.batch_import(run.project, path)
@@ -349,6 +460,17 @@ RUNBOOK: tuple[tuple[str, Callable[[Run], dict[str, Any]]], ...] = (
     ("cutover", _cutover),
     ("status", _status),
     ("rerun", _again),
+)
+# WorkMail: the mailboxes exist once prestage has made them, so credentials are verified then.
+WORKMAIL_RUNBOOK: tuple[tuple[str, Callable[[Run], dict[str, Any]]], ...] = (
+    ("batch_import", _batch_import),
+    ("plan", _workmail_plan),
+    ("prestage", _workmail_prestage),
+    ("verify_credentials", _verify_credentials),
+    ("cutover", _cutover),
+    ("status", _status),
+    ("rerun", _again),
+    ("prestage_again", _workmail_prestage_again),
 )
 
 
@@ -425,6 +547,23 @@ def _verdict(run: Run) -> dict[str, Any]:
         and (u["phase"], u["state"]) == (Phase.CUTOVER.value, "ok")
         for u in per_user
     ) and bool(results["verify_credentials"].get("ok", True))
+    if run.scenario == "workmail":
+        n = len(run.pairs)
+        made = {"CreateUser": n, "RegisterToWorkMail": n, "PutMailboxPermissions": n}
+        results["workmail"] = {
+            "listed_by_plan": results["plan"]["workmail_listed"],
+            "sent_by_plan": results["plan"]["workmail_sent"],
+            "sent": results["prestage"]["workmail_sent"],
+            "sent_after_rerun": results["prestage_again"]["workmail_sent"],
+        }
+        ok = (
+            ok
+            and results["plan"]["workmail_listed"] == made
+            and not results["plan"]["workmail_sent"]
+            and results["prestage"]["workmail_sent"] == made
+            and results["prestage_again"]["workmail_sent"] == made
+            and all(p.target_id for p in run.pairs)
+        )
     out = {
         **results,
         "scenario": run.scenario,
