@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from coexist.errors import ConfigError, InputError
+from coexist.errors import CoexistError, ConfigError, InputError
 from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantCredentials, TenantEndpoint
 from coexist.tenants.base import READ_RETRY
@@ -86,7 +86,8 @@ _INSTEAD = {
     ("imap", CMDLETS): "IMAP has no recipients or forwarding: its cutover is an MX change",
     ("exchange", DIRECTORY): "its users come from a batch file: coexist batch import",
     ("exchange", CMDLETS): "on-premises cmdlets (remote PowerShell) are not built yet",
-    ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import",
+    ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import; with "
+    "[target.workmail] organization_id set, prestage creates them in WorkMail",
     ("workmail", CMDLETS): "WorkMail has no Exchange cmdlets",
 }
 _SAID = {DIRECTORY: "a directory", CMDLETS: "Exchange cmdlets", STORE: "a mailbox store"}
@@ -284,6 +285,7 @@ class Side:
     ews: EwsServer | None = None
     # Amazon WorkMail's admin API ([S.workmail] organization_id set): users and permissions.
     workmail: WorkMailAdmin | None = None
+    workmail_missing: CoexistError | None = None  # why `workmail` could not be opened
 
     def has(self, capability: str) -> bool:
         return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
@@ -535,9 +537,19 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
         EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
     )
-    admin = workmail_admin(project, label, opts)
+    admin: WorkMailAdmin | None = None
+    missing: CoexistError | None = None
     try:
-        yield Side(label, None, None, None, kind=tenant.kind, ews=server, workmail=admin)
+        admin = workmail_admin(project, label, opts)
+    except (ConfigError, InputError) as exc:
+        # Said when a step needs the API (prestage's WorkMail steps), not by every command:
+        # a cutover or verify-credentials run needs EWS only.
+        missing = exc
+    try:
+        yield Side(
+            label, None, None, None, kind=tenant.kind, ews=server, workmail=admin,
+            workmail_missing=missing,
+        )  # fmt: skip
     finally:
         try:
             await server.close()

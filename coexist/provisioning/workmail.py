@@ -39,6 +39,8 @@ NAME_CHARS = set(string.ascii_letters + string.digits + "_-.")
 
 def admin(ctx: Context) -> WorkMailAdmin:
     found = ctx.target.workmail
+    if found is None and ctx.target.workmail_missing is not None:
+        raise ctx.target.workmail_missing
     if found is None:
         raise InputError(
             "the target's WorkMail admin API is not configured",
@@ -214,7 +216,8 @@ class WorkMailAccessExecutor:
 
 def workmail_steps(ctx: Context, item: dict[str, Any]) -> list[Step]:
     """A batch user's WorkMail steps (none where the target's API is not configured)."""
-    if ctx.target.workmail is None:
+    settings = ctx.project.target
+    if settings.kind != "workmail" or not settings.workmail.enabled:
         return []
     address = str(item.get("target_address") or "").lower()
     source = str(item.get("source_address") or item["key"])

@@ -137,6 +137,14 @@ def test_prestage_creates_users_grants_access_then_moves_mail_once(
     assert again["failed"] == [] and again["changed"] == 0
     assert [c for c in _calls(wm) if c[0] in WRITES] == writes_before  # nothing twice
     assert len([u for u in target.users.values() if u.name.endswith(".wm")]) == 2
+    # The generated initial passwords and the AWS secret are in the vault only.
+    vault = Vault.open(base).read()
+    secrets_held = [c.password for entry in vault.values() for c in entry.values()]
+    assert len(secrets_held) == 4  # EWS admin, AWS key, two initial passwords
+    files = [p for p in base.rglob("*") if p.is_file() and p.name != "credentials.vault"]
+    for secret in secrets_held:
+        for path in files:
+            assert secret.encode() not in path.read_bytes(), path
 
 
 def test_plan_lists_every_workmail_write_and_sends_none(wm: Sandbox, tmp_path: Path) -> None:
@@ -198,3 +206,19 @@ def test_throttled_workmail_calls_are_retried_and_a_rerun_after_a_partial_run_fi
     assert ops["PutMailboxPermissions"] == 1
     user = wm.world.tenants["target"].address_owner(address)
     assert user is not None and user.display_name == "Half Made"
+
+
+def test_missing_aws_key_fails_the_workmail_step_with_what_to_do(
+    wm: Sandbox, tmp_path: Path
+) -> None:
+    """[target.workmail] set but no access key secret anywhere: prestage fails each user's
+    workmail.user step with the command to run next and sends no WorkMail call; no data pass
+    runs for them."""
+    base = tmp_path / "p"
+    _project(wm, base, users=1)
+    Vault.open(base).remove([WORKMAIL_ENTRY])
+    _calls(wm).clear()
+    out = commands.prestage(base, batch=BATCH, older_than="90d", retry=TEST_RETRY)
+    assert [f["step"] for f in out["failed"]] == ["workmail.user"]
+    assert "AWS_SECRET_ACCESS_KEY" in out["failed"][0]["next"]
+    assert _calls(wm) == []
