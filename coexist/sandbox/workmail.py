@@ -702,6 +702,7 @@ COMMON_ERRORS = frozenset(
         "UnknownOperationException",
         "SerializationException",
         "InternalFailure",
+        "ServiceUnavailable",
         "InvalidNextTokenException",
     }
 )
@@ -846,6 +847,13 @@ def _error_or(ctx: SandboxContext, request: Request, body: bytes) -> Response:
             UNVERIFIED.validation_code,
             f"{n} validation error{'s' if n > 1 else ''} detected: " + "; ".join(problems),
         )
+    # Profile chaos: a seeded share of calls fail as AWS fails them transiently (a dropped
+    # connection is answered as ServiceUnavailable here: the face answers whole responses).
+    fault = ctx.limiter.chaos()
+    if fault == "throttle":
+        raise AwsError(UNVERIFIED.throttling_code, "Rate exceeded")
+    if fault is not None:
+        raise AwsError("ServiceUnavailable", "Service Unavailable", 503)
     with ctx.world.lock:
         pending = int(ctx.extra.get(THROTTLE_KEY, 0))
         if pending > 0:

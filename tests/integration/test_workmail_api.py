@@ -293,3 +293,28 @@ def test_adapter_maps_errors_and_retries_throttling(wm: Sandbox) -> None:
         await wrong.close()
 
     asyncio.run(run())
+
+
+def test_chaos_profile_faults_are_retried_by_the_adapter(tmp_path: Any) -> None:
+    """Under profile chaos (a seeded half of the calls fail: ThrottlingException or
+    ServiceUnavailable), the adapter's reads complete through coexist's retry policy; the
+    face counted fewer accepted calls than the adapter sent."""
+    with Sandbox(
+        tmp_path / "sb", seed=5, users=10, profile="chaos", kinds={"target": "workmail"}
+    ) as sb:
+        assert sb.ctx is not None
+        sb.world.settings.chaos_rate = 0.5
+        sb.ctx.extra[ERRORS_KEY] = []
+        sb.ctx.extra[CALLS_KEY] = []
+
+        async def run() -> int:
+            admin = _adapter(sb, retry=RetryPolicy(max_attempts=12, base_s=0.001, cap_s=0.01))
+            for _ in range(5):
+                assert (await admin.organization())["State"] == "Active"
+                assert await admin.users()
+            await admin.close()
+            return admin.calls
+
+        sent = asyncio.run(run())
+        assert len(sb.ctx.extra[CALLS_KEY]) == 10 < sent
+        assert sb.ctx.extra[ERRORS_KEY] == []
