@@ -347,11 +347,26 @@ def _own_account(tenant: Tenant, user: User) -> EwsAccount | None:
     return None
 
 
-def _find(tenant: Tenant, ident: str) -> Entity | None:
-    """An entity by id, email (any of its addresses) or user name (WorkMail accepts each)."""
+# Which identifiers each member takes (botocore's model documentation): DescribeUser's UserId
+# and the mailbox permission operations take "UserId, Username, or email"; RegisterToWorkMail
+# "UserId ... or Username"; CreateAlias/ListAliases document none (WorkMailIdentifier): the
+# entity id only here (*unverified*).
+ANY_ID = ("id", "name", "email")
+ID_OR_NAME = ("id", "name")
+ID_ONLY = ("id",)
+
+
+def _find(tenant: Tenant, ident: str, kinds: tuple[str, ...] = ANY_ID) -> Entity | None:
+    """An entity by id, user name or email (any of its addresses), as `kinds` allow."""
     want = ident.strip().lower()
     for e in _entities(tenant):
-        names = {e.id.lower(), e.name.lower()}
+        names = {e.id.lower()}
+        if "name" in kinds:
+            names.add(e.name.lower())
+        if "email" not in kinds:
+            if want in names:
+                return e
+            continue
         if e.email:
             names.add(e.email)
         if e.user is not None:
@@ -363,8 +378,8 @@ def _find(tenant: Tenant, ident: str) -> Entity | None:
     return None
 
 
-def _entity(tenant: Tenant, ident: str) -> Entity:
-    found = _find(tenant, ident)
+def _entity(tenant: Tenant, ident: str, kinds: tuple[str, ...] = ANY_ID) -> Entity:
+    found = _find(tenant, ident, kinds)
     if found is None:
         raise AwsError(
             "EntityNotFoundException",
@@ -569,7 +584,7 @@ def create_user(call: Call) -> dict[str, Any]:
 
 def register_to_workmail(call: Call) -> dict[str, Any]:
     t = call.org()
-    e = _entity(t, str(call.params["EntityId"]))
+    e = _entity(t, str(call.params["EntityId"]), ID_OR_NAME)
     email = str(call.params["Email"]).lower()
     if e.user is None:
         raise AwsError(
@@ -598,7 +613,7 @@ def register_to_workmail(call: Call) -> dict[str, Any]:
 
 def create_alias(call: Call) -> dict[str, Any]:
     t = call.org()
-    user = _registered(_entity(t, str(call.params["EntityId"])))
+    user = _registered(_entity(t, str(call.params["EntityId"]), ID_ONLY))
     alias = str(call.params["Alias"]).lower()
     _mail_domain(t, alias)
     owner = t.address_owner(alias)
@@ -612,7 +627,7 @@ def create_alias(call: Call) -> dict[str, Any]:
 
 def list_aliases(call: Call) -> dict[str, Any]:
     t = call.org()
-    e = _entity(t, str(call.params["EntityId"]))
+    e = _entity(t, str(call.params["EntityId"]), ID_ONLY)
     user = _registered(e)
     aliases = [
         a[5:].lower()
