@@ -545,7 +545,7 @@ def create_user(call: Call) -> dict[str, Any]:
             "ReservedNameException",
             "This user, group, or resource name is not allowed in WorkMail.",
         )
-    if _find(t, name) is not None:
+    if _find(t, name, ID_OR_NAME) is not None:
         raise AwsError(
             "NameAvailabilityException",
             "The user, group, or resource name isn't unique in WorkMail.",
