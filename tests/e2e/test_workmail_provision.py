@@ -222,3 +222,26 @@ def test_missing_aws_key_fails_the_workmail_step_with_what_to_do(
     assert [f["step"] for f in out["failed"]] == ["workmail.user"]
     assert "AWS_SECRET_ACCESS_KEY" in out["failed"][0]["next"]
     assert _calls(wm) == []
+
+
+def test_preflight_checks_the_workmail_api_and_counts_users_to_create(
+    wm: Sandbox, tmp_path: Path
+) -> None:
+    """preflight before prestage: the WorkMail API check is ok (key, organisation Active,
+    migration account a WorkMail user) and says how many users prestage will create; the
+    mailboxes that do not exist yet are not an access failure. Pointing migration_account at
+    a user WorkMail lacks fails the check with what to do."""
+    base = tmp_path / "p"
+    _project(wm, base)
+    out = commands.preflight_checks(base, batch=BATCH)
+    checks = {c["check"]: c for c in out["checks"]}
+    api = checks["target workmail api"]
+    assert api["status"] == "ok" and "2 of the batch's users to create" in api["detail"]
+    assert checks["target access"]["status"] == "ok"
+    assert "prestage creates them" in checks["target access"]["detail"]
+    text = (base / "project.toml").read_text()
+    head, _, tail = text.rpartition('migration_account = ""')  # [target.workmail]'s: the last
+    (base / "project.toml").write_text(head + 'migration_account = "nobody@contoso.example"' + tail)
+    again = {c["check"]: c for c in commands.preflight_checks(base, batch=BATCH)["checks"]}
+    assert again["target workmail api"]["status"] == "fail"
+    assert "migration_account" in again["target workmail api"]["fix"]
