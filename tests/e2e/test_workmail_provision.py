@@ -13,13 +13,15 @@ from typing import Any
 
 import boto3
 import pytest
+from click.testing import CliRunner
 
 from coexist import commands, credentials
+from coexist.cli import main
 from coexist.sandbox import Sandbox, mailseed
 from coexist.sandbox.ews import EWS_PATH, add_account, set_kind
 from coexist.sandbox.ews.orgs import org_domain
 from coexist.sandbox.workmail import CALLS_KEY, ERRORS_KEY, THROTTLE_KEY, credentials_of
-from coexist.vault import ENV_KEY, WORKMAIL_ENTRY, Credential, Vault, new_key
+from coexist.vault import ENV_KEY, WORKMAIL_ENTRY, Vault, new_key
 from tests.e2e.conftest import TEST_RETRY
 
 BATCH = "wm-1"
@@ -85,9 +87,20 @@ def _project(sb: Sandbox, base: Path, users: int = 2) -> dict[str, Any]:
         },
     )
     credentials.credentials_set_master(base, password, side="target")
-    Vault.open(base).put(
-        {(WORKMAIL_ENTRY, "target"): Credential(info["access_key_id"], info["secret_access_key"])}
+    # The operator's way to give the AWS key: the secret on stdin, never on the command line.
+    stored = CliRunner().invoke(
+        main,
+        [
+            *("credentials", "set", "--project", str(base)),
+            *("--aws-key", info["access_key_id"], "--side", "target", "--password-stdin"),
+        ],
+        input=info["secret_access_key"] + "\n",
+        catch_exceptions=False,
     )
+    assert stored.exit_code == 0, stored.output
+    assert info["secret_access_key"] not in stored.output
+    held = Vault.open(base).get(WORKMAIL_ENTRY, "target")
+    assert held is not None and held.password == info["secret_access_key"]
     csv = base / "users.csv"
     lines = ["Source Email,Destination Email,Batch"]
     lines += [f"{s},{t},{BATCH}" for s, t, _ in pairs]
