@@ -45,7 +45,7 @@ from starlette.routing import BaseRoute
 
 from coexist.files import private_dir, write_private
 
-from . import admin, ews, exo, graph, seed, transport, workmail
+from . import admin, ews, exo, graph, psrp, seed, transport, workmail
 from .graph.mail import MAIL_STORE_KEY
 from .graph.outlook_items import PIM_STORE_KEY
 from .identity import Issuer
@@ -174,6 +174,7 @@ def build_app(ctx: SandboxContext) -> Starlette:
         *graph.routes(),
         *exo.routes(),
         *ews.routes(),
+        *psrp.routes(),  # remote PowerShell for the Exchange organisations (issue 13)
         *workmail.routes(),  # AWS WorkMail admin API (boto3), sandbox/workmail.py
         *ctx.issuer.routes(),
     ]
