@@ -983,6 +983,13 @@ def credentials_group() -> None:
 )
 @click.option("--ca-file", default=None, help="--oauth-app: the token endpoint's CA bundle.")
 @click.option(
+    "--aws-key",
+    default=None,
+    metavar="ACCESS_KEY_ID",
+    help="A workmail side's AWS access key for WorkMail's admin API ([SIDE.workmail]): its "
+    "id here, its secret read as the password.",
+)
+@click.option(
     "--password-stdin",
     is_flag=True,
     help="Read the password from the first line of stdin (else it is asked for, hidden). "
@@ -1002,11 +1009,38 @@ def credentials_set_cmd(
     grant: str,
     scope: str | None,
     ca_file: str | None,
+    aws_key: str | None,
     password_stdin: bool,
     as_json: bool,
 ) -> None:
     """Store one user's password in the vault (or, --master, the side's master user's;
-    --oauth-app, the side's OAuth client secret)."""
+    --oauth-app, the side's OAuth client secret; --aws-key, a WorkMail side's AWS secret)."""
+    if aws_key is not None:
+        if user is not None or login is not None or master or oauth_app:
+            raise InputError(
+                "credentials set: --aws-key stores the side's AWS access key; leave out "
+                "--user, --login, --master and --oauth-app",
+                next_step=f"coexist credentials set --aws-key AKIA... --side {side}",
+            )
+        secret = (
+            sys.stdin.readline().rstrip("\r\n")
+            if password_stdin
+            else click.prompt(
+                f"{side} AWS secret access key for {aws_key}",
+                hide_input=True,
+                confirmation_prompt=True,
+                err=True,
+            )
+        )
+        stored = credentials.credentials_set_workmail_key(
+            project, secret, side=side, key_id=aws_key
+        )
+        if as_json:
+            click.echo(json.dumps(stored))
+            return
+        said = "stored" if stored["changed"] else "unchanged"
+        click.echo(f"{side} AWS access key {stored['login']}: {said}")
+        return
     if oauth_app and (user is not None or login is not None or master):
         raise InputError(
             "credentials set: --oauth-app stores the side's OAuth client (its login is "

@@ -30,6 +30,7 @@ from coexist.cutover.flow import (
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES, ews_admin
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
+from coexist.engine.step import Step
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
 from coexist.journal import Batch, Journal
@@ -55,6 +56,7 @@ from coexist.provisioning.provision import (
     provision_plans,
     target_index,
 )
+from coexist.provisioning.workmail import workmail_steps
 from coexist.retry import RetryPolicy
 from coexist.runtime import Session, open_journal, project_dir, project_writer, session
 from coexist.settings import Project, load_project, parse_duration, write_project
@@ -1187,11 +1189,16 @@ def _provisioned(sess: Session) -> Phase:
 
 
 def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> ItemPlan:
-    """A user's steps before its pre-stage pass (none without recipients to swap)."""
+    """A user's steps before its pre-stage pass (none without recipients to swap; a WorkMail
+    target with its admin API configured: the user made and the migration account let in)."""
     if _swaps_recipients(sess):
         return prestage_plans(sess.ctx, item, sku_id)
-    # Hosted Exchange: the forwarding object is made ahead, as the seed makes it.
-    steps = [forward_contact_step(sess.ctx, item)] if _forwards_via_contact(sess) else []
+    # Hosted Exchange: the forwarding object is made ahead, as the seed makes it; a WorkMail
+    # target: the user made and the migration account let in.
+    steps: list[Step] = (
+        [forward_contact_step(sess.ctx, item)] if _forwards_via_contact(sess) else []
+    )
+    steps += workmail_steps(sess.ctx, item)
     return ItemPlan("user", item["key"], steps, None, label=str(item.get("source_address")))
 
 

@@ -17,6 +17,12 @@ forwarding object, keeping no copy), `status` with the per-folder reconciliation
 once more, which must copy nothing, and (hosted Exchange) a message to each old address,
 which must land once in the new mailbox only.
 
+With `--scenario workmail` the WorkMail users do not exist yet: the project's
+`[target.workmail]` names the sandbox's AWS WorkMail API (`sandbox/workmail.py`), and prestage
+creates each user there (CreateUser, RegisterToWorkMail) and grants the migration account
+FULL_ACCESS (PutMailboxPermissions) through boto3 before the data pass; `prestage --plan`
+first lists those calls and sends none, and a second prestage sends no WorkMail write.
+
 The demo is ok when every seeded message is in the target exactly once (by Message-ID, in a
 folder of the same path), except messages the target refuses (WorkMail's ~23 MB limit), which
 must be skipped and reported with the reason; every user is cut over; the re-run copies 0;
@@ -162,6 +168,8 @@ def _demo(
         )
         stack.enter_context(_vault_key())
         run = Run(base, sb, scenario, _pairs(sb, count), say, progress)
+        if scenario == "workmail":
+            _new_workmail_users(run)
         _seed(run, seed, per_user)
         # The demo runs the hosted-Exchange cmdlets through coexist (grant-access, forwarding
         # objects, forwards); the organisation's own grants would be made by its admin.
@@ -174,8 +182,11 @@ def _demo(
         for side, (_admin, password) in passwords.items():
             say(f"credentials set --master --side {side} (the migration account's password)")
             credentials.credentials_set_master(base, password, side=side)
+        if scenario == "workmail":
+            _workmail_key(run)
         for name, step in RUNBOOKS[scenario]:
             run.results[name] = step(run)
+        _resolve_targets(run)
         return _verdict(run)
 
 
@@ -285,12 +296,16 @@ def _accounts(
             # coexist grants it (grant-access, over the organisation's remote PowerShell).
             account = add_account(run.sandbox.world, side, ACCOUNT, password)
             run.say(f"{side} ({kinds[side]}): migration account {account.upn}, no grant yet")
-        else:
-            account = add_account(run.sandbox.world, side, ACCOUNT, password, full_access=mailboxes)
-            run.say(
-                f"{side} ({kinds[side]}): migration account {account.upn} with FullAccess on "
-                f"{len(mailboxes)} mailboxes"
-            )
+            out[side] = (account.upn, password)
+            continue
+        if kinds[side] == "workmail":
+            mailboxes = []  # prestage grants it (PutMailboxPermissions), user by user
+        account = add_account(run.sandbox.world, side, ACCOUNT, password, full_access=mailboxes)
+        run.say(
+            f"{side} ({kinds[side]}): migration account {account.upn} with FullAccess on "
+            f"{len(mailboxes)} mailboxes"
+            + (" (prestage grants it, PutMailboxPermissions)" if not mailboxes else "")
+        )
         out[side] = (account.upn, password)
     return out
 
@@ -326,7 +341,93 @@ def _settings(
         if powershell and _has_powershell(org):
             settings[f"{side}.ews.powershell_url"] = sb.base_url + POWERSHELL_PATH
             settings[f"{side}.ews.powershell_auth"] = ews["auth"]
+        if org == "workmail":  # the AWS admin API: coexist makes the users and grants
+            info = sb.connection["tenants"][side]["workmail"]
+            settings |= {
+                f"{side}.workmail.organization_id": info["organization_id"],
+                f"{side}.workmail.region": info["region"],
+                f"{side}.workmail.endpoint": info["endpoint"],
+                f"{side}.workmail.ca_file": str(sb.connection["ca_file"]),
+            }
     return settings
+
+
+# -- WorkMail: the users are coexist's to make -------------------------------------------------
+def _new_workmail_users(run: Run) -> None:
+    """The WorkMail organisation starts without the migrating users (a new organisation, as
+    in audriga's guide): the sandbox's seeded users holding the pairs' addresses are removed,
+    so prestage must create them. Their ids are known once made (`_resolve_targets`)."""
+    from coexist.sandbox.ews.orgs import org_domain
+
+    tenant = run.sandbox.world.tenants["target"]
+    with run.sandbox.world.lock:
+        for p in run.pairs:
+            # Each person keeps their name: the new address is the source's local part.
+            p.target = f"{p.source.split('@')[0]}@{org_domain(tenant)}".lower()
+            owner = tenant.address_owner(p.target)
+            if owner is not None:
+                tenant.users.pop(owner.id, None)
+            p.target_id = ""
+        tenant.touch()
+    run.say(
+        f"target (workmail): the organisation has none of the {len(run.pairs)} users yet; "
+        "prestage creates them through the AWS WorkMail API"
+    )
+
+
+def _workmail_key(run: Run) -> None:
+    """The AWS access key of the sandbox's WorkMail organisation, into the project's vault
+    (entry WORKMAIL_ENTRY): never in project.toml, never printed."""
+    from coexist.vault import WORKMAIL_ENTRY, Credential, Vault
+
+    info = run.sandbox.connection["tenants"]["target"]["workmail"]
+    key = Credential(info["access_key_id"], info["secret_access_key"])
+    Vault.open(run.project).put({(WORKMAIL_ENTRY, "target"): key})
+    run.say("credentials: the WorkMail API's access key to the vault")
+
+
+def _resolve_targets(run: Run) -> None:
+    tenant = run.sandbox.world.tenants["target"]
+    for p in run.pairs:
+        if not p.target_id:
+            owner = tenant.address_owner(p.target)
+            p.target_id = owner.id if owner is not None else ""
+
+
+def _workmail_writes(run: Run) -> dict[str, int]:
+    from coexist.sandbox.workmail import CALLS_KEY
+
+    writes = ("CreateUser", "RegisterToWorkMail", "CreateAlias", "PutMailboxPermissions")
+    calls = run.sandbox.ctx.extra.get(CALLS_KEY, [])
+    return dict(Counter(op for op, _ in calls if op in writes))
+
+
+def _workmail_plan(run: Run) -> dict[str, Any]:
+    run.say("prestage --plan (every WorkMail API write listed, none sent)")
+    result = commands.prestage(run.project, batch=BATCH, older_than=OLDER_THAN, plan=True)
+    listed = [w for w in result["writes"] if w["system"] == "workmail"]
+    for w in listed:
+        run.say(f"  would {w['text']}")
+    result["workmail_listed"] = dict(Counter(w["operation"] for w in listed))
+    result["workmail_sent"] = _workmail_writes(run)
+    return result
+
+
+def _workmail_prestage(run: Run) -> dict[str, Any]:
+    result = _prestage(run)
+    result["workmail_sent"] = _workmail_writes(run)
+    run.say(
+        "  WorkMail API writes: "
+        + ", ".join(f"{op} {n}" for op, n in sorted(result["workmail_sent"].items()))
+    )
+    return result
+
+
+def _workmail_prestage_again(run: Run) -> dict[str, Any]:
+    run.say("prestage again (the users exist and are granted: no WorkMail write)")
+    result = commands.prestage(run.project, batch=BATCH, older_than=OLDER_THAN)
+    result["workmail_sent"] = _workmail_writes(run)
+    return result
 
 
 # -- the runbook ------------------------------------------------------------------------------
@@ -335,13 +436,17 @@ def _batch_import(run: Run) -> dict[str, Any]:
     an EWS side there is no `discover` (no directory on it), the file lists the users."""
     run.say("batch import users.csv (Source Email, Destination Email, Display Name, Batch)")
     folder = Path(tempfile.mkdtemp(prefix="coexist-demo-csv-"))
-    world = run.sandbox.world
-    with world.lock:
-        names = {
-            p.source: world.tenants["source"].users[p.source_id].display_name for p in run.pairs
-        }
-    lines = ["Source Email,Destination Email,Display Name,Batch"]
-    lines += [f'{p.source},{p.target},"{names[p.source]}",{BATCH}' for p in run.pairs]
+    source = run.sandbox.world.tenants["source"]
+    # MigrationWiz's Bulk Add columns with the people's names: forwarding objects are named
+    # after them (hosted Exchange), WorkMail users are created with them (CreateUser).
+    lines = ["Source Email,Source Login Name,Destination Email,First Name,Last Name,"
+             "Display Name,Batch"]  # fmt: skip
+    with run.sandbox.world.lock:
+        for p in run.pairs:
+            u = source.users[p.source_id]
+            names = [u.given_name or "", u.surname or "", u.display_name]
+            cells = [p.source, p.source, p.target, *(n.replace(",", " ") for n in names), BATCH]
+            lines.append(",".join(cells))
     path = write_private(folder / "users.csv", "\r\n".join(lines) + "\r\n")
     try:
         return commands.batch_import(run.project, path)
@@ -422,6 +527,7 @@ _RUNBOOK: tuple[Step, ...] = (
 # Hosted Exchange: coexist grants access first and, with the organisation's remote PowerShell,
 # makes the forwarding objects at prestage and forwards each mailbox at cutover; mail flow is
 # checked last (a probe in the target would show in the reconciliation above it).
+# WorkMail: the mailboxes exist once prestage has made them, so credentials are verified then.
 RUNBOOKS: dict[str, tuple[Step, ...]] = {
     "hosted-exchange": (
         _RUNBOOK[0],
@@ -429,7 +535,16 @@ RUNBOOKS: dict[str, tuple[Step, ...]] = {
         *_RUNBOOK[1:],
         ("mail_flow", _mail_flow),
     ),
-    "workmail": _RUNBOOK,
+    "workmail": (
+        ("batch_import", _batch_import),
+        ("plan", _workmail_plan),
+        ("prestage", _workmail_prestage),
+        ("verify_credentials", _verify_credentials),
+        ("cutover", _cutover),
+        ("status", _status),
+        ("rerun", _again),
+        ("prestage_again", _workmail_prestage_again),
+    ),
 }
 
 
@@ -516,6 +631,23 @@ def _verdict(run: Run) -> dict[str, Any]:
             f"  mail to {r['user']} after cutover: in {', '.join(r['landed']) or 'no mailbox'}"
             for r in results["mail_flow"]["probes"]
         ]
+    if run.scenario == "workmail":
+        n = len(run.pairs)
+        made = {"CreateUser": n, "RegisterToWorkMail": n, "PutMailboxPermissions": n}
+        results["workmail"] = {
+            "listed_by_plan": results["plan"]["workmail_listed"],
+            "sent_by_plan": results["plan"]["workmail_sent"],
+            "sent": results["prestage"]["workmail_sent"],
+            "sent_after_rerun": results["prestage_again"]["workmail_sent"],
+        }
+        ok = (
+            ok
+            and results["plan"]["workmail_listed"] == made
+            and not results["plan"]["workmail_sent"]
+            and results["prestage"]["workmail_sent"] == made
+            and results["prestage_again"]["workmail_sent"] == made
+            and all(p.target_id for p in run.pairs)
+        )
     out = {
         **results,
         "scenario": run.scenario,

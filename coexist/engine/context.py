@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from coexist.errors import ConfigError, InputError
+from coexist.errors import CoexistError, ConfigError, InputError
 from coexist.provisioning.exchange import CmdletRunner
 from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantCredentials, TenantEndpoint
@@ -33,7 +34,8 @@ from coexist.tenants.oauth import CLIENT_CREDENTIALS, OAuthApp, TokenSource
 from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.psrp import PsrpEndpoint, PsrpLogin, PsrpRunner
 from coexist.tenants.throttle import WriteBudget, WriteLimits
-from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, Vault
+from coexist.tenants.workmail import WorkMailAdmin, WorkMailEndpoint, secret_from
+from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, WORKMAIL_ENTRY, Vault
 
 # What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
 # exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
@@ -109,7 +111,8 @@ _INSTEAD = {
     ("imap", CMDLETS): "IMAP has no recipients or forwarding: its cutover is an MX change",
     ("exchange", DIRECTORY): "its users come from a batch file: coexist batch import",
     ("exchange", CMDLETS): "set [{side}.ews] powershell_url, its remote PowerShell endpoint",
-    ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import",
+    ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import; with "
+    "[target.workmail] organization_id set, prestage creates them in WorkMail",
     ("workmail", CMDLETS): "WorkMail has no Exchange cmdlets",
 }
 _SAID = {DIRECTORY: "a directory", CMDLETS: "Exchange cmdlets", STORE: "a mailbox store"}
@@ -316,6 +319,9 @@ class Side:
     powershell: CmdletRunner | None = None
     # What this side can do (side_capabilities); None = its kind's.
     capabilities: frozenset[str] | None = None
+    # Amazon WorkMail's admin API ([S.workmail] organization_id set): users and permissions.
+    workmail: WorkMailAdmin | None = None
+    workmail_missing: CoexistError | None = None  # why `workmail` could not be opened
 
     def has(self, capability: str) -> bool:
         if self.capabilities is not None:
@@ -370,7 +376,7 @@ class Side:
 
     def _clients(self) -> list[Any]:
         """Every client of this side (each counts its calls and writes)."""
-        found = (self._graph, self._exo, self.imap, self.ews, self.powershell)
+        found = (self._graph, self._exo, self.imap, self.ews, self.powershell, self.workmail)
         return [c for c in found if c is not None]
 
     @property
@@ -518,10 +524,55 @@ def ews_admin(project: Any, label: str, env: Mapping[str, str] | None = None) ->
     return AdminLogin(str(settings.admin or cred.login), cred.password)
 
 
+def workmail_admin(project: Any, label: str, opts: SideOptions) -> WorkMailAdmin | None:
+    """The side's WorkMail admin API client where `[S.workmail] organization_id` is set (None
+    otherwise): region (or [S.ews] region), endpoint, CA bundle; the access key id from the
+    settings or AWS_ACCESS_KEY_ID, its secret from the vault entry WORKMAIL_ENTRY or
+    AWS_SECRET_ACCESS_KEY. A ConfigError/InputError naming what to set when one is missing."""
+    tenant = project.tenant(label)
+    wm = tenant.workmail
+    if tenant.kind != "workmail" or not wm.enabled:
+        return None
+    env = os.environ if opts.env is None else opts.env
+    region = wm.region or tenant.ews.region
+    if not region:
+        raise ConfigError(
+            "the WorkMail organisation's region is not set",
+            file=str(project.file),
+            key=f"{label}.workmail.region",
+            next_step=f'set region = "us-east-1" (its region) in [{label}.workmail]',
+        )
+    stored = None
+    if Vault(Path(project.directory), None).exists():
+        stored = Vault.open(Path(project.directory), env=opts.env).get(WORKMAIL_ENTRY, label)
+    key_id = wm.access_key_id or (stored.login if stored else None) or env.get("AWS_ACCESS_KEY_ID")
+    secret = secret_from(stored.password if stored else None, env)
+    if not key_id or not secret:
+        raise InputError(
+            f"no AWS access key for the {label} WorkMail organisation "
+            f"({'its secret' if key_id else 'access_key_id'} is missing)",
+            next_step=f"set access_key_id in [{label}.workmail] and export AWS_SECRET_ACCESS_KEY "
+            "(or store both in the credential vault), then run this command again",
+        )
+    ep = WorkMailEndpoint(
+        region,
+        str(wm.organization_id),
+        key_id,
+        wm.endpoint or None,
+        str(wm.ca_file) if wm.ca_file else None,
+        side=label,
+    )
+    return WorkMailAdmin(
+        ep, secret, label=label, plan=opts.plan, read_retry=opts.read_retry,
+        concurrency=opts.concurrency,
+    )  # fmt: skip
+
+
 @asynccontextmanager
 async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIterator[Side]:
     """An EWS server (Exchange or WorkMail): its admin and the bound of mailboxes open at
-    once; each pass opens its user's mailbox (`migrate.stores.ews.ews_store`)."""
+    once; each pass opens its user's mailbox (`migrate.stores.ews.ews_store`). A WorkMail
+    side with `[S.workmail]` also gets its admin API client (users, permissions)."""
     tenant = project.tenant(label)
     settings = tenant.ews
     server = EwsServer(
@@ -532,6 +583,14 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
     )
     admin = ews_admin(project, label, opts.env)
     shell = powershell_runner(tenant, label, admin, opts.plan)
+    api: WorkMailAdmin | None = None
+    missing: CoexistError | None = None
+    try:
+        api = workmail_admin(project, label, opts)
+    except (ConfigError, InputError) as exc:
+        # Said when a step needs the API (prestage's WorkMail steps), not by every command:
+        # a cutover or verify-credentials run needs EWS only.
+        missing = exc
     try:
         yield Side(
             label,
@@ -542,11 +601,17 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
             ews=server,
             powershell=shell,
             capabilities=side_capabilities(tenant),
+            workmail=api,
+            workmail_missing=missing,
         )
     finally:
-        await server.close()
-        if shell is not None:
-            await shell.close()
+        try:
+            await server.close()
+        finally:
+            if shell is not None:
+                await shell.close()
+            if api is not None:
+                await api.close()
 
 
 def powershell_runner(
