@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import requests
 
 from coexist import autoforward as af
+from coexist.cutover.hosted import kept_copies
 from coexist.discovery.scope import find_scope_group, transitive_user_ids
-from coexist.engine.context import Context, Side, ews_admin, ews_endpoint
+from coexist.engine.context import Context, Side, ews_admin, ews_endpoint, powershell_runner
 from coexist.errors import (
     AuthenticationError,
     CoexistError,
@@ -48,6 +49,7 @@ from coexist.tenants.auth import TenantCredentials
 from coexist.tenants.base import connection_error
 from coexist.tenants.ews import (
     GRANTS,
+    AdminLogin,
     EwsEndpoint,
     EwsLimits,
     EwsServer,
@@ -985,6 +987,8 @@ async def ews_side_checks(probe: SideProbe) -> list[Check]:
         api, made_later = await workmail_api_check(probe)
         out.append(api)
         sample = [a for a in sample if a not in made_later]
+    if settings.powershell_url and kind == "exchange":
+        out += await powershell_checks(probe, admin)
     first = sample[0] if sample else admin.login  # no users yet: the admin's own mailbox
     server = EwsServer(endpoint, admin, EwsLimits(1, 1, calls=2), retry=retry_policy(project))
     said: ServerVersion | None = None
@@ -1024,6 +1028,61 @@ async def ews_side_checks(probe: SideProbe) -> list[Check]:
             )
         out.append(version_check(probe, said, settings.version, pinned_version(project, side)))
     return out + tail
+
+
+async def powershell_checks(probe: SideProbe, admin: AdminLogin) -> list[Check]:
+    """An Exchange side with remote PowerShell ([S.ews] powershell_url): the admin runs
+    cmdlets there; at the source, no migrating mailbox forwards while keeping a local copy
+    (DeliverToMailboxAndForward): mail it forwards to the new mailbox during the move would
+    reach it twice, forwarded and then copied by the next delta pass (the seed's warning)."""
+    side = probe.side
+    tenant = probe.project.tenant(side)
+    runner = powershell_runner(tenant, side, admin, None)
+    if runner is None:
+        return []
+    name = f"{side} remote PowerShell"
+    try:
+        try:
+            await runner.run("Get-AcceptedDomain")
+        except CoexistError as exc:
+            return [Check(name, "fail", exc.message, exc.next_step or "")]
+        out = [
+            Check(name, "ok", f"{admin.login} runs Exchange cmdlets at {tenant.ews.powershell_url}")
+        ]
+        if side != "source" or not probe.items:
+            return out
+        boxes: list[dict[str, Any]] = []
+        for item in probe.items:
+            try:
+                boxes += await runner.run("Get-Mailbox", Identity=_address(item, side))
+            except NotFound:
+                continue  # the access check names mailboxes that cannot be opened
+        kept = kept_copies(boxes)
+        if not kept:
+            out.append(
+                Check(
+                    f"{side} forwarding",
+                    "ok",
+                    f"none of the {len(boxes)} migrating mailboxes keeps a local copy while "
+                    "forwarding",
+                )
+            )
+            return out
+        names = [str(b.get("PrimarySmtpAddress") or b.get("Name")) for b in kept]
+        out.append(
+            Check(
+                f"{side} forwarding",
+                "warn",
+                f"{len(kept)} migrating mailbox(es) forward and keep a local copy "
+                f"(DeliverToMailboxAndForward $true): mail forwarded to the new mailbox would "
+                f"reach it twice, forwarded and then copied by a delta pass: {_listed_more(names)}",
+                "Set-Mailbox -Identity <mailbox> -DeliverToMailboxAndForward $false before the "
+                "next pass (coexist cutover sets it on the forward it makes)",
+            )
+        )
+        return out
+    finally:
+        await runner.close()
 
 
 async def workmail_api_check(probe: SideProbe) -> tuple[Check, list[str]]:

@@ -212,6 +212,30 @@ def test_hosted_batch_is_granted_forwarded_and_rolled_back(tmp_path: Path) -> No
                     assert secret.encode() not in path.read_bytes(), path
 
 
+def test_preflight_warns_of_a_mailbox_that_forwards_and_keeps_a_copy(tmp_path: Path) -> None:
+    """Preflight signs in to the source's remote PowerShell and names the migrating mailbox
+    that forwards while keeping a local copy (a delta pass would copy forwarded mail twice);
+    with the copy turned off the line is ok."""
+    with scene(tmp_path) as (run, passwords):
+        pw, keeps = passwords["source"], run.pairs[1].source
+        commands.grant_access(run.project, batch="wave")
+        cmdlet(run, pw, "Set-Mailbox", Identity=keeps, ForwardingSmtpAddress="a@elsewhere.example",
+               DeliverToMailboxAndForward=True)  # fmt: skip
+        checks = {
+            c["check"]: c for c in commands.preflight_checks(run.project, batch="wave")["checks"]
+        }
+        assert checks["source remote PowerShell"]["status"] == "ok"
+        warned = checks["source forwarding"]
+        assert warned["status"] == "warn" and keeps in warned["detail"]
+        assert run.pairs[0].source not in warned["detail"]
+        assert "DeliverToMailboxAndForward $false" in warned["fix"]
+        cmdlet(run, pw, "Set-Mailbox", Identity=keeps, DeliverToMailboxAndForward=False)
+        checks = {
+            c["check"]: c for c in commands.preflight_checks(run.project, batch="wave")["checks"]
+        }
+        assert checks["source forwarding"]["status"] == "ok"
+
+
 def test_impersonation_is_granted_once_and_revoked(tmp_path: Path) -> None:
     """Under impersonation grant-access makes one ApplicationImpersonation assignment (planned
     first without a write; none again on a re-run), the mailboxes then open over EWS, and
