@@ -1266,6 +1266,13 @@ def verify_cmd(
         click.echo(json.dumps(result))
     else:
         out.print(mailflow_table(result))
+        if result.get("method") == "configuration":
+            for p in result["probes"]:
+                out.print(f"{escape(p['user'])}: {escape(p['detail'])}")
+            out.print(
+                "hosted Exchange: routes read back from the source's configuration; no probe "
+                "was sent"
+            )
     if not result["ok"]:
         sys.exit(1)
 

@@ -27,6 +27,7 @@ from coexist.cutover.flow import (
     hosted_cutover_plan,
     rollback_plan,
 )
+from coexist.cutover.hosted import mail_route
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES, ews_admin
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
@@ -1859,6 +1860,10 @@ def verify_mailflow(
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
+        if sess.ctx.source.kind == "exchange":
+            # Hosted Exchange: the route read back from the source's configuration.
+            routes = [await mail_route(sess.ctx, i) for i in items]
+            return {"ok": all(r["ok"] for r in routes), "probes": routes, "method": "configuration"}
         sender = sess.project.verify.service_mailbox or ""
         probes = await verify(sess.ctx, items, sender, wait_s=wait_s, retry=sess.runner.retry)
         return {"ok": all(p.ok for p in probes), "probes": [p.to_dict() for p in probes]}

@@ -24,6 +24,7 @@ from typing import Any
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import InputError
+from coexist.model import Phase
 from coexist.provisioning.exchange import bare, find_one, forwarding_state, object_id
 
 from .steps import _same_recipient, refuse_source_address, source_mailbox
@@ -255,3 +256,57 @@ def kept_copies(mailboxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if forwards and state["DeliverToMailboxAndForward"]:
             out.append(box)
     return out
+
+
+async def mail_route(ctx: Context, item: dict[str, Any]) -> dict[str, Any]:
+    """Where mail to a user's old address goes, read back from the source organisation's
+    configuration (its mailbox's forward, the forwarding object's external address), beside
+    where it should go at the user's phase: the source mailbox until cutover, the new
+    mailbox (and only there) after it.
+
+    A configuration read, not a probe: coexist has no way to send mail into a hosted
+    Exchange organisation (EWS sending needs a mailbox of the migration account's own, and
+    FullAccess gives no Send As). The sandbox's routing tests deliver real messages along
+    the same configuration (tests/e2e/test_hosted_forwarding.py)."""
+    user = str(item.get("source_address") or item["key"])
+    target = bare(str(item.get("target_address") or ""))
+    # Forwarded at cutover only in forward-on-source mode; otherwise the source keeps
+    # delivering what reaches it (its domain's MX change is outside coexist).
+    forwarded = ctx.project.cutover.mode == "forward-on-source"
+    expected = "target" if forwarded and item.get("phase") == Phase.CUTOVER.value else "source"
+    box = await find_one(ctx.source.cmdlets, "Get-Mailbox", user)
+    state = forwarding_state(box)
+    found = {"source": 0, "target": 0}
+    via = ""
+    if box is None:
+        via = "no such mailbox at the source"
+    elif state["ForwardingAddress"]:
+        contact = await find_one(
+            ctx.source.cmdlets, "Get-MailContact", str(state["ForwardingAddress"])
+        )
+        to = bare(contact.get("ExternalEmailAddress")) if contact else ""
+        via = f"forwards to {state['ForwardingAddress']} ({to or 'not a mail contact'})"
+        if to and to == target:
+            found["target"] = 1
+    elif state["ForwardingSmtpAddress"]:
+        to = bare(state["ForwardingSmtpAddress"])
+        via = f"forwards to {to}"
+        if to == target:
+            found["target"] = 1
+    if box is not None and (
+        state["DeliverToMailboxAndForward"]
+        or not (state["ForwardingAddress"] or state["ForwardingSmtpAddress"])
+    ):
+        found["source"] = 1  # delivered in the source mailbox (too)
+        via = via + ", keeps a copy" if via else "delivered in the source mailbox"
+    other = "source" if expected == "target" else "target"
+    ok = found[expected] == 1 and found[other] == 0
+    return {
+        "user": user,
+        "probe": "route",
+        "address": user,
+        "expected": expected,
+        "found": found,
+        "ok": ok,
+        "detail": via,
+    }

@@ -104,6 +104,8 @@ SOURCE_KIND_NEEDS: dict[tuple[str, str], dict[str, frozenset[str]]] = {
     ("cutover", "workmail"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
     # A hosted Exchange source with remote PowerShell: rollback restores its forwards.
     ("rollback", "exchange"): {"source": frozenset({CMDLETS})},
+    # ... and verify-mailflow reads its routes back (cutover/hosted.mail_route).
+    ("verify-mailflow", "exchange"): {"source": frozenset({CMDLETS})},
 }
 # Why a kind lacks a capability, and what to do instead (for the error).
 _INSTEAD = {

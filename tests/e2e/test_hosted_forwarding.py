@@ -182,6 +182,8 @@ def test_hosted_batch_is_granted_forwarded_and_rolled_back(tmp_path: Path) -> No
         hidden = cmdlet(run, pw, "Get-MailContact", ResultSize="Unlimited")
         assert all(c.get("HiddenFromAddressListsEnabled") for c in hidden if "Forward" in c["Name"])
         assert commands.prestage(project, batch="wave", older_than="90d")["changed"] == 0
+        before = commands.verify_mailflow(project, batch="wave")
+        assert before["ok"] and all(r["found"]["source"] == 1 for r in before["probes"])
         assert all(fwd is None for fwd, _copy in forwarding(run, pw).values())
 
         plan = commands.cutover(project, batch="wave", plan=True)
@@ -194,11 +196,25 @@ def test_hosted_batch_is_granted_forwarded_and_rolled_back(tmp_path: Path) -> No
         assert again["changed"] == 0 and not again["failed"]
         assert probe_lands(run) == {p.source: [p.target] for p in run.pairs}
         assert max(in_target(run).values()) == 1
+        routes = commands.verify_mailflow(project, batch="wave")
+        assert routes["ok"] and routes["method"] == "configuration"
+        assert {r["user"]: r["found"] for r in routes["probes"]} == {
+            p.source: {"source": 0, "target": 1} for p in run.pairs
+        }
+        first = run.pairs[0].source  # a local copy turned on by hand is seen and named
+        cmdlet(run, pw, "Set-Mailbox", Identity=first, DeliverToMailboxAndForward=True)
+        routes = commands.verify_mailflow(project, batch="wave")
+        bad = [r for r in routes["probes"] if not r["ok"]]
+        assert not routes["ok"] and [r["user"] for r in bad] == [first]
+        assert bad[0]["found"] == {"source": 1, "target": 1} and "keeps a copy" in bad[0]["detail"]
+        cmdlet(run, pw, "Set-Mailbox", Identity=first, DeliverToMailboxAndForward=False)
 
         back = commands.rollback(project, batch="wave", yes=True)
         assert not back["failed"] and back["changed"] >= USERS
         assert all(fwd is None and not copy for fwd, copy in forwarding(run, pw).values())
         assert probe_lands(run) == {p.source: [p.source] for p in run.pairs}
+        routes = commands.verify_mailflow(project, batch="wave")
+        assert routes["ok"] and all(r["expected"] == "source" for r in routes["probes"])
         revoked = commands.grant_access(project, batch="wave", revoke=True)
         assert revoked["changed"] == USERS and not revoked["failed"]
         assert commands.grant_access(project, batch="wave", revoke=True)["changed"] == 0
