@@ -55,7 +55,7 @@ from exchangelib.folders import (
     Folder as EwsFolder,
 )
 from exchangelib.items import SOFT_DELETE
-from exchangelib.properties import FolderId
+from exchangelib.properties import DistinguishedFolderId, FolderId, Mailbox
 from exchangelib.services import SyncFolderItems
 from exchangelib.services.common import EWSService
 
@@ -505,14 +505,30 @@ class EwsStore:
         if self._well_known is None:
 
             def read(account: Any) -> dict[str, str]:
+                # One GetFolder naming every distinguished folder (answered per folder, in
+                # order), not one request each: under a spent throttling budget a call of
+                # ten requests is refused somewhere in the middle and re-sent whole, and
+                # can lose that race for ever (tenants/ews_governor.py).
+                names = list(WELL_KNOWN)
+                wanted = [
+                    WELL_KNOWN[name](
+                        _distinguished_id=DistinguishedFolderId(
+                            id=WELL_KNOWN[name].DISTINGUISHED_FOLDER_ID,
+                            mailbox=Mailbox(email_address=account.primary_smtp_address),
+                        ),
+                        root=account.root,
+                    )
+                    for name in names
+                ]
                 out: dict[str, str] = {}
-                for name, cls in WELL_KNOWN.items():
-                    try:
-                        out[str(cls.get_distinguished(root=account.root).id)] = name
-                    except Exception as exc:  # a default folder this mailbox lacks
-                        if _is_access_error(exc):
-                            raise
-                        log.debug("no %s folder for %s: %s", name, account, exc)
+                answers = FolderCollection(account=account, folders=wanted).resolve()
+                for name, answer in zip(names, answers, strict=True):
+                    if isinstance(answer, Exception):  # a default folder this mailbox lacks
+                        if _is_access_error(answer):
+                            raise answer
+                        log.debug("no %s folder for %s: %s", name, account, answer)
+                        continue
+                    out[str(answer.id)] = name
                 return out
 
             self._well_known = await self._call(read, "GetFolder (distinguished folders)")
