@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exchangelib import ExtendedProperty, ItemId, Message
+from exchangelib.errors import MalformedResponseError, SOAPError
 from exchangelib.ewsdatetime import EWSDateTime
 from exchangelib.folders import (
     Calendar,
@@ -56,8 +57,9 @@ from exchangelib.folders import (
 )
 from exchangelib.items import SOFT_DELETE
 from exchangelib.properties import DistinguishedFolderId, FolderId, Mailbox
-from exchangelib.services import SyncFolderItems
+from exchangelib.services import ExportItems, SyncFolderItems
 from exchangelib.services.common import EWSService
+from exchangelib.util import SOAPNS, ParseError, to_xml
 
 from coexist.engine.context import Context, capability_missing
 from coexist.errors import InvalidRequest, NotFound, RemoteError
@@ -280,6 +282,30 @@ class _SyncFolderItems(SyncFolderItems):  # type: ignore[misc]
         if message.get("ResponseClass") != "Success":
             return EWSService._get_element_container(self, message=message, name=name)
         return super()._get_element_container(message=message, name=name)
+
+
+class _ExportItems(ExportItems):  # type: ignore[misc]
+    """exchangelib's ExportItems, its answer parsed from the body at once.
+
+    exchangelib 5.6 (services/common.py `_get_soap_parts`) parses every answer with
+    `to_xml(response.iter_content())`; requests' `iter_content()` steps one byte at a time
+    by default (chunk_size=1), which exchangelib's `BytesGeneratorIO` joins back for lxml:
+    4.8 s for an 8 MB ExportItems answer here against 0.02 s for the same bytes parsed at
+    once (`to_xml` takes bytes), ~the whole client CPU of moving a mailbox of large items.
+    A non-streaming answer is read whole before parsing anyway (`response.content`), so
+    nothing is held longer than before."""
+
+    @classmethod
+    def _get_soap_parts(cls, response: Any) -> tuple[Any, Any]:
+        try:
+            root = to_xml(response.content)
+        except ParseError as e:
+            raise SOAPError(f"Bad SOAP response: {e}") from e
+        header = root.find(f"{{{SOAPNS}}}Header")
+        body = root.find(f"{{{SOAPNS}}}Body")
+        if body is None:
+            raise MalformedResponseError("No Body element in SOAP response")
+        return header, body
 
 
 # -- pure parts --------------------------------------------------------------------------------
@@ -681,7 +707,8 @@ class EwsStore:
 
     async def _export_stream(self, refs: list[ItemRef]) -> dict[str, Payload]:
         def read(account: Any) -> list[Any]:
-            got = account.export([ItemId(r.item_id, r.change_key) for r in refs])
+            ids = [ItemId(r.item_id, r.change_key) for r in refs]
+            got = _ExportItems(account=account, chunk_size=EXPORT_BATCH).call(items=ids)
             return [_answer(b, gone_ok=True) for b in got]
 
         blobs = await self._call(read, "ExportItems")
