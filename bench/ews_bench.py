@@ -163,7 +163,8 @@ def move(run: Run) -> dict[str, Any]:
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, ENV_KEY: KEY, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
-        # exchangelib 5.6 can deadlock under ErrorServerBusy (NOTES-ewsdemo.md): bounded.
+        # Bounded, so a hang ends the bench with an error (exchangelib 5.6's session-pool
+        # deadlock under ErrorServerBusy is avoided by tenants/ews.py; NOTES-ewspool.md).
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
