@@ -55,9 +55,9 @@ from exchangelib.folders import (
 from exchangelib.folders import (
     Folder as EwsFolder,
 )
-from exchangelib.items import SOFT_DELETE
+from exchangelib.items import ID_ONLY, SOFT_DELETE
 from exchangelib.properties import DistinguishedFolderId, FolderId, Mailbox
-from exchangelib.services import ExportItems, SyncFolderItems
+from exchangelib.services import ExportItems, GetItem, SyncFolderItems
 from exchangelib.services.common import EWSService
 from exchangelib.util import SOAPNS, ParseError, to_xml
 
@@ -284,8 +284,8 @@ class _SyncFolderItems(SyncFolderItems):  # type: ignore[misc]
         return super()._get_element_container(message=message, name=name)
 
 
-class _ExportItems(ExportItems):  # type: ignore[misc]
-    """exchangelib's ExportItems, its answer parsed from the body at once.
+def _parse_whole(response: Any) -> tuple[Any, Any]:
+    """A SOAP answer's header and body, parsed from its bytes at once.
 
     exchangelib 5.6 (services/common.py `_get_soap_parts`) parses every answer with
     `to_xml(response.iter_content())`; requests' `iter_content()` steps one byte at a time
@@ -293,19 +293,48 @@ class _ExportItems(ExportItems):  # type: ignore[misc]
     4.8 s for an 8 MB ExportItems answer here against 0.02 s for the same bytes parsed at
     once (`to_xml` takes bytes), ~the whole client CPU of moving a mailbox of large items.
     A non-streaming answer is read whole before parsing anyway (`response.content`), so
-    nothing is held longer than before."""
+    nothing is held longer than before. Used by the services that carry item payloads."""
+    try:
+        root = to_xml(response.content)
+    except ParseError as e:
+        raise SOAPError(f"Bad SOAP response: {e}") from e
+    header = root.find(f"{{{SOAPNS}}}Header")
+    body = root.find(f"{{{SOAPNS}}}Body")
+    if body is None:
+        raise MalformedResponseError("No Body element in SOAP response")
+    return header, body
+
+
+class _ExportItems(ExportItems):  # type: ignore[misc]
+    """exchangelib's ExportItems, its answer parsed whole (`_parse_whole`)."""
 
     @classmethod
     def _get_soap_parts(cls, response: Any) -> tuple[Any, Any]:
-        try:
-            root = to_xml(response.content)
-        except ParseError as e:
-            raise SOAPError(f"Bad SOAP response: {e}") from e
-        header = root.find(f"{{{SOAPNS}}}Header")
-        body = root.find(f"{{{SOAPNS}}}Body")
-        if body is None:
-            raise MalformedResponseError("No Body element in SOAP response")
-        return header, body
+        return _parse_whole(response)
+
+
+class _GetItem(GetItem):  # type: ignore[misc]
+    """exchangelib's GetItem, its answer parsed whole (`_parse_whole`): MimeContent of
+    large messages (the MIME path)."""
+
+    @classmethod
+    def _get_soap_parts(cls, response: Any) -> tuple[Any, Any]:
+        return _parse_whole(response)
+
+
+def _get_items(account: Any, ids: list[Any], fields: list[str]) -> list[Any]:
+    """GetItem of `ids` with `fields` (IdOnly shape plus them), as exchangelib's
+    `Account.fetch(ids, only_fields=fields)` builds it (account.py: fields validated and
+    normalised against a generic Folder, attribute fields left out), through `_GetItem`."""
+    if not ids:
+        return []
+    folder = EwsFolder(root=account.root)
+    for name in fields:
+        folder.validate_item_field(field=name, version=account.version)
+    additional = {f for f in folder.normalize_fields(fields=fields) if not f.field.is_attribute}
+    return list(
+        _GetItem(account=account).call(items=ids, additional_fields=additional, shape=ID_ONLY)
+    )
 
 
 # -- pure parts --------------------------------------------------------------------------------
@@ -664,7 +693,7 @@ class EwsStore:
         ids = [(r.item_id, r.change_key) if r.change_key else (r.item_id, None) for r in refs]
 
         def read(account: Any) -> list[Any]:
-            got = account.fetch(ids=[ItemId(i, None) for i, _ in ids], only_fields=list(fields))
+            got = _get_items(account, [ItemId(i, None) for i, _ in ids], list(fields))
             return _items(got)
 
         found: list[Any] = await self._call(read, what)
