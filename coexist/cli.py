@@ -621,6 +621,50 @@ def cutover_cmd(
     _render_run(result, as_json)
 
 
+@main.command("grant-access")
+@project_option
+@selection_options
+@click.option(
+    "--side",
+    type=click.Choice(["source", "target"]),
+    default="source",
+    show_default=True,
+    help="The Exchange organisation whose mailboxes the migration account is granted.",
+)
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Take the grants away again (Remove-MailboxPermission; the impersonation role "
+    "assignment coexist made).",
+)
+@plan_option
+@json_option
+@handles_errors
+def grant_access_cmd(
+    project: Path,
+    batch: str | None,
+    users: str | None,
+    all_users: bool,
+    side: str,
+    revoke: bool,
+    plan: bool,
+    as_json: bool,
+) -> None:
+    """Grant the migration account FullAccess on the batch's mailboxes, or the impersonation
+    role (Exchange over remote PowerShell, by [S.ews] access); --revoke takes them away."""
+    result = commands.grant_access(
+        project,
+        batch=batch,
+        users=_users(users),
+        all_users=all_users,
+        side=side,
+        revoke=revoke,
+        plan=plan,
+        progress=_progress(as_json),
+    )
+    _render_run(result, as_json)
+
+
 @main.command("rollback")
 @project_option
 @selection_options
@@ -939,6 +983,13 @@ def credentials_group() -> None:
 )
 @click.option("--ca-file", default=None, help="--oauth-app: the token endpoint's CA bundle.")
 @click.option(
+    "--aws-key",
+    default=None,
+    metavar="ACCESS_KEY_ID",
+    help="A workmail side's AWS access key for WorkMail's admin API ([SIDE.workmail]): its "
+    "id here, its secret read as the password.",
+)
+@click.option(
     "--password-stdin",
     is_flag=True,
     help="Read the password from the first line of stdin (else it is asked for, hidden). "
@@ -958,11 +1009,38 @@ def credentials_set_cmd(
     grant: str,
     scope: str | None,
     ca_file: str | None,
+    aws_key: str | None,
     password_stdin: bool,
     as_json: bool,
 ) -> None:
     """Store one user's password in the vault (or, --master, the side's master user's;
-    --oauth-app, the side's OAuth client secret)."""
+    --oauth-app, the side's OAuth client secret; --aws-key, a WorkMail side's AWS secret)."""
+    if aws_key is not None:
+        if user is not None or login is not None or master or oauth_app:
+            raise InputError(
+                "credentials set: --aws-key stores the side's AWS access key; leave out "
+                "--user, --login, --master and --oauth-app",
+                next_step=f"coexist credentials set --aws-key AKIA... --side {side}",
+            )
+        secret = (
+            sys.stdin.readline().rstrip("\r\n")
+            if password_stdin
+            else click.prompt(
+                f"{side} AWS secret access key for {aws_key}",
+                hide_input=True,
+                confirmation_prompt=True,
+                err=True,
+            )
+        )
+        stored = credentials.credentials_set_workmail_key(
+            project, secret, side=side, key_id=aws_key
+        )
+        if as_json:
+            click.echo(json.dumps(stored))
+            return
+        said = "stored" if stored["changed"] else "unchanged"
+        click.echo(f"{side} AWS access key {stored['login']}: {said}")
+        return
     if oauth_app and (user is not None or login is not None or master):
         raise InputError(
             "credentials set: --oauth-app stores the side's OAuth client (its login is "
@@ -1188,6 +1266,13 @@ def verify_cmd(
         click.echo(json.dumps(result))
     else:
         out.print(mailflow_table(result))
+        if result.get("method") == "configuration":
+            for p in result["probes"]:
+                out.print(f"{escape(p['user'])}: {escape(p['detail'])}")
+            out.print(
+                "hosted Exchange: routes read back from the source's configuration; no probe "
+                "was sent"
+            )
     if not result["ok"]:
         sys.exit(1)
 

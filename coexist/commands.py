@@ -20,10 +20,18 @@ from coexist import automatch as am
 from coexist import batches, credentials
 from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
-from coexist.cutover.flow import MODES, cutover_plan, rollback_plan
+from coexist.cutover.flow import (
+    MODES,
+    cutover_plan,
+    forward_contact_step,
+    hosted_cutover_plan,
+    rollback_plan,
+)
+from coexist.cutover.hosted import mail_route
 from coexist.discovery.discover import discover as discover_users
-from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES
+from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES, ews_admin
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
+from coexist.engine.step import Step
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
 from coexist.journal import Batch, Journal
@@ -34,6 +42,12 @@ from coexist.model import PHASES, STATUS_STATES, Phase, phase_at_least
 from coexist.permissions import MOVER_NEEDS, NEEDS, needs
 from coexist.provisioning.convert import LicenseStep, MailboxReadyStep
 from coexist.provisioning.exchange import object_id
+from coexist.provisioning.grants import (
+    FullAccessRevokedStep,
+    FullAccessStep,
+    ImpersonationStep,
+    mailbox_of,
+)
 from coexist.provisioning.groups import COPIED_GROUPS, group_steps, plan_group, source_groups
 from coexist.provisioning.mailusers import ADOPTED, provision_users
 from coexist.provisioning.plan import MATCHABLE_KINDS
@@ -43,6 +57,7 @@ from coexist.provisioning.provision import (
     provision_plans,
     target_index,
 )
+from coexist.provisioning.workmail import workmail_steps
 from coexist.retry import RetryPolicy
 from coexist.runtime import Session, open_journal, project_dir, project_writer, session
 from coexist.settings import Project, load_project, parse_duration, write_project
@@ -1147,8 +1162,23 @@ async def _prestage_licence(sess: Session, items: list[dict[str, Any]]) -> str |
 
 
 def _swaps_recipients(sess: Session) -> bool:
-    """Whether both sides have Exchange cmdlets: licences, forwards, the recipient swap."""
-    return all(side.has(CMDLETS) for side in (sess.ctx.source, sess.ctx.target))
+    """Whether both sides have a directory and Exchange cmdlets (Microsoft 365): licences,
+    forwards, the recipient swap. Two hosted Exchange organisations have cmdlets but no
+    directory here: their cutover forwards through forwarding objects instead."""
+    sides = (sess.ctx.source, sess.ctx.target)
+    return all(side.has(CMDLETS) and side.has(DIRECTORY) for side in sides)
+
+
+def _forwards_via_contact(sess: Session) -> bool:
+    """Whether cutover forwards the source mailbox to a forwarding object (the hosted-Exchange
+    seed): an Exchange source with remote PowerShell, in forward-on-source mode. Without
+    cmdlets (or in another mode) its cutover is the operator's MX change."""
+    source = sess.ctx.source
+    return (
+        source.kind == "exchange"
+        and source.has(CMDLETS)
+        and sess.project.cutover.mode == "forward-on-source"
+    )
 
 
 def _provisioned(sess: Session) -> Phase:
@@ -1160,10 +1190,17 @@ def _provisioned(sess: Session) -> Phase:
 
 
 def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> ItemPlan:
-    """A user's steps before its pre-stage pass (none without recipients to swap)."""
+    """A user's steps before its pre-stage pass (none without recipients to swap; a WorkMail
+    target with its admin API configured: the user made and the migration account let in)."""
     if _swaps_recipients(sess):
         return prestage_plans(sess.ctx, item, sku_id)
-    return ItemPlan("user", item["key"], [], None, label=str(item.get("source_address")))
+    # Hosted Exchange: the forwarding object is made ahead, as the seed makes it; a WorkMail
+    # target: the user made and the migration account let in.
+    steps: list[Step] = (
+        [forward_contact_step(sess.ctx, item)] if _forwards_via_contact(sess) else []
+    )
+    steps += workmail_steps(sess.ctx, item)
+    return ItemPlan("user", item["key"], steps, None, label=str(item.get("source_address")))
 
 
 def _with_credentials(sess: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1268,6 +1305,12 @@ def cutover(
             label = str(item.get("source_address"))
             gates = sess.project.migration.mover != "none"
             done = {"unfinished": None}
+            if _forwards_via_contact(sess):
+                # Hosted Exchange: the final pass, then the forward to the forwarding object.
+                return [
+                    ItemPlan("user", key, [final], None, label=label, gates=gates),
+                    hosted_cutover_plan(sess.ctx, item, done),
+                ]
             if not _swaps_recipients(sess):
                 # The operator's MX change is the swap: the final pass is the whole cutover.
                 phase = Phase.CUTOVER.value
@@ -1281,7 +1324,11 @@ def cutover(
             await sess.runner.run_pipelines([pipeline(i) for i in batch], limit)
 
         await _settle(sess, todo, one_round)
-        mode = sess.project.cutover.mode if _swaps_recipients(sess) else "mx-change"
+        mode = "mx-change"
+        if _swaps_recipients(sess):
+            mode = sess.project.cutover.mode
+        elif _forwards_via_contact(sess):
+            mode = "forward-on-source (forwarding objects)"
         return _result(sess, users=len(items), mode=mode)
 
     return _in_session(
@@ -1342,6 +1389,64 @@ def rollback(
     )
 
 
+def grant_access(
+    directory: Path | None = None,
+    *,
+    batch: str | Path | None = None,
+    users: list[str] | None = None,
+    all_users: bool = False,
+    side: str = "source",
+    revoke: bool = False,
+    plan: bool = False,
+    retry: RetryPolicy | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Grant the side's migration account (its `[S.ews] admin`) what its access mode needs,
+    over the organisation's remote PowerShell: FullAccess on each selected user's mailbox
+    (delegation) or the ApplicationImpersonation role (impersonation); `revoke` takes them
+    away again. Journaled, so a re-run changes nothing (provisioning/grants.py)."""
+    users = check_selection("grant-access", batch, users, all_users)
+    _choice_arg("--side", side, ("source", "target"))
+    args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
+    args |= {"side": side, "revoke": revoke}
+
+    async def body(sess: Session) -> dict[str, Any]:
+        sess.ctx.side(side).require(CMDLETS, "grant-access")
+        items = _selected(sess, batch=batch, users=users, what="grant-access")
+        account = ews_admin(sess.project, side).login
+        if sess.project.tenant(side).ews.access == "impersonation":
+            step = ImpersonationStep(subject=side, side=side, account=account, revoke=revoke)
+            label = f"the {side} organisation"
+            if not sess.planning:  # the item the role assignment's step is recorded on
+                sess.journal.upsert_item("organisation", side)
+            plans = [ItemPlan("organisation", side, [step], None, label=label)]
+        else:
+            kind = FullAccessRevokedStep if revoke else FullAccessStep
+            plans = [
+                ItemPlan(
+                    "user",
+                    i["key"],
+                    [
+                        kind(
+                            subject=i["key"],
+                            side=side,
+                            mailbox=mailbox_of(i, side),
+                            account=account,
+                        )
+                    ],
+                    None,
+                    label=str(i.get("source_address")),
+                )
+                for i in items
+            ]
+        await sess.runner.run(plans, sess.project.engine.concurrency_per_tenant)
+        return _result(sess, users=len(items), account=account)
+
+    return _in_session(
+        directory, "grant-access", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    )
+
+
 def _was_cut_over(item: dict[str, Any], plan: ItemPlan) -> bool:
     """Cut over (or rolled back), or partly: a cutover step recorded a before-state to restore."""
     return item.get("phase") in (Phase.CUTOVER.value, Phase.ROLLED_BACK.value) or bool(plan.steps)
@@ -1384,6 +1489,14 @@ def _refuse_never_cut_over(
 async def _arrivals(sess: Session, items: list[dict[str, Any]]) -> list[Arrivals]:
     """Mail in each still cut-over user's target mailbox since its cutover (arrivals.py)."""
     live = [i for i in items if i.get("phase") == Phase.CUTOVER.value]
+    if not sess.ctx.target.has(DIRECTORY):
+        # An Exchange/WorkMail/IMAP target: nothing here reads its directory, so the count is
+        # unknown, and unknown asks for the confirmation a count above zero asks for.
+        why = f"the target ({sess.ctx.target.kind}) is not counted: look in its mailbox"
+        return [
+            Arrivals(str(i.get("source_address") or i["key"]), i["key"], None, None, why)
+            for i in live
+        ]
     gate = asyncio.Semaphore(sess.project.engine.concurrency_per_tenant)
 
     async def one(item: dict[str, Any]) -> Arrivals:
@@ -1747,6 +1860,10 @@ def verify_mailflow(
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
+        if sess.ctx.source.kind == "exchange":
+            # Hosted Exchange: the route read back from the source's configuration.
+            routes = [await mail_route(sess.ctx, i) for i in items]
+            return {"ok": all(r["ok"] for r in routes), "probes": routes, "method": "configuration"}
         sender = sess.project.verify.service_mailbox or ""
         probes = await verify(sess.ctx, items, sender, wait_s=wait_s, retry=sess.runner.retry)
         return {"ok": all(p.ok for p in probes), "probes": [p.to_dict() for p in probes]}

@@ -32,7 +32,15 @@ from coexist.model import Phase
 from coexist.runtime import open_journal, project_dir
 from coexist.settings import Project, load_project
 from coexist.tenants.oauth import CLIENT_CREDENTIALS, GRANTS, M365_IMAP_SCOPE, OAuthApp
-from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, SIDES, Credential, Entries, Vault
+from coexist.vault import (
+    MASTER_ENTRY,
+    OAUTH_APP_ENTRY,
+    SIDES,
+    WORKMAIL_ENTRY,
+    Credential,
+    Entries,
+    Vault,
+)
 
 # What a user waiting for credentials waits for (status shows it); the prefix finds them.
 WAITING_FOR = "credentials"
@@ -319,6 +327,45 @@ def credentials_set_master(
             "changed": bool(changed),
             "no_longer_waiting": released,
         }
+    finally:
+        journal.close()
+
+
+def credentials_set_workmail_key(
+    directory: Path | None,
+    secret: str,
+    *,
+    side: str = "target",
+    key_id: str,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Store a WorkMail side's AWS access key (`credentials set --aws-key ID`): the vault
+    entry WORKMAIL_ENTRY (login: the key id, secret: the secret access key) that the side's
+    WorkMail admin API client reads before AWS_SECRET_ACCESS_KEY."""
+    if side not in SIDES:
+        raise InputError(
+            f"--side {side!r} is not one of: {', '.join(SIDES)}", next_step="--side target"
+        )
+    if not secret.strip() or not key_id.strip():
+        raise InputError(
+            "the access key id or its secret is empty",
+            next_step=f"coexist credentials set --aws-key AKIA... --side {side}",
+        )
+    project = load_project(project_dir(directory))
+    settings = project.tenant(side)
+    if settings.kind != "workmail":
+        raise InputError(
+            f"the {side} is of kind {settings.kind!r}, not workmail: an AWS key would never "
+            "be used",
+            next_step=f'set kind = "workmail" and [{side}.workmail] organization_id first',
+        )
+    journal = open_journal(project)
+    try:
+        vault = Vault.open(project.directory, env=env)
+        changed = vault.put({(WORKMAIL_ENTRY, side): Credential(key_id.strip(), secret)})
+        if changed:
+            journal.event(None, "info", f"credentials set: {side} AWS access key {key_id}")
+        return {"side": side, "login": key_id.strip(), "changed": bool(changed)}
     finally:
         journal.close()
 

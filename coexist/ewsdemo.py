@@ -4,19 +4,32 @@ end against the sandbox's EWS face.
 
 The sandbox serves its source and target tenants as the organisation kinds the scenario
 names (`Sandbox(kinds=...)`). Each EWS side gets a migration account made through the
-sandbox's account API (`coexist.sandbox.ews.add_account`: FullAccess on the demo's mailboxes,
-as `Add-MailboxPermission` would grant). Then the runbook goes through the same command
-functions the CLI runs: write the project (`[source] kind = "exchange"` / `[target] kind =
-"workmail"`, `[S.ews]` url/auth/version/admin), `credentials set --master` (the admin's
-password to the vault, under a fresh demo vault key), `batch import` of the user mapping,
-`verify-credentials`, `prestage --older-than 90d`, `cutover` (the full pass), `status` with
-the per-folder reconciliation, and `cutover` once more, which must copy nothing.
+sandbox's account API. Hosted Exchange: the account has no grant yet, and coexist grants it
+(`grant-access`, Add-MailboxPermission over the organisation's remote PowerShell, the sandbox's
+/PowerShell face); WorkMail: FullAccess on the demo's mailboxes, as the console would grant
+it. Then the runbook goes through the same command functions the CLI runs: write the project
+(`[source] kind = "exchange"` / `[target] kind = "workmail"`, `[S.ews]` url/auth/version/admin,
+powershell_url for hosted Exchange), `credentials set --master` (the admin's password to the
+vault, under a fresh demo vault key), `batch import` of the user mapping, `grant-access` (hosted
+Exchange), `verify-credentials`, `prestage --older-than 90d` (hosted Exchange: the forwarding
+objects first), `cutover` (the full pass; hosted Exchange: then each mailbox forwards to its
+forwarding object, keeping no copy), `status` with the per-folder reconciliation, `cutover`
+once more, which must copy nothing, and (hosted Exchange) a message to each old address,
+which must land once in the new mailbox only.
+
+With `--scenario workmail` the WorkMail users do not exist yet: the project's
+`[target.workmail]` names the sandbox's AWS WorkMail API (`sandbox/workmail.py`), and prestage
+creates each user there (CreateUser, RegisterToWorkMail) and grants the migration account
+FULL_ACCESS (PutMailboxPermissions) through boto3 before the data pass; `prestage --plan`
+first lists those calls and sends none, and a second prestage sends no WorkMail write.
 
 The demo is ok when every seeded message is in the target exactly once (by Message-ID, in a
 folder of the same path), except messages the target refuses (WorkMail's ~23 MB limit), which
-must be skipped and reported with the reason; every user is cut over; the re-run copies 0.
+must be skipped and reported with the reason; every user is cut over; the re-run copies 0;
+every grant is made and every probe lands where it should.
 What the target holds is read from the sandbox's store (the demo owns the sandbox); the
-migration itself only talks HTTPS/EWS (and Graph for a Microsoft 365 source).
+migration itself only talks HTTPS (EWS, remote PowerShell, and Graph for a Microsoft 365
+source).
 """
 
 from __future__ import annotations
@@ -44,6 +57,8 @@ MAX_USERS = 10
 BATCH = "ews-wave-1"
 OLDER_THAN = "90d"
 ACCOUNT = "svc-migrate"
+POWERSHELL_PATH = "/PowerShell"  # the sandbox's remote PowerShell (sandbox/psrp)
+PROBE_SENDER = "probe@elsewhere.example"
 # WorkMail's per-message limit as the face models it (~23 MB, *unverified*; NOTES-ewsface).
 OVERSIZE_BYTES = 24 * 1024 * 1024
 OVERSIZE_SUBJECT = "Scanned archive (oversize)"
@@ -119,7 +134,8 @@ def _demo(
     commands._choice_arg("--profile", profile, PROFILES)
     if mode != "forward-on-source":
         raise InputError(
-            f"--mode {mode}: the EWS demos end at cutover (forwarding is the operator's there)",
+            f"--mode {mode}: the EWS demos cut over with forwarding objects (hosted Exchange) "
+            "or the MX change (WorkMail)",
             next_step=f"leave out --mode with --scenario {scenario}",
         )
     if not 1 <= count <= MAX_USERS or per_user < 1 or time_scale <= 0:
@@ -152,9 +168,13 @@ def _demo(
         )
         stack.enter_context(_vault_key())
         run = Run(base, sb, scenario, _pairs(sb, count), say, progress)
+        if scenario == "workmail":
+            _new_workmail_users(run)
         _seed(run, seed, per_user)
-        passwords = _accounts(run, kinds)
-        commands.init(base, overrides=_settings(run, kinds, passwords))
+        # The demo runs the hosted-Exchange cmdlets through coexist (grant-access, forwarding
+        # objects, forwards); the organisation's own grants would be made by its admin.
+        passwords = _accounts(run, kinds, coexist_grants=True)
+        commands.init(base, overrides=_settings(run, kinds, passwords, powershell=True))
         say(
             f"project written: {base / 'project.toml'} ([source] kind = "
             f"{_kind(kinds['source'])}, [target] kind = {_kind(kinds['target'])})"
@@ -162,9 +182,17 @@ def _demo(
         for side, (_admin, password) in passwords.items():
             say(f"credentials set --master --side {side} (the migration account's password)")
             credentials.credentials_set_master(base, password, side=side)
-        for name, step in RUNBOOK:
+        if scenario == "workmail":
+            _workmail_key(run)
+        for name, step in RUNBOOKS[scenario]:
             run.results[name] = step(run)
+        _resolve_targets(run)
         return _verdict(run)
+
+
+def _has_powershell(org_kind: str) -> bool:
+    """Whether the demo reaches this organisation's cmdlets (hosted Exchange: /PowerShell)."""
+    return org_kind.startswith("exchange")
 
 
 def _kind(org_kind: str) -> str:
@@ -250,7 +278,9 @@ def _holdings(store: Any, tenant: str, mailbox: str) -> list[tuple[str, tuple[st
     ]
 
 
-def _accounts(run: Run, kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
+def _accounts(
+    run: Run, kinds: dict[str, str], *, coexist_grants: bool = False
+) -> dict[str, tuple[str, str]]:
     """Each EWS side's migration account, with FullAccess on the demo's mailboxes (the
     sandbox's account API, as the organisation's admin would grant it): side -> (UPN,
     password)."""
@@ -262,17 +292,30 @@ def _accounts(run: Run, kinds: dict[str, str]) -> dict[str, tuple[str, str]]:
             continue
         password = secrets.token_urlsafe(18)
         mailboxes = [p.source if side == "source" else p.target for p in run.pairs]
+        if coexist_grants and _has_powershell(kinds[side]):
+            # coexist grants it (grant-access, over the organisation's remote PowerShell).
+            account = add_account(run.sandbox.world, side, ACCOUNT, password)
+            run.say(f"{side} ({kinds[side]}): migration account {account.upn}, no grant yet")
+            out[side] = (account.upn, password)
+            continue
+        if kinds[side] == "workmail":
+            mailboxes = []  # prestage grants it (PutMailboxPermissions), user by user
         account = add_account(run.sandbox.world, side, ACCOUNT, password, full_access=mailboxes)
         run.say(
             f"{side} ({kinds[side]}): migration account {account.upn} with FullAccess on "
             f"{len(mailboxes)} mailboxes"
+            + (" (prestage grants it, PutMailboxPermissions)" if not mailboxes else "")
         )
         out[side] = (account.upn, password)
     return out
 
 
 def _settings(
-    run: Run, kinds: dict[str, str], passwords: dict[str, tuple[str, str]]
+    run: Run,
+    kinds: dict[str, str],
+    passwords: dict[str, tuple[str, str]],
+    *,
+    powershell: bool = False,
 ) -> dict[str, Any]:
     sb = run.sandbox
     settings: dict[str, Any] = {
@@ -295,17 +338,115 @@ def _settings(
             f"{side}.ews.admin": passwords[side][0],
             f"{side}.ews.ca_file": str(sb.connection["ca_file"]),
         }
+        if powershell and _has_powershell(org):
+            settings[f"{side}.ews.powershell_url"] = sb.base_url + POWERSHELL_PATH
+            settings[f"{side}.ews.powershell_auth"] = ews["auth"]
+        if org == "workmail":  # the AWS admin API: coexist makes the users and grants
+            info = sb.connection["tenants"][side]["workmail"]
+            settings |= {
+                f"{side}.workmail.organization_id": info["organization_id"],
+                f"{side}.workmail.region": info["region"],
+                f"{side}.workmail.endpoint": info["endpoint"],
+                f"{side}.workmail.ca_file": str(sb.connection["ca_file"]),
+            }
     return settings
+
+
+# -- WorkMail: the users are coexist's to make -------------------------------------------------
+def _new_workmail_users(run: Run) -> None:
+    """The WorkMail organisation starts without the migrating users (a new organisation, as
+    in audriga's guide): the sandbox's seeded users holding the pairs' addresses are removed,
+    so prestage must create them. Their ids are known once made (`_resolve_targets`)."""
+    from coexist.sandbox.ews.orgs import org_domain
+
+    tenant = run.sandbox.world.tenants["target"]
+    with run.sandbox.world.lock:
+        for p in run.pairs:
+            # Each person keeps their name: the new address is the source's local part.
+            p.target = f"{p.source.split('@')[0]}@{org_domain(tenant)}".lower()
+            owner = tenant.address_owner(p.target)
+            if owner is not None:
+                tenant.users.pop(owner.id, None)
+            p.target_id = ""
+        tenant.touch()
+    run.say(
+        f"target (workmail): the organisation has none of the {len(run.pairs)} users yet; "
+        "prestage creates them through the AWS WorkMail API"
+    )
+
+
+def _workmail_key(run: Run) -> None:
+    """The AWS access key of the sandbox's WorkMail organisation, into the project's vault
+    (entry WORKMAIL_ENTRY): never in project.toml, never printed."""
+    from coexist.vault import WORKMAIL_ENTRY, Credential, Vault
+
+    info = run.sandbox.connection["tenants"]["target"]["workmail"]
+    key = Credential(info["access_key_id"], info["secret_access_key"])
+    Vault.open(run.project).put({(WORKMAIL_ENTRY, "target"): key})
+    run.say("credentials: the WorkMail API's access key to the vault")
+
+
+def _resolve_targets(run: Run) -> None:
+    tenant = run.sandbox.world.tenants["target"]
+    for p in run.pairs:
+        if not p.target_id:
+            owner = tenant.address_owner(p.target)
+            p.target_id = owner.id if owner is not None else ""
+
+
+def _workmail_writes(run: Run) -> dict[str, int]:
+    from coexist.sandbox.workmail import CALLS_KEY
+
+    writes = ("CreateUser", "RegisterToWorkMail", "CreateAlias", "PutMailboxPermissions")
+    calls = run.sandbox.ctx.extra.get(CALLS_KEY, [])
+    return dict(Counter(op for op, _ in calls if op in writes))
+
+
+def _workmail_plan(run: Run) -> dict[str, Any]:
+    run.say("prestage --plan (every WorkMail API write listed, none sent)")
+    result = commands.prestage(run.project, batch=BATCH, older_than=OLDER_THAN, plan=True)
+    listed = [w for w in result["writes"] if w["system"] == "workmail"]
+    for w in listed:
+        run.say(f"  would {w['text']}")
+    result["workmail_listed"] = dict(Counter(w["operation"] for w in listed))
+    result["workmail_sent"] = _workmail_writes(run)
+    return result
+
+
+def _workmail_prestage(run: Run) -> dict[str, Any]:
+    result = _prestage(run)
+    result["workmail_sent"] = _workmail_writes(run)
+    run.say(
+        "  WorkMail API writes: "
+        + ", ".join(f"{op} {n}" for op, n in sorted(result["workmail_sent"].items()))
+    )
+    return result
+
+
+def _workmail_prestage_again(run: Run) -> dict[str, Any]:
+    run.say("prestage again (the users exist and are granted: no WorkMail write)")
+    result = commands.prestage(run.project, batch=BATCH, older_than=OLDER_THAN)
+    result["workmail_sent"] = _workmail_writes(run)
+    return result
 
 
 # -- the runbook ------------------------------------------------------------------------------
 def _batch_import(run: Run) -> dict[str, Any]:
     """The operator's mapping (source address, target address, batch) as a plain CSV: with
     an EWS side there is no `discover` (no directory on it), the file lists the users."""
-    run.say("batch import users.csv (Source Email, Destination Email, Batch)")
+    run.say("batch import users.csv (Source Email, Destination Email, Display Name, Batch)")
     folder = Path(tempfile.mkdtemp(prefix="coexist-demo-csv-"))
-    lines = ["Source Email,Destination Email,Batch"]
-    lines += [f"{p.source},{p.target},{BATCH}" for p in run.pairs]
+    source = run.sandbox.world.tenants["source"]
+    # MigrationWiz's Bulk Add columns with the people's names: forwarding objects are named
+    # after them (hosted Exchange), WorkMail users are created with them (CreateUser).
+    lines = ["Source Email,Source Login Name,Destination Email,First Name,Last Name,"
+             "Display Name,Batch"]  # fmt: skip
+    with run.sandbox.world.lock:
+        for p in run.pairs:
+            u = source.users[p.source_id]
+            names = [u.given_name or "", u.surname or "", u.display_name]
+            cells = [p.source, p.source, p.target, *(n.replace(",", " ") for n in names), BATCH]
+            lines.append(",".join(cells))
     path = write_private(folder / "users.csv", "\r\n".join(lines) + "\r\n")
     try:
         return commands.batch_import(run.project, path)
@@ -342,7 +483,40 @@ def _moved(project: Path) -> dict[str, int]:
     return demorunbook.moved(project, lower=True)
 
 
-RUNBOOK: tuple[tuple[str, Callable[[Run], dict[str, Any]]], ...] = (
+def _grant_access(run: Run) -> dict[str, Any]:
+    """The seed's grant, made by coexist: FullAccess for each side's migration account on the
+    batch's mailboxes there, over the organisation's remote PowerShell."""
+    out: dict[str, Any] = {}
+    for side in ("source", "target"):
+        run.say(f"grant-access --side {side} (Add-MailboxPermission FullAccess, journaled)")
+        result = commands.grant_access(run.project, batch=BATCH, side=side)
+        run.say(f"  {result['changed']} granted, {len(result['failed'])} failed")
+        out[side] = result
+    out["ok"] = not any(out[s]["failed"] for s in ("source", "target"))
+    return out
+
+
+def _mail_flow(run: Run) -> dict[str, Any]:
+    """After cutover, mail to each old address must land once, in the new mailbox only (the
+    source forwards to its forwarding object and keeps no copy)."""
+    run.say("mail flow: a message to each old address, after cutover")
+    rows = []
+    for p in run.pairs:
+        report = run.sandbox.deliver(
+            p.source, sender=PROBE_SENDER, subject=f"coexist demo probe for {p.source}"
+        )
+        landed = [c.address for c in report.inbox_copies()]
+        ok = [a.lower() for a in landed] == [p.target.lower()]
+        run.say(
+            f"  {p.source}: landed in {', '.join(landed) or 'no mailbox'}"
+            + ("" if ok else f" (expected {p.target} only)")
+        )
+        rows.append({"user": p.source, "landed": landed, "ok": ok})
+    return {"probes": rows, "ok": all(r["ok"] for r in rows)}
+
+
+Step = tuple[str, Callable[[Run], dict[str, Any]]]
+_RUNBOOK: tuple[Step, ...] = (
     ("batch_import", _batch_import),
     ("verify_credentials", _verify_credentials),
     ("prestage", _prestage),
@@ -350,6 +524,28 @@ RUNBOOK: tuple[tuple[str, Callable[[Run], dict[str, Any]]], ...] = (
     ("status", _status),
     ("rerun", _again),
 )
+# Hosted Exchange: coexist grants access first and, with the organisation's remote PowerShell,
+# makes the forwarding objects at prestage and forwards each mailbox at cutover; mail flow is
+# checked last (a probe in the target would show in the reconciliation above it).
+# WorkMail: the mailboxes exist once prestage has made them, so credentials are verified then.
+RUNBOOKS: dict[str, tuple[Step, ...]] = {
+    "hosted-exchange": (
+        _RUNBOOK[0],
+        ("grant_access", _grant_access),
+        *_RUNBOOK[1:],
+        ("mail_flow", _mail_flow),
+    ),
+    "workmail": (
+        ("batch_import", _batch_import),
+        ("plan", _workmail_plan),
+        ("prestage", _workmail_prestage),
+        ("verify_credentials", _verify_credentials),
+        ("cutover", _cutover),
+        ("status", _status),
+        ("rerun", _again),
+        ("prestage_again", _workmail_prestage_again),
+    ),
+}
 
 
 # -- the verdict ------------------------------------------------------------------------------
@@ -424,12 +620,39 @@ def _verdict(run: Run) -> dict[str, Any]:
         and len(u["skipped"]) == u["refused_expected"]
         and (u["phase"], u["state"]) == (Phase.CUTOVER.value, "ok")
         for u in per_user
-    ) and bool(results["verify_credentials"].get("ok", True))
+    ) and all(
+        bool(results[step].get("ok", True))
+        for step in ("verify_credentials", "grant_access", "mail_flow")
+        if step in results
+    )
+    report = _report(per_user)
+    if "mail_flow" in results:
+        report += [
+            f"  mail to {r['user']} after cutover: in {', '.join(r['landed']) or 'no mailbox'}"
+            for r in results["mail_flow"]["probes"]
+        ]
+    if run.scenario == "workmail":
+        n = len(run.pairs)
+        made = {"CreateUser": n, "RegisterToWorkMail": n, "PutMailboxPermissions": n}
+        results["workmail"] = {
+            "listed_by_plan": results["plan"]["workmail_listed"],
+            "sent_by_plan": results["plan"]["workmail_sent"],
+            "sent": results["prestage"]["workmail_sent"],
+            "sent_after_rerun": results["prestage_again"]["workmail_sent"],
+        }
+        ok = (
+            ok
+            and results["plan"]["workmail_listed"] == made
+            and not results["plan"]["workmail_sent"]
+            and results["prestage"]["workmail_sent"] == made
+            and results["prestage_again"]["workmail_sent"] == made
+            and all(p.target_id for p in run.pairs)
+        )
     out = {
         **results,
         "scenario": run.scenario,
         "users": per_user,
-        "report": _report(per_user),
+        "report": report,
         "ok": ok,
         "directory": str(run.project),
         "project": str(run.project),

@@ -26,8 +26,20 @@ from importlib import resources
 from typing import Any, Literal
 
 ViolationKind = Literal[
-    "unknown_cmdlet", "unknown_parameter", "on_premises_only", "missing_mandatory", "ambiguous_set"
+    "unknown_cmdlet",
+    "unknown_parameter",
+    "on_premises_only",
+    "online_only",
+    "missing_mandatory",
+    "ambiguous_set",
 ]
+# Which Exchange a call is checked against: Exchange Online (the default, InvokeCommand)
+# or on-premises Exchange Server (remote PowerShell, sandbox/psrp). On-premises, an
+# Exchange-Online-only parameter does not exist, the mirror image of the rule above.
+Plane = Literal["online", "onprem"]
+# Cmdlets missing from exo-cmdlets.json (RBAC: New-/Get-ManagementRoleAssignment),
+# extracted from the same docs commit into a file of their own; on-premises plane only.
+EXTRA_FILES = {"onprem": ("exo-cmdlets-rbac.json",)}
 
 ALL_SETS = "__AllParameterSets"
 # PowerShell's common parameters exist on every cmdlet but the reference omits them
@@ -61,6 +73,11 @@ COMMON_PARAMETERS = frozenset(
 OPTIONAL_OVERRIDES: dict[tuple[str, str], frozenset[str]] = {
     ("get-hostedoutboundspamfilterpolicy", ALL_SETS): frozenset({"identity"}),
 }
+# - Get-MailboxPermission: its two sets (Owner, AccessRights) both need only -Identity, yet
+#   `Get-MailboxPermission -Identity x` is the page's Example 1 and runs everywhere: the
+#   cmdlet declares a default set the reference does not mark. AccessRights (where -User
+#   lives; Owner is selected by its -Owner switch) is taken as that default (*unverified*).
+DEFAULT_SET_OVERRIDES: dict[str, str] = {"get-mailboxpermission": "AccessRights"}
 MANDATORY_OVERRIDES: dict[tuple[str, str], frozenset[str]] = {
     ("new-mailuser", "EnableRoomMailboxAccount"): frozenset({"MicrosoftOnlineServicesID"}),
 }
@@ -86,6 +103,10 @@ class ParameterSpec:
     sets: frozenset[str]
     exchange_online: bool
     aliases: tuple[str, ...]
+    on_premises: bool = False
+
+    def exists(self, plane: Plane) -> bool:
+        return self.exchange_online if plane == "online" else self.on_premises
 
     @property
     def is_switch(self) -> bool:
@@ -97,6 +118,10 @@ class ParameterSetSpec:
     name: str
     required: frozenset[str]  # canonical parameter names
     exchange_online_usable: bool
+    on_premises_usable: bool = False
+
+    def usable(self, plane: Plane) -> bool:
+        return self.exchange_online_usable if plane == "online" else self.on_premises_usable
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,7 @@ class CmdletSpec:
     parameters: Mapping[str, ParameterSpec]  # lower-case name or alias -> spec
     sets: tuple[ParameterSetSpec, ...]  # SYNTAX order
     default_set: str | None
+    on_premises: bool = False
 
     def parameter(self, name: str) -> ParameterSpec | None:
         return self.parameters.get(name.lower())
@@ -117,16 +143,16 @@ class CmdletSpec:
             seen.setdefault(p.name, p)
         return list(seen.values())
 
-    def usable_sets(self) -> list[ParameterSetSpec]:
-        return [s for s in self.sets if s.exchange_online_usable]
+    def usable_sets(self, plane: Plane = "online") -> list[ParameterSetSpec]:
+        return [s for s in self.sets if s.usable(plane)]
 
-    def mandatory_parameters(self) -> set[str]:
-        """Names mandatory in at least one Exchange-Online-usable set."""
-        return {p for s in self.usable_sets() for p in s.required}
+    def mandatory_parameters(self, plane: Plane = "online") -> set[str]:
+        """Names mandatory in at least one set usable in `plane`."""
+        return {p for s in self.usable_sets(plane) for p in s.required}
 
 
-def _load_raw() -> dict[str, Any]:
-    text = resources.files("coexist.data").joinpath("exo-cmdlets.json").read_text("utf-8")
+def _load_raw(name: str = "exo-cmdlets.json") -> dict[str, Any]:
+    text = resources.files("coexist.data").joinpath(name).read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 
@@ -143,6 +169,7 @@ def _build_cmdlet(name: str, raw: Mapping[str, Any]) -> CmdletSpec:
             sets=member_of,
             exchange_online=bool(p["exchange_online"]),
             aliases=tuple(p.get("aliases") or ()),
+            on_premises=bool(p.get("on_premises")),
         )
         params[pname.lower()] = spec
         for alias in spec.aliases:
@@ -157,21 +184,26 @@ def _build_cmdlet(name: str, raw: Mapping[str, Any]) -> CmdletSpec:
         required -= {
             r for r in required if r.lower() in OPTIONAL_OVERRIDES.get((key, sname), frozenset())
         }
-        usable = all(params[r.lower()].exchange_online for r in required if r.lower() in params)
-        sets.append(ParameterSetSpec(sname, frozenset(required), usable))
+        known = [params[r.lower()] for r in required if r.lower() in params]
+        usable = all(p.exchange_online for p in known)
+        on_prem = all(p.on_premises for p in known)
+        sets.append(ParameterSetSpec(sname, frozenset(required), usable, on_prem))
     return CmdletSpec(
         name=name,
         exchange_online=bool(raw["exchange_online_cmdlet"]),
         parameters=params,
         sets=tuple(sets),
         default_set=raw.get("default_parameter_set_marked_in_doc"),
+        on_premises=bool(raw.get("on_premises_cmdlet")),
     )
 
 
 @cache
-def load_spec() -> dict[str, CmdletSpec]:
-    """Every cmdlet of the reference, keyed by lower-case name."""
-    raw = _load_raw()["cmdlets"]
+def load_spec(plane: Plane = "online") -> dict[str, CmdletSpec]:
+    """Every cmdlet of the reference (and the plane's extra files), keyed by lower-case name."""
+    raw = dict(_load_raw()["cmdlets"])
+    for extra in EXTRA_FILES.get(plane, ()):
+        raw.update(_load_raw(extra)["cmdlets"])
     return {name.lower(): _build_cmdlet(name, c) for name, c in raw.items()}
 
 
@@ -179,9 +211,10 @@ def cmdlet_names() -> list[str]:
     return [c.name for c in load_spec().values()]
 
 
-def cmdlet_spec(cmdlet: str) -> CmdletSpec:
-    spec = load_spec().get(cmdlet.lower())
-    if spec is None or not spec.exchange_online:
+def cmdlet_spec(cmdlet: str, plane: Plane = "online") -> CmdletSpec:
+    spec = load_spec(plane).get(cmdlet.lower())
+    exists = spec is not None and (spec.exchange_online if plane == "online" else spec.on_premises)
+    if spec is None or not exists:
         raise SpecViolation(
             "unknown_cmdlet",
             cmdlet,
@@ -217,38 +250,39 @@ def ambiguous_message(names: Iterable[str]) -> str:
     )
 
 
-def canonicalize(cmdlet: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def canonicalize(cmdlet: str, params: Mapping[str, Any], plane: Plane = "online") -> dict[str, Any]:
     """Map the call's parameter names to the reference's spelling, refusing unknown ones.
 
-    Raises `SpecViolation` (unknown_cmdlet, unknown_parameter, on_premises_only).
+    Raises `SpecViolation` (unknown_cmdlet, unknown_parameter, on_premises_only, online_only).
     """
-    spec = cmdlet_spec(cmdlet)
+    spec = cmdlet_spec(cmdlet, plane)
     out: dict[str, Any] = {}
     unknown: list[str] = []
-    on_prem: list[str] = []
+    elsewhere: list[str] = []
     for name, value in params.items():
         p = spec.parameter(name)
         if p is None and name.lower() in COMMON_PARAMETERS:
             continue
         if p is None:
             unknown.append(name)
-        elif not p.exchange_online:
-            on_prem.append(name)
+        elif not p.exists(plane):
+            elsewhere.append(name)
         else:
             out[p.name] = value
-    if unknown or on_prem:
-        # In Exchange Online an on-premises-only parameter simply does not exist.
-        kind: ViolationKind = "unknown_parameter" if unknown else "on_premises_only"
-        names = unknown + on_prem
+    if unknown or elsewhere:
+        # A parameter of the other Exchange simply does not exist in this one.
+        other: ViolationKind = "on_premises_only" if plane == "online" else "online_only"
+        kind: ViolationKind = "unknown_parameter" if unknown else other
+        names = unknown + elsewhere
         raise SpecViolation(kind, spec.name, names, unknown_parameter_message(names))
     return out
 
 
-def resolve_parameter_set(cmdlet: str, params: Mapping[str, Any]) -> str:
-    """The Exchange Online parameter set a call binds to, or `SpecViolation`."""
-    spec = cmdlet_spec(cmdlet)
-    given = set(canonicalize(cmdlet, params))
-    usable = spec.usable_sets()
+def resolve_parameter_set(cmdlet: str, params: Mapping[str, Any], plane: Plane = "online") -> str:
+    """The parameter set a call binds to in `plane` (Exchange Online by default)."""
+    spec = cmdlet_spec(cmdlet, plane)
+    given = set(canonicalize(cmdlet, params, plane))
+    usable = spec.usable_sets(plane)
     candidates = [
         s for s in usable if all(s.name in spec.parameters[g.lower()].sets for g in given)
     ]
@@ -261,14 +295,14 @@ def resolve_parameter_set(cmdlet: str, params: Mapping[str, Any]) -> str:
         )
     satisfied = [s for s in candidates if s.required <= given]
     if not satisfied:
-        best = _preferred(spec, candidates)
+        best = _preferred(spec, candidates, plane)
         missing = [r for r in _ordered_required(spec, best) if r not in given]
         raise SpecViolation(
             "missing_mandatory", spec.name, missing, missing_mandatory_message(missing)
         )
     if len(satisfied) == 1:
         return satisfied[0].name
-    default = _default_set(spec)
+    default = _default_set(spec, plane)
     if default is not None and any(s.name == default for s in satisfied):
         return default
     # The most specific set (most mandatory parameters bound) wins, as PowerShell
@@ -281,17 +315,20 @@ def resolve_parameter_set(cmdlet: str, params: Mapping[str, Any]) -> str:
     raise SpecViolation("ambiguous_set", spec.name, names, ambiguous_message(names))
 
 
-def _default_set(spec: CmdletSpec) -> str | None:
+def _default_set(spec: CmdletSpec, plane: Plane = "online") -> str | None:
     """The doc-marked default, else 'Identity' (Exchange's usual DefaultParameterSetName)."""
-    names = [s.name for s in spec.usable_sets()]
-    for choice in (spec.default_set, "Identity", ALL_SETS):
+    names = [s.name for s in spec.usable_sets(plane)]
+    marked = DEFAULT_SET_OVERRIDES.get(spec.name.lower(), spec.default_set)
+    for choice in (marked, "Identity", ALL_SETS):
         if choice in names:
             return choice
     return None
 
 
-def _preferred(spec: CmdletSpec, candidates: list[ParameterSetSpec]) -> ParameterSetSpec:
-    default = _default_set(spec)
+def _preferred(
+    spec: CmdletSpec, candidates: list[ParameterSetSpec], plane: Plane = "online"
+) -> ParameterSetSpec:
+    default = _default_set(spec, plane)
     for s in candidates:
         if s.name == default:
             return s
@@ -316,6 +353,7 @@ __all__ = [
     "CmdletSpec",
     "ParameterSetSpec",
     "ParameterSpec",
+    "Plane",
     "SpecViolation",
     "canonicalize",
     "cmdlet_names",

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import requests
 
 from coexist import autoforward as af
+from coexist.cutover.hosted import kept_copies
 from coexist.discovery.scope import find_scope_group, transitive_user_ids
-from coexist.engine.context import Context, Side, ews_admin, ews_endpoint
+from coexist.engine.context import Context, Side, ews_admin, ews_endpoint, powershell_runner
 from coexist.errors import (
     AuthenticationError,
     CoexistError,
@@ -48,6 +49,7 @@ from coexist.tenants.auth import TenantCredentials
 from coexist.tenants.base import connection_error
 from coexist.tenants.ews import (
     GRANTS,
+    AdminLogin,
     EwsEndpoint,
     EwsLimits,
     EwsServer,
@@ -979,6 +981,14 @@ async def ews_side_checks(probe: SideProbe) -> list[Check]:
         out.append(Check(f"{side} credentials", "fail", exc.message, exc.next_step or ""))
         return out + tail
     sample = _sample(probe, settings.access)
+    made_later: list[str] = []
+    if kind == "workmail" and tenant.workmail.enabled:
+        # Users prestage creates in WorkMail (the admin API) have no mailbox yet: not a failure.
+        api, made_later = await workmail_api_check(probe)
+        out.append(api)
+        sample = [a for a in sample if a not in made_later]
+    if settings.powershell_url and kind == "exchange":
+        out += await powershell_checks(probe, admin)
     first = sample[0] if sample else admin.login  # no users yet: the admin's own mailbox
     server = EwsServer(endpoint, admin, EwsLimits(1, 1, calls=2), retry=retry_policy(project))
     said: ServerVersion | None = None
@@ -997,6 +1007,15 @@ async def ews_side_checks(probe: SideProbe) -> list[Check]:
     if login.status == "ok":
         if sample:
             out.append(access_check(probe, admin.login, settings.access, kind, results))
+        elif made_later:
+            out.append(
+                Check(
+                    f"{side} access",
+                    "ok",
+                    f"the batch's {len(made_later)} WorkMail users do not exist yet: prestage "
+                    f"creates them and grants {admin.login} FULL_ACCESS",
+                )
+            )
         else:
             out.append(
                 Check(
@@ -1009,6 +1028,103 @@ async def ews_side_checks(probe: SideProbe) -> list[Check]:
             )
         out.append(version_check(probe, said, settings.version, pinned_version(project, side)))
     return out + tail
+
+
+async def powershell_checks(probe: SideProbe, admin: AdminLogin) -> list[Check]:
+    """An Exchange side with remote PowerShell ([S.ews] powershell_url): the admin runs
+    cmdlets there; at the source, no migrating mailbox forwards while keeping a local copy
+    (DeliverToMailboxAndForward): mail it forwards to the new mailbox during the move would
+    reach it twice, forwarded and then copied by the next delta pass (the seed's warning)."""
+    side = probe.side
+    tenant = probe.project.tenant(side)
+    runner = powershell_runner(tenant, side, admin, None)
+    if runner is None:
+        return []
+    name = f"{side} remote PowerShell"
+    try:
+        try:
+            await runner.run("Get-AcceptedDomain")
+        except CoexistError as exc:
+            return [Check(name, "fail", exc.message, exc.next_step or "")]
+        out = [
+            Check(name, "ok", f"{admin.login} runs Exchange cmdlets at {tenant.ews.powershell_url}")
+        ]
+        if side != "source" or not probe.items:
+            return out
+        boxes: list[dict[str, Any]] = []
+        for item in probe.items:
+            try:
+                boxes += await runner.run("Get-Mailbox", Identity=_address(item, side))
+            except NotFound:
+                continue  # the access check names mailboxes that cannot be opened
+        kept = kept_copies(boxes)
+        if not kept:
+            out.append(
+                Check(
+                    f"{side} forwarding",
+                    "ok",
+                    f"none of the {len(boxes)} migrating mailboxes keeps a local copy while "
+                    "forwarding",
+                )
+            )
+            return out
+        names = [str(b.get("PrimarySmtpAddress") or b.get("Name")) for b in kept]
+        out.append(
+            Check(
+                f"{side} forwarding",
+                "warn",
+                f"{len(kept)} migrating mailbox(es) forward and keep a local copy "
+                f"(DeliverToMailboxAndForward $true): mail forwarded to the new mailbox would "
+                f"reach it twice, forwarded and then copied by a delta pass: {_listed_more(names)}",
+                "Set-Mailbox -Identity <mailbox> -DeliverToMailboxAndForward $false before the "
+                "next pass (coexist cutover sets it on the forward it makes)",
+            )
+        )
+        return out
+    finally:
+        await runner.close()
+
+
+async def workmail_api_check(probe: SideProbe) -> tuple[Check, list[str]]:
+    """WorkMail's admin API ([S.workmail]): the key signs in, the organisation is active, the
+    migration account is one of its users; and which of the batch's addresses prestage will
+    create (no WorkMail user holds them yet)."""
+    from coexist.engine.context import SideOptions, workmail_admin
+
+    project, side = probe.project, probe.side
+    name = f"{side} workmail api"
+    try:
+        api = workmail_admin(
+            project, side, SideOptions(env=probe.env, read_retry=retry_policy(project))
+        )
+    except CoexistError as exc:
+        return Check(name, "fail", exc.message, exc.next_step or ""), []
+    assert api is not None
+    try:
+        org = await api.organization()
+        users = await api.users()
+    except CoexistError as exc:
+        return Check(name, "fail", exc.message, exc.next_step or ""), []
+    finally:
+        await api.close()
+    held = {str(u.get("Email") or "").lower() for u in users} - {""}
+    names = {str(u.get("Name") or "").lower() for u in users}
+    tenant = project.tenant(side)
+    grantee = (tenant.workmail.migration_account or tenant.ews.admin or "").lower()
+    missing = sorted({_address(i, side).lower() for i in probe.items} - held)
+    detail = (
+        f"organisation {org.get('OrganizationId')} ({org.get('DefaultMailDomain')}) is "
+        f"{org.get('State')}; {len(missing)} of the batch's users to create"
+    )
+    if org.get("State") != "Active":
+        return Check(name, "fail", detail, "wait until the organisation is Active"), missing
+    if grantee not in held and grantee not in names:
+        fix = (
+            f"create the WorkMail user {grantee} (the EWS admin), or set [{side}.workmail] "
+            "migration_account; then re-run preflight"
+        )
+        return Check(name, "fail", f"{detail}; no WorkMail user {grantee}", fix), missing
+    return Check(name, "ok", f"{detail}; migration account {grantee}"), missing
 
 
 def _no_more_checks(probe: SideProbe, endpoint: EwsEndpoint) -> list[Check]:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coexist.engine.context import Context, SideOptions, check_command, open_sides
+from coexist.engine.context import (
+    Context,
+    SideOptions,
+    check_command,
+    open_sides,
+    side_capabilities,
+)
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
 from coexist.journal import Journal
@@ -123,7 +129,8 @@ async def session(
     project = load_project(project_dir(directory), env=env)
     # A command a side's kind cannot serve is refused before the journal or any endpoint.
     kinds = {side: project.tenant(side).kind for side in ("source", "target")}
-    check_command(kinds, command, str(project.file))
+    capabilities = {side: side_capabilities(project.tenant(side)) for side in ("source", "target")}
+    check_command(kinds, command, str(project.file), capabilities)
     journal = open_journal(project)
     writer: Writer | None = None
     try:

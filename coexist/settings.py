@@ -46,7 +46,7 @@ TENANT_SIDES = ("source", "target")
 # settings are the side's own table (as before kinds existed), has its own table under the
 # side: [source.imap]. What each kind can do is engine/context.KIND_CAPABILITIES.
 KINDS = ("m365", "imap", "exchange", "workmail")
-KIND_TABLES = ("imap", "ews")
+KIND_TABLES = ("imap", "ews", "workmail")
 # The table of each kind's settings under its side: Exchange and WorkMail are both spoken to
 # over EWS, with the same settings ([source.ews]).
 KIND_TABLE: dict[str, str] = {"imap": "imap", "exchange": "ews", "workmail": "ews"}
@@ -127,6 +127,18 @@ SECTIONS: dict[str, str] = {
     ),
     "target.ews": 'The target EWS endpoint, when [target] kind = "exchange" or "workmail". As '
     "[source.ews].",
+    "source.workmail": (
+        'Amazon WorkMail\'s admin API (AWS), when [source] kind = "workmail": the organisation '
+        "whose users coexist creates and grants the migration account access to. The access "
+        "key's secret goes in the credential vault or AWS_SECRET_ACCESS_KEY, never here."
+    ),
+    "target.workmail": (
+        'Amazon WorkMail\'s admin API (AWS), when [target] kind = "workmail". With '
+        "organization_id set, prestage creates each user of the batch in WorkMail (name, "
+        "display name, primary address, initial password from the vault, RegisterToWorkMail), "
+        "adds its aliases and grants the migration account FULL_ACCESS before the data pass. "
+        "The access key's secret goes in the credential vault or AWS_SECRET_ACCESS_KEY."
+    ),
 }
 
 
@@ -395,12 +407,88 @@ def _ews_settings(side: str) -> list[Setting]:
             env=env("ca_file"),
         ),
         Setting(
+            f"{side}.ews.powershell_url",
+            "str",
+            "",
+            "Exchange's remote PowerShell endpoint, https://HOST/PowerShell (configuration "
+            "Microsoft.Exchange), when kind = exchange. Given, coexist runs the cmdlets itself: "
+            "forwarding objects at prestage, the per-batch forward at cutover, rollback and "
+            "coexist grant-access. Blank = no cmdlets: cutover is the operator's MX change.",
+            env=env("powershell_url"),
+        ),
+        Setting(
+            f"{side}.ews.powershell_auth",
+            "str",
+            "negotiate",
+            "How the admin signs in to remote PowerShell: negotiate (Kerberos, else NTLM), "
+            "kerberos, ntlm or basic. Same admin and password as EWS.",
+            choices=("negotiate", "kerberos", "ntlm", "basic"),
+        ),
+        Setting(
             f"{side}.ews.mailboxes_at_once",
             "int",
             0,
             "Mailboxes open at once on this server. 0 = by access: 20 under delegation (one "
             "throttling budget for the admin, as MigrationWiz advises), 50 under impersonation.",
             minimum=0,
+        ),
+    ]
+
+
+def _workmail_settings(side: str) -> list[Setting]:
+    """The [source.workmail] and [target.workmail] tables (kind = "workmail"): the AWS API."""
+    up = side.upper()
+
+    def env(name: str) -> str:
+        return f"COEXIST_{up}_WORKMAIL_{name.upper()}"
+
+    return [
+        Setting(
+            f"{side}.workmail.organization_id",
+            "str",
+            "",
+            "The WorkMail organisation (m-0123...: the console's Organization ID). Blank = "
+            "coexist does not administer WorkMail: users and permissions are made by hand.",
+            env=env("organization_id"),
+        ),
+        Setting(
+            f"{side}.workmail.region",
+            "str",
+            "",
+            "The organisation's AWS region (e.g. eu-west-1). Blank = [" + side + ".ews] region.",
+            env=env("region"),
+        ),
+        Setting(
+            f"{side}.workmail.endpoint",
+            "str",
+            "",
+            "The API's endpoint URL. Blank = AWS's own for the region "
+            "(https://workmail.REGION.amazonaws.com); the sandbox's for rehearsals.",
+            env=env("endpoint"),
+        ),
+        Setting(
+            f"{side}.workmail.access_key_id",
+            "str",
+            "",
+            "The AWS access key id (of an IAM identity allowed the workmail: actions coexist "
+            "uses). Blank = the environment's AWS_ACCESS_KEY_ID. Its secret: the vault, else "
+            "AWS_SECRET_ACCESS_KEY.",
+            env=env("access_key_id"),
+        ),
+        Setting(
+            f"{side}.workmail.ca_file",
+            "path",
+            "",
+            "Extra CA bundle (PEM) to trust for the API endpoint; blank = the system store. "
+            "Certificate verification is always on.",
+            env=env("ca_file"),
+        ),
+        Setting(
+            f"{side}.workmail.migration_account",
+            "str",
+            "",
+            "The WorkMail user (email or user name) granted FULL_ACCESS on each mailbox, the "
+            "login coexist opens mailboxes with over EWS. Blank = [" + side + ".ews] admin.",
         ),
     ]
 
@@ -436,9 +524,11 @@ SETTINGS: tuple[Setting, ...] = (
     *_tenant_settings("source"),
     *_imap_settings("source"),
     *_ews_settings("source"),
+    *_workmail_settings("source"),
     *_tenant_settings("target"),
     *_imap_settings("target"),
     *_ews_settings("target"),
+    *_workmail_settings("target"),
     Setting(
         "domains.source_forwarding_domain",
         "str",
@@ -564,6 +654,23 @@ SETTINGS: tuple[Setting, ...] = (
         "create a mail contact at the source carrying the original address, so coexistence "
         "holds and the mailbox can be recovered.",
         choices=("forward-on-source", "leave-forward-on-target", "rename-source"),
+    ),
+    Setting(
+        "cutover.forward_contact_name",
+        "str",
+        "{display_name} (External Forward)",
+        "Hosted Exchange sources with remote PowerShell: the Name of each user's forwarding "
+        "object, the hidden mail contact at the source that points at the new address and that "
+        "the mailbox forwards to at cutover (forward-on-source). Fields: {display_name}, "
+        "{alias}, {address}.",
+    ),
+    Setting(
+        "cutover.forward_contact_ou",
+        "str",
+        "",
+        "Hosted Exchange sources: the organizational unit the forwarding objects are created "
+        "in (New-MailContact -OrganizationalUnit), e.g. the tenant's OU at a hosting "
+        "provider. Blank = Exchange's default.",
     ),
     Setting(
         "cutover.rename_prefix",
@@ -1091,6 +1198,8 @@ class EwsSettings(_Section):
     access: str
     admin: str | None
     ca_file: Path | None
+    powershell_url: str | None
+    powershell_auth: str
     mailboxes_at_once: int
 
     def service_url(self) -> str | None:
@@ -1106,6 +1215,23 @@ class EwsSettings(_Section):
         if self.mailboxes_at_once:
             return self.mailboxes_at_once
         return 20 if self.access == "delegation" else 50
+
+
+@dataclass(frozen=True, repr=False)
+class WorkMailSettings(_Section):
+    """Amazon WorkMail's admin API ([source.workmail] / [target.workmail]: kind workmail)."""
+
+    organization_id: str | None
+    region: str | None
+    endpoint: str | None
+    access_key_id: str | None
+    ca_file: Path | None
+    migration_account: str | None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether coexist administers the organisation (creates users, grants access)."""
+        return bool(self.organization_id)
 
 
 @dataclass(frozen=True, repr=False)
@@ -1126,6 +1252,7 @@ class TenantSettings(_Section):
     sandbox_connection: Path | None
     imap: ImapSettings
     ews: EwsSettings
+    workmail: WorkMailSettings
     # Resolved from the environment at load time; never shown, never written.
     client_secret: str | None = field(default=None, metadata={"secret": True})
     file: Path = field(default=Path(PROJECT_FILE), metadata={"hidden": True})
@@ -1244,6 +1371,8 @@ class Trial(_Section):
 @dataclass(frozen=True, repr=False)
 class Cutover(_Section):
     mode: str
+    forward_contact_name: str
+    forward_contact_ou: str | None
     rename_prefix: str
 
 
@@ -1282,6 +1411,8 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "target.imap": ImapSettings,
     "source.ews": EwsSettings,
     "target.ews": EwsSettings,
+    "source.workmail": WorkMailSettings,
+    "target.workmail": WorkMailSettings,
     "project": ProjectSection,
     "source": TenantSettings,
     "target": TenantSettings,
@@ -1804,6 +1935,8 @@ def _check_kind_tables(values: Mapping[str, Any], directory: Path, path: Path) -
             if kind == "m365"
             else section_settings(f"{side}.{KIND_TABLE[kind]}")
         )
+        if kind == "workmail":  # its EWS table and its AWS admin API's
+            own = own + section_settings(f"{side}.workmail")
         for s in SETTINGS:
             if not s.key.startswith(f"{side}.") or s in own or s.key == f"{side}.kind":
                 continue

@@ -11,6 +11,7 @@ from coexist.engine.step import Step
 from coexist.model import Phase, SourceMailbox, proxies_of
 from coexist.provisioning.exchange import own_addresses
 
+from .hosted import ContactForwardStep, ForwardContactStep, contact_alias, contact_name
 from .rollback import RemoveSourceContactStep, RestoreSourceMailboxStep, RestoreTargetForwardStep
 from .steps import (
     ClearTargetForwardStep,
@@ -74,6 +75,36 @@ def cutover_steps(ctx: Context, item: dict[str, Any], routing_domain: str) -> li
     return steps
 
 
+def forward_contact_step(ctx: Context, item: dict[str, Any]) -> ForwardContactStep:
+    """The user's forwarding object at a hosted Exchange source (created at prestage)."""
+    address = str(item.get("source_address") or item["key"])
+    settings = ctx.project.cutover
+    return ForwardContactStep(
+        subject=item["key"],
+        contact_name=contact_name(settings.forward_contact_name, item),
+        alias=contact_alias(address),
+        external_address=str(item.get("target_address") or ""),
+        organizational_unit=settings.forward_contact_ou or None,
+        source_addresses=(address.lower(),),
+    )
+
+
+def hosted_cutover_plan(
+    ctx: Context, item: dict[str, Any], done: Mapping[str, Any] | None = None
+) -> ItemPlan:
+    """A hosted Exchange source's cutover: its forwarding object is in place (made at
+    prestage; made now if it was not), then the mailbox forwards to it, keeping no copy."""
+    steps: list[Step] = [forward_contact_step(ctx, item), ContactForwardStep(subject=item["key"])]
+    return ItemPlan(
+        "user",
+        item["key"],
+        steps,
+        Phase.CUTOVER.value,
+        label=str(item.get("source_address")),
+        done=done or {},
+    )
+
+
 def cutover_plan(
     ctx: Context, item: dict[str, Any], routing_domain: str, done: Mapping[str, Any] | None = None
 ) -> ItemPlan:
@@ -95,7 +126,13 @@ def rollback_plan(ctx: Context, item: dict[str, Any]) -> ItemPlan:
     renamed = journal.get_step(f"{RenamedForwardStep.name}:{key}") or journal.get_step(
         f"{RenameSourceStep.name}:{key}"
     )
-    for name in (RenamedForwardStep.name, RenameSourceStep.name, SourceForwardStep.name):
+    names = (
+        RenamedForwardStep.name,
+        RenameSourceStep.name,
+        SourceForwardStep.name,
+        ContactForwardStep.name,
+    )
+    for name in names:
         if name == RenameSourceStep.name and renamed:
             # After the renamed mailbox stops forwarding to the contact (reverse order of
             # cutover) and before its addresses go back to the mailbox, which the contact

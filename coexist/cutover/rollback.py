@@ -45,7 +45,7 @@ async def _restore(
     params = {k: v for k, v in changes.items()}
     if params.get("ForwardingSmtpAddress"):
         params["ForwardingSmtpAddress"] = bare(params["ForwardingSmtpAddress"])
-    await ctx.side(side).exo.run("Set-Mailbox", Identity=identity, **params)
+    await ctx.side(side).cmdlets.run("Set-Mailbox", Identity=identity, **params)
     return StepResult(
         True, current, {**current, **changes}, "restored " + ", ".join(sorted(changes))
     )

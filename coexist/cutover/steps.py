@@ -36,7 +36,7 @@ from coexist.tenants.exo import hashtable
 
 
 async def source_mailbox(ctx: Context, subject: str) -> dict[str, Any] | None:
-    return await find_one(ctx.source.exo, "Get-Mailbox", subject)
+    return await find_one(ctx.source.cmdlets, "Get-Mailbox", subject)
 
 
 def refuse_source_address(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from coexist.errors import ConfigError, InputError
+from coexist.errors import CoexistError, ConfigError, InputError
+from coexist.provisioning.exchange import CmdletRunner
 from coexist.retry import RetryPolicy
 from coexist.tenants.auth import TenantCredentials, TenantEndpoint
 from coexist.tenants.base import READ_RETRY
@@ -29,8 +32,10 @@ from coexist.tenants.imap import (
 from coexist.tenants.mailbox_governor import MailboxLimits
 from coexist.tenants.oauth import CLIENT_CREDENTIALS, OAuthApp, TokenSource
 from coexist.tenants.plan import WriteRecorder
+from coexist.tenants.psrp import PsrpEndpoint, PsrpLogin, PsrpRunner
 from coexist.tenants.throttle import WriteBudget, WriteLimits
-from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, Vault
+from coexist.tenants.workmail import WorkMailAdmin, WorkMailEndpoint, secret_from
+from coexist.vault import MASTER_ENTRY, OAUTH_APP_ENTRY, WORKMAIL_ENTRY, Vault
 
 # What each endpoint kind offers a phase (DESIGN.md "Endpoint kinds"): a directory (who
 # exists; recipients created and forwarded), Exchange cmdlets, a mailbox store (folders and
@@ -45,6 +50,26 @@ KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "exchange": frozenset({STORE}),
     "workmail": frozenset({STORE}),
 }
+
+
+def _exchange_extras(tenant: Any) -> frozenset[str]:
+    """An Exchange organisation has cmdlets where its remote PowerShell endpoint is given."""
+    return frozenset({CMDLETS}) if tenant.ews.powershell_url else frozenset()
+
+
+# Capabilities a kind gains from its settings, over KIND_CAPABILITIES.
+SETTINGS_CAPABILITIES: dict[str, Callable[[Any], frozenset[str]]] = {
+    "exchange": _exchange_extras,
+}
+
+
+def side_capabilities(tenant: Any) -> frozenset[str]:
+    """What a side (its `TenantSettings`) can do: its kind's, and what its settings add."""
+    extra = SETTINGS_CAPABILITIES.get(tenant.kind)
+    own = KIND_CAPABILITIES.get(tenant.kind, frozenset())
+    return own | extra(tenant) if extra else own
+
+
 EWS_KINDS = ("exchange", "workmail")
 # What a pass leaves behind by the source's kind, said where the pass's outcome is shown
 # (the pass detail, `coexist status`): an IMAP account holds mail only (MigrationWiz's and
@@ -77,14 +102,19 @@ SOURCE_KIND_NEEDS: dict[tuple[str, str], dict[str, frozenset[str]]] = {
     ("cutover", "imap"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
     ("cutover", "exchange"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
     ("cutover", "workmail"): {"source": frozenset({STORE}), "target": frozenset({STORE})},
+    # A hosted Exchange source with remote PowerShell: rollback restores its forwards.
+    ("rollback", "exchange"): {"source": frozenset({CMDLETS})},
+    # ... and verify-mailflow reads its routes back (cutover/hosted.mail_route).
+    ("verify-mailflow", "exchange"): {"source": frozenset({CMDLETS})},
 }
 # Why a kind lacks a capability, and what to do instead (for the error).
 _INSTEAD = {
     ("imap", DIRECTORY): "its users come from a batch file: coexist batch import",
     ("imap", CMDLETS): "IMAP has no recipients or forwarding: its cutover is an MX change",
     ("exchange", DIRECTORY): "its users come from a batch file: coexist batch import",
-    ("exchange", CMDLETS): "on-premises cmdlets (remote PowerShell) are not built yet",
-    ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import",
+    ("exchange", CMDLETS): "set [{side}.ews] powershell_url, its remote PowerShell endpoint",
+    ("workmail", DIRECTORY): "its users come from a batch file: coexist batch import; with "
+    "[target.workmail] organization_id set, prestage creates them in WorkMail",
     ("workmail", CMDLETS): "WorkMail has no Exchange cmdlets",
 }
 _SAID = {DIRECTORY: "a directory", CMDLETS: "Exchange cmdlets", STORE: "a mailbox store"}
@@ -95,7 +125,7 @@ def capability_missing(
 ) -> ConfigError:
     """The error for a command (or a step, `command` None) that needs what a side's kind
     cannot do."""
-    instead = _INSTEAD.get((kind, capability))
+    instead = _INSTEAD.get((kind, capability), "").format(side=side)
     asker = f"`coexist {command}`" if command else "this step"
     return ConfigError(
         f"{asker} needs {_SAID.get(capability, capability)} on the {side}, and the {side} is of kind "
@@ -116,11 +146,18 @@ def command_needs(kinds: dict[str, str], command: str) -> dict[str, frozenset[st
     return own if own is not None else COMMAND_NEEDS.get(command, {})
 
 
-def check_command(kinds: dict[str, str], command: str, file: str = "project.toml") -> None:
-    """Refuse a command that needs a capability a side's kind lacks, before any connection."""
+def check_command(
+    kinds: dict[str, str],
+    command: str,
+    file: str = "project.toml",
+    capabilities: Mapping[str, frozenset[str]] | None = None,
+) -> None:
+    """Refuse a command that needs a capability a side lacks, before any connection
+    (`capabilities` per side, from `side_capabilities`; by default its kind's)."""
     for side, needs in command_needs(kinds, command).items():
         kind = kinds.get(side, "m365")
-        for capability in sorted(needs - KIND_CAPABILITIES.get(kind, frozenset())):
+        has = (capabilities or {}).get(side, KIND_CAPABILITIES.get(kind, frozenset()))
+        for capability in sorted(needs - has):
             raise capability_missing(side, kind, capability, command, file)
 
 
@@ -280,8 +317,17 @@ class Side:
     kind: str = "m365"
     imap: ImapServer | None = None
     ews: EwsServer | None = None
+    # An Exchange organisation's remote PowerShell (tenants/psrp.py), where configured.
+    powershell: CmdletRunner | None = None
+    # What this side can do (side_capabilities); None = its kind's.
+    capabilities: frozenset[str] | None = None
+    # Amazon WorkMail's admin API ([S.workmail] organization_id set): users and permissions.
+    workmail: WorkMailAdmin | None = None
+    workmail_missing: CoexistError | None = None  # why `workmail` could not be opened
 
     def has(self, capability: str) -> bool:
+        if self.capabilities is not None:
+            return capability in self.capabilities
         return capability in KIND_CAPABILITIES.get(self.kind, frozenset())
 
     def require(self, capability: str, command: str | None = None) -> None:
@@ -310,10 +356,15 @@ class Side:
         return self.graph
 
     @property
-    def cmdlets(self) -> ExoRunner:
-        """Exchange Online's admin cmdlets (m365)."""
+    def cmdlets(self) -> CmdletRunner:
+        """Exchange's admin cmdlets: Exchange Online's (m365), or an Exchange organisation's
+        remote PowerShell (exchange, where `[S.ews] powershell_url` is set)."""
         self.require(CMDLETS)
-        return self.exo
+        if self._exo is not None:
+            return self._exo
+        if self.powershell is None:
+            raise capability_missing(self.label, self.kind, CMDLETS, None)
+        return self.powershell
 
     @property
     def store(self) -> StoreClient:
@@ -325,8 +376,10 @@ class Side:
             return self.ews
         return self.imap if self.imap is not None else self.graph
 
-    def _clients(self) -> list[GraphAdapter | ExoRunner | ImapServer | EwsServer]:
-        return [c for c in (self._graph, self._exo, self.imap, self.ews) if c is not None]
+    def _clients(self) -> list[Any]:
+        """Every client of this side (each counts its calls and writes)."""
+        found = (self._graph, self._exo, self.imap, self.ews, self.powershell, self.workmail)
+        return [c for c in found if c is not None]
 
     @property
     def calls(self) -> int:
@@ -473,10 +526,55 @@ def ews_admin(project: Any, label: str, env: Mapping[str, str] | None = None) ->
     return AdminLogin(str(settings.admin or cred.login), cred.password)
 
 
+def workmail_admin(project: Any, label: str, opts: SideOptions) -> WorkMailAdmin | None:
+    """The side's WorkMail admin API client where `[S.workmail] organization_id` is set (None
+    otherwise): region (or [S.ews] region), endpoint, CA bundle; the access key id from the
+    settings or AWS_ACCESS_KEY_ID, its secret from the vault entry WORKMAIL_ENTRY or
+    AWS_SECRET_ACCESS_KEY. A ConfigError/InputError naming what to set when one is missing."""
+    tenant = project.tenant(label)
+    wm = tenant.workmail
+    if tenant.kind != "workmail" or not wm.enabled:
+        return None
+    env = os.environ if opts.env is None else opts.env
+    region = wm.region or tenant.ews.region
+    if not region:
+        raise ConfigError(
+            "the WorkMail organisation's region is not set",
+            file=str(project.file),
+            key=f"{label}.workmail.region",
+            next_step=f'set region = "us-east-1" (its region) in [{label}.workmail]',
+        )
+    stored = None
+    if Vault(Path(project.directory), None).exists():
+        stored = Vault.open(Path(project.directory), env=opts.env).get(WORKMAIL_ENTRY, label)
+    key_id = wm.access_key_id or (stored.login if stored else None) or env.get("AWS_ACCESS_KEY_ID")
+    secret = secret_from(stored.password if stored else None, env)
+    if not key_id or not secret:
+        raise InputError(
+            f"no AWS access key for the {label} WorkMail organisation "
+            f"({'its secret' if key_id else 'access_key_id'} is missing)",
+            next_step=f"set access_key_id in [{label}.workmail] and export AWS_SECRET_ACCESS_KEY "
+            "(or store both in the credential vault), then run this command again",
+        )
+    ep = WorkMailEndpoint(
+        region,
+        str(wm.organization_id),
+        key_id,
+        wm.endpoint or None,
+        str(wm.ca_file) if wm.ca_file else None,
+        side=label,
+    )
+    return WorkMailAdmin(
+        ep, secret, label=label, plan=opts.plan, read_retry=opts.read_retry,
+        concurrency=opts.concurrency,
+    )  # fmt: skip
+
+
 @asynccontextmanager
 async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIterator[Side]:
     """An EWS server (Exchange or WorkMail): its admin and the bound of mailboxes open at
-    once; each pass opens its user's mailbox (`migrate.stores.ews.ews_store`)."""
+    once; each pass opens its user's mailbox (`migrate.stores.ews.ews_store`). A WorkMail
+    side with `[S.workmail]` also gets its admin API client (users, permissions)."""
     tenant = project.tenant(label)
     settings = tenant.ews
     server = EwsServer(
@@ -485,10 +583,57 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
         EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
     )
+    admin = ews_admin(project, label, opts.env)
+    shell = powershell_runner(tenant, label, admin, opts.plan)
+    api: WorkMailAdmin | None = None
+    missing: CoexistError | None = None
     try:
-        yield Side(label, None, None, None, kind=tenant.kind, ews=server)
+        api = workmail_admin(project, label, opts)
+    except (ConfigError, InputError) as exc:
+        # Said when a step needs the API (prestage's WorkMail steps), not by every command:
+        # a cutover or verify-credentials run needs EWS only.
+        missing = exc
+    try:
+        yield Side(
+            label,
+            None,
+            None,
+            None,
+            kind=tenant.kind,
+            ews=server,
+            powershell=shell,
+            capabilities=side_capabilities(tenant),
+            workmail=api,
+            workmail_missing=missing,
+        )
     finally:
-        await server.close()
+        try:
+            await server.close()
+        finally:
+            if shell is not None:
+                await shell.close()
+            if api is not None:
+                await api.close()
+
+
+def powershell_runner(
+    tenant: Any, label: str, admin: AdminLogin, plan: WriteRecorder | None
+) -> PsrpRunner | None:
+    """An Exchange organisation's remote PowerShell (`[S.ews] powershell_url`), signed in as
+    its EWS admin; None where none is configured. The pool opens at the first cmdlet."""
+    settings = tenant.ews
+    if tenant.kind != "exchange" or not settings.powershell_url:
+        return None
+    url = urlsplit(str(settings.powershell_url))
+    endpoint = PsrpEndpoint(
+        server=str(url.hostname),
+        port=url.port or 443,
+        path=url.path.lstrip("/") or "PowerShell",
+        auth=settings.powershell_auth,
+        ca_file=str(settings.ca_file) if settings.ca_file else None,
+        label=label,
+    )
+    return PsrpRunner(endpoint, PsrpLogin(admin.login, admin.password), plan=plan)
 
 
 SIDE_OPENERS: dict[str, SideOpener] = {

@@ -46,7 +46,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-ITEM_KINDS = frozenset({"user", "group"})
+# "organisation": one side's organisation, for steps made once per side (grant-access's
+# ApplicationImpersonation role assignment); its key is the side ("source" / "target").
+ITEM_KINDS = frozenset({"user", "group", "organisation"})
 STEP_STATUSES = frozenset({"started", "ok", "failed", "planned", "waiting"})
 FINISHED_STEP_STATUSES = STEP_STATUSES - {"started"}
 PASS_KINDS = frozenset({"prestage", "cutover", "trial"})

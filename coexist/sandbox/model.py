@@ -232,6 +232,9 @@ class EwsAccount:
     upn: str  # name@<org domain>
     full_access: list[str] = field(default_factory=list)
     impersonation: bool = False
+    # The name of that role assignment (New-ManagementRoleAssignment -Name; Exchange's
+    # default "<Role>-<User>" when "").
+    impersonation_name: str = ""
     mailbox: str | None = None
 
 

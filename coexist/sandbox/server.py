@@ -45,7 +45,8 @@ from starlette.routing import BaseRoute
 
 from coexist.files import private_dir, write_private
 
-from . import admin, ews, exo, graph, seed, transport
+from . import admin, ews, exo, graph, psrp, seed, transport, workmail
+from .connections import ConnectionProtocol
 from .graph.mail import MAIL_STORE_KEY
 from .graph.outlook_items import PIM_STORE_KEY
 from .identity import Issuer
@@ -174,6 +175,8 @@ def build_app(ctx: SandboxContext) -> Starlette:
         *graph.routes(),
         *exo.routes(),
         *ews.routes(),
+        *psrp.routes(),  # remote PowerShell for the Exchange organisations (issue 13)
+        *workmail.routes(),  # AWS WorkMail admin API (boto3), sandbox/workmail.py
         *ctx.issuer.routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPFailure: _http_failure})
@@ -449,6 +452,8 @@ class Sandbox:
             lifespan="off",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=GRACEFUL_S,
+            # Per-connection state for the faces (NTLM is bound to the TCP connection).
+            http=ConnectionProtocol,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -527,6 +532,8 @@ class Sandbox:
                 "ews_url": f"{self.base_url}{ews.EWS_PATH}",
                 "autodiscover_url": f"{self.base_url}/autodiscover/autodiscover.xml",
             }
+            if tenant.kind == "workmail":  # its AWS admin API: endpoint, keys, organisation id
+                tenants[key]["workmail"] = workmail.connection_info(tenant, self.base_url)
         return {
             "ca_file": str((self.state_dir / CA_FILE).resolve()),
             "profile": self.world.settings.profile,

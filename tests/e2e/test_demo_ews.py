@@ -52,9 +52,11 @@ def test_hosted_exchange_demo_moves_every_message_once_and_keeps_the_password_in
 def test_workmail_demo_skips_and_reports_the_oversize_message(
     tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
-    """Microsoft 365 -> WorkMail (--json): every message once in the target except the one
-    over WorkMail's ~23 MB limit, which is skipped with ErrorMessageSizeExceeded, counted in
-    its folder's reconciliation and named in the per-user lines; the re-run copies 0."""
+    """Microsoft 365 -> WorkMail (--json): the WorkMail users are created and the migration
+    account granted by prestage through the AWS API (planned first, sent once, not again);
+    every message once in the target except the one over WorkMail's ~23 MB limit, which is
+    skipped with ErrorMessageSizeExceeded, counted in its folder's reconciliation and named
+    in the per-user lines; the re-run copies 0."""
     run = cli(
         "demo", "--scenario", "workmail", "--dir", str(tmp_path / "demo"), "--users", "2", "--json"
     )
@@ -70,3 +72,9 @@ def test_workmail_demo_skips_and_reports_the_oversize_message(
         assert u["rerun_copied"] == 0 and (u["phase"], u["state"]) == ("cutover", "ok")
         assert not (u["missing"] or u["doubled"] or u["misplaced"])
     assert any("skipped: Scanned archive (oversize)" in line for line in result["report"])
+    # The WorkMail users were made by coexist through the AWS API (boto3 -> the sandbox's
+    # WorkMail face): listed by the plan and not sent, sent once, nothing sent by a re-run.
+    made = {"CreateUser": 2, "RegisterToWorkMail": 2, "PutMailboxPermissions": 2}
+    wm = result["workmail"]
+    assert wm["listed_by_plan"] == made and wm["sent_by_plan"] == {}
+    assert wm["sent"] == made and wm["sent_after_rerun"] == made

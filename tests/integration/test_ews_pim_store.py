@@ -270,6 +270,37 @@ def test_the_target_finds_its_calendar_copies_by_uid(orgs: Sandbox, tmp_path: Pa
     assert set(found) == identities and all(len(v) == 1 for v in found.values())
 
 
+def test_an_interrupted_contact_task_or_note_copy_is_adopted_by_its_search_key(
+    orgs: Sandbox, tmp_path: Path
+) -> None:
+    """Contacts, tasks and notes carry their PidTagSearchKey into the copy (skey: identity):
+    rows left as a pass killed between the copy and its record leaves them (`importing`, no
+    copy recorded) are adopted by the next pass, which copies nothing twice."""
+    pair = Pair(orgs)
+    seed_pim(orgs, pair.src())
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx = sync_context(journal)
+    try:
+        run(lambda: pair.sync(ctx))
+        rows = [r for r in journal.mapped_items(pair.src_addr) if r["status"] == "copied"]
+        keyed = [r for r in rows if str(r["source_identity"] or "").startswith("skey:")]
+        for r in keyed:
+            journal.map_item(pair.src_addr, r["source_item_id"], status="importing",
+                             target_item_id=None, target_change_key=None)  # fmt: skip
+        again = run(lambda: pair.sync(ctx))
+        after = {r["source_item_id"]: r for r in journal.mapped_items(pair.src_addr)}
+    finally:
+        journal.close()
+    assert len(keyed) == 3  # the contact, the task, the note
+    assert again.get("copied", 0) == 0
+    for r in keyed:  # each adopted: the very copy the first pass made (or its update)
+        assert after[r["source_item_id"]]["target_item_id"]
+    got = pim_items(pair.tgt())
+    assert got["Contacts"] == [("IPM.Contact", "Ada Lovelace")]
+    assert got["Tasks"] == [("IPM.Task", "File taxes")]
+    assert got["Notes"] == [("IPM.StickyNote", "Call Bob")]
+
+
 def test_a_new_exception_at_the_source_updates_the_copied_series(
     orgs: Sandbox, tmp_path: Path
 ) -> None:

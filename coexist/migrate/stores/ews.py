@@ -30,13 +30,13 @@ It calls exchangelib only through `coexist.tenants.ews` (each call a blocking fu
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from exchangelib import ExtendedProperty, ItemId, Message
+from exchangelib import Contact, ExtendedProperty, ItemId, Message, Task
 from exchangelib.errors import MalformedResponseError, SOAPError
 from exchangelib.ewsdatetime import EWSDateTime
 from exchangelib.folders import (
@@ -126,9 +126,10 @@ PIM_FOLDERS = frozenset({APPOINTMENT_FOLDER, CONTACT_FOLDER, TASK_FOLDER, NOTE_F
 APPOINTMENT_CLASS = "IPM.Appointment"
 # item_map identity of a calendar item: its iCalendar UID (PidLidGlobalObjectId's text
 # form), the same in a copy made by UploadItems, so a copy an interrupted pass left is
-# adopted and a series moved between calendars is a move. Contacts, tasks and notes have
-# no identity that survives a copy: an interrupted import of one is copied again.
+# adopted and a series moved between calendars is a move. Contacts, tasks and notes: their
+# PidTagSearchKey (`SearchKey`), which a copy keeps too.
 UID_IDENTITY = "uid:"
+SEARCH_KEY_IDENTITY = "skey:"
 
 CAPS = Capabilities(
     exports=frozenset({EXCHANGE_STREAM, MIME}),
@@ -218,6 +219,16 @@ class ContentClass(ExtendedProperty):  # type: ignore[misc]
     property_type = "String"
 
 
+class SearchKey(ExtendedProperty):  # type: ignore[misc]
+    """PidTagSearchKey (0x300B, MS-OXCPRPT 2.2.1.9): "Whenever a copy of an object is created,
+    the key is also copied from the original object" — the identity of a contact, task or
+    note (no Message-ID, no UID) that its ExportItems/UploadItems copy shares. *Unverified*:
+    that Exchange's UploadItems (CreateNew) keeps it as a copy does (the sandbox does)."""
+
+    property_tag = 0x300B
+    property_type = "Binary"
+
+
 MSGFLAG_READ = 0x1
 MSGFLAG_UNSENT = 0x8
 FLAG_NONE, FLAG_COMPLETE, FLAG_FLAGGED = 0, 1, 2
@@ -233,11 +244,17 @@ _PROPS = {
 }
 # exchangelib's documented way to read and write extended properties as item attributes
 # ("Extended properties": `Message.register(name, cls)`); registered once per process.
-for _name, _cls in _PROPS.items():
+for _model, _name, _cls in [
+    *((Message, name, cls) for name, cls in _PROPS.items()),
+    # Contacts, tasks and notes (sticky notes are t:Message items).
+    (Contact, "coexist_search_key", SearchKey),
+    (Task, "coexist_search_key", SearchKey),
+    (Message, "coexist_search_key", SearchKey),
+]:
     try:
-        Message.get_field_by_fieldname(_name)
+        _model.get_field_by_fieldname(_name)
     except Exception:  # InvalidField: not registered yet
-        Message.register(_name, _cls)
+        _model.register(_name, _cls)
 
 STATE_FIELDS = (
     "is_read",
@@ -253,12 +270,15 @@ STATE_FIELDS = (
 )
 INSPECT_FIELDS = ("subject", "coexist_content_type", "coexist_content_class")
 CHANGE_FIELDS = ("item_class", "datetime_received", "size", "subject", "message_id")
-# What SyncFolderItems asks per folder class: a calendar item's identity is its UID; other
-# PIM items have neither UID nor Message-ID worth asking.
-PIM_CHANGE_FIELDS = {
-    APPOINTMENT_FOLDER: ("item_class", "datetime_received", "size", "subject", "uid"),
-}
+# What SyncFolderItems asks per folder class: a calendar item's identity is its UID; a
+# contact's, task's or note's its PidTagSearchKey (`SearchKey`).
 PIM_DEFAULT_FIELDS = ("item_class", "datetime_received", "size", "subject")
+PIM_CHANGE_FIELDS = {
+    APPOINTMENT_FOLDER: (*PIM_DEFAULT_FIELDS, "uid"),
+    CONTACT_FOLDER: (*PIM_DEFAULT_FIELDS, "coexist_search_key"),
+    TASK_FOLDER: (*PIM_DEFAULT_FIELDS, "coexist_search_key"),
+    NOTE_FOLDER: (*PIM_DEFAULT_FIELDS, "coexist_search_key"),
+}
 
 
 def change_fields(folder_class: str) -> tuple[str, ...]:
@@ -458,6 +478,11 @@ def pim_identity(uid: str | None) -> str | None:
     return f"{UID_IDENTITY}{uid}" if uid else None
 
 
+def search_key_identity(key: bytes | None) -> str | None:
+    """The item_map identity of a contact, task or note with this PidTagSearchKey."""
+    return f"{SEARCH_KEY_IDENTITY}{key.hex()}" if key else None
+
+
 def change_of(kind: str, item: Any) -> Change | None:
     """A SyncFolderItems change as the protocol's (None: a change this store ignores)."""
     if kind == "delete":
@@ -470,6 +495,8 @@ def change_of(kind: str, item: Any) -> Change | None:
     identity = message_identity(getattr(item, "message_id", None))
     if identity is None and item_class.startswith(APPOINTMENT_CLASS):
         identity = pim_identity(getattr(item, "uid", None))
+    if identity is None:
+        identity = search_key_identity(getattr(item, "coexist_search_key", None))
     return Change(
         str(item.id),
         change_key=item.changekey,
@@ -762,16 +789,18 @@ class EwsStore:
         }
 
     async def copies(self, folder_id: str, exclude: set[str]) -> dict[str, list[ItemRef]]:
-        """The folder's messages by Message-ID, its calendar items by UID (FindItem), but
-        those in `exclude`. Contacts, tasks and notes have no identity: none found."""
+        """The folder's messages by Message-ID, its calendar items by UID, its contacts,
+        tasks and notes by PidTagSearchKey (FindItem), but those in `exclude`."""
         if folder_id.startswith(PLANNED):
             return {}
         cls = self._classes.get(folder_id, MAIL_FOLDER)
-        if cls in PIM_FOLDERS and cls != APPOINTMENT_FOLDER:
-            return {}
-        field, identity = (
-            ("uid", pim_identity) if cls == APPOINTMENT_FOLDER else ("message_id", message_identity)
-        )
+        pick: dict[str, tuple[str, Callable[[Any], str | None]]] = {
+            APPOINTMENT_FOLDER: ("uid", pim_identity),
+            CONTACT_FOLDER: ("coexist_search_key", search_key_identity),
+            TASK_FOLDER: ("coexist_search_key", search_key_identity),
+            NOTE_FOLDER: ("coexist_search_key", search_key_identity),
+        }
+        field, identity = pick.get(cls, ("message_id", message_identity))
 
         def read(account: Any) -> list[tuple[str, str, str | None]]:
             folder = _folder(account, folder_id)

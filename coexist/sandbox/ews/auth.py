@@ -5,37 +5,37 @@ authenticate); IIS then treats the connection as authenticated, so later request
 no Authorization header (requests_ntlm relies on this). The server side is pyspnego's NTLM
 acceptor, which reads known passwords from the file named by the `NTLM_USER_FILE` environment
 variable (spnego/_ntlm.py `_get_credential`, Heimdal format `DOMAIN:USER:PASSWORD`). That
-variable is process-wide, so this module points it at one file of its own and, under a lock,
-writes the requesting sandbox's accounts into it right before each authenticate step (several
+variable is process-wide, so under a lock this module writes the requesting sandbox's
+accounts into a file in that sandbox's state directory (`ntlm-users.txt`, owner-only: the same
+passwords state.json holds, so it goes wherever the state goes and a killed sandbox leaves
+nothing elsewhere) and points the variable at it right before each handshake step (several
 sandboxes may run in one test process).
 
-Connections are told apart by the client's (address, port); an authenticated connection is
-forgotten after KEEPALIVE_S idle (the server closes idle connections after 30 s, so a later
-connection reusing the port is not taken for it).
+The handshake and its result live in the TCP connection's own state
+(`connections.Connection`, which the server empties when the connection closes), so a new
+connection is challenged even when it reuses a closed one's client port at once (a SIGKILLed
+client's sockets close with RST and its port is free for the next process).
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import binascii
 import os
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import spnego
 
+from ..connections import Connection
 from ..model import EwsAccount, World
 from . import orgs
 
-KEEPALIVE_S = 30.0
-_lock = threading.Lock()
-_cred_path: Path | None = None
-_cred_text: str | None = None
+USER_FILE = "ntlm-users.txt"  # in the sandbox's state directory
+CONN_KEY = "ews.ntlm"  # this module's entry in a Connection's state
+_lock = threading.Lock()  # NTLM_USER_FILE is process-wide
 
 
 @dataclass
@@ -48,7 +48,6 @@ class Login:
 class _Conn:
     context: Any = None  # spnego acceptor mid-handshake
     login: Login | None = None
-    seen: float = 0.0
 
 
 class Challenge(Exception):
@@ -60,13 +59,13 @@ class Challenge(Exception):
 
 
 class Authenticator:
-    """Per-sandbox state: NTLM handshakes and authenticated connections."""
+    """Per-sandbox authentication; NTLM handshakes live in each connection's state."""
 
-    def __init__(self, world: World, realm: str) -> None:
+    def __init__(self, world: World, realm: str, state_dir: Path) -> None:
         self.world = world
         self.realm = realm
-        self._conns: dict[tuple[str, int], _Conn] = {}
-        self._mutex = threading.Lock()
+        self.user_file = state_dir / USER_FILE
+        self._user_text: str | None = None
 
     def offers(self) -> list[str]:
         kinds = {t.kind for t in self.world.tenants.values()}
@@ -76,20 +75,24 @@ class Authenticator:
         values.append(f'Basic realm="{self.realm}"')
         return values
 
-    def authenticate(self, client: tuple[str, int] | None, header: str | None) -> Login:
-        now = time.monotonic()
-        key = client or ("", 0)
-        with self._mutex:
-            for k in [k for k, c in self._conns.items() if now - c.seen > KEEPALIVE_S]:
-                del self._conns[k]
-            conn = self._conns.get(key)
+    def authenticate(self, connection: Connection | None, header: str | None) -> Login:
+        """The login of this request on `connection` (None: a server that cannot tell
+        connections apart — each request is then a connection of its own, so NTLM, which
+        needs two requests, never completes); raises Challenge."""
+        connection = connection or Connection()
+        with connection.lock:
+            if connection.closed:
+                raise Challenge(self.offers())
+            found_conn = connection.state.get(CONN_KEY)
+            if not isinstance(found_conn, _Conn):
+                found_conn = connection.state[CONN_KEY] = _Conn()
+        conn: _Conn = found_conn
         if not header:
-            if conn is not None and conn.login is not None:
+            if conn.login is not None:
                 # The account as it is now (grants change; the sandbox may have been re-seeded).
                 with self.world.lock:
                     found = orgs.resolve_login(self.world, conn.login.account.upn)
                 if found is not None:
-                    conn.seen = now
                     conn.login = Login(*found)
                     return conn.login
                 conn.login = None
@@ -102,7 +105,7 @@ class Authenticator:
                 raise Challenge(self.offers())
             return login
         if scheme in ("ntlm", "negotiate"):
-            return self._ntlm(key, scheme, value.strip(), now)
+            return self._ntlm(conn, scheme, value.strip())
         raise Challenge(self.offers())
 
     def _basic(self, value: str) -> Login | None:
@@ -117,7 +120,7 @@ class Authenticator:
         key, account = found
         return Login(key, account) if account.password == password else None
 
-    def _ntlm(self, client: tuple[str, int], scheme: str, value: str, now: float) -> Login:
+    def _ntlm(self, conn: _Conn, scheme: str, value: str) -> Login:
         kinds = {self.world.tenants[k].kind for k in self.world.tenants}
         if not kinds & {"exchange2016", "exchange2019"}:
             raise Challenge(self.offers())  # WorkMail: Basic only
@@ -125,9 +128,6 @@ class Authenticator:
             token = base64.b64decode(value, validate=True)
         except binascii.Error as exc:
             raise Challenge(self.offers()) from exc
-        with self._mutex:
-            conn = self._conns.setdefault(client, _Conn())
-            conn.seen = now
         label = "NTLM" if scheme == "ntlm" else "Negotiate"
         try:
             with _lock:
@@ -155,8 +155,7 @@ class Authenticator:
         return conn.login
 
     def _write_store(self) -> None:
-        """NTLM_USER_FILE with this sandbox's accounts (caller holds the module lock)."""
-        global _cred_path, _cred_text
+        """NTLM_USER_FILE = this sandbox's accounts (caller holds the module lock)."""
         lines: list[str] = []
         with self.world.lock:
             for tenant in self.world.tenants.values():
@@ -166,14 +165,12 @@ class Authenticator:
                     lines.append(f"{orgs.netbios(tenant)}:{a.name}:{a.password}")
                     lines.append(f":{a.upn}:{a.password}")
         text = "\n".join(lines) + "\n"
-        if _cred_path is None:
-            fd, name = tempfile.mkstemp(prefix="coexist-ntlm-", suffix=".txt")  # owner-only
-            os.close(fd)
-            _cred_path = Path(name)
-            # The sandbox's (test) passwords: gone with the process.
-            atexit.register(_cred_path.unlink, missing_ok=True)
-        if text != _cred_text or os.environ.get("NTLM_USER_FILE") != str(_cred_path):
-            _cred_path.write_text(text)
-            os.chmod(_cred_path, 0o600)
-            _cred_text = text
-            os.environ["NTLM_USER_FILE"] = str(_cred_path)
+        if text != self._user_text or not self.user_file.is_file():
+            # Created owner-only (never readable by others, not even for a moment); the
+            # sandbox's state directory is private too.
+            fd = os.open(self.user_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            self._user_text = text
+        os.environ["NTLM_USER_FILE"] = str(self.user_file)

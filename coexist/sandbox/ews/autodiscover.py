@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..connections import connection_of
 from ..web import ctx_of
 from . import orgs
 from .auth import Challenge
@@ -37,10 +38,11 @@ def _error(code: str, message: str) -> bytes:
 async def autodiscover_xml(request: Request) -> Response:
     ctx = ctx_of(request)
     body = await request.body()
-    client = (request.client.host, request.client.port) if request.client else None
     try:
         login = await run_in_threadpool(
-            authenticator(ctx).authenticate, client, request.headers.get("authorization")
+            authenticator(ctx).authenticate,
+            connection_of(request.scope),
+            request.headers.get("authorization"),
         )
     except Challenge as ch:
         refused = Response(b"", status_code=401)

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..connections import connection_of
 from ..mailstore import MailStore
 from ..model import EwsAccount, Tenant, User
 from ..web import SandboxContext, ctx_of
@@ -79,7 +80,7 @@ def authenticator(ctx: SandboxContext) -> Authenticator:
     found = ctx.extra.get(AUTH_KEY)
     if found is None:
         host = ctx.base_url.split("//", 1)[-1].split(":", 1)[0]
-        found = ctx.extra[AUTH_KEY] = Authenticator(ctx.world, host)
+        found = ctx.extra[AUTH_KEY] = Authenticator(ctx.world, host, ctx.state_dir)
     assert isinstance(found, Authenticator)
     return found
 
@@ -111,10 +112,11 @@ def _unauthorized(values: list[str]) -> Response:
 async def exchange_asmx(request: Request) -> Response:
     ctx = ctx_of(request)
     body = await request.body()
-    client = (request.client.host, request.client.port) if request.client else None
     try:
         login = await run_in_threadpool(
-            authenticator(ctx).authenticate, client, request.headers.get("authorization")
+            authenticator(ctx).authenticate,
+            connection_of(request.scope),
+            request.headers.get("authorization"),
         )
     except Challenge as ch:
         return _unauthorized(ch.values)

@@ -539,8 +539,10 @@ def _when(value: str | None) -> str | None:
     return value
 
 
-def _ext_props(item: Item, shape: ET.Element | None) -> list[ET.Element]:
-    out: list[ET.Element] = []
+def _ext_wanted(shape: ET.Element | None) -> list[tuple[str, str, str]]:
+    """The tagged extended properties a shape asks for: (PropertyTag as asked, PropertyType,
+    "Type 0xTAG")."""
+    out: list[tuple[str, str, str]] = []
     for uri in (
         shape.iterfind("t:AdditionalProperties/t:ExtendedFieldURI", NS) if shape is not None else []
     ):
@@ -548,7 +550,13 @@ def _ext_props(item: Item, shape: ET.Element | None) -> list[ET.Element]:
         if tag is None:
             continue
         number = int(tag, 16) if tag.lower().startswith("0x") else int(tag)
-        key = f"{kind} 0x{number:X}"
+        out.append((tag, kind, f"{kind} 0x{number:X}"))
+    return out
+
+
+def _ext_props(item: Item, shape: ET.Element | None) -> list[ET.Element]:
+    out: list[ET.Element] = []
+    for tag, kind, key in _ext_wanted(shape):
         value = item.properties.get(key)
         if key == PR_MESSAGE_FLAGS and value is None:
             value = str(
@@ -674,7 +682,8 @@ def any_item_xml(call: Call, item: Item | PimItem, shape: ET.Element | None) -> 
     wanted, _mime = _wanted(shape)
     base = soap.text_of(shape, "t:BaseShape") or "Default"
     return pim_items.item_xml(pim_store(call), item, wanted, base != "IdOnly",
-                              photo_kept=call.flavour.kind != "workmail")  # fmt: skip
+                              photo_kept=call.flavour.kind != "workmail",
+                              extended=_ext_wanted(shape))  # fmt: skip
 
 
 def get_item(call: Call, body: ET.Element) -> ET.Element:
@@ -1258,8 +1267,10 @@ def export_items(call: Call, body: ET.Element) -> ET.Element:
 def _export_pim(call: Call, item: PimItem) -> list[ET.Element]:
     """The blob of a PIM item: its class, kind, props, times and (a series) its exceptions —
     without the ids that name the item (they change on upload: the blob stays identical)."""
+    # The props carry the item's PidTagSearchKey, which the copy keeps (`search_key`).
     header: dict[str, Any] = {"class": pim_items.CLASS_OF_ITEM[item.kind], "kind": item.kind,
-                              "props": item.props, "created": item.created,
+                              "props": pim_items.props_with_search_key(item),
+                              "created": item.created,
                               "modified": item.modified}  # fmt: skip
     if item.kind == "event":
         header["exceptions"] = [

@@ -73,6 +73,10 @@ class Unverified:
     calendar_view_over_cap: str = "truncate"
     # ServerVersionInfo build of WorkMail (no published value; answers as Exchange 2010 SP3).
     workmail_build: tuple[int, int, int, int] = (14, 3, 123, 4)
+    # PidTagSearchKey of PIM items (pim_items.search_key): MS-OXCPRPT 2.2.1.9 says a copy of an
+    # object gets its key; that UploadItems CreateNew of an ExportItems blob is such a copy
+    # (keeps the key) is assumed; the key of an item made here is derived from its id.
+    search_key_kept_by_upload: bool = True
     # Modelling shortcuts (not vendor claims): SoftDelete removes like HardDelete (no
     # Recoverable Items over EWS); a deleted calendar item/contact/task/note does not go to
     # Deleted Items; an unknown RequestServerVersion newer than the flavour's is refused with

@@ -20,7 +20,10 @@ properties an item has).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -53,6 +56,42 @@ ELEMENT = {"event": "CalendarItem", "contact": "Contact", "task": "Task",
 TYPE_OF_ELEMENT = {"CalendarItem": "CalendarItemType", "Contact": "ContactItemType",
                    "Task": "TaskType", "Message": "MessageType", "Item": "ItemType"}  # fmt: skip
 CLASS_OF_ITEM = {**ITEM_CLASS, NOTE: "IPM.StickyNote"}
+
+# PidTagSearchKey (MS-OXCPRPT 2.2.1.9, PtypBinary): "Whenever a copy of an object is created,
+# the key is also copied from the original object" — what tells an ExportItems/UploadItems
+# copy of a contact, task or note (which have no Message-ID or UID) from another item. Kept
+# among the item's MAPI properties in the form the Graph faces store them
+# (`graph.outlook_items.EXTENDED`, ids as "Binary 0x300B"); an item made without one has a
+# key derived from its id (stable for its life: PIM items are not moved here).
+SEARCH_KEY = "Binary 0x300B"
+EXTENDED = "singleValueExtendedProperties"
+
+
+def search_key(item: PimItem) -> str:
+    """The item's PidTagSearchKey, base64 (as EWS and Graph carry PtypBinary)."""
+    stored = (item.props.get(EXTENDED) or {}).get(SEARCH_KEY)
+    if stored:
+        return str(stored)
+    return base64.b64encode(hashlib.sha256(item.id.encode()).digest()[:16]).decode()
+
+
+def props_with_search_key(item: PimItem) -> dict[str, Any]:
+    """The item's properties with its search key stored: what an exported blob carries, so
+    the copy UploadItems makes of it has the same key."""
+    extended = {**(item.props.get(EXTENDED) or {}), SEARCH_KEY: search_key(item)}
+    return {**item.props, EXTENDED: extended}
+
+
+def extended_xml(item: PimItem, wanted: Sequence[tuple[str, str, str]]) -> list[ET.Element]:
+    """The requested extended properties the item has: `wanted` = (PropertyTag as asked,
+    PropertyType, normalised "Type 0xTAG"). Only PidTagSearchKey is served for PIM items."""
+    return [
+        t("ExtendedProperty", None,
+          t("ExtendedFieldURI", {"PropertyTag": tag, "PropertyType": kind}),
+          t("Value", text=search_key(item)))
+        for tag, kind, key in wanted
+        if key == SEARCH_KEY
+    ]  # fmt: skip
 
 
 def accepts(kind: str, element: str) -> bool:
@@ -275,11 +314,16 @@ def calendar_view(pim: PimStore, items: list[PimItem], start: dt.datetime, end: 
 
 
 def item_xml(
-    pim: PimStore, item: PimItem, wanted: set[str], all_props: bool, photo_kept: bool = True
+    pim: PimStore,
+    item: PimItem,
+    wanted: set[str],
+    all_props: bool,
+    photo_kept: bool = True,
+    extended: Sequence[tuple[str, str, str]] = (),
 ) -> ET.Element:
     """The EWS element of a PIM item; `wanted` are the requested property names (all of them
-    when `all_props`). `photo_kept`: a contact photo is one (Exchange), not a plain attachment
-    (WorkMail)."""
+    when `all_props`), `extended` the requested extended properties (`extended_xml`).
+    `photo_kept`: a contact photo is one (Exchange), not a plain attachment (WorkMail)."""
     p = item.props
     files = attachments.from_props(p)
     parts: list[ET.Element] = [t("ItemId", {"Id": item.id, "ChangeKey": item.change_key})]
@@ -381,6 +425,7 @@ def item_xml(
     for name, node in fields.items():
         if node is not None and (all_props or name in wanted):
             parts.append(node)
+    parts += extended_xml(item, extended)
     element = ELEMENT[item.kind]
     return soap.ordered(t(element), f"{{{T}}}{TYPE_OF_ELEMENT[element]}", parts)
 
