@@ -55,7 +55,7 @@ from coexist.journal import Journal  # noqa: E402
 from coexist.sandbox.ews import add_account, soap  # noqa: E402
 from coexist.sandbox.server import Sandbox  # noqa: E402
 from coexist.settings import load_project  # noqa: E402
-from coexist.vault import ENV_KEY, new_key  # noqa: E402
+from coexist.vault import ENV_KEY, WORKMAIL_ENTRY, Credential, Vault, new_key  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 KB, MB = 1024, 1024 * 1024
@@ -142,6 +142,15 @@ def project(
     env = {ENV_KEY: KEY}
     for side, (_upn, password) in passwords.items():
         credentials.credentials_set_master(proj, password, side=side, env=env)
+    if "workmail" in kinds.values():
+        # A WorkMail side is also reached through the AWS WorkMail API (prestage makes or
+        # finds its users and grants there): its access key into the vault, as the demo does
+        # (`ewsdemo._workmail_key`).
+        side = next(k for k, v in kinds.items() if v == "workmail")
+        info = sb.connection["tenants"][side]["workmail"]
+        Vault.open(proj, env=env).put(
+            {(WORKMAIL_ENTRY, side): Credential(info["access_key_id"], info["secret_access_key"])}
+        )
     csv = base / "users.csv"
     csv.write_text(
         "Source Email,Destination Email,Batch\r\n"
