@@ -282,6 +282,8 @@ def _error(
 def _mx_finding(domain: str, a: _Answer, expect: Expectation, base: dict[str, Any]) -> DnsFinding:
     want = " or ".join(expect.mx)
     set_to = expect.mx_hint or expect.mx[0]
+    if "*" in set_to:  # a pattern: the provider's admin page gives the exact host
+        set_to = f"the host your mail provider gives (matching {set_to})"
     if a.error:
         return _error("MX", domain, a, want, base)
     hosts = []
@@ -354,7 +356,7 @@ def _autodiscover_findings(
     if srv.error:
         out.append(_error("SRV", srv_name, srv, want_h, base))
         return out
-    found = tuple(srv.values)
+    found = tuple(v.rstrip(".") for v in srv.values)
     if not found:
         status, msg, srv_fix = "ok", f"SRV {srv_name}: none (not needed with the CNAME)", None
     elif srv_ok:
@@ -458,7 +460,7 @@ def expectation_for_project(
             key="dns.expect_mx",
             next_step="set [dns] expect_mx (the hosting provider's MX host) or give --expect-mx",
         )
-    given = "--expect-*" if (expect_mx or expect_autodiscover) else "[dns] settings"
+    given = "--expect-mx" if expect_mx else "[dns] expect_mx"
     return Expectation(
         mx=(mx,) if mx else (vendor.mx if vendor else ()),
         autodiscover=ad or (vendor.autodiscover if vendor else None),
