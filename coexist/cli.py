@@ -1425,6 +1425,8 @@ def sandbox_serve(
     def ready(conn: dict[str, Any]) -> None:
         click.echo(f"connection: {state / 'connection.json'}")
         click.echo(f"base_url: {conn['base_url']}")
+        if conn.get("dns"):  # the DNS face: [dns] resolver for check-dns
+            click.echo(f"dns: {conn['dns']['resolver']}")
         click.echo("ready")
         sys.stdout.flush()
 
