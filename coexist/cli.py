@@ -1294,6 +1294,64 @@ def mailflow_table(result: dict[str, Any]) -> Table:
     return table
 
 
+@main.command("check-dns")
+@project_option
+@click.option(
+    "--domain",
+    "domains",
+    multiple=True,
+    help="A domain to check (repeatable). "
+    "Default: [dns] domains, else [domains] destination_domain.",
+)
+@click.option(
+    "--expect-mx",
+    default=None,
+    help="The MX host expected ('*' allowed). Default: "
+    "[dns] expect_mx, else the target kind's vendor value.",
+)
+@click.option(
+    "--expect-autodiscover",
+    default=None,
+    help="The autodiscover CNAME target "
+    "expected. Default: [dns] expect_autodiscover, else the vendor's.",
+)
+@click.option(
+    "--resolver",
+    default=None,
+    help="IP[:PORT] of the resolver to ask. Default: [dns] resolver, else the system's.",
+)
+@json_option
+@handles_errors
+def check_dns_cmd(
+    project: Path,
+    domains: tuple[str, ...],
+    expect_mx: str | None,
+    expect_autodiscover: str | None,
+    resolver: str | None,
+    as_json: bool,
+) -> None:
+    """Check each domain's MX, autodiscover CNAME/SRV and SPF against the target (exit 1 when
+    one is not yet switched, with what to change at the DNS provider)."""
+    from coexist import dnscheck  # dnspython only for this command
+
+    result = dnscheck.run_check(
+        project, domains=domains, expect_mx=expect_mx,
+        expect_autodiscover=expect_autodiscover, resolver=resolver,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        styles = {"ok": "green", "warn": "yellow", "fail": "red", "error": "red"}
+        out.print(escape(f"resolver: {result['resolver']}"))
+        for f in result["findings"]:
+            style = styles[f["status"]]
+            out.print(f"[{style}]{f['status']:5}[/{style}] {escape(f['message'])}")
+            if f.get("fix") and f["status"] != "ok":
+                out.print(escape(f"      fix: {f['fix']}"))
+    if not result["ok"]:
+        sys.exit(1)
+
+
 # -- sandbox ---------------------------------------------------------------------------
 @main.group()
 def sandbox() -> None:
@@ -1367,6 +1425,8 @@ def sandbox_serve(
     def ready(conn: dict[str, Any]) -> None:
         click.echo(f"connection: {state / 'connection.json'}")
         click.echo(f"base_url: {conn['base_url']}")
+        if conn.get("dns"):  # the DNS face: [dns] resolver for check-dns
+            click.echo(f"dns: {conn['dns']['resolver']}")
         click.echo("ready")
         sys.stdout.flush()
 
@@ -1577,6 +1637,52 @@ def sandbox_deliver(
     for hop in result.get("hops", []):
         what = " in ".join(str(hop[k]) for k in ("kind", "tenant") if hop.get(k))
         out.print(escape(f"  {hop['action']}: {hop.get('address') or ''} ({what})"))
+
+
+@sandbox.group("dns")
+def sandbox_dns() -> None:
+    """The sandbox's DNS records (its DNS face answers them on loopback, UDP and TCP)."""
+
+
+@sandbox_dns.command("set")
+@state_option
+@click.argument("name")
+@click.argument("rtype", metavar="TYPE")
+@click.argument("values", nargs=-1, metavar="VALUE...")
+@click.option("--ttl", type=click.IntRange(0, 2**31 - 1), default=3600, show_default=True)
+@json_option
+@handles_errors
+def sandbox_dns_set(
+    state: Path, name: str, rtype: str, values: tuple[str, ...], ttl: int, as_json: bool
+) -> None:
+    """Replace NAME's TYPE records with VALUE... (none: remove them), e.g.
+    `dns set contoso.example MX "0 contoso-example.mail.protection.outlook.com"`."""
+    from coexist.sandbox import dns as sandbox_dns_face
+
+    result = sandbox_dns_face.command_set(state, name, rtype, list(values), ttl)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(escape(f"{result['name']} {result['type']} {_through(result)}:"))
+    out.print(escape(f"  before: {', '.join(result['before']) or 'none'}"))
+    out.print(escape(f"  after:  {', '.join(result['after']) or 'none'}"))
+
+
+@sandbox_dns.command("show")
+@state_option
+@click.argument("domain", required=False)
+@json_option
+@handles_errors
+def sandbox_dns_show(state: Path, domain: str | None, as_json: bool) -> None:
+    """The records of DOMAIN's zone (or of every zone)."""
+    from coexist.sandbox import dns as sandbox_dns_face
+
+    result = sandbox_dns_face.command_show(state, domain)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for r in result["records"]:
+        out.print(escape(f"{r['name']:40} {r['ttl']:>6} {r['type']:6} {r['value']}"))
 
 
 @main.command("demo")
