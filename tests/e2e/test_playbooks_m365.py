@@ -1,0 +1,228 @@
+"""The Microsoft 365 playbooks (`playbooks/m365-*.yaml`) run end to end against the sandbox,
+resume after a SIGKILL at the interrupted step, plan without writing, and a broken playbook
+is refused before anything runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from coexist import commands, playbook
+from coexist.journal import Journal
+from coexist.sandbox import Sandbox, mailseed
+from coexist.settings import load_project
+from tests.cli_env import assert_no_unawaited_coroutine, cli_env
+from tests.e2e.test_idempotence import journal_snapshot, world_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH = "wave1"
+MOVER = {"migration.mover": "graph-import-export"}
+
+
+def wave(make_project: Callable[..., Path], sandbox: Sandbox, *, items: int = 3) -> Path:
+    """A discovered project with a batch of 2 users whose source mailboxes hold `items`
+    messages each."""
+    project = make_project(users=6, **MOVER)
+    commands.discover(project)
+    users = sorted(str(r["user"]) for r in commands.status(project)["users"])[:2]
+    mailseed.seed_mailboxes(sandbox.mail, "source", users, seed=3, items=items)
+    csv = project / "wave1.csv"
+    csv.write_text("Source Email\n" + "\n".join(users) + "\n")
+    commands.batch_import(project, csv, name=BATCH)
+    return project
+
+
+def steps_of(project: Path, name: str) -> dict[str, dict[str, object]]:
+    """The playbook's step records by step id."""
+    prefix = f"playbook:{name}:{BATCH}:"
+    with Journal.open(load_project(project).journal_url) as j:
+        return {
+            str(s["key"])[len(prefix) :]: s for s in j.steps() if str(s["key"]).startswith(prefix)
+        }
+
+
+def command_runs(project: Path) -> list[str]:
+    with Journal.open(load_project(project).journal_url) as j:
+        return [str(r["command"]) for r in j.runs()]
+
+
+def test_prestage_wave_then_cutover_night_end_to_end(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Both Microsoft 365 playbooks run with --yes: every step ok and journaled, the batch
+    cut over and reconciled, notices rendered per user; a second run repeats nothing."""
+    project = wave(make_project, sandbox)
+    first = playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, yes=True)
+    assert first["ok"], first
+    assert {s["status"] for s in first["steps"]} == {"ok"}, first["steps"]
+    announce = next(s for s in first["steps"] if s["id"] == "announce")
+    assert len(announce["notices"]) == 2 and "batch wave1" in announce["notices"][0]["body"]
+    night = playbook.run_playbook(project, "m365-cutover-night", batch=BATCH, yes=True)
+    assert night["ok"], night
+    users = commands.status(project, batch=BATCH)["users"]
+    assert {(u["phase"], u["state"]) for u in users} == {("cutover", "ok")}
+    assert all(s["status"] == "ok" for s in steps_of(project, "m365-cutover-night").values())
+    runs = command_runs(project)
+    again = playbook.run_playbook(project, "m365-cutover-night", batch=BATCH, yes=True)
+    assert again["ok"] and {s["status"] for s in again["steps"]} == {"skipped"}
+    assert command_runs(project) == [*runs, "playbook"], "a finished playbook ran a command again"
+
+
+def test_manual_step_without_yes_waits_and_the_rerun_continues(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Without --yes (and nobody to ask) the go/no-go checklist stops the run as waiting,
+    before any write; the run with --yes starts at that checklist."""
+    project = wave(make_project, sandbox, items=1)
+    playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, yes=True)
+    world = world_bytes(sandbox)
+    stopped = playbook.run_playbook(project, "m365-cutover-night", batch=BATCH)
+    assert not stopped["ok"] and stopped["stopped_at"] == "go-no-go"
+    assert "resumes at go-no-go" in stopped["next"]
+    assert world_bytes(sandbox) == world
+    done = playbook.run_playbook(project, "m365-cutover-night", batch=BATCH, yes=True)
+    assert done["ok"] and done["steps"][0]["id"] == "go-no-go"
+
+
+def test_plan_sends_no_write(make_project: Callable[..., Path], sandbox: Sandbox) -> None:
+    """`playbook run --plan` lists each step with the writes its commands would make, and
+    leaves tenants and journal exactly as they were."""
+    project = wave(make_project, sandbox)
+    world, journal = world_bytes(sandbox), journal_snapshot(project, include_logs=True)
+    mail = sandbox.mail.to_dict() if hasattr(sandbox.mail, "to_dict") else None
+    result = playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, plan=True)
+    assert world_bytes(sandbox) == world, "--plan wrote to the tenants"
+    assert journal_snapshot(project, include_logs=True) == journal, "--plan journaled"
+    if mail is not None:
+        assert sandbox.mail.to_dict() == mail
+    by_id = {s["id"]: s for s in result["steps"]}
+    assert {s["status"] for s in result["steps"]} == {"planned"}
+    assert by_id["provision"]["writes"], by_id["provision"]
+    assert any("New-MailUser" in w for w in by_id["provision"]["writes"])
+    assert set(by_id) == set(playbook.load(playbook.find("m365-prestage-wave")).step_ids())
+
+
+def _step_status(j: Journal, key: str) -> str | None:
+    row = j.get_step(key)
+    return None if row is None else str(row["status"])
+
+
+def test_sigkill_mid_playbook_resumes_at_the_interrupted_step(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """The CLI killed (SIGKILL) while the prestage step runs its data pass; the re-run skips
+    preflight, the notice and provision (not run again), continues prestage, and ends with
+    every message copied once."""
+    project = wave(make_project, sandbox, items=40)
+    key = f"playbook:m365-prestage-wave:{BATCH}:prestage"
+    log = project / "playbook.log"
+    cmd = [sys.executable, "-m", "coexist.cli", "playbook", "run", "m365-prestage-wave"]
+    cmd += ["--batch", BATCH, "--yes", "--json", "--project", str(project)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=out, env=cli_env())
+    killed = False
+    with Journal.open(load_project(project).journal_url) as j:
+        while proc.poll() is None:
+            if _step_status(j, key) == "started" and j.passes():
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.002)
+    proc.wait(timeout=60)
+    assert killed, "the run ended before the kill: " + log.read_text()[-2000:]
+    before = steps_of(project, "m365-prestage-wave")
+    assert before["prestage"]["status"] == "started"
+    assert before["provision"]["status"] == "ok"
+    runs = command_runs(project)
+    result = playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, yes=True)
+    assert result["ok"], result
+    status = {s["id"]: s["status"] for s in result["steps"]}
+    assert status["preflight"] == status["announce"] == status["provision"] == "skipped"
+    assert status["prestage"] == "ok"
+    after = steps_of(project, "m365-prestage-wave")
+    assert after["provision"]["attempts"] == 1 and after["prestage"]["attempts"] == 2
+    # The commands the re-run ran: no provision (its step was done), prestage continued.
+    new = command_runs(project)[len(runs) :]
+    assert "provision" not in new and "prestage" in new, new
+    assert_no_unawaited_coroutine(log.read_text())
+    # The reconciled check inside the playbook passed: every item is in the target once.
+    assert status["reconciled"] == "ok"
+
+
+BAD = {
+    "unknown kind": ("steps:\n  - id: a\n    kind: teleport\n", 3, "steps[a].kind"),
+    "unknown command": (
+        "steps:\n  - id: a\n    kind: command\n    command: explode\n",
+        4,
+        "steps[a].command",
+    ),
+    "unknown argument": (
+        "steps:\n  - id: a\n    kind: command\n    command: prestage\n    args:\n"
+        "      older_than: 90d\n      colour: red\n",
+        7,
+        "steps[a].args.colour",
+    ),
+    "bad template": (
+        "steps:\n  - id: a\n    kind: notify\n    to: operator\n    template: '{{ batch.name'\n",
+        5,
+        "steps[a].template",
+    ),
+    "unknown variable": (
+        "steps:\n  - id: a\n    kind: manual\n    checklist:\n      - '{{ customer }}'\n",
+        4,
+        "steps[a].checklist[0]",
+    ),
+    "missing key": ("steps:\n  - id: a\n    kind: check\n", 2, "steps[a].check"),
+    "unknown check": (
+        "steps:\n  - id: a\n    kind: check\n    check: vibes\n",
+        4,
+        "steps[a].check",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_playbook_is_refused_naming_file_line_and_key(tmp_path: Path, case: str) -> None:
+    """A playbook with an error is refused by `load`, the message naming file, line, key."""
+    text, line, key = BAD[case]
+    file = tmp_path / "bad.yaml"
+    file.write_text(text)
+    with pytest.raises(playbook.PlaybookError) as caught:
+        playbook.load(file)
+    assert (caught.value.file, caught.value.line, caught.value.key) == (file, line, key)
+    assert f"{file}:{line}: {key}:" in str(caught.value)
+
+
+def test_missing_variable_key_is_refused_before_the_first_step(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """A template naming a key the run lacks (`vars.nope`) stops `playbook run` before any
+    step: nothing journaled, nothing written; the message names file, line and key."""
+    project = wave(make_project, sandbox, items=0)
+    file = project / "mine.yaml"
+    file.write_text(
+        "steps:\n  - id: provision\n    kind: command\n    command: provision\n"
+        "  - id: note\n    kind: notify\n    to: operator\n    template: '{{ vars.nope }}'\n"
+    )
+    world, journal = world_bytes(sandbox), journal_snapshot(project, include_logs=True)
+    with pytest.raises(playbook.PlaybookError) as caught:
+        playbook.run_playbook(project, str(file), batch=BATCH, yes=True)
+    assert caught.value.line == 8 and caught.value.key == "steps[note].template"
+    assert "nope" in str(caught.value)
+    assert world_bytes(sandbox) == world
+    assert journal_snapshot(project, include_logs=True) == journal
+
+
+def test_every_shipped_playbook_loads() -> None:
+    """Every file under playbooks/ loads and is listed."""
+    names = set(playbook.available())
+    assert {"m365-prestage-wave", "m365-cutover-night"} <= names
+    for file in playbook.available().values():
+        assert playbook.load(file).steps
