@@ -159,6 +159,19 @@ def _wait_out(directory: Path, *, bound_s: float = 300.0, **_: Any) -> dict[str,
     return {"retries": commands.wait_out(directory, bound_s=bound_s)}
 
 
+def _verify_credentials(directory: Path, *, batch: str | None = None) -> dict[str, Any]:
+    """`coexist verify-credentials`: every mailbox of the batch opened, nothing moved."""
+    from coexist.credcheck import verify_credentials
+
+    return verify_credentials(directory, batch=batch)
+
+
+def _statistics(directory: Path) -> dict[str, Any]:
+    """Per user: items and bytes moved, GB/h, reconciliation (MigrationWiz's "Request
+    statistics"; `coexist report` of issue 14 D3 is the fuller one)."""
+    return {"users": commands.data_report(directory)}
+
+
 COMMANDS: dict[str, CommandSpec] = {
     "discover": CommandSpec(commands.discover, plannable=True),
     "groups": CommandSpec(commands.groups, plannable=True),
@@ -174,6 +187,8 @@ COMMANDS: dict[str, CommandSpec] = {
         commands.verify_mailflow, plannable=False, sends="a probe message to each user"
     ),
     "wait-out": CommandSpec(_wait_out, plannable=False, sends="`coexist retry` runs"),
+    "verify-credentials": CommandSpec(_verify_credentials, plannable=False, reads_only=True),
+    "statistics": CommandSpec(_statistics, plannable=False, reads_only=True),
 }
 
 
@@ -534,21 +549,34 @@ class Run:
         return value
 
 
+def _user_vars(project: Path, batch: str) -> list[dict[str, Any]]:
+    """The batch's users as templates see them: addresses, names, where they stand and
+    what has been moved for them so far."""
+    report = commands.status(project, batch=batch)
+    moved = {str(r["user"]).lower(): r for r in commands.data_report(project)}
+    users = []
+    for r in report["users"]:
+        data = moved.get(str(r["user"]).lower(), {})
+        users.append(
+            {
+                "address": r["user"],
+                "name": r.get("name") or r["user"],
+                "target": r.get("target") or "",
+                "phase": r.get("phase"),
+                "state": r.get("state"),
+                "items": data.get("items", 0),
+                "bytes": data.get("bytes", 0),
+                "reconciled": bool(data.get("reconciled")),
+            }
+        )
+    return users
+
+
 def _context(
     project: Path, batch: str, variables: Node
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     proj = load_project(project_dir(project))
-    report = commands.status(project, batch=batch)
-    users = [
-        {
-            "address": r["user"],
-            "name": r.get("name") or r["user"],
-            "target": r.get("target") or "",
-            "phase": r.get("phase"),
-            "state": r.get("state"),
-        }
-        for r in report["users"]
-    ]
+    users = _user_vars(project, batch)
     context: dict[str, Any] = {
         "project": {
             "name": proj.project.name,
@@ -571,7 +599,8 @@ def prepare(pb: Playbook, project: Path, batch: str, **options: Any) -> Run:
     run = Run(pb, project, batch, **options)
     run.users, run.context = _context(project, batch, pb.variables)
     run.context["vars"] = run.render(pb.variables, "variables", 1)
-    sample = run.users or [{"address": "", "name": "", "target": "", "phase": "", "state": ""}]
+    blank = {"address": "", "name": "", "target": "", "phase": "", "state": ""}
+    sample = run.users or [blank | {"items": 0, "bytes": 0, "reconciled": False}]
     for step in pb.steps:
         for key, value in step.spec.items():
             extra = {"user": sample[0]} if key in ("template", "subject") else {}
@@ -729,6 +758,8 @@ def _execute(run: Run, step: PlaybookStep, first_at: str) -> StepOutcome:
     if step.kind == "manual":
         return _manual(run, step, run.render(spec["checklist"], f"{where}.checklist", step.line))
     if step.kind == "notify":
+        # The figures a notice quotes are those of now, after the steps above.
+        run.users = run.context["users"] = _user_vars(run.project, run.batch)
         notices = _notices(run, step)
         for n in notices:
             run.say(f"notice to {n['to']}: {n['subject']}\n{n['body']}")
