@@ -187,7 +187,11 @@ COMMANDS: dict[str, CommandSpec] = {
         commands.verify_mailflow, plannable=False, sends="a probe message to each user"
     ),
     "wait-out": CommandSpec(_wait_out, plannable=False, sends="`coexist retry` runs"),
-    "verify-credentials": CommandSpec(_verify_credentials, plannable=False, reads_only=True),
+    # It signs in to every mailbox and journals each result (events, user state): a plan
+    # only says so.
+    "verify-credentials": CommandSpec(
+        _verify_credentials, plannable=False, sends="a sign-in to each mailbox (journaled)"
+    ),
     "statistics": CommandSpec(_statistics, plannable=False, reads_only=True),
 }
 

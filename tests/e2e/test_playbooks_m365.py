@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,17 +33,41 @@ def wave(make_project: Callable[..., Path], sandbox: Sandbox, *, items: int = 3)
     messages each."""
     project = make_project(users=6, **MOVER)
     commands.discover(project)
-    users = sorted(str(r["user"]) for r in commands.status(project)["users"])[:2]
-    mailseed.seed_mailboxes(sandbox.mail, "source", users, seed=3, items=items)
+    with Journal.open(load_project(project).journal_url) as j:
+        chosen = sorted(j.items(kind="user"), key=lambda u: str(u["source_address"]))[:2]
+    users = [str(u["source_address"]) for u in chosen]
+    # The store is keyed by user object id (the journal's item key).
+    mailseed.seed_mailboxes(
+        sandbox.mail, "source", [str(u["key"]) for u in chosen], seed=3, items=items
+    )
     csv = project / "wave1.csv"
     csv.write_text("Source Email\n" + "\n".join(users) + "\n")
     commands.batch_import(project, csv, name=BATCH)
     return project
 
 
-def steps_of(project: Path, name: str) -> dict[str, dict[str, object]]:
+def held(sandbox: Sandbox, project: Path) -> dict[str, tuple[int, int]]:
+    """Per batch user: (messages in its source mailbox, how many of them its target mailbox
+    holds exactly once)."""
+    out = {}
+    with Journal.open(load_project(project).journal_url) as j:
+        users = j.items(kind="user", batch=BATCH)
+    for u in users:
+        target = sandbox.world.target.address_owner(str(u["target_address"]))
+        assert target is not None, u
+        seeded = {
+            m.internet_message_id for m in sandbox.mail.iter_messages("source", str(u["key"]))
+        }
+        copies = Counter(
+            m.internet_message_id for m in sandbox.mail.iter_messages("target", target.id)
+        )
+        out[str(u["source_address"])] = (len(seeded), sum(1 for m in seeded if copies[m] == 1))
+    return out
+
+
+def steps_of(project: Path, name: str, batch: str = BATCH) -> dict[str, dict[str, Any]]:
     """The playbook's step records by step id."""
-    prefix = f"playbook:{name}:{BATCH}:"
+    prefix = f"playbook:{name}:{batch}:"
     with Journal.open(load_project(project).journal_url) as j:
         return {
             str(s["key"])[len(prefix) :]: s for s in j.steps() if str(s["key"]).startswith(prefix)
@@ -68,6 +94,7 @@ def test_prestage_wave_then_cutover_night_end_to_end(
     assert night["ok"], night
     users = commands.status(project, batch=BATCH)["users"]
     assert {(u["phase"], u["state"]) for u in users} == {("cutover", "ok")}
+    assert all(src == tgt == 3 for src, tgt in held(sandbox, project).values())
     assert all(s["status"] == "ok" for s in steps_of(project, "m365-cutover-night").values())
     runs = command_runs(project)
     again = playbook.run_playbook(project, "m365-cutover-night", batch=BATCH, yes=True)
@@ -114,46 +141,74 @@ def _step_status(j: Journal, key: str) -> str | None:
     return None if row is None else str(row["status"])
 
 
-def test_sigkill_mid_playbook_resumes_at_the_interrupted_step(
-    make_project: Callable[..., Path], sandbox: Sandbox
-) -> None:
-    """The CLI killed (SIGKILL) while the prestage step runs its data pass; the re-run skips
-    preflight, the notice and provision (not run again), continues prestage, and ends with
-    every message copied once."""
-    project = wave(make_project, sandbox, items=40)
-    key = f"playbook:m365-prestage-wave:{BATCH}:prestage"
+def kill_mid_step(project: Path, name: str, batch: str, step: str) -> None:
+    """Run `playbook run NAME --yes` as a child process; SIGKILL it while `step` runs
+    (its journal record `started`, and for a data pass, the pass begun)."""
+    key = f"playbook:{name}:{batch}:{step}"
     log = project / "playbook.log"
-    cmd = [sys.executable, "-m", "coexist.cli", "playbook", "run", "m365-prestage-wave"]
-    cmd += ["--batch", BATCH, "--yes", "--json", "--project", str(project)]
+    cmd = [sys.executable, "-m", "coexist.cli", "playbook", "run", name]
+    cmd += ["--batch", batch, "--yes", "--json", "--project", str(project)]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=out, env=cli_env())
     killed = False
     with Journal.open(load_project(project).journal_url) as j:
+        passes = len(j.passes())
         while proc.poll() is None:
-            if _step_status(j, key) == "started" and j.passes():
+            if _step_status(j, key) == "started" and len(j.passes()) > passes:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed = True
                 break
             time.sleep(0.002)
     proc.wait(timeout=60)
     assert killed, "the run ended before the kill: " + log.read_text()[-2000:]
-    before = steps_of(project, "m365-prestage-wave")
-    assert before["prestage"]["status"] == "started"
-    assert before["provision"]["status"] == "ok"
-    runs = command_runs(project)
-    result = playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, yes=True)
-    assert result["ok"], result
-    status = {s["id"]: s["status"] for s in result["steps"]}
-    assert status["preflight"] == status["announce"] == status["provision"] == "skipped"
-    assert status["prestage"] == "ok"
-    after = steps_of(project, "m365-prestage-wave")
-    assert after["provision"]["attempts"] == 1 and after["prestage"]["attempts"] == 2
-    # The commands the re-run ran: no provision (its step was done), prestage continued.
-    new = command_runs(project)[len(runs) :]
-    assert "provision" not in new and "prestage" in new, new
     assert_no_unawaited_coroutine(log.read_text())
-    # The reconciled check inside the playbook passed: every item is in the target once.
-    assert status["reconciled"] == "ok"
+
+
+def resume_after_kill(project: Path, name: str, batch: str, step: str) -> dict[str, object]:
+    """Kill `name` mid-`step`, run it again in-process: the steps before `step` are not run
+    again (none of their commands runs), `step` is continued (its second attempt) and the
+    playbook ends ok. Returns the re-run's result."""
+    kill_mid_step(project, name, batch, step)
+    pb = playbook.load(playbook.find(name))
+    ids = pb.step_ids()
+    before = steps_of(project, name, batch)
+    assert before[step]["status"] == "started"
+    assert all(before[i]["status"] == "ok" for i in ids[: ids.index(step)])
+    runs = command_runs(project)
+    result = playbook.run_playbook(project, name, batch=batch, yes=True)
+    assert result["ok"], result
+    status = {str(s["id"]): s["status"] for s in result["steps"]}
+    assert all(status[i] == "skipped" for i in ids[: ids.index(step)]), status
+    assert status[step] == "ok"
+    after = steps_of(project, name, batch)
+    assert after[step]["attempts"] == 2
+    assert all(after[i]["attempts"] == 1 for i in ids[: ids.index(step)])
+    # The commands of the steps done before the kill are not run again.
+    done = {str(s.spec["command"]) for s in pb.steps[: ids.index(step)] if s.kind == "command"}
+    interrupted = str(pb.steps[ids.index(step)].spec.get("command"))
+    new = command_runs(project)[len(runs) :]
+    assert not (done - {interrupted}) & set(new), new
+    assert interrupted in new
+    return result
+
+
+@pytest.mark.parametrize(
+    ("name", "step"), [("m365-prestage-wave", "prestage"), ("m365-cutover-night", "cutover")]
+)
+def test_sigkill_mid_playbook_resumes_at_the_interrupted_step(
+    make_project: Callable[..., Path], sandbox: Sandbox, name: str, step: str
+) -> None:
+    """The CLI killed (SIGKILL) while a data pass of the playbook runs; the re-run skips the
+    steps done (their commands not run again), continues the interrupted one, and its
+    reconciled check passes: every message in the target once."""
+    project = wave(make_project, sandbox, items=40)
+    if name == "m365-cutover-night":
+        # The seeded mail spans months: the cutover's pass has the recent part to move.
+        playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, yes=True)
+    result = resume_after_kill(project, name, BATCH, step)
+    assert {str(s["id"]): s["status"] for s in result["steps"]}["reconciled"] == "ok"
+    if name == "m365-cutover-night":
+        assert all(src == tgt == 40 for src, tgt in held(sandbox, project).values())
 
 
 BAD = {
