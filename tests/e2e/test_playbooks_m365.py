@@ -4,6 +4,7 @@ is refused before anything runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 
 from coexist import commands, playbook
 from coexist.journal import Journal
@@ -281,3 +283,72 @@ def test_every_shipped_playbook_loads() -> None:
     assert {"m365-prestage-wave", "m365-cutover-night"} <= names
     for file in playbook.available().values():
         assert playbook.load(file).steps
+
+
+WAITS = """\
+steps:
+  - id: past
+    kind: wait
+    until: "2000-01-01T00:00:00Z"
+  - id: holds
+    kind: wait
+    check: no-failed-users
+    interval_s: 0.01
+  - id: never
+    kind: wait
+    check: reconciled
+    interval_s: 0.01
+    timeout_s: 0.05
+  - id: after
+    kind: notify
+    to: operator
+    template: "{{ batch.name }} reconciled"
+"""
+
+
+def test_waits_resume_and_the_cli_runs_shows_and_refuses(
+    make_project: Callable[..., Path], sandbox: Sandbox, cli: Callable[..., Result]
+) -> None:
+    """A wait until a past time and a wait on a check that holds end ok; a wait on a check
+    that never holds stops the run as waiting (rc 1, the resume command given) and the next
+    run looks again at that step (its first start kept); `--from` starts at a step; `show`
+    lists the steps; `list` the five shipped playbooks; a broken file is refused (rc 2)."""
+    project = wave(make_project, sandbox, items=0)
+    file = project / "waits.yaml"
+    file.write_text(WAITS)
+    args = ["playbook", "run", str(file), "--batch", BATCH, "--project", str(project)]
+    first = cli(*args, "--json")
+    assert first.exit_code == 1, first.output
+    result = json.loads(first.stdout)
+    assert [s["status"] for s in result["steps"]] == ["ok", "ok", "waiting"]
+    assert result["stopped_at"] == "never" and "resumes at never" in result["next"]
+    again = json.loads(cli(*args, "--json").stdout)
+    assert [s["status"] for s in again["steps"]] == ["skipped", "skipped", "waiting"]
+    records = steps_of(project, "waits")
+    assert records["never"]["attempts"] == 2 and records["past"]["attempts"] == 1
+    with Journal.open(load_project(project).journal_url) as j:
+        started = [
+            h["intent"]["first_started_at"]
+            for h in j.history(
+                next(str(s["key"]) for s in j.steps() if str(s["key"]).endswith(":never"))
+            )
+            if h["status"] == "started"
+        ]
+    assert len(set(started)) == 1, started  # the timeout counts from the first start
+    skipped = json.loads(cli(*args, "--from", "after", "--json").stdout)
+    assert [s["id"] for s in skipped["steps"]] == ["after"] and skipped["ok"]
+    shown = cli("playbook", "show", "m365-cutover-night")
+    assert shown.exit_code == 0 and "rollback-point" in shown.output
+    listed = json.loads(cli("playbook", "list", "--json").stdout)
+    assert {r["name"] for r in listed} == {
+        "m365-prestage-wave",
+        "m365-cutover-night",
+        "imap-mx-cutover",
+        "hosted-exchange-cutover",
+        "workmail-domain-transfer",
+    }
+    file.write_text(WAITS.replace("kind: notify", "kind: telegram"))
+    refused = cli(*args, "--yes")
+    assert refused.exit_code == 2
+    # rich wraps long lines, even inside a path: compare without whitespace.
+    assert f"{file}:15:steps[after].kind:unknownstepkind" in "".join(refused.output.split())
