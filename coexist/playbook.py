@@ -272,22 +272,34 @@ def _mailflow(run: Run, wait_s: float = 60.0) -> CheckResult:
 
 
 def _register_dns() -> None:
-    """The `dns` check is `coexist.dnscheck`'s (issue 14 D2), registered when it is
-    installed. Its calling convention is *unverified* here: a function `check_dns(project,
-    **args)` returning a mapping with `ok` and `message`."""
+    """The `dns` check is `coexist.dnscheck.run_check`'s (issue 14 D2, helper dnsface),
+    registered when that module is installed: `check-dns` for the project's domains (or
+    `domains`), expecting the target's MX and autodiscover (or `expect_mx`,
+    `expect_autodiscover`), through `resolver` or the project's. Read from the dnsface
+    branch as it stood (run_check(project_dir, *, domains, expect_mx, expect_autodiscover,
+    resolver) -> {"ok", "findings": [{"ok", "message", "fix", ...}]}): *unverified* against
+    what lands on main."""
     try:
         from coexist import dnscheck  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return
-    check_dns = getattr(dnscheck, "check_dns", None)
-    if check_dns is None:
+    run_check = getattr(dnscheck, "run_check", None)
+    if run_check is None:
         return
 
     def dns(run: Run, **args: Any) -> CheckResult:
-        out = check_dns(run.project, **args)
-        return CheckResult(bool(out.get("ok")), str(out.get("message", "")), dict(out))
+        if isinstance(args.get("domains"), str):
+            args["domains"] = [args["domains"]]
+        out = run_check(run.project, **args)
+        bad = [f for f in out.get("findings", []) if not f.get("ok")]
+        text = "; ".join(
+            f"{f.get('message')}" + (f" (fix: {f['fix']})" if f.get("fix") else "") for f in bad
+        )
+        ok = bool(out.get("ok"))
+        message = text if not ok else f"DNS as expected for {', '.join(out.get('domains', []))}"
+        return CheckResult(ok, message, {"findings": out.get("findings", [])})
 
-    names = tuple(p for p in inspect.signature(check_dns).parameters if p != "project")
+    names = tuple(p for p in inspect.signature(run_check).parameters if p != "project_dir")
     register_check("dns", names)(dns)
 
 
