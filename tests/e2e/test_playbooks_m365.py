@@ -120,12 +120,18 @@ def test_manual_step_without_yes_waits_and_the_rerun_continues(
     assert done["ok"] and done["steps"][0]["id"] == "go-no-go"
 
 
-def test_plan_sends_no_write(make_project: Callable[..., Path], sandbox: Sandbox) -> None:
-    """`playbook run --plan` lists each step with the writes its commands would make, and
-    leaves tenants and journal exactly as they were."""
+def test_plan_sends_no_write(
+    make_project: Callable[..., Path], sandbox: Sandbox, cli: Callable[..., Result]
+) -> None:
+    """`playbook run --plan` lists each step with the writes its commands would make (the
+    CLI prints them), and leaves tenants and journal exactly as they were."""
     project = wave(make_project, sandbox)
     world, journal = world_bytes(sandbox), journal_snapshot(project, include_logs=True)
     mail = sandbox.mail.to_dict() if hasattr(sandbox.mail, "to_dict") else None
+    args = ("playbook", "run", "m365-prestage-wave", "--batch", BATCH, "--plan")
+    text = cli(*args, "--project", str(project))
+    assert text.exit_code == 0, text.output
+    assert "provision: [target] New-MailUser" in " ".join(text.stdout.split())
     result = playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, plan=True)
     assert world_bytes(sandbox) == world, "--plan wrote to the tenants"
     assert journal_snapshot(project, include_logs=True) == journal, "--plan journaled"
