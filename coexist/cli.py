@@ -1783,5 +1783,99 @@ def _demo_text(result: dict[str, Any]) -> None:
             out.print(escape(f"{c['status']:5} {c['check']}: {c['detail']} {c['fix']}"))
 
 
+# -- playbooks (coexist/playbook.py) -----------------------------------------------------------
+@main.group("playbook")
+def playbook_group() -> None:
+    """Operator runbooks as data (playbooks/*.yaml): list, show, run per batch."""
+
+
+@playbook_group.command("list")
+@json_option
+@handles_errors
+def playbook_list_cmd(as_json: bool) -> None:
+    """The shipped playbooks (and where each file is)."""
+    from coexist import playbook
+
+    rows = [
+        {"name": n, "file": str(f), "description": playbook.load(f).description}
+        for n, f in playbook.available().items()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        out.print(escape(f"{r['name']:28} {r['description']}"))
+
+
+@playbook_group.command("show")
+@click.argument("name")
+@json_option
+@handles_errors
+def playbook_show_cmd(name: str, as_json: bool) -> None:
+    """The steps of playbook NAME (a name from `playbook list`, or a YAML file)."""
+    from coexist import playbook
+
+    pb = playbook.load(playbook.find(name))
+    steps = playbook.describe(pb)
+    if as_json:
+        click.echo(json.dumps({"name": pb.name, "file": str(pb.file), "steps": steps}))
+        return
+    out.print(escape(f"{pb.name} ({pb.file})\n{pb.description}"))
+    for n, s in enumerate(steps, 1):
+        out.print(escape(f"{n:2}. {s['id']:20} {s['kind']:8} {s['title']}: {s['what']}"))
+
+
+@playbook_group.command("run")
+@project_option
+@click.argument("name")
+@click.option("--batch", required=True, help="The batch the playbook runs on.")
+@plan_option
+@click.option("--from", "from_step", default=None, help="Start at this step id.")
+@click.option("--yes", is_flag=True, help="Confirm every checklist (rehearsals).")
+@json_option
+@handles_errors
+def playbook_run_cmd(
+    project: Path,
+    name: str,
+    batch: str,
+    plan: bool,
+    from_step: str | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Run playbook NAME on a batch, step by step, journaled: run it again to resume."""
+    from coexist import playbook
+
+    def say(text: str) -> None:
+        if not as_json:
+            err.print(escape(text))
+
+    asks = None if (as_json or not sys.stdin.isatty()) else (lambda q: click.confirm(q))
+    result = playbook.run_playbook(
+        project,
+        name,
+        batch=batch,
+        plan=plan,
+        from_step=from_step,
+        yes=yes,
+        say=say,
+        confirm=asks,
+        progress=_progress(as_json),
+    )
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        if plan:
+            for s in result["steps"]:
+                for w in s.get("writes", []):
+                    out.print(escape(f"  {s['id']}: {w}"))
+        verdict = "done" if result["ok"] else f"stopped at {result['stopped_at']}"
+        out.print(escape(f"playbook {result['playbook']} on {batch}: {verdict}"))
+        if result["next"]:
+            out.print(escape(f"next: {result['next']}"))
+    if not result["ok"]:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()
