@@ -1711,6 +1711,8 @@ def report_cmd(
     if sum((html is not None, as_json, as_csv)) > 1:
         raise InputError("choose one of --html FILE, --json, --csv", next_step="--json")
     data = report.build(project, batch=batch)
+    if html is not None:
+        report.write_html(data, html)  # before the send: a refused send still leaves it
     sent = report.send(data, list(email)) if email else None
     if as_json:
         click.echo(report.to_json({**data, **({"email": sent} if sent else {})}), nl=False)
@@ -1723,7 +1725,6 @@ def report_cmd(
     for line in report.text_lines(data):
         out.print(escape(line))
     if html is not None:
-        report.write_html(data, html)
         out.print(escape(f"HTML report written: {html}"))
     if sent:
         out.print(escape(f"report sent to {', '.join(sent['to'])} through {sent['relay']}"))

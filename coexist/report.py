@@ -36,6 +36,7 @@ import jinja2
 
 from coexist import commands
 from coexist.errors import InputError, RemoteError
+from coexist.files import write_failed, write_private
 from coexist.migrate.summary import human_bytes
 from coexist.runtime import open_journal, project_dir
 from coexist.settings import load_project
@@ -271,6 +272,8 @@ def to_json(report: Mapping[str, Any]) -> str:
     return json.dumps(report, indent=2, default=str) + "\n"
 
 
+# A user's passes per kind in the CSV (journal PASS_KINDS), in the order they run.
+PASS_ORDER = ("trial", "prestage", "cutover")
 CSV_COLUMNS = (
     "scope",
     "batch",
@@ -287,10 +290,7 @@ CSV_COLUMNS = (
     "seconds",
     "gb_per_hour",
     "wall_gb_per_hour",
-    "prestage_items",
-    "prestage_bytes",
-    "cutover_items",
-    "cutover_bytes",
+    *(f"{kind}_{what}" for kind in PASS_ORDER for what in ("items", "bytes")),
     "skipped",
     "skipped_reasons",
     "reconciled",
@@ -320,7 +320,7 @@ def to_csv(report: Mapping[str, Any]) -> str:
                 "users": 1,
                 "passes": len(u["passes"]),
                 **{k: u[k] for k in ("items", "bytes", "seconds", "gb_per_hour", "skipped")},
-                **{k: per_kind[k] for k in CSV_COLUMNS if k.startswith(("prestage_", "cutover_"))},
+                **{k: per_kind[k] for k in CSV_COLUMNS if k.startswith(PASS_ORDER)},
                 "skipped_reasons": "; ".join(
                     f"{r['items']} × {r['reason']}" for r in u["skipped_reasons"]
                 ),
@@ -401,6 +401,11 @@ def _width_text(seconds: int) -> str:
     return f"{seconds} s"
 
 
+# Skipped items listed one by one per user in the HTML (all are counted by reason, and
+# listed in the JSON): a mailbox with thousands would bury the rest of the report.
+SKIPPED_SHOWN = 100
+
+
 def to_html(report: Mapping[str, Any]) -> str:
     template = _TEMPLATES.get_template("report.html.j2")
     return template.render(
@@ -409,6 +414,7 @@ def to_html(report: Mapping[str, Any]) -> str:
         chart=chart(report["throughput"]),
         human_bytes=human_bytes,
         when=_when,
+        skipped_shown=SKIPPED_SHOWN,
     )
 
 
@@ -418,7 +424,9 @@ def text_lines(report: Mapping[str, Any]) -> list[str]:
     scope = f"batch {report['batch']}" if report["batch"] else "all batches"
     lines = [
         f"coexist report: project {report['project']} ({scope}), {report['generated_at']}",
-        f"{t['users']} users: " + ", ".join(f"{n} {k}" for k, n in t["by_phase_state"].items()),
+        f"{t['users']} users"
+        + (": " if t["by_phase_state"] else "")
+        + ", ".join(f"{n} {k}" for k, n in t["by_phase_state"].items()),
         f"{t['items']:,} items, {human_bytes(t['bytes'])} copied in {t['passes']} passes; "
         f"{t['gb_per_hour']:.3f} GB/h per mailbox, {t['wall_gb_per_hour']:.3f} GB/h overall",
         f"{t['skipped']} items skipped; {t['reconciled']} of {t['users']} users reconciled"
@@ -569,6 +577,8 @@ def _said(raw: bytes | str) -> str:
 
 
 def write_html(report: Mapping[str, Any], path: Path) -> Path:
-    from coexist.files import write_private
-
-    return write_private(path, to_html(report))
+    """Write the HTML report (owner-only, as every file coexist writes: it names people)."""
+    try:
+        return write_private(path, to_html(report))
+    except OSError as exc:
+        raise write_failed(path, exc, next_step="--html PATH in a writable directory") from None

@@ -24,6 +24,7 @@ from selenium.webdriver.common.by import By
 from coexist import commands
 from coexist.journal import Journal
 from coexist.migrate.summary import human_bytes
+from coexist.report import PASS_ORDER
 from tests.dovecot import missing
 from tests.smtp_server import smtp_relay
 
@@ -183,7 +184,7 @@ def test_report_opens_in_headless_chromium_with_every_user_and_its_figures(
             u["bytes"],
             u["gb_per_hour"],
         )
-        assert int(c["prestage_items"]) + int(c["cutover_items"]) == u["items"]
+        assert sum(int(c[f"{k}_items"]) for k in PASS_ORDER) == u["items"]
         assert sum(p["items"] for p in u["passes"]) == u["items"]
         assert u["id"] not in json.dumps(rows)
         # The per-folder reconciliation: every folder of the JSON in the user's section.
