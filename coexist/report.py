@@ -98,6 +98,12 @@ def build(directory: Path | None = None, *, batch: str | None = None) -> dict[st
         "totals": _totals(users, all_passes),
         "batches": batches,
         "users": users,
+        # Groups belong to no batch: status lists them for the whole project only.
+        "groups": [
+            {k: g.get(k) for k in ("group", "kind", "target", "state", "unmapped_members")}
+            | {"error": g.get("error"), "next": g.get("next"), "waiting_for": g.get("waiting_for")}
+            for g in shown["groups"]
+        ],
         "throughput": throughput(all_passes),
     }
 
@@ -302,7 +308,8 @@ CSV_COLUMNS = (
 
 
 def to_csv(report: Mapping[str, Any]) -> str:
-    """One row per user, then one per batch (scope `batch`) and the project (`project`);
+    """One row per user, per group (scope `group`, its name in `name`), then one per batch
+    (scope `batch`) and the project (`project`);
     `reconciled` and `errors` count users (1 or 0 on a user's row)."""
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -329,6 +336,18 @@ def to_csv(report: Mapping[str, Any]) -> str:
                 "errors": int(bool(u["error"])),
                 "error": u["error"],
                 "next": u["next"],
+            }
+        )
+    for g in report["groups"]:
+        out.writerow(
+            {
+                "scope": "group",
+                "name": g["group"],
+                "target": g["target"],
+                "state": g["state"],
+                "errors": int(bool(g["error"])),
+                "error": g["error"],
+                "next": g["next"],
             }
         )
     rows = [("batch", b["batch"], b) for b in report["batches"]]

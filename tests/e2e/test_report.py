@@ -9,7 +9,6 @@ import base64
 import csv
 import io
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from selenium.webdriver.common.by import By
 from coexist import commands
 from coexist.journal import Journal
 from coexist.migrate.summary import human_bytes
-from coexist.report import PASS_ORDER
+from coexist.report import CSP, PASS_ORDER
 from tests.dovecot import missing
 from tests.smtp_server import smtp_relay
 
@@ -86,7 +85,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
     (which would download a driver) never runs; SE_MANAGER_PATH points nowhere to prove it."""
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
         missing("chromium and chromium-driver are not installed: run `make system-deps`")
-    os.environ["SE_MANAGER_PATH"] = str(tmp_path_factory.mktemp("no-selenium-manager") / "x")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in (
@@ -101,27 +99,34 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         options.add_argument(arg)
     # The browser console and the DevTools network events, read back after the load.
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        os.environ.pop("SE_MANAGER_PATH", None)
+    with pytest.MonkeyPatch.context() as patch:  # module scope: no `monkeypatch` fixture
+        patch.setenv("SE_MANAGER_PATH", str(tmp_path_factory.mktemp("no-se-manager") / "x"))
+        service = Service(executable_path=str(CHROMEDRIVER))
+        driver = webdriver.Chrome(options=options, service=service)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
-def open_report(driver: webdriver.Chrome, html: Path) -> tuple[list[Any], list[str]]:
-    """Load the file; return the console entries and every URL the page requested."""
+def open_report(driver: webdriver.Chrome, html: Path) -> tuple[list[Any], list[str], list[str]]:
+    """Load the file; return the console entries, every URL the page asked for, and those
+    of them the browser blocked before sending (DevTools `loadingFailed.blockedReason`)."""
     driver.get_log("browser")  # drop what an earlier page logged
     driver.get_log("performance")
     driver.get(html.as_uri())
     assert driver.execute_script("return document.readyState") == "complete"
     console = driver.get_log("browser")
-    requested = []
+    requested: dict[str, str] = {}
+    blocked = []
     for entry in driver.get_log("performance"):
         event = json.loads(entry["message"])["message"]
+        params = event.get("params", {})
         if event["method"] == "Network.requestWillBeSent":
-            requested.append(event["params"]["request"]["url"])
-    return console, requested
+            requested[params["requestId"]] = params["request"]["url"]
+        elif event["method"] == "Network.loadingFailed" and params.get("blockedReason"):
+            blocked.append(requested.get(params["requestId"], "?"))
+    return console, list(requested.values()), blocked
 
 
 def reports(cli: Callable[..., Result], project: Path, html: Path) -> tuple[Any, list[Any]]:
@@ -149,7 +154,7 @@ def test_report_opens_in_headless_chromium_with_every_user_and_its_figures(
     status = commands.status(demo_project)["users"]
     assert {u["user"] for u in data["users"]} == {u["user"] for u in status}
     assert len(data["users"]) >= 2
-    console, requested = open_report(browser, html)
+    console, requested, _ = open_report(browser, html)
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "report.png").stat().st_size > 0
     # Printed: Chromium renders it to PDF under the print style sheet (kept beside the PNG).
@@ -202,6 +207,13 @@ def test_report_opens_in_headless_chromium_with_every_user_and_its_figures(
     project_row = next(r for r in rows if r["scope"] == "project")
     assert (int(project_row["items"]), int(project_row["bytes"])) == (t["items"], t["bytes"])
     assert t["items"] == sum(u["items"] for u in data["users"])
+    # Groups (project-wide) by name, with their state, in all three formats.
+    assert data["groups"], "the demo copies its groups"
+    groups = browser.find_element(By.ID, "groups").text
+    assert all(g["group"] in groups for g in data["groups"])
+    assert sorted(r["name"] for r in rows if r["scope"] == "group") == sorted(
+        g["group"] for g in data["groups"]
+    )
     totals = browser.find_element(By.ID, "totals").text
     assert f"{t['items']:,}" in totals and human_bytes(t["bytes"]) in totals
     # Throughput over time: an inline SVG chart with a bar per bucket, carrying all the bytes.
@@ -223,7 +235,7 @@ def test_report_escapes_journal_text_and_shows_skips_errors_and_batches(
     error with its next command, and each batch with its totals."""
     html = tmp_path / "report.html"
     data, rows = reports(cli, hostile_project, html)
-    console, requested = open_report(browser, html)
+    console, requested, _ = open_report(browser, html)
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert console == [], console
     assert requested == [html.as_uri()], requested
@@ -320,3 +332,23 @@ def test_report_email_refuses_an_unverified_certificate_and_a_wrong_password(
         assert "refused the login" in refused.output
         assert "wrong-Pa55-word" not in refused.output and relay.password not in refused.output
     assert relay.received == []
+
+
+def test_the_browser_checks_see_a_request_and_the_policy_refusing_it(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """The checks above are not vacuous: a page fetching an image is seen requesting it,
+    and under the report's Content-Security-Policy the same fetch is blocked before it is
+    sent, with a console message (the report pages show neither: no attempt at all)."""
+    tag = '<img src="http://127.0.0.1:9/pixel.png" alt="">'
+    plain = tmp_path / "plain.html"
+    plain.write_text(f"<!DOCTYPE html><html><body>{tag}</body></html>")
+    _, requested, blocked = open_report(browser, plain)
+    assert "http://127.0.0.1:9/pixel.png" in requested and not blocked
+    guarded = tmp_path / "guarded.html"
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+    guarded.write_text(f"<!DOCTYPE html><html><head>{meta}</head><body>{tag}</body></html>")
+    console, _, blocked = open_report(browser, guarded)
+    # Chromium reports the attempt, then blocks it before it leaves (blockedReason "csp").
+    assert blocked == ["http://127.0.0.1:9/pixel.png"]
+    assert any("Content Security Policy" in e["message"] for e in console), console
