@@ -281,7 +281,7 @@ def test_report_email_reaches_a_real_smtp_server_over_tls_with_login(
     with smtp_relay(tmp_path, security=security) as relay:
         for name, value in relay.env().items():
             monkeypatch.setenv(name, value)
-        sent = cli("report", "--project", str(demo_project), "--email", "ops@contoso.example")
+        sent = cli("report", "--project", str(demo_project), "-v", "--email", "ops@contoso.example")
         assert sent.exit_code == 0, sent.output
         assert "report sent to ops@contoso.example" in sent.output
         assert relay.password not in sent.output
@@ -332,6 +332,12 @@ def test_report_email_refuses_an_unverified_certificate_and_a_wrong_password(
         assert "refused the login" in refused.output
         assert "wrong-Pa55-word" not in refused.output and relay.password not in refused.output
     assert relay.received == []
+    # Nor in the run logs the CLI keeps in the project (every run's, -v or not).
+    logs = [f for f in (demo_project / "logs").rglob("*") if f.is_file()]
+    assert logs
+    for f in logs:
+        text = f.read_text(errors="replace")
+        assert "wrong-Pa55-word" not in text and relay.password not in text, f
 
 
 def test_the_browser_checks_see_a_request_and_the_policy_refusing_it(
