@@ -1877,5 +1877,58 @@ def playbook_run_cmd(
         sys.exit(1)
 
 
+@main.command("report")
+@project_option
+@click.option("--batch", default=None, help="Only this batch (default: the whole project).")
+@click.option(
+    "--html",
+    "html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report as one self-contained HTML file.",
+)
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print the report as CSV.")
+@click.option(
+    "--email",
+    "email",
+    multiple=True,
+    help="Send the report to this address (repeatable) through the SMTP relay set by "
+    "COEXIST_SMTP_HOST, _PORT, _SECURITY (starttls|tls), _USER, _PASSWORD, _FROM, _CA_FILE.",
+)
+@handles_errors
+def report_cmd(
+    project: Path,
+    batch: str | None,
+    html: Path | None,
+    as_json: bool,
+    as_csv: bool,
+    email: tuple[str, ...],
+) -> None:
+    """Statistics to hand a customer: per user, batch and project, from the journal."""
+    from coexist import report
+
+    if sum((html is not None, as_json, as_csv)) > 1:
+        raise InputError("choose one of --html FILE, --json, --csv", next_step="--json")
+    data = report.build(project, batch=batch)
+    if html is not None:
+        report.write_html(data, html)  # before the send: a refused send still leaves it
+    sent = report.send(data, list(email)) if email else None
+    if as_json:
+        click.echo(report.to_json({**data, **({"email": sent} if sent else {})}), nl=False)
+        return
+    if as_csv:
+        click.echo(report.to_csv(data), nl=False)
+        if sent:  # stdout carries the CSV only
+            click.echo(f"report sent to {', '.join(sent['to'])}", err=True)
+        return
+    for line in report.text_lines(data):
+        out.print(escape(line))
+    if html is not None:
+        out.print(escape(f"HTML report written: {html}"))
+    if sent:
+        out.print(escape(f"report sent to {', '.join(sent['to'])} through {sent['relay']}"))
+
+
 if __name__ == "__main__":
     main()
