@@ -6,7 +6,7 @@ ordered steps, each of one kind:
 ``command``  a coexist command with arguments (the command functions of
              `coexist.commands`, called in-process; `batch` is the run's batch)
 ``check``    a registered check (`CHECKS`): reconciliation clean, no user failed,
-             mail flow verified, DNS (when `coexist.dnscheck` is installed)
+             mail flow verified, DNS (`coexist.dnscheck`, as check-dns)
 ``manual``   a checklist the operator confirms (`--yes` confirms it, for rehearsals)
 ``notify``   a notice to each user of the batch, or to the operator, rendered from a
              jinja2 template into the run's output and the journal (sending it is issue 15)
@@ -43,7 +43,7 @@ import jinja2.meta
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
-from coexist import commands
+from coexist import commands, dnscheck
 from coexist.errors import CoexistError, InputError
 from coexist.journal import Journal
 from coexist.runtime import open_journal, project_dir
@@ -271,39 +271,23 @@ def _mailflow(run: Run, wait_s: float = 60.0) -> CheckResult:
     return CheckResult(True, f"mail flow as expected for {len(result['probes'])} probes")
 
 
-def _register_dns() -> None:
-    """The `dns` check is `coexist.dnscheck.run_check`'s (issue 14 D2, helper dnsface),
-    registered when that module is installed: `check-dns` for the project's domains (or
-    `domains`), expecting the target's MX and autodiscover (or `expect_mx`,
-    `expect_autodiscover`), through `resolver` or the project's. Read from the dnsface
-    branch as it stood (run_check(project_dir, *, domains, expect_mx, expect_autodiscover,
-    resolver) -> {"ok", "findings": [{"ok", "message", "fix", ...}]}): *unverified* against
-    what lands on main."""
-    try:
-        from coexist import dnscheck  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return
-    run_check = getattr(dnscheck, "run_check", None)
-    if run_check is None:
-        return
+@register_check("dns", ("domains", "expect_mx", "expect_autodiscover", "resolver"))
+def _dns(run: Run, **args: Any) -> CheckResult:
+    """`coexist check-dns` (coexist/dnscheck.py) for the project's domains (or `domains`),
+    expecting the target's MX and autodiscover (or `expect_mx`, `expect_autodiscover`),
+    through `resolver` or the project's [dns] resolver: the MX checkpoint of a cutover."""
+    if isinstance(args.get("domains"), str):
+        args["domains"] = [args["domains"]]
+    out = dnscheck.run_check(run.project, **args)
+    bad = [f for f in out.get("findings", []) if not f.get("ok")]
+    text = "; ".join(
+        f"{f.get('message')}" + (f" (fix: {f['fix']})" if f.get("fix") else "") for f in bad
+    )
+    if not out.get("ok"):
+        return CheckResult(False, text, {"findings": out.get("findings", [])})
+    names = ", ".join(out.get("domains", []))
+    return CheckResult(True, f"DNS as expected for {names}", {"findings": out["findings"]})
 
-    def dns(run: Run, **args: Any) -> CheckResult:
-        if isinstance(args.get("domains"), str):
-            args["domains"] = [args["domains"]]
-        out = run_check(run.project, **args)
-        bad = [f for f in out.get("findings", []) if not f.get("ok")]
-        text = "; ".join(
-            f"{f.get('message')}" + (f" (fix: {f['fix']})" if f.get("fix") else "") for f in bad
-        )
-        ok = bool(out.get("ok"))
-        message = text if not ok else f"DNS as expected for {', '.join(out.get('domains', []))}"
-        return CheckResult(ok, message, {"findings": out.get("findings", [])})
-
-    names = tuple(p for p in inspect.signature(run_check).parameters if p != "project_dir")
-    register_check("dns", names)(dns)
-
-
-_register_dns()
 
 # -- validation ----------------------------------------------------------------------------
 
