@@ -2049,6 +2049,44 @@ def demo(
     return run(directory, **options)
 
 
+DEMO_BATCH = "demo-wave-1"
+
+
+def _demo_batch(project: Path) -> dict[str, Any]:
+    """Every discovered user in DEMO_BATCH, through the operator's own round trip: the
+    batch file exported, its Batch column filled, imported again."""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(batch_export(project))))
+    for row in rows:
+        row["Batch"] = DEMO_BATCH
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["Source Email", "Destination Email", "Batch"],
+                            extrasaction="ignore", lineterminator="\r\n")  # fmt: skip
+    writer.writeheader()
+    writer.writerows(rows)
+    with tempfile.TemporaryDirectory(prefix="coexist-demo-batch-") as folder:
+        path = write_private(Path(folder) / "batch.csv", out.getvalue())
+        return batch_import(project, path)
+
+
+def _demo_cutover_night(
+    project: Path, say: Callable[[str], None], progress: Progress | None
+) -> dict[str, Any]:
+    """The cutover night as its playbook runs it (playbooks/m365-cutover-night.yaml)."""
+    from coexist import playbook
+
+    result = playbook.run_playbook(
+        project, "m365-cutover-night", batch=DEMO_BATCH, yes=True, say=say, progress=progress
+    )
+    for step in result["steps"]:
+        say(f"  {step['id']}: {step['status']} {step.get('detail') or ''}".rstrip())
+    if not result["ok"]:
+        say(f"playbook stopped at {result['stopped_at']}: {result['next']}")
+    return result
+
+
 def m365_demo(
     directory: Path | None = None,
     *,
@@ -2152,6 +2190,8 @@ def m365_demo(
         say("discover")
         results["discover"] = discover(project)
         scoped = _scoped_users(project)
+        say(f"batch: every discovered user in {DEMO_BATCH} (batch export, then batch import)")
+        results["batch"] = _demo_batch(project)
         say(f"seeding {items} messages in each of {len(scoped)} source mailboxes")
         seeded = mailseed.seed_mailboxes(sb.mail, "source", scoped, seed=seed, items=items)
         results["seeded"] = {k: {"items": v.items, "bytes": v.bytes} for k, v in seeded.items()}
@@ -2167,8 +2207,9 @@ def m365_demo(
         results["prestage"] = prestage(project, all_users=True, progress=progress)
         results["waited"] = wait_out(project, bound_s=bound_s, say=say, progress=progress)
         results["verify_prestaged"] = verify_mailflow(project, all_users=True, wait_s=5)
-        say(f"cutover ({mode})")
-        results["cutover"] = cutover(project, all_users=True, progress=progress)
+        say(f"playbook m365-cutover-night --batch {DEMO_BATCH} ({mode}; manual steps confirmed "
+            "with --yes, as in a rehearsal)")  # fmt: skip
+        results["cutover"] = _demo_cutover_night(project, say, progress)
         results["waited"] += wait_out(project, bound_s=bound_s, say=say, progress=progress)
         say("mail flow after cutover")
         results["verify"] = verify_mailflow(project, all_users=True, wait_s=5)
@@ -2176,6 +2217,11 @@ def m365_demo(
         results["data"] = data_report(project)
         for line in data_lines(results["data"]):
             say(line)
+        from coexist import report
+
+        html = report.write_html(report.build(project), base / "report.html")
+        results["report_html"] = str(html)
+        say(f"report written: {html} (coexist report --html)")
         results["after"] = {
             k: _run(tenant_summary(TenantEndpoint.from_sandbox(sb.connection, k)))
             for k in ("source", "target")
@@ -2185,8 +2231,9 @@ def m365_demo(
     )
     flows = all(results[k]["ok"] for k in ("verify_provisioned", "verify_prestaged", "verify"))
     reconciled = all(r["reconciled"] for r in results["data"])
+    night = bool(results["cutover"].get("ok"))  # the playbook ended with every step done
     results.update(
-        ok=in_place and flows and reconciled,
+        ok=in_place and flows and reconciled and night,
         directory=str(base),
         project=str(project),
         state=str(state),
