@@ -21,8 +21,8 @@ A pass over one mailbox, and why in this order:
    once the new one is journaled (`finish_moves`); a pass killed in between finishes it on
    the next run.
 4. Copy: pending items in the window, in export batches (the source store's `caps`), each
-   imported into the mapped target folder and recorded after (outcomes journaled together,
-   `Sink`); an `importing` mark written for the whole batch before any of its imports is
+   imported into the mapped target folder (several per call where the target offers
+   `BatchImport`) and recorded after (outcomes journaled together, `Sink`); an `importing` mark written for the whole batch before any of its imports is
    sent lets a pass that was killed in between adopt the copy (same identity in the target
    folder) instead of duplicating it.
 5. Update: changed items are re-exported and imported over their copy; a refusal the target
