@@ -21,8 +21,8 @@ A pass over one mailbox, and why in this order:
    once the new one is journaled (`finish_moves`); a pass killed in between finishes it on
    the next run.
 4. Copy: pending items in the window, in export batches (the source store's `caps`), each
-   imported into the mapped target folder and recorded after (outcomes journaled together,
-   `Sink`); an `importing` mark written for the whole batch before any of its imports is
+   imported into the mapped target folder (several per call where the target offers
+   `BatchImport`) and recorded after (outcomes journaled together, `Sink`); an `importing` mark written for the whole batch before any of its imports is
    sent lets a pass that was killed in between adopt the copy (same identity in the target
    folder) instead of duplicating it.
 5. Update: changed items are re-exported and imported over their copy; a refusal the target
@@ -70,6 +70,7 @@ from coexist.tenants.protocols import (
     MAIL_FOLDER,
     MIME,
     TASK_JSON,
+    BatchImport,
     Change,
     ChangeFeed,
     Folder,
@@ -810,20 +811,26 @@ async def _pipeline(
             await exporting.acquire()
         await queue.put(None)
 
-    slots = asyncio.Semaphore(stores.tgt.caps.imports_in_flight)
+    # A target that takes several items per call (`BatchImport`) gets one task per batch of
+    # creates: a task, a future and a slot per item cost the client more than the item's
+    # own import once the target writes many in one command. The slots then count batches.
+    per_call = stores.tgt.caps.import_batch if isinstance(stores.tgt, BatchImport) else 1
+    slots = asyncio.Semaphore(max(1, stores.tgt.caps.imports_in_flight // per_call))
     held = _Held(IMPORT_BATCHES * caps.export_bytes)
     sink = Sink(ctx, key, stores.tgt, counts, stores.conflicts)
 
     async def consume(tg: asyncio.TaskGroup) -> None:
         while (ready := await queue.get()) is not None:
             sink.mark([job for job, _ in ready])  # the whole batch, before any import is sent
-            while ready:
-                job, data = ready.pop(0)
-                size = len(data.mime) + len(data.data)
+            groups = _import_groups(ready, per_call)
+            del ready
+            while groups:
+                group = groups.pop(0)  # each payload is dropped once its import answers
+                size = sum(len(data.mime) + len(data.data) for _, data in group)
                 await held.take(size)
                 await slots.acquire()
-                tg.create_task(_import_one(sink, job, data, slots, held, size))
-            del ready
+                tg.create_task(_import_group(sink, group, per_call, slots, held, size))
+                del group
 
     try:
         async with asyncio.TaskGroup() as outer:
@@ -1003,26 +1010,66 @@ class _Held:
         self._freed.set()
 
 
-async def _import_one(
-    sink: Sink, job: Job, data: Payload, slots: asyncio.Semaphore, held: _Held, size: int
+def _import_groups(ready: Exported, per_call: int) -> list[Exported]:
+    """An exported batch in import calls: with `per_call` 1 each item alone; else runs of
+    creates into one folder, up to `per_call` each (an update goes alone: `import_item`)."""
+    groups: list[Exported] = []
+    for job, data in ready:
+        last = groups[-1] if groups else None
+        if (
+            per_call > 1
+            and job.update is None
+            and last is not None
+            and last[0][0].update is None
+            and last[0][0].dest == job.dest
+            and len(last) < per_call
+        ):
+            last.append((job, data))
+        else:
+            groups.append([(job, data)])
+    return groups
+
+
+async def _import_group(
+    sink: Sink,
+    group: Exported,
+    per_call: int,
+    slots: asyncio.Semaphore,
+    held: _Held,
+    size: int,
 ) -> None:
     try:
-        if job.update is None:
-            await _create(sink, job, data)
-        else:
+        job, data = group[0]
+        if job.update is not None:
             await _update(sink, job, data)
+        elif per_call > 1:
+            importer = sink.tgt
+            assert isinstance(importer, BatchImport)  # `per_call` is 1 otherwise
+            made = await importer.import_items(job.dest, [payload for _, payload in group])
+            for (each, payload), outcome in zip(group, made, strict=True):
+                _created(sink, each, payload, outcome)
+        else:
+            await _create(sink, job, data)
     finally:
         slots.release()
         held.give(size)
 
 
 async def _create(sink: Sink, job: Job, data: Payload) -> None:
+    made: Imported | InvalidRequest
     try:
         made = await sink.tgt.import_item(job.dest, data)
     except InvalidRequest as exc:
+        made = exc
+    _created(sink, job, data, made)
+
+
+def _created(sink: Sink, job: Job, data: Payload, made: Imported | InvalidRequest) -> None:
+    """Record a create's outcome: the copy, or the target's refusal of that item."""
+    if isinstance(made, InvalidRequest):
         # e.g. "The item does not fit the destination folder": skipped, never dropped.
         sized = {} if data.size is None else {"size": data.size}
-        sink.done(job, status="skipped", reason=exc.message, **sized)
+        sink.done(job, status="skipped", reason=made.message, **sized)
         sink.counts["skipped"] += 1
         return
     # A moved item keeps its mark until `finish_moves` has removed the old copy.

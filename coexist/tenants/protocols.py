@@ -2,7 +2,7 @@
 
 `MailboxStore` is one mailbox on one endpoint (a Microsoft 365 mailbox through one of
 Graph's APIs, an IMAP account, an EWS mailbox...): its folders, what changed in a folder
-since a cursor, items exported in batches and imported one by one, per-folder totals.
+since a cursor, items exported in batches and imported one by one (or in batches, where\na store offers `BatchImport`), per-folder totals.
 `migrate/sync.py` is the one sync algorithm over two of them; a store never touches the
 journal, and the sync algorithm never spells a URL or a protocol command.
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from coexist.errors import RemoteError
+from coexist.errors import InvalidRequest, RemoteError
 
 MAIL_CLASS = "IPM.Note"  # item class of mail (resources/mailboxitem `type`)
 MAIL_FOLDER = "IPF.Note"  # folder class of mail folders (resources/mailboxfolder `type`)
@@ -81,6 +81,11 @@ class Capabilities:
     # well-known name (default to default, whatever either is called) and every other folder
     # to the same path, made when missing.
     folder_rules: bool = True
+    # Items per `BatchImport.import_items` call, for a store that offers one (as a target);
+    # 1: items are imported one `import_item` at a time. A store whose protocol writes many
+    # items in one command (IMAP MULTIAPPEND, RFC 3502) takes a batch per call: the sync
+    # algorithm then runs one task per batch, not one per item.
+    import_batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -290,4 +295,18 @@ class MailboxStore(ChangeFeed, Protocol):
 
     async def totals(self) -> dict[str, int]:
         """Items per folder id (reconciliation)."""
+        ...
+
+
+@runtime_checkable
+class BatchImport(Protocol):
+    """What a store whose `caps.import_batch` is above 1 offers besides `import_item`."""
+
+    async def import_items(
+        self, folder_id: str, payloads: list[Payload]
+    ) -> list[Imported | InvalidRequest]:
+        """Create the items in the folder (never an update): per payload, in order, what
+        its `import_item` would have answered, or the InvalidRequest refusing that item
+        alone (the others are made). Any other error is raised for the whole batch, whose
+        items may then have been made or not, as an interrupted `import_item`'s."""
         ...

@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from coexist.errors import NotFound, RemoteError
+from coexist.errors import InvalidRequest, NotFound, RemoteError
 from coexist.journal import Journal
 from coexist.migrate import sync
 from coexist.migrate.passes import Window
 from coexist.migrate.stores.imap import (
+    APPEND_BATCH,
     CAPS,
     ImapState,
     ImapStore,
@@ -38,7 +39,15 @@ from coexist.tenants.imap import (
     Password,
 )
 from coexist.tenants.plan import WriteRecorder
-from coexist.tenants.protocols import MIME, ChangePage, Folder, ItemRef, MessageState, Payload
+from coexist.tenants.protocols import (
+    MIME,
+    ChangePage,
+    Folder,
+    Imported,
+    ItemRef,
+    MessageState,
+    Payload,
+)
 from tests.dovecot import DovecotServer, ImapUser
 
 T = TypeVar("T")
@@ -525,6 +534,41 @@ def test_concurrent_imports_each_get_their_own_copy_over_the_mailbox_connections
     assert [text[u] for u in uids] == sent  # each id is its own message's copy
     if per_mailbox == 1:
         assert uids == sorted(uids)
+
+
+def test_batch_imports_answer_per_message_and_a_refused_one_is_that_message_alone(
+    dovecot: DovecotServer, endpoint: ImapEndpoint
+) -> None:
+    """`import_items` (the sync pipeline's batch import, one MULTIAPPEND per call), several
+    at once over the mailbox's connections: each answer names its own message's copy; a
+    batch the server refuses for one message (Dovecot refuses a zero-byte message) goes
+    again one by one, so only that message is refused and the others are copied."""
+    target = dovecot.new_user("batch")
+    sent = [message(i, "batch") for i in range(70)]
+    batches = [sent[n : n + 32] for n in range(0, 64, 32)] + [[*sent[64:67], b"", *sent[67:]]]
+
+    async def main() -> list[list[Imported | InvalidRequest]]:
+        limits = ConnectionLimits(per_server=10, per_mailbox=2)
+        async with ImapStore.open(
+            ImapConnections(endpoint, limits), Password(target.login, target.password)
+        ) as tgt:
+            assert tgt.caps.import_batch == APPEND_BATCH  # Dovecot offers MULTIAPPEND
+            return await asyncio.gather(
+                *(
+                    tgt.import_items("INBOX", [Payload(MIME, "", None, mime=m) for m in b])
+                    for b in batches
+                )
+            )
+
+    answers = [a for got in asyncio.run(main()) for a in got]
+    [refused] = [a for a in answers if isinstance(a, InvalidRequest)]
+    assert answers.index(refused) == 67 and "zero" in refused.message.lower()
+    made = [a for a in answers if isinstance(a, Imported)]
+    uids = [parse_item_id(a.item_id or "")[2] for a in made]
+    with ImapSession.open(endpoint, Password(target.login, target.password)) as t:
+        landed = list(t.changes("INBOX", None).new)
+        text = {f.uid: f.raw for f in t.fetch("INBOX", landed)}
+    assert len(landed) == len(sent) and [text[u] for u in uids] == sent
 
 
 def test_cancelled_imports_leave_the_waiting_ones_to_a_new_flusher(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from imapclient.datetime_util import parse_to_datetime
 from imapclient.exceptions import ProtocolError
 from imapclient.response_parser import parse_fetch_response
 
@@ -124,3 +125,81 @@ def test_generated_answers_parse_as_imapclient_parses_them(
     """Random answers (atoms, quoted bytes, nested lists, literals, broken endings) give what
     imapclient gives, or the same error."""
     assert ours_of(data, normalise) == imapclient_of(data, normalise)
+
+
+def _same_date(value: bytes) -> tuple[Any, ...]:
+    """What imapclient's parser makes of a date: the instant, its zone's offset and name,
+    or the error (None where the date cannot be read)."""
+    try:
+        got = parse_to_datetime(value, normalise=False)
+    except ValueError:
+        return (None,)
+    return _fields(got)
+
+
+def _fields(got: Any) -> tuple[Any, ...]:
+    # A zone past 24 h makes a datetime whose utcoffset() raises (the zone is kept as read).
+    tz = got.tzinfo
+    offset = tz.utcoffset(None) if tz is not None else None
+    return (got.replace(tzinfo=None), type(tz), offset, tz.tzname(None) if tz else None)
+
+
+def _ours(value: bytes) -> tuple[Any, ...]:
+    got = imap_fetch._internaldate(value, False)
+    if got is None:
+        return (None,)
+    return _fields(got)
+
+
+MONTHS = [
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+    "jan",
+    "DEC",
+    "Foo",
+]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.sampled_from(["", " ", "0", "00"]),
+    st.integers(0, 39),
+    st.sampled_from(MONTHS),
+    st.sampled_from(["0050", "0999", "1969", "2024", "9999", "99", "12345"]),
+    st.tuples(st.integers(0, 25), st.integers(0, 61), st.integers(0, 61)),
+    st.sampled_from(["+", "-", ""]),
+    st.integers(0, 2400),
+)
+def test_internaldates_read_as_imapclient_reads_them(
+    pad: str,
+    day: int,
+    month: str,
+    year: str,
+    hms: tuple[int, int, int],
+    sign: str,
+    zone: int,
+) -> None:
+    """INTERNALDATE values, usual and odd (space-padded days, other month spellings, two-
+    digit and early years, out-of-range fields, "-0000", zones past 24 h), are read as
+    imapclient's `parse_to_datetime` reads them: same instant, zone offset and name, or
+    both unreadable (the fast reader hands whatever it does not take to imapclient)."""
+    text = f"{pad}{day}-{month}-{year} {hms[0]:02d}:{hms[1]:02d}:{hms[2]:02d} {sign}{zone:04d}"
+    assert _ours(text.encode()) == _same_date(text.encode())
+
+
+def test_the_usual_internaldates_take_the_fast_road() -> None:
+    """Server-formatted dates are read without imapclient (the copy reads two per message)."""
+    for text in (b"05-Dec-2026 00:21:22 +0100", b" 5-Dec-2026 00:21:22 -0530"):
+        assert imap_fetch._fast_date(text) is not None
+    for text in (b"05-Dec-2026 00:21:22 -0000", b"05-dec-2026 00:21:22 +0100"):
+        assert imap_fetch._fast_date(text) is None

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coexist.tenants import imap
 from coexist.tenants.imap import (
     ImapCapabilities,
     ImapFolder,
@@ -98,3 +105,35 @@ def test_capabilities_and_secret_reprs() -> None:
     assert caps.condstore and caps.qresync and caps.move and not caps.multiappend
     assert "hunter2" not in repr(Password("a", "hunter2"))
     assert "tok-123" not in repr(OAuth2Token("a", "tok-123"))
+
+
+def _parsed_message_id(block: bytes) -> str | None:
+    """What the email package makes of a Message-ID block (parse_message_id's other road)."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    value = headers.get("Message-ID")
+    return None if value is None else (" ".join(str(value).split()) or None)
+
+
+_ID_BYTES = st.sampled_from([b"<", b">", b"@", b"a", b"Z", b"9", b".", b" ", b"\t", b"=?", b":"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.sampled_from([b"Message-ID", b"message-id", b"MESSAGE-ID", b"Message-Id", b"Message-ID "]),
+    st.lists(st.one_of(_ID_BYTES, st.binary(max_size=2)), max_size=12).map(b"".join),
+    st.sampled_from([b"\r\n\r\n", b"\r\n", b"\n\n", b"\r\n \r\n\r\n", b"\r\n X\r\n\r\n", b""]),
+)
+def test_message_id_blocks_read_as_the_email_parser_reads_them(
+    name: bytes, value: bytes, end: bytes
+) -> None:
+    """Generated Message-ID blocks (any case of the name, spaces, tabs, 8-bit and control
+    bytes, folded or bare-LF endings, no blank line) give what the email package's
+    compat32 parser gives: the fast reader takes only the plain one-line shape."""
+    block = name + b":" + value + end
+    assert parse_message_id(block) == _parsed_message_id(block)
+
+
+def test_the_usual_message_id_block_takes_the_fast_road() -> None:
+    """Dovecot's answer shape is read by the regular expression (no parser needed)."""
+    assert imap._PLAIN_MESSAGE_ID.match(b"Message-ID: <a@b>\r\n\r\n") is not None
+    assert parse_message_id(b"Message-ID:  <a@b> \r\n\r\n") == "<a@b>"

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from coexist.engine.context import Context
-from coexist.errors import ConfigError, NotFound, RemoteError
+from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.journal import Journal
 from coexist.migrate.passes import PassResult, Window
 from coexist.migrate.sync import StoreMover, message_identity, negotiate
@@ -88,6 +88,7 @@ class MemoryStore:
         cursor: CursorStyle = "uid-watermark",
         completes_on_update: bool = False,
         folder_rules: bool = True,
+        import_batch: int = 1,
     ) -> None:
         self.caps = Capabilities(
             exports=formats,
@@ -103,6 +104,7 @@ class MemoryStore:
             inspect_before_export=inspect_before_export,
             completes_on_update=completes_on_update,
             folder_rules=folder_rules,
+            import_batch=import_batch,
         )
         self.ids = itertools.count(1)
         self.folders: dict[str, tuple[str, ...]] = {"f-inbox": ("INBOX",)}
@@ -112,6 +114,8 @@ class MemoryStore:
         self.calls: Counter[str] = Counter()
         self.kill_after_import: int | None = None  # die after this many imports landed
         self.partial = False  # a killed non-atomic import leaves its copy without its body
+        self.batches: list[tuple[str, int]] = []  # (folder id, items) per `import_items` call
+        self.refuse: set[bytes] = set()  # MIME an import refuses (InvalidRequest)
 
     # -- test helpers
 
@@ -219,6 +223,20 @@ class MemoryStore:
         if dying:
             raise Killed(item_id)
         return Imported(item_id, "1")
+
+    async def import_items(
+        self, folder_id: str, payloads: list[Payload]
+    ) -> list[Imported | InvalidRequest]:
+        """`BatchImport` (used where `caps.import_batch` > 1): each item as `import_item`
+        makes it; a kill (`kill_after_import`) lands the batch's earlier items first."""
+        self.batches.append((folder_id, len(payloads)))
+        out: list[Imported | InvalidRequest] = []
+        for payload in payloads:
+            if payload.mime in self.refuse:
+                out.append(InvalidRequest("refused", service="memory"))
+                continue
+            out.append(await self.import_item(folder_id, payload))
+        return out
 
     def update_refused(self, exc: RemoteError) -> bool:
         return False
@@ -400,6 +418,48 @@ def test_a_pass_killed_mid_import_leaves_one_whole_copy(tmp_path: Path, atomic: 
     assert run_pass(tmp_path, src, tgt).counts.get("copied", 0) == 0
     assert len(tgt.items) == 3
     assert (tgt.calls["delete"] > 0) == (not atomic)  # a partial copy is never adopted
+
+
+def test_a_batch_importing_target_takes_creates_in_batches_per_folder(tmp_path: Path) -> None:
+    """A target offering `import_items` (`caps.import_batch` 3) gets runs of creates into
+    one folder, at most 3 per call, and updates one by one through `import_item`; an item
+    the target refuses inside a batch is skipped with its reason, the others are copied."""
+    src, tgt = MemoryStore(), MemoryStore(import_batch=3)
+    src.caps = replace(src.caps, export_batch=8)
+    for n in range(5):
+        src.put(("INBOX",), f"i{n}")
+    for n in range(2):
+        src.put(("INBOX", "Done"), f"d{n}")
+    tgt.refuse = {mime("i3")}
+    first = run_pass(tmp_path, src, tgt)
+    assert (first.counts["copied"], first.counts["skipped"]) == (6, 1), first
+    inbox, done = tgt.folder_id("INBOX"), tgt.folder_id("INBOX", "Done")
+    assert sorted(tgt.batches) == sorted([(inbox, 3), (inbox, 2), (done, 2)])
+    assert tgt.calls["import"] == 6  # every made copy went through a batch
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"i{n}") for n in (0, 1, 2, 4)]
+    skipped = [r for r in rows(tmp_path) if r["status"] == "skipped"]
+    assert [r["reason"] for r in skipped] == ["refused"]
+    src.change(next(i for i, m in src.items.items() if m.mime == mime("d0")), read=True)
+    second = run_pass(tmp_path, src, tgt)
+    assert second.counts["updated"] == 1 and second.counts.get("copied", 0) == 0, second
+    assert len(tgt.batches) == 3  # the update went alone, through import_item
+
+
+def test_a_pass_killed_inside_an_import_batch_leaves_one_copy_each(tmp_path: Path) -> None:
+    """A pass that dies inside a batch import, after some of its items landed and before
+    any was recorded: the next pass adopts those copies and copies the rest, once each."""
+    src, tgt = MemoryStore(), MemoryStore(import_batch=4)
+    for n in range(6):
+        src.put(("INBOX",), f"m{n}")
+    tgt.kill_after_import = 2
+    with pytest.raises(Killed):
+        run_pass(tmp_path, src, tgt)
+    assert "importing" in {r["status"] for r in rows(tmp_path)}
+    tgt.kill_after_import = None
+    run_pass(tmp_path, src, tgt)
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"m{n}") for n in range(6)]
+    assert run_pass(tmp_path, src, tgt).counts.get("copied", 0) == 0
+    assert len(tgt.items) == 6
 
 
 @pytest.mark.parametrize("inspect_first", [True, False])

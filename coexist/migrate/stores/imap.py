@@ -724,8 +724,14 @@ class ImapStore:
     def caps(self) -> Capabilities:
         """`CAPS`, with `moves` where the server moves a message in one command (MOVE,
         RFC 6851) and says its new UID (UIDPLUS, RFC 4315): COPY + EXPUNGE killed half way
-        would leave two copies, and a moved copy without its UID could not be updated."""
-        return replace(CAPS, moves=self.server_caps.move and self.server_caps.uidplus)
+        would leave two copies, and a moved copy without its UID could not be updated;
+        `import_batch` where it appends several messages in one command (MULTIAPPEND)."""
+        return replace(
+            CAPS,
+            moves=self.server_caps.move and self.server_caps.uidplus,
+            # One MULTIAPPEND per `import_items` call; without it each message goes alone.
+            import_batch=APPEND_BATCH if self.server_caps.multiappend else 1,
+        )
 
     async def run(self, call: Callable[[ImapSession], T], via: AsyncImapSession | None = None) -> T:
         """`call` on the store's connection, or on `via` (an export's)."""
@@ -930,6 +936,44 @@ class ImapStore:
             return Imported(None, None)
         new_id = await self._append(folder_id, message)
         return Imported(new_id, state_key(message.flags, message.keywords))
+
+    async def import_items(
+        self, folder_id: str, payloads: list[Payload]
+    ) -> list[Imported | InvalidRequest]:
+        """APPEND the messages as one MULTIAPPEND (`caps.import_batch` of them at most: the
+        sync algorithm's batch) over one of the append connections; a batch the server
+        refuses (MULTIAPPEND appends all or none, RFC 3502) goes again one message at a
+        time, so a refusal is that message's alone. Plan mode records each APPEND as
+        `import_item` does."""
+        for payload in payloads:
+            _check_format(payload.fmt, "import")
+        messages = [_new_message(p) for p in payloads]
+        if self.plan is not None or folder_id.startswith(PLANNED):
+            for message in messages:
+                self._record("APPEND", folder=folder_id, bytes=len(message.raw),
+                             flags=sorted(message.flags | message.keywords))  # fmt: skip
+            return [Imported(None, None) for _ in messages]
+        if not self.server_caps.multiappend:  # not offered by `caps`: one at a time
+            return [await self.import_item(folder_id, p) for p in payloads]
+        async with self._appenders.session() as session:
+            try:
+                made = await self._append_now(session, folder_id, messages)
+            except InvalidRequest as exc:
+                if len(messages) == 1:
+                    return [exc]
+                out: list[Imported | InvalidRequest] = []
+                for message in messages:
+                    try:
+                        [one] = await self._append_now(session, folder_id, [message])
+                    except InvalidRequest as each:
+                        out.append(each)
+                        continue
+                    out.append(Imported(one, state_key(message.flags, message.keywords)))
+                return out
+        return [
+            Imported(new_id, state_key(m.flags, m.keywords))
+            for new_id, m in zip(made, messages, strict=True)
+        ]
 
     async def _set_state(self, ref: ItemRef, message: NewMessage) -> Imported:
         name, uid = await self._existing(ref)
