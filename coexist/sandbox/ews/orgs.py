@@ -79,8 +79,9 @@ class Unverified:
     search_key_kept_by_upload: bool = True
     # Extended properties (MS-OXPROPS named or tagged) set at CreateItem/UpdateItem on a
     # calendar item, contact or task are kept and answered to GetItem/FindItem asking for
-    # their ExtendedFieldURI. Exchange documents this for any item (EWS ExtendedProperty,
-    # "Properties and extended properties in EWS"); Amazon WorkMail publishes no list of the
+    # their ExtendedFieldURI. Exchange documents this ("Working with extended properties by
+    # using the EWS Managed API 2.0": they "can be created on ... Appointments, Tasks,
+    # Contacts"; MS-OXPROPS named properties); Amazon WorkMail publishes no list of the
     # EWS elements it keeps, so that WorkMail does too is assumed (coexist's cross-kind copies
     # carry their source id so: stores/ews_pim.SourceId).
     workmail_keeps_pim_extended: bool = True
