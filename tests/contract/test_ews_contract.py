@@ -32,6 +32,7 @@ from exchangelib.indexed_properties import EmailAddress
 from exchangelib.properties import AlternateId
 
 import coexist
+from coexist.migrate.stores.ews_pim import STAMP  # registers the stamp on PIM item classes
 from coexist.sandbox import Sandbox
 from coexist.sandbox.ews import EWS_PATH, RECORDER_KEY
 from coexist.sandbox.ews.face import ERRORS_KEY, Recorded
@@ -130,6 +131,16 @@ def _run_every_operation(sb: Sandbox) -> None:
     Contact(account=a, folder=a.contacts, given_name="Ada", surname="L", display_name="Ada L",
             email_addresses=[EmailAddress(email="ada@example.org", label="EmailAddress1")]).save()  # fmt: skip
     Task(account=a, folder=a.tasks, subject="t", status="Completed").save()
+    # A named extended property on a PIM item (the cross-kind copies' stamp): set at
+    # CreateItem, read back by GetItem asking for its ExtendedFieldURI, changed by UpdateItem.
+    stamped = Contact(account=a, folder=a.contacts, display_name="Stamped",
+                      coexist_source_id="src-1")  # fmt: skip
+    stamped.save()
+    [got] = a.fetch(ids=[stamped], only_fields=[STAMP])
+    assert getattr(got, STAMP) == "src-1"
+    got.coexist_source_id = "src-2"
+    got.save(update_fields=[STAMP])
+    assert getattr(next(iter(a.fetch(ids=[stamped], only_fields=[STAMP]))), STAMP) == "src-2"
     with_file = next(iter(a.contacts.all()))
     with_file.attach(
         FileAttachment(name="p.jpg", content=b"jpg", is_contact_photo=True)

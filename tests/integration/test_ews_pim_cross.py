@@ -19,7 +19,7 @@ from exchangelib.recurrence import WeeklyPattern
 from coexist.journal import Journal
 from coexist.migrate import sync
 from coexist.migrate.passes import Window
-from coexist.migrate.stores.ews_pim import EwsPimTarget
+from coexist.migrate.stores.ews_pim import STAMP, EwsPimTarget
 from coexist.migrate.stores.graph import Box
 from coexist.migrate.stores.graph_pim import PIM_CLASSES, GraphPimStore
 from coexist.sandbox import Sandbox
@@ -151,6 +151,61 @@ def test_m365_contacts_calendars_and_tasks_arrive_in_workmail(
     [task] = list(acc.tasks.all())
     assert task.subject == "File taxes" and task.status == "InProgress"
     assert "Find receipts" in str(task.body)
+
+
+def test_an_interrupted_cross_kind_copy_is_adopted_by_its_source_id_stamp(
+    workmail: Sandbox, conn: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each WorkMail copy carries its Graph source id (SourceId, a named property set at
+    CreateItem); rows left as a pass killed between the copy and its record leaves them
+    (`importing`, no copy recorded) are adopted by the next pass: the very copies the first
+    pass made, nothing copied twice."""
+    sb = workmail
+    [src_user] = ec.mailboxes(sb, "source", 1)
+    [tgt_user] = ec.mailboxes(sb, "target", 1)
+    assert tgt_user.primary_smtp
+    tgt_admin = ec.migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), src_user.id
+
+    async def main() -> list[Counter[str]]:
+        endpoint = EwsEndpoint(sb.base_url + EWS_PATH, auth="basic", version="Exchange2010_SP2",
+                               ca_file=sb.connection["ca_file"], side="target", kind="workmail")  # fmt: skip
+        srv = EwsServer(endpoint, AdminLogin(tgt_admin, PASSWORD), EwsLimits(4, 2), RETRY)
+        passes: list[Counter[str]] = []
+        try:
+            async with graph(conn) as g, srv.mailbox(tgt_user.primary_smtp or "") as mb:
+                await seed(g, src_user.id)
+                for n in range(2):
+                    if n == 1:  # as a kill after each CreateItem, before its record, leaves it
+                        for r in journal.mapped_items(key):
+                            journal.map_item(key, r["source_item_id"], status="importing",
+                                             target_item_id=None, target_change_key=None)  # fmt: skip
+                    counts: Counter[str] = Counter()
+                    for cls in PIM_CLASSES:
+                        src = GraphPimStore(Box(g, src_user.id, ""), cls)
+                        got: Counter[str] = Counter()
+                        await sync.sync_mailbox(ctx, key, src, EwsPimTarget(mb, cls), Window(),
+                                                got, cls.kind)  # fmt: skip
+                        counts.update(got)
+                    passes.append(counts)
+        finally:
+            await srv.close()
+        return passes
+
+    try:
+        first, second = run(main)
+        after = {str(r["source_item_id"]): r for r in journal.mapped_items(key)}
+    finally:
+        journal.close()
+    assert first["copied"] == 4 and second.get("copied", 0) == 0, (first, second)
+    acc = ec.account(sb, "target", tgt_admin, tgt_user.primary_smtp, kind="workmail", auth=ec.BASIC)
+    held = [i for f in (acc.calendar, acc.contacts, acc.tasks) for i in f.all()]
+    assert len(held) == 4  # the series, the single event, the contact, the task: once each
+    stamps = {str(getattr(i, STAMP)): str(i.id) for i in acc.fetch(ids=held, only_fields=[STAMP])}
+    assert set(stamps) == set(after)  # each copy stamped with its source's id
+    for source_id, row in after.items():  # adopted: the journal names the copy made first
+        assert row["status"] == "copied" and row["target_item_id"] == stamps[source_id]
 
 
 def test_the_graph_ews_mover_moves_mail_and_pim_and_says_so(

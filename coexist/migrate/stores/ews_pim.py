@@ -402,8 +402,8 @@ class EwsPimTarget(EwsStore):
                 return str(made.id), str(made.changekey)
             [got] = list(account.fetch(ids=[ItemId(replace.item_id, None)]))
             got = _answer(got)
-            # The stamp was set at creation; it is not sent again (the sandbox's face keeps
-            # no extended properties of PIM items and refuses them in an UpdateItem).
+            # The stamp was set at creation and stays with the item (an UpdateItem changes
+            # only the fields it names); it is not written again.
             changed = {k: v for k, v in fields.items() if k != STAMP}
             for name, value in changed.items():
                 setattr(got, name, value)

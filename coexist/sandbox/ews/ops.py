@@ -23,6 +23,7 @@ from xml.etree import ElementTree as ET
 
 from ..graph import outlook_items
 from ..graph.calendar import import_exceptions, occurrence_id, parse_occurrence_id
+from ..graph.odata import same_property_id
 from ..mailstore import (
     ROOT,
     STORE_OWNED,
@@ -683,7 +684,7 @@ def any_item_xml(call: Call, item: Item | PimItem, shape: ET.Element | None) -> 
     base = soap.text_of(shape, "t:BaseShape") or "Default"
     return pim_items.item_xml(pim_store(call), item, wanted, base != "IdOnly",
                               photo_kept=call.flavour.kind != "workmail",
-                              extended=_ext_wanted(shape))  # fmt: skip
+                              extended=pim_items.extended_wanted(shape))  # fmt: skip
 
 
 def get_item(call: Call, body: ET.Element) -> ET.Element:
@@ -1003,6 +1004,12 @@ def create_item(call: Call, body: ET.Element) -> ET.Element:
     return m("CreateItemResponse", None, messages)
 
 
+def _keeps_pim_extended(call: Call) -> bool:
+    """Whether extended properties set on a calendar item, contact or task are kept: Exchange
+    keeps any (MS-OXPROPS named properties); WorkMail's answer is UNVERIFIED."""
+    return call.flavour.kind != "workmail" or orgs.UNVERIFIED.workmail_keeps_pim_extended
+
+
 def _create_pim(call: Call, folder: EwsFolder, spec: ET.Element) -> ET.Element:
     assert folder.pim_kind is not None
     kind = pim_items.ITEM_OF_FOLDER[folder.pim_kind]
@@ -1019,6 +1026,9 @@ def _create_pim(call: Call, folder: EwsFolder, spec: ET.Element) -> ET.Element:
         props.setdefault("iCalUId", "040000008200E00074C5B7101A82E008" + uuid.uuid4().hex.upper())
         props["organizer"] = {"emailAddress": {"name": folder.user.display_name,
                                                "address": folder.user.primary_smtp}}  # fmt: skip
+    extended = pim_items.extended_values(spec)
+    if extended and _keeps_pim_extended(call):
+        props[pim_items.EXTENDED] = extended
     made = pim_store(call).create_item(call.key, folder.user.id, folder.id, kind, props)
     call.charged_items += 1
     node = t(
@@ -1180,18 +1190,25 @@ def _update_pim(call: Call, item: PimItem, change: ET.Element) -> list[ET.Elemen
     pim = pim_store(call)
     current = pim_items.item_xml(pim, item, set(), True)
     before = pim_items.props_from_xml(item.kind, current)
+    extended = dict(item.props.get(pim_items.EXTENDED) or {})
     for upd in change.iterfind("t:Updates/*", NS):
         op = upd.tag.rsplit("}", 1)[-1]
         uri = upd.find("t:FieldURI", NS)
         indexed = upd.find("t:IndexedFieldURI", NS)
+        ext = upd.find("t:ExtendedFieldURI", NS)
         carrier = next(
             (c for c in upd if c.tag.startswith(f"{{{T}}}") and "FieldURI" not in c.tag), None
         )
+        if ext is not None:
+            pid = pim_items.extended_id(ext)
+            if pid is None or not _keeps_pim_extended(call):
+                raise _Err("ErrorInvalidPropertySet", "The extended property is not valid.")
+            extended = {k: v for k, v in extended.items() if not same_property_id(k, pid)}
+            if op != "DeleteItemField" and carrier is not None:
+                extended.update(pim_items.extended_values(carrier))
+            continue
         if uri is None and indexed is None:
-            raise _Err(
-                "ErrorInvalidPropertySet",
-                "Extended properties of PIM items are not kept by the sandbox.",
-            )
+            raise _Err("ErrorInvalidPropertySet", "The property is not valid (sandbox).")
         if indexed is not None:
             container = _INDEXED.get(indexed.get("FieldURI", ""), "")
             key = indexed.get("FieldIndex", "")
@@ -1217,6 +1234,10 @@ def _update_pim(call: Call, item: PimItem, change: ET.Element) -> list[ET.Elemen
         raise _Err("ErrorInvalidPropertySet", f"Invalid item properties: {exc}") from exc
     props = {k: v for k, v in item.props.items() if k not in before or k in after}
     props.update({k: v for k, v in after.items() if k != "type"})
+    if extended:
+        props[pim_items.EXTENDED] = extended
+    else:
+        props.pop(pim_items.EXTENDED, None)
     if item.props.get("type") == "occurrence" and pim.find(item.id) is None:
         # An occurrence changed over EWS becomes an exception of its series (stored under
         # the occurrence's id, as a Graph client's PATCH makes one).

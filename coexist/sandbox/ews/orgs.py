@@ -77,6 +77,14 @@ class Unverified:
     # object gets its key; that UploadItems CreateNew of an ExportItems blob is such a copy
     # (keeps the key) is assumed; the key of an item made here is derived from its id.
     search_key_kept_by_upload: bool = True
+    # Extended properties (MS-OXPROPS named or tagged) set at CreateItem/UpdateItem on a
+    # calendar item, contact or task are kept and answered to GetItem/FindItem asking for
+    # their ExtendedFieldURI. Exchange documents this ("Working with extended properties by
+    # using the EWS Managed API 2.0": they "can be created on ... Appointments, Tasks,
+    # Contacts"; MS-OXPROPS named properties); Amazon WorkMail publishes no list of the
+    # EWS elements it keeps, so that WorkMail does too is assumed (coexist's cross-kind copies
+    # carry their source id so: stores/ews_pim.SourceId).
+    workmail_keeps_pim_extended: bool = True
     # Modelling shortcuts (not vendor claims): SoftDelete removes like HardDelete (no
     # Recoverable Items over EWS); a deleted calendar item/contact/task/note does not go to
     # Deleted Items; an unknown RequestServerVersion newer than the flavour's is refused with

@@ -82,16 +82,87 @@ def props_with_search_key(item: PimItem) -> dict[str, Any]:
     return {**item.props, EXTENDED: extended}
 
 
-def extended_xml(item: PimItem, wanted: Sequence[tuple[str, str, str]]) -> list[ET.Element]:
-    """The requested extended properties the item has: `wanted` = (PropertyTag as asked,
-    PropertyType, normalised "Type 0xTAG"). Only PidTagSearchKey is served for PIM items."""
-    return [
-        t("ExtendedProperty", None,
-          t("ExtendedFieldURI", {"PropertyTag": tag, "PropertyType": kind}),
-          t("Value", text=search_key(item)))
-        for tag, kind, key in wanted
-        if key == SEARCH_KEY
-    ]  # fmt: skip
+# EWS DistinguishedPropertySetId -> the property set's GUID (MS-OXPROPS 1.3.2, the EWS
+# schema's DistinguishedPropertySetType), so a named property asked for by either spelling
+# finds the one stored in Graph's id form ("String {guid} Name X").
+PROPERTY_SETS = {
+    "Meeting": "6ED8DA90-450B-101B-98DA-00AA003F1305",
+    "Appointment": "00062002-0000-0000-C000-000000000046",
+    "Common": "00062008-0000-0000-C000-000000000046",
+    "PublicStrings": "00020329-0000-0000-C000-000000000046",
+    "Address": "00062004-0000-0000-C000-000000000046",
+    "InternetHeaders": "00020386-0000-0000-C000-000000000046",
+    "CalendarAssistant": "11000E07-B51B-40D6-AF21-CAA85EDAB1D0",
+    "UnifiedMessaging": "4442858E-A9E3-4E80-B900-317A210CC15B",
+    "Task": "00062003-0000-0000-C000-000000000046",
+    "Sharing": "00062040-0000-0000-C000-000000000046",
+}
+
+
+def extended_id(uri: ET.Element) -> str | None:
+    """An ExtendedFieldURI as the id Graph gives the property ("Integer 0x1090", "String
+    {guid} Name X", "Integer {guid} Id 0x8005"), None when it names none."""
+    kind = uri.get("PropertyType", "")
+    tag = uri.get("PropertyTag")
+    if tag is not None:
+        return f"{kind} 0x{int(tag, 0) if tag.lower().startswith('0x') else int(tag):04X}"
+    guid = uri.get("PropertySetId") or PROPERTY_SETS.get(uri.get("DistinguishedPropertySetId", ""))
+    name, number = uri.get("PropertyName"), uri.get("PropertyId")
+    if guid is None or (name is None and number is None):
+        return None
+    if name is not None:
+        return f"{kind} {{{guid}}} Name {name}"
+    return f"{kind} {{{guid}}} Id 0x{int(str(number), 0):04X}"
+
+
+def extended_wanted(shape: ET.Element | None) -> list[tuple[dict[str, str], str]]:
+    """The extended properties a shape asks for: (the ExtendedFieldURI's attributes, to echo;
+    the property's id, `extended_id`)."""
+    out: list[tuple[dict[str, str], str]] = []
+    for uri in (
+        shape.iterfind("t:AdditionalProperties/t:ExtendedFieldURI", NS) if shape is not None else []
+    ):
+        pid = extended_id(uri)
+        if pid is not None:
+            out.append((dict(uri.attrib), pid))
+    return out
+
+
+def extended_values(node: ET.Element) -> dict[str, str]:
+    """The extended properties a CreateItem/UpdateItem element sets: id -> value."""
+    out: dict[str, str] = {}
+    for prop in node.iterfind("t:ExtendedProperty", NS):
+        uri = prop.find("t:ExtendedFieldURI", NS)
+        value = soap.text_of(prop, "t:Value")
+        pid = extended_id(uri) if uri is not None else None
+        if pid is not None and value is not None:
+            out[pid] = value
+    return out
+
+
+def stored_extended(item: PimItem, pid: str) -> str | None:
+    """The value of the item's extended property `pid` (its PidTagSearchKey is always had)."""
+    from ..graph.odata import same_property_id
+
+    if same_property_id(pid, SEARCH_KEY):
+        return search_key(item)
+    for key, value in (item.props.get(EXTENDED) or {}).items():
+        if same_property_id(str(key), pid):
+            return str(value)
+    return None
+
+
+def extended_xml(item: PimItem, wanted: Sequence[tuple[dict[str, str], str]]) -> list[ET.Element]:
+    """The requested extended properties (`extended_wanted`) the item has. Those set at
+    CreateItem or UpdateItem are kept (`UNVERIFIED.pim_extended_kept` for WorkMail), as
+    Exchange keeps a named property set on any item (MS-OXCPRPT, MS-OXPROPS)."""
+    out: list[ET.Element] = []
+    for attrs, pid in wanted:
+        value = stored_extended(item, pid)
+        if value is not None:
+            out.append(t("ExtendedProperty", None, t("ExtendedFieldURI", attrs),
+                         t("Value", text=value)))  # fmt: skip
+    return out
 
 
 def accepts(kind: str, element: str) -> bool:
@@ -319,7 +390,7 @@ def item_xml(
     wanted: set[str],
     all_props: bool,
     photo_kept: bool = True,
-    extended: Sequence[tuple[str, str, str]] = (),
+    extended: Sequence[tuple[dict[str, str], str]] = (),
 ) -> ET.Element:
     """The EWS element of a PIM item; `wanted` are the requested property names (all of them
     when `all_props`), `extended` the requested extended properties (`extended_xml`).
