@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from coexist import progress
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
@@ -1014,6 +1015,9 @@ async def _import_one(
     finally:
         slots.release()
         held.give(size)
+    c = sink.counts
+    if not sink.ctx.planning:  # a planned pass imports nothing
+        progress.emit(progress.PassAdvanced(sink.key, c["copied"] + c["updated"], c["bytes"]))
 
 
 async def _create(sink: Sink, job: Job, data: Payload) -> None:
