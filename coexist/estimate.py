@@ -100,7 +100,11 @@ def volume(journal: Any, key: str, kind: str) -> Volume:
         left = max(0, source_items - moved - skipped)
         sizes = [r.get("source_bytes") for r in rows]
         if all(s is not None for s in sizes):
-            left_bytes: int | None = max(0, sum(int(s or 0) for s in sizes) - moved_bytes)
+            # The copies' sizes are the target's (they differ from the source's): what is
+            # left is at least its items at the source's average size.
+            source_bytes = sum(int(s or 0) for s in sizes)
+            average = source_bytes // source_items if source_items else 0
+            left_bytes: int | None = max(source_bytes - moved_bytes, left * average)
         elif moved:
             left_bytes = left * (moved_bytes // moved)  # at the average size copied so far
         else:

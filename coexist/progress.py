@@ -49,6 +49,14 @@ class PassStarted:
 
 
 @dataclass(frozen=True)
+class PassSized:
+    """What a running pass found to move once it read the source's folders (items)."""
+
+    subject: str
+    items: int
+
+
+@dataclass(frozen=True)
 class PassAdvanced:
     """How far a running pass got: items and bytes it moved so far (cumulative)."""
 
@@ -73,7 +81,7 @@ class PassesOver:
     summary_text: str
 
 
-PassEvent = PassesPlanned | PassStarted | PassAdvanced | PassEnded | PassesOver
+PassEvent = PassesPlanned | PassStarted | PassSized | PassAdvanced | PassEnded | PassesOver
 Listener = Callable[[PassEvent], None]
 
 _LISTENER: ContextVar[Listener | None] = ContextVar("coexist_pass_listener", default=None)
@@ -175,6 +183,9 @@ class PassProgress:
             box.state, box.started, box.ended = RUNNING, now, None
             box.items = box.bytes = 0
             self.kind = self.kind or event.kind
+        elif isinstance(event, PassSized):
+            box = self._box(event.subject)
+            box.expected_items = event.items
         elif isinstance(event, PassAdvanced):
             box = self._box(event.subject)
             box.items, box.bytes = event.items, event.bytes

@@ -1198,6 +1198,11 @@ async def sync_mailbox(
     stores = Stores(src, tgt, negotiate(src, tgt, file))
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
+    if not ctx.planning:  # the progress view's bar: the source's items not yet copied
+        total = sum(by_id[f].total for f in plan.target_of if f in by_id)
+        per = ctx.journal.item_map_counts(subject).values()
+        moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
+        progress.emit(progress.PassSized(subject, max(0, total - moved)))
     for folder_id in plan.target_of:
         await scan_folder(ctx, subject, src, by_id[folder_id], kind)
     await settle_left(ctx, subject, tgt, kind)

@@ -17,6 +17,7 @@ from coexist.progress import (
     PassesOver,
     PassesPlanned,
     PassProgress,
+    PassSized,
     PassStarted,
     Planned,
 )
@@ -103,6 +104,9 @@ def test_model_takes_a_pass_nobody_announced() -> None:
     model.apply(PassAdvanced("k1", 3, 300))
     assert [m.label for m in model.running()] == ["z@x"]
     assert model.running()[0].fraction() is None
+    # Once the pass has read the source's folders its bar has a length.
+    model.apply(PassSized("k1", 12))
+    assert model.running()[0].fraction() == pytest.approx(0.25)
 
 
 def test_events_reach_only_the_listener_of_their_block() -> None:
