@@ -3,7 +3,7 @@
 On a terminal: a rich `Live` display, one line per batch (mailboxes done / running /
 waiting, items and MB per second, ETA) and a bar per running mailbox, redrawn as the
 passes report. Anywhere else (output redirected to a file, a pipe, a CI log): plain lines
-only, the estimate before the passes, a one-line summary every `every_s` seconds and the
+only, the estimate before the first pass starts, a one-line summary every `every_s` seconds and the
 estimate against the actual at the end; no cursor movement and no colour codes.
 """
 
@@ -20,7 +20,14 @@ from rich.table import Table
 from rich.text import Text
 
 from coexist import progress
-from coexist.progress import PassesOver, PassesPlanned, PassEvent, PassProgress
+from coexist.progress import (
+    PassAdvanced,
+    PassesOver,
+    PassesPlanned,
+    PassEvent,
+    PassProgress,
+    PassStarted,
+)
 
 SUMMARY_EVERY_S = 15.0  # plain output: one summary line at most this often
 REDRAW_EVERY_S = 0.2  # terminal: redraw at most this often (events come per item)
@@ -43,6 +50,7 @@ class PassView:
         self.model = PassProgress(clock=clock)
         self.live: Live | None = None
         self._last = 0.0
+        self._started = False  # a pass of the announced ones has started
 
     @property
     def active(self) -> bool:
@@ -53,11 +61,24 @@ class PassView:
         now = self.clock()
         if isinstance(event, PassesPlanned):
             self.stop()
-            self._line(event.estimate_text)
+            self._started = False
+            return
+        if isinstance(event, PassesOver):
+            self.stop()
+            if self._started:  # a command whose users all still wait says nothing here
+                self._line(self.model.line())
+                self._line(event.summary_text)
+            self._started = False
+            return
+        if isinstance(event, PassStarted | PassAdvanced) and not self._started:
+            # The estimate just before the first pass starts: a retry round whose users
+            # are all still waiting on Microsoft 365 runs no pass and prints none.
+            self._started = True
+            self._line(self.model.estimate_text or f"{self.model.kind}: passes")
             if self.console.is_terminal:
                 # Redrawn by the events, not by a thread: the model changes on the event
-                # loop's thread and is read only there.
-                # stdout keeps its own stream: the command's result goes there.
+                # loop's thread and is read only there. stdout keeps its own stream: the
+                # command's result goes there.
                 self.live = Live(
                     self,
                     console=self.console,
@@ -69,16 +90,11 @@ class PassView:
                 self.live.start(refresh=True)
             self._last = now
             return
-        if isinstance(event, PassesOver):
-            self.stop()
-            self._line(self.model.line())
-            self._line(event.summary_text)
-            return
         if self.live is not None:
             if now - self._last >= REDRAW_EVERY_S:
                 self._last = now
                 self.live.refresh()
-        elif now - self._last >= self.every_s:
+        elif self._started and now - self._last >= self.every_s:
             self._last = now
             self._line(self.model.line())
 

@@ -168,8 +168,9 @@ def test_view_draws_bars_on_a_terminal() -> None:
     clock = Clock()
     view = PassView(console, clock=clock)
     view(planned(("alice@contoso.example", "wave1", 100, 4_000_000)))
-    assert view.active
+    assert not view.active and not buf.getvalue()  # drawn once a pass starts
     view(PassStarted("key-alice@contoso.example", "prestage", "alice@contoso.example"))
+    assert view.active
     clock.now += 1
     view(PassAdvanced("key-alice@contoso.example", 50, 2_000_000))
     drawn = buf.getvalue()
@@ -265,3 +266,14 @@ def test_volume_left_from_reconciliation_or_previous_pass() -> None:
     v = estimate.volume(FakeJournal({}, {}, passes), "k", "prestage")
     assert v == Volume(8, 800, "previous pass")
     assert estimate.volume(FakeJournal({}, {}, []), "k", "prestage") == Volume(None, None, None)
+
+
+def test_view_says_nothing_when_no_pass_started() -> None:
+    """A command whose users all still wait (a retry round) runs no pass: no estimate, no
+    summary, no line at all from the view."""
+    buf = io.StringIO()
+    view = PassView(Console(file=buf, force_terminal=False), clock=Clock())
+    view(planned(("alice@contoso.example", "wave1", None, None)))
+    view(PassEnded("key-alice@contoso.example", "waiting"))
+    view(PassesOver("prestage", "prestage: took 0 s for 0.0 MB (0 items); there was no estimate"))
+    assert buf.getvalue() == ""
