@@ -13,12 +13,16 @@ Every rate is here, with its source, so there is one place to correct them.
 from __future__ import annotations
 
 import heapq
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from coexist import progress
+
+log = logging.getLogger("coexist.estimate")
 
 
 @dataclass(frozen=True)
@@ -246,8 +250,6 @@ def watch(sess: Any, items: list[dict[str, Any]], kind: str) -> Iterator[Watch]:
     """Estimate the passes over `items` and announce them (`progress.PassesPlanned`); when
     the block ends, set the watch's `result` to the estimate against the actual (the
     passes this run journaled) and announce the end (`progress.PassesOver`)."""
-    import time
-
     project = sess.project
     mover = str(project.migration.mover or "none")
     scale = float(getattr(project.engine, "outlook_time_scale", 1) or 1)
@@ -269,21 +271,30 @@ def watch(sess: Any, items: list[dict[str, Any]], kind: str) -> Iterator[Watch]:
     try:
         yield w
     finally:
-        seconds = time.monotonic() - w.began
-        if sess.planning or w.run_id is None:
-            w.result = est.to_dict()
-            text = est.text() + " (plan: nothing moved)"
-        else:
-            keys = {str(i["key"]) for i in items}
-            mine = [
-                p
-                for p in sess.journal.passes()
-                if p["run_id"] == w.run_id and p["item_key"] in keys and p["counts"]
-            ]
-            moved = sum(
-                int(p["counts"].get("copied", 0)) + int(p["counts"].get("updated", 0)) for p in mine
-            )
-            size = sum(int(p["counts"].get("bytes", 0)) for p in mine)
-            w.result = against_actual(est, seconds, moved, size)
-            text = str(w.result["actual_text"])
+        try:
+            text = _actual(sess, w, items)
+        except Exception as exc:  # a broken journal must not mask the error that ended the run
+            log.warning("no actual for the %s estimate: %s", kind, exc)
+            w.result, text = est.to_dict(), est.text()
         progress.emit(progress.PassesOver(kind, text))
+
+
+def _actual(sess: Any, w: Watch, items: list[dict[str, Any]]) -> str:
+    """Set `w.result` to the estimate against what this run's passes moved; its text."""
+    est = w.est
+    if sess.planning or w.run_id is None:
+        w.result = est.to_dict()
+        return est.text() + " (plan: nothing moved)"
+    seconds = time.monotonic() - w.began
+    keys = {str(i["key"]) for i in items}
+    mine = [
+        p
+        for p in sess.journal.passes()
+        if p["run_id"] == w.run_id and p["item_key"] in keys and p["counts"]
+    ]
+    moved = sum(
+        int(p["counts"].get("copied", 0)) + int(p["counts"].get("updated", 0)) for p in mine
+    )
+    size = sum(int(p["counts"].get("bytes", 0)) for p in mine)
+    w.result = against_actual(est, seconds, moved, size)
+    return str(w.result["actual_text"])
