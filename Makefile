@@ -30,7 +30,9 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # Server binaries the tests start themselves: tests/pg.py runs a throwaway PostgreSQL,
-# tests/dovecot.py a throwaway Dovecot (IMAP). Each package is installed only when missing.
+# tests/dovecot.py a throwaway Dovecot (IMAP); the report test opens the HTML report in
+# Debian's headless Chromium through its chromedriver (tests/e2e/test_report_browser.py:
+# nothing is downloaded at test time). Each package is installed only when missing.
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y
 define install_missing
 	@if $(1); then \
@@ -48,6 +50,7 @@ endef
 system-deps:
 	$(call install_missing,command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1,postgresql)
 	$(call install_missing,PATH="$$PATH:/usr/sbin" command -v dovecot >/dev/null 2>&1 && PATH="$$PATH:/usr/sbin" command -v doveadm >/dev/null 2>&1,dovecot-core dovecot-imapd)
+	$(call install_missing,command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1,chromium chromium-driver)
 
 test: venv lint system-deps
 	$(VENV)/bin/pytest -q

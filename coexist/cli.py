@@ -1310,6 +1310,64 @@ def mailflow_table(result: dict[str, Any]) -> Table:
     return table
 
 
+@main.command("check-dns")
+@project_option
+@click.option(
+    "--domain",
+    "domains",
+    multiple=True,
+    help="A domain to check (repeatable). "
+    "Default: [dns] domains, else [domains] destination_domain.",
+)
+@click.option(
+    "--expect-mx",
+    default=None,
+    help="The MX host expected ('*' allowed). Default: "
+    "[dns] expect_mx, else the target kind's vendor value.",
+)
+@click.option(
+    "--expect-autodiscover",
+    default=None,
+    help="The autodiscover CNAME target "
+    "expected. Default: [dns] expect_autodiscover, else the vendor's.",
+)
+@click.option(
+    "--resolver",
+    default=None,
+    help="IP[:PORT] of the resolver to ask. Default: [dns] resolver, else the system's.",
+)
+@json_option
+@handles_errors
+def check_dns_cmd(
+    project: Path,
+    domains: tuple[str, ...],
+    expect_mx: str | None,
+    expect_autodiscover: str | None,
+    resolver: str | None,
+    as_json: bool,
+) -> None:
+    """Check each domain's MX, autodiscover CNAME/SRV and SPF against the target (exit 1 when
+    one is not yet switched, with what to change at the DNS provider)."""
+    from coexist import dnscheck  # dnspython only for this command
+
+    result = dnscheck.run_check(
+        project, domains=domains, expect_mx=expect_mx,
+        expect_autodiscover=expect_autodiscover, resolver=resolver,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        styles = {"ok": "green", "warn": "yellow", "fail": "red", "error": "red"}
+        out.print(escape(f"resolver: {result['resolver']}"))
+        for f in result["findings"]:
+            style = styles[f["status"]]
+            out.print(f"[{style}]{f['status']:5}[/{style}] {escape(f['message'])}")
+            if f.get("fix") and f["status"] != "ok":
+                out.print(escape(f"      fix: {f['fix']}"))
+    if not result["ok"]:
+        sys.exit(1)
+
+
 # -- sandbox ---------------------------------------------------------------------------
 @main.group()
 def sandbox() -> None:
@@ -1383,6 +1441,8 @@ def sandbox_serve(
     def ready(conn: dict[str, Any]) -> None:
         click.echo(f"connection: {state / 'connection.json'}")
         click.echo(f"base_url: {conn['base_url']}")
+        if conn.get("dns"):  # the DNS face: [dns] resolver for check-dns
+            click.echo(f"dns: {conn['dns']['resolver']}")
         click.echo("ready")
         sys.stdout.flush()
 
@@ -1595,6 +1655,52 @@ def sandbox_deliver(
         out.print(escape(f"  {hop['action']}: {hop.get('address') or ''} ({what})"))
 
 
+@sandbox.group("dns")
+def sandbox_dns() -> None:
+    """The sandbox's DNS records (its DNS face answers them on loopback, UDP and TCP)."""
+
+
+@sandbox_dns.command("set")
+@state_option
+@click.argument("name")
+@click.argument("rtype", metavar="TYPE")
+@click.argument("values", nargs=-1, metavar="VALUE...")
+@click.option("--ttl", type=click.IntRange(0, 2**31 - 1), default=3600, show_default=True)
+@json_option
+@handles_errors
+def sandbox_dns_set(
+    state: Path, name: str, rtype: str, values: tuple[str, ...], ttl: int, as_json: bool
+) -> None:
+    """Replace NAME's TYPE records with VALUE... (none: remove them), e.g.
+    `dns set contoso.example MX "0 contoso-example.mail.protection.outlook.com"`."""
+    from coexist.sandbox import dns as sandbox_dns_face
+
+    result = sandbox_dns_face.command_set(state, name, rtype, list(values), ttl)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    out.print(escape(f"{result['name']} {result['type']} {_through(result)}:"))
+    out.print(escape(f"  before: {', '.join(result['before']) or 'none'}"))
+    out.print(escape(f"  after:  {', '.join(result['after']) or 'none'}"))
+
+
+@sandbox_dns.command("show")
+@state_option
+@click.argument("domain", required=False)
+@json_option
+@handles_errors
+def sandbox_dns_show(state: Path, domain: str | None, as_json: bool) -> None:
+    """The records of DOMAIN's zone (or of every zone)."""
+    from coexist.sandbox import dns as sandbox_dns_face
+
+    result = sandbox_dns_face.command_show(state, domain)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for r in result["records"]:
+        out.print(escape(f"{r['name']:40} {r['ttl']:>6} {r['type']:6} {r['value']}"))
+
+
 @main.command("demo")
 @click.option(
     "--dir",
@@ -1691,6 +1797,153 @@ def _demo_text(result: dict[str, Any]) -> None:
     if "status" not in result and "preflight" in result:
         for c in result["preflight"]["checks"]:
             out.print(escape(f"{c['status']:5} {c['check']}: {c['detail']} {c['fix']}"))
+
+
+# -- playbooks (coexist/playbook.py) -----------------------------------------------------------
+@main.group("playbook")
+def playbook_group() -> None:
+    """Operator runbooks as data (playbooks/*.yaml): list, show, run per batch."""
+
+
+@playbook_group.command("list")
+@json_option
+@handles_errors
+def playbook_list_cmd(as_json: bool) -> None:
+    """The shipped playbooks (and where each file is)."""
+    from coexist import playbook
+
+    rows = [
+        {"name": n, "file": str(f), "description": playbook.load(f).description}
+        for n, f in playbook.available().items()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        out.print(escape(f"{r['name']:28} {r['description']}"))
+
+
+@playbook_group.command("show")
+@click.argument("name")
+@json_option
+@handles_errors
+def playbook_show_cmd(name: str, as_json: bool) -> None:
+    """The steps of playbook NAME (a name from `playbook list`, or a YAML file)."""
+    from coexist import playbook
+
+    pb = playbook.load(playbook.find(name))
+    steps = playbook.describe(pb)
+    if as_json:
+        click.echo(json.dumps({"name": pb.name, "file": str(pb.file), "steps": steps}))
+        return
+    out.print(escape(f"{pb.name} ({pb.file})\n{pb.description}"))
+    for n, s in enumerate(steps, 1):
+        out.print(escape(f"{n:2}. {s['id']:20} {s['kind']:8} {s['title']}: {s['what']}"))
+
+
+@playbook_group.command("run")
+@project_option
+@click.argument("name")
+@click.option("--batch", required=True, help="The batch the playbook runs on.")
+@plan_option
+@click.option("--from", "from_step", default=None, help="Start at this step id.")
+@click.option("--yes", is_flag=True, help="Confirm every checklist (rehearsals).")
+@json_option
+@handles_errors
+def playbook_run_cmd(
+    project: Path,
+    name: str,
+    batch: str,
+    plan: bool,
+    from_step: str | None,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Run playbook NAME on a batch, step by step, journaled: run it again to resume."""
+    from coexist import playbook
+
+    def say(text: str) -> None:
+        if not as_json:
+            err.print(escape(text))
+
+    asks = None if (as_json or not sys.stdin.isatty()) else (lambda q: click.confirm(q))
+    result = playbook.run_playbook(
+        project,
+        name,
+        batch=batch,
+        plan=plan,
+        from_step=from_step,
+        yes=yes,
+        say=say,
+        confirm=asks,
+        progress=_progress(as_json),
+    )
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        if plan:
+            for s in result["steps"]:
+                for w in s.get("writes", []):
+                    out.print(escape(f"  {s['id']}: {w}"))
+        verdict = "done" if result["ok"] else f"stopped at {result['stopped_at']}"
+        out.print(escape(f"playbook {result['playbook']} on {batch}: {verdict}"))
+        if result["next"]:
+            out.print(escape(f"next: {result['next']}"))
+    if not result["ok"]:
+        sys.exit(1)
+
+
+@main.command("report")
+@project_option
+@click.option("--batch", default=None, help="Only this batch (default: the whole project).")
+@click.option(
+    "--html",
+    "html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report as one self-contained HTML file.",
+)
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print the report as CSV.")
+@click.option(
+    "--email",
+    "email",
+    multiple=True,
+    help="Send the report to this address (repeatable) through the SMTP relay set by "
+    "COEXIST_SMTP_HOST, _PORT, _SECURITY (starttls|tls), _USER, _PASSWORD, _FROM, _CA_FILE.",
+)
+@handles_errors
+def report_cmd(
+    project: Path,
+    batch: str | None,
+    html: Path | None,
+    as_json: bool,
+    as_csv: bool,
+    email: tuple[str, ...],
+) -> None:
+    """Statistics to hand a customer: per user, batch and project, from the journal."""
+    from coexist import report
+
+    if sum((html is not None, as_json, as_csv)) > 1:
+        raise InputError("choose one of --html FILE, --json, --csv", next_step="--json")
+    data = report.build(project, batch=batch)
+    if html is not None:
+        report.write_html(data, html)  # before the send: a refused send still leaves it
+    sent = report.send(data, list(email)) if email else None
+    if as_json:
+        click.echo(report.to_json({**data, **({"email": sent} if sent else {})}), nl=False)
+        return
+    if as_csv:
+        click.echo(report.to_csv(data), nl=False)
+        if sent:  # stdout carries the CSV only
+            click.echo(f"report sent to {', '.join(sent['to'])}", err=True)
+        return
+    for line in report.text_lines(data):
+        out.print(escape(line))
+    if html is not None:
+        out.print(escape(f"HTML report written: {html}"))
+    if sent:
+        out.print(escape(f"report sent to {', '.join(sent['to'])} through {sent['relay']}"))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ SECTIONS: dict[str, str] = {
     "migration": "How mail data is copied between mailboxes.",
     "engine": "How coexist runs steps: concurrency and retries.",
     "verify": "`coexist verify-mailflow`: probe messages that show where mail lands.",
+    "dns": "`coexist check-dns`: the DNS records a cutover switches (MX, autodiscover, SPF).",
     # Kind tables last: between [source] and [target], a [source.imap] would take in what
     # is added at the end of [source] by hand.
     "source.imap": (
@@ -849,6 +850,44 @@ SETTINGS: tuple[Setting, ...] = (
         "access policy. Blank for the sandbox, whose routing model is used instead.",
         format="email",
     ),
+    # `coexist check-dns` and the playbooks' DNS checks (coexist/dnscheck.py).
+    Setting(
+        "dns.resolver",
+        "str",
+        "",
+        'The resolver DNS checks ask, "IP" or "IP:PORT" (e.g. the sandbox\'s DNS face: its '
+        "connection.json dns.resolver). Blank = the system resolver (/etc/resolv.conf).",
+        env="COEXIST_DNS_RESOLVER",
+    ),
+    Setting(
+        "dns.domains",
+        "list",
+        [],
+        "The domains whose MX, autodiscover and SPF move to the target. [] = "
+        "[domains] destination_domain.",
+    ),
+    Setting(
+        "dns.expect_mx",
+        "str",
+        "",
+        "The MX host the domains must have once mail goes to the target ('*' allowed, e.g. "
+        "*.mail.protection.outlook.com). Blank = the target kind's vendor value (Microsoft "
+        "365, WorkMail); required for a hosted Exchange or IMAP target.",
+    ),
+    Setting(
+        "dns.expect_autodiscover",
+        "str",
+        "",
+        "The autodiscover.<domain> CNAME target once clients go to the target. Blank = the "
+        "target kind's vendor value; for hosted Exchange or IMAP: not checked.",
+    ),
+    Setting(
+        "dns.expect_spf_include",
+        "str",
+        "",
+        "A domain the SPF record must include:. Blank = the target kind's vendor value; for "
+        "hosted Exchange or IMAP: not checked.",
+    ),
 )
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
@@ -1405,6 +1444,15 @@ class Verify(_Section):
     service_mailbox: str | None
 
 
+@dataclass(frozen=True, repr=False)
+class Dns(_Section):
+    resolver: str | None
+    domains: list[str]
+    expect_mx: str | None
+    expect_autodiscover: str | None
+    expect_spf_include: str | None
+
+
 # Kind tables first: `_build` puts each into its side's section (TenantSettings.imap).
 SECTION_TYPES: dict[str, type[_Section]] = {
     "source.imap": ImapSettings,
@@ -1426,6 +1474,7 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "migration": Migration,
     "engine": Engine,
     "verify": Verify,
+    "dns": Dns,
 }
 
 
@@ -1448,6 +1497,7 @@ class Project:
     migration: Migration
     engine: Engine
     verify: Verify
+    dns: Dns
 
     @property
     def destination_domain(self) -> str:

@@ -147,7 +147,7 @@ class Issuer:
         with self.world.lock:
             tenant = self.world.tenant_by_id(claims["tid"])
             app = tenant.app(claims["appid"]) if tenant else None
-        if tenant is None or app is None:
+        if tenant is None or app is None or tenant.kind != "m365":
             raise TokenError("InvalidAuthenticationToken", "Access token validation failure.")
         return Principal(
             tenant=tenant,
@@ -170,6 +170,11 @@ class Issuer:
         name = request.path_params["tenant"]
         with self.world.lock:
             tenant = self.world.tenant_by_id(name)
+        if tenant is not None and tenant.kind != "m365":
+            # A hosted Exchange or WorkMail organisation has no Entra tenant behind it: no
+            # token, so no Graph or Exchange Online face serves it (a store must not lean on
+            # what the real organisation lacks).
+            tenant = None
         if tenant is None:
             return aad_error(
                 400,

@@ -553,12 +553,36 @@ def _fraction(seed: int, kind: str, key: str) -> float:
 
 
 @dataclass
+class DnsRecord:
+    """One resource record of the sandbox's DNS face (sandbox/dns.py): `name` absolute,
+    lower-case, without the trailing dot; `value` in zone-file presentation format."""
+
+    name: str
+    type: str  # "MX", "CNAME", "SRV", "TXT", "A", ...
+    value: str
+    ttl: int = 3600
+
+
+@dataclass
+class DnsZone:
+    """A domain's records as its DNS provider holds them (not the tenant's: a domain's zone
+    outlives the tenant it points at, which is what a cutover changes)."""
+
+    name: str
+    serial: int = 1
+    records: list[DnsRecord] = field(default_factory=list)
+
+
+@dataclass
 class World:
     """The source and target tenants plus settings; saved to a state directory."""
 
     tenants: dict[str, Tenant]
     settings: Settings = field(default_factory=Settings)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # DNS zones by domain name (sandbox/dns.py); `dns_version` counts their changes.
+    dns: dict[str, DnsZone] = field(default_factory=dict)
+    dns_version: int = field(default=0, repr=False, compare=False)
 
     def expire_sync_states(self) -> None:
         """Forget every delta sync state issued so far (clients get Exchange's expiry answer)."""
@@ -592,7 +616,7 @@ class World:
 
     @property
     def version(self) -> int:
-        return sum(t.version for t in self.tenants.values())
+        return sum(t.version for t in self.tenants.values()) + self.dns_version
 
     # -- persistence -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -600,6 +624,10 @@ class World:
             "format": 1,
             "settings": dataclasses.asdict(self.settings),
             "tenants": {k: _tenant_to_dict(t) for k, t in self.tenants.items()},
+            "dns": {
+                k: {"name": z.name, "serial": z.serial, "records": [_flat(r) for r in z.records]}
+                for k, z in self.dns.items()
+            },
         }
 
     @classmethod
@@ -607,6 +635,10 @@ class World:
         return cls(
             tenants={k: _tenant_from_dict(v) for k, v in data["tenants"].items()},
             settings=Settings(**data.get("settings", {})),
+            dns={
+                k: DnsZone(z["name"], z["serial"], [DnsRecord(**r) for r in z["records"]])
+                for k, z in data.get("dns", {}).items()
+            },
         )
 
     def save(self, state_dir: Path) -> Path:

@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute
 from coexist.files import private_dir, write_private
 
 from . import admin, ews, exo, graph, psrp, seed, transport, workmail
+from . import dns as dnsface
 from .connections import ConnectionProtocol
 from .graph.mail import MAIL_STORE_KEY
 from .graph.outlook_items import PIM_STORE_KEY
@@ -172,6 +173,7 @@ def build_app(ctx: SandboxContext) -> Starlette:
     # The admin channel first: no Microsoft face may answer its paths.
     routes: list[BaseRoute] = [
         *admin.routes(),
+        *dnsface.routes(),  # `coexist sandbox dns set/show` (sandbox/dns.py)
         *graph.routes(),
         *exo.routes(),
         *ews.routes(),
@@ -264,6 +266,7 @@ class Sandbox:
         self.port = 0
         self.ctx: SandboxContext | None = None
         self._mail: MailStore | None = None
+        self.dns: dnsface.DnsFace | None = None  # the DNS face (sandbox/dns.py), once started
 
     # -- state -------------------------------------------------------------------
     def _state_stamp(self) -> tuple[int, int] | None:
@@ -316,6 +319,8 @@ class Sandbox:
         with self.world.lock:
             self.world.tenants = new.tenants
             self.world.settings = new.settings
+            self.world.dns = {}  # the new tenants' domains get their providers' records
+            dnsface.ensure_zones(self.world)
             self.ctx.limiter = Limiter(new.settings)
             for t in self.world.tenants.values():
                 t.touch()
@@ -456,6 +461,9 @@ class Sandbox:
             http=ConnectionProtocol,
         )
         self._server = uvicorn.Server(config)
+        # DNS on loopback (UDP+TCP): the port of the last run when free, so a project's
+        # [dns] resolver stays valid across restarts (as the HTTPS port does).
+        self.dns = dnsface.DnsFace(self.world, self.host).start(self._last_dns_port())
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="sandbox", daemon=True
         )
@@ -483,6 +491,8 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         if self._server is not None:
             self._server.should_exit = True
+        if self.dns is not None:
+            self.dns.stop()
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._stop_saver.set()
@@ -535,11 +545,30 @@ class Sandbox:
             if tenant.kind == "workmail":  # its AWS admin API: endpoint, keys, organisation id
                 tenants[key]["workmail"] = workmail.connection_info(tenant, self.base_url)
         return {
+            # The DNS face: `[dns] resolver = "<resolver>"` sends check-dns to it.
+            **(
+                {
+                    "dns": {
+                        "host": self.dns.host,
+                        "port": self.dns.port,
+                        "resolver": self.dns.address,
+                    }
+                }
+                if self.dns
+                else {}
+            ),
             "ca_file": str((self.state_dir / CA_FILE).resolve()),
             "profile": self.world.settings.profile,
             "base_url": self.base_url,
             "tenants": tenants,
         }
+
+    def _last_dns_port(self) -> int:
+        try:
+            port = json.loads((self.state_dir / CONNECTION_FILE).read_text())["dns"]["port"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        return port if isinstance(port, int) and 0 < port < 65536 else 0
 
     def write_connection(self) -> Path:
         path = self.state_dir / CONNECTION_FILE

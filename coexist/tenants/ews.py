@@ -52,7 +52,7 @@ from exchangelib import (
     Version,
 )
 from exchangelib import errors as ews_errors
-from exchangelib.protocol import BaseProtocol, CachingProtocol, FailFast
+from exchangelib.protocol import BaseProtocol, CachingProtocol, FailFast, Protocol
 from exchangelib.version import (
     EXCHANGE_2010_SP1,
     EXCHANGE_2010_SP2,
@@ -74,6 +74,7 @@ from coexist.errors import (
 )
 from coexist.retry import RetryPolicy
 from coexist.tenants.base import connection_error
+from coexist.tenants.ews_governor import EwsGovernor, budget_key
 
 SERVICE = "ews"
 T = TypeVar("T")
@@ -213,15 +214,63 @@ def build_config(endpoint: EwsEndpoint, admin: AdminLogin, connections: int) -> 
     )
 
 
-def build_account(config: Any, user: str, access: Access) -> Any:
+class _SteadyPoolProtocol(Protocol):  # type: ignore[misc]
+    """exchangelib's Protocol whose session pool never shrinks.
+
+    exchangelib 5.6 answers ErrorServerBusy by shrinking the pool (services/common.py
+    `_handle_backoff` -> `protocol.decrease_poolsize()`, before it even looks at the retry
+    policy, so FailFast does not avoid it). `decrease_poolsize` (protocol.py) holds
+    `self._session_pool_lock`, a non-reentrant `threading.Lock()`, and takes a session with
+    `get_session()`; when the pool's queue is empty and the pool is below `max_connections`,
+    `get_session` calls `increase_poolsize()`, which takes the same lock again: the thread
+    blocks for ever holding it, and every thread needing a session after it (NOTES-ewsdemo.md
+    finding 1, seen at 20 requests in flight on a drained budget; the same code on
+    exchangelib's master, cf. ecederstrand/exchangelib#1373 "Waiting for session
+    indefinitely").
+
+    Shrinking is not needed here: the pool is sized to this server's own bound of requests
+    in flight (`max_connections` = `EwsLimits.in_flight`, one session per worker thread), and
+    the load a busy server asks to drop is dropped by the budget governor
+    (`ews_governor.EwsGovernor`: pause and AIMD window per budget). So the pool keeps its
+    size: `decrease_poolsize` is the one method overridden, and does nothing.
+
+    Instances are made by `_steady_protocol`, outside exchangelib's protocol cache, so
+    every `EwsServer` owns its pool (and closing one server's pool leaves another's alone).
+    """
+
+    def decrease_poolsize(self) -> None:
+        return None
+
+
+def _steady_protocol(config: Any) -> _SteadyPoolProtocol:
+    """A `_SteadyPoolProtocol` of our own. `Protocol(config=...)` goes through exchangelib's
+    `CachingProtocol` metaclass, which hands back whatever protocol it cached for the same
+    endpoint and credentials (possibly a plain one); constructing through `__new__` and
+    `__init__` makes exactly our class, with the pool `config.max_connections` bounds."""
+    protocol = _SteadyPoolProtocol.__new__(_SteadyPoolProtocol)
+    init: Any = _SteadyPoolProtocol.__init__  # exchangelib is untyped: Protocol.__init__
+    init(protocol, config=config)
+    return protocol
+
+
+def build_account(config: Any, user: str, access: Access, protocol: Any = None) -> Any:
     """The mailbox `user` opened by the admin: delegation (DELEGATE: the admin's FullAccess)
-    or impersonation (IMPERSONATION: ExchangeImpersonation header). No autodiscover."""
-    return Account(
+    or impersonation (IMPERSONATION: ExchangeImpersonation header). No autodiscover.
+
+    `protocol`: the server's own (`_SteadyPoolProtocol`) in place of the one `Account` takes
+    from exchangelib's cache; `Account.protocol` is the attribute exchangelib itself sets
+    (account.py: from `Protocol(config=...)`, or from autodiscover) and every service of the
+    account reads, and no request has been sent when it is set here (`Account.version` is
+    lazy since 5.5.1)."""
+    account = Account(
         primary_smtp_address=user,
         config=config,
         autodiscover=False,
         access_type=ACCESS_TYPES[access],
     )
+    if protocol is not None:
+        account.protocol = protocol
+    return account
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -393,9 +442,16 @@ class EwsServer:
         trust(endpoint.url, endpoint.ca_file)
         workers = self.limits.in_flight
         self.config = build_config(endpoint, admin, workers)
+        # One session per worker thread, never shrunk (see `_SteadyPoolProtocol`).
+        self.protocol = _steady_protocol(self.config)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"ews-{endpoint.side}")
         self._mailboxes = asyncio.Semaphore(self.limits.mailboxes)
         self._calls = asyncio.Semaphore(workers)
+        # Requests in flight per throttling budget: the server's whole bound under delegation
+        # (one budget), the per-mailbox bound under impersonation (a budget per mailbox).
+        self.governor = EwsGovernor(
+            concurrency=workers if endpoint.access == "delegation" else self.limits.per_mailbox
+        )
         self.calls = 0
         self.writes = 0
 
@@ -414,12 +470,15 @@ class EwsServer:
         may have created the item: it is not sent again here; the sync finds such a copy by
         its identity on the next pass (`sync.adopt_interrupted`)."""
         loop = asyncio.get_running_loop()
+        budget = budget_key(self.endpoint.access, self.admin.login, user)
 
         async def once() -> T:
-            async with self._calls:
+            # The budget's slot first (it may wait out a back-off), then a worker thread: a
+            # paused budget holds no thread another budget (impersonation) could use.
+            async with self.governor.slot(budget), self._calls:
                 self.calls += 1
                 try:
-                    return await loop.run_in_executor(self._pool, fn)
+                    result = await loop.run_in_executor(self._pool, fn)
                 except (
                     ews_errors.EWSError,
                     requests.exceptions.RequestException,
@@ -428,9 +487,14 @@ class EwsServer:
                     err = map_error(
                         exc, self.endpoint, admin=self.admin.login, user=user, what=what
                     )
+                    if isinstance(err, TransientError) and err.code == "ErrorServerBusy":
+                        # Every caller on this budget waits the stated back-off.
+                        self.governor.throttled(budget, err.retry_after)
                     if write and isinstance(err, TransientError) and not _resendable(err):
                         err.retryable = False
                     raise err from exc
+                self.governor.success(budget)
+                return result
 
         return await self.retry.call(once)
 
@@ -440,19 +504,20 @@ class EwsServer:
         async with self._mailboxes:
             loop = asyncio.get_running_loop()
             account = await loop.run_in_executor(
-                self._pool, build_account, self.config, user, self.endpoint.access
+                self._pool, build_account, self.config, user, self.endpoint.access, self.protocol
             )
             yield EwsMailbox(self, user, account)
 
     async def close(self) -> None:
         """Close the sessions and the worker threads."""
-        await asyncio.get_running_loop().run_in_executor(None, _close_protocols)
+        await asyncio.get_running_loop().run_in_executor(None, self._close_protocols)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _close_protocols() -> None:
-    # exchangelib caches a protocol (its session pool) per endpoint and credentials.
-    CachingProtocol.clear_cache()
+    def _close_protocols(self) -> None:
+        # This server's own pool, and the ones exchangelib cached per endpoint and
+        # credentials when `Account` was built (unused, no sessions made in them).
+        self.protocol.close()
+        CachingProtocol.clear_cache()
 
 
 @dataclass

@@ -46,3 +46,5 @@ def test_the_quick_ews_bench_prints_every_figure() -> None:
     assert workmail["copied"] == workmail["items"] and "source" not in workmail["budget"]
     assert out["memory"]["copied"] == out["memory"]["items"]
     assert isinstance(out["peak_rss_mb"], float) and out["peak_rss_mb"] > 0
+    # The face validated every request and response (payloads by strict base64 decoding).
+    assert out["face_validation"]["schema"] is True

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exchangelib import Contact, ExtendedProperty, ItemId, Message, Task
+from exchangelib.errors import MalformedResponseError, SOAPError
 from exchangelib.ewsdatetime import EWSDateTime
 from exchangelib.folders import (
     Calendar,
@@ -54,10 +55,11 @@ from exchangelib.folders import (
 from exchangelib.folders import (
     Folder as EwsFolder,
 )
-from exchangelib.items import SOFT_DELETE
-from exchangelib.properties import FolderId
-from exchangelib.services import SyncFolderItems
+from exchangelib.items import ID_ONLY, SOFT_DELETE
+from exchangelib.properties import DistinguishedFolderId, FolderId, Mailbox
+from exchangelib.services import ExportItems, GetItem, SyncFolderItems
 from exchangelib.services.common import EWSService
+from exchangelib.util import SOAPNS, ParseError, to_xml
 
 from coexist.engine.context import Context, capability_missing
 from coexist.errors import InvalidRequest, NotFound, RemoteError
@@ -302,6 +304,59 @@ class _SyncFolderItems(SyncFolderItems):  # type: ignore[misc]
         return super()._get_element_container(message=message, name=name)
 
 
+def _parse_whole(response: Any) -> tuple[Any, Any]:
+    """A SOAP answer's header and body, parsed from its bytes at once.
+
+    exchangelib 5.6 (services/common.py `_get_soap_parts`) parses every answer with
+    `to_xml(response.iter_content())`; requests' `iter_content()` steps one byte at a time
+    by default (chunk_size=1), which exchangelib's `BytesGeneratorIO` joins back for lxml:
+    4.8 s for an 8 MB ExportItems answer here against 0.02 s for the same bytes parsed at
+    once (`to_xml` takes bytes), ~the whole client CPU of moving a mailbox of large items.
+    A non-streaming answer is read whole before parsing anyway (`response.content`), so
+    nothing is held longer than before. Used by the services that carry item payloads."""
+    try:
+        root = to_xml(response.content)
+    except ParseError as e:
+        raise SOAPError(f"Bad SOAP response: {e}") from e
+    header = root.find(f"{{{SOAPNS}}}Header")
+    body = root.find(f"{{{SOAPNS}}}Body")
+    if body is None:
+        raise MalformedResponseError("No Body element in SOAP response")
+    return header, body
+
+
+class _ExportItems(ExportItems):  # type: ignore[misc]
+    """exchangelib's ExportItems, its answer parsed whole (`_parse_whole`)."""
+
+    @classmethod
+    def _get_soap_parts(cls, response: Any) -> tuple[Any, Any]:
+        return _parse_whole(response)
+
+
+class _GetItem(GetItem):  # type: ignore[misc]
+    """exchangelib's GetItem, its answer parsed whole (`_parse_whole`): MimeContent of
+    large messages (the MIME path)."""
+
+    @classmethod
+    def _get_soap_parts(cls, response: Any) -> tuple[Any, Any]:
+        return _parse_whole(response)
+
+
+def _get_items(account: Any, ids: list[Any], fields: list[str]) -> list[Any]:
+    """GetItem of `ids` with `fields` (IdOnly shape plus them), as exchangelib's
+    `Account.fetch(ids, only_fields=fields)` builds it (account.py: fields validated and
+    normalised against a generic Folder, attribute fields left out), through `_GetItem`."""
+    if not ids:
+        return []
+    folder = EwsFolder(root=account.root)
+    for name in fields:
+        folder.validate_item_field(field=name, version=account.version)
+    additional = {f for f in folder.normalize_fields(fields=fields) if not f.field.is_attribute}
+    return list(
+        _GetItem(account=account).call(items=ids, additional_fields=additional, shape=ID_ONLY)
+    )
+
+
 # -- pure parts --------------------------------------------------------------------------------
 
 
@@ -532,14 +587,30 @@ class EwsStore:
         if self._well_known is None:
 
             def read(account: Any) -> dict[str, str]:
+                # One GetFolder naming every distinguished folder (answered per folder, in
+                # order), not one request each: under a spent throttling budget a call of
+                # ten requests is refused somewhere in the middle and re-sent whole, and
+                # can lose that race for ever (tenants/ews_governor.py).
+                names = list(WELL_KNOWN)
+                wanted = [
+                    WELL_KNOWN[name](
+                        _distinguished_id=DistinguishedFolderId(
+                            id=WELL_KNOWN[name].DISTINGUISHED_FOLDER_ID,
+                            mailbox=Mailbox(email_address=account.primary_smtp_address),
+                        ),
+                        root=account.root,
+                    )
+                    for name in names
+                ]
                 out: dict[str, str] = {}
-                for name, cls in WELL_KNOWN.items():
-                    try:
-                        out[str(cls.get_distinguished(root=account.root).id)] = name
-                    except Exception as exc:  # a default folder this mailbox lacks
-                        if _is_access_error(exc):
-                            raise
-                        log.debug("no %s folder for %s: %s", name, account, exc)
+                answers = FolderCollection(account=account, folders=wanted).resolve()
+                for name, answer in zip(names, answers, strict=True):
+                    if isinstance(answer, Exception):  # a default folder this mailbox lacks
+                        if _is_access_error(answer):
+                            raise answer
+                        log.debug("no %s folder for %s: %s", name, account, answer)
+                        continue
+                    out[str(answer.id)] = name
                 return out
 
             self._well_known = await self._call(read, "GetFolder (distinguished folders)")
@@ -649,7 +720,7 @@ class EwsStore:
         ids = [(r.item_id, r.change_key) if r.change_key else (r.item_id, None) for r in refs]
 
         def read(account: Any) -> list[Any]:
-            got = account.fetch(ids=[ItemId(i, None) for i, _ in ids], only_fields=list(fields))
+            got = _get_items(account, [ItemId(i, None) for i, _ in ids], list(fields))
             return _items(got)
 
         found: list[Any] = await self._call(read, what)
@@ -692,7 +763,8 @@ class EwsStore:
 
     async def _export_stream(self, refs: list[ItemRef]) -> dict[str, Payload]:
         def read(account: Any) -> list[Any]:
-            got = account.export([ItemId(r.item_id, r.change_key) for r in refs])
+            ids = [ItemId(r.item_id, r.change_key) for r in refs]
+            got = _ExportItems(account=account, chunk_size=EXPORT_BATCH).call(items=ids)
             return [_answer(b, gone_ok=True) for b in got]
 
         blobs = await self._call(read, "ExportItems")
