@@ -30,6 +30,8 @@ from coexist.errors import CoexistError, InputError, redact
 from coexist.files import write_private
 from coexist.model import PHASES, STATUS_STATES
 from coexist.permissions import MOVER_NEEDS, NEEDS
+from coexist.progress import PassesPlanned, PassEvent
+from coexist.progressview import PassView
 
 err = Console(stderr=True)
 out = Console()
@@ -150,8 +152,20 @@ class LiveProgress:
         self.quiet = quiet
         self._bar: Progress | None = None
         self._task: TaskID | None = None
+        self.view = PassView(err)  # the data passes' live view (`pass_event`)
+
+    def pass_event(self, event: PassEvent) -> None:
+        """A data pass's event: the live view of the command's passes (stderr)."""
+        if self.quiet:
+            return
+        if isinstance(event, PassesPlanned) and self._bar is not None:
+            self._bar.stop()  # one live display at a time: the passes' view takes over
+            self._bar = None
+        self.view(event)
 
     def __call__(self, o: Outcome) -> None:
+        if o.status == "failed":
+            self.view.model.step_failed(o.subject)  # its pass will not run in this command
         if self.quiet or (o.status == "ok" and not o.changed) or o.resting:
             return
         style = STATUS_STYLE.get(o.status, "white")
@@ -163,7 +177,7 @@ class LiveProgress:
         (self._bar.console if self._bar else err).print(line)
 
     def advance(self, done: int, total: int) -> None:
-        if self.quiet:
+        if self.quiet or self.view.active:  # the passes' view counts mailboxes itself
             return
         if self._bar is None:
             self._bar = Progress(
@@ -287,6 +301,8 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
             f"[yellow]confirm[/yellow] {escape(str(w['user']))}: candidates "
             f"{escape(', '.join(w['candidates']))}\n  next: {escape(w['next_step'])}"
         )
+    if est := result.get("estimate"):  # a data pass's estimate, against the actual after
+        out.print(escape(str(est.get("actual_text") or est.get("text"))), soft_wrap=True)
     if result.get("failed"):
         sys.exit(1)
 

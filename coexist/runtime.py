@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from coexist import progress
 from coexist.engine.context import (
     Context,
     SideOptions,
@@ -200,7 +201,9 @@ async def _journaled_run(
                 waiting_max_s=float(project.engine.waiting_max_s),
             )
             sess = Session(project, journal, ctx, runner, recorder, outcomes)
-            yield sess
+            # A progress sink may also follow the data passes (the CLI's live view).
+            with progress.listening(getattr(on_outcome, "pass_event", None)):
+                yield sess
         status = "ok"
     finally:
         try:

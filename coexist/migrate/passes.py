@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from coexist import progress
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import NotReady
@@ -164,6 +165,8 @@ async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> Pas
             return await _planned(ctx, mover, subject, kind, window)
         return PassResult("planned", f"would run a {kind} pass ({type(mover).__name__})")
     pass_id = ctx.journal.pass_started(ctx.run_id, subject, kind, window.to_dict())
+    user = ctx.journal.get_item("user", subject) or {}
+    progress.emit(progress.PassStarted(subject, kind, str(user.get("source_address") or "")))
     try:
         result = await mover.run(ctx, subject, kind, window)
     except NotReady:
@@ -171,14 +174,23 @@ async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> Pas
         # after licensing): the pass waits, and the step with it (the runner records when to
         # look again). The item map and checkpoints keep whatever the pass did before.
         ctx.journal.pass_finished(pass_id, "waiting", {})
+        progress.emit(progress.PassEnded(subject, "waiting"))
         raise
     except BaseException:
         # The pass ended (an error, a cancel): it must not stay `running` in `status`. The
         # item map and checkpoints already hold what it did; a re-run continues from them.
         ctx.journal.pass_finished(pass_id, "failed", {})
+        progress.emit(progress.PassEnded(subject, "failed"))
         raise
     ctx.journal.pass_finished(pass_id, result.status, result.counts)
+    progress.emit(progress.PassEnded(subject, result.status, *_moved(result.counts)))
     return result
+
+
+def _moved(counts: dict[str, int]) -> tuple[int, int]:
+    """Items and bytes a pass moved, from its counts (what the progress view shows)."""
+    items = int(counts.get("copied", 0)) + int(counts.get("updated", 0))
+    return items, int(counts.get("bytes", 0))
 
 
 async def _planned(
@@ -272,6 +284,7 @@ class DataPassExecutor:
     ) -> StepResult:
         if observed is not None:
             counts = dict(observed["counts"] or {})
+            progress.emit(progress.PassEnded(step.subject, "already", *_moved(counts)))
             detail = (
                 f"{step.kind} pass already finished (run {observed['run_id']}, "
                 f"{int(counts.get('copied', 0))} copied): not run again"

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from coexist import progress
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
@@ -1053,6 +1054,9 @@ async def _import_group(
     finally:
         slots.release()
         held.give(size)
+    c = sink.counts
+    if not sink.ctx.planning:  # a planned pass imports nothing
+        progress.emit(progress.PassAdvanced(sink.key, c["copied"] + c["updated"], c["bytes"]))
 
 
 async def _create(sink: Sink, job: Job, data: Payload) -> None:
@@ -1241,6 +1245,11 @@ async def sync_mailbox(
     stores = Stores(src, tgt, negotiate(src, tgt, file))
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
+    if not ctx.planning:  # the progress view's bar: the source's items not yet copied
+        total = sum(by_id[f].total for f in plan.target_of if f in by_id)
+        per = ctx.journal.item_map_counts(subject).values()
+        moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
+        progress.emit(progress.PassSized(subject, max(0, total - moved)))
     for folder_id in plan.target_of:
         await scan_folder(ctx, subject, src, by_id[folder_id], kind)
     await settle_left(ctx, subject, tgt, kind)

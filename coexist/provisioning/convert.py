@@ -47,6 +47,13 @@ class LicenseStep(Step):
     usage_location: str | None
 
 
+def _named(ctx: Context, key: str) -> str:
+    """The user as operators know it (its target address, else its source address): step
+    lines and errors name people, never only their directory id (that is in -v and --json)."""
+    item = ctx.journal.get_item("user", key) or {}
+    return str(item.get("target_address") or item.get("source_address") or "(unnamed)")
+
+
 @registry.register(LicenseStep)
 class LicenseExecutor:
     async def observe(self, ctx: Context, step: LicenseStep) -> dict[str, Any]:
@@ -59,7 +66,7 @@ class LicenseExecutor:
             # The MailUser was created through Exchange (its id is journaled): it reaches
             # Graph after directory replication, minutes not seconds (FACTS.md).
             raise NotReady(
-                f"target user {ident} is not in Graph yet: {exc.message}",
+                f"target user {_named(ctx, step.subject)} is not in Graph yet: {exc.message}",
                 reason=REPLICATING,
                 service="graph",
             ) from exc
@@ -73,7 +80,8 @@ class LicenseExecutor:
         if not observed.get("usageLocation"):
             if not step.usage_location:
                 raise InputError(
-                    f"target user {observed['id']} has no usageLocation and the project sets none",
+                    f"target user {_named(ctx, step.subject)} has no usageLocation and the "
+                    "project sets none",
                     next_step="set [prestage] usage_location in project.toml, then coexist retry",
                 )
             await _set_usage_location(ctx, step, str(observed["id"]))

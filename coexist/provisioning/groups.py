@@ -348,8 +348,10 @@ class GroupMembersExecutor:
                 # The group was created through Graph moments ago (its id is journaled):
                 # new objects may 404 for seconds during directory replication
                 # (FACTS.md), so this is retried like throttling, not a failure.
+                # Named as operators know it; the id is in the journal and -v.
+                name = item.get("name") or "the target copy"
                 raise TransientError(
-                    f"target group {target} is not visible in Graph yet (replication)",
+                    f"target group {name} is not visible in Graph yet (replication)",
                     service="graph",
                     retry_after=2.0,
                 ) from exc

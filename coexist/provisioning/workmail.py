@@ -203,11 +203,15 @@ class WorkMailAccessExecutor:
             )
         # In plan mode the user may exist only in the plan: it is named by its address.
         entity = str(mailbox["Id"]) if mailbox is not None else step.email
+        # A plan names the grantee by its address too (the plan's lines are read by people;
+        # the API takes an email for GranteeId as for EntityId: AWS CLI reference,
+        # workmail put-mailbox-permissions); a real run sends the id it read.
+        grantee = step.grantee if ctx.planning else str(observed["grantee"]["Id"])
         values = sorted({*held, FULL_ACCESS})
         await admin(ctx).call(
             "PutMailboxPermissions",
             EntityId=entity,
-            GranteeId=str(observed["grantee"]["Id"]),
+            GranteeId=grantee,
             PermissionValues=values,
         )
         after = {"grantee": step.grantee, "PermissionValues": values}
