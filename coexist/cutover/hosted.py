@@ -27,7 +27,7 @@ from coexist.errors import InputError
 from coexist.model import Phase
 from coexist.provisioning.exchange import bare, find_one, forwarding_state, object_id
 
-from .steps import _same_recipient, refuse_source_address, source_mailbox
+from .steps import forward_to_contact, forwards_to_contact, refuse_source_address, source_mailbox
 
 # The seed's name for a forwarding object; `[cutover] forward_contact_name` may change it.
 DEFAULT_CONTACT_NAME = "{display_name} (External Forward)"
@@ -208,25 +208,9 @@ class ContactForwardExecutor:
             )
         target = ident or "<the forwarding object>"
         before = forwarding_state(mailbox)
-        if (
-            before["ForwardingAddress"]
-            and _same_recipient(before["ForwardingAddress"], target, contact)
-            and not before["ForwardingSmtpAddress"]
-            and not before["DeliverToMailboxAndForward"]
-        ):
+        if forwards_to_contact(before, target, contact):
             return StepResult(False, before, before, "forwards to its forwarding object")
-        await ctx.source.cmdlets.run(
-            "Set-Mailbox",
-            Identity=step.subject,
-            ForwardingAddress=target,
-            ForwardingSmtpAddress=None,
-            DeliverToMailboxAndForward=False,
-        )
-        after = {
-            "ForwardingAddress": target,
-            "ForwardingSmtpAddress": None,
-            "DeliverToMailboxAndForward": False,
-        }
+        after = await forward_to_contact(ctx, step.subject, target)
         if not ctx.planning:
             # Read back: a kept local copy means duplicates in the next delta pass, so a
             # server that ignored -DeliverToMailboxAndForward $false is a failure, not a

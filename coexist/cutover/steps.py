@@ -345,27 +345,38 @@ class RenamedForwardExecutor:
         before = forwarding_state(mailbox)
         if ctx.planning and not contact:
             contact = "<the new source contact>"
-        if (
-            before["ForwardingAddress"]
-            and contact
-            and _same_recipient(before["ForwardingAddress"], contact, found)
-            and not before["ForwardingSmtpAddress"]
-            and not before["DeliverToMailboxAndForward"]
-        ):
+        if contact and forwards_to_contact(before, contact, found):
             return StepResult(False, before, before, "renamed source forwards to the contact")
-        await ctx.source.exo.run(
-            "Set-Mailbox",
-            Identity=step.subject,
-            ForwardingAddress=contact,
-            ForwardingSmtpAddress=None,
-            DeliverToMailboxAndForward=False,
-        )
-        after = {
-            "ForwardingAddress": contact,
-            "ForwardingSmtpAddress": None,
-            "DeliverToMailboxAndForward": False,
-        }
+        after = await forward_to_contact(ctx, step.subject, contact)
         return StepResult(True, before, after, "renamed source forwards to the contact")
+
+
+def forwards_to_contact(before: dict[str, Any], ident: str, contact: dict[str, Any] | None) -> bool:
+    """Whether a source mailbox's forwarding state (`forwarding_state`) is a forward to the
+    contact `ident`, with no SMTP forward beside it and no local copy kept."""
+    return bool(
+        before["ForwardingAddress"]
+        and _same_recipient(before["ForwardingAddress"], ident, contact)
+        and not before["ForwardingSmtpAddress"]
+        and not before["DeliverToMailboxAndForward"]
+    )
+
+
+async def forward_to_contact(ctx: Context, subject: str, ident: str | None) -> dict[str, Any]:
+    """The source mailbox forwards to the contact `ident` and keeps no copy (a kept copy
+    would be moved again by the next delta pass, FACTS.md); returns the state it set."""
+    await ctx.source.cmdlets.run(
+        "Set-Mailbox",
+        Identity=subject,
+        ForwardingAddress=ident,
+        ForwardingSmtpAddress=None,
+        DeliverToMailboxAndForward=False,
+    )
+    return {
+        "ForwardingAddress": ident,
+        "ForwardingSmtpAddress": None,
+        "DeliverToMailboxAndForward": False,
+    }
 
 
 def _same_recipient(value: Any, ident: str, contact: dict[str, Any] | None) -> bool:
