@@ -55,12 +55,18 @@ IMAP = Rate(
     800,
     "the IMAP mover's bench figures (Dovecot to Dovecot; a provider's limits can be lower)",
 )
-# EWS → EWS, Exchange 2016 → 2019 (README bench table, bench/ews_bench.py: 50.7 items/s,
-# 0.40 MB/s for 2 mailboxes under delegation): per mailbox half of it. The sandbox's
-# budget did not bind in that run, so this is the bench's, not Exchange's, ceiling.
-EWS = Rate(200_000, 25, "the EWS mover's bench figures (Exchange 2016 → 2019, per mailbox)")
-# Graph → WorkMail (README bench table: 15.5 items/s, 0.12 MB/s for 2 mailboxes).
-WORKMAIL = Rate(60_000, 7.5, "the Graph → WorkMail bench figures (per mailbox)")
+# EWS → EWS, Exchange 2016 → 2019, budget-bound (README bench table, bench/ews_bench.py:
+# 10.4 items/s under delegation, 20.8 under impersonation, for 2 mailboxes × 8 KB at the
+# sandbox's time scale 2, 0.96-0.98 of the budget ceiling): per budget at scale 1 about 5.2
+# items/s, ~46 ms of budget charged per copied item. Under delegation every mailbox of the
+# admin shares that one budget, so the estimate is low there. *Unverified* against real
+# Exchange: the sandbox's charges per request are nominal (NOTES-ewsdemo.md).
+EWS = Rate(
+    42_000, 5.2, "the EWS mover's budget-bound bench figures (Exchange 2016 → 2019, per budget)"
+)
+# Graph → WorkMail, budget-bound (README bench table: 9.8-9.9 items/s for 2 mailboxes at
+# time scale 2, 0.97 of WorkMail's budget ceiling): per mailbox at scale 1 about 2.5 items/s.
+WORKMAIL = Rate(20_000, 2.5, "the Graph → WorkMail budget-bound bench figures (per mailbox)")
 
 RATES: dict[str, Rate] = {
     "graph-import-export": M365,
