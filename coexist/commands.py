@@ -2211,7 +2211,11 @@ def m365_demo(
         results["verify_prestaged"] = verify_mailflow(project, all_users=True, wait_s=5)
         say(f"playbook m365-cutover-night --batch {DEMO_BATCH} ({mode}; manual steps confirmed "
             "with --yes, as in a rehearsal)")  # fmt: skip
-        results["cutover"] = _demo_cutover_night(project, say, progress)
+        night = _demo_cutover_night(project, say, progress)
+        results["cutover_night"] = night
+        # The cutover command's own result, as the playbook's `cutover` step recorded it.
+        ran = [s.get("result") for s in night["steps"] if s["id"] == "cutover"]
+        results["cutover"] = ran[0] if ran and ran[0] else {"failed": [night.get("next")]}
         results["waited"] += wait_out(project, bound_s=bound_s, say=say, progress=progress)
         say("mail flow after cutover")
         results["verify"] = verify_mailflow(project, all_users=True, wait_s=5)
@@ -2233,9 +2237,9 @@ def m365_demo(
     )
     flows = all(results[k]["ok"] for k in ("verify_provisioned", "verify_prestaged", "verify"))
     reconciled = all(r["reconciled"] for r in results["data"])
-    night = bool(results["cutover"].get("ok"))  # the playbook ended with every step done
+    night_ok = bool(results["cutover_night"].get("ok"))  # the playbook ended, every step done
     results.update(
-        ok=in_place and flows and reconciled and night,
+        ok=in_place and flows and reconciled and night_ok,
         directory=str(base),
         project=str(project),
         state=str(state),
