@@ -21,6 +21,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from coexist import commands
+from coexist.commands import DEMO_BATCH
 from coexist.journal import Journal
 from coexist.migrate.summary import human_bytes
 from coexist.report import CSP, PASS_ORDER
@@ -50,13 +51,16 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def hostile_project(demo_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the demo whose journal holds markup where people's text goes: a display
-    name, a skipped item's subject, an error; one user moved to a second batch."""
+    name, a skipped item's subject, an error; one user moved to a second batch, one taken
+    out of the demo's batch."""
     directory = tmp_path_factory.mktemp("report-hostile") / "project"
     shutil.copytree(demo_project, directory, ignore=shutil.ignore_patterns("sandbox"))
     with Journal.open(f"sqlite:///{directory / 'journal.db'}") as journal:
         users = sorted(journal.items(kind="user"), key=lambda u: str(u["source_address"]))
         first, second = users[0], users[1]
         journal.update_item("user", first["key"], name=HOSTILE_NAME, batch="<b>wave 2</b>")
+        # The demo puts everyone in its batch; one user without a batch shows "(no batch)".
+        journal.update_item("user", second["key"], batch=None)
         recon = dict((first.get("detail") or {}).get("reconciliation") or {})
         recon["skipped_items"] = [
             {"folder": "Inbox", "subject": HOSTILE_SUBJECT, "reason": SKIP_REASON},
@@ -252,7 +256,7 @@ def test_report_escapes_journal_text_and_shows_skips_errors_and_batches(
     failed = next(u for u in data["users"] if u["error"] == HOSTILE_ERROR)
     assert failed["state"] == "failed" and failed["next"].startswith("coexist retry")
     assert failed["next"] in body
-    assert {b["batch"] for b in data["batches"]} == {None, "<b>wave 2</b>"}
+    assert {b["batch"] for b in data["batches"]} == {None, "<b>wave 2</b>", DEMO_BATCH}
     assert data["totals"]["errors"] == 1 and data["totals"]["skipped"] == 2
     by_scope = {(r["scope"], r["batch"]): r for r in rows}
     assert int(by_scope[("batch", "<b>wave 2</b>")]["skipped"]) == 2
