@@ -27,7 +27,13 @@ from coexist.errors import InputError
 from coexist.model import Phase
 from coexist.provisioning.exchange import bare, find_one, forwarding_state, object_id
 
-from .steps import forward_to_contact, forwards_to_contact, refuse_source_address, source_mailbox
+from .steps import (
+    forward_to_contact,
+    forwards_to_contact,
+    mailbox_and_contact,
+    refuse_source_address,
+    source_mailbox,
+)
 
 # The seed's name for a forwarding object; `[cutover] forward_contact_name` may change it.
 DEFAULT_CONTACT_NAME = "{display_name} (External Forward)"
@@ -37,6 +43,8 @@ NAME_MAX = 64
 # !, #, $, %, &, ', *, +, -, /, =, ?, ^, _, `, {, |, } and ~; periods not at the ends).
 _ALIAS_BAD = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 ALIAS_SUFFIX = "-fwd"
+# Where the user's journal detail keeps its forwarding object's id.
+CONTACT_KEY = "forward_contact_id"
 
 
 def contact_name(template: str, item: dict[str, Any]) -> str:
@@ -64,7 +72,7 @@ def contact_alias(address: str) -> str:
 
 def _contact_id(ctx: Context, subject: str) -> str | None:
     item = ctx.journal.get_item("user", subject) or {}
-    found = (item.get("detail") or {}).get("forward_contact_id")
+    found = (item.get("detail") or {}).get(CONTACT_KEY)
     return str(found) if found else None
 
 
@@ -134,7 +142,7 @@ class ForwardContactExecutor:
                 None,
                 _contact_state(after),
                 f"forwarding object {step.contact_name} -> {step.external_address} created",
-                data={"forward_contact_id": ident},
+                data={CONTACT_KEY: ident},
             )
         ident = object_id(observed)
         fixes: dict[str, Any] = {}
@@ -149,7 +157,7 @@ class ForwardContactExecutor:
                 state,
                 state,
                 "forwarding object in place",
-                data={"forward_contact_id": ident},
+                data={CONTACT_KEY: ident},
             )
         await run("Set-MailContact", Identity=ident, **fixes)
         after = (
@@ -162,7 +170,7 @@ class ForwardContactExecutor:
             state,
             after,
             "forwarding object updated: " + ", ".join(sorted(fixes)),
-            data={"forward_contact_id": ident},
+            data={CONTACT_KEY: ident},
         )
 
 
@@ -179,10 +187,7 @@ class ContactForwardExecutor:
         self, ctx: Context, step: ContactForwardStep
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The source mailbox, and its forwarding object (journaled by ForwardContactStep)."""
-        ident = _contact_id(ctx, step.subject)
-        runner = ctx.source.cmdlets
-        contact = await find_one(runner, "Get-MailContact", ident) if ident else None
-        return await source_mailbox(ctx, step.subject), contact
+        return await mailbox_and_contact(ctx, step.subject, CONTACT_KEY)
 
     async def apply(
         self,

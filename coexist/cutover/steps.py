@@ -328,10 +328,7 @@ class RenamedForwardExecutor:
         self, ctx: Context, step: RenamedForwardStep
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The source mailbox, and the contact it should forward to (when recorded)."""
-        item = ctx.journal.get_item("user", step.subject) or {}
-        ident = (item.get("detail") or {}).get("source_contact_id")
-        contact = await find_one(ctx.source.exo, "Get-MailContact", ident) if ident else None
-        return await source_mailbox(ctx, step.subject), contact
+        return await mailbox_and_contact(ctx, step.subject, "source_contact_id")
 
     async def apply(
         self,
@@ -349,6 +346,17 @@ class RenamedForwardExecutor:
             return StepResult(False, before, before, "renamed source forwards to the contact")
         after = await forward_to_contact(ctx, step.subject, contact)
         return StepResult(True, before, after, "renamed source forwards to the contact")
+
+
+async def mailbox_and_contact(
+    ctx: Context, subject: str, detail_key: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The user's source mailbox, and the contact whose id the user's journal detail holds
+    under `detail_key` (None when none is recorded yet or it is gone)."""
+    item = ctx.journal.get_item("user", subject) or {}
+    ident = (item.get("detail") or {}).get(detail_key)
+    contact = await find_one(ctx.source.cmdlets, "Get-MailContact", ident) if ident else None
+    return await source_mailbox(ctx, subject), contact
 
 
 def forwards_to_contact(before: dict[str, Any], ident: str, contact: dict[str, Any] | None) -> bool:

@@ -102,7 +102,9 @@ def _xml(data: bytes, status: int = 200) -> Response:
     return Response(data, status_code=status, media_type="text/xml; charset=utf-8")
 
 
-def _unauthorized(values: list[str]) -> Response:
+def unauthorized(values: list[str]) -> Response:
+    """The 401 an IIS endpoint answers with these WWW-Authenticate challenges (EWS and the
+    remote PowerShell face sign in the same way)."""
     resp = Response(b"", status_code=401)
     for v in values:
         resp.headers.append("WWW-Authenticate", v)
@@ -119,7 +121,7 @@ async def exchange_asmx(request: Request) -> Response:
             request.headers.get("authorization"),
         )
     except Challenge as ch:
-        return _unauthorized(ch.values)
+        return unauthorized(ch.values)
     data, status = await run_in_threadpool(serve, ctx, login, body)
     rec = ctx.extra.get(RECORDER_KEY)
     if isinstance(rec, list):

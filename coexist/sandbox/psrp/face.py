@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..connections import connection_of
 from ..ews.auth import Challenge, Login
-from ..ews.face import authenticator
+from ..ews.face import authenticator, unauthorized
 from ..web import SandboxContext, ctx_of
 from . import cmdlets
 from . import wsman as w
@@ -103,13 +103,6 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def _unauthorized(values: list[str]) -> Response:
-    resp = Response(b"", status_code=401)
-    for v in values:
-        resp.headers.append("WWW-Authenticate", v)
-    return resp
-
-
 async def endpoint(request: Request) -> Response:
     ctx = ctx_of(request)
     body = await request.body()
@@ -120,7 +113,7 @@ async def endpoint(request: Request) -> Response:
             request.headers.get("authorization"),
         )
     except Challenge as ch:
-        return _unauthorized(ch.values)
+        return unauthorized(ch.values)
     with ctx.world.lock:
         kind = ctx.world.tenants[login.key].kind
     if kind not in KINDS:
