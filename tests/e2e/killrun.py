@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from tests.cli_env import assert_no_unawaited_coroutine, cli_env
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Runs:
-    """The project's commands as child processes, killed or run to their end."""
+class Runs(ABC):
+    """The project's commands as child processes, killed or run to their end; a test's
+    subclass says how many items its targets hold (`on_disk`)."""
 
     poll_s = 0.003  # how often the targets are counted while a command runs
     max_jitter_s = 0.02  # a kill waits up to this long after its point is reached
@@ -40,9 +42,9 @@ class Runs:
         # recorded: sync's Sink records outcomes in batches), summed over the kills.
         self.unrecorded = 0
 
+    @abstractmethod
     def on_disk(self) -> int:
         """Items the targets hold now."""
-        raise NotImplementedError
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "coexist.cli", *args, "--project", str(self.project)]

@@ -35,9 +35,11 @@ from coexist.sandbox.ews.face import ERRORS_KEY
 from coexist.sandbox.graph.outlook_items import pim_store
 from coexist.sandbox.server import Sandbox
 from coexist.vault import ENV_KEY, new_key
-from tests.e2e import killrun, pim_seed
+from tests.e2e import pim_seed
+from tests.e2e.test_ews_kill import Runs as EwsRuns
 from tests.e2e.test_ews_kill import (
     copied_by_last,
+    copy_count,
     fingerprints,
     journal_ids,
     mail_arrives,
@@ -106,11 +108,6 @@ def pim_prints(run: Run, side: str) -> Counter[PimPrint]:
     return out
 
 
-def copy_count(pim: Counter[PimPrint]) -> int:
-    """The copies these PIM items make (an exception is an UpdateItem on its series' copy)."""
-    return sum(n for k, n in pim.items() if k[3] != "exception")
-
-
 def pim_arrives(run: Run, tag: str) -> None:
     """A contact, a weekly series and a To Do task made in each source mailbox (Graph)."""
     for p in run.pairs:
@@ -134,23 +131,13 @@ def pim_arrives(run: Run, tag: str) -> None:
                          json={"title": f"Renew passport{tag}"})  # fmt: skip
 
 
-class Runs(killrun.Runs):
-    """The project's commands as child processes, kill points counted in the messages and
-    PIM items the users' WorkMail mailboxes hold."""
-
-    poll_s = 0.005
-    max_jitter_s = 0.03
+class Runs(EwsRuns):
+    """test_ews_kill's runs (kill points counted in the messages and PIM items the users'
+    target mailboxes hold), with this project's vault key and a kill inside a PIM copy."""
 
     def __init__(self, run: Run) -> None:
-        super().__init__(run.project, KEY)
-        self.run = run
-
-    def on_disk(self) -> int:
-        return sum(
-            self.run.sandbox.mail.count("target", p.target_id)
-            + len(pim_copies(self.run, p.target_id))
-            for p in self.run.pairs
-        )
+        super().__init__(run)
+        self.key = KEY
 
     def pim_unrecorded(self) -> set[str]:
         """The PIM copies in the target mailboxes the journal does not name."""

@@ -6,31 +6,14 @@ is asserted (README quotes the full run's figures).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ews_bench.py"
+from tests.benchrun import run_quick
 
 
 def test_the_quick_ews_bench_prints_every_figure() -> None:
     """The quick run moves every mailbox it made (Exchange -> Exchange under delegation,
     impersonation and unthrottled, Microsoft 365 -> WorkMail, the memory mailbox) and prints
     each headline figure with the budget charges behind its ceiling."""
-    root = BENCH.parents[1]
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        cwd=root,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout)
+    out = run_quick("ews_bench.py")
     for access in ("delegation", "impersonation"):
         part = out["ews_to_ews"][access]
         assert part["copied"] == part["items"] > 0, part

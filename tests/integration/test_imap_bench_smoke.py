@@ -6,16 +6,9 @@ is asserted (README quotes the full run's figures).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from coexist.sandbox.dovecot import find_binary
+from tests.benchrun import run_quick
 from tests.dovecot import missing
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "imap_bench.py"
 
 
 def test_the_quick_imap_bench_prints_every_figure() -> None:
@@ -24,18 +17,7 @@ def test_the_quick_imap_bench_prints_every_figure() -> None:
     with the measurements behind it."""
     if find_binary("dovecot") is None or find_binary("doveadm") is None:
         missing()
-    root = BENCH.parents[1]
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        cwd=root,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout)
+    out = run_quick("imap_bench.py")
     assert set(out["imap_vs_doveadm_ratio"]) == {"small", "large"}
     for size in ("small", "large"):
         part = out["imap_to_imap"][size]
