@@ -27,7 +27,7 @@ from coexist.cutover.flow import (
     hosted_cutover_plan,
     rollback_plan,
 )
-from coexist.cutover.hosted import mail_route
+from coexist.cutover.hosted import mail_route, runs_hosted_cmdlets
 from coexist.discovery.discover import discover as discover_users
 from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES, ews_admin
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
@@ -1174,12 +1174,8 @@ def _forwards_via_contact(sess: Session) -> bool:
     """Whether cutover forwards the source mailbox to a forwarding object (the hosted-Exchange
     seed): an Exchange source with remote PowerShell, in forward-on-source mode. Without
     cmdlets (or in another mode) its cutover is the operator's MX change."""
-    source = sess.ctx.source
-    return (
-        source.kind == "exchange"
-        and source.has(CMDLETS)
-        and sess.project.cutover.mode == "forward-on-source"
-    )
+    mode = sess.project.cutover.mode
+    return runs_hosted_cmdlets(sess.ctx.source) and mode == "forward-on-source"
 
 
 def _provisioned(sess: Session) -> Phase:
@@ -1862,7 +1858,7 @@ def verify_mailflow(
 
     async def body(sess: Session) -> dict[str, Any]:
         items = _selected(sess, batch=batch, users=users, what="verify-mailflow")
-        if sess.ctx.source.kind == "exchange":
+        if runs_hosted_cmdlets(sess.ctx.source):
             # Hosted Exchange: the route read back from the source's configuration.
             routes = [await mail_route(sess.ctx, i) for i in items]
             return {"ok": all(r["ok"] for r in routes), "probes": routes, "method": "configuration"}

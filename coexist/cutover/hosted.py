@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from coexist.engine.context import Context
+from coexist.engine.context import CMDLETS, DIRECTORY, Context, Side
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import InputError
 from coexist.model import Phase
@@ -45,6 +45,13 @@ _ALIAS_BAD = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 ALIAS_SUFFIX = "-fwd"
 # Where the user's journal detail keeps its forwarding object's id.
 CONTACT_KEY = "forward_contact_id"
+
+
+def runs_hosted_cmdlets(side: Side) -> bool:
+    """Whether a side is an Exchange organisation whose cmdlets coexist runs over remote
+    PowerShell: Exchange cmdlets without a directory (Microsoft 365 has both; an IMAP,
+    WorkMail or PowerShell-less Exchange side has no cmdlets)."""
+    return side.has(CMDLETS) and not side.has(DIRECTORY)
 
 
 def contact_name(template: str, item: dict[str, Any]) -> str:

@@ -577,13 +577,13 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
     side with `[S.workmail]` also gets its admin API client (users, permissions)."""
     tenant = project.tenant(label)
     settings = tenant.ews
+    admin = ews_admin(project, label, opts.env)  # EWS and remote PowerShell sign in as it
     server = EwsServer(
         ews_endpoint(settings, label, tenant.kind),
-        ews_admin(project, label, opts.env),
+        admin,
         EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
     )
-    admin = ews_admin(project, label, opts.env)
     shell = powershell_runner(tenant, label, admin, opts.plan)
     api: WorkMailAdmin | None = None
     missing: CoexistError | None = None
