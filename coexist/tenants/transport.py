@@ -208,8 +208,10 @@ class Backend(httpcore.AsyncNetworkBackend):
         local = None if local_address is None else (local_address, 0)
         try:
             async with asyncio.timeout(timeout):
+                # Happy eyeballs (RFC 8305's 250 ms), as anyio connects: a host whose IPv6
+                # route is broken is reached over IPv4 without waiting for a timeout.
                 transport, protocol = await loop.create_connection(
-                    _Protocol, host, port, local_addr=local
+                    _Protocol, host, port, local_addr=local, happy_eyeballs_delay=0.25
                 )
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
