@@ -110,6 +110,11 @@ SECTIONS: dict[str, str] = {
     "engine": "How coexist runs steps: concurrency and retries.",
     "verify": "`coexist verify-mailflow`: probe messages that show where mail lands.",
     "dns": "`coexist check-dns`: the DNS records a cutover switches (MX, autodiscover, SPF).",
+    "mail": (
+        "Mail coexist sends to people (reports, notices, credential requests, status mail): "
+        "through an SMTP relay (COEXIST_SMTP_* environment variables) or Graph sendMail as a "
+        "service mailbox."
+    ),
     # Kind tables last: between [source] and [target], a [source.imap] would take in what
     # is added at the end of [source] by hand.
     "source.imap": (
@@ -839,6 +844,31 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "mail.transport",
+        "str",
+        "smtp",
+        "smtp: an SMTP relay whose host, port, security, login and password come from the "
+        "environment (COEXIST_SMTP_HOST, _PORT, _SECURITY starttls|tls, _USER, _PASSWORD, "
+        "_FROM, _CA_FILE), never from this file. graph: Graph sendMail as [mail] sender; the "
+        "app of that tenant needs the application permission Mail.Send (limit it to the "
+        "sender with an application access policy or RBAC for Applications).",
+        choices=("smtp", "graph"),
+    ),
+    Setting(
+        "mail.sender",
+        "str",
+        "",
+        "The From address. graph: the service mailbox mail is sent as (default "
+        "[verify] service_mailbox). smtp: used when COEXIST_SMTP_FROM is not set.",
+    ),
+    Setting(
+        "mail.graph_side",
+        "str",
+        "target",
+        "graph: which tenant's Graph sends (the tenant that holds [mail] sender).",
+        choices=("target", "source"),
+    ),
+    Setting(
         "verify.service_mailbox",
         "str",
         "",
@@ -1445,6 +1475,13 @@ class Verify(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class Mail(_Section):
+    transport: str
+    sender: str
+    graph_side: str
+
+
+@dataclass(frozen=True, repr=False)
 class Dns(_Section):
     resolver: str | None
     domains: list[str]
@@ -1475,6 +1512,7 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "engine": Engine,
     "verify": Verify,
     "dns": Dns,
+    "mail": Mail,
 }
 
 
@@ -1498,6 +1536,7 @@ class Project:
     engine: Engine
     verify: Verify
     dns: Dns
+    mail: Mail
 
     @property
     def destination_domain(self) -> str:
