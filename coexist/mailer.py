@@ -236,7 +236,9 @@ def graph_payload(msg: EmailMessage) -> dict[str, Any]:
     content = body.get_content() if isinstance(body, EmailMessage) else ""
     message: dict[str, Any] = {
         "subject": str(msg["Subject"] or ""),
-        "body": {"contentType": "HTML" if html is not None else "Text", "content": content},
+        # bodyType's members as the v1.0 CSDL names them (the docs' "HTML"/"Text" examples
+        # are accepted too, but the contract's spelling is the one a check can hold to).
+        "body": {"contentType": "html" if html is not None else "text", "content": content},
     }
     for header, key in (("To", "toRecipients"), ("Cc", "ccRecipients"), ("Bcc", "bccRecipients")):
         found = getaddresses([str(v) for v in msg.get_all(header, [])])
