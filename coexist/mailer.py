@@ -400,6 +400,31 @@ def outbox_in(
     env: Mapping[str, str] | None = None,
 ) -> Outbox:
     """`outbox_for`, for a command session: its sends captured in plan mode (the relay's
-    settings are still checked, so a plan shows what a real run would refuse)."""
-    box = outbox_for(project, ctx, env)
-    return Planned(box, recorder) if recorder is not None else Journaled(box)
+    settings are still checked: a plan's mail says when a real run would be refused)."""
+    if recorder is None:
+        return Journaled(outbox_for(project, ctx, env))
+    try:
+        return Planned(outbox_for(project, ctx, env), recorder)
+    except InputError as exc:
+        # A plan renders and shows the mail even before mail is set up; each planned send
+        # says why the real run would be refused.
+        return Planned(Unconfigured(project.mail.sender, exc.message), recorder)
+
+
+@dataclass(frozen=True)
+class Unconfigured:
+    """What a plan sends through when no transport is usable yet (never sends)."""
+
+    sender_address: str
+    reason: str
+
+    @property
+    def sender(self) -> str:
+        return self.sender_address or "coexist@localhost"
+
+    @property
+    def via(self) -> str:
+        return f"no mail transport ({self.reason})"
+
+    async def send(self, msg: EmailMessage) -> Sent:
+        raise InputError(self.reason)

@@ -83,7 +83,11 @@ def parts(msg: EmailMessage) -> tuple[str, str]:
 
 
 def test_every_template_arrives_once_and_plan_sends_nothing(
-    make_project: Callable[..., Path], relay: Relay, cli: Callable[..., Result], tmp_path: Path
+    make_project: Callable[..., Path],
+    relay: Relay,
+    cli: Callable[..., Result],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each shipped template and a custom one reach every user of the batch at its working
     mailbox with a text and an HTML part; --plan renders and sends nothing; a re-run sends
@@ -95,6 +99,10 @@ def test_every_template_arrives_once_and_plan_sends_nothing(
         "Subject: Welcome {{ user.name }}\n\nHello {{ user.name }}, {{ user.new_address }}.\n"
     )
 
+    with monkeypatch.context() as m:  # a preview before mail is set up: why it would fail
+        m.delenv("COEXIST_SMTP_HOST")
+        preview = notify(cli, project, "--template", "before-migration", "--plan")
+    assert preview["exit_code"] == 0 and "COEXIST_SMTP_HOST" in preview["notices"][0]["detail"]
     plan = notify(cli, project, "--template", "after-cutover", "--plan")
     assert plan["exit_code"] == 0 and plan["plan"] and relay.received == []
     assert {n["status"] for n in plan["notices"]} == {"planned"}
@@ -127,6 +135,10 @@ def test_every_template_arrives_once_and_plan_sends_nothing(
     assert resent["sent"] == 3 and len(relay.received) == 4 * 3 + 3
     outputs.append(json.dumps(resent))
     assert not any(relay.password in o for o in outputs)
+    logs = [f.read_text(errors="replace") for f in (project / "logs").iterdir()]
+    with Journal.open(load_project(project).journal_url) as j:
+        journal = json.dumps(j.snapshot(include_logs=True), default=str)
+    assert logs and not any(relay.password in t for t in [*logs, journal])
 
 
 def test_a_refused_recipient_is_reported_and_sent_on_the_next_run(
@@ -238,3 +250,47 @@ def test_notices_through_graph_sendmail_arrive_in_the_users_inbox(
             assert body["contentType"].lower() == "html"
             if u["key"] == users[0]["key"]:
                 assert "<script>" not in body["content"] and "&lt;script&gt;" in body["content"]
+
+
+TELL = """\
+name: tell
+description: a notice to each user, then one to the operators
+steps:
+  - id: hello
+    kind: notify
+    to: users
+    subject: "Hello {{ user.name }}"
+    template: "Hi {{ user.name }}, batch {{ batch.name }} moves soon."
+  - id: ops
+    kind: notify
+    to: operator
+    subject: "batch {{ batch.name }} told"
+    template: "{{ batch.size }} users told"
+"""
+
+
+def test_a_playbook_notify_step_sends_once_and_plans_without_sending(
+    make_project: Callable[..., Path], relay: Relay
+) -> None:
+    """A playbook's notify steps send through the same journaled path as `coexist notify`:
+    planned, nothing leaves; run, each user gets its notice at its working mailbox (the
+    name's markup escaped in the HTML part) and the operators theirs; run again, nothing
+    is sent twice."""
+    from coexist import playbook
+
+    project, users = batch_project(make_project, **{"mail.operators": [OPERATOR]})
+    file = project / "tell.yaml"
+    file.write_text(TELL)
+    planned = playbook.run_playbook(project, str(file), batch=BATCH, plan=True)
+    assert planned["ok"] and relay.received == []
+    done = playbook.run_playbook(project, str(file), batch=BATCH, yes=True)
+    assert done["ok"], done
+    to_users = sorted(r.rcpt_tos[0] for r in relay.received if r.rcpt_tos != [OPERATOR])
+    assert to_users == expected_recipients(users)
+    assert [r.rcpt_tos for r in relay.received].count([OPERATOR]) == 1
+    hostile = next(r for r in relay.received if r.rcpt_tos == [users[0]["source_address"]])
+    _text, html = parts(hostile.message)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    again = playbook.run_playbook(project, str(file), batch=BATCH, yes=True)
+    assert again["ok"] and {s["status"] for s in again["steps"]} == {"skipped"}
+    assert len(relay.received) == 4
