@@ -90,7 +90,8 @@ def test_every_template_arrives_once_and_plan_sends_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each shipped template and a custom one reach every user of the batch at its working
-    mailbox with a text and an HTML part; --plan renders and sends nothing; a re-run sends
+    mailbox with a text and an HTML part; --plan renders and sends nothing (before mail is
+    set up too, naming what is missing); a re-run sends
     no duplicate; --resend sends again; the display name's markup is text in the HTML part;
     the relay's password is in no --json output."""
     project, users = batch_project(make_project)
@@ -294,3 +295,35 @@ def test_a_playbook_notify_step_sends_once_and_plans_without_sending(
     again = playbook.run_playbook(project, str(file), batch=BATCH, yes=True)
     assert again["ok"] and {s["status"] for s in again["steps"]} == {"skipped"}
     assert len(relay.received) == 4
+
+
+def test_status_mail_through_graph_sendmail_carries_the_report(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """[mail] transport = "graph" and status = "end": the end-of-prestage mail leaves by
+    sendMail from the target's service mailbox and arrives in the operator's Inbox with the
+    report's HTML and CSV as fileAttachments."""
+    project, _users = batch_project(
+        make_project, **{"mail.transport": "graph", "mail.status": "end"}
+    )
+    (service, _), (operator, operator_id) = sorted(
+        (u.user_principal_name, u.id)
+        for u in sandbox.world.target.users.values()
+        if u.recipient_type_details == "UserMailbox"
+    )[:2]
+    toml = project / "project.toml"
+    text = toml.read_text()
+    assert text.count('sender = ""') == 1 and text.count("operators = []") == 1
+    text = text.replace('sender = ""', f'sender = "{service}"')
+    toml.write_text(text.replace("operators = []", f'operators = ["{operator}"]'))
+    commands.provision(project, batch=BATCH)
+    result = commands.prestage(project, batch=BATCH)
+    assert result["status_mail"]["sent"] is True, result["status_mail"]
+    with graph_http(sandbox.connection, "target") as http:
+        r = http.get(f"users/{operator_id}/mailFolders/inbox/messages", params={"$top": 100})
+        assert r.status_code == 200, r.text
+        [mail] = [m for m in r.json()["value"] if m["subject"].startswith("coexist prestage ended")]
+        assert mail["hasAttachments"] is True
+        r = http.get(f"users/{operator_id}/messages/{mail['id']}/attachments")
+        names = sorted(a["name"] for a in r.json()["value"])
+    assert names == [f"coexist-report-e2e-{BATCH}.csv", f"coexist-report-e2e-{BATCH}.html"]
