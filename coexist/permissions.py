@@ -172,7 +172,7 @@ NEEDS["notify"] = [
         "target",
         "graph",
         ("Mail.Send",),
-        '[mail] transport = "graph": send notices and status mail as [mail] sender',
+        'send notices and status mail as mail.sender (when mail.transport = "graph")',
     ),
 ]
 NEEDS["rediscover"] = NEEDS["discover"]
