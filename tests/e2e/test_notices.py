@@ -166,7 +166,8 @@ def test_status_mail_at_start_and_end_of_a_prestage(
 ) -> None:
     """[mail] status = "start-end": prestage of the batch mails the operators when its
     passes start and when they end, the end mail with the counts and the report attached;
-    a run whose relay is gone warns, journals it and still ends its passes."""
+    a run whose relay is gone warns, journals it and still ends its passes; `retry`'s
+    prestage of one user is mailed about too."""
     project, users = batch_project(
         make_project,
         **{"mail.status": "start-end", "mail.operators": [OPERATOR]},
@@ -197,6 +198,16 @@ def test_status_mail_at_start_and_end_of_a_prestage(
         warnings = [e["message"] for e in j.events(level="warning")]
     assert any("status mail (prestage start) not sent" in w for w in warnings), warnings
     assert not any(relay.password in w for w in warnings)
+
+    # retry runs prestage for its users: their pass is mailed about too.
+    monkeypatch.setenv("COEXIST_SMTP_PORT", str(relay.port))
+    with Journal.open(load_project(project).journal_url) as j:
+        j.update_item("user", str(users[0]["key"]), state="failed")
+    before = len(relay.received)
+    retried = commands.retry(project)
+    assert retried["retried"] == {"prestage": 1}, retried
+    subjects = [str(r.message["Subject"]) for r in relay.received[before:]]
+    assert len(subjects) == 2 and all("1 users" in s for s in subjects), subjects
 
 
 def test_status_mail_is_off_by_default_and_planned_in_plan_mode(
