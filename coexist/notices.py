@@ -143,10 +143,9 @@ def instructions(project: Project, user: Mapping[str, Any]) -> dict[str, Any]:
     ews = getattr(project.target, "ews", None)
     if ews is not None and ews.url:
         facts["ews_host"] = re.sub(r"^https?://([^/]+).*$", r"\1", ews.url)
-    workmail = getattr(project.target, "workmail", None)
-    facts.setdefault("organization", "your-organization")
-    if workmail is not None and workmail.organization_id:
-        facts["organization"] = "your-organization"  # the alias is not the id
+    # The WorkMail web app's address takes the organisation's alias, which coexist does not
+    # know (its settings hold the organisation id): a placeholder the operator replaces.
+    facts["organization"] = "your-organization"
     facts.setdefault("ews_host", "your mail server")
     return {
         "kind": kind,
