@@ -1,0 +1,144 @@
+"""XOAUTH2 connections outlive no token: an IMAP -> IMAP pass through the real sync
+algorithm between two Dovecot users, both signed in with tokens of a token source whose
+clock runs faster than the pass (each reading of it ten minutes on), so the pass lasts
+many tokens' lives. Each store has one connection (`per_mailbox = 1`): every login after its
+first is that connection retiring between two commands and logging in again with a new
+token. No sleeping: the clock is injected."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from pathlib import Path
+
+from coexist.journal import Journal
+from coexist.migrate.stores.imap import ImapStore
+from coexist.tenants.imap import (
+    ConnectionLimits,
+    ImapConnections,
+    ImapEndpoint,
+    ImapSession,
+    NewMessage,
+    OAuth2Refreshed,
+    Password,
+)
+from coexist.tenants.oauth import REFRESH_TOKEN, OAuthApp, TokenSource
+from tests.dovecot import DovecotServer, ImapUser
+from tests.integration.test_imap_store import message, sync_context, sync_pass
+from tests.oauth_endpoint import TokenEndpoint
+
+FOLDERS = {"INBOX": 90, "Archive": 60, "Work": 50}
+STEP_S = 600.0  # each reading of the token clock moves it on this much (tokens: 1 h)
+
+
+class StepClock:
+    """A clock that moves on STEP_S each time it is read: time passes with the work done."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += STEP_S
+        return self.now
+
+
+def xoauth2_logins(dovecot: DovecotServer, user: ImapUser) -> int:
+    """Logins of `user` Dovecot accepted with XOAUTH2 (its log: "Login: user=<...>")."""
+    text = dovecot.log.read_text(errors="replace") if dovecot.log.exists() else ""
+    mark = f"Login: user=<{user.login}>"
+    return sum(1 for line in text.splitlines() if mark in line and "XOAUTH2" in line)
+
+
+def message_ids(endpoint: ImapEndpoint, user: ImapUser) -> Counter[str]:
+    """Message-IDs of every message of `user`, across folders."""
+    out: Counter[str] = Counter()
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+        for f in s.list_folders():
+            if f.selectable and f.messages:
+                _, uids = s.list_uids(f.name)
+                out.update(r.message_id or "" for r in s.refs(f.name, uids))
+    return out
+
+
+def test_a_pass_longer_than_a_token_renews_its_connections(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """A 200-message pass over tokens that (by the injected clock) go stale after ~5
+    readings: every message is copied exactly once, the token endpoint gave each side
+    several tokens, and Dovecot saw one XOAUTH2 login per token on each side's single
+    connection (the store's session counts the same logins: renewals, not new
+    connections)."""
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", dovecot.ca_file)
+    src_user, tgt_user = dovecot.new_user("tsrc"), dovecot.new_user("ttgt")
+    with ImapSession.open(endpoint, Password(src_user.login, src_user.password)) as s:
+        n = 0
+        for name, count in FOLDERS.items():
+            if name != "INBOX":
+                s.create_folder([name], None)
+            s.append(name, [NewMessage(message(n + i, name.lower())) for i in range(count)])
+            n += count
+    by_login = {u.login: u for u in (src_user, tgt_user)}
+    client_secret = "cs-" + secrets.token_hex(8)
+    # Real tokens live an hour for Dovecot; the token source's clock makes them stale.
+    token_endpoint = TokenEndpoint(
+        tmp_path,
+        lambda login, life: dovecot.oauth_token(by_login[login], lifetime_s=life),
+        "renewal-client",
+        client_secret,
+        lifetime_s=3600,
+    )
+    refresh = {u.login: "rt-" + secrets.token_hex(8) for u in (src_user, tgt_user)}
+    for login, token in refresh.items():
+        token_endpoint.refresh_tokens[token] = login
+    app = OAuthApp(
+        token_endpoint.url,
+        "renewal-client",
+        client_secret,
+        REFRESH_TOKEN,
+        None,
+        str(token_endpoint.ca_file),
+    )
+    clock = StepClock()
+    sources = {
+        login: TokenSource(app, login, refresh_token=token, clock=clock)
+        for login, token in refresh.items()
+    }
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx = sync_context(journal)
+    limits = ConnectionLimits(per_server=4, per_mailbox=1)
+    logins_before = {u.login: xoauth2_logins(dovecot, u) for u in (src_user, tgt_user)}
+
+    async def main() -> tuple[Counter[str], int, int]:
+        async with (
+            ImapStore.open(
+                ImapConnections(endpoint, limits),
+                OAuth2Refreshed(src_user.login, sources[src_user.login]),
+                page=20,
+            ) as src,
+            ImapStore.open(
+                ImapConnections(endpoint, limits),
+                OAuth2Refreshed(tgt_user.login, sources[tgt_user.login]),
+                label="target",
+            ) as tgt,
+        ):
+            counts = await sync_pass(ctx, "tsrc@example.org", src, tgt)
+            return counts, src.session.session.logins, tgt.session.session.logins
+
+    try:
+        with token_endpoint:
+            counts, src_logins, tgt_logins = asyncio.run(main())
+    finally:
+        journal.close()
+    total = sum(FOLDERS.values())
+    assert counts["copied"] == total, counts
+    copied = message_ids(endpoint, tgt_user)
+    assert copied == message_ids(endpoint, src_user) and set(copied.values()) == {1}
+    issued = Counter(r["refresh_token"] for r in token_endpoint.requests)
+    for user, logins in ((src_user, src_logins), (tgt_user, tgt_logins)):
+        made = xoauth2_logins(dovecot, user) - logins_before[user.login]
+        tokens = issued[refresh[user.login]]
+        assert logins >= 2 and tokens >= 2, (user.login, logins, tokens)
+        # One connection per side: each of its logins took a new token, and Dovecot saw
+        # exactly those logins.
+        assert made == logins == tokens, (user.login, made, logins, tokens)
