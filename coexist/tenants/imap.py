@@ -658,21 +658,29 @@ class ImapSession:
         return self._expired or not creds.tokens.fresh(self._token)
 
     def renew(self) -> None:
-        """Log out, then connect and log in again with a current token (`open`); the
-        selection is gone with the old connection (each command selects what it needs).
-        Call it between commands only: never while an APPEND is being sent.
+        """Log out, then connect and log in again with a current token (`open`).
+        Call it between commands only: never while an APPEND is being sent. The folder
+        selected before is selected again, its UIDVALIDITY checked.
 
         Out before in: the new login never counts as one more connection against the
         server's per-user cap (`ConnectionLimits`). A failed login raises, and leaves this
-        session closed: its next command fails as a dropped connection would."""
+        session closed and still due: its next command tries the login again first."""
         assert self._credentials is not None
         log.debug("IMAP %s at %s: new login, the token is due", self.user, self.endpoint.url)
+        selected, validity = self._selected, self._validity
         _close_quietly(self._client)
         self._selected = None
         fresh = type(self).open(self.endpoint, self._credentials)
         self._client, self.caps, self._token = fresh._client, fresh.caps, fresh._token
         self._validity, self._expired = 0, False
         self.logins += 1
+        if selected is not None:
+            # The folder selected before, again (EXAMINE: a write selects for itself): a
+            # caller that checked its UIDs against it (`examine`) reads them next, and
+            # must not read them under another UIDVALIDITY (`_ensure_selected` raises). A
+            # folder gone meanwhile stays unselected: the next command may not need it.
+            with suppress(NotFound, InvalidRequest, PermissionDenied):
+                self._ensure_selected(selected, validity)
 
     @classmethod
     def _open(cls, endpoint: ImapEndpoint, credentials: Credentials) -> ImapSession:

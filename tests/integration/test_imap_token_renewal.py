@@ -12,9 +12,13 @@ import secrets
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+from coexist.errors import AuthenticationError, TransientError
 from coexist.journal import Journal
 from coexist.migrate.stores.imap import ImapStore
 from coexist.tenants.imap import (
+    AsyncImapSession,
     ConnectionLimits,
     ImapConnections,
     ImapEndpoint,
@@ -40,6 +44,16 @@ class StepClock:
 
     def __call__(self) -> float:
         self.now += STEP_S
+        return self.now
+
+
+class ManualClock:
+    """A clock the test moves on."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
         return self.now
 
 
@@ -142,3 +156,62 @@ def test_a_pass_longer_than_a_token_renews_its_connections(
         # One connection per side: each of its logins took a new token, and Dovecot saw
         # exactly those logins.
         assert made == logins == tokens, (user.login, made, logins, tokens)
+
+
+def test_a_renewal_keeps_the_selection_checks_uidvalidity_and_retries_a_failed_login(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """On one connection: a command after the token went stale runs on a new login, with
+    the folder selected before selected again (its UIDs read as before); a UIDVALIDITY
+    changed meanwhile is a TransientError, not a read under the new validity; a renewal
+    whose token is refused raises AuthenticationError and the next command logs in again
+    first; a fresh token means no new login."""
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", dovecot.ca_file)
+    user = dovecot.new_user("renew")
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+        s.append("INBOX", [NewMessage(message(i, "renew")) for i in range(3)])
+    token_endpoint = TokenEndpoint(
+        tmp_path,
+        lambda login, life: dovecot.oauth_token(user, lifetime_s=life),
+        "renewal-client",
+        "cs-renew",
+        lifetime_s=3600,
+    )
+    token_endpoint.refresh_tokens["rt-renew"] = user.login
+    app = OAuthApp(token_endpoint.url, "renewal-client", "cs-renew", REFRESH_TOKEN, None,
+                   str(token_endpoint.ca_file))  # fmt: skip
+    clock = ManualClock()
+    tokens = TokenSource(app, user.login, refresh_token="rt-renew", clock=clock)
+
+    async def main() -> None:
+        raw = await asyncio.to_thread(
+            ImapSession.open, endpoint, OAuth2Refreshed(user.login, tokens)
+        )
+        session = AsyncImapSession(raw)
+        try:
+            validity, uids = await session.run(lambda s: s.list_uids("INBOX"))
+            assert await session.run(lambda s: s.examine("INBOX")) == validity
+            assert raw.logins == 1
+            clock.now += 3600 - 299  # inside the margin: the token is due
+            refs = await session.run(lambda s: s.refs("INBOX", uids))
+            assert [r.uid for r in refs] == uids and raw.logins == 2
+            assert await session.run(lambda s: s.refs("INBOX", uids[:1])) and raw.logins == 2
+
+            dovecot.set_uidvalidity(user, "INBOX", validity + 7)
+            clock.now += 3600
+            with pytest.raises(TransientError, match="UIDVALIDITY"):
+                await session.run(lambda s: s.refs("INBOX", uids))
+            assert raw.logins == 3
+
+            del token_endpoint.refresh_tokens["rt-renew"]  # the next token is refused
+            clock.now += 3600
+            with pytest.raises(AuthenticationError):
+                await session.run(lambda s: s.examine("INBOX"))
+            token_endpoint.refresh_tokens["rt-renew"] = user.login
+            assert await session.run(lambda s: s.examine("INBOX")) == validity + 7
+            assert raw.logins == 4
+        finally:
+            await asyncio.to_thread(raw.close)
+
+    with token_endpoint:
+        asyncio.run(main())
