@@ -29,6 +29,7 @@ from coexist.tenants.imap import (
 )
 from coexist.tenants.oauth import REFRESH_TOKEN, OAuthApp, TokenSource
 from tests.dovecot import DovecotServer, ImapUser
+from tests.imap_relay import ByeRelay
 from tests.integration.test_imap_store import message, sync_context, sync_pass
 from tests.oauth_endpoint import TokenEndpoint
 
@@ -215,3 +216,55 @@ def test_a_renewal_keeps_the_selection_checks_uidvalidity_and_retries_a_failed_l
 
     with token_endpoint:
         asyncio.run(main())
+
+
+def test_a_session_ended_for_an_expired_token_mid_append_copies_nothing_twice(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """The target server ends the session with "BYE Session invalidated -
+    AccessTokenExpired" right after it appended a batch (the APPEND landed; the client
+    never heard): the pass fails with a TransientError (code EXPIRED), what the engine's
+    step retry runs again; the pass run again over new logins adopts the landed copies
+    (`importing` marks) and copies the rest: every message exactly once."""
+    endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", dovecot.ca_file)
+    src_user, tgt_user = dovecot.new_user("byesrc"), dovecot.new_user("byetgt")
+    with ImapSession.open(endpoint, Password(src_user.login, src_user.password)) as s:
+        s.append("INBOX", [NewMessage(message(i, "bye")) for i in range(120)])
+    relay = ByeRelay(tmp_path, dovecot.host, dovecot.tls_port, dovecot.ca_file)
+    via_relay = ImapEndpoint("127.0.0.1", relay.port, "tls", relay.ca_file, side="target")
+    relay.cut_at = 2  # the second APPEND answer: some copies made and recorded, then one unknown
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx = sync_context(journal)
+
+    async def one_pass() -> Counter[str]:
+        async with (
+            ImapStore.open(
+                ImapConnections(endpoint), Password(src_user.login, src_user.password)
+            ) as src,
+            ImapStore.open(
+                ImapConnections(via_relay),
+                Password(tgt_user.login, tgt_user.password),
+                label="target",
+            ) as tgt,
+        ):
+            return await sync_pass(ctx, "byesrc@example.org", src, tgt)
+
+    try:
+        with pytest.raises(TransientError) as ended:
+            asyncio.run(one_pass())
+        assert relay.cut == 1 and ended.value.code == "EXPIRED", ended.value
+        assert "OAuth token expired" in ended.value.message
+        landed = message_ids(endpoint, tgt_user)
+        unknown = journal.mapped_items("byesrc@example.org", status="importing")
+        # The cut batch landed, its rows still `importing`: outcomes nobody heard.
+        assert unknown and set(landed.values()) == {1}, (len(unknown), landed)
+        assert {str(r["source_identity"]).removeprefix("mid:") for r in unknown} <= set(landed)
+        again = asyncio.run(one_pass())  # what the step retry does
+        rows = journal.mapped_items("byesrc@example.org")
+    finally:
+        journal.close()
+        relay.close()
+    copied = message_ids(endpoint, tgt_user)
+    assert copied == message_ids(endpoint, src_user) and set(copied.values()) == {1}
+    assert again["copied"] == 120 - sum(landed.values()), again  # the landed ones adopted
+    assert {r["status"] for r in rows} == {"copied"} and len(rows) == 120
