@@ -448,11 +448,11 @@ def chunks_by_size(
 
 # Response codes (RFC 5530) that say "later", not "never".
 _TRANSIENT_CODES = {"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "EXPUNGEISSUED"}
-# A session ended because the OAuth token it logged in with expired: Exchange Online says
-# "Session invalidated - AccessTokenExpired" (as BYE, or as NO to the next command: the
-# wording is the one REFRESH_MARGIN_S in tenants/oauth.py cites; *unverified* which of the
-# two it sends when); RFC 5530's [EXPIRED] ("access is no longer permitted using that
-# passphrase") is the standard code for it. Both are transient: a new login with a new
+# A session ended because the OAuth token it logged in with expired: Exchange Online sends
+# "* BYE Session invalidated - AccessTokenExpired", seen in answer to an APPEND in a user's
+# log (imapsync/imapsync issue #250; not in Microsoft's docs: *unverified* whether it also
+# answers NO with those words); RFC 5530's [EXPIRED] ("access is no longer permitted using
+# that passphrase") is the standard code for it. Both are transient: a new login with a new
 # token goes on.
 _TOKEN_EXPIRED = re.compile(r"AccessTokenExpired|\[EXPIRED\]", re.I)
 
