@@ -1946,5 +1946,8 @@ def report_cmd(
         out.print(escape(f"report sent to {', '.join(sent['to'])} through {sent['relay']}"))
 
 
+# `credentials request | revoke | serve` (issue 15) live in their own module.
+from coexist import credlink_cli  # noqa: E402, F401
+
 if __name__ == "__main__":
     main()

@@ -1201,15 +1201,13 @@ def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> I
 
 
 def _with_credentials(sess: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The users but those waiting for credentials (a user file gave no password), which
-    are listed as skipped with the command that gives them, where a side signs users in
-    with credentials of their own (IMAP)."""
-    if all(side.imap is None for side in (sess.ctx.source, sess.ctx.target)):
-        return items
+    """The users but those waiting for credentials (a user file gave no password, or an
+    end user has not yet answered a credential link), which are listed as skipped with the
+    command that gives them."""
     out = []
     for item in items:
         waits = str((item.get("detail") or {}).get("waiting_for") or "")
-        if item.get("state") == "waiting" and waits.startswith(credentials.WAITING_FOR):
+        if item.get("state") == "waiting" and waits.startswith(credentials.CREDENTIAL_WAITS):
             address = item.get("source_address")
             sess.skipped.append(
                 {
