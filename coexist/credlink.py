@@ -33,7 +33,8 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,7 @@ from coexist import mailer
 from coexist.commands import pick_users
 from coexist.credcheck import OK, ImapChecker, SideResult, address_of, failed
 from coexist.credentials import WAITING_FOR, WAITING_FOR_END_USER, master_sides
-from coexist.engine.context import ews_endpoint
+from coexist.engine.context import Context, SideOptions, ews_endpoint, open_sides
 from coexist.engine.runner import set_item
 from coexist.errors import CoexistError, InputError
 from coexist.journal import Journal
@@ -283,7 +284,18 @@ async def _send(
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Mail each user its link, then journal the link (mail first: a run killed between the
     two leaves a link the journal does not know, refused, and the next run sends another)."""
-    outbox = await _outbox(project, journal, env)
+    async with _outbox(project, journal, env) as outbox:
+        return await _send_each(project, journal, key, items, now, outbox)
+
+
+async def _send_each(
+    project: Project,
+    journal: Journal,
+    key: bytes,
+    items: list[dict[str, Any]],
+    now: dt.datetime,
+    outbox: mailer.Outbox,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     templates = environment(project)
     expires = now + project.credential_link.expiry
     sent: list[dict[str, Any]] = []
@@ -342,16 +354,17 @@ async def _send(
     return sent, refused
 
 
+@asynccontextmanager
 async def _outbox(
     project: Project, journal: Journal, env: Mapping[str, str] | None
-) -> mailer.Outbox:
-    """`[mail] transport`'s outbox; Graph's needs the project's tenants signed in."""
+) -> AsyncIterator[mailer.Outbox]:
+    """`[mail] transport`'s outbox; Graph's with the project's tenants signed in while it
+    sends (`mailer.GraphSendMail` sends through the side's Graph adapter)."""
     if project.mail.transport != "graph":
-        return mailer.outbox_for(project, None, env)
-    from coexist.engine.context import Context, SideOptions, open_sides
-
+        yield mailer.outbox_for(project, None, env)
+        return
     async with open_sides(project, SideOptions(env=env)) as (source, target):
-        return mailer.outbox_for(project, Context(project, journal, source, target), env)
+        yield mailer.outbox_for(project, Context(project, journal, source, target), env)
 
 
 def _set_waiting_for_end_user(

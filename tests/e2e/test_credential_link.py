@@ -212,7 +212,10 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
         outputs.append(run("report", "--project", p, "--json").output)
         html = tmp_path / "report.html"
         assert run("report", "--project", p, "--html", str(html)).exit_code == 0
-        outputs.append(run("credentials", "list", "--project", p, "--json").output)
+        listed = _json("credentials", "list", "--project", p, outputs=outputs)
+        # The links' key is no user's: the list shows the users (their target passwords).
+        shown = sorted(u["user"] for u in listed["users"])  # type: ignore[attr-defined]
+        assert shown == sorted(u.address for u in scene.users), shown
         # Every log record of this process (the page, the pass, the libraries), but the
         # browser driver's own (selenium and its urllib3 carry the keys the test typed).
         outputs += [
@@ -269,6 +272,10 @@ def test_ews_user_gives_own_credentials_and_its_own_login_opens_the_mailbox(
             )
             p = str(project)
             _json("batch", "import", "--project", p, str(csv), outputs=outputs)
+            # verify-credentials signs in as each user too: no password of its own yet.
+            checked = run("verify-credentials", "--project", p, "--batch", "wave", "--json")
+            outputs.append(checked.output)
+            assert json.loads(checked.output)["users"][0]["source"]["result"] == "no credentials"
             _json("credentials", "request", "--project", p, "--batch", "wave", outputs=outputs)
             url = cl.links_in(relay.received)[pair.source]
             with cl.page(project), cl.chromium(project, tmp_path / "chromium") as driver:
@@ -282,6 +289,10 @@ def test_ews_user_gives_own_credentials_and_its_own_login_opens_the_mailbox(
                 cl.wait_for("the queued prestage", lambda: _finished(project, "prestage"))
             user = _user(project, pair.source)
             assert user["state"] == "ok", user
+            checked = _json(
+                "verify-credentials", "--project", p, "--batch", "wave", outputs=outputs
+            )
+            assert checked["users"][0]["source"]["result"] == "ok", checked  # type: ignore[index]
             copied = _holdings(sb.mail, "target", pair.target_id)
             assert copied, "the prestage copied nothing"
             outputs.append(run("report", "--project", p, "--json").output)

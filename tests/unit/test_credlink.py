@@ -4,10 +4,13 @@ and the page's headers, without a server."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+import jinja2
 import pytest
 
 from coexist import credlink, credserve
+from coexist.settings import Project, load_project
 
 KEY = bytes(range(32))
 NOW = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
@@ -67,3 +70,31 @@ def test_the_policy_allows_no_script_and_posts_only_to_itself() -> None:
     assert csp.startswith("default-src 'none'") and "script-src" not in csp
     assert "form-action 'self'" in csp and "frame-ancestors 'none'" in csp
     assert "max-age" in credserve.SECURITY_HEADERS["Strict-Transport-Security"]
+
+
+def _project(tmp_path: Path, templates: Path | None = None) -> Project:
+    (tmp_path / "project.toml").write_text(
+        '[source]\nkind = "imap"\n[source.imap]\nhost = "imap.example.org"\n'
+        '[target]\nkind = "imap"\n[target.imap]\nhost = "imap.example.net"\n'
+        '[credential_link]\noperator = "Fabrikam IT"\n'
+        + (f'templates = "{templates}"\n' if templates else "")
+    )
+    return load_project(tmp_path)
+
+
+def test_operators_templates_replace_coexists_and_escape_what_they_show(tmp_path: Path) -> None:
+    """A page.html.j2 in [credential_link] templates wins over coexist's; values are
+    autoescaped; a name the template uses and nobody gives is an error, not blank."""
+    own = tmp_path / "brand"
+    own.mkdir()
+    (own / "page.html.j2").write_text("<h1>{{ operator }}</h1><p>{{ address }}</p>")
+    (tmp_path / "p").mkdir()
+    env = credlink.environment(_project(tmp_path / "p", own))
+    html = env.get_template("page.html.j2").render(operator="Fabrikam IT", address="<b>x</b>")
+    assert html == "<h1>Fabrikam IT</h1><p>&lt;b&gt;x&lt;/b&gt;</p>"
+    assert "Fabrikam IT" in env.get_template("request-subject.txt.j2").render(
+        operator="Fabrikam IT", address="a@example.org"
+    )
+    (own / "page.html.j2").write_text("{{ nobody_gives_this }}")
+    with pytest.raises(jinja2.UndefinedError):
+        credlink.environment(_project(tmp_path / "p", own)).get_template("page.html.j2").render()
