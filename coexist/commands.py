@@ -547,7 +547,10 @@ def _begin(
                 }
             )
             continue
-        set_item(marks, "user", item["key"], last_command=command, unfinished=command)
+        # queued_pass: the pass queued when the end user gave credentials (credlink) runs now.
+        set_item(
+            marks, "user", item["key"], last_command=command, unfinished=command, queued_pass=None
+        )
         todo.append(item)
     if not sess.planning:
         sess.journal.write_batch(marks)
@@ -1557,8 +1560,18 @@ def retry(
     try:
         todo: dict[str, list[str]] = {}
         for item in journal.items(kind="user"):
-            cmd = unfinished(item) or (item.get("detail") or {}).get("last_command")
-            if unfinished(item) is None and item.get("state") not in ("failed", "waiting"):
+            # A pass queued when the user's end user gave credentials (coexist.credlink).
+            queued = (item.get("detail") or {}).get("queued_pass")
+            cmd = unfinished(item) or queued or (item.get("detail") or {}).get("last_command")
+            if (
+                unfinished(item) is None
+                and not queued
+                and item.get("state")
+                not in (
+                    "failed",
+                    "waiting",
+                )
+            ):
                 continue
             if cmd in RETRYABLE:
                 todo.setdefault(cmd, []).append(item["key"])

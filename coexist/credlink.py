@@ -504,6 +504,9 @@ def accept(
     if item.get("state") == "waiting" and waits.startswith((WAITING_FOR, WAITING_FOR_END_USER)):
         set_item(journal, "user", link.user_key, state="ok", waiting_for=None, waiting_since=None)
     command = next_command(item)
+    # Queued: `coexist retry` runs it (and prestage/cutover of the user's batch do); the
+    # command's run clears it (`commands._begin`).
+    set_item(journal, "user", link.user_key, queued_pass=command)
     journal.event(
         None,
         "info",

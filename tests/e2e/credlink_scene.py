@@ -58,10 +58,12 @@ def link_settings(port: int) -> str:
 
 
 @contextmanager
-def page(project: Path, clock: credlink.Clock = credlink.utcnow) -> Iterator[Any]:
-    """`coexist credentials serve --demo-cert --run` in a thread of this process; stopped
+def page(
+    project: Path, clock: credlink.Clock = credlink.utcnow, *, run: bool = True
+) -> Iterator[Any]:
+    """`coexist credentials serve --demo-cert [--run]` in a thread of this process; stopped
     (its background passes finished: asyncio.run joins their threads) on exit."""
-    srv = credserve.server(project, demo_cert=True, run=True, clock=clock)
+    srv = credserve.server(project, demo_cert=True, run=run, clock=clock)
     thread = threading.Thread(target=srv.run, name="credential-link-page", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -164,10 +164,10 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
                 form = http.get(other)
                 assert form.status_code == 200, form.text
                 csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
+                http.cookies.set("__Host-coexist-csrf", form.cookies["__Host-coexist-csrf"])
                 answer = http.post(
                     other,
                     data={"csrf": csrf, "login": second.source.login, "password": f"wrong{n}"},
-                    cookies={"__Host-coexist-csrf": form.cookies["__Host-coexist-csrf"]},
                 )
                 assert answer.status_code == (400 if n < 2 else 403), answer.text
             assert "locked" in http.get(other).text
@@ -179,6 +179,7 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
                 for e in _events(scene.project)
             )
             # A POST without the CSRF cookie is refused before anything is checked.
+            http.cookies.clear()
             no_csrf = http.post(links[second.address], data={"login": "x", "password": "y"})
             assert no_csrf.status_code == 403
 
@@ -208,6 +209,27 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
             # A burst on one link: the page answers 429 before the minute's allowance ends.
             codes = [http.get(fresh).status_code for _ in range(25)]
             assert codes[0] == 200 and 429 in codes, codes
+
+        # Served without --run: the right password queues the user's pass for `retry`.
+        with cl.page(scene.project, run=False), cl.client(scene.project) as http:
+            form = http.get(fresh)
+            csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
+            http.cookies.set("__Host-coexist-csrf", form.cookies["__Host-coexist-csrf"])
+            answer = http.post(
+                fresh,
+                data={
+                    "csrf": csrf,
+                    "login": second.source.login,
+                    "password": second.source.password,
+                },
+            )
+            assert answer.status_code == 200 and "Thank you" in answer.text, answer.text
+        assert _user(scene.project, second.address)["state"] == "ok"
+        assert scene.count(second.target) == 0  # queued, not run
+        retried = _json("retry", "--project", p, outputs=outputs)
+        assert retried["retried"] == {"prestage": 1}, retried
+        assert scene.count(second.target) > 0
+        assert not (_user(scene.project, second.address)["detail"] or {}).get("queued_pass")  # type: ignore[union-attr]
 
         outputs.append(run("report", "--project", p, "--json").output)
         html = tmp_path / "report.html"
