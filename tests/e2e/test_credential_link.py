@@ -305,6 +305,13 @@ def test_ews_user_gives_own_credentials_and_its_own_login_opens_the_mailbox(
             checked = run("verify-credentials", "--project", p, "--batch", "wave", "--json")
             outputs.append(checked.output)
             assert json.loads(checked.output)["users"][0]["source"]["result"] == "no credentials"
+            # preflight has no admin to try on the source: it points at verify-credentials.
+            pre = run("preflight", "--project", p, "--batch", "wave", "--json")
+            outputs.append(pre.output)
+            said = {c["check"]: c for c in json.loads(pre.output)["checks"]}
+            assert said["source credentials"]["status"] == "ok", said
+            assert "verify-credentials" in said["source credentials"]["fix"]
+            assert said["source concurrency"]["detail"].startswith("own:")
             _json("credentials", "request", "--project", p, "--batch", "wave", outputs=outputs)
             url = cl.links_in(relay.received)[pair.source]
             with cl.page(project), cl.chromium(project, tmp_path / "chromium") as driver:
