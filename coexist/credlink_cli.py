@@ -25,7 +25,9 @@ FilePath = click.Path(dir_okay=False, path_type=Path)
 @credentials_group.command("request")
 @project_option
 @click.option("--batch", default=None, help="The batch whose users get a link.")
-@click.option("--users", default=None, help="Comma-separated users (instead of --batch).")
+@click.option(
+    "--users", "--user", "users", default=None, help="Comma-separated users (instead of --batch)."
+)
 @click.option("--plan", is_flag=True, help="Say who would get a link; send nothing.")
 @click.option("--resend", is_flag=True, help="Send a new link even where one is still valid.")
 @json_option
@@ -51,7 +53,7 @@ def credentials_request_cmd(
 @credentials_group.command("revoke")
 @project_option
 @click.option("--batch", default=None, help="The batch whose links are withdrawn.")
-@click.option("--user", "users", default=None, help="Comma-separated users.")
+@click.option("--user", "--users", "users", default=None, help="Comma-separated users.")
 @json_option
 @handles_errors
 def credentials_revoke_cmd(
