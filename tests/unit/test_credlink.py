@@ -10,6 +10,7 @@ import jinja2
 import pytest
 
 from coexist import credlink, credserve
+from coexist.errors import InputError
 from coexist.settings import Project, load_project
 
 KEY = bytes(range(32))
@@ -98,3 +99,17 @@ def test_operators_templates_replace_coexists_and_escape_what_they_show(tmp_path
     (own / "page.html.j2").write_text("{{ nobody_gives_this }}")
     with pytest.raises(jinja2.UndefinedError):
         credlink.environment(_project(tmp_path / "p", own)).get_template("page.html.j2").render()
+
+
+def test_a_microsoft_365_source_takes_no_end_user_credentials(tmp_path: Path) -> None:
+    """request and serve refuse a source whose mailboxes the app reaches (nothing to ask)."""
+    app = 'client_id = "00000000-0000-0000-0000-000000000009"\n'
+    (tmp_path / "project.toml").write_text(
+        f'[source]\ntenant_id = "00000000-0000-0000-0000-000000000001"\n{app}'
+        f'[target]\ntenant_id = "00000000-0000-0000-0000-000000000002"\n{app}'
+        '[domains]\ndestination_domain = "example.net"\n'
+    )
+    with pytest.raises(InputError, match="give no credentials of their own"):
+        credlink.request(tmp_path, batch="wave1")
+    with pytest.raises(InputError, match="give no credentials of their own"):
+        credserve.server(tmp_path, demo_cert=True)
