@@ -42,7 +42,7 @@ from typing import Any, Literal
 import jinja2
 
 from coexist import mailer
-from coexist.commands import pick_users
+from coexist.commands import RESUMABLE, RETRYABLE, pick_users, unfinished
 from coexist.credcheck import OK, ImapChecker, SideResult, address_of, failed
 from coexist.credentials import WAITING_FOR, WAITING_FOR_END_USER, master_sides
 from coexist.engine.context import Context, SideOptions, ews_endpoint, open_sides
@@ -83,9 +83,12 @@ class LinkRefused(Exception):
         self.link_id = link_id
 
 
-def link_key(vault: Vault) -> bytes:
-    """The links' HMAC key, made and kept in the vault on first use."""
-    held = vault.get(LINK_KEY_ENTRY, LINK_SIDE)
+def link_key(vault: Vault, *, create: bool = True) -> bytes:
+    """The links' HMAC key, made and kept in the vault on first use (`create`; else a vault
+    without one has issued no link, and every token is refused)."""
+    held = vault.get(LINK_KEY_ENTRY, LINK_SIDE) if vault.exists() else None
+    if held is None and not create:
+        raise LinkRefused(_INVALID)
     if held is None:
         vault.put({(LINK_KEY_ENTRY, LINK_SIDE): Credential("hmac-sha256", secrets.token_hex(32))})
         held = vault.get(LINK_KEY_ENTRY, LINK_SIDE)
@@ -521,17 +524,13 @@ def accept(
 def next_command(item: Mapping[str, Any]) -> str:
     """The pass a user that just got credentials needs: the command it left unfinished or
     last ran where `coexist retry` would re-run it, else prestage (its first pass)."""
-    from coexist.commands import RETRYABLE, unfinished
-
     detail = item.get("detail") or {}
     cmd = unfinished(dict(item)) or detail.get("last_command")
-    return str(cmd) if cmd in RETRYABLE and cmd in ("prestage", "cutover") else "prestage"
+    return str(cmd) if cmd in RESUMABLE else "prestage"
 
 
 def run_pass(directory: Path, address: str, command: str) -> dict[str, Any]:
     """Run the user's pass: the same function `coexist prestage` / `cutover` runs, for it."""
-    from coexist.commands import RETRYABLE
-
     return RETRYABLE[command](directory, users=[address])
 
 

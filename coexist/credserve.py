@@ -220,7 +220,8 @@ def _find(page: Page, token: str) -> credlink.Link:
     vault = page.vault()
     journal = open_journal(page.project)
     try:
-        return credlink.find_link(journal, credlink.link_key(vault), token, page.clock())
+        key = credlink.link_key(vault, create=False)
+        return credlink.find_link(journal, key, token, page.clock())
     finally:
         journal.close()
 
