@@ -10,6 +10,8 @@ import datetime as dt
 import json
 import logging
 import secrets
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,8 @@ from selenium.webdriver.common.by import By
 from coexist import commands, credentials, credlink
 from coexist.ewsdemo import SCENARIOS, Run, _holdings, _pairs, _settings
 from coexist.journal import Journal
-from coexist.sandbox import mailseed
+from coexist.sandbox import Sandbox, mailseed
 from coexist.sandbox.ews import add_account
-from coexist.sandbox.server import Sandbox
 from coexist.settings import load_project
 from coexist.vault import ENV_KEY, Vault
 from tests.dovecot import DovecotServer
@@ -333,3 +334,66 @@ def test_ews_user_gives_own_credentials_and_its_own_login_opens_the_mailbox(
             assert copied, "the prestage copied nothing"
             outputs.append(run("report", "--project", p, "--json").output)
             assert cl.grep_everything(own_password, project, outputs) == []
+
+
+def test_the_link_goes_out_through_graph_sendmail_from_a_service_mailbox(
+    dovecot: DovecotServer, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[mail] transport = "graph"`: request sends the link as the target tenant's service
+    mailbox (Graph sendMail on the sandbox); the mail lands in the user's mailbox, and its
+    link opens the page, which takes the user's IMAP password (Dovecot)."""
+    sandbox.write_connection()
+    with sandbox.world.lock:
+        boxes = {
+            side: sorted(
+                (u for u in sandbox.world.tenants[side].users.values()
+                 if u.recipient_type_details == "UserMailbox" and u.primary_smtp),
+                key=lambda u: u.primary_smtp,
+            )
+            for side in ("source", "target")
+        }  # fmt: skip
+    mailbox, service, destination = boxes["source"][0], boxes["target"][0], boxes["target"][1]
+    imap = dovecot.new_user("graphlink")
+    project = tmp_path / "project"
+    project.mkdir()
+    port = cl.free_port()
+    (project / "project.toml").write_text(
+        f'[source]\nkind = "imap"\n\n[source.imap]\nhost = "{dovecot.host}"\n'
+        f'port = {dovecot.tls_port}\nca_file = "{dovecot.ca_file}"\n\n'
+        f'[target]\nsandbox_connection = "{sandbox.state_dir / "connection.json"}"\n\n'
+        '[domains]\ndestination_domain = "example.net"\n\n'
+        f'[mail]\ntransport = "graph"\nsender = "{service.primary_smtp}"\n' + cl.link_settings(port)
+    )
+    csv = tmp_path / "users.csv"
+    csv.write_text(
+        "Source Email,Source Login Name,Source Password,Destination Email\r\n"
+        f"{mailbox.primary_smtp},{imap.login},,{destination.primary_smtp}\r\n"
+    )
+    monkeypatch.setenv(ENV_KEY, KEY)
+    p = str(project)
+    outputs: list[str] = []
+    _json("batch", "import", "--project", p, str(csv), "--name", "wave", outputs=outputs)
+    sent = _json("credentials", "request", "--project", p, "--batch", "wave", outputs=outputs)
+    assert len(sent["sent"]) == 1, sent  # type: ignore[arg-type]
+    landed = [
+        m for m in sandbox.mail.iter_messages("source", mailbox.id) if "Fabrikam IT" in m.subject
+    ]
+    assert len(landed) == 1 and landed[0].from_ is not None
+    assert landed[0].from_.address.lower() == service.primary_smtp.lower()
+    body = message_from_bytes(sandbox.mail.mime(landed[0].id), policy=policy.default)
+    assert isinstance(body, EmailMessage)
+    text = body.get_body(("plain", "html"))
+    assert text is not None
+    found = cl.LINK.search(text.get_content())
+    assert found, text.get_content()
+    url = found.group(0)
+    with cl.page(project, run=False), cl.client(project) as http:
+        form = http.get(url)
+        assert form.status_code == 200 and mailbox.primary_smtp in form.text
+        csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
+        http.cookies.set("__Host-coexist-csrf", form.cookies["__Host-coexist-csrf"])
+        answer = http.post(url, data={"csrf": csrf, "login": imap.login, "password": imap.password})
+        assert answer.status_code == 200 and "Thank you" in answer.text, answer.text
+    held = Vault.open(project).get(mailbox.primary_smtp.lower(), "source")
+    assert held is not None and held.login == imap.login
+    assert cl.grep_everything(imap.password, project, outputs) == []
