@@ -247,10 +247,17 @@ def request(
             else:
                 todo.append(item)
         if plan or not todo:
+            # The plan renders each mail as it would go (an operator's template that does
+            # not render fails here, before anything is sent); the link is made when sent.
+            expires = clock + project.credential_link.expiry
+            placeholder = f"{base_url(project)}/l/(made when sent)"
             return {
                 "plan": plan,
                 "sent": [],
                 "would_send": [_addr(i) for i in todo] if plan else [],
+                "messages": [render(project, i, placeholder, expires) for i in todo]
+                if plan
+                else [],
                 "skipped": skipped,
                 "refused": [],
             }
@@ -299,24 +306,14 @@ async def _send_each(
     now: dt.datetime,
     outbox: mailer.Outbox,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    templates = environment(project)
     expires = now + project.credential_link.expiry
     sent: list[dict[str, Any]] = []
     refused: list[dict[str, str]] = []
     for item in items:
         address = _addr(item)
         link_id, token = make_token(key, expires)
-        values = {
-            "name": item.get("name") or address,
-            "address": address,
-            "operator": operator_name(project),
-            "project": project.project.name,
-            "url": f"{base_url(project)}/l/{token}",
-            "expires": _iso(expires),
-        }
-        subject = templates.get_template("request-subject.txt.j2").render(values).strip()
-        text = templates.get_template("request.txt.j2").render(values)
-        msg = mailer.new_message(outbox.sender, [address], subject, text)
+        mail = render(project, item, f"{base_url(project)}/l/{token}", expires)
+        msg = mailer.new_message(outbox.sender, [address], mail["subject"], mail["text"])
         result = await outbox.send(msg)
         if address not in result.to:
             refused.append({"user": address, "via": result.via})
@@ -355,6 +352,27 @@ async def _send_each(
         )
         sent.append({"user": address, "link": link_id, "expires_at": record["expires_at"]})
     return sent, refused
+
+
+def render(
+    project: Project, item: Mapping[str, Any], url: str, expires: dt.datetime
+) -> dict[str, str]:
+    """A user's link mail: recipient, subject and text, from the templates."""
+    templates = environment(project)
+    address = _addr(item)
+    values = {
+        "name": item.get("name") or address,
+        "address": address,
+        "operator": operator_name(project),
+        "project": project.project.name,
+        "url": url,
+        "expires": _iso(expires),
+    }
+    return {
+        "to": address,
+        "subject": templates.get_template("request-subject.txt.j2").render(values).strip(),
+        "text": templates.get_template("request.txt.j2").render(values),
+    }
 
 
 @asynccontextmanager

@@ -40,8 +40,8 @@ def credentials_request_cmd(
     if as_json:
         click.echo(json.dumps(result))
         return
-    for who in result["would_send"]:
-        out.print(f"would send a link to {escape(who)}")
+    for mail in result["messages"]:
+        out.print(escape(f"would send a link to {mail['to']}: {mail['subject']}"))
     for s in result["sent"]:
         out.print(escape(f"link {s['link']} sent to {s['user']} (valid until {s['expires_at']})"))
     for s in result["skipped"]:

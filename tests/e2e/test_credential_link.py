@@ -89,6 +89,10 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
                      outputs=outputs)  # fmt: skip
         assert sorted(plan["would_send"]) == sorted(u.address for u in scene.users)  # type: ignore[arg-type]
         assert relay.received == []
+        mails = plan["messages"]  # type: ignore[index]
+        assert all("Fabrikam IT" in m["subject"] and "(made when sent)" in m["text"] for m in mails)
+        shown = run("credentials", "request", "--project", p, "--batch", "wave1", "--plan")
+        assert shown.exit_code == 0 and f"would send a link to {first.address}" in shown.output
 
         sent = _json("credentials", "request", "--project", p, "--batch", "wave1", outputs=outputs)
         assert len(sent["sent"]) == 2 and len(relay.received) == 2  # type: ignore[arg-type]
