@@ -64,7 +64,8 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
     no second link) -> the mail arrives -> Chromium opens the link: a wrong password is
     said (role=alert) and nothing is stored; the right one is stored in the vault, the user
     leaves `waiting for end user` and its prestage runs in the page's process and copies
-    the mailbox. The used, an expired, a revoked and a tampered link are refused; too many
+    the mailbox. The used, an expired (mailed with the clock 8 days back, or read by a page
+    whose clock is 8 days on), a revoked and a tampered link are refused; too many
     wrong passwords lock a link (journal warning, status line); a burst gets 429; the
     password is nowhere but the vault."""
     caplog.set_level(logging.DEBUG)
@@ -215,6 +216,12 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
             codes = [http.get(fresh).status_code for _ in range(25)]
             assert codes[0] == 200 and 429 in codes, codes
 
+        # The page's own clock, 8 days on: a link it would take today has expired then.
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
+        with cl.page(scene.project, lambda: later), cl.client(scene.project) as http:
+            said = http.get(fresh)
+            assert said.status_code == 410 and "expired" in said.text
+
         # Served without --run: the right password queues the user's pass for `retry`.
         with cl.page(scene.project, run=False), cl.client(scene.project) as http:
             form = http.get(fresh)
@@ -237,6 +244,7 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
         assert not (_user(scene.project, second.address)["detail"] or {}).get("queued_pass")  # type: ignore[union-attr]
 
         outputs.append(run("report", "--project", p, "--json").output)
+        outputs.append(json.dumps(_events(scene.project), default=str))  # the journal's events
         html = tmp_path / "report.html"
         assert run("report", "--project", p, "--html", str(html)).exit_code == 0
         listed = _json("credentials", "list", "--project", p, outputs=outputs)
