@@ -33,6 +33,7 @@ from coexist.errors import InputError, RemoteError
 if TYPE_CHECKING:
     from coexist.engine.context import Context
     from coexist.settings import Project
+    from coexist.tenants.plan import WriteRecorder
 
 # The relay, from the environment only.
 SMTP_ENV = {
@@ -236,7 +237,9 @@ def graph_payload(msg: EmailMessage) -> dict[str, Any]:
     content = body.get_content() if isinstance(body, EmailMessage) else ""
     message: dict[str, Any] = {
         "subject": str(msg["Subject"] or ""),
-        "body": {"contentType": "HTML" if html is not None else "Text", "content": content},
+        # bodyType's members as the v1.0 CSDL names them (the docs' "HTML"/"Text" examples
+        # are accepted too, but the contract's spelling is the one a check can hold to).
+        "body": {"contentType": "html" if html is not None else "text", "content": content},
     }
     for header, key in (("To", "toRecipients"), ("Cc", "ccRecipients"), ("Bcc", "bccRecipients")):
         found = getaddresses([str(v) for v in msg.get_all(header, [])])
@@ -334,3 +337,94 @@ def outbox_for(
 ) -> Outbox:
     """The outbox `[mail] transport` names, its settings checked before anything is sent."""
     return OUTBOXES[project.mail.transport](project, ctx, os.environ if env is None else env)
+
+
+# -- plan mode ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Plan mode's outbox: the real message is built and described, never sent (like a
+    tenant write in `tenants.plan`, it goes to the run's `WriteRecorder`)."""
+
+    inner: Outbox = field(repr=False)
+    recorder: WriteRecorder = field(repr=False)
+
+    @property
+    def sender(self) -> str:
+        return self.inner.sender
+
+    @property
+    def via(self) -> str:
+        return self.inner.via
+
+    async def send(self, msg: EmailMessage) -> Sent:
+        to = recipients(msg)
+        subject = str(msg["Subject"] or "")
+        self.recorder.record(
+            "mail",
+            self.inner.via,
+            f"send {subject!r} to {', '.join(to)}",
+            {"to": to, "subject": subject, "via": self.inner.via},
+        )
+        return Sent(to, [], f"plan: {self.inner.via}", subject, _mid(msg))
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """An outbox inside a journaled step: `started` is recorded right before each send (the
+    runner's write hook, as before a tenant write), so a crash between the relay's accept
+    and the step's record is seen by the next run."""
+
+    inner: Outbox = field(repr=False)
+
+    @property
+    def sender(self) -> str:
+        return self.inner.sender
+
+    @property
+    def via(self) -> str:
+        return self.inner.via
+
+    async def send(self, msg: EmailMessage) -> Sent:
+        from coexist.tenants.plan import before_write
+
+        before_write()
+        return await self.inner.send(msg)
+
+
+def outbox_in(
+    project: Project,
+    ctx: Context | None,
+    recorder: WriteRecorder | None,
+    env: Mapping[str, str] | None = None,
+) -> Outbox:
+    """`outbox_for`, for a command session: its sends captured in plan mode (the relay's
+    settings are still checked: a plan's mail says when a real run would be refused)."""
+    if recorder is None:
+        return Journaled(outbox_for(project, ctx, env))
+    try:
+        return Planned(outbox_for(project, ctx, env), recorder)
+    except InputError as exc:
+        # A plan renders and shows the mail even before mail is set up; each planned send
+        # says why the real run would be refused.
+        return Planned(Unconfigured(project.mail.sender, exc.message), recorder)
+
+
+@dataclass(frozen=True)
+class Unconfigured:
+    """What a plan sends through when no transport is usable yet (never sends)."""
+
+    sender_address: str
+    reason: str
+
+    @property
+    def sender(self) -> str:
+        return self.sender_address or "coexist@localhost"
+
+    @property
+    def via(self) -> str:
+        return f"no mail transport ({self.reason})"
+
+    async def send(self, msg: EmailMessage) -> Sent:
+        raise InputError(self.reason)

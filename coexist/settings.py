@@ -932,6 +932,29 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "mail.operators",
+        "list",
+        [],
+        "Who gets status mail (addresses): [mail] status says when. Issue 15.",
+    ),
+    Setting(
+        "mail.status",
+        "str",
+        "none",
+        "Status mail to [mail] operators for each data pass of prestage, cutover and retry "
+        "(the counts, the report attached): none, end (when the pass ends) or start-end. A "
+        "send that fails is warned about and journaled; it never fails the pass.",
+        choices=("none", "end", "start-end"),
+    ),
+    Setting(
+        "mail.templates",
+        "path",
+        "",
+        "A directory of your own notice templates (`coexist notify --template NAME` looks "
+        "for NAME.txt.j2 and NAME.html.j2 there first, then in the shipped "
+        "playbooks/templates/). Relative to the project directory or absolute.",
+    ),
+    Setting(
         "verify.service_mailbox",
         "str",
         "",
@@ -1542,6 +1565,9 @@ class Mail(_Section):
     transport: str
     sender: str
     graph_side: str
+    operators: list[str]
+    status: str
+    templates: Path | None
 
 
 @dataclass(frozen=True, repr=False)

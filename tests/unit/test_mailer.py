@@ -39,7 +39,7 @@ def test_graph_payload_carries_the_html_part_recipients_and_attachments() -> Non
     message = body["message"]
     assert body["saveToSentItems"] is False
     assert message["subject"] == "Moving"
-    assert message["body"] == {"contentType": "HTML", "content": "<p>Hi</p>\n"}
+    assert message["body"] == {"contentType": "html", "content": "<p>Hi</p>\n"}
     assert message["toRecipients"][0] == {
         "emailAddress": {"address": "ann@contoso.com", "name": "Ann Lee"}
     }
@@ -48,7 +48,7 @@ def test_graph_payload_carries_the_html_part_recipients_and_attachments() -> Non
     assert att["name"] == "r.csv" and att["contentType"] == "text/csv"
     assert base64.b64decode(att["contentBytes"]) == b"a,b\n1,2\n"
     plain = mailer.graph_payload(mailer.new_message("a@x.com", ["b@x.com"], "S", "text\n"))
-    assert plain["message"]["body"] == {"contentType": "Text", "content": "text\n"}
+    assert plain["message"]["body"] == {"contentType": "text", "content": "text\n"}
     assert "attachments" not in plain["message"]
 
 
