@@ -1994,5 +1994,8 @@ def notify_cmd(
         sys.exit(1)
 
 
+# `credentials request | revoke | serve` (issue 15) live in their own module.
+from coexist import credlink_cli  # noqa: E402, F401
+
 if __name__ == "__main__":
     main()

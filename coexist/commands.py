@@ -547,7 +547,10 @@ def _begin(
                 }
             )
             continue
-        set_item(marks, "user", item["key"], last_command=command, unfinished=command)
+        # queued_pass: the pass queued when the end user gave credentials (credlink) runs now.
+        set_item(
+            marks, "user", item["key"], last_command=command, unfinished=command, queued_pass=None
+        )
         todo.append(item)
     if not sess.planning:
         sess.journal.write_batch(marks)
@@ -1203,15 +1206,13 @@ def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> I
 
 
 def _with_credentials(sess: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The users but those waiting for credentials (a user file gave no password), which
-    are listed as skipped with the command that gives them, where a side signs users in
-    with credentials of their own (IMAP)."""
-    if all(side.imap is None for side in (sess.ctx.source, sess.ctx.target)):
-        return items
+    """The users but those waiting for credentials (a user file gave no password, or an
+    end user has not yet answered a credential link), which are listed as skipped with the
+    command that gives them."""
     out = []
     for item in items:
         waits = str((item.get("detail") or {}).get("waiting_for") or "")
-        if item.get("state") == "waiting" and waits.startswith(credentials.WAITING_FOR):
+        if item.get("state") == "waiting" and waits.startswith(credentials.CREDENTIAL_WAITS):
             address = item.get("source_address")
             sess.skipped.append(
                 {
@@ -1563,8 +1564,18 @@ def retry(
     try:
         todo: dict[str, list[str]] = {}
         for item in journal.items(kind="user"):
-            cmd = unfinished(item) or (item.get("detail") or {}).get("last_command")
-            if unfinished(item) is None and item.get("state") not in ("failed", "waiting"):
+            # A pass queued when the user's end user gave credentials (coexist.credlink).
+            queued = (item.get("detail") or {}).get("queued_pass")
+            cmd = unfinished(item) or queued or (item.get("detail") or {}).get("last_command")
+            if (
+                unfinished(item) is None
+                and not queued
+                and item.get("state")
+                not in (
+                    "failed",
+                    "waiting",
+                )
+            ):
                 continue
             if cmd in RETRYABLE:
                 todo.setdefault(cmd, []).append(item["key"])

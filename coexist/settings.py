@@ -115,6 +115,10 @@ SECTIONS: dict[str, str] = {
         "through an SMTP relay (COEXIST_SMTP_* environment variables) or Graph sendMail as a "
         "service mailbox."
     ),
+    "credential_link": (
+        "`coexist credentials request` / `serve`: end users give their source credentials "
+        "through a one-time link to an HTTPS page."
+    ),
     # Kind tables last: between [source] and [target], a [source.imap] would take in what
     # is added at the end of [source] by hand.
     "source.imap": (
@@ -393,8 +397,10 @@ def _ews_settings(side: str) -> list[Setting]:
             "delegation: the admin has FullAccess on each mailbox (Add-MailboxPermission); "
             "Exchange throttles the admin's one budget, so few mailboxes go at once. "
             "impersonation: the admin holds ApplicationImpersonation "
-            "(New-ManagementRoleAssignment); each mailbox has its own budget.",
-            choices=("delegation", "impersonation"),
+            "(New-ManagementRoleAssignment); each mailbox has its own budget. "
+            "own (source): no admin; each user's own login and password (coexist credentials "
+            "request mails a link for them) opens only that user's mailbox.",
+            choices=("delegation", "impersonation", "own"),
         ),
         Setting(
             f"{side}.ews.admin",
@@ -867,6 +873,63 @@ SETTINGS: tuple[Setting, ...] = (
         "target",
         "graph: which tenant's Graph sends (the tenant that holds [mail] sender).",
         choices=("target", "source"),
+    ),
+    # -- issue 15: end users give their source credentials through a link (coexist.credlink)
+    Setting(
+        "credential_link.expiry",
+        "duration",
+        "7d",
+        "How long a link mailed by `coexist credentials request` stays valid.",
+    ),
+    Setting(
+        "credential_link.attempts",
+        "int",
+        5,
+        "Wrong logins a link takes; then it locks and the operator is told (a journal warning "
+        "and the user's status line).",
+        minimum=1,
+    ),
+    Setting(
+        "credential_link.operator",
+        "str",
+        "",
+        "Who moves the mailboxes, as the page and the mail say it (default: the project's name).",
+    ),
+    Setting(
+        "credential_link.url",
+        "str",
+        "",
+        "The page's public address as users reach it (https://migrate.example.com); blank: "
+        "https://host:port of the settings below.",
+    ),
+    Setting("credential_link.host", "str", "127.0.0.1", "Where `credentials serve` listens."),
+    Setting("credential_link.port", "int", 8443, "The port `credentials serve` listens on."),
+    Setting(
+        "credential_link.cert_file",
+        "path",
+        "",
+        "The page's TLS certificate chain (PEM); `credentials serve --cert` overrides it.",
+    ),
+    Setting(
+        "credential_link.key_file",
+        "path",
+        "",
+        "The certificate's private key (PEM); `credentials serve --key` overrides it.",
+    ),
+    Setting(
+        "credential_link.templates",
+        "path",
+        "",
+        "A directory of jinja2 templates that replace coexist's own (page.html.j2, "
+        "request.txt.j2, request-subject.txt.j2) to brand or translate the page and mail.",
+    ),
+    Setting(
+        "credential_link.requests_per_minute",
+        "int",
+        20,
+        "Requests one link, and one client address, may make a minute; a burst beyond it "
+        "is answered 429.",
+        minimum=1,
     ),
     Setting(
         "mail.operators",
@@ -1508,6 +1571,20 @@ class Mail(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class CredentialLink(_Section):
+    expiry: timedelta
+    attempts: int
+    operator: str
+    url: str
+    host: str
+    port: int
+    cert_file: Path | None
+    key_file: Path | None
+    templates: Path | None
+    requests_per_minute: int
+
+
+@dataclass(frozen=True, repr=False)
 class Dns(_Section):
     resolver: str | None
     domains: list[str]
@@ -1539,6 +1616,7 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "verify": Verify,
     "dns": Dns,
     "mail": Mail,
+    "credential_link": CredentialLink,
 }
 
 
@@ -1563,6 +1641,7 @@ class Project:
     verify: Verify
     dns: Dns
     mail: Mail
+    credential_link: CredentialLink
 
     @property
     def destination_domain(self) -> str:
@@ -2014,7 +2093,8 @@ def _check_required(values: Mapping[str, Any], path: Path) -> None:
                 kind != "workmail" or values[f"{side}.ews.region"] is None
             ):
                 raise _missing(f"{side}.ews.url", path, f' (kind = "{kind}")')
-            if values[f"{side}.ews.admin"] is None:
+            own = values[f"{side}.ews.access"] == "own"  # users sign in themselves
+            if values[f"{side}.ews.admin"] is None and not own:
                 raise _missing(f"{side}.ews.admin", path, f' (kind = "{kind}")')
             continue
         if values[f"{side}.sandbox_connection"] is not None:
