@@ -186,3 +186,21 @@ def test_bad_stored_batch_window_names_batch_and_command() -> None:
     assert "wave-1" in str(caught.value)
     assert caught.value.next_step is not None
     assert "coexist batch set-window --project /p wave-1" in caught.value.next_step
+
+
+def test_the_console_view_says_paused_until() -> None:
+    """The CLI's pass view prints the pause line, with the mailbox's address, at once."""
+    import io
+
+    from rich.console import Console
+
+    from coexist.progressview import PassView
+
+    out = io.StringIO()
+    view = PassView(Console(file=out, force_terminal=False, width=200))
+    view(progress.PassStarted("u1", "prestage", "ann@example.org"))
+    view(progress.PassPaused("u1", "paused until 2026-12-05 20:00 CET (...)", datetime.now(UTC)))
+    assert "ann@example.org: paused until 2026-12-05 20:00 CET" in out.getvalue()
+    assert view.model.mailboxes["u1"].state == progress.WAITING
+    view(progress.PassResumed("u1"))
+    assert view.model.mailboxes["u1"].state == progress.RUNNING
