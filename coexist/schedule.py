@@ -176,11 +176,13 @@ class Windows:
         zone = getattr(self.tz, "key", str(self.tz))
         return f"{', '.join(s.text for s in self.spans)} {zone}" if self.spans else "always"
 
-    def _occurrences(self, now: datetime) -> Iterator[tuple[datetime, datetime]]:
-        """Every window occurrence overlapping [now - 1 day, now + horizon], by opening."""
+    def _occurrences(
+        self, now: datetime, days: int = _HORIZON_DAYS
+    ) -> Iterator[tuple[datetime, datetime]]:
+        """Every window occurrence opening from the day before `now` to `days` after, by opening."""
         day = now.astimezone(self.tz).date()
         found = []
-        for offset in range(-1, _HORIZON_DAYS):
+        for offset in range(-1, days):
             for span in self.spans:
                 occ = span.occurrence(day + timedelta(days=offset), self.tz)
                 if occ is not None:
@@ -207,12 +209,13 @@ class Windows:
         if self.always:
             return None
         at = self.next_open(now)
-        occurrences = list(self._occurrences(at))
         close = at
-        for opens, closes in occurrences:
+        # Two weeks ahead: the schedule repeats weekly, so a run of open windows longer
+        # than a week never ends.
+        for opens, closes in self._occurrences(at, 2 * _HORIZON_DAYS):
             if opens <= close < closes:
                 close = closes
-        if close - at >= timedelta(days=_HORIZON_DAYS - 2):
+        if close - at > timedelta(days=7):
             return None
         return close
 

@@ -204,3 +204,12 @@ def test_the_console_view_says_paused_until() -> None:
     assert view.model.mailboxes["u1"].state == progress.WAITING
     view(progress.PassResumed("u1"))
     assert view.model.mailboxes["u1"].state == progress.RUNNING
+
+
+def test_six_days_open_closes_on_the_seventh() -> None:
+    """Mon-Sat all day closes at Sunday 00:00; all week never closes."""
+    six = Windows.parse(["Mon-Sat 00:00-24:00"], "Europe/Berlin")
+    assert six.next_close(at("2026-11-30 12:00")) == at("2026-12-06 00:00")  # a Monday
+    assert six.next_open(at("2026-12-06 12:00")) == at("2026-12-07 00:00")
+    week = Windows.parse(["Mon-Sun 00:00-24:00"], "Europe/Berlin")
+    assert week.next_close(at("2026-11-30 12:00")) is None
