@@ -1977,5 +1977,53 @@ def report_cmd(
         out.print(escape(f"report sent to {', '.join(sent['to'])} through {sent['relay']}"))
 
 
+@main.command("notify")
+@project_option
+@click.option("--batch", required=True, help="The batch whose users get the notice.")
+@click.option(
+    "--template",
+    "template",
+    required=True,
+    help="before-migration | after-cutover | outlook-profile | custom (then FILE).",
+)
+@click.argument(
+    "file", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
+@click.option("--date", default=None, help="The cutover date the notice names (ISO 8601).")
+@click.option("--resend", is_flag=True, help="Send again to users who already got it.")
+@plan_option
+@json_option
+@handles_errors
+def notify_cmd(
+    project: Path,
+    batch: str,
+    template: str,
+    file: Path | None,
+    date: str | None,
+    resend: bool,
+    plan: bool,
+    as_json: bool,
+) -> None:
+    """Mail each user of a batch a notice (journaled: a re-run sends no duplicate)."""
+    from coexist import notices
+
+    result = notices.notify(
+        project, batch=batch, template=template, custom=file, date=date, plan=plan, resend=resend
+    )
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        for n in result["notices"]:
+            style = {"failed": "red", "planned": "cyan"}.get(n["status"], "green")
+            out.print(escape(f"{n['status']:8} {n['user']}: {n['detail']}"), style=style)
+            if plan:
+                out.print(escape(f"Subject: {n['subject']}\n{n['text']}"))
+        verb = "would send" if plan else "sent"
+        count = len(result["notices"]) if plan else result["sent"]
+        out.print(escape(f"{verb} {count} notices ({result['already']} sent before)"))
+    if result["failed"]:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coexist import automatch as am
-from coexist import batches, credentials, estimate
+from coexist import batches, credentials, estimate, statusmail
 from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import (
@@ -1126,9 +1126,11 @@ def prestage(
             # as its own previous step is done (a killed run keeps every user's progress).
             await sess.runner.run_pipelines([[ready[i["key"]], data_pass(i)] for i in batch], limit)
 
+        await statusmail.started(sess, "prestage", batch, todo)
         with estimate.watch(sess, todo, "trial" if trial else "prestage") as watch:
             await _settle(sess, todo, one_round)
-        return _result(sess, users=len(items), estimate=watch.result)
+        result = _result(sess, users=len(items), estimate=watch.result)
+        return await statusmail.ended(sess, "prestage", batch, todo, result)
 
     return _in_session(
         directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress, body=body
@@ -1320,6 +1322,7 @@ def cutover(
         async def one_round(batch: list[dict[str, Any]]) -> None:
             await sess.runner.run_pipelines([pipeline(i) for i in batch], limit)
 
+        await statusmail.started(sess, "cutover", batch, todo)
         with estimate.watch(sess, todo, "cutover") as watch:
             await _settle(sess, todo, one_round)
         mode = "mx-change"
@@ -1327,7 +1330,8 @@ def cutover(
             mode = sess.project.cutover.mode
         elif _forwards_via_contact(sess):
             mode = "forward-on-source (forwarding objects)"
-        return _result(sess, users=len(items), mode=mode, estimate=watch.result)
+        result = _result(sess, users=len(items), mode=mode, estimate=watch.result)
+        return await statusmail.ended(sess, "cutover", batch, todo, result)
 
     return _in_session(
         directory, "cutover", args, plan=plan, retry=retry, on_outcome=progress, body=body

@@ -110,6 +110,11 @@ SECTIONS: dict[str, str] = {
     "engine": "How coexist runs steps: concurrency and retries.",
     "verify": "`coexist verify-mailflow`: probe messages that show where mail lands.",
     "dns": "`coexist check-dns`: the DNS records a cutover switches (MX, autodiscover, SPF).",
+    "mail": (
+        "Mail coexist sends to people (reports, notices, credential requests, status mail): "
+        "through an SMTP relay (COEXIST_SMTP_* environment variables) or Graph sendMail as a "
+        "service mailbox."
+    ),
     "schedule": (
         "Run windows: when data passes may move data (CodeTwo's scheduler). A pass outside "
         "its windows waits for the next one; one whose window closes stops after the items "
@@ -845,6 +850,54 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "mail.transport",
+        "str",
+        "smtp",
+        "smtp: an SMTP relay whose host, port, security, login and password come from the "
+        "environment (COEXIST_SMTP_HOST, _PORT, _SECURITY starttls|tls, _USER, _PASSWORD, "
+        "_FROM, _CA_FILE), never from this file. graph: Graph sendMail as [mail] sender; the "
+        "app of that tenant needs the application permission Mail.Send (limit it to the "
+        "sender with an application access policy or RBAC for Applications).",
+        choices=("smtp", "graph"),
+    ),
+    Setting(
+        "mail.sender",
+        "str",
+        "",
+        "The From address. graph: the service mailbox mail is sent as (default "
+        "[verify] service_mailbox). smtp: used when COEXIST_SMTP_FROM is not set.",
+    ),
+    Setting(
+        "mail.graph_side",
+        "str",
+        "target",
+        "graph: which tenant's Graph sends (the tenant that holds [mail] sender).",
+        choices=("target", "source"),
+    ),
+    Setting(
+        "mail.operators",
+        "list",
+        [],
+        "Who gets status mail (addresses): [mail] status says when. Issue 15.",
+    ),
+    Setting(
+        "mail.status",
+        "str",
+        "none",
+        "Status mail to [mail] operators for each data pass of prestage, cutover and retry "
+        "(the counts, the report attached): none, end (when the pass ends) or start-end. A "
+        "send that fails is warned about and journaled; it never fails the pass.",
+        choices=("none", "end", "start-end"),
+    ),
+    Setting(
+        "mail.templates",
+        "path",
+        "",
+        "A directory of your own notice templates (`coexist notify --template NAME` looks "
+        "for NAME.txt.j2 and NAME.html.j2 there first, then in the shipped "
+        "playbooks/templates/). Relative to the project directory or absolute.",
+    ),
+    Setting(
         "verify.service_mailbox",
         "str",
         "",
@@ -1491,6 +1544,16 @@ class Verify(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class Mail(_Section):
+    transport: str
+    sender: str
+    graph_side: str
+    operators: list[str]
+    status: str
+    templates: Path | None
+
+
+@dataclass(frozen=True, repr=False)
 class Schedule(_Section):
     windows: list[str]
     timezone: str
@@ -1527,6 +1590,7 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "engine": Engine,
     "verify": Verify,
     "dns": Dns,
+    "mail": Mail,
     "schedule": Schedule,
 }
 
@@ -1551,6 +1615,7 @@ class Project:
     engine: Engine
     verify: Verify
     dns: Dns
+    mail: Mail
     schedule: Schedule
 
     @property
