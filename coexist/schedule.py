@@ -274,8 +274,19 @@ class RunGate:
     clock: Clock = field(default_factory=current_clock)
     subject: str = ""  # the user whose pass waits (for the progress event), if any
 
+    # The state known to hold over [from, until): asked between every item, so it is worked
+    # out once per opening or closing, not per call (a clock set back recomputes it).
+    _known: tuple[datetime, datetime, bool] | None = field(default=None, repr=False)
+
     def closed_now(self) -> bool:
-        return not self.windows.is_open(self.clock.now())
+        now = self.clock.now()
+        known = self._known
+        if known is not None and known[0] <= now < known[1]:
+            return known[2]
+        is_open = self.windows.is_open(now)
+        until = self.windows.next_close(now) if is_open else self.windows.next_open(now)
+        self._known = (now, until or datetime.max.replace(tzinfo=UTC), not is_open)
+        return not is_open
 
     def paused_until(self) -> str:
         """'paused until 2026-12-05 20:00 CET (run window 20:00-06:00 Europe/Berlin, batch B)'."""
