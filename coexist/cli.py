@@ -915,6 +915,37 @@ def batch_import_cmd(project: Path, file: Path, name: str | None, as_json: bool)
     _render_credentials_import(result)
 
 
+@batch_group.command("set-window")
+@project_option
+@click.argument("batch")
+@click.argument("windows", nargs=-1)
+@click.option("--timezone", default=None, help="IANA time zone (default: [schedule] timezone).")
+@click.option("--clear", is_flag=True, help="Drop the batch's windows: the project's apply.")
+@json_option
+@handles_errors
+def batch_set_window_cmd(
+    project: Path,
+    batch: str,
+    windows: tuple[str, ...],
+    timezone: str | None,
+    clear: bool,
+    as_json: bool,
+) -> None:
+    """Run BATCH's data passes only inside WINDOWS, e.g. "20:00-06:00" or "Mon-Fri
+    19:00-07:00" (several allowed); outside them its passes pause and resume inside."""
+    result = commands.batch_set_window(
+        project, batch, list(windows), timezone=timezone, clear=clear
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"batch {batch}: run window {result['windows']}")
+    if "next_open" in result:
+        state = "open now" if result["open_now"] else f"opens {result['next_open']}"
+        closes = f", closes {result['next_close']}" if result["next_close"] else ""
+        click.echo(f"{state}{closes}")
+
+
 @batch_group.command("export")
 @project_option
 @click.option("--batch", default=None)

@@ -1785,6 +1785,28 @@ def batch_import(
         journal.close()
 
 
+def batch_set_window(
+    directory: Path | None,
+    batch: str,
+    windows: list[str],
+    *,
+    timezone: str | None = None,
+    clear: bool = False,
+) -> dict[str, Any]:
+    """Give a batch its own run windows, or `clear` them (`coexist.schedule`)."""
+    from coexist import schedule
+
+    _blank_arg("BATCH", batch)
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        return schedule.set_batch_windows(
+            project, journal, batch, windows, timezone=timezone, clear=clear
+        )
+    finally:
+        journal.close()
+
+
 def batch_export(directory: Path | None, *, batch: str | None = None) -> str:
     """The users (of one batch) as CSV: addresses, batch, phase, state."""
     _blank_arg("--batch", batch)

@@ -119,6 +119,12 @@ SECTIONS: dict[str, str] = {
         "`coexist credentials request` / `serve`: end users give their source credentials "
         "through a one-time link to an HTTPS page."
     ),
+    "schedule": (
+        "Run windows: when data passes may move data (CodeTwo's scheduler). A pass outside "
+        "its windows waits for the next one; one whose window closes stops after the items "
+        "in flight and goes on when it opens again. A batch can have its own windows: "
+        'coexist batch set-window BATCH "20:00-06:00".'
+    ),
     # Kind tables last: between [source] and [target], a [source.imap] would take in what
     # is added at the end of [source] by hand.
     "source.imap": (
@@ -1004,6 +1010,24 @@ SETTINGS: tuple[Setting, ...] = (
         "A domain the SPF record must include:. Blank = the target kind's vendor value; for "
         "hosted Exchange or IMAP: not checked.",
     ),
+    # Run windows (coexist/schedule.py).
+    Setting(
+        "schedule.windows",
+        "list",
+        [],
+        'When data passes run, e.g. ["20:00-06:00"] or ["Mon-Fri 19:00-07:00", "Sat,Sun '
+        '00:00-24:00"] ([DAYS ]HH:MM-HH:MM, in `timezone`; a window past midnight closes the '
+        "next day; DAYS name the day it opens). [] = always.",
+        format="windows",
+    ),
+    Setting(
+        "schedule.timezone",
+        "str",
+        "UTC",
+        'The time zone of the windows, an IANA name ("Europe/Berlin"): wall-clock times, '
+        "daylight saving time included.",
+        format="timezone",
+    ),
 )
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
@@ -1154,6 +1178,20 @@ def _check_sku(value: str) -> str:
     return value
 
 
+def _check_windows(value: str) -> str:
+    from coexist.schedule import parse_window
+
+    parse_window(value)
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    from coexist.schedule import parse_timezone
+
+    parse_timezone(value)
+    return value
+
+
 def _check_prefix(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
         raise ValueError(f"may contain only letters, digits, '-', '_' and '.', got {value!r}")
@@ -1172,6 +1210,8 @@ _FORMATS = {
     "sku": _check_sku,
     "prefix": _check_prefix,
     "host": _check_host,
+    "windows": _check_windows,
+    "timezone": _check_timezone,
 }
 
 
@@ -1231,6 +1271,12 @@ def convert(s: Setting, raw: Any, directory: Path) -> Any:
     if s.type == "bool":
         return raw
     if s.type == "list":
+        if s.format:  # each entry checked (run windows)
+            for entry in raw:
+                try:
+                    _FORMATS[s.format](entry)
+                except ValueError as exc:
+                    raise _Invalid(str(exc)) from None
         return tuple(raw)
     if s.type == "duration":
         try:
@@ -1585,6 +1631,12 @@ class CredentialLink(_Section):
 
 
 @dataclass(frozen=True, repr=False)
+class Schedule(_Section):
+    windows: list[str]
+    timezone: str
+
+
+@dataclass(frozen=True, repr=False)
 class Dns(_Section):
     resolver: str | None
     domains: list[str]
@@ -1617,6 +1669,7 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "dns": Dns,
     "mail": Mail,
     "credential_link": CredentialLink,
+    "schedule": Schedule,
 }
 
 
@@ -1642,6 +1695,7 @@ class Project:
     dns: Dns
     mail: Mail
     credential_link: CredentialLink
+    schedule: Schedule
 
     @property
     def destination_domain(self) -> str:
