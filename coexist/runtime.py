@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coexist import progress
+from coexist import jobs, progress
 from coexist.engine.context import (
     Context,
     SideOptions,
@@ -27,7 +27,7 @@ from coexist.engine.context import (
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
 from coexist.journal import Journal
-from coexist.journal.claims import PROJECT, Writer
+from coexist.journal.claims import PROJECT, Writer, user_scope
 from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
 from coexist.tenants.mailbox_governor import MailboxLimits
@@ -115,6 +115,19 @@ def project_writer(journal: Journal, command: str) -> Writer:
     return Writer.open(journal.engine, command, {PROJECT: "the whole project"})
 
 
+def _writer(journal: Journal, command: str) -> Writer:
+    """The project's claim, or inside a worker's job only its user's (`coexist.jobs`): the
+    enqueuing command made the project-wide decisions under the project claim. Holding the
+    user also pins the mailbox to this worker for its pass, so its Outlook budget
+    (`MailboxLimits`, per app per mailbox) is paced by one governor, never two."""
+    job = jobs.current()
+    if job is None:
+        return project_writer(journal, command)
+    return Writer.open(
+        journal.engine, f"{command} on {job.worker}", {user_scope(job.key): job.label}
+    )
+
+
 @asynccontextmanager
 async def session(
     directory: Path | str | None,
@@ -137,7 +150,10 @@ async def session(
     try:
         if not plan and command not in READ_ONLY_SESSIONS:
             # Before the run is recorded: a refused command leaves the journal as it was.
-            writer = project_writer(journal, command)
+            writer = _writer(journal, command)
+        job = jobs.current()
+        if job is not None:
+            job.attach()  # a worker stopping cancels this command (coexist.worker)
         async with _journaled_run(
             project, journal, writer, command, args, plan, retry, on_outcome, env
         ) as sess:

@@ -535,3 +535,34 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
         ),
         holders=holders,
     )
+
+
+def users_held(engine: Engine) -> dict[str, Holder]:
+    """The users live writers hold now (a worker's job holds its user), by source id; for
+    `coexist status`. Reads only: a dead writer's rows are left for the next claim to delete."""
+    life = _liveness(engine)
+    try:
+        w, c, runs = schema.writers, schema.claims, schema.runs
+        stmt = (
+            sa.select(w, c.c.scope, runs.c.args)
+            .join(c, c.c.writer_id == w.c.id)
+            .outerjoin(runs, runs.c.id == w.c.run_id)
+            .where(c.c.scope.like("user:%"))
+        )
+        with db.transaction(engine, write=False) as conn:
+            rows = [row_dict(r) for r in conn.execute(stmt)]
+            alive = life.alive(conn, rows) if rows else set()
+        return {
+            str(r["scope"])[len("user:") :]: Holder(
+                id=r["id"],
+                command=r["command"],
+                pid=r["pid"],
+                host=r["host"],
+                started_at=r["started_at"],
+                run_id=r["run_id"],
+            )
+            for r in rows
+            if r["id"] in alive
+        }
+    finally:
+        life.drop()
