@@ -1137,7 +1137,21 @@ def prestage(
         return _result(sess, users=len(items), estimate=watch.result)
 
     async def chosen(sess: Session) -> list[dict[str, Any]]:
-        return (await project_wide(sess))[0]
+        """The queue's project-wide part: as `project_wide`, but the seats of users whose
+        prestage jobs are queued or running (not licensed yet, most) are spoken for."""
+        items = _selected(
+            sess, batch=batch, users=users, phase_at_least_=_provisioned(sess), what="prestage"
+        )
+        items = _with_credentials(sess, items)
+        if _swaps_recipients(sess):
+            mine = {i["key"] for i in items}
+            queued = [
+                i
+                for k in jobs.queued_users(sess.journal, "prestage")
+                if k not in mine and (i := sess.journal.get_item("user", k)) is not None
+            ]
+            await _prestage_licence(sess, items + queued)
+        return items
 
     request = jobs.Request(
         "prestage",

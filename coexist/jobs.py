@@ -188,3 +188,18 @@ def who_runs(journal: Journal) -> dict[str, str]:
     for key, holder in claims.users_held(journal.engine).items():
         out[key] = holder.describe()
     return out
+
+
+def queued_users(journal: Journal, command: str) -> list[str]:
+    """The users (source ids) with a job of `command` queued or running."""
+    if journal.engine.dialect.name != "postgresql":
+        return []
+    with db.transaction(journal.engine, write=False) as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT DISTINCT args->>'user' FROM procrastinate_jobs WHERE task_name = :task "
+                "AND status IN ('todo', 'doing') AND args->>'command' = :command"
+            ),
+            {"task": TASK_NAME, "command": command},
+        )
+        return sorted(str(key) for (key,) in rows)

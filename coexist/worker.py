@@ -51,9 +51,9 @@ from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from coexist import jobs
 from coexist.errors import Busy, InputError
-from coexist.journal import Journal
+from coexist.journal import Journal, claims
 from coexist.journal.db import normalize_url
-from coexist.runtime import project_dir
+from coexist.runtime import project_dir, session
 from coexist.settings import Project, load_project
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,6 @@ def _configure(
 # -- the enqueuing command ----------------------------------------------------------------
 def enqueue(request: jobs.Request) -> dict[str, Any]:
     """The project-wide part inline under the project claim, then one job per user."""
-    from coexist import commands
-
     project = load_project(project_dir(request.directory))
     url = queued_project(project)
 
@@ -202,7 +200,13 @@ def enqueue(request: jobs.Request) -> dict[str, Any]:
             "skipped": sess.skipped,
         }
 
-    chosen = commands._in_session(request.directory, request.command, request.args, body=select)
+    async def decide() -> dict[str, Any]:
+        # Under `enqueue`, not `project`: the workers' user claims stay where they are.
+        scope = {claims.ENQUEUE: f"queueing {request.command} jobs"}
+        async with session(request.directory, request.command, request.args, claim=scope) as s:
+            return await select(s)
+
+    chosen = asyncio.run(decide())
     deferred, already = asyncio.run(_defer(url, request, chosen["users"]))
     result: dict[str, Any] = {
         "plan": False,
