@@ -40,6 +40,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -223,8 +224,22 @@ def enqueue(request: jobs.Request) -> dict[str, Any]:
         "changed": 0,
     }
     if request.wait:
-        result["jobs"] = follow(url, [job for _, job in deferred])
+        ended = follow(url, [job for _, job in deferred])
+        result["jobs"] = dict(Counter(ended.values()))
         result["failed"] = _failed_users(project, [key for key, _ in chosen["users"]])
+        named = {str(f["user"]) for f in result["failed"]}
+        # A job that raised (not a step that failed: those are in the journal, above).
+        result["failed"] += [
+            {
+                "user": label,
+                "item": None,
+                "step": f"{request.command} job {job}",
+                "error": f"the job ended {ended[job]}",
+                "next": "see the worker's log; `coexist retry` queues the user again",
+            }
+            for label, job in deferred
+            if ended.get(job) != "succeeded" and label not in named
+        ]
     return result
 
 
@@ -248,8 +263,8 @@ async def _defer(
     return deferred, already
 
 
-def follow(url: str, job_ids: list[int], poll_s: float = 2.0) -> dict[str, int]:
-    """--wait: until every job ended; the count of jobs per final state."""
+def follow(url: str, job_ids: list[int], poll_s: float = 2.0) -> dict[int, str]:
+    """--wait: until every job ended; each job's final state."""
     import psycopg
 
     if not job_ids:
@@ -257,14 +272,12 @@ def follow(url: str, job_ids: list[int], poll_s: float = 2.0) -> dict[str, int]:
     with psycopg.connect(conninfo(url), autocommit=True) as conn:
         while True:
             rows = conn.execute(
-                "SELECT status::text, count(*) FROM procrastinate_jobs WHERE id = ANY(%s) "
-                "GROUP BY status",
-                (job_ids,),
+                "SELECT id, status::text FROM procrastinate_jobs WHERE id = ANY(%s)", (job_ids,)
             ).fetchall()
-            counts = {str(status): int(n) for status, n in rows}
-            if set(counts) <= FINAL:
-                return counts
-            log.info("jobs: %s", counts)
+            states = {int(job): str(status) for job, status in rows}
+            if set(states.values()) <= FINAL:
+                return states
+            log.info("jobs: %s", dict(Counter(states.values())))
             time.sleep(poll_s)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -270,3 +271,33 @@ def test_three_workers_take_a_batch_through_prestage_and_cutover(farm: Farm) -> 
     with farm.sb.world.lock:
         users = [farm.sb.world.target.users.get(t) for t in targets.values()]
     assert all(isinstance(u, User) and len(u.assigned_licenses) == 1 for u in users)
+
+
+def test_prestage_at_a_time_queues_scheduled_jobs(
+    make_project: Callable[..., Path], cli: Callable[..., Any], pg_url: str
+) -> None:
+    """In queue mode `prestage --at` queues one job per user scheduled for that time and
+    returns; status shows them queued for it; queueing them again finds them queued."""
+    pg.reset_database(pg_url)
+    project = make_project(**{"project.journal": pg_url, "engine.executor": "queue"})
+    users = provisioned_users(project)[:2]
+    chosen = ",".join(str(u["source_address"]) for u in users)
+    at = "2099-01-01T00:00+00:00"
+    args = ("prestage", "--project", str(project), "--users", chosen, "--at", at, "--json")
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    queued = json.loads(first.output)
+    assert queued["executor"] == "queue" and len(queued["enqueued"]) == 2, queued
+    assert queued["scheduled_at"] == "2099-01-01T00:00:00+00:00"
+    rows = {r["user"]: r for r in commands.status(project)["users"]}
+    for u in users:
+        assert rows[u["source_address"]]["worker"] == "prestage queued for 2099-01-01 00:00 UTC"
+    again = json.loads(cli(*args).output)
+    assert not again["enqueued"] and sorted(again["already_queued"]) == sorted(chosen.split(","))
+    with Journal.open(pg_url) as j, j.engine.connect() as conn:
+        scheduled = conn.exec_driver_sql(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' "
+            "AND scheduled_at = '2099-01-01T00:00+00:00' AND queue_name = 'prestage'"
+        )
+        assert scheduled.scalar() == 2
+        assert all((i.get("detail") or {}).get("unfinished") is None for i in j.items())
