@@ -49,9 +49,11 @@ from tests import pg  # noqa: E402
 QUICK = "--quick" in sys.argv
 USERS = 48  # the seed's source side then has more than 40 user mailboxes
 MAILBOXES = int(os.environ.get("BENCH_MAILBOXES", "6" if QUICK else "40"))
-ITEMS = int(os.environ.get("BENCH_ITEMS", "10" if QUICK else "60"))  # new per mailbox, per step
+ITEMS = int(os.environ.get("BENCH_ITEMS", "10" if QUICK else "100"))  # new per mailbox, per step
 SCALE = float(os.environ.get("BENCH_SCALE", "2"))
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "2" if QUICK else "4"))  # per worker
+# Mailboxes at once per worker: 2 keeps one worker process (one core at most: one Python
+# interpreter) below its CPU bound at the per-mailbox ceiling (~8 ms of CPU per small item).
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "2"))
 WORKERS = (1, 2) if QUICK else (1, 2, 4)
 OLD = dt.datetime(2024, 1, 15, 9, 30, tzinfo=dt.UTC)
 TICK = os.sysconf("SC_CLK_TCK")
@@ -108,7 +110,7 @@ def message(user: int, step: int, n: int) -> bytes:
     ).encode()
 
 
-def seed_step(state: Path, users: list[str], step: int) -> None:
+def seed_step(state: Path, users: list[str], step: int, items: int) -> None:
     """ITEMS new messages in each user's source Inbox (run in a child: the sandbox is
     stopped and its mailstore is a file in its state directory)."""
     from coexist.sandbox.mailstore import MailStore
@@ -117,7 +119,7 @@ def seed_step(state: Path, users: list[str], step: int) -> None:
     with store.bulk_load():
         for u, user in enumerate(users):
             store.ensure_mailbox("source", user)
-            for n in range(ITEMS):
+            for n in range(items):
                 store.insert_message("source", user, "inbox", message(u, step, n), received=OLD)
     store.close()
 
@@ -126,7 +128,7 @@ def seed_in_child(state: Path, users: list[str], step: int) -> None:
     spec = state.parent / "users.json"
     spec.write_text(json.dumps(users))
     subprocess.run(
-        [sys.executable, __file__, "--seed", str(state), str(spec), str(step)],
+        [sys.executable, __file__, "--seed", str(state), str(spec), str(step), str(ITEMS)],
         check=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -305,7 +307,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--seed":
-        seed_step(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()), int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--seed":
+        users = json.loads(Path(sys.argv[3]).read_text())
+        seed_step(Path(sys.argv[2]), users, int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()
