@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from coexist import commands, jobs
+from coexist.engine.runner import set_item
 from coexist.journal import Journal
 from coexist.journal.schema import utcnow
 from coexist.sandbox import Sandbox
@@ -301,3 +302,8 @@ def test_prestage_at_a_time_queues_scheduled_jobs(
         )
         assert scheduled.scalar() == 2
         assert all((i.get("detail") or {}).get("unfinished") is None for i in j.items())
+        # A prestage that failed for one of them: retry goes through the queue too.
+        set_item(j, "user", str(users[0]["key"]), state="failed", last_command="prestage")
+    retried = commands.retry(project)
+    assert retried["retried"] == {"prestage": 1}, retried
+    assert retried["results"]["prestage"]["already_queued"] == [users[0]["source_address"]]
