@@ -62,6 +62,7 @@ bench: venv
 	$(PY) bench/graph_mover_bench.py
 	$(PY) bench/imap_bench.py
 	$(PY) bench/ews_bench.py
+	$(PY) bench/worker_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -961,6 +961,17 @@ SETTINGS: tuple[Setting, ...] = (
         "playbooks/templates/). Relative to the project directory or absolute.",
     ),
     Setting(
+        "engine.executor",
+        "str",
+        "inline",
+        "Where prestage and cutover run their users. inline: in the command itself. queue: "
+        "the command makes the project-wide decisions (selection, licence seats) and puts one "
+        "job per user in a queue in the project's PostgreSQL journal, which `coexist worker` "
+        "processes on any number of machines take (issue 16); it needs a PostgreSQL "
+        "[project] journal.",
+        choices=("inline", "queue"),
+    ),
+    Setting(
         "verify.service_mailbox",
         "str",
         "",
@@ -1599,6 +1610,7 @@ class Engine(_Section):
     wait_in_command_s: int
     waiting_max_s: int
     outlook_time_scale: int
+    executor: str
 
 
 @dataclass(frozen=True, repr=False)
