@@ -60,7 +60,7 @@ from datetime import datetime
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from coexist import progress
+from coexist import progress, schedule
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
@@ -737,7 +737,8 @@ async def copy_pending(
         if window.per_folder:
             pending = trial_share(ctx, key, folder_id, pending, window, now, kind)
         jobs += [Job(r, dest) for r in pending]
-    await _pipeline(ctx, key, stores, jobs, counts)
+    if not await _pipeline(ctx, key, stores, jobs, counts):
+        raise schedule.WindowClosed(counts)
 
 
 async def update_changed(
@@ -770,7 +771,8 @@ async def update_changed(
             counts["update_conflicts"] += 1
             continue
         jobs.append(Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), change_key)))
-    await _pipeline(ctx, key, stores, jobs, counts)
+    if not await _pipeline(ctx, key, stores, jobs, counts):
+        raise schedule.WindowClosed(counts)
 
 
 def _kept_reason(row: dict[str, Any], reason: str) -> str:
@@ -784,7 +786,7 @@ Exported = list[tuple[Job, Payload]]
 
 async def _pipeline(
     ctx: Context, key: str, stores: Stores, jobs: list[Job], counts: Counter[str]
-) -> None:
+) -> bool:
     """Export batch n+1 from the source while batch n is imported into the target, with up to
     the source's `exports_in_flight` exports and the target's `imports_in_flight` imports
     at once.
@@ -794,12 +796,16 @@ async def _pipeline(
     queued, `exports_in_flight` being exported (each <= the source's `export_bytes`), and
     IMPORT_BATCHES x `export_bytes` of payloads being imported; every payload is dropped as
     soon as its import answers.
+
+    False when the pass's run window closed (`schedule`) before every batch was exported:
+    no further batch is exported, and those exported are imported and journaled first.
     """
     if not jobs:
-        return
+        return True
     queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
     caps = stores.src.caps
     exporting = asyncio.Semaphore(caps.exports_in_flight)
+    closed = False
 
     async def export_one(batch: list[Job]) -> None:
         try:
@@ -811,8 +817,14 @@ async def _pipeline(
 
     async def produce(tg: asyncio.TaskGroup) -> None:
         # Up to the source's `exports_in_flight` batches at once, queued as they are ready.
+        nonlocal closed
         for batch in batches(jobs, caps.export_batch, caps.export_bytes):
             await exporting.acquire()
+            # A safe point: nothing of this batch is marked or sent yet.
+            if schedule.window_closed():
+                closed = True
+                exporting.release()
+                break
             tg.create_task(export_one(batch))
         for _ in range(caps.exports_in_flight):  # every export queued its batch
             await exporting.acquire()
@@ -854,6 +866,7 @@ async def _pipeline(
         raise first from None
     finally:
         sink.flush()  # what finished is journaled, whatever else failed
+    return not closed
 
 
 async def _export_batch(
@@ -1291,13 +1304,21 @@ async def sync_mailbox(
         moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
         progress.emit(progress.PassSized(subject, max(0, total - moved)))
     for folder_id in plan.target_of:
+        _between(counts)  # safe points: between folders, between steps
         await scan_folder(ctx, subject, src, by_id[folder_id], kind)
     await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
+    _between(counts)
     await copy_pending(ctx, subject, stores, plan, window, counts, kind)
     await update_changed(ctx, subject, stores, counts, kind)
     await finish_moves(ctx, subject, tgt, counts, kind)
     return plan, stores
+
+
+def _between(counts: Counter[str]) -> None:
+    """End the pass here (`schedule.WindowClosed`) if its run window has closed."""
+    if schedule.window_closed():
+        raise schedule.WindowClosed(counts)
 
 
 CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
