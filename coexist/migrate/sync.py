@@ -52,13 +52,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import email.policy
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.parser import BytesHeaderParser
 from typing import Any
 
-from coexist import progress
+from coexist import progress, schedule
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
@@ -395,6 +397,10 @@ def page_rows(
 # -- moves -------------------------------------------------------------------------------------
 
 MOVE_MARK = "moving the copy of "  # reason of a row whose old copy is still to be removed
+# Reason of a copied row whose copy lacks part of the item's state the target refused or
+# ignored (`Imported.lost`: the replied/forwarded state): copied, counted `not_kept`, and
+# listed with folder and subject by the reconciliation (`reconcile.not_kept_items`).
+NOT_KEPT = "copied without "
 
 
 async def resolve_moves(
@@ -738,7 +744,8 @@ async def copy_pending(
         if window.per_folder:
             pending = trial_share(ctx, key, folder_id, pending, window, now, kind)
         jobs += [Job(r, dest) for r in pending]
-    await _pipeline(ctx, key, stores, jobs, counts)
+    if not await _pipeline(ctx, key, stores, jobs, counts):
+        raise schedule.WindowClosed(counts)
 
 
 def _by_folder(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -779,7 +786,8 @@ async def update_changed(
             counts["update_conflicts"] += 1
             continue
         jobs.append(Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), change_key)))
-    await _pipeline(ctx, key, stores, jobs, counts)
+    if not await _pipeline(ctx, key, stores, jobs, counts):
+        raise schedule.WindowClosed(counts)
 
 
 def _kept_reason(row: dict[str, Any], reason: str) -> str:
@@ -793,7 +801,7 @@ Exported = list[tuple[Job, Payload]]
 
 async def _pipeline(
     ctx: Context, key: str, stores: Stores, jobs: list[Job], counts: Counter[str]
-) -> None:
+) -> bool:
     """Export batch n+1 from the source while batch n is imported into the target, with up to
     the source's `exports_in_flight` exports and the target's `imports_in_flight` imports
     at once.
@@ -803,12 +811,16 @@ async def _pipeline(
     queued, `exports_in_flight` being exported (each <= the source's `export_bytes`), and
     IMPORT_BATCHES x `export_bytes` of payloads being imported; every payload is dropped as
     soon as its import answers.
+
+    False when the pass's run window closed (`schedule`) before every batch was exported:
+    no further batch is exported, and those exported are imported and journaled first.
     """
     if not jobs:
-        return
+        return True
     queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
     caps = stores.src.caps
     exporting = asyncio.Semaphore(caps.exports_in_flight)
+    closed = False
 
     async def export_one(batch: list[Job]) -> None:
         try:
@@ -820,8 +832,14 @@ async def _pipeline(
 
     async def produce(tg: asyncio.TaskGroup) -> None:
         # Up to the source's `exports_in_flight` batches at once, queued as they are ready.
+        nonlocal closed
         for batch in batches(jobs, caps.export_batch, caps.export_bytes):
             await exporting.acquire()
+            # A safe point: nothing of this batch is marked or sent yet.
+            if schedule.window_closed():
+                closed = True
+                exporting.release()
+                break
             tg.create_task(export_one(batch))
         for _ in range(caps.exports_in_flight):  # every export queued its batch
             await exporting.acquire()
@@ -863,6 +881,7 @@ async def _pipeline(
         raise first from None
     finally:
         sink.flush()  # what finished is journaled, whatever else failed
+    return not closed
 
 
 async def _export_batch(
@@ -1092,9 +1111,11 @@ def _created(sink: Sink, job: Job, data: Payload, made: Imported | InvalidReques
         sink.counts["skipped"] += 1
         return
     # A moved item keeps its mark until `finish_moves` has removed the old copy.
-    reason = job.row["reason"] if moving(job.row) else None
-    _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason)
-    if reason is None:  # a moved item is counted once, as moved, by `finish_moves`
+    moved = moving(job.row)
+    reason = job.row["reason"] if moved else _not_kept(sink, job, data, made)
+    extra = {"subject": _subject(job, data)} if reason and not moved else {}
+    _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason, **extra)
+    if not moved:  # a moved item is counted once, as moved, by `finish_moves`
         sink.counts["copied"] += 1
     sink.counts["bytes"] += data.size if data.size is not None else int(job.row.get("size") or 0)
 
@@ -1115,8 +1136,40 @@ async def _update(sink: Sink, job: Job, data: Payload) -> None:
         sink.counts["update_conflicts"] += 1
         sink.conflicts.append(str(job.row.get("subject") or job.source_id))
         return
-    _copied(sink, job, data, Imported(made.item_id or job.update[0], made.change_key))
+    extra: dict[str, Any] = {}
+    if not moving(job.row):
+        # A state the update could not set is reported; one it set clears the old report.
+        lost = _not_kept(sink, job, data, made)
+        if lost is not None:
+            extra = {"reason": lost, "subject": _subject(job, data)}
+        elif str(job.row.get("reason") or "").startswith(NOT_KEPT):
+            extra = {"reason": None}
+    _copied(sink, job, data, Imported(made.item_id or job.update[0], made.change_key), **extra)
     sink.counts["updated"] += 1
+
+
+def _not_kept(sink: Sink, job: Job, data: Payload, made: Imported) -> str | None:
+    """The row's reason when the target made the copy without part of the item's state
+    (`Imported.lost`), counted `not_kept`; None when it kept it all."""
+    if not made.lost:
+        return None
+    sink.counts["not_kept"] += 1
+    return NOT_KEPT + made.lost
+
+
+def _subject(job: Job, data: Payload) -> str | None:
+    """The item's subject for a report line: the row's, the export's `info`, else the
+    MIME header (an IMAP change round carries no subject; only reported items pay this)."""
+    if job.row.get("subject"):
+        return str(job.row["subject"])
+    if data.info is not None and data.info.subject:
+        return data.info.subject
+    if data.mime:
+        with contextlib.suppress(Exception):  # a header it cannot parse names nothing
+            head = BytesHeaderParser(policy=email.policy.default).parsebytes(data.mime)
+            if (subject := head.get("Subject")) is not None:
+                return str(subject)
+    return None
 
 
 def _copied(sink: Sink, job: Job, data: Payload, made: Imported, **extra: Any) -> None:
@@ -1274,13 +1327,21 @@ async def sync_mailbox(
         moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
         progress.emit(progress.PassSized(subject, max(0, total - moved)))
     for folder_id in plan.target_of:
+        _between(counts)  # safe points: between folders, between steps
         await scan_folder(ctx, subject, src, by_id[folder_id], kind)
     await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
+    _between(counts)
     await copy_pending(ctx, subject, stores, plan, window, counts, kind)
     await update_changed(ctx, subject, stores, counts, kind)
     await finish_moves(ctx, subject, tgt, counts, kind)
     return plan, stores
+
+
+def _between(counts: Counter[str]) -> None:
+    """End the pass here (`schedule.WindowClosed`) if its run window has closed."""
+    if schedule.window_closed():
+        raise schedule.WindowClosed(counts)
 
 
 CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)
@@ -1336,6 +1397,11 @@ class StoreMover:
             notes.append(f"{plan.not_ipm} search and system folders left out")
         if note := conflicts_note(stores.conflicts):
             notes.append(note)
+        if counts["not_kept"]:
+            notes.append(
+                f"{counts['not_kept']} messages copied without their replied/forwarded state "
+                "(the target refused or ignored it; listed in the report)"
+            )
         return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
 
 
