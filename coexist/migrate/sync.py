@@ -723,14 +723,21 @@ async def copy_pending(
     kind: str | None = None,
 ) -> None:
     """Pending items (of `kind`, if given) in the window, after the recovery of imports a
-    dead pass left (`adopt_interrupted`)."""
+    dead pass left (`adopt_interrupted`).
+
+    The mailbox's `importing` rows, then its `pending` rows, are read once and taken folder
+    by folder (two reads per pass, not two per folder): a folder's recovery changes only
+    that folder's rows, so every folder's recovery runs before the pending rows are read."""
     now = datetime.now().astimezone()
     jobs: list[Job] = []
+    stuck = _by_folder(ctx.journal.mapped_items(key, status="importing"))
+    for folder_id in plan.target_of:
+        await adopt_interrupted(ctx, key, stores.tgt, folder_id, stuck.get(folder_id, []))
+    waiting = _by_folder(ctx.journal.mapped_items(key, status="pending"))
     for folder_id, dest in plan.target_of.items():
-        await adopt_interrupted(ctx, key, stores.tgt, folder_id)
         pending = [
             r
-            for r in ctx.journal.mapped_items(key, folder_id=folder_id, status="pending")
+            for r in waiting.get(folder_id, [])
             if _of_kind(r, kind)
             and (moving(r) or in_window(r, window, now))  # a moved item's copy exists already
         ]
@@ -739,6 +746,14 @@ async def copy_pending(
         jobs += [Job(r, dest) for r in pending]
     if not await _pipeline(ctx, key, stores, jobs, counts):
         raise schedule.WindowClosed(counts)
+
+
+def _by_folder(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows by source folder, each folder's in the order read."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(str(r["source_folder_id"]), []).append(r)
+    return out
 
 
 async def update_changed(
@@ -1172,7 +1187,13 @@ def _copied(sink: Sink, job: Job, data: Payload, made: Imported, **extra: Any) -
     )
 
 
-async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id: str) -> None:
+async def adopt_interrupted(
+    ctx: Context,
+    key: str,
+    tgt: MailboxStore,
+    folder_id: str,
+    stuck: list[dict[str, Any]] | None = None,
+) -> None:
     """Items marked `importing` by a pass that died: adopt the copy if the import landed.
 
     The copy is recognised by its identity among the target folder's items no row maps yet:
@@ -1180,9 +1201,11 @@ async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id
     without an identity (the source item had none) goes back to pending. A target whose
     import is not atomic (`caps.atomic_import` False) may hold a partial copy: it is
     deleted and the item copied again, or, where an update completes a copy
-    (`caps.completes_on_update`), adopted and completed (`_recover_partial`).
+    (`caps.completes_on_update`), adopted and completed (`_recover_partial`). `stuck`: the
+    folder's `importing` rows, when the caller read them already.
     """
-    stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
+    if stuck is None:
+        stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
     if not stuck:
         return
     taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
