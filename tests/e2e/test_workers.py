@@ -18,10 +18,7 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -36,80 +33,27 @@ from coexist.journal import Journal
 from coexist.journal.schema import utcnow
 from coexist.sandbox import Sandbox
 from coexist.sandbox.model import User
-from coexist.settings import load_project
 from tests import pg
-from tests.cli_env import assert_no_unawaited_coroutine, cli_env
+from tests.cli_env import assert_no_unawaited_coroutine
 from tests.e2e.test_mover_chaos import fingerprints, provisioned_users
+from tests.e2e.workers_scene import DONE_TIMEOUT_S, Workers
 
-REPO = Path(__file__).resolve().parents[2]
 USERS = 68  # seed 7 with 68 users: 31 user mailboxes in the scope group
 BATCH = 30
 MAIL = ((("Inbox",), 2, 1), (("Archive",), 1, 1))  # (folder, older than 90 days, newer)
 MOVER = {"migration.mover": "graph-import-export"}
 WORKERS = ("w1", "w2", "w3")
-# Short heartbeats so a killed worker's jobs come back within seconds (not asserted).
-WORKER_ARGS = ("--concurrency", "2", "--heartbeat", "1", "--stalled-after", "5")
-DONE_TIMEOUT_S = 900.0  # generous: a loaded 2-core machine; only a bound, never asserted
 TEST_TIMEOUT_S = 2400
 
 
-class Farm:
-    """The project, its batch and its worker processes."""
+class Farm(Workers):
+    """The project, its batch (in the sandbox) and its worker processes."""
 
     def __init__(self, sb: Sandbox, project: Path, users: list[dict[str, Any]]) -> None:
-        self.sb, self.project = sb, project
-        self.keys = [str(u["key"]) for u in users]
+        super().__init__(project, [str(u["key"]) for u in users])
+        self.sb = sb
         self.addresses = [str(u["source_address"]) for u in users]
-        self.log = project / "workers.log"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stopped = {"w1", "w2"}  # the workers the test stops itself
-
-    def start(self, name: str) -> None:
-        args = [sys.executable, "-m", "coexist.cli", "worker", "--project", str(self.project)]
-        with self.log.open("ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [*args, *WORKER_ARGS, "--name", name],
-                cwd=REPO,
-                stdout=log,
-                stderr=log,
-                env=cli_env(),
-            )
-
-    def journal(self) -> Journal:
-        return Journal.open(load_project(self.project).journal_url)
-
-    def items(self) -> list[dict[str, Any]]:
-        with self.journal() as j:
-            return [i for k in self.keys if (i := j.get_item("user", k)) is not None]
-
-    def who_runs(self) -> dict[str, str]:
-        with self.journal() as j:
-            return jobs.who_runs(j)
-
-    def finished(self, phase: str) -> int:
-        return sum(
-            1
-            for i in self.items()
-            if i.get("phase") == phase
-            and i.get("state") == "ok"
-            and not (i.get("detail") or {}).get("unfinished")
-        )
-
-    def until(self, what: str, done: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + DONE_TIMEOUT_S
-        while not done():
-            for name, proc in self.procs.items():
-                assert proc.poll() is None or name in self.stopped, (name, self.tail())
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not reached; {self.status()}\n{self.tail()}")
-            time.sleep(0.5)
-
-    def status(self) -> list[tuple[Any, ...]]:
-        rows = commands.status(self.project)["users"]
-        return [(r["user"], r["phase"], r["state"], r["worker"], r["error"]) for r in rows]
-
-    def tail(self) -> str:
-        return self.log.read_text()[-4000:] if self.log.exists() else ""
 
     def seed_mail(self) -> None:
         store, now = self.sb.mail, dt.datetime.now(dt.UTC)
@@ -127,20 +71,6 @@ class Farm:
                     store.insert_message(
                         "source", key, folder.id, msg.as_bytes(), received=received
                     )
-
-    def stop(self) -> dict[str, int]:
-        """SIGTERM every live worker; their exit codes."""
-        codes = {}
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[name] = proc.wait(timeout=60)
-        return codes
 
 
 @pytest.fixture
