@@ -52,8 +52,9 @@ system-deps:
 	$(call install_missing,PATH="$$PATH:/usr/sbin" command -v dovecot >/dev/null 2>&1 && PATH="$$PATH:/usr/sbin" command -v doveadm >/dev/null 2>&1,dovecot-core dovecot-imapd)
 	$(call install_missing,command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1,chromium chromium-driver)
 
+# Two pytest-xdist workers, each with its own session servers (see pyproject's dev extras).
 test: venv lint system-deps
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2
 
 bench: venv
 	$(PY) bench/sandbox_bench.py
@@ -61,6 +62,7 @@ bench: venv
 	$(PY) bench/graph_mover_bench.py
 	$(PY) bench/imap_bench.py
 	$(PY) bench/ews_bench.py
+	$(PY) bench/worker_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -278,6 +278,17 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
         for w in result.get("writes", []):
             out.print(f"[cyan]would[/cyan] {escape(w['text'])}")
         out.print(f"{len(result.get('writes', []))} writes planned; nothing was sent.")
+    if "enqueued" in result:  # [engine] executor = "queue": one job per user
+        when = f" for {result['scheduled_at']}" if result.get("scheduled_at") else ""
+        out.print(
+            f"{result['command']}: {len(result['enqueued'])} users queued{when}"
+            + (
+                f", {len(result['already_queued'])} already queued"
+                if result["already_queued"]
+                else ""
+            )
+            + (f"; jobs ended: {result['jobs']}" if "jobs" in result else "")
+        )
     steps = ", ".join(f"{k} {v}" for k, v in sorted(result.get("steps", {}).items()))
     if result.get("plan"):  # a plan changed nothing
         out.print(f"steps: {steps or 'none'}; would change {result.get('would_change', 0)}")
@@ -578,6 +589,11 @@ def _render_matches(result: dict[str, Any]) -> None:
     help="A trial pass: only recent items ([trial] days) or a few per folder ([trial] items); "
     "later passes do not copy them again.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help='[engine] executor = "queue": follow the users\' jobs until they end.',
+)
 @plan_option
 @json_option
 @handles_errors
@@ -591,6 +607,7 @@ def prestage_cmd(
     until: str | None,
     at: str | None,
     trial: bool,
+    wait: bool,
     plan: bool,
     as_json: bool,
 ) -> None:
@@ -607,6 +624,7 @@ def prestage_cmd(
         trial=trial,
         plan=plan,
         progress=_progress(as_json),
+        wait=wait,
     )
     _render_run(result, as_json)
 
@@ -614,6 +632,11 @@ def prestage_cmd(
 @main.command("cutover")
 @project_option
 @selection_options
+@click.option(
+    "--wait",
+    is_flag=True,
+    help='[engine] executor = "queue": follow the users\' jobs until they end.',
+)
 @plan_option
 @json_option
 @handles_errors
@@ -622,6 +645,7 @@ def cutover_cmd(
     batch: str | None,
     users: str | None,
     all_users: bool,
+    wait: bool,
     plan: bool,
     as_json: bool,
 ) -> None:
@@ -633,6 +657,7 @@ def cutover_cmd(
         all_users=all_users,
         plan=plan,
         progress=_progress(as_json),
+        wait=wait,
     )
     _render_run(result, as_json)
 
@@ -735,12 +760,17 @@ def _render_arrivals(rows: list[dict[str, Any]]) -> None:
 
 @main.command("retry")
 @project_option
+@click.option(
+    "--wait",
+    is_flag=True,
+    help='[engine] executor = "queue": follow the users\' jobs until they end.',
+)
 @plan_option
 @json_option
 @handles_errors
-def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
+def retry_cmd(project: Path, wait: bool, plan: bool, as_json: bool) -> None:
     """Re-run the failed and waiting users' last command."""
-    result = commands.retry(project, plan=plan, progress=_progress(as_json))
+    result = commands.retry(project, plan=plan, progress=_progress(as_json), wait=wait)
     if as_json:
         click.echo(json.dumps(result, default=str))
         return
@@ -748,6 +778,58 @@ def retry_cmd(project: Path, plan: bool, as_json: bool) -> None:
     for name, r in result["results"].items():
         out.print(f"[bold]{name}[/bold]")
         _render_run(r, False)
+
+
+@main.command("worker")
+@project_option
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Users at once.")
+@click.option(
+    "--queues",
+    default=None,
+    help="Only these queues, comma-separated: prestage, cutover (default: both).",
+)
+@click.option("--name", default=None, help="Shown by `coexist status` (default: host:PID).")
+@click.option(
+    "--heartbeat", type=float, default=10.0, show_default=True, help="Seconds between heartbeats."
+)
+@click.option(
+    "--stalled-after",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="A worker silent this many seconds is gone: its jobs are queued again.",
+)
+@click.option(
+    "--stop-grace",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="On SIGTERM, seconds the running users get to end before they are stopped and "
+    "queued again.",
+)
+@handles_errors
+def worker_cmd(
+    project: Path,
+    concurrency: int,
+    queues: str | None,
+    name: str | None,
+    heartbeat: float,
+    stalled_after: float,
+    stop_grace: float,
+) -> None:
+    """Take prestage and cutover jobs from the project's PostgreSQL journal ([engine]
+    executor = "queue"), until SIGTERM."""
+    from coexist import worker  # procrastinate: only for projects that queue
+
+    worker.serve(
+        project,
+        concurrency=concurrency,
+        queues=_users(queues),
+        name=name,
+        heartbeat_s=heartbeat,
+        stalled_after_s=stalled_after,
+        stop_grace_s=stop_grace,
+    )
 
 
 @main.command("status")
@@ -883,6 +965,8 @@ def _why(row: dict[str, Any]) -> str:
     """A status row's error, or what it waits for and when coexist looks again."""
     if row.get("error"):
         return str(row["error"])
+    if row.get("worker"):  # [engine] executor = "queue": the job running or queued for it
+        return str(row["worker"])
     if row.get("state") == "started":  # a prestage / cutover a run left unfinished
         return f"{row['progress']}; continue it: {row['next']}"
     if row.get("state") != "waiting" or not row.get("waiting_for"):
@@ -913,6 +997,37 @@ def batch_import_cmd(project: Path, file: Path, name: str | None, as_json: bool)
         return
     click.echo(f"assigned: {result['assigned']}")
     _render_credentials_import(result)
+
+
+@batch_group.command("set-window")
+@project_option
+@click.argument("batch")
+@click.argument("windows", nargs=-1)
+@click.option("--timezone", default=None, help="IANA time zone (default: [schedule] timezone).")
+@click.option("--clear", is_flag=True, help="Drop the batch's windows: the project's apply.")
+@json_option
+@handles_errors
+def batch_set_window_cmd(
+    project: Path,
+    batch: str,
+    windows: tuple[str, ...],
+    timezone: str | None,
+    clear: bool,
+    as_json: bool,
+) -> None:
+    """Run BATCH's data passes only inside WINDOWS, e.g. "20:00-06:00" or "Mon-Fri
+    19:00-07:00" (several allowed); outside them its passes pause and resume inside."""
+    result = commands.batch_set_window(
+        project, batch, list(windows), timezone=timezone, clear=clear
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"batch {batch}: run window {result['windows']}")
+    if "next_open" in result:
+        state = "open now" if result["open_now"] else f"opens {result['next_open']}"
+        closes = f", closes {result['next_close']}" if result["next_close"] else ""
+        click.echo(f"{state}{closes}")
 
 
 @batch_group.command("export")
@@ -1945,6 +2060,57 @@ def report_cmd(
     if sent:
         out.print(escape(f"report sent to {', '.join(sent['to'])} through {sent['relay']}"))
 
+
+@main.command("notify")
+@project_option
+@click.option("--batch", required=True, help="The batch whose users get the notice.")
+@click.option(
+    "--template",
+    "template",
+    required=True,
+    help="before-migration | after-cutover | outlook-profile | custom (then FILE).",
+)
+@click.argument(
+    "file", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
+@click.option("--date", default=None, help="The cutover date the notice names (ISO 8601).")
+@click.option("--resend", is_flag=True, help="Send again to users who already got it.")
+@plan_option
+@json_option
+@handles_errors
+def notify_cmd(
+    project: Path,
+    batch: str,
+    template: str,
+    file: Path | None,
+    date: str | None,
+    resend: bool,
+    plan: bool,
+    as_json: bool,
+) -> None:
+    """Mail each user of a batch a notice (journaled: a re-run sends no duplicate)."""
+    from coexist import notices
+
+    result = notices.notify(
+        project, batch=batch, template=template, custom=file, date=date, plan=plan, resend=resend
+    )
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        for n in result["notices"]:
+            style = {"failed": "red", "planned": "cyan"}.get(n["status"], "green")
+            out.print(escape(f"{n['status']:8} {n['user']}: {n['detail']}"), style=style)
+            if plan:
+                out.print(escape(f"Subject: {n['subject']}\n{n['text']}"))
+        verb = "would send" if plan else "sent"
+        count = len(result["notices"]) if plan else result["sent"]
+        out.print(escape(f"{verb} {count} notices ({result['already']} sent before)"))
+    if result["failed"]:
+        sys.exit(1)
+
+
+# `credentials request | revoke | serve` (issue 15) live in their own module.
+from coexist import credlink_cli  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coexist import automatch as am
-from coexist import batches, credentials, estimate
+from coexist import batches, credentials, estimate, jobs, statusmail
 from coexist import preflight as pf
 from coexist.cutover.arrivals import Arrivals, count_arrivals
 from coexist.cutover.flow import (
@@ -547,7 +547,10 @@ def _begin(
                 }
             )
             continue
-        set_item(marks, "user", item["key"], last_command=command, unfinished=command)
+        # queued_pass: the pass queued when the end user gave credentials (credlink) runs now.
+        set_item(
+            marks, "user", item["key"], last_command=command, unfinished=command, queued_pass=None
+        )
         todo.append(item)
     if not sess.planning:
         sess.journal.write_batch(marks)
@@ -1041,6 +1044,7 @@ def prestage(
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Convert and license now, wait for the mailboxes, forward them back, then the data pass.
 
@@ -1078,11 +1082,17 @@ def prestage(
         "trial": trial,
     }
 
-    async def body(sess: Session) -> dict[str, Any]:
+    async def project_wide(sess: Session) -> tuple[list[dict[str, Any]], str | None]:
+        """What spans the selected users: who they are, and the licence seats they need."""
         items = _selected(
             sess, batch=batch, users=users, phase_at_least_=_provisioned(sess), what="prestage"
         )
         items = _with_credentials(sess, items)
+        sku_id = await _prestage_licence(sess, items) if _swaps_recipients(sess) else None
+        return items, sku_id
+
+    async def body(sess: Session) -> dict[str, Any]:
+        items, sku_id = await project_wide(sess)
         pass_of = (
             trial_window(sess.project)
             if trial
@@ -1095,7 +1105,6 @@ def prestage(
                 "until": end.isoformat() if end else None,
             }
         )
-        sku_id = await _prestage_licence(sess, items) if _swaps_recipients(sess) else None
         todo, resume_after = _begin(sess, items, "prestage")
         limit = sess.project.engine.concurrency_per_tenant
         at_reached = False  # --at: the passes start at that time, once
@@ -1126,13 +1135,48 @@ def prestage(
             # as its own previous step is done (a killed run keeps every user's progress).
             await sess.runner.run_pipelines([[ready[i["key"]], data_pass(i)] for i in batch], limit)
 
+        await statusmail.started(sess, "prestage", batch, todo)
         with estimate.watch(sess, todo, "trial" if trial else "prestage") as watch:
             await _settle(sess, todo, one_round)
-        return _result(sess, users=len(items), estimate=watch.result)
+        result = _result(sess, users=len(items), estimate=watch.result)
+        return await statusmail.ended(sess, "prestage", batch, todo, result)
 
-    return _in_session(
-        directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    async def chosen(sess: Session) -> list[dict[str, Any]]:
+        """The queue's project-wide part: as `project_wide`, but the seats of users whose
+        prestage jobs are queued or running (not licensed yet, most) are spoken for."""
+        items = _selected(
+            sess, batch=batch, users=users, phase_at_least_=_provisioned(sess), what="prestage"
+        )
+        items = _with_credentials(sess, items)
+        if _swaps_recipients(sess):
+            mine = {i["key"] for i in items}
+            queued = [
+                i
+                for k in jobs.queued_users(sess.journal, "prestage")
+                if k not in mine and (i := sess.journal.get_item("user", k)) is not None
+            ]
+            await _prestage_licence(sess, items + queued)
+        return items
+
+    request = jobs.Request(
+        "prestage",
+        directory,
+        args,
+        # What each user's job runs with (--at schedules the jobs instead).
+        options={"older_than": older_than, "since": since, "until": until, "trial": trial},
+        select=chosen,
+        inline=lambda: _in_session(
+            directory, "prestage", args, plan=plan, retry=retry, on_outcome=progress, body=body
+        ),
+        at=when,
+        wait=wait,
     )
+    return jobs.dispatch(request, executor=_executor(directory), plan=plan)
+
+
+def _executor(directory: Path | None) -> str:
+    """`[engine] executor` of the project (read before the command's session)."""
+    return load_project(project_dir(directory)).engine.executor
 
 
 async def _prestage_licence(sess: Session, items: list[dict[str, Any]]) -> str | None:
@@ -1201,15 +1245,13 @@ def _prestage_plan(sess: Session, item: dict[str, Any], sku_id: str | None) -> I
 
 
 def _with_credentials(sess: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The users but those waiting for credentials (a user file gave no password), which
-    are listed as skipped with the command that gives them, where a side signs users in
-    with credentials of their own (IMAP)."""
-    if all(side.imap is None for side in (sess.ctx.source, sess.ctx.target)):
-        return items
+    """The users but those waiting for credentials (a user file gave no password, or an
+    end user has not yet answered a credential link), which are listed as skipped with the
+    command that gives them."""
     out = []
     for item in items:
         waits = str((item.get("detail") or {}).get("waiting_for") or "")
-        if item.get("state") == "waiting" and waits.startswith(credentials.WAITING_FOR):
+        if item.get("state") == "waiting" and waits.startswith(credentials.CREDENTIAL_WAITS):
             address = item.get("source_address")
             sess.skipped.append(
                 {
@@ -1271,6 +1313,7 @@ def cutover(
     plan: bool = False,
     retry: RetryPolicy | None = None,
     progress: Progress | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """The final delta pass, then the post-migration mode (forward / leave / rename).
 
@@ -1281,11 +1324,14 @@ def cutover(
     users = check_selection("cutover", batch, users, all_users)
     args = {"batch": str(batch) if batch else None, "users": users, "all": all_users}
 
-    async def body(sess: Session) -> dict[str, Any]:
+    async def chosen(sess: Session) -> list[dict[str, Any]]:
         items = _selected(
             sess, batch=batch, users=users, phase_at_least_=Phase.PRESTAGED, what="cutover"
         )
-        items = _with_credentials(sess, items)
+        return _with_credentials(sess, items)
+
+    async def body(sess: Session) -> dict[str, Any]:
+        items = await chosen(sess)
         todo, resume_after = _begin(sess, items, "cutover")
         limit = sess.project.engine.concurrency_per_tenant
         routing_domain = await _initial_domain(sess) if _swaps_recipients(sess) else ""
@@ -1320,6 +1366,7 @@ def cutover(
         async def one_round(batch: list[dict[str, Any]]) -> None:
             await sess.runner.run_pipelines([pipeline(i) for i in batch], limit)
 
+        await statusmail.started(sess, "cutover", batch, todo)
         with estimate.watch(sess, todo, "cutover") as watch:
             await _settle(sess, todo, one_round)
         mode = "mx-change"
@@ -1327,11 +1374,21 @@ def cutover(
             mode = sess.project.cutover.mode
         elif _forwards_via_contact(sess):
             mode = "forward-on-source (forwarding objects)"
-        return _result(sess, users=len(items), mode=mode, estimate=watch.result)
+        result = _result(sess, users=len(items), mode=mode, estimate=watch.result)
+        return await statusmail.ended(sess, "cutover", batch, todo, result)
 
-    return _in_session(
-        directory, "cutover", args, plan=plan, retry=retry, on_outcome=progress, body=body
+    request = jobs.Request(
+        "cutover",
+        directory,
+        args,
+        options={},
+        select=chosen,
+        inline=lambda: _in_session(
+            directory, "cutover", args, plan=plan, retry=retry, on_outcome=progress, body=body
+        ),
+        wait=wait,
     )
+    return jobs.dispatch(request, executor=_executor(directory), plan=plan)
 
 
 async def _initial_domain(sess: Session) -> str:
@@ -1547,6 +1604,7 @@ def retry(
     plan: bool = False,
     retry_policy: RetryPolicy | None = None,
     progress: Progress | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Re-run the failed (and waiting) users' last command for just those users, and
     continue every prestage or cutover a killed run left unfinished.
@@ -1559,8 +1617,18 @@ def retry(
     try:
         todo: dict[str, list[str]] = {}
         for item in journal.items(kind="user"):
-            cmd = unfinished(item) or (item.get("detail") or {}).get("last_command")
-            if unfinished(item) is None and item.get("state") not in ("failed", "waiting"):
+            # A pass queued when the user's end user gave credentials (coexist.credlink).
+            queued = (item.get("detail") or {}).get("queued_pass")
+            cmd = unfinished(item) or queued or (item.get("detail") or {}).get("last_command")
+            if (
+                unfinished(item) is None
+                and not queued
+                and item.get("state")
+                not in (
+                    "failed",
+                    "waiting",
+                )
+            ):
                 continue
             if cmd in RETRYABLE:
                 todo.setdefault(cmd, []).append(item["key"])
@@ -1574,7 +1642,9 @@ def retry(
         if cmd in todo:
             # A rollback that failed part-way was confirmed when it started (its users are
             # marked only past the --yes gate): retry finishes it rather than asking again.
-            extra = {"yes": True} if cmd == "rollback" else {}
+            extra: dict[str, Any] = {"yes": True} if cmd == "rollback" else {}
+            if cmd in jobs.PRIORITY:  # the commands a queue runs per user: --wait for them
+                extra["wait"] = wait
             results[cmd] = RETRYABLE[cmd](
                 directory,
                 users=todo[cmd],
@@ -1619,6 +1689,7 @@ def status(
         failed_steps = {s["item_key"]: s for s in journal.steps(status="failed")}
         passes = passes_by_user(journal)
         mover = project.migration.mover  # now, not when the passes ran
+        running = jobs.who_runs(journal)  # users a worker's job holds or has queued
         last_ok: dict[str, int] = {}  # per command, read once
         rows = []
         for i in items:
@@ -1643,6 +1714,7 @@ def status(
                     "error": err.get("error_message") if err else None,
                     "next": err.get("next_step") if err else None,
                     "in_scope": detail.get("in_scope", True),
+                    "worker": running.get(str(i["key"])),
                 }
             )
             if user:  # one user: the last reconciliation of source and target folders too
@@ -1766,6 +1838,28 @@ def batch_import(
     journal = open_journal(project)
     try:
         return credentials.import_batch(project, journal, file, name=name, env=env)
+    finally:
+        journal.close()
+
+
+def batch_set_window(
+    directory: Path | None,
+    batch: str,
+    windows: list[str],
+    *,
+    timezone: str | None = None,
+    clear: bool = False,
+) -> dict[str, Any]:
+    """Give a batch its own run windows, or `clear` them (`coexist.schedule`)."""
+    from coexist import schedule
+
+    _blank_arg("BATCH", batch)
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        return schedule.set_batch_windows(
+            project, journal, batch, windows, timezone=timezone, clear=clear
+        )
     finally:
         journal.close()
 

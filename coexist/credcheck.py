@@ -33,11 +33,12 @@ from urllib.parse import quote
 
 from coexist.commands import check_selection, pick_users
 from coexist.credentials import WAITING_FOR
-from coexist.engine.context import ews_admin, ews_endpoint, oauth_credentials
+from coexist.engine.context import EWS_SIGN_INS, ews_endpoint, oauth_credentials
 from coexist.engine.runner import set_item
 from coexist.errors import (
     AuthenticationError,
     CoexistError,
+    InputError,
     NotFound,
     NotReady,
     TLSError,
@@ -231,8 +232,9 @@ class ImapChecker:
 
 
 class EwsChecker:
-    """Opens users' mailboxes on one EWS server with the side's admin, as a pass does
-    (delegation or impersonation), and reads each Inbox."""
+    """Opens users' mailboxes on one EWS server as a pass does: with the side's admin
+    (delegation or impersonation), or each with its user's own login from the vault (access
+    "own"), and reads each Inbox."""
 
     def __init__(self, project: Project, side: str, env: Mapping[str, str] | None) -> None:
         self.side = side
@@ -244,7 +246,7 @@ class EwsChecker:
         self.missing: SideResult | None = None
         self.server_failure: SideResult | None = None
         try:
-            admin = ews_admin(project, side, env)
+            sign_in = EWS_SIGN_INS[project.tenant(side).ews.access](project, side, env)
         except CoexistError as exc:
             self.missing = SideResult(
                 self.kind, NO_CREDENTIALS, str(project.tenant(side).ews.admin), exc.message,
@@ -252,11 +254,13 @@ class EwsChecker:
             )  # fmt: skip
             return
         settings = project.tenant(side).ews
+        self.per_user = sign_in.logins is not None  # one user's failure is that user's
         self.server = EwsServer(
             ews_endpoint(settings, side, self.kind),
-            admin,
+            sign_in.admin,
             EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
             retry=retry_policy(project),
+            logins=sign_in.logins,
         )
 
     async def check(self, item: Mapping[str, Any]) -> SideResult:
@@ -269,9 +273,12 @@ class EwsChecker:
         try:
             async with self.server.mailbox(address) as mailbox:
                 await mailbox.probe()
+        except InputError as exc:  # access "own": the vault has no password for this user
+            return SideResult(self.kind, NO_CREDENTIALS, address, exc.message, exc.next_step)
         except CoexistError as exc:
             result = failed(self.kind, address, exc)
-            if result.result in SERVER_RESULTS or result.result == WRONG_PASSWORD:
+            admins = result.result == WRONG_PASSWORD and not self.per_user
+            if result.result in SERVER_RESULTS or admins:
                 # The admin's login or the endpoint: every user of this side would fail alike.
                 self.server_failure = result
             return result

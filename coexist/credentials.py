@@ -33,6 +33,7 @@ from coexist.runtime import open_journal, project_dir
 from coexist.settings import Project, load_project
 from coexist.tenants.oauth import CLIENT_CREDENTIALS, GRANTS, M365_IMAP_SCOPE, OAuthApp
 from coexist.vault import (
+    LINK_KEY_ENTRY,
     MASTER_ENTRY,
     OAUTH_APP_ENTRY,
     SIDES,
@@ -44,6 +45,10 @@ from coexist.vault import (
 
 # What a user waiting for credentials waits for (status shows it); the prefix finds them.
 WAITING_FOR = "credentials"
+# ... and a user whose end user was mailed a link for them (`coexist.credlink`): status
+# reads "waiting | end user: ... link sent ...". Both are waits for credentials.
+WAITING_FOR_END_USER = "end user"
+CREDENTIAL_WAITS = (WAITING_FOR, WAITING_FOR_END_USER)
 
 
 def users_come_from_file(project: Project) -> bool:
@@ -192,7 +197,7 @@ def _set_waiting(
     detail = item.get("detail") or {}
     was_waiting = item.get("state") == "waiting" and str(
         detail.get("waiting_for") or ""
-    ).startswith(WAITING_FOR)
+    ).startswith(CREDENTIAL_WAITS)
     if lacking and item.get("phase") in (None, Phase.DISCOVERED.value):
         if item.get("state") in (None, "ok") or was_waiting:
             sides = " and ".join(lacking)
@@ -463,7 +468,7 @@ def _waiting_sides(item: Mapping[str, Any]) -> list[str]:
     """The sides a user waiting for credentials waits for (from its waiting text)."""
     detail = item.get("detail") or {}
     text = str(detail.get("waiting_for") or "")
-    if item.get("state") != "waiting" or not text.startswith(WAITING_FOR):
+    if item.get("state") != "waiting" or not text.startswith(CREDENTIAL_WAITS):
         return []
     head = text.split("(", 1)[0]
     return [s for s in SIDES if s in head]
@@ -480,6 +485,7 @@ def credentials_list(
         vault = Vault(project.directory, None)
         holdings = Vault.open(project.directory, env=env).holdings() if vault.exists() else {}
         masters = holdings.pop(MASTER_ENTRY, {})
+        holdings.pop(LINK_KEY_ENTRY, None)  # the links' key, no user's
         apps = holdings.pop(OAUTH_APP_ENTRY, {})
         rows = []
         for key, sides in sorted(holdings.items(), key=lambda kv: _address(items, kv[0])):

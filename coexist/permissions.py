@@ -164,6 +164,17 @@ NEEDS["automatch"] = [
     Need("target", "exchange", MANAGE_AS_APP, "--create-missing: see the new mailbox"),
     Need("target", "exchange", EXCHANGE_ROLE, "--create-missing: run Get-Recipient"),
 ]
+# Mail coexist sends to people ([mail] transport = "graph": user-sendmail, application
+# permission Mail.Send, least privileged) from [mail] sender, a mailbox of the [mail]
+# graph_side tenant (target by default). With an SMTP relay no permission is needed.
+NEEDS["notify"] = [
+    Need(
+        "target",
+        "graph",
+        ("Mail.Send",),
+        'send notices and status mail as mail.sender (when mail.transport = "graph")',
+    ),
+]
 NEEDS["rediscover"] = NEEDS["discover"]
 NEEDS["rollback"] = [
     *NEEDS["cutover"],

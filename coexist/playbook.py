@@ -9,7 +9,8 @@ ordered steps, each of one kind:
              mail flow verified, DNS (`coexist.dnscheck`, as check-dns)
 ``manual``   a checklist the operator confirms (`--yes` confirms it, for rehearsals)
 ``notify``   a notice to each user of the batch, or to the operator, rendered from a
-             jinja2 template into the run's output and the journal (sending it is issue 15)
+             jinja2 template into the run's output and the journal, and sent
+             (`notices.send_playbook_notices`: [mail] transport, once per user)
 ``wait``     until a time, or until a check holds, polling at a bounded interval
 
 Every string in a step is a jinja2 template (sandboxed environment, StrictUndefined) over
@@ -763,12 +764,24 @@ def _execute(run: Run, step: PlaybookStep, first_at: str) -> StepOutcome:
         notices = _notices(run, step)
         for n in notices:
             run.say(f"notice to {n['to']}: {n['subject']}\n{n['body']}")
+        from coexist.notices import send_playbook_notices
+
+        sent = send_playbook_notices(
+            run.project, f"playbook-{run.pb.name}-{run.batch}-{step.id}", notices
+        )
+        if sent["not_sent"]:
+            detail = f"{len(notices)} notices rendered, NOT sent: {sent['not_sent']}"
+        else:
+            detail = (
+                f"{sent['sent']} notices sent, {sent['already']} sent before, "
+                f"{len(sent['failed'])} refused"
+            )
         return StepOutcome(
             step.id,
             step.kind,
-            "ok",
-            f"{len(notices)} notices rendered (not sent: issue 15)",
-            {"notices": notices},
+            "failed" if sent["failed"] else "ok",
+            detail,
+            {"notices": notices, "sent": sent["notices"]},
         )
     return _wait(run, step, spec, first_at)
 

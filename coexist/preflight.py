@@ -20,7 +20,13 @@ import requests
 from coexist import autoforward as af
 from coexist.cutover.hosted import kept_copies
 from coexist.discovery.scope import find_scope_group, transitive_user_ids
-from coexist.engine.context import Context, Side, ews_admin, ews_endpoint, powershell_runner
+from coexist.engine.context import (
+    EWS_SIGN_INS,
+    Context,
+    Side,
+    ews_endpoint,
+    powershell_runner,
+)
 from coexist.errors import (
     AuthenticationError,
     CoexistError,
@@ -956,7 +962,7 @@ def concurrency_check(probe: SideProbe, access: str, mailboxes: int, in_flight: 
     return Check(
         name,
         "ok",
-        f"impersonation: {mailboxes} mailboxes at once, each on its own throttling budget, "
+        f"{access}: {mailboxes} mailboxes at once, each on its own throttling budget, "
         f"{in_flight} requests in flight from this process",
     )
 
@@ -976,10 +982,23 @@ async def ews_side_checks(probe: SideProbe) -> list[Check]:
     if out[0].status == "fail":
         return out + tail  # nothing else reaches the server
     try:
-        admin = ews_admin(project, side, probe.env)
+        sign_in = EWS_SIGN_INS[settings.access](project, side, probe.env)
     except CoexistError as exc:
         out.append(Check(f"{side} credentials", "fail", exc.message, exc.next_step or ""))
         return out + tail
+    if sign_in.logins is not None:
+        # access "own": no admin to try; each user's own login is verify-credentials' check.
+        out.append(
+            Check(
+                f"{side} credentials",
+                "ok",
+                'access "own": each user signs in to its own mailbox with its own password',
+                f"coexist verify-credentials --project {project.directory} --batch B (and "
+                "coexist credentials request for users without one)",
+            )
+        )
+        return out + tail
+    admin = sign_in.admin
     sample = _sample(probe, settings.access)
     made_later: list[str] = []
     if kind == "workmail" and tenant.workmail.enabled:

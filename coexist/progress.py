@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,26 @@ class PassAdvanced:
 @dataclass(frozen=True)
 class PassEnded:
     subject: str
-    status: str  # ok | failed | waiting | no-mover | already (finished in an earlier run)
+    # ok | failed | waiting | no-mover | already (finished in an earlier run) | paused
+    status: str
     items: int = 0
     bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PassPaused:
+    """A pass waits for its run window (`coexist.schedule`): `text` says until when."""
+
+    subject: str
+    text: str  # "paused until 2026-12-05 20:00 CET (run window 20:00-06:00 Europe/Berlin, ...)"
+    until: datetime
+
+
+@dataclass(frozen=True)
+class PassResumed:
+    """A paused pass's window opened: it goes on."""
+
+    subject: str
 
 
 @dataclass(frozen=True)
@@ -81,7 +99,16 @@ class PassesOver:
     summary_text: str
 
 
-PassEvent = PassesPlanned | PassStarted | PassSized | PassAdvanced | PassEnded | PassesOver
+PassEvent = (
+    PassesPlanned
+    | PassStarted
+    | PassSized
+    | PassAdvanced
+    | PassEnded
+    | PassPaused
+    | PassResumed
+    | PassesOver
+)
 Listener = Callable[[PassEvent], None]
 
 _LISTENER: ContextVar[Listener | None] = ContextVar("coexist_pass_listener", default=None)
@@ -111,7 +138,13 @@ def listening(listener: Listener | None) -> Iterator[None]:
 
 WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
 # How a pass's end status counts: a pass that waits on Microsoft 365 is waiting again.
-_END_STATE = {"ok": DONE, "already": DONE, "no-mover": DONE, "waiting": WAITING}
+_END_STATE = {
+    "ok": DONE,
+    "already": DONE,
+    "no-mover": DONE,
+    "waiting": WAITING,
+    "paused": WAITING,  # its run window closed: it runs again when the window opens
+}
 
 
 @dataclass
@@ -196,6 +229,10 @@ class PassProgress:
             box.state = _END_STATE.get(event.status, FAILED)
             box.items, box.bytes = max(box.items, event.items), max(box.bytes, event.bytes)
             box.ended = now
+        elif isinstance(event, PassPaused) and event.subject:
+            self._box(event.subject).state = WAITING  # outside its run window
+        elif isinstance(event, PassResumed) and event.subject:
+            self._box(event.subject).state = RUNNING
         elif isinstance(event, PassesOver):
             self.over, self.summary_text = True, event.summary_text
         if self.began is None:

@@ -25,6 +25,7 @@ from coexist.progress import (
     PassesOver,
     PassesPlanned,
     PassEvent,
+    PassPaused,
     PassProgress,
     PassStarted,
 )
@@ -69,6 +70,12 @@ class PassView:
                 self._line(self.model.line())
                 self._line(event.summary_text)
             self._started = False
+            return
+        if isinstance(event, PassPaused):
+            # Said at once, live display or not: a pass that waits hours must say why.
+            label = self.model.mailboxes.get(event.subject)
+            who = f"{label.label}: " if label is not None and label.label else ""
+            self._line(f"{who}{event.text}")
             return
         if isinstance(event, PassStarted | PassAdvanced) and not self._started:
             # The estimate just before the first pass starts: a retry round whose users

@@ -22,20 +22,15 @@ import datetime as dt
 import io
 import json
 import math
-import os
-import smtplib
-import ssl
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from coexist import commands
-from coexist.errors import InputError, RemoteError
+from coexist import commands, mailer
 from coexist.files import write_failed, write_private
 from coexist.migrate.summary import human_bytes
 from coexist.runtime import open_journal, project_dir
@@ -460,79 +455,23 @@ def text_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 # -- e-mail ------------------------------------------------------------------------------
-# The relay, from the environment only (a password never sits in project.toml).
-SMTP_ENV = {
-    "host": "COEXIST_SMTP_HOST",
-    "port": "COEXIST_SMTP_PORT",
-    "security": "COEXIST_SMTP_SECURITY",  # starttls (default) | tls (implicit, port 465)
-    "user": "COEXIST_SMTP_USER",
-    "password": "COEXIST_SMTP_PASSWORD",
-    "sender": "COEXIST_SMTP_FROM",
-    "ca_file": "COEXIST_SMTP_CA_FILE",  # extra CA bundle; verification itself is always on
-}
-SECURITY = ("starttls", "tls")
-
-
-def smtp_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The relay's settings from the environment, checked before anything is sent."""
-    env = os.environ if env is None else env
-    got = {k: env.get(v, "").strip() or None for k, v in SMTP_ENV.items()}
-    if got["password"] is not None:
-        got["password"] = env[SMTP_ENV["password"]]  # as given: spaces may be part of it
-    if not got["host"]:
-        raise InputError(
-            f"--email needs an SMTP relay: {SMTP_ENV['host']} is not set",
-            next_step=f"export {SMTP_ENV['host']}=smtp.example.com "
-            f"{SMTP_ENV['sender']}=coexist@example.com",
-        )
-    security = (got["security"] or "starttls").lower()
-    if security not in SECURITY:
-        raise InputError(
-            f"{SMTP_ENV['security']}={got['security']!r}: expected one of {', '.join(SECURITY)}",
-            next_step=f"export {SMTP_ENV['security']}=starttls",
-        )
-    try:
-        port = int(got["port"] or (465 if security == "tls" else 587))
-    except ValueError:
-        raise InputError(
-            f"{SMTP_ENV['port']}={got['port']!r} is not a port number",
-            next_step=f"export {SMTP_ENV['port']}=587",
-        ) from None
-    if not got["sender"]:
-        raise InputError(
-            f"--email needs a sender address: {SMTP_ENV['sender']} is not set",
-            next_step=f"export {SMTP_ENV['sender']}=coexist@example.com",
-        )
-    if bool(got["user"]) != bool(got["password"]):
-        missing = SMTP_ENV["password"] if got["user"] else SMTP_ENV["user"]
-        raise InputError(
-            f"SMTP login needs both {SMTP_ENV['user']} and {SMTP_ENV['password']}: "
-            f"{missing} is not set",
-            next_step=f"export {missing}=...",
-        )
-    if got["ca_file"] and not Path(got["ca_file"]).is_file():
-        raise InputError(
-            f"{SMTP_ENV['ca_file']}: no file {got['ca_file']}",
-            next_step=f"export {SMTP_ENV['ca_file']}=/path/to/ca.pem  (or unset it)",
-        )
-    return {**got, "security": security, "port": port}
+# The relay and its settings are the mailer's (coexist/mailer.py); the report is sent through
+# the SMTP relay from the environment (a password never sits in project.toml).
+smtp_settings = mailer.smtp_settings
 
 
 def message(report: Mapping[str, Any], to: list[str], sender: str) -> EmailMessage:
     """The report as mail: a text summary, the HTML report as the HTML part, and the HTML
     and CSV reports attached (a mail client may strip inline SVG; the file keeps it)."""
-    msg = EmailMessage()
     scope = f" batch {report['batch']}" if report["batch"] else ""
     t = report["totals"]
-    msg["Subject"] = (
+    msg = mailer.new_message(
+        sender,
+        to,
         f"coexist report: {report['project']}{scope}: {t['users']} users, "
-        f"{t['items']:,} items, {human_bytes(t['bytes'])}"
+        f"{t['items']:,} items, {human_bytes(t['bytes'])}",
+        "\n".join(text_lines(report)) + "\n",
     )
-    msg["From"] = sender
-    msg["To"] = ", ".join(to)
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
-    msg.set_content("\n".join(text_lines(report)) + "\n")
     html = to_html(report)
     msg.add_alternative(html, subtype="html")
     stem = f"coexist-report-{report['project']}" + (
@@ -548,51 +487,17 @@ def message(report: Mapping[str, Any], to: list[str], sender: str) -> EmailMessa
 def send(
     report: Mapping[str, Any], to: list[str], env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """Send the report through the relay (`smtp_settings`); TLS is verified against the
-    system's CAs (and COEXIST_SMTP_CA_FILE's). Returns what was sent, never the password."""
-    cfg = smtp_settings(env)
-    msg = message(report, to, cfg["sender"])
-    context = ssl.create_default_context(cafile=cfg["ca_file"])
-    where = f"{cfg['host']}:{cfg['port']}"
-    try:
-        if cfg["security"] == "tls":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                cfg["host"], cfg["port"], context=context, timeout=60
-            )
-        else:
-            client = smtplib.SMTP(cfg["host"], cfg["port"], timeout=60)
-        with client:
-            if cfg["security"] == "starttls":
-                client.starttls(context=context)
-            if cfg["user"]:
-                client.login(cfg["user"], cfg["password"])
-            refused = client.send_message(msg)
-    except smtplib.SMTPAuthenticationError as exc:
-        raise RemoteError(
-            f"SMTP relay {where} refused the login of {cfg['user']}: {exc.smtp_code} "
-            f"{_said(exc.smtp_error)}",
-            service="smtp",
-            code=str(exc.smtp_code),
-            next_step=f"check {SMTP_ENV['user']} and {SMTP_ENV['password']}",
-        ) from None
-    except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
-        raise RemoteError(
-            f"SMTP relay {where}: {type(exc).__name__}: {exc}",
-            service="smtp",
-            next_step=f"check {SMTP_ENV['host']}, {SMTP_ENV['port']}, {SMTP_ENV['security']} "
-            f"and {SMTP_ENV['ca_file']}",
-        ) from None
+    """Send the report through the relay (`mailer.smtp_settings`); TLS is verified against
+    the system's CAs (and COEXIST_SMTP_CA_FILE's). Returns what was sent, never the password."""
+    relay = mailer.SmtpRelay(mailer.smtp_settings(env))
+    sent = relay.send_now(message(report, to, relay.sender))
     return {
-        "to": [a for a in to if a not in refused],
-        "refused": sorted(refused),
-        "relay": where,
-        "security": cfg["security"],
-        "subject": msg["Subject"],
+        "to": sent.to,
+        "refused": sent.refused,
+        "relay": f"{relay.cfg['host']}:{relay.cfg['port']}",
+        "security": relay.cfg["security"],
+        "subject": sent.subject,
     }
-
-
-def _said(raw: bytes | str) -> str:
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 def write_html(report: Mapping[str, Any], path: Path) -> Path:

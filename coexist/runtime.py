@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coexist import progress
+from coexist import jobs, progress
 from coexist.engine.context import (
     Context,
     SideOptions,
@@ -27,7 +27,7 @@ from coexist.engine.context import (
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
 from coexist.journal import Journal
-from coexist.journal.claims import PROJECT, Writer
+from coexist.journal.claims import PROJECT, Writer, user_scope
 from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
 from coexist.tenants.mailbox_governor import MailboxLimits
@@ -115,6 +115,21 @@ def project_writer(journal: Journal, command: str) -> Writer:
     return Writer.open(journal.engine, command, {PROJECT: "the whole project"})
 
 
+def _writer(journal: Journal, command: str, claim: Mapping[str, str] | None = None) -> Writer:
+    """The project's claim, or inside a worker's job only its user's (`coexist.jobs`): the
+    enqueuing command made the project-wide decisions under the project claim. Holding the
+    user also pins the mailbox to this worker for its pass, so its Outlook budget
+    (`MailboxLimits`, per app per mailbox) is paced by one governor, never two."""
+    job = jobs.current()
+    if claim is not None:  # a command that says what it claims (coexist.worker.enqueue)
+        return Writer.open(journal.engine, command, claim)
+    if job is None:
+        return project_writer(journal, command)
+    return Writer.open(
+        journal.engine, f"{command} on {job.worker}", {user_scope(job.key): job.label}
+    )
+
+
 @asynccontextmanager
 async def session(
     directory: Path | str | None,
@@ -125,8 +140,10 @@ async def session(
     retry: RetryPolicy | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
     env: dict[str, str] | None = None,
+    claim: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Session]:
-    """One command: its project and journal, the project's claim when it writes, its run."""
+    """One command: its project and journal, the project's claim when it writes (or `claim`),
+    its run."""
     project = load_project(project_dir(directory), env=env)
     # A command a side's kind cannot serve is refused before the journal or any endpoint.
     kinds = {side: project.tenant(side).kind for side in ("source", "target")}
@@ -137,7 +154,12 @@ async def session(
     try:
         if not plan and command not in READ_ONLY_SESSIONS:
             # Before the run is recorded: a refused command leaves the journal as it was.
-            writer = project_writer(journal, command)
+            writer = _writer(journal, command, claim)
+        job = jobs.current()
+        if job is not None:
+            job.attach()  # a worker stopping cancels this command (coexist.worker)
+            # The run says which worker and job made it (who held the user, when).
+            args = {**args, "worker": job.worker, "job": job.job_id}
         async with _journaled_run(
             project, journal, writer, command, args, plan, retry, on_outcome, env
         ) as sess:

@@ -110,6 +110,21 @@ SECTIONS: dict[str, str] = {
     "engine": "How coexist runs steps: concurrency and retries.",
     "verify": "`coexist verify-mailflow`: probe messages that show where mail lands.",
     "dns": "`coexist check-dns`: the DNS records a cutover switches (MX, autodiscover, SPF).",
+    "mail": (
+        "Mail coexist sends to people (reports, notices, credential requests, status mail): "
+        "through an SMTP relay (COEXIST_SMTP_* environment variables) or Graph sendMail as a "
+        "service mailbox."
+    ),
+    "credential_link": (
+        "`coexist credentials request` / `serve`: end users give their source credentials "
+        "through a one-time link to an HTTPS page."
+    ),
+    "schedule": (
+        "Run windows: when data passes may move data (CodeTwo's scheduler). A pass outside "
+        "its windows waits for the next one; one whose window closes stops after the items "
+        "in flight and goes on when it opens again. A batch can have its own windows: "
+        'coexist batch set-window BATCH "20:00-06:00".'
+    ),
     # Kind tables last: between [source] and [target], a [source.imap] would take in what
     # is added at the end of [source] by hand.
     "source.imap": (
@@ -388,8 +403,10 @@ def _ews_settings(side: str) -> list[Setting]:
             "delegation: the admin has FullAccess on each mailbox (Add-MailboxPermission); "
             "Exchange throttles the admin's one budget, so few mailboxes go at once. "
             "impersonation: the admin holds ApplicationImpersonation "
-            "(New-ManagementRoleAssignment); each mailbox has its own budget.",
-            choices=("delegation", "impersonation"),
+            "(New-ManagementRoleAssignment); each mailbox has its own budget. "
+            "own (source): no admin; each user's own login and password (coexist credentials "
+            "request mails a link for them) opens only that user's mailbox.",
+            choices=("delegation", "impersonation", "own"),
         ),
         Setting(
             f"{side}.ews.admin",
@@ -839,6 +856,122 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
     ),
     Setting(
+        "mail.transport",
+        "str",
+        "smtp",
+        "smtp: an SMTP relay whose host, port, security, login and password come from the "
+        "environment (COEXIST_SMTP_HOST, _PORT, _SECURITY starttls|tls, _USER, _PASSWORD, "
+        "_FROM, _CA_FILE), never from this file. graph: Graph sendMail as [mail] sender; the "
+        "app of that tenant needs the application permission Mail.Send (limit it to the "
+        "sender with an application access policy or RBAC for Applications).",
+        choices=("smtp", "graph"),
+    ),
+    Setting(
+        "mail.sender",
+        "str",
+        "",
+        "The From address. graph: the service mailbox mail is sent as (default "
+        "[verify] service_mailbox). smtp: used when COEXIST_SMTP_FROM is not set.",
+    ),
+    Setting(
+        "mail.graph_side",
+        "str",
+        "target",
+        "graph: which tenant's Graph sends (the tenant that holds [mail] sender).",
+        choices=("target", "source"),
+    ),
+    # -- issue 15: end users give their source credentials through a link (coexist.credlink)
+    Setting(
+        "credential_link.expiry",
+        "duration",
+        "7d",
+        "How long a link mailed by `coexist credentials request` stays valid.",
+    ),
+    Setting(
+        "credential_link.attempts",
+        "int",
+        5,
+        "Wrong logins a link takes; then it locks and the operator is told (a journal warning "
+        "and the user's status line).",
+        minimum=1,
+    ),
+    Setting(
+        "credential_link.operator",
+        "str",
+        "",
+        "Who moves the mailboxes, as the page and the mail say it (default: the project's name).",
+    ),
+    Setting(
+        "credential_link.url",
+        "str",
+        "",
+        "The page's public address as users reach it (https://migrate.example.com); blank: "
+        "https://host:port of the settings below.",
+    ),
+    Setting("credential_link.host", "str", "127.0.0.1", "Where `credentials serve` listens."),
+    Setting("credential_link.port", "int", 8443, "The port `credentials serve` listens on."),
+    Setting(
+        "credential_link.cert_file",
+        "path",
+        "",
+        "The page's TLS certificate chain (PEM); `credentials serve --cert` overrides it.",
+    ),
+    Setting(
+        "credential_link.key_file",
+        "path",
+        "",
+        "The certificate's private key (PEM); `credentials serve --key` overrides it.",
+    ),
+    Setting(
+        "credential_link.templates",
+        "path",
+        "",
+        "A directory of jinja2 templates that replace coexist's own (page.html.j2, "
+        "request.txt.j2, request-subject.txt.j2) to brand or translate the page and mail.",
+    ),
+    Setting(
+        "credential_link.requests_per_minute",
+        "int",
+        20,
+        "Requests one link, and one client address, may make a minute; a burst beyond it "
+        "is answered 429.",
+        minimum=1,
+    ),
+    Setting(
+        "mail.operators",
+        "list",
+        [],
+        "Who gets status mail (addresses): [mail] status says when. Issue 15.",
+    ),
+    Setting(
+        "mail.status",
+        "str",
+        "none",
+        "Status mail to [mail] operators for each data pass of prestage, cutover and retry "
+        "(the counts, the report attached): none, end (when the pass ends) or start-end. A "
+        "send that fails is warned about and journaled; it never fails the pass.",
+        choices=("none", "end", "start-end"),
+    ),
+    Setting(
+        "mail.templates",
+        "path",
+        "",
+        "A directory of your own notice templates (`coexist notify --template NAME` looks "
+        "for NAME.txt.j2 and NAME.html.j2 there first, then in the shipped "
+        "playbooks/templates/). Relative to the project directory or absolute.",
+    ),
+    Setting(
+        "engine.executor",
+        "str",
+        "inline",
+        "Where prestage and cutover run their users. inline: in the command itself. queue: "
+        "the command makes the project-wide decisions (selection, licence seats) and puts one "
+        "job per user in a queue in the project's PostgreSQL journal, which `coexist worker` "
+        "processes on any number of machines take (issue 16); it needs a PostgreSQL "
+        "[project] journal.",
+        choices=("inline", "queue"),
+    ),
+    Setting(
         "verify.service_mailbox",
         "str",
         "",
@@ -887,6 +1020,24 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "A domain the SPF record must include:. Blank = the target kind's vendor value; for "
         "hosted Exchange or IMAP: not checked.",
+    ),
+    # Run windows (coexist/schedule.py).
+    Setting(
+        "schedule.windows",
+        "list",
+        [],
+        'When data passes run, e.g. ["20:00-06:00"] or ["Mon-Fri 19:00-07:00", "Sat,Sun '
+        '00:00-24:00"] ([DAYS ]HH:MM-HH:MM, in `timezone`; a window past midnight closes the '
+        "next day; DAYS name the day it opens). [] = always.",
+        format="windows",
+    ),
+    Setting(
+        "schedule.timezone",
+        "str",
+        "UTC",
+        'The time zone of the windows, an IANA name ("Europe/Berlin"): wall-clock times, '
+        "daylight saving time included.",
+        format="timezone",
     ),
 )
 
@@ -1038,6 +1189,20 @@ def _check_sku(value: str) -> str:
     return value
 
 
+def _check_windows(value: str) -> str:
+    from coexist.schedule import parse_window
+
+    parse_window(value)
+    return value
+
+
+def _check_timezone(value: str) -> str:
+    from coexist.schedule import parse_timezone
+
+    parse_timezone(value)
+    return value
+
+
 def _check_prefix(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
         raise ValueError(f"may contain only letters, digits, '-', '_' and '.', got {value!r}")
@@ -1056,6 +1221,8 @@ _FORMATS = {
     "sku": _check_sku,
     "prefix": _check_prefix,
     "host": _check_host,
+    "windows": _check_windows,
+    "timezone": _check_timezone,
 }
 
 
@@ -1115,6 +1282,12 @@ def convert(s: Setting, raw: Any, directory: Path) -> Any:
     if s.type == "bool":
         return raw
     if s.type == "list":
+        if s.format:  # each entry checked (run windows)
+            for entry in raw:
+                try:
+                    _FORMATS[s.format](entry)
+                except ValueError as exc:
+                    raise _Invalid(str(exc)) from None
         return tuple(raw)
     if s.type == "duration":
         try:
@@ -1437,11 +1610,42 @@ class Engine(_Section):
     wait_in_command_s: int
     waiting_max_s: int
     outlook_time_scale: int
+    executor: str
 
 
 @dataclass(frozen=True, repr=False)
 class Verify(_Section):
     service_mailbox: str | None
+
+
+@dataclass(frozen=True, repr=False)
+class Mail(_Section):
+    transport: str
+    sender: str
+    graph_side: str
+    operators: list[str]
+    status: str
+    templates: Path | None
+
+
+@dataclass(frozen=True, repr=False)
+class CredentialLink(_Section):
+    expiry: timedelta
+    attempts: int
+    operator: str
+    url: str
+    host: str
+    port: int
+    cert_file: Path | None
+    key_file: Path | None
+    templates: Path | None
+    requests_per_minute: int
+
+
+@dataclass(frozen=True, repr=False)
+class Schedule(_Section):
+    windows: list[str]
+    timezone: str
 
 
 @dataclass(frozen=True, repr=False)
@@ -1475,6 +1679,9 @@ SECTION_TYPES: dict[str, type[_Section]] = {
     "engine": Engine,
     "verify": Verify,
     "dns": Dns,
+    "mail": Mail,
+    "credential_link": CredentialLink,
+    "schedule": Schedule,
 }
 
 
@@ -1498,6 +1705,9 @@ class Project:
     engine: Engine
     verify: Verify
     dns: Dns
+    mail: Mail
+    credential_link: CredentialLink
+    schedule: Schedule
 
     @property
     def destination_domain(self) -> str:
@@ -1949,7 +2159,8 @@ def _check_required(values: Mapping[str, Any], path: Path) -> None:
                 kind != "workmail" or values[f"{side}.ews.region"] is None
             ):
                 raise _missing(f"{side}.ews.url", path, f' (kind = "{kind}")')
-            if values[f"{side}.ews.admin"] is None:
+            own = values[f"{side}.ews.access"] == "own"  # users sign in themselves
+            if values[f"{side}.ews.admin"] is None and not own:
                 raise _missing(f"{side}.ews.admin", path, f' (kind = "{kind}")')
             continue
         if values[f"{side}.sandbox_connection"] is not None:

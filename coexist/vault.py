@@ -61,6 +61,8 @@ OAUTH_APP_ENTRY = "*oauth-app*"
 # The vault entry of a WorkMail side's AWS access key (login: the key id, secret: the secret
 # access key), read by `engine.context.workmail_admin` before AWS_SECRET_ACCESS_KEY.
 WORKMAIL_ENTRY = "*workmail*"
+# The vault entry of the end-user credential links' HMAC key (`coexist.credlink`).
+LINK_KEY_ENTRY = "*credential-link*"
 _KEY_ID_LABEL = b"coexist credential vault key id"
 NEW_KEY_HINT = f"export {ENV_KEY}=$(coexist credentials new-key)  (keep the key: without it the vault cannot be read)"
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from coexist.sandbox import Sandbox
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment (execnet
+# sets them); rich reads COLUMNS once, when coexist.cli's consoles are made at import, so a
+# test that widens the console with monkeypatch.setenv("COLUMNS") would get 80 columns under
+# xdist and its table rows would wrap. Without them rich reads the width at each call, as in
+# a serial run. Before any coexist import.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
+from coexist.sandbox import Sandbox  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -37,6 +37,8 @@ class Relay:
     password: str
     ca_file: Path
     received: list[Received] = field(default_factory=list)
+    # Recipients the relay answers 550 at RCPT (a mailbox it does not know), lower case.
+    refuse: set[str] = field(default_factory=set)
 
     def env(self, **extra: str) -> dict[str, str]:
         """The COEXIST_SMTP_* variables that point `coexist report --email` at this relay."""
@@ -55,6 +57,14 @@ class Relay:
 class _Inbox:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address.lower() in self.relay.refuse:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""

@@ -570,6 +570,51 @@ def workmail_admin(project: Any, label: str, opts: SideOptions) -> WorkMailAdmin
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class EwsSignIn:
+    """How an EWS side's mailboxes are opened: by its admin (delegation, impersonation), or
+    each by its user's own login (`logins`, access "own"; `admin` then only names it)."""
+
+    admin: AdminLogin
+    logins: Callable[[str], AdminLogin] | None = None
+
+
+def _admin_sign_in(project: Any, label: str, env: Mapping[str, str] | None) -> EwsSignIn:
+    return EwsSignIn(ews_admin(project, label, env))
+
+
+def _own_sign_in(project: Any, label: str, env: Mapping[str, str] | None) -> EwsSignIn:
+    """Each user's own login and password from the vault (by the mailbox's address, the
+    user's journal key for users from a batch file), read when its mailbox is first
+    opened; an InputError naming the commands that give it when the vault has none."""
+    directory = Path(project.directory)
+
+    def login(address: str) -> AdminLogin:
+        cred = None
+        if Vault(directory, None).exists():
+            cred = Vault.open(directory, env=env).get(address.strip().lower(), label)
+        if cred is None:
+            raise InputError(
+                f"no {label} password for {address} in the credential vault ([{label}.ews] "
+                'access = "own": each user signs in to its own mailbox)',
+                user=address,
+                next_step=f"coexist credentials request --project {directory} --users "
+                f"{address} (a link for the user), or coexist credentials set --user {address} "
+                f"--side {label}; then run this command again",
+            )
+        return AdminLogin(cred.login, cred.password)
+
+    return EwsSignIn(AdminLogin(f"each user ({label})", ""), login)
+
+
+# How an EWS side signs in, by `[S.ews] access`.
+EWS_SIGN_INS: dict[str, Callable[[Any, str, Mapping[str, str] | None], EwsSignIn]] = {
+    "delegation": _admin_sign_in,
+    "impersonation": _admin_sign_in,
+    "own": _own_sign_in,
+}
+
+
 @asynccontextmanager
 async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIterator[Side]:
     """An EWS server (Exchange or WorkMail): its admin and the bound of mailboxes open at
@@ -577,14 +622,18 @@ async def open_ews_side(project: Any, label: str, opts: SideOptions) -> AsyncIte
     side with `[S.workmail]` also gets its admin API client (users, permissions)."""
     tenant = project.tenant(label)
     settings = tenant.ews
-    admin = ews_admin(project, label, opts.env)  # EWS and remote PowerShell sign in as it
+    # EWS and remote PowerShell sign in as the admin (access "own": no admin, no shell).
+    sign_in = EWS_SIGN_INS[settings.access](project, label, opts.env)
     server = EwsServer(
         ews_endpoint(settings, label, tenant.kind),
-        admin,
+        sign_in.admin,
         EwsLimits.for_access(settings.access, settings.mailboxes_at_once),
         retry=opts.read_retry,
+        logins=sign_in.logins,
     )
-    shell = powershell_runner(tenant, label, admin, opts.plan)
+    shell = (
+        powershell_runner(tenant, label, sign_in.admin, opts.plan) if not sign_in.logins else None
+    )
     api: WorkMailAdmin | None = None
     missing: CoexistError | None = None
     try:

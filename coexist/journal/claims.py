@@ -7,6 +7,7 @@ and *claims* what it will write, in one journal transaction, before its first wr
 
     ``project``            the whole project: conflicts with every other claim
     ``groups``             the groups `coexist groups` copies
+    ``enqueue``            a queueing command's project-wide decisions (`coexist.worker`)
     ``user:<source id>``   one user (`user_scope`)
 
 No two writers hold one scope, and nobody holds anything while another holds ``project``.
@@ -25,9 +26,12 @@ and assume no other writer: provision reserves target addresses against the reco
 of *its* users (two batches could reserve one address), prestage counts free licence seats
 for its batch, match mode and `confirm` keep one target per user across the project. Each
 of those needs its own short project-wide claim before commands can claim just their users;
-the many `coexist worker` processes of issue 16 will (one claim per mailbox job, checked
-from this table). Nothing here has to change for that: a writer can claim and release
-scopes for as long as it lives.
+the many `coexist worker` processes of issue 16 do: each job claims only its user
+(``user:<source id>``), and the command that queued the jobs made the decisions spanning
+users first under ``enqueue`` (selection, licence seats counted with the seats of every
+user whose prestage job still waits in the queue), so it runs beside working workers while
+no inline writer holds ``project``. A writer can claim and release scopes for as long as it
+lives.
 
 **Claim nothing** (run beside a writer): status, permissions, batch export, preflight and
 every ``--plan`` run (they write nothing), verify-mailflow (sends probes, records nothing),
@@ -82,6 +86,9 @@ from coexist.journal.schema import row_dict, utcnow
 
 PROJECT = "project"
 GROUPS = "groups"
+# The project-wide decisions of a command that queues its users' jobs (`coexist.worker`):
+# one enqueuing command at a time, beside the workers' user claims, never beside ``project``.
+ENQUEUE = "enqueue"
 
 # Advisory lock keys (PostgreSQL). Writers hold (class, writer id) with two int4 keys; claim
 # transactions serialise on one bigint key. Neither space overlaps db._PG_MIGRATION_LOCK.
@@ -459,19 +466,7 @@ def _live_others(conn: Connection, life: _Liveness, me: int) -> dict[int, Holder
         return {}
     alive = life.alive(conn, rows)
     _delete_writers(conn, [r["id"] for r in rows if r["id"] not in alive])
-    return {
-        r["id"]: Holder(
-            id=r["id"],
-            command=r["command"],
-            pid=r["pid"],
-            host=r["host"],
-            started_at=r["started_at"],
-            run_id=r["run_id"],
-            selection=_selection(r["args"]),
-        )
-        for r in rows
-        if r["id"] in alive
-    }
+    return {r["id"]: _holder(r, _selection(r["args"])) for r in rows if r["id"] in alive}
 
 
 def _delete_writers(conn: Connection, ids: list[int]) -> None:
@@ -535,3 +530,36 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
         ),
         holders=holders,
     )
+
+
+def _holder(r: dict[str, Any], selection: str = "") -> Holder:
+    """A writers row (joined with what else was selected) as a Holder."""
+    return Holder(
+        id=r["id"],
+        command=r["command"],
+        pid=r["pid"],
+        host=r["host"],
+        started_at=r["started_at"],
+        run_id=r["run_id"],
+        selection=selection,
+    )
+
+
+def users_held(engine: Engine) -> dict[str, Holder]:
+    """The users live writers hold now (a worker's job holds its user), by source id; for
+    `coexist status`. Reads only: a dead writer's rows are left for the next claim to delete."""
+    life = _liveness(engine)
+    try:
+        w, c, runs = schema.writers, schema.claims, schema.runs
+        stmt = (
+            sa.select(w, c.c.scope, runs.c.args)
+            .join(c, c.c.writer_id == w.c.id)
+            .outerjoin(runs, runs.c.id == w.c.run_id)
+            .where(c.c.scope.like("user:%"))
+        )
+        with db.transaction(engine, write=False) as conn:
+            rows = [row_dict(r) for r in conn.execute(stmt)]
+            alive = life.alive(conn, rows) if rows else set()
+        return {str(r["scope"])[len("user:") :]: _holder(r) for r in rows if r["id"] in alive}
+    finally:
+        life.drop()

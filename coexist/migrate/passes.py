@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from coexist import progress
+from coexist import progress, schedule
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import NotReady
@@ -158,17 +158,51 @@ def mover_for(ctx: Context) -> Mover:
 
 
 async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> PassResult:
-    """Run one data pass for one user and journal it."""
+    """Run one data pass for one user and journal it.
+
+    Inside the user's run window only (`coexist.schedule`): a pass waits for it to open,
+    and one whose window closes stops at a safe point (`WindowClosed`), is journaled
+    `paused` with what it moved, and runs again once the window reopens, continuing from
+    the item map and cursors like any interrupted pass."""
     mover = mover_for(ctx)
+    gate = schedule.gate_of(ctx, subject)
     if ctx.planning:
         if _mover_name(ctx) in PLANNED_MOVERS:
-            return await _planned(ctx, mover, subject, kind, window)
-        return PassResult("planned", f"would run a {kind} pass ({type(mover).__name__})")
+            result = await _planned(ctx, mover, subject, kind, window)
+        else:
+            result = PassResult("planned", f"would run a {kind} pass ({type(mover).__name__})")
+        if gate is not None and gate.closed_now():  # plan mode never waits
+            detail = f"{result.detail}; would wait: {gate.paused_until()}"
+            result = PassResult(result.status, detail, result.counts)
+        return result
+    while True:
+        if gate is not None:
+            await gate.wait_open()
+        ended = await _one_pass(ctx, mover, subject, kind, window, gate)
+        if ended is not None:
+            return ended
+
+
+async def _one_pass(
+    ctx: Context,
+    mover: Mover,
+    subject: str,
+    kind: str,
+    window: Window,
+    gate: schedule.RunGate | None,
+) -> PassResult | None:
+    """One journaled pass; None when its run window closed before it ended (`paused`)."""
     pass_id = ctx.journal.pass_started(ctx.run_id, subject, kind, window.to_dict())
     user = ctx.journal.get_item("user", subject) or {}
     progress.emit(progress.PassStarted(subject, kind, str(user.get("source_address") or "")))
     try:
-        result = await mover.run(ctx, subject, kind, window)
+        with schedule.gated(gate):
+            result = await mover.run(ctx, subject, kind, window)
+    except schedule.WindowClosed as closed:
+        # Stopped at a safe point: what it moved is journaled, its stores are closed.
+        ctx.journal.pass_finished(pass_id, "paused", closed.counts)
+        progress.emit(progress.PassEnded(subject, "paused", *_moved(closed.counts)))
+        return None
     except NotReady:
         # A mailbox Graph does not serve yet (404 MailboxNotEnabledForRESTAPI for minutes
         # after licensing): the pass waits, and the step with it (the runner records when to

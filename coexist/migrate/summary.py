@@ -26,7 +26,7 @@ class DataSummary:
     items: int  # items copied over all passes
     bytes: int  # bytes copied over all passes
     last_kind: str | None = None  # prestage | cutover
-    last_status: str | None = None  # ok | waiting | failed | running
+    last_status: str | None = None  # ok | waiting | failed | running | paused (run window)
     unexplained: int | None = None  # the last reconciliation's unexplained difference
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from coexist import progress
+from coexist import progress, schedule
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.folders import Destination, FolderRules, SourceFolder, map_folder
@@ -752,7 +752,8 @@ async def copy_pending(
         if window.per_folder:
             pending = trial_share(ctx, key, folder_id, pending, window, now, kind)
         jobs += [Job(r, dest) for r in pending]
-    await _pipeline(ctx, key, stores, jobs, counts)
+    if not await _pipeline(ctx, key, stores, jobs, counts):
+        raise schedule.WindowClosed(counts)
 
 
 async def update_changed(
@@ -785,7 +786,8 @@ async def update_changed(
             counts["update_conflicts"] += 1
             continue
         jobs.append(Job(r, str(r["target_folder_id"]), (str(r["target_item_id"]), change_key)))
-    await _pipeline(ctx, key, stores, jobs, counts)
+    if not await _pipeline(ctx, key, stores, jobs, counts):
+        raise schedule.WindowClosed(counts)
 
 
 def _kept_reason(row: dict[str, Any], reason: str) -> str:
@@ -803,7 +805,7 @@ async def _pipeline(
     stores: Stores,
     jobs: list[Job] | AsyncIterator[list[Job]],
     counts: Counter[str],
-) -> None:
+) -> bool:
     """Export batch n+1 from the source while batch n is imported into the target, with up to
     the source's `exports_in_flight` exports and the target's `imports_in_flight` imports
     at once.
@@ -814,12 +816,16 @@ async def _pipeline(
     IMPORT_BATCHES x `export_bytes` of payloads being imported; every payload is dropped as
     soon as its import answers. `jobs` may come in parts as the scan finds them
     (`_scan_and_copy`).
+
+    False when the pass's run window closed (`schedule`) before every batch was exported:
+    no further batch is exported, and those exported are imported and journaled first.
     """
     if isinstance(jobs, list) and not jobs:
-        return
+        return True
     queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
     caps = stores.src.caps
     exporting = asyncio.Semaphore(caps.exports_in_flight)
+    closed = False
 
     async def export_one(batch: list[Job]) -> None:
         try:
@@ -831,8 +837,14 @@ async def _pipeline(
 
     async def produce(tg: asyncio.TaskGroup) -> None:
         # Up to the source's `exports_in_flight` batches at once, queued as they are ready.
+        nonlocal closed
         async for batch in _batched(jobs, caps.export_batch, caps.export_bytes):
             await exporting.acquire()
+            # A safe point: nothing of this batch is marked or sent yet.
+            if schedule.window_closed():
+                closed = True
+                exporting.release()
+                break
             tg.create_task(export_one(batch))
         for _ in range(caps.exports_in_flight):  # every export queued its batch
             await exporting.acquire()
@@ -870,6 +882,7 @@ async def _pipeline(
         raise _first_error(group) from None
     finally:
         sink.flush()  # what finished is journaled, whatever else failed
+    return not closed
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -1300,7 +1313,9 @@ async def _scan_and_copy(
     ends copies exactly what the usual order would. Each page is journaled `pending` before
     its items reach the pipeline, and its cursor saved after it, as in `scan_folder`; the
     pipeline marks and records them as `copy_pending`'s would. A per-folder trial share
-    needs the folder's whole scan first: that window takes the usual order."""
+    needs the folder's whole scan first: that window takes the usual order. A run window
+    that closes (`schedule`) stops the scan between folders, as `_between` does, and the
+    copy at a batch boundary as `copy_pending`'s does (`WindowClosed`)."""
     now = datetime.now().astimezone()
     found: asyncio.Queue[list[Job] | None] = asyncio.Queue()
     lost = False
@@ -1309,6 +1324,8 @@ async def _scan_and_copy(
         nonlocal lost
         try:
             for folder_id, dest in plan.target_of.items():
+                if schedule.window_closed():
+                    return  # a safe point; the pass ends at the next `_between`
 
                 def to_copy(rows: list[dict[str, Any]], dest: str = dest) -> None:
                     jobs = [
@@ -1338,9 +1355,11 @@ async def _scan_and_copy(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(scan())
-            tg.create_task(_pipeline(ctx, key, stores, pages(), counts))
+            copying = tg.create_task(_pipeline(ctx, key, stores, pages(), counts))
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
+    if not copying.result():
+        raise schedule.WindowClosed(counts)
     return not lost
 
 
@@ -1357,7 +1376,6 @@ async def sync_mailbox(
     of `kind` if given (a mover that copies other kinds its own way leaves their rows be)."""
     file = str(getattr(ctx.project, "file", "project.toml"))
     stores = Stores(src, tgt, negotiate(src, tgt, file))
-
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
     recorded = ctx.journal.item_map_counts(subject)
@@ -1371,13 +1389,21 @@ async def sync_mailbox(
         fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
     ):
         for folder_id in plan.target_of:
+            _between(counts)  # safe points: between folders, between steps
             await scan_folder(ctx, subject, src, by_id[folder_id], kind)
     await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
+    _between(counts)
     await copy_pending(ctx, subject, stores, plan, window, counts, kind)
     await update_changed(ctx, subject, stores, counts, kind)
     await finish_moves(ctx, subject, tgt, counts, kind)
     return plan, stores
+
+
+def _between(counts: Counter[str]) -> None:
+    """End the pass here (`schedule.WindowClosed`) if its run window has closed."""
+    if schedule.window_closed():
+        raise schedule.WindowClosed(counts)
 
 
 CONFLICTS_NAMED = 5  # update conflicts named in a pass detail (all are on their rows)

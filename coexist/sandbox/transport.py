@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from typing import Any
 
-from .mailstore import Item, MailStore, Recipient, utcnow
+from .mailstore import Attachment, Item, MailStore, Recipient, attach, utcnow
 from .model import User, World
 from .routing import Delivery, Leg, parse_address, route
 
@@ -106,6 +106,7 @@ class Outgoing:
     headers: Sequence[tuple[str, str]] = ()  # internetMessageHeaders (x- headers)
     importance: str = "normal"
     save_to_sent: bool = True
+    attachments: Sequence[Attachment] = ()  # sendMail's fileAttachments, in order
 
 
 def new_internet_message_id() -> str:
@@ -140,6 +141,8 @@ def build_mime(
     for name, value in out.headers:
         msg[name] = value
     msg.set_content(out.body, subtype="html" if out.body_type == "html" else "plain")
+    for a in out.attachments:
+        attach(msg, a.name, a.content_type, a.data, a.is_inline, a.content_id)
     return msg.as_bytes()
 
 

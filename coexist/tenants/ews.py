@@ -11,6 +11,10 @@ version, the access mode, an extra CA bundle) and one admin login that opens eve
   role (`New-ManagementRoleAssignment -Role ApplicationImpersonation`); each request carries
   `ExchangeImpersonation` and is charged to the impersonated user's budget, so many
   mailboxes go at once.
+- own (`access = "own"`): no admin; each user's own login and password (given by the end
+  user through a credential link, `coexist.credlink`, or `credentials set --user`) opens
+  only that user's own mailbox (`EwsServer(logins=...)`: a configuration and session pool
+  per user). Each request is charged to the user's own budget, as under impersonation.
 
 exchangelib is blocking: each call runs in a worker thread of the server's own pool, sized
 to the bounds (`EwsServer`), never the loop's default pool. Its own retries are off
@@ -85,7 +89,7 @@ T = TypeVar("T")
 for _name in ("exchangelib", "exchangelib.util", "exchangelib.protocol", "requests_ntlm"):
     logging.getLogger(_name).setLevel(logging.INFO)
 
-Access = Literal["delegation", "impersonation"]
+Access = Literal["delegation", "impersonation", "own"]
 Auth = Literal["ntlm", "basic"]
 
 # RequestServerVersion a project may pin (types.xsd ExchangeVersionType; 2019 speaks
@@ -99,10 +103,19 @@ VERSIONS: dict[str, Any] = {
     "Exchange2019": EXCHANGE_2019,
 }
 AUTH_TYPES: dict[str, str] = {"ntlm": NTLM, "basic": BASIC}
-ACCESS_TYPES: dict[str, str] = {"delegation": DELEGATE, "impersonation": IMPERSONATION}
+# Under "own" the user signs in to its own mailbox: exchangelib's DELEGATE is that plain access.
+ACCESS_TYPES: dict[str, str] = {
+    "delegation": DELEGATE,
+    "impersonation": IMPERSONATION,
+    "own": DELEGATE,
+}
 # The grant each access mode needs, and how an Exchange admin gives it (on-premises cmdlets;
 # FACTS.md "On-prem Exchange cmdlets"). WorkMail's is its console's mailbox permissions.
-GRANTS: dict[str, str] = {"delegation": "FullAccess", "impersonation": "ApplicationImpersonation"}
+GRANTS: dict[str, str] = {
+    "delegation": "FullAccess",
+    "impersonation": "ApplicationImpersonation",
+    "own": "its own mailbox only",
+}
 
 
 @dataclass(frozen=True)
@@ -275,6 +288,23 @@ def build_account(config: Any, user: str, access: Access, protocol: Any = None) 
 
 # -- errors ------------------------------------------------------------------------------------
 
+# Whose login a 401 refused, and how its password is given again, by access mode.
+AUTH_FIXES: dict[str, tuple[str, str]] = {
+    "delegation": (
+        "admin",
+        "the admin's password (coexist credentials set --master --side {side})",
+    ),
+    "impersonation": (
+        "admin",
+        "the admin's password (coexist credentials set --master --side {side})",
+    ),
+    "own": (
+        "user's",
+        "the user's own password (coexist credentials request --user {user} --resend, or "
+        "coexist credentials set --user {user})",
+    ),
+}
+
 
 def grant_command(access: Access, admin: str, user: str) -> str:
     """The Exchange Management Shell line that gives the admin access to `user`'s mailbox."""
@@ -322,10 +352,12 @@ def map_error(
             what=what,
         )
     if isinstance(exc, ews_errors.UnauthorizedError):
+        who, fix = AUTH_FIXES.get(endpoint.access, AUTH_FIXES["delegation"])
         return AuthenticationError(
-            f"EWS {endpoint.origin} refused the admin login {admin} ({endpoint.auth} auth): {text}",
-            next_step=f"check {side} auth and the admin's password (coexist credentials set "
-            f"--master --side {endpoint.side}), then {retry_command}",
+            f"EWS {endpoint.origin} refused the {who} login {admin} ({endpoint.auth} auth): {text}",
+            next_step=f"check {side} auth and "
+            + fix.format(side=endpoint.side, user=user or "<user>")
+            + f", then {retry_command}",
             status=401,
             **kw,
         )
@@ -434,9 +466,14 @@ class EwsServer:
         admin: AdminLogin,
         limits: EwsLimits | None = None,
         retry: RetryPolicy | None = None,
+        logins: Callable[[str], AdminLogin] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.admin = admin
+        # access "own": each mailbox opened with its user's own login (by address), on a
+        # configuration and session pool of its own; `admin` then only names the side.
+        self.logins = logins
+        self._own: dict[str, tuple[Any, _SteadyPoolProtocol, str]] = {}
         self.limits = limits or EwsLimits.for_access(endpoint.access)
         self.retry = retry or RetryPolicy()
         trust(endpoint.url, endpoint.ca_file)
@@ -485,7 +522,7 @@ class EwsServer:
                     OSError,
                 ) as exc:
                     err = map_error(
-                        exc, self.endpoint, admin=self.admin.login, user=user, what=what
+                        exc, self.endpoint, admin=self.login_of(user), user=user, what=what
                     )
                     if isinstance(err, TransientError) and err.code == "ErrorServerBusy":
                         # Every caller on this budget waits the stated back-off.
@@ -503,10 +540,28 @@ class EwsServer:
         """`user`'s mailbox, holding one of the server's mailbox slots while open."""
         async with self._mailboxes:
             loop = asyncio.get_running_loop()
+            config, protocol = self._session_of(user)
             account = await loop.run_in_executor(
-                self._pool, build_account, self.config, user, self.endpoint.access, self.protocol
+                self._pool, build_account, config, user, self.endpoint.access, protocol
             )
             yield EwsMailbox(self, user, account)
+
+    def _session_of(self, user: str) -> tuple[Any, Any]:
+        """The configuration and protocol `user`'s mailbox is opened on: the server's (the
+        admin's), or under access "own" the user's own, made once per user."""
+        if self.logins is None:
+            return self.config, self.protocol
+        held = self._own.get(user.lower())
+        if held is None:
+            login = self.logins(user)
+            config = build_config(self.endpoint, login, self.limits.per_mailbox)
+            held = self._own[user.lower()] = (config, _steady_protocol(config), login.login)
+        return held[0], held[1]
+
+    def login_of(self, user: str | None) -> str:
+        """Who signs in for `user`'s requests: the admin, or (access "own") the user."""
+        held = self._own.get(user.lower()) if user else None
+        return held[2] if held is not None else self.admin.login
 
     async def close(self) -> None:
         """Close the sessions and the worker threads."""
@@ -517,6 +572,8 @@ class EwsServer:
         # This server's own pool, and the ones exchangelib cached per endpoint and
         # credentials when `Account` was built (unused, no sessions made in them).
         self.protocol.close()
+        for _config, protocol, _login in self._own.values():
+            protocol.close()
         CachingProtocol.clear_cache()
 
 

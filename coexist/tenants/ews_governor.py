@@ -43,10 +43,15 @@ from dataclasses import dataclass, field
 Clock = Callable[[], float]
 
 
+# Access modes whose requests Exchange charges to each mailbox's user: the impersonated
+# user's budget, or (own) the user's, who signs in itself.
+PER_USER_BUDGETS = frozenset({"impersonation", "own"})
+
+
 def budget_key(access: str, admin: str, user: str | None) -> str:
     """The budget a request is charged to: the admin's under delegation (and for requests
     that act for no mailbox), the impersonated user's under impersonation."""
-    if access == "impersonation" and user:
+    if access in PER_USER_BUDGETS and user:
         return f"user:{user.lower()}"
     return f"admin:{admin.lower()}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 from typing import Any
 
@@ -431,3 +432,45 @@ def test_search_folder_is_a_typed_view_of_other_folders(
             json={"@odata.type": "microsoft.graph.mailSearchFolder", "displayName": "No source"},
         )
         assert bad.status_code == 400
+
+
+def test_sendmail_keeps_file_attachments_and_refuses_what_the_contract_lacks(
+    sandbox: Sandbox, conn: dict[str, Any]
+) -> None:
+    """A sendMail built by coexist's mailer (HTML part, a report attached) is a v1.0 message
+    by the CSDL; it arrives with the attachment's name, type and bytes. A fileAttachment
+    property the contract does not declare, or a non-boolean isInline, is a 400."""
+    from email.message import EmailMessage
+
+    from coexist import csdl, mailer
+
+    alice, bob = mailboxes(sandbox)[:2]
+    msg: EmailMessage = mailer.new_message(
+        alice.primary_smtp or "", [bob.primary_smtp or ""], "report attached", "the text part\n"
+    )
+    msg.add_alternative("<p>the html part</p>", subtype="html")
+    report = b"user,items\nann,3\n"
+    msg.add_attachment(report, maintype="text", subtype="csv", filename="report.csv")
+    payload = mailer.graph_payload(msg)
+    assert csdl.violations(payload["message"], "microsoft.graph.message") == []
+    with graph_http(conn, "source") as http:
+        r = http.post(f"users/{alice.id}/sendMail", json=payload)
+        assert r.status_code == 202, r.text
+        [got] = inbox(http, bob, "subject eq 'report attached'")
+        assert got["hasAttachments"] is True
+        r = http.get(f"users/{bob.id}/messages/{got['id']}/attachments")
+        assert r.status_code == 200, r.text
+        [att] = r.json()["value"]
+        assert (att["name"], att["contentType"]) == ("report.csv", "text/csv")
+        assert base64.b64decode(att["contentBytes"]) == report
+
+        bad = copy.deepcopy(payload)
+        bad["message"]["attachments"][0]["sizeInBytes"] = 3
+        r = http.post(f"users/{alice.id}/sendMail", json=bad)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "RequestBodyRead", r.text
+        bad = copy.deepcopy(payload)
+        bad["message"]["attachments"][0]["isInline"] = "no"
+        r = http.post(f"users/{alice.id}/sendMail", json=bad)
+        assert r.status_code == 400, r.text
+        # The refused requests delivered nothing.
+        assert len(inbox(http, bob, "subject eq 'report attached'")) == 1

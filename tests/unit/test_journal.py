@@ -60,8 +60,14 @@ def test_reopen_is_a_no_op(journal_url: str) -> None:
 
 def test_migration_matches_schema_module(journal: Journal) -> None:
     """The Alembic revisions create exactly the tables, columns and indexes schema.py declares."""
+
+    def ours(name: str | None, type_: str, parent: Any) -> bool:
+        # procrastinate's tables (revision 0005, PostgreSQL) are its schema, not schema.py's.
+        return not (type_ == "table" and str(name).startswith("procrastinate_"))
+
     with journal.engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        opts = {"compare_type": True, "include_name": ours}
+        ctx = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(ctx, t.metadata) == []
 
 

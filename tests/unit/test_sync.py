@@ -18,12 +18,14 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from coexist import schedule
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.journal import Journal
@@ -587,6 +589,44 @@ def test_folders_outside_the_rules_map_default_to_default_and_others_by_path(
     src.put(("Suppliers",), "later")
     assert run_pass(tmp_path, src, tgt, **rules).counts["copied"] == 1
     assert sorted(tgt.folders.values()) == [("Posteingang",), ("Suppliers",)]
+
+
+class _Closing:
+    """A run gate's clock that closes the window once `after` imports have landed."""
+
+    def __init__(self, store: MemoryStore, after: int) -> None:
+        self.store, self.after = store, after
+        self.open_at = datetime(2026, 12, 5, 21, 0, tzinfo=UTC)  # inside 20:00-06:00 UTC
+        self.closed_at = datetime(2026, 12, 6, 7, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        closed = self.store.calls["import"] >= self.after
+        return self.closed_at if closed else self.open_at
+
+    async def sleep(self, seconds: float) -> None:  # pragma: no cover - never waits here
+        raise AssertionError("the sync engine does not sleep on its gate")
+
+
+def test_a_window_closing_mid_pass_stops_at_a_batch_boundary_and_the_next_pass_finishes(
+    tmp_path: Path,
+) -> None:
+    """The run window closes after the 2nd import: the pass stops with `WindowClosed` after
+    the imports in flight are journaled (no row left `importing`), copied < all; a pass in
+    the window again copies the rest, each message once."""
+    src, tgt = MemoryStore(), MemoryStore()
+    for n in range(12):
+        src.put(("INBOX",), f"m{n:02d}")
+    gate = schedule.RunGate(schedule.Windows.parse(["20:00-06:00"]), _Closing(tgt, 2))
+    with schedule.gated(gate), pytest.raises(schedule.WindowClosed) as closed:
+        run_pass(tmp_path, src, tgt)
+    copied = closed.value.counts.get("copied", 0)
+    assert 2 <= copied < 12, closed.value.counts
+    statuses = Counter(r["status"] for r in rows(tmp_path))
+    assert statuses["copied"] == copied and "importing" not in statuses, statuses
+    assert len(tgt.items) == copied  # every import that landed is journaled
+    rest = run_pass(tmp_path, src, tgt)  # no gate: the window is open
+    assert rest.counts["copied"] == 12 - copied
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"m{n:02d}") for n in range(12)]
 
 
 def test_a_new_mailbox_is_copied_while_its_scan_goes_on(tmp_path: Path) -> None:

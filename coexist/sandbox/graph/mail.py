@@ -27,6 +27,7 @@ delivers asynchronously, so callers must poll the destination.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import re
@@ -41,11 +42,12 @@ from starlette.routing import BaseRoute, Route
 
 from .. import transport
 from ..identity import Principal
-from ..mailstore import Folder, Item, MailStore, Recipient, body_of, looks_like_id
+from ..mailstore import Attachment, Folder, Item, MailStore, Recipient, body_of, looks_like_id
 from ..model import Tenant, User, World
 from ..web import HTTPFailure, ctx_of, graph_error, graph_principal, graph_throttled
 from . import common, odata, users
 from .common import GraphJSON, fail
+from .outlook_items import invalid_value, unknown_property
 
 # -- permissions (learn.microsoft.com/graph/api/<operation>, "Permissions", application) ----------
 MAIL_SEND = ("Mail.Send",)
@@ -271,6 +273,65 @@ def _flag(value: Any, default: bool) -> bool:
     return bool(value)
 
 
+# graph.fileAttachment's properties in the v1.0 CSDL (its own, attachment's and entity's):
+# a request naming any other is refused, as OData refuses an undeclared property.
+FILE_ATTACHMENT_PROPERTIES = frozenset(
+    {
+        "id",
+        "contentType",
+        "isInline",
+        "lastModifiedDateTime",
+        "name",
+        "size",
+        "contentBytes",
+        "contentId",
+        "contentLocation",
+    }
+)
+
+
+def file_attachments(request: Request, value: Any) -> list[Attachment]:
+    """A message's `attachments` (sendMail, message create): fileAttachments only."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid_request(request, "Invalid value for 'attachments'.")
+    return [file_attachment(request, a, n) for n, a in enumerate(value)]
+
+
+def file_attachment(request: Request, value: Any, index: int = 0) -> Attachment:
+    """A fileAttachment payload (the only attachment type the sandbox stores), checked
+    against the contract: declared properties only, each of its declared type."""
+    if not isinstance(value, dict):
+        raise invalid_request(request, "Invalid attachment.")
+    kind = str(value.get("@odata.type") or "").lstrip("#").lower()
+    if kind != "microsoft.graph.fileattachment":
+        # *unverified*: item and reference attachments are not modelled; Graph needs the type.
+        raise invalid_request(
+            request, "The attachment type must be '#microsoft.graph.fileAttachment'."
+        )
+    for key in value:
+        if not key.startswith("@odata.") and key not in FILE_ATTACHMENT_PROPERTIES:
+            raise unknown_property(request, key, "fileAttachment")
+    for key in ("name", "contentType", "contentId", "contentLocation", "contentBytes"):
+        if value.get(key) is not None and not isinstance(value[key], str):
+            raise invalid_value(request, key)
+    if "isInline" in value and not isinstance(value["isInline"], bool):
+        raise invalid_value(request, "isInline")  # Edm.Boolean, Nullable="false"
+    try:
+        data = base64.b64decode(str(value.get("contentBytes") or ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_request(request, "Invalid value for 'contentBytes'.") from None
+    return Attachment(
+        index=index,
+        name=str(value.get("name") or ""),
+        content_type=str(value.get("contentType") or "application/octet-stream"),
+        is_inline=bool(value.get("isInline")),
+        content_id=value.get("contentId") if isinstance(value.get("contentId"), str) else None,
+        data=data,
+    )
+
+
 def outgoing(request: Request, body: dict[str, Any]) -> transport.Outgoing:
     """The sendMail payload as a transport.Outgoing, validated as Graph validates it."""
     # Action parameter names are matched case-insensitively: msgraph-sdk-python sends
@@ -294,6 +355,7 @@ def outgoing(request: Request, body: dict[str, Any]) -> transport.Outgoing:
         headers=_headers(request, message.get("internetMessageHeaders")),
         importance=str(message.get("importance") or "normal").lower(),
         save_to_sent=_flag(body.get("savetosentitems"), True),
+        attachments=file_attachments(request, message.get("attachments")),
     )
     if not (out.to or out.cc or out.bcc):
         raise no_recipients(request)

@@ -60,7 +60,8 @@ from ..model import User
 from ..web import HTTPFailure, ctx_of
 from . import common, mail, odata
 from .common import GraphJSON, fail
-from .mail import folder_exists, invalid_request, outlook, store_of
+from .mail import file_attachment, folder_exists, invalid_request, outlook, store_of
+from .mail import file_attachments as _file_attachments
 
 MAIL_WRITE = ("Mail.ReadWrite",)
 
@@ -367,38 +368,6 @@ def build_mime(
         attach(msg, a.name, a.content_type, a.data, a.is_inline, a.content_id)
     bcc = mail._recipients(request, body.get("bccRecipients"), "bccRecipients")
     return msg, bcc
-
-
-def _file_attachments(request: Request, value: Any) -> list[Attachment]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid_request(request, "Invalid value for 'attachments'.")
-    return [file_attachment(request, a, n) for n, a in enumerate(value)]
-
-
-def file_attachment(request: Request, value: Any, index: int = 0) -> Attachment:
-    """A fileAttachment payload (the only attachment type the sandbox stores)."""
-    if not isinstance(value, dict):
-        raise invalid_request(request, "Invalid attachment.")
-    kind = str(value.get("@odata.type") or "").lstrip("#").lower()
-    if kind != "microsoft.graph.fileattachment":
-        # *unverified*: item and reference attachments are not modelled; Graph needs the type.
-        raise invalid_request(
-            request, "The attachment type must be '#microsoft.graph.fileAttachment'."
-        )
-    try:
-        data = base64.b64decode(str(value.get("contentBytes") or ""), validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid_request(request, "Invalid value for 'contentBytes'.") from None
-    return Attachment(
-        index=index,
-        name=str(value.get("name") or ""),
-        content_type=str(value.get("contentType") or "application/octet-stream"),
-        is_inline=bool(value.get("isInline")),
-        content_id=value.get("contentId") if isinstance(value.get("contentId"), str) else None,
-        data=data,
-    )
 
 
 # -- message create -----------------------------------------------------------------------------

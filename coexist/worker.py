@@ -1,0 +1,394 @@
+"""`coexist worker`: procrastinate workers on the project's PostgreSQL journal (issue 16).
+
+One job per user and command (`coexist.jobs`): the job runs the command inline for its one
+user, in a thread of the worker with its own event loop, claiming only ``user:<source id>``.
+
+What makes a farm of workers safe (each point with what carries it):
+
+* **One job per mailbox.** Jobs carry the queueing lock and the lock ``user:<source id>``
+  (procrastinate: at most one such job waits in the queue, and no two run at once), and the
+  job claims the user in the journal before its first write (`coexist.journal.claims`): a
+  second holder is refused with Busy and the job is tried again later (`_Retry`), so even a
+  job procrastinate wrongly took for stalled cannot run beside the live one.
+* **Cutover before pre-stage**: `coexist.jobs.PRIORITY`; each command has its own queue
+  (``coexist worker --queues cutover`` serves only cutovers).
+* **A killed worker's jobs are taken again.** procrastinate 3 workers write a heartbeat
+  (``update_heartbeat_interval``); jobs still 'doing' for a worker whose heartbeat is older
+  than ``stalled_after`` are stalled (`JobManager.get_stalled_jobs`), and every worker looks
+  for them (`_retry_stalled`, the loop procrastinate's docs suggest as a periodic task,
+  "Retry stalled jobs") and sets them back to 'todo'. The dead worker's journal claims went
+  with its database connection (an advisory lock), so the next job's claim succeeds, and its
+  run continues the user where the journal says it stopped: the item map names every copy
+  made, so nothing is copied twice.
+* **Stopping** (SIGTERM, SIGINT: procrastinate's handlers): the worker takes no new job and
+  waits ``stop_grace_s`` for the running ones; then each running command is cancelled (its
+  session ends, its claim goes, copies already made are journaled by the pass's sink; an
+  import in flight stays marked 'importing' and the next run settles it), and the job goes
+  back to the queue at once (`Requeued`) for another worker.
+* **Per-mailbox throttle budgets** (Outlook's, per app per mailbox) are kept by the one
+  worker holding the mailbox for its pass: the user claim pins it (runtime._writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import procrastinate
+from procrastinate import exceptions as pc_exceptions
+from procrastinate import jobs as pc_jobs
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+from coexist import jobs
+from coexist.errors import Busy, InputError
+from coexist.journal import Journal, claims
+from coexist.journal.db import normalize_url
+from coexist.runtime import project_dir, session
+from coexist.settings import Project, load_project
+
+log = logging.getLogger(__name__)
+
+# Seconds between tries of a job whose user another writer holds (an inline command holding
+# the project, or the job's previous run in a worker whose heartbeat has not lapsed yet).
+BUSY_RETRY_S = 5
+# Final job states (procrastinate's Status).
+FINAL = frozenset({"succeeded", "failed", "cancelled", "aborted"})
+
+
+class Requeued(Exception):
+    """A job stopped by its worker's shutdown: back to the queue for another worker."""
+
+
+class _Retry(BaseRetryStrategy):
+    """Busy: try again in a few seconds; Requeued: at once. Anything else ends the job
+    (its user's failure is in the journal; `coexist retry` enqueues it again)."""
+
+    def get_retry_decision(
+        self, *, exception: BaseException, job: pc_jobs.Job
+    ) -> RetryDecision | None:
+        if isinstance(exception, Requeued):
+            return RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, Busy):
+            return RetryDecision(retry_in={"seconds": BUSY_RETRY_S})
+        return None
+
+
+def conninfo(journal_url: str) -> str:
+    """The libpq connection string of a journal URL (SQLAlchemy's ``postgresql+psycopg``)."""
+    return (
+        normalize_url(journal_url)
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )
+
+
+def queued_project(project: Project) -> str:
+    """The project's journal URL, or the InputError of a journal with no task queue."""
+    if normalize_url(project.journal_url).get_backend_name() != "postgresql":
+        raise jobs.queue_refused(project.journal_url, project.file)
+    return project.journal_url
+
+
+def make_app(journal_url: str) -> procrastinate.App:
+    """A procrastinate app on the journal's database, with coexist's one task."""
+    app = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(conninfo=conninfo(journal_url))
+    )
+    app.task(name=jobs.TASK_NAME, pass_context=True, retry=_Retry())(user_job)
+    return app
+
+
+def _commands() -> dict[str, Callable[..., dict[str, Any]]]:
+    from coexist import commands  # commands imports jobs; this module is imported lazily
+
+    return {"prestage": commands.prestage, "cutover": commands.cutover}
+
+
+async def user_job(
+    context: procrastinate.JobContext,
+    *,
+    command: str,
+    user: str,
+    label: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Run `command` for one user, inline, in a thread of this worker (its own event loop)."""
+    extra = context.additional_context
+    directory = Path(str(extra["project"]))
+    pool: concurrent.futures.ThreadPoolExecutor = extra["pool"]
+    run = jobs.JobRun(key=user, label=label, worker=str(context.worker_name), job_id=context.job.id)
+    call = functools.partial(_commands()[command], directory, users=[user], **options)
+
+    def in_thread() -> dict[str, Any]:
+        with jobs.running(run):
+            return call()
+
+    future = asyncio.get_running_loop().run_in_executor(pool, in_thread)
+    try:
+        result = await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # The worker is stopping (after its grace): stop the command, let it close its
+        # session (claim, run), then hand the job back to the queue.
+        run.cancel()
+        with contextlib.suppress(BaseException):
+            await future
+        raise Requeued(f"{command} of {label} stopped with its worker") from None
+    if run.cancelled:
+        raise Requeued(f"{command} of {label} stopped with its worker")
+    await _again_when_due(context, command, user, label, options, result)
+    return {
+        "steps": result.get("steps"),
+        "failed": len(result.get("failed") or []),
+        "waiting": len(result.get("waiting") or []),
+    }
+
+
+async def _again_when_due(
+    context: procrastinate.JobContext,
+    command: str,
+    user: str,
+    label: str,
+    options: dict[str, Any],
+    result: dict[str, Any],
+) -> None:
+    """A user left waiting on Microsoft 365 (a mailbox still provisioning) gets its next job
+    at the time the command said to look again, as `coexist retry` would run it."""
+    looks = [w["look_again_at"] for w in result.get("waiting") or [] if w.get("look_again_at")]
+    if not looks:
+        return
+    when = dt.datetime.fromisoformat(str(min(looks)))
+    task = context.app.tasks[jobs.TASK_NAME]
+    with contextlib.suppress(pc_exceptions.AlreadyEnqueued):  # the operator enqueued it
+        await _configure(task, command, user, when).defer_async(
+            command=command, user=user, label=label, options=options
+        )
+
+
+def _configure(
+    task: procrastinate.tasks.Task[Any, Any, Any], command: str, user: str, at: dt.datetime | None
+) -> pc_jobs.JobDeferrer:
+    scope = f"user:{user}"
+    return task.configure(
+        queue=command,
+        priority=jobs.PRIORITY[command],
+        lock=scope,
+        queueing_lock=scope,
+        schedule_at=at,
+    )
+
+
+# -- the enqueuing command ----------------------------------------------------------------
+def enqueue(request: jobs.Request) -> dict[str, Any]:
+    """The project-wide part inline under the project claim, then one job per user."""
+    project = load_project(project_dir(request.directory))
+    url = queued_project(project)
+
+    async def select(sess: Any) -> dict[str, Any]:
+        users = await request.select(sess)
+        return {
+            "users": [(str(u["key"]), str(u.get("source_address"))) for u in users],
+            "skipped": sess.skipped,
+        }
+
+    async def decide() -> dict[str, Any]:
+        # Under `enqueue`, not `project`: the workers' user claims stay where they are.
+        scope = {claims.ENQUEUE: f"queueing {request.command} jobs"}
+        async with session(request.directory, request.command, request.args, claim=scope) as s:
+            return await select(s)
+
+    chosen = asyncio.run(decide())
+    deferred, already = asyncio.run(_defer(url, request, chosen["users"]))
+    result: dict[str, Any] = {
+        "plan": False,
+        "executor": "queue",
+        "command": request.command,
+        "users": len(chosen["users"]),
+        "enqueued": [{"user": label, "job": job} for label, job in deferred],
+        "already_queued": already,
+        "scheduled_at": request.at.isoformat() if request.at else None,
+        "skipped": chosen["skipped"],
+        "failed": [],
+        "waiting": [],
+        "steps": {},
+        "changed": 0,
+    }
+    if request.wait:
+        ended = follow(url, [job for _, job in deferred])
+        result["jobs"] = dict(Counter(ended.values()))
+        result["failed"] = _failed_users(project, [key for key, _ in chosen["users"]])
+        named = {str(f["user"]) for f in result["failed"]}
+        # A job that raised (not a step that failed: those are in the journal, above).
+        result["failed"] += [
+            {
+                "user": label,
+                "item": None,
+                "step": f"{request.command} job {job}",
+                "error": f"the job ended {ended[job]}",
+                "next": "see the worker's log; `coexist retry` queues the user again",
+            }
+            for label, job in deferred
+            if ended.get(job) != "succeeded" and label not in named
+        ]
+    return result
+
+
+async def _defer(
+    url: str, request: jobs.Request, users: list[tuple[str, str]]
+) -> tuple[list[tuple[str, int]], list[str]]:
+    app = make_app(url)
+    deferred: list[tuple[str, int]] = []
+    already: list[str] = []
+    async with app.open_async():
+        task = app.tasks[jobs.TASK_NAME]
+        for key, label in users:
+            try:
+                job_id = await _configure(task, request.command, key, request.at).defer_async(
+                    command=request.command, user=key, label=label, options=request.options
+                )
+            except pc_exceptions.AlreadyEnqueued:
+                already.append(label)  # its job waits in the queue already: one per mailbox
+                continue
+            deferred.append((label, job_id))
+    return deferred, already
+
+
+def follow(url: str, job_ids: list[int], poll_s: float = 2.0) -> dict[int, str]:
+    """--wait: until every job ended; each job's final state."""
+    import psycopg
+
+    if not job_ids:
+        return {}
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        while True:
+            rows = conn.execute(
+                "SELECT id, status::text FROM procrastinate_jobs WHERE id = ANY(%s)", (job_ids,)
+            ).fetchall()
+            states = {int(job): str(status) for job, status in rows}
+            if set(states.values()) <= FINAL:
+                return states
+            log.info("jobs: %s", dict(Counter(states.values())))
+            time.sleep(poll_s)
+
+
+def _failed_users(project: Project, keys: list[str]) -> list[dict[str, Any]]:
+    with Journal.open(project.journal_url) as journal:
+        failed = {s["item_key"]: s for s in journal.steps(status="failed")}
+        out = []
+        for key in keys:
+            item = journal.get_item("user", key)
+            if item is not None and item.get("state") == "failed":
+                step = failed.get(key) or {}
+                out.append(
+                    {
+                        "user": item.get("source_address"),
+                        "item": key,
+                        "step": step.get("name"),
+                        "error": step.get("error_message"),
+                        "next": step.get("next_step"),
+                    }
+                )
+        return out
+
+
+# -- the worker ---------------------------------------------------------------------------
+def serve(
+    directory: Path | None,
+    *,
+    concurrency: int = 2,
+    queues: list[str] | None = None,
+    name: str | None = None,
+    heartbeat_s: float = 10.0,
+    stalled_after_s: float = 30.0,
+    stop_grace_s: float = 0.0,
+) -> None:
+    """Run a worker until SIGTERM / SIGINT (procrastinate's signal handlers)."""
+    if concurrency < 1:
+        raise InputError("--concurrency must be at least 1", next_step="--concurrency 2")
+    if stalled_after_s <= heartbeat_s:
+        raise InputError(
+            f"--stalled-after {stalled_after_s:g} must be longer than --heartbeat {heartbeat_s:g}",
+            next_step="--heartbeat 10 --stalled-after 30  (procrastinate's defaults)",
+        )
+    unknown = sorted(set(queues or []) - set(jobs.PRIORITY))
+    if unknown:
+        raise InputError(
+            f"--queues: unknown queue(s) {', '.join(unknown)}",
+            next_step=f"--queues {','.join(sorted(jobs.PRIORITY))}",
+        )
+    folder = project_dir(directory)
+    project = load_project(folder)
+    url = queued_project(project)
+    Journal.open(url).close()  # the journal and the queue's tables at the newest revision
+    worker_name = name or f"worker {socket.gethostname()}:{os.getpid()}"
+    asyncio.run(
+        _serve(
+            url,
+            folder,
+            concurrency,
+            queues,
+            worker_name,
+            heartbeat_s,
+            stalled_after_s,
+            stop_grace_s,
+        )
+    )
+
+
+async def _serve(
+    url: str,
+    folder: Path,
+    concurrency: int,
+    queues: list[str] | None,
+    name: str,
+    heartbeat_s: float,
+    stalled_after_s: float,
+    stop_grace_s: float,
+) -> None:
+    app = make_app(url)
+    # One thread per job slot: each command runs its own event loop there.
+    with concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="job") as pool:
+        async with app.open_async():
+            stalled = asyncio.create_task(_retry_stalled(app, stalled_after_s, heartbeat_s))
+            try:
+                await app.run_worker_async(
+                    queues=queues or sorted(jobs.PRIORITY),
+                    name=name,
+                    concurrency=concurrency,
+                    additional_context={"project": str(folder), "pool": pool},
+                    update_heartbeat_interval=heartbeat_s,
+                    stalled_worker_timeout=stalled_after_s,
+                    shutdown_graceful_timeout=stop_grace_s,
+                )
+            finally:
+                stalled.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stalled
+
+
+async def _retry_stalled(app: procrastinate.App, stalled_after_s: float, every_s: float) -> None:
+    """Set the jobs of workers whose heartbeat lapsed back to 'todo' (every worker looks;
+    procrastinate's retry locks the job row, so two workers retrying one job retry it once:
+    the second finds it no longer 'doing' and is refused, which is ignored here)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            stalled = await app.job_manager.get_stalled_jobs(
+                seconds_since_heartbeat=stalled_after_s, task_name=jobs.TASK_NAME
+            )
+            for job in stalled:
+                with contextlib.suppress(Exception):
+                    await app.job_manager.retry_job(job)
+                    log.info("job %s of a stopped worker is queued again", job.id)
+        except Exception as exc:  # the database away for a moment: look again next time
+            log.warning("looking for stalled jobs failed: %s", exc)
