@@ -24,7 +24,9 @@ A pass over one mailbox, and why in this order:
    imported into the mapped target folder (several per call where the target offers
    `BatchImport`) and recorded after (outcomes journaled together, `Sink`); an `importing` mark written for the whole batch before any of its imports is
    sent lets a pass that was killed in between adopt the copy (same identity in the target
-   folder) instead of duplicating it.
+   folder) instead of duplicating it. A mailbox the journal holds nothing of yet has nothing
+   to move, adopt or settle: its pages are copied as the scan journals them
+   (`_scan_and_copy`), steps 2 and 4 overlapping.
 5. Update: changed items are re-exported and imported over their copy; a refusal the target
    store calls the item's conflict is reported and the pass goes on.
 6. Deletions: gone items are reported (`deletions = keep`) or deleted in the target (mirror).
@@ -54,7 +56,7 @@ import contextlib
 import dataclasses
 import email.policy
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -263,8 +265,11 @@ async def map_defaults(source: list[Folder], target: list[Folder], create: Folde
 
 
 async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Plan:
-    source = await src.list_folders()
-    target = await tgt.list_folders()
+    # Two mailboxes, two connections: the target's listing (a fresh IMAP user's first LIST
+    # with STATUS makes every folder's index) need not wait for the source's.
+    async with asyncio.TaskGroup() as tg:
+        listing = tg.create_task(src.list_folders()), tg.create_task(tgt.list_folders())
+    source, target = listing[0].result(), listing[1].result()
     if src.caps.folder_rules:
         plan = await map_folders(ctx, source.folders, target.folders, tgt.create_folder)
     else:
@@ -277,7 +282,12 @@ async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Pl
 
 
 async def scan_folder(
-    ctx: Context, key: str, src: ChangeFeed, folder: Folder, kind: str | None = None
+    ctx: Context,
+    key: str,
+    src: ChangeFeed,
+    folder: Folder,
+    kind: str | None = None,
+    found: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> None:
     """Record the folder's changes since the saved cursor, then save the new cursor.
 
@@ -285,23 +295,31 @@ async def scan_folder(
     the start, mid-round too, at most RESTARTS times. A full round (the first, or such a
     restart) reports what is there, not what was removed: the item map keeps what was
     copied from being copied again, and rows of the folder (of `kind`, if given) it did not
-    report have left the folder since (`forget_unseen`, before the cursor is saved)."""
+    report have left the folder since (`forget_unseen`, before the cursor is saved).
+    `found` gets each page's new rows once they are journaled (`_scan_and_copy`); a lost
+    cursor is then raised, not restarted: the rows found may be mid-copy."""
     checkpoint = src.caps.checkpoint_kind
     saved = ctx.journal.get_checkpoint(key, folder.id, checkpoint)
     cursor = (saved or {}).get("token") or None
     for attempt in range(RESTARTS + 1):
         try:
-            await _follow(ctx, key, src, folder, cursor, kind)
+            await _follow(ctx, key, src, folder, cursor, kind, found)
             return
         except RemoteError as exc:
-            if not src.cursor_lost(exc) or attempt == RESTARTS:
+            if found is not None or not src.cursor_lost(exc) or attempt == RESTARTS:
                 raise
             ctx.journal.delete_checkpoint(key, folder.id, checkpoint)
             cursor = None
 
 
 async def _follow(
-    ctx: Context, key: str, src: ChangeFeed, folder: Folder, cursor: str | None, kind: str | None
+    ctx: Context,
+    key: str,
+    src: ChangeFeed,
+    folder: Folder,
+    cursor: str | None,
+    kind: str | None,
+    found: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> None:
     """Follow one round, journaling each page before the next."""
     present: set[str] = set()
@@ -314,6 +332,9 @@ async def _follow(
         for source_id in forget:
             ctx.journal.unmap_item(key, source_id)
         ctx.journal.map_items(key, rows)
+        if found is not None and new:
+            made = ctx.journal.mapped_many(key, new)  # the rows as journaled, whole
+            found([made[i] for i in (str(r["source_item_id"]) for r in rows) if i in made])
         present.update(c.id for c in page.changes if not c.removed)
         if page.cursor:
             if cursor is None:
@@ -800,7 +821,11 @@ Exported = list[tuple[Job, Payload]]
 
 
 async def _pipeline(
-    ctx: Context, key: str, stores: Stores, jobs: list[Job], counts: Counter[str]
+    ctx: Context,
+    key: str,
+    stores: Stores,
+    jobs: list[Job] | AsyncIterator[list[Job]],
+    counts: Counter[str],
 ) -> bool:
     """Export batch n+1 from the source while batch n is imported into the target, with up to
     the source's `exports_in_flight` exports and the target's `imports_in_flight` imports
@@ -810,12 +835,13 @@ async def _pipeline(
     what lets the target's upload budget be spent without gaps. Memory is bounded: one batch
     queued, `exports_in_flight` being exported (each <= the source's `export_bytes`), and
     IMPORT_BATCHES x `export_bytes` of payloads being imported; every payload is dropped as
-    soon as its import answers.
+    soon as its import answers. `jobs` may come in parts as the scan finds them
+    (`_scan_and_copy`).
 
     False when the pass's run window closed (`schedule`) before every batch was exported:
     no further batch is exported, and those exported are imported and journaled first.
     """
-    if not jobs:
+    if isinstance(jobs, list) and not jobs:
         return True
     queue: asyncio.Queue[Exported | None] = asyncio.Queue(maxsize=PREFETCH_BATCHES)
     caps = stores.src.caps
@@ -833,7 +859,7 @@ async def _pipeline(
     async def produce(tg: asyncio.TaskGroup) -> None:
         # Up to the source's `exports_in_flight` batches at once, queued as they are ready.
         nonlocal closed
-        for batch in batches(jobs, caps.export_batch, caps.export_bytes):
+        async for batch in _batched(jobs, caps.export_batch, caps.export_bytes):
             await exporting.acquire()
             # A safe point: nothing of this batch is marked or sent yet.
             if schedule.window_closed():
@@ -874,14 +900,37 @@ async def _pipeline(
                 tg.create_task(consume(tg))
             flusher.cancel()
     except BaseExceptionGroup as group:
-        # One error tree for callers: the first failure, not asyncio's group(s) of them.
-        first: BaseException = group
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
+        raise _first_error(group) from None
     finally:
         sink.flush()  # what finished is journaled, whatever else failed
     return not closed
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """One error tree for callers: the first failure, not asyncio's group(s) of them."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+async def _batched(
+    jobs: list[Job] | AsyncIterator[list[Job]], count: int, size_cap: int
+) -> AsyncIterator[list[Job]]:
+    """`batches` of a list, or of jobs coming in parts: a part's last batch short of
+    `count` waits for the next part (it may fill up), the end of the stream sends it."""
+    if isinstance(jobs, list):
+        for batch in batches(jobs, count, size_cap):
+            yield batch
+        return
+    rest: list[Job] = []
+    async for part in jobs:
+        made = list(batches(rest + part, count, size_cap))
+        rest = made.pop() if made and len(made[-1]) < count else []
+        for batch in made:
+            yield batch
+    if rest:
+        yield rest
 
 
 async def _export_batch(
@@ -1306,6 +1355,77 @@ StoreOpener = Callable[
 ]
 
 
+async def _scan_and_copy(
+    ctx: Context,
+    key: str,
+    stores: Stores,
+    plan: Plan,
+    by_id: dict[str, Folder],
+    window: Window,
+    counts: Counter[str],
+    kind: str | None,
+) -> bool:
+    """Scan a mailbox the journal holds no row of, copying each page's pending items (in
+    the window, of `kind`) while the scan reads the next page and folder; False if a
+    folder's cursor was lost (a new IMAP UIDVALIDITY) on the way: the copies under way
+    are finished and recorded, and the caller scans again in the usual order (the lost
+    folder's round restarts there, and what was copied is matched as after any pass).
+
+    With nothing recorded there is no copy to move (`resolve_moves`), adopt
+    (`adopt_interrupted`) or settle (`settle_left`), so starting the copy before the scan
+    ends copies exactly what the usual order would. Each page is journaled `pending` before
+    its items reach the pipeline, and its cursor saved after it, as in `scan_folder`; the
+    pipeline marks and records them as `copy_pending`'s would. A per-folder trial share
+    needs the folder's whole scan first: that window takes the usual order. A run window
+    that closes (`schedule`) stops the scan between folders, as `_between` does, and the
+    copy at a batch boundary as `copy_pending`'s does (`WindowClosed`)."""
+    now = datetime.now().astimezone()
+    found: asyncio.Queue[list[Job] | None] = asyncio.Queue()
+    lost = False
+
+    async def scan() -> None:
+        nonlocal lost
+        try:
+            for folder_id, dest in plan.target_of.items():
+                if schedule.window_closed():
+                    return  # a safe point; the pass ends at the next `_between`
+
+                def to_copy(rows: list[dict[str, Any]], dest: str = dest) -> None:
+                    jobs = [
+                        Job(r, dest)
+                        for r in rows
+                        if r["status"] == "pending"
+                        and _of_kind(r, kind)
+                        and in_window(r, window, now)
+                    ]
+                    if jobs:
+                        found.put_nowait(jobs)
+
+                try:
+                    await scan_folder(ctx, key, stores.src, by_id[folder_id], kind, to_copy)
+                except RemoteError as exc:
+                    if not stores.src.cursor_lost(exc):
+                        raise
+                    lost = True
+                    return
+        finally:
+            found.put_nowait(None)
+
+    async def pages() -> AsyncIterator[list[Job]]:
+        while (jobs := await found.get()) is not None:
+            yield jobs
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(scan())
+            copying = tg.create_task(_pipeline(ctx, key, stores, pages(), counts))
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+    if not copying.result():
+        raise schedule.WindowClosed(counts)
+    return not lost
+
+
 async def sync_mailbox(
     ctx: Context,
     subject: str,
@@ -1321,14 +1441,19 @@ async def sync_mailbox(
     stores = Stores(src, tgt, negotiate(src, tgt, file))
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
+    recorded = ctx.journal.item_map_counts(subject)
     if not ctx.planning:  # the progress view's bar: the source's items not yet copied
         total = sum(by_id[f].total for f in plan.target_of if f in by_id)
-        per = ctx.journal.item_map_counts(subject).values()
+        per = recorded.values()
         moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
         progress.emit(progress.PassSized(subject, max(0, total - moved)))
-    for folder_id in plan.target_of:
-        _between(counts)  # safe points: between folders, between steps
-        await scan_folder(ctx, subject, src, by_id[folder_id], kind)
+    fresh = not recorded and not window.per_folder
+    if not (
+        fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
+    ):
+        for folder_id in plan.target_of:
+            _between(counts)  # safe points: between folders, between steps
+            await scan_folder(ctx, subject, src, by_id[folder_id], kind)
     await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
     _between(counts)

@@ -578,8 +578,9 @@ def test_cancelled_imports_leave_the_waiting_ones_to_a_new_flusher(
     strand the imports still waiting: a new flusher appends their messages (each gets its own
     copy), and the messages of imports cancelled while queued are not appended."""
     target = dovecot.new_user("cancel")
-    sent = [message(i, "cancel") for i in range(40)]
-    flushers, queued_cancelled = [0, 1], list(range(35, 40))
+    # One MULTIAPPEND takes APPEND_BATCH messages: 3 stay queued behind it, 5 more cancelled.
+    sent = [message(i, "cancel") for i in range(APPEND_BATCH + 8)]
+    flushers, queued_cancelled = [0, 1], list(range(APPEND_BATCH + 3, APPEND_BATCH + 8))
 
     async def main() -> list[Any]:
         limits = ConnectionLimits(per_server=10, per_mailbox=2)
@@ -591,7 +592,8 @@ def test_cancelled_imports_leave_the_waiting_ones_to_a_new_flusher(
                 for raw in sent
             ]
             # Two loop turns: every import queued its message, then the first one took a
-            # connection and sent messages 0-31, the second waits to flush the rest.
+            # connection and sent messages 0 to APPEND_BATCH - 1, the second waits to flush
+            # the rest.
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             for n in flushers + queued_cancelled:
@@ -602,7 +604,8 @@ def test_cancelled_imports_leave_the_waiting_ones_to_a_new_flusher(
     with ImapSession.open(endpoint, Password(target.login, target.password)) as t:
         landed = list(t.changes("INBOX", None).new)
         text = {f.uid: f.raw for f in t.fetch("INBOX", landed)}
-    for n in range(32, 35):  # queued behind the cancelled flushers: appended by a new one
+    # Queued behind the cancelled flushers: appended by a new one.
+    for n in range(APPEND_BATCH, APPEND_BATCH + 3):
         made = got[n]
         assert not isinstance(made, BaseException), (n, made)
         assert text[parse_item_id(made.item_id or "")[2]] == sent[n]

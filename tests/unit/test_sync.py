@@ -118,6 +118,11 @@ class MemoryStore:
         self.partial = False  # a killed non-atomic import leaves its copy without its body
         self.batches: list[tuple[str, int]] = []  # (folder id, items) per `import_items` call
         self.refuse: set[bytes] = set()  # MIME an import refuses (InvalidRequest)
+        self.page: int | None = None  # changes per page of a round (None: one page)
+        self.events: list[str] = []  # "page" (a page read) and "export", in order
+        self.page_waits_for_export = False  # a page after the first waits for an export
+        self.exported = asyncio.Event()
+        self.lose_cursor_at_page: int | None = None  # the round's page that says "lost"
 
     # -- test helpers
 
@@ -177,7 +182,7 @@ class MemoryStore:
         return Round(self, folder.id, int(cursor) if cursor else None)
 
     def cursor_lost(self, exc: RemoteError) -> bool:
-        return False
+        return exc.code == "cursor-lost"
 
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
         self.calls["inspect"] += 1
@@ -189,6 +194,8 @@ class MemoryStore:
         self, refs: list[ItemRef], fmt: str, state_only: bool = False
     ) -> dict[str, Payload]:
         self.exports.append(([r.item_id for r in refs], state_only))
+        self.events.append("export")
+        self.exported.set()
         out = {}
         for r in refs:
             if (m := self.items.get(r.item_id)) is None:
@@ -304,7 +311,19 @@ class Round:
                     identity=m.identity,
                 )
             )
-        yield ChangePage(changes, None if s.caps.cursor == "listing" else str(len(s.log)))
+        cursor = None if s.caps.cursor == "listing" else str(len(s.log))
+        size = s.page or max(1, len(changes))
+        parts = [changes[i : i + size] for i in range(0, len(changes), size)] or [[]]
+        for n, part in enumerate(parts):
+            if n and s.page_waits_for_export:
+                # A page is a round trip in a real store; here the next one is read only
+                # once an export started (a pass that never overlaps them fails here).
+                await asyncio.wait_for(s.exported.wait(), 30)
+            if n == s.lose_cursor_at_page:
+                s.lose_cursor_at_page = None  # once
+                raise RemoteError("the cursor is void", service="memory", code="cursor-lost")
+            s.events.append("page")
+            yield ChangePage(part, cursor if n == len(parts) - 1 else None)
 
     async def describe(self, new: list[Change]) -> list[Change]:
         return new
@@ -608,3 +627,38 @@ def test_a_window_closing_mid_pass_stops_at_a_batch_boundary_and_the_next_pass_f
     rest = run_pass(tmp_path, src, tgt)  # no gate: the window is open
     assert rest.counts["copied"] == 12 - copied
     assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"m{n:02d}") for n in range(12)]
+
+
+def test_a_new_mailbox_is_copied_while_its_scan_goes_on(tmp_path: Path) -> None:
+    """A mailbox the journal holds nothing of: its first scanned page is exported before the
+    scan reads the next one (the copy does not wait for the whole scan), and every message
+    still arrives exactly once; the next pass, over a mailbox with rows, copies nothing."""
+    src, tgt = MemoryStore(), MemoryStore(import_batch=2)
+    src.page, src.page_waits_for_export = 3, True
+    for n in range(8):
+        src.put(("INBOX",), f"m{n}")
+    first = run_pass(tmp_path, src, tgt)
+    assert first.counts["copied"] == 8 and first.status == "ok", first
+    assert src.events.index("export") < len(src.events) - 1 - src.events[::-1].index("page")
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"m{n}") for n in range(8)]
+    assert {r["status"] for r in rows(tmp_path)} == {"copied"}
+    src.put(("INBOX",), "later")
+    second = run_pass(tmp_path, src, tgt)
+    assert second.counts["copied"] == 1 and len(tgt.items) == 9, second
+
+
+def test_a_cursor_lost_while_a_new_mailbox_is_copied_copies_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """A cursor lost mid-scan of a new mailbox (a new IMAP UIDVALIDITY) while its first
+    pages are being copied: the copies under way are finished and recorded, the folder is
+    scanned again in the usual order, and every message is in the target once."""
+    src, tgt = MemoryStore(), MemoryStore()
+    src.page, src.page_waits_for_export, src.lose_cursor_at_page = 2, True, 2
+    for n in range(7):
+        src.put(("INBOX",), f"m{n}")
+    result = run_pass(tmp_path, src, tgt)
+    assert result.counts["copied"] == 7 and result.status == "ok", result
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime(f"m{n}") for n in range(7)]
+    assert {r["status"] for r in rows(tmp_path)} == {"copied"}
+    assert run_pass(tmp_path, src, tgt).counts.get("copied", 0) == 0 and len(tgt.items) == 7
