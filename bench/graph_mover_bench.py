@@ -66,6 +66,10 @@ SCALING = (1, 5, 20)
 MAILBOXES = 2 + sum(SCALING)
 RSS_MAILBOX_MB = float(os.environ.get("BENCH_RSS_MAILBOX_MB", "2048"))
 RSS_SCALE = float(os.environ.get("BENCH_RSS_SCALE", "300"))
+# Goals of the client's CPU (issue 16): per small item, in the 20-mailbox part, and per MB of
+# large items, in the upload part. How many mailboxes one core carries at their ceilings.
+CPU_MS_PER_ITEM_GOAL = 1.0
+CPU_MS_PER_MB_GOAL = 5.0
 OLD = dt.datetime(2024, 1, 15, 9, 30, tzinfo=dt.UTC)
 
 
@@ -248,6 +252,17 @@ async def move(project: Path, users: list[str]) -> dict[str, Any]:
     }
 
 
+def cpu_per_item(r: dict[str, Any]) -> float:
+    """Client CPU (ms) per item copied in a pass, its fixed requests (folder tree, delta,
+    reconciliation) included."""
+    return round(r["client_cpu_s"] * 1000 / max(1, r["items"]), 3)
+
+
+def cpu_per_mb(r: dict[str, Any]) -> float:
+    """Client CPU (ms) per MB of items copied in a pass."""
+    return round(r["client_cpu_s"] * 1000 / max(1.0, r["bytes"] / MB), 3)
+
+
 def steady_rate(rows: list[dict[str, Any]]) -> tuple[float, float]:
     """(items/s, bytes/s) of one mailbox's copies once under way: from the copy that ends
     the first tenth (the warm-up: the first answers, a first Retry-After) to the last one,
@@ -296,6 +311,8 @@ def move_profiled(project: Path, users: list[str]) -> dict[str, Any]:
 
     with cProfile.Profile() as prof:
         out = asyncio.run(move(project, users))
+    if os.environ.get("BENCH_PROFILE_OUT"):  # the whole profile, for pstats
+        prof.dump_stats(os.environ["BENCH_PROFILE_OUT"])
     pstats.Stats(prof, stream=sys.stderr).sort_stats(
         os.environ.get("BENCH_PROFILE_SORT", "cumulative")
     ).print_stats(25)
@@ -374,6 +391,9 @@ def main() -> None:
         only_rss = os.environ.get("BENCH_ONLY") == "rss"  # profiling the memory part alone
         skip_upload = only_rss or os.environ.get("BENCH_ONLY", "").isdigit()
         upload = {} if skip_upload else part(project, state, UPLOAD_SCALE, [[upload_user]])[0]
+        if os.environ.get("BENCH_ONLY") == "upload":  # the upload part alone
+            print(json.dumps({**upload, "client_cpu_ms_per_mb": cpu_per_mb(upload)}))
+            return
         scaling: dict[str, Any] = {}
         groups, at = {}, 0
         for n in SCALING:
@@ -384,7 +404,7 @@ def main() -> None:
         moved = part(project, state, REQUEST_SCALE, [groups[n] for n in counts]) if counts else []
         for n, r in zip(counts, moved, strict=True):
             if only_n:
-                print(json.dumps(r))
+                print(json.dumps({**r, "client_cpu_ms_per_item": cpu_per_item(r)}))
                 return
             scaling[str(n)] = {
                 "mailboxes": n,
@@ -407,6 +427,7 @@ def main() -> None:
             return
 
     upload_ceiling = MailboxLimits(time_scale=UPLOAD_SCALE).upload_rate  # bytes/s
+    many = moved[counts.index(SCALING[-1])]  # the most mailboxes at once
     request_ceiling = MailboxLimits(time_scale=REQUEST_SCALE).request_rate  # requests/s
     achieved = upload["steady_bytes_per_s"]
     whole_pass = upload["bytes"] / upload["elapsed_s"]
@@ -420,6 +441,14 @@ def main() -> None:
                     one["steady_per_mailbox_items_per_s"] / request_ceiling, 3
                 ),
                 "scaling": scaling,
+                # The client process's CPU (time.process_time around the pass: every thread
+                # of this process; the sandbox serves from its own process) per item copied.
+                "client_cpu_ms_per_item": cpu_per_item(many),
+                "client_cpu_ms_per_item_goal": CPU_MS_PER_ITEM_GOAL,
+                "client_cpu_ms_per_item_of": f"{SCALING[-1]} mailboxes x {SMALL_ITEMS} x 2 KB",
+                "client_cpu_ms_per_mb": cpu_per_mb(upload),
+                "client_cpu_ms_per_mb_goal": CPU_MS_PER_MB_GOAL,
+                "client_cpu_ms_per_mb_of": f"{UPLOAD_ITEMS} x {LARGE_MB:g} MB, one mailbox",
                 "peak_rss_mb": round(peak, 1),
                 "upload": {
                     "time_scale": UPLOAD_SCALE,

@@ -906,8 +906,15 @@ def reconciliation_table(row: dict[str, Any]) -> Table:
     skipped = [
         f"{s['folder']}: {s['subject']!r} ({s['reason']})" for s in recon.get("skipped_items") or []
     ]
-    if skipped:  # skipped and reported, never dropped silently: each one by folder and subject
-        table.caption = escape("skipped: " + "; ".join(skipped))
+    said = ["skipped: " + "; ".join(skipped)] if skipped else []
+    # Copied without part of their state (the replied/forwarded state a target refused).
+    if not_kept := [
+        f"{s['folder']}: {s['subject']!r} ({s['reason']})"
+        for s in recon.get("not_kept_items") or []
+    ]:
+        said.append("copied incompletely: " + "; ".join(not_kept))
+    if said:  # skipped and reported, never dropped silently: each one by folder and subject
+        table.caption = escape(" | ".join(said))
     return table
 
 

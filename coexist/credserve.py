@@ -286,7 +286,9 @@ async def _submit(page: Page, request: Request, token: str) -> Response:
         result = await credlink.verify_given(page.project, link.item, Credential(login, password))
         if result.result == OK:
             command = await run_in_threadpool(_accept, page, link, login, password)
-            if page.run:
+            # A project whose passes run on workers ([engine] executor = "queue") gets the
+            # user's job queued at once: the command only enqueues it, a worker runs it.
+            if page.run or page.project.engine.executor == "queue":
                 _start_pass(page, link.address, command)
             return page.render(200, "Thank you", view="done", address=link.address)
         if result.result != WRONG_PASSWORD:

@@ -343,12 +343,10 @@ def outbox_for(
 
 
 @dataclass(frozen=True)
-class Planned:
-    """Plan mode's outbox: the real message is built and described, never sent (like a
-    tenant write in `tenants.plan`, it goes to the run's `WriteRecorder`)."""
+class _Wrapping:
+    """An outbox around another: same sender and route, its own `send`."""
 
     inner: Outbox = field(repr=False)
-    recorder: WriteRecorder = field(repr=False)
 
     @property
     def sender(self) -> str:
@@ -357,6 +355,14 @@ class Planned:
     @property
     def via(self) -> str:
         return self.inner.via
+
+
+@dataclass(frozen=True)
+class Planned(_Wrapping):
+    """Plan mode's outbox: the real message is built and described, never sent (like a
+    tenant write in `tenants.plan`, it goes to the run's `WriteRecorder`)."""
+
+    recorder: WriteRecorder = field(repr=False)
 
     async def send(self, msg: EmailMessage) -> Sent:
         to = recipients(msg)
@@ -371,20 +377,10 @@ class Planned:
 
 
 @dataclass(frozen=True)
-class Journaled:
+class Journaled(_Wrapping):
     """An outbox inside a journaled step: `started` is recorded right before each send (the
     runner's write hook, as before a tenant write), so a crash between the relay's accept
     and the step's record is seen by the next run."""
-
-    inner: Outbox = field(repr=False)
-
-    @property
-    def sender(self) -> str:
-        return self.inner.sender
-
-    @property
-    def via(self) -> str:
-        return self.inner.via
 
     async def send(self, msg: EmailMessage) -> Sent:
         from coexist.tenants.plan import before_write

@@ -148,6 +148,12 @@ def _user(
         for s in recon.get("skipped_items") or []
     ]
     reasons = Counter(str(s["reason"] or "no reason recorded") for s in skipped_items)
+    # Copied without part of their state (the replied/forwarded state the target refused
+    # or ignored, sync.NOT_KEPT): not skipped, listed as skipped items are.
+    not_kept_items = [
+        {"folder": s.get("folder"), "subject": s.get("subject"), "reason": s.get("reason")}
+        for s in recon.get("not_kept_items") or []
+    ]
     folders = [
         {
             "folder": ", ".join(f.get("source_folders") or []),
@@ -182,6 +188,8 @@ def _user(
         "skipped": len(skipped_items),
         "skipped_reasons": [{"reason": r, "items": n} for r, n in reasons.most_common()],
         "skipped_items": skipped_items,
+        "not_kept": len(not_kept_items),
+        "not_kept_items": not_kept_items,
         "reconciled": bool(recon) and recon.get("unexplained") == 0,
         "unexplained": recon.get("unexplained"),
         "folders": folders,
@@ -213,6 +221,7 @@ def _totals(users: list[dict[str, Any]], passes: list[dict[str, Any]]) -> dict[s
         "wall_seconds": round(wall, 3),
         "wall_gb_per_hour": gb_per_hour(size, wall),
         "skipped": sum(u["skipped"] for u in users),
+        "not_kept": sum(u["not_kept"] for u in users),
         "unexplained": sum(int(u["unexplained"] or 0) for u in users),
         "reconciled": sum(1 for u in users if u["reconciled"]),
         "errors": sum(1 for u in users if u["error"]),

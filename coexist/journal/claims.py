@@ -466,19 +466,7 @@ def _live_others(conn: Connection, life: _Liveness, me: int) -> dict[int, Holder
         return {}
     alive = life.alive(conn, rows)
     _delete_writers(conn, [r["id"] for r in rows if r["id"] not in alive])
-    return {
-        r["id"]: Holder(
-            id=r["id"],
-            command=r["command"],
-            pid=r["pid"],
-            host=r["host"],
-            started_at=r["started_at"],
-            run_id=r["run_id"],
-            selection=_selection(r["args"]),
-        )
-        for r in rows
-        if r["id"] in alive
-    }
+    return {r["id"]: _holder(r, _selection(r["args"])) for r in rows if r["id"] in alive}
 
 
 def _delete_writers(conn: Connection, ids: list[int]) -> None:
@@ -544,6 +532,19 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
     )
 
 
+def _holder(r: dict[str, Any], selection: str = "") -> Holder:
+    """A writers row (joined with what else was selected) as a Holder."""
+    return Holder(
+        id=r["id"],
+        command=r["command"],
+        pid=r["pid"],
+        host=r["host"],
+        started_at=r["started_at"],
+        run_id=r["run_id"],
+        selection=selection,
+    )
+
+
 def users_held(engine: Engine) -> dict[str, Holder]:
     """The users live writers hold now (a worker's job holds its user), by source id; for
     `coexist status`. Reads only: a dead writer's rows are left for the next claim to delete."""
@@ -559,17 +560,6 @@ def users_held(engine: Engine) -> dict[str, Holder]:
         with db.transaction(engine, write=False) as conn:
             rows = [row_dict(r) for r in conn.execute(stmt)]
             alive = life.alive(conn, rows) if rows else set()
-        return {
-            str(r["scope"])[len("user:") :]: Holder(
-                id=r["id"],
-                command=r["command"],
-                pid=r["pid"],
-                host=r["host"],
-                started_at=r["started_at"],
-                run_id=r["run_id"],
-            )
-            for r in rows
-            if r["id"] in alive
-        }
+        return {str(r["scope"])[len("user:") :]: _holder(r) for r in rows if r["id"] in alive}
     finally:
         life.drop()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from coexist.engine.context import Context
 from coexist.migrate.folders import join_path
+from coexist.migrate.sync import NOT_KEPT
 from coexist.model import Phase
 from coexist.settings import toml_value
 
@@ -145,6 +146,16 @@ async def reconcile(
                 "reason": s["reason"],
             }
             for s in ctx.journal.skipped_items(key)
+        ],
+        # Copied, but without part of their state (the replied/forwarded state a target
+        # refused or ignored: sync.NOT_KEPT): not skipped, listed the same way.
+        "not_kept_items": [
+            {
+                "folder": _folder_name(plan, s["source_folder_id"]),
+                "subject": s["subject"],
+                "reason": s["reason"],
+            }
+            for s in ctx.journal.mapped_items(key, status="copied", reason_prefix=NOT_KEPT)
         ],
     }
     if not ctx.planning:

@@ -52,10 +52,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import email.policy
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.parser import BytesHeaderParser
 from typing import Any
 
 from coexist import progress, schedule
@@ -395,6 +397,10 @@ def page_rows(
 # -- moves -------------------------------------------------------------------------------------
 
 MOVE_MARK = "moving the copy of "  # reason of a row whose old copy is still to be removed
+# Reason of a copied row whose copy lacks part of the item's state the target refused or
+# ignored (`Imported.lost`: the replied/forwarded state): copied, counted `not_kept`, and
+# listed with folder and subject by the reconciliation (`reconcile.not_kept_items`).
+NOT_KEPT = "copied without "
 
 
 async def resolve_moves(
@@ -717,14 +723,21 @@ async def copy_pending(
     kind: str | None = None,
 ) -> None:
     """Pending items (of `kind`, if given) in the window, after the recovery of imports a
-    dead pass left (`adopt_interrupted`)."""
+    dead pass left (`adopt_interrupted`).
+
+    The mailbox's `importing` rows, then its `pending` rows, are read once and taken folder
+    by folder (two reads per pass, not two per folder): a folder's recovery changes only
+    that folder's rows, so every folder's recovery runs before the pending rows are read."""
     now = datetime.now().astimezone()
     jobs: list[Job] = []
+    stuck = _by_folder(ctx.journal.mapped_items(key, status="importing"))
+    for folder_id in plan.target_of:
+        await adopt_interrupted(ctx, key, stores.tgt, folder_id, stuck.get(folder_id, []))
+    waiting = _by_folder(ctx.journal.mapped_items(key, status="pending"))
     for folder_id, dest in plan.target_of.items():
-        await adopt_interrupted(ctx, key, stores.tgt, folder_id)
         pending = [
             r
-            for r in ctx.journal.mapped_items(key, folder_id=folder_id, status="pending")
+            for r in waiting.get(folder_id, [])
             if _of_kind(r, kind)
             and (moving(r) or in_window(r, window, now))  # a moved item's copy exists already
         ]
@@ -733,6 +746,14 @@ async def copy_pending(
         jobs += [Job(r, dest) for r in pending]
     if not await _pipeline(ctx, key, stores, jobs, counts):
         raise schedule.WindowClosed(counts)
+
+
+def _by_folder(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows by source folder, each folder's in the order read."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(str(r["source_folder_id"]), []).append(r)
+    return out
 
 
 async def update_changed(
@@ -1090,9 +1111,11 @@ def _created(sink: Sink, job: Job, data: Payload, made: Imported | InvalidReques
         sink.counts["skipped"] += 1
         return
     # A moved item keeps its mark until `finish_moves` has removed the old copy.
-    reason = job.row["reason"] if moving(job.row) else None
-    _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason)
-    if reason is None:  # a moved item is counted once, as moved, by `finish_moves`
+    moved = moving(job.row)
+    reason = job.row["reason"] if moved else _not_kept(sink, job, data, made)
+    extra = {"subject": _subject(job, data)} if reason and not moved else {}
+    _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason, **extra)
+    if not moved:  # a moved item is counted once, as moved, by `finish_moves`
         sink.counts["copied"] += 1
     sink.counts["bytes"] += data.size if data.size is not None else int(job.row.get("size") or 0)
 
@@ -1113,8 +1136,40 @@ async def _update(sink: Sink, job: Job, data: Payload) -> None:
         sink.counts["update_conflicts"] += 1
         sink.conflicts.append(str(job.row.get("subject") or job.source_id))
         return
-    _copied(sink, job, data, Imported(made.item_id or job.update[0], made.change_key))
+    extra: dict[str, Any] = {}
+    if not moving(job.row):
+        # A state the update could not set is reported; one it set clears the old report.
+        lost = _not_kept(sink, job, data, made)
+        if lost is not None:
+            extra = {"reason": lost, "subject": _subject(job, data)}
+        elif str(job.row.get("reason") or "").startswith(NOT_KEPT):
+            extra = {"reason": None}
+    _copied(sink, job, data, Imported(made.item_id or job.update[0], made.change_key), **extra)
     sink.counts["updated"] += 1
+
+
+def _not_kept(sink: Sink, job: Job, data: Payload, made: Imported) -> str | None:
+    """The row's reason when the target made the copy without part of the item's state
+    (`Imported.lost`), counted `not_kept`; None when it kept it all."""
+    if not made.lost:
+        return None
+    sink.counts["not_kept"] += 1
+    return NOT_KEPT + made.lost
+
+
+def _subject(job: Job, data: Payload) -> str | None:
+    """The item's subject for a report line: the row's, the export's `info`, else the
+    MIME header (an IMAP change round carries no subject; only reported items pay this)."""
+    if job.row.get("subject"):
+        return str(job.row["subject"])
+    if data.info is not None and data.info.subject:
+        return data.info.subject
+    if data.mime:
+        with contextlib.suppress(Exception):  # a header it cannot parse names nothing
+            head = BytesHeaderParser(policy=email.policy.default).parsebytes(data.mime)
+            if (subject := head.get("Subject")) is not None:
+                return str(subject)
+    return None
 
 
 def _copied(sink: Sink, job: Job, data: Payload, made: Imported, **extra: Any) -> None:
@@ -1132,7 +1187,13 @@ def _copied(sink: Sink, job: Job, data: Payload, made: Imported, **extra: Any) -
     )
 
 
-async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id: str) -> None:
+async def adopt_interrupted(
+    ctx: Context,
+    key: str,
+    tgt: MailboxStore,
+    folder_id: str,
+    stuck: list[dict[str, Any]] | None = None,
+) -> None:
     """Items marked `importing` by a pass that died: adopt the copy if the import landed.
 
     The copy is recognised by its identity among the target folder's items no row maps yet:
@@ -1140,9 +1201,11 @@ async def adopt_interrupted(ctx: Context, key: str, tgt: MailboxStore, folder_id
     without an identity (the source item had none) goes back to pending. A target whose
     import is not atomic (`caps.atomic_import` False) may hold a partial copy: it is
     deleted and the item copied again, or, where an update completes a copy
-    (`caps.completes_on_update`), adopted and completed (`_recover_partial`).
+    (`caps.completes_on_update`), adopted and completed (`_recover_partial`). `stuck`: the
+    folder's `importing` rows, when the caller read them already.
     """
-    stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
+    if stuck is None:
+        stuck = ctx.journal.mapped_items(key, folder_id=folder_id, status="importing")
     if not stuck:
         return
     taken = {r["target_item_id"] for r in ctx.journal.mapped_items(key) if r["target_item_id"]}
@@ -1334,6 +1397,11 @@ class StoreMover:
             notes.append(f"{plan.not_ipm} search and system folders left out")
         if note := conflicts_note(stores.conflicts):
             notes.append(note)
+        if counts["not_kept"]:
+            notes.append(
+                f"{counts['not_kept']} messages copied without their replied/forwarded state "
+                "(the target refused or ignored it; listed in the report)"
+            )
         return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
 
 

@@ -8,9 +8,11 @@ TLS handshake, name not resolved, refused, no answer) and the setting that fixes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import httpx
+from azure.core.credentials import AccessToken
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
 from coexist.errors import (
@@ -45,6 +48,10 @@ READ_RETRY = RetryPolicy()
 # default is 300 s per attempt (azure.core.configuration.ConnectionConfiguration), four
 # attempts with its retries: a black-holed authority would hold a command for 20 minutes.
 TOKEN_TIMEOUT_S = 30.0
+# A token is reused while it has more than this left: azure-identity's own refresh point
+# (GetTokenMixin: DEFAULT_REFRESH_OFFSET, 300 s before expires_on), so the credential would
+# have answered the same token from its cache.
+TOKEN_REUSE_S = 300.0
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -217,6 +224,14 @@ class Adapter:
         self._credentials = credentials if credentials is not None else TenantCredentials()
         self._cred = self._credentials.get(ep, timeout=min(timeout, TOKEN_TIMEOUT_S))
         self.timeout = timeout
+        # One TLS context for every HTTP client of the adapter: httpx builds a new one (and
+        # loads the CA bundle) per client otherwise, a few ms of CPU each.
+        self._tls = httpx.create_ssl_context(verify=ep.verify)
+        # The current token, fetched by one caller at a time: azure-identity's async
+        # credential does not serialize acquisitions, so the first requests of a pass, all
+        # at once, each fetched a token of their own (hundreds with many mailboxes).
+        self._token: AccessToken | None = None
+        self._token_lock = asyncio.Lock()
         self._http = self._new_client()
         self._gate = Gate(concurrency)
         self.write_budget = write_budget or WriteBudget()
@@ -224,7 +239,7 @@ class Adapter:
     def _new_client(self) -> httpx.AsyncClient:
         """An HTTP client for this system (TLS verification always on: `ep.verify` is True or
         a CA bundle, never False)."""
-        return httpx.AsyncClient(verify=self.ep.verify, timeout=self.timeout)
+        return httpx.AsyncClient(verify=self._tls, timeout=self.timeout)
 
     @property
     def credential(self) -> Any:
@@ -286,8 +301,18 @@ class Adapter:
         return error
 
     async def token(self) -> str:
+        tok = self._token
+        if tok is not None and tok.expires_on - time.time() > TOKEN_REUSE_S:
+            return str(tok.token)
+        async with self._token_lock:
+            tok = self._token
+            if tok is None or tok.expires_on - time.time() <= TOKEN_REUSE_S:
+                tok = self._token = await self._fetch_token()
+        return str(tok.token)
+
+    async def _fetch_token(self) -> AccessToken:
         try:
-            tok = await self._cred.get_token(self.scope)
+            tok: AccessToken = await self._cred.get_token(self.scope)
         except ClientAuthenticationError as exc:
             raise AuthenticationError(
                 f"could not get a {self.service} token for tenant {self.ep.tenant_id}: "
@@ -309,7 +334,7 @@ class Adapter:
                 timeout=TOKEN_TIMEOUT_S,
                 retryable=False,
             ) from exc
-        return str(tok.token)
+        return tok
 
     async def granted(self) -> dict[str, Any]:
         """The roles (`roles`) and directory role ids (`wids`) in this app's token."""

@@ -39,12 +39,19 @@ from .mailbox_governor import (
     mailbox_of,
 )
 from .plan import before_write
+from .transport import Transport
 
 # 429 and 503 mean the request was refused before processing (graph/throttling).
 _IMPORT_NOT_PROCESSED = frozenset({429, 503})
 BATCH_REQUESTS = 20  # json-batching: "currently limited to 20 individual requests"
 KEEPALIVE = 64  # idle connections kept per HTTP client
-POOL_SHARDS = 16  # HTTP clients per adapter for Outlook requests, chosen by mailbox
+# HTTP clients per adapter for Outlook requests, chosen by mailbox. httpcore's placement of
+# a request is quadratic in the connections of its pool (for each idle one, it counts the
+# idle ones again), and a mailbox keeps up to 4: 64 keeps a pool to a mailbox or two up to
+# a few dozen mailboxes at once (16 put ~20 mailboxes, up to 80 connections, in each pool
+# at 300).
+POOL_SHARDS = 64
+PARSED_URLS = 1024  # import URLs kept parsed per adapter (one per import session)
 # GET users/{id}/settings/exchange answers the import/export API's mailbox id for a user.
 _EXCHANGE_SETTINGS = re.compile(r"(?:^|/)users/([^/?]+)/settings/exchange/?$", re.IGNORECASE)
 
@@ -175,14 +182,21 @@ class GraphAdapter(Adapter):
         # per idle socket), so one pool holding 4 connections per mailbox for many mailboxes
         # spent more CPU placing requests than sending them (profiled: 40% of the client).
         self._pools: dict[int, httpx.AsyncClient] = {}
+        # An import session's URL, parsed once, with the mailbox it is charged to: httpx
+        # parses (and checks character by character) a str URL on every request, and an
+        # importUrl is long.
+        self._parsed: dict[str, tuple[httpx.URL, str | None]] = {}
 
     def _new_client(self) -> httpx.AsyncClient:
         # Many requests are in flight at once: keep that many connections alive (httpx keeps
         # 20 by default, so every request beyond would pay a new TLS handshake).
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE)
         return httpx.AsyncClient(
-            verify=self.ep.verify,
+            verify=self._tls,  # what a proxy from the environment is reached with
             timeout=self.timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE),
+            limits=limits,
+            # httpcore on asyncio's sockets and TLS: the CPU of the hot path (tenants/transport).
+            transport=Transport(self._tls, limits),
         )
 
     def _client(self, box: str | None) -> httpx.AsyncClient:
@@ -194,6 +208,15 @@ class GraphAdapter(Adapter):
         if client is None:
             client = self._pools[shard] = self._new_client()
         return client
+
+    def _parsed_url(self, url: str) -> tuple[httpx.URL, str | None]:
+        """A pre-authenticated URL parsed, and its mailbox (`mailbox_of`)."""
+        parsed = self._parsed.get(url)
+        if parsed is None:
+            if len(self._parsed) >= PARSED_URLS:  # old sessions' URLs: expired anyway
+                self._parsed.clear()
+            parsed = self._parsed[url] = (httpx.URL(url), mailbox_of(url))
+        return parsed
 
     async def close(self) -> None:
         for client in self._pools.values():
@@ -428,17 +451,17 @@ class GraphAdapter(Adapter):
             return {}
         before_write()
 
-        box = mailbox_of(import_url)
+        parsed, box = self._parsed_url(import_url)
         upload = import_bytes(body)
 
         async def attempt() -> dict[str, Any]:
             async with self._slot(box, upload):
-                return await self._post_import(import_url, body, box, upload)
+                return await self._post_import(parsed, body, box, upload)
 
         return await self.read_retry.call(attempt)
 
     async def _post_import(
-        self, import_url: str, body: dict[str, Any], box: str | None, upload: int
+        self, import_url: httpx.URL, body: dict[str, Any], box: str | None, upload: int
     ) -> dict[str, Any]:
         self.calls += 1
         try:
@@ -446,7 +469,7 @@ class GraphAdapter(Adapter):
                 import_url, content=import_content(body), headers=_JSON_CONTENT
             )
         except httpx.TransportError as exc:
-            raise self._unsent_or_unknown(exc, "importItem", import_url) from exc
+            raise self._unsent_or_unknown(exc, "importItem", str(import_url)) from exc
         if resp.status_code >= 400:
             try:
                 payload = resp.json()

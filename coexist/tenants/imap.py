@@ -176,12 +176,18 @@ class Tokens(Protocol):
 
     def refresh(self) -> None: ...
 
+    def fresh(self, token: str) -> bool:
+        """Whether `token` is still one a new login would be given (not near its expiry)."""
+        ...
+
 
 @dataclass(frozen=True)
 class OAuth2Refreshed:
     """AUTHENTICATE XOAUTH2 as `user` with a current token of `tokens` at each login; a
     token the server refuses is replaced and the login made once more, on a new
-    connection (`ImapSession.open`)."""
+    connection (`ImapSession.open`). A connection logged in with such a token retires
+    before the token expires, between two commands, and logs in again with a new one
+    (`ImapSession.renew`, called by `AsyncImapSession.run`)."""
 
     user: str
     tokens: Tokens = field(repr=False)
@@ -442,6 +448,18 @@ def chunks_by_size(
 
 # Response codes (RFC 5530) that say "later", not "never".
 _TRANSIENT_CODES = {"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "EXPUNGEISSUED"}
+# A session ended because the OAuth token it logged in with expired: Exchange Online sends
+# "* BYE Session invalidated - AccessTokenExpired", seen in answer to an APPEND in a user's
+# log (imapsync/imapsync issue #250; not in Microsoft's docs: *unverified* whether it also
+# answers NO with those words); RFC 5530's [EXPIRED] ("access is no longer permitted using
+# that passphrase") is the standard code for it. Both are transient: a new login with a new
+# token goes on.
+_TOKEN_EXPIRED = re.compile(r"AccessTokenExpired|\[EXPIRED\]", re.I)
+
+
+def token_expired(exc: BaseException) -> bool:
+    """Whether a failed command says the session's OAuth token expired."""
+    return _TOKEN_EXPIRED.search(str(exc)) is not None
 
 
 def _server_text(exc: BaseException) -> str:
@@ -542,6 +560,16 @@ class _ErrorMapper:
         where = f" in folder {folder!r}" if folder is not None else ""
         head = f"IMAP {what}{where} for {self.user} at {self.ep.url}"
         kw: dict[str, Any] = {"service": SERVICE, "user": self.user, "folder": folder}
+        if token_expired(exc):
+            # Retried like a dropped connection: a read is read again and a write whose
+            # outcome is unknown is settled by the sync's `importing` marks, both over a
+            # new login with a new token.
+            return TransientError(
+                f"{head}: the server ended the session, its OAuth token expired "
+                f"({_server_text(exc)})",
+                code="EXPIRED",
+                **kw,
+            )
         if isinstance(exc, imap_errors.IMAPClientAbortError | OSError):
             # The connection broke mid-command (reset, timeout, server shutdown).
             return TransientError(f"{head}: the connection failed ({exc})", **kw)
@@ -570,7 +598,14 @@ class ImapSession:
     enables CONDSTORE/QRESYNC when offered; use it as a context manager (LOGOUT at exit).
     """
 
-    def __init__(self, client: imapclient.IMAPClient, endpoint: ImapEndpoint, user: str) -> None:
+    def __init__(
+        self,
+        client: imapclient.IMAPClient,
+        endpoint: ImapEndpoint,
+        user: str,
+        credentials: Credentials | None = None,
+        token: str | None = None,
+    ) -> None:
         self._client = client
         self.endpoint = endpoint
         self.user = user
@@ -578,6 +613,12 @@ class ImapSession:
         self.caps = ImapCapabilities.parse(client.capabilities())
         self._selected: str | None = None
         self._validity = 0  # UIDVALIDITY of the selected folder
+        # How to log in again, and the OAuth token this connection logged in with
+        # (OAuth2Refreshed): `due` compares it with what the token source would give now.
+        self._credentials = credentials
+        self._token = token
+        self._expired = False  # the server said the token expired (`token_expired`)
+        self.logins = 1  # this session's logins: the first and each renewal
         # QRESYNC must be ENABLEd before it changes answers (RFC 7162 3.2.3); it implies
         # CONDSTORE. ENABLE CONDSTORE alone makes every FETCH carry MODSEQ.
         wanted = (
@@ -605,6 +646,42 @@ class ImapSession:
             credentials.tokens.refresh()
             return cls._open(endpoint, credentials)
 
+    def due(self) -> bool:
+        """Whether this connection should log in again before its next command: it logged
+        in with an OAuth token its source no longer gives (near its expiry, or replaced),
+        or the server said that token expired. A server may end a session when its token
+        expires (Exchange Online: "Session invalidated - AccessTokenExpired"), so a
+        connection never outlives the token it logged in with."""
+        creds = self._credentials
+        if not isinstance(creds, OAuth2Refreshed) or self._token is None:
+            return False
+        return self._expired or not creds.tokens.fresh(self._token)
+
+    def renew(self) -> None:
+        """Log out, then connect and log in again with a current token (`open`).
+        Call it between commands only: never while an APPEND is being sent. The folder
+        selected before is selected again, its UIDVALIDITY checked.
+
+        Out before in: the new login never counts as one more connection against the
+        server's per-user cap (`ConnectionLimits`). A failed login raises, and leaves this
+        session closed and still due: its next command tries the login again first."""
+        assert self._credentials is not None
+        log.debug("IMAP %s at %s: new login, the token is due", self.user, self.endpoint.url)
+        selected, validity = self._selected, self._validity
+        _close_quietly(self._client)
+        self._selected = None
+        fresh = type(self).open(self.endpoint, self._credentials)
+        self._client, self.caps, self._token = fresh._client, fresh.caps, fresh._token
+        self._validity, self._expired = 0, False
+        self.logins += 1
+        if selected is not None:
+            # The folder selected before, again (EXAMINE: a write selects for itself): a
+            # caller that checked its UIDs against it (`examine`) reads them next, and
+            # must not read them under another UIDVALIDITY (`_ensure_selected` raises). A
+            # folder gone meanwhile stays unselected: the next command may not need it.
+            with suppress(NotFound, InvalidRequest, PermissionDenied):
+                self._ensure_selected(selected, validity)
+
     @classmethod
     def _open(cls, endpoint: ImapEndpoint, credentials: Credentials) -> ImapSession:
         errors = _ErrorMapper(endpoint, credentials.user)
@@ -624,9 +701,9 @@ class ImapSession:
             _untraced(client)
             if endpoint.security == "starttls":
                 _starttls(client, context, errors)
-            _login(client, credentials, errors)
+            token = _login(client, credentials, errors)
             client.normalise_times = False  # keep INTERNALDATE's own time zone
-            return cls(client, endpoint, credentials.user)
+            return cls(client, endpoint, credentials.user, credentials, token)
         except BaseException:
             _close_quietly(client)
             raise
@@ -653,6 +730,8 @@ class ImapSession:
         except (imap_errors.IMAPClientError, OSError) as exc:
             if isinstance(exc, imap_errors.IMAPClientAbortError | OSError):
                 self._selected = None  # the connection is gone with its selection
+            if token_expired(exc):
+                self._expired = True  # the next command logs in again first (`due`)
             raise self._errors.command_failure(exc, what, folder) from exc
 
     # -- folders ---------------------------------------------------------------------
@@ -1157,14 +1236,17 @@ def _starttls(client: imapclient.IMAPClient, context: ssl.SSLContext, errors: _E
         raise errors.connect_failure(exc) from exc
 
 
-def _login(client: imapclient.IMAPClient, creds: Credentials, errors: _ErrorMapper) -> None:
+def _login(client: imapclient.IMAPClient, creds: Credentials, errors: _ErrorMapper) -> str | None:
+    """Log in; the OAuth token used when `creds` get theirs from a token source."""
+    token = None
     try:
         if isinstance(creds, MasterPassword):
             client.login(f"{creds.user}{creds.separator}{creds.master}", creds.password)
         elif isinstance(creds, OAuth2Token):
             client.oauth2_login(creds.user, creds.token)
         elif isinstance(creds, OAuth2Refreshed):
-            client.oauth2_login(creds.user, creds.tokens.token())
+            token = creds.tokens.token()
+            client.oauth2_login(creds.user, token)
         elif creds.mechanism == "plain":
             client.plain_login(creds.user, creds.password)
         else:
@@ -1177,6 +1259,7 @@ def _login(client: imapclient.IMAPClient, creds: Credentials, errors: _ErrorMapp
         if isinstance(exc.__context__, imap_errors.IMAPClientAbortError | OSError):
             raise errors.connect_failure(exc.__context__) from exc
         raise errors.login_failure(exc, creds) from exc
+    return token
 
 
 def _close_quietly(client: imapclient.IMAPClient) -> None:
@@ -1297,7 +1380,9 @@ class ConnectionLimits:
 
 class AsyncImapSession:
     """An `ImapSession` for asyncio code: each call runs in a worker thread, one at a time
-    (an IMAP connection carries one command after another)."""
+    (an IMAP connection carries one command after another). Between two calls, the safe
+    point (no command, no APPEND half sent), a session whose OAuth token is due logs in
+    again with a new one (`ImapSession.due`, `renew`)."""
 
     def __init__(self, session: ImapSession) -> None:
         self.session = session
@@ -1306,7 +1391,7 @@ class AsyncImapSession:
     async def run(self, call: Callable[[ImapSession], T]) -> T:
         """`call(session)` in a worker thread, after the session's previous call ended."""
         async with self._lock:
-            work = asyncio.ensure_future(asyncio.to_thread(call, self.session))
+            work = asyncio.ensure_future(asyncio.to_thread(_renewed, call, self.session))
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -1347,6 +1432,13 @@ class AsyncImapSession:
                 ahead.cancel()
                 with suppress(asyncio.CancelledError, RemoteError):
                     await ahead
+
+
+def _renewed(call: Callable[[ImapSession], T], session: ImapSession) -> T:
+    """`call(session)`, after a new login if the session's token is due."""
+    if session.due():
+        session.renew()
+    return call(session)
 
 
 # glibc's mallopt parameter M_MMAP_THRESHOLD (malloc.h) and the value coexist sets.

@@ -19,8 +19,9 @@ from the client's token endpoint, one of two grants:
   Applications", Refreshing an access token). One token per user.
 
 A token is taken anew when it has less than REFRESH_MARGIN_S (or half its lifetime, if
-shorter) left (`TokenSource.token`),
-and once more when the IMAP server refused it (`refresh`: revoked, or its clock disagrees;
+shorter) left (`TokenSource.token`); a connection logged in with it logs in again then,
+between two commands (`TokenSource.fresh`, `tenants.imap.ImapSession.due`); and once
+more when the IMAP server refused it (`refresh`: revoked, or its clock disagrees;
 `tenants.imap.ImapSession.open` reconnects with it). Tokens live in memory only. Secrets
 never reach a message: the token endpoint's error text is redacted (`errors.redact`), and
 client secret and refresh token are fields kept out of every repr.
@@ -127,13 +128,24 @@ class TokenSource:
     def token(self) -> str:
         """A token with more than the margin left: the one held, or a new one."""
         with self._lock:
-            # A token that lives less than twice the margin is replaced at half its life,
-            # else it would be replaced at every login, the one just refreshed too.
-            margin = min(self._margin, self._lifetime / 2)
-            if self._token is None or self._clock() >= self._expires - margin:
+            if self._token is None or not self._held_fresh():
                 self._fetch()
             assert self._token is not None
             return self._token
+
+    def fresh(self, token: str) -> bool:
+        """Whether `token` is the one held and has more than the margin left: what a
+        connection logged in with it asks between commands (`tenants.imap.ImapSession.due`),
+        so that it logs in again before the token expires, at the moment a new login would
+        get a new token."""
+        with self._lock:
+            return token == self._token and self._held_fresh()
+
+    def _held_fresh(self) -> bool:
+        # A token that lives less than twice the margin is replaced at half its life,
+        # else it would be replaced at every login, the one just refreshed too.
+        margin = min(self._margin, self._lifetime / 2)
+        return self._clock() < self._expires - margin
 
     def refresh(self) -> None:
         """Replace the token held (the server refused it)."""

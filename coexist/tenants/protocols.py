@@ -205,10 +205,13 @@ class Payload:
 
 @dataclass(frozen=True)
 class Imported:
-    """What an import made: the copy's id and change key (None in plan mode)."""
+    """What an import made: the copy's id and change key (None in plan mode); `lost`: what
+    of the item's state the target refused or ignored though the copy was made ("the
+    replied/forwarded state (refused: ...)"), reported by the sync, not a skip."""
 
     item_id: str | None
     change_key: str | None
+    lost: str | None = None
 
 
 class ChangeRound(Protocol):

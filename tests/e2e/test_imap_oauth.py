@@ -26,6 +26,7 @@ from coexist.tenants.oauth import CLIENT_CREDENTIALS, M365_IMAP_SCOPE, OAuthApp,
 from tests.dovecot import DovecotServer
 from tests.e2e.imap_scene import Scene, run, run_json
 from tests.e2e.test_imap_to_imap import older
+from tests.imap_relay import ByeRelay
 from tests.oauth_endpoint import TokenEndpoint
 
 
@@ -171,3 +172,38 @@ def test_client_credentials_get_an_exchange_online_token(sandbox: Sandbox, tmp_p
         bad.token()
     assert "invalid_client" in raised.value.message and "AADSTS7000215" in raised.value.message
     assert wrong not in str(raised.value)
+
+
+def test_a_session_the_server_ends_for_an_expired_token_needs_no_coexist_retry(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """The target ends a session with Exchange Online's "BYE Session invalidated -
+    AccessTokenExpired" right after an APPEND landed (tests/imap_relay.py in front of the
+    Dovecot): the prestage retries that user's pass by itself (a transient error) and ends
+    with no user failed or waiting and every message once, without `coexist retry`."""
+    scene = Scene(dovecot, tmp_path)
+    relay = ByeRelay(tmp_path, dovecot.host, dovecot.tls_port, dovecot.ca_file)
+    d = dovecot
+    (scene.project / "project.toml").write_text(
+        f'[source]\nkind = "imap"\n\n[source.imap]\nhost = "{d.host}"\nport = {d.tls_port}\n'
+        f'ca_file = "{d.ca_file}"\nauth = "login"\n\n'
+        f'[target]\nkind = "imap"\n\n[target.imap]\nhost = "127.0.0.1"\nport = {relay.port}\n'
+        f'ca_file = "{relay.ca_file}"\nauth = "login"\n\n'
+        '[migration]\nfolder_rules = ["^INBOX/->"]\n'
+    )
+    p = str(scene.project)
+    for u in scene.users:
+        scene.seed(u)
+    run_json("batch", "import", "--project", p, str(scene.csv()))
+    relay.cut_at = 2
+    try:
+        out = run("prestage", "--project", p, "--all", "--older-than", "90d", "--json")
+    finally:
+        relay.close()
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert not result["failed"] and not result["waiting"], result
+    assert relay.cut == 1
+    for u in scene.users:
+        source = scene.fingerprints(u.source, mapped=True)
+        assert scene.fingerprints(u.target) == older(source), u.address

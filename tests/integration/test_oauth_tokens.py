@@ -74,3 +74,24 @@ def test_a_refused_client_is_named_without_its_secret(tmp_path: Path) -> None:
     said = str(raised.value)
     assert "invalid_client" in said and "ann@example.org" in said
     assert "wrong-secret-value" not in said and "rt-ann" not in said
+
+
+def test_a_connection_asks_whether_its_token_is_still_fresh(tmp_path: Path) -> None:
+    """`fresh(token)`: true for the token held while a login would still be given it, false
+    from the margin on and for a token replaced since (what an IMAP connection asks between
+    commands to retire before its token expires)."""
+    n = count()
+    with TokenEndpoint(tmp_path, lambda login, life: f"tok-{next(n)}", "client", "s3cret",
+                       lifetime_s=3600) as endpoint:  # fmt: skip
+        endpoint.refresh_tokens["rt-ann"] = "ann"
+        clock = Clock()
+        tokens = source(endpoint, clock)
+        first = tokens.token()
+        clock.now += 3600 - 301
+        assert tokens.fresh(first) and not tokens.fresh("tok-other")
+        clock.now += 2
+        assert not tokens.fresh(first)
+        second = tokens.token()
+        assert second != first and tokens.fresh(second) and not tokens.fresh(first)
+        tokens.refresh()
+        assert not tokens.fresh(second)

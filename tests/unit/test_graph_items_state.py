@@ -299,3 +299,31 @@ def test_a_pass_of_updates_only_reads_its_first_patch_back() -> None:
     asyncio.run(main())
     assert store.verbs is False and len(server.sent("GET")) == 1
     assert [LAST_VERB in props_of(b) for b in server.sent("PATCH")] == [True, False]
+
+
+def lost_of(server: Server) -> list[str | None]:
+    """`Imported.lost` of each create of STEPS and of the update of the first, in order."""
+    store = GraphItemsStore(Box(cast(GraphAdapter, server), "user-1", ""))
+
+    async def main() -> list[str | None]:
+        made = [await store.import_item("inbox", payload(s, st)) for s, st in STEPS]
+        first = made[0].item_id
+        assert first is not None
+        again = await store.import_item("inbox", payload(*STEPS[0]), ItemRef("inbox", first))
+        plain = await store.import_item("inbox", payload("plain", MessageState(read=True)))
+        return [m.lost for m in [*made, again, plain]]
+
+    return asyncio.run(main())
+
+
+def test_each_copy_without_its_replied_state_says_so() -> None:
+    """A target that refuses or ignores 0x1081: every create and update of a replied or
+    forwarded message answers `lost` (the sync counts and lists it; the copy is made), the
+    probe's own copy too; a message without that state, or a target keeping it, none."""
+    refused = lost_of(Server(refuses=True))
+    assert all(r is not None and "replied/forwarded" in r and "refused" in r
+               for r in refused[:4]), refused  # fmt: skip
+    ignored = lost_of(Server(ignores=True))
+    assert all(r is not None and "kept" in r for r in ignored[:4]), ignored
+    assert refused[4] is None and ignored[4] is None
+    assert lost_of(Server()) == [None] * 5

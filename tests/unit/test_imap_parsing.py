@@ -137,3 +137,25 @@ def test_the_usual_message_id_block_takes_the_fast_road() -> None:
     """Dovecot's answer shape is read by the regular expression (no parser needed)."""
     assert imap._PLAIN_MESSAGE_ID.match(b"Message-ID: <a@b>\r\n\r\n") is not None
     assert parse_message_id(b"Message-ID:  <a@b> \r\n\r\n") == "<a@b>"
+
+
+def test_a_session_ended_for_an_expired_token_is_transient() -> None:
+    """Exchange Online's "Session invalidated - AccessTokenExpired" (as BYE, an abort, or as
+    NO) and RFC 5530's [EXPIRED] map to a TransientError with code EXPIRED, retried over a
+    new login; any other refusal keeps its own mapping."""
+    from imapclient import exceptions as imap_errors
+
+    from coexist.errors import InvalidRequest, TransientError
+
+    mapper = imap._ErrorMapper(imap.ImapEndpoint("imap.example.org"), "ann@example.org")
+    bye = imap_errors.IMAPClientAbortError("Session invalidated - AccessTokenExpired")
+    no = imap_errors.IMAPClientError("fetch failed: Session invalidated - AccessTokenExpired")
+    code = imap_errors.IMAPClientError("select failed: [EXPIRED] token no longer valid")
+    for exc in (bye, no, code):
+        assert imap.token_expired(exc)
+        mapped = mapper.command_failure(exc, "UID FETCH", "INBOX")
+        assert isinstance(mapped, TransientError) and mapped.code == "EXPIRED", mapped
+        assert "OAuth token expired" in mapped.message and mapped.retryable
+    other = imap_errors.IMAPClientError("select failed: [CANNOT] no such thing")
+    assert not imap.token_expired(other)
+    assert isinstance(mapper.command_failure(other, "SELECT", "INBOX"), InvalidRequest)

@@ -757,7 +757,9 @@ class GraphItemsStore:
                 state_patch(state, self.verbs is not False),
                 payload.source_id,
             )
-            return Imported(replace.item_id, (patched or {}).get("changeKey"))
+            if patched is None:  # plan mode
+                return Imported(replace.item_id, None)
+            return Imported(replace.item_id, patched.get("changeKey"), self._lost(state))
         msg = parse_mime(payload.mime)
         body = message_payload(msg, state, payload.source_id, self.verbs is not False)
         inline, later = split_attachments(len(json.dumps(body)), attachments_of(msg))
@@ -778,7 +780,15 @@ class GraphItemsStore:
                 with contextlib.suppress(NotFound):
                     await self._delete(str(made["id"]))
             raise
-        return Imported(str(made["id"]), made.get("changeKey"))
+        return Imported(str(made["id"]), made.get("changeKey"), self._lost(state))
+
+    def _lost(self, state: MessageState) -> str | None:
+        """What the copy just made or updated lacks: the replied / forwarded state, where
+        the message has one and this store found it refused or ignored (`verbs` False: by
+        this very import, or before it). The sync counts and lists it (`sync.NOT_KEPT`)."""
+        if self.verbs is False and verb_properties(state):
+            return f"the replied/forwarded state ({self.verbs_lost})"
+        return None
 
     def update_refused(self, exc: RemoteError) -> bool:
         return update_conflict(exc)

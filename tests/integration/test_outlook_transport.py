@@ -1,0 +1,217 @@
+"""Outlook requests go through coexist's asyncio transport (tenants/transport.py): the same
+answers and the same clear errors as httpx's own transport, over real sockets.
+
+The directory cases of test_connection_errors.py, sent to a mailbox path (so the Graph
+adapter places them on its per-mailbox pools), plus what only a long-lived pool meets: a
+server that closes idle connections, one that drops the connection mid-answer, and bodies
+far larger than a TLS record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from coexist.errors import RemoteError, TLSError, TransientError, Unreachable
+from coexist.tenants.auth import TenantEndpoint
+from coexist.tenants.graph import GraphAdapter
+from coexist.tenants.transport import Transport
+from tests.integration.test_connection_errors import (
+    QUICK,
+    closed_port,
+    server_factory,  # noqa: F401 - a fixture
+    target,
+)
+
+MAILBOX_PATH = "users/someone/messages"
+
+
+def outlook_error(ep: Any, **kwargs: Any) -> BaseException:
+    """What a mailbox GET raises through a GraphAdapter for `ep`."""
+
+    async def go() -> BaseException:
+        async with GraphAdapter(ep, label="target", read_retry=QUICK, **kwargs) as graph:
+            with pytest.raises((TLSError, TransientError)) as exc:
+                await graph.send("GET", MAILBOX_PATH)
+            return exc.value
+
+    return asyncio.run(go())
+
+
+def test_mailbox_requests_use_the_asyncio_transport(conn: dict[str, Any]) -> None:
+    """The per-mailbox pools are built on `Transport` (what the rest of this file tests)."""
+
+    async def go() -> None:
+        async with GraphAdapter(target(conn), label="target") as graph:
+            client = graph._client("someone")
+            assert isinstance(client._transport, Transport)
+
+    asyncio.run(go())
+
+
+def test_refused_is_unreachable(conn: dict[str, Any]) -> None:
+    """A closed port: Unreachable, "connection refused", retried by the read policy first."""
+    port = closed_port()
+    err = outlook_error(target(conn, graph_url=f"https://127.0.0.1:{port}/v1.0"))
+    assert isinstance(err, Unreachable) and err.stops_run
+    assert "connection refused" in err.message
+
+
+def test_untrusted_certificate_is_a_tls_error(conn: dict[str, Any], server_factory: Any) -> None:  # noqa: F811
+    """A certificate another CA signed: TLSError naming the verification failure."""
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(ctx)
+
+    def handshake(c: socket.socket) -> None:
+        with contextlib.suppress(ssl.SSLError, OSError):
+            ctx.wrap_socket(c, server_side=True).recv(1)
+
+    server = server_factory(handshake)
+    err = outlook_error(target(conn, graph_url=f"https://127.0.0.1:{server.port}/v1.0"))
+    assert isinstance(err, TLSError) and "not trusted" in err.message
+
+
+def test_plain_tcp_is_a_tls_error(conn: dict[str, Any], server_factory: Any) -> None:  # noqa: F811
+    """An HTTP port where HTTPS is expected: the handshake failure is named."""
+
+    def http(c: socket.socket) -> None:
+        c.recv(4096)
+        c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    server = server_factory(http)
+    err = outlook_error(target(conn, graph_url=f"https://127.0.0.1:{server.port}/v1.0"))
+    assert isinstance(err, TLSError) and "TLS handshake failed" in err.message
+
+
+def test_silence_times_out(conn: dict[str, Any], server_factory: Any) -> None:  # noqa: F811
+    """A server that accepts and never speaks: a timeout, not a hang."""
+    held: list[socket.socket] = []
+    server = server_factory(lambda c: held.append(c.dup()))
+    err = outlook_error(
+        target(conn, graph_url=f"https://127.0.0.1:{server.port}/v1.0"), timeout=0.5
+    )
+    assert isinstance(err, Unreachable) and "no connection within 0.5 s" in err.message
+    for c in held:
+        c.close()
+
+
+def tls_server(
+    server_factory: Any,  # noqa: F811
+    conn: dict[str, Any],
+    tmp_path: Path,
+    answer: Any,
+) -> TenantEndpoint:
+    """A TLS server the project trusts (its CA added to the sandbox's in `ca_file`: the
+    token still comes from the sandbox); `answer(tls)` serves each connection."""
+    ca = trustme.CA()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+
+    def serve(c: socket.socket) -> None:
+        with contextlib.suppress(ssl.SSLError, OSError):
+            answer(ctx.wrap_socket(c, server_side=True))
+
+    server = server_factory(serve)
+    ep = target(conn)
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(Path(str(ep.ca_file)).read_bytes() + b"\n" + ca.cert_pem.bytes())
+    return target(conn, graph_url=f"https://127.0.0.1:{server.port}/v1.0", ca_file=str(bundle))
+
+
+def read_request(tls: ssl.SSLSocket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = tls.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+def adapter_for(ep: TenantEndpoint) -> GraphAdapter:
+    return GraphAdapter(ep, label="target", read_retry=QUICK)
+
+
+def test_large_bodies_and_reused_connections(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Answers of many TLS records arrive whole and in order, several on one connection."""
+    body = b'{"value": "' + b"x" * (3 * 1024 * 1024 + 17) + b'"}'
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        while read_request(tls):
+            tls.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+
+    ep = tls_server(server_factory, conn, tmp_path, answer)
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            for _ in range(3):
+                data = await graph.send("GET", MAILBOX_PATH)
+                assert data == {"value": "x" * (3 * 1024 * 1024 + 17)}
+            assert graph.calls == 3
+
+    asyncio.run(go())
+
+
+def test_a_connection_the_server_closed_is_not_reused(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A server that closes each connection after one answer (keep-alive ended): the next
+    request opens a new connection instead of failing on the closed one."""
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        if read_request(tls):
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        tls.close()
+
+    ep = tls_server(server_factory, conn, tmp_path, answer)
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            for _ in range(3):
+                assert await graph.send("GET", MAILBOX_PATH) == {}
+                await asyncio.sleep(0.05)  # the close reaches the client
+
+    asyncio.run(go())
+
+
+def test_a_connection_dropped_mid_answer_is_a_transient_error(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A server that dies halfway through an answer: a retryable failure after the read
+    policy's attempts, never a truncated answer taken as whole."""
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        if read_request(tls):
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"{" * 5000)
+        tls.close()
+
+    ep = tls_server(server_factory, conn, tmp_path, answer)
+
+    async def go() -> RemoteError:
+        async with adapter_for(ep) as graph:
+            with pytest.raises(TransientError) as exc:
+                await graph.send("GET", MAILBOX_PATH)
+            assert graph.calls == QUICK.max_attempts
+            return exc.value
+
+    asyncio.run(go())
