@@ -802,10 +802,10 @@ def retry_cmd(project: Path, wait: bool, plan: bool, as_json: bool) -> None:
 @click.option(
     "--stop-grace",
     type=float,
-    default=0.0,
+    default=60.0,
     show_default=True,
-    help="On SIGTERM, seconds the running users get to end before they are stopped and "
-    "queued again.",
+    help="On SIGTERM the running passes pause after their current item and are queued "
+    "again; seconds they get to do so before they are cancelled.",
 )
 @handles_errors
 def worker_cmd(

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
+from coexist import schedule
 from coexist.errors import InputError
 from coexist.journal import Journal, claims, db
 
@@ -45,7 +46,7 @@ PRIORITY = {"cutover": 10, "prestage": 0}
 TASK_NAME = "coexist.user_job"
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: a worker keeps a set of them
 class JobRun:
     """The job a worker thread is running: its user, and how to stop its command."""
 
@@ -53,6 +54,9 @@ class JobRun:
     label: str  # the user's source address, as people read it
     worker: str  # who runs it (status shows it)
     job_id: int | None = None
+    # Set when the worker stops: the user's pass pauses at its next safe point (after the
+    # item in flight, never between a copy and its record) and the job is queued again.
+    stop: threading.Event = field(default_factory=threading.Event)
     _loop: asyncio.AbstractEventLoop | None = None
     _task: asyncio.Task[Any] | None = None
     _cancelled: bool = False
@@ -95,7 +99,8 @@ def running(job: JobRun) -> Iterator[JobRun]:
     """Run a command for `job` inside this block (its session claims only the job's user)."""
     token = _JOB.set(job)
     try:
-        yield job
+        with schedule.leaving(job.stop):  # its passes leave rather than wait, and stop
+            yield job
     finally:
         _JOB.reset(token)
 

@@ -794,6 +794,11 @@ def _call_args(run: Run, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         call["batch"] = run.batch
     if "progress" in params and run.progress is not None:
         call["progress"] = run.progress
+    if "wait" in params and "wait" not in call:
+        # prestage, cutover, retry: with `[engine] executor = "queue"` they only enqueue
+        # jobs; the playbook's next steps (checks, notices) need their data moved, so the
+        # step follows its jobs to their end (`--wait`). Inline runs ignore it.
+        call["wait"] = True
     return call
 
 
@@ -848,6 +853,8 @@ def _brief(result: Mapping[str, Any]) -> dict[str, Any]:
         "failed",
         "waiting",
         "retried",
+        "executor",  # queue mode: the jobs the step followed, and how they ended
+        "jobs",
     )
     return {k: result[k] for k in keep if k in result}
 

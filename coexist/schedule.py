@@ -35,14 +35,21 @@ journal, batch)` is the gate of a batch (its own windows, else the project's; No
 there are none, i.e. always open). A job can call `await gate.wait_open()` before it
 starts, or, rather than hold a worker for hours, reschedule itself at
 `gate.windows.next_open(now)`; a job that runs the ordinary steps (`run_pass`) is gated
-inside them anyway, per user, by `gate_of(ctx, subject)`. Tests inject a clock with
-`using_clock(clock)` (a context variable: it reaches every task a command starts).
+inside them anyway, per user, by `gate_of(ctx, subject)`. Inside a queued job (`leaving`,
+set by `coexist.jobs.running`) a pass never waits: a closed window, before the pass or at
+a safe point in it, ends the job's command with `LeaveForLater`, and the worker defers the
+job to the window's next opening; the worker's stop (SIGTERM) closes the gate too, so the
+pass pauses after the item in flight and the job is queued again at once. Tests inject a
+clock with `using_clock(clock)` (a context variable: it reaches every task a command
+starts), or, for worker processes, with the test-only `COEXIST_TEST_CLOCK_FILE`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -254,8 +261,45 @@ def using_clock(clock: Clock) -> Iterator[None]:
         _CLOCK.reset(token)
 
 
+# TEST ONLY: a file holding an ISO 8601 instant that `coexist worker` processes read as
+# their clock, so an end-to-end test can open and close run windows in worker processes it
+# started (a context variable does not cross processes). Never set it in production.
+TEST_CLOCK_ENV = "COEXIST_TEST_CLOCK_FILE"
+# How soon (real seconds) a queued job deferred on a test clock is looked at again: the
+# test moves that clock, so the real time it will show an instant is unknown.
+TEST_CLOCK_POLL_S = 1.0
+
+
+class FileClock:
+    """TEST ONLY (`TEST_CLOCK_ENV`): the instant written in a file, re-read at each call."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def now(self) -> datetime:
+        with open(self.path, encoding="utf-8") as f:
+            return datetime.fromisoformat(f.read().strip()).astimezone(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(min(seconds, TEST_CLOCK_POLL_S))
+
+    def to_real(self, instant: datetime) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=TEST_CLOCK_POLL_S)
+
+
 def current_clock() -> Clock:
-    return _CLOCK.get() or SystemClock()
+    clock = _CLOCK.get()
+    if clock is not None:
+        return clock
+    path = os.environ.get(TEST_CLOCK_ENV)
+    return FileClock(path) if path else SystemClock()
+
+
+def real_instant(clock: Clock, instant: datetime) -> datetime:
+    """The real (system) instant at which `clock` shows `instant`: the same instant on the
+    system clock; a test clock says how soon to look again."""
+    to_real = getattr(clock, "to_real", None)
+    return to_real(instant) if to_real is not None else instant
 
 
 class WindowClosed(Exception):  # a signal, not an error: the pass resumes
@@ -266,6 +310,34 @@ class WindowClosed(Exception):  # a signal, not an error: the pass resumes
         self.counts = dict(counts or {})
 
 
+class LeaveForLater(BaseException):  # a signal, like CancelledError: not an error
+    """A queued job's pass gives its worker slot back instead of waiting (`coexist worker`):
+    its window is closed (`at`: the real instant it opens), or its worker is stopping
+    (`at` None: queue it again at once). A BaseException so that the step runner does not
+    record it as the step's failure: like a cancel, it ends the job's command, and the job's
+    next run continues from the item map and cursors."""
+
+    def __init__(self, at: datetime | None, why: str) -> None:
+        super().__init__(why)
+        self.at = at
+        self.why = why
+
+
+_LEAVE: ContextVar[threading.Event | None] = ContextVar("coexist_leave", default=None)
+
+
+@contextmanager
+def leaving(stop: threading.Event) -> Iterator[None]:
+    """Passes run inside this block are a queued job's (`coexist.jobs.running`): they leave
+    (`LeaveForLater`) rather than wait for a closed window, and `stop` set (the worker is
+    stopping) closes their gate, so they pause at the next safe point."""
+    token = _LEAVE.set(stop)
+    try:
+        yield
+    finally:
+        _LEAVE.reset(token)
+
+
 @dataclass
 class RunGate:
     """A schedule with a clock: what a pass asks whether it may go on."""
@@ -273,12 +345,24 @@ class RunGate:
     windows: Windows
     clock: Clock = field(default_factory=current_clock)
     subject: str = ""  # the user whose pass waits (for the progress event), if any
+    # A queued job's: set when its worker stops (closes the gate); None outside a job.
+    stop: threading.Event | None = None
 
     # The state known to hold over [from, until): asked between every item, so it is worked
     # out once per opening or closing, not per call (a clock set back recomputes it).
     _known: tuple[datetime, datetime, bool] | None = field(default=None, repr=False)
 
+    @property
+    def queued(self) -> bool:
+        """A queued job's gate: it leaves rather than waits (`leave_if_closed`)."""
+        return self.stop is not None
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
     def closed_now(self) -> bool:
+        if self.stopping():
+            return True
         now = self.clock.now()
         known = self._known
         if known is not None and known[0] <= now < known[1]:
@@ -295,6 +379,17 @@ class RunGate:
             f"paused until {self.windows.local(opens)} (run window "
             f"{self.windows.describe()}, {self.windows.label})"
         )
+
+    def leave_if_closed(self) -> None:
+        """A queued job's pass, before it starts: go on if open, else `LeaveForLater` (at
+        the window's next opening, or at once when the worker is stopping)."""
+        if not self.closed_now():
+            return
+        if self.stopping():
+            raise LeaveForLater(None, "its worker is stopping")
+        opens = self.windows.next_open(self.clock.now())
+        progress.emit(progress.PassPaused(self.subject, self.paused_until(), opens))
+        raise LeaveForLater(real_instant(self.clock, opens), self.paused_until())
 
     async def wait_open(self) -> bool:
         """Return once the window is open; True when it had to wait. Says when it will open
@@ -387,9 +482,15 @@ def gate_for(
 
 
 def gate_of(ctx: Any, subject: str) -> RunGate | None:
-    """The gate of one user's pass: its batch's windows, else the project's."""
+    """The gate of one user's pass: its batch's windows, else the project's. In a queued
+    job (`leaving`) always a gate, which its worker's stop closes."""
     user = ctx.journal.get_item("user", subject) or {}
-    return gate_for(ctx.project, ctx.journal, user.get("batch") or None, subject=subject)
+    gate = gate_for(ctx.project, ctx.journal, user.get("batch") or None, subject=subject)
+    stop = _LEAVE.get()
+    if stop is not None:
+        gate = gate or RunGate(Windows(label="project"), current_clock(), subject)
+        gate.stop = stop
+    return gate
 
 
 def set_batch_windows(

@@ -20,11 +20,17 @@ What makes a farm of workers safe (each point with what carries it):
   with its database connection (an advisory lock), so the next job's claim succeeds, and its
   run continues the user where the journal says it stopped: the item map names every copy
   made, so nothing is copied twice.
-* **Stopping** (SIGTERM, SIGINT: procrastinate's handlers): the worker takes no new job and
-  waits ``stop_grace_s`` for the running ones; then each running command is cancelled (its
-  session ends, its claim goes, copies already made are journaled by the pass's sink; an
-  import in flight stays marked 'importing' and the next run settles it), and the job goes
-  back to the queue at once (`Requeued`) for another worker.
+* **Stopping** (SIGTERM, SIGINT): the worker takes no new job and closes its running jobs'
+  run gates (`JobRun.stop`, OR'ed into `schedule.RunGate.closed_now`), so each pass pauses
+  at its next safe point, after the item in flight and never between a copy and its record
+  (journaled `paused` with its counts), and its job goes back to the queue at once
+  (`Requeued`) for another worker. A pass that reaches no safe point within ``stop_grace_s``
+  is cancelled (its session ends, its claim goes, copies already made are journaled by the
+  pass's sink; an import in flight stays marked 'importing' and the next run settles it).
+* **Run windows**: a job whose user's window is closed is deferred to the window's next
+  opening before it opens a session (`_window_open`), and a window that closes mid-pass
+  pauses the pass at a safe point and defers the job the same way (`Deferred`): a closed
+  window never holds a worker slot.
 * **Per-mailbox throttle budgets** (Outlook's, per app per mailbox) are kept by the one
   worker holding the mailbox for its pass: the user claim pins it (runtime._writer).
 """
@@ -38,7 +44,9 @@ import datetime as dt
 import functools
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,7 +58,7 @@ from procrastinate import exceptions as pc_exceptions
 from procrastinate import jobs as pc_jobs
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
-from coexist import jobs
+from coexist import jobs, schedule
 from coexist.errors import Busy, InputError
 from coexist.journal import Journal, claims
 from coexist.journal.db import normalize_url
@@ -62,12 +70,23 @@ log = logging.getLogger(__name__)
 # Seconds between tries of a job whose user another writer holds (an inline command holding
 # the project, or the job's previous run in a worker whose heartbeat has not lapsed yet).
 BUSY_RETRY_S = 5
+# Seconds a stopping worker gives its running passes to reach their next safe point (the
+# item in flight finishes and is journaled) before it cancels them (`--stop-grace`).
+STOP_GRACE_S = 60.0
 # Final job states (procrastinate's Status).
 FINAL = frozenset({"succeeded", "failed", "cancelled", "aborted"})
 
 
 class Requeued(Exception):
     """A job stopped by its worker's shutdown: back to the queue for another worker."""
+
+
+class Deferred(Exception):
+    """A job whose user's run window is closed: back to the queue for its next opening."""
+
+    def __init__(self, at: dt.datetime, why: str) -> None:
+        super().__init__(why)
+        self.at = at
 
 
 class _Retry(BaseRetryStrategy):
@@ -79,6 +98,8 @@ class _Retry(BaseRetryStrategy):
     ) -> RetryDecision | None:
         if isinstance(exception, Requeued):
             return RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, Deferred):
+            return RetryDecision(retry_at=exception.at)
         if isinstance(exception, Busy):
             return RetryDecision(retry_in={"seconds": BUSY_RETRY_S})
         return None
@@ -127,23 +148,36 @@ async def user_job(
     extra = context.additional_context
     directory = Path(str(extra["project"]))
     pool: concurrent.futures.ThreadPoolExecutor = extra["pool"]
+    running: set[jobs.JobRun] = extra["running"]
     run = jobs.JobRun(key=user, label=label, worker=str(context.worker_name), job_id=context.job.id)
     call = functools.partial(_commands()[command], directory, users=[user], **options)
 
     def in_thread() -> dict[str, Any]:
+        _window_open(directory, user)  # closed: deferred before any session or claim
         with jobs.running(run):
             return call()
 
+    running.add(run)
+    if extra["stopping"].is_set():  # taken just as the worker stops: its pass starts none
+        run.stop.set()
     future = asyncio.get_running_loop().run_in_executor(pool, in_thread)
     try:
         result = await asyncio.shield(future)
     except asyncio.CancelledError:
-        # The worker is stopping (after its grace): stop the command, let it close its
-        # session (claim, run), then hand the job back to the queue.
+        # The worker is stopping and its grace is over (the pass did not reach a safe point
+        # in time): stop the command, let it close its session (claim, run), then hand the
+        # job back to the queue.
         run.cancel()
         with contextlib.suppress(BaseException):
             await future
         raise Requeued(f"{command} of {label} stopped with its worker") from None
+    except schedule.LeaveForLater as left:
+        # The pass paused at a safe point: its worker is stopping, or its window closed.
+        if left.at is None:
+            raise Requeued(f"{command} of {label} paused: {left.why}") from None
+        raise Deferred(left.at, f"{command} of {label} {left.why}") from None
+    finally:
+        running.discard(run)
     if run.cancelled:
         raise Requeued(f"{command} of {label} stopped with its worker")
     await _again_when_due(context, command, user, label, options, result)
@@ -152,6 +186,18 @@ async def user_job(
         "failed": len(result.get("failed") or []),
         "waiting": len(result.get("waiting") or []),
     }
+
+
+def _window_open(directory: Path, user: str) -> None:
+    """`schedule.LeaveForLater` when the user's run window is closed now (the job is deferred
+    to its opening without opening a session: no run, no claim, no worker slot held)."""
+    project = load_project(directory)
+    with Journal.open(project.journal_url) as journal:
+        item = journal.get_item("user", user) or {}
+        gate = schedule.gate_for(project, journal, item.get("batch") or None, subject=user)
+    if gate is not None and gate.closed_now():
+        opens = gate.windows.next_open(gate.clock.now())
+        raise schedule.LeaveForLater(schedule.real_instant(gate.clock, opens), gate.paused_until())
 
 
 async def _again_when_due(
@@ -310,7 +356,7 @@ def serve(
     name: str | None = None,
     heartbeat_s: float = 10.0,
     stalled_after_s: float = 30.0,
-    stop_grace_s: float = 0.0,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> None:
     """Run a worker until SIGTERM / SIGINT (procrastinate's signal handlers)."""
     if concurrency < 1:
@@ -356,21 +402,52 @@ async def _serve(
     stop_grace_s: float,
 ) -> None:
     app = make_app(url)
+    running: set[jobs.JobRun] = set()
+    stopping = threading.Event()
+    loop = asyncio.get_running_loop()
     # One thread per job slot: each command runs its own event loop there.
     with concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="job") as pool:
         async with app.open_async():
             stalled = asyncio.create_task(_retry_stalled(app, stalled_after_s, heartbeat_s))
-            try:
-                await app.run_worker_async(
+            serving = asyncio.create_task(
+                app.run_worker_async(
                     queues=queues or sorted(jobs.PRIORITY),
                     name=name,
                     concurrency=concurrency,
-                    additional_context={"project": str(folder), "pool": pool},
+                    additional_context={
+                        "project": str(folder),
+                        "pool": pool,
+                        "running": running,
+                        "stopping": stopping,
+                    },
                     update_heartbeat_interval=heartbeat_s,
                     stalled_worker_timeout=stalled_after_s,
                     shutdown_graceful_timeout=stop_grace_s,
+                    # Ours below: the running passes must hear of the stop first.
+                    install_signal_handlers=False,
                 )
+            )
+
+            def stop() -> None:
+                # Every running pass pauses after its item in flight; its job is queued
+                # again at once (user_job). Cancelling the worker's task is procrastinate's
+                # graceful stop: no new job, `stop_grace_s` for the running ones, then
+                # they are cancelled (the fallback for a pass that reaches no safe point).
+                if not stopping.is_set():
+                    log.info("stopping: %d running job(s) pause after their item", len(running))
+                stopping.set()
+                for run in list(running):
+                    run.stop.set()
+                serving.cancel()
+
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop)
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
             finally:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
                 stalled.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await stalled

@@ -176,7 +176,11 @@ async def run_pass(ctx: Context, subject: str, kind: str, window: Window) -> Pas
             result = PassResult(result.status, detail, result.counts)
         return result
     while True:
-        if gate is not None:
+        if gate is not None and gate.queued:
+            # A queued job's pass does not hold its worker slot while closed: it leaves, and
+            # the worker defers the job to the opening (or requeues it when stopping).
+            gate.leave_if_closed()
+        elif gate is not None:
             await gate.wait_open()
         ended = await _one_pass(ctx, mover, subject, kind, window, gate)
         if ended is not None:

@@ -1,0 +1,76 @@
+"""Playbooks in queue mode (issue 16 D1): a playbook's prestage step waits for its users'
+jobs, run by a `coexist worker` process on a real PostgreSQL journal, so the checks after it
+see the data moved."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from coexist import commands, playbook
+from coexist.journal import Journal
+from coexist.sandbox import Sandbox, mailseed
+from coexist.settings import load_project
+from tests import pg
+from tests.cli_env import cli_env
+from tests.e2e.test_playbooks_m365 import BATCH, held, steps_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(1200)
+def test_prestage_wave_playbook_waits_for_its_queued_jobs(
+    make_project: Callable[..., Path], sandbox: Sandbox, pg_url: str
+) -> None:
+    """m365-prestage-wave with `executor = "queue"` and one worker: every step ok (its checks
+    ran after the jobs ended), the batch's mail copied once, the jobs succeeded."""
+    pg.reset_database(pg_url)
+    project = make_project(
+        users=6,
+        **{
+            "migration.mover": "graph-import-export",
+            "project.journal": pg_url,
+            "engine.executor": "queue",
+        },
+    )
+    commands.discover(project)
+    with Journal.open(load_project(project).journal_url) as j:
+        chosen = sorted(j.items(kind="user"), key=lambda u: str(u["source_address"]))[:2]
+    mailseed.seed_mailboxes(
+        sandbox.mail, "source", [str(u["key"]) for u in chosen], seed=3, items=3
+    )
+    (project / "wave1.csv").write_text(
+        "Source Email\n" + "\n".join(str(u["source_address"]) for u in chosen) + "\n"
+    )
+    commands.batch_import(project, project / "wave1.csv", name=BATCH)
+    log = (project / "worker.log").open("ab")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "coexist.cli", "worker", "--project", str(project)],
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
+        env=cli_env(),
+    )
+    try:
+        ran = playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, yes=True)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=300)
+        log.close()
+    assert ran["ok"], ran
+    assert {s["status"] for s in ran["steps"]} == {"ok"}, ran["steps"]
+    assert code == 0, (project / "worker.log").read_text()[-3000:]
+    pre = steps_of(project, "m365-prestage-wave")["prestage"]
+    assert (pre["detail"] or {}).get("result", {}).get("jobs") == {"succeeded": 2}, pre
+    # Pre-stage moves the mail older than 90 days: each user's passes copied some, and
+    # each of those is in its target exactly once.
+    copies = held(sandbox, project)
+    with Journal.open(load_project(project).journal_url) as j:
+        for u in chosen:
+            moved = sum(int((p["counts"] or {}).get("copied", 0)) for p in j.passes(u["key"]))
+            assert 0 < moved == copies[str(u["source_address"])][1], (u, j.passes(u["key"]))
