@@ -26,6 +26,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from coexist import credlink, credserve
+from tests.chromium_log import network_requests
 from tests.dovecot import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -152,15 +153,7 @@ def links_in(received: list[Any]) -> dict[str, str]:
 
 def blocked_requests(driver: webdriver.Chrome) -> list[str]:
     """URLs the page asked for that are not its own origin, or that the browser blocked."""
-    requested: dict[str, str] = {}
-    bad = []
-    for entry in driver.get_log("performance"):
-        event = json.loads(entry["message"])["message"]
-        params = event.get("params", {})
-        if event["method"] == "Network.requestWillBeSent":
-            requested[params["requestId"]] = params["request"]["url"]
-        elif event["method"] == "Network.loadingFailed" and params.get("blockedReason"):
-            bad.append(requested.get(params["requestId"], "?"))
+    requested, bad = network_requests(driver)
     # Chromium's own pages (chrome://, data: of its new tab page) are no request of ours.
     bad += [
         u

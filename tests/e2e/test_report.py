@@ -25,6 +25,7 @@ from coexist.commands import DEMO_BATCH
 from coexist.journal import Journal
 from coexist.migrate.summary import human_bytes
 from coexist.report import CSP, PASS_ORDER
+from tests.chromium_log import network_requests
 from tests.dovecot import missing
 from tests.smtp_server import smtp_relay
 
@@ -121,15 +122,7 @@ def open_report(driver: webdriver.Chrome, html: Path) -> tuple[list[Any], list[s
     driver.get(html.as_uri())
     assert driver.execute_script("return document.readyState") == "complete"
     console = driver.get_log("browser")
-    requested: dict[str, str] = {}
-    blocked = []
-    for entry in driver.get_log("performance"):
-        event = json.loads(entry["message"])["message"]
-        params = event.get("params", {})
-        if event["method"] == "Network.requestWillBeSent":
-            requested[params["requestId"]] = params["request"]["url"]
-        elif event["method"] == "Network.loadingFailed" and params.get("blockedReason"):
-            blocked.append(requested.get(params["requestId"], "?"))
+    requested, blocked = network_requests(driver)
     return console, list(requested.values()), blocked
 
 
