@@ -132,8 +132,8 @@ def runs_never_overlap(farm: Farm, killed: str, killed_at: dt.datetime) -> set[s
 def test_three_workers_take_a_batch_through_prestage_and_cutover(farm: Farm) -> None:
     """30 users through pre-stage and cutover on three workers, one SIGKILLed holding a user
     mid-pass and one SIGTERMed holding one: all end cut over, every message once, no
-    recipient twice, no mailbox held by two workers (from the journal's runs), the stopped
-    workers' users finished by the others."""
+    recipient twice, no mailbox held by two workers (from the journal's runs), the killed
+    worker's users finished by the others (and the SIGTERMed one's, unless its item ended it)."""
     for name in WORKERS:
         farm.start(name)
     queued = commands.prestage(farm.project, users=farm.addresses)
@@ -186,10 +186,16 @@ def test_three_workers_take_a_batch_through_prestage_and_cutover(farm: Farm) -> 
             for r in j.runs()
             if (r.get("args") or {}).get("worker") == "w2" and r["command"] == "cutover"
         ]
-        assert stopped and stopped[-1]["status"] == "failed", stopped  # cancelled by SIGTERM
-        (user,) = stopped[-1]["args"]["users"]
-        later = [r for r in j.runs() if (r.get("args") or {}).get("users") == [user]]
-        assert later[-1]["args"]["worker"] == "w3" and later[-1]["status"] == "ok", later
+        assert stopped, "w2 ran cutover jobs before its SIGTERM"
+        # A SIGTERMed worker lets each pass end its item in flight (the run gate): the job
+        # either ended there (its run ok) or paused and went back to the queue (its run
+        # failed), and then another worker finished that user (test_worker_gate.py makes the
+        # second case certain; here the cutover of one user may well end first).
+        if stopped[-1]["status"] != "ok":
+            assert stopped[-1]["status"] == "failed", stopped
+            (user,) = stopped[-1]["args"]["users"]
+            later = [r for r in j.runs() if (r.get("args") or {}).get("users") == [user]]
+            assert later[-1]["args"]["worker"] == "w3" and later[-1]["status"] == "ok", later
         assert jobs.who_runs(j) == {}  # nothing held or queued after the batch
     targets = {str(i["key"]): str(i["target_id"]) for i in farm.items()}
     for key, target in targets.items():
