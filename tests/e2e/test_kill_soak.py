@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,30 @@ MAX_RUNS = 40
 SETUP_TIME_SCALE = 5.0
 # The runs' wall time, not asserted: up to MAX_RUNS x (interpreter start + 6 s).
 SOAK_TIMEOUT_S = 900
+
+
+def seed_source_mail(
+    sb: Sandbox, keys: Iterable[str], mail: Iterable[tuple[tuple[str, ...], int, int]]
+) -> None:
+    """`mail` ((folder path, older than 90 days, newer), ...) in each source mailbox of
+    `keys`: own Message-IDs, received 200+ days ago or within the last days."""
+    store, now = sb.mail, dt.datetime.now(dt.UTC)
+    for key in keys:
+        for path, old, new in mail:
+            folder = store.folder("source", key, path[0].lower())
+            assert folder is not None
+            for name in path[1:]:
+                folder = store.create_folder("source", key, folder.id, name)
+            for n in range(old + new):
+                msg = EmailMessage()
+                msg["From"], msg["To"] = "Ava <ava@fabrikam.example>", "team@fabrikam.example"
+                msg["Subject"] = f"{'/'.join(path)} {n}"
+                msg["Message-ID"] = f"<{key}.{'.'.join(path)}.{n}@fabrikam.example>"
+                msg.set_content(f"message {n} in {'/'.join(path)}\n")
+                days = 200 + n if n < old else n + 1
+                store.insert_message(
+                    "source", key, folder.id, msg.as_bytes(), received=now - dt.timedelta(days=days)
+                )
 
 
 class Soak:
@@ -144,24 +168,7 @@ class Soak:
 
     def seed_mail(self) -> None:
         """MAIL in each source mailbox: own Message-IDs, old and recent received dates."""
-        store, now = self.sb.mail, dt.datetime.now(dt.UTC)
-        for key in self.keys:
-            for path, old, new in MAIL:
-                folder = store.folder("source", key, path[0].lower())
-                assert folder is not None
-                for name in path[1:]:
-                    folder = store.create_folder("source", key, folder.id, name)
-                for n in range(old + new):
-                    msg = EmailMessage()
-                    msg["From"], msg["To"] = "Ava <ava@fabrikam.example>", "team@fabrikam.example"
-                    msg["Subject"] = f"{'/'.join(path)} {n}"
-                    msg["Message-ID"] = f"<{key}.{'.'.join(path)}.{n}@fabrikam.example>"
-                    msg.set_content(f"message {n} in {'/'.join(path)}\n")
-                    days = 200 + n if n < old else n + 1
-                    received = now - dt.timedelta(days=days)
-                    store.insert_message(
-                        "source", key, folder.id, msg.as_bytes(), received=received
-                    )
+        seed_source_mail(self.sb, self.keys, MAIL)
 
     def targets(self) -> dict[str, str]:
         return {str(i["key"]): str(i["target_id"]) for i in self.items()}

@@ -21,7 +21,6 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Callable
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from coexist.sandbox import Sandbox
 from coexist.sandbox.model import User
 from tests import pg
 from tests.cli_env import assert_no_unawaited_coroutine
+from tests.e2e.test_kill_soak import seed_source_mail
 from tests.e2e.test_mover_chaos import fingerprints, provisioned_users
 from tests.e2e.workers_scene import DONE_TIMEOUT_S, Workers
 
@@ -56,21 +56,7 @@ class Farm(Workers):
         self.stopped = {"w1", "w2"}  # the workers the test stops itself
 
     def seed_mail(self) -> None:
-        store, now = self.sb.mail, dt.datetime.now(dt.UTC)
-        for key in self.keys:
-            for path, old, new in MAIL:
-                folder = store.folder("source", key, path[0].lower())
-                assert folder is not None
-                for n in range(old + new):
-                    msg = EmailMessage()
-                    msg["From"], msg["To"] = "Ava <ava@fabrikam.example>", "team@fabrikam.example"
-                    msg["Subject"] = f"{path[0]} {n}"
-                    msg["Message-ID"] = f"<{key}.{path[0]}.{n}@fabrikam.example>"
-                    msg.set_content(f"message {n} in {path[0]}\n")
-                    received = now - dt.timedelta(days=200 + n if n < old else n + 1)
-                    store.insert_message(
-                        "source", key, folder.id, msg.as_bytes(), received=received
-                    )
+        seed_source_mail(self.sb, self.keys, MAIL)
 
 
 @pytest.fixture
