@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from coexist import commands, schedule, worker
+from coexist import commands, jobs, schedule, worker
 from coexist.journal import Journal
 from coexist.sandbox import Sandbox
 from coexist.settings import load_project
@@ -327,3 +327,117 @@ def says_window(one: One, opens: str) -> None:
         "batch night)"
     ), row
     assert row["error"] is None and row["state"] != "failed", row
+
+
+@pytest.mark.timeout(1800)
+def test_a_pass_with_no_safe_point_in_its_grace_is_cancelled_and_requeued(one: One) -> None:
+    """`--stop-grace` fallback: a pass held mid-item past its grace (every request of it
+    waits on the sandbox) is cancelled, its pass and run journaled `stopped` (not failed),
+    its job queued again; another worker finishes it with every message exactly once."""
+    w1 = one.start("w1", "--stop-grace", "0.5")
+    commands.prestage(one.project, users=[one.address], older_than="90d")
+    one.until("w1 copying", lambda: one.copied() >= 3)
+    with one.sb.mail._lock:  # no request of the pass gets through: no safe point is reached
+        w1.send_signal(signal.SIGTERM)
+        code = w1.wait(timeout=BOUND_S)  # w1 must not need the sandbox to stop
+    assert code == 0, one.tail()
+
+    assert [p["status"] for p in one.passes()] == ["stopped"], one.passes()
+    assert one.runs() == [("w1", "stopped")]
+    row = one.row()
+    assert row["error"] is None and row["state"] != "failed", row
+    assert one.job()[0] == "todo"  # requeued by w1 itself
+
+    w2 = one.start("w2")
+    one.until("prestaged by w2", one.prestaged)
+    w2.send_signal(signal.SIGTERM)
+    assert w2.wait(timeout=BOUND_S) == 0, one.tail()
+    assert [p["status"] for p in one.passes()] == ["stopped", "ok"], one.passes()
+    assert one.runs() == [("w1", "stopped"), ("w2", "ok")]
+    assert one.job()[0] == "succeeded"
+    one.once()  # the copy in flight when it was cancelled is not made twice
+    assert_no_unawaited_coroutine(one.log.read_text(), "coexist worker")
+
+
+@pytest.mark.timeout(1800)
+def test_a_worker_for_one_queue_takes_no_job_of_another(one: One) -> None:
+    """`coexist worker --queues cutover` takes a cutover job queued after a waiting prestage
+    job and leaves the prestage job alone; a `--queues prestage` worker then runs it."""
+    with Journal.open(one.url) as j:
+        other = next(
+            u for u in j.items(kind="user") if str(u["key"]) != one.key and u.get("target_id")
+        )
+    wc = one.start("wc", "--queues", "cutover")
+    commands.prestage(one.project, users=[one.address], older_than="90d")  # waits for a worker
+    app = worker.make_app(one.url)
+    with app.open():  # a cutover job of another user, queued after the prestage job
+        task = app.tasks[jobs.TASK_NAME]
+        worker._configure(task, "cutover", str(other["key"]), None).defer(
+            command="cutover", user=str(other["key"]), label=other["source_address"], options={}
+        )
+    # A worker takes the highest priority job first, then the next: had wc served every
+    # queue, the prestage job would be its next once the cutover job ended.
+    one.until("cutover job ended", lambda: one.jobs(str(other["key"]))[-1][0] in FINAL)
+    assert [status for status, _, _ in one.jobs()] == ["todo"], one.jobs()
+    assert one.runs() == [] and one.passes() == []
+
+    wp = one.start("wp", "--queues", "prestage")
+    one.until("prestaged by wp", one.prestaged)
+    assert one.runs() == [("wp", "ok")]
+    assert {name for name, _ in one.runs(str(other["key"]))} <= {"wc"}
+    for proc in (wc, wp):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=BOUND_S) == 0, one.tail()
+
+
+@pytest.mark.timeout(1800)
+def test_a_job_whose_user_waits_queues_itself_for_look_again_at(
+    make_one: Callable[..., One], sandbox: Sandbox
+) -> None:
+    """A job whose user ends `waiting` (its new mailbox still provisioning, and the command
+    does not wait for it: `wait_in_command_s = 0`) queues the user's next job at the
+    look-again time its run journaled; the chain ends with the user prestaged."""
+    one = make_one(**{"engine.wait_in_command_s": 0})
+    # The licensed mailbox comes a few seconds after the licence (reset by the next test's
+    # sandbox fixture): the first job finds it not there yet.
+    sandbox.world.settings.provisioning_delay_s = 4.0
+    w1 = one.start("w1")
+    commands.prestage(one.project, users=[one.address], older_than="90d")
+    one.until("prestaged", one.prestaged)
+    w1.send_signal(signal.SIGTERM)
+    assert w1.wait(timeout=BOUND_S) == 0, one.tail()
+
+    with Journal.open(one.url) as j, j.engine.connect() as conn:
+        runs = {
+            int(r["id"]): int(r["args"]["job"])
+            for r in j.runs()
+            if (r.get("args") or {}).get("users") == [one.key] and r["args"].get("job")
+        }
+        waits = conn.exec_driver_sql(
+            "SELECT run_id, detail->>'look_again_at' FROM step_history "
+            "WHERE status = 'waiting' AND run_id = ANY(%(runs)s) ORDER BY id",
+            {"runs": list(runs)},
+        ).all()
+        scheduled = dict(
+            conn.exec_driver_sql(
+                "SELECT id, scheduled_at FROM procrastinate_jobs WHERE args->>'user' = %(k)s",
+                {"k": one.key},
+            ).all()
+        )
+        statuses = conn.exec_driver_sql(
+            "SELECT status::text FROM procrastinate_jobs WHERE args->>'user' = %(k)s",
+            {"k": one.key},
+        ).scalars()
+        assert set(statuses) == {"succeeded"}
+    # Per run that left the user waiting: its earliest look-again time is when the next job
+    # of the user was scheduled (the job after that run's job).
+    looks: dict[int, dt.datetime] = {}
+    for run, text in waits:
+        at = dt.datetime.fromisoformat(str(text))
+        looks[runs[run]] = min(at, looks.get(runs[run], at))
+    assert looks, "the first job left the user waiting for its mailbox"
+    order = sorted(scheduled)
+    for job, at in looks.items():
+        following = order[order.index(job) + 1]
+        assert scheduled[following] == at, (job, at, scheduled)
+    assert one.runs()[-1] == ("w1", "ok") and all(s == "ok" for _, s in one.runs()), one.runs()
