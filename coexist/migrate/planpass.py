@@ -266,4 +266,9 @@ def summary(
         f"update {out['updated']}, move {out['moved']}, delete {out['deleted_in_target']}"
         f"; {out['skipped']} skipped"
     )
+    if not_kept := int(counts.get("not_kept", 0)):
+        # What the target would not keep of their state (an IMAP folder's PERMANENTFLAGS,
+        # read in plan mode too): the real pass lists them; the plan says how many.
+        out["not_kept"] = not_kept
+        detail += f"; {not_kept} would be copied without part of their state"
     return Summary(lines, out, detail)

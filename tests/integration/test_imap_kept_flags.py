@@ -19,6 +19,7 @@ from coexist.journal import Journal
 from coexist.migrate import reconcile, sync
 from coexist.migrate.passes import Window
 from coexist.tenants.imap import ImapEndpoint, ImapSession, NewMessage, Password
+from coexist.tenants.plan import WriteRecorder
 from tests.dovecot import DovecotServer
 from tests.integration.test_imap_store import message, open_store, sync_context
 
@@ -34,7 +35,8 @@ def test_a_target_folder_that_drops_flags_counts_and_lists_its_copies(
     (3) and listed (Locked, subject), the pass detail names the folder once; a plain \\Seen
     one is not counted. A second pass copies nothing. Then INBOX's replied message moves to
     `Locked` at the source: the pass moves its copy (MOVE), which loses \\Answered there,
-    and it is listed too."""
+    and it is listed too. A planned pass before all this counts the same three and appends
+    nothing."""
     endpoint = ImapEndpoint(dovecot.host, dovecot.tls_port, "tls", dovecot.ca_file)
     src_user, tgt_user = dovecot.new_user("kfsrc"), dovecot.new_user("kftgt", acl=True)
     answered, forwarded, work = (
@@ -78,7 +80,26 @@ def test_a_target_folder_that_drops_flags_counts_and_lists_its_copies(
                     out[f"{name}:{r.message_id}"] = set(r.flags | r.keywords) - {"\\Recent"}
             return out
 
+    async def planned_pass() -> tuple[Counter[str], list[Any]]:
+        """The same pass in plan mode, over a scratch journal: it reads PERMANENTFLAGS too."""
+        scratch = Journal.open(f"sqlite:///{tmp_path / 'plan.sqlite'}")
+        recorder = WriteRecorder()
+        try:
+            async with (
+                open_store(endpoint, src_user) as src,
+                open_store(endpoint, tgt_user, label="target", plan=recorder) as tgt,
+            ):
+                counts: Counter[str] = Counter()
+                planning = SimpleNamespace(**{**vars(sync_context(scratch)), "planning": True})
+                await sync.sync_mailbox(planning, key, src, tgt, Window(), counts)  # type: ignore[arg-type]
+                return counts, recorder.writes
+        finally:
+            scratch.close()
+
     try:
+        planned, writes = asyncio.run(planned_pass())
+        assert planned["not_kept"] == 3 and [w for w in writes if "APPEND" in w.operation]
+        assert journal.mapped_items(key) == []
         counts, lacks, recon = asyncio.run(one_pass())
         flags = target_flags()
         again, _, recon_again = asyncio.run(one_pass())
