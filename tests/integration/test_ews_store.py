@@ -846,3 +846,41 @@ def test_a_planned_pass_of_an_exchange_project_says_what_it_would_copy_and_write
     assert result.counts["copied"] >= 4
     assert any("copy" in w.operation for w in plan.writes)
     assert sb.mail.count("target", tgt_user.id) == before and mapped == []
+
+
+def test_plan_mode_exports_no_content(orgs: Sandbox) -> None:
+    """A store in plan mode reads no item's content (a planned import writes nothing):
+    the stream export answers empty payloads with the items' change keys, the MIME export
+    the state alone; the same store out of plan mode reads both."""
+    from coexist.tenants.plan import WriteRecorder
+
+    sb = orgs
+    [src_user] = mailboxes(sb, "source", 1)
+    assert src_user.primary_smtp
+    seed(sb, src_user.id, 2, subject="noread")
+    admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
+
+    async def main() -> tuple[dict[str, Payload], ...]:
+        srv = server(sb, "source", admin)
+        try:
+            async with srv.mailbox(src_user.primary_smtp or "") as mailbox:
+                planned, real = EwsStore(mailbox, plan=WriteRecorder()), EwsStore(mailbox)
+                tree = await real.list_folders()
+                inbox = next(f for f in tree.folders if f.well_known == "inbox")
+                refs = [r for rs in (await real.copies(inbox.id, set())).values() for r in rs]
+                assert len(refs) >= 2, refs
+                return (
+                    await planned.export(refs, EXCHANGE_STREAM),
+                    await planned.export(refs, MIME),
+                    await real.export(refs, EXCHANGE_STREAM),
+                    await real.export(refs, MIME),
+                )
+        finally:
+            await srv.close()
+
+    stream, mime, real_stream, real_mime = run(main)
+    assert set(stream) == set(real_stream) == set(mime) == set(real_mime)
+    assert all(p.data == "" and p.change_key for p in stream.values())
+    assert all(p.mime == b"" and p.state is not None for p in mime.values())
+    assert all(p.data for p in real_stream.values()) and all(p.mime for p in real_mime.values())
+    assert {i: p.state for i, p in mime.items()} == {i: p.state for i, p in real_mime.items()}
