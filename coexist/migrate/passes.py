@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from coexist import progress, schedule
+from coexist import jobs, progress, schedule
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import NotReady
@@ -222,8 +222,12 @@ async def _one_pass(
     except BaseException:
         # The pass ended (an error, a cancel): it must not stay `running` in `status`. The
         # item map and checkpoints already hold what it did; a re-run continues from them.
-        ctx.journal.pass_finished(pass_id, "failed", {})
-        progress.emit(progress.PassEnded(subject, "failed"))
+        # A queued job's pass cancelled by its stopping worker (no safe point within
+        # --stop-grace) is `stopped`, not failed: its job is queued again (coexist.worker).
+        job = jobs.current()
+        ended = "stopped" if job is not None and job.cancelled else "failed"
+        ctx.journal.pass_finished(pass_id, ended, {})
+        progress.emit(progress.PassEnded(subject, ended))
         raise
     ctx.journal.pass_finished(pass_id, result.status, result.counts)
     progress.emit(progress.PassEnded(subject, result.status, *_moved(result.counts)))
