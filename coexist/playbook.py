@@ -673,8 +673,10 @@ def run_playbook(
     if plan:
         # A plan writes nothing, so it takes no lock; it says when a run is under way, whose
         # steps may change what the plan shows.
-        running = claims.holder_of(journal.engine, claims.playbook_scope(batch))
-        journal.close()
+        try:
+            running = claims.holder_of(journal.engine, claims.playbook_scope(batch))
+        finally:
+            journal.close()
         if running is not None:
             say(f"note: a playbook run on batch {batch} is in progress: {running.describe()}")
         for step in steps:
@@ -689,10 +691,15 @@ def run_playbook(
     except BaseException:
         journal.close()
         raise
-    run_id = journal.start_run(
-        RUN_COMMAND, {"playbook": pb.name, "batch": batch, "from": from_step}
-    )
-    writer.note_run(run_id)
+    try:
+        run_id = journal.start_run(
+            RUN_COMMAND, {"playbook": pb.name, "batch": batch, "from": from_step}
+        )
+        writer.note_run(run_id)  # refusals name the run
+    except BaseException:
+        writer.close()
+        journal.close()
+        raise
     status = "failed"
     try:
         with _terminated_as_exit():
