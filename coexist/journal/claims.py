@@ -587,21 +587,33 @@ def users_held(engine: Engine) -> dict[str, Holder]:
 
 
 def holder_of(engine: Engine, scope: str) -> Holder | None:
-    """The live writer holding `scope` itself, if any (a `--plan` says a run is in progress).
-    Reads only: a dead writer's rows are left for the next claim to delete."""
-    life = _liveness(engine)
-    try:
-        w, c, runs = schema.writers, schema.claims, schema.runs
-        stmt = (
-            sa.select(w, runs.c.args)
-            .join(c, c.c.writer_id == w.c.id)
-            .outerjoin(runs, runs.c.id == w.c.run_id)
-            .where(c.c.scope == scope)
-        )
-        with db.transaction(engine, write=False) as conn:
-            rows = [row_dict(r) for r in conn.execute(stmt)]
-            alive = life.alive(conn, rows) if rows else set()
-        live = [r for r in rows if r["id"] in alive]
-        return _holder(live[0], _selection(live[0]["args"])) if live else None
-    finally:
-        life.drop()
+    """The live writer holding `scope` itself, if any (a `--plan` says a run is in progress)."""
+    return _held_scopes(engine, schema.claims.c.scope == scope).get(scope)
+
+
+def playbook_runs(engine: Engine) -> dict[str, Holder]:
+    """The playbook runs in progress, by batch (`coexist status` names them)."""
+    held = _held_scopes(engine, schema.claims.c.scope.like(f"{PLAYBOOK_PREFIX}%"))
+    return {scope[len(PLAYBOOK_PREFIX) :]: h for scope, h in held.items()}
+
+
+def _held_scopes(engine: Engine, where: sa.ColumnElement[bool]) -> dict[str, Holder]:
+    """Scope -> live holder, for the claims `where` selects. Reads only: a dead writer's rows
+    are left for the next claim to delete."""
+    w, c, runs = schema.writers, schema.claims, schema.runs
+    stmt = (
+        sa.select(w, c.c.scope, runs.c.args)
+        .join(c, c.c.writer_id == w.c.id)
+        .outerjoin(runs, runs.c.id == w.c.run_id)
+        .where(where)
+    )
+    with db.transaction(engine, write=False) as conn:
+        rows = [row_dict(r) for r in conn.execute(stmt)]
+        if not rows:  # the usual case: no liveness check (on PostgreSQL, no extra connection)
+            return {}
+        life = _liveness(engine)
+        try:
+            alive = life.alive(conn, rows)
+        finally:
+            life.drop()
+    return {str(r["scope"]): _holder(r, _selection(r["args"])) for r in rows if r["id"] in alive}

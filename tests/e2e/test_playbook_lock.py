@@ -82,7 +82,8 @@ def test_second_run_on_a_batch_is_refused_another_batch_and_a_plan_proceed(
 ) -> None:
     """While a run waits at its checklist: a second run on its batch is refused naming it
     (and records nothing), a plan is allowed and says a run is in progress, a run on another
-    batch proceeds; then the held run's provision claims the project under its lock."""
+    batch proceeds, status names the run; then the held run's provision claims the project
+    under its lock."""
     project = wave(make_project, sandbox, items=1)
     with Journal.open(load_project(project).journal_url) as j:
         taken = {str(u["source_address"]) for u in j.items(kind="user", batch=BATCH)}
@@ -104,6 +105,7 @@ def test_second_run_on_a_batch_is_refused_another_batch_and_a_plan_proceed(
             project, str(book), batch=BATCH, plan=True, say=seen["plan_said"].append
         )
         seen["other"] = playbook.run_playbook(project, str(book), batch="wave2", yes=True)
+        seen["status"] = commands.status(project, batch=BATCH)["playbook_runs"]
         return True
 
     first = playbook.run_playbook(project, str(book), batch=BATCH, confirm=meanwhile)
@@ -123,6 +125,8 @@ def test_second_run_on_a_batch_is_refused_another_batch_and_a_plan_proceed(
     assert plan["in_progress"]["pid"] == os.getpid(), plan
     assert any("in progress" in line and me in line for line in seen["plan_said"])
     assert seen["other"]["ok"], seen["other"]
+    assert list(seen["status"]) == [BATCH] and me in seen["status"][BATCH], seen["status"]
+    assert commands.status(project)["playbook_runs"] == {}
     # One run per batch in the journal: the refused one recorded nothing.
     assert sorted(r["args"]["batch"] for r in playbook_runs(project)) == [BATCH, "wave2"]
     assert all(r["status"] == "ok" for r in playbook_runs(project))
@@ -175,7 +179,7 @@ def test_cli_refuses_a_second_run_sigterm_releases_and_a_sigkilled_lock_is_recov
     make_project: Callable[..., Path], sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """With a CLI run holding the batch: a second `playbook run` exits 2 naming its PID, a
-    `--plan` exits 0 saying a run is in progress. SIGTERM ends that run recorded and its lock
+    `--plan` exits 0 saying a run is in progress, `status` names the run. SIGTERM ends that run recorded and its lock
     gone; a SIGKILLed run leaves its rows, and the next run proceeds and deletes them."""
     project = wave(make_project, sandbox, items=1)
     book = tmp_path / "lockwait.yaml"
@@ -189,6 +193,8 @@ def test_cli_refuses_a_second_run_sigterm_releases_and_a_sigkilled_lock_is_recov
         assert "nothing to clear" in refused["next_step"], refused
         code, plan = cli_json(project, *run, "--plan")
         assert code == 0 and plan["in_progress"]["pid"] == first.pid, plan
+        code, status = cli_json(project, "status", "--batch", BATCH)
+        assert code == 0 and f"PID {first.pid} on" in status["playbook_runs"][BATCH], status
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=WAIT_S) != 0
     finally:
