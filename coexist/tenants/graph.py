@@ -39,7 +39,7 @@ from .mailbox_governor import (
     mailbox_of,
 )
 from .plan import before_write
-from .transport import Transport
+from .transport import Pool, Response, Target
 
 # 429 and 503 mean the request was refused before processing (graph/throttling).
 _IMPORT_NOT_PROCESSED = frozenset({429, 503})
@@ -112,16 +112,16 @@ def _connected(exc: httpx.TransportError) -> bool:
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-def import_content(body: dict[str, Any]) -> bytes:
-    """An importItem body as JSON bytes. `Data` (base64, megabytes) needs no escaping, so it
-    is spliced in instead of being scanned by the JSON encoder."""
+def import_content(body: dict[str, Any]) -> tuple[bytes, ...]:
+    """An importItem body as the parts of its JSON, sent in order without being joined.
+    `Data` (base64, megabytes) needs no escaping, so it is spliced in instead of being
+    scanned by the JSON encoder; encoding it to ASCII is its one copy before TLS."""
     data = body.get("Data")
     if not isinstance(data, str):
-        return jsonlib.dumps(body).encode()
+        return (jsonlib.dumps(body).encode(),)
     rest = jsonlib.dumps({k: v for k, v in body.items() if k != "Data"}).encode()
     sep = b"" if rest == b"{}" else b", "
-    # One join: chained `+` would copy the megabytes once per operand.
-    return b"".join((rest[:-1], sep, b'"Data": "', data.encode("ascii"), b'"}'))
+    return (rest[:-1] + sep + b'"Data": "', data.encode("ascii"), b'"}')
 
 
 def _is_write(method: str, path: str, body: Any) -> bool:
@@ -181,46 +181,54 @@ class GraphAdapter(Adapter):
         # every connection of a pool for every request it places (is_idle/has_expired, a poll
         # per idle socket), so one pool holding 4 connections per mailbox for many mailboxes
         # spent more CPU placing requests than sending them (profiled: 40% of the client).
-        self._pools: dict[int, httpx.AsyncClient] = {}
-        # An import session's URL, parsed once, with the mailbox it is charged to: httpx
-        # parses (and checks character by character) a str URL on every request, and an
-        # importUrl is long.
-        self._parsed: dict[str, tuple[httpx.URL, str | None]] = {}
+        self._pools: dict[int, Pool] = {}
+        # An import session's URL, parsed once, with the mailbox it is charged to (an
+        # importUrl is long: its parsing is not repeated per import).
+        self._parsed: dict[str, tuple[Target, str | None]] = {}
 
-    def _new_client(self) -> httpx.AsyncClient:
-        # Many requests are in flight at once: keep that many connections alive (httpx keeps
-        # 20 by default, so every request beyond would pay a new TLS handshake).
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE)
-        return httpx.AsyncClient(
-            verify=self._tls,  # what a proxy from the environment is reached with
-            timeout=self.timeout,
-            limits=limits,
-            # httpcore on asyncio's sockets and TLS: the CPU of the hot path (tenants/transport).
-            transport=Transport(self._tls, limits),
-        )
-
-    def _client(self, box: str | None) -> httpx.AsyncClient:
-        """The HTTP client for a request charged to `box` (None: a directory request)."""
-        if box is None:
-            return self._http
+    def _pool(self, box: str) -> Pool:
+        """The Outlook request pool for `box`'s requests (tenants/transport: HTTP/1.1 on an
+        asyncio protocol; the directory client `_http` stays on httpx)."""
         shard = zlib.crc32(self.mailboxes.key(box).encode()) % POOL_SHARDS
-        client = self._pools.get(shard)
-        if client is None:
-            client = self._pools[shard] = self._new_client()
-        return client
+        pool = self._pools.get(shard)
+        if pool is None:
+            # Many requests are in flight at once: keep that many connections alive (httpx
+            # kept 20 by default, so every request beyond paid a new TLS handshake).
+            pool = self._pools[shard] = Pool(self._tls, self.timeout, KEEPALIVE)
+        return pool
 
-    def _parsed_url(self, url: str) -> tuple[httpx.URL, str | None]:
+    async def _outlook(
+        self,
+        box: str | None,
+        method: str,
+        url: str | Target,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        body: tuple[bytes, ...] = (),
+    ) -> Response | httpx.Response:
+        """One request on the mailbox's pool, or on the directory client when `box` is None."""
+        if box is None:
+            content = b"".join(body) if body else None
+            raw = url.raw if isinstance(url, Target) else url
+            return await self._http.request(
+                method, raw, params=params, content=content, headers=headers
+            )
+        target = url if isinstance(url, Target) else Target(url, params)
+        return await self._pool(box).request(method, target, headers, body)
+
+    def _parsed_url(self, url: str) -> tuple[Target, str | None]:
         """A pre-authenticated URL parsed, and its mailbox (`mailbox_of`)."""
         parsed = self._parsed.get(url)
         if parsed is None:
             if len(self._parsed) >= PARSED_URLS:  # old sessions' URLs: expired anyway
                 self._parsed.clear()
-            parsed = self._parsed[url] = (httpx.URL(url), mailbox_of(url))
+            parsed = self._parsed[url] = (Target(url), mailbox_of(url))
         return parsed
 
     async def close(self) -> None:
-        for client in self._pools.values():
-            await client.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
         await super().close()
 
     def url(self, path: str) -> str:
@@ -338,8 +346,14 @@ class GraphAdapter(Adapter):
         self.calls += 1
         url = self.url(path)
         try:
-            client = self._client(min(boxes) if boxes else None)
-            resp = await client.request(method, url, params=params, content=content, headers=h)
+            resp = await self._outlook(
+                min(boxes) if boxes else None,
+                method,
+                url,
+                params=params,
+                headers=h,
+                body=() if content is None else (content,),
+            )
         except httpx.TransportError as exc:
             raise self.connection_failed(
                 exc, what=f"{method} {_short(path)}", url=url, connected=_connected(exc)
@@ -461,15 +475,15 @@ class GraphAdapter(Adapter):
         return await self.read_retry.call(attempt)
 
     async def _post_import(
-        self, import_url: httpx.URL, body: dict[str, Any], box: str | None, upload: int
+        self, import_url: Target, body: dict[str, Any], box: str | None, upload: int
     ) -> dict[str, Any]:
         self.calls += 1
         try:
-            resp = await self._client(box).post(
-                import_url, content=import_content(body), headers=_JSON_CONTENT
+            resp = await self._outlook(
+                box, "POST", import_url, headers=_JSON_CONTENT, body=import_content(body)
             )
         except httpx.TransportError as exc:
-            raise self._unsent_or_unknown(exc, "importItem", str(import_url)) from exc
+            raise self._unsent_or_unknown(exc, "importItem", import_url.raw) from exc
         if resp.status_code >= 400:
             try:
                 payload = resp.json()
@@ -516,7 +530,7 @@ class GraphAdapter(Adapter):
                 self.calls += 1
                 url = self.url(path)
                 try:
-                    resp = await self._client(box).get(url, headers=h)
+                    resp = await self._outlook(box, "GET", url, headers=h)
                 except httpx.TransportError as exc:
                     raise self.connection_failed(
                         exc, what=f"GET {_short(path)}", url=url, connected=_connected(exc)
@@ -524,7 +538,7 @@ class GraphAdapter(Adapter):
                 if resp.status_code >= 400:
                     raise self._failure(resp, f"GET {path}", box)
                 self._succeeded(_one(box))
-                return resp.content
+                return bytes(resp.content)
 
         return await self.read_retry.call(read)
 
@@ -548,7 +562,9 @@ class GraphAdapter(Adapter):
             async with self._slot(box, len(chunk)):
                 self.calls += 1
                 try:
-                    resp = await self._client(box).put(upload_url, content=chunk, headers=headers)
+                    resp = await self._outlook(
+                        box, "PUT", upload_url, headers=headers, body=(chunk,)
+                    )
                 except httpx.TransportError as exc:
                     raise self._unsent_or_unknown(exc, "upload", upload_url) from exc
                 if resp.status_code >= 400:
@@ -579,7 +595,11 @@ class GraphAdapter(Adapter):
         return error
 
     def _failure(
-        self, resp: httpx.Response, what: str, box: str | None = None, upload: bool = False
+        self,
+        resp: Response | httpx.Response,
+        what: str,
+        box: str | None = None,
+        upload: bool = False,
     ) -> RemoteError:
         try:
             body = resp.json()
