@@ -45,7 +45,7 @@ import urllib.request
 import zlib
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -68,8 +68,8 @@ class Target:
     __slots__ = ("host", "https", "key", "port", "raw", "start")
 
     def __init__(self, url: str, params: dict[str, Any] | None = None) -> None:
-        if params:  # httpx's own query encoding, as `client.request(params=...)` merged it
-            url = str(httpx.URL(url).copy_merge_params(params))
+        if params:
+            url = _with_params(url, params)
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("https", "http"):
@@ -94,6 +94,18 @@ class Target:
             f" {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: */*\r\n"
             "Accept-Encoding: identity\r\nUser-Agent: coexist\r\n"
         )
+
+
+def _with_params(url: str, params: dict[str, Any]) -> str:
+    """`url` with `params` as `httpx.Client.request(params=...)` encodes them: httpx joins
+    plain str/int values with urllib's `urlencode` (so "$select" is sent "%24select") and
+    keeps that string, which is safe as it is. Anything else (a URL with a query already:
+    httpx re-encodes it while merging; bools, lists) goes through httpx itself: its URL
+    parsing checks every character in Python, ~0.3 ms of CPU for a Graph URL with a query,
+    which the common case does not pay."""
+    if "?" not in url and all(type(v) in (str, int) and type(k) is str for k, v in params.items()):
+        return f"{url}?{urlencode([(k, str(v)) for k, v in params.items()])}"
+    return str(httpx.URL(url).copy_merge_params(params))
 
 
 class Response:
