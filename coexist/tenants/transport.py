@@ -1,5 +1,7 @@
-"""HTTP/1.1 for the Outlook (per-mailbox) request pools, written straight on an asyncio
-protocol: no httpx request/response models, no httpcore, h11 or anyio on the hot path.
+"""HTTP/1.1 for the Graph adapter's raw-JSON requests (the per-mailbox Outlook pools and its
+directory pool), written straight on an asyncio protocol: no httpx request/response models,
+no httpcore, h11 or anyio on the hot path. (The Exchange admin adapter, the Graph SDK client
+and azure-identity keep their own HTTP clients.)
 
 Why (issue 16, deliverable 5; bench/graph_mover_bench.py, this 2-core machine): with httpx
 over httpcore (even on the asyncio network backend this module held before) a request cost
