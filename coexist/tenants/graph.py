@@ -11,7 +11,7 @@ from __future__ import annotations
 import json as jsonlib
 import re
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -99,6 +99,7 @@ def parse_error(
 
 
 _JSON_CONTENT = {"Content-Type": "application/json"}
+Decoder = Callable[[bytes | bytearray], Any]  # a successful answer's body -> its data
 
 
 def _short(path: str) -> str:
@@ -254,11 +255,13 @@ class GraphAdapter(Adapter):
         json: Any = None,
         headers: dict[str, str] | None = None,
         safe: bool = False,
+        decode: Decoder | None = None,
     ) -> Any:
         """One request; returns parsed JSON (or None for 204). Plan mode records writes.
 
         `safe`: a POST that changes nothing (mailbox `exportItems`), so it is retried like a
-        read and sent in plan mode too.
+        read and sent in plan mode too. `decode`: parses a successful answer's body instead
+        of `json.loads` (exportItems' megabytes of base64: graph_io.parse_export).
         """
         if _is_write(method, path, json) and not safe:
             if self.plan is not None:
@@ -266,10 +269,10 @@ class GraphAdapter(Adapter):
                 return None
             before_write()
             writes = directory_writes(method, path, json)
-            return await self._governed(method, path, params, json, headers, writes)
+            return await self._governed(method, path, params, json, headers, writes, decode)
 
         async def read() -> Any:
-            return await self._governed(method, path, params, json, headers)
+            return await self._governed(method, path, params, json, headers, 0, decode)
 
         return await self.read_retry.call(read)
 
@@ -281,6 +284,7 @@ class GraphAdapter(Adapter):
         json: Any,
         headers: dict[str, str] | None,
         writes: int = 0,
+        decode: Decoder | None = None,
     ) -> Any:
         """Send under the governor that owns the request: the mailbox's, else the tenant's;
         `writes` directory writes are paced to the tenant's write budget first."""
@@ -289,13 +293,17 @@ class GraphAdapter(Adapter):
         async with self.paced_writes(writes):
             if not boxes:
                 async with self._gate.slot():
-                    data = await self._send(method, path, params, json, content, headers, {})
+                    data = await self._send(
+                        method, path, params, json, content, headers, {}, decode
+                    )
             else:
                 # Microsoft counts PATCH/POST/PUT bodies against the upload budget
                 # (throttling-limits).
                 upload = len(content) if content is not None and method.upper() != "GET" else 0
                 async with self._mailbox_slots(boxes, upload):
-                    data = await self._send(method, path, params, json, content, headers, boxes)
+                    data = await self._send(
+                        method, path, params, json, content, headers, boxes, decode
+                    )
         self._learn_mailbox(method, path, data)
         return data
 
@@ -340,6 +348,7 @@ class GraphAdapter(Adapter):
         content: bytes | None,
         headers: dict[str, str] | None,
         boxes: dict[str, int],
+        decode: Decoder | None = None,
     ) -> Any:
         h = {"Authorization": f"Bearer {await self.token()}", **(headers or {})}
         if content is not None:
@@ -373,7 +382,7 @@ class GraphAdapter(Adapter):
             self.writes += 1  # accepted writes only: a throttled attempt is not one
         if resp.status_code == 204 or not resp.content:
             return None
-        data = resp.json()
+        data = resp.json() if decode is None else decode(resp.content)
         if boxes and path.rstrip("/").endswith("$batch"):
             self._inner_throttles(json, data)
         return data
