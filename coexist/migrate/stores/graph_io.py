@@ -413,7 +413,8 @@ def parse_export(raw: bytes | bytearray) -> Any:
         if end < 0 or raw.find(b"\\", start, end) >= 0:
             return json.loads(raw)
         parts += (raw[pos:start], str(len(cut)).encode())
-        cut.append(raw[start:end].decode("ascii"))
+        with memoryview(raw) as view:  # decoded from the answer in place: one copy
+            cut.append(str(view[start:end], "ascii"))
         pos = end
     if not cut:
         return json.loads(raw)
