@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 from pathlib import Path
@@ -289,3 +290,91 @@ def test_small_answers_in_one_record_reuse_the_connection(
 
     asyncio.run(go())
     assert server.accepted == 1
+
+
+IMPORT_PATH = "/api/gbeta/Mailboxes('MBX:0001@example.org')/importItem?token=SECRET-IMPORT-TOKEN"
+IMPORT_BODY = {"FolderId": "F", "Mode": "create", "Data": "QUJD"}
+
+
+def test_an_import_refused_before_sending_is_retried_then_unreachable(
+    conn: dict[str, Any],
+) -> None:
+    """An import whose connection was refused reached nothing: it is retried (unsent), then
+    the run stops on Unreachable; the message never shows the importUrl's credential."""
+    port = closed_port()
+
+    async def go() -> None:
+        async with adapter_for(target(conn)) as graph:
+            with pytest.raises(Unreachable) as exc:
+                await graph.post_import(f"https://127.0.0.1:{port}{IMPORT_PATH}", IMPORT_BODY)
+            assert graph.calls == QUICK.max_attempts
+            assert "SECRET" not in exc.value.message and "SECRET" not in str(exc.value)
+
+    asyncio.run(go())
+
+
+def test_an_import_dropped_after_sending_is_not_retried(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An import whose connection dropped after the request was sent may have created the
+    item: one attempt, a RemoteError saying so, not a retryable TransientError."""
+    seen: list[bytes] = []
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        head = read_request(tls)
+        seen.append(head)
+        tls.close()  # no answer
+
+    ep, server = tls_serve(server_factory, conn, tmp_path, answer)
+    url = str(ep.graph_url).split("/v1.0")[0] + IMPORT_PATH
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            with pytest.raises(RemoteError) as exc:
+                await graph.post_import(url, IMPORT_BODY)
+            assert not isinstance(exc.value, TransientError)
+            assert "whether it was applied is not known" in exc.value.message
+            assert "SECRET" not in exc.value.message and "SECRET" not in str(exc.value)
+            assert graph.calls == 1
+
+    asyncio.run(go())
+    assert server.accepted == 1 and seen[0].startswith(b"POST /api/gbeta/Mailboxes(")
+
+
+def test_an_import_body_arrives_whole_with_its_length(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A multi-megabyte import body, sent as parts, arrives as one JSON document of the
+    announced Content-Length, without an Authorization header (the URL is the credential)."""
+    data = "QUJD" * (1024 * 1024)  # 4 MB of base64
+    got: list[bytes] = []
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        head = read_request(tls)
+        top, _, rest = head.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in top.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = rest
+        while len(body) < length:
+            body += tls.recv(1 << 20)
+        got.extend((top, body))
+        tls.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"itemId": "I"}')
+
+    ep, _ = tls_serve(server_factory, conn, tmp_path, answer)
+    url = str(ep.graph_url).split("/v1.0")[0] + IMPORT_PATH
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            assert await graph.post_import(url, {**IMPORT_BODY, "Data": data}) == {"itemId": "I"}
+
+    asyncio.run(go())
+    top, body = got
+    assert b"authorization" not in top.lower()
+    assert json.loads(body) == {**IMPORT_BODY, "Data": data}
