@@ -39,7 +39,7 @@ from .mailbox_governor import (
     mailbox_of,
 )
 from .plan import before_write
-from .transport import Pool, Response, Target
+from .transport import SCRATCH, Pool, Response, Target
 
 # 429 and 503 mean the request was refused before processing (graph/throttling).
 _IMPORT_NOT_PROCESSED = frozenset({429, 503})
@@ -184,6 +184,7 @@ class GraphAdapter(Adapter):
         # spent more CPU placing requests than sending them (profiled: 40% of the client).
         self._pools: dict[int, Pool] = {}
         self._directory: Pool | None = None
+        self._scratch = memoryview(bytearray(SCRATCH))  # shared by the pools (tenants/transport)
         # An import session's URL, parsed once, with the mailbox it is charged to (an
         # importUrl is long: its parsing is not repeated per import).
         self._parsed: dict[str, tuple[Target, str | None]] = {}
@@ -196,7 +197,7 @@ class GraphAdapter(Adapter):
         if pool is None:
             # Many requests are in flight at once: keep that many connections alive (httpx
             # kept 20 by default, so every request beyond paid a new TLS handshake).
-            pool = self._pools[shard] = Pool(self._tls, self.timeout, KEEPALIVE)
+            pool = self._pools[shard] = Pool(self._tls, self.timeout, KEEPALIVE, self._scratch)
         return pool
 
     async def _request(
@@ -216,7 +217,7 @@ class GraphAdapter(Adapter):
         if box is not None:
             return await self._pool(box).request(method, target, headers, body)
         if self._directory is None:
-            self._directory = Pool(self._tls, self.timeout, KEEPALIVE)
+            self._directory = Pool(self._tls, self.timeout, KEEPALIVE, self._scratch)
         return await self._directory.request(method, target, headers, body)
 
     def _parsed_url(self, url: str) -> tuple[Target, str | None]:
