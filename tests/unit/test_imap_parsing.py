@@ -159,3 +159,36 @@ def test_a_session_ended_for_an_expired_token_is_transient() -> None:
     other = imap_errors.IMAPClientError("select failed: [CANNOT] no such thing")
     assert not imap.token_expired(other)
     assert isinstance(mapper.command_failure(other, "SELECT", "INBOX"), InvalidRequest)
+
+
+_OTHER_FIELDS = st.sampled_from(
+    [
+        b"Subject: hello\r\n",
+        b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n",
+        b"Content-Type: multipart/signed;\r\n protocol=x\r\n",
+        b"Content-Class: urn:content-classes:message\r\n",
+        b"Message-ID: <second@x>\r\n",
+        b"Subject: caf\xc3\xa9\r\n",
+        b"X: y\r\n",
+    ]
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.lists(_OTHER_FIELDS, max_size=3),
+    st.lists(st.one_of(_ID_BYTES, st.binary(max_size=2)), max_size=12).map(b"".join),
+    st.lists(_OTHER_FIELDS, max_size=3),
+    st.sampled_from([b"\r\n\r\n", b"\r\n", b"\n\n", b"\r\n X\r\n\r\n", b""]),
+)
+def test_message_ids_among_other_fields_read_as_the_email_parser_reads_them(
+    before: list[bytes], value: bytes, after: list[bytes], end: bytes
+) -> None:
+    """A scan's header block holds the Message-ID among the inspect fields (any order, a
+    second Message-ID, folded, 8-bit, no field at all): the Message-ID read is the
+    compat32 parser's (the first one), by the plain-field reader or the parser."""
+    block = b"".join(before) + b"Message-ID:" + value + end.replace(b"\r\n\r\n", b"\r\n")
+    block += b"".join(after) + (b"\r\n" if end.endswith(b"\r\n\r\n") else b"")
+    assert parse_message_id(block) == _parsed_message_id(block)
+    fields = b"".join(before + after) + b"\r\n"
+    assert parse_message_id(fields) == _parsed_message_id(fields)
