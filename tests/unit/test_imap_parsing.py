@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import gc
+import weakref
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +13,8 @@ from hypothesis import strategies as st
 from coexist.tenants import imap
 from coexist.tenants.imap import (
     ImapCapabilities,
+    ImapConnections,
+    ImapEndpoint,
     ImapFolder,
     OAuth2Token,
     Password,
@@ -19,6 +23,7 @@ from coexist.tenants.imap import (
     _vanished_uids,
     _with_special_names,
     chunks_by_size,
+    freeze_startup_objects,
     parse_message_id,
     parse_sequence_set,
     response_code,
@@ -192,3 +197,34 @@ def test_message_ids_among_other_fields_read_as_the_email_parser_reads_them(
     assert parse_message_id(block) == _parsed_message_id(block)
     fields = b"".join(before + after) + b"\r\n"
     assert parse_message_id(fields) == _parsed_message_id(fields)
+
+
+class _Node:
+    """An object in a reference cycle (only the collector frees it)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_first_connection_pool_freezes_what_start_up_made_and_later_garbage_is_freed() -> None:
+    """A process's first ImapConnections moves the objects alive then out of the
+    collector's sight (once: later pools freeze nothing more); a cycle made afterwards is
+    still collected."""
+    ImapConnections(ImapEndpoint("127.0.0.1", 993, "tls", None))
+    frozen = gc.get_freeze_count()
+    assert frozen > 0 and freeze_startup_objects() == freeze_startup_objects()
+    ImapConnections(ImapEndpoint("127.0.0.1", 993, "tls", None))
+    node = _Node()
+    gone = weakref.ref(node)
+    del node
+    gc.collect()
+    assert gone() is None
+
+
+def test_flag_lists_split_the_same_from_any_iterable() -> None:
+    """A FETCH answer's tuple (kept per distinct list) and any other iterable split alike:
+    system flags in their canonical case, \\Recent dropped, keywords as given."""
+    raw = (b"\\SEEN", b"\\Recent", b"\\flagged", b"$Forwarded", "Project-X")
+    want = (frozenset({"\\Seen", "\\Flagged"}), frozenset({"$Forwarded", "Project-X"}))
+    assert split_flags(raw) == split_flags(list(raw)) == split_flags(iter(raw)) == want
+    assert split_flags(raw) == want  # again, from the cache
