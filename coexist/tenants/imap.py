@@ -383,6 +383,10 @@ def _split_flags(raw: tuple[bytes | str, ...]) -> tuple[frozenset[str], frozense
 # ~13 us each through BytesHeaderParser); any other block goes to the parser as before,
 # and tests/unit/test_imap_parsing.py holds both to the same answer.
 _PLAIN_MESSAGE_ID = re.compile(rb"\A(?i:message-id):([\x20-\x7e\t]*)\r\n(?:\r\n)?\Z")
+# A block of unfolded ASCII field lines (a name, the colon, printable text) and the blank
+# line; in it, a Message-ID field's line.
+_PLAIN_LINES = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[\x20-\x7e\t]*\r\n)+(?:\r\n)?\Z")
+_MESSAGE_ID_LINE = re.compile(rb"^(?i:message-id):([\x20-\x7e\t]*)\r$", re.M)
 
 
 def parse_message_id(header_block: bytes | None) -> str | None:
@@ -391,7 +395,11 @@ def parse_message_id(header_block: bytes | None) -> str | None:
         return None
     if (plain := _PLAIN_MESSAGE_ID.match(header_block)) is not None:
         return " ".join(plain.group(1).decode("ascii").split()) or None
-    # A block of several plain fields (the scan also asks the store's `scan_fields`).
+    # A block of several plain fields (the scan also reads the store's inspect fields): in
+    # the usual shape (unfolded ASCII lines), the first Message-ID line is the field.
+    if _PLAIN_LINES.match(header_block) is not None:
+        found = _MESSAGE_ID_LINE.search(header_block)
+        return None if found is None else (" ".join(found.group(1).decode().split()) or None)
     if (fields := plain_fields(header_block, (b"message-id",))) is not None:
         value = fields.get(b"message-id")
         return None if value is None else (" ".join(value.split()) or None)
@@ -1537,9 +1545,9 @@ def bound_heap() -> bool:
 
 
 @functools.cache
-def freeze_startup_objects() -> int:
-    """Move every object alive now (once per process) out of the garbage collector's sight:
-    `gc.freeze`; how many it moved.
+def freeze_startup_objects() -> bool:
+    """Move every object alive now (once per process) out of the garbage collector's sight
+    (`gc.freeze`).
 
     Called before a process's first IMAP connection, when what is alive is what start-up
     made and keeps (modules, classes, settings, the journal's engine and metadata: a few
@@ -1549,8 +1557,8 @@ def freeze_startup_objects() -> int:
     and the client's CPU is part of what binds that move. What is created later is
     collected as usual; garbage alive at the call (cycles not yet collected) stays,
     a one-time cost of the size of start-up's leftovers."""
-    gc.freeze()
-    return gc.get_freeze_count()
+    gc.freeze()  # O(1): it links the generations' lists (get_freeze_count walks them)
+    return True
 
 
 class ImapConnections:
