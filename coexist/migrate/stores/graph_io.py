@@ -382,17 +382,20 @@ class Importer:
 class GraphIOStore:
     """One mailbox through the mailbox import/export API."""
 
-    def __init__(self, box: Box) -> None:
+    def __init__(self, box: Box, *, planning: bool = False) -> None:
         self.box = box
         self.importer = Importer(box)
+        self.planning = planning  # plan mode: `export` reads no stream
         # The default folders' names, read with the pass's first folder tree: the tree of
         # the reconciliation (`totals`) reuses them instead of a $batch of 10 more reads
         # against the mailbox's budget (a store lives for one pass).
         self._names: dict[str, tuple[str, str]] | None = None
 
     @classmethod
-    async def open(cls, graph: GraphAdapter, user_id: str) -> GraphIOStore:
-        return cls(Box(graph, user_id, await mailbox_id(graph, user_id)))
+    async def open(
+        cls, graph: GraphAdapter, user_id: str, *, planning: bool = False
+    ) -> GraphIOStore:
+        return cls(Box(graph, user_id, await mailbox_id(graph, user_id)), planning=planning)
 
     @property
     def caps(self) -> Capabilities:
@@ -460,7 +463,13 @@ class GraphIOStore:
     ) -> dict[str, Payload]:
         """Up to 20 items (mailbox-exportitems); failures are left out. exportItems changes
         nothing, so it is sent as a safe POST: retried like a read. The stream is opaque, so
-        an update (`state_only`) exports the whole item too."""
+        an update (`state_only`) exports the whole item too.
+
+        Plan mode: no stream is read (the pass's largest read, and a planned import writes
+        nothing): each item's payload is empty, with the change key its scan saw; what the
+        plan says of it (folder, size) comes from the scan."""
+        if self.planning:
+            return {r.item_id: Payload(fmt, "", r.change_key, source_id=r.item_id) for r in refs}
         ids = [r.item_id for r in refs]
         box = self.box
         data = await box.graph.send(
@@ -539,8 +548,8 @@ async def open_stores(
 ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
     """A pass's stores: the user's source mailbox and its target mailbox (over the sides'
     Graph adapters, which the session closes: nothing to close per pass)."""
-    src = await GraphIOStore.open(ctx.source.graph, subject)
-    tgt = await GraphIOStore.open(ctx.target.graph, target_id(ctx, subject))
+    src = await GraphIOStore.open(ctx.source.graph, subject, planning=ctx.planning)
+    tgt = await GraphIOStore.open(ctx.target.graph, target_id(ctx, subject), planning=ctx.planning)
     yield src, tgt
 
 
