@@ -425,13 +425,17 @@ async def first_pass_sizes(
     pass), from the source's Get-MailboxStatistics: read-only, one call per mailbox, at
     most `[engine] concurrency_per_tenant` at once, each journaled on the user item
     (`detail.mailbox_statistics`, with `observed_at`) so a run within `fresh_s` reads the
-    journal instead. Plan mode reads too (a read is no write). A source without cmdlets,
+    journal instead. Plan mode reads too (a read is no write) and uses what the journal
+    holds, but journals nothing (a plan leaves the journal as it was). Nothing is read
+    where the estimate cannot use it (no mover, no rate). A source without cmdlets,
     or a read that fails, leaves the mailbox unsized and says why; it never fails the
     command (an estimate is advice)."""
     from coexist.engine.context import CMDLETS
 
     journal = sess.journal
     now = now or dt.datetime.now(dt.UTC)
+    if rate_for(str(sess.project.migration.mover or "none")) is None:
+        return FirstPass()
     unknown = [i for i in items if volume(journal, str(i["key"]), kind).known_from is None]
     if not unknown:
         return FirstPass()
@@ -471,7 +475,8 @@ async def first_pass_sizes(
             "observed_at": dt.datetime.now(dt.UTC).isoformat(),
             "source": STATISTICS,
         }
-        journal.merge_item("user", key, detail={OBSERVED: seen})
+        if not sess.planning:
+            journal.merge_item("user", key, detail={OBSERVED: seen})
 
     await asyncio.gather(*(one(i) for i in ask))
     why = ""

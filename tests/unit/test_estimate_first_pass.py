@@ -56,11 +56,13 @@ def journal() -> Iterator[Journal]:
         yield j
 
 
-def session(journal: Journal, kind: str, rows: dict[str, dict[str, Any]]) -> Any:
+def session(
+    journal: Journal, kind: str, rows: dict[str, dict[str, Any]], planning: bool = False
+) -> Any:
     engine = SimpleNamespace(concurrency_per_tenant=2, outlook_time_scale=1)
     project = SimpleNamespace(engine=engine, migration=SimpleNamespace(mover="graph-items"))
     ctx = SimpleNamespace(source=FakeSide(kind, Recorded(rows)), run_id=None)
-    return SimpleNamespace(journal=journal, project=project, ctx=ctx, planning=True)
+    return SimpleNamespace(journal=journal, project=project, ctx=ctx, planning=planning)
 
 
 def users(journal: Journal, *names: str) -> list[dict[str, Any]]:
@@ -142,3 +144,11 @@ def test_mailboxes_with_a_pass_are_not_asked(journal: Journal) -> None:
     sess = session(journal, "m365", RECORDED)
     first = asyncio.run(estimate.first_pass_sizes(sess, users(journal, "ann"), "prestage"))
     assert sess.ctx.source.cmdlets.calls == [] and first.volumes == {}
+
+
+def test_plan_reads_but_journals_nothing(journal: Journal) -> None:
+    """A plan asks Get-MailboxStatistics (a read) but leaves the journal as it was."""
+    sess = session(journal, "m365", RECORDED, planning=True)
+    first = asyncio.run(estimate.first_pass_sizes(sess, users(journal, "bob"), "prestage"))
+    assert first.volumes["bob"] == Volume(40, 2_621_440, STATISTICS)
+    assert estimate.OBSERVED not in ((journal.get_item("user", "bob") or {}).get("detail") or {})
