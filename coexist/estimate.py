@@ -443,6 +443,10 @@ async def first_pass_sizes(
     if not side.has(CMDLETS):
         kind_ = str(side.kind)
         return FirstPass(why=NO_STATISTICS.get(kind_, f"the {kind_} source has no {STATISTICS}"))
+    try:
+        runner = side.cmdlets
+    except CoexistError as exc:  # cmdlets configured but not openable (e.g. per-user logins)
+        return FirstPass(why=f"no {STATISTICS}: {exc}")
     found: dict[str, Volume] = {}
     ask: list[dict[str, Any]] = []
     for i in unknown:
@@ -459,7 +463,7 @@ async def first_pass_sizes(
         identity = str(item.get("source_address") or key)
         try:
             async with gate:
-                rows = await side.cmdlets.run(STATISTICS, Identity=identity)
+                rows = await runner.run(STATISTICS, Identity=identity)
         except CoexistError as exc:
             log.warning("%s %s: %s", STATISTICS, identity, exc)
             failed.append(f"{identity}: {exc}")

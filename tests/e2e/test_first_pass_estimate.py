@@ -90,3 +90,42 @@ def test_fresh_batch_estimated_from_mailbox_statistics(
     assert (again["estimate"]["items"], again["estimate"]["bytes"]) == (items, size)
     # The same plan, less one Get-MailboxStatistics read per mailbox.
     assert again["calls"]["source"] == first["calls"]["source"] - len(users)
+
+
+def test_second_run_reads_the_journaled_statistics(
+    make_project: Callable[..., Path], sandbox: Sandbox, cli: Cli
+) -> None:
+    """A real prestage whose mailboxes are still being made (no pass yet) journals each
+    mailbox's statistics with their time; the next run within a day estimates from the
+    journal: the same figures, the same observation times (nothing asked again)."""
+    project = make_project(users=USERS, **{"engine.wait_in_command_s": 0})
+    p = str(project)
+    run_json(cli, "discover", "--project", p)
+    run_json(cli, "provision", "--project", p, "--all")
+    keys = [str(u["key"]) for u in users_of(project)]
+    mailseed.seed_mailboxes(sandbox.mail, "source", keys, seed=5, items=ITEMS)
+    items, size = store_totals(sandbox, keys)
+    with sandbox.world.lock:
+        # Licensed MailUsers get their mailbox in an hour: the passes wait, none runs.
+        sandbox.world.settings.provisioning_delay_s = 3600.0
+
+    def observations() -> dict[str, Any]:
+        return {
+            str(u["key"]): (u.get("detail") or {}).get(estimate.OBSERVED) for u in users_of(project)
+        }
+
+    first = run_json(cli, "prestage", "--project", p, "--all")
+    assert first["waiting"] and (first["estimate"]["items"], first["estimate"]["bytes"]) == (
+        items,
+        size,
+    )
+    seen = observations()
+    assert all(
+        v and v["source"] == "Get-MailboxStatistics" and v["observed_at"] for v in seen.values()
+    )
+    assert sum(v["items"] for v in seen.values()) == items
+
+    second = run_json(cli, "prestage", "--project", p, "--all")
+    assert second["estimate"]["sized_by_statistics"] == len(keys)
+    assert (second["estimate"]["items"], second["estimate"]["bytes"]) == (items, size)
+    assert observations() == seen  # read from the journal, not asked and journaled again
