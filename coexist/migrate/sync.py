@@ -288,6 +288,7 @@ async def scan_folder(
     folder: Folder,
     kind: str | None = None,
     found: Callable[[list[dict[str, Any]]], None] | None = None,
+    cursors: Mapping[str, str] | None = None,
 ) -> None:
     """Record the folder's changes since the saved cursor, then save the new cursor.
 
@@ -297,10 +298,15 @@ async def scan_folder(
     copied from being copied again, and rows of the folder (of `kind`, if given) it did not
     report have left the folder since (`forget_unseen`, before the cursor is saved).
     `found` gets each page's new rows once they are journaled (`_scan_and_copy`); a lost
-    cursor is then raised, not restarted: the rows found may be mid-copy."""
+    cursor is then raised, not restarted: the rows found may be mid-copy. `cursors`: the
+    mailbox's saved cursors by folder id, read for all its folders at once (`saved_cursors`);
+    else this folder's is read here."""
     checkpoint = src.caps.checkpoint_kind
-    saved = ctx.journal.get_checkpoint(key, folder.id, checkpoint)
-    cursor = (saved or {}).get("token") or None
+    if cursors is not None:
+        cursor: str | None = cursors.get(folder.id)
+    else:
+        saved = ctx.journal.get_checkpoint(key, folder.id, checkpoint)
+        cursor = (saved or {}).get("token") or None
     for attempt in range(RESTARTS + 1):
         try:
             await _follow(ctx, key, src, folder, cursor, kind, found)
@@ -310,6 +316,35 @@ async def scan_folder(
                 raise
             ctx.journal.delete_checkpoint(key, folder.id, checkpoint)
             cursor = None
+
+
+def saved_cursors(ctx: Context, key: str, src: ChangeFeed) -> dict[str, str]:
+    """The mailbox's saved cursors of `src`'s kind, by folder id: one read for a pass's
+    folders instead of one per folder."""
+    kind = src.caps.checkpoint_kind
+    return {
+        str(c["folder_id"]): str(c["token"])
+        for c in ctx.journal.checkpoints(key)
+        if c["kind"] == kind and c.get("token")
+    }
+
+
+def unscanned(
+    src: ChangeFeed, folder: Folder, cursors: Mapping[str, str], recorded: Mapping[str, Any]
+) -> bool:
+    """Whether the pass can leave this folder unscanned: its store lists it empty
+    (`caps.empty_means_nothing`), it has no saved cursor and the journal holds no row of it.
+    Nothing is lost: a scan would report nothing and save a cursor; without one, the next
+    pass that lists the folder with items reads it in full (an item that arrives between the
+    listing and here is read then, like one that arrives after a scan). A folder with a
+    cursor keeps its scan (its deletions and moves out), and one with rows too (a full round
+    settles them, `forget_unseen`)."""
+    return (
+        src.caps.empty_means_nothing
+        and folder.total == 0
+        and folder.id not in cursors
+        and folder.id not in recorded
+    )
 
 
 async def _follow(
@@ -1382,6 +1417,7 @@ async def _scan_and_copy(
     now = datetime.now().astimezone()
     found: asyncio.Queue[list[Job] | None] = asyncio.Queue()
     lost = False
+    cursors = saved_cursors(ctx, key, stores.src)
 
     async def scan() -> None:
         nonlocal lost
@@ -1389,6 +1425,8 @@ async def _scan_and_copy(
             for folder_id, dest in plan.target_of.items():
                 if schedule.window_closed():
                     return  # a safe point; the pass ends at the next `_between`
+                if unscanned(stores.src, by_id[folder_id], cursors, {}):
+                    continue  # the journal holds no row of this mailbox (the caller's check)
 
                 def to_copy(rows: list[dict[str, Any]], dest: str = dest) -> None:
                     jobs = [
@@ -1402,7 +1440,9 @@ async def _scan_and_copy(
                         found.put_nowait(jobs)
 
                 try:
-                    await scan_folder(ctx, key, stores.src, by_id[folder_id], kind, to_copy)
+                    await scan_folder(
+                        ctx, key, stores.src, by_id[folder_id], kind, to_copy, cursors
+                    )
                 except RemoteError as exc:
                     if not stores.src.cursor_lost(exc):
                         raise
@@ -1451,9 +1491,14 @@ async def sync_mailbox(
     if not (
         fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
     ):
+        if fresh:  # a lost cursor ended the scan above: read what it journaled
+            recorded = ctx.journal.item_map_counts(subject)
+        cursors = saved_cursors(ctx, subject, src)
         for folder_id in plan.target_of:
             _between(counts)  # safe points: between folders, between steps
-            await scan_folder(ctx, subject, src, by_id[folder_id], kind)
+            if unscanned(src, by_id[folder_id], cursors, recorded):
+                continue
+            await scan_folder(ctx, subject, src, by_id[folder_id], kind, cursors=cursors)
     await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
     _between(counts)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,9 +46,15 @@ from typing import Any
 from urllib.parse import quote
 
 from coexist.engine.context import Context
-from coexist.errors import AuthenticationError, Conflict, InvalidRequest, RemoteError
+from coexist.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.passes import MOVERS
-from coexist.migrate.stores.graph import MAIL_WELL_KNOWN, Box, mailbox_id, sync_state_lost
+from coexist.migrate.stores.graph import (
+    MAIL_WELL_KNOWN,
+    MAILBOX_KIND,
+    Box,
+    mailbox_id,
+    sync_state_lost,
+)
 from coexist.migrate.sync import StoreMover, message_identity
 from coexist.provisioning.convert import target_id
 from coexist.tenants.graph import BATCH_REQUESTS, GraphAdapter
@@ -100,6 +106,10 @@ CAPS = Capabilities(
     export_batch=EXPORT_BATCH,
     export_bytes=EXPORT_BYTES,
     imports_in_flight=IMPORTS_IN_FLIGHT,
+    # mailboxFolder's totalItemCount (v1.0 CSDL), read with the folder listing: a folder that
+    # counts 0 has no item for its items delta to report (*unverified*: that Exchange's count
+    # and the delta cover the same items, the folder's normal ones, as the sandbox's do).
+    empty_means_nothing=True,
 )
 
 
@@ -203,6 +213,11 @@ async def _all_folders(box: Box) -> dict[str, dict[str, Any]]:
         if f.get("childFolderCount"):
             queue += await box.graph.list_all(box.path(f"folders/{f['id']}/childFolders"), params)
     return found
+
+
+def listing_requests(found: dict[str, dict[str, Any]]) -> int:
+    """Requests `_all_folders` made for `found` (at least): the top list and one per parent."""
+    return 1 + sum(1 for f in found.values() if f.get("childFolderCount"))
 
 
 async def folder_tree(box: Box) -> FolderTree:
@@ -382,13 +397,23 @@ class Importer:
 class GraphIOStore:
     """One mailbox through the mailbox import/export API."""
 
-    def __init__(self, box: Box) -> None:
+    def __init__(self, box: Box, recheck: Callable[[str], None] | None = None) -> None:
         self.box = box
         self.importer = Importer(box)
         # The default folders' names, read with the pass's first folder tree: the tree of
         # the reconciliation (`totals`) reuses them instead of a $batch of 10 more reads
         # against the mailbox's budget (a store lives for one pass).
         self._names: dict[str, tuple[str, str]] | None = None
+        # Set while the mailbox id is one the journal kept (`open_stores`), not one read
+        # this pass: a 404 of the first folder listing re-reads it (`_first_listing`) and
+        # hands the new one to `recheck` to keep.
+        self._recheck = recheck
+        # The pass's folder listing (totals by folder id), what it cost in requests, and the
+        # folders this store changed since (imports, deletions, new folders): `totals`
+        # re-reads only those (a store lives for one pass).
+        self._listed: dict[str, int] | None = None
+        self._listing_cost = 0
+        self._touched: set[str] = set()
 
     @classmethod
     async def open(cls, graph: GraphAdapter, user_id: str) -> GraphIOStore:
@@ -401,10 +426,32 @@ class GraphIOStore:
     async def list_folders(self) -> FolderTree:
         # The listing first, then the names, as `folder_tree` orders them: a mailbox's first
         # request stays a single one (a $batch first drew throttling from a drained budget).
-        found = await _all_folders(self.box)
+        found = await self._first_listing()
         if self._names is None:
             self._names = await well_known_names(self.box)
-        return ipm_tree(found, self._names)
+        tree = ipm_tree(found, self._names)
+        self._listed = {f.id: f.total for f in tree.folders}
+        self._listing_cost = listing_requests(found)
+        self._touched.clear()
+        return tree
+
+    async def _first_listing(self) -> dict[str, dict[str, Any]]:
+        """The folder listing; the pass's first request to the mailbox. With a mailbox id
+        the journal kept, a 404 (ErrorMailboxNotFound: the mailbox was re-created, its id is
+        new) re-reads the id from settings/exchange once and lists again with it."""
+        recheck, self._recheck = self._recheck, None
+        try:
+            return await _all_folders(self.box)
+        except NotFound:
+            if recheck is None:
+                raise
+            fresh = await mailbox_id(self.box.graph, self.box.user_id)
+            if fresh == self.box.mailbox_id:
+                raise
+            recheck(fresh)
+            self.box = Box(self.box.graph, self.box.user_id, fresh)
+            self.importer = Importer(self.box)  # no session made yet: the listing is first
+            return await _all_folders(self.box)
 
     async def create_folder(
         self, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
@@ -429,6 +476,7 @@ class GraphIOStore:
                 return None
         if made is None:  # plan mode
             return Folder(f"planned:{'/'.join(path)}", path, None, folder_class, 0)
+        self._touched.add(str(made["id"]))
         return Folder(str(made["id"]), path, None, folder_class, 0)
 
     def changes(self, folder: Folder, cursor: str | None) -> DeltaRound:
@@ -476,6 +524,7 @@ class GraphIOStore:
         self, folder_id: str, payload: Payload, replace: ItemRef | None = None
     ) -> Imported:
         update = (replace.item_id, replace.change_key or "") if replace else None
+        self._touched.add(folder_id)  # before the request: an import that fails may land
         made = await self.importer.put(folder_id, payload.data, update)
         return Imported(made.get("itemId"), made.get("changeKey"))
 
@@ -524,10 +573,29 @@ class GraphIOStore:
 
     async def delete(self, ref: ItemRef) -> None:
         """Soft-delete an item (mailboxfolder-delete-items)."""
+        self._touched.add(ref.folder_id)
         await self.box.graph.send("DELETE", f"{self._item_path(ref)}?disposalType={DISPOSAL}")
 
     async def totals(self) -> dict[str, int]:
-        return {f.id: f.total for f in (await self.list_folders()).folders}
+        """Items per folder now. The pass's listing answers for the folders this store left
+        as they were; those it changed are read again one by one (mailboxfolder-get), unless
+        that costs as many requests as listing the whole tree again. A folder untouched by
+        the pass counts what it held when the pass listed it: mail that reaches the live
+        target meanwhile is counted by the next pass."""
+        listed, touched = self._listed, self._touched
+        if self.box.graph.plan is not None and listed is not None:
+            return dict(listed)  # plan mode: the pass changed nothing in the target
+        if listed is None or len(touched) >= self._listing_cost:
+            return {f.id: f.total for f in (await self.list_folders()).folders}
+        out = dict(listed)
+        for folder_id in sorted(touched):
+            try:
+                data = await self.box.graph.send("GET", self.box.path(f"folders/{folder_id}"))
+            except NotFound:  # removed from the live target since
+                out.pop(folder_id, None)
+                continue
+            out[folder_id] = int((data or {}).get("totalItemCount") or 0)
+        return out
 
     def _item_path(self, ref: ItemRef) -> str:
         return self.box.path(f"folders/{ref.folder_id}/items/{ref.item_id}")
@@ -539,9 +607,42 @@ async def open_stores(
 ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
     """A pass's stores: the user's source mailbox and its target mailbox (over the sides'
     Graph adapters, which the session closes: nothing to close per pass)."""
-    src = await GraphIOStore.open(ctx.source.graph, subject)
-    tgt = await GraphIOStore.open(ctx.target.graph, target_id(ctx, subject))
+    kept = {
+        str(c["folder_id"]): c
+        for c in ctx.journal.checkpoints(subject)
+        if c["kind"] == MAILBOX_KIND
+    }
+    src = await _open(ctx, subject, "source", ctx.source.graph, subject, kept)
+    tgt = await _open(ctx, subject, "target", ctx.target.graph, target_id(ctx, subject), kept)
     yield src, tgt
+
+
+async def _open(
+    ctx: Context,
+    subject: str,
+    side: str,
+    graph: GraphAdapter,
+    user_id: str,
+    kept: dict[str, dict[str, Any]],
+) -> GraphIOStore:
+    """One side's store. Its import/export mailbox id is kept in the journal per user and
+    side (a `MAILBOX_KIND` row, with the user id it belongs to), so a pass does not read
+    settings/exchange again; a kept id that no longer answers is re-read at the pass's first
+    request (`GraphIOStore._first_listing`)."""
+
+    def keep(mbx: str) -> None:
+        ctx.journal.save_checkpoint(subject, side, MAILBOX_KIND, token=mbx, watermark=user_id)
+
+    row = kept.get(side) or {}
+    if row.get("token") and row.get("watermark") == user_id:
+        mbx = str(row["token"])
+        # What reading settings/exchange teaches the adapter's governors (the id and the
+        # user are one mailbox, one budget: GraphAdapter._learn_mailbox).
+        graph.mailboxes.alias(mbx, user_id)
+        return GraphIOStore(Box(graph, user_id, mbx), recheck=keep)
+    mbx = await mailbox_id(graph, user_id)
+    keep(mbx)
+    return GraphIOStore(Box(graph, user_id, mbx))
 
 
 MOVERS["graph-import-export"] = StoreMover(open_stores)
