@@ -13,12 +13,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from coexist.journal import Journal
-from coexist.migrate.stores.graph import MAILBOX_KIND
+from coexist.migrate.stores.graph import MAILBOX_KIND, NAMES_KIND
 from coexist.migrate.stores.graph_io import CHECKPOINT_KIND
 from coexist.sandbox import Sandbox
 from coexist.sandbox.model import new_guid
 from coexist.settings import load_project
-from tests.e2e.test_graph_mover import World, cutover, last_counts, prestage, provisioned
+from tests.e2e.test_graph_mover import (
+    World,
+    _put,
+    cutover,
+    last_counts,
+    prestage,
+    provisioned,
+    sandbox_folder,
+)
 
 REQUEST = re.compile(r'HTTP Request: (\w+) (\S+) "HTTP/[\d.]+ (\d+)')
 
@@ -65,9 +73,9 @@ def kept(w: World) -> dict[str, dict[str, object]]:
 def test_a_pass_after_a_pass_makes_only_its_needed_requests(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
-    """A second pass, with a change then without one, reads no mailbox id (the journal keeps
-    them), lists each side's folder tree once, and scans only folders with a cursor or
-    items; each still copies what changed."""
+    """A second pass, with a change then without one, reads no mailbox id nor default folder
+    names (the journal keeps them), lists each side's folder tree once, and scans only
+    folders with a cursor or items; each still copies what changed."""
     w = provisioned(make_project, sandbox)
     w.put(["Inbox"], "first")
     prestage(w)
@@ -86,6 +94,10 @@ def test_a_pass_after_a_pass_makes_only_its_needed_requests(
         assert shapes[("GET", "users/U/settings/exchange")] == 0, shapes
         assert shapes[("GET", "admin/exchange/mailboxes/M/folders")] == 2, shapes  # one a side
         assert shapes[("GET", "admin/exchange/mailboxes/M/folders/F/items/delta")] == 1, shapes
+    # The default folders' names are kept too; the new item's identity and content type
+    # are read once, by the scan (the export's inspection reuses them).
+    assert changed[("POST", "$batch")] == 1, changed
+    assert unchanged[("POST", "$batch")] == 0, unchanged
     # With nothing copied, the reconciliation reuses the pass's listing of the target.
     assert unchanged[("GET", "admin/exchange/mailboxes/M/folders/F")] == 0, unchanged
     # With the Inbox changed, only the Inbox is read again.
@@ -134,3 +146,26 @@ def test_a_stale_kept_mailbox_id_is_read_again(
     for side in ("source", "target"):
         assert kept(w)[f"{MAILBOX_KIND}:{side}"]["token"] == good[side]["token"]
     assert [i.subject for i in w.items("target")].count("after") == 1
+
+
+def test_default_names_kept_are_read_again_after_a_language_change(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Default folder names the journal kept stop naming a mailbox whose language changed
+    (its defaults renamed): the next pass reads them again, so mail in the renamed Inbox
+    still lands in the target's Inbox, not in a new folder of the new name."""
+    w = provisioned(make_project, sandbox)
+    w.put(["Inbox"], "before")
+    prestage(w)
+    assert f"{NAMES_KIND}:source" in kept(w)
+    sandbox.mail.localize("source", w.source, "de")
+    _put(w, "inbox", "nach der Umstellung")
+    with sent() as shapes:
+        cutover(w)
+    assert last_counts(w)["copied"] == 1
+    assert shapes[("POST", "$batch")] >= 1, shapes  # the names, read again
+    [copy] = [i for i in w.items("target") if i.subject == "nach der Umstellung"]
+    assert copy.folder_id == sandbox_folder(sandbox, w.target, "inbox", "target")
+    names = {f.display_name for f in sandbox.mail.child_folders("target", w.target)}
+    assert "Posteingang" not in names
+    assert "Posteingang" in str(kept(w)[f"{NAMES_KIND}:source"]["token"])

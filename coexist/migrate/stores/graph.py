@@ -22,6 +22,9 @@ MAIL_WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", 
 # The journal's folder_state kind under which a user's import/export mailbox id is kept, one
 # row per side (folder_id "source" / "target"; token: the id, watermark: the user id).
 MAILBOX_KIND = "io-mailbox"
+# The same for the default folders' display names (token: JSON well-known name -> [folder
+# class, display name]; watermark: the user id), `graph_io.names_hold`.
+NAMES_KIND = "io-names"
 
 
 def sync_state_lost(exc: RemoteError) -> bool:
