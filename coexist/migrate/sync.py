@@ -300,9 +300,11 @@ async def scan_folder(
     copied from being copied again, and rows of the folder (of `kind`, if given) it did not
     report have left the folder since (`forget_unseen`, before the cursor is saved).
     `found` gets each page's new rows once they are journaled (`_scan_and_copy`); a lost
-    cursor is then raised, not restarted: the rows found may be mid-copy. `cursors`: the
-    mailbox's saved cursors by folder id, read for all its folders at once (`saved_cursors`);
-    else this folder's is read here."""
+    cursor is then raised, not restarted: the rows found may be mid-copy; and as the journal
+    held no row of the mailbox then (`_scan_and_copy`), every row of the folder comes from
+    this round, so there is nothing unseen to forget (not read). `cursors`: the mailbox's
+    saved cursors by folder id, read for all its folders at once (`saved_cursors`); else
+    this folder's is read here."""
     checkpoint = src.caps.checkpoint_kind
     if cursors is not None:
         cursor: str | None = cursors.get(folder.id)
@@ -311,7 +313,7 @@ async def scan_folder(
         cursor = (saved or {}).get("token") or None
     for attempt in range(RESTARTS + 1):
         try:
-            await _follow(ctx, key, src, folder, cursor, kind, found)
+            await _follow(ctx, key, src, folder, cursor, kind, found, unseen=found is None)
             return
         except RemoteError as exc:
             if found is not None or not src.cursor_lost(exc) or attempt == RESTARTS:
@@ -357,8 +359,10 @@ async def _follow(
     cursor: str | None,
     kind: str | None,
     found: Callable[[list[dict[str, Any]]], None] | None = None,
+    unseen: bool = True,
 ) -> None:
-    """Follow one round, journaling each page before the next."""
+    """Follow one round, journaling each page before the next (`forget_unseen` after a
+    full one, unless `unseen` is False: the folder had no row before it)."""
     present: set[str] = set()
     feed = src.changes(folder, cursor)
     async for page in feed.pages():
@@ -374,10 +378,10 @@ async def _follow(
             found([made[i] for i in (str(r["source_item_id"]) for r in rows) if i in made])
         present.update(c.id for c in page.changes if not c.removed)
         if page.cursor:
-            if cursor is None:
+            if cursor is None and unseen:
                 forget_unseen(ctx, key, folder.id, present, kind)
             ctx.journal.save_checkpoint(key, folder.id, src.caps.checkpoint_kind, token=page.cursor)
-    if src.caps.cursor == "listing":  # no cursor: every round is full
+    if src.caps.cursor == "listing" and unseen:  # no cursor: every round is full
         forget_unseen(ctx, key, folder.id, present, kind)
 
 
