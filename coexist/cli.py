@@ -289,6 +289,12 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
             )
             + (f"; jobs ended: {result['jobs']}" if "jobs" in result else "")
         )
+        for a in result.get("already_running", []):  # a second job would only repeat it
+            on = f" on {a['worker']}" if a.get("worker") else ""
+            out.print(
+                f"{escape(str(a['user']))}: {result['command']} already running{on} "
+                f"(job {a['job']}); nothing queued"
+            )
     steps = ", ".join(f"{k} {v}" for k, v in sorted(result.get("steps", {}).items()))
     if result.get("plan"):  # a plan changed nothing
         out.print(f"steps: {steps or 'none'}; would change {result.get('would_change', 0)}")

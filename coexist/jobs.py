@@ -176,23 +176,51 @@ def who_runs(journal: Journal) -> dict[str, str]:
             rows = conn.execute(
                 sa.text(
                     "SELECT args->>'user' AS key, args->>'command' AS command, status, "
-                    "scheduled_at FROM procrastinate_jobs WHERE task_name = :task "
-                    "AND status IN ('todo', 'doing') ORDER BY id"
+                    "scheduled_at, args->'window' AS window FROM procrastinate_jobs "
+                    "WHERE task_name = :task AND status IN ('todo', 'doing') ORDER BY id"
                 ),
                 {"task": TASK_NAME},
             )
-            for key, command, status, at in rows:
-                when = f" for {at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if at else ""
+            for key, command, status, at, window in rows:
                 # 'doing' with no live holder: its worker died; the job is taken again once
                 # that worker's heartbeat lapses (coexist.worker).
                 out[str(key)] = (
-                    f"{command} queued{when}"
+                    _queued(str(command), at, window)
                     if status == "todo"
                     else (f"{command} taken by a worker that stopped (it is taken again)")
                 )
     for key, holder in claims.users_held(journal.engine).items():
         out[key] = holder.describe()
     return out
+
+
+def _queued(command: str, at: dt.datetime | None, window: Any) -> str:
+    """A waiting job as status says it: why it waits, and until when."""
+    if isinstance(window, dict) and window.get("opens"):  # deferred by its closed run window
+        return (
+            f"{command} waiting for its run window (opens {window['opens']}, "
+            f"{window.get('window') or 'run window'})"
+        )
+    # A job queued again at once (its worker stopped) has a scheduled time too, now past.
+    later = at is not None and at > dt.datetime.now(dt.UTC)
+    when = f" for {at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if at and later else ""
+    return f"{command} queued{when}"
+
+
+def job_workers(journal: Journal, job_ids: list[int]) -> dict[int, str]:
+    """The worker running each job, from its run (`runs.args` names worker and job); a job
+    whose run has not started yet is left out."""
+    if not job_ids or journal.engine.dialect.name != "postgresql":
+        return {}
+    with db.transaction(journal.engine, write=False) as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT (args->>'job')::bigint, args->>'worker' FROM runs "
+                "WHERE (args->>'job')::bigint = ANY(:ids) ORDER BY id"
+            ),
+            {"ids": list(job_ids)},
+        )
+        return {int(job): str(worker) for job, worker in rows if worker}
 
 
 def queued_users(journal: Journal, command: str) -> list[str]:

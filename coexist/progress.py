@@ -70,6 +70,7 @@ class PassAdvanced:
 class PassEnded:
     subject: str
     # ok | failed | waiting | no-mover | already (finished in an earlier run) | paused
+    # | stopped (a queued job's pass cancelled by its stopping worker)
     status: str
     items: int = 0
     bytes: int = 0
@@ -144,6 +145,7 @@ _END_STATE = {
     "no-mover": DONE,
     "waiting": WAITING,
     "paused": WAITING,  # its run window closed: it runs again when the window opens
+    "stopped": WAITING,  # its worker stopped (coexist.worker): its job is queued again
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coexist import jobs, progress
+from coexist import jobs, progress, schedule
 from coexist.engine.context import (
     Context,
     SideOptions,
@@ -227,6 +227,17 @@ async def _journaled_run(
             with progress.listening(getattr(on_outcome, "pass_event", None)):
                 yield sess
         status = "ok"
+    except schedule.LeaveForLater as left:
+        # A queued job's pass gave its worker slot back (coexist.worker), not a failure:
+        # paused at a safe point because its worker stops (queued again at once), or
+        # deferred to its run window's opening.
+        status = "paused" if left.at is None else "deferred"
+        raise
+    except asyncio.CancelledError:
+        job = jobs.current()
+        if job is not None and job.cancelled:  # its stopping worker's --stop-grace ran out
+            status = "stopped"
+        raise
     finally:
         try:
             if not plan:

@@ -317,10 +317,15 @@ class LeaveForLater(BaseException):  # a signal, like CancelledError: not an err
     record it as the step's failure: like a cancel, it ends the job's command, and the job's
     next run continues from the item map and cursors."""
 
-    def __init__(self, at: datetime | None, why: str) -> None:
+    def __init__(self, at: datetime | None, why: str, *, opens: str = "", window: str = "") -> None:
         super().__init__(why)
         self.at = at
         self.why = why
+        # A closed window: when it opens, as the operator reads it ("2026-12-05 20:00 CET"),
+        # and which window it is ("20:00-06:00 Europe/Berlin, batch night"): what
+        # `coexist status` says of the deferred job.
+        self.opens = opens
+        self.window = window
 
 
 _LEAVE: ContextVar[threading.Event | None] = ContextVar("coexist_leave", default=None)
@@ -375,9 +380,21 @@ class RunGate:
     def paused_until(self) -> str:
         """'paused until 2026-12-05 20:00 CET (run window 20:00-06:00 Europe/Berlin, batch B)'."""
         opens = self.windows.next_open(self.clock.now())
-        return (
-            f"paused until {self.windows.local(opens)} (run window "
-            f"{self.windows.describe()}, {self.windows.label})"
+        return f"paused until {self.windows.local(opens)} (run window {self.window_text()})"
+
+    def window_text(self) -> str:
+        """'20:00-06:00 Europe/Berlin, batch B': which window this is."""
+        return f"{self.windows.describe()}, {self.windows.label}"
+
+    def leave_for_opening(self) -> LeaveForLater:
+        """What a queued job's pass raises while its window is closed: leave, and come back
+        when it opens (the real instant, and the opening as the operator reads it)."""
+        opens = self.windows.next_open(self.clock.now())
+        return LeaveForLater(
+            real_instant(self.clock, opens),
+            self.paused_until(),
+            opens=self.windows.local(opens),
+            window=self.window_text(),
         )
 
     def leave_if_closed(self) -> None:
@@ -389,7 +406,7 @@ class RunGate:
             raise LeaveForLater(None, "its worker is stopping")
         opens = self.windows.next_open(self.clock.now())
         progress.emit(progress.PassPaused(self.subject, self.paused_until(), opens))
-        raise LeaveForLater(real_instant(self.clock, opens), self.paused_until())
+        raise self.leave_for_opening()
 
     async def wait_open(self) -> bool:
         """Return once the window is open; True when it had to wait. Says when it will open

@@ -29,8 +29,15 @@ What makes a farm of workers safe (each point with what carries it):
   pass's sink; an import in flight stays marked 'importing' and the next run settles it).
 * **Run windows**: a job whose user's window is closed is deferred to the window's next
   opening before it opens a session (`_window_open`), and a window that closes mid-pass
-  pauses the pass at a safe point and defers the job the same way (`Deferred`): a closed
-  window never holds a worker slot.
+  pauses the pass at a safe point and defers the job the same way: a closed window never
+  holds a worker slot. Deferring queues a new job for the opening and ends this one
+  succeeded (`_defer_to_opening`), so closed windows use up no retries (attempts).
+* **What the journal says**: a job's run that paused for its worker's stop ends `paused`,
+  one deferred by its window `deferred`, one cancelled after ``stop_grace_s`` `stopped`
+  (its pass too): none of them a failure (`coexist.runtime`).
+* **One job per user and command**: the enqueuing command (`coexist retry` among them)
+  queues nothing for a user whose job of that command waits or runs, and says so
+  (`already_queued`, `already_running` with its worker).
 * **Per-mailbox throttle budgets** (Outlook's, per app per mailbox) are kept by the one
   worker holding the mailbox for its pass: the user claim pins it (runtime._writer).
 """
@@ -50,6 +57,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +89,6 @@ class Requeued(Exception):
     """A job stopped by its worker's shutdown: back to the queue for another worker."""
 
 
-class Deferred(Exception):
-    """A job whose user's run window is closed: back to the queue for its next opening."""
-
-    def __init__(self, at: dt.datetime, why: str) -> None:
-        super().__init__(why)
-        self.at = at
-
-
 class _Retry(BaseRetryStrategy):
     """Busy: try again in a few seconds; Requeued: at once. Anything else ends the job
     (its user's failure is in the journal; `coexist retry` enqueues it again)."""
@@ -98,8 +98,6 @@ class _Retry(BaseRetryStrategy):
     ) -> RetryDecision | None:
         if isinstance(exception, Requeued):
             return RetryDecision(retry_in={"seconds": 0})
-        if isinstance(exception, Deferred):
-            return RetryDecision(retry_at=exception.at)
         if isinstance(exception, Busy):
             return RetryDecision(retry_in={"seconds": BUSY_RETRY_S})
         return None
@@ -143,8 +141,11 @@ async def user_job(
     user: str,
     label: str,
     options: dict[str, Any],
+    window: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run `command` for one user, inline, in a thread of this worker (its own event loop)."""
+    """Run `command` for one user, inline, in a thread of this worker (its own event loop).
+    `window`: set on the job a closed run window deferred (`_defer_to_opening`): the job it
+    follows (`after`), when the window opens and which it is (`coexist status` says so)."""
     extra = context.additional_context
     directory = Path(str(extra["project"]))
     pool: concurrent.futures.ThreadPoolExecutor = extra["pool"]
@@ -175,7 +176,8 @@ async def user_job(
         # The pass paused at a safe point: its worker is stopping, or its window closed.
         if left.at is None:
             raise Requeued(f"{command} of {label} paused: {left.why}") from None
-        raise Deferred(left.at, f"{command} of {label} {left.why}") from None
+        after = await _defer_to_opening(context, command, user, label, options, left)
+        return {"deferred": left.why, "opens": left.opens, "next_job": after}
     finally:
         running.discard(run)
     if run.cancelled:
@@ -196,8 +198,46 @@ def _window_open(directory: Path, user: str) -> None:
         item = journal.get_item("user", user) or {}
         gate = schedule.gate_for(project, journal, item.get("batch") or None, subject=user)
     if gate is not None and gate.closed_now():
-        opens = gate.windows.next_open(gate.clock.now())
-        raise schedule.LeaveForLater(schedule.real_instant(gate.clock, opens), gate.paused_until())
+        raise gate.leave_for_opening()
+
+
+async def _defer_to_opening(
+    context: procrastinate.JobContext,
+    command: str,
+    user: str,
+    label: str,
+    options: dict[str, Any],
+    left: schedule.LeaveForLater,
+) -> int | None:
+    """A closed run window: a new job for the user at the window's opening, and this one
+    ends (succeeded). Not a retry of this job: procrastinate counts every retry as an
+    attempt (`procrastinate_retry_job` adds one), and a night of closed windows must not
+    look like, or use up, a job's tries. The new job names this one (`window.after`), so
+    `--wait` follows it (`follow`). Returns its id (None: another job of this command was
+    queued for the user meanwhile, which looks at the window itself when it runs)."""
+    assert left.at is not None
+    job_id = context.job.id
+    window: dict[str, Any] = {"after": job_id, "opens": left.opens, "window": left.window}
+    kwargs: dict[str, Any] = {"command": command, "user": user, "label": label, "options": options}
+    task = context.app.tasks[jobs.TASK_NAME]
+    log.info("%s of %s %s: queued again for then", command, label, left.why)
+    try:
+        return await _configure(task, command, user, left.at).defer_async(**kwargs, window=window)
+    except pc_exceptions.AlreadyEnqueued:
+        pass
+    # One job of the user waits already (an operator queued it while this one ran).
+    waiting = await context.app.job_manager.list_jobs_async(
+        task=jobs.TASK_NAME, status="todo", queueing_lock=_scope(user)
+    )
+    if any(j.task_kwargs.get("command") == command for j in waiting):
+        return None  # it is this command's: it runs the user's pass then
+    # The other command's (cutover queued behind a pre-stage): this one is kept as well,
+    # without the queueing lock (procrastinate allows one waiting job per lock value); the
+    # lock still runs the two one after the other.
+    deferrer = task.configure(
+        queue=command, priority=jobs.PRIORITY[command], lock=_scope(user), schedule_at=left.at
+    )
+    return await deferrer.defer_async(**kwargs, window=window)
 
 
 async def _again_when_due(
@@ -221,10 +261,15 @@ async def _again_when_due(
         )
 
 
+def _scope(user: str) -> str:
+    """A user's job lock and queueing lock: the scope of its journal claim."""
+    return f"user:{user}"
+
+
 def _configure(
     task: procrastinate.tasks.Task[Any, Any, Any], command: str, user: str, at: dt.datetime | None
 ) -> pc_jobs.JobDeferrer:
-    scope = f"user:{user}"
+    scope = _scope(user)
     return task.configure(
         queue=command,
         priority=jobs.PRIORITY[command],
@@ -255,13 +300,22 @@ def enqueue(request: jobs.Request) -> dict[str, Any]:
 
     chosen = asyncio.run(decide())
     deferred, already = asyncio.run(_defer(url, request, chosen["users"]))
+    with Journal.open(url) as journal:
+        workers = jobs.job_workers(journal, [a.job for a in already if a.running and a.job])
     result: dict[str, Any] = {
         "plan": False,
         "executor": "queue",
         "command": request.command,
         "users": len(chosen["users"]),
         "enqueued": [{"user": label, "job": job} for label, job in deferred],
-        "already_queued": already,
+        # Queued nothing for these: a job of theirs waits in the queue, or one of this
+        # command runs on a worker now (a second would only run the user again).
+        "already_queued": [a.label for a in already if not a.running],
+        "already_running": [
+            {"user": a.label, "job": a.job, "worker": workers.get(a.job or 0)}
+            for a in already
+            if a.running
+        ],
         "scheduled_at": request.at.isoformat() if request.at else None,
         "skipped": chosen["skipped"],
         "failed": [],
@@ -270,7 +324,9 @@ def enqueue(request: jobs.Request) -> dict[str, Any]:
         "changed": 0,
     }
     if request.wait:
-        ended = follow(url, [job for _, job in deferred])
+        # The jobs it queued, and those it found queued or running: all of them end.
+        followed = [*deferred, *((a.label, a.job) for a in already if a.job is not None)]
+        ended = follow(url, [job for _, job in followed])
         result["jobs"] = dict(Counter(ended.values()))
         result["failed"] = _failed_users(project, [key for key, _ in chosen["users"]])
         named = {str(f["user"]) for f in result["failed"]}
@@ -283,46 +339,89 @@ def enqueue(request: jobs.Request) -> dict[str, Any]:
                 "error": f"the job ended {ended[job]}",
                 "next": "see the worker's log; `coexist retry` queues the user again",
             }
-            for label, job in deferred
+            for label, job in followed
             if ended.get(job) != "succeeded" and label not in named
         ]
     return result
 
 
+@dataclass(frozen=True)
+class Already:
+    """A user the enqueuing command queued nothing for: its job waits, or runs now."""
+
+    label: str
+    job: int | None  # None: it ended between the refusal and the look at it
+    running: bool
+
+
 async def _defer(
     url: str, request: jobs.Request, users: list[tuple[str, str]]
-) -> tuple[list[tuple[str, int]], list[str]]:
+) -> tuple[list[tuple[str, int]], list[Already]]:
     app = make_app(url)
     deferred: list[tuple[str, int]] = []
-    already: list[str] = []
+    already: list[Already] = []
     async with app.open_async():
         task = app.tasks[jobs.TASK_NAME]
+        manager = app.job_manager
         for key, label in users:
+            # The queueing lock refuses a second *waiting* job, not one beside a running
+            # job: `coexist retry` while a worker runs the user would queue it again.
+            # (Checked, then queued: a job taken in between is run again after, harmless.)
+            doing = await manager.list_jobs_async(
+                task=jobs.TASK_NAME, status="doing", lock=_scope(key)
+            )
+            mine = [j for j in doing if j.task_kwargs.get("command") == request.command]
+            if mine and mine[0].id is not None:
+                already.append(Already(label, mine[0].id, running=True))
+                continue
             try:
                 job_id = await _configure(task, request.command, key, request.at).defer_async(
                     command=request.command, user=key, label=label, options=request.options
                 )
             except pc_exceptions.AlreadyEnqueued:
-                already.append(label)  # its job waits in the queue already: one per mailbox
+                # Its job waits in the queue already: one per mailbox.
+                waiting = await manager.list_jobs_async(
+                    task=jobs.TASK_NAME, status="todo", queueing_lock=_scope(key)
+                )
+                first = next(iter(waiting), None)
+                already.append(Already(label, first.id if first else None, running=False))
                 continue
             deferred.append((label, job_id))
     return deferred, already
 
 
 def follow(url: str, job_ids: list[int], poll_s: float = 2.0) -> dict[int, str]:
-    """--wait: until every job ended; each job's final state."""
+    """--wait: until every job ended; each job's final state (by the ids given). A job a
+    closed run window deferred ended by queueing its successor (`_defer_to_opening`): it is
+    followed through its successors to the last one's end."""
     import psycopg
 
     if not job_ids:
         return {}
+    now = {job: job for job in job_ids}  # job given -> the job of its chain followed now
     with psycopg.connect(conninfo(url), autocommit=True) as conn:
         while True:
             rows = conn.execute(
-                "SELECT id, status::text FROM procrastinate_jobs WHERE id = ANY(%s)", (job_ids,)
+                "SELECT id, status::text FROM procrastinate_jobs WHERE id = ANY(%s)",
+                (list(now.values()),),
             ).fetchall()
             states = {int(job): str(status) for job, status in rows}
-            if set(states.values()) <= FINAL:
-                return states
+            ended = [job for job in now.values() if states.get(job) == "succeeded"]
+            nexts: dict[int, int] = dict(
+                conn.execute(
+                    "SELECT (args->'window'->>'after')::bigint, id FROM procrastinate_jobs "
+                    "WHERE task_name = %s AND (args->'window'->>'after')::bigint = ANY(%s)",
+                    (jobs.TASK_NAME, ended),
+                ).fetchall()
+                if ended
+                else []
+            )
+            if nexts:  # a deferred job's successor: follow it instead (and look again now)
+                now = {given: nexts.get(job, job) for given, job in now.items()}
+                continue
+            # A job no longer in the table was deleted (procrastinate's cleanup): over too.
+            if {states.get(job, "deleted") for job in now.values()} <= FINAL | {"deleted"}:
+                return {given: states.get(job, "deleted") for given, job in now.items()}
             log.info("jobs: %s", dict(Counter(states.values())))
             time.sleep(poll_s)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from coexist import progress, schedule
+from coexist import jobs, progress, schedule
 from coexist.engine.context import Context
 from coexist.engine.step import Step, StepResult, registry
 from coexist.errors import NotReady
@@ -67,6 +67,9 @@ class PassResult:
     status: str  # ok | no-mover | failed
     detail: str
     counts: dict[str, int] = field(default_factory=dict)
+    # Source folder id -> its path ("Inbox/Projects"), for a plan's lines: a Graph or EWS
+    # folder id means nothing to a reader (`reconcile.pass_result`; not journaled).
+    folders: dict[str, str] = field(default_factory=dict)
 
 
 class Mover(Protocol):
@@ -107,11 +110,13 @@ MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
 
 
 # Movers whose passes run planned (`migrate.planpass`): `--plan` opens both stores and runs
-# the real sync with the writes captured. The Microsoft 365 -> Microsoft 365 movers keep
-# saying what they would run: their planned pass would export every item it would copy
-# (graph-import-export's exportItems, graph-items' MIME and PIM reads) from every mailbox
-# planned, and their plan mode is not covered by their acceptance tests.
-PLANNED_MOVERS = frozenset({"imap-sync", "imap-graph", "ews-sync"})
+# the real sync with the writes captured, and says per source folder what it would copy
+# (tests/e2e/test_imap_plan.py, test_m365_plan.py). A planned pass reads what the real one
+# would: the Microsoft 365 -> Microsoft 365 movers export every item they would copy
+# (exportItems, MIME and PIM reads), so a plan of many mailboxes is best made per user.
+PLANNED_MOVERS = frozenset(
+    {"imap-sync", "imap-graph", "ews-sync", "graph-items", "graph-import-export"}
+)
 
 
 def _mover_name(ctx: Context) -> str:
@@ -217,8 +222,12 @@ async def _one_pass(
     except BaseException:
         # The pass ended (an error, a cancel): it must not stay `running` in `status`. The
         # item map and checkpoints already hold what it did; a re-run continues from them.
-        ctx.journal.pass_finished(pass_id, "failed", {})
-        progress.emit(progress.PassEnded(subject, "failed"))
+        # A queued job's pass cancelled by its stopping worker (no safe point within
+        # --stop-grace) is `stopped`, not failed: its job is queued again (coexist.worker).
+        job = jobs.current()
+        ended = "stopped" if job is not None and job.cancelled else "failed"
+        ctx.journal.pass_finished(pass_id, ended, {})
+        progress.emit(progress.PassEnded(subject, ended))
         raise
     ctx.journal.pass_finished(pass_id, result.status, result.counts)
     progress.emit(progress.PassEnded(subject, result.status, *_moved(result.counts)))
@@ -238,14 +247,39 @@ async def _planned(
     where it would write anything, else `ok` (nothing to do)."""
     from coexist.migrate.planpass import plan_pass
 
-    target_kind = _kinds(ctx)[1]
-    summary = await plan_pass(
-        ctx, subject, lambda c: mover.run(c, subject, kind, window), target_kind
-    )
+    source_kind, target_kind = _kinds(ctx)
+    try:
+        summary = await plan_pass(
+            ctx, subject, lambda c: mover.run(c, subject, kind, window), target_kind, source_kind
+        )
+    except Exception as exc:
+        # A mailbox Graph does not serve yet: in a plan, the steps that would license it
+        # are only planned, so the pass cannot be: it would run once the mailbox is there.
+        if (not_ready := _only_not_ready(exc)) is None:
+            raise
+        return PassResult("planned", f"would run a {kind} pass; not planned: {not_ready.reason}")
     if ctx.plan is not None:
         ctx.plan.writes.extend(summary.lines)
     status = "planned" if summary.lines else "ok"
     return PassResult(status, f"{kind} pass {summary.detail}", summary.counts)
+
+
+def _only_not_ready(exc: BaseException) -> NotReady | None:
+    """The NotReady `exc` is, or that every exception of its group is (a mover's TaskGroup)."""
+    if isinstance(exc, NotReady):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found, rest = exc.split(NotReady)
+        if rest is None and found is not None:
+            return next(e for e in _leaves(found) if isinstance(e, NotReady))
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 @dataclass(frozen=True)

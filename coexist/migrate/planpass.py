@@ -106,7 +106,11 @@ class Summary:
 
 
 async def plan_pass(
-    ctx: Context, subject: str, run: Callable[[Context], Any], target_kind: str
+    ctx: Context,
+    subject: str,
+    run: Callable[[Context], Any],
+    target_kind: str,
+    source_kind: str = "imap",
 ) -> Summary:
     """Run the pass `run(ctx)` planned (module docstring) and sum up what it would do."""
     journal = PlanJournal(ctx.journal, subject)
@@ -120,7 +124,9 @@ async def plan_pass(
         journal.close()
     item = ctx.journal.get_item("user", subject) or {}
     who = str(item.get("source_address") or subject)
-    return summary(who, journal.before, after, writes, dict(result.counts), target_kind)
+    # A source folder is named by its id where that is its name (IMAP), else by its path.
+    names = {} if source_kind == "imap" else dict(getattr(result, "folders", None) or {})
+    return summary(who, journal.before, after, writes, dict(result.counts), target_kind, names)
 
 
 def _action(w: PlannedWrite) -> tuple[str, str | None]:
@@ -148,6 +154,10 @@ def _action(w: PlannedWrite) -> tuple[str, str | None]:
         }.get(op, "other")
         return action, str(w.params.get("folder")) if action == "create" else None
     method, _, path = w.operation.partition(" ")
+    if path.endswith("/createImportSession"):
+        return "session", None  # graph_io: the session its imports go through (not said)
+    if path == "{importUrl}":  # graph_io: importItem, a new copy or over an existing one
+        return ("update" if w.params.get("Mode") == "update" else "copy"), None
     if method == "POST" and path.endswith(("/mailFolders", "/childFolders")):
         return "create", str(w.params.get("displayName") or w.params.get("name"))
     if method == "POST" and path.endswith("/move"):
@@ -192,6 +202,7 @@ def summary(
     writes: list[PlannedWrite],
     counts: dict[str, int],
     target_kind: str,
+    names: dict[str, str] | None = None,
 ) -> Summary:
     """The plan lines of one user's pass: folders created, messages copied per (source
     folder, target folder) with their bytes (the item map rows the pass marked copied that
@@ -222,7 +233,8 @@ def summary(
 
     for folder in created:
         line(f"create folder {folder}", action="create folder", folder=folder)
-    for (src, dest), (n, size) in copies.items():
+    for (src_id, dest), (n, size) in copies.items():
+        src = (names or {}).get(src_id, src_id)
         to = _folder(dest, target_kind)
         line(
             f"copy {_n(n)} ({_size(size)}) from {src}" + (f" to {to}" if to else ""),
@@ -254,4 +266,9 @@ def summary(
         f"update {out['updated']}, move {out['moved']}, delete {out['deleted_in_target']}"
         f"; {out['skipped']} skipped"
     )
+    if not_kept := int(counts.get("not_kept", 0)):
+        # What the target would not keep of their state (an IMAP folder's PERMANENTFLAGS,
+        # read in plan mode too): the real pass lists them; the plan says how many.
+        out["not_kept"] = not_kept
+        detail += f"; {not_kept} would be copied without part of their state"
     return Summary(lines, out, detail)

@@ -189,11 +189,12 @@ def pass_result(
         if plan.by_rules:
             detail += f" ({refused_folders_hint(ctx, kind, plan, subject)})"
     detail += "".join(f"; {n}" for n in notes)
+    folders = {f.id: "/".join(f.path) for f in plan.source}
     if kind == "cutover" and report["unexplained"] > ctx.project.migration.reconcile_tolerance:
         # Cutover gate: an unexplained difference keeps the user on the source.
         detail += f"; reconciliation: {report['unexplained']} items unexplained"
-        return PassResult("waiting", detail, counts=dict(counts))
-    return PassResult("ok", detail, counts=dict(counts))
+        return PassResult("waiting", detail, counts=dict(counts), folders=folders)
+    return PassResult("ok", detail, counts=dict(counts), folders=folders)
 
 
 # What the example rename of a refused folder replaces: hierarchy delimiters of common

@@ -26,7 +26,8 @@ class DataSummary:
     items: int  # items copied over all passes
     bytes: int  # bytes copied over all passes
     last_kind: str | None = None  # prestage | cutover
-    last_status: str | None = None  # ok | waiting | failed | running | paused (run window)
+    # ok | waiting | failed | running | paused (run window, worker stop) | stopped (worker)
+    last_status: str | None = None
     unexplained: int | None = None  # the last reconciliation's unexplained difference
 
     def to_dict(self) -> dict[str, Any]:

@@ -531,8 +531,13 @@ def _adopt_moved(
     dest: str,
     item_id: Any,
     change_key: Any,
+    lost: str | None = None,
 ) -> None:
-    """The moved item's row takes over the copy (in `dest`); the gone row is dropped."""
+    """The moved item's row takes over the copy (in `dest`); the gone row is dropped. What
+    the copy lacks goes with it: `lost` (what the move dropped), else the gone row's
+    `NOT_KEPT` reason (the same copy); the update that follows sets it again or clears it."""
+    old_reason = str(old.get("reason") or "")
+    reason = NOT_KEPT + lost if lost else old_reason if old_reason.startswith(NOT_KEPT) else None
     ctx.journal.unmap_item(key, old["source_item_id"])
     ctx.journal.map_item(
         key,
@@ -541,7 +546,8 @@ def _adopt_moved(
         target_folder_id=dest,
         target_item_id=item_id,
         target_change_key=change_key,
-        reason=None,
+        reason=reason,
+        **({"subject": old.get("subject") or p.get("subject")} if reason else {}),
     )
 
 
@@ -557,7 +563,7 @@ async def _move_copy(
     moved = await tgt.move(copy_of(old), dest)
     if moved.item_id is None:  # plan mode
         return
-    _adopt_moved(ctx, key, p, old, dest, moved.item_id, moved.change_key)
+    _adopt_moved(ctx, key, p, old, dest, moved.item_id, moved.change_key, moved.lost)
     counts["moved"] += 1
 
 
@@ -569,7 +575,7 @@ async def _finish_interrupted_moves(
     for p in ctx.journal.mapped_items(key, status="importing"):
         if not moving(p):
             continue
-        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
+        old = ctx.journal.mapped(key, moved_from(str(p["reason"])))
         if old is not None and old["status"] == "gone" and old["target_item_id"]:
             try:
                 await _move_copy(ctx, key, tgt, p, old, str(p["target_folder_id"]), counts)
@@ -584,6 +590,26 @@ async def _finish_interrupted_moves(
 def moving(row: dict[str, Any]) -> bool:
     """Whether a row is a moved item whose old copy is still to be removed."""
     return str(row.get("reason") or "").startswith(MOVE_MARK)
+
+
+# Between a move mark and what the moved item's new copy lacks (`NOT_KEPT`), in one reason:
+# no item id holds a line break (Graph's are base64, IMAP's UIDVALIDITY:UID:folder name).
+AFTER_MOVE = "\n"
+
+
+def moved_from(reason: str) -> str:
+    """The source item id a move mark names (`MOVE_MARK` + id [+ `AFTER_MOVE` + ...])."""
+    return reason[len(MOVE_MARK) :].split(AFTER_MOVE, 1)[0]
+
+
+def moved_reason(mark: str, lost: str | None) -> str:
+    """A moved row's reason: its move mark, and what its new copy lacks if anything."""
+    return mark.split(AFTER_MOVE, 1)[0] + (AFTER_MOVE + lost if lost else "")
+
+
+def after_move(reason: str) -> str | None:
+    """The reason a moved row keeps once its move is done: what its copy lacks, or None."""
+    return reason.split(AFTER_MOVE, 1)[1] if AFTER_MOVE in reason else None
 
 
 # Reason of a row whose source item left its folder (removed, moved, or voided by a new IMAP
@@ -655,7 +681,7 @@ async def finish_moves(
     for p in ctx.journal.mapped_items(key, reason_prefix=MOVE_MARK):
         if p["status"] not in ("copied", "changed") or not moving(p) or not _of_kind(p, kind):
             continue
-        old = ctx.journal.mapped(key, str(p["reason"])[len(MOVE_MARK) :])
+        old = ctx.journal.mapped(key, moved_from(str(p["reason"])))
         if old is not None and old["status"] == "gone" and old["target_item_id"]:
             with contextlib.suppress(NotFound):  # deleted by a pass that died after it
                 await tgt.delete(copy_of(old))
@@ -663,7 +689,7 @@ async def finish_moves(
             continue
         if old is not None and old["status"] == "gone":
             ctx.journal.unmap_item(key, old["source_item_id"])
-        ctx.journal.map_item(key, p["source_item_id"], reason=None)
+        ctx.journal.map_item(key, p["source_item_id"], reason=after_move(str(p["reason"])))
         counts["moved"] += 1
 
 
@@ -769,6 +795,9 @@ class Stores:
     tgt: MailboxStore
     fmt: str
     conflicts: list[str] = field(default_factory=list)
+    # Copies made without part of their state, by what they lack (`Imported.lost`; an IMAP
+    # target names the folder): each said once in the pass detail (`not_kept_note`).
+    not_kept: Counter[str] = field(default_factory=Counter)
 
 
 def _of_kind(row: dict[str, Any], kind: str | None) -> bool:
@@ -918,7 +947,7 @@ async def _pipeline(
     per_call = stores.tgt.caps.import_batch if isinstance(stores.tgt, BatchImport) else 1
     slots = asyncio.Semaphore(max(1, stores.tgt.caps.imports_in_flight // per_call))
     held = _Held(IMPORT_BATCHES * caps.export_bytes)
-    sink = Sink(ctx, key, stores.tgt, counts, stores.conflicts)
+    sink = Sink(ctx, key, stores.tgt, counts, stores.conflicts, stores.not_kept)
 
     async def consume(tg: asyncio.TaskGroup) -> None:
         while (ready := await queue.get()) is not None:
@@ -1075,6 +1104,7 @@ class Sink:
     tgt: MailboxStore
     counts: Counter[str]
     conflicts: list[str]
+    not_kept: Counter[str] = field(default_factory=Counter)
 
     @property
     def outcomes(self) -> _Outcomes:
@@ -1250,10 +1280,12 @@ def _created(sink: Sink, job: Job, data: Payload, made: Imported | InvalidReques
         sink.done(job, status="skipped", reason=made.message, **sized)
         sink.counts["skipped"] += 1
         return
-    # A moved item keeps its mark until `finish_moves` has removed the old copy.
+    # A moved item keeps its mark until `finish_moves` has removed the old copy; what its
+    # new copy lacks rides behind the mark (`moved_reason`) and replaces it there.
     moved = moving(job.row)
-    reason = job.row["reason"] if moved else _not_kept(sink, job, data, made)
-    extra = {"subject": _subject(job, data)} if reason and not moved else {}
+    lost = _not_kept(sink, job, data, made)
+    reason = moved_reason(job.row["reason"], lost) if moved else lost
+    extra = {"subject": _subject(job, data)} if lost else {}
     _copied(sink, job, data, made, target_folder_id=job.dest, reason=reason, **extra)
     if not moved:  # a moved item is counted once, as moved, by `finish_moves`
         sink.counts["copied"] += 1
@@ -1294,6 +1326,7 @@ def _not_kept(sink: Sink, job: Job, data: Payload, made: Imported) -> str | None
     if not made.lost:
         return None
     sink.counts["not_kept"] += 1
+    sink.not_kept[made.lost] += 1
     return NOT_KEPT + made.lost
 
 
@@ -1561,7 +1594,27 @@ async def sync_mailbox(
     await copy_pending(ctx, subject, stores, plan, window, counts, kind)
     await update_changed(ctx, subject, stores, counts, kind)
     await finish_moves(ctx, subject, tgt, counts, kind)
+    if counts["not_kept"] and not ctx.planning:
+        await name_not_kept(ctx, subject, src, kind)
     return plan, stores
+
+
+async def name_not_kept(ctx: Context, key: str, src: MailboxStore, kind: str | None) -> None:
+    """Give a subject to the `NOT_KEPT` rows that have none, for their report line: an
+    update or a move exports no MIME to read it from (an IMAP source's state-only export),
+    so it is read from the source as a skipped item's is (`inspect`)."""
+    rows = [
+        r
+        for r in ctx.journal.mapped_items(key, status="copied", reason_prefix=NOT_KEPT)
+        if not r.get("subject") and _of_kind(r, kind)
+    ]
+    refs = [ItemRef(str(r["source_folder_id"] or ""), str(r["source_item_id"])) for r in rows]
+    info = await src.inspect(refs) if refs else {}
+    named = [
+        {"source_item_id": i, "subject": seen.subject} for i, seen in info.items() if seen.subject
+    ]
+    if named:
+        ctx.journal.map_items(key, named)
 
 
 def _between(counts: Counter[str]) -> None:
@@ -1582,6 +1635,18 @@ def conflicts_note(refused: list[str]) -> str | None:
     return (
         f"{len(refused)} changes not applied (the copy was changed or removed in the"
         f" target, which wins): {named}{more}"
+    )
+
+
+def not_kept_note(count: int, lacks: Counter[str]) -> str | None:
+    """The pass detail's line about copies made without part of their state: each thing
+    they lack said once (an IMAP target's names its folder), with how many."""
+    if not count:
+        return None
+    said = "; ".join(f"{n} without {lost}" for lost, n in sorted(lacks.items()))
+    return (
+        f"{count} messages copied without part of their state (the target refused or "
+        f"ignored it; listed in the report): {said}"
     )
 
 
@@ -1623,11 +1688,8 @@ class StoreMover:
             notes.append(f"{plan.not_ipm} search and system folders left out")
         if note := conflicts_note(stores.conflicts):
             notes.append(note)
-        if counts["not_kept"]:
-            notes.append(
-                f"{counts['not_kept']} messages copied without their replied/forwarded state "
-                "(the target refused or ignored it; listed in the report)"
-            )
+        if note := not_kept_note(counts["not_kept"], stores.not_kept):
+            notes.append(note)
         return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
 
 

@@ -316,12 +316,14 @@ service imap-login {{
             shutil.rmtree(self.root, ignore_errors=True)
 
     # -- use ---------------------------------------------------------------------
-    def new_user(self, prefix: str = "user", *, separator: str = "/") -> ImapUser:
+    def new_user(
+        self, prefix: str = "user", *, separator: str = "/", acl: bool = False
+    ) -> ImapUser:
         """A fresh, empty mailbox named `prefix` + a counter, with a random password."""
-        return self.add_user(f"{prefix}{next(self._ids)}", separator=separator)
+        return self.add_user(f"{prefix}{next(self._ids)}", separator=separator, acl=acl)
 
     def add_user(
-        self, login: str, password: str | None = None, *, separator: str = "/"
+        self, login: str, password: str | None = None, *, separator: str = "/", acl: bool = False
     ) -> ImapUser:
         """A fresh, empty mailbox `login` (a random password unless given).
 
@@ -332,7 +334,11 @@ service imap-login {{
         `separator` other than "/" gives this user that hierarchy delimiter (a userdb
         override of the inbox namespace) over Dovecot's index layout, where a folder name
         may hold any other character, "/" included (Dovecot "Mailbox formats: Maildir",
-        LAYOUT=index)."""
+        LAYOUT=index).
+
+        `acl` loads Dovecot's ACL plugin for this user (`vfile`: a folder's rights are in
+        its `dovecot-acl` file, `folder_rights`); without such a file the owner has every
+        right, as without the plugin."""
         password = password or "pw-" + os.urandom(6).hex()
         home = self.homes / login
         home.mkdir()
@@ -344,9 +350,19 @@ service imap-login {{
                 "userdb_mail=maildir:~/Maildir:LAYOUT=index "
                 f"userdb_namespace/inbox/separator={separator}"
             )
+        if acl:
+            extra = f"{extra} userdb_mail_plugins=acl userdb_acl=vfile".strip()
         line = f"{login}:{{PLAIN}}{password}:{self.mail_uid}:{self.mail_gid}::{home}::{extra}\n"
         (self.users_dir / login).write_text(line)
         return ImapUser(login, password)
+
+    def folder_rights(self, user: ImapUser, folder: str, rights: str) -> None:
+        """Give the owner of a user made with `acl` only these rights on an existing folder
+        (Dovecot ACL letters, e.g. "lrsitekxa": all but "w", so no flag but \\Seen and
+        \\Deleted and no keyword is kept). Maildir++ layout ("/" separator) only. Read by
+        the user's next login (each runs its own imap process)."""
+        path = self.homes / user.login / "Maildir" / ("." + folder.replace("/", "."))
+        (path / "dovecot-acl").write_text(f"owner {rights}\n")
 
     def set_uidvalidity(self, user: ImapUser, folder: str, value: int) -> None:
         """Give a folder a new UIDVALIDITY, as a server restored from a backup does."""

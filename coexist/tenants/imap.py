@@ -950,6 +950,17 @@ class ImapSession:
         holding UIDs checks them against before it uses them."""
         return int(self._select(name, readonly=True)[b"UIDVALIDITY"])
 
+    def permanent_flags(self, name: str) -> frozenset[str] | None:
+        """The flags folder `name` stores for good: RFC 3501 7.1's PERMANENTFLAGS of a
+        SELECT ("\\*": new keywords may be created); None when the server does not say
+        (then "all flags can be changed permanently", RFC 3501 7.1). A read-write SELECT:
+        an EXAMINE is read-only, its PERMANENTFLAGS lists none (Dovecot: "()")."""
+        got = self._select(name, readonly=False).get(b"PERMANENTFLAGS")
+        if got is None:
+            return None
+        return frozenset(f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
+                         for f in got)  # fmt: skip
+
     def headers(
         self,
         name: str,

@@ -138,7 +138,7 @@ def test_three_workers_take_a_batch_through_prestage_and_cutover(farm: Farm) -> 
     shown = [r for r in commands.status(farm.project)["users"] if r["worker"]]
     assert any("prestage on w" in str(r["worker"]) for r in shown), shown
     again = commands.prestage(farm.project, users=[farm.addresses[-1]])
-    assert len(again["already_queued"]) + len(again["enqueued"]) == 1, again
+    assert sum(len(again[k]) for k in ("already_queued", "already_running", "enqueued")) == 1
     farm.until("w1 holding a user", lambda: any(" on w1 " in v for v in farm.who_runs().values()))
     os.kill(farm.procs["w1"].pid, signal.SIGKILL)
     farm.procs["w1"].wait(timeout=60)
@@ -175,10 +175,11 @@ def test_three_workers_take_a_batch_through_prestage_and_cutover(farm: Farm) -> 
         assert stopped, "w2 ran cutover jobs before its SIGTERM"
         # A SIGTERMed worker lets each pass end its item in flight (the run gate): the job
         # either ended there (its run ok) or paused and went back to the queue (its run
-        # failed), and then another worker finished that user (test_worker_gate.py makes the
-        # second case certain; here the cutover of one user may well end first).
+        # paused; stopped had it reached no safe point within --stop-grace), and then another
+        # worker finished that user (test_worker_gate.py makes the second case certain; here
+        # the cutover of one user may well end first).
         if stopped[-1]["status"] != "ok":
-            assert stopped[-1]["status"] == "failed", stopped
+            assert stopped[-1]["status"] in ("paused", "stopped"), stopped
             (user,) = stopped[-1]["args"]["users"]
             later = [r for r in j.runs() if (r.get("args") or {}).get("users") == [user]]
             assert later[-1]["args"]["worker"] == "w3" and later[-1]["status"] == "ok", later

@@ -26,7 +26,7 @@ from coexist.errors import PermissionDenied, TransientError
 from coexist.journal import Journal
 from coexist.migrate import sync
 from coexist.migrate.passes import Window
-from coexist.migrate.stores.ews import CAPS, EwsStore
+from coexist.migrate.stores.ews import CAPS, VERB_FORWARD, VERB_REPLY, EwsStore
 from coexist.retry import RetryPolicy
 from coexist.sandbox import Sandbox
 from coexist.sandbox.ews import EWS_PATH
@@ -209,13 +209,19 @@ def test_exchange_to_exchange_full_fidelity_round_trip(orgs: Sandbox, tmp_path: 
     assert statuses["copied"] == got["before"] + 1
 
 
-def mime_round(sb: Sandbox, tmp_path: Path) -> tuple[Counter[str], Counter[str], list[Any]]:
-    """Four seeded messages synced into a MIME-only target: the two passes' counts and
+def mime_round(
+    sb: Sandbox, tmp_path: Path, verbs: bool = False
+) -> tuple[Counter[str], Counter[str], list[Any]]:
+    """Four seeded messages (with `verbs`, two more: one replied, one forwarded, by their
+    PidTagLastVerbExecuted) synced into a MIME-only target: the two passes' counts and
     (source state, copy state) per message."""
     [src_user] = mailboxes(sb, "source", 1)
     [tgt_user] = mailboxes(sb, "target", 1)
     assert src_user.primary_smtp and tgt_user.primary_smtp
     seed(sb, src_user.id, 4, subject="mime")
+    for n, verb in [(10, VERB_REPLY), (11, VERB_FORWARD)] if verbs else []:
+        sb.mail.insert_message("source", src_user.id, "inbox", message(n, "mime verb"),
+                               properties={"Integer 0x1081": str(verb)})  # fmt: skip
     src_admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
     tgt_admin = migration_account(sb, "target", full_access=[tgt_user.primary_smtp])
     journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
@@ -267,6 +273,17 @@ def test_mime_path_keeps_flag_categories_and_dates(orgs: Sandbox, tmp_path: Path
         assert not t.draft
         assert (t.categories, t.flag) == (s.categories, s.flag)
         assert t.received == s.received
+
+
+def test_mime_path_keeps_the_replied_and_forwarded_state(orgs: Sandbox, tmp_path: Path) -> None:
+    """Into a MIME-only target the EWS store writes the last verb (PidTagLastVerbExecuted,
+    0x1081) at creation: the replied and the forwarded message read back as such from the
+    sandbox's EWS, nothing is counted `not_kept`, and a re-run copies nothing."""
+    first, second, pairs = mime_round(orgs, tmp_path, verbs=True)
+    assert first["copied"] >= 6 and second["copied"] == 0 and not first["not_kept"], first
+    states = [(s.answered, s.forwarded, t.answered, t.forwarded) for s, t in pairs]
+    assert (True, False, True, False) in states and (False, True, False, True) in states
+    assert all(a == c and b == d for a, b, c, d in states), states
 
 
 def test_mime_path_keeps_the_read_state(orgs: Sandbox, tmp_path: Path) -> None:
@@ -829,3 +846,41 @@ def test_a_planned_pass_of_an_exchange_project_says_what_it_would_copy_and_write
     assert result.counts["copied"] >= 4
     assert any("copy" in w.operation for w in plan.writes)
     assert sb.mail.count("target", tgt_user.id) == before and mapped == []
+
+
+def test_plan_mode_exports_no_content(orgs: Sandbox) -> None:
+    """A store in plan mode reads no item's content (a planned import writes nothing):
+    the stream export answers empty payloads with the items' change keys, the MIME export
+    the state alone; the same store out of plan mode reads both."""
+    from coexist.tenants.plan import WriteRecorder
+
+    sb = orgs
+    [src_user] = mailboxes(sb, "source", 1)
+    assert src_user.primary_smtp
+    seed(sb, src_user.id, 2, subject="noread")
+    admin = migration_account(sb, "source", full_access=[src_user.primary_smtp])
+
+    async def main() -> tuple[dict[str, Payload], ...]:
+        srv = server(sb, "source", admin)
+        try:
+            async with srv.mailbox(src_user.primary_smtp or "") as mailbox:
+                planned, real = EwsStore(mailbox, plan=WriteRecorder()), EwsStore(mailbox)
+                tree = await real.list_folders()
+                inbox = next(f for f in tree.folders if f.well_known == "inbox")
+                refs = [r for rs in (await real.copies(inbox.id, set())).values() for r in rs]
+                assert len(refs) >= 2, refs
+                return (
+                    await planned.export(refs, EXCHANGE_STREAM),
+                    await planned.export(refs, MIME),
+                    await real.export(refs, EXCHANGE_STREAM),
+                    await real.export(refs, MIME),
+                )
+        finally:
+            await srv.close()
+
+    stream, mime, real_stream, real_mime = run(main)
+    assert set(stream) == set(real_stream) == set(mime) == set(real_mime)
+    assert all(p.data == "" and p.change_key for p in stream.values())
+    assert all(p.mime == b"" and p.state is not None for p in mime.values())
+    assert all(p.data for p in real_stream.values()) and all(p.mime for p in real_mime.values())
+    assert {i: p.state for i, p in mime.items()} == {i: p.state for i, p in real_mime.items()}

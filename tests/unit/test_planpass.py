@@ -115,3 +115,28 @@ def test_every_journal_call_of_the_sync_algorithm_is_one_a_planned_pass_serves()
     assert called <= planpass.READS | planpass.SCRATCH, sorted(
         called - planpass.READS - planpass.SCRATCH
     )
+
+
+def test_the_summary_names_source_folders_by_path_and_says_what_state_copies_would_lack() -> None:
+    """A Graph source folder id is named by its path where the pass said it (`names`); the
+    copies its target would make without part of their state (`not_kept`) are counted;
+    graph_io's import session is no write to say and its importItem POSTs are copies."""
+    after = [
+        {"source_item_id": "a", "source_folder_id": "AAMkSRC=", "target_folder_id": "AAMkTGT=",
+         "status": "copied", "size": 10, "reason": None},
+    ]  # fmt: skip
+    writes = [
+        PlannedWrite("graph", "target", "POST /admin/exchange/mailboxes/M/createImportSession",
+                     {}, None),
+        PlannedWrite("graph", "target", "POST {importUrl}", {"Mode": "create"}, None),
+        PlannedWrite("graph", "target", "POST {importUrl}", {"Mode": "update"}, None),
+    ]  # fmt: skip
+    got = summary(
+        "ann@example.org", {}, after, writes, {"not_kept": 1}, "m365", {"AAMkSRC=": "Inbox/Work"}
+    )
+    assert [w.operation for w in got.lines] == [
+        "ann@example.org: copy 1 message (10 bytes) from Inbox/Work",
+        "ann@example.org: update the flags of 1 message",
+    ]
+    assert got.counts["not_kept"] == 1 and got.counts["updated"] == 1
+    assert got.detail.endswith("; 1 would be copied without part of their state"), got.detail

@@ -29,6 +29,7 @@ from coexist import schedule
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.journal import Journal
+from coexist.migrate import sync
 from coexist.migrate.passes import PassResult, Window
 from coexist.migrate.sync import StoreMover, message_identity, negotiate
 from coexist.tenants.protocols import (
@@ -50,6 +51,7 @@ from coexist.tenants.protocols import (
 )
 
 USER = "ada@example.org"
+LOST = "the replied/forwarded state (refused)"
 RECEIVED = "2024-01-15T09:00:00+00:00"
 
 
@@ -123,6 +125,9 @@ class MemoryStore:
         self.page_waits_for_export = False  # a page after the first waits for an export
         self.exported = asyncio.Event()
         self.lose_cursor_at_page: int | None = None  # the round's page that says "lost"
+        # Folders (paths) whose copies of replied messages come back `lost` (Imported.lost),
+        # as a Graph that refuses 0x1081 or an IMAP folder without \Answered answers.
+        self.loses_in: set[tuple[str, ...]] = set()
 
     # -- test helpers
 
@@ -214,7 +219,17 @@ class MemoryStore:
             )
         return out
 
+    def _lost(self, folder_id: str, state: MessageState | None, made: Imported) -> Imported:
+        if self.folders.get(folder_id) in self.loses_in and state is not None and state.answered:
+            return Imported(made.item_id, made.change_key, LOST)
+        return made
+
     async def import_item(
+        self, folder_id: str, payload: Payload, replace: ItemRef | None = None
+    ) -> Imported:
+        return self._lost(folder_id, payload.state, await self._import(folder_id, payload, replace))
+
+    async def _import(
         self, folder_id: str, payload: Payload, replace: ItemRef | None = None
     ) -> Imported:
         if replace is not None:
@@ -268,7 +283,7 @@ class MemoryStore:
             raise NotFound(f"no item {ref.item_id}", service="memory")
         m = self.items.pop(ref.item_id)
         m.folder = folder_id
-        return Imported(self._add(m), str(m.version))
+        return self._lost(folder_id, m.state, Imported(self._add(m), str(m.version)))
 
     async def change_keys(self, refs: list[ItemRef]) -> dict[str, str]:
         return {
@@ -418,6 +433,34 @@ def test_a_move_at_the_source_moves_the_copy(tmp_path: Path, moves: bool) -> Non
     assert tgt.calls["move"] == (1 if moves else 0)
     assert tgt.calls["delete"] == (0 if moves else 1)
     assert all(r["status"] == "copied" and not r["reason"] for r in rows(tmp_path))
+
+
+@pytest.mark.parametrize("moves", [True, False])
+def test_a_moved_item_whose_copy_loses_its_replied_state_is_counted_and_listed(
+    tmp_path: Path, moves: bool
+) -> None:
+    """A replied message moved at the source into a folder whose target copies lose that
+    state: moved in the target (its update answers `lost`) or copied there and the old
+    copy deleted (the create answers `lost`); either way counted `not_kept`, and once the
+    move is done its row keeps the `NOT_KEPT` reason, so the reconciliation lists it with
+    its folder and subject, in that pass and the next."""
+    src, tgt = MemoryStore(), MemoryStore(moves=moves)
+    tgt.loses_in = {("INBOX", "Done")}
+    item = src.put(("INBOX",), "replied", answered=True)
+    src.put(("INBOX", "Done"), "other")
+    first = run_pass(tmp_path, src, tgt)
+    assert not first.counts.get("not_kept"), first
+    src.move_here(item, "INBOX", "Done")
+    result = run_pass(tmp_path, src, tgt)
+    assert result.counts["moved"] == 1 and result.counts.get("copied", 0) == 0, result
+    assert result.counts["not_kept"] == 1, result
+    assert "1 without " + LOST in result.detail, result.detail
+    [row] = [r for r in rows(tmp_path) if r["source_item_id"] != item and r["subject"]]
+    assert row["status"] == "copied" and row["reason"] == sync.NOT_KEPT + LOST, row
+    assert row["subject"] == "replied"
+    again = run_pass(tmp_path, src, tgt)
+    assert not again.counts.get("not_kept") and again.counts.get("moved", 0) == 0, again
+    assert [r["reason"] for r in rows(tmp_path) if r["reason"]] == [sync.NOT_KEPT + LOST]
 
 
 @pytest.mark.parametrize("atomic", [True, False])

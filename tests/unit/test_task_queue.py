@@ -4,14 +4,18 @@ one job per mailbox, cutover before pre-stage, and a job's per-user claim."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
+import procrastinate
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from procrastinate import exceptions as pc_exceptions
+from procrastinate import jobs as pc_jobs
 
-from coexist import commands, jobs, runtime, worker
+from coexist import commands, jobs, runtime, schedule, worker
 from coexist.errors import Busy, InputError
 from coexist.journal import Journal, head_revision
 from coexist.journal.claims import Writer, user_scope
@@ -144,3 +148,93 @@ def test_a_job_claims_only_its_user(pg_journal: str) -> None:
         # The project claim is free again; a user claim beside it is not.
         with runtime.project_writer(journal, "provision"), pytest.raises(Busy):
             Writer.open(journal.engine, "w", {user_scope("u3"): "c@x"})
+
+
+def test_a_window_deferral_is_a_new_job_and_a_running_job_is_not_queued_twice(
+    pg_journal: str,
+) -> None:
+    """A closed window queues the user's next job for the opening (not a retry: no attempt
+    counted), naming the job it follows, and status says why it waits; --wait follows it;
+    a refused successor is dropped only when a job of its own command waits; an enqueue
+    beside a running job of that command queues nothing and says it runs."""
+    at = dt.datetime(2099, 1, 1, 19, 0, tzinfo=dt.UTC)  # never fetched during the test
+    left = schedule.LeaveForLater(
+        at,
+        "paused until 2099-01-01 20:00 CET (run window 20:00-06:00 Europe/Berlin, batch night)",
+        opens="2099-01-01 20:00 CET",
+        window="20:00-06:00 Europe/Berlin, batch night",
+    )
+
+    def row(job_id: int) -> tuple[Any, ...]:
+        with Journal.open(pg_journal) as j, j.engine.connect() as conn:
+            return tuple(
+                conn.exec_driver_sql(
+                    "SELECT status::text, attempts, lock, queueing_lock, scheduled_at, "
+                    "args->'window'->>'after' FROM procrastinate_jobs WHERE id = %(id)s",
+                    {"id": job_id},
+                ).one()
+            )
+
+    async def go() -> tuple[int, int]:
+        app = worker.make_app(pg_journal)
+        async with app.open_async():
+            task = app.tasks[jobs.TASK_NAME]
+            wid = await app.job_manager.register_worker()
+
+            async def running(user: str) -> procrastinate.JobContext:
+                await worker._configure(task, "prestage", user, None).defer_async(
+                    command="prestage", user=user, label=f"{user}@x", options={}
+                )
+                job = await app.job_manager.fetch_job(queues=None, worker_id=wid)
+                assert job is not None and job.task_kwargs["user"] == user
+                return procrastinate.JobContext(
+                    app=app, job=job, start_timestamp=0.0, abort_reason=lambda: None
+                )
+
+            first = await running("u1")
+            later = await worker._defer_to_opening(first, "prestage", "u1", "u1@x", {}, left)
+            assert later is not None
+            assert row(later) == ("todo", 0, "user:u1", "user:u1", at, str(first.job.id))
+            with Journal.open(pg_journal) as j:
+                assert jobs.who_runs(j)["u1"] == (
+                    "prestage waiting for its run window (opens 2099-01-01 20:00 CET, "
+                    "20:00-06:00 Europe/Berlin, batch night)"
+                )
+            # Refused by the queueing lock, a job of its own command waiting: none added.
+            assert await worker._defer_to_opening(first, "prestage", "u1", "u1@x", {}, left) is None
+            # Refused, the other command's job waiting: kept, with the lock only.
+            second = await running("u2")
+            await worker._configure(task, "cutover", "u2", None).defer_async(
+                command="cutover", user="u2", label="u2@x", options={}
+            )
+            kept = await worker._defer_to_opening(second, "prestage", "u2", "u2@x", {}, left)
+            assert kept is not None
+            assert row(kept)[2:4] == ("user:u2", None)
+
+            request = jobs.Request(
+                command="prestage",
+                directory=None,
+                args={},
+                options={},
+                select=lambda _s: asyncio.sleep(0, []),
+                inline=dict,
+            )
+            deferred, already = await worker._defer(
+                pg_journal, request, [("u2", "u2@x"), ("u1", "u1@x"), ("u3", "u3@x")]
+            )
+            assert [label for label, _ in deferred] == ["u3@x"]
+            assert already == [
+                worker.Already("u2@x", second.job.id, running=True),
+                worker.Already("u1@x", first.job.id, running=True),  # its job runs still
+            ]
+            await app.job_manager.finish_job(
+                first.job, status=pc_jobs.Status.SUCCEEDED, delete_job=False
+            )
+            await app.job_manager.cancel_job_by_id_async(later)
+            assert first.job.id is not None
+            return first.job.id, later
+
+    first, _ = asyncio.run(go())
+    assert row(first)[:2] == ("succeeded", 1)
+    # --wait: the deferred job is followed to its successor's end (cancelled here).
+    assert worker.follow(pg_journal, [first], poll_s=0.1) == {first: "cancelled"}

@@ -742,7 +742,21 @@ class EwsStore:
         self, refs: list[ItemRef], fmt: str, state_only: bool = False
     ) -> dict[str, Payload]:
         """ExportItems (EXCHANGE_STREAM, whole item always) or GetItem (MIME and state;
-        `state_only`: the state alone). An item gone since its scan is left out."""
+        `state_only`: the state alone). An item gone since its scan is left out.
+
+        Plan mode: no content is read. A planned import writes nothing, and what the plan
+        says of an item (its folder, its size, the skip rules) comes from the scan and
+        `inspect`: an item's stream or MIME is the pass's largest read, wasted on a plan.
+        The payload is empty (a stream) or the state alone (MIME)."""
+        if self.plan is not None and fmt == EXCHANGE_STREAM:
+            keys = await self.change_keys(refs)  # GetItem IdOnly: gone items left out
+            return {
+                r.item_id: Payload(EXCHANGE_STREAM, "", keys[r.item_id], source_id=r.item_id)
+                for r in refs
+                if r.item_id in keys
+            }
+        if self.plan is not None:
+            state_only = True
         if fmt == EXCHANGE_STREAM:
             return await self._export_stream(refs)
         if fmt != MIME:

@@ -458,9 +458,12 @@ class GraphIOStore:
         recheck: Callable[[str], None] | None = None,
         kept_names: Names | None = None,
         keep_names: Callable[[Names], None] | None = None,
+        *,
+        planning: bool = False,
     ) -> None:
         self.box = box
         self.importer = Importer(box)
+        self.planning = planning  # plan mode: `export` reads no stream
         # The default folders' names, read with the pass's first folder tree: the tree of
         # the reconciliation (`totals`) reuses them instead of a $batch of 10 more reads
         # against the mailbox's budget (a store lives for one pass).
@@ -484,8 +487,10 @@ class GraphIOStore:
         self._seen: dict[str, ItemInfo] = {}
 
     @classmethod
-    async def open(cls, graph: GraphAdapter, user_id: str) -> GraphIOStore:
-        return cls(Box(graph, user_id, await mailbox_id(graph, user_id)))
+    async def open(
+        cls, graph: GraphAdapter, user_id: str, *, planning: bool = False
+    ) -> GraphIOStore:
+        return cls(Box(graph, user_id, await mailbox_id(graph, user_id)), planning=planning)
 
     @property
     def caps(self) -> Capabilities:
@@ -582,7 +587,13 @@ class GraphIOStore:
     ) -> dict[str, Payload]:
         """Up to 20 items (mailbox-exportitems); failures are left out. exportItems changes
         nothing, so it is sent as a safe POST: retried like a read. The stream is opaque, so
-        an update (`state_only`) exports the whole item too."""
+        an update (`state_only`) exports the whole item too.
+
+        Plan mode: no stream is read (the pass's largest read, and a planned import writes
+        nothing): each item's payload is empty, with the change key its scan saw; what the
+        plan says of it (folder, size) comes from the scan."""
+        if self.planning:
+            return {r.item_id: Payload(fmt, "", r.change_key, source_id=r.item_id) for r in refs}
         ids = [r.item_id for r in refs]
         box = self.box
         data = await box.graph.send(
@@ -722,10 +733,12 @@ async def _open(
         # What reading settings/exchange teaches the adapter's governors (the id and the
         # user are one mailbox, one budget: GraphAdapter._learn_mailbox).
         graph.mailboxes.alias(mbx, user_id)
-        return GraphIOStore(Box(graph, user_id, mbx), keep, kept_names, keep_names)
+        box = Box(graph, user_id, mbx)
+        return GraphIOStore(box, keep, kept_names, keep_names, planning=ctx.planning)
     mbx = await mailbox_id(graph, user_id)
     keep(mbx)
-    return GraphIOStore(Box(graph, user_id, mbx), None, kept_names, keep_names)
+    box = Box(graph, user_id, mbx)
+    return GraphIOStore(box, None, kept_names, keep_names, planning=ctx.planning)
 
 
 MOVERS["graph-import-export"] = StoreMover(open_stores)

@@ -301,6 +301,70 @@ def imap_flags(state: MessageState | None) -> tuple[frozenset[str], frozenset[st
     return frozenset(flags), frozenset(keywords)
 
 
+# RFC 3501 7.1: PERMANENTFLAGS lists the flags a folder stores for good; "\\*" means new
+# keywords may be created too. A flag a SELECT does not list is kept for the session only,
+# or dropped: Dovecot's ACL plugin, for one, answers "[PERMANENTFLAGS (\\Deleted \\Seen)]"
+# to an owner without the "w" right and drops \\Answered and every keyword from an APPEND
+# without a word (tests/integration/test_imap_kept_flags.py).
+ANSWERED = "\\Answered"
+NEW_KEYWORDS = "\\*"
+
+
+def kept_flags(
+    permanent: frozenset[str] | None, flags: frozenset[str], keywords: frozenset[str]
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The part of (flags, keywords) a folder with these PERMANENTFLAGS keeps: a flag or
+    keyword it lists (in any case, RFC 3501 9), or any keyword where it says "\\*". None
+    (the server did not say): all of them ("all flags can be changed permanently", RFC
+    3501 7.1). \\Recent is the server's own (never set by a client)."""
+    if permanent is None:
+        return flags, keywords
+    listed = {f.casefold() for f in permanent}
+    new = NEW_KEYWORDS in permanent
+    return (
+        frozenset(f for f in flags if f.casefold() in listed or f == "\\Recent"),
+        frozenset(k for k in keywords if new or k.casefold() in listed),
+    )
+
+
+def state_not_kept(
+    permanent: frozenset[str] | None, flags: frozenset[str], keywords: frozenset[str]
+) -> str | None:
+    """What a folder with these PERMANENTFLAGS would drop of a message's state, in words
+    (`Imported.lost`): its replied (\\Answered) / forwarded ($Forwarded) state, its other
+    flags (\\Seen, \\Flagged, \\Draft) and its other keywords (categories, tags); None
+    when it keeps all of it."""
+    kept_f, kept_k = kept_flags(permanent, flags, keywords)
+    dropped = sorted(flags - kept_f) + sorted(keywords - kept_k)
+    verbs = {ANSWERED.casefold(), FORWARDED.casefold()}
+    said = []
+    if replied := [f for f in dropped if f.casefold() in verbs]:
+        said.append("the replied/forwarded state (" + ", ".join(replied) + ")")
+    if others := sorted(f for f in flags - kept_f if f.casefold() not in verbs):
+        said.append("the flags " + ", ".join(others))
+    if tags := sorted(k for k in keywords - kept_k if k.casefold() not in verbs):
+        said.append("the keywords " + ", ".join(tags))
+    return " and ".join(said) or None
+
+
+def folder_drops(permanent: frozenset[str] | None) -> str | None:
+    """What a folder with these PERMANENTFLAGS drops, in words, the same for every message
+    (the pass detail says it once per folder): None when it keeps every flag a copy
+    carries and new keywords."""
+    if permanent is None:
+        return None
+    wanted = ("\\Seen", "\\Flagged", "\\Draft", ANSWERED)
+    kept, _ = kept_flags(permanent, frozenset(wanted), frozenset())
+    drops = [f for f in sorted(wanted) if f not in kept]
+    if not kept_flags(permanent, frozenset(), frozenset({FORWARDED}))[1]:
+        drops.append(FORWARDED)
+    if NEW_KEYWORDS not in permanent:
+        drops.append("new keywords")
+    if not drops:
+        return None
+    return f"{', '.join(drops)} (PERMANENTFLAGS ({' '.join(sorted(permanent))}))"
+
+
 def _received(state: MessageState | None) -> datetime | None:
     if state is None or not state.received:
         return None
@@ -679,6 +743,9 @@ class ImapStore:
         self._appenders = appenders or _Appenders(session)
         self._readers = readers or _Appenders(session)  # the connections exports read over
         self._sizes = _Sizes()
+        # Each target folder's PERMANENTFLAGS, read once (`_not_kept`).
+        self._permanent: dict[str, frozenset[str] | None] = {}
+        self._permanent_lock = asyncio.Lock()
 
     @classmethod
     @asynccontextmanager
@@ -936,12 +1003,13 @@ class ImapStore:
         message = _new_message(payload)
         if replace is not None:
             return await self._set_state(replace, message)
+        lost, key = await self._not_kept(folder_id, message)
         if self.plan is not None or folder_id.startswith(PLANNED):
             self._record("APPEND", folder=folder_id, bytes=len(message.raw),
                          flags=sorted(message.flags | message.keywords))  # fmt: skip
-            return Imported(None, None)
+            return Imported(None, None, lost)
         new_id = await self._append(folder_id, message)
-        return Imported(new_id, state_key(message.flags, message.keywords))
+        return Imported(new_id, key, lost)
 
     async def import_items(
         self, folder_id: str, payloads: list[Payload]
@@ -954,11 +1022,12 @@ class ImapStore:
         for payload in payloads:
             _check_format(payload.fmt, "import")
         messages = [_new_message(p) for p in payloads]
+        kept = [await self._not_kept(folder_id, m) for m in messages]  # (lost, change key)
         if self.plan is not None or folder_id.startswith(PLANNED):
             for message in messages:
                 self._record("APPEND", folder=folder_id, bytes=len(message.raw),
                              flags=sorted(message.flags | message.keywords))  # fmt: skip
-            return [Imported(None, None) for _ in messages]
+            return [Imported(None, None, lost) for lost, _ in kept]
         if not self.server_caps.multiappend:  # not offered by `caps`: one at a time
             return [await self.import_item(folder_id, p) for p in payloads]
         async with self._appenders.session() as session:
@@ -968,29 +1037,26 @@ class ImapStore:
                 if len(messages) == 1:
                     return [exc]
                 out: list[Imported | InvalidRequest] = []
-                for message in messages:
+                for message, (lost, key) in zip(messages, kept, strict=True):
                     try:
                         [one] = await self._append_now(session, folder_id, [message])
                     except InvalidRequest as each:
                         out.append(each)
                         continue
-                    out.append(Imported(one, state_key(message.flags, message.keywords)))
+                    out.append(Imported(one, key, lost))
                 return out
-        return [
-            Imported(new_id, state_key(m.flags, m.keywords))
-            for new_id, m in zip(made, messages, strict=True)
-        ]
+        return [Imported(new_id, key, lost) for new_id, (lost, key) in zip(made, kept, strict=True)]
 
     async def _set_state(self, ref: ItemRef, message: NewMessage) -> Imported:
         name, uid = await self._existing(ref)
-        key = state_key(message.flags, message.keywords)
+        lost, key = await self._not_kept(name, message)
         if self.plan is not None:
             self._record("UID STORE FLAGS", folder=name, uid=uid,
                          flags=sorted(message.flags | message.keywords))  # fmt: skip
-            return Imported(ref.item_id, key)
+            return Imported(ref.item_id, key, lost)
         self._writing()
         await self.run(lambda s: s.set_flags(name, uid, message.flags, message.keywords))
-        return Imported(ref.item_id, key)
+        return Imported(ref.item_id, key, lost)
 
     async def _append(self, name: str, message: NewMessage) -> str:
         """APPEND one message; the imports into `name` waiting meanwhile go with it in one
@@ -1109,10 +1175,12 @@ class ImapStore:
         there. A server that does not say the new UID (no UIDPLUS: `caps.moves` is False
         there, so sync does not call this) is an error naming the folders: the next pass
         finds the moved copy by Message-ID (`sync.adopt_interrupted`)."""
-        name, uid = await self._existing(ref)
+        name, uid, before = await self._found(ref)
+        # The flags travel with the message, but only those the destination keeps.
+        lost, _ = await self._not_kept(folder_id, NewMessage(b"", before.flags, before.keywords))
         if self.plan is not None or folder_id.startswith(PLANNED):
             self._record("UID MOVE", folder=name, uid=uid, to=folder_id)
-            return Imported(None, None)
+            return Imported(None, None, lost)
         self._writing()
         moved = await self.run(lambda s: s.move(name, [uid], folder_id))
         new_uid = moved.get(uid)
@@ -1128,7 +1196,7 @@ class ImapStore:
             )
         validity = await self.run(lambda s: s.examine(folder_id))
         new_id = item_id(folder_id, validity, new_uid)
-        return Imported(new_id, state_key(current[0].flags, current[0].keywords))
+        return Imported(new_id, state_key(current[0].flags, current[0].keywords), lost)
 
     async def delete(self, ref: ItemRef) -> None:
         """Delete a message (\\Deleted, then UID EXPUNGE of it alone); NotFound if it is
@@ -1142,6 +1210,11 @@ class ImapStore:
 
     async def _existing(self, ref: ItemRef) -> tuple[str, int]:
         """(folder, UID) of a message that is there now; NotFound if it is not."""
+        name, uid, _ = await self._found(ref)
+        return name, uid
+
+    async def _found(self, ref: ItemRef) -> tuple[str, int, MessageRef]:
+        """(folder, UID, flags) of a message that is there now; NotFound if it is not."""
         name, _, uid = parse_item_id(ref.item_id)
         uids = await self._valid_uids(name, [ref.item_id])
         found = await self.refs(name, uids)
@@ -1152,7 +1225,40 @@ class ImapStore:
                 user=self.user,
                 folder=name,
             )
-        return name, uid
+        return name, uid, found[0]
+
+    # -- what a target folder keeps of a message's state ------------------------------------
+    async def _not_kept(self, name: str, message: NewMessage) -> tuple[str | None, str]:
+        """(what folder `name` drops of the message's flags and keywords, in words, or None;
+        the change key of what it keeps). The folder's PERMANENTFLAGS are read once per
+        store, with a read-write SELECT (plan mode too: a SELECT writes nothing), and only
+        for messages with a flag or keyword beyond \\Seen; a folder this pass creates
+        (plan mode) keeps everything."""
+        if not (message.keywords or message.flags - {"\\Seen"}) or name.startswith(PLANNED):
+            return None, state_key(message.flags, message.keywords)
+        async with self._permanent_lock:
+            if name not in self._permanent:
+                self._permanent[name] = await self._read_permanent(name)
+        permanent = self._permanent[name]
+        if state_not_kept(permanent, message.flags, message.keywords) is None:
+            return None, state_key(message.flags, message.keywords)
+        flags, keywords = kept_flags(permanent, message.flags, message.keywords)
+        # One wording per folder (not per message): the pass detail says each once.
+        lost = f"what the target folder {name!r} drops: {folder_drops(permanent)}"
+        return lost, state_key(flags, keywords)
+
+    async def _read_permanent(self, name: str) -> frozenset[str] | None:
+        try:
+            permanent = await self.run(lambda s: s.permanent_flags(name))
+        except (InvalidRequest, NotFound) as exc:
+            # The APPEND says more about a folder that cannot be selected; not knowing what
+            # it keeps proves nothing lost.
+            log.warning("%s's folder %r: PERMANENTFLAGS not read: %s", self.user, name, exc)
+            return None
+        if drops := folder_drops(permanent):
+            # Said once per folder; each message it drops state of is counted and listed.
+            log.warning("%s's folder %r drops %s", self.user, name, drops)
+        return permanent
 
     def update_refused(self, exc: RemoteError) -> bool:
         """The copy is gone (NotFound) or the server refused its flags: that item's
