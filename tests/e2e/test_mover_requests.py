@@ -1,11 +1,10 @@
 """The fixed requests of a graph-import-export pass: few per mailbox, and nothing lost for it.
 
-Requests are counted from httpx's own log of each request it sends (logger `httpx`, INFO:
-`HTTP Request: GET <url> "HTTP/1.1 200 OK"`), in the process that runs the commands."""
+Requests are counted as the sandbox receives them (`sandbox.server.REQUEST_LOG_KEY`: method
+and path of every HTTP request its server is sent)."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from coexist.migrate.stores.graph import MAILBOX_KIND, NAMES_KIND
 from coexist.migrate.stores.graph_io import CHECKPOINT_KIND
 from coexist.sandbox import Sandbox
 from coexist.sandbox.model import new_guid
+from coexist.sandbox.server import REQUEST_LOG_KEY
 from coexist.settings import load_project
 from tests.e2e.test_graph_mover import (
     World,
@@ -28,32 +28,19 @@ from tests.e2e.test_graph_mover import (
     sandbox_folder,
 )
 
-REQUEST = re.compile(r'HTTP Request: (\w+) (\S+) "HTTP/[\d.]+ (\d+)')
-
-
-class _Sent(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.shapes: Counter[tuple[str, str]] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        m = REQUEST.search(record.getMessage())
-        if m:
-            self.shapes[(m[1], shape(m[2]))] += 1
-
 
 @contextmanager
-def sent() -> Iterator[Counter[tuple[str, str]]]:
-    """Requests sent inside the block, by (method, URL shape)."""
-    handler, logger = _Sent(), logging.getLogger("httpx")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
+def sent(sandbox: Sandbox) -> Iterator[Counter[tuple[str, str]]]:
+    """Requests the sandbox received inside the block, by (method, URL shape)."""
+    assert sandbox.ctx is not None
+    seen: list[tuple[str, str]] = []
+    shapes: Counter[tuple[str, str]] = Counter()
+    sandbox.ctx.extra[REQUEST_LOG_KEY] = seen
     try:
-        yield handler.shapes
+        yield shapes
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        del sandbox.ctx.extra[REQUEST_LOG_KEY]
+        shapes.update((method, shape(path)) for method, path in seen)
 
 
 def shape(url: str) -> str:
@@ -84,10 +71,10 @@ def test_a_pass_after_a_pass_makes_only_its_needed_requests(
     assert len(cursors) == 1, cursors  # the Inbox's: the empty folders were not scanned
     assert {f"{MAILBOX_KIND}:source", f"{MAILBOX_KIND}:target"} <= set(kept(w))
     w.put(["Inbox"], "second")
-    with sent() as changed:
+    with sent(sandbox) as changed:
         cutover(w)
     assert last_counts(w)["copied"] == 1
-    with sent() as unchanged:
+    with sent(sandbox) as unchanged:
         cutover(w)
     assert last_counts(w).get("copied", 0) == 0
     for shapes in (changed, unchanged):
@@ -139,7 +126,7 @@ def test_a_stale_kept_mailbox_id_is_read_again(
             stale = re.sub(r"^MBX:[^@]+", f"MBX:{new_guid()}", str(row["token"]))
             j.save_checkpoint(w.source, side, MAILBOX_KIND, stale, str(row["watermark"]))
     w.put(["Inbox"], "after")
-    with sent() as shapes:
+    with sent(sandbox) as shapes:
         cutover(w)
     assert last_counts(w)["copied"] == 1
     assert shapes[("GET", "users/U/settings/exchange")] == 2, shapes
@@ -160,7 +147,7 @@ def test_default_names_kept_are_read_again_after_a_language_change(
     assert f"{NAMES_KIND}:source" in kept(w)
     sandbox.mail.localize("source", w.source, "de")
     _put(w, "inbox", "nach der Umstellung")
-    with sent() as shapes:
+    with sent(sandbox) as shapes:
         cutover(w)
     assert last_counts(w)["copied"] == 1
     assert shapes[("POST", "$batch")] >= 1, shapes  # the names, read again
