@@ -301,6 +301,46 @@ def peak_rss_mb() -> float:
 # -- part 1: IMAP -> IMAP against doveadm ---------------------------------------------------------
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its descendants used, those reaped
+    included (proc(5): utime, stime, cutime, cstime); 0 where /proc cannot say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError):
+        return 0.0
+    own = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(tree_cpu_s(int(k)) for k in kids)
+
+
+def dovecot_cpu_s(server: DovecotServer) -> float:
+    """CPU seconds a Dovecot instance used so far: its master and every process it started
+    (imap-login's TLS, each connection's imap process, auth)."""
+    proc = server._proc  # the sandbox's own process handle: no public accessor
+    return tree_cpu_s(proc.pid) if proc is not None else 0.0
+
+
+def children_cpu_s() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+class CpuOf:
+    """CPU seconds each side's processes used during one run: the source Dovecot, the
+    target Dovecot, and this process's reaped children (doveadm itself, or the coexist
+    child whole: its start-up too; its in-window CPU is `client_cpu_s`)."""
+
+    def __init__(self, src: DovecotServer, dst: DovecotServer) -> None:
+        self.src, self.dst = src, dst
+        self.start = (dovecot_cpu_s(src), dovecot_cpu_s(dst), children_cpu_s())
+
+    def used(self) -> dict[str, float]:
+        time.sleep(0.2)  # let the masters reap the run's last imap processes (not timed)
+        now = (dovecot_cpu_s(self.src), dovecot_cpu_s(self.dst), children_cpu_s())
+        a, b, c = (round(n - s, 3) for n, s in zip(now, self.start, strict=True))
+        return {"source_dovecot_cpu_s": a, "target_dovecot_cpu_s": b, "child_cpu_s": c}
+
+
 def rates(items: int, size: int, elapsed: float) -> dict[str, Any]:
     return {
         "items": items,
@@ -319,17 +359,22 @@ def versus_doveadm(
     same code's runs a minute apart differed by half: a single pair measured the load."""
     items = count_of(a, source)
     dove_runs: list[float] = []
+    dove_cpu: list[dict[str, float]] = []
     coexist_runs: list[dict[str, Any]] = []
     for n in range(REPEAT):
         by_doveadm = b.new_user(f"dsync{tag}")
+        cpu = CpuOf(a, b)
         dove_runs.append(doveadm_backup(b, by_doveadm, a, source))
+        dove_cpu.append(cpu.used())
         moved = count_of(b, by_doveadm)
         if moved != items:
             raise SystemExit(f"doveadm moved {moved} of {items} messages ({tag})")
         by_coexist = b.new_user(f"coexist{tag}")
+        cpu = CpuOf(a, b)
         got = coexist_move(
             base, endpoint_spec(a, source), endpoint_spec(b, by_coexist), f"{tag}{n}"
         )
+        got.update(cpu.used())
         got["in_target"] = count_of(b, by_coexist)
         coexist_runs.append(got)
     dove_s = statistics.median(dove_runs)
@@ -342,8 +387,24 @@ def versus_doveadm(
         open_s=round(got["open_s"], 3),
         peak_rss_mb=round(max(g["peak_rss_mb"] for g in coexist_runs), 1),
         runs_elapsed_s=[round(g["elapsed_s"], 2) for g in coexist_runs],
+        # Per run: the client's CPU in the timed window, each Dovecot's during the run.
+        runs_cpu_s=[
+            {
+                "client": round(g["client_cpu_s"], 3),
+                "source_dovecot": g["source_dovecot_cpu_s"],
+                "target_dovecot": g["target_dovecot_cpu_s"],
+            }
+            for g in coexist_runs
+        ],
     )
-    doveadm.update(runs_elapsed_s=[round(x, 2) for x in dove_runs])
+    # doveadm writes the target's maildir itself (no target Dovecot process is involved).
+    doveadm.update(
+        runs_elapsed_s=[round(x, 2) for x in dove_runs],
+        runs_cpu_s=[
+            {"doveadm": c["child_cpu_s"], "source_dovecot": c["source_dovecot_cpu_s"]}
+            for c in dove_cpu
+        ],
+    )
     ratio = coexist["msgs_per_s"] / doveadm["msgs_per_s"] if doveadm["msgs_per_s"] else 0.0
     return {
         "source_items": items,

@@ -1136,7 +1136,9 @@ def prestage(
             await sess.runner.run_pipelines([[ready[i["key"]], data_pass(i)] for i in batch], limit)
 
         await statusmail.started(sess, "prestage", batch, todo)
-        with estimate.watch(sess, todo, "trial" if trial else "prestage") as watch:
+        kind = "trial" if trial else "prestage"
+        first = await estimate.first_pass_sizes(sess, todo, kind)  # sizes before a first pass
+        with estimate.watch(sess, todo, kind, first) as watch:
             await _settle(sess, todo, one_round)
         result = _result(sess, users=len(items), estimate=watch.result)
         return await statusmail.ended(sess, "prestage", batch, todo, result)
@@ -1367,7 +1369,8 @@ def cutover(
             await sess.runner.run_pipelines([pipeline(i) for i in batch], limit)
 
         await statusmail.started(sess, "cutover", batch, todo)
-        with estimate.watch(sess, todo, "cutover") as watch:
+        first = await estimate.first_pass_sizes(sess, todo, "cutover")  # before a first pass
+        with estimate.watch(sess, todo, "cutover", first) as watch:
             await _settle(sess, todo, one_round)
         mode = "mx-change"
         if _swaps_recipients(sess):

@@ -4,23 +4,30 @@ An estimate, never a promise: what is left to move per mailbox comes from what t
 journal already knows (the folder totals the stores read at the last reconciliation,
 what the item map says is copied, or else the previous pass's counts), and the rate from
 the endpoint's published ceiling or, where none binds, the bench figure of the mover.
-Mailboxes nothing is known about yet (before their first pass) are counted but not
-sized, and the text says so.
+Before a mailbox's first pass the journal knows nothing of it: where the source has
+Exchange cmdlets (Microsoft 365, Exchange over remote PowerShell) its size comes from
+Get-MailboxStatistics (`first_pass_sizes`, read once per mailbox and journaled as an
+observation with its time); elsewhere (IMAP, WorkMail) it is counted but not sized, and
+the text says why.
 
 Every rate is here, with its source, so there is one place to correct them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import heapq
 import logging
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from coexist import progress
+from coexist.errors import CoexistError
 
 log = logging.getLogger("coexist.estimate")
 
@@ -85,7 +92,8 @@ class Volume:
 
     items: int | None
     bytes: int | None
-    known_from: str | None  # reconciliation | previous pass | None (nothing known yet)
+    # reconciliation | previous pass | Get-MailboxStatistics | None (nothing known yet)
+    known_from: str | None
 
 
 def volume(journal: Any, key: str, kind: str) -> Volume:
@@ -139,23 +147,32 @@ class Estimate:
     parallel: int
     rate: Rate | None
     mover: str = ""
+    by_statistics: int = 0  # mailboxes sized by Get-MailboxStatistics (before a first pass)
+    unsized_why: str = ""  # why mailboxes before their first pass have no size
 
     def text(self) -> str:
         if self.mover == "none":
             return f"{self.kind}: no estimate (no data mover configured: nothing is moved)"
         if self.rate is None:
             return f"{self.kind}: no estimate (no rate known for data mover {self.mover!r})"
+        why = f"; {self.unsized_why}" if self.unsized_why else ""
         if not self.sized:
             return (
                 f"{self.kind}: no estimate yet for {self.mailboxes} mailboxes (their sizes "
-                "are known after a first pass)"
+                f"are known after a first pass{why})"
             )
         unsized = self.mailboxes - self.sized
-        more = f"; {unsized} mailboxes not sized yet, not counted" if unsized else ""
+        more = f"; {unsized} mailboxes not sized yet, not counted{why}" if unsized else ""
+        stats = (
+            f"; sizes of {self.by_statistics} mailboxes from {STATISTICS} before their first "
+            "pass, which counts every item, also those the pass's filters leave out"
+            if self.by_statistics
+            else ""
+        )
         return (
             f"{self.kind}: estimated {progress.duration(self.seconds)} for "
             f"{gigabytes(self.bytes)} ({self.items} items, {self.sized} mailboxes, "
-            f"{self.parallel} at a time{more}) — an estimate, at {self.rate.source}"
+            f"{self.parallel} at a time{more}) — an estimate, at {self.rate.source}{stats}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +186,8 @@ class Estimate:
             "seconds": self.seconds,
             "parallel": self.parallel,
             "mover": self.mover,
+            "sized_by_statistics": self.by_statistics,
+            "unsized_why": self.unsized_why or None,
             "rate": (
                 None
                 if self.rate is None
@@ -202,7 +221,12 @@ def rate_for(mover: str, time_scale: float = 1.0) -> Rate | None:
 
 
 def estimate(
-    kind: str, volumes: list[Volume], rate: Rate | None, parallel: int, mover: str = ""
+    kind: str,
+    volumes: list[Volume],
+    rate: Rate | None,
+    parallel: int,
+    mover: str = "",
+    unsized_why: str = "",
 ) -> Estimate:
     """The pass's duration: each sized mailbox takes what its bytes or its items take at
     `rate`, whichever is longer; `parallel` mailboxes go at once (each has its own
@@ -223,7 +247,12 @@ def estimate(
         for t in times:
             heapq.heapreplace(slots, slots[0] + t)
         seconds = max(slots)
-    return Estimate(kind, len(volumes), len(sized), items, size, seconds, parallel, rate, mover)
+    by_statistics = sum(1 for v in sized if v.known_from == STATISTICS)
+    unsized = len(volumes) - len(sized)
+    return Estimate(
+        kind, len(volumes), len(sized), items, size, seconds, parallel, rate, mover,
+        by_statistics, unsized_why if unsized else "",
+    )  # fmt: skip
 
 
 def against_actual(est: Estimate, seconds: float, items: int, size: int) -> dict[str, Any]:
@@ -252,16 +281,23 @@ class Watch:
 
 
 @contextmanager
-def watch(sess: Any, items: list[dict[str, Any]], kind: str) -> Iterator[Watch]:
+def watch(
+    sess: Any, items: list[dict[str, Any]], kind: str, first: FirstPass | None = None
+) -> Iterator[Watch]:
     """Estimate the passes over `items` and announce them (`progress.PassesPlanned`); when
     the block ends, set the watch's `result` to the estimate against the actual (the
-    passes this run journaled) and announce the end (`progress.PassesOver`)."""
+    passes this run journaled) and announce the end (`progress.PassesOver`). `first`: the
+    sizes `first_pass_sizes` read for mailboxes the journal knows nothing of."""
     project = sess.project
     mover = str(project.migration.mover or "none")
     scale = float(getattr(project.engine, "outlook_time_scale", 1) or 1)
     parallel = int(project.engine.concurrency_per_tenant)
-    volumes = [volume(sess.journal, str(i["key"]), kind) for i in items]
-    est = estimate(kind, volumes, rate_for(mover, scale), parallel, mover)
+    first = first or FirstPass()
+    volumes = []
+    for i in items:
+        v = volume(sess.journal, str(i["key"]), kind)
+        volumes.append(first.volumes.get(str(i["key"]), v) if v.known_from is None else v)
+    est = estimate(kind, volumes, rate_for(mover, scale), parallel, mover, first.why)
     planned = tuple(
         progress.Planned(
             str(i["key"]),
@@ -304,3 +340,150 @@ def _actual(sess: Any, w: Watch, items: list[dict[str, Any]]) -> str:
     size = sum(int(p["counts"].get("bytes", 0)) for p in mine)
     w.result = against_actual(est, seconds, moved, size)
     return str(w.result["actual_text"])
+
+
+# -- before a first pass: Get-MailboxStatistics -------------------------------------------------
+
+STATISTICS = "Get-MailboxStatistics"
+# The user item's `detail` key holding the last statistics read (an observation, with its time).
+OBSERVED = "mailbox_statistics"
+# A size read within this long is used again, not asked again (a mailbox grows by a day's
+# mail in a day: small beside what an estimate is for).
+FRESH_S = 24 * 3600.0
+# Exchange prints TotalItemSize (a ByteQuantifiedSize) as "48.56 MB (50,917,744 bytes)"
+# (Get-MailboxStatistics.md examples; the REST face returns that text, remote PowerShell its
+# deserialised ToString()).
+_BYTES = re.compile(r"\(([\d,.\s\u00a0']+) bytes\)")
+# Why a source kind without cmdlets gives no size before a first pass.
+NO_STATISTICS = {
+    "imap": "an IMAP source has no Get-MailboxStatistics",
+    "workmail": "a WorkMail source has no Get-MailboxStatistics",
+    "exchange": "set [source.ews] powershell_url for Get-MailboxStatistics sizes",
+}
+
+
+@dataclass(frozen=True)
+class FirstPass:
+    """Sizes read for mailboxes before their first pass, per user key, and why some have none."""
+
+    volumes: Mapping[str, Volume] = field(default_factory=dict)
+    why: str = ""
+    asked: int = 0  # Get-MailboxStatistics calls made (the rest came from the journal)
+
+
+def byte_count(value: Any) -> int | None:
+    """Bytes of a TotalItemSize as Exchange gives it: the text "… (1,234 bytes)", a number,
+    or a deserialised object's {"Value": …}; None when it is none of these."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, Mapping):
+        return byte_count(value.get("Value") or value.get("value"))
+    if isinstance(value, str):
+        found = _BYTES.search(value)
+        if found:
+            digits = re.sub(r"\D", "", found.group(1))
+            return int(digits) if digits else None
+    return None
+
+
+def statistics_volume(row: Mapping[str, Any]) -> Volume | None:
+    """A mailbox's size from one Get-MailboxStatistics row (ItemCount, TotalItemSize)."""
+    size = byte_count(row.get("TotalItemSize"))
+    try:
+        items = int(row.get("ItemCount") or 0)
+    except (TypeError, ValueError):
+        return None
+    return None if size is None else Volume(items, size, STATISTICS)
+
+
+def observed(
+    user: Mapping[str, Any] | None, now: dt.datetime, fresh_s: float = FRESH_S
+) -> Volume | None:
+    """The journaled statistics of a user item, if read within `fresh_s` of `now`."""
+    seen = ((user or {}).get("detail") or {}).get(OBSERVED) or {}
+    try:
+        at = dt.datetime.fromisoformat(str(seen["observed_at"]))
+        age = (now - at).total_seconds()
+        fresh = 0 <= age <= fresh_s
+        found = Volume(int(seen["items"]), int(seen["bytes"]), STATISTICS)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return found if fresh else None
+
+
+async def first_pass_sizes(
+    sess: Any,
+    items: list[dict[str, Any]],
+    kind: str,
+    *,
+    now: dt.datetime | None = None,
+    fresh_s: float = FRESH_S,
+) -> FirstPass:
+    """Sizes for the mailboxes of `items` the journal knows nothing of (before their first
+    pass), from the source's Get-MailboxStatistics: read-only, one call per mailbox, at
+    most `[engine] concurrency_per_tenant` at once, each journaled on the user item
+    (`detail.mailbox_statistics`, with `observed_at`) so a run within `fresh_s` reads the
+    journal instead. Plan mode reads too (a read is no write) and uses what the journal
+    holds, but journals nothing (a plan leaves the journal as it was). Nothing is read
+    where the estimate cannot use it (no mover, no rate). A source without cmdlets,
+    or a read that fails, leaves the mailbox unsized and says why; it never fails the
+    command (an estimate is advice)."""
+    from coexist.engine.context import CMDLETS
+
+    journal = sess.journal
+    now = now or dt.datetime.now(dt.UTC)
+    if rate_for(str(sess.project.migration.mover or "none")) is None:
+        return FirstPass()
+    unknown = [i for i in items if volume(journal, str(i["key"]), kind).known_from is None]
+    if not unknown:
+        return FirstPass()
+    side = sess.ctx.source
+    if not side.has(CMDLETS):
+        kind_ = str(side.kind)
+        return FirstPass(why=NO_STATISTICS.get(kind_, f"the {kind_} source has no {STATISTICS}"))
+    try:
+        runner = side.cmdlets
+    except CoexistError as exc:  # cmdlets configured but not openable (e.g. per-user logins)
+        return FirstPass(why=f"no {STATISTICS}: {exc}")
+    found: dict[str, Volume] = {}
+    ask: list[dict[str, Any]] = []
+    for i in unknown:
+        cached = observed(journal.get_item("user", str(i["key"])), now, fresh_s)
+        if cached is not None:
+            found[str(i["key"])] = cached
+        else:
+            ask.append(i)
+    failed: list[str] = []
+    gate = asyncio.Semaphore(max(1, int(sess.project.engine.concurrency_per_tenant)))
+
+    async def one(item: dict[str, Any]) -> None:
+        key = str(item["key"])
+        identity = str(item.get("source_address") or key)
+        try:
+            async with gate:
+                rows = await runner.run(STATISTICS, Identity=identity)
+        except CoexistError as exc:
+            log.warning("%s %s: %s", STATISTICS, identity, exc)
+            failed.append(f"{identity}: {exc}")
+            return
+        v = statistics_volume(rows[0]) if rows else None
+        if v is None:
+            failed.append(f"{identity}: no ItemCount/TotalItemSize in the answer")
+            return
+        found[key] = v
+        seen = {
+            "items": v.items,
+            "bytes": v.bytes,
+            "observed_at": dt.datetime.now(dt.UTC).isoformat(),
+            "source": STATISTICS,
+        }
+        if not sess.planning:
+            journal.merge_item("user", key, detail={OBSERVED: seen})
+
+    await asyncio.gather(*(one(i) for i in ask))
+    why = ""
+    if failed:
+        why = f"{STATISTICS} failed for {len(failed)} mailboxes (first: {sorted(failed)[0]})"
+    return FirstPass(found, why, len(ask))

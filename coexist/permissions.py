@@ -96,6 +96,17 @@ NEEDS: dict[str, list[Need]] = {
             "read subscribed SKUs",
         ),
         Need("target", "exchange", EXCHANGE_ROLE, "forward the new mailbox to the source"),
+        # Read-only, for the first pass's estimate (coexist/estimate.first_pass_sizes); without
+        # it the estimate says so and the pass runs. *Unverified*: Get-MailboxStatistics is in
+        # Exchange's Mail Recipients and View-Only Recipients roles (not checked against
+        # Get-ManagementRoleEntry), which Exchange Recipient Administrator holds.
+        Need("source", "exchange", MANAGE_AS_APP, "read mailbox sizes (Get-MailboxStatistics)"),
+        Need(
+            "source",
+            "exchange",
+            EXCHANGE_ROLE,
+            "run Get-MailboxStatistics: sizes for the first pass's estimate",
+        ),
     ],
     "cutover": [
         Need(

@@ -634,6 +634,24 @@ class Journal:
                 # executemany: building a statement costs far more than running it.
                 conn.execute(_map_statement(conn.dialect.name, new, cols), params)
 
+    def map_items_of(self, rows: Mapping[str, list[Mapping[str, Any]]]) -> None:
+        """`map_items` for several mailboxes (rows by item key) in one transaction, rows of
+        one shape in one executemany whatever their mailbox (the sync's import outcomes of
+        mailboxes copied at once). Each mailbox's rows keep their order."""
+        now = utcnow()
+        runs: list[tuple[_MapShape, list[dict[str, Any]]]] = []
+        for item_key, of_key in rows.items():
+            for shape, params in _map_runs(item_key, of_key, now):
+                if runs and runs[-1][0] == shape:
+                    runs[-1][1].extend(params)
+                else:
+                    runs.append((shape, params))
+        if not runs:
+            return
+        with self._write() as conn:
+            for (new, cols), params in runs:
+                conn.execute(_map_statement(conn.dialect.name, new, cols), params)
+
     def unmap_item(self, item_key: str, source_item_id: str) -> None:
         with self._write() as conn:
             conn.execute(

@@ -51,6 +51,7 @@ SCRATCH = frozenset(
     {
         "map_item",
         "map_items",
+        "map_items_of",
         "unmap_item",
         "mapped",
         "mapped_many",

@@ -55,6 +55,8 @@ import asyncio
 import contextlib
 import dataclasses
 import email.policy
+import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -288,6 +290,7 @@ async def scan_folder(
     folder: Folder,
     kind: str | None = None,
     found: Callable[[list[dict[str, Any]]], None] | None = None,
+    cursors: Mapping[str, str] | None = None,
 ) -> None:
     """Record the folder's changes since the saved cursor, then save the new cursor.
 
@@ -297,19 +300,55 @@ async def scan_folder(
     copied from being copied again, and rows of the folder (of `kind`, if given) it did not
     report have left the folder since (`forget_unseen`, before the cursor is saved).
     `found` gets each page's new rows once they are journaled (`_scan_and_copy`); a lost
-    cursor is then raised, not restarted: the rows found may be mid-copy."""
+    cursor is then raised, not restarted: the rows found may be mid-copy; and as the journal
+    held no row of the mailbox then (`_scan_and_copy`), every row of the folder comes from
+    this round, so there is nothing unseen to forget (not read). `cursors`: the mailbox's
+    saved cursors by folder id, read for all its folders at once (`saved_cursors`); else
+    this folder's is read here."""
     checkpoint = src.caps.checkpoint_kind
-    saved = ctx.journal.get_checkpoint(key, folder.id, checkpoint)
-    cursor = (saved or {}).get("token") or None
+    if cursors is not None:
+        cursor: str | None = cursors.get(folder.id)
+    else:
+        saved = ctx.journal.get_checkpoint(key, folder.id, checkpoint)
+        cursor = (saved or {}).get("token") or None
     for attempt in range(RESTARTS + 1):
         try:
-            await _follow(ctx, key, src, folder, cursor, kind, found)
+            await _follow(ctx, key, src, folder, cursor, kind, found, unseen=found is None)
             return
         except RemoteError as exc:
             if found is not None or not src.cursor_lost(exc) or attempt == RESTARTS:
                 raise
             ctx.journal.delete_checkpoint(key, folder.id, checkpoint)
             cursor = None
+
+
+def saved_cursors(ctx: Context, key: str, src: ChangeFeed) -> dict[str, str]:
+    """The mailbox's saved cursors of `src`'s kind, by folder id: one read for a pass's
+    folders instead of one per folder."""
+    kind = src.caps.checkpoint_kind
+    return {
+        str(c["folder_id"]): str(c["token"])
+        for c in ctx.journal.checkpoints(key)
+        if c["kind"] == kind and c.get("token")
+    }
+
+
+def unscanned(
+    src: ChangeFeed, folder: Folder, cursors: Mapping[str, str], recorded: Mapping[str, Any]
+) -> bool:
+    """Whether the pass can leave this folder unscanned: its store lists it empty
+    (`caps.empty_means_nothing`), it has no saved cursor and the journal holds no row of it.
+    Nothing is lost: a scan would report nothing and save a cursor; without one, the next
+    pass that lists the folder with items reads it in full (an item that arrives between the
+    listing and here is read then, like one that arrives after a scan). A folder with a
+    cursor keeps its scan (its deletions and moves out), and one with rows too (a full round
+    settles them, `forget_unseen`)."""
+    return (
+        src.caps.empty_means_nothing
+        and folder.total == 0
+        and folder.id not in cursors
+        and folder.id not in recorded
+    )
 
 
 async def _follow(
@@ -320,8 +359,10 @@ async def _follow(
     cursor: str | None,
     kind: str | None,
     found: Callable[[list[dict[str, Any]]], None] | None = None,
+    unseen: bool = True,
 ) -> None:
-    """Follow one round, journaling each page before the next."""
+    """Follow one round, journaling each page before the next (`forget_unseen` after a
+    full one, unless `unseen` is False: the folder had no row before it)."""
     present: set[str] = set()
     feed = src.changes(folder, cursor)
     async for page in feed.pages():
@@ -337,10 +378,10 @@ async def _follow(
             found([made[i] for i in (str(r["source_item_id"]) for r in rows) if i in made])
         present.update(c.id for c in page.changes if not c.removed)
         if page.cursor:
-            if cursor is None:
+            if cursor is None and unseen:
                 forget_unseen(ctx, key, folder.id, present, kind)
             ctx.journal.save_checkpoint(key, folder.id, src.caps.checkpoint_kind, token=page.cursor)
-    if src.caps.cursor == "listing":  # no cursor: every round is full
+    if src.caps.cursor == "listing" and unseen:  # no cursor: every round is full
         forget_unseen(ctx, key, folder.id, present, kind)
 
 
@@ -1054,7 +1095,9 @@ class Sink:
     (every FLUSH_ROWS outcomes, every FLUSH_S, and when the pipeline ends, failed or not).
     A pass killed before a flush leaves those rows marked, as one killed mid-import does:
     the next pass recovers them (`adopt_interrupted`). Nothing is read back in between:
-    a row gets one outcome per pipeline, and the scan's cursors are not saved here."""
+    a row gets one outcome per pipeline, and the scan's cursors are not saved here. The
+    waiting outcomes are the journal's (`_Outcomes`): every mailbox copied at once through
+    that journal writes its outcomes in the same flushes."""
 
     ctx: Context
     key: str
@@ -1062,7 +1105,10 @@ class Sink:
     counts: Counter[str]
     conflicts: list[str]
     not_kept: Counter[str] = field(default_factory=Counter)
-    waiting: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def outcomes(self) -> _Outcomes:
+        return _outcomes(self.ctx.journal)
 
     def record(self, job: Job, **fields: Any) -> None:
         """Journal one row now (a path that raises after it)."""
@@ -1077,20 +1123,65 @@ class Sink:
 
     def done(self, job: Job, **fields: Any) -> None:
         """An import's outcome, journaled with the next flush."""
-        self.waiting.append({"source_item_id": job.source_id, **fields})
-        if len(self.waiting) >= FLUSH_ROWS:
-            self.flush()
+        self.outcomes.add(self.key, {"source_item_id": job.source_id, **fields})
 
     def flush(self) -> None:
-        """Journal the waiting outcomes in one transaction."""
-        rows, self.waiting = self.waiting, []
-        self.ctx.journal.map_items(self.key, rows)
+        """Journal the waiting outcomes (this mailbox's among them) in one transaction."""
+        self.outcomes.flush()
 
     async def flush_every(self, seconds: float) -> None:
-        """Flush the waiting outcomes every `seconds` until cancelled."""
+        """Flush the waiting outcomes every `seconds` until cancelled (unless another
+        mailbox's pipeline flushed them less than `seconds` ago)."""
+        outcomes = self.outcomes
         while True:
             await asyncio.sleep(seconds)
+            if outcomes.due(seconds):
+                outcomes.flush()
+
+
+class _Outcomes:
+    """Import outcomes waiting to be journaled, of every mailbox whose pipeline writes to
+    one journal (`Sink`): one transaction for all of them, where each mailbox's own timer
+    wrote one of a row or two (20 small mailboxes at once: ~500 transactions for 800 items).
+    Each outcome is written after its import answered, as before, only maybe sooner; a
+    pipeline that ends flushes, so its rows are journaled before its pass reads them."""
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self.waiting: dict[str, list[dict[str, Any]]] = {}
+        self.count = 0
+        self.last = time.monotonic()
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        self.waiting.setdefault(key, []).append(row)
+        self.count += 1
+        if self.count >= FLUSH_ROWS:
             self.flush()
+
+    def due(self, seconds: float) -> bool:
+        return time.monotonic() - self.last >= seconds
+
+    def flush(self) -> None:
+        waiting, self.waiting, self.count = self.waiting, {}, 0
+        self.last = time.monotonic()
+        if len(waiting) == 1:  # e.g. a planned pass: its journal is its own (`planpass`)
+            [(key, rows)] = waiting.items()
+            self.journal.map_items(key, rows)
+            return
+        if waiting:
+            self.journal.map_items_of(waiting)
+
+
+# One `_Outcomes` per journal object (a session's, or a planned pass's own scratch journal),
+# dropped with it.
+_OUTCOMES: weakref.WeakKeyDictionary[Any, _Outcomes] = weakref.WeakKeyDictionary()
+
+
+def _outcomes(journal: Any) -> _Outcomes:
+    found = _OUTCOMES.get(journal)
+    if found is None:
+        found = _OUTCOMES[journal] = _Outcomes(journal)
+    return found
 
 
 def _mark_of(job: Job) -> dict[str, Any]:
@@ -1415,6 +1506,7 @@ async def _scan_and_copy(
     now = datetime.now().astimezone()
     found: asyncio.Queue[list[Job] | None] = asyncio.Queue()
     lost = False
+    cursors = saved_cursors(ctx, key, stores.src)
 
     async def scan() -> None:
         nonlocal lost
@@ -1422,6 +1514,8 @@ async def _scan_and_copy(
             for folder_id, dest in plan.target_of.items():
                 if schedule.window_closed():
                     return  # a safe point; the pass ends at the next `_between`
+                if unscanned(stores.src, by_id[folder_id], cursors, {}):
+                    continue  # the journal holds no row of this mailbox (the caller's check)
 
                 def to_copy(rows: list[dict[str, Any]], dest: str = dest) -> None:
                     jobs = [
@@ -1435,7 +1529,9 @@ async def _scan_and_copy(
                         found.put_nowait(jobs)
 
                 try:
-                    await scan_folder(ctx, key, stores.src, by_id[folder_id], kind, to_copy)
+                    await scan_folder(
+                        ctx, key, stores.src, by_id[folder_id], kind, to_copy, cursors
+                    )
                 except RemoteError as exc:
                     if not stores.src.cursor_lost(exc):
                         raise
@@ -1484,9 +1580,14 @@ async def sync_mailbox(
     if not (
         fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
     ):
+        if fresh:  # a lost cursor ended the scan above: read what it journaled
+            recorded = ctx.journal.item_map_counts(subject)
+        cursors = saved_cursors(ctx, subject, src)
         for folder_id in plan.target_of:
             _between(counts)  # safe points: between folders, between steps
-            await scan_folder(ctx, subject, src, by_id[folder_id], kind)
+            if unscanned(src, by_id[folder_id], cursors, recorded):
+                continue
+            await scan_folder(ctx, subject, src, by_id[folder_id], kind, cursors=cursors)
     await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
     _between(counts)

@@ -1407,6 +1407,16 @@ class MailStore:
             ).fetchall()
         return [_item(r) for r in rows]
 
+    def totals(self, tenant: str, mailbox: str) -> tuple[int, int]:
+        """(items, bytes) of a mailbox's messages in every folder, at the sizes the store
+        keeps (the MIME's length); what Get-MailboxStatistics reports of it."""
+        with self._lock:
+            n, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE tenant=? AND mailbox=?",
+                (tenant, mailbox),
+            ).fetchone()
+        return int(n), int(size)
+
     def count(self, tenant: str, mailbox: str, folder_id: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM messages WHERE tenant=? AND mailbox=?"
         args: list[str] = [tenant, mailbox]

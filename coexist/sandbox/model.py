@@ -139,6 +139,9 @@ class User(MailObject):
     # (`Settings.graph_patch_refusal`), while replicating until `graph_writable_at`.
     exchange_created: bool = False
     graph_writable_at: float = 0.0
+    # The seed's directory figures, served by no face: Get-MailboxStatistics reports what
+    # the mail and PIM stores hold (exo/mailbox.contents). Kept so state files load and the
+    # seed draws the same random sequence.
     item_count: int = 0
     total_item_size: int = 0  # bytes
 

@@ -386,6 +386,17 @@ class PimStore:
         assert found is not None
         return found
 
+    def totals(self, tenant: str, mailbox: str) -> tuple[int, int]:
+        """(items, bytes) of a mailbox's contacts, events and tasks; an item's size is its
+        stored JSON document's (the sandbox keeps no MAPI size for them)."""
+        with self._lock:
+            n, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(props_json AS BLOB))), 0)"
+                " FROM pim_items WHERE tenant=? AND mailbox=?",
+                (tenant, mailbox),
+            ).fetchone()
+        return int(n), int(size)
+
     def find(self, item_id: str) -> PimItem | None:
         """An item by id in any mailbox (ids are unique store-wide; EWS ids name no mailbox)."""
         with self._lock:

@@ -109,6 +109,11 @@ def profile_settings(profile: str, seed_value: int, time_scale: float = 1.0) -> 
     return s
 
 
+# `ctx.extra[REQUEST_LOG_KEY] = []` makes the server append (method, path) of every HTTP
+# request it receives (tests count a pass's requests with it); absent, nothing is kept.
+REQUEST_LOG_KEY = "request_log"
+
+
 class ChaosMiddleware:
     """Under the chaos profile, fails a seeded share of Graph / Exchange calls.
 
@@ -123,6 +128,11 @@ class ChaosMiddleware:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
+        seen = self.ctx.extra.get(REQUEST_LOG_KEY)
+        if seen is not None and path:
+            # Tests count what the service receives (not what one client logs: the Graph
+            # adapter's lean HTTP pool logs nothing, its importUrls carry credentials).
+            seen.append((str(scope.get("method", "")), path))
         is_graph = path.startswith("/v1.0/") and not path.startswith("/v1.0/$batch")
         is_exo = path.startswith("/adminapi/")
         fault = self.ctx.limiter.chaos() if (is_graph or is_exo) else None

@@ -38,6 +38,7 @@ import dataclasses
 import email.parser
 import email.policy
 import functools
+import gc
 import logging
 import re
 import socket
@@ -260,6 +261,8 @@ class MessageRef:
     size: int
     message_id: str | None  # the Message-ID header, None when the message has none
     modseq: int | None = None
+    # The header block read with the Message-ID (`changes(fields=)`): the fields asked.
+    header: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -356,10 +359,22 @@ def parse_sequence_set(text: str) -> list[int]:
 def split_flags(raw: Iterable[bytes | str]) -> tuple[frozenset[str], frozenset[str]]:
     """(system flags, keywords) of a FLAGS list; \\Recent is dropped (it belongs to one
     session and cannot be set, RFC 3501 2.3.2)."""
+    if isinstance(raw, tuple):  # a FETCH answer's list: a mailbox has few distinct ones
+        return _split_flags(raw)
+    return _split_flags.__wrapped__(tuple(raw))
+
+
+_CANONICAL_FLAGS = {s.casefold(): s for s in SYSTEM_FLAGS}
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_flags(raw: tuple[bytes | str, ...]) -> tuple[frozenset[str], frozenset[str]]:
     names = [f.decode("utf-8", "replace") if isinstance(f, bytes) else f for f in raw]
-    system = {n for n in names if n.startswith("\\")}
-    canonical = {s.casefold(): s for s in SYSTEM_FLAGS}
-    flags = frozenset(canonical[n.casefold()] for n in system if n.casefold() in canonical)
+    flags = frozenset(
+        _CANONICAL_FLAGS[n.casefold()]
+        for n in names
+        if n.startswith("\\") and n.casefold() in _CANONICAL_FLAGS
+    )
     return flags, frozenset(n for n in names if not n.startswith("\\"))
 
 
@@ -368,20 +383,76 @@ def split_flags(raw: Iterable[bytes | str]) -> tuple[frozenset[str], frozenset[s
 # ~13 us each through BytesHeaderParser); any other block goes to the parser as before,
 # and tests/unit/test_imap_parsing.py holds both to the same answer.
 _PLAIN_MESSAGE_ID = re.compile(rb"\A(?i:message-id):([\x20-\x7e\t]*)\r\n(?:\r\n)?\Z")
+# A block of unfolded ASCII field lines (a name, the colon, printable text) and the blank
+# line; in it, a Message-ID field's line.
+_PLAIN_LINES = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[\x20-\x7e\t]*\r\n)+(?:\r\n)?\Z")
+_MESSAGE_ID_LINE = re.compile(rb"^(?i:message-id):([\x20-\x7e\t]*)\r$", re.M)
 
 
 def parse_message_id(header_block: bytes | None) -> str | None:
-    """The Message-ID of a `BODY[HEADER.FIELDS (MESSAGE-ID)]` block, unfolded."""
+    """The Message-ID of a `BODY[HEADER.FIELDS (MESSAGE-ID ...)]` block, unfolded."""
     if not header_block:
         return None
     if (plain := _PLAIN_MESSAGE_ID.match(header_block)) is not None:
         return " ".join(plain.group(1).decode("ascii").split()) or None
+    # A block of several plain fields (the scan also reads the store's inspect fields): in
+    # the usual shape (unfolded ASCII lines), the first Message-ID line is the field.
+    if _PLAIN_LINES.match(header_block) is not None:
+        found = _MESSAGE_ID_LINE.search(header_block)
+        return None if found is None else (" ".join(found.group(1).decode().split()) or None)
+    if (fields := plain_fields(header_block, (b"message-id",))) is not None:
+        value = fields.get(b"message-id")
+        return None if value is None else (" ".join(value.split()) or None)
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
     value = headers.get("Message-ID")
     if value is None:
         return None
     text = " ".join(str(value).split())
     return text or None
+
+
+# A header field's first line: its name (printable ASCII but ":", RFC 5322 2.2; the
+# feedparser's headerRE), then the colon; or a folded line.
+_FIELD_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:|[ \t]")
+
+
+def plain_fields(block: bytes, names: Sequence[bytes]) -> dict[bytes, str] | None:
+    """The first value of each field of `names` (lower case) in a header block as compat32's
+    `Message.get` gives it (the first line's text after the colon less leading blanks, the
+    folded lines kept, the last line end removed); None where the compat32 parser may read
+    the block otherwise: bytes beyond ASCII, a lone CR, a line that is no field (a defect,
+    or the body's start), or a block whose first line is folded. ~1/5 of the parser's cost."""
+    if not block.isascii():
+        return None
+    lines = block.split(b"\n")
+    found: dict[bytes, str] = {}
+    name: bytes | None = None
+    value: list[bytes] = []
+    for i, line in enumerate(lines):
+        if line in (b"", b"\r"):  # the blank line ending the header (or the block's end)
+            if i != len(lines) - 1 and any(rest not in (b"", b"\r") for rest in lines[i:]):
+                return None  # a body after the header: let the parser decide
+            break
+        if b"\r" in line[:-1] or not _FIELD_LINE.match(line):
+            return None
+        if line[0] in b" \t":
+            if name is None:
+                return None
+            value.append(line + b"\n")
+            continue
+        if name is not None and name not in found:
+            found[name] = _field_value(value)
+        head, _, rest = line.partition(b":")
+        name, value = head.lower(), [rest.lstrip(b" \t") + b"\n"]
+    else:
+        return None  # no line end after the last line: the parser's own business
+    if name is not None and name not in found:
+        found[name] = _field_value(value)
+    return {k: found[k] for k in names if k in found}
+
+
+def _field_value(lines: list[bytes]) -> str:
+    return b"".join(lines).decode("ascii").rstrip("\r\n")
 
 
 def special_use_of(attributes: frozenset[str]) -> str | None:
@@ -854,12 +925,18 @@ class ImapSession:
 
     # -- delta -------------------------------------------------------------------------
     def changes(
-        self, name: str, since: Watermark | None, *, limit: int | None = None
+        self,
+        name: str,
+        since: Watermark | None,
+        *,
+        limit: int | None = None,
+        fields: Sequence[str] = (),
     ) -> FolderChanges:
         """What changed in folder `name` since `since` (None: everything is new).
 
         At most `limit` new messages (oldest first); `next.last_uid` then stops at the last
-        one returned and `more` work remains (call again with `next`)."""
+        one returned and `more` work remains (call again with `next`). `fields`: header
+        fields read with the Message-ID, in the same FETCH (each new ref's `header`)."""
         info = self._select(name, readonly=True)
         validity = int(info[b"UIDVALIDITY"])
         modseq = _int(info.get(b"HIGHESTMODSEQ"))
@@ -870,7 +947,7 @@ class ImapSession:
         more = limit is not None and len(new_uids) > limit
         if limit is not None:
             new_uids = new_uids[:limit]
-        refs = tuple(self._refs(name, new_uids))
+        refs = tuple(self._refs(name, new_uids, fields=fields))
         flag_changes, vanished = self._old_changes(name, base, modseq)
         top = max(new_uids, default=last)
         # The modseq moves on only once every new message was returned: until then a
@@ -1016,11 +1093,12 @@ class ImapSession:
         return list(self._refs(name, list(uids), message_ids=message_ids))
 
     def _refs(
-        self, name: str, uids: list[int], *, message_ids: bool = True
+        self, name: str, uids: list[int], *, message_ids: bool = True, fields: Sequence[str] = ()
     ) -> Iterator[MessageRef]:
         items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
         if message_ids:
-            items.append("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
+            wanted = " ".join(["MESSAGE-ID", *(f.upper() for f in fields)])
+            items.append(f"BODY.PEEK[HEADER.FIELDS ({wanted})]")
         if self.caps.condstore:
             items.append("MODSEQ")
         for start in range(0, len(uids), REF_CHUNK):
@@ -1029,7 +1107,7 @@ class ImapSession:
                 got = self._uid_fetch(sequence_set(chunk), items)
             for uid in chunk:
                 if (data := got.get(uid)) is not None:
-                    yield _ref_of(uid, data)
+                    yield _ref_of(uid, data, keep_header=bool(fields))
 
     # -- bodies ------------------------------------------------------------------------
     def fetch(
@@ -1339,17 +1417,19 @@ def _replace(folder: ImapFolder, **changes: Any) -> ImapFolder:
     return dataclasses.replace(folder, **changes)
 
 
-def _ref_of(uid: int, data: dict[bytes, Any]) -> MessageRef:
+def _ref_of(uid: int, data: dict[bytes, Any], *, keep_header: bool = False) -> MessageRef:
     flags, keywords = split_flags(data.get(b"FLAGS", ()))
     header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), None)
+    block = bytes(header) if isinstance(header, bytes) else None
     return MessageRef(
         uid=uid,
         flags=flags,
         keywords=keywords,
         internaldate=data[b"INTERNALDATE"],
         size=int(data.get(b"RFC822.SIZE", 0)),
-        message_id=parse_message_id(header if isinstance(header, bytes) else None),
+        message_id=parse_message_id(block),
         modseq=_modseq(data),
+        header=(block or b"") if keep_header else None,
     )
 
 
@@ -1475,12 +1555,30 @@ def bound_heap() -> bool:
         return False
 
 
+@functools.cache
+def freeze_startup_objects() -> bool:
+    """Move every object alive now (once per process) out of the garbage collector's sight
+    (`gc.freeze`).
+
+    Called before a process's first IMAP connection, when what is alive is what start-up
+    made and keeps (modules, classes, settings, the journal's engine and metadata: a few
+    hundred thousand objects). Without it a move's first full collection (CPython runs one
+    once the survivors exceed a quarter of the old objects) scanned them all: one took
+    0.19 s of the client's ~0.7 s of CPU per 2,000-message move in bench/imap_bench.py,
+    and the client's CPU is part of what binds that move. What is created later is
+    collected as usual; garbage alive at the call (cycles not yet collected) stays,
+    a one-time cost of the size of start-up's leftovers."""
+    gc.freeze()  # O(1): it links the generations' lists (get_freeze_count walks them)
+    return True
+
+
 class ImapConnections:
     """The connections of one IMAP server, bounded by `ConnectionLimits`: `session(creds)`
     waits for a free slot (server-wide and for that mailbox), then connects and logs in."""
 
     def __init__(self, endpoint: ImapEndpoint, limits: ConnectionLimits | None = None) -> None:
         bound_heap()
+        freeze_startup_objects()
         self.endpoint = endpoint
         self.limits = limits or ConnectionLimits()
         self._server = asyncio.Semaphore(self.limits.per_server)

@@ -86,6 +86,11 @@ class Capabilities:
     # items in one command (IMAP MULTIAPPEND, RFC 3502) takes a batch per call: the sync
     # algorithm then runs one task per batch, not one per item.
     import_batch: int = 1
+    # Whether a folder listed with `total` 0 holds nothing its change feed would report (as a
+    # source). Such a folder with no saved cursor and no row in the journal is not scanned
+    # (`sync.unscanned`): no request, no cursor; its first item makes `total` > 0 and the
+    # next pass reads it in full.
+    empty_means_nothing: bool = False
 
 
 @dataclass(frozen=True)

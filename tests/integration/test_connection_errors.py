@@ -101,7 +101,7 @@ def graph_error(ep: TenantEndpoint, **kwargs: Any) -> BaseException:
     return asyncio.run(go())
 
 
-# -- Graph over httpx -------------------------------------------------------------------------
+# -- Graph (directory requests, on tenants/transport.Pool) -----------------------------------------
 def test_unreachable_endpoint_names_endpoint_cause_and_fix(conn: dict[str, Any]) -> None:
     """A closed Graph port: Unreachable naming the endpoint, "connection refused", the setting
     and the sandbox hint; retried by the read policy first, and it stops the run."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from coexist.sandbox import Sandbox
+from coexist.sandbox.graph.outlook_items import pim_store
 from coexist.sandbox.limits import Limiter
 from coexist.sandbox.model import Settings, Tenant, User
 from tests.clients import EXO_SCOPE, bearer, exo_http, invoke, tenant
@@ -514,10 +516,28 @@ def test_licensed_mailuser_becomes_mailbox_after_settle(
     )
 
 
-def test_mailbox_statistics_sizes(exo: httpx.Client, conn: dict[str, Any]) -> None:
-    """Get-MailboxStatistics gives ItemCount and Exchange's TotalItemSize text."""
+def test_mailbox_statistics_sizes(
+    world_target: Tenant, sandbox: Sandbox, exo: httpx.Client, conn: dict[str, Any]
+) -> None:
+    """Get-MailboxStatistics counts what the mailbox holds (messages in every folder, contacts,
+    events) at the stores' sizes, in Exchange's TotalItemSize text; not the directory's seed."""
+    ann = next(u for u in world_target.users.values() if u.alias == "ann")
+    empty = run(exo, conn, "Get-MailboxStatistics", Identity="ann")[0]
+    assert empty["ItemCount"] == 0 and empty["TotalItemSize"] == "0 B (0 bytes)"
+    mimes = [
+        f"Subject: m{i}\r\nFrom: a@b.example\r\n\r\n{'x' * 1000 * i}\r\n".encode()
+        for i in range(1, 4)
+    ]
+    for mime, folder in zip(mimes, ("inbox", "sentitems", "deleteditems"), strict=True):
+        sandbox.mail.deliver(KEY, ann.id, mime, folder)
+    assert sandbox.ctx is not None
+    pim = pim_store(sandbox.ctx)
+    contacts = pim.default_folder(KEY, ann.id, "contacts")
+    contact = pim.create_item(KEY, ann.id, contacts.id, "contact", {"displayName": "Bo"})
     row = run(exo, conn, "Get-MailboxStatistics", Identity="ann")[0]
-    assert row["ItemCount"] == 42 and row["TotalItemSize"] == "48.56 MB (50,917,744 bytes)"
+    size = sum(len(m) for m in mimes) + len(json.dumps(contact.props).encode())
+    assert row["ItemCount"] == 4
+    assert row["TotalItemSize"] == f"{size / 1024:.4g} KB ({size:,} bytes)"
 
 
 def test_certificate_credential_and_domain_in_url(

@@ -25,6 +25,12 @@ def test_the_quick_imap_bench_prints_every_figure() -> None:
             assert {"items", "msgs_per_s", "mb_per_s", "elapsed_s"} <= set(part[tool])
         # Both tools moved the whole mailbox: the ratio compares the same work.
         assert part["coexist"]["in_target"] == part["doveadm"]["items"] == part["source_items"]
+        # Each run's CPU per process (the Dovecots' from /proc): what the load cannot hide.
+        for run in part["coexist"]["runs_cpu_s"]:
+            assert set(run) == {"client", "source_dovecot", "target_dovecot"}
+            assert run["source_dovecot"] > 0 and run["target_dovecot"] > 0
+        for run in part["doveadm"]["runs_cpu_s"]:
+            assert run["doveadm"] > 0 and run["source_dovecot"] > 0
     for figure in ("upload_ceiling_fraction", "request_ceiling_fraction", "peak_rss_mb"):
         assert isinstance(out[figure], float), (figure, out)
     m365 = out["imap_to_m365"]

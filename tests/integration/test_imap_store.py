@@ -7,6 +7,7 @@ Every test takes fresh users of the session's Dovecot, over TLS verified with th
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -612,3 +613,74 @@ def test_cancelled_imports_leave_the_waiting_ones_to_a_new_flusher(
     assert all(isinstance(got[n], asyncio.CancelledError) for n in flushers + queued_cancelled)
     assert not {sent[n] for n in queued_cancelled} & set(text.values())
     assert len(text) == len(set(text.values()))  # nothing appended twice
+
+
+SIGNED = (
+    b"From: a@example.org\r\nSubject: =?utf-8?q?sign=C3=A9?=\r\nMessage-ID: <s1@example.org>\r\n"
+    b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
+    b" boundary=b\r\nContent-Class: urn:content-classes:message\r\n\r\n--b--\r\n"
+)
+
+
+def test_inspect_after_a_scan_sends_nothing_and_reads_what_a_header_fetch_reads(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """A change round reads the inspect fields with the Message-ID: `inspect` of what it
+    reported then sends no command, and says what a store that did not scan reads from the
+    server (subject decoded, content type and class); the export that follows reads whole
+    messages of the right size."""
+    session.append("INBOX", [NewMessage(message(i)) for i in range(3)] + [NewMessage(SIGNED)])
+
+    async def scanned(store: ImapStore) -> tuple[dict[str, Any], int, dict[str, Payload]]:
+        inbox = await folder(store, "INBOX")
+        ids = [c.id for p in await all_pages(store, inbox, None) for c in p.changes]
+        refs = [ItemRef("INBOX", i) for i in ids]
+        before = store.meter.calls
+        info = await store.inspect(refs)
+        calls = store.meter.calls - before
+        return info, calls, await store.export(refs, MIME)
+
+    async def unscanned(store: ImapStore) -> tuple[dict[str, Any], int]:
+        _, uids = await store.run(lambda s: s.list_uids("INBOX"))
+        validity = await store.run(lambda s: s.examine("INBOX"))
+        refs = [ItemRef("INBOX", f"{validity}:{u}:INBOX") for u in uids]
+        before = store.meter.calls
+        info = await store.inspect(refs)
+        return info, store.meter.calls - before
+
+    info, calls, payloads = with_store(endpoint, user, scanned, page=2)
+    read, read_calls = with_store(endpoint, user, unscanned)
+    assert calls == 0 and read_calls > 0
+    assert info == read and len(info) == 4
+    signed = next(i for i in info.values() if i.content_type == "multipart/signed")
+    assert signed.subject == "signé" and signed.content_class == "urn:content-classes:message"
+    assert sorted(p.mime for p in payloads.values()) == sorted(
+        [message(i) for i in range(3)] + [SIGNED]
+    )
+
+
+def test_an_export_while_a_change_round_reads_uses_another_connection(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """While the store's own connection reads a change round (a new mailbox is copied
+    while it is scanned), an export reads over a connection of its own: it does not wait
+    behind the round's pages (here the own connection is held until the export is done;
+    waiting for it would never end)."""
+    session.append("INBOX", [NewMessage(message(i)) for i in range(5)])
+
+    async def work(store: ImapStore) -> dict[str, Payload]:
+        inbox = await folder(store, "INBOX")
+        pages = store.changes(inbox, None).pages()
+        first = await anext(pages)  # the round goes on: more pages to read
+        refs = [ItemRef("INBOX", c.id) for c in first.changes]
+        gate = threading.Event()
+        held = asyncio.ensure_future(store.run(lambda s: gate.wait(60)))
+        try:
+            return await asyncio.wait_for(store.export(refs, MIME), 30)
+        finally:
+            gate.set()
+            await held
+            await pages.aclose()
+
+    got = with_store(endpoint, user, work, page=2)
+    assert sorted(p.mime for p in got.values()) == [message(0), message(1)]

@@ -1,5 +1,5 @@
-"""Outlook requests go through coexist's asyncio transport (tenants/transport.py): the same
-answers and the same clear errors as httpx's own transport, over real sockets.
+"""Outlook requests go through coexist's own HTTP/1.1 client (tenants/transport.py): the same
+answers and the same clear errors as httpx's transport, over real sockets.
 
 The directory cases of test_connection_errors.py, sent to a mailbox path (so the Graph
 adapter places them on its per-mailbox pools), plus what only a long-lived pool meets: a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 from pathlib import Path
@@ -22,7 +23,7 @@ import trustme
 from coexist.errors import RemoteError, TLSError, TransientError, Unreachable
 from coexist.tenants.auth import TenantEndpoint
 from coexist.tenants.graph import GraphAdapter
-from coexist.tenants.transport import Transport
+from coexist.tenants.transport import Pool
 from tests.integration.test_connection_errors import (
     QUICK,
     closed_port,
@@ -45,13 +46,18 @@ def outlook_error(ep: Any, **kwargs: Any) -> BaseException:
     return asyncio.run(go())
 
 
-def test_mailbox_requests_use_the_asyncio_transport(conn: dict[str, Any]) -> None:
-    """The per-mailbox pools are built on `Transport` (what the rest of this file tests)."""
+def test_mailbox_requests_use_the_lean_pools(conn: dict[str, Any]) -> None:
+    """Mailbox requests go through a `Pool` (what the rest of this file tests), and the
+    sandbox answers them there."""
 
     async def go() -> None:
         async with GraphAdapter(target(conn), label="target") as graph:
-            client = graph._client("someone")
-            assert isinstance(client._transport, Transport)
+            assert isinstance(graph._pool("someone"), Pool)
+            users = await graph.list_all("users")
+            box = users[0]["id"]
+            folders = await graph.send("GET", f"users/{box}/mailFolders")
+            assert isinstance(folders, dict) and "value" in folders
+            assert graph._pools  # the answer came through a mailbox pool
 
     asyncio.run(go())
 
@@ -111,6 +117,16 @@ def tls_server(
 ) -> TenantEndpoint:
     """A TLS server the project trusts (its CA added to the sandbox's in `ca_file`: the
     token still comes from the sandbox); `answer(tls)` serves each connection."""
+    return tls_serve(server_factory, conn, tmp_path, answer)[0]
+
+
+def tls_serve(
+    server_factory: Any,  # noqa: F811
+    conn: dict[str, Any],
+    tmp_path: Path,
+    answer: Any,
+) -> tuple[TenantEndpoint, Any]:
+    """`tls_server`, and the server (its `accepted` count)."""
     ca = trustme.CA()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
@@ -123,7 +139,8 @@ def tls_server(
     ep = target(conn)
     bundle = tmp_path / "cas.pem"
     bundle.write_bytes(Path(str(ep.ca_file)).read_bytes() + b"\n" + ca.cert_pem.bytes())
-    return target(conn, graph_url=f"https://127.0.0.1:{server.port}/v1.0", ca_file=str(bundle))
+    graph_url = f"https://127.0.0.1:{server.port}/v1.0"
+    return target(conn, graph_url=graph_url, ca_file=str(bundle)), server
 
 
 def read_request(tls: ssl.SSLSocket) -> bytes:
@@ -215,3 +232,149 @@ def test_a_connection_dropped_mid_answer_is_a_transient_error(
             return exc.value
 
     asyncio.run(go())
+
+
+def test_chunked_answers_and_interim_answers(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A chunked answer (chunk extensions, a trailer, a chunk split across TLS records)
+    after a 100 Continue arrives whole, and its connection is reused."""
+    payload = b'{"value": "' + b"y" * 70000 + b'"}'
+    chunked = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{10:x};ext=1\r\n".encode()
+        + payload[:10]
+        + b"\r\n"
+        + f"{len(payload) - 10:x}\r\n".encode()
+        + payload[10:]
+        + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        while read_request(tls):
+            for n in range(0, len(chunked), 7000):  # many records, boundaries anywhere
+                tls.sendall(chunked[n : n + 7000])
+
+    ep, server = tls_serve(server_factory, conn, tmp_path, answer)
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            for _ in range(3):
+                assert await graph.send("GET", MAILBOX_PATH) == {"value": "y" * 70000}
+
+    asyncio.run(go())
+    assert server.accepted == 1  # one connection carried the three requests
+
+
+def test_small_answers_in_one_record_reuse_the_connection(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An answer whose head and body arrive in one TLS record leaves its connection
+    reusable: three requests, one connection."""
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        while read_request(tls):
+            tls.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"a": true}')
+
+    ep, server = tls_serve(server_factory, conn, tmp_path, answer)
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            for _ in range(3):
+                assert await graph.send("GET", MAILBOX_PATH) == {"a": True}
+
+    asyncio.run(go())
+    assert server.accepted == 1
+
+
+IMPORT_PATH = "/api/gbeta/Mailboxes('MBX:0001@example.org')/importItem?token=SECRET-IMPORT-TOKEN"
+IMPORT_BODY = {"FolderId": "F", "Mode": "create", "Data": "QUJD"}
+
+
+def test_an_import_refused_before_sending_is_retried_then_unreachable(
+    conn: dict[str, Any],
+) -> None:
+    """An import whose connection was refused reached nothing: it is retried (unsent), then
+    the run stops on Unreachable; the message never shows the importUrl's credential."""
+    port = closed_port()
+
+    async def go() -> None:
+        async with adapter_for(target(conn)) as graph:
+            with pytest.raises(Unreachable) as exc:
+                await graph.post_import(f"https://127.0.0.1:{port}{IMPORT_PATH}", IMPORT_BODY)
+            assert graph.calls == QUICK.max_attempts
+            assert "SECRET" not in exc.value.message and "SECRET" not in str(exc.value)
+
+    asyncio.run(go())
+
+
+def test_an_import_dropped_after_sending_is_not_retried(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An import whose connection dropped after the request was sent may have created the
+    item: one attempt, a RemoteError saying so, not a retryable TransientError."""
+    seen: list[bytes] = []
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        head = read_request(tls)
+        seen.append(head)
+        tls.close()  # no answer
+
+    ep, server = tls_serve(server_factory, conn, tmp_path, answer)
+    url = str(ep.graph_url).split("/v1.0")[0] + IMPORT_PATH
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            with pytest.raises(RemoteError) as exc:
+                await graph.post_import(url, IMPORT_BODY)
+            assert not isinstance(exc.value, TransientError)
+            assert "whether it was applied is not known" in exc.value.message
+            assert "SECRET" not in exc.value.message and "SECRET" not in str(exc.value)
+            assert graph.calls == 1
+
+    asyncio.run(go())
+    assert server.accepted == 1 and seen[0].startswith(b"POST /api/gbeta/Mailboxes(")
+
+
+def test_an_import_body_arrives_whole_with_its_length(
+    conn: dict[str, Any],
+    server_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A multi-megabyte import body, sent as parts, arrives as one JSON document of the
+    announced Content-Length, without an Authorization header (the URL is the credential)."""
+    data = "QUJD" * (1024 * 1024)  # 4 MB of base64
+    got: list[bytes] = []
+
+    def answer(tls: ssl.SSLSocket) -> None:
+        head = read_request(tls)
+        top, _, rest = head.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in top.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = rest
+        while len(body) < length:
+            body += tls.recv(1 << 20)
+        got.extend((top, body))
+        tls.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{"itemId": "I"}')
+
+    ep, _ = tls_serve(server_factory, conn, tmp_path, answer)
+    url = str(ep.graph_url).split("/v1.0")[0] + IMPORT_PATH
+
+    async def go() -> None:
+        async with adapter_for(ep) as graph:
+            assert await graph.post_import(url, {**IMPORT_BODY, "Data": data}) == {"itemId": "I"}
+
+    asyncio.run(go())
+    top, body = got
+    assert b"authorization" not in top.lower()
+    assert json.loads(body) == {**IMPORT_BODY, "Data": data}

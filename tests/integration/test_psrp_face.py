@@ -97,6 +97,7 @@ def valid_calls(sb: Sandbox) -> dict[str, dict[str, Any]]:
         "New-ManagementRoleAssignment": {"Role": "ApplicationImpersonation", "User": MIGRATOR},
         "Get-ManagementRoleAssignment": {"Role": "ApplicationImpersonation"},
         "Get-AcceptedDomain": {},
+        "Get-MailboxStatistics": {"Identity": mbx},
         # Last: they take away what Add-/New- above granted (-Confirm:$false: no host UI).
         "Remove-MailboxPermission": {
             "Identity": mbx,
@@ -145,6 +146,7 @@ MISSING_MANDATORY = {
         "AccessRights",
     ),
     "Remove-ManagementRoleAssignment": ({"Confirm": False}, "Identity"),
+    "Get-MailboxStatistics": ({"Archive": True}, "Identity"),
 }
 
 

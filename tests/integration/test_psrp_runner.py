@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from coexist import estimate
 from coexist.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, TLSError
 from coexist.provisioning.exchange import find_one
 from coexist.sandbox import Sandbox
@@ -130,5 +131,26 @@ def test_multivalued_add_hashtable_as_the_exo_runner_builds_it(org: Sandbox) -> 
             )
             again = await exo.run("Get-Mailbox", Identity=box["PrimarySmtpAddress"])
             assert extra in again[0]["EmailAddresses"]
+
+    asyncio.run(go())
+
+
+def test_mailbox_statistics_over_remote_powershell(org: Sandbox) -> None:
+    """Get-MailboxStatistics over remote PowerShell gives the mailbox's stored messages, and the
+    first-pass estimate reads its TotalItemSize text back to bytes."""
+    source = org.world.tenants["source"]
+    box = next(u for u in source.users.values() if u.is_mailbox and u.primary_smtp)
+    mimes = [f"Subject: s{i}\r\n\r\n{'y' * 700 * i}\r\n".encode() for i in range(1, 3)]
+    for mime in mimes:
+        org.mail.deliver("source", box.id, mime)
+
+    async def go() -> None:
+        async with runner(org) as exo:
+            row = (await exo.run("Get-MailboxStatistics", Identity=box.primary_smtp))[0]
+            assert row["ItemCount"] == 2
+            assert estimate.byte_count(row["TotalItemSize"]) == sum(len(m) for m in mimes)
+            assert estimate.statistics_volume(row) == estimate.Volume(
+                2, sum(len(m) for m in mimes), estimate.STATISTICS
+            )
 
     asyncio.run(go())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import gc
+import weakref
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +13,8 @@ from hypothesis import strategies as st
 from coexist.tenants import imap
 from coexist.tenants.imap import (
     ImapCapabilities,
+    ImapConnections,
+    ImapEndpoint,
     ImapFolder,
     OAuth2Token,
     Password,
@@ -19,6 +23,7 @@ from coexist.tenants.imap import (
     _vanished_uids,
     _with_special_names,
     chunks_by_size,
+    freeze_startup_objects,
     parse_message_id,
     parse_sequence_set,
     response_code,
@@ -137,6 +142,9 @@ def test_the_usual_message_id_block_takes_the_fast_road() -> None:
     """Dovecot's answer shape is read by the regular expression (no parser needed)."""
     assert imap._PLAIN_MESSAGE_ID.match(b"Message-ID: <a@b>\r\n\r\n") is not None
     assert parse_message_id(b"Message-ID:  <a@b> \r\n\r\n") == "<a@b>"
+    # The scan's block (the Message-ID among the inspect fields) too.
+    block = b"Subject: x\r\nMessage-ID:  <a@b> \r\nContent-Class: y\r\n\r\n"
+    assert imap._PLAIN_LINES.match(block) is not None and parse_message_id(block) == "<a@b>"
 
 
 def test_a_session_ended_for_an_expired_token_is_transient() -> None:
@@ -159,3 +167,68 @@ def test_a_session_ended_for_an_expired_token_is_transient() -> None:
     other = imap_errors.IMAPClientError("select failed: [CANNOT] no such thing")
     assert not imap.token_expired(other)
     assert isinstance(mapper.command_failure(other, "SELECT", "INBOX"), InvalidRequest)
+
+
+_OTHER_FIELDS = st.sampled_from(
+    [
+        b"Subject: hello\r\n",
+        b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n",
+        b"Content-Type: multipart/signed;\r\n protocol=x\r\n",
+        b"Content-Class: urn:content-classes:message\r\n",
+        b"Message-ID: <second@x>\r\n",
+        b"Subject: caf\xc3\xa9\r\n",
+        b"X: y\r\n",
+    ]
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.lists(_OTHER_FIELDS, max_size=3),
+    st.lists(st.one_of(_ID_BYTES, st.binary(max_size=2)), max_size=12).map(b"".join),
+    st.lists(_OTHER_FIELDS, max_size=3),
+    st.sampled_from([b"\r\n\r\n", b"\r\n", b"\n\n", b"\r\n X\r\n\r\n", b""]),
+)
+def test_message_ids_among_other_fields_read_as_the_email_parser_reads_them(
+    before: list[bytes], value: bytes, after: list[bytes], end: bytes
+) -> None:
+    """A scan's header block holds the Message-ID among the inspect fields (any order, a
+    second Message-ID, folded, 8-bit, no field at all): the Message-ID read is the
+    compat32 parser's (the first one), by the plain-field reader or the parser."""
+    block = b"".join(before) + b"Message-ID:" + value + end.replace(b"\r\n\r\n", b"\r\n")
+    block += b"".join(after) + (b"\r\n" if end.endswith(b"\r\n\r\n") else b"")
+    assert parse_message_id(block) == _parsed_message_id(block)
+    fields = b"".join(before + after) + b"\r\n"
+    assert parse_message_id(fields) == _parsed_message_id(fields)
+
+
+class _Node:
+    """An object in a reference cycle (only the collector frees it)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_first_connection_pool_freezes_what_start_up_made_and_later_garbage_is_freed() -> None:
+    """A process's first ImapConnections moves the objects alive then out of the
+    collector's sight (once: later pools freeze nothing more); a cycle made afterwards is
+    still collected."""
+    ImapConnections(ImapEndpoint("127.0.0.1", 993, "tls", None))
+    frozen = gc.get_freeze_count()
+    assert frozen > 0 and freeze_startup_objects()
+    ImapConnections(ImapEndpoint("127.0.0.1", 993, "tls", None))
+    assert gc.get_freeze_count() == frozen  # once per process
+    node = _Node()
+    gone = weakref.ref(node)
+    del node
+    gc.collect()
+    assert gone() is None
+
+
+def test_flag_lists_split_the_same_from_any_iterable() -> None:
+    """A FETCH answer's tuple (kept per distinct list) and any other iterable split alike:
+    system flags in their canonical case, \\Recent dropped, keywords as given."""
+    raw = (b"\\SEEN", b"\\Recent", b"\\flagged", b"$Forwarded", "Project-X")
+    want = (frozenset({"\\Seen", "\\Flagged"}), frozenset({"$Forwarded", "Project-X"}))
+    assert split_flags(raw) == split_flags(list(raw)) == split_flags(iter(raw)) == want
+    assert split_flags(raw) == want  # again, from the cache

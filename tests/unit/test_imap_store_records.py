@@ -22,12 +22,14 @@ from coexist.journal import Journal
 from coexist.migrate.passes import MOVERS, Window, mover_for
 from coexist.migrate.stores.imap import (
     MOVER,
+    SCANNED_KEPT,
     SIZES_KEPT,
     Cursor,
     ImapState,
     _decoded,
     _info,
     _parsed_info,
+    _Scanned,
     _Sizes,
     endpoint_of,
     folder_tree,
@@ -337,3 +339,19 @@ def test_sizes_inspect_read_go_to_the_export_only_when_every_one_is_known() -> N
     sizes.keep({item_id("INBOX", 7, n): n for n in range(SIZES_KEPT + 5)})
     assert sizes.take({0: item_id("INBOX", 7, 0)}) is None
     assert sizes.take({9: item_id("INBOX", 7, 9)}) == {9: 9}
+
+
+def test_header_blocks_a_scan_read_are_taken_once_and_the_first_ones_are_kept() -> None:
+    """What the scan read for `inspect` is taken once per item; past SCANNED_KEPT the new
+    ones are not kept (the copy takes items in scan order), the kept ones stay."""
+    scanned = _Scanned()
+    scanned.keep(item_id("INBOX", 7, 1), 10, b"Subject: a\r\n\r\n")
+    got = scanned.take([item_id("INBOX", 7, 1), item_id("INBOX", 7, 2)])
+    assert got == {item_id("INBOX", 7, 1): (10, b"Subject: a\r\n\r\n")}
+    assert scanned.take([item_id("INBOX", 7, 1)]) == {}  # taken: gone
+    for n in range(SCANNED_KEPT + 5):
+        scanned.keep(item_id("INBOX", 7, n), n, b"")
+    assert scanned.take([item_id("INBOX", 7, SCANNED_KEPT + 1)]) == {}
+    assert scanned.take([item_id("INBOX", 7, 0)]) == {item_id("INBOX", 7, 0): (0, b"")}
+    scanned.keep(item_id("INBOX", 7, 99999), 1, b"")  # room again: kept
+    assert scanned.take([item_id("INBOX", 7, 99999)]) == {item_id("INBOX", 7, 99999): (1, b"")}

@@ -447,6 +447,29 @@ def test_map_items_applies_mixed_rows_in_order_as_one_call_each_would(journal: J
     assert journal.mapped("u1", "s3") == got["s3"]
 
 
+def test_map_items_of_writes_several_mailboxes_as_map_items_would(journal: Journal) -> None:
+    """`map_items_of` (rows by mailbox, one transaction) ends as one `map_items` per mailbox:
+    the same source id in two mailboxes stays two rows, each mailbox's rows apply in order."""
+    journal.map_items("u1", [_new_row(1), _new_row(2)])
+    journal.map_items("u2", [_new_row(1)])
+    journal.map_items_of(
+        {
+            "u1": [
+                {"source_item_id": "s1", "status": "copied", "target_item_id": "t1"},
+                {"source_item_id": "s2", "status": "copied", "target_item_id": "t2"},
+                {"source_item_id": "s2", "status": "skipped", "reason": "too big"},
+            ],
+            "u2": [{"source_item_id": "s1", "status": "copied", "target_item_id": "x1"}],
+        }
+    )
+    journal.map_items_of({})
+    u1 = {r["source_item_id"]: r for r in journal.mapped_items("u1")}
+    u2 = {r["source_item_id"]: r for r in journal.mapped_items("u2")}
+    assert (u1["s1"]["status"], u1["s1"]["target_item_id"]) == ("copied", "t1")
+    assert (u1["s2"]["status"], u1["s2"]["reason"]) == ("skipped", "too big")
+    assert (u2["s1"]["status"], u2["s1"]["target_item_id"]) == ("copied", "x1")
+
+
 def test_mapped_many_reads_the_rows_that_exist_by_source_id(journal: Journal) -> None:
     """`mapped_many` answers the rows of the ids that exist (of that mailbox only), past
     one IN list's worth of ids."""

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from coexist.cli import main
 from coexist.permissions import (
+    EXCHANGE_ROLE,
     EXCHANGE_ROLE_PROBE,
     EXCHANGE_ROLES,
     MANAGE_AS_APP,
@@ -107,7 +108,16 @@ def test_human_listing_is_a_table_for_the_command() -> None:
     result = CliRunner().invoke(main, ["permissions", "--command", "prestage"])
     assert result.exit_code == 0
     assert "permissions for prestage" in result.output
-    assert result.output.count("target") >= len(needs("prestage"))
+    rows = result.output.count("target") + result.output.count("source")
+    assert rows >= len(needs("prestage"))
+
+
+def test_prestage_names_the_role_its_size_read_needs() -> None:
+    """Pre-stage reads the source's Get-MailboxStatistics for its first-pass estimate: the
+    listing names that read's Exchange role and ManageAsApp at the source."""
+    source = [n for n in needs("prestage") if n.tenant == "source" and n.api == "exchange"]
+    assert {n.any_of for n in source} == {MANAGE_AS_APP, EXCHANGE_ROLE}
+    assert any("Get-MailboxStatistics" in n.why for n in source)
 
 
 def labels(tenant: str, command: str, mover: str) -> set[str]:

@@ -19,6 +19,14 @@ MAIL_WELL_KNOWN = ("inbox", "sentitems", "drafts", "deleteditems", "junkemail", 
                    "outbox")  # fmt: skip
 
 
+# The journal's folder_state kind under which a user's import/export mailbox id is kept, one
+# row per side (folder_id "source" / "target"; token: the id, watermark: the user id).
+MAILBOX_KIND = "io-mailbox"
+# The same for the default folders' display names (token: JSON well-known name -> [folder
+# class, display name]; watermark: the user id), `graph_io.names_hold`.
+NAMES_KIND = "io-names"
+
+
 def sync_state_lost(exc: RemoteError) -> bool:
     """A delta answer saying the saved state is gone: start the round over."""
     return exc.status == 410 or str(exc.code or "").lower() in SYNC_STATE_LOST

@@ -37,8 +37,9 @@ What v1.0 does not expose, and what is used instead:
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,9 +47,16 @@ from typing import Any
 from urllib.parse import quote
 
 from coexist.engine.context import Context
-from coexist.errors import AuthenticationError, Conflict, InvalidRequest, RemoteError
+from coexist.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, RemoteError
 from coexist.migrate.passes import MOVERS
-from coexist.migrate.stores.graph import MAIL_WELL_KNOWN, Box, mailbox_id, sync_state_lost
+from coexist.migrate.stores.graph import (
+    MAIL_WELL_KNOWN,
+    MAILBOX_KIND,
+    NAMES_KIND,
+    Box,
+    mailbox_id,
+    sync_state_lost,
+)
 from coexist.migrate.sync import StoreMover, message_identity
 from coexist.provisioning.convert import target_id
 from coexist.tenants.graph import BATCH_REQUESTS, GraphAdapter
@@ -90,6 +98,11 @@ CONTENT_CLASS = f"String {PS_INTERNET_HEADERS} Name content-class"
 CONTENT_TYPE = f"String {PS_INTERNET_HEADERS} Name content-type"
 FOLDER_SEARCH = "2"  # PidTagFolderType of a search folder (MS-OXCFOLD 2.2.2.2.1.2)
 IDENTITY_PROPS = (PR_INTERNET_MESSAGE_ID, PR_SEARCH_KEY, PR_SUBJECT)
+INFO_PROPS = (PR_SUBJECT, CONTENT_CLASS, CONTENT_TYPE)  # what `inspect` reads
+# What the scan reads of a new item: its identity, and what `inspect` would read of it later
+# in the pass (kept for up to INFO_KEPT items, so the export's inspection sends nothing).
+SCAN_PROPS = (*IDENTITY_PROPS, CONTENT_CLASS, CONTENT_TYPE)
+INFO_KEPT = 10_000
 
 CAPS = Capabilities(
     exports=frozenset({EXCHANGE_STREAM}),
@@ -100,6 +113,10 @@ CAPS = Capabilities(
     export_batch=EXPORT_BATCH,
     export_bytes=EXPORT_BYTES,
     imports_in_flight=IMPORTS_IN_FLIGHT,
+    # mailboxFolder's totalItemCount (v1.0 CSDL), read with the folder listing: a folder that
+    # counts 0 has no item for its items delta to report (*unverified*: that Exchange's count
+    # and the delta cover the same items, the folder's normal ones, as the sandbox's do).
+    empty_means_nothing=True,
 )
 
 
@@ -139,6 +156,32 @@ def props_of(obj: dict[str, Any]) -> dict[str, str]:
 
 
 # -- the folder tree -------------------------------------------------------------------------------
+
+
+Names = dict[str, tuple[str, str]]  # well-known name -> (folder class, display name)
+WELL_KNOWN = (*MAIL_WELL_KNOWN, "calendar", "contacts", "tasks")  # what `well_known_names` asks
+
+
+def names_hold(found: dict[str, dict[str, Any]], names: Names) -> bool:
+    """Whether default folders' names read by an earlier pass still name this listing's
+    defaults: every default answered then (a default missing then may exist now) and each
+    name is a folder of its class under one parent (the IPM root). A mailbox whose language
+    changed has its defaults renamed (Set-MailboxRegionalConfiguration
+    -LocalizeDefaultFolderName), so its old names are not found and are read again."""
+    if set(names) != set(WELL_KNOWN):
+        return False
+    parents: set[str] = set()
+    for folder_class, name in names.values():
+        hits = [
+            str(f.get("parentFolderId") or "")
+            for f in found.values()
+            if (f.get("type") or MAIL_FOLDER) == folder_class
+            and str(f.get("displayName", "")).casefold() == name.casefold()
+        ]
+        if not hits:
+            return False
+        parents.update(hits)
+    return len(parents) == 1
 
 
 async def well_known_names(box: Box) -> dict[str, tuple[str, str]]:
@@ -205,6 +248,11 @@ async def _all_folders(box: Box) -> dict[str, dict[str, Any]]:
     return found
 
 
+def listing_requests(found: dict[str, dict[str, Any]]) -> int:
+    """Requests `_all_folders` made for `found` (at least): the top list and one per parent."""
+    return 1 + sum(1 for f in found.values() if f.get("childFolderCount"))
+
+
 async def folder_tree(box: Box) -> FolderTree:
     """Every IPM folder of the mailbox, parents before children, with its path of names from
     the IPM root; top-level defaults carry their well-known name. Search folders and folders
@@ -268,10 +316,17 @@ class DeltaRound:
     reading them one by one (each inner request of a $batch counts against the mailbox's
     budget), else item by item."""
 
-    def __init__(self, box: Box, folder: Folder, cursor: str | None) -> None:
+    def __init__(
+        self,
+        box: Box,
+        folder: Folder,
+        cursor: str | None,
+        seen: dict[str, ItemInfo] | None = None,
+    ) -> None:
         self.box, self.folder = box, folder
         self.link = cursor or box.path(f"folders/{folder.id}/items/delta")
         self.listed: dict[str, dict[str, str]] | None = None
+        self.seen = seen  # the store's `inspect` answers, filled here (`info_of`)
 
     async def pages(self) -> AsyncIterator[ChangePage]:
         headers = {"Prefer": f"odata.maxpagesize={DELTA_PAGE}"}
@@ -286,17 +341,32 @@ class DeltaRound:
             self.listed = await self._list()
         found = {i: self.listed[i] for i in ids if i in self.listed} if self.listed else {}
         missing = [i for i in ids if i not in found]
-        found.update(await item_props(self.box, self.folder.id, missing, IDENTITY_PROPS))
+        found.update(await item_props(self.box, self.folder.id, missing, SCAN_PROPS))
         out = []
+        seen = self.seen
         for c in new:
-            props = found.get(c.id, {})
+            props = found.get(c.id)
+            if props is None:
+                out.append(_described(c, None, None))
+                continue
             out.append(_described(c, identity_of(props), props.get(PR_SUBJECT.lower())))
+            if seen is not None and len(seen) < INFO_KEPT:
+                seen[c.id] = info_of(props)
         return out
 
     async def _list(self) -> dict[str, dict[str, str]]:
-        params = {"$top": LIST_PAGE, "$expand": expand(*IDENTITY_PROPS)}
+        params = {"$top": LIST_PAGE, "$expand": expand(*SCAN_PROPS)}
         path = self.box.path(f"folders/{self.folder.id}/items")
         return {str(i["id"]): props_of(i) for i in await self.box.graph.list_all(path, params)}
+
+
+def info_of(props: dict[str, str]) -> ItemInfo:
+    """An item's subject and top-level content type/class (`inspect`), from its props."""
+    return ItemInfo(
+        props.get(PR_SUBJECT.lower()),
+        props.get(CONTENT_TYPE.lower(), "").lower(),
+        props.get(CONTENT_CLASS.lower(), "").lower(),
+    )
 
 
 def _change(v: dict[str, Any]) -> Change:
@@ -376,13 +446,72 @@ class Importer:
             return await self.box.graph.post_import(await self.url(), body)
 
 
+_DATA_KEY = b'"data"'
+
+
+def parse_export(raw: bytes | bytearray) -> Any:
+    """An exportItems answer parsed, its items' `data` (base64, megabytes each) cut out of the
+    JSON by finding their closing quotes instead of being scanned by the JSON decoder:
+    that scan was ~0.8 ms of CPU per MB, the largest part of the client's CPU per MB moved
+    after TLS (bench/graph_mover_bench.py upload part, profiled).
+
+    Base64 has no quote and no backslash, so a `"data":"` string ends at the next quote; if
+    one holds a backslash, or a cut-out string is not an item's `data` in `value`, the answer
+    is parsed whole by `json.loads` instead (the same result, only slower)."""
+    parts: list[bytes | bytearray] = []
+    cut: list[str] = []
+    pos = 0
+    while True:
+        key = raw.find(_DATA_KEY, pos)
+        if key < 0:
+            break
+        at = key + len(_DATA_KEY)
+        while raw[at : at + 1] in (b" ", b"\t", b"\r", b"\n") and at < len(raw):
+            at += 1
+        if raw[at : at + 1] != b":":
+            pos = at
+            continue
+        at += 1
+        while raw[at : at + 1] in (b" ", b"\t", b"\r", b"\n") and at < len(raw):
+            at += 1
+        if raw[at : at + 1] != b'"':
+            pos = at
+            continue
+        start = at + 1
+        end = raw.find(b'"', start)
+        if end < 0 or raw.find(b"\\", start, end) >= 0:
+            return json.loads(raw)
+        parts += (raw[pos:start], str(len(cut)).encode())
+        with memoryview(raw) as view:  # decoded from the answer in place: one copy
+            cut.append(str(view[start:end], "ascii"))
+        pos = end
+    if not cut:
+        return json.loads(raw)
+    parts.append(raw[pos:])
+    doc = json.loads(b"".join(parts))
+    restored = 0
+    for v in doc.get("value", []) if isinstance(doc, dict) else []:
+        if isinstance(v, dict) and isinstance(v.get("data"), str) and v["data"].isdigit():
+            v["data"] = cut[int(v["data"])]
+            restored += 1
+    return doc if restored == len(cut) else json.loads(raw)
+
+
 # -- the store -------------------------------------------------------------------------------------
 
 
 class GraphIOStore:
     """One mailbox through the mailbox import/export API."""
 
-    def __init__(self, box: Box, *, planning: bool = False) -> None:
+    def __init__(
+        self,
+        box: Box,
+        recheck: Callable[[str], None] | None = None,
+        kept_names: Names | None = None,
+        keep_names: Callable[[Names], None] | None = None,
+        *,
+        planning: bool = False,
+    ) -> None:
         self.box = box
         self.importer = Importer(box)
         self.planning = planning  # plan mode: `export` reads no stream
@@ -390,6 +519,23 @@ class GraphIOStore:
         # the reconciliation (`totals`) reuses them instead of a $batch of 10 more reads
         # against the mailbox's budget (a store lives for one pass).
         self._names: dict[str, tuple[str, str]] | None = None
+        # The names an earlier pass read, which the journal kept (`open_stores`): used
+        # while they still name the listing's defaults (`names_hold`), else read again
+        # and handed to `keep_names`.
+        self._kept_names, self._keep_names = kept_names, keep_names
+        # Set while the mailbox id is one the journal kept (`open_stores`), not one read
+        # this pass: a 404 of the first folder listing re-reads it (`_first_listing`) and
+        # hands the new one to `recheck` to keep.
+        self._recheck = recheck
+        # The pass's folder listing (totals by folder id), what it cost in requests, and the
+        # folders this store changed since (imports, deletions, new folders): `totals`
+        # re-reads only those (a store lives for one pass).
+        self._listed: dict[str, int] | None = None
+        self._listing_cost = 0
+        self._touched: set[str] = set()
+        # What the pass's scan read of new items for `inspect` (DeltaRound.describe), by
+        # item id; each answer is taken out when used.
+        self._seen: dict[str, ItemInfo] = {}
 
     @classmethod
     async def open(
@@ -404,10 +550,38 @@ class GraphIOStore:
     async def list_folders(self) -> FolderTree:
         # The listing first, then the names, as `folder_tree` orders them: a mailbox's first
         # request stays a single one (a $batch first drew throttling from a drained budget).
-        found = await _all_folders(self.box)
+        found = await self._first_listing()
         if self._names is None:
-            self._names = await well_known_names(self.box)
-        return ipm_tree(found, self._names)
+            kept = self._kept_names
+            if kept is not None and names_hold(found, kept):
+                self._names = kept
+            else:
+                self._names = await well_known_names(self.box)
+                if self._keep_names is not None and self._names != kept:
+                    self._keep_names(self._names)
+        tree = ipm_tree(found, self._names)
+        self._listed = {f.id: f.total for f in tree.folders}
+        self._listing_cost = listing_requests(found)
+        self._touched.clear()
+        return tree
+
+    async def _first_listing(self) -> dict[str, dict[str, Any]]:
+        """The folder listing; the pass's first request to the mailbox. With a mailbox id
+        the journal kept, a 404 (ErrorMailboxNotFound: the mailbox was re-created, its id is
+        new) re-reads the id from settings/exchange once and lists again with it."""
+        recheck, self._recheck = self._recheck, None
+        try:
+            return await _all_folders(self.box)
+        except NotFound:
+            if recheck is None:
+                raise
+            fresh = await mailbox_id(self.box.graph, self.box.user_id)
+            if fresh == self.box.mailbox_id:
+                raise
+            recheck(fresh)
+            self.box = Box(self.box.graph, self.box.user_id, fresh)
+            self.importer = Importer(self.box)  # no session made yet: the listing is first
+            return await _all_folders(self.box)
 
     async def create_folder(
         self, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
@@ -432,10 +606,11 @@ class GraphIOStore:
                 return None
         if made is None:  # plan mode
             return Folder(f"planned:{'/'.join(path)}", path, None, folder_class, 0)
+        self._touched.add(str(made["id"]))
         return Folder(str(made["id"]), path, None, folder_class, 0)
 
     def changes(self, folder: Folder, cursor: str | None) -> DeltaRound:
-        return DeltaRound(self.box, folder, cursor)
+        return DeltaRound(self.box, folder, cursor, self._seen)
 
     def cursor_lost(self, exc: RemoteError) -> bool:
         return sync_state_lost(exc)
@@ -443,19 +618,19 @@ class GraphIOStore:
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
         """Subject and top-level content type/class of mail items, through the API's extended
         properties (PR_SUBJECT and the PS_INTERNET_HEADERS named properties content-type and
-        content-class, MS-OXPROPS)."""
+        content-class, MS-OXPROPS). What this pass's scan already read of an item (`_seen`)
+        answers for it: no request."""
         by_folder: dict[str, list[str]] = {}
-        for r in refs:
-            by_folder.setdefault(r.folder_id, []).append(r.item_id)
         out: dict[str, ItemInfo] = {}
-        wanted = (PR_SUBJECT, CONTENT_CLASS, CONTENT_TYPE)
+        for r in refs:
+            known = self._seen.pop(r.item_id, None)
+            if known is not None:
+                out[r.item_id] = known
+            else:
+                by_folder.setdefault(r.folder_id, []).append(r.item_id)
         for folder_id, ids in by_folder.items():
-            for item_id, props in (await item_props(self.box, folder_id, ids, wanted)).items():
-                out[item_id] = ItemInfo(
-                    props.get(PR_SUBJECT.lower()),
-                    props.get(CONTENT_TYPE.lower(), "").lower(),
-                    props.get(CONTENT_CLASS.lower(), "").lower(),
-                )
+            for item_id, props in (await item_props(self.box, folder_id, ids, INFO_PROPS)).items():
+                out[item_id] = info_of(props)
         return out
 
     async def export(
@@ -473,7 +648,7 @@ class GraphIOStore:
         ids = [r.item_id for r in refs]
         box = self.box
         data = await box.graph.send(
-            "POST", box.path("exportItems"), json={"itemIds": ids}, safe=True
+            "POST", box.path("exportItems"), json={"itemIds": ids}, safe=True, decode=parse_export
         )
         out: dict[str, Payload] = {}
         for v in (data or {}).get("value", []):
@@ -485,6 +660,7 @@ class GraphIOStore:
         self, folder_id: str, payload: Payload, replace: ItemRef | None = None
     ) -> Imported:
         update = (replace.item_id, replace.change_key or "") if replace else None
+        self._touched.add(folder_id)  # before the request: an import that fails may land
         made = await self.importer.put(folder_id, payload.data, update)
         return Imported(made.get("itemId"), made.get("changeKey"))
 
@@ -533,10 +709,29 @@ class GraphIOStore:
 
     async def delete(self, ref: ItemRef) -> None:
         """Soft-delete an item (mailboxfolder-delete-items)."""
+        self._touched.add(ref.folder_id)
         await self.box.graph.send("DELETE", f"{self._item_path(ref)}?disposalType={DISPOSAL}")
 
     async def totals(self) -> dict[str, int]:
-        return {f.id: f.total for f in (await self.list_folders()).folders}
+        """Items per folder now. The pass's listing answers for the folders this store left
+        as they were; those it changed are read again one by one (mailboxfolder-get), unless
+        that costs as many requests as listing the whole tree again. A folder untouched by
+        the pass counts what it held when the pass listed it: mail that reaches the live
+        target meanwhile is counted by the next pass."""
+        listed, touched = self._listed, self._touched
+        if self.box.graph.plan is not None and listed is not None:
+            return dict(listed)  # plan mode: the pass changed nothing in the target
+        if listed is None or len(touched) >= self._listing_cost:
+            return {f.id: f.total for f in (await self.list_folders()).folders}
+        out = dict(listed)
+        for folder_id in sorted(touched):
+            try:
+                data = await self.box.graph.send("GET", self.box.path(f"folders/{folder_id}"))
+            except NotFound:  # removed from the live target since
+                out.pop(folder_id, None)
+                continue
+            out[folder_id] = int((data or {}).get("totalItemCount") or 0)
+        return out
 
     def _item_path(self, ref: ItemRef) -> str:
         return self.box.path(f"folders/{ref.folder_id}/items/{ref.item_id}")
@@ -548,9 +743,53 @@ async def open_stores(
 ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
     """A pass's stores: the user's source mailbox and its target mailbox (over the sides'
     Graph adapters, which the session closes: nothing to close per pass)."""
-    src = await GraphIOStore.open(ctx.source.graph, subject, planning=ctx.planning)
-    tgt = await GraphIOStore.open(ctx.target.graph, target_id(ctx, subject), planning=ctx.planning)
+    kept = {
+        (str(c["kind"]), str(c["folder_id"])): c
+        for c in ctx.journal.checkpoints(subject)
+        if c["kind"] in (MAILBOX_KIND, NAMES_KIND)
+    }
+    src = await _open(ctx, subject, "source", ctx.source.graph, subject, kept)
+    tgt = await _open(ctx, subject, "target", ctx.target.graph, target_id(ctx, subject), kept)
     yield src, tgt
+
+
+async def _open(
+    ctx: Context,
+    subject: str,
+    side: str,
+    graph: GraphAdapter,
+    user_id: str,
+    kept: dict[tuple[str, str], dict[str, Any]],
+) -> GraphIOStore:
+    """One side's store. Its import/export mailbox id is kept in the journal per user and
+    side (a `MAILBOX_KIND` row, with the user id it belongs to), so a pass does not read
+    settings/exchange again; a kept id that no longer answers is re-read at the pass's first
+    request (`GraphIOStore._first_listing`). The default folders' names are kept the same
+    way (`NAMES_KIND`), and read again when they no longer hold (`names_hold`)."""
+
+    def keep(mbx: str) -> None:
+        ctx.journal.save_checkpoint(subject, side, MAILBOX_KIND, token=mbx, watermark=user_id)
+
+    def keep_names(names: Names) -> None:
+        token = json.dumps({wk: list(v) for wk, v in sorted(names.items())})
+        ctx.journal.save_checkpoint(subject, side, NAMES_KIND, token=token, watermark=user_id)
+
+    names = kept.get((NAMES_KIND, side)) or {}
+    kept_names: Names | None = None
+    if names.get("token") and names.get("watermark") == user_id:
+        kept_names = {wk: (str(c), str(n)) for wk, (c, n) in json.loads(names["token"]).items()}
+    row = kept.get((MAILBOX_KIND, side)) or {}
+    if row.get("token") and row.get("watermark") == user_id:
+        mbx = str(row["token"])
+        # What reading settings/exchange teaches the adapter's governors (the id and the
+        # user are one mailbox, one budget: GraphAdapter._learn_mailbox).
+        graph.mailboxes.alias(mbx, user_id)
+        box = Box(graph, user_id, mbx)
+        return GraphIOStore(box, keep, kept_names, keep_names, planning=ctx.planning)
+    mbx = await mailbox_id(graph, user_id)
+    keep(mbx)
+    box = Box(graph, user_id, mbx)
+    return GraphIOStore(box, None, kept_names, keep_names, planning=ctx.planning)
 
 
 MOVERS["graph-import-export"] = StoreMover(open_stores)

@@ -82,6 +82,7 @@ from coexist.tenants.imap import (
     NewMessage,
     Watermark,
     parse_sequence_set,
+    plain_fields,
     sequence_set,
 )
 from coexist.tenants.plan import WriteRecorder, before_write
@@ -462,6 +463,14 @@ class UidRound:
         self.start = Cursor.parse(cursor) if cursor else None
 
     async def pages(self) -> AsyncIterator[ChangePage]:
+        self.store.scanning += 1
+        try:
+            async for page in self._pages():
+                yield page
+        finally:
+            self.store.scanning -= 1
+
+    async def _pages(self) -> AsyncIterator[ChangePage]:
         name = self.folder.id
         mark = self.start.mark if self.start else None
         present: set[int] = set()  # UIDs there (kept in the cursor without QRESYNC)
@@ -521,8 +530,11 @@ class UidRound:
         return changes
 
     def _new(self, name: str, validity: int, ref: MessageRef) -> Change:
+        item = item_id(name, validity, ref.uid)
+        if ref.header is not None:
+            self.store._scanned.keep(item, ref.size, ref.header)
         return Change(
-            item_id(name, validity, ref.uid),
+            item,
             change_key=state_key(ref.flags, ref.keywords),
             created=ref.internaldate.isoformat(),
             size=ref.size,
@@ -610,7 +622,12 @@ class _Appenders:
         credentials: Credentials | None = None,
         stack: AsyncExitStack | None = None,
         limit: int = 1,
+        reserved: Callable[[], bool] | None = None,
     ) -> None:
+        self._main = main
+        # Whether `main` should be left to its other work now (the store's change round):
+        # an extra connection is opened first, `main` taken only when none can be.
+        self._reserved = reserved
         self._free = [main]
         self._opened = 1
         self._limit = limit if connections and credentials and stack else 1
@@ -641,13 +658,20 @@ class _Appenders:
                 return
         self._free.append(session)
 
+    def _pop_free(self, *, main_too: bool) -> AsyncImapSession | None:
+        for k in range(len(self._free) - 1, -1, -1):
+            if main_too or self._free[k] is not self._main:
+                return self._free.pop(k)
+        return None
+
     async def _take(self) -> AsyncImapSession:
-        if self._free:
-            return self._free.pop()
+        spare_main = self._reserved is not None and self._reserved()
+        if (free := self._pop_free(main_too=not spare_main)) is not None:
+            return free
         if (extra := await self._open_extra()) is not None:
             return extra
-        if self._free:  # released while an extra was being opened
-            return self._free.pop()
+        if (free := self._pop_free(main_too=True)) is not None:  # e.g. released meanwhile
+            return free
         waiter: asyncio.Future[AsyncImapSession] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -703,6 +727,31 @@ class _Sizes:
         return {uid: self._by_id.pop(i) for uid, i in sorted(uids.items())}
 
 
+# Header blocks (and sizes) the scan read and `inspect` has not taken yet, at most this many:
+# a change round may run ahead of the copy (a new mailbox is copied while it is scanned).
+SCANNED_KEPT = 8 * CHANGE_PAGE
+
+
+class _Scanned:
+    """The inspect fields (`INSPECT_FIELDS`) and RFC822.SIZE of new messages as their scan
+    read them (`changes(fields=)`, in the FETCH that reads their Message-ID), by item id,
+    for the `inspect` that follows: it then sends nothing. An item id names one UID under
+    one UIDVALIDITY, whose message never changes (RFC 3501 2.3.1.1): nothing kept can be
+    stale. When full, new ones are not kept (the copy takes them in scan order: those kept
+    first are those it takes next); an item not kept is read by `inspect` as before."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, tuple[int, bytes]] = {}
+
+    def keep(self, item: str, size: int, block: bytes) -> None:
+        if len(self._by_id) < SCANNED_KEPT:
+            self._by_id[item] = (size, block)
+
+    def take(self, ids: Iterable[str]) -> dict[str, tuple[int, bytes]]:
+        """Those of `ids` kept, removed from the kept ones."""
+        return {i: got for i in ids if (got := self._by_id.pop(i, None)) is not None}
+
+
 def _sized(uid: int, size: int) -> MessageRef:
     """A ref that says only what `fetch` reads of it (UID, size); the FETCH answers the
     flags and INTERNALDATE with the body (`FetchedMessage`)."""
@@ -743,6 +792,8 @@ class ImapStore:
         self._appenders = appenders or _Appenders(session)
         self._readers = readers or _Appenders(session)  # the connections exports read over
         self._sizes = _Sizes()
+        self._scanned = _Scanned()
+        self.scanning = 0  # change rounds reading (`UidRound.pages`)
         # Each target folder's PERMANENTFLAGS, read once (`_not_kept`).
         self._permanent: dict[str, frozenset[str] | None] = {}
         self._permanent_lock = asyncio.Lock()
@@ -771,12 +822,17 @@ class ImapStore:
                 stack=extra,
                 limit=connections.limits.per_mailbox,
             )
+            # The exports read over connections of their own while the store's own one reads
+            # a change round (a new mailbox is copied while it is scanned, sync.py): one
+            # batch's FETCH waited there behind the scan's pages (bench/imap_bench.py, 2,000
+            # x 4 KB: the first batch's inspect began at 0.46 s, after the third page).
             readers = _Appenders(
                 session,
                 connections=connections,
                 credentials=credentials,
                 stack=extra,
-                limit=min(EXPORTS_IN_FLIGHT, connections.limits.per_mailbox),
+                limit=min(EXPORTS_IN_FLIGHT + 1, connections.limits.per_mailbox),
+                reserved=lambda: store.scanning > 0,
             )
             store = cls(
                 session,
@@ -817,7 +873,11 @@ class ImapStore:
         self.meter.writes += 1
 
     async def folder_changes(self, name: str, mark: Watermark | None) -> FolderChanges:
-        return await self.run(lambda s: s.changes(name, mark, limit=self.page))
+        # The new messages' inspect fields come with their Message-ID: `inspect` then reads
+        # nothing (one EXAMINE and one header FETCH per export batch less).
+        return await self.run(
+            lambda s: s.changes(name, mark, limit=self.page, fields=INSPECT_FIELDS)
+        )
 
     async def refs(
         self,
@@ -907,11 +967,21 @@ class ImapStore:
         return out
 
     async def inspect(self, refs: list[ItemRef]) -> dict[str, ItemInfo]:
-        """Subject, Content-Type and Content-Class of each message (its header only), read
-        over one of the export connections (`EXPORTS_IN_FLIGHT`)."""
+        """Subject, Content-Type and Content-Class of each message (its header only): as
+        its scan read them (`_Scanned`), else read over one of the export connections
+        (`EXPORTS_IN_FLIGHT`)."""
         out: dict[str, ItemInfo] = {}
+        unread: dict[str, list[str]] = {}
+        for name, ids in _by_folder(refs).items():
+            scanned = self._scanned.take(ids)
+            out.update({i: _info(block) for i, (_, block) in scanned.items()})
+            self._sizes.keep({i: size for i, (size, _) in scanned.items()})
+            if rest := [i for i in ids if i not in scanned]:
+                unread[name] = rest
+        if not unread:
+            return out
         async with self._readers.session() as via:
-            for name, ids in _by_folder(refs).items():
+            for name, ids in unread.items():
                 uids = await self._valid_uids(name, ids, via)
                 sizes: dict[int, int] = {}
                 blocks = await self._headers(name, uids, via, sizes)
@@ -1297,21 +1367,18 @@ def _check_format(fmt: str, what: str) -> None:
         )
 
 
-# A header block's line as `email.feedparser` reads a field: a name of printable characters
-# but ":" (RFC 5322 2.2; the feedparser's headerRE), then the colon; or a folded line.
-_FIELD_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:|[ \t]")
 _INFO_FIELDS = (b"subject", b"content-type", b"content-class")
 
 
 def _info(block: bytes) -> ItemInfo:
     """ItemInfo of a header block: decoded subject (RFC 2047), content type and class.
 
-    Read as the compat32 parser reads it (`_fields`, ~1/5 of its cost: this runs once per
+    Read as the compat32 parser reads it (`plain_fields`, ~1/5 of its cost: this runs once per
     exported message, on the event loop), or by that parser where the block is anything
     but plain ASCII fields (`_parsed_info`); the subject decoded by `email.header`: the
     same text as policy.default's. tests/unit/test_imap_store_records.py holds both to
     the same answers."""
-    fields = _fields(block)
+    fields = plain_fields(block, _INFO_FIELDS)
     if fields is None:
         return _parsed_info(block)
     subject, ctype, cclass = (fields.get(name) for name in _INFO_FIELDS)
@@ -1320,45 +1387,6 @@ def _info(block: bytes) -> ItemInfo:
         _content_type(ctype) if ctype else "",
         (cclass or "").lower(),
     )
-
-
-def _fields(block: bytes) -> dict[bytes, str] | None:
-    """The first value of each of `_INFO_FIELDS` as compat32's `Message.get` gives it (the
-    first line's text after the colon less leading blanks, the folded lines kept, the last
-    line end removed); None where the compat32 parser may read the block otherwise: bytes
-    beyond ASCII, a lone CR, a line that is no field (a defect, or the body's start), or a
-    block whose first line is folded."""
-    if not block.isascii():
-        return None
-    lines = block.split(b"\n")
-    found: dict[bytes, str] = {}
-    name: bytes | None = None
-    value: list[bytes] = []
-    for i, line in enumerate(lines):
-        if line in (b"", b"\r"):  # the blank line ending the header (or the block's end)
-            if i != len(lines) - 1 and any(rest not in (b"", b"\r") for rest in lines[i:]):
-                return None  # a body after the header: let the parser decide
-            break
-        if b"\r" in line[:-1] or not _FIELD_LINE.match(line):
-            return None
-        if line[0] in b" \t":
-            if name is None:
-                return None
-            value.append(line + b"\n")
-            continue
-        if name is not None and name not in found:
-            found[name] = _field_value(value)
-        head, _, rest = line.partition(b":")
-        name, value = head.lower(), [rest.lstrip(b" \t") + b"\n"]
-    else:
-        return None  # no line end after the last line: the parser's own business
-    if name is not None and name not in found:
-        found[name] = _field_value(value)
-    return {k: found[k] for k in _INFO_FIELDS if k in found}
-
-
-def _field_value(lines: list[bytes]) -> str:
-    return b"".join(lines).decode("ascii").rstrip("\r\n")
 
 
 def _content_type(value: str) -> str:

@@ -103,6 +103,8 @@ TASK_CLASS = {
     "Get-AcceptedDomain": (
         "Microsoft.Exchange.Management.SystemConfigurationTasks.GetAcceptedDomain"
     ),
+    # *unverified* (no capture): the MapiTasks namespace of Exchange 2013+'s statistics task.
+    "Get-MailboxStatistics": "Microsoft.Exchange.Management.MapiTasks.GetMailboxStatistics",
 }
 # The .NET type each cmdlet's output objects carry (PSObject type names).
 OUTPUT_TYPE = {
@@ -115,6 +117,8 @@ OUTPUT_TYPE = {
     "New-ManagementRoleAssignment": "Microsoft.Exchange.Data.Directory.Management.ExchangeRoleAssignmentPresentation",
     "Get-ManagementRoleAssignment": "Microsoft.Exchange.Data.Directory.Management.ExchangeRoleAssignmentPresentation",
     "Get-AcceptedDomain": "Microsoft.Exchange.Data.Directory.SystemConfiguration.AcceptedDomain",
+    # *unverified* (no capture); a remote session deserialises it, TotalItemSize as its text.
+    "Get-MailboxStatistics": "Microsoft.Exchange.Management.MapiTasks.Presentation.MailboxStatistics",
 }
 IMPERSONATION = "ApplicationImpersonation"
 ACCESS_RIGHTS = (
@@ -425,6 +429,7 @@ SHARED: tuple[str, ...] = (
     "New-MailContact",
     "Set-MailContact",
     "Get-AcceptedDomain",
+    "Get-MailboxStatistics",
 )
 _FAMILIES = (recipient, mailbox, contact, domain)
 _EXO: dict[str, Command] = {k: v for f in _FAMILIES for k, v in f.COMMANDS.items()}
