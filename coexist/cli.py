@@ -865,6 +865,8 @@ def status_cmd(
         out.print(f"data: {escape(result['data_scope'])}")
     if result["groups"]:
         out.print(groups_table(result))
+    for run_batch, who in (result.get("playbook_runs") or {}).items():
+        out.print(escape(f"playbook run in progress on batch {run_batch}: {who}"))
     for row in result["users"] if user else []:
         if row.get("reconciliation"):
             out.print(reconciliation_table(row))

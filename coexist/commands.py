@@ -35,7 +35,7 @@ from coexist.engine.step import Step
 from coexist.errors import ConfigError, InputError
 from coexist.files import private_dir, write_private
 from coexist.journal import Batch, Journal
-from coexist.journal.claims import Writer
+from coexist.journal.claims import Writer, playbook_runs
 from coexist.migrate.passes import DataPassStep
 from coexist.migrate.summary import data_summary, waiting_text
 from coexist.model import PHASES, STATUS_STATES, Phase, phase_at_least
@@ -1750,6 +1750,12 @@ def status(
             "summary": dict(sorted(summary.items())),
             # What no pass of this project moves (by its source's kind), else None.
             "data_scope": SOURCE_KIND_MOVES.get(project.source.kind),
+            # Playbook runs in progress (one per batch, `coexist.playbook`): who, since when.
+            "playbook_runs": {
+                b: h.describe()
+                for b, h in playbook_runs(journal.engine).items()
+                if batch is None or b == batch
+            },
         }
     finally:
         journal.close()

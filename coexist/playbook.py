@@ -26,14 +26,23 @@ steps recorded `ok` are not run again (a command step's own engine steps are jou
 too, so the interrupted command continues where it stopped). `--plan` records nothing:
 command steps run with `plan=True` and list the writes they would make; checks that only
 read the journal are evaluated; anything that would send (mail-flow probes) is described.
+
+One run per batch: a run holds its batch (`claims.playbook_scope`) from before its `runs`
+row to its end - failure, Ctrl-C and SIGTERM included; a SIGKILLed run's lock goes with
+its process - so a second run on the batch (any playbook) is refused before it records
+anything, naming the holder (`_lock_batch`). The step commands claim what they write under
+writers of their own beside it. `--plan` takes no lock and says when a run is in progress.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import inspect
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,8 +54,8 @@ import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
 from coexist import commands, dnscheck
-from coexist.errors import CoexistError, InputError
-from coexist.journal import Journal
+from coexist.errors import Busy, CoexistError, InputError
+from coexist.journal import Journal, claims
 from coexist.runtime import open_journal, project_dir
 from coexist.settings import load_project
 
@@ -660,31 +669,115 @@ def run_playbook(
     if from_step is not None:
         steps = steps[pb.step_ids().index(from_step) :]
     outcomes: list[StepOutcome] = []
+    journal = open_journal(load_project(project_dir(project)))
     if plan:
+        # A plan writes nothing, so it takes no lock; it says when a run is under way, whose
+        # steps may change what the plan shows.
+        try:
+            running = claims.holder_of(journal.engine, claims.playbook_scope(batch))
+        finally:
+            journal.close()
+        if running is not None:
+            say(f"note: a playbook run on batch {batch} is in progress: {running.describe()}")
         for step in steps:
             outcomes.append(_plan_step(run, step))
             say(f"plan  {step.id:28} {outcomes[-1].detail}")
-        return _summary(pb, batch, plan, outcomes)
-    journal = open_journal(load_project(project_dir(project)))
-    run_id = journal.start_run(
-        RUN_COMMAND, {"playbook": pb.name, "batch": batch, "from": from_step}
-    )
+        summary = _summary(pb, batch, plan, outcomes)
+        summary["in_progress"] = running.to_dict() if running is not None else None
+        return summary
+    try:
+        # Before the run is recorded: a refused run leaves the journal as it was.
+        writer = _lock_batch(journal, pb, batch, project)
+    except BaseException:
+        journal.close()
+        raise
+    try:
+        run_id = journal.start_run(
+            RUN_COMMAND, {"playbook": pb.name, "batch": batch, "from": from_step}
+        )
+        writer.note_run(run_id)  # refusals name the run
+    except BaseException:
+        writer.close()
+        journal.close()
+        raise
     status = "failed"
     try:
-        for step in steps:
-            outcome = _run_step(run, journal, run_id, step)
-            outcomes.append(outcome)
-            say(f"{outcome.status:8} {step.id:28} {outcome.detail}")
-            if outcome.status in ("failed", "waiting"):
-                break
-        else:
-            status = "ok"
-        if status != "ok":
+        with _terminated_as_exit():
+            for step in steps:
+                outcome = _run_step(run, journal, run_id, step)
+                outcomes.append(outcome)
+                say(f"{outcome.status:8} {step.id:28} {outcome.detail}")
+                if outcome.status in ("failed", "waiting"):
+                    break
+            else:
+                status = "ok"
+        if status != "ok" and outcomes:
             status = outcomes[-1].status
     finally:
-        journal.finish_run(run_id, status)
-        journal.close()
+        try:
+            journal.finish_run(run_id, status)
+        finally:
+            writer.close()
+            journal.close()
     return _summary(pb, batch, plan, outcomes)
+
+
+def _lock_batch(journal: Journal, pb: Playbook, batch: str, project: Path) -> claims.Writer:
+    """Hold the batch for the whole run, or raise `Busy` naming the run that holds it.
+
+    The lock is on the batch, not on (playbook, batch): a migration engineer reads a batch
+    as one wave that one runbook drives at a time, and two *different* playbooks on it at
+    once interleave just as badly (a cutover night's cutover while the prestage wave still
+    notifies and prestages; a rollback beside a cutover). Runs on other batches proceed.
+    The step commands claim ``project`` / ``enqueue`` / their users under writers of their
+    own as they run; the playbook scope does not conflict with those (`claims`), so the run
+    never waits on itself. The lock covers the whole run, a queued step's wait for its
+    jobs included.
+    """
+    scope = claims.playbook_scope(batch)
+    try:
+        return claims.Writer.open(
+            journal.engine, f"playbook run {pb.name}", {scope: f"batch {batch}"}
+        )
+    except Busy as exc:
+        holders = exc.fields.get("holders") or []
+        who = exc.message.removeprefix("another coexist command is running: ")
+        who = who.removesuffix(f" is working on batch {batch}")
+        dead = (
+            "if that process is gone (killed, its host down), its lock went with it (a "
+            "PostgreSQL journal notices a vanished host within about two minutes): just "
+            "run this command again, there is nothing to clear"
+        )
+        raise Busy(
+            f"playbook {pb.name} cannot run on batch {batch}: another playbook run holds "
+            f"the batch: {who}",
+            next_step=(
+                f"wait for that run to end (`coexist status --batch {batch} --project "
+                f"{project}` shows where its users stand; `coexist playbook run {pb.name} "
+                f"--batch {batch} --plan` works meanwhile), then run this command again: "
+                f"it starts at the first step not yet done; {dead}"
+            ),
+            holders=holders,
+        ) from exc
+
+
+@contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM ends the run like Ctrl-C does: through the `finally` blocks, so the run is
+    recorded as ended and the batch lock released at once (a SIGKILL leaves both to the
+    next claim, which finds the lock's process gone: `coexist.journal.claims`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers live in the main thread only
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(pb: Playbook, batch: str, plan: bool, outcomes: list[StepOutcome]) -> dict[str, Any]:

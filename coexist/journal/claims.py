@@ -9,8 +9,13 @@ and *claims* what it will write, in one journal transaction, before its first wr
     ``groups``             the groups `coexist groups` copies
     ``enqueue``            a queueing command's project-wide decisions (`coexist.worker`)
     ``user:<source id>``   one user (`user_scope`)
+    ``playbook:<batch>``   a playbook run on a batch, for the whole run (`playbook_scope`)
 
-No two writers hold one scope, and nobody holds anything while another holds ``project``.
+No two writers hold one scope, and nobody holds anything while another holds ``project`` -
+except ``playbook:`` scopes, which conflict only with the same scope: a playbook run holds
+its batch for hours (waits, checklists, queued jobs), and the commands it runs step by step
+must still claim ``project``, ``enqueue`` or their users beside it (each under its own
+writer, as when an operator types them).
 A command that cannot claim is refused with `coexist.errors.Busy` (exit code 2) naming the
 holder: its command, PID, host, how long it has been running, and the users in conflict. It
 never waits in line: a queue would need a timeout nobody can choose well (a prestage runs
@@ -32,6 +37,9 @@ users first under ``enqueue`` (selection, licence seats counted with the seats o
 user whose prestage job still waits in the queue), so it runs beside working workers while
 no inline writer holds ``project``. A writer can claim and release scopes for as long as it
 lives.
+
+A `coexist playbook run` holds ``playbook:<batch>`` for its whole run (one run per batch,
+`coexist.playbook`), beside the claims its step commands make as they run.
 
 **Claim nothing** (run beside a writer): status, permissions, batch export, preflight and
 every ``--plan`` run (they write nothing), verify-mailflow (sends probes, records nothing),
@@ -90,6 +98,9 @@ GROUPS = "groups"
 # one enqueuing command at a time, beside the workers' user claims, never beside ``project``.
 ENQUEUE = "enqueue"
 
+# A playbook run's hold on its batch (`coexist.playbook`): conflicts only with itself.
+PLAYBOOK_PREFIX = "playbook:"
+
 # Advisory lock keys (PostgreSQL). Writers hold (class, writer id) with two int4 keys; claim
 # transactions serialise on one bigint key. Neither space overlaps db._PG_MIGRATION_LOCK.
 _PG_WRITER_CLASS = 0x636C6D73  # "clms"
@@ -115,6 +126,11 @@ _IN_PROCESS: set[str] = set()
 def user_scope(key: str) -> str:
     """The scope of one user, by its stable source id."""
     return f"user:{key}"
+
+
+def playbook_scope(batch: str) -> str:
+    """The scope a playbook run holds on its batch for the whole run."""
+    return f"{PLAYBOOK_PREFIX}{batch}"
 
 
 @dataclass(frozen=True)
@@ -483,12 +499,17 @@ def _conflicts(
         return []
     c = schema.claims.c
     cols = sa.select(c.scope, c.label, c.writer_id).where(c.writer_id != me)
-    if PROJECT in wanted:
-        rows = list(conn.execute(cols))
-    else:
-        rows = []
-        for chunk in _chunks(sorted(wanted | {PROJECT})):
+    # Playbook scopes stand apart: they meet only the same scope (module docstring).
+    runs = {s for s in wanted if s.startswith(PLAYBOOK_PREFIX)}
+    plain = wanted - runs
+    rows: list[sa.Row[Any]] = []
+    if PROJECT in plain:
+        rows += conn.execute(cols.where(c.scope.not_like(f"{PLAYBOOK_PREFIX}%")))
+    elif plain:
+        for chunk in _chunks(sorted(plain | {PROJECT})):
             rows += conn.execute(cols.where(c.scope.in_(chunk)))
+    for chunk in _chunks(sorted(runs)):
+        rows += conn.execute(cols.where(c.scope.in_(chunk)))
     return [row_dict(r) for r in rows if r.writer_id in others]
 
 
@@ -563,3 +584,36 @@ def users_held(engine: Engine) -> dict[str, Holder]:
         return {str(r["scope"])[len("user:") :]: _holder(r) for r in rows if r["id"] in alive}
     finally:
         life.drop()
+
+
+def holder_of(engine: Engine, scope: str) -> Holder | None:
+    """The live writer holding `scope` itself, if any (a `--plan` says a run is in progress)."""
+    return _held_scopes(engine, schema.claims.c.scope == scope).get(scope)
+
+
+def playbook_runs(engine: Engine) -> dict[str, Holder]:
+    """The playbook runs in progress, by batch (`coexist status` names them)."""
+    held = _held_scopes(engine, schema.claims.c.scope.like(f"{PLAYBOOK_PREFIX}%"))
+    return {scope[len(PLAYBOOK_PREFIX) :]: h for scope, h in held.items()}
+
+
+def _held_scopes(engine: Engine, where: sa.ColumnElement[bool]) -> dict[str, Holder]:
+    """Scope -> live holder, for the claims `where` selects. Reads only: a dead writer's rows
+    are left for the next claim to delete."""
+    w, c, runs = schema.writers, schema.claims, schema.runs
+    stmt = (
+        sa.select(w, c.c.scope, runs.c.args)
+        .join(c, c.c.writer_id == w.c.id)
+        .outerjoin(runs, runs.c.id == w.c.run_id)
+        .where(where)
+    )
+    with db.transaction(engine, write=False) as conn:
+        rows = [row_dict(r) for r in conn.execute(stmt)]
+        if not rows:  # the usual case: no liveness check (on PostgreSQL, no extra connection)
+            return {}
+        life = _liveness(engine)
+        try:
+            alive = life.alive(conn, rows)
+        finally:
+            life.drop()
+    return {str(r["scope"]): _holder(r, _selection(r["args"])) for r in rows if r["id"] in alive}

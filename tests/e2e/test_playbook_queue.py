@@ -4,6 +4,7 @@ see the data moved."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from coexist import commands, playbook
-from coexist.journal import Journal
+from coexist.journal import Journal, claims
 from coexist.sandbox import Sandbox, mailseed
 from coexist.settings import load_project
 from tests import pg
@@ -57,7 +58,18 @@ def test_prestage_wave_playbook_waits_for_its_queued_jobs(
         env=cli_env(),
     )
     try:
-        ran = playbook.run_playbook(project, "m365-prestage-wave", batch=BATCH, yes=True)
+        # After each step (the prestage one's wait for its jobs included) the run still
+        # holds its batch: the lock covers the whole run (tests/e2e/test_playbook_lock.py).
+        holders: list[int | None] = []
+
+        def after_step(_line: str) -> None:
+            with Journal.open(load_project(project).journal_url) as j:
+                holder = claims.holder_of(j.engine, claims.playbook_scope(BATCH))
+            holders.append(holder.pid if holder is not None else None)
+
+        ran = playbook.run_playbook(
+            project, "m365-prestage-wave", batch=BATCH, yes=True, say=after_step
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=300)
@@ -65,6 +77,7 @@ def test_prestage_wave_playbook_waits_for_its_queued_jobs(
     assert ran["ok"], ran
     assert {s["status"] for s in ran["steps"]} == {"ok"}, ran["steps"]
     assert code == 0, (project / "worker.log").read_text()[-3000:]
+    assert holders and set(holders) == {os.getpid()}, holders
     pre = steps_of(project, "m365-prestage-wave")["prestage"]
     assert (pre["detail"] or {}).get("result", {}).get("jobs") == {"succeeded": 2}, pre
     # Pre-stage moves the mail older than 90 days: each user's passes copied some, and

@@ -18,7 +18,15 @@ import sqlalchemy as sa
 from coexist.errors import Busy
 from coexist.journal import Journal
 from coexist.journal import schema as t
-from coexist.journal.claims import GROUPS, PROJECT, Writer, user_scope
+from coexist.journal.claims import (
+    ENQUEUE,
+    GROUPS,
+    PROJECT,
+    Writer,
+    holder_of,
+    playbook_scope,
+    user_scope,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WHOLE = {PROJECT: "the whole project"}
@@ -101,6 +109,32 @@ def test_the_project_claim_conflicts_with_every_other_claim_both_ways(journal: J
         assert "prestage (PID" in str(busy) and "ann@source.example" in str(busy)
         with Writer.open(journal.engine, "groups", {GROUPS: "the groups"}):
             refusal(journal, "groups", {GROUPS: "the groups"})
+
+
+def test_a_playbook_scope_conflicts_only_with_itself(journal: Journal) -> None:
+    """A playbook run's batch lock lets its step commands claim project, enqueue and users
+    beside it (no self-deadlock), refuses the same batch, allows another, and `holder_of`
+    names its holder while it lives."""
+    wave1 = {playbook_scope("wave1"): "batch wave1"}
+    assert holder_of(journal.engine, playbook_scope("wave1")) is None
+    with Writer.open(journal.engine, "playbook run cutover", wave1) as run:
+        run.note_run(journal.start_run("playbook", {"batch": "wave1"}))
+        for scopes in (WHOLE, {ENQUEUE: "queueing"}, users("ann")):
+            with Writer.open(journal.engine, "step", scopes):
+                pass
+        # ... and the other way round: a project writer does not keep a run out.
+        wave2 = {playbook_scope("wave2"): "batch wave2"}
+        with (
+            Writer.open(journal.engine, "prestage", WHOLE),
+            Writer.open(journal.engine, "playbook run other", wave2),
+        ):
+            pass
+        busy = refusal(journal, "playbook run prestage", wave1)
+        assert "playbook run cutover --batch wave1 (PID" in str(busy)
+        assert "is working on batch wave1" in str(busy)
+        holder = holder_of(journal.engine, playbook_scope("wave1"))
+        assert holder is not None and holder.pid == os.getpid() and holder.id == run.id
+    assert holder_of(journal.engine, playbook_scope("wave1")) is None
 
 
 def test_claim_more_release_and_close(journal: Journal) -> None:
