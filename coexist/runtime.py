@@ -26,6 +26,7 @@ from coexist.engine.context import (
 )
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
+from coexist.gcfreeze import freeze_startup_objects
 from coexist.journal import Journal
 from coexist.journal.claims import PROJECT, Writer, user_scope
 from coexist.retry import RetryPolicy
@@ -150,6 +151,7 @@ async def session(
     capabilities = {side: side_capabilities(project.tenant(side)) for side in ("source", "target")}
     check_command(kinds, command, str(project.file), capabilities)
     journal = open_journal(project)
+    freeze_startup_objects()  # what is alive now lives for the process (coexist/gcfreeze.py)
     writer: Writer | None = None
     try:
         if not plan and command not in READ_ONLY_SESSIONS:

@@ -38,7 +38,6 @@ import dataclasses
 import email.parser
 import email.policy
 import functools
-import gc
 import logging
 import re
 import socket
@@ -66,6 +65,7 @@ from coexist.errors import (
     TransientError,
     Unreachable,
 )
+from coexist.gcfreeze import freeze_startup_objects
 
 from .base import connection_cause
 from .imap_fetch import parse_fetch
@@ -1553,23 +1553,6 @@ def bound_heap() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):
         return False
-
-
-@functools.cache
-def freeze_startup_objects() -> bool:
-    """Move every object alive now (once per process) out of the garbage collector's sight
-    (`gc.freeze`).
-
-    Called before a process's first IMAP connection, when what is alive is what start-up
-    made and keeps (modules, classes, settings, the journal's engine and metadata: a few
-    hundred thousand objects). Without it a move's first full collection (CPython runs one
-    once the survivors exceed a quarter of the old objects) scanned them all: one took
-    0.19 s of the client's ~0.7 s of CPU per 2,000-message move in bench/imap_bench.py,
-    and the client's CPU is part of what binds that move. What is created later is
-    collected as usual; garbage alive at the call (cycles not yet collected) stays,
-    a one-time cost of the size of start-up's leftovers."""
-    gc.freeze()  # O(1): it links the generations' lists (get_freeze_count walks them)
-    return True
 
 
 class ImapConnections:
