@@ -838,8 +838,7 @@ class ImapSession:
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
         if self.caps.condstore:
             items.append("HIGHESTMODSEQ")
-        with self._mapped("STATUS", folder.name):
-            got = self._client.folder_status(folder.name, items)
+        got = self._status(folder.name, items)
         return _replace(
             folder,
             uidvalidity=_int(got.get(b"UIDVALIDITY")),
@@ -889,13 +888,29 @@ class ImapSession:
 
     def _unselect(self) -> None:
         """Leave the selected folder without expunging (CLOSE would expunge \\Deleted)."""
-        with self._mapped("UNSELECT", self._selected):
-            if self.caps.unselect:
+        if self.caps.unselect:
+            with self._mapped("UNSELECT", self._selected):
                 self._client.unselect_folder()
-            else:
-                # RFC 3501 6.3.2: EXAMINE of another folder deselects without expunging.
-                self._client.select_folder("INBOX", readonly=True)
-        self._selected = None
+            self._selected = None
+            return
+        # RFC 3501 6.3.2: EXAMINE of another folder deselects without expunging. INBOX is
+        # then the selected folder (as of this EXAMINE): recorded as such, so that a later
+        # STATUS of INBOX leaves it too (`_status`).
+        self._select("INBOX", readonly=True)
+
+    def _status(self, name: str, items: Sequence[str], *, what: str = "STATUS") -> dict[bytes, Any]:
+        """STATUS of folder `name` as it is now. RFC 3501 6.3.10: STATUS "SHOULD NOT be
+        used on the currently selected mailbox"; Dovecot 2.3 answers it from the
+        selection's view, which lacks what other connections appended since (until a
+        command brings the selection up to date; tests/integration/test_imap_store.py).
+        A folder left selected (a read-write SELECT for PERMANENTFLAGS, then MULTIAPPENDs
+        over the extra connections) was counted short and a real cutover pass reported a
+        false reconciliation difference. So the selection is left first."""
+        if self._selected == name:
+            self._unselect()
+        with self._mapped(what, name):
+            got: dict[bytes, Any] = self._client.folder_status(name, items)
+        return got
 
     def _reading(self, name: str) -> None:
         """Have `name` selected to read messages of known UIDs: selected again only if
@@ -1068,9 +1083,7 @@ class ImapSession:
         """Bytes of the messages of a folder: STATUS SIZE where the server offers it (RFC
         8438), else the sum of every message's RFC822.SIZE (one UID FETCH)."""
         if b"STATUS=SIZE" in {c.upper() for c in self._client.capabilities()}:
-            with self._mapped("STATUS SIZE", name):
-                got = self._client.folder_status(name, ["SIZE"])
-            return int(got.get(b"SIZE") or 0)
+            return int(self._status(name, ["SIZE"], what="STATUS SIZE").get(b"SIZE") or 0)
         self._select(name, readonly=True)
         with self._mapped("UID SEARCH", name):
             if not self._client.search(["ALL"]):

@@ -452,6 +452,29 @@ def test_totals_count_and_size_per_folder(
     assert (sized["Sent"].count, sized["Sent"].size) == (0, 0)
 
 
+def test_totals_count_what_other_connections_appended_to_the_selected_folder(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """A folder the store's connection still has selected (the read-write SELECT that read
+    its PERMANENTFLAGS for a flagged copy) is counted as it is now: with a message appended
+    meanwhile over another connection (an extra append connection, new mail) in its totals,
+    count and bytes. Dovecot answers STATUS on the selected folder from that selection's
+    stale view, which made a real cutover report a false reconciliation difference."""
+    flagged = Payload(MIME, "", None, mime=message(1),
+                      state=MessageState(flag={"flagStatus": "flagged"}))  # fmt: skip
+    other = message(2)
+
+    async def work(store: ImapStore) -> tuple[dict[str, int], Any]:
+        made = await store.import_item("Sent", flagged)  # SELECTs Sent for PERMANENTFLAGS
+        assert made.item_id is not None and made.lost is None
+        session.append("Sent", [NewMessage(other)])  # another connection
+        return await store.totals(), await store.folder_totals()
+
+    counts, sized = with_store(endpoint, user, work, label="target")
+    assert counts["Sent"] == 2
+    assert (sized["Sent"].count, sized["Sent"].size) == (2, len(message(1)) + len(other))
+
+
 def test_plan_mode_records_writes_and_sends_none(
     endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
 ) -> None:
