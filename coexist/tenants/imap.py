@@ -838,6 +838,13 @@ class ImapSession:
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
         if self.caps.condstore:
             items.append("HIGHESTMODSEQ")
+        if self._selected == folder.name:
+            # STATUS is for folders other than the selected one (RFC 3501 6.3.10): Dovecot
+            # answers it from this session's view of its selection, missing what other
+            # connections appended since (a cutover's reconciliation read a folder one
+            # short and kept the user waiting). Leave the selection first; the next read
+            # selects again (`_reading`, `_ensure_selected`).
+            self._unselect()
         with self._mapped("STATUS", folder.name):
             got = self._client.folder_status(folder.name, items)
         return _replace(

@@ -452,6 +452,27 @@ def test_totals_count_and_size_per_folder(
     assert (sized["Sent"].count, sized["Sent"].size) == (0, 0)
 
 
+def test_totals_after_a_flagged_import_count_what_other_connections_appended(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """A flagged message's import reads its folder's PERMANENTFLAGS with a SELECT on the
+    store's connection; a message appended to that folder over another connection after
+    it (an extra append connection of the store, or new mail) is in the totals read next,
+    as a reconciliation reads them (Dovecot answers STATUS on a selected folder as that
+    session last saw it: a cutover pass's reconciliation came out one short)."""
+    session.append("INBOX", [NewMessage(message(0))])
+    flagged = MessageState(flag={"flagStatus": "flagged"})
+    copy = Payload(MIME, "", None, mime=message(1), state=flagged)
+
+    async def work(store: ImapStore) -> tuple[dict[str, int], Any]:
+        assert isinstance((await store.import_items("INBOX", [copy]))[0], Imported)
+        session.append("INBOX", [NewMessage(message(2))])  # behind the store's back
+        return await store.totals(), await store.folder_totals()
+
+    counts, sized = with_store(endpoint, user, work)
+    assert counts["INBOX"] == 3 and sized["INBOX"].count == 3
+
+
 def test_plan_mode_records_writes_and_sends_none(
     endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
 ) -> None:
