@@ -175,6 +175,22 @@ def test_create_existing_folder_returns_it(session: ImapSession) -> None:
 # -- delta ---------------------------------------------------------------------------------
 
 
+def test_folder_counts_are_current_for_the_selected_folder(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """The message count of the folder this connection has selected includes a message
+    another connection appended since: Dovecot answers STATUS on the selected folder from
+    that session's own view (RFC 3501 6.3.10: STATUS is for folders other than the
+    selected one), so a reconciliation read it one short."""
+    seed(session, "INBOX", 1)
+    session.examine("INBOX")
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as other:
+        seed(other, "INBOX", 1, subject="other")
+    assert {f.name: f.messages for f in session.list_folders()}["INBOX"] == 2
+    assert session.folder("INBOX").messages == 2
+    assert session.examine("INBOX")  # the session still reads after the count
+
+
 def test_watermark_returns_new_messages_once(session: ImapSession) -> None:
     """Changes since a watermark are the messages above it; an unchanged folder gives none."""
     seed(session, "INBOX", 2, "first")
