@@ -38,6 +38,8 @@ FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 STDERR_FORMAT = "%(asctime)s %(name)s: %(message)s"
 # Libraries whose lines help a -v reader: httpx logs one INFO line per request ("HTTP
 # Request: GET https://… "HTTP/1.1 200 OK""). (azure.identity logs every cached get_token.)
+# The Graph adapter's own HTTP pools write the same line at DEBUG on `coexist.http`
+# (coexist/tenants/transport.py), so -v shows them too.
 _VERBOSE_LIBRARIES = ("httpx",)
 _SANDBOX = "coexist.sandbox"
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import ssl
 import urllib.request
@@ -62,6 +63,10 @@ _UNSAFE = re.compile(r'[^\x21-\x7e]|["<>\\^`{|}]')
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 _HEAD, _FIXED, _CHUNKED, _UNTIL_EOF, _IDLE = range(5)
+# One DEBUG line per request, in httpx's words ("HTTP Request: GET <url> "HTTP/1.1 200"") so
+# `-v` shows every request as it did over httpx; the log formatter redacts an importUrl's
+# authtoken (coexist/logs.py). Checked with isEnabledFor first: off, it costs nothing.
+_log = logging.getLogger("coexist.http")
 
 
 class Target:
@@ -463,6 +468,10 @@ class Pool:
                 conn.timer = loop.call_at(conn.last + self._timeout, conn.read_timer, self._timeout)
             response = await waiter
             done = True
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug(
+                    'HTTP Request: %s %s "HTTP/1.1 %d"', method, target.raw, response.status_code
+                )
             return response
         finally:
             conn.waiter = None
