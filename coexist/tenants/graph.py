@@ -44,12 +44,14 @@ from .transport import SCRATCH, Pool, Response, Target
 # 429 and 503 mean the request was refused before processing (graph/throttling).
 _IMPORT_NOT_PROCESSED = frozenset({429, 503})
 BATCH_REQUESTS = 20  # json-batching: "currently limited to 20 individual requests"
-KEEPALIVE = 64  # idle connections kept per HTTP client
-# HTTP clients per adapter for Outlook requests, chosen by mailbox. httpcore's placement of
-# a request is quadratic in the connections of its pool (for each idle one, it counts the
-# idle ones again), and a mailbox keeps up to 4: 64 keeps a pool to a mailbox or two up to
-# a few dozen mailboxes at once (16 put ~20 mailboxes, up to 80 connections, in each pool
-# at 300).
+KEEPALIVE = 64  # idle connections kept per pool and origin
+# Outlook request pools per adapter, chosen by mailbox. They were sharded because httpcore's
+# placement of a request was quadratic in its pool's connections; tenants/transport's Pool
+# places in O(1), so what the shards still do is bound idle connections per group of
+# mailboxes (KEEPALIVE per shard, up to 64 x 64 in all). One pool with a larger idle bound
+# would do the same: with one shard the 20-mailbox bench part made as many TLS handshakes
+# (~100) at the same CPU within its noise (lead, session 7); not changed for lack of a
+# longer run at a few hundred mailboxes.
 POOL_SHARDS = 64
 PARSED_URLS = 1024  # import URLs kept parsed per adapter (one per import session)
 # GET users/{id}/settings/exchange answers the import/export API's mailbox id for a user.
@@ -178,10 +180,7 @@ class GraphAdapter(Adapter):
         self.base = ep.graph_url.rstrip("/")
         # Outlook requests are governed per mailbox; directory requests by the tenant Gate.
         self.mailboxes = MailboxGovernor(mailbox_limits or MailboxLimits())
-        # Outlook requests go through POOL_SHARDS clients chosen by mailbox: httpcore scans
-        # every connection of a pool for every request it places (is_idle/has_expired, a poll
-        # per idle socket), so one pool holding 4 connections per mailbox for many mailboxes
-        # spent more CPU placing requests than sending them (profiled: 40% of the client).
+        # Outlook requests go through POOL_SHARDS pools chosen by mailbox (see POOL_SHARDS).
         self._pools: dict[int, Pool] = {}
         self._directory: Pool | None = None
         self._scratch = memoryview(bytearray(SCRATCH))  # shared by the pools (tenants/transport)
