@@ -154,6 +154,19 @@ class One:
             and not (i.get("detail") or {}).get("unfinished")
         )
 
+    def finished_by_w2(self, first: str) -> None:
+        """A worker w2 takes the job w1 left requeued and finishes the user, then stops on
+        SIGTERM: the passes and runs are w1's `first` then w2's ok, the job succeeded and
+        every message is in the target once."""
+        w2 = self.start("w2")
+        self.until("prestaged by w2", self.prestaged)
+        w2.send_signal(signal.SIGTERM)
+        assert w2.wait(timeout=BOUND_S) == 0, self.tail()
+        assert [p["status"] for p in self.passes()] == [first, "ok"], self.passes()
+        assert self.runs() == [("w1", first), ("w2", "ok")]
+        assert self.job()[0] == "succeeded"
+        self.once()
+
     def once(self) -> None:
         """Every source message is in the target exactly once, in its folder."""
 
@@ -263,16 +276,9 @@ def test_sigterm_pauses_the_pass_after_its_item_and_requeues_the_job(
     assert one.job()[0] == "todo"  # requeued by w1 itself: no worker was left to retry it
     assert not one.prestaged()
 
-    w2 = one.start("w2")
-    one.until("prestaged by w2", one.prestaged)
-    w2.send_signal(signal.SIGTERM)
-    assert w2.wait(timeout=BOUND_S) == 0, one.tail()
-    assert [p["status"] for p in one.passes()] == ["paused", "ok"], one.passes()
-    assert one.runs() == [("w1", "paused"), ("w2", "ok")]
+    one.finished_by_w2("paused")
     total = sum(int((p["counts"] or {}).get("copied", 0)) for p in one.passes())
     assert total == MESSAGES, one.passes()
-    assert one.job()[0] == "succeeded"
-    one.once()
     assert_no_unawaited_coroutine(one.log.read_text(), "coexist worker")
 
 
@@ -368,14 +374,7 @@ def test_a_pass_with_no_safe_point_in_its_grace_is_cancelled_and_requeued(one: O
     one.no_error()
     assert one.job()[0] == "todo"  # requeued by w1 itself
 
-    w2 = one.start("w2")
-    one.until("prestaged by w2", one.prestaged)
-    w2.send_signal(signal.SIGTERM)
-    assert w2.wait(timeout=BOUND_S) == 0, one.tail()
-    assert [p["status"] for p in one.passes()] == ["stopped", "ok"], one.passes()
-    assert one.runs() == [("w1", "stopped"), ("w2", "ok")]
-    assert one.job()[0] == "succeeded"
-    one.once()  # the copy in flight when it was cancelled is not made twice
+    one.finished_by_w2("stopped")  # the copy in flight when it was cancelled: not made twice
     assert_no_unawaited_coroutine(one.log.read_text(), "coexist worker")
 
 
