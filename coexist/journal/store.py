@@ -624,17 +624,11 @@ class Journal:
         as they are on an existing row. `durable`: committed to survive an OS crash too
         (`db.transaction`), for marks written before the tenant write they guard.
         """
-        if not rows:
-            return
-        now = utcnow()
-        runs = _map_runs(item_key, rows, now)
-        with self._write(durable=durable) as conn:
-            for (new, cols), params in runs:
-                # One statement per run of rows setting the same columns, sent as one
-                # executemany: building a statement costs far more than running it.
-                conn.execute(_map_statement(conn.dialect.name, new, cols), params)
+        self.map_items_of({item_key: rows}, durable=durable)
 
-    def map_items_of(self, rows: Mapping[str, list[Mapping[str, Any]]]) -> None:
+    def map_items_of(
+        self, rows: Mapping[str, list[Mapping[str, Any]]], *, durable: bool = False
+    ) -> None:
         """`map_items` for several mailboxes (rows by item key) in one transaction, rows of
         one shape in one executemany whatever their mailbox (the sync's import outcomes of
         mailboxes copied at once). Each mailbox's rows keep their order."""
@@ -648,8 +642,10 @@ class Journal:
                     runs.append((shape, params))
         if not runs:
             return
-        with self._write() as conn:
+        with self._write(durable=durable) as conn:
             for (new, cols), params in runs:
+                # One statement per run of rows setting the same columns, sent as one
+                # executemany: building a statement costs far more than running it.
                 conn.execute(_map_statement(conn.dialect.name, new, cols), params)
 
     def unmap_item(self, item_key: str, source_item_id: str) -> None:
