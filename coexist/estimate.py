@@ -295,8 +295,9 @@ def watch(
     first = first or FirstPass()
     volumes = []
     for i in items:
-        v = volume(sess.journal, str(i["key"]), kind)
-        volumes.append(first.volumes.get(str(i["key"]), v) if v.known_from is None else v)
+        key = str(i["key"])
+        v = first.read.get(key) or volume(sess.journal, key, kind)
+        volumes.append(first.volumes.get(key, v) if v.known_from is None else v)
     est = estimate(kind, volumes, rate_for(mover, scale), parallel, mover, first.why)
     planned = tuple(
         progress.Planned(
@@ -369,6 +370,8 @@ class FirstPass:
     volumes: Mapping[str, Volume] = field(default_factory=dict)
     why: str = ""
     asked: int = 0  # Get-MailboxStatistics calls made (the rest came from the journal)
+    # What the journal said of each mailbox (`volume`), read once here for `watch` too.
+    read: Mapping[str, Volume] = field(default_factory=dict)
 
 
 def byte_count(value: Any) -> int | None:
@@ -436,17 +439,19 @@ async def first_pass_sizes(
     now = now or dt.datetime.now(dt.UTC)
     if rate_for(str(sess.project.migration.mover or "none")) is None:
         return FirstPass()
-    unknown = [i for i in items if volume(journal, str(i["key"]), kind).known_from is None]
+    read = {str(i["key"]): volume(journal, str(i["key"]), kind) for i in items}
+    unknown = [i for i in items if read[str(i["key"])].known_from is None]
     if not unknown:
-        return FirstPass()
+        return FirstPass(read=read)
     side = sess.ctx.source
     if not side.has(CMDLETS):
         kind_ = str(side.kind)
-        return FirstPass(why=NO_STATISTICS.get(kind_, f"the {kind_} source has no {STATISTICS}"))
+        why = NO_STATISTICS.get(kind_, f"the {kind_} source has no {STATISTICS}")
+        return FirstPass(why=why, read=read)
     try:
         runner = side.cmdlets
     except CoexistError as exc:  # cmdlets configured but not openable (e.g. per-user logins)
-        return FirstPass(why=f"no {STATISTICS}: {exc}")
+        return FirstPass(why=f"no {STATISTICS}: {exc}", read=read)
     found: dict[str, Volume] = {}
     ask: list[dict[str, Any]] = []
     for i in unknown:
@@ -486,4 +491,4 @@ async def first_pass_sizes(
     why = ""
     if failed:
         why = f"{STATISTICS} failed for {len(failed)} mailboxes (first: {sorted(failed)[0]})"
-    return FirstPass(found, why, len(ask))
+    return FirstPass(found, why, len(ask), read)
