@@ -741,8 +741,9 @@ def _lock_batch(journal: Journal, pb: Playbook, batch: str, project: Path) -> cl
         )
     except Busy as exc:
         holders = exc.fields.get("holders") or []
-        who = exc.message.removeprefix("another coexist command is running: ")
-        who = who.removesuffix(f" is working on batch {batch}")
+        # Named from the claim itself (a holder gone meanwhile: the refusal's own words).
+        running = claims.holder_of(journal.engine, scope)
+        who = running.describe() if running is not None else exc.message
         dead = (
             "if that process is gone (killed, its host down), its lock went with it (a "
             "PostgreSQL journal notices a vanished host within about two minutes): just "
