@@ -1164,10 +1164,8 @@ class _Outcomes:
     def flush(self) -> None:
         waiting, self.waiting, self.count = self.waiting, {}, 0
         self.last = time.monotonic()
-        if len(waiting) == 1:  # e.g. a planned pass: its journal is its own (`planpass`)
-            [(key, rows)] = waiting.items()
-            self.journal.map_items(key, rows)
-            return
+        # One mailbox's too (`map_items` is `map_items_of` for one); a planned pass's
+        # scratch journal serves it as well (`planpass.SCRATCH`).
         if waiting:
             self.journal.map_items_of(waiting)
 
