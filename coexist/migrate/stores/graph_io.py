@@ -447,6 +447,14 @@ class Importer:
 
 
 _DATA_KEY = b'"data"'
+_JSON_SPACE = (b" ", b"\t", b"\r", b"\n")  # RFC 8259's insignificant whitespace
+
+
+def _past_space(raw: bytes | bytearray, at: int) -> int:
+    """The first position from `at` that is not JSON whitespace (or the end)."""
+    while at < len(raw) and raw[at : at + 1] in _JSON_SPACE:
+        at += 1
+    return at
 
 
 def parse_export(raw: bytes | bytearray) -> Any:
@@ -465,15 +473,11 @@ def parse_export(raw: bytes | bytearray) -> Any:
         key = raw.find(_DATA_KEY, pos)
         if key < 0:
             break
-        at = key + len(_DATA_KEY)
-        while raw[at : at + 1] in (b" ", b"\t", b"\r", b"\n") and at < len(raw):
-            at += 1
+        at = _past_space(raw, key + len(_DATA_KEY))
         if raw[at : at + 1] != b":":
             pos = at
             continue
-        at += 1
-        while raw[at : at + 1] in (b" ", b"\t", b"\r", b"\n") and at < len(raw):
-            at += 1
+        at = _past_space(raw, at + 1)
         if raw[at : at + 1] != b'"':
             pos = at
             continue
