@@ -349,7 +349,19 @@ def finished_pass(
 @registry.register(DataPassStep)
 class DataPassExecutor:
     async def observe(self, ctx: Context, step: DataPassStep) -> dict[str, Any] | None:
-        return finished_pass(ctx, step)
+        done = finished_pass(ctx, step)
+        if done is None:
+            return None
+        # JSON only: what a step observed goes with its `started` record when the run
+        # records one (the pass ended in a killed run whose step record was left
+        # `started`), and the journal refuses the pass row's datetimes.
+        ended = done["finished_at"]
+        return {
+            "pass_id": done["id"],
+            "run_id": done["run_id"],
+            "counts": dict(done["counts"] or {}),
+            "finished_at": ended.isoformat() if ended is not None else None,
+        }
 
     async def apply(
         self, ctx: Context, step: DataPassStep, observed: dict[str, Any] | None

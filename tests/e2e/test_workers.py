@@ -114,6 +114,29 @@ def runs_never_overlap(farm: Farm, killed: str, killed_at: dt.datetime) -> set[s
     return left
 
 
+def kill_inside_a_run(farm: Farm, name: str) -> None:
+    """SIGKILL worker `name` while one of its runs is unfinished in the journal. Checked with
+    the worker stopped (SIGSTOP), so the run cannot end between the look and the kill: a
+    claim seen in `status` also spans opening and closing the session around the run, and
+    a kill landing there left no unfinished run (a flake once in CI)."""
+    proc = farm.procs[name]
+
+    def stopped_inside() -> bool:
+        os.kill(proc.pid, signal.SIGSTOP)
+        with farm.journal() as j:
+            inside = any(
+                (r.get("args") or {}).get("worker") == name and r["finished_at"] is None
+                for r in j.runs()
+            )
+        if not inside:
+            os.kill(proc.pid, signal.SIGCONT)
+        return inside
+
+    farm.until(f"{name} inside a run", stopped_inside)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_three_workers_take_a_batch_through_prestage_and_cutover(farm: Farm) -> None:
     """30 users through pre-stage and cutover on three workers, one SIGKILLed holding a user
@@ -139,9 +162,7 @@ def test_three_workers_take_a_batch_through_prestage_and_cutover(farm: Farm) -> 
     assert any("prestage on w" in str(r["worker"]) for r in shown), shown
     again = commands.prestage(farm.project, users=[farm.addresses[-1]])
     assert sum(len(again[k]) for k in ("already_queued", "already_running", "enqueued")) == 1
-    farm.until("w1 holding a user", lambda: any(" on w1 " in v for v in farm.who_runs().values()))
-    os.kill(farm.procs["w1"].pid, signal.SIGKILL)
-    farm.procs["w1"].wait(timeout=60)
+    kill_inside_a_run(farm, "w1")
     killed_at = utcnow()
     farm.until("all prestaged", lambda: farm.finished("prestaged") == BATCH)
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from coexist.engine.context import Context
+from coexist.engine.runner import ItemPlan, Runner
+from coexist.engine.step import registry
 from coexist.errors import ConfigError, TransientError
 from coexist.journal import Journal
 from coexist.migrate.passes import (
@@ -25,6 +27,7 @@ from coexist.migrate.passes import (
 )
 from coexist.migrate.stores.graph_io import EXPORT_BATCH, EXPORT_BYTES
 from coexist.migrate.sync import Job, batches
+from coexist.retry import FAIL_FAST
 
 
 class Exploding:
@@ -109,6 +112,42 @@ def test_a_pass_finished_by_an_interrupted_run_is_not_started_again(tmp_path: Pa
         later = datetime.now(UTC) + FINAL_PASS_KEPT_FOR + timedelta(minutes=1)
         stale = DataPassStep(subject="u1", kind="cutover", resume_after=ended_ok)
         assert finished_pass(ctx, stale, now=later) is None
+
+
+def test_a_pass_finished_by_a_run_killed_before_its_step_record_is_recorded_ok(
+    tmp_path: Path,
+) -> None:
+    """A run killed after its pass ended ok but before the pass step's record (left
+    `started`): the next run records the step ok from the finished pass, with what it
+    observed in the journal as JSON (the pass row's datetimes made it an internal error)."""
+    project: Any = SimpleNamespace(migration=SimpleNamespace(mover="graph-import-export"))
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        ended_ok = journal.start_run("cutover")
+        journal.finish_run(ended_ok, "ok")
+        killed = journal.start_run("cutover")
+        journal.upsert_item("user", "u1")
+        step = DataPassStep(subject="u1", kind="cutover", resume_after=ended_ok)
+        journal.step_started(
+            killed, step.key, item_kind="user", item_key="u1", name=step.name, intent={}
+        )
+        done = journal.pass_started(killed, "u1", "cutover", Window().to_dict())
+        journal.pass_finished(done, "ok", {"copied": 3})
+        run_id = journal.start_run("cutover")
+        ctx = Context(project, journal, None, None, run_id=run_id)  # type: ignore[arg-type]
+        runner = Runner(
+            ctx=ctx,
+            journal=journal,
+            run_id=run_id,
+            retry=FAIL_FAST,
+            next_step="coexist cutover",
+            steps=registry,
+        )
+        [outcome] = asyncio.run(runner.run([ItemPlan("user", "u1", [step], "cut-over", "u1")]))
+        record = journal.get_step(step.key)
+    assert outcome.status == "ok" and not outcome.changed, outcome
+    assert record is not None and record["status"] == "ok"
+    assert record["after"] == {"copied": 3}
+    assert record["intent"]["observed"]["pass_id"] == done
 
 
 @pytest.mark.parametrize("mover", ["graph-import-export", "graph-items"])
