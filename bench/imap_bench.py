@@ -6,8 +6,9 @@ data, on this machine:
 1. IMAP -> IMAP between two Dovecot instances (`coexist/sandbox/dovecot.py`, TLS with its own CA).
    coexist runs the one sync algorithm (`sync.sync_mailbox`) between two `ImapStore`s, with
    a real journal in a temporary project (`imap-sync` settings), in a fresh process, timed
-   from before its two logins to the pass's end (the process start and the project set-up
-   are left out: a real run pays them once for many mailboxes). The
+   from before its two logins (made at once, as the mover's `open_stores` makes them) to
+   the pass's end and the stores' logouts (the process start and the project set-up are
+   left out: a real run pays them once for many mailboxes). The
    baseline is `doveadm backup -R -u <target> imapc:` on the target Dovecot: Dovecot's own
    dsync pulling the same source mailbox over IMAP (imapc storage) into the target user's
    maildir. Its settings are those Dovecot's migration documentation gives for imapc

@@ -1606,6 +1606,8 @@ async def sync_mailbox(
             tgt.warm(imports=True)
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
+    if not recorded and isinstance(tgt, Warms):  # now the folders the copy goes to are known
+        tgt.warm(imports=True, into={d for f, d in plan.target_of.items() if by_id[f].total})
     if not ctx.planning:  # the progress view's bar: the source's items not yet copied
         total = sum(by_id[f].total for f in plan.target_of if f in by_id)
         per = recorded.values()
