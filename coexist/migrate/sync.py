@@ -1614,9 +1614,8 @@ async def sync_mailbox(
         moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
         progress.emit(progress.PassSized(subject, max(0, total - moved)))
     fresh = not recorded and not window.per_folder
-    if not (
-        fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
-    ):
+    copied = fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
+    if not copied:
         if fresh:  # a lost cursor ended the scan above: read what it journaled
             recorded = ctx.journal.item_map_counts(subject)
         cursors = saved_cursors(ctx, subject, src)
@@ -1625,12 +1624,20 @@ async def sync_mailbox(
             if unscanned(src, by_id[folder_id], cursors, recorded):
                 continue
             await scan_folder(ctx, subject, src, by_id[folder_id], kind, cursors=cursors)
-    await settle_left(ctx, subject, tgt, kind)
-    await resolve_moves(ctx, subject, tgt, plan, counts, kind)
-    _between(counts)
-    await copy_pending(ctx, subject, stores, plan, window, counts, kind)
-    await update_changed(ctx, subject, stores, counts, kind)
-    await finish_moves(ctx, subject, tgt, counts, kind)
+    if copied:
+        # The mailbox's first pass copied what its scan found: every row is this pass's,
+        # and none is left to settle, move, adopt, update or finish (no earlier copy
+        # exists). A row still pending is one the export no longer found (gone since the
+        # scan): the next pass takes it up as it would any pending row. The steps below
+        # read the journal for nothing then (0.02-0.06 s at a 2,000-message move's end).
+        _between(counts)
+    else:
+        await settle_left(ctx, subject, tgt, kind)
+        await resolve_moves(ctx, subject, tgt, plan, counts, kind)
+        _between(counts)
+        await copy_pending(ctx, subject, stores, plan, window, counts, kind)
+        await update_changed(ctx, subject, stores, counts, kind)
+        await finish_moves(ctx, subject, tgt, counts, kind)
     if counts["not_kept"] and not ctx.planning:
         await name_not_kept(ctx, subject, src, kind)
     return plan, stores
