@@ -274,6 +274,10 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
         return
     # Everything that comes from the journal or a tenant is escaped: rich would take a
     # `[redacted]`, a `[target]` or a `[Sales]` in a name for markup and drop it (issue 10).
+    for batch, run in (result.get("runbooks_in_progress") or {}).items():
+        out.print(
+            f"note: a playbook run on batch {escape(batch)} is in progress: {escape(run['text'])}"
+        )
     if result.get("plan"):
         for w in result.get("writes", []):
             out.print(f"[cyan]would[/cyan] {escape(w['text'])}")
