@@ -135,7 +135,10 @@ def batch_hold(journal: Journal, command: str, args: Mapping[str, Any]) -> Itera
 
 
 def _writer(
-    journal: Journal, command: str, args: Mapping[str, Any], claim: Mapping[str, str] | None = None
+    journal: Journal,
+    command: str,
+    claim: Mapping[str, str] | None = None,
+    args: Mapping[str, Any] | None = None,
 ) -> Writer:
     """The project's claim (or `claim`: coexist.worker.enqueue) and the batches its selection
     takes in, or inside a worker's job only its user's (`coexist.jobs`): the enqueuing command
@@ -148,7 +151,7 @@ def _writer(
             journal.engine, f"{command} on {job.worker}", {user_scope(job.key): job.label}
         )
     scopes = dict(claim) if claim is not None else {PROJECT: "the whole project"}
-    return Writer.open(journal.engine, command, scopes | batch_claim(journal, args))
+    return Writer.open(journal.engine, command, scopes | batch_claim(journal, args or {}))
 
 
 def batch_claim(journal: Journal, args: Mapping[str, Any]) -> dict[str, str]:
@@ -219,7 +222,7 @@ async def session(
     try:
         if not plan and command not in READ_ONLY_SESSIONS:
             # Before the run is recorded: a refused command leaves the journal as it was.
-            writer = _writer(journal, command, args, claim)
+            writer = _writer(journal, command, claim, args)
         elif jobs.current() is None:
             runbooks = runbooks_in_progress(journal, args)
             for batch, run in runbooks.items():
