@@ -48,7 +48,10 @@ no inline writer holds ``project``. A writer can claim and release scopes for as
 lives.
 
 A `coexist playbook run` holds ``playbook:<batch>`` for its whole run (one run per batch,
-`coexist.playbook`), beside the claims its step commands make as they run.
+`coexist.playbook`), beside the claims its step commands make as they run. Every writing
+command that selects users also claims ``batch:<B>`` for each batch its selection takes in
+(`coexist.runtime.batch_claim`, from its run's arguments), with its ``project`` or
+``enqueue`` claim; verify-credentials and credentials request / revoke claim only those.
 
 **Claim nothing** (run beside a writer): status, permissions, batch export, preflight and
 every ``--plan`` run (they write nothing), verify-mailflow (sends probes, records nothing),
