@@ -2074,6 +2074,8 @@ def report_cmd(
         return
     for line in report.text_lines(data):
         out.print(escape(line))
+    for run_batch, who in commands.runbooks(project, batch=batch).items():
+        out.print(escape(f"note: playbook run in progress on batch {run_batch}: {who}"))
     if html is not None:
         out.print(escape(f"HTML report written: {html}"))
     if sent:

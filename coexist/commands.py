@@ -1780,6 +1780,17 @@ UNFINISHED_STEPS = {
 }
 
 
+def runbooks(directory: Path | None, *, batch: str | None = None) -> dict[str, str]:
+    """The playbook runs in progress (on `batch`, else any), as `status` names them: a
+    report read meanwhile says its figures are still moving."""
+    journal = open_journal(load_project(project_dir(directory)))
+    try:
+        runs = playbook_runs(journal.engine).items()
+        return {b: h.describe() for b, h in runs if batch is None or b == batch}
+    finally:
+        journal.close()
+
+
 def progress_of(
     journal: Journal,
     item: dict[str, Any],

@@ -52,6 +52,18 @@ def outside_user(project: Path) -> str:
         return next(str(u["source_address"]) for u in j.items(kind="user") if not u.get("batch"))
 
 
+def cli_text(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`coexist ARGS --project PROJECT` as a child, its plain-text output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "coexist.cli", *args, "--project", str(project)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=cli_env(),
+    )
+
+
 def refused(call: Callable[[], object]) -> Busy:
     """`call`'s refusal, made as another operator would: in a context of its own (the
     playbook run's own steps act for it in theirs: `claims.acting_for`)."""
@@ -128,8 +140,8 @@ def test_cli_typed_cutover_is_refused_while_a_run_holds_the_batch_and_freed_by_i
 ) -> None:
     """With a CLI playbook run sitting in a wait on wave1: `coexist cutover --batch wave1`
     exits 2 naming the run's PID and host (JSON: reason and holder), records no run, and
-    says so in plain text too; a provision `--plan` exits 0 saying a runbook is in
-    progress. After the run is SIGKILLed, a typed provision on wave1 goes ahead."""
+    says so in plain text too; a provision `--plan` and `report` exit 0 saying a runbook
+    is in progress. After the run is SIGKILLed, a typed provision on wave1 goes ahead."""
     project = wave(make_project, sandbox, items=1)
     book = tmp_path / "lockwait.yaml"
     book.write_text(WAIT_THEN_STATUS)
@@ -144,21 +156,17 @@ def test_cli_typed_cutover_is_refused_while_a_run_holds_the_batch_and_freed_by_i
         assert f"playbook run lockwait --batch {BATCH} (PID {run.pid} on" in error["message"]
         assert f"kill {run.pid}" in error["next_step"], error
         assert [r for r in runs_of(project) if r["command"] == "cutover"] == []
-        typed_cutover = ["cutover", "--batch", BATCH, "--project", str(project)]
-        plain = subprocess.run(
-            [sys.executable, "-m", "coexist.cli", *typed_cutover],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=cli_env(),
-        )
+        plain = cli_text(project, "cutover", "--batch", BATCH)
         shown = " ".join((plain.stdout + plain.stderr).split())
         assert plain.returncode == 2, shown
         assert f"a runbook is in progress: playbook run lockwait --batch {BATCH}" in shown
         assert f"PID {run.pid} on" in shown, shown
         code, plan = cli_json(project, "provision", "--batch", BATCH, "--plan")
         assert code == 0 and plan["runbooks_in_progress"][BATCH]["pid"] == run.pid, plan
+        report = cli_text(project, "report", "--batch", BATCH)
+        said = " ".join(report.stdout.split())
+        assert report.returncode == 0, report.stdout + report.stderr
+        assert f"playbook run in progress on batch {BATCH}: playbook run lockwait" in said, said
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait()
