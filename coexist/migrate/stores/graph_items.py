@@ -393,11 +393,13 @@ def top_content_type(mime: bytes) -> str:
 
 def header_content_type(headers: Any) -> str | None:
     """The top-level Content-Type of a message's `internetMessageHeaders` (name/value pairs,
-    resources/internetmessageheader), lower case and unfolded like `top_content_type`'s;
-    None when the headers carry none."""
+    resources/internetmessageheader), parsed as `top_content_type` parses the MIME's (the
+    same email policy: unfolded, parameters normalized), lower case; None when the headers
+    carry none."""
     for h in headers if isinstance(headers, list) else []:
         if isinstance(h, dict) and str(h.get("name", "")).lower() == "content-type":
-            return " ".join(str(h.get("value", "")).split()).lower()
+            value = email.policy.default.header_fetch_parse("Content-Type", str(h.get("value")))
+            return str(value).lower()
     return None
 
 
