@@ -251,6 +251,7 @@ class MemoryStore:
             self._record("APPEND", folder=folder_id, bytes=len(payload.mime))
             return Imported(None, None)
         if replace is not None:
+            self.calls["update"] += 1
             m = self.items[replace.item_id]
             m.state, m.version = payload.state or MessageState(), m.version + 1
             if self.caps.completes_on_update:  # the update carries the whole item
@@ -763,6 +764,29 @@ def contents(store: MemoryStore) -> Any:
     return dict(store.folders), items, list(store.log)
 
 
+def plan_then_run(
+    tmp_path: Path, src: MemoryStore, tgt: MemoryStore, **migration: Any
+) -> tuple[dict[str, int], PassResult, Counter[str]]:
+    """Plan a pass (`plan_pass`), check that it changed neither store nor anything of the
+    project's journal (item map, cursors, logs) and sent no progress event, then run it:
+    (the plan's counts, the real pass's result, the target's writes by kind in it)."""
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        journal_before = journal.snapshot(include_logs=True)
+    stores_before = contents(src), contents(tgt)
+    events: list[progress.PassEvent] = []
+    with progress.listening(events.append):
+        planned = plan_pass(tmp_path, src, tgt, **migration)
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        assert journal.snapshot(include_logs=True) == journal_before
+    assert (contents(src), contents(tgt)) == stores_before
+    assert events == []
+    calls = Counter(tgt.calls)
+    real = run_pass(tmp_path, src, tgt, **migration)
+    made = Counter(tgt.calls)
+    made.subtract(calls)
+    return planned.counts, real, made
+
+
 @pytest.mark.parametrize("moves", [True, False])
 def test_a_plan_writes_nothing_and_says_what_the_real_pass_then_writes(
     tmp_path: Path, moves: bool
@@ -786,27 +810,13 @@ def test_a_plan_writes_nothing_and_says_what_the_real_pass_then_writes(
     assert {r["status"] for r in rows(tmp_path)} == {"copied", "importing"}
     src.move_here(moved, "INBOX", "Done")
     asyncio.run(src.delete(ItemRef(src.folder_id("INBOX"), gone)))
-    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
-        journal_before = journal.snapshot(include_logs=True)
-    stores_before = contents(src), contents(tgt)
-    events: list[progress.PassEvent] = []
-    with progress.listening(events.append):
-        planned = plan_pass(tmp_path, src, tgt, deletions="mirror")
-    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
-        assert journal.snapshot(include_logs=True) == journal_before
-    assert (contents(src), contents(tgt)) == stores_before
-    assert events == []
-    calls = Counter(tgt.calls)
-    real = run_pass(tmp_path, src, tgt, deletions="mirror")
-    made = Counter(tgt.calls)
-    made.subtract(calls)
-    said = planned.counts
+    said, real, made = plan_then_run(tmp_path, src, tgt, deletions="mirror")
     # Moved where the target moves, else copied anew and the old copy deleted.
     expected = (1, 1, 2) if moves else (2, 0, 3)
-    assert (said["copied"], said["moved"], said["deleted_in_target"]) == expected, planned
+    assert (said["copied"], said["moved"], said["deleted_in_target"]) == expected, said
     assert (made["import"], made["move"], made["delete"]) == expected, made
     copied = [mime("late")] + ([] if moves else [mime("moved")])
-    assert said["bytes"] == sum(len(m) for m in copied), planned
+    assert said["bytes"] == sum(len(m) for m in copied), said
     assert (real.counts["copied"], real.counts["moved"], real.counts["deleted_in_target"]) == (
         1,
         1,
@@ -814,3 +824,40 @@ def test_a_plan_writes_nothing_and_says_what_the_real_pass_then_writes(
     ), real
     assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime("late")]
     assert sorted(m.mime for m in tgt.in_folder("INBOX", "Done")) == [mime("moved"), mime("stays")]
+
+
+@pytest.mark.parametrize("moved_away", [False, True])
+def test_a_plan_recovers_an_interrupted_import_as_the_real_pass_does(
+    tmp_path: Path, moved_away: bool
+) -> None:
+    """A killed pass left a landed copy unrecorded (atomic target): a plan adopts it and
+    plans its update (`adopt_interrupted`), or, its message moved away at the source since,
+    settles it as the moved message's old copy (`settle_left`), copied anew and deleted;
+    the plan writes nothing and plans exactly the copies, updates and deletions the real
+    pass then makes, each message ending up in the target once."""
+    src, tgt = MemoryStore(), MemoryStore()
+    for n in range(4):
+        src.put(("INBOX",), f"m{n}")
+    src.put(("INBOX", "Done"), "stays")
+    tgt.kill_after_import = 1
+    with pytest.raises(Killed):
+        run_pass(tmp_path, src, tgt)
+    tgt.kill_after_import = None
+    landed = {m.mime for m in tgt.items.values()}
+    [stuck] = [
+        r
+        for r in rows(tmp_path)
+        if r["status"] == "importing" and src.items[r["source_item_id"]].mime in landed
+    ]
+    if moved_away:
+        src.move_here(stuck["source_item_id"], "INBOX", "Done")
+    said, real, made = plan_then_run(tmp_path, src, tgt)
+    planned = (said["copied"], said["updated"], said["moved"], said["deleted_in_target"])
+    assert planned == (made["import"], made["update"], made["move"], made["delete"]), (said, made)
+    assert made["delete"] == (1 if moved_away else 0) and made["update"] == (0 if moved_away else 1)
+    assert real.counts.get("moved", 0) == (1 if moved_away else 0), real
+    everything = sorted(m.mime for m in src.items.values())
+    assert sorted(m.mime for m in tgt.items.values()) == everything
+    assert sorted(m.mime for m in tgt.in_folder("INBOX", "Done")) == sorted(
+        m.mime for m in src.in_folder("INBOX", "Done")
+    )
