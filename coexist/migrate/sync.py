@@ -47,6 +47,11 @@ the export, else the exported payload's `info` and `size`), `caps.cursor` "listi
 change feed: every round lists the folder in full, no cursor is saved, and what a round no
 longer lists is gone), `caps.folder_rules` (False: the project's folder rules do not apply;
 default folder to default folder, others by path).
+
+Plan mode (`--plan`, `migrate.planpass`) runs this code as it is, with no branch of its own:
+the stores record their writes instead of sending them (a planned copy or move answers no
+item id, a planned folder a `planned:` id) and read as usual, and the journal the pass
+writes is a scratch copy of the user's item map and cursors, dropped after the plan.
 """
 
 from __future__ import annotations
