@@ -861,3 +861,20 @@ def test_a_plan_recovers_an_interrupted_import_as_the_real_pass_does(
     assert sorted(m.mime for m in tgt.in_folder("INBOX", "Done")) == sorted(
         m.mime for m in src.in_folder("INBOX", "Done")
     )
+
+
+def test_a_plan_reads_the_change_key_an_interrupted_update_forgot(tmp_path: Path) -> None:
+    """A copy whose change key a killed update left forgotten (`Sink.mark`): the plan reads
+    it from the target (`change_keys`) and plans the update the real pass then makes, not
+    a conflict; and writes nothing."""
+    src, tgt = MemoryStore(), MemoryStore()
+    item = src.put(("INBOX",), "one")
+    run_pass(tmp_path, src, tgt)
+    src.change(item, read=True)
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        journal.map_item(USER, item, target_change_key=None)  # as `Sink.mark` leaves it
+    said, real, made = plan_then_run(tmp_path, src, tgt)
+    assert said["updated"] == made["update"] == 1, (said, made)
+    assert real.counts["updated"] == 1 and not real.counts.get("update_conflicts"), real
+    [copy] = tgt.in_folder("INBOX")
+    assert copy.state.read
