@@ -215,8 +215,13 @@ def summary(
     where a copy the pass adopted, after a move or an interrupted import, has its own), and
     how many updates, moves and deletions its writes hold."""
     copies: dict[tuple[str, str], list[int]] = {}
+    # What the pass would skip (size limit, protected mail), per source folder and reason:
+    # the real pass lists each with its subject (status's skipped items), the plan counts.
+    skips: Counter[tuple[str, str]] = Counter()
     for r in after:
         was = before.get(str(r["source_item_id"]))
+        if r["status"] == "skipped" and not (was and was["status"] == "skipped"):
+            skips[(str(r["source_folder_id"]), str(r["reason"] or ""))] += 1
         if r["status"] != "copied" or (was and was["status"] in ("copied", "changed")):
             continue
         if r.get("target_item_id") is not None:
@@ -252,6 +257,15 @@ def summary(
             bytes=size,
             source_folder=src,
             target_folder=to,
+        )
+    for (src_id, reason), n in skips.items():
+        src = (names or {}).get(src_id, src_id)
+        line(
+            f"skip {_n(n)} from {src}: {reason}",
+            action="skip",
+            messages=n,
+            source_folder=src,
+            reason=reason,
         )
     said = {"update": "update the flags of", "move": "move", "delete": "delete"}
     for action, verb in said.items():
