@@ -18,7 +18,7 @@ from coexist.sandbox.mailstore import Item
 from coexist.sandbox.server import REQUEST_LOG_KEY
 from coexist.settings import load_project
 from tests.e2e.conftest import TEST_RETRY
-from tests.e2e.test_graph_mover import SIGNED, World, last_counts
+from tests.e2e.test_graph_mover import SIGNED, World, last_counts, mime
 from tests.e2e.test_items_mover import provisioned
 
 ENCRYPTED = "encrypted (S/MIME or IRM)"
@@ -28,6 +28,8 @@ NO_MIME_HEADERS = (
     b"Message-ID: <bare@example.org>\r\nDate: Mon, 15 Jan 2024 09:00:00 +0000\r\n\r\n"
     b"a body that only its MIME shows\r\n"
 )
+
+IRM = mime("irm", b"rpmsg").replace(b"MIME-Version", b"Content-Class: rpmsg.message\nMIME-Version")
 
 
 @contextmanager
@@ -72,8 +74,8 @@ def licensed(make_project: Callable[..., Path], sandbox: Sandbox, **overrides: A
 def test_a_graph_items_plan_skips_protected_mail_without_reading_any_mime(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
-    """A plan of a mailbox with S/MIME-encrypted, opaque-signed, clear-signed, oversize and
-    plain mail sends no `$value` read, says per folder what the real pass then skips
+    """A plan of a mailbox with S/MIME-encrypted, opaque-signed, IRM, clear-signed, oversize
+    and plain mail sends no `$value` read, says per folder what the real pass then skips
     (encrypted, larger than the limit) and copies (its bytes: Exchange's message sizes),
     and writes nothing; the real pass, unchanged, reads each message's MIME and skips and
     copies exactly what the plan said."""
@@ -90,6 +92,8 @@ def test_a_graph_items_plan_skips_protected_mail_without_reading_any_mime(
             ctype='application/x-pkcs7-mime; smime-type=signed-data; name="smime.p7m"',
         ),
         "big": w.put(["Inbox"], "big", attachment=b"x" * (1024 * 1024 + 10)),
+        # IRM: multipart with Content-Class "rpmsg.message" (MS-OXBBODY 2.1.3.4).
+        "irm": w.put(["Inbox"], "irm", body=IRM),
     }
     before = sorted(i.subject for i in w.items("target"))
     with Journal.open(load_project(w.project).journal_url) as j:
@@ -108,7 +112,7 @@ def test_a_graph_items_plan_skips_protected_mail_without_reading_any_mime(
 
     skips = {(x["source_folder"], x["reason"]): x["messages"] for x in mail_lines(planned, "skip")}
     assert skips == {
-        ("Inbox", ENCRYPTED): 1,
+        ("Inbox", ENCRYPTED): 2,
         ("Inbox/Secure", ENCRYPTED): 1,
         ("Inbox", "larger than 1 MB"): 1,
     }, skips
@@ -126,7 +130,12 @@ def test_a_graph_items_plan_skips_protected_mail_without_reading_any_mime(
     assert counts["copied"] == copy["messages"] and counts["skipped"] == sum(skips.values())
     report = commands.status(w.project, user=str(w.user["source_address"]))["users"][0]
     skipped = {(s["folder"], s["subject"]) for s in report["reconciliation"]["skipped_items"]}
-    assert skipped == {("Inbox", "opaque"), ("Inbox/Secure", "smime"), ("Inbox", "big")}
+    assert skipped == {
+        ("Inbox", "opaque"),
+        ("Inbox/Secure", "smime"),
+        ("Inbox", "big"),
+        ("Inbox", "irm"),
+    }
     assert sorted(i.subject for i in w.items("target")) == sorted([*before, "plain", "signed"])
     # A plan after it: nothing to copy, nothing newly skipped.
     again = plan(w)

@@ -104,8 +104,8 @@ STATE_SELECT = "isRead,isDraft,flag,categories,importance,receivedDateTime,sentD
 # A planned export reads no MIME (a plan of a 50 GB mailbox must not download 50 GB): what
 # the skip rules and the plan need of a message comes with its state in one GET.
 # - `internetMessageHeaders` (resources/message: "A collection of message headers defined by
-#   RFC5322 ... Returned only on applying a $select query option"): its Content-Type header
-#   shows S/MIME and IRM mail as the MIME's does (`top_content_type`).
+#   RFC5322 ... Returned only on applying a $select query option"): its Content-Type and
+#   Content-Class headers show S/MIME and IRM mail as the MIME's do (`mime_info`).
 # - PidTagMessageSize (MS-OXPROPS 2.797, `Integer 0x0E08`, read as an extended property,
 #   singlevaluelegacyextendedproperty-get): "the approximate number of bytes that are
 #   transferred when the message is moved" (MAPI PidTagMessageSize canonical property). The
@@ -387,20 +387,32 @@ def parse_mime(mime: bytes) -> EmailMessage:
     return msg
 
 
-def top_content_type(mime: bytes) -> str:
-    return str(parse_mime(mime).get("Content-Type", "")).lower()
+def mime_info(mime: bytes) -> ItemInfo:
+    """What the skip rules read of a message's MIME: its top-level Content-Type and
+    Content-Class (IRM mail is "rpmsg.message" there, its top type multipart: MS-OXBBODY
+    2.1.3.4), lower case."""
+    msg = parse_mime(mime)
+    return ItemInfo(
+        content_type=str(msg.get("Content-Type", "")).lower(),
+        content_class=str(msg.get("Content-Class", "")).lower(),
+    )
 
 
-def header_content_type(headers: Any) -> str | None:
-    """The top-level Content-Type of a message's `internetMessageHeaders` (name/value pairs,
-    resources/internetmessageheader), parsed as `top_content_type` parses the MIME's (the
-    same email policy: unfolded, parameters normalized), lower case; None when the headers
-    carry none."""
+def header_info(headers: Any) -> ItemInfo | None:
+    """`mime_info` from a message's `internetMessageHeaders` (name/value pairs,
+    resources/internetmessageheader), each header parsed as the MIME's is (the same email
+    policy: unfolded, parameters normalized); None when the headers carry no Content-Type."""
+    found: dict[str, str] = {}
     for h in headers if isinstance(headers, list) else []:
-        if isinstance(h, dict) and str(h.get("name", "")).lower() == "content-type":
-            value = email.policy.default.header_fetch_parse("Content-Type", str(h.get("value")))
-            return str(value).lower()
-    return None
+        name = str(h.get("name", "")).title() if isinstance(h, dict) else ""
+        if name in ("Content-Type", "Content-Class") and name not in found:
+            value = email.policy.default.header_fetch_parse(name, str(h.get("value")))
+            found[name] = str(value).lower()
+    if "Content-Type" not in found:
+        return None
+    return ItemInfo(
+        content_type=found["Content-Type"], content_class=found.get("Content-Class", "")
+    )
 
 
 def extended_int(item: dict[str, Any], prop: str) -> int | None:
@@ -772,7 +784,7 @@ class GraphItemsStore:
                 )
             except NotFound:
                 continue
-            info = None if state_only else ItemInfo(content_type=top_content_type(mime))
+            info = None if state_only else mime_info(mime)
             out[sid] = Payload(
                 MIME,
                 "",
@@ -801,11 +813,11 @@ class GraphItemsStore:
                     f"{odata_string(MESSAGE_SIZE_PROP)})",
                 },
             )
-            ctype = header_content_type(raw.get("internetMessageHeaders"))
+            info = header_info(raw.get("internetMessageHeaders"))
             size = extended_int(raw, MESSAGE_SIZE_PROP)
-            if ctype is None:
+            if info is None:
                 mime = await self.box.graph.get_bytes(f"{self.user}/messages/{sid}/$value")
-                ctype, size = top_content_type(mime), len(mime)
+                info, size = mime_info(mime), len(mime)
         except NotFound:
             return None
         return Payload(
@@ -815,7 +827,7 @@ class GraphItemsStore:
             state=message_state(raw),
             source_id=sid,
             size=size,
-            info=ItemInfo(content_type=ctype),
+            info=info,
         )
 
     async def import_item(
