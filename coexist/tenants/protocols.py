@@ -91,6 +91,11 @@ class Capabilities:
     # (`sync.unscanned`): no request, no cursor; its first item makes `total` > 0 and the
     # next pass reads it in full.
     empty_means_nothing: bool = False
+    # folder_state kinds the store keeps per user and side besides its cursors (folder_id
+    # "source" / "target": a mailbox id, default folder names). A source mailbox whose
+    # cursors name a mailbox or folders gone (re-created) has them dropped with its cursors
+    # (`sync.drop_gone_cursors`).
+    side_state: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

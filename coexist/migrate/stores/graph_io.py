@@ -117,6 +117,7 @@ CAPS = Capabilities(
     # counts 0 has no item for its items delta to report (*unverified*: that Exchange's count
     # and the delta cover the same items, the folder's normal ones, as the sandbox's do).
     empty_means_nothing=True,
+    side_state=frozenset({MAILBOX_KIND, NAMES_KIND}),
 )
 
 
