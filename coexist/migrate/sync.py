@@ -1643,9 +1643,12 @@ async def _scan_all(
     cursors = saved_cursors(ctx, subject, src, kept)
     feed = src.caps.checkpoint_kind
     fact = next((c for c in kept if c["kind"] == GONE_KIND and c["folder_id"] == feed), None)
-    if cursors and not any(f in by_id for f in cursors):
+    vanished = [f for f in cursors if f not in by_id]
+    if cursors and len(vanished) == len(cursors):
         drop_gone_cursors(ctx, subject, src, plan, by_id, recorded, cursors, kind, None)
         cursors, fact = {}, {"token": True}
+    elif vanished:
+        cursors = settle_vanished(ctx, subject, src, cursors, vanished, kind)
     while True:
         try:
             for folder_id in plan.target_of:
@@ -1722,6 +1725,26 @@ def drop_gone_cursors(
         ctx.journal.delete_checkpoint(key, folder_id, src.caps.checkpoint_kind)
     for side_kind in src.caps.side_state:
         ctx.journal.delete_checkpoint(key, "source", side_kind)
+
+
+def settle_vanished(
+    ctx: Context,
+    key: str,
+    src: ChangeFeed,
+    cursors: Mapping[str, str],
+    vanished: list[str],
+    kind: str | None,
+) -> dict[str, str]:
+    """Folders with a saved cursor that the source no longer lists (deleted, or renamed
+    where a store's folder id is its name, or re-made under a new id): their rows are what
+    a full round that saw nothing leaves (`forget_unseen`: copied -> gone, so a message now
+    in another folder under a new id is matched to its copy by `resolve_moves`, not copied
+    twice), then their cursors are dropped (after: a pass killed between does it again).
+    Returns the cursors left."""
+    for folder_id in vanished:
+        forget_unseen(ctx, key, folder_id, set(), kind)
+        ctx.journal.delete_checkpoint(key, folder_id, src.caps.checkpoint_kind)
+    return {f: c for f, c in cursors.items() if f not in vanished}
 
 
 def gone_said(row: Mapping[str, Any] | None) -> str | None:

@@ -29,6 +29,7 @@ from tests.e2e.test_graph_mover import (
     prestage,
     provisioned,
 )
+from tests.e2e.test_items_mover import provisioned as items_provisioned
 
 
 def recreate_source(w: World) -> None:
@@ -130,3 +131,30 @@ def user_box(w: World) -> str:
     """The source user's current primaryMailboxId (sandbox users.primary_mailbox_id)."""
     user = w.sb.world.source.users[w.source]
     return f"MBX:{user.exchange_guid}@{w.sb.world.source.tenant_id}"
+
+
+def test_the_mail_api_mover_copies_nothing_twice_from_a_recreated_source(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """graph-items (mail API; its deltaLinks name the user and folder, not the mailbox): after
+    the same re-creation the Inbox's delta reports the old ids removed and the new ones new,
+    the folder made again under a new id is no longer listed and its rows are settled as
+    gone; the item map's identities give every new id its old copy: only the new message is
+    copied."""
+    w = items_provisioned(make_project, sandbox)
+    for subject in ("one", "two"):
+        w.put(["Inbox"], subject)
+    w.put(["Projects"], "plan")
+    prestage(w)
+    assert last_counts(w)["copied"] == 3
+    recreate_source(w)
+    w.put(["Inbox"], "after")
+    cutover(w)
+    assert last_pass(w)["status"] == "ok", last_pass(w)
+    counts = last_counts(w)
+    assert counts["copied"] == 1, counts
+    mail = {s: len(v) for s, v in by_subject(w.items("target")).items()}
+    assert mail == {"one": 1, "two": 1, "plan": 1, "after": 1}, mail
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    assert {s: len(v) for s, v in by_subject(w.items("target")).items()} == mail
