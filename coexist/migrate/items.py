@@ -146,8 +146,7 @@ class ItemsMover:
             )
         if note := sync.conflicts_note(conflicts):
             notes.append(note)
-        if any(s.events for s in every):
-            notes.append("source mailbox re-created: scanned again in full")
+        notes += [n for s in every for n in dict.fromkeys(s.notes)]
         result = reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
         return dataclasses.replace(result, events=sync.events_said(ctx, subject, *every))
 

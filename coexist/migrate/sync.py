@@ -76,6 +76,7 @@ from coexist.tenants.protocols import (
     MAIL_CLASS,
     MAIL_FOLDER,
     MIME,
+    REPLACED_KIND,
     TASK_JSON,
     BatchImport,
     Change,
@@ -152,6 +153,8 @@ class Plan:
     # Whether the project's folder rules mapped this plan (`map_folders`), so a folder the
     # target refused can be renamed by one (reconcile.refused_folders_hint).
     by_rules: bool = False
+    # The target store found its mailbox re-created (`FolderTree.replaced`).
+    target_replaced: bool = False
 
 
 # (parent or None for the top, name, path, folder class) -> the made folder, or None when the
@@ -277,6 +280,7 @@ async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Pl
     else:
         plan = await map_defaults(source.folders, target.folders, tgt.create_folder)
     plan.not_ipm = source.left_out
+    plan.target_replaced = target.replaced
     return plan
 
 
@@ -820,8 +824,10 @@ class Stores:
     # Copies made without part of their state, by what they lack (`Imported.lost`; an IMAP
     # target names the folder): each said once in the pass detail (`not_kept_note`).
     not_kept: Counter[str] = field(default_factory=Counter)
-    # Lines for the pass's events (the run log): a re-created source mailbox (`gone_said`).
+    # Lines for the pass's events (the run log) and short notes for its detail: a
+    # re-created source (`gone_said`) or target (`reverify_copies`) mailbox.
     events: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _of_kind(row: dict[str, Any], kind: str | None) -> bool:
@@ -1595,6 +1601,8 @@ async def sync_mailbox(
     stores = Stores(src, tgt, negotiate(src, tgt, file))
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
+    if plan.target_replaced:
+        await reverify_copies(ctx, subject, tgt, plan, kind, stores)
     recorded = ctx.journal.item_map_counts(subject)
     if not ctx.planning:  # the progress view's bar: the source's items not yet copied
         total = sum(by_id[f].total for f in plan.target_of if f in by_id)
@@ -1613,6 +1621,7 @@ async def sync_mailbox(
         said = gone_said(row)
     if said is not None:
         stores.events.append(said)
+        stores.notes.append("source mailbox re-created: scanned again in full")
     await settle_left(ctx, subject, tgt, kind)
     await resolve_moves(ctx, subject, tgt, plan, counts, kind)
     _between(counts)
@@ -1747,6 +1756,59 @@ def settle_vanished(
     return {f: c for f, c in cursors.items() if f not in vanished}
 
 
+async def reverify_copies(
+    ctx: Context,
+    key: str,
+    tgt: MailboxStore,
+    plan: Plan,
+    kind: str | None,
+    stores: Stores,
+) -> None:
+    """The target mailbox was re-created (new mailbox id; `FolderTree.replaced`): the copies
+    the journal names lived in the old one. A new mailbox is empty, a restored one holds them
+    under new ids, so each copied row's copy is looked for by identity (`tgt.copies`) in the
+    folder its source folder maps to now: found, the row names it; not found (or the row has
+    no identity), the row is pending again and this pass copies it. The fact
+    (REPLACED_KIND, journaled by the store before it kept the new id) is dropped after the
+    rows are: a pass killed in between checks them again (idempotent: a row already pending
+    stays so, one already pointing at a found copy finds it again)."""
+    rows = [
+        r
+        for r in ctx.journal.mapped_items(key)
+        if r["status"] in ("copied", "changed") and _of_kind(r, kind)
+    ]
+    by_dest: dict[str | None, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_dest.setdefault(plan.target_of.get(str(r["source_folder_id"] or "")), []).append(r)
+    found = again = 0
+    updates: list[dict[str, Any]] = []
+    for dest, group in by_dest.items():
+        there = await tgt.copies(dest, set()) if dest else {}
+        for r in group:
+            refs = there.get(str(r["source_identity"])) if r["source_identity"] else None
+            if refs and dest:
+                ref = refs.pop(0)
+                found += 1
+                updates.append({"source_item_id": r["source_item_id"], "target_folder_id": dest,
+                                "target_item_id": ref.item_id,
+                                "target_change_key": ref.change_key})  # fmt: skip
+            else:
+                again += 1
+                updates.append({"source_item_id": r["source_item_id"], "status": "pending",
+                                "target_folder_id": None, "target_item_id": None,
+                                "target_change_key": None, "reason": None})  # fmt: skip
+    ctx.journal.map_items(key, updates)
+    ctx.journal.delete_checkpoint(key, "target", REPLACED_KIND)
+    user = ctx.journal.get_item("user", key) or {}
+    address = str(user.get("target_address") or user.get("source_address") or key)
+    stores.events.append(
+        f"{address}: the target mailbox was re-created (it has a new mailbox id): of the"
+        f" {found + again} copies the journal named there, {found} were found again by"
+        f" identity and {again} are copied again"
+    )
+    stores.notes.append(f"target mailbox re-created: {again} copies to make again")
+
+
 def gone_said(row: Mapping[str, Any] | None) -> str | None:
     """What `drop_gone_cursors` journaled (`row`), for the events of the pass whose scan
     followed it (`Stores.events`)."""
@@ -1856,8 +1918,7 @@ class StoreMover:
             notes.append(note)
         if note := not_kept_note(counts["not_kept"], stores.not_kept):
             notes.append(note)
-        if stores.events:
-            notes.append("source mailbox re-created: scanned again in full")
+        notes += stores.notes
         result = reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
         return dataclasses.replace(result, events=events_said(ctx, subject, stores))
 

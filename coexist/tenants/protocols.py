@@ -117,6 +117,14 @@ class FolderTree:
 
     folders: list[Folder]
     left_out: int = 0
+    # The store found its mailbox re-created since the journal kept its id (a new mailbox
+    # id): copies the journal names there may be gone with the old one
+    # (`sync.reverify_copies`, for a target). Kept as a folder_state row (REPLACED_KIND,
+    # folder_id: the side) until the journal's copies were checked again.
+    replaced: bool = False
+
+
+REPLACED_KIND = "mailbox-replaced"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from coexist.journal import Journal
 from coexist.migrate.stores.graph import MAILBOX_KIND, NAMES_KIND
 from coexist.migrate.stores.graph_io import CHECKPOINT_KIND
@@ -158,3 +160,47 @@ def test_the_mail_api_mover_copies_nothing_twice_from_a_recreated_source(
     cutover(w)
     assert last_counts(w).get("copied", 0) == 0
     assert {s: len(v) for s, v in by_subject(w.items("target")).items()} == mail
+
+
+def recreate_target(w: World, *, restored: bool) -> None:
+    """Re-create the target mailbox: a new mailbox id; its content gone (the usual case: a
+    new, empty mailbox, its `Projects` folder gone too) or restored into it (`restored`)."""
+    user = w.sb.world.target.users[w.target]
+    user.exchange_guid = new_guid()
+    if restored:
+        return
+    mail = w.sb.mail
+    mail.delete_folder("target", w.target, w.folder("target", ["Projects"]))
+    for item in w.items("target"):
+        mail.delete_message("target", w.target, item.id)
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["emptied", "restored"])
+def test_a_recreated_target_mailbox_gets_its_copies_again_once(
+    make_project: Callable[..., Path], sandbox: Sandbox, restored: bool
+) -> None:
+    """A target mailbox re-created between passes (new mailbox id): the journal's copies may
+    be gone with the old mailbox. Each is looked for again by identity in its folder: those
+    still there (a restored mailbox) are kept, the others copied again, so every message is
+    in the target exactly once; the pass says so once, and the next pass copies nothing."""
+    w = provisioned(make_project, sandbox)
+    for subject in ("one", "two"):
+        w.put(["Inbox"], subject)
+    w.put(["Projects"], "plan")
+    prestage(w)
+    assert last_counts(w)["copied"] == 3
+    recreate_target(w, restored=restored)
+    cutover(w)
+    assert last_pass(w)["status"] == "ok", last_pass(w)
+    counts = last_counts(w)
+    assert counts.get("copied", 0) == (0 if restored else 3), counts
+    assert counts.get("difference", 0) == 0, counts
+    mail = {s: len(v) for s, v in by_subject(w.items("target")).items()}
+    assert mail == {"one": 1, "two": 1, "plan": 1}, mail
+    [said] = [e for e in events(w) if "target mailbox was re-created" in e]
+    assert str(w.user["target_address"]) in said and "MBX:" not in said, said
+    assert f"{0 if restored else 3} are copied again" in said, said
+    cutover(w)
+    assert last_counts(w).get("copied", 0) == 0
+    assert {s: len(v) for s, v in by_subject(w.items("target")).items()} == mail
+    assert len([e for e in events(w) if "target mailbox was re-created" in e]) == 1
