@@ -32,6 +32,13 @@ A pass over one mailbox, and why in this order:
 6. Deletions: gone items are reported (`deletions = keep`) or deleted in the target (mirror).
 7. Reconcile: per target folder, source totals against target totals and the journal.
 
+Re-created mailboxes (new mailbox, folder and item ids): a source whose saved cursors name a
+mailbox or folders gone (one answers 404, or none of their folders is listed) has them dropped
+and is scanned in full; rows of folders no longer listed are settled as gone first, so the
+same messages under new ids are matched to their copies by identity (`drop_gone_cursors`,
+`settle_vanished`). A target found re-created (`FolderTree.replaced`) has the journal's copies
+looked for again by identity; those not found are copied again (`reverify_copies`).
+
 Format: the richest both stores share (`negotiate`): the opaque full-fidelity stream when
 both are Exchange, MIME plus typed properties otherwise (`Payload.mime` and `.state`, a
 `MessageState`: read, draft, flag, categories, importance, delivery and submit time). An

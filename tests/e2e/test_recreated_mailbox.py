@@ -23,6 +23,7 @@ from coexist.migrate.stores.graph_io import CHECKPOINT_KIND
 from coexist.sandbox import Sandbox
 from coexist.sandbox.model import new_guid
 from coexist.settings import load_project
+from coexist.tenants.protocols import REPLACED_KIND
 from tests.e2e.test_graph_mover import (
     World,
     by_subject,
@@ -204,3 +205,29 @@ def test_a_recreated_target_mailbox_gets_its_copies_again_once(
     assert last_counts(w).get("copied", 0) == 0
     assert {s: len(v) for s, v in by_subject(w.items("target")).items()} == mail
     assert len([e for e in events(w) if "target mailbox was re-created" in e]) == 1
+
+
+def test_a_pass_killed_after_keeping_a_new_target_id_checks_the_copies_on_the_next(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Kill-safe: the store journals that the target was re-created before it keeps the new
+    mailbox id. A pass that died after keeping it (the journal's id is already the new one,
+    so nothing 404s any more) leaves that fact, and the next pass checks the copies again."""
+    w = provisioned(make_project, sandbox)
+    w.put(["Inbox"], "one")
+    w.put(["Projects"], "plan")
+    prestage(w)
+    recreate_target(w, restored=False)
+    user = w.sb.world.target.users[w.target]
+    new_id = f"MBX:{user.exchange_guid}@{w.sb.world.target.tenant_id}"
+    with Journal.open(load_project(w.project).journal_url) as j:
+        row = j.get_checkpoint(w.source, "target", MAILBOX_KIND)
+        assert row is not None
+        # What the killed pass left: the fact, then the new id (graph_io `_open.renewed`).
+        j.save_checkpoint(w.source, "target", REPLACED_KIND, token="1")
+        j.save_checkpoint(w.source, "target", MAILBOX_KIND, new_id, str(row["watermark"]))
+    cutover(w)
+    assert last_pass(w)["status"] == "ok", last_pass(w)
+    assert last_counts(w)["copied"] == 2
+    assert sorted(i.subject for i in w.items("target")) == ["one", "plan"]
+    assert f"{REPLACED_KIND}:target" not in kept(w)
