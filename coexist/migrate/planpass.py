@@ -209,9 +209,14 @@ def summary(
     folder, target folder) with their bytes (the item map rows the pass marked copied that
     were not copied before), and how many updates, moves and deletions its writes hold."""
     copies: dict[tuple[str, str], list[int]] = {}
+    # Copies the journal already named: a row that took one over (a message the source
+    # re-made under a new id, adopted by identity: `sync.resolve_moves`) made no new copy.
+    made = {str(r["target_item_id"]) for r in before.values() if r.get("target_item_id")}
     for r in after:
         was = before.get(str(r["source_item_id"]))
         if r["status"] != "copied" or (was and was["status"] in ("copied", "changed")):
+            continue
+        if str(r.get("target_item_id") or "") in made:
             continue
         if str(r["reason"] or "").startswith(MOVE_MARK):
             continue  # a moved item: said with the moves

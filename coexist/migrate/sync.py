@@ -537,11 +537,10 @@ async def resolve_moves(
         if old["kind"] != p["kind"]:
             continue
         if old["target_folder_id"] == dest:  # e.g. two source folders mapped to one
-            if not ctx.planning:
-                _adopt_moved(
-                    ctx, key, p, old, dest, old["target_item_id"], old["target_change_key"]
-                )
-                counts["moved"] += 1
+            # No write to the target: a planned pass adopts in its scratch journal too, so
+            # it plans the update that follows, not a copy (a re-created source's messages).
+            _adopt_moved(ctx, key, p, old, dest, old["target_item_id"], old["target_change_key"])
+            counts["moved"] += 1
         elif tgt.caps.moves:
             if not ctx.planning:
                 ctx.journal.map_item(

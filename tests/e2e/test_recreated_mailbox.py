@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from coexist import commands
 from coexist.journal import Journal
 from coexist.migrate.stores.graph import MAILBOX_KIND, NAMES_KIND
 from coexist.migrate.stores.graph_io import CHECKPOINT_KIND
@@ -24,6 +25,7 @@ from coexist.sandbox import Sandbox
 from coexist.sandbox.model import new_guid
 from coexist.settings import load_project
 from coexist.tenants.protocols import REPLACED_KIND
+from tests.e2e.conftest import TEST_RETRY
 from tests.e2e.test_graph_mover import (
     World,
     by_subject,
@@ -231,3 +233,28 @@ def test_a_pass_killed_after_keeping_a_new_target_id_checks_the_copies_on_the_ne
     assert last_counts(w)["copied"] == 2
     assert sorted(i.subject for i in w.items("target")) == ["one", "plan"]
     assert f"{REPLACED_KIND}:target" not in kept(w)
+
+
+def test_a_plan_after_a_source_recreation_says_one_copy_and_writes_nothing(
+    make_project: Callable[..., Path], sandbox: Sandbox
+) -> None:
+    """Plan mode runs the same handling against its scratch journal: the planned cutover
+    after a source re-creation plans one copy (the new message) and an update of each copy
+    taken over, and the project's journal keeps its old cursors until the real pass."""
+    w = provisioned(make_project, sandbox)
+    w.put(["Inbox"], "one")
+    w.put(["Projects"], "plan")
+    prestage(w)
+    recreate_source(w)
+    w.put(["Inbox"], "after")
+    before = kept(w)
+    user = str(w.user["source_address"])
+    plan = commands.cutover(w.project, users=[user], plan=True, retry=TEST_RETRY)
+    lines = [x["params"] for x in plan["writes"] if x["system"] == "mail"]
+    copies = [x for x in lines if x["action"] == "copy"]
+    assert [x["messages"] for x in copies] == [1], lines
+    # The two messages re-made under new ids take over their copies: an update each.
+    assert [x["messages"] for x in lines if x["action"] == "update"] == [2], lines
+    assert kept(w) == before
+    cutover(w)
+    assert last_counts(w)["copied"] == 1
