@@ -124,7 +124,7 @@ class ItemsMover:
 
         if kind == "cutover":
             window = Window()  # the cutover pass moves everything not yet moved
-        src = GraphItemsStore(Box(ctx.source.graph, subject, ""))
+        src = GraphItemsStore(Box(ctx.source.graph, subject, ""), planning=ctx.planning)
         tgt = GraphItemsStore(Box(ctx.target.graph, target_id(ctx, subject), ""))
         counts: Counter[str] = Counter()
         # Mail rows only here: contacts, events and tasks are moved by their own stores.

@@ -54,6 +54,11 @@ the export, else the exported payload's `info` and `size`), `caps.cursor` "listi
 change feed: every round lists the folder in full, no cursor is saved, and what a round no
 longer lists is gone), `caps.folder_rules` (False: the project's folder rules do not apply;
 default folder to default folder, others by path).
+
+Plan mode (`--plan`, `migrate.planpass`) runs this code as it is, with no branch of its own:
+the stores record their writes instead of sending them (a planned copy or move answers no
+item id, a planned folder a `planned:` id) and read as usual, and the journal the pass
+writes is a scratch copy of the user's item map and cursors, dropped after the plan.
 """
 
 from __future__ import annotations
@@ -537,21 +542,18 @@ async def resolve_moves(
         if old["kind"] != p["kind"]:
             continue
         if old["target_folder_id"] == dest:  # e.g. two source folders mapped to one
-            # No write to the target: a planned pass adopts in its scratch journal too, so
-            # it plans the update that follows, not a copy (a re-created source's messages).
             _adopt_moved(ctx, key, p, old, dest, old["target_item_id"], old["target_change_key"])
             counts["moved"] += 1
         elif tgt.caps.moves:
-            if not ctx.planning:
-                ctx.journal.map_item(
-                    key,
-                    p["source_item_id"],
-                    status="importing",
-                    target_folder_id=dest,
-                    reason=MOVE_MARK + str(old["source_item_id"]),
-                )
+            ctx.journal.map_item(
+                key,
+                p["source_item_id"],
+                status="importing",
+                target_folder_id=dest,
+                reason=MOVE_MARK + str(old["source_item_id"]),
+            )
             await _move_copy(ctx, key, tgt, p, old, dest, counts)
-        elif not ctx.planning:
+        else:
             ctx.journal.map_item(key, p["source_item_id"], reason=MOVE_MARK + old["source_item_id"])
 
 
@@ -592,9 +594,10 @@ async def _move_copy(
     dest: str,
     counts: Counter[str],
 ) -> None:
+    # A store in plan mode answers a move it only recorded without the copy's new id (as a
+    # planned import): the row takes over a copy with no id yet, which no later step reads
+    # (`update_changed` takes rows that name their copy). A real move always names it.
     moved = await tgt.move(copy_of(old), dest)
-    if moved.item_id is None:  # plan mode
-        return
     _adopt_moved(ctx, key, p, old, dest, moved.item_id, moved.change_key, moved.lost)
     counts["moved"] += 1
 
@@ -662,14 +665,14 @@ async def settle_left(ctx: Context, key: str, tgt: MailboxStore, kind: str | Non
     move): adopted, not copied twice. Where imports are not atomic the copy may be partial:
     it is deleted (`copies_of` finds only this tool's stamped copies) and the message, if
     still at the source, copied again. No copy: the row is forgotten. Rows of `kind` if given."""
-    if ctx.planning:
-        return
     left = [
         r
         for r in ctx.journal.mapped_items(key, status="importing")
         if r["reason"] == LEFT_MARK
         and _of_kind(r, kind)
         and str(r["target_folder_id"] or "")
+        # A folder a plan-mode store only planned holds no copy to look for (in any mode:
+        # such a row is no plan branch, only a folder that never existed).
         and not str(r["target_folder_id"]).startswith("planned:")
     ]
     if not left:
@@ -717,8 +720,6 @@ async def finish_moves(
         if old is not None and old["status"] == "gone" and old["target_item_id"]:
             with contextlib.suppress(NotFound):  # deleted by a pass that died after it
                 await tgt.delete(copy_of(old))
-        if ctx.planning:
-            continue
         if old is not None and old["status"] == "gone":
             ctx.journal.unmap_item(key, old["source_item_id"])
         ctx.journal.map_item(key, p["source_item_id"], reason=after_move(str(p["reason"])))
@@ -898,7 +899,7 @@ async def update_changed(
         if r["target_item_id"] and _of_kind(r, kind)
     ]
     unknown = [copy_of(r) for r in rows if not r["target_change_key"]]
-    current = await stores.tgt.change_keys(unknown) if unknown and not ctx.planning else {}
+    current = await stores.tgt.change_keys(unknown) if unknown else {}
     jobs = []
     for r in rows:
         change_key = r["target_change_key"] or current.get(str(r["target_item_id"]))
@@ -1293,8 +1294,8 @@ async def _import_group(
         slots.release()
         held.give(size)
     c = sink.counts
-    if not sink.ctx.planning:  # a planned pass imports nothing
-        progress.emit(progress.PassAdvanced(sink.key, c["copied"] + c["updated"], c["bytes"]))
+    # A planned pass's events reach no view (`planpass.plan_pass`): it imports nothing.
+    progress.emit(progress.PassAdvanced(sink.key, c["copied"] + c["updated"], c["bytes"]))
 
 
 async def _create(sink: Sink, job: Job, data: Payload) -> None:
@@ -1419,12 +1420,10 @@ async def adopt_interrupted(
     if not tgt.caps.atomic_import:
         await _recover_partial(ctx, key, tgt, stuck, taken)
         return
-    if ctx.planning:
-        return
     copies: dict[str, dict[str, list[ItemRef]]] = {}
     for r in stuck:
         dest = str(r["target_folder_id"])
-        if dest in copies or dest.startswith("planned:"):
+        if dest in copies or dest.startswith("planned:"):  # a planned folder: no copies
             continue
         copies[dest] = await tgt.copies(dest, taken)
     for r in stuck:
@@ -1498,9 +1497,8 @@ async def handle_deletions(
         if not deleted:
             counts["not_mirrored"] += 1  # stays `gone` in the item map: visible, not lost
             continue
-        if not ctx.planning:
-            ctx.journal.unmap_item(key, r["source_item_id"])
-            counts["deleted_in_target"] += 1
+        ctx.journal.unmap_item(key, r["source_item_id"])
+        counts["deleted_in_target"] += 1
 
 
 # -- the pass ----------------------------------------------------------------------------------
@@ -1610,11 +1608,12 @@ async def sync_mailbox(
     if plan.target_replaced:
         await reverify_copies(ctx, subject, tgt, plan, kind, stores)
     recorded = ctx.journal.item_map_counts(subject)
-    if not ctx.planning:  # the progress view's bar: the source's items not yet copied
-        total = sum(by_id[f].total for f in plan.target_of if f in by_id)
-        per = recorded.values()
-        moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
-        progress.emit(progress.PassSized(subject, max(0, total - moved)))
+    # The progress view's bar: the source's items not yet copied (a planned pass's events
+    # reach no view: `planpass.plan_pass`).
+    total = sum(by_id[f].total for f in plan.target_of if f in by_id)
+    per = recorded.values()
+    moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
+    progress.emit(progress.PassSized(subject, max(0, total - moved)))
     fresh = not recorded and not window.per_folder
     if not (
         fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
@@ -1634,7 +1633,7 @@ async def sync_mailbox(
     await copy_pending(ctx, subject, stores, plan, window, counts, kind)
     await update_changed(ctx, subject, stores, counts, kind)
     await finish_moves(ctx, subject, tgt, counts, kind)
-    if counts["not_kept"] and not ctx.planning:
+    if counts["not_kept"]:
         await name_not_kept(ctx, subject, src, kind)
     return plan, stores
 

@@ -101,6 +101,17 @@ DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey,internetMessa
 # set (extended-properties-overview: "String {guid} Name name" for custom properties).
 IDENTITY_PROP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
 STATE_SELECT = "isRead,isDraft,flag,categories,importance,receivedDateTime,sentDateTime,changeKey"
+# A planned export reads no MIME (a plan of a 50 GB mailbox must not download 50 GB): what
+# the skip rules and the plan need of a message comes with its state in one GET.
+# - `internetMessageHeaders` (resources/message: "A collection of message headers defined by
+#   RFC5322 ... Returned only on applying a $select query option"): its Content-Type header
+#   shows S/MIME and IRM mail as the MIME's does (`top_content_type`).
+# - PidTagMessageSize (MS-OXPROPS 2.797, `Integer 0x0E08`, read as an extended property,
+#   singlevaluelegacyextendedproperty-get): "the approximate number of bytes that are
+#   transferred when the message is moved" (MAPI PidTagMessageSize canonical property). The
+#   plan's bytes are Exchange's sizes, not the MIME lengths the real pass counts.
+MESSAGE_SIZE_PROP = "Integer 0x0E08"
+PLAN_SELECT = f"{STATE_SELECT},internetMessageHeaders"
 
 # Requests carry at most 4 MB ("The maximum request length supported is 4MB.",
 # microsoft-graph-docs#11806); base64 grows 4/3, and the JSON around it needs room.
@@ -378,6 +389,28 @@ def parse_mime(mime: bytes) -> EmailMessage:
 
 def top_content_type(mime: bytes) -> str:
     return str(parse_mime(mime).get("Content-Type", "")).lower()
+
+
+def header_content_type(headers: Any) -> str | None:
+    """The top-level Content-Type of a message's `internetMessageHeaders` (name/value pairs,
+    resources/internetmessageheader), parsed as `top_content_type` parses the MIME's (the
+    same email policy: unfolded, parameters normalized), lower case; None when the headers
+    carry none."""
+    for h in headers if isinstance(headers, list) else []:
+        if isinstance(h, dict) and str(h.get("name", "")).lower() == "content-type":
+            value = email.policy.default.header_fetch_parse("Content-Type", str(h.get("value")))
+            return str(value).lower()
+    return None
+
+
+def extended_int(item: dict[str, Any], prop: str) -> int | None:
+    """An Integer extended property an item was read with (`$expand`), or None (Graph leaves
+    the collection out when the item lacks the property)."""
+    for p in item.get("singleValueExtendedProperties") or []:
+        if str(p.get("id", "")).casefold() == prop.casefold():
+            with contextlib.suppress(TypeError, ValueError):
+                return int(p.get("value"))
+    return None
 
 
 def _people(msg: Message, header: str) -> list[dict[str, Any]]:
@@ -681,8 +714,9 @@ class GraphItemsStore:
 
     caps = CAPS
 
-    def __init__(self, box: Box) -> None:
+    def __init__(self, box: Box, planning: bool = False) -> None:
         self.box = box
+        self.planning = planning  # plan mode: `export` reads no MIME (`_export_planned`)
         self.feed = MailDelta(box)
         # Whether copies get the replied / forwarded properties: None until the first copy
         # made with them was read back, then True (kept) or False (refused or ignored: left
@@ -719,8 +753,14 @@ class GraphItemsStore:
     ) -> dict[str, Payload]:
         """Each message's MIME (`$value`, message-get "Get MIME content") and state; an
         update (`state_only`) reads the state alone. A message gone since its scan is left
-        out (the next delta reports it)."""
+        out (the next delta reports it). Plan mode: no MIME (`_export_planned`)."""
         out: dict[str, Payload] = {}
+        if self.planning and not state_only:
+            for ref in refs:
+                planned = await self._export_planned(ref.item_id)
+                if planned is not None:
+                    out[ref.item_id] = planned
+            return out
         for ref in refs:
             sid = ref.item_id
             try:
@@ -744,6 +784,39 @@ class GraphItemsStore:
                 info=info,
             )
         return out
+
+    async def _export_planned(self, sid: str) -> Payload | None:
+        """A planned export of one message: its state, the Content-Type of its headers and
+        its size (PLAN_SELECT), one GET, no MIME. A message whose headers carry no
+        Content-Type (one that never crossed a transport may have none: *unverified* which
+        ones Exchange leaves without) has its MIME read, as the real pass would, so the plan
+        still skips what the pass skips. An empty payload: a planned import writes nothing."""
+        try:
+            raw = await self.box.graph.send(
+                "GET",
+                f"{self.user}/messages/{sid}",
+                params={
+                    "$select": PLAN_SELECT,
+                    "$expand": f"singleValueExtendedProperties($filter=id eq "
+                    f"{odata_string(MESSAGE_SIZE_PROP)})",
+                },
+            )
+            ctype = header_content_type(raw.get("internetMessageHeaders"))
+            size = extended_int(raw, MESSAGE_SIZE_PROP)
+            if ctype is None:
+                mime = await self.box.graph.get_bytes(f"{self.user}/messages/{sid}/$value")
+                ctype, size = top_content_type(mime), len(mime)
+        except NotFound:
+            return None
+        return Payload(
+            MIME,
+            "",
+            raw.get("changeKey"),
+            state=message_state(raw),
+            source_id=sid,
+            size=size,
+            info=ItemInfo(content_type=ctype),
+        )
 
     async def import_item(
         self, folder_id: str, payload: Payload, replace: ItemRef | None = None
