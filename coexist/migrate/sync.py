@@ -1656,11 +1656,13 @@ async def _scan_all(
     kept = ctx.journal.checkpoints(subject)  # one read: the cursors and a fact left
     cursors = saved_cursors(ctx, subject, src, kept)
     feed = src.caps.checkpoint_kind
-    fact = next((c for c in kept if c["kind"] == GONE_KIND and c["folder_id"] == feed), None)
+    # Whether a `GONE_KIND` fact is to be said after this scan: one a killed pass left, or
+    # one `drop_gone_cursors` journals below.
+    noted = any(c["kind"] == GONE_KIND and c["folder_id"] == feed for c in kept)
     vanished = [f for f in cursors if f not in by_id]
     if cursors and len(vanished) == len(cursors):
         drop_gone_cursors(ctx, subject, src, plan, by_id, recorded, cursors, kind, None)
-        cursors, fact = {}, {"token": True}
+        cursors, noted = {}, True
     elif vanished:
         cursors = settle_vanished(ctx, subject, src, cursors, vanished, kind)
     while True:
@@ -1670,14 +1672,14 @@ async def _scan_all(
                 if unscanned(src, by_id[folder_id], cursors, recorded):
                     continue
                 await scan_folder(ctx, subject, src, by_id[folder_id], kind, cursors=cursors)
-            if fact is None:
+            if not noted:
                 return None
             return gone_said(ctx.journal.get_checkpoint(subject, feed, GONE_KIND))
         except CursorGone as gone:
             if not cursors:
                 raise  # pragma: no cover - scan_folder raises it only from a saved cursor
             drop_gone_cursors(ctx, subject, src, plan, by_id, recorded, cursors, kind, gone)
-            cursors, fact = {}, {"token": True}
+            cursors, noted = {}, True
 
 
 # folder_state kind (folder_id: the feed's checkpoint kind) of what a pass found when its
