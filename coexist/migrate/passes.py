@@ -70,6 +70,8 @@ class PassResult:
     # Source folder id -> its path ("Inbox/Projects"), for a plan's lines: a Graph or EWS
     # folder id means nothing to a reader (`reconcile.pass_result`; not journaled).
     folders: dict[str, str] = field(default_factory=dict)
+    # Lines for the run log (`Journal.event`, warning), written with the pass's end.
+    events: tuple[str, ...] = ()
 
 
 class Mover(Protocol):
@@ -230,6 +232,8 @@ async def _one_pass(
         ctx.journal.pass_finished(pass_id, ended, {})
         progress.emit(progress.PassEnded(subject, ended))
         raise
+    for text in result.events:
+        ctx.journal.event(ctx.run_id, "warning", text, item_key=subject)
     ctx.journal.pass_finished(pass_id, result.status, result.counts)
     progress.emit(progress.PassEnded(subject, result.status, *_moved(result.counts)))
     return result
