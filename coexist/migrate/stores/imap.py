@@ -954,9 +954,10 @@ class ImapStore:
     ) -> dict[int, str]:
         """UID -> item id of those ids whose UIDVALIDITY is the folder's (the others name
         messages that no longer exist under those UIDs; a folder deleted since: none);
-        selects the folder to read."""
+        selects the folder to read, unless the connection has it selected already
+        (`ImapSession.validity`)."""
         try:
-            validity = await self.run(lambda s: s.examine(name), via)
+            validity = await self.run(lambda s: s.validity(name), via)
         except NotFound:
             return {}
         out: dict[int, str] = {}
