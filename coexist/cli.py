@@ -274,6 +274,10 @@ def _render_run(result: dict[str, Any], as_json: bool) -> None:
         return
     # Everything that comes from the journal or a tenant is escaped: rich would take a
     # `[redacted]`, a `[target]` or a `[Sales]` in a name for markup and drop it (issue 10).
+    for batch, run in (result.get("runbooks_in_progress") or {}).items():
+        out.print(
+            f"note: a playbook run on batch {escape(batch)} is in progress: {escape(run['text'])}"
+        )
     if result.get("plan"):
         for w in result.get("writes", []):
             out.print(f"[cyan]would[/cyan] {escape(w['text'])}")
@@ -2070,6 +2074,8 @@ def report_cmd(
         return
     for line in report.text_lines(data):
         out.print(escape(line))
+    for run_batch, who in commands.runbooks(project, batch=batch).items():
+        out.print(escape(f"note: playbook run in progress on batch {run_batch}: {who}"))
     if html is not None:
         out.print(escape(f"HTML report written: {html}"))
     if sent:

@@ -320,6 +320,8 @@ def _result(sess: Session, **extra: Any) -> dict[str, Any]:
     }
     if sess.planning:
         out["writes"] = sess.planned_writes()
+    if sess.runbooks:  # a plan beside a playbook run on its batch (coexist.runtime)
+        out["runbooks_in_progress"] = sess.runbooks
     return out
 
 
@@ -784,7 +786,7 @@ def confirm(directory: Path | None, user: str, target: str) -> dict[str, Any]:
     journal = open_journal(project)
     writer: Writer | None = None
     try:
-        writer = project_writer(journal, "confirm")
+        writer = project_writer(journal, "confirm", {"users": [user]})
         item = batches.select(journal.items(kind="user"), [user], what="confirm")[0]
         if am.decides(item):  # a user `coexist automatch` decided: the target is an address
             return am.confirm(journal, item, user, target)
@@ -1776,6 +1778,17 @@ UNFINISHED_STEPS = {
         ("cutover.", "forwarding swapped", "forwarding swap", True),
     ),
 }
+
+
+def runbooks(directory: Path | None, *, batch: str | None = None) -> dict[str, str]:
+    """The playbook runs in progress (on `batch`, else any), as `status` names them: a
+    report read meanwhile says its figures are still moving."""
+    journal = open_journal(load_project(project_dir(directory)))
+    try:
+        runs = playbook_runs(journal.engine).items()
+        return {b: h.describe() for b, h in runs if batch is None or b == batch}
+    finally:
+        journal.close()
 
 
 def progress_of(

@@ -48,7 +48,7 @@ from coexist.errors import (
 from coexist.journal import Journal
 from coexist.migrate.stores.imap import endpoint_of, limits_of
 from coexist.model import Phase
-from coexist.runtime import open_journal, project_dir, retry_policy
+from coexist.runtime import batch_hold, open_journal, project_dir, retry_policy
 from coexist.settings import ImapSettings, Project, load_project
 from coexist.tenants.auth import TenantCredentials
 from coexist.tenants.ews import EwsLimits, EwsServer
@@ -408,8 +408,10 @@ def verify_credentials(
     project = load_project(project_dir(directory), env=env)
     journal = open_journal(project)
     try:
-        items = pick_users(journal, project.directory, batch=batch, users=named)
-        results = asyncio.run(_verify(project, journal, items, env))
+        selection = {"batch": batch, "users": named, "all": all_users}
+        with batch_hold(journal, "verify-credentials", selection):
+            items = pick_users(journal, project.directory, batch=batch, users=named)
+            results = asyncio.run(_verify(project, journal, items, env))
     finally:
         journal.close()
     counts = Counter(r.source.result for r in results) + Counter(r.target.result for r in results)

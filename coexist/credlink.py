@@ -50,7 +50,7 @@ from coexist.engine.runner import set_item
 from coexist.errors import CoexistError, InputError
 from coexist.journal import Journal
 from coexist.retry import RetryPolicy
-from coexist.runtime import open_journal, project_dir
+from coexist.runtime import batch_hold, open_journal, project_dir
 from coexist.settings import ImapSettings, Project, load_project
 from coexist.tenants.ews import AdminLogin, EwsLimits, EwsServer
 from coexist.tenants.imap import Credentials, Password
@@ -261,8 +261,10 @@ def request(
                 "skipped": skipped,
                 "refused": [],
             }
-        key = link_key(vault)
-        sent, refused = asyncio.run(_send(project, journal, key, todo, clock, env))
+        # A playbook run on the batch refuses it before the first link goes (runtime).
+        with batch_hold(journal, "credentials request", {"batch": batch, "users": users}):
+            key = link_key(vault)
+            sent, refused = asyncio.run(_send(project, journal, key, todo, clock, env))
         return {
             "plan": False,
             "sent": sent,
@@ -427,22 +429,23 @@ def revoke(
     try:
         items = pick_users(journal, project.directory, batch=batch, users=users)
         revoked = []
-        for item in items:
-            record = dict((item.get("detail") or {}).get(DETAIL) or {})
-            if record.get("state") != ACTIVE:
-                continue
-            record["state"] = REVOKED
-            record["revoked_at"] = _iso(utcnow())
-            set_item(journal, "user", str(item["key"]), **{DETAIL: record})
-            _back_to_credentials(journal, project, item, f"link {record['id']} revoked")
-            journal.event(
-                None,
-                "info",
-                f"credentials revoke: link {record['id']} of {_addr(item)} withdrawn",
-                item_key=str(item["key"]),
-                data={"link": record["id"]},
-            )
-            revoked.append({"user": _addr(item), "link": record["id"]})
+        with batch_hold(journal, "credentials revoke", {"batch": batch, "users": users}):
+            for item in items:
+                record = dict((item.get("detail") or {}).get(DETAIL) or {})
+                if record.get("state") != ACTIVE:
+                    continue
+                record["state"] = REVOKED
+                record["revoked_at"] = _iso(utcnow())
+                set_item(journal, "user", str(item["key"]), **{DETAIL: record})
+                _back_to_credentials(journal, project, item, f"link {record['id']} revoked")
+                journal.event(
+                    None,
+                    "info",
+                    f"credentials revoke: link {record['id']} of {_addr(item)} withdrawn",
+                    item_key=str(item["key"]),
+                    data={"link": record["id"]},
+                )
+                revoked.append({"user": _addr(item), "link": record["id"]})
         return {"revoked": revoked}
     finally:
         journal.close()

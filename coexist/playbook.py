@@ -31,7 +31,10 @@ One run per batch: a run holds its batch (`claims.playbook_scope`) from before i
 row to its end - failure, Ctrl-C and SIGTERM included; a SIGKILLed run's lock goes with
 its process - so a second run on the batch (any playbook) is refused before it records
 anything, naming the holder (`_lock_batch`). The step commands claim what they write under
-writers of their own beside it. `--plan` takes no lock and says when a run is in progress.
+writers of their own beside it (`claims.acting_for`: the run's lock does not refuse them);
+an operator's command on users of the batch is refused while the run holds it, and a run
+is refused while such a command works on the batch. `--plan` takes no lock and says when
+a run is in progress.
 """
 
 from __future__ import annotations
@@ -702,7 +705,8 @@ def run_playbook(
         raise
     status = "failed"
     try:
-        with _terminated_as_exit():
+        # The run's own step commands claim their batch beside its lock (`claims`).
+        with _terminated_as_exit(), claims.acting_for(writer):
             for step in steps:
                 outcome = _run_step(run, journal, run_id, step)
                 outcomes.append(outcome)
@@ -743,6 +747,14 @@ def _lock_batch(journal: Journal, pb: Playbook, batch: str, project: Path) -> cl
         holders = exc.fields.get("holders") or []
         # Named from the claim itself (a holder gone meanwhile: the refusal's own words).
         running = claims.holder_of(journal.engine, scope)
+        if running is None and not any(h.get("playbook_batches") for h in holders):
+            # An operator's command works on users of the batch (its `batch:` claim).
+            raise Busy(
+                f"playbook {pb.name} cannot run on batch {batch}: {exc.message}",
+                next_step=exc.next_step,
+                reason=exc.fields.get("reason"),
+                holders=holders,
+            ) from exc
         who = running.describe() if running is not None else exc.message
         dead = (
             "if that process is gone (killed, its host down), its lock went with it (a "

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coexist import jobs, progress, schedule
+from coexist import batches, jobs, progress, schedule
 from coexist.engine.context import (
     Context,
     SideOptions,
@@ -27,7 +27,7 @@ from coexist.engine.context import (
 from coexist.engine.runner import Outcome, Runner
 from coexist.errors import StorageError
 from coexist.gcfreeze import freeze_startup_objects
-from coexist.journal import Journal
+from coexist.journal import Journal, claims
 from coexist.journal.claims import PROJECT, Writer, user_scope
 from coexist.retry import RetryPolicy
 from coexist.settings import Project, load_project
@@ -60,6 +60,8 @@ class Session:
     recorder: WriteRecorder | None
     outcomes: list[Outcome] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # users left out, and why
+    # A plan's note: the playbook runs holding a batch of its selection (`runbooks_in_progress`).
+    runbooks: dict[str, Any] = field(default_factory=dict)
 
     @property
     def planning(self) -> bool:
@@ -107,28 +109,91 @@ def open_journal(project: Project) -> Journal:
 READ_ONLY_SESSIONS = frozenset({"verify-mailflow"})
 
 
-def project_writer(journal: Journal, command: str) -> Writer:
-    """Claim the whole project for `command`, or raise `Busy` naming who holds it.
+def project_writer(journal: Journal, command: str, args: Mapping[str, Any] | None = None) -> Writer:
+    """Claim the whole project for `command` (and the batches of its selection `args`:
+    `batch_claim`), or raise `Busy` naming who holds it.
 
     Every writing command claims the project, not just its users, until the decisions that
     span users have claims of their own (`coexist.journal.claims` says which and why).
     """
-    return Writer.open(journal.engine, command, {PROJECT: "the whole project"})
+    marks = batch_claim(journal, args) if args else {}
+    return Writer.open(journal.engine, command, {PROJECT: "the whole project"} | marks)
 
 
-def _writer(journal: Journal, command: str, claim: Mapping[str, str] | None = None) -> Writer:
-    """The project's claim, or inside a worker's job only its user's (`coexist.jobs`): the
-    enqueuing command made the project-wide decisions under the project claim. Holding the
-    user also pins the mailbox to this worker for its pass, so its Outlook budget
+@contextmanager
+def batch_hold(journal: Journal, command: str, args: Mapping[str, Any]) -> Iterator[None]:
+    """For a command that writes about its selected users outside a session and claims
+    nothing else (verify-credentials, credentials request / revoke): hold the batches of
+    its selection, so a playbook run on one of them refuses it (`Busy`) before it writes,
+    as it refuses a session's command. Runs beside project writers, as before."""
+    marks = batch_claim(journal, args) if jobs.current() is None else {}
+    if not marks:
+        yield
+        return
+    with Writer.open(journal.engine, command, marks):
+        yield
+
+
+def _writer(
+    journal: Journal,
+    command: str,
+    claim: Mapping[str, str] | None = None,
+    args: Mapping[str, Any] | None = None,
+) -> Writer:
+    """The project's claim (or `claim`: coexist.worker.enqueue) and the batches its selection
+    takes in, or inside a worker's job only its user's (`coexist.jobs`): the enqueuing command
+    made the project-wide decisions, and the batch claim, under its own. Holding the user
+    also pins the mailbox to this worker for its pass, so its Outlook budget
     (`MailboxLimits`, per app per mailbox) is paced by one governor, never two."""
     job = jobs.current()
-    if claim is not None:  # a command that says what it claims (coexist.worker.enqueue)
-        return Writer.open(journal.engine, command, claim)
-    if job is None:
-        return project_writer(journal, command)
-    return Writer.open(
-        journal.engine, f"{command} on {job.worker}", {user_scope(job.key): job.label}
-    )
+    if claim is None and job is not None:
+        return Writer.open(
+            journal.engine, f"{command} on {job.worker}", {user_scope(job.key): job.label}
+        )
+    scopes = dict(claim) if claim is not None else {PROJECT: "the whole project"}
+    return Writer.open(journal.engine, command, scopes | batch_claim(journal, args or {}))
+
+
+def batch_claim(journal: Journal, args: Mapping[str, Any]) -> dict[str, str]:
+    """The ``batch:`` scopes of a command's selection (`selected_batches`): a playbook run
+    on one of those batches refuses it (`coexist.journal.claims`)."""
+    return {
+        claims.batch_scope(b): f"users of batch {b}"
+        for b in sorted(selected_batches(journal, args))
+    }
+
+
+def selected_batches(journal: Journal, args: Mapping[str, Any]) -> set[str]:
+    """The batches whose users a command's selection takes in, read from its arguments as
+    its run records them (`runs.args`: ``batch`` a name or a CSV file, ``users``, ``all``),
+    the same way `coexist.commands.pick_users` reads them; empty for a command that selects
+    no users (discover, groups) and for users of no batch.
+
+    Names nobody knows are left to the command (it refuses them, naming them)."""
+    batch, users, everyone = args.get("batch"), args.get("users"), args.get("all")
+    if batch and not Path(str(batch)).is_file():
+        return {str(batch)}
+    if batch:
+        names: list[str] = [str(r["source"]) for r in batches.read_rows(Path(str(batch)))]
+    elif isinstance(users, list | tuple) and users:
+        names = [str(u) for u in users]
+    elif everyone:
+        return {str(i["batch"]) for i in journal.items(kind="user") if i.get("batch")}
+    else:
+        return set()
+    index = batches.index_users(journal.items(kind="user"))
+    found = (index.get(n.strip().lower()) for n in names)
+    return {str(i["batch"]) for i in found if i is not None and i.get("batch")}
+
+
+def runbooks_in_progress(journal: Journal, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The playbook runs holding a batch of this selection, by batch: a plan (which claims
+    nothing) says a runbook is in progress, as a playbook's own `--plan` does."""
+    running = claims.playbook_runs(journal.engine)  # usually none: no selection read then
+    wanted = selected_batches(journal, args) if running else set()
+    return {
+        b: {**h.to_dict(), "text": h.describe()} for b, h in sorted(running.items()) if b in wanted
+    }
 
 
 @asynccontextmanager
@@ -153,10 +218,15 @@ async def session(
     journal = open_journal(project)
     freeze_startup_objects()  # what is alive now lives for the process (coexist/gcfreeze.py)
     writer: Writer | None = None
+    runbooks: dict[str, Any] = {}
     try:
         if not plan and command not in READ_ONLY_SESSIONS:
             # Before the run is recorded: a refused command leaves the journal as it was.
-            writer = _writer(journal, command, claim)
+            writer = _writer(journal, command, claim, args)
+        elif jobs.current() is None:
+            runbooks = runbooks_in_progress(journal, args)
+            for batch, run in runbooks.items():
+                log.warning("a playbook run on batch %s is in progress: %s", batch, run["text"])
         job = jobs.current()
         if job is not None:
             job.attach()  # a worker stopping cancels this command (coexist.worker)
@@ -165,6 +235,7 @@ async def session(
         async with _journaled_run(
             project, journal, writer, command, args, plan, retry, on_outcome, env
         ) as sess:
+            sess.runbooks = runbooks
             yield sess
     finally:
         if writer is not None:

@@ -10,12 +10,21 @@ and *claims* what it will write, in one journal transaction, before its first wr
     ``enqueue``            a queueing command's project-wide decisions (`coexist.worker`)
     ``user:<source id>``   one user (`user_scope`)
     ``playbook:<batch>``   a playbook run on a batch, for the whole run (`playbook_scope`)
+    ``batch:<batch>``      a command whose selection takes in users of the batch
+                           (`batch_scope`; the session claims it, `coexist.runtime`)
 
 No two writers hold one scope, and nobody holds anything while another holds ``project`` -
-except ``playbook:`` scopes, which conflict only with the same scope: a playbook run holds
-its batch for hours (waits, checklists, queued jobs), and the commands it runs step by step
-must still claim ``project``, ``enqueue`` or their users beside it (each under its own
-writer, as when an operator types them).
+except ``playbook:`` and ``batch:`` scopes, which stand apart: ``playbook:B`` conflicts only
+with ``playbook:B`` and ``batch:B``, and ``batch:B`` only with ``playbook:B`` and itself. A playbook run
+holds its batch for hours (waits, checklists, queued jobs), and the commands it runs step by
+step must still claim ``project``, ``enqueue`` or their users beside it (each under its own
+writer, as when an operator types them). An operator's command on users of that batch
+(`coexist cutover --batch wave3` at 2 a.m. beside the wave3 runbook) is refused naming the
+run, and a run cannot start while such a command works on its batch. The run's own step
+commands are not refused: they run inside it (`acting_for`: the writers a context acts
+for), and a queue worker's jobs claim only their user (the command that queued them made
+the batch claim; a run's enqueue step is one of its own commands). Users of no batch are
+held by no run.
 A command that cannot claim is refused with `coexist.errors.Busy` (exit code 2) naming the
 holder: its command, PID, host, how long it has been running, and the users in conflict. It
 never waits in line: a queue would need a timeout nobody can choose well (a prestage runs
@@ -39,7 +48,10 @@ no inline writer holds ``project``. A writer can claim and release scopes for as
 lives.
 
 A `coexist playbook run` holds ``playbook:<batch>`` for its whole run (one run per batch,
-`coexist.playbook`), beside the claims its step commands make as they run.
+`coexist.playbook`), beside the claims its step commands make as they run. Every writing
+command that selects users also claims ``batch:<B>`` for each batch its selection takes in
+(`coexist.runtime.batch_claim`, from its run's arguments), with its ``project`` or
+``enqueue`` claim; verify-credentials and credentials request / revoke claim only those.
 
 **Claim nothing** (run beside a writer): status, permissions, batch export, preflight and
 every ``--plan`` run (they write nothing), verify-mailflow (sends probes, records nothing),
@@ -79,6 +91,7 @@ import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -98,8 +111,11 @@ GROUPS = "groups"
 # one enqueuing command at a time, beside the workers' user claims, never beside ``project``.
 ENQUEUE = "enqueue"
 
-# A playbook run's hold on its batch (`coexist.playbook`): conflicts only with itself.
+# A playbook run's hold on its batch (`coexist.playbook`): conflicts only with itself and
+# with commands working on users of the batch (BATCH_PREFIX).
 PLAYBOOK_PREFIX = "playbook:"
+# A command's selection takes in users of the batch: conflicts only with its playbook scope.
+BATCH_PREFIX = "batch:"
 
 # Advisory lock keys (PostgreSQL). Writers hold (class, writer id) with two int4 keys; claim
 # transactions serialise on one bigint key. Neither space overlaps db._PG_MIGRATION_LOCK.
@@ -131,6 +147,31 @@ def user_scope(key: str) -> str:
 def playbook_scope(batch: str) -> str:
     """The scope a playbook run holds on its batch for the whole run."""
     return f"{PLAYBOOK_PREFIX}{batch}"
+
+
+def batch_scope(batch: str) -> str:
+    """The scope of a command whose selection takes in users of `batch`."""
+    return f"{BATCH_PREFIX}{batch}"
+
+
+# The writers (ids) whose playbook holds this context acts for: a playbook run's own step
+# commands claim their batch beside the run's lock. A context variable, so it follows the
+# steps into the event loop each command runs (asyncio copies the context into its tasks)
+# and nowhere else: another thread of the process (a worker) starts from its own.
+_ACTING_FOR: ContextVar[frozenset[int]] = ContextVar("coexist_acting_for", default=frozenset())
+
+
+@contextmanager
+def acting_for(writer: Writer) -> Iterator[None]:
+    """Inside this block, claims made in this context are not refused by `writer`'s
+    playbook scopes (the run's own steps)."""
+    if writer.id is None:
+        raise ValueError("acting_for: the writer holds nothing yet")
+    token = _ACTING_FOR.set(_ACTING_FOR.get() | {writer.id})
+    try:
+        yield
+    finally:
+        _ACTING_FOR.reset(token)
 
 
 @dataclass(frozen=True)
@@ -499,16 +540,31 @@ def _conflicts(
         return []
     c = schema.claims.c
     cols = sa.select(c.scope, c.label, c.writer_id).where(c.writer_id != me)
-    # Playbook scopes stand apart: they meet only the same scope (module docstring).
+    # Playbook and batch scopes stand apart: they meet only each other (module docstring).
     runs = {s for s in wanted if s.startswith(PLAYBOOK_PREFIX)}
-    plain = wanted - runs
+    marks = {s for s in wanted if s.startswith(BATCH_PREFIX)}
+    plain = wanted - runs - marks
     rows: list[sa.Row[Any]] = []
     if PROJECT in plain:
-        rows += conn.execute(cols.where(c.scope.not_like(f"{PLAYBOOK_PREFIX}%")))
+        rows += conn.execute(
+            cols.where(
+                c.scope.not_like(f"{PLAYBOOK_PREFIX}%"), c.scope.not_like(f"{BATCH_PREFIX}%")
+            )
+        )
     elif plain:
         for chunk in _chunks(sorted(plain | {PROJECT})):
             rows += conn.execute(cols.where(c.scope.in_(chunk)))
-    for chunk in _chunks(sorted(runs)):
+    met = [s for r in runs for s in (r, batch_scope(r[len(PLAYBOOK_PREFIX) :]))]
+    for chunk in _chunks(sorted(met)):
+        rows += conn.execute(cols.where(c.scope.in_(chunk)))
+    # A run's own steps are not kept out by the run (`acting_for`); one writer at a time
+    # holds a scope, a ``batch:`` one too (in practice their ``project`` or ``enqueue``
+    # claims already keep two such commands apart).
+    mine = _ACTING_FOR.get()
+    held = sorted(playbook_scope(m[len(BATCH_PREFIX) :]) for m in marks)
+    for chunk in _chunks(held):
+        rows += conn.execute(cols.where(c.scope.in_(chunk), c.writer_id.not_in(sorted(mine))))
+    for chunk in _chunks(sorted(marks)):
         rows += conn.execute(cols.where(c.scope.in_(chunk)))
     return [row_dict(r) for r in rows if r.writer_id in others]
 
@@ -531,9 +587,22 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
         by_holder.setdefault(row["writer_id"], []).append(row)
     parts = []
     holders = []
+    runs: list[tuple[Holder, list[str]]] = []  # playbook runs in the way, with their batches
     for writer_id, rows in sorted(by_holder.items(), key=lambda kv: others[kv[0]].started_at):
         holder = others[writer_id]
-        if any(r["scope"] == PROJECT for r in rows):
+        batches = sorted(
+            str(r["scope"])[len(PLAYBOOK_PREFIX) :]
+            for r in rows
+            if str(r["scope"]).startswith(PLAYBOOK_PREFIX)
+        )
+        if batches:
+            runs.append((holder, batches))
+            parts.append(
+                f"a runbook is in progress: {holder.describe(now)} is working on batch "
+                f"{', '.join(batches)} until it ends"
+            )
+            holds = [f"batch {b}" for b in batches]
+        elif any(r["scope"] == PROJECT for r in rows):
             parts.append(f"{holder.describe(now)} is writing to this project")
             holds = ["the whole project"]
         else:
@@ -541,7 +610,22 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
             shown = ", ".join(holds[:_SHOWN])
             more = f" and {len(holds) - _SHOWN} more" if len(holds) > _SHOWN else ""
             parts.append(f"{holder.describe(now)} is working on {shown}{more}")
-        holders.append({**holder.to_dict(now), "holds": holds[:20], "holds_count": len(holds)})
+        holders.append(
+            {
+                **holder.to_dict(now),
+                "holds": holds[:20],
+                "holds_count": len(holds),
+                # Machine-readable: the batches a playbook run holds (empty: not a run).
+                "playbook_batches": batches,
+            }
+        )
+    if runs:
+        return Busy(
+            "a playbook run holds a batch this command works on: " + "; ".join(parts),
+            next_step=_after_runbook(runs),
+            reason="playbook-run",
+            holders=holders,
+        )
     return Busy(
         "another coexist command is running: " + "; ".join(parts),
         next_step=(
@@ -549,7 +633,24 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
             "--plan runs work meanwhile); a command that was killed frees the project with "
             "its process"
         ),
+        reason="writer",
         holders=holders,
+    )
+
+
+def _after_runbook(runs: list[tuple[Holder, list[str]]]) -> str:
+    """What an operator refused by a playbook run can do: wait for it, or stop it."""
+    holder, batches = runs[0]
+    batch = batches[0]
+    name = holder.command.removeprefix("playbook run ").strip()
+    return (
+        f"wait for the runbook to end (`coexist status --batch {batch}` shows where its users "
+        f"stand; status, report and --plan runs work meanwhile), or leave the work to it; to "
+        f"stop it now, `kill {holder.pid}` on {holder.host} (SIGTERM: it records its run as "
+        f"ended and frees the batch; there is no `coexist playbook stop`), and "
+        f"`coexist playbook run {name} --batch {batch}` resumes it later at the step it "
+        "stopped at; a run that was killed frees its batch with its process: just run this "
+        "command again"
     )
 
 

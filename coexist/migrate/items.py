@@ -43,6 +43,7 @@ dropped silently. To Do checklists are copied entry by entry.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -123,14 +124,16 @@ class ItemsMover:
 
         if kind == "cutover":
             window = Window()  # the cutover pass moves everything not yet moved
-        src = GraphItemsStore(Box(ctx.source.graph, subject, ""))
+        src = GraphItemsStore(Box(ctx.source.graph, subject, ""), planning=ctx.planning)
         tgt = GraphItemsStore(Box(ctx.target.graph, target_id(ctx, subject), ""))
         counts: Counter[str] = Counter()
         # Mail rows only here: contacts, events and tasks are moved by their own stores.
         plan, stores = await sync.sync_mailbox(ctx, subject, src, tgt, window, counts, MAIL_CLASS)
         conflicts = list(stores.conflicts)
+        every = [stores]
         for cls in PIM_CLASSES:
-            conflicts += await _move_pim(ctx, subject, (src.box, tgt.box), cls, counts)
+            every.append(await _move_pim(ctx, subject, (src.box, tgt.box), cls, counts))
+            conflicts += every[-1].conflicts
         await handle_deletions(
             ctx, subject, counts, lambda r: delete_copy(tgt.box.graph, tgt.box.user_id, r)
         )
@@ -143,22 +146,24 @@ class ItemsMover:
             )
         if note := sync.conflicts_note(conflicts):
             notes.append(note)
-        return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
+        notes += [n for s in every for n in dict.fromkeys(s.notes)]
+        result = reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
+        return dataclasses.replace(result, events=sync.events_said(ctx, subject, *every))
 
 
 async def _move_pim(
     ctx: Context, subject: str, boxes: tuple[Box, Box], cls: PimClass, counts: Counter[str]
-) -> list[str]:
+) -> sync.Stores:
     """One PIM class with the sync algorithm, over its rows only (kind contact, event or
     task) and without a pass window (PIM items move in full with the pre-stage pass, so the
     calendar is complete before cutover); its copies counted as `<kind>s_copied` too.
-    Returns the names of the items whose update the target refused."""
+    Returns its stores (the names of the items whose update the target refused, events)."""
     src, tgt = GraphPimStore(boxes[0], cls), GraphPimStore(boxes[1], cls)
     got: Counter[str] = Counter()
     _, stores = await sync.sync_mailbox(ctx, subject, src, tgt, Window(), got, cls.kind)
     counts.update(got + tgt.counts)
     counts[f"{cls.kind}s_copied"] += got["copied"]
-    return stores.conflicts
+    return stores
 
 
 MOVERS["graph-items"] = ItemsMover()

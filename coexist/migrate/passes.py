@@ -70,6 +70,8 @@ class PassResult:
     # Source folder id -> its path ("Inbox/Projects"), for a plan's lines: a Graph or EWS
     # folder id means nothing to a reader (`reconcile.pass_result`; not journaled).
     folders: dict[str, str] = field(default_factory=dict)
+    # Lines for the run log (`Journal.event`, warning), written with the pass's end.
+    events: tuple[str, ...] = ()
 
 
 class Mover(Protocol):
@@ -111,9 +113,10 @@ MOVER_KINDS: dict[str, frozenset[tuple[str, str]]] = {
 
 # Movers whose passes run planned (`migrate.planpass`): `--plan` opens both stores and runs
 # the real sync with the writes captured, and says per source folder what it would copy
-# (tests/e2e/test_imap_plan.py, test_m365_plan.py). A planned pass reads what the real one
-# would: the Microsoft 365 -> Microsoft 365 movers export every item they would copy
-# (exportItems, MIME and PIM reads), so a plan of many mailboxes is best made per user.
+# (tests/e2e/test_imap_plan.py, test_m365_plan.py). A planned pass reads no mail content from
+# Graph or EWS sources (graph_io, graph_items and ews exports read states, headers and sizes
+# only), but IMAP exports and PIM items are read as the real pass reads them, so a plan of
+# many mailboxes is best made per user.
 PLANNED_MOVERS = frozenset(
     {"imap-sync", "imap-graph", "ews-sync", "graph-items", "graph-import-export"}
 )
@@ -229,6 +232,8 @@ async def _one_pass(
         ctx.journal.pass_finished(pass_id, ended, {})
         progress.emit(progress.PassEnded(subject, ended))
         raise
+    for text in result.events:
+        ctx.journal.event(ctx.run_id, "warning", text, item_key=subject)
     ctx.journal.pass_finished(pass_id, result.status, result.counts)
     progress.emit(progress.PassEnded(subject, result.status, *_moved(result.counts)))
     return result
@@ -260,7 +265,9 @@ async def _planned(
         return PassResult("planned", f"would run a {kind} pass; not planned: {not_ready.reason}")
     if ctx.plan is not None:
         ctx.plan.writes.extend(summary.lines)
-    status = "planned" if summary.lines else "ok"
+    # A skip line says what the pass would leave out: not a write.
+    writes = [x for x in summary.lines if x.params.get("action") != "skip"]
+    status = "planned" if writes else "ok"
     return PassResult(status, f"{kind} pass {summary.detail}", summary.counts)
 
 

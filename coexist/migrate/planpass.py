@@ -34,6 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from coexist import progress
 from coexist.engine.context import Context
 from coexist.journal import Journal, schema
 from coexist.journal.db import make_engine
@@ -118,7 +119,10 @@ async def plan_pass(
     writes: list[PlannedWrite] = []
     token = captured.set(writes)
     try:
-        result = await run(dataclasses.replace(ctx, journal=journal))
+        # The pass's progress events (sized, advanced) reach no view: a planned pass moves
+        # nothing, and the sync emits them as any pass does (one algorithm, no plan branch).
+        with progress.listening(None):
+            result = await run(dataclasses.replace(ctx, journal=journal))
         after = journal.scratch.mapped_items(subject)
     finally:
         captured.reset(token)
@@ -207,12 +211,21 @@ def summary(
 ) -> Summary:
     """The plan lines of one user's pass: folders created, messages copied per (source
     folder, target folder) with their bytes (the item map rows the pass marked copied that
-    were not copied before), and how many updates, moves and deletions its writes hold."""
+    were not copied before, with a copy the plan made: a planned write answers no item id,
+    where a copy the pass adopted, after a move or an interrupted import, has its own), and
+    how many updates, moves and deletions its writes hold."""
     copies: dict[tuple[str, str], list[int]] = {}
+    # What the pass would skip (size limit, protected mail), per source folder and reason:
+    # the real pass lists each with its subject (status's skipped items), the plan counts.
+    skips: Counter[tuple[str, str]] = Counter()
     for r in after:
         was = before.get(str(r["source_item_id"]))
+        if r["status"] == "skipped" and not (was and was["status"] == "skipped"):
+            skips[(str(r["source_folder_id"]), str(r["reason"] or ""))] += 1
         if r["status"] != "copied" or (was and was["status"] in ("copied", "changed")):
             continue
+        if r.get("target_item_id") is not None:
+            continue  # an existing copy adopted (and updated): said with the updates
         if str(r["reason"] or "").startswith(MOVE_MARK):
             continue  # a moved item: said with the moves
         per = copies.setdefault((str(r["source_folder_id"]), str(r["target_folder_id"])), [0, 0])
@@ -244,6 +257,15 @@ def summary(
             bytes=size,
             source_folder=src,
             target_folder=to,
+        )
+    for (src_id, reason), n in skips.items():
+        src = (names or {}).get(src_id, src_id)
+        line(
+            f"skip {_n(n)} from {src}: {reason}",
+            action="skip",
+            messages=n,
+            source_folder=src,
+            reason=reason,
         )
     said = {"update": "update the flags of", "move": "move", "delete": "delete"}
     for action, verb in said.items():

@@ -32,6 +32,13 @@ A pass over one mailbox, and why in this order:
 6. Deletions: gone items are reported (`deletions = keep`) or deleted in the target (mirror).
 7. Reconcile: per target folder, source totals against target totals and the journal.
 
+Re-created mailboxes (new mailbox, folder and item ids): a source whose saved cursors name a
+mailbox or folders gone (one answers 404, or none of their folders is listed) has them dropped
+and is scanned in full; rows of folders no longer listed are settled as gone first, so the
+same messages under new ids are matched to their copies by identity (`drop_gone_cursors`,
+`settle_vanished`). A target found re-created (`FolderTree.replaced`) has the journal's copies
+looked for again by identity; those not found are copied again (`reverify_copies`).
+
 Format: the richest both stores share (`negotiate`): the opaque full-fidelity stream when
 both are Exchange, MIME plus typed properties otherwise (`Payload.mime` and `.state`, a
 `MessageState`: read, draft, flag, categories, importance, delivery and submit time). An
@@ -47,6 +54,11 @@ the export, else the exported payload's `info` and `size`), `caps.cursor` "listi
 change feed: every round lists the folder in full, no cursor is saved, and what a round no
 longer lists is gone), `caps.folder_rules` (False: the project's folder rules do not apply;
 default folder to default folder, others by path).
+
+Plan mode (`--plan`, `migrate.planpass`) runs this code as it is, with no branch of its own:
+the stores record their writes instead of sending them (a planned copy or move answers no
+item id, a planned folder a `planned:` id) and read as usual, and the journal the pass
+writes is a scratch copy of the user's item map and cursors, dropped after the plan.
 """
 
 from __future__ import annotations
@@ -76,6 +88,7 @@ from coexist.tenants.protocols import (
     MAIL_CLASS,
     MAIL_FOLDER,
     MIME,
+    REPLACED_KIND,
     TASK_JSON,
     BatchImport,
     Change,
@@ -154,6 +167,8 @@ class Plan:
     # Whether the project's folder rules mapped this plan (`map_folders`), so a folder the
     # target refused can be renamed by one (reconcile.refused_folders_hint).
     by_rules: bool = False
+    # The target store found its mailbox re-created (`FolderTree.replaced`).
+    target_replaced: bool = False
 
 
 # (parent or None for the top, name, path, folder class) -> the made folder, or None when the
@@ -281,6 +296,7 @@ async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Pl
     else:
         plan = await map_defaults(source.folders, target.folders, tgt.create_folder)
     plan.not_ipm = source.left_out
+    plan.target_replaced = target.replaced
     return plan
 
 
@@ -319,6 +335,10 @@ async def scan_folder(
         try:
             await _follow(ctx, key, src, folder, cursor, kind, found, unseen=found is None)
             return
+        except NotFound as exc:
+            if cursor is None:
+                raise  # no saved cursor: the folder itself is gone since it was listed
+            raise CursorGone(folder) from exc
         except RemoteError as exc:
             if found is not None or not src.cursor_lost(exc) or attempt == RESTARTS:
                 raise
@@ -326,13 +346,31 @@ async def scan_folder(
             cursor = None
 
 
-def saved_cursors(ctx: Context, key: str, src: ChangeFeed) -> dict[str, str]:
+class CursorGone(Exception):
+    """A saved cursor answered 404 (`scan_folder`): it names a mailbox or folder that no
+    longer exists under that id. A Graph deltaLink is an absolute URL holding the mailbox id
+    (import/export API) or the folder id, and a re-created mailbox (license removed and given
+    back after the retention, a soft-deleted mailbox replaced) has new ones; such a link then
+    answers 404 on every pass (*unverified*: Graph documents 410 / syncStateNotFound for a
+    forgotten sync state, delta-query-overview, not what a link of a mailbox that no longer
+    exists answers; the sandbox's 404 ErrorMailboxNotFound / ErrorItemNotFound is itself
+    marked unverified). `sync_mailbox` drops the mailbox's cursors (`drop_gone_cursors`)
+    and scans it again."""
+
+    def __init__(self, folder: Folder) -> None:
+        super().__init__(f"the saved cursor of {'/'.join(folder.path)} names nothing")
+        self.folder = folder
+
+
+def saved_cursors(
+    ctx: Context, key: str, src: ChangeFeed, kept: list[dict[str, Any]] | None = None
+) -> dict[str, str]:
     """The mailbox's saved cursors of `src`'s kind, by folder id: one read for a pass's
-    folders instead of one per folder."""
+    folders instead of one per folder (`kept`: that read, made by the caller)."""
     kind = src.caps.checkpoint_kind
     return {
         str(c["folder_id"]): str(c["token"])
-        for c in ctx.journal.checkpoints(key)
+        for c in (ctx.journal.checkpoints(key) if kept is None else kept)
         if c["kind"] == kind and c.get("token")
     }
 
@@ -508,22 +546,18 @@ async def resolve_moves(
         if old["kind"] != p["kind"]:
             continue
         if old["target_folder_id"] == dest:  # e.g. two source folders mapped to one
-            if not ctx.planning:
-                _adopt_moved(
-                    ctx, key, p, old, dest, old["target_item_id"], old["target_change_key"]
-                )
-                counts["moved"] += 1
+            _adopt_moved(ctx, key, p, old, dest, old["target_item_id"], old["target_change_key"])
+            counts["moved"] += 1
         elif tgt.caps.moves:
-            if not ctx.planning:
-                ctx.journal.map_item(
-                    key,
-                    p["source_item_id"],
-                    status="importing",
-                    target_folder_id=dest,
-                    reason=MOVE_MARK + str(old["source_item_id"]),
-                )
+            ctx.journal.map_item(
+                key,
+                p["source_item_id"],
+                status="importing",
+                target_folder_id=dest,
+                reason=MOVE_MARK + str(old["source_item_id"]),
+            )
             await _move_copy(ctx, key, tgt, p, old, dest, counts)
-        elif not ctx.planning:
+        else:
             ctx.journal.map_item(key, p["source_item_id"], reason=MOVE_MARK + old["source_item_id"])
 
 
@@ -564,9 +598,10 @@ async def _move_copy(
     dest: str,
     counts: Counter[str],
 ) -> None:
+    # A store in plan mode answers a move it only recorded without the copy's new id (as a
+    # planned import): the row takes over a copy with no id yet, which no later step reads
+    # (`update_changed` takes rows that name their copy). A real move always names it.
     moved = await tgt.move(copy_of(old), dest)
-    if moved.item_id is None:  # plan mode
-        return
     _adopt_moved(ctx, key, p, old, dest, moved.item_id, moved.change_key, moved.lost)
     counts["moved"] += 1
 
@@ -634,14 +669,14 @@ async def settle_left(ctx: Context, key: str, tgt: MailboxStore, kind: str | Non
     move): adopted, not copied twice. Where imports are not atomic the copy may be partial:
     it is deleted (`copies_of` finds only this tool's stamped copies) and the message, if
     still at the source, copied again. No copy: the row is forgotten. Rows of `kind` if given."""
-    if ctx.planning:
-        return
     left = [
         r
         for r in ctx.journal.mapped_items(key, status="importing")
         if r["reason"] == LEFT_MARK
         and _of_kind(r, kind)
         and str(r["target_folder_id"] or "")
+        # A folder a plan-mode store only planned holds no copy to look for (in any mode:
+        # such a row is no plan branch, only a folder that never existed).
         and not str(r["target_folder_id"]).startswith("planned:")
     ]
     if not left:
@@ -689,8 +724,6 @@ async def finish_moves(
         if old is not None and old["status"] == "gone" and old["target_item_id"]:
             with contextlib.suppress(NotFound):  # deleted by a pass that died after it
                 await tgt.delete(copy_of(old))
-        if ctx.planning:
-            continue
         if old is not None and old["status"] == "gone":
             ctx.journal.unmap_item(key, old["source_item_id"])
         ctx.journal.map_item(key, p["source_item_id"], reason=after_move(str(p["reason"])))
@@ -802,6 +835,10 @@ class Stores:
     # Copies made without part of their state, by what they lack (`Imported.lost`; an IMAP
     # target names the folder): each said once in the pass detail (`not_kept_note`).
     not_kept: Counter[str] = field(default_factory=Counter)
+    # Lines for the pass's events (the run log) and short notes for its detail: a
+    # re-created source (`gone_said`) or target (`reverify_copies`) mailbox.
+    events: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _of_kind(row: dict[str, Any], kind: str | None) -> bool:
@@ -866,7 +903,7 @@ async def update_changed(
         if r["target_item_id"] and _of_kind(r, kind)
     ]
     unknown = [copy_of(r) for r in rows if not r["target_change_key"]]
-    current = await stores.tgt.change_keys(unknown) if unknown and not ctx.planning else {}
+    current = await stores.tgt.change_keys(unknown) if unknown else {}
     jobs = []
     for r in rows:
         change_key = r["target_change_key"] or current.get(str(r["target_item_id"]))
@@ -1287,8 +1324,8 @@ async def _import_group(
         slots.release()
         held.give(size)
     c = sink.counts
-    if not sink.ctx.planning:  # a planned pass imports nothing
-        progress.emit(progress.PassAdvanced(sink.key, c["copied"] + c["updated"], c["bytes"]))
+    # A planned pass's events reach no view (`planpass.plan_pass`): it imports nothing.
+    progress.emit(progress.PassAdvanced(sink.key, c["copied"] + c["updated"], c["bytes"]))
 
 
 async def _create(sink: Sink, job: Job, data: Payload) -> None:
@@ -1413,12 +1450,10 @@ async def adopt_interrupted(
     if not tgt.caps.atomic_import:
         await _recover_partial(ctx, key, tgt, stuck, taken)
         return
-    if ctx.planning:
-        return
     copies: dict[str, dict[str, list[ItemRef]]] = {}
     for r in stuck:
         dest = str(r["target_folder_id"])
-        if dest in copies or dest.startswith("planned:"):
+        if dest in copies or dest.startswith("planned:"):  # a planned folder: no copies
             continue
         copies[dest] = await tgt.copies(dest, taken)
     for r in stuck:
@@ -1492,9 +1527,8 @@ async def handle_deletions(
         if not deleted:
             counts["not_mirrored"] += 1  # stays `gone` in the item map: visible, not lost
             continue
-        if not ctx.planning:
-            ctx.journal.unmap_item(key, r["source_item_id"])
-            counts["deleted_in_target"] += 1
+        ctx.journal.unmap_item(key, r["source_item_id"])
+        counts["deleted_in_target"] += 1
 
 
 # -- the pass ----------------------------------------------------------------------------------
@@ -1560,6 +1594,9 @@ async def _scan_and_copy(
                     await scan_folder(
                         ctx, key, stores.src, by_id[folder_id], kind, to_copy, cursors
                     )
+                except CursorGone:
+                    lost = True  # the caller's scan drops the mailbox's cursors
+                    return
                 except RemoteError as exc:
                     if not stores.src.cursor_lost(exc):
                         raise
@@ -1606,24 +1643,29 @@ async def sync_mailbox(
             tgt.warm(imports=True)
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
+    if plan.target_replaced:
+        await reverify_copies(ctx, subject, tgt, plan, kind, stores)
+    recorded = ctx.journal.item_map_counts(subject)
     if not recorded and isinstance(tgt, Warms):  # now the folders the copy goes to are known
         tgt.warm(imports=True, into={d for f, d in plan.target_of.items() if by_id[f].total})
-    if not ctx.planning:  # the progress view's bar: the source's items not yet copied
-        total = sum(by_id[f].total for f in plan.target_of if f in by_id)
-        per = recorded.values()
-        moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
-        progress.emit(progress.PassSized(subject, max(0, total - moved)))
+    # The progress view's bar: the source's items not yet copied (a planned pass's events
+    # reach no view: `planpass.plan_pass`).
+    total = sum(by_id[f].total for f in plan.target_of if f in by_id)
+    per = recorded.values()
+    moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
+    progress.emit(progress.PassSized(subject, max(0, total - moved)))
     fresh = not recorded and not window.per_folder
     copied = fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
     if not copied:
         if fresh:  # a lost cursor ended the scan above: read what it journaled
             recorded = ctx.journal.item_map_counts(subject)
-        cursors = saved_cursors(ctx, subject, src)
-        for folder_id in plan.target_of:
-            _between(counts)  # safe points: between folders, between steps
-            if unscanned(src, by_id[folder_id], cursors, recorded):
-                continue
-            await scan_folder(ctx, subject, src, by_id[folder_id], kind, cursors=cursors)
+        said = await _scan_all(ctx, subject, src, plan, by_id, recorded, kind, counts)
+    else:  # a fresh mailbox's scan: only a pass killed after `drop_gone_cursors` left one
+        row = ctx.journal.get_checkpoint(subject, src.caps.checkpoint_kind, GONE_KIND)
+        said = gone_said(row)
+    if said is not None:
+        stores.events.append(said)
+        stores.notes.append("source mailbox re-created: scanned again in full")
     if copied:
         # The mailbox's first pass copied what its scan found: every row is this pass's,
         # and none is left to settle, move, adopt, update or finish (no earlier copy
@@ -1638,9 +1680,205 @@ async def sync_mailbox(
         await copy_pending(ctx, subject, stores, plan, window, counts, kind)
         await update_changed(ctx, subject, stores, counts, kind)
         await finish_moves(ctx, subject, tgt, counts, kind)
-    if counts["not_kept"] and not ctx.planning:
+    if counts["not_kept"]:
         await name_not_kept(ctx, subject, src, kind)
     return plan, stores
+
+
+async def _scan_all(
+    ctx: Context,
+    subject: str,
+    src: MailboxStore,
+    plan: Plan,
+    by_id: dict[str, Folder],
+    recorded: Mapping[str, Any],
+    kind: str | None,
+    counts: Counter[str],
+) -> str | None:
+    """Scan every mapped folder from its saved cursor. Cursors that name a mailbox or
+    folders gone (a re-created mailbox: every saved cursor's folder is no longer listed, or
+    one answers 404) are dropped first (`drop_gone_cursors`) and the mailbox is scanned in
+    full; its item map keeps what was copied from being copied again. Returns what
+    `drop_gone_cursors` journaled, once that full scan has ended (`gone_said`)."""
+    kept = ctx.journal.checkpoints(subject)  # one read: the cursors and a fact left
+    cursors = saved_cursors(ctx, subject, src, kept)
+    feed = src.caps.checkpoint_kind
+    # Whether a `GONE_KIND` fact is to be said after this scan: one a killed pass left, or
+    # one `drop_gone_cursors` journals below.
+    noted = any(c["kind"] == GONE_KIND and c["folder_id"] == feed for c in kept)
+    vanished = [f for f in cursors if f not in by_id]
+    if cursors and len(vanished) == len(cursors):
+        drop_gone_cursors(ctx, subject, src, plan, by_id, recorded, cursors, kind, None)
+        cursors, noted = {}, True
+    elif vanished:
+        cursors = settle_vanished(ctx, subject, src, cursors, vanished, kind)
+    while True:
+        try:
+            for folder_id in plan.target_of:
+                _between(counts)  # safe points: between folders, between steps
+                if unscanned(src, by_id[folder_id], cursors, recorded):
+                    continue
+                await scan_folder(ctx, subject, src, by_id[folder_id], kind, cursors=cursors)
+            if not noted:
+                return None
+            return gone_said(ctx.journal.get_checkpoint(subject, feed, GONE_KIND))
+        except CursorGone as gone:
+            if not cursors:
+                raise  # pragma: no cover - scan_folder raises it only from a saved cursor
+            drop_gone_cursors(ctx, subject, src, plan, by_id, recorded, cursors, kind, gone)
+            cursors, noted = {}, True
+
+
+# folder_state kind (folder_id: the feed's checkpoint kind) of what a pass found when its
+# source cursors named a mailbox or folders gone: journaled before they are dropped, said in
+# the events of the pass that scanned the mailbox again (`gone_said`) and removed when that
+# pass's result is made (`events_said`): a pass killed before says it on the next one.
+GONE_KIND = "cursors-gone"
+
+
+def drop_gone_cursors(
+    ctx: Context,
+    key: str,
+    src: ChangeFeed,
+    plan: Plan,
+    by_id: Mapping[str, Folder],
+    recorded: Mapping[str, Any],
+    cursors: Mapping[str, str],
+    kind: str | None,
+    gone: CursorGone | None,
+) -> None:
+    """The source mailbox's cursors name a mailbox or folders that no longer exist (it was
+    re-created: new mailbox, folder and item ids). In this order, each step idempotent, so
+    a pass killed anywhere in between redoes the rest:
+
+    1. the fact, journaled (`GONE_KIND`), with the user's address and folder paths;
+    2. rows of folders no longer listed are what a full round of them would leave
+       (`forget_unseen` with nothing seen: copied -> gone, never copied -> forgotten); a
+       message that is still in the mailbox comes back under its new id as pending with the
+       same identity, and `resolve_moves` gives it the gone row's copy (no second copy);
+    3. the cursors (all of the kind: they name the old mailbox) and what the store keeps
+       per side (`caps.side_state`: mailbox id, default names) are dropped. The pass then
+       scans every folder in full (a full round forgets what it no longer reports).
+
+    Dropped only after 1 and 2: a kill before 3 finds the same cursors and does it again.
+    A re-created *target* is not this: its copies are gone with it (see NOTES-deltaid.md)."""
+    user = ctx.journal.get_item("user", key) or {}
+    address = str(user.get("source_address") or key)
+    vanished = [f for f in {*cursors, *recorded} if f and f not in by_id]
+    path_of = {tgt: "/".join(by_id[s].path) for s, tgt in plan.target_of.items() if s in by_id}
+    paths: set[str] = set()
+    if gone is not None:
+        paths.add("/".join(gone.folder.path))
+    for folder_id in vanished:
+        for r in ctx.journal.mapped_items(key, folder_id=folder_id):
+            if kind is None or r["kind"] == kind:  # another feed's rows are its own
+                paths.add(path_of.get(str(r["target_folder_id"] or ""), "a folder gone"))
+                break
+    named = ", ".join(sorted(paths)) or "its folders"
+    said = (
+        f"{address}: the source mailbox was re-created or its folders replaced (the saved"
+        f" change cursors of {named} name a mailbox or folders that no longer exist); its"
+        " cursors were dropped and it is scanned again in full: the item map keeps what was"
+        " copied from being copied again"
+    )
+    ctx.journal.save_checkpoint(key, src.caps.checkpoint_kind, GONE_KIND, token=said)
+    for folder_id in vanished:
+        forget_unseen(ctx, key, folder_id, set(), kind)
+    for folder_id in cursors:
+        ctx.journal.delete_checkpoint(key, folder_id, src.caps.checkpoint_kind)
+    for side_kind in src.caps.side_state:
+        ctx.journal.delete_checkpoint(key, "source", side_kind)
+
+
+def settle_vanished(
+    ctx: Context,
+    key: str,
+    src: ChangeFeed,
+    cursors: Mapping[str, str],
+    vanished: list[str],
+    kind: str | None,
+) -> dict[str, str]:
+    """Folders with a saved cursor that the source no longer lists (deleted, or renamed
+    where a store's folder id is its name, or re-made under a new id): their rows are what
+    a full round that saw nothing leaves (`forget_unseen`: copied -> gone, so a message now
+    in another folder under a new id is matched to its copy by `resolve_moves`, not copied
+    twice), then their cursors are dropped (after: a pass killed between does it again).
+    Returns the cursors left."""
+    for folder_id in vanished:
+        forget_unseen(ctx, key, folder_id, set(), kind)
+        ctx.journal.delete_checkpoint(key, folder_id, src.caps.checkpoint_kind)
+    return {f: c for f, c in cursors.items() if f not in vanished}
+
+
+async def reverify_copies(
+    ctx: Context,
+    key: str,
+    tgt: MailboxStore,
+    plan: Plan,
+    kind: str | None,
+    stores: Stores,
+) -> None:
+    """The target mailbox was re-created (new mailbox id; `FolderTree.replaced`): the copies
+    the journal names lived in the old one. A new mailbox is empty, a restored one holds them
+    under new ids, so each copied row's copy is looked for by identity (`tgt.copies`) in the
+    folder its source folder maps to now: found, the row names it; not found (or the row has
+    no identity), the row is pending again and this pass copies it. The fact
+    (REPLACED_KIND, journaled by the store before it kept the new id) is dropped after the
+    rows are: a pass killed in between checks them again (idempotent: a row already pending
+    stays so, one already pointing at a found copy finds it again)."""
+    rows = [
+        r
+        for r in ctx.journal.mapped_items(key)
+        if r["status"] in ("copied", "changed") and _of_kind(r, kind)
+    ]
+    by_dest: dict[str | None, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_dest.setdefault(plan.target_of.get(str(r["source_folder_id"] or "")), []).append(r)
+    found = again = 0
+    updates: list[dict[str, Any]] = []
+    for dest, group in by_dest.items():
+        there = await tgt.copies(dest, set()) if dest else {}
+        for r in group:
+            refs = there.get(str(r["source_identity"])) if r["source_identity"] else None
+            if refs and dest:
+                ref = refs.pop(0)
+                found += 1
+                updates.append({"source_item_id": r["source_item_id"], "target_folder_id": dest,
+                                "target_item_id": ref.item_id,
+                                "target_change_key": ref.change_key})  # fmt: skip
+            else:
+                again += 1
+                updates.append({"source_item_id": r["source_item_id"], "status": "pending",
+                                "target_folder_id": None, "target_item_id": None,
+                                "target_change_key": None, "reason": None})  # fmt: skip
+    ctx.journal.map_items(key, updates)
+    ctx.journal.delete_checkpoint(key, "target", REPLACED_KIND)
+    user = ctx.journal.get_item("user", key) or {}
+    address = str(user.get("target_address") or user.get("source_address") or key)
+    stores.events.append(
+        f"{address}: the target mailbox was re-created (it has a new mailbox id): of the"
+        f" {found + again} copies the journal named there, {found} were found again by"
+        f" identity and {again} are copied again"
+    )
+    stores.notes.append(f"target mailbox re-created: {again} copies to make again")
+
+
+def gone_said(row: Mapping[str, Any] | None) -> str | None:
+    """What `drop_gone_cursors` journaled (`row`), for the events of the pass whose scan
+    followed it (`Stores.events`)."""
+    return str(row["token"]) if row and row.get("token") else None
+
+
+def events_said(ctx: Context, key: str, *stores: Stores) -> tuple[str, ...]:
+    """The events of a pass's stores, for its result (`PassResult.events`); what they
+    say of gone cursors leaves the journal now, with the pass's end: a pass killed before
+    this point says it again on the next one."""
+    out: list[str] = []
+    for s in stores:
+        if s.events:
+            out += s.events
+            ctx.journal.delete_checkpoint(key, s.src.caps.checkpoint_kind, GONE_KIND)
+    return tuple(out)
 
 
 async def name_not_kept(ctx: Context, key: str, src: MailboxStore, kind: str | None) -> None:
@@ -1734,7 +1972,9 @@ class StoreMover:
             notes.append(note)
         if note := not_kept_note(counts["not_kept"], stores.not_kept):
             notes.append(note)
-        return reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
+        notes += stores.notes
+        result = reconcile.pass_result(ctx, kind, plan, report, counts, notes, subject=subject)
+        return dataclasses.replace(result, events=events_said(ctx, subject, stores))
 
 
 async def _delete_copy(tgt: MailboxStore, row: dict[str, Any]) -> bool:

@@ -102,6 +102,8 @@ class DovecotServer:
         ca: trustme.CA | None = None,
         name: str = "coexist",
         archive: bool = False,
+        imap_capability: str | None = None,
+        rawlog: bool = False,
     ) -> None:
         self.dovecot = dovecot
         self.doveadm_bin = doveadm
@@ -124,6 +126,15 @@ class DovecotServer:
         # Whether every mailbox has its \Archive folder from the start, as a mail system a
         # migration moves into has (Dovecot creates it at first login: `auto = create`).
         self._archive = archive
+        # Dovecot's `imap_capability`: "Override the IMAP CAPABILITY response. If the value
+        # begins with '+', add the given capabilities on top of the defaults"
+        # (conf.d/20-imap.conf). A full list stands in for a server that lacks an extension
+        # (tests: one without UNSELECT); Dovecot still answers the commands it leaves out.
+        self._imap_capability = imap_capability
+        # Dovecot's rawlog (`rawlog_dir`, 2.2.26+): what each IMAP session received and sent,
+        # one `.in` / `.out` file pair per connection in the user's `~/rawlog` (`client_lines`):
+        # the commands a client really sent, as the server read them.
+        self._rawlog = rawlog
         self._jwt_key = os.urandom(32)
         self._proc: subprocess.Popen[bytes] | None = None
         self._ids = count(1)
@@ -238,7 +249,7 @@ namespace inbox {{
 {"    auto = create" if self._archive else ""}
   }}
 }}
-service imap-login {{
+{self._capability_block()}service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
     port = {self.port}
@@ -250,6 +261,23 @@ service imap-login {{
   }}
 }}
 """
+
+    def _capability_block(self) -> str:
+        settings = []
+        if self._imap_capability is not None:
+            settings.append(f"imap_capability = {self._imap_capability}")
+        if self._rawlog:
+            settings.append("rawlog_dir = %h/rawlog")
+        if not settings:
+            return ""
+        return "protocol imap {\n" + "".join(f"  {x}\n" for x in settings) + "}\n"
+
+    def client_lines(self, user: ImapUser) -> list[list[str]]:
+        """Per IMAP connection of `user` (oldest first), the lines the server read from the
+        client (`rawlog`; the LOGIN line's password is Dovecot's to hide: it writes
+        "<hidden>" in its place)."""
+        logs = sorted((self.homes / user.login / "rawlog").glob("*.in"))
+        return [f.read_bytes().decode("utf-8", "replace").splitlines() for f in logs]
 
     def start(self) -> DovecotServer:
         """Write the config, start Dovecot in the foreground of a child process and wait
@@ -344,6 +372,10 @@ service imap-login {{
         home.mkdir()
         if self._as_root:
             shutil.chown(home, user=self.mail_uid, group=self.mail_gid)
+        if self._rawlog:  # Dovecot writes a rawlog only into a directory that exists
+            (home / "rawlog").mkdir()
+            if self._as_root:
+                shutil.chown(home / "rawlog", user=self.mail_uid, group=self.mail_gid)
         extra = ""
         if separator != "/":
             extra = (
@@ -387,11 +419,25 @@ service imap-login {{
 
 @contextmanager
 def running_dovecot(
-    *, ca: trustme.CA | None = None, name: str = "coexist", archive: bool = False
+    *,
+    ca: trustme.CA | None = None,
+    name: str = "coexist",
+    archive: bool = False,
+    imap_capability: str | None = None,
+    rawlog: bool = False,
 ) -> Iterator[DovecotServer]:
-    """Start a Dovecot, yield it, stop it (ConfigError when Dovecot is not installed)."""
+    """Start a Dovecot, yield it, stop it (ConfigError when Dovecot is not installed);
+    `imap_capability`, `rawlog`: see DovecotServer."""
     dovecot, doveadm = binaries()
-    server = DovecotServer(dovecot, doveadm, ca=ca, name=name, archive=archive)
+    server = DovecotServer(
+        dovecot,
+        doveadm,
+        ca=ca,
+        name=name,
+        archive=archive,
+        imap_capability=imap_capability,
+        rawlog=rawlog,
+    )
     try:
         yield server.start()
     finally:

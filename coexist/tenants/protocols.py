@@ -95,6 +95,11 @@ class Capabilities:
     # (`sync.unscanned`): no request, no cursor; its first item makes `total` > 0 and the
     # next pass reads it in full.
     empty_means_nothing: bool = False
+    # folder_state kinds the store keeps per user and side besides its cursors (folder_id
+    # "source" / "target": a mailbox id, default folder names). A source mailbox whose
+    # cursors name a mailbox or folders gone (re-created) has them dropped with its cursors
+    # (`sync.drop_gone_cursors`).
+    side_state: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,14 @@ class FolderTree:
 
     folders: list[Folder]
     left_out: int = 0
+    # The store found its mailbox re-created since the journal kept its id (a new mailbox
+    # id): copies the journal names there may be gone with the old one
+    # (`sync.reverify_copies`, for a target). Kept as a folder_state row (REPLACED_KIND,
+    # folder_id: the side) until the journal's copies were checked again.
+    replaced: bool = False
+
+
+REPLACED_KIND = "mailbox-replaced"
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ tree by exception type / FullyQualifiedErrorId, each with the command to run nex
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -257,6 +259,9 @@ def ps_value(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    scalar = _json_scalar(value)
+    if scalar is not _NOT_SCALAR:
+        return scalar
     props = getattr(value, "adapted_properties", None)
     if props is not None:
         if not props and not getattr(value, "extended_properties", None):
@@ -268,6 +273,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
+
+
+_NOT_SCALAR = object()
+
+
+def _json_scalar(value: Any) -> Any:
+    """A CLIXML primitive pypsrp hands back as a Python type JSON lacks, as JSON text.
+
+    pypsrp's deserializer gives DateTime, TimeSpan and Decimal as their text but a Guid
+    (<G>) as `uuid.UUID` and a byte[] (<BA>) as `bytes`, and a real Exchange server's
+    objects carry both (Get-Mailbox: ExchangeGuid, Guid, ArchiveGuid…), while what a step
+    observes is journaled as JSON (`journal.guard`): the GUID's text, base64."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return _NOT_SCALAR
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

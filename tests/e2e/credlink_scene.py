@@ -1,6 +1,9 @@
-"""What the credential link tests share: the page served in this process (uvicorn in a
-thread, its clock injectable), Debian's headless Chromium pinned to the page's certificate,
-an HTTPS client trusting it, and the grep for a password in everything coexist writes."""
+"""What the credential link tests share: the IMAP scene they start from (two seeded users
+whose project serves the page, `imap_link_scene`; an SMTP relay in the environment,
+`relay_in_env`; the batch without source passwords, `without_passwords`), the page served
+in this process (uvicorn in a thread, its clock injectable), Debian's headless Chromium
+pinned to the page's certificate, an HTTPS client trusting it, and the grep for a password
+in everything coexist writes."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
@@ -26,8 +30,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from coexist import credlink, credserve
+from coexist.vault import ENV_KEY
 from tests.chromium_log import network_requests
-from tests.dovecot import missing
+from tests.dovecot import DovecotServer, missing
+from tests.e2e.imap_scene import KEY, Scene
+from tests.smtp_server import Relay, smtp_relay
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -56,6 +63,35 @@ def link_settings(port: int) -> str:
     """`link_values` as a [credential_link] table to append to a project.toml."""
     values = link_values(port)
     return "\n[credential_link]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
+def imap_link_scene(dovecot: DovecotServer, tmp_path: Path, *, extra_toml: str = "") -> Scene:
+    """Two IMAP users on the session's Dovecot, both mailboxes seeded, in a project whose
+    page listens on a free port ([credential_link], after `extra_toml`)."""
+    scene = Scene(dovecot, tmp_path, users=2)
+    for u in scene.users:
+        scene.seed(u)
+    toml = scene.project / "project.toml"
+    toml.write_text(toml.read_text() + extra_toml + link_settings(free_port()))
+    return scene
+
+
+@contextmanager
+def relay_in_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str = KEY
+) -> Iterator[Relay]:
+    """An SMTP relay whose settings, and the vault key `key`, are in this process's
+    environment: the CLI run in-process, the page and the workers started later inherit
+    them (the key opens the users' passwords)."""
+    with smtp_relay(tmp_path) as relay:
+        for name, value in {**relay.env(), ENV_KEY: key}.items():
+            monkeypatch.setenv(name, value)
+        yield relay
+
+
+def without_passwords(scene: Scene) -> Path:
+    """The scene's batch CSV with the source password column blank on every row."""
+    return scene.csv({u.address: "" for u in scene.users})
 
 
 @contextmanager

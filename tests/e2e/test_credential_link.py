@@ -26,7 +26,7 @@ from coexist.settings import load_project
 from coexist.vault import ENV_KEY, Vault
 from tests.dovecot import DovecotServer
 from tests.e2e import credlink_scene as cl
-from tests.e2e.imap_scene import KEY, Scene, run
+from tests.e2e.imap_scene import KEY, run
 from tests.smtp_server import smtp_relay
 
 
@@ -70,20 +70,13 @@ def test_imap_user_gives_credentials_through_the_link_and_the_pass_copies_the_ma
     password is nowhere but the vault."""
     caplog.set_level(logging.DEBUG)
     key = KEY  # the one imap_scene's `run` gives the CLI
-    scene = Scene(dovecot, tmp_path, users=2)
+    scene = cl.imap_link_scene(dovecot, tmp_path)
     first, second = scene.users
-    for u in scene.users:
-        scene.seed(u)
-    port = cl.free_port()
-    toml = scene.project / "project.toml"
-    toml.write_text(toml.read_text() + cl.link_settings(port))
     p = str(scene.project)
     outputs: list[str] = []
-    with smtp_relay(tmp_path) as relay:
-        for name, value in {**relay.env(), ENV_KEY: key}.items():
-            monkeypatch.setenv(name, value)
+    with cl.relay_in_env(tmp_path, monkeypatch, key) as relay:
         # No source passwords (the column blank on every row): the vault has none.
-        csv = scene.csv({u.address: "" for u in scene.users})
+        csv = cl.without_passwords(scene)
         _json("batch", "import", "--project", p, str(csv), outputs=outputs)
 
         plan = _json("credentials", "request", "--project", p, "--batch", "wave1", "--plan",

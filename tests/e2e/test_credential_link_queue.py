@@ -18,14 +18,12 @@ import pytest
 from coexist import commands, credentials
 from coexist.journal import Journal
 from coexist.settings import load_project
-from coexist.vault import ENV_KEY
 from tests import pg
 from tests.cli_env import assert_no_unawaited_coroutine
 from tests.dovecot import DovecotServer
 from tests.e2e import credlink_scene as cl
-from tests.e2e.imap_scene import FOLDERS, KEY, Scene, run_json
+from tests.e2e.imap_scene import FOLDERS, run_json
 from tests.e2e.workers_scene import Workers
-from tests.smtp_server import smtp_relay
 
 OLD_MESSAGES = sum(old for old, _new in FOLDERS.values())  # what a prestage copies
 
@@ -45,26 +43,17 @@ def test_credentials_given_on_the_page_queue_the_users_prestage_and_a_worker_run
     naming it) and the mailbox's older mail is copied, the user no longer waiting; no
     command run by the test in between; the user who gave nothing still waits, unqueued."""
     pg.reset_database(pg_url)
-    scene = Scene(dovecot, tmp_path, users=2)
-    first, second = scene.users
-    for u in scene.users:
-        scene.seed(u)
-    port = cl.free_port()
-    toml = scene.project / "project.toml"
-    toml.write_text(
-        toml.read_text()
-        + f"\n[project]\njournal = {json.dumps(pg_url)}\n"
-        + '\n[engine]\nexecutor = "queue"\n'
-        + cl.link_settings(port)
+    scene = cl.imap_link_scene(
+        dovecot,
+        tmp_path,
+        extra_toml=f"\n[project]\njournal = {json.dumps(pg_url)}\n"
+        + '\n[engine]\nexecutor = "queue"\n',
     )
+    first, second = scene.users
     p = str(scene.project)
-    with smtp_relay(tmp_path) as relay:
-        # The workers inherit this environment: the vault key opens the user's password.
-        for name, value in {**relay.env(), ENV_KEY: KEY}.items():
-            monkeypatch.setenv(name, value)
-        run_json(
-            "batch", "import", "--project", p, str(scene.csv({u.address: "" for u in scene.users}))
-        )
+    # The workers inherit this environment: the vault key opens the user's password.
+    with cl.relay_in_env(tmp_path, monkeypatch) as relay:
+        run_json("batch", "import", "--project", p, str(cl.without_passwords(scene)))
         sent = run_json("credentials", "request", "--project", p, "--batch", "wave1")
         assert len(sent["sent"]) == 2 and len(relay.received) == 2, sent
         url = cl.links_in(relay.received)[first.address]

@@ -4,6 +4,7 @@ see the data moved."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from coexist import commands, playbook
+from coexist.errors import Busy
 from coexist.journal import Journal, claims
 from coexist.sandbox import Sandbox, mailseed
 from coexist.settings import load_project
@@ -29,7 +31,9 @@ def test_prestage_wave_playbook_waits_for_its_queued_jobs(
     make_project: Callable[..., Path], sandbox: Sandbox, pg_url: str
 ) -> None:
     """m365-prestage-wave with `executor = "queue"` and one worker: every step ok (its checks
-    ran after the jobs ended), the batch's mail copied once, the jobs succeeded."""
+    ran after the jobs ended), the batch's mail copied once, the jobs succeeded; the run's
+    own enqueue step and the worker running its jobs are not refused, while an operator's
+    typed prestage (an enqueue) on the batch is, after every step."""
     pg.reset_database(pg_url)
     project = make_project(
         users=6,
@@ -61,11 +65,19 @@ def test_prestage_wave_playbook_waits_for_its_queued_jobs(
         # After each step (the prestage one's wait for its jobs included) the run still
         # holds its batch: the lock covers the whole run (tests/e2e/test_playbook_lock.py).
         holders: list[int | None] = []
+        typed: list[str | None] = []
 
         def after_step(_line: str) -> None:
             with Journal.open(load_project(project).journal_url) as j:
                 holder = claims.holder_of(j.engine, claims.playbook_scope(BATCH))
             holders.append(holder.pid if holder is not None else None)
+            # An operator's prestage on the batch (its own context: not one of the run's
+            # steps, `claims.acting_for`) is refused before it queues anything.
+            try:
+                contextvars.Context().run(lambda: commands.prestage(project, batch=BATCH))
+                typed.append(None)
+            except Busy as exc:
+                typed.append(exc.fields.get("reason"))
 
         ran = playbook.run_playbook(
             project, "m365-prestage-wave", batch=BATCH, yes=True, say=after_step
@@ -78,6 +90,7 @@ def test_prestage_wave_playbook_waits_for_its_queued_jobs(
     assert {s["status"] for s in ran["steps"]} == {"ok"}, ran["steps"]
     assert code == 0, (project / "worker.log").read_text()[-3000:]
     assert holders and set(holders) == {os.getpid()}, holders
+    assert typed and set(typed) == {"playbook-run"}, typed
     pre = steps_of(project, "m365-prestage-wave")["prestage"]
     assert (pre["detail"] or {}).get("result", {}).get("jobs") == {"succeeded": 2}, pre
     # Pre-stage moves the mail older than 90 days: each user's passes copied some, and

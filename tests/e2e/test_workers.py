@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 from coexist import commands, jobs
 from coexist.engine.runner import set_item
@@ -32,6 +34,7 @@ from coexist.journal import Journal
 from coexist.journal.schema import utcnow
 from coexist.sandbox import Sandbox
 from coexist.sandbox.model import User
+from coexist.settings import load_project
 from tests import pg
 from tests.cli_env import assert_no_unawaited_coroutine
 from tests.e2e.test_kill_soak import seed_source_mail
@@ -120,19 +123,35 @@ def kill_inside_a_run(farm: Farm, name: str) -> None:
     claim seen in `status` also spans opening and closing the session around the run, and
     a kill landing there left no unfinished run (a flake once in CI)."""
     proc = farm.procs[name]
+    url = load_project(farm.project).journal_url
+    # The look is one plain SELECT that gives up rather than wait: the stopped worker may
+    # hold a lock (Journal.open's migration lock, a transaction's) that `Journal.open` or a
+    # write would wait on for as long as it stays stopped.
+    engine = sa.create_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={"options": "-c statement_timeout=2000 -c lock_timeout=2000"},
+    )
 
     def stopped_inside() -> bool:
         os.kill(proc.pid, signal.SIGSTOP)
-        with farm.journal() as j:
+        inside = False
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT args, finished_at FROM runs")).all()
             inside = any(
-                (r.get("args") or {}).get("worker") == name and r["finished_at"] is None
-                for r in j.runs()
+                (args or {}).get("worker") == name and ended is None for args, ended in rows
             )
+        except sa.exc.OperationalError:
+            pass  # waited on the stopped worker: look again once it has moved on
         if not inside:
             os.kill(proc.pid, signal.SIGCONT)
         return inside
 
-    farm.until(f"{name} inside a run", stopped_inside)
+    try:
+        farm.until(f"{name} inside a run", stopped_inside)
+    finally:
+        engine.dispose()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
 

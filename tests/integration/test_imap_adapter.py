@@ -11,8 +11,16 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from coexist.errors import AuthenticationError, InvalidRequest, NotFound, TLSError, Unreachable
+from coexist.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    RemoteError,
+    TLSError,
+    Unreachable,
+)
 from coexist.tenants.imap import (
+    SEND_COALESCE,
     ImapEndpoint,
     ImapSession,
     MasterPassword,
@@ -110,6 +118,61 @@ def test_single_append_and_missing_message_id(session: ImapSession) -> None:
     [uid] = session.append("INBOX", [NewMessage(raw, frozenset({"\\Seen"}))])
     [ref] = session.refs("INBOX", [uid or 0])
     assert ref.message_id is None and ref.flags == {"\\Seen"}
+
+
+def test_a_multiappend_of_small_and_large_messages_arrives_byte_for_byte(
+    session: ImapSession,
+) -> None:
+    """One MULTIAPPEND mixing messages sent in joined runs with messages larger than a run
+    (sent alone) puts each message in the folder as sent, with its flags and date."""
+    big = SEND_COALESCE + 1000
+
+    def sized(n: int, size: int) -> bytes:
+        head = message(n)
+        return head + (b"y" * 76 + b"\r\n") * max(0, (size - len(head)) // 78)
+
+    sizes = [500, big, 3000, 2 * big, 200, SEND_COALESCE // 3, SEND_COALESCE // 3, 900]
+    sent = [
+        NewMessage(
+            sized(n, size),
+            frozenset({"\\Seen"}) if n % 2 else frozenset(),
+            frozenset({"$Label1"}) if n % 3 == 0 else frozenset(),
+            datetime(2019, 3, 4, 5, 6, n, tzinfo=PLUS_0130),
+        )
+        for n, size in enumerate(sizes)
+    ]
+    uids = session.append("INBOX", sent)
+    assert len(uids) == len(sent) and all(u is not None for u in uids)
+    refs = session.refs("INBOX", [u or 0 for u in uids])
+    fetched = {f.uid: f for f in session.fetch("INBOX", refs)}
+    assert [fetched[u or 0].raw for u in uids] == [m.raw for m in sent]
+    assert [fetched[u or 0].internaldate for u in uids] == [m.internaldate for m in sent]
+    assert [fetched[u or 0].flags - {"\\Recent"} for u in uids] == [m.flags for m in sent]
+    assert [fetched[u or 0].keywords for u in uids] == [m.keywords for m in sent]
+
+
+def test_validity_of_the_selected_folder_sends_no_examine(
+    session: ImapSession, endpoint: ImapEndpoint, user: ImapUser
+) -> None:
+    """`validity` answers from the selection when the folder is selected on the connection
+    (no command), EXAMINEs when another folder is; a folder deleted while selected ends the
+    read with an error, never a read of other messages (Dovecot drops the session)."""
+    seed(session, "INBOX", 2)
+    validity = session.examine("INBOX")
+    commands = session._client._imap.tagnum  # imaplib's tag counter: one per command
+    assert session.validity("INBOX") == validity
+    assert session._client._imap.tagnum == commands
+    session.create_folder(["Other"], "/")
+    session.examine("Other")
+    commands = session._client._imap.tagnum
+    assert session.validity("INBOX") == validity
+    assert session._client._imap.tagnum == commands + 1
+    session.examine("Other")
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as other:
+        other.delete_folder("Other")
+    assert session.validity("Other") > 0  # the selection's: no command
+    with pytest.raises(RemoteError):
+        session.refs("Other", [1])
 
 
 def test_fetch_in_bounded_chunks_keeps_order(session: ImapSession) -> None:

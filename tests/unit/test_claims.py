@@ -23,6 +23,8 @@ from coexist.journal.claims import (
     GROUPS,
     PROJECT,
     Writer,
+    acting_for,
+    batch_scope,
     holder_of,
     playbook_scope,
     user_scope,
@@ -135,6 +137,52 @@ def test_a_playbook_scope_conflicts_only_with_itself(journal: Journal) -> None:
         holder = holder_of(journal.engine, playbook_scope("wave1"))
         assert holder is not None and holder.pid == os.getpid() and holder.id == run.id
     assert holder_of(journal.engine, playbook_scope("wave1")) is None
+
+
+def test_a_batch_scope_meets_only_its_batch_playbook_run(journal: Journal) -> None:
+    """A command working on users of a batch (``batch:``) is refused while a playbook run
+    holds that batch, naming the run, its PID, host and start, with what to do next; it goes
+    beside project/user writers, other batches' runs and the run's own steps (`acting_for`);
+    a run cannot start while such a command works on its batch; nothing is left claimed."""
+    wave1 = {playbook_scope("wave1"): "batch wave1"}
+    typed = WHOLE | {batch_scope("wave1"): "users of batch wave1"}
+    # A command on wave1 holds its batch: a run on wave1 cannot start, one on wave2 can.
+    with Writer.open(journal.engine, "cutover", typed) as cutover:
+        cutover.note_run(journal.start_run("cutover", {"batch": "wave1"}))
+        busy = refusal(journal, "playbook run night", wave1)
+        assert "cutover --batch wave1 (PID" in str(busy) and "users of batch wave1" in str(busy)
+        assert busy.to_dict()["reason"] == "writer"
+        with Writer.open(journal.engine, "playbook run night", {playbook_scope("wave2"): "b"}):
+            pass
+    with Writer.open(journal.engine, "playbook run night", wave1) as run:
+        run_id = journal.start_run("playbook", {"batch": "wave1"})
+        run.note_run(run_id)
+        busy = refusal(journal, "cutover", typed)
+        text = str(busy)
+        assert "a runbook is in progress: playbook run night --batch wave1" in text
+        assert f"(PID {os.getpid()} on {socket.gethostname()}, running for" in text
+        assert " since " in text and f"run {run_id})" in text
+        nxt = busy.next_step or ""
+        assert f"kill {os.getpid()}" in nxt and "coexist playbook run night --batch wave1" in nxt
+        assert "coexist status --batch wave1" in nxt
+        error = busy.to_dict()
+        assert error["reason"] == "playbook-run"
+        (holder,) = error["holders"]
+        assert holder["playbook_batches"] == ["wave1"] and holder["pid"] == os.getpid()
+        # Other batches, users of no batch, other writers' kinds: beside the run.
+        for scopes in (WHOLE | {batch_scope("wave2"): "w2"}, users("ann"), {ENQUEUE: "q"}):
+            with Writer.open(journal.engine, "cutover", scopes):
+                pass
+        # The run's own steps claim the batch (one writer at a time holds a scope).
+        marks = {batch_scope("wave1"): "users of batch wave1"}
+        with acting_for(run), Writer.open(journal.engine, "cutover", typed):
+            refusal(journal, "retry", marks)
+        with acting_for(run), Writer.open(journal.engine, "enqueue", {ENQUEUE: "q"} | marks):
+            pass
+        refusal(journal, "retry", {batch_scope("wave1"): "users of batch wave1"})
+    with Writer.open(journal.engine, "cutover", typed):
+        pass
+    assert rows(journal, t.claims) == [] and rows(journal, t.writers) == []
 
 
 def test_claim_more_release_and_close(journal: Journal) -> None:

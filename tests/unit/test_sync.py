@@ -25,13 +25,14 @@ from typing import Any
 
 import pytest
 
-from coexist import schedule
+from coexist import progress, schedule
 from coexist.engine.context import Context
 from coexist.errors import ConfigError, InvalidRequest, NotFound, RemoteError
 from coexist.journal import Journal
-from coexist.migrate import sync
+from coexist.migrate import planpass, sync
 from coexist.migrate.passes import PassResult, Window
 from coexist.migrate.sync import StoreMover, message_identity, negotiate
+from coexist.tenants.plan import WriteRecorder
 from coexist.tenants.protocols import (
     EXCHANGE_STREAM,
     MAIL_FOLDER,
@@ -128,6 +129,9 @@ class MemoryStore:
         # Folders (paths) whose copies of replied messages come back `lost` (Imported.lost),
         # as a Graph that refuses 0x1081 or an IMAP folder without \Answered answers.
         self.loses_in: set[tuple[str, ...]] = set()
+        # Plan mode, as the real stores': every write recorded here and not made (reads are
+        # made); a planned copy or move answers no item id, a planned folder a `planned:` id.
+        self.plan: WriteRecorder | None = None
 
     # -- test helpers
 
@@ -179,7 +183,15 @@ class MemoryStore:
     async def create_folder(
         self, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
     ) -> Folder | None:
+        if self.plan is not None:
+            self._record("CREATE", folder="/".join(path))
+            return Folder("planned:" + "/".join(path), path, None, folder_class, 0)
         return Folder(self._mkdir(path), path, None, folder_class, 0)
+
+    def _record(self, operation: str, **params: Any) -> None:
+        assert self.plan is not None
+        # IMAP's verbs, which the plan's summary reads (`planpass._action`).
+        self.plan.record("imap", "target", f"{operation} {USER}", params)
 
     def changes(self, folder: Folder, cursor: str | None) -> Round:
         if self.caps.cursor == "listing":
@@ -232,7 +244,14 @@ class MemoryStore:
     async def _import(
         self, folder_id: str, payload: Payload, replace: ItemRef | None = None
     ) -> Imported:
+        if self.plan is not None:
+            if replace is not None:
+                self._record("UID STORE FLAGS", item=replace.item_id)
+                return Imported(replace.item_id, str(self.items[replace.item_id].version))
+            self._record("APPEND", folder=folder_id, bytes=len(payload.mime))
+            return Imported(None, None)
         if replace is not None:
+            self.calls["update"] += 1
             m = self.items[replace.item_id]
             m.state, m.version = payload.state or MessageState(), m.version + 1
             if self.caps.completes_on_update:  # the update carries the whole item
@@ -278,9 +297,12 @@ class MemoryStore:
         return (await self.copies(folder_id, exclude)).get(identity or "", [])
 
     async def move(self, ref: ItemRef, folder_id: str) -> Imported:
-        self.calls["move"] += 1
         if ref.item_id not in self.items:
             raise NotFound(f"no item {ref.item_id}", service="memory")
+        if self.plan is not None:
+            self._record("UID MOVE", item=ref.item_id, to=folder_id)
+            return self._lost(folder_id, self.items[ref.item_id].state, Imported(None, None))
+        self.calls["move"] += 1
         m = self.items.pop(ref.item_id)
         m.folder = folder_id
         return self._lost(folder_id, m.state, Imported(self._add(m), str(m.version)))
@@ -291,9 +313,13 @@ class MemoryStore:
         }
 
     async def delete(self, ref: ItemRef) -> None:
-        self.calls["delete"] += 1
-        if self.items.pop(ref.item_id, None) is None:
+        if ref.item_id not in self.items:
             raise NotFound(f"no item {ref.item_id}", service="memory")
+        if self.plan is not None:
+            self._record("UID EXPUNGE", item=ref.item_id)
+            return
+        self.calls["delete"] += 1
+        del self.items[ref.item_id]
         self.log.append((ref.folder_id, ref.item_id))
 
     async def totals(self) -> dict[str, int]:
@@ -349,8 +375,8 @@ def _info(data: bytes) -> ItemInfo:
     return ItemInfo(str(msg["Subject"] or ""), msg.get_content_type())
 
 
-def run_pass(tmp_path: Path, src: MailboxStore, tgt: MailboxStore, **migration: Any) -> PassResult:
-    """One prestage pass of StoreMover between the two stores (its journal is kept)."""
+def project_of(**migration: Any) -> Any:
+    """A project whose [migration] settings are the defaults but for `migration`."""
     settings = {
         "folder_rules": [],
         "include_folders": [],
@@ -361,18 +387,43 @@ def run_pass(tmp_path: Path, src: MailboxStore, tgt: MailboxStore, **migration: 
         "reconcile_tolerance": 0,
         **migration,
     }
-    project: Any = SimpleNamespace(migration=SimpleNamespace(**settings), file="project.toml")
+    return SimpleNamespace(migration=SimpleNamespace(**settings), file="project.toml")
 
+
+def mover_of(src: MailboxStore, tgt: MailboxStore) -> StoreMover:
     @asynccontextmanager
     async def open_stores(
         ctx: Context, subject: str
     ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
         yield src, tgt
 
+    return StoreMover(open_stores)
+
+
+def run_pass(tmp_path: Path, src: MailboxStore, tgt: MailboxStore, **migration: Any) -> PassResult:
+    """One prestage pass of StoreMover between the two stores (its journal is kept)."""
     with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
         journal.upsert_item("user", USER)  # discovery's row, where reconcile records its report
-        ctx = Context(project, journal, None, None, run_id=journal.start_run("test"))  # type: ignore[arg-type]
-        return asyncio.run(StoreMover(open_stores).run(ctx, USER, "prestage", Window()))
+        project, run_id = project_of(**migration), journal.start_run("test")
+        ctx = Context(project, journal, None, None, run_id=run_id)  # type: ignore[arg-type]
+        return asyncio.run(mover_of(src, tgt).run(ctx, USER, "prestage", Window()))
+
+
+def plan_pass(
+    tmp_path: Path, src: MemoryStore, tgt: MemoryStore, **migration: Any
+) -> planpass.Summary:
+    """One prestage pass planned as `--plan` plans it (`planpass.plan_pass`: both stores in
+    plan mode, the pass's journal a scratch copy of `run_pass`'s)."""
+    recorder = WriteRecorder()
+    src.plan = tgt.plan = recorder
+    try:
+        with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+            ctx = Context(project_of(**migration), journal, None, None, plan=recorder)  # type: ignore[arg-type]
+            mover = mover_of(src, tgt)
+            run = lambda c: mover.run(c, USER, "prestage", Window())  # noqa: E731
+            return asyncio.run(planpass.plan_pass(ctx, USER, run, "imap"))
+    finally:
+        src.plan = tgt.plan = None
 
 
 def rows(tmp_path: Path) -> list[dict[str, Any]]:
@@ -729,3 +780,198 @@ def test_the_first_export_batch_holds_the_first_batch_share_of_the_bounds() -> N
     assert asyncio.run(sizes(4, [3, 7])) == [1, 4, 4, 1]
     assert asyncio.run(sizes(1, [3, 7])) == [4, 4, 2]
     assert asyncio.run(sizes(2, cap=40)) == [2, 4, 4]  # 20 bytes first, then 40
+
+
+def recreated(old: MemoryStore) -> MemoryStore:
+    """`old` re-created with its content restored, as Exchange shows a re-created mailbox:
+    the same messages (same Message-IDs, same state) in the same folder paths, under new
+    folder and item ids."""
+    new = MemoryStore()
+    new.ids = itertools.count(1000)
+    new.folders = {}
+    for fid, path in old.folders.items():
+        new.folders[f"g-{fid}"] = path
+    for m in old.items.values():
+        new._add(Message(f"g-{m.folder}", m.mime, m.state, m.version))
+    return new
+
+
+def test_a_mailbox_whose_every_folder_id_changed_is_scanned_again_copying_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """A source re-created between passes (every folder and item id new, no saved cursor's
+    folder listed any more): its cursors are dropped and it is scanned in full, said once in
+    the pass's events with folder paths, the copies already made are kept (adopted by
+    identity, not made again), only the new message is copied, and the next pass is an
+    ordinary one."""
+    src, tgt = MemoryStore(), MemoryStore()
+    src.put(("INBOX",), "one")
+    src.put(("INBOX", "Projects"), "two")
+    assert run_pass(tmp_path, src, tgt).counts["copied"] == 2
+    copies = set(tgt.items)
+    again = recreated(src)
+    again.put(("INBOX",), "three")
+    result = run_pass(tmp_path, again, tgt)
+    assert result.status == "ok" and result.counts["copied"] == 1, result
+    assert sorted(m.mime for m in tgt.items.values()) == sorted(
+        mime(s) for s in ("one", "two", "three")
+    )
+    assert copies <= set(tgt.items)  # the first copies are the ones kept
+    [said] = result.events
+    assert "INBOX" in said and "INBOX/Projects" in said and "g-" not in said, said
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        cursors = {c["folder_id"] for c in journal.checkpoints(USER) if c["kind"] == "memory"}
+        assert cursors and all(str(f).startswith("g-") for f in cursors), cursors
+        assert {r["source_folder_id"] for r in journal.mapped_items(USER)} <= set(again.folders)
+    quiet = run_pass(tmp_path, again, tgt)
+    assert quiet.events == () and quiet.counts.get("copied", 0) == 0, quiet
+    assert len(tgt.items) == 3
+
+
+def test_a_pass_killed_after_the_gone_cursors_were_noted_says_it_and_copies_once(
+    tmp_path: Path,
+) -> None:
+    """Kill-safe: a pass that died after dropping a re-created mailbox's cursors (the fact
+    journaled, the rows of its vanished folders settled) leaves the next pass to scan in
+    full, say it once and copy nothing twice."""
+    src, tgt = MemoryStore(), MemoryStore()
+    src.put(("INBOX",), "one")
+    run_pass(tmp_path, src, tgt)
+    again = recreated(src)
+    again.kill_after_import = 0  # the pass dies at its first import: after the scan
+    again.put(("INBOX",), "two")
+    tgt.kill_after_import = 0
+    with pytest.raises(BaseException):  # noqa: B017 - whatever the kill raises
+        run_pass(tmp_path, again, tgt)
+    tgt.kill_after_import = None
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        left = [c for c in journal.checkpoints(USER) if c["kind"] == sync.GONE_KIND]
+        assert len(left) == 1, left  # the fact outlived the kill; the old cursors did not
+        assert not [c for c in journal.checkpoints(USER) if c["folder_id"] in src.folders]
+    result = run_pass(tmp_path, again, tgt)
+    [said] = result.events
+    assert "INBOX" in said, said
+    assert sorted(m.mime for m in tgt.items.values()) == [mime("one"), mime("two")]
+    assert run_pass(tmp_path, again, tgt).events == ()
+
+
+def contents(store: MemoryStore) -> Any:
+    """Everything a store holds: folders, messages (folder, bytes, state, version), its log."""
+    items = {i: (m.folder, m.mime, m.state, m.version) for i, m in store.items.items()}
+    return dict(store.folders), items, list(store.log)
+
+
+def plan_then_run(
+    tmp_path: Path, src: MemoryStore, tgt: MemoryStore, **migration: Any
+) -> tuple[dict[str, int], PassResult, Counter[str]]:
+    """Plan a pass (`plan_pass`), check that it changed neither store nor anything of the
+    project's journal (item map, cursors, logs) and sent no progress event, then run it:
+    (the plan's counts, the real pass's result, the target's writes by kind in it)."""
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        journal_before = journal.snapshot(include_logs=True)
+    stores_before = contents(src), contents(tgt)
+    events: list[progress.PassEvent] = []
+    with progress.listening(events.append):
+        planned = plan_pass(tmp_path, src, tgt, **migration)
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        assert journal.snapshot(include_logs=True) == journal_before
+    assert (contents(src), contents(tgt)) == stores_before
+    assert events == []
+    calls = Counter(tgt.calls)
+    real = run_pass(tmp_path, src, tgt, **migration)
+    made = Counter(tgt.calls)
+    made.subtract(calls)
+    return planned.counts, real, made
+
+
+@pytest.mark.parametrize("moves", [True, False])
+def test_a_plan_writes_nothing_and_says_what_the_real_pass_then_writes(
+    tmp_path: Path, moves: bool
+) -> None:
+    """A planned pass (`planpass.plan_pass`, as `--plan` runs it) that would move a copy (a
+    move at the source: the copy moved, or copied anew and the old one deleted), mirror a
+    deletion (its row unmapped) and recover a partial import a killed pass left (deleted,
+    copied again): neither store changes, nor anything of the project's journal (item map,
+    cursors, logs); no progress event is sent; and the copies (with their bytes), moves and
+    deletions it plans are exactly those the real pass then makes."""
+    src, tgt = MemoryStore(), MemoryStore(moves=moves, atomic_import=False)
+    moved = src.put(("INBOX",), "moved")
+    gone = src.put(("INBOX",), "gone")
+    src.put(("INBOX", "Done"), "stays")
+    run_pass(tmp_path, src, tgt)
+    src.put(("INBOX",), "late")
+    tgt.kill_after_import, tgt.partial = tgt.calls["import"], True
+    with pytest.raises(Killed):
+        run_pass(tmp_path, src, tgt)
+    tgt.kill_after_import = None
+    assert {r["status"] for r in rows(tmp_path)} == {"copied", "importing"}
+    src.move_here(moved, "INBOX", "Done")
+    asyncio.run(src.delete(ItemRef(src.folder_id("INBOX"), gone)))
+    said, real, made = plan_then_run(tmp_path, src, tgt, deletions="mirror")
+    # Moved where the target moves, else copied anew and the old copy deleted.
+    expected = (1, 1, 2) if moves else (2, 0, 3)
+    assert (said["copied"], said["moved"], said["deleted_in_target"]) == expected, said
+    assert (made["import"], made["move"], made["delete"]) == expected, made
+    copied = [mime("late")] + ([] if moves else [mime("moved")])
+    assert said["bytes"] == sum(len(m) for m in copied), said
+    assert (real.counts["copied"], real.counts["moved"], real.counts["deleted_in_target"]) == (
+        1,
+        1,
+        1,
+    ), real
+    assert sorted(m.mime for m in tgt.in_folder("INBOX")) == [mime("late")]
+    assert sorted(m.mime for m in tgt.in_folder("INBOX", "Done")) == [mime("moved"), mime("stays")]
+
+
+@pytest.mark.parametrize("moved_away", [False, True])
+def test_a_plan_recovers_an_interrupted_import_as_the_real_pass_does(
+    tmp_path: Path, moved_away: bool
+) -> None:
+    """A killed pass left a landed copy unrecorded (atomic target): a plan adopts it and
+    plans its update (`adopt_interrupted`), or, its message moved away at the source since,
+    settles it as the moved message's old copy (`settle_left`), copied anew and deleted;
+    the plan writes nothing and plans exactly the copies, updates and deletions the real
+    pass then makes, each message ending up in the target once."""
+    src, tgt = MemoryStore(), MemoryStore()
+    for n in range(4):
+        src.put(("INBOX",), f"m{n}")
+    src.put(("INBOX", "Done"), "stays")
+    tgt.kill_after_import = 1
+    with pytest.raises(Killed):
+        run_pass(tmp_path, src, tgt)
+    tgt.kill_after_import = None
+    landed = {m.mime for m in tgt.items.values()}
+    [stuck] = [
+        r
+        for r in rows(tmp_path)
+        if r["status"] == "importing" and src.items[r["source_item_id"]].mime in landed
+    ]
+    if moved_away:
+        src.move_here(stuck["source_item_id"], "INBOX", "Done")
+    said, real, made = plan_then_run(tmp_path, src, tgt)
+    planned = (said["copied"], said["updated"], said["moved"], said["deleted_in_target"])
+    assert planned == (made["import"], made["update"], made["move"], made["delete"]), (said, made)
+    assert made["delete"] == (1 if moved_away else 0) and made["update"] == (0 if moved_away else 1)
+    assert real.counts.get("moved", 0) == (1 if moved_away else 0), real
+    everything = sorted(m.mime for m in src.items.values())
+    assert sorted(m.mime for m in tgt.items.values()) == everything
+    assert sorted(m.mime for m in tgt.in_folder("INBOX", "Done")) == sorted(
+        m.mime for m in src.in_folder("INBOX", "Done")
+    )
+
+
+def test_a_plan_reads_the_change_key_an_interrupted_update_forgot(tmp_path: Path) -> None:
+    """A copy whose change key a killed update left forgotten (`Sink.mark`): the plan reads
+    it from the target (`change_keys`) and plans the update the real pass then makes, not
+    a conflict; and writes nothing."""
+    src, tgt = MemoryStore(), MemoryStore()
+    item = src.put(("INBOX",), "one")
+    run_pass(tmp_path, src, tgt)
+    src.change(item, read=True)
+    with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as journal:
+        journal.map_item(USER, item, target_change_key=None)  # as `Sink.mark` leaves it
+    said, real, made = plan_then_run(tmp_path, src, tgt)
+    assert said["updated"] == made["update"] == 1, (said, made)
+    assert real.counts["updated"] == 1 and not real.counts.get("update_conflicts"), real
+    [copy] = tgt.in_folder("INBOX")
+    assert copy.state.read

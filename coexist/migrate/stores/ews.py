@@ -1031,7 +1031,7 @@ async def open_graph_to_ews(
     from coexist.migrate.stores.graph_items import GraphItemsStore
 
     async with ews_store(ctx, "target", subject) as tgt:
-        yield GraphItemsStore(Box(ctx.source.graph, subject, "")), tgt
+        yield GraphItemsStore(Box(ctx.source.graph, subject, ""), ctx.planning), tgt
 
 
 @asynccontextmanager

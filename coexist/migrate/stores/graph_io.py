@@ -64,6 +64,7 @@ from coexist.tenants.protocols import (
     EXCHANGE_STREAM,
     MAIL_CLASS,
     MAIL_FOLDER,
+    REPLACED_KIND,
     Capabilities,
     Change,
     ChangePage,
@@ -117,6 +118,7 @@ CAPS = Capabilities(
     # counts 0 has no item for its items delta to report (*unverified*: that Exchange's count
     # and the delta cover the same items, the folder's normal ones, as the sandbox's do).
     empty_means_nothing=True,
+    side_state=frozenset({MAILBOX_KIND, NAMES_KIND}),
 )
 
 
@@ -515,9 +517,14 @@ class GraphIOStore:
         keep_names: Callable[[Names], None] | None = None,
         *,
         planning: bool = False,
+        replaced: bool = False,
     ) -> None:
         self.box = box
         self.importer = Importer(box)
+        # The mailbox was re-created since the journal kept its id (`_first_listing` found a
+        # new one, or a pass that did was killed before its copies were checked again):
+        # said by the folder tree (`FolderTree.replaced`).
+        self.replaced = replaced
         self.planning = planning  # plan mode: `export` reads no stream
         # The default folders' names, read with the pass's first folder tree: the tree of
         # the reconciliation (`totals`) reuses them instead of a $batch of 10 more reads
@@ -564,6 +571,8 @@ class GraphIOStore:
                 if self._keep_names is not None and self._names != kept:
                     self._keep_names(self._names)
         tree = ipm_tree(found, self._names)
+        if self.replaced:
+            tree = FolderTree(tree.folders, tree.left_out, replaced=True)
         self._listed = {f.id: f.total for f in tree.folders}
         self._listing_cost = listing_requests(found)
         self._touched.clear()
@@ -583,6 +592,7 @@ class GraphIOStore:
             if fresh == self.box.mailbox_id:
                 raise
             recheck(fresh)
+            self.replaced = True
             self.box = Box(self.box.graph, self.box.user_id, fresh)
             self.importer = Importer(self.box)  # no session made yet: the listing is first
             return await _all_folders(self.box)
@@ -750,7 +760,7 @@ async def open_stores(
     kept = {
         (str(c["kind"]), str(c["folder_id"])): c
         for c in ctx.journal.checkpoints(subject)
-        if c["kind"] in (MAILBOX_KIND, NAMES_KIND)
+        if c["kind"] in (MAILBOX_KIND, NAMES_KIND, REPLACED_KIND)
     }
     src = await _open(ctx, subject, "source", ctx.source.graph, subject, kept)
     tgt = await _open(ctx, subject, "target", ctx.target.graph, target_id(ctx, subject), kept)
@@ -774,6 +784,14 @@ async def _open(
     def keep(mbx: str) -> None:
         ctx.journal.save_checkpoint(subject, side, MAILBOX_KIND, token=mbx, watermark=user_id)
 
+    def renewed(mbx: str) -> None:
+        # The kept id no longer answers and the user has a new one: the mailbox was
+        # re-created. Journaled before the new id is kept, so a pass killed in between
+        # still checks the target's copies again (`sync.reverify_copies`).
+        if side == "target":
+            ctx.journal.save_checkpoint(subject, side, REPLACED_KIND, token="1")
+        keep(mbx)
+
     def keep_names(names: Names) -> None:
         token = json.dumps({wk: list(v) for wk, v in sorted(names.items())})
         ctx.journal.save_checkpoint(subject, side, NAMES_KIND, token=token, watermark=user_id)
@@ -782,6 +800,7 @@ async def _open(
     kept_names: Names | None = None
     if names.get("token") and names.get("watermark") == user_id:
         kept_names = {wk: (str(c), str(n)) for wk, (c, n) in json.loads(names["token"]).items()}
+    replaced = (REPLACED_KIND, side) in kept
     row = kept.get((MAILBOX_KIND, side)) or {}
     if row.get("token") and row.get("watermark") == user_id:
         mbx = str(row["token"])
@@ -789,11 +808,13 @@ async def _open(
         # user are one mailbox, one budget: GraphAdapter._learn_mailbox).
         graph.mailboxes.alias(mbx, user_id)
         box = Box(graph, user_id, mbx)
-        return GraphIOStore(box, keep, kept_names, keep_names, planning=ctx.planning)
+        return GraphIOStore(
+            box, renewed, kept_names, keep_names, planning=ctx.planning, replaced=replaced
+        )
     mbx = await mailbox_id(graph, user_id)
     keep(mbx)
     box = Box(graph, user_id, mbx)
-    return GraphIOStore(box, None, kept_names, keep_names, planning=ctx.planning)
+    return GraphIOStore(box, None, kept_names, keep_names, planning=ctx.planning, replaced=replaced)
 
 
 MOVERS["graph-import-export"] = StoreMover(open_stores)

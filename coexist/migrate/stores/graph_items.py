@@ -101,6 +101,17 @@ DELTA_SELECT = "subject,receivedDateTime,createdDateTime,changeKey,internetMessa
 # set (extended-properties-overview: "String {guid} Name name" for custom properties).
 IDENTITY_PROP = "String {5b1c2a8e-7f3d-4c61-9a0e-c0e715e0ce11} Name coexistSourceId"
 STATE_SELECT = "isRead,isDraft,flag,categories,importance,receivedDateTime,sentDateTime,changeKey"
+# A planned export reads no MIME (a plan of a 50 GB mailbox must not download 50 GB): what
+# the skip rules and the plan need of a message comes with its state in one GET.
+# - `internetMessageHeaders` (resources/message: "A collection of message headers defined by
+#   RFC5322 ... Returned only on applying a $select query option"): its Content-Type and
+#   Content-Class headers show S/MIME and IRM mail as the MIME's do (`mime_info`).
+# - PidTagMessageSize (MS-OXPROPS 2.797, `Integer 0x0E08`, read as an extended property,
+#   singlevaluelegacyextendedproperty-get): "the approximate number of bytes that are
+#   transferred when the message is moved" (MAPI PidTagMessageSize canonical property). The
+#   plan's bytes are Exchange's sizes, not the MIME lengths the real pass counts.
+MESSAGE_SIZE_PROP = "Integer 0x0E08"
+PLAN_SELECT = f"{STATE_SELECT},internetMessageHeaders"
 
 # Requests carry at most 4 MB ("The maximum request length supported is 4MB.",
 # microsoft-graph-docs#11806); base64 grows 4/3, and the JSON around it needs room.
@@ -376,8 +387,42 @@ def parse_mime(mime: bytes) -> EmailMessage:
     return msg
 
 
-def top_content_type(mime: bytes) -> str:
-    return str(parse_mime(mime).get("Content-Type", "")).lower()
+def mime_info(mime: bytes) -> ItemInfo:
+    """What the skip rules read of a message's MIME: its top-level Content-Type and
+    Content-Class (IRM mail is "rpmsg.message" there, its top type multipart: MS-OXBBODY
+    2.1.3.4), lower case."""
+    msg = parse_mime(mime)
+    return ItemInfo(
+        content_type=str(msg.get("Content-Type", "")).lower(),
+        content_class=str(msg.get("Content-Class", "")).lower(),
+    )
+
+
+def header_info(headers: Any) -> ItemInfo | None:
+    """`mime_info` from a message's `internetMessageHeaders` (name/value pairs,
+    resources/internetmessageheader), each header parsed as the MIME's is (the same email
+    policy: unfolded, parameters normalized); None when the headers carry no Content-Type."""
+    found: dict[str, str] = {}
+    for h in headers if isinstance(headers, list) else []:
+        name = str(h.get("name", "")).title() if isinstance(h, dict) else ""
+        if name in ("Content-Type", "Content-Class") and name not in found:
+            value = email.policy.default.header_fetch_parse(name, str(h.get("value")))
+            found[name] = str(value).lower()
+    if "Content-Type" not in found:
+        return None
+    return ItemInfo(
+        content_type=found["Content-Type"], content_class=found.get("Content-Class", "")
+    )
+
+
+def extended_int(item: dict[str, Any], prop: str) -> int | None:
+    """An Integer extended property an item was read with (`$expand`), or None (Graph leaves
+    the collection out when the item lacks the property)."""
+    for p in item.get("singleValueExtendedProperties") or []:
+        if str(p.get("id", "")).casefold() == prop.casefold():
+            with contextlib.suppress(TypeError, ValueError):
+                return int(p.get("value"))
+    return None
 
 
 def _people(msg: Message, header: str) -> list[dict[str, Any]]:
@@ -681,8 +726,9 @@ class GraphItemsStore:
 
     caps = CAPS
 
-    def __init__(self, box: Box) -> None:
+    def __init__(self, box: Box, planning: bool = False) -> None:
         self.box = box
+        self.planning = planning  # plan mode: `export` reads no MIME (`_export_planned`)
         self.feed = MailDelta(box)
         # Whether copies get the replied / forwarded properties: None until the first copy
         # made with them was read back, then True (kept) or False (refused or ignored: left
@@ -719,8 +765,14 @@ class GraphItemsStore:
     ) -> dict[str, Payload]:
         """Each message's MIME (`$value`, message-get "Get MIME content") and state; an
         update (`state_only`) reads the state alone. A message gone since its scan is left
-        out (the next delta reports it)."""
+        out (the next delta reports it). Plan mode: no MIME (`_export_planned`)."""
         out: dict[str, Payload] = {}
+        if self.planning and not state_only:
+            for ref in refs:
+                planned = await self._export_planned(ref.item_id)
+                if planned is not None:
+                    out[ref.item_id] = planned
+            return out
         for ref in refs:
             sid = ref.item_id
             try:
@@ -732,7 +784,7 @@ class GraphItemsStore:
                 )
             except NotFound:
                 continue
-            info = None if state_only else ItemInfo(content_type=top_content_type(mime))
+            info = None if state_only else mime_info(mime)
             out[sid] = Payload(
                 MIME,
                 "",
@@ -744,6 +796,39 @@ class GraphItemsStore:
                 info=info,
             )
         return out
+
+    async def _export_planned(self, sid: str) -> Payload | None:
+        """A planned export of one message: its state, the Content-Type of its headers and
+        its size (PLAN_SELECT), one GET, no MIME. A message whose headers carry no
+        Content-Type (one that never crossed a transport may have none: *unverified* which
+        ones Exchange leaves without) has its MIME read, as the real pass would, so the plan
+        still skips what the pass skips. An empty payload: a planned import writes nothing."""
+        try:
+            raw = await self.box.graph.send(
+                "GET",
+                f"{self.user}/messages/{sid}",
+                params={
+                    "$select": PLAN_SELECT,
+                    "$expand": f"singleValueExtendedProperties($filter=id eq "
+                    f"{odata_string(MESSAGE_SIZE_PROP)})",
+                },
+            )
+            info = header_info(raw.get("internetMessageHeaders"))
+            size = extended_int(raw, MESSAGE_SIZE_PROP)
+            if info is None:
+                mime = await self.box.graph.get_bytes(f"{self.user}/messages/{sid}/$value")
+                info, size = mime_info(mime), len(mime)
+        except NotFound:
+            return None
+        return Payload(
+            MIME,
+            "",
+            raw.get("changeKey"),
+            state=message_state(raw),
+            source_id=sid,
+            size=size,
+            info=info,
+        )
 
     async def import_item(
         self, folder_id: str, payload: Payload, replace: ItemRef | None = None

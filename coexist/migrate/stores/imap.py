@@ -1070,13 +1070,22 @@ class ImapStore:
 
     # -- reading items ----------------------------------------------------------------------
     async def _valid_uids(
-        self, name: str, ids: list[str], via: AsyncImapSession | None = None
+        self, name: str, ids: list[str], via: AsyncImapSession | None = None, fresh: bool = False
     ) -> dict[int, str]:
         """UID -> item id of those ids whose UIDVALIDITY is the folder's (the others name
         messages that no longer exist under those UIDs; a folder deleted since: none);
-        selects the folder to read."""
+        selects the folder to read, unless the connection has it selected already
+        (`ImapSession.validity`) and `fresh` is False.
+
+        An id under another UIDVALIDITY than the selection's is checked with a new EXAMINE:
+        a connection kept since an earlier pass or opened ahead (`warm`) may hold a
+        selection from before the folder got a new UIDVALIDITY, which the scan (a fresh
+        EXAMINE per page) already saw."""
         try:
-            validity = await self.run(lambda s: s.examine(name), via)
+            look = (lambda s: s.examine(name)) if fresh else (lambda s: s.validity(name))
+            validity = await self.run(look, via)
+            if not fresh and any(parse_item_id(i)[1] != validity for i in ids):
+                validity = await self.run(lambda s: s.examine(name), via)
         except NotFound:
             return {}
         out: dict[int, str] = {}
@@ -1406,7 +1415,10 @@ class ImapStore:
     async def _found(self, ref: ItemRef) -> tuple[str, int, MessageRef]:
         """(folder, UID, flags) of a message that is there now; NotFound if it is not."""
         name, _, uid = parse_item_id(ref.item_id)
-        uids = await self._valid_uids(name, [ref.item_id])
+        # A new EXAMINE: a selection kept from before other connections appended (the
+        # PERMANENTFLAGS SELECT, on the store's own connection) does not show their
+        # messages in Dovecot's view until the folder is selected again.
+        uids = await self._valid_uids(name, [ref.item_id], fresh=True)
         found = await self.refs(name, uids)
         if not found:
             raise NotFound(

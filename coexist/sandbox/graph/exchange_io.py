@@ -55,7 +55,6 @@ import re
 import sqlite3
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -189,9 +188,8 @@ def search_key_of(store_key: str) -> str:
 
 
 def _size_of(store_key: str, stored: int) -> int:
-    """PR_MESSAGE_SIZE as the target store computes it: the content plus per-item overhead
-    that differs from store to store (so a copy's size is not its source's)."""
-    return stored + 256 + zlib.crc32(store_key.encode()) % 1024
+    # One PR_MESSAGE_SIZE for both faces (this API's `size`, the mail API's `Integer 0x0E08`).
+    return mail.message_size(store_key, stored)
 
 
 # -- errors (one place) -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import binascii
 import datetime as dt
 import hashlib
 import re
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -498,6 +499,24 @@ class MessageRecord(Mapping[str, Any]):
         return len(FILTERABLE)
 
 
+# PidTagMessageSize (MS-OXPROPS 2.797): computed by the store, never set by a client ("the
+# sum, in bytes, of the sizes of all properties on a message object", MAPI canonical
+# property), readable as an extended property like any MAPI property by its tag.
+MESSAGE_SIZE_PROP = "Integer 0x0E08"
+
+
+def message_size(store_key: str, stored: int) -> int:
+    """PR_MESSAGE_SIZE as the target store computes it: the content plus per-item overhead
+    that differs from store to store (so a copy's size is not its source's)."""
+    return stored + 256 + zlib.crc32(store_key.encode()) % 1024
+
+
+def _with_computed(item: Item) -> dict[str, str]:
+    """The item's extended properties plus those the store computes (served on `$expand`
+    only: Graph never lists extended properties unasked)."""
+    return {**item.properties, MESSAGE_SIZE_PROP: str(message_size(item.id, item.size))}
+
+
 def message_json(
     store: MailStore,
     item: Item,
@@ -515,7 +534,7 @@ def message_json(
         props = [p for p in props if p not in BASIC_ONLY_HIDDEN]
     out: dict[str, Any] = {"@odata.etag": f'W/"{item.change_key}"'}
     out.update({p: PROPERTIES[p](item, lazy) for p in props})
-    found = odata.expanded_properties(item.properties, extended) if extended else []
+    found = odata.expanded_properties(_with_computed(item), extended) if extended else []
     if found and not basic_only:
         out[EXTENDED] = found
     return out
