@@ -6,8 +6,9 @@ data, on this machine:
 1. IMAP -> IMAP between two Dovecot instances (`coexist/sandbox/dovecot.py`, TLS with its own CA).
    coexist runs the one sync algorithm (`sync.sync_mailbox`) between two `ImapStore`s, with
    a real journal in a temporary project (`imap-sync` settings), in a fresh process, timed
-   from before its two logins to the pass's end (the process start and the project set-up
-   are left out: a real run pays them once for many mailboxes). The
+   from before its two logins (made at once, as the mover's `open_stores` makes them) to
+   the pass's end and the stores' logouts (the process start and the project set-up are
+   left out: a real run pays them once for many mailboxes). The
    baseline is `doveadm backup -R -u <target> imapc:` on the target Dovecot: Dovecot's own
    dsync pulling the same source mailbox over IMAP (imapc storage) into the target user's
    maildir. Its settings are those Dovecot's migration documentation gives for imapc
@@ -53,6 +54,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -66,7 +68,7 @@ from coexist.errors import RemoteError, TransientError  # noqa: E402
 from coexist.journal import Journal  # noqa: E402
 from coexist.migrate import sync  # noqa: E402
 from coexist.migrate.passes import Window  # noqa: E402
-from coexist.migrate.stores.imap import ImapStore  # noqa: E402
+from coexist.migrate.stores.imap import ImapStore, enter_both  # noqa: E402
 from coexist.sandbox.dovecot import DovecotServer, ImapUser, find_binary  # noqa: E402
 from coexist.settings import load_project  # noqa: E402
 from coexist.tenants.imap import ImapConnections, ImapEndpoint, Password  # noqa: E402
@@ -243,10 +245,13 @@ async def _move(spec: dict[str, Any]) -> dict[str, Any]:
     # and the bench's project set-up, which a real run pays once for many mailboxes.
     start, cpu = time.perf_counter(), time.process_time()
     try:
-        async with (
-            ImapStore.open(ImapConnections(src_ep), src_login) as src,
-            ImapStore.open(ImapConnections(tgt_ep), tgt_login, label="target") as tgt,
-        ):
+        # Both logins at once, as the imap-sync mover's `open_stores` does.
+        async with AsyncExitStack() as stack:
+            src, tgt = await enter_both(
+                stack,
+                ImapStore.open(ImapConnections(src_ep), src_login),
+                ImapStore.open(ImapConnections(tgt_ep), tgt_login, label="target"),
+            )
             opened = time.perf_counter() - start
             await sync.sync_mailbox(ctx, spec["key"], src, tgt, Window(), counts)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu

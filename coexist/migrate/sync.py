@@ -98,7 +98,9 @@ from coexist.tenants.protocols import (
     ItemInfo,
     ItemRef,
     MailboxStore,
+    NamesFolders,
     Payload,
+    Warms,
 )
 
 # A lost cursor starts a folder's round over this often per pass before the error is raised.
@@ -284,8 +286,10 @@ async def map_defaults(source: list[Folder], target: list[Folder], create: Folde
 async def plan_folders(ctx: Context, src: MailboxStore, tgt: MailboxStore) -> Plan:
     # Two mailboxes, two connections: the target's listing (a fresh IMAP user's first LIST
     # with STATUS makes every folder's index) need not wait for the source's.
+    # The mapping needs no target totals: a store that lists without them does (`NamesFolders`).
+    target_tree = tgt.folder_names() if isinstance(tgt, NamesFolders) else tgt.list_folders()
     async with asyncio.TaskGroup() as tg:
-        listing = tg.create_task(src.list_folders()), tg.create_task(tgt.list_folders())
+        listing = tg.create_task(src.list_folders()), tg.create_task(target_tree)
     source, target = listing[0].result(), listing[1].result()
     if src.caps.folder_rules:
         plan = await map_folders(ctx, source.folders, target.folders, tgt.create_folder)
@@ -966,13 +970,18 @@ async def _pipeline(
     async def produce(tg: asyncio.TaskGroup) -> None:
         # Up to the source's `exports_in_flight` batches at once, queued as they are ready.
         nonlocal closed
-        async for batch in _batched(jobs, caps.export_batch, caps.export_bytes):
+        warmed = False
+        bounds = caps.export_batch, caps.export_bytes, caps.first_batch_share
+        async for batch in _batched(jobs, *bounds):
             await exporting.acquire()
             # A safe point: nothing of this batch is marked or sent yet.
             if schedule.window_closed():
                 closed = True
                 exporting.release()
                 break
+            if not warmed:
+                _warm(stores, batch)
+                warmed = True
             tg.create_task(export_one(batch))
         for _ in range(caps.exports_in_flight):  # every export queued its batch
             await exporting.acquire()
@@ -1021,17 +1030,38 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return first
 
 
+def _warm(stores: Stores, batch: list[Job]) -> None:
+    """Let the stores get ready for the copy (`Warms`) as its first batch is exported: the
+    source for its exports, the target for imports into the batch's folders."""
+    if isinstance(stores.src, Warms):
+        stores.src.warm(export=True)
+    into = {job.dest for job in batch if job.update is None}
+    if into and isinstance(stores.tgt, Warms):
+        stores.tgt.warm(imports=True, into=into)
+
+
 async def _batched(
-    jobs: list[Job] | AsyncIterator[list[Job]], count: int, size_cap: int
+    jobs: list[Job] | AsyncIterator[list[Job]], count: int, size_cap: int, share: int = 1
 ) -> AsyncIterator[list[Job]]:
     """`batches` of a list, or of jobs coming in parts: a part's last batch short of
-    `count` waits for the next part (it may fill up), the end of the stream sends it."""
+    `count` waits for the next part (it may fill up), the end of the stream sends it.
+    The first batch holds 1/`share` of the bounds (`caps.first_batch_share`) and goes with
+    the first part."""
+    first = (max(1, count // share), max(1, size_cap // share))
     if isinstance(jobs, list):
-        for batch in batches(jobs, count, size_cap):
+        head = next(batches(jobs, *first), []) if share > 1 else []
+        if head:
+            yield head
+        for batch in batches(jobs[len(head) :], count, size_cap):
             yield batch
         return
     rest: list[Job] = []
+    started = share <= 1
     async for part in jobs:
+        if not started and part:
+            head = next(batches(part, *first))
+            yield head
+            part, started = part[len(head) :], True
         made = list(batches(rest + part, count, size_cap))
         rest = made.pop() if made and len(made[-1]) < count else []
         for batch in made:
@@ -1603,11 +1633,21 @@ async def sync_mailbox(
     of `kind` if given (a mover that copies other kinds its own way leaves their rows be)."""
     file = str(getattr(ctx.project, "file", "project.toml"))
     stores = Stores(src, tgt, negotiate(src, tgt, file))
+    recorded = ctx.journal.item_map_counts(subject)
+    if not recorded:
+        # A first pass copies what the mailbox holds: the stores get ready for it while
+        # the folders are listed (`Warms`; a mailbox found empty wasted that).
+        if isinstance(src, Warms):
+            src.warm(export=True)
+        if isinstance(tgt, Warms):
+            tgt.warm(imports=True)
     plan = await plan_folders(ctx, src, tgt)
     by_id = {f.id: f for f in plan.source}
     if plan.target_replaced:
         await reverify_copies(ctx, subject, tgt, plan, kind, stores)
     recorded = ctx.journal.item_map_counts(subject)
+    if not recorded and isinstance(tgt, Warms):  # now the folders the copy goes to are known
+        tgt.warm(imports=True, into={d for f, d in plan.target_of.items() if by_id[f].total})
     # The progress view's bar: the source's items not yet copied (a planned pass's events
     # reach no view: `planpass.plan_pass`).
     total = sum(by_id[f].total for f in plan.target_of if f in by_id)
@@ -1615,9 +1655,8 @@ async def sync_mailbox(
     moved = sum(c.get(s, 0) for c in per for s in ("copied", "changed", "gone", "skipped"))
     progress.emit(progress.PassSized(subject, max(0, total - moved)))
     fresh = not recorded and not window.per_folder
-    if not (
-        fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
-    ):
+    copied = fresh and await _scan_and_copy(ctx, subject, stores, plan, by_id, window, counts, kind)
+    if not copied:
         if fresh:  # a lost cursor ended the scan above: read what it journaled
             recorded = ctx.journal.item_map_counts(subject)
         said = await _scan_all(ctx, subject, src, plan, by_id, recorded, kind, counts)
@@ -1627,12 +1666,20 @@ async def sync_mailbox(
     if said is not None:
         stores.events.append(said)
         stores.notes.append("source mailbox re-created: scanned again in full")
-    await settle_left(ctx, subject, tgt, kind)
-    await resolve_moves(ctx, subject, tgt, plan, counts, kind)
-    _between(counts)
-    await copy_pending(ctx, subject, stores, plan, window, counts, kind)
-    await update_changed(ctx, subject, stores, counts, kind)
-    await finish_moves(ctx, subject, tgt, counts, kind)
+    if copied:
+        # The mailbox's first pass copied what its scan found: every row is this pass's,
+        # and none is left to settle, move, adopt, update or finish (no earlier copy
+        # exists). A row still pending is one the export no longer found (gone since the
+        # scan): the next pass takes it up as it would any pending row. The steps below
+        # read the journal for nothing then (0.02-0.06 s at a 2,000-message move's end).
+        _between(counts)
+    else:
+        await settle_left(ctx, subject, tgt, kind)
+        await resolve_moves(ctx, subject, tgt, plan, counts, kind)
+        _between(counts)
+        await copy_pending(ctx, subject, stores, plan, window, counts, kind)
+        await update_changed(ctx, subject, stores, counts, kind)
+        await finish_moves(ctx, subject, tgt, counts, kind)
     if counts["not_kept"]:
         await name_not_kept(ctx, subject, src, kind)
     return plan, stores

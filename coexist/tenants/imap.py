@@ -32,6 +32,7 @@ never appear in a message, a repr or a log line.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
@@ -44,6 +45,7 @@ import re
 import socket
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -1558,7 +1560,7 @@ class AsyncImapSession:
     async def run(self, call: Callable[[ImapSession], T]) -> T:
         """`call(session)` in a worker thread, after the session's previous call ended."""
         async with self._lock:
-            work = asyncio.ensure_future(asyncio.to_thread(_renewed, call, self.session))
+            work = asyncio.ensure_future(_in_thread(_renewed, call, self.session))
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -1599,6 +1601,27 @@ class AsyncImapSession:
                 ahead.cancel()
                 with suppress(asyncio.CancelledError, RemoteError):
                     await ahead
+
+
+# Each IMAP call blocks a worker thread (one per connection at a time). asyncio's default
+# executor has min(32, CPUs + 4) threads, 6 on a 2-core host: fewer than one mailbox pass
+# keeps busy (4 append connections, 3 reading ones, logins opened ahead of use), so the
+# 7th call waited for a thread while its connection sat idle. The adapter's own pool
+# makes threads as calls need them, up to this many.
+IMAP_THREADS = 64
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(IMAP_THREADS, thread_name_prefix="imap")
+
+
+async def _in_thread(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` in one of the adapter's worker threads (`asyncio.to_thread` with its
+    own pool: the context variables go along)."""
+    context = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_pool(), functools.partial(context.run, func, *args))
 
 
 def _renewed(call: Callable[[ImapSession], T], session: ImapSession) -> T:
@@ -1658,8 +1681,8 @@ class ImapConnections:
     async def session(self, credentials: Credentials) -> AsyncIterator[AsyncImapSession]:
         """An open session for `credentials.user`, closed (LOGOUT) on exit."""
         async with self._mailbox(credentials.user), self._server:
-            session = await asyncio.to_thread(ImapSession.open, self.endpoint, credentials)
+            session = await _in_thread(ImapSession.open, self.endpoint, credentials)
             try:
                 yield AsyncImapSession(session)
             finally:
-                await asyncio.to_thread(session.close)
+                await _in_thread(session.close)

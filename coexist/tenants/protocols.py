@@ -14,7 +14,7 @@ class (`IPM.Note` for mail, MS-OXCMSG PidTagMessageClass) and folders a folder c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -58,6 +58,10 @@ class Capabilities:
     # Export batches read from one mailbox at once (as a source); the sync algorithm keeps
     # one more exported batch queued, so memory grows by a batch per extra export.
     exports_in_flight: int = 1
+    # A pipeline's first export batch holds 1/first_batch_share of `export_batch` and
+    # `export_bytes` (as a source): nothing is imported before it is exported, so a smaller
+    # one lets the target start sooner (1: a batch like the others).
+    first_batch_share: int = 1
     # Whether `move` moves a copy between folders of this store (as a target); without it an
     # item moved at the source is imported into its new folder and the old copy deleted.
     moves: bool = False
@@ -330,4 +334,29 @@ class BatchImport(Protocol):
         its `import_item` would have answered, or the InvalidRequest refusing that item
         alone (the others are made). Any other error is raised for the whole batch, whose
         items may then have been made or not, as an interrupted `import_item`'s."""
+        ...
+
+
+@runtime_checkable
+class Warms(Protocol):
+    """What a store offers that gets ready for a copy before the copy's first call."""
+
+    def warm(
+        self, *, export: bool = False, imports: bool = False, into: Collection[str] = ()
+    ) -> None:
+        """Start, in the background, what the copy's exports (`export`) or imports
+        (`imports`, into the folders `into` if known) will need first (an IMAP store opens
+        its extra connections and reads the folders' PERMANENTFLAGS); return at once.
+        Nothing is raised here: what fails fails again, and is reported, at the call that
+        needs it."""
+        ...
+
+
+@runtime_checkable
+class NamesFolders(Protocol):
+    """What a store offers that lists its folders more cheaply without their totals."""
+
+    async def folder_names(self) -> FolderTree:
+        """`list_folders` without the per-folder totals (each `total` 0): what a target's
+        folder mapping needs, where a total costs a request per folder."""
         ...

@@ -10,7 +10,7 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from coexist.errors import InvalidRequest, NotFound, RemoteError
+from coexist.errors import AuthenticationError, InvalidRequest, NotFound, RemoteError
 from coexist.journal import Journal
 from coexist.migrate import sync
 from coexist.migrate.passes import Window
@@ -28,6 +28,7 @@ from coexist.migrate.stores.imap import (
     CAPS,
     ImapState,
     ImapStore,
+    enter_both,
     parse_item_id,
     state_key,
 )
@@ -707,3 +708,149 @@ def test_an_export_while_a_change_round_reads_uses_another_connection(
 
     got = with_store(endpoint, user, work, page=2)
     assert sorted(p.mime for p in got.values()) == [message(0), message(1)]
+
+
+def test_warm_opens_the_connections_ahead_within_the_mailbox_limit(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """`warm` logs in the append connections ahead of the first import (never more than
+    `connections_per_mailbox`), reads the folder's PERMANENTFLAGS once, and the store's
+    exit closes them all; the imports that follow copy each message once. A planned pass
+    appends nothing: warming its target opens no connection."""
+    creds = Password(user.login, user.password)
+    sent = [message(i, "warm") for i in range(8)]
+
+    async def main() -> tuple[bool, bool, int, list[Imported], bool]:
+        conns = ImapConnections(endpoint, ConnectionLimits(per_server=10, per_mailbox=3))
+        async with ImapStore.open(conns, creds, label="target") as tgt:
+            tgt.warm(imports=True, into={"INBOX"})
+            tgt.warm(imports=True, into={"INBOX"})  # again: nothing more is opened
+            await tgt._settle()
+            full, calls = not conns.has_room(user.login), tgt.meter.calls
+            made = await asyncio.gather(
+                *(tgt.import_item("INBOX", Payload(MIME, "", None, mime=raw)) for raw in sent)
+            )
+        closed = conns.has_room(user.login)
+        planned = ImapConnections(endpoint, ConnectionLimits(per_server=10, per_mailbox=2))
+        async with ImapStore.open(planned, creds, plan=WriteRecorder()) as dry:
+            dry.warm(imports=True, into={"INBOX"})
+            await dry._settle()
+            dry_room = planned.has_room(user.login)
+        return full, closed, calls, made, dry_room
+
+    full, closed, calls, made, dry_room = asyncio.run(main())
+    assert full and closed and dry_room
+    assert calls == 1  # the PERMANENTFLAGS SELECT, read ahead
+    landed = list(session.changes("INBOX", None).new)
+    assert len(landed) == len(sent) and len({m.item_id for m in made}) == len(sent)
+
+
+def test_warm_connections_serve_exports_while_a_round_reads(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """An export that starts while the connections `warm` opens are still logging in
+    waits for one of them, not for the store's own connection a change round holds (held
+    here until the export is done: waiting for it would never end)."""
+    session.append("INBOX", [NewMessage(message(i)) for i in range(5)])
+
+    async def work(store: ImapStore) -> dict[str, Payload]:
+        inbox = await folder(store, "INBOX")
+        pages = store.changes(inbox, None).pages()
+        first = await anext(pages)
+        refs = [ItemRef("INBOX", c.id) for c in first.changes]
+        gate = threading.Event()
+        held = asyncio.ensure_future(store.run(lambda s: gate.wait(60)))
+        try:
+            store.warm(export=True)
+            return await asyncio.wait_for(store.export(refs, MIME), 30)
+        finally:
+            gate.set()
+            await held
+            await pages.aclose()
+
+    got = with_store(endpoint, user, work, page=2)
+    assert sorted(p.mime for p in got.values()) == [message(0), message(1)]
+
+
+def test_the_target_listing_without_totals_names_the_same_folders(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """`folder_names` (what the folder mapping reads of a target) lists the folders
+    `list_folders` lists, with their paths and well-known names, without their totals."""
+    session.append("INBOX", [NewMessage(message(0))])
+
+    async def work(store: ImapStore) -> tuple[list[Folder], list[Folder]]:
+        return (await store.list_folders()).folders, (await store.folder_names()).folders
+
+    full, names = with_store(endpoint, user, work)
+    by_id = sorted([replace(f, total=0) for f in full], key=lambda f: f.id)
+    assert by_id == sorted(names, key=lambda f: f.id)  # LIST's order is the server's
+    assert next(f.total for f in full if f.id == "INBOX") == 1
+
+
+def test_an_empty_folder_is_not_scanned_and_its_first_message_is_copied_next_pass(
+    dovecot: DovecotServer, endpoint: ImapEndpoint, tmp_path: Path
+) -> None:
+    """A source folder STATUS counts empty gets no scan and no cursor
+    (`caps.empty_means_nothing`); once a message arrives in it, the next pass reads the
+    folder in full and copies it, once."""
+    src_user, tgt_user = dovecot.new_user("src"), dovecot.new_user("tgt")
+    src_creds = Password(src_user.login, src_user.password)
+    with ImapSession.open(endpoint, src_creds) as s:
+        s.create_folder(["Later"], "/")
+        s.append("INBOX", [NewMessage(message(0, "empty"))])
+    journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
+    ctx, key = sync_context(journal), "src@example.org"
+
+    async def main() -> tuple[Counter[str], list[str], Counter[str], Counter[str]]:
+        async with (
+            open_store(endpoint, src_user) as src,
+            open_store(endpoint, tgt_user, label="target") as tgt,
+        ):
+            first = await sync_pass(ctx, key, src, tgt)
+            cursors = [str(c["folder_id"]) for c in journal.checkpoints(key)]
+            with ImapSession.open(endpoint, src_creds) as s:
+                s.append("Later", [NewMessage(message(1, "empty"))])
+            return (
+                first,
+                cursors,
+                await sync_pass(ctx, key, src, tgt),
+                await sync_pass(ctx, key, src, tgt),
+            )
+
+    try:
+        first, cursors, second, third = asyncio.run(main())
+    finally:
+        journal.close()
+    assert first["copied"] == 1 and "Later" not in cursors and "INBOX" in cursors
+    assert second["copied"] == 1 and third["copied"] == 0
+
+
+def test_both_logins_at_once_and_a_refused_one_closes_the_other(
+    dovecot: DovecotServer, endpoint: ImapEndpoint
+) -> None:
+    """`enter_both` (the imap-sync mover's `open_stores`, the bench) logs in to both
+    stores at once; when one login is refused its error is raised, and the store that did
+    log in is closed again (its connection slot is free)."""
+    good, bad = dovecot.new_user("good"), dovecot.new_user("bad")
+
+    async def main() -> tuple[str, str, bool]:
+        conns = ImapConnections(endpoint, ConnectionLimits(per_server=10, per_mailbox=1))
+        async with AsyncExitStack() as stack:
+            src, tgt = await enter_both(
+                stack,
+                ImapStore.open(conns, Password(good.login, good.password)),
+                ImapStore.open(conns, Password(bad.login, bad.password), label="target"),
+            )
+            users = src.user, tgt.user
+        with pytest.raises(AuthenticationError):
+            async with AsyncExitStack() as stack:
+                await enter_both(
+                    stack,
+                    ImapStore.open(conns, Password(good.login, good.password)),
+                    ImapStore.open(conns, Password(bad.login, "wrong"), label="target"),
+                )
+        return users[0], users[1], conns.has_room(good.login)
+
+    src_user, tgt_user, freed = asyncio.run(main())
+    assert (src_user, tgt_user) == (good.login, bad.login) and freed

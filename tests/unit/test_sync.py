@@ -758,6 +758,30 @@ def test_a_cursor_lost_while_a_new_mailbox_is_copied_copies_nothing_twice(
     assert run_pass(tmp_path, src, tgt).counts.get("copied", 0) == 0 and len(tgt.items) == 7
 
 
+def test_the_first_export_batch_holds_the_first_batch_share_of_the_bounds() -> None:
+    """`caps.first_batch_share`: a pipeline's first export batch holds that share of the
+    count and byte bounds (the target starts on it sooner), the later ones the whole;
+    jobs streamed in parts send the first batch with the first part, and a later part's
+    short last batch still waits for the next part. Share 1: the batches as before."""
+    jobs = [sync.Job({"source_item_id": str(n), "size": 10}, "d") for n in range(10)]
+
+    async def sizes(share: int, parts: list[int] | None = None, cap: int = 1000) -> list[int]:
+        async def stream() -> AsyncIterator[list[sync.Job]]:
+            start = 0
+            for n in parts or []:
+                yield jobs[start : start + n]
+                start += n
+
+        source = stream() if parts else jobs
+        return [len(b) async for b in sync._batched(source, 4, cap, share)]
+
+    assert asyncio.run(sizes(4)) == [1, 4, 4, 1]
+    assert asyncio.run(sizes(1)) == [4, 4, 2]
+    assert asyncio.run(sizes(4, [3, 7])) == [1, 4, 4, 1]
+    assert asyncio.run(sizes(1, [3, 7])) == [4, 4, 2]
+    assert asyncio.run(sizes(2, cap=40)) == [2, 4, 4]  # 20 bytes first, then 40
+
+
 def recreated(old: MemoryStore) -> MemoryStore:
     """`old` re-created with its content restored, as Exchange shows a re-created mailbox:
     the same messages (same Message-IDs, same state) in the same folder paths, under new

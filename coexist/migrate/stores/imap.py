@@ -49,8 +49,8 @@ import hashlib
 import logging
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -108,6 +108,10 @@ T = TypeVar("T")
 
 CHECKPOINT_KIND = "imap-uids"
 CHANGE_PAGE = 500  # new messages per page of a change round (one UID FETCH of metadata)
+# A round's first page is smaller: a new mailbox's copy starts with that page (sync.py copies
+# it while the scan goes on), after its FETCH is parsed and its rows journaled; 500 of them
+# took 0.1-0.2 s there before the first export began (bench/imap_bench.py, 2,000 x 4 KB).
+FIRST_PAGE = 100
 # Imports into one mailbox at once: those waiting for a connection go together in one
 # MULTIAPPEND, so this is a whole export batch (the payloads are in memory anyway).
 IMPORTS_IN_FLIGHT = 2 * CHUNK_MESSAGES
@@ -151,11 +155,18 @@ CAPS = Capabilities(
     export_bytes=CHUNK_BYTES,
     imports_in_flight=IMPORTS_IN_FLIGHT,
     exports_in_flight=EXPORTS_IN_FLIGHT,
+    # The first MULTIAPPEND waited for a whole first batch (200 small messages or 8 MB of
+    # large ones) to be read, marked and handed over (bench/imap_bench.py): a quarter of
+    # that starts the target sooner, the next batches being read meanwhile.
+    first_batch_share=4,
     # APPEND makes the whole message or nothing (RFC 3501 6.3.11): an interrupted import's
     # copy is adopted by Message-ID. `moves` is the server's (`ImapStore.caps`).
     atomic_import=True,
     # `inspect` reads a few header fields; the export reads the whole message.
     inspect_before_export=True,
+    # A folder STATUS counts no message in holds nothing a change round would report (no
+    # new UID; without a cursor, no flag change or expunge to tell): not scanned.
+    empty_means_nothing=True,
 )
 
 
@@ -476,7 +487,8 @@ class UidRound:
         present: set[int] = set()  # UIDs there (kept in the cursor without QRESYNC)
         first = True
         while True:
-            got = await self.store.folder_changes(name, mark)
+            limit = min(self.store.page, FIRST_PAGE) if first else self.store.page
+            got = await self.store.folder_changes(name, mark, limit)
             if got.reset:
                 raise self._reset(name, got.next.uidvalidity)
             validity = got.next.uidvalidity
@@ -607,12 +619,45 @@ class _Waiting:
         return _Waiting([m for m, _ in pairs], [a for _, a in pairs])
 
 
+class _Extras:
+    """The extra connections a store opened (`_Appenders`), closed together at its exit:
+    a LOGOUT is a round trip each, and seven of them one after the other were ~0.02 s of
+    a small move's end (bench/imap_bench.py)."""
+
+    def __init__(self) -> None:
+        self._open: list[AbstractAsyncContextManager[Any]] = []
+
+    async def enter_async_context(self, manager: AbstractAsyncContextManager[T]) -> T:
+        got = await manager.__aenter__()
+        self._open.append(manager)
+        return got
+
+    async def __aenter__(self) -> _Extras:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        opened, self._open = self._open, []
+        # Each exit only closes its connection (and frees its slot): none needs the error.
+        await _closed_together(opened)
+
+
+async def _closed_together(managers: list[AbstractAsyncContextManager[Any]]) -> None:
+    """Exit the context managers at once; every exit runs to its end, then the first
+    error (if any) is raised."""
+    done = await asyncio.gather(*(m.__aexit__(None, None, None) for m in managers),
+                                return_exceptions=True)  # fmt: skip
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 class _Appenders:
     """The connections a store appends over: its own, plus up to `limit - 1` more opened
-    while imports wait, only when the side's `ConnectionLimits` have room at once (never
-    waiting for a slot: the store's own connection always works). An extra that cannot be
-    opened (e.g. the server's per-user cap, [UNAVAILABLE]) stops the opening of more; the
-    store's exit closes them (`stack`)."""
+    while imports wait, or ahead of them (`warm`), only when the side's `ConnectionLimits`
+    have room at once (never waiting for a slot: the store's own connection always works).
+    An extra that cannot be opened (e.g. the server's per-user cap, [UNAVAILABLE]) stops
+    the opening of more; the store's exit closes them (`stack`), after the openings under
+    way ended (`settle`)."""
 
     def __init__(
         self,
@@ -620,7 +665,7 @@ class _Appenders:
         *,
         connections: ImapConnections | None = None,
         credentials: Credentials | None = None,
-        stack: AsyncExitStack | None = None,
+        stack: _Extras | None = None,
         limit: int = 1,
         reserved: Callable[[], bool] | None = None,
     ) -> None:
@@ -636,6 +681,8 @@ class _Appenders:
         # handed to one of them (waking them all on each release cost O(waiting) each time:
         # with a batch of 400 imports waiting, most of the client's time).
         self._waiters: deque[asyncio.Future[AsyncImapSession]] = deque()
+        self._warming: set[asyncio.Task[None]] = set()  # openings ahead of use (`warm`)
+        self._warmed = asyncio.Event()  # set (and replaced) when one of them ends
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncImapSession]:
@@ -664,12 +711,45 @@ class _Appenders:
                 return self._free.pop(k)
         return None
 
+    def warm(self) -> None:
+        """Open the extra connections now, in the background, each handed to the first
+        caller waiting for a connection or kept free: a copy's first calls then find them
+        logged in instead of each waiting for a TLS handshake and a login of its own
+        (bench/imap_bench.py: the first MULTIAPPENDs waited 0.1-0.25 s for theirs)."""
+        for _ in range(self._limit - self._opened - len(self._warming)):
+            task = asyncio.ensure_future(self._warm_one())
+            self._warming.add(task)
+
+    async def _warm_one(self) -> None:
+        try:
+            if (extra := await self._open_extra()) is not None:
+                self._give(extra)
+        except Exception as exc:  # a failed opening is the next caller's to meet
+            log.debug("IMAP connection not opened ahead: %s", exc)
+        finally:
+            task = asyncio.current_task()
+            self._warming.discard(task)
+            self._warmed.set()
+            self._warmed = asyncio.Event()
+
+    async def settle(self) -> None:
+        """Wait for the openings under way (`warm`): none may log in after the store's
+        exit closed its connections."""
+        while self._warming:
+            await asyncio.gather(*self._warming, return_exceptions=True)
+
     async def _take(self) -> AsyncImapSession:
         spare_main = self._reserved is not None and self._reserved()
-        if (free := self._pop_free(main_too=not spare_main)) is not None:
-            return free
-        if (extra := await self._open_extra()) is not None:
-            return extra
+        while True:
+            if (free := self._pop_free(main_too=not spare_main)) is not None:
+                return free
+            if (extra := await self._open_extra()) is not None:
+                return extra
+            if not self._warming:
+                break
+            # One being opened ahead is as near as a new one, and leaves the store's own
+            # connection to its other work (`reserved`).
+            await self._warmed.wait()
         if (free := self._pop_free(main_too=True)) is not None:  # e.g. released meanwhile
             return free
         waiter: asyncio.Future[AsyncImapSession] = asyncio.get_running_loop().create_future()
@@ -797,6 +877,7 @@ class ImapStore:
         # Each target folder's PERMANENTFLAGS, read once (`_not_kept`).
         self._permanent: dict[str, frozenset[str] | None] = {}
         self._permanent_lock = asyncio.Lock()
+        self._warm_tasks: set[asyncio.Future[Any]] = set()  # reads `warm` started
 
     @classmethod
     @asynccontextmanager
@@ -814,7 +895,7 @@ class ImapStore:
         """A store over a connection of `connections`, logged out on exit (with the extra
         connections its appends opened); `meter` counts its commands and writes (the
         side's: `Side.calls`/`writes`)."""
-        async with connections.session(credentials) as session, AsyncExitStack() as extra:
+        async with connections.session(credentials) as session, _Extras() as extra:
             appenders = _Appenders(
                 session,
                 connections=connections,
@@ -848,6 +929,7 @@ class ImapStore:
                 yield store
             finally:
                 await store._stop_drains()
+                await store._settle()
 
     @property
     def caps(self) -> Capabilities:
@@ -862,6 +944,37 @@ class ImapStore:
             import_batch=APPEND_BATCH if self.server_caps.multiappend else 1,
         )
 
+    def warm(
+        self, *, export: bool = False, imports: bool = False, into: Collection[str] = ()
+    ) -> None:
+        """Get ready for a copy (`Warms`): open the export connections (`export`), or the
+        append connections (`imports`) and read the PERMANENTFLAGS of the folders `into`,
+        in the background. A pass's first export and first MULTIAPPEND otherwise each
+        waited for these, one after the other, on the copy's critical path. Plan mode
+        appends nothing: no append connection is opened then."""
+        if export:
+            self._readers.warm()
+        if (imports or into) and self.plan is None:
+            self._appenders.warm()
+            for name in into:
+                if not name.startswith(PLANNED) and name not in self._permanent:
+                    self._warm_tasks.add(asyncio.ensure_future(self._permanent_of(name)))
+
+    async def _permanent_of(self, name: str) -> frozenset[str] | None:
+        """The folder's PERMANENTFLAGS, read once per store (`_not_kept`)."""
+        async with self._permanent_lock:
+            if name not in self._permanent:
+                self._permanent[name] = await self._read_permanent(name)
+        return self._permanent[name]
+
+    async def _settle(self) -> None:
+        """At the store's exit: what `warm` started has ended (its connections are then
+        closed with the others)."""
+        await self._appenders.settle()
+        await self._readers.settle()
+        if self._warm_tasks:
+            await asyncio.gather(*self._warm_tasks, return_exceptions=True)
+
     async def run(self, call: Callable[[ImapSession], T], via: AsyncImapSession | None = None) -> T:
         """`call` on the store's connection, or on `via` (an export's)."""
         self.meter.calls += 1
@@ -872,12 +985,13 @@ class ImapStore:
         before_write()
         self.meter.writes += 1
 
-    async def folder_changes(self, name: str, mark: Watermark | None) -> FolderChanges:
+    async def folder_changes(
+        self, name: str, mark: Watermark | None, limit: int | None = None
+    ) -> FolderChanges:
         # The new messages' inspect fields come with their Message-ID: `inspect` then reads
         # nothing (one EXAMINE and one header FETCH per export batch less).
-        return await self.run(
-            lambda s: s.changes(name, mark, limit=self.page, fields=INSPECT_FIELDS)
-        )
+        page = limit or self.page
+        return await self.run(lambda s: s.changes(name, mark, limit=page, fields=INSPECT_FIELDS))
 
     async def refs(
         self,
@@ -904,14 +1018,20 @@ class ImapStore:
         return await self.run(lambda s: s.folder_size(name))
 
     # -- folders ----------------------------------------------------------------------------
-    async def _list(self) -> list[ImapFolder]:
-        listed = await self.run(lambda s: s.list_folders())
+    async def _list(self, status: bool = True) -> list[ImapFolder]:
+        listed = await self.run(lambda s: s.list_folders(status=status))
         self._delimiter = next((f.delimiter for f in listed if f.delimiter), None)
         self._listed = True
         return listed
 
     async def list_folders(self) -> FolderTree:
         return folder_tree(await self._list(), self.include_virtual)
+
+    async def folder_names(self) -> FolderTree:
+        """The folders without their totals (`NamesFolders`): LIST alone, no STATUS per
+        folder. A fresh Dovecot user's first STATUS of each folder builds its index: the
+        target's listing took 0.04-0.07 s, the source's 0.01-0.03 (bench/imap_bench.py)."""
+        return folder_tree(await self._list(status=False), self.include_virtual)
 
     async def create_folder(
         self, parent: Folder | None, name: str, path: tuple[str, ...], folder_class: str
@@ -950,14 +1070,22 @@ class ImapStore:
 
     # -- reading items ----------------------------------------------------------------------
     async def _valid_uids(
-        self, name: str, ids: list[str], via: AsyncImapSession | None = None
+        self, name: str, ids: list[str], via: AsyncImapSession | None = None, fresh: bool = False
     ) -> dict[int, str]:
         """UID -> item id of those ids whose UIDVALIDITY is the folder's (the others name
         messages that no longer exist under those UIDs; a folder deleted since: none);
         selects the folder to read, unless the connection has it selected already
-        (`ImapSession.validity`)."""
+        (`ImapSession.validity`) and `fresh` is False.
+
+        An id under another UIDVALIDITY than the selection's is checked with a new EXAMINE:
+        a connection kept since an earlier pass or opened ahead (`warm`) may hold a
+        selection from before the folder got a new UIDVALIDITY, which the scan (a fresh
+        EXAMINE per page) already saw."""
         try:
-            validity = await self.run(lambda s: s.validity(name), via)
+            look = (lambda s: s.examine(name)) if fresh else (lambda s: s.validity(name))
+            validity = await self.run(look, via)
+            if not fresh and any(parse_item_id(i)[1] != validity for i in ids):
+                validity = await self.run(lambda s: s.examine(name), via)
         except NotFound:
             return {}
         out: dict[int, str] = {}
@@ -1287,7 +1415,10 @@ class ImapStore:
     async def _found(self, ref: ItemRef) -> tuple[str, int, MessageRef]:
         """(folder, UID, flags) of a message that is there now; NotFound if it is not."""
         name, _, uid = parse_item_id(ref.item_id)
-        uids = await self._valid_uids(name, [ref.item_id])
+        # A new EXAMINE: a selection kept from before other connections appended (the
+        # PERMANENTFLAGS SELECT, on the store's own connection) does not show their
+        # messages in Dovecot's view until the folder is selected again.
+        uids = await self._valid_uids(name, [ref.item_id], fresh=True)
         found = await self.refs(name, uids)
         if not found:
             raise NotFound(
@@ -1307,10 +1438,7 @@ class ImapStore:
         (plan mode) keeps everything."""
         if not (message.keywords or message.flags - {"\\Seen"}) or name.startswith(PLANNED):
             return None, state_key(message.flags, message.keywords)
-        async with self._permanent_lock:
-            if name not in self._permanent:
-                self._permanent[name] = await self._read_permanent(name)
-        permanent = self._permanent[name]
+        permanent = await self._permanent_of(name)
         if state_not_kept(permanent, message.flags, message.keywords) is None:
             return None, state_key(message.flags, message.keywords)
         flags, keywords = kept_flags(permanent, message.flags, message.keywords)
@@ -1482,12 +1610,47 @@ def _login_refused(
     )
 
 
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def enter_both(
+    stack: AsyncExitStack,
+    first: AbstractAsyncContextManager[A],
+    second: AbstractAsyncContextManager[B],
+) -> tuple[A, B]:
+    """Enter two context managers at once, to be exited together when `stack` closes (two
+    stores' logins on two servers need not wait for each other: a TLS handshake and a
+    LOGIN each, ~0.02-0.04 s; nor their logouts). Both entries run to their end; if
+    either failed, its error is raised (the first's if both did) and the one entered is
+    exited by `stack`. The exits are not told the error that ended the block: a store's
+    exit closes its connections whatever ended it."""
+    got = await asyncio.gather(first.__aenter__(), second.__aenter__(), return_exceptions=True)
+    entered = [
+        m for m, g in zip((first, second), got, strict=True) if not isinstance(g, BaseException)
+    ]
+
+    async def close(*exc: object) -> None:
+        # Both logged out at once (each a round trip or more per connection).
+        await _closed_together(entered)
+
+    stack.push_async_exit(close)
+    for outcome in got:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return got[0], got[1]  # type: ignore[return-value]
+
+
 @asynccontextmanager
 async def open_stores(
     ctx: Context, subject: str
 ) -> AsyncIterator[tuple[MailboxStore, MailboxStore]]:
-    """A pass's stores for one user: its source and target IMAP mailboxes."""
-    async with imap_store(ctx, "source", subject) as src, imap_store(ctx, "target", subject) as tgt:
+    """A pass's stores for one user: its source and target IMAP mailboxes, logged in at
+    once (`enter_both`)."""
+    async with AsyncExitStack() as stack:
+        src, tgt = await enter_both(
+            stack, imap_store(ctx, "source", subject), imap_store(ctx, "target", subject)
+        )
         yield src, tgt
 
 
