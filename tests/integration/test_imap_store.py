@@ -854,3 +854,27 @@ def test_both_logins_at_once_and_a_refused_one_closes_the_other(
 
     src_user, tgt_user, freed = asyncio.run(main())
     assert (src_user, tgt_user) == (good.login, bad.login) and freed
+
+
+def test_an_export_over_a_selection_older_than_the_message_still_reads_it(
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+) -> None:
+    """An export connection keeps its folder selected between batches (no EXAMINE each
+    time); a message delivered after that selection, which a scan over another connection
+    reported, is still exported (not left pending as if gone since the scan)."""
+    session.append("INBOX", [NewMessage(message(1))])
+
+    def ids() -> list[str]:
+        _, uids = session.list_uids("INBOX")
+        validity = session.examine("INBOX")
+        return [f"{validity}:{u}:INBOX" for u in uids]
+
+    async def work(store: ImapStore) -> list[bytes]:
+        first = ids()
+        await store.export([ItemRef("INBOX", i) for i in first], MIME)  # selects INBOX
+        session.append("INBOX", [NewMessage(message(2))])  # another session delivers
+        later = [i for i in ids() if i not in first]
+        got = await store.export([ItemRef("INBOX", i) for i in later], MIME)
+        return [p.mime for p in got.values()]
+
+    assert with_store(endpoint, user, work) == [message(2)]

@@ -1074,15 +1074,17 @@ class ImapStore:
     ) -> dict[int, str]:
         """UID -> item id of those ids whose UIDVALIDITY is the folder's (the others name
         messages that no longer exist under those UIDs; a folder deleted since: none);
-        selects the folder to read, unless the connection has it selected already
-        (`ImapSession.validity`) and `fresh` is False.
+        selects the folder to read, unless the connection has it selected already, since
+        before the newest of these UIDs was given (`ImapSession.validity`), and `fresh` is
+        False.
 
         An id under another UIDVALIDITY than the selection's is checked with a new EXAMINE:
         a connection kept since an earlier pass or opened ahead (`warm`) may hold a
         selection from before the folder got a new UIDVALIDITY, which the scan (a fresh
         EXAMINE per page) already saw."""
+        top = max((parse_item_id(i)[2] for i in ids), default=0)
         try:
-            look = (lambda s: s.examine(name)) if fresh else (lambda s: s.validity(name))
+            look = (lambda s: s.examine(name)) if fresh else (lambda s: s.validity(name, top))
             validity = await self.run(look, via)
             if not fresh and any(parse_item_id(i)[1] != validity for i in ids):
                 validity = await self.run(lambda s: s.examine(name), via)
