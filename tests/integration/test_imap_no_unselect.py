@@ -28,18 +28,11 @@ from coexist.tenants.imap import (
 )
 from coexist.tenants.protocols import MIME, MessageState, Payload
 from tests.dovecot import DovecotServer, ImapUser
+from tests.integration.test_imap_store import message
 
 # A command line of the rawlog: "<time> <tag> [UID] <COMMAND> [<mailbox>]" (an APPEND's
 # literal lines follow it, never shaped so).
 COMMAND = re.compile(r'^\d+\.\d+ [A-Za-z]+\d+ (?:UID )?([A-Z]+)(?=\s|$)(?: "?([^" ]*))?')
-
-
-def message(n: int, subject: str = "hello") -> bytes:
-    return (
-        f"From: a@example.org\r\nTo: b@example.org\r\nSubject: {subject} {n}\r\n"
-        f"Message-ID: <m{n}.{subject}@example.org>\r\nDate: Mon, 4 Mar 2019 05:06:07 +0000\r\n"
-        f"\r\nbody {n}\r\n"
-    ).encode()
 
 
 def advertised(server: DovecotServer) -> list[str]:
