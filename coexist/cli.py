@@ -59,7 +59,10 @@ def _fail(exc: CoexistError, as_json: bool) -> None:
         click.echo(json.dumps(exc.to_dict()))
     else:
         # Messages name settings as `[scope] group`; escape so rich does not eat them as markup.
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        # Not folded to the console's width: a path or address in the message stays whole
+        # for the operator to copy and for logs to grep (rich folded a long temp path inside
+        # "bad.csv"); the terminal wraps the line.
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     sys.exit(exc.exit_code)
 
 

@@ -173,12 +173,15 @@ def test_bad_user_files_are_clear_errors(
     project: Path, users3: list[str], tmp_path: Path, rows: list[list[str]], said: str
 ) -> None:
     """Missing columns, duplicate rows and unknown users: rc 2, a message naming the file
-    and the problem, a next step, no traceback; nothing recorded and no vault written."""
+    (its whole path, never folded at the console's width) and the problem, a next step, no
+    traceback; nothing recorded and no vault written."""
     filled = [[c.format(*users3) for c in r] for r in rows]
-    csv_file = write_csv(tmp_path / "bad.csv", filled, ";", bom=True)
+    deep = tmp_path / "a-directory-whose-name-is-long-enough" / "to-push-the-path-past-a-line"
+    deep.mkdir(parents=True)
+    csv_file = write_csv(deep / "bad.csv", filled, ";", bom=True)
     r = run("batch", "import", "--project", str(project), str(csv_file), "--name", "w")
     assert r.exit_code == 2, r.output
-    assert said in text(r) and "bad.csv" in text(r) and "Traceback" not in r.output
+    assert said in text(r) and str(csv_file) in r.output and "Traceback" not in r.output
     payload = json.loads(
         run(
             "batch", "import", "--project", str(project), str(csv_file), "--name", "w", "--json"
