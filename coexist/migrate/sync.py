@@ -1645,7 +1645,7 @@ async def sync_mailbox(
     by_id = {f.id: f for f in plan.source}
     if plan.target_replaced:
         await reverify_copies(ctx, subject, tgt, plan, kind, stores)
-    recorded = ctx.journal.item_map_counts(subject)
+        recorded = ctx.journal.item_map_counts(subject)  # copies it found gone are pending
     if not recorded and isinstance(tgt, Warms):  # now the folders the copy goes to are known
         tgt.warm(imports=True, into={d for f, d in plan.target_of.items() if by_id[f].total})
     # The progress view's bar: the source's items not yet copied (a planned pass's events
