@@ -150,8 +150,9 @@ def _writer(
         return Writer.open(
             journal.engine, f"{command} on {job.worker}", {user_scope(job.key): job.label}
         )
-    scopes = dict(claim) if claim is not None else {PROJECT: "the whole project"}
-    return Writer.open(journal.engine, command, scopes | batch_claim(journal, args or {}))
+    if claim is None:
+        return project_writer(journal, command, args)
+    return Writer.open(journal.engine, command, dict(claim) | batch_claim(journal, args or {}))
 
 
 def batch_claim(journal: Journal, args: Mapping[str, Any]) -> dict[str, str]:
