@@ -683,13 +683,15 @@ def test_inspect_after_a_scan_sends_nothing_and_reads_what_a_header_fetch_reads(
     )
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["on-demand", "warm"])
 def test_an_export_while_a_change_round_reads_uses_another_connection(
-    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
+    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession, warm: bool
 ) -> None:
     """While the store's own connection reads a change round (a new mailbox is copied
     while it is scanned), an export reads over a connection of its own: it does not wait
     behind the round's pages (here the own connection is held until the export is done;
-    waiting for it would never end)."""
+    waiting for it would never end). `warm`: the export starts while the connections
+    `warm` opens are still logging in, and waits for one of them."""
     session.append("INBOX", [NewMessage(message(i)) for i in range(5)])
 
     async def work(store: ImapStore) -> dict[str, Payload]:
@@ -700,6 +702,8 @@ def test_an_export_while_a_change_round_reads_uses_another_connection(
         gate = threading.Event()
         held = asyncio.ensure_future(store.run(lambda s: gate.wait(60)))
         try:
+            if warm:
+                store.warm(export=True)
             return await asyncio.wait_for(store.export(refs, MIME), 30)
         finally:
             gate.set()
@@ -743,33 +747,6 @@ def test_warm_opens_the_connections_ahead_within_the_mailbox_limit(
     assert calls == 1  # the PERMANENTFLAGS SELECT, read ahead
     landed = list(session.changes("INBOX", None).new)
     assert len(landed) == len(sent) and len({m.item_id for m in made}) == len(sent)
-
-
-def test_warm_connections_serve_exports_while_a_round_reads(
-    endpoint: ImapEndpoint, user: ImapUser, session: ImapSession
-) -> None:
-    """An export that starts while the connections `warm` opens are still logging in
-    waits for one of them, not for the store's own connection a change round holds (held
-    here until the export is done: waiting for it would never end)."""
-    session.append("INBOX", [NewMessage(message(i)) for i in range(5)])
-
-    async def work(store: ImapStore) -> dict[str, Payload]:
-        inbox = await folder(store, "INBOX")
-        pages = store.changes(inbox, None).pages()
-        first = await anext(pages)
-        refs = [ItemRef("INBOX", c.id) for c in first.changes]
-        gate = threading.Event()
-        held = asyncio.ensure_future(store.run(lambda s: gate.wait(60)))
-        try:
-            store.warm(export=True)
-            return await asyncio.wait_for(store.export(refs, MIME), 30)
-        finally:
-            gate.set()
-            await held
-            await pages.aclose()
-
-    got = with_store(endpoint, user, work, page=2)
-    assert sorted(p.mime for p in got.values()) == [message(0), message(1)]
 
 
 def test_the_target_listing_without_totals_names_the_same_folders(
