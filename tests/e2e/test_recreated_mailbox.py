@@ -73,6 +73,15 @@ def events(w: World) -> list[str]:
         return [str(e["message"]) for e in j.events(item_key=w.source)]
 
 
+def three_copied(w: World) -> None:
+    """Two messages in Inbox and one in Projects, copied by a pre-stage."""
+    for subject in ("one", "two"):
+        w.put(["Inbox"], subject)
+    w.put(["Projects"], "plan")
+    prestage(w)
+    assert last_counts(w)["copied"] == 3
+
+
 def test_a_recreated_source_mailbox_is_scanned_again_and_nothing_is_copied_twice(
     make_project: Callable[..., Path], sandbox: Sandbox
 ) -> None:
@@ -81,11 +90,7 @@ def test_a_recreated_source_mailbox_is_scanned_again_and_nothing_is_copied_twice
     scans the mailbox again, copies only the new message, and the item map's identities keep
     every message already copied from being copied a second time."""
     w = provisioned(make_project, sandbox)
-    for subject in ("one", "two"):
-        w.put(["Inbox"], subject)
-    w.put(["Projects"], "plan")
-    prestage(w)
-    assert last_counts(w)["copied"] == 3
+    three_copied(w)
     old_cursors = {k for k in kept(w) if k.startswith(f"{CHECKPOINT_KIND}:")}
     assert len(old_cursors) == 2, old_cursors
     old_box = kept(w)[f"{MAILBOX_KIND}:source"]["token"]
@@ -147,11 +152,7 @@ def test_the_mail_api_mover_copies_nothing_twice_from_a_recreated_source(
     gone; the item map's identities give every new id its old copy: only the new message is
     copied."""
     w = items_provisioned(make_project, sandbox)
-    for subject in ("one", "two"):
-        w.put(["Inbox"], subject)
-    w.put(["Projects"], "plan")
-    prestage(w)
-    assert last_counts(w)["copied"] == 3
+    three_copied(w)
     recreate_source(w)
     w.put(["Inbox"], "after")
     cutover(w)
@@ -187,11 +188,7 @@ def test_a_recreated_target_mailbox_gets_its_copies_again_once(
     still there (a restored mailbox) are kept, the others copied again, so every message is
     in the target exactly once; the pass says so once, and the next pass copies nothing."""
     w = provisioned(make_project, sandbox)
-    for subject in ("one", "two"):
-        w.put(["Inbox"], subject)
-    w.put(["Projects"], "plan")
-    prestage(w)
-    assert last_counts(w)["copied"] == 3
+    three_copied(w)
     recreate_target(w, restored=restored)
     cutover(w)
     assert last_pass(w)["status"] == "ok", last_pass(w)
