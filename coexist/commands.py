@@ -1752,12 +1752,7 @@ def status(
             "summary": dict(sorted(summary.items())),
             # What no pass of this project moves (by its source's kind), else None.
             "data_scope": SOURCE_KIND_MOVES.get(project.source.kind),
-            # Playbook runs in progress (one per batch, `coexist.playbook`): who, since when.
-            "playbook_runs": {
-                b: h.describe()
-                for b, h in playbook_runs(journal.engine).items()
-                if batch is None or b == batch
-            },
+            "playbook_runs": _runbooks(journal, batch),
         }
     finally:
         journal.close()
@@ -1785,10 +1780,16 @@ def runbooks(directory: Path | None, *, batch: str | None = None) -> dict[str, s
     report read meanwhile says its figures are still moving."""
     journal = open_journal(load_project(project_dir(directory)))
     try:
-        runs = playbook_runs(journal.engine).items()
-        return {b: h.describe() for b, h in runs if batch is None or b == batch}
+        return _runbooks(journal, batch)
     finally:
         journal.close()
+
+
+def _runbooks(journal: Journal, batch: str | None) -> dict[str, str]:
+    """Playbook runs in progress (one per batch, `coexist.playbook`) on `batch`, else any:
+    who, since when."""
+    runs = playbook_runs(journal.engine).items()
+    return {b: h.describe() for b, h in runs if batch is None or b == batch}
 
 
 def progress_of(
