@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from coexist.journal import Journal
+from coexist.journal.db import make_engine
 from coexist.settings import load_project
 from coexist.vault import ENV_KEY
 from tests.cli_env import assert_no_unawaited_coroutine, cli_env
@@ -58,8 +59,10 @@ class Runs(ABC):
         )
 
     def recorded(self) -> int:
-        """Copies the journal names (rows with a target id), over every user."""
-        with Journal.open(load_project(self.project).journal_url) as j:
+        """Copies the journal names (rows with a target id), over every user. Read only,
+        without `Journal.open`: its migration check is a write transaction, which would
+        wait on a writer `kill_in_window` stopped inside one."""
+        with Journal(make_engine(load_project(self.project).journal_url)) as j:
             keys = [str(u["key"]) for u in j.items(kind="user")]
             return sum(1 for k in keys for r in j.mapped_items(k) if r["target_item_id"])
 
@@ -70,6 +73,19 @@ class Runs(ABC):
         left = max(0, self.on_disk() - self.recorded())
         self.unrecorded += left
         return left
+
+    def _still_unrecorded(self, proc: subprocess.Popen[bytes]) -> bool:
+        """SIGSTOP the command and look again: whether the targets still hold a copy its
+        journal does not name (then it stays stopped for the kill), else SIGCONT. Without
+        the stop, the batched record could land between the look and the kill, which then
+        left nothing unrecorded (CI saw that once). Stopped, the journal cannot catch up;
+        the targets can only gain an APPEND already sent. Reading the journal does not wait
+        on the stopped writer: SQLite WAL readers never block."""
+        os.kill(proc.pid, signal.SIGSTOP)
+        if self.on_disk() > self.recorded():
+            return True
+        os.kill(proc.pid, signal.SIGCONT)
+        return False
 
     def kill_at(self, args: tuple[str, ...], at: int, jitter: float) -> bool:
         """Run a command; SIGKILL it once the targets hold `at` items (+ jitter seconds).
@@ -101,7 +117,7 @@ class Runs(ABC):
         proc = self.start(*args)
         deadline = time.monotonic() + self.window_s
         while proc.poll() is None and time.monotonic() < deadline:
-            if self.on_disk() > self.recorded():
+            if self.on_disk() > self.recorded() and self._still_unrecorded(proc):
                 return self._kill(proc)
             time.sleep(self.poll_s)
         if proc.poll() is None:
