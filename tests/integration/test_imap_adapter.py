@@ -5,9 +5,11 @@ Every test takes fresh users of the session's Dovecot, over TLS verified with th
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from coexist.errors import (
 from coexist.tenants.imap import (
     SEND_COALESCE,
     ImapEndpoint,
+    ImapFolder,
     ImapSession,
     MasterPassword,
     NewMessage,
@@ -213,6 +216,34 @@ def test_folder_names_with_quotes_non_ascii_and_a_deep_tree(session: ImapSession
     leaf = listed[path]
     assert leaf.selectable and leaf.messages == 2 and leaf.uidnext == 3
     assert leaf.highestmodseq is not None
+
+
+def test_list_status_gives_each_folder_what_its_own_status_gives(session: ImapSession) -> None:
+    """The listing's one LIST-STATUS (RFC 5819, which Dovecot offers) gives every folder,
+    odd names included, the counts, UIDNEXT, UIDVALIDITY and HIGHESTMODSEQ that one STATUS
+    per folder gives (the path of servers without it)."""
+    assert session.caps.list_status
+    for n, path in enumerate(
+        [("Say \"hi\"", "back\\slash"), ("Ünïcødé 日本",), ("a & b",), ("2024",), ("x", "y", "z")]
+    ):
+        seed(session, session.create_folder(path, "/").name, n + 1)
+    session.examine("INBOX")  # a selected folder is left before its count is read
+    with_list_status = essentials(session.list_folders())
+    session.caps = dataclasses.replace(session.caps, list_status=False)
+    assert with_list_status == essentials(session.list_folders())
+    counts = {path: f["messages"] for path, f in with_list_status.items()}
+    assert counts[("Ünïcødé 日本",)] == 2 and counts[("2024",)] == 4
+    assert counts[("x", "y", "z")] == 5 and counts[("x",)] is None  # "x" only holds "y"
+
+
+def essentials(folders: list[ImapFolder]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """What the store reads of a listing, by path: the order and the attributes beyond
+    those differ (LIST-STATUS is an extended LIST: a parent that is no folder of its own is
+    \\NonExistent there, \\Noselect in a plain LIST; both are not selectable)."""
+    return {
+        f.path: {k: v for k, v in vars(f).items() if k not in ("path", "attributes")}
+        for f in folders
+    }
 
 
 def test_slash_in_a_name_under_another_delimiter(

@@ -65,12 +65,24 @@ def endpoint_of(server: DovecotServer) -> ImapEndpoint:
 
 
 def commands_of(server: DovecotServer, user: ImapUser) -> list[list[str]]:
-    """Per connection of `user`, the commands the server read: "VERB mailbox"."""
+    """Per connection of `user`, the commands the server read: "VERB mailbox", and
+    "LIST-STATUS" for a LIST that returns every folder's STATUS (RFC 5819)."""
     out = []
     for lines in server.client_lines(user):
-        found = [COMMAND.match(line) for line in lines]
-        out.append([f"{m.group(1)} {m.group(2) or ''}".strip() for m in found if m])
+        found = [(COMMAND.match(line), line) for line in lines]
+        out.append([_command(m, line) for m, line in found if m])
     return out
+
+
+def _command(m: re.Match[str], line: str) -> str:
+    if m.group(1) == "LIST" and "RETURN (STATUS" in line.upper():
+        return "LIST-STATUS"
+    return f"{m.group(1)} {m.group(2) or ''}".strip()
+
+
+def counted(command: str, folder: str | None) -> bool:
+    """Whether `command` reads the count of `folder`: its STATUS, or a LIST-STATUS."""
+    return command in (f"STATUS {folder}", "LIST-STATUS")
 
 
 def test_the_server_advertises_all_but_unselect(
@@ -121,7 +133,7 @@ def test_totals_after_a_select_count_what_other_connections_appended(
     # The store's connection that SELECTed the folder read-write, then STATUSed it.
     [sent] = [c for c in commands_of(server, user) if f"SELECT {folder}" in c]
     selected = sent.index(f"SELECT {folder}")
-    statuses = [i for i, c in enumerate(sent) if c == f"STATUS {folder}" and i > selected]
+    statuses = [i for i, c in enumerate(sent) if counted(c, folder) and i > selected]
     assert statuses, sent  # totals, then folder_totals
     between = sent[selected + 1 : statuses[0]]
     if advertise:
@@ -137,6 +149,19 @@ def test_totals_after_a_select_count_what_other_connections_appended(
     failed = [c for c in sent if c.startswith("EXAMINE coexist-unselect-")]
     assert len(failed) == 1 and failed[0] in between, sent
     assert "EXAMINE INBOX" not in sent[selected:], sent
+
+
+def test_the_listing_reads_every_count_in_one_command(with_unselect: DovecotServer) -> None:
+    """With LIST-STATUS offered, a listing with counts sends one LIST-STATUS and no STATUS,
+    after leaving the folder the connection had selected."""
+    endpoint, user = endpoint_of(with_unselect), with_unselect.new_user("liststatus")
+    with ImapSession.open(endpoint, Password(user.login, user.password)) as s:
+        s.append("Sent", [NewMessage(message(1))])
+        assert s.permanent_flags("Sent") is not None  # Sent selected
+        assert {f.name: f.messages for f in s.list_folders()}["Sent"] == 1
+    [sent] = commands_of(with_unselect, user)
+    listing = sent[sent.index("SELECT Sent") + 1 :]
+    assert listing == ["UNSELECT", "LIST-STATUS", "LOGOUT"], sent
 
 
 class Delivering(ImapSession):
@@ -216,7 +241,7 @@ def test_a_whole_imap_to_imap_project_runs_against_a_server_without_unselect(
 
 def fallbacks(sent: list[str]) -> int:
     """How often a connection left a selected folder F by the fallback (EXAMINE INBOX, or a
-    failed EXAMINE when F is INBOX) right before a STATUS of F."""
+    failed EXAMINE when F is INBOX) right before a STATUS of F or a LIST-STATUS."""
     n, selected = 0, None
     for i, c in enumerate(sent):
         verb, _, box = c.partition(" ")
@@ -225,7 +250,7 @@ def fallbacks(sent: list[str]) -> int:
                 box.startswith("coexist-unselect-") and selected == "INBOX"
             )
             following = sent[i + 1] if i + 1 < len(sent) else ""
-            n += left and following == f"STATUS {selected}"
+            n += left and counted(following, selected)
             selected = None if box.startswith("coexist-unselect-") else box
     return n
 
