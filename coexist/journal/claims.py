@@ -56,7 +56,10 @@ command that selects users also claims ``batch:<B>`` for each batch its selectio
 **Claim nothing** (run beside a writer): status, permissions, batch export, preflight and
 every ``--plan`` run (they write nothing), verify-mailflow (sends probes, records nothing),
 batch import (it writes only batch labels, which a running command has already read when
-it selected its users), init and the sandbox commands.
+it selected its users; but it is refused, before it writes, when it would move users into
+or out of a batch a playbook run holds, or set credentials of its users: `runbook_refusal`),
+init and the sandbox commands. `coexist retry` retries the users of free batches and reports
+those of held ones (`runbook_refused`).
 
 **A writer that dies frees its claims with it**, with no expiry to wait out and no PID
 guessing. Each writer holds a liveness token the operating system or the database server
@@ -597,10 +600,7 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
         )
         if batches:
             runs.append((holder, batches))
-            parts.append(
-                f"a runbook is in progress: {holder.describe(now)} is working on batch "
-                f"{', '.join(batches)} until it ends"
-            )
+            parts.append(_runbook_text(holder, batches, now))
             holds = [f"batch {b}" for b in batches]
         elif any(r["scope"] == PROJECT for r in rows):
             parts.append(f"{holder.describe(now)} is writing to this project")
@@ -610,15 +610,7 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
             shown = ", ".join(holds[:_SHOWN])
             more = f" and {len(holds) - _SHOWN} more" if len(holds) > _SHOWN else ""
             parts.append(f"{holder.describe(now)} is working on {shown}{more}")
-        holders.append(
-            {
-                **holder.to_dict(now),
-                "holds": holds[:20],
-                "holds_count": len(holds),
-                # Machine-readable: the batches a playbook run holds (empty: not a run).
-                "playbook_batches": batches,
-            }
-        )
+        holders.append(_holder_dict(holder, holds, batches, now))
     if runs:
         return Busy(
             "a playbook run holds a batch this command works on: " + "; ".join(parts),
@@ -635,6 +627,66 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
         ),
         reason="writer",
         holders=holders,
+    )
+
+
+def _runbook_text(holder: Holder, batches: list[str], now: datetime) -> str:
+    return (
+        f"a runbook is in progress: {holder.describe(now)} is working on batch "
+        f"{', '.join(batches)} until it ends"
+    )
+
+
+def _holder_dict(
+    holder: Holder, holds: list[str], batches: list[str], now: datetime
+) -> dict[str, Any]:
+    return {
+        **holder.to_dict(now),
+        "holds": holds[:20],
+        "holds_count": len(holds),
+        # Machine-readable: the batches a playbook run holds (empty: not a run).
+        "playbook_batches": batches,
+    }
+
+
+def runbooks_holding(engine: Engine) -> dict[str, Holder]:
+    """The playbook runs in progress, by batch, that this context does not act for
+    (`acting_for`): the batches whose users a command started here would be refused on.
+    Reads only, like `playbook_runs`: what it says can change the moment after (a caller
+    that writes claims, or re-checks when refused)."""
+    mine = _ACTING_FOR.get()
+    return {b: h for b, h in playbook_runs(engine).items() if h.id not in mine}
+
+
+def runbook_refused(holder: Holder, batch: str) -> dict[str, Any]:
+    """One user's refusal by the run holding its batch, as a command that goes on with its
+    other users reports it (`coexist retry`): the same words and next step as `Busy`."""
+    now = utcnow()
+    return {
+        "batch": batch,
+        "reason": "playbook-run",
+        "error": _runbook_text(holder, [batch], now),
+        "next": _after_runbook([(holder, [batch])]),
+        "holder": _holder_dict(holder, [f"batch {batch}"], [batch], now),
+    }
+
+
+def runbook_refusal(runs: Mapping[str, Holder], what: str, *, first: str, **fields: Any) -> Busy:
+    """`Busy` for a command that writes no claim but must not change `runs`' batches
+    (`coexist batch import`): the refusal a claim would give, `what` saying what this
+    command would have changed, `first` what to do before the runbook's own next step."""
+    now = utcnow()
+    by_holder: dict[int, tuple[Holder, list[str]]] = {}
+    for batch, holder in sorted(runs.items()):
+        by_holder.setdefault(holder.id, (holder, []))[1].append(batch)
+    ordered = sorted(by_holder.values(), key=lambda hb: hb[0].started_at)
+    return Busy(
+        f"a playbook run holds a batch {what}: "
+        + "; ".join(_runbook_text(h, b, now) for h, b in ordered),
+        next_step=f"{first}; or {_after_runbook(ordered)}",
+        reason="playbook-run",
+        holders=[_holder_dict(h, [f"batch {x}" for x in b], b, now) for h, b in ordered],
+        **fields,
     )
 
 
