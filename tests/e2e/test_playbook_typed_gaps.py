@@ -9,6 +9,7 @@ wait until a far-off time (a CLI child).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +23,11 @@ from coexist.sandbox import Sandbox
 from coexist.settings import load_project
 from tests.e2e.test_playbook_lock import (
     CHECKLIST_THEN_PROVISION,
+    WAIT_THEN_STATUS,
+    cli_json,
+    start_run,
 )
-from tests.e2e.test_playbook_typed import runs_of, typed
+from tests.e2e.test_playbook_typed import cli_text, refused, runs_of, typed
 from tests.e2e.test_playbooks_m365 import BATCH, wave
 
 
@@ -113,3 +117,94 @@ def test_retry_goes_on_with_free_users_and_names_those_a_run_holds(
     assert seen["other"] == [seen["inside_key"], seen["outside_key"]], "a writer's Busy split"
     inside_state, outside_state = seen["states"]
     assert inside_state == "failed" and outside_state != "failed", seen["states"]
+
+
+def test_batch_import_into_or_out_of_a_held_batch_is_refused_whole(
+    make_project: Callable[..., Path], sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """While a run on wave1 waits at its checklist: a CSV moving a user into wave1, or one
+    moving a wave1 user out (beside a row for another batch), is refused whole, naming the
+    run and the users, and nothing of it is recorded; a CSV of users outside wave1 goes
+    ahead."""
+    project = wave(make_project, sandbox, items=1)
+    batches = users_by_batch(project)
+    inside = sorted(a for a, b in batches.items() if b == BATCH)[0]
+    free = sorted(a for a, b in batches.items() if not b)
+    (project / "into.csv").write_text(f"Source Email,Batch\n{free[0]},{BATCH}\n")
+    (project / "out.csv").write_text(f"Source Email,Batch\n{inside},wave2\n{free[0]},wave3\n")
+    (project / "apart.csv").write_text(f"Source Email,Batch\n{free[0]},wave2\n")
+    book = tmp_path / "lockdemo.yaml"
+    book.write_text(CHECKLIST_THEN_PROVISION)
+    seen: dict[str, Any] = {}
+
+    def meanwhile(_question: str) -> bool:
+        for name in ("into", "out"):
+            file = project / f"{name}.csv"
+            seen[name] = refused(lambda f=file: commands.batch_import(project, f))
+        seen["after_refusals"] = users_by_batch(project)
+        seen["apart"] = typed(lambda: commands.batch_import(project, project / "apart.csv"))
+        return True
+
+    first = playbook.run_playbook(project, str(book), batch=BATCH, confirm=meanwhile)
+    assert first["ok"], first
+    me = f"PID {os.getpid()} on {socket.gethostname()}"
+    for name, user, change in (
+        ("into", free[0], f"into {BATCH}"),
+        ("out", inside, f"out of {BATCH} (to wave2)"),
+    ):
+        busy: Busy = seen[name]
+        text = str(busy)
+        assert f"a playbook run holds a batch that {name}.csv changes ({user} {change})" in text
+        assert f"a runbook is in progress: playbook run lockdemo --batch {BATCH} ({me}" in text
+        assert f"nothing of {name}.csv was imported" in (busy.next_step or ""), busy.next_step
+        assert f"kill {os.getpid()}" in (busy.next_step or ""), busy.next_step
+        error = busy.to_dict()
+        assert error["reason"] == "playbook-run", error
+        assert [h["playbook_batches"] for h in error["holders"]] == [[BATCH]], error
+        assert error["users"] == [{"user": user, "batch": BATCH, "change": change}], error
+    # Nothing of the refused files was written: not even the row for wave2.
+    assert seen["after_refusals"] == batches, seen["after_refusals"]
+    assert seen["apart"]["assigned"] == {"wave2": 1}, seen["apart"]
+    assert users_by_batch(project)[free[0]] == "wave2"
+
+
+def test_cli_retry_and_batch_import_beside_a_run_exit_2(
+    make_project: Callable[..., Path], sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """With a CLI run sitting in a wait on wave1: `coexist retry --json` exits 2, listing the
+    held user as refused (with the run's PID) and having retried the free one; in plain text
+    it names the user, the run and `kill PID`; `coexist batch import` of a file moving a user
+    into wave1 exits 2 (JSON: reason, users) and changes nothing."""
+    project = wave(make_project, sandbox, items=1)
+    batches = users_by_batch(project)
+    inside = sorted(a for a, b in batches.items() if b == BATCH)[0]
+    free = sorted(a for a, b in batches.items() if not b)
+    (project / "into.csv").write_text(f"Source Email\n{free[0]}\n")
+    book = tmp_path / "lockwait.yaml"
+    book.write_text(WAIT_THEN_STATUS)
+    run = start_run(project, book)
+    try:
+        fail(project, inside)
+        fail(project, free[0])
+        code, result = cli_json(project, "retry")
+        assert code == 2, result
+        (no,) = result["refused"]
+        assert no["user"] == inside and no["holder"]["pid"] == run.pid, no
+        assert result["retried"] == {"provision": 1}, result
+        assert state_of(project, free[0]) != "failed"
+        plain = cli_text(project, "retry")
+        shown = " ".join((plain.stdout + plain.stderr).split())
+        assert plain.returncode == 2, shown
+        assert f"refused {inside} (provision): a runbook is in progress: playbook run " in shown
+        assert f"lockwait --batch {BATCH} (PID {run.pid} on" in shown, shown
+        assert f"kill {run.pid}" in shown, shown
+        code, error = cli_json(
+            project, "batch", "import", str(project / "into.csv"), "--name", BATCH
+        )
+        assert code == 2 and error["error"] == "Busy", error
+        assert error["reason"] == "playbook-run", error
+        assert error["users"] == [{"user": free[0], "batch": BATCH, "change": f"into {BATCH}"}]
+        assert users_by_batch(project)[free[0]] == "", "the refused import was recorded"
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
