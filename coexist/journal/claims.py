@@ -23,8 +23,9 @@ writer, as when an operator types them). An operator's command on users of that 
 run, and a run cannot start while such a command works on its batch. The run's own step
 commands are not refused: they run inside it (`acting_for`: the writers a context acts
 for), and a queue worker's jobs claim only their user (the command that queued them made
-the batch claim; a run's enqueue step is one of its own commands). Users of no batch are
-held by no run.
+the batch claim; a run's enqueue step is one of its own commands, and its jobs carry the
+run's id: `coexist.worker` refuses the jobs of a held batch that do not, queued before the
+run). Users of no batch are held by no run.
 A command that cannot claim is refused with `coexist.errors.Busy` (exit code 2) naming the
 holder: its command, PID, host, how long it has been running, and the users in conflict. It
 never waits in line: a queue would need a timeout nobody can choose well (a prestage runs
@@ -656,6 +657,17 @@ def runbooks_holding(engine: Engine) -> dict[str, Holder]:
     that writes claims, or re-checks when refused)."""
     mine = _ACTING_FOR.get()
     return {b: h for b, h in playbook_runs(engine).items() if h.id not in mine}
+
+
+def runbook_acted_for(engine: Engine) -> int | None:
+    """The run id of the playbook run this context acts for (`acting_for`): a queue's jobs
+    carry it, so the worker tells the run's own jobs from those queued by others
+    (`coexist.worker`). None outside a run's steps (no read then)."""
+    mine = _ACTING_FOR.get()
+    if not mine:
+        return None
+    runs = [h.run_id for h in playbook_runs(engine).values() if h.id in mine]
+    return next((r for r in runs if r is not None), None)
 
 
 def runbook_refused(holder: Holder, batch: str) -> dict[str, Any]:
