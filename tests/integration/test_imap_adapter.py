@@ -224,7 +224,7 @@ def test_list_status_gives_each_folder_what_its_own_status_gives(session: ImapSe
     per folder gives (the path of servers without it)."""
     assert session.caps.list_status
     for n, path in enumerate(
-        [("Say \"hi\"", "back\\slash"), ("Ünïcødé 日本",), ("a & b",), ("2024",), ("x", "y", "z")]
+        [('Say "hi"', "back\\slash"), ("Ünïcødé 日本",), ("a & b",), ("2024",), ("x", "y", "z")]
     ):
         seed(session, session.create_folder(path, "/").name, n + 1)
     session.examine("INBOX")  # a selected folder is left before its count is read
