@@ -236,6 +236,31 @@ def test_list_status_gives_each_folder_what_its_own_status_gives(session: ImapSe
     assert counts[("x", "y", "z")] == 5 and counts[("x",)] is None  # "x" only holds "y"
 
 
+class RefusedListStatus(ImapSession):
+    """A session whose first LIST-STATUS asks for a STATUS item no server knows: Dovecot
+    refuses the command, as a server that advertised LIST-STATUS might."""
+
+    asked = 0
+
+    def _status_items(self) -> list[str]:
+        self.asked += 1
+        return ["MESSAGES", "NO-SUCH-ITEM"] if self.asked == 1 else super()._status_items()
+
+
+def test_a_refused_list_status_falls_back_to_a_status_per_folder(
+    endpoint: ImapEndpoint, user: ImapUser
+) -> None:
+    """A server that refuses LIST-STATUS though it advertised it: the listing is made the
+    plain way (LIST, a STATUS per folder), with the same result, and the session does not
+    ask again."""
+    with RefusedListStatus.open(endpoint, Password(user.login, user.password)) as s:
+        assert isinstance(s, RefusedListStatus) and s.caps.list_status
+        seed(s, "Sent", 2)
+        refused = essentials(s.list_folders())
+        assert not s.caps.list_status and refused[("Sent",)]["messages"] == 2
+        assert refused == essentials(s.list_folders())
+
+
 def essentials(folders: list[ImapFolder]) -> dict[tuple[str, ...], dict[str, Any]]:
     """What the store reads of a listing, by path: the order and the attributes beyond
     those differ (LIST-STATUS is an extended LIST: a parent that is no folder of its own is
