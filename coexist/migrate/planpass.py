@@ -15,8 +15,9 @@ last real pass saved, moves paired, items inspected and exported. Only two thing
   update (flags), move and delete.
 - The journal the pass sees is a `PlanJournal`: its item map and folder cursors are an
   in-memory copy of the user's (the pass starts where the real one would), and whatever
-  the pass writes there is dropped with it. Nothing a real pass trusts (item map rows,
-  cursors, a pass row, the user's reconciliation) is written to the project's journal;
+  the pass writes there is dropped with it (the user's reconciliation too: the scratch
+  holds a copy of the user's item). Nothing a real pass trusts (item map rows, cursors, a
+  pass row, the user's reconciliation) is written to the project's journal;
   any other journal write is refused, so a change to the sync that would write one fails
   loudly here rather than leaking into the project.
 
@@ -47,9 +48,11 @@ MOVE_MARK = "moving the copy of "  # sync.MOVE_MARK: a moved item's copy, counte
 READS = frozenset(
     {"get_item", "items", "get_setting", "passes", "get_step", "get_steps", "steps", "runs"}
 )
-# What it reads and writes in its scratch copy: the user's item map and folder cursors.
+# What it reads and writes in its scratch copy: the user's item map and folder cursors, and
+# the user's own item (its reconciliation goes into the item's detail, `reconcile`).
 SCRATCH = frozenset(
     {
+        "merge_item",
         "map_item",
         "map_items",
         "map_items_of",
@@ -73,11 +76,15 @@ class PlanJournal:
     def __init__(self, real: Any, subject: str) -> None:
         self.real = real
         engine = make_engine("sqlite://")
-        schema.metadata.create_all(engine, tables=[schema.item_map, schema.folder_state])
+        tables = [schema.items, schema.item_map, schema.folder_state]
+        schema.metadata.create_all(engine, tables=tables)
         self.scratch = Journal(engine)
         self.before = {str(r["source_item_id"]): r for r in real.mapped_items(subject)}
         cursors = real.checkpoints(subject)
+        user = real.get_item("user", subject)
         with engine.begin() as conn:
+            if user is not None:
+                conn.execute(sa.insert(schema.items), [user])
             # Ids kept: `mapped_items` answers in insertion order, as the real journal does.
             if self.before:
                 conn.execute(sa.insert(schema.item_map), list(self.before.values()))

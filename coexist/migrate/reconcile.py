@@ -158,8 +158,8 @@ async def reconcile(
             for s in ctx.journal.mapped_items(key, status="copied", reason_prefix=NOT_KEPT)
         ],
     }
-    if not ctx.planning:
-        ctx.journal.merge_item("user", key, detail={"reconciliation": report})
+    # A planned pass's journal keeps this in its scratch copy of the user (`planpass`).
+    ctx.journal.merge_item("user", key, detail={"reconciliation": report})
     return report
 
 

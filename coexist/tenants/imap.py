@@ -818,8 +818,9 @@ class ImapSession:
         """Every folder of the account, with UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and
         message count when `status`: one LIST-STATUS command where the server offers it,
         else one STATUS per selectable folder."""
-        if status and self.caps.list_status:
-            listed, statuses = self._list_status()
+        got = self._list_status() if status and self.caps.list_status else None
+        if got is not None:
+            listed, statuses = got
         else:
             with self._mapped("LIST"):
                 listed, statuses = self._client.list_folders(), {}
@@ -829,7 +830,7 @@ class ImapSession:
             folders = [self._statused(f, statuses) if f.selectable else f for f in folders]
         return folders
 
-    def _list_status(self) -> tuple[list[tuple[Any, Any, Any]], dict[str, dict[bytes, Any]]]:
+    def _list_status(self) -> tuple[list[tuple[Any, Any, Any]], dict[str, dict[bytes, Any]]] | None:
         """LIST with the STATUS of every listed folder in the same command (RFC 5819):
         the folders as imapclient's `list_folders` gives them, and the STATUS items per
         folder name. One round trip instead of one per folder: the source's listing at the
@@ -841,24 +842,47 @@ class ImapSession:
         reply" of a folder it cannot look up; such a folder gets its own STATUS
         (`_statused`). imapclient has no LIST-STATUS; imaplib's `_simple_command` sends
         the arguments as given and keeps the untagged LIST and STATUS answers, which
-        imapclient's own parsers read (as its `list_folders` and `folder_status` do)."""
+        imapclient's own parsers read (as its `list_folders` and `folder_status` do).
+
+        None where the server refuses the command though it advertised LIST-STATUS (NO or
+        BAD; *unverified* that any does): the session then lists the plain way. STATUS
+        answers this cannot read leave their folders to their own STATUS."""
         while self._selected is not None:
             self._unselect()  # without UNSELECT: EXAMINE INBOX, then a failed EXAMINE
         imap = self._client._imap
         asked = f"(STATUS ({' '.join(self._status_items())}))"
         with self._mapped("LIST-STATUS"):
-            imap.untagged_responses.pop("STATUS", None)
-            typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", asked)
-            if typ != "OK":
-                said = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
-                raise imap_errors.IMAPClientError(f"LIST-STATUS failed: {said}")
-            listed = self._client._proc_folder_list(imap.untagged_responses.pop("LIST", []))
+            for stale in ("LIST", "STATUS"):
+                imap.untagged_responses.pop(stale, None)
+            try:
+                typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", asked)
+            except imap_errors.IMAPClientAbortError:
+                raise  # the connection is gone: mapped as any command's
+            except imap_errors.IMAPClientError as exc:  # BAD: imaplib raises it
+                typ, data = "BAD", [str(exc).encode()]
             answers = [d for d in imap.untagged_responses.pop("STATUS", []) if d not in (b"", None)]
-            parsed = parse_response(answers) if answers else []
+            if typ != "OK":
+                imap.untagged_responses.pop("LIST", None)
+                log.debug(
+                    "%s refused LIST-STATUS (%s %s): plain LIST", self.endpoint.url, typ, data
+                )
+                self.caps = dataclasses.replace(self.caps, list_status=False)
+                return None
+            listed = self._client._proc_folder_list(imap.untagged_responses.pop("LIST", []))
+        return listed, self._statuses(answers)
+
+    def _statuses(self, answers: list[Any]) -> dict[str, dict[bytes, Any]]:
+        """LIST-STATUS's STATUS answers by folder name ({} where they cannot be read)."""
         statuses: dict[str, dict[bytes, Any]] = {}
-        for name, items in zip(parsed[0::2], parsed[1::2], strict=True):
-            statuses[self._folder_name(name)] = dict(zip(items[0::2], items[1::2], strict=True))
-        return listed, statuses
+        try:
+            parsed = parse_response(answers) if answers else ()
+            for name, items in zip(parsed[0::2], parsed[1::2], strict=True):
+                pairs = zip(items[0::2], items[1::2], strict=True)
+                statuses[self._folder_name(name)] = dict(pairs)
+        except (imap_errors.ProtocolError, ValueError, TypeError) as exc:
+            log.debug("unreadable LIST-STATUS answers from %s: %s", self.endpoint.url, exc)
+            return {}
+        return statuses
 
     def _folder_name(self, name: Any) -> str:
         """A folder name as the server sent it, decoded as imapclient decodes LIST's."""

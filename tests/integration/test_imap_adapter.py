@@ -224,7 +224,7 @@ def test_list_status_gives_each_folder_what_its_own_status_gives(session: ImapSe
     per folder gives (the path of servers without it)."""
     assert session.caps.list_status
     for n, path in enumerate(
-        [("Say \"hi\"", "back\\slash"), ("Ünïcødé 日本",), ("a & b",), ("2024",), ("x", "y", "z")]
+        [('Say "hi"', "back\\slash"), ("Ünïcødé 日本",), ("a & b",), ("2024",), ("x", "y", "z")]
     ):
         seed(session, session.create_folder(path, "/").name, n + 1)
     session.examine("INBOX")  # a selected folder is left before its count is read
@@ -234,6 +234,31 @@ def test_list_status_gives_each_folder_what_its_own_status_gives(session: ImapSe
     counts = {path: f["messages"] for path, f in with_list_status.items()}
     assert counts[("Ünïcødé 日本",)] == 2 and counts[("2024",)] == 4
     assert counts[("x", "y", "z")] == 5 and counts[("x",)] is None  # "x" only holds "y"
+
+
+class RefusedListStatus(ImapSession):
+    """A session whose first LIST-STATUS asks for a STATUS item no server knows: Dovecot
+    refuses the command, as a server that advertised LIST-STATUS might."""
+
+    asked = 0
+
+    def _status_items(self) -> list[str]:
+        self.asked += 1
+        return ["MESSAGES", "NO-SUCH-ITEM"] if self.asked == 1 else super()._status_items()
+
+
+def test_a_refused_list_status_falls_back_to_a_status_per_folder(
+    endpoint: ImapEndpoint, user: ImapUser
+) -> None:
+    """A server that refuses LIST-STATUS though it advertised it: the listing is made the
+    plain way (LIST, a STATUS per folder), with the same result, and the session does not
+    ask again."""
+    with RefusedListStatus.open(endpoint, Password(user.login, user.password)) as s:
+        assert isinstance(s, RefusedListStatus) and s.caps.list_status
+        seed(s, "Sent", 2)
+        refused = essentials(s.list_folders())
+        assert not s.caps.list_status and refused[("Sent",)]["messages"] == 2
+        assert refused == essentials(s.list_folders())
 
 
 def essentials(folders: list[ImapFolder]) -> dict[tuple[str, ...], dict[str, Any]]:

@@ -12,8 +12,9 @@ from coexist.tenants.plan import MAIL, PlannedWrite
 
 
 def test_a_planned_pass_starts_from_the_real_map_and_writes_none_of_it(tmp_path: Path) -> None:
-    """The scratch holds the user's rows and cursors (in their order); what the pass maps,
-    unmaps or checkpoints stays there; the project's journal is as it was."""
+    """The scratch holds the user's rows, cursors (in their order) and item; what the pass
+    maps, unmaps, checkpoints or merges into the user (its reconciliation) stays there; the
+    project's journal is as it was."""
     with Journal.open(f"sqlite:///{tmp_path / 'j.db'}") as real:
         rows = [
             {"source_item_id": f"m{n}", "source_folder_id": "INBOX", "status": "copied"}
@@ -24,6 +25,7 @@ def test_a_planned_pass_starts_from_the_real_map_and_writes_none_of_it(tmp_path:
             "u2", [{"source_item_id": "x", "source_folder_id": "F", "status": "pending"}]
         )
         real.save_checkpoint("u1", "INBOX", "imap", token="1:3")
+        real.upsert_item("user", "u1", detail={"seen": 1})
         before = real.snapshot(include_logs=True)
         plan = PlanJournal(real, "u1")
         assert [r["source_item_id"] for r in plan.mapped_items("u1")] == ["m0", "m1", "m2"]
@@ -33,11 +35,13 @@ def test_a_planned_pass_starts_from_the_real_map_and_writes_none_of_it(tmp_path:
         plan.unmap_item("u1", "m0")
         plan.save_checkpoint("u1", "INBOX", "imap", token="1:9")
         assert [r["source_item_id"] for r in plan.mapped_items("u1")] == ["m1", "m2", "m3"]
+        merged = plan.merge_item("user", "u1", detail={"reconciliation": {"unexplained": 0}})
+        assert merged["detail"] == {"seen": 1, "reconciliation": {"unexplained": 0}}
         plan.close()
         assert real.snapshot(include_logs=True) == before
 
 
-@pytest.mark.parametrize("write", ["merge_item", "pass_started", "set_setting", "upsert_item"])
+@pytest.mark.parametrize("write", ["pass_started", "set_setting", "upsert_item", "step_started"])
 def test_a_planned_pass_may_not_write_the_project_journal(tmp_path: Path, write: str) -> None:
     """Any journal call outside the item map, cursors and a few reads is refused: a sync
     change that would journal something in plan mode fails instead of leaking."""
