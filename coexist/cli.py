@@ -782,15 +782,36 @@ def _render_arrivals(rows: list[dict[str, Any]]) -> None:
 @json_option
 @handles_errors
 def retry_cmd(project: Path, wait: bool, plan: bool, as_json: bool) -> None:
-    """Re-run the failed and waiting users' last command."""
+    """Re-run the failed and waiting users' last command.
+
+    Users of a batch a playbook run holds are left to the run and named (exit code 2 when
+    any was; the others are retried all the same)."""
     result = commands.retry(project, plan=plan, progress=_progress(as_json), wait=wait)
+    refused = result.get("refused") or []
     if as_json:
         click.echo(json.dumps(result, default=str))
+        if refused:
+            sys.exit(2)
         return
     out.print(f"retried: {result['retried'] or 'nothing to retry'}")
+    for r in refused:
+        out.print(
+            f"[red]refused[/red] {escape(r['user'])} ({escape(r['command'])}): "
+            f"{escape(r['error'])}\n  next: {escape(r['next'])}",
+            soft_wrap=True,
+        )
+    failed = False
     for name, r in result["results"].items():
         out.print(f"[bold]{name}[/bold]")
-        _render_run(r, False)
+        try:
+            _render_run(r, False)
+        except SystemExit:  # a user failed (exit 1): the other commands' results still shown
+            failed = True
+    # A refused user outranks a failed one: the operator has a runbook to wait for.
+    if refused:
+        sys.exit(2)
+    if failed:
+        sys.exit(1)
 
 
 @main.command("worker")

@@ -32,9 +32,9 @@ from coexist.discovery.discover import discover as discover_users
 from coexist.engine.context import CMDLETS, DIRECTORY, SOURCE_KIND_MOVES, ews_admin
 from coexist.engine.runner import ItemPlan, Outcome, epoch, resting, set_item
 from coexist.engine.step import Step
-from coexist.errors import ConfigError, InputError
+from coexist.errors import Busy, ConfigError, InputError
 from coexist.files import private_dir, write_private
-from coexist.journal import Batch, Journal
+from coexist.journal import Batch, Journal, claims
 from coexist.journal.claims import Writer, playbook_runs
 from coexist.migrate.passes import DataPassStep
 from coexist.migrate.summary import data_summary, waiting_text
@@ -1616,11 +1616,20 @@ def retry(
 
     Users waiting on Microsoft 365 whose look-again time has not come are reported as
     still waiting by that command, not looked at.
+
+    Users of a batch a playbook run holds (`coexist.journal.claims`) are left to it: they
+    are reported in ``refused`` (per user, with the run's details and what to do), and
+    every other user is retried; the CLI exits 2 when any user was refused. A run that
+    starts while retry works refuses the command it meets (`Busy`): retry looks again at
+    which batches are held and runs that command for the users still free.
     """
     project = load_project(project_dir(directory))
     journal = open_journal(project)
     try:
+        held = {} if plan else claims.runbooks_holding(journal.engine)
         todo: dict[str, list[str]] = {}
+        refused: list[dict[str, Any]] = []
+        users: dict[str, dict[str, Any]] = {}
         for item in journal.items(kind="user"):
             # A pass queued when the user's end user gave credentials (coexist.credlink).
             queued = (item.get("detail") or {}).get("queued_pass")
@@ -1635,7 +1644,10 @@ def retry(
                 )
             ):
                 continue
-            if cmd in RETRYABLE:
+            if cmd not in RETRYABLE:
+                continue
+            users[str(item["key"])] = item
+            if not _refused_by_run(item, str(cmd), held, refused):
                 todo.setdefault(cmd, []).append(item["key"])
         retry_groups = any(
             i.get("state") in ("failed", "waiting") for i in journal.items(kind="group")
@@ -1650,17 +1662,64 @@ def retry(
             extra: dict[str, Any] = {"yes": True} if cmd == "rollback" else {}
             if cmd in jobs.PRIORITY:  # the commands a queue runs per user: --wait for them
                 extra["wait"] = wait
-            results[cmd] = RETRYABLE[cmd](
-                directory,
-                users=todo[cmd],
-                plan=plan,
-                retry=retry_policy,
-                progress=progress,
-                **extra,
-            )
+            while todo[cmd]:
+                try:
+                    results[cmd] = RETRYABLE[cmd](
+                        directory,
+                        users=todo[cmd],
+                        plan=plan,
+                        retry=retry_policy,
+                        progress=progress,
+                        **extra,
+                    )
+                    break
+                except Busy as exc:
+                    # A run started on one of these users' batches since we looked.
+                    free = _still_free(project, exc, cmd, todo[cmd], users, refused)
+                    if free == todo[cmd]:
+                        raise  # not a run on their batches: the whole retry stops, as before
+                    todo[cmd] = free
     if retry_groups:
         results["groups"] = groups(directory, plan=plan, retry=retry_policy, progress=progress)
-    return {"retried": {k: len(v) for k, v in todo.items()}, "results": results}
+    out: dict[str, Any] = {
+        "retried": {k: len(v) for k, v in todo.items() if v},
+        "results": results,
+    }
+    if refused:
+        out["refused"] = refused
+    return out
+
+
+def _refused_by_run(
+    item: dict[str, Any],
+    command: str,
+    held: Mapping[str, claims.Holder],
+    refused: list[dict[str, Any]],
+) -> bool:
+    """Whether `item`'s batch is held by a playbook run; if so its refusal joins `refused`."""
+    batch = item.get("batch")
+    if not batch or batch not in held:
+        return False
+    who = {"user": str(item.get("source_address") or item["key"]), "key": str(item["key"])}
+    refused.append({**who, "command": command, **claims.runbook_refused(held[batch], batch)})
+    return True
+
+
+def _still_free(
+    project: Project,
+    exc: Busy,
+    command: str,
+    keys: list[str],
+    users: Mapping[str, dict[str, Any]],
+    refused: list[dict[str, Any]],
+) -> list[str]:
+    """The users of `keys` whose batch no run holds now (those held join `refused`), after
+    `command` was refused: all of `keys` when `exc` was not a playbook run's refusal."""
+    if exc.fields.get("reason") != "playbook-run":
+        return keys
+    with open_journal(project) as journal:
+        held = claims.runbooks_holding(journal.engine)
+    return [k for k in keys if not _refused_by_run(users[k], command, held, refused)]
 
 
 # -- status / batches --------------------------------------------------------------------

@@ -27,7 +27,7 @@ from coexist.batches import UserFile, UserRow
 from coexist.engine.context import KIND_CAPABILITIES
 from coexist.engine.runner import set_item
 from coexist.errors import InputError
-from coexist.journal import Journal
+from coexist.journal import Journal, claims
 from coexist.model import Phase
 from coexist.runtime import open_journal, project_dir
 from coexist.settings import Project, load_project
@@ -82,6 +82,7 @@ def import_batch(
             f"{file}: rows {', '.join(missing_name[:10])} have no batch name",
             next_step="add a Batch column, or pass --name",
         )
+    _refuse_held(journal, user_file, items, name)
     given = {
         (str(item["key"]), side): Credential(login, password)
         for row, item in zip(rows, items, strict=True)
@@ -126,6 +127,44 @@ def import_batch(
         "credentials_unchanged": len(given) - len(stored),
         "waiting_for_credentials": waiting,
     }
+
+
+def _refuse_held(
+    journal: Journal, user_file: UserFile, items: list[dict[str, Any]], name: str | None
+) -> None:
+    """`Busy` before anything is written when the file would change a batch a playbook run
+    holds: move a user into it or out of it, or (a file with password columns) set the
+    credentials of one of its users, which the run's steps read. The whole file is refused,
+    not just those rows: an import half done would leave the operator's CSV and the journal
+    disagreeing, and the rows left out would be easy to forget. Checked, then written: a run
+    that starts in between is not refused (it reads its batch's users at each step)."""
+    held = claims.runbooks_holding(journal.engine)
+    if not held:
+        return
+    concerned: list[dict[str, str]] = []
+    for row, item in zip(user_file.rows, items, strict=True):
+        old, new = str(item.get("batch") or ""), row.batch or str(name)
+        who = str(item.get("source_address") or row.source)
+        if old != new and old in held:
+            concerned.append({"user": who, "batch": old, "change": f"out of {old} (to {new})"})
+        if old != new and new in held:
+            concerned.append({"user": who, "batch": new, "change": f"into {new}"})
+        if old == new and new in held and user_file.password_sides:
+            concerned.append({"user": who, "batch": new, "change": f"credentials in {new}"})
+    if not concerned:
+        return
+    shown = ", ".join(f"{c['user']} {c['change']}" for c in concerned[:5])
+    more = f" and {len(concerned) - 5} more" if len(concerned) > 5 else ""
+    raise claims.runbook_refusal(
+        {c["batch"]: held[c["batch"]] for c in concerned},
+        f"that {user_file.path.name} changes ({shown}{more})",
+        first=(
+            f"nothing of {user_file.path.name} was imported (no row); import it again once "
+            "the runbook has ended, or now without the rows of those users"
+        ),
+        users=concerned,
+        file=str(user_file.path),
+    )
 
 
 def _rows_to_items(project: Project, journal: Journal, user_file: UserFile) -> list[dict[str, Any]]:

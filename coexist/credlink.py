@@ -47,7 +47,7 @@ from coexist.credcheck import OK, ImapChecker, SideResult, address_of, failed
 from coexist.credentials import WAITING_FOR, WAITING_FOR_END_USER, master_sides
 from coexist.engine.context import Context, SideOptions, ews_endpoint, open_sides
 from coexist.engine.runner import set_item
-from coexist.errors import CoexistError, InputError
+from coexist.errors import Busy, CoexistError, InputError
 from coexist.journal import Journal
 from coexist.retry import RetryPolicy
 from coexist.runtime import batch_hold, open_journal, project_dir
@@ -551,8 +551,48 @@ def next_command(item: Mapping[str, Any]) -> str:
 
 
 def run_pass(directory: Path, address: str, command: str) -> dict[str, Any]:
-    """Run the user's pass: the same function `coexist prestage` / `cutover` runs, for it."""
-    return RETRYABLE[command](directory, users=[address])
+    """Run the user's pass: the same function `coexist prestage` / `cutover` runs, for it.
+
+    Refused (`Busy`) while a playbook run holds the user's batch, for the whole run: the page
+    is not one of the run's steps, and a pass in the middle of a runbook is what its lock
+    keeps out. The pass stays queued (`queued_pass`): the next prestage, cutover or retry of
+    the user runs it - the runbook's own steps among them, or `coexist retry` after it - and
+    a warning on the user says so (the page's log alone would hide it from the operator)."""
+    try:
+        return RETRYABLE[command](directory, users=[address])
+    except Busy as exc:
+        if exc.fields.get("reason") == "playbook-run":
+            _note_held(directory, address, command, exc)
+        raise
+
+
+def _note_held(directory: Path, address: str, command: str, exc: Busy) -> None:
+    project = load_project(project_dir(directory))
+    journal = open_journal(project)
+    try:
+        item = next(
+            (i for i in journal.items(kind="user") if i.get("source_address") == address), None
+        )
+        if item is None:
+            return
+        next_step = (
+            f"nothing to do: the runbook's next prestage, cutover or retry step on the batch "
+            f"runs it; after the runbook, `coexist retry --project {project.directory}` does"
+        )
+        journal.event(
+            None,
+            "warning",
+            f"credential link: the {command} pass of {address} waits: {exc.message}",
+            item_key=str(item["key"]),
+            data={
+                "queued": command,
+                "reason": "playbook-run",
+                "holders": exc.fields.get("holders"),
+                "next": next_step,
+            },
+        )
+    finally:
+        journal.close()
 
 
 # -- checking what the user typed against the source ------------------------------------------

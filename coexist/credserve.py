@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coexist import credlink
 from coexist.credcheck import OK, WRONG_PASSWORD
-from coexist.errors import InputError
+from coexist.errors import Busy, InputError
 from coexist.files import private_dir
 from coexist.runtime import open_journal
 from coexist.settings import Project, load_project
@@ -347,6 +347,8 @@ def _start_pass(page: Page, address: str, command: str) -> None:
                 result.get("changed"),
                 len(result.get("failed") or []),
             )
+        except Busy as exc:  # a playbook run holds the user's batch: the pass stays queued
+            log.warning("credential link: %s of %s not run now: %s", command, address, exc)
         except Exception:
             log.exception("credential link: %s of %s failed", command, address)
 

@@ -961,6 +961,7 @@ def _brief(result: Mapping[str, Any]) -> dict[str, Any]:
         "retried",
         "executor",  # queue mode: the jobs the step followed, and how they ended
         "jobs",
+        "refused",  # retry: users of a batch another run holds, left to that run
     )
     return {k: result[k] for k in keep if k in result}
 

@@ -38,6 +38,11 @@ What makes a farm of workers safe (each point with what carries it):
 * **One job per user and command**: the enqueuing command (`coexist retry` among them)
   queues nothing for a user whose job of that command waits or runs, and says so
   (`already_queued`, `already_running` with its worker).
+* **Playbook runs**: a job queued by a run's own step carries the run's id (``runbook``,
+  `claims.runbook_acted_for`); a job for a user of a batch a run holds that does not carry
+  it (queued before the run started) is refused by the worker before it opens a session
+  (`_runbook_allows`: the job ends failed, a warning on the user says why and what to do),
+  and the run's enqueue replaces such a job still waiting with its own (`_defer`).
 * **Per-mailbox throttle budgets** (Outlook's, per app per mailbox) are kept by the one
   worker holding the mailbox for its pass: the user claim pins it (runtime._writer).
 """
@@ -87,6 +92,11 @@ FINAL = frozenset({"succeeded", "failed", "cancelled", "aborted"})
 
 class Requeued(Exception):
     """A job stopped by its worker's shutdown: back to the queue for another worker."""
+
+
+class HeldByRunbook(Exception):
+    """A job for a user of a batch a playbook run holds, queued by someone other than that
+    run (before it started): it ends failed, not retried, and says so in the journal."""
 
 
 class _Retry(BaseRetryStrategy):
@@ -142,10 +152,12 @@ async def user_job(
     label: str,
     options: dict[str, Any],
     window: dict[str, Any] | None = None,
+    runbook: int | None = None,
 ) -> dict[str, Any]:
     """Run `command` for one user, inline, in a thread of this worker (its own event loop).
     `window`: set on the job a closed run window deferred (`_defer_to_opening`): the job it
-    follows (`after`), when the window opens and which it is (`coexist status` says so)."""
+    follows (`after`), when the window opens and which it is (`coexist status` says so).
+    `runbook`: the playbook run that queued it (`claims.runbook_acted_for`), if one did."""
     extra = context.additional_context
     directory = Path(str(extra["project"]))
     pool: concurrent.futures.ThreadPoolExecutor = extra["pool"]
@@ -154,6 +166,7 @@ async def user_job(
     call = functools.partial(_commands()[command], directory, users=[user], **options)
 
     def in_thread() -> dict[str, Any]:
+        _runbook_allows(directory, command, user, label, runbook, run)  # before anything
         _window_open(directory, user)  # closed: deferred before any session or claim
         with jobs.running(run):
             return call()
@@ -176,18 +189,58 @@ async def user_job(
         # The pass paused at a safe point: its worker is stopping, or its window closed.
         if left.at is None:
             raise Requeued(f"{command} of {label} paused: {left.why}") from None
-        after = await _defer_to_opening(context, command, user, label, options, left)
+        after = await _defer_to_opening(context, command, user, label, options, left, runbook)
         return {"deferred": left.why, "opens": left.opens, "next_job": after}
     finally:
         running.discard(run)
     if run.cancelled:
         raise Requeued(f"{command} of {label} stopped with its worker")
-    await _again_when_due(context, command, user, label, options, result)
+    await _again_when_due(context, command, user, label, options, result, runbook)
     return {
         "steps": result.get("steps"),
         "failed": len(result.get("failed") or []),
         "waiting": len(result.get("waiting") or []),
     }
+
+
+def _runbook_allows(
+    directory: Path, command: str, user: str, label: str, runbook: int | None, run: jobs.JobRun
+) -> None:
+    """`HeldByRunbook` when a playbook run holds the user's batch and this job is not one
+    of its own: it was queued before the run started (typed enqueues are refused during a
+    run), and running it now would do an operator's command in the middle of a runbook -
+    what the run's lock is for. Jobs claim only their user (`coexist.runtime._writer`), so
+    the worker checks before it opens a session.
+
+    The job ends failed, not queued again: a job waiting for the run to end would hold up a
+    run that follows it (the run's enqueue finds it queued, procrastinate's queueing lock
+    allows one waiting job per user, and `--wait` follows it) - though the run's enqueue
+    replaces a waiting job of another's with its own (`_defer`). Nothing is lost: the
+    refusal is in the journal (a warning on the user, with the run's details and what to
+    do) and in the job's end; nothing is done twice: the job ran nothing."""
+    project = load_project(directory)
+    with Journal.open(project.journal_url) as journal:
+        batch = str((journal.get_item("user", user) or {}).get("batch") or "")
+        holder = claims.playbook_runs(journal.engine).get(batch) if batch else None
+        if holder is None or (runbook is not None and holder.run_id == runbook):
+            return
+        refusal = claims.runbook_refused(holder, batch)
+        text = (
+            f"{command} job {run.job_id} of {label} on {run.worker} refused: it was queued "
+            f"before the runbook on batch {batch} started; {refusal['error']}"
+        )
+        next_step = (
+            f"leave {label} to the runbook, or queue it again once the runbook has ended "
+            f"(`coexist {command} --users {label}`)"
+        )
+        journal.event(
+            None,
+            "warning",
+            text,
+            item_key=user,
+            data={**refusal, "job": run.job_id, "command": command, "next": next_step},
+        )
+    raise HeldByRunbook(f"{text}; next: {next_step}")
 
 
 def _window_open(directory: Path, user: str) -> None:
@@ -208,6 +261,7 @@ async def _defer_to_opening(
     label: str,
     options: dict[str, Any],
     left: schedule.LeaveForLater,
+    runbook: int | None = None,
 ) -> int | None:
     """A closed run window: a new job for the user at the window's opening, and this one
     ends (succeeded). Not a retry of this job: procrastinate counts every retry as an
@@ -219,6 +273,7 @@ async def _defer_to_opening(
     job_id = context.job.id
     window: dict[str, Any] = {"after": job_id, "opens": left.opens, "window": left.window}
     kwargs: dict[str, Any] = {"command": command, "user": user, "label": label, "options": options}
+    kwargs |= _stamp(runbook)
     task = context.app.tasks[jobs.TASK_NAME]
     log.info("%s of %s %s: queued again for then", command, label, left.why)
     try:
@@ -247,6 +302,7 @@ async def _again_when_due(
     label: str,
     options: dict[str, Any],
     result: dict[str, Any],
+    runbook: int | None = None,
 ) -> None:
     """A user left waiting on Microsoft 365 (a mailbox still provisioning) gets its next job
     at the time the command said to look again, as `coexist retry` would run it."""
@@ -257,8 +313,14 @@ async def _again_when_due(
     task = context.app.tasks[jobs.TASK_NAME]
     with contextlib.suppress(pc_exceptions.AlreadyEnqueued):  # the operator enqueued it
         await _configure(task, command, user, when).defer_async(
-            command=command, user=user, label=label, options=options
+            command=command, user=user, label=label, options=options, **_stamp(runbook)
         )
+
+
+def _stamp(runbook: int | None) -> dict[str, Any]:
+    """The job argument naming the playbook run that queued it (none: not a run's job; the
+    jobs others queue keep the arguments they always had)."""
+    return {} if runbook is None else {"runbook": runbook}
 
 
 def _scope(user: str) -> str:
@@ -299,7 +361,9 @@ def enqueue(request: jobs.Request) -> dict[str, Any]:
             return await select(s)
 
     chosen = asyncio.run(decide())
-    deferred, already = asyncio.run(_defer(url, request, chosen["users"]))
+    with Journal.open(url) as journal:
+        runbook = claims.runbook_acted_for(journal.engine)  # one of a playbook run's steps?
+    deferred, already = asyncio.run(_defer(url, request, chosen["users"], runbook))
     with Journal.open(url) as journal:
         workers = jobs.job_workers(journal, [a.job for a in already if a.running and a.job])
     result: dict[str, Any] = {
@@ -355,7 +419,7 @@ class Already:
 
 
 async def _defer(
-    url: str, request: jobs.Request, users: list[tuple[str, str]]
+    url: str, request: jobs.Request, users: list[tuple[str, str]], runbook: int | None = None
 ) -> tuple[list[tuple[str, int]], list[Already]]:
     app = make_app(url)
     deferred: list[tuple[str, int]] = []
@@ -374,20 +438,45 @@ async def _defer(
             if mine and mine[0].id is not None:
                 already.append(Already(label, mine[0].id, running=True))
                 continue
+            kwargs: dict[str, Any] = {"command": request.command, "user": key, "label": label}
+            kwargs |= {"options": request.options, **_stamp(runbook)}
+            deferrer = _configure(task, request.command, key, request.at)
             try:
-                job_id = await _configure(task, request.command, key, request.at).defer_async(
-                    command=request.command, user=key, label=label, options=request.options
-                )
+                job_id = await deferrer.defer_async(**kwargs)
             except pc_exceptions.AlreadyEnqueued:
                 # Its job waits in the queue already: one per mailbox.
                 waiting = await manager.list_jobs_async(
                     task=jobs.TASK_NAME, status="todo", queueing_lock=_scope(key)
                 )
                 first = next(iter(waiting), None)
+                if await _cancelled_for_run(manager, first, runbook):
+                    # A playbook run's step found a job queued before the run started:
+                    # the worker would refuse it (`_runbook_allows`) and the step would
+                    # follow it, so the run takes the user over with a job of its own.
+                    log.warning(
+                        "%s of %s: job %s queued before the playbook run was cancelled; "
+                        "the run's own job replaces it",
+                        request.command,
+                        label,
+                        first.id if first else None,
+                    )
+                    deferred.append((label, await deferrer.defer_async(**kwargs)))
+                    continue
                 already.append(Already(label, first.id if first else None, running=False))
                 continue
             deferred.append((label, job_id))
     return deferred, already
+
+
+async def _cancelled_for_run(manager: Any, job: pc_jobs.Job | None, runbook: int | None) -> bool:
+    """Whether `job`, waiting for a user a playbook run's step queues (`runbook`), was queued
+    by someone else and is now cancelled (procrastinate cancels only a 'todo' job: False when
+    a worker took it meanwhile)."""
+    if runbook is None or job is None or job.id is None:
+        return False
+    if job.task_kwargs.get("runbook") == runbook:
+        return False
+    return bool(await manager.cancel_job_by_id_async(job.id))
 
 
 def follow(url: str, job_ids: list[int], poll_s: float = 2.0) -> dict[int, str]:

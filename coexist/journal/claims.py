@@ -23,8 +23,9 @@ writer, as when an operator types them). An operator's command on users of that 
 run, and a run cannot start while such a command works on its batch. The run's own step
 commands are not refused: they run inside it (`acting_for`: the writers a context acts
 for), and a queue worker's jobs claim only their user (the command that queued them made
-the batch claim; a run's enqueue step is one of its own commands). Users of no batch are
-held by no run.
+the batch claim; a run's enqueue step is one of its own commands, and its jobs carry the
+run's id: `coexist.worker` refuses the jobs of a held batch that do not, queued before the
+run). Users of no batch are held by no run.
 A command that cannot claim is refused with `coexist.errors.Busy` (exit code 2) naming the
 holder: its command, PID, host, how long it has been running, and the users in conflict. It
 never waits in line: a queue would need a timeout nobody can choose well (a prestage runs
@@ -56,7 +57,10 @@ command that selects users also claims ``batch:<B>`` for each batch its selectio
 **Claim nothing** (run beside a writer): status, permissions, batch export, preflight and
 every ``--plan`` run (they write nothing), verify-mailflow (sends probes, records nothing),
 batch import (it writes only batch labels, which a running command has already read when
-it selected its users), init and the sandbox commands.
+it selected its users; but it is refused, before it writes, when it would move users into
+or out of a batch a playbook run holds, or set credentials of its users: `runbook_refusal`),
+init and the sandbox commands. `coexist retry` retries the users of free batches and reports
+those of held ones (`runbook_refused`).
 
 **A writer that dies frees its claims with it**, with no expiry to wait out and no PID
 guessing. Each writer holds a liveness token the operating system or the database server
@@ -597,10 +601,7 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
         )
         if batches:
             runs.append((holder, batches))
-            parts.append(
-                f"a runbook is in progress: {holder.describe(now)} is working on batch "
-                f"{', '.join(batches)} until it ends"
-            )
+            parts.append(_runbook_text(holder, batches, now))
             holds = [f"batch {b}" for b in batches]
         elif any(r["scope"] == PROJECT for r in rows):
             parts.append(f"{holder.describe(now)} is writing to this project")
@@ -610,15 +611,7 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
             shown = ", ".join(holds[:_SHOWN])
             more = f" and {len(holds) - _SHOWN} more" if len(holds) > _SHOWN else ""
             parts.append(f"{holder.describe(now)} is working on {shown}{more}")
-        holders.append(
-            {
-                **holder.to_dict(now),
-                "holds": holds[:20],
-                "holds_count": len(holds),
-                # Machine-readable: the batches a playbook run holds (empty: not a run).
-                "playbook_batches": batches,
-            }
-        )
+        holders.append(_holder_dict(holder, holds, batches, now))
     if runs:
         return Busy(
             "a playbook run holds a batch this command works on: " + "; ".join(parts),
@@ -635,6 +628,77 @@ def _refusal(conflicts: list[dict[str, Any]], others: dict[int, Holder]) -> Busy
         ),
         reason="writer",
         holders=holders,
+    )
+
+
+def _runbook_text(holder: Holder, batches: list[str], now: datetime) -> str:
+    return (
+        f"a runbook is in progress: {holder.describe(now)} is working on batch "
+        f"{', '.join(batches)} until it ends"
+    )
+
+
+def _holder_dict(
+    holder: Holder, holds: list[str], batches: list[str], now: datetime
+) -> dict[str, Any]:
+    return {
+        **holder.to_dict(now),
+        "holds": holds[:20],
+        "holds_count": len(holds),
+        # Machine-readable: the batches a playbook run holds (empty: not a run).
+        "playbook_batches": batches,
+    }
+
+
+def runbooks_holding(engine: Engine) -> dict[str, Holder]:
+    """The playbook runs in progress, by batch, that this context does not act for
+    (`acting_for`): the batches whose users a command started here would be refused on.
+    Reads only, like `playbook_runs`: what it says can change the moment after (a caller
+    that writes claims, or re-checks when refused)."""
+    mine = _ACTING_FOR.get()
+    return {b: h for b, h in playbook_runs(engine).items() if h.id not in mine}
+
+
+def runbook_acted_for(engine: Engine) -> int | None:
+    """The run id of the playbook run this context acts for (`acting_for`): a queue's jobs
+    carry it, so the worker tells the run's own jobs from those queued by others
+    (`coexist.worker`). None outside a run's steps (no read then)."""
+    mine = _ACTING_FOR.get()
+    if not mine:
+        return None
+    runs = [h.run_id for h in playbook_runs(engine).values() if h.id in mine]
+    return next((r for r in runs if r is not None), None)
+
+
+def runbook_refused(holder: Holder, batch: str) -> dict[str, Any]:
+    """One user's refusal by the run holding its batch, as a command that goes on with its
+    other users reports it (`coexist retry`): the same words and next step as `Busy`."""
+    now = utcnow()
+    return {
+        "batch": batch,
+        "reason": "playbook-run",
+        "error": _runbook_text(holder, [batch], now),
+        "next": _after_runbook([(holder, [batch])]),
+        "holder": _holder_dict(holder, [f"batch {batch}"], [batch], now),
+    }
+
+
+def runbook_refusal(runs: Mapping[str, Holder], what: str, *, first: str, **fields: Any) -> Busy:
+    """`Busy` for a command that writes no claim but must not change `runs`' batches
+    (`coexist batch import`): the refusal a claim would give, `what` saying what this
+    command would have changed, `first` what to do before the runbook's own next step."""
+    now = utcnow()
+    by_holder: dict[int, tuple[Holder, list[str]]] = {}
+    for batch, holder in sorted(runs.items()):
+        by_holder.setdefault(holder.id, (holder, []))[1].append(batch)
+    ordered = sorted(by_holder.values(), key=lambda hb: hb[0].started_at)
+    return Busy(
+        f"a playbook run holds a batch {what}: "
+        + "; ".join(_runbook_text(h, b, now) for h, b in ordered),
+        next_step=f"{first}; or {_after_runbook(ordered)}",
+        reason="playbook-run",
+        holders=[_holder_dict(h, [f"batch {x}" for x in b], b, now) for h, b in ordered],
+        **fields,
     )
 
 
