@@ -59,6 +59,7 @@ def test_a_target_folder_that_drops_flags_counts_and_lists_its_copies(
     journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
     ctx = sync_context(journal)
     key = "kfsrc@example.org"
+    journal.upsert_item("user", key)  # the reconciliation is merged into it
 
     async def one_pass() -> tuple[Counter[str], Counter[str], dict[str, Any]]:
         async with (
@@ -67,9 +68,7 @@ def test_a_target_folder_that_drops_flags_counts_and_lists_its_copies(
         ):
             counts: Counter[str] = Counter()
             plan, stores = await sync.sync_mailbox(ctx, key, src, tgt, Window(), counts)
-            # planning: the reconciliation is returned, not merged into a user item
-            planned = SimpleNamespace(**{**vars(ctx), "planning": True})
-            recon = await reconcile.reconcile(planned, key, plan, await tgt.totals())  # type: ignore[arg-type]
+            recon = await reconcile.reconcile(ctx, key, plan, await tgt.totals())  # type: ignore[arg-type]
             return counts, stores.not_kept, recon
 
     def target_flags() -> dict[str, set[str]]:

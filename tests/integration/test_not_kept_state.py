@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from coexist import report
@@ -75,6 +74,7 @@ def test_copies_without_their_replied_state_are_counted_and_listed(
     journal = Journal.open(f"sqlite:///{tmp_path / 'journal.sqlite'}")
     ctx = sync_context(journal)
     key = "nksrc@example.org"
+    journal.upsert_item("user", key)  # the reconciliation is merged into it
 
     async def one_pass() -> tuple[Counter[str], dict[str, Any]]:
         async with (
@@ -84,9 +84,7 @@ def test_copies_without_their_replied_state_are_counted_and_listed(
             tgt = StateRefusing(inner)
             counts: Counter[str] = Counter()
             plan, _ = await sync.sync_mailbox(ctx, key, src, tgt, Window(), counts)  # type: ignore[arg-type]
-            # planning: the reconciliation is returned, not merged into a user item
-            seen = SimpleNamespace(**{**vars(ctx), "planning": True})
-            recon = await reconcile.reconcile(seen, key, plan, await inner.totals())  # type: ignore[arg-type]
+            recon = await reconcile.reconcile(ctx, key, plan, await inner.totals())  # type: ignore[arg-type]
             return counts, recon
 
     try:
