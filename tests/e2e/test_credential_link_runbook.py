@@ -21,17 +21,7 @@ from coexist.vault import Vault
 from tests.dovecot import DovecotServer
 from tests.e2e import credlink_scene as cl
 from tests.e2e.imap_scene import KEY
-
-CHECKLIST_THEN_PRESTAGE = """\
-name: linkwait
-steps:
-  - id: go
-    kind: manual
-    checklist: ["ready"]
-  - id: prestage
-    kind: command
-    command: prestage
-"""
+from tests.e2e.test_playbooks_m365 import checklist_then_prestage
 
 
 def user(project: Path, address: str) -> dict[str, Any]:
@@ -56,8 +46,7 @@ def test_a_link_pass_for_a_held_batch_waits_for_the_runbooks_prestage(
     scene = cl.imap_link_scene(dovecot, tmp_path)
     first, _second = scene.users
     project = scene.project
-    book = tmp_path / "linkwait.yaml"
-    book.write_text(CHECKLIST_THEN_PRESTAGE)
+    book = checklist_then_prestage(tmp_path, "linkwait")
     seen: dict[str, Any] = {}
     with cl.relay_in_env(tmp_path, monkeypatch, KEY) as relay:
         commands.batch_import(project, cl.without_passwords(scene))

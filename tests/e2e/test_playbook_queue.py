@@ -11,19 +11,30 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from coexist import commands, playbook
 from coexist.errors import Busy
 from coexist.journal import Journal, claims
-from coexist.sandbox import Sandbox, mailseed
+from coexist.sandbox import Sandbox
 from coexist.settings import load_project
 from tests import pg
 from tests.cli_env import cli_env
-from tests.e2e.test_playbooks_m365 import BATCH, held, steps_of
+from tests.e2e.test_playbooks_m365 import BATCH, held, steps_of, wave, wave_users
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def queue_wave(
+    make_project: Callable[..., Path], sandbox: Sandbox, pg_url: str
+) -> tuple[Path, list[dict[str, Any]]]:
+    """`wave` in queue mode on the (reset) PostgreSQL journal: the project and its batch's
+    two users."""
+    pg.reset_database(pg_url)
+    project = wave(make_project, sandbox, **{"project.journal": pg_url, "engine.executor": "queue"})
+    return project, wave_users(project)
 
 
 @pytest.mark.timeout(1200)
@@ -34,25 +45,7 @@ def test_prestage_wave_playbook_waits_for_its_queued_jobs(
     ran after the jobs ended), the batch's mail copied once, the jobs succeeded; the run's
     own enqueue step and the worker running its jobs are not refused, while an operator's
     typed prestage (an enqueue) on the batch is, after every step."""
-    pg.reset_database(pg_url)
-    project = make_project(
-        users=6,
-        **{
-            "migration.mover": "graph-import-export",
-            "project.journal": pg_url,
-            "engine.executor": "queue",
-        },
-    )
-    commands.discover(project)
-    with Journal.open(load_project(project).journal_url) as j:
-        chosen = sorted(j.items(kind="user"), key=lambda u: str(u["source_address"]))[:2]
-    mailseed.seed_mailboxes(
-        sandbox.mail, "source", [str(u["key"]) for u in chosen], seed=3, items=3
-    )
-    (project / "wave1.csv").write_text(
-        "Source Email\n" + "\n".join(str(u["source_address"]) for u in chosen) + "\n"
-    )
-    commands.batch_import(project, project / "wave1.csv", name=BATCH)
+    project, chosen = queue_wave(make_project, sandbox, pg_url)
     log = (project / "worker.log").open("ab")
     worker = subprocess.Popen(
         [sys.executable, "-m", "coexist.cli", "worker", "--project", str(project)],

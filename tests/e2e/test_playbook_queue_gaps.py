@@ -22,25 +22,14 @@ import sqlalchemy as sa
 
 from coexist import commands, playbook
 from coexist.journal import Journal
-from coexist.sandbox import Sandbox, mailseed
+from coexist.sandbox import Sandbox
 from coexist.settings import load_project
-from tests import pg
 from tests.cli_env import cli_env
-from tests.e2e.test_playbooks_m365 import BATCH, held, steps_of
+from tests.e2e.test_playbook_queue import queue_wave
+from tests.e2e.test_playbooks_m365 import BATCH, checklist_then_prestage, held, steps_of
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 300.0  # a bound on a loaded machine, never asserted
-
-CHECKLIST_THEN_PRESTAGE = """\
-name: queuegap
-steps:
-  - id: go
-    kind: manual
-    checklist: ["ready"]
-  - id: prestage
-    kind: command
-    command: prestage
-"""
 
 
 def job_status(project: Path, job_id: int) -> str:
@@ -70,31 +59,14 @@ def test_jobs_queued_before_a_run_are_refused_or_replaced_by_the_runs_own(
     on B names the run (PID, host) and the next step. The run's prestage step then cancels
     A's waiting job and queues its own for A and B; both succeed and the step is ok, each
     message copied once."""
-    pg.reset_database(pg_url)
-    project = make_project(
-        users=6,
-        **{
-            "migration.mover": "graph-import-export",
-            "project.journal": pg_url,
-            "engine.executor": "queue",
-        },
-    )
-    commands.discover(project)
-    with Journal.open(load_project(project).journal_url) as j:
-        chosen = sorted(j.items(kind="user"), key=lambda u: str(u["source_address"]))[:2]
-    mailseed.seed_mailboxes(
-        sandbox.mail, "source", [str(u["key"]) for u in chosen], seed=3, items=3
-    )
+    project, chosen = queue_wave(make_project, sandbox, pg_url)
     a, b = (str(u["source_address"]) for u in chosen)
     key_b = str(chosen[1]["key"])
-    (project / "wave1.csv").write_text(f"Source Email\n{a}\n{b}\n")
-    commands.batch_import(project, project / "wave1.csv", name=BATCH)
     assert not commands.provision(project, batch=BATCH)["failed"]
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat()
     (job_a,) = [q["job"] for q in commands.prestage(project, users=[a], at=later)["enqueued"]]
     (job_b,) = [q["job"] for q in commands.prestage(project, users=[b])["enqueued"]]
-    book = tmp_path / "queuegap.yaml"
-    book.write_text(CHECKLIST_THEN_PRESTAGE)
+    book = checklist_then_prestage(tmp_path, "queuegap")
     log = (project / "worker.log").open("ab")
     workers: list[subprocess.Popen[bytes]] = []
     seen: dict[str, Any] = {}

@@ -30,10 +30,12 @@ BATCH = "wave1"
 MOVER = {"migration.mover": "graph-import-export"}
 
 
-def wave(make_project: Callable[..., Path], sandbox: Sandbox, *, items: int = 3) -> Path:
-    """A discovered project with a batch of 2 users whose source mailboxes hold `items`
-    messages each."""
-    project = make_project(users=6, **MOVER)
+def wave(
+    make_project: Callable[..., Path], sandbox: Sandbox, *, items: int = 3, **settings: Any
+) -> Path:
+    """A discovered project (`settings` over the mover's) with a batch of 2 users whose
+    source mailboxes hold `items` messages each."""
+    project = make_project(users=6, **{**MOVER, **settings})
     commands.discover(project)
     with Journal.open(load_project(project).journal_url) as j:
         chosen = sorted(j.items(kind="user"), key=lambda u: str(u["source_address"]))[:2]
@@ -46,6 +48,24 @@ def wave(make_project: Callable[..., Path], sandbox: Sandbox, *, items: int = 3)
     csv.write_text("Source Email\n" + "\n".join(users) + "\n")
     commands.batch_import(project, csv, name=BATCH)
     return project
+
+
+def wave_users(project: Path) -> list[dict[str, Any]]:
+    """The users of `wave`'s batch, by source address."""
+    with Journal.open(load_project(project).journal_url) as j:
+        return sorted(j.items(kind="user", batch=BATCH), key=lambda u: str(u["source_address"]))
+
+
+def checklist_then_prestage(directory: Path, name: str) -> Path:
+    """Playbook `name` written to `directory`: a checklist (where an in-process test holds
+    the run, its batch held), then a prestage step."""
+    book = directory / f"{name}.yaml"
+    book.write_text(
+        f"name: {name}\nsteps:\n"
+        '  - id: go\n    kind: manual\n    checklist: ["ready"]\n'
+        "  - id: prestage\n    kind: command\n    command: prestage\n"
+    )
+    return book
 
 
 def held(sandbox: Sandbox, project: Path) -> dict[str, tuple[int, int]]:
